@@ -1,0 +1,30 @@
+# The two commands of README.md. Both create .venv with pip when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Exact versions used by CI and the demo; pyproject.toml only declares lower bounds.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test lint format clean-venv
+
+$(BIN)/cnnlab: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e '.[dev]' $(TORCH_PINS)
+	touch $(BIN)/cnnlab
+
+demo: $(BIN)/cnnlab
+	$(BIN)/cnnlab demo
+
+test: $(BIN)/cnnlab
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/cnnlab
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

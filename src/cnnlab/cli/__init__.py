@@ -1,0 +1,52 @@
+"""The `cnnlab` command line: a thin layer that parses options, calls library functions and prints.
+
+Each command group lives in its own module here and registers itself on `app`; no command holds logic that the
+library lacks. Errors in user input (`CnnlabError`) are printed on one line with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from cnnlab.errors import CnnlabError
+
+app = typer.Typer(
+    name="cnnlab",
+    help="Understand, size, build, train, transfer and convert convolutional neural networks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Command modules, in the order their commands appear in --help. Each defines `register(app)`.
+_COMMAND_MODULES = ["budget", "zoo", "train", "evaluate", "predict", "fcn", "experiment", "explain", "demo"]
+
+
+def _register_commands() -> None:
+    for module_name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"cnnlab.cli.{module_name}")
+        except ModuleNotFoundError as error:
+            if error.name == f"cnnlab.cli.{module_name}":
+                continue  # a command group not built yet
+            raise
+        module.register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Entry point of the `cnnlab` console script and of `python -m cnnlab`."""
+    try:
+        app()
+    except CnnlabError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
