@@ -1,0 +1,147 @@
+"""MNIST from the original IDX files, read by our own validating parser into in-memory tensors.
+
+Layout accepted under the data root (the first one that exists wins): ``<root>/MNIST/raw/`` (torchvision's),
+``<root>/mnist/`` and ``<root>/`` itself, holding ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte`` (optionally ``.gz``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnlab.data.paths import data_dir_source, resolve_data_dir
+from cnnlab.errors import CnnlabError
+
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60_000),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10_000),
+}
+_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+_SUBDIRS = ("MNIST/raw", "mnist", "")
+
+
+@dataclass
+class MnistSplits:
+    """MNIST as uint8 tensors: images [N, 1, 28, 28] in 0..255, labels [N] int64.
+
+    `train` and `val` are a seeded partition of the 60k training set; `test` is the 10k test set.
+    """
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def _read_bytes(path: Path) -> bytes:
+    if path.suffix == ".gz":
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    return path.read_bytes()
+
+
+def read_idx(path: str | os.PathLike[str], expected_magic: int) -> np.ndarray:
+    """Parse one IDX file (big-endian header: magic, then one uint32 per dimension, then uint8 data).
+
+    Raises:
+        CnnlabError: on a wrong magic number or a file shorter/longer than its header says.
+    """
+    path = Path(path)
+    raw = _read_bytes(path)
+    if len(raw) < 8:
+        raise CnnlabError(f"{path} is truncated ({len(raw)} bytes, not even an IDX header); re-download MNIST")
+    magic = int.from_bytes(raw[0:4], "big")
+    if magic != expected_magic:
+        raise CnnlabError(
+            f"{path} has IDX magic number {magic:#010x}, expected {expected_magic:#010x}; "
+            "the file is corrupt or not the MNIST file of that name: re-download it"
+        )
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise CnnlabError(f"{path} is truncated ({len(raw)} bytes, header needs {header}); re-download MNIST")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if len(raw) != expected:
+        state = "truncated" if len(raw) < expected else "longer than its header says"
+        raise CnnlabError(f"{path} is {state}: {len(raw)} bytes, header {shape} needs {expected}; re-download MNIST")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def find_mnist_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The directory holding the four MNIST IDX files.
+
+    Raises:
+        CnnlabError: saying where it looked and how to point at the data.
+    """
+    root = resolve_data_dir(data_dir)
+    candidates = [root / sub if sub else root for sub in _SUBDIRS]
+    for candidate in candidates:
+        name = _FILES["train"][0]
+        if (candidate / name).is_file() or (candidate / f"{name}.gz").is_file():
+            return candidate
+    looked = ", ".join(str(c) for c in candidates)
+    raise CnnlabError(
+        f"MNIST IDX files not found under {root} (from {data_dir_source(data_dir)}; looked in {looked}); "
+        f"pass --data-dir DIR or set $CNNLAB_DATA to a directory holding MNIST/raw/train-images-idx3-ubyte"
+    )
+
+
+def _load_split(directory: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images_name, labels_name, count = _FILES[split]
+    paths = []
+    for name in (images_name, labels_name):
+        plain, gz = directory / name, directory / f"{name}.gz"
+        if not plain.is_file() and not gz.is_file():
+            raise CnnlabError(f"{plain} is missing (the other MNIST files are in {directory}); re-download MNIST")
+        paths.append(plain if plain.is_file() else gz)
+    images = read_idx(paths[0], _IMAGES_MAGIC)
+    labels = read_idx(paths[1], _LABELS_MAGIC)
+    if images.shape != (count, 28, 28) or labels.shape != (count,):
+        raise CnnlabError(
+            f"MNIST {split} files in {directory} hold images {images.shape} and labels {labels.shape}, "
+            f"expected ({count}, 28, 28) and ({count},); re-download MNIST"
+        )
+    if labels.max() > 9:
+        raise CnnlabError(f"{paths[1]} holds label {int(labels.max())}; MNIST labels are 0..9: re-download it")
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+def load_mnist(
+    data_dir: str | os.PathLike[str] | None = None,
+    val_size: int = 5_000,
+    seed: int = 0,
+) -> MnistSplits:
+    """Load MNIST and hold `val_size` training images out for validation (a seeded random split).
+
+    Args:
+        data_dir: the data root (see `cnnlab.data.paths.resolve_data_dir`).
+        val_size: how many training images to hold out; 0 gives an empty validation set.
+        seed: seed of the validation split.
+    """
+    directory = find_mnist_dir(data_dir)
+    train_images, train_labels = _load_split(directory, "train")
+    test_images, test_labels = _load_split(directory, "test")
+    if not 0 <= val_size < len(train_labels):
+        raise CnnlabError(f"validation size {val_size} must be in [0, {len(train_labels)})")
+    order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(seed))
+    val_index, train_index = order[:val_size], order[val_size:]
+    return MnistSplits(
+        train_images=train_images[train_index],
+        train_labels=train_labels[train_index],
+        val_images=train_images[val_index],
+        val_labels=train_labels[val_index],
+        test_images=test_images,
+        test_labels=test_labels,
+    )

@@ -1,0 +1,34 @@
+"""Where datasets live: `--data-dir`, else `$CNNLAB_DATA`, else `./data`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATA_ENV_VAR = "CNNLAB_DATA"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The root directory that datasets are looked up under.
+
+    Args:
+        data_dir: an explicit directory (the `--data-dir` option); wins when given.
+
+    Returns:
+        `data_dir` if given, else `$CNNLAB_DATA` if set and non-empty, else `./data` (not checked for existence).
+    """
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir).expanduser()
+    from_env = os.environ.get(DATA_ENV_VAR, "")
+    if from_env:
+        return Path(from_env).expanduser()
+    return Path("data")
+
+
+def data_dir_source(data_dir: str | os.PathLike[str] | None = None) -> str:
+    """A short phrase saying which rule picked the data directory, for error messages."""
+    if data_dir is not None and str(data_dir) != "":
+        return "--data-dir"
+    if os.environ.get(DATA_ENV_VAR, ""):
+        return f"${DATA_ENV_VAR}"
+    return f"the default ./data (neither --data-dir nor ${DATA_ENV_VAR} was set)"

@@ -1,0 +1,203 @@
+"""`TrainConfig`: every hyperparameter and engine option of a run, in one typed dataclass.
+
+It is saved as ``config.yaml`` in the run directory together with the exact command line, the package versions and
+the hardware, so a run can always be told apart and repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cnnlab.errors import CnnlabError
+
+Precision = Literal["fp32", "bf16", "fp16"]
+Schedule = Literal["onecycle", "cosine", "constant"]
+OptimizerName = Literal["sgd", "adamw", "adam", "nadam"]
+_CHOICES = {
+    "precision": ("fp32", "bf16", "fp16"),
+    "schedule": ("onecycle", "cosine", "constant"),
+    "optimizer": ("sgd", "adamw", "adam", "nadam"),
+    "monitor_mode": ("max", "min"),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run. Task recipes fill it; the engine reads nothing else.
+
+    Attributes:
+        epochs: passes over the training data.
+        batch_size: samples per optimizer step (the effective batch).
+        accum_steps: micro-batches per optimizer step (gradient accumulation); `batch_size` must divide evenly.
+        lr: peak learning rate (per param group, multiplied by the group's `lr_scale` if it sets one).
+        optimizer: sgd (Nesterov momentum), adamw, adam or nadam.
+        momentum: SGD momentum (beta1 for the Adam family is kept at its default).
+        weight_decay: decoupled (AdamW) or L2 (SGD) decay, applied to weights only, never to biases/norm params.
+        schedule: onecycle (warm-up from lr/25, cosine down to lr/1e4), cosine (warm-up from 0, cosine to 0) or
+            constant (warm-up, then flat).
+        warmup_epochs: length of the linear warm-up, in epochs (fractions allowed).
+        label_smoothing: passed to the default cross-entropy loss.
+        ema_decay: decay of the exponential moving average of the weights, or None for no EMA. Evaluation and the
+            final weights use the EMA when it is on.
+        grad_clip: max global gradient norm, or None.
+        precision: fp32, or bf16/fp16 autocast (fp16 uses a GradScaler).
+        channels_last: model and 4-D inputs in channels_last memory format.
+        compile: wrap the model in `torch.compile`.
+        seed: seeds python, numpy and torch, and the data order of every epoch.
+        deterministic: ask torch for deterministic algorithms (slower on GPU).
+        device: "auto" (cuda if available, else cpu), or a torch device string.
+        monitor: the validation metric early stopping and "best" follow (e.g. "val_accuracy", "val_loss").
+        monitor_mode: "max" or "min" for `monitor`.
+        early_stopping_patience: stop after this many epochs without improvement of `monitor`, or None.
+        output: root directory of runs; a run lives in ``<output>/<task>/<name>/``.
+        task: task name (first level under `output`).
+        name: run name (second level under `output`).
+        resume: continue from ``<run dir>/checkpoint.pt`` if present.
+        overwrite: allow starting a fresh run in a directory that already holds a checkpoint.
+        checkpoint: write a checkpoint at every epoch end.
+        progress: show a progress bar.
+        log_every: progress-bar refresh period in optimizer steps.
+        eval_batch_size: batch size for evaluation (defaults to 2 x batch_size).
+        extra: free-form task options, saved with the config (e.g. recipe name, architecture).
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    accum_steps: int = 1
+    lr: float = 1e-3
+    optimizer: OptimizerName = "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: Schedule = "onecycle"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    ema_decay: float | None = None
+    grad_clip: float | None = None
+    precision: Precision = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    monitor: str = "val_accuracy"
+    monitor_mode: Literal["max", "min"] = "max"
+    early_stopping_patience: int | None = None
+    output: str = "runs"
+    task: str = "default"
+    name: str = "run"
+    resume: bool = False
+    overwrite: bool = False
+    checkpoint: bool = True
+    progress: bool = True
+    log_every: int = 10
+    eval_batch_size: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check option values; raises CnnlabError naming the bad option, its value and what is allowed."""
+        for option, allowed in _CHOICES.items():
+            value = getattr(self, option)
+            if value not in allowed:
+                raise CnnlabError(f"{option} {value!r} is not one of {', '.join(allowed)}")
+        for option in ("epochs", "batch_size", "accum_steps", "log_every"):
+            if getattr(self, option) < 1:
+                raise CnnlabError(f"{option} must be >= 1, got {getattr(self, option)}")
+        if self.batch_size % self.accum_steps:
+            raise CnnlabError(
+                f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}; "
+                "choose an accum_steps that divides it"
+            )
+        if self.lr <= 0:
+            raise CnnlabError(f"lr must be > 0, got {self.lr}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise CnnlabError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+
+    @property
+    def run_dir(self) -> Path:
+        """``<output>/<task>/<name>``."""
+        return Path(self.output) / self.task / self.name
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Samples per forward/backward pass."""
+        return self.batch_size // self.accum_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (YAML/JSON/`torch.load(weights_only=True)` friendly)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Inverse of `to_dict`; unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CnnlabError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+def environment_record() -> dict[str, Any]:
+    """Command line, package versions and hardware, saved next to every config."""
+    import numpy
+    import torch
+
+    record: dict[str, Any] = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "cwd": os.getcwd(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": str(torch.__version__),
+            "numpy": numpy.__version__,
+        },
+        "hardware": {
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "cpu": _cpu_name(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+    }
+    try:
+        from importlib.metadata import version
+
+        record["versions"]["cnnlab"] = version("cnnlab")
+        record["versions"]["torchvision"] = version("torchvision")
+    except Exception:  # noqa: BLE001 - a missing optional package is not an error here
+        pass
+    return record
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> None:
+    """Write ``config.yaml``: the config under ``config:``, then ``environment:``."""
+    import yaml
+
+    document = {"config": config.to_dict(), "environment": environment_record()}
+    Path(path).write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def load_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """Read the config part of a ``config.yaml`` written by `save_config`."""
+    import yaml
+
+    document = yaml.safe_load(Path(path).read_text())
+    return TrainConfig.from_dict(document["config"])

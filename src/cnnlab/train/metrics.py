@@ -1,0 +1,95 @@
+"""Validation metrics: objects that accumulate over batches and return one float.
+
+A plain callable `fn(outputs, targets) -> float` is accepted anywhere a metric is and is wrapped in `Accumulate`,
+which concatenates every batch's outputs (on the CPU) and calls it once. For large outputs (segmentation maps)
+write a streaming `Metric` instead (e.g. a confusion matrix updated per batch, mIoU computed from it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
+
+
+class Metric:
+    """A metric accumulated over batches: `reset()`, `update(outputs, targets)` per batch, then `compute()`."""
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> float:
+        raise NotImplementedError
+
+
+class Accumulate(Metric):
+    """Concatenates outputs and targets of every batch (on the CPU, as float32) and applies `fn` once."""
+
+    def __init__(self, fn: MetricFn) -> None:
+        self.fn = fn
+        self.reset()
+
+    def reset(self) -> None:
+        self._outputs: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        self._outputs.append(outputs.detach().float().cpu())
+        self._targets.append(targets.detach().cpu())
+
+    def compute(self) -> float:
+        return float(self.fn(torch.cat(self._outputs), torch.cat(self._targets)))
+
+
+class Accuracy(Metric):
+    """Top-1 accuracy of class scores [N, C, ...] against integer targets [N, ...] (streaming; pixels count for
+    dense outputs). Targets equal to `ignore_index` are skipped."""
+
+    def __init__(self, ignore_index: int | None = None) -> None:
+        self.ignore_index = ignore_index
+        self.reset()
+
+    def reset(self) -> None:
+        self.correct = 0
+        self.total = 0
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        predictions = outputs.argmax(1)
+        if self.ignore_index is None:
+            valid = torch.ones_like(targets, dtype=torch.bool)
+        else:
+            valid = targets != self.ignore_index
+        self.correct += int(((predictions == targets) & valid).sum())
+        self.total += int(valid.sum())
+
+    def compute(self) -> float:
+        return self.correct / max(1, self.total)
+
+
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Top-1 accuracy of class scores [N, C] against integer labels [N]."""
+    return float((outputs.argmax(1) == targets).float().mean())
+
+
+def as_metrics(metrics: Mapping[str, Metric | MetricFn] | None) -> dict[str, Metric]:
+    """Normalise a name -> metric/callable mapping; None gives {"accuracy": Accuracy()}."""
+    if metrics is None:
+        return {"accuracy": Accuracy()}
+    return {name: m if isinstance(m, Metric) else Accumulate(m) for name, m in metrics.items()}
+
+
+def is_classification(outputs: Any, targets: Any) -> bool:
+    """Whether outputs look like class scores for integer targets ([N, C, ...] vs [N, ...])."""
+    return (
+        isinstance(outputs, torch.Tensor)
+        and isinstance(targets, torch.Tensor)
+        and outputs.ndim >= 2
+        and not targets.is_floating_point()
+        and targets.shape == outputs.shape[:1] + outputs.shape[2:]
+    )

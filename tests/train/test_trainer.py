@@ -1,0 +1,207 @@
+"""The training engine: exact resume, atomic checkpoints, early stopping, accumulation, records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from cnnlab.errors import CnnlabError
+from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer, atomic_save, load_checkpoint
+from cnnlab.train import checkpoint as checkpoint_module
+
+
+def _data(n: int = 192, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 3, (n,), generator=generator)
+    images = torch.randn(n, 1, 8, 8, generator=generator) * 0.5
+    images[:, 0, labels, labels] += 2.0  # class k lights up pixel (k, k): learnable
+    images[torch.arange(n), 0, labels, labels] += 2.0
+    return images, labels
+
+
+def _model(seed: int = 0, batch_norm: bool = True) -> nn.Module:
+    torch.manual_seed(seed)
+    norm: nn.Module = nn.BatchNorm2d(4) if batch_norm else nn.Identity()
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), norm, nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 3))
+
+
+def _noise(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Consumes the global torch RNG, so resume must restore it to be exact.
+    return inputs + 0.1 * torch.randn_like(inputs), targets
+
+
+def _config(tmp_path: Path, **overrides: object) -> TrainConfig:
+    options: dict[str, object] = dict(
+        epochs=4,
+        batch_size=32,
+        lr=0.05,
+        optimizer="sgd",
+        weight_decay=5e-4,
+        schedule="onecycle",
+        warmup_epochs=1,
+        label_smoothing=0.1,
+        ema_decay=0.9,
+        grad_clip=1.0,
+        seed=7,
+        output=str(tmp_path),
+        task="toy",
+        name="run",
+        progress=False,
+    )
+    options.update(overrides)
+    return TrainConfig(**options)  # type: ignore[arg-type]
+
+
+class _KillAfter(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == self.epoch:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def _states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_after_kill_gives_identical_weights(tmp_path: Path) -> None:
+    train, val = _data(), _data(64, seed=1)
+    reference = Trainer(_model(), _config(tmp_path, name="straight"), train_transform=_noise)
+    reference.fit(train, val)
+
+    killed = Trainer(_model(), _config(tmp_path, name="killed"), train_transform=_noise, callbacks=[_KillAfter(1)])
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit(train, val)
+    # The kill came after epoch 2's validation but before its checkpoint: epoch 1's checkpoint is what survives.
+    assert load_checkpoint(tmp_path / "toy" / "killed" / "checkpoint.pt")["epoch"] == 1
+
+    # A different initialisation proves the weights come from the checkpoint.
+    resumed = Trainer(_model(seed=123), _config(tmp_path, name="killed", resume=True), train_transform=_noise)
+    history = resumed.fit(train, val)
+
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert resumed.global_step == reference.global_step
+    assert _states_equal(resumed.model.state_dict(), reference.model.state_dict())
+    assert _states_equal(resumed.eval_model.state_dict(), reference.eval_model.state_dict())
+    assert history[-1]["val_loss"] == reference.history[-1]["val_loss"]
+
+
+def test_uninterrupted_runs_with_same_seed_are_identical_and_seed_matters(tmp_path: Path) -> None:
+    train = _data()
+    first = Trainer(_model(), _config(tmp_path, name="a", epochs=2), train_transform=_noise)
+    first.fit(train)
+    second = Trainer(_model(), _config(tmp_path, name="b", epochs=2), train_transform=_noise)
+    second.fit(train)
+    other_seed = Trainer(_model(), _config(tmp_path, name="c", epochs=2, seed=8), train_transform=_noise)
+    other_seed.fit(train)
+    assert _states_equal(first.model.state_dict(), second.model.state_dict())
+    assert not _states_equal(first.model.state_dict(), other_seed.model.state_dict())
+
+
+def test_training_learns_and_writes_records(tmp_path: Path) -> None:
+    trainer = Trainer(_model(), _config(tmp_path, epochs=6))
+    history = trainer.fit(_data(), _data(96, seed=1))
+    assert history[-1]["val_accuracy"] > 0.9  # chance is 1/3
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    run_dir = tmp_path / "toy" / "run"
+    assert json.loads((run_dir / "metrics.json").read_text()) == history
+    assert (run_dir / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss")
+    assert (run_dir / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["config"]["lr"] == 0.05
+    assert {"command", "versions", "hardware"} <= set(saved["environment"])
+
+
+def test_atomic_checkpoint_survives_crash_during_replace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "checkpoint.pt"
+    atomic_save({"epoch": 1, "weights": torch.ones(3)}, path)
+
+    def crash(*args: object) -> None:
+        raise OSError("disk yanked")
+
+    monkeypatch.setattr(checkpoint_module.os, "replace", crash)
+    with pytest.raises(OSError, match="disk yanked"):
+        atomic_save({"epoch": 2, "weights": torch.zeros(3)}, path)
+    state = load_checkpoint(path)
+    assert state["epoch"] == 1 and torch.equal(state["weights"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temporary file left behind
+
+
+def test_atomic_checkpoint_survives_crash_mid_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "checkpoint.pt"
+    atomic_save({"epoch": 1}, path)
+
+    def half_write(obj: object, f: object) -> None:
+        f.write(b"PK\x03\x04 half a zip")  # type: ignore[attr-defined]
+        raise RuntimeError("killed mid-write")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", half_write)
+    with pytest.raises(RuntimeError, match="mid-write"):
+        atomic_save({"epoch": 2}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_early_stopping_stops_after_patience_and_resumes_its_state(tmp_path: Path) -> None:
+    flat = {"flat": lambda outputs, targets: 0.5}  # never improves after the first epoch
+    config = _config(tmp_path, epochs=20, monitor="val_flat", early_stopping_patience=2, ema_decay=None)
+    history = Trainer(_model(), config, metrics=flat).fit(_data(), _data(64, seed=1))
+    assert len(history) == 3  # epoch 1 sets the best, epochs 2 and 3 do not improve
+    assert all(row["val_flat"] == 0.5 for row in history)
+
+
+def test_early_stopping_on_unknown_metric_is_a_clear_error(tmp_path: Path) -> None:
+    config = _config(tmp_path, epochs=2, monitor="val_nope", early_stopping_patience=1)
+    with pytest.raises(CnnlabError, match="val_nope"):
+        Trainer(_model(), config).fit(_data(), _data(64, seed=1))
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path: Path) -> None:
+    # Without BatchNorm, 4 micro-batches of 8 give the same gradient as one batch of 32 (up to float rounding).
+    options = dict(epochs=2, ema_decay=None, grad_clip=None)
+    full = Trainer(_model(batch_norm=False), _config(tmp_path, name="full", **options))
+    full.fit(_data())
+    accumulated = Trainer(_model(batch_norm=False), _config(tmp_path, name="accum", accum_steps=4, **options))
+    accumulated.fit(_data())
+    assert accumulated.micro_batch_size == 8
+    for key, value in full.model.state_dict().items():
+        torch.testing.assert_close(accumulated.model.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_dataloader_source_trains(tmp_path: Path) -> None:
+    images, labels = _data()
+    loader = DataLoader(TensorDataset(images, labels), batch_size=32, shuffle=True, generator=torch.Generator())
+    history = Trainer(_model(), _config(tmp_path, epochs=3)).fit(loader, TensorBatches(*_data(64, seed=1), 16))
+    assert history[-1]["val_accuracy"] > 0.6
+
+
+def test_existing_run_is_not_overwritten_and_resume_checks_options(tmp_path: Path) -> None:
+    Trainer(_model(), _config(tmp_path, epochs=1)).fit(_data())
+    with pytest.raises(CnnlabError, match="already holds a run"):
+        Trainer(_model(), _config(tmp_path, epochs=1)).fit(_data())
+    with pytest.raises(CnnlabError, match="lr: 0.05 -> 0.1"):
+        Trainer(_model(), _config(tmp_path, epochs=1, lr=0.1, resume=True)).fit(_data())
+    with pytest.raises(CnnlabError, match="no checkpoint"):
+        Trainer(_model(), _config(tmp_path, name="other", resume=True)).fit(_data())
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("schedule", "step", "schedule 'step' is not one of"), ("accum_steps", 3, "not divisible"), ("epochs", 0, ">= 1")],
+)
+def test_config_validation(option: str, value: object, message: str) -> None:
+    with pytest.raises(CnnlabError, match=message):
+        TrainConfig(**{option: value})  # type: ignore[arg-type]
+
+
+def test_bf16_autocast_and_channels_last_run(tmp_path: Path) -> None:
+    config = _config(tmp_path, epochs=1, precision="bf16", channels_last=True)
+    history = Trainer(_model(), config).fit(_data(), _data(64, seed=1))
+    assert torch.isfinite(torch.tensor(history[-1]["val_loss"]))
