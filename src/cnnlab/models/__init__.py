@@ -1,5 +1,19 @@
 """The model zoo. Importing this package registers every family (one module each)."""
 
+from cnnlab.models import alexnet, efficientnet, googlenet, inception_v3, lenet, resnet, xception  # noqa: F401
+from cnnlab.models._base import ModelInfo, model_info
+from cnnlab.models._pretrained import PretrainedCfg, has_offline_weights, load_pretrained
 from cnnlab.models._registry import create_model, is_model, list_models, model_family, register_model
 
-__all__ = ["create_model", "is_model", "list_models", "model_family", "register_model"]
+__all__ = [
+    "ModelInfo",
+    "PretrainedCfg",
+    "create_model",
+    "has_offline_weights",
+    "is_model",
+    "list_models",
+    "load_pretrained",
+    "model_family",
+    "model_info",
+    "register_model",
+]

