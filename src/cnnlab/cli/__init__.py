@@ -22,6 +22,19 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the cnnlab version and exit.", is_eager=True),
+) -> None:
+    """Understand, size, build, train, transfer and convert convolutional neural networks."""
+    if version:
+        from cnnlab import __version__
+
+        typer.echo(f"cnnlab {__version__}")
+        raise typer.Exit()
+
+
 # Command modules, in the order their commands appear in --help. Each defines `register(app)`.
 _COMMAND_MODULES = ["budget", "zoo", "train", "evaluate", "predict", "fcn", "experiment", "explain", "demo"]
 

@@ -1,0 +1,310 @@
+"""`budget()`: parameters, MACs and memory of a CNN, in the textbook view and the realistic view, optionally measured.
+
+Two views of memory, each component shown separately:
+
+- **textbook**: every layer's output is stored once for backward; one prediction needs the parameters plus the two
+  largest consecutive activations (a sequential network can drop a layer's input once its output exists); training a
+  batch needs the parameters, the batch, all activations, the gradients and the optimizer state.
+- **realistic**: what PyTorch's autograd really keeps, counted by tracing one training step on the meta device (no
+  memory allocated): the distinct tensors saved for backward (a conv keeps its input, a ReLU its output, max pooling
+  its input and int64 indices, batch norm its input and per-channel statistics, CPU dropout a float mask), and the
+  peak of all live tensors during forward, backward and the optimizer step.
+
+`measure=True` runs the same step for real and reports the measured bytes beside the estimate with their ratio.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab.budget.spec import LayerSpec, build_module, infer_shapes, load_spec_file, parse_spec
+from cnnlab.budget.trace import Row, TraceResult, optimizer_copies, resolve_dtype, trace
+from cnnlab.errors import CnnlabError
+
+_VIEW_TYPES = ("Flatten", "Identity", "Unflatten")
+# The textbook treats an activation as part of its layer (applied in place), not as a second stored output.
+_ACTIVATION_TYPES = ("ReLU", "ReLU6", "Tanh", "Sigmoid", "GELU", "SiLU", "LeakyReLU", "ELU", "Softmax", "Hardswish")
+
+
+def textbook_outputs(rows: list[Row]) -> list[int]:
+    """Per-sample output bytes the textbook counts: every layer, activations folded into their layer, views free."""
+    return [row.activation_bytes for row in rows if row.type not in _VIEW_TYPES + _ACTIVATION_TYPES]
+
+
+@dataclass
+class BudgetReport:
+    """Everything `cnnlab budget` prints; `to_dict()` gives the stable JSON keys."""
+
+    model_name: str
+    input_shape: tuple[int, ...]
+    batch_size: int
+    dtype: str
+    optimizer: str
+    params: int
+    trainable_params: int
+    buffers: int
+    macs: int
+    output_shape: tuple[int, ...]
+    layers: list[Row]
+    sequential: bool
+    inference: dict[str, int]
+    training: dict[str, int]
+    realistic: dict[str, int]
+    measured: dict[str, Any] | None = None
+    plan: dict[str, Any] | None = None
+    spec_layers: list[LayerSpec] | None = field(default=None, repr=False)
+
+    @property
+    def flops(self) -> int:
+        """Floating-point operations of one forward pass per sample: FLOPs = 2 x MACs."""
+        return 2 * self.macs
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: stable keys, bytes as integers, shapes as lists (without the batch dimension)."""
+        return {
+            "model": self.model_name,
+            "input_shape": list(self.input_shape),
+            "dtype": self.dtype,
+            "optimizer": self.optimizer,
+            "params": self.params,
+            "trainable_params": self.trainable_params,
+            "buffers": self.buffers,
+            "macs": self.macs,
+            "flops": self.flops,
+            "output_shape": list(self.output_shape),
+            "layers": [
+                {
+                    "name": row.name,
+                    "type": row.type,
+                    "output_shape": list(row.output_shape),
+                    "params": row.params,
+                    "trainable_params": row.trainable_params,
+                    "macs": row.macs,
+                    "activation_bytes": row.activation_bytes,
+                    "saved_bytes": row.saved_bytes,
+                }
+                for row in self.layers
+            ],
+            "inference": dict(self.inference),
+            "training": dict(self.training),
+            "realistic": dict(self.realistic),
+            **({"measured": dict(self.measured)} if self.measured is not None else {}),
+            **({"plan": self.plan} if self.plan is not None else {}),
+        }
+
+
+def parse_memory(text: str) -> int:
+    """Parse ``"8GiB"``, ``"512MB"``, ``"1.5G"`` (bare K/M/G are binary) into bytes."""
+    match = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)(i?)(b?)\s*", str(text).lower())
+    if not match:
+        raise CnnlabError(f"cannot read memory size {text!r}; write e.g. 8GiB, 512MB or 16G")
+    value, prefix, binary, byte = match.groups()
+    power = "kmgt".index(prefix) + 1 if prefix else 0
+    base = 1000 if (prefix and byte and not binary) else 1024
+    try:
+        return int(float(value) * base**power)
+    except ValueError:
+        raise CnnlabError(f"cannot read memory size {text!r}; write e.g. 8GiB, 512MB or 16G") from None
+
+
+def resolve_model(
+    model: nn.Module | str | list[str] | Path, input_shape: tuple[int, ...] | None
+) -> tuple[str, nn.Module, tuple[int, ...], list[LayerSpec] | None]:
+    """Turn a module, a zoo name, a list of layer strings or a spec file into (name, module, input shape, spec)."""
+    if isinstance(model, nn.Module):
+        if input_shape is None:
+            input_shape = getattr(model, "default_input_size", None)
+        if input_shape is None:
+            raise CnnlabError("give the input shape of one sample, e.g. input_shape=(3, 224, 224)")
+        return type(model).__name__, model, tuple(input_shape), None
+    if isinstance(model, (list, tuple)):
+        if input_shape is None:
+            raise CnnlabError("a layer spec needs --input, the shape of one sample, e.g. --input 3x200x300")
+        layers = infer_shapes(parse_spec(list(model)), tuple(input_shape))
+        return "spec", build_module(layers), tuple(input_shape), layers
+    text = str(model)
+    if text.lower().endswith((".yaml", ".yml", ".json")) or Path(text).is_file():
+        file_shape, layers = load_spec_file(text)
+        shape = tuple(input_shape) if input_shape is not None else file_shape
+        if shape is None:
+            raise CnnlabError(f"{text}: give the input shape with --input or an 'input:' key in the file")
+        layers = infer_shapes(layers, shape)
+        return Path(text).stem, build_module(layers), shape, layers
+    from cnnlab.models import create_model
+
+    built = create_model(text)
+    shape = tuple(input_shape) if input_shape is not None else getattr(built, "default_input_size", None)
+    if shape is None:
+        raise CnnlabError(f"model {text!r} has no default input size; give --input, e.g. 3x224x224")
+    return text, built, tuple(shape), None
+
+
+def _build_views(
+    report_rows: list[Row],
+    sequential: bool,
+    input_shape: tuple[int, ...],
+    dtype: torch.dtype,
+    batch: int,
+    params: int,
+    trainable: int,
+    buffers: int,
+    copies: int,
+    result: TraceResult,
+) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    size = dtype.itemsize
+    input_bytes = math.prod(input_shape) * size
+    params_bytes = params * size
+    grads_bytes = trainable * size
+    optimizer_bytes = copies * trainable * size
+    outputs = textbook_outputs(report_rows)
+    if sequential:
+        chain = [input_bytes, *outputs]
+        working = max((a + b for a, b in zip(chain, chain[1:], strict=False)), default=input_bytes)
+    else:
+        working = result.inference_peak_bytes
+    inference = {"params_bytes": params_bytes, "working_set_bytes": working, "total_bytes": params_bytes + working}
+    activations = batch * sum(outputs)
+    training = {
+        "batch_size": batch,
+        "params_bytes": params_bytes,
+        "grads_bytes": grads_bytes,
+        "optimizer_bytes": optimizer_bytes,
+        "inputs_bytes": batch * input_bytes,
+        "activations_bytes": activations,
+        "total_bytes": params_bytes + grads_bytes + optimizer_bytes + batch * input_bytes + activations,
+    }
+    buffers_bytes = buffers * size
+    saved_activations = result.saved_bytes - result.saved_input_bytes
+    realistic = {
+        "batch_size": batch,
+        "params_bytes": params_bytes,
+        "buffers_bytes": buffers_bytes,
+        "grads_bytes": grads_bytes,
+        "optimizer_bytes": optimizer_bytes,
+        "inputs_bytes": batch * input_bytes,
+        "activations_bytes": saved_activations,
+        "saved_for_backward_bytes": result.saved_bytes,
+        "total_bytes": params_bytes
+        + buffers_bytes
+        + grads_bytes
+        + optimizer_bytes
+        + batch * input_bytes
+        + saved_activations,
+        "peak_bytes": result.peak_live_bytes,
+        "inference_working_set_bytes": result.inference_peak_bytes,
+        "inference_total_bytes": params_bytes + buffers_bytes + result.inference_peak_bytes,
+    }
+    return inference, training, realistic
+
+
+def budget(
+    model: nn.Module | str | list[str] | Path,
+    input_shape: tuple[int, ...] | None = None,
+    batch_size: int = 1,
+    dtype: str = "float32",
+    optimizer: str = "adam",
+    depth: int | None = None,
+    measure: bool = False,
+    device: str = "cpu",
+    memory_limit: int | str | None = None,
+) -> BudgetReport:
+    """Size a CNN: per-layer table, parameters, MACs, and memory for inference and for training a mini-batch.
+
+    Args:
+        model: an `nn.Module`, a zoo model name, a list of layer strings (see `cnnlab.budget.spec`) or a YAML/JSON spec.
+        input_shape: one sample's shape (C, H, W); zoo models default to their own.
+        batch_size: the training mini-batch.
+        dtype: float32, float16 or bfloat16 (parameters, activations and inputs).
+        optimizer: sgd, momentum, adam or adamw (its state is 0, 1 or 2 copies of the trainable parameters).
+        depth: table rows at this module depth; leaves when None (spec models show one row per spec layer).
+        measure: also run one real training step on `device` and count what it saved and its peak.
+        device: where to measure ("cpu", or "cuda" which adds `torch.cuda.max_memory_allocated`).
+        memory_limit: bytes (or "8GiB") to plan for: the largest batch that fits, and with each remedy.
+    """
+    name, module, shape, spec_layers = resolve_model(model, input_shape)
+    torch_dtype = resolve_dtype(dtype)
+    copies = optimizer_copies(optimizer)
+    if batch_size < 1:
+        raise CnnlabError(f"batch size {batch_size} must be at least 1")
+    if spec_layers is not None and depth is None:
+        depth = 1
+    try:
+        result = trace(module, shape, batch_size, torch_dtype, "meta", optimizer, depth)
+    except CnnlabError:
+        raise
+    except (RuntimeError, ValueError, TypeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CnnlabError(f"{name} does not run on input {'x'.join(map(str, shape))}: {first_line}") from None
+    params = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    buffers = sum(b.numel() for b in module.buffers() if b.is_floating_point())
+    sequential = isinstance(module, nn.Sequential) and all("." not in row.name for row in result.rows)
+    inference, training, realistic = _build_views(
+        result.rows, sequential, shape, torch_dtype, batch_size, params, trainable, buffers, copies, result
+    )
+    report = BudgetReport(
+        model_name=name,
+        input_shape=shape,
+        batch_size=batch_size,
+        dtype=str(torch_dtype).removeprefix("torch."),
+        optimizer=optimizer,
+        params=params,
+        trainable_params=trainable,
+        buffers=buffers,
+        macs=result.macs,
+        output_shape=result.output_shape,
+        layers=result.rows,
+        sequential=sequential,
+        inference=inference,
+        training=training,
+        realistic=realistic,
+        spec_layers=spec_layers,
+    )
+    if measure:
+        report.measured = measure_step(module, shape, batch_size, torch_dtype, optimizer, device, realistic)
+    if memory_limit is not None:
+        from cnnlab.budget.planner import plan_batch
+
+        limit = parse_memory(memory_limit) if isinstance(memory_limit, str) else int(memory_limit)
+        report.plan = plan_batch(module, shape, torch_dtype, optimizer, limit)
+    return report
+
+
+def measure_step(
+    module: nn.Module,
+    shape: tuple[int, ...],
+    batch_size: int,
+    dtype: torch.dtype,
+    optimizer: str,
+    device: str,
+    realistic: dict[str, int],
+) -> dict[str, Any]:
+    """Run one real training step and compare what it held with the realistic estimate."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CnnlabError("--device cuda was asked for, but no CUDA device is available")
+    real = trace(module, shape, batch_size, dtype, device, optimizer)
+    measured: dict[str, Any] = {
+        "device": device,
+        "saved_for_backward_bytes": real.saved_bytes,
+        "peak_live_bytes": real.peak_live_bytes,
+        "saved_ratio": _ratio(realistic["saved_for_backward_bytes"], real.saved_bytes),
+        "peak_ratio": _ratio(realistic["peak_bytes"], real.peak_live_bytes),
+    }
+    if real.cuda_max_allocated_bytes is not None:
+        measured["cuda_max_allocated_bytes"] = real.cuda_max_allocated_bytes
+        measured["cuda_ratio"] = _ratio(realistic["peak_bytes"], real.cuda_max_allocated_bytes)
+    return measured
+
+
+def _ratio(estimate: int, measured: int) -> float:
+    return round(estimate / measured, 4) if measured else float("nan")
+
+
+__all__ = ["BudgetReport", "budget", "measure_step", "parse_memory", "resolve_model"]

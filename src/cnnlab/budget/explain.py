@@ -1,0 +1,173 @@
+"""`--explain`: the arithmetic behind a budget, step by step, as a textbook derives it."""
+
+from __future__ import annotations
+
+import math
+
+from cnnlab.budget.core import BudgetReport, textbook_outputs
+from cnnlab.budget.spec import LayerSpec, layer_macs, parameter_counts
+from cnnlab.budget.trace import optimizer_copies
+
+
+def _n(value: int | float) -> str:
+    return f"{value:,.0f}"
+
+
+def _mb(value: int | float) -> str:
+    return f"{value / 1e6:,.1f} MB"
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def _spec_layer_lines(layer: LayerSpec, itemsize: int) -> list[str]:
+    lines = [f"{layer.name}  ({layer.source})  input {_shape(layer.input_shape)}"]
+    if layer.kind in ("conv", "maxpool", "avgpool"):
+        (kh, kw), (sh, sw) = layer.kernel, layer.stride
+        top, bottom, left, right = layer.pads
+        for axis, size, kernel, stride, pads, out in (
+            ("height", layer.input_shape[1], kh, sh, top + bottom, layer.output_shape[1]),
+            ("width", layer.input_shape[2], kw, sw, left + right, layer.output_shape[2]),
+        ):
+            if layer.padding == "same":
+                rule = f"same: ceil({size} / {stride}) = {out}"
+            else:
+                rule = f"floor(({size} + {pads} - {kernel}) / {stride}) + 1 = {out}"
+            lines.append(f"    {axis}: {rule}")
+    trainable, buffers = parameter_counts(layer)
+    if layer.kind == "conv":
+        kh, kw = layer.kernel
+        c_in = layer.input_shape[0]
+        bias = " + 1" if layer.bias else ""
+        lines.append(
+            f"    params = filters x (k_h x k_w x c_in{bias}) = {layer.filters} x ({kh} x {kw} x {c_in}{bias}) "
+            f"= {_n(trainable)}"
+        )
+        lines.append(
+            f"    MACs = output values x k_h x k_w x c_in = {_n(math.prod(layer.output_shape))} x {kh * kw * c_in} "
+            f"= {_n(layer_macs(layer))}"
+        )
+    elif layer.kind == "dense":
+        bias = " + 1" if layer.bias else ""
+        lines.append(
+            f"    params = units x (inputs{bias}) = {layer.filters} x ({layer.input_shape[0]}{bias}) = {_n(trainable)}"
+        )
+    elif layer.kind == "bn":
+        lines.append(
+            f"    params = 2 x channels (scale, shift) = {_n(trainable)}; buffers (running mean, var) = {buffers}"
+        )
+    values = math.prod(layer.output_shape)
+    lines.append(
+        f"    output {_shape(layer.output_shape)} = {_n(values)} values x {itemsize} bytes = {_n(values * itemsize)} bytes"
+    )
+    return lines
+
+
+def explain(report: BudgetReport) -> str:
+    """A multi-line derivation of the report's parameter, compute and memory figures."""
+    itemsize = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}.get(report.dtype, 4)
+    input_values = math.prod(report.input_shape)
+    lines = [
+        f"Budget of {report.model_name}, input {_shape(report.input_shape)}, {report.dtype} ({itemsize} bytes)",
+        "",
+    ]
+    lines.append("1. Layer by layer")
+    if report.spec_layers is not None:
+        for layer in report.spec_layers:
+            lines.extend(_spec_layer_lines(layer, itemsize))
+    else:
+        for row in report.layers:
+            if row.params or row.macs:
+                lines.append(
+                    f"{row.name} ({row.type}): output {_shape(row.output_shape)}, params {_n(row.params)}, "
+                    f"MACs {_n(row.macs)}"
+                )
+        lines.append("    (layers without parameters or MACs omitted; the table shows all)")
+    with_params = [row for row in report.layers if row.params]
+    lines += ["", "2. Parameters"]
+    lines.append(
+        "    total = "
+        + " + ".join(_n(row.params) for row in with_params[:12])
+        + (" + ..." if len(with_params) > 12 else "")
+    )
+    lines.append(f"          = {_n(report.params)} parameters ({_n(report.trainable_params)} trainable)")
+    lines.append(
+        f"    bytes = {_n(report.params)} x {itemsize} = {_n(report.inference['params_bytes'])} bytes "
+        f"({_mb(report.inference['params_bytes'])})"
+    )
+    lines += ["", "3. Compute"]
+    lines.append(f"    {_n(report.macs)} multiply-accumulates (MACs) per image; FLOPs = 2 x MACs = {_n(report.flops)}")
+    outputs = textbook_outputs(report.layers)
+    inference = report.inference
+    lines += ["", "4. Inference, one instance (textbook view)"]
+    if report.sequential:
+        lines.append(
+            "    activations per layer: "
+            + " + ".join(_n(b) for b in outputs[:12])
+            + (" + ..." if len(outputs) > 12 else "")
+        )
+        lines.append(
+            "    a sequential net can release a layer's input once its output is computed, so at most two consecutive"
+        )
+        lines.append(f"    activations live at once: the largest pair is {_n(inference['working_set_bytes'])} bytes")
+    else:
+        lines.append(
+            f"    a general graph keeps several branches alive; the peak of live tensors is "
+            f"{_n(inference['working_set_bytes'])} bytes"
+        )
+    lines.append(
+        f"    RAM = parameters + working set = {_n(inference['params_bytes'])} + {_n(inference['working_set_bytes'])} "
+        f"= {_n(inference['total_bytes'])} bytes ({_mb(inference['total_bytes'])})"
+    )
+    training = report.training
+    batch = training["batch_size"]
+    lines += ["", f"5. Training on a mini-batch of {batch} (textbook view)"]
+    lines.append(
+        f"    activations: every layer's output is kept for backpropagation: {batch} x {_n(sum(outputs))} = "
+        f"{_n(training['activations_bytes'])} bytes ({_mb(training['activations_bytes'])})"
+    )
+    lines.append(
+        f"    inputs: {batch} x {_n(input_values)} values x {itemsize} = {_n(training['inputs_bytes'])} bytes "
+        f"({_mb(training['inputs_bytes'])})"
+    )
+    lines.append(f"    parameters: {_n(training['params_bytes'])} bytes ({_mb(training['params_bytes'])})")
+    base = training["activations_bytes"] + training["inputs_bytes"] + training["params_bytes"]
+    lines.append(f"    subtotal (what the textbook adds up) = {_n(base)} bytes ({_mb(base)})")
+    lines.append(
+        f"    + gradients {_n(training['grads_bytes'])} + optimizer state ({report.optimizer}) "
+        f"{_n(training['optimizer_bytes'])} = {_n(training['total_bytes'])} bytes ({_mb(training['total_bytes'])})"
+    )
+    real = report.realistic
+    lines += ["", "6. What PyTorch really keeps (realistic view, traced on the meta device)"]
+    lines.append(
+        f"    saved for backward: {_n(real['saved_for_backward_bytes'])} bytes ({_mb(real['saved_for_backward_bytes'])})"
+        ", counted per distinct storage:"
+    )
+    lines.append("    a conv keeps its input, a ReLU its output (not its input), max pooling its input and int64")
+    lines.append("    indices, batch norm its input; a layer whose output nobody saves costs nothing after backward.")
+    for row in report.layers:
+        if row.saved_bytes:
+            lines.append(f"      {row.name} ({row.type}) saves {_n(row.saved_bytes)} bytes")
+    lines.append(
+        f"    peak of live tensors during forward, backward and the optimizer step: {_n(real['peak_bytes'])} bytes"
+    )
+    if report.measured:
+        measured = report.measured
+        lines += ["", "7. Measured (one real training step)"]
+        lines.append(
+            f"    saved for backward {_n(measured['saved_for_backward_bytes'])} bytes, estimate/measured = "
+            f"{measured['saved_ratio']}"
+        )
+        lines.append(
+            f"    peak live {_n(measured['peak_live_bytes'])} bytes, estimate/measured = {measured['peak_ratio']}"
+        )
+    lines += ["", "Assumptions"]
+    lines.append(f"    - every tensor is {report.dtype}; MB = 1,000,000 bytes")
+    lines.append("    - textbook inference counts only activations and parameters (no framework workspace)")
+    lines.append(
+        "    - the training step backpropagates output.sum(): a real loss adds a few tensors of the output's size"
+    )
+    copies = optimizer_copies(report.optimizer)
+    lines.append(f"    - optimizer state: {report.optimizer} keeps {copies} copies of the trainable parameters")
+    return "\n".join(lines)

@@ -1,0 +1,137 @@
+"""Rich tables for a budget report: the per-layer table, the two memory views, the measurement and the plan."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from cnnlab.budget.core import BudgetReport
+
+
+def _mb(value: int) -> str:
+    return f"{value / 1e6:,.1f} MB"
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape) or "-"
+
+
+def layer_table(report: BudgetReport) -> Table:
+    """Name, type, output shape, parameters, MACs, activation bytes and saved bytes, with totals."""
+    table = Table(title=f"{report.model_name}: input {_shape(report.input_shape)}, {report.dtype}", show_footer=True)
+    saved_total = sum(row.saved_bytes for row in report.layers)
+    columns = [
+        ("layer", "total", "left"),
+        ("type", "", "left"),
+        ("output (per sample)", _shape(report.output_shape), "left"),
+        ("params", f"{report.params:,}", "right"),
+        ("non-trainable", f"{report.params - report.trainable_params:,}", "right"),
+        ("MACs", f"{report.macs:,}", "right"),
+        ("activation bytes", f"{sum(r.activation_bytes for r in report.layers):,}", "right"),
+        (f"saved for backward (batch {report.batch_size})", f"{saved_total:,}", "right"),
+    ]
+    for header, footer, justify in columns:
+        table.add_column(header, footer=footer, justify=justify)  # type: ignore[arg-type]
+    for row in report.layers:
+        table.add_row(
+            row.name,
+            row.type,
+            _shape(row.output_shape),
+            f"{row.params:,}",
+            f"{row.params - row.trainable_params:,}",
+            f"{row.macs:,}",
+            f"{row.activation_bytes:,}",
+            f"{row.saved_bytes:,}",
+        )
+    table.caption = (
+        f"The input batch is saved too ({report.realistic['inputs_bytes']:,} bytes) when the first layer needs it."
+    )
+    return table
+
+
+def memory_table(report: BudgetReport) -> Table:
+    """Each memory component, textbook and realistic side by side."""
+    text, real, inf = report.training, report.realistic, report.inference
+    table = Table(title=f"Memory ({report.dtype}, optimizer {report.optimizer})")
+    table.add_column("component")
+    table.add_column("textbook", justify="right")
+    table.add_column("realistic (PyTorch)", justify="right")
+    rows = [
+        ("inference: parameters (+ buffers)", inf["params_bytes"], real["params_bytes"] + real["buffers_bytes"]),
+        ("inference: working set, 1 instance", inf["working_set_bytes"], real["inference_working_set_bytes"]),
+        ("inference: total", inf["total_bytes"], real["inference_total_bytes"]),
+        (f"training (batch {text['batch_size']}): parameters", text["params_bytes"], real["params_bytes"]),
+        ("  gradients", text["grads_bytes"], real["grads_bytes"]),
+        ("  optimizer state", text["optimizer_bytes"], real["optimizer_bytes"]),
+        ("  input batch", text["inputs_bytes"], real["inputs_bytes"]),
+        ("  activations kept for backward", text["activations_bytes"], real["activations_bytes"]),
+        ("  total", text["total_bytes"], real["total_bytes"]),
+        ("  peak of live tensors in a step", None, real["peak_bytes"]),
+    ]
+    for label, textbook, realistic in rows:
+        table.add_row(
+            label,
+            "-" if textbook is None else f"{textbook:,} ({_mb(textbook)})",
+            f"{realistic:,} ({_mb(realistic)})",
+        )
+    return table
+
+
+def measured_table(report: BudgetReport) -> Table | None:
+    if not report.measured:
+        return None
+    measured = report.measured
+    table = Table(title=f"Estimate vs measurement (one real training step on {measured['device']})")
+    for header in ("quantity", "estimate", "measured", "estimate / measured"):
+        table.add_column(header, justify="right" if header != "quantity" else "left")
+    table.add_row(
+        "saved for backward",
+        f"{report.realistic['saved_for_backward_bytes']:,}",
+        f"{measured['saved_for_backward_bytes']:,}",
+        f"{measured['saved_ratio']:.4f}",
+    )
+    table.add_row(
+        "peak live tensors",
+        f"{report.realistic['peak_bytes']:,}",
+        f"{measured['peak_live_bytes']:,}",
+        f"{measured['peak_ratio']:.4f}",
+    )
+    if "cuda_max_allocated_bytes" in measured:
+        table.add_row(
+            "torch.cuda.max_memory_allocated",
+            f"{report.realistic['peak_bytes']:,}",
+            f"{measured['cuda_max_allocated_bytes']:,}",
+            f"{measured['cuda_ratio']:.4f}",
+        )
+    return table
+
+
+def plan_table(report: BudgetReport) -> Table | None:
+    if not report.plan:
+        return None
+    table = Table(title=f"Largest training batch within {_mb(report.plan['limit_bytes'])}")
+    for header in ("remedy", "fixed", "per sample", "max batch"):
+        table.add_column(header, justify="left" if header == "remedy" else "right")
+    for remedy in report.plan["remedies"]:
+        table.add_row(
+            remedy["remedy"], _mb(remedy["fixed_bytes"]), _mb(remedy["per_sample_bytes"]), f"{remedy['max_batch']:,}"
+        )
+    return table
+
+
+def print_report(report: BudgetReport, console: Console | None = None, layers: bool = True) -> None:
+    """Print the tables of a report."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=160)
+    if layers:
+        console.print(layer_table(report))
+    console.print(
+        f"parameters {report.params:,} ({report.trainable_params:,} trainable) | "
+        f"MACs {report.macs:,} per image ({report.macs / 1e9:.3f} G) | FLOPs = 2 x MACs = {report.flops:,}"
+    )
+    console.print(memory_table(report))
+    for table in (measured_table(report), plan_table(report)):
+        if table is not None:
+            console.print(table)

@@ -1,0 +1,383 @@
+"""A compact layer spec for sequential CNNs, its analytic shape arithmetic, and the PyTorch module it builds.
+
+One layer per string, a keyword then options::
+
+    conv 100 k3 s2 same        # 100 filters, 3x3 kernel, stride 2, "same" padding (Keras/TF rule)
+    conv 64 k3x5 s1 p1 relu    # explicit padding; a trailing activation becomes its own layer
+    maxpool k2 s2              # also avgpool; stride defaults to the kernel size, padding to valid
+    gap                        # global average pooling to a vector
+    flatten
+    dense 10                   # fully connected; needs a flat input
+    bn                         # batch norm (2d or 1d, from the input's rank)
+    relu | tanh | sigmoid | gelu | silu | leakyrelu | softmax
+    dropout 0.5
+    lrn 5                      # local response normalization over 5 channels
+
+Padding: ``valid`` (the default, as in Keras and PyTorch) keeps only full windows: ``out = floor((in - k) / s) + 1``.
+``same`` pads so that ``out = ceil(in / s)``: the total padding is ``max((out - 1) * s + k - in, 0)``, split with the
+extra pixel after (Keras/TF), so stride 2 turns 75 into 38. ``pN`` pads N on every side (PyTorch's ``padding=N``).
+
+The same spec may come from a YAML or JSON file: either a list of such strings, or a mapping with ``input`` ("3x200x300")
+and ``layers`` (strings, or mappings like ``{type: conv, filters: 100, kernel: 3, stride: 2, padding: same}``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.layers.padding import AvgPool2dSame, Conv2dSame, MaxPool2dSame, same_padding_amounts
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "leakyrelu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "softmax": nn.Softmax,
+}
+LAYER_TYPES = ("conv", "maxpool", "avgpool", "gap", "flatten", "dense", "bn", "dropout", "lrn", *ACTIVATIONS)
+_ALIASES = {"pool": "maxpool", "linear": "dense", "fc": "dense", "batchnorm": "bn", "conv2d": "conv"}
+
+
+@dataclass
+class LayerSpec:
+    """One layer of a sequential spec, with its analytic output shape once `infer_shapes` has run."""
+
+    kind: str
+    name: str
+    source: str
+    filters: int | None = None  # conv filters or dense units
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: str | tuple[int, int] = "valid"  # "valid", "same" or explicit (pad_h, pad_w) on each side
+    dilation: tuple[int, int] = (1, 1)
+    bias: bool = True
+    rate: float | None = None  # dropout probability
+    size: int | None = None  # LRN window
+    in_features: int | None = None  # dense: declared input size to check against
+    input_shape: tuple[int, ...] = ()
+    output_shape: tuple[int, ...] = ()
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # (top, bottom, left, right) as applied
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_size(text: str, what: str = "size") -> tuple[int, ...]:
+    """Parse ``"3x200x300"`` (or ``3,200,300``) into a tuple of positive ints."""
+    parts = re.split(r"[x×,*\s]+", str(text).strip().lower())
+    try:
+        values = tuple(int(p) for p in parts if p)
+    except ValueError:
+        raise CnnlabError(f"cannot read {what} {text!r}: expected integers like 3x200x300") from None
+    if not values or any(v <= 0 for v in values):
+        raise CnnlabError(f"{what} {text!r} must be positive integers like 3x200x300")
+    return values
+
+
+def _pair(text: str, token: str, layer: str) -> tuple[int, int]:
+    try:
+        values = parse_size(text, "value")
+    except CnnlabError:
+        raise CnnlabError(f"layer {layer}: cannot read {token!r}; expected e.g. k3, k3x5, s2") from None
+    if len(values) == 1:
+        return values[0], values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    raise CnnlabError(f"layer {layer}: {token!r} has {len(values)} values; give one or two (HxW)")
+
+
+def _parse_line(text: str, index: int) -> list[LayerSpec]:
+    tokens = text.replace(",", " ").split()
+    if not tokens:
+        raise CnnlabError(f"layer {index}: empty layer spec")
+    kind = _ALIASES.get(tokens[0].lower(), tokens[0].lower())
+    name = f"{index}:{kind}"
+    if kind not in LAYER_TYPES:
+        raise CnnlabError(
+            f"layer {index} ({text!r}): unknown layer type {tokens[0]!r}; known: {', '.join(LAYER_TYPES)}"
+        )
+    layer = LayerSpec(kind=kind, name=name, source=text)
+    trailing_activation: str | None = None
+    explicit_stride = False
+    for token in tokens[1:]:
+        low = token.lower()
+        if low in ("same", "valid"):
+            layer.padding = low
+        elif low in ACTIVATIONS and kind in ("conv", "dense"):
+            trailing_activation = low
+        elif low in ("nobias", "bias=false"):
+            layer.bias = False
+        elif re.fullmatch(r"k[\dx]+", low):
+            layer.kernel = _pair(low[1:], token, name)
+        elif re.fullmatch(r"s[\dx]+", low):
+            layer.stride = _pair(low[1:], token, name)
+            explicit_stride = True
+        elif re.fullmatch(r"p[\dx]+", low):
+            layer.padding = _pair(low[1:], token, name)
+        elif re.fullmatch(r"d[\dx]+", low):
+            layer.dilation = _pair(low[1:], token, name)
+        elif re.fullmatch(r"in=\d+", low):
+            layer.in_features = int(low[3:])
+        elif re.fullmatch(r"-?\d+", low) and kind in ("conv", "dense", "lrn"):
+            value = int(low)
+            if value <= 0:
+                raise CnnlabError(f"layer {name} ({text!r}): {value} must be a positive integer")
+            if kind == "lrn":
+                layer.size = value
+            else:
+                layer.filters = value
+        elif re.fullmatch(r"-?[\d.]+", low) and kind == "dropout":
+            layer.rate = float(low)
+            if not 0.0 <= layer.rate < 1.0:
+                raise CnnlabError(f"layer {name} ({text!r}): dropout rate {low} must be in [0, 1)")
+        else:
+            raise CnnlabError(f"layer {name} ({text!r}): cannot understand {token!r}")
+    if kind in ("conv", "dense") and layer.filters is None:
+        what = "filters" if kind == "conv" else "units"
+        raise CnnlabError(f"layer {name} ({text!r}): give the number of {what}, e.g. '{kind} 64'")
+    if kind in ("maxpool", "avgpool") and not explicit_stride:
+        layer.stride = layer.kernel if layer.kernel != (1, 1) else (2, 2)
+        if layer.kernel == (1, 1):
+            layer.kernel = (2, 2)
+    if kind == "dropout" and layer.rate is None:
+        layer.rate = 0.5
+    if kind == "lrn" and layer.size is None:
+        layer.size = 5
+    layers = [layer]
+    if trailing_activation:
+        layers.append(LayerSpec(kind=trailing_activation, name=f"{index}:{trailing_activation}", source=text))
+    return layers
+
+
+def parse_spec(lines: Sequence[str | dict[str, Any]]) -> list[LayerSpec]:
+    """Parse layer strings (or mappings from a YAML/JSON file) into `LayerSpec` objects, numbered from 1."""
+    if not lines:
+        raise CnnlabError("the spec has no layers; give at least one, e.g. 'conv 32 k3'")
+    layers: list[LayerSpec] = []
+    for index, line in enumerate(lines, start=1):
+        text = _mapping_to_line(line, index) if isinstance(line, dict) else str(line)
+        layers.extend(_parse_line(text, index))
+    return layers
+
+
+def _mapping_to_line(entry: dict[str, Any], index: int) -> str:
+    entry = dict(entry)
+    kind = entry.pop("type", None) or entry.pop("layer", None)
+    if kind is None:
+        raise CnnlabError(f"layer {index}: a mapping needs a 'type' key, got {sorted(entry)}")
+    words = [str(kind)]
+    for key in ("filters", "units", "rate", "size"):
+        if key in entry:
+            words.append(str(entry.pop(key)))
+    prefixes = {"kernel": "k", "stride": "s", "dilation": "d"}
+    for key, prefix in prefixes.items():
+        if key in entry:
+            words.append(prefix + str(entry.pop(key)).replace(" ", ""))
+    if "padding" in entry:
+        pad = str(entry.pop("padding"))
+        words.append(pad if pad in ("same", "valid") else f"p{pad}")
+    if "activation" in entry:
+        words.append(str(entry.pop("activation")))
+    if entry.pop("bias", True) is False:
+        words.append("nobias")
+    if entry:
+        raise CnnlabError(f"layer {index} ({kind}): unknown keys {sorted(entry)}")
+    return " ".join(words)
+
+
+def load_spec_file(path: str | Path) -> tuple[tuple[int, ...] | None, list[LayerSpec]]:
+    """Read a YAML or JSON spec file; returns (input shape or None, layers)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnlabError(f"spec file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as error:  # noqa: BLE001 - any parse failure is a user error here
+        raise CnnlabError(f"cannot parse spec file {str(path)!r}: {str(error).splitlines()[0]}") from None
+    input_shape = None
+    if isinstance(data, dict):
+        if "input" in data:
+            input_shape = parse_size(str(data["input"]), "input")
+        data = data.get("layers")
+    if not isinstance(data, list):
+        raise CnnlabError(f"spec file {str(path)!r}: expected a list of layers or a mapping with 'layers'")
+    return input_shape, parse_spec(data)
+
+
+def _conv_out(size: int, kernel: int, stride: int, pad_total: int, dilation: int = 1) -> int:
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _window_output(layer: LayerSpec, height: int, width: int) -> tuple[int, int]:
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.stride, layer.dilation
+    if layer.padding == "same":
+        top, bottom = same_padding_amounts(height, kh, sh, dh)
+        left, right = same_padding_amounts(width, kw, sw, dw)
+    elif layer.padding == "valid":
+        top = bottom = left = right = 0
+    else:
+        top = bottom = layer.padding[0]
+        left = right = layer.padding[1]
+    layer.pads = (top, bottom, left, right)
+    out_h = _conv_out(height, kh, sh, top + bottom, dh)
+    out_w = _conv_out(width, kw, sw, left + right, dw)
+    if out_h <= 0 or out_w <= 0:
+        raise CnnlabError(
+            f"layer {layer.name} ({layer.source!r}): kernel {kh}x{kw} (dilation {dh}x{dw}) does not fit the "
+            f"{height}x{width} input with {layer.padding if isinstance(layer.padding, str) else 'explicit'} padding; "
+            "use 'same' padding or a smaller kernel"
+        )
+    return out_h, out_w
+
+
+def infer_shapes(layers: list[LayerSpec], input_shape: tuple[int, ...]) -> list[LayerSpec]:
+    """Fill each layer's input and output shape (without the batch dimension) by the padding arithmetic above.
+
+    Raises:
+        CnnlabError: naming the first layer whose input does not fit it.
+    """
+    if len(input_shape) not in (1, 3):
+        raise CnnlabError(f"input shape {input_shape} must be CxHxW (e.g. 3x200x300) or a flat size")
+    shape = tuple(input_shape)
+    for layer in layers:
+        layer.input_shape = shape
+        if layer.kind in ("conv", "maxpool", "avgpool", "gap", "lrn") and len(shape) != 3:
+            raise CnnlabError(
+                f"layer {layer.name} ({layer.source!r}) needs a CxHxW input, but receives shape {_fmt(shape)}"
+            )
+        if layer.kind == "conv":
+            out_h, out_w = _window_output(layer, shape[1], shape[2])
+            shape = (layer.filters, out_h, out_w)
+        elif layer.kind in ("maxpool", "avgpool"):
+            out_h, out_w = _window_output(layer, shape[1], shape[2])
+            shape = (shape[0], out_h, out_w)
+        elif layer.kind == "gap":
+            shape = (shape[0],)
+        elif layer.kind == "flatten":
+            shape = (math.prod(shape),)
+        elif layer.kind == "dense":
+            if len(shape) != 1:
+                raise CnnlabError(
+                    f"layer {layer.name} ({layer.source!r}): shape mismatch, a dense layer needs a flat input but "
+                    f"receives {_fmt(shape)}; add 'flatten' or 'gap' before it"
+                )
+            if layer.in_features is not None and layer.in_features != shape[0]:
+                raise CnnlabError(
+                    f"layer {layer.name} ({layer.source!r}): shape mismatch, declared in={layer.in_features} "
+                    f"but the previous layer gives {shape[0]} features"
+                )
+            shape = (layer.filters,)
+        layer.output_shape = shape
+    return layers
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def parameter_counts(layer: LayerSpec) -> tuple[int, int]:
+    """Analytic (trainable parameters, buffer values) of one layer; BN's running mean and variance are buffers."""
+    if layer.kind == "conv":
+        kh, kw = layer.kernel
+        return layer.filters * (kh * kw * layer.input_shape[0] + int(layer.bias)), 0
+    if layer.kind == "dense":
+        return layer.filters * (layer.input_shape[0] + int(layer.bias)), 0
+    if layer.kind == "bn":
+        channels = layer.input_shape[0]
+        return 2 * channels, 2 * channels
+    return 0, 0
+
+
+def layer_macs(layer: LayerSpec) -> int:
+    """Analytic multiply-accumulates of one layer for one sample (conv and dense; element-wise layers count 0)."""
+    if layer.kind == "conv":
+        kh, kw = layer.kernel
+        return math.prod(layer.output_shape) * kh * kw * layer.input_shape[0]
+    if layer.kind == "dense":
+        return layer.filters * layer.input_shape[0]
+    return 0
+
+
+def _native_padding(layer: LayerSpec) -> tuple[int, int] | None:
+    """Symmetric PyTorch padding giving this layer's output size, or None when only TF's asymmetric rule does.
+
+    For "same" with an odd kernel, PyTorch's ``padding=(k - 1) // 2`` gives the Keras size ``ceil(in / stride)``
+    without copying the input into a padded tensor (which TF-style padding must do, and autograd then keeps);
+    the windows are the same size and count, aligned half a step differently when the Keras padding is uneven.
+    """
+    if layer.padding == "valid":
+        return (0, 0)
+    if layer.padding != "same":
+        return tuple(layer.padding)
+    pads = []
+    for kernel, dilation in zip(layer.kernel, layer.dilation, strict=True):
+        reach = dilation * (kernel - 1)
+        if reach % 2 or (layer.kind != "conv" and reach // 2 > kernel // 2):
+            return None
+        pads.append(reach // 2)
+    return tuple(pads)
+
+
+def build_module(layers: list[LayerSpec]) -> nn.Sequential:
+    """The PyTorch module of a spec whose shapes are inferred; children are named like the spec rows."""
+    modules: dict[str, nn.Module] = {}
+    for layer in layers:
+        in_shape = layer.input_shape
+        if layer.kind == "conv":
+            options = dict(stride=layer.stride, dilation=layer.dilation, bias=layer.bias)
+            padding = _native_padding(layer)
+            if padding is None:
+                module: nn.Module = Conv2dSame(in_shape[0], layer.filters, layer.kernel, **options)
+            else:
+                module = nn.Conv2d(in_shape[0], layer.filters, layer.kernel, padding=padding, **options)
+        elif layer.kind in ("maxpool", "avgpool"):
+            padding = _native_padding(layer)
+            if padding is None:
+                module = (MaxPool2dSame if layer.kind == "maxpool" else AvgPool2dSame)(layer.kernel, layer.stride)
+            elif layer.kind == "maxpool":
+                module = nn.MaxPool2d(layer.kernel, layer.stride, padding=padding)
+            else:
+                module = nn.AvgPool2d(layer.kernel, layer.stride, padding=padding, count_include_pad=False)
+        elif layer.kind == "gap":
+            module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        elif layer.kind == "flatten":
+            module = nn.Flatten()
+        elif layer.kind == "dense":
+            module = nn.Linear(in_shape[0], layer.filters, bias=layer.bias)
+        elif layer.kind == "bn":
+            module = nn.BatchNorm2d(in_shape[0]) if len(in_shape) == 3 else nn.BatchNorm1d(in_shape[0])
+        elif layer.kind == "dropout":
+            module = nn.Dropout(layer.rate)
+        elif layer.kind == "lrn":
+            module = nn.LocalResponseNorm(layer.size)
+        elif layer.kind == "softmax":
+            module = nn.Softmax(dim=1)
+        else:
+            module = ACTIVATIONS[layer.kind]()
+        modules[layer.name.replace(":", "_")] = module
+    return nn.Sequential(OrderedDict(modules))
+
+
+def spec_from_strings(
+    lines: Sequence[str | dict[str, Any]], input_shape: Sequence[int]
+) -> tuple[list[LayerSpec], nn.Sequential]:
+    """Parse, infer shapes and build: the one call most users need."""
+    layers = infer_shapes(parse_spec(lines), tuple(input_shape))
+    return layers, build_module(layers)

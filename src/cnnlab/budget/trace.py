@@ -1,0 +1,430 @@
+"""Run a model once and count what it really holds: shapes, MACs, bytes saved for backward, peak live tensors.
+
+The same code runs on the meta device (no memory is allocated, so any batch size costs nothing: this is the
+"realistic estimate") and on a real device (the "measurement" that validates it). Counting works at the level of
+storages, so a tensor saved by two ops, or a view such as a flattened activation, is counted once.
+
+- Saved for backward: `torch.autograd.graph.saved_tensors_hooks` sees every tensor autograd keeps; parameters and
+  buffers are excluded (they are counted as model state), the input batch is reported separately.
+- Peak live: a `TorchDispatchMode` registers every storage an op creates and a finalizer that subtracts it when
+  freed; tensors alive before the step (parameters, buffers, the input) are counted from the start.
+- MACs: `torch.utils.flop_counter.FlopCounterMode` counts at the aten level (convolutions, matmuls, attention, ...),
+  so no layer type is silently zero; MACs = FLOPs / 2 for those ops.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import FlopCounterMode
+
+from cnnlab.errors import CnnlabError
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+}
+OPTIMIZER_STATE_COPIES = {"sgd": 0, "momentum": 1, "sgd-momentum": 1, "adam": 2, "adamw": 2, "none": 0}
+
+
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    """Map ``"float32"``, ``"bf16"``, ... to a torch dtype, with a one-line error for anything else."""
+    if isinstance(name, torch.dtype):
+        return name
+    key = str(name).lower().removeprefix("torch.")
+    if key not in DTYPES:
+        raise CnnlabError(f"unknown dtype {name!r}; use one of float32, float16, bfloat16")
+    return DTYPES[key]
+
+
+def optimizer_copies(optimizer: str) -> int:
+    """How many parameter-sized state tensors an optimizer keeps (SGD 0, momentum 1, Adam/AdamW 2)."""
+    key = optimizer.lower()
+    if key not in OPTIMIZER_STATE_COPIES:
+        raise CnnlabError(f"unknown optimizer {optimizer!r}; use one of sgd, momentum, adam, adamw")
+    return OPTIMIZER_STATE_COPIES[key]
+
+
+def _storage_key(tensor: torch.Tensor) -> int:
+    return tensor.untyped_storage()._cdata
+
+
+def storage_keys(tensors: Iterable[torch.Tensor]) -> set[int]:
+    """Identities of the storages behind some tensors (used to exclude parameters and buffers)."""
+    return {_storage_key(t) for t in tensors}
+
+
+class SavedTensorCounter:
+    """Counts the distinct storages autograd saves for backward while the context is active.
+
+    Args:
+        exclude: tensors whose storages are not counted (parameters, buffers).
+        inputs: tensors whose storages are counted, but reported apart as ``input_bytes``.
+        attribute_to: named callables giving the module running now (e.g. ``{"row": ..., "segment": ...}``);
+            the bytes each one saved (the input excluded) are summed in ``attributed[name][module]``.
+    """
+
+    def __init__(
+        self,
+        exclude: Iterable[torch.Tensor] = (),
+        inputs: Iterable[torch.Tensor] = (),
+        attribute_to: dict[str, Any] | None = None,
+    ) -> None:
+        self._exclude = storage_keys(exclude)
+        self._inputs = storage_keys(inputs)
+        self._seen: dict[int, int] = {}
+        self._attribute_to = attribute_to or {}
+        self.attributed: dict[str, dict[str, int]] = {kind: {} for kind in self._attribute_to}
+        self.input_bytes = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(tensor)
+        if key in self._exclude or key in self._seen:
+            return tensor
+        nbytes = tensor.untyped_storage().nbytes()
+        self._seen[key] = nbytes
+        if key in self._inputs:
+            self.input_bytes += nbytes
+            return tensor
+        for kind, current in self._attribute_to.items():
+            owner = current() or "(outside modules)"
+            self.attributed[kind][owner] = self.attributed[kind].get(owner, 0) + nbytes
+        return tensor
+
+    @property
+    def total_bytes(self) -> int:
+        """All distinct saved bytes, the input batch included."""
+        return sum(self._seen.values())
+
+    def __enter__(self) -> SavedTensorCounter:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
+class LiveTensorTracker(TorchDispatchMode):
+    """Tracks the bytes of live tensor storages op by op and remembers the peak.
+
+    Tensors passed to `add_existing` (parameters, the input) count from the start. Works on any device, meta included.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self._keys: set[int] = set()
+
+    def add_existing(self, tensors: Iterable[torch.Tensor]) -> None:
+        for tensor in tensors:
+            self._track(tensor)
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        if key in self._keys:
+            return
+        nbytes = storage.nbytes()
+        self._keys.add(key)
+        self.live_bytes += nbytes
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        weakref.finalize(storage, self._release, key, nbytes)
+
+    def _release(self, key: int, nbytes: int) -> None:
+        if key in self._keys:
+            self._keys.discard(key)
+            self.live_bytes -= nbytes
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for item in tree_flatten(out)[0]:
+            if isinstance(item, torch.Tensor):
+                self._track(item)
+        return out
+
+
+@dataclass
+class Row:
+    """One row of the per-layer table."""
+
+    name: str
+    type: str
+    output_shape: tuple[int, ...] = ()  # without the batch dimension
+    params: int = 0
+    trainable_params: int = 0
+    buffers: int = 0
+    macs: int = 0  # per sample
+    activation_bytes: int = 0  # output size per sample, in the traced dtype
+    saved_bytes: int = 0  # bytes this row saved for backward, at the traced batch size
+
+
+@dataclass
+class TraceResult:
+    """What one traced training (or inference) step held."""
+
+    batch_size: int
+    dtype: torch.dtype
+    device: str
+    rows: list[Row] = field(default_factory=list)
+    macs: int = 0  # per sample
+    output_shape: tuple[int, ...] = ()
+    saved_bytes: int = 0  # distinct saved storages, input included, parameters and buffers excluded
+    saved_input_bytes: int = 0
+    saved_by_segment: dict[str, int] = field(default_factory=dict)  # per top-level child
+    segment_input_bytes: dict[str, int] = field(default_factory=dict)  # input bytes of each top-level child
+    peak_live_bytes: int = 0  # parameters, input and all created tensors, at their peak
+    inference_peak_bytes: int = 0  # peak of live tensors in a no-grad forward, parameters excluded, input included
+    cuda_max_allocated_bytes: int | None = None
+
+
+def select_rows(model: nn.Module, depth: int | None = None) -> list[tuple[str, nn.Module]]:
+    """Modules shown as table rows: the leaves, or the modules at `depth` (leaves above it included)."""
+    rows = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        level = name.count(".") + 1
+        is_leaf = next(module.children(), None) is None
+        if (depth is None and is_leaf) or (depth is not None and (level == depth or (is_leaf and level < depth))):
+            rows.append((name, module))
+    if not rows:
+        rows = [(type(model).__name__, model)]
+    return rows
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    for item in tree_flatten(output)[0]:
+        if isinstance(item, torch.Tensor):
+            return item
+    return None
+
+
+@contextmanager
+def _row_hooks(rows: list[tuple[str, nn.Module]], model: nn.Module, result: TraceResult) -> Iterator[Any]:
+    """Forward hooks that keep a stack of running rows and record their output shapes and input sizes."""
+    stack: list[str] = []
+    segment_stack: list[str] = []
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+
+    def push(name: str, target: list[str]) -> Any:
+        def hook(module: nn.Module, args: tuple) -> None:
+            target.append(name)
+            if target is segment_stack:
+                first = _first_tensor(args)
+                if first is not None:
+                    result.segment_input_bytes[name] = first.untyped_storage().nbytes()
+
+        return hook
+
+    def pop(name: str, target: list[str]) -> Any:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if target and target[-1] == name:
+                target.pop()
+            if target is stack:
+                first = _first_tensor(output)
+                if first is not None and name not in shapes:
+                    shapes[name] = tuple(first.shape[1:])
+
+        return hook
+
+    for name, module in rows:
+        handles.append(module.register_forward_pre_hook(push(name, stack)))
+        handles.append(module.register_forward_hook(pop(name, stack)))
+    for name, module in model.named_children():
+        handles.append(module.register_forward_pre_hook(push(name, segment_stack)))
+        handles.append(module.register_forward_hook(pop(name, segment_stack)))
+    try:
+        yield (lambda: stack[-1] if stack else None), (lambda: segment_stack[-1] if segment_stack else None), shapes
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _prepare(model: nn.Module, device: str, dtype: torch.dtype) -> nn.Module:
+    if device == "meta":
+        model = copy.deepcopy(model).to(device="meta")
+    else:
+        model = model.to(device=device)
+    if dtype != torch.float32 or any(p.dtype != dtype for p in model.parameters()):
+        model = model.to(dtype=dtype)
+    return model
+
+
+def _make_optimizer(model: nn.Module, optimizer: str) -> torch.optim.Optimizer | None:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params or optimizer in ("none",):
+        return None
+    kind = optimizer.lower()
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=0.01)
+    if kind in ("momentum", "sgd-momentum"):
+        return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    if kind == "adam":
+        return torch.optim.Adam(params, foreach=False)
+    return torch.optim.AdamW(params, foreach=False)
+
+
+def _warm_up_optimizer(model: nn.Module, opt: torch.optim.Optimizer | None) -> list[torch.Tensor]:
+    """Create the optimizer's state with one zero-gradient step, as it exists in every step after the first.
+
+    Without this, the first step's peak (reached in backward, before the state exists) would miss the state.
+    """
+    if opt is None:
+        return []
+    for param in model.parameters():
+        if param.requires_grad:
+            param.grad = torch.zeros_like(param)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return [value for state in opt.state.values() for value in state.values() if isinstance(value, torch.Tensor)]
+
+
+def trace(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch_size: int = 1,
+    dtype: str | torch.dtype = "float32",
+    device: str = "meta",
+    optimizer: str = "adam",
+    depth: int | None = None,
+    training: bool = True,
+    inference_batch_size: int = 1,
+) -> TraceResult:
+    """Run one training step (forward, backward of ``output.sum()``, optimizer step) and one no-grad forward.
+
+    On ``device="meta"`` nothing is allocated and nothing is computed; the model is copied first. On a real device the
+    model's own parameters are used (and updated by one optimizer step on a copy: the caller's weights stay intact).
+
+    Args:
+        model: any module taking one tensor of shape ``(batch_size, *input_shape)``.
+        input_shape: one sample's shape, e.g. ``(3, 224, 224)``.
+        batch_size: samples in the traced batch.
+        dtype: parameter and input dtype.
+        device: ``"meta"`` for the estimate, ``"cpu"`` or ``"cuda"`` to measure.
+        optimizer: sgd, momentum, adam or adamw; ``"none"`` skips the step.
+        depth: table rows are the modules at this depth (leaves when None).
+        training: also trace the training step (False: only the forward pass for shapes, MACs and inference memory).
+        inference_batch_size: samples in the no-grad forward pass that measures the inference working set.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    if batch_size < 1:
+        raise CnnlabError(f"batch size {batch_size} must be at least 1")
+    if device != "meta":
+        model = copy.deepcopy(model)
+    model = _prepare(model, device, torch_dtype)
+    rows = select_rows(model, depth)
+    result = TraceResult(batch_size=batch_size, dtype=torch_dtype, device=device)
+    _fill_static_row_info(rows, result)
+
+    def make_input(batch: int) -> torch.Tensor:
+        if device == "meta":
+            return torch.empty((batch, *input_shape), dtype=torch_dtype, device="meta")
+        return torch.randn((batch, *input_shape), dtype=torch_dtype, device=device)
+
+    state = [*model.parameters(), *model.buffers()]
+    # Inference: eval mode, no grad; the working set is the peak of the input and the tensors created.
+    model.eval()
+    x = make_input(inference_batch_size)
+    tracker = LiveTensorTracker()
+    flops = FlopCounterMode(display=False)
+    with _row_hooks(rows, model, result) as (_, _, shapes), torch.no_grad(), flops, tracker:
+        tracker.add_existing([x])
+        output = model(x)
+    result.inference_peak_bytes = tracker.peak_bytes
+    first = _first_tensor(output)
+    result.output_shape = tuple(first.shape[1:]) if first is not None else ()
+    del output, first
+    _fill_flops(rows, result, flops, model, inference_batch_size)
+    for row in result.rows:
+        row.output_shape = shapes.get(row.name, ())
+        row.activation_bytes = _numel(row.output_shape) * torch_dtype.itemsize
+    if not training:
+        return result
+
+    model.train()
+    x = make_input(batch_size)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    opt = _make_optimizer(model, optimizer)
+    optimizer_state = _warm_up_optimizer(model, opt)
+    tracker = LiveTensorTracker()
+    with _row_hooks(rows, model, result) as (current_row, current_segment, _), tracker:
+        tracker.add_existing([*state, *optimizer_state, x])
+        owners = {"row": current_row, "segment": current_segment}
+        counter = SavedTensorCounter(exclude=state, inputs=[x], attribute_to=owners)
+        with counter:
+            output = model(x)
+        loss = _first_tensor(output).float().sum()
+        del output
+        loss.backward()
+        del loss
+        if opt is not None:
+            opt.step()
+    result.peak_live_bytes = tracker.peak_bytes
+    result.saved_bytes = counter.total_bytes
+    result.saved_input_bytes = counter.input_bytes
+    result.saved_by_segment = counter.attributed["segment"]
+    for row in result.rows:
+        row.saved_bytes = counter.attributed["row"].get(row.name, 0)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        result.cuda_max_allocated_bytes = torch.cuda.max_memory_allocated()
+    return result
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    total = 1
+    for size in shape:
+        total *= size
+    return total
+
+
+def _fill_static_row_info(rows: list[tuple[str, nn.Module]], result: TraceResult) -> None:
+    for name, module in rows:
+        params = list(module.parameters())
+        result.rows.append(
+            Row(
+                name=name,
+                type=type(module).__name__,
+                params=sum(p.numel() for p in params),
+                trainable_params=sum(p.numel() for p in params if p.requires_grad),
+                buffers=sum(b.numel() for b in module.buffers() if b.is_floating_point()),
+            )
+        )
+
+
+def _fill_flops(
+    rows: list[tuple[str, nn.Module]], result: TraceResult, flops: FlopCounterMode, model: nn.Module, batch: int
+) -> None:
+    counts = flops.get_flop_counts()
+    prefix = type(model).__name__
+    result.macs = flops.get_total_flops() // 2 // batch
+    for row in result.rows:
+        per_op = counts.get(f"{prefix}.{row.name}", {})
+        row.macs = sum(per_op.values()) // 2 // batch
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass for one sample, counted at the aten level on the meta device."""
+    return trace(model, tuple(input_shape), batch_size=1, training=False).macs

@@ -1,0 +1,74 @@
+"""`cnnlab budget`: parameters, MACs and memory of a model, a layer spec or a spec file."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+_HELP = """Size a CNN: per-layer shapes, parameters, MACs, and memory for inference and for training a mini-batch.
+
+TARGET is a zoo model name (resnet50), a YAML/JSON spec file, or layer strings, one per argument:
+
+  cnnlab budget --input 3x200x300 "conv 100 k3 s2 same" "conv 200 k3 s2 same" "conv 400 k3 s2 same" --batch 50
+
+Layer strings: conv F kK sS same|valid|pN [relu], maxpool|avgpool kK sS, gap, flatten, dense N [relu], bn,
+relu|tanh|sigmoid|gelu|silu|leakyrelu|softmax, dropout P, lrn N. Memory is shown twice: the textbook view (every
+layer output kept, two consecutive layers at inference) and what PyTorch really keeps (traced on the meta device).
+"""
+
+
+def budget_command(
+    target: Annotated[
+        list[str], typer.Argument(help="Zoo model name, spec file, or layer strings.", show_default=False)
+    ],
+    input: Annotated[
+        str | None, typer.Option("--input", "-i", help="Shape of one sample, CxHxW, e.g. 3x224x224.")
+    ] = None,
+    batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Training mini-batch size.")] = 1,
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
+    optimizer: Annotated[str, typer.Option(help="sgd, momentum, adam or adamw (its state in memory).")] = "adam",
+    depth: Annotated[int | None, typer.Option(help="Table rows at this module depth (default: leaf modules).")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Print the arithmetic step by step.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON with stable keys instead of tables.")] = False,
+    measure: Annotated[
+        bool, typer.Option("--measure", help="Run one real training step and compare with the estimate.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="Device for --measure: cpu or cuda.")] = "cpu",
+    memory: Annotated[
+        str | None, typer.Option(help="Plan for this memory (e.g. 8GiB): largest batch, and with each remedy.")
+    ] = None,
+    layers: Annotated[bool, typer.Option("--layers/--no-layers", help="Show the per-layer table.")] = True,
+) -> None:
+    from cnnlab.budget import budget, parse_memory
+    from cnnlab.budget.spec import parse_size
+
+    input_shape = parse_size(input, "input") if input else None
+    model = target[0] if len(target) == 1 and " " not in target[0] else target
+    report = budget(
+        model,
+        input_shape=input_shape,
+        batch_size=batch,
+        dtype=dtype,
+        optimizer=optimizer,
+        depth=depth,
+        measure=measure,
+        device=device,
+        memory_limit=parse_memory(memory) if memory else None,
+    )
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    from cnnlab.budget.render import print_report
+
+    print_report(report, layers=layers)
+    if explain:
+        from cnnlab.budget.explain import explain as explain_report
+
+        typer.echo("")
+        typer.echo(explain_report(report))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("budget", help=_HELP)(budget_command)

@@ -1,0 +1,46 @@
+"""`cnnlab budget` from the command line: output, JSON, and one-line errors with exit code 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+EXERCISE = ["conv 100 k3 s2 same", "conv 200 k3 s2 same", "conv 400 k3 s2 same"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cnnlab", "budget", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_json_output():
+    result = run("--input", "3x200x300", *EXERCISE, "--batch", "50", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["params"] == 903_400
+    assert [layer["output_shape"] for layer in data["layers"]] == [[100, 100, 150], [200, 50, 75], [400, 25, 38]]
+
+
+def test_explain_output():
+    result = run("--input", "3x200x300", *EXERCISE, "--batch", "50", "--explain")
+    assert result.returncode == 0, result.stderr
+    assert "903,400" in result.stdout and "565,613,600" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--input", "3x32x32", "conv 8 k3", "frobnicate 2"], "layer 2"),
+        (["--input", "3x-32x32", "conv 8 k3"], "input"),
+        (["--input", "3x4x4", "conv 8 k7 valid"], "layer 1"),
+        (["--input", "3x32x32", "conv 8 k3", "--dtype", "float12"], "dtype"),
+        (["--input", "3x32x32", "conv 8 k3", "dense 10"], "layer 2"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(args, fragment):
+    result = run(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.stderr

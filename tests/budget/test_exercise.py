@@ -1,0 +1,76 @@
+"""The chapter's exercise 2: three stride-2 'same' convolutions on a 200x300 RGB image."""
+
+import pytest
+
+from cnnlab.budget import budget
+
+EXERCISE = ["conv 100 k3 s2 same", "conv 200 k3 s2 same", "conv 400 k3 s2 same"]
+
+
+@pytest.fixture(scope="module")
+def report():
+    return budget(EXERCISE, input_shape=(3, 200, 300), batch_size=50, dtype="float32")
+
+
+def test_parameters(report):
+    assert report.params == 903_400
+    assert [row.params for row in report.layers] == [2_800, 180_200, 720_400]
+
+
+def test_output_shapes(report):
+    assert [row.output_shape for row in report.layers] == [(100, 100, 150), (200, 50, 75), (400, 25, 38)]
+
+
+def test_textbook_memory(report):
+    assert [row.activation_bytes for row in report.layers] == [6_000_000, 3_000_000, 1_520_000]
+    assert report.inference["params_bytes"] == 3_613_600
+    assert report.inference["working_set_bytes"] == 9_000_000
+    assert report.inference["total_bytes"] == 12_613_600  # ~12.6 MB
+    training = report.training
+    assert training["activations_bytes"] == 526_000_000
+    assert training["inputs_bytes"] == 36_000_000
+    assert training["activations_bytes"] + training["inputs_bytes"] + training["params_bytes"] == 565_613_600
+    assert training["grads_bytes"] == 3_613_600
+    assert training["optimizer_bytes"] == 2 * 3_613_600  # Adam: two moments
+
+
+def test_macs_and_flops(report):
+    # conv MACs = output values x k_h x k_w x c_in
+    assert report.macs == 100 * 100 * 150 * 27 + 200 * 50 * 75 * 900 + 400 * 25 * 38 * 1800
+    assert report.flops == 2 * report.macs
+
+
+def test_explain_shows_the_derivation(report):
+    from cnnlab.budget.explain import explain
+
+    text = explain(report)
+    for fragment in ("100 x (3 x 3 x 3 + 1) = 2,800", "903,400", "ceil(75 / 2) = 38", "12,613,600", "565,613,600"):
+        assert fragment in text
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_realistic_estimate_matches_measurement(relu):
+    layers = [f"{line} relu" if relu else line for line in EXERCISE]
+    report = budget(layers, input_shape=(3, 200, 300), batch_size=4, measure=True)
+    measured = report.measured
+    assert abs(report.realistic["saved_for_backward_bytes"] / measured["saved_for_backward_bytes"] - 1) < 0.02
+    assert abs(report.realistic["peak_bytes"] / measured["peak_live_bytes"] - 1) < 0.02
+    # PyTorch keeps the input of each conv, not the last output: 36 + 300 + 150 MB at batch 50 without ReLU.
+    per_sample = 720_000 + 6_000_000 + 3_000_000 + (1_520_000 if relu else 0)
+    assert report.realistic["saved_for_backward_bytes"] == 4 * per_sample
+
+
+def test_json_keys(report):
+    data = report.to_dict()
+    assert {"params", "trainable_params", "macs", "layers", "inference", "training"} <= set(data)
+    assert set(data["layers"][0]) >= {"name", "type", "output_shape", "params", "macs", "activation_bytes"}
+    assert set(data["inference"]) == {"params_bytes", "working_set_bytes", "total_bytes"}
+    assert set(data["training"]) == {
+        "batch_size",
+        "params_bytes",
+        "grads_bytes",
+        "optimizer_bytes",
+        "inputs_bytes",
+        "activations_bytes",
+        "total_bytes",
+    }

@@ -1,0 +1,113 @@
+"""The realistic estimate (meta device) against a real CPU run, for several architectures."""
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.budget import budget, count_macs
+from cnnlab.budget.trace import trace
+
+
+class Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + x)
+
+
+def _residual_net():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), Residual(8), Residual(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)
+    )
+
+
+ARCHITECTURES = {
+    "bn-pool-dropout": lambda: nn.Sequential(
+        nn.Conv2d(3, 16, 3),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Dropout(0.5),
+        nn.Flatten(),
+        nn.Linear(32 * 6 * 6, 10),
+    ),
+    "residual": _residual_net,
+    "dense-head": lambda: nn.Sequential(
+        nn.Conv2d(3, 8, 5),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(8 * 28 * 28, 64),
+        nn.ReLU(),
+        nn.Dropout(0.2),
+        nn.Linear(64, 10),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_estimate_within_two_percent_of_measurement(name, optimizer):
+    torch.manual_seed(0)
+    report = budget(ARCHITECTURES[name](), input_shape=(3, 32, 32), batch_size=8, optimizer=optimizer, measure=True)
+    assert report.measured["saved_for_backward_bytes"] > 0
+    assert abs(report.measured["saved_ratio"] - 1) < 0.02
+    assert abs(report.measured["peak_ratio"] - 1) < 0.02
+
+
+def test_measured_counts_what_autograd_saves_by_hand():
+    # conv saves its input (the batch), ReLU its output, max pool its input (= ReLU's output) and int64 indices.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    result = trace(model, (3, 8, 8), batch_size=2, device="cpu")
+    batch_bytes = 2 * 3 * 8 * 8 * 4
+    relu_bytes = 2 * 4 * 8 * 8 * 4
+    indices_bytes = 2 * 4 * 4 * 4 * 8
+    assert result.saved_bytes == batch_bytes + relu_bytes + indices_bytes
+    assert result.saved_input_bytes == batch_bytes
+
+
+def test_measurement_leaves_the_callers_model_unchanged():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    before = [p.detach().clone() for p in model.parameters()]
+    budget(model, input_shape=(3, 8, 8), batch_size=2, measure=True)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_macs_count_matmuls_and_custom_modules():
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(12, 5))
+
+        def forward(self, x):
+            return x.flatten(1) @ self.weight
+
+    assert count_macs(Custom(), (3, 2, 2)) == 12 * 5
+    assert count_macs(nn.Conv2d(3, 8, 3), (3, 10, 10)) == 8 * 8 * 8 * 27
+
+
+def test_plan_fits_the_limit():
+    report = budget(
+        ["conv 16 k3 same relu", "conv 16 k3 same relu", "flatten", "dense 10"],
+        input_shape=(3, 32, 32),
+        memory_limit="64MiB",
+    )
+    remedies = {r["remedy"]: r for r in report.plan["remedies"]}
+    best = remedies["as configured"]["max_batch"]
+    assert best > 0
+    from cnnlab.budget.core import resolve_model
+
+    _, module, shape, _ = resolve_model(
+        ["conv 16 k3 same relu", "conv 16 k3 same relu", "flatten", "dense 10"], (3, 32, 32)
+    )
+    assert trace(module, shape, best).peak_live_bytes <= 64 * 2**20 < trace(module, shape, best + 8).peak_live_bytes
+    assert remedies["bf16 mixed precision"]["max_batch"] > best
+    assert remedies["SGD (no optimizer state)"]["max_batch"] >= best

@@ -1,0 +1,107 @@
+"""Spec parsing and shape arithmetic, checked against real PyTorch modules."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from cnnlab.budget.spec import infer_shapes, load_spec_file, parse_size, parse_spec, spec_from_strings
+from cnnlab.errors import CnnlabError
+
+
+@pytest.mark.parametrize("size", [5, 7, 28, 32, 75])
+@pytest.mark.parametrize("kernel", [1, 2, 3, 5])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("padding", ["valid", "same", "p1"])
+def test_conv_shapes_match_pytorch(size, kernel, stride, padding):
+    line = f"conv 4 k{kernel} s{stride} {padding}"
+    if padding == "valid" and kernel > size:
+        return
+    layers, module = spec_from_strings([line], (2, size, size + 1))
+    out = module(torch.zeros(1, 2, size, size + 1))
+    assert tuple(out.shape[1:]) == layers[0].output_shape
+    if padding == "same":
+        assert layers[0].output_shape[1:] == (math.ceil(size / stride), math.ceil((size + 1) / stride))
+    else:  # an independent reference: PyTorch's own Conv2d with the same explicit padding
+        pad = 0 if padding == "valid" else 1
+        reference = nn.Conv2d(2, 4, kernel, stride, padding=pad)(torch.zeros(1, 2, size, size + 1))
+        assert tuple(reference.shape[1:]) == layers[0].output_shape
+
+
+@pytest.mark.parametrize("kind", ["maxpool", "avgpool"])
+@pytest.mark.parametrize("size", [4, 7, 75])
+@pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 2), (3, 1), (2, 1)])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_pool_shapes_match_pytorch(kind, size, kernel, stride, padding):
+    layers, module = spec_from_strings([f"{kind} k{kernel} s{stride} {padding}"], (3, size, size))
+    out = module(torch.randn(1, 3, size, size))
+    assert tuple(out.shape[1:]) == layers[0].output_shape
+    if padding == "same":
+        assert layers[0].output_shape[1] == math.ceil(size / stride)
+
+
+def test_same_stride_two_turns_75_into_38():
+    layers = infer_shapes(parse_spec(["conv 8 k3 s2 same"]), (3, 75, 75))
+    assert layers[0].output_shape == (8, 38, 38)
+
+
+_layer = st.one_of(
+    st.builds(
+        lambda f, k, s, p: f"conv {f} k{k} s{s} {p}",
+        st.integers(1, 8),
+        st.integers(1, 3),
+        st.integers(1, 2),
+        st.sampled_from(["same", "valid"]),
+    ),
+    st.sampled_from(["relu", "bn", "maxpool k2 s2 same", "avgpool k2 s1 same", "dropout 0.3", "tanh"]),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(convs=st.lists(_layer, min_size=1, max_size=5), units=st.lists(st.integers(1, 16), max_size=2))
+def test_parameter_counts_equal_pytorch(convs, units):
+    lines = [*convs, "flatten", *(f"dense {u}" for u in units)]
+    layers, module = spec_from_strings(lines, (3, 16, 16))
+    from cnnlab.budget.spec import parameter_counts
+
+    assert sum(parameter_counts(layer)[0] for layer in layers) == sum(p.numel() for p in module.parameters())
+    out = module.eval()(torch.randn(2, 3, 16, 16))
+    assert tuple(out.shape[1:]) == layers[-1].output_shape
+
+
+def test_yaml_and_json_files(tmp_path):
+    yaml_file = tmp_path / "net.yaml"
+    yaml_file.write_text(
+        "input: 3x200x300\nlayers:\n  - conv 100 k3 s2 same\n  - {type: conv, filters: 200, kernel: 3, "
+        "stride: 2, padding: same}\n"
+    )
+    shape, layers = load_spec_file(yaml_file)
+    assert shape == (3, 200, 300)
+    assert [layer.filters for layer in layers] == [100, 200]
+    json_file = tmp_path / "net.json"
+    json_file.write_text('["conv 8 k3", "flatten", "dense 10"]')
+    assert len(load_spec_file(json_file)[1]) == 3
+
+
+@pytest.mark.parametrize(
+    "lines,shape,fragment",
+    [
+        (["conv 8 k3", "bogus 3"], (3, 8, 8), "layer 2"),
+        (["conv -4 k3"], (3, 8, 8), "layer 1"),
+        (["conv 8 k9 valid"], (3, 8, 8), "layer 1"),
+        (["conv 8 k3", "dense 10"], (3, 8, 8), "dense"),
+        (["conv 8 k3", "flatten", "dense 10 in=99"], (3, 8, 8), "layer 3"),
+    ],
+)
+def test_bad_specs_name_the_layer(lines, shape, fragment):
+    with pytest.raises(CnnlabError, match=fragment):
+        infer_shapes(parse_spec(lines), shape)
+
+
+def test_parse_size():
+    assert parse_size("3x200x300") == (3, 200, 300)
+    with pytest.raises(CnnlabError):
+        parse_size("3x-2x4")
