@@ -36,7 +36,21 @@ def _root(
 
 
 # Command modules, in the order their commands appear in --help. Each defines `register(app)`.
-_COMMAND_MODULES = ["budget", "zoo", "train", "evaluate", "predict", "fcn", "experiment", "explain", "demo"]
+# `train_*` modules add subcommands to the `train` group defined in cli/train.py (`train_app`).
+_COMMAND_MODULES = [
+    "budget",
+    "zoo",
+    "train",
+    "train_transfer",
+    "train_segment",
+    "evaluate",
+    "predict",
+    "export",
+    "fcn",
+    "experiment",
+    "explain",
+    "demo",
+]
 
 
 def _register_commands() -> None:
