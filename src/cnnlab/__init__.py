@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cnnlab.errors import CnnlabError
 
 __version__ = "0.1.0"
 __all__ = ["CnnlabError", "__version__", "load_model", "create_model", "list_models", "budget"]
-
-if TYPE_CHECKING:  # pragma: no cover
-    from torch import nn
 
 
 def __getattr__(name: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from cnnlab.budget.core import BudgetReport, textbook_outputs
 from cnnlab.budget.spec import LayerSpec, layer_macs, parameter_counts
@@ -15,6 +16,11 @@ def _n(value: int | float) -> str:
 
 def _mb(value: int | float) -> str:
     return f"{value / 1e6:,.1f} MB"
+
+
+def _sum_text(values: Iterable[int], shown: int = 12) -> str:
+    values = list(values)
+    return " + ".join(_n(v) for v in values[:shown]) + (" + ..." if len(values) > shown else "")
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -59,7 +65,8 @@ def _spec_layer_lines(layer: LayerSpec, itemsize: int) -> list[str]:
         )
     values = math.prod(layer.output_shape)
     lines.append(
-        f"    output {_shape(layer.output_shape)} = {_n(values)} values x {itemsize} bytes = {_n(values * itemsize)} bytes"
+        f"    output {_shape(layer.output_shape)} = {_n(values)} values x {itemsize} bytes "
+        f"= {_n(values * itemsize)} bytes"
     )
     return lines
 
@@ -141,8 +148,8 @@ def explain(report: BudgetReport) -> str:
     real = report.realistic
     lines += ["", "6. What PyTorch really keeps (realistic view, traced on the meta device)"]
     lines.append(
-        f"    saved for backward: {_n(real['saved_for_backward_bytes'])} bytes ({_mb(real['saved_for_backward_bytes'])})"
-        ", counted per distinct storage:"
+        f"    saved for backward: {_n(real['saved_for_backward_bytes'])} bytes "
+        f"({_mb(real['saved_for_backward_bytes'])}), counted per distinct storage:"
     )
     lines.append("    a conv keeps its input, a ReLU its output (not its input), max pooling its input and int64")
     lines.append("    indices, batch norm its input; a layer whose output nobody saves costs nothing after backward.")

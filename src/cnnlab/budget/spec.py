@@ -17,8 +17,9 @@ Padding: ``valid`` (the default, as in Keras and PyTorch) keeps only full window
 ``same`` pads so that ``out = ceil(in / s)``: the total padding is ``max((out - 1) * s + k - in, 0)``, split with the
 extra pixel after (Keras/TF), so stride 2 turns 75 into 38. ``pN`` pads N on every side (PyTorch's ``padding=N``).
 
-The same spec may come from a YAML or JSON file: either a list of such strings, or a mapping with ``input`` ("3x200x300")
-and ``layers`` (strings, or mappings like ``{type: conv, filters: 100, kernel: 3, stride: 2, padding: same}``).
+The same spec may come from a YAML or JSON file: either a list of such strings, or a mapping with ``input``
+("3x200x300") and ``layers`` (strings, or mappings like
+``{type: conv, filters: 100, kernel: 3, stride: 2, padding: same}``).
 """
 
 from __future__ import annotations

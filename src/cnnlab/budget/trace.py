@@ -261,10 +261,8 @@ def _row_hooks(rows: list[tuple[str, nn.Module]], model: nn.Module, result: Trac
 
 
 def _prepare(model: nn.Module, device: str, dtype: torch.dtype) -> nn.Module:
-    if device == "meta":
-        model = copy.deepcopy(model).to(device="meta")
-    else:
-        model = model.to(device=device)
+    # The meta copy leaves the caller's weights in place; a real device uses (a copy made by the caller of) them.
+    model = copy.deepcopy(model).to(device="meta") if device == "meta" else model.to(device=device)
     if dtype != torch.float32 or any(p.dtype != dtype for p in model.parameters()):
         model = model.to(dtype=dtype)
     return model
