@@ -14,8 +14,12 @@ $(BIN)/cnnlab: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]' $(TORCH_PINS)
 	touch $(BIN)/cnnlab
 
+# Datasets: --data-dir, else $$CNNLAB_DATA, else ./data. Where a shared data folder sits beside the checkout
+# (as in CI), the demo uses it rather than downloading.
+SHARED_DATA := $(wildcard ../shared/data)
+
 demo: $(BIN)/cnnlab
-	$(BIN)/cnnlab demo
+	$(if $(SHARED_DATA),CNNLAB_DATA=$${CNNLAB_DATA:-$(abspath $(SHARED_DATA))}) MPLBACKEND=Agg $(BIN)/cnnlab demo
 
 test: $(BIN)/cnnlab
 	$(BIN)/ruff check src tests benchmarks

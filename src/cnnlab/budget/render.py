@@ -119,12 +119,15 @@ def plan_table(report: BudgetReport) -> Table | None:
     return table
 
 
+def default_console() -> Console:
+    """A console for the tables: the terminal's width, or 160 columns when output goes to a file or pipe."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
 def print_report(report: BudgetReport, console: Console | None = None, layers: bool = True) -> None:
     """Print the tables of a report."""
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=160)
+    console = console or default_console()
     if layers:
         console.print(layer_table(report))
     console.print(
