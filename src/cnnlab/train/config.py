@@ -52,6 +52,7 @@ class TrainConfig:
         seed: seeds python, numpy and torch, and the data order of every epoch.
         deterministic: ask torch for deterministic algorithms (slower on GPU).
         device: "auto" (cuda if available, else cpu), or a torch device string.
+        num_threads: CPU threads for torch (`torch.set_num_threads`), or None to keep torch's default.
         monitor: the validation metric early stopping and "best" follow (e.g. "val_accuracy", "val_loss").
         monitor_mode: "max" or "min" for `monitor`.
         early_stopping_patience: stop after this many epochs without improvement of `monitor`, or None.
@@ -85,6 +86,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
+    num_threads: int | None = None
     monitor: str = "val_accuracy"
     monitor_mode: Literal["max", "min"] = "max"
     early_stopping_patience: int | None = None

@@ -44,7 +44,16 @@ BatchTransform = Callable[[Any, torch.Tensor], tuple[Any, torch.Tensor]]
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "cnnlab-checkpoint-1"
 # Options that may differ between a run and its resumption; any other difference is refused.
-_RESUME_FREE_OPTIONS = {"resume", "overwrite", "progress", "log_every", "output", "eval_batch_size", "device"}
+_RESUME_FREE_OPTIONS = {
+    "resume",
+    "overwrite",
+    "progress",
+    "log_every",
+    "output",
+    "eval_batch_size",
+    "device",
+    "num_threads",
+}
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -101,6 +110,8 @@ class Trainer:
     ) -> None:
         config.validate()
         self.config = config
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
         if config.channels_last:

@@ -1,0 +1,75 @@
+"""Evaluation figures: confusion-matrix heatmap and a grid of misclassified images with their labels."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+
+def _pyplot():  # noqa: ANN202 - matplotlib's module
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion_matrix(
+    matrix: torch.Tensor, path: str | os.PathLike[str], class_names: Sequence[str] | None = None, title: str = ""
+) -> Path:
+    """Heatmap of counts (true class down, predicted across), each cell annotated; returns `path`."""
+    plt = _pyplot()
+    n = len(matrix)
+    names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
+    figure, axis = plt.subplots(figsize=(1 + 0.6 * n, 0.8 + 0.6 * n))
+    # Log scale so that the few errors stay visible next to the large diagonal.
+    axis.imshow((matrix.float() + 1).log().numpy(), cmap="Blues")
+    for i in range(n):
+        for j in range(n):
+            value = int(matrix[i, j])
+            if value:
+                color = "white" if i == j else "black"
+                axis.text(j, i, str(value), ha="center", va="center", fontsize=7, color=color)
+    axis.set_xticks(range(n), names)
+    axis.set_yticks(range(n), names)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title or "confusion matrix")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_misclassified(
+    images: torch.Tensor,
+    true_labels: torch.Tensor,
+    predicted_labels: torch.Tensor,
+    path: str | os.PathLike[str],
+    max_images: int = 100,
+    columns: int = 10,
+) -> Path:
+    """Grid of (up to `max_images`) images [N, 1 or 3, H, W] titled "true → predicted"; returns `path`."""
+    plt = _pyplot()
+    count = min(len(images), max_images)
+    rows = max(1, -(-count // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.3), squeeze=False)
+    for k, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if k >= count:
+            continue
+        image = images[k].float().cpu()
+        if image.shape[0] == 1:
+            axis.imshow(image[0].numpy(), cmap="gray_r")
+        else:
+            axis.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
+        axis.set_title(f"{int(true_labels[k])}→{int(predicted_labels[k])}", fontsize=9, color="crimson")
+    figure.suptitle(f"misclassified: true → predicted ({len(images)} in total, {count} shown)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)

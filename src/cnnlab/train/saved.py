@@ -1,0 +1,132 @@
+"""Saved models without pickle: ``model.safetensors`` (weights) + ``model.json`` (architecture name and kwargs).
+
+An ensemble is a directory with ``ensemble.json`` listing its members (each a saved-model directory). `load_model`
+accepts a run directory, a member directory, an ``ensemble.json``/``model.json`` file or a ``.safetensors`` file
+that has its ``model.json`` next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+
+MODEL_WEIGHTS = "model.safetensors"
+MODEL_SPEC = "model.json"
+ENSEMBLE_SPEC = "ensemble.json"
+
+
+class Ensemble(nn.Module):
+    """Averages the members' softmax probabilities and returns the log of the average.
+
+    The output is a valid logit vector (softmax of it gives back the averaged probabilities; argmax is the
+    ensemble's prediction), so an ensemble can be used wherever a single model is.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.stack([member(x).float().softmax(dim=1) for member in self.members]).mean(0)
+        return probabilities.clamp_min(1e-12).log()
+
+
+def save_model(
+    model: nn.Module, directory: str | os.PathLike[str], arch: str, kwargs: dict[str, Any], meta: dict[str, Any]
+) -> Path:
+    """Write `model`'s weights and its architecture record into `directory`; returns the weights path.
+
+    Args:
+        model: the module (its state_dict is saved; tensors are made contiguous and moved to the CPU).
+        directory: where ``model.safetensors`` and ``model.json`` go.
+        arch: registered model name (`cnnlab.create_model` rebuilds it).
+        kwargs: constructor keyword arguments (JSON-serialisable; tuples come back as lists and are restored).
+        meta: free-form facts saved with it (input shape and range, metrics, seed ...).
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / MODEL_WEIGHTS))
+    spec = {"format": "cnnlab-model-1", "arch": arch, "kwargs": kwargs, "meta": meta}
+    (directory / MODEL_SPEC).write_text(json.dumps(spec, indent=1))
+    return directory / MODEL_WEIGHTS
+
+
+def save_ensemble(
+    directory: str | os.PathLike[str], members: list[str | os.PathLike[str]], meta: dict[str, Any]
+) -> Path:
+    """Write ``ensemble.json`` listing member directories (stored relative to `directory`)."""
+    directory = Path(directory)
+    relative = [os.path.relpath(Path(m), directory) for m in members]
+    path = directory / ENSEMBLE_SPEC
+    path.write_text(json.dumps({"format": "cnnlab-ensemble-1", "members": relative, "meta": meta}, indent=1))
+    return path
+
+
+def _restore_tuples(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
+def _load_single(spec_path: Path, device: str | torch.device) -> nn.Module:
+    from safetensors.torch import load_file
+
+    from cnnlab.models import create_model
+
+    try:
+        spec = json.loads(spec_path.read_text())
+        arch, kwargs = spec["arch"], _restore_tuples(spec.get("kwargs", {}))
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise CnnlabError(f"{spec_path} is not a cnnlab model record ({error}); re-save the model") from None
+    weights = spec_path.parent / MODEL_WEIGHTS
+    if not weights.is_file():
+        raise CnnlabError(f"{weights} is missing next to {spec_path}; the saved model is incomplete")
+    model = create_model(arch, **kwargs)
+    try:
+        model.load_state_dict(load_file(str(weights), device=str(device)))
+    except RuntimeError as error:
+        first_line = str(error).splitlines()[0]
+        raise CnnlabError(f"{weights} does not fit architecture {arch!r}: {first_line}") from None
+    return model.to(device)
+
+
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
+    """Load a saved model or ensemble in eval mode.
+
+    For MNIST models the returned module takes float images in [0, 1] shaped [N, 1, 28, 28] and returns logits
+    (normalisation is inside). An ensemble returns log(mean softmax) of its members (see `Ensemble`).
+
+    Args:
+        path: a run directory, a saved-model directory, ``model.json``, ``ensemble.json`` or ``model.safetensors``.
+        device: where to put the weights.
+
+    Raises:
+        CnnlabError: when nothing loadable is at `path`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / ENSEMBLE_SPEC).is_file():
+            path = path / ENSEMBLE_SPEC
+        elif (path / MODEL_SPEC).is_file():
+            path = path / MODEL_SPEC
+        else:
+            raise CnnlabError(f"{path} holds no {MODEL_SPEC} or {ENSEMBLE_SPEC}; is it a finished cnnlab run?")
+    elif path.suffix == ".safetensors":
+        path = path.parent / MODEL_SPEC
+    if not path.is_file():
+        raise CnnlabError(f"no saved model at {path}; pass a run directory or a model.json / model.safetensors file")
+    if path.name == ENSEMBLE_SPEC or path.name.endswith(ENSEMBLE_SPEC):
+        spec = json.loads(path.read_text())
+        members = [_load_single(path.parent / member / MODEL_SPEC, device) for member in spec["members"]]
+        model: nn.Module = Ensemble(members)
+    else:
+        model = _load_single(path, device)
+    return model.eval()
