@@ -1,0 +1,99 @@
+"""`cnnlab zoo`: the model zoo at a glance, and one architecture stage by stage."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+_LIST_HELP = "List the models: parameters, MACs at the default resolution, published top-1, offline weights."
+
+
+def _meta_model(name: str):  # noqa: ANN202 (torch import deferred for a fast --help)
+    import torch
+
+    from cnnlab.models import create_model
+
+    with torch.device("meta"):
+        return create_model(name)
+
+
+def zoo_callback(ctx: typer.Context) -> None:
+    """List the models (when no subcommand is given)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from cnnlab.budget import count_macs
+    from cnnlab.models import has_offline_weights, list_models
+
+    table = Table(title="cnnlab model zoo", title_justify="left")
+    for column in ("model", "input", "params", "MACs", "top-1 %", "weights"):
+        table.add_column(column, justify="right" if column in ("params", "MACs", "top-1 %") else "left", no_wrap=True)
+    for name in list_models():
+        model = _meta_model(name)
+        input_size = model.default_input_size
+        params = sum(p.numel() for p in model.parameters())
+        macs = count_macs(model, input_size)
+        cfg = model.pretrained_cfg
+        top1 = f"{cfg.published_top1:.1f}" if cfg and cfg.published_top1 else "-"
+        weights = "offline" if has_offline_weights(cfg) else ("download" if cfg else "-")
+        shape = "x".join(map(str, input_size))
+        macs_text = f"{macs / 1e9:.3f} G" if macs >= 1e9 else f"{macs / 1e6:.1f} M"
+        table.add_row(name, shape, f"{params:,}", macs_text, top1, weights)
+    Console(width=120).print(table)
+    Console().print("MACs: one sample, counted by cnnlab.budget.count_macs. `cnnlab zoo show NAME` for details.")
+
+
+def show_command(
+    name: Annotated[str, typer.Argument(help="Model name, e.g. resnet50.", show_default=False)],
+    input: Annotated[
+        str | None, typer.Option("--input", "-i", help="Sample shape CxHxW (default: the model's).")
+    ] = None,
+) -> None:
+    """Print the architecture stage by stage with output shapes, and the innovation its family introduced."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cnnlab.budget.spec import parse_size
+    from cnnlab.data.transforms import preprocessing_description
+    from cnnlab.models import has_offline_weights, model_info
+    from cnnlab.models._summary import model_stages
+
+    info = model_info(name)  # raises CnnlabError with suggestions for an unknown name
+    model = _meta_model(name)
+    input_size = parse_size(input, "input") if input else model.default_input_size
+    console = Console()
+    console.print(f"[bold]{name}[/bold]  ({type(model).__name__}, input {'x'.join(map(str, input_size))})")
+    if info is not None:
+        console.print(f"paper: {info.paper}")
+        console.print(f"innovation: {info.innovation}")
+        console.print(f"in the code: {info.innovation_code}")
+    table = Table(show_lines=False)
+    for column in ("stage", "module", "output (C x H x W)", "params"):
+        table.add_column(column, justify="right" if column == "params" else "left")
+    for stage in model_stages(model, tuple(input_size)):
+        table.add_row(stage.name, stage.kind, " x ".join(map(str, stage.output_shape)), f"{stage.params:,}")
+    console.print(table)
+    total = sum(p.numel() for p in model.parameters())
+    published = f" (published: {info.published_params:,})" if info is not None else ""
+    console.print(f"parameters: {total:,}{published}")
+    cfg = model.pretrained_cfg
+    if cfg is None:
+        console.print("pretrained weights: none in cnnlab")
+    else:
+        where = "offline, installed package" if has_offline_weights(cfg) else "downloaded on first use"
+        console.print(f"pretrained weights: {cfg.file_name} ({where}); published top-1 {cfg.published_top1}%")
+        console.print(f"  source: {cfg.source}; licence: {cfg.license}")
+        console.print(f"  preprocessing: {preprocessing_description(cfg)}")
+        if cfg.notes:
+            console.print(f"  note: {cfg.notes}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``zoo`` command group to the root app."""
+    zoo_app = typer.Typer(help=_LIST_HELP, invoke_without_command=True, no_args_is_help=False)
+    zoo_app.callback()(zoo_callback)
+    zoo_app.command("show")(show_command)
+    app.add_typer(zoo_app, name="zoo")

@@ -1,0 +1,27 @@
+"""`cnnlab zoo` and `cnnlab zoo show`: the listing carries the registry's figures; show prints the stages."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from cnnlab.cli import app
+
+runner = CliRunner()
+
+
+def test_zoo_lists_models_with_params_macs_and_weights():
+    result = runner.invoke(app, ["zoo"])
+    assert result.exit_code == 0, result.output
+    resnet50_row = next(line for line in result.output.splitlines() if " resnet50 " in line)
+    assert "25,557,032" in resnet50_row and "4.089 G" in resnet50_row and "80.9" in resnet50_row
+    lite0_row = next(line for line in result.output.splitlines() if "efficientnet_lite0" in line)
+    assert "offline" in lite0_row
+
+
+def test_zoo_show_prints_stages_innovation_and_preprocessing():
+    result = runner.invoke(app, ["zoo", "show", "efficientnet_lite0"])
+    assert result.exit_code == 0, result.output
+    assert "1280 x 7 x 7" in result.output and "compound scaling" in result.output
+    assert "bicubic" in result.output and "0.498" in result.output
+    small = runner.invoke(app, ["zoo", "show", "resnet18", "--input", "3x64x64"])
+    assert "512 x 2 x 2" in small.output
