@@ -1,0 +1,108 @@
+"""Memory estimates against a measured training step: cnnlab (textbook and realistic views) and torchinfo.
+
+What it measures: for each network, one real training step on the CPU (forward, backward of output.sum(), Adam step
+with its state already created) counted by cnnlab's saved-tensor hooks and live-tensor tracker; the estimates of
+cnnlab (meta-device trace, no memory allocated) and torchinfo's "Estimated Total Size"; the ratio of each estimate to
+the measurement. One run per network (the counts are deterministic byte counts, not timings).
+
+Run: .venv/bin/python benchmarks/budget.py [--json out.json]   (needs `pip install torchinfo`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+from torch import nn
+
+from cnnlab.budget import budget
+from cnnlab.models import create_model
+
+EXERCISE = ["conv 100 k3 s2 same", "conv 200 k3 s2 same", "conv 400 k3 s2 same"]
+
+
+def cases() -> list[tuple[str, object, tuple[int, ...], int]]:
+    return [
+        ("exercise 2 (3 convs), batch 50", EXERCISE, (3, 200, 300), 50),
+        ("exercise 2 + ReLU, batch 50", [f"{line} relu" for line in EXERCISE], (3, 200, 300), 50),
+        (
+            "conv-bn-pool-dropout-dense, batch 64",
+            [
+                "conv 32 k3 same",
+                "bn",
+                "relu",
+                "maxpool k2",
+                "conv 64 k3 same relu",
+                "maxpool k2",
+                "dropout 0.25",
+                "flatten",
+                "dense 128 relu",
+                "dense 10",
+            ],
+            (1, 28, 28),
+            64,
+        ),
+        ("resnet18, batch 8", "resnet18", (3, 224, 224), 8),
+    ]
+
+
+def torchinfo_sizes(model: nn.Module, shape: tuple[int, ...], batch: int) -> tuple[int, int]:
+    """torchinfo's (forward/backward pass size, estimated total size), in bytes."""
+    import torchinfo
+
+    stats = torchinfo.summary(model, input_size=(batch, *shape), verbose=0, device="cpu")
+    return int(stats.total_output_bytes), int(stats.total_input + stats.total_output_bytes + stats.total_param_bytes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", help="also write the rows as JSON here")
+    args = parser.parse_args()
+    rows = []
+    for label, target, shape, batch in cases():
+        start = time.perf_counter()
+        report = budget(target, input_shape=shape, batch_size=batch, measure=True)
+        seconds = time.perf_counter() - start
+        module = create_model(target) if isinstance(target, str) else None
+        if module is None:
+            from cnnlab.budget.core import resolve_model
+
+            module = resolve_model(target, shape)[1]
+        measured_peak = report.measured["peak_live_bytes"]
+        measured_saved = report.measured["saved_for_backward_bytes"]
+        info_pass, info_total = torchinfo_sizes(module, shape, batch)
+        rows.append(
+            {
+                "network": label,
+                "measured_saved": measured_saved,
+                "measured_peak": measured_peak,
+                "cnnlab_saved_ratio": report.measured["saved_ratio"],
+                "cnnlab_peak_ratio": report.measured["peak_ratio"],
+                "cnnlab_textbook_ratio": round(report.training["total_bytes"] / measured_peak, 3),
+                "torchinfo_pass_over_saved": round(info_pass / measured_saved, 3),
+                "torchinfo_ratio": round(info_total / measured_peak, 3),
+                "seconds": round(seconds, 1),
+            }
+        )
+    print(f"# {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        "| network | measured saved (MB) | measured peak (MB) | cnnlab saved est./meas. | cnnlab peak est./meas. "
+        "| cnnlab textbook total / peak | torchinfo fwd/bwd size / saved | torchinfo total / peak |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['network']} | {row['measured_saved'] / 1e6:,.1f} | {row['measured_peak'] / 1e6:,.1f} | "
+            f"{row['cnnlab_saved_ratio']:.4f} | {row['cnnlab_peak_ratio']:.4f} | {row['cnnlab_textbook_ratio']:.3f} "
+            f"| {row['torchinfo_pass_over_saved']:.3f} | {row['torchinfo_ratio']:.3f} |"
+        )
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
