@@ -30,6 +30,7 @@ from cnnlab.train.checkpoint import atomic_save, capture_rng_state, load_checkpo
 from cnnlab.train.config import TrainConfig, save_config
 from cnnlab.train.ema import ModelEma
 from cnnlab.train.metrics import Metric, MetricFn, as_metrics, is_classification
+from cnnlab.train.oom import train_step_with_recovery
 from cnnlab.train.optim import (
     OptimizerFactory,
     ParamGroupBuilder,
@@ -272,7 +273,7 @@ class Trainer:
             inputs, targets = batch
             if self.train_transform is not None:
                 inputs, targets = self.train_transform(inputs, targets)
-            loss, batch_correct = self._train_step(inputs, targets)
+            loss, batch_correct = train_step_with_recovery(self, inputs, targets)  # OOM: halve micro-batch, redo
             epoch_train_seconds += time.perf_counter() - tick
             n = len(targets)
             seen += n
