@@ -1,0 +1,32 @@
+"""`cnnlab export`: a fine-tuned run (or a pretrained zoo model) as TorchScript or ONNX, preprocessing recorded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def export(
+    run: str = typer.Argument(..., help="A `cnnlab train transfer` run directory, or a pretrained zoo model name."),
+    fmt: str = typer.Option("torchscript", "--format", "-f", help="torchscript or onnx."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="File to write (default: RUN/model.pt|.onnx)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Export with the normalisation inside; resize, crop and classes go to <file>.preprocessing.json beside it."""
+    from cnnlab.tasks.export import export_model
+
+    result = export_model(run, fmt, output, opset=opset)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"wrote {result['model']} (input: RGB in [0, 1], normalisation inside)")
+    typer.echo(f"wrote {result['preprocessing']} (resize, crop, classes)")
+    typer.echo(f"max |exported - PyTorch| on a random batch: {result['max_abs_difference']:.2e}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `export` command."""
+    app.command("export")(export)

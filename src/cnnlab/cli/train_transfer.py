@@ -1,0 +1,106 @@
+"""`cnnlab train transfer`: fine-tune a pretrained CNN on a folder of photos, a CSV or a built-in dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def transfer(
+    data: str = typer.Option(
+        ...,
+        "--data",
+        help="Image folder (one sub-folder per class), CSV of path,label, "
+        "split folder (train/ val/ test/), or a built-in dataset: elpv.",
+    ),
+    model: str = typer.Option("efficientnet_lite0", "--model", "-m", help="Zoo model with pretrained weights."),
+    name: str = typer.Option("transfer", "--name", help="Run name; the run goes to OUTPUT/transfer/NAME."),
+    output: Path = typer.Option(Path("runs"), "--output", "-o", help="Runs root."),
+    head_epochs: int = typer.Option(15, "--head-epochs", help="Phase 1 (frozen backbone, new head) epochs."),
+    head_lr: float = typer.Option(3e-3, "--head-lr", help="Phase 1 peak learning rate."),
+    cache_features: bool = typer.Option(
+        True,
+        "--cache-features/--no-cache-features",
+        help="Phase 1 on backbone features computed once (seconds on a CPU).",
+    ),
+    finetune_epochs: int = typer.Option(0, "--finetune-epochs", help="Phase 2 (unfrozen) epochs; 0: features only."),
+    finetune_lr: float = typer.Option(3e-4, "--finetune-lr", help="Phase 2 peak learning rate of the top layer."),
+    unfreeze: int = typer.Option(0, "--unfreeze", help="Phase 2 trains the top N blocks; 0: all of them."),
+    layer_decay: float = typer.Option(0.85, "--layer-decay", help="LR factor per block going down from the top."),
+    bn_train: bool = typer.Option(
+        False, "--bn-train/--no-bn-train", help="Let unfrozen batch norms update their statistics in phase 2."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per optimizer step."),
+    image_size: int | None = typer.Option(None, "--image-size", help="Square input size (default: the weights')."),
+    min_per_class: int = typer.Option(100, "--min-per-class", help="Fewest usable images a class may have."),
+    max_per_class: int | None = typer.Option(None, "--max-per-class", help="Keep at most N images per class."),
+    val_fraction: float = typer.Option(0.15, "--val-fraction", help="Validation share (from the non-test part)."),
+    test_fraction: float = typer.Option(0.15, "--test-fraction", help="Test share."),
+    split_manifest: Path | None = typer.Option(None, "--split", help="Reuse a split manifest CSV (path,label,split)."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Training augmentation (training set only)."),
+    vertical_flip: bool = typer.Option(False, "--vertical-flip", help="Also flip vertically (no up/down images)."),
+    label_smoothing: float = typer.Option(0.1, "--label-smoothing", help="Cross-entropy label smoothing."),
+    patience: int | None = typer.Option(5, "--patience", help="Early stopping on val accuracy; omit with 0."),
+    seed: int = typer.Option(0, "--seed", help="Split, initialisation and data order."),
+    workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run called --name."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Retrain in an existing run dir (its split is kept)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or epoch lines."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Fine-tune a pretrained model: stratified split, frozen-backbone head, optional unfrozen phase, test once."""
+    from cnnlab.tasks.transfer import TransferConfig, train_transfer
+
+    config = TransferConfig(
+        data=data,
+        arch=model,
+        name=name,
+        output=str(output),
+        head_epochs=head_epochs,
+        head_lr=head_lr,
+        cache_features=cache_features,
+        finetune_epochs=finetune_epochs,
+        finetune_lr=finetune_lr,
+        unfreeze=unfreeze,
+        layer_decay=layer_decay,
+        bn_train=bn_train,
+        batch_size=batch_size,
+        image_size=image_size,
+        min_per_class=min_per_class,
+        max_per_class=max_per_class,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        split_manifest=None if split_manifest is None else str(split_manifest),
+        augment=augment,
+        vertical_flip=vertical_flip,
+        label_smoothing=label_smoothing,
+        patience=patience or None,
+        seed=seed,
+        workers=workers,
+        device=device,
+        precision=precision,
+        resume=resume,
+        overwrite=overwrite,
+        progress=not quiet and not as_json,
+    )
+    summary = train_transfer(config)
+    if as_json:
+        typer.echo(json.dumps({k: summary[k] for k in ("run_dir", "classes", "counts", "split", "phases", "test")}))
+        return
+    test = summary["test"]
+    typer.echo(
+        f"test accuracy {test['accuracy']:.4f}, balanced accuracy {test['balanced_accuracy']:.4f} "
+        f"on {test['count']} images; {len(summary['skipped'])} bad files skipped"
+    )
+    typer.echo(f"run: {summary['run_dir']} (report.md; predict with `cnnlab predict --model {summary['run_dir']}`)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `transfer` to the `train` group of cli/train.py."""
+    from cnnlab.cli.train import train_app
+
+    train_app.command("transfer")(transfer)

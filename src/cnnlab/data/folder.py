@@ -1,0 +1,251 @@
+"""Labelled photo collections: an ImageFolder-style directory or a CSV of (path, label), checked before training.
+
+Every file is opened and fully decoded once while scanning, so a zero-byte, non-image, truncated or corrupt file is
+found up front, listed in `LabelledImages.skipped` with the reason, and left out; the class counts reported (and
+checked against ``min_per_class``) are the counts *after* skipping, so a bad file never changes the balance silently.
+
+`load_image` converts any mode PIL can read into 8-bit RGB the way a person would expect: EXIF orientation applied,
+16-bit and 32-bit grayscale rescaled from their real range, CMYK converted, palette and alpha images composited on
+white, grayscale replicated to three channels.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cnnlab.errors import CnnlabError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageDataset",
+    "LabelledImages",
+    "SkippedFile",
+    "check_image",
+    "load_image",
+    "scan_csv",
+    "scan_folder",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file left out of a dataset, and why."""
+
+    path: str
+    label: str
+    reason: str
+
+
+@dataclass
+class LabelledImages:
+    """A checked list of labelled image files.
+
+    Attributes:
+        paths: image files, as strings (absolute or as given).
+        labels: class index of each file.
+        classes: class names in index order.
+        skipped: files that could not be used.
+        source: where the list came from (folder, CSV or dataset name), for reports.
+    """
+
+    paths: list[str]
+    labels: list[int]
+    classes: list[str]
+    skipped: list[SkippedFile] = field(default_factory=list)
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def class_counts(self) -> dict[str, int]:
+        """Usable images per class (after skipping bad files), in class order."""
+        counts = Counter(self.labels)
+        return {name: counts.get(index, 0) for index, name in enumerate(self.classes)}
+
+    def check_min_per_class(self, min_per_class: int) -> None:
+        """Raise a `CnnlabError` listing every class with fewer than ``min_per_class`` usable images."""
+        short = {name: count for name, count in self.class_counts().items() if count < min_per_class}
+        if short:
+            listed = ", ".join(f"{name} has {count}" for name, count in short.items())
+            skipped = f" ({len(self.skipped)} bad files were skipped)" if self.skipped else ""
+            raise CnnlabError(
+                f"{self.source}: {listed} usable images{skipped}; at least {min_per_class} per class are needed "
+                "(collect more images or lower --min-per-class)"
+            )
+
+    def subset(self, indices: Sequence[int]) -> LabelledImages:
+        """The images at ``indices`` (same classes, no skipped list)."""
+        return LabelledImages(
+            [self.paths[i] for i in indices], [self.labels[i] for i in indices], list(self.classes), [], self.source
+        )
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit ("I;16*") and 32-bit ("I", "F") grayscale to "L", stretched from the image's real value range."""
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16"):
+        low, high = 0.0, 65535.0
+        if array.max() <= 4095:  # 12-bit sensors stored in 16-bit containers
+            low, high = float(array.min()), float(array.max())
+    else:
+        low, high = float(array.min()), float(array.max())
+    scaled = (array - low) / max(high - low, 1e-12) * 255.0
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+
+
+def _composite_on_white(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open ``path`` as an 8-bit RGB image, EXIF orientation applied (see the module docstring for the modes).
+
+    Raises:
+        OSError: unreadable, truncated or corrupt file (PIL's `UnidentifiedImageError` is an OSError).
+    """
+    with Image.open(path) as opened:
+        opened.load()
+        image = ImageOps.exif_transpose(opened) or opened
+        mode = image.mode
+        if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            image = _to_8bit(image)
+        elif mode == "P":
+            image = _composite_on_white(image) if "transparency" in image.info else image.convert("RGB")
+        elif mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+            image = _composite_on_white(image)
+        # CMYK (PIL's JPEG decoder already undoes Adobe's inverted CMYK), YCbCr, L, 1 and RGB: plain conversion.
+        return image.convert("RGB")
+
+
+def check_image(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be used as an image, or None when it decodes fully."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as error:
+        return f"unreadable ({error.strerror or error})"
+    if size == 0:
+        return "zero-byte file"
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes every pixel: truncated and corrupt data fail here
+    except UnidentifiedImageError:
+        return "not an image PIL can read"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return f"corrupt or truncated ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+    return None
+
+
+def _collect(candidates: Sequence[tuple[str, str]], classes: Sequence[str], source: str, check: bool) -> LabelledImages:
+    index = {name: i for i, name in enumerate(classes)}
+    paths, labels, skipped = [], [], []
+    for path, label in candidates:
+        reason = check_image(path) if check else None
+        if reason is not None:
+            skipped.append(SkippedFile(path, label, reason))
+            continue
+        paths.append(path)
+        labels.append(index[label])
+    return LabelledImages(paths, labels, list(classes), skipped, source)
+
+
+def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: bool = True) -> LabelledImages:
+    """The images of an ImageFolder-style tree ``root/<class>/**/<image>``, classes sorted by name.
+
+    Files whose extension is not an image extension are ignored (not counted as bad); hidden files and folders are
+    ignored. Image-named files that do not decode are skipped and listed.
+
+    Args:
+        root: the folder holding one sub-folder per class.
+        min_per_class: the fewest usable images a class may have (0: no check).
+        check: decode every file to find bad ones (turn off only for trusted, already-checked data).
+
+    Raises:
+        CnnlabError: missing folder, fewer than two classes, or a class below ``min_per_class``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CnnlabError(f"{root} is not a folder; pass a folder with one sub-folder of images per class, or a CSV")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise CnnlabError(
+            f"{root} has {len(classes)} class sub-folder(s) ({', '.join(classes) or 'none'}); "
+            "at least 2 are needed (root/<class name>/<images>)"
+        )
+    candidates = []
+    for name in classes:
+        for dirpath, dirnames, filenames in os.walk(root / name):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                if not filename.startswith(".") and filename.lower().endswith(IMAGE_EXTENSIONS):
+                    candidates.append((str(Path(dirpath) / filename), name))
+    images = _collect(candidates, classes, str(root), check)
+    if min_per_class > 0:
+        images.check_min_per_class(min_per_class)
+    return images
+
+
+def scan_csv(path: str | os.PathLike[str], min_per_class: int = 100, check: bool = True) -> LabelledImages:
+    """The images listed in a CSV of ``path,label`` rows (a header row naming ``path`` and ``label`` is optional).
+
+    Relative image paths are taken relative to the CSV's folder. Missing files are skipped and listed like bad ones.
+
+    Raises:
+        CnnlabError: unreadable CSV, malformed rows, fewer than two labels or a class below ``min_per_class``.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    except OSError as error:
+        raise CnnlabError(f"cannot read {path}: {error.strerror or error}") from None
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+        rows = rows[1:]
+    candidates = []
+    for number, row in enumerate(rows, start=1):
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise CnnlabError(f"{path} row {number} is {row!r}; every row must be `path,label`")
+        image_path = Path(row[0].strip())
+        if not image_path.is_absolute():
+            image_path = path.parent / image_path
+        candidates.append((str(image_path), row[1].strip()))
+    classes = sorted({label for _, label in candidates})
+    if len(classes) < 2:
+        raise CnnlabError(f"{path} has {len(classes)} distinct label(s); at least 2 are needed")
+    images = _collect(candidates, classes, str(path), check)
+    if min_per_class > 0:
+        images.check_min_per_class(min_per_class)
+    return images
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A map-style dataset over `LabelledImages`: ``(transform(load_image(path)), label)``.
+
+    Args:
+        images: the checked file list.
+        transform: PIL image -> tensor (see `cnnlab.data.photo_transforms`).
+    """
+
+    def __init__(self, images: LabelledImages, transform: Callable[[Image.Image], Any]) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = load_image(self.images.paths[index])
+        return self.transform(image), self.images.labels[index]

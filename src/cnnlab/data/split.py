@@ -1,0 +1,134 @@
+"""Train/validation/test splits that are stratified, reproducible from a seed, and written down.
+
+The split of a run is saved as a manifest CSV (``path,label,split``) in the run directory. A later run (resume,
+evaluation, a second phase) reads the manifest back instead of splitting again, so the test images can never drift
+into training or model selection. Validation is always carved out of the non-test part: the test part is set aside
+first, then the rest is divided.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from sklearn.model_selection import train_test_split
+
+from cnnlab.data.folder import LabelledImages, scan_folder
+from cnnlab.errors import CnnlabError
+
+__all__ = ["SPLITS", "Split", "read_manifest", "split_from_folders", "stratified_split", "write_manifest"]
+
+SPLITS = ("train", "val", "test")
+Split = dict[str, list[int]]
+
+
+def stratified_split(
+    labels: list[int], val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+) -> Split:
+    """Indices of a stratified train/val/test split (70/15/15 by default).
+
+    The test part is drawn first (``test_fraction`` of all samples), then validation (``val_fraction`` of all
+    samples) from what remains; each part keeps the class proportions. The same labels and seed give the same split.
+
+    Raises:
+        CnnlabError: fractions out of range, or a class too small to appear in every part.
+    """
+    if not (0.0 <= val_fraction < 1.0 and 0.0 < test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
+        raise CnnlabError(
+            f"val fraction {val_fraction} and test fraction {test_fraction} must be in [0, 1) with a sum below 1"
+        )
+    indices = list(range(len(labels)))
+    try:
+        rest, test = train_test_split(indices, test_size=test_fraction, stratify=labels, random_state=seed)
+        if val_fraction == 0:
+            return {"train": sorted(rest), "val": [], "test": sorted(test)}
+        rest_labels = [labels[i] for i in rest]
+        train, val = train_test_split(
+            rest, test_size=val_fraction / (1.0 - test_fraction), stratify=rest_labels, random_state=seed
+        )
+    except ValueError as error:
+        raise CnnlabError(
+            f"cannot split {len(labels)} images by class: {error}; collect more images per class"
+        ) from None
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def write_manifest(path: str | os.PathLike[str], images: LabelledImages, split: Split) -> Path:
+    """Write ``path,label,split`` rows (one per image in ``split``), in split then file order; returns ``path``.
+
+    Paths are written absolute, so the manifest stays valid wherever the run directory is read from.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "split"])
+        for part in SPLITS:
+            for index in split.get(part, []):
+                writer.writerow([Path(images.paths[index]).resolve(), images.classes[images.labels[index]], part])
+    return path
+
+
+def read_manifest(path: str | os.PathLike[str], classes: list[str] | None = None) -> tuple[LabelledImages, Split]:
+    """Read a manifest written by `write_manifest` (or by hand: ``path,label,split`` with split train/val/test).
+
+    Args:
+        path: the CSV.
+        classes: the class order to use (a saved run's); default: the sorted labels found in the manifest.
+
+    Returns:
+        The images (in manifest order, unchecked: they were checked when the manifest was made) and their split.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as error:
+        raise CnnlabError(f"cannot read split manifest {path}: {error.strerror or error}") from None
+    if not rows or not {"path", "label", "split"} <= set(rows[0]):
+        raise CnnlabError(f"{path} is not a split manifest: it needs a header `path,label,split` and rows")
+    bad = sorted({row["split"] for row in rows} - set(SPLITS))
+    if bad:
+        raise CnnlabError(f"{path} has unknown split name(s) {bad}; use train, val and test")
+    names = classes if classes is not None else sorted({row["label"] for row in rows})
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted({row["label"] for row in rows} - set(index))
+    if unknown:
+        raise CnnlabError(f"{path} has labels {unknown} that are not among the run's classes {names}")
+    base = path.parent
+    paths = [row["path"] if Path(row["path"]).is_absolute() else str(base / row["path"]) for row in rows]
+    images = LabelledImages(paths, [index[row["label"]] for row in rows], list(names), [], str(path))
+    split: Split = {part: [i for i, row in enumerate(rows) if row["split"] == part] for part in SPLITS}
+    if not split["train"] or not split["test"]:
+        raise CnnlabError(f"{path} needs at least one train and one test image")
+    return images, split
+
+
+def split_from_folders(root: str | os.PathLike[str], min_per_class: int = 100) -> tuple[LabelledImages, Split]:
+    """A user-made split: ``root/train/<class>/...``, ``root/test/<class>/...`` and optionally ``root/val/<class>``.
+
+    The classes are those of ``train``; ``min_per_class`` applies to the three parts together.
+    """
+    root = Path(root)
+    parts = {part: root / part for part in SPLITS if (root / part).is_dir()}
+    if "train" not in parts or "test" not in parts:
+        raise CnnlabError(f"{root} is not a split folder: it needs train/ and test/ (and optionally val/) sub-folders")
+    scanned = {part: scan_folder(folder, min_per_class=0) for part, folder in parts.items()}
+    classes = scanned["train"].classes
+    for part, images in scanned.items():
+        if images.classes != classes:
+            raise CnnlabError(f"{root / part} has classes {images.classes}, but train/ has {classes}; make them match")
+    paths: list[str] = []
+    labels: list[int] = []
+    skipped = []
+    split: Split = {part: [] for part in SPLITS}
+    for part, images in scanned.items():
+        split[part] = list(range(len(paths), len(paths) + len(images)))
+        paths += images.paths
+        labels += images.labels
+        skipped += images.skipped
+    merged = LabelledImages(paths, labels, list(classes), skipped, str(root))
+    if min_per_class > 0:
+        merged.check_min_per_class(min_per_class)
+    return merged, split

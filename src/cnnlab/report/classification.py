@@ -1,0 +1,75 @@
+"""Test-set reports of a classifier: scikit-learn metrics, and a grid of the images the model got most wrong.
+
+The confusion-matrix figure is `cnnlab.report.plots.plot_confusion_matrix` (shared with the MNIST task).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["classification_summary", "plot_highest_loss"]
+
+
+def classification_summary(
+    targets: Sequence[int], predictions: Sequence[int], classes: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy, balanced accuracy (mean per-class recall), per-class precision/recall/F1/support, confusion matrix.
+
+    Computed by scikit-learn (`accuracy_score`, `balanced_accuracy_score`, `precision_recall_fscore_support`,
+    `confusion_matrix`), with every class listed even when absent from the predictions.
+    """
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
+
+    labels = list(range(len(classes)))
+    y_true, y_pred = np.asarray(targets), np.asarray(predictions)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0.0)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(classes)
+        },
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "count": len(y_true),
+    }
+
+
+def plot_highest_loss(
+    images: Sequence[Any], titles: Sequence[str], path: str | os.PathLike[str], columns: int = 4, heading: str = ""
+) -> Path:
+    """A PNG grid of images (PIL images or H x W x C arrays) with a title each (e.g. "true / predicted p, loss")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(images)
+    rows = max(1, -(-count // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.4, rows * 2.6), squeeze=False)
+    for k, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if k < count:
+            axis.imshow(np.asarray(images[k]))
+            axis.set_title(titles[k], fontsize=7)
+    figure.suptitle(heading or "test images with the highest loss", fontsize=10)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

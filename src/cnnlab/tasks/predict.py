@@ -1,0 +1,145 @@
+"""Classify image files with a fine-tuned run or a pretrained zoo model, preprocessing taken from the weights' record.
+
+`load_predictor("runs/transfer/flowers")` reads a saved run (its classes and preprocessing are in ``model.json``);
+`load_predictor("efficientnet_lite0")` builds the pretrained ImageNet model ("classify your own photos"). A path that
+cannot be read or decoded is reported on its own and the other images are still classified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab.data.folder import check_image, load_image
+from cnnlab.data.transforms import build_eval_transform
+from cnnlab.errors import CnnlabError
+from cnnlab.models import PretrainedCfg
+
+__all__ = ["Predictor", "classify_sample_photos", "load_predictor", "predict_images"]
+
+
+@dataclass
+class Predictor:
+    """A model in eval mode with its class names and preprocessing record.
+
+    Attributes:
+        model: returns logits for [N, 3, H, W] preprocessed images.
+        classes: class names in output order.
+        cfg: the preprocessing record.
+        source: what was loaded (run directory or model name).
+    """
+
+    model: nn.Module
+    classes: list[str]
+    cfg: PretrainedCfg
+    source: str
+
+
+def _is_saved_run(path: Path) -> bool:
+    return (path.is_dir() and (path / "model.json").is_file()) or (path.is_file() and path.suffix == ".json")
+
+
+def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
+    """A fine-tuned run directory (or its ``model.json``), or the name of a zoo model with pretrained weights.
+
+    Raises:
+        CnnlabError: neither a saved run nor a known model; a model without pretrained weights or classes.
+    """
+    from cnnlab.models import create_model, is_model
+    from cnnlab.tasks.transfer import record_from_dict
+    from cnnlab.train.saved import load_model
+
+    path = Path(model)
+    if _is_saved_run(path):
+        spec_path = path / "model.json" if path.is_dir() else path
+        meta = json.loads(spec_path.read_text()).get("meta", {})
+        if "classes" not in meta or "preprocessing" not in meta:
+            raise CnnlabError(
+                f"{spec_path} records no class names or preprocessing; it was not saved by `cnnlab train transfer`"
+            )
+        network = load_model(spec_path, device=device)
+        return Predictor(network, list(meta["classes"]), record_from_dict(meta["preprocessing"]), str(path))
+    if is_model(model):
+        network = create_model(model, pretrained=True)
+        cfg = getattr(network, "pretrained_cfg", None)
+        if cfg is None:
+            raise CnnlabError(f"model {model!r} has no pretrained weights; pass a fine-tuned run directory instead")
+        return Predictor(network.to(device).eval(), list(cfg.categories), cfg, model)
+    if path.exists():
+        raise CnnlabError(f"{path} holds no model.json; pass a finished `cnnlab train transfer` run directory")
+    from cnnlab.models import list_models
+
+    raise CnnlabError(
+        f"--model {model!r} is neither a run directory nor a zoo model ({', '.join(list_models())}); "
+        "pass a run directory such as runs/transfer/NAME or a model name such as efficientnet_lite0"
+    )
+
+
+@torch.inference_mode()
+def predict_images(
+    predictor: Predictor, paths: Sequence[str | os.PathLike[str]], top_k: int = 5, batch_size: int = 16
+) -> list[dict[str, Any]]:
+    """Top-k classes of each image, in input order.
+
+    Returns:
+        One dict per path: ``{"image": path, "top": [{"label", "index", "probability"}, ...]}``, or
+        ``{"image": path, "error": reason}`` for a path that is missing or not a readable image.
+    """
+    if top_k < 1:
+        raise CnnlabError(f"--top-k must be >= 1, got {top_k}")
+    transform = build_eval_transform(predictor.cfg)
+    device = next(predictor.model.parameters()).device
+    results: list[dict[str, Any]] = []
+    good: list[tuple[int, torch.Tensor]] = []
+    for path in paths:
+        reason = "no such file" if not Path(path).exists() else check_image(path)
+        if reason is None:
+            try:
+                good.append((len(results), transform(load_image(path))))
+            except OSError as error:
+                reason = f"cannot be read ({error})"
+        results.append({"image": str(path)} if reason is None else {"image": str(path), "error": reason})
+    k = min(top_k, len(predictor.classes))
+    predictor.model.eval()
+    for start in range(0, len(good), batch_size):
+        chunk = good[start : start + batch_size]
+        batch = torch.stack([tensor for _, tensor in chunk]).to(device)
+        probabilities = predictor.model(batch).float().softmax(dim=1).cpu()
+        values, indices = probabilities.topk(k, dim=1)
+        for (position, _), row_values, row_indices in zip(chunk, values, indices, strict=True):
+            results[position]["top"] = [
+                {"label": predictor.classes[int(i)], "index": int(i), "probability": float(v)}
+                for v, i in zip(row_values, row_indices, strict=True)
+            ]
+    return results
+
+
+def classify_sample_photos(
+    names: Sequence[str], out_dir: str | os.PathLike[str], model: str = "efficientnet_lite0", top_k: int = 5
+) -> list[dict[str, Any]]:
+    """Save scikit-image's sample photos (``chelsea``, ``coffee``, ...) as JPEG files in ``out_dir`` and classify
+    them with the pretrained ``model``, as a user would their own photos (used by `cnnlab demo`)."""
+    from PIL import Image
+
+    try:
+        import skimage.data
+    except ModuleNotFoundError as error:
+        raise CnnlabError(
+            "the sample photos come from scikit-image; install it with `pip install scikit-image`"
+        ) from error
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in names:
+        array = getattr(skimage.data, name)()
+        path = out_dir / f"{name}.jpg"
+        Image.fromarray(array).convert("RGB").save(path, quality=95)
+        paths.append(path)
+    return predict_images(load_predictor(model), paths, top_k=top_k)
