@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models import create_model, list_models, model_info
+from cnnlab.models import create_model, list_models, model_family, model_info
 
-ALL_MODELS = list_models()
+ALL_MODELS = [n for n in list_models() if model_family(n) != "segmentation"]  # dense predictors: tests/fcn/
 PUBLISHED = [n for n in ALL_MODELS if model_info(n) is not None]  # cnnlab's own designs have no published figures
 # Small inputs keep the suite fast; Inception-v3 needs at least 75 pixels, AlexNet 63, unpadded AlexNet-2012 67.
 SMALL_SIDE = {"inception_v3": 80, "alexnet": 64, "alexnet_2012": 67}

@@ -1,6 +1,16 @@
 """The model zoo. Importing this package registers every family (one module each)."""
 
-from cnnlab.models import alexnet, efficientnet, googlenet, inception_v3, lenet, mnist_net, resnet, xception  # noqa: F401
+from cnnlab.models import (  # noqa: F401
+    alexnet,
+    efficientnet,
+    googlenet,
+    inception_v3,
+    lenet,
+    mnist_net,
+    resnet,
+    segmentation,
+    xception,
+)
 from cnnlab.models._base import ModelInfo, model_info
 from cnnlab.models._pretrained import PretrainedCfg, has_offline_weights, load_pretrained
 from cnnlab.models._registry import create_model, is_model, list_models, model_family, register_model

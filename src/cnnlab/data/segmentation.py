@@ -1,0 +1,330 @@
+"""Segmentation data: multi-digit MNIST canvases generated from real MNIST digits, and image + mask PNG folders.
+
+Multi-digit MNIST: each canvas (e.g. 64 x 64 to 128 x 128) holds 1 to 5 real MNIST digits at random places; digits
+may touch or overlap (a later digit is drawn on top: the brighter ink wins in the image, the later digit in the
+mask). The mask is 0 for background and ``digit + 1`` (1..10) for the pixels of a digit whose ink is at least
+`INK_THRESHOLD` (of 255). The three splits draw their digits from disjoint MNIST pools: train from the MNIST
+training file minus a held-out set, val from that held-out set, test only from the MNIST test file. Every canvas
+records the ids of its source digits (`source_ids`: index in the training file, or 60000 + index in the test file),
+and generation is a pure function of the seed.
+
+Folder datasets: ``<root>/images/<stem>.png`` with ``<root>/masks/<stem>.png``; a mask is either a single-channel PNG
+of class indices or an RGB PNG whose colours are mapped to classes by ``<root>/classes.json``
+(``[{"name": "background", "color": [0, 0, 0]}, ...]``, the class index is the position in the list).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cnnlab.errors import CnnlabError
+
+__all__ = [
+    "CLASS_NAMES",
+    "DigitCanvases",
+    "DigitSegmentation",
+    "SegmentationFolder",
+    "class_colours",
+    "make_canvases",
+    "make_digit_segmentation",
+    "save_segmentation_folder",
+]
+
+NUM_CLASSES = 11  # background + 10 digits
+CLASS_NAMES = ["background"] + [str(d) for d in range(10)]
+INK_THRESHOLD = 64
+MAX_DIGITS = 5
+TEST_ID_OFFSET = 60_000
+_MAX_OVERLAP = 0.25  # a new digit may hide at most this fraction of its own ink pixels under earlier ink
+
+
+@dataclass
+class DigitCanvases:
+    """A split of the multi-digit segmentation set.
+
+    Attributes:
+        images: uint8 [N, 1, H, W] (0..255, white ink on black like MNIST).
+        masks: uint8 [N, H, W], 0 = background, 1..10 = digit + 1.
+        source_ids: int64 [N, 5] ids of the MNIST digits drawn (-1 pads); ids >= 60000 come from the test file.
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    source_ids: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def class_colours(num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """A fixed RGB colour per class (uint8 [num_classes, 3]); class 0 (background) is black."""
+    palette = np.array(
+        [
+            (0, 0, 0),
+            (230, 25, 75),
+            (60, 180, 75),
+            (255, 225, 25),
+            (0, 130, 200),
+            (245, 130, 48),
+            (145, 30, 180),
+            (70, 240, 240),
+            (240, 50, 230),
+            (210, 245, 60),
+            (250, 190, 212),
+            (0, 128, 128),
+            (220, 190, 255),
+            (170, 110, 40),
+            (128, 0, 0),
+            (170, 255, 195),
+        ],
+        dtype=np.uint8,
+    )
+    if num_classes <= len(palette):
+        return palette[:num_classes].copy()
+    rng = np.random.default_rng(0)
+    return np.concatenate([palette, rng.integers(0, 256, (num_classes - len(palette), 3), dtype=np.uint8)])
+
+
+def _place_digits(
+    rng: np.random.Generator,
+    digits: np.ndarray,
+    labels: np.ndarray,
+    ids: np.ndarray,
+    height: int,
+    width: int,
+    count: int,
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Draw `count` digits picked from the pool onto a `height` x `width` canvas."""
+    image = np.zeros((height, width), dtype=np.uint8)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    used: list[int] = []
+    size = digits.shape[-1]
+    for _ in range(count):
+        pick = int(rng.integers(len(digits)))
+        digit = digits[pick]
+        ink = digit >= INK_THRESHOLD
+        for _attempt in range(20):
+            top = int(rng.integers(0, height - size + 1))
+            left = int(rng.integers(0, width - size + 1))
+            hidden = (mask[top : top + size, left : left + size] > 0) & ink
+            if hidden.sum() <= _MAX_OVERLAP * ink.sum():
+                break
+        else:
+            continue  # canvas too crowded for this digit: leave it out
+        window = image[top : top + size, left : left + size]
+        np.maximum(window, digit, out=window)
+        mask[top : top + size, left : left + size][ink] = labels[pick] + 1
+        used.append(int(ids[pick]))
+    return image, mask, used
+
+
+def make_canvases(
+    digits: torch.Tensor,
+    labels: torch.Tensor,
+    ids: torch.Tensor,
+    count: int,
+    size: int | tuple[int, int] = 64,
+    digits_per_canvas: tuple[int, int] = (1, MAX_DIGITS),
+    seed: int = 0,
+) -> DigitCanvases:
+    """Compose `count` canvases from a pool of MNIST digits.
+
+    Args:
+        digits: uint8 [P, 1, 28, 28] or [P, 28, 28] pool.
+        labels: int [P] digit labels.
+        ids: int [P] ids recorded in `source_ids`.
+        count: canvases to make.
+        size: canvas side, or (height, width); at least 28.
+        digits_per_canvas: inclusive (min, max) digits per canvas; max <= 5.
+        seed: the generator seed (same seed and pool: same canvases).
+    """
+    height, width = (size, size) if isinstance(size, int) else size
+    low, high = digits_per_canvas
+    if min(height, width) < 28:
+        raise CnnlabError(f"canvas size {height}x{width} is smaller than a 28x28 digit; use at least 28")
+    if not 1 <= low <= high <= MAX_DIGITS:
+        raise CnnlabError(f"digits per canvas {digits_per_canvas} must satisfy 1 <= min <= max <= {MAX_DIGITS}")
+    pool = digits.reshape(len(digits), 28, 28).numpy()
+    label_array, id_array = labels.numpy(), ids.numpy()
+    rng = np.random.default_rng(seed)
+    images = np.zeros((count, 1, height, width), dtype=np.uint8)
+    masks = np.zeros((count, height, width), dtype=np.uint8)
+    sources = np.full((count, MAX_DIGITS), -1, dtype=np.int64)
+    for i in range(count):
+        n = int(rng.integers(low, high + 1))
+        image, mask, used = _place_digits(rng, pool, label_array, id_array, height, width, n)
+        images[i, 0], masks[i] = image, mask
+        sources[i, : len(used)] = used
+    return DigitCanvases(torch.from_numpy(images), torch.from_numpy(masks), torch.from_numpy(sources))
+
+
+@dataclass
+class DigitSegmentation:
+    """The three splits of the multi-digit segmentation set."""
+
+    train: DigitCanvases
+    val: DigitCanvases
+    test: DigitCanvases
+
+
+def _mnist_pools(
+    data_dir: str | os.PathLike[str] | None, val_digits: int, seed: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(digits, labels, ids) of the disjoint train / val / test pools."""
+    from cnnlab.data.mnist import _load_split, find_mnist_dir
+
+    directory = find_mnist_dir(data_dir)
+    train_images, train_labels = _load_split(directory, "train")
+    test_images, test_labels = _load_split(directory, "test")
+    order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(seed))
+    val_index, train_index = order[:val_digits], order[val_digits:]
+    test_ids = torch.arange(len(test_labels)) + TEST_ID_OFFSET
+    return {
+        "train": (train_images[train_index], train_labels[train_index], train_index),
+        "val": (train_images[val_index], train_labels[val_index], val_index),
+        "test": (test_images, test_labels, test_ids),
+    }
+
+
+def make_digit_segmentation(
+    data_dir: str | os.PathLike[str] | None = None,
+    sizes: tuple[int, int, int] = (4000, 500, 1000),
+    canvas_size: int | tuple[int, int] = 64,
+    digits_per_canvas: tuple[int, int] = (1, MAX_DIGITS),
+    val_digits: int = 5_000,
+    seed: int = 0,
+) -> DigitSegmentation:
+    """Generate the multi-digit MNIST segmentation set (train, val, test) from the MNIST IDX files.
+
+    Args:
+        data_dir: data root holding MNIST (see `cnnlab.data.paths.resolve_data_dir`).
+        sizes: canvases in train, val and test.
+        canvas_size: side of every canvas, or (height, width).
+        digits_per_canvas: inclusive range of digits on one canvas (max 5).
+        val_digits: MNIST training digits held out as the validation pool.
+        seed: seed of the pool split and of the composition (each split gets its own stream).
+
+    Raises:
+        CnnlabError: when MNIST is not found or an option is out of range.
+    """
+    pools = _mnist_pools(data_dir, val_digits, seed)
+    splits = {}
+    for offset, (split, count) in enumerate(zip(("train", "val", "test"), sizes, strict=True)):
+        digits, labels, ids = pools[split]
+        splits[split] = make_canvases(digits, labels, ids, count, canvas_size, digits_per_canvas, seed * 3 + offset)
+    return DigitSegmentation(**splits)
+
+
+def save_segmentation_folder(
+    images: torch.Tensor, masks: torch.Tensor, root: str | os.PathLike[str], class_names: list[str] | None = None
+) -> Path:
+    """Write images and RGB colour masks as a folder dataset (``images/``, ``masks/``, ``classes.json``)."""
+    from PIL import Image
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    if class_names is not None:
+        names = list(class_names)
+    else:
+        num_classes = max(int(masks.max()) + 1, 2)
+        names = CLASS_NAMES[:num_classes] if num_classes <= NUM_CLASSES else [f"class{i}" for i in range(num_classes)]
+    colours = class_colours(len(names))
+    for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        array = image.numpy().transpose(1, 2, 0)
+        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(root / "images" / f"{i:05d}.png")
+        Image.fromarray(colours[mask.numpy().astype(np.int64)]).save(root / "masks" / f"{i:05d}.png")
+    classes = [{"name": n, "color": [int(c) for c in colour]} for n, colour in zip(names, colours, strict=True)]
+    (root / "classes.json").write_text(json.dumps(classes, indent=1))
+    return root
+
+
+class SegmentationFolder(Dataset):
+    """Image + mask pairs from a folder: ``images/<stem>.<ext>`` and ``masks/<stem>.png``.
+
+    Items are (float image [C, H, W] in [0, 1], int64 mask [H, W]). With ``classes.json`` present, RGB masks are
+    mapped through its colours (an unknown colour is an error naming the file); without it, masks must be
+    single-channel PNGs of class indices.
+
+    Args:
+        root: the dataset folder.
+        grayscale: load images as one channel (else RGB).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], grayscale: bool = False) -> None:
+        self.root = Path(root)
+        self.grayscale = grayscale
+        image_dir, mask_dir = self.root / "images", self.root / "masks"
+        if not image_dir.is_dir() or not mask_dir.is_dir():
+            raise CnnlabError(f"{self.root} needs images/ and masks/ subfolders (same file stems, PNG masks)")
+        extensions = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+        self.images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in extensions)
+        if not self.images:
+            raise CnnlabError(f"{image_dir} holds no images ({', '.join(sorted(extensions))})")
+        self.masks = []
+        for image in self.images:
+            mask = mask_dir / f"{image.stem}.png"
+            if not mask.is_file():
+                raise CnnlabError(f"{image} has no mask {mask}; every image needs a PNG mask with the same stem")
+            self.masks.append(mask)
+        classes_file = self.root / "classes.json"
+        self.class_names: list[str] | None = None
+        self.colours: np.ndarray | None = None
+        if classes_file.is_file():
+            try:
+                classes = json.loads(classes_file.read_text())
+                self.class_names = [str(c["name"]) for c in classes]
+                self.colours = np.array([c["color"] for c in classes], dtype=np.int64).reshape(-1, 3)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                raise CnnlabError(
+                    f"{classes_file} must be a list of {{'name': str, 'color': [r, g, b]}} ({error})"
+                ) from None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _read_mask(self, path: Path) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(path) as mask_image:
+            if self.colours is None:
+                if mask_image.mode not in ("L", "P", "I", "I;16"):
+                    raise CnnlabError(
+                        f"{path} is an {mask_image.mode} mask but {self.root}/classes.json is missing; add it to map "
+                        "colours to classes, or save masks as single-channel class-index PNGs"
+                    )
+                return np.asarray(mask_image).astype(np.int64)
+            rgb = np.asarray(mask_image.convert("RGB")).astype(np.int64)
+        keys = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        colour_keys = (self.colours[:, 0] << 16) | (self.colours[:, 1] << 8) | self.colours[:, 2]
+        lookup = {int(k): i for i, k in enumerate(colour_keys)}
+        unique = np.unique(keys)
+        unknown = [int(k) for k in unique if int(k) not in lookup]
+        if unknown:
+            colour = ((unknown[0] >> 16) & 255, (unknown[0] >> 8) & 255, unknown[0] & 255)
+            raise CnnlabError(f"{path} has colour {colour}, which {self.root}/classes.json does not list")
+        out = np.zeros(keys.shape, dtype=np.int64)
+        for key in unique:
+            out[keys == key] = lookup[int(key)]
+        return out
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image
+
+        with Image.open(self.images[index]) as image:
+            array = np.asarray(image.convert("L" if self.grayscale else "RGB"), dtype=np.float32) / 255.0
+        tensor = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
+        mask = self._read_mask(self.masks[index])
+        if mask.shape != tuple(tensor.shape[-2:]):
+            raise CnnlabError(
+                f"{self.masks[index]} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                f"{tensor.shape[-1]}x{tensor.shape[-2]}; masks must match their images"
+            )
+        return tensor, torch.from_numpy(mask)

@@ -1,0 +1,319 @@
+"""Turning a classifier into a fully convolutional network (Long, Shelhamer and Darrell, CVPR 2015, section 3.1).
+
+A dense layer that reads a flattened C x h x w feature map is exactly a convolution with C x h x w kernels and
+"valid" padding (Hands-On ML ch. 14: 200 units over 100 maps of 7x7 = 200 filters of 7x7x100); the dense layers after
+it read a 1 x 1 map and become 1 x 1 convolutions. A global-average-pool head becomes a 1 x 1 convolution applied
+*before* the pooling (both are linear, so they commute), and the pooling becomes an average over a window the size
+of the training feature map, sliding with stride 1. At the training input size the converted network computes the
+same numbers; on a larger image it returns one score vector per training-sized window: [N, classes, H', W'].
+
+How the head is found: a zoo classifier's head is what `forward_head` runs; a `nn.Sequential`'s head starts at its
+first child that flattens, pools globally or is dense. The head's modules are recorded in call order with forward
+hooks, and the recording is only trusted when each module consumed the previous one's output and replaying them
+reproduces the original output; otherwise (a functional op in the head, a branch) conversion is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from cnnlab.errors import CnnlabError
+
+__all__ = ["FullyConvolutional", "to_fully_convolutional", "training_input_size"]
+
+# Layers that act on each element (or are the identity at inference): valid on maps of any size, kept as they are.
+_ELEMENTWISE = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Identity,
+    nn.Dropout,
+)
+_HEAD_STARTERS = (nn.Flatten, nn.Linear, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_TOLERANCE = 1e-5
+
+
+class _Features(nn.Module):
+    """Runs a classifier's `forward_features` (its head modules replaced by identities so they hold no weights)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.forward_features(x)  # type: ignore[operator]
+
+
+class FullyConvolutional(nn.Module):
+    """A converted classifier: `trunk` (the original feature extractor) then `head` (convolutions only).
+
+    Attributes:
+        trunk: the feature extractor, unchanged.
+        head: the converted head; its output is [N, classes, H', W'].
+        input_size: the (C, H, W) the classifier was trained on (its outputs are reproduced there).
+        window_pooled: whether the head ends with a sliding average over the training feature-map size (a
+            global-pool classifier converted with `pool="window"`).
+    """
+
+    def __init__(
+        self, trunk: nn.Module, head: nn.Sequential, input_size: tuple[int, int, int], window_pooled: bool
+    ) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+        self.input_size = tuple(input_size)
+        self.window_pooled = window_pooled
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.trunk(x))  # N x classes x H' x W'
+
+    @torch.no_grad()
+    def output_geometry(self) -> tuple[int, int]:
+        """(window, stride) in input pixels along the height: output location i scores the window whose top edge
+        is near `i * stride` and which is `window` pixels tall (the training input size)."""
+        channels, height, width = self.input_size
+        reference = next(self.parameters(), torch.empty(0))
+        probe = torch.zeros(1, channels, height, width, dtype=reference.dtype, device=reference.device)
+        was_training = self.training
+        self.eval()
+        base = self(probe).shape[-2]
+        extra = 64
+        grown = self(F.pad(probe, (0, 0, 0, extra))).shape[-2]
+        self.train(was_training)
+        stride = extra // max(1, grown - base)
+        return height, stride
+
+
+def training_input_size(model: nn.Module) -> tuple[int, int, int] | None:
+    """The (C, H, W) a classifier was built for: `default_input_size` of zoo models (None when unknown)."""
+    size = getattr(model, "default_input_size", None)
+    return tuple(int(v) for v in size) if size is not None else None  # type: ignore[return-value]
+
+
+@dataclass
+class _Call:
+    name: str
+    module: nn.Module
+    input: Tensor
+    output: Tensor
+
+
+def _record_calls(root: nn.Module, prefix: str, run: object) -> list[_Call]:
+    """Leaf modules of `root` in the order they ran during `run()`, with their input and output."""
+    calls: list[_Call] = []
+    handles = []
+    for name, module in root.named_modules(prefix=prefix):
+        if len(list(module.children())) == 0:
+
+            def hook(mod: nn.Module, args: tuple, out: Tensor, name: str = name) -> None:
+                calls.append(_Call(name, mod, args[0] if args else None, out))  # type: ignore[arg-type]
+
+            handles.append(module.register_forward_hook(hook))
+    try:
+        run()  # type: ignore[operator]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def _split(model: nn.Module, x: Tensor) -> tuple[nn.Module, Tensor, Tensor, list[_Call]]:
+    """(trunk, trunk output, model output, recorded head calls) for a zoo classifier or a Sequential."""
+    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+        features = model.forward_features(x)  # type: ignore[operator]
+        output = model(x)
+        calls = _record_calls(model, "", lambda: model.forward_head(features))  # type: ignore[operator]
+        trunk_names = {call.name for call in _record_calls(model, "", lambda: model.forward_features(x))}  # type: ignore[operator]
+        trunk = copy.deepcopy(model)
+        for call in calls:
+            if call.name not in trunk_names:  # a module shared with the trunk stays
+                _set_submodule(trunk, call.name, nn.Identity())
+        return _Features(trunk), features, output, calls
+    if isinstance(model, nn.Sequential):
+        children = list(model.named_children())
+        start = next(
+            (i for i, (_, child) in enumerate(children) if any(isinstance(m, _HEAD_STARTERS) for m in child.modules())),
+            None,
+        )
+        if start is None:
+            raise CnnlabError(
+                "this Sequential has no Flatten, Linear or global pooling layer: it is already fully convolutional"
+            )
+        trunk = nn.Sequential(*[copy.deepcopy(child) for _, child in children[:start]])
+        features = trunk(x)
+        head = nn.Sequential()
+        for name, child in children[start:]:
+            head.add_module(name, child)
+        calls = _record_calls(head, "", lambda: head(features))
+        return trunk, features, model(x), calls
+    raise CnnlabError(
+        f"cannot find the head of {type(model).__name__}: convert a cnnlab zoo classifier (forward_features / "
+        "forward_head) or an nn.Sequential"
+    )
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
+
+
+def _linear_to_conv(linear: nn.Linear, in_shape: tuple[int, int, int]) -> nn.Conv2d:
+    """A convolution computing `linear` on a C x h x w map flattened in (C, h, w) order, valid padding."""
+    channels, height, width = in_shape
+    if channels * height * width != linear.in_features:
+        raise CnnlabError(
+            f"dense layer reads {linear.in_features} features but receives a {channels}x{height}x{width} map"
+        )
+    conv = nn.Conv2d(channels, linear.out_features, (height, width), bias=linear.bias is not None)
+    conv = conv.to(device=linear.weight.device, dtype=linear.weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(linear.weight.reshape(linear.out_features, channels, height, width))
+        if linear.bias is not None:
+            conv.bias.copy_(linear.bias)
+    return conv
+
+
+def _convert_calls(calls: list[_Call], feature_shape: tuple[int, ...], pool: str) -> tuple[nn.Sequential, bool]:
+    """Build the convolutional head from the recorded head calls."""
+    layers: list[tuple[str, nn.Module]] = []
+    shape = tuple(feature_shape[1:])  # (C, h, w) of the current map, as seen at the training size
+    pending_flatten = False
+    deferred_pool: tuple[int, int] | None = None  # window of a global average pool moved behind the 1x1 convs
+    rest_is_linear = [
+        all(isinstance(c.module, (nn.Linear, nn.Flatten, nn.Dropout, nn.Identity)) for c in calls[i:])
+        for i in range(len(calls) + 1)
+    ]
+    for index, call in enumerate(calls):
+        module, safe_name = call.module, call.name.replace(".", "_")
+        if isinstance(module, nn.Flatten):
+            if module.start_dim != 1 or module.end_dim != -1:
+                raise CnnlabError(f"cannot convert layer {call.name!r} ({module!r}): only Flatten(1) is supported")
+            pending_flatten = True
+            continue
+        if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            out_h, out_w = call.output.shape[-2:]
+            in_h, in_w = shape[1], shape[2]
+            if in_h % out_h or in_w % out_w:
+                raise CnnlabError(
+                    f"cannot convert layer {call.name!r} ({module!r}): its {in_h}x{in_w} input does not divide "
+                    f"into {out_h}x{out_w} cells at the training size"
+                )
+            kernel = (in_h // out_h, in_w // out_w)
+            is_avg = isinstance(module, nn.AdaptiveAvgPool2d)
+            if is_avg and (out_h, out_w) == (1, 1) and rest_is_linear[index + 1]:
+                deferred_pool = kernel  # 1x1 convs first, then the average (linear maps commute with it)
+                shape = (shape[0], 1, 1)
+                continue
+            pool_layer = nn.AvgPool2d(kernel, stride=kernel) if is_avg else nn.MaxPool2d(kernel, stride=kernel)
+            layers.append((safe_name, pool_layer))
+            shape = (shape[0], out_h, out_w)
+            continue
+        if isinstance(module, nn.Linear):
+            if call.input.ndim != 2:
+                raise CnnlabError(
+                    f"cannot convert layer {call.name!r}: a dense layer applied to a {call.input.ndim}-D tensor "
+                    "(only dense layers on flattened maps can become convolutions)"
+                )
+            in_shape = shape if pending_flatten else (shape[0], 1, 1)
+            layers.append((safe_name, _linear_to_conv(module, in_shape)))
+            shape = (module.out_features, 1, 1)
+            pending_flatten = False
+            continue
+        if isinstance(module, _ELEMENTWISE):
+            layers.append((safe_name, copy.deepcopy(module)))
+            continue
+        raise CnnlabError(
+            f"cannot convert layer {call.name!r} ({type(module).__name__}) in the classifier head: only Flatten, "
+            "Linear, adaptive pooling, dropout and element-wise activations can be made convolutional"
+        )
+    window_pooled = False
+    if deferred_pool is not None and pool == "window":
+        layers.append(("global_pool", nn.AvgPool2d(deferred_pool, stride=1)))
+        window_pooled = True
+    head = nn.Sequential()
+    for name, layer in layers:
+        head.add_module(name, layer)
+    return head, window_pooled
+
+
+def _check_chain(calls: list[_Call], features: Tensor, output: Tensor) -> None:
+    previous = features
+    for call in calls:
+        if call.input is not previous:
+            raise CnnlabError(
+                f"cannot convert: head layer {call.name!r} ({type(call.module).__name__}) does not take the previous "
+                "layer's output (the head uses a functional op or a branch); write the head as modules in sequence"
+            )
+        previous = call.output
+    if not torch.equal(previous, output):
+        raise CnnlabError(
+            "cannot convert: the head's modules, applied in sequence, do not give the model's output (the forward "
+            "applies a functional op after them)"
+        )
+
+
+@torch.no_grad()
+def to_fully_convolutional(
+    model: nn.Module, input_size: tuple[int, int, int] | None = None, pool: str = "window"
+) -> FullyConvolutional:
+    """Convert a classifier into a fully convolutional network with the same weights.
+
+    Args:
+        model: a cnnlab zoo classifier (`forward_features` / `forward_head`) or an `nn.Sequential`; left unchanged.
+        input_size: the (C, H, W) it was trained on; default `model.default_input_size`.
+        pool: for global-average-pool heads, "window" ends the network with an average over the training
+            feature-map size (stride 1: one score per training-sized window, identical outputs at the training
+            size) and "none" returns the scores of every feature-map location (a finer map; its mean over the
+            locations is the classifier's output at the training size).
+
+    Returns:
+        The converted network, in eval mode, on the model's device: [N, classes, H', W'] for any input at least
+        as large as `input_size`; at the training size H' = W' = 1 (window pooling or dense heads).
+
+    Raises:
+        CnnlabError: naming the layer that cannot be converted, or when the input size is unknown.
+    """
+    if pool not in ("window", "none"):
+        raise CnnlabError(f"pool must be 'window' or 'none', not {pool!r}")
+    size = tuple(input_size) if input_size is not None else training_input_size(model)
+    if size is None or len(size) != 3:
+        raise CnnlabError(
+            f"the training input size of {type(model).__name__} is unknown ({size!r}); pass input_size=(C, H, W)"
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        reference = next(model.parameters())
+        probe = torch.rand(2, *size, generator=torch.Generator().manual_seed(0))
+        probe = probe.to(device=reference.device, dtype=reference.dtype)
+        trunk, features, output, calls = _split(model, probe)
+        if features.ndim != 4:
+            raise CnnlabError(
+                f"the feature extractor of {type(model).__name__} returns a {features.ndim}-D tensor, not a map"
+            )
+        _check_chain(calls, features, output)
+        head, window_pooled = _convert_calls(calls, tuple(features.shape), pool)
+        converted = FullyConvolutional(trunk, head, size, window_pooled).eval()  # type: ignore[arg-type]
+        check = converted(probe)
+        if output.ndim == 2 and check.shape[-2:] == (1, 1):
+            difference = (check.flatten(1) - output).abs().max().item()
+            if difference > _TOLERANCE * max(1.0, output.abs().max().item()):
+                raise CnnlabError(f"conversion of {type(model).__name__} changed its outputs by {difference:.3g}")
+        return converted
+    finally:
+        model.train(was_training)

@@ -1,0 +1,260 @@
+"""Semantic segmentation networks: FCN-32s/16s/8s on a zoo backbone and U-Net.
+
+- FCN (Long, Shelhamer and Darrell, "Fully Convolutional Networks for Semantic Segmentation", CVPR 2015): class
+  scores from a classifier's stride-32 features, upsampled back to the input. FCN-16s and FCN-8s add scores from the
+  stride-16 and stride-8 features ("skips"), recovering the detail that the strided trunk lost.
+- U-Net (Ronneberger, Fischer and Brox, "U-Net: Convolutional Networks for Biomedical Image Segmentation", MICCAI
+  2015): an encoder-decoder whose decoder concatenates the encoder's map of the same resolution at every level.
+
+Upsampling is either learned transposed convolutions (initialised to bilinear interpolation, as in the FCN paper) or
+fixed bilinear interpolation. An input whose sides are not a multiple of the network's stride is zero-padded on the
+bottom and right to the next multiple and the output is cropped back, so every input size works.
+
+All models map [N, C, H, W] float images to [N, num_classes, H, W] logits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from cnnlab.errors import CnnlabError
+from cnnlab.layers.conv_bn_act import ConvBnAct
+from cnnlab.models._registry import create_model, register_model
+
+__all__ = ["FCN", "UNet", "bilinear_kernel", "pad_to_multiple"]
+
+_UPSAMPLE_MODES = ("transposed", "bilinear")
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
+    """Zero-pad the bottom and right of `x` to the next multiple of `multiple`; returns it and the original (H, W)."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h))
+    return x, (height, width)
+
+
+def bilinear_kernel(channels: int, factor: int) -> Tensor:
+    """Weights [channels, 1, 2f, 2f] that make a stride-f transposed convolution (groups=channels, padding=f/2)
+    perform bilinear upsampling, as in the FCN paper's initialisation."""
+    size = 2 * factor
+    center = (size - 1) / 2
+    coords = torch.arange(size, dtype=torch.float32)
+    filt = 1 - (coords - center).abs() / factor
+    kernel = filt[:, None] * filt[None, :]
+    return kernel.expand(channels, 1, size, size).clone()
+
+
+class Upsample(nn.Module):
+    """Upsample a score map by an integer factor: a per-channel transposed convolution initialised to bilinear
+    interpolation (learnable), or fixed bilinear interpolation."""
+
+    def __init__(self, channels: int, factor: int, mode: str = "transposed") -> None:
+        super().__init__()
+        if mode not in _UPSAMPLE_MODES:
+            raise CnnlabError(f"upsample mode {mode!r} is not one of {', '.join(_UPSAMPLE_MODES)}")
+        self.factor, self.mode = factor, mode
+        if mode == "transposed":
+            self.deconv = nn.ConvTranspose2d(
+                channels, channels, 2 * factor, stride=factor, padding=factor // 2, groups=channels, bias=False
+            )
+            with torch.no_grad():
+                self.deconv.weight.copy_(bilinear_kernel(channels, factor))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "transposed":
+            return self.deconv(x)  # N x C x fH x fW (even factors)
+        return F.interpolate(x, scale_factor=self.factor, mode="bilinear", align_corners=False)
+
+
+class FCN(nn.Module):
+    """FCN-32s / 16s / 8s: a zoo classifier's trunk, 1x1 score layers on its stride-32/16/8 maps, upsampling.
+
+    Args:
+        backbone: registered zoo classifier whose `forward_features` ends at stride 32 (resnet18, ...).
+        num_classes: segmentation classes (background included).
+        in_chans: input channels.
+        skips: 32 (FCN-32s), 16 (FCN-16s) or 8 (FCN-8s): the finest stride whose scores are fused.
+        upsample: "transposed" (learned, bilinear-initialised) or "bilinear" (fixed).
+        pretrained: load the backbone's pretrained weights.
+        drop_rate: dropout on the stride-32 features.
+    """
+
+    output_stride = 32
+    pretrained_cfg = None  # the backbone's record is `backbone.pretrained_cfg`
+    model_info = None
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        num_classes: int = 11,
+        in_chans: int = 1,
+        skips: int = 8,
+        upsample: str = "transposed",
+        pretrained: bool = False,
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if skips not in (32, 16, 8):
+            raise CnnlabError(f"FCN skips must be 32, 16 or 8 (FCN-32s/16s/8s), not {skips}")
+        self.num_classes, self.skips, self.default_input_size = num_classes, skips, (in_chans, 64, 64)
+        self.backbone = create_model(backbone, pretrained=pretrained, in_chans=in_chans)
+        self.backbone.reset_classifier(0)  # type: ignore[operator]
+        self.taps, channels = self._find_taps()
+        self.dropout = nn.Dropout2d(drop_rate)
+        self.score32 = nn.Conv2d(channels[32], num_classes, 1)
+        self.score16 = nn.Conv2d(channels[16], num_classes, 1) if skips <= 16 else None
+        self.score8 = nn.Conv2d(channels[8], num_classes, 1) if skips <= 8 else None
+        self.up2_32 = Upsample(num_classes, 2, upsample) if skips <= 16 else None
+        self.up2_16 = Upsample(num_classes, 2, upsample) if skips <= 8 else None
+        self.up_final = Upsample(num_classes, skips, upsample)
+        for score in (self.score16, self.score8):  # skips start silent: training begins from FCN-32s (paper, 4.2)
+            if score is not None:
+                nn.init.zeros_(score.weight)
+                nn.init.zeros_(score.bias)
+
+    @torch.no_grad()
+    def _find_taps(self) -> tuple[dict[int, str], dict[int, int]]:
+        """Names of the backbone modules whose outputs are the last maps at strides 8 and 16, and channels."""
+        side = 128
+        probe = torch.zeros(1, self.default_input_size[0], side, side)
+        outputs: list[tuple[str, tuple[int, ...]]] = []
+        handles = []
+        for name, module in self.backbone.named_modules():
+            if name:
+                hook = lambda mod, args, out, name=name: outputs.append((name, tuple(out.shape)))  # noqa: E731
+                handles.append(module.register_forward_hook(hook))
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            final = self.backbone.forward_features(probe)  # type: ignore[operator]
+        finally:
+            for handle in handles:
+                handle.remove()
+            self.backbone.train(was_training)
+        if final.shape[-1] != side // 32:
+            raise CnnlabError(f"FCN needs a stride-32 backbone; {type(self.backbone).__name__} ends at a different one")
+        taps, channels = {}, {32: final.shape[1]}
+        for stride in (8, 16):
+            matches = [(n, s) for n, s in outputs if len(s) == 4 and s[-1] == side // stride]
+            if not matches:
+                raise CnnlabError(f"no stride-{stride} map found in {type(self.backbone).__name__} for FCN skips")
+            taps[stride], channels[stride] = matches[-1][0], matches[-1][1][1]
+        return taps, channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, (height, width) = pad_to_multiple(x, self.output_stride)
+        tapped: dict[int, Tensor] = {}
+        handles = []
+        for stride, name in self.taps.items():
+            if stride >= self.skips:
+                hook = lambda mod, args, out, stride=stride: tapped.__setitem__(stride, out)  # noqa: E731
+                handles.append(self.backbone.get_submodule(name).register_forward_hook(hook))
+        try:
+            features = self.backbone.forward_features(x)  # type: ignore[operator]  # N x C32 x H/32 x W/32
+        finally:
+            for handle in handles:
+                handle.remove()
+        scores = self.score32(self.dropout(features))  # N x classes x H/32 x W/32
+        if self.score16 is not None:
+            scores = self.up2_32(scores) + self.score16(tapped[16])  # N x classes x H/16 x W/16
+        if self.score8 is not None:
+            scores = self.up2_16(scores) + self.score8(tapped[8])  # N x classes x H/8 x W/8
+        scores = self.up_final(scores)  # N x classes x H x W (padded)
+        return scores[..., :height, :width]
+
+
+class _DoubleConv(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(ConvBnAct(in_channels, out_channels, 3), ConvBnAct(out_channels, out_channels, 3))
+
+
+class UNet(nn.Module):
+    """U-Net with batch norm: `len(widths) - 1` max-pool downsamplings, a decoder that upsamples (transposed conv
+    or bilinear + 1x1 conv) and concatenates the encoder map of the same size, then two 3x3 convs per level.
+
+    Args:
+        num_classes: segmentation classes (background included).
+        in_chans: input channels.
+        widths: channels per level, finest first (the paper's 64-128-256-512-1024 is 5 levels).
+        upsample: "transposed" or "bilinear".
+    """
+
+    pretrained_cfg = None
+    model_info = None
+
+    def __init__(
+        self,
+        num_classes: int = 11,
+        in_chans: int = 1,
+        widths: tuple[int, ...] = (16, 32, 64, 128),
+        upsample: str = "transposed",
+    ) -> None:
+        super().__init__()
+        if upsample not in _UPSAMPLE_MODES:
+            raise CnnlabError(f"upsample mode {upsample!r} is not one of {', '.join(_UPSAMPLE_MODES)}")
+        self.num_classes, self.default_input_size = num_classes, (in_chans, 64, 64)
+        self.output_stride = 2 ** (len(widths) - 1)
+        self.encoders = nn.ModuleList()
+        channels = in_chans
+        for width in widths:
+            self.encoders.append(_DoubleConv(channels, width))
+            channels = width
+        self.pool = nn.MaxPool2d(2)
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for width in reversed(widths[:-1]):
+            if upsample == "transposed":
+                self.ups.append(nn.ConvTranspose2d(channels, width, 2, stride=2))
+            else:
+                self.ups.append(
+                    nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(channels, width, 1))
+                )
+            self.decoders.append(_DoubleConv(2 * width, width))
+            channels = width
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, (height, width) = pad_to_multiple(x, self.output_stride)
+        skips = []
+        for level, encoder in enumerate(self.encoders):
+            x = encoder(x if level == 0 else self.pool(x))  # N x widths[level] x H/2^level x W/2^level
+            skips.append(x)
+        for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips[:-1]), strict=True):
+            x = decoder(torch.cat([up(x), skip], dim=1))  # N x width x (2x the previous size)
+        return self.classifier(x)[..., :height, :width]  # N x classes x H x W
+
+
+def _fcn(skips: int, kwargs: dict[str, Any]) -> FCN:
+    return FCN(skips=skips, **kwargs)
+
+
+@register_model
+def fcn32s(pretrained: bool = False, **kwargs: Any) -> FCN:
+    """FCN-32s on a zoo backbone (resnet18 by default): stride-32 scores upsampled 32x in one step."""
+    return _fcn(32, {"pretrained": pretrained, **kwargs})
+
+
+@register_model
+def fcn16s(pretrained: bool = False, **kwargs: Any) -> FCN:
+    """FCN-16s: FCN-32s plus the stride-16 skip."""
+    return _fcn(16, {"pretrained": pretrained, **kwargs})
+
+
+@register_model
+def fcn8s(pretrained: bool = False, **kwargs: Any) -> FCN:
+    """FCN-8s: FCN-16s plus the stride-8 skip."""
+    return _fcn(8, {"pretrained": pretrained, **kwargs})
+
+
+@register_model
+def unet(pretrained: bool = False, **kwargs: Any) -> UNet:
+    """U-Net, 4 levels of 16-32-64-128 channels (about 0.47 M parameters at 1 input channel)."""
+    if pretrained:
+        raise CnnlabError("unet has no pretrained weights; train one with `cnnlab train segment`")
+    return UNet(**kwargs)

@@ -1,0 +1,143 @@
+"""Dense-to-convolutional conversion: identical outputs at the training size, score maps on larger inputs, and clear
+refusals for heads that cannot be converted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.fcn import FullyConvolutional, to_fully_convolutional
+from cnnlab.models import create_model
+
+
+def _two_dense_head_net() -> nn.Sequential:
+    """Conv trunk ending on a 16 x 5 x 5 map, then Flatten + Dense(64) + ReLU + Dense(10)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3),  # 26
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 13
+        nn.Conv2d(8, 16, 3),  # 11
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # 5
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 64),
+        nn.ReLU(),
+        nn.Dropout(0.3),
+        nn.Linear(64, 10),
+    ).eval()
+
+
+def _assert_identical(model: nn.Module, converted: nn.Module, size: tuple[int, int, int]) -> None:
+    x = torch.rand(3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = model(x), converted(x)
+    assert got.shape == (3, expected.shape[1], 1, 1)
+    assert (got.flatten(1) - expected).abs().max().item() <= 1e-5
+
+
+def test_first_dense_layer_becomes_a_valid_convolution_with_the_map_size_as_kernel():
+    model = _two_dense_head_net()
+    converted = to_fully_convolutional(model, (1, 28, 28))
+    convs = [m for m in converted.head if isinstance(m, nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(5, 5), (1, 1)]
+    assert convs[0].padding == (0, 0)
+    assert not any(isinstance(m, (nn.Linear, nn.Flatten)) for m in converted.modules())
+    _assert_identical(model, converted, (1, 28, 28))
+
+
+def test_larger_input_gives_a_class_map_with_one_location_per_stride_step():
+    model = _two_dense_head_net()
+    converted = to_fully_convolutional(model, (1, 28, 28))
+    out = converted(torch.rand(2, 1, 60, 44))
+    # trunk: 60 -> 58 -> 29 -> 27 -> 13, then a 5x5 valid conv -> 9; 44 -> 42 -> 21 -> 19 -> 9 -> 5
+    assert out.shape == (2, 10, 9, 5)
+    assert converted.output_geometry() == (28, 4)
+
+
+def test_each_output_location_is_the_classifier_on_that_window():
+    model = _two_dense_head_net()
+    converted = to_fully_convolutional(model, (1, 28, 28))
+    image = torch.rand(1, 1, 44, 44)
+    with torch.no_grad():
+        scores = converted(image)
+        window, stride = converted.output_geometry()
+        for i, j in [(0, 0), (1, 3), (4, 4)]:
+            crop = image[..., i * stride : i * stride + window, j * stride : j * stride + window]
+            assert torch.allclose(scores[0, :, i, j], model(crop)[0], atol=1e-5)
+
+
+def test_lenet5():
+    model = create_model("lenet5").eval()
+    converted = to_fully_convolutional(model)
+    _assert_identical(model, converted, (1, 32, 32))
+    assert converted(torch.rand(1, 1, 64, 48)).shape == (1, 10, 9, 5)
+
+
+def test_zoo_global_pool_head_becomes_a_1x1_conv_before_the_pooling():
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=7).eval()
+    converted = to_fully_convolutional(model, (3, 64, 64))
+    layers = list(converted.head)
+    conv_index = next(i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d))
+    assert layers[conv_index].kernel_size == (1, 1)
+    assert isinstance(layers[-1], nn.AvgPool2d) and conv_index < len(layers) - 1
+    _assert_identical(model, converted, (3, 64, 64))
+    assert converted(torch.rand(1, 3, 128, 96)).shape == (1, 7, 3, 2)  # 4x3 map, 2x2 sliding average
+    unpooled = to_fully_convolutional(model, (3, 64, 64), pool="none")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(unpooled(x).mean((2, 3)), model(x), atol=1e-5)
+
+
+def test_mnist_net_with_dropout_between_flatten_and_dense():
+    model = create_model("mnist_net_small").eval()
+    converted = to_fully_convolutional(model)
+    _assert_identical(model, converted, (1, 28, 28))
+
+
+def test_the_original_model_is_left_unchanged_and_in_its_mode():
+    model = _two_dense_head_net().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    to_fully_convolutional(model, (1, 28, 28))
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert isinstance(model[7], nn.Linear)
+
+
+def test_refuses_a_layer_it_cannot_convert_and_names_it():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 26 * 26, 16), nn.LayerNorm(16)).eval()
+    with pytest.raises(CnnlabError, match=r"'3'.*LayerNorm"):
+        to_fully_convolutional(model, (1, 28, 28))
+
+
+def test_refuses_a_head_with_a_functional_op():
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Conv2d(1, 4, 3)
+            self.fc = nn.Linear(4, 3)
+
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            return self.features(x)
+
+        def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.amax(x, dim=(2, 3)))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.forward_head(self.forward_features(x))
+
+    with pytest.raises(CnnlabError, match="'fc'"):
+        to_fully_convolutional(Odd(), (1, 8, 8))
+
+
+def test_needs_an_input_size_when_the_model_has_none():
+    with pytest.raises(CnnlabError, match="input_size"):
+        to_fully_convolutional(_two_dense_head_net())
+
+
+def test_returns_a_fully_convolutional_module():
+    converted = to_fully_convolutional(_two_dense_head_net(), (1, 28, 28))
+    assert isinstance(converted, FullyConvolutional) and not converted.training
