@@ -14,9 +14,9 @@ def confusion_matrix(predictions: torch.Tensor, targets: torch.Tensor, num_class
 def per_class_accuracy(matrix: torch.Tensor) -> list[float]:
     """Recall of each class (diagonal over row sums) from a confusion matrix; NaN for a class with no samples."""
     totals = matrix.sum(1)
-    return [float(matrix[i, i] / totals[i]) if totals[i] > 0 else float("nan") for i in range(len(matrix))]
+    return [int(matrix[i, i]) / int(totals[i]) if totals[i] > 0 else float("nan") for i in range(len(matrix))]
 
 
 def accuracy_from_matrix(matrix: torch.Tensor) -> float:
     """Overall accuracy from a confusion matrix."""
-    return float(matrix.diag().sum() / matrix.sum().clamp_min(1))
+    return int(matrix.diag().sum()) / max(1, int(matrix.sum()))

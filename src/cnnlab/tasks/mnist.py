@@ -53,19 +53,19 @@ RECIPES: dict[str, MnistRecipe] = {
     for recipe in (
         MnistRecipe(
             name="default",
-            summary="mnist_net (0.3 M params), 15 epochs, SGD-Nesterov one-cycle, label smoothing, EMA, random affine",
+            summary="mnist_net (0.29 M params), 10 epochs, SGD-Nesterov one-cycle, label smoothing, EMA, random affine",
             arch="mnist_net",
             train=dict(
-                epochs=15,
+                epochs=10,
                 batch_size=128,
                 optimizer="sgd",
                 lr=0.1,
                 weight_decay=5e-4,
                 schedule="onecycle",
-                warmup_epochs=3,
+                warmup_epochs=2,
                 label_smoothing=0.1,
                 ema_decay=0.999,
-                channels_last=True,
+                channels_last=False,  # BatchNorm is much slower in channels_last on CPU
             ),
             augment=RandomAffine(degrees=10, scale=0.1, shift=2.0),
         ),

@@ -43,6 +43,7 @@ LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 BatchTransform = Callable[[Any, torch.Tensor], tuple[Any, torch.Tensor]]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+_PLOT_EVERY_EPOCH_ABOVE_SECONDS = 30.0
 CHECKPOINT_FORMAT = "cnnlab-checkpoint-1"
 # Options that may differ between a run and its resumption; any other difference is refused.
 _RESUME_FREE_OPTIONS = {
@@ -199,8 +200,11 @@ class Trainer:
             self.history.append(metrics)
             if config.checkpoint:
                 atomic_save(self._state(), self.run_dir / CHECKPOINT_NAME)
-            self._write_records()
+            # The plot costs ~0.5 s: redraw it each epoch only when that is small next to the epoch itself.
+            self._write_records(plot=metrics["epoch_seconds"] >= _PLOT_EVERY_EPOCH_ABOVE_SECONDS)
             self.log(_epoch_line(metrics, config.epochs))
+        if self.history:
+            self._write_records(plot=True)
         for callback in self.callbacks:
             callback.on_fit_end(self)
         return self.history
@@ -432,7 +436,7 @@ class Trainer:
         self.micro_batch_size = int(state["micro_batch_size"])
         restore_rng_state(state["rng"])
 
-    def _write_records(self) -> None:
+    def _write_records(self, plot: bool) -> None:
         (self.run_dir / "metrics.json").write_text(json.dumps(self.history, indent=1))
         keys: list[str] = []
         for row in self.history:
@@ -441,9 +445,10 @@ class Trainer:
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             writer.writerows(self.history)
-        from cnnlab.report.curves import plot_learning_curves
+        if plot:
+            from cnnlab.report.curves import plot_learning_curves
 
-        plot_learning_curves(self.history, self.run_dir / "learning_curves.png")
+            plot_learning_curves(self.history, self.run_dir / "learning_curves.png")
 
 
 def batch_correct_count(targets: torch.Tensor) -> int:

@@ -1,0 +1,224 @@
+"""Segmentation metrics and pictures.
+
+Metrics are streaming engine `Metric`s (a confusion matrix or counts updated per batch), so a validation pass never
+holds every score map in memory:
+
+- `PixelAccuracy`: correct pixels / labelled pixels.
+- `MeanIoU`: mean over classes of IoU = TP / (TP + FP + FN), from the confusion matrix. Whether the background class
+  is averaged in is explicit (`include_background`); the name it reports under should say so (cnnlab uses
+  ``miou`` for the digit classes only and ``miou_with_bg`` with background). A class absent from both the targets and
+  the predictions is left out of the mean (its IoU is undefined).
+- `BoundaryF1`: the boundary F1 score (Csurka et al., BMVC 2013): pixels where the label changes are boundary pixels;
+  a predicted boundary pixel is correct when a true boundary pixel lies within `tolerance` pixels (and vice versa for
+  recall); F1 of the two, over all images.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from cnnlab.train.metrics import Metric
+
+__all__ = [
+    "BoundaryF1",
+    "MeanIoU",
+    "PixelAccuracy",
+    "boundary_map",
+    "confusion_matrix",
+    "iou_per_class",
+    "save_overlays",
+    "segmentation_report",
+]
+
+
+def _labels(outputs: torch.Tensor) -> torch.Tensor:
+    """Predicted labels from [N, C, H, W] scores, or labels passed through when already [N, H, W]."""
+    return outputs.argmax(1) if outputs.ndim == 4 else outputs
+
+
+def confusion_matrix(
+    predictions: torch.Tensor, targets: torch.Tensor, num_classes: int, ignore_index: int | None = None
+) -> torch.Tensor:
+    """int64 [num_classes, num_classes] matrix: row = true class, column = predicted class."""
+    predictions, targets = predictions.reshape(-1).long(), targets.reshape(-1).long()
+    valid = (targets >= 0) & (targets < num_classes)
+    if ignore_index is not None:
+        valid &= targets != ignore_index
+    index = targets[valid] * num_classes + predictions[valid].clamp(0, num_classes - 1)
+    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes).cpu()
+
+
+def iou_per_class(matrix: torch.Tensor) -> torch.Tensor:
+    """IoU of each class (float64; NaN for a class that appears in neither targets nor predictions)."""
+    matrix = matrix.double()
+    true_positive = matrix.diag()
+    union = matrix.sum(0) + matrix.sum(1) - true_positive
+    return torch.where(union > 0, true_positive / union.clamp_min(1), torch.full_like(union, float("nan")))
+
+
+class _ConfusionMetric(Metric):
+    def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.reset()
+
+    def reset(self) -> None:
+        self.matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.matrix += confusion_matrix(_labels(outputs.detach()), targets, self.num_classes, self.ignore_index)
+
+
+class PixelAccuracy(_ConfusionMetric):
+    """Fraction of labelled pixels predicted correctly."""
+
+    def compute(self) -> float:
+        return float(self.matrix.diag().sum() / self.matrix.sum().clamp_min(1))
+
+
+class MeanIoU(_ConfusionMetric):
+    """Mean intersection-over-union over classes.
+
+    Args:
+        num_classes: classes including background (class 0).
+        include_background: average class 0 in too; False averages classes 1..num_classes-1 only.
+        ignore_index: target value to skip.
+    """
+
+    def __init__(self, num_classes: int, include_background: bool = False, ignore_index: int | None = None) -> None:
+        self.include_background = include_background
+        super().__init__(num_classes, ignore_index)
+
+    def compute(self) -> float:
+        ious = iou_per_class(self.matrix)
+        if not self.include_background:
+            ious = ious[1:]
+        ious = ious[~ious.isnan()]
+        return float(ious.mean()) if len(ious) else 0.0
+
+
+def boundary_map(labels: torch.Tensor) -> torch.Tensor:
+    """Bool [N, H, W]: pixels whose label differs from their right or lower neighbour (or the pixel they border)."""
+    labels = labels.long()
+    edges = torch.zeros_like(labels, dtype=torch.bool)
+    horizontal = labels[..., :, 1:] != labels[..., :, :-1]
+    vertical = labels[..., 1:, :] != labels[..., :-1, :]
+    edges[..., :, 1:] |= horizontal
+    edges[..., :, :-1] |= horizontal
+    edges[..., 1:, :] |= vertical
+    edges[..., :-1, :] |= vertical
+    return edges
+
+
+def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    if radius <= 0:
+        return mask
+    return F.max_pool2d(mask[:, None].float(), 2 * radius + 1, stride=1, padding=radius)[:, 0] > 0
+
+
+class BoundaryF1(Metric):
+    """Boundary F1 with a pixel tolerance (class-agnostic label boundaries).
+
+    Args:
+        tolerance: how far (in pixels, Chebyshev distance) a predicted boundary pixel may be from a true one.
+    """
+
+    def __init__(self, tolerance: int = 2) -> None:
+        self.tolerance = tolerance
+        self.reset()
+
+    def reset(self) -> None:
+        self.matched_pred = self.total_pred = self.matched_true = self.total_true = 0
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        predicted = boundary_map(_labels(outputs.detach()))
+        true = boundary_map(targets)
+        self.matched_pred += int((predicted & _dilate(true, self.tolerance)).sum())
+        self.total_pred += int(predicted.sum())
+        self.matched_true += int((true & _dilate(predicted, self.tolerance)).sum())
+        self.total_true += int(true.sum())
+
+    def compute(self) -> float:
+        precision = self.matched_pred / self.total_pred if self.total_pred else float(self.total_true == 0)
+        recall = self.matched_true / self.total_true if self.total_true else float(self.total_pred == 0)
+        return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def segmentation_report(matrix: torch.Tensor, class_names: list[str]) -> dict[str, object]:
+    """Pixel accuracy, mIoU with and without background, and per-class IoU, from a confusion matrix."""
+    ious = iou_per_class(matrix)
+    digits = ious[1:][~ious[1:].isnan()]
+    every = ious[~ious.isnan()]
+    return {
+        "pixel_accuracy": float(matrix.diag().sum() / matrix.sum().clamp_min(1)),
+        "miou": float(digits.mean()) if len(digits) else 0.0,
+        "miou_includes_background": False,
+        "miou_with_bg": float(every.mean()) if len(every) else 0.0,
+        "iou_per_class": {name: (None if v.isnan() else float(v)) for name, v in zip(class_names, ious, strict=True)},
+    }
+
+
+def _colourise(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    gray = np.repeat(image[..., None], 3, axis=-1).astype(np.float32)
+    colour = colours[labels].astype(np.float32)
+    blended = np.where(labels[..., None] > 0, (1 - alpha) * gray + alpha * colour, gray)
+    return blended.clip(0, 255).astype(np.uint8)
+
+
+def save_overlays(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    predictions: torch.Tensor,
+    path: str | os.PathLike[str],
+    class_names: list[str],
+    max_images: int = 8,
+) -> Path:
+    """A PNG with one row per image: the image, the ground truth over it, the prediction over it, the errors.
+
+    Args:
+        images: [N, 1, H, W] (uint8 0..255 or float 0..1).
+        targets: [N, H, W] labels.
+        predictions: [N, H, W] labels (or [N, C, H, W] scores).
+        path: the PNG to write.
+        class_names: names for the legend (index = label).
+        max_images: rows to draw.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from cnnlab.data.segmentation import class_colours
+
+    predictions = _labels(predictions)
+    colours = class_colours(len(class_names))
+    count = min(max_images, len(images))
+    figure, axes = plt.subplots(count, 4, figsize=(10, 2.5 * count), squeeze=False)
+    for row in range(count):
+        image = images[row, 0].float()
+        image = (image * 255 if image.max() <= 1.0 else image).numpy().astype(np.uint8)
+        target, predicted = targets[row].long().numpy(), predictions[row].long().numpy()
+        wrong = (target != predicted).astype(np.uint8)
+        panels = [
+            (image, "image", "gray"),
+            (_colourise(image, target, colours), "ground truth", None),
+            (_colourise(image, predicted, colours), "prediction", None),
+            (wrong * 255, f"errors ({wrong.mean():.1%} of pixels)", "gray"),
+        ]
+        for axis, (picture, title, cmap) in zip(axes[row], panels, strict=True):
+            axis.imshow(picture, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
+            axis.set_title(title, fontsize=9)
+            axis.axis("off")
+    handles = [Patch(color=colours[i] / 255, label=name) for i, name in enumerate(class_names) if i > 0]
+    figure.legend(handles=handles, loc="lower center", ncol=min(10, len(handles)), fontsize=8)
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path

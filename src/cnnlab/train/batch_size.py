@@ -1,0 +1,317 @@
+"""`--batch-size auto`: the largest batch that trains without running out of memory, tested the way it will run.
+
+Automatic batch finders fail in known ways: they probe a forward pass or a single step, then the run dies later in
+the first evaluation or when the optimizer allocates its state (Lightning #8028, #9625, #20231; Ultralytics #1451,
+#4679), or they halve the batch without scaling gradient accumulation (accelerate). Here each candidate batch runs
+through the engine's own step (`Trainer._train_step`: same loss, precision, channels_last, EMA, checkpointing) for
+`steps` full optimizer steps, so the optimizer state exists, then through one evaluation batch of the size
+evaluation will use. Memory is freed between tries, and the model's weights, buffers and the trainer's state are
+restored afterwards.
+
+The search doubles from `start` until a candidate fails or reaches `cap`, then bisects. The chosen batch is the
+largest that fitted, times ``1 - margin`` (a safety margin for fragmentation and for whatever the probe does not
+see). When a batch size was requested and it does not fit, `accumulation_for` keeps it as the effective batch and
+splits it into micro-batches that fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from cnnlab.errors import CnnlabError
+from cnnlab.train.batches import BatchSource, TensorBatches, as_batch_source
+from cnnlab.train.ema import ModelEma
+from cnnlab.train.oom import SimulatedMemoryLimit, free_memory
+from cnnlab.train.optim import build_optimizer, build_scheduler, default_param_groups
+
+if TYPE_CHECKING:
+    from cnnlab.train.trainer import Trainer
+
+Probe = Callable[[int], bool]
+
+
+@dataclass
+class BatchSearch:
+    """What the search found.
+
+    Attributes:
+        largest_fitting: the largest micro-batch that ran a full probe (0 when none did).
+        batch_size: the effective batch to train with.
+        accum_steps: micro-batches per optimizer step (`batch_size // accum_steps` fits).
+        tried: every candidate, in order, with whether it fitted.
+        capped: the search stopped at `cap`, not at a failure.
+    """
+
+    largest_fitting: int
+    batch_size: int
+    accum_steps: int
+    tried: list[tuple[int, bool]] = field(default_factory=list)
+    capped: bool = False
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.batch_size // self.accum_steps
+
+
+def search_largest(probe: Probe, start: int = 1, cap: int = 4096) -> tuple[int, list[tuple[int, bool]], bool]:
+    """Largest b in [1, cap] with ``probe(b)`` true, assuming it is monotonic: doubling from `start`, then bisection.
+
+    Returns:
+        (largest fitting batch or 0, the candidates tried with their outcome, whether `cap` was reached).
+    """
+    tried: list[tuple[int, bool]] = []
+
+    def attempt(batch: int) -> bool:
+        ok = probe(batch)
+        tried.append((batch, ok))
+        return ok
+
+    low, high = 0, max(1, min(start, cap))
+    while attempt(high):
+        low = high
+        if high >= cap:
+            return low, tried, True
+        high = min(high * 2, cap)
+    # low fits (or is 0), high does not
+    if low == 0 and high > 1:
+        return search_largest_between(attempt, 0, high), tried, False
+    return search_largest_between(attempt, low, high), tried, False
+
+
+def search_largest_between(attempt: Probe, low: int, high: int) -> int:
+    """Bisection between a fitting `low` (0 means none known) and a failing `high`."""
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if attempt(middle) else (low, middle)
+    return low
+
+
+def accumulation_for(requested: int, largest_fitting: int) -> int:
+    """The fewest micro-batches per step that keep `requested` as the effective batch with micro-batches that fit.
+
+    The count divides `requested` (the engine's configs require it), so a prime batch may need one-sample steps.
+    """
+    if largest_fitting < 1:
+        raise CnnlabError(
+            "not even one sample fits in memory; try --precision bf16, --grad-checkpointing or smaller images"
+        )
+    accum = max(1, -(-requested // largest_fitting))
+    while requested % accum:
+        accum += 1
+    return accum
+
+
+def _example_batch(train_data: Any, trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Some real samples (one batch) to tile into candidates of any size."""
+    source = as_batch_source(train_data, trainer.config.batch_size, drop_last=False)
+    inputs = getattr(source, "inputs", None)
+    targets = getattr(source, "targets", None)
+    if isinstance(inputs, torch.Tensor) and isinstance(targets, torch.Tensor):
+        return inputs, targets
+    batch = next(iter(source.batches(0, trainer.config.seed, shuffle=False, device=trainer.device)), None)
+    if batch is None or not isinstance(batch[0], torch.Tensor):
+        raise CnnlabError("--batch-size auto needs training data with tensor inputs and at least one sample")
+    return batch[0], batch[1]
+
+
+def _tile(tensor: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
+    index = torch.arange(size, device=tensor.device) % len(tensor)
+    return tensor[index].to(device)
+
+
+def trainer_probe(
+    trainer: Trainer,
+    train_data: Any,
+    *,
+    steps: int = 2,
+    evaluate: bool = True,
+    memory_limit: int | None = None,
+) -> Probe:
+    """A probe that runs `steps` training steps and one evaluation batch at a candidate micro-batch size.
+
+    Args:
+        trainer: the run's trainer, before `fit` (its model, loss, transforms, precision and options are used).
+        train_data: the run's training data (samples are taken from it and tiled to the candidate size).
+        steps: full optimizer steps per candidate (two: the optimizer state is allocated by the first).
+        evaluate: also run one evaluation batch (of ``eval_batch_size``, else twice the candidate).
+        memory_limit: simulate a device with this many free bytes (`SimulatedMemoryLimit`); for tests.
+
+    Returns:
+        ``probe(batch) -> bool``: whether the candidate ran without running out of memory. The model's weights and
+        buffers, the config and the trainer's state are restored after every call.
+    """
+    config = trainer.config
+    inputs, targets = _example_batch(train_data, trainer)
+
+    def probe(batch: int) -> bool:
+        snapshot = {k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
+        saved = (trainer.optimizer, trainer.scheduler, trainer.ema, trainer.micro_batch_size, trainer.scaler)
+        saved_config = (config.batch_size, config.accum_steps)
+        limit = SimulatedMemoryLimit(memory_limit) if memory_limit is not None else contextlib.nullcontext()
+        fitted = False
+        try:
+            with limit:
+                build_groups = trainer.param_groups or (lambda m: default_param_groups(m, config.weight_decay))
+                groups = build_groups(trainer.model)
+                trainer.optimizer = (trainer.optimizer_factory or build_optimizer)(groups, config)
+                trainer.scheduler = build_scheduler(trainer.optimizer, config, steps)
+                trainer.ema = ModelEma(trainer.model, config.ema_decay) if config.ema_decay is not None else None
+                trainer.scaler = torch.amp.GradScaler(trainer.device.type, enabled=config.precision == "fp16")
+                trainer.micro_batch_size = batch
+                x, y = _tile(inputs, batch, trainer.device), _tile(targets, batch, trainer.device)
+                trainer.model.train()
+                for _ in range(steps):
+                    step_x, step_y = trainer.train_transform(x, y) if trainer.train_transform else (x, y)
+                    trainer._train_step(step_x, step_y)
+                    del step_x, step_y
+                if evaluate:
+                    eval_batch = config.eval_batch_size or 2 * batch
+                    config.batch_size, config.accum_steps = batch, 1  # evaluation batches default to 2 x this
+                    ex, ey = _tile(inputs, eval_batch, trainer.device), _tile(targets, eval_batch, trainer.device)
+                    trainer.evaluate((ex, ey))
+                    del ex, ey
+                del x, y
+            fitted = True
+        except torch.OutOfMemoryError:
+            fitted = False
+        finally:
+            config.batch_size, config.accum_steps = saved_config
+            if trainer.optimizer is not None:
+                trainer.optimizer.zero_grad(set_to_none=True)
+            trainer.optimizer, trainer.scheduler, trainer.ema, trainer.micro_batch_size, trainer.scaler = saved
+            trainer.model.load_state_dict(snapshot)
+            free_memory(trainer.device)
+        return fitted
+
+    return probe
+
+
+def find_batch_size(
+    trainer: Trainer,
+    train_data: Any,
+    *,
+    requested: int | None = None,
+    margin: float = 0.1,
+    cap: int = 4096,
+    start: int = 2,
+    steps: int = 2,
+    evaluate: bool = True,
+    memory_limit: int | None = None,
+    probe: Probe | None = None,
+    apply: bool = True,
+) -> BatchSearch:
+    """Find the batch to train with, and (by default) set it on the trainer and its config.
+
+    Args:
+        trainer: the run's trainer, before `fit`.
+        train_data: the run's training data.
+        requested: an effective batch to keep (through accumulation if it does not fit); None: the largest batch
+            that fits, less the margin (``--batch-size auto``).
+        margin: fraction taken off the largest fitting batch (0.1: 90 % of it).
+        cap: the largest batch tried (the number of training samples also caps it).
+        start: the first candidate of the doubling phase.
+        steps: optimizer steps per candidate.
+        evaluate: also test one evaluation batch per candidate.
+        memory_limit: simulated free memory in bytes (tests); None: the device's real memory.
+        probe: replaces the trainer probe (``probe(batch) -> fits``).
+        apply: write the result into ``trainer.config`` (batch_size, accum_steps) and ``trainer.micro_batch_size``.
+    """
+    if not 0.0 <= margin < 1.0:
+        raise CnnlabError(f"batch-size margin must be in [0, 1), got {margin}")
+    num_samples = as_batch_source(train_data, trainer.config.batch_size).num_samples
+    cap = max(1, min(cap, num_samples if requested is None else requested))
+    probe = probe or trainer_probe(trainer, train_data, steps=steps, evaluate=evaluate, memory_limit=memory_limit)
+    largest, tried, capped = search_largest(probe, start=min(start, cap), cap=cap)
+    if largest == 0:
+        raise CnnlabError(
+            "not even a batch of one sample fits in memory; try --precision bf16, --grad-checkpointing, "
+            "smaller images or a smaller model"
+        )
+    safe = largest if capped else max(1, int(largest * (1.0 - margin)))
+    if requested is None:
+        result = BatchSearch(largest, safe, 1, tried, capped)
+    else:
+        result = BatchSearch(largest, requested, accumulation_for(requested, safe), tried, capped)
+    if apply:
+        apply_batch_size(trainer, result.batch_size, result.accum_steps)
+        outcome = ", ".join(f"{b}{'' if ok else ' (out of memory)'}" for b, ok in tried)
+        trainer.log(
+            f"batch size search: tried {outcome}; largest fitting {largest}{' (cap)' if capped else ''}, "
+            f"training with batch {result.batch_size} = {result.micro_batch_size} x {result.accum_steps} accumulation"
+        )
+    return result
+
+
+def apply_batch_size(trainer: Trainer, batch_size: int, accum_steps: int) -> None:
+    """Set the effective batch and accumulation on a trainer that has not started fitting."""
+    updated = dataclasses.replace(trainer.config, batch_size=batch_size, accum_steps=accum_steps)  # validates
+    trainer.config.batch_size, trainer.config.accum_steps = updated.batch_size, updated.accum_steps
+    trainer.micro_batch_size = updated.micro_batch_size
+
+
+def autosize(trainer: Trainer, train: BatchSource) -> BatchSource:
+    """The engine's hook for ``auto_batch_size`` / ``auto_accum`` (called by `fit` before training starts).
+
+    - ``auto_batch_size``: the largest batch that fits, up to ``config.batch_size`` (the cap), less the margin;
+      in-memory data is re-batched with it.
+    - ``auto_accum``: ``config.batch_size`` stays the effective batch; the micro-batch is the largest that fits
+      (less the margin) and ``accum_steps`` grows to match.
+
+    A resumed run takes the batch its checkpoint was trained with (no search, so the run continues identically).
+    Under torchrun each rank searches its own per-process batch and all take the smallest.
+    """
+    from cnnlab.train import distributed
+    from cnnlab.train.checkpoint import load_checkpoint
+    from cnnlab.train.trainer import CHECKPOINT_NAME
+
+    config = trainer.config
+    if config.auto_batch_size and not isinstance(train, TensorBatches):
+        raise CnnlabError(
+            "--batch-size auto needs in-memory data (the batch of a DataLoader is fixed); "
+            "pass the batch size and --accum auto instead"
+        )
+    checkpoint = config.run_dir / CHECKPOINT_NAME
+    if config.resume and checkpoint.is_file():
+        saved = load_checkpoint(checkpoint)["config"]
+        batch_size, accum_steps = int(saved["batch_size"]), int(saved["accum_steps"])
+        eval_batch_size = saved.get("eval_batch_size")
+    else:
+        world = distributed.world_size()
+        per_rank = max(1, config.batch_size // world)
+        result = find_batch_size(
+            trainer, train, requested=None if config.auto_batch_size else per_rank, cap=per_rank, apply=False
+        )
+        micro = _agree_on_minimum(result.micro_batch_size, trainer.device)
+        if config.auto_batch_size:
+            batch_size, accum_steps = micro * world, 1
+        else:
+            batch_size = config.batch_size
+            accum_steps = accumulation_for(per_rank, micro)
+        eval_batch_size = config.eval_batch_size or (2 * batch_size // accum_steps if accum_steps > 1 else None)
+        outcome = ", ".join(f"{b}{'' if ok else ' (out of memory)'}" for b, ok in result.tried)
+        trainer.log(
+            f"batch size search: tried {outcome}; largest fitting {result.largest_fitting}"
+            f"{' (the cap)' if result.capped else ''}; training with batch {batch_size} = "
+            f"{batch_size // accum_steps} x {accum_steps} accumulation"
+        )
+    apply_batch_size(trainer, batch_size, accum_steps)
+    config.eval_batch_size = eval_batch_size
+    if isinstance(train, TensorBatches):
+        return train.with_batch_size(batch_size, drop_last=True)
+    return train
+
+
+def _agree_on_minimum(value: int, device: torch.device) -> int:
+    from cnnlab.train import distributed
+
+    if distributed.world_size() <= 1:
+        return value
+    tensor = torch.tensor([value], device=device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MIN)
+    return int(tensor.item())

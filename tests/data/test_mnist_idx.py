@@ -1,0 +1,92 @@
+"""The MNIST IDX reader: parsing, validation of corrupt files, where it looks for data, the validation split."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlab.data.mnist import find_mnist_dir, load_mnist, read_idx
+from cnnlab.errors import CnnlabError
+
+REAL_MNIST = Path(os.environ.get("CNNLAB_DATA", "data"))
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    magic = 0x0800 | array.ndim  # unsigned bytes
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_fake_mnist(root: Path, train: int = 120, test: int = 60, seed: int = 0) -> Path:
+    """A tiny MNIST in torchvision's layout whose digit k is a bright bar at row 2 + 2k (learnable)."""
+    rng = np.random.default_rng(seed)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, count in (("train", train), ("t10k", test)):
+        labels = rng.integers(0, 10, count)
+        images = rng.integers(0, 40, (count, 28, 28))
+        for i, label in enumerate(labels):
+            images[i, 2 + 2 * label : 4 + 2 * label, 4:24] = 255
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+def test_read_idx_round_trip(tmp_path: Path) -> None:
+    array = np.arange(2 * 28 * 28).reshape(2, 28, 28) % 256
+    write_idx(tmp_path / "images", array)
+    np.testing.assert_array_equal(read_idx(tmp_path / "images", 2051), array)
+
+
+def test_wrong_magic_is_a_clear_error(tmp_path: Path) -> None:
+    write_idx(tmp_path / "labels", np.zeros(5))  # a labels file (magic 2049) where images are expected
+    with pytest.raises(CnnlabError, match=r"magic number 0x00000801, expected 0x00000803.*re-download"):
+        read_idx(tmp_path / "labels", 2051)
+
+
+@pytest.mark.parametrize("keep_bytes", [3, 10, 16 + 28 * 28 + 5])
+def test_truncated_file_is_a_clear_error(tmp_path: Path, keep_bytes: int) -> None:
+    write_idx(tmp_path / "images", np.zeros((2, 28, 28)))
+    path = tmp_path / "images"
+    path.write_bytes(path.read_bytes()[:keep_bytes])
+    with pytest.raises(CnnlabError, match="truncated"):
+        read_idx(path, 2051)
+
+
+def test_missing_data_dir_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CNNLAB_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CnnlabError, match=r"not found under data .*default ./data.*MNIST/raw.*--data-dir.*CNNLAB_DATA"):
+        find_mnist_dir()
+    with pytest.raises(CnnlabError, match=r"from --data-dir"):
+        find_mnist_dir(tmp_path / "elsewhere")
+
+
+def test_data_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    explicit = write_fake_mnist(tmp_path / "explicit")
+    from_env = write_fake_mnist(tmp_path / "env")
+    monkeypatch.setenv("CNNLAB_DATA", str(from_env))
+    assert find_mnist_dir() == from_env / "MNIST" / "raw"
+    assert find_mnist_dir(explicit) == explicit / "MNIST" / "raw"
+
+
+def test_fake_mnist_split_is_seeded_and_disjoint(tmp_path: Path) -> None:
+    root = write_fake_mnist(tmp_path)
+    first, again, other = load_mnist(root, val_size=20, seed=0), load_mnist(root, val_size=20), load_mnist(root, 20, 1)
+    assert first.train_images.shape == (100, 1, 28, 28) and first.val_images.shape == (20, 1, 28, 28)
+    assert first.train_images.dtype == torch.uint8 and first.train_labels.dtype == torch.int64
+    assert torch.equal(first.val_images, again.val_images)
+    assert not torch.equal(first.val_images, other.val_images)
+    rows = {bytes(x.numpy()) for x in first.train_images} | {bytes(x.numpy()) for x in first.val_images}
+    assert len(rows) == 120  # train and val partition the 120 training images
+
+
+@pytest.mark.skipif(not (REAL_MNIST / "MNIST" / "raw").is_dir(), reason="MNIST not found ($CNNLAB_DATA)")
+def test_real_mnist_sizes() -> None:
+    splits = load_mnist(REAL_MNIST)
+    assert len(splits.train_labels) == 55_000 and len(splits.val_labels) == 5_000 and len(splits.test_labels) == 10_000
+    assert torch.bincount(splits.test_labels).tolist()[:3] == [980, 1135, 1032]  # the published class counts

@@ -1,0 +1,152 @@
+"""MNIST recipes end to end: learning on a subset, saved models, ensembles, evaluate's figures, CLI errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import cnnlab
+from cnnlab.errors import CnnlabError
+from cnnlab.tasks.mnist import evaluate_mnist, get_recipe, to_float, train_mnist
+from cnnlab.train.saved import Ensemble
+
+REAL_MNIST = Path(os.environ.get("CNNLAB_DATA", "data"))
+_spec = importlib.util.spec_from_file_location("_idx", Path(__file__).parents[1] / "data" / "test_mnist_idx.py")
+_idx = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+_spec.loader.exec_module(_idx)  # type: ignore[union-attr]
+write_fake_mnist, write_idx = _idx.write_fake_mnist, _idx.write_idx
+
+_TINY = {"epochs": 2, "batch_size": 24}
+
+
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fake_mnist(tmp_path_factory.mktemp("mnist"), train=240, test=80)
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(fake_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    output = tmp_path_factory.mktemp("runs")
+    return train_mnist(
+        "quick",
+        data_dir=str(fake_root),
+        output=str(output),
+        name="ens",
+        ensemble=2,
+        val_size=40,
+        overrides=_TINY,
+        progress=False,
+    )
+
+
+def test_unknown_recipe_lists_the_known_ones() -> None:
+    with pytest.raises(CnnlabError, match="unknown MNIST recipe 'best'; choose one of default, quick, baseline"):
+        get_recipe("best")
+
+
+def test_saved_member_round_trips_through_load_model(ensemble_run: dict, fake_root: Path) -> None:
+    member_dir = Path(ensemble_run["members"][0]["run_dir"])
+    model = cnnlab.load_model(member_dir)
+    assert not model.training
+    images = torch.rand(5, 1, 28, 28)
+    from_file = cnnlab.load_model(member_dir / "model.safetensors")
+    torch.testing.assert_close(model(images), from_file(images))
+    # The saved weights reproduce the test accuracy recorded at the end of training.
+    from cnnlab.data.mnist import load_mnist
+
+    data = load_mnist(fake_root, val_size=0)
+    with torch.inference_mode():
+        accuracy = (model(to_float(data.test_images)).argmax(1) == data.test_labels).float().mean().item()
+    assert accuracy == pytest.approx(ensemble_run["members"][0]["test_accuracy"])
+    assert accuracy > 0.5  # chance is 0.1: the bars are learnable in 3 epochs
+
+
+def test_ensemble_averages_member_probabilities(ensemble_run: dict) -> None:
+    run_dir = Path(ensemble_run["run_dir"])
+    ensemble = cnnlab.load_model(run_dir)
+    assert isinstance(ensemble, Ensemble) and len(ensemble.members) == 2
+    members = [cnnlab.load_model(m["run_dir"]) for m in ensemble_run["members"]]
+    images = torch.rand(4, 1, 28, 28)
+    with torch.inference_mode():
+        expected = torch.stack([m(images).softmax(1) for m in members]).mean(0)
+        torch.testing.assert_close(ensemble(images).softmax(1), expected)
+    assert ensemble_run["members"][0]["seed"] == 0 and ensemble_run["members"][1]["seed"] == 1
+    assert 0.0 <= ensemble_run["ensemble_test_accuracy"] <= 1.0
+
+
+def test_evaluate_writes_its_figures(ensemble_run: dict, fake_root: Path, tmp_path: Path) -> None:
+    result = evaluate_mnist(ensemble_run["run_dir"], data_dir=str(fake_root), output_dir=tmp_path)
+    assert result["test_accuracy"] == pytest.approx(ensemble_run["ensemble_test_accuracy"])
+    assert sum(map(sum, result["confusion_matrix"])) == 80
+    for key in ("confusion_matrix_png", "misclassified_png"):
+        assert Path(result[key]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "evaluation.json").is_file()
+
+
+def test_load_model_on_a_directory_without_a_model(tmp_path: Path) -> None:
+    with pytest.raises(CnnlabError, match="holds no model.json"):
+        cnnlab.load_model(tmp_path)
+
+
+def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    from cnnlab.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["cnnlab", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return int(exit_info.value.code or 0), capsys.readouterr().err
+
+
+def test_cli_unknown_recipe(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _cli(monkeypatch, capsys, "train", "mnist", "--recipe", "fastest")
+    assert code == 2 and err.strip().count("\n") == 0 and "unknown MNIST recipe 'fastest'" in err
+
+
+def test_cli_missing_data_dir(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere"
+    code, err = _cli(monkeypatch, capsys, "train", "mnist", "--recipe", "quick", "--data-dir", str(missing))
+    assert code == 2 and err.strip().count("\n") == 0
+    assert str(missing / "MNIST" / "raw") in err and "--data-dir" in err and "CNNLAB_DATA" in err
+
+
+@pytest.mark.parametrize("damage", ["magic", "truncated"])
+def test_cli_corrupt_idx(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, damage: str
+) -> None:
+    root = write_fake_mnist(tmp_path / "bad")
+    images = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    raw = images.read_bytes()
+    images.write_bytes(b"\x00\x00\x09\x99" + raw[4:] if damage == "magic" else raw[:1000])
+    code, err = _cli(
+        monkeypatch, capsys, "train", "mnist", "--recipe", "quick", "--data-dir", str(root), "-o", str(tmp_path)
+    )
+    assert code == 2 and err.strip().count("\n") == 0
+    assert ("magic number" if damage == "magic" else "truncated") in err and str(images) in err
+
+
+@pytest.mark.skipif(not (REAL_MNIST / "MNIST" / "raw").is_dir(), reason="MNIST not found ($CNNLAB_DATA)")
+def test_quick_recipe_learns_real_mnist_subset(tmp_path: Path) -> None:
+    from cnnlab.data.mnist import MnistSplits, load_mnist
+
+    full = load_mnist(REAL_MNIST)
+    # A subset keeps this under a few seconds: 3,072 training, 1,000 validation and 2,000 test images.
+    splits = MnistSplits(
+        full.train_images[:3072],
+        full.train_labels[:3072],
+        full.val_images[:1000],
+        full.val_labels[:1000],
+        full.test_images[:2000],
+        full.test_labels[:2000],
+    )
+    summary = train_mnist(
+        "quick", splits=splits, output=str(tmp_path), name="subset", overrides={"epochs": 1}, progress=False
+    )
+    assert summary["members"][0]["val_accuracy"] > 0.8  # chance is 0.1
+    assert summary["test_accuracy"] > 0.8

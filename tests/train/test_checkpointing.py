@@ -1,0 +1,81 @@
+"""Gradient checkpointing of zoo-model stages: same gradients and buffers, fewer bytes saved for backward."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.budget import SavedTensorCounter
+from cnnlab.models import create_model
+from cnnlab.train.checkpointing import checkpoint_stages, checkpointed_modules, remove_checkpointing
+
+# (model, input shape): small inputs keep this fast on 2 CPU cores.
+CASES = [
+    ("resnet18", (3, 64, 64)),
+    ("efficientnet_lite0", (3, 64, 64)),
+    ("googlenet", (3, 64, 64)),
+    ("mnist_net_small", (1, 28, 28)),
+]
+
+
+def _step(model: nn.Module, x: torch.Tensor) -> tuple[int, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Saved bytes of one forward, the gradients and the buffers after backward, and the output."""
+    model.train()
+    torch.manual_seed(1)  # same dropout masks in both runs
+    state = [*model.parameters(), *model.buffers()]
+    with SavedTensorCounter(exclude=state, inputs=[x]) as counter:
+        output = model(x)
+    output.float().pow(2).mean().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    buffers = [b.clone() for b in model.buffers()]
+    return counter.total_bytes, grads, buffers, output.detach()
+
+
+@pytest.mark.parametrize(("name", "shape"), CASES)
+def test_checkpointing_keeps_gradients_and_saves_memory(name: str, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    plain = create_model(name, num_classes=10)
+    checkpointed = copy.deepcopy(plain)
+    names = checkpoint_stages(checkpointed)
+    assert names, f"{name}: no stage was found to checkpoint"
+    x = torch.randn(4, *shape)
+
+    plain_saved, plain_grads, plain_buffers, plain_out = _step(plain, x)
+    ckpt_saved, ckpt_grads, ckpt_buffers, ckpt_out = _step(checkpointed, x)
+
+    torch.testing.assert_close(ckpt_out, plain_out)
+    for a, b in zip(ckpt_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # BatchNorm running statistics are updated once, not again during recomputation.
+    for a, b in zip(ckpt_buffers, plain_buffers, strict=True):
+        torch.testing.assert_close(a, b)
+    assert ckpt_saved < 0.6 * plain_saved, f"{name}: {ckpt_saved} saved bytes vs {plain_saved} without checkpointing"
+
+
+def test_resnet_stages_are_its_layers_and_keys_do_not_change() -> None:
+    model = create_model("resnet18", num_classes=10)
+    keys = list(model.state_dict())
+    assert checkpoint_stages(model) == ["layer1", "layer2", "layer3", "layer4"]
+    assert checkpointed_modules(model) == ["layer1", "layer2", "layer3", "layer4"]
+    assert list(model.state_dict()) == keys  # checkpoints stay loadable either way
+    copy.deepcopy(model)  # the EMA copies the model
+    remove_checkpointing(model)
+    assert checkpointed_modules(model) == []
+
+
+def test_plain_sequential_model_is_segmented_and_eval_is_untouched() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(16, 16), nn.ReLU()) for _ in range(9)], nn.Linear(16, 2))
+    reference = copy.deepcopy(model)
+    assert checkpoint_stages(model) == [""]
+    x = torch.randn(8, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), reference.eval()(x))
+    saved, grads, _, _ = _step(model, x)
+    plain_saved, plain_grads, _, _ = _step(reference, x)
+    for a, b in zip(grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b)
+    assert saved < plain_saved
