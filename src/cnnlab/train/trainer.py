@@ -278,7 +278,9 @@ class Trainer:
             if self.train_transform is not None:
                 inputs, targets = self.train_transform(inputs, targets)
             loss, batch_correct = train_step_with_recovery(self, inputs, targets)  # OOM: halve micro-batch, redo
-            epoch_train_seconds += time.perf_counter() - tick
+            step_seconds = time.perf_counter() - tick
+            epoch_train_seconds += step_seconds
+            self.train_seconds += step_seconds  # kept current for callbacks (time-to-accuracy probes)
             n = len(targets)
             seen += n
             loss_sum += loss * n
@@ -297,7 +299,6 @@ class Trainer:
                     progress.set_postfix(postfix, refresh=False)
         if progress is not None:
             progress.close()
-        self.train_seconds += epoch_train_seconds
         metrics = {
             "train_loss": float(loss_sum) / max(1, seen),
             "lr": self.optimizer.param_groups[0]["lr"],  # type: ignore[union-attr]
