@@ -1,0 +1,53 @@
+"""`cnnlab experiment NAME`: turn a claim about CNNs into a repeatable experiment with a generated report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def experiment(
+    name: str = typer.Argument(..., help="cnn-vs-dense, pool-vs-stride or lrn-vs-bn."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Training epochs per run (default: the experiment's)."),
+    subset: int | None = typer.Option(
+        None, "--subset", help="Training images (default: the experiment's; 0 = all 55,000)."
+    ),
+    seeds: int | None = typer.Option(None, "--seeds", help="Repeats over seeds 0..N-1 (default 3)."),
+    output: Path = typer.Option(Path("runs"), "--output", "-o", help="Root dir; writes OUTPUT/experiment/NAME/."),
+    test_subset: int | None = typer.Option(None, "--test-subset", help="Test images evaluated (default all)."),
+    val_subset: int | None = typer.Option(None, "--val-subset", help="Validation images (default all 5,000)."),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="MNIST root (else $CNNLAB_DATA, else ./data)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
+) -> None:
+    """Run a claim about CNNs as an experiment on MNIST over several seeds; writes report.md, plots, results.json.
+
+    cnn-vs-dense: CNN vs a dense net of equal parameter count (accuracy, MACs, time, robustness, sample efficiency).
+
+    pool-vs-stride: 2x2 max pooling vs stride-2 convolution (cost, accuracy, feature invariance to 1-px shifts).
+
+    lrn-vs-bn: small AlexNet-style net with no normalisation, LRN or batch norm (accuracy, convergence, time/step).
+
+    The report's conclusion is generated from the measurements, with a noise rule over the seeds.
+    """
+    from cnnlab.tasks.experiments import run_experiment
+
+    report = run_experiment(
+        name,
+        epochs=epochs,
+        subset=subset,
+        seeds=seeds,
+        output=output,
+        test_subset=test_subset,
+        val_subset=val_subset,
+        data_dir=data_dir,
+        overwrite=overwrite,
+    )
+    text = report.read_text()
+    conclusion = text.split("## Conclusion", 1)[-1].strip()
+    typer.echo(f"{report}\n\n{conclusion}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `experiment` command."""
+    app.command("experiment")(experiment)

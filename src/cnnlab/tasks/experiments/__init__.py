@@ -1,0 +1,96 @@
+"""Claims about CNNs turned into small, repeatable experiments (issue 8, `cnnlab experiment NAME`).
+
+Each experiment trains small networks on MNIST on the engine over several seeds, writes
+``<output>/experiment/<name>/report.md`` with tables, PNG plots and `results.json`, and ends with a conclusion
+generated from the measured numbers under the noise rule of `common.compare`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import CnnlabError
+from cnnlab.tasks.experiments.common import ExperimentSettings
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A registered experiment.
+
+    Attributes:
+        name: the `cnnlab experiment` argument.
+        summary: one line for `--help`.
+        run: `run(settings) -> report path`.
+        defaults: `ExperimentSettings` fields of the default run (chosen to finish in < 15 min on 2 CPU cores).
+    """
+
+    name: str
+    summary: str
+    run: Callable[[ExperimentSettings], Path]
+    defaults: dict[str, Any]
+
+
+def _experiments() -> dict[str, Experiment]:
+    from cnnlab.tasks.experiments import cnn_vs_dense, lrn_vs_bn, pool_vs_stride
+
+    return {
+        experiment.name: experiment
+        for experiment in (
+            Experiment(
+                cnn_vs_dense.NAME,
+                "CNN vs dense net of equal parameter count: accuracy, MACs, time, shift/rotate/scale robustness, "
+                "sample efficiency",
+                cnn_vs_dense.run,
+                {"epochs": 2, "subset": None},
+            ),
+            Experiment(
+                pool_vs_stride.NAME,
+                "2x2 max pooling vs stride-2 convolution: parameters, MACs, accuracy, feature invariance to 1-px "
+                "shifts",
+                pool_vs_stride.run,
+                {"epochs": 3, "subset": 20_000},
+            ),
+            Experiment(
+                lrn_vs_bn.NAME,
+                "small AlexNet-style net with no normalisation, LRN or batch norm: accuracy, convergence, time/step",
+                lrn_vs_bn.run,
+                {"epochs": 3, "subset": 15_000},
+            ),
+        )
+    }
+
+
+def list_experiments() -> list[Experiment]:
+    """The registered experiments, in a fixed order."""
+    return list(_experiments().values())
+
+
+def get_experiment(name: str) -> Experiment:
+    """The experiment called `name`.
+
+    Raises:
+        CnnlabError: for an unknown name, listing the known ones.
+    """
+    experiments = _experiments()
+    if name not in experiments:
+        raise CnnlabError(f"unknown experiment {name!r}; choose one of: {', '.join(experiments)}")
+    return experiments[name]
+
+
+def run_experiment(name: str, **overrides: Any) -> Path:
+    """Run experiment `name` with its defaults, replaced by any non-None `overrides`; returns the report path.
+
+    `subset=0` means all training images.
+    """
+    experiment = get_experiment(name)
+    settings = ExperimentSettings(**experiment.defaults)
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    if settings.subset == 0:
+        settings = replace(settings, subset=None)
+    return experiment.run(settings)
+
+
+__all__ = ["Experiment", "ExperimentSettings", "get_experiment", "list_experiments", "run_experiment"]

@@ -1,0 +1,404 @@
+"""What every experiment shares: settings, MNIST tensors, training on the engine, seeds, the noise rule, report.md.
+
+The noise rule (`compare`): two conditions measured over several seeds differ *measurably* only when the difference
+of their means exceeds twice the larger of their standard deviations (sample std over seeds) AND their per-seed
+ranges do not overlap. Anything else is reported as "no measurable difference". With a single seed the noise
+cannot be estimated and no difference is claimed.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab.data.mnist import MNIST_MEAN, MNIST_STD, load_mnist
+from cnnlab.errors import CnnlabError
+from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
+
+FULL_TRAIN_SIZE = 55_000  # MNIST's 60k training images minus the 5k validation images held out
+
+
+@dataclass
+class ExperimentSettings:
+    """Options shared by all experiments (the `cnnlab experiment` flags).
+
+    Attributes:
+        epochs: training epochs of each run.
+        subset: training images used (None: all 55,000 left after the validation split).
+        seeds: repeats; seed i trains with seed i (initialisation and data order).
+        output: root of the run directories; the experiment writes ``<output>/experiment/<name>/``.
+        data_dir: MNIST location (`--data-dir`, else ``$CNNLAB_DATA``, else ``./data``).
+        test_subset: test images evaluated (None: all 10,000); robustness sweeps use the same images.
+        val_subset: validation images monitored each epoch (None: all 5,000).
+        batch_size: images per optimizer step.
+        lr: peak learning rate (AdamW, one-cycle schedule).
+        overwrite: replace an existing report in the run directory.
+        progress: print one line per training run.
+    """
+
+    epochs: int = 2
+    subset: int | None = None
+    seeds: int = 3
+    output: Path = Path("runs")
+    data_dir: str | None = None
+    test_subset: int | None = None
+    val_subset: int | None = None
+    batch_size: int = 128
+    lr: float = 3e-3
+    overwrite: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raise `CnnlabError` on values no experiment can run with."""
+        if self.epochs < 1:
+            raise CnnlabError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.seeds < 1:
+            raise CnnlabError(f"--seeds must be at least 1, got {self.seeds}")
+        if self.subset is not None and not self.batch_size <= self.subset <= FULL_TRAIN_SIZE:
+            raise CnnlabError(
+                f"--subset {self.subset} must be between the batch size ({self.batch_size}) and {FULL_TRAIN_SIZE}"
+            )
+        if self.test_subset is not None and not 1 <= self.test_subset <= 10_000:
+            raise CnnlabError(f"--test-subset {self.test_subset} must be between 1 and 10000")
+        if self.val_subset is not None and not 1 <= self.val_subset <= 5_000:
+            raise CnnlabError(f"--val-subset {self.val_subset} must be between 1 and 5000")
+
+
+@dataclass
+class MnistTensors:
+    """MNIST as float images in [0, 1] (the experiments' models normalise inside)."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def load_data(settings: ExperimentSettings) -> MnistTensors:
+    """MNIST with the seeded 5k validation split; `subset`, `val_subset` and `test_subset` keep a seeded selection."""
+    splits = load_mnist(settings.data_dir, val_size=5_000, seed=0)
+    train_count = settings.subset or len(splits.train_labels)
+    test_count = settings.test_subset or len(splits.test_labels)
+    test_order = torch.randperm(len(splits.test_labels), generator=torch.Generator().manual_seed(0))[:test_count]
+    return MnistTensors(
+        train_images=splits.train_images[:train_count].float() / 255,
+        train_labels=splits.train_labels[:train_count],
+        val_images=splits.val_images[: settings.val_subset].float() / 255,
+        val_labels=splits.val_labels[: settings.val_subset],
+        test_images=splits.test_images[test_order].float() / 255,
+        test_labels=splits.test_labels[test_order],
+    )
+
+
+class Normalize(nn.Module):
+    """Subtract MNIST's mean and divide by its std, so the models take images in [0, 1] like `load_model`'s."""
+
+    def __init__(self, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> None:
+        super().__init__()
+        self.mean = mean
+        self.std = std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class StepLossRecorder(Callback):
+    """Records the training loss of every optimizer step (for convergence curves)."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer: Trainer, step: int, loss: torch.Tensor) -> None:  # noqa: D102
+        self.losses.append(float(loss))
+
+
+@dataclass
+class TrainedRun:
+    """One training run of one condition with one seed."""
+
+    model: nn.Module
+    trainer: Trainer
+    history: list[dict[str, float]]
+    train_seconds: float
+    steps: int
+    step_losses: list[float] = field(default_factory=list)
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.train_seconds / max(1, self.steps)
+
+
+def train_run(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    val: tuple[torch.Tensor, torch.Tensor],
+    settings: ExperimentSettings,
+    run_dir: Path,
+    seed: int,
+    epochs: int | None = None,
+    **config_overrides: Any,
+) -> TrainedRun:
+    """Train `model` on the engine (AdamW, one-cycle) and return it with its timings.
+
+    Args:
+        model: the network (its initialisation should already be seeded by the caller).
+        images: float training images in [0, 1].
+        labels: training labels.
+        val: validation images and labels (monitored every epoch; never the test set).
+        settings: the experiment's settings.
+        run_dir: the engine writes config.yaml, metrics.* and learning_curves.png here.
+        seed: data-order seed.
+        epochs: overrides `settings.epochs`.
+        **config_overrides: other `TrainConfig` fields.
+    """
+    options: dict[str, Any] = dict(
+        epochs=epochs or settings.epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        optimizer="adamw",
+        weight_decay=5e-4,
+        schedule="onecycle",
+        seed=seed,
+        device="cpu",
+        output=str(run_dir.parent.parent),
+        task=run_dir.parent.name,
+        name=run_dir.name,
+        overwrite=True,
+        checkpoint=False,
+        progress=False,
+    )
+    options.update(config_overrides)
+    config = TrainConfig(**options)
+    recorder = StepLossRecorder()
+    trainer = Trainer(model, config, callbacks=[recorder])
+    history = trainer.fit(TensorBatches(images, labels, settings.batch_size, drop_last=True), val)
+    return TrainedRun(
+        model=trainer.eval_model,
+        trainer=trainer,
+        history=history,
+        train_seconds=trainer.train_seconds,
+        steps=trainer.global_step,
+        step_losses=recorder.losses,
+    )
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy of `model` (eval mode) on float images."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(labels), batch_size):
+        logits = model(images[start : start + batch_size])
+        correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
+    return correct / max(1, len(labels))
+
+
+def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """Build a model with torch's RNG seeded, so seed i always gives the same initial weights."""
+    torch.manual_seed(seed)
+    return build()
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+@dataclass(frozen=True)
+class Stat:
+    """Per-seed values of one measurement."""
+
+    values: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation over seeds (0 for a single seed)."""
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    def format(self, scale: float = 1.0, digits: int = 2) -> str:
+        """``"mean ± std"``, values multiplied by `scale` (100 for percentages)."""
+        if len(self.values) == 1:
+            return f"{self.mean * scale:.{digits}f}"
+        return f"{self.mean * scale:.{digits}f} ± {self.std * scale:.{digits}f}"
+
+
+def stat(values: Sequence[float]) -> Stat:
+    """A `Stat` of the given per-seed values."""
+    if not values:
+        raise ValueError("a statistic needs at least one value")
+    return Stat(tuple(float(v) for v in values))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The outcome of the noise rule for `a` versus `b`."""
+
+    difference: float  # mean(a) - mean(b)
+    noise: float  # 2 x the larger standard deviation
+    measurable: bool
+    estimable: bool  # False with a single seed: the noise is unknown
+
+
+def compare(a: Stat, b: Stat) -> Comparison:
+    """Apply the noise rule (module docstring) to two measurements."""
+    difference = a.mean - b.mean
+    noise = 2.0 * max(a.std, b.std)
+    estimable = len(a.values) > 1 and len(b.values) > 1
+    ranges_overlap = min(a.values) <= max(b.values) and min(b.values) <= max(a.values)
+    measurable = estimable and abs(difference) > noise and not ranges_overlap
+    return Comparison(difference, noise, measurable, estimable)
+
+
+def describe_difference(
+    name_a: str, a: Stat, name_b: str, b: Stat, quantity: str, scale: float = 100.0, unit: str = " points"
+) -> str:
+    """A sentence comparing `a` and `b` under the noise rule, e.g. "the CNN is higher than the dense net by 1.2
+    points (noise 0.3)" or "no measurable difference between ... (0.1 points apart, noise 0.4)"."""
+    comparison = compare(a, b)
+    gap = abs(comparison.difference) * scale
+    if not comparison.estimable:
+        return (
+            f"{quantity}: {name_a} {a.format(scale)} vs {name_b} {b.format(scale)} ({gap:.2f}{unit} apart; one seed, "
+            "so the noise is unknown and no difference is claimed)"
+        )
+    if not comparison.measurable:
+        return (
+            f"{quantity}: no measurable difference between {name_a} and {name_b} ({gap:.2f}{unit} apart, "
+            f"noise {comparison.noise * scale:.2f})"
+        )
+    higher, lower = (name_a, name_b) if comparison.difference > 0 else (name_b, name_a)
+    return f"{quantity}: {higher} is higher than {lower} by {gap:.2f}{unit} (noise {comparison.noise * scale:.2f})"
+
+
+# ---------------------------------------------------------------------------------------------- report
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+@dataclass
+class Report:
+    """Builds a report.md: a header with the command, settings and hardware, sections, then the conclusion."""
+
+    title: str
+    claim: str
+    settings: ExperimentSettings
+    sections: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, heading: str, text: str) -> None:
+        """Add a section (markdown body under a ``##`` heading)."""
+        self.sections.append(f"## {heading}\n\n{text.strip()}\n")
+
+    def write(self, path: Path, conclusion: str) -> Path:
+        """Write the report with `conclusion` (generated from the measurements) as its last section."""
+        import os
+
+        elapsed = time.perf_counter() - self.started
+        s = self.settings
+        header = [
+            f"# {self.title}",
+            "",
+            f"Claim under test: {self.claim}",
+            "",
+            f"- command: `{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}`",
+            f"- settings: epochs {s.epochs}, training images {s.subset or FULL_TRAIN_SIZE}, seeds {s.seeds}, "
+            f"batch {s.batch_size}, AdamW one-cycle peak lr {s.lr}, test images {s.test_subset or 10_000}, "
+            f"validation {s.val_subset or 5_000} held-out training images",
+            f"- hardware: {_cpu_name()}, {os.cpu_count()} CPU cores, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads; {datetime.now().strftime('%Y-%m-%d %H:%M')}; "
+            f"whole experiment {elapsed / 60:.1f} min",
+            "- noise rule: a difference counts only if it exceeds 2 x the larger std over seeds and the per-seed "
+            'ranges do not overlap; otherwise it is reported as "no measurable difference"',
+            "",
+        ]
+        text = "\n".join(header) + "\n" + "\n".join(self.sections) + f"\n## Conclusion\n\n{conclusion.strip()}\n"
+        path.write_text(text)
+        return path
+
+
+def prepare_run_dir(settings: ExperimentSettings, name: str) -> Path:
+    """``<output>/experiment/<name>/``, refusing to replace a finished report unless `overwrite`."""
+    run_dir = Path(settings.output) / "experiment" / name
+    if (run_dir / "report.md").exists() and not settings.overwrite:
+        raise CnnlabError(
+            f"{run_dir} already holds a report; pass --overwrite to replace it or choose another --output"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def log(settings: ExperimentSettings, message: str) -> None:
+    """A progress line on stderr (stdout stays for results)."""
+    if settings.progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the non-interactive backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_sweep(
+    path: Path,
+    x_values: Sequence[float],
+    curves: dict[str, list[Stat]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    scale: float = 100.0,
+) -> Path:
+    """Line plot of mean ± std (shaded) per condition against a swept variable."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    for name, stats in curves.items():
+        means = [st.mean * scale for st in stats]
+        stds = [st.std * scale for st in stats]
+        axis.plot(x_values, means, marker="o", label=name)
+        low = [m - s for m, s in zip(means, stds, strict=True)]
+        high = [m + s for m, s in zip(means, stds, strict=True)]
+        axis.fill_between(x_values, low, high, alpha=0.2)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
