@@ -1,0 +1,112 @@
+"""Image folders and CSVs: bad files are skipped and listed, odd image modes are converted, small classes refused."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnlab.data.folder import check_image, load_image, scan_csv, scan_folder
+from cnnlab.errors import CnnlabError
+
+
+def _solid(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (24, 16)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def _make_folder(root: Path, per_class: int = 5) -> Path:
+    for name, color in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
+        for i in range(per_class):
+            _solid(root / name / f"{i}.png", color)
+    return root
+
+
+def test_load_image_converts_odd_modes_to_rgb(tmp_path: Path) -> None:
+    # Grayscale: replicated into three equal channels.
+    Image.new("L", (8, 6), 77).save(tmp_path / "gray.png")
+    assert np.asarray(load_image(tmp_path / "gray.png"))[0, 0].tolist() == [77, 77, 77]
+    # 16-bit: stretched from 16 bits to 8, not clipped (a naive convert("L") saturates everything above 255).
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024 + 1023).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    deep = np.asarray(load_image(tmp_path / "deep.png"))[..., 0]
+    assert deep.min() < 10 and deep.max() == 255 and len(np.unique(deep)) > 32
+    # RGBA: transparent pixels become white, opaque ones keep their colour.
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 255))
+    rgba.putpixel((0, 0), (0, 0, 0, 0))
+    rgba.save(tmp_path / "alpha.png")
+    pixels = np.asarray(load_image(tmp_path / "alpha.png"))
+    assert pixels[0, 0].tolist() == [255, 255, 255] and pixels[1, 1].tolist() == [255, 0, 0]
+    # Palette with a transparent index.
+    palette = Image.new("P", (4, 4), 1)
+    palette.putpalette([0, 0, 0, 0, 200, 0] + [0] * 762)
+    palette.putpixel((0, 0), 0)
+    palette.save(tmp_path / "palette.png", transparency=0)
+    pixels = np.asarray(load_image(tmp_path / "palette.png"))
+    assert pixels[0, 0].tolist() == [255, 255, 255] and pixels[2, 2].tolist() == [0, 200, 0]
+    # CMYK JPEG: converted to RGB (pure cyan -> no red).
+    Image.new("CMYK", (8, 8), (255, 0, 0, 0)).save(tmp_path / "cmyk.jpg")
+    cyan = np.asarray(load_image(tmp_path / "cmyk.jpg")).reshape(-1, 3).mean(0)
+    assert cyan[0] < 40 and cyan[1] > 200 and cyan[2] > 200
+    for name in ("gray.png", "deep.png", "alpha.png", "palette.png", "cmyk.jpg"):
+        assert load_image(tmp_path / name).mode == "RGB"
+
+
+def test_load_image_applies_exif_rotation(tmp_path: Path) -> None:
+    image = Image.new("RGB", (40, 20), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 10, 20))  # white left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif, quality=95)
+    (tmp_path / "rotated.jpg").write_bytes(buffer.getvalue())
+    loaded = np.asarray(load_image(tmp_path / "rotated.jpg"))
+    assert loaded.shape[:2] == (40, 20)  # portrait after rotation
+    assert loaded[:5].mean() > 200 and loaded[-5:].mean() < 50  # the white left edge is now on top
+
+
+def test_scan_folder_skips_and_lists_bad_files(tmp_path: Path) -> None:
+    root = _make_folder(tmp_path / "photos", per_class=5)
+    (root / "cat" / "empty.jpg").write_bytes(b"")
+    good = (root / "dog" / "0.png").read_bytes()
+    (root / "dog" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "dog" / "notes.jpg").write_text("not an image")
+    (root / "dog" / "readme.txt").write_text("ignored: not an image extension")
+    images = scan_folder(root, min_per_class=5)
+    assert images.classes == ["cat", "dog"]
+    assert images.class_counts() == {"cat": 5, "dog": 5}
+    reasons = {Path(s.path).name: s.reason for s in images.skipped}
+    assert set(reasons) == {"empty.jpg", "truncated.png", "notes.jpg"}
+    assert reasons["empty.jpg"] == "zero-byte file"
+    assert "truncated" in reasons["truncated.png"] or "corrupt" in reasons["truncated.png"]
+    assert reasons["notes.jpg"] == "not an image PIL can read"
+    assert {s.label for s in images.skipped} == {"cat", "dog"}
+    assert check_image(root / "cat" / "0.png") is None
+
+
+def test_too_few_images_per_class_is_a_clear_error(tmp_path: Path) -> None:
+    root = _make_folder(tmp_path / "photos", per_class=5)
+    (root / "dog" / "4.png").write_bytes(b"")  # a bad file must not count towards the minimum
+    with pytest.raises(CnnlabError, match=r"dog has 4 usable images \(1 bad files were skipped\); at least 5"):
+        scan_folder(root, min_per_class=5)
+    with pytest.raises(CnnlabError, match="at least 2 are needed"):
+        scan_folder(root / "cat", min_per_class=1)
+
+
+def test_scan_csv_resolves_relative_paths_and_skips_missing(tmp_path: Path) -> None:
+    _make_folder(tmp_path / "photos", per_class=3)
+    rows = ["path,label"] + [f"photos/{c}/{i}.png,{c}" for c in ("cat", "dog") for i in range(3)]
+    rows.append("photos/dog/missing.png,dog")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    images = scan_csv(tmp_path / "labels.csv", min_per_class=3)
+    assert images.class_counts() == {"cat": 3, "dog": 3}
+    assert [Path(s.path).name for s in images.skipped] == ["missing.png"]
+    assert all(Path(p).is_file() for p in images.paths)
+    (tmp_path / "bad.csv").write_text("photos/cat/0.png\n")
+    with pytest.raises(CnnlabError, match="path,label"):
+        scan_csv(tmp_path / "bad.csv")

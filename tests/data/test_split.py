@@ -1,0 +1,68 @@
+"""Stratified, reproducible splits; manifests written and read back; user-made split folders."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cnnlab.data.folder import LabelledImages
+from cnnlab.data.split import read_manifest, split_from_folders, stratified_split, write_manifest
+from cnnlab.errors import CnnlabError
+
+LABELS = [0] * 200 + [1] * 60 + [2] * 40
+
+
+def test_split_is_stratified_disjoint_and_complete() -> None:
+    split = stratified_split(LABELS, 0.15, 0.15, seed=3)
+    assert sorted(split["train"] + split["val"] + split["test"]) == list(range(len(LABELS)))
+    for part, fraction in (("train", 0.70), ("val", 0.15), ("test", 0.15)):
+        counts = Counter(LABELS[i] for i in split[part])
+        for label, total in Counter(LABELS).items():
+            assert abs(counts[label] - fraction * total) <= 1.5, (part, label, counts)
+
+
+def test_split_is_reproducible_from_the_seed() -> None:
+    assert stratified_split(LABELS, seed=1) == stratified_split(LABELS, seed=1)
+    assert stratified_split(LABELS, seed=1)["test"] != stratified_split(LABELS, seed=2)["test"]
+
+
+def test_validation_comes_from_the_non_test_part() -> None:
+    # Same seed and test fraction: the test part does not move when the validation fraction changes.
+    assert stratified_split(LABELS, 0.10, 0.25, 0)["test"] == stratified_split(LABELS, 0.20, 0.25, 0)["test"]
+
+
+def test_bad_fractions_and_tiny_classes_are_errors() -> None:
+    with pytest.raises(CnnlabError, match="sum below 1"):
+        stratified_split(LABELS, 0.5, 0.5)
+    with pytest.raises(CnnlabError, match="cannot split"):
+        stratified_split([0] * 20 + [1], 0.15, 0.15)
+
+
+def test_manifest_round_trip(tmp_path: Path) -> None:
+    paths = [str(tmp_path / f"{i}.png") for i in range(len(LABELS))]
+    images = LabelledImages(paths, list(LABELS), ["a", "b", "c"])
+    split = stratified_split(LABELS, seed=0)
+    write_manifest(tmp_path / "split.csv", images, split)
+    read_images, read_split = read_manifest(tmp_path / "split.csv")
+    assert read_images.classes == ["a", "b", "c"]
+    for part in ("train", "val", "test"):
+        assert sorted(read_images.paths[i] for i in read_split[part]) == sorted(paths[i] for i in split[part])
+        assert Counter(read_images.labels[i] for i in read_split[part]) == Counter(LABELS[i] for i in split[part])
+
+
+def test_split_folder_is_accepted(tmp_path: Path) -> None:
+    for part, count in (("train", 4), ("val", 2), ("test", 2)):
+        for name, color in (("x", (255, 0, 0)), ("y", (0, 0, 255))):
+            folder = tmp_path / part / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (8, 8), color).save(folder / f"{i}.png")
+    images, split = split_from_folders(tmp_path, min_per_class=8)
+    assert {part: len(indices) for part, indices in split.items()} == {"train": 8, "val": 4, "test": 4}
+    assert all(Path(images.paths[i]).parts[-3] == "test" for i in split["test"])
+    assert all(Path(images.paths[i]).parts[-3] == "train" for i in split["train"])
+    with pytest.raises(CnnlabError, match="at least 9 per class"):
+        split_from_folders(tmp_path, min_per_class=9)

@@ -1,0 +1,181 @@
+"""Two-phase fine-tuning on the engine, on a tiny generated photo folder (lenet5, random init: seconds on a CPU)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from cnnlab.data.photo_transforms import InputCheck, InputStatisticsWarning, build_train_transform, input_problems
+from cnnlab.data.transforms import build_eval_transform
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model
+from cnnlab.tasks.transfer import (
+    BestWeights,
+    FreezeBatchNorm,
+    TransferConfig,
+    depth_units,
+    layerwise_param_groups,
+    train_transfer,
+)
+
+
+def make_photo_folder(root: Path, per_class: int = 24, seed: int = 0) -> Path:
+    """Two classes told apart by colour (noisy red vs noisy blue), plus one corrupt and one empty file."""
+    rng = np.random.default_rng(seed)
+    for name, color in (("blue", (40, 40, 200)), ("red", (200, 40, 40))):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(color, 50, (36, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i:03d}.png")
+    (root / "red" / "empty.jpg").write_bytes(b"")
+    whole = (root / "blue" / "000.png").read_bytes()
+    (root / "blue" / "cut.png").write_bytes(whole[: len(whole) // 3])
+    return root
+
+
+def tiny_config(tmp_path: Path, **overrides: object) -> TransferConfig:
+    options = dict(
+        data=str(tmp_path / "photos"),
+        arch="lenet5",
+        pretrained=False,
+        min_per_class=20,
+        batch_size=8,
+        head_epochs=2,
+        head_lr=1e-2,
+        finetune_epochs=2,
+        finetune_lr=1e-2,
+        workers=0,
+        device="cpu",
+        output=str(tmp_path / "runs"),
+        name="tiny",
+        progress=False,
+        val_fraction=0.25,
+        test_fraction=0.25,
+    )
+    options.update(overrides)
+    return TransferConfig(**options)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    tmp_path = tmp_path_factory.mktemp("transfer")
+    make_photo_folder(tmp_path / "photos")
+    summary = train_transfer(tiny_config(tmp_path))
+    return tmp_path, summary
+
+
+def test_two_epoch_fine_tune_learns(tiny_run: tuple[Path, dict]) -> None:
+    _, summary = tiny_run
+    assert summary["phases"]["head"]["epochs_run"] == 2 and summary["phases"]["finetune"]["epochs_run"] == 2
+    assert summary["test"]["count"] == 12
+    assert summary["test"]["accuracy"] >= 0.9  # chance is 0.5
+    assert summary["test"]["balanced_accuracy"] >= 0.9
+    assert set(summary["test"]["per_class"]) == {"blue", "red"}
+
+
+def test_run_records_everything(tiny_run: tuple[Path, dict]) -> None:
+    _, summary = tiny_run
+    run_dir = Path(summary["run_dir"])
+    for name in (
+        "split.csv",
+        "report.md",
+        "results.json",
+        "confusion_matrix.png",
+        "highest_loss.png",
+        "augmented_preview.png",
+        "model.safetensors",
+        "model.json",
+        "head/learning_curves.png",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert {Path(s["path"]).name for s in summary["skipped"]} == {"empty.jpg", "cut.png"}
+    report = (run_dir / "report.md").read_text()
+    assert "empty.jpg" in report and "balanced accuracy" in report
+    assert summary["counts"]["train"] == {"blue": 12, "red": 12}  # bad files removed before the stratified split
+    meta = json.loads((run_dir / "model.json").read_text())["meta"]
+    assert meta["classes"] == ["blue", "red"] and meta["preprocessing"]["input_size"] == [3, 32, 32]
+
+
+def test_manifest_is_reused_by_a_later_run(tiny_run: tuple[Path, dict]) -> None:
+    tmp_path, summary = tiny_run
+    manifest = (Path(summary["run_dir"]) / "split.csv").read_text()
+    # A new file in the data folder and another seed must not change the split of an existing run.
+    Image.new("RGB", (36, 40), (200, 40, 40)).save(tmp_path / "photos" / "red" / "new.png")
+    again = train_transfer(tiny_config(tmp_path, seed=5, overwrite=True, head_epochs=1, finetune_epochs=0))
+    assert again["split"].startswith("reused")
+    assert (Path(again["run_dir"]) / "split.csv").read_text() == manifest
+    assert again["test"]["count"] == summary["test"]["count"]
+
+
+def test_finished_run_is_not_silently_replaced(tiny_run: tuple[Path, dict]) -> None:
+    tmp_path, _ = tiny_run
+    with pytest.raises(CnnlabError, match="already holds a finished run"):
+        train_transfer(tiny_config(tmp_path))
+
+
+def test_layerwise_groups_unfreeze_the_top_blocks_with_decaying_lr() -> None:
+    model = create_model("efficientnet_lite0", num_classes=3)
+    units = depth_units(model)
+    assert [name for name, _ in units][:3] == ["stem", "blocks.0", "blocks.1"] and units[-1][0] == "head_conv"
+    groups = layerwise_param_groups(model, top_blocks=2, layer_decay=0.5, weight_decay=0.01)
+    scales = sorted({g["lr_scale"] for g in groups}, reverse=True)
+    assert scales == [1.0, 0.5, 0.25]  # classifier, head_conv, blocks.15
+    assert all(p.requires_grad for p in model.head_conv.parameters())
+    assert all(p.requires_grad for p in model.blocks[15].parameters())
+    assert not any(p.requires_grad for p in model.blocks[14].parameters())
+    assert not any(p.requires_grad for p in model.stem.parameters())
+    assert all(g["weight_decay"] == 0.0 for g in groups if all(p.ndim < 2 for p in g["params"]))
+
+
+def test_frozen_batch_norm_stays_in_eval_mode() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    for param in model[:2].parameters():
+        param.requires_grad_(False)
+    model.train()
+    FreezeBatchNorm(all_bn=False).on_train_epoch_start(SimpleNamespace(model=model), 0)  # type: ignore[arg-type]
+    assert not model[1].training and model[3].training
+    before = model[1].running_mean.clone()
+    model(torch.randn(4, 3, 8, 8) + 3)
+    assert torch.equal(model[1].running_mean, before)  # frozen statistics untouched by training batches
+    FreezeBatchNorm(all_bn=True).on_train_epoch_start(SimpleNamespace(model=model), 0)  # type: ignore[arg-type]
+    assert not model[3].training
+
+
+def test_best_weights_are_restored_at_the_end() -> None:
+    model = nn.Linear(2, 2)
+    trainer = SimpleNamespace(model=model, eval_model=model, log=lambda message: None)
+    best = BestWeights()
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    best.on_epoch_end(trainer, 0, {"val_accuracy": 0.9})  # type: ignore[arg-type]
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    best.on_epoch_end(trainer, 1, {"val_accuracy": 0.8})  # type: ignore[arg-type]
+    best.on_fit_end(trainer)  # type: ignore[arg-type]
+    assert best.best_epoch == 1 and torch.all(model.weight == 1.0)
+
+
+def test_input_check_flags_wrongly_scaled_inputs() -> None:
+    cfg = create_model("efficientnet_lite0").pretrained_cfg
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 300, 3), dtype=np.uint8))
+    good = build_eval_transform(cfg)(image)[None]
+    assert input_problems(good, cfg) == []
+    augmented = build_train_transform(cfg)(image)[None]
+    assert augmented.shape == good.shape and input_problems(augmented, cfg) == []
+    assert "outside" in input_problems(good * 0 + 200.0, cfg)[0]  # 0..255 pixels
+    unnormalised = good * torch.tensor(cfg.std).view(1, 3, 1, 1) + torch.tensor(cfg.mean).view(1, 3, 1, 1)
+    assert "unnormalised [0, 1]" in input_problems(unnormalised, cfg)[0]  # the MobileNetV2 answer set's bug
+    assert "resize the images up" in input_problems(torch.zeros(1, 3, 32, 32), cfg)[-1]  # 32 px for a 224 model
+    with pytest.warns(InputStatisticsWarning, match="training inputs"):
+        InputCheck(cfg, "training")(good * 255, torch.zeros(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        InputCheck(cfg, "training")(good, torch.zeros(1))
