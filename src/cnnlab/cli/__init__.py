@@ -23,15 +23,19 @@ app = typer.Typer(
 )
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
-    version: bool = typer.Option(False, "--version", help="Print the cnnlab version and exit.", is_eager=True),
+    context: typer.Context,
+    version: bool = typer.Option(False, "--version", help="Print the cnnlab version and exit."),
 ) -> None:
     """Understand, size, build, train, transfer and convert convolutional neural networks."""
     if version:
         from cnnlab import __version__
 
         typer.echo(f"cnnlab {__version__}")
+        raise typer.Exit()
+    if context.invoked_subcommand is None:
+        typer.echo(context.get_help())
         raise typer.Exit()
 
 
