@@ -13,6 +13,7 @@ import torch
 import cnnlab
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks.mnist import evaluate_mnist, get_recipe, to_float, train_mnist
+from cnnlab.train import Callback, Trainer
 from cnnlab.train.saved import Ensemble
 
 REAL_MNIST = Path(os.environ.get("CNNLAB_DATA", "data"))
@@ -150,3 +151,29 @@ def test_quick_recipe_learns_real_mnist_subset(tmp_path: Path) -> None:
     )
     assert summary["members"][0]["val_accuracy"] > 0.8  # chance is 0.1
     assert summary["test_accuracy"] > 0.8
+
+
+class _KillSecondMember(Callback):
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        if trainer.config.seed == 1 and epoch == 1:
+            raise KeyboardInterrupt("simulated kill during the second member")
+
+
+def test_interrupted_ensemble_resumes_to_the_same_weights(ensemble_run: dict, fake_root: Path, tmp_path: Path) -> None:
+    options = dict(data_dir=str(fake_root), output=str(tmp_path), name="ens", ensemble=2, val_size=40, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_mnist("quick", overrides=_TINY, callbacks=[_KillSecondMember()], **options)
+    first_member = tmp_path / "mnist" / "ens" / "seed0" / "model.safetensors"
+    finished_at = first_member.stat().st_mtime_ns
+    summary = train_mnist("quick", overrides=_TINY, resume=True, **options)
+    assert first_member.stat().st_mtime_ns == finished_at  # the finished member is not trained again
+    assert summary["ensemble_test_accuracy"] == ensemble_run["ensemble_test_accuracy"]
+    for resumed, straight in zip(summary["members"], ensemble_run["members"], strict=True):
+        resumed_state = cnnlab.load_model(resumed["run_dir"]).state_dict()
+        straight_state = cnnlab.load_model(straight["run_dir"]).state_dict()
+        assert all(torch.equal(resumed_state[k], straight_state[k]) for k in straight_state)
+
+
+def test_resume_of_a_missing_run_is_a_clear_error(fake_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(CnnlabError, match="there is no run at"):
+        train_mnist("quick", data_dir=str(fake_root), output=str(tmp_path), name="nope", resume=True, val_size=40)

@@ -166,6 +166,8 @@ def train_mnist(
     run_dir = Path(output) / TASK / name
     options = {**chosen.train, **(overrides or {})}
 
+    if resume and not run_dir.is_dir():
+        raise CnnlabError(f"--resume: there is no run at {run_dir}; check --name and --output")
     members: list[dict[str, Any]] = []
     member_probabilities = []
     for index in range(ensemble):
@@ -177,7 +179,8 @@ def train_mnist(
             task=TASK,
             name=member_name,
             output=output,
-            resume=resume,
+            # Members not started before the interruption start fresh; the others continue from their checkpoint.
+            resume=resume and (Path(output) / TASK / member_name / "checkpoint.pt").is_file(),
             overwrite=overwrite,
             progress=progress,
             extra={"recipe": chosen.name, "arch": chosen.arch, "model_kwargs": chosen.model_kwargs},
