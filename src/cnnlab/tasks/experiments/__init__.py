@@ -44,20 +44,20 @@ def _experiments() -> dict[str, Experiment]:
                 "CNN vs dense net of equal parameter count: accuracy, MACs, time, shift/rotate/scale robustness, "
                 "sample efficiency",
                 cnn_vs_dense.run,
-                {"epochs": 2, "subset": None},
+                {"epochs": 1, "subset": None},
             ),
             Experiment(
                 pool_vs_stride.NAME,
                 "2x2 max pooling vs stride-2 convolution: parameters, MACs, accuracy, feature invariance to 1-px "
                 "shifts",
                 pool_vs_stride.run,
-                {"epochs": 3, "subset": 20_000},
+                {"epochs": 2, "subset": 10_000},
             ),
             Experiment(
                 lrn_vs_bn.NAME,
                 "small AlexNet-style net with no normalisation, LRN or batch norm: accuracy, convergence, time/step",
                 lrn_vs_bn.run,
-                {"epochs": 3, "subset": 15_000},
+                {"epochs": 2, "subset": 10_000},
             ),
         )
     }

@@ -1,0 +1,38 @@
+"""`cnnlab explain RUN_OR_PRETRAINED IMAGE`: what a CNN sees (first-layer filters, feature maps, Grad-CAM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def explain(
+    source: str = typer.Argument(
+        ...,
+        help="An MNIST or transfer run directory (holding model.json), or a zoo model name such as "
+        "efficientnet_lite0 (pretrained ImageNet weights).",
+    ),
+    image: Path = typer.Argument(..., help="The image file to explain."),
+    output: Path = typer.Option(Path("runs/explain"), "--output", "-o", help="Directory for the PNGs."),
+    layer: list[str] = typer.Option([], "--layer", "-l", help="Module whose feature maps to show (repeatable)."),
+    cam_layer: str | None = typer.Option(None, "--cam-layer", help="Module for Grad-CAM (default: deepest map)."),
+    class_index: int | None = typer.Option(None, "--class", help="Class index to explain (default: predicted)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
+) -> None:
+    """Write filters.png, feature_maps.png and gradcam.png for IMAGE and print the top classes."""
+    from cnnlab.tasks.explain import explain_image
+
+    result = explain_image(str(source), image, output, layers=layer, cam_layer=cam_layer, class_index=class_index,
+                           device=device)  # fmt: skip
+    typer.echo(f"{image}: explained class {result.label!r} ({result.probability:.1%}), Grad-CAM at {result.cam_layer}")
+    for rank, (label, probability) in enumerate(result.top, start=1):
+        typer.echo(f"  {rank}. {label:<30} {probability:7.2%}")
+    typer.echo(f"feature maps of: {', '.join(result.feature_layers)}")
+    for kind, path in result.files.items():
+        typer.echo(f"{kind}: {path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `explain` command."""
+    app.command("explain")(explain)

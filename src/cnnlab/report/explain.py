@@ -1,0 +1,297 @@
+"""What a CNN sees: first-layer filters, feature maps of chosen layers and Grad-CAM (Selvaraju et al., 2017).
+
+Works on any `nn.Module` that takes an image batch [N, C, H, W] and returns logits [N, K]: layers are found by
+running one forward pass with hooks, so no model needs to declare anything.
+
+- `first_conv_filters(model)` / `filter_grid(weight)`: the first convolution's kernels as one image grid.
+- `feature_maps(model, image, layers)`: the outputs of named modules for one image.
+- `grad_cam(model, image, layer=None, class_index=None)`: the class-discriminative map. The gradients of the class
+  score with respect to a layer's feature maps, averaged over space, weight those maps; the ReLU of the weighted sum
+  is upsampled to the input's size and scaled to [0, 1]. Default layer: the last module whose output is still a
+  spatial map larger than 1x1 (the deepest features before global pooling / the classifier).
+- `plot_filters`, `plot_feature_maps`, `plot_grad_cam`: the PNGs `cnnlab explain` writes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+
+__all__ = [
+    "GradCam",
+    "feature_maps",
+    "filter_grid",
+    "first_conv_filters",
+    "grad_cam",
+    "plot_feature_maps",
+    "plot_filters",
+    "plot_grad_cam",
+    "spatial_layers",
+]
+
+
+def first_conv_filters(model: nn.Module) -> tuple[str, torch.Tensor]:
+    """The name and weights [out, in, kh, kw] of the first `nn.Conv2d` in registration order.
+
+    Raises:
+        CnnlabError: the model has no 2-D convolution (a dense network has no filters to show).
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return name, module.weight.detach().float().cpu()
+    raise CnnlabError(f"{type(model).__name__} has no Conv2d layer, so there are no filters to show")
+
+
+def filter_grid(weight: torch.Tensor, max_filters: int = 64, padding: int = 1) -> torch.Tensor:
+    """Tile conv kernels into one image [rows*(kh+p), cols*(kw+p), 3] in [0, 1], each kernel scaled on its own.
+
+    Kernels with 3 input channels are shown as RGB; any other count as the mean over input channels, in grey.
+    """
+    weight = weight[:max_filters].float()
+    count, in_channels, kh, kw = weight.shape
+    kernels = weight if in_channels == 3 else weight.mean(1, keepdim=True).expand(count, 3, kh, kw)
+    flat = kernels.reshape(count, -1)
+    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    kernels = ((flat - low) / (high - low).clamp_min(1e-12)).reshape(count, 3, kh, kw)
+    cols = int(count**0.5 + 0.999)
+    rows = -(-count // cols)
+    grid = torch.ones(rows * (kh + padding) - padding, cols * (kw + padding) - padding, 3)
+    for index in range(count):
+        r, c = divmod(index, cols)
+        top, left = r * (kh + padding), c * (kw + padding)
+        grid[top : top + kh, left : left + kw] = kernels[index].permute(1, 2, 0)
+    return grid
+
+
+def _leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if name and not any(True for _ in m.children())]
+
+
+def spatial_layers(model: nn.Module, image: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
+    """Leaf modules whose output is a 4-D map with H, W > 1, in the order they run, with the output shapes.
+
+    Args:
+        model: the network (run in eval mode; its train/eval flags are restored).
+        image: one preprocessed image [C, H, W].
+    """
+    seen: list[tuple[str, tuple[int, ...]]] = []
+    names = set()
+
+    def hook_for(name: str) -> Any:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[-2:]) > 1:
+                if name in names:  # a module called twice (a shared ReLU): keep its last call
+                    seen[:] = [entry for entry in seen if entry[0] != name]
+                names.add(name)
+                seen.append((name, tuple(output.shape[1:])))
+
+        return hook
+
+    handles = [module.register_forward_hook(hook_for(name)) for name, module in _leaf_modules(model)]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # batch norm must not update its statistics from this one image
+    try:
+        with torch.inference_mode():
+            model(image.unsqueeze(0).to(_device(model)))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, mode in modes.items():
+            module.train(mode)
+    return seen
+
+
+def _device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _module(model: nn.Module, name: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if name not in modules:
+        known = [n for n, _ in _leaf_modules(model)]
+        raise CnnlabError(f"model has no layer {name!r}; layers include: {', '.join(known[:30])}")
+    return modules[name]
+
+
+def default_feature_layers(model: nn.Module, image: torch.Tensor, count: int = 3) -> list[str]:
+    """`count` layers spread from shallow to deep: the last module at each spatial resolution, evenly sampled."""
+    layers = spatial_layers(model, image)
+    if not layers:
+        raise CnnlabError(f"{type(model).__name__} produces no spatial feature maps (is it a dense network?)")
+    # the last module run at each resolution = the end of each stage
+    stage_ends: list[tuple[str, tuple[int, ...]]] = []
+    for name, shape in layers:
+        if stage_ends and stage_ends[-1][1][1:] == shape[1:]:
+            stage_ends[-1] = (name, shape)
+        else:
+            stage_ends.append((name, shape))
+    candidates = [layers[0]] + stage_ends if layers[0] not in stage_ends else stage_ends
+    if len(candidates) <= count:
+        return [name for name, _ in candidates]
+    picks = [round(i * (len(candidates) - 1) / (count - 1)) for i in range(count)]
+    return [candidates[i][0] for i in sorted(set(picks))]
+
+
+def feature_maps(model: nn.Module, image: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The outputs [C, h, w] (CPU, float) of the named modules for one preprocessed image [C, H, W]."""
+    captured: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in layers:
+
+        def hook(_module: nn.Module, _inputs: Any, output: Any, name: str = name) -> None:
+            captured[name] = output.detach()[0].float().cpu().clone()
+
+        handles.append(_module(model, name).register_forward_hook(hook))
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(image.unsqueeze(0).to(_device(model)))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, mode in modes.items():
+            module.train(mode)
+    return {name: captured[name] for name in layers}
+
+
+@dataclass
+class GradCam:
+    """A Grad-CAM result.
+
+    Attributes:
+        heatmap: [H, W] in [0, 1], the input's spatial size (all zeros when no location supports the class).
+        class_index: the class explained.
+        probability: softmax probability of that class.
+        layer: the module whose feature maps were used.
+        layer_heatmap: [h, w] the map at the layer's own resolution, before upsampling (not normalised).
+    """
+
+    heatmap: torch.Tensor
+    class_index: int
+    probability: float
+    layer: str
+    layer_heatmap: torch.Tensor
+
+
+def grad_cam(
+    model: nn.Module, image: torch.Tensor, layer: str | None = None, class_index: int | None = None
+) -> GradCam:
+    """Grad-CAM of `class_index` (default: the predicted class) for one preprocessed image [C, H, W].
+
+    Args:
+        model: returns logits [1, K] for a batch of one.
+        image: the preprocessed image.
+        layer: name of the module whose output maps are weighted (default: the deepest spatial map, see module doc).
+        class_index: class to explain.
+    """
+    if layer is None:
+        layers = spatial_layers(model, image)
+        if not layers:
+            raise CnnlabError(f"{type(model).__name__} produces no spatial feature maps, so Grad-CAM has no layer")
+        layer = layers[-1][0]
+    target = _module(model, layer)
+    captured: list[torch.Tensor] = []
+    handle = target.register_forward_hook(lambda _m, _i, output: captured.append(output))
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.enable_grad():
+            batch = image.unsqueeze(0).to(_device(model)).requires_grad_(True)  # a graph even for frozen weights
+            logits = model(batch)
+            if logits.ndim != 2:
+                raise CnnlabError(f"Grad-CAM needs logits [N, classes]; the model returned shape {tuple(logits.shape)}")
+            index = int(logits.argmax(1)) if class_index is None else class_index
+            if not 0 <= index < logits.shape[1]:
+                raise CnnlabError(f"class index {index} is outside the model's {logits.shape[1]} classes")
+            activations = captured[-1]
+            (gradients,) = torch.autograd.grad(logits[0, index], activations)
+    finally:
+        handle.remove()
+        for module, mode in modes.items():
+            module.train(mode)
+    weights = gradients.mean(dim=(2, 3), keepdim=True)  # 1 x C x 1 x 1: each map's importance for the class
+    cam = F.relu((weights * activations).sum(1, keepdim=True)).detach().float()  # 1 x 1 x h x w
+    upsampled = F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    peak = float(upsampled.max())
+    heatmap = upsampled / peak if peak > 0 else upsampled
+    probability = float(logits.detach().float().softmax(1)[0, index])
+    return GradCam(heatmap.cpu(), index, probability, layer, cam[0, 0].cpu())
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_filters(model: nn.Module, path: str | os.PathLike[str], max_filters: int = 64) -> Path:
+    """Save the first convolution's kernels as an image grid; returns `path`."""
+    name, weight = first_conv_filters(model)
+    grid = filter_grid(weight, max_filters)
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 6))
+    axis.imshow(grid.numpy(), interpolation="nearest")
+    out, inp, kh, kw = weight.shape
+    colour = "RGB" if inp == 3 else ("grey" if inp == 1 else f"mean over {inp} input channels")
+    axis.set_title(f"first-layer filters: {name} ({min(out, max_filters)} of {out}, {kh}x{kw}, {colour})")
+    axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_feature_maps(maps: dict[str, torch.Tensor], path: str | os.PathLike[str], per_layer: int = 8) -> Path:
+    """One row per layer: its `per_layer` most active channels (highest mean activation); returns `path`."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(len(maps), per_layer, figsize=(1.6 * per_layer, 1.9 * len(maps)), squeeze=False)
+    for row, (name, tensor) in enumerate(maps.items()):
+        strongest = tensor.mean(dim=(1, 2)).argsort(descending=True)[:per_layer]
+        for col in range(per_layer):
+            axis = axes[row][col]
+            axis.axis("off")
+            if col < len(strongest):
+                axis.imshow(tensor[int(strongest[col])].numpy(), cmap="viridis")
+                axis.set_title(f"ch {int(strongest[col])}", fontsize=7)
+        axes[row][0].text(-0.1, 0.5, f"{name}\n{tuple(tensor.shape)}", transform=axes[row][0].transAxes,
+                          ha="right", va="center", fontsize=7)  # fmt: skip
+    figure.suptitle("feature maps (most active channels per layer)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_grad_cam(display: torch.Tensor, cam: GradCam, label: str, path: str | os.PathLike[str]) -> Path:
+    """The image, the heatmap and their overlay side by side; `display` is [H, W, 3] in [0, 1]; returns `path`."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 3, figsize=(10, 3.6))
+    image = display.numpy()
+    axes[0].imshow(image)
+    axes[0].set_title("input (as the model sees it)", fontsize=9)
+    axes[1].imshow(cam.heatmap.numpy(), cmap="jet", vmin=0, vmax=1)
+    axes[1].set_title(f"Grad-CAM at {cam.layer} {tuple(cam.layer_heatmap.shape)}", fontsize=9)
+    axes[2].imshow(image)
+    axes[2].imshow(cam.heatmap.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    axes[2].set_title(f"{label} ({cam.probability:.1%})", fontsize=9)
+    for axis in axes:
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)

@@ -1,0 +1,175 @@
+"""`cnnlab explain`: load a model (MNIST run, transfer run or pretrained zoo model), preprocess an image the way the
+model expects, and write first-layer filters, feature maps and a Grad-CAM overlay (`cnnlab.report.explain`).
+
+Preprocessing follows the model, never a guess by the user:
+- MNIST runs (``model.json`` from `cnnlab train mnist`, or an experiment's model): grey, inverted when the background
+  is light (MNIST digits are light on black), the ink's bounding box scaled to fit 20x20 and centred in 28x28, as
+  MNIST itself was made; values in [0, 1] (the model normalises inside).
+- transfer runs and pretrained models: the weights' record (`build_eval_transform`), through
+  `cnnlab.tasks.predict.load_predictor`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.report.explain import (
+    default_feature_layers,
+    feature_maps,
+    grad_cam,
+    plot_feature_maps,
+    plot_filters,
+    plot_grad_cam,
+)
+
+MNIST_CLASSES = [str(digit) for digit in range(10)]
+
+
+@dataclass
+class Subject:
+    """A model to explain with its preprocessing.
+
+    Attributes:
+        model: eval-mode network returning logits.
+        classes: class names in output order.
+        preprocess: PIL image -> the model's input tensor [C, H, W].
+        to_display: the input tensor -> [H, W, 3] in [0, 1] for plotting.
+        source: what was loaded.
+        kind: "mnist", "transfer" or "pretrained".
+    """
+
+    model: nn.Module
+    classes: list[str]
+    preprocess: Callable[[Any], torch.Tensor]
+    to_display: Callable[[torch.Tensor], torch.Tensor]
+    source: str
+    kind: str
+
+
+def mnist_preprocess(image: Any) -> torch.Tensor:
+    """A PIL image -> [1, 28, 28] float in [0, 1], light digit on black, fitted in 20x20 and centred like MNIST."""
+    import numpy as np
+    from PIL import Image
+
+    grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    if grey.mean() > 0.5:  # dark ink on light paper: MNIST is the opposite
+        grey = 1.0 - grey
+    ink = grey > 0.2
+    if ink.any():
+        rows, cols = np.nonzero(ink)
+        grey = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    height, width = grey.shape
+    ratio = 20.0 / max(height, width)
+    size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+    small = np.asarray(Image.fromarray((grey * 255).astype(np.uint8)).resize(size, Image.BILINEAR), np.float32) / 255
+    canvas = np.zeros((28, 28), dtype=np.float32)
+    top, left = (28 - small.shape[0]) // 2, (28 - small.shape[1]) // 2
+    canvas[top : top + small.shape[0], left : left + small.shape[1]] = small
+    return torch.from_numpy(canvas).unsqueeze(0)
+
+
+def _grey_display(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor[0].clamp(0, 1).unsqueeze(-1).expand(*tensor.shape[-2:], 3)
+
+
+def load_subject(source: str, device: str | torch.device = "cpu") -> Subject:
+    """An MNIST/experiment run directory, a transfer run directory, or a zoo model name with pretrained weights.
+
+    Raises:
+        CnnlabError: nothing loadable at `source`.
+    """
+    path = Path(source)
+    spec_path = path / "model.json" if path.is_dir() else path
+    if spec_path.is_file() and spec_path.suffix == ".json":
+        meta = json.loads(spec_path.read_text()).get("meta", {})
+        if "preprocessing" not in meta:  # an MNIST run: [0, 1] grey 28x28 in, normalisation inside
+            from cnnlab.train.saved import load_model
+
+            model = load_model(spec_path, device=device)
+            classes = [str(c) for c in meta.get("classes", MNIST_CLASSES)]
+            return Subject(model, classes, mnist_preprocess, _grey_display, str(source), "mnist")
+    from cnnlab.data.transforms import build_eval_transform
+    from cnnlab.tasks.predict import load_predictor
+
+    predictor = load_predictor(source, device=device)
+    mean = torch.tensor(predictor.cfg.mean).view(3, 1, 1)
+    std = torch.tensor(predictor.cfg.std).view(3, 1, 1)
+
+    def to_display(tensor: torch.Tensor) -> torch.Tensor:
+        return (tensor.cpu() * std + mean).clamp(0, 1).permute(1, 2, 0)
+
+    kind = "pretrained" if not path.exists() else "transfer"
+    return Subject(
+        predictor.model, predictor.classes, build_eval_transform(predictor.cfg), to_display, str(source), kind
+    )
+
+
+@dataclass
+class Explanation:
+    """What `explain_image` wrote and found."""
+
+    label: str
+    class_index: int
+    probability: float
+    top: list[tuple[str, float]]
+    cam_layer: str
+    feature_layers: list[str]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def explain_image(
+    source: str,
+    image_path: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    layers: Sequence[str] = (),
+    cam_layer: str | None = None,
+    class_index: int | None = None,
+    device: str = "cpu",
+) -> Explanation:
+    """Write ``filters.png``, ``feature_maps.png`` and ``gradcam.png`` for `image_path` into `output_dir`.
+
+    Args:
+        source: run directory or pretrained model name (see `load_subject`).
+        image_path: the image file.
+        output_dir: created if missing.
+        layers: modules whose feature maps to show (default: three spread from shallow to deep).
+        cam_layer: module for Grad-CAM (default: the deepest spatial map).
+        class_index: class to explain (default: the predicted one).
+        device: where to run.
+    """
+    from cnnlab.data.folder import check_image, load_image
+
+    reason = "no such file" if not Path(image_path).exists() else check_image(image_path)
+    if reason is not None:
+        raise CnnlabError(f"{image_path}: {reason}; pass a readable image file (PNG, JPEG, ...)")
+    subject = load_subject(source, device)
+    tensor = subject.preprocess(load_image(image_path)).float()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    with contextlib.suppress(CnnlabError):  # a network without convolutions has no filters; Grad-CAM says why
+        files["filters"] = plot_filters(subject.model, output_dir / "filters.png")
+    chosen = list(layers) or default_feature_layers(subject.model, tensor)
+    maps = feature_maps(subject.model, tensor, chosen)
+    files["feature_maps"] = plot_feature_maps(maps, output_dir / "feature_maps.png")
+    cam = grad_cam(subject.model, tensor, layer=cam_layer, class_index=class_index)
+    label = subject.classes[cam.class_index] if cam.class_index < len(subject.classes) else str(cam.class_index)
+    files["gradcam"] = plot_grad_cam(subject.to_display(tensor), cam, label, output_dir / "gradcam.png")
+    with torch.inference_mode():
+        probabilities = subject.model(tensor.unsqueeze(0).to(device)).float().softmax(1)[0].cpu()
+    values, indices = probabilities.topk(min(5, len(probabilities)))
+    top = [
+        (subject.classes[int(i)] if int(i) < len(subject.classes) else str(int(i)), float(v))
+        for v, i in zip(values, indices, strict=True)
+    ]
+    return Explanation(label, cam.class_index, cam.probability, top, cam.layer, chosen, files)
