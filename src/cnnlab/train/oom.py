@@ -99,9 +99,11 @@ class SimulatedMemoryLimit(LiveTensorTracker):
         self.errors = 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        peak_before = self.peak_bytes
         out = super().__torch_dispatch__(func, types, args, kwargs)
         if self.live_bytes > self.limit_bytes:
             self.errors += 1
+            self.peak_bytes = peak_before  # the allocation is refused, as a device would refuse it
             live = self.live_bytes
             del out
             raise torch.OutOfMemoryError(
