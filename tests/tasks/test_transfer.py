@@ -113,6 +113,7 @@ def test_manifest_is_reused_by_a_later_run(tiny_run: tuple[Path, dict]) -> None:
     assert again["split"].startswith("reused")
     assert (Path(again["run_dir"]) / "split.csv").read_text() == manifest
     assert again["test"]["count"] == summary["test"]["count"]
+    assert again["skipped"] == summary["skipped"]  # the bad files found at split time stay listed
 
 
 def test_finished_run_is_not_silently_replaced(tiny_run: tuple[Path, dict]) -> None:

@@ -16,6 +16,7 @@ def transfer(
         "split folder (train/ val/ test/), or a built-in dataset: elpv.",
     ),
     model: str = typer.Option("efficientnet_lite0", "--model", "-m", help="Zoo model with pretrained weights."),
+    pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="Start from the pretrained weights."),
     name: str = typer.Option("transfer", "--name", help="Run name; the run goes to OUTPUT/transfer/NAME."),
     output: Path = typer.Option(Path("runs"), "--output", "-o", help="Runs root."),
     head_epochs: int = typer.Option(15, "--head-epochs", help="Phase 1 (frozen backbone, new head) epochs."),
@@ -58,6 +59,7 @@ def transfer(
     config = TransferConfig(
         data=data,
         arch=model,
+        pretrained=pretrained,
         name=name,
         output=str(output),
         head_epochs=head_epochs,

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cnnlab.data.folder import ImageDataset, LabelledImages, load_image, scan_csv, scan_folder
+from cnnlab.data.folder import ImageDataset, LabelledImages, SkippedFile, load_image, scan_csv, scan_folder
 from cnnlab.data.photo_transforms import (
     InputCheck,
     InputStatisticsWarning,
@@ -63,6 +63,7 @@ __all__ = [
 TASK = "transfer"
 MANIFEST = "split.csv"
 FEATURES = "features.safetensors"
+SKIPPED = "skipped.json"
 BUILTIN_DATASETS = ("elpv",)
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -461,6 +462,10 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     classes = images.classes
     run_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(run_dir / MANIFEST, images, split)
+    skipped_path = run_dir / SKIPPED
+    if split_source.startswith("reused") and skipped_path.is_file():  # the bad files found when the split was made
+        images.skipped = [SkippedFile(**entry) for entry in json.loads(skipped_path.read_text())]
+    skipped_path.write_text(json.dumps([dataclasses.asdict(s) for s in images.skipped], indent=1))
     parts = {part: images.subset(split[part]) for part in SPLITS if split[part]}
     if "val" not in parts:
         raise CnnlabError("the split has no validation images; model selection needs them (raise --val-fraction)")
