@@ -227,7 +227,9 @@ def find_batch_size(
     num_samples = as_batch_source(train_data, trainer.config.batch_size).num_samples
     cap = max(1, min(cap, num_samples if requested is None else requested))
     probe = probe or trainer_probe(trainer, train_data, steps=steps, evaluate=evaluate, memory_limit=memory_limit)
-    largest, tried, capped = search_largest(probe, start=min(start, cap), cap=cap)
+    # A requested batch is tried first: when it fits, one probe is enough; otherwise bisection below it.
+    first = cap if requested is not None else min(start, cap)
+    largest, tried, capped = search_largest(probe, start=first, cap=cap)
     if largest == 0:
         raise CnnlabError(
             "not even a batch of one sample fits in memory; try --precision bf16, --grad-checkpointing, "

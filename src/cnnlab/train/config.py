@@ -49,6 +49,12 @@ class TrainConfig:
         precision: fp32, or bf16/fp16 autocast (fp16 uses a GradScaler).
         channels_last: model and 4-D inputs in channels_last memory format.
         compile: wrap the model in `torch.compile`.
+        grad_checkpointing: checkpoint the model's stages (recompute activations in backward to save memory;
+            see `cnnlab.train.checkpointing`).
+        auto_batch_size: before training, search the largest batch that fits in memory, up to `batch_size`
+            (tested over full steps and an evaluation batch; see `cnnlab.train.batch_size`).
+        auto_accum: before training, keep `batch_size` as the effective batch and raise `accum_steps` until a
+            micro-batch fits in memory.
         seed: seeds python, numpy and torch, and the data order of every epoch.
         deterministic: ask torch for deterministic algorithms (slower on GPU).
         device: "auto" (cuda if available, else cpu), or a torch device string.
@@ -83,6 +89,9 @@ class TrainConfig:
     precision: Precision = "fp32"
     channels_last: bool = False
     compile: bool = False
+    grad_checkpointing: bool = False
+    auto_batch_size: bool = False
+    auto_accum: bool = False
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"

@@ -27,7 +27,9 @@ from cnnlab.errors import CnnlabError
 from cnnlab.train.batches import Batch, BatchSource, TensorBatches, as_batch_source
 from cnnlab.train.callbacks import Callback, EarlyStopping
 from cnnlab.train.checkpoint import atomic_save, capture_rng_state, load_checkpoint, restore_rng_state
+from cnnlab.train.checkpointing import checkpoint_stages
 from cnnlab.train.config import TrainConfig, save_config
+from cnnlab.train.distributed import prepare_fit
 from cnnlab.train.ema import ModelEma
 from cnnlab.train.metrics import Metric, MetricFn, as_metrics, is_classification
 from cnnlab.train.oom import train_step_with_recovery
@@ -141,6 +143,9 @@ class Trainer:
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.ema: ModelEma | None = None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        self.is_main_process = True  # False on ranks > 0 under torchrun: they write no files
+        if config.grad_checkpointing:
+            checkpoint_stages(self.model)
         self.forward_model: nn.Module = torch.compile(self.model) if config.compile else self.model  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ public API
@@ -168,6 +173,7 @@ class Trainer:
         config = self.config
         train = as_batch_source(train_data, config.batch_size, drop_last=True)
         val = None if val_data is None else self._eval_source(val_data)
+        train, val = prepare_fit(self, train, val)  # batch-size search, torchrun/DDP; no-ops by default
         steps_per_epoch = len(train)
         if steps_per_epoch == 0:
             raise CnnlabError(
@@ -184,7 +190,8 @@ class Trainer:
             self.log(f"resumed {self.run_dir} after epoch {self.epoch} (step {self.global_step})")
         else:
             seed_everything(config.seed, config.deterministic)
-        save_config(config, self.run_dir / "config.yaml")
+        if self.is_main_process:
+            save_config(config, self.run_dir / "config.yaml")
         for callback in self.callbacks:
             callback.on_fit_start(self)
         while self.epoch < config.epochs and not self.should_stop:
@@ -198,7 +205,7 @@ class Trainer:
                 callback.on_epoch_end(self, epoch, metrics)
             self.epoch += 1
             self.history.append(metrics)
-            if config.checkpoint:
+            if config.checkpoint and self.is_main_process:
                 atomic_save(self._state(), self.run_dir / CHECKPOINT_NAME)
             # The plot costs ~0.5 s: redraw it each epoch only when that is small next to the epoch itself.
             self._write_records(plot=metrics["epoch_seconds"] >= _PLOT_EVERY_EPOCH_ABOVE_SECONDS)
@@ -438,6 +445,8 @@ class Trainer:
         restore_rng_state(state["rng"])
 
     def _write_records(self, plot: bool) -> None:
+        if not self.is_main_process:
+            return
         (self.run_dir / "metrics.json").write_text(json.dumps(self.history, indent=1))
         keys: list[str] = []
         for row in self.history:
