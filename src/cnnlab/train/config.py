@@ -7,6 +7,7 @@ the hardware, so a run can always be told apart and repeated.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import sys
@@ -203,6 +204,7 @@ def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> None:
     import yaml
 
     document = {"config": config.to_dict(), "environment": environment_record()}
+    document = json.loads(json.dumps(document, default=str))  # tuples -> lists, anything exotic -> str
     Path(path).write_text(yaml.safe_dump(document, sort_keys=False))
 
 
