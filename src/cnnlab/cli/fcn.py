@@ -1,0 +1,66 @@
+"""`cnnlab fcn convert RUN` and `cnnlab fcn scan RUN IMAGE`: classifiers made fully convolutional."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+fcn_app = typer.Typer(help="Make a trained classifier fully convolutional and scan large images.", no_args_is_help=True)
+
+
+@fcn_app.command("convert")
+def convert(
+    run: Path = typer.Argument(..., help="Run directory (or model.json) of a trained classifier."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Where to save it (default RUN/fcn)."),
+    pool: str = typer.Option("window", "--pool", help="Global-pool heads: window (exact) or none (finer map)."),
+) -> None:
+    """Replace the classifier's dense head by convolutions (same weights) and save the converted network."""
+    import torch
+
+    from cnnlab.fcn.scan import load_converted_or_run, save_fully_convolutional
+
+    converted, source = load_converted_or_run(run, pool=pool)
+    target = output or (run if run.is_dir() else run.parent) / "fcn"
+    save_fully_convolutional(converted, target, source, pool)
+    channels, height, width = converted.input_size
+    window, stride = converted.output_geometry()
+    with torch.no_grad():
+        larger = converted(torch.zeros(1, channels, height * 4, width * 4))
+    typer.echo(f"converted {source['arch']}: head is now")
+    for name, layer in converted.head.named_children():
+        typer.echo(f"  {name}: {layer}")
+    typer.echo(
+        f"outputs equal the classifier's at {height}x{width} (checked to 1e-5); a {height * 4}x{width * 4} input "
+        f"gives {list(larger.shape)}: one score vector per {window}px window, every {stride}px"
+    )
+    typer.echo(f"saved: {target}  (cnnlab fcn scan {target} IMAGE)")
+
+
+@fcn_app.command("scan")
+def scan_command(
+    run: Path = typer.Argument(..., help="A classifier run directory or a converted (fcn) directory."),
+    image: Path = typer.Argument(..., help="Image to scan (larger than the classifier's input), e.g. a PNG."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Heatmap PNG (default IMAGE-heatmap.png)."),
+    refine: int = typer.Option(4, "--refine", help="Shift-and-stitch factor: locations stride/refine px apart."),
+    invert: bool | None = typer.Option(
+        None, "--invert/--no-invert", help="Dark-on-light to light-on-dark (default: when the image is bright)."
+    ),
+) -> None:
+    """Score every classifier-sized window of IMAGE and write a heatmap PNG of per-location class probabilities."""
+    from cnnlab.fcn.scan import load_converted_or_run, load_scan_image, save_heatmap, scan
+
+    converted, source = load_converted_or_run(run)
+    picture = load_scan_image(image, channels=converted.input_size[0], invert=invert)
+    result = scan(converted, picture, refine=refine)
+    classes = result.probabilities.shape[0]
+    names = [str(d) for d in range(10)] if classes == 10 else None
+    path = output or image.with_name(f"{image.stem}-heatmap.png")
+    save_heatmap(picture, result, path, names, title=f"{source['arch']} scanning {image.name}")
+    rows, cols = result.probabilities.shape[1:]
+    typer.echo(f"{rows}x{cols} locations ({result.window}px windows every {result.stride}px): {path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `fcn` command group."""
+    app.add_typer(fcn_app, name="fcn")

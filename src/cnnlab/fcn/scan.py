@@ -1,0 +1,268 @@
+"""Scanning large images with a converted classifier: per-location class scores drawn as heatmaps.
+
+The converted network scores every training-sized window of the image in one pass (the shared convolutions are
+computed once, which is why an FCN is far cheaper than cropping windows and classifying each). Output location
+(i, j) scores the window whose top-left corner is near (i * stride, j * stride); its centre is drawn at
+(i * stride + window / 2, ...). A classifier trained on single centred digits has no "nothing here" class, so windows
+with almost no ink are shown as empty rather than with the (meaningless) class the classifier picks for them.
+
+Converted models are saved as ``fcn.safetensors`` (converted weights) + ``fcn.json`` (the source classifier's
+architecture record, the training input size and the pooling mode); loading rebuilds the classifier, converts it
+again and loads the saved weights, so no pickle is involved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cnnlab.errors import CnnlabError
+from cnnlab.fcn.convert import FullyConvolutional, to_fully_convolutional
+
+__all__ = [
+    "ScanResult",
+    "load_fully_convolutional",
+    "load_scan_image",
+    "save_fully_convolutional",
+    "save_heatmap",
+    "scan",
+    "scan_canvas_demo",
+]
+
+FCN_WEIGHTS = "fcn.safetensors"
+FCN_SPEC = "fcn.json"
+_MIN_INK = 0.06  # windows with less than this mean intensity are drawn as empty
+
+
+@dataclass
+class ScanResult:
+    """Class probabilities at every scanned location.
+
+    Attributes:
+        probabilities: float [classes, H', W'] softmax over classes at each location.
+        ink: float [H', W'] mean intensity of the input window of each location (0..1).
+        window: window side in input pixels (the classifier's training size).
+        stride: input pixels between neighbouring locations.
+    """
+
+    probabilities: torch.Tensor
+    ink: torch.Tensor
+    window: int
+    stride: int
+
+
+@torch.inference_mode()
+def scan(model: FullyConvolutional, image: torch.Tensor, refine: int = 4) -> ScanResult:
+    """Run a converted classifier over a [C, H, W] float image (at least the training size).
+
+    Args:
+        model: the converted classifier.
+        image: float [C, H, W], scaled as the classifier's training images.
+        refine: shift-and-stitch factor (Long et al. 2015, section 3.2): the image is also scanned shifted by
+            multiples of stride / refine pixels and the outputs interleaved, so locations are stride / refine
+            apart; 1 keeps the network's own stride.
+    """
+    channels, height, width = model.input_size
+    if image.ndim != 3 or image.shape[0] != channels:
+        raise CnnlabError(f"the image is shaped {tuple(image.shape)}; this model scans [{channels}, H, W] images")
+    if image.shape[1] < height or image.shape[2] < width:
+        raise CnnlabError(
+            f"the image is {image.shape[2]}x{image.shape[1]}, smaller than the classifier's {width}x{height} input"
+        )
+    model.eval()
+    device = next(model.parameters()).device
+    window, stride = model.output_geometry()
+    refine = max(1, min(refine, stride))
+    step = stride // refine
+    shifted_scores = {}
+    for dy in range(refine):
+        for dx in range(refine):
+            shifted = image[:, dy * step :, dx * step :]
+            if shifted.shape[1] >= height and shifted.shape[2] >= width:
+                shifted_scores[dy, dx] = model(shifted[None].to(device)).float().cpu()[0]  # classes x H' x W'
+    rows = min(v.shape[1] for v in shifted_scores.values())
+    cols = min(v.shape[2] for v in shifted_scores.values())
+    classes = shifted_scores[0, 0].shape[0]
+    scores = torch.full((classes, rows * refine, cols * refine), float("nan"))
+    for (dy, dx), value in shifted_scores.items():
+        scores[:, dy::refine, dx::refine] = value[:, :rows, :cols]
+    valid_rows = int((~scores[0].isnan()).any(1).sum())
+    valid_cols = int((~scores[0].isnan()).any(0).sum())
+    scores = scores[:, :valid_rows, :valid_cols].nan_to_num(0.0)
+    ink = F.avg_pool2d(image[None].mean(1, keepdim=True).float(), window, step)[0, 0]
+    ink = F.pad(ink, (0, max(0, valid_cols - ink.shape[1]), 0, max(0, valid_rows - ink.shape[0])))
+    return ScanResult(scores.softmax(0), ink[:valid_rows, :valid_cols], window, step)
+
+
+def save_heatmap(
+    image: torch.Tensor,
+    result: ScanResult,
+    path: str | os.PathLike[str],
+    class_names: list[str] | None = None,
+    title: str = "",
+) -> Path:
+    """Write the heatmap PNG: the image with the most likely class at each confident location, and one probability
+    map per class, each drawn over the image at the locations' window centres."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probabilities = result.probabilities.numpy()
+    classes, rows, cols = probabilities.shape
+    names = class_names or [str(i) for i in range(classes)]
+    picture = image.float().mean(0).numpy()
+    height, width = picture.shape
+    half, step = result.window / 2, result.stride
+    extent = (half - step / 2, half + (cols - 0.5) * step, half + (rows - 0.5) * step, half - step / 2)
+    shown = min(classes, 10)
+    columns = 1 + -(-shown // 2)
+    figure, axes = plt.subplots(2, columns, figsize=(3.2 * columns, 6.2), squeeze=False)
+    best, confidence = probabilities.argmax(0), probabilities.max(0)
+    empty = result.ink.numpy() < _MIN_INK
+    main = axes[0, 0]
+    main.imshow(picture, cmap="gray", extent=(0, width, height, 0))
+    overlay = np.ma.masked_where(empty | (confidence < 0.5), best)
+    main.imshow(overlay, cmap="tab10", vmin=0, vmax=9, alpha=0.45, extent=extent, interpolation="nearest")
+    for i in range(rows):
+        for j in range(cols):
+            if not empty[i, j] and confidence[i, j] >= 0.9:
+                main.text(half + j * step, half + i * step, names[best[i, j]], color="white", fontsize=7,
+                          ha="center", va="center")  # fmt: skip
+    main.set_title("most likely class (p >= 0.5)", fontsize=9)
+    main.set_xlim(0, width)
+    main.set_ylim(height, 0)
+    axes[1, 0].axis("off")
+    axes[1, 0].text(0, 0.5, f"window {result.window}px\nstride {result.stride}px\n{rows}x{cols} locations",
+                    fontsize=9, va="center")  # fmt: skip
+    order = np.argsort(-probabilities.reshape(classes, -1).max(1))[:shown] if classes > 10 else range(shown)
+    for slot, index in enumerate(order):
+        axis = axes[slot % 2, 1 + slot // 2]
+        axis.imshow(picture, cmap="gray", extent=(0, width, height, 0))
+        heat = np.where(empty, 0.0, probabilities[index])
+        axis.imshow(heat, cmap="magma", vmin=0, vmax=1, alpha=0.6, extent=extent, interpolation="bilinear")
+        axis.set_title(f"p(class {names[index]})", fontsize=9)
+        axis.set_xlim(0, width)
+        axis.set_ylim(height, 0)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+def load_scan_image(path: str | os.PathLike[str], channels: int = 1, invert: bool | None = None) -> torch.Tensor:
+    """Read an image file as float [channels, H, W] in [0, 1].
+
+    Args:
+        path: the image.
+        channels: 1 (grayscale) or 3 (RGB).
+        invert: turn dark-on-light into light-on-dark (MNIST's polarity); None inverts a grayscale image whose mean
+            is above 0.5.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            array = np.asarray(opened.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+    except (FileNotFoundError, UnidentifiedImageError) as error:
+        raise CnnlabError(f"cannot read image {path}: {error}") from None
+    tensor = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
+    if invert or (invert is None and channels == 1 and float(tensor.mean()) > 0.5):
+        tensor = 1.0 - tensor
+    return tensor
+
+
+def save_fully_convolutional(
+    model: FullyConvolutional, directory: str | os.PathLike[str], source: dict[str, Any], pool: str
+) -> Path:
+    """Save a converted model: ``fcn.safetensors`` and ``fcn.json`` (source architecture record, input size, pool)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(directory / FCN_WEIGHTS))
+    record = {"format": "cnnlab-fcn-1", "source": source, "input_size": list(model.input_size), "pool": pool}
+    (directory / FCN_SPEC).write_text(json.dumps(record, indent=1))
+    return directory / FCN_WEIGHTS
+
+
+def load_fully_convolutional(path: str | os.PathLike[str], device: str = "cpu") -> FullyConvolutional:
+    """Load a converted model saved by `save_fully_convolutional` (a directory or its ``fcn.json``)."""
+    from safetensors.torch import load_file
+
+    from cnnlab.models import create_model
+
+    path = Path(path)
+    spec_path = path / FCN_SPEC if path.is_dir() else path
+    if not spec_path.is_file():
+        raise CnnlabError(f"no {FCN_SPEC} at {path}; convert a run first with `cnnlab fcn convert RUN`")
+    record = json.loads(spec_path.read_text())
+    source = record["source"]
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in source.get("kwargs", {}).items()}
+    classifier = create_model(source["arch"], **kwargs)
+    converted = to_fully_convolutional(classifier, tuple(record["input_size"]), pool=record.get("pool", "window"))
+    converted.load_state_dict(load_file(str(spec_path.parent / FCN_WEIGHTS)))
+    return converted.to(device).eval()
+
+
+def load_converted_or_run(path: str | os.PathLike[str], pool: str = "window") -> tuple[FullyConvolutional, dict]:
+    """A converted model from an FCN directory, or a classifier run directory converted on the fly.
+
+    Returns:
+        (model, source architecture record).
+    """
+    from cnnlab.train.saved import MODEL_SPEC, load_model
+
+    path = Path(path)
+    if (path / FCN_SPEC).is_file() or path.name == FCN_SPEC:
+        spec_path = path / FCN_SPEC if path.is_dir() else path
+        return load_fully_convolutional(path), json.loads(spec_path.read_text())["source"]
+    spec_path = path / MODEL_SPEC if path.is_dir() else path.parent / MODEL_SPEC
+    classifier = load_model(path)
+    if not spec_path.is_file():
+        raise CnnlabError(f"{path} is not a single saved model (an ensemble?); convert one member's directory")
+    source = json.loads(spec_path.read_text())
+    return to_fully_convolutional(classifier, pool=pool), {"arch": source["arch"], "kwargs": source.get("kwargs", {})}
+
+
+def scan_canvas_demo(
+    model: nn.Module, out_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None, seed: int = 0
+) -> Path:
+    """Build a 84 x 168 canvas of four MNIST test digits, scan it with the converted `model`, write the heatmap.
+
+    Args:
+        model: an MNIST classifier (converted here) or an already converted `FullyConvolutional`.
+        out_dir: where ``fcn_scan.png`` goes.
+        data_dir: MNIST root.
+        seed: picks the digits and their places.
+
+    Returns:
+        The PNG path.
+    """
+    from cnnlab.data.mnist import _load_split, find_mnist_dir
+    from cnnlab.data.segmentation import TEST_ID_OFFSET, make_canvases
+
+    converted = model if isinstance(model, FullyConvolutional) else to_fully_convolutional(model)
+    digits, labels = _load_split(find_mnist_dir(data_dir), "test")
+    ids = torch.arange(len(labels)) + TEST_ID_OFFSET
+    canvas = make_canvases(digits, labels, ids, 1, size=(84, 168), digits_per_canvas=(4, 4), seed=seed)
+    image = canvas.images[0].float() / 255.0
+    shown = [int(labels[i - TEST_ID_OFFSET]) for i in canvas.source_ids[0] if i >= 0]
+    result = scan(converted, image)
+    title = f"digits on the canvas: {', '.join(map(str, shown))}"
+    return save_heatmap(image, result, Path(out_dir) / "fcn_scan.png", [str(d) for d in range(10)], title)

@@ -1,0 +1,117 @@
+"""Multi-digit MNIST segmentation set (deterministic, disjoint sources, mask values) and PNG folder datasets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.data.paths import resolve_data_dir
+from cnnlab.data.segmentation import (
+    INK_THRESHOLD,
+    TEST_ID_OFFSET,
+    SegmentationFolder,
+    make_canvases,
+    make_digit_segmentation,
+    save_segmentation_folder,
+)
+from cnnlab.errors import CnnlabError
+
+
+def _mnist_available() -> bool:
+    root = resolve_data_dir(None)
+    return any((root / sub / "train-images-idx3-ubyte").is_file() for sub in ("MNIST/raw", "mnist", ""))
+
+
+needs_mnist = pytest.mark.skipif(not _mnist_available(), reason="MNIST IDX files not found ($CNNLAB_DATA)")
+
+
+def _pool(count: int = 20) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Synthetic 'digits': a filled 10x10 square of ink in a 28x28 frame, labels 0..9."""
+    digits = torch.zeros(count, 1, 28, 28, dtype=torch.uint8)
+    digits[:, :, 9:19, 9:19] = 200
+    digits[:, :, 8, 9:19] = INK_THRESHOLD - 1  # faint ink: in the image, not in the mask
+    return digits, torch.arange(count) % 10, torch.arange(count) + 1000
+
+
+def test_mask_is_background_or_digit_plus_one_where_ink_is():
+    digits, labels, ids = _pool()
+    canvases = make_canvases(digits, labels, ids, 30, size=(64, 96), seed=1)
+    assert canvases.images.shape == (30, 1, 64, 96) and canvases.masks.shape == (30, 64, 96)
+    assert canvases.masks.dtype == torch.uint8 and int(canvases.masks.max()) <= 10
+    ink = canvases.images[:, 0] >= INK_THRESHOLD
+    assert torch.equal(canvases.masks > 0, ink)  # every ink pixel labelled, nothing else
+    for canvas in range(30):
+        used = [int(i) - 1000 for i in canvas_ids(canvases, canvas)]
+        assert set(canvases.masks[canvas].unique().tolist()) <= {0} | {int(labels[u]) + 1 for u in used}
+        assert 1 <= len(used) <= 5
+
+
+def canvas_ids(canvases, index: int) -> list[int]:
+    return [int(i) for i in canvases.source_ids[index] if i >= 0]
+
+
+def test_generation_is_deterministic_and_seed_dependent():
+    digits, labels, ids = _pool()
+    first = make_canvases(digits, labels, ids, 10, size=64, seed=5)
+    again = make_canvases(digits, labels, ids, 10, size=64, seed=5)
+    other = make_canvases(digits, labels, ids, 10, size=64, seed=6)
+    assert torch.equal(first.images, again.images) and torch.equal(first.masks, again.masks)
+    assert torch.equal(first.source_ids, again.source_ids)
+    assert not torch.equal(first.images, other.images)
+
+
+def test_rejects_canvases_smaller_than_a_digit():
+    with pytest.raises(CnnlabError, match="smaller than a 28x28 digit"):
+        make_canvases(*_pool(), 1, size=20)
+
+
+@needs_mnist
+def test_splits_use_disjoint_mnist_digits_and_test_only_the_test_file():
+    data = make_digit_segmentation(sizes=(300, 100, 100), canvas_size=64)
+    sources = {name: set(getattr(data, name).source_ids.flatten().tolist()) - {-1} for name in ("train", "val", "test")}
+    assert sources["train"].isdisjoint(sources["val"])
+    assert sources["train"].isdisjoint(sources["test"]) and sources["val"].isdisjoint(sources["test"])
+    assert min(sources["test"]) >= TEST_ID_OFFSET and max(sources["train"] | sources["val"]) < TEST_ID_OFFSET
+    again = make_digit_segmentation(sizes=(300, 100, 100), canvas_size=64)
+    assert torch.equal(data.train.images, again.train.images) and torch.equal(data.test.masks, again.test.masks)
+    labels_seen = set(data.train.masks.unique().tolist())
+    assert labels_seen == set(range(11))
+
+
+def test_folder_round_trip_with_colour_map(tmp_path):
+    canvases = make_canvases(*_pool(), 4, size=(40, 50), seed=0)
+    save_segmentation_folder(canvases.images, canvases.masks, tmp_path)
+    classes = json.loads((tmp_path / "classes.json").read_text())
+    assert classes[0]["name"] == "background" and classes[0]["color"] == [0, 0, 0]
+    dataset = SegmentationFolder(tmp_path, grayscale=True)
+    assert len(dataset) == 4
+    image, mask = dataset[2]
+    assert image.shape == (1, 40, 50) and mask.dtype == torch.int64
+    assert torch.equal(mask, canvases.masks[2].long())
+    assert torch.allclose(image[0] * 255, canvases.images[2, 0].float(), atol=0.5)
+
+
+def test_folder_with_index_masks_and_without_colour_map(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.full((8, 9, 3), 100, dtype=np.uint8)).save(tmp_path / "images" / "a.jpg")
+    Image.fromarray(np.arange(72, dtype=np.uint8).reshape(8, 9) % 3).save(tmp_path / "masks" / "a.png")
+    image, mask = SegmentationFolder(tmp_path)[0]
+    assert image.shape == (3, 8, 9) and mask.tolist()[0][:4] == [0, 1, 2, 0]
+
+
+def test_folder_errors_name_the_problem(tmp_path):
+    with pytest.raises(CnnlabError, match="images/ and masks/"):
+        SegmentationFolder(tmp_path)
+    canvases = make_canvases(*_pool(), 1, size=32, seed=0)
+    save_segmentation_folder(canvases.images, canvases.masks, tmp_path)
+    Image.fromarray(np.full((32, 32, 3), 7, dtype=np.uint8)).save(tmp_path / "masks" / "00000.png")
+    with pytest.raises(CnnlabError, match=r"colour \(7, 7, 7\)"):
+        SegmentationFolder(tmp_path)[0]
+    (tmp_path / "masks" / "00000.png").unlink()
+    with pytest.raises(CnnlabError, match="has no mask"):
+        SegmentationFolder(tmp_path)

@@ -1,0 +1,77 @@
+"""Segmentation metrics against hand-computed examples."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cnnlab.report.segmentation import (
+    BoundaryF1,
+    MeanIoU,
+    PixelAccuracy,
+    boundary_map,
+    confusion_matrix,
+    save_overlays,
+    segmentation_report,
+)
+
+# 3 classes (0 = background). Target / prediction on a 2x4 image:
+TARGET = torch.tensor([[[0, 0, 1, 1], [0, 2, 2, 1]]])
+PREDICTION = torch.tensor([[[0, 1, 1, 1], [0, 2, 0, 0]]])
+# class 0: TP 2 (0,0),(1,0); FP 1 (1,2); FN 1 (0,1)           -> IoU 2/4
+# class 1: TP 2 (0,2),(0,3); FP 1 (0,1); FN 1 (1,3)           -> IoU 2/4
+# class 2: TP 1 (1,1); FP 0; FN 1 (1,2)                       -> IoU 1/2  ... (1,3) predicted 0: FP for class 0 too
+# recount class 0: predicted 0 at (0,0),(1,0),(1,2),(1,3); true 0 at (0,0),(0,1),(1,0) -> TP 2, FP 2, FN 1 -> 2/5
+
+
+def _scores(labels: torch.Tensor, classes: int = 3) -> torch.Tensor:
+    return torch.nn.functional.one_hot(labels, classes).permute(0, 3, 1, 2).float()
+
+
+def test_miou_matches_the_hand_computation_with_and_without_background():
+    without_bg, with_bg = MeanIoU(3, include_background=False), MeanIoU(3, include_background=True)
+    for metric in (without_bg, with_bg):
+        metric.update(_scores(PREDICTION), TARGET)
+    assert math.isclose(without_bg.compute(), (2 / 4 + 1 / 2) / 2)
+    assert math.isclose(with_bg.compute(), (2 / 5 + 2 / 4 + 1 / 2) / 3)
+
+
+def test_streaming_over_batches_equals_one_pass():
+    metric, accuracy = MeanIoU(3), PixelAccuracy(3)
+    for half in (slice(0, 1), slice(1, 2)):
+        metric.update(_scores(PREDICTION)[..., half, :], TARGET[:, half])
+        accuracy.update(_scores(PREDICTION)[..., half, :], TARGET[:, half])
+    assert math.isclose(metric.compute(), 0.5)
+    assert math.isclose(accuracy.compute(), 5 / 8)
+    metric.reset()
+    metric.update(_scores(TARGET), TARGET)
+    assert metric.compute() == 1.0
+
+
+def test_absent_classes_are_left_out_and_background_only_scores_zero():
+    matrix = confusion_matrix(torch.zeros(1, 2, 2, dtype=torch.long), torch.tensor([[[0, 0], [0, 2]]]), 4)
+    report = segmentation_report(matrix, ["bg", "a", "b", "c"])
+    assert report["iou_per_class"]["a"] is None and report["iou_per_class"]["b"] == 0.0
+    assert report["miou"] == 0.0 and report["miou_includes_background"] is False
+
+
+def test_boundary_f1():
+    target = torch.zeros(1, 10, 10, dtype=torch.long)
+    target[:, 2:8, 2:8] = 1
+    exact = BoundaryF1(tolerance=0)
+    exact.update(target, target)
+    assert exact.compute() == 1.0
+    shifted = torch.roll(target, shifts=1, dims=2)
+    strict, tolerant = BoundaryF1(tolerance=0), BoundaryF1(tolerance=1)
+    strict.update(shifted, target)
+    tolerant.update(shifted, target)
+    assert strict.compute() < 0.8 and tolerant.compute() == 1.0
+    assert boundary_map(target).sum() == 20 + 24  # the square's 20 edge pixels and their 24 outside 4-neighbours
+
+
+def test_overlays_png(tmp_path):
+    images = torch.randint(0, 255, (2, 1, 8, 8), dtype=torch.uint8)
+    masks = torch.randint(0, 3, (2, 8, 8))
+    path = save_overlays(images, masks, _scores(masks), tmp_path / "o.png", ["bg", "a", "b"])
+    assert path.stat().st_size > 1000
