@@ -1,0 +1,1 @@
+"""Datasets (MNIST, photo folders, segmentation canvases), splits, transforms and augmentation."""
