@@ -1,0 +1,201 @@
+"""Distributed data-parallel training: a 2-process gloo job launched by torchrun, against a single-process run.
+
+The same script runs in both: the engine sees torchrun's environment and becomes a DDP replica by itself.
+MNIST (a small subset) is used when it is available, otherwise learnable synthetic digits-sized images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from cnnlab.train import load_checkpoint
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    torch.set_num_threads(1)
+    import cnnlab.train.trainer as engine
+    from cnnlab.models import create_model
+    from cnnlab.train import Callback, TrainConfig, Trainer
+
+    out, name, epochs, stop_after = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    resume = stop_after < 0
+    rank = int(os.environ.get("RANK", "0"))
+    writes = {"config": 0, "checkpoint": 0, "records": 0}
+    save_config, atomic_save, write_records = engine.save_config, engine.atomic_save, engine.Trainer._write_records
+
+    def count_config(*a, **k):
+        writes["config"] += 1
+        return save_config(*a, **k)
+
+    def count_checkpoint(*a, **k):
+        writes["checkpoint"] += 1
+        return atomic_save(*a, **k)
+
+    def count_records(self, *a, **k):
+        writes["records"] += self.is_main_process
+        return write_records(self, *a, **k)
+
+    engine.save_config, engine.atomic_save = count_config, count_checkpoint
+    engine.Trainer._write_records = count_records
+
+    class Kill(Callback):  # a crash at the start of an epoch, after `stop_after` finished ones
+        def on_train_epoch_start(self, trainer, epoch):
+            if epoch == stop_after:
+                raise SystemExit(3)
+
+    data = torch.load(os.path.join(out, "data.pt"), weights_only=True)
+    torch.manual_seed(0)
+    model = create_model("mnist_net_small", num_classes=10, drop_rate=0.0)
+    config = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, optimizer="sgd", schedule="onecycle", seed=0,
+                         output=out, task="ddp", name=name, progress=False, resume=resume, device="cpu")
+    trainer = Trainer(model, config, callbacks=[Kill()])
+    history = trainer.fit((data["train_x"], data["train_y"]), (data["val_x"], data["val_y"]))
+    result = {"history": history, "global_step": trainer.global_step, "writes": writes,
+              "world": int(os.environ.get("WORLD_SIZE", "1"))}
+    with open(os.path.join(out, f"{name}-rank{rank}.json"), "w") as f:
+        json.dump(result, f)
+    """
+)
+
+
+def _data(out: Path) -> None:
+    """1024 training and 512 validation images: MNIST if present, else synthetic images a CNN can learn."""
+    from cnnlab.data.mnist import load_mnist
+    from cnnlab.tasks.mnist import to_float
+
+    try:
+        splits = load_mnist(None, val_size=512, seed=0)
+        data = {
+            "train_x": to_float(splits.train_images[:1024]),
+            "train_y": splits.train_labels[:1024],
+            "val_x": to_float(splits.val_images),
+            "val_y": splits.val_labels,
+        }
+    except Exception:  # noqa: BLE001 - no MNIST here: synthetic data is as good for this test
+        generator = torch.Generator().manual_seed(0)
+        labels = torch.randint(0, 10, (1536,), generator=generator)
+        images = torch.rand(1536, 1, 28, 28, generator=generator) * 0.3
+        for digit in range(10):
+            images[labels == digit, 0, 2 * digit + 3 : 2 * digit + 6, 4:24] += 0.7  # a bar per class
+        data = {"train_x": images[:1024], "train_y": labels[:1024], "val_x": images[1024:], "val_y": labels[1024:]}
+    torch.save(data, out / "data.pt")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(out: Path, name: str, processes: int, epochs: int = 2, stop_after: int = 99) -> subprocess.CompletedProcess:
+    script = out / "train_script.py"
+    script.write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    env["OMP_NUM_THREADS"] = "1"
+    arguments = [str(out), name, str(epochs), str(stop_after)]
+    if processes == 1:
+        command = [sys.executable, str(script), *arguments]
+    else:
+        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
+        command = [*launcher, f"--master_port={_free_port()}", "--master_addr=127.0.0.1", str(script), *arguments]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _result(out: Path, name: str, rank: int) -> dict[str, Any]:
+    return json.loads((out / f"{name}-rank{rank}.json").read_text())
+
+
+def _single_process_run(out: Path) -> None:
+    """The reference, in this process (same model, data and options as the script; no torchrun variables)."""
+    from cnnlab.models import create_model
+    from cnnlab.train import TrainConfig, Trainer
+
+    assert "WORLD_SIZE" not in os.environ
+    data = torch.load(out / "data.pt", weights_only=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = create_model("mnist_net_small", num_classes=10, drop_rate=0.0)
+        config = TrainConfig(
+            epochs=2,
+            batch_size=64,
+            lr=0.05,
+            optimizer="sgd",
+            schedule="onecycle",
+            seed=0,
+            output=str(out),
+            task="ddp",
+            name="single",
+            progress=False,
+            device="cpu",
+        )
+        trainer = Trainer(model, config)
+        history = trainer.fit((data["train_x"], data["train_y"]), (data["val_x"], data["val_y"]))
+    finally:
+        torch.set_num_threads(threads)
+    result = {"history": history, "global_step": trainer.global_step, "world": 1}
+    (out / "single-rank0.json").write_text(json.dumps(result))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ddp")
+    _data(out)
+    completed = _run(out, "ddp", 2)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    _single_process_run(out)
+    return out
+
+
+def test_two_process_gloo_run_trains_like_a_single_process(runs: Path) -> None:
+    single, rank0, rank1 = _result(runs, "single", 0), _result(runs, "ddp", 0), _result(runs, "ddp", 1)
+    assert rank0["world"] == rank1["world"] == 2
+    # --batch-size is the global batch: as many optimizer steps as a single process.
+    assert rank0["global_step"] == rank1["global_step"] == single["global_step"] == 2 * (1024 // 64)
+    # Metrics are all-reduced: both ranks hold the same numbers.
+    assert rank0["history"] == rank1["history"]
+    ddp_accuracy, single_accuracy = rank0["history"][-1]["val_accuracy"], single["history"][-1]["val_accuracy"]
+    assert ddp_accuracy > 0.5 and single_accuracy > 0.5  # it trains (10 classes: chance is 0.1)
+    assert abs(ddp_accuracy - single_accuracy) < 0.06  # only BatchNorm statistics (per rank) differ
+
+
+def test_only_rank_zero_writes_and_the_checkpoint_format_is_unchanged(runs: Path) -> None:
+    rank0, rank1 = _result(runs, "ddp", 0)["writes"], _result(runs, "ddp", 1)["writes"]
+    assert rank1 == {"config": 0, "checkpoint": 0, "records": 0}
+    assert rank0["config"] == 1 and rank0["checkpoint"] == 2 and rank0["records"] >= 2
+    run_dir = runs / "ddp" / "ddp"
+    assert {"config.yaml", "checkpoint.pt", "metrics.json", "metrics.csv"} <= {p.name for p in run_dir.iterdir()}
+    ddp_state, single_state = (
+        load_checkpoint(run_dir / "checkpoint.pt"),
+        load_checkpoint(runs / "ddp" / "single" / "checkpoint.pt"),
+    )
+    assert set(ddp_state) == set(single_state)
+    assert list(ddp_state["model"]) == list(single_state["model"])  # no "module." prefix from DDP
+
+
+@pytest.mark.slow
+def test_an_interrupted_distributed_run_resumes(runs: Path) -> None:
+    killed = _run(runs, "resumed", 2, stop_after=1)
+    assert killed.returncode != 0
+    assert load_checkpoint(runs / "ddp" / "resumed" / "checkpoint.pt")["epoch"] == 1
+    completed = _run(runs, "resumed", 2, stop_after=-1)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    resumed, uninterrupted = _result(runs, "resumed", 0), _result(runs, "ddp", 0)
+    assert resumed["global_step"] == uninterrupted["global_step"]
+    assert len(resumed["history"]) == 2
+    assert resumed["history"][-1]["val_accuracy"] == pytest.approx(
+        uninterrupted["history"][-1]["val_accuracy"], abs=1e-6
+    )
