@@ -69,10 +69,11 @@ RECIPES: dict[str, SegmentRecipe] = {
     for recipe in (
         SegmentRecipe(
             name="quick",
-            summary="U-Net 16-32-64-128 (0.48 M params), 3000 canvases of 64x64, 5 epochs (used by `make demo`)",
+            summary="U-Net 12-24-48-96 (0.27 M params), 2000 canvases of 64x64, 4 epochs (used by `make demo`)",
             arch="unet",
-            train=dict(epochs=5, **_COMMON_TRAIN),
-            sizes=(3000, 500, 1000),
+            model_kwargs={"widths": (12, 24, 48, 96)},
+            train=dict(epochs=4, **_COMMON_TRAIN),
+            sizes=(2000, 500, 1000),
         ),
         SegmentRecipe(
             name="unet",

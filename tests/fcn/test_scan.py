@@ -1,0 +1,69 @@
+"""Scanning with a converted classifier, saving/loading converted models, and the `cnnlab fcn` commands."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from cnnlab.cli import app
+from cnnlab.errors import CnnlabError
+from cnnlab.fcn import to_fully_convolutional
+from cnnlab.fcn.scan import load_fully_convolutional, save_fully_convolutional, save_heatmap, scan
+from cnnlab.models import create_model
+from cnnlab.train.saved import save_model
+
+
+def _classifier() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("mnist_net_small", drop_rate=0.0).eval()
+
+
+def test_shift_and_stitch_interleaves_the_shifted_scans():
+    converted = to_fully_convolutional(_classifier())
+    image = torch.rand(1, 60, 76)
+    coarse, fine = scan(converted, image, refine=1), scan(converted, image, refine=4)
+    assert coarse.stride == 8 and fine.stride == 2 and coarse.window == 28
+    rows, cols = coarse.probabilities.shape[1:]
+    assert fine.probabilities.shape[1] >= 4 * (rows - 1)
+    # the unshifted scan is every 4th location of the refined one
+    assert torch.allclose(fine.probabilities[:, ::4, ::4][:, : rows - 1, : cols - 1], coarse.probabilities[:, :-1, :-1])
+    assert torch.allclose(fine.probabilities.sum(0), torch.ones(fine.probabilities.shape[1:]))
+
+
+def test_scan_refuses_images_smaller_than_the_window():
+    with pytest.raises(CnnlabError, match="smaller"):
+        scan(to_fully_convolutional(_classifier()), torch.rand(1, 20, 60))
+
+
+def test_save_and_load_converted_model(tmp_path):
+    classifier = _classifier()
+    converted = to_fully_convolutional(classifier)
+    save_fully_convolutional(converted, tmp_path, {"arch": "mnist_net_small", "kwargs": {"drop_rate": 0.0}}, "window")
+    loaded = load_fully_convolutional(tmp_path)
+    x = torch.rand(2, 1, 50, 40)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), converted(x))
+    heatmap = save_heatmap(x[0], scan(loaded, x[0]), tmp_path / "h.png")
+    assert heatmap.stat().st_size > 5000
+
+
+def test_cli_convert_and_scan(tmp_path):
+    run = tmp_path / "run"
+    save_model(_classifier(), run, "mnist_net_small", {"drop_rate": 0.0}, meta={})
+    picture = np.zeros((70, 90), dtype=np.uint8)
+    picture[20:40, 30:34] = 255
+    Image.fromarray(picture).save(tmp_path / "canvas.png")
+    runner = CliRunner()
+    converted = runner.invoke(app, ["fcn", "convert", str(run)])
+    assert converted.exit_code == 0, converted.output
+    assert "Conv2d(64, 10, kernel_size=(3, 3)" in converted.output and (run / "fcn" / "fcn.json").is_file()
+    scanned = runner.invoke(
+        app, ["fcn", "scan", str(run / "fcn"), str(tmp_path / "canvas.png"), "-o", str(tmp_path / "h.png")]
+    )
+    assert scanned.exit_code == 0, scanned.output
+    assert (tmp_path / "h.png").is_file()
+    from_run = runner.invoke(app, ["fcn", "scan", str(run), str(tmp_path / "canvas.png")])
+    assert from_run.exit_code == 0 and (tmp_path / "canvas-heatmap.png").is_file()
