@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.train import TrainConfig, Trainer
+from cnnlab.train import Callback, TrainConfig, Trainer
 from cnnlab.train.batch_size import accumulation_for, find_batch_size, search_largest, trainer_probe
 from cnnlab.train.oom import SimulatedMemoryLimit
 
@@ -114,3 +114,59 @@ def test_requested_batch_that_does_not_fit_is_kept_through_accumulation(tmp_path
 def test_nothing_fits_is_an_actionable_error(tmp_path: Path) -> None:
     with pytest.raises(CnnlabError, match="not even a batch of one sample fits"):
         find_batch_size(_trainer(tmp_path, "none"), _data(64), memory_limit=1000)
+
+
+class _LimitDuringTraining(Callback):
+    """The simulated memory limit from the first epoch on (the search has its own, nested ones would add up)."""
+
+    def __init__(self, limit: int) -> None:
+        self.memory = SimulatedMemoryLimit(limit)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.memory.__enter__()
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.memory.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("mode", ["auto_batch_size", "auto_accum"])
+def test_engine_option_searches_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    import cnnlab.train.batch_size as batch_size_module
+
+    probe = batch_size_module.trainer_probe
+    monkeypatch.setattr(batch_size_module, "trainer_probe", lambda *a, **k: probe(*a, **{**k, "memory_limit": LIMIT}))
+    data = _data(1024)
+    limit = _LimitDuringTraining(LIMIT)
+    trainer = _trainer(tmp_path, mode, batch_size=512, **{mode: True})
+    trainer.callbacks.append(limit)
+    trainer.fit(data, data)
+    assert limit.memory.errors == 0 and not getattr(trainer, "oom_events", [])
+    config = trainer.config
+    if mode == "auto_batch_size":
+        assert config.batch_size < 512 and config.accum_steps == 1
+    else:
+        assert config.batch_size == 512 and config.accum_steps >= 2
+        assert trainer.micro_batch_size == 512 // config.accum_steps
+    assert trainer.global_step == 1024 // config.batch_size
+
+
+@pytest.mark.parametrize(
+    ("batch", "accum", "expected"),
+    [
+        ("auto", None, {"batch_size": 1024, "auto_batch_size": True}),
+        ("256", "auto", {"batch_size": 256, "auto_accum": True}),
+        (None, "4", {"accum_steps": 4}),
+    ],
+)
+def test_command_line_values(batch: str | None, accum: str | None, expected: dict[str, object]) -> None:
+    from cnnlab.train.batch_size import batch_options
+
+    assert batch_options(batch, accum) == expected
+
+
+@pytest.mark.parametrize(("batch", "accum"), [("many", None), ("0", None), (None, "-2"), ("auto", "2")])
+def test_bad_command_line_values_are_actionable(batch: str | None, accum: str | None) -> None:
+    from cnnlab.train.batch_size import batch_options
+
+    with pytest.raises(CnnlabError, match="--batch-size|--accum"):
+        batch_options(batch, accum)

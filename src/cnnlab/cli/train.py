@@ -16,7 +16,15 @@ def mnist(
     ensemble: int = typer.Option(1, "--ensemble", "-n", help="Train N members (seeds seed..seed+N-1) and ensemble."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first member."),
     epochs: int | None = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Override the recipe's batch size."),
+    batch_size: str | None = typer.Option(
+        None, "--batch-size", help="Override the recipe's batch size: N, or auto (the largest that fits in memory)."
+    ),
+    accum: str | None = typer.Option(
+        None, "--accum", help="Micro-batches per step (gradient accumulation): N, or auto (as many as memory needs)."
+    ),
+    grad_checkpointing: bool = typer.Option(
+        False, "--grad-checkpointing", help="Recompute activations in backward to save memory (model stages)."
+    ),
     lr: float | None = typer.Option(None, "--lr", help="Override the recipe's peak learning rate."),
     precision: str | None = typer.Option(None, "--precision", help="fp32, bf16 or fp16 (autocast)."),
     channels_last: bool | None = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format."),
@@ -34,6 +42,7 @@ def mnist(
     """Train a CNN from scratch on MNIST; the test set is evaluated once, at the end."""
     from cnnlab.errors import CnnlabError
     from cnnlab.tasks.mnist import get_recipe, train_mnist
+    from cnnlab.train.batch_size import batch_options
 
     get_recipe(recipe)  # fail fast on a typo, before reading data
     if resume and name is None:
@@ -42,7 +51,6 @@ def mnist(
         key: value
         for key, value in {
             "epochs": epochs,
-            "batch_size": batch_size,
             "lr": lr,
             "precision": precision,
             "channels_last": channels_last,
@@ -52,6 +60,7 @@ def mnist(
         }.items()
         if value is not None
     }
+    overrides.update(batch_options(batch_size, accum, grad_checkpointing))
     summary = train_mnist(
         recipe,
         data_dir=None if data_dir is None else str(data_dir),

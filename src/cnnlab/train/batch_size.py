@@ -317,3 +317,41 @@ def _agree_on_minimum(value: int, device: torch.device) -> int:
     tensor = torch.tensor([value], device=device)
     torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MIN)
     return int(tensor.item())
+
+
+AUTO_BATCH_CAP = 1024  # `--batch-size auto` never goes above this (nor above the number of training samples)
+
+
+def batch_options(batch_size: str | None, accum: str | None, grad_checkpointing: bool = False) -> dict[str, Any]:
+    """`TrainConfig` overrides for the command-line options ``--batch-size N|auto``, ``--accum N|auto`` and
+    ``--grad-checkpointing`` (absent options give no override).
+
+    ``--batch-size auto`` searches the largest batch that fits, up to `AUTO_BATCH_CAP`; ``--accum auto`` keeps the
+    batch size and accumulates as many micro-batches as memory needs.
+    """
+    overrides: dict[str, Any] = {}
+    if batch_size is not None:
+        if batch_size.strip().lower() == "auto":
+            overrides.update(batch_size=AUTO_BATCH_CAP, auto_batch_size=True)
+        else:
+            overrides["batch_size"] = _positive_int(batch_size, "--batch-size")
+    if accum is not None:
+        if accum.strip().lower() == "auto":
+            overrides["auto_accum"] = True
+        else:
+            overrides["accum_steps"] = _positive_int(accum, "--accum")
+    if overrides.get("auto_batch_size") and (overrides.get("auto_accum") or overrides.get("accum_steps", 1) > 1):
+        raise CnnlabError("--batch-size auto picks a batch that fits without accumulation; drop --accum")
+    if grad_checkpointing:
+        overrides["grad_checkpointing"] = True
+    return overrides
+
+
+def _positive_int(text: str, option: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise CnnlabError(f"{option} {text!r} is not a whole number or 'auto'") from None
+    if value < 1:
+        raise CnnlabError(f"{option} must be >= 1 or 'auto', got {value}")
+    return value
