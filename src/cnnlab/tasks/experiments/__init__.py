@@ -57,7 +57,7 @@ def _experiments() -> dict[str, Experiment]:
                 lrn_vs_bn.NAME,
                 "small AlexNet-style net with no normalisation, LRN or batch norm: accuracy, convergence, time/step",
                 lrn_vs_bn.run,
-                {"epochs": 2, "subset": 10_000},
+                {"epochs": 2, "subset": 6_000, "val_subset": 2_000},
             ),
         )
     }

@@ -75,7 +75,7 @@ class SmallAlexNet(nn.Module):
     def __init__(
         self,
         norm: str,
-        channels: tuple[int, int, int, int, int] = (24, 48, 64, 64, 48),
+        channels: tuple[int, int, int, int, int] = (16, 32, 48, 48, 32),
         hidden: int = 128,
         drop_rate: float = 0.5,
     ) -> None:

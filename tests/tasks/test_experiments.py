@@ -1,0 +1,97 @@
+"""Experiments: the noise rule, conclusions generated from the numbers, each experiment end to end on a tiny budget."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cnnlab.errors import CnnlabError
+from cnnlab.tasks.experiments import get_experiment, list_experiments, run_experiment
+from cnnlab.tasks.experiments.common import ExperimentSettings, compare, describe_difference, prepare_run_dir, stat
+
+MNIST_ROOT = Path(os.environ.get("CNNLAB_DATA", "data"))
+HAS_MNIST = (MNIST_ROOT / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file() or (
+    MNIST_ROOT / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+).is_file()
+
+
+def test_noise_rule():
+    assert compare(stat([0.98, 0.981, 0.979]), stat([0.95, 0.951, 0.949])).measurable
+    # within 2 std: no measurable difference
+    assert not compare(stat([0.98, 0.97, 0.99]), stat([0.975, 0.965, 0.985])).measurable
+    # overlapping seed ranges: no measurable difference, even with a mean gap above 2 std
+    assert not compare(stat([0.90, 0.95, 0.95, 0.95]), stat([0.91, 0.91, 0.91, 0.91])).measurable
+    single = compare(stat([0.99]), stat([0.5]))
+    assert not single.estimable and not single.measurable
+
+
+def test_difference_sentence_follows_the_numbers():
+    high, low = stat([0.99, 0.991, 0.989]), stat([0.90, 0.901, 0.899])
+    assert "CNN is higher than dense by 9.00 points" in describe_difference("CNN", high, "dense", low, "accuracy")
+    assert "dense is higher than CNN by 9.00 points" in describe_difference("CNN", low, "dense", high, "accuracy")
+    assert "no measurable difference" in describe_difference("CNN", high, "dense", high, "accuracy")
+    assert "one seed" in describe_difference("CNN", stat([0.9]), "dense", stat([0.8]), "accuracy")
+
+
+def test_cnn_vs_dense_matches_parameter_budgets():
+    from cnnlab.tasks.experiments.cnn_vs_dense import count_params, dense_net, matched_dense_width, small_cnn
+
+    cnn_params = count_params(small_cnn())
+    dense_params = count_params(dense_net(matched_dense_width(cnn_params)))
+    assert abs(dense_params - cnn_params) < 795  # within one hidden unit
+    from cnnlab.tasks.experiments.cnn_vs_dense import epochs_for, sample_sizes
+
+    assert sample_sizes(55_000) == [1_000, 5_000, 55_000] and sample_sizes(3_000) == [1_000, 3_000]
+    assert epochs_for(1_000, 55_000, 2) == 20 and epochs_for(55_000, 55_000, 2) == 2
+
+
+def test_lrn_steps_to_threshold():
+    from cnnlab.tasks.experiments.lrn_vs_bn import steps_to_threshold
+
+    losses = [1.0] * 30 + [0.1] * 30
+    assert steps_to_threshold(losses, threshold=0.5, window=10) == 36  # running mean of 10 first below 0.5
+    assert steps_to_threshold([1.0] * 50, threshold=0.5, window=10) != steps_to_threshold([1.0] * 50, 0.5, 10)  # NaN
+
+
+def test_unknown_experiment_and_bad_settings():
+    with pytest.raises(CnnlabError, match="cnn-vs-dense"):
+        get_experiment("cnn-vs-mlp")
+    with pytest.raises(CnnlabError, match="--seeds"):
+        ExperimentSettings(seeds=0).validate()
+    assert [e.name for e in list_experiments()] == ["cnn-vs-dense", "pool-vs-stride", "lrn-vs-bn"]
+
+
+def test_existing_report_is_not_replaced_without_overwrite(tmp_path):
+    settings = ExperimentSettings(output=tmp_path)
+    run_dir = prepare_run_dir(settings, "cnn-vs-dense")
+    (run_dir / "report.md").write_text("done")
+    with pytest.raises(CnnlabError, match="--overwrite"):
+        prepare_run_dir(settings, "cnn-vs-dense")
+
+
+EXPECTED_TABLES = {
+    "cnn-vs-dense": ["## Models", "## Robustness: shift", "## Robustness: rotation", "## Robustness: scale",
+                     "## Sample efficiency", "| CNN |", "| dense |"],
+    "pool-vs-stride": ["## Cost and accuracy", "## Invariance of the features to 1-pixel shifts", "| max-pool |",
+                       "| strided-conv |"],
+    "lrn-vs-bn": ["## Accuracy, convergence and cost", "| none |", "| LRN |", "| BN |"],
+}  # fmt: skip
+
+
+@pytest.mark.skipif(not HAS_MNIST, reason=f"MNIST not found under {MNIST_ROOT} (set $CNNLAB_DATA)")
+@pytest.mark.parametrize("name", list(EXPECTED_TABLES))
+def test_experiment_on_a_tiny_budget_writes_its_report(name, tmp_path):
+    report = run_experiment(
+        name, epochs=1, subset=128, batch_size=64, seeds=1, test_subset=64, val_subset=64, output=tmp_path,
+        data_dir=str(MNIST_ROOT), progress=False,
+    )  # fmt: skip
+    text = report.read_text()
+    for fragment in EXPECTED_TABLES[name]:
+        assert fragment in text, fragment
+    conclusion = text.split("## Conclusion", 1)[1]
+    assert len(conclusion.strip()) > 100 and "one seed, so the noise is unknown" in conclusion
+    for image in (line.split("(")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")):
+        assert (report.parent / image).stat().st_size > 1000, image
+    results = json.loads((report.parent / "results.json").read_text())
+    assert results["conclusion"].strip() == conclusion.strip()
