@@ -268,24 +268,29 @@ def compare(a: Stat, b: Stat) -> Comparison:
 
 
 def describe_difference(
-    name_a: str, a: Stat, name_b: str, b: Stat, quantity: str, scale: float = 100.0, unit: str = " points"
+    name_a: str,
+    a: Stat,
+    name_b: str,
+    b: Stat,
+    quantity: str,
+    scale: float = 100.0,
+    unit: str = " points",
+    digits: int = 2,
 ) -> str:
     """A sentence comparing `a` and `b` under the noise rule, e.g. "the CNN is higher than the dense net by 1.2
     points (noise 0.3)" or "no measurable difference between ... (0.1 points apart, noise 0.4)"."""
     comparison = compare(a, b)
-    gap = abs(comparison.difference) * scale
+    gap = f"{abs(comparison.difference) * scale:.{digits}f}{unit}"
+    noise = f"{comparison.noise * scale:.{digits}f}"
     if not comparison.estimable:
         return (
-            f"{quantity}: {name_a} {a.format(scale)} vs {name_b} {b.format(scale)} ({gap:.2f}{unit} apart; one seed, "
-            "so the noise is unknown and no difference is claimed)"
+            f"{quantity}: {name_a} {a.format(scale, digits)} vs {name_b} {b.format(scale, digits)} ({gap} apart; "
+            "one seed, so the noise is unknown and no difference is claimed)"
         )
     if not comparison.measurable:
-        return (
-            f"{quantity}: no measurable difference between {name_a} and {name_b} ({gap:.2f}{unit} apart, "
-            f"noise {comparison.noise * scale:.2f})"
-        )
+        return f"{quantity}: no measurable difference between {name_a} and {name_b} ({gap} apart, noise {noise})"
     higher, lower = (name_a, name_b) if comparison.difference > 0 else (name_b, name_a)
-    return f"{quantity}: {higher} is higher than {lower} by {gap:.2f}{unit} (noise {comparison.noise * scale:.2f})"
+    return f"{quantity}: {higher} is higher than {lower} by {gap} (noise {noise})"
 
 
 # ---------------------------------------------------------------------------------------------- report

@@ -258,6 +258,7 @@ def _conclusion(stats: dict[str, dict[str, Stat]], measured: dict[str, dict[str,
             "first-epoch training loss",
             scale=1.0,
             unit="",
+            digits=3,
         )  # fmt: skip
         + "."
     )

@@ -281,6 +281,7 @@ def _conclusion(params: dict[str, int], macs: dict[str, int], stats: dict[str, d
                 "penultimate-feature similarity under 1-px shifts",
                 scale=1.0,
                 unit="",
+                digits=3,
             ),  # fmt: skip
         ]
         sentences.append(f"Max pool vs {other}: " + "; ".join(parts) + ".")
