@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,3 +90,24 @@ def test_plain_sequential_model_is_segmented_and_eval_is_untouched() -> None:
     for a, b in zip(grads, plain_grads, strict=True):
         torch.testing.assert_close(a, b)
     assert saved < plain_saved
+
+
+def test_engine_option_trains_the_same_weights(tmp_path: Path) -> None:
+    from cnnlab.train import TrainConfig, Trainer
+
+    generator = torch.Generator().manual_seed(0)
+    data = torch.rand(128, 1, 28, 28, generator=generator), torch.randint(0, 10, (128,), generator=generator)
+    trainers = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = create_model("mnist_net_small", num_classes=10)  # BatchNorm and dropout: both must match
+        config = TrainConfig(epochs=1, batch_size=32, lr=0.05, optimizer="sgd", ema_decay=0.9, seed=1,
+                             grad_checkpointing=checkpointing, output=str(tmp_path), name=f"ckpt{checkpointing}",
+                             progress=False, checkpoint=False)  # fmt: skip
+        trainer = Trainer(model, config)
+        trainer.fit(data)
+        trainers.append(trainer)
+    plain, checkpointed = trainers
+    assert checkpointed_modules(checkpointed.model) == ["features"]
+    for a, b in zip(checkpointed.model.state_dict().values(), plain.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
