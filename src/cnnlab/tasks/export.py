@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -64,14 +65,19 @@ def export_model(
     example = torch.rand(2, *cfg.input_size)
     with torch.inference_mode():
         expected = wrapped(example)
-    if fmt == "torchscript":
-        with torch.no_grad():
-            traced = torch.jit.trace(wrapped, example)
-        traced.save(str(output))
-        with torch.inference_mode():
-            actual = torch.jit.load(str(output))(example)
-    else:
-        actual = _export_onnx(wrapped, example, output, opset)
+    # torch 2.14 marks torch.jit and the TorchScript-based ONNX exporter deprecated; both still work and need no
+    # extra package (the dynamo exporter needs onnxscript), and the export is checked against eager PyTorch below.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=FutureWarning)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        if fmt == "torchscript":
+            with torch.no_grad():
+                traced = torch.jit.trace(wrapped, example)
+            traced.save(str(output))
+            with torch.inference_mode():
+                actual = torch.jit.load(str(output))(example)
+        else:
+            actual = _export_onnx(wrapped, example, output, opset)
     max_difference = float((actual - expected).abs().max())
     record = {
         "format": fmt,
