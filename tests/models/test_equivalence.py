@@ -96,7 +96,7 @@ def test_seresnet50_matches_timm():
 
 def test_xception_matches_timm_legacy_xception():
     timm = pytest.importorskip("timm")
-    _assert_equivalent(timm.create_model("legacy_xception", pretrained=False), "xception", 96, xception_key_map)
+    _assert_equivalent(timm.create_model("legacy_xception", pretrained=False), "xception", 64, xception_key_map)
 
 
 def test_xception_key_map_renames_only_separable_depthwise_convs():
