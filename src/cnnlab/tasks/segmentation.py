@@ -54,7 +54,7 @@ class SegmentRecipe:
 
 
 _COMMON_TRAIN = dict(
-    batch_size=32,
+    batch_size=8,  # at 32, 187 steps (3 epochs of 2000) learned where ink is but not which digit (val mIoU 0.04)
     optimizer="adamw",
     lr=3e-3,
     weight_decay=1e-4,
@@ -69,10 +69,10 @@ RECIPES: dict[str, SegmentRecipe] = {
     for recipe in (
         SegmentRecipe(
             name="quick",
-            summary="U-Net 12-24-48-96 (0.27 M params), 2000 canvases of 64x64, 4 epochs (used by `make demo`)",
+            summary="U-Net 12-24-48-96 (0.27 M params), 2000 canvases of 64x64, 3 epochs (used by `make demo`)",
             arch="unet",
             model_kwargs={"widths": (12, 24, 48, 96)},
-            train=dict(epochs=4, **_COMMON_TRAIN),
+            train=dict(epochs=3, **_COMMON_TRAIN),
             sizes=(2000, 500, 1000),
         ),
         SegmentRecipe(
