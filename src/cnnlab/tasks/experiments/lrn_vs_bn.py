@@ -217,7 +217,8 @@ def _plot_losses(path: Path, loss_curves: dict[str, list[list[float]]]) -> None:
                     for i in range(length)]  # fmt: skip
         axis.plot(range(1, length + 1), smoothed, label=variant)
     axis.set_xlabel("optimizer step")
-    axis.set_ylabel(f"training loss ({RUNNING_WINDOW}-step running mean, mean over seeds)")
+    axis.set_ylabel(f"training loss ({RUNNING_WINDOW}-step mean)")
+    axis.set_title("training loss, mean over seeds")
     axis.set_yscale("log")
     axis.grid(alpha=0.3)
     axis.legend()
