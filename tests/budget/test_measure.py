@@ -111,3 +111,12 @@ def test_plan_fits_the_limit():
     assert trace(module, shape, best).peak_live_bytes <= 64 * 2**20 < trace(module, shape, best + 8).peak_live_bytes
     assert remedies["bf16 mixed precision"]["max_batch"] > best
     assert remedies["SGD (no optimizer state)"]["max_batch"] >= best
+
+
+def test_plan_traces_checkpointing_of_a_deep_stack():
+    # A deep stack of conv-BN-ReLU keeps three tensors per layer; checkpointing ~sqrt(n) segments keeps far fewer.
+    layers = [line for _ in range(9) for line in ("conv 16 k3 same", "bn", "relu")] + ["gap", "dense 10"]
+    plan = budget(layers, input_shape=(3, 32, 32), memory_limit="256MiB").plan
+    remedies = {r["remedy"]: r for r in plan["remedies"]}
+    assert remedies["gradient checkpointing"]["max_batch"] > 1.5 * remedies["as configured"]["max_batch"]
+    assert remedies["all three"]["max_batch"] > remedies["gradient checkpointing"]["max_batch"]
