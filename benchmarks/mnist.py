@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -140,7 +141,8 @@ def main() -> None:
         "date": date.today().isoformat(),
         "hardware": {
             "cpu": platform.processor() or platform.machine(),
-            "cpu_count": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
         "torch": str(torch.__version__),
