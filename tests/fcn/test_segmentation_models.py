@@ -32,6 +32,19 @@ def test_odd_sized_inputs_give_full_resolution_maps_and_every_parameter_learns(n
     assert torch.isfinite(out).all()
 
 
+def test_unet_coarse_scores_add_stride_8_and_4_logits_that_learn():
+    torch.manual_seed(0)
+    model = create_model("unet", num_classes=5, widths=(4, 8, 16, 32, 64), coarse_scores=True)
+    assert sorted(model.coarse) == ["0", "1"]  # decoder levels 0 and 1 output strides 8 and 4
+    x = torch.rand(2, 1, 45, 71)
+    out = model(x)
+    assert out.shape == (2, 5, 45, 71)
+    F.cross_entropy(out, torch.randint(0, 5, (2, 45, 71))).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.coarse.parameters())
+    plain = create_model("unet", num_classes=5, widths=(4, 8, 16, 32, 64))
+    assert len(plain.coarse) == 0
+
+
 def test_fcn16s_fuses_the_stride_16_skip():
     model = create_model("fcn16s")
     assert model.score16 is not None and model.score8 is None

@@ -183,6 +183,9 @@ class UNet(nn.Module):
         in_chans: input channels.
         widths: channels per level, finest first (the paper's 64-128-256-512-1024 is 5 levels).
         upsample: "transposed" or "bilinear".
+        coarse_scores: also score the decoder's stride-8 and stride-4 maps with 1x1 convs and add them, bilinearly
+            upsampled, to the final logits (FCN-style fusion): a wide, short path for *which class* a region is,
+            while the full-resolution level draws the exact boundary.
     """
 
     pretrained_cfg = None
@@ -194,6 +197,7 @@ class UNet(nn.Module):
         in_chans: int = 1,
         widths: tuple[int, ...] = (16, 32, 64, 128),
         upsample: str = "transposed",
+        coarse_scores: bool = False,
     ) -> None:
         super().__init__()
         if upsample not in _UPSAMPLE_MODES:
@@ -218,6 +222,15 @@ class UNet(nn.Module):
             self.decoders.append(_DoubleConv(2 * width, width))
             channels = width
         self.classifier = nn.Conv2d(channels, num_classes, 1)
+        # decoder level i outputs stride 2^(len(widths) - 2 - i); score the stride-8 and stride-4 ones
+        levels = len(widths) - 1
+        self.coarse = nn.ModuleDict(
+            {
+                str(i): nn.Conv2d(width, num_classes, 1)
+                for i, width in enumerate(reversed(widths[:-1]))
+                if coarse_scores and 2 ** (levels - 1 - i) in (4, 8)
+            }
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         x, (height, width) = pad_to_multiple(x, self.output_stride)
@@ -225,9 +238,15 @@ class UNet(nn.Module):
         for level, encoder in enumerate(self.encoders):
             x = encoder(x if level == 0 else self.pool(x))  # N x widths[level] x H/2^level x W/2^level
             skips.append(x)
-        for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips[:-1]), strict=True):
+        coarse = []
+        for i, (up, decoder, skip) in enumerate(zip(self.ups, self.decoders, reversed(skips[:-1]), strict=True)):
             x = decoder(torch.cat([up(x), skip], dim=1))  # N x width x (2x the previous size)
-        return self.classifier(x)[..., :height, :width]  # N x classes x H x W
+            if str(i) in self.coarse:
+                coarse.append(self.coarse[str(i)](x))  # N x classes x H/s x W/s (s = 8, 4)
+        logits = self.classifier(x)  # N x classes x H x W
+        for scores in coarse:
+            logits = logits + F.interpolate(scores, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., :height, :width]
 
 
 def _fcn(skips: int, kwargs: dict[str, Any]) -> FCN:
