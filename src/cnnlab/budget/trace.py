@@ -15,6 +15,7 @@ storages, so a tensor saved by two ops, or a view such as a flattened activation
 from __future__ import annotations
 
 import copy
+import math
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -355,7 +356,7 @@ def trace(
     _fill_flops(rows, result, flops, model, inference_batch_size)
     for row in result.rows:
         row.output_shape = shapes.get(row.name, ())
-        row.activation_bytes = _numel(row.output_shape) * torch_dtype.itemsize
+        row.activation_bytes = math.prod(row.output_shape) * torch_dtype.itemsize
     if not training:
         return result
 
@@ -389,13 +390,6 @@ def trace(
         torch.cuda.synchronize()
         result.cuda_max_allocated_bytes = torch.cuda.max_memory_allocated()
     return result
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    total = 1
-    for size in shape:
-        total *= size
-    return total
 
 
 def _fill_static_row_info(rows: list[tuple[str, nn.Module]], result: TraceResult) -> None:
