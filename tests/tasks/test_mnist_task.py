@@ -177,3 +177,13 @@ def test_interrupted_ensemble_resumes_to_the_same_weights(ensemble_run: dict, fa
 def test_resume_of_a_missing_run_is_a_clear_error(fake_root: Path, tmp_path: Path) -> None:
     with pytest.raises(CnnlabError, match="there is no run at"):
         train_mnist("quick", data_dir=str(fake_root), output=str(tmp_path), name="nope", resume=True, val_size=40)
+
+
+def test_a_rank_other_than_0_writes_no_files(fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun every rank runs `train_mnist`; only rank 0 may write the model, results and probabilities."""
+    monkeypatch.setenv("RANK", "1")
+    summary = train_mnist(
+        "quick", data_dir=str(fake_root), output=str(tmp_path), name="r1", val_size=40, overrides=_TINY, progress=False
+    )
+    assert 0.0 <= summary["test_accuracy"] <= 1.0  # it still trains and evaluates
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []

@@ -22,6 +22,7 @@ from cnnlab.data.augment import RandomAffine
 from cnnlab.data.mnist import MnistSplits, load_mnist
 from cnnlab.errors import CnnlabError
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
+from cnnlab.train.distributed import is_main_process
 from cnnlab.train.saved import save_ensemble, save_model
 
 TASK = "mnist"
@@ -194,8 +195,12 @@ def train_mnist(
             member_model = member.pop("model")
             probabilities = _predict(member_model, test_images, member.pop("trainer")).softmax(1)
             member["test_accuracy"] = float((probabilities.argmax(1) == test_labels).float().mean())
-            torch.save(probabilities, member_dir / "test_probabilities.pt")
-            (member_dir / "results.json").write_text(json.dumps(member, indent=1))
+            if is_main_process():  # under torchrun every rank evaluates, rank 0 writes
+                torch.save(probabilities, member_dir / "test_probabilities.pt")
+                (member_dir / "results.json").write_text(json.dumps(member, indent=1))
+            member_probabilities.append(probabilities)
+            members.append(member)
+            continue
         member_probabilities.append(torch.load(member_dir / "test_probabilities.pt", weights_only=True))
         members.append(member)
 
@@ -209,8 +214,10 @@ def train_mnist(
         mean_probabilities = torch.stack(member_probabilities).mean(0)
         summary["ensemble_test_accuracy"] = float((mean_probabilities.argmax(1) == test_labels).float().mean())
         summary["test_accuracy"] = summary["ensemble_test_accuracy"]
-        save_ensemble(run_dir, [Path(m["run_dir"]) for m in members], meta={"recipe": chosen.name})
-    (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+    if is_main_process():
+        if ensemble > 1:
+            save_ensemble(run_dir, [Path(m["run_dir"]) for m in members], meta={"recipe": chosen.name})
+        (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
@@ -230,20 +237,21 @@ def _train_member(
     history = trainer.fit(TensorBatches(*train, config.batch_size, drop_last=True), val)
     wall_seconds = time.perf_counter() - started
     final = trainer.eval_model
-    save_model(
-        final,
-        config.run_dir,
-        recipe.arch,
-        recipe.model_kwargs,
-        meta={
-            "task": TASK,
-            "recipe": recipe.name,
-            "seed": config.seed,
-            "input": "float images in [0, 1], shape [N, 1, 28, 28]; normalisation is inside the model",
-            "output": "logits over the digits 0-9",
-            "val_accuracy": history[-1].get("val_accuracy"),
-        },
-    )
+    if trainer.is_main_process:
+        save_model(
+            final,
+            config.run_dir,
+            recipe.arch,
+            recipe.model_kwargs,
+            meta={
+                "task": TASK,
+                "recipe": recipe.name,
+                "seed": config.seed,
+                "input": "float images in [0, 1], shape [N, 1, 28, 28]; normalisation is inside the model",
+                "output": "logits over the digits 0-9",
+                "val_accuracy": history[-1].get("val_accuracy"),
+            },
+        )
     return {
         "seed": config.seed,
         "run_dir": str(config.run_dir),

@@ -61,8 +61,14 @@ def rank() -> int:
 
 
 def is_main_process() -> bool:
-    """True on rank 0 and in single-process runs: the process that writes files and logs."""
-    return rank() == 0
+    """True on rank 0 and in single-process runs: the process that writes files and logs.
+
+    Before the process group exists (or after it is destroyed) the ``RANK`` variable torchrun sets decides, so code
+    that runs around `Trainer.fit` under torchrun also writes from rank 0 only.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def init_distributed(device: str = "auto") -> DistInfo | None:

@@ -29,7 +29,7 @@ from cnnlab.train.callbacks import Callback, EarlyStopping
 from cnnlab.train.checkpoint import atomic_save, capture_rng_state, load_checkpoint, restore_rng_state
 from cnnlab.train.checkpointing import checkpoint_stages
 from cnnlab.train.config import TrainConfig, save_config
-from cnnlab.train.distributed import prepare_fit
+from cnnlab.train.distributed import is_main_process, prepare_fit
 from cnnlab.train.ema import ModelEma
 from cnnlab.train.metrics import Metric, MetricFn, as_metrics, is_classification
 from cnnlab.train.oom import train_step_with_recovery
@@ -143,7 +143,7 @@ class Trainer:
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.ema: ModelEma | None = None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
-        self.is_main_process = True  # False on ranks > 0 under torchrun: they write no files
+        self.is_main_process = is_main_process()  # False on ranks > 0 under torchrun: they write no files
         if config.grad_checkpointing:
             checkpoint_stages(self.model)
         self.forward_model: nn.Module = torch.compile(self.model) if config.compile else self.model  # type: ignore[assignment]
