@@ -76,6 +76,10 @@ def test_splits_use_disjoint_mnist_digits_and_test_only_the_test_file():
     assert sources["train"].isdisjoint(sources["val"])
     assert sources["train"].isdisjoint(sources["test"]) and sources["val"].isdisjoint(sources["test"])
     assert min(sources["test"]) >= TEST_ID_OFFSET and max(sources["train"] | sources["val"]) < TEST_ID_OFFSET
+    pool_digits, pool_labels, pool_ids = data.train_digits  # what encoder pretraining may use
+    pool = set(pool_ids.tolist())
+    assert len(pool) == len(pool_digits) == len(pool_labels) == 55_000 and sources["train"] <= pool
+    assert pool.isdisjoint(sources["val"]) and pool.isdisjoint(sources["test"])
     again = make_digit_segmentation(sizes=(300, 100, 100), canvas_size=64)
     assert torch.equal(data.train.images, again.train.images) and torch.equal(data.test.masks, again.test.masks)
     labels_seen = set(data.train.masks.unique().tolist())

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from cnnlab.data.segmentation import DigitSegmentation, make_canvases
-from cnnlab.tasks.segmentation import evaluate_segmentation, train_segmentation
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model
+from cnnlab.tasks.segmentation import EncoderClassifier, evaluate_segmentation, pretrain_encoder, train_segmentation
+from cnnlab.train import TrainConfig
 
 
 def _digit_pool(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -61,3 +65,46 @@ def test_quick_training_learns(tmp_path):
     # 4 short epochs on 192 canvases: far from converged, but clearly learning shapes and classes
     assert summary["test"]["miou"] > 0.15, summary["test"]
     assert summary["test"]["pixel_accuracy"] > baseline["pixel_accuracy"]
+
+
+def test_encoder_pretraining_trains_the_encoder_only_and_then_segments(tmp_path):
+    digits, labels, ids = _digit_pool(256, 0)
+
+    def split(count: int, seed: int):
+        return make_canvases(*_digit_pool(60, seed), count, size=32, digits_per_canvas=(1, 1), seed=seed)
+
+    pool = (digits, labels, ids)
+    data = DigitSegmentation(train=split(64, 0), val=split(16, 1), test=split(16, 2), train_digits=pool)
+    torch.manual_seed(0)
+    model = create_model("unet", widths=(8, 16, 32))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = TrainConfig(epochs=2, output=str(tmp_path), task="segment", name="p", progress=False)
+    record = pretrain_encoder(model, data, config, epochs=2)
+    after = model.state_dict()
+    assert record["train_accuracy"] > 0.6  # three shapes, chance is 1/3
+    assert not torch.equal(before["encoders.0.0.conv.weight"], after["encoders.0.0.conv.weight"])
+    assert torch.equal(before["classifier.weight"], after["classifier.weight"])  # the decoder is untouched
+    assert (tmp_path / "segment" / "p" / "pretrain-encoder" / "metrics.csv").is_file()
+
+    summary = train_segmentation(
+        "quick",
+        output=str(tmp_path),
+        name="q",
+        data=data,
+        overrides={"epochs": 1, "batch_size": 16, "channels_last": False},
+        model_kwargs={"widths": (8, 16, 32)},
+        pretrain_epochs=1,
+        progress=False,
+    )
+    assert summary["epochs"] == 1 and (tmp_path / "segment" / "q" / "pretrain-encoder").is_dir()
+    with pytest.raises(CnnlabError, match="needs a U-Net"):
+        EncoderClassifier(create_model("fcn8s", backbone="resnet18", num_classes=11))
+
+
+def test_pretraining_without_the_digit_pool_is_a_clear_error(tmp_path):
+    def split(count: int, seed: int):
+        return make_canvases(*_digit_pool(30, seed), count, size=32, digits_per_canvas=(1, 1), seed=seed)
+
+    data = DigitSegmentation(train=split(32, 0), val=split(16, 1), test=split(16, 2))
+    with pytest.raises(CnnlabError, match="training pool"):
+        train_segmentation("quick", output=str(tmp_path), name="n", data=data, pretrain_epochs=1, progress=False)

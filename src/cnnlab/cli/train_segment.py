@@ -15,6 +15,12 @@ def segment(
     batch_size: int | None = typer.Option(None, "--batch-size", help="Override the recipe's batch size."),
     lr: float | None = typer.Option(None, "--lr", help="Override the recipe's peak learning rate."),
     train_canvases: int | None = typer.Option(None, "--train-canvases", help="Training canvases (default: recipe's)."),
+    pretrain_epochs: int | None = typer.Option(
+        None,
+        "--pretrain-epochs",
+        help="Epochs pretraining the U-Net's encoder as a digit classifier on the training pool's single digits "
+        "before segmentation (default: the recipe's; 0 = none).",
+    ),
     precision: str | None = typer.Option(None, "--precision", help="fp32, bf16 or fp16 (autocast)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch."),
@@ -57,6 +63,7 @@ def segment(
         resume=resume,
         overwrite=overwrite,
         progress=not quiet,
+        pretrain_epochs=pretrain_epochs,
     )
     test = summary["test"]
     typer.echo(

@@ -167,11 +167,16 @@ def make_canvases(
 
 @dataclass
 class DigitSegmentation:
-    """The three splits of the multi-digit segmentation set."""
+    """The three splits of the multi-digit segmentation set.
+
+    `train_digits` holds the (uint8 [P, 1, 28, 28] digits, labels, ids) of the training pool, the only MNIST digits
+    the train canvases use (none of the val or test pools'): encoder pretraining may use them without leaking.
+    """
 
     train: DigitCanvases
     val: DigitCanvases
     test: DigitCanvases
+    train_digits: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 def _mnist_pools(
@@ -219,7 +224,8 @@ def make_digit_segmentation(
     for offset, (split, count) in enumerate(zip(("train", "val", "test"), sizes, strict=True)):
         digits, labels, ids = pools[split]
         splits[split] = make_canvases(digits, labels, ids, count, canvas_size, digits_per_canvas, seed * 3 + offset)
-    return DigitSegmentation(**splits)
+    digits, labels, ids = pools["train"]
+    return DigitSegmentation(**splits, train_digits=(digits.reshape(-1, 1, 28, 28), labels, ids))
 
 
 def save_segmentation_folder(

@@ -204,6 +204,7 @@ class UNet(nn.Module):
             raise CnnlabError(f"upsample mode {upsample!r} is not one of {', '.join(_UPSAMPLE_MODES)}")
         self.num_classes, self.default_input_size = num_classes, (in_chans, 64, 64)
         self.output_stride = 2 ** (len(widths) - 1)
+        self.widths = tuple(widths)
         self.encoders = nn.ModuleList()
         channels = in_chans
         for width in widths:
@@ -232,12 +233,21 @@ class UNet(nn.Module):
             }
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        x, (height, width) = pad_to_multiple(x, self.output_stride)
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """The encoder's maps, finest first: level i is N x widths[i] x H/2^i x W/2^i (H, W multiples of the stride).
+
+        Used by `forward` and by encoder pretraining (`cnnlab.tasks.segmentation.pretrain_encoder`).
+        """
         skips = []
         for level, encoder in enumerate(self.encoders):
-            x = encoder(x if level == 0 else self.pool(x))  # N x widths[level] x H/2^level x W/2^level
+            x = encoder(x if level == 0 else self.pool(x))
             skips.append(x)
+        return skips
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, (height, width) = pad_to_multiple(x, self.output_stride)
+        skips = self.encode(x)
+        x = skips[-1]
         coarse = []
         for i, (up, decoder, skip) in enumerate(zip(self.ups, self.decoders, reversed(skips[:-1]), strict=True)):
             x = decoder(torch.cat([up(x), skip], dim=1))  # N x width x (2x the previous size)

@@ -184,7 +184,7 @@ class Trainer:
         self.optimizer = (self.optimizer_factory or build_optimizer)(groups, config)
         self.scheduler = build_scheduler(self.optimizer, config, steps_per_epoch)
         self.ema = ModelEma(self.model, config.ema_decay) if config.ema_decay is not None else None
-        self._prepare_run_dir()
+        self.prepare_run_dir()
         if config.resume:
             self._restore(load_checkpoint(self.run_dir / CHECKPOINT_NAME, map_location=self.device))
             self.log(f"resumed {self.run_dir} after epoch {self.epoch} (step {self.global_step})")
@@ -383,7 +383,9 @@ class Trainer:
         if better:
             self.best_metric, self.best_epoch = value, self.epoch + 1
 
-    def _prepare_run_dir(self) -> None:
+    def prepare_run_dir(self) -> None:
+        """Check `resume`/`overwrite` against the run directory and create it (`fit` calls it; a task that does long
+        work before `fit`, such as encoder pretraining, calls it first so a clash fails at once)."""
         checkpoint = self.run_dir / CHECKPOINT_NAME
         if self.config.resume and not checkpoint.is_file():
             raise CnnlabError(f"--resume: no checkpoint at {checkpoint}; start the run without --resume")
