@@ -43,23 +43,20 @@ def mnist(
     from cnnlab.errors import CnnlabError
     from cnnlab.tasks.mnist import get_recipe, train_mnist
     from cnnlab.train.batch_size import batch_options
+    from cnnlab.train.config import config_overrides
 
     get_recipe(recipe)  # fail fast on a typo, before reading data
     if resume and name is None:
         raise CnnlabError("--resume needs the --name of the run to continue")
-    overrides = {
-        key: value
-        for key, value in {
-            "epochs": epochs,
-            "lr": lr,
-            "precision": precision,
-            "channels_last": channels_last,
-            "compile": compile_model or None,
-            "device": device,
-            "num_threads": threads,
-        }.items()
-        if value is not None
-    }
+    overrides = config_overrides(
+        epochs=epochs,
+        lr=lr,
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile_model or None,
+        device=device,
+        num_threads=threads,
+    )
     overrides.update(batch_options(batch_size, accum, grad_checkpointing))
     summary = train_mnist(
         recipe,

@@ -34,22 +34,19 @@ def segment(
     """Train a segmentation network on canvases of 1-5 MNIST digits; test mIoU (digits only) at the end."""
     from cnnlab.errors import CnnlabError
     from cnnlab.tasks.segmentation import get_recipe, train_segmentation
+    from cnnlab.train.config import config_overrides
 
     chosen = get_recipe(recipe)
     if resume and name is None:
         raise CnnlabError("--resume needs the --name of the run to continue")
-    overrides = {
-        key: value
-        for key, value in {
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "precision": precision,
-            "device": device,
-            "num_threads": threads,
-        }.items()
-        if value is not None
-    }
+    overrides = config_overrides(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        precision=precision,
+        device=device,
+        num_threads=threads,
+    )
     sizes = None if train_canvases is None else (train_canvases, *chosen.sizes[1:])
     summary = train_segmentation(
         recipe,

@@ -214,3 +214,12 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
 
     document = yaml.safe_load(Path(path).read_text())
     return TrainConfig.from_dict(document["config"])
+
+
+def config_overrides(**fields: Any) -> dict[str, Any]:
+    """The `TrainConfig` fields a caller actually set: None means "keep the recipe's value" and is dropped.
+
+    The training commands pass their optional flags through this, e.g.
+    ``config_overrides(epochs=None, lr=0.01) == {"lr": 0.01}``.
+    """
+    return {key: value for key, value in fields.items() if value is not None}
