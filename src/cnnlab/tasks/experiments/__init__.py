@@ -51,13 +51,13 @@ def _experiments() -> dict[str, Experiment]:
                 "2x2 max pooling vs stride-2 convolution: parameters, MACs, accuracy, feature invariance to 1-px "
                 "shifts",
                 pool_vs_stride.run,
-                {"epochs": 2, "subset": 10_000},
+                {"epochs": 3, "subset": 20_000},
             ),
             Experiment(
                 lrn_vs_bn.NAME,
                 "small AlexNet-style net with no normalisation, LRN or batch norm: accuracy, convergence, time/step",
                 lrn_vs_bn.run,
-                {"epochs": 2, "subset": 6_000, "val_subset": 2_000},
+                {"epochs": 4, "subset": 15_000, "val_subset": 2_000},
             ),
         )
     }
