@@ -122,6 +122,11 @@ def test_finished_run_is_not_silently_replaced(tiny_run: tuple[Path, dict]) -> N
         train_transfer(tiny_config(tmp_path))
 
 
+def test_crop_scale_out_of_range_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CnnlabError, match="--crop-scale must be in"):
+        train_transfer(tiny_config(tmp_path, crop_scale=0.0))
+
+
 def test_layerwise_groups_unfreeze_the_top_blocks_with_decaying_lr() -> None:
     model = create_model("efficientnet_lite0", num_classes=3)
     units = depth_units(model)

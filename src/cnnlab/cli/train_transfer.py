@@ -42,6 +42,12 @@ def transfer(
     split_manifest: Path | None = typer.Option(None, "--split", help="Reuse a split manifest CSV (path,label,split)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Training augmentation (training set only)."),
     vertical_flip: bool = typer.Option(False, "--vertical-flip", help="Also flip vertically (no up/down images)."),
+    crop_scale: float = typer.Option(
+        0.5,
+        "--crop-scale",
+        help="Smallest image area a random training crop keeps (1.0: no cropping); raise it when a crop could cut "
+        "the labelled detail out (defects).",
+    ),
     label_smoothing: float = typer.Option(0.1, "--label-smoothing", help="Cross-entropy label smoothing."),
     patience: int | None = typer.Option(5, "--patience", help="Early stopping on val accuracy; omit with 0."),
     seed: int = typer.Option(0, "--seed", help="Split, initialisation and data order."),
@@ -79,6 +85,7 @@ def transfer(
         split_manifest=None if split_manifest is None else str(split_manifest),
         augment=augment,
         vertical_flip=vertical_flip,
+        crop_scale=crop_scale,
         label_smoothing=label_smoothing,
         patience=patience or None,
         seed=seed,

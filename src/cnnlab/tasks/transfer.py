@@ -99,6 +99,8 @@ class TransferConfig:
         patience: early-stopping patience in epochs on ``val_accuracy`` (None: off).
         augment: training augmentation in phase 2 (and phase 1 without the cache).
         vertical_flip: add vertical flips (images with no up and down: cells, microscopy, aerial views).
+        crop_scale: smallest area fraction kept by the random resized crop (1.0: whole image, only resized). Raise
+            it when the label may sit anywhere in the image and a crop could cut it out (defect inspection).
         workers: DataLoader worker processes.
         device: auto, cpu, cuda...
         precision: fp32, bf16 or fp16.
@@ -134,6 +136,7 @@ class TransferConfig:
     patience: int | None = 5
     augment: bool = True
     vertical_flip: bool = False
+    crop_scale: float = 0.5
     workers: int = 2
     device: str = "auto"
     precision: str = "fp32"
@@ -454,6 +457,8 @@ def _cached_features(
 def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     """Run the whole recipe (see the module docstring) and return the results (also in ``results.json``)."""
     log = log or (lambda message: print(message) if config.progress else None)
+    if not 0.0 < config.crop_scale <= 1.0:
+        raise CnnlabError(f"--crop-scale must be in (0, 1], got {config.crop_scale}")
     started = time.perf_counter()
     run_dir = config.run_dir
     if (run_dir / "model.json").is_file() and not (config.resume or config.overwrite):
@@ -486,7 +491,11 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
 
     device = resolve_device(config.device)
     model.to(device)
-    train_transform = build_train_transform(cfg, vertical_flip=config.vertical_flip) if config.augment else None
+    train_transform = (
+        build_train_transform(cfg, scale=(config.crop_scale, 1.0), vertical_flip=config.vertical_flip)
+        if config.augment
+        else None
+    )
     train_transform = train_transform or build_eval_transform(cfg)
     eval_transform = build_eval_transform(cfg)
     preview = save_preview_grid(
