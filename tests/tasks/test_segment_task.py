@@ -43,6 +43,7 @@ def test_quick_training_learns(tmp_path):
         data=data,
         overrides={"epochs": 4, "batch_size": 16, "lr": 1e-2, "channels_last": False},
         model_kwargs={"widths": (8, 16, 32)},
+        pretrain_epochs=0,
         progress=False,
     )
     run = tmp_path / "segment" / "t"
