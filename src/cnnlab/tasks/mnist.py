@@ -66,7 +66,7 @@ RECIPES: dict[str, MnistRecipe] = {
                 warmup_epochs=2,
                 label_smoothing=0.1,
                 ema_decay=0.999,
-                channels_last=False,  # BatchNorm is much slower in channels_last on CPU
+                channels_last=True,  # 1.3x faster training steps on 2 CPU cores (524-543 vs 402-413 img/s)
             ),
             augment=RandomAffine(degrees=10, scale=0.1, shift=2.0),
         ),
