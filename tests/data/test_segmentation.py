@@ -14,6 +14,7 @@ from cnnlab.data.segmentation import (
     INK_THRESHOLD,
     TEST_ID_OFFSET,
     SegmentationFolder,
+    augment_digits,
     make_canvases,
     make_digit_segmentation,
     save_segmentation_folder,
@@ -84,6 +85,33 @@ def test_splits_use_disjoint_mnist_digits_and_test_only_the_test_file():
     assert torch.equal(data.train.images, again.train.images) and torch.equal(data.test.masks, again.test.masks)
     labels_seen = set(data.train.masks.unique().tolist())
     assert labels_seen == set(range(11))
+
+
+@needs_mnist
+def test_train_chunks_extend_the_single_chunk_split_and_augment_only_training_digits():
+    from cnnlab.data.augment import RandomAffine
+
+    base = make_digit_segmentation(sizes=(40, 20, 20), canvas_size=64)
+    chunked = make_digit_segmentation(
+        sizes=(40, 20, 20), canvas_size=64, train_chunks=3, digit_augment=RandomAffine(10, 0.1, 0.0)
+    )
+    assert len(chunked.train) == 120 and torch.equal(chunked.val.images, base.val.images)
+    assert torch.equal(chunked.test.masks, base.test.masks)  # val and test digits are never transformed
+    assert not torch.equal(chunked.train.images[:40], chunked.train.images[40:80])  # each chunk is new
+    sources = set(chunked.train.source_ids.flatten().tolist()) - {-1}
+    assert sources <= set(chunked.train_digits[2].tolist())  # still only the training pool
+
+
+def test_augment_digits_is_seeded_and_keeps_uint8():
+    from cnnlab.data.augment import RandomAffine
+
+    digits = _pool()[0]
+    options = RandomAffine(degrees=15.0, scale=0.1, shift=0.0)
+    moved = augment_digits(digits, options, seed=3)
+    assert moved.dtype == torch.uint8 and moved.shape == (len(digits), 1, 28, 28)
+    assert torch.equal(moved, augment_digits(digits, options, seed=3))
+    assert not torch.equal(moved, augment_digits(digits, options, seed=4))
+    assert not torch.equal(moved.reshape(digits.shape), digits)
 
 
 def test_folder_round_trip_with_colour_map(tmp_path):

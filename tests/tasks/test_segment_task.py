@@ -109,3 +109,23 @@ def test_pretraining_without_the_digit_pool_is_a_clear_error(tmp_path):
     data = DigitSegmentation(train=split(32, 0), val=split(16, 1), test=split(16, 2))
     with pytest.raises(CnnlabError, match="training pool"):
         train_segmentation("quick", output=str(tmp_path), name="n", data=data, pretrain_epochs=1, progress=False)
+
+
+def test_fresh_canvases_split_the_train_canvases_into_one_chunk_per_epoch(tmp_path):
+    def split(count: int, seed: int):
+        return make_canvases(*_digit_pool(30, seed), count, size=32, digits_per_canvas=(1, 1), seed=seed)
+
+    data = DigitSegmentation(train=split(64, 0), val=split(16, 1), test=split(16, 2))
+    summary = train_segmentation(
+        "quick",
+        output=str(tmp_path),
+        name="f",
+        data=data,
+        overrides={"epochs": 2, "batch_size": 16, "channels_last": False},
+        model_kwargs={"widths": (8, 16, 32)},
+        pretrain_epochs=0,
+        fresh_canvases=True,
+        progress=False,
+    )
+    assert summary["fresh_canvases"] and summary["train_canvases_per_epoch"] == 32
+    assert json.loads((tmp_path / "segment" / "f" / "metrics.json").read_text())[-1]["epoch"] == 2

@@ -21,6 +21,12 @@ def segment(
         help="Epochs pretraining the U-Net's encoder as a digit classifier on the training pool's single digits "
         "before segmentation (default: the recipe's; 0 = none).",
     ),
+    fresh_canvases: bool | None = typer.Option(
+        None,
+        "--fresh-canvases/--same-canvases",
+        help="New training canvases every epoch (--train-canvases per epoch, generated up front), or the same "
+        "ones every epoch (default: the recipe's).",
+    ),
     precision: str | None = typer.Option(None, "--precision", help="fp32, bf16 or fp16 (autocast)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch."),
@@ -61,6 +67,7 @@ def segment(
         overwrite=overwrite,
         progress=not quiet,
         pretrain_epochs=pretrain_epochs,
+        fresh_canvases=fresh_canvases,
     )
     test = summary["test"]
     typer.echo(

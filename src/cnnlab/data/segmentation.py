@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cnnlab.data.augment import RandomAffine
 from cnnlab.errors import CnnlabError
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "DigitCanvases",
     "DigitSegmentation",
     "SegmentationFolder",
+    "augment_digits",
     "class_colours",
     "make_canvases",
     "make_digit_segmentation",
@@ -132,7 +134,7 @@ def make_canvases(
     count: int,
     size: int | tuple[int, int] = 64,
     digits_per_canvas: tuple[int, int] = (1, MAX_DIGITS),
-    seed: int = 0,
+    seed: int | tuple[int, ...] = 0,
 ) -> DigitCanvases:
     """Compose `count` canvases from a pool of MNIST digits.
 
@@ -143,7 +145,7 @@ def make_canvases(
         count: canvases to make.
         size: canvas side, or (height, width); at least 28.
         digits_per_canvas: inclusive (min, max) digits per canvas; max <= 5.
-        seed: the generator seed (same seed and pool: same canvases).
+        seed: the generator seed, or a tuple of them (same seed and pool: same canvases).
     """
     height, width = (size, size) if isinstance(size, int) else size
     low, high = digits_per_canvas
@@ -198,6 +200,15 @@ def _mnist_pools(
     }
 
 
+def augment_digits(digits: torch.Tensor, options: RandomAffine, seed: int) -> torch.Tensor:
+    """A randomly rotated / scaled / shifted copy of a uint8 digit pool [P, 1, 28, 28] (one draw per digit)."""
+    from cnnlab.data.augment import random_affine
+
+    generator = torch.Generator().manual_seed(seed)
+    moved = random_affine(digits.reshape(-1, 1, 28, 28).float(), options, generator)
+    return moved.round_().clamp_(0, 255).to(torch.uint8)
+
+
 def make_digit_segmentation(
     data_dir: str | os.PathLike[str] | None = None,
     sizes: tuple[int, int, int] = (4000, 500, 1000),
@@ -205,6 +216,8 @@ def make_digit_segmentation(
     digits_per_canvas: tuple[int, int] = (1, MAX_DIGITS),
     val_digits: int = 5_000,
     seed: int = 0,
+    train_chunks: int = 1,
+    digit_augment: RandomAffine | None = None,
 ) -> DigitSegmentation:
     """Generate the multi-digit MNIST segmentation set (train, val, test) from the MNIST IDX files.
 
@@ -215,15 +228,34 @@ def make_digit_segmentation(
         digits_per_canvas: inclusive range of digits on one canvas (max 5).
         val_digits: MNIST training digits held out as the validation pool.
         seed: seed of the pool split and of the composition (each split gets its own stream).
+        train_chunks: build the train split as this many chunks of `sizes[0]` canvases (one per epoch with
+            ``TensorBatches(chunks=...)``); chunk 0 is the single-chunk train split, chunk k > 0 uses the stream
+            ``(3 * seed, k)``.
+        digit_augment: randomly rotate / scale the training pool's digits afresh for every train chunk before
+            composing it (`augment_digits`, seeded per chunk); val and test digits are never transformed.
 
     Raises:
         CnnlabError: when MNIST is not found or an option is out of range.
     """
+    if train_chunks < 1:
+        raise CnnlabError(f"train chunks must be >= 1, got {train_chunks}")
     pools = _mnist_pools(data_dir, val_digits, seed)
     splits = {}
     for offset, (split, count) in enumerate(zip(("train", "val", "test"), sizes, strict=True)):
         digits, labels, ids = pools[split]
-        splits[split] = make_canvases(digits, labels, ids, count, canvas_size, digits_per_canvas, seed * 3 + offset)
+        if split != "train":
+            splits[split] = make_canvases(digits, labels, ids, count, canvas_size, digits_per_canvas, seed * 3 + offset)
+            continue
+        chunks = []
+        for chunk in range(train_chunks):
+            pool = digits if digit_augment is None else augment_digits(digits, digit_augment, seed * 1_000 + chunk)
+            stream = seed * 3 if chunk == 0 else (seed * 3, chunk)
+            chunks.append(make_canvases(pool, labels, ids, count, canvas_size, digits_per_canvas, stream))
+        splits[split] = DigitCanvases(
+            torch.cat([c.images for c in chunks]),
+            torch.cat([c.masks for c in chunks]),
+            torch.cat([c.source_ids for c in chunks]),
+        )
     digits, labels, ids = pools["train"]
     return DigitSegmentation(**splits, train_digits=(digits.reshape(-1, 1, 28, 28), labels, ids))
 

@@ -56,6 +56,10 @@ class SegmentRecipe:
         background_weight: cross-entropy weight of the background class (digit classes weigh 1).
         pretrain_epochs: epochs of encoder pretraining on single training-pool digits before segmentation
             (`pretrain_encoder`; U-Nets only, 0 = none).
+        fresh_canvases: every epoch trains on its own `sizes[0]` canvases (all generated up front from the same
+            training pool, `epochs` times as many), instead of the same canvases every epoch.
+        digit_augment: with `fresh_canvases`, the training pool's digits are rotated / scaled afresh for every
+            epoch's canvases (`cnnlab.data.segmentation.augment_digits`); None = the digits as they are.
     """
 
     name: str
@@ -67,6 +71,8 @@ class SegmentRecipe:
     canvas_size: int = 64
     background_weight: float = 1.0
     pretrain_epochs: int = 0
+    fresh_canvases: bool = False
+    digit_augment: RandomAffine | None = None
 
 
 # Chosen on the validation canvases (docs/BENCHMARKS.md, Segmentation): a 5th level (4x4 bottleneck at 64x64, a
@@ -257,6 +263,7 @@ def train_segmentation(
     data: DigitSegmentation | None = None,
     background_weight: float | None = None,
     pretrain_epochs: int | None = None,
+    fresh_canvases: bool | None = None,
 ) -> dict[str, Any]:
     """Train a segmentation model on multi-digit MNIST canvases with the engine, then test it once.
 
@@ -277,6 +284,8 @@ def train_segmentation(
         background_weight: cross-entropy weight of background pixels (default: the recipe's).
         pretrain_epochs: epochs of encoder pretraining on single digits (`pretrain_encoder`; default: the
             recipe's; 0 = none).
+        fresh_canvases: new training canvases every epoch (default: the recipe's); `sizes[0]` is per epoch. With
+            `data` given, its train split must hold `epochs` equal chunks.
 
     Returns:
         The summary saved as ``results.json``: validation history end, test report, timings, run directory. The
@@ -289,10 +298,20 @@ def train_segmentation(
     if pretrain < 0:
         raise CnnlabError(f"pretrain epochs must be >= 0, got {pretrain}")
     kwargs = {**chosen.model_kwargs, **(model_kwargs or {})}
+    train_fields = {**chosen.train, **(overrides or {})}
+    fresh = chosen.fresh_canvases if fresh_canvases is None else fresh_canvases
+    chunks = int(train_fields.get("epochs", 1)) if fresh else 1
     if data is None:
-        data = make_digit_segmentation(data_dir, sizes=sizes or chosen.sizes, canvas_size=chosen.canvas_size, seed=0)
+        data = make_digit_segmentation(
+            data_dir,
+            sizes=sizes or chosen.sizes,
+            canvas_size=chosen.canvas_size,
+            seed=0,
+            train_chunks=chunks,
+            digit_augment=chosen.digit_augment if fresh else None,
+        )
     config = TrainConfig(
-        **{**chosen.train, **(overrides or {})},
+        **train_fields,
         seed=seed,
         task=TASK,
         name=name or default_run_name(recipe),
@@ -307,6 +326,7 @@ def train_segmentation(
             "canvas_sizes": list(data_sizes(data)),
             "background_weight": bg_weight,
             "pretrain_epochs": pretrain,
+            "fresh_canvases": fresh,
         },
     )
     from cnnlab.models import create_model
@@ -334,7 +354,7 @@ def train_segmentation(
             pretrain_encoder(model, data, config, pretrain)
     started = time.perf_counter()
     history = trainer.fit(
-        TensorBatches(data.train.images, data.train.masks, config.batch_size, drop_last=True),
+        TensorBatches(data.train.images, data.train.masks, config.batch_size, drop_last=True, chunks=chunks),
         TensorBatches(data.val.images, data.val.masks, config.eval_batch_size or 2 * config.batch_size),
     )
     wall_seconds = time.perf_counter() - started
@@ -370,6 +390,8 @@ def train_segmentation(
         "train_seconds": trainer.train_seconds,
         "wall_seconds": wall_seconds,
         "canvases": data_sizes(data),
+        "fresh_canvases": fresh,
+        "train_canvases_per_epoch": len(data.train) // chunks,
     }
     (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
     return summary
