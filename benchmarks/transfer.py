@@ -63,6 +63,10 @@ def main() -> None:
     parser.add_argument("--head-epochs", type=int, default=30)
     parser.add_argument("--finetune-epochs", type=int, default=5)
     parser.add_argument("--unfreeze", type=int, default=0, help="top N blocks in phase 2 (0: all)")
+    parser.add_argument("--finetune-lr", type=float, default=None, help="phase-2 peak lr (default: TransferConfig's)")
+    parser.add_argument("--layer-decay", type=float, default=None, help="phase-2 lr factor per block going down")
+    parser.add_argument("--bn-train", action="store_true", help="phase 2 updates batch-norm running statistics")
+    parser.add_argument("--crop-scale", type=float, default=None, help="smallest area a random training crop keeps")
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
@@ -78,6 +82,15 @@ def main() -> None:
         print(json.dumps(step_time(args.batch_size, args.image_size or 224, args.steps)))
         return
     finetune = args.mode == "finetune"
+    tuned = {
+        key: value
+        for key, value in (
+            ("finetune_lr", args.finetune_lr),
+            ("layer_decay", args.layer_decay),
+            ("crop_scale", args.crop_scale),
+        )
+        if value is not None
+    }
     config = TransferConfig(
         data="elpv",
         arch="efficientnet_lite0",
@@ -96,12 +109,15 @@ def main() -> None:
         name=f"elpv-{args.mode}-u{args.unfreeze}-s{args.image_size or 224}",
         overwrite=True,
         progress=False,
+        bn_train=args.bn_train,
+        **tuned,
     )
     started = time.perf_counter()
     summary = train_transfer(config)
     record = {
         "mode": args.mode,
         "unfreeze": args.unfreeze if finetune else None,
+        "options": {**tuned, "bn_train": args.bn_train},
         "image_size": args.image_size or 224,
         "head_epochs_run": summary["phases"].get("head", {}).get("epochs_run"),
         "finetune_epochs_run": summary["phases"].get("finetune", {}).get("epochs_run"),
