@@ -9,6 +9,7 @@ per repeat. This is what chose `channels_last` for the MNIST default recipe and 
     python benchmarks/step_speed.py --arch unet --batch-size 16 --input 1,64,64 --dense --threads 2
 
 Variants: fp32 (default layout), channels_last, bf16 (autocast), compile (`torch.compile`, default layout).
+`--malloc-tuning` measures the engine's glibc allocator settings (`cnnlab.train.allocator`) against a run without.
 """
 
 from __future__ import annotations
@@ -23,16 +24,24 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.models import create_model
+from cnnlab.train.allocator import keep_freed_memory
 
 VARIANTS = ("fp32", "channels_last", "bf16", "compile")
 
 
 def images_per_second(
-    arch: str, variant: str, batch_size: int, shape: tuple[int, ...], dense: bool, steps: int, warmup: int
+    arch: str,
+    variant: str,
+    batch_size: int,
+    shape: tuple[int, ...],
+    dense: bool,
+    steps: int,
+    warmup: int,
+    model_kwargs: dict | None = None,
 ) -> float:
     """Images per second of `steps` training steps of `arch` in `variant` (after `warmup` untimed steps)."""
     torch.manual_seed(0)
-    model = create_model(arch).train()
+    model = create_model(arch, **(model_kwargs or {})).train()
     inputs = torch.rand(batch_size, *shape)
     classes = getattr(model, "num_classes", 10)
     target_shape = (batch_size, *shape[1:]) if dense else (batch_size,)
@@ -61,15 +70,27 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--input", default="1,28,28", help="C,H,W of one input")
     parser.add_argument("--dense", action="store_true", help="per-pixel targets (segmentation models)")
+    parser.add_argument(
+        "--model-kwargs", default="{}", help="constructor options as JSON, e.g. '{\"widths\": [8, 16]}'"
+    )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--malloc-tuning",
+        action="store_true",
+        help="apply cnnlab.train.allocator.keep_freed_memory() first, as the engine does for CPU runs "
+        "(process-wide, so compare two invocations)",
+    )
     args = parser.parse_args()
+    if args.malloc_tuning and not keep_freed_memory():
+        raise SystemExit("malloc tuning is not available here (needs glibc Linux)")
     if args.threads:
         torch.set_num_threads(args.threads)
     shape = tuple(int(v) for v in args.input.split(","))
+    kwargs = json.loads(args.model_kwargs)
     results: dict[str, list[float]] = {v: [] for v in args.variants}
     for _ in range(args.repeats):
         for variant in args.variants:
@@ -78,9 +99,11 @@ def main() -> None:
             print(f"{variant:14s} {speed:8.1f} img/s", flush=True)
     record = {
         "arch": args.arch,
+        "model_kwargs": kwargs,
         "batch_size": args.batch_size,
         "input": list(shape),
         "threads": torch.get_num_threads(),
+        "malloc_tuning": args.malloc_tuning,
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "images_per_second": results,

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train.allocator import keep_freed_memory
 from cnnlab.train.batches import Batch, BatchSource, TensorBatches, as_batch_source
 from cnnlab.train.callbacks import Callback, EarlyStopping
 from cnnlab.train.checkpoint import atomic_save, capture_rng_state, load_checkpoint, restore_rng_state
@@ -117,6 +118,8 @@ class Trainer:
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         self.device = resolve_device(config.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # glibc: no page-fault churn on every step's activations (train/allocator.py)
         self.model = model.to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
