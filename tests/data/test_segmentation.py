@@ -88,7 +88,7 @@ def test_splits_use_disjoint_mnist_digits_and_test_only_the_test_file():
 
 
 @needs_mnist
-def test_train_chunks_extend_the_single_chunk_split_and_augment_only_training_digits():
+def test_train_chunks_are_new_canvases_of_training_digits_and_leave_val_and_test_alone():
     from cnnlab.data.augment import RandomAffine
 
     base = make_digit_segmentation(sizes=(40, 20, 20), canvas_size=64)

@@ -31,11 +31,13 @@ def _digit_pool(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torc
     return digits, labels, torch.arange(count)
 
 
-def test_quick_training_learns(tmp_path):
-    def split(count: int, seed: int):
-        return make_canvases(*_digit_pool(60, seed), count, size=32, digits_per_canvas=(1, 1), seed=seed)
+def _canvases(count: int, seed: int, pool: int = 60):
+    """`count` 32x32 canvases of one synthetic digit each, from a pool of `pool` shapes seeded with `seed`."""
+    return make_canvases(*_digit_pool(pool, seed), count, size=32, digits_per_canvas=(1, 1), seed=seed)
 
-    data = DigitSegmentation(train=split(192, 0), val=split(32, 1), test=split(64, 2))
+
+def test_quick_training_learns(tmp_path):
+    data = DigitSegmentation(train=_canvases(192, 0), val=_canvases(32, 1), test=_canvases(64, 2))
     summary = train_segmentation(
         "quick",
         output=str(tmp_path),
@@ -70,12 +72,8 @@ def test_quick_training_learns(tmp_path):
 
 def test_encoder_pretraining_trains_the_encoder_only_and_then_segments(tmp_path):
     digits, labels, ids = _digit_pool(256, 0)
-
-    def split(count: int, seed: int):
-        return make_canvases(*_digit_pool(60, seed), count, size=32, digits_per_canvas=(1, 1), seed=seed)
-
     pool = (digits, labels, ids)
-    data = DigitSegmentation(train=split(64, 0), val=split(16, 1), test=split(16, 2), train_digits=pool)
+    data = DigitSegmentation(train=_canvases(64, 0), val=_canvases(16, 1), test=_canvases(16, 2), train_digits=pool)
     torch.manual_seed(0)
     model = create_model("unet", widths=(8, 16, 32))
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -103,19 +101,17 @@ def test_encoder_pretraining_trains_the_encoder_only_and_then_segments(tmp_path)
 
 
 def test_pretraining_without_the_digit_pool_is_a_clear_error(tmp_path):
-    def split(count: int, seed: int):
-        return make_canvases(*_digit_pool(30, seed), count, size=32, digits_per_canvas=(1, 1), seed=seed)
-
-    data = DigitSegmentation(train=split(32, 0), val=split(16, 1), test=split(16, 2))
+    data = DigitSegmentation(
+        train=_canvases(32, 0, pool=30), val=_canvases(16, 1, pool=30), test=_canvases(16, 2, pool=30)
+    )
     with pytest.raises(CnnlabError, match="training pool"):
         train_segmentation("quick", output=str(tmp_path), name="n", data=data, pretrain_epochs=1, progress=False)
 
 
 def test_fresh_canvases_split_the_train_canvases_into_one_chunk_per_epoch(tmp_path):
-    def split(count: int, seed: int):
-        return make_canvases(*_digit_pool(30, seed), count, size=32, digits_per_canvas=(1, 1), seed=seed)
-
-    data = DigitSegmentation(train=split(64, 0), val=split(16, 1), test=split(16, 2))
+    data = DigitSegmentation(
+        train=_canvases(64, 0, pool=30), val=_canvases(16, 1, pool=30), test=_canvases(16, 2, pool=30)
+    )
     summary = train_segmentation(
         "quick",
         output=str(tmp_path),

@@ -1,4 +1,4 @@
-"""The glibc allocator tuning is applied once, can be switched off, and training still works with it."""
+"""The glibc allocator tuning is decided once per process, can be switched off, and applies on glibc Linux."""
 
 from __future__ import annotations
 

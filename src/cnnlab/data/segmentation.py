@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cnnlab.data.augment import RandomAffine
+from cnnlab.data.augment import RandomAffine, random_affine
 from cnnlab.errors import CnnlabError
 
 __all__ = [
@@ -202,8 +202,6 @@ def _mnist_pools(
 
 def augment_digits(digits: torch.Tensor, options: RandomAffine, seed: int) -> torch.Tensor:
     """A randomly rotated / scaled / shifted copy of a uint8 digit pool [P, 1, 28, 28] (one draw per digit)."""
-    from cnnlab.data.augment import random_affine
-
     generator = torch.Generator().manual_seed(seed)
     moved = random_affine(digits.reshape(-1, 1, 28, 28).float(), options, generator)
     return moved.round_().clamp_(0, 255).to(torch.uint8)
@@ -240,24 +238,21 @@ def make_digit_segmentation(
     if train_chunks < 1:
         raise CnnlabError(f"train chunks must be >= 1, got {train_chunks}")
     pools = _mnist_pools(data_dir, val_digits, seed)
-    splits = {}
-    for offset, (split, count) in enumerate(zip(("train", "val", "test"), sizes, strict=True)):
-        digits, labels, ids = pools[split]
-        if split != "train":
-            splits[split] = make_canvases(digits, labels, ids, count, canvas_size, digits_per_canvas, seed * 3 + offset)
-            continue
-        chunks = []
-        for chunk in range(train_chunks):
-            pool = digits if digit_augment is None else augment_digits(digits, digit_augment, seed * 1_000 + chunk)
-            stream = seed * 3 if chunk == 0 else (seed * 3, chunk)
-            chunks.append(make_canvases(pool, labels, ids, count, canvas_size, digits_per_canvas, stream))
-        splits[split] = DigitCanvases(
-            torch.cat([c.images for c in chunks]),
-            torch.cat([c.masks for c in chunks]),
-            torch.cat([c.source_ids for c in chunks]),
-        )
+    train_count, val_count, test_count = sizes
     digits, labels, ids = pools["train"]
-    return DigitSegmentation(**splits, train_digits=(digits.reshape(-1, 1, 28, 28), labels, ids))
+    chunks = []
+    for chunk in range(train_chunks):
+        pool = digits if digit_augment is None else augment_digits(digits, digit_augment, seed * 1_000 + chunk)
+        stream = seed * 3 if chunk == 0 else (seed * 3, chunk)
+        chunks.append(make_canvases(pool, labels, ids, train_count, canvas_size, digits_per_canvas, stream))
+    train = DigitCanvases(
+        torch.cat([c.images for c in chunks]),
+        torch.cat([c.masks for c in chunks]),
+        torch.cat([c.source_ids for c in chunks]),
+    )
+    val = make_canvases(*pools["val"], val_count, canvas_size, digits_per_canvas, seed * 3 + 1)
+    test = make_canvases(*pools["test"], test_count, canvas_size, digits_per_canvas, seed * 3 + 2)
+    return DigitSegmentation(train, val, test, train_digits=(digits.reshape(-1, 1, 28, 28), labels, ids))
 
 
 def save_segmentation_folder(

@@ -92,6 +92,16 @@ _COMMON_TRAIN = dict(
     monitor_mode="max",
     channels_last=True,  # 1.2x faster on CPU for these convs (benchmarks/segmentation.py)
 )
+_ACCURATE = SegmentRecipe(
+    name="accurate",
+    summary="U-Net 12-24-48-96-192 (1.1 M), 15000 canvases, pretrained encoder, 6 epochs (19-25 min, 2 cores)",
+    arch="unet",
+    model_kwargs={"widths": _WIDTHS},
+    train=dict(epochs=6, **_COMMON_TRAIN),
+    sizes=(15000, 500, 1000),  # 10000 canvases x 6 epochs: val mIoU 0.803; 15000: 0.831 (BENCHMARKS.md)
+    background_weight=_BACKGROUND_WEIGHT,
+    pretrain_epochs=1,  # encoder pretrained on single digits: val mIoU 0.640 -> 0.719 in the 750-step probe
+)
 RECIPES: dict[str, SegmentRecipe] = {
     recipe.name: recipe
     for recipe in (
@@ -105,25 +115,11 @@ RECIPES: dict[str, SegmentRecipe] = {
             background_weight=_BACKGROUND_WEIGHT,
             pretrain_epochs=1,  # encoder pretrained on single digits: val mIoU 0.640 -> 0.719 in the 750-step probe
         ),
-        SegmentRecipe(
-            name="accurate",
-            summary="U-Net 12-24-48-96-192 (1.1 M), 15000 canvases, pretrained encoder, 6 epochs (19-25 min, 2 cores)",
-            arch="unet",
-            model_kwargs={"widths": _WIDTHS},
-            train=dict(epochs=6, **_COMMON_TRAIN),
-            sizes=(15000, 500, 1000),  # 10000 canvases x 6 epochs: val mIoU 0.803; 15000: 0.831 (BENCHMARKS.md)
-            background_weight=_BACKGROUND_WEIGHT,
-            pretrain_epochs=1,  # encoder pretrained on single digits: val mIoU 0.640 -> 0.719 in the 750-step probe
-        ),
-        SegmentRecipe(
+        _ACCURATE,
+        dataclasses.replace(
+            _ACCURATE,
             name="accurate-fresh",
             summary="accurate, but each epoch trains on 15000 new canvases of re-augmented digits (no better)",
-            arch="unet",
-            model_kwargs={"widths": _WIDTHS},
-            train=dict(epochs=6, **_COMMON_TRAIN),
-            sizes=(15000, 500, 1000),  # per epoch
-            background_weight=_BACKGROUND_WEIGHT,
-            pretrain_epochs=1,
             fresh_canvases=True,  # 6 x 15000 canvases use every training-pool digit several times, in new places
             digit_augment=RandomAffine(degrees=10.0, scale=0.1, shift=0.0),
         ),
