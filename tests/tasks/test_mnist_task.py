@@ -45,6 +45,40 @@ def ensemble_run(fake_root: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     )
 
 
+def test_members_trained_in_separate_calls_make_the_same_ensemble(
+    ensemble_run: dict, fake_root: Path, tmp_path: Path
+) -> None:
+    def member(index: int) -> dict:
+        return train_mnist(
+            "quick",
+            data_dir=str(fake_root),
+            output=str(tmp_path),
+            name="ens",
+            ensemble=2,
+            member=index,
+            val_size=40,
+            overrides=_TINY,
+            progress=False,
+        )
+
+    first = member(1)  # the order does not matter
+    assert first["missing_members"] == [0] and "ensemble_test_accuracy" not in first
+    assert not (tmp_path / "mnist" / "ens" / "ensemble.json").exists()
+    second = member(0)
+    assert "missing_members" not in second
+    # Same seeds, same data: the same members and ensemble as the run that trained both in one call.
+    assert [m["test_accuracy"] for m in second["members"]] == [m["test_accuracy"] for m in ensemble_run["members"]]
+    assert second["ensemble_test_accuracy"] == ensemble_run["ensemble_test_accuracy"]
+    assert isinstance(cnnlab.load_model(tmp_path / "mnist" / "ens"), Ensemble)
+
+
+def test_member_needs_a_name_and_an_index_inside_the_ensemble(fake_root: Path) -> None:
+    with pytest.raises(CnnlabError, match="--member needs --name"):
+        train_mnist("quick", data_dir=str(fake_root), ensemble=2, member=0)
+    with pytest.raises(CnnlabError, match=r"--member must be in 0..1"):
+        train_mnist("quick", data_dir=str(fake_root), name="x", ensemble=2, member=2)
+
+
 def test_unknown_recipe_lists_the_known_ones() -> None:
     with pytest.raises(CnnlabError, match="unknown MNIST recipe 'best'; choose one of default, quick, baseline"):
         get_recipe("best")

@@ -14,6 +14,13 @@ train_app = typer.Typer(help="Train a model (one subcommand per task).", no_args
 def mnist(
     recipe: str = typer.Option("default", "--recipe", "-r", help="default (best accuracy), quick (~1 min), baseline."),
     ensemble: int = typer.Option(1, "--ensemble", "-n", help="Train N members (seeds seed..seed+N-1) and ensemble."),
+    member: int | None = typer.Option(
+        None,
+        "--member",
+        help="Train only member K (0-based; seed + K) of --ensemble N in this process, so members can train side by "
+        "side (one --threads 1 process per core) or on several machines sharing --output; needs --name. The last "
+        "member to finish evaluates and saves the ensemble; `--ensemble N --name NAME --resume` also does.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the first member."),
     epochs: int | None = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
     batch_size: str | None = typer.Option(
@@ -65,6 +72,7 @@ def mnist(
         name=name,
         seed=seed,
         ensemble=ensemble,
+        member=member,
         val_size=val_size,
         overrides=overrides,
         resume=resume,
@@ -76,6 +84,8 @@ def mnist(
             f"seed {member['seed']}: val {member['val_accuracy']:.4f}  test {member['test_accuracy']:.4f}  "
             f"({member['train_seconds']:.0f} s training, {member['images_per_second']:.0f} img/s)  {member['run_dir']}"
         )
+    if summary.get("missing_members"):
+        typer.echo(f"members still to train (seeds): {summary['missing_members']}; the ensemble is saved once they are")
     if "ensemble_test_accuracy" in summary:
         typer.echo(f"ensemble of {ensemble}: test {summary['ensemble_test_accuracy']:.4f}")
     typer.echo(f"run: {summary['run_dir']}  (load it with cnnlab.load_model; evaluate with `cnnlab evaluate`)")

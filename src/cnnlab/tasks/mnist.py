@@ -123,6 +123,7 @@ def train_mnist(
     name: str | None = None,
     seed: int = 0,
     ensemble: int = 1,
+    member: int | None = None,
     val_size: int = 5_000,
     train_subset: int | None = None,
     overrides: dict[str, Any] | None = None,
@@ -141,6 +142,10 @@ def train_mnist(
         name: run name; default ``<recipe>-<timestamp>``.
         seed: seed of the (first) member; the validation split is always seeded with 0.
         ensemble: number of members.
+        member: train only this member (0-based index, seed ``seed + member``) of the ensemble and return, so that
+            members can train in separate processes or on separate machines sharing ``output``; members finished
+            earlier are read back, and once all are finished the ensemble is evaluated and saved. Any process
+            can finish the job later with ``resume=True`` and no `member`.
         val_size: validation images held out of the 60k training set.
         train_subset: use only the first N (shuffled) training images (tests, smoke runs).
         overrides: `TrainConfig` fields replacing the recipe's (e.g. {"epochs": 3}).
@@ -157,6 +162,12 @@ def train_mnist(
     chosen = get_recipe(recipe)
     if ensemble < 1:
         raise CnnlabError(f"--ensemble must be >= 1, got {ensemble}")
+    if member is not None and not 0 <= member < ensemble:
+        raise CnnlabError(f"--member must be in 0..{ensemble - 1} (an index into --ensemble {ensemble}), got {member}")
+    if member is not None and ensemble == 1:
+        raise CnnlabError("--member needs --ensemble N with N >= 2")
+    if member is not None and name is None:
+        raise CnnlabError("--member needs --name: every member's process must name the same ensemble run")
     data = splits if splits is not None else load_mnist(data_dir, val_size=val_size, seed=0)
     train_images, train_labels = to_float(data.train_images), data.train_labels
     if train_subset is not None:
@@ -171,6 +182,7 @@ def train_mnist(
         raise CnnlabError(f"--resume: there is no run at {run_dir}; check --name and --output")
     members: list[dict[str, Any]] = []
     member_probabilities = []
+    missing: list[int] = []  # seeds of members neither finished nor trained here (with `member`)
     for index in range(ensemble):
         member_seed = seed + index
         member_name = name if ensemble == 1 else f"{name}/seed{member_seed}"
@@ -181,28 +193,28 @@ def train_mnist(
             name=member_name,
             output=output,
             # Members not started before the interruption start fresh; the others continue from their checkpoint.
-            resume=resume and (Path(output) / TASK / member_name / "checkpoint.pt").is_file(),
+            resume=(resume or member is not None) and (Path(output) / TASK / member_name / "checkpoint.pt").is_file(),
             overwrite=overwrite,
             progress=progress,
             extra={"recipe": chosen.name, "arch": chosen.arch, "model_kwargs": chosen.model_kwargs},
         )
         member_dir = config.run_dir
-        if resume and (member_dir / "results.json").is_file():  # finished before the interruption
-            member = json.loads((member_dir / "results.json").read_text())
+        if (resume or member is not None) and (member_dir / "results.json").is_file():  # finished earlier
+            members.append(json.loads((member_dir / "results.json").read_text()))
+            member_probabilities.append(torch.load(member_dir / "test_probabilities.pt", weights_only=True))
+        elif member is not None and index != member:  # another process trains it
+            missing.append(member_seed)
         else:
-            member = _train_member(chosen, config, (train_images, train_labels), val, callbacks)
+            trained = _train_member(chosen, config, (train_images, train_labels), val, callbacks)
             # The test set is used here, once, after training: never for a choice.
-            member_model = member.pop("model")
-            probabilities = _predict(member_model, test_images, member.pop("trainer")).softmax(1)
-            member["test_accuracy"] = float((probabilities.argmax(1) == test_labels).float().mean())
+            trained_model = trained.pop("model")
+            probabilities = _predict(trained_model, test_images, trained.pop("trainer")).softmax(1)
+            trained["test_accuracy"] = float((probabilities.argmax(1) == test_labels).float().mean())
             if is_main_process():  # under torchrun every rank evaluates, rank 0 writes
                 torch.save(probabilities, member_dir / "test_probabilities.pt")
-                (member_dir / "results.json").write_text(json.dumps(member, indent=1))
+                (member_dir / "results.json").write_text(json.dumps(trained, indent=1))
             member_probabilities.append(probabilities)
-            members.append(member)
-            continue
-        member_probabilities.append(torch.load(member_dir / "test_probabilities.pt", weights_only=True))
-        members.append(member)
+            members.append(trained)
 
     summary: dict[str, Any] = {
         "recipe": chosen.name,
@@ -210,12 +222,14 @@ def train_mnist(
         "members": members,
         "test_accuracy": members[0]["test_accuracy"] if ensemble == 1 else None,
     }
-    if ensemble > 1:
+    if missing:
+        summary["missing_members"] = missing
+    elif ensemble > 1:
         mean_probabilities = torch.stack(member_probabilities).mean(0)
         summary["ensemble_test_accuracy"] = float((mean_probabilities.argmax(1) == test_labels).float().mean())
         summary["test_accuracy"] = summary["ensemble_test_accuracy"]
     if is_main_process():
-        if ensemble > 1:
+        if ensemble > 1 and not missing:
             save_ensemble(run_dir, [Path(m["run_dir"]) for m in members], meta={"recipe": chosen.name})
         (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
     return summary
