@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model, list_models
-from cnnlab.models.segmentation import FCN, Upsample, bilinear_kernel, pad_to_multiple
+from cnnlab.models.segmentation import (
+    FCN,
+    ClassifierPriorUNet,
+    DigitPrior,
+    Upsample,
+    bilinear_kernel,
+    pad_to_multiple,
+)
 
 
 def test_registered():
-    assert {"fcn32s", "fcn16s", "fcn8s", "unet"} <= set(list_models())
+    assert {"fcn32s", "fcn16s", "fcn8s", "unet", "unet_classifier_prior"} <= set(list_models())
 
 
 CASES = [("fcn32s", "transposed"), ("fcn8s", "bilinear"), ("unet", "transposed"), ("unet", "bilinear")]
@@ -74,3 +82,59 @@ def test_bad_options_are_refused():
         create_model("unet", upsample="nearest")
     with pytest.raises(CnnlabError, match="stride-32"):
         create_model("fcn8s", backbone="mnist_net_small")
+
+
+def _window_image(top: int, left: int, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A size x size image that is zero except for a random 28x28 window at (top, left); and that window."""
+    window = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+    image = torch.zeros(1, 1, size, size)
+    image[..., top : top + 28, left : left + 28] = window
+    return image, window
+
+
+@pytest.mark.parametrize("centre", [(32, 24), (36, 28), (16, 48), (36, 24), (20, 44)])
+def test_digit_prior_at_a_pixel_is_the_classifier_on_the_window_centred_there(centre: tuple[int, int]) -> None:
+    from cnnlab.fcn import to_fully_convolutional
+
+    torch.manual_seed(0)
+    # A stride-8 classifier with valid convolutions only: a window inside a larger black image and the window
+    # alone give it the same numbers (a "same"-padded net would see its own zero padding in one case and
+    # activations of the black border in the other), so the prior must reproduce it to rounding.
+    classifier = nn.Sequential(nn.Conv2d(1, 8, 8, stride=8), nn.Tanh(), nn.Flatten(), nn.Linear(8 * 3 * 3, 10)).eval()
+    prior = DigitPrior("mnist_net_small", refine=2)  # same stride (8) and window (28) as this classifier
+    prior.fcn = to_fully_convolutional(classifier, input_size=(1, 28, 28))
+    y, x = centre  # multiples of the step (4 px); (36, 28), (36, 24), (20, 44) come from shifted passes
+    image, window = _window_image(y - 14, x - 14)
+    with torch.no_grad():
+        expected = classifier(window).softmax(1)[0]
+    probabilities = prior(image)[0]
+    torch.testing.assert_close(probabilities[:, y, x], expected, atol=1e-5, rtol=1e-4)
+    # one refined step (4 px) away, the window is another one: the check above can tell the positions apart
+    assert (probabilities[:, y + 4, x] - expected).abs().max() > 1e-3
+
+
+def test_digit_prior_loads_a_trained_classifier() -> None:
+    torch.manual_seed(0)
+    classifier = create_model("mnist_net_small").eval()
+    prior = DigitPrior("mnist_net_small", refine=2)
+    prior.load_classifier(classifier)
+    window = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():  # at the training size the converted network is the classifier
+        torch.testing.assert_close(prior.fcn(window).flatten(1), classifier(window), atol=1e-5, rtol=1e-4)
+
+
+def test_digit_prior_is_frozen_and_keeps_any_input_size() -> None:
+    model = ClassifierPriorUNet(widths=(8, 16, 32))
+    model.train()
+    assert not model.prior.training and model.unet.training  # batch norm of the classifier stays in eval mode
+    assert all(not p.requires_grad for p in model.prior.parameters())
+    for height, width in [(64, 64), (61, 67), (28, 28), (33, 90)]:
+        probabilities = model.prior(torch.rand(2, 1, height, width))
+        assert probabilities.shape == (2, 10, height, width)
+        torch.testing.assert_close(probabilities.sum(1), torch.ones(2, height, width))
+        assert model(torch.rand(2, 1, height, width)).shape == (2, 11, height, width)
+    model(torch.rand(2, 1, 64, 64)).square().mean().backward()
+    assert all(p.grad is None for p in model.prior.parameters())
+    assert model.unet.encoders[0][0].conv.weight.grad is not None
+    with pytest.raises(CnnlabError, match="refine must divide"):
+        DigitPrior(refine=3)

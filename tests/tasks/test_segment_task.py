@@ -125,3 +125,30 @@ def test_fresh_canvases_split_the_train_canvases_into_one_chunk_per_epoch(tmp_pa
     )
     assert summary["fresh_canvases"] and summary["train_canvases_per_epoch"] == 32
     assert json.loads((tmp_path / "segment" / "f" / "metrics.json").read_text())[-1]["epoch"] == 2
+
+
+def test_prior_recipe_trains_its_digit_classifier_on_the_training_pool_first(tmp_path):
+    import cnnlab
+
+    pool = _digit_pool(1536, 0)  # 12 steps per epoch of the quick MNIST recipe (batch 128)
+    data = DigitSegmentation(train=_canvases(32, 0), val=_canvases(16, 1), test=_canvases(16, 2), train_digits=pool)
+    summary = train_segmentation(
+        "prior",
+        output=str(tmp_path),
+        name="c",
+        data=data,
+        overrides={"epochs": 1, "batch_size": 16, "channels_last": False},
+        model_kwargs={"widths": (8, 16, 32)},
+        progress=False,
+    )
+    records = json.loads((tmp_path / "segment" / "c" / "digit-classifier" / "metrics.json").read_text())
+    assert records[-1]["train_accuracy"] > 0.6  # it learned the three shapes (chance is 1/3)
+    model = cnnlab.load_model(summary["run_dir"])  # the classifier travels inside the saved model
+    torch.manual_seed(0)  # the seed train_segmentation builds its model with: the prior as initialised
+    initial = create_model("unet_classifier_prior", widths=(8, 16, 32), classifier_kwargs={"drop_rate": 0.0})
+    name = "fcn.head.fc.weight"
+    assert not torch.equal(model.prior.state_dict()[name], initial.prior.state_dict()[name])
+    with pytest.raises(CnnlabError, match="classifier-prior model"):
+        from cnnlab.tasks.segmentation import train_prior_classifier
+
+        train_prior_classifier(create_model("unet", widths=(8, 16)), data, TrainConfig(output=str(tmp_path)), "quick")

@@ -10,6 +10,11 @@ Upsampling is either learned transposed convolutions (initialised to bilinear in
 fixed bilinear interpolation. An input whose sides are not a multiple of the network's stride is zero-padded on the
 bottom and right to the next multiple and the output is cropped back, so every input size works.
 
+- Classifier-prior U-Net (cnnlab's own): a frozen image classifier, converted to a fully convolutional network
+  (`cnnlab.fcn.to_fully_convolutional`), scores the window centred on every location; those class probabilities
+  enter the U-Net as extra input channels, so the U-Net learns where each class's pixels are and borrows *which*
+  class they are from a classifier trained on whole, isolated objects (MNIST digits here).
+
 All models map [N, C, H, W] float images to [N, num_classes, H, W] logits.
 """
 
@@ -25,7 +30,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.layers.conv_bn_act import ConvBnAct
 from cnnlab.models._registry import create_model, register_model
 
-__all__ = ["FCN", "UNet", "bilinear_kernel", "pad_to_multiple"]
+__all__ = ["FCN", "ClassifierPriorUNet", "DigitPrior", "UNet", "bilinear_kernel", "pad_to_multiple"]
 
 _UPSAMPLE_MODES = ("transposed", "bilinear")
 
@@ -259,6 +264,108 @@ class UNet(nn.Module):
         return logits[..., :height, :width]
 
 
+class DigitPrior(nn.Module):
+    """A frozen classifier run over an image as a fully convolutional network: at every pixel, the class
+    probabilities of the classifier's input-sized window centred on that pixel.
+
+    The classifier (`arch`, a zoo classifier such as ``mnist_net_small``) is converted with
+    `cnnlab.fcn.to_fully_convolutional`; its stride (8 for the MNIST nets) is refined by shift-and-stitch
+    (`refine` shifted passes per axis) and the map is bilinearly interpolated to full resolution. The image is
+    zero-padded by half a window on every side, so windows centred near the border see what a centred digit would.
+    It never trains: its parameters need no gradient and it stays in eval mode (batch-norm running statistics)
+    even inside a model in training mode. Load the trained classifier's weights with `load_classifier`.
+
+    Args:
+        arch: registered classifier name.
+        classifier_kwargs: its constructor options.
+        refine: shift-and-stitch factor (must divide the classifier's stride); 1 keeps the network's stride.
+    """
+
+    def __init__(self, arch: str = "mnist_net_small", classifier_kwargs: dict[str, Any] | None = None, refine: int = 2):
+        super().__init__()
+        from cnnlab.fcn import to_fully_convolutional
+
+        classifier = create_model(arch, **(classifier_kwargs or {}))
+        self.fcn = to_fully_convolutional(classifier)
+        self.in_chans, self.window_height, self.window_width = self.fcn.input_size
+        self.num_classes = int(self.fcn(torch.zeros(1, *self.fcn.input_size)).shape[1])
+        _window, stride = self.fcn.output_geometry()
+        if refine < 1 or stride % refine:
+            raise CnnlabError(f"refine must divide the classifier's stride {stride}, got {refine}")
+        self.stride, self.refine = stride, refine
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> DigitPrior:
+        """Stays in eval mode whatever `mode` is: the classifier is frozen, batch norm included."""
+        return super().train(False)
+
+    def load_classifier(self, classifier: nn.Module) -> None:
+        """Copy a trained classifier (same architecture as `arch`) into the prior."""
+        from cnnlab.fcn import to_fully_convolutional
+
+        self.fcn.load_state_dict(to_fully_convolutional(classifier, self.fcn.input_size).state_dict())
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        """[N, C, H, W] images -> [N, classes, H, W] class probabilities of the window centred on each pixel."""
+        height, width = x.shape[-2:]
+        step = self.stride // self.refine
+        top, left = self.window_height // 2, self.window_width // 2
+        # enough padding below / right for every shifted pass to reach past the last pixel
+        padded = F.pad(x, (left, self.window_width - left + self.stride, top, self.window_height - top + self.stride))
+        rows, cols = height // step + 2, width // step + 2
+        scores = x.new_zeros(x.shape[0], self.num_classes, rows, cols)
+        for dy in range(self.refine):
+            for dx in range(self.refine):
+                out = self.fcn(padded[..., dy * step :, dx * step :])  # location k: window centred at shift + k*stride
+                part = scores[..., dy :: self.refine, dx :: self.refine]
+                part.copy_(out[..., : part.shape[-2], : part.shape[-1]])
+        # location (i, j) is centred on pixel (i * step, j * step): align_corners=True maps it exactly there
+        size = ((rows - 1) * step + 1, (cols - 1) * step + 1)
+        probabilities = F.interpolate(scores.softmax(1), size=size, mode="bilinear", align_corners=True)
+        return probabilities[..., :height, :width]
+
+
+class ClassifierPriorUNet(nn.Module):
+    """A U-Net that sees the image and, as extra input channels, a frozen classifier's per-pixel class
+    probabilities (`DigitPrior`). Maps [N, C, H, W] images to [N, num_classes, H, W] logits.
+
+    Args:
+        num_classes: segmentation classes (background included).
+        in_chans: image channels.
+        classifier_arch: the prior's registered classifier.
+        classifier_kwargs: its constructor options.
+        refine: the prior's shift-and-stitch factor.
+        **unet_kwargs: `UNet` options (widths, upsample, ...).
+    """
+
+    pretrained_cfg = None
+    model_info = None
+
+    def __init__(
+        self,
+        num_classes: int = 11,
+        in_chans: int = 1,
+        classifier_arch: str = "mnist_net_small",
+        classifier_kwargs: dict[str, Any] | None = None,
+        refine: int = 2,
+        **unet_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.prior = DigitPrior(classifier_arch, {"in_chans": in_chans, **(classifier_kwargs or {})}, refine)
+        self.unet = UNet(num_classes, in_chans + self.prior.num_classes, **unet_kwargs)
+        self.num_classes, self.default_input_size = num_classes, (in_chans, 64, 64)
+        self.widths = self.unet.widths
+
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """The U-Net encoder's maps for image `x` (the prior's channels added first); see `UNet.encode`."""
+        return self.unet.encode(torch.cat([x, self.prior(x)], dim=1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.unet(torch.cat([x, self.prior(x)], dim=1))
+
+
 def _fcn(skips: int, kwargs: dict[str, Any]) -> FCN:
     return FCN(skips=skips, **kwargs)
 
@@ -287,3 +394,12 @@ def unet(pretrained: bool = False, **kwargs: Any) -> UNet:
     if pretrained:
         raise CnnlabError("unet has no pretrained weights; train one with `cnnlab train segment`")
     return UNet(**kwargs)
+
+
+@register_model
+def unet_classifier_prior(pretrained: bool = False, **kwargs: Any) -> ClassifierPriorUNet:
+    """U-Net whose input also holds a frozen MNIST classifier's per-pixel class probabilities (mnist_net_small,
+    converted to a fully convolutional network); train the classifier first (`cnnlab train segment` does)."""
+    if pretrained:
+        raise CnnlabError("unet_classifier_prior has no pretrained weights; train one with `cnnlab train segment`")
+    return ClassifierPriorUNet(**kwargs)

@@ -35,6 +35,7 @@ __all__ = [
     "evaluate_segmentation",
     "get_recipe",
     "pretrain_encoder",
+    "train_prior_classifier",
     "train_segmentation",
 ]
 
@@ -60,6 +61,9 @@ class SegmentRecipe:
             training pool, `epochs` times as many), instead of the same canvases every epoch.
         digit_augment: with `fresh_canvases`, the training pool's digits are rotated / scaled afresh for every
             epoch's canvases (`cnnlab.data.segmentation.augment_digits`); None = the digits as they are.
+        digit_classifier: for a classifier-prior U-Net (arch ``unet_classifier_prior``): the MNIST recipe
+            (`cnnlab.tasks.mnist.RECIPES`) whose network is first trained on the training pool's single digits
+            (`train_prior_classifier`) and then frozen inside the model.
     """
 
     name: str
@@ -73,6 +77,7 @@ class SegmentRecipe:
     pretrain_epochs: int = 0
     fresh_canvases: bool = False
     digit_augment: RandomAffine | None = None
+    digit_classifier: str | None = None
 
 
 # Chosen on the validation canvases (docs/BENCHMARKS.md, Segmentation): a 5th level (4x4 bottleneck at 64x64, a
@@ -122,6 +127,17 @@ RECIPES: dict[str, SegmentRecipe] = {
             summary="accurate, but each epoch trains on 15000 new canvases of re-augmented digits (no better)",
             fresh_canvases=True,  # 6 x 15000 canvases use every training-pool digit several times, in new places
             digit_augment=RandomAffine(degrees=10.0, scale=0.1, shift=0.0),
+        ),
+        dataclasses.replace(
+            _ACCURATE,
+            name="prior",
+            summary="accurate's U-Net fed a frozen MNIST classifier's per-pixel digit probabilities as 10 extra "
+            "input channels (classifier: the quick MNIST recipe on the training pool's digits); not better",
+            arch="unet_classifier_prior",
+            pretrain_epochs=0,
+            # 750-step probe (BENCHMARKS.md): val mIoU 0.600, against 0.640 for the same U-Net without the prior;
+            # the prior's own argmax is right on only 55 % of the validation ink pixels (whole-digit windows)
+            digit_classifier="quick",
         ),
         SegmentRecipe(
             name="unet",
@@ -249,6 +265,54 @@ def pretrain_encoder(model: nn.Module, data: DigitSegmentation, config: TrainCon
     return history[-1]
 
 
+_PRIOR_CLASSIFIER_AUGMENT = RandomAffine(degrees=10.0, scale=0.1, shift=3.0)
+
+
+def _float_digits(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 28x28 digits -> float [0, 1], randomly shifted (3 px) / rotated / scaled like digits off-centre in a
+    scanned window."""
+    return _PRIOR_CLASSIFIER_AUGMENT(images.float().div_(255.0), labels.long())
+
+
+def train_prior_classifier(
+    model: nn.Module, data: DigitSegmentation, config: TrainConfig, mnist_recipe: str
+) -> dict[str, Any]:
+    """Train the MNIST recipe `mnist_recipe`'s network on the training pool's single digits and freeze it into
+    `model.prior` (a `cnnlab.models.segmentation.ClassifierPriorUNet`), in place.
+
+    Only the training pool is used, the digits the train canvases are built from, never a val or test digit. Runs
+    on the engine as the sub-run ``<run>/digit-classifier`` with the recipe's optimiser and schedule and the
+    segmentation run's device, threads and precision; digits are randomly shifted by up to 3 px, as they sit in
+    the windows the prior scores.
+
+    Returns:
+        The last epoch's record (training loss and accuracy).
+    """
+    from cnnlab.models import create_model
+    from cnnlab.tasks.mnist import get_recipe as get_mnist_recipe
+
+    if data.train_digits is None:
+        raise CnnlabError("the prior's classifier needs the training pool's digits (DigitSegmentation.train_digits)")
+    if not hasattr(model, "prior"):
+        raise CnnlabError(f"a digit classifier needs a classifier-prior model; got {type(model).__name__}")
+    recipe = get_mnist_recipe(mnist_recipe)
+    classifier = create_model(recipe.arch, **recipe.model_kwargs)
+    classifier_config = dataclasses.replace(
+        config,
+        **{"ema_decay": None, "label_smoothing": 0.0, "warmup_epochs": 0.0, **recipe.train},
+        early_stopping_patience=None,
+        name=f"{config.name}/digit-classifier",
+        resume=False,
+        overwrite=True,  # redone whenever the segmentation run starts from scratch
+        extra={"digit_classifier": f"MNIST recipe {recipe.name!r} on the training pool's single digits"},
+    )
+    trainer = Trainer(classifier, classifier_config, train_transform=_float_digits)
+    digits, labels, _ids = data.train_digits
+    history = trainer.fit(TensorBatches(digits, labels, classifier_config.batch_size, drop_last=True))
+    model.prior.load_classifier(trainer.eval_model)
+    return history[-1]
+
+
 def default_run_name(recipe: str) -> str:
     """`<recipe>-<YYYYmmdd-HHMMSS>`."""
     return f"{recipe}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -306,6 +370,11 @@ def train_segmentation(
     if pretrain < 0:
         raise CnnlabError(f"pretrain epochs must be >= 0, got {pretrain}")
     kwargs = {**chosen.model_kwargs, **(model_kwargs or {})}
+    if chosen.digit_classifier:  # the prior's network is the MNIST recipe's
+        from cnnlab.tasks.mnist import get_recipe as get_mnist_recipe
+
+        mnist_recipe = get_mnist_recipe(chosen.digit_classifier)
+        kwargs = {"classifier_arch": mnist_recipe.arch, "classifier_kwargs": mnist_recipe.model_kwargs, **kwargs}
     train_fields = {**chosen.train, **(overrides or {})}
     fresh = chosen.fresh_canvases if fresh_canvases is None else fresh_canvases
     chunks = int(train_fields.get("epochs", 1)) if fresh else 1
@@ -355,11 +424,14 @@ def train_segmentation(
         eval_transform=_to_device_dtypes,
         callbacks=callbacks,
     )
-    if pretrain:
+    if pretrain or chosen.digit_classifier:
         if trainer.is_main_process:
             trainer.prepare_run_dir()  # a --resume/--overwrite clash fails before the pretraining, not after
-        if not resume:  # a resumed run's checkpoint already holds the pretrained encoder
-            pretrain_encoder(model, data, config, pretrain)
+        if not resume:  # a resumed run's checkpoint already holds the pretrained encoder and the prior
+            if chosen.digit_classifier:
+                train_prior_classifier(model, data, config, chosen.digit_classifier)
+            if pretrain:
+                pretrain_encoder(model, data, config, pretrain)
     started = time.perf_counter()
     history = trainer.fit(
         TensorBatches(data.train.images, data.train.masks, config.batch_size, drop_last=True, chunks=chunks),
