@@ -183,7 +183,9 @@ def train_mnist(
     members: list[dict[str, Any]] = []
     member_probabilities = []
     missing: list[int] = []  # seeds of members neither finished nor trained here (with `member`)
-    for index in range(ensemble):
+    # With `member`, that member trains first and the others are looked up after it, when they may have finished.
+    order = list(range(ensemble)) if member is None else [member, *(i for i in range(ensemble) if i != member)]
+    for index in order:
         member_seed = seed + index
         member_name = name if ensemble == 1 else f"{name}/seed{member_seed}"
         config = TrainConfig(
@@ -215,6 +217,9 @@ def train_mnist(
                 (member_dir / "results.json").write_text(json.dumps(trained, indent=1))
             member_probabilities.append(probabilities)
             members.append(trained)
+    by_seed = sorted(range(len(members)), key=lambda i: members[i]["seed"])
+    members, member_probabilities = [members[i] for i in by_seed], [member_probabilities[i] for i in by_seed]
+    missing.sort()
 
     summary: dict[str, Any] = {
         "recipe": chosen.name,
