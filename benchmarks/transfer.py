@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--bn-train", action="store_true", help="phase 2 updates batch-norm running statistics")
     parser.add_argument("--crop-scale", type=float, default=None, help="smallest area a random training crop keeps")
     parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--class-weight", choices=("balanced",), default=None, help="class-weighted cross-entropy")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
@@ -88,6 +89,7 @@ def main() -> None:
             ("finetune_lr", args.finetune_lr),
             ("layer_decay", args.layer_decay),
             ("crop_scale", args.crop_scale),
+            ("class_weight", args.class_weight),
         )
         if value is not None
     }

@@ -21,10 +21,12 @@ from cnnlab.tasks.transfer import (
     BestWeights,
     FreezeBatchNorm,
     TransferConfig,
+    class_weights,
     depth_units,
     layerwise_param_groups,
     train_transfer,
 )
+from cnnlab.train import Trainer
 
 
 def make_photo_folder(root: Path, per_class: int = 24, seed: int = 0) -> Path:
@@ -125,6 +127,40 @@ def test_finished_run_is_not_silently_replaced(tiny_run: tuple[Path, dict]) -> N
 def test_crop_scale_out_of_range_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CnnlabError, match="--crop-scale must be in"):
         train_transfer(tiny_config(tmp_path, crop_scale=0.0))
+
+
+def test_balanced_class_weights_make_every_class_count_alike() -> None:
+    weights = class_weights({"common": 30, "rare": 10})
+    torch.testing.assert_close(weights, torch.tensor([40 / 60, 40 / 20]))
+    assert float((weights * torch.tensor([30.0, 10.0])).sum()) == pytest.approx(40.0)  # total weight unchanged
+    with pytest.raises(CnnlabError, match="none in rare"):
+        class_weights({"common": 30, "rare": 0})
+
+
+def test_class_weighted_run_trains_with_the_weighted_loss(tmp_path: Path) -> None:
+    make_photo_folder(tmp_path / "photos", per_class=24)
+    for extra in range(24, 60):  # 60 red against 24 blue: red is the common class
+        Image.fromarray(np.full((36, 40, 3), (200, 40, 40), np.uint8)).save(
+            tmp_path / "photos" / "red" / f"{extra}.png"
+        )
+    losses: list[nn.Module] = []
+    original = Trainer.__init__
+
+    def spy(self: Trainer, model: nn.Module, config: object, **kwargs: object) -> None:
+        losses.append(kwargs.get("loss_fn"))  # type: ignore[arg-type]
+        original(self, model, config, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "__init__", spy)
+        summary = train_transfer(tiny_config(tmp_path, class_weight="balanced", head_epochs=1, finetune_epochs=1))
+    train_counts = summary["counts"]["train"]
+    expected = class_weights(train_counts)
+    assert expected[1] < 1.0 < expected[0]  # blue, the rare class, weighs more
+    assert len(losses) == 2 and all(isinstance(loss, nn.CrossEntropyLoss) for loss in losses)
+    for loss in losses:
+        torch.testing.assert_close(loss.weight, expected)
+    with pytest.raises(CnnlabError, match="--class-weight must be"):
+        train_transfer(tiny_config(tmp_path, class_weight="inverse"))
 
 
 def test_layerwise_groups_unfreeze_the_top_blocks_with_decaying_lr() -> None:

@@ -49,6 +49,12 @@ def transfer(
         "the labelled detail out (defects).",
     ),
     label_smoothing: float = typer.Option(0.1, "--label-smoothing", help="Cross-entropy label smoothing."),
+    class_weight: str = typer.Option(
+        "none",
+        "--class-weight",
+        help="none, or balanced: weigh each class's loss by n / (k * n_c) over the training split, for imbalanced "
+        "data whose small classes are never predicted.",
+    ),
     patience: int | None = typer.Option(5, "--patience", help="Early stopping on val accuracy; omit with 0."),
     seed: int = typer.Option(0, "--seed", help="Split, initialisation and data order."),
     workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
@@ -90,6 +96,7 @@ def transfer(
         vertical_flip=vertical_flip,
         crop_scale=crop_scale,
         label_smoothing=label_smoothing,
+        class_weight=None if class_weight == "none" else class_weight,
         patience=patience or None,
         seed=seed,
         workers=workers,

@@ -96,6 +96,9 @@ class TransferConfig:
         bn_train: let unfrozen batch norms update their running statistics in phase 2 (frozen ones never do).
         weight_decay: AdamW weight decay (weights only).
         label_smoothing: cross-entropy label smoothing.
+        class_weight: "balanced" weighs each class's cross-entropy by n / (k * n_c) over the training split (n
+            images, k classes, n_c in class c), so that every class counts as much as the others in the loss;
+            None weighs every image alike. For imbalanced data whose small classes are never predicted.
         patience: early-stopping patience in epochs on ``val_accuracy`` (None: off).
         augment: training augmentation in phase 2 (and phase 1 without the cache).
         vertical_flip: add vertical flips (images with no up and down: cells, microscopy, aerial views).
@@ -136,6 +139,7 @@ class TransferConfig:
     bn_train: bool = False
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
+    class_weight: str | None = None
     patience: int | None = 5
     augment: bool = True
     vertical_flip: bool = False
@@ -431,6 +435,23 @@ def _phase_config(config: TransferConfig, phase: str, epochs: int, lr: float) ->
     )
 
 
+def class_weights(counts: dict[str, int]) -> torch.Tensor:
+    """ "Balanced" cross-entropy weights n / (k * n_c) from per-class image counts (in class order)."""
+    values = torch.tensor(list(counts.values()), dtype=torch.float32)
+    if (values <= 0).any():
+        empty = [name for name, count in counts.items() if count <= 0]
+        raise CnnlabError(f"class weights need training images in every class; none in {', '.join(empty)}")
+    return values.sum() / (len(values) * values)
+
+
+def _loss(config: TransferConfig, train_counts: dict[str, int], device: torch.device) -> nn.Module | None:
+    """The phases' loss: None (the engine's cross-entropy) unless `config.class_weight` asks for weights."""
+    if config.class_weight is None:
+        return None
+    weight = class_weights(train_counts).to(device)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+
+
 def _run_phase(trainer: Trainer, train: Any, val: Any) -> dict[str, Any]:
     started = time.perf_counter()
     history = trainer.fit(train, val)
@@ -475,6 +496,8 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     log = log or (lambda message: print(message) if config.progress else None)
     if not 0.0 < config.crop_scale <= 1.0:
         raise CnnlabError(f"--crop-scale must be in (0, 1], got {config.crop_scale}")
+    if config.class_weight not in (None, "balanced"):
+        raise CnnlabError(f"--class-weight must be 'balanced' or 'none', got {config.class_weight!r}")
     started = time.perf_counter()
     run_dir = config.run_dir
     if (run_dir / "model.json").is_file() and not (config.resume or config.overwrite):
@@ -507,6 +530,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
 
     device = resolve_device(config.device)
     model.to(device)
+    loss = _loss(config, counts["train"], device)
     train_transform = (
         build_train_transform(cfg, scale=(config.crop_scale, 1.0), vertical_flip=config.vertical_flip)
         if config.augment
@@ -544,7 +568,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
             count = sum(len(features) for features, _ in cached.values())
             log(f"cached backbone features of {count} images in {feature_seconds:.1f}s")
             head = nn.Sequential(nn.Dropout(config.head_dropout), model.get_classifier())
-            trainer = Trainer(head, phase_config, callbacks=[BestWeights()])
+            trainer = Trainer(head, phase_config, loss_fn=loss, callbacks=[BestWeights()])
             phases["head"] = _run_phase(
                 trainer, TensorBatches(*cached["train"], config.batch_size, drop_last=True), cached["val"]
             )
@@ -552,7 +576,11 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         else:
             check = InputCheck(record, "training")
             trainer = Trainer(
-                model, phase_config, train_transform=check, callbacks=[FreezeBatchNorm(True), BestWeights()]
+                model,
+                phase_config,
+                loss_fn=loss,
+                train_transform=check,
+                callbacks=[FreezeBatchNorm(True), BestWeights()],
             )
             phases["head"] = _run_phase(
                 trainer,
@@ -572,6 +600,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         trainer = Trainer(
             model,
             phase_config,
+            loss_fn=loss,
             train_transform=check,
             param_groups=groups,
             callbacks=[FreezeBatchNorm(not config.bn_train), BestWeights()],
