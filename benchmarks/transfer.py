@@ -108,7 +108,8 @@ def main() -> None:
         workers=args.workers,
         device=args.device,
         output=args.output,
-        name=f"elpv-{args.mode}-u{args.unfreeze}-s{args.image_size or 224}",
+        name=f"elpv-{args.mode}-u{args.unfreeze}-s{args.image_size or 224}"
+        + ("-balanced" if args.class_weight else ""),
         overwrite=True,
         progress=False,
         bn_train=args.bn_train,
