@@ -285,11 +285,14 @@ class DigitPrior(nn.Module):
         super().__init__()
         from cnnlab.fcn import to_fully_convolutional
 
-        classifier = create_model(arch, **(classifier_kwargs or {}))
-        self.fcn = to_fully_convolutional(classifier)
+        target = torch.empty(0).device  # the ambient default device (meta when `cnnlab zoo` counts parameters)
+        with torch.device("cpu"):  # the conversion runs the classifier, which the meta device cannot
+            classifier = create_model(arch, **(classifier_kwargs or {}))
+            self.fcn = to_fully_convolutional(classifier)
+            self.num_classes = int(self.fcn(torch.zeros(1, *self.fcn.input_size)).shape[1])
+            _window, stride = self.fcn.output_geometry()
+        self.fcn.to(target)
         self.in_chans, self.window_height, self.window_width = self.fcn.input_size
-        self.num_classes = int(self.fcn(torch.zeros(1, *self.fcn.input_size)).shape[1])
-        _window, stride = self.fcn.output_geometry()
         if refine < 1 or stride % refine:
             raise CnnlabError(f"refine must divide the classifier's stride {stride}, got {refine}")
         self.stride, self.refine = stride, refine
