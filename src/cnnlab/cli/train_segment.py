@@ -9,7 +9,11 @@ import typer
 
 def segment(
     recipe: str = typer.Option(
-        "quick", "--recipe", "-r", help="quick, accurate (19-25 min on 2 cores), accurate-fresh, unet, fcn8s, fcn32s."
+        "quick",
+        "--recipe",
+        "-r",
+        help="quick, accurate (19-25 min on 2 cores), accurate-fresh, prior (U-Net + a frozen MNIST classifier's "
+        "per-pixel scores; not better), unet, fcn8s, fcn32s.",
     ),
     upsample: str | None = typer.Option(None, "--upsample", help="transposed (learned) or bilinear (fixed)."),
     seed: int = typer.Option(0, "--seed", help="Training seed (the canvases are always generated with seed 0)."),
