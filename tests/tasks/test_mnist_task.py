@@ -30,9 +30,8 @@ def fake_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_fake_mnist(tmp_path_factory.mktemp("mnist"), train=240, test=80)
 
 
-@pytest.fixture(scope="module")
-def ensemble_run(fake_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    output = tmp_path_factory.mktemp("runs")
+def _tiny_ensemble(fake_root: Path, output: Path, **options: object) -> dict:
+    """A 2-member quick ensemble called "ens" on the fake MNIST, trained in `output`."""
     return train_mnist(
         "quick",
         data_dir=str(fake_root),
@@ -42,29 +41,22 @@ def ensemble_run(fake_root: Path, tmp_path_factory: pytest.TempPathFactory) -> d
         val_size=40,
         overrides=_TINY,
         progress=False,
+        **options,  # type: ignore[arg-type]
     )
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(fake_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return _tiny_ensemble(fake_root, tmp_path_factory.mktemp("runs"))
 
 
 def test_members_trained_in_separate_calls_make_the_same_ensemble(
     ensemble_run: dict, fake_root: Path, tmp_path: Path
 ) -> None:
-    def member(index: int) -> dict:
-        return train_mnist(
-            "quick",
-            data_dir=str(fake_root),
-            output=str(tmp_path),
-            name="ens",
-            ensemble=2,
-            member=index,
-            val_size=40,
-            overrides=_TINY,
-            progress=False,
-        )
-
-    first = member(1)  # the order does not matter
+    first = _tiny_ensemble(fake_root, tmp_path, member=1)  # the order does not matter
     assert first["missing_members"] == [0] and "ensemble_test_accuracy" not in first
     assert not (tmp_path / "mnist" / "ens" / "ensemble.json").exists()
-    second = member(0)
+    second = _tiny_ensemble(fake_root, tmp_path, member=0)
     assert "missing_members" not in second
     # Same seeds, same data: the same members and ensemble as the run that trained both in one call.
     assert [m["test_accuracy"] for m in second["members"]] == [m["test_accuracy"] for m in ensemble_run["members"]]

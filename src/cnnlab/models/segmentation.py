@@ -292,7 +292,7 @@ class DigitPrior(nn.Module):
             self.num_classes = int(self.fcn(torch.zeros(1, *self.fcn.input_size)).shape[1])
             _window, stride = self.fcn.output_geometry()
         self.fcn.to(target)
-        self.in_chans, self.window_height, self.window_width = self.fcn.input_size
+        _channels, self.window_height, self.window_width = self.fcn.input_size
         if refine < 1 or stride % refine:
             raise CnnlabError(f"refine must divide the classifier's stride {stride}, got {refine}")
         self.stride, self.refine = stride, refine
@@ -361,12 +361,15 @@ class ClassifierPriorUNet(nn.Module):
         self.num_classes, self.default_input_size = num_classes, (in_chans, 64, 64)
         self.widths = self.unet.widths
 
+    def _with_prior(self, x: Tensor) -> Tensor:
+        return torch.cat([x, self.prior(x)], dim=1)  # N x (C + classes) x H x W
+
     def encode(self, x: Tensor) -> list[Tensor]:
         """The U-Net encoder's maps for image `x` (the prior's channels added first); see `UNet.encode`."""
-        return self.unet.encode(torch.cat([x, self.prior(x)], dim=1))
+        return self.unet.encode(self._with_prior(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.unet(torch.cat([x, self.prior(x)], dim=1))
+        return self.unet(self._with_prior(x))
 
 
 def _fcn(skips: int, kwargs: dict[str, Any]) -> FCN:

@@ -182,6 +182,7 @@ def train_mnist(
         raise CnnlabError(f"--resume: there is no run at {run_dir}; check --name and --output")
     members: list[dict[str, Any]] = []
     member_probabilities = []
+    reuse_finished = resume or member is not None  # members finished earlier are read back, not trained again
     missing: list[int] = []  # seeds of members neither finished nor trained here (with `member`)
     # With `member`, that member trains first and the others are looked up after it, when they may have finished.
     order = list(range(ensemble)) if member is None else [member, *(i for i in range(ensemble) if i != member)]
@@ -195,13 +196,13 @@ def train_mnist(
             name=member_name,
             output=output,
             # Members not started before the interruption start fresh; the others continue from their checkpoint.
-            resume=(resume or member is not None) and (Path(output) / TASK / member_name / "checkpoint.pt").is_file(),
+            resume=reuse_finished and (Path(output) / TASK / member_name / "checkpoint.pt").is_file(),
             overwrite=overwrite,
             progress=progress,
             extra={"recipe": chosen.name, "arch": chosen.arch, "model_kwargs": chosen.model_kwargs},
         )
         member_dir = config.run_dir
-        if (resume or member is not None) and (member_dir / "results.json").is_file():  # finished earlier
+        if reuse_finished and (member_dir / "results.json").is_file():
             members.append(json.loads((member_dir / "results.json").read_text()))
             member_probabilities.append(torch.load(member_dir / "test_probabilities.pt", weights_only=True))
         elif member is not None and index != member:  # another process trains it

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -240,11 +240,14 @@ def pretrain_encoder(model: nn.Module, data: DigitSegmentation, config: TrainCon
     Returns:
         The last epoch's record (training loss and accuracy).
     """
-    if data.train_digits is None:
-        raise CnnlabError("encoder pretraining needs the training pool's digits (DigitSegmentation.train_digits)")
-    classifier = EncoderClassifier(model)
-    pretrain_config = dataclasses.replace(
+    trainer = _fit_on_training_pool(
+        "encoder pretraining",
+        EncoderClassifier(model),
+        data,
         config,
+        "pretrain-encoder",
+        {"pretraining": "U-Net encoder as a digit classifier on the training pool's single digits"},
+        _digits_to_device,
         epochs=epochs,
         batch_size=128,
         lr=3e-3,
@@ -253,16 +256,39 @@ def pretrain_encoder(model: nn.Module, data: DigitSegmentation, config: TrainCon
         schedule="onecycle",
         warmup_epochs=0.0,
         ema_decay=None,
-        early_stopping_patience=None,
-        name=f"{config.name}/pretrain-encoder",
-        resume=False,
-        overwrite=True,  # redone whenever the segmentation run starts from scratch
-        extra={"pretraining": "U-Net encoder as a digit classifier on the training pool's single digits"},
     )
-    trainer = Trainer(classifier, pretrain_config, train_transform=_digits_to_device, eval_transform=_digits_to_device)
+    return trainer.history[-1]
+
+
+def _fit_on_training_pool(
+    step: str,
+    net: nn.Module,
+    data: DigitSegmentation,
+    config: TrainConfig,
+    sub_run: str,
+    extra: dict[str, Any],
+    transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    **fields: Any,
+) -> Trainer:
+    """Train `net` on the training pool's single digits as the engine sub-run ``<run>/<sub_run>`` (the segmentation
+    run's device, threads and precision; `fields` replace its optimiser and schedule); no validation. The sub-run is
+    redone from scratch whenever the segmentation run starts from scratch. `step` names it in the error raised when
+    `data` lacks the pool."""
+    if data.train_digits is None:
+        raise CnnlabError(f"{step} needs the training pool's digits (DigitSegmentation.train_digits)")
+    sub_config = dataclasses.replace(
+        config,
+        **fields,
+        early_stopping_patience=None,
+        name=f"{config.name}/{sub_run}",
+        resume=False,
+        overwrite=True,
+        extra=extra,
+    )
+    trainer = Trainer(net, sub_config, train_transform=transform, eval_transform=transform)
     digits, labels, _ids = data.train_digits
-    history = trainer.fit(TensorBatches(digits, labels, pretrain_config.batch_size, drop_last=True))
-    return history[-1]
+    trainer.fit(TensorBatches(digits, labels, sub_config.batch_size, drop_last=True))
+    return trainer
 
 
 _PRIOR_CLASSIFIER_AUGMENT = RandomAffine(degrees=10.0, scale=0.1, shift=3.0)
@@ -291,26 +317,21 @@ def train_prior_classifier(
     from cnnlab.models import create_model
     from cnnlab.tasks.mnist import get_recipe as get_mnist_recipe
 
-    if data.train_digits is None:
-        raise CnnlabError("the prior's classifier needs the training pool's digits (DigitSegmentation.train_digits)")
     if not hasattr(model, "prior"):
         raise CnnlabError(f"a digit classifier needs a classifier-prior model; got {type(model).__name__}")
     recipe = get_mnist_recipe(mnist_recipe)
-    classifier = create_model(recipe.arch, **recipe.model_kwargs)
-    classifier_config = dataclasses.replace(
+    trainer = _fit_on_training_pool(
+        "the prior's classifier",
+        create_model(recipe.arch, **recipe.model_kwargs),
+        data,
         config,
+        "digit-classifier",
+        {"digit_classifier": f"MNIST recipe {recipe.name!r} on the training pool's single digits"},
+        _float_digits,
         **{"ema_decay": None, "label_smoothing": 0.0, "warmup_epochs": 0.0, **recipe.train},
-        early_stopping_patience=None,
-        name=f"{config.name}/digit-classifier",
-        resume=False,
-        overwrite=True,  # redone whenever the segmentation run starts from scratch
-        extra={"digit_classifier": f"MNIST recipe {recipe.name!r} on the training pool's single digits"},
     )
-    trainer = Trainer(classifier, classifier_config, train_transform=_float_digits)
-    digits, labels, _ids = data.train_digits
-    history = trainer.fit(TensorBatches(digits, labels, classifier_config.batch_size, drop_last=True))
     model.prior.load_classifier(trainer.eval_model)
-    return history[-1]
+    return trainer.history[-1]
 
 
 def default_run_name(recipe: str) -> str:
