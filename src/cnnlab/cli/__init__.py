@@ -47,6 +47,7 @@ _COMMAND_MODULES = [
     "train",
     "train_transfer",
     "train_segment",
+    "ensemble",
     "evaluate",
     "predict",
     "export",

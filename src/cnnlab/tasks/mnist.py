@@ -94,6 +94,24 @@ RECIPES: dict[str, MnistRecipe] = {
             arch="mnist_baseline",
             train=dict(epochs=10, batch_size=64, optimizer="adam", lr=1e-3, schedule="constant"),
         ),
+        MnistRecipe(
+            name="elastic",
+            summary="the default recipe with elastic distortion added (members that err differently, for ensembles)",
+            arch="mnist_net",
+            train=dict(
+                epochs=10,
+                batch_size=128,
+                optimizer="sgd",
+                lr=0.1,
+                weight_decay=5e-4,
+                schedule="onecycle",
+                warmup_epochs=2,
+                label_smoothing=0.1,
+                ema_decay=0.999,
+                channels_last=True,
+            ),
+            augment=RandomAffine(degrees=10, scale=0.1, shift=2.0, elastic_alpha=1.5),
+        ),
     )
 }
 

@@ -1,0 +1,114 @@
+"""Ensembles across runs and recipes: members expanded, chosen on validation, tested once, loadable."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import cnnlab
+from cnnlab.errors import CnnlabError
+from cnnlab.tasks.mnist import evaluate_mnist, train_mnist
+from cnnlab.tasks.mnist_ensemble import combine_mnist_ensemble, greedy_selection, member_dirs
+from cnnlab.train.saved import Ensemble
+
+_spec = importlib.util.spec_from_file_location("_idx", Path(__file__).parents[1] / "data" / "test_mnist_idx.py")
+_idx = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+_spec.loader.exec_module(_idx)  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(fake MNIST root, runs root, ...): a 2-member quick ensemble and a single baseline run."""
+    root = _idx.write_fake_mnist(tmp_path_factory.mktemp("mnist"), train=240, test=80)
+    output = tmp_path_factory.mktemp("runs")
+    common = dict(data_dir=str(root), output=str(output), val_size=40, progress=False)
+    train_mnist("quick", name="pair", ensemble=2, overrides={"epochs": 2, "batch_size": 24}, **common)
+    train_mnist("baseline", name="single", overrides={"epochs": 1, "batch_size": 24}, **common)
+    return root, output, output / "mnist"
+
+
+def test_an_ensemble_run_counts_as_its_members(runs: tuple[Path, Path, Path]) -> None:
+    _, _, mnist = runs
+    found = member_dirs([mnist / "pair", mnist / "single", mnist / "pair" / "seed0"])  # seed0 twice: kept once
+    assert found == [
+        (mnist / "pair" / "seed0").resolve(),
+        (mnist / "pair" / "seed1").resolve(),
+        (mnist / "single").resolve(),
+    ]
+
+
+def test_combined_ensemble_is_saved_tested_and_loadable(runs: tuple[Path, Path, Path]) -> None:
+    root, output, mnist = runs
+    summary = combine_mnist_ensemble(
+        [mnist / "pair", mnist / "single"], "mixed", output=output, data_dir=str(root), val_size=40
+    )
+    assert len(summary["chosen"]) == 3 and all(c["chosen"] for c in summary["candidates"])
+    model = cnnlab.load_model(mnist / "mixed")
+    assert isinstance(model, Ensemble) and len(model.members) == 3
+    # The saved ensemble gives the accuracy the summary reports (evaluate reloads it from disk).
+    assert evaluate_mnist(mnist / "mixed", data_dir=str(root))["test_accuracy"] == pytest.approx(
+        summary["test_accuracy"]
+    )
+    assert json.loads((mnist / "mixed" / "results.json").read_text())["val_errors"] == summary["val_errors"]
+
+
+def test_greedy_selection_drops_a_member_that_does_not_help() -> None:
+    labels = torch.tensor([0, 1, 0, 1])
+    good = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    other = torch.tensor([[0.6, 0.4], [0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    wrong = 1 - good  # confidently wrong everywhere
+    assert greedy_selection([wrong, good, other], labels) == [1, 2]  # the best first, then the one that helps
+
+
+def test_greedy_selection_keeps_the_best_member_alone_when_nothing_helps() -> None:
+    labels = torch.tensor([0, 1])
+    best = torch.tensor([[0.99, 0.01], [0.01, 0.99]])
+    assert greedy_selection([best, torch.full((2, 2), 0.5)], labels) == [0]
+
+
+def test_greedy_selection_on_real_runs_chooses_on_validation(runs: tuple[Path, Path, Path]) -> None:
+    root, output, mnist = runs
+    summary = combine_mnist_ensemble(
+        [mnist / "pair", mnist / "single"], "chosen", select="greedy", output=output, data_dir=str(root), val_size=40
+    )
+    chosen = [c for c in summary["candidates"] if c["chosen"]]
+    assert 1 <= len(chosen) == len(summary["chosen"])
+    assert all(c["test_accuracy"] is None for c in summary["candidates"] if not c["chosen"])  # never tested
+    best_single = min(summary["candidates"], key=lambda c: c["val_log_loss"])
+    assert best_single["chosen"] and summary["val_log_loss"] <= best_single["val_log_loss"] + 1e-9
+
+
+def test_bad_inputs_are_clear_errors(runs: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    root, output, mnist = runs
+    with pytest.raises(CnnlabError, match="at least 2 members"):
+        member_dirs([mnist / "single"])
+    with pytest.raises(CnnlabError, match="holds no model.json or ensemble.json"):
+        member_dirs([tmp_path])
+    with pytest.raises(CnnlabError, match="unknown selection 'best'"):
+        combine_mnist_ensemble([mnist / "pair"], "x", select="best", output=output, data_dir=str(root))
+    with pytest.raises(CnnlabError, match="exists; choose another --name or pass --overwrite"):
+        combine_mnist_ensemble([mnist / "pair", mnist / "single"], "single", output=output, data_dir=str(root))
+    with pytest.raises(CnnlabError, match="holds members of this ensemble"):
+        combine_mnist_ensemble([mnist / "pair"], "pair", output=output, data_dir=str(root), overwrite=True)
+
+
+def test_cli_prints_members_and_the_ensemble(
+    runs: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cnnlab.cli import main
+
+    root, output, mnist = runs
+    args = ["ensemble", str(mnist / "pair"), str(mnist / "single"), "--name", "cli", "-o", str(output)]
+    monkeypatch.setattr(
+        sys, "argv", ["cnnlab", *args, "--data-dir", str(root), "--val-size", "40", "--select", "greedy"]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert not exit_info.value.code
+    out = capsys.readouterr().out
+    assert out.count("val ") == 4 and "ensemble of " in out and (mnist / "cli" / "ensemble.json").is_file()
