@@ -20,7 +20,7 @@ from cnnlab.models.segmentation import (
 
 
 def test_registered():
-    assert {"fcn32s", "fcn16s", "fcn8s", "unet", "unet_classifier_prior"} <= set(list_models())
+    assert {"fcn32s", "fcn16s", "fcn8s", "unet", "unet_encoder", "unet_classifier_prior"} <= set(list_models())
 
 
 CASES = [("fcn32s", "transposed"), ("fcn8s", "bilinear"), ("unet", "transposed"), ("unet", "bilinear")]
@@ -51,6 +51,21 @@ def test_unet_coarse_scores_add_stride_8_and_4_logits_that_learn():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.coarse.parameters())
     plain = create_model("unet", num_classes=5, widths=(4, 8, 16, 32, 64))
     assert len(plain.coarse) == 0
+
+
+def test_encoder_unet_taps_strides_2_to_16_and_returns_full_resolution_maps():
+    torch.manual_seed(0)
+    model = create_model("unet_encoder", num_classes=5, decoder_widths=(16, 8, 8, 8, 4))
+    assert model.taps == {2: "relu", 4: "layer1", 8: "layer2", 16: "layer3"}  # resnet18's last map at each stride
+    x = torch.rand(2, 1, 45, 71)  # not a multiple of 32
+    out = model(x)
+    assert out.shape == (2, 5, 45, 71) and torch.isfinite(out).all()
+    F.cross_entropy(out, torch.randint(0, 5, (2, 45, 71))).backward()
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    with pytest.raises(CnnlabError, match="decoder_widths needs 5 values"):
+        create_model("unet_encoder", decoder_widths=(8, 8))
+    with pytest.raises(CnnlabError, match="stride-32"):
+        create_model("unet_encoder", encoder="mnist_net_small")
 
 
 def test_fcn16s_fuses_the_stride_16_skip():

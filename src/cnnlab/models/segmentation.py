@@ -30,7 +30,17 @@ from cnnlab.errors import CnnlabError
 from cnnlab.layers.conv_bn_act import ConvBnAct
 from cnnlab.models._registry import create_model, register_model
 
-__all__ = ["FCN", "ClassifierPriorUNet", "DigitPrior", "UNet", "bilinear_kernel", "pad_to_multiple"]
+__all__ = [
+    "FCN",
+    "ClassifierPriorUNet",
+    "DigitPrior",
+    "EncoderUNet",
+    "UNet",
+    "features_with_taps",
+    "find_stride_taps",
+    "bilinear_kernel",
+    "pad_to_multiple",
+]
 
 _UPSAMPLE_MODES = ("transposed", "bilinear")
 
@@ -53,6 +63,60 @@ def bilinear_kernel(channels: int, factor: int) -> Tensor:
     filt = 1 - (coords - center).abs() / factor
     kernel = filt[:, None] * filt[None, :]
     return kernel.expand(channels, 1, size, size).clone()
+
+
+@torch.no_grad()
+def find_stride_taps(
+    backbone: nn.Module, in_chans: int, strides: tuple[int, ...]
+) -> tuple[dict[int, str], dict[int, int]]:
+    """Names of the `backbone` modules whose outputs are the *last* maps at each of `strides`, and the channels of
+    those maps and of the stride-32 map that `forward_features` ends with (key 32).
+
+    Found by running a 128x128 probe through the backbone with a forward hook on every module.
+
+    Raises:
+        CnnlabError: when `forward_features` does not end at stride 32 or a stride has no map.
+    """
+    side = 128
+    probe = torch.zeros(1, in_chans, side, side)
+    outputs: list[tuple[str, tuple[int, ...]]] = []
+    handles = []
+    for name, module in backbone.named_modules():
+        if name:
+            hook = lambda mod, args, out, name=name: outputs.append((name, tuple(out.shape)))  # noqa: E731
+            handles.append(module.register_forward_hook(hook))
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        final = backbone.forward_features(probe)  # type: ignore[operator]
+    finally:
+        for handle in handles:
+            handle.remove()
+        backbone.train(was_training)
+    if final.shape[-1] != side // 32:
+        raise CnnlabError(f"a stride-32 backbone is needed; {type(backbone).__name__} ends at a different stride")
+    taps, channels = {}, {32: final.shape[1]}
+    for stride in strides:
+        matches = [(n, s) for n, s in outputs if len(s) == 4 and s[-1] == side // stride]
+        if not matches:
+            raise CnnlabError(f"no stride-{stride} map found in {type(backbone).__name__}")
+        taps[stride], channels[stride] = matches[-1][0], matches[-1][1][1]
+    return taps, channels
+
+
+def features_with_taps(backbone: nn.Module, x: Tensor, taps: dict[int, str]) -> tuple[Tensor, dict[int, Tensor]]:
+    """`backbone.forward_features(x)` and the outputs of the modules named in `taps` ({stride: module name})."""
+    tapped: dict[int, Tensor] = {}
+    handles = []
+    for stride, name in taps.items():
+        hook = lambda mod, args, out, stride=stride: tapped.__setitem__(stride, out)  # noqa: E731
+        handles.append(backbone.get_submodule(name).register_forward_hook(hook))
+    try:
+        features = backbone.forward_features(x)  # type: ignore[operator]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return features, tapped
 
 
 class Upsample(nn.Module):
@@ -110,7 +174,7 @@ class FCN(nn.Module):
         self.num_classes, self.skips, self.default_input_size = num_classes, skips, (in_chans, 64, 64)
         self.backbone = create_model(backbone, pretrained=pretrained, in_chans=in_chans)
         self.backbone.reset_classifier(0)  # type: ignore[operator]
-        self.taps, channels = self._find_taps()
+        self.taps, channels = find_stride_taps(self.backbone, in_chans, (8, 16))
         self.dropout = nn.Dropout2d(drop_rate)
         self.score32 = nn.Conv2d(channels[32], num_classes, 1)
         self.score16 = nn.Conv2d(channels[16], num_classes, 1) if skips <= 16 else None
@@ -123,48 +187,10 @@ class FCN(nn.Module):
                 nn.init.zeros_(score.weight)
                 nn.init.zeros_(score.bias)
 
-    @torch.no_grad()
-    def _find_taps(self) -> tuple[dict[int, str], dict[int, int]]:
-        """Names of the backbone modules whose outputs are the last maps at strides 8 and 16, and channels."""
-        side = 128
-        probe = torch.zeros(1, self.default_input_size[0], side, side)
-        outputs: list[tuple[str, tuple[int, ...]]] = []
-        handles = []
-        for name, module in self.backbone.named_modules():
-            if name:
-                hook = lambda mod, args, out, name=name: outputs.append((name, tuple(out.shape)))  # noqa: E731
-                handles.append(module.register_forward_hook(hook))
-        was_training = self.backbone.training
-        self.backbone.eval()
-        try:
-            final = self.backbone.forward_features(probe)  # type: ignore[operator]
-        finally:
-            for handle in handles:
-                handle.remove()
-            self.backbone.train(was_training)
-        if final.shape[-1] != side // 32:
-            raise CnnlabError(f"FCN needs a stride-32 backbone; {type(self.backbone).__name__} ends at a different one")
-        taps, channels = {}, {32: final.shape[1]}
-        for stride in (8, 16):
-            matches = [(n, s) for n, s in outputs if len(s) == 4 and s[-1] == side // stride]
-            if not matches:
-                raise CnnlabError(f"no stride-{stride} map found in {type(self.backbone).__name__} for FCN skips")
-            taps[stride], channels[stride] = matches[-1][0], matches[-1][1][1]
-        return taps, channels
-
     def forward(self, x: Tensor) -> Tensor:
         x, (height, width) = pad_to_multiple(x, self.output_stride)
-        tapped: dict[int, Tensor] = {}
-        handles = []
-        for stride, name in self.taps.items():
-            if stride >= self.skips:
-                hook = lambda mod, args, out, stride=stride: tapped.__setitem__(stride, out)  # noqa: E731
-                handles.append(self.backbone.get_submodule(name).register_forward_hook(hook))
-        try:
-            features = self.backbone.forward_features(x)  # type: ignore[operator]  # N x C32 x H/32 x W/32
-        finally:
-            for handle in handles:
-                handle.remove()
+        taps = {stride: name for stride, name in self.taps.items() if stride >= self.skips}
+        features, tapped = features_with_taps(self.backbone, x, taps)  # N x C32 x H/32 x W/32, {stride: map}
         scores = self.score32(self.dropout(features))  # N x classes x H/32 x W/32
         if self.score16 is not None:
             scores = self.up2_32(scores) + self.score16(tapped[16])  # N x classes x H/16 x W/16
@@ -262,6 +288,62 @@ class UNet(nn.Module):
         for scores in coarse:
             logits = logits + F.interpolate(scores, size=logits.shape[-2:], mode="bilinear", align_corners=False)
         return logits[..., :height, :width]
+
+
+class EncoderUNet(nn.Module):
+    """A U-Net whose encoder is a zoo classifier's trunk (resnet18 by default): its last maps at strides 2, 4, 8 and
+    16 are the skips, its stride-32 map the bottleneck; the decoder upsamples (transposed conv), concatenates the
+    skip and applies two 3x3 conv-BN-ReLU per level, up to a full-resolution level whose skip is a 3x3 conv of the
+    image itself (the trunk has no stride-1 map), so strokes a few pixels wide keep exact boundaries.
+
+    The residual trunk learns *which* class a region is from fewer steps than a plain U-Net encoder of the same
+    cost (BENCHMARKS.md, segmentation); the U-Net decoder puts it back at full resolution.
+
+    Args:
+        encoder: registered zoo classifier whose `forward_features` ends at stride 32.
+        num_classes: segmentation classes (background included).
+        in_chans: input channels.
+        decoder_widths: channels of the decoder levels at strides 16, 8, 4, 2 and 1.
+        pretrained: load the encoder's pretrained weights.
+    """
+
+    output_stride = 32
+    pretrained_cfg = None
+    model_info = None
+
+    def __init__(
+        self,
+        encoder: str = "resnet18",
+        num_classes: int = 11,
+        in_chans: int = 1,
+        decoder_widths: tuple[int, int, int, int, int] = (128, 64, 48, 32, 16),
+        pretrained: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(decoder_widths) != 5:
+            raise CnnlabError(f"decoder_widths needs 5 values (strides 16, 8, 4, 2, 1), got {tuple(decoder_widths)}")
+        self.num_classes, self.default_input_size = num_classes, (in_chans, 64, 64)
+        self.backbone = create_model(encoder, pretrained=pretrained, in_chans=in_chans)
+        self.backbone.reset_classifier(0)  # type: ignore[operator]
+        self.taps, channels = find_stride_taps(self.backbone, in_chans, (2, 4, 8, 16))
+        self.stem = ConvBnAct(in_chans, decoder_widths[-1], 3)  # the full-resolution skip
+        skip_channels = [channels[16], channels[8], channels[4], channels[2], decoder_widths[-1]]
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        previous = channels[32]
+        for width, skip in zip(decoder_widths, skip_channels, strict=True):
+            self.ups.append(nn.ConvTranspose2d(previous, width, 2, stride=2))
+            self.decoders.append(_DoubleConv(width + skip, width))
+            previous = width
+        self.classifier = nn.Conv2d(previous, num_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, (height, width) = pad_to_multiple(x, self.output_stride)
+        features, tapped = features_with_taps(self.backbone, x, self.taps)  # N x C x H/32 x W/32, {stride: map}
+        skips = [tapped[16], tapped[8], tapped[4], tapped[2], self.stem(x)]
+        for up, decoder, skip in zip(self.ups, self.decoders, skips, strict=True):
+            features = decoder(torch.cat([up(features), skip], dim=1))  # N x width x (2x the previous size)
+        return self.classifier(features)[..., :height, :width]  # N x classes x H x W
 
 
 class DigitPrior(nn.Module):
@@ -400,6 +482,12 @@ def unet(pretrained: bool = False, **kwargs: Any) -> UNet:
     if pretrained:
         raise CnnlabError("unet has no pretrained weights; train one with `cnnlab train segment`")
     return UNet(**kwargs)
+
+
+@register_model
+def unet_encoder(pretrained: bool = False, **kwargs: Any) -> EncoderUNet:
+    """U-Net with a zoo classifier's trunk as encoder (resnet18 by default; `encoder=` picks another)."""
+    return EncoderUNet(pretrained=pretrained, **kwargs)
 
 
 @register_model

@@ -154,6 +154,14 @@ RECIPES: dict[str, SegmentRecipe] = {
             background_weight=_BACKGROUND_WEIGHT,
         ),
         SegmentRecipe(
+            name="resnet-unet",
+            summary="U-Net decoder on a resnet18 trunk (EncoderUNet, 11.9 M params): strides 2-16 as skips",
+            arch="unet_encoder",
+            model_kwargs={"decoder_widths": (96, 48, 32, 16, 12)},
+            train=dict(epochs=6, **_COMMON_TRAIN),
+            background_weight=_BACKGROUND_WEIGHT,
+        ),
+        SegmentRecipe(
             name="fcn32s",
             summary="FCN-32s on a resnet18 trunk (11.2 M params): no skips, one 32x upsampling",
             arch="fcn32s",
