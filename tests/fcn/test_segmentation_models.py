@@ -53,6 +53,26 @@ def test_unet_coarse_scores_add_stride_8_and_4_logits_that_learn():
     assert len(plain.coarse) == 0
 
 
+def test_half_resolution_unet_runs_at_half_size_and_returns_full_resolution_maps():
+    torch.manual_seed(0)
+    model = create_model("unet", num_classes=5, widths=(4, 8, 16), input_stride=2)
+    assert model.output_stride == 8
+    assert [tuple(m.shape[-2:]) for m in model.encode(torch.rand(1, 1, 32, 48))] == [(16, 24), (8, 12), (4, 6)]
+    x = torch.rand(2, 1, 45, 71)  # padded to 48 x 72, cropped back
+    out = model(x)
+    assert out.shape == (2, 5, 45, 71) and torch.isfinite(out).all()
+    F.cross_entropy(out, torch.randint(0, 5, (2, 45, 71))).backward()
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    # the refinement sees the full-resolution image: a one-pixel change moves that pixel's logits
+    model.eval()
+    changed = x.clone()
+    changed[0, 0, 20, 30] += 1.0
+    delta = (model(changed) - model(x)).abs().sum(1)[0]
+    assert delta[20, 30] > 0
+    with pytest.raises(CnnlabError, match="input_stride must be 1 or 2"):
+        create_model("unet", input_stride=4)
+
+
 def test_encoder_unet_taps_strides_2_to_16_and_returns_full_resolution_maps():
     torch.manual_seed(0)
     model = create_model("unet_encoder", num_classes=5, decoder_widths=(16, 8, 8, 8, 4))

@@ -217,6 +217,10 @@ class UNet(nn.Module):
         coarse_scores: also score the decoder's stride-8 and stride-4 maps with 1x1 convs and add them, bilinearly
             upsampled, to the final logits (FCN-style fusion): a wide, short path for *which class* a region is,
             while the full-resolution level draws the exact boundary.
+        input_stride: 1, or 2 to run the whole U-Net on the image average-pooled 2x2 (a quarter of the cost per
+            step) and put its logits back at full resolution with bilinear upsampling plus a residual per-pixel
+            refinement (two 1x1 convs that see the full-resolution image beside the upsampled logits: whether a
+            pixel is ink is in its own intensity, so boundaries stay exact).
     """
 
     pretrained_cfg = None
@@ -229,12 +233,16 @@ class UNet(nn.Module):
         widths: tuple[int, ...] = (16, 32, 64, 128),
         upsample: str = "transposed",
         coarse_scores: bool = False,
+        input_stride: int = 1,
     ) -> None:
         super().__init__()
         if upsample not in _UPSAMPLE_MODES:
             raise CnnlabError(f"upsample mode {upsample!r} is not one of {', '.join(_UPSAMPLE_MODES)}")
+        if input_stride not in (1, 2):
+            raise CnnlabError(f"input_stride must be 1 or 2, got {input_stride}")
         self.num_classes, self.default_input_size = num_classes, (in_chans, 64, 64)
-        self.output_stride = 2 ** (len(widths) - 1)
+        self.input_stride = input_stride
+        self.output_stride = 2 ** (len(widths) - 1) * input_stride
         self.widths = tuple(widths)
         self.encoders = nn.ModuleList()
         channels = in_chans
@@ -263,12 +271,22 @@ class UNet(nn.Module):
                 if coarse_scores and 2 ** (levels - 1 - i) in (4, 8)
             }
         )
+        self.refine = (
+            nn.Sequential(
+                ConvBnAct(num_classes + in_chans, 2 * num_classes, 1),
+                nn.Conv2d(2 * num_classes, num_classes, 1),
+            )
+            if input_stride == 2
+            else None
+        )
 
     def encode(self, x: Tensor) -> list[Tensor]:
         """The encoder's maps, finest first: level i is N x widths[i] x H/2^i x W/2^i (H, W multiples of the stride).
 
         Used by `forward` and by encoder pretraining (`cnnlab.tasks.segmentation.pretrain_encoder`).
         """
+        if self.input_stride == 2:
+            x = F.avg_pool2d(x, 2)
         skips = []
         for level, encoder in enumerate(self.encoders):
             x = encoder(x if level == 0 else self.pool(x))
@@ -277,6 +295,7 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x, (height, width) = pad_to_multiple(x, self.output_stride)
+        image = x
         skips = self.encode(x)
         x = skips[-1]
         coarse = []
@@ -287,6 +306,9 @@ class UNet(nn.Module):
         logits = self.classifier(x)  # N x classes x H x W
         for scores in coarse:
             logits = logits + F.interpolate(scores, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+        if self.refine is not None:  # N x classes x H/2 x W/2 -> N x classes x H x W
+            logits = F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
+            logits = logits + self.refine(torch.cat([logits, image], dim=1))
         return logits[..., :height, :width]
 
 
