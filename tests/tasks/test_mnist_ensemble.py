@@ -57,18 +57,29 @@ def test_combined_ensemble_is_saved_tested_and_loadable(runs: tuple[Path, Path, 
     assert json.loads((mnist / "mixed" / "results.json").read_text())["val_errors"] == summary["val_errors"]
 
 
-def test_greedy_selection_drops_a_member_that_does_not_help() -> None:
-    labels = torch.tensor([0, 1, 0, 1])
-    good = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
-    other = torch.tensor([[0.6, 0.4], [0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
-    wrong = 1 - good  # confidently wrong everywhere
-    assert greedy_selection([wrong, good, other], labels) == [1, 2]  # the best first, then the one that helps
+def test_greedy_selection_keeps_the_prefix_with_the_fewest_errors() -> None:
+    labels = torch.tensor([0, 0, 0, 0])
+    # Each of a, b, c misreads a different image, narrowly; any two of them outvote the third.
+    a = torch.tensor([[0.4, 0.6], [0.9, 0.1], [0.9, 0.1], [0.9, 0.1]])
+    b = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.9, 0.1], [0.9, 0.1]])
+    c = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.9, 0.1]])
+    wrong = torch.tensor([[0.3, 0.7]] * 4)  # wrong everywhere
+    chosen = greedy_selection([wrong, a, b, c], labels)
+    # a alone: 1 error; a + b: none; a + b + c: none and a lower log loss; adding `wrong` raises the log loss.
+    assert sorted(chosen) == [1, 2, 3] and 0 not in chosen
 
 
 def test_greedy_selection_keeps_the_best_member_alone_when_nothing_helps() -> None:
     labels = torch.tensor([0, 1])
     best = torch.tensor([[0.99, 0.01], [0.01, 0.99]])
-    assert greedy_selection([best, torch.full((2, 2), 0.5)], labels) == [0]
+    assert greedy_selection([torch.full((2, 2), 0.5), best], labels) == [1]
+
+
+def test_greedy_selection_prefers_fewer_errors_to_a_lower_log_loss() -> None:
+    labels = torch.tensor([0, 0, 0])
+    calibrated = torch.tensor([[0.99, 0.01], [0.99, 0.01], [0.4, 0.6]])  # 1 error, low log loss
+    hedging = torch.tensor([[0.6, 0.4], [0.6, 0.4], [0.6, 0.4]])  # no error, higher log loss
+    assert greedy_selection([calibrated, hedging], labels)[0] == 1
 
 
 def test_greedy_selection_on_real_runs_chooses_on_validation(runs: tuple[Path, Path, Path]) -> None:
@@ -79,8 +90,8 @@ def test_greedy_selection_on_real_runs_chooses_on_validation(runs: tuple[Path, P
     chosen = [c for c in summary["candidates"] if c["chosen"]]
     assert 1 <= len(chosen) == len(summary["chosen"])
     assert all(c["test_accuracy"] is None for c in summary["candidates"] if not c["chosen"])  # never tested
-    best_single = min(summary["candidates"], key=lambda c: c["val_log_loss"])
-    assert best_single["chosen"] and summary["val_log_loss"] <= best_single["val_log_loss"] + 1e-9
+    fewest = min(c["val_errors"] for c in summary["candidates"])
+    assert summary["val_errors"] <= fewest  # never worse on validation than the best single member
 
 
 def test_bad_inputs_are_clear_errors(runs: tuple[Path, Path, Path], tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ def ensemble(
         "all",
         "--select",
         help="all: keep every member. greedy: keep the members that greedy forward selection finds best on the "
-        "validation split (lowest log loss of the averaged probabilities); the test set is read after the choice.",
+        "validation split (fewest errors of the averaged probabilities, ties to the lower log loss); the test set "
+        "is read after the choice.",
     ),
     output: Path = typer.Option(Path("runs"), "--output", "-o", help="Runs root."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST root (else $CNNLAB_DATA, else ./data)."),
