@@ -147,3 +147,26 @@ def test_folder_errors_name_the_problem(tmp_path):
     (tmp_path / "masks" / "00000.png").unlink()
     with pytest.raises(CnnlabError, match="has no mask"):
         SegmentationFolder(tmp_path)
+
+
+def test_centre_offsets_point_every_ink_pixel_at_its_digits_centre_and_leave_the_canvases_alone():
+    digits, labels, ids = _pool()
+    plain = make_canvases(digits, labels, ids, 12, size=64, seed=3)
+    single = make_canvases(digits, labels, ids, 12, size=64, seed=3, digits_per_canvas=(1, 1), centre_offsets=True)
+    with_offsets = make_canvases(digits, labels, ids, 12, size=64, seed=3, centre_offsets=True)
+    assert plain.offsets is None and with_offsets.offsets.dtype == torch.int8
+    assert torch.equal(plain.images, with_offsets.images) and torch.equal(plain.masks, with_offsets.masks)
+    assert not with_offsets.offsets[:, :, ~(with_offsets.masks > 0).any(0)].any()  # background: 0
+    assert not (with_offsets.offsets.ne(0).any(1) & (with_offsets.masks == 0)).any()
+    for canvas in range(12):  # one square per canvas: every ink pixel points at one centre (within rounding)
+        rows, cols = torch.nonzero(single.masks[canvas] > 0, as_tuple=True)
+        centre_rows = rows + single.offsets[canvas, 0, rows, cols]
+        centre_cols = cols + single.offsets[canvas, 1, rows, cols]
+        assert int(centre_rows.max() - centre_rows.min()) <= 1 and int(centre_cols.max() - centre_cols.min()) <= 1
+        assert abs(float(centre_rows.float().mean()) - float(rows.float().mean())) < 1.0  # a square's centre
+
+
+@needs_mnist
+def test_make_digit_segmentation_gives_offsets_to_the_train_split_on_request():
+    data = make_digit_segmentation(sizes=(6, 2, 2), centre_offsets=True, train_chunks=2)
+    assert data.train.offsets.shape == (12, 2, 64, 64) and data.val.offsets is None

@@ -73,6 +73,14 @@ def test_half_resolution_unet_runs_at_half_size_and_returns_full_resolution_maps
         create_model("unet", input_stride=4)
 
 
+@pytest.mark.parametrize("input_stride", [1, 2])
+def test_offset_head_adds_two_channels_in_training_only(input_stride: int):
+    model = create_model("unet", num_classes=5, widths=(4, 8, 16), offset_head=True, input_stride=input_stride)
+    x = torch.rand(2, 1, 45, 71)
+    assert model.train()(x).shape == (2, 7, 45, 71)
+    assert model.eval()(x).shape == (2, 5, 45, 71)
+
+
 def test_encoder_unet_taps_strides_2_to_16_and_returns_full_resolution_maps():
     torch.manual_seed(0)
     model = create_model("unet_encoder", num_classes=5, decoder_widths=(16, 8, 8, 8, 4))

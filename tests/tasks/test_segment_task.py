@@ -12,6 +12,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.tasks.segmentation import EncoderClassifier, evaluate_segmentation, pretrain_encoder, train_segmentation
 from cnnlab.train import TrainConfig
+from cnnlab.train.saved import load_model
 
 
 def _digit_pool(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -152,3 +153,56 @@ def test_prior_recipe_trains_its_digit_classifier_on_the_training_pool_first(tmp
         from cnnlab.tasks.segmentation import train_prior_classifier
 
         train_prior_classifier(create_model("unet", widths=(8, 16)), data, TrainConfig(output=str(tmp_path)), "quick")
+
+
+def test_segmentation_loss_adds_the_offset_term_on_ink_pixels_only():
+    from cnnlab.tasks.segmentation import SegmentationLoss
+
+    torch.manual_seed(0)
+    labels = torch.randint(0, 11, (2, 8, 8))
+    offsets = torch.randint(-10, 11, (2, 2, 8, 8)).short() * (labels > 0).unsqueeze(1)
+    logits = torch.randn(2, 11, 8, 8)
+    loss = SegmentationLoss(torch.ones(11), offset_weight=2.0, scale=8.0)
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    assert torch.allclose(loss(logits, labels), ce)  # class maps alone (validation): plain cross-entropy
+    packed = torch.cat([labels.unsqueeze(1).short(), offsets], 1).long()
+    exact = torch.cat([logits, offsets.float() / 8.0], 1)
+    assert torch.allclose(loss(exact, packed), ce)  # offsets predicted exactly: nothing added
+    off = exact.clone()
+    off[:, 11:] += 0.5 * (labels > 0).unsqueeze(1)  # 0.5 wrong on every ink pixel: smooth L1 = 0.125
+    assert torch.allclose(loss(off, packed), ce + 2.0 * 0.125)
+    off[:, 11:] += 5.0 * (labels == 0).unsqueeze(1)  # background offsets do not count
+    assert torch.allclose(loss(off, packed), ce + 2.0 * 0.125)
+
+
+def test_offset_target_trains_and_saves_a_plain_segmenter(tmp_path):
+    pool = _digit_pool(60, 0)
+    data = DigitSegmentation(
+        train=make_canvases(*pool, 64, size=32, digits_per_canvas=(1, 2), seed=0, centre_offsets=True),
+        val=_canvases(16, 1),
+        test=_canvases(16, 2),
+    )
+    summary = train_segmentation(
+        "quick",
+        output=str(tmp_path),
+        name="o",
+        data=data,
+        overrides={"epochs": 1, "batch_size": 16, "channels_last": False},
+        model_kwargs={"widths": (8, 16, 32)},
+        pretrain_epochs=0,
+        offset_weight=1.0,
+        progress=False,
+    )
+    assert summary["model_kwargs"]["offset_head"] is True
+    model = load_model(tmp_path / "segment" / "o")
+    assert model(torch.rand(1, 1, 32, 32)).shape == (1, 11, 32, 32)  # eval mode: logits only
+    with pytest.raises(CnnlabError, match="centre_offsets=True"):
+        train_segmentation(
+            "quick",
+            output=str(tmp_path),
+            name="p",
+            data=DigitSegmentation(_canvases(16, 0), _canvases(8, 1), _canvases(8, 2)),
+            offset_weight=1.0,
+            pretrain_epochs=0,
+            progress=False,
+        )

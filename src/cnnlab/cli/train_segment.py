@@ -13,7 +13,8 @@ def segment(
         "--recipe",
         "-r",
         help="quick, accurate (19-25 min on 2 cores), accurate-fresh, prior (U-Net + a frozen MNIST classifier's "
-        "per-pixel scores; not better), unet, fcn8s, fcn32s.",
+        "per-pixel scores; not better), halfres (U-Net on the 2x2-pooled canvas; not better), offsets (accurate + "
+        "an auxiliary centre-offset target), unet, resnet-unet (U-Net decoder on resnet18; not better), fcn8s, fcn32s.",
     ),
     upsample: str | None = typer.Option(None, "--upsample", help="transposed (learned) or bilinear (fixed)."),
     seed: int = typer.Option(0, "--seed", help="Training seed (the canvases are always generated with seed 0)."),

@@ -55,11 +55,15 @@ class DigitCanvases:
         images: uint8 [N, 1, H, W] (0..255, white ink on black like MNIST).
         masks: uint8 [N, H, W], 0 = background, 1..10 = digit + 1.
         source_ids: int64 [N, 5] ids of the MNIST digits drawn (-1 pads); ids >= 60000 come from the test file.
+        offsets: int8 [N, 2, H, W] (made on request) from every ink pixel to the centre of mass of the digit its
+            mask label comes from, (dy, dx) in pixels, rounded; 0 on background. An instance signal: pixels of
+            one digit agree on one centre, pixels of two touching digits do not.
     """
 
     images: torch.Tensor
     masks: torch.Tensor
     source_ids: torch.Tensor
+    offsets: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -102,8 +106,10 @@ def _place_digits(
     height: int,
     width: int,
     count: int,
+    offsets: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Draw `count` digits picked from the pool onto a `height` x `width` canvas."""
+    """Draw `count` digits picked from the pool onto a `height` x `width` canvas (and fill `offsets`, int8
+    [2, height, width], with each ink pixel's offset to its digit's centre of mass, when given)."""
     image = np.zeros((height, width), dtype=np.uint8)
     mask = np.zeros((height, width), dtype=np.uint8)
     used: list[int] = []
@@ -123,6 +129,12 @@ def _place_digits(
         window = image[top : top + size, left : left + size]
         np.maximum(window, digit, out=window)
         mask[top : top + size, left : left + size][ink] = labels[pick] + 1
+        if offsets is not None:
+            weights = digit.astype(np.float64)
+            rows, cols = np.mgrid[0:size, 0:size]
+            centre_y, centre_x = (weights * rows).sum() / weights.sum(), (weights * cols).sum() / weights.sum()
+            offsets[0, top : top + size, left : left + size][ink] = np.rint(centre_y - rows[ink])
+            offsets[1, top : top + size, left : left + size][ink] = np.rint(centre_x - cols[ink])
         used.append(int(ids[pick]))
     return image, mask, used
 
@@ -135,6 +147,7 @@ def make_canvases(
     size: int | tuple[int, int] = 64,
     digits_per_canvas: tuple[int, int] = (1, MAX_DIGITS),
     seed: int | tuple[int, ...] = 0,
+    centre_offsets: bool = False,
 ) -> DigitCanvases:
     """Compose `count` canvases from a pool of MNIST digits.
 
@@ -146,6 +159,7 @@ def make_canvases(
         size: canvas side, or (height, width); at least 28.
         digits_per_canvas: inclusive (min, max) digits per canvas; max <= 5.
         seed: the generator seed, or a tuple of them (same seed and pool: same canvases).
+        centre_offsets: also make `offsets` (the canvases themselves are the same either way).
     """
     height, width = (size, size) if isinstance(size, int) else size
     low, high = digits_per_canvas
@@ -159,12 +173,19 @@ def make_canvases(
     images = np.zeros((count, 1, height, width), dtype=np.uint8)
     masks = np.zeros((count, height, width), dtype=np.uint8)
     sources = np.full((count, MAX_DIGITS), -1, dtype=np.int64)
+    offsets = np.zeros((count, 2, height, width), dtype=np.int8) if centre_offsets else None
     for i in range(count):
         n = int(rng.integers(low, high + 1))
-        image, mask, used = _place_digits(rng, pool, label_array, id_array, height, width, n)
+        canvas_offsets = None if offsets is None else offsets[i]
+        image, mask, used = _place_digits(rng, pool, label_array, id_array, height, width, n, canvas_offsets)
         images[i, 0], masks[i] = image, mask
         sources[i, : len(used)] = used
-    return DigitCanvases(torch.from_numpy(images), torch.from_numpy(masks), torch.from_numpy(sources))
+    return DigitCanvases(
+        torch.from_numpy(images),
+        torch.from_numpy(masks),
+        torch.from_numpy(sources),
+        None if offsets is None else torch.from_numpy(offsets),
+    )
 
 
 @dataclass
@@ -216,6 +237,7 @@ def make_digit_segmentation(
     seed: int = 0,
     train_chunks: int = 1,
     digit_augment: RandomAffine | None = None,
+    centre_offsets: bool = False,
 ) -> DigitSegmentation:
     """Generate the multi-digit MNIST segmentation set (train, val, test) from the MNIST IDX files.
 
@@ -231,6 +253,7 @@ def make_digit_segmentation(
             ``(3 * seed, k)``.
         digit_augment: randomly rotate / scale the training pool's digits afresh for every train chunk before
             composing it (`augment_digits`, seeded per chunk); val and test digits are never transformed.
+        centre_offsets: give the train split per-pixel offsets to digit centres (`DigitCanvases.offsets`).
 
     Raises:
         CnnlabError: when MNIST is not found or an option is out of range.
@@ -244,11 +267,14 @@ def make_digit_segmentation(
     for chunk in range(train_chunks):
         pool = digits if digit_augment is None else augment_digits(digits, digit_augment, seed * 1_000 + chunk)
         stream = seed * 3 if chunk == 0 else (seed * 3, chunk)
-        chunks.append(make_canvases(pool, labels, ids, train_count, canvas_size, digits_per_canvas, stream))
+        chunks.append(
+            make_canvases(pool, labels, ids, train_count, canvas_size, digits_per_canvas, stream, centre_offsets)
+        )
     train = DigitCanvases(
         torch.cat([c.images for c in chunks]),
         torch.cat([c.masks for c in chunks]),
         torch.cat([c.source_ids for c in chunks]),
+        torch.cat([c.offsets for c in chunks]) if centre_offsets else None,  # type: ignore[misc]
     )
     val = make_canvases(*pools["val"], val_count, canvas_size, digits_per_canvas, seed * 3 + 1)
     test = make_canvases(*pools["test"], test_count, canvas_size, digits_per_canvas, seed * 3 + 2)

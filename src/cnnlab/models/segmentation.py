@@ -221,6 +221,10 @@ class UNet(nn.Module):
             step) and put its logits back at full resolution with bilinear upsampling plus a residual per-pixel
             refinement (two 1x1 convs that see the full-resolution image beside the upsampled logits: whether a
             pixel is ink is in its own intensity, so boundaries stay exact).
+        offset_head: add a 1x1 conv on the last decoder map that predicts, per pixel, the (dy, dx) offset to the
+            centre of the object the pixel belongs to (an auxiliary instance target). In training mode the two
+            offset channels are appended to the logits ([N, classes + 2, H, W]); in eval mode the model returns
+            the logits alone, so evaluation, export and `cnnlab.load_model` see a plain segmenter.
     """
 
     pretrained_cfg = None
@@ -234,6 +238,7 @@ class UNet(nn.Module):
         upsample: str = "transposed",
         coarse_scores: bool = False,
         input_stride: int = 1,
+        offset_head: bool = False,
     ) -> None:
         super().__init__()
         if upsample not in _UPSAMPLE_MODES:
@@ -271,6 +276,7 @@ class UNet(nn.Module):
                 if coarse_scores and 2 ** (levels - 1 - i) in (4, 8)
             }
         )
+        self.offset_head = nn.Conv2d(channels, 2, 1) if offset_head else None
         self.refine = (
             nn.Sequential(
                 ConvBnAct(num_classes + in_chans, 2 * num_classes, 1),
@@ -304,11 +310,16 @@ class UNet(nn.Module):
             if str(i) in self.coarse:
                 coarse.append(self.coarse[str(i)](x))  # N x classes x H/s x W/s (s = 8, 4)
         logits = self.classifier(x)  # N x classes x H x W
+        offsets = self.offset_head(x) if self.offset_head is not None and self.training else None  # N x 2 x H x W
         for scores in coarse:
             logits = logits + F.interpolate(scores, size=logits.shape[-2:], mode="bilinear", align_corners=False)
         if self.refine is not None:  # N x classes x H/2 x W/2 -> N x classes x H x W
             logits = F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
             logits = logits + self.refine(torch.cat([logits, image], dim=1))
+            if offsets is not None:
+                offsets = F.interpolate(offsets, scale_factor=2, mode="bilinear", align_corners=False) * 2
+        if offsets is not None:
+            logits = torch.cat([logits, offsets], dim=1)  # N x (classes + 2) x H x W, training only
         return logits[..., :height, :width]
 
 
