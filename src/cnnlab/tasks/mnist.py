@@ -298,6 +298,14 @@ def _predict(model: torch.nn.Module, images: torch.Tensor, trainer: Trainer) -> 
     return trainer.predict(images, model=model)
 
 
+@torch.inference_mode()
+def predict_logits(
+    model: torch.nn.Module, images: torch.Tensor, device: str = "cpu", batch: int = 1000
+) -> torch.Tensor:
+    """Float32 CPU logits of a saved (eval-mode) model for float images [N, 1, 28, 28], `batch` at a time."""
+    return torch.cat([model(chunk.to(device)).float().cpu() for chunk in images.split(batch)])
+
+
 def recipe_table() -> list[dict[str, str]]:
     """Name and summary of every recipe."""
     return [{"name": r.name, "summary": r.summary} for r in RECIPES.values()]
@@ -333,9 +341,7 @@ def evaluate_mnist(
     model = load_model(run, device=device)
     data = load_mnist(data_dir, val_size=0)
     images = to_float(data.test_images)
-    with torch.inference_mode():
-        logits = torch.cat([model(batch.to(device)).float().cpu() for batch in images.split(1000)])
-    predictions = logits.argmax(1)
+    predictions = predict_logits(model, images, device).argmax(1)
     matrix = confusion_matrix(predictions, data.test_labels, 10)
     wrong = (predictions != data.test_labels).nonzero().flatten()
     out = Path(output_dir) if output_dir is not None else (run if run.is_dir() else run.parent) / "evaluation"

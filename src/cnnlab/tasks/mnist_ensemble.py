@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from cnnlab.data.mnist import load_mnist
 from cnnlab.errors import CnnlabError
-from cnnlab.tasks.mnist import TASK, to_float
+from cnnlab.tasks.mnist import TASK, predict_logits, to_float
 from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC, load_model, save_ensemble
 
 __all__ = ["combine_mnist_ensemble", "greedy_selection", "member_dirs"]
@@ -94,12 +94,6 @@ def greedy_selection(probabilities: list[torch.Tensor], labels: torch.Tensor) ->
     return order[:size]
 
 
-def _probabilities(member: Path, images: torch.Tensor, device: str) -> torch.Tensor:
-    model = load_model(member, device=device)
-    with torch.inference_mode():
-        return torch.cat([model(batch.to(device)).float().softmax(1).cpu() for batch in images.split(1000)])
-
-
 def combine_mnist_ensemble(
     runs: list[str | Path],
     name: str,
@@ -138,12 +132,13 @@ def combine_mnist_ensemble(
         raise CnnlabError(f"{run_dir} holds members of this ensemble; choose another --name")
     data = load_mnist(data_dir, val_size=val_size, seed=0)
     val_images, val_labels = to_float(data.val_images), data.val_labels
-    val_probabilities = [_probabilities(m, val_images, device) for m in members]
+    models = [load_model(m, device=device) for m in members]  # each read from disk once
+    val_probabilities = [predict_logits(model, val_images, device).softmax(1) for model in models]
     chosen = list(range(len(members))) if select == "all" else greedy_selection(val_probabilities, val_labels)
     ensemble_val = torch.stack([val_probabilities[i] for i in chosen]).mean(0)
     # The choice is made; now, once, the test set.
     test_images, test_labels = to_float(data.test_images), data.test_labels
-    test_probabilities = {i: _probabilities(members[i], test_images, device) for i in chosen}
+    test_probabilities = {i: predict_logits(models[i], test_images, device).softmax(1) for i in chosen}
     ensemble_test = torch.stack(list(test_probabilities.values())).mean(0)
 
     if run_dir.exists():
