@@ -104,6 +104,15 @@ def find_stride_taps(
     return taps, channels
 
 
+def _trunk(name: str, pretrained: bool, in_chans: int, strides: tuple[int, ...]) -> tuple[nn.Module, dict, dict]:
+    """A zoo classifier without its head, the names of its last modules at `strides` and the channels there (plus
+    key 32, the map `forward_features` ends with); see `find_stride_taps`."""
+    backbone = create_model(name, pretrained=pretrained, in_chans=in_chans)
+    backbone.reset_classifier(0)  # type: ignore[operator]
+    taps, channels = find_stride_taps(backbone, in_chans, strides)
+    return backbone, taps, channels
+
+
 def features_with_taps(backbone: nn.Module, x: Tensor, taps: dict[int, str]) -> tuple[Tensor, dict[int, Tensor]]:
     """`backbone.forward_features(x)` and the outputs of the modules named in `taps` ({stride: module name})."""
     tapped: dict[int, Tensor] = {}
@@ -172,9 +181,7 @@ class FCN(nn.Module):
         if skips not in (32, 16, 8):
             raise CnnlabError(f"FCN skips must be 32, 16 or 8 (FCN-32s/16s/8s), not {skips}")
         self.num_classes, self.skips, self.default_input_size = num_classes, skips, (in_chans, 64, 64)
-        self.backbone = create_model(backbone, pretrained=pretrained, in_chans=in_chans)
-        self.backbone.reset_classifier(0)  # type: ignore[operator]
-        self.taps, channels = find_stride_taps(self.backbone, in_chans, (8, 16))
+        self.backbone, self.taps, channels = _trunk(backbone, pretrained, in_chans, (8, 16))
         self.dropout = nn.Dropout2d(drop_rate)
         self.score32 = nn.Conv2d(channels[32], num_classes, 1)
         self.score16 = nn.Conv2d(channels[16], num_classes, 1) if skips <= 16 else None
@@ -217,10 +224,10 @@ class UNet(nn.Module):
         coarse_scores: also score the decoder's stride-8 and stride-4 maps with 1x1 convs and add them, bilinearly
             upsampled, to the final logits (FCN-style fusion): a wide, short path for *which class* a region is,
             while the full-resolution level draws the exact boundary.
-        input_stride: 1, or 2 to run the whole U-Net on the image average-pooled 2x2 (a quarter of the cost per
-            step) and put its logits back at full resolution with bilinear upsampling plus a residual per-pixel
-            refinement (two 1x1 convs that see the full-resolution image beside the upsampled logits: whether a
-            pixel is ink is in its own intensity, so boundaries stay exact).
+        input_stride: 1, or 2 to run the whole U-Net on the image average-pooled 2x2 (a quarter of the pixels;
+            training steps measured 2x faster) and put its logits back at full resolution with bilinear
+            upsampling plus a residual per-pixel refinement (two 1x1 convs that see the full-resolution image
+            beside the upsampled logits: whether a pixel is ink is in its own intensity, so boundaries stay exact).
         offset_head: add a 1x1 conv on the last decoder map that predicts, per pixel, the (dy, dx) offset to the
             centre of the object the pixel belongs to (an auxiliary instance target). In training mode the two
             offset channels are appended to the logits ([N, classes + 2, H, W]); in eval mode the model returns
@@ -329,8 +336,8 @@ class EncoderUNet(nn.Module):
     skip and applies two 3x3 conv-BN-ReLU per level, up to a full-resolution level whose skip is a 3x3 conv of the
     image itself (the trunk has no stride-1 map), so strokes a few pixels wide keep exact boundaries.
 
-    The residual trunk learns *which* class a region is from fewer steps than a plain U-Net encoder of the same
-    cost (BENCHMARKS.md, segmentation); the U-Net decoder puts it back at full resolution.
+    Measured on the digit canvases from scratch (BENCHMARKS.md, segmentation), it learns far more slowly than the
+    plain `UNet`, at about half its speed per step; a pretrained trunk may change that (`pretrained=True`).
 
     Args:
         encoder: registered zoo classifier whose `forward_features` ends at stride 32.
@@ -356,9 +363,7 @@ class EncoderUNet(nn.Module):
         if len(decoder_widths) != 5:
             raise CnnlabError(f"decoder_widths needs 5 values (strides 16, 8, 4, 2, 1), got {tuple(decoder_widths)}")
         self.num_classes, self.default_input_size = num_classes, (in_chans, 64, 64)
-        self.backbone = create_model(encoder, pretrained=pretrained, in_chans=in_chans)
-        self.backbone.reset_classifier(0)  # type: ignore[operator]
-        self.taps, channels = find_stride_taps(self.backbone, in_chans, (2, 4, 8, 16))
+        self.backbone, self.taps, channels = _trunk(encoder, pretrained, in_chans, (2, 4, 8, 16))
         self.stem = ConvBnAct(in_chans, decoder_widths[-1], 3)  # the full-resolution skip
         skip_channels = [channels[16], channels[8], channels[4], channels[2], decoder_widths[-1]]
         self.ups = nn.ModuleList()
