@@ -37,18 +37,27 @@ def _canvases(count: int, seed: int, pool: int = 60):
     return make_canvases(*_digit_pool(pool, seed), count, size=32, digits_per_canvas=(1, 1), seed=seed)
 
 
+def _train_tiny(tmp_path, name: str, data: DigitSegmentation, recipe: str = "quick", epochs: int = 1, **options):
+    """`train_segmentation` with the small settings these tests share (U-Net 8-16-32, batch 16, no progress bar);
+    `lr` goes to the overrides, any other option to `train_segmentation`."""
+    overrides = {"epochs": epochs, "batch_size": 16, "channels_last": False}
+    if "lr" in options:
+        overrides["lr"] = options.pop("lr")
+    return train_segmentation(
+        recipe,
+        output=str(tmp_path),
+        name=name,
+        data=data,
+        overrides=overrides,
+        model_kwargs={"widths": (8, 16, 32)},
+        progress=False,
+        **options,
+    )
+
+
 def test_quick_training_learns(tmp_path):
     data = DigitSegmentation(train=_canvases(192, 0), val=_canvases(32, 1), test=_canvases(64, 2))
-    summary = train_segmentation(
-        "quick",
-        output=str(tmp_path),
-        name="t",
-        data=data,
-        overrides={"epochs": 4, "batch_size": 16, "lr": 1e-2, "channels_last": False},
-        model_kwargs={"widths": (8, 16, 32)},
-        pretrain_epochs=0,
-        progress=False,
-    )
+    summary = _train_tiny(tmp_path, "t", data, epochs=4, lr=1e-2, pretrain_epochs=0)
     run = tmp_path / "segment" / "t"
     assert (run / "model.safetensors").is_file() and (run / "test_overlays.png").is_file()
     assert json.loads((run / "results.json").read_text())["test"]["miou_includes_background"] is False
@@ -86,16 +95,7 @@ def test_encoder_pretraining_trains_the_encoder_only_and_then_segments(tmp_path)
     assert torch.equal(before["classifier.weight"], after["classifier.weight"])  # the decoder is untouched
     assert (tmp_path / "segment" / "p" / "pretrain-encoder" / "metrics.csv").is_file()
 
-    summary = train_segmentation(
-        "quick",
-        output=str(tmp_path),
-        name="q",
-        data=data,
-        overrides={"epochs": 1, "batch_size": 16, "channels_last": False},
-        model_kwargs={"widths": (8, 16, 32)},
-        pretrain_epochs=1,
-        progress=False,
-    )
+    summary = _train_tiny(tmp_path, "q", data, pretrain_epochs=1)
     assert summary["epochs"] == 1 and (tmp_path / "segment" / "q" / "pretrain-encoder").is_dir()
     with pytest.raises(CnnlabError, match="needs a U-Net"):
         EncoderClassifier(create_model("fcn8s", backbone="resnet18", num_classes=11))
@@ -113,17 +113,7 @@ def test_fresh_canvases_split_the_train_canvases_into_one_chunk_per_epoch(tmp_pa
     data = DigitSegmentation(
         train=_canvases(64, 0, pool=30), val=_canvases(16, 1, pool=30), test=_canvases(16, 2, pool=30)
     )
-    summary = train_segmentation(
-        "quick",
-        output=str(tmp_path),
-        name="f",
-        data=data,
-        overrides={"epochs": 2, "batch_size": 16, "channels_last": False},
-        model_kwargs={"widths": (8, 16, 32)},
-        pretrain_epochs=0,
-        fresh_canvases=True,
-        progress=False,
-    )
+    summary = _train_tiny(tmp_path, "f", data, epochs=2, pretrain_epochs=0, fresh_canvases=True)
     assert summary["fresh_canvases"] and summary["train_canvases_per_epoch"] == 32
     assert json.loads((tmp_path / "segment" / "f" / "metrics.json").read_text())[-1]["epoch"] == 2
 
@@ -133,15 +123,7 @@ def test_prior_recipe_trains_its_digit_classifier_on_the_training_pool_first(tmp
 
     pool = _digit_pool(1536, 0)  # 12 steps per epoch of the quick MNIST recipe (batch 128)
     data = DigitSegmentation(train=_canvases(32, 0), val=_canvases(16, 1), test=_canvases(16, 2), train_digits=pool)
-    summary = train_segmentation(
-        "prior",
-        output=str(tmp_path),
-        name="c",
-        data=data,
-        overrides={"epochs": 1, "batch_size": 16, "channels_last": False},
-        model_kwargs={"widths": (8, 16, 32)},
-        progress=False,
-    )
+    summary = _train_tiny(tmp_path, "c", data, recipe="prior")
     records = json.loads((tmp_path / "segment" / "c" / "digit-classifier" / "metrics.json").read_text())
     assert records[-1]["train_accuracy"] > 0.6  # it learned the three shapes (chance is 1/3)
     model = cnnlab.load_model(summary["run_dir"])  # the classifier travels inside the saved model
@@ -182,17 +164,7 @@ def test_offset_target_trains_and_saves_a_plain_segmenter(tmp_path):
         val=_canvases(16, 1),
         test=_canvases(16, 2),
     )
-    summary = train_segmentation(
-        "quick",
-        output=str(tmp_path),
-        name="o",
-        data=data,
-        overrides={"epochs": 1, "batch_size": 16, "channels_last": False},
-        model_kwargs={"widths": (8, 16, 32)},
-        pretrain_epochs=0,
-        offset_weight=1.0,
-        progress=False,
-    )
+    summary = _train_tiny(tmp_path, "o", data, pretrain_epochs=0, offset_weight=1.0)
     assert summary["model_kwargs"]["offset_head"] is True
     model = load_model(tmp_path / "segment" / "o")
     assert model(torch.rand(1, 1, 32, 32)).shape == (1, 11, 32, 32)  # eval mode: logits only
