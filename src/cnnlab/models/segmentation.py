@@ -224,10 +224,11 @@ class UNet(nn.Module):
         coarse_scores: also score the decoder's stride-8 and stride-4 maps with 1x1 convs and add them, bilinearly
             upsampled, to the final logits (FCN-style fusion): a wide, short path for *which class* a region is,
             while the full-resolution level draws the exact boundary.
-        input_stride: 1, or 2 to run the whole U-Net on the image average-pooled 2x2 (a quarter of the pixels;
-            training steps measured 2x faster) and put its logits back at full resolution with bilinear
-            upsampling plus a residual per-pixel refinement (two 1x1 convs that see the full-resolution image
-            beside the upsampled logits: whether a pixel is ink is in its own intensity, so boundaries stay exact).
+        input_stride: 1, or 2 to run the whole U-Net on the image average-pooled 2x2 (a quarter of the pixels,
+            though at batch 16 on a CPU a training step measured no faster) and put its logits back at full
+            resolution with bilinear upsampling plus a residual per-pixel refinement (two 1x1 convs that see the
+            full-resolution image beside the upsampled logits: whether a pixel is ink is in its own intensity, so
+            boundaries stay exact).
         offset_head: add a 1x1 conv on the last decoder map that predicts, per pixel, the (dy, dx) offset to the
             centre of the object the pixel belongs to (an auxiliary instance target). In training mode the two
             offset channels are appended to the logits ([N, classes + 2, H, W]); in eval mode the model returns

@@ -128,10 +128,10 @@ RECIPES: dict[str, SegmentRecipe] = {
         dataclasses.replace(
             _ACCURATE,
             name="halfres",
-            summary="accurate's U-Net run on the canvas average-pooled 2x2 (half the cost per step) with a per-pixel "
-            "full-resolution refinement, 9 epochs; not better (val mIoU 0.771)",
+            summary="accurate's U-Net run on the canvas average-pooled 2x2 with a per-pixel full-resolution "
+            "refinement, 9 epochs; not better (val mIoU 0.771) and no faster a step",
             model_kwargs={"widths": _WIDTHS, "input_stride": 2},
-            # 750-step probe (BENCHMARKS.md): val mIoU 0.612 against 0.640 at full resolution, at half the time;
+            # 750-step probe (BENCHMARKS.md): val mIoU 0.612 against 0.640 at full resolution; step_speed.py: no faster;
             # full run (8,433 steps): val 0.771, test 0.779, against accurate's 0.836 / 0.838 in 5,622 steps
             train=dict(epochs=9, **_COMMON_TRAIN),
         ),
