@@ -66,8 +66,10 @@ def main() -> None:
     parser.add_argument("--finetune-lr", type=float, default=None, help="phase-2 peak lr (default: TransferConfig's)")
     parser.add_argument("--layer-decay", type=float, default=None, help="phase-2 lr factor per block going down")
     parser.add_argument("--bn-train", action="store_true", help="phase 2 updates batch-norm running statistics")
+    parser.add_argument("--bn-adapt", action="store_true", help="AdaBN: batch-norm statistics of the training images")
     parser.add_argument("--crop-scale", type=float, default=None, help="smallest area a random training crop keeps")
     parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--crop-pct", type=float, default=None, help="evaluation centre-crop fraction (1.0: none)")
     parser.add_argument("--class-weight", choices=("balanced",), default=None, help="class-weighted cross-entropy")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1)
@@ -89,6 +91,7 @@ def main() -> None:
             ("finetune_lr", args.finetune_lr),
             ("layer_decay", args.layer_decay),
             ("crop_scale", args.crop_scale),
+            ("crop_pct", args.crop_pct),
             ("class_weight", args.class_weight),
         )
         if value is not None
@@ -109,10 +112,13 @@ def main() -> None:
         device=args.device,
         output=args.output,
         name=f"elpv-{args.mode}-u{args.unfreeze}-s{args.image_size or 224}"
-        + ("-balanced" if args.class_weight else ""),
+        + ("-balanced" if args.class_weight else "")
+        + (f"-c{args.crop_pct:g}" if args.crop_pct else "")
+        + ("-adabn" if args.bn_adapt else ""),
         overwrite=True,
         progress=False,
         bn_train=args.bn_train,
+        bn_adapt=args.bn_adapt,
         **tuned,
     )
     started = time.perf_counter()
@@ -120,7 +126,7 @@ def main() -> None:
     record = {
         "mode": args.mode,
         "unfreeze": args.unfreeze if finetune else None,
-        "options": {**tuned, "bn_train": args.bn_train},
+        "options": {**tuned, "bn_train": args.bn_train, "bn_adapt": args.bn_adapt},
         "image_size": args.image_size or 224,
         "head_epochs_run": summary["phases"].get("head", {}).get("epochs_run"),
         "finetune_epochs_run": summary["phases"].get("finetune", {}).get("epochs_run"),

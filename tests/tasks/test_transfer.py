@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from cnnlab.data.photo_transforms import InputCheck, InputStatisticsWarning, build_train_transform, input_problems
 from cnnlab.data.transforms import build_eval_transform
@@ -21,9 +22,11 @@ from cnnlab.tasks.transfer import (
     BestWeights,
     FreezeBatchNorm,
     TransferConfig,
+    adapt_batch_norm,
     class_weights,
     depth_units,
     layerwise_param_groups,
+    preprocessing_record,
     train_transfer,
 )
 from cnnlab.train import Trainer
@@ -127,6 +130,51 @@ def test_finished_run_is_not_silently_replaced(tiny_run: tuple[Path, dict]) -> N
 def test_crop_scale_out_of_range_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CnnlabError, match="--crop-scale must be in"):
         train_transfer(tiny_config(tmp_path, crop_scale=0.0))
+
+
+def test_crop_pct_out_of_range_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CnnlabError, match="--crop-pct must be in"):
+        train_transfer(tiny_config(tmp_path, crop_pct=1.5))
+
+
+def test_crop_pct_one_keeps_the_border_that_the_record_crops_away() -> None:
+    model = create_model("efficientnet_lite0", num_classes=2)
+    record = preprocessing_record(model)
+    assert record.crop_pct < 1.0  # the record's centre crop drops a border
+    whole = preprocessing_record(model, crop_pct=1.0)
+    assert whole.input_size == record.input_size and whole.resize_size == record.input_size[1]
+    assert preprocessing_record(model, image_size=300, crop_pct=1.0).resize_size == 300
+    image = np.zeros((300, 300, 3), np.uint8)
+    image[:, :8] = 255  # a bright band along the left border, as a defect at a cell's edge
+    cropped, kept = build_eval_transform(record)(image), build_eval_transform(whole)(image)
+    assert cropped.shape == kept.shape == (3, 224, 224)
+    assert kept[:, :, 0].mean() > cropped[:, :, 0].mean() + 1.0  # only the whole-image transform still sees it
+
+
+def test_adapt_batch_norm_sets_the_data_statistics_and_keeps_the_weights() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Conv2d(4, 2, 1))
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "tracked" not in k}
+    inputs = torch.randn(40, 3, 8, 8) * 3 + 2  # far from the N(0, 1) the fresh statistics describe
+    loader = DataLoader(TensorDataset(inputs, torch.zeros(40)), batch_size=10)
+    model.train(False)
+    assert adapt_batch_norm(model, loader, torch.device("cpu")) == 40
+    conv_out = model[0](inputs).detach()
+    norm = model[1]
+    torch.testing.assert_close(norm.running_mean, conv_out.mean((0, 2, 3)), atol=1e-4, rtol=1e-4)
+    per_batch_var = torch.stack([b.var((0, 2, 3)) for b in conv_out.split(10)]).mean(0)  # batch-unbiased, averaged
+    torch.testing.assert_close(norm.running_var, per_batch_var, atol=1e-3, rtol=1e-3)
+    assert norm.momentum == 0.1 and not model.training  # momentum and mode restored
+    for key, value in weights.items():
+        torch.testing.assert_close(model.state_dict()[key], value)
+
+
+def test_bn_adapt_run_records_the_adaptation(tmp_path: Path) -> None:
+    make_photo_folder(tmp_path / "photos")
+    config = tiny_config(tmp_path, arch="mnist_net", bn_adapt=True, head_epochs=1, finetune_epochs=0)
+    summary = train_transfer(config)
+    assert summary["bn_adapted"]["images"] == sum(summary["counts"]["train"].values())
+    assert "AdaBN" in (Path(summary["run_dir"]) / "report.md").read_text()
 
 
 def test_balanced_class_weights_make_every_class_count_alike() -> None:

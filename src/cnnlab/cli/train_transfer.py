@@ -33,8 +33,20 @@ def transfer(
     bn_train: bool = typer.Option(
         False, "--bn-train/--no-bn-train", help="Let unfrozen batch norms update their statistics in phase 2."
     ),
+    bn_adapt: bool = typer.Option(
+        False,
+        "--bn-adapt/--no-bn-adapt",
+        help="Before training, recompute every batch norm's statistics on the training images (AdaBN): for data "
+        "unlike the pretraining photos (grayscale cells, X-rays).",
+    ),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per optimizer step."),
     image_size: int | None = typer.Option(None, "--image-size", help="Square input size (default: the weights')."),
+    crop_pct: float | None = typer.Option(
+        None,
+        "--crop-pct",
+        help="Evaluate on the centre crop keeping this fraction of the resized side (default: the weights', "
+        "0.875 for most); 1.0 keeps the whole image, for labels that may sit at the border (defects).",
+    ),
     min_per_class: int = typer.Option(100, "--min-per-class", help="Fewest usable images a class may have."),
     max_per_class: int | None = typer.Option(None, "--max-per-class", help="Keep at most N images per class."),
     val_fraction: float = typer.Option(0.15, "--val-fraction", help="Validation share (from the non-test part)."),
@@ -85,8 +97,10 @@ def transfer(
         unfreeze=unfreeze,
         layer_decay=layer_decay,
         bn_train=bn_train,
+        bn_adapt=bn_adapt,
         batch_size=batch_size,
         image_size=image_size,
+        crop_pct=crop_pct,
         min_per_class=min_per_class,
         max_per_class=max_per_class,
         val_fraction=val_fraction,

@@ -52,6 +52,7 @@ __all__ = [
     "BestWeights",
     "FreezeBatchNorm",
     "TransferConfig",
+    "adapt_batch_norm",
     "depth_units",
     "layerwise_param_groups",
     "load_images",
@@ -78,6 +79,10 @@ class TransferConfig:
         pretrained: load the pretrained weights (False only for tests and baselines).
         image_size: train and evaluate at this square size instead of the record's (resize scaled by its crop_pct);
             a size under half the record's is warned about.
+        crop_pct: evaluate on the centre crop that keeps this fraction of the resized image's side, instead of the
+            record's (0.875 for most ImageNet weights). 1.0 resizes the whole image to the input size, so no border
+            is lost and training (whose random crops start from the whole image) and evaluation see the image at the
+            same scale: for data whose label may sit at the border (defect inspection).
         min_per_class: the fewest usable images a class may have.
         max_per_class: keep at most this many images per class (seeded), for quick trials; None keeps all.
         val_fraction: validation share of all images (taken from the non-test part).
@@ -94,6 +99,10 @@ class TransferConfig:
         unfreeze: phase 2 trains the top ``unfreeze`` blocks (0: all of them).
         layer_decay: learning-rate factor per block going down from the top.
         bn_train: let unfrozen batch norms update their running statistics in phase 2 (frozen ones never do).
+        bn_adapt: before phase 1, replace every batch norm's running statistics with those of the training images
+            (AdaBN, `adapt_batch_norm`), for data far from the pretraining images (grayscale cells, X-rays): the
+            frozen backbone then normalises with statistics of the data it sees, and phase 2 with ``bn_train`` starts
+            from statistics that its batches do not pull away.
         weight_decay: AdamW weight decay (weights only).
         label_smoothing: cross-entropy label smoothing.
         class_weight: "balanced" weighs each class's cross-entropy by n / (k * n_c) over the training split (n
@@ -121,6 +130,7 @@ class TransferConfig:
     arch: str = "efficientnet_lite0"
     pretrained: bool = True
     image_size: int | None = None
+    crop_pct: float | None = None
     min_per_class: int = 100
     max_per_class: int | None = None
     val_fraction: float = 0.15
@@ -137,6 +147,7 @@ class TransferConfig:
     unfreeze: int = 0
     layer_decay: float = 0.85
     bn_train: bool = False
+    bn_adapt: bool = False
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
     class_weight: str | None = None
@@ -233,8 +244,11 @@ def _check_files_exist(images: LabelledImages, manifest: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------- model
-def preprocessing_record(model: nn.Module, image_size: int | None = None) -> PretrainedCfg:
-    """The model's weights record (its preprocessing), optionally at another square input size.
+def preprocessing_record(
+    model: nn.Module, image_size: int | None = None, crop_pct: float | None = None
+) -> PretrainedCfg:
+    """The model's weights record (its preprocessing), optionally at another square input size or centre-crop
+    fraction (the resize is then ``size / crop_pct``).
 
     Models without a record get ImageNet's mean/std at their default input size (a randomly initialised model has
     no preferred scaling; ImageNet's is the usual convention).
@@ -253,10 +267,10 @@ def preprocessing_record(model: nn.Module, image_size: int | None = None) -> Pre
             interpolation="bilinear",
             notes="no pretrained record: ImageNet mean/std used",
         )
-    if image_size is not None:
-        cfg = dataclasses.replace(
-            cfg, input_size=(3, image_size, image_size), resize_size=round(image_size / cfg.crop_pct)
-        )
+    if image_size is not None or crop_pct is not None:
+        size = cfg.input_size[1] if image_size is None else image_size
+        pct = cfg.crop_pct if crop_pct is None else crop_pct
+        cfg = dataclasses.replace(cfg, input_size=(3, size, size), resize_size=round(size / pct), crop_pct=pct)
     return cfg
 
 
@@ -334,6 +348,34 @@ class FreezeBatchNorm(Callback):
                 frozen = not any(p.requires_grad for p in module.parameters())
                 if self.all_bn or frozen:
                     module.eval()
+
+
+@torch.no_grad()
+def adapt_batch_norm(model: nn.Module, loader: DataLoader, device: torch.device, channels_last: bool = False) -> int:
+    """AdaBN (Li et al. 2016): set every batch norm's running mean and variance to the average over ``loader``'s
+    batches (not a moving average), touching no weight. Dropout stays off. Returns the number of images seen."""
+    norms = [m for m in model.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
+    if not norms:
+        return 0
+    was_training, momenta = model.training, [m.momentum for m in norms]
+    model.eval()
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # cumulative average over the batches
+        module.train()
+    seen = 0
+    try:
+        for inputs, _ in loader:
+            inputs = inputs.to(device)
+            if channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            model(inputs)
+            seen += len(inputs)
+    finally:
+        for module, momentum in zip(norms, momenta, strict=True):
+            module.momentum = momentum
+        model.train(was_training)
+    return seen
 
 
 class BestWeights(Callback):
@@ -496,6 +538,8 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     log = log or (lambda message: print(message) if config.progress else None)
     if not 0.0 < config.crop_scale <= 1.0:
         raise CnnlabError(f"--crop-scale must be in (0, 1], got {config.crop_scale}")
+    if config.crop_pct is not None and not 0.0 < config.crop_pct <= 1.0:
+        raise CnnlabError(f"--crop-pct must be in (0, 1], got {config.crop_pct}")
     if config.class_weight not in (None, "balanced"):
         raise CnnlabError(f"--class-weight must be 'balanced' or 'none', got {config.class_weight!r}")
     started = time.perf_counter()
@@ -525,7 +569,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     if not hasattr(model, "forward_features"):
         raise CnnlabError(f"{config.arch} lacks the classifier surface (forward_features/forward_head) to fine-tune")
     record = preprocessing_record(model)
-    cfg = preprocessing_record(model, config.image_size)
+    cfg = preprocessing_record(model, config.image_size, config.crop_pct)
     from cnnlab.train.trainer import resolve_device
 
     device = resolve_device(config.device)
@@ -543,6 +587,20 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     )
     input_warnings: list[str] = []
     phases: dict[str, Any] = {}
+    adapted = None
+    if config.bn_adapt:
+        tick = time.perf_counter()
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        seen = adapt_batch_norm(
+            model, _loader(parts["train"], eval_transform, config, False, device), device, config.channels_last
+        )
+        adapted = {"images": seen, "seconds": time.perf_counter() - tick}
+        log(
+            f"batch-norm statistics adapted to {seen} training images in {adapted['seconds']:.1f}s"
+            if seen
+            else f"{config.arch} has no batch norm with running statistics: --bn-adapt changes nothing"
+        )
 
     # Phase 1: frozen backbone, new head.
     if config.head_epochs > 0:
@@ -637,6 +695,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         "split": split_source,
         "preprocessing": record_to_dict(cfg),
         "input_warnings": input_warnings,
+        "bn_adapted": adapted,
         "phases": {name: {k: v for k, v in phase.items() if k != "history"} for name, phase in phases.items()},
         "test": results,
         "wall_seconds": time.perf_counter() - started,
@@ -732,6 +791,13 @@ def render_report(summary: dict[str, Any], phases: dict[str, Any]) -> str:
         f"crop {pre['input_size'][1]}x{pre['input_size'][2]}, scale to [0, 1], normalise mean "
         f"{[round(m, 3) for m in pre['mean']]} std {[round(s, 3) for s in pre['std']]}. Training adds augmentation "
         f"(random resized crop, flips, rotation, colour jitter): {config['augment']}; preview `augmented_preview.png`.",
+    ]
+    if summary.get("bn_adapted"):
+        lines.append(
+            f"Batch-norm statistics recomputed on {summary['bn_adapted']['images']} training images (AdaBN) "
+            "before training."
+        )
+    lines += [
         "",
         "Input warnings: " + ("; ".join(summary["input_warnings"]) if summary["input_warnings"] else "none."),
         "",
