@@ -520,8 +520,6 @@ def _cached_features(
         if all(f"{part}_features" in stored and len(stored[f"{part}_labels"]) == len(parts[part]) for part in parts):
             return {part: (stored[f"{part}_features"], stored[f"{part}_labels"]) for part in parts}
     eval_transform = build_eval_transform(cfg)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
     cached = {}
     for part, images in parts.items():
         loader = _loader(images, eval_transform, config, False, device)
@@ -574,6 +572,8 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
 
     device = resolve_device(config.device)
     model.to(device)
+    if config.channels_last:  # once, outside inference mode; the engine keeps it for phase 2
+        model.to(memory_format=torch.channels_last)
     loss = _loss(config, counts["train"], device)
     train_transform = (
         build_train_transform(cfg, scale=(config.crop_scale, 1.0), vertical_flip=config.vertical_flip)
@@ -590,8 +590,6 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     adapted = None
     if config.bn_adapt:
         tick = time.perf_counter()
-        if config.channels_last:
-            model.to(memory_format=torch.channels_last)
         seen = adapt_batch_norm(
             model, _loader(parts["train"], eval_transform, config, False, device), device, config.channels_last
         )
