@@ -4,7 +4,7 @@ Training memory grows with the batch size: a fixed part (parameters, gradients, 
 part (the input, the tensors saved for backward, the transient tensors of backward). Meta-device traces give the peak
 of a step at any batch size at no memory cost, so the largest batch is found by bisection, for each remedy:
 
-- **gradient checkpointing**: traced for real on a copy checkpointed by `cnnlab.train.checkpointing.checkpoint_stages`
+- **gradient checkpointing**: traced for real on a copy checkpointed by `cnnlab.train.activation_checkpointing.checkpoint_stages`
   (the engine's own `--grad-checkpointing`), recomputation in backward included;
 - **SGD without momentum**: traced with that optimizer (Adam keeps two copies of the weights);
 - **bf16 mixed precision**: autocast cannot run on the meta device, so the peak is adjusted: saved activations
@@ -63,7 +63,7 @@ def plan_batch(
         ``{"limit_bytes", "optimizer", "remedies": [{"remedy", "fixed_bytes", "per_sample_bytes", "max_batch"}]}``;
         fixed and per-sample bytes are the straight line through the peaks at the answer and half of it.
     """
-    from cnnlab.train.checkpointing import checkpoint_stages
+    from cnnlab.train.activation_checkpointing import checkpoint_stages
 
     checkpointed = copy.deepcopy(model).to("meta")
     checkpoint_stages(checkpointed)

@@ -51,7 +51,7 @@ class TrainConfig:
         channels_last: model and 4-D inputs in channels_last memory format.
         compile: wrap the model in `torch.compile`.
         grad_checkpointing: checkpoint the model's stages (recompute activations in backward to save memory;
-            see `cnnlab.train.checkpointing`).
+            see `cnnlab.train.activation_checkpointing`).
         auto_batch_size: before training, search the largest batch that fits in memory, up to `batch_size`
             (tested over full steps and an evaluation batch; see `cnnlab.train.batch_size`).
         auto_accum: before training, keep `batch_size` as the effective batch and raise `accum_steps` until a

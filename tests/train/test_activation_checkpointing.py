@@ -11,7 +11,7 @@ from torch import nn
 
 from cnnlab.budget import SavedTensorCounter
 from cnnlab.models import create_model
-from cnnlab.train.checkpointing import checkpoint_stages, checkpointed_modules, remove_checkpointing
+from cnnlab.train.activation_checkpointing import checkpoint_stages, checkpointed_modules, remove_checkpointing
 
 # (model, input shape): small inputs keep this fast on 2 CPU cores.
 CASES = [
