@@ -4,8 +4,9 @@ Training memory grows with the batch size: a fixed part (parameters, gradients, 
 part (the input, the tensors saved for backward, the transient tensors of backward). Meta-device traces give the peak
 of a step at any batch size at no memory cost, so the largest batch is found by bisection, for each remedy:
 
-- **gradient checkpointing**: traced for real on a copy checkpointed by `cnnlab.train.activation_checkpointing.checkpoint_stages`
-  (the engine's own `--grad-checkpointing`), recomputation in backward included;
+- **gradient checkpointing**: traced for real on a copy checkpointed by
+  `cnnlab.train.activation_checkpointing.checkpoint_stages` (the engine's own `--grad-checkpointing`), recomputation
+  in backward included;
 - **SGD without momentum**: traced with that optimizer (Adam keeps two copies of the weights);
 - **bf16 mixed precision**: autocast cannot run on the meta device, so the peak is adjusted: saved activations
   take the per-sample saved bytes of a bfloat16 trace, and a bf16 copy of the weights is added; parameters,

@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train.activation_checkpointing import checkpoint_stages
 from cnnlab.train.allocator import keep_freed_memory
 from cnnlab.train.batches import Batch, BatchSource, TensorBatches, as_batch_source
 from cnnlab.train.callbacks import Callback, EarlyStopping
 from cnnlab.train.checkpoint import atomic_save, capture_rng_state, load_checkpoint, restore_rng_state
-from cnnlab.train.activation_checkpointing import checkpoint_stages
 from cnnlab.train.config import TrainConfig, save_config
 from cnnlab.train.distributed import is_main_process, prepare_fit
 from cnnlab.train.ema import ModelEma
