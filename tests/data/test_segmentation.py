@@ -14,7 +14,6 @@ from cnnlab.data.segmentation import (
     INK_THRESHOLD,
     TEST_ID_OFFSET,
     SegmentationFolder,
-    augment_digits,
     make_canvases,
     make_digit_segmentation,
     save_segmentation_folder,
@@ -87,33 +86,6 @@ def test_splits_use_disjoint_mnist_digits_and_test_only_the_test_file():
     assert labels_seen == set(range(11))
 
 
-@needs_mnist
-def test_train_chunks_are_new_canvases_of_training_digits_and_leave_val_and_test_alone():
-    from cnnlab.data.augment import RandomAffine
-
-    base = make_digit_segmentation(sizes=(40, 20, 20), canvas_size=64)
-    chunked = make_digit_segmentation(
-        sizes=(40, 20, 20), canvas_size=64, train_chunks=3, digit_augment=RandomAffine(10, 0.1, 0.0)
-    )
-    assert len(chunked.train) == 120 and torch.equal(chunked.val.images, base.val.images)
-    assert torch.equal(chunked.test.masks, base.test.masks)  # val and test digits are never transformed
-    assert not torch.equal(chunked.train.images[:40], chunked.train.images[40:80])  # each chunk is new
-    sources = set(chunked.train.source_ids.flatten().tolist()) - {-1}
-    assert sources <= set(chunked.train_digits[2].tolist())  # still only the training pool
-
-
-def test_augment_digits_is_seeded_and_keeps_uint8():
-    from cnnlab.data.augment import RandomAffine
-
-    digits = _pool()[0]
-    options = RandomAffine(degrees=15.0, scale=0.1, shift=0.0)
-    moved = augment_digits(digits, options, seed=3)
-    assert moved.dtype == torch.uint8 and moved.shape == (len(digits), 1, 28, 28)
-    assert torch.equal(moved, augment_digits(digits, options, seed=3))
-    assert not torch.equal(moved, augment_digits(digits, options, seed=4))
-    assert not torch.equal(moved.reshape(digits.shape), digits)
-
-
 def test_folder_round_trip_with_colour_map(tmp_path):
     canvases = make_canvases(*_pool(), 4, size=(40, 50), seed=0)
     save_segmentation_folder(canvases.images, canvases.masks, tmp_path)
@@ -147,26 +119,3 @@ def test_folder_errors_name_the_problem(tmp_path):
     (tmp_path / "masks" / "00000.png").unlink()
     with pytest.raises(CnnlabError, match="has no mask"):
         SegmentationFolder(tmp_path)
-
-
-def test_centre_offsets_point_every_ink_pixel_at_its_digits_centre_and_leave_the_canvases_alone():
-    digits, labels, ids = _pool()
-    plain = make_canvases(digits, labels, ids, 12, size=64, seed=3)
-    single = make_canvases(digits, labels, ids, 12, size=64, seed=3, digits_per_canvas=(1, 1), centre_offsets=True)
-    with_offsets = make_canvases(digits, labels, ids, 12, size=64, seed=3, centre_offsets=True)
-    assert plain.offsets is None and with_offsets.offsets.dtype == torch.int8
-    assert torch.equal(plain.images, with_offsets.images) and torch.equal(plain.masks, with_offsets.masks)
-    assert not with_offsets.offsets[:, :, ~(with_offsets.masks > 0).any(0)].any()  # background: 0
-    assert not (with_offsets.offsets.ne(0).any(1) & (with_offsets.masks == 0)).any()
-    for canvas in range(12):  # one square per canvas: every ink pixel points at one centre (within rounding)
-        rows, cols = torch.nonzero(single.masks[canvas] > 0, as_tuple=True)
-        centre_rows = rows + single.offsets[canvas, 0, rows, cols]
-        centre_cols = cols + single.offsets[canvas, 1, rows, cols]
-        assert int(centre_rows.max() - centre_rows.min()) <= 1 and int(centre_cols.max() - centre_cols.min()) <= 1
-        assert abs(float(centre_rows.float().mean()) - float(rows.float().mean())) < 1.0  # a square's centre
-
-
-@needs_mnist
-def test_make_digit_segmentation_gives_offsets_to_the_train_split_on_request():
-    data = make_digit_segmentation(sizes=(6, 2, 2), centre_offsets=True, train_chunks=2)
-    assert data.train.offsets.shape == (12, 2, 64, 64) and data.val.offsets is None

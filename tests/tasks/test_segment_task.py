@@ -12,7 +12,6 @@ from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
 from cnnlab.tasks.segmentation import EncoderClassifier, evaluate_segmentation, pretrain_encoder, train_segmentation
 from cnnlab.train import TrainConfig
-from cnnlab.train.saved import load_model
 
 
 def _digit_pool(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -107,74 +106,3 @@ def test_pretraining_without_the_digit_pool_is_a_clear_error(tmp_path):
     )
     with pytest.raises(CnnlabError, match="training pool"):
         train_segmentation("quick", output=str(tmp_path), name="n", data=data, pretrain_epochs=1, progress=False)
-
-
-def test_fresh_canvases_split_the_train_canvases_into_one_chunk_per_epoch(tmp_path):
-    data = DigitSegmentation(
-        train=_canvases(64, 0, pool=30), val=_canvases(16, 1, pool=30), test=_canvases(16, 2, pool=30)
-    )
-    summary = _train_tiny(tmp_path, "f", data, epochs=2, pretrain_epochs=0, fresh_canvases=True)
-    assert summary["fresh_canvases"] and summary["train_canvases_per_epoch"] == 32
-    assert json.loads((tmp_path / "segment" / "f" / "metrics.json").read_text())[-1]["epoch"] == 2
-
-
-def test_prior_recipe_trains_its_digit_classifier_on_the_training_pool_first(tmp_path):
-    import cnnlab
-
-    pool = _digit_pool(1536, 0)  # 12 steps per epoch of the quick MNIST recipe (batch 128)
-    data = DigitSegmentation(train=_canvases(32, 0), val=_canvases(16, 1), test=_canvases(16, 2), train_digits=pool)
-    summary = _train_tiny(tmp_path, "c", data, recipe="prior")
-    records = json.loads((tmp_path / "segment" / "c" / "digit-classifier" / "metrics.json").read_text())
-    assert records[-1]["train_accuracy"] > 0.6  # it learned the three shapes (chance is 1/3)
-    model = cnnlab.load_model(summary["run_dir"])  # the classifier travels inside the saved model
-    torch.manual_seed(0)  # the seed train_segmentation builds its model with: the prior as initialised
-    initial = create_model("unet_classifier_prior", widths=(8, 16, 32), classifier_kwargs={"drop_rate": 0.0})
-    name = "fcn.head.fc.weight"
-    assert not torch.equal(model.prior.state_dict()[name], initial.prior.state_dict()[name])
-    with pytest.raises(CnnlabError, match="classifier-prior model"):
-        from cnnlab.tasks.segmentation import train_prior_classifier
-
-        train_prior_classifier(create_model("unet", widths=(8, 16)), data, TrainConfig(output=str(tmp_path)), "quick")
-
-
-def test_segmentation_loss_adds_the_offset_term_on_ink_pixels_only():
-    from cnnlab.tasks.segmentation import SegmentationLoss
-
-    torch.manual_seed(0)
-    labels = torch.randint(0, 11, (2, 8, 8))
-    offsets = torch.randint(-10, 11, (2, 2, 8, 8)).short() * (labels > 0).unsqueeze(1)
-    logits = torch.randn(2, 11, 8, 8)
-    loss = SegmentationLoss(torch.ones(11), offset_weight=2.0, scale=8.0)
-    ce = torch.nn.functional.cross_entropy(logits, labels)
-    assert torch.allclose(loss(logits, labels), ce)  # class maps alone (validation): plain cross-entropy
-    packed = torch.cat([labels.unsqueeze(1).short(), offsets], 1).long()
-    exact = torch.cat([logits, offsets.float() / 8.0], 1)
-    assert torch.allclose(loss(exact, packed), ce)  # offsets predicted exactly: nothing added
-    off = exact.clone()
-    off[:, 11:] += 0.5 * (labels > 0).unsqueeze(1)  # 0.5 wrong on every ink pixel: smooth L1 = 0.125
-    assert torch.allclose(loss(off, packed), ce + 2.0 * 0.125)
-    off[:, 11:] += 5.0 * (labels == 0).unsqueeze(1)  # background offsets do not count
-    assert torch.allclose(loss(off, packed), ce + 2.0 * 0.125)
-
-
-def test_offset_target_trains_and_saves_a_plain_segmenter(tmp_path):
-    pool = _digit_pool(60, 0)
-    data = DigitSegmentation(
-        train=make_canvases(*pool, 64, size=32, digits_per_canvas=(1, 2), seed=0, centre_offsets=True),
-        val=_canvases(16, 1),
-        test=_canvases(16, 2),
-    )
-    summary = _train_tiny(tmp_path, "o", data, pretrain_epochs=0, offset_weight=1.0)
-    assert summary["model_kwargs"]["offset_head"] is True
-    model = load_model(tmp_path / "segment" / "o")
-    assert model(torch.rand(1, 1, 32, 32)).shape == (1, 11, 32, 32)  # eval mode: logits only
-    with pytest.raises(CnnlabError, match="centre_offsets=True"):
-        train_segmentation(
-            "quick",
-            output=str(tmp_path),
-            name="p",
-            data=DigitSegmentation(_canvases(16, 0), _canvases(8, 1), _canvases(8, 2)),
-            offset_weight=1.0,
-            pretrain_epochs=0,
-            progress=False,
-        )

@@ -12,9 +12,7 @@ def segment(
         "quick",
         "--recipe",
         "-r",
-        help="quick, accurate (19-25 min on 2 cores), accurate-fresh, prior (U-Net + a frozen MNIST classifier's "
-        "per-pixel scores; not better), halfres (U-Net on the 2x2-pooled canvas; not better), unet, resnet-unet "
-        "(U-Net decoder on resnet18; not better), fcn8s, fcn32s.",
+        help="quick, accurate (19-25 min on 2 cores), unet, fcn8s, fcn32s.",
     ),
     upsample: str | None = typer.Option(None, "--upsample", help="transposed (learned) or bilinear (fixed)."),
     seed: int = typer.Option(0, "--seed", help="Training seed (the canvases are always generated with seed 0)."),
@@ -27,18 +25,6 @@ def segment(
         "--pretrain-epochs",
         help="Epochs pretraining the U-Net's encoder as a digit classifier on the training pool's single digits "
         "before segmentation (default: the recipe's; 0 = none).",
-    ),
-    fresh_canvases: bool | None = typer.Option(
-        None,
-        "--fresh-canvases/--same-canvases",
-        help="New training canvases every epoch (--train-canvases per epoch, generated up front), or the same "
-        "ones every epoch (default: the recipe's).",
-    ),
-    offset_weight: float | None = typer.Option(
-        None,
-        "--offset-weight",
-        help="Weight of an auxiliary target: a U-Net head learns each ink pixel's offset to its digit's centre "
-        "(smooth L1 beside the cross-entropy; the saved model returns logits only). Default: the recipe's (0 = off).",
     ),
     precision: str | None = typer.Option(None, "--precision", help="fp32, bf16 or fp16 (autocast)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
@@ -80,8 +66,6 @@ def segment(
         overwrite=overwrite,
         progress=not quiet,
         pretrain_epochs=pretrain_epochs,
-        fresh_canvases=fresh_canvases,
-        offset_weight=offset_weight,
     )
     test = summary["test"]
     typer.echo(

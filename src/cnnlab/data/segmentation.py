@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cnnlab.data.augment import RandomAffine, random_affine
 from cnnlab.errors import CnnlabError
 
 __all__ = [
@@ -32,7 +31,6 @@ __all__ = [
     "DigitCanvases",
     "DigitSegmentation",
     "SegmentationFolder",
-    "augment_digits",
     "class_colours",
     "make_canvases",
     "make_digit_segmentation",
@@ -55,15 +53,11 @@ class DigitCanvases:
         images: uint8 [N, 1, H, W] (0..255, white ink on black like MNIST).
         masks: uint8 [N, H, W], 0 = background, 1..10 = digit + 1.
         source_ids: int64 [N, 5] ids of the MNIST digits drawn (-1 pads); ids >= 60000 come from the test file.
-        offsets: int8 [N, 2, H, W] (made on request) from every ink pixel to the centre of mass of the digit its
-            mask label comes from, (dy, dx) in pixels, rounded; 0 on background. An instance signal: pixels of
-            one digit agree on one centre, pixels of two touching digits do not.
     """
 
     images: torch.Tensor
     masks: torch.Tensor
     source_ids: torch.Tensor
-    offsets: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -106,10 +100,8 @@ def _place_digits(
     height: int,
     width: int,
     count: int,
-    offsets: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Draw `count` digits picked from the pool onto a `height` x `width` canvas (and fill `offsets`, int8
-    [2, height, width], with each ink pixel's offset to its digit's centre of mass, when given)."""
+    """Draw `count` digits picked from the pool onto a `height` x `width` canvas."""
     image = np.zeros((height, width), dtype=np.uint8)
     mask = np.zeros((height, width), dtype=np.uint8)
     used: list[int] = []
@@ -129,12 +121,6 @@ def _place_digits(
         window = image[top : top + size, left : left + size]
         np.maximum(window, digit, out=window)
         mask[top : top + size, left : left + size][ink] = labels[pick] + 1
-        if offsets is not None:
-            weights = digit.astype(np.float64)
-            rows, cols = np.mgrid[0:size, 0:size]
-            centre_y, centre_x = (weights * rows).sum() / weights.sum(), (weights * cols).sum() / weights.sum()
-            offsets[0, top : top + size, left : left + size][ink] = np.rint(centre_y - rows[ink])
-            offsets[1, top : top + size, left : left + size][ink] = np.rint(centre_x - cols[ink])
         used.append(int(ids[pick]))
     return image, mask, used
 
@@ -147,7 +133,6 @@ def make_canvases(
     size: int | tuple[int, int] = 64,
     digits_per_canvas: tuple[int, int] = (1, MAX_DIGITS),
     seed: int | tuple[int, ...] = 0,
-    centre_offsets: bool = False,
 ) -> DigitCanvases:
     """Compose `count` canvases from a pool of MNIST digits.
 
@@ -159,7 +144,6 @@ def make_canvases(
         size: canvas side, or (height, width); at least 28.
         digits_per_canvas: inclusive (min, max) digits per canvas; max <= 5.
         seed: the generator seed, or a tuple of them (same seed and pool: same canvases).
-        centre_offsets: also make `offsets` (the canvases themselves are the same either way).
     """
     height, width = (size, size) if isinstance(size, int) else size
     low, high = digits_per_canvas
@@ -173,19 +157,12 @@ def make_canvases(
     images = np.zeros((count, 1, height, width), dtype=np.uint8)
     masks = np.zeros((count, height, width), dtype=np.uint8)
     sources = np.full((count, MAX_DIGITS), -1, dtype=np.int64)
-    offsets = np.zeros((count, 2, height, width), dtype=np.int8) if centre_offsets else None
     for i in range(count):
         n = int(rng.integers(low, high + 1))
-        canvas_offsets = None if offsets is None else offsets[i]
-        image, mask, used = _place_digits(rng, pool, label_array, id_array, height, width, n, canvas_offsets)
+        image, mask, used = _place_digits(rng, pool, label_array, id_array, height, width, n)
         images[i, 0], masks[i] = image, mask
         sources[i, : len(used)] = used
-    return DigitCanvases(
-        torch.from_numpy(images),
-        torch.from_numpy(masks),
-        torch.from_numpy(sources),
-        None if offsets is None else torch.from_numpy(offsets),
-    )
+    return DigitCanvases(torch.from_numpy(images), torch.from_numpy(masks), torch.from_numpy(sources))
 
 
 @dataclass
@@ -221,13 +198,6 @@ def _mnist_pools(
     }
 
 
-def augment_digits(digits: torch.Tensor, options: RandomAffine, seed: int) -> torch.Tensor:
-    """A randomly rotated / scaled / shifted copy of a uint8 digit pool [P, 1, 28, 28] (one draw per digit)."""
-    generator = torch.Generator().manual_seed(seed)
-    moved = random_affine(digits.reshape(-1, 1, 28, 28).float(), options, generator)
-    return moved.round_().clamp_(0, 255).to(torch.uint8)
-
-
 def make_digit_segmentation(
     data_dir: str | os.PathLike[str] | None = None,
     sizes: tuple[int, int, int] = (4000, 500, 1000),
@@ -235,9 +205,6 @@ def make_digit_segmentation(
     digits_per_canvas: tuple[int, int] = (1, MAX_DIGITS),
     val_digits: int = 5_000,
     seed: int = 0,
-    train_chunks: int = 1,
-    digit_augment: RandomAffine | None = None,
-    centre_offsets: bool = False,
 ) -> DigitSegmentation:
     """Generate the multi-digit MNIST segmentation set (train, val, test) from the MNIST IDX files.
 
@@ -248,34 +215,14 @@ def make_digit_segmentation(
         digits_per_canvas: inclusive range of digits on one canvas (max 5).
         val_digits: MNIST training digits held out as the validation pool.
         seed: seed of the pool split and of the composition (each split gets its own stream).
-        train_chunks: build the train split as this many chunks of `sizes[0]` canvases (one per epoch with
-            ``TensorBatches(chunks=...)``); chunk 0 is the single-chunk train split, chunk k > 0 uses the stream
-            ``(3 * seed, k)``.
-        digit_augment: randomly rotate / scale the training pool's digits afresh for every train chunk before
-            composing it (`augment_digits`, seeded per chunk); val and test digits are never transformed.
-        centre_offsets: give the train split per-pixel offsets to digit centres (`DigitCanvases.offsets`).
 
     Raises:
         CnnlabError: when MNIST is not found or an option is out of range.
     """
-    if train_chunks < 1:
-        raise CnnlabError(f"train chunks must be >= 1, got {train_chunks}")
     pools = _mnist_pools(data_dir, val_digits, seed)
     train_count, val_count, test_count = sizes
     digits, labels, ids = pools["train"]
-    chunks = []
-    for chunk in range(train_chunks):
-        pool = digits if digit_augment is None else augment_digits(digits, digit_augment, seed * 1_000 + chunk)
-        stream = seed * 3 if chunk == 0 else (seed * 3, chunk)
-        chunks.append(
-            make_canvases(pool, labels, ids, train_count, canvas_size, digits_per_canvas, stream, centre_offsets)
-        )
-    train = DigitCanvases(
-        torch.cat([c.images for c in chunks]),
-        torch.cat([c.masks for c in chunks]),
-        torch.cat([c.source_ids for c in chunks]),
-        torch.cat([c.offsets for c in chunks]) if centre_offsets else None,  # type: ignore[misc]
-    )
+    train = make_canvases(digits, labels, ids, train_count, canvas_size, digits_per_canvas, seed * 3)
     val = make_canvases(*pools["val"], val_count, canvas_size, digits_per_canvas, seed * 3 + 1)
     test = make_canvases(*pools["test"], test_count, canvas_size, digits_per_canvas, seed * 3 + 2)
     return DigitSegmentation(train, val, test, train_digits=(digits.reshape(-1, 1, 28, 28), labels, ids))

@@ -10,11 +10,6 @@ Upsampling is either learned transposed convolutions (initialised to bilinear in
 fixed bilinear interpolation. An input whose sides are not a multiple of the network's stride is zero-padded on the
 bottom and right to the next multiple and the output is cropped back, so every input size works.
 
-- Classifier-prior U-Net (cnnlab's own): a frozen image classifier, converted to a fully convolutional network
-  (`cnnlab.fcn.to_fully_convolutional`), scores the window centred on every location; those class probabilities
-  enter the U-Net as extra input channels, so the U-Net learns where each class's pixels are and borrows *which*
-  class they are from a classifier trained on whole, isolated objects (MNIST digits here).
-
 All models map [N, C, H, W] float images to [N, num_classes, H, W] logits.
 """
 
@@ -32,8 +27,6 @@ from cnnlab.models._registry import create_model, register_model
 
 __all__ = [
     "FCN",
-    "ClassifierPriorUNet",
-    "DigitPrior",
     "EncoderUNet",
     "UNet",
     "features_with_taps",
@@ -221,18 +214,6 @@ class UNet(nn.Module):
         in_chans: input channels.
         widths: channels per level, finest first (the paper's 64-128-256-512-1024 is 5 levels).
         upsample: "transposed" or "bilinear".
-        coarse_scores: also score the decoder's stride-8 and stride-4 maps with 1x1 convs and add them, bilinearly
-            upsampled, to the final logits (FCN-style fusion): a wide, short path for *which class* a region is,
-            while the full-resolution level draws the exact boundary.
-        input_stride: 1, or 2 to run the whole U-Net on the image average-pooled 2x2 (a quarter of the pixels,
-            though at batch 16 on a CPU a training step measured no faster) and put its logits back at full
-            resolution with bilinear upsampling plus a residual per-pixel refinement (two 1x1 convs that see the
-            full-resolution image beside the upsampled logits: whether a pixel is ink is in its own intensity, so
-            boundaries stay exact).
-        offset_head: add a 1x1 conv on the last decoder map that predicts, per pixel, the (dy, dx) offset to the
-            centre of the object the pixel belongs to (an auxiliary instance target). In training mode the two
-            offset channels are appended to the logits ([N, classes + 2, H, W]); in eval mode the model returns
-            the logits alone, so evaluation, export and `cnnlab.load_model` see a plain segmenter.
     """
 
     pretrained_cfg = None
@@ -244,18 +225,12 @@ class UNet(nn.Module):
         in_chans: int = 1,
         widths: tuple[int, ...] = (16, 32, 64, 128),
         upsample: str = "transposed",
-        coarse_scores: bool = False,
-        input_stride: int = 1,
-        offset_head: bool = False,
     ) -> None:
         super().__init__()
         if upsample not in _UPSAMPLE_MODES:
             raise CnnlabError(f"upsample mode {upsample!r} is not one of {', '.join(_UPSAMPLE_MODES)}")
-        if input_stride not in (1, 2):
-            raise CnnlabError(f"input_stride must be 1 or 2, got {input_stride}")
         self.num_classes, self.default_input_size = num_classes, (in_chans, 64, 64)
-        self.input_stride = input_stride
-        self.output_stride = 2 ** (len(widths) - 1) * input_stride
+        self.output_stride = 2 ** (len(widths) - 1)
         self.widths = tuple(widths)
         self.encoders = nn.ModuleList()
         channels = in_chans
@@ -275,32 +250,12 @@ class UNet(nn.Module):
             self.decoders.append(_DoubleConv(2 * width, width))
             channels = width
         self.classifier = nn.Conv2d(channels, num_classes, 1)
-        # decoder level i outputs stride 2^(len(widths) - 2 - i); score the stride-8 and stride-4 ones
-        levels = len(widths) - 1
-        self.coarse = nn.ModuleDict(
-            {
-                str(i): nn.Conv2d(width, num_classes, 1)
-                for i, width in enumerate(reversed(widths[:-1]))
-                if coarse_scores and 2 ** (levels - 1 - i) in (4, 8)
-            }
-        )
-        self.offset_head = nn.Conv2d(channels, 2, 1) if offset_head else None
-        self.refine = (
-            nn.Sequential(
-                ConvBnAct(num_classes + in_chans, 2 * num_classes, 1),
-                nn.Conv2d(2 * num_classes, num_classes, 1),
-            )
-            if input_stride == 2
-            else None
-        )
 
     def encode(self, x: Tensor) -> list[Tensor]:
         """The encoder's maps, finest first: level i is N x widths[i] x H/2^i x W/2^i (H, W multiples of the stride).
 
         Used by `forward` and by encoder pretraining (`cnnlab.tasks.segmentation.pretrain_encoder`).
         """
-        if self.input_stride == 2:
-            x = F.avg_pool2d(x, 2)
         skips = []
         for level, encoder in enumerate(self.encoders):
             x = encoder(x if level == 0 else self.pool(x))
@@ -309,26 +264,11 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x, (height, width) = pad_to_multiple(x, self.output_stride)
-        image = x
         skips = self.encode(x)
         x = skips[-1]
-        coarse = []
-        for i, (up, decoder, skip) in enumerate(zip(self.ups, self.decoders, reversed(skips[:-1]), strict=True)):
+        for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips[:-1]), strict=True):
             x = decoder(torch.cat([up(x), skip], dim=1))  # N x width x (2x the previous size)
-            if str(i) in self.coarse:
-                coarse.append(self.coarse[str(i)](x))  # N x classes x H/s x W/s (s = 8, 4)
-        logits = self.classifier(x)  # N x classes x H x W
-        offsets = self.offset_head(x) if self.offset_head is not None and self.training else None  # N x 2 x H x W
-        for scores in coarse:
-            logits = logits + F.interpolate(scores, size=logits.shape[-2:], mode="bilinear", align_corners=False)
-        if self.refine is not None:  # N x classes x H/2 x W/2 -> N x classes x H x W
-            logits = F.interpolate(logits, scale_factor=2, mode="bilinear", align_corners=False)
-            logits = logits + self.refine(torch.cat([logits, image], dim=1))
-            if offsets is not None:
-                offsets = F.interpolate(offsets, scale_factor=2, mode="bilinear", align_corners=False) * 2
-        if offsets is not None:
-            logits = torch.cat([logits, offsets], dim=1)  # N x (classes + 2) x H x W, training only
-        return logits[..., :height, :width]
+        return self.classifier(x)[..., :height, :width]  # N x classes x H x W
 
 
 class EncoderUNet(nn.Module):
@@ -385,114 +325,6 @@ class EncoderUNet(nn.Module):
         return self.classifier(features)[..., :height, :width]  # N x classes x H x W
 
 
-class DigitPrior(nn.Module):
-    """A frozen classifier run over an image as a fully convolutional network: at every pixel, the class
-    probabilities of the classifier's input-sized window centred on that pixel.
-
-    The classifier (`arch`, a zoo classifier such as ``mnist_net_small``) is converted with
-    `cnnlab.fcn.to_fully_convolutional`; its stride (8 for the MNIST nets) is refined by shift-and-stitch
-    (`refine` shifted passes per axis) and the map is bilinearly interpolated to full resolution. The image is
-    zero-padded by half a window on every side, so windows centred near the border see what a centred digit would.
-    It never trains: its parameters need no gradient and it stays in eval mode (batch-norm running statistics)
-    even inside a model in training mode. Load the trained classifier's weights with `load_classifier`.
-
-    Args:
-        arch: registered classifier name.
-        classifier_kwargs: its constructor options.
-        refine: shift-and-stitch factor (must divide the classifier's stride); 1 keeps the network's stride.
-    """
-
-    def __init__(self, arch: str = "mnist_net_small", classifier_kwargs: dict[str, Any] | None = None, refine: int = 2):
-        super().__init__()
-        from cnnlab.fcn import to_fully_convolutional
-
-        target = torch.empty(0).device  # the ambient default device (meta when `cnnlab zoo` counts parameters)
-        with torch.device("cpu"):  # the conversion runs the classifier, which the meta device cannot
-            classifier = create_model(arch, **(classifier_kwargs or {}))
-            self.fcn = to_fully_convolutional(classifier)
-            self.num_classes = int(self.fcn(torch.zeros(1, *self.fcn.input_size)).shape[1])
-            _window, stride = self.fcn.output_geometry()
-        self.fcn.to(target)
-        _channels, self.window_height, self.window_width = self.fcn.input_size
-        if refine < 1 or stride % refine:
-            raise CnnlabError(f"refine must divide the classifier's stride {stride}, got {refine}")
-        self.stride, self.refine = stride, refine
-        self.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> DigitPrior:
-        """Stays in eval mode whatever `mode` is: the classifier is frozen, batch norm included."""
-        return super().train(False)
-
-    def load_classifier(self, classifier: nn.Module) -> None:
-        """Copy a trained classifier (same architecture as `arch`) into the prior."""
-        from cnnlab.fcn import to_fully_convolutional
-
-        self.fcn.load_state_dict(to_fully_convolutional(classifier, self.fcn.input_size).state_dict())
-
-    @torch.no_grad()
-    def forward(self, x: Tensor) -> Tensor:
-        """[N, C, H, W] images -> [N, classes, H, W] class probabilities of the window centred on each pixel."""
-        height, width = x.shape[-2:]
-        step = self.stride // self.refine
-        top, left = self.window_height // 2, self.window_width // 2
-        # enough padding below / right for every shifted pass to reach past the last pixel
-        padded = F.pad(x, (left, self.window_width - left + self.stride, top, self.window_height - top + self.stride))
-        rows, cols = height // step + 2, width // step + 2
-        scores = x.new_zeros(x.shape[0], self.num_classes, rows, cols)
-        for dy in range(self.refine):
-            for dx in range(self.refine):
-                out = self.fcn(padded[..., dy * step :, dx * step :])  # location k: window centred at shift + k*stride
-                part = scores[..., dy :: self.refine, dx :: self.refine]
-                part.copy_(out[..., : part.shape[-2], : part.shape[-1]])
-        # location (i, j) is centred on pixel (i * step, j * step): align_corners=True maps it exactly there
-        size = ((rows - 1) * step + 1, (cols - 1) * step + 1)
-        probabilities = F.interpolate(scores.softmax(1), size=size, mode="bilinear", align_corners=True)
-        return probabilities[..., :height, :width]
-
-
-class ClassifierPriorUNet(nn.Module):
-    """A U-Net that sees the image and, as extra input channels, a frozen classifier's per-pixel class
-    probabilities (`DigitPrior`). Maps [N, C, H, W] images to [N, num_classes, H, W] logits.
-
-    Args:
-        num_classes: segmentation classes (background included).
-        in_chans: image channels.
-        classifier_arch: the prior's registered classifier.
-        classifier_kwargs: its constructor options.
-        refine: the prior's shift-and-stitch factor.
-        **unet_kwargs: `UNet` options (widths, upsample, ...).
-    """
-
-    pretrained_cfg = None
-    model_info = None
-
-    def __init__(
-        self,
-        num_classes: int = 11,
-        in_chans: int = 1,
-        classifier_arch: str = "mnist_net_small",
-        classifier_kwargs: dict[str, Any] | None = None,
-        refine: int = 2,
-        **unet_kwargs: Any,
-    ) -> None:
-        super().__init__()
-        self.prior = DigitPrior(classifier_arch, {"in_chans": in_chans, **(classifier_kwargs or {})}, refine)
-        self.unet = UNet(num_classes, in_chans + self.prior.num_classes, **unet_kwargs)
-        self.num_classes, self.default_input_size = num_classes, (in_chans, 64, 64)
-        self.widths = self.unet.widths
-
-    def _with_prior(self, x: Tensor) -> Tensor:
-        return torch.cat([x, self.prior(x)], dim=1)  # N x (C + classes) x H x W
-
-    def encode(self, x: Tensor) -> list[Tensor]:
-        """The U-Net encoder's maps for image `x` (the prior's channels added first); see `UNet.encode`."""
-        return self.unet.encode(self._with_prior(x))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.unet(self._with_prior(x))
-
-
 def _fcn(skips: int, kwargs: dict[str, Any]) -> FCN:
     return FCN(skips=skips, **kwargs)
 
@@ -527,12 +359,3 @@ def unet(pretrained: bool = False, **kwargs: Any) -> UNet:
 def unet_encoder(pretrained: bool = False, **kwargs: Any) -> EncoderUNet:
     """U-Net with a zoo classifier's trunk as encoder (resnet18 by default; `encoder=` picks another)."""
     return EncoderUNet(pretrained=pretrained, **kwargs)
-
-
-@register_model
-def unet_classifier_prior(pretrained: bool = False, **kwargs: Any) -> ClassifierPriorUNet:
-    """U-Net whose input also holds a frozen MNIST classifier's per-pixel class probabilities (mnist_net_small,
-    converted to a fully convolutional network); train the classifier first (`cnnlab train segment` does)."""
-    if pretrained:
-        raise CnnlabError("unet_classifier_prior has no pretrained weights; train one with `cnnlab train segment`")
-    return ClassifierPriorUNet(**kwargs)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,7 +35,6 @@ __all__ = [
     "evaluate_segmentation",
     "get_recipe",
     "pretrain_encoder",
-    "train_prior_classifier",
     "train_segmentation",
 ]
 
@@ -57,16 +56,6 @@ class SegmentRecipe:
         background_weight: cross-entropy weight of the background class (digit classes weigh 1).
         pretrain_epochs: epochs of encoder pretraining on single training-pool digits before segmentation
             (`pretrain_encoder`; U-Nets only, 0 = none).
-        fresh_canvases: every epoch trains on its own `sizes[0]` canvases (all generated up front from the same
-            training pool, `epochs` times as many), instead of the same canvases every epoch.
-        digit_augment: with `fresh_canvases`, the training pool's digits are rotated / scaled afresh for every
-            epoch's canvases (`cnnlab.data.segmentation.augment_digits`); None = the digits as they are.
-        digit_classifier: for a classifier-prior U-Net (arch ``unet_classifier_prior``): the MNIST recipe
-            (`cnnlab.tasks.mnist.RECIPES`) whose network is first trained on the training pool's single digits
-            (`train_prior_classifier`) and then frozen inside the model.
-        offset_weight: > 0 adds the auxiliary instance target: the U-Net's offset head (``offset_head=True``)
-            learns each ink pixel's offset to its digit's centre (`DigitCanvases.offsets`), with this weight on a
-            smooth-L1 loss beside the cross-entropy (`SegmentationLoss`); 0 = none.
     """
 
     name: str
@@ -78,10 +67,6 @@ class SegmentRecipe:
     canvas_size: int = 64
     background_weight: float = 1.0
     pretrain_epochs: int = 0
-    fresh_canvases: bool = False
-    digit_augment: RandomAffine | None = None
-    digit_classifier: str | None = None
-    offset_weight: float = 0.0
 
 
 # Chosen on the validation canvases (docs/BENCHMARKS.md, Segmentation): a 5th level (4x4 bottleneck at 64x64, a
@@ -101,16 +86,6 @@ _COMMON_TRAIN = dict(
     monitor_mode="max",
     channels_last=True,  # 1.2x faster on CPU for these convs (benchmarks/segmentation.py)
 )
-_ACCURATE = SegmentRecipe(
-    name="accurate",
-    summary="U-Net 12-24-48-96-192 (1.1 M), 15000 canvases, pretrained encoder, 6 epochs (19-25 min, 2 cores)",
-    arch="unet",
-    model_kwargs={"widths": _WIDTHS},
-    train=dict(epochs=6, **_COMMON_TRAIN),
-    sizes=(15000, 500, 1000),  # 10000 canvases x 6 epochs: val mIoU 0.803; 15000: 0.831 (BENCHMARKS.md)
-    background_weight=_BACKGROUND_WEIGHT,
-    pretrain_epochs=1,  # encoder pretrained on single digits: val mIoU 0.640 -> 0.719 in the 750-step probe
-)
 RECIPES: dict[str, SegmentRecipe] = {
     recipe.name: recipe
     for recipe in (
@@ -124,34 +99,15 @@ RECIPES: dict[str, SegmentRecipe] = {
             background_weight=_BACKGROUND_WEIGHT,
             pretrain_epochs=1,  # encoder pretrained on single digits: val mIoU 0.640 -> 0.719 in the 750-step probe
         ),
-        _ACCURATE,
-        dataclasses.replace(
-            _ACCURATE,
-            name="halfres",
-            summary="accurate's U-Net run on the canvas average-pooled 2x2 with a per-pixel full-resolution "
-            "refinement, 9 epochs; not better (val mIoU 0.771) and no faster a step",
-            model_kwargs={"widths": _WIDTHS, "input_stride": 2},
-            # 750-step probe (BENCHMARKS.md): val mIoU 0.612 against 0.640 at full resolution; step_speed.py: no faster;
-            # full run (8,433 steps): val 0.771, test 0.779, against accurate's 0.836 / 0.838 in 5,622 steps
-            train=dict(epochs=9, **_COMMON_TRAIN),
-        ),
-        dataclasses.replace(
-            _ACCURATE,
-            name="accurate-fresh",
-            summary="accurate, but each epoch trains on 15000 new canvases of re-augmented digits (no better)",
-            fresh_canvases=True,  # 6 x 15000 canvases use every training-pool digit several times, in new places
-            digit_augment=RandomAffine(degrees=10.0, scale=0.1, shift=0.0),
-        ),
-        dataclasses.replace(
-            _ACCURATE,
-            name="prior",
-            summary="accurate's U-Net fed a frozen MNIST classifier's per-pixel digit probabilities as 10 extra "
-            "input channels (classifier: the quick MNIST recipe on the training pool's digits); not better",
-            arch="unet_classifier_prior",
-            pretrain_epochs=0,
-            # 750-step probe (BENCHMARKS.md): val mIoU 0.600, against 0.640 for the same U-Net without the prior;
-            # the prior's own argmax is right on only 55 % of the validation ink pixels (whole-digit windows)
-            digit_classifier="quick",
+        SegmentRecipe(
+            name="accurate",
+            summary="U-Net 12-24-48-96-192 (1.1 M), 15000 canvases, pretrained encoder, 6 epochs (19-25 min, 2 cores)",
+            arch="unet",
+            model_kwargs={"widths": _WIDTHS},
+            train=dict(epochs=6, **_COMMON_TRAIN),
+            sizes=(15000, 500, 1000),  # 10000 canvases x 6 epochs: val mIoU 0.803; 15000: 0.831 (BENCHMARKS.md)
+            background_weight=_BACKGROUND_WEIGHT,
+            pretrain_epochs=1,  # encoder pretrained on single digits: val mIoU 0.640 -> 0.719 in the 750-step probe
         ),
         SegmentRecipe(
             name="unet",
@@ -164,15 +120,6 @@ RECIPES: dict[str, SegmentRecipe] = {
             name="fcn8s",
             summary="FCN-8s on a resnet18 trunk (11.2 M params), transposed-conv upsampling",
             arch="fcn8s",
-            train=dict(epochs=6, **_COMMON_TRAIN),
-            background_weight=_BACKGROUND_WEIGHT,
-        ),
-        SegmentRecipe(
-            name="resnet-unet",
-            summary="U-Net decoder on a resnet18 trunk (EncoderUNet, 11.9 M params), from scratch: not better "
-            "(750-step probe val mIoU 0.131, 2x slower steps)",
-            arch="unet_encoder",
-            model_kwargs={"decoder_widths": (96, 48, 32, 16, 12)},
             train=dict(epochs=6, **_COMMON_TRAIN),
             background_weight=_BACKGROUND_WEIGHT,
         ),
@@ -227,34 +174,6 @@ def evaluate_segmentation(
     return report, torch.cat(predictions)
 
 
-class SegmentationLoss(nn.Module):
-    """Class-weighted cross-entropy, plus (for targets that carry centre offsets) a smooth-L1 loss on the offsets.
-
-    Targets [N, H, W] are class maps (validation, or no offsets). Targets [N, 3, H, W] hold the class map and the
-    (dy, dx) offsets of `DigitCanvases.offsets`; the outputs then hold the logits and 2 offset channels (a U-Net
-    with ``offset_head=True`` in training mode). The offset loss averages over ink pixels only, with offsets in
-    units of `scale` pixels.
-    """
-
-    def __init__(self, class_weights: torch.Tensor, offset_weight: float = 0.0, scale: float = 8.0) -> None:
-        super().__init__()
-        self.cross_entropy = nn.CrossEntropyLoss(weight=class_weights)
-        self.offset_weight, self.scale = offset_weight, scale
-
-    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if targets.ndim == 3:
-            return self.cross_entropy(outputs[:, :NUM_CLASSES], targets)
-        labels = targets[:, 0]
-        loss = self.cross_entropy(outputs[:, :NUM_CLASSES], labels)
-        if self.offset_weight > 0:
-            ink = (labels > 0).unsqueeze(1).to(outputs.dtype)  # N x 1 x H x W
-            error = F.smooth_l1_loss(
-                outputs[:, NUM_CLASSES:], targets[:, 1:].to(outputs.dtype) / self.scale, reduction="none"
-            )
-            loss = loss + self.offset_weight * (error * ink).sum() / (2 * ink.sum()).clamp_min(1.0)
-        return loss
-
-
 class EncoderClassifier(nn.Module):
     """A U-Net's encoder (shared, not copied) + global average pooling + a linear layer over the 10 digits."""
 
@@ -291,14 +210,11 @@ def pretrain_encoder(model: nn.Module, data: DigitSegmentation, config: TrainCon
     Returns:
         The last epoch's record (training loss and accuracy).
     """
-    trainer = _fit_on_training_pool(
-        "encoder pretraining",
-        EncoderClassifier(model),
-        data,
+    if data.train_digits is None:
+        raise CnnlabError("encoder pretraining needs the training pool's digits (DigitSegmentation.train_digits)")
+    # A sub-run on the training pool's digits, no validation; redone from scratch whenever the segmentation run is.
+    sub_config = dataclasses.replace(
         config,
-        "pretrain-encoder",
-        {"pretraining": "U-Net encoder as a digit classifier on the training pool's single digits"},
-        _digits_to_device,
         epochs=epochs,
         batch_size=128,
         lr=3e-3,
@@ -307,81 +223,17 @@ def pretrain_encoder(model: nn.Module, data: DigitSegmentation, config: TrainCon
         schedule="onecycle",
         warmup_epochs=0.0,
         ema_decay=None,
-    )
-    return trainer.history[-1]
-
-
-def _fit_on_training_pool(
-    step: str,
-    net: nn.Module,
-    data: DigitSegmentation,
-    config: TrainConfig,
-    sub_run: str,
-    extra: dict[str, Any],
-    transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    **fields: Any,
-) -> Trainer:
-    """Train `net` on the training pool's single digits as the engine sub-run ``<run>/<sub_run>`` (the segmentation
-    run's device, threads and precision; `fields` replace its optimiser and schedule); no validation. The sub-run is
-    redone from scratch whenever the segmentation run starts from scratch. `step` names it in the error raised when
-    `data` lacks the pool."""
-    if data.train_digits is None:
-        raise CnnlabError(f"{step} needs the training pool's digits (DigitSegmentation.train_digits)")
-    sub_config = dataclasses.replace(
-        config,
-        **fields,
         early_stopping_patience=None,
-        name=f"{config.name}/{sub_run}",
+        name=f"{config.name}/pretrain-encoder",
         resume=False,
         overwrite=True,
-        extra=extra,
+        extra={"pretraining": "U-Net encoder as a digit classifier on the training pool's single digits"},
     )
-    trainer = Trainer(net, sub_config, train_transform=transform, eval_transform=transform)
+    trainer = Trainer(
+        EncoderClassifier(model), sub_config, train_transform=_digits_to_device, eval_transform=_digits_to_device
+    )
     digits, labels, _ids = data.train_digits
     trainer.fit(TensorBatches(digits, labels, sub_config.batch_size, drop_last=True))
-    return trainer
-
-
-_PRIOR_CLASSIFIER_AUGMENT = RandomAffine(degrees=10.0, scale=0.1, shift=3.0)
-
-
-def _float_digits(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 28x28 digits -> float [0, 1], randomly shifted (3 px) / rotated / scaled like digits off-centre in a
-    scanned window."""
-    return _PRIOR_CLASSIFIER_AUGMENT(images.float().div_(255.0), labels.long())
-
-
-def train_prior_classifier(
-    model: nn.Module, data: DigitSegmentation, config: TrainConfig, mnist_recipe: str
-) -> dict[str, Any]:
-    """Train the MNIST recipe `mnist_recipe`'s network on the training pool's single digits and freeze it into
-    `model.prior` (a `cnnlab.models.segmentation.ClassifierPriorUNet`), in place.
-
-    Only the training pool is used, the digits the train canvases are built from, never a val or test digit. Runs
-    on the engine as the sub-run ``<run>/digit-classifier`` with the recipe's optimiser and schedule and the
-    segmentation run's device, threads and precision; digits are randomly shifted by up to 3 px, as they sit in
-    the windows the prior scores.
-
-    Returns:
-        The last epoch's record (training loss and accuracy).
-    """
-    from cnnlab.models import create_model
-    from cnnlab.tasks.mnist import get_recipe as get_mnist_recipe
-
-    if not hasattr(model, "prior"):
-        raise CnnlabError(f"a digit classifier needs a classifier-prior model; got {type(model).__name__}")
-    recipe = get_mnist_recipe(mnist_recipe)
-    trainer = _fit_on_training_pool(
-        "the prior's classifier",
-        create_model(recipe.arch, **recipe.model_kwargs),
-        data,
-        config,
-        "digit-classifier",
-        {"digit_classifier": f"MNIST recipe {recipe.name!r} on the training pool's single digits"},
-        _float_digits,
-        **{"ema_decay": None, "label_smoothing": 0.0, "warmup_epochs": 0.0, **recipe.train},
-    )
-    model.prior.load_classifier(trainer.eval_model)
     return trainer.history[-1]
 
 
@@ -407,8 +259,6 @@ def train_segmentation(
     data: DigitSegmentation | None = None,
     background_weight: float | None = None,
     pretrain_epochs: int | None = None,
-    fresh_canvases: bool | None = None,
-    offset_weight: float | None = None,
 ) -> dict[str, Any]:
     """Train a segmentation model on multi-digit MNIST canvases with the engine, then test it once.
 
@@ -429,10 +279,6 @@ def train_segmentation(
         background_weight: cross-entropy weight of background pixels (default: the recipe's).
         pretrain_epochs: epochs of encoder pretraining on single digits (`pretrain_encoder`; default: the
             recipe's; 0 = none).
-        fresh_canvases: new training canvases every epoch (default: the recipe's); `sizes[0]` is per epoch. With
-            `data` given, its train split must hold `epochs` equal chunks.
-        offset_weight: weight of the auxiliary centre-offset loss (default: the recipe's; 0 = none). With `data`
-            given, its train split must carry offsets (``make_digit_segmentation(centre_offsets=True)``).
 
     Returns:
         The summary saved as ``results.json``: validation history end, test report, timings, run directory. The
@@ -444,32 +290,11 @@ def train_segmentation(
     pretrain = chosen.pretrain_epochs if pretrain_epochs is None else pretrain_epochs
     if pretrain < 0:
         raise CnnlabError(f"pretrain epochs must be >= 0, got {pretrain}")
-    offsets = chosen.offset_weight if offset_weight is None else offset_weight
-    if offsets < 0:
-        raise CnnlabError(f"offset weight must be >= 0, got {offsets}")
-    kwargs = {**chosen.model_kwargs, **({"offset_head": True} if offsets > 0 else {}), **(model_kwargs or {})}
-    if chosen.digit_classifier:  # the prior's network is the MNIST recipe's
-        from cnnlab.tasks.mnist import get_recipe as get_mnist_recipe
-
-        mnist_recipe = get_mnist_recipe(chosen.digit_classifier)
-        kwargs = {"classifier_arch": mnist_recipe.arch, "classifier_kwargs": mnist_recipe.model_kwargs, **kwargs}
-    train_fields = {**chosen.train, **(overrides or {})}
-    fresh = chosen.fresh_canvases if fresh_canvases is None else fresh_canvases
-    chunks = int(train_fields.get("epochs", 1)) if fresh else 1
+    kwargs = {**chosen.model_kwargs, **(model_kwargs or {})}
     if data is None:
-        data = make_digit_segmentation(
-            data_dir,
-            sizes=sizes or chosen.sizes,
-            canvas_size=chosen.canvas_size,
-            seed=0,
-            train_chunks=chunks,
-            digit_augment=chosen.digit_augment if fresh else None,
-            centre_offsets=offsets > 0,
-        )
-    if offsets > 0 and data.train.offsets is None:
-        raise CnnlabError("the centre-offset loss needs canvases made with centre_offsets=True")
+        data = make_digit_segmentation(data_dir, sizes=sizes or chosen.sizes, canvas_size=chosen.canvas_size, seed=0)
     config = TrainConfig(
-        **train_fields,
+        **{**chosen.train, **(overrides or {})},
         seed=seed,
         task=TASK,
         name=name or default_run_name(recipe),
@@ -484,8 +309,6 @@ def train_segmentation(
             "canvas_sizes": list(data_sizes(data)),
             "background_weight": bg_weight,
             "pretrain_epochs": pretrain,
-            "fresh_canvases": fresh,
-            "offset_weight": offsets,
         },
     )
     from cnnlab.models import create_model
@@ -500,26 +323,20 @@ def train_segmentation(
     trainer = Trainer(
         model,
         config,
-        loss_fn=SegmentationLoss(torch.tensor([bg_weight] + [1.0] * (NUM_CLASSES - 1)), offsets),
+        loss_fn=nn.CrossEntropyLoss(weight=torch.tensor([bg_weight] + [1.0] * (NUM_CLASSES - 1))),
         metrics=metrics,
         train_transform=_to_device_dtypes,
         eval_transform=_to_device_dtypes,
         callbacks=callbacks,
     )
-    if pretrain or chosen.digit_classifier:
+    if pretrain:
         if trainer.is_main_process:
             trainer.prepare_run_dir()  # a --resume/--overwrite clash fails before the pretraining, not after
-        if not resume:  # a resumed run's checkpoint already holds the pretrained encoder and the prior
-            if chosen.digit_classifier:
-                train_prior_classifier(model, data, config, chosen.digit_classifier)
-            if pretrain:
-                pretrain_encoder(model, data, config, pretrain)
-    train_targets = data.train.masks
-    if offsets > 0:  # class map + (dy, dx) per pixel: N x 3 x H x W, int16
-        train_targets = torch.cat([data.train.masks.unsqueeze(1).short(), data.train.offsets.short()], dim=1)  # type: ignore[union-attr]
+        if not resume:  # a resumed run's checkpoint already holds the pretrained encoder
+            pretrain_encoder(model, data, config, pretrain)
     started = time.perf_counter()
     history = trainer.fit(
-        TensorBatches(data.train.images, train_targets, config.batch_size, drop_last=True, chunks=chunks),
+        TensorBatches(data.train.images, data.train.masks, config.batch_size, drop_last=True),
         TensorBatches(data.val.images, data.val.masks, config.eval_batch_size or 2 * config.batch_size),
     )
     wall_seconds = time.perf_counter() - started
@@ -555,8 +372,6 @@ def train_segmentation(
         "train_seconds": trainer.train_seconds,
         "wall_seconds": wall_seconds,
         "canvases": data_sizes(data),
-        "fresh_canvases": fresh,
-        "train_canvases_per_epoch": len(data.train) // chunks,
     }
     (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
     return summary
