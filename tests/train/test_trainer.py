@@ -205,19 +205,3 @@ def test_bf16_autocast_and_channels_last_run(tmp_path: Path) -> None:
     config = _config(tmp_path, epochs=1, precision="bf16", channels_last=True)
     history = Trainer(_model(), config).fit(_data(), _data(64, seed=1))
     assert torch.isfinite(torch.tensor(history[-1]["val_loss"]))
-
-
-def test_epoch_chunks_give_each_epoch_its_own_samples() -> None:
-    inputs = torch.arange(24).float().unsqueeze(1)
-    source = TensorBatches(inputs, torch.zeros(24), batch_size=4, drop_last=True, chunks=3)
-    assert source.num_samples == 8 and len(source) == 2
-    seen = [
-        sorted(int(v) for x, _ in source.batches(epoch, seed=0, shuffle=True, device=torch.device("cpu")) for v in x)
-        for epoch in range(4)
-    ]
-    assert seen[0] == list(range(8)) and seen[1] == list(range(8, 16)) and seen[2] == list(range(16, 24))
-    assert seen[3] == seen[0]  # epoch 3 cycles back to chunk 0
-    ordered = [int(v) for x, _ in source.with_batch_size(8).batches(1, 0, False, torch.device("cpu")) for v in x]
-    assert ordered == list(range(8, 16))
-    with pytest.raises(ValueError, match="equal epoch chunks"):
-        TensorBatches(inputs, torch.zeros(24), batch_size=4, chunks=5)

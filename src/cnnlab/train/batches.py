@@ -52,33 +52,25 @@ class TensorBatches:
         batch_size: samples per batch.
         drop_last: drop the last incomplete batch (on by default for training to keep BN statistics sane; the
             engine passes `drop_last=False` semantics for evaluation by building its own source).
-        chunks: the tensors hold this many equal, disjoint epochs' worth of samples, and epoch `e` uses chunk
-            `e % chunks` only: fresh samples every epoch (generated data, e.g. segmentation canvases) at the cost
-            of memory. 1 (the default) = every epoch sees all samples.
     """
 
-    def __init__(
-        self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, drop_last: bool = False, chunks: int = 1
-    ) -> None:
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, drop_last: bool = False) -> None:
         if len(inputs) != len(targets):
             raise ValueError(f"inputs ({len(inputs)}) and targets ({len(targets)}) differ in length")
-        if chunks < 1 or len(inputs) % chunks:
-            raise ValueError(f"{len(inputs)} samples do not split into {chunks} equal epoch chunks")
         self.inputs = inputs
         self.targets = targets
         self.batch_size = batch_size
         self.drop_last = drop_last
-        self.chunks = chunks
 
     def with_batch_size(self, batch_size: int, drop_last: bool | None = None) -> TensorBatches:
         """The same tensors with another batch size."""
         keep = self.drop_last if drop_last is None else drop_last
-        return TensorBatches(self.inputs, self.targets, batch_size, drop_last=keep, chunks=self.chunks)
+        return TensorBatches(self.inputs, self.targets, batch_size, drop_last=keep)
 
     @property
     def num_samples(self) -> int:
         """Samples per epoch."""
-        return len(self.inputs) // self.chunks
+        return len(self.inputs)
 
     def __len__(self) -> int:
         n = self.num_samples
@@ -88,16 +80,15 @@ class TensorBatches:
         if self.inputs.device != device:
             self.inputs, self.targets = self.inputs.to(device), self.targets.to(device)
         n = self.num_samples
-        first = (epoch % self.chunks) * n
         if shuffle:
-            order = torch.randperm(n, generator=epoch_generator(seed, epoch)).add_(first).to(device)
+            order = torch.randperm(n, generator=epoch_generator(seed, epoch)).to(device)
         for i in range(len(self)):
             start, stop = i * self.batch_size, min((i + 1) * self.batch_size, n)
             if shuffle:
                 index = order[start:stop]
                 yield self.inputs[index], self.targets[index]
             else:
-                yield self.inputs[first + start : first + stop], self.targets[first + start : first + stop]
+                yield self.inputs[start:stop], self.targets[start:stop]
 
 
 class LoaderBatches:
