@@ -72,7 +72,7 @@ def test_member_needs_a_name_and_an_index_inside_the_ensemble(fake_root: Path) -
 
 
 def test_unknown_recipe_lists_the_known_ones() -> None:
-    known = "default, quick, baseline, elastic"
+    known = "default, quick, baseline"
     with pytest.raises(CnnlabError, match=f"unknown MNIST recipe 'best'; choose one of {known}"):
         get_recipe("best")
 

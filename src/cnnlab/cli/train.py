@@ -16,8 +16,7 @@ def mnist(
         "default",
         "--recipe",
         "-r",
-        help="default (best accuracy), quick (~1 min), baseline (the answer sets' CNN), elastic (default + elastic "
-        "distortion, for ensembles; underfits in 10 epochs).",
+        help="default (best accuracy), quick (~1 min), baseline (the answer sets' CNN).",
     ),
     ensemble: int = typer.Option(1, "--ensemble", "-n", help="Train N members (seeds seed..seed+N-1) and ensemble."),
     member: int | None = typer.Option(

@@ -96,13 +96,6 @@ RECIPES: dict[str, MnistRecipe] = {
             arch="mnist_baseline",
             train=dict(epochs=10, batch_size=64, optimizer="adam", lr=1e-3, schedule="constant"),
         ),
-        dataclasses.replace(
-            _DEFAULT,
-            name="elastic",
-            summary="default + elastic distortion, for ensemble members that err differently; underfits in 10 epochs "
-            "(val 98.9-99.3%, BENCHMARKS.md)",
-            augment=RandomAffine(degrees=10, scale=0.1, shift=2.0, elastic_alpha=1.5),
-        ),
     )
 }
 
