@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 
-from cnnlab.report.curves import plot_learning_curves
 from cnnlab.report.metrics import accuracy_from_matrix, confusion_matrix, per_class_accuracy
 from cnnlab.report.plots import plot_misclassified
+from cnnlab.train.records import plot_learning_curves
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

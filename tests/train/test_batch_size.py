@@ -91,14 +91,14 @@ def test_auto_batch_size_fits_a_whole_run_where_a_forward_backward_probe_does_no
     try:
         with SimulatedMemoryLimit(LIMIT):
             naive_run.fit(data, data)
-        ran_out = bool(getattr(naive_run, "oom_events", []))
+        ran_out = bool(naive_run.oom_events)
     except torch.OutOfMemoryError:
         ran_out = True
     assert ran_out
     chosen_run = _trainer(tmp_path, "chosen", batch_size=result.batch_size)
     with SimulatedMemoryLimit(LIMIT) as memory:
         chosen_run.fit(data, data)  # training steps and the evaluation of every epoch
-    assert memory.errors == 0 and not getattr(chosen_run, "oom_events", [])
+    assert memory.errors == 0 and not chosen_run.oom_events
 
 
 def test_requested_batch_that_does_not_fit_is_kept_through_accumulation(tmp_path: Path) -> None:
@@ -140,7 +140,7 @@ def test_engine_option_searches_before_training(tmp_path: Path, monkeypatch: pyt
     trainer = _trainer(tmp_path, mode, batch_size=512, **{mode: True})
     trainer.callbacks.append(limit)
     trainer.fit(data, data)
-    assert limit.memory.errors == 0 and not getattr(trainer, "oom_events", [])
+    assert limit.memory.errors == 0 and not trainer.oom_events
     config = trainer.config
     if mode == "auto_batch_size":
         assert config.batch_size < 512 and config.accum_steps == 1

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.budget.trace import LiveTensorTracker
 from cnnlab.errors import CnnlabError
 from cnnlab.train import TrainConfig, Trainer, load_checkpoint
+from cnnlab.train.live_memory import LiveTensorTracker
 from cnnlab.train.oom import SimulatedMemoryLimit
 
 
@@ -83,7 +83,7 @@ def test_injected_oom_is_recovered_with_nothing_lost(tmp_path: Path) -> None:
     assert recovered.global_step == reference.global_step == 2 * steps_per_epoch
     assert [row["epoch"] for row in recovered.history] == [1.0, 2.0]
     assert recovered.micro_batch_size == 16
-    [event] = recovered.oom_events  # type: ignore[attr-defined]
+    [event] = recovered.oom_events
     assert (event.step, event.old_micro_batch, event.new_micro_batch, event.accum_steps) == (3, 32, 16, 2)
     # The same samples per step, the same averaged gradient: the same weights at the end.
     for p_ref, p_rec in zip(reference.model.parameters(), recovered.model.parameters(), strict=True):
@@ -97,7 +97,7 @@ def test_oom_with_a_one_sample_micro_batch_is_an_actionable_error(tmp_path: Path
     trainer = Trainer(_OomAtCalls(_model(), fail_always=True), _config(tmp_path, "hopeless", batch_size=4))
     with pytest.raises(CnnlabError, match="micro-batch of 1.*--precision bf16"):
         trainer.fit(_data(16))
-    assert [e.new_micro_batch for e in trainer.oom_events] == [2, 1]  # type: ignore[attr-defined]
+    assert [e.new_micro_batch for e in trainer.oom_events] == [2, 1]
 
 
 def _peak_bytes(tmp_path: Path, micro: int) -> int:

@@ -22,8 +22,8 @@ from cnnlab.data.augment import RandomAffine
 from cnnlab.data.mnist import MnistSplits, load_mnist
 from cnnlab.errors import CnnlabError
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
-from cnnlab.train.distributed import is_main_process
 from cnnlab.train.saved import save_ensemble, save_model
+from cnnlab.train.strategy import is_main_process
 
 TASK = "mnist"
 

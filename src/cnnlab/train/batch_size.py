@@ -3,10 +3,13 @@
 Automatic batch finders fail in known ways: they probe a forward pass or a single step, then the run dies later in
 the first evaluation or when the optimizer allocates its state (Lightning #8028, #9625, #20231; Ultralytics #1451,
 #4679), or they halve the batch without scaling gradient accumulation (accelerate). Here each candidate batch runs
-through the engine's own step (`Trainer._train_step`: same loss, precision, channels_last, EMA, checkpointing) for
+through the engine's own step (`Trainer.trial`: same loss, precision, channels_last, EMA, checkpointing) for
 `steps` full optimizer steps, so the optimizer state exists, then through one evaluation batch of the size
-evaluation will use. Memory is freed between tries, and the model's weights, buffers and the trainer's state are
-restored afterwards.
+evaluation will use. Memory is freed between tries, and the model's weights and buffers are restored afterwards.
+
+The tuner runs before training starts (`Trainer.fit` calls `tune_batch_size` when ``--batch-size auto`` or
+``--accum auto`` is set) and uses only the trainer's public API: `Trainer.trial` to try a candidate and
+`Trainer.set_batch_size` to apply the answer.
 
 The search doubles from `start` until a candidate fails or reaches `cap`, then bisects. The chosen batch is the
 largest that fitted, times ``1 - margin`` (a safety margin for fragmentation and for whatever the probe does not
@@ -17,7 +20,6 @@ splits it into micro-batches that fit.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,9 +28,8 @@ import torch
 
 from cnnlab.errors import CnnlabError
 from cnnlab.train.batches import BatchSource, TensorBatches, as_batch_source
-from cnnlab.train.ema import ModelEma
+from cnnlab.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from cnnlab.train.oom import SimulatedMemoryLimit, free_memory
-from cnnlab.train.optim import build_optimizer, build_scheduler, default_param_groups
 
 if TYPE_CHECKING:
     from cnnlab.train.trainer import Trainer
@@ -148,46 +149,24 @@ def trainer_probe(
     """
     config = trainer.config
     inputs, targets = _example_batch(train_data, trainer)
+    snapshot = trainer.snapshot()  # outside the simulated limit, as a real device would not hold it
 
     def probe(batch: int) -> bool:
-        snapshot = {k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
-        saved = (trainer.optimizer, trainer.scheduler, trainer.ema, trainer.micro_batch_size, trainer.scaler)
-        saved_config = (config.batch_size, config.accum_steps)
         limit = SimulatedMemoryLimit(memory_limit) if memory_limit is not None else contextlib.nullcontext()
-        fitted = False
         try:
             with limit:
-                build_groups = trainer.param_groups or (lambda m: default_param_groups(m, config.weight_decay))
-                groups = build_groups(trainer.model)
-                trainer.optimizer = (trainer.optimizer_factory or build_optimizer)(groups, config)
-                trainer.scheduler = build_scheduler(trainer.optimizer, config, steps)
-                trainer.ema = ModelEma(trainer.model, config.ema_decay) if config.ema_decay is not None else None
-                trainer.scaler = torch.amp.GradScaler(trainer.device.type, enabled=config.precision == "fp16")
-                trainer.micro_batch_size = batch
                 x, y = _tile(inputs, batch, trainer.device), _tile(targets, batch, trainer.device)
-                trainer.model.train()
-                for _ in range(steps):
-                    step_x, step_y = trainer.train_transform(x, y) if trainer.train_transform else (x, y)
-                    trainer._train_step(step_x, step_y)
-                    del step_x, step_y
+                eval_batch = None
                 if evaluate:
-                    eval_batch = config.eval_batch_size or 2 * batch
-                    config.batch_size, config.accum_steps = batch, 1  # evaluation batches default to 2 x this
-                    ex, ey = _tile(inputs, eval_batch, trainer.device), _tile(targets, eval_batch, trainer.device)
-                    trainer.evaluate((ex, ey))
-                    del ex, ey
-                del x, y
-            fitted = True
+                    size = config.eval_batch_size or 2 * batch  # evaluation batches default to twice the batch
+                    eval_batch = (_tile(inputs, size, trainer.device), _tile(targets, size, trainer.device))
+                trainer.trial(x, y, snapshot, steps=steps, eval_batch=eval_batch)
+                del x, y, eval_batch
+            return True
         except torch.OutOfMemoryError:
-            fitted = False
+            return False
         finally:
-            config.batch_size, config.accum_steps = saved_config
-            if trainer.optimizer is not None:
-                trainer.optimizer.zero_grad(set_to_none=True)
-            trainer.optimizer, trainer.scheduler, trainer.ema, trainer.micro_batch_size, trainer.scaler = saved
-            trainer.model.load_state_dict(snapshot)
             free_memory(trainer.device)
-        return fitted
 
     return probe
 
@@ -241,7 +220,7 @@ def find_batch_size(
     else:
         result = BatchSearch(largest, requested, accumulation_for(requested, safe), tried, capped)
     if apply:
-        apply_batch_size(trainer, result.batch_size, result.accum_steps)
+        trainer.set_batch_size(result.batch_size, result.accum_steps, trainer.config.eval_batch_size)
         outcome = ", ".join(f"{b}{'' if ok else ' (out of memory)'}" for b, ok in tried)
         trainer.log(
             f"batch size search: tried {outcome}; largest fitting {largest}{' (cap)' if capped else ''}, "
@@ -250,15 +229,8 @@ def find_batch_size(
     return result
 
 
-def apply_batch_size(trainer: Trainer, batch_size: int, accum_steps: int) -> None:
-    """Set the effective batch and accumulation on a trainer that has not started fitting."""
-    updated = dataclasses.replace(trainer.config, batch_size=batch_size, accum_steps=accum_steps)  # validates
-    trainer.config.batch_size, trainer.config.accum_steps = updated.batch_size, updated.accum_steps
-    trainer.micro_batch_size = updated.micro_batch_size
-
-
-def autosize(trainer: Trainer, train: BatchSource) -> BatchSource:
-    """The engine's hook for ``auto_batch_size`` / ``auto_accum`` (called by `fit` before training starts).
+def tune_batch_size(trainer: Trainer, train: BatchSource) -> BatchSource:
+    """Size the batch of a trainer that has not started (``auto_batch_size`` / ``auto_accum``); `Trainer.fit` calls it.
 
     - ``auto_batch_size``: the largest batch that fits, up to ``config.batch_size`` (the cap), less the margin;
       in-memory data is re-batched with it.
@@ -266,12 +238,11 @@ def autosize(trainer: Trainer, train: BatchSource) -> BatchSource:
       (less the margin) and ``accum_steps`` grows to match.
 
     A resumed run takes the batch its checkpoint was trained with (no search, so the run continues identically).
-    Under torchrun each rank searches its own per-process batch and all take the smallest.
-    """
-    from cnnlab.train import distributed
-    from cnnlab.train.checkpoint import load_checkpoint
-    from cnnlab.train.trainer import CHECKPOINT_NAME
+    Under torchrun each process searches its own per-process batch and all take the smallest.
 
+    Returns:
+        The training data, re-batched when its batch size changed.
+    """
     config = trainer.config
     if config.auto_batch_size and not isinstance(train, TensorBatches):
         raise CnnlabError(
@@ -284,12 +255,12 @@ def autosize(trainer: Trainer, train: BatchSource) -> BatchSource:
         batch_size, accum_steps = int(saved["batch_size"]), int(saved["accum_steps"])
         eval_batch_size = saved.get("eval_batch_size")
     else:
-        world = distributed.world_size()
+        world = trainer.strategy.world_size
         per_rank = max(1, config.batch_size // world)
         result = find_batch_size(
             trainer, train, requested=None if config.auto_batch_size else per_rank, cap=per_rank, apply=False
         )
-        micro = _agree_on_minimum(result.micro_batch_size, trainer.device)
+        micro = trainer.strategy.agree_on_minimum(result.micro_batch_size, trainer.device)
         if config.auto_batch_size:
             batch_size, accum_steps = micro * world, 1
         else:
@@ -302,21 +273,10 @@ def autosize(trainer: Trainer, train: BatchSource) -> BatchSource:
             f"{' (the cap)' if result.capped else ''}; training with batch {batch_size} = "
             f"{batch_size // accum_steps} x {accum_steps} accumulation"
         )
-    apply_batch_size(trainer, batch_size, accum_steps)
-    config.eval_batch_size = eval_batch_size
+    trainer.set_batch_size(batch_size, accum_steps, eval_batch_size)
     if isinstance(train, TensorBatches):
         return train.with_batch_size(batch_size, drop_last=True)
     return train
-
-
-def _agree_on_minimum(value: int, device: torch.device) -> int:
-    from cnnlab.train import distributed
-
-    if distributed.world_size() <= 1:
-        return value
-    tensor = torch.tensor([value], device=device)
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MIN)
-    return int(tensor.item())
 
 
 AUTO_BATCH_CAP = 1024  # `--batch-size auto` never goes above this (nor above the number of training samples)

@@ -18,6 +18,8 @@ import torch
 
 from cnnlab.errors import CnnlabError
 
+CHECKPOINT_NAME = "checkpoint.pt"  # a run's checkpoint inside its run directory
+
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """`torch.save` to `path` atomically (temp file in the same dir, fsync, `os.replace`)."""

@@ -1,10 +1,11 @@
 """Out-of-memory recovery for training steps, and a simulated memory limit to test it on any device.
 
-When a step raises `torch.OutOfMemoryError`, `train_step_with_recovery` frees what it can (the partial gradients,
-Python garbage, the CUDA cache), halves the trainer's micro-batch (so the number of accumulated micro-batches
-doubles and the effective batch stays the same) and runs the *same* step again. The optimizer only steps at the end
-of a step, so nothing is lost: the run ends with the same number of optimizer steps, and the step's gradient is the
-same average over the same samples. The new micro-batch is kept for the rest of the run and saved in checkpoints.
+When a step raises `torch.OutOfMemoryError`, `Trainer.train_step` frees what it can (the partial gradients,
+Python garbage, the CUDA cache; `free_memory`), halves its micro-batch (`halve_micro_batch`: the number of
+accumulated micro-batches doubles and the effective batch stays the same), records an `OomEvent` and runs the *same*
+step again. The optimizer only steps at the end of a step, so nothing is lost: the run ends with the same number of
+optimizer steps, and the step's gradient is the same average over the same samples. The new micro-batch is kept
+for the rest of the run and saved in checkpoints.
 
 `SimulatedMemoryLimit` raises `torch.OutOfMemoryError` when the tensors created inside it exceed a byte limit, as a
 GPU would, on any device (the CPU included): tests and the batch-size search use it to play a small GPU.
@@ -14,15 +15,12 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from cnnlab.budget.trace import LiveTensorTracker
 from cnnlab.errors import CnnlabError
-
-if TYPE_CHECKING:
-    from cnnlab.train.trainer import Trainer
+from cnnlab.train.live_memory import LiveTensorTracker
 
 
 @dataclass
@@ -43,51 +41,27 @@ def free_memory(device: torch.device | str | None = None) -> None:
         torch.cuda.empty_cache()
 
 
-def train_step_with_recovery(
-    trainer: Trainer, inputs: Any, targets: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`trainer._train_step(inputs, targets)`, redone with half the micro-batch after each out-of-memory error.
-
-    Each recovery is logged and recorded in ``trainer.oom_events`` (a list of `OomEvent`).
+def halve_micro_batch(micro_batch_size: int, step: int, error_line: str) -> int:
+    """The micro-batch to retry a step with after an out-of-memory error at `micro_batch_size`.
 
     Raises:
-        CnnlabError: when even a micro-batch of one sample does not fit, or when the inputs cannot be split
-            (structured inputs need ``accum_steps=1``).
+        CnnlabError: when the micro-batch is already one sample: nothing smaller can be tried.
     """
-    batch = len(targets)
-    while True:
-        try:
-            return trainer._train_step(inputs, targets)
-        except torch.OutOfMemoryError as error:
-            if trainer.optimizer is not None:
-                trainer.optimizer.zero_grad(set_to_none=True)
-            error_line = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
-            del error  # its traceback holds the frames, and so the activations, of the failed step
-            free_memory(trainer.device)
-            old = min(trainer.micro_batch_size, batch)
-            if old <= 1 or not isinstance(inputs, torch.Tensor):
-                raise CnnlabError(
-                    f"out of memory at step {trainer.global_step + 1} with a micro-batch of {old} ({error_line}); "
-                    "try --precision bf16, --grad-checkpointing, smaller images or a smaller model"
-                ) from None
-            new = old // 2
-            trainer.micro_batch_size = new
-            event = OomEvent(trainer.global_step + 1, old, new, -(-batch // new))
-            events: list[OomEvent] = getattr(trainer, "oom_events", [])
-            events.append(event)
-            trainer.oom_events = events  # type: ignore[attr-defined]
-            trainer.log(
-                f"out of memory at step {event.step} (micro-batch {old}): freed memory, redoing the step with "
-                f"micro-batch {new} x {event.accum_steps} accumulation steps (effective batch {batch} unchanged)"
-            )
+    if micro_batch_size <= 1:
+        raise CnnlabError(
+            f"out of memory at step {step} with a micro-batch of {micro_batch_size} ({error_line}); "
+            "try --precision bf16, --grad-checkpointing, smaller images or a smaller model"
+        )
+    return micro_batch_size // 2
 
 
 class SimulatedMemoryLimit(LiveTensorTracker):
     """A context that raises `torch.OutOfMemoryError` once the tensors created inside it exceed `limit_bytes`.
 
-    It counts, like `cnnlab.budget.trace`, the distinct storages created by every op (forward, backward, optimizer)
-    while the context is active, and subtracts them when they are freed; tensors that existed before (parameters,
-    the dataset) are not counted unless passed to `add_existing`. Use it to test out-of-memory handling on a CPU.
+    It counts, like `cnnlab.budget.trace` (whose counter it extends), the distinct storages created by every op
+    (forward, backward, optimizer) while the context is active, and subtracts them when they are freed; tensors that
+    existed before (parameters, the dataset) are not counted unless passed to `add_existing`. Use it to test
+    out-of-memory handling on a CPU.
 
     Args:
         limit_bytes: the simulated free device memory.

@@ -9,14 +9,12 @@ early stopping, an atomic checkpoint per epoch with exact resume, a progress bar
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
+import dataclasses
 import math
 import random
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,14 +24,20 @@ from torch import nn
 from cnnlab.errors import CnnlabError
 from cnnlab.train.activation_checkpointing import checkpoint_stages
 from cnnlab.train.allocator import keep_freed_memory
+from cnnlab.train.batch_size import tune_batch_size
 from cnnlab.train.batches import Batch, BatchSource, TensorBatches, as_batch_source
 from cnnlab.train.callbacks import Callback, EarlyStopping
-from cnnlab.train.checkpoint import atomic_save, capture_rng_state, load_checkpoint, restore_rng_state
+from cnnlab.train.checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_save,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+)
 from cnnlab.train.config import TrainConfig, save_config
-from cnnlab.train.distributed import is_main_process, prepare_fit
 from cnnlab.train.ema import ModelEma
 from cnnlab.train.metrics import Metric, MetricFn, as_metrics, is_classification
-from cnnlab.train.oom import train_step_with_recovery
+from cnnlab.train.oom import OomEvent, free_memory, halve_micro_batch
 from cnnlab.train.optim import (
     OptimizerFactory,
     ParamGroupBuilder,
@@ -41,11 +45,12 @@ from cnnlab.train.optim import (
     build_scheduler,
     default_param_groups,
 )
+from cnnlab.train.records import write_history
+from cnnlab.train.strategy import Strategy, select_strategy
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 BatchTransform = Callable[[Any, torch.Tensor], tuple[Any, torch.Tensor]]
 
-CHECKPOINT_NAME = "checkpoint.pt"
 _PLOT_EVERY_EPOCH_ABOVE_SECONDS = 30.0
 CHECKPOINT_FORMAT = "cnnlab-checkpoint-1"
 # Options that may differ between a run and its resumption; any other difference is refused.
@@ -84,6 +89,11 @@ def resolve_device(name: str) -> torch.device:
 class Trainer:
     """Fits a model; see docs/ARCHITECTURE.md "Training engine" for the contract.
 
+    The trainer owns its loop. It calls its collaborators at fixed points and nothing else changes its state: the
+    `Strategy` (one process, or torchrun + DDP) places, wraps, shards and reduces; the batch-size tuner
+    (`cnnlab.train.batch_size`) runs before the first epoch through `trial` and `set_batch_size`; callbacks receive
+    the hooks of `Callback`; out-of-memory recovery is part of `train_step`.
+
     Args:
         model: any `nn.Module`; moved to the config's device.
         config: the run's options.
@@ -98,6 +108,8 @@ class Trainer:
             weights with decay, biases/norms without, frozen parameters left out.
         optimizer_factory: `(param_groups, config) -> Optimizer` to replace the built-in optimizers.
         callbacks: extra `Callback`s (an `EarlyStopping` is added when the config asks for one).
+        strategy: how the run is spread over processes; default `select_strategy` (DDP under torchrun, else one
+            process).
     """
 
     def __init__(
@@ -112,12 +124,14 @@ class Trainer:
         param_groups: ParamGroupBuilder | None = None,
         optimizer_factory: OptimizerFactory | None = None,
         callbacks: Sequence[Callback] = (),
+        strategy: Strategy | None = None,
     ) -> None:
         config.validate()
         self.config = config
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
-        self.device = resolve_device(config.device)
+        self.strategy = strategy or select_strategy(config.device)
+        self.device = self.strategy.device(resolve_device(config.device))
         if self.device.type == "cpu":
             keep_freed_memory()  # glibc: no page-fault churn on every step's activations (train/allocator.py)
         self.model = model.to(self.device)
@@ -133,6 +147,8 @@ class Trainer:
         if config.early_stopping_patience is not None:
             self.callbacks.append(EarlyStopping(config.monitor, config.monitor_mode, config.early_stopping_patience))
         self.run_dir = config.run_dir
+        self.is_main_process = self.strategy.is_main_process  # False on ranks > 0 under torchrun: they write no files
+        self.show_progress = config.progress and self.is_main_process  # one progress bar and log, from rank 0
         # Mutable state, all of it checkpointed.
         self.epoch = 0  # completed epochs
         self.global_step = 0  # completed optimizer steps
@@ -140,16 +156,16 @@ class Trainer:
         self.best_epoch: int | None = None
         self.history: list[dict[str, float]] = []
         self.should_stop = False
-        self.micro_batch_size = config.micro_batch_size  # issue 7 (OOM remedies) may lower it mid-run
+        self.micro_batch_size = config.micro_batch_size  # lowered by out-of-memory recovery (`train_step`)
+        self.oom_events: list[OomEvent] = []  # each out-of-memory error `train_step` recovered from
         self.train_seconds = 0.0  # wall time spent in training steps only (no evaluation, no callbacks)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.ema: ModelEma | None = None
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
-        self.is_main_process = is_main_process()  # False on ranks > 0 under torchrun: they write no files
+        self.scaler = self._new_scaler()
         if config.grad_checkpointing:
             checkpoint_stages(self.model)
-        self.forward_model: nn.Module = torch.compile(self.model) if config.compile else self.model  # type: ignore[assignment]
+        self.forward_model: nn.Module = self._compiled(self.model)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -158,8 +174,8 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def log(self, message: str) -> None:
-        """Print a line (to stderr, so stdout stays clean for results)."""
-        if self.config.progress:
+        """Print a line (to stderr, so stdout stays clean for results); only the main process prints."""
+        if self.show_progress:
             print(message, file=sys.stderr, flush=True)
 
     def fit(self, train_data: Any, val_data: Any = None) -> list[dict[str, float]]:
@@ -175,18 +191,25 @@ class Trainer:
         """
         config = self.config
         train = as_batch_source(train_data, config.batch_size, drop_last=True)
-        val = None if val_data is None else self._eval_source(val_data)
-        train, val = prepare_fit(self, train, val)  # batch-size search, torchrun/DDP; no-ops by default
+        if config.auto_batch_size or config.auto_accum:
+            train = tune_batch_size(self, train)  # before anything is sized by the batch
+        self.strategy.check_batch_size(config.batch_size)
+        self.micro_batch_size = self.strategy.micro_batch_size(self.micro_batch_size)
+        train = self.strategy.shard(train, config.seed, drop_last=True)
+        val = None if val_data is None else self.strategy.shard(self._eval_source(val_data), config.seed, False)
+        wrapped = self.strategy.wrap_model(self.model, self.device)
+        if wrapped is not self.model:  # DDP: the forward pass of training runs through the wrapper
+            self.forward_model = self._compiled(wrapped)
+        description = self.strategy.describe(config.batch_size)
+        if description:
+            self.log(description)
         steps_per_epoch = len(train)
         if steps_per_epoch == 0:
             raise CnnlabError(
                 f"training data has {train.num_samples} samples, fewer than one batch of {config.batch_size}; "
                 "lower --batch-size"
             )
-        groups = (self.param_groups or (lambda m: default_param_groups(m, config.weight_decay)))(self.model)
-        self.optimizer = (self.optimizer_factory or build_optimizer)(groups, config)
-        self.scheduler = build_scheduler(self.optimizer, config, steps_per_epoch)
-        self.ema = ModelEma(self.model, config.ema_decay) if config.ema_decay is not None else None
+        self.optimizer, self.scheduler, self.ema = self._new_optimization(steps_per_epoch)
         self.prepare_run_dir()
         if config.resume:
             self._restore(load_checkpoint(self.run_dir / CHECKPOINT_NAME, map_location=self.device))
@@ -200,7 +223,8 @@ class Trainer:
         while self.epoch < config.epochs and not self.should_stop:
             epoch = self.epoch
             metrics = {"epoch": float(epoch + 1)}
-            metrics.update(self._train_epoch(train, epoch))
+            epoch_metrics = self._train_epoch(train, epoch)
+            metrics.update(self.strategy.reduce_metrics(epoch_metrics, train.num_samples, self.device))
             if val is not None:
                 metrics.update(self.evaluate(val, prefix="val_"))
             self._update_best(metrics)
@@ -219,52 +243,157 @@ class Trainer:
             callback.on_fit_end(self)
         return self.history
 
+    def train_step(self, inputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One optimizer step over a batch, split into micro-batches of `micro_batch_size`.
+
+        When the step runs out of memory, the partial gradients and cached memory are freed, the micro-batch is
+        halved (so accumulation doubles and the effective batch stays the same), an `OomEvent` is recorded and the
+        same step is run again: nothing is lost (`cnnlab.train.oom`).
+
+        Returns:
+            The batch's mean loss (detached) and, for classification-shaped outputs, its number of correct
+            predictions (tensors on the device: no synchronisation happens here).
+
+        Raises:
+            CnnlabError: when even a micro-batch of one sample does not fit, or when structured inputs would need
+                to be split.
+        """
+        if self.optimizer is None or self.scheduler is None:
+            raise CnnlabError("train_step runs inside fit (the optimizer and schedule are built there)")
+        batch = len(targets)
+        while True:
+            try:
+                return self._step(inputs, targets, self.optimizer, self.scheduler, self.ema, self.scaler)
+            except torch.OutOfMemoryError as error:
+                self.optimizer.zero_grad(set_to_none=True)
+                error_line = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
+                del error  # its traceback holds the frames, and so the activations, of the failed step
+                free_memory(self.device)
+                old = min(self.micro_batch_size, batch)
+                if not isinstance(inputs, torch.Tensor):
+                    old = 1  # structured inputs cannot be split: report, do not retry
+                self.micro_batch_size = halve_micro_batch(old, self.global_step + 1, error_line)
+                event = OomEvent(self.global_step + 1, old, self.micro_batch_size, -(-batch // self.micro_batch_size))
+                self.oom_events.append(event)
+                self.log(
+                    f"out of memory at step {event.step} (micro-batch {old}): freed memory, redoing the step with "
+                    f"micro-batch {event.new_micro_batch} x {event.accum_steps} accumulation steps (effective batch "
+                    f"{batch} unchanged)"
+                )
+
     @torch.inference_mode()
-    def evaluate(self, data: Any, prefix: str = "", model: nn.Module | None = None) -> dict[str, float]:
-        """Loss and metrics of `model` (default `eval_model`) on `data`, keys prefixed with `prefix`."""
+    def inference(self, data: Any, model: nn.Module | None = None) -> Iterator[tuple[Any, torch.Tensor]]:
+        """Yield `(outputs, targets)` of `model` (default `eval_model`) for every batch of `data`, in order.
+
+        The one evaluation path of the engine: eval mode (each module's flag restored afterwards), inference mode,
+        the run's precision (autocast) and memory format, `eval_transform`, batches of ``eval_batch_size`` (default
+        twice the training batch). Outputs are float32 on the device.
+
+        Args:
+            data: a float tensor of inputs (targets are then zeros), an `(inputs, targets)` pair, a DataLoader or a
+                `BatchSource`.
+            model: the module to run; default `eval_model`.
+        """
         model = model or self.eval_model
+        if isinstance(data, torch.Tensor):
+            data = (data, torch.zeros(len(data), dtype=torch.long))
         source = self._eval_source(data)
         modes = {m: m.training for m in model.modules()}
         model.eval()
-        for metric in self.metrics.values():
-            metric.reset()
-        loss_sum, count = 0.0, 0
         try:
             for inputs, targets in source.batches(0, self.config.seed, shuffle=False, device=self.device):
                 if self.eval_transform is not None:
                     inputs, targets = self.eval_transform(inputs, targets)
                 with self._autocast():
                     outputs = model(self._format(inputs))
-                outputs = outputs.float()
+                yield outputs.float(), targets
+        finally:
+            for module, mode in modes.items():
+                module.train(mode)
+
+    def evaluate(self, data: Any, prefix: str = "", model: nn.Module | None = None) -> dict[str, float]:
+        """Loss and metrics of `model` (default `eval_model`) on `data`, keys prefixed with `prefix`.
+
+        Under torchrun the results are reduced over the processes (each evaluates its shard of validation data).
+        """
+        for metric in self.metrics.values():
+            metric.reset()
+        loss_sum, count = 0.0, 0
+        with torch.inference_mode():
+            for outputs, targets in self.inference(data, model):
                 loss_sum += float(self.loss_fn(outputs, targets)) * len(targets)
                 count += len(targets)
                 for metric in self.metrics.values():
                     metric.update(outputs, targets)
-        finally:
-            for module, mode in modes.items():
-                module.train(mode)
         results = {f"{prefix}loss": loss_sum / max(1, count)}
         results.update({f"{prefix}{name}": metric.compute() for name, metric in self.metrics.items()})
-        return results
+        return self.strategy.reduce_metrics(results, count, self.device)
 
-    @torch.inference_mode()
-    def predict(self, inputs: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
-        """Outputs (float32, on the CPU) of `model` (default `eval_model`) for every row of `inputs`."""
-        model = model or self.eval_model
-        source = self._eval_source((inputs, torch.zeros(len(inputs), dtype=torch.long)))
-        modes = {m: m.training for m in model.modules()}
-        model.eval()
-        outputs = []
+    def predict(self, data: Any, model: nn.Module | None = None) -> torch.Tensor:
+        """Outputs (float32, on the CPU) of `model` (default `eval_model`) for every sample of `data`, in order.
+
+        Args:
+            data: a tensor of inputs, or anything `inference` takes (a DataLoader of an image folder, ...).
+        """
+        return torch.cat([outputs.cpu() for outputs, _ in self.inference(data, model)])
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A CPU copy of the model's weights and buffers, for `trial` to restore."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    def trial(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        snapshot: Mapping[str, torch.Tensor],
+        steps: int = 2,
+        eval_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """Run `steps` full optimizer steps on one batch in one micro-batch, then evaluate `eval_batch`, and undo it.
+
+        For the batch-size tuner: whether this raises `torch.OutOfMemoryError` tells whether the batch fits. The
+        steps use a throwaway optimizer, schedule, EMA and scaler (the first step allocates the optimizer state, the
+        second runs with it); afterwards the model's weights and buffers are restored from `snapshot` (taken with
+        `snapshot` before the trials, outside whatever memory they are measured in), so the run starts unchanged.
+        """
+        optimizer, scheduler, ema = self._new_optimization(steps_per_epoch=steps)
+        scaler = self._new_scaler()
         try:
-            for batch_inputs, batch_targets in source.batches(0, 0, shuffle=False, device=self.device):
-                if self.eval_transform is not None:
-                    batch_inputs, batch_targets = self.eval_transform(batch_inputs, batch_targets)
-                with self._autocast():
-                    outputs.append(model(self._format(batch_inputs)).float().cpu())
+            self.model.train()
+            for _ in range(steps):
+                step_x, step_y = self.train_transform(inputs, targets) if self.train_transform else (inputs, targets)
+                self._step(step_x, step_y, optimizer, scheduler, ema, scaler, len(targets))
+                del step_x, step_y
+            if eval_batch is not None:
+                batch = TensorBatches(*eval_batch, batch_size=len(eval_batch[1]))
+                for _ in self.inference(batch):
+                    pass
         finally:
-            for module, mode in modes.items():
-                module.train(mode)
-        return torch.cat(outputs)
+            optimizer.zero_grad(set_to_none=True)
+            del optimizer, scheduler, ema, scaler
+            self.model.load_state_dict(snapshot)
+
+    def set_batch_size(self, batch_size: int, accum_steps: int, eval_batch_size: int | None = None) -> None:
+        """Change the effective batch, its accumulation and the evaluation batch before `fit` starts training."""
+        if self.optimizer is not None:
+            raise CnnlabError("the batch size can only change before training starts")
+        updated = dataclasses.replace(self.config, batch_size=batch_size, accum_steps=accum_steps)  # validates
+        self.config.batch_size, self.config.accum_steps = updated.batch_size, updated.accum_steps
+        self.config.eval_batch_size = eval_batch_size
+        self.micro_batch_size = updated.micro_batch_size
+
+    def prepare_run_dir(self) -> None:
+        """Check `resume`/`overwrite` against the run directory and create it (`fit` calls it; a task that does long
+        work before `fit`, such as encoder pretraining, calls it first so a clash fails at once)."""
+        checkpoint = self.run_dir / CHECKPOINT_NAME
+        if self.config.resume and not checkpoint.is_file():
+            raise CnnlabError(f"--resume: no checkpoint at {checkpoint}; start the run without --resume")
+        if not self.config.resume and checkpoint.is_file() and not self.config.overwrite:
+            raise CnnlabError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                "or choose another --name"
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ the loop
     def _train_epoch(self, train: BatchSource, epoch: int) -> dict[str, float]:
@@ -277,38 +406,35 @@ class Trainer:
         seen, classified = 0, 0
         started = time.perf_counter()
         epoch_train_seconds = 0.0
-        progress = _progress(len(train), f"epoch {epoch + 1}/{config.epochs}", config.progress)
         batches: Iterator[Batch] = iter(train.batches(epoch, config.seed, shuffle=True, device=self.device))
-        while True:
-            tick = time.perf_counter()
-            batch = next(batches, None)
-            if batch is None:
-                break
-            inputs, targets = batch
-            if self.train_transform is not None:
-                inputs, targets = self.train_transform(inputs, targets)
-            loss, batch_correct = train_step_with_recovery(self, inputs, targets)  # OOM: halve micro-batch, redo
-            step_seconds = time.perf_counter() - tick
-            epoch_train_seconds += step_seconds
-            self.train_seconds += step_seconds  # kept current for callbacks (time-to-accuracy probes)
-            n = len(targets)
-            seen += n
-            loss_sum += loss * n
-            if batch_correct is not None:
-                correct += batch_correct
-                classified += batch_correct_count(targets)
-            self.global_step += 1
-            for callback in self.callbacks:
-                callback.on_train_batch_end(self, self.global_step, loss)
-            if progress is not None:
-                progress.update(1)
+        with _progress(len(train), f"epoch {epoch + 1}/{config.epochs}", self.show_progress) as progress:
+            while True:
+                tick = time.perf_counter()
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                inputs, targets = batch
+                if self.train_transform is not None:
+                    inputs, targets = self.train_transform(inputs, targets)
+                loss, batch_correct = self.train_step(inputs, targets)
+                step_seconds = time.perf_counter() - tick
+                epoch_train_seconds += step_seconds
+                self.train_seconds += step_seconds  # kept current for callbacks (time-to-accuracy probes)
+                n = len(targets)
+                seen += n
+                loss_sum += loss * n
+                if batch_correct is not None:
+                    correct += batch_correct
+                    classified += targets.numel()
+                self.global_step += 1
+                for callback in self.callbacks:
+                    callback.on_train_batch_end(self, self.global_step, loss)
                 if self.global_step % config.log_every == 0:
-                    postfix = {"loss": f"{float(loss_sum) / seen:.4f}", "img/s": f"{seen / epoch_train_seconds:.0f}"}
+                    status = f"loss {float(loss_sum) / seen:.4f}  {seen / epoch_train_seconds:.0f} img/s"
                     if classified:
-                        postfix["acc"] = f"{float(correct) / classified:.4f}"
-                    progress.set_postfix(postfix, refresh=False)
-        if progress is not None:
-            progress.close()
+                        status += f"  acc {float(correct) / classified:.4f}"
+                    progress.show(status)
+                progress.advance()
         metrics = {
             "train_loss": float(loss_sum) / max(1, seen),
             "lr": self.optimizer.param_groups[0]["lr"],  # type: ignore[union-attr]
@@ -319,19 +445,23 @@ class Trainer:
             metrics["train_accuracy"] = float(correct) / classified
         return metrics
 
-    def _train_step(self, inputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One optimizer step over a batch split into micro-batches of `self.micro_batch_size`.
-
-        Returns the batch's mean loss (detached) and, for classification-shaped outputs, its number of correct
-        predictions (both as tensors on the device, so no synchronisation happens here).
-        """
+    def _step(
+        self,
+        inputs: Any,
+        targets: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        ema: ModelEma | None,
+        scaler: torch.amp.GradScaler,
+        micro_batch_size: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One optimizer step of `optimizer` over a batch split into micro-batches (default `micro_batch_size`)."""
         config = self.config
-        optimizer = self.optimizer
-        assert optimizer is not None and self.scheduler is not None
+        micro = micro_batch_size or self.micro_batch_size
         total = len(targets)
         if isinstance(inputs, torch.Tensor):
-            pieces = list(zip(inputs.split(self.micro_batch_size), targets.split(self.micro_batch_size), strict=True))
-        elif self.micro_batch_size >= total:
+            pieces = list(zip(inputs.split(micro), targets.split(micro), strict=True))
+        elif micro >= total:
             pieces = [(inputs, targets)]
         else:
             raise CnnlabError("gradient accumulation needs tensor inputs; set accum_steps=1 for structured inputs")
@@ -343,22 +473,39 @@ class Trainer:
                 outputs = self.forward_model(self._format(micro_inputs))
                 loss = self.loss_fn(outputs, micro_targets)
             weight = len(micro_targets) / total
-            self.scaler.scale(loss * weight).backward()
+            scaler.scale(loss * weight).backward()
             loss_total += loss.detach().float() * weight
             if is_classification(outputs, micro_targets):
                 micro_correct = (outputs.detach().argmax(1) == micro_targets).sum()
                 correct = micro_correct if correct is None else correct + micro_correct
         if config.grad_clip is not None:
-            self.scaler.unscale_(optimizer)
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-        self.scaler.step(optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        if ema is not None:
+            ema.update(self.model)
         return loss_total, correct
 
     # ------------------------------------------------------------------ helpers
+    def _new_optimization(
+        self, steps_per_epoch: int
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, ModelEma | None]:
+        """A fresh optimizer over the param groups, its schedule and the EMA (None when off)."""
+        config = self.config
+        groups = (self.param_groups or (lambda m: default_param_groups(m, config.weight_decay)))(self.model)
+        optimizer = (self.optimizer_factory or build_optimizer)(groups, config)
+        scheduler = build_scheduler(optimizer, config, steps_per_epoch)
+        ema = ModelEma(self.model, config.ema_decay) if config.ema_decay is not None else None
+        return optimizer, scheduler, ema
+
+    def _new_scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(self.device.type, enabled=self.config.precision == "fp16")
+
+    def _compiled(self, module: nn.Module) -> nn.Module:
+        return torch.compile(module) if self.config.compile else module  # type: ignore[return-value]
+
     def _format(self, inputs: Any) -> Any:
         if self.config.channels_last and isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
             return inputs.contiguous(memory_format=torch.channels_last)
@@ -385,19 +532,6 @@ class Trainer:
         )
         if better:
             self.best_metric, self.best_epoch = value, self.epoch + 1
-
-    def prepare_run_dir(self) -> None:
-        """Check `resume`/`overwrite` against the run directory and create it (`fit` calls it; a task that does long
-        work before `fit`, such as encoder pretraining, calls it first so a clash fails at once)."""
-        checkpoint = self.run_dir / CHECKPOINT_NAME
-        if self.config.resume and not checkpoint.is_file():
-            raise CnnlabError(f"--resume: no checkpoint at {checkpoint}; start the run without --resume")
-        if not self.config.resume and checkpoint.is_file() and not self.config.overwrite:
-            raise CnnlabError(
-                f"{self.run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                "or choose another --name"
-            )
-        self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def _state(self) -> dict[str, Any]:
         assert self.optimizer is not None and self.scheduler is not None
@@ -450,33 +584,50 @@ class Trainer:
         restore_rng_state(state["rng"])
 
     def _write_records(self, plot: bool) -> None:
-        if not self.is_main_process:
-            return
-        (self.run_dir / "metrics.json").write_text(json.dumps(self.history, indent=1))
-        keys: list[str] = []
-        for row in self.history:
-            keys += [k for k in row if k not in keys]
-        with open(self.run_dir / "metrics.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.history)
-        if plot:
-            from cnnlab.report.curves import plot_learning_curves
-
-            plot_learning_curves(self.history, self.run_dir / "learning_curves.png")
+        if self.is_main_process:
+            write_history(self.history, self.run_dir, plot=plot)
 
 
-def batch_correct_count(targets: torch.Tensor) -> int:
-    """How many predictions a batch of integer targets holds (pixels for dense targets)."""
-    return targets.numel()
+class _Progress:
+    """A transient rich progress bar on stderr for one epoch; a no-op when progress is off."""
+
+    def __init__(self, total: int, description: str, enabled: bool) -> None:
+        self._bar: Any = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._task = self._bar.add_task(description, total=total, status="")
+
+    def __enter__(self) -> _Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def advance(self) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task)
+
+    def show(self, status: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, status=status)
 
 
-def _progress(total: int, description: str, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, file=sys.stderr)
+def _progress(total: int, description: str, enabled: bool) -> _Progress:
+    return _Progress(total, description, enabled)
 
 
 def _epoch_line(metrics: dict[str, float], epochs: int) -> str:
@@ -502,8 +653,3 @@ def fit(
     trainer = Trainer(model, config or TrainConfig(), **kwargs)
     trainer.fit(train_data, val_data)
     return trainer
-
-
-def checkpoint_path(run_dir: str | Path) -> Path:
-    """Where a run's checkpoint lives."""
-    return Path(run_dir) / CHECKPOINT_NAME

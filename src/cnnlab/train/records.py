@@ -1,10 +1,35 @@
-"""Learning-curve plots from the per-epoch metrics the engine records."""
+"""The per-epoch records every run writes: ``metrics.json``, ``metrics.csv`` and ``learning_curves.png``.
+
+The engine writes them after every epoch (the plot only when an epoch is long enough for its ~0.5 s not to matter),
+so an interrupted run still has its curves; tasks with several phases merge their phases' histories with
+`write_history`.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+
+__all__ = ["plot_learning_curves", "write_history"]
+
+
+def write_history(history: Sequence[dict[str, float]], run_dir: str | os.PathLike[str], plot: bool = True) -> None:
+    """Write `history` (one dict per epoch) as ``metrics.json`` and ``metrics.csv`` in `run_dir`, and the learning
+    curves as ``learning_curves.png`` when `plot` is set."""
+    run_dir = Path(run_dir)
+    (run_dir / "metrics.json").write_text(json.dumps(list(history), indent=1))
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+    if plot and history:
+        plot_learning_curves(history, run_dir / "learning_curves.png")
 
 
 def plot_learning_curves(history: Sequence[dict[str, float]], path: str | os.PathLike[str]) -> Path:

@@ -1,9 +1,13 @@
-"""Data-parallel training under ``torchrun`` with PyTorch's DistributedDataParallel: nothing home-made.
+"""How a run is spread over processes: one process (`Strategy`), or torchrun + DistributedDataParallel (`DDPStrategy`).
 
-Every ``cnnlab train ...`` runs unchanged under ``torchrun --nproc_per_node N``. The engine calls `init_distributed`
-when it is built (process group from the ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_*`` variables torchrun
-sets; NCCL on GPUs, gloo on CPUs; each rank on ``cuda:LOCAL_RANK``) and `setup` at the start of `fit`:
+The `Trainer` calls its strategy at fixed points and never looks at the process group itself (the design of
+Lightning's ``Strategy``): it asks the strategy for the device, for the module the forward pass runs through, for this
+process's share of the batches, to reduce the epoch's and the evaluation's metrics, and whether this process writes
+files. `select_strategy` picks one from the environment, so every ``cnnlab train ...`` runs unchanged under
+``torchrun --nproc_per_node N``:
 
+- the process group comes from the ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_*`` variables torchrun sets (NCCL
+  on GPUs, gloo on CPUs; each rank on ``cuda:LOCAL_RANK``);
 - the forward pass runs through `DistributedDataParallel` (gradients averaged across ranks in backward);
   ``trainer.model`` stays the plain module, so checkpoints and saved weights have the same keys and format as a
   single-process run, and a run can be resumed with any number of processes;
@@ -22,17 +26,27 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from cnnlab.errors import CnnlabError
 from cnnlab.train.batches import Batch, BatchSource, LoaderBatches, TensorBatches
 
-if TYPE_CHECKING:
-    from cnnlab.train.trainer import Trainer
+__all__ = [
+    "DDPStrategy",
+    "DistInfo",
+    "ShardedBatches",
+    "Strategy",
+    "all_reduce_metrics",
+    "cleanup",
+    "init_distributed",
+    "is_main_process",
+    "select_strategy",
+    "world_size",
+]
 
 
 @dataclass(frozen=True)
@@ -53,11 +67,6 @@ def env_world_size() -> int:
 def world_size() -> int:
     """Processes in the initialised job (1 without one)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def rank() -> int:
-    """This process's global rank (0 without a job)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def is_main_process() -> bool:
@@ -94,6 +103,113 @@ def cleanup() -> None:
     """Leave the job (call at the very end of a distributed script)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class Strategy:
+    """One process: the model runs as it is, every batch is this process's, metrics need no reduction."""
+
+    world_size = 1
+    rank = 0
+
+    @property
+    def is_main_process(self) -> bool:
+        """Whether this process writes files and shows progress."""
+        return True
+
+    def device(self, configured: torch.device) -> torch.device:
+        """The device this process trains on, given the configured one."""
+        return configured
+
+    def wrap_model(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """The module the forward pass of training runs through (gradients flow back to `model`)."""
+        return model
+
+    def micro_batch_size(self, micro_batch_size: int) -> int:
+        """This process's micro-batch for a step whose micro-batch, over all processes, is `micro_batch_size`."""
+        return micro_batch_size
+
+    def check_batch_size(self, batch_size: int) -> int:
+        """This process's share of the global `batch_size`; CnnlabError when it does not split evenly."""
+        return batch_size
+
+    def shard(self, source: BatchSource, seed: int, drop_last: bool) -> BatchSource:
+        """This process's share of every batch of `source`."""
+        return source
+
+    def reduce_metrics(self, metrics: dict[str, float], weight: float, device: torch.device) -> dict[str, float]:
+        """The metrics of all processes combined, each weighted by its `weight` (its number of samples)."""
+        return dict(metrics)
+
+    def agree_on_minimum(self, value: int, device: torch.device) -> int:
+        """The smallest `value` any process holds (each process searches its own batch size)."""
+        return value
+
+    def describe(self, batch_size: int) -> str | None:
+        """A line for the log when the run is spread over processes; None otherwise."""
+        return None
+
+
+class DDPStrategy(Strategy):
+    """torchrun + `DistributedDataParallel`: one process per device, batches split across them (see module doc).
+
+    Args:
+        info: this process's place in the job (`init_distributed`).
+    """
+
+    def __init__(self, info: DistInfo) -> None:
+        self.info = info
+        self.world_size = info.world_size
+        self.rank = info.rank
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.info.rank == 0
+
+    def device(self, configured: torch.device) -> torch.device:
+        return torch.device("cuda", self.info.local_rank) if configured.type == "cuda" else configured
+
+    def wrap_model(self, model: nn.Module, device: torch.device) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[self.info.local_rank] if device.type == "cuda" else None)
+
+    def micro_batch_size(self, micro_batch_size: int) -> int:
+        # A micro-batch is per rank: the same number of micro-batches per step as in a single-process run.
+        return max(1, micro_batch_size // self.world_size)
+
+    def check_batch_size(self, batch_size: int) -> int:
+        per_rank, remainder = divmod(batch_size, self.world_size)
+        if remainder or per_rank < 1:
+            raise CnnlabError(
+                f"--batch-size {batch_size} does not split evenly over {self.world_size} processes; "
+                f"use a multiple of {self.world_size} (it is the global batch)"
+            )
+        return per_rank
+
+    def shard(self, source: BatchSource, seed: int, drop_last: bool) -> BatchSource:
+        if isinstance(source, LoaderBatches):
+            return _distributed_loader(source.loader, self.info, seed, drop_last)
+        return ShardedBatches(source, self.info.rank, self.world_size)
+
+    def reduce_metrics(self, metrics: dict[str, float], weight: float, device: torch.device) -> dict[str, float]:
+        return all_reduce_metrics(metrics, weight, device)
+
+    def agree_on_minimum(self, value: int, device: torch.device) -> int:
+        tensor = torch.tensor([value], device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return int(tensor.item())
+
+    def describe(self, batch_size: int) -> str | None:
+        return (
+            f"distributed: {self.world_size} processes ({self.info.backend}), global batch {batch_size} = "
+            f"{batch_size // self.world_size} per process"
+        )
+
+
+def select_strategy(device: str = "auto") -> Strategy:
+    """`DDPStrategy` when launched by torchrun with several processes, else the single-process `Strategy`."""
+    info = init_distributed(device)
+    return Strategy() if info is None else DDPStrategy(info)
 
 
 class ShardedBatches:
@@ -167,13 +283,6 @@ def _distributed_loader(loader: DataLoader, info: DistInfo, seed: int, drop_last
     return LoaderBatches(rebuilt)
 
 
-def shard(source: BatchSource, info: DistInfo, seed: int, drop_last: bool) -> BatchSource:
-    """This rank's part of a batch source (DistributedSampler for DataLoaders, `ShardedBatches` otherwise)."""
-    if isinstance(source, LoaderBatches):
-        return _distributed_loader(source.loader, info, seed, drop_last)
-    return ShardedBatches(source, info.rank, info.world_size)
-
-
 def all_reduce_metrics(metrics: dict[str, float], weight: float, device: torch.device) -> dict[str, float]:
     """Metrics averaged over ranks, weighted by `weight` (this rank's samples); throughput summed, times maxed."""
     keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
@@ -195,70 +304,3 @@ def all_reduce_metrics(metrics: dict[str, float], weight: float, device: torch.d
         else:
             reduced[key] = float(summed[i]) / max(total_weight, 1e-12)
     return reduced
-
-
-def prepare_fit(
-    trainer: Trainer, train: BatchSource, val: BatchSource | None
-) -> tuple[BatchSource, BatchSource | None]:
-    """The engine's single entry point at the start of `fit`: batch-size search, then DDP (no-ops by default).
-
-    Under torchrun this rank's model moves to its device first, so the batch search probes the right GPU; the
-    ranks then agree on the smallest batch any of them found.
-    """
-    config = trainer.config
-    info = init_distributed(config.device)
-    if info is not None and trainer.device.type == "cuda":
-        trainer.device = torch.device("cuda", info.local_rank)
-        trainer.model.to(trainer.device)
-    if config.auto_batch_size or config.auto_accum:
-        from cnnlab.train.batch_size import autosize
-
-        train = autosize(trainer, train)
-    if info is None:
-        return train, val
-    return setup(trainer, train, val, info)
-
-
-def setup(
-    trainer: Trainer, train: BatchSource, val: BatchSource | None, info: DistInfo
-) -> tuple[BatchSource, BatchSource | None]:
-    """Make `trainer` a DDP replica and return this rank's training and validation data (see the module doc)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    config = trainer.config
-    per_rank_batch, remainder = divmod(config.batch_size, info.world_size)
-    if remainder or per_rank_batch < 1:
-        raise CnnlabError(
-            f"--batch-size {config.batch_size} does not split evenly over {info.world_size} processes; "
-            f"use a multiple of {info.world_size} (it is the global batch)"
-        )
-    # A micro-batch is per rank: the same number of micro-batches per step as in a single-process run.
-    trainer.micro_batch_size = max(1, trainer.micro_batch_size // info.world_size)
-    device_ids = [info.local_rank] if trainer.device.type == "cuda" else None
-    ddp = DistributedDataParallel(trainer.model, device_ids=device_ids)
-    trainer.forward_model = torch.compile(ddp) if config.compile else ddp  # type: ignore[assignment]
-    trainer.is_main_process = info.rank == 0
-    if info.rank != 0:
-        config.progress = False  # one progress bar and one log, from rank 0
-    sharded_train = shard(train, info, config.seed, drop_last=True)
-    sharded_val = None if val is None else shard(val, info, config.seed, drop_last=False)
-    # The engine's epoch and evaluation results are reduced before anything reads them (best epoch, callbacks,
-    # early stopping, records); wrapping the bound methods keeps checkpoints free of distributed state.
-    train_epoch, evaluate = trainer._train_epoch, trainer.evaluate
-    train_samples = sharded_train.num_samples
-
-    def reduced_train_epoch(source: BatchSource, epoch: int) -> dict[str, float]:
-        return all_reduce_metrics(train_epoch(source, epoch), train_samples, trainer.device)
-
-    def reduced_evaluate(data: Any, prefix: str = "", model: Any = None) -> dict[str, float]:
-        results = evaluate(data, prefix=prefix, model=model)
-        samples = trainer._eval_source(data).num_samples
-        return all_reduce_metrics(results, samples, trainer.device)
-
-    trainer._train_epoch = reduced_train_epoch  # type: ignore[method-assign]
-    trainer.evaluate = reduced_evaluate  # type: ignore[method-assign]
-    trainer.log(
-        f"distributed: {info.world_size} processes ({info.backend}), global batch {config.batch_size} = "
-        f"{per_rank_batch} per process"
-    )
-    return sharded_train, sharded_val
