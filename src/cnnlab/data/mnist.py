@@ -18,8 +18,6 @@ import torch
 from cnnlab.data.paths import data_dir_source, resolve_data_dir
 from cnnlab.errors import CnnlabError
 
-MNIST_MEAN = 0.1307
-MNIST_STD = 0.3081
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60_000),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10_000),

@@ -14,31 +14,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from cnnlab.layers.conv_bn_act import ConvBnAct
+from cnnlab.layers.normalize import Normalize
 from cnnlab.models._base import ClassifierMixin, ModelInfo, register_info
 from cnnlab.models._registry import register_model
 
-__all__ = ["MnistBaseline", "MnistNet", "Normalize"]
+__all__ = ["MNIST_MEAN", "MNIST_STD", "MnistBaseline", "MnistNet", "mnist_normalize"]
 
-MNIST_MEAN = 0.1307
+MNIST_MEAN = 0.1307  # of the 60,000 training images, pixels in [0, 1]
 MNIST_STD = 0.3081
 
 
-class Normalize(nn.Module):
-    """`(x - mean) / std` per channel, with mean and std stored as buffers (saved with the weights)."""
-
-    def __init__(self, mean: float | tuple[float, ...], std: float | tuple[float, ...]) -> None:
-        super().__init__()
-        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
-        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
-        self.register_buffer("mean", mean_t)
-        self.register_buffer("std", std_t)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
+def mnist_normalize(in_chans: int = 1) -> Normalize:
+    """The normalisation every MNIST network starts with: MNIST's mean and std on each input channel."""
+    return Normalize((MNIST_MEAN,) * in_chans, (MNIST_STD,) * in_chans)
 
 
 class MnistNet(ClassifierMixin, nn.Module):
@@ -63,7 +54,7 @@ class MnistNet(ClassifierMixin, nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.default_input_size = (in_chans, 28, 28)
-        self.normalize = Normalize((MNIST_MEAN,) * in_chans, (MNIST_STD,) * in_chans)
+        self.normalize = mnist_normalize(in_chans)
         layers: list[nn.Module] = []
         channels = in_chans
         for width, count in zip(widths, blocks, strict=True):
@@ -92,7 +83,7 @@ class MnistBaseline(ClassifierMixin, nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.default_input_size = (in_chans, 28, 28)
-        self.normalize = Normalize((MNIST_MEAN,) * in_chans, (MNIST_STD,) * in_chans)
+        self.normalize = mnist_normalize(in_chans)
         self.features = nn.Sequential(
             nn.Conv2d(in_chans, 32, 3),  # N x 32 x 26 x 26
             nn.ReLU(inplace=True),

@@ -17,24 +17,12 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.layers.normalize import Normalize
 from cnnlab.tasks.predict import load_predictor
 
-__all__ = ["EXPORT_FORMATS", "NormalizedModel", "export_model"]
+__all__ = ["EXPORT_FORMATS", "export_model"]
 
 EXPORT_FORMATS = ("torchscript", "onnx")
-
-
-class NormalizedModel(nn.Module):
-    """``model((x - mean) / std)`` for x in [0, 1]: the normalisation travels inside the exported graph."""
-
-    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)
 
 
 def export_model(
@@ -61,7 +49,8 @@ def export_model(
         output = base / f"{'model' if Path(model).is_dir() else model}{suffix}"
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = NormalizedModel(predictor.model.cpu().eval(), cfg.mean, cfg.std).eval()
+    # The normalisation travels inside the exported graph: it takes float RGB in [0, 1].
+    wrapped = nn.Sequential(Normalize(cfg.mean, cfg.std), predictor.model.cpu().eval()).eval()
     example = torch.rand(2, *cfg.input_size)
     with torch.inference_mode():
         expected = wrapped(example)

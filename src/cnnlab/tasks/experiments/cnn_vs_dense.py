@@ -22,9 +22,9 @@ from torch import nn
 
 from cnnlab.budget import count_macs
 from cnnlab.data.perturb import rotate, scale, shift
+from cnnlab.models.mnist_net import mnist_normalize
 from cnnlab.tasks.experiments.common import (
     ExperimentSettings,
-    Normalize,
     Report,
     Stat,
     accuracy,
@@ -55,7 +55,7 @@ def small_cnn(channels: tuple[int, int] = (16, 32), hidden: int = 32) -> nn.Sequ
     """Two conv3x3-ReLU-maxpool stages and a small dense head: [N, 1, 28, 28] in [0, 1] -> 10 logits."""
     c1, c2 = channels
     return nn.Sequential(
-        Normalize(),
+        mnist_normalize(),
         nn.Conv2d(1, c1, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),  # N x c1 x 14 x 14
@@ -71,7 +71,7 @@ def small_cnn(channels: tuple[int, int] = (16, 32), hidden: int = 32) -> nn.Sequ
 
 def dense_net(hidden: int) -> nn.Sequential:
     """One hidden ReLU layer: [N, 1, 28, 28] in [0, 1] -> 10 logits."""
-    return nn.Sequential(Normalize(), nn.Flatten(), nn.Linear(28 * 28, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    return nn.Sequential(mnist_normalize(), nn.Flatten(), nn.Linear(28 * 28, hidden), nn.ReLU(), nn.Linear(hidden, 10))
 
 
 def matched_dense_width(target_params: int) -> int:

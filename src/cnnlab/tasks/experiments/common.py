@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.data.mnist import MNIST_MEAN, MNIST_STD, load_mnist
+from cnnlab.data.mnist import load_mnist
 from cnnlab.errors import CnnlabError
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
 
@@ -100,18 +100,6 @@ def load_data(settings: ExperimentSettings) -> MnistTensors:
         test_images=splits.test_images[test_order].float() / 255,
         test_labels=splits.test_labels[test_order],
     )
-
-
-class Normalize(nn.Module):
-    """Subtract MNIST's mean and divide by its std, so the models take images in [0, 1] like `load_model`'s."""
-
-    def __init__(self, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> None:
-        super().__init__()
-        self.mean = mean
-        self.std = std
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
 
 
 class StepLossRecorder(Callback):

@@ -25,9 +25,9 @@ from torch import nn
 
 from cnnlab.budget import count_macs
 from cnnlab.layers import LocalResponseNorm
+from cnnlab.models.mnist_net import mnist_normalize
 from cnnlab.tasks.experiments.common import (
     ExperimentSettings,
-    Normalize,
     Report,
     Stat,
     accuracy,
@@ -84,7 +84,7 @@ class SmallAlexNet(nn.Module):
             raise ValueError(f"unknown normalisation {norm!r}; one of {VARIANTS}")
         c1, c2, c3, c4, c5 = channels
         self.features = nn.Sequential(
-            Normalize(),
+            mnist_normalize(),
             *_conv(1, c1, 5, norm, lrn_here=True),
             nn.MaxPool2d(3, 2, 1),  # N x c1 x 14 x 14
             *_conv(c1, c2, 3, norm, lrn_here=True),

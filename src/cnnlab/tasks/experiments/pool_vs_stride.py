@@ -27,9 +27,9 @@ from torch import nn
 
 from cnnlab.budget import count_macs
 from cnnlab.data.perturb import shift
+from cnnlab.models.mnist_net import mnist_normalize
 from cnnlab.tasks.experiments.common import (
     ExperimentSettings,
-    Normalize,
     Report,
     Stat,
     accuracy,
@@ -79,7 +79,7 @@ class DownsampleNet(nn.Module):
     def __init__(self, downsample: str, channels: tuple[int, int] = (16, 32), hidden: int = 64) -> None:
         super().__init__()
         c1, c2 = channels
-        self.normalize = Normalize()
+        self.normalize = mnist_normalize()
         self.stages = nn.Sequential(_stage(1, c1, downsample), _stage(c1, c2, downsample))
         self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(c2 * 7 * 7, hidden), nn.ReLU())
         self.classifier = nn.Linear(hidden, 10)
