@@ -6,12 +6,12 @@ import math
 
 import torch
 
+from cnnlab.report.metrics import confusion_matrix
 from cnnlab.report.segmentation import (
     BoundaryF1,
     MeanIoU,
     PixelAccuracy,
     boundary_map,
-    confusion_matrix,
     save_overlays,
     segmentation_report,
 )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 __all__ = ["classification_summary", "plot_highest_loss"]
 
@@ -23,12 +24,9 @@ def classification_summary(
     Computed by scikit-learn (`accuracy_score`, `balanced_accuracy_score`, `precision_recall_fscore_support`,
     `confusion_matrix`), with every class listed even when absent from the predictions.
     """
-    from sklearn.metrics import (
-        accuracy_score,
-        balanced_accuracy_score,
-        confusion_matrix,
-        precision_recall_fscore_support,
-    )
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_recall_fscore_support
+
+    from cnnlab.report.metrics import confusion_matrix
 
     labels = list(range(len(classes)))
     y_true, y_pred = np.asarray(targets), np.asarray(predictions)
@@ -45,7 +43,7 @@ def classification_summary(
             }
             for i, name in enumerate(classes)
         },
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "confusion_matrix": confusion_matrix(torch.as_tensor(y_pred), torch.as_tensor(y_true), len(classes)).tolist(),
         "count": len(y_true),
     }
 

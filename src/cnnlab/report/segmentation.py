@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from cnnlab.report.metrics import confusion_matrix
 from cnnlab.train.metrics import Metric
 
 __all__ = [
@@ -29,7 +30,6 @@ __all__ = [
     "MeanIoU",
     "PixelAccuracy",
     "boundary_map",
-    "confusion_matrix",
     "iou_per_class",
     "save_overlays",
     "segmentation_report",
@@ -39,18 +39,6 @@ __all__ = [
 def _labels(outputs: torch.Tensor) -> torch.Tensor:
     """Predicted labels from [N, C, H, W] scores, or labels passed through when already [N, H, W]."""
     return outputs.argmax(1) if outputs.ndim == 4 else outputs
-
-
-def confusion_matrix(
-    predictions: torch.Tensor, targets: torch.Tensor, num_classes: int, ignore_index: int | None = None
-) -> torch.Tensor:
-    """int64 [num_classes, num_classes] matrix: row = true class, column = predicted class."""
-    predictions, targets = predictions.reshape(-1).long(), targets.reshape(-1).long()
-    valid = (targets >= 0) & (targets < num_classes)
-    if ignore_index is not None:
-        valid &= targets != ignore_index
-    index = targets[valid] * num_classes + predictions[valid].clamp(0, num_classes - 1)
-    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes).cpu()
 
 
 def iou_per_class(matrix: torch.Tensor) -> torch.Tensor:

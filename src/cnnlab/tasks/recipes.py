@@ -1,0 +1,110 @@
+"""What every task's recipes share: the recipe base, the registry of a task's recipes, and the run-name rule.
+
+A recipe is a named, frozen choice of model and training options that a user picks with ``--recipe``; each task
+extends `Recipe` with its own fields (MNIST: augmentation; segmentation: canvases and loss weights; transfer: phases)
+and keeps its recipes in a `RecipeBook`. Command-line engine options override a recipe's `train` fields, never the
+other way round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from cnnlab.errors import CnnlabError
+
+__all__ = ["Recipe", "RecipeBook", "run_name"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named way to train a model for a task.
+
+    Attributes:
+        name: the recipe's name (``--recipe``).
+        summary: one line for ``--help``, the run record and report.md.
+        arch: registered model name (`cnnlab.models.create_model`).
+        model_kwargs: constructor options of the model.
+        train: `cnnlab.train.TrainConfig` fields (the engine options the recipe chooses).
+    """
+
+    name: str
+    summary: str
+    arch: str
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain data (for config.yaml, results.json and ``--help``)."""
+        return json_ready(dataclasses.asdict(self))
+
+
+R = TypeVar("R", bound=Recipe)
+
+
+class RecipeBook(Generic[R]):
+    """A task's recipes by name; the first one given is the default.
+
+    Args:
+        task: the task's name, for messages (``mnist``, ``segment``, ``transfer``).
+        recipes: the recipes, default first; names must be unique.
+    """
+
+    def __init__(self, task: str, recipes: Iterable[R]) -> None:
+        self.task = task
+        self._recipes: dict[str, R] = {}
+        for recipe in recipes:
+            if recipe.name in self._recipes:
+                raise ValueError(f"{task} recipe {recipe.name!r} is defined twice")
+            self._recipes[recipe.name] = recipe
+
+    def get(self, name: str) -> R:
+        """The recipe called `name`; a `CnnlabError` that lists the known ones otherwise."""
+        if name not in self._recipes:
+            raise CnnlabError(f"unknown {self.task} recipe {name!r}; choose one of {', '.join(self._recipes)}")
+        return self._recipes[name]
+
+    @property
+    def default(self) -> R:
+        return next(iter(self._recipes.values()))
+
+    def names(self) -> list[str]:
+        return list(self._recipes)
+
+    def table(self) -> list[dict[str, str]]:
+        """Name and summary of every recipe."""
+        return [{"name": r.name, "summary": r.summary} for r in self._recipes.values()]
+
+    def help(self) -> str:
+        """One line per recipe for a ``--recipe`` option's help."""
+        return "; ".join(f"{r.name}: {r.summary}" for r in self._recipes.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._recipes
+
+    def __iter__(self) -> Iterator[R]:
+        return iter(self._recipes.values())
+
+    def __len__(self) -> int:
+        return len(self._recipes)
+
+
+def run_name(recipe: str) -> str:
+    """The default run name of every task: ``<recipe>-<YYYYmmdd-HHMMSS>`` (unique per start, sorts by time)."""
+    return f"{recipe}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def json_ready(value: Any) -> Any:
+    """Plain JSON/YAML data: tuples as lists, dataclasses as dicts, anything else unknown as its string."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return json_ready(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
