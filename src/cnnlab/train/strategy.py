@@ -113,8 +113,8 @@ class Strategy:
 
     @property
     def is_main_process(self) -> bool:
-        """Whether this process writes files and shows progress."""
-        return True
+        """Whether this process writes files and shows progress (``RANK`` decides when torchrun set it)."""
+        return is_main_process()
 
     def device(self, configured: torch.device) -> torch.device:
         """The device this process trains on, given the configured one."""
