@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from cnnlab.data.mnist import load_mnist
-from cnnlab.tasks.mnist import get_recipe, to_float, train_mnist
+from cnnlab.tasks.mnist import RECIPES, to_float, train_mnist
 from cnnlab.train import Callback, Trainer
 
 THRESHOLDS = (0.990, 0.995)
@@ -85,7 +85,7 @@ def _with_epoch_clock(trainer: Trainer) -> Trainer:
 
 def timed_run(recipe: str, args: argparse.Namespace, seed: int, name: str, splits: Any, stop_at: float | None) -> dict:
     """Train `recipe` once with test-accuracy probes; returns its summary plus the probe points."""
-    config = get_recipe(recipe).train
+    config = RECIPES.get(recipe).train
     steps_per_epoch = len(splits.train_labels) // (
         args.baseline_batch if recipe == "baseline" else config["batch_size"]
     )

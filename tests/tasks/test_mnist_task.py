@@ -12,7 +12,7 @@ import torch
 
 import cnnlab
 from cnnlab.errors import CnnlabError
-from cnnlab.tasks.mnist import evaluate_mnist, get_recipe, to_float, train_mnist
+from cnnlab.tasks.mnist import RECIPES, evaluate_mnist, to_float, train_mnist
 from cnnlab.train import Callback, Trainer
 from cnnlab.train.saved import Ensemble
 
@@ -74,7 +74,7 @@ def test_member_needs_a_name_and_an_index_inside_the_ensemble(fake_root: Path) -
 def test_unknown_recipe_lists_the_known_ones() -> None:
     known = "default, quick, baseline"
     with pytest.raises(CnnlabError, match=f"unknown MNIST recipe 'best'; choose one of {known}"):
-        get_recipe("best")
+        RECIPES.get("best")
 
 
 def test_saved_member_round_trips_through_load_model(ensemble_run: dict, fake_root: Path) -> None:

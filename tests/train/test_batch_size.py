@@ -159,14 +159,14 @@ def test_engine_option_searches_before_training(tmp_path: Path, monkeypatch: pyt
     ],
 )
 def test_command_line_values(batch: str | None, accum: str | None, expected: dict[str, object]) -> None:
-    from cnnlab.train.batch_size import batch_options
+    from cnnlab.train.config import EngineOptions
 
-    assert batch_options(batch, accum) == expected
+    assert EngineOptions(batch_size=batch, accum=accum).overrides() == expected
 
 
 @pytest.mark.parametrize(("batch", "accum"), [("many", None), ("0", None), (None, "-2"), ("auto", "2")])
 def test_bad_command_line_values_are_actionable(batch: str | None, accum: str | None) -> None:
-    from cnnlab.train.batch_size import batch_options
+    from cnnlab.train.config import EngineOptions
 
     with pytest.raises(CnnlabError, match="--batch-size|--accum"):
-        batch_options(batch, accum)
+        EngineOptions(batch_size=batch, accum=accum).overrides()

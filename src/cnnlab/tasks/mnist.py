@@ -2,17 +2,18 @@
 
 Data stays in memory as float tensors in [0, 1] and is indexed per batch (`TensorBatches`); augmentation runs on
 whole batches on the device (`RandomAffine`). 5,000 training images are held out (seeded) for validation, which is
-what every choice is made on; the test set is evaluated once, after training.
+what every choice is made on; the test set is evaluated once, after training, through the engine's inference path
+(`Trainer.predict`), and the run folder gets results.json, report.md, the confusion matrix and the misclassified
+digits beside the engine's config.yaml, metrics and learning curves. An ensemble's members are runs of their own
+(``<run>/seed<k>/``); the ensemble's folder holds its config.yaml, results.json and report.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ import torch
 from cnnlab.data.augment import RandomAffine
 from cnnlab.data.mnist import MnistSplits, load_mnist
 from cnnlab.errors import CnnlabError
+from cnnlab.tasks.recipes import Recipe, RecipeBook, run_name
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
+from cnnlab.train.config import environment_record, save_record
 from cnnlab.train.saved import save_ensemble, save_model
 from cnnlab.train.strategy import is_main_process
 
@@ -29,49 +32,37 @@ TASK = "mnist"
 
 
 @dataclass(frozen=True)
-class MnistRecipe:
-    """A named way to train an MNIST model.
+class MnistRecipe(Recipe):
+    """A named way to train an MNIST model: the recipe base plus on-device batch augmentation.
 
     Attributes:
-        name: recipe name (`--recipe`).
-        summary: one line for `--help` and the run record.
-        arch: registered model name.
-        model_kwargs: constructor options.
-        train: `TrainConfig` fields.
-        augment: batch augmentation, or None.
+        augment: random affine (and optionally elastic) augmentation of every training batch, or None.
     """
 
-    name: str
-    summary: str
-    arch: str
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    train: dict[str, Any] = field(default_factory=dict)
     augment: RandomAffine | None = None
 
 
-_DEFAULT = MnistRecipe(
-    name="default",
-    summary="mnist_net (0.29 M params), 10 epochs, SGD-Nesterov one-cycle, label smoothing, EMA, random affine",
-    arch="mnist_net",
-    train=dict(
-        epochs=10,
-        batch_size=128,
-        optimizer="sgd",
-        lr=0.1,
-        weight_decay=5e-4,
-        schedule="onecycle",
-        warmup_epochs=2,
-        label_smoothing=0.1,
-        ema_decay=0.999,
-        channels_last=True,  # 1.3x faster training steps on 2 CPU cores (524-543 vs 402-413 img/s)
-    ),
-    augment=RandomAffine(degrees=10, scale=0.1, shift=2.0),
-)
-
-RECIPES: dict[str, MnistRecipe] = {
-    recipe.name: recipe
-    for recipe in (
-        _DEFAULT,
+RECIPES: RecipeBook[MnistRecipe] = RecipeBook(
+    "MNIST",
+    [
+        MnistRecipe(
+            name="default",
+            summary="mnist_net (0.29 M params), 10 epochs, SGD-Nesterov one-cycle, label smoothing, EMA, random affine",
+            arch="mnist_net",
+            train=dict(
+                epochs=10,
+                batch_size=128,
+                optimizer="sgd",
+                lr=0.1,
+                weight_decay=5e-4,
+                schedule="onecycle",
+                warmup_epochs=2,
+                label_smoothing=0.1,
+                ema_decay=0.999,
+                channels_last=True,  # 1.3x faster training steps on 2 CPU cores (524-543 vs 402-413 img/s)
+            ),
+            augment=RandomAffine(degrees=10, scale=0.1, shift=2.0),
+        ),
         MnistRecipe(
             name="quick",
             summary="mnist_net_small, 2 epochs, about a minute on 2 CPU cores (used by `make demo`)",
@@ -96,25 +87,13 @@ RECIPES: dict[str, MnistRecipe] = {
             arch="mnist_baseline",
             train=dict(epochs=10, batch_size=64, optimizer="adam", lr=1e-3, schedule="constant"),
         ),
-    )
-}
-
-
-def get_recipe(name: str) -> MnistRecipe:
-    """The recipe called `name`; CnnlabError listing the known ones otherwise."""
-    if name not in RECIPES:
-        raise CnnlabError(f"unknown MNIST recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    return RECIPES[name]
+    ],
+)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 [N, 1, 28, 28] -> float32 in [0, 1]."""
     return images.float().div_(255.0)
-
-
-def default_run_name(recipe: str) -> str:
-    """`<recipe>-<YYYYmmdd-HHMMSS>`: unique per start, sortable."""
-    return f"{recipe}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def train_mnist(
@@ -161,7 +140,7 @@ def train_mnist(
         A summary (also saved as ``results.json`` in the run directory): per-member validation and test accuracy,
         the ensemble's test accuracy, training seconds and the run directory.
     """
-    chosen = get_recipe(recipe)
+    chosen = RECIPES.get(recipe)
     if ensemble < 1:
         raise CnnlabError(f"--ensemble must be >= 1, got {ensemble}")
     if member is not None and not 0 <= member < ensemble:
@@ -176,7 +155,7 @@ def train_mnist(
         train_images, train_labels = train_images[:train_subset], train_labels[:train_subset]
     val = (to_float(data.val_images), data.val_labels) if len(data.val_labels) else None
     test_images, test_labels = to_float(data.test_images), data.test_labels
-    name = name or default_run_name(recipe)
+    name = name or run_name(recipe)
     run_dir = Path(output) / TASK / name
     options = {**chosen.train, **(overrides or {})}
 
@@ -211,13 +190,16 @@ def train_mnist(
             missing.append(member_seed)
         else:
             trained = _train_member(chosen, config, (train_images, train_labels), val, callbacks)
+            trainer = trained.pop("trainer")
             # The test set is used here, once, after training: never for a choice.
-            trained_model = trained.pop("model")
-            probabilities = _predict(trained_model, test_images, trained.pop("trainer")).softmax(1)
+            probabilities = trainer.predict(test_images, model=trained.pop("model")).softmax(1)
             trained["test_accuracy"] = float((probabilities.argmax(1) == test_labels).float().mean())
             if is_main_process():  # under torchrun every rank evaluates, rank 0 writes
                 torch.save(probabilities, member_dir / "test_probabilities.pt")
+                test = test_evaluation(test_images, test_labels, probabilities.argmax(1), member_dir)
+                trained["test"] = {k: v for k, v in test.items() if k != "test_accuracy"}
                 (member_dir / "results.json").write_text(json.dumps(trained, indent=1))
+                _member_report(chosen, config, trainer.history, trained).write(member_dir / "report.md")
             member_probabilities.append(probabilities)
             members.append(trained)
     by_seed = sorted(range(len(members)), key=lambda i: members[i]["seed"])
@@ -237,8 +219,13 @@ def train_mnist(
         summary["ensemble_test_accuracy"] = float((mean_probabilities.argmax(1) == test_labels).float().mean())
         summary["test_accuracy"] = summary["ensemble_test_accuracy"]
     if is_main_process():
-        if ensemble > 1 and not missing:
-            save_ensemble(run_dir, [Path(m["run_dir"]) for m in members], meta={"recipe": chosen.name})
+        if ensemble > 1:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            task_config = {"recipe": chosen.to_dict(), "ensemble": ensemble, "seed": seed, "overrides": overrides or {}}
+            save_record(task_config, run_dir / "config.yaml")
+            if not missing:
+                save_ensemble(run_dir, [Path(m["run_dir"]) for m in members], meta={"recipe": chosen.name})
+            _ensemble_report(chosen, summary).write(run_dir / "report.md")
         (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -287,29 +274,79 @@ def _train_member(
     }
 
 
-def _predict(model: torch.nn.Module, images: torch.Tensor, trainer: Trainer) -> torch.Tensor:
-    return trainer.predict(images, model=model)
-
-
-@torch.inference_mode()
 def predict_logits(
     model: torch.nn.Module, images: torch.Tensor, device: str = "cpu", batch: int = 1000
 ) -> torch.Tensor:
-    """Float32 CPU logits of a saved (eval-mode) model for float images [N, 1, 28, 28], `batch` at a time."""
-    return torch.cat([model(chunk.to(device)).float().cpu() for chunk in images.split(batch)])
+    """Float32 CPU logits of a saved model for float images [N, 1, 28, 28], through the engine's inference path."""
+    return Trainer.for_inference(model, device=device, batch_size=batch).predict(images)
 
 
-def recipe_table() -> list[dict[str, str]]:
-    """Name and summary of every recipe."""
-    return [{"name": r.name, "summary": r.summary} for r in RECIPES.values()]
+def test_evaluation(
+    images: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor, out_dir: Path
+) -> dict[str, Any]:
+    """Accuracy, per-class accuracy, the confusion matrix and its PNG, and a PNG of the misclassified digits."""
+    from cnnlab.report.metrics import accuracy_from_matrix, confusion_matrix, per_class_accuracy
+    from cnnlab.report.plots import plot_confusion_matrix, plot_misclassified
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    matrix = confusion_matrix(predictions, labels, 10)
+    accuracy = accuracy_from_matrix(matrix)
+    wrong = (predictions != labels).nonzero().flatten()
+    confusion_png = plot_confusion_matrix(matrix, out_dir / "confusion_matrix.png", title=f"MNIST test, {accuracy:.2%}")
+    grid_png = plot_misclassified(images[wrong], labels[wrong], predictions[wrong], out_dir / "misclassified.png")
+    return {
+        "test_accuracy": accuracy,
+        "errors": len(wrong),
+        "per_class_accuracy": per_class_accuracy(matrix),
+        "confusion_matrix": matrix.tolist(),
+        "confusion_matrix_png": str(confusion_png),
+        "misclassified_png": str(grid_png),
+    }
 
 
-def recipe_config(recipe: str) -> dict[str, Any]:
-    """The recipe as plain data (for `--help` and records)."""
-    chosen = get_recipe(recipe)
-    record = dataclasses.asdict(chosen)
-    record["augment"] = dataclasses.asdict(chosen.augment) if chosen.augment else None
-    return record
+def _member_report(recipe: MnistRecipe, config: TrainConfig, history: list[dict[str, float]], result: dict[str, Any]):  # noqa: ANN202
+    from cnnlab.report.markdown import RunReport
+
+    test = result["test"]
+    report = RunReport(
+        f"MNIST run `{config.name}`",
+        f"Recipe `{recipe.name}`: {recipe.summary}. Seed {config.seed}; the test set (10,000 images) was evaluated "
+        "once, after training.",
+        environment_record(),
+    )
+    report.heading("Test set")
+    report.text(
+        f"Accuracy **{result['test_accuracy']:.4f}** ({test['errors']} errors); validation accuracy at the end "
+        f"{_fmt(result['val_accuracy'])}; {result['train_seconds']:.0f} s of training, "
+        f"{result['images_per_second']:.0f} images/s."
+    )
+    report.table(["digit", "accuracy"], [[digit, acc] for digit, acc in enumerate(test["per_class_accuracy"])])
+    report.image("confusion matrix", "confusion_matrix.png").image("misclassified test digits", "misclassified.png")
+    report.add_training(history, monitor=config.monitor)
+    return report.add_config(config.to_dict())
+
+
+def _ensemble_report(recipe: MnistRecipe, summary: dict[str, Any]):  # noqa: ANN202
+    from cnnlab.report.markdown import RunReport
+
+    report = RunReport(
+        f"MNIST ensemble `{Path(summary['run_dir']).name}`",
+        f"{len(summary['members'])} members of recipe `{recipe.name}` ({recipe.summary}), each a run of its own; the "
+        "ensemble averages their softmax probabilities.",
+        environment_record(),
+    )
+    report.heading("Members")
+    rows = [
+        [m["seed"], m["val_accuracy"], m["test_accuracy"], m["train_seconds"], m["run_dir"]] for m in summary["members"]
+    ]
+    report.table(["seed", "val accuracy", "test accuracy", "training s", "run"], rows)
+    if summary.get("missing_members"):
+        return report.text(f"Members still to train (seeds): {summary['missing_members']}.")
+    return report.text(f"Ensemble test accuracy: **{summary['ensemble_test_accuracy']:.4f}**.")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def evaluate_mnist(
@@ -326,8 +363,6 @@ def evaluate_mnist(
     Returns:
         accuracy, per-class accuracy, error count, the confusion matrix and the written file paths.
     """
-    from cnnlab.report.metrics import accuracy_from_matrix, confusion_matrix, per_class_accuracy
-    from cnnlab.report.plots import plot_confusion_matrix, plot_misclassified
     from cnnlab.train.saved import load_model
 
     run = Path(run)
@@ -335,21 +370,7 @@ def evaluate_mnist(
     data = load_mnist(data_dir, val_size=0)
     images = to_float(data.test_images)
     predictions = predict_logits(model, images, device).argmax(1)
-    matrix = confusion_matrix(predictions, data.test_labels, 10)
-    wrong = (predictions != data.test_labels).nonzero().flatten()
     out = Path(output_dir) if output_dir is not None else (run if run.is_dir() else run.parent) / "evaluation"
-    out.mkdir(parents=True, exist_ok=True)
-    accuracy = accuracy_from_matrix(matrix)
-    confusion_png = plot_confusion_matrix(matrix, out / "confusion_matrix.png", title=f"MNIST test, {accuracy:.2%}")
-    grid_png = plot_misclassified(images[wrong], data.test_labels[wrong], predictions[wrong], out / "misclassified.png")
-    result = {
-        "run": str(run),
-        "test_accuracy": accuracy,
-        "errors": len(wrong),
-        "per_class_accuracy": per_class_accuracy(matrix),
-        "confusion_matrix": matrix.tolist(),
-        "confusion_matrix_png": str(confusion_png),
-        "misclassified_png": str(grid_png),
-    }
+    result = {"run": str(run), **test_evaluation(images, data.test_labels, predictions, out)}
     (out / "evaluation.json").write_text(json.dumps(result, indent=1))
     return result

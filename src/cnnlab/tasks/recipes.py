@@ -49,7 +49,7 @@ class RecipeBook(Generic[R]):
     """A task's recipes by name; the first one given is the default.
 
     Args:
-        task: the task's name, for messages (``mnist``, ``segment``, ``transfer``).
+        task: the task's name as messages show it (``MNIST``, ``segmentation``, ``transfer``).
         recipes: the recipes, default first; names must be unique.
     """
 

@@ -13,8 +13,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,7 +24,9 @@ from cnnlab.data.augment import RandomAffine
 from cnnlab.data.segmentation import CLASS_NAMES, NUM_CLASSES, DigitSegmentation, make_digit_segmentation
 from cnnlab.errors import CnnlabError
 from cnnlab.report.segmentation import BoundaryF1, MeanIoU, PixelAccuracy, save_overlays, segmentation_report
+from cnnlab.tasks.recipes import Recipe, RecipeBook, run_name
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
+from cnnlab.train.config import environment_record
 from cnnlab.train.saved import save_model
 
 __all__ = [
@@ -33,7 +34,6 @@ __all__ = [
     "EncoderClassifier",
     "SegmentRecipe",
     "evaluate_segmentation",
-    "get_recipe",
     "pretrain_encoder",
     "train_segmentation",
 ]
@@ -42,15 +42,11 @@ TASK = "segment"
 
 
 @dataclass(frozen=True)
-class SegmentRecipe:
-    """A named way to train a segmentation model on the multi-digit canvases.
+class SegmentRecipe(Recipe):
+    """A named way to train a segmentation model on the multi-digit canvases: the recipe base plus the canvases,
+    the loss weights and encoder pretraining.
 
     Attributes:
-        name: recipe name (`--recipe`).
-        summary: one line for `--help` and the run record.
-        arch: registered model name.
-        model_kwargs: constructor options.
-        train: `TrainConfig` fields.
         sizes: canvases in train, val and test.
         canvas_size: canvas side.
         background_weight: cross-entropy weight of the background class (digit classes weigh 1).
@@ -58,11 +54,6 @@ class SegmentRecipe:
             (`pretrain_encoder`; U-Nets only, 0 = none).
     """
 
-    name: str
-    summary: str
-    arch: str
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    train: dict[str, Any] = field(default_factory=dict)
     sizes: tuple[int, int, int] = (4000, 500, 1000)
     canvas_size: int = 64
     background_weight: float = 1.0
@@ -86,9 +77,9 @@ _COMMON_TRAIN = dict(
     monitor_mode="max",
     channels_last=True,  # 1.2x faster on CPU for these convs (benchmarks/segmentation.py)
 )
-RECIPES: dict[str, SegmentRecipe] = {
-    recipe.name: recipe
-    for recipe in (
+RECIPES: RecipeBook[SegmentRecipe] = RecipeBook(
+    "segmentation",
+    [
         SegmentRecipe(
             name="quick",
             summary="U-Net 12-24-48-96-192 (1.1 M params), 4000 canvases of 64x64, 3 epochs (a few minutes; demo)",
@@ -130,15 +121,8 @@ RECIPES: dict[str, SegmentRecipe] = {
             train=dict(epochs=6, **_COMMON_TRAIN),
             background_weight=_BACKGROUND_WEIGHT,
         ),
-    )
-}
-
-
-def get_recipe(name: str) -> SegmentRecipe:
-    """The recipe called `name`; CnnlabError listing the known ones otherwise."""
-    if name not in RECIPES:
-        raise CnnlabError(f"unknown segmentation recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    return RECIPES[name]
+    ],
+)
 
 
 def _to_device_dtypes(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,28 +130,33 @@ def _to_device_dtypes(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.
     return images.float().div_(255.0), masks.long()
 
 
-@torch.inference_mode()
 def evaluate_segmentation(
-    model: nn.Module, images: torch.Tensor, masks: torch.Tensor, batch_size: int = 64, boundary_tolerance: int = 2
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    batch_size: int = 64,
+    boundary_tolerance: int = 2,
+    trainer: Trainer | None = None,
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """Segmentation report of `model` on uint8 canvases, and its predicted labels (uint8 [N, H, W]).
+
+    Runs through the engine's inference path: `trainer`'s (the run's precision and memory format) when given, else
+    a `Trainer.for_inference` on the model's device.
 
     Returns:
         ({"pixel_accuracy", "miou" (digits only), "miou_includes_background": False, "miou_with_bg",
         "iou_per_class", "boundary_f1", "boundary_tolerance_px"}, predictions)
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    if trainer is None:
+        device = str(next(model.parameters()).device)
+        trainer = Trainer.for_inference(model, device=device, batch_size=batch_size, eval_transform=_to_device_dtypes)
     accuracy, iou, boundary = PixelAccuracy(NUM_CLASSES), MeanIoU(NUM_CLASSES), BoundaryF1(boundary_tolerance)
     predictions = []
-    for start in range(0, len(images), batch_size):
-        x, y = _to_device_dtypes(images[start : start + batch_size].to(device), masks[start : start + batch_size])
-        predicted = model(x).argmax(1).cpu()
+    for logits, targets in trainer.inference(TensorBatches(images, masks, batch_size), model):
+        predicted = logits.argmax(1).cpu()
         for metric in (accuracy, iou, boundary):
-            metric.update(predicted, y)
+            metric.update(predicted, targets.cpu())
         predictions.append(predicted.to(torch.uint8))
-    model.train(was_training)
     report = segmentation_report(iou.matrix, CLASS_NAMES)
     report["boundary_f1"] = boundary.compute()
     report["boundary_tolerance_px"] = boundary_tolerance
@@ -237,11 +226,6 @@ def pretrain_encoder(model: nn.Module, data: DigitSegmentation, config: TrainCon
     return trainer.history[-1]
 
 
-def default_run_name(recipe: str) -> str:
-    """`<recipe>-<YYYYmmdd-HHMMSS>`."""
-    return f"{recipe}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
 def train_segmentation(
     recipe: str = "quick",
     *,
@@ -250,6 +234,7 @@ def train_segmentation(
     name: str | None = None,
     seed: int = 0,
     sizes: tuple[int, int, int] | None = None,
+    train_canvases: int | None = None,
     overrides: dict[str, Any] | None = None,
     model_kwargs: dict[str, Any] | None = None,
     resume: bool = False,
@@ -269,6 +254,7 @@ def train_segmentation(
         name: run name; default ``<recipe>-<timestamp>``.
         seed: training seed (the canvases always use seed 0, so every run sees the same data).
         sizes: canvases in train, val and test (default: the recipe's).
+        train_canvases: training canvases, with the recipe's (or `sizes`') validation and test canvases.
         overrides: `TrainConfig` fields replacing the recipe's (e.g. {"epochs": 2}).
         model_kwargs: constructor options added to the recipe's (e.g. {"upsample": "bilinear"}).
         resume: continue an interrupted run.
@@ -285,19 +271,22 @@ def train_segmentation(
         run directory also holds ``model.safetensors`` + ``model.json`` (`cnnlab.load_model`) and
         ``test_overlays.png``.
     """
-    chosen = get_recipe(recipe)
+    chosen = RECIPES.get(recipe)
     bg_weight = chosen.background_weight if background_weight is None else background_weight
     pretrain = chosen.pretrain_epochs if pretrain_epochs is None else pretrain_epochs
     if pretrain < 0:
         raise CnnlabError(f"pretrain epochs must be >= 0, got {pretrain}")
     kwargs = {**chosen.model_kwargs, **(model_kwargs or {})}
+    sizes = sizes or chosen.sizes
+    if train_canvases is not None:
+        sizes = (train_canvases, sizes[1], sizes[2])
     if data is None:
-        data = make_digit_segmentation(data_dir, sizes=sizes or chosen.sizes, canvas_size=chosen.canvas_size, seed=0)
+        data = make_digit_segmentation(data_dir, sizes=sizes, canvas_size=chosen.canvas_size, seed=0)
     config = TrainConfig(
         **{**chosen.train, **(overrides or {})},
         seed=seed,
         task=TASK,
-        name=name or default_run_name(recipe),
+        name=name or run_name(recipe),
         output=output,
         resume=resume,
         overwrite=overwrite,
@@ -343,7 +332,9 @@ def train_segmentation(
     final = trainer.eval_model
     run_dir = config.run_dir
     # The test canvases are used here, once, after training: never for a choice.
-    test_report, predictions = evaluate_segmentation(final, data.test.images, data.test.masks)
+    test_report, predictions = evaluate_segmentation(
+        final, data.test.images, data.test.masks, batch_size=2 * config.batch_size, trainer=trainer
+    )
     save_overlays(data.test.images, data.test.masks, predictions, run_dir / "test_overlays.png", CLASS_NAMES)
     save_model(
         final,
@@ -373,8 +364,35 @@ def train_segmentation(
         "wall_seconds": wall_seconds,
         "canvases": data_sizes(data),
     }
-    (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+    if trainer.is_main_process:
+        (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+        _report(chosen, config, history, summary).write(run_dir / "report.md")
     return summary
+
+
+def _report(recipe: SegmentRecipe, config: TrainConfig, history: list[dict[str, float]], summary: dict[str, Any]):  # noqa: ANN202
+    from cnnlab.report.markdown import RunReport
+
+    test = summary["test"]
+    train, val, test_count = summary["canvases"]
+    report = RunReport(
+        f"Segmentation run `{config.name}`",
+        f"Recipe `{recipe.name}`: {recipe.summary}. {train:,} training, {val:,} validation and {test_count:,} test "
+        f"canvases of {recipe.canvas_size}x{recipe.canvas_size} px with 1-5 MNIST digits each; seed {config.seed}; "
+        "the test canvases (built from MNIST test digits only) were evaluated once, after training.",
+        environment_record(),
+    )
+    report.heading("Test canvases")
+    report.text(
+        f"mIoU over the 10 digit classes (background excluded) **{test['miou']:.4f}**; with background "
+        f"{test['miou_with_bg']:.4f}; pixel accuracy {test['pixel_accuracy']:.4f}; boundary F1 "
+        f"({test['boundary_tolerance_px']} px tolerance) {test['boundary_f1']:.4f}. {summary['params']:,} parameters, "
+        f"{summary['train_seconds']:.0f} s of training."
+    )
+    report.table(["class", "IoU"], list(test["iou_per_class"].items()))
+    report.image("test canvases: input, truth, prediction", "test_overlays.png")
+    report.add_training(history, monitor=config.monitor)
+    return report.add_config(config.to_dict())
 
 
 def data_sizes(data: DigitSegmentation) -> tuple[int, int, int]:

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -201,9 +202,15 @@ def _cpu_name() -> str:
 
 def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> None:
     """Write ``config.yaml``: the config under ``config:``, then ``environment:``."""
+    save_record(config.to_dict(), path)
+
+
+def save_record(config: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write a run's ``config.yaml`` from any plain-data config (a task's, or `TrainConfig.to_dict()`): the config
+    under ``config:``, then ``environment:`` (command line, versions, hardware)."""
     import yaml
 
-    document = {"config": config.to_dict(), "environment": environment_record()}
+    document = {"config": dict(config), "environment": environment_record()}
     document = json.loads(json.dumps(document, default=str))  # tuples -> lists, anything exotic -> str
     Path(path).write_text(yaml.safe_dump(document, sort_keys=False))
 
@@ -216,10 +223,94 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
     return TrainConfig.from_dict(document["config"])
 
 
-def config_overrides(**fields: Any) -> dict[str, Any]:
-    """The `TrainConfig` fields a caller actually set: None means "keep the recipe's value" and is dropped.
+AUTO_BATCH_CAP = 1024  # `--batch-size auto` never goes above this (nor above the number of training samples)
 
-    The training commands pass their optional flags through this, e.g.
-    ``config_overrides(epochs=None, lr=0.01) == {"lr": 0.01}``.
+
+@dataclass
+class EngineOptions:
+    """The engine options every ``cnnlab train`` command takes, as typed on the command line.
+
+    None means "the recipe's value". `overrides` turns them into `TrainConfig` fields; the run's seed, name, output
+    and resume flag are the task's to place (an ensemble's members, a transfer run's phases).
+
+    Attributes:
+        epochs: training epochs (of the main phase, for tasks with several).
+        lr: peak learning rate (of the main phase).
+        batch_size: a whole number, or "auto": the largest batch that fits in memory, up to `AUTO_BATCH_CAP`.
+        accum: micro-batches per optimizer step, or "auto": as many as memory needs to keep the batch size.
+        precision: fp32, bf16 or fp16.
+        grad_checkpointing: recompute activations in backward (model stages) to save memory.
+        channels_last: NHWC memory format for the model and its inputs.
+        compile: wrap the model in `torch.compile`.
+        threads: CPU threads for torch.
+        device: auto, cpu, cuda or cuda:N.
+        seed: the run's seed.
+        resume: continue the interrupted run called `name`.
+        name: the run's name (default: ``<recipe>-<timestamp>``).
+        output: the runs root.
+        overwrite: replace an existing run of the same name.
+        quiet: no progress bars or epoch lines.
     """
-    return {key: value for key, value in fields.items() if value is not None}
+
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: str | None = None
+    accum: str | None = None
+    precision: str | None = None
+    grad_checkpointing: bool | None = None
+    channels_last: bool | None = None
+    compile: bool | None = None
+    threads: int | None = None
+    device: str | None = None
+    seed: int = 0
+    resume: bool = False
+    name: str | None = None
+    output: str = "runs"
+    overwrite: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.resume and self.name is None:
+            raise CnnlabError("--resume needs the --name of the run to continue")
+
+    def overrides(self) -> dict[str, Any]:
+        """The `TrainConfig` fields these options set (the recipe keeps every other one).
+
+        Raises:
+            CnnlabError: for a batch size or accumulation that is neither a positive whole number nor "auto", or
+                "auto" for both.
+        """
+        fields: dict[str, Any] = {
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "precision": self.precision,
+            "grad_checkpointing": self.grad_checkpointing,
+            "channels_last": self.channels_last,
+            "compile": self.compile,
+            "num_threads": self.threads,
+            "device": self.device,
+        }
+        overrides = {key: value for key, value in fields.items() if value is not None}
+        if self.batch_size is not None:
+            if self.batch_size.strip().lower() == "auto":
+                overrides.update(batch_size=AUTO_BATCH_CAP, auto_batch_size=True)
+            else:
+                overrides["batch_size"] = _positive_int(self.batch_size, "--batch-size")
+        if self.accum is not None:
+            if self.accum.strip().lower() == "auto":
+                overrides["auto_accum"] = True
+            else:
+                overrides["accum_steps"] = _positive_int(self.accum, "--accum")
+        if overrides.get("auto_batch_size") and (overrides.get("auto_accum") or overrides.get("accum_steps", 1) > 1):
+            raise CnnlabError("--batch-size auto picks a batch that fits without accumulation; drop --accum")
+        return overrides
+
+
+def _positive_int(text: str, option: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise CnnlabError(f"{option} {text!r} is not a whole number or 'auto'") from None
+    if value < 1:
+        raise CnnlabError(f"{option} must be >= 1 or 'auto', got {value}")
+    return value

@@ -167,6 +167,33 @@ class Trainer:
             checkpoint_stages(self.model)
         self.forward_model: nn.Module = self._compiled(self.model)
 
+    @classmethod
+    def for_inference(
+        cls,
+        model: nn.Module,
+        *,
+        device: str = "cpu",
+        batch_size: int = 256,
+        precision: str = "fp32",
+        channels_last: bool = False,
+        eval_transform: BatchTransform | None = None,
+    ) -> Trainer:
+        """A trainer that only runs `inference`, `evaluate` and `predict` for a trained model (no run directory).
+
+        Saved models are evaluated through the same path as a training run's test set: eval mode, inference mode,
+        the given precision and memory format, batches of `batch_size`.
+        """
+        config = TrainConfig(
+            batch_size=batch_size,
+            eval_batch_size=batch_size,
+            device=device,
+            precision=precision,  # type: ignore[arg-type]
+            channels_last=channels_last,
+            checkpoint=False,
+            progress=False,
+        )
+        return cls(model, config, eval_transform=eval_transform)
+
     # ------------------------------------------------------------------ public API
     @property
     def eval_model(self) -> nn.Module:

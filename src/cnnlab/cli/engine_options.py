@@ -1,0 +1,108 @@
+"""The engine options of every ``cnnlab train`` subcommand, defined once.
+
+`with_engine_options` adds the same typer options to a command (``--epochs``, ``--lr``, ``--batch-size N|auto``,
+``--accum N|auto``, ``--precision``, ``--grad-checkpointing``, ``--channels-last``, ``--compile``, ``--threads``,
+``--device``, ``--seed``, ``--resume``, ``--name``, ``--output``, ``--overwrite``, ``--quiet``) and hands them to it
+as one `cnnlab.train.config.EngineOptions` in its ``engine`` argument. A command declares only its own options. Every
+engine option defaults to "the recipe's value", so no command retypes a recipe's defaults.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+__all__ = ["ENGINE", "ENGINE_OPTIONS", "with_engine_options"]
+
+ENGINE: Any = None  # the default of a command's `engine` parameter; `with_engine_options` fills it in
+
+_PANEL = "Engine options (every train command)"
+
+# name -> (annotation, default, option names, help); a default of None means "the recipe's value".
+ENGINE_OPTIONS: dict[str, tuple[Any, Any, tuple[str, ...], str]] = {
+    "epochs": (int | None, None, ("--epochs",), "Training epochs (of the main phase, for tasks with several)."),
+    "lr": (float | None, None, ("--lr",), "Peak learning rate (of the main phase)."),
+    "batch_size": (
+        str | None,
+        None,
+        ("--batch-size",),
+        "Images per optimizer step: N, or auto (the largest batch that fits in memory, found before training by "
+        "running real steps).",
+    ),
+    "accum": (
+        str | None,
+        None,
+        ("--accum",),
+        "Micro-batches per optimizer step (gradient accumulation): N, or auto (as many as memory needs to keep "
+        "--batch-size).",
+    ),
+    "precision": (str | None, None, ("--precision",), "fp32, bf16 or fp16 (autocast; fp16 with loss scaling)."),
+    "grad_checkpointing": (
+        bool | None,
+        None,
+        ("--grad-checkpointing",),
+        "Recompute the model stages' activations in backward: less memory for about a third more compute.",
+    ),
+    "channels_last": (
+        bool | None,
+        None,
+        ("--channels-last/--no-channels-last",),
+        "NHWC memory format for the model and its inputs (often faster on CPUs and on tensor cores).",
+    ),
+    "compile": (bool | None, None, ("--compile",), "Wrap the model in torch.compile."),
+    "threads": (int | None, None, ("--threads",), "CPU threads for torch (default: torch's choice)."),
+    "device": (str | None, None, ("--device",), "auto (a GPU when there is one), cpu, cuda or cuda:N."),
+    "seed": (int, 0, ("--seed",), "Seed of the initial weights, the data order and the augmentation."),
+    "resume": (bool, False, ("--resume",), "Continue the interrupted run called --name; finished epochs are kept."),
+    "name": (str | None, None, ("--name",), "Run name (default: <recipe>-<date>-<time>)."),
+    "output": (Path, Path("runs"), ("--output", "-o"), "Runs root; a run goes to OUTPUT/<task>/<name>."),
+    "overwrite": (bool, False, ("--overwrite",), "Replace an existing run called --name."),
+    "quiet": (bool, False, ("--quiet", "-q"), "No progress bars or epoch lines."),
+}
+
+
+def with_engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a typer command the engine options; it receives them as ``engine: EngineOptions``.
+
+    The command's own signature must have an ``engine`` parameter and none named like an engine option.
+    """
+    signature = inspect.signature(command)
+    if "engine" not in signature.parameters:
+        raise TypeError(f"{command.__name__} needs an `engine` parameter to receive the engine options")
+    clash = set(signature.parameters) & set(ENGINE_OPTIONS)
+    if clash:
+        raise TypeError(f"{command.__name__} defines engine options itself: {', '.join(sorted(clash))}")
+    # The command's own annotations, evaluated (`engine`'s type is imported for type checkers only: --help stays
+    # free of torch).
+    own = [
+        p.replace(annotation=eval(p.annotation, command.__globals__) if isinstance(p.annotation, str) else p.annotation)  # noqa: S307
+        for p in signature.parameters.values()
+        if p.name != "engine"
+    ]
+    added = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(default, *names, help=text, rich_help_panel=_PANEL),
+            annotation=annotation,
+        )
+        for name, (annotation, default, names, text) in ENGINE_OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        from cnnlab.train.config import EngineOptions
+
+        values = {name: kwargs.pop(name) for name in ENGINE_OPTIONS}
+        values["output"] = str(values["output"])
+        return command(**kwargs, engine=EngineOptions(**values))
+
+    del wrapper.__wrapped__  # typer reads the new signature, not the command's
+    wrapper.__signature__ = inspect.Signature([*own, *added])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in [*own, *added]}
+    return wrapper

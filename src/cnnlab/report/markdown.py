@@ -1,0 +1,129 @@
+"""report.md for every run: one small Markdown builder and the sections every task's report shares.
+
+Each task writes ``report.md`` in its run directory with `RunReport`: a header (what ran, the command, when, on what
+hardware), the task's own sections (data, test results), the training section (`add_training`: epochs, best
+validation epoch, time, throughput, the learning curves) and the configuration. Figures are files next to the report,
+linked by their file name, so the folder can be moved or zipped and still reads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunReport", "format_value", "markdown_table"]
+
+
+def format_value(value: Any) -> str:
+    """A table cell: floats with 4 significant decimals, None as "-", everything else as its string."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table (numbers right-aligned)."""
+    rows = [list(row) for row in rows]
+    numeric = [
+        all(isinstance(row[i], (int, float)) and not isinstance(row[i], bool) for row in rows)
+        for i in range(len(headers))
+    ]
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---:" if is_number and rows else "---" for is_number in numeric) + "|",
+    ]
+    lines += ["| " + " | ".join(format_value(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+class RunReport:
+    """Builds one run's report.md.
+
+    Args:
+        title: the report's title (e.g. "MNIST run `quick-20261203-101010`").
+        summary: one paragraph under the title: what was trained on what.
+        environment: the run's environment record (`cnnlab.train.config.environment_record`): command, versions,
+            hardware; None to leave the header out.
+    """
+
+    def __init__(self, title: str, summary: str = "", environment: Mapping[str, Any] | None = None) -> None:
+        self.lines: list[str] = [f"# {title}", ""]
+        if summary:
+            self.lines += [summary, ""]
+        if environment:
+            hardware = environment.get("hardware", {})
+            versions = environment.get("versions", {})
+            device = hardware.get("cuda") or f"{hardware.get('cpu', 'CPU')}, {hardware.get('cpu_count', '?')} cores"
+            self.lines += [
+                f"- command: `{environment.get('command', '?')}`",
+                f"- written: {datetime.now().strftime('%Y-%m-%d %H:%M')}, on {device}; torch "
+                f"{versions.get('torch', '?')}, cnnlab {versions.get('cnnlab', '?')}",
+                "",
+            ]
+
+    def heading(self, text: str, level: int = 2) -> RunReport:
+        self.lines += ["#" * level + " " + text, ""]
+        return self
+
+    def text(self, paragraph: str) -> RunReport:
+        self.lines += [paragraph.strip(), ""]
+        return self
+
+    def bullets(self, items: Iterable[str]) -> RunReport:
+        self.lines += [f"- {item}" for item in items] + [""]
+        return self
+
+    def table(self, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> RunReport:
+        self.lines += [markdown_table(headers, rows), ""]
+        return self
+
+    def image(self, alt: str, path: str | os.PathLike[str] | None) -> RunReport:
+        """Link a figure by its file name (it lives next to report.md); nothing when there is no figure."""
+        if path is not None:
+            self.lines += [f"![{alt}]({Path(path).name})", ""]
+        return self
+
+    def add_training(
+        self,
+        history: Sequence[Mapping[str, float]],
+        monitor: str | None = None,
+        curves: str | None = "learning_curves.png",
+    ) -> RunReport:
+        """The training section: one row per epoch (loss, accuracy-like metrics, time) and the learning curves."""
+        self.heading("Training")
+        if not history:
+            return self.text("No epoch was trained in this run.")
+        keys = [k for k in history[0] if k.startswith(("train_", "val_")) and not k.endswith("seconds")]
+        rows = [[int(row["epoch"]), *(row.get(k) for k in keys), row.get("epoch_seconds")] for row in history]
+        self.table(["epoch", *keys, "seconds"], rows)
+        if monitor and all(monitor in row for row in history):
+            best = (
+                max(history, key=lambda row: row[monitor])
+                if not monitor.endswith("loss")
+                else min(history, key=lambda row: row[monitor])
+            )
+            self.text(f"Best {monitor}: {best[monitor]:.4f} at epoch {int(best['epoch'])}.")
+        return self.image("learning curves", curves)
+
+    def add_config(self, config: Mapping[str, Any]) -> RunReport:
+        """The configuration, one option per row (the full record is config.yaml)."""
+        self.heading("Configuration")
+        rows = [[key, _short(value)] for key, value in config.items()]
+        return self.table(["option", "value"], rows)
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        path.write_text("\n".join(self.lines).rstrip() + "\n")
+        return path
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 100 else text[:97] + "..."
