@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Exact versions used by CI and the demo; pyproject.toml only declares lower bounds.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint format clean-venv
+.PHONY: demo test lint format clean-venv smoke-install
 
 $(BIN)/cnnlab: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,21 @@ demo: $(BIN)/cnnlab
 test: $(BIN)/cnnlab
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/deptry src
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+# A plain `pip install .` (no extras) in a fresh venv trains a model: every import of that path is a declared
+# dependency. CI runs it after `make test` (.ci/run); it needs MNIST ($$CNNLAB_DATA) and a few minutes.
+CORE_VENV := .venv-core
+smoke-install:
+	rm -rf $(CORE_VENV) build
+	$(PYTHON) -m venv $(CORE_VENV)
+	$(CORE_VENV)/bin/pip install -q --upgrade pip
+	$(CORE_VENV)/bin/pip install -q $(TORCH_PINS)
+	$(CORE_VENV)/bin/pip install -q . $(TORCH_PINS)
+	cd $(CORE_VENV) && MPLBACKEND=Agg bin/cnnlab train mnist --recipe quick --epochs 1 --output runs --name smoke --quiet
+	rm -rf $(CORE_VENV) build
 
 lint: $(BIN)/cnnlab
 	$(BIN)/ruff check --fix src tests benchmarks

@@ -17,19 +17,17 @@ from torch.utils.data import DataLoader, TensorDataset
 from cnnlab.data.photo_transforms import InputCheck, InputStatisticsWarning, build_train_transform, input_problems
 from cnnlab.data.transforms import build_eval_transform
 from cnnlab.errors import CnnlabError
-from cnnlab.models import create_model
-from cnnlab.tasks.transfer import (
+from cnnlab.models import PretrainedCfg, create_model
+from cnnlab.tasks.transfer import TransferConfig, class_weights, train_transfer
+from cnnlab.train import (
     BestWeights,
     FreezeBatchNorm,
-    TransferConfig,
+    TrainConfig,
+    Trainer,
     adapt_batch_norm,
-    class_weights,
     depth_units,
     layerwise_param_groups,
-    preprocessing_record,
-    train_transfer,
 )
-from cnnlab.train import Trainer
 
 
 def make_photo_folder(root: Path, per_class: int = 24, seed: int = 0) -> Path:
@@ -139,11 +137,11 @@ def test_crop_pct_out_of_range_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_crop_pct_one_keeps_the_border_that_the_record_crops_away() -> None:
     model = create_model("efficientnet_lite0", num_classes=2)
-    record = preprocessing_record(model)
+    record = PretrainedCfg.for_model(model)
     assert record.crop_pct < 1.0  # the record's centre crop drops a border
-    whole = preprocessing_record(model, crop_pct=1.0)
+    whole = record.with_input(crop_pct=1.0)
     assert whole.input_size == record.input_size and whole.resize_size == record.input_size[1]
-    assert preprocessing_record(model, image_size=300, crop_pct=1.0).resize_size == 300
+    assert record.with_input(image_size=300, crop_pct=1.0).resize_size == 300
     image = np.zeros((300, 300, 3), np.uint8)
     image[:, :8] = 255  # a bright band along the left border, as a defect at a cell's edge
     cropped, kept = build_eval_transform(record)(image), build_eval_transform(whole)(image)
@@ -194,8 +192,9 @@ def test_class_weighted_run_trains_with_the_weighted_loss(tmp_path: Path) -> Non
     losses: list[nn.Module] = []
     original = Trainer.__init__
 
-    def spy(self: Trainer, model: nn.Module, config: object, **kwargs: object) -> None:
-        losses.append(kwargs.get("loss_fn"))  # type: ignore[arg-type]
+    def spy(self: Trainer, model: nn.Module, config: TrainConfig, **kwargs: object) -> None:
+        if config.name in ("head", "finetune"):  # the training phases (not feature extraction or the test pass)
+            losses.append(kwargs.get("loss_fn"))  # type: ignore[arg-type]
         original(self, model, config, **kwargs)  # type: ignore[arg-type]
 
     with pytest.MonkeyPatch.context() as patch:
@@ -241,16 +240,28 @@ def test_frozen_batch_norm_stays_in_eval_mode() -> None:
 
 def test_best_weights_are_restored_at_the_end() -> None:
     model = nn.Linear(2, 2)
-    trainer = SimpleNamespace(model=model, eval_model=model, log=lambda message: None)
+    config = SimpleNamespace(monitor="val_accuracy")
+    trainer = SimpleNamespace(model=model, eval_model=model, log=lambda message: None, config=config)
     best = BestWeights()
     with torch.no_grad():
         model.weight.fill_(1.0)
+    trainer.best_epoch, trainer.best_metric = 1, 0.9  # the trainer found epoch 1 the best (0-based epoch 0)
     best.on_epoch_end(trainer, 0, {"val_accuracy": 0.9})  # type: ignore[arg-type]
     with torch.no_grad():
         model.weight.fill_(2.0)
-    best.on_epoch_end(trainer, 1, {"val_accuracy": 0.8})  # type: ignore[arg-type]
+    best.on_epoch_end(trainer, 1, {"val_accuracy": 0.8})  # type: ignore[arg-type]  # not better: best stays 1
     best.on_fit_end(trainer)  # type: ignore[arg-type]
     assert best.best_epoch == 1 and torch.all(model.weight == 1.0)
+
+
+def test_one_notion_of_best_for_the_trainer_and_its_best_weights(tmp_path: Path) -> None:
+    train = (torch.randn(64, 2), torch.randint(0, 2, (64,)))
+    config = TrainConfig(epochs=4, batch_size=16, lr=0.5, output=str(tmp_path), name="b", progress=False)
+    best = BestWeights()
+    trainer = Trainer(nn.Linear(2, 2), config, callbacks=[best])
+    trainer.fit(train, train)
+    assert best.best_epoch == trainer.best_epoch
+    assert trainer.history[trainer.best_epoch - 1]["val_accuracy"] == max(r["val_accuracy"] for r in trainer.history)
 
 
 def test_input_check_flags_wrongly_scaled_inputs() -> None:

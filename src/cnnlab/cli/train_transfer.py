@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+from cnnlab.cli.engine_options import ENGINE, with_engine_options
 
+if TYPE_CHECKING:
+    from cnnlab.train.config import EngineOptions
+
+
+@with_engine_options
 def transfer(
     data: str = typer.Option(
         ...,
@@ -17,18 +24,18 @@ def transfer(
     ),
     model: str = typer.Option("efficientnet_lite0", "--model", "-m", help="Zoo model with pretrained weights."),
     pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="Start from the pretrained weights."),
-    name: str = typer.Option("transfer", "--name", help="Run name; the run goes to OUTPUT/transfer/NAME."),
-    output: Path = typer.Option(Path("runs"), "--output", "-o", help="Runs root."),
-    head_epochs: int = typer.Option(15, "--head-epochs", help="Phase 1 (frozen backbone, new head) epochs."),
+    head_epochs: int = typer.Option(15, "--head-epochs", min=0, help="Phase 1 (frozen backbone, new head) epochs."),
     head_lr: float = typer.Option(3e-3, "--head-lr", help="Phase 1 peak learning rate."),
     cache_features: bool = typer.Option(
         True,
         "--cache-features/--no-cache-features",
         help="Phase 1 on backbone features computed once (seconds on a CPU).",
     ),
-    finetune_epochs: int = typer.Option(0, "--finetune-epochs", help="Phase 2 (unfrozen) epochs; 0: features only."),
+    finetune_epochs: int = typer.Option(
+        0, "--finetune-epochs", min=0, help="Phase 2 (unfrozen) epochs; 0: features only. --epochs sets the last phase."
+    ),
     finetune_lr: float = typer.Option(3e-4, "--finetune-lr", help="Phase 2 peak learning rate of the top layer."),
-    unfreeze: int = typer.Option(0, "--unfreeze", help="Phase 2 trains the top N blocks; 0: all of them."),
+    unfreeze: int = typer.Option(0, "--unfreeze", min=0, help="Phase 2 trains the top N blocks; 0: all of them."),
     layer_decay: float = typer.Option(0.85, "--layer-decay", help="LR factor per block going down from the top."),
     bn_train: bool = typer.Option(
         False, "--bn-train/--no-bn-train", help="Let unfrozen batch norms update their statistics in phase 2."
@@ -39,7 +46,6 @@ def transfer(
         help="Before training, recompute every batch norm's statistics on the training images (AdaBN): for data "
         "unlike the pretraining photos (grayscale cells, X-rays).",
     ),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per optimizer step."),
     image_size: int | None = typer.Option(None, "--image-size", help="Square input size (default: the weights')."),
     crop_pct: float | None = typer.Option(
         None,
@@ -67,28 +73,22 @@ def transfer(
         help="none, or balanced: weigh each class's loss by n / (k * n_c) over the training split, for imbalanced "
         "data whose small classes are never predicted.",
     ),
-    patience: int | None = typer.Option(5, "--patience", help="Early stopping on val accuracy; omit with 0."),
-    seed: int = typer.Option(0, "--seed", help="Split, initialisation and data order."),
-    workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16."),
-    channels_last: bool = typer.Option(
-        True, "--channels-last/--no-channels-last", help="NHWC memory format (1.4-1.7x faster steps on a CPU)."
-    ),
-    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run called --name."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Retrain in an existing run dir (its split is kept)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or epoch lines."),
+    patience: int = typer.Option(5, "--patience", min=0, help="Early stopping on val accuracy; 0 turns it off."),
+    workers: int = typer.Option(2, "--workers", min=0, help="DataLoader worker processes."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    engine: EngineOptions = ENGINE,
 ) -> None:
-    """Fine-tune a pretrained model: stratified split, frozen-backbone head, optional unfrozen phase, test once."""
+    """Fine-tune a pretrained model: stratified split, frozen-backbone head, optional unfrozen phase, test once.
+
+    Defaults: batch 32, channels_last, fp32; --epochs and --lr set the last phase that runs.
+    """
     from cnnlab.tasks.transfer import TransferConfig, train_transfer
 
-    config = TransferConfig(
+    config = TransferConfig.from_options(
+        engine,
         data=data,
         arch=model,
         pretrained=pretrained,
-        name=name,
-        output=str(output),
         head_epochs=head_epochs,
         head_lr=head_lr,
         cache_features=cache_features,
@@ -98,7 +98,6 @@ def transfer(
         layer_decay=layer_decay,
         bn_train=bn_train,
         bn_adapt=bn_adapt,
-        batch_size=batch_size,
         image_size=image_size,
         crop_pct=crop_pct,
         min_per_class=min_per_class,
@@ -112,14 +111,8 @@ def transfer(
         label_smoothing=label_smoothing,
         class_weight=None if class_weight == "none" else class_weight,
         patience=patience or None,
-        seed=seed,
         workers=workers,
-        device=device,
-        precision=precision,
-        channels_last=channels_last,
-        resume=resume,
-        overwrite=overwrite,
-        progress=not quiet and not as_json,
+        progress=not as_json,
     )
     summary = train_transfer(config)
     if as_json:

@@ -11,11 +11,13 @@ Both load with ``weights_only=True`` (no pickled code is executed).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -82,6 +84,53 @@ class PretrainedCfg:
     def is_offline(self) -> bool:
         """Whether the weights ship in a Python package rather than a download."""
         return self.source.startswith("package:")
+
+    def with_input(self, image_size: int | None = None, crop_pct: float | None = None) -> PretrainedCfg:
+        """The same record at another square input size and/or centre-crop fraction (the resize becomes
+        ``size / crop_pct``); unchanged when both are None.
+
+        Raises:
+            CnnlabError: for a crop fraction outside (0, 1] or a size under 16 px.
+        """
+        if image_size is None and crop_pct is None:
+            return self
+        if crop_pct is not None and not 0.0 < crop_pct <= 1.0:
+            raise CnnlabError(f"--crop-pct must be in (0, 1], got {crop_pct}")
+        if image_size is not None and image_size < 16:
+            raise CnnlabError(f"--image-size must be at least 16 px, got {image_size}")
+        size = self.input_size[1] if image_size is None else image_size
+        pct = self.crop_pct if crop_pct is None else crop_pct
+        return dataclasses.replace(self, input_size=(3, size, size), resize_size=round(size / pct), crop_pct=pct)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-able data, for a saved run's ``model.json`` (everything but the key map)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "key_map"}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PretrainedCfg:
+        """Inverse of `to_dict` (lists back to tuples; unknown keys ignored, for records of later versions)."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"key_map"}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> PretrainedCfg:
+        """The model's weights record, or, for a model without one, ImageNet's mean/std at its default input size
+        (a randomly initialised model has no preferred scaling; ImageNet's is the usual convention)."""
+        cfg = getattr(model, "pretrained_cfg", None)
+        if cfg is not None:
+            return cfg
+        _, height, _ = getattr(model, "default_input_size", (3, 224, 224))
+        return cls(
+            source="none",
+            file_name="none",
+            input_size=(3, height, height),
+            resize_size=round(height / 0.875),
+            crop_pct=0.875,
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            interpolation="bilinear",
+            notes="no pretrained record: ImageNet mean/std used",
+        )
 
 
 def torchvision_cfg(

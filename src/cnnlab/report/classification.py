@@ -1,6 +1,7 @@
 """Test-set reports of a classifier: scikit-learn metrics, and a grid of the images the model got most wrong.
 
-The confusion-matrix figure is `cnnlab.report.plots.plot_confusion_matrix` (shared with the MNIST task).
+`classification_test_report` is what a classification run writes about its test set: the metrics, the confusion
+matrix figure (`cnnlab.report.plots.plot_confusion_matrix`, shared with the MNIST task) and the highest-loss images.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["classification_summary", "plot_highest_loss"]
+__all__ = ["classification_summary", "classification_test_report", "plot_highest_loss"]
 
 
 def classification_summary(
@@ -71,3 +72,41 @@ def plot_highest_loss(
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def classification_test_report(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    paths: Sequence[str],
+    classes: Sequence[str],
+    out_dir: str | os.PathLike[str],
+    highest_loss: int = 16,
+) -> dict[str, Any]:
+    """Metrics of test-set `logits` against `targets` (`classification_summary` plus the mean loss), and two
+    figures in `out_dir`: ``confusion_matrix.png`` and ``highest_loss.png`` (the `highest_loss` test images with
+    the largest cross-entropy, with their true and predicted classes)."""
+    from cnnlab.data.folder import load_image
+    from cnnlab.report.plots import plot_confusion_matrix
+
+    out_dir = Path(out_dir)
+    predictions = logits.argmax(1)
+    results = classification_summary(targets.tolist(), predictions.tolist(), classes)
+    losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    results["loss"] = float(losses.mean())
+    plot_confusion_matrix(
+        torch.tensor(results["confusion_matrix"]), out_dir / "confusion_matrix.png", list(classes), title="test set"
+    )
+    probabilities = logits.softmax(1)
+    worst = losses.argsort(descending=True)[:highest_loss].tolist()
+    thumbnails = []
+    for i in worst:
+        image = load_image(paths[i])
+        image.thumbnail((160, 160))
+        thumbnails.append(image)
+    titles = [
+        f"{Path(paths[i]).name[:22]}\ntrue {classes[int(targets[i])]}\n"
+        f"pred {classes[int(predictions[i])]} {float(probabilities[i].max()):.2f}, loss {float(losses[i]):.2f}"
+        for i in worst
+    ]
+    plot_highest_loss(thumbnails, titles, out_dir / "highest_loss.png")
+    return results

@@ -53,7 +53,6 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
         CnnlabError: neither a saved run nor a known model; a model without pretrained weights or classes.
     """
     from cnnlab.models import create_model, is_model
-    from cnnlab.tasks.transfer import record_from_dict
     from cnnlab.train.saved import load_model
 
     path = Path(model)
@@ -65,7 +64,7 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
                 f"{spec_path} records no class names or preprocessing; it was not saved by `cnnlab train transfer`"
             )
         network = load_model(spec_path, device=device)
-        return Predictor(network, list(meta["classes"]), record_from_dict(meta["preprocessing"]), str(path))
+        return Predictor(network, list(meta["classes"]), PretrainedCfg.from_dict(meta["preprocessing"]), str(path))
     if is_model(model):
         network = create_model(model, pretrained=True)
         cfg = getattr(network, "pretrained_cfg", None)

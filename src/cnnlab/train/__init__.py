@@ -1,19 +1,23 @@
 """The training engine (see docs/ARCHITECTURE.md, "Training engine")."""
 
+from cnnlab.train.batch_norm import FreezeBatchNorm, adapt_batch_norm
 from cnnlab.train.batches import BatchSource, LoaderBatches, TensorBatches
-from cnnlab.train.callbacks import Callback, EarlyStopping
+from cnnlab.train.callbacks import BestWeights, Callback, EarlyStopping
 from cnnlab.train.checkpoint import atomic_save, load_checkpoint
 from cnnlab.train.config import TrainConfig, load_config, save_config
 from cnnlab.train.ema import ModelEma
 from cnnlab.train.metrics import Accumulate, Accuracy, Metric, accuracy
+from cnnlab.train.optim import depth_units, layerwise_param_groups
 from cnnlab.train.trainer import Trainer, fit, seed_everything
 
 __all__ = [
     "Accumulate",
     "Accuracy",
     "BatchSource",
+    "BestWeights",
     "Callback",
     "EarlyStopping",
+    "FreezeBatchNorm",
     "LoaderBatches",
     "Metric",
     "ModelEma",
@@ -21,8 +25,11 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "accuracy",
+    "adapt_batch_norm",
     "atomic_save",
+    "depth_units",
     "fit",
+    "layerwise_param_groups",
     "load_checkpoint",
     "load_config",
     "save_config",

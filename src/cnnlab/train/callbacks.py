@@ -1,7 +1,9 @@
 """Callbacks: hooks into the training loop. Subclass `Callback` and override what you need.
 
-A callback with state (early stopping) returns it from `state_dict()`; it is saved in every checkpoint and restored
-on resume, keyed by `state_key`.
+A callback with state (early stopping, the best weights) returns it from `state_dict()`; it is saved in every
+checkpoint and restored on resume, keyed by `state_key`. Whether an epoch is better than the best so far is decided
+in one place, `improves`, for the trainer's best epoch and for early stopping alike; `BestWeights` follows the
+trainer's best epoch.
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
+import torch
 
+if TYPE_CHECKING:  # pragma: no cover
     from cnnlab.train.trainer import Trainer
 
 
@@ -45,6 +47,17 @@ class Callback:
         """Restore what `state_dict` returned."""
 
 
+def improves(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """Whether `value` of a monitored metric beats `best` (None: nothing yet) by more than `min_delta`.
+
+    Args:
+        mode: "max" (accuracy, mIoU) or "min" (a loss).
+    """
+    if best is None or math.isinf(best):
+        return not math.isnan(value)
+    return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
 class EarlyStopping(Callback):
     """Stop when `monitor` has not improved for `patience` epochs (sets `trainer.should_stop`).
 
@@ -63,11 +76,6 @@ class EarlyStopping(Callback):
         self.best = -math.inf if mode == "max" else math.inf
         self.bad_epochs = 0
 
-    def improved(self, value: float) -> bool:
-        if self.mode == "max":
-            return value > self.best + self.min_delta
-        return value < self.best - self.min_delta
-
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         if self.monitor not in metrics:
             from cnnlab.errors import CnnlabError
@@ -77,7 +85,7 @@ class EarlyStopping(Callback):
                 f"({', '.join(metrics)}); pass validation data or choose another monitor"
             )
         value = metrics[self.monitor]
-        if self.improved(value):
+        if improves(value, self.best, self.mode, self.min_delta):
             self.best, self.bad_epochs = value, 0
         else:
             self.bad_epochs += 1
@@ -91,3 +99,34 @@ class EarlyStopping(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = float(state["best"])
         self.bad_epochs = int(state["bad_epochs"])
+
+
+class BestWeights(Callback):
+    """Keep the weights (the EMA's when it is on) of the trainer's best epoch and load them back when fitting ends.
+
+    The best epoch is the trainer's (`Trainer.best_epoch`, on the config's ``monitor``), so a run has one notion of
+    "best". The state (weights and epoch) is checkpointed by the engine, so a resumed run still ends on the best
+    epoch's weights.
+    """
+
+    def __init__(self) -> None:
+        self.best_epoch: int | None = None
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        if trainer.best_epoch == epoch + 1 and trainer.best_epoch != self.best_epoch:
+            self.best_epoch = trainer.best_epoch
+            self.weights = {k: v.detach().cpu().clone() for k, v in trainer.eval_model.state_dict().items()}
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.weights is not None:
+            trainer.model.load_state_dict(self.weights)
+            trainer.log(
+                f"restored the weights of epoch {self.best_epoch} ({trainer.config.monitor} {trainer.best_metric:.4f})"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_epoch": self.best_epoch, "weights": self.weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_epoch, self.weights = state["best_epoch"], state["weights"]

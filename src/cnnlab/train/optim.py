@@ -1,4 +1,10 @@
-"""Optimizers, parameter groups and learning-rate schedules built from a `TrainConfig`."""
+"""Optimizers, parameter groups and learning-rate schedules built from a `TrainConfig`.
+
+Parameter groups: `default_param_groups` (weights decayed, biases and norms not, frozen parameters left out) and
+`layerwise_param_groups` for fine-tuning (the top blocks unfrozen, learning rates decaying layer by layer going down
+from the classifier, as timm's ``param_groups_layer_decay``); `depth_units` lists a model's blocks from input to
+output for both.
+"""
 
 from __future__ import annotations
 
@@ -75,3 +81,50 @@ def build_scheduler(
 def trainable(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
     """The parameters that require a gradient."""
     return [p for p in params if p.requires_grad]
+
+
+def depth_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model's parameterised blocks from input to output, the classifier excluded.
+
+    Top-level children in definition order, with `nn.Sequential`/`nn.ModuleList` children expanded one level (so
+    EfficientNet's 16 MBConv blocks, or a ResNet stage's blocks, count one by one).
+    """
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    units = []
+    for name, child in model.named_children():
+        if child is classifier:
+            continue
+        if isinstance(child, (nn.Sequential, nn.ModuleList)) and len(child) > 1:
+            units += [(f"{name}.{sub_name}", sub) for sub_name, sub in child.named_children()]
+        else:
+            units.append((name, child))
+    return [(name, unit) for name, unit in units if any(True for _ in unit.parameters())]
+
+
+def layerwise_param_groups(
+    model: nn.Module, top_blocks: int, layer_decay: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """Unfreeze the classifier and the top ``top_blocks`` blocks (0: all) and give each its own learning rate.
+
+    The classifier gets ``lr_scale`` 1, the block under it ``layer_decay``, the next ``layer_decay**2``, and so on.
+    Weights are decayed, biases and norm parameters are not. Blocks left frozen get ``requires_grad=False``.
+    """
+    units = depth_units(model)
+    trainable = units if top_blocks <= 0 else units[-top_blocks:]
+    for param in model.parameters():
+        param.requires_grad_(False)
+    groups: list[dict[str, Any]] = []
+
+    def add(module: nn.Module, scale: float) -> None:
+        decay = [p for p in module.parameters() if p.ndim >= 2]
+        no_decay = [p for p in module.parameters() if p.ndim < 2]
+        for params, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            for p in params:
+                p.requires_grad_(True)
+            if params:
+                groups.append({"params": params, "weight_decay": wd, "lr_scale": scale})
+
+    add(model.get_classifier(), 1.0)
+    for depth, (_, unit) in enumerate(reversed(trainable), start=1):
+        add(unit, layer_decay**depth)
+    return groups

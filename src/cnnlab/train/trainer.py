@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import random
 import sys
 import time
@@ -26,7 +25,7 @@ from cnnlab.train.activation_checkpointing import checkpoint_stages
 from cnnlab.train.allocator import keep_freed_memory
 from cnnlab.train.batch_size import tune_batch_size
 from cnnlab.train.batches import Batch, BatchSource, TensorBatches, as_batch_source
-from cnnlab.train.callbacks import Callback, EarlyStopping
+from cnnlab.train.callbacks import Callback, EarlyStopping, improves
 from cnnlab.train.checkpoint import (
     CHECKPOINT_NAME,
     atomic_save,
@@ -552,12 +551,7 @@ class Trainer:
 
     def _update_best(self, metrics: dict[str, float]) -> None:
         value = metrics.get(self.config.monitor)
-        if value is None or math.isnan(value):
-            return
-        better = self.best_metric is None or (
-            value > self.best_metric if self.config.monitor_mode == "max" else value < self.best_metric
-        )
-        if better:
+        if value is not None and improves(value, self.best_metric, self.config.monitor_mode):
             self.best_metric, self.best_epoch = value, self.epoch + 1
 
     def _state(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from torch import nn
 from cnnlab.budget import count_macs
 from cnnlab.data.perturb import rotate, scale, shift
 from cnnlab.models.mnist_net import mnist_normalize
+from cnnlab.report.markdown import markdown_table
 from cnnlab.tasks.experiments.common import (
     ExperimentSettings,
     Report,
@@ -33,7 +34,6 @@ from cnnlab.tasks.experiments.common import (
     describe_difference,
     load_data,
     log,
-    markdown_table,
     plot_sweep,
     prepare_run_dir,
     seeded,

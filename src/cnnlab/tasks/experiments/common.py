@@ -183,15 +183,10 @@ def train_run(
     )
 
 
-@torch.inference_mode()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy of `model` (eval mode) on float images."""
-    model.eval()
-    correct = 0
-    for start in range(0, len(labels), batch_size):
-        logits = model(images[start : start + batch_size])
-        correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
-    return correct / max(1, len(labels))
+    """Top-1 accuracy of `model` on float images, through the engine's inference path (eval mode, on the CPU)."""
+    predictions = Trainer.for_inference(model, device="cpu", batch_size=batch_size).predict(images).argmax(1)
+    return float((predictions == labels).float().mean()) if len(labels) else 0.0
 
 
 def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
@@ -282,13 +277,6 @@ def describe_difference(
 
 
 # ---------------------------------------------------------------------------------------------- report
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-flavoured markdown table."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -26,6 +26,7 @@ from torch import nn
 from cnnlab.budget import count_macs
 from cnnlab.layers import LocalResponseNorm
 from cnnlab.models.mnist_net import mnist_normalize
+from cnnlab.report.markdown import markdown_table
 from cnnlab.tasks.experiments.common import (
     ExperimentSettings,
     Report,
@@ -35,7 +36,6 @@ from cnnlab.tasks.experiments.common import (
     describe_difference,
     load_data,
     log,
-    markdown_table,
     prepare_run_dir,
     pyplot,
     seeded,

@@ -28,6 +28,7 @@ from torch import nn
 from cnnlab.budget import count_macs
 from cnnlab.data.perturb import shift
 from cnnlab.models.mnist_net import mnist_normalize
+from cnnlab.report.markdown import markdown_table
 from cnnlab.tasks.experiments.common import (
     ExperimentSettings,
     Report,
@@ -37,7 +38,6 @@ from cnnlab.tasks.experiments.common import (
     describe_difference,
     load_data,
     log,
-    markdown_table,
     prepare_run_dir,
     pyplot,
     seeded,

@@ -1,0 +1,72 @@
+"""Where a labelled image set comes from: ``--data`` as a class folder, a CSV of ``path,label``, a split folder
+(``train/``, ``val/``, ``test/``) or a built-in dataset name, and the per-class limit for quick trials.
+
+Bad files are found while scanning and listed in `LabelledImages.skipped`; they never reach training.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from cnnlab.data.folder import LabelledImages, scan_csv, scan_folder
+from cnnlab.data.split import Split, split_from_folders
+from cnnlab.errors import CnnlabError
+
+__all__ = ["BUILTIN_DATASETS", "check_files_exist", "limit_per_class", "open_image_source"]
+
+BUILTIN_DATASETS = ("elpv",)
+
+
+def open_image_source(data: str, min_per_class: int = 100) -> tuple[LabelledImages, Split | None, str]:
+    """The images of `data`, the split it brings (a split folder's; None otherwise) and what it was.
+
+    Args:
+        data: a built-in dataset name (`BUILTIN_DATASETS`), a ``.csv`` of ``path,label``, a folder with ``train/`` and
+            ``test/`` (and optionally ``val/``) sub-folders, or a folder with one sub-folder per class.
+        min_per_class: the fewest usable images a class may have.
+
+    Raises:
+        CnnlabError: for a path that is none of these, or a class with too few images.
+    """
+    path = Path(data)
+    if data in BUILTIN_DATASETS and not path.exists():
+        from cnnlab.data.elpv import load_elpv
+
+        return load_elpv(min_per_class=min_per_class), None, f"built-in dataset {data}"
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return scan_csv(path, min_per_class=min_per_class), None, f"CSV {path}"
+    if path.is_dir() and (path / "train").is_dir() and (path / "test").is_dir():
+        images, split = split_from_folders(path, min_per_class=min_per_class)
+        return images, split, f"split folder {path}"
+    if path.is_dir():
+        return scan_folder(path, min_per_class=min_per_class), None, f"class folders {path}"
+    raise CnnlabError(
+        f"--data {data!r} is neither a folder, a .csv file nor a built-in dataset ({', '.join(BUILTIN_DATASETS)})"
+    )
+
+
+def limit_per_class(images: LabelledImages, max_per_class: int | None, seed: int) -> LabelledImages:
+    """At most `max_per_class` images of each class, chosen with `seed` (all of them when None)."""
+    if max_per_class is None:
+        return images
+    generator = torch.Generator().manual_seed(seed)
+    keep: list[int] = []
+    for label in range(len(images.classes)):
+        members = [i for i, y in enumerate(images.labels) if y == label]
+        order = torch.randperm(len(members), generator=generator).tolist()
+        keep += [members[i] for i in order[:max_per_class]]
+    limited = images.subset(sorted(keep))
+    limited.skipped = images.skipped
+    return limited
+
+
+def check_files_exist(images: LabelledImages, manifest: str | os.PathLike[str]) -> None:
+    """Raise a `CnnlabError` when an image listed in a split manifest has gone missing."""
+    missing = [p for p in images.paths if not Path(p).is_file()]
+    if missing:
+        raise CnnlabError(
+            f"{len(missing)} image(s) of {manifest} are missing (first: {missing[0]}); restore them or start a new run"
+        )

@@ -1,0 +1,120 @@
+"""Every `cnnlab train` subcommand takes the same engine options, from one definition, and passes them on."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cnnlab.cli import app
+from cnnlab.cli.engine_options import ENGINE_OPTIONS, with_engine_options
+from cnnlab.cli.train import train_app
+from cnnlab.errors import CnnlabError
+from cnnlab.train.config import EngineOptions
+
+ENGINE_FLAGS = [
+    "--epochs",
+    "--lr",
+    "--batch-size",
+    "--accum",
+    "--precision",
+    "--grad-checkpointing",
+    "--channels-last",
+    "--compile",
+    "--threads",
+    "--device",
+    "--seed",
+    "--resume",
+    "--name",
+    "--output",
+]
+SUBCOMMANDS = sorted(command.name or command.callback.__name__ for command in train_app.registered_commands)
+
+
+def _help(*args: str) -> str:
+    result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_the_train_group_has_the_three_tasks() -> None:
+    assert SUBCOMMANDS == ["mnist", "segment", "transfer"]
+
+
+@pytest.mark.parametrize("subcommand", SUBCOMMANDS)
+def test_every_train_subcommand_takes_every_engine_option(subcommand: str) -> None:
+    text = _help("train", subcommand)
+    options = set(re.findall(r"--[a-z][a-z-]*", text))
+    missing = [flag for flag in ENGINE_FLAGS if flag not in options]
+    assert not missing, f"`cnnlab train {subcommand}` lacks {missing}"
+    assert "Engine options" in text  # listed together, in their own panel
+
+
+def test_the_engine_options_are_defined_once() -> None:
+    defined = {names[0].split("/")[0] for _, _, names, _ in ENGINE_OPTIONS.values()}
+    assert set(ENGINE_FLAGS) <= defined
+
+    def retypes_an_engine_option(epochs: int = 3, engine: EngineOptions | None = None) -> None: ...
+
+    with pytest.raises(TypeError, match="defines engine options itself: epochs"):
+        with_engine_options(retypes_an_engine_option)
+
+
+def test_recipe_help_names_exactly_the_recipes() -> None:
+    from cnnlab.tasks.mnist import RECIPES as MNIST
+    from cnnlab.tasks.segmentation import RECIPES as SEGMENT
+
+    for subcommand, book in (("mnist", MNIST), ("segment", SEGMENT)):
+        text = _help("train", subcommand)
+        recipe_help = text[text.index("--recipe") : text.index("--", text.index("--recipe") + 9)]
+        named = {name for name in book.names() if re.search(rf"\b{re.escape(name)}\b", recipe_help)}
+        assert named == set(book.names()), f"--recipe help of {subcommand} names {named}, not {book.names()}"
+
+
+def test_options_become_config_fields() -> None:
+    options = EngineOptions(epochs=3, lr=0.01, batch_size="64", accum="2", precision="bf16", threads=1, device="cpu")
+    assert options.overrides() == {
+        "epochs": 3,
+        "lr": 0.01,
+        "batch_size": 64,
+        "accum_steps": 2,
+        "precision": "bf16",
+        "num_threads": 1,
+        "device": "cpu",
+    }
+    assert EngineOptions(grad_checkpointing=True, compile=True, channels_last=False).overrides() == {
+        "grad_checkpointing": True,
+        "compile": True,
+        "channels_last": False,
+    }
+    with pytest.raises(CnnlabError, match="--resume needs the --name"):
+        EngineOptions(resume=True)
+
+
+def test_transfer_takes_the_engine_options_for_its_phases(tmp_path: Path) -> None:
+    from tests.tasks.test_transfer import make_photo_folder
+
+    from cnnlab.tasks.transfer import TransferConfig
+
+    make_photo_folder(tmp_path / "photos")
+    result = CliRunner().invoke(
+        app,
+        [
+            "train", "transfer", "--data", str(tmp_path / "photos"), "--model", "lenet5", "--no-pretrained",
+            "--min-per-class", "20", "--val-fraction", "0.25", "--test-fraction", "0.25", "--workers", "0",
+            "--epochs", "1", "--lr", "0.02", "--batch-size", "8", "--accum", "2", "--device", "cpu", "--threads", "1",
+            "--seed", "3", "--name", "cli", "--output", str(tmp_path / "runs"), "--quiet",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "transfer" / "cli"
+    import yaml
+
+    recorded = TransferConfig(**yaml.safe_load((run / "config.yaml").read_text())["config"])
+    assert (recorded.head_epochs, recorded.head_lr, recorded.batch_size, recorded.seed) == (1, 0.02, 8, 3)
+    head = yaml.safe_load((run / "head" / "config.yaml").read_text())["config"]
+    assert (head["epochs"], head["accum_steps"], head["num_threads"], head["device"]) == (1, 2, 1, "cpu")
+    for name in ("config.yaml", "metrics.csv", "metrics.json", "learning_curves.png", "results.json", "report.md"):
+        assert (run / name).is_file(), name
