@@ -277,8 +277,8 @@ class EncoderUNet(nn.Module):
     skip and applies two 3x3 conv-BN-ReLU per level, up to a full-resolution level whose skip is a 3x3 conv of the
     image itself (the trunk has no stride-1 map), so strokes a few pixels wide keep exact boundaries.
 
-    Measured on the digit canvases from scratch (BENCHMARKS.md, segmentation), it learns far more slowly than the
-    plain `UNet`, at about half its speed per step; a pretrained trunk may change that (`pretrained=True`).
+    From scratch on the small digit canvases it learns more slowly than the plain `UNet` and runs at about half its
+    speed per step (docs/BENCHMARKS.md, Segmentation); its purpose is a pretrained trunk (`pretrained=True`).
 
     Args:
         encoder: registered zoo classifier whose `forward_features` ends at stride 32.

@@ -78,7 +78,7 @@ RECIPES: RecipeBook[MnistRecipe] = RecipeBook(
                 warmup_epochs=0.5,
                 label_smoothing=0.1,
                 ema_decay=0.99,
-                channels_last=False,  # measured slower for this narrow net on CPU
+                channels_last=False,  # slower than NCHW for this narrow net on a CPU (benchmarks/step_speed.py)
             ),
         ),
         MnistRecipe(

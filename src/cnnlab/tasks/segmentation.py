@@ -60,14 +60,14 @@ class SegmentRecipe(Recipe):
     pretrain_epochs: int = 0
 
 
-# Chosen on the validation canvases (docs/BENCHMARKS.md, Segmentation): a 5th level (4x4 bottleneck at 64x64, a
-# receptive field well beyond a 28 px digit) and background pixels weighted 0.2 in the cross-entropy (91 % of the
-# pixels are background) each made the digits' identity learnable within a few hundred steps; with 4 levels and
-# unweighted loss the network drew the ink but gave every digit one class (val mIoU 0.04-0.20).
+# Chosen on the validation canvases: a 5th level (4x4 bottleneck at 64x64, a receptive field well beyond a 28 px
+# digit) and background pixels weighted 0.2 in the cross-entropy (91 % of the pixels are background) make the
+# digits' identity learnable within a few hundred steps; with 4 levels and an unweighted loss the network draws the
+# ink but gives every digit one class.
 _WIDTHS = (12, 24, 48, 96, 192)
 _BACKGROUND_WEIGHT = 0.2
 _COMMON_TRAIN = dict(
-    batch_size=16,  # more steps per canvas; at 32, 187 steps learned where ink is but not which digit (val mIoU 0.04)
+    batch_size=16,  # more steps per canvas: at 32, a short run learns where ink is but not which digit
     optimizer="adamw",
     lr=3e-3,
     weight_decay=1e-4,
@@ -88,7 +88,7 @@ RECIPES: RecipeBook[SegmentRecipe] = RecipeBook(
             train=dict(epochs=3, **_COMMON_TRAIN),
             sizes=(4000, 500, 1000),
             background_weight=_BACKGROUND_WEIGHT,
-            pretrain_epochs=1,  # encoder pretrained on single digits: val mIoU 0.640 -> 0.719 in the 750-step probe
+            pretrain_epochs=1,  # the encoder first learns digit identity from single digits: higher val mIoU per step
         ),
         SegmentRecipe(
             name="accurate",
@@ -96,9 +96,9 @@ RECIPES: RecipeBook[SegmentRecipe] = RecipeBook(
             arch="unet",
             model_kwargs={"widths": _WIDTHS},
             train=dict(epochs=6, **_COMMON_TRAIN),
-            sizes=(15000, 500, 1000),  # 10000 canvases x 6 epochs: val mIoU 0.803; 15000: 0.831 (BENCHMARKS.md)
+            sizes=(15000, 500, 1000),  # more canvases beat more epochs on the same ones (docs/BENCHMARKS.md)
             background_weight=_BACKGROUND_WEIGHT,
-            pretrain_epochs=1,  # encoder pretrained on single digits: val mIoU 0.640 -> 0.719 in the 750-step probe
+            pretrain_epochs=1,  # the encoder first learns digit identity from single digits: higher val mIoU per step
         ),
         SegmentRecipe(
             name="unet",
@@ -191,7 +191,7 @@ def pretrain_encoder(model: nn.Module, data: DigitSegmentation, config: TrainCon
 
     The canvases' loss teaches *where* ink is within a few hundred steps but *which* digit it is only slowly; a
     classifier learns digit identity from 55,000 single 28x28 digits in about a minute of CPU, and segmentation
-    then starts from those features (validation probe in docs/BENCHMARKS.md). Only the training pool is used, the
+    then starts from those features (docs/BENCHMARKS.md, Segmentation). Only the training pool is used, the
     digits the train canvases are built from, never a val or test digit. Runs on the engine as the sub-run
     ``<run>/pretrain-encoder`` (AdamW 3e-3 one-cycle, batch 128), with the segmentation run's device, threads and
     precision; the decoder is untouched (it gets no gradient).

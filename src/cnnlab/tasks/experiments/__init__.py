@@ -1,4 +1,4 @@
-"""Claims about CNNs turned into small, repeatable experiments (issue 8, `cnnlab experiment NAME`).
+"""Claims about CNNs turned into small, repeatable experiments (`cnnlab experiment NAME`).
 
 Each experiment trains small networks on MNIST on the engine over several seeds, writes
 ``<output>/experiment/<name>/report.md`` with tables, PNG plots and `results.json`, and ends with a conclusion
