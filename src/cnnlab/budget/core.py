@@ -115,9 +115,16 @@ def parse_memory(text: str) -> int:
 
 
 def resolve_model(
-    model: nn.Module | str | list[str] | Path, input_shape: tuple[int, ...] | None
+    model: nn.Module | str | list[str] | Path, input_shape: tuple[int, ...] | None, on_meta: bool = False
 ) -> tuple[str, nn.Module, tuple[int, ...], list[LayerSpec] | None]:
-    """Turn a module, a zoo name, a list of layer strings or a spec file into (name, module, input shape, spec)."""
+    """Turn a module, a zoo name, a list of layer strings or a spec file into (name, module, input shape, spec).
+
+    Args:
+        model: an `nn.Module`, a zoo model name, layer strings, or a YAML/JSON spec file.
+        input_shape: one sample's shape; zoo models and spec files may give their own.
+        on_meta: build a zoo model on the meta device: the estimates never need its weights, and initialising them
+            takes seconds for a large model (1.6 s for resnet152 on two cores).
+    """
     if isinstance(model, nn.Module):
         if input_shape is None:
             input_shape = getattr(model, "default_input_size", None)
@@ -139,7 +146,11 @@ def resolve_model(
         return Path(text).stem, build_module(layers), shape, layers
     from cnnlab.models import create_model
 
-    built = create_model(text)
+    if on_meta:
+        with torch.device("meta"):
+            built = create_model(text)
+    else:
+        built = create_model(text)
     shape = tuple(input_shape) if input_shape is not None else getattr(built, "default_input_size", None)
     if shape is None:
         raise CnnlabError(f"model {text!r} has no default input size; give --input, e.g. 3x224x224")
@@ -228,7 +239,7 @@ def budget(
         device: where to measure ("cpu", or "cuda" which adds `torch.cuda.max_memory_allocated`).
         memory_limit: bytes (or "8GiB") to plan for: the largest batch that fits, and with each remedy.
     """
-    name, module, shape, spec_layers = resolve_model(model, input_shape)
+    name, module, shape, spec_layers = resolve_model(model, input_shape, on_meta=not measure)
     torch_dtype = resolve_dtype(dtype)
     copies = optimizer_copies(optimizer)
     if batch_size < 1:
@@ -273,7 +284,7 @@ def budget(
         from cnnlab.budget.planner import plan_batch
 
         limit = parse_memory(memory_limit) if isinstance(memory_limit, str) else int(memory_limit)
-        report.plan = plan_batch(module, shape, torch_dtype, optimizer, limit)
+        report.plan = plan_batch(module, shape, torch_dtype, optimizer, limit, reference=result)
     return report
 
 

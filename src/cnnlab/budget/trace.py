@@ -10,6 +10,14 @@ storages, so a tensor saved by two ops, or a view such as a flattened activation
   freed; tensors alive before the step (parameters, buffers, the input) are counted from the start.
 - MACs: `torch.utils.flop_counter.FlopCounterMode` counts at the aten level (convolutions, matmuls, attention, ...),
   so no layer type is silently zero; MACs = FLOPs / 2 for those ops.
+- Timeline: the live bytes after every op of forward and backward, and the optimizer step's own peak, kept apart so
+  that `cnnlab.budget.planner` can fit each op's bytes as a line in the batch size from two traces, instead of
+  tracing every batch size it considers.
+- Speed: many meta kernels are Python decompositions (batch norm's forward and backward take about 2 ms a call,
+  most of a resnet152 trace), and a network calls them again and again with the same shapes. On the meta device an
+  op's outputs depend only on its inputs' shapes, strides and dtypes, so `_MetaKernelCache` runs each distinct call
+  once per trace and replays its outputs' layout for the repeats: a resnet152 training step traces 2-3x faster,
+  with the same bytes counted (tests/budget/test_trace_cache.py compares the two).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import copy
 import math
 import weakref
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,6 +171,117 @@ class LiveTensorTracker(TorchDispatchMode):
         return out
 
 
+class _TimelineTracker(LiveTensorTracker):
+    """A `LiveTensorTracker` that, while ``recording``, also keeps the live bytes after every op in ``timeline``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recording = False
+        self.timeline: list[int] = []
+
+    def start_recording(self) -> None:
+        self.recording = True
+        self.timeline.append(self.live_bytes)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        if self.recording:
+            self.timeline.append(self.live_bytes)
+        return out
+
+
+def _distinct_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    return sum({_storage_key(t): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+_REPLAY_INPUT = "input"  # an output that is one of the op's inputs (an in-place op returns its `self`)
+
+
+class _MetaKernelCache(TorchDispatchMode):
+    """Replays the outputs of meta-device ops already run with the same input layouts (see the module docstring).
+
+    Enter it before any counting mode, so that it sits below them: the tracker and the FLOP counter still see every
+    op and its outputs. A call is replayed only when its first run showed outputs that are new tensors (a storage of
+    their own, exactly the size `torch.empty_strided` gives) or inputs returned as they were; a call whose outputs
+    are views of its inputs (``view``, ``detach``), or with any input off the meta device (Adam's step counter lives
+    on the CPU and must really count), always runs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._entries: dict[Any, Any] = {}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        inputs: list[torch.Tensor] = []
+        try:
+            key = (func, _layout_key(args, inputs), _layout_key(kwargs, inputs))
+            entry = self._entries.get(key, False)
+        except TypeError:  # an argument that cannot be a dictionary key
+            return func(*args, **kwargs)
+        if entry is None or any(tensor.device.type != "meta" for tensor in inputs):
+            return func(*args, **kwargs)
+        if entry is not False:
+            return _replay(entry, inputs)
+        out = func(*args, **kwargs)
+        self._entries[key] = _outputs_recipe(out, inputs, {_storage_key(tensor) for tensor in inputs})
+        return out
+
+
+def _layout_key(value: Any, tensors: list[torch.Tensor]) -> Any:
+    """What determines a meta op's outputs: each tensor's layout, every other argument's value."""
+    if isinstance(value, torch.Tensor):
+        tensors.append(value)
+        return (value.dtype, value.device.type, tuple(value.shape), value.stride(), value.storage_offset())
+    if isinstance(value, (tuple, list)):
+        return (type(value), *(_layout_key(item, tensors) for item in value))
+    if isinstance(value, dict):
+        return (dict, *((name, _layout_key(item, tensors)) for name, item in value.items()))
+    return value
+
+
+def _outputs_recipe(value: Any, inputs: list[torch.Tensor], taken: set[int]) -> Any:
+    """How to rebuild an op's output `value` from new tensors and the inputs; None when it cannot be done faithfully.
+
+    A plain recursive function on purpose: a closure that calls itself is a reference cycle, and the cycle would keep
+    the op's inputs alive until the garbage collector runs, which the live-bytes count would see.
+
+    Args:
+        value: the output (a tensor, None, or a tuple or list of them).
+        inputs: the op's tensor arguments.
+        taken: storages of the inputs and of the outputs seen so far (an output that shares one is a view).
+    """
+    if value is None:
+        return ("none",)
+    if type(value) in (tuple, list):  # a named tuple would need its fields: not replayed
+        parts = [_outputs_recipe(item, inputs, taken) for item in value]
+        return None if None in parts else (type(value), parts)
+    if not isinstance(value, torch.Tensor) or value.device.type != "meta" or value.layout != torch.strided:
+        return None
+    for index, tensor in enumerate(inputs):
+        if tensor is value:
+            return (_REPLAY_INPUT, index)
+    key = _storage_key(value)
+    if key in taken or value.storage_offset() != 0:
+        return None
+    taken.add(key)
+    layout = (tuple(value.shape), value.stride(), value.dtype)
+    fresh = torch.empty_strided(layout[0], layout[1], dtype=layout[2], device="meta")
+    return ("new", layout) if fresh.untyped_storage().nbytes() == value.untyped_storage().nbytes() else None
+
+
+def _replay(recipe: Any, inputs: list[torch.Tensor]) -> Any:
+    kind = recipe[0]
+    if kind == "none":
+        return None
+    if kind == _REPLAY_INPUT:
+        return inputs[recipe[1]]
+    if kind == "new":
+        shape, stride, dtype = recipe[1]
+        return torch.empty_strided(shape, stride, dtype=dtype, device="meta")
+    return kind(_replay(part, inputs) for part in recipe[1])
+
+
 @dataclass
 class Row:
     """One row of the per-layer table."""
@@ -195,6 +314,12 @@ class TraceResult:
     peak_live_bytes: int = 0  # parameters, input and all created tensors, at their peak
     inference_peak_bytes: int = 0  # peak of live tensors in a no-grad forward, parameters excluded, input included
     cuda_max_allocated_bytes: int | None = None
+    optimizer: str = "none"
+    optimizer_state_bytes: int = 0  # live during the whole step, so included in every timeline value
+    live_timeline: list[int] = field(default_factory=list, repr=False)  # live bytes at the start and after each op of
+    # forward and backward; its maximum is the peak before the optimizer step
+    step_start_bytes: int = 0  # live bytes when the optimizer step begins (after backward)
+    step_peak_bytes: int = 0  # peak during the optimizer step (step_start_bytes when there is none)
 
 
 def select_rows(model: nn.Module, depth: int | None = None) -> list[tuple[str, nn.Module]]:
@@ -308,6 +433,7 @@ def trace(
     depth: int | None = None,
     training: bool = True,
     inference_batch_size: int = 1,
+    inference: bool = True,
 ) -> TraceResult:
     """Run one training step (forward, backward of ``output.sum()``, optimizer step) and one no-grad forward.
 
@@ -324,6 +450,8 @@ def trace(
         depth: table rows are the modules at this depth (leaves when None).
         training: also trace the training step (False: only the forward pass for shapes, MACs and inference memory).
         inference_batch_size: samples in the no-grad forward pass that measures the inference working set.
+        inference: run that no-grad forward pass (False: no shapes, MACs or inference memory; the planner needs only
+            the training step, and skipping the pass saves a fifth of a trace).
     """
     torch_dtype = resolve_dtype(dtype)
     if batch_size < 1:
@@ -332,7 +460,7 @@ def trace(
         model = copy.deepcopy(model)
     model = _prepare(model, device, torch_dtype)
     rows = select_rows(model, depth)
-    result = TraceResult(batch_size=batch_size, dtype=torch_dtype, device=device)
+    result = TraceResult(batch_size=batch_size, dtype=torch_dtype, device=device, optimizer=optimizer)
     _fill_static_row_info(rows, result)
 
     def make_input(batch: int) -> torch.Tensor:
@@ -340,10 +468,63 @@ def trace(
             return torch.empty((batch, *input_shape), dtype=torch_dtype, device="meta")
         return torch.randn((batch, *input_shape), dtype=torch_dtype, device=device)
 
+    with _MetaKernelCache() if device == "meta" else nullcontext():
+        if inference:
+            _trace_inference(model, rows, result, make_input(inference_batch_size), inference_batch_size)
+        if training:
+            _trace_training(model, rows, result, make_input(batch_size), optimizer)
+    return result
+
+
+def _trace_training(
+    model: nn.Module, rows: list[tuple[str, nn.Module]], result: TraceResult, x: torch.Tensor, optimizer: str
+) -> None:
+    """One training step: saved bytes (per row and per top-level child), the live-bytes timeline and the peak."""
+    device = result.device
     state = [*model.parameters(), *model.buffers()]
-    # Inference: eval mode, no grad; the working set is the peak of the input and the tensors created.
+    model.train()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    opt = _make_optimizer(model, optimizer)
+    optimizer_state = _warm_up_optimizer(model, opt)
+    result.optimizer_state_bytes = _distinct_bytes(optimizer_state)
+    tracker = _TimelineTracker()
+    with _row_hooks(rows, model, result) as (current_row, current_segment, _), tracker:
+        tracker.add_existing([*state, *optimizer_state, x])
+        tracker.start_recording()
+        owners = {"row": current_row, "segment": current_segment}
+        counter = SavedTensorCounter(exclude=state, inputs=[x], attribute_to=owners)
+        with counter:
+            output = model(x)
+        loss = _first_tensor(output).float().sum()
+        del output
+        loss.backward()
+        del loss
+        tracker.recording = False
+        backward_peak = tracker.peak_bytes
+        # The step's own peak: it depends on the parameters only, so the planner can add it to any batch's timeline.
+        tracker.peak_bytes = result.step_start_bytes = tracker.live_bytes
+        if opt is not None:
+            opt.step()
+        result.step_peak_bytes = tracker.peak_bytes
+    result.live_timeline = tracker.timeline
+    result.peak_live_bytes = max(backward_peak, result.step_peak_bytes)
+    result.saved_bytes = counter.total_bytes
+    result.saved_input_bytes = counter.input_bytes
+    result.saved_by_segment = counter.attributed["segment"]
+    for row in result.rows:
+        row.saved_bytes = counter.attributed["row"].get(row.name, 0)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        result.cuda_max_allocated_bytes = torch.cuda.max_memory_allocated()
+
+
+def _trace_inference(
+    model: nn.Module, rows: list[tuple[str, nn.Module]], result: TraceResult, x: torch.Tensor, batch: int
+) -> None:
+    """Eval mode, no grad: output shapes, MACs, and the working set (the peak of the input and the tensors created)."""
     model.eval()
-    x = make_input(inference_batch_size)
     tracker = LiveTensorTracker()
     flops = FlopCounterMode(display=False)
     with _row_hooks(rows, model, result) as (_, _, shapes), torch.no_grad(), flops, tracker:
@@ -353,43 +534,60 @@ def trace(
     first = _first_tensor(output)
     result.output_shape = tuple(first.shape[1:]) if first is not None else ()
     del output, first
-    _fill_flops(rows, result, flops, model, inference_batch_size)
+    _fill_flops(rows, result, flops, model, batch)
     for row in result.rows:
         row.output_shape = shapes.get(row.name, ())
-        row.activation_bytes = math.prod(row.output_shape) * torch_dtype.itemsize
-    if not training:
-        return result
+        row.activation_bytes = math.prod(row.output_shape) * result.dtype.itemsize
 
-    model.train()
-    x = make_input(batch_size)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+
+def forward_saved_bytes(
+    model: nn.Module, input_shape: tuple[int, ...], batch_size: int, dtype: str | torch.dtype = "float32"
+) -> int:
+    """Bytes autograd saves in one training-mode forward on the meta device (input included), as `trace` counts them.
+
+    Only the forward pass saves tensors, so this costs a third of a full trace (no backward, no optimizer step).
+    """
+    torch_dtype = resolve_dtype(dtype)
+    model = _prepare(model, "meta", torch_dtype).train()
+    state = [*model.parameters(), *model.buffers()]
+    x = torch.empty((batch_size, *input_shape), dtype=torch_dtype, device="meta")
+    with _MetaKernelCache(), SavedTensorCounter(exclude=state, inputs=[x]) as counter:
+        model(x)
+    return counter.total_bytes
+
+
+@dataclass(frozen=True)
+class OptimizerStepBytes:
+    """What an optimizer adds to a training step: its state (live throughout), and the temporaries of its step."""
+
+    state_bytes: int
+    step_transient_bytes: int  # the step's peak above the live bytes at its start
+
+
+def optimizer_step_bytes(model: nn.Module, dtype: str | torch.dtype, optimizer: str) -> OptimizerStepBytes:
+    """Trace one steady-state optimizer step alone on the meta device (gradients of zeros; their values never matter).
+
+    The step touches only parameters, gradients and state, none of which depend on the batch size, so its
+    temporaries are the same at every batch: `trace`'s peak is ``max(peak of forward and backward, live at the step's
+    start + step_transient_bytes)`` with the state counted throughout.
+    """
+    model = _prepare(model, "meta", resolve_dtype(dtype)).train()
     opt = _make_optimizer(model, optimizer)
-    optimizer_state = _warm_up_optimizer(model, opt)
-    tracker = LiveTensorTracker()
-    with _row_hooks(rows, model, result) as (current_row, current_segment, _), tracker:
-        tracker.add_existing([*state, *optimizer_state, x])
-        owners = {"row": current_row, "segment": current_segment}
-        counter = SavedTensorCounter(exclude=state, inputs=[x], attribute_to=owners)
-        with counter:
-            output = model(x)
-        loss = _first_tensor(output).float().sum()
-        del output
-        loss.backward()
-        del loss
-        if opt is not None:
+    if opt is None:
+        return OptimizerStepBytes(0, 0)
+    with _MetaKernelCache():
+        optimizer_state = _warm_up_optimizer(model, opt)
+        grads = []
+        for param in model.parameters():
+            if param.requires_grad:
+                param.grad = torch.zeros_like(param)
+                grads.append(param.grad)
+        tracker = LiveTensorTracker()
+        with tracker:
+            tracker.add_existing([*model.parameters(), *model.buffers(), *grads, *optimizer_state])
+            start = tracker.live_bytes
             opt.step()
-    result.peak_live_bytes = tracker.peak_bytes
-    result.saved_bytes = counter.total_bytes
-    result.saved_input_bytes = counter.input_bytes
-    result.saved_by_segment = counter.attributed["segment"]
-    for row in result.rows:
-        row.saved_bytes = counter.attributed["row"].get(row.name, 0)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        result.cuda_max_allocated_bytes = torch.cuda.max_memory_allocated()
-    return result
+    return OptimizerStepBytes(_distinct_bytes(optimizer_state), tracker.peak_bytes - start)
 
 
 def _fill_static_row_info(rows: list[tuple[str, nn.Module]], result: TraceResult) -> None:

@@ -1,0 +1,159 @@
+"""The batch planner against its definition: full traces at the answer and the batch after it, for every remedy.
+
+The planner fits lines through two traces per model variant and verifies them with one more; these tests compute each
+remedy's peak directly with `trace` (the old planner's definition, one full trace per batch size) and check that the
+answer fits while the next batch does not, and that the fixed/per-sample columns are the line through the traced peaks.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.budget import budget
+from cnnlab.budget.core import resolve_model
+from cnnlab.budget.planner import plan_batch
+from cnnlab.budget.trace import trace
+
+planner_module = importlib.import_module("cnnlab.budget.planner")
+
+EXERCISE = ["conv 100 k3 s2 same", "conv 200 k3 s2 same", "conv 400 k3 s2 same"]
+SMALL_CNN = [
+    "conv 16 k3 same",
+    "bn",
+    "relu",
+    "maxpool k2",
+    "conv 32 k3 same relu",
+    "dropout 0.25",
+    "flatten",
+    "dense 10",
+]
+
+
+class QuadraticScratch(nn.Module):
+    """Holds a scratch tensor of batch x batch x `width` floats: memory that is not a line in the batch size."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scratch = x.new_ones(x.shape[0] * x.shape[0] * self.width)
+        return x * scratch.sum()  # the product saves the scratch's sum, the scratch itself lives during the forward
+
+
+def _quadratic_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), QuadraticScratch(200_000), nn.Flatten(), nn.Linear(8 * 16, 4))
+
+
+def _definition_peaks(model: nn.Module, shape: tuple[int, ...], optimizer: str) -> dict[str, object]:
+    """Each remedy's peak at a batch size, as the planner defines it, from full traces only."""
+    from cnnlab.train.activation_checkpointing import checkpoint_stages
+
+    checkpointed = copy.deepcopy(model).to("meta")
+    checkpoint_stages(checkpointed)
+    weights = sum(p.numel() for p in model.parameters() if p.requires_grad) * 4
+
+    def saved_per_sample(variant: nn.Module, dtype: torch.dtype) -> int:
+        return (
+            trace(variant, shape, 2, dtype, "meta", "none").saved_bytes
+            - trace(variant, shape, 1, dtype, "meta", "none").saved_bytes
+        )
+
+    savings = [saved_per_sample(v, torch.float32) - saved_per_sample(v, torch.bfloat16) for v in (model, checkpointed)]
+
+    def peak(variant: nn.Module, opt: str, batch: int) -> int:
+        return trace(variant, shape, batch, torch.float32, "meta", opt).peak_live_bytes
+
+    return {
+        "as configured": lambda b: peak(model, optimizer, b),
+        "bf16 mixed precision": lambda b: peak(model, optimizer, b) + weights // 2 - b * savings[0],
+        "gradient checkpointing": lambda b: peak(checkpointed, optimizer, b),
+        "SGD (no optimizer state)": lambda b: peak(model, "sgd", b),
+        "all three": lambda b: peak(checkpointed, "sgd", b) + weights // 2 - b * savings[1],
+    }
+
+
+def _assert_plan_matches_definition(plan: dict, model: nn.Module, shape: tuple[int, ...], optimizer: str) -> None:
+    limit = plan["limit_bytes"]
+    peaks = _definition_peaks(model, shape, optimizer)
+    assert [row["remedy"] for row in plan["remedies"]] == list(peaks)
+    for row in plan["remedies"]:
+        peak, best = peaks[row["remedy"]], row["max_batch"]
+        assert best == 0 or peak(best) <= limit, row
+        assert peak(best + 1) > limit, row
+        reference = max(best, 2)
+        per_sample = (peak(reference) - peak(reference // 2)) / (reference - reference // 2)
+        assert row["per_sample_bytes"] == int(per_sample), row
+        assert row["fixed_bytes"] == int(peak(reference) - per_sample * reference), row
+
+
+@pytest.mark.parametrize(
+    "layers,shape,limit,optimizer",
+    [
+        (EXERCISE, (3, 200, 300), 8 * 2**30, "adam"),  # the chapter's exercise: 545 / 789 / 545 / 545 / 619
+        (SMALL_CNN, (1, 28, 28), 48 * 2**20, "adamw"),
+        (SMALL_CNN, (1, 28, 28), 1000 * 2**10, "momentum"),  # 0 / 0 / 1 / 2 / 2: some remedies fit no sample
+    ],
+)
+def test_plan_equals_the_definition(layers, shape, limit, optimizer):
+    _, model, shape, _ = resolve_model(layers, shape)
+    plan = plan_batch(model, shape, torch.float32, optimizer, limit)
+    _assert_plan_matches_definition(plan, model, shape, optimizer)
+
+
+@pytest.mark.parametrize(
+    "layers,shape,batch,limit,optimizer",
+    [
+        (SMALL_CNN, (1, 28, 28), 8, 1000 * 2**10, "momentum"),  # answers below the report's batch
+        (SMALL_CNN, (1, 28, 28), 3, 2 * 2**20, "adam"),
+    ],
+)
+def test_plan_through_budget_reuses_its_trace_and_equals_the_definition(layers, shape, batch, limit, optimizer):
+    report = budget(layers, input_shape=shape, batch_size=batch, optimizer=optimizer, memory_limit=limit)
+    _, model, shape, _ = resolve_model(layers, shape)
+    _assert_plan_matches_definition(report.plan, model, shape, optimizer)
+
+
+def test_exercise_answers_stay_as_published():
+    plan = budget(EXERCISE, input_shape=(3, 200, 300), batch_size=50, memory_limit="8GiB").plan
+    assert [row["max_batch"] for row in plan["remedies"]] == [545, 789, 545, 545, 619]
+
+
+def test_memory_not_linear_in_the_batch_is_caught_and_searched_exactly():
+    model = _quadratic_net()
+    plan = plan_batch(model, (3, 4, 4), torch.float32, "adam", 400 * 2**20)
+    # The scratch decides (batch 22); the lines through batch 1 and 2 would have answered 175.
+    assert [row["max_batch"] for row in plan["remedies"]] == [22] * 5
+    _assert_plan_matches_definition(plan, model, (3, 4, 4), "adam")
+
+
+def test_a_few_traces_not_a_search(monkeypatch):
+    calls: list[int] = []
+    original = planner_module.trace
+
+    def counted(model, input_shape, batch_size, *args, **kwargs):
+        calls.append(batch_size)
+        return original(model, input_shape, batch_size, *args, **kwargs)
+
+    monkeypatch.setattr(planner_module, "trace", counted)
+    _, model, shape, _ = resolve_model(EXERCISE, (3, 200, 300))
+    plan_batch(model, shape, torch.float32, "adam", 8 * 2**30)
+    assert len(calls) <= 6, calls  # two batch sizes and one verification for each of the two model variants
+    calls.clear()
+    budget(EXERCISE, input_shape=(3, 200, 300), batch_size=50, memory_limit="8GiB")
+    assert len(calls) <= 5, calls  # budget()'s own trace stands in for one batch size
+
+
+def test_zoo_model_is_sized_on_the_meta_device_with_the_same_report():
+    from cnnlab.models import create_model
+
+    by_name = budget("resnet18", batch_size=4).to_dict()
+    built = budget(create_model("resnet18"), input_shape=(3, 224, 224), batch_size=4).to_dict()
+    assert by_name.pop("model") == "resnet18"
+    built.pop("model")
+    assert by_name == built
