@@ -37,7 +37,8 @@ smoke-install:
 	$(CORE_VENV)/bin/pip install -q --upgrade pip
 	$(CORE_VENV)/bin/pip install -q $(TORCH_PINS)
 	$(CORE_VENV)/bin/pip install -q . $(TORCH_PINS)
-	cd $(CORE_VENV) && MPLBACKEND=Agg bin/cnnlab train mnist --recipe quick --epochs 1 --output runs --name smoke --quiet
+	cd $(CORE_VENV) && $(if $(SHARED_DATA),CNNLAB_DATA=$${CNNLAB_DATA:-$(abspath $(SHARED_DATA))}) MPLBACKEND=Agg \
+		bin/cnnlab train mnist --recipe quick --epochs 1 --output runs --name smoke --quiet
 	rm -rf $(CORE_VENV) build
 
 lint: $(BIN)/cnnlab
