@@ -5,6 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from cnnlab.cli import app
+from cnnlab.models import list_models
 
 runner = CliRunner()
 
@@ -16,6 +17,21 @@ def test_zoo_lists_models_with_params_macs_and_weights():
     assert "25,557,032" in resnet50_row and "4.089 G" in resnet50_row and "80.9" in resnet50_row
     lite0_row = next(line for line in result.output.splitlines() if "efficientnet_lite0" in line)
     assert "offline" in lite0_row
+
+
+def test_zoo_lists_every_registered_model_from_records_without_building_one(monkeypatch):
+    from cnnlab.models import _registry
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("`cnnlab zoo` built a model; it should list the recorded figures")
+
+    monkeypatch.setattr(_registry, "create_model", refuse)
+    result = runner.invoke(app, ["zoo"])
+    assert result.exit_code == 0, result.output
+    listed = [line.split("│")[1].strip() for line in result.output.splitlines() if line.startswith("│")]
+    assert listed == list_models()
+    resnet152_row = next(line for line in result.output.splitlines() if " resnet152 " in line)
+    assert "60,192,808" in resnet152_row and "11.514 G" in resnet152_row and "82.3" in resnet152_row
 
 
 def test_zoo_show_prints_stages_innovation_and_preprocessing():

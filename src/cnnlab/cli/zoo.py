@@ -19,29 +19,26 @@ def _meta_model(name: str):  # noqa: ANN202 (torch import deferred for a fast --
 
 
 def zoo_callback(ctx: typer.Context) -> None:
-    """List the models (when no subcommand is given)."""
+    """List the models (when no subcommand is given), from their recorded figures: nothing is built or traced."""
     if ctx.invoked_subcommand is not None:
         return
     from rich.console import Console
     from rich.table import Table
 
-    from cnnlab.budget import count_macs
-    from cnnlab.models import has_offline_weights, list_models
+    from cnnlab.models import list_models
+    from cnnlab.models._figures import model_figures
+    from cnnlab.models._pretrained import weights_label
 
     table = Table(title="cnnlab model zoo", title_justify="left")
     for column in ("model", "input", "params", "MACs", "top-1 %", "weights"):
         table.add_column(column, justify="right" if column in ("params", "MACs", "top-1 %") else "left", no_wrap=True)
     for name in list_models():
-        model = _meta_model(name)
-        input_size = model.default_input_size
-        params = sum(p.numel() for p in model.parameters())
-        macs = count_macs(model, input_size)
-        cfg = model.pretrained_cfg
-        top1 = f"{cfg.published_top1:.1f}" if cfg and cfg.published_top1 else "-"
-        weights = "offline" if has_offline_weights(cfg) else ("download" if cfg else "-")
-        shape = "x".join(map(str, input_size))
+        figures = model_figures(name)
+        top1 = f"{figures.published_top1:.1f}" if figures.published_top1 else "-"
+        shape = "x".join(map(str, figures.input_size))
+        macs = figures.macs
         macs_text = f"{macs / 1e9:.3f} G" if macs >= 1e9 else f"{macs / 1e6:.1f} M"
-        table.add_row(name, shape, f"{params:,}", macs_text, top1, weights)
+        table.add_row(name, shape, f"{figures.params:,}", macs_text, top1, weights_label(figures.weights_source))
     Console(width=120).print(table)
     Console().print("MACs: one sample, counted by cnnlab.budget.count_macs. `cnnlab zoo show NAME` for details.")
 

@@ -24,7 +24,14 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["PretrainedCfg", "has_offline_weights", "imagenet_categories", "load_pretrained", "torchvision_cfg"]
+__all__ = [
+    "PretrainedCfg",
+    "has_offline_weights",
+    "imagenet_categories",
+    "load_pretrained",
+    "torchvision_cfg",
+    "weights_label",
+]
 
 StateDict = dict[str, torch.Tensor]
 
@@ -168,9 +175,19 @@ def torchvision_cfg(
 
 def has_offline_weights(cfg: PretrainedCfg | None) -> bool:
     """Whether ``cfg``'s weights can be loaded with no network (their package is installed)."""
-    if cfg is None or not cfg.is_offline:
-        return False
-    return importlib.util.find_spec(cfg.source.removeprefix("package:")) is not None
+    return cfg is not None and _installed_package_source(cfg.source)
+
+
+def _installed_package_source(source: str) -> bool:
+    return source.startswith("package:") and importlib.util.find_spec(source.removeprefix("package:")) is not None
+
+
+def weights_label(source: str | None) -> str:
+    """How `cnnlab zoo` shows a model's weights, from their source alone (no model, no torchvision): ``offline``
+    when they ship in an installed package, ``download`` otherwise, ``-`` when there are none."""
+    if source is None:
+        return "-"
+    return "offline" if _installed_package_source(source) else "download"
 
 
 def _package_weight_path(cfg: PretrainedCfg) -> str:
