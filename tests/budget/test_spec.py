@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -64,7 +64,12 @@ _layer = st.one_of(
 @given(convs=st.lists(_layer, min_size=1, max_size=5), units=st.lists(st.integers(1, 16), max_size=2))
 def test_parameter_counts_equal_pytorch(convs, units):
     lines = [*convs, "flatten", *(f"dense {u}" for u in units)]
-    layers, module = spec_from_strings(lines, (3, 16, 16))
+    try:
+        layers, module = spec_from_strings(lines, (3, 16, 16))
+    except CnnlabError as error:  # strides can shrink the map below a later valid kernel: rightly rejected
+        if "does not fit" not in str(error):
+            raise
+        assume(False)
     from cnnlab.budget.spec import parameter_counts
 
     assert sum(parameter_counts(layer)[0] for layer in layers) == sum(p.numel() for p in module.parameters())
