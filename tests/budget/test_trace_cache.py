@@ -68,3 +68,15 @@ def test_checkpointed_step_and_planner_helpers_are_the_same(monkeypatch):
 
     cached, uncached = _both_ways(monkeypatch, run)
     assert cached == uncached
+
+
+def test_calls_that_resize_or_view_an_input_are_never_replayed():
+    cache = trace_module._MetaKernelCache()
+    a, b = torch.empty(4, 3, device="meta"), torch.empty(4, 3, device="meta")
+    with cache:
+        for _ in range(2):  # the second call has the first one's key
+            out = torch.empty(0, device="meta")
+            torch.add(a, b, out=out)  # resizes `out` from 0 to 4 x 3 elements
+            assert out.shape == (4, 3) and out.untyped_storage().nbytes() == 48
+            view = a.t()
+            assert view.untyped_storage()._cdata == a.untyped_storage()._cdata

@@ -202,9 +202,9 @@ class _MetaKernelCache(TorchDispatchMode):
 
     Enter it before any counting mode, so that it sits below them: the tracker and the FLOP counter still see every
     op and its outputs. A call is replayed only when its first run showed outputs that are new tensors (a storage of
-    their own, exactly the size `torch.empty_strided` gives) or inputs returned as they were; a call whose outputs
-    are views of its inputs (``view``, ``detach``), or with any input off the meta device (Adam's step counter lives
-    on the CPU and must really count), always runs.
+    their own, exactly the size `torch.empty_strided` gives) or inputs returned with their layout unchanged (in-place
+    ops); a call whose outputs are views of its inputs (``view``, ``detach``), that resized an input, or with any
+    input off the meta device (Adam's step counter lives on the CPU and must really count) always runs.
     """
 
     def __init__(self) -> None:
@@ -223,8 +223,12 @@ class _MetaKernelCache(TorchDispatchMode):
             return func(*args, **kwargs)
         if entry is not False:
             return _replay(entry, inputs)
+        before = [_resizable_layout(tensor) for tensor in inputs]
         out = func(*args, **kwargs)
-        self._entries[key] = _outputs_recipe(out, inputs, {_storage_key(tensor) for tensor in inputs})
+        if any(_resizable_layout(tensor) != layout for tensor, layout in zip(inputs, before, strict=True)):
+            self._entries[key] = None  # it resized an input (``out=``, ``resize_``): a replay would not
+        else:
+            self._entries[key] = _outputs_recipe(out, inputs, {_storage_key(tensor) for tensor in inputs})
         return out
 
 
@@ -238,6 +242,10 @@ def _layout_key(value: Any, tensors: list[torch.Tensor]) -> Any:
     if isinstance(value, dict):
         return (dict, *((name, _layout_key(item, tensors)) for name, item in value.items()))
     return value
+
+
+def _resizable_layout(tensor: torch.Tensor) -> tuple:
+    return tuple(tensor.shape), tensor.stride(), tensor.storage_offset(), tensor.untyped_storage().nbytes()
 
 
 def _outputs_recipe(value: Any, inputs: list[torch.Tensor], taken: set[int]) -> Any:
@@ -451,7 +459,7 @@ def trace(
         training: also trace the training step (False: only the forward pass for shapes, MACs and inference memory).
         inference_batch_size: samples in the no-grad forward pass that measures the inference working set.
         inference: run that no-grad forward pass (False: no shapes, MACs or inference memory; the planner needs only
-            the training step, and skipping the pass saves a fifth of a trace).
+            the training step, and its traces are the cheaper for it).
     """
     torch_dtype = resolve_dtype(dtype)
     if batch_size < 1:
