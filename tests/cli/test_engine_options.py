@@ -94,27 +94,25 @@ def test_options_become_config_fields() -> None:
 
 
 def test_transfer_takes_the_engine_options_for_its_phases(tmp_path: Path) -> None:
+    import yaml
     from tests.tasks.test_transfer import make_photo_folder
-
-    from cnnlab.tasks.transfer import TransferConfig
 
     make_photo_folder(tmp_path / "photos")
     result = CliRunner().invoke(
         app,
         [
             "train", "transfer", "--data", str(tmp_path / "photos"), "--model", "lenet5", "--no-pretrained",
-            "--min-per-class", "20", "--val-fraction", "0.25", "--test-fraction", "0.25", "--workers", "0",
-            "--epochs", "1", "--lr", "0.02", "--batch-size", "8", "--accum", "2", "--device", "cpu", "--threads", "1",
-            "--seed", "3", "--name", "cli", "--output", str(tmp_path / "runs"), "--quiet",
+            "--unfreeze", "1", "--min-per-class", "20", "--val-fraction", "0.25", "--test-fraction", "0.25",
+            "--workers", "0", "--epochs", "1", "--lr", "0.02", "--batch-size", "8", "--accum", "2", "--device", "cpu",
+            "--threads", "1", "--seed", "3", "--name", "cli", "--output", str(tmp_path / "runs"), "--quiet",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     run = tmp_path / "runs" / "transfer" / "cli"
-    import yaml
-
-    recorded = TransferConfig(**yaml.safe_load((run / "config.yaml").read_text())["config"])
-    assert (recorded.head_epochs, recorded.head_lr, recorded.batch_size, recorded.seed) == (1, 0.02, 8, 3)
-    head = yaml.safe_load((run / "head" / "config.yaml").read_text())["config"]
-    assert (head["epochs"], head["accum_steps"], head["num_threads"], head["device"]) == (1, 2, 1, "cpu")
+    recorded = yaml.safe_load((run / "config.yaml").read_text())["config"]
+    assert (recorded["seed"], recorded["unfreeze"], recorded["recipe"]) == (3, 1, "default")
+    phase = yaml.safe_load((run / "partial" / "config.yaml").read_text())["config"]
+    assert (phase["epochs"], phase["lr"], phase["batch_size"], phase["accum_steps"]) == (1, 0.02, 8, 2)
+    assert (phase["num_threads"], phase["device"], phase["seed"]) == (1, "cpu", 3)
     for name in ("config.yaml", "metrics.csv", "metrics.json", "learning_curves.png", "results.json", "report.md"):
         assert (run / name).is_file(), name

@@ -77,7 +77,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     tmp_path = tmp_path_factory.mktemp("predict")
     make_photo_folder(tmp_path / "photos", per_class=20)
-    return Path(train_transfer(tiny_config(tmp_path, finetune_epochs=1))["run_dir"])
+    return Path(train_transfer(tiny_config(tmp_path))["run_dir"])
 
 
 def test_predict_with_a_fine_tuned_run(tiny_run: Path) -> None:

@@ -1,7 +1,9 @@
-"""Two-phase fine-tuning on the engine, on a tiny generated photo folder (lenet5, random init: seconds on a CPU)."""
+"""Transfer learning on the engine, on a tiny generated photo folder (lenet5, random init: seconds on a CPU):
+cached partial fine-tuning, views and test-time averaging, the feature cache, recipes, bad input."""
 
 from __future__ import annotations
 
+import csv
 import json
 import warnings
 from pathlib import Path
@@ -12,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from cnnlab.data.photo_transforms import InputCheck, InputStatisticsWarning, build_train_transform, input_problems
 from cnnlab.data.transforms import build_eval_transform
@@ -24,7 +25,6 @@ from cnnlab.train import (
     FreezeBatchNorm,
     TrainConfig,
     Trainer,
-    adapt_batch_norm,
     depth_units,
     layerwise_param_groups,
 )
@@ -45,23 +45,23 @@ def make_photo_folder(root: Path, per_class: int = 24, seed: int = 0) -> Path:
 
 
 def tiny_config(tmp_path: Path, **overrides: object) -> TransferConfig:
-    options = dict(
+    train = {"epochs": 2, "batch_size": 8, "lr": 1e-2, "device": "cpu"}
+    train.update(overrides.pop("train", {}))  # type: ignore[arg-type]
+    options: dict[str, object] = dict(
         data=str(tmp_path / "photos"),
+        recipe="default",
         arch="lenet5",
         pretrained=False,
+        unfreeze=2,
+        views="dihedral",
         min_per_class=20,
-        batch_size=8,
-        head_epochs=2,
-        head_lr=1e-2,
-        finetune_epochs=2,
-        finetune_lr=1e-2,
         workers=0,
-        device="cpu",
         output=str(tmp_path / "runs"),
         name="tiny",
         progress=False,
         val_fraction=0.25,
         test_fraction=0.25,
+        train=train,
     )
     options.update(overrides)
     return TransferConfig(**options)  # type: ignore[arg-type]
@@ -75,13 +75,16 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return tmp_path, summary
 
 
-def test_two_epoch_fine_tune_learns(tiny_run: tuple[Path, dict]) -> None:
+def test_two_epoch_cached_partial_fine_tune_learns(tiny_run: tuple[Path, dict]) -> None:
     _, summary = tiny_run
-    assert summary["phases"]["head"]["epochs_run"] == 2 and summary["phases"]["finetune"]["epochs_run"] == 2
+    phase = summary["phases"]["partial"]
+    assert phase["epochs_run"] == 2 and phase["cut"] == "features.2"  # lenet5: the top 2 blocks trained
     assert summary["test"]["count"] == 12
     assert summary["test"]["accuracy"] >= 0.9  # chance is 0.5
     assert summary["test"]["balanced_accuracy"] >= 0.9
     assert set(summary["test"]["per_class"]) == {"blue", "red"}
+    assert summary["views"] == ["identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "antitranspose"]
+    assert set(summary["test"]["single_view"]) == {"accuracy", "balanced_accuracy"}
 
 
 def test_run_records_everything(tiny_run: tuple[Path, dict]) -> None:
@@ -89,22 +92,44 @@ def test_run_records_everything(tiny_run: tuple[Path, dict]) -> None:
     run_dir = Path(summary["run_dir"])
     for name in (
         "split.csv",
+        "config.yaml",
+        "metrics.csv",
+        "metrics.json",
+        "learning_curves.png",
         "report.md",
         "results.json",
+        "test_predictions.csv",
         "confusion_matrix.png",
         "highest_loss.png",
         "augmented_preview.png",
         "model.safetensors",
         "model.json",
-        "head/learning_curves.png",
+        "partial/learning_curves.png",
     ):
         assert (run_dir / name).is_file(), name
     assert {Path(s["path"]).name for s in summary["skipped"]} == {"empty.jpg", "cut.png"}
     report = (run_dir / "report.md").read_text()
-    assert "empty.jpg" in report and "balanced accuracy" in report
+    assert "empty.jpg" in report and "balanced accuracy" in report and "no averaging" in report
     assert summary["counts"]["train"] == {"blue": 12, "red": 12}  # bad files removed before the stratified split
     meta = json.loads((run_dir / "model.json").read_text())["meta"]
     assert meta["classes"] == ["blue", "red"] and meta["preprocessing"]["input_size"] == [3, 32, 32]
+    assert meta["views"] == summary["views"]
+
+
+def test_predict_gives_the_probabilities_of_the_runs_own_test_pass(tiny_run: tuple[Path, dict]) -> None:
+    from cnnlab.tasks.predict import load_predictor, predict_images
+
+    _, summary = tiny_run
+    run_dir = Path(summary["run_dir"])
+    with open(run_dir / "test_predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    predictor = load_predictor(str(run_dir))
+    assert predictor.views == tuple(summary["views"])
+    results = predict_images(predictor, [row["path"] for row in rows], top_k=2)
+    for row, result in zip(rows, results, strict=True):
+        probabilities = {top["label"]: top["probability"] for top in result["top"]}
+        for name in ("blue", "red"):
+            assert probabilities[name] == pytest.approx(float(row[name]), abs=1e-5)
 
 
 def test_manifest_is_reused_by_a_later_run(tiny_run: tuple[Path, dict]) -> None:
@@ -112,11 +137,15 @@ def test_manifest_is_reused_by_a_later_run(tiny_run: tuple[Path, dict]) -> None:
     manifest = (Path(summary["run_dir"]) / "split.csv").read_text()
     # A new file in the data folder and another seed must not change the split of an existing run.
     Image.new("RGB", (36, 40), (200, 40, 40)).save(tmp_path / "photos" / "red" / "new.png")
-    again = train_transfer(tiny_config(tmp_path, seed=5, overwrite=True, head_epochs=1, finetune_epochs=0))
+    try:
+        again = train_transfer(tiny_config(tmp_path, seed=5, overwrite=True, train={"epochs": 1}))
+    finally:
+        (tmp_path / "photos" / "red" / "new.png").unlink()
     assert again["split"].startswith("reused")
     assert (Path(again["run_dir"]) / "split.csv").read_text() == manifest
     assert again["test"]["count"] == summary["test"]["count"]
     assert again["skipped"] == summary["skipped"]  # the bad files found at split time stay listed
+    assert again["costs"]["cache_reused"] == 1.0  # same images, model, cut, views: the cache is read, not rebuilt
 
 
 def test_finished_run_is_not_silently_replaced(tiny_run: tuple[Path, dict]) -> None:
@@ -125,14 +154,60 @@ def test_finished_run_is_not_silently_replaced(tiny_run: tuple[Path, dict]) -> N
         train_transfer(tiny_config(tmp_path))
 
 
-def test_crop_scale_out_of_range_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(CnnlabError, match="--crop-scale must be in"):
-        train_transfer(tiny_config(tmp_path, crop_scale=0.0))
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"crop_pct": 1.5}, "--crop-pct must be in"),
+        ({"views": "sideways"}, "unknown view"),
+        ({"recipe": "best"}, "unknown transfer recipe 'best'"),
+        ({"unfreeze": 7}, "--unfreeze 7 is outside the backbone"),
+        ({"monitor": "val_loss"}, "--monitor must be one of"),
+        ({"sampling": "inverse"}, "--sampling must be"),
+    ],
+)
+def test_bad_options_are_clear_errors(tmp_path: Path, overrides: dict, message: str) -> None:
+    make_photo_folder(tmp_path / "photos")
+    with pytest.raises(CnnlabError, match=message):
+        train_transfer(tiny_config(tmp_path, **overrides))
 
 
-def test_crop_pct_out_of_range_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(CnnlabError, match="--crop-pct must be in"):
-        train_transfer(tiny_config(tmp_path, crop_pct=1.5))
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--views", "sideways"], "unknown view"),
+        (["--recipe", "best"], "unknown transfer recipe"),
+        (["--unfreeze", "9"], "outside the backbone"),
+    ],
+)
+def test_bad_command_line_gives_one_line_and_exit_code_2(tmp_path: Path, arguments: list[str], message: str) -> None:
+    import subprocess
+    import sys
+
+    make_photo_folder(tmp_path / "photos")
+    command = [sys.executable, "-m", "cnnlab", "train", "transfer", "--data", str(tmp_path / "photos"), "--model",
+               "lenet5", "--no-pretrained", "--min-per-class", "20", "--workers", "0", "--output", str(tmp_path),
+               *arguments]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_elpv_binary_mapping() -> None:
+    from cnnlab.data.elpv import ELPV_BINARY_CLASSES, ELPV_CLASSES, elpv_class
+
+    assert [elpv_class(p) for p in (0.0, 1 / 3, 2 / 3, 1.0)] == ELPV_CLASSES
+    assert [elpv_class(p, binary=True) for p in (0.0, 1 / 3, 2 / 3, 1.0)] == [
+        "functional",
+        "functional",
+        "defective",
+        "defective",
+    ]
+    assert ELPV_BINARY_CLASSES == ["functional", "defective"]
+    from cnnlab.data.sources import BUILTIN_DATASETS, source_defaults
+
+    assert "elpv:binary" in BUILTIN_DATASETS
+    assert source_defaults("elpv:binary") == {"test_fraction": 0.25, "val_fraction": 0.15, "views": "dihedral"}
 
 
 def test_crop_pct_one_keeps_the_border_that_the_record_crops_away() -> None:
@@ -147,32 +222,6 @@ def test_crop_pct_one_keeps_the_border_that_the_record_crops_away() -> None:
     cropped, kept = build_eval_transform(record)(image), build_eval_transform(whole)(image)
     assert cropped.shape == kept.shape == (3, 224, 224)
     assert kept[:, :, 0].mean() > cropped[:, :, 0].mean() + 1.0  # only the whole-image transform still sees it
-
-
-def test_adapt_batch_norm_sets_the_data_statistics_and_keeps_the_weights() -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.Conv2d(4, 2, 1))
-    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "tracked" not in k}
-    inputs = torch.randn(40, 3, 8, 8) * 3 + 2  # far from the N(0, 1) the fresh statistics describe
-    loader = DataLoader(TensorDataset(inputs, torch.zeros(40)), batch_size=10)
-    model.train(False)
-    assert adapt_batch_norm(model, loader, torch.device("cpu")) == 40
-    conv_out = model[0](inputs).detach()
-    norm = model[1]
-    torch.testing.assert_close(norm.running_mean, conv_out.mean((0, 2, 3)), atol=1e-4, rtol=1e-4)
-    per_batch_var = torch.stack([b.var((0, 2, 3)) for b in conv_out.split(10)]).mean(0)  # batch-unbiased, averaged
-    torch.testing.assert_close(norm.running_var, per_batch_var, atol=1e-3, rtol=1e-3)
-    assert norm.momentum == 0.1 and not model.training  # momentum and mode restored
-    for key, value in weights.items():
-        torch.testing.assert_close(model.state_dict()[key], value)
-
-
-def test_bn_adapt_run_records_the_adaptation(tmp_path: Path) -> None:
-    make_photo_folder(tmp_path / "photos")
-    config = tiny_config(tmp_path, arch="mnist_net", bn_adapt=True, head_epochs=1, finetune_epochs=0)
-    summary = train_transfer(config)
-    assert summary["bn_adapted"]["images"] == sum(summary["counts"]["train"].values())
-    assert "AdaBN" in (Path(summary["run_dir"]) / "report.md").read_text()
 
 
 def test_balanced_class_weights_make_every_class_count_alike() -> None:
@@ -199,7 +248,7 @@ def test_class_weighted_run_trains_with_the_weighted_loss(tmp_path: Path) -> Non
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Trainer, "__init__", spy)
-        summary = train_transfer(tiny_config(tmp_path, class_weight="balanced", head_epochs=1, finetune_epochs=1))
+        summary = train_transfer(tiny_config(tmp_path, recipe="full", class_weight="balanced", train={"epochs": 1}))
     train_counts = summary["counts"]["train"]
     expected = class_weights(train_counts)
     assert expected[1] < 1.0 < expected[0]  # blue, the rare class, weighs more

@@ -1,8 +1,8 @@
 """The photo input pipeline of fine-tuning: augmentation for training only, checks that catch mis-scaled inputs.
 
 - `build_train_transform`: torchvision.transforms.v2 augmentation (random resized crop to the weights' input size,
-  horizontal flip, small rotation, colour jitter) followed by the record's scaling and normalisation. Evaluation uses
-  `cnnlab.data.transforms.build_eval_transform` unchanged (resize, centre crop, same normalisation), never this.
+  a random label-preserving view, small rotation, colour jitter) followed by the record's scaling and normalisation.
+  Evaluation uses `cnnlab.data.transforms.build_eval_transform` unchanged (resize, centre crop, same normalisation).
 - `InputCheck`: looks at the first batch reaching the model and warns when its values could not come from images
   normalised with the record's mean/std (e.g. 0..255 pixels, [0, 1] pixels for a model expecting [-1, 1]), or when
   the images are much smaller than the weights were trained at.
@@ -21,9 +21,29 @@ import torch
 from torchvision.transforms import v2
 
 from cnnlab.data.transforms import _interpolation, build_eval_transform
+from cnnlab.layers.views import apply_view
 from cnnlab.models._pretrained import PretrainedCfg
 
-__all__ = ["InputCheck", "InputStatisticsWarning", "build_eval_transform", "build_train_transform", "save_preview_grid"]
+__all__ = [
+    "InputCheck",
+    "InputStatisticsWarning",
+    "RandomView",
+    "build_eval_transform",
+    "build_train_transform",
+    "save_preview_grid",
+]
+
+
+class RandomView:
+    """One of the label-preserving `views` (`cnnlab.layers.views`), chosen uniformly per image: the flips (and, for
+    data with no up or down, the rotations) that the run's test-time augmentation averages over."""
+
+    def __init__(self, views: Sequence[str]) -> None:
+        self.views = tuple(views)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        name = self.views[int(torch.randint(len(self.views), ()))]
+        return apply_view(image, name)
 
 
 def build_train_transform(
@@ -32,25 +52,25 @@ def build_train_transform(
     scale: tuple[float, float] = (0.5, 1.0),
     rotation_degrees: float = 10.0,
     color_jitter: float = 0.2,
-    vertical_flip: bool = False,
+    views: Sequence[str] = ("identity", "hflip"),
 ) -> v2.Compose:
     """Training augmentation ending in ``cfg``'s scaling and normalisation (so train and eval inputs match in range).
 
     Args:
         cfg: the weights' record (input size, interpolation, mean, std).
-        scale: area range of `v2.RandomResizedCrop` (kept mild: fine-tuning sets are small and objects may be small).
+        scale: area range of `v2.RandomResizedCrop` (kept mild: fine-tuning sets are small and objects may be small);
+            (1.0, 1.0) only resizes.
         rotation_degrees: rotation uniformly in [-d, d].
         color_jitter: brightness, contrast and saturation jitter strength (0: off).
-        vertical_flip: also flip vertically (for images with no up/down, e.g. solar cells, microscopy).
+        views: label-preserving flips and rotations (`cnnlab.layers.views`), one drawn per image: ``hflip`` for
+            photos, all 8 for images with no up or down (solar cells, microscopy).
     """
     size = cfg.input_size[1:]
     steps: list[Any] = [
         v2.ToImage(),
         v2.RandomResizedCrop(size, scale=scale, interpolation=_interpolation(cfg), antialias=True),
-        v2.RandomHorizontalFlip(),
+        RandomView(views),
     ]
-    if vertical_flip:
-        steps.append(v2.RandomVerticalFlip())
     if rotation_degrees > 0:
         steps.append(v2.RandomRotation(rotation_degrees))
     if color_jitter > 0:

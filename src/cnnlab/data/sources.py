@@ -15,9 +15,20 @@ from cnnlab.data.folder import LabelledImages, scan_csv, scan_folder
 from cnnlab.data.split import Split, split_from_folders
 from cnnlab.errors import CnnlabError
 
-__all__ = ["BUILTIN_DATASETS", "check_files_exist", "limit_per_class", "open_image_source"]
+__all__ = ["BUILTIN_DATASETS", "check_files_exist", "limit_per_class", "open_image_source", "source_defaults"]
 
-BUILTIN_DATASETS = ("elpv",)
+BUILTIN_DATASETS = ("elpv", "elpv:binary")
+# What the literature does with a built-in dataset, used unless the command line says otherwise: ELPV's papers
+# split 75/25 train/test (validation is taken from the training part), and the cells have no up or down.
+_DEFAULTS = {
+    "elpv": {"test_fraction": 0.25, "val_fraction": 0.15, "views": "dihedral"},
+    "elpv:binary": {"test_fraction": 0.25, "val_fraction": 0.15, "views": "dihedral"},
+}
+
+
+def source_defaults(data: str) -> dict[str, object]:
+    """The split fractions and views a built-in dataset is used with by default (empty for the user's own data)."""
+    return dict(_DEFAULTS.get(data, {})) if data in BUILTIN_DATASETS and not Path(data).exists() else {}
 
 
 def open_image_source(data: str, min_per_class: int = 100) -> tuple[LabelledImages, Split | None, str]:
@@ -35,7 +46,8 @@ def open_image_source(data: str, min_per_class: int = 100) -> tuple[LabelledImag
     if data in BUILTIN_DATASETS and not path.exists():
         from cnnlab.data.elpv import load_elpv
 
-        return load_elpv(min_per_class=min_per_class), None, f"built-in dataset {data}"
+        images = load_elpv(min_per_class=min_per_class, binary=data.endswith(":binary"))
+        return images, None, f"built-in dataset {data}"
     if path.is_file() and path.suffix.lower() == ".csv":
         return scan_csv(path, min_per_class=min_per_class), None, f"CSV {path}"
     if path.is_dir() and (path / "train").is_dir() and (path / "test").is_dir():

@@ -14,8 +14,10 @@ from cnnlab.models import (  # noqa: F401
 from cnnlab.models._base import ModelInfo, model_info
 from cnnlab.models._pretrained import PretrainedCfg, has_offline_weights, load_pretrained
 from cnnlab.models._registry import create_model, is_model, list_models, model_family, register_model
+from cnnlab.models._split import ClassifierSplit, split_classifier, trainable_blocks
 
 __all__ = [
+    "ClassifierSplit",
     "ModelInfo",
     "PretrainedCfg",
     "create_model",
@@ -26,4 +28,6 @@ __all__ = [
     "model_family",
     "model_info",
     "register_model",
+    "split_classifier",
+    "trainable_blocks",
 ]

@@ -18,11 +18,11 @@ __all__ = ["RunReport", "format_value", "markdown_table"]
 
 
 def format_value(value: Any) -> str:
-    """A table cell: floats with 4 significant decimals, None as "-", everything else as its string."""
+    """A table cell: floats to 4 significant digits (whole numbers from 1,000), None as "-", the rest as strings."""
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.0f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)

@@ -13,19 +13,58 @@ __all__ = ["transfer_report"]
 def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None = None) -> RunReport:
     """The report of a finished run from its `summary` (what `cnnlab.tasks.transfer.train_transfer` returns)."""
     config = summary["config"]
+    recipe = summary["recipe"]
     test = summary["test"]
     classes = summary["classes"]
+    costs = summary.get("costs", {})
+    views = summary["views"]
+    arch = config["arch"] or recipe["arch"]
     report = RunReport(
         f"Transfer learning run `{Path(summary['run_dir']).name}`",
-        f"Data `{config['data']}`; model `{config['arch']}` (pretrained: {config['pretrained']}); total wall time "
-        f"{summary['wall_seconds']:.0f} s. The test set was evaluated once, after training.",
+        f"Data `{config['data']}`; recipe `{recipe['name']}`: {recipe['summary']}; model `{arch}` (pretrained: "
+        f"{config['pretrained']}). The test set was evaluated once, after training.",
         environment,
     )
+    report.heading("Test set (evaluated once)")
+    with_views = f" averaged over {len(views)} views ({', '.join(views)})" if len(views) > 1 else ""
+    report.text(
+        f"{test['count']} images: accuracy **{test['accuracy']:.4f}**, balanced accuracy "
+        f"**{test['balanced_accuracy']:.4f}**, loss {test['loss']:.4f}; logits{with_views or ' of one view'}."
+    )
+    rows = [["test-time averaging" if len(views) > 1 else "one view", test["accuracy"], test["balanced_accuracy"]]]
+    if len(views) > 1:
+        single = test["single_view"]
+        rows.append(["the image alone (no averaging)", single["accuracy"], single["balanced_accuracy"]])
+    report.table(["prediction", "accuracy", "balanced accuracy"], rows)
+    if "binary_accuracy" in test:
+        report.text(
+            f"Binary reading (defective when P(2/3) + P(1) >= 0.5, the dataset authors' task): accuracy "
+            f"{test['binary_accuracy']:.4f}."
+        )
+    per_class = [[name, r["precision"], r["recall"], r["f1"], r["support"]] for name, r in test["per_class"].items()]
+    report.table(["class", "precision", "recall", "F1", "support"], per_class)
+    report.image("confusion matrix", "confusion_matrix.png").image("highest loss", "highest_loss.png")
+    report.text("Every test image's probabilities: `test_predictions.csv`.")
+
+    report.heading("What it cost")
+    cost_rows = [[name, phase["epochs_run"], phase["train_seconds"], phase["wall_seconds"]] for name, phase in
+                 summary["phases"].items()]  # fmt: skip
+    cache = costs.get("cache_seconds")
+    if cache is not None:
+        cost_rows.insert(0, ["feature cache" + (" (reused)" if costs.get("cache_reused") else ""), "-", "-", cache])
+    cost_rows.append(["test pass", "-", "-", costs.get("test_seconds")])
+    cost_rows.append(["whole run", "-", "-", summary["wall_seconds"]])
+    report.table(["step", "epochs", "training s", "wall s"], cost_rows)
+    report.text(
+        "Recipes, cheapest first: `quick` (the classifier on cached features), `default` (the top blocks on cached "
+        "maps), `full` (the whole network on augmented images, a GPU's recipe); docs/BENCHMARKS.md lists what each "
+        "cost and reached on ELPV."
+    )
+
     report.heading("Data and split")
     report.text(f"Split: {summary['split']} (manifest: `split.csv`).")
-    report.table(
-        ["class", *summary["counts"]], [[name, *(c[name] for c in summary["counts"].values())] for name in classes]
-    )
+    counts = summary["counts"]
+    report.table(["class", *counts], [[name, *(c[name] for c in counts.values())] for name in classes])
     skipped = summary["skipped"]
     report.text(f"Skipped files: {len(skipped)}.")
     items = [f"`{s['path']}` ({s['label']}): {s['reason']}" for s in skipped[:50]]
@@ -38,36 +77,15 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
     report.text(
         f"From the weights' record: resize shorter side to {pre['resize_size']} ({pre['interpolation']}), centre "
         f"crop {pre['input_size'][1]}x{pre['input_size'][2]}, scale to [0, 1], normalise mean "
-        f"{[round(m, 3) for m in pre['mean']]} std {[round(s, 3) for s in pre['std']]}. Training adds augmentation "
-        f"(random resized crop, flips, rotation, colour jitter): {config['augment']}; preview `augmented_preview.png`."
+        f"{[round(m, 3) for m in pre['mean']]} std {[round(s, 3) for s in pre['std']]}. Views for training and "
+        f"test-time averaging: {', '.join(views)}; a preview of training images: `augmented_preview.png`."
     )
-    if summary.get("bn_adapted"):
-        report.text(
-            f"Batch-norm statistics recomputed on {summary['bn_adapted']['images']} training images (AdaBN) before "
-            "training."
-        )
-    report.text("Input warnings: " + ("; ".join(summary["input_warnings"]) if summary["input_warnings"] else "none."))
     report.heading("Training")
+    monitor = config["monitor"]
     rows = [
-        [
-            name,
-            phase["epochs_run"],
-            phase["best_epoch"],
-            phase["best_val_accuracy"],
-            phase["train_seconds"],
-            phase["wall_seconds"],
-            f"`{name}/learning_curves.png`",
-        ]
+        [name, phase.get("cut", "-"), phase["epochs_run"], phase["best_epoch"], phase.get(f"best_{monitor}")]
         for name, phase in summary["phases"].items()
     ]
-    report.table(["phase", "epochs run", "best epoch", "best val accuracy", "train s", "wall s", "curves"], rows)
+    report.table(["phase", "trained from", "epochs run", f"best epoch ({monitor})", f"best {monitor}"], rows)
     report.image("learning curves", "learning_curves.png")
-    report.heading("Test set (evaluated once)")
-    report.text(
-        f"{test['count']} images: accuracy **{test['accuracy']:.4f}**, balanced accuracy "
-        f"**{test['balanced_accuracy']:.4f}**, loss {test['loss']:.4f}."
-    )
-    per_class = [[name, r["precision"], r["recall"], r["f1"], r["support"]] for name, r in test["per_class"].items()]
-    report.table(["class", "precision", "recall", "F1", "support"], per_class)
-    report.image("confusion matrix", "confusion_matrix.png").image("highest loss", "highest_loss.png")
-    return report.add_config({k: v for k, v in config.items() if k not in ("extra", "progress")})
+    return report.add_config({k: v for k, v in config.items() if k != "progress"})

@@ -74,8 +74,9 @@ def export_model(
         "resize_shorter_side_to": cfg.resize_size,
         "interpolation": cfg.interpolation,
         "center_crop": list(cfg.input_size[1:]),
-        "output": "logits; softmax gives class probabilities",
+        "output": "logits (averaged over `views`, inside the model); softmax gives class probabilities",
         "classes": predictor.classes,
+        "views": list(predictor.views),
         "record": {k: v for k, v in vars(cfg).items() if k != "key_map"},
         "max_abs_difference_vs_eager": max_difference,
     }

@@ -20,7 +20,9 @@ from torch import nn
 from cnnlab.data.folder import check_image, load_image
 from cnnlab.data.transforms import build_eval_transform
 from cnnlab.errors import CnnlabError
+from cnnlab.layers.views import ViewAverage
 from cnnlab.models import PretrainedCfg
+from cnnlab.train import Trainer
 
 __all__ = ["Predictor", "classify_sample_photos", "load_predictor", "predict_images"]
 
@@ -30,16 +32,19 @@ class Predictor:
     """A model in eval mode with its class names and preprocessing record.
 
     Attributes:
-        model: returns logits for [N, 3, H, W] preprocessed images.
+        model: returns logits for [N, 3, H, W] preprocessed images (averaged over the run's views, when it recorded
+            several: `cnnlab.layers.views.ViewAverage`).
         classes: class names in output order.
         cfg: the preprocessing record.
         source: what was loaded (run directory or model name).
+        views: the views the logits are averaged over (the identity alone for a zoo model).
     """
 
     model: nn.Module
     classes: list[str]
     cfg: PretrainedCfg
     source: str
+    views: tuple[str, ...] = ("identity",)
 
 
 def _is_saved_run(path: Path) -> bool:
@@ -64,7 +69,11 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
                 f"{spec_path} records no class names or preprocessing; it was not saved by `cnnlab train transfer`"
             )
         network = load_model(spec_path, device=device)
-        return Predictor(network, list(meta["classes"]), PretrainedCfg.from_dict(meta["preprocessing"]), str(path))
+        views = tuple(meta.get("views", ["identity"]))
+        if len(views) > 1:
+            network = ViewAverage(network, views).eval()
+        cfg = PretrainedCfg.from_dict(meta["preprocessing"])
+        return Predictor(network, list(meta["classes"]), cfg, str(path), views)
     if is_model(model):
         network = create_model(model, pretrained=True)
         cfg = getattr(network, "pretrained_cfg", None)
@@ -81,7 +90,6 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
     )
 
 
-@torch.inference_mode()
 def predict_images(
     predictor: Predictor, paths: Sequence[str | os.PathLike[str]], top_k: int = 5, batch_size: int = 16
 ) -> list[dict[str, Any]]:
@@ -106,11 +114,10 @@ def predict_images(
                 reason = f"cannot be read ({error})"
         results.append({"image": str(path)} if reason is None else {"image": str(path), "error": reason})
     k = min(top_k, len(predictor.classes))
-    predictor.model.eval()
+    runner = Trainer.for_inference(predictor.model, device=str(device), batch_size=batch_size)
     for start in range(0, len(good), batch_size):
         chunk = good[start : start + batch_size]
-        batch = torch.stack([tensor for _, tensor in chunk]).to(device)
-        probabilities = predictor.model(batch).float().softmax(dim=1).cpu()
+        probabilities = runner.predict(torch.stack([tensor for _, tensor in chunk])).softmax(dim=1)
         values, indices = probabilities.topk(k, dim=1)
         for (position, _), row_values, row_indices in zip(chunk, values, indices, strict=True):
             results[position]["top"] = [

@@ -1,34 +1,39 @@
-"""Transfer learning on photos: dataset -> stratified split -> pretrained backbone -> two-phase fine-tuning -> test.
+"""Transfer learning: a folder of labelled images -> split -> pretrained model adapted -> report -> predictions.
 
-This module is the task: it chooses data, parameters and phases, and wires the layers below together.
+This module is the task: it chooses the data, the recipe and the phases, and wires the layers below together.
 
-1. Data (`cnnlab.data.sources`): an ImageFolder-style folder, a CSV of ``path,label``, a split folder (``train/``,
-   ``val/``, ``test/``), or a built-in dataset (``elpv``). Bad files are skipped and listed; classes below
-   ``min_per_class`` are an error.
-2. Split (`cnnlab.data.split`): stratified train/val/test from the seed, written to ``split.csv`` in the run
-   directory and read back by any later run in that directory (resume, evaluation), or taken from
-   ``split_manifest``.
-3. Phase 1 ("head"): the backbone is frozen (its batch norms kept in eval mode) and a new classifier is trained.
-   With ``cache_features`` the pooled backbone features are computed once (``features.safetensors``) and the head
-   trains on them in memory: seconds on a CPU.
-4. Phase 2 ("finetune", optional): all, or the top N, blocks are unfrozen and trained with layer-wise learning rates
-   (`cnnlab.train.layerwise_param_groups`), with augmentation, on the engine.
-5. Each phase keeps the weights of its best validation epoch (`cnnlab.train.BestWeights`) and may stop early.
-6. The test set is evaluated once, at the end, through the engine's inference path: accuracy, balanced accuracy,
-   per-class P/R/F1, confusion matrix and highest-loss PNGs (`cnnlab.report.classification`), ``results.json`` and
-   ``report.md`` (`cnnlab.report.transfer`). The model is saved as ``model.safetensors`` + ``model.json`` with its
-   classes and preprocessing record (`cnnlab predict` / `cnnlab export` read them).
+1. **Data** (`cnnlab.data.sources`): a class folder, a CSV of ``path,label``, a split folder (``train/``, ``val/``,
+   ``test/``), or a built-in dataset (``elpv``, ``elpv:binary``). Bad files are listed and skipped.
+2. **Split** (`cnnlab.data.split`): stratified train/val/test from ``split_seed``, written to ``split.csv`` in the run
+   directory and read back by any later run there. Validation chooses the checkpoint; the test set is read once.
+3. **Recipes** (`RECIPES`, ``--recipe``):
 
-The run folder holds, like every task's, config.yaml, metrics.csv/json and learning_curves.png (the phases' epochs in
-order; each phase also has its own folder), results.json and report.md.
+   - ``quick``: the backbone frozen, its pooled features computed once per image and view, the classifier trained on
+     them: seconds to minutes.
+   - ``default`` (the best a CPU does): **cached partial fine-tuning**. The network is cut at a block boundary
+     (`cnnlab.models.split_classifier`); the frozen lower part runs once per training image and per label-preserving
+     view (`cnnlab.layers.views`), its output maps are cached in float16 (`cnnlab.tasks.feature_cache`), and the top
+     blocks and the head train on the cache for as many epochs as needed.
+   - ``full``: the head on cached features, then the whole network unfrozen with layer-wise learning rates and
+     augmentation (a GPU's recipe).
+
+4. **Views** double as test-time augmentation: validation and test logits are averaged over the views, and the test
+   report gives the results with and without it. The views are recorded with the model, so `cnnlab predict` and
+   `cnnlab export` apply exactly the same averaging (`cnnlab.layers.views.ViewAverage`).
+5. **The test set**, once, at the end, through the engine's inference path on the saved network:
+   ``test_predictions.csv``, the confusion matrix and highest-loss images, ``results.json`` and ``report.md``.
+
+The run folder holds, like every task's, config.yaml, metrics.csv/json and learning_curves.png (the phases' epochs
+in order; each phase also has its own folder), results.json and report.md, and the model (``model.safetensors`` +
+``model.json`` with the classes, the preprocessing record and the views).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,186 +43,210 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cnnlab.data.folder import ImageDataset, LabelledImages, SkippedFile, load_image
-from cnnlab.data.photo_transforms import (
-    InputCheck,
-    InputStatisticsWarning,
-    build_eval_transform,
-    build_train_transform,
-    input_problems,
-    save_preview_grid,
-)
-from cnnlab.data.sources import check_files_exist, limit_per_class, open_image_source
+from cnnlab.data.photo_transforms import InputCheck, build_eval_transform, build_train_transform, save_preview_grid
+from cnnlab.data.sources import check_files_exist, limit_per_class, open_image_source, source_defaults
 from cnnlab.data.split import SPLITS, Split, read_manifest, stratified_split, write_manifest
 from cnnlab.errors import CnnlabError
-from cnnlab.models import PretrainedCfg, create_model
-from cnnlab.tasks.recipes import run_name
+from cnnlab.layers.views import ViewAverage, parse_views
+from cnnlab.models import PretrainedCfg, create_model, split_classifier, trainable_blocks
+from cnnlab.tasks.feature_cache import CachedPart, FeatureCache, images_digest
+from cnnlab.tasks.recipes import Recipe, RecipeBook, run_name
 from cnnlab.train import (
     BestWeights,
     FreezeBatchNorm,
     TensorBatches,
     TrainConfig,
     Trainer,
-    adapt_batch_norm,
     layerwise_param_groups,
 )
 from cnnlab.train.config import environment_record, save_record
+from cnnlab.train.metrics import Accuracy, BalancedAccuracy, ViewAveraged
 from cnnlab.train.records import write_history
 from cnnlab.train.saved import save_model
 
 if TYPE_CHECKING:
     from cnnlab.train.config import EngineOptions
 
-__all__ = ["TransferConfig", "class_weights", "load_images", "train_transfer"]
+__all__ = ["RECIPES", "TransferConfig", "TransferRecipe", "class_weights", "load_images", "train_transfer"]
 
 TASK = "transfer"
 MANIFEST = "split.csv"
-FEATURES = "features.safetensors"
 SKIPPED = "skipped.json"
+MONITORS = ("val_accuracy", "val_balanced_accuracy")
+
+
+@dataclass(frozen=True)
+class TransferRecipe(Recipe):
+    """A way to adapt a pretrained classifier: the recipe base plus what is frozen, cached and averaged.
+
+    ``train`` holds the `TrainConfig` fields of the main phase (the one ``--epochs``/``--lr`` set).
+
+    Attributes:
+        method: ``cached`` (train the top `unfreeze` blocks and the head on the cached output of the frozen rest)
+            or ``full`` (a head phase on cached pooled features, then the network unfrozen on augmented images).
+        unfreeze: backbone blocks trained (counted from the top); 0 trains the classifier alone; None all of them.
+        views: label-preserving views for training and test-time averaging (``hflip``, ``dihedral``, a list); None
+            takes the data's default (``dihedral`` for ELPV, ``hflip`` for photos).
+        image_size: square input side; None keeps the weights' record.
+        crop_pct: evaluation centre-crop fraction; 1.0 keeps the whole image (labels at the border, defects).
+        layer_decay: learning-rate factor per block going down from the classifier.
+        head_epochs: ``full`` only: epochs of the head phase on cached pooled features.
+        head_lr: ``full`` only: the head phase's peak learning rate.
+        crop_scale: ``full`` only: smallest area a random training crop keeps (1.0: no crop, only resized).
+        patience: early stopping on the monitored validation metric (None: off).
+    """
+
+    method: str = "cached"
+    unfreeze: int | None = 0
+    views: str | None = None
+    image_size: int | None = None
+    crop_pct: float | None = 1.0
+    layer_decay: float = 0.85
+    head_epochs: int = 0
+    head_lr: float = 3e-3
+    crop_scale: float = 1.0
+    patience: int | None = None
+
+
+_OPTIMISER = dict(optimizer="adamw", weight_decay=0.01, label_smoothing=0.1, channels_last=True)
+RECIPES: RecipeBook[TransferRecipe] = RecipeBook(
+    "transfer",
+    [
+        TransferRecipe(
+            name="default",
+            summary="cached partial fine-tuning: the top 6 blocks and the head trained on cached maps of every view "
+            "(the best CPU recipe)",
+            arch="efficientnet_lite0",
+            method="cached",
+            unfreeze=6,
+            layer_decay=0.85,
+            train=dict(epochs=8, batch_size=64, lr=3e-3, schedule="onecycle", warmup_epochs=1.0, **_OPTIMISER),
+        ),
+        TransferRecipe(
+            name="quick",
+            summary="features only: the classifier trained on cached pooled features of every view (minutes on a CPU)",
+            arch="efficientnet_lite0",
+            method="cached",
+            unfreeze=0,
+            train=dict(epochs=30, batch_size=64, lr=3e-3, schedule="cosine", warmup_epochs=1.0, **_OPTIMISER),
+            patience=8,
+        ),
+        TransferRecipe(
+            name="full",
+            summary="the whole network unfrozen on augmented images after a head phase (for a GPU; ~1 h on a CPU)",
+            arch="efficientnet_lite0",
+            method="full",
+            unfreeze=None,
+            layer_decay=0.85,
+            head_epochs=15,
+            head_lr=3e-3,
+            crop_scale=1.0,
+            train=dict(epochs=20, batch_size=32, lr=1e-3, schedule="cosine", warmup_epochs=1.0, **_OPTIMISER),
+            patience=8,
+        ),
+    ],
+)
 
 
 @dataclass
 class TransferConfig:
-    """Options of a transfer-learning run (the CLI's `cnnlab train transfer` fills it).
+    """Options of a transfer-learning run (`cnnlab train transfer` fills it; None means "the recipe's").
 
     Attributes:
-        data: image folder, CSV of ``path,label``, split folder (train/, val/, test/) or a built-in name (``elpv``).
-        arch: a registered model name; its pretrained record gives the preprocessing.
+        data: image folder, CSV of ``path,label``, split folder (train/, val/, test/) or a built-in name (``elpv``,
+            ``elpv:binary``).
+        recipe: a name in `RECIPES`.
+        arch: the pretrained model (default: the recipe's); its weights' record gives the preprocessing.
         pretrained: load the pretrained weights (False only for tests and baselines).
-        image_size: train and evaluate at this square size instead of the record's (resize scaled by its crop_pct);
-            a size under half the record's is warned about.
-        crop_pct: evaluate on the centre crop that keeps this fraction of the resized image's side, instead of the
-            record's (0.875 for most ImageNet weights). 1.0 resizes the whole image to the input size, so no border
-            is lost and training (whose random crops start from the whole image) and evaluation see the image at the
-            same scale: for data whose label may sit at the border (defect inspection).
+        unfreeze: backbone blocks trained, from the top (0: the classifier alone).
+        views: label-preserving views, for training and test-time averaging.
+        image_size: square input side.
+        crop_pct: evaluation centre-crop fraction (1.0: the whole image).
+        class_weight: "balanced": each class's cross-entropy weighted n / (k * n_c) over the training split.
+        sampling: "balanced": training batches drawn with every class equally likely.
+        monitor: the validation metric that chooses the checkpoint: ``val_accuracy`` or ``val_balanced_accuracy``.
         min_per_class: the fewest usable images a class may have.
-        max_per_class: keep at most this many images per class (seeded), for quick trials; None keeps all.
-        val_fraction: validation share of all images (taken from the non-test part).
-        test_fraction: test share of all images.
+        max_per_class: keep at most this many images per class (seeded), for quick trials.
+        val_fraction: validation share of all images (taken from the non-test part); default 0.15.
+        test_fraction: test share of all images; default 0.15 (0.25 for ELPV, as its papers).
         split_manifest: reuse this manifest CSV (``path,label,split``) instead of splitting.
-        seed: split, initialisation and data order.
-        batch_size: images per optimizer step.
-        head_epochs: phase-1 epochs (0: skip phase 1).
-        head_lr: phase-1 peak learning rate.
-        cache_features: phase 1 on cached backbone features (no augmentation in this phase).
-        head_dropout: dropout before the new classifier in phase 1 on cached features.
-        finetune_epochs: phase-2 epochs (0: features only).
-        finetune_lr: phase-2 peak learning rate of the classifier; lower blocks get less.
-        unfreeze: phase 2 trains the top ``unfreeze`` blocks (0: all of them).
-        layer_decay: learning-rate factor per block going down from the top.
-        bn_train: let unfrozen batch norms update their running statistics in phase 2 (frozen ones never do).
-        bn_adapt: before phase 1, replace every batch norm's running statistics with those of the training images
-            (AdaBN, `adapt_batch_norm`), for data far from the pretraining images (grayscale cells, X-rays): the
-            frozen backbone then normalises with statistics of the data it sees, and phase 2 with ``bn_train`` starts
-            from statistics that its batches do not pull away.
-        weight_decay: AdamW weight decay (weights only).
-        label_smoothing: cross-entropy label smoothing.
-        class_weight: "balanced" weighs each class's cross-entropy by n / (k * n_c) over the training split (n
-            images, k classes, n_c in class c), so that every class counts as much as the others in the loss;
-            None weighs every image alike. For imbalanced data whose small classes are never predicted.
-        patience: early-stopping patience in epochs on ``val_accuracy`` (None: off).
-        augment: training augmentation in phase 2 (and phase 1 without the cache).
-        vertical_flip: add vertical flips (images with no up and down: cells, microscopy, aerial views).
-        crop_scale: smallest area fraction kept by the random resized crop (1.0: whole image, only resized). Raise
-            it when the label may sit anywhere in the image and a crop could cut it out (defect inspection).
-        workers: DataLoader worker processes.
-        device: auto, cpu, cuda...
-        precision: fp32, bf16 or fp16.
-        channels_last: NHWC memory format for the network and its inputs (feature extraction and phase 2): 1.4-1.7x
-            faster EfficientNet-Lite0 training steps on a CPU (benchmarks/step_speed.py), and what GPU tensor cores
-            prefer.
-        output: runs root; the run is ``<output>/transfer/<name>``.
-        name: run name.
-        resume: continue an interrupted run (its split and cached features are reused).
-        overwrite: start again in a run directory that holds checkpoints (its split manifest is still reused).
-        progress: progress bars and epoch lines.
-        engine: further `TrainConfig` fields for both phases (accumulation, threads, compile, ...).
+        split_seed: the split's seed (kept apart from `seed`, so runs of several seeds share one split and cache).
+        seed: initialisation and data order.
+        workers: DataLoader worker processes for decoding images.
+        output: runs root; the run is ``<output>/transfer/<name>``, the feature cache
+            ``<output>/transfer/feature-cache``.
+        name: run name (default ``<recipe>-<timestamp>``).
+        resume: continue an interrupted run (its split, cache and finished phases are reused).
+        overwrite: start again in a run directory that holds a finished run (its split manifest is still reused).
+        progress: progress bars and log lines.
+        train: `TrainConfig` fields that override the recipe's (the engine options: epochs and lr of the main phase,
+            batch size, precision, device, threads ...).
     """
 
     data: str
-    arch: str = "efficientnet_lite0"
+    recipe: str = "default"
+    arch: str | None = None
     pretrained: bool = True
+    unfreeze: int | None = None
+    views: str | None = None
     image_size: int | None = None
     crop_pct: float | None = None
+    class_weight: str | None = None
+    sampling: str | None = None
+    monitor: str = "val_accuracy"
     min_per_class: int = 100
     max_per_class: int | None = None
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
+    val_fraction: float | None = None
+    test_fraction: float | None = None
     split_manifest: str | None = None
+    split_seed: int = 0
     seed: int = 0
-    batch_size: int = 32
-    head_epochs: int = 15
-    head_lr: float = 3e-3
-    cache_features: bool = True
-    head_dropout: float = 0.2
-    finetune_epochs: int = 0
-    finetune_lr: float = 3e-4
-    unfreeze: int = 0
-    layer_decay: float = 0.85
-    bn_train: bool = False
-    bn_adapt: bool = False
-    weight_decay: float = 0.01
-    label_smoothing: float = 0.1
-    class_weight: str | None = None
-    patience: int | None = 5
-    augment: bool = True
-    vertical_flip: bool = False
-    crop_scale: float = 0.5
     workers: int = 2
-    device: str = "auto"
-    precision: str = "fp32"
-    channels_last: bool = True
     output: str = "runs"
-    name: str = "transfer"
+    name: str = ""
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
-    engine: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or run_name(self.recipe)
 
     @property
     def run_dir(self) -> Path:
         """``<output>/transfer/<name>``."""
         return Path(self.output) / TASK / self.name
 
-    @property
-    def main_phase(self) -> str:
-        """The phase ``--epochs`` and ``--lr`` set: fine-tuning when it runs, else the head."""
-        return "finetune" if self.finetune_epochs > 0 else "head"
-
-    def validate(self) -> None:
-        """Raise `CnnlabError` for an option value no run can use, naming the option."""
-        if not 0.0 < self.crop_scale <= 1.0:
-            raise CnnlabError(f"--crop-scale must be in (0, 1], got {self.crop_scale}")
+    def validate(self) -> TransferRecipe:
+        """The recipe this config runs; `CnnlabError` for any option value no run can use, naming the option."""
+        recipe = RECIPES.get(self.recipe)
         if self.crop_pct is not None and not 0.0 < self.crop_pct <= 1.0:
             raise CnnlabError(f"--crop-pct must be in (0, 1], got {self.crop_pct}")
         if self.class_weight not in (None, "balanced"):
             raise CnnlabError(f"--class-weight must be 'balanced' or 'none', got {self.class_weight!r}")
+        if self.sampling not in (None, "balanced"):
+            raise CnnlabError(f"--sampling must be 'balanced' or 'uniform', got {self.sampling!r}")
+        if self.monitor not in MONITORS:
+            raise CnnlabError(f"--monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
+        if self.unfreeze is not None and self.unfreeze < 0:
+            raise CnnlabError(f"--unfreeze must be >= 0, got {self.unfreeze}")
+        parse_views(self.views or "none")
+        return recipe
 
     @classmethod
     def from_options(cls, engine: EngineOptions, **options: Any) -> TransferConfig:
-        """A config from the command line: the task's own `options` and the shared engine options.
-
-        ``--epochs``/``--lr`` set the main phase (`main_phase`); the batch size, precision, memory format, device
-        and seed set both phases; accumulation, threads, compile and checkpointing pass through to the engine.
-        """
-        overrides = engine.overrides()
-        config = cls(**options)
-        fields: dict[str, Any] = {
-            "seed": engine.seed,
-            "output": engine.output,
-            "resume": engine.resume,
-            "overwrite": engine.overwrite,
-            "progress": config.progress and not engine.quiet,
-            "name": engine.name or run_name("transfer"),
-        }
-        for key in ("batch_size", "precision", "channels_last", "device"):
-            if key in overrides:
-                fields[key] = overrides.pop(key)
-        phase = "finetune" if config.finetune_epochs > 0 else "head"
-        if "epochs" in overrides:
-            fields[f"{phase}_epochs"] = overrides.pop("epochs")
-        if "lr" in overrides:
-            fields[f"{phase}_lr"] = overrides.pop("lr")
-        return dataclasses.replace(config, **fields, engine={**config.engine, **overrides})
+        """A config from the command line: the task's own `options` and the shared engine options."""
+        progress = bool(options.pop("progress", True)) and not engine.quiet
+        return cls(
+            **options,
+            seed=engine.seed,
+            output=engine.output,
+            name=engine.name or "",
+            resume=engine.resume,
+            overwrite=engine.overwrite,
+            progress=progress,
+            train=engine.overrides(),
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------- data
@@ -243,59 +272,15 @@ def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImage
         return images, folder_split, source
     for skipped in images.skipped:
         log(f"skipped {skipped.path} ({skipped.label}): {skipped.reason}")
-    images = limit_per_class(images, config.max_per_class, config.seed)
-    split = stratified_split(images.labels, config.val_fraction, config.test_fraction, config.seed)
-    description = (
-        f"stratified {1 - config.val_fraction - config.test_fraction:.0%}/{config.val_fraction:.0%}/"
-        f"{config.test_fraction:.0%} train/val/test, seed {config.seed}"
-    )
-    return images, split, description
-
-
-# ------------------------------------------------------------------------------------------------------ training
-def _loader(
-    images: LabelledImages, transform: Any, config: TransferConfig, train: bool, device: torch.device
-) -> DataLoader:
-    workers = config.workers
-    return DataLoader(
-        ImageDataset(images, transform),
-        batch_size=config.batch_size if train else 2 * config.batch_size,
-        shuffle=train,
-        drop_last=train and len(images) > config.batch_size,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        generator=torch.Generator() if train else None,
-    )
-
-
-def _phase_config(config: TransferConfig, phase: str, epochs: int, lr: float) -> TrainConfig:
-    checkpoint = config.run_dir / phase / "checkpoint.pt"
-    return TrainConfig(
-        **{
-            "epochs": epochs,
-            "batch_size": config.batch_size,
-            "lr": lr,
-            "optimizer": "adamw",
-            "weight_decay": config.weight_decay,
-            "schedule": "cosine",
-            "warmup_epochs": min(1.0, epochs / 5),
-            "label_smoothing": config.label_smoothing,
-            "precision": config.precision,
-            "channels_last": config.channels_last,
-            "seed": config.seed,
-            "device": config.device,
-            "monitor": "val_accuracy",
-            "early_stopping_patience": config.patience,
-            "output": str(config.run_dir.parent),
-            "task": config.run_dir.name,
-            "name": phase,
-            "resume": config.resume and checkpoint.is_file(),
-            "overwrite": config.overwrite or (config.resume and not checkpoint.is_file()),
-            "progress": config.progress,
-            "extra": {"task": TASK, "phase": phase, "arch": config.arch, "data": config.data},
-            **config.engine,
-        }
+    images = limit_per_class(images, config.max_per_class, config.split_seed)
+    defaults = source_defaults(config.data)
+    val = config.val_fraction if config.val_fraction is not None else float(defaults.get("val_fraction", 0.15))
+    test = config.test_fraction if config.test_fraction is not None else float(defaults.get("test_fraction", 0.15))
+    split = stratified_split(images.labels, val, test, config.split_seed)
+    return (
+        images,
+        split,
+        f"stratified {1 - val - test:.0%}/{val:.0%}/{test:.0%} train/val/test, seed {config.split_seed}",
     )
 
 
@@ -308,80 +293,276 @@ def class_weights(counts: dict[str, int]) -> torch.Tensor:
     return values.sum() / (len(values) * values)
 
 
-def _loss(config: TransferConfig, train_counts: dict[str, int], device: torch.device) -> nn.Module | None:
-    """The phases' loss: None (the engine's cross-entropy) unless `config.class_weight` asks for weights."""
-    if config.class_weight is None:
-        return None
-    weight = class_weights(train_counts).to(device)
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+# ------------------------------------------------------------------------------------------------------- the run
+@dataclass
+class _Run:
+    """What every phase of one run shares."""
+
+    config: TransferConfig
+    recipe: TransferRecipe
+    parts: dict[str, LabelledImages]
+    cfg: PretrainedCfg
+    views: tuple[str, ...]
+    device: torch.device
+    log: Any
+    phases: dict[str, Any] = field(default_factory=dict)
+    costs: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.parts["train"].classes
+
+    def train_config(self, phase: str, main: bool, **fields: Any) -> TrainConfig:
+        """The phase's engine config: the recipe's, the engine options, the run's place and monitor."""
+        config = self.config
+        options = {**self.recipe.train, **fields, **(config.train if main else _shared(config.train))}
+        checkpoint = config.run_dir / phase / "checkpoint.pt"
+        return TrainConfig(
+            **{
+                **options,
+                "seed": config.seed,
+                "monitor": config.monitor,
+                "early_stopping_patience": self.recipe.patience,
+                "output": str(config.run_dir.parent),
+                "task": config.run_dir.name,
+                "name": phase,
+                "resume": config.resume and checkpoint.is_file(),
+                "overwrite": config.overwrite or (config.resume and not checkpoint.is_file()),
+                "progress": config.progress,
+                "extra": {"task": TASK, "phase": phase, "recipe": self.recipe.name, "data": config.data},
+            }
+        )
+
+    def loss(self, device: torch.device) -> nn.Module | None:
+        if self.config.class_weight is None:
+            return None
+        weight = class_weights(self.parts["train"].class_counts()).to(device)
+        smoothing = {**self.recipe.train, **self.config.train}.get("label_smoothing", 0.0)
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=smoothing)
+
+    def metrics(self, views: int) -> dict[str, Any]:
+        """Validation metrics, averaged over the views (and the identity view alone, to compare)."""
+        classes = len(self.classes)
+        return {
+            "accuracy": ViewAveraged(Accuracy(), views),
+            "balanced_accuracy": ViewAveraged(BalancedAccuracy(classes), views),
+            "accuracy_single_view": ViewAveraged(Accuracy(), views, first_only=True),
+        }
+
+    def sample_weights(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample weights that make every class equally likely in a batch (``--sampling balanced``)."""
+        if self.config.sampling is None:
+            return None
+        counts = torch.bincount(labels, minlength=len(self.classes)).double()
+        return 1.0 / counts[labels]
+
+    def loader(self, images: LabelledImages, transform: Any, train: bool, batch_size: int) -> DataLoader:
+        workers = self.config.workers
+        return DataLoader(
+            ImageDataset(images, transform),
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train and len(images) > batch_size,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            generator=torch.Generator() if train else None,
+        )
 
 
-def _run_phase(trainer: Trainer, train: Any, val: Any) -> dict[str, Any]:
-    started = time.perf_counter()
-    history = trainer.fit(train, val)
+def _shared(train: dict[str, Any]) -> dict[str, Any]:
+    """The engine options every phase takes (epochs and lr set the main phase only)."""
+    return {k: v for k, v in train.items() if k not in ("epochs", "lr")}
+
+
+def _cache_spec(run: _Run, model_name: str, split: Any, part: str) -> dict[str, Any]:
+    precision = {**run.recipe.train, **run.config.train}.get("precision", "fp32")
     return {
-        "epochs_run": len(history),
-        "best_epoch": trainer.best_epoch,
-        "best_val_accuracy": trainer.best_metric,
-        "train_seconds": trainer.train_seconds,
-        "wall_seconds": time.perf_counter() - started,
-        "history": history,
-        "curves": str(trainer.run_dir / "learning_curves.png"),
+        "images": images_digest(run.parts[part]),
+        "model": model_name,
+        "pretrained": run.config.pretrained,
+        "cut": split.cut,
+        "top_blocks": split.top_blocks,
+        "views": list(run.views),
+        "preprocessing": {k: v for k, v in run.cfg.to_dict().items() if k not in ("notes", "license")},
+        "precision": precision,
     }
 
 
-class _PooledFeatures(nn.Module):
-    """The backbone's pooled pre-logit features (what the classifier sees)."""
+def _cached_parts(run: _Run, model: nn.Module, model_name: str, top_blocks: int, parts: tuple[str, ...]) -> Any:
+    """Split `model` and return (the split, the cached train/val parts)."""
+    split = split_classifier(model, top_blocks, run.cfg.input_size)
+    cache = FeatureCache(Path(run.config.output) / TASK / "feature-cache", run.log)
+    transform = build_eval_transform(run.cfg)
+    train_options = {**run.recipe.train, **run.config.train}
+    cheaper = (
+        f"use --views hflip (2 views instead of {len(run.views)}), a later cut (fewer --unfreeze blocks) or a "
+        "smaller --image-size"
+    )
+    cached: dict[str, CachedPart] = {}
+    for part in parts:
+        cached[part] = cache.get_or_build(
+            _cache_spec(run, model_name, split, part),
+            split.lower,
+            run.parts[part],
+            transform,
+            run.views,
+            split.feature_shape,
+            device=str(run.device),
+            batch_size=2 * int(train_options.get("batch_size", 32)),
+            precision=str(train_options.get("precision", "fp32")),
+            channels_last=bool(train_options.get("channels_last", False)),
+            workers=run.config.workers,
+            progress=run.config.progress,
+            cheaper=cheaper,
+        )
+    run.costs["cache_seconds"] = run.costs.get("cache_seconds", 0.0) + sum(c.seconds for c in cached.values())
+    run.costs["cache_reused"] = float(all(c.reused for c in cached.values()))
+    return split, cached
 
-    def __init__(self, model: nn.Module) -> None:
+
+def _to_float(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached float16 maps -> float32 on the device (per batch)."""
+    return inputs.float(), targets
+
+
+def _fit(run: _Run, phase: str, trainer: Trainer, train: Any, val: Any) -> None:
+    started = time.perf_counter()
+    history = trainer.fit(train, val)
+    run.phases[phase] = {
+        "epochs_run": len(history),
+        "best_epoch": trainer.best_epoch,
+        "best_" + run.config.monitor: trainer.best_metric,
+        "train_seconds": trainer.train_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "images_per_second": sum(r["images_per_second"] for r in history) / max(1, len(history)),
+        "history": history,
+    }
+
+
+def _train_on_cache(run: _Run, model: nn.Module, model_name: str, top_blocks: int, phase: str, main: bool,
+                    **fields: Any) -> None:  # fmt: skip
+    """Train the classifier and the top `top_blocks` blocks of `model` on the cached output of the frozen rest."""
+    split, cached = _cached_parts(run, model, model_name, top_blocks, ("train", "val"))
+    groups_model = model
+
+    def groups(_: nn.Module) -> list[dict[str, Any]]:  # the top blocks and the classifier; the rest frozen
+        options = {**run.recipe.train, **run.config.train}
+        decay = float(options.get("weight_decay", 0.0))
+        if top_blocks == 0:
+            for param in groups_model.parameters():
+                param.requires_grad_(False)
+            classifier = groups_model.get_classifier()
+            for param in classifier.parameters():
+                param.requires_grad_(True)
+            weights = [p for p in classifier.parameters() if p.ndim >= 2]
+            biases = [p for p in classifier.parameters() if p.ndim < 2]
+            return [{"params": weights, "weight_decay": decay}, {"params": biases, "weight_decay": 0.0}]
+        return layerwise_param_groups(groups_model, top_blocks, run.recipe.layer_decay, decay)
+
+    train_x, train_y = cached["train"].flat()
+    val_x, val_y = cached["val"].flat()
+    config = run.train_config(phase, main, **fields)
+    trainer = Trainer(
+        split.upper,
+        config,
+        loss_fn=run.loss(run.device),
+        metrics=run.metrics(len(run.views)),
+        train_transform=_to_float,
+        eval_transform=_to_float,
+        param_groups=groups,
+        callbacks=[FreezeBatchNorm(True), BestWeights()],
+    )
+    batches = TensorBatches(train_x, train_y, config.batch_size, drop_last=True, weights=run.sample_weights(train_y))
+    _fit(run, phase, trainer, batches, TensorBatches(val_x, val_y, 2 * config.batch_size))
+    run.phases[phase]["cut"] = split.cut or "pooled features"
+    run.phases[phase]["cached_shape"] = list(split.feature_shape)
+
+
+def _train_full(run: _Run, model: nn.Module, record: PretrainedCfg) -> None:
+    """The ``full`` recipe's second phase: the top blocks (all by default) on augmented images, layer-wise rates."""
+    recipe = run.recipe
+    train_transform = build_train_transform(run.cfg, scale=(recipe.crop_scale, 1.0), views=run.views)
+    eval_transform = build_eval_transform(run.cfg)
+    config = run.train_config("finetune", main=True)
+    blocks = run.config.unfreeze if run.config.unfreeze is not None else recipe.unfreeze
+    check = InputCheck(record, "training")
+
+    def groups(module: nn.Module) -> list[dict[str, Any]]:
+        return layerwise_param_groups(module, blocks or 0, recipe.layer_decay, config.weight_decay)
+
+    trainer = Trainer(
+        model,
+        config,
+        loss_fn=run.loss(run.device),
+        metrics=run.metrics(1),
+        train_transform=check,
+        param_groups=groups,
+        callbacks=[FreezeBatchNorm(True), BestWeights()],
+    )
+    train = run.loader(run.parts["train"], train_transform, True, config.batch_size)
+    val = run.loader(run.parts["val"], eval_transform, False, 2 * config.batch_size)
+    _fit(run, "finetune", trainer, train, val)
+    run.phases["finetune"]["input_warnings"] = check.problems
+
+
+class _ViewStack(nn.Module):
+    """Logits of every view: [N, C, H, W] -> [N, views, classes] (their mean is what `ViewAverage` returns)."""
+
+    def __init__(self, model: nn.Module, views: tuple[str, ...]) -> None:
         super().__init__()
-        self.model = model
+        self.average = ViewAverage(model, views)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        from cnnlab.layers.views import VIEWS
+
+        return torch.stack([self.average.model(VIEWS[name](x)) for name in self.average.views], dim=1)
 
 
-def _cached_features(
-    model: nn.Module, parts: dict[str, LabelledImages], cfg: PretrainedCfg, config: TransferConfig, device: torch.device
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Pooled features (eval mode, through the engine's inference path) and labels of each part, computed once and
-    kept in ``features.safetensors`` for a resumed run."""
-    from safetensors.torch import load_file, save_file
+def _test(run: _Run, model: nn.Module) -> dict[str, Any]:
+    """The test set, once: logits of every view through the engine's inference path on the saved network."""
+    from cnnlab.report.classification import classification_summary, classification_test_report
 
-    path = config.run_dir / FEATURES
-    if path.is_file() and config.resume:
-        stored = load_file(str(path))
-        if all(f"{part}_features" in stored and len(stored[f"{part}_labels"]) == len(parts[part]) for part in parts):
-            return {part: (stored[f"{part}_features"], stored[f"{part}_labels"]) for part in parts}
-    extractor = Trainer.for_inference(
-        _PooledFeatures(model),
-        device=str(device),
-        batch_size=2 * config.batch_size,
-        precision=config.precision,
-        channels_last=config.channels_last,
+    options = {**run.recipe.train, **run.config.train}
+    started = time.perf_counter()
+    tester = Trainer.for_inference(
+        _ViewStack(model, run.views),
+        device=str(run.device),
+        batch_size=2 * int(options.get("batch_size", 32)),
+        precision=str(options.get("precision", "fp32")),
+        channels_last=bool(options.get("channels_last", False)),
     )
-    eval_transform = build_eval_transform(cfg)
-    cached = {}
-    for part, images in parts.items():
-        features = extractor.predict(_loader(images, eval_transform, config, False, device))
-        cached[part] = (features, torch.tensor(images.labels))
-    save_file(
-        {f"{p}_{k}": t.contiguous() for p, (f, y) in cached.items() for k, t in (("features", f), ("labels", y))},
-        str(path),
-    )
-    return cached
+    test = run.parts["test"]
+    per_view = tester.predict(run.loader(test, build_eval_transform(run.cfg), False, tester.config.batch_size))
+    logits = per_view.mean(1)
+    targets = torch.tensor(test.labels)
+    run_dir = run.config.run_dir
+    results = classification_test_report(logits, targets, test.paths, test.classes, run_dir)
+    single = classification_summary(targets.tolist(), per_view[:, 0].argmax(1).tolist(), test.classes)
+    results["views"] = list(run.views)
+    results["single_view"] = {k: single[k] for k in ("accuracy", "balanced_accuracy")}
+    if run.config.data == "elpv":  # the authors' binary task read off the 4 classes: P(2/3) + P(1) >= 0.5
+        defective = logits.softmax(1)[:, 2:].sum(1) >= 0.5
+        results["binary_accuracy"] = float((defective == (targets >= 2)).float().mean())
+    probabilities = logits.softmax(1)
+    with open(run_dir / "test_predictions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "predicted", *test.classes])
+        for path, label, row in zip(test.paths, test.labels, probabilities.tolist(), strict=True):
+            writer.writerow([path, test.classes[label], test.classes[int(torch.tensor(row).argmax())], *row])
+    run.costs["test_seconds"] = time.perf_counter() - started
+    return results
 
 
 def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
-    """Run the whole recipe (see the module docstring) and return the results (also in ``results.json``)."""
+    """Run the recipe (see the module docstring) and return the results (also in ``results.json``)."""
     log = log or (lambda message: print(message) if config.progress else None)
-    config.validate()
+    recipe = config.validate()
     started = time.perf_counter()
     run_dir = config.run_dir
     if (run_dir / "model.json").is_file() and not (config.resume or config.overwrite):
         raise CnnlabError(f"{run_dir} already holds a finished run; pass --overwrite, --resume or another --name")
     images, split, split_source = load_images(config, log)
-    classes = images.classes
     run_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(run_dir / MANIFEST, images, split)
     skipped_path = run_dir / SKIPPED
@@ -389,162 +570,76 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         images.skipped = [SkippedFile(**entry) for entry in json.loads(skipped_path.read_text())]
     skipped_path.write_text(json.dumps([dataclasses.asdict(s) for s in images.skipped], indent=1))
     parts = {part: images.subset(split[part]) for part in SPLITS if split[part]}
-    if "val" not in parts:
-        raise CnnlabError("the split has no validation images; model selection needs them (raise --val-fraction)")
+    for needed in ("val", "test"):
+        if needed not in parts:
+            raise CnnlabError(f"the split has no {needed} images (raise --{needed}-fraction)")
+    views = parse_views(config.views or recipe.views or str(source_defaults(config.data).get("views", "hflip")))
+    save_record(dataclasses.asdict(config) | {"recipe_fields": recipe.to_dict()}, run_dir / "config.yaml")
     counts = {part: parts[part].class_counts() for part in parts}
     log(
-        f"{len(images)} images, {len(classes)} classes; split ({split_source}): "
+        f"{len(images)} images, {len(images.classes)} classes; split ({split_source}): "
         + ", ".join(f"{part} {len(parts[part])}" for part in parts)
+        + f"; recipe {recipe.name}; views {', '.join(views)}"
     )
-    save_record(dataclasses.asdict(config), run_dir / "config.yaml")
 
     torch.manual_seed(config.seed)
+    arch = config.arch or recipe.arch
     # Images are loaded as RGB (grayscale replicated to 3 channels), so every backbone is built for 3 channels.
-    model = create_model(config.arch, pretrained=config.pretrained, num_classes=len(classes), in_chans=3)
+    model = create_model(arch, pretrained=config.pretrained, num_classes=len(images.classes), in_chans=3)
     if not hasattr(model, "forward_features"):
-        raise CnnlabError(f"{config.arch} lacks the classifier surface (forward_features/forward_head) to fine-tune")
+        raise CnnlabError(f"{arch} lacks the classifier surface (forward_features/forward_head) to fine-tune")
     record = PretrainedCfg.for_model(model)
-    cfg = record.with_input(config.image_size, config.crop_pct)
+    cfg = record.with_input(
+        config.image_size or recipe.image_size, config.crop_pct if config.crop_pct is not None else recipe.crop_pct
+    )
     from cnnlab.train.trainer import resolve_device
 
-    device = resolve_device(config.device)
+    device = resolve_device(str({**recipe.train, **config.train}.get("device", "auto")))
     model.to(device)
-    if config.channels_last:  # once, outside inference mode; the engine keeps it for phase 2
+    if {**recipe.train, **config.train}.get("channels_last"):  # once, outside inference mode
         model.to(memory_format=torch.channels_last)
-    loss = _loss(config, counts["train"], device)
-    train_transform = (
-        build_train_transform(cfg, scale=(config.crop_scale, 1.0), vertical_flip=config.vertical_flip)
-        if config.augment
-        else None
-    )
-    train_transform = train_transform or build_eval_transform(cfg)
-    eval_transform = build_eval_transform(cfg)
+    run = _Run(config, recipe, parts, cfg, views, device, log)
+    preview_transform = build_train_transform(cfg, scale=(recipe.crop_scale, 1.0), views=views)
     preview = save_preview_grid(
-        [train_transform(load_image(p)) for p in parts["train"].paths[:16]], run_dir / "augmented_preview.png", cfg
+        [preview_transform(load_image(p)) for p in parts["train"].paths[:16]], run_dir / "augmented_preview.png", cfg
     )
-    input_warnings: list[str] = []
-    phases: dict[str, Any] = {}
-    adapted = None
-    if config.bn_adapt:
-        tick = time.perf_counter()
-        seen = adapt_batch_norm(
-            model, _loader(parts["train"], eval_transform, config, False, device), device, config.channels_last
-        )
-        adapted = {"images": seen, "seconds": time.perf_counter() - tick}
-        log(
-            f"batch-norm statistics adapted to {seen} training images in {adapted['seconds']:.1f}s"
-            if seen
-            else f"{config.arch} has no batch norm with running statistics: --bn-adapt changes nothing"
-        )
-
-    # Phase 1: frozen backbone, new head.
-    if config.head_epochs > 0:
-        for param in model.parameters():
-            param.requires_grad_(False)
-        for param in model.get_classifier().parameters():
-            param.requires_grad_(True)
-        phase_config = _phase_config(config, "head", config.head_epochs, config.head_lr)
-        if config.cache_features:
-            sample = next(
-                iter(
-                    _loader(
-                        parts["train"].subset(range(min(8, len(parts["train"])))), eval_transform, config, False, device
-                    )
-                )
-            )[0]
-            input_warnings += [f"training inputs: {p}" for p in input_problems(sample, record)]
-            for problem in input_warnings:
-                warnings.warn(problem, InputStatisticsWarning, stacklevel=2)
-            tick = time.perf_counter()
-            cached = _cached_features(model, {p: parts[p] for p in ("train", "val")}, cfg, config, device)
-            feature_seconds = time.perf_counter() - tick
-            count = sum(len(features) for features, _ in cached.values())
-            log(f"cached backbone features of {count} images in {feature_seconds:.1f}s")
-            head = nn.Sequential(nn.Dropout(config.head_dropout), model.get_classifier())
-            trainer = Trainer(head, phase_config, loss_fn=loss, callbacks=[BestWeights()])
-            phases["head"] = _run_phase(
-                trainer, TensorBatches(*cached["train"], config.batch_size, drop_last=True), cached["val"]
-            )
-            phases["head"]["feature_seconds"] = feature_seconds
-        else:
-            check = InputCheck(record, "training")
-            trainer = Trainer(
-                model,
-                phase_config,
-                loss_fn=loss,
-                train_transform=check,
-                callbacks=[FreezeBatchNorm(True), BestWeights()],
-            )
-            phases["head"] = _run_phase(
-                trainer,
-                _loader(parts["train"], train_transform, config, True, device),
-                _loader(parts["val"], eval_transform, config, False, device),
-            )
-            input_warnings += [f"training inputs: {p}" for p in check.problems]
-
-    # Phase 2: unfreeze the top N blocks (or all) with layer-wise learning rates.
-    if config.finetune_epochs > 0:
-        phase_config = _phase_config(config, "finetune", config.finetune_epochs, config.finetune_lr)
-        check = InputCheck(record, "training")
-
-        def groups(module: nn.Module) -> list[dict[str, Any]]:
-            return layerwise_param_groups(module, config.unfreeze, config.layer_decay, config.weight_decay)
-
-        trainer = Trainer(
-            model,
-            phase_config,
-            loss_fn=loss,
-            train_transform=check,
-            param_groups=groups,
-            callbacks=[FreezeBatchNorm(not config.bn_train), BestWeights()],
-        )
-        phases["finetune"] = _run_phase(
-            trainer,
-            _loader(parts["train"], train_transform, config, True, device),
-            _loader(parts["val"], eval_transform, config, False, device),
-        )
-        input_warnings += [
-            f"training inputs: {p}" for p in check.problems if f"training inputs: {p}" not in input_warnings
-        ]
+    model_name = f"{arch}:{'pretrained' if config.pretrained else 'random'}"
+    unfreeze = config.unfreeze if config.unfreeze is not None else recipe.unfreeze
+    if recipe.method == "cached":
+        top = unfreeze if unfreeze is not None else len(trainable_blocks(model, cfg.input_size))
+        _train_on_cache(run, model, model_name, top, "head" if top == 0 else "partial", main=True)
+    else:
+        _train_on_cache(run, model, model_name, 0, "head", main=False, epochs=recipe.head_epochs, lr=recipe.head_lr)
+        _train_full(run, model, record)
     for param in model.parameters():
         param.requires_grad_(True)
 
-    # The test set, once, through the engine's inference path (the run's precision and memory format).
-    from cnnlab.report.classification import classification_test_report
-
-    tester = Trainer.for_inference(
-        model,
-        device=str(device),
-        batch_size=2 * config.batch_size,
-        precision=config.precision,
-        channels_last=config.channels_last,
-    )
-    test = parts["test"]
-    logits = tester.predict(_loader(test, eval_transform, config, False, device))
-    results = classification_test_report(logits, torch.tensor(test.labels), test.paths, test.classes, run_dir)
-    kwargs = {"num_classes": len(classes), "in_chans": 3}
+    results = _test(run, model)  # the test set, once
     meta = {
         "task": TASK,
-        "classes": classes,
+        "classes": images.classes,
         "preprocessing": cfg.to_dict(),
-        "input": "RGB image preprocessed with the record in `preprocessing` (cnnlab.data.transforms)",
+        "views": list(views),
+        "input": "RGB image preprocessed with the record in `preprocessing`; logits averaged over `views`",
         "data": config.data,
+        "recipe": recipe.name,
         "test_accuracy": results["accuracy"],
     }
-    save_model(model, run_dir, config.arch, kwargs, meta)
-    _write_phase_history(phases, run_dir)
+    save_model(model, run_dir, arch, {"num_classes": len(images.classes), "in_chans": 3}, meta)
+    _write_phase_history(run.phases, run_dir)
     summary = {
         "run_dir": str(run_dir),
         "config": dataclasses.asdict(config),
-        "classes": classes,
+        "recipe": recipe.to_dict(),
+        "classes": images.classes,
         "counts": counts,
         "skipped": [dataclasses.asdict(s) for s in images.skipped],
         "split": split_source,
         "preprocessing": cfg.to_dict(),
-        "input_warnings": input_warnings,
-        "bn_adapted": adapted,
-        "phases": {name: {k: v for k, v in phase.items() if k != "history"} for name, phase in phases.items()},
+        "views": list(views),
+        "phases": {name: {k: v for k, v in phase.items() if k != "history"} for name, phase in run.phases.items()},
         "test": results,
+        "costs": run.costs,
         "wall_seconds": time.perf_counter() - started,
         "preview": str(preview),
     }
@@ -552,8 +647,9 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     from cnnlab.report.transfer import transfer_report
 
     transfer_report(summary, environment_record()).write(run_dir / "report.md")
+    tta = "" if len(views) == 1 else f" (one view: {results['single_view']['accuracy']:.4f})"
     log(
-        f"test accuracy {results['accuracy']:.4f}, balanced accuracy {results['balanced_accuracy']:.4f} "
+        f"test accuracy {results['accuracy']:.4f}{tta}, balanced accuracy {results['balanced_accuracy']:.4f} "
         f"({len(parts['test'])} images); report: {run_dir / 'report.md'}"
     )
     return summary
@@ -565,12 +661,6 @@ def _write_phase_history(phases: dict[str, Any], run_dir: Path) -> None:
     rows: list[dict[str, Any]] = []
     for name, phase in phases.items():
         for row in phase["history"]:
-            rows.append(
-                {
-                    "epoch": float(len(rows) + 1),
-                    "phase": name,
-                    "phase_epoch": row["epoch"],
-                    **{k: v for k, v in row.items() if k != "epoch"},
-                }
-            )
+            rest = {k: v for k, v in row.items() if k != "epoch"}
+            rows.append({"epoch": float(len(rows) + 1), "phase": name, "phase_epoch": row["epoch"], **rest})
     write_history(rows, run_dir)

@@ -1,6 +1,6 @@
 """The training engine (see docs/ARCHITECTURE.md, "Training engine")."""
 
-from cnnlab.train.batch_norm import FreezeBatchNorm, adapt_batch_norm
+from cnnlab.train.batch_norm import FreezeBatchNorm
 from cnnlab.train.batches import BatchSource, LoaderBatches, TensorBatches
 from cnnlab.train.callbacks import BestWeights, Callback, EarlyStopping
 from cnnlab.train.checkpoint import atomic_save, load_checkpoint
@@ -25,7 +25,6 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "accuracy",
-    "adapt_batch_norm",
     "atomic_save",
     "depth_units",
     "fit",

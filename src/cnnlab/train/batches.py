@@ -52,20 +52,32 @@ class TensorBatches:
         batch_size: samples per batch.
         drop_last: drop the last incomplete batch (on by default for training to keep BN statistics sane; the
             engine passes `drop_last=False` semantics for evaluation by building its own source).
+        weights: a weight per sample: a shuffled epoch then draws as many samples as there are, with replacement,
+            in proportion to their weights (e.g. class-balanced sampling); None shuffles without replacement.
     """
 
-    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        batch_size: int,
+        drop_last: bool = False,
+        weights: torch.Tensor | None = None,
+    ) -> None:
         if len(inputs) != len(targets):
             raise ValueError(f"inputs ({len(inputs)}) and targets ({len(targets)}) differ in length")
+        if weights is not None and len(weights) != len(inputs):
+            raise ValueError(f"{len(weights)} sample weights for {len(inputs)} samples")
         self.inputs = inputs
         self.targets = targets
         self.batch_size = batch_size
         self.drop_last = drop_last
+        self.weights = weights
 
     def with_batch_size(self, batch_size: int, drop_last: bool | None = None) -> TensorBatches:
         """The same tensors with another batch size."""
         keep = self.drop_last if drop_last is None else drop_last
-        return TensorBatches(self.inputs, self.targets, batch_size, drop_last=keep)
+        return TensorBatches(self.inputs, self.targets, batch_size, drop_last=keep, weights=self.weights)
 
     @property
     def num_samples(self) -> int:
@@ -80,7 +92,12 @@ class TensorBatches:
         if self.inputs.device != device:
             self.inputs, self.targets = self.inputs.to(device), self.targets.to(device)
         n = self.num_samples
-        if shuffle:
+        if shuffle and self.weights is not None:
+            draws = torch.multinomial(
+                self.weights.double(), n, replacement=True, generator=epoch_generator(seed, epoch)
+            )
+            order = draws.to(device)
+        elif shuffle:
             order = torch.randperm(n, generator=epoch_generator(seed, epoch)).to(device)
         for i in range(len(self)):
             start, stop = i * self.batch_size, min((i + 1) * self.batch_size, n)

@@ -72,6 +72,66 @@ class Accuracy(Metric):
         return self.correct / max(1, self.total)
 
 
+class BalancedAccuracy(Metric):
+    """The mean over classes of each class's recall (streaming), for data whose classes are skewed: a model that
+    never predicts a small class scores low even when its plain accuracy is high. Classes absent from the targets
+    are left out of the mean, as scikit-learn's `balanced_accuracy_score` does."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.reset()
+
+    def reset(self) -> None:
+        self.correct = torch.zeros(self.num_classes, dtype=torch.int64)
+        self.total = torch.zeros(self.num_classes, dtype=torch.int64)
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        predictions, targets = outputs.argmax(1).reshape(-1).cpu(), targets.reshape(-1).cpu()
+        self.total += torch.bincount(targets, minlength=self.num_classes)[: self.num_classes]
+        hits = targets[predictions == targets]
+        self.correct += torch.bincount(hits, minlength=self.num_classes)[: self.num_classes]
+
+    def compute(self) -> float:
+        present = self.total > 0
+        return float((self.correct[present].double() / self.total[present].double()).mean()) if present.any() else 0.0
+
+
+class ViewAveraged(Metric):
+    """A metric of predictions averaged over the views of each sample (test-time augmentation), for evaluation data
+    laid out view-major: all samples in view 0, then all in view 1, ... (``views`` x ``samples`` rows in order).
+
+    Args:
+        metric: the metric of the averaged logits (e.g. `Accuracy()`, `BalancedAccuracy(k)`).
+        views: how many views each sample has.
+        first_only: score the first view alone instead (the single-view baseline of the same data).
+    """
+
+    def __init__(self, metric: Metric, views: int, first_only: bool = False) -> None:
+        self.metric = metric
+        self.views = views
+        self.first_only = first_only
+        self.reset()
+
+    def reset(self) -> None:
+        self._outputs: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        self._outputs.append(outputs.detach().float().cpu())
+        self._targets.append(targets.detach().cpu())
+
+    def compute(self) -> float:
+        outputs, targets = torch.cat(self._outputs), torch.cat(self._targets)
+        if len(outputs) % self.views:
+            raise ValueError(f"{len(outputs)} rows do not split into {self.views} views")
+        per_view = outputs.reshape(self.views, -1, *outputs.shape[1:])
+        targets = targets.reshape(self.views, -1, *targets.shape[1:])[0]
+        averaged = per_view[0] if self.first_only else per_view.mean(0)
+        self.metric.reset()
+        self.metric.update(averaged, targets)
+        return self.metric.compute()
+
+
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     """Top-1 accuracy of class scores [N, C] against integer labels [N]."""
     return float((outputs.argmax(1) == targets).float().mean())

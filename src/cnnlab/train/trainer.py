@@ -44,6 +44,7 @@ from cnnlab.train.optim import (
     build_scheduler,
     default_param_groups,
 )
+from cnnlab.train.progress import ProgressBar
 from cnnlab.train.records import write_history
 from cnnlab.train.strategy import Strategy, select_strategy
 
@@ -433,7 +434,7 @@ class Trainer:
         started = time.perf_counter()
         epoch_train_seconds = 0.0
         batches: Iterator[Batch] = iter(train.batches(epoch, config.seed, shuffle=True, device=self.device))
-        with _progress(len(train), f"epoch {epoch + 1}/{config.epochs}", self.show_progress) as progress:
+        with ProgressBar(len(train), f"epoch {epoch + 1}/{config.epochs}", self.show_progress) as progress:
             while True:
                 tick = time.perf_counter()
                 batch = next(batches, None)
@@ -607,48 +608,6 @@ class Trainer:
     def _write_records(self, plot: bool) -> None:
         if self.is_main_process:
             write_history(self.history, self.run_dir, plot=plot)
-
-
-class _Progress:
-    """A transient rich progress bar on stderr for one epoch; a no-op when progress is off."""
-
-    def __init__(self, total: int, description: str, enabled: bool) -> None:
-        self._bar: Any = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[status]}"),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self._task = self._bar.add_task(description, total=total, status="")
-
-    def __enter__(self) -> _Progress:
-        if self._bar is not None:
-            self._bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-    def advance(self) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task)
-
-    def show(self, status: str) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, status=status)
-
-
-def _progress(total: int, description: str, enabled: bool) -> _Progress:
-    return _Progress(total, description, enabled)
 
 
 def _epoch_line(metrics: dict[str, float], epochs: int) -> str:

@@ -1,0 +1,271 @@
+"""A disk cache of a frozen network part's outputs, per image and per view, for cached partial fine-tuning.
+
+What is expensive in fine-tuning on a CPU is running the lower, frozen part of the network again and again; what
+must adapt is the upper part. So the lower part runs once per image and per label-preserving view, its outputs are
+stored in float16, and the upper part trains on them for as many epochs as it needs.
+
+- **Keyed**: an entry's key is a hash of everything its contents depend on: the images and labels of the part, the
+  model and its weights, the cut point, the views, the preprocessing (input size, crop, mean/std, interpolation) and
+  the precision. Any change gives another key, so a stale entry is never read; a match is reused across runs (the 3
+  seeds of a benchmark build it once).
+- **Sized first**: `estimate_bytes` is printed before the build, and a cache that would not fit on the disk is a
+  `CnnlabError` that names a cheaper setting.
+- **In memory or memory-mapped**: an entry is one ``.npy`` file [views, images, *feature shape]; `load` reads it into
+  memory when it fits comfortably in the free RAM, else memory-maps it.
+- **Never half-served**: a build writes into ``<key>.partial/`` and records its progress after every batch; an
+  interrupted build resumes from there, and only a finished build is renamed to ``<key>/`` and ever read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cnnlab.data.folder import ImageDataset, LabelledImages
+from cnnlab.errors import CnnlabError
+from cnnlab.layers.views import VIEWS
+from cnnlab.train import Trainer
+from cnnlab.train.progress import ProgressBar
+
+__all__ = ["CACHE_FORMAT", "CachedPart", "FeatureCache", "available_memory_bytes", "images_digest"]
+
+CACHE_FORMAT = "cnnlab-feature-cache-1"
+_FEATURES = "features.npy"
+_LABELS = "labels.npy"
+_META = "meta.json"
+_PROGRESS = "progress.json"
+
+
+def images_digest(images: LabelledImages) -> str:
+    """A hash of a part's images, in order, with their labels and file sizes and times (an edited file changes it)."""
+    digest = hashlib.sha256()
+    for path, label in zip(images.paths, images.labels, strict=True):
+        stat = os.stat(path)
+        digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def available_memory_bytes() -> int:
+    """Free RAM (MemAvailable on Linux; the physical pages free elsewhere)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class CachedPart:
+    """A finished cache entry: the features of every view of every image, and the images' labels.
+
+    Attributes:
+        features: float16 [views, images, *feature_shape] (in memory or memory-mapped).
+        labels: int64 [images].
+        views: the view of each first index.
+        seconds: how long the build took (0 when the entry was reused).
+        reused: whether it came from an earlier build.
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    views: tuple[str, ...]
+    seconds: float
+    reused: bool
+
+    def flat(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every (view, image) pair as one sample: features [views * images, ...] view-major, labels repeated."""
+        views, count = self.features.shape[:2]
+        return self.features.reshape(views * count, *self.features.shape[2:]), self.labels.repeat(views)
+
+
+class _Views(nn.Module):
+    """The lower part applied to every view of a batch: [N, C, H, W] -> [N, views, *feature shape]."""
+
+    def __init__(self, lower: nn.Module, views: Sequence[str]) -> None:
+        super().__init__()
+        self.lower = lower
+        self.views = tuple(views)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.lower(VIEWS[name](x).contiguous()) for name in self.views], dim=1)
+
+
+class FeatureCache:
+    """The cache entries under one root directory (``<runs>/transfer/feature-cache``).
+
+    Args:
+        root: where the entries live.
+        log: where progress lines go.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], log: Callable[[str], Any] = print) -> None:
+        self.root = Path(root)
+        self.log = log
+
+    @staticmethod
+    def key(spec: dict[str, Any]) -> str:
+        """The entry name for `spec` (everything the contents depend on)."""
+        text = json.dumps({"format": CACHE_FORMAT, **spec}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+    @staticmethod
+    def estimate_bytes(images: int, views: int, feature_shape: Sequence[int]) -> int:
+        """Bytes of an entry: float16 features of every view of every image."""
+        return images * views * int(np.prod(feature_shape)) * 2
+
+    def path(self, spec: dict[str, Any]) -> Path:
+        return self.root / self.key(spec)
+
+    def get_or_build(
+        self,
+        spec: dict[str, Any],
+        lower: nn.Module,
+        images: LabelledImages,
+        transform: Callable[[Any], torch.Tensor],
+        views: Sequence[str],
+        feature_shape: Sequence[int],
+        *,
+        device: str = "cpu",
+        batch_size: int = 64,
+        precision: str = "fp32",
+        channels_last: bool = False,
+        workers: int = 0,
+        progress: bool = True,
+        cheaper: str = "",
+    ) -> CachedPart:
+        """The entry for `spec`: read when it exists, else built (or its interrupted build resumed).
+
+        Args:
+            spec: what the contents depend on (see the module docstring); its hash names the entry.
+            lower: the frozen part (eval mode is set here).
+            images: the part's images, in order.
+            transform: image -> preprocessed tensor [C, H, W] (the evaluation transform of the weights' record).
+            views: `cnnlab.layers.views` names, identity first.
+            feature_shape: the lower part's output shape for one image.
+            device, batch_size, precision, channels_last, workers: how the lower part runs.
+            progress: show a progress bar.
+            cheaper: the settings to suggest when the entry would not fit (named in the error).
+
+        Raises:
+            CnnlabError: when the entry would not fit on the disk.
+        """
+        final = self.path(spec)
+        if (final / _META).is_file():
+            return self._load(final, views, seconds=0.0, reused=True)
+        size = self.estimate_bytes(len(images), len(views), feature_shape)
+        self.root.mkdir(parents=True, exist_ok=True)
+        partial = final.with_name(final.name + ".partial")
+        done = self._progress(partial, spec)
+        free = shutil.disk_usage(self.root).free
+        needed = size - (size * done // max(1, len(images)))
+        if needed * 1.05 > free:
+            raise CnnlabError(
+                f"the feature cache needs {size / 1e9:.2f} GB ({len(images)} images x {len(views)} views x "
+                f"{'x'.join(map(str, feature_shape))} float16) and only {free / 1e9:.2f} GB are free in {self.root}; "
+                f"{cheaper or 'use fewer --views or a smaller --image-size'}"
+            )
+        self.log(
+            f"feature cache: {len(images)} images x {len(views)} views x {'x'.join(map(str, feature_shape))} float16 "
+            f"= {size / 1e6:,.0f} MB in {final}" + (f" (resuming after {done} images)" if done else "")
+        )
+        started = time.perf_counter()
+        self._build(partial, spec, lower, images, transform, views, feature_shape, done, device, batch_size,
+                    precision, channels_last, workers, progress)  # fmt: skip
+        seconds = time.perf_counter() - started
+        meta = json.loads((partial / _PROGRESS).read_text())
+        meta["seconds"] = seconds
+        (partial / _META).write_text(json.dumps(meta, indent=1))
+        (partial / _PROGRESS).unlink()
+        if final.exists():  # a concurrent build finished first: keep one
+            shutil.rmtree(partial)
+        else:
+            os.replace(partial, final)
+        return self._load(final, views, seconds=seconds, reused=False)
+
+    # ---------------------------------------------------------------------------------------------------- private
+    @staticmethod
+    def _progress(partial: Path, spec: dict[str, Any]) -> int:
+        """Images already done by an interrupted build of the same spec (0: start afresh)."""
+        record = partial / _PROGRESS
+        if record.is_file() and (partial / _FEATURES).is_file():
+            try:
+                state = json.loads(record.read_text())
+                if state.get("spec") == json.loads(json.dumps(spec, default=str)):
+                    return int(state["done"])
+            except (json.JSONDecodeError, KeyError, ValueError):
+                pass
+        if partial.exists():
+            shutil.rmtree(partial)
+        return 0
+
+    def _build(
+        self,
+        partial: Path,
+        spec: dict[str, Any],
+        lower: nn.Module,
+        images: LabelledImages,
+        transform: Callable[[Any], torch.Tensor],
+        views: Sequence[str],
+        feature_shape: Sequence[int],
+        done: int,
+        device: str,
+        batch_size: int,
+        precision: str,
+        channels_last: bool,
+        workers: int,
+        progress: bool,
+    ) -> None:
+        partial.mkdir(parents=True, exist_ok=True)
+        shape = (len(views), len(images), *feature_shape)
+        if done == 0:
+            features = np.lib.format.open_memmap(partial / _FEATURES, mode="w+", dtype=np.float16, shape=shape)
+            np.save(partial / _LABELS, np.asarray(images.labels, dtype=np.int64))
+            self._record(partial, spec, 0, views)
+        else:
+            features = np.load(partial / _FEATURES, mmap_mode="r+")
+        remaining = images.subset(range(done, len(images)))
+        loader = DataLoader(ImageDataset(remaining, transform), batch_size=batch_size, num_workers=workers)
+        runner = Trainer.for_inference(
+            _Views(lower, views), device=device, batch_size=batch_size, precision=precision, channels_last=channels_last
+        )
+        position = done
+        batches = -(-len(remaining) // batch_size)
+        with ProgressBar(batches, f"caching {len(images)} images x {len(views)} views", progress) as bar:
+            for outputs, _ in runner.inference(loader):
+                count = len(outputs)
+                features[:, position : position + count] = outputs.transpose(0, 1).cpu().numpy().astype(np.float16)
+                position += count
+                features.flush()
+                self._record(partial, spec, position, views)  # the rows up to `position` are on disk
+                bar.advance()
+        del features
+
+    @staticmethod
+    def _record(partial: Path, spec: dict[str, Any], done: int, views: Sequence[str]) -> None:
+        state = {"spec": json.loads(json.dumps(spec, default=str)), "done": done, "views": list(views)}
+        temporary = partial / (_PROGRESS + ".tmp")
+        temporary.write_text(json.dumps(state))
+        os.replace(temporary, partial / _PROGRESS)
+
+    @staticmethod
+    def _load(entry: Path, views: Sequence[str], seconds: float, reused: bool) -> CachedPart:
+        size = (entry / _FEATURES).stat().st_size
+        in_memory = size < available_memory_bytes() // 2
+        array = np.load(entry / _FEATURES, mmap_mode=None if in_memory else "r")
+        labels = torch.from_numpy(np.load(entry / _LABELS))
+        features = torch.from_numpy(array) if in_memory else torch.from_numpy(np.asarray(array))
+        return CachedPart(features, labels, tuple(views), seconds, reused)

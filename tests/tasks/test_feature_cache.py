@@ -1,0 +1,120 @@
+"""The feature cache: reused when nothing changes, rebuilt when anything in its key does, an interrupted build
+resumed and never served half-written, and a cache that would not fit refused with a cheaper setting named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from cnnlab.data.folder import scan_folder
+from cnnlab.errors import CnnlabError
+from cnnlab.tasks.feature_cache import FeatureCache, images_digest
+
+VIEWS = ("identity", "hflip")
+
+
+def _images(root: Path, count: int = 10):  # noqa: ANN202
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(count // 2):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / label / f"{i}.png")
+    return scan_folder(root, min_per_class=1)
+
+
+def _transform(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+class _Counting(nn.Module):
+    """A frozen 'lower part' that counts the images it sees and can fail after some."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+        self.seen = 0
+        self.fail_after = fail_after
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fail_after is not None and self.seen >= self.fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        self.seen += len(x)
+        return self.conv(x)
+
+
+def _spec(images, **changes: object) -> dict:  # noqa: ANN001
+    spec: dict = {"images": images_digest(images), "model": "toy", "cut": "conv", "views": list(VIEWS), "size": 8}
+    spec.update(changes)
+    return spec
+
+
+def _build(cache: FeatureCache, images, lower: nn.Module, **changes: object):  # noqa: ANN001, ANN202
+    views = tuple(changes.get("views", VIEWS))  # type: ignore[arg-type]
+    return cache.get_or_build(
+        _spec(images, **changes), lower, images, _transform, views, (2, 8, 8), batch_size=4, progress=False
+    )
+
+
+def test_reused_when_nothing_changes_and_rebuilt_when_anything_does(tmp_path: Path) -> None:
+    images = _images(tmp_path / "img")
+    cache = FeatureCache(tmp_path / "cache", log=lambda message: None)
+    torch.manual_seed(0)
+    lower = _Counting()
+    first = _build(cache, images, lower)
+    assert not first.reused and lower.seen == len(images) * len(VIEWS)
+    assert first.features.dtype == torch.float16 and tuple(first.features.shape) == (2, len(images), 2, 8, 8)
+    with torch.no_grad():  # the stored features are the lower part's outputs of each view
+        expected = lower.conv(torch.stack([_transform(Image.open(p).convert("RGB")) for p in images.paths]).flip(-1))
+    torch.testing.assert_close(first.features[1].float(), expected, atol=2e-3, rtol=2e-3)
+
+    again = _build(cache, images, lower)
+    assert again.reused and lower.seen == len(images) * len(VIEWS)  # read back: the network did not run
+    assert torch.equal(again.features, first.features) and torch.equal(again.labels, first.labels)
+    for change in ({"model": "other"}, {"cut": "deeper"}, {"size": 16}, {"views": ["identity"]}):
+        before = lower.seen
+        rebuilt = _build(cache, images, lower, **change)
+        assert not rebuilt.reused and lower.seen > before, change
+    edited = images.subset(range(len(images) - 1))  # another split part: other images
+    assert not _build(cache, edited, lower).reused
+
+
+def test_an_interrupted_build_resumes_and_is_never_served_half_written(tmp_path: Path) -> None:
+    images = _images(tmp_path / "img", count=12)
+    cache = FeatureCache(tmp_path / "cache", log=lambda message: None)
+    torch.manual_seed(0)
+    broken = _Counting(fail_after=8)  # dies in the third batch of 4 images x 2 views
+    with pytest.raises(KeyboardInterrupt):
+        _build(cache, images, broken)
+    entry = cache.path(_spec(images))
+    assert not entry.exists()  # nothing finished: nothing that could be read as a cache
+    progress = json.loads((entry.with_name(entry.name + ".partial") / "progress.json").read_text())
+    assert progress["done"] == 4  # the first batch is on disk
+
+    resumed_lower = _Counting()
+    resumed_lower.load_state_dict(broken.state_dict())
+    resumed = _build(cache, images, resumed_lower)
+    assert not resumed.reused and resumed_lower.seen == (12 - 4) * len(VIEWS)  # only the rest was computed
+    fresh = _Counting()
+    fresh.load_state_dict(broken.state_dict())
+    reference = FeatureCache(tmp_path / "reference", log=lambda message: None)
+    whole = _build(reference, images, fresh)
+    assert torch.equal(resumed.features, whole.features)  # the resumed entry equals one built in one go
+
+
+def test_a_cache_that_does_not_fit_is_refused_with_a_cheaper_setting(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    images = _images(tmp_path / "img")
+    cache = FeatureCache(tmp_path / "cache", log=lambda message: None)
+
+    class Full:
+        free = 1000
+
+    monkeypatch.setattr("cnnlab.tasks.feature_cache.shutil.disk_usage", lambda path: Full())
+    with pytest.raises(CnnlabError, match="only 0.00 GB are free.*fewer views"):
+        cache.get_or_build(_spec(images), _Counting(), images, _transform, VIEWS, (2, 8, 8), progress=False,
+                           cheaper="use fewer views")  # fmt: skip
