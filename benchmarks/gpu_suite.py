@@ -214,6 +214,12 @@ def _release(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def _allocated_bytes() -> int:
+    import torch
+
+    return int(torch.cuda.memory_allocated())
+
+
 def _error_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
@@ -300,6 +306,8 @@ def stage_budget(ctx: Context) -> None:
                 if _is_cuda(ctx.device) or (which == "given batch" and label == first):
                     steps.append(("engine", measure_engine_step))
                 for kind, measure in steps:
+                    if _is_cuda(ctx.device):  # what earlier work left allocated (cuBLAS workspaces, leaks) counts too
+                        row[f"{kind}_allocated_before_bytes"] = _allocated_bytes()
                     try:
                         peak = measure(build, shape, size, checkpointed, optimizer, bf16, ctx)
                     except Exception as error:  # noqa: BLE001 - an out-of-memory row is a result, not the stage's end
@@ -423,6 +431,8 @@ def measure_engine_step(
     peak = PeakOfSecondStep()
     trainer = Trainer(build(), config, loss_fn=lambda outputs, _: outputs.float().sum(), callbacks=[peak])
     trainer.fit((inputs, targets))
+    if trainer.oom_events:  # the engine recovered by halving the micro-batch: its peak is not this batch's
+        raise RuntimeError(f"out of memory; the engine went on with micro-batch {trainer.micro_batch_size}")
     del trainer
     if peak.peak_bytes is None:
         return None
@@ -897,7 +907,8 @@ class Suite:
             result_path=result_path,
         )
         started = time.monotonic()
-        process = multiprocessing.get_context("fork").Process(target=_stage_child, args=(name, ctx), daemon=False)
+        start_method = self.args.start_method
+        process = multiprocessing.get_context(start_method).Process(target=_stage_child, args=(name, ctx))
         self.running = process
         process.start()
         process.join(limit)
@@ -971,6 +982,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--work-dir", default=None, help="scratch folder for the runs (default: a temporary one)")
     parser.add_argument("--keep-work", action="store_true", help="keep the scratch folder (run folders, models)")
+    parser.add_argument(
+        "--start-method",
+        choices=("fork", "spawn"),
+        default="fork",
+        help="how stage processes start: fork (after the imports, so no stage pays them) or spawn (each imports "
+        "again; a fallback should CUDA ever misbehave in forked processes)",
+    )
     args = parser.parse_args(argv)
     args.device = "cpu" if args.dry_run else "cuda"
     chosen = [name.strip() for name in args.stages.split(",") if name.strip()]
@@ -998,6 +1016,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     report["torch"] = str(torch.__version__)
+    if args.start_method == "fork" and torch.cuda.is_initialized():  # a forked child could not use CUDA then
+        args.start_method = "spawn"
+    report["start_method"] = args.start_method
     report["mnist"] = _mnist_location(args.data_dir)
     if report["mnist"].startswith("missing"):
         print(f"WARNING: {report['mnist']}\n  the mnist, segmentation and ddp stages will be skipped", flush=True)
