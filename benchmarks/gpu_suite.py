@@ -22,16 +22,19 @@ is. It measures, on one CUDA GPU (written for one NVIDIA H200, 139 GiB, 16 CPU c
    on one GPU; with one GPU it records that it was skipped.
 
 Each stage runs in its own process (forked after the imports, so no stage pays them), with a time budget of its own
-inside a global one (default 450 s); a stage that fails, hangs or runs out of time is recorded as such (with what it
+(budget 100 s, mnist 100 s, transfer 100 s, segmentation 70 s, ddp 60 s) inside a global one (450 s, the imports
+included; `--budget-seconds`); a stage that fails, hangs or runs out of time is recorded as such (with what it
 measured so far) and the next stage runs. ``--out DIR`` gets ``gpu_suite.json`` and ``gpu_suite.md`` (a Markdown
 table per stage, for docs/BENCHMARKS.md), rewritten after every stage, so a killed run still leaves results. Timings
 are one run each (speeds: two repeats of timed steps after warm-up steps, both reported); memory figures are byte
 counts of a deterministic allocation pattern.
 
 The command, on the GPU machine (MNIST's IDX files under ``data/``, or ``$CNNLAB_DATA``; cnnlab need not be
-installed: the checkout's ``src/`` is used):
+installed: the checkout's ``src/`` is used; docs/BENCHMARKS.md, section GPU, says how MNIST travels there):
 
-    python3 benchmarks/gpu_suite.py --out $OUT/gpu --data-dir data
+    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_suite.py --out $OUT/gpu --data-dir data
+
+A rerun of some stages: ``--stages budget,mnist``; should CUDA misbehave in forked processes: ``--start-method spawn``.
 
 ``--dry-run`` runs every stage for real on the CPU at toy sizes, in seconds (synthetic digits where MNIST is
 missing), so a test proves the script before any GPU is lent (tests/benchmarks/test_gpu_suite.py).
@@ -545,7 +548,7 @@ def train_step_speed(
     steps: int,
     warmup: int,
     repeats: int,
-    channels_last: bool = True,
+    channels_last: bool = True,  # as every transfer and segmentation recipe trains
 ) -> dict[str, Any]:
     """Images per second of bare training steps (forward, cross-entropy, backward, AdamW), timed after a warm-up.
 
@@ -712,9 +715,11 @@ def stage_segmentation(ctx: Context) -> None:
         inputs = torch.rand(batch, 1, side, side)
         targets = torch.randint(0, NUM_CLASSES, (batch, side, side))
         sizes = ctx.sizes
+        channels_last = bool(recipe.train.get("channels_last", False))
         row = train_step_speed(
-            model, inputs, targets, precision, ctx.device, sizes.speed_steps, sizes.speed_warmup, sizes.speed_repeats
-        )
+            model, inputs, targets, precision, ctx.device, sizes.speed_steps, sizes.speed_warmup, sizes.speed_repeats,
+            channels_last,
+        )  # fmt: skip
         rows.append({"arch": recipe.arch, "widths": list(recipe.model_kwargs.get("widths", [])), "side": side, **row})
         ctx.record("unet_speed", rows)
         del model
