@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import math
-import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train.live_memory import LiveTensorTracker
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -129,46 +129,6 @@ class SavedTensorCounter:
 
     def __exit__(self, *exc: object) -> None:
         self._hooks.__exit__(*exc)
-
-
-class LiveTensorTracker(TorchDispatchMode):
-    """Tracks the bytes of live tensor storages op by op and remembers the peak.
-
-    Tensors passed to `add_existing` (parameters, the input) count from the start. Works on any device, meta included.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live_bytes = 0
-        self.peak_bytes = 0
-        self._keys: set[int] = set()
-
-    def add_existing(self, tensors: Iterable[torch.Tensor]) -> None:
-        for tensor in tensors:
-            self._track(tensor)
-
-    def _track(self, tensor: torch.Tensor) -> None:
-        storage = tensor.untyped_storage()
-        key = storage._cdata
-        if key in self._keys:
-            return
-        nbytes = storage.nbytes()
-        self._keys.add(key)
-        self.live_bytes += nbytes
-        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
-        weakref.finalize(storage, self._release, key, nbytes)
-
-    def _release(self, key: int, nbytes: int) -> None:
-        if key in self._keys:
-            self._keys.discard(key)
-            self.live_bytes -= nbytes
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for item in tree_flatten(out)[0]:
-            if isinstance(item, torch.Tensor):
-                self._track(item)
-        return out
 
 
 class _TimelineTracker(LiveTensorTracker):
