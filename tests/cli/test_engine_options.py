@@ -29,6 +29,7 @@ ENGINE_FLAGS = [
     "--resume",
     "--name",
     "--output",
+    "--tensorboard",
 ]
 SUBCOMMANDS = sorted(command.name or command.callback.__name__ for command in train_app.registered_commands)
 

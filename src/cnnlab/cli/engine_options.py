@@ -2,9 +2,9 @@
 
 `with_engine_options` adds the same typer options to a command (``--epochs``, ``--lr``, ``--batch-size N|auto``,
 ``--accum N|auto``, ``--precision``, ``--grad-checkpointing``, ``--channels-last``, ``--compile``, ``--threads``,
-``--device``, ``--seed``, ``--resume``, ``--name``, ``--output``, ``--overwrite``, ``--quiet``) and hands them to it
-as one `cnnlab.train.config.EngineOptions` in its ``engine`` argument. A command declares only its own options. Every
-engine option defaults to "the recipe's value", so no command retypes a recipe's defaults.
+``--device``, ``--seed``, ``--resume``, ``--name``, ``--output``, ``--overwrite``, ``--quiet``, ``--tensorboard``)
+and hands them to it as one `cnnlab.train.config.EngineOptions` in its ``engine`` argument. A command declares only
+its own options. Every engine option defaults to "the recipe's value", so no command retypes a recipe's defaults.
 """
 
 from __future__ import annotations
@@ -63,6 +63,12 @@ ENGINE_OPTIONS: dict[str, tuple[Any, Any, tuple[str, ...], str]] = {
     "output": (Path, Path("runs"), ("--output", "-o"), "Runs root; a run goes to OUTPUT/<task>/<name>."),
     "overwrite": (bool, False, ("--overwrite",), "Replace an existing run called --name."),
     "quiet": (bool, False, ("--quiet", "-q"), "No progress bars or epoch lines."),
+    "tensorboard": (
+        bool | None,
+        None,
+        ("--tensorboard",),
+        "Write TensorBoard event files into the run folder (tensorboard --logdir runs); needs cnnlab[lab].",
+    ),
 }
 
 

@@ -71,7 +71,8 @@ class TrainConfig:
         overwrite: allow starting a fresh run in a directory that already holds a checkpoint.
         checkpoint: write a checkpoint at every epoch end.
         progress: show a progress bar.
-        log_every: progress-bar refresh period in optimizer steps.
+        log_every: progress-bar refresh period in optimizer steps (and of the per-step TensorBoard scalars).
+        tensorboard: write TensorBoard event files into the run directory (`cnnlab.train.tensorboard`).
         eval_batch_size: batch size for evaluation (defaults to 2 x batch_size).
         extra: free-form task options, saved with the config (e.g. recipe name, architecture).
     """
@@ -109,6 +110,7 @@ class TrainConfig:
     checkpoint: bool = True
     progress: bool = True
     log_every: int = 10
+    tensorboard: bool = False
     eval_batch_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -250,6 +252,7 @@ class EngineOptions:
         output: the runs root.
         overwrite: replace an existing run of the same name.
         quiet: no progress bars or epoch lines.
+        tensorboard: write TensorBoard event files into the run directory.
     """
 
     epochs: int | None = None
@@ -268,6 +271,7 @@ class EngineOptions:
     output: str = "runs"
     overwrite: bool = False
     quiet: bool = False
+    tensorboard: bool | None = None
 
     def __post_init__(self) -> None:
         if self.resume and self.name is None:
@@ -289,6 +293,7 @@ class EngineOptions:
             "compile": self.compile,
             "num_threads": self.threads,
             "device": self.device,
+            "tensorboard": self.tensorboard,
         }
         overrides = {key: value for key, value in fields.items() if value is not None}
         if self.batch_size is not None:

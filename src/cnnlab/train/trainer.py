@@ -47,6 +47,7 @@ from cnnlab.train.optim import (
 from cnnlab.train.progress import ProgressBar
 from cnnlab.train.records import write_history
 from cnnlab.train.strategy import Strategy, select_strategy
+from cnnlab.train.tensorboard import TensorBoardLogger
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
 BatchTransform = Callable[[Any, torch.Tensor], tuple[Any, torch.Tensor]]
@@ -63,6 +64,7 @@ _RESUME_FREE_OPTIONS = {
     "eval_batch_size",
     "device",
     "num_threads",
+    "tensorboard",
 }
 
 
@@ -107,7 +109,8 @@ class Trainer:
         param_groups: `model -> list of param-group dicts` (keys of torch optimizers, plus `lr_scale`); default:
             weights with decay, biases/norms without, frozen parameters left out.
         optimizer_factory: `(param_groups, config) -> Optimizer` to replace the built-in optimizers.
-        callbacks: extra `Callback`s (an `EarlyStopping` is added when the config asks for one).
+        callbacks: extra `Callback`s (an `EarlyStopping` and a `TensorBoardLogger` are added when the config asks for
+            them).
         strategy: how the run is spread over processes; default `select_strategy` (DDP under torchrun, else one
             process).
     """
@@ -146,6 +149,8 @@ class Trainer:
         self.callbacks: list[Callback] = list(callbacks)
         if config.early_stopping_patience is not None:
             self.callbacks.append(EarlyStopping(config.monitor, config.monitor_mode, config.early_stopping_patience))
+        if config.tensorboard:
+            self.callbacks.append(TensorBoardLogger())
         self.run_dir = config.run_dir
         self.is_main_process = self.strategy.is_main_process  # False on ranks > 0 under torchrun: they write no files
         self.show_progress = config.progress and self.is_main_process  # one progress bar and log, from rank 0
