@@ -12,8 +12,6 @@ values), so the layers work on the meta device, under ``FlopCounterMode`` and wi
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,7 +35,7 @@ def same_padding_amounts(size: int, kernel_size: int, stride: int = 1, dilation:
     Returns:
         ``(before, after)`` with ``before = total // 2``, so the output length is ``ceil(size / stride)``.
     """
-    out = math.ceil(size / stride)
+    out = -(-size // stride)  # ceil division in integers: a traced size (ONNX, TorchScript) stays dynamic
     total = max((out - 1) * stride + (kernel_size - 1) * dilation + 1 - size, 0)
     return total // 2, total - total // 2
 

@@ -41,10 +41,8 @@ _UPSAMPLE_MODES = ("transposed", "bilinear")
 def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
     """Zero-pad the bottom and right of `x` to the next multiple of `multiple`; returns it and the original (H, W)."""
     height, width = x.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h))
-    return x, (height, width)
+    # Always padded (by zero when already a multiple): a branch on the sizes would be frozen into a traced export.
+    return F.pad(x, (0, -width % multiple, 0, -height % multiple)), (height, width)
 
 
 def bilinear_kernel(channels: int, factor: int) -> Tensor:
