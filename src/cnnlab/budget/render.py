@@ -119,6 +119,14 @@ def plan_table(report: BudgetReport) -> Table | None:
     return table
 
 
+def summary_line(report: BudgetReport) -> str:
+    """Parameters, MACs and FLOPs on one line."""
+    return (
+        f"parameters {report.params:,} ({report.trainable_params:,} trainable) | "
+        f"MACs {report.macs:,} per image ({report.macs / 1e9:.3f} G) | FLOPs = 2 x MACs = {report.flops:,}"
+    )
+
+
 def default_console() -> Console:
     """A console for the tables: the terminal's width, or 160 columns when output goes to a file or pipe."""
     console = Console()
@@ -130,10 +138,7 @@ def print_report(report: BudgetReport, console: Console | None = None, layers: b
     console = console or default_console()
     if layers:
         console.print(layer_table(report))
-    console.print(
-        f"parameters {report.params:,} ({report.trainable_params:,} trainable) | "
-        f"MACs {report.macs:,} per image ({report.macs / 1e9:.3f} G) | FLOPs = 2 x MACs = {report.flops:,}"
-    )
+    console.print(summary_line(report))
     console.print(memory_table(report))
     for table in (measured_table(report), plan_table(report)):
         if table is not None:

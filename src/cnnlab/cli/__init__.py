@@ -54,6 +54,7 @@ _COMMAND_MODULES = [
     "fcn",
     "experiment",
     "explain",
+    "lab",
     "demo",
 ]
 

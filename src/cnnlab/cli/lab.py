@@ -1,0 +1,40 @@
+"""`cnnlab lab`: the local web app (Budget, Classify and explain, Runs, Scan)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+_HELP = """Open cnnlab's views in the browser: a per-layer budget you can edit, a photo's top classes with Grad-CAM,
+feature maps and filters, your runs' curves and confusion matrices, and FCN heatmaps of large images.
+
+Needs the lab extra: pip install "cnnlab\\[lab]". Listens on 127.0.0.1 (this machine only) unless --host is given.
+"""
+
+
+def lab_command(
+    runs: Annotated[Path, typer.Option("--runs", help="Runs root: the pages list RUNS/<task>/<name>.")] = Path("runs"),
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 7860,
+    host: Annotated[
+        str | None,
+        typer.Option("--host", help="Listen on this address (e.g. 0.0.0.0), not 127.0.0.1; the lab has no login."),
+    ] = None,
+    max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", min=1, help="Largest upload accepted, in MB.")] = 10,
+) -> None:
+    from cnnlab.lab.app import serve
+
+    address = host or "127.0.0.1"
+    if host is not None:
+        typer.echo(
+            f"warning: the lab listens on {host}: anyone who can reach this machine on port {port} can use it and see "
+            "the runs under the runs root (there is no login)",
+            err=True,
+        )
+    typer.echo(f"cnnlab lab: http://{address}:{port}  (runs root {runs}; Ctrl+C stops it)")
+    serve(runs, port=port, host=address, max_upload_mb=max_upload_mb)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("lab", help=_HELP)(lab_command)

@@ -1,0 +1,290 @@
+"""The Gradio app of ``cnnlab lab``: it only wires the page functions of `cnnlab.lab` to components.
+
+Safe by default: it listens on 127.0.0.1 unless told otherwise; runs are picked from a list of the runs found under
+the runs root (a run id that is not listed is refused), never typed as paths; uploads are limited in size; an error
+in a page (a bad image, a wrong layer spec) is shown in the page and the server keeps running.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import CnnlabError
+
+__all__ = ["build_app", "serve"]
+
+_DTYPES = ["float32", "float16", "bfloat16"]
+_OPTIMIZERS = ["adam", "adamw", "momentum", "sgd"]
+_CLASSIFY_TASKS = ("mnist", "transfer")
+_SCAN_TASKS = ("mnist",)
+
+
+def _gradio() -> Any:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the lab is local: no calls home
+    try:
+        import gradio
+    except ImportError:
+        raise CnnlabError('cnnlab lab needs the lab extra: pip install "cnnlab[lab]"') from None
+    return gradio
+
+
+def _shown_errors(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a user-input error into a message in the page (the server goes on either way)."""
+    import gradio
+
+    @functools.wraps(function)
+    def wrapper(*args: Any) -> Any:
+        try:
+            return function(*args)
+        except CnnlabError as error:
+            raise gradio.Error(str(error)) from None
+
+    return wrapper
+
+
+def _image(path: Path | None) -> Any:
+    if path is None:
+        return None
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        return opened.convert("RGB")
+
+
+def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2**20, warm: bool = True) -> Any:
+    """The app's `gradio.Blocks` (not started); with `warm`, the default zoo model is loaded already."""
+    gr = _gradio()
+    from cnnlab.lab.budget_page import EXERCISE_SPEC, budget_view, memory_chart
+    from cnnlab.lab.classify import classify, drawing_to_image, open_upload, pretrained_models
+    from cnnlab.lab.runs import compare_curves, find_runs, resolve_run, run_details, summarise
+    from cnnlab.lab.scan_page import scan_view
+    from cnnlab.tasks.explain import load_subject
+
+    runs_root = Path(runs_root)
+
+    def runs_of(tasks: tuple[str, ...] | None = None, model: bool = False) -> list[str]:
+        return [
+            run_id
+            for run_id, folder in find_runs(runs_root).items()
+            if (tasks is None or folder.parent.name in tasks) and (not model or (folder / "model.json").is_file())
+        ]
+
+    zoo = pretrained_models()
+
+    def model_choices() -> list[str]:
+        return zoo + runs_of(_CLASSIFY_TASKS, model=True)
+
+    @functools.lru_cache(maxsize=4)
+    def subject(choice: str) -> Any:
+        if choice in zoo:
+            return load_subject(choice)
+        return load_subject(str(resolve_run(runs_root, choice)))
+
+    # ------------------------------------------------------------------ handlers
+    @_shown_errors
+    def on_budget(target: str, shape: str, batch: float, memory: str, dtype: str, optimizer: str) -> tuple:
+        view = budget_view(target, shape, int(batch or 1), memory, dtype, optimizer)
+        plan = view.plan
+        return (
+            view.summary,
+            gr.Dataframe(value=view.layers.rows, headers=view.layers.headers, label=view.layers.title),
+            gr.Dataframe(value=view.memory.rows, headers=view.memory.headers, label=view.memory.title),
+            memory_chart(view.report),
+            gr.Dataframe(
+                value=plan.rows if plan else [],
+                headers=plan.headers if plan else ["remedy"],
+                label=plan.title if plan else "give a memory size for the plan",
+            ),
+        )
+
+    def show_classification(choice: str, image: Any, layer: str | None) -> tuple:
+        view = classify(subject(choice), image, layer or None, top_k=5)
+        return (
+            {name: probability for name, probability in view.top},
+            view.gradcam,
+            f"Grad-CAM of the top class at `{view.cam_layer}`; feature maps of `{view.feature_layer}`",
+            gr.Dropdown(choices=view.layers, value=view.feature_layer),
+            view.feature_maps,
+            view.filters,
+        )
+
+    @_shown_errors
+    def on_upload(choice: str, path: str | None, layer: str | None) -> tuple:
+        if not path:
+            raise CnnlabError("upload a photo first")
+        return show_classification(choice, open_upload(path, max_upload_bytes), layer)
+
+    @_shown_errors
+    def on_drawing(choice: str, drawing: dict | None, layer: str | None) -> tuple:
+        if not drawing or drawing.get("composite") is None:
+            raise CnnlabError("draw a digit on the canvas first")
+        return show_classification(choice, drawing_to_image(drawing["composite"]), layer)
+
+    def runs_table() -> list[list[Any]]:
+        rows = []
+        for run_id, folder in find_runs(runs_root).items():
+            line = summarise(run_id, folder)
+            value = "-" if line.value is None else f"{line.value:.4f}"
+            rows.append([line.run_id, line.task, line.recipe, line.date, line.metric, value])
+        return rows
+
+    def on_refresh_runs() -> tuple:
+        choices = list(find_runs(runs_root))
+        return (
+            gr.Dataframe(value=runs_table()),
+            gr.Dropdown(choices=choices),
+            gr.Dropdown(choices=choices),
+            gr.Dropdown(choices=choices),
+            gr.Dropdown(choices=model_choices()),
+            gr.Dropdown(choices=runs_of(_SCAN_TASKS, model=True)),
+        )
+
+    @_shown_errors
+    def on_run(run_id: str) -> tuple:
+        details = run_details(runs_root, run_id)
+        return (
+            _image(details.learning_curves),
+            _image(details.confusion_matrix),
+            _image(details.mistakes),
+            details.config,
+        )
+
+    @_shown_errors
+    def on_compare(first: str, second: str) -> Any:
+        if not first or not second:
+            raise CnnlabError("pick two runs to compare")
+        return compare_curves(runs_root, first, second)
+
+    @_shown_errors
+    def on_scan(run_id: str, path: str | None) -> Any:
+        if not run_id:
+            raise CnnlabError(f"no MNIST run under {runs_root}; train one with `cnnlab train mnist`")
+        if not path:
+            raise CnnlabError("upload an image to scan")
+        if os.path.getsize(path) > max_upload_bytes:
+            raise CnnlabError(f"the image is larger than the lab's {max_upload_bytes / 1e6:.0f} MB upload limit")
+        return scan_view(resolve_run(runs_root, run_id), path)
+
+    # ------------------------------------------------------------------ layout
+    with gr.Blocks(title="cnnlab lab") as app:
+        gr.Markdown(f"# cnnlab lab\nRuns root: `{runs_root}`")
+        with gr.Tab("Budget", id="budget"):
+            with gr.Row():
+                target = gr.Textbox(
+                    label="zoo model, or layer strings (one per line)",
+                    placeholder=EXERCISE_SPEC,
+                    lines=4,
+                    elem_id="budget-target",
+                )
+                with gr.Column():
+                    shape = gr.Textbox(label="input CxHxW (empty: the model's)", placeholder="3x200x300",
+                                       elem_id="budget-input")  # fmt: skip
+                    batch = gr.Number(label="batch", value=1, minimum=1, precision=0, elem_id="budget-batch")
+                    memory = gr.Textbox(label="memory for the plan (e.g. 8GiB)", elem_id="budget-memory")
+                with gr.Column():
+                    dtype = gr.Dropdown(_DTYPES, value="float32", label="dtype")
+                    optimizer = gr.Dropdown(_OPTIMIZERS, value="adam", label="optimizer")
+                    size_button = gr.Button("Size it", variant="primary", elem_id="budget-run")
+            summary = gr.Textbox(label="summary", interactive=False, elem_id="budget-summary")
+            layer_rows = gr.Dataframe(label="layers", interactive=False, elem_id="budget-layers")
+            with gr.Row():
+                memory_rows = gr.Dataframe(label="memory", interactive=False)
+                chart = gr.Plot(label="memory breakdown")
+            plan_rows = gr.Dataframe(label="largest batch per remedy", interactive=False, elem_id="budget-plan")
+            size_button.click(
+                on_budget,
+                [target, shape, batch, memory, dtype, optimizer],
+                [summary, layer_rows, memory_rows, chart, plan_rows],
+            )
+
+        with gr.Tab("Classify and explain", id="classify"):
+            with gr.Row():
+                model = gr.Dropdown(model_choices(), value=zoo[0] if zoo else None, label="model (zoo or run)")
+                layer = gr.Dropdown([], label="feature-map layer", allow_custom_value=False)
+            with gr.Row():
+                upload = gr.Image(type="filepath", sources=["upload"], label="photo", elem_id="classify-upload")
+                cam = gr.Image(label="Grad-CAM of the top class", interactive=False, elem_id="classify-gradcam")
+                top = gr.Label(num_top_classes=5, label="top classes", elem_id="classify-top")
+            caption = gr.Markdown()
+            with gr.Row():
+                maps = gr.Image(label="feature maps (most active channels)", interactive=False)
+                filters = gr.Image(label="first-layer filters", interactive=False)
+            with gr.Accordion("Draw a digit (for an MNIST run)", open=False):
+                sketch = gr.Sketchpad(label="digit", elem_id="classify-sketch")
+                sketch_button = gr.Button("Classify the drawing")
+            outputs = [top, cam, caption, layer, maps, filters]
+            upload.upload(on_upload, [model, upload, layer], outputs)
+            layer.input(on_upload, [model, upload, layer], outputs)
+            sketch_button.click(on_drawing, [model, sketch, layer], outputs)
+
+        with gr.Tab("Runs", id="runs"):
+            refresh = gr.Button("Refresh")
+            table = gr.Dataframe(
+                value=runs_table(),
+                headers=["run", "task", "recipe", "date", "headline metric", "value"],
+                interactive=False,
+                elem_id="runs-table",
+            )
+            run_ids = list(find_runs(runs_root))
+            chosen_run = gr.Dropdown(run_ids, label="run", elem_id="runs-choice")
+            with gr.Row():
+                curves = gr.Image(label="learning curves", interactive=False)
+                confusion = gr.Image(label="confusion matrix", interactive=False)
+            mistakes = gr.Image(label="misclassified / highest-loss images", interactive=False)
+            config = gr.Code(label="config.yaml", language="yaml")
+            with gr.Row():
+                first = gr.Dropdown(run_ids, label="compare")
+                second = gr.Dropdown(run_ids, label="with")
+                compare_button = gr.Button("Compare curves")
+            comparison = gr.Plot(label="curves of both runs")
+            chosen_run.change(on_run, [chosen_run], [curves, confusion, mistakes, config])
+            compare_button.click(on_compare, [first, second], [comparison])
+
+        with gr.Tab("Scan", id="scan"):
+            scan_runs = runs_of(_SCAN_TASKS, model=True)
+            gr.Markdown("An MNIST run converted to a fully convolutional network scores every 28x28 window.")
+            scan_run = gr.Dropdown(scan_runs, value=scan_runs[0] if scan_runs else None, label="MNIST run")
+            scan_upload = gr.Image(type="filepath", sources=["upload"], label="large image (digits)")
+            heatmap = gr.Image(label="class heatmap", interactive=False)
+            scan_upload.upload(on_scan, [scan_run, scan_upload], [heatmap])
+
+        refresh.click(on_refresh_runs, [], [table, chosen_run, first, second, model, scan_run])
+    if warm and zoo:
+        # Load the default model and run it once (torch builds its kernels on the first call): the first photo is
+        # then answered in well under a second instead of about five.
+        from PIL import Image
+
+        classify(subject(zoo[0]), Image.new("RGB", (64, 64), (128, 128, 128)), top_k=1)
+    return app
+
+
+def serve(
+    runs_root: str | os.PathLike[str] = "runs",
+    port: int = 7860,
+    host: str = "127.0.0.1",
+    max_upload_mb: int = 10,
+    warm: bool = True,
+) -> None:
+    """Build the app and serve it until interrupted.
+
+    Args:
+        runs_root: the folder whose ``<task>/<name>/`` runs the Runs, Classify and Scan pages list.
+        port: the TCP port.
+        host: the address to listen on (127.0.0.1: this machine only).
+        max_upload_mb: the largest upload accepted.
+        warm: load the default zoo model before serving, so the first photo is answered at once.
+    """
+    max_bytes = max_upload_mb * 2**20
+    app = build_app(runs_root, max_bytes, warm)
+    app.queue(default_concurrency_limit=1).launch(  # one CPU-bound request at a time
+        server_name=host,
+        server_port=port,
+        max_file_size=max_bytes,
+        show_error=True,
+        quiet=True,
+        footer_links=["api", "gradio", "settings"],  # Gradio's own "runs" link would be mistaken for the Runs page
+    )

@@ -1,0 +1,136 @@
+"""The Budget page: `cnnlab budget` for a layer spec or a zoo model, as tables and a chart.
+
+The tables are the CLI's own (`cnnlab.budget.render`), read cell by cell, so every figure on the page is the one
+``cnnlab budget`` prints for the same inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rich.table import Table
+
+from cnnlab.budget import BudgetReport, budget, parse_memory
+from cnnlab.budget.render import layer_table, memory_table, plan_table, summary_line
+from cnnlab.budget.spec import parse_size
+from cnnlab.errors import CnnlabError
+
+__all__ = ["EXERCISE_SPEC", "BudgetView", "TableData", "budget_view", "memory_chart", "parse_target", "table_data"]
+
+EXERCISE_SPEC = "conv 100 k3 s2 same\nconv 200 k3 s2 same\nconv 400 k3 s2 same"
+
+
+@dataclass
+class TableData:
+    """A table as plain strings: what a data frame in the page shows."""
+
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class BudgetView:
+    """Everything the Budget page shows."""
+
+    report: BudgetReport
+    summary: str
+    layers: TableData
+    memory: TableData
+    plan: TableData | None
+
+
+def table_data(table: Table) -> TableData:
+    """The cells of a rich table (its footer, when shown, as the last row)."""
+    columns = [[str(cell) for cell in column.cells] for column in table.columns]
+    rows = [list(row) for row in zip(*columns, strict=True)]
+    if table.show_footer:
+        rows.append([str(column.footer) for column in table.columns])
+    return TableData(str(table.title or ""), [str(column.header) for column in table.columns], rows)
+
+
+def parse_target(text: str) -> str | list[str]:
+    """A zoo model name, or layer strings one per line. Never a file: the page reads nothing from disk.
+
+    Raises:
+        CnnlabError: nothing entered.
+    """
+    from cnnlab.models import is_model
+
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise CnnlabError("enter a zoo model name (resnet50) or layer strings, one per line (conv 100 k3 s2 same)")
+    if len(lines) == 1 and is_model(lines[0]):
+        return lines[0]
+    return lines
+
+
+def budget_view(
+    target: str,
+    input_shape: str = "",
+    batch_size: int = 1,
+    memory: str = "",
+    dtype: str = "float32",
+    optimizer: str = "adam",
+) -> BudgetView:
+    """Size `target` as ``cnnlab budget TARGET --input INPUT --batch B --memory M --dtype --optimizer`` does.
+
+    Args:
+        target: a zoo model name, or layer strings one per line.
+        input_shape: one sample, CxHxW; empty for a zoo model's own size.
+        batch_size: the training mini-batch.
+        memory: plan for this much memory (e.g. 8GiB), or empty for no plan.
+        dtype: float32, float16 or bfloat16.
+        optimizer: sgd, momentum, adam or adamw.
+    """
+    shape = parse_size(input_shape.strip(), "input") if input_shape.strip() else None
+    report = budget(
+        parse_target(target),
+        input_shape=shape,
+        batch_size=int(batch_size),
+        dtype=dtype,
+        optimizer=optimizer,
+        memory_limit=parse_memory(memory) if memory.strip() else None,
+    )
+    plan = plan_table(report)
+    return BudgetView(
+        report,
+        summary_line(report),
+        table_data(layer_table(report)),
+        table_data(memory_table(report)),
+        None if plan is None else table_data(plan),
+    )
+
+
+def memory_chart(report: BudgetReport) -> Any:
+    """A matplotlib figure: training memory by component, textbook view beside what PyTorch keeps, in MB."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    components = [
+        ("parameters", "params_bytes"),
+        ("buffers", "buffers_bytes"),  # batch-norm statistics; the textbook view has none
+        ("gradients", "grads_bytes"),
+        ("optimizer state", "optimizer_bytes"),
+        ("input batch", "inputs_bytes"),
+        ("activations", "activations_bytes"),
+    ]
+    views = [("textbook", report.training), ("PyTorch keeps", report.realistic)]
+    figure, axis = plt.subplots(figsize=(7, 3.6))
+    for position, (_view, values) in enumerate(views):
+        bottom = 0.0
+        for index, (label, key) in enumerate(components):
+            height = values.get(key, 0) / 1e6
+            axis.bar(position, height, bottom=bottom, color=f"C{index}", label=label if position == 0 else None)
+            bottom += height
+    peak = report.realistic["peak_bytes"] / 1e6
+    axis.axhline(peak, color="black", linestyle="--", linewidth=1, label=f"peak of live tensors ({peak:,.1f} MB)")
+    axis.set_xticks(range(len(views)), [name for name, _ in views])
+    axis.set_ylabel("MB")
+    axis.set_title(f"training memory, batch {report.batch_size}, {report.dtype}, {report.optimizer}")
+    axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    figure.tight_layout()
+    return figure

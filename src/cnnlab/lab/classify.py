@@ -1,0 +1,157 @@
+"""The Classify and explain page: top-k classes, Grad-CAM overlay, feature maps of a layer and first-layer filters.
+
+The model and its preprocessing come from `cnnlab.tasks.explain.load_subject` (a zoo model with offline pretrained
+weights, or a run), the maps from `cnnlab.report.explain`: the page computes what ``cnnlab explain`` computes and
+returns it as images instead of writing PNG files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnlab.errors import CnnlabError
+from cnnlab.report.explain import feature_maps, filter_grid, first_conv_filters, grad_cam, spatial_layers
+from cnnlab.tasks.explain import Subject
+
+__all__ = ["ClassifyView", "classify", "drawing_to_image", "open_upload", "pretrained_models"]
+
+
+@dataclass
+class ClassifyView:
+    """What the page shows for one image.
+
+    Attributes:
+        top: the k most probable classes with their probabilities, most probable first.
+        gradcam: the input as the model sees it with the Grad-CAM heatmap of the top class over it, uint8 [H, W, 3].
+        cam_layer: the layer Grad-CAM used.
+        feature_maps: the chosen layer's most active channels tiled, uint8 [h, w, 3].
+        feature_layer: the layer they come from.
+        filters: the first convolution's kernels tiled, uint8, or None for a network without convolutions.
+        layers: every layer with a spatial output, in the order they run (the choices for `feature_layer`).
+    """
+
+    top: list[tuple[str, float]]
+    gradcam: np.ndarray
+    cam_layer: str
+    feature_maps: np.ndarray
+    feature_layer: str
+    filters: np.ndarray | None
+    layers: list[str]
+
+
+def pretrained_models() -> list[str]:
+    """Zoo models whose pretrained weights load offline (an installed package), from the recorded zoo figures."""
+    from cnnlab.models._figures import recorded_figures
+    from cnnlab.models._pretrained import weights_label
+
+    return [name for name, figures in recorded_figures().items() if weights_label(figures.weights_source) == "offline"]
+
+
+def open_upload(path: str | os.PathLike[str], max_bytes: int) -> Any:
+    """An uploaded file as an RGB PIL image.
+
+    Raises:
+        CnnlabError: larger than `max_bytes`, or not a readable image (the reason is in the message).
+    """
+    from cnnlab.data.folder import check_image, load_image
+
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        raise CnnlabError(f"the image is {size / 1e6:.1f} MB; the lab takes images up to {max_bytes / 1e6:.0f} MB")
+    reason = check_image(path)
+    if reason is not None:
+        raise CnnlabError(f"cannot use this file: {reason}; upload a PNG or JPEG photo")
+    return load_image(path)
+
+
+def drawing_to_image(drawing: np.ndarray) -> Any:
+    """A canvas drawing (RGBA, transparent where nothing was drawn) as an RGB PIL image on white paper."""
+    from PIL import Image
+
+    if drawing.ndim == 2:
+        return Image.fromarray(drawing.astype(np.uint8)).convert("RGB")
+    rgba = Image.fromarray(drawing.astype(np.uint8)).convert("RGBA")
+    paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(paper, rgba).convert("RGB")
+
+
+def classify(subject: Subject, image: Any, layer: str | None = None, top_k: int = 5) -> ClassifyView:
+    """Classify one PIL image and explain the top class.
+
+    Args:
+        subject: the model with its preprocessing.
+        image: an RGB PIL image.
+        layer: the layer whose feature maps to show (default: the middle one of `ClassifyView.layers`).
+        top_k: how many classes to list.
+    """
+    tensor = subject.preprocess(image).float()
+    layers = [name for name, _ in spatial_layers(subject.model, tensor)]
+    if not layers:
+        raise CnnlabError(f"{subject.source} produces no spatial feature maps, so there is nothing to show")
+    if layer is not None and layer not in layers:
+        raise CnnlabError(f"{subject.source} has no spatial layer {layer!r}; pick one of the list")
+    chosen = layer or layers[len(layers) // 2]
+    with torch.inference_mode():
+        device = next(subject.model.parameters()).device
+        probabilities = subject.model(tensor.unsqueeze(0).to(device)).float().softmax(1)[0].cpu()
+    values, indices = probabilities.topk(min(top_k, len(probabilities)))
+    names = subject.classes
+    top = [
+        (names[int(i)] if int(i) < len(names) else str(int(i)), float(v)) for v, i in zip(values, indices, strict=True)
+    ]
+    cam = grad_cam(subject.model, tensor, layer=layers[-1], class_index=int(indices[0]))
+    display = subject.to_display(tensor).float()
+    maps = feature_maps(subject.model, tensor, [chosen])[chosen]
+    try:
+        filters: np.ndarray | None = _to_uint8(_enlarge(filter_grid(first_conv_filters(subject.model)[1])))
+    except CnnlabError:  # a network without convolutions
+        filters = None
+    return ClassifyView(top, _overlay(display, cam.heatmap), cam.layer, _tile_maps(maps), chosen, filters, layers)
+
+
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    return (image.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def _enlarge(image: torch.Tensor, min_side: int = 192) -> torch.Tensor:
+    """[H, W, 3] repeated a whole number of times per pixel (nearest), so a grid of 3x3 kernels is not a speck."""
+    factor = max(1, min_side // max(image.shape[:2]))
+    return image.repeat_interleave(factor, 0).repeat_interleave(factor, 1)
+
+
+def _overlay(display: torch.Tensor, heatmap: torch.Tensor, alpha: float = 0.45) -> np.ndarray:
+    """The [H, W, 3] image with the [H, W] heatmap in the jet colour map over it."""
+    from matplotlib import colormaps
+
+    colours = torch.from_numpy(colormaps["jet"](heatmap.numpy())[..., :3]).float()
+    return _to_uint8((1 - alpha) * display + alpha * colours)
+
+
+def _tile_maps(maps: torch.Tensor, count: int = 16, scale: int = 4) -> np.ndarray:
+    """The `count` most active channels of [C, h, w] maps (highest mean), each scaled to [0, 1] on its own and shown
+    in the viridis colour map, tiled in a square grid; small maps are enlarged `scale` times (nearest)."""
+    from matplotlib import colormaps
+
+    strongest = maps.mean(dim=(1, 2)).argsort(descending=True)[:count]
+    chosen = maps[strongest]
+    low = chosen.amin(dim=(1, 2), keepdim=True)
+    high = chosen.amax(dim=(1, 2), keepdim=True)
+    scaled = (chosen - low) / (high - low).clamp_min(1e-12)
+    if scaled.shape[-1] < 64:
+        scaled = scaled.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    columns = int(len(scaled) ** 0.5 + 0.999)
+    rows = -(-len(scaled) // columns)
+    height, width = scaled.shape[1:]
+    gap = 2
+    grid = np.ones((rows * (height + gap) - gap, columns * (width + gap) - gap, 3), dtype=np.float32)
+    coloured = colormaps["viridis"](scaled.numpy())[..., :3]
+    for index in range(len(scaled)):
+        row, column = divmod(index, columns)
+        top, left = row * (height + gap), column * (width + gap)
+        grid[top : top + height, left : left + width] = coloured[index]
+    return (grid * 255).round().astype(np.uint8)

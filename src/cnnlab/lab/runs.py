@@ -1,0 +1,158 @@
+"""The Runs page: the runs under a runs root, one run's records, two runs' curves side by side.
+
+A run is a folder ``<root>/<task>/<name>/`` holding a ``config.yaml`` (docs/ARCHITECTURE.md, "The run folder"). The
+page names runs by ``task/name`` and only ever opens folders that `find_runs` listed, so a run id sent by a browser
+cannot lead outside the runs root.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import CnnlabError
+
+__all__ = ["RunDetails", "RunSummary", "compare_curves", "find_runs", "resolve_run", "run_details", "summarise"]
+
+_MISTAKE_FIGURES = ("misclassified.png", "highest_loss.png", "test_overlays.png")
+
+
+@dataclass
+class RunSummary:
+    """One line of the runs list."""
+
+    run_id: str
+    task: str
+    recipe: str
+    date: str
+    metric: str
+    value: float | None
+
+
+@dataclass
+class RunDetails:
+    """What the page shows of one run: its figures (paths; None when the run has no such figure) and config."""
+
+    learning_curves: Path | None
+    confusion_matrix: Path | None
+    mistakes: Path | None
+    config: str
+
+
+def find_runs(root: str | os.PathLike[str]) -> dict[str, Path]:
+    """Run id (``task/name``) -> folder, for every ``<root>/<task>/<name>/config.yaml``, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return {}
+    folders = [path.parent for path in root.glob("*/*/config.yaml") if path.parent.is_dir()]
+    folders.sort(key=lambda folder: (folder / "config.yaml").stat().st_mtime, reverse=True)
+    return {f"{folder.parent.name}/{folder.name}": folder for folder in folders}
+
+
+def resolve_run(root: str | os.PathLike[str], run_id: str) -> Path:
+    """The folder of a listed run.
+
+    Raises:
+        CnnlabError: `run_id` is not one of the runs `find_runs` lists under `root`.
+    """
+    runs = find_runs(root)
+    if run_id not in runs:
+        raise CnnlabError(f"no run {run_id!r} under {root}; pick one from the list")
+    return runs[run_id]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _recipe(results: dict[str, Any], config: dict[str, Any]) -> str:
+    for value in (results.get("recipe"), config.get("extra", {}).get("recipe"), config.get("recipe")):
+        if isinstance(value, dict):
+            value = value.get("name")
+        if isinstance(value, str) and value:
+            return value
+    return "-"
+
+
+def _headline(results: dict[str, Any], history: list[dict[str, float]]) -> tuple[str, float | None]:
+    """The run's first top-level test figure, else the last epoch's first validation metric other than the loss."""
+    for key, value in results.items():
+        if key.startswith("test_") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return key, float(value)
+    if history:
+        last = history[-1]
+        keys = [k for k in last if k.startswith("val_") and k != "val_loss"] or [k for k in last if k == "val_loss"]
+        if keys:
+            return f"{keys[0]} (last epoch)", float(last[keys[0]])
+    return "-", None
+
+
+def _config(folder: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        document = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    config = document.get("config", {}) if isinstance(document, dict) else {}
+    return config if isinstance(config, dict) else {}
+
+
+def summarise(run_id: str, folder: Path) -> RunSummary:
+    """The list line of one run: task, recipe, date (of its config.yaml), headline metric."""
+    results = _read_json(folder / "results.json")
+    history = _read_json(folder / "metrics.json")
+    results = results if isinstance(results, dict) else {}
+    history = history if isinstance(history, list) else []
+    when = dt.datetime.fromtimestamp((folder / "config.yaml").stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    metric, value = _headline(results, history)
+    return RunSummary(run_id, folder.parent.name, _recipe(results, _config(folder)), when, metric, value)
+
+
+def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
+    """The figures and config of a listed run (see `resolve_run`)."""
+    folder = resolve_run(root, run_id)
+
+    def figure(*names: str) -> Path | None:
+        return next((folder / name for name in names if (folder / name).is_file()), None)
+
+    return RunDetails(
+        figure("learning_curves.png"),
+        figure("confusion_matrix.png"),
+        figure(*_MISTAKE_FIGURES),
+        (folder / "config.yaml").read_text(),
+    )
+
+
+def compare_curves(root: str | os.PathLike[str], first: str, second: str) -> Any:
+    """A matplotlib figure: the two runs' losses (left) and other metrics (right) per epoch, from metrics.json."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for run_id, style in ((first, "-"), (second, "--")):
+        history = _read_json(resolve_run(root, run_id) / "metrics.json")
+        if not isinstance(history, list) or not history:
+            raise CnnlabError(f"run {run_id} has no metrics.json with epochs to plot")
+        epochs = [row["epoch"] for row in history]
+        keys = sorted({k for row in history for k in row if k.startswith(("train_", "val_"))})
+        for index, key in enumerate(keys):
+            axis = loss_axis if key.endswith("loss") else metric_axis
+            values = [row.get(key, float("nan")) for row in history]
+            axis.plot(epochs, values, style, marker="o", color=f"C{index}", label=f"{run_id}: {key}")
+    for axis, title in ((loss_axis, "loss"), (metric_axis, "metrics")):
+        axis.set_xlabel("epoch")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure

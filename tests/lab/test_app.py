@@ -1,0 +1,46 @@
+"""`cnnlab lab`: localhost unless --host (with a warning), a clear message without the lab extra, the app builds."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import cnnlab.lab.app as lab_app
+from cnnlab.cli import app
+from cnnlab.errors import CnnlabError
+
+
+def _invoke(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[object, dict]:
+    called: dict = {}
+    monkeypatch.setattr(lab_app, "serve", lambda runs, **options: called.update(runs=runs, **options))
+    return CliRunner().invoke(app, ["lab", *args]), called
+
+
+def test_listens_on_localhost_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, called = _invoke(monkeypatch, "--runs", "myruns", "--port", "7999")
+    assert result.exit_code == 0, result.output
+    assert called == {"runs": Path("myruns"), "port": 7999, "host": "127.0.0.1", "max_upload_mb": 10}
+    assert "warning" not in result.output
+
+
+def test_host_prints_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, called = _invoke(monkeypatch, "--host", "0.0.0.0")
+    assert result.exit_code == 0, result.output
+    assert called["host"] == "0.0.0.0"
+    assert "warning: the lab listens on 0.0.0.0" in result.output
+
+
+def test_missing_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio raises ImportError
+    with pytest.raises(CnnlabError, match=r'pip install "cnnlab\[lab\]"'):
+        lab_app.build_app("runs", warm=False)
+
+
+def test_app_builds_with_its_four_pages(tmp_path: Path) -> None:
+    pytest.importorskip("gradio", reason="the lab extra")
+    blocks = lab_app.build_app(tmp_path, warm=False)
+    labels = {getattr(block, "label", None) for block in blocks.blocks.values()}
+    assert {"Budget", "Classify and explain", "Runs", "Scan"} <= labels

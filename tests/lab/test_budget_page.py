@@ -1,0 +1,65 @@
+"""The Budget page shows exactly the figures of `cnnlab budget` for the same inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cnnlab.cli import app
+from cnnlab.errors import CnnlabError
+from cnnlab.lab.budget_page import EXERCISE_SPEC, budget_view, memory_chart, parse_target
+
+EXERCISE = EXERCISE_SPEC.splitlines()
+
+
+def _cli_json(*args: str) -> dict:
+    result = CliRunner().invoke(app, ["budget", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_exercise_network_has_the_cli_figures_layer_by_layer_and_in_the_plan() -> None:
+    view = budget_view(EXERCISE_SPEC, "3x200x300", 50, "8GiB")
+    cli = _cli_json("--input", "3x200x300", *EXERCISE, "--batch", "50", "--memory", "8GiB")
+    assert "parameters 903,400 " in view.summary and cli["params"] == 903_400
+    headers = view.layers.headers
+    body, total = view.layers.rows[:-1], view.layers.rows[-1]
+    assert [row[headers.index("params")] for row in body] == [f"{layer['params']:,}" for layer in cli["layers"]]
+    assert [row[headers.index("MACs")] for row in body] == [f"{layer['macs']:,}" for layer in cli["layers"]]
+    assert total[headers.index("params")] == f"{cli['params']:,}" and total[headers.index("MACs")] == f"{cli['macs']:,}"
+    memory = {row[0].strip(): row for row in view.memory.rows}
+    assert memory["total"][1].startswith(f"{cli['training']['total_bytes']:,} ")
+    assert memory["total"][2].startswith(f"{cli['realistic']['total_bytes']:,} ")
+    assert view.plan is not None
+    assert [row[-1] for row in view.plan.rows] == [f"{r['max_batch']:,}" for r in cli["plan"]["remedies"]]
+    assert [row[0] for row in view.plan.rows] == [r["remedy"] for r in cli["plan"]["remedies"]]
+
+
+def test_zoo_model_takes_its_own_input_size_and_no_plan_without_memory() -> None:
+    view = budget_view("lenet5")
+    cli = _cli_json("lenet5")
+    assert view.report.params == cli["params"] and list(view.report.input_shape) == cli["input_shape"]
+    assert view.plan is None
+
+
+def test_chart_stacks_the_components_to_each_views_total() -> None:
+    view = budget_view("conv 8 k3 same\nbn\nrelu\ngap\nflatten\ndense 10", "3x32x32", 4)
+    assert view.report.buffers > 0
+    figure = memory_chart(view.report)
+    bars = figure.axes[0].patches
+    textbook = sum(bar.get_height() for bar in bars if abs(bar.get_x() + bar.get_width() / 2) < 1e-9)
+    realistic = sum(bar.get_height() for bar in bars if abs(bar.get_x() + bar.get_width() / 2 - 1) < 1e-9)
+    assert textbook == pytest.approx(view.report.training["total_bytes"] / 1e6)
+    assert realistic == pytest.approx(view.report.realistic["total_bytes"] / 1e6)
+
+
+def test_target_is_a_zoo_name_or_layer_strings_never_a_file() -> None:
+    assert parse_target("  resnet18 \n") == "resnet18"
+    assert parse_target("conv 8 k3\n\ngap") == ["conv 8 k3", "gap"]
+    assert parse_target("pyproject.toml") == ["pyproject.toml"]  # read as a layer string, so refused below
+    with pytest.raises(CnnlabError, match="unknown layer type 'pyproject.toml'"):
+        budget_view("pyproject.toml", "3x32x32")
+    with pytest.raises(CnnlabError, match="enter a zoo model name"):
+        parse_target(" \n ")

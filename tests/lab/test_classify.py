@@ -1,0 +1,74 @@
+"""The Classify and explain page: the classes and Grad-CAM of `cnnlab explain`, as images; uploads checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlab.errors import CnnlabError
+from cnnlab.lab.classify import classify, drawing_to_image, open_upload, pretrained_models
+from cnnlab.models import create_model
+from cnnlab.tasks.explain import explain_image, load_subject
+from cnnlab.train.saved import save_model
+
+skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (the photos extra) ships the sample photo")
+CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
+
+
+@pytest.fixture(scope="module")
+def chelsea(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("photos") / "chelsea.png"
+    Image.fromarray(skimage_data.chelsea()).save(path)
+    return path
+
+
+@pytest.fixture
+def mnist_run(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    save_model(create_model("mnist_net_small"), tmp_path, "mnist_net_small", {}, meta={"task": "mnist"})
+    return tmp_path
+
+
+def test_the_offline_pretrained_model_is_offered() -> None:
+    assert "efficientnet_lite0" in pretrained_models()
+
+
+def test_photo_gets_the_classes_and_grad_cam_of_cnnlab_explain(chelsea: Path, tmp_path: Path) -> None:
+    view = classify(load_subject("efficientnet_lite0"), open_upload(chelsea, 10 * 2**20), top_k=3)
+    cli = explain_image("efficientnet_lite0", chelsea, tmp_path)
+    assert [name for name, _ in view.top] == [name for name, _ in cli.top[:3]]
+    assert [p for _, p in view.top] == pytest.approx([p for _, p in cli.top[:3]], abs=1e-5)
+    assert CATS & {name for name, _ in view.top}
+    assert view.cam_layer == cli.cam_layer
+    assert view.gradcam.shape == (224, 224, 3) and view.gradcam.dtype == np.uint8
+    assert view.feature_layer in view.layers and view.filters is not None
+
+
+def test_drawn_digit_on_an_mnist_run_with_a_chosen_layer(mnist_run: Path) -> None:
+    drawing = np.zeros((200, 200, 4), dtype=np.uint8)  # transparent canvas
+    drawing[40:160, 95:105] = (0, 0, 0, 255)  # a black stroke: a "1"
+    image = drawing_to_image(drawing)
+    pixels = np.asarray(image)
+    assert pixels[0, 0].tolist() == [255, 255, 255] and pixels[100, 100].tolist() == [0, 0, 0]
+    subject = load_subject(str(mnist_run))
+    first = classify(subject, image)
+    assert len(first.top) == 5 and sum(p for _, p in first.top) <= 1.0 + 1e-6
+    chosen = classify(subject, image, layer=first.layers[0])
+    assert chosen.feature_layer == first.layers[0]
+    assert chosen.filters is not None and chosen.gradcam.shape == (28, 28, 3)
+    with pytest.raises(CnnlabError, match="no spatial layer 'head'"):
+        classify(subject, image, layer="head")
+
+
+def test_uploads_are_size_limited_and_checked(chelsea: Path, tmp_path: Path) -> None:
+    with pytest.raises(CnnlabError, match="up to 0 MB"):
+        open_upload(chelsea, max_bytes=1000)
+    garbage = tmp_path / "photo.jpg"
+    garbage.write_bytes(b"this is not a JPEG" * 50)
+    with pytest.raises(CnnlabError, match="not an image PIL can read"):
+        open_upload(garbage, max_bytes=10 * 2**20)

@@ -1,0 +1,65 @@
+"""The Runs page lists the runs under the root and opens only those."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cnnlab.errors import CnnlabError
+from cnnlab.lab.runs import compare_curves, find_runs, resolve_run, run_details, summarise
+from cnnlab.train.config import TrainConfig, save_config
+from cnnlab.train.records import write_history
+
+
+def _run(root: Path, task: str, name: str, accuracy: list[float], results: dict | None, mtime: float) -> Path:
+    folder = root / task / name
+    folder.mkdir(parents=True)
+    save_config(TrainConfig(task=task, name=name, extra={"recipe": "quick"}), folder / "config.yaml")
+    history = [
+        {"epoch": float(i + 1), "train_loss": 1.0 / (i + 1), "val_loss": 1.2 / (i + 1), "val_accuracy": a}
+        for i, a in enumerate(accuracy)
+    ]
+    write_history(history, folder, plot=True)
+    if results is not None:
+        (folder / "results.json").write_text(json.dumps(results))
+    os.utime(folder / "config.yaml", (mtime, mtime))
+    return folder
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    _run(tmp_path, "mnist", "old", [0.9, 0.95], {"recipe": "default", "test_accuracy": 0.9912}, 1_700_000_000)
+    _run(tmp_path, "segment", "new", [0.5, 0.6, 0.7], None, 1_800_000_000)
+    (tmp_path / "mnist" / "unfinished").mkdir()  # no config.yaml: not a run
+    return tmp_path
+
+
+def test_runs_are_listed_newest_first_with_task_recipe_and_headline(root: Path) -> None:
+    runs = find_runs(root)
+    assert list(runs) == ["segment/new", "mnist/old"]
+    old = summarise("mnist/old", runs["mnist/old"])
+    assert (old.task, old.recipe, old.metric, old.value) == ("mnist", "default", "test_accuracy", 0.9912)
+    new = summarise("segment/new", runs["segment/new"])
+    assert (new.recipe, new.metric, new.value) == ("quick", "val_accuracy (last epoch)", 0.7)
+    assert new.date > old.date
+
+
+def test_only_listed_runs_are_opened(root: Path) -> None:
+    details = run_details(root, "mnist/old")
+    assert details.learning_curves == root / "mnist" / "old" / "learning_curves.png"
+    assert details.confusion_matrix is None and "task: mnist" in details.config
+    for forged in ("../mnist/old", "mnist/unfinished", "/etc", "mnist/../mnist/old"):
+        with pytest.raises(CnnlabError, match="pick one from the list"):
+            resolve_run(root, forged)
+
+
+def test_two_runs_curves_share_one_figure(root: Path) -> None:
+    figure = compare_curves(root, "mnist/old", "segment/new")
+    labels = [line.get_label() for axis in figure.axes for line in axis.get_lines()]
+    assert "mnist/old: val_accuracy" in labels and "segment/new: val_accuracy" in labels
+    assert "segment/new: train_loss" in labels
+    lengths = {line.get_label(): len(line.get_xdata()) for axis in figure.axes for line in axis.get_lines()}
+    assert lengths["mnist/old: val_accuracy"] == 2 and lengths["segment/new: val_accuracy"] == 3

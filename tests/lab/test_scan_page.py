@@ -1,0 +1,40 @@
+"""The Scan page returns the heatmap of `cnnlab fcn scan` for an MNIST run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.errors import CnnlabError
+from cnnlab.lab.scan_page import scan_view
+from cnnlab.models import create_model
+from cnnlab.train.saved import save_model
+
+
+@pytest.fixture
+def mnist_run(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path / "mnist" / "run"
+    save_model(create_model("mnist_net_small"), folder, "mnist_net_small", {}, meta={"task": "mnist"})
+    return folder
+
+
+def test_large_image_gives_a_heatmap_and_a_small_one_a_message(mnist_run: Path, tmp_path: Path) -> None:
+    large = tmp_path / "large.png"
+    canvas = np.zeros((56, 112), dtype=np.uint8)
+    canvas[10:40, 20:26] = 255
+    Image.fromarray(canvas).save(large)
+    heatmap = scan_view(mnist_run, large)
+    assert heatmap.mode == "RGB" and heatmap.width > 112
+    small = tmp_path / "small.png"
+    Image.fromarray(canvas[:20, :20]).save(small)
+    with pytest.raises(CnnlabError, match="smaller than the classifier"):
+        scan_view(mnist_run, small)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    with pytest.raises(CnnlabError, match="cannot use this file"):
+        scan_view(mnist_run, broken)
