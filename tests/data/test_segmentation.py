@@ -119,3 +119,38 @@ def test_folder_errors_name_the_problem(tmp_path):
     (tmp_path / "masks" / "00000.png").unlink()
     with pytest.raises(CnnlabError, match="has no mask"):
         SegmentationFolder(tmp_path)
+
+
+@pytest.mark.parametrize("crop", [16, 48])  # smaller than the image (crops) and larger (padded)
+def test_joint_transform_keeps_image_and_mask_aligned(crop):
+    from torchvision.transforms import v2
+
+    from cnnlab.data.segmentation import IGNORE_INDEX, SegmentationSamples, joint_train_transform
+
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.randint(0, 6, (37, 29), generator=generator, dtype=torch.uint8)
+    mask[:3] = IGNORE_INDEX
+    # The image is drawn from the mask: any misalignment, or a mask resampled other than by nearest neighbours,
+    # breaks image == 40 * mask (7 where the mask is unlabelled; padding is 0 in the image, 255 in the mask).
+    image = torch.where(mask == IGNORE_INDEX, 7, mask * 40).expand(3, -1, -1).clone()
+    transform = v2.Compose([joint_train_transform(crop, hflip=True), v2.RandomAffine(degrees=30, scale=(0.7, 1.3))])
+    samples = SegmentationSamples([(image, mask)], transform)
+    for _ in range(20):
+        out_image, out_mask = samples[0]
+        assert out_image.shape == (3, crop, crop) and out_mask.shape == (crop, crop)
+        labelled = out_mask != IGNORE_INDEX
+        assert torch.equal(out_image[0][labelled], out_mask[labelled] * 40)
+        assert set(out_image[0][~labelled].unique().tolist()) <= {0, 7}
+
+
+def test_pad_collate_pads_masks_with_the_ignore_index():
+    from cnnlab.data.segmentation import IGNORE_INDEX, pad_collate
+
+    batch = [
+        (torch.ones(3, 5, 7, dtype=torch.uint8), torch.ones(5, 7, dtype=torch.uint8)),
+        (torch.ones(3, 9, 4, dtype=torch.uint8), torch.zeros(9, 4, dtype=torch.uint8)),
+    ]
+    images, masks = pad_collate(batch)
+    assert images.shape == (2, 3, 9, 7) and masks.shape == (2, 9, 7)
+    assert int(images[0, :, 5:].sum()) == 0 and bool((masks[0, 5:] == IGNORE_INDEX).all())
+    assert bool((masks[1, :, 4:] == IGNORE_INDEX).all()) and int((masks[1, :, :4]).sum()) == 0

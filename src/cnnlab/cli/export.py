@@ -9,7 +9,11 @@ import typer
 
 
 def export(
-    run: str = typer.Argument(..., help="A `cnnlab train transfer` run directory, or a pretrained zoo model name."),
+    run: str = typer.Argument(
+        ...,
+        help="A `cnnlab train transfer` or `cnnlab train segment --data` run directory (segmenters export with "
+        "dynamic height and width), or a pretrained zoo model name.",
+    ),
     fmt: str = typer.Option("torchscript", "--format", "-f", help="torchscript or onnx."),
     output: Path | None = typer.Option(None, "--output", "-o", help="File to write (default: RUN/model.pt|.onnx)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
@@ -23,8 +27,8 @@ def export(
         typer.echo(json.dumps(result))
         return
     typer.echo(f"wrote {result['model']} (input: RGB in [0, 1], normalisation inside)")
-    typer.echo(f"wrote {result['preprocessing']} (resize, crop, classes)")
-    typer.echo(f"max |exported - PyTorch| on a random batch: {result['max_abs_difference']:.2e}")
+    typer.echo(f"wrote {result['preprocessing']} (classes and the rest of the preprocessing)")
+    typer.echo(f"max |exported - PyTorch| on random images: {result['max_abs_difference']:.2e}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,5 @@
-"""`cnnlab predict`: top-k classes of image files, with a fine-tuned run or a pretrained zoo model."""
+"""`cnnlab predict`: top-k classes of image files with a fine-tuned run or a pretrained zoo model, or masks with a
+segmentation run."""
 
 from __future__ import annotations
 
@@ -9,18 +10,32 @@ import typer
 
 
 def predict(
-    images: list[Path] = typer.Argument(..., help="Image files to classify."),
+    images: list[Path] = typer.Argument(..., help="Image files to classify or segment."),
     model: str = typer.Option(
         "efficientnet_lite0",
         "--model",
         "-m",
-        help="A `cnnlab train transfer` run directory, or a zoo model with pretrained weights.",
+        help="A `cnnlab train transfer` or `cnnlab train segment --data` run directory, or a zoo model with "
+        "pretrained weights.",
+    ),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Segmentation runs: the folder for each image's <stem>_mask.png (class indices), _colour.png and "
+        "_overlay.png (default: ./predictions).",
     ),
     top_k: int = typer.Option(5, "--top-k", "-k", help="Classes shown per image."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
 ) -> None:
-    """Classify images; a missing or unreadable image is reported and the others are still classified."""
+    """Classify images, or segment them with a segmentation run; a missing or unreadable image is reported and the
+    others are still predicted."""
+    from cnnlab.tasks.segment_predict import is_segmentation_run
+
+    if is_segmentation_run(model):
+        _segment(images, model, output or Path("predictions"), as_json, device)
+        return
     from cnnlab.tasks.predict import load_predictor, predict_images
 
     predictor = load_predictor(model, device=device)
@@ -35,6 +50,25 @@ def predict(
             typer.echo(f"{result['image']}:")
             for rank, entry in enumerate(result["top"], start=1):
                 typer.echo(f"  {rank}. {entry['label']:<30} {entry['probability']:7.2%}")
+    if all("error" in result for result in results):
+        raise typer.Exit(2)
+
+
+def _segment(images: list[Path], model: str, output: Path, as_json: bool, device: str) -> None:
+    from cnnlab.tasks.segment_predict import load_segmenter, predict_masks
+
+    results = predict_masks(load_segmenter(model, device=device), [str(path) for path in images], output)
+    if as_json:
+        typer.echo(json.dumps({"model": model, "predictions": results}, indent=1))
+    else:
+        for result in results:
+            if "error" in result:
+                typer.echo(f"{result['image']}: error: {result['error']}", err=True)
+                continue
+            width, height = result["size"]
+            typer.echo(f"{result['image']} ({width}x{height}) -> {result['mask']}:")
+            for name, share in result["share"].items():
+                typer.echo(f"  {name:<30} {share:7.2%}")
     if all("error" in result for result in results):
         raise typer.Exit(2)
 

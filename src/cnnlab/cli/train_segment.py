@@ -1,4 +1,5 @@
-"""`cnnlab train segment`: semantic segmentation of multi-digit MNIST canvases (FCN-32s/16s/8s, U-Net)."""
+"""`cnnlab train segment`: semantic segmentation of an image + mask folder (--data), or of multi-digit MNIST
+canvases (FCN-32s/16s/8s, U-Net)."""
 
 from __future__ import annotations
 
@@ -34,12 +35,40 @@ def segment(
         "before segmentation (default: the recipe's; 0 = none).",
     ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST root (else $CNNLAB_DATA, else ./data)."),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="Train on this folder instead of the canvases: images/ and masks/ with the same file stems, colour masks "
+        "with classes.json or class-index PNGs, 255 = unlabelled (cnnlab data segmentation-demo writes one).",
+    ),
+    model: str = typer.Option(
+        "unet",
+        "--model",
+        help="With --data: unet (from scratch), unet-lite0 or fcn8s-lite0 (on the pretrained EfficientNet-Lite0).",
+    ),
+    class_weight: str = typer.Option(
+        "none", "--class-weight", help="With --data: none, or balanced (loss weights n / (k * pixels of the class))."
+    ),
+    background: int = typer.Option(
+        0, "--background", help="With --data: the background class index (left out of mIoU); -1 for none."
+    ),
+    crop_size: int | None = typer.Option(None, "--crop-size", help="With --data: training crop side (default 64)."),
+    hflip: bool = typer.Option(False, "--hflip", help="With --data: random left-right flips of the training crops."),
+    val_fraction: float = typer.Option(0.15, "--val-fraction", help="With --data: validation share."),
+    test_fraction: float = typer.Option(0.15, "--test-fraction", help="With --data: test share."),
+    split_seed: int = typer.Option(0, "--split-seed", help="With --data: the split's seed (saved in split.csv)."),
     engine: EngineOptions = ENGINE,
 ) -> None:
-    """Train a segmentation network on canvases of 1-5 MNIST digits; test mIoU (digits only) at the end.
+    """Train a segmentation network on your image + mask folder (--data), or on canvases of 1-5 MNIST digits.
 
-    The canvases are always generated with seed 0, so every run sees the same data; --seed seeds the training.
+    A folder run splits the pairs (split.csv), trains on random crops, tests whole images once and saves a model for
+    `cnnlab predict` and `cnnlab export`. The canvases are always generated with seed 0; --seed seeds the training.
     """
+    if data is not None:
+        _segment_folder(
+            data, model, class_weight, background, crop_size, hflip, val_fraction, test_fraction, split_seed, engine
+        )
+        return
     from cnnlab.tasks.segmentation import RECIPES, train_segmentation
 
     RECIPES.get(recipe)  # fail fast on a typo, before generating canvases
@@ -65,6 +94,48 @@ def segment(
         f"{summary['train_seconds']:.0f} s training"
     )
     typer.echo(f"run: {summary['run_dir']}  (report.md, test_overlays.png; load it with cnnlab.load_model)")
+
+
+def _segment_folder(
+    data: Path,
+    model: str,
+    class_weight: str,
+    background: int,
+    crop_size: int | None,
+    hflip: bool,
+    val_fraction: float,
+    test_fraction: float,
+    split_seed: int,
+    engine: EngineOptions,
+) -> None:
+    from cnnlab.tasks.segment_folder import train_segmentation_folder
+
+    summary = train_segmentation_folder(
+        str(data),
+        model,
+        class_weight=None if class_weight == "none" else class_weight,
+        background=None if background < 0 else background,
+        crop_size=crop_size,
+        hflip=hflip,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        split_seed=split_seed,
+        output=engine.output,
+        name=engine.name,
+        seed=engine.seed,
+        overrides=engine.overrides(),
+        resume=engine.resume,
+        overwrite=engine.overwrite,
+        progress=not engine.quiet,
+    )
+    test = summary["test"]
+    scope = "with background" if test["miou_includes_background"] else "background excluded"
+    typer.echo(
+        f"{summary['model']}: test mIoU ({scope}) {test['miou']:.4f}, every class {test['miou_with_bg']:.4f}, pixel "
+        f"accuracy {test['pixel_accuracy']:.4f}; {summary['images']['test']} test images, {summary['skipped']} "
+        f"skipped; {summary['train_seconds']:.0f} s training"
+    )
+    typer.echo(f"run: {summary['run_dir']}  (report.md; cnnlab predict --model RUN IMAGE... --output DIR)")
 
 
 def register(app: typer.Typer) -> None:

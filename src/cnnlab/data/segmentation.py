@@ -10,7 +10,11 @@ and generation is a pure function of the seed.
 
 Folder datasets: ``<root>/images/<stem>.png`` with ``<root>/masks/<stem>.png``; a mask is either a single-channel PNG
 of class indices or an RGB PNG whose colours are mapped to classes by ``<root>/classes.json``
-(``[{"name": "background", "color": [0, 0, 0]}, ...]``, the class index is the position in the list).
+(``[{"name": "background", "color": [0, 0, 0]}, ...]``, the class index is the position in the list). Index
+`IGNORE_INDEX` (255) marks unlabelled pixels, as in Pascal VOC: losses and metrics skip them. Training on a folder
+holds the decoded pairs in memory as uint8 (`SegmentationSamples`) and transforms image and mask together with
+torchvision transforms v2 (`joint_train_transform`: the mask is a `tv_tensors.Mask`, so it is resampled with nearest
+neighbours and padded with `IGNORE_INDEX`).
 """
 
 from __future__ import annotations
@@ -23,17 +27,25 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
+from cnnlab.data.folder import SkippedFile, check_image
 from cnnlab.errors import CnnlabError
 
 __all__ = [
     "CLASS_NAMES",
     "DigitCanvases",
     "DigitSegmentation",
+    "IGNORE_INDEX",
     "SegmentationFolder",
+    "SegmentationInput",
+    "SegmentationSamples",
     "class_colours",
+    "joint_train_transform",
     "make_canvases",
     "make_digit_segmentation",
+    "pad_collate",
     "save_segmentation_folder",
 ]
 
@@ -41,6 +53,7 @@ NUM_CLASSES = 11  # background + 10 digits
 CLASS_NAMES = ["background"] + [str(d) for d in range(10)]
 INK_THRESHOLD = 64
 MAX_DIGITS = 5
+IGNORE_INDEX = 255
 TEST_ID_OFFSET = 60_000
 _MAX_OVERLAP = 0.25  # a new digit may hide at most this fraction of its own ink pixels under earlier ink
 
@@ -255,31 +268,41 @@ def save_segmentation_folder(
 class SegmentationFolder(Dataset):
     """Image + mask pairs from a folder: ``images/<stem>.<ext>`` and ``masks/<stem>.png``.
 
-    Items are (float image [C, H, W] in [0, 1], int64 mask [H, W]). With ``classes.json`` present, RGB masks are
-    mapped through its colours (an unknown colour is an error naming the file); without it, masks must be
-    single-channel PNGs of class indices.
+    Items are (float image [C, H, W] in [0, 1], int64 mask [H, W]); `read` gives the uint8 pair. With
+    ``classes.json`` present, RGB masks are mapped through its colours (an unknown colour is an error naming the
+    file); without it, masks must be single-channel PNGs of class indices. `IGNORE_INDEX` stays as is in both.
 
     Args:
         root: the dataset folder.
         grayscale: load images as one channel (else RGB).
+        skip_bad: list an image without a mask in `skipped` instead of raising; `read_all` then also lists the pairs
+            that cannot be read (undecodable files, a mask of another size, an unknown colour or class).
     """
 
-    def __init__(self, root: str | os.PathLike[str], grayscale: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike[str], grayscale: bool = False, skip_bad: bool = False) -> None:
         self.root = Path(root)
         self.grayscale = grayscale
+        self.skipped: list[SkippedFile] = []
         image_dir, mask_dir = self.root / "images", self.root / "masks"
         if not image_dir.is_dir() or not mask_dir.is_dir():
             raise CnnlabError(f"{self.root} needs images/ and masks/ subfolders (same file stems, PNG masks)")
         extensions = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-        self.images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in extensions)
-        if not self.images:
+        candidates = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in extensions)
+        if not candidates:
             raise CnnlabError(f"{image_dir} holds no images ({', '.join(sorted(extensions))})")
-        self.masks = []
-        for image in self.images:
+        self.images: list[Path] = []
+        self.masks: list[Path] = []
+        for image in candidates:
             mask = mask_dir / f"{image.stem}.png"
-            if not mask.is_file():
+            if mask.is_file():
+                self.images.append(image)
+                self.masks.append(mask)
+            elif skip_bad:
+                self.skipped.append(SkippedFile(str(image), "", f"no mask {mask}"))
+            else:
                 raise CnnlabError(f"{image} has no mask {mask}; every image needs a PNG mask with the same stem")
-            self.masks.append(mask)
+        if not self.images:
+            raise CnnlabError(f"no image in {image_dir} has a mask in {mask_dir} (masks/<image stem>.png)")
         classes_file = self.root / "classes.json"
         self.class_names: list[str] | None = None
         self.colours: np.ndarray | None = None
@@ -292,6 +315,8 @@ class SegmentationFolder(Dataset):
                 raise CnnlabError(
                     f"{classes_file} must be a list of {{'name': str, 'color': [r, g, b]}} ({error})"
                 ) from None
+            if not 2 <= len(self.class_names) < IGNORE_INDEX:
+                raise CnnlabError(f"{classes_file} lists {len(self.class_names)} classes; use 2 to {IGNORE_INDEX - 1}")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -299,15 +324,26 @@ class SegmentationFolder(Dataset):
     def _read_mask(self, path: Path) -> np.ndarray:
         from PIL import Image
 
-        with Image.open(path) as mask_image:
-            if self.colours is None:
-                if mask_image.mode not in ("L", "P", "I", "I;16"):
-                    raise CnnlabError(
-                        f"{path} is an {mask_image.mode} mask but {self.root}/classes.json is missing; add it to map "
-                        "colours to classes, or save masks as single-channel class-index PNGs"
-                    )
-                return np.asarray(mask_image).astype(np.int64)
-            rgb = np.asarray(mask_image.convert("RGB")).astype(np.int64)
+        try:
+            with Image.open(path) as mask_image:
+                mask_image.load()
+                if self.colours is None:
+                    if mask_image.mode not in ("L", "P", "I", "I;16"):
+                        raise CnnlabError(
+                            f"{path} is an {mask_image.mode} mask but {self.root}/classes.json is missing; add it to "
+                            "map colours to classes, or save masks as single-channel class-index PNGs"
+                        )
+                    labels = np.asarray(mask_image).astype(np.int64)
+                    too_large = labels[(labels >= IGNORE_INDEX) & (labels != IGNORE_INDEX)]
+                    if too_large.size:
+                        raise CnnlabError(
+                            f"{path} has class index {int(too_large[0])}; indices must be below {IGNORE_INDEX}, "
+                            f"which means unlabelled"
+                        )
+                    return labels
+                rgb = np.asarray(mask_image.convert("RGB")).astype(np.int64)
+        except OSError as error:
+            raise CnnlabError(f"{path} cannot be read as a mask ({error})") from None
         keys = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
         colour_keys = (self.colours[:, 0] << 16) | (self.colours[:, 1] << 8) | self.colours[:, 2]
         lookup = {int(k): i for i, k in enumerate(colour_keys)}
@@ -321,16 +357,101 @@ class SegmentationFolder(Dataset):
             out[keys == key] = lookup[int(key)]
         return out
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from PIL import Image
+    def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pair as uint8 tensors: image [C, H, W] (0..255), mask [H, W] (class indices, `IGNORE_INDEX`).
 
-        with Image.open(self.images[index]) as image:
-            array = np.asarray(image.convert("L" if self.grayscale else "RGB"), dtype=np.float32) / 255.0
-        tensor = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
+        Raises:
+            CnnlabError: naming the file, when the image or mask cannot be decoded, the mask's size differs from the
+                image's, or the mask holds a colour or index that is not a class.
+        """
+        from cnnlab.data.folder import load_image
+
+        path = self.images[index]
+        reason = check_image(path)
+        if reason is not None:
+            raise CnnlabError(f"{path}: {reason}")
+        image = load_image(path)
+        array = np.asarray(image.convert("L") if self.grayscale else image, dtype=np.uint8)
+        tensor = torch.from_numpy(array[None].copy() if array.ndim == 2 else array.transpose(2, 0, 1).copy())
         mask = self._read_mask(self.masks[index])
         if mask.shape != tuple(tensor.shape[-2:]):
             raise CnnlabError(
                 f"{self.masks[index]} is {mask.shape[1]}x{mask.shape[0]} but its image is "
                 f"{tensor.shape[-1]}x{tensor.shape[-2]}; masks must match their images"
             )
-        return tensor, torch.from_numpy(mask)
+        return tensor, torch.from_numpy(mask.astype(np.uint8))
+
+    def read_all(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Every readable pair by index (`read`); the others are added to `skipped` with the reason."""
+        pairs = {}
+        for index in range(len(self)):
+            try:
+                pairs[index] = self.read(index)
+            except CnnlabError as error:
+                self.skipped.append(SkippedFile(str(self.images[index]), "", str(error)))
+        return pairs
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.read(index)
+        return image.float() / 255.0, mask.long()
+
+
+class SegmentationSamples(Dataset):
+    """Decoded uint8 pairs held in memory, optionally passed through a joint transform.
+
+    Items are (uint8 image [C, H, W], uint8 mask [H, W]); batches are converted on the device.
+
+    Args:
+        pairs: (image, mask) uint8 tensors, as `SegmentationFolder.read` gives them.
+        transform: a torchvision v2 transform called as ``transform(tv_tensors.Image, tv_tensors.Mask)``.
+    """
+
+    def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], transform: v2.Transform | None = None) -> None:
+        self.pairs = pairs
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.pairs[index]
+        if self.transform is None:
+            return image, mask
+        image, mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+
+class SegmentationInput:
+    """The batch transform of folder segmentation: uint8 images -> float in [0, 1], minus `mean`, over `std` (the
+    encoder weights' record, or 0 and 1); uint8 masks -> int64. Runs on the device, per batch."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, std = self.mean.to(images.device), self.std.to(images.device)
+        return (images.float().div_(255.0) - mean) / std, masks.long()
+
+
+def joint_train_transform(crop_size: int, hflip: bool = False) -> v2.Compose:
+    """Random `crop_size` crops (smaller images padded: image with 0, mask with `IGNORE_INDEX`), optionally flipped
+    left-right; image and mask get the same geometry (torchvision v2 with `tv_tensors.Mask`)."""
+    fill = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}
+    steps: list[v2.Transform] = [v2.RandomCrop(crop_size, pad_if_needed=True, fill=fill)]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
+
+
+def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack pairs of different sizes: each padded on the bottom and right to the batch's largest height and width
+    (image with 0, mask with `IGNORE_INDEX`, so the padding counts in no loss or metric)."""
+    height = max(image.shape[-2] for image, _ in batch)
+    width = max(image.shape[-1] for image, _ in batch)
+    images = torch.zeros(len(batch), batch[0][0].shape[0], height, width, dtype=batch[0][0].dtype)
+    masks = torch.full((len(batch), height, width), IGNORE_INDEX, dtype=batch[0][1].dtype)
+    for i, (image, mask) in enumerate(batch):
+        images[i, :, : image.shape[-2], : image.shape[-1]] = image
+        masks[i, : mask.shape[-2], : mask.shape[-1]] = mask
+    return images, masks

@@ -30,6 +30,7 @@ __all__ = [
     "MeanIoU",
     "PixelAccuracy",
     "boundary_map",
+    "colourise",
     "iou_per_class",
     "save_overlays",
     "segmentation_report",
@@ -72,19 +73,22 @@ class MeanIoU(_ConfusionMetric):
     """Mean intersection-over-union over classes.
 
     Args:
-        num_classes: classes including background (class 0).
-        include_background: average class 0 in too; False averages classes 1..num_classes-1 only.
+        num_classes: classes including background.
+        include_background: average the background class in too; False leaves it out.
         ignore_index: target value to skip.
+        background: the background class's index.
     """
 
-    def __init__(self, num_classes: int, include_background: bool = False, ignore_index: int | None = None) -> None:
-        self.include_background = include_background
+    def __init__(
+        self, num_classes: int, include_background: bool = False, ignore_index: int | None = None, background: int = 0
+    ) -> None:
+        self.include_background, self.background = include_background, background
         super().__init__(num_classes, ignore_index)
 
     def compute(self) -> float:
         ious = iou_per_class(self.matrix)
         if not self.include_background:
-            ious = ious[1:]
+            ious = ious[torch.arange(len(ious)) != self.background]
         ious = ious[~ious.isnan()]
         return float(ious.mean()) if len(ious) else 0.0
 
@@ -136,24 +140,40 @@ class BoundaryF1(Metric):
         return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
 
 
-def segmentation_report(matrix: torch.Tensor, class_names: list[str]) -> dict[str, object]:
-    """Pixel accuracy, mIoU with and without background, and per-class IoU, from a confusion matrix."""
+def segmentation_report(matrix: torch.Tensor, class_names: list[str], background: int | None = 0) -> dict[str, object]:
+    """Pixel accuracy, mIoU with and without background, and per-class IoU, from a confusion matrix.
+
+    ``miou`` leaves out the class `background` (every class when None, and ``miou_includes_background`` says so);
+    ``miou_with_bg`` averages every class. Classes absent from targets and predictions are left out of both.
+    """
     ious = iou_per_class(matrix)
-    digits = ious[1:][~ious[1:].isnan()]
+    foreground = ious if background is None else ious[torch.arange(len(ious)) != background]
+    foreground = foreground[~foreground.isnan()]
     every = ious[~ious.isnan()]
     return {
         "pixel_accuracy": float(matrix.diag().sum() / matrix.sum().clamp_min(1)),
-        "miou": float(digits.mean()) if len(digits) else 0.0,
-        "miou_includes_background": False,
+        "miou": float(foreground.mean()) if len(foreground) else 0.0,
+        "miou_includes_background": background is None,
         "miou_with_bg": float(every.mean()) if len(every) else 0.0,
         "iou_per_class": {name: (None if v.isnan() else float(v)) for name, v in zip(class_names, ious, strict=True)},
     }
 
 
-def _colourise(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    gray = np.repeat(image[..., None], 3, axis=-1).astype(np.float32)
-    colour = colours[labels].astype(np.float32)
-    blended = np.where(labels[..., None] > 0, (1 - alpha) * gray + alpha * colour, gray)
+_IGNORED_COLOUR = (255, 255, 255)  # unlabelled pixels (index 255) in overlays
+
+
+def colourise(
+    image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float = 0.55, background: int | None = 0
+) -> np.ndarray:
+    """The image (uint8 [H, W] or [H, W, 3]) with each non-background pixel blended with its class colour; unlabelled
+    pixels (255) white. Returns uint8 [H, W, 3]."""
+    rgb = (np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image).astype(np.float32)
+    table = np.zeros((256, 3), dtype=np.float32)
+    table[: len(colours)] = colours
+    table[255] = _IGNORED_COLOUR
+    colour = table[labels]
+    painted = labels != background if background is not None else np.ones(labels.shape, dtype=bool)
+    blended = np.where(painted[..., None], (1 - alpha) * rgb + alpha * colour, rgb)
     return blended.clip(0, 255).astype(np.uint8)
 
 
@@ -164,16 +184,21 @@ def save_overlays(
     path: str | os.PathLike[str],
     class_names: list[str],
     max_images: int = 8,
+    titles: list[str] | None = None,
+    background: int | None = 0,
 ) -> Path:
     """A PNG with one row per image: the image, the ground truth over it, the prediction over it, the errors.
 
     Args:
-        images: [N, 1, H, W] (uint8 0..255 or float 0..1).
-        targets: [N, H, W] labels.
-        predictions: [N, H, W] labels (or [N, C, H, W] scores).
+        images: [N, C, H, W] with 1 or 3 channels (uint8 0..255 or float 0..1), or a list of [C, H, W] images of
+            different sizes.
+        targets: [N, H, W] labels (255: unlabelled), or a list of [H, W].
+        predictions: [N, H, W] labels (or [N, C, H, W] scores), or a list of [H, W].
         path: the PNG to write.
         class_names: names for the legend (index = label).
         max_images: rows to draw.
+        titles: a title per row (e.g. the file and its score), shown above the image.
+        background: the background class (not painted over the image).
     """
     import matplotlib
 
@@ -183,26 +208,30 @@ def save_overlays(
 
     from cnnlab.data.segmentation import class_colours
 
-    predictions = _labels(predictions)
+    if isinstance(predictions, torch.Tensor):
+        predictions = _labels(predictions)
     colours = class_colours(len(class_names))
     count = min(max_images, len(images))
     figure, axes = plt.subplots(count, 4, figsize=(10, 2.5 * count), squeeze=False)
     for row in range(count):
-        image = images[row, 0].float()
+        image = images[row].float()
         image = (image * 255 if image.max() <= 1.0 else image).numpy().astype(np.uint8)
+        image = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
         target, predicted = targets[row].long().numpy(), predictions[row].long().numpy()
-        wrong = (target != predicted).astype(np.uint8)
+        labelled = target != 255
+        wrong = ((target != predicted) & labelled).astype(np.uint8)
+        error_share = wrong.sum() / max(1, labelled.sum())
         panels = [
-            (image, "image", "gray"),
-            (_colourise(image, target, colours), "ground truth", None),
-            (_colourise(image, predicted, colours), "prediction", None),
-            (wrong * 255, f"errors ({wrong.mean():.1%} of pixels)", "gray"),
+            (image, titles[row] if titles else "image", "gray"),
+            (colourise(image, target, colours, background=background), "ground truth", None),
+            (colourise(image, predicted, colours, background=background), "prediction", None),
+            (wrong * 255, f"errors ({error_share:.1%} of labelled pixels)", "gray"),
         ]
         for axis, (picture, title, cmap) in zip(axes[row], panels, strict=True):
             axis.imshow(picture, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
             axis.set_title(title, fontsize=9)
             axis.axis("off")
-    handles = [Patch(color=colours[i] / 255, label=name) for i, name in enumerate(class_names) if i > 0]
+    handles = [Patch(color=colours[i] / 255, label=name) for i, name in enumerate(class_names) if i != background]
     figure.legend(handles=handles, loc="lower center", ncol=min(10, len(handles)), fontsize=8)
     figure.tight_layout(rect=(0, 0.04, 1, 1))
     path = Path(path)

@@ -2,7 +2,9 @@
 
 The exported graph takes float RGB images in [0, 1], [N, 3, H, W] at the record's crop size, and does the
 normalisation itself (mean/std are inside), so a deployment only has to decode, resize and crop. Those two geometric
-steps, the class names and the full record are written beside it in ``<file>.preprocessing.json``.
+steps, the class names and the full record are written beside it in ``<file>.preprocessing.json``. A segmentation run
+(`cnnlab train segment --data`) exports with dynamic height and width: whole images of any size in, logits of the
+same size out, checked at two sizes other than the traced one.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ def export_model(
     """
     if fmt not in EXPORT_FORMATS:
         raise CnnlabError(f"--format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    from cnnlab.tasks.segment_predict import is_segmentation_run
+
+    if is_segmentation_run(model):
+        return _export_segmenter(model, fmt, output, opset)
     predictor = load_predictor(model)
     cfg = predictor.cfg
     suffix = ".pt" if fmt == "torchscript" else ".onnx"
@@ -66,7 +72,7 @@ def export_model(
             with torch.inference_mode():
                 actual = torch.jit.load(str(output))(example)
         else:
-            actual = _export_onnx(wrapped, example, output, opset)
+            actual = _export_onnx(wrapped, example, output, opset)(example)
     max_difference = float((actual - expected).abs().max())
     record = {
         "format": fmt,
@@ -85,7 +91,59 @@ def export_model(
     return {"model": str(output), "preprocessing": str(sidecar), "max_abs_difference": max_difference}
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, output: Path, opset: int) -> torch.Tensor:
+def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None, opset: int) -> dict[str, Any]:
+    """Export a segmentation run with dynamic height and width; the check runs sizes the trace never saw."""
+    from cnnlab.tasks.segment_predict import load_segmenter
+
+    segmenter = load_segmenter(run)
+    output = Path(output) if output is not None else Path(run) / f"model{'.pt' if fmt == 'torchscript' else '.onnx'}"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = nn.Sequential(Normalize(segmenter.mean, segmenter.std), segmenter.model.cpu().eval()).eval()
+    generator = torch.Generator().manual_seed(0)
+    example = torch.rand(1, 3, 64, 64, generator=generator)
+    checks = [torch.rand(2, 3, 45, 71, generator=generator), torch.rand(1, 3, 96, 33, generator=generator)]
+    with warnings.catch_warnings():  # see export_model
+        warnings.simplefilter("ignore", category=FutureWarning)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        if fmt == "torchscript":
+            with torch.no_grad():
+                torch.jit.trace(wrapped, example).save(str(output))
+            exported = torch.jit.load(str(output))
+            with torch.inference_mode():
+                pairs = [(exported(x), wrapped(x)) for x in checks]
+        else:
+            axes = {0: "batch", 2: "height", 3: "width"}
+            run_exported = _export_onnx(wrapped, example, output, opset, {"images": axes, "logits": axes})
+            with torch.inference_mode():
+                pairs = [(run_exported(x), wrapped(x)) for x in checks]
+    max_difference = max(float((actual - expected).abs().max()) for actual, expected in pairs)
+    record = {
+        "format": fmt,
+        "input": "float32 RGB [N, 3, H, W] in [0, 1], any H and W; mean/std normalisation is inside the exported model",
+        "output": "logits [N, classes, H, W]; argmax over classes gives the mask",
+        "classes": segmenter.classes,
+        "background": segmenter.background,
+        "colours": segmenter.colours.tolist(),
+        "mean": list(segmenter.mean),
+        "std": list(segmenter.std),
+        "checked_sizes": [list(x.shape) for x in checks],
+        "max_abs_difference_vs_eager": max_difference,
+    }
+    sidecar = output.with_name(output.name + ".preprocessing.json")
+    sidecar.write_text(json.dumps(record, indent=1))
+    return {"model": str(output), "preprocessing": str(sidecar), "max_abs_difference": max_difference}
+
+
+def _export_onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    output: Path,
+    opset: int,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+) -> Any:
+    """Write `model` as ONNX; returns a function that runs the file (ONNX Runtime), or eager `model` when no runtime
+    is installed (the graph is then only validated structurally)."""
     try:
         import onnx  # noqa: F401
     except ModuleNotFoundError as error:
@@ -97,7 +155,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, output: Path, opset: i
             str(output),
             input_names=["images"],
             output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            dynamic_axes=dynamic_axes or {"images": {0: "batch"}, "logits": {0: "batch"}},
             opset_version=opset,
             dynamo=False,
         )
@@ -107,7 +165,6 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, output: Path, opset: i
         import onnx
 
         onnx.checker.check_model(onnx.load(str(output)))
-        with torch.inference_mode():
-            return model(example)
+        return model
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {"images": example.numpy()})[0])
+    return lambda images: torch.from_numpy(session.run(None, {"images": images.numpy()})[0])

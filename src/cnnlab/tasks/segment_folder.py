@@ -1,0 +1,363 @@
+"""Semantic segmentation of your own images: an image + mask folder -> split -> model -> report -> saved segmenter.
+
+1. **Data** (`cnnlab.data.segmentation.SegmentationFolder`): ``images/`` and ``masks/`` with the same stems, colour
+   masks mapped through ``classes.json`` or class-index masks; 255 marks unlabelled pixels. Pairs that cannot be used
+   (no mask, undecodable, a mask of another size, an unknown colour or class) are listed in ``skipped.json`` and left
+   out.
+2. **Split**: seeded train/val/test, written to ``split.csv`` in the run directory (``path,label,split``, the label
+   column holding the mask) by `cnnlab.data.split` and read back by any later run there. Validation chooses the
+   checkpoint; the test images are read once, at the end.
+3. **Models** (`MODELS`, ``--model``): the from-scratch U-Net, or a U-Net decoder / FCN-8s head on the zoo's
+   ImageNet-pretrained EfficientNet-Lite0, whose weights' record gives the input normalisation.
+4. **Training** on random crops transformed jointly with their masks (torchvision v2), cross-entropy that ignores
+   255 (optionally class-weighted); validation and test on whole images of any size, padded in the batch with 255
+   and by the model to its stride, cropped back.
+5. **The run folder**: config.yaml, metrics, learning curves, ``results.json``, ``report.md`` (per-class IoU, mIoU,
+   pixel accuracy, the confusion matrix, the worst test images), and the model (``model.safetensors`` +
+   ``model.json`` with the classes, background and normalisation) that `cnnlab predict` and `cnnlab export` take.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cnnlab.data.folder import LabelledImages
+from cnnlab.data.segmentation import (
+    IGNORE_INDEX,
+    SegmentationFolder,
+    SegmentationInput,
+    SegmentationSamples,
+    joint_train_transform,
+    pad_collate,
+)
+from cnnlab.data.split import read_manifest, stratified_split, write_manifest
+from cnnlab.errors import CnnlabError
+from cnnlab.report.metrics import confusion_matrix
+from cnnlab.report.segmentation import MeanIoU, PixelAccuracy, save_overlays, segmentation_report
+from cnnlab.tasks.recipes import Recipe, RecipeBook, run_name
+from cnnlab.tasks.segmentation import TASK
+from cnnlab.tasks.transfer import class_weights
+from cnnlab.train import LoaderBatches, TrainConfig, Trainer
+from cnnlab.train.config import environment_record
+from cnnlab.train.saved import save_model
+
+__all__ = ["MODELS", "FolderSegmentRecipe", "train_segmentation_folder"]
+
+MANIFEST = "split.csv"
+SKIPPED = "skipped.json"
+WORST_IMAGES = 6
+
+
+@dataclass(frozen=True)
+class FolderSegmentRecipe(Recipe):
+    """A segmentation model for image + mask folders: the recipe base plus the encoder's weights and the crop.
+
+    Attributes:
+        pretrained: load the encoder's ImageNet weights (their record gives the normalisation).
+        crop_size: side of the random training crops (smaller images are padded with unlabelled pixels).
+    """
+
+    pretrained: bool = False
+    crop_size: int = 64
+
+
+_TRAIN = dict(
+    epochs=20,
+    batch_size=16,
+    optimizer="adamw",
+    weight_decay=1e-4,
+    schedule="onecycle",
+    warmup_epochs=1.0,
+    monitor="val_miou",
+    monitor_mode="max",
+)
+MODELS: RecipeBook[FolderSegmentRecipe] = RecipeBook(
+    "segmentation model",
+    [
+        FolderSegmentRecipe(
+            name="unet",
+            summary="U-Net 12-24-48-96-192 from scratch (1.1 M params)",
+            arch="unet",
+            model_kwargs={"widths": (12, 24, 48, 96, 192)},
+            train=dict(lr=3e-3, **_TRAIN),
+        ),
+        FolderSegmentRecipe(
+            name="unet-lite0",
+            summary="U-Net decoder on an ImageNet-pretrained EfficientNet-Lite0 encoder (5.5 M params)",
+            arch="unet_encoder",
+            model_kwargs={"encoder": "efficientnet_lite0"},
+            pretrained=True,
+            train=dict(lr=1e-3, **_TRAIN),
+        ),
+        FolderSegmentRecipe(
+            name="fcn8s-lite0",
+            summary="FCN-8s head on an ImageNet-pretrained EfficientNet-Lite0 trunk (3.4 M params)",
+            arch="fcn8s",
+            model_kwargs={"backbone": "efficientnet_lite0"},
+            pretrained=True,
+            train=dict(lr=1e-3, **_TRAIN),
+        ),
+    ],
+)
+
+
+def _split(
+    folder: SegmentationFolder,
+    pairs: dict[int, tuple[torch.Tensor, torch.Tensor]],
+    manifest: Path,
+    val_fraction: float,
+    test_fraction: float,
+    split_seed: int,
+) -> dict[str, list[int]]:
+    """Folder indices per part: read from `manifest` when it exists, else a seeded split written there."""
+    by_path = {str(folder.images[i].resolve()): i for i in pairs}
+    if manifest.is_file():
+        images, split = read_manifest(manifest)
+        missing = [images.paths[i] for part in split.values() for i in part if images.paths[i] not in by_path]
+        if missing:
+            raise CnnlabError(
+                f"{manifest} lists {missing[0]}, which is no longer a usable image of {folder.root} "
+                f"({len(missing)} such); restore it or start a run under another --name"
+            )
+        return {part: [by_path[images.paths[i]] for i in indices] for part, indices in split.items()}
+    usable = sorted(pairs)
+    if len(usable) < 3:
+        raise CnnlabError(f"{folder.root} has {len(usable)} usable image+mask pairs; at least 3 are needed")
+    parts = stratified_split([0] * len(usable), val_fraction, test_fraction, seed=split_seed)
+    paths = [str(folder.images[i].resolve()) for i in usable]
+    mask_paths = [str(folder.masks[i].resolve()) for i in usable]
+    write_manifest(manifest, LabelledImages(paths, list(range(len(usable))), mask_paths), parts)
+    return {part: [usable[i] for i in indices] for part, indices in parts.items()}
+
+
+def train_segmentation_folder(
+    data: str,
+    model: str = "unet",
+    *,
+    class_weight: str | None = None,
+    background: int | None = 0,
+    crop_size: int | None = None,
+    hflip: bool = False,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    split_seed: int = 0,
+    output: str = "runs",
+    name: str | None = None,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a segmentation model on an image + mask folder with the engine, then test it once.
+
+    Args:
+        data: the folder (``images/``, ``masks/``, optional ``classes.json``).
+        model: a name in `MODELS`.
+        class_weight: "balanced": each class's cross-entropy weighted n / (k * n_c) by its training pixels.
+        background: the background class (left out of ``miou`` and not painted in overlays); None: no class is.
+        crop_size: training crop side (default: the model recipe's).
+        hflip: flip training crops left-right at random (for data whose classes do not change under a mirror).
+        val_fraction: validation share of the pairs.
+        test_fraction: test share of the pairs.
+        split_seed: the split's seed (apart from `seed`, so several seeds share one split).
+        output: runs root; the run goes to ``<output>/segment/<name>/``.
+        name: run name; default ``<model>-<timestamp>``.
+        seed: initialisation and data order.
+        overrides: `TrainConfig` fields replacing the recipe's (the engine options).
+        resume: continue an interrupted run (its split is reused).
+        overwrite: replace a finished run of the same name (its split is reused).
+        progress: progress bar and epoch lines on stderr.
+
+    Returns:
+        The summary saved as ``results.json``.
+    """
+    recipe = MODELS.get(model)
+    if class_weight not in (None, "balanced"):
+        raise CnnlabError(f"--class-weight must be 'balanced' or 'none', got {class_weight!r}")
+    crop = crop_size or recipe.crop_size
+    if crop < 8:
+        raise CnnlabError(f"--crop-size must be at least 8 px, got {crop}")
+    folder = SegmentationFolder(data, skip_bad=True)
+    pairs = folder.read_all()
+    if not pairs:
+        reasons = "; ".join(f"{Path(s.path).name}: {s.reason}" for s in folder.skipped[:3])
+        raise CnnlabError(f"{folder.root} has no usable image+mask pair ({reasons})")
+    largest = max(int(torch.where(mask == IGNORE_INDEX, 0, mask).max()) for _, mask in pairs.values())
+    class_names = folder.class_names or [f"class {i}" for i in range(max(largest + 1, 2))]
+    if background is not None and not 0 <= background < len(class_names):
+        raise CnnlabError(f"--background {background} is not a class index (0..{len(class_names) - 1})")
+    config = TrainConfig(
+        **{**recipe.train, **(overrides or {})},
+        seed=seed,
+        task=TASK,
+        name=name or run_name(recipe.name),
+        output=output,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+        extra={
+            "data": str(folder.root),
+            "model": recipe.name,
+            "arch": recipe.arch,
+            "model_kwargs": recipe.model_kwargs,
+            "pretrained": recipe.pretrained,
+            "classes": class_names,
+            "background": background,
+            "class_weight": class_weight,
+            "crop_size": crop,
+            "hflip": hflip,
+            "split_seed": split_seed,
+        },
+    )
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    split = _split(folder, pairs, run_dir / MANIFEST, val_fraction, test_fraction, split_seed)
+    (run_dir / SKIPPED).write_text(json.dumps([vars(s) for s in folder.skipped], indent=1))
+    parts = {part: [pairs[i] for i in indices] for part, indices in split.items()}
+
+    from cnnlab.models import create_model
+
+    torch.manual_seed(seed)
+    kwargs = {**recipe.model_kwargs, "num_classes": len(class_names), "in_chans": 3}
+    network = create_model(recipe.arch, pretrained=recipe.pretrained, **kwargs)
+    weights_cfg = getattr(getattr(network, "backbone", None), "pretrained_cfg", None) if recipe.pretrained else None
+    mean, std = (weights_cfg.mean, weights_cfg.std) if weights_cfg is not None else ((0.0,) * 3, (1.0,) * 3)
+    to_input = SegmentationInput(mean, std)
+    weight = None
+    if class_weight == "balanced":
+        counts = torch.bincount(torch.cat([m.flatten().long() for _, m in parts["train"]]), minlength=256)
+        weight = class_weights(dict(zip(class_names, counts[: len(class_names)].tolist(), strict=True)))
+    trainer = Trainer(
+        network,
+        config,
+        loss_fn=nn.CrossEntropyLoss(weight=weight, ignore_index=IGNORE_INDEX),
+        metrics={
+            "miou": MeanIoU(len(class_names), background is None, IGNORE_INDEX, background or 0),
+            "pixel_accuracy": PixelAccuracy(len(class_names), IGNORE_INDEX),
+        },
+        train_transform=to_input,
+        eval_transform=to_input,
+    )
+    eval_batch = config.eval_batch_size or 2 * config.batch_size
+    train_loader = DataLoader(
+        SegmentationSamples(parts["train"], joint_train_transform(crop, hflip)),
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=torch.Generator(),
+    )
+    val_loader = DataLoader(SegmentationSamples(parts["val"]), batch_size=eval_batch, collate_fn=pad_collate)
+    history = trainer.fit(LoaderBatches(train_loader), LoaderBatches(val_loader) if parts["val"] else None)
+    final = trainer.eval_model
+
+    # The test images are used here, once, after training: never for a choice.
+    test = parts["test"]
+    test_loader = DataLoader(SegmentationSamples(test), batch_size=eval_batch, collate_fn=pad_collate)
+    matrix = torch.zeros(len(class_names), len(class_names), dtype=torch.int64)
+    predictions, errors = [], []
+    for logits, targets in trainer.inference(LoaderBatches(test_loader), final):
+        for predicted, target in zip(logits.argmax(1).cpu(), targets.cpu(), strict=True):
+            height, width = test[len(predictions)][1].shape  # crop the batch padding off
+            predicted, target = predicted[:height, :width], target[:height, :width]
+            image_matrix = confusion_matrix(predicted, target, len(class_names), IGNORE_INDEX)
+            matrix += image_matrix
+            errors.append(1.0 - float(image_matrix.diag().sum()) / max(1, int(image_matrix.sum())))
+            predictions.append(predicted)
+    test_report = segmentation_report(matrix, class_names, background)
+    test_report["confusion_matrix"] = matrix.tolist()
+    worst = sorted(range(len(test)), key=lambda i: -errors[i])[:WORST_IMAGES]
+    test_paths = [folder.images[i] for i in split["test"]]
+    save_model(
+        final,
+        run_dir,
+        recipe.arch,
+        kwargs,
+        meta={
+            "task": TASK,
+            "model": recipe.name,
+            "seed": seed,
+            "classes": class_names,
+            "background": background,
+            "ignore_index": IGNORE_INDEX,
+            "colours": folder.colours.tolist() if folder.colours is not None else None,
+            "normalisation": {"mean": list(mean), "std": list(std)},
+            "input": "float RGB [N, 3, H, W] in [0, 1], any H and W, minus mean, over std",
+            "output": f"logits [N, {len(class_names)}, H, W]",
+            "val_miou": history[-1].get("val_miou") if history else None,
+        },
+    )
+    summary = {
+        "data": str(folder.root),
+        "model": recipe.name,
+        "arch": recipe.arch,
+        "pretrained": recipe.pretrained,
+        "params": sum(p.numel() for p in final.parameters()),
+        "run_dir": str(run_dir),
+        "images": {part: len(indices) for part, indices in split.items()},
+        "skipped": len(folder.skipped),
+        "epochs": len(history),
+        "val_miou": history[-1].get("val_miou") if history else None,
+        "test": test_report,
+        "worst_test_images": [{"image": str(test_paths[i]), "pixel_error": errors[i]} for i in worst],
+        "train_seconds": trainer.train_seconds,
+    }
+    if trainer.is_main_process:
+        from cnnlab.report.plots import plot_confusion_matrix
+
+        plot_confusion_matrix(matrix, run_dir / "test_confusion.png", class_names, "test pixels")
+        save_overlays(
+            [test[i][0] for i in worst],
+            [test[i][1] for i in worst],
+            [predictions[i] for i in worst],
+            run_dir / "test_worst.png",
+            class_names,
+            max_images=WORST_IMAGES,
+            titles=[f"{test_paths[i].name}: {errors[i]:.1%} wrong" for i in worst],
+            background=background,
+        )
+        (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+        _report(recipe, config, history, summary, folder, class_names, background).write(run_dir / "report.md")
+    return summary
+
+
+def _report(  # noqa: ANN202
+    recipe: FolderSegmentRecipe,
+    config: TrainConfig,
+    history: list[dict[str, float]],
+    summary: dict[str, Any],
+    folder: SegmentationFolder,
+    class_names: list[str],
+    background: int | None,
+):
+    from cnnlab.report.markdown import RunReport
+
+    test, counts = summary["test"], summary["images"]
+    report = RunReport(
+        f"Segmentation run `{config.name}`",
+        f"Model `{recipe.name}`: {recipe.summary}. Data {folder.root}: {counts['train']} training, {counts['val']} "
+        f"validation and {counts['test']} test images ({MANIFEST}), {summary['skipped']} skipped ({SKIPPED}); seed "
+        f"{config.seed}; the test images were evaluated once, after training, whole.",
+        environment_record(),
+    )
+    report.heading("Test images")
+    scope = "every class" if background is None else f"the classes other than background `{class_names[background]}`"
+    report.text(
+        f"mIoU over {scope} **{test['miou']:.4f}**; over every class {test['miou_with_bg']:.4f}; pixel accuracy "
+        f"{test['pixel_accuracy']:.4f} (unlabelled pixels excluded). {summary['params']:,} parameters, "
+        f"{summary['train_seconds']:.0f} s of training."
+    )
+    report.table(
+        ["class", "IoU"],
+        [[name, "absent" if iou is None else f"{iou:.4f}"] for name, iou in test["iou_per_class"].items()],
+    )
+    report.image("confusion matrix of the test pixels", "test_confusion.png")
+    report.image("the test images with the most wrong pixels: image, truth, prediction, errors", "test_worst.png")
+    report.add_training(history, monitor=config.monitor)
+    return report.add_config(config.to_dict())

@@ -1,0 +1,144 @@
+"""Apply a segmentation run (`cnnlab train segment --data`) to new images: whole-image masks of any size.
+
+`load_segmenter` rebuilds the saved network with its classes, background and normalisation (from ``model.json``);
+`predict_masks` runs each image whole through the engine's inference path (the network pads to its stride and crops
+back) and writes, per image, a class-index PNG, a colour PNG and an overlay PNG named after it. A path that cannot be
+read is reported on its own and the other images are still predicted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlab.data.folder import check_image, load_image
+from cnnlab.data.segmentation import SegmentationInput, class_colours
+from cnnlab.errors import CnnlabError
+from cnnlab.report.segmentation import colourise
+from cnnlab.train import Trainer
+
+__all__ = ["Segmenter", "is_segmentation_run", "load_segmenter", "predict_masks"]
+
+
+@dataclass
+class Segmenter:
+    """A trained segmentation network in eval mode and what its outputs mean.
+
+    Attributes:
+        model: [N, 3, H, W] normalised images -> [N, classes, H, W] logits.
+        classes: class names in output order.
+        background: the background class (not painted in overlays), or None.
+        mean: per-channel mean subtracted from images in [0, 1].
+        std: per-channel standard deviation divided by.
+        colours: uint8 [classes, 3], the colour of each class in colour masks.
+        source: the run directory.
+    """
+
+    model: nn.Module
+    classes: list[str]
+    background: int | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    colours: np.ndarray
+    source: str
+
+
+def _meta(run: str | os.PathLike[str]) -> dict[str, Any] | None:
+    path = Path(run)
+    spec = path / "model.json" if path.is_dir() else path
+    if not spec.is_file() or spec.suffix != ".json":
+        return None
+    try:
+        return json.loads(spec.read_text()).get("meta", {})
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
+def is_segmentation_run(run: str | os.PathLike[str]) -> bool:
+    """Whether `run` is a run directory (or ``model.json``) saved by `cnnlab train segment --data`."""
+    meta = _meta(run)
+    return meta is not None and meta.get("task") == "segment" and "normalisation" in meta
+
+
+def load_segmenter(run: str | os.PathLike[str], device: str | torch.device = "cpu") -> Segmenter:
+    """The segmenter saved in `run`.
+
+    Raises:
+        CnnlabError: when `run` is not a folder segmentation run.
+    """
+    from cnnlab.train.saved import load_model
+
+    if not is_segmentation_run(run):
+        raise CnnlabError(f"{run} is not a `cnnlab train segment --data` run directory (its model.json is missing)")
+    meta = _meta(run) or {}
+    path = Path(run)
+    network = load_model(path / "model.json" if path.is_dir() else path, device=device)
+    classes = list(meta["classes"])
+    colours = np.array(meta["colours"], dtype=np.uint8) if meta.get("colours") else class_colours(len(classes))
+    normalisation = meta["normalisation"]
+    return Segmenter(
+        network.eval(),
+        classes,
+        meta.get("background"),
+        tuple(normalisation["mean"]),
+        tuple(normalisation["std"]),
+        colours,
+        str(run),
+    )
+
+
+def predict_masks(
+    segmenter: Segmenter, paths: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]
+) -> list[dict[str, Any]]:
+    """Predict and save the masks of `paths` into `output`, in input order.
+
+    Returns:
+        One dict per path: ``{"image", "size": [width, height], "mask", "colour", "overlay" (files written),
+        "share": {class: fraction of the pixels}}``, or ``{"image", "error"}`` for a path that is missing or not a
+        readable image.
+    """
+    from PIL import Image
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    device = str(next(segmenter.model.parameters()).device)
+    runner = Trainer.for_inference(
+        segmenter.model, device=device, batch_size=1, eval_transform=SegmentationInput(segmenter.mean, segmenter.std)
+    )
+    results: list[dict[str, Any]] = []
+    for path in paths:
+        reason = "no such file" if not Path(path).is_file() else check_image(path)
+        if reason is not None:
+            results.append({"image": str(path), "error": reason})
+            continue
+        rgb = np.asarray(load_image(path), dtype=np.uint8)
+        pixels = torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None]
+        labels = runner.predict(pixels).argmax(1)[0].numpy().astype(np.uint8)  # H x W, the input's size
+        stem = Path(path).stem
+        files = {
+            "mask": output / f"{stem}_mask.png",
+            "colour": output / f"{stem}_colour.png",
+            "overlay": output / f"{stem}_overlay.png",
+        }
+        Image.fromarray(labels).save(files["mask"])
+        Image.fromarray(segmenter.colours[labels]).save(files["colour"])
+        overlay = colourise(rgb, labels, segmenter.colours, background=segmenter.background)
+        Image.fromarray(overlay).save(files["overlay"])
+        counts = np.bincount(labels.ravel(), minlength=len(segmenter.classes))
+        results.append(
+            {
+                "image": str(path),
+                "size": [rgb.shape[1], rgb.shape[0]],
+                **{key: str(value) for key, value in files.items()},
+                "share": {name: float(c) / labels.size for name, c in zip(segmenter.classes, counts, strict=True)},
+            }
+        )
+    return results

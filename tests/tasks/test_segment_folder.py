@@ -1,0 +1,218 @@
+"""Training, predicting and exporting segmentation from an image + mask folder (`cnnlab train segment --data`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.data.segmentation import IGNORE_INDEX, make_canvases, save_segmentation_folder
+from cnnlab.errors import CnnlabError
+from cnnlab.tasks.segment_folder import train_segmentation_folder
+from cnnlab.tasks.segment_predict import load_segmenter, predict_masks
+
+CLASSES = ["background", "bar", "square", "cross"]
+
+
+def _shapes(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Three jittered shapes (a bar, a square, a cross) in 28x28 frames, labels 0..2."""
+    generator = torch.Generator().manual_seed(seed)
+    digits = torch.zeros(count, 1, 28, 28, dtype=torch.uint8)
+    labels = torch.arange(count) % 3
+    for i in range(count):
+        dy, dx = (int(v) for v in torch.randint(-3, 4, (2,), generator=generator))
+        if labels[i] == 0:
+            digits[i, 0, 6 + dy : 22 + dy, 12 + dx : 16 + dx] = 255
+        elif labels[i] == 1:
+            digits[i, 0, 8 + dy : 20 + dy, 8 + dx : 20 + dx] = 255
+        else:
+            digits[i, 0, 12 + dy : 16 + dy, 6 + dx : 22 + dx] = 255
+            digits[i, 0, 6 + dy : 22 + dy, 12 + dx : 16 + dx] = 255
+    return digits, labels, torch.arange(count)
+
+
+def _folder(root, count: int = 48, seed: int = 0, sizes=((32, 32),)):
+    """A folder of canvases with one shape each; sizes cycle through `sizes`; a strip of every mask is unlabelled."""
+    images, masks = [], []
+    for i in range(count):
+        canvas = make_canvases(*_shapes(30, seed + i), 1, size=sizes[i % len(sizes)], digits_per_canvas=(1, 1), seed=i)
+        images.append(canvas.images[0])
+        masks.append(canvas.masks[0])
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    if len(sizes) == 1:
+        save_segmentation_folder(torch.stack(images), torch.stack(masks), root, CLASSES)
+    else:
+        for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
+            save_segmentation_folder(image[None], mask[None], root / "tmp", CLASSES)
+            (root / "tmp" / "images" / "00000.png").rename(root / "images" / f"{i:05d}.png")
+            (root / "masks").mkdir(exist_ok=True)
+            (root / "tmp" / "masks" / "00000.png").rename(root / "masks" / f"{i:05d}.png")
+        (root / "tmp" / "classes.json").rename(root / "classes.json")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A U-Net trained for a few seconds on 48 32x32 canvases of one shape each."""
+    root = _folder(tmp_path_factory.mktemp("data"))
+    output = tmp_path_factory.mktemp("runs")
+    summary = train_segmentation_folder(
+        str(root),
+        "unet",
+        output=str(output),
+        name="t",
+        overrides={"epochs": 12, "batch_size": 8, "lr": 1e-2, "channels_last": False},
+        crop_size=32,
+        progress=False,
+    )
+    return root, summary
+
+
+def test_a_tiny_folder_trains_and_beats_predicting_background(trained):
+    root, summary = trained
+    test = summary["test"]
+    matrix = torch.tensor(test["confusion_matrix"])
+    background_share = float(matrix[0].sum() / matrix.sum())
+    assert test["miou_includes_background"] is False
+    assert test["pixel_accuracy"] > background_share  # predicting background everywhere scores exactly this
+    assert test["miou"] > 0.0  # and IoU 0 on every shape class
+    # A dozen short epochs on 32 images find the shapes (which shape it is takes longer): shape-vs-background IoU.
+    found = int(matrix[1:, 1:].sum())
+    assert found / (matrix[1:].sum() + matrix[0, 1:].sum()) > 0.5, test
+    run = Path(summary["run_dir"])
+    report = (run / "report.md").read_text()
+    assert "| bar |" in report and "test_worst.png" in report and "test_confusion.png" in report
+    split = (run / "split.csv").read_text().splitlines()
+    assert split[0] == "path,label,split" and len(split) == 1 + 48
+
+
+def test_the_saved_split_is_reused(trained, tmp_path):
+    root, summary = trained
+    run = tmp_path / "segment" / "again"
+    run.mkdir(parents=True)
+    manifest = (Path(summary["run_dir"]) / "split.csv").read_text()
+    (run / "split.csv").write_text(manifest)
+    second = train_segmentation_folder(
+        str(root), output=str(tmp_path), name="again", overrides={"epochs": 1}, split_seed=5, progress=False
+    )
+    assert second["images"] == summary["images"]
+    assert (run / "split.csv").read_text() == manifest
+
+
+def test_ignore_index_is_left_out_of_loss_and_metrics(tmp_path):
+    root = _folder(tmp_path / "data", count=12)
+    for path in (root / "masks").iterdir():  # index masks: the top rows unlabelled
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        labels = np.zeros(rgb.shape[:2], dtype=np.uint8)
+        labels[rgb.any(-1)] = 1
+        labels[:5] = IGNORE_INDEX
+        Image.fromarray(labels).save(path)
+    (root / "classes.json").unlink()
+    summary = train_segmentation_folder(
+        str(root), output=str(tmp_path), name="i", overrides={"epochs": 1, "batch_size": 4}, progress=False
+    )
+    assert np.isfinite(summary["val_miou"])  # a target of 255 in the loss would have raised (out of 2 classes)
+    labelled_pixels = summary["images"]["test"] * 32 * (32 - 5)
+    assert int(torch.tensor(summary["test"]["confusion_matrix"]).sum()) == labelled_pixels
+    assert list(summary["test"]["iou_per_class"]) == ["class 0", "class 1"]
+
+
+def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path):
+    sizes = ((29, 41), (37, 37), (50, 33))
+    root = _folder(tmp_path / "data", count=12, sizes=sizes)
+    summary = train_segmentation_folder(
+        str(root),
+        output=str(tmp_path),
+        name="m",
+        crop_size=32,
+        class_weight="balanced",
+        overrides={"epochs": 1, "batch_size": 4},
+        progress=False,
+    )
+    assert summary["images"]["train"] + summary["images"]["val"] + summary["images"]["test"] == 12
+    segmenter = load_segmenter(summary["run_dir"])
+    paths = [root / "images" / f"{i:05d}.png" for i in range(3)]
+    results = predict_masks(segmenter, [*paths, tmp_path / "missing.png"], tmp_path / "out")
+    for result, (height, width) in zip(results, sizes, strict=False):
+        assert result["size"] == [width, height]
+        for key in ("mask", "colour", "overlay"):
+            assert Image.open(result[key]).size == (width, height)
+        assert sum(result["share"].values()) == pytest.approx(1.0)
+    assert results[-1]["error"] == "no such file"
+
+
+def test_onnx_export_matches_pytorch_at_unseen_sizes(trained, tmp_path):
+    pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from cnnlab.layers.normalize import Normalize
+    from cnnlab.tasks.export import export_model
+
+    _, summary = trained
+    result = export_model(summary["run_dir"], "onnx", tmp_path / "m.onnx")
+    assert result["max_abs_difference"] < 1e-4
+    segmenter = load_segmenter(summary["run_dir"])
+    reference = torch.nn.Sequential(Normalize(segmenter.mean, segmenter.std), segmenter.model).eval()
+    images = torch.rand(1, 3, 57, 23)
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    exported = torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+    with torch.inference_mode():
+        expected = reference(images)
+    assert exported.shape == expected.shape == (1, 4, 57, 23)
+    torch.testing.assert_close(exported, expected, atol=1e-4, rtol=0)
+
+
+def test_bad_files_are_listed_and_skipped(tmp_path):
+    root = _folder(tmp_path / "data", count=10)
+    (root / "masks" / "00000.png").unlink()  # image without mask
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(root / "masks" / "00001.png")  # wrong size
+    Image.fromarray(np.full((32, 32, 3), 7, dtype=np.uint8)).save(root / "masks" / "00002.png")  # unknown colour
+    (root / "images" / "00003.png").write_bytes(b"not a png")  # undecodable
+    summary = train_segmentation_folder(
+        str(root), output=str(tmp_path), name="b", overrides={"epochs": 1, "batch_size": 4}, progress=False
+    )
+    assert summary["skipped"] == 4
+    skipped = json.loads((tmp_path / "segment" / "b" / "skipped.json").read_text())
+    reasons = {entry["path"].rsplit("/", 1)[-1]: entry["reason"] for entry in skipped}
+    assert "no mask" in reasons["00000.png"]
+    assert "20x20" in reasons["00001.png"]
+    assert "(7, 7, 7)" in reasons["00002.png"]
+    assert "00003.png" in reasons
+    split = (tmp_path / "segment" / "b" / "split.csv").read_text()
+    assert "00000.png" not in split and "00004.png" in split
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ("missing", "needs images/ and masks/"),
+        ("no-masks", "has a mask"),
+        ("all-bad", r"no usable image\+mask pair"),
+    ],
+)
+def test_bad_folders_give_one_line_errors(tmp_path, layout, message):
+    root = tmp_path / "data"
+    if layout != "missing":
+        (root / "images").mkdir(parents=True)
+        (root / "masks").mkdir()
+        Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(root / "images" / "a.png")
+    if layout == "all-bad":
+        Image.fromarray(np.zeros((9, 9), dtype=np.uint8)).save(root / "masks" / "a.png")
+    with pytest.raises(CnnlabError, match=message) as error:
+        train_segmentation_folder(str(root), output=str(tmp_path), progress=False)
+    assert "\n" not in str(error.value)
+
+
+def test_the_command_line_reports_a_bad_folder_on_one_line(tmp_path, monkeypatch, capsys):
+    from cnnlab.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["cnnlab", "train", "segment", "--data", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit) as exit_code:
+        main()
+    assert exit_code.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1
