@@ -56,6 +56,7 @@ _COMMAND_MODULES = [
     "explain",
     "lab",
     "demo",
+    "data",
 ]
 
 

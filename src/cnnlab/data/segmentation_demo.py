@@ -1,0 +1,133 @@
+"""Offline segmentation folders to try `cnnlab train segment --data` on (`cnnlab data segmentation-demo`).
+
+- ``digits``: multi-digit MNIST canvases (`cnnlab.data.segmentation.make_canvases`), grey, 64x64, 1-5 digits each.
+- ``rgb``: MNIST-M style. Crops of real photographs (scikit-learn's two sample images, plus scikit-image's sample
+  photos when it is installed) of mixed sizes, with 1-4 MNIST digits scaled to 20-48 px and blended in random colours.
+  Texture and colour clutter the background, so low-level features learnt from ImageNet help: the case for a
+  pretrained encoder.
+
+Both are written in the documented folder format (``images/``, ``masks/`` colour PNGs, ``classes.json``: background
+and the digits 0-9), from a seed, using only MNIST's training file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnlab.data.segmentation import CLASS_NAMES, INK_THRESHOLD, class_colours, make_canvases
+from cnnlab.errors import CnnlabError
+
+__all__ = ["DEMO_VARIANTS", "sample_photos", "write_segmentation_demo"]
+
+DEMO_VARIANTS = ("digits", "rgb")
+_SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "coins", "immunohistochemistry", "hubble_deep_field")
+
+
+def sample_photos() -> list[np.ndarray]:
+    """uint8 RGB photographs that ship with scikit-learn (and scikit-image, when installed): no download."""
+    from sklearn.datasets import load_sample_images
+
+    photos = [np.asarray(image, dtype=np.uint8) for image in load_sample_images().images]
+    try:
+        import skimage.data
+    except ModuleNotFoundError:
+        return photos
+    for name in _SKIMAGE_PHOTOS:
+        array = np.asarray(getattr(skimage.data, name)())
+        photos.append(np.repeat(array[..., None], 3, axis=-1) if array.ndim == 2 else array[..., :3])
+    return photos
+
+
+def _rgb_sample(
+    rng: np.random.Generator, photos: list[np.ndarray], digits: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One photo crop of a random size with 1-4 digits blended in at random scales and colours."""
+    from PIL import Image
+
+    height, width = (int(v) for v in rng.integers(64, 113, 2))
+    photo = photos[int(rng.integers(len(photos)))]
+    scale = float(rng.uniform(0.3, 1.0))  # zoomed out photos give finer texture
+    photo_h, photo_w = max(height, int(photo.shape[0] * scale)), max(width, int(photo.shape[1] * scale))
+    resized = np.asarray(Image.fromarray(photo).resize((photo_w, photo_h), Image.BILINEAR))
+    top, left = int(rng.integers(photo_h - height + 1)), int(rng.integers(photo_w - width + 1))
+    image = resized[top : top + height, left : left + width].astype(np.float32)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for _ in range(int(rng.integers(1, 5))):
+        pick = int(rng.integers(len(digits)))
+        side = int(rng.integers(20, min(49, height, width)))
+        digit = np.asarray(Image.fromarray(digits[pick]).resize((side, side), Image.BILINEAR), dtype=np.float32)
+        y, x = int(rng.integers(height - side + 1)), int(rng.integers(width - side + 1))
+        colour = rng.integers(0, 256, 3).astype(np.float32)
+        alpha = (digit / 255.0)[..., None]
+        window = image[y : y + side, x : x + side]
+        image[y : y + side, x : x + side] = (1 - alpha) * window + alpha * colour
+        mask[y : y + side, x : x + side][digit >= INK_THRESHOLD] = labels[pick] + 1
+    return image.round().clip(0, 255).astype(np.uint8), mask
+
+
+def write_segmentation_demo(
+    root: str | os.PathLike[str],
+    variant: str = "digits",
+    count: int = 1000,
+    data_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write a segmentation folder of `count` image + mask pairs to `root`.
+
+    Args:
+        root: the folder to create (``images/``, ``masks/``, ``classes.json``); must not hold images already.
+        variant: ``digits`` or ``rgb`` (see the module docstring).
+        count: pairs to write.
+        data_dir: MNIST root (see `cnnlab.data.paths`).
+        seed: the generator's seed.
+
+    Returns:
+        ``{"root", "variant", "images", "classes", "sizes": [[least height, least width], [greatest height,
+        greatest width]]}``.
+    """
+    from PIL import Image
+
+    from cnnlab.data.mnist import _load_split, find_mnist_dir
+
+    if variant not in DEMO_VARIANTS:
+        raise CnnlabError(f"--variant {variant!r} is not one of {', '.join(DEMO_VARIANTS)}")
+    if count < 3:
+        raise CnnlabError(f"--count must be at least 3 (train, validation and test need one each), got {count}")
+    root = Path(root)
+    if (root / "images").is_dir() and any((root / "images").iterdir()):
+        raise CnnlabError(f"{root / 'images'} already holds files; choose a new folder")
+    digits, labels = _load_split(find_mnist_dir(data_dir), "train")
+    colours = class_colours(len(CLASS_NAMES))
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    if variant == "digits":
+        canvases = make_canvases(digits, labels, torch.arange(len(labels)), count, size=64, seed=seed)
+        pairs = ((image[0].numpy(), mask.numpy()) for image, mask in zip(canvases.images, canvases.masks, strict=True))
+    else:
+        rng = np.random.default_rng(seed)
+        photos = sample_photos()
+        pool, pool_labels = digits.reshape(-1, 28, 28).numpy(), labels.numpy()
+        pairs = (_rgb_sample(rng, photos, pool, pool_labels) for _ in range(count))
+    shapes = set()
+    for index, (image, mask) in enumerate(pairs):
+        Image.fromarray(image).save(root / "images" / f"{index:05d}.png")
+        Image.fromarray(colours[mask]).save(root / "masks" / f"{index:05d}.png")
+        shapes.add(mask.shape)
+    classes = [{"name": n, "color": [int(c) for c in colour]} for n, colour in zip(CLASS_NAMES, colours, strict=True)]
+    (root / "classes.json").write_text(json.dumps(classes, indent=1))
+    return {
+        "root": str(root),
+        "variant": variant,
+        "images": count,
+        "classes": len(CLASS_NAMES),
+        "sizes": [
+            [min(h for h, _ in shapes), min(w for _, w in shapes)],
+            [max(h for h, _ in shapes), max(w for _, w in shapes)],
+        ],
+    }

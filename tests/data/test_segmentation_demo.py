@@ -1,0 +1,55 @@
+"""`cnnlab data segmentation-demo`: folders in the documented format that `SegmentationFolder` reads back whole."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cnnlab.data.paths import resolve_data_dir
+from cnnlab.data.segmentation import CLASS_NAMES, SegmentationFolder
+from cnnlab.data.segmentation_demo import sample_photos, write_segmentation_demo
+from cnnlab.errors import CnnlabError
+
+needs_mnist = pytest.mark.skipif(
+    not any((resolve_data_dir(None) / sub / "train-images-idx3-ubyte").is_file() for sub in ("MNIST/raw", "mnist", "")),
+    reason="MNIST IDX files not found ($CNNLAB_DATA)",
+)
+
+
+@needs_mnist
+@pytest.mark.parametrize("variant", ["digits", "rgb"])
+def test_demo_folder_reads_back_with_every_pair_usable(tmp_path, variant):
+    summary = write_segmentation_demo(tmp_path / variant, variant, count=8, seed=3)
+    folder = SegmentationFolder(tmp_path / variant, skip_bad=True)
+    pairs = folder.read_all()
+    assert len(pairs) == 8 and not folder.skipped
+    assert folder.class_names == CLASS_NAMES
+    labels = torch.cat([mask.flatten() for _, mask in pairs.values()]).unique()
+    assert labels[0] == 0 and len(labels) > 2  # background and several digits
+    shapes = {tuple(mask.shape) for _, mask in pairs.values()}
+    if variant == "rgb":
+        assert len(shapes) > 1  # mixed sizes
+        image, _ = pairs[0]
+        assert not torch.equal(image[0], image[1])  # colour, not grey
+    else:
+        assert shapes == {(64, 64)}
+    assert summary["sizes"] == [
+        [min(s[0] for s in shapes), min(s[1] for s in shapes)],
+        [max(s[0] for s in shapes), max(s[1] for s in shapes)],
+    ]
+    again = write_segmentation_demo(tmp_path / "again", variant, count=8, seed=3)
+    assert again["sizes"] == summary["sizes"]
+    first = (tmp_path / variant / "images" / "00005.png").read_bytes()
+    assert first == (tmp_path / "again" / "images" / "00005.png").read_bytes()
+
+
+def test_sample_photos_are_rgb_and_offline():
+    photos = sample_photos()
+    assert len(photos) >= 2 and all(photo.ndim == 3 and photo.shape[-1] == 3 for photo in photos)
+
+
+def test_demo_options_are_checked(tmp_path):
+    with pytest.raises(CnnlabError, match="--variant"):
+        write_segmentation_demo(tmp_path, "colour")
+    with pytest.raises(CnnlabError, match="--count"):
+        write_segmentation_demo(tmp_path, "digits", count=2)
