@@ -98,7 +98,13 @@ def test_the_saved_split_is_reused(trained, tmp_path):
     manifest = (Path(summary["run_dir"]) / "split.csv").read_text()
     (run / "split.csv").write_text(manifest)
     second = train_segmentation_folder(
-        str(root), output=str(tmp_path), name="again", overrides={"epochs": 1}, split_seed=5, progress=False
+        str(root),
+        output=str(tmp_path),
+        name="again",
+        crop_size=32,
+        overrides={"epochs": 1, "batch_size": 8},
+        split_seed=5,
+        progress=False,
     )
     assert second["images"] == summary["images"]
     assert (run / "split.csv").read_text() == manifest
@@ -216,3 +222,19 @@ def test_the_command_line_reports_a_bad_folder_on_one_line(tmp_path, monkeypatch
     assert exit_code.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("error: ") and stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("model", ["unet-lite0", "fcn8s-lite0"])
+def test_pretrained_encoder_models_train_and_keep_the_weights_normalisation(tmp_path, model):
+    from cnnlab.models import create_model
+
+    root = _folder(tmp_path / "data", count=9)
+    summary = train_segmentation_folder(
+        str(root), model, output=str(tmp_path), name=model, overrides={"epochs": 1, "batch_size": 4}, progress=False
+    )
+    assert summary["pretrained"] is True
+    record = create_model("efficientnet_lite0", pretrained=True).pretrained_cfg
+    segmenter = load_segmenter(summary["run_dir"])
+    assert segmenter.mean == tuple(record.mean) and segmenter.std == tuple(record.std)
+    result = predict_masks(segmenter, [root / "images" / "00000.png"], tmp_path / "out")[0]
+    assert Image.open(result["mask"]).size == (32, 32)
