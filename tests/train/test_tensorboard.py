@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from cnnlab.train import TrainConfig, Trainer
-from cnnlab.train.tensorboard import first_layer_filter_grid
+from cnnlab.errors import CnnlabError
+from cnnlab.train import Callback, TrainConfig, Trainer
+from cnnlab.train.tensorboard import TensorBoardLogger, first_layer_filter_grid
 
 event_accumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator", reason="tensorboard is in the lab and dev extras"
@@ -35,12 +37,13 @@ def _read(run_dir: Path) -> event_accumulator.EventAccumulator:
     return accumulator
 
 
-def _train(tmp_path: Path, **options: object) -> Trainer:
-    config = TrainConfig(
+def _train(tmp_path: Path, callbacks: tuple[Callback, ...] = (), **options: object) -> Trainer:
+    settings: dict[str, object] = dict(
         epochs=2, batch_size=16, lr=0.05, optimizer="sgd", output=str(tmp_path), task="toy", name="run",
-        progress=False, log_every=2, tensorboard=True, **options,  # type: ignore[arg-type]
+        progress=False, log_every=2, tensorboard=True,
     )  # fmt: skip
-    trainer = Trainer(_model(), config)
+    config = TrainConfig(**{**settings, **options})  # type: ignore[arg-type]
+    trainer = Trainer(_model(), config, callbacks=callbacks)
     images, labels = _data()
     trainer.fit((images, labels), (images[:32], labels[:32]))
     return trainer
@@ -62,6 +65,38 @@ def test_event_file_holds_step_and_epoch_scalars_and_the_filters(tmp_path: Path)
     recorded = [row["val_accuracy"] for row in trainer.history]
     assert [event.value for event in epoch_accuracy] == pytest.approx(recorded)
     assert "first_layer_filters" in accumulator.Tags()["images"]
+
+
+class _CrashAtStep(Callback):
+    """Flushes the event file, then interrupts the run, as a crash after the events were written would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: Trainer, step: int, loss: torch.Tensor) -> None:
+        if step == self.step:
+            for callback in trainer.callbacks:
+                if isinstance(callback, TensorBoardLogger) and callback.writer is not None:
+                    callback.writer.flush()
+            raise KeyboardInterrupt
+
+
+def test_a_resumed_run_continues_the_curves_without_repeating_steps(tmp_path: Path) -> None:
+    # 6 steps per epoch: the crash at step 10 comes after step 8 was logged and the epoch-1 checkpoint (step 6).
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path, callbacks=(_CrashAtStep(10),))
+    _train(tmp_path, resume=True)
+    steps = [event.step for event in _read(tmp_path / "toy" / "run").Scalars("step/train_loss")]
+    assert steps == [2, 4, 6, 8, 10, 12]
+
+
+def test_missing_package_fails_when_the_trainer_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a)
+    )
+    with pytest.raises(CnnlabError, match=r'pip install "cnnlab\[lab\]"'):
+        Trainer(_model(), TrainConfig(output=str(tmp_path), tensorboard=True, progress=False))
 
 
 def test_no_event_file_without_the_option(tmp_path: Path) -> None:

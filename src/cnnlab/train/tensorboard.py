@@ -14,11 +14,13 @@ Only the main process writes; a resumed run appends to the same folder from the 
 
 from __future__ import annotations
 
+import importlib.util
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from cnnlab.errors import CnnlabError
 from cnnlab.train.callbacks import Callback
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,19 +35,18 @@ class TensorBoardLogger(Callback):
     """Writes the run's scalars (per step and per epoch) and first-layer filters as TensorBoard events."""
 
     def __init__(self) -> None:
+        # Checked when the trainer is built, so a missing package fails before any training, not after it.
+        if importlib.util.find_spec("tensorboard") is None:
+            raise CnnlabError(
+                '--tensorboard needs the tensorboard package: pip install "cnnlab[lab]" (or pip install tensorboard)'
+            )
         self.writer: SummaryWriter | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if not trainer.is_main_process:
             return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            from cnnlab.errors import CnnlabError
+        from torch.utils.tensorboard import SummaryWriter
 
-            raise CnnlabError(
-                '--tensorboard needs the tensorboard package: pip install "cnnlab[lab]" (or pip install tensorboard)'
-            ) from None
         # On resume, purge_step drops what the interrupted run wrote after its last checkpoint: the curves do not fork.
         resumed_at = trainer.global_step + 1 if trainer.config.resume else None
         self.writer = SummaryWriter(str(trainer.run_dir), purge_step=resumed_at)
