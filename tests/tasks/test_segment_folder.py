@@ -213,10 +213,12 @@ def test_bad_folders_give_one_line_errors(tmp_path, layout, message):
     assert "\n" not in str(error.value)
 
 
-def test_the_command_line_reports_a_bad_folder_on_one_line(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("options", [["--data", "nowhere"], ["--model", "unet-lite0"]])
+def test_the_command_line_reports_a_bad_folder_on_one_line(tmp_path, monkeypatch, capsys, options):
     from cnnlab.cli import main
 
-    monkeypatch.setattr(sys, "argv", ["cnnlab", "train", "segment", "--data", str(tmp_path / "nowhere")])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cnnlab", "train", "segment", *options])
     with pytest.raises(SystemExit) as exit_code:
         main()
     assert exit_code.value.code == 2

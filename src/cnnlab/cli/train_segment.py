@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from cnnlab.cli.engine_options import ENGINE, with_engine_options
+from cnnlab.errors import CnnlabError
 
 if TYPE_CHECKING:
     from cnnlab.train.config import EngineOptions
@@ -41,10 +42,11 @@ def segment(
         help="Train on this folder instead of the canvases: images/ and masks/ with the same file stems, colour masks "
         "with classes.json or class-index PNGs, 255 = unlabelled (cnnlab data segmentation-demo writes one).",
     ),
-    model: str = typer.Option(
-        "unet",
+    model: str | None = typer.Option(
+        None,
         "--model",
-        help="With --data: unet (from scratch), unet-lite0 or fcn8s-lite0 (on the pretrained EfficientNet-Lite0).",
+        help="With --data: unet (from scratch; the default), unet-lite0 or fcn8s-lite0 (on the pretrained "
+        "EfficientNet-Lite0).",
     ),
     class_weight: str = typer.Option(
         "none", "--class-weight", help="With --data: none, or balanced (loss weights n / (k * pixels of the class))."
@@ -64,6 +66,8 @@ def segment(
     A folder run splits the pairs (split.csv), trains on random crops, tests whole images once and saves a model for
     `cnnlab predict` and `cnnlab export`. The canvases are always generated with seed 0; --seed seeds the training.
     """
+    if data is None and model is not None:
+        raise CnnlabError("--model chooses the model of a folder run (--data DIR); the canvas recipes use --recipe")
     if data is not None:
         _segment_folder(
             data, model, class_weight, background, crop_size, hflip, val_fraction, test_fraction, split_seed, engine
@@ -98,7 +102,7 @@ def segment(
 
 def _segment_folder(
     data: Path,
-    model: str,
+    model: str | None,
     class_weight: str,
     background: int,
     crop_size: int | None,
@@ -112,7 +116,7 @@ def _segment_folder(
 
     summary = train_segmentation_folder(
         str(data),
-        model,
+        model or "unet",
         class_weight=None if class_weight == "none" else class_weight,
         background=None if background < 0 else background,
         crop_size=crop_size,
