@@ -43,4 +43,4 @@ def test_app_builds_with_its_four_pages(tmp_path: Path) -> None:
     pytest.importorskip("gradio", reason="the lab extra")
     blocks = lab_app.build_app(tmp_path, warm=False)
     labels = {getattr(block, "label", None) for block in blocks.blocks.values()}
-    assert {"Budget", "Classify and explain", "Runs", "Scan"} <= labels
+    assert {"Budget", "Classify and explain", "Runs", "Scan and segment"} <= labels

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from cnnlab.errors import CnnlabError
-from cnnlab.lab.scan_page import scan_view
+from cnnlab.lab.scan_page import scan_view, segment_view
 from cnnlab.models import create_model
 from cnnlab.train.saved import save_model
 
@@ -38,3 +38,28 @@ def test_large_image_gives_a_heatmap_and_a_small_one_a_message(mnist_run: Path, 
     broken.write_bytes(b"\x89PNG not really")
     with pytest.raises(CnnlabError, match="cannot use this file"):
         scan_view(mnist_run, broken)
+
+
+def test_segmentation_run_gives_the_masks_of_cnnlab_predict(tmp_path: Path) -> None:
+    from cnnlab.tasks.segment_predict import load_segmenter, predict_masks
+
+    torch.manual_seed(0)
+    folder = tmp_path / "segment" / "run"
+    kwargs = {"num_classes": 3, "in_chans": 3, "widths": [4, 8]}
+    meta = {
+        "task": "segment",
+        "classes": ["background", "disc", "bar"],
+        "background": 0,
+        "normalisation": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+    }
+    save_model(create_model("unet", **{**kwargs, "widths": (4, 8)}), folder, "unet", kwargs, meta)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(photo)
+    view = segment_view(folder, photo)
+    assert view.overlay.size == view.colour.size == (52, 40)
+    (cli,) = predict_masks(load_segmenter(folder), [photo], tmp_path / "predictions")
+    assert view.share == cli["share"] and sum(view.share.values()) == pytest.approx(1.0)
+    with Image.open(cli["colour"]) as colour:
+        assert np.array_equal(np.asarray(view.colour), np.asarray(colour.convert("RGB")))
+    with pytest.raises(CnnlabError, match="not a `cnnlab train segment --data` run"):
+        segment_view(tmp_path, photo)

@@ -20,7 +20,7 @@ __all__ = ["build_app", "serve"]
 _DTYPES = ["float32", "float16", "bfloat16"]
 _OPTIMIZERS = ["adam", "adamw", "momentum", "sgd"]
 _CLASSIFY_TASKS = ("mnist", "transfer")
-_SCAN_TASKS = ("mnist",)
+_SCAN_TASKS = ("mnist",)  # classifier runs the Scan page converts to fully convolutional networks
 
 
 def _gradio() -> Any:
@@ -61,8 +61,9 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
     from cnnlab.lab.budget_page import EXERCISE_SPEC, budget_view, memory_chart
     from cnnlab.lab.classify import classify, drawing_to_image, open_upload, pretrained_models
     from cnnlab.lab.runs import compare_curves, find_runs, resolve_run, run_details, summarise
-    from cnnlab.lab.scan_page import scan_view
+    from cnnlab.lab.scan_page import scan_view, segment_view
     from cnnlab.tasks.explain import load_subject
+    from cnnlab.tasks.segment_predict import is_segmentation_run
 
     runs_root = Path(runs_root)
 
@@ -72,6 +73,10 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             for run_id, folder in find_runs(runs_root).items()
             if (tasks is None or folder.parent.name in tasks) and (not model or (folder / "model.json").is_file())
         ]
+
+    def scan_choices() -> list[str]:
+        segmentation = [run_id for run_id, folder in find_runs(runs_root).items() if is_segmentation_run(folder)]
+        return runs_of(_SCAN_TASKS, model=True) + segmentation
 
     zoo = pretrained_models()
 
@@ -140,7 +145,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             gr.Dropdown(choices=choices),
             gr.Dropdown(choices=choices),
             gr.Dropdown(choices=model_choices()),
-            gr.Dropdown(choices=runs_of(_SCAN_TASKS, model=True)),
+            gr.Dropdown(choices=scan_choices()),
         )
 
     @_shown_errors
@@ -160,14 +165,21 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         return compare_curves(runs_root, first, second)
 
     @_shown_errors
-    def on_scan(run_id: str, path: str | None) -> Any:
+    def on_scan(run_id: str, path: str | None) -> tuple:
         if not run_id:
-            raise CnnlabError(f"no MNIST run under {runs_root}; train one with `cnnlab train mnist`")
+            raise CnnlabError(
+                f"no MNIST or segmentation run under {runs_root}; train one with `cnnlab train mnist` or "
+                "`cnnlab train segment --data DIR`"
+            )
         if not path:
             raise CnnlabError("upload an image to scan")
         if os.path.getsize(path) > max_upload_bytes:
             raise CnnlabError(f"the image is larger than the lab's {max_upload_bytes / 1e6:.0f} MB upload limit")
-        return scan_view(resolve_run(runs_root, run_id), path)
+        folder = resolve_run(runs_root, run_id)
+        if is_segmentation_run(folder):
+            masks = segment_view(folder, path)
+            return masks.overlay, masks.colour, masks.share
+        return scan_view(folder, path), None, None
 
     # ------------------------------------------------------------------ layout
     with gr.Blocks(title="cnnlab lab") as app:
@@ -244,13 +256,21 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             chosen_run.change(on_run, [chosen_run], [curves, confusion, mistakes, config])
             compare_button.click(on_compare, [first, second], [comparison])
 
-        with gr.Tab("Scan", id="scan"):
-            scan_runs = runs_of(_SCAN_TASKS, model=True)
-            gr.Markdown("An MNIST run converted to a fully convolutional network scores every 28x28 window.")
-            scan_run = gr.Dropdown(scan_runs, value=scan_runs[0] if scan_runs else None, label="MNIST run")
-            scan_upload = gr.Image(type="filepath", sources=["upload"], label="large image (digits)")
-            heatmap = gr.Image(label="class heatmap", interactive=False)
-            scan_upload.upload(on_scan, [scan_run, scan_upload], [heatmap])
+        with gr.Tab("Scan and segment", id="scan"):
+            scan_runs = scan_choices()
+            gr.Markdown(
+                "An MNIST run, converted to a fully convolutional network, scores every 28x28 window of a large image; "
+                "a segmentation run paints its classes."
+            )
+            scan_run = gr.Dropdown(
+                scan_runs, value=scan_runs[0] if scan_runs else None, label="MNIST or segmentation run"
+            )
+            scan_upload = gr.Image(type="filepath", sources=["upload"], label="large image")
+            with gr.Row():
+                heatmap = gr.Image(label="class heatmap, or the masks over the image", interactive=False)
+                colour_mask = gr.Image(label="mask (segmentation runs)", interactive=False)
+                shares = gr.Label(label="share of the pixels per class")
+            scan_upload.upload(on_scan, [scan_run, scan_upload], [heatmap, colour_mask, shares])
 
         refresh.click(on_refresh_runs, [], [table, chosen_run, first, second, model, scan_run])
     if warm and zoo:

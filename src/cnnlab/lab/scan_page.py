@@ -1,7 +1,9 @@
-"""The Scan page: an MNIST classifier run, converted to a fully convolutional network, scans a large image.
+"""The Scan and segment page: a large image scanned by an MNIST run, or segmented by a segmentation run.
 
-`cnnlab.fcn.scan` does the work (conversion, shift-and-stitch scan, the heatmap figure); the page returns the figure
-``cnnlab fcn scan RUN IMAGE`` writes.
+An MNIST classifier run is converted to a fully convolutional network by `cnnlab.fcn.scan`, which also draws the
+heatmap: the page returns the figure ``cnnlab fcn scan RUN IMAGE`` writes. A segmentation run
+(``cnnlab train segment --data``) predicts the masks through `cnnlab.tasks.segment_predict`: the page returns the
+overlay and colour mask ``cnnlab predict IMAGE --model RUN`` writes, and each class's share of the pixels.
 """
 
 from __future__ import annotations
@@ -9,12 +11,28 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["scan_view"]
+__all__ = ["SegmentView", "scan_view", "segment_view"]
+
+
+@dataclass
+class SegmentView:
+    """The masks of one image.
+
+    Attributes:
+        overlay: the image with every class but the background painted over it.
+        colour: the mask, one colour per class.
+        share: class name -> fraction of the pixels.
+    """
+
+    overlay: Any
+    colour: Any
+    share: dict[str, float]
 
 
 def scan_view(run_folder: str | os.PathLike[str], image_path: str | os.PathLike[str], refine: int = 4) -> Any:
@@ -39,6 +57,25 @@ def scan_view(run_folder: str | os.PathLike[str], image_path: str | os.PathLike[
         path = save_heatmap(picture, result, Path(scratch) / "heatmap.png", classes, title=f"{source['arch']} scan")
         with Image.open(path) as heatmap:
             return heatmap.convert("RGB")
+
+
+def segment_view(run_folder: str | os.PathLike[str], image_path: str | os.PathLike[str]) -> SegmentView:
+    """The masks that the segmentation run in `run_folder` predicts for `image_path`, at the image's own size.
+
+    Raises:
+        CnnlabError: the folder holds no segmentation run, or the image is unreadable.
+    """
+    from PIL import Image
+
+    from cnnlab.tasks.segment_predict import load_segmenter, predict_masks
+
+    segmenter = load_segmenter(run_folder)
+    with tempfile.TemporaryDirectory() as scratch:
+        (result,) = predict_masks(segmenter, [image_path], scratch)
+        if "error" in result:
+            raise CnnlabError(f"cannot use this file: {result['error']}; upload a PNG or JPEG image")
+        with Image.open(result["overlay"]) as overlay, Image.open(result["colour"]) as colour:
+            return SegmentView(overlay.convert("RGB"), colour.convert("RGB"), result["share"])
 
 
 def _class_names(run_folder: Path, count: int) -> list[str] | None:
