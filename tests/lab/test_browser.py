@@ -1,7 +1,8 @@
 """`cnnlab lab` in a real browser: headless Chromium (Debian's package) driven by Selenium.
 
 Starts ``cnnlab lab`` on a free port, uploads scikit-image's chelsea on the Classify page and expects a cat in the
-top 3, then sizes the exercise network on the Budget page and expects 903,400 parameters. It prints the seconds from
+top 3, then sizes the exercise network on the Budget page and expects 903,400 parameters, then picks a small run that
+the engine trained here on the Runs page and sees its learning curves. It prints the seconds from
 opening the lab to seeing the photo's Grad-CAM. ``CNNLAB_SCREENSHOTS=DIR`` also saves the pages' screenshots there
 (the README's come from ``CNNLAB_SCREENSHOTS=docs``).
 """
@@ -46,10 +47,29 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _train_a_small_run(runs: Path) -> None:
+    """A real run folder (config.yaml, metrics, learning curves) from the engine: 4 epochs on separable toy data."""
+    import torch
+    from torch import nn
+
+    from cnnlab.train import TrainConfig, Trainer
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (240,), generator=generator)
+    images = torch.randn(240, 1, 8, 8, generator=generator)
+    images[torch.arange(240), 0, labels, labels] += 3.0
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 3))
+    config = TrainConfig(epochs=4, batch_size=16, lr=0.05, optimizer="sgd", output=str(runs), task="toy",
+                         name="small", progress=False, extra={"recipe": "toy"})  # fmt: skip
+    Trainer(model, config).fit((images[:192], labels[:192]), (images[192:], labels[192:]))
+
+
 @pytest.fixture(scope="module")
 def lab_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     runs = tmp_path_factory.mktemp("runs")
+    _train_a_small_run(runs)
     log = (tmp_path_factory.mktemp("log") / "lab.log").open("w")
     command = [sys.executable, "-m", "cnnlab", "lab", "--runs", str(runs), "--port", str(port)]
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -152,3 +172,10 @@ def test_classify_a_photo_and_size_the_exercise_network(
     _wait(browser).until(lambda d: "903,400" in d.find_element(By.ID, "budget-layers").text)
     time.sleep(0.5)
     _screenshot(browser, "lab-budget.png")
+
+    _open_tab(browser, "Runs")
+    _wait(browser).until(lambda d: "toy/small" in d.find_element(By.ID, "runs-table").text)
+    assert _field(browser, "runs-choice").get_attribute("value") == "toy/small"  # the newest run, on show
+    _wait(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#runs-curves img"))
+    time.sleep(0.5)
+    _screenshot(browser, "lab-runs.png")

@@ -151,12 +151,9 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
     @_shown_errors
     def on_run(run_id: str) -> tuple:
         details = run_details(runs_root, run_id)
-        return (
-            _image(details.learning_curves),
-            _image(details.confusion_matrix),
-            _image(details.mistakes),
-            details.config,
-        )
+        figures = (details.learning_curves, details.confusion_matrix, details.mistakes)
+        # A figure the run does not have is hidden, not shown as an empty frame.
+        return (*(gr.Image(value=_image(path), visible=path is not None) for path in figures), details.config)
 
     @_shown_errors
     def on_compare(first: str, second: str) -> Any:
@@ -242,9 +239,11 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
                 elem_id="runs-table",
             )
             run_ids = list(find_runs(runs_root))
-            chosen_run = gr.Dropdown(run_ids, label="run", elem_id="runs-choice")
+            chosen_run = gr.Dropdown(
+                run_ids, value=run_ids[0] if run_ids else None, label="run (newest first)", elem_id="runs-choice"
+            )
             with gr.Row():
-                curves = gr.Image(label="learning curves", interactive=False)
+                curves = gr.Image(label="learning curves", interactive=False, elem_id="runs-curves")
                 confusion = gr.Image(label="confusion matrix", interactive=False)
             mistakes = gr.Image(label="misclassified / highest-loss images", interactive=False)
             config = gr.Code(label="config.yaml", language="yaml")
@@ -254,6 +253,8 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
                 compare_button = gr.Button("Compare curves")
             comparison = gr.Plot(label="curves of both runs")
             chosen_run.change(on_run, [chosen_run], [curves, confusion, mistakes, config])
+            if run_ids:  # the newest run is on show when the page opens
+                app.load(on_run, [chosen_run], [curves, confusion, mistakes, config])
             compare_button.click(on_compare, [first, second], [comparison])
 
         with gr.Tab("Scan and segment", id="scan"):
