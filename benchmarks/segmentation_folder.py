@@ -46,7 +46,7 @@ def main() -> None:
                     str(folder),
                     model,
                     output=str(output),
-                    name=f"{variant}-{model}-seed{seed}",
+                    name=f"{variant}-{args.count}-{model}-seed{seed}",
                     seed=seed,
                     overrides={"epochs": args.epochs},
                     overwrite=True,
