@@ -19,7 +19,7 @@ $(BIN)/cnnlab: pyproject.toml
 SHARED_DATA := $(wildcard ../shared/data)
 
 demo: $(BIN)/cnnlab
-	$(if $(SHARED_DATA),CNNLAB_DATA=$${CNNLAB_DATA:-$(abspath $(SHARED_DATA))}) MPLBACKEND=Agg $(BIN)/cnnlab demo
+	$(if $(SHARED_DATA),CNNLAB_DATA=$${CNNLAB_DATA:-$(abspath $(SHARED_DATA))}) MPLBACKEND=Agg $(BIN)/cnnlab answers --quick
 
 test: $(BIN)/cnnlab
 	$(BIN)/ruff check src tests benchmarks

@@ -140,6 +140,8 @@ def test_classify_a_photo_and_size_the_exercise_network(
 
     started = time.perf_counter()
     browser.get(lab_url)
+    # the answer sheet is the first page; this runs root has none, so the page says how to write one
+    _wait(browser).until(lambda d: "cnnlab answers --quick" in d.find_element(By.ID, "answers-sheet").text)
     _open_tab(browser, "Classify")
     upload = _wait(browser).until(lambda d: d.find_element(By.CSS_SELECTOR, "#classify-upload input[type=file]"))
     upload.send_keys(str(photo))

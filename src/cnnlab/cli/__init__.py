@@ -42,6 +42,7 @@ def _root(
 # Command modules, in the order their commands appear in --help. Each defines `register(app)`.
 # `train_*` modules add subcommands to the `train` group defined in cli/train.py (`train_app`).
 _COMMAND_MODULES = [
+    "answers",
     "budget",
     "zoo",
     "train",
@@ -55,7 +56,6 @@ _COMMAND_MODULES = [
     "experiment",
     "explain",
     "lab",
-    "demo",
     "data",
 ]
 

@@ -58,6 +58,7 @@ def _image(path: Path | None) -> Any:
 def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2**20, warm: bool = True) -> Any:
     """The app's `gradio.Blocks` (not started); with `warm`, the default zoo model is loaded already."""
     gr = _gradio()
+    from cnnlab.lab.answers_page import answer_sheet
     from cnnlab.lab.budget_page import EXERCISE_SPEC, budget_view, memory_chart
     from cnnlab.lab.classify import classify, drawing_to_image, open_upload, pretrained_models
     from cnnlab.lab.runs import compare_curves, find_runs, resolve_run, run_details, summarise
@@ -181,6 +182,16 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
     # ------------------------------------------------------------------ layout
     with gr.Blocks(title="cnnlab lab") as app:
         gr.Markdown(f"# cnnlab lab\nRuns root: `{runs_root}`")
+        with gr.Tab("Answers", id="answers"):
+            sheet_text, sheet_figures = answer_sheet(runs_root)
+            gr.Markdown(sheet_text, elem_id="answers-sheet")
+            if sheet_figures:
+                gr.Gallery(
+                    [(_image(figure), caption) for figure, caption in sheet_figures],
+                    label="figures of the sheet",
+                    columns=3,
+                    interactive=False,
+                )
         with gr.Tab("Budget", id="budget"):
             with gr.Row():
                 target = gr.Textbox(

@@ -24,7 +24,7 @@ from cnnlab.layers.views import ViewAverage
 from cnnlab.models import PretrainedCfg
 from cnnlab.train import Trainer
 
-__all__ = ["Predictor", "classify_sample_photos", "load_predictor", "predict_images"]
+__all__ = ["Predictor", "load_predictor", "predict_images"]
 
 
 @dataclass
@@ -125,27 +125,3 @@ def predict_images(
                 for v, i in zip(row_values, row_indices, strict=True)
             ]
     return results
-
-
-def classify_sample_photos(
-    names: Sequence[str], out_dir: str | os.PathLike[str], model: str = "efficientnet_lite0", top_k: int = 5
-) -> list[dict[str, Any]]:
-    """Save scikit-image's sample photos (``chelsea``, ``coffee``, ...) as JPEG files in ``out_dir`` and classify
-    them with the pretrained ``model``, as a user would their own photos (used by `cnnlab demo`)."""
-    from PIL import Image
-
-    try:
-        import skimage.data
-    except ModuleNotFoundError as error:
-        raise CnnlabError(
-            "the sample photos come from scikit-image; install it with `pip install scikit-image`"
-        ) from error
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in names:
-        array = getattr(skimage.data, name)()
-        path = out_dir / f"{name}.jpg"
-        Image.fromarray(array).convert("RGB").save(path, quality=95)
-        paths.append(path)
-    return predict_images(load_predictor(model), paths, top_k=top_k)

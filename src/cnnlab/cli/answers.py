@@ -1,0 +1,56 @@
+"""`cnnlab answers`: the chapter's answer sheet, every number measured by the run that writes it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def answers_command(
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full/--quick",
+            help="--quick (default): subsets and quick recipes, a few minutes on 2 CPU cores. --full: the full "
+            "recipes and experiment sizes, about an hour on a CPU.",
+        ),
+    ] = False,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Folder for answers.md, answers.json, figures and the runs.")
+    ] = "runs/answers",
+    runs: Annotated[
+        str | None,
+        typer.Option(
+            help="A runs root (e.g. runs) whose finished runs are used instead of training again: "
+            "experiment/NAME, mnist/* of the mode's recipe, segment/*, transfer/*."
+        ),
+    ] = None,
+    exercise: Annotated[
+        list[int] | None, typer.Option("--exercise", "-e", help="Only this exercise, 1-10 (repeatable).")
+    ] = None,
+    data_dir: Annotated[str | None, typer.Option(help="MNIST root (default: $CNNLAB_DATA, else ./data).")] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Measure every exercise again. Without it, exercises an earlier (interrupted) invocation finished "
+            "in OUTPUT, in the same mode, are read back."
+        ),
+    ] = False,
+) -> None:
+    """Answer the ten CNN exercises of Géron's chapter 14 with evidence measured now: writes OUTPUT/answers.md."""
+    from cnnlab.tasks.answers import run_answers
+
+    sheet = run_answers(
+        "full" if full else "quick",
+        output=output,
+        runs=runs,
+        data_dir=data_dir,
+        exercises=tuple(exercise or ()),
+        overwrite=overwrite,
+    )
+    typer.echo(f"answer sheet: {sheet}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("answers")(answers_command)

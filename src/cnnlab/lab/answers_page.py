@@ -1,0 +1,37 @@
+"""The lab's first page: the answer sheet that `cnnlab answers` wrote under the runs root, with its figures."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+SHEET = Path("answers") / "answers.md"  # `cnnlab answers` writes runs/answers/answers.md by default
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+
+
+def answer_sheet(runs_root: str | Path) -> tuple[str, list[tuple[Path, str]]]:
+    """The sheet's Markdown with its image links taken out, and the figures they pointed to (path, caption).
+
+    Only figures inside the runs root are returned; the page shows them in a gallery (the Markdown component cannot
+    load local files). Without a sheet, a short text says how to write one.
+    """
+    root = Path(runs_root).resolve()
+    path = root / SHEET
+    if not path.is_file():
+        return (
+            f"No answer sheet under `{root / SHEET.parent}` yet. Write one with `cnnlab answers --quick` (a few "
+            f"minutes on a CPU; `--output {root / SHEET.parent}` if your runs root is not `runs`), "
+            "then reload this page.",
+            [],
+        )
+    text = path.read_text()
+    figures: list[tuple[Path, str]] = []
+
+    def take(match: re.Match[str]) -> str:
+        figure = (path.parent / match.group(2)).resolve()
+        if figure.is_file() and figure.is_relative_to(root):
+            figures.append((figure, match.group(1) or figure.name))
+            return f"_(figure: {figure.name}, in the gallery below)_"
+        return ""
+
+    return _IMAGE.sub(take, text), figures

@@ -1,0 +1,149 @@
+"""`cnnlab answers`: the chapter's ten exercises answered with evidence measured by the invocation that writes them.
+
+`run_answers` measures each exercise (`measure.EXERCISES`), saves every result into ``answers.json`` as soon as it
+is known, and renders ``answers.md`` from that JSON alone (`sheet.render`). An interrupted invocation loses nothing:
+run it again with the same ``--output`` and the exercises already measured in that mode are read back, not measured
+again (``--overwrite`` measures everything afresh). An exercise whose data is missing is reported in the sheet with
+the reason, and the others still run.
+
+Before it returns, the sheet is checked against the JSON (`sheet.untraced_numbers`): a number that the JSON does not
+account for is an error in cnnlab, reported as such.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import CnnlabError
+from cnnlab.tasks.answers.measure import EXERCISES, MODES, Context, Mode, timed
+from cnnlab.tasks.answers.sheet import render, untraced_numbers
+
+__all__ = ["CHAPTER", "MODES", "Mode", "run_answers", "untraced_numbers"]
+
+CHAPTER = 14
+RESULTS_FILE = "answers.json"
+SHEET_FILE = "answers.md"
+
+
+def _hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    device = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} CPU cores{device}, torch {torch.__version__}"
+
+
+def _previous(path: Path, mode: str) -> dict[str, Any]:
+    """Exercises already measured in `mode` by an earlier (possibly interrupted) invocation into the same folder."""
+    if not path.is_file():
+        return {}
+    try:
+        previous = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+    if previous.get("meta", {}).get("mode") != mode:
+        return {}
+    return {key: value for key, value in previous.get("exercises", {}).items() if "error" not in value}
+
+
+def run_answers(
+    mode: str | Mode = "quick",
+    output: str | os.PathLike[str] = "runs/answers",
+    runs: str | os.PathLike[str] | None = None,
+    data_dir: str | None = None,
+    exercises: Sequence[int] = (),
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Measure and write the answer sheet; returns the path of answers.md.
+
+    Args:
+        mode: ``quick`` (minutes on a CPU: subsets, quick recipes), ``full`` (the full recipes, about an hour) or a
+            `Mode` (tests use smaller ones).
+        output: the folder of answers.md, answers.json, the figures and the runs trained here.
+        runs: a runs root (as written by `cnnlab train`/`experiment`, e.g. ``runs``) whose finished runs are used
+            instead of training again: ``experiment/<name>``, ``mnist/*`` of the mode's recipe, ``segment/*`` and
+            ``transfer/*``.
+        data_dir: the MNIST root (else ``$CNNLAB_DATA``, else ``./data``).
+        exercises: only these exercise numbers (default all ten).
+        overwrite: measure every exercise again, even those an earlier invocation finished in this folder.
+        log: where progress lines go (default: stderr).
+    """
+    chosen = MODES.get(mode) if isinstance(mode, str) else mode
+    if chosen is None:
+        raise CnnlabError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
+    numbers = list(exercises) or sorted(EXERCISES)
+    unknown = [number for number in numbers if number not in EXERCISES]
+    if unknown:
+        raise CnnlabError(f"no exercise {unknown[0]}; the chapter's exercises are 1 to {max(EXERCISES)}")
+    runs_root = Path(runs) if runs is not None else None
+    if runs_root is not None and not runs_root.is_dir():
+        raise CnnlabError(f"--runs {runs_root} is not a folder")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    say = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    results_path = out / RESULTS_FILE
+    done = {} if overwrite else _previous(results_path, chosen.name)
+    ctx = Context(chosen, out, runs_root, data_dir, say)
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "meta": {
+            "chapter": CHAPTER,
+            "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "mode": chosen.name,
+            "mode_settings": chosen.to_dict(),
+            "date": datetime.now().strftime("%Y-%m-%d"),
+            "hardware": _hardware(),
+            "runs": str(runs_root) if runs_root else None,
+            "minutes": 0.0,
+        },
+        "exercises": {},
+    }
+    for number in numbers:
+        key = str(number)
+        if key in done:
+            say(f"exercise {number}: read back from {results_path}")
+            results["exercises"][key] = done[key]
+            continue
+        say(f"exercise {number}: measuring ...")
+        try:
+            evidence = timed(EXERCISES[number], ctx)
+        except (CnnlabError, FileNotFoundError, ImportError) as error:
+            evidence = {"error": str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}
+            say(f"exercise {number}: not measured: {evidence['error']}")
+        else:
+            say(f"exercise {number}: done in {evidence['seconds']:.0f} s")
+        results["exercises"][key] = evidence
+        results["meta"]["minutes"] = (time.perf_counter() - started) / 60
+        _write_json(results_path, results)  # each finished exercise is kept, whatever happens next
+    results["meta"]["minutes"] = (time.perf_counter() - started) / 60
+    _write_json(results_path, results)
+    sheet = render(json.loads(results_path.read_text()))
+    missing = untraced_numbers(sheet, results)
+    if missing:
+        raise RuntimeError(f"answers.md prints numbers that answers.json does not hold: {missing[:10]} (a cnnlab bug)")
+    sheet_path = out / SHEET_FILE
+    sheet_path.write_text(sheet)
+    return sheet_path
+
+
+def _write_json(path: Path, results: dict[str, Any]) -> None:
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(results, indent=1, default=str))
+    partial.replace(path)

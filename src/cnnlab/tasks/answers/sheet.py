@@ -1,0 +1,482 @@
+"""answers.md from the invocation's results: formatting only, no arithmetic of its own.
+
+Every number printed here is a value of the results dict (or a value scaled for display: x100 for a percentage,
+/1e6 for MB or millions, /1e9 for GB or billions, /60 for minutes), so that `untraced_numbers` can check the sheet
+against the JSON that the same invocation wrote. Numbers inside `code spans`, fenced blocks and link targets
+(commands, layer specs, file names) are not evidence and are not checked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+QUESTIONS = {
+    1: "What are the advantages of a CNN over a fully connected network for image classification?",
+    2: 'A CNN has three convolutional layers with 3x3 kernels, stride 2 and "same" padding, producing 100, 200 and '
+    "400 feature maps from 200x300 RGB images. How many parameters does it have, and how much RAM does it need to "
+    "predict one image and to train on a mini-batch of 50 images (32-bit floats)?",
+    3: "Your GPU runs out of memory while training a CNN. What can you try?",
+    4: "Why add a max pooling layer rather than a convolutional layer with the same stride?",
+    5: "When would you add a local response normalisation (LRN) layer?",
+    6: "What did AlexNet, GoogLeNet, ResNet, SENet, Xception and EfficientNet each introduce?",
+    7: "What is a fully convolutional network, and how do you turn a dense layer into a convolutional one?",
+    8: "What is the main technical difficulty of semantic segmentation?",
+    9: "Build a CNN from scratch and reach the highest accuracy you can on MNIST.",
+    10: "Use transfer learning for large image classification: your own images, a pretrained model, a new head.",
+}
+TITLES = {
+    1: "CNN vs fully connected",
+    2: "Parameters and RAM of a three-layer CNN",
+    3: "Out of GPU memory: the remedies",
+    4: "Max pooling vs strided convolution",
+    5: "Local response normalisation",
+    6: "The innovations of the classic architectures",
+    7: "Fully convolutional networks",
+    8: "Why semantic segmentation is hard",
+    9: "MNIST from scratch",
+    10: "Transfer learning",
+}
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+def n(value: float | int) -> str:
+    """An integer with thousands separators."""
+    return f"{round(value):,}"
+
+
+def pct(value: float, digits: int = 2) -> str:
+    """A fraction as a percentage."""
+    return f"{value * 100:.{digits}f}%"
+
+
+def mb(value: float) -> str:
+    """Bytes as MB (10^6 bytes)."""
+    return f"{value / 1e6:,.1f} MB"
+
+
+def gb(value: float) -> str:
+    """Bytes as GB (10^9 bytes)."""
+    return f"{value / 1e9:.2f} GB"
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _settings(settings: dict[str, Any]) -> str:
+    flags = []
+    for key, value in settings.items():
+        if value is not None:
+            flags.append(f"--{key.replace('_', '-')} {value}")
+    return " ".join(flags)
+
+
+# ---------------------------------------------------------------------------------------------- sections
+def _experiment_table(rows: list[dict[str, Any]], extra: tuple[str, str, Callable[[Any], str]] | None = None) -> str:
+    header = ["condition", "parameters", "MACs / image", "test accuracy", "ms / step"]
+    if extra:
+        header.insert(4, extra[0])
+    body = []
+    for row in rows:
+        accuracy = pct(row["test_accuracy_mean"])
+        if row["seeds"] > 1:
+            accuracy += f" ± {row['test_accuracy_std'] * 100:.2f}"
+        cells = [row["condition"], n(row["params"]), n(row["macs"]), accuracy, f"{row['ms_per_step']:.2f}"]
+        if extra:
+            cells.insert(4, extra[2](row[extra[1]]))
+        body.append(cells)
+    return table(header, body)
+
+
+def _experiment_source(name: str, evidence: dict[str, Any]) -> str:
+    return (
+        f"Evidence: experiment {name}, {evidence['source']} (`{evidence['folder']}/report.md`; mean ± std over seeds; "
+        "differences are claimed only under the noise rule of docs/EXPERIMENTS.md)."
+    )
+
+
+def section_1(e: dict[str, Any]) -> Iterator[str]:
+    cnn, dense = e["rows"][0], e["rows"][1]
+    layer = e["dense_equivalent"]
+    yield (
+        f"**Short answer.** A convolutional layer connects each unit to a small window only and shares its weights "
+        f"across all positions. The first layer of exercise 2 has {n(layer['conv_params'])} parameters; a dense layer "
+        f"with the same input and output sizes would need {n(layer['dense_params'])}. The same features are detected "
+        "anywhere in the image, and the network can be applied to any image size. Measured here at equal parameter "
+        f"count ({n(cnn['params'])} vs {n(dense['params'])}): the CNN reaches {pct(cnn['test_accuracy_mean'])} test "
+        f"accuracy, the dense net {pct(dense['test_accuracy_mean'])}; shifted by {e['shifts'][-1]} pixels, the CNN "
+        f"keeps {pct(e['shift_rows'][0]['accuracy'][-1])} and the dense net {pct(e['shift_rows'][1]['accuracy'][-1])}."
+    )
+    yield _experiment_source("cnn-vs-dense", e)
+    yield _experiment_table(e["rows"])
+    yield table(
+        ["shift (pixels)", *(row["condition"] for row in e["shift_rows"])],
+        [[shift, *(pct(row["accuracy"][i]) for row in e["shift_rows"])] for i, shift in enumerate(e["shifts"])],
+    )
+    yield f"Conclusion of the experiment: {e['conclusion']}"
+    yield " ".join(f"![{plot.rsplit('/', 1)[-1].removesuffix('.png')}]({plot})" for plot in e["plots"])
+    yield f"Reproduce: `cnnlab experiment cnn-vs-dense {_settings(e['settings'])}`"
+
+
+def section_2(e: dict[str, Any]) -> Iterator[str]:
+    training, inference = e["training_textbook"], e["inference"]
+    yield (
+        f"**Short answer.** {n(e['params'])} parameters: {n(e['weights'])} weights and {n(e['biases'])} biases. "
+        f"Predicting one image needs about {mb(inference['total_bytes'])} (the {mb(inference['params_bytes'])} of "
+        f"parameters plus the largest two consecutive layers' outputs, {mb(inference['working_set_bytes'])}). "
+        f"Training on a batch of {e['batch']} keeps every layer's output for backpropagation: the textbook count is "
+        f"{mb(training['total_bytes'])}, and PyTorch's real peak, traced and then measured in one training step, is "
+        f"{mb(e['training_measured_peak_bytes'])}."
+    )
+    rows = [
+        [row["layer"], row["in_channels"], f"{row['out_height']} x {row['out_width']} x {row['maps']}",
+         f"{row['kernel']}·{row['kernel']}·{row['in_channels']}·{row['maps']} = {n(row['weights'])}",
+         n(row["biases"]), n(row["params"])]
+        for row in e["layers"]
+    ]  # fmt: skip
+    rows.append(["total", "", "", n(e["weights"]), n(e["biases"]), f"**{n(e['params'])}**"])
+    yield table(["layer", "input maps", "output (h x w x maps)", "weights", "biases", "parameters"], rows)
+    yield table(
+        ["memory", "bytes", "what it holds"],
+        [
+            ["parameters", mb(training["params_bytes"]), f"{n(e['params'])} x {e['bytes_per_float']} bytes"],
+            ["gradients", mb(training["grads_bytes"]), "one per parameter"],
+            ["Adam state", mb(training["optimizer_bytes"]), "two moments per parameter"],
+            ["input batch", mb(training["inputs_bytes"]), f"{e['batch']} images"],
+            ["layer outputs", mb(training["activations_bytes"]), "every layer's output, kept for the backward pass"],
+            ["**textbook total**", f"**{mb(training['total_bytes'])}**", ""],
+            ["traced peak (PyTorch)", mb(e["training_realistic_peak_bytes"]),
+             "what autograd really saves, plus gradients being formed during the backward pass"],
+            ["measured peak", mb(e["training_measured_peak_bytes"]),
+             f"one real training step (measured / traced = {e['measured_over_estimate']:.4f})"],
+        ],
+    )  # fmt: skip
+    slips = e["slips"]
+    second = e["second_layer"]
+    yield (
+        "**Where answers go wrong.** The published answer sets give these totals (quoted), and each slip can be "
+        "reproduced from the layer spec:\n\n"
+        f"- {n(slips['times_ten']['claim'])}: {slips['times_ten']['slip']}. Ten times the weights is "
+        f"{n(slips['times_ten']['reproduced'])}, the claim exactly.\n"
+        f"- {n(slips['reversed']['claim'])}: {slips['reversed']['slip']}. Counted that way: "
+        + " + ".join(n(row["params"]) for row in e["reversed_layers"])
+        + f" = {n(slips['reversed']['reproduced'])}, the claim exactly.\n"
+        f"- {n(slips['dense_and_misadd']['claim'])}: {slips['dense_and_misadd']['slip']}. The check: "
+        f"({second['kernel']}·{second['kernel']}·{second['in_channels']})·{second['maps']} = "
+        f"{n(second['weights'])}, not "
+        f"{n(second['written_as'])}; the question has no dense layer, and the biases add {n(e['biases'])}.\n"
+        f"- RAM answers that count parameters only ({mb(e['params_only_bytes'])}) miss "
+        f"{pct(e['params_only_missed_share'], 1)} of what one training step of batch {e['batch']} really "
+        "holds: the layer outputs kept for backpropagation dominate."
+    )
+    yield "Step by step, as `cnnlab budget --explain` prints it:\n\n```\n" + e["explained"].strip() + "\n```"
+    spec = " ".join(f'"{line}"' for line in e["spec"])
+    size = "x".join(str(v) for v in e["input"])
+    yield f"Reproduce: `cnnlab budget --input {size} --batch {e['batch']} --measure --explain {spec}`"
+
+
+_REMEDY_COST = {
+    "as configured": "nothing: the batch you can afford without changes",
+    "bf16 mixed precision": "needs bf16 hardware support; a little accuracy risk on some models",
+    "gradient checkpointing": "about one more forward pass of compute per step",
+    "SGD (no optimizer state)": "Adam's two moment copies dropped; SGD may need more tuning",
+    "all three": "the costs of all three",
+}
+
+
+def section_3(e: dict[str, Any]) -> Iterator[str]:
+    best = max(e["remedies"], key=lambda remedy: remedy["max_batch"])
+    configured = e["remedies"][0]
+    yield (
+        f"**Short answer.** Reduce the mini-batch size (and accumulate gradients to keep the effective batch), use "
+        "16-bit floats (bf16 mixed precision), trade compute for memory with gradient checkpointing, drop optimizer "
+        "state (SGD instead of Adam), reduce the model (fewer or smaller layers, a larger stride early on, a smaller "
+        f"input) or spread it over several GPUs. For {e['model']} at {'x'.join(map(str, e['input']))} on "
+        f"{e['memory']}, the planner finds a largest batch of {configured['max_batch']} as configured (fp32, Adam) "
+        f"and {best['max_batch']} with {best['remedy']} ({best['vs_configured']:.2f}x)."
+    )
+    rows = [
+        [r["remedy"], r["max_batch"], f"{r['vs_configured']:.2f}x", mb(r["fixed_bytes"]), mb(r["per_sample_bytes"]),
+         r["accumulation_steps_for_batch"], _REMEDY_COST.get(r["remedy"], "")]
+        for r in e["remedies"]
+    ]  # fmt: skip
+    yield table(
+        ["remedy", "largest batch", "vs as configured", "fixed", "per sample",
+         f"accumulation steps for batch {e['batch']}", "what it costs"],
+        rows,
+    )  # fmt: skip
+    yield (
+        f"Training at batch {e['batch']} as configured peaks at {gb(e['training_peak_bytes'])} "
+        f"({'fits' if e['fits'] else 'does not fit'} in {e['memory']}). Memory is fixed (weights, gradients, optimizer "
+        "state) plus per sample (saved activations), so the largest batch follows from one line per remedy."
+    )
+    yield f"Reproduce: `cnnlab budget {e['model']} --batch {e['batch']} --memory {e['memory']}`"
+
+
+def section_4(e: dict[str, Any]) -> Iterator[str]:
+    rows = {row["condition"]: row for row in e["rows"]}
+    pool = rows.get("max-pool", e["rows"][0])
+    yield (
+        "**Short answer.** A max pooling layer has no parameters and costs few operations, and it keeps the strongest "
+        "activation of each window, which is the usual argument for some invariance to small shifts. A strided "
+        "convolution learns how to downsample, at the price of parameters and compute. Measured here: the pooled "
+        f"network has {n(pool['params'])} parameters in all; whether the accuracy and shift claims hold is the "
+        "experiment's conclusion below, which claims only differences larger than the noise."
+    )
+    yield _experiment_source("pool-vs-stride", e)
+    yield _experiment_table(e["rows"], ("1-px shifted accuracy", "shifted_accuracy_mean", pct))
+    yield f"Conclusion of the experiment: {e['conclusion']}"
+    yield f"Reproduce: `cnnlab experiment pool-vs-stride {_settings(e['settings'])}`"
+
+
+def section_5(e: dict[str, Any]) -> Iterator[str]:
+    yield (
+        "**Short answer.** LRN makes the most strongly activated neurons inhibit neurons at the same position in "
+        "neighbouring feature maps, encouraging maps to specialise; AlexNet used it after its first layers, and later "
+        "networks dropped it for batch normalisation. What this invocation measured, the same small network with "
+        "no normalisation, LRN or batch norm, is below; its conclusion claims only differences larger than the noise."
+    )
+    yield _experiment_source("lrn-vs-bn", e)
+    yield _experiment_table(e["rows"], ("val accuracy after epoch 1", "val_after_epoch_1", pct))
+    yield f"Conclusion of the experiment: {e['conclusion']}"
+    yield f"Reproduce: `cnnlab experiment lrn-vs-bn {_settings(e['settings'])}`"
+
+
+def section_6(e: dict[str, Any]) -> Iterator[str]:
+    verdict = "every count equals" if e["all_match"] else "not every count equals"
+    yield (
+        f"**Short answer.** Each architecture's named block, below, with its parameters counted now from cnnlab's "
+        f"implementation ({verdict} the reference implementation's) and its multiply-accumulates per image."
+    )
+    yield table(
+        ["model", "parameters (counted)", "published", "MMACs / image", "innovation", "where in cnnlab"],
+        [
+            [f"{r['model']} ({'x'.join(map(str, r['input']))})", n(r["params"]),
+             n(r["published_params"]) if r["published_params"] else "-", f"{r['macs'] / 1e6:,.1f}", r["innovation"],
+             f"`{r['innovation_code']}`"]
+            for r in e["rows"]
+        ],
+    )  # fmt: skip
+    yield "Reproduce: `cnnlab zoo`, then `cnnlab zoo show NAME` for the stages of one model."
+
+
+def section_7(e: dict[str, Any]) -> Iterator[str]:
+    yield (
+        "**Short answer.** A fully convolutional network has no dense layers, so it accepts any input size and "
+        "outputs a map of predictions, one per window. A dense layer on a h x w x c input becomes a convolution with "
+        "an h x w kernel, c input channels and one filter per unit, holding the same weights; later dense layers "
+        f"become 1 x 1 convolutions. Measured on the MNIST CNN of exercise 9: dense layers converted: "
+        f"{e['dense_layers_converted']}; parameters {n(e['params_before'])} before and {n(e['params_after'])} after; "
+        "largest "
+        f"difference of the logits on {n(e['images'])} test digits {e['max_abs_difference']:.2e} (logits up to "
+        f"{e['max_abs_logit']:.1f}), the same class for {pct(e['same_prediction_share'])} of them. On a "
+        f"{e['double_input'][0]} x {e['double_input'][1]} input it outputs a {e['double_input_grid'][0]} x "
+        f"{e['double_input_grid'][1]} grid of predictions: one per {e['window']}-pixel window, every {e['stride']} "
+        "pixels, in one pass."
+    )
+    yield f"![scan]({e['heatmap']})"
+    yield f"Evidence: the MNIST run `{e['folder']}`, {e['source']}."
+    yield f"Reproduce: `cnnlab fcn convert {e['run_dir']}`, then `cnnlab fcn scan {e['run_dir']} IMAGE`"
+
+
+def section_8(e: dict[str, Any]) -> Iterator[str]:
+    ceilings = e["ceilings"]
+    coarse, fine = ceilings[0], ceilings[-1]
+    yield (
+        "**Short answer.** Each prediction must be made per pixel, but the strides and pooling that give a CNN its "
+        "receptive field and its economy also throw spatial resolution away. A network that predicts at output "
+        f"stride {coarse['stride']} sees a {coarse['grid'][0]} x {coarse['grid'][1]} grid on a "
+        f"{e['canvas_size'][0]} x {e['canvas_size'][1]} canvas: even with perfect coarse scores, bilinear upsampling "
+        f"reaches a digit mIoU of {coarse['miou']:.3f} and a boundary F1 of {coarse['boundary_f1']:.3f}, against "
+        f"{fine['miou']:.3f} and {fine['boundary_f1']:.3f} at full resolution. Skip connections (FCN-16s, FCN-8s) "
+        "and U-Net's decoder bring the resolution back."
+    )
+    yield (
+        f"Ceilings on {n(e['canvases'])} test canvases of MNIST digits (the true class shares of each cell, upsampled "
+        f"bilinearly; boundary F1 with a {e['tolerance_px']}-pixel tolerance):"
+    )
+    yield table(
+        ["model", "output stride", "score grid", "best digit mIoU", "best pixel accuracy", "best boundary F1"],
+        [
+            [c["model"], c["stride"], f"{c['grid'][0]} x {c['grid'][1]}", f"{c['miou']:.3f}",
+             pct(c["pixel_accuracy"]), f"{c['boundary_f1']:.3f}"]
+            for c in ceilings
+        ],
+    )  # fmt: skip
+    if e["trained"]:
+        yield "Trained models on the same kind of canvases (test split, read from their run folders):"
+        yield table(
+            ["run", "architecture", "parameters", "test digit mIoU", "test boundary F1"],
+            [[f"`{t['folder']}`", t["arch"], n(t["params"]) if t["params"] else "-", f"{t['miou']:.3f}",
+              f"{t['boundary_f1']:.3f}"] for t in e["trained"]],
+        )  # fmt: skip
+    else:
+        yield (
+            "No trained segmentation run was given; pass `--runs DIR` with runs of `cnnlab train segment --recipe "
+            "fcn32s|fcn8s|unet`, or use `--full`."
+        )
+    yield "Reproduce: `cnnlab train segment --recipe fcn32s`, `--recipe fcn8s`, `--recipe unet`"
+
+
+def section_9(e: dict[str, Any]) -> Iterator[str]:
+    sets = e["answer_sets"]
+    if e["above_answer_sets"]:
+        verdict = (
+            f"above the published answer sets' {pct(sets['low'], 1)}-{pct(sets['high'], 1)}: {n(e['test_errors'])} "
+            f"errors on {n(e['test_images'])} test digits where {pct(sets['high'], 1)} means "
+            f"{n(e['errors_at_answer_sets_high'])}"
+        )
+    else:
+        verdict = f"not above the published answer sets' {pct(sets['low'], 1)}-{pct(sets['high'], 1)}"
+    seconds = f", trained in {e['train_seconds']:.0f} s on this machine" if e.get("train_seconds") else ""
+    yield (
+        f"**Short answer.** Recipe `{e['recipe']}` ({e['recipe_summary']}) reaches {pct(e['test_accuracy'])} test "
+        f"accuracy{seconds}: {verdict}. The test set was read once, after training; the validation split chose "
+        "everything else."
+    )
+    yield f"Evidence: `{e['folder']}/report.md`, {e['source']}."
+    yield f"Reproduce: `cnnlab train mnist --recipe {e['recipe']}`"
+
+
+def section_10(e: dict[str, Any]) -> Iterator[str]:
+    record = e["record"]
+    wrong = e["pipelines"][1:]
+    yield (
+        "**Short answer.** Load a pretrained model, replace its classifier with one for your classes, train the new "
+        "head (then, optionally, the top blocks) with the lower layers frozen, and preprocess every image exactly "
+        f"as the weights were trained. The one answer that reached {pct(e['mismatched_answer_accuracy'], 0)} "
+        f"(quoted) got the last step wrong. {e['model']} expects inputs normalised with mean "
+        f"{record['mean'][0]:.3f} and std {record['std'][0]:.3f}; with other preprocessing the same model on the same "
+        "photos says: "
+        + "; ".join(
+            f"{row['preprocessing']}: {row['agrees_with_record']} of {len(e['photos'])} top-1 classes unchanged"
+            for row in wrong
+        )
+        + "."
+    )
+    yield table(
+        ["photo", *(row["preprocessing"] for row in e["pipelines"])],
+        [
+            [name, *(f"{row['predictions'][i]['label']} ({pct(row['predictions'][i]['probability'], 1)})"
+                     for row in e["pipelines"])]
+            for i, name in enumerate(e["photos"])
+        ],
+    )  # fmt: skip
+    if e["transfer_runs"]:
+        yield "Transfer runs on real data (test split, evaluated once; read from their run folders):"
+        yield table(
+            ["run", "data", "recipe", "test images", "accuracy", "balanced accuracy", "without view averaging",
+             "defective vs not", "wall time"],
+            [[f"`{r['folder']}`", r["data"], r["recipe"], r["test_images"], pct(r["accuracy"], 1),
+              pct(r["balanced_accuracy"], 1) if r["balanced_accuracy"] is not None else "-",
+              pct(r["single_view_accuracy"], 1) if r["single_view_accuracy"] is not None else "-",
+              pct(r["binary_accuracy"], 1) if r["binary_accuracy"] is not None else "-",
+              f"{r['wall_minutes']:.1f} min" if r["wall_minutes"] else "-"] for r in e["transfer_runs"]],
+        )  # fmt: skip
+    else:
+        install = "" if e["elpv_available"] else "`pip install elpv-dataset` (solar-cell images that work offline), "
+        yield (
+            f"No transfer run in this invocation: {install}rerun with `--full`, or pass `--runs DIR` holding "
+            "`cnnlab train transfer` runs."
+        )
+    yield (
+        "Reproduce: `cnnlab predict --model efficientnet_lite0 PHOTO.jpg`; `cnnlab train transfer --data elpv` "
+        "(or `--data YOUR_FOLDER`)"
+    )
+
+
+SECTIONS: dict[int, Callable[[dict[str, Any]], Iterator[str]]] = {
+    1: section_1, 2: section_2, 3: section_3, 4: section_4, 5: section_5,
+    6: section_6, 7: section_7, 8: section_8, 9: section_9, 10: section_10,
+}  # fmt: skip
+
+
+def render(results: dict[str, Any]) -> str:
+    """The whole sheet from the results dict that `cnnlab.tasks.answers.run_answers` writes as answers.json."""
+    meta = results["meta"]
+    lines = [
+        f"# Answers to the CNN exercises (Géron, Hands-On ML, chapter {meta['chapter']}), measured",
+        "",
+        f"Written by `{meta['command']}` on {meta['date']} ({meta['hardware']}), mode `{meta['mode']}`, in "
+        f"{meta['minutes']:.1f} min. Every number below was computed by this invocation or read from a run folder it "
+        "names (answers.json holds them all); figures quoted from published answer sets are marked as such.",
+        "",
+    ]
+    if meta["mode"] == "quick":
+        lines += [
+            "> Quick measurements: small subsets and short trainings, so that the sheet is written in minutes. The "
+            "experiments' differences are judged under the noise rule; `cnnlab answers --full` measures them at full "
+            "size.",
+            "",
+        ]
+    for key in sorted(results["exercises"], key=int):
+        number = int(key)
+        evidence = results["exercises"][key]
+        lines += [f"## Exercise {number}. {TITLES[number]}", "", f"**Question.** {QUESTIONS[number]}", ""]
+        if "error" in evidence:
+            lines += [f"Not measured in this invocation: {evidence['error']}", ""]
+            continue
+        for block in SECTIONS[number](evidence):
+            lines += [block, ""]
+        lines += [f"_Measured in {evidence['seconds']:.0f} s._", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- tracing
+_CODE = re.compile(r"```.*?```|`[^`]*`|\]\([^)]*\)", re.DOTALL)
+_NUMBER = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?:e([+-]\d+))?(?:x(?![\w-])|(?![\w-]))")
+_SCALES = (1.0, 100.0, 1e-6, 1e-9, 1 / 60, 1e3)
+
+
+def _json_numbers(value: Any, found: list[float], texts: set[str]) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int | float):
+        found.append(float(value))
+    elif isinstance(value, str):
+        texts.update(match.group(0) for match in _NUMBER.finditer(value))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _json_numbers(key, found, texts)
+            _json_numbers(item, found, texts)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _json_numbers(item, found, texts)
+
+
+def untraced_numbers(markdown: str, results: dict[str, Any]) -> list[str]:
+    """Numbers of `markdown` (outside code and link targets) that no value of `results` accounts for.
+
+    A number is accounted for when it appears verbatim in a string of `results`, or equals a numeric value of
+    `results`, scaled by one of the display scales, rounded to the decimals shown.
+    """
+    values: list[float] = []
+    texts: set[str] = set()
+    _json_numbers(json.loads(json.dumps(results, default=str)), values, texts)
+    candidates = sorted({v * scale for v in values for scale in _SCALES})
+    prose = _CODE.sub(" ", markdown)
+    missing = []
+    for match in _NUMBER.finditer(prose):
+        text = match.group(0)
+        if text in texts:
+            continue
+        integer, fraction, exponent = match.group(1), match.group(2) or "", match.group(3)
+        shown = float(integer.replace(",", "") + fraction + (f"e{exponent}" if exponent else ""))
+        digits = len(fraction) - 1 if fraction else 0
+        tolerance = 0.5 * 10.0**-digits * (10.0 ** int(exponent) if exponent else 1.0) + 1e-9
+        if not any(abs(candidate - shown) <= tolerance for candidate in _nearby(candidates, shown, tolerance)):
+            missing.append(text)
+    return missing
+
+
+def _nearby(candidates: list[float], value: float, tolerance: float) -> list[float]:
+    import bisect
+
+    low = bisect.bisect_left(candidates, value - tolerance)
+    high = bisect.bisect_right(candidates, value + tolerance)
+    return candidates[low:high]

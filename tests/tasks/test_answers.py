@@ -1,0 +1,99 @@
+"""`cnnlab answers`: the sheet's numbers trace to the JSON the same invocation wrote; interruption and --runs reuse."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from cnnlab.errors import CnnlabError
+from cnnlab.tasks.answers import MODES, run_answers, untraced_numbers
+from cnnlab.tasks.answers.measure import SEGMENTATION_STRIDES, _coarse_prediction
+
+REAL_MNIST = Path(os.environ.get("CNNLAB_DATA", "data"))
+HAS_MNIST = (REAL_MNIST / "MNIST" / "raw").is_dir()
+_EXPERIMENT = {"epochs": 1, "seeds": 2, "subset": 300, "val_subset": 200, "test_subset": 200, "batch_size": 64}
+TINY = replace(
+    MODES["quick"],
+    name="quick",
+    experiments={name: dict(_EXPERIMENT) for name in MODES["quick"].experiments},
+    mnist_overrides={"epochs": 1},
+    mnist_subset=2048,
+    segment_canvases=40,
+    fcn_test_images=200,
+)
+
+
+def test_tracer_accepts_displayed_forms_of_json_values_and_flags_the_rest():
+    results = {"params": 903_400, "accuracy": 0.99304, "bytes": 576_454_400, "note": "ranges 1-3 overlap"}
+    assert untraced_numbers("903,400 parameters, 99.30%, 576.5 MB, 0.993; ranges 1-3 overlap", results) == []
+    assert untraced_numbers("903,401 parameters", results) == ["903,401"]
+    assert untraced_numbers("99.4%", results) == ["99.4"]
+    assert untraced_numbers("1.25x faster", results) == ["1.25x"]
+    # commands, layer specs and link targets are not evidence
+    assert untraced_numbers("`cnnlab budget --batch 77` ![plot](fig_12345.png) 3x3 kernels", results) == []
+
+
+def test_coarse_ceiling_is_exact_at_stride_one_and_loses_small_objects_at_large_strides():
+    import torch
+
+    masks = torch.zeros(1, 64, 64, dtype=torch.uint8)
+    masks[0, 10:20, 40:50] = 3
+    assert torch.equal(_coarse_prediction(masks, 1, 11), masks)
+    assert int((_coarse_prediction(masks, 32, 11) == 3).sum()) == 0  # a 10x10 object in a 32x32 cell is outvoted
+    assert int((_coarse_prediction(masks, 8, 11) == 3).sum()) > 0
+    assert list(SEGMENTATION_STRIDES.values()) == sorted(SEGMENTATION_STRIDES.values(), reverse=True)
+
+
+def test_bad_options_are_clear_errors(tmp_path: Path):
+    with pytest.raises(CnnlabError, match="unknown mode"):
+        run_answers("fast", output=tmp_path)
+    with pytest.raises(CnnlabError, match="no exercise 11"):
+        run_answers("quick", output=tmp_path, exercises=(11,))
+    with pytest.raises(CnnlabError, match="is not a folder"):
+        run_answers("quick", output=tmp_path, runs=tmp_path / "missing")
+
+
+def test_exercise_2_reproduces_the_answer_sets_slips(tmp_path: Path):
+    sheet = run_answers("quick", output=tmp_path, exercises=(2,), log=lambda message: None)
+    evidence = json.loads((tmp_path / "answers.json").read_text())["exercises"]["2"]
+    assert evidence["params"] == 903_400 and evidence["weights"] + evidence["biases"] == evidence["params"]
+    assert evidence["slips"]["times_ten"]["matches_claim"] and evidence["slips"]["reversed"]["matches_claim"]
+    assert evidence["training_measured_peak_bytes"] > evidence["training_textbook"]["params_bytes"]
+    text = sheet.read_text()
+    assert "903,400" in text and "Reproduce: `cnnlab budget" in text
+    assert untraced_numbers(text, json.loads((tmp_path / "answers.json").read_text())) == []
+
+
+@pytest.mark.skipif(not HAS_MNIST, reason="MNIST not found ($CNNLAB_DATA)")
+def test_every_number_of_a_whole_sheet_traces_to_its_json_and_runs_are_reused(tmp_path: Path):
+    lines: list[str] = []
+    first = tmp_path / "first"
+    sheet = run_answers(TINY, output=first, data_dir=str(REAL_MNIST), log=lines.append)
+    text = sheet.read_text()
+    results = json.loads((first / "answers.json").read_text())
+    for number in range(1, 11):
+        assert f"## Exercise {number}." in text
+        assert "error" not in results["exercises"][str(number)], results["exercises"][str(number)]
+    assert text.count("Reproduce: `cnnlab") == 10
+    assert untraced_numbers(text, results) == []
+    assert set(untraced_numbers(text.replace("903,400", "903,401"), results)) == {"903,401"}
+    # the figures the sheet links to exist
+    for link in ("figures/fcn_scan.png", "experiment/cnn-vs-dense/robustness_shift.png"):
+        assert link in text and (first / link).is_file()
+
+    # an interrupted invocation (here: one that finished only exercise 2) is completed, not redone
+    lines.clear()
+    run_answers(TINY, output=first, data_dir=str(REAL_MNIST), exercises=(2, 3), log=lines.append)
+    assert any("exercise 2: read back" in line for line in lines)
+    assert any("exercise 3: read back" in line for line in lines)
+
+    # --runs: the experiments and the MNIST run of the first sheet are read, not trained again
+    second = tmp_path / "second"
+    run_answers(TINY, output=second, runs=first, data_dir=str(REAL_MNIST), exercises=(1, 9), log=lines.append)
+    again = json.loads((second / "answers.json").read_text())["exercises"]
+    assert again["1"]["source"] == again["9"]["source"] == "read from the run folder"
+    assert again["9"]["test_accuracy"] == results["exercises"]["9"]["test_accuracy"]
