@@ -83,7 +83,7 @@ MODES: dict[str, Mode] = {
     "quick": Mode(
         name="quick",
         experiments={
-            "cnn-vs-dense": {"epochs": 1, "subset": 4000, **_QUICK_EXPERIMENT},
+            "cnn-vs-dense": {"epochs": 3, "subset": 4000, **_QUICK_EXPERIMENT},
             "pool-vs-stride": {"epochs": 2, "subset": 4000, **_QUICK_EXPERIMENT},
             "lrn-vs-bn": {"epochs": 2, "subset": 3000, **_QUICK_EXPERIMENT},
         },
