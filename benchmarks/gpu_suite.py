@@ -127,18 +127,19 @@ class Sizes:
 
 def sizes_for(dry_run: bool) -> Sizes:
     """The GPU sizes, or the dry run's toy sizes (same stages, same code, seconds on a CPU)."""
-    from cnnlab.tasks.demo import EXERCISE_INPUT, EXERCISE_SPEC
+    from cnnlab.tasks.answers.measure import EXERCISE_2_INPUT, EXERCISE_2_SPEC
 
+    exercise = list(EXERCISE_2_SPEC)
     if not dry_run:
         return Sizes(
             budget_networks=(
-                ("exercise 2 (3 convs)", EXERCISE_SPEC, EXERCISE_INPUT, 50, "8GiB"),
+                ("exercise 2 (3 convs)", exercise, EXERCISE_2_INPUT, 50, "8GiB"),
                 ("resnet50", "resnet50", (3, 224, 224), 64, "16GiB"),
             )
         )
     return Sizes(
         budget_networks=(
-            ("exercise 2 (3 convs), 3x50x75", EXERCISE_SPEC, (3, 50, 75), 2, "24MiB"),
+            ("exercise 2 (3 convs), 3x50x75", exercise, (3, 50, 75), 2, "24MiB"),
             ("mnist_net_small (stands in for resnet50)", "mnist_net_small", (1, 28, 28), 2, "6MiB"),
         ),
         mnist_subset=(512, 256, 512),

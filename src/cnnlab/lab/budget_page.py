@@ -15,10 +15,11 @@ from cnnlab.budget import BudgetReport, budget, parse_memory
 from cnnlab.budget.render import layer_table, memory_table, plan_table, summary_line
 from cnnlab.budget.spec import parse_size
 from cnnlab.errors import CnnlabError
+from cnnlab.tasks.answers.measure import EXERCISE_2_SPEC
 
 __all__ = ["EXERCISE_SPEC", "BudgetView", "TableData", "budget_view", "memory_chart", "parse_target", "table_data"]
 
-EXERCISE_SPEC = "conv 100 k3 s2 same\nconv 200 k3 s2 same\nconv 400 k3 s2 same"
+EXERCISE_SPEC = "\n".join(EXERCISE_2_SPEC)
 
 
 @dataclass
