@@ -97,3 +97,44 @@ def test_every_number_of_a_whole_sheet_traces_to_its_json_and_runs_are_reused(tm
     again = json.loads((second / "answers.json").read_text())["exercises"]
     assert again["1"]["source"] == again["9"]["source"] == "read from the run folder"
     assert again["9"]["test_accuracy"] == results["exercises"]["9"]["test_accuracy"]
+
+
+def _fake_run(root: Path, task: str, name: str, results: dict) -> Path:
+    folder = root / task / name
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def test_runs_named_with_runs_are_read_into_the_sheet(tmp_path: Path):
+    runs = tmp_path / "runs"
+    _fake_run(
+        runs, "transfer", "elpv-seed7",
+        {"config": {"data": "elpv"}, "recipe": {"name": "default"}, "classes": ["a", "b"], "wall_seconds": 1234.5,
+         "test": {"accuracy": 0.8231, "balanced_accuracy": 0.6012, "count": 656, "binary_accuracy": 0.9047,
+                  "single_view": {"accuracy": 0.7988}}},
+    )  # fmt: skip
+    _fake_run(runs, "transfer", "unfinished", {"config": {"data": "elpv"}})  # no test figures: left out
+    sheet = run_answers("quick", output=tmp_path / "out", runs=runs, exercises=(10,), log=lambda message: None)
+    text = sheet.read_text()
+    assert "transfer/elpv-seed7" in text and "82.3%" in text and "90.5%" in text and "20.6 min" in text
+    assert "unfinished" not in text
+    assert untraced_numbers(text, json.loads((tmp_path / "out" / "answers.json").read_text())) == []
+
+
+@pytest.mark.skipif(not HAS_MNIST, reason="MNIST not found ($CNNLAB_DATA)")
+def test_segmentation_runs_are_compared_with_the_stride_ceilings(tmp_path: Path):
+    runs = tmp_path / "runs"
+    _fake_run(
+        runs, "segment", "fcn8s",
+        {"recipe": "fcn8s", "arch": "fcn8s", "params": 11_200_000, "test": {"miou": 0.4321, "boundary_f1": 0.6543}},
+    )  # fmt: skip
+    _fake_run(runs, "segment", "folder", {"arch": "unet", "test": {"miou": 0.5}})  # no boundary F1: not comparable
+    mode = replace(TINY, segment_canvases=20)
+    sheet = run_answers(mode, output=tmp_path / "out", runs=runs, data_dir=str(REAL_MNIST), exercises=(8,),
+                        log=lambda message: None)  # fmt: skip
+    text = sheet.read_text()
+    assert "segment/fcn8s" in text and "0.432" in text and "0.654" in text and "segment/folder" not in text
+    evidence = json.loads((tmp_path / "out" / "answers.json").read_text())["exercises"]["8"]
+    by_stride = {row["stride"]: row for row in evidence["ceilings"]}
+    assert by_stride[1]["miou"] == 1.0 and by_stride[32]["miou"] < by_stride[8]["miou"] < 1.0

@@ -18,6 +18,7 @@ import platform
 import shlex
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -124,9 +125,13 @@ def run_answers(
         say(f"exercise {number}: measuring ...")
         try:
             evidence = timed(EXERCISES[number], ctx)
-        except (CnnlabError, FileNotFoundError, ImportError) as error:
+        except (CnnlabError, FileNotFoundError, ImportError) as error:  # missing data or package: say what to do
             evidence = {"error": str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}
             say(f"exercise {number}: not measured: {evidence['error']}")
+        except Exception as error:  # noqa: BLE001 - a bug in one exercise must not cost the others their results
+            say(traceback.format_exc())
+            evidence = {"error": f"{type(error).__name__}: {error} (a cnnlab bug; the traceback was printed)"}
+            say(f"exercise {number}: failed: {evidence['error']}")
         else:
             say(f"exercise {number}: done in {evidence['seconds']:.0f} s")
         results["exercises"][key] = evidence
