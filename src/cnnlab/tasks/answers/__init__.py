@@ -119,12 +119,13 @@ def run_answers(
     for number in numbers:
         key = str(number)
         if key in done:
-            say(f"exercise {number}: read back from {results_path}")
-            results["exercises"][key] = done[key]
+            say(f"exercise {number}: read back from {results_path} (measured earlier; --overwrite measures again)")
+            results["exercises"][key] = {**done[key], "read_back": True}
             continue
         say(f"exercise {number}: measuring ...")
         try:
             evidence = timed(EXERCISES[number], ctx)
+            evidence["measured_by"] = {"command": results["meta"]["command"], "date": results["meta"]["date"]}
         except (CnnlabError, FileNotFoundError, ImportError) as error:  # missing data or package: say what to do
             evidence = {"error": str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}
             say(f"exercise {number}: not measured: {evidence['error']}")

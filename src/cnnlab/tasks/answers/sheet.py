@@ -403,8 +403,10 @@ def render(results: dict[str, Any]) -> str:
         f"# Answers to the CNN exercises (Géron, Hands-On ML, chapter {meta['chapter']}), measured",
         "",
         f"Written by `{meta['command']}` on {meta['date']} ({meta['hardware']}), mode `{meta['mode']}`, in "
-        f"{meta['minutes']:.1f} min. Every number below was computed by this invocation or read from a run folder it "
-        "names (answers.json holds them all); figures quoted from published answer sets are marked as such.",
+        f"{meta['minutes']:.1f} min. Every number below was computed by the invocation named under its answer (this "
+        "one, unless the answer says it was read back from an earlier, interrupted one into the same folder) or read "
+        "from a run folder it names; answers.json holds them all. Figures quoted from published answer sets are "
+        "marked as such.",
         "",
     ]
     if meta["mode"] == "quick":
@@ -423,7 +425,10 @@ def render(results: dict[str, Any]) -> str:
             continue
         for block in SECTIONS[number](evidence):
             lines += [block, ""]
-        lines += [f"_Measured in {evidence['seconds']:.0f} s._", ""]
+        by = evidence.get("measured_by", {})
+        when = f" by `{by['command']}` on {by['date']}" if by else ""
+        again = " (read back by this invocation: it had been measured into the same folder earlier)"
+        lines += [f"_Measured in {evidence['seconds']:.0f} s{when}{again if evidence.get('read_back') else ''}._", ""]
     return "\n".join(lines)
 
 
