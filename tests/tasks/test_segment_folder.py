@@ -150,6 +150,13 @@ def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path):
             assert Image.open(result[key]).size == (width, height)
         assert sum(result["share"].values()) == pytest.approx(1.0)
     assert results[-1]["error"] == "no such file"
+    # the same file name in two folders: both results are kept
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / paths[0].name).write_bytes(paths[1].read_bytes())
+    first, second = predict_masks(segmenter, [paths[0], twin / paths[0].name], tmp_path / "twins")
+    assert first["mask"] != second["mask"] and Path(second["mask"]).name == f"{paths[0].stem}-2_mask.png"
+    assert Image.open(second["mask"]).size == Image.open(paths[1]).size
 
 
 def test_onnx_export_matches_pytorch_at_unseen_sizes(trained, tmp_path):

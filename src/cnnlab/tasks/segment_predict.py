@@ -103,7 +103,8 @@ def predict_masks(
     Returns:
         One dict per path: ``{"image", "size": [width, height], "mask", "colour", "overlay" (files written),
         "share": {class: fraction of the pixels}}``, or ``{"image", "error"}`` for a path that is missing or not a
-        readable image.
+        readable image. Files are named after the image; a second image with the same name (from another folder)
+        gets ``-2``, ``-3`` ... so that no result overwrites another.
     """
     from PIL import Image
 
@@ -114,6 +115,7 @@ def predict_masks(
         segmenter.model, device=device, batch_size=1, eval_transform=SegmentationInput(segmenter.mean, segmenter.std)
     )
     results: list[dict[str, Any]] = []
+    used: dict[str, int] = {}
     for path in paths:
         reason = "no such file" if not Path(path).is_file() else check_image(path)
         if reason is not None:
@@ -123,6 +125,9 @@ def predict_masks(
         pixels = torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None]
         labels = runner.predict(pixels).argmax(1)[0].numpy().astype(np.uint8)  # H x W, the input's size
         stem = Path(path).stem
+        used[stem] = used.get(stem, 0) + 1
+        if used[stem] > 1:
+            stem = f"{stem}-{used[stem]}"
         files = {
             "mask": output / f"{stem}_mask.png",
             "colour": output / f"{stem}_colour.png",
