@@ -205,3 +205,18 @@ def test_bf16_autocast_and_channels_last_run(tmp_path: Path) -> None:
     config = _config(tmp_path, epochs=1, precision="bf16", channels_last=True)
     history = Trainer(_model(), config).fit(_data(), _data(64, seed=1))
     assert torch.isfinite(torch.tensor(history[-1]["val_loss"]))
+
+
+def test_training_accuracy_leaves_out_the_losss_ignored_targets(tmp_path: Path) -> None:
+    # A 1x1 conv that always predicts class 0; half the mask pixels are 255 ("ignore"): every labelled pixel is right.
+    model = nn.Conv2d(1, 2, 1)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.copy_(torch.tensor([5.0, -5.0]))
+    images = torch.rand(8, 1, 4, 4)
+    masks = torch.zeros(8, 4, 4, dtype=torch.long)
+    masks[:, :, 2:] = 255
+    config = _config(tmp_path, epochs=1, batch_size=4, lr=1e-6, ema_decay=None, label_smoothing=0.0)
+    trainer = Trainer(model, config, loss_fn=nn.CrossEntropyLoss(ignore_index=255))
+    history = trainer.fit(TensorBatches(images, masks, 4), (images, masks))
+    assert history[0]["train_accuracy"] == 1.0  # not 0.5: the ignored half is not counted as wrong

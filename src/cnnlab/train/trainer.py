@@ -457,7 +457,7 @@ class Trainer:
                 loss_sum += loss * n
                 if batch_correct is not None:
                     correct += batch_correct
-                    classified += targets.numel()
+                    classified += int(self._labelled(targets).sum())
                 self.global_step += 1
                 for callback in self.callbacks:
                     callback.on_train_batch_end(self, self.global_step, loss)
@@ -476,6 +476,11 @@ class Trainer:
         if classified:
             metrics["train_accuracy"] = float(correct) / classified
         return metrics
+
+    def _labelled(self, targets: torch.Tensor) -> torch.Tensor:
+        """Which targets count for the training accuracy: all but the loss's ``ignore_index`` (e.g. 255 in masks)."""
+        ignore = getattr(self.loss_fn, "ignore_index", None)
+        return targets != ignore if isinstance(ignore, int) else torch.ones_like(targets, dtype=torch.bool)
 
     def _step(
         self,
@@ -508,7 +513,8 @@ class Trainer:
             scaler.scale(loss * weight).backward()
             loss_total += loss.detach().float() * weight
             if is_classification(outputs, micro_targets):
-                micro_correct = (outputs.detach().argmax(1) == micro_targets).sum()
+                hits = outputs.detach().argmax(1) == micro_targets
+                micro_correct = (hits & self._labelled(micro_targets)).sum()
                 correct = micro_correct if correct is None else correct + micro_correct
         if config.grad_clip is not None:
             scaler.unscale_(optimizer)
