@@ -118,3 +118,20 @@ def test_a_cache_that_does_not_fit_is_refused_with_a_cheaper_setting(tmp_path: P
     with pytest.raises(CnnlabError, match="only 0.00 GB are free.*fewer views"):
         cache.get_or_build(_spec(images), _Counting(), images, _transform, VIEWS, (2, 8, 8), progress=False,
                            cheaper="use fewer views")  # fmt: skip
+
+
+def test_a_part_read_back_from_its_split_manifest_has_the_same_digest(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from cnnlab.data.folder import LabelledImages
+    from cnnlab.data.split import read_manifest, write_manifest
+
+    images = _images(tmp_path / "data")
+    # as a dataset may list them: relative paths, classes in their own (unsorted) order
+    monkeypatch.chdir(tmp_path)
+    relative = [str(Path(p).relative_to(tmp_path)) for p in images.paths]
+    reordered = LabelledImages(relative, [1 - label for label in images.labels], ["b", "a"])
+    split = {"train": list(range(0, 10, 2)), "val": [1, 3], "test": [5, 7, 9]}
+    write_manifest(tmp_path / "split.csv", reordered, split)
+    again, again_split = read_manifest(tmp_path / "split.csv")
+    assert again.classes == ["a", "b"]  # sorted: other indices than the original's
+    for part in ("train", "val", "test"):
+        assert images_digest(again.subset(again_split[part])) == images_digest(reordered.subset(split[part]))

@@ -49,11 +49,14 @@ _PROGRESS = "progress.json"
 
 
 def images_digest(images: LabelledImages) -> str:
-    """A hash of a part's images, in order, with their labels and file sizes and times (an edited file changes it)."""
+    """A hash of a part's images, in order, with their class names and file sizes and times (an edited file changes
+    it). Paths are resolved and labels hashed by name, so the same part read back from a split manifest (absolute
+    paths, classes in sorted order) has the same digest as when it was first split, and reuses its cache."""
     digest = hashlib.sha256()
     for path, label in zip(images.paths, images.labels, strict=True):
         stat = os.stat(path)
-        digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        name = images.classes[label]
+        digest.update(f"{Path(path).resolve()}\0{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
