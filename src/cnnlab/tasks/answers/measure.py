@@ -219,36 +219,31 @@ def exercise_1(ctx: Context) -> dict[str, Any]:
     }
 
 
-def exercise_4(ctx: Context) -> dict[str, Any]:
-    """Max pooling vs a stride-2 convolution (experiment pool-vs-stride)."""
-    results, folder, source = _experiment_results(ctx, "pool-vs-stride")
+def _experiment_evidence(ctx: Context, name: str, extra: tuple[str, str]) -> dict[str, Any]:
+    """The evidence of an experiment with a `measured` table: per condition its cost, test accuracy and the mean of
+    one more measurement (``extra``: (key in `measured`, key in the row))."""
+    results, folder, source = _experiment_results(ctx, name)
     rows = _condition_rows(results, results["measured"])
+    measured_key, row_key = extra
     for row in rows:
-        values = results["measured"][row["condition"]]
-        row["shifted_accuracy_mean"] = _mean(values["1-px shifted accuracy"])
+        row[row_key] = _mean(results["measured"][row["condition"]][measured_key])
     return {
         "source": source,
         "folder": ctx.relative(folder),
-        "settings": _settings_text(ctx, "pool-vs-stride"),
+        "settings": _settings_text(ctx, name),
         "rows": rows,
         "conclusion": results["conclusion"],
     }
+
+
+def exercise_4(ctx: Context) -> dict[str, Any]:
+    """Max pooling vs a stride-2 convolution (experiment pool-vs-stride)."""
+    return _experiment_evidence(ctx, "pool-vs-stride", ("1-px shifted accuracy", "shifted_accuracy_mean"))
 
 
 def exercise_5(ctx: Context) -> dict[str, Any]:
     """When LRN helps, and what replaced it (experiment lrn-vs-bn)."""
-    results, folder, source = _experiment_results(ctx, "lrn-vs-bn")
-    rows = _condition_rows(results, results["measured"])
-    for row in rows:
-        values = results["measured"][row["condition"]]
-        row["val_after_epoch_1"] = _mean(values["val accuracy after epoch 1"])
-    return {
-        "source": source,
-        "folder": ctx.relative(folder),
-        "settings": _settings_text(ctx, "lrn-vs-bn"),
-        "rows": rows,
-        "conclusion": results["conclusion"],
-    }
+    return _experiment_evidence(ctx, "lrn-vs-bn", ("val accuracy after epoch 1", "val_after_epoch_1"))
 
 
 # ---------------------------------------------------------------------------------------------- budget

@@ -100,6 +100,14 @@ def _experiment_source(name: str, evidence: dict[str, Any]) -> str:
     )
 
 
+def _experiment_blocks(name: str, e: dict[str, Any], extra: tuple[str, str, Callable[[Any], str]]) -> Iterator[str]:
+    """Source, table (with one more column), conclusion and command of an experiment's answer."""
+    yield _experiment_source(name, e)
+    yield _experiment_table(e["rows"], extra)
+    yield f"Conclusion of the experiment: {e['conclusion']}"
+    yield f"Reproduce: `cnnlab experiment {name} {_settings(e['settings'])}`"
+
+
 def section_1(e: dict[str, Any]) -> Iterator[str]:
     cnn, dense = e["rows"][0], e["rows"][1]
     layer = e["dense_equivalent"]
@@ -228,10 +236,7 @@ def section_4(e: dict[str, Any]) -> Iterator[str]:
         f"network has {n(pool['params'])} parameters in all; whether the accuracy and shift claims hold is the "
         "experiment's conclusion below, which claims only differences larger than the noise."
     )
-    yield _experiment_source("pool-vs-stride", e)
-    yield _experiment_table(e["rows"], ("1-px shifted accuracy", "shifted_accuracy_mean", pct))
-    yield f"Conclusion of the experiment: {e['conclusion']}"
-    yield f"Reproduce: `cnnlab experiment pool-vs-stride {_settings(e['settings'])}`"
+    yield from _experiment_blocks("pool-vs-stride", e, ("1-px shifted accuracy", "shifted_accuracy_mean", pct))
 
 
 def section_5(e: dict[str, Any]) -> Iterator[str]:
@@ -241,10 +246,7 @@ def section_5(e: dict[str, Any]) -> Iterator[str]:
         "networks dropped it for batch normalisation. What this invocation measured, the same small network with "
         "no normalisation, LRN or batch norm, is below; its conclusion claims only differences larger than the noise."
     )
-    yield _experiment_source("lrn-vs-bn", e)
-    yield _experiment_table(e["rows"], ("val accuracy after epoch 1", "val_after_epoch_1", pct))
-    yield f"Conclusion of the experiment: {e['conclusion']}"
-    yield f"Reproduce: `cnnlab experiment lrn-vs-bn {_settings(e['settings'])}`"
+    yield from _experiment_blocks("lrn-vs-bn", e, ("val accuracy after epoch 1", "val_after_epoch_1", pct))
 
 
 def section_6(e: dict[str, Any]) -> Iterator[str]:
