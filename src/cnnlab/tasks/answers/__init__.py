@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -36,18 +35,12 @@ SHEET_FILE = "answers.md"
 
 
 def _hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
+    from cnnlab.train.config import environment_record
 
-    device = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} CPU cores{device}, torch {torch.__version__}"
+    record = environment_record()
+    hardware = record["hardware"]
+    device = f", {hardware['cuda']}" if hardware["cuda"] else ""
+    return f"{hardware['cpu']}, {hardware['cpu_count']} CPU cores{device}, torch {record['versions']['torch']}"
 
 
 def _previous(path: Path, mode: str) -> dict[str, Any]:

@@ -276,6 +276,7 @@ def _layer_counts(spec: tuple[str, ...]) -> list[dict[str, Any]]:
 def exercise_2(ctx: Context) -> dict[str, Any]:
     """Parameters and RAM of the three-layer network, textbook and measured, and the answer sets' slips."""
     from cnnlab.budget import budget
+    from cnnlab.budget.explain import explain
 
     report = budget(list(EXERCISE_2_SPEC), input_shape=EXERCISE_2_INPUT, batch_size=EXERCISE_2_BATCH, measure=True)
     layers = _layer_counts(EXERCISE_2_SPEC)
@@ -325,14 +326,8 @@ def exercise_2(ctx: Context) -> dict[str, Any]:
             1 - params_bytes / measured["peak_live_bytes"] if measured.get("peak_live_bytes") else None
         ),
         "slips": slips,
-        "explained": _explain_lines(report),
+        "explained": explain(report),
     }
-
-
-def _explain_lines(report: Any) -> str:
-    from cnnlab.budget.explain import explain
-
-    return explain(report)
 
 
 def exercise_3(ctx: Context) -> dict[str, Any]:

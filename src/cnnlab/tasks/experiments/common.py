@@ -8,7 +8,6 @@ cannot be estimated and no difference is claimed.
 
 from __future__ import annotations
 
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ from torch import nn
 from cnnlab.data.mnist import load_mnist
 from cnnlab.errors import CnnlabError
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
+from cnnlab.train.config import environment_record
 
 FULL_TRAIN_SIZE = 55_000  # MNIST's 60k training images minus the 5k validation images held out
 
@@ -277,16 +277,6 @@ def describe_difference(
 
 
 # ---------------------------------------------------------------------------------------------- report
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 @dataclass
 class Report:
     """Builds a report.md: a header with the command, settings and hardware, sections, then the conclusion."""
@@ -316,7 +306,8 @@ class Report:
             f"- settings: epochs {s.epochs}, training images {s.subset or FULL_TRAIN_SIZE}, seeds {s.seeds}, "
             f"batch {s.batch_size}, AdamW one-cycle peak lr {s.lr}, test images {s.test_subset or 10_000}, "
             f"validation {s.val_subset or 5_000} held-out training images",
-            f"- hardware: {_cpu_name()}, {os.cpu_count()} CPU cores, torch {torch.__version__} with "
+            f"- hardware: {environment_record()['hardware']['cpu']}, {os.cpu_count()} CPU cores, torch "
+            f"{torch.__version__} with "
             f"{torch.get_num_threads()} threads; {datetime.now().strftime('%Y-%m-%d %H:%M')}; "
             f"whole experiment {elapsed / 60:.1f} min",
             "- noise rule: a difference counts only if it exceeds 2 x the larger std over seeds and the per-seed "
