@@ -16,7 +16,9 @@ either model reaches. Hardware of the published figures: 2 CPU cores shared with
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import statistics
 from pathlib import Path
 
 from cnnlab.data.segmentation_demo import DEMO_VARIANTS, write_segmentation_demo
@@ -62,20 +64,34 @@ def main() -> None:
                         "miou_digits": test["miou"],
                         "miou_with_bg": test["miou_with_bg"],
                         "pixel_accuracy": test["pixel_accuracy"],
+                        "boundary_f1": test["boundary_f1"],
+                        "steps": summary["steps"],
                         "train_seconds": summary["train_seconds"],
                         "images": summary["images"],
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
-    print("| data | model | seed | params | test mIoU (digits, no bg) | mIoU with bg | pixel acc. | train s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for row in rows:
-        print(
-            f"| {row['data']} | {row['model']} | {row['seed']} | {row['params']:,} | {row['miou_digits']:.3f} | "
-            f"{row['miou_with_bg']:.3f} | {row['pixel_accuracy']:.4f} | {row['train_seconds']:.0f} |"
-        )
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "segmentation_folder_benchmark.json").write_text(json.dumps(rows, indent=1))
+                output.mkdir(parents=True, exist_ok=True)  # after every run: a stopped benchmark keeps its rows
+                (output / "segmentation_folder_benchmark.json").write_text(json.dumps(rows, indent=1))
+    header = "data | model | seeds | steps | params | test mIoU | mIoU with bg | pixel acc. | boundary F1 | train s"
+    print(f"| {header} |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for (variant, model), group in itertools.groupby(rows, key=lambda row: (row["data"], row["model"])):
+        group = list(group)
+        cells = [_mean_std([row[key] for row in group], digits) for key, digits in _COLUMNS]
+        seeds = " ".join(str(row["seed"]) for row in group)
+        first = group[0]
+        print(f"| {variant} | {model} | {seeds} | {first['steps']:,} | {first['params']:,} | {' | '.join(cells)} |")
+
+
+_COLUMNS = [("miou_digits", 3), ("miou_with_bg", 3), ("pixel_accuracy", 4), ("boundary_f1", 4), ("train_seconds", 0)]
+
+
+def _mean_std(values: list[float], digits: int) -> str:
+    """``mean ± std`` (sample std) over seeds; the value alone for one seed."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 if __name__ == "__main__":

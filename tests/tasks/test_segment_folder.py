@@ -84,6 +84,8 @@ def test_a_tiny_folder_trains_and_beats_predicting_background(trained):
     # A dozen short epochs on 32 images find the shapes (which shape it is takes longer): shape-vs-background IoU.
     found = int(matrix[1:, 1:].sum())
     assert found / (matrix[1:].sum() + matrix[0, 1:].sum()) > 0.5, test
+    assert 0.0 < test["boundary_f1"] <= 1.0 and test["boundary_tolerance_px"] == 2
+    assert summary["steps"] > 0
     run = Path(summary["run_dir"])
     report = (run / "report.md").read_text()
     assert "| bar |" in report and "test_worst.png" in report and "test_confusion.png" in report

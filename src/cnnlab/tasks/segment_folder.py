@@ -40,7 +40,7 @@ from cnnlab.data.segmentation import (
 from cnnlab.data.split import read_manifest, stratified_split, write_manifest
 from cnnlab.errors import CnnlabError
 from cnnlab.report.metrics import confusion_matrix
-from cnnlab.report.segmentation import MeanIoU, PixelAccuracy, save_overlays, segmentation_report
+from cnnlab.report.segmentation import BoundaryF1, MeanIoU, PixelAccuracy, save_overlays, segmentation_report
 from cnnlab.tasks.recipes import Recipe, RecipeBook, run_name
 from cnnlab.tasks.segmentation import TASK
 from cnnlab.tasks.transfer import class_weights
@@ -53,6 +53,7 @@ __all__ = ["MODELS", "FolderSegmentRecipe", "train_segmentation_folder"]
 MANIFEST = "split.csv"
 SKIPPED = "skipped.json"
 WORST_IMAGES = 6
+BOUNDARY_TOLERANCE = 2  # px, as the built-in canvases' report
 
 
 @dataclass(frozen=True)
@@ -262,6 +263,7 @@ def train_segmentation_folder(
     test_loader = DataLoader(SegmentationSamples(test), batch_size=eval_batch, collate_fn=pad_collate)
     matrix = torch.zeros(len(class_names), len(class_names), dtype=torch.int64)
     predictions, errors = [], []
+    boundary = BoundaryF1(BOUNDARY_TOLERANCE)
     for logits, targets in trainer.inference(LoaderBatches(test_loader), final):
         for predicted, target in zip(logits.argmax(1).cpu(), targets.cpu(), strict=True):
             height, width = test[len(predictions)][1].shape  # crop the batch padding off
@@ -269,8 +271,12 @@ def train_segmentation_folder(
             image_matrix = confusion_matrix(predicted, target, len(class_names), IGNORE_INDEX)
             matrix += image_matrix
             errors.append(1.0 - float(image_matrix.diag().sum()) / max(1, int(image_matrix.sum())))
+            # unlabelled pixels copied into the prediction: they draw no boundary of their own
+            boundary.update(torch.where(target == IGNORE_INDEX, target, predicted)[None], target[None])
             predictions.append(predicted)
     test_report = segmentation_report(matrix, class_names, background)
+    test_report["boundary_f1"] = boundary.compute()
+    test_report["boundary_tolerance_px"] = BOUNDARY_TOLERANCE
     test_report["confusion_matrix"] = matrix.tolist()
     worst = sorted(range(len(test)), key=lambda i: -errors[i])[:WORST_IMAGES]
     test_paths = [folder.images[i] for i in split["test"]]
@@ -303,6 +309,7 @@ def train_segmentation_folder(
         "images": {part: len(indices) for part, indices in split.items()},
         "skipped": len(folder.skipped),
         "epochs": len(history),
+        "steps": trainer.global_step,
         "val_miou": history[-1].get("val_miou") if history else None,
         "test": test_report,
         "worst_test_images": [{"image": str(test_paths[i]), "pixel_error": errors[i]} for i in worst],
@@ -350,7 +357,8 @@ def _report(  # noqa: ANN202
     scope = "every class" if background is None else f"the classes other than background `{class_names[background]}`"
     report.text(
         f"mIoU over {scope} **{test['miou']:.4f}**; over every class {test['miou_with_bg']:.4f}; pixel accuracy "
-        f"{test['pixel_accuracy']:.4f} (unlabelled pixels excluded). {summary['params']:,} parameters, "
+        f"{test['pixel_accuracy']:.4f} (unlabelled pixels excluded); boundary F1 {test['boundary_f1']:.4f} (within "
+        f"{test['boundary_tolerance_px']} px). {summary['params']:,} parameters, "
         f"{summary['train_seconds']:.0f} s of training."
     )
     report.table(
