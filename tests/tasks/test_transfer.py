@@ -329,3 +329,29 @@ def test_input_check_flags_wrongly_scaled_inputs() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         InputCheck(cfg, "training")(good, torch.zeros(1))
+
+
+def test_report_estimates_what_the_next_recipe_would_cost(tiny_run: tuple[Path, dict]) -> None:
+    _, summary = tiny_run
+    estimate = summary["costs"]["next_recipe"]
+    assert estimate["recipe"] == "full"  # default -> full in cost order
+    parts = ("cache", "training", "validation", "test")
+    assert all(estimate[part] > 0 for part in parts)
+    assert estimate["total"] == pytest.approx(sum(estimate[part] for part in parts))
+    assert "The next recipe, `full`" in (Path(summary["run_dir"]) / "report.md").read_text()
+
+
+def test_cost_estimate_leaves_the_model_alone_and_scales_with_the_data() -> None:
+    from cnnlab.tasks.transfer import RECIPES
+    from cnnlab.tasks.transfer_cost import estimate_recipe_seconds, next_recipe
+
+    assert [next_recipe(name) for name in ("quick", "default", "full")] == ["default", "full", None]
+    model = create_model("lenet5", num_classes=3, in_chans=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    counts = {"train": 100, "val": 20, "test": 30}
+    small = estimate_recipe_seconds(RECIPES.get("default"), model, (3, 32, 32), counts, 2, 1e-9, torch.device("cpu"))
+    double = {part: 2 * n for part, n in counts.items()}
+    large = estimate_recipe_seconds(RECIPES.get("default"), model, (3, 32, 32), double, 2, 1e-9, torch.device("cpu"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert large["cache"] == pytest.approx(2 * small["cache"]) and large["test"] == pytest.approx(2 * small["test"])
+    assert large["training"] > 0 and small["training"] > 0  # timed: its size is not asserted

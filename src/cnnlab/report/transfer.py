@@ -55,6 +55,15 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
     cost_rows.append(["test pass", "-", "-", costs.get("test_seconds")])
     cost_rows.append(["whole run", "-", "-", summary["wall_seconds"]])
     report.table(["step", "epochs", "training s", "wall s"], cost_rows)
+    nxt = costs.get("next_recipe")
+    if nxt:
+        report.text(
+            f"The next recipe, `{nxt['recipe']}` ({nxt['summary']}), would take about **{nxt['total'] / 60:.0f} min** "
+            f"here: cache {nxt['cache'] / 60:.1f} min, training {nxt['training'] / 60:.1f} min, validation "
+            f"{nxt['validation'] / 60:.1f} min, test {nxt['test'] / 60:.1f} min. Estimated from this run's measured "
+            "test-pass speed and a timed training step of that recipe (cnnlab.tasks.transfer_cost); it assumes no "
+            "cache to reuse and no early stop."
+        )
     report.text(
         "Recipes, cheapest first: `quick` (the classifier on cached features), `default` (the top blocks on cached "
         "maps), `full` (the whole network on augmented images, a GPU's recipe); docs/BENCHMARKS.md lists what each "

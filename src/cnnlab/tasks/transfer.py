@@ -615,6 +615,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         param.requires_grad_(True)
 
     results = _test(run, model)  # the test set, once
+    _estimate_next_recipe(run, model, record)
     meta = {
         "task": TASK,
         "classes": images.classes,
@@ -653,6 +654,30 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         f"({len(parts['test'])} images); report: {run_dir / 'report.md'}"
     )
     return summary
+
+
+def _estimate_next_recipe(run: _Run, model: nn.Module, record: PretrainedCfg) -> None:
+    """``costs["next_recipe"]``: the next recipe in cost order (on this run's model and image size) and its estimated
+    seconds on this machine, from the test pass's measured speed (`cnnlab.tasks.transfer_cost`)."""
+    from cnnlab.tasks.transfer_cost import estimate_recipe_seconds, forward_flops, next_recipe
+
+    name = next_recipe(run.recipe.name)
+    if name is None:
+        return
+    nxt = RECIPES.get(name)
+    config = run.config
+    size = record.with_input(config.image_size or nxt.image_size).input_size
+    tested = len(run.parts["test"]) * len(run.views) * forward_flops(model, run.cfg.input_size, run.device)
+    seconds = estimate_recipe_seconds(
+        nxt,
+        model,
+        size,
+        {part: len(images) for part, images in run.parts.items()},
+        len(run.views),
+        run.costs["test_seconds"] / tested,
+        run.device,
+    )
+    run.costs["next_recipe"] = {"recipe": name, "summary": nxt.summary, **seconds}
 
 
 def _write_phase_history(phases: dict[str, Any], run_dir: Path) -> None:

@@ -1,0 +1,121 @@
+"""What the next transfer recipe would cost on this machine, estimated from what this run measured.
+
+A run knows two speeds of its own machine: the test pass (images decoded, preprocessed and run forward through the
+whole network once per view) gives the seconds per forward FLOP, and a training step of the next recipe's trainable
+part, timed here on random inputs (four steps of 8 samples, seconds), gives the seconds per trained sample.
+The next recipe's cost is then counted from its work:
+
+- ``cached``: the cache build (every training and validation image, once per view, through the frozen lower part:
+  forward seconds scaled by the lower part's share of the network's FLOPs), the training steps, validation once per
+  epoch through the upper part, and the test pass.
+- ``full``: the head phase's cache of pooled features (the whole network, once per image and view), the training
+  steps on images, validation once per epoch (one view), and the test pass.
+
+The estimate ignores early stopping and a cache that may already exist, so it is an upper bound of the typical run.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["COST_ORDER", "estimate_recipe_seconds", "forward_flops", "next_recipe"]
+
+COST_ORDER = ("quick", "default", "full")
+
+
+def next_recipe(name: str) -> str | None:
+    """The recipe after `name` in cost order (None for the last, or a recipe outside the order)."""
+    if name not in COST_ORDER or name == COST_ORDER[-1]:
+        return None
+    return COST_ORDER[COST_ORDER.index(name) + 1]
+
+
+def forward_flops(module: nn.Module, shape: tuple[int, ...], device: torch.device) -> int:
+    """FLOPs of one forward pass of `module` on one input of `shape` (torch's FLOP counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(torch.zeros(1, *shape, device=device))
+    finally:
+        module.train(was_training)
+    return int(counter.get_total_flops())
+
+
+TIMED_BATCH = 8  # a training step is timed at this batch; its time per sample is taken for any batch (as on a CPU)
+
+
+def _step_seconds(module: nn.Module, shape: tuple[int, ...], classes: int, device: torch.device) -> float:
+    """Seconds per sample of a training step (forward, backward, AdamW) of a copy of `module` on random inputs at
+    `TIMED_BATCH`: the fastest of three steps after a first one that allocates."""
+    trainee = copy.deepcopy(module).train()
+    for param in trainee.parameters():
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trainee.parameters(), lr=1e-6)
+    inputs = torch.randn(TIMED_BATCH, *shape, device=device)
+    targets = torch.randint(0, classes, (TIMED_BATCH,), device=device)
+    timings = []
+    for _ in range(4):
+        started = time.perf_counter()
+        nn.functional.cross_entropy(trainee(inputs), targets).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timings.append(time.perf_counter() - started)
+    return min(timings[1:]) / TIMED_BATCH
+
+
+def estimate_recipe_seconds(
+    recipe: Any,
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    counts: dict[str, int],
+    views: int,
+    seconds_per_flop: float,
+    device: torch.device,
+) -> dict[str, float]:
+    """Seconds the `recipe` (a `TransferRecipe`) would take on this run's images, by part of the work.
+
+    Args:
+        recipe: the recipe to estimate.
+        model: the network (any weights; a copy is timed, `model` is not changed).
+        input_size: (C, H, W) of the recipe's inputs.
+        counts: images per split part (``train``, ``val``, ``test``).
+        views: views per image.
+        seconds_per_flop: measured by this run's test pass (images decoded, preprocessed and run forward).
+        device: where `model` lives.
+
+    Returns:
+        ``{"cache", "training", "validation", "test", "total"}`` in seconds.
+    """
+    from cnnlab.models import split_classifier, trainable_blocks
+
+    epochs = int(recipe.train.get("epochs", 10))
+    classes = int(model.get_classifier().out_features)
+    whole = forward_flops(model, input_size, device) * seconds_per_flop  # seconds per image and view
+    n_train, n_val, n_test = (counts.get(part, 0) for part in ("train", "val", "test"))
+    if recipe.method == "cached":
+        blocks = len(trainable_blocks(model, input_size))  # a smaller model than the recipe's: all of its blocks
+        top = blocks if recipe.unfreeze is None else min(recipe.unfreeze, blocks)
+        split = split_classifier(model, top, input_size)
+        lower = forward_flops(split.lower, input_size, device) * seconds_per_flop
+        upper = forward_flops(split.upper, split.feature_shape, device) * seconds_per_flop
+        cache = (n_train + n_val) * views * lower
+        samples = epochs * n_train * views
+        training = samples * _step_seconds(split.upper, split.feature_shape, classes, device)
+        validation = epochs * n_val * views * upper
+    else:
+        cache = (n_train + n_val) * views * whole  # the head phase's pooled features
+        samples = epochs * n_train
+        training = samples * _step_seconds(model, input_size, classes, device)
+        validation = epochs * n_val * whole
+    parts = {"cache": cache, "training": training, "validation": validation, "test": n_test * views * whole}
+    return {**parts, "total": sum(parts.values())}
