@@ -653,6 +653,10 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         f"test accuracy {results['accuracy']:.4f}{tta}, balanced accuracy {results['balanced_accuracy']:.4f} "
         f"({len(parts['test'])} images); report: {run_dir / 'report.md'}"
     )
+    nxt = run.costs.get("next_recipe")
+    if nxt:
+        log(f"this run took {summary['wall_seconds'] / 60:.0f} min; --recipe {nxt['recipe']} would take about "
+            f"{nxt['total'] / 60:.0f} min here (estimate, report.md)")  # fmt: skip
     return summary
 
 
