@@ -682,6 +682,7 @@ def _estimate_next_recipe(run: _Run, model: nn.Module, record: PretrainedCfg) ->
         len(run.views),
         run.costs["test_seconds"] / tested,
         run.device,
+        int(_shared(config.train).get("batch_size") or nxt.train.get("batch_size", 32)),
     )
     run.costs["next_recipe"] = {"recipe": name, "summary": nxt.summary, **seconds}
 

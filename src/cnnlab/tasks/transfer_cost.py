@@ -2,8 +2,8 @@
 
 A run knows two speeds of its own machine: the test pass (images decoded, preprocessed and run forward through the
 whole network once per view) gives the seconds per forward FLOP, and a training step of the next recipe's trainable
-part, timed here on random inputs (four steps of 8 samples, seconds), gives the seconds per trained sample.
-The next recipe's cost is then counted from its work:
+part, timed here on random inputs at the recipe's batch size (three steps, seconds), gives the seconds per trained
+sample. The next recipe's cost is then counted from its work:
 
 - ``cached``: the cache build (every training and validation image, once per view, through the frozen lower part:
   forward seconds scaled by the lower part's share of the network's FLOPs), the training steps, validation once per
@@ -49,20 +49,27 @@ def forward_flops(module: nn.Module, shape: tuple[int, ...], device: torch.devic
     return int(counter.get_total_flops())
 
 
-TIMED_BATCH = 8  # a training step is timed at this batch; its time per sample is taken for any batch (as on a CPU)
-
-
-def _step_seconds(module: nn.Module, shape: tuple[int, ...], classes: int, device: torch.device) -> float:
-    """Seconds per sample of a training step (forward, backward, AdamW) of a copy of `module` on random inputs at
-    `TIMED_BATCH`: the fastest of three steps after a first one that allocates."""
+def _step_seconds(
+    module: nn.Module, shape: tuple[int, ...], classes: int, device: torch.device, batch: int, channels_last: bool
+) -> float:
+    """Seconds per sample of a training step (forward, backward, AdamW) of a copy of `module` on random inputs of
+    `batch` samples, in the recipe's memory format: the faster of two steps after a first one that allocates."""
     trainee = copy.deepcopy(module).train()
+    for layer in trainee.modules():  # the recipes train with frozen batch norm (`FreezeBatchNorm`)
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.eval()
     for param in trainee.parameters():
         param.requires_grad_(True)
     optimizer = torch.optim.AdamW(trainee.parameters(), lr=1e-6)
-    inputs = torch.randn(TIMED_BATCH, *shape, device=device)
-    targets = torch.randint(0, classes, (TIMED_BATCH,), device=device)
+    inputs = torch.randn(batch, *shape, device=device)
+    if channels_last and inputs.ndim == 4:
+        trainee, inputs = (
+            trainee.to(memory_format=torch.channels_last),
+            inputs.contiguous(memory_format=torch.channels_last),
+        )
+    targets = torch.randint(0, classes, (batch,), device=device)
     timings = []
-    for _ in range(4):
+    for _ in range(3):
         started = time.perf_counter()
         nn.functional.cross_entropy(trainee(inputs), targets).backward()
         optimizer.step()
@@ -70,7 +77,7 @@ def _step_seconds(module: nn.Module, shape: tuple[int, ...], classes: int, devic
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         timings.append(time.perf_counter() - started)
-    return min(timings[1:]) / TIMED_BATCH
+    return min(timings[1:]) / batch
 
 
 def estimate_recipe_seconds(
@@ -81,6 +88,7 @@ def estimate_recipe_seconds(
     views: int,
     seconds_per_flop: float,
     device: torch.device,
+    batch_size: int | None = None,
 ) -> dict[str, float]:
     """Seconds the `recipe` (a `TransferRecipe`) would take on this run's images, by part of the work.
 
@@ -92,6 +100,7 @@ def estimate_recipe_seconds(
         views: views per image.
         seconds_per_flop: measured by this run's test pass (images decoded, preprocessed and run forward).
         device: where `model` lives.
+        batch_size: the batch the recipe would train with (default: the recipe's); a step is timed at it.
 
     Returns:
         ``{"cache", "training", "validation", "test", "total"}`` in seconds.
@@ -99,6 +108,8 @@ def estimate_recipe_seconds(
     from cnnlab.models import split_classifier, trainable_blocks
 
     epochs = int(recipe.train.get("epochs", 10))
+    batch = batch_size or int(recipe.train.get("batch_size", 32))
+    channels_last = bool(recipe.train.get("channels_last", False))
     classes = int(model.get_classifier().out_features)
     whole = forward_flops(model, input_size, device) * seconds_per_flop  # seconds per image and view
     n_train, n_val, n_test = (counts.get(part, 0) for part in ("train", "val", "test"))
@@ -110,12 +121,12 @@ def estimate_recipe_seconds(
         upper = forward_flops(split.upper, split.feature_shape, device) * seconds_per_flop
         cache = (n_train + n_val) * views * lower
         samples = epochs * n_train * views
-        training = samples * _step_seconds(split.upper, split.feature_shape, classes, device)
+        training = samples * _step_seconds(split.upper, split.feature_shape, classes, device, batch, channels_last)
         validation = epochs * n_val * views * upper
     else:
         cache = (n_train + n_val) * views * whole  # the head phase's pooled features
         samples = epochs * n_train
-        training = samples * _step_seconds(model, input_size, classes, device)
+        training = samples * _step_seconds(model, input_size, classes, device, batch, channels_last)
         validation = epochs * n_val * whole
     parts = {"cache": cache, "training": training, "validation": validation, "test": n_test * views * whole}
     return {**parts, "total": sum(parts.values())}
