@@ -348,10 +348,24 @@ def test_cost_estimate_leaves_the_model_alone_and_scales_with_the_data() -> None
     assert [next_recipe(name) for name in ("quick", "default", "full")] == ["default", "full", None]
     model = create_model("lenet5", num_classes=3, in_chans=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    counts = {"train": 100, "val": 20, "test": 30}
-    small = estimate_recipe_seconds(RECIPES.get("default"), model, (3, 32, 32), counts, 2, 1e-9, torch.device("cpu"))
+    counts, cpu = {"train": 100, "val": 20, "test": 30}, torch.device("cpu")
+    small = estimate_recipe_seconds(RECIPES.get("default"), model, (3, 32, 32), counts, 2, 1e-9, cpu, 3)
     double = {part: 2 * n for part, n in counts.items()}
-    large = estimate_recipe_seconds(RECIPES.get("default"), model, (3, 32, 32), double, 2, 1e-9, torch.device("cpu"))
+    large = estimate_recipe_seconds(RECIPES.get("default"), model, (3, 32, 32), double, 2, 1e-9, cpu, 3)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert large["cache"] == pytest.approx(2 * small["cache"]) and large["test"] == pytest.approx(2 * small["test"])
     assert large["training"] > 0 and small["training"] > 0  # timed: its size is not asserted
+
+
+def test_a_failed_estimate_never_costs_the_finished_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cnnlab.tasks.transfer_cost as transfer_cost
+
+    def fail(*_: object, **__: object) -> None:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(transfer_cost, "estimate_recipe_seconds", fail)
+    make_photo_folder(tmp_path / "photos", per_class=12)
+    summary = train_transfer(tiny_config(tmp_path, min_per_class=10, train={"epochs": 1}))
+    assert "next_recipe" not in summary["costs"]
+    assert (Path(summary["run_dir"]) / "model.safetensors").is_file()
+    assert "The next recipe" not in (Path(summary["run_dir"]) / "report.md").read_text()

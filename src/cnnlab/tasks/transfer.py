@@ -617,7 +617,6 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         param.requires_grad_(True)
 
     results = _test(run, model)  # the test set, once
-    _estimate_next_recipe(run, model, record)
     meta = {
         "task": TASK,
         "classes": images.classes,
@@ -629,6 +628,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         "test_accuracy": results["accuracy"],
     }
     save_model(model, run_dir, arch, {"num_classes": len(images.classes), "in_chans": 3}, meta)
+    _estimate_next_recipe(run, model, record)  # after the model is saved: an estimate never costs a finished run
     _write_phase_history(run.phases, run_dir)
     summary = {
         "run_dir": str(run_dir),
@@ -672,18 +672,23 @@ def _estimate_next_recipe(run: _Run, model: nn.Module, record: PretrainedCfg) ->
         return
     nxt = RECIPES.get(name)
     config = run.config
-    size = record.with_input(config.image_size or nxt.image_size).input_size
-    tested = len(run.parts["test"]) * len(run.views) * forward_flops(model, run.cfg.input_size, run.device)
-    seconds = estimate_recipe_seconds(
-        nxt,
-        model,
-        size,
-        {part: len(images) for part, images in run.parts.items()},
-        len(run.views),
-        run.costs["test_seconds"] / tested,
-        run.device,
-        int(_shared(config.train).get("batch_size") or nxt.train.get("batch_size", 32)),
-    )
+    try:
+        size = record.with_input(config.image_size or nxt.image_size).input_size
+        tested = len(run.parts["test"]) * len(run.views) * forward_flops(model, run.cfg.input_size, run.device)
+        seconds = estimate_recipe_seconds(
+            nxt,
+            model,
+            size,
+            {part: len(images) for part, images in run.parts.items()},
+            len(run.views),
+            run.costs["test_seconds"] / tested,
+            run.device,
+            len(run.classes),
+            int(_shared(config.train).get("batch_size") or nxt.train.get("batch_size", 32)),
+        )
+    except (CnnlabError, RuntimeError) as error:  # e.g. a model the next recipe cannot split, or out of memory
+        run.log(f"no estimate of --recipe {name}: {error}")
+        return
     run.costs["next_recipe"] = {"recipe": name, "summary": nxt.summary, **seconds}
 
 

@@ -88,6 +88,7 @@ def estimate_recipe_seconds(
     views: int,
     seconds_per_flop: float,
     device: torch.device,
+    classes: int,
     batch_size: int | None = None,
 ) -> dict[str, float]:
     """Seconds the `recipe` (a `TransferRecipe`) would take on this run's images, by part of the work.
@@ -100,6 +101,7 @@ def estimate_recipe_seconds(
         views: views per image.
         seconds_per_flop: measured by this run's test pass (images decoded, preprocessed and run forward).
         device: where `model` lives.
+        classes: the model's outputs (targets of the timed steps).
         batch_size: the batch the recipe would train with (default: the recipe's); a step is timed at it.
 
     Returns:
@@ -110,7 +112,6 @@ def estimate_recipe_seconds(
     epochs = int(recipe.train.get("epochs", 10))
     batch = batch_size or int(recipe.train.get("batch_size", 32))
     channels_last = bool(recipe.train.get("channels_last", False))
-    classes = int(model.get_classifier().out_features)
     whole = forward_flops(model, input_size, device) * seconds_per_flop  # seconds per image and view
     n_train, n_val, n_test = (counts.get(part, 0) for part in ("train", "val", "test"))
     if recipe.method == "cached":
