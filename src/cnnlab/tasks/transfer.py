@@ -684,7 +684,7 @@ def _estimate_next_recipe(run: _Run, model: nn.Module, record: PretrainedCfg) ->
             run.costs["test_seconds"] / tested,
             run.device,
             len(run.classes),
-            int(_shared(config.train).get("batch_size") or nxt.train.get("batch_size", 32)),
+            _shared(config.train).get("batch_size"),  # None: the next recipe's own
         )
     except (CnnlabError, RuntimeError) as error:  # e.g. a model the next recipe cannot split, or out of memory
         run.log(f"no estimate of --recipe {name}: {error}")
