@@ -34,6 +34,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(DEMO_VARIANTS), choices=DEMO_VARIANTS)
     parser.add_argument("--models", nargs="+", default=["unet", "unet-lite0"], choices=MODELS.names())
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument(
+        "--background-weight", type=float, default=None, help="background's loss weight (the built-in canvases: 0.2)"
+    )
     args = parser.parse_args()
 
     output = Path(args.output)
@@ -50,6 +53,7 @@ def main() -> None:
                     output=str(output),
                     name=f"{variant}-{args.count}-{model}-seed{seed}",
                     seed=seed,
+                    background_weight=args.background_weight,
                     overrides={"epochs": args.epochs},
                     overwrite=True,
                     progress=False,
@@ -60,6 +64,7 @@ def main() -> None:
                         "data": variant,
                         "model": model,
                         "seed": seed,
+                        "background_weight": args.background_weight,
                         "params": summary["params"],
                         "miou_digits": test["miou"],
                         "miou_with_bg": test["miou_with_bg"],

@@ -130,6 +130,45 @@ def test_ignore_index_is_left_out_of_loss_and_metrics(tmp_path):
     assert list(summary["test"]["iou_per_class"]) == ["class 0", "class 1"]
 
 
+class _Stop(Exception):
+    pass
+
+
+def test_background_weight_weighs_only_the_background_class(tmp_path, monkeypatch):
+    import cnnlab.tasks.segment_folder as segment_folder
+
+    losses = []
+
+    def capture(network, config, *, loss_fn, **kwargs):
+        losses.append(loss_fn)
+        raise _Stop
+
+    monkeypatch.setattr(segment_folder, "Trainer", capture)
+    root = _folder(tmp_path / "data", count=6)
+    for background in (0, 2):
+        with pytest.raises(_Stop):
+            train_segmentation_folder(
+                str(root), output=str(tmp_path), background=background, background_weight=0.2, progress=False
+            )
+    expected = torch.tensor([[0.2, 1, 1, 1], [1, 1, 0.2, 1]])
+    torch.testing.assert_close(torch.stack([loss.weight for loss in losses]), expected)
+    assert losses[0].ignore_index == IGNORE_INDEX
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"background_weight": 0.0}, "must be positive"),
+        ({"background_weight": 0.2, "class_weight": "balanced"}, "choose one"),
+        ({"background_weight": 0.2, "background": None}, "needs a background class"),
+    ],
+)
+def test_bad_background_weights_give_one_line_errors(tmp_path, options, message):
+    root = _folder(tmp_path / "data", count=3)
+    with pytest.raises(CnnlabError, match=message):
+        train_segmentation_folder(str(root), output=str(tmp_path), progress=False, **options)
+
+
 def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path):
     sizes = ((29, 41), (37, 37), (50, 33))
     root = _folder(tmp_path / "data", count=12, sizes=sizes)
@@ -222,7 +261,7 @@ def test_bad_folders_give_one_line_errors(tmp_path, layout, message):
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("options", [["--data", "nowhere"], ["--model", "unet-lite0"]])
+@pytest.mark.parametrize("options", [["--data", "nowhere"], ["--model", "unet-lite0"], ["--background-weight", "0"]])
 def test_the_command_line_reports_a_bad_folder_on_one_line(tmp_path, monkeypatch, capsys, options):
     from cnnlab.cli import main
 

@@ -54,6 +54,12 @@ def segment(
     background: int = typer.Option(
         0, "--background", help="With --data: the background class index (left out of mIoU); -1 for none."
     ),
+    background_weight: float | None = typer.Option(
+        None,
+        "--background-weight",
+        help="Cross-entropy weight of the background class, the others weighing 1 (most pixels are background). "
+        "Default: the canvas recipe's 0.2; unweighted with --data.",
+    ),
     crop_size: int | None = typer.Option(None, "--crop-size", help="With --data: training crop side (default 64)."),
     hflip: bool = typer.Option(False, "--hflip", help="With --data: random left-right flips of the training crops."),
     val_fraction: float = typer.Option(0.15, "--val-fraction", help="With --data: validation share."),
@@ -70,7 +76,17 @@ def segment(
         raise CnnlabError("--model chooses the model of a folder run (--data DIR); the canvas recipes use --recipe")
     if data is not None:
         _segment_folder(
-            data, model, class_weight, background, crop_size, hflip, val_fraction, test_fraction, split_seed, engine
+            data,
+            model,
+            class_weight,
+            background,
+            background_weight,
+            crop_size,
+            hflip,
+            val_fraction,
+            test_fraction,
+            split_seed,
+            engine,
         )
         return
     from cnnlab.tasks.segmentation import RECIPES, train_segmentation
@@ -89,6 +105,7 @@ def segment(
         overwrite=engine.overwrite,
         progress=not engine.quiet,
         pretrain_epochs=pretrain_epochs,
+        background_weight=background_weight,
     )
     test = summary["test"]
     typer.echo(
@@ -105,6 +122,7 @@ def _segment_folder(
     model: str | None,
     class_weight: str,
     background: int,
+    background_weight: float | None,
     crop_size: int | None,
     hflip: bool,
     val_fraction: float,
@@ -119,6 +137,7 @@ def _segment_folder(
         model or "unet",
         class_weight=None if class_weight == "none" else class_weight,
         background=None if background < 0 else background,
+        background_weight=background_weight,
         crop_size=crop_size,
         hflip=hflip,
         val_fraction=val_fraction,

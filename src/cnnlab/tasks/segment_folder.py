@@ -144,6 +144,7 @@ def train_segmentation_folder(
     *,
     class_weight: str | None = None,
     background: int | None = 0,
+    background_weight: float | None = None,
     crop_size: int | None = None,
     hflip: bool = False,
     val_fraction: float = 0.15,
@@ -164,6 +165,8 @@ def train_segmentation_folder(
         model: a name in `MODELS`.
         class_weight: "balanced": each class's cross-entropy weighted n / (k * n_c) by its training pixels.
         background: the background class (left out of ``miou`` and not painted in overlays); None: no class is.
+        background_weight: cross-entropy weight of the background class, the others weighing 1 (the built-in digit
+            canvases use 0.2: most pixels are background); None: unweighted (or `class_weight`'s weights).
         crop_size: training crop side (default: the model recipe's).
         hflip: flip training crops left-right at random (for data whose classes do not change under a mirror).
         val_fraction: validation share of the pairs.
@@ -183,6 +186,13 @@ def train_segmentation_folder(
     recipe = MODELS.get(model)
     if class_weight not in (None, "balanced"):
         raise CnnlabError(f"--class-weight must be 'balanced' or 'none', got {class_weight!r}")
+    if background_weight is not None:
+        if class_weight is not None:
+            raise CnnlabError("--background-weight and --class-weight balanced both set the loss weights; choose one")
+        if background is None:
+            raise CnnlabError("--background-weight needs a background class (--background is -1)")
+        if not background_weight > 0:
+            raise CnnlabError(f"--background-weight must be positive, got {background_weight}")
     crop = crop_size or recipe.crop_size
     if crop < 8:
         raise CnnlabError(f"--crop-size must be at least 8 px, got {crop}")
@@ -213,6 +223,7 @@ def train_segmentation_folder(
             "classes": class_names,
             "background": background,
             "class_weight": class_weight,
+            "background_weight": background_weight,
             "crop_size": crop,
             "hflip": hflip,
             "split_seed": split_seed,
@@ -236,6 +247,9 @@ def train_segmentation_folder(
     if class_weight == "balanced":
         counts = torch.bincount(torch.cat([m.flatten().long() for _, m in parts["train"]]), minlength=256)
         weight = class_weights(dict(zip(class_names, counts[: len(class_names)].tolist(), strict=True)))
+    elif background_weight is not None:
+        weight = torch.ones(len(class_names))
+        weight[background] = background_weight
     trainer = Trainer(
         network,
         config,

@@ -273,6 +273,8 @@ def train_segmentation(
     """
     chosen = RECIPES.get(recipe)
     bg_weight = chosen.background_weight if background_weight is None else background_weight
+    if not bg_weight > 0:
+        raise CnnlabError(f"--background-weight must be positive, got {bg_weight}")
     pretrain = chosen.pretrain_epochs if pretrain_epochs is None else pretrain_epochs
     if pretrain < 0:
         raise CnnlabError(f"pretrain epochs must be >= 0, got {pretrain}")
