@@ -223,7 +223,8 @@ def train_segmentation_folder(
             "classes": class_names,
             "background": background,
             "class_weight": class_weight,
-            "background_weight": background_weight,
+            # recorded only when set: a run started before this option existed still resumes
+            **({} if background_weight is None else {"background_weight": background_weight}),
             "crop_size": crop,
             "hflip": hflip,
             "split_seed": split_seed,
