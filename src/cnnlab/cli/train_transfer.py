@@ -47,7 +47,11 @@ def transfer(
         "rotations, for images with no up or down), none, or a list such as identity,hflip,vflip (default: "
         "dihedral for elpv, else hflip).",
     ),
-    image_size: int | None = typer.Option(None, "--image-size", help="Square input side (default: the weights')."),
+    image_size: int | None = typer.Option(
+        None,
+        "--image-size",
+        help="Square input side (default: the recipe's: 192 for default, the weights' own for quick and full).",
+    ),
     crop_pct: float | None = typer.Option(
         None,
         "--crop-pct",
