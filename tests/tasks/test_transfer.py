@@ -19,7 +19,7 @@ from cnnlab.data.photo_transforms import InputCheck, InputStatisticsWarning, bui
 from cnnlab.data.transforms import build_eval_transform
 from cnnlab.errors import CnnlabError
 from cnnlab.models import PretrainedCfg, create_model
-from cnnlab.tasks.transfer import TransferConfig, class_weights, train_transfer
+from cnnlab.tasks.transfer import RECIPES, TransferConfig, class_weights, train_transfer
 from cnnlab.train import (
     BestWeights,
     FreezeBatchNorm,
@@ -342,7 +342,6 @@ def test_report_estimates_what_the_next_recipe_would_cost(tiny_run: tuple[Path, 
 
 
 def test_cost_estimate_leaves_the_model_alone_and_scales_with_the_data() -> None:
-    from cnnlab.tasks.transfer import RECIPES
     from cnnlab.tasks.transfer_cost import estimate_recipe_seconds, next_recipe
 
     assert [next_recipe(name) for name in ("quick", "default", "full")] == ["default", "full", None]
@@ -369,3 +368,11 @@ def test_a_failed_estimate_never_costs_the_finished_run(tmp_path: Path, monkeypa
     assert "next_recipe" not in summary["costs"]
     assert (Path(summary["run_dir"]) / "model.safetensors").is_file()
     assert "The next recipe" not in (Path(summary["run_dir"]) / "report.md").read_text()
+
+
+def test_recipe_image_size_applies_to_its_own_backbone_only() -> None:
+    default = RECIPES.get("default")
+    assert default.input_side(default.arch, None) == 192  # chosen for EfficientNet-Lite0 (docs/BENCHMARKS.md)
+    assert default.input_side(default.arch, 224) == 224  # --image-size wins
+    assert default.input_side("lenet5", None) is None  # another --model keeps its weights' size
+    assert RECIPES.get("full").input_side("efficientnet_lite0", None) is None

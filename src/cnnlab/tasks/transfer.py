@@ -108,6 +108,11 @@ class TransferRecipe(Recipe):
     crop_scale: float = 1.0
     patience: int | None = None
 
+    def input_side(self, arch: str, requested: int | None) -> int | None:
+        """The input side a run of this recipe uses: `requested` if given, else the recipe's own (chosen for its
+        backbone, so None for any other ``arch``: that model's weights keep their size)."""
+        return requested or (self.image_size if arch == self.arch else None)
+
 
 _OPTIMISER = dict(optimizer="adamw", weight_decay=0.01, label_smoothing=0.1, channels_last=True)
 RECIPES: RecipeBook[TransferRecipe] = RecipeBook(
@@ -595,8 +600,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     if not hasattr(model, "forward_features"):
         raise CnnlabError(f"{arch} lacks the classifier surface (forward_features/forward_head) to fine-tune")
     record = PretrainedCfg.for_model(model)
-    # The recipe's image size was chosen for its own backbone; another --model keeps its weights' size.
-    size = config.image_size or (recipe.image_size if arch == recipe.arch else None)
+    size = recipe.input_side(arch, config.image_size)
     cfg = record.with_input(size, config.crop_pct if config.crop_pct is not None else recipe.crop_pct)
     from cnnlab.train.trainer import resolve_device
 
@@ -677,8 +681,7 @@ def _estimate_next_recipe(run: _Run, model: nn.Module, record: PretrainedCfg) ->
     nxt = RECIPES.get(name)
     config = run.config
     try:
-        arch = config.arch or nxt.arch
-        size = record.with_input(config.image_size or (nxt.image_size if arch == nxt.arch else None)).input_size
+        size = record.with_input(nxt.input_side(config.arch or nxt.arch, config.image_size)).input_size
         tested = len(run.parts["test"]) * len(run.views) * forward_flops(model, run.cfg.input_size, run.device)
         seconds = estimate_recipe_seconds(
             nxt,
