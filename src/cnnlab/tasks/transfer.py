@@ -126,7 +126,8 @@ RECIPES: RecipeBook[TransferRecipe] = RecipeBook(
             method="cached",
             unfreeze=6,
             # 192 px instead of the weights' 224: 0.68x the time (17 min for ELPV's 2,624 images on 2 cores, cache
-            # included, against 25) at the same validation accuracy over 3 seeds (docs/BENCHMARKS.md, Transfer)
+            # included, against 25) at the same validation accuracy over 3 seeds; its test accuracy was 0.7-0.8
+            # points lower, about the seeds' spread (docs/BENCHMARKS.md, Transfer)
             image_size=192,
             layer_decay=0.85,
             # peak lr 3e-3 diverged on one seed in three; 1e-3 trains stably and its validation accuracy peaks by
