@@ -16,8 +16,9 @@ Usage:
     python benchmarks/transfer.py --mode step-time --steps 3                      # full fine-tuning speed only
 
 Extra recipe options (``--unfreeze``, ``--views``, ``--image-size``, ``--epochs``, ``--lr``, ``--class-weight``,
-``--sampling``, ``--monitor``) and engine options (``--ema-decay``, ``--weight-decay``) are passed through, for probes. Results go to stdout as JSON lines and to
-``--results FILE`` (JSON); the figures in docs/BENCHMARKS.md come from these runs.
+``--sampling``, ``--monitor``) and engine options (``--ema-decay``, ``--weight-decay``) are passed through, for
+probes. Results go to stdout as JSON lines and to ``--results FILE`` (JSON); the figures in docs/BENCHMARKS.md come
+from these runs.
 """
 
 from __future__ import annotations
