@@ -16,7 +16,7 @@ Usage:
     python benchmarks/transfer.py --mode step-time --steps 3                      # full fine-tuning speed only
 
 Extra recipe options (``--unfreeze``, ``--views``, ``--image-size``, ``--epochs``, ``--lr``, ``--class-weight``,
-``--sampling``, ``--monitor``) and engine options (``--ema-decay``, ``--weight-decay``) are passed through, for
+``--sampling``, ``--monitor``) and the engine's ``--ema-decay`` are passed through, for
 probes. Results go to stdout as JSON lines and to ``--results FILE`` (JSON); the figures in docs/BENCHMARKS.md come
 from these runs.
 """
@@ -68,7 +68,7 @@ def step_time(batch_size: int, image_size: int, steps: int, train_images: int = 
 def one_run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """One seed of the chosen recipe; the run's own summary condensed to the benchmark's figures."""
     train = {"device": args.device}
-    for key in ("epochs", "lr", "batch_size", "ema_decay", "weight_decay"):
+    for key in ("epochs", "lr", "batch_size", "ema_decay"):
         if getattr(args, key) is not None:
             train[key] = getattr(args, key)
     if args.threads:
@@ -134,7 +134,6 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--ema-decay", type=float, default=None, help="engine option, for probes")
-    parser.add_argument("--weight-decay", type=float, default=None, help="engine option, for probes")
     parser.add_argument("--class-weight", choices=("balanced",), default=None)
     parser.add_argument("--sampling", choices=("balanced",), default=None)
     parser.add_argument("--monitor", default="val_accuracy")
