@@ -110,6 +110,7 @@ def test_run_records_everything(tiny_run: tuple[Path, dict]) -> None:
     assert {Path(s["path"]).name for s in summary["skipped"]} == {"empty.jpg", "cut.png"}
     report = (run_dir / "report.md").read_text()
     assert "empty.jpg" in report and "balanced accuracy" in report and "no averaging" in report
+    assert "the top 2 backbone blocks and the classifier trained" in report  # --unfreeze 2, not the recipe's count
     assert summary["counts"]["train"] == {"blue": 12, "red": 12}  # bad files removed before the stratified split
     meta = json.loads((run_dir / "model.json").read_text())["meta"]
     assert meta["classes"] == ["blue", "red"] and meta["preprocessing"]["input_size"] == [3, 32, 32]

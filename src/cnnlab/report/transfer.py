@@ -21,8 +21,8 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
     arch = config["arch"] or recipe["arch"]
     report = RunReport(
         f"Transfer learning run `{Path(summary['run_dir']).name}`",
-        f"Data `{config['data']}`; recipe `{recipe['name']}`: {recipe['summary']}; model `{arch}` (pretrained: "
-        f"{config['pretrained']}). The test set was evaluated once, after training.",
+        f"Data `{config['data']}`; recipe `{recipe['name']}`: {recipe['summary']}; {_trained_part(config, recipe)}; "
+        f"model `{arch}` (pretrained: {config['pretrained']}). The test set was evaluated once, after training.",
         environment,
     )
     report.heading("Test set (evaluated once)")
@@ -98,3 +98,14 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
     report.table(["phase", "trained from", "epochs run", f"best epoch ({monitor})", f"best {monitor}"], rows)
     report.image("learning curves", "learning_curves.png")
     return report.add_config({k: v for k, v in config.items() if k != "progress"})
+
+
+def _trained_part(config: dict[str, Any], recipe: dict[str, Any]) -> str:
+    """What the run trained, from ``--unfreeze`` or else the recipe (the recipe's summary alone would misstate an
+    overridden cut)."""
+    unfreeze = config["unfreeze"] if config.get("unfreeze") is not None else recipe["unfreeze"]
+    if unfreeze is None:
+        return "the whole network trained"
+    if unfreeze == 0:
+        return "the classifier alone trained"
+    return f"the top {unfreeze} backbone blocks and the classifier trained"

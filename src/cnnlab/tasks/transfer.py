@@ -120,8 +120,8 @@ RECIPES: RecipeBook[TransferRecipe] = RecipeBook(
     [
         TransferRecipe(
             name="default",
-            summary="cached partial fine-tuning: the top 6 blocks and the head trained on cached maps of every view "
-            "(the best CPU recipe)",
+            summary="cached partial fine-tuning: the top backbone blocks and the head trained on cached maps of every "
+            "view (the best CPU recipe)",
             arch="efficientnet_lite0",
             method="cached",
             unfreeze=6,
