@@ -19,9 +19,10 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
     costs = summary.get("costs", {})
     views = summary["views"]
     arch = config["arch"] or recipe["arch"]
+    trained = _trained_part(summary["unfreeze"])
     report = RunReport(
         f"Transfer learning run `{Path(summary['run_dir']).name}`",
-        f"Data `{config['data']}`; recipe `{recipe['name']}`: {recipe['summary']}; {_trained_part(config, recipe)}; "
+        f"Data `{config['data']}`; recipe `{recipe['name']}`: {recipe['summary']}; {trained}; "
         f"model `{arch}` (pretrained: {config['pretrained']}). The test set was evaluated once, after training.",
         environment,
     )
@@ -100,10 +101,9 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
     return report.add_config({k: v for k, v in config.items() if k != "progress"})
 
 
-def _trained_part(config: dict[str, Any], recipe: dict[str, Any]) -> str:
-    """What the run trained, from ``--unfreeze`` or else the recipe (the recipe's summary alone would misstate an
-    overridden cut)."""
-    unfreeze = config["unfreeze"] if config.get("unfreeze") is not None else recipe["unfreeze"]
+def _trained_part(unfreeze: int | None) -> str:
+    """What the run trained: the run's resolved ``unfreeze`` (the recipe's summary alone would misstate an overridden
+    cut)."""
     if unfreeze is None:
         return "the whole network trained"
     if unfreeze == 0:

@@ -324,6 +324,11 @@ class _Run:
     def classes(self) -> list[str]:
         return self.parts["train"].classes
 
+    @property
+    def unfreeze(self) -> int | None:
+        """Backbone blocks the run trains, from the top: ``--unfreeze``, else the recipe's (None: all of them)."""
+        return self.config.unfreeze if self.config.unfreeze is not None else self.recipe.unfreeze
+
     def train_config(self, phase: str, main: bool, **fields: Any) -> TrainConfig:
         """The phase's engine config: the recipe's, the engine options, the run's place and monitor."""
         config = self.config
@@ -497,11 +502,10 @@ def _train_full(run: _Run, model: nn.Module, record: PretrainedCfg) -> None:
     train_transform = build_train_transform(run.cfg, scale=(recipe.crop_scale, 1.0), views=run.views)
     eval_transform = build_eval_transform(run.cfg)
     config = run.train_config("finetune", main=True)
-    blocks = run.config.unfreeze if run.config.unfreeze is not None else recipe.unfreeze
     check = InputCheck(record, "training")
 
     def groups(module: nn.Module) -> list[dict[str, Any]]:
-        return layerwise_param_groups(module, blocks or 0, recipe.layer_decay, config.weight_decay)
+        return layerwise_param_groups(module, run.unfreeze or 0, recipe.layer_decay, config.weight_decay)
 
     trainer = Trainer(
         model,
@@ -615,9 +619,8 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         [preview_transform(load_image(p)) for p in parts["train"].paths[:16]], run_dir / "augmented_preview.png", cfg
     )
     model_name = f"{arch}:{'pretrained' if config.pretrained else 'random'}"
-    unfreeze = config.unfreeze if config.unfreeze is not None else recipe.unfreeze
     if recipe.method == "cached":
-        top = unfreeze if unfreeze is not None else len(trainable_blocks(model, cfg.input_size))
+        top = run.unfreeze if run.unfreeze is not None else len(trainable_blocks(model, cfg.input_size))
         _train_on_cache(run, model, model_name, top, "head" if top == 0 else "partial", main=True)
     else:
         _train_on_cache(run, model, model_name, 0, "head", main=False, epochs=recipe.head_epochs, lr=recipe.head_lr)
@@ -643,6 +646,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "config": dataclasses.asdict(config),
         "recipe": recipe.to_dict(),
+        "unfreeze": run.unfreeze,
         "classes": images.classes,
         "counts": counts,
         "skipped": [dataclasses.asdict(s) for s in images.skipped],
