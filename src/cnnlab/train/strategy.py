@@ -23,9 +23,7 @@ files. `select_strategy` picks one from the environment, so every ``cnnlab train
 
 from __future__ import annotations
 
-import atexit
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -98,9 +96,6 @@ def init_distributed(device: str = "auto") -> DistInfo | None:
         torch.cuda.set_device(local_rank)  # "cuda" now means this rank's GPU
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        # A process that exits with the group alive can abort in the backend's threads during interpreter shutdown
-        # (gloo: "terminate called without an active exception", exit -6, seen once in CI): leave it first.
-        atexit.register(_leave_on_clean_exit)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend())
 
 
@@ -108,13 +103,6 @@ def cleanup() -> None:
     """Leave the job (call at the very end of a distributed script)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def _leave_on_clean_exit() -> None:
-    """`cleanup` at exit, unless an uncaught exception ends the process: then a peer may be inside a collective, the
-    destroy could wait on it for ever, and torchrun stops the job anyway."""
-    if getattr(sys, "last_value", None) is None:
-        cleanup()
 
 
 class Strategy:
