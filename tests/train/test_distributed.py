@@ -22,12 +22,14 @@ from cnnlab.train import load_checkpoint
 
 SCRIPT = textwrap.dedent(
     """
-    import json, os, sys
+    import faulthandler, json, os, sys
     import torch
+    faulthandler.enable()  # a rank killed by a signal (SIGABRT in a backend thread) prints every thread's stack
     torch.set_num_threads(1)
     import cnnlab.train.trainer as engine
     from cnnlab.models import create_model
     from cnnlab.train import Callback, TrainConfig, Trainer
+    from cnnlab.train.strategy import cleanup
 
     out, name, epochs, stop_after = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     resume = stop_after < 0
@@ -66,6 +68,7 @@ SCRIPT = textwrap.dedent(
               "world": int(os.environ.get("WORLD_SIZE", "1"))}
     with open(os.path.join(out, f"{name}-rank{rank}.json"), "w") as f:
         json.dump(result, f)
+    cleanup()  # leave the job, as a torchrun script should (cnnlab's CLI does it after every command)
     """
 )
 
@@ -155,7 +158,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
     _data(out)
     completed = _run(out, "ddp", 2)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.returncode == 0, completed.stderr[-12000:]
     _single_process_run(out)
     return out
 
@@ -192,10 +195,29 @@ def test_an_interrupted_distributed_run_resumes(runs: Path) -> None:
     assert killed.returncode != 0
     assert load_checkpoint(runs / "ddp" / "resumed" / "checkpoint.pt")["epoch"] == 1
     completed = _run(runs, "resumed", 2, stop_after=-1)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.returncode == 0, completed.stderr[-12000:]
     resumed, uninterrupted = _result(runs, "resumed", 0), _result(runs, "ddp", 0)
     assert resumed["global_step"] == uninterrupted["global_step"]
     assert len(resumed["history"]) == 2
     assert resumed["history"][-1]["val_accuracy"] == pytest.approx(
         uninterrupted["history"][-1]["val_accuracy"], abs=1e-6
     )
+
+
+def test_the_cli_leaves_the_process_group_after_a_successful_command(tmp_path: Path, monkeypatch) -> None:
+    """torchrun's ranks run `cnnlab ...`: a finished command destroys the group, so no gloo thread outlives it."""
+    import torch.distributed as dist
+
+    from cnnlab.cli import main
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(sys, "argv", ["cnnlab", "--version"])
+        with pytest.raises(SystemExit) as done:
+            main()
+        assert not done.value.code
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -78,9 +78,27 @@ def main() -> None:
     """Entry point of the `cnnlab` console script and of `python -m cnnlab`."""
     try:
         app()
+    except SystemExit as done:
+        if not done.code:  # click ends a successful command with SystemExit(0)
+            _leave_distributed_job()
+        raise
     except CnnlabError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def _leave_distributed_job() -> None:
+    """Destroy the torchrun job's process group after a successful command (a no-op outside torchrun).
+
+    A gloo process that exits with its group alive can abort in the backend's threads during interpreter shutdown
+    ("terminate called without an active exception", pytorch/pytorch#190489), which torchrun reports as a failed
+    job after the work is done. Not after an error: a peer may still be inside a collective, and torchrun stops the
+    job anyway. torch.distributed is looked up, not imported, so commands that never load torch stay fast.
+    """
+    if "torch.distributed" in sys.modules:
+        from cnnlab.train.strategy import cleanup
+
+        cleanup()
