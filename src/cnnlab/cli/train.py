@@ -41,6 +41,7 @@ def mnist(
 ) -> None:
     """Train a CNN from scratch on MNIST; the test set is evaluated once, at the end."""
     from cnnlab.tasks.mnist import RECIPES, train_mnist
+    from cnnlab.train.strategy import is_main_process
 
     RECIPES.get(recipe)  # fail fast on a typo, before reading data
     summary = train_mnist(
@@ -57,6 +58,8 @@ def mnist(
         overwrite=engine.overwrite,
         progress=not engine.quiet,
     )
+    if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
+        return
     for member_summary in summary["members"]:
         typer.echo(
             f"seed {member_summary['seed']}: val {member_summary['val_accuracy']:.4f}  "

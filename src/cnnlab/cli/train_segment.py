@@ -90,6 +90,7 @@ def segment(
         )
         return
     from cnnlab.tasks.segmentation import RECIPES, train_segmentation
+    from cnnlab.train.strategy import is_main_process
 
     RECIPES.get(recipe)  # fail fast on a typo, before generating canvases
     summary = train_segmentation(
@@ -107,6 +108,8 @@ def segment(
         pretrain_epochs=pretrain_epochs,
         background_weight=background_weight,
     )
+    if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
+        return
     test = summary["test"]
     typer.echo(
         f"{summary['arch']}: test mIoU (10 digit classes, background excluded) {test['miou']:.4f}, "
@@ -131,6 +134,7 @@ def _segment_folder(
     engine: EngineOptions,
 ) -> None:
     from cnnlab.tasks.segment_folder import train_segmentation_folder
+    from cnnlab.train.strategy import is_main_process
 
     summary = train_segmentation_folder(
         str(data),
@@ -151,6 +155,8 @@ def _segment_folder(
         overwrite=engine.overwrite,
         progress=not engine.quiet,
     )
+    if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
+        return
     test = summary["test"]
     scope = "with background" if test["miou_includes_background"] else "background excluded"
     typer.echo(

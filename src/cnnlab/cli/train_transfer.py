@@ -90,6 +90,7 @@ def transfer(
     OUTPUT/transfer/feature-cache and reused by later runs on the same data, split and settings.
     """
     from cnnlab.tasks.transfer import TransferConfig, train_transfer
+    from cnnlab.train.strategy import is_main_process
 
     config = TransferConfig.from_options(
         engine,
@@ -114,6 +115,8 @@ def transfer(
         progress=not as_json,
     )
     summary = train_transfer(config)
+    if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
+        return
     if as_json:
         keys = ("run_dir", "classes", "counts", "split", "views", "phases", "test", "costs", "wall_seconds")
         typer.echo(json.dumps({k: summary[k] for k in keys}))
