@@ -65,8 +65,49 @@ def step_time(batch_size: int, image_size: int, steps: int, train_images: int = 
     }
 
 
+_ORIGINALS: dict[str, Any] = {}
+
+
+def _install_probes(args: argparse.Namespace, seed: int) -> None:
+    """Probe-only changes to the recipe, patched into `cnnlab.tasks.transfer` for this process (none is in src/):
+    ``--drop-path`` builds the backbone with stochastic depth; ``--train-bn`` lets the trained blocks' batch norms
+    adapt their statistics to the new images (the recipe keeps every batch norm on its ImageNet statistics);
+    ``--mixup`` mixes pairs of cached maps in each training batch (manifold mixup at the cut) with their labels, the
+    weight drawn from Beta(alpha, alpha)."""
+    import functools
+
+    from cnnlab.tasks import transfer
+
+    originals = _ORIGINALS.setdefault("transfer", (transfer.create_model, transfer.Trainer, transfer.FreezeBatchNorm))
+    transfer.create_model, transfer.Trainer, transfer.FreezeBatchNorm = originals  # each seed patches them afresh
+    if args.train_bn:  # the trained blocks' batch norms normalise with batch statistics and update their running ones
+        transfer.FreezeBatchNorm = lambda all_bn: originals[2](False)
+    if args.drop_path:
+        transfer.create_model = functools.partial(transfer.create_model, drop_path_rate=args.drop_path)
+    if args.mixup:
+        classes = 2 if args.data == "elpv:binary" else 4
+        generator = torch.Generator().manual_seed(seed)
+        beta = torch.distributions.Beta(args.mixup, args.mixup)
+
+        def mixed(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            inputs = inputs.float()
+            weight = float(beta.sample())
+            order = torch.randperm(len(targets), generator=generator)
+            soft = torch.nn.functional.one_hot(targets, classes).float()
+            return weight * inputs + (1 - weight) * inputs[order], weight * soft + (1 - weight) * soft[order]
+
+        class MixupTrainer(transfer.Trainer):  # type: ignore[misc,valid-type]
+            def __init__(self, *a: Any, **kw: Any) -> None:
+                if kw.get("train_transform") is transfer._to_float:
+                    kw["train_transform"] = mixed
+                super().__init__(*a, **kw)
+
+        transfer.Trainer = MixupTrainer  # type: ignore[misc]
+
+
 def one_run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """One seed of the chosen recipe; the run's own summary condensed to the benchmark's figures."""
+    _install_probes(args, seed)
     train = {"device": args.device}
     for key in ("epochs", "lr", "batch_size", "ema_decay"):
         if getattr(args, key) is not None:
@@ -134,6 +175,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--ema-decay", type=float, default=None, help="engine option, for probes")
+    parser.add_argument("--drop-path", type=float, default=None, help="probe: stochastic-depth rate of the backbone")
+    parser.add_argument("--mixup", type=float, default=None, help="probe: mixup of the cached maps, Beta(a, a)")
+    parser.add_argument("--train-bn", action="store_true", help="probe: trained blocks' batch norms adapt")
     parser.add_argument("--class-weight", choices=("balanced",), default=None)
     parser.add_argument("--sampling", choices=("balanced",), default=None)
     parser.add_argument("--monitor", default="val_accuracy")
