@@ -24,6 +24,7 @@ from these runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -72,14 +73,20 @@ def _install_probes(args: argparse.Namespace, seed: int) -> None:
     """Probe-only changes to the recipe, patched into `cnnlab.tasks.transfer` for this process (none is in src/):
     ``--drop-path`` builds the backbone with stochastic depth; ``--train-bn`` lets the trained blocks' batch norms
     adapt their statistics to the new images (the recipe keeps every batch norm on its ImageNet statistics);
-    ``--mixup`` mixes pairs of cached maps in each training batch (manifold mixup at the cut) with their labels, the
-    weight drawn from Beta(alpha, alpha)."""
+    ``--layer-decay`` replaces the recipe's learning-rate factor per block; ``--mixup`` mixes pairs of cached maps
+    in each training batch (manifold mixup at the cut) with their labels, the weight drawn from Beta(alpha, alpha)."""
     import functools
 
     from cnnlab.tasks import transfer
 
-    originals = _ORIGINALS.setdefault("transfer", (transfer.create_model, transfer.Trainer, transfer.FreezeBatchNorm))
-    transfer.create_model, transfer.Trainer, transfer.FreezeBatchNorm = originals  # each seed patches them afresh
+    config = transfer.TransferConfig
+    originals = _ORIGINALS.setdefault(
+        "transfer", (transfer.create_model, transfer.Trainer, transfer.FreezeBatchNorm, config.validate)
+    )
+    transfer.create_model, transfer.Trainer, transfer.FreezeBatchNorm, config.validate = originals
+    if args.layer_decay is not None:  # the recipe's learning-rate factor per block going down
+        decay = args.layer_decay
+        config.validate = lambda self: dataclasses.replace(originals[3](self), layer_decay=decay)
     if args.train_bn:  # the trained blocks' batch norms normalise with batch statistics and update their running ones
         transfer.FreezeBatchNorm = lambda all_bn: originals[2](False)
     if args.drop_path:
@@ -177,6 +184,7 @@ def main() -> None:
     parser.add_argument("--ema-decay", type=float, default=None, help="engine option, for probes")
     parser.add_argument("--drop-path", type=float, default=None, help="probe: stochastic-depth rate of the backbone")
     parser.add_argument("--mixup", type=float, default=None, help="probe: mixup of the cached maps, Beta(a, a)")
+    parser.add_argument("--layer-decay", type=float, default=None, help="probe: the recipe's lr factor per block")
     parser.add_argument("--train-bn", action="store_true", help="probe: trained blocks' batch norms adapt")
     parser.add_argument("--class-weight", choices=("balanced",), default=None)
     parser.add_argument("--sampling", choices=("balanced",), default=None)
