@@ -74,16 +74,40 @@ def _install_probes(args: argparse.Namespace, seed: int) -> None:
     ``--drop-path`` builds the backbone with stochastic depth; ``--train-bn`` lets the trained blocks' batch norms
     adapt their statistics to the new images (the recipe keeps every batch norm on its ImageNet statistics);
     ``--layer-decay`` replaces the recipe's learning-rate factor per block; ``--mixup`` mixes pairs of cached maps
-    in each training batch (manifold mixup at the cut) with their labels, the weight drawn from Beta(alpha, alpha)."""
+    in each training batch (manifold mixup at the cut) with their labels, the weight drawn from Beta(alpha, alpha);
+    ``--ordinal-smoothing EPS`` replaces the recipe's uniform label smoothing by one that puts EPS of each target on
+    the neighbouring classes only (the classes are ordered defect probabilities, so a neighbour is the likelier
+    confusion)."""
     import functools
 
     from cnnlab.tasks import transfer
 
     config = transfer.TransferConfig
     originals = _ORIGINALS.setdefault(
-        "transfer", (transfer.create_model, transfer.Trainer, transfer.FreezeBatchNorm, config.validate)
+        "transfer",
+        (transfer.create_model, transfer.Trainer, transfer.FreezeBatchNorm, config.validate, transfer._Run.loss),
     )
-    transfer.create_model, transfer.Trainer, transfer.FreezeBatchNorm, config.validate = originals
+    (transfer.create_model, transfer.Trainer, transfer.FreezeBatchNorm, config.validate, transfer._Run.loss) = originals
+    if args.ordinal_smoothing is not None:
+        eps = args.ordinal_smoothing
+
+        def ordinal_loss(self: Any, device: torch.device) -> torch.nn.Module:
+            classes = len(self.classes)
+            near = torch.zeros(classes, classes)
+            for i in range(classes):
+                for j in (i - 1, i + 1):
+                    if 0 <= j < classes:
+                        near[i, j] = 1.0
+            soft = (1 - eps) * torch.eye(classes) + eps * near / near.sum(1, keepdim=True)
+
+            class OrdinalSmoothing(torch.nn.Module):
+                def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+                    target = soft.to(logits.device)[targets]
+                    return -(target * torch.log_softmax(logits.float(), 1)).sum(1).mean()
+
+            return OrdinalSmoothing()
+
+        transfer._Run.loss = ordinal_loss
     if args.layer_decay is not None:  # the recipe's learning-rate factor per block going down
         decay = args.layer_decay
         config.validate = lambda self: dataclasses.replace(originals[3](self), layer_decay=decay)
@@ -186,6 +210,7 @@ def main() -> None:
     parser.add_argument("--mixup", type=float, default=None, help="probe: mixup of the cached maps, Beta(a, a)")
     parser.add_argument("--layer-decay", type=float, default=None, help="probe: the recipe's lr factor per block")
     parser.add_argument("--train-bn", action="store_true", help="probe: trained blocks' batch norms adapt")
+    parser.add_argument("--ordinal-smoothing", type=float, default=None, help="probe: label smoothing on neighbours")
     parser.add_argument("--class-weight", choices=("balanced",), default=None)
     parser.add_argument("--sampling", choices=("balanced",), default=None)
     parser.add_argument("--monitor", default="val_accuracy")
