@@ -77,7 +77,9 @@ def _install_probes(args: argparse.Namespace, seed: int) -> None:
     in each training batch (manifold mixup at the cut) with their labels, the weight drawn from Beta(alpha, alpha);
     ``--ordinal-smoothing EPS`` replaces the recipe's uniform label smoothing by one that puts EPS of each target on
     the neighbouring classes only (the classes are ordered defect probabilities, so a neighbour is the likelier
-    confusion)."""
+    confusion); ``--adabn`` re-estimates every batch norm's statistics on the training images (one pass of the
+    identity view, before the cache is built, so the frozen part normalises the cells with their own statistics
+    instead of ImageNet's; the cache gets its own key)."""
     import functools
 
     from cnnlab.tasks import transfer
@@ -85,9 +87,45 @@ def _install_probes(args: argparse.Namespace, seed: int) -> None:
     config = transfer.TransferConfig
     originals = _ORIGINALS.setdefault(
         "transfer",
-        (transfer.create_model, transfer.Trainer, transfer.FreezeBatchNorm, config.validate, transfer._Run.loss),
+        (
+            transfer.create_model,
+            transfer.Trainer,
+            transfer.FreezeBatchNorm,
+            config.validate,
+            transfer._Run.loss,
+            transfer._cached_parts,
+        ),
     )
-    (transfer.create_model, transfer.Trainer, transfer.FreezeBatchNorm, config.validate, transfer._Run.loss) = originals
+    (
+        transfer.create_model,
+        transfer.Trainer,
+        transfer.FreezeBatchNorm,
+        config.validate,
+        transfer._Run.loss,
+        transfer._cached_parts,
+    ) = originals
+    if args.adabn:
+
+        def adapted_parts(run: Any, model: torch.nn.Module, model_name: str, top: int, parts: Any) -> Any:
+            norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+            momenta = [m.momentum for m in norms]
+            for norm in norms:
+                norm.reset_running_stats()
+                norm.momentum = None  # a cumulative average over the pass
+            transform = transfer.build_eval_transform(run.cfg)
+            paths = run.parts["train"].paths
+            model.train()
+            with torch.no_grad():
+                for start in range(0, len(paths), 64):
+                    batch = torch.stack([transform(transfer.load_image(p)) for p in paths[start : start + 64]])
+                    model.forward_features(batch.to(run.device, memory_format=torch.channels_last))
+            model.eval()
+            for norm, momentum in zip(norms, momenta, strict=True):
+                norm.momentum = momentum
+            run.log(f"adabn: {len(norms)} batch norms re-estimated on {len(paths)} training images")
+            return originals[5](run, model, model_name + ":adabn", top, parts)
+
+        transfer._cached_parts = adapted_parts
     if args.ordinal_smoothing is not None:
         eps = args.ordinal_smoothing
 
@@ -210,6 +248,7 @@ def main() -> None:
     parser.add_argument("--mixup", type=float, default=None, help="probe: mixup of the cached maps, Beta(a, a)")
     parser.add_argument("--layer-decay", type=float, default=None, help="probe: the recipe's lr factor per block")
     parser.add_argument("--train-bn", action="store_true", help="probe: trained blocks' batch norms adapt")
+    parser.add_argument("--adabn", action="store_true", help="probe: batch-norm statistics of the training images")
     parser.add_argument("--ordinal-smoothing", type=float, default=None, help="probe: label smoothing on neighbours")
     parser.add_argument("--class-weight", choices=("balanced",), default=None)
     parser.add_argument("--sampling", choices=("balanced",), default=None)
