@@ -178,7 +178,7 @@ def one_run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """One seed of the chosen recipe; the run's own summary condensed to the benchmark's figures."""
     _install_probes(args, seed)
     train = {"device": args.device}
-    for key in ("epochs", "lr", "batch_size", "ema_decay"):
+    for key in ("epochs", "lr", "batch_size", "ema_decay", "weight_decay"):
         if getattr(args, key) is not None:
             train[key] = getattr(args, key)
     if args.threads:
@@ -244,6 +244,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--ema-decay", type=float, default=None, help="engine option, for probes")
+    parser.add_argument("--weight-decay", type=float, default=None, help="engine option, for probes")
     parser.add_argument("--drop-path", type=float, default=None, help="probe: stochastic-depth rate of the backbone")
     parser.add_argument("--mixup", type=float, default=None, help="probe: mixup of the cached maps, Beta(a, a)")
     parser.add_argument("--layer-decay", type=float, default=None, help="probe: the recipe's lr factor per block")
