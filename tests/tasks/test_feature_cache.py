@@ -135,3 +135,25 @@ def test_a_part_read_back_from_its_split_manifest_has_the_same_digest(tmp_path: 
     assert again.classes == ["a", "b"]  # sorted: other indices than the original's
     for part in ("train", "val", "test"):
         assert images_digest(again.subset(again_split[part])) == images_digest(reordered.subset(split[part]))
+
+
+def test_an_entry_serves_each_caller_its_own_class_indices(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    # A run that split the data (classes in the dataset's order) builds the entry; a later run reads the same split
+    # back from its manifest (classes sorted, other indices) and reuses the entry: it must get its own labels.
+    from cnnlab.data.folder import LabelledImages
+    from cnnlab.data.split import read_manifest, write_manifest
+
+    images = _images(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    reordered = LabelledImages(images.paths, [1 - label for label in images.labels], ["b", "a"])
+    split = {"train": list(range(0, 10, 2)), "val": [1, 3], "test": [5, 7, 9]}
+    write_manifest(tmp_path / "split.csv", reordered, split)
+    again, again_split = read_manifest(tmp_path / "split.csv")
+    cache = FeatureCache(tmp_path / "cache")
+    first = _build(cache, reordered.subset(split["train"]), _Counting())
+    second = _build(cache, again.subset(again_split["train"]), _Counting())
+    assert second.reused
+    assert torch.equal(first.features, second.features)
+    assert first.labels.tolist() == reordered.subset(split["train"]).labels
+    assert second.labels.tolist() == again.subset(again_split["train"]).labels
+    assert second.labels.tolist() != first.labels.tolist()  # the same images, indexed in the other class order

@@ -211,6 +211,41 @@ def test_elpv_binary_mapping() -> None:
     assert source_defaults("elpv:binary") == {"test_fraction": 0.25, "val_fraction": 0.15, "views": "dihedral"}
 
 
+@pytest.mark.parametrize("data", ["elpv", "elpv:binary"])
+def test_a_built_in_dataset_keeps_its_class_order_when_its_split_is_read_back(tmp_path: Path, data: str) -> None:
+    # A fresh ELPV split indexes the classes by defect probability; a later run of the same name (or a resumed one)
+    # reads the split back from the run's manifest and must index them alike, or a reused cache and a resumed
+    # checkpoint would be trained on one order and tested on another (and the binary reading would add the wrong
+    # probabilities).
+    from cnnlab.data.elpv import ELPV_BINARY_CLASSES, ELPV_CLASSES
+    from cnnlab.data.folder import LabelledImages
+    from cnnlab.data.split import write_manifest
+    from cnnlab.tasks.transfer import load_images
+
+    classes = ELPV_BINARY_CLASSES if data.endswith(":binary") else ELPV_CLASSES
+    assert classes != sorted(classes)  # else this test would prove nothing
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        for i in range(3):
+            paths.append(str(tmp_path / f"{name}-{i}.png"))
+            Image.new("L", (8, 8), 60 * label).save(paths[-1])
+            labels.append(label)
+    images = LabelledImages(paths, labels, list(classes))
+    split = {
+        "train": list(range(0, len(paths), 3)),
+        "val": list(range(1, len(paths), 3)),
+        "test": list(range(2, len(paths), 3)),
+    }
+    config = TransferConfig(data=data, output=str(tmp_path / "runs"), name="again")
+    write_manifest(config.run_dir / "split.csv", images, split)
+    again, again_split, source = load_images(config)
+    assert source.startswith("reused")
+    assert again.classes == classes
+    named = dict(zip(again.paths, (again.classes[label] for label in again.labels), strict=True))
+    assert named == {path: classes[label] for path, label in zip(paths, labels, strict=True)}
+    assert {part: len(indices) for part, indices in again_split.items()} == {part: len(classes) for part in split}
+
+
 def test_crop_pct_one_keeps_the_border_that_the_record_crops_away() -> None:
     model = create_model("efficientnet_lite0", num_classes=2)
     record = PretrainedCfg.for_model(model)

@@ -15,7 +15,14 @@ from cnnlab.data.folder import LabelledImages, scan_csv, scan_folder
 from cnnlab.data.split import Split, split_from_folders
 from cnnlab.errors import CnnlabError
 
-__all__ = ["BUILTIN_DATASETS", "check_files_exist", "limit_per_class", "open_image_source", "source_defaults"]
+__all__ = [
+    "BUILTIN_DATASETS",
+    "check_files_exist",
+    "limit_per_class",
+    "open_image_source",
+    "source_classes",
+    "source_defaults",
+]
 
 BUILTIN_DATASETS = ("elpv", "elpv:binary")
 # What the literature does with a built-in dataset, used unless the command line says otherwise: ELPV's papers
@@ -29,6 +36,16 @@ _DEFAULTS = {
 def source_defaults(data: str) -> dict[str, object]:
     """The split fractions and views a built-in dataset is used with by default (empty for the user's own data)."""
     return dict(_DEFAULTS.get(data, {})) if data in BUILTIN_DATASETS and not Path(data).exists() else {}
+
+
+def source_classes(data: str) -> list[str] | None:
+    """The fixed class order of a built-in dataset (ELPV's classes in order of defect probability), which a split read
+    back from its manifest must keep; None for the user's own data, whose classes are sorted by name either way."""
+    if data not in BUILTIN_DATASETS or Path(data).exists():
+        return None
+    from cnnlab.data.elpv import ELPV_BINARY_CLASSES, ELPV_CLASSES
+
+    return list(ELPV_BINARY_CLASSES if data.endswith(":binary") else ELPV_CLASSES)
 
 
 def open_image_source(data: str, min_per_class: int = 100) -> tuple[LabelledImages, Split | None, str]:

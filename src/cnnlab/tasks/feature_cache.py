@@ -7,7 +7,9 @@ stored in float16, and the upper part trains on them for as many epochs as it ne
 - **Keyed**: an entry's key is a hash of everything its contents depend on: the images and labels of the part, the
   model and its weights, the cut point, the views, the preprocessing (input size, crop, mean/std, interpolation) and
   the precision. Any change gives another key, so a stale entry is never read; a match is reused across runs (the 3
-  seeds of a benchmark build it once).
+  seeds of a benchmark build it once). Labels are keyed by class name, and an entry stores features only: the labels
+  it serves are the caller's own indices, so a run whose classes come in another order (a split read back from its
+  manifest) reuses the entry with its own labels, never with the builder's.
 - **Sized first**: `estimate_bytes` is printed before the build, and a cache that would not fit on the disk is a
   `CnnlabError` that names a cheaper setting.
 - **In memory or memory-mapped**: an entry is one ``.npy`` file [views, images, *feature shape]; `load` reads it into
@@ -43,7 +45,6 @@ __all__ = ["CACHE_FORMAT", "CachedPart", "FeatureCache", "available_memory_bytes
 
 CACHE_FORMAT = "cnnlab-feature-cache-1"
 _FEATURES = "features.npy"
-_LABELS = "labels.npy"
 _META = "meta.json"
 _PROGRESS = "progress.json"
 
@@ -73,7 +74,8 @@ def available_memory_bytes() -> int:
 
 @dataclass
 class CachedPart:
-    """A finished cache entry: the features of every view of every image, and the images' labels.
+    """A finished cache entry: the features of every view of every image, and the images' labels (the caller's
+    indices, in its class order).
 
     Attributes:
         features: float16 [views, images, *feature_shape] (in memory or memory-mapped).
@@ -168,7 +170,7 @@ class FeatureCache:
         """
         final = self.path(spec)
         if (final / _META).is_file():
-            return self._load(final, views, seconds=0.0, reused=True)
+            return self._load(final, views, images, seconds=0.0, reused=True)
         size = self.estimate_bytes(len(images), len(views), feature_shape)
         self.root.mkdir(parents=True, exist_ok=True)
         partial = final.with_name(final.name + ".partial")
@@ -197,7 +199,7 @@ class FeatureCache:
             shutil.rmtree(partial)
         else:
             os.replace(partial, final)
-        return self._load(final, views, seconds=seconds, reused=False)
+        return self._load(final, views, images, seconds=seconds, reused=False)
 
     # ---------------------------------------------------------------------------------------------------- private
     @staticmethod
@@ -236,7 +238,6 @@ class FeatureCache:
         shape = (len(views), len(images), *feature_shape)
         if done == 0:
             features = np.lib.format.open_memmap(partial / _FEATURES, mode="w+", dtype=np.float16, shape=shape)
-            np.save(partial / _LABELS, np.asarray(images.labels, dtype=np.int64))
             self._record(partial, spec, 0, views)
         else:
             features = np.load(partial / _FEATURES, mmap_mode="r+")
@@ -265,10 +266,11 @@ class FeatureCache:
         os.replace(temporary, partial / _PROGRESS)
 
     @staticmethod
-    def _load(entry: Path, views: Sequence[str], seconds: float, reused: bool) -> CachedPart:
+    def _load(entry: Path, views: Sequence[str], images: LabelledImages, seconds: float, reused: bool) -> CachedPart:
         size = (entry / _FEATURES).stat().st_size
         in_memory = size < available_memory_bytes() // 2
         array = np.load(entry / _FEATURES, mmap_mode=None if in_memory else "r")
-        labels = torch.from_numpy(np.load(entry / _LABELS))
+        # The key matched the images' paths and class *names*; their indices are the caller's (its class order).
+        labels = torch.tensor(images.labels, dtype=torch.int64)
         features = torch.from_numpy(array) if in_memory else torch.from_numpy(np.asarray(array))
         return CachedPart(features, labels, tuple(views), seconds, reused)

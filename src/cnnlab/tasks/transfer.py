@@ -44,7 +44,13 @@ from torch.utils.data import DataLoader
 
 from cnnlab.data.folder import ImageDataset, LabelledImages, SkippedFile, load_image
 from cnnlab.data.photo_transforms import InputCheck, build_eval_transform, build_train_transform, save_preview_grid
-from cnnlab.data.sources import check_files_exist, limit_per_class, open_image_source, source_defaults
+from cnnlab.data.sources import (
+    check_files_exist,
+    limit_per_class,
+    open_image_source,
+    source_classes,
+    source_defaults,
+)
 from cnnlab.data.split import SPLITS, Split, read_manifest, stratified_split, write_manifest
 from cnnlab.errors import CnnlabError
 from cnnlab.layers.views import ViewAverage, parse_views
@@ -263,6 +269,17 @@ class TransferConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------- data
+def _read_split(manifest: str | Path, data: str) -> tuple[LabelledImages, Split]:
+    """A split manifest read back with the class order a fresh split of `data` has: a built-in dataset's own order
+    (ELPV's classes by defect probability), so a later run of the same name or a resumed one indexes the classes as
+    the first run did; sorted names for the user's own data, as a fresh scan gives."""
+    images, split = read_manifest(manifest)
+    order = source_classes(data)
+    if order is not None and set(images.classes) <= set(order):
+        images, split = read_manifest(manifest, [name for name in order if name in images.classes])
+    return images, split
+
+
 def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImages, Split, str]:
     """The run's images and split, and where the split came from.
 
@@ -271,11 +288,11 @@ def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImage
     """
     run_manifest = config.run_dir / MANIFEST
     if run_manifest.is_file():
-        images, split = read_manifest(run_manifest)
+        images, split = _read_split(run_manifest, config.data)
         check_files_exist(images, run_manifest)
         return images, split, f"reused {run_manifest}"
     if config.split_manifest:
-        images, split = read_manifest(config.split_manifest)
+        images, split = _read_split(config.split_manifest, config.data)
         check_files_exist(images, config.split_manifest)
         return images, split, f"given manifest {config.split_manifest}"
     images, folder_split, source = open_image_source(config.data, config.min_per_class)
