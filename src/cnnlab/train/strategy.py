@@ -100,8 +100,14 @@ def init_distributed(device: str = "auto") -> DistInfo | None:
 
 
 def cleanup() -> None:
-    """Leave the job (call at the very end of a distributed script)."""
+    """Leave the job (call at the very end of a distributed script, after it succeeded).
+
+    Every rank waits for the others before the group is torn down: a rank that destroys its gloo group while a peer
+    is still writing its last files can abort in the backend's threads ("terminate called without an active
+    exception"), and torchrun then fails a job whose work is done.
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
