@@ -1,0 +1,124 @@
+"""Probe: does averaging several finished `cnnlab train transfer` runs beat one run? Chosen on validation.
+
+The runs must share one split (the same data and ``split_seed``; the training seed may differ). For each run the
+validation images of its ``split.csv`` are classified with the run's own recorded preprocessing and view averaging
+(`cnnlab.tasks.predict`, the path `cnnlab predict` takes), so validation and test probabilities are made alike; the
+test probabilities are the run's own ``test_predictions.csv``. The script prints each run's validation accuracy, that
+of the average of every run, and how many validation images every run gets wrong (what no average can fix); with
+``--test``, once the choice is made, the test accuracy of that average.
+
+    OMP_NUM_THREADS=2 python benchmarks/transfer_ensemble.py RUN RUN RUN --output DIR
+
+Validation probabilities are kept in DIR (one CSV per run), so a second call with more runs is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+
+def _split_rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "split.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _val_probabilities(run: Path, classes: list[str], output: Path) -> tuple[list[str], np.ndarray]:
+    key = hashlib.sha1(str(run.resolve()).encode()).hexdigest()[:10]
+    saved = output / f"val-{run.name}-{key}.csv"
+    if not saved.exists():
+        from cnnlab.tasks.predict import load_predictor, predict_images
+
+        paths = [row["path"] for row in _split_rows(run) if row["split"] == "val"]
+        predictor = load_predictor(str(run))
+        started = time.perf_counter()
+        predicted = predict_images(predictor, paths, top_k=len(predictor.classes), batch_size=32)
+        print(f"  {run.name}: {len(paths)} validation images in {time.perf_counter() - started:.0f} s")
+        with open(saved, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", *predictor.classes])
+            for row in predicted:
+                if "error" in row:
+                    raise SystemExit(f"{row['image']}: {row['error']}")
+                by_label = {entry["label"]: entry["probability"] for entry in row["top"]}
+                writer.writerow([row["image"], *(by_label[c] for c in predictor.classes)])
+    return _read_probabilities(saved, classes)
+
+
+def _read_probabilities(path: Path, classes: list[str]) -> tuple[list[str], np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r["path"] for r in rows], np.array([[float(r[c]) for c in classes] for r in rows])
+
+
+def _labels(run: Path, part: str) -> dict[str, str]:
+    return {row["path"]: row["label"] for row in _split_rows(run) if row["split"] == part}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="finished transfer runs on one split")
+    parser.add_argument("--output", type=Path, required=True, help="folder for the validation probabilities")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--test", action="store_true", help="read the test set (once the choice is made)")
+    parser.add_argument("--json", type=Path, help="write the figures here as well")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.output.mkdir(parents=True, exist_ok=True)
+
+    meta = json.loads((args.runs[0] / "model.json").read_text())["meta"]
+    classes = list(meta["classes"])
+    val_truth, test_truth = _labels(args.runs[0], "val"), _labels(args.runs[0], "test")
+    for run in args.runs[1:]:
+        if _labels(run, "val") != val_truth or _labels(run, "test") != test_truth:
+            raise SystemExit(f"{run} was trained on another split than {args.runs[0]}")
+
+    members = []
+    for run in args.runs:
+        val_paths, val_p = _val_probabilities(run, classes, args.output)
+        test_paths, test_p = _read_probabilities(run / "test_predictions.csv", classes)
+        members.append((run, val_paths, val_p, test_paths, test_p))
+    val_paths, test_paths = members[0][1], members[0][3]
+    if any(m[1] != val_paths or m[3] != test_paths for m in members):
+        raise SystemExit("the runs list their images in different orders")
+    y_val = np.array([classes.index(val_truth[p]) for p in val_paths])
+    y_test = np.array([classes.index(test_truth[p]) for p in test_paths])
+
+    figures: dict[str, object] = {"runs": [str(r) for r in args.runs], "members": []}
+    for run, _, val_p, _, _ in members:
+        accuracy = accuracy_score(y_val, val_p.argmax(1))
+        figures["members"].append({"run": str(run), "val_accuracy": accuracy})  # type: ignore[union-attr]
+        print(f"val {accuracy:.4f}  {run}")
+    val_mean = np.mean([m[2] for m in members], axis=0)
+    figures["val_accuracy"] = accuracy_score(y_val, val_mean.argmax(1))
+    right = np.stack([m[2].argmax(1) == y_val for m in members])  # [runs, images]
+    figures["val_wrong_for_every_run"] = float(1 - right.any(0).mean())
+    print(
+        f"average of {len(members)}: val {figures['val_accuracy']:.4f}; wrong for every run: "
+        f"{int((~right.any(0)).sum())} of {len(y_val)} ({figures['val_wrong_for_every_run']:.1%})"
+    )
+    if not args.test:
+        return
+    test_mean = np.mean([m[4] for m in members], axis=0)
+    figures["test_accuracy"] = accuracy_score(y_test, test_mean.argmax(1))
+    figures["test_balanced_accuracy"] = balanced_accuracy_score(y_test, test_mean.argmax(1))
+    if len(classes) == 4:  # the authors' binary task read off the 4 ordered classes
+        figures["binary_accuracy"] = float(np.mean((test_mean[:, 2:].sum(1) >= 0.5) == (y_test >= 2)))
+    print(
+        f"average of {len(members)}: test {figures['test_accuracy']:.4f}, balanced "
+        f"{figures['test_balanced_accuracy']:.4f}, binary reading {figures.get('binary_accuracy', float('nan')):.4f}"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
