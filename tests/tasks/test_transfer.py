@@ -111,6 +111,8 @@ def test_run_records_everything(tiny_run: tuple[Path, dict]) -> None:
     report = (run_dir / "report.md").read_text()
     assert "empty.jpg" in report and "balanced accuracy" in report and "no averaging" in report
     assert "the top 2 backbone blocks and the classifier trained" in report  # --unfreeze 2, not the recipe's count
+    assert "| image_size | None (used: 32) |" in report  # an option left out shows what the run resolved it to
+    assert "| train.lr | 0.01 |" in report and "| train.label_smoothing | 0.1 |" in report  # given, and the recipe's
     assert summary["counts"]["train"] == {"blue": 12, "red": 12}  # bad files removed before the stratified split
     meta = json.loads((run_dir / "model.json").read_text())["meta"]
     assert meta["classes"] == ["blue", "red"] and meta["preprocessing"]["input_size"] == [3, 32, 32]
@@ -374,7 +376,7 @@ def test_report_estimates_what_the_next_recipe_would_cost(tiny_run: tuple[Path, 
     parts = ("cache", "training", "validation", "test")
     assert all(estimate[part] > 0 for part in parts)
     assert estimate["total"] == pytest.approx(sum(estimate[part] for part in parts))
-    assert "The next recipe, `full`" in (Path(summary["run_dir"]) / "report.md").read_text()
+    assert "The next recipe is `full`" in (Path(summary["run_dir"]) / "report.md").read_text()
 
 
 def test_cost_estimate_leaves_the_model_alone_and_scales_with_the_data() -> None:

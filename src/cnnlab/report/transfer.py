@@ -59,8 +59,8 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
     nxt = costs.get("next_recipe")
     if nxt:
         report.text(
-            f"The next recipe, `{nxt['recipe']}` ({nxt['summary']}), would take about **{nxt['total'] / 60:.0f} min** "
-            f"here: cache {nxt['cache'] / 60:.1f} min, training {nxt['training'] / 60:.1f} min, validation "
+            f"The next recipe is `{nxt['recipe']}`: {nxt['summary']}. It would take about **{nxt['total'] / 60:.0f} "
+            f"min** here: cache {nxt['cache'] / 60:.1f} min, training {nxt['training'] / 60:.1f} min, validation "
             f"{nxt['validation'] / 60:.1f} min, test {nxt['test'] / 60:.1f} min. Estimated from this run's measured "
             "test-pass speed and a timed training step of that recipe (cnnlab.tasks.transfer_cost); it assumes no "
             "cache to reuse and no early stop."
@@ -98,7 +98,32 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
     ]
     report.table(["phase", "trained from", "epochs run", f"best epoch ({monitor})", f"best {monitor}"], rows)
     report.image("learning curves", "learning_curves.png")
-    return report.add_config({k: v for k, v in config.items() if k != "progress"})
+    report.add_config(_resolved_config(summary, arch))
+    report.text(
+        "Options as given; beside one left out (None), the value the run used. `train.*` are the recipe's training "
+        "options with the ones given on top."
+    )
+    return report
+
+
+def _resolved_config(summary: dict[str, Any], arch: str) -> dict[str, Any]:
+    """The options as given, each one left out (None) shown with what the recipe, weights or views resolved it to."""
+    config, recipe, pre = summary["config"], summary["recipe"], summary["preprocessing"]
+    used = {
+        "arch": arch,
+        "unfreeze": summary["unfreeze"],
+        "views": ", ".join(summary["views"]),
+        "image_size": pre["input_size"][-1],
+        "crop_pct": pre.get("crop_pct"),
+    }
+    shown = {k: v for k, v in config.items() if k != "progress"}
+    for key, value in used.items():
+        if key in shown and shown[key] is None and value is not None:
+            shown[key] = f"None (used: {value})"
+    given = shown.pop("train", None)
+    if isinstance(given, dict):
+        shown.update({f"train.{k}": v for k, v in {**recipe.get("train", {}), **given}.items()})
+    return shown
 
 
 def _trained_part(unfreeze: int | None) -> str:
