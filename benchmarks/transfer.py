@@ -126,7 +126,8 @@ def _install_probes(args: argparse.Namespace, seed: int) -> None:
     the neighbouring classes only (the classes are ordered defect probabilities, so a neighbour is the likelier
     confusion); ``--adabn`` re-estimates every batch norm's statistics on the training images (one pass of the
     identity view, before the cache is built, so the frozen part normalises the cells with their own statistics
-    instead of ImageNet's; the cache gets its own key)."""
+    instead of ImageNet's; the cache gets its own key); ``--refit`` trains on the training and validation cells
+    together."""
     import functools
 
     from cnnlab.tasks import transfer
@@ -180,6 +181,25 @@ def _install_probes(args: argparse.Namespace, seed: int) -> None:
             return originals[5](run, model, model_name + ":adabn", top, parts)
 
         transfer._cached_parts = adapted_parts
+    if args.refit:
+        parts_before = transfer._cached_parts
+
+        class Joined:  # the training part as the training and validation cells together
+            def __init__(self, *parts: Any) -> None:
+                self.parts = parts
+
+            def flat(self) -> tuple[torch.Tensor, torch.Tensor]:
+                flats = [part.flat() for part in self.parts]
+                return torch.cat([x for x, _ in flats]), torch.cat([y for _, y in flats])
+
+        def refit_parts(run: Any, model: torch.nn.Module, model_name: str, top: int, parts: Any) -> Any:
+            split, cached = parts_before(run, model, model_name, top, parts)
+            if "train" in cached and "val" in cached:
+                cached = {**cached, "train": Joined(cached["train"], cached["val"])}
+                run.log("refit: training on the training and validation cells; validation is no longer held out")
+            return split, cached
+
+        transfer._cached_parts = refit_parts
     if args.ordinal_smoothing is not None:
         eps = args.ordinal_smoothing
 
@@ -268,6 +288,7 @@ def one_run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "single_view_balanced_accuracy": round(test["single_view"]["balanced_accuracy"], 4),
         "binary_accuracy": round(test["binary_accuracy"], 4) if "binary_accuracy" in test else None,
         "best_val": {name: phase.get(f"best_{args.monitor}") for name, phase in phases.items()},
+        **({"refit": "validation cells trained on: best_val is not held out"} if args.refit else {}),
         "epochs_run": {name: phase["epochs_run"] for name, phase in phases.items()},
         "cache_seconds": round(summary["costs"].get("cache_seconds", 0.0), 1),
         "cache_reused": bool(summary["costs"].get("cache_reused")),
@@ -306,6 +327,12 @@ def main() -> None:
     parser.add_argument("--layer-decay", type=float, default=None, help="probe: the recipe's lr factor per block")
     parser.add_argument("--train-bn", action="store_true", help="probe: trained blocks' batch norms adapt")
     parser.add_argument("--adabn", action="store_true", help="probe: batch-norm statistics of the training images")
+    parser.add_argument(
+        "--refit",
+        action="store_true",
+        help="probe: train on the training and validation cells together (the papers' whole 75%%) for the recipe's "
+        "epochs, where validation chose the last epoch on every seed; the validation figures are then not held out",
+    )
     parser.add_argument("--ordinal-smoothing", type=float, default=None, help="probe: label smoothing on neighbours")
     parser.add_argument("--class-weight", choices=("balanced",), default=None)
     parser.add_argument("--sampling", choices=("balanced",), default=None)
