@@ -114,10 +114,25 @@ def test_a_cache_that_does_not_fit_is_refused_with_a_cheaper_setting(tmp_path: P
     class Full:
         free = 1000
 
+    with monkeypatch.context() as patched:
+        patched.setattr("cnnlab.tasks.feature_cache.shutil.disk_usage", lambda path: Full())
+        with pytest.raises(CnnlabError, match="only 0.00 GB are free.*fewer views") as refused:
+            cache.get_or_build(_spec(images), _Counting(), images, _transform, VIEWS, (2, 8, 8), progress=False,
+                               cheaper="use fewer views")  # fmt: skip
+    assert "other entr" not in str(refused.value)  # an empty cache has nothing to delete
+
+    lines: list[str] = []
+    cache.log = lines.append
+    _build(cache, images, _Counting())  # one finished entry
+    with pytest.raises(KeyboardInterrupt):  # and one interrupted build
+        _build(cache, images, _Counting(fail_after=4), model="other")
+    on_disk = sum(f.stat().st_size for f in cache.root.rglob("*") if f.is_file())
+    assert cache.held() == (2, on_disk)
+    _build(cache, images, _Counting(), model="third")
+    assert "holds 2 other entries" in lines[-1]  # the build line says what the cache already holds
     monkeypatch.setattr("cnnlab.tasks.feature_cache.shutil.disk_usage", lambda path: Full())
-    with pytest.raises(CnnlabError, match="only 0.00 GB are free.*fewer views"):
-        cache.get_or_build(_spec(images), _Counting(), images, _transform, VIEWS, (2, 8, 8), progress=False,
-                           cheaper="use fewer views")  # fmt: skip
+    with pytest.raises(CnnlabError, match=r"or free space: .* holds 3 other entries .*any may be deleted"):
+        _build(cache, images, _Counting(), model="fourth")
 
 
 def test_a_part_read_back_from_its_split_manifest_has_the_same_digest(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001

@@ -86,8 +86,11 @@ def transfer(
 ) -> None:
     """Adapt a pretrained model to a folder of labelled images: split, train, test once, report.
 
-    --epochs and --lr set the recipe's main phase; the frozen part's outputs are cached under
-    OUTPUT/transfer/feature-cache and reused by later runs on the same data, split and settings.
+    --epochs and --lr set the recipe's main phase.
+
+    The frozen part's outputs are cached in OUTPUT/transfer/feature-cache for runs on the same data, split, settings.
+
+    Each cache build says what that folder holds; any entry in it may be deleted: a run rebuilds what it needs.
     """
     from cnnlab.tasks.transfer import TransferConfig, train_transfer
     from cnnlab.train.strategy import is_main_process

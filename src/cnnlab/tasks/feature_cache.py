@@ -10,8 +10,9 @@ stored in float16, and the upper part trains on them for as many epochs as it ne
   seeds of a benchmark build it once). Labels are keyed by class name, and an entry stores features only: the labels
   it serves are the caller's own indices, so a run whose classes come in another order (a split read back from its
   manifest) reuses the entry with its own labels, never with the builder's.
-- **Sized first**: `estimate_bytes` is printed before the build, and a cache that would not fit on the disk is a
-  `CnnlabError` that names a cheaper setting.
+- **Sized first**: `estimate_bytes` is printed before the build with what the cache root already holds (`held`),
+  and a cache that would not fit on the disk is a `CnnlabError` that names a cheaper setting and the space the
+  other entries take (any entry may be deleted; a run rebuilds what it needs).
 - **In memory or memory-mapped**: an entry is one ``.npy`` file [views, images, *feature shape]; `load` reads it into
   memory when it fits comfortably in the free RAM, else memory-maps it.
 - **Never half-served**: a build writes into ``<key>.partial/`` and records its progress after every batch; an
@@ -135,6 +136,27 @@ class FeatureCache:
     def path(self, spec: dict[str, Any]) -> Path:
         return self.root / self.key(spec)
 
+    def held(self, besides: str = "") -> tuple[int, int]:
+        """(entries, bytes) under the root other than the entry named `besides`: finished entries and unfinished
+        builds alike. Any of them may be deleted at any time; a run rebuilds what it needs."""
+        entries, size = 0, 0
+        if self.root.is_dir():
+            for entry in self.root.iterdir():
+                key = entry.name.removesuffix(".partial")
+                if entry.is_dir() and len(key) == 20 and key != besides:
+                    entries += 1
+                    size += sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
+        return entries, size
+
+    def _held_text(self, besides: str) -> str:
+        entries, size = self.held(besides)
+        if not entries:
+            return ""
+        return (
+            f"{self.root} holds {entries} other entr{'y' if entries == 1 else 'ies'} ({size / 1e9:.2f} GB), finished "
+            "or interrupted; any may be deleted: a run rebuilds what it needs"
+        )
+
     def get_or_build(
         self,
         spec: dict[str, Any],
@@ -177,15 +199,19 @@ class FeatureCache:
         done = self._progress(partial, spec)
         free = shutil.disk_usage(self.root).free
         needed = size - (size * done // max(1, len(images)))
+        held = self._held_text(final.name)
         if needed * 1.05 > free:
             raise CnnlabError(
                 f"the feature cache needs {size / 1e9:.2f} GB ({len(images)} images x {len(views)} views x "
                 f"{'x'.join(map(str, feature_shape))} float16) and only {free / 1e9:.2f} GB are free in {self.root}; "
                 f"{cheaper or 'use fewer --views or a smaller --image-size'}"
+                + (f"; or free space: {held}" if held else "")
             )
         self.log(
             f"feature cache: {len(images)} images x {len(views)} views x {'x'.join(map(str, feature_shape))} float16 "
-            f"= {size / 1e6:,.0f} MB in {final}" + (f" (resuming after {done} images)" if done else "")
+            f"= {size / 1e6:,.0f} MB in {final}"
+            + (f" (resuming after {done} images)" if done else "")
+            + (f"; {held}" if held else "")
         )
         started = time.perf_counter()
         self._build(partial, spec, lower, images, transform, views, feature_shape, done, device, batch_size,
