@@ -38,7 +38,12 @@ def _val_probabilities(run: Path, classes: list[str], output: Path) -> tuple[lis
         from cnnlab.tasks.predict import load_predictor, predict_images
 
         paths = [row["path"] for row in _split_rows(run) if row["split"] == "val"]
-        predictor = load_predictor(str(run))
+        from cnnlab.errors import CnnlabError
+
+        try:
+            predictor = load_predictor(str(run))
+        except CnnlabError as error:  # e.g. a probe's backbone that cnnlab's zoo does not register
+            raise SystemExit(f"{run}: {error}") from error
         started = time.perf_counter()
         predicted = predict_images(predictor, paths, top_k=len(predictor.classes), batch_size=32)
         print(f"  {run.name}: {len(paths)} validation images in {time.perf_counter() - started:.0f} s")
