@@ -369,6 +369,18 @@ def test_input_check_flags_wrongly_scaled_inputs() -> None:
         InputCheck(cfg, "training")(good, torch.zeros(1))
 
 
+def test_a_small_folder_trains_in_one_batch_unless_the_user_chose_the_batch_size(tmp_path: Path) -> None:
+    make_photo_folder(tmp_path / "photos")  # 24 training images x 2 views: fewer than the recipe's batch of 64
+    lines: list[str] = []
+    config = tiny_config(tmp_path, views="hflip", train={"epochs": 1})
+    del config.train["batch_size"]  # the recipe's
+    summary = train_transfer(config, log=lines.append)
+    assert summary["phases"]["partial"]["epochs_run"] == 1
+    assert any("batch size 48, all the training samples (the recipe's 64 is more)" in line for line in lines)
+    with pytest.raises(CnnlabError, match="fewer than one batch of 64; lower --batch-size"):
+        train_transfer(tiny_config(tmp_path, views="hflip", name="given", train={"epochs": 1, "batch_size": 64}))
+
+
 def test_report_estimates_what_the_next_recipe_would_cost(tiny_run: tuple[Path, dict]) -> None:
     _, summary = tiny_run
     estimate = summary["costs"]["next_recipe"]

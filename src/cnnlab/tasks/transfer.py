@@ -347,10 +347,18 @@ class _Run:
         """Backbone blocks the run trains, from the top: ``--unfreeze``, else the recipe's (None: all of them)."""
         return self.config.unfreeze if self.config.unfreeze is not None else self.recipe.unfreeze
 
-    def train_config(self, phase: str, main: bool, **fields: Any) -> TrainConfig:
-        """The phase's engine config: the recipe's, the engine options, the run's place and monitor."""
+    def train_config(self, phase: str, main: bool, samples: int | None = None, **fields: Any) -> TrainConfig:
+        """The phase's engine config: the recipe's, the engine options, the run's place and monitor.
+
+        A recipe's batch size larger than the phase's `samples` (a small folder) shrinks to one batch of them; a
+        ``--batch-size`` given by the user is kept (the engine then names the problem).
+        """
         config = self.config
         options = {**self.recipe.train, **fields, **(config.train if main else _shared(config.train))}
+        batch = int(options.get("batch_size", 32))
+        if samples is not None and "batch_size" not in config.train and 0 < samples < batch:
+            options["batch_size"] = samples
+            self.log(f"{phase}: batch size {samples}, all the training samples (the recipe's {batch} is more)")
         checkpoint = config.run_dir / phase / "checkpoint.pt"
         return TrainConfig(
             **{
@@ -497,7 +505,7 @@ def _train_on_cache(run: _Run, model: nn.Module, model_name: str, top_blocks: in
 
     train_x, train_y = cached["train"].flat()
     val_x, val_y = cached["val"].flat()
-    config = run.train_config(phase, main, **fields)
+    config = run.train_config(phase, main, samples=len(train_x), **fields)
     trainer = Trainer(
         split.upper,
         config,
@@ -519,7 +527,7 @@ def _train_full(run: _Run, model: nn.Module, record: PretrainedCfg) -> None:
     recipe = run.recipe
     train_transform = build_train_transform(run.cfg, scale=(recipe.crop_scale, 1.0), views=run.views)
     eval_transform = build_eval_transform(run.cfg)
-    config = run.train_config("finetune", main=True)
+    config = run.train_config("finetune", main=True, samples=len(run.parts["train"]))
     check = InputCheck(record, "training")
 
     def groups(module: nn.Module) -> list[dict[str, Any]]:
@@ -681,11 +689,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     from cnnlab.report.transfer import transfer_report
 
     transfer_report(summary, environment_record()).write(run_dir / "report.md")
-    tta = "" if len(views) == 1 else f" (one view: {results['single_view']['accuracy']:.4f})"
-    log(
-        f"test accuracy {results['accuracy']:.4f}{tta}, balanced accuracy {results['balanced_accuracy']:.4f} "
-        f"({len(parts['test'])} images); report: {run_dir / 'report.md'}"
-    )
+    log(f"report: {run_dir / 'report.md'}")  # the test figures: the caller's summary (the CLI prints them once)
     nxt = run.costs.get("next_recipe")
     if nxt:
         log(f"this run took {summary['wall_seconds'] / 60:.0f} min; --recipe {nxt['recipe']} would take about "
