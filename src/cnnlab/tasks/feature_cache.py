@@ -152,9 +152,10 @@ class FeatureCache:
         entries, size = self.held(besides)
         if not entries:
             return ""
+        amount = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:,.0f} MB"
         return (
-            f"{self.root} holds {entries} other entr{'y' if entries == 1 else 'ies'} ({size / 1e9:.2f} GB), finished "
-            "or interrupted; any may be deleted: a run rebuilds what it needs"
+            f"{self.root} holds {entries} other entr{'y' if entries == 1 else 'ies'} ({amount}), finished or "
+            "interrupted; any may be deleted: a run rebuilds what it needs"
         )
 
     def get_or_build(
