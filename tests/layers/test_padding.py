@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -95,3 +96,17 @@ def test_layers_run_on_the_meta_device():
     assert conv(x).shape == (1, 8, 113, 113)
     assert MaxPool2dSame(3, 2)(x).shape == (1, 3, 113, 113)
     assert AvgPool2dSame(3, 2)(x).shape == (1, 3, 113, 113)
+
+
+@pytest.mark.parametrize("traced_at", [8, 9])
+def test_a_traced_layer_pads_every_input_size_as_the_eager_one(traced_at: int) -> None:
+    """`cnnlab export` traces at one size and segmenters run at others: odd and even sizes need different padding
+    (a 2x2 pool pads odd sizes only; a 1x1 stride-2 conv would crop even ones if the traced amount went negative)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv2dSame(1, 2, 1, stride=2), Conv2dSame(2, 2, 3, stride=2), MaxPool2dSame(2, 2)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)  # no branch frozen at the traced size
+        traced = torch.jit.trace(model, torch.randn(1, 1, traced_at, traced_at))
+    for size in (8, 9, 13, 16):
+        x = torch.randn(1, 1, size, size)
+        torch.testing.assert_close(traced(x), model(x))

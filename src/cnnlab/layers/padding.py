@@ -36,7 +36,9 @@ def same_padding_amounts(size: int, kernel_size: int, stride: int = 1, dilation:
         ``(before, after)`` with ``before = total // 2``, so the output length is ``ceil(size / stride)``.
     """
     out = -(-size // stride)  # ceil division in integers: a traced size (ONNX, TorchScript) stays dynamic
-    total = max((out - 1) * stride + (kernel_size - 1) * dilation + 1 - size, 0)
+    total = (out - 1) * stride + (kernel_size - 1) * dilation + 1 - size
+    # a size traced by torch.jit is a tensor: clamp it in the graph, where max() would freeze the traced size's branch
+    total = total.clamp(min=0) if isinstance(total, torch.Tensor) else max(total, 0)
     return total // 2, total - total // 2
 
 
@@ -51,7 +53,7 @@ def pad_same(
     height, width = x.shape[-2:]
     top, bottom = same_padding_amounts(height, kernel_size[0], stride[0], dilation[0])
     left, right = same_padding_amounts(width, kernel_size[1], stride[1], dilation[1])
-    if top or bottom or left or right:
+    if torch.jit.is_tracing() or top or bottom or left or right:  # traced: pad always (by 0 where none is needed)
         x = F.pad(x, (left, right, top, bottom), value=value)
     return x
 
