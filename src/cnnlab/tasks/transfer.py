@@ -355,8 +355,8 @@ class _Run:
         """
         config = self.config
         options = {**self.recipe.train, **fields, **(config.train if main else _shared(config.train))}
-        batch = int(options.get("batch_size", 32))
-        if samples is not None and "batch_size" not in config.train and 0 < samples < batch:
+        batch = options.get("batch_size", TrainConfig.batch_size)
+        if samples is not None and "batch_size" not in config.train and isinstance(batch, int) and 0 < samples < batch:
             options["batch_size"] = samples
             self.log(f"{phase}: batch size {samples}, all the training samples (the recipe's {batch} is more)")
         checkpoint = config.run_dir / phase / "checkpoint.pt"
