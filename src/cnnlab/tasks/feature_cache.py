@@ -48,6 +48,7 @@ CACHE_FORMAT = "cnnlab-feature-cache-1"
 _FEATURES = "features.npy"
 _META = "meta.json"
 _PROGRESS = "progress.json"
+_KEY_LENGTH = 20  # hex characters of an entry's name
 
 
 def images_digest(images: LabelledImages) -> str:
@@ -126,7 +127,7 @@ class FeatureCache:
     def key(spec: dict[str, Any]) -> str:
         """The entry name for `spec` (everything the contents depend on)."""
         text = json.dumps({"format": CACHE_FORMAT, **spec}, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:20]
+        return hashlib.sha256(text.encode()).hexdigest()[:_KEY_LENGTH]
 
     @staticmethod
     def estimate_bytes(images: int, views: int, feature_shape: Sequence[int]) -> int:
@@ -143,7 +144,7 @@ class FeatureCache:
         if self.root.is_dir():
             for entry in self.root.iterdir():
                 key = entry.name.removesuffix(".partial")
-                if entry.is_dir() and len(key) == 20 and key != besides:
+                if entry.is_dir() and len(key) == _KEY_LENGTH and key != besides:
                     entries += 1
                     size += sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
         return entries, size
