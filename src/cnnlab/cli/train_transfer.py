@@ -90,7 +90,7 @@ def transfer(
 
     The frozen part's outputs are cached in OUTPUT/transfer/feature-cache for runs on the same data, split, settings.
 
-    Each cache build says what that folder holds; any entry in it may be deleted: a run rebuilds what it needs.
+    Each cache build says what that folder holds; an entry no run is using may be deleted: it is rebuilt if needed.
     """
     from cnnlab.tasks.transfer import TransferConfig, train_transfer
     from cnnlab.train.strategy import is_main_process

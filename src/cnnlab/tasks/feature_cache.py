@@ -12,7 +12,7 @@ stored in float16, and the upper part trains on them for as many epochs as it ne
   manifest) reuses the entry with its own labels, never with the builder's.
 - **Sized first**: `estimate_bytes` is printed before the build with what the cache root already holds (`held`),
   and a cache that would not fit on the disk is a `CnnlabError` that names a cheaper setting and the space the
-  other entries take (any entry may be deleted; a run rebuilds what it needs).
+  other entries take (an entry no run is using may be deleted; a run rebuilds what it needs).
 - **In memory or memory-mapped**: an entry is one ``.npy`` file [views, images, *feature shape]; `load` reads it into
   memory when it fits comfortably in the free RAM, else memory-maps it.
 - **Never half-served**: a build writes into ``<key>.partial/`` and records its progress after every batch; an
@@ -139,7 +139,7 @@ class FeatureCache:
 
     def held(self, besides: str = "") -> tuple[int, int]:
         """(entries, bytes) under the root other than the entry named `besides`: finished entries and unfinished
-        builds alike. Any of them may be deleted at any time; a run rebuilds what it needs."""
+        builds alike. Any of them may be deleted while no run is using it; a run rebuilds what it needs."""
         entries, size = 0, 0
         if self.root.is_dir():
             for entry in self.root.iterdir():
@@ -156,7 +156,7 @@ class FeatureCache:
         amount = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:,.0f} MB"
         return (
             f"{self.root} holds {entries} other entr{'y' if entries == 1 else 'ies'} ({amount}), finished or "
-            "interrupted; any may be deleted: a run rebuilds what it needs"
+            "interrupted; any may be deleted while no run uses it: a run rebuilds what it needs"
         )
 
     def get_or_build(
