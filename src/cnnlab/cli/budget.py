@@ -7,13 +7,14 @@ from typing import Annotated
 
 import typer
 
+# Typer renders help as Rich markup: each [relu] is escaped with a backslash, or Rich would drop it.
 _HELP = """Size a CNN: per-layer shapes, parameters, MACs, and memory for inference and for training a mini-batch.
 
 TARGET is a zoo model name (resnet50), a YAML/JSON spec file, or layer strings, one per argument:
 
   cnnlab budget --input 3x200x300 "conv 100 k3 s2 same" "conv 200 k3 s2 same" "conv 400 k3 s2 same" --batch 50
 
-Layer strings: conv F kK sS same|valid|pN [relu], maxpool|avgpool kK sS, gap, flatten, dense N [relu], bn,
+Layer strings: conv F kK sS same|valid|pN \\[relu], maxpool|avgpool kK sS, gap, flatten, dense N \\[relu], bn,
 relu|tanh|sigmoid|gelu|silu|leakyrelu|softmax, dropout P, lrn N. Memory is shown twice: the textbook view (every
 layer output kept, two consecutive layers at inference) and what PyTorch really keeps (traced on the meta device).
 """

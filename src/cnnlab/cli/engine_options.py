@@ -63,11 +63,11 @@ ENGINE_OPTIONS: dict[str, tuple[Any, Any, tuple[str, ...], str]] = {
     "output": (Path, Path("runs"), ("--output", "-o"), "Runs root; a run goes to OUTPUT/<task>/<name>."),
     "overwrite": (bool, False, ("--overwrite",), "Replace an existing run called --name."),
     "quiet": (bool, False, ("--quiet", "-q"), "No progress bars or epoch lines."),
-    "tensorboard": (
+    "tensorboard": (  # the bracket escaped: Typer renders help as Rich markup, which would drop "[lab]"
         bool | None,
         None,
         ("--tensorboard",),
-        "Write TensorBoard event files into the run folder (tensorboard --logdir runs); needs cnnlab[lab].",
+        "Write TensorBoard event files into the run folder (tensorboard --logdir runs); needs cnnlab\\[lab].",
     ),
 }
 

@@ -1,0 +1,44 @@
+"""`--help` shows every help text as written: Typer renders help with Rich markup, which silently drops a bracketed
+word such as ``[relu]`` or ``cnnlab[lab]`` unless the bracket is escaped."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import typer
+from rich.text import Text
+from typer.testing import CliRunner
+
+from cnnlab.cli import app
+
+
+def _commands(command: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+COMMANDS = list(_commands(typer.main.get_command(app), ()))
+
+
+def test_every_command_is_walked() -> None:
+    paths = {" ".join(path) for path, _ in COMMANDS}
+    assert {"budget", "train transfer", "train segment", "export", "predict"} <= paths
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[" ".join(p) or "cnnlab" for p, _ in COMMANDS])
+def test_help_texts_survive_rich_markup(path: tuple[str, ...], command: Any) -> None:
+    texts = {"(command)": command.help or ""}
+    texts |= {param.name: getattr(param, "help", None) or "" for param in command.params}
+    for name, text in texts.items():
+        shown = Text.from_markup(text).plain
+        assert shown == text.replace("\\[", "["), f"cnnlab {' '.join(path)} {name}: Rich drops part of {text!r}"
+
+
+def test_budget_help_shows_the_optional_activation() -> None:
+    result = CliRunner().invoke(app, ["budget", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "conv F kK sS same|valid|pN [relu]" in result.output
+    assert "dense N [relu]" in result.output
