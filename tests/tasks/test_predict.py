@@ -88,7 +88,7 @@ def test_predict_with_a_fine_tuned_run(tiny_run: Path) -> None:
     assert len(result["top"]) == 2 and result["top"][0]["label"] == "red"
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx", "pt2"])
 def test_export_matches_pytorch(tiny_run: Path, tmp_path: Path, fmt: str) -> None:
     from cnnlab.tasks.export import export_model
 
@@ -98,10 +98,14 @@ def test_export_matches_pytorch(tiny_run: Path, tmp_path: Path, fmt: str) -> Non
     assert result["max_abs_difference"] < 1e-4
     record = json.loads(Path(result["preprocessing"]).read_text())
     assert record["classes"] == ["blue", "red"] and record["center_crop"] == [32, 32]
-    if fmt == "torchscript":
-        loaded = torch.jit.load(result["model"])
+    loaders = {"torchscript": torch.jit.load, "pt2": lambda path: torch.export.load(path).module()}
+    if fmt in loaders:  # the file loaded as the record tells a deployment to, at batches it was not traced at
+        assert record["load"] == {"torchscript": "torch.jit.load(path)", "pt2": "torch.export.load(path).module()"}[fmt]
+        loaded = loaders[fmt](result["model"])
         predictor = load_predictor(str(tiny_run))
-        images = torch.rand(3, 3, 32, 32)
         mean, std = torch.tensor(record["record"]["mean"]), torch.tensor(record["record"]["std"])
-        expected = predictor.model((images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))
-        assert torch.allclose(loaded(images), expected, atol=1e-5)
+        for batch in (3, 1):
+            images = torch.rand(batch, 3, 32, 32)
+            with torch.inference_mode():
+                expected = predictor.model((images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))
+                assert torch.allclose(loaded(images), expected, atol=1e-5)

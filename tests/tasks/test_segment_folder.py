@@ -220,6 +220,15 @@ def test_onnx_export_matches_pytorch_at_unseen_sizes(trained, tmp_path):
     torch.testing.assert_close(exported, expected, atol=1e-4, rtol=0)
 
 
+def test_pt2_export_of_a_segmenter_is_refused_with_the_formats_that_work(trained, tmp_path):
+    from cnnlab.tasks.export import export_model
+
+    _, summary = trained
+    with pytest.raises(CnnlabError, match="use --format onnx or torchscript"):
+        export_model(summary["run_dir"], "pt2", tmp_path / "m.pt2")
+    assert not (tmp_path / "m.pt2").exists()
+
+
 def test_bad_files_are_listed_and_skipped(tmp_path):
     root = _folder(tmp_path / "data", count=10)
     (root / "masks" / "00000.png").unlink()  # image without mask

@@ -1,4 +1,4 @@
-"""`cnnlab export`: a fine-tuned run (or a pretrained zoo model) as TorchScript or ONNX, preprocessing recorded."""
+"""`cnnlab export`: a fine-tuned run (or a pretrained zoo model) as TorchScript, ONNX or an ExportedProgram (pt2)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,16 @@ def export(
         help="A `cnnlab train transfer` or `cnnlab train segment --data` run directory (segmenters export with "
         "dynamic height and width), or a pretrained zoo model name.",
     ),
-    fmt: str = typer.Option("torchscript", "--format", "-f", help="torchscript or onnx."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="File to write (default: RUN/model.pt|.onnx)."),
+    fmt: str = typer.Option(
+        "torchscript",
+        "--format",
+        "-f",
+        help="torchscript (.pt, traced; torch 2.14 deprecates the tracer), onnx (.onnx; the onnx package) or pt2 "
+        "(.pt2, torch.export's ExportedProgram, the tracer's successor; classifiers only).",
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="File to write (default: RUN/model.pt, .onnx or .pt2)."
+    ),
     opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -27,7 +35,7 @@ def export(
         typer.echo(json.dumps(result))
         return
     typer.echo(f"wrote {result['model']} (input: RGB in [0, 1], normalisation inside)")
-    typer.echo(f"wrote {result['preprocessing']} (classes and the rest of the preprocessing)")
+    typer.echo(f"wrote {result['preprocessing']} (classes, the rest of the preprocessing, and how to load the model)")
     typer.echo(f"max |exported - PyTorch| on random images: {result['max_abs_difference']:.2e}")
 
 

@@ -1,10 +1,15 @@
-"""Export a fine-tuned run (or a pretrained zoo model) to TorchScript or ONNX, with its preprocessing.
+"""Export a fine-tuned run (or a pretrained zoo model) to TorchScript, ONNX or torch.export's ExportedProgram.
 
 The exported graph takes float RGB images in [0, 1], [N, 3, H, W] at the record's crop size, and does the
 normalisation itself (mean/std are inside), so a deployment only has to decode, resize and crop. Those two geometric
 steps, the class names and the full record are written beside it in ``<file>.preprocessing.json``. A segmentation run
 (`cnnlab train segment --data`) exports with dynamic height and width: whole images of any size in, logits of the
 same size out, checked at two sizes other than the traced one.
+
+``pt2`` is torch.export's ExportedProgram (``torch.export.load(path).module()``), the path torch 2.14 names as the
+successor of the deprecated TorchScript tracer. It exports classifiers with a dynamic batch; a segmenter's dynamic
+height and width it cannot prove for the padding to the model's stride (its size guards fail), so a segmentation
+run is refused with a pointer to the other two formats.
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ from cnnlab.tasks.predict import load_predictor
 
 __all__ = ["EXPORT_FORMATS", "export_model"]
 
-EXPORT_FORMATS = ("torchscript", "onnx")
+EXPORT_FORMATS = ("torchscript", "onnx", "pt2")
+SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx", "pt2": ".pt2"}
+LOADERS = {  # how a deployment loads each format (written beside the file)
+    "torchscript": "torch.jit.load(path)",
+    "onnx": "onnxruntime.InferenceSession(path), input name 'images'",
+    "pt2": "torch.export.load(path).module()",
+}
 
 
 def export_model(
@@ -34,12 +45,14 @@ def export_model(
 
     Args:
         model: what `cnnlab.tasks.predict.load_predictor` accepts.
-        fmt: ``torchscript`` (``.pt``, traced) or ``onnx`` (``.onnx``, batch dimension dynamic).
-        output: the file to write; default ``<run dir>/model.pt|.onnx`` (``./<name>.pt|.onnx`` for a zoo model).
+        fmt: ``torchscript`` (``.pt``, traced), ``onnx`` (``.onnx``) or ``pt2`` (``.pt2``, torch.export); the
+            batch dimension is dynamic in each.
+        output: the file to write; default ``<run dir>/model<suffix>`` (``./<name><suffix>`` for a zoo model).
         opset: ONNX opset.
 
     Returns:
-        Paths written and the largest absolute difference from the eager model on a random batch.
+        Paths written and the largest absolute difference from the eager model on a random batch of a size the
+        export did not see.
     """
     if fmt not in EXPORT_FORMATS:
         raise CnnlabError(f"--format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
@@ -49,7 +62,7 @@ def export_model(
         return _export_segmenter(model, fmt, output, opset)
     predictor = load_predictor(model)
     cfg = predictor.cfg
-    suffix = ".pt" if fmt == "torchscript" else ".onnx"
+    suffix = SUFFIXES[fmt]
     if output is None:
         base = Path(model) if Path(model).is_dir() else Path(".")
         output = base / f"{'model' if Path(model).is_dir() else model}{suffix}"
@@ -58,8 +71,9 @@ def export_model(
     # The normalisation travels inside the exported graph: it takes float RGB in [0, 1].
     wrapped = nn.Sequential(Normalize(cfg.mean, cfg.std), predictor.model.cpu().eval()).eval()
     example = torch.rand(2, *cfg.input_size)
+    check = torch.rand(3, *cfg.input_size)  # a batch size the export never saw: the batch dimension must stay dynamic
     with torch.inference_mode():
-        expected = wrapped(example)
+        expected = wrapped(check)
     # torch 2.14 marks torch.jit and the TorchScript-based ONNX exporter deprecated; both still work and need no
     # extra package (the dynamo exporter needs onnxscript), and the export is checked against eager PyTorch below.
     with warnings.catch_warnings():
@@ -70,12 +84,15 @@ def export_model(
                 traced = torch.jit.trace(wrapped, example)
             traced.save(str(output))
             with torch.inference_mode():
-                actual = torch.jit.load(str(output))(example)
+                actual = torch.jit.load(str(output))(check)
+        elif fmt == "pt2":
+            actual = _export_program(wrapped, example, output)(check)
         else:
-            actual = _export_onnx(wrapped, example, output, opset)(example)
+            actual = _export_onnx(wrapped, example, output, opset)(check)
     max_difference = float((actual - expected).abs().max())
     record = {
         "format": fmt,
+        "load": LOADERS[fmt],
         "input": "float32 RGB [N, 3, H, W] in [0, 1]; mean/std normalisation is inside the exported model",
         "resize_shorter_side_to": cfg.resize_size,
         "interpolation": cfg.interpolation,
@@ -95,8 +112,13 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
     """Export a segmentation run with dynamic height and width; the check runs sizes the trace never saw."""
     from cnnlab.tasks.segment_predict import load_segmenter
 
+    if fmt == "pt2":
+        raise CnnlabError(
+            "--format pt2 cannot export a segmenter: torch.export cannot prove its padding to the model's stride for "
+            "every height and width; use --format onnx or torchscript (both checked at sizes they were not traced at)"
+        )
     segmenter = load_segmenter(run)
-    output = Path(output) if output is not None else Path(run) / f"model{'.pt' if fmt == 'torchscript' else '.onnx'}"
+    output = Path(output) if output is not None else Path(run) / f"model{SUFFIXES[fmt]}"
     output.parent.mkdir(parents=True, exist_ok=True)
     wrapped = nn.Sequential(Normalize(segmenter.mean, segmenter.std), segmenter.model.cpu().eval()).eval()
     generator = torch.Generator().manual_seed(0)
@@ -120,6 +142,7 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
     max_difference = max(float((actual - expected).abs().max()) for actual, expected in pairs)
     record = {
         "format": fmt,
+        "load": LOADERS[fmt],
         "input": "float32 RGB [N, 3, H, W] in [0, 1], any H and W; mean/std normalisation is inside the exported model",
         "output": "logits [N, classes, H, W]; argmax over classes gives the mask",
         "classes": segmenter.classes,
@@ -133,6 +156,16 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
     sidecar = output.with_name(output.name + ".preprocessing.json")
     sidecar.write_text(json.dumps(record, indent=1))
     return {"model": str(output), "preprocessing": str(sidecar), "max_abs_difference": max_difference}
+
+
+def _export_program(model: nn.Module, example: torch.Tensor, output: Path) -> Any:
+    """Write `model` as a torch.export ExportedProgram with a dynamic batch; returns the loaded file's module."""
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(output))
+    loaded = torch.export.load(str(output)).module()
+    return lambda images: loaded(images).detach()
 
 
 def _export_onnx(
