@@ -11,6 +11,10 @@ With ``--tune-bias`` (one run or several) it also probes a post-hoc prior shift:
 log-probabilities of the average, searched on a grid to maximise validation accuracy (the first class fixed at 0,
 ties to the smallest offsets), then applied unchanged to the test probabilities.
 
+With ``--sizes 192,224`` (multi-scale test-time averaging) each run is a member once per input size: at a size other
+than its recorded one, its validation and test images are classified with the record's preprocessing at that size
+(the network is convolutional up to its global pooling, so it takes any size).
+
     OMP_NUM_THREADS=2 python benchmarks/transfer_ensemble.py RUN RUN RUN --output DIR
 
 Validation probabilities are kept in DIR (one CSV per run), so a second call with more runs is quick.
@@ -36,22 +40,28 @@ def _split_rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _val_probabilities(run: Path, classes: list[str], output: Path) -> tuple[list[str], np.ndarray]:
+def _val_probabilities(
+    run: Path, classes: list[str], output: Path, size: int | None = None, part: str = "val"
+) -> tuple[list[str], np.ndarray]:
+    """`part`'s probabilities from the run's own predictor (at input side `size`; None: the recorded one)."""
     key = hashlib.sha1(str(run.resolve()).encode()).hexdigest()[:10]
-    saved = output / f"val-{run.name}-{key}.csv"
+    saved = output / f"{part}-{run.name}-{key}{'' if size is None else f'-{size}px'}.csv"
     if not saved.exists():
         from cnnlab.tasks.predict import load_predictor, predict_images
 
-        paths = [row["path"] for row in _split_rows(run) if row["split"] == "val"]
+        paths = [row["path"] for row in _split_rows(run) if row["split"] == part]
         from cnnlab.errors import CnnlabError
 
         try:
             predictor = load_predictor(str(run))
         except CnnlabError as error:  # e.g. a probe's backbone that cnnlab's zoo does not register
             raise SystemExit(f"{run}: {error}") from error
+        if size is not None:
+            predictor.cfg = predictor.cfg.with_input(size)
         started = time.perf_counter()
         predicted = predict_images(predictor, paths, top_k=len(predictor.classes), batch_size=32)
-        print(f"  {run.name}: {len(paths)} validation images in {time.perf_counter() - started:.0f} s")
+        print(f"  {run.name}: {len(paths)} {part} images at {predictor.cfg.input_size[1]} px in "
+              f"{time.perf_counter() - started:.0f} s")  # fmt: skip
         with open(saved, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["path", *predictor.classes])
@@ -95,6 +105,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True, help="folder for the validation probabilities")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--test", action="store_true", help="read the test set (once the choice is made)")
+    parser.add_argument("--sizes", help="input sides, comma-separated: each run is a member once per size")
     parser.add_argument("--tune-bias", action="store_true", help="also probe per-class offsets chosen on validation")
     parser.add_argument("--json", type=Path, help="write the figures here as well")
     args = parser.parse_args()
@@ -110,9 +121,16 @@ def main() -> None:
 
     members = []
     for run in args.runs:
-        val_paths, val_p = _val_probabilities(run, classes, args.output)
-        test_paths, test_p = _read_probabilities(run / "test_predictions.csv", classes)
-        members.append((run, val_paths, val_p, test_paths, test_p))
+        recorded = int(json.loads((run / "model.json").read_text())["meta"]["preprocessing"]["input_size"][1])
+        for size in [int(s) for s in args.sizes.split(",")] if args.sizes else [recorded]:
+            other = None if size == recorded else size
+            val_paths, val_p = _val_probabilities(run, classes, args.output, other)
+            test_paths, test_p = _read_probabilities(run / "test_predictions.csv", classes)
+            if other is not None and args.test:  # in the order of the run's own test predictions
+                paths, probabilities = _val_probabilities(run, classes, args.output, other, part="test")
+                test_p = probabilities[[paths.index(path) for path in test_paths]]
+            label = run if other is None else Path(f"{run}@{size}px")
+            members.append((label, val_paths, val_p, test_paths, test_p))
     val_paths, test_paths = members[0][1], members[0][3]
     if any(m[1] != val_paths or m[3] != test_paths for m in members):
         raise SystemExit("the runs list their images in different orders")
