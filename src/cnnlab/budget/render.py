@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cnnlab.budget.core import BudgetReport
@@ -18,7 +19,9 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 def layer_table(report: BudgetReport) -> Table:
     """Name, type, output shape, parameters, MACs, activation bytes and saved bytes, with totals."""
-    table = Table(title=f"{report.model_name}: input {_shape(report.input_shape)}, {report.dtype}", show_footer=True)
+    # the name may be a user's file name: escaped, so Rich markup does not read "[v2]" in it as a style
+    title = f"{escape(report.model_name)}: input {_shape(report.input_shape)}, {report.dtype}"
+    table = Table(title=title, show_footer=True)
     saved_total = sum(row.saved_bytes for row in report.layers)
     columns = [
         ("layer", "total", "left"),
