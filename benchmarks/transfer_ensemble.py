@@ -17,7 +17,7 @@ than its recorded one, its validation and test images are classified with the re
 
     OMP_NUM_THREADS=2 python benchmarks/transfer_ensemble.py RUN RUN RUN --output DIR
 
-Validation probabilities are kept in DIR (one CSV per run), so a second call with more runs is quick.
+Probabilities the script makes are kept in DIR (one CSV per run, part and size), so a second call is quick.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _split_rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _val_probabilities(
+def _probabilities(
     run: Path, classes: list[str], output: Path, size: int | None = None, part: str = "val"
 ) -> tuple[list[str], np.ndarray]:
     """`part`'s probabilities from the run's own predictor (at input side `size`; None: the recorded one)."""
@@ -124,10 +124,10 @@ def main() -> None:
         recorded = int(json.loads((run / "model.json").read_text())["meta"]["preprocessing"]["input_size"][1])
         for size in [int(s) for s in args.sizes.split(",")] if args.sizes else [recorded]:
             other = None if size == recorded else size
-            val_paths, val_p = _val_probabilities(run, classes, args.output, other)
+            val_paths, val_p = _probabilities(run, classes, args.output, other)
             test_paths, test_p = _read_probabilities(run / "test_predictions.csv", classes)
             if other is not None and args.test:  # in the order of the run's own test predictions
-                paths, probabilities = _val_probabilities(run, classes, args.output, other, part="test")
+                paths, probabilities = _probabilities(run, classes, args.output, other, part="test")
                 test_p = probabilities[[paths.index(path) for path in test_paths]]
             label = run if other is None else Path(f"{run}@{size}px")
             members.append((label, val_paths, val_p, test_paths, test_p))
