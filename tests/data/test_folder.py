@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab.data.folder import check_image, load_image, scan_csv, scan_folder
+from cnnlab.data.folder import check_image, image_files, load_image, scan_csv, scan_folder
 from cnnlab.errors import CnnlabError
 
 
@@ -87,6 +87,14 @@ def test_scan_folder_skips_and_lists_bad_files(tmp_path: Path) -> None:
     assert reasons["notes.jpg"] == "not an image PIL can read"
     assert {s.label for s in images.skipped} == {"cat", "dog"}
     assert check_image(root / "cat" / "0.png") is None
+
+
+def test_image_files_walks_sub_folders_in_order_and_skips_hidden_and_other_files(tmp_path: Path) -> None:
+    for name in ("b.png", "a.JPG", "sub/c.webp", ".hidden.png", ".cache/d.png", "sub/e.tif"):
+        _solid(tmp_path / name, (0, 0, 0))
+    (tmp_path / "notes.txt").write_text("not an image")
+    found = [Path(p).relative_to(tmp_path).as_posix() for p in image_files(tmp_path)]
+    assert found == ["a.JPG", "b.png", "sub/c.webp", "sub/e.tif"]
 
 
 def test_too_few_images_per_class_is_a_clear_error(tmp_path: Path) -> None:

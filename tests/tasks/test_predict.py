@@ -64,6 +64,23 @@ def test_predict_cli_json(lite0: object, sample_photos: dict[str, Path]) -> None
     assert payload["predictions"][1]["error"] == "no such file"
 
 
+def test_predict_cli_takes_folders(lite0: object, sample_photos: dict[str, Path], tmp_path: Path) -> None:
+    from cnnlab.cli import app
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    folder = sample_photos["chelsea"].parent  # chelsea.jpg, coffee.jpg and the truncated broken.jpg
+    result = CliRunner().invoke(app, ["predict", "--json", "-k", "1", str(folder), str(empty)])
+    assert result.exit_code == 0, result.output
+    predictions = json.loads(result.stdout)["predictions"]
+    assert [Path(p["image"]).name for p in predictions] == ["broken.jpg", "chelsea.jpg", "coffee.jpg", "empty"]
+    assert "corrupt or truncated" in predictions[0]["error"]
+    assert predictions[1]["top"][0]["label"] in CAT_CLASSES and predictions[2]["top"][0]["label"] in COFFEE_CLASSES
+    assert predictions[3]["error"].startswith("a folder with no image files")
+    only_empty = CliRunner().invoke(app, ["predict", str(empty)])
+    assert only_empty.exit_code == 2 and "a folder with no image files" in only_empty.output
+
+
 def test_unknown_model_is_a_clear_error() -> None:
     with pytest.raises(CnnlabError, match="neither a run directory nor a zoo model"):
         load_predictor("no_such_model_or_dir")

@@ -10,7 +10,9 @@ import typer
 
 
 def predict(
-    images: list[Path] = typer.Argument(..., help="Image files to classify or segment."),
+    images: list[Path] = typer.Argument(
+        ..., help="Image files to classify or segment, or folders: every image in them and their sub-folders."
+    ),
     model: str = typer.Option(
         "efficientnet_lite0",
         "--model",
@@ -33,13 +35,14 @@ def predict(
     others are still predicted."""
     from cnnlab.tasks.segment_predict import is_segmentation_run
 
+    paths, empty = _image_paths(images)
     if is_segmentation_run(model):
-        _segment(images, model, output or Path("predictions"), as_json, device)
+        _segment(paths, empty, model, output or Path("predictions"), as_json, device)
         return
     from cnnlab.tasks.predict import load_predictor, predict_images
 
     predictor = load_predictor(model, device=device)
-    results = predict_images(predictor, [str(path) for path in images], top_k=top_k)
+    results = predict_images(predictor, paths, top_k=top_k) + empty
     if as_json:
         typer.echo(json.dumps({"model": predictor.source, "predictions": results}, indent=1))
     else:
@@ -54,10 +57,28 @@ def predict(
         raise typer.Exit(2)
 
 
-def _segment(images: list[Path], model: str, output: Path, as_json: bool, device: str) -> None:
+def _image_paths(arguments: list[Path]) -> tuple[list[str], list[dict[str, str]]]:
+    """The arguments with each folder replaced by its image files; a folder without any becomes an error entry."""
+    from cnnlab.data.folder import image_files
+
+    paths: list[str] = []
+    empty: list[dict[str, str]] = []
+    for argument in arguments:
+        if not argument.is_dir():
+            paths.append(str(argument))
+        elif found := image_files(argument):
+            paths += found
+        else:
+            empty.append({"image": str(argument), "error": "a folder with no image files (.jpg, .png, ...)"})
+    return paths, empty
+
+
+def _segment(
+    paths: list[str], empty: list[dict[str, str]], model: str, output: Path, as_json: bool, device: str
+) -> None:
     from cnnlab.tasks.segment_predict import load_segmenter, predict_masks
 
-    results = predict_masks(load_segmenter(model, device=device), [str(path) for path in images], output)
+    results = predict_masks(load_segmenter(model, device=device), paths, output) + empty
     if as_json:
         typer.echo(json.dumps({"model": model, "predictions": results}, indent=1))
     else:

@@ -31,6 +31,7 @@ __all__ = [
     "LabelledImages",
     "SkippedFile",
     "check_image",
+    "image_files",
     "load_image",
     "scan_csv",
     "scan_folder",
@@ -185,17 +186,22 @@ def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: b
             f"{root} has {len(classes)} class sub-folder(s) ({', '.join(classes) or 'none'}); "
             "at least 2 are needed (root/<class name>/<images>)"
         )
-    candidates = []
-    for name in classes:
-        for dirpath, dirnames, filenames in os.walk(root / name):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for filename in sorted(filenames):
-                if not filename.startswith(".") and filename.lower().endswith(IMAGE_EXTENSIONS):
-                    candidates.append((str(Path(dirpath) / filename), name))
+    candidates = [(path, name) for name in classes for path in image_files(root / name)]
     images = _collect(candidates, classes, str(root), check)
     if min_per_class > 0:
         images.check_min_per_class(min_per_class)
     return images
+
+
+def image_files(folder: str | os.PathLike[str]) -> list[str]:
+    """The image files under `folder` and its sub-folders (by extension), sorted; hidden files and folders skipped."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(filenames):
+            if not filename.startswith(".") and filename.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(str(Path(dirpath) / filename))
+    return found
 
 
 def scan_csv(path: str | os.PathLike[str], min_per_class: int = 100, check: bool = True) -> LabelledImages:
