@@ -29,8 +29,8 @@ from cnnlab.tasks.predict import load_predictor
 
 __all__ = ["EXPORT_FORMATS", "export_model"]
 
-EXPORT_FORMATS = ("torchscript", "onnx", "pt2")
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx", "pt2": ".pt2"}
+EXPORT_FORMATS = tuple(SUFFIXES)
 LOADERS = {  # how a deployment loads each format (written beside the file)
     "torchscript": "torch.jit.load(path)",
     "onnx": "onnxruntime.InferenceSession(path), input name 'images'",
