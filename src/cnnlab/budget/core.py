@@ -27,6 +27,7 @@ from torch import nn
 from cnnlab.budget.spec import LayerSpec, build_module, infer_shapes, load_spec_file, parse_spec
 from cnnlab.budget.trace import Row, TraceResult, optimizer_copies, resolve_dtype, trace
 from cnnlab.errors import CnnlabError
+from cnnlab.train.device import resolve_device
 
 _VIEW_TYPES = ("Flatten", "Identity", "Unflatten")
 # The textbook treats an activation as part of its layer (applied in place), not as a second stored output.
@@ -298,8 +299,7 @@ def measure_step(
     realistic: dict[str, int],
 ) -> dict[str, Any]:
     """Run one real training step and compare what it held with the realistic estimate."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CnnlabError("--device cuda was asked for, but no CUDA device is available")
+    device = str(resolve_device(device))  # unknown, or cuda without a GPU: one line naming what this machine has
     real = trace(module, shape, batch_size, dtype, device, optimizer)
     measured: dict[str, Any] = {
         "device": device,

@@ -166,7 +166,9 @@ def explain_image(
     label = subject.classes[cam.class_index] if cam.class_index < len(subject.classes) else str(cam.class_index)
     files["gradcam"] = plot_grad_cam(subject.to_display(tensor), cam, label, output_dir / "gradcam.png")
     with torch.inference_mode():
-        probabilities = subject.model(tensor.unsqueeze(0).to(device)).float().softmax(1)[0].cpu()
+        probabilities = (
+            subject.model(tensor.unsqueeze(0).to(next(subject.model.parameters()).device)).float().softmax(1)[0].cpu()
+        )
     values, indices = probabilities.topk(min(5, len(probabilities)))
     top = [
         (subject.classes[int(i)] if int(i) < len(subject.classes) else str(int(i)), float(v))

@@ -55,11 +55,14 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
     """A fine-tuned run directory (or its ``model.json``), or the name of a zoo model with pretrained weights.
 
     Raises:
-        CnnlabError: neither a saved run nor a known model; a model without pretrained weights or classes.
+        CnnlabError: neither a saved run nor a known model; a model without pretrained weights or classes; a device
+            that is unknown or not on this machine.
     """
     from cnnlab.models import create_model, is_model
+    from cnnlab.train.device import resolve_device
     from cnnlab.train.saved import load_model
 
+    device = resolve_device(device)
     path = Path(model)
     if _is_saved_run(path):
         spec_path = path / "model.json" if path.is_dir() else path

@@ -633,7 +633,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     record = PretrainedCfg.for_model(model)
     size = recipe.input_side(arch, config.image_size)
     cfg = record.with_input(size, config.crop_pct if config.crop_pct is not None else recipe.crop_pct)
-    from cnnlab.train.trainer import resolve_device
+    from cnnlab.train.device import resolve_device
 
     device = resolve_device(str({**recipe.train, **config.train}.get("device", "auto")))
     model.to(device)

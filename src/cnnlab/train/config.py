@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train.device import resolve_device
 
 Precision = Literal["fp32", "bf16", "fp16"]
 Schedule = Literal["onecycle", "cosine", "constant"]
@@ -131,6 +132,8 @@ class TrainConfig:
                 f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}; "
                 "choose an accum_steps that divides it"
             )
+        if self.num_threads is not None and self.num_threads < 1:
+            raise CnnlabError(f"num_threads must be >= 1 or None (torch's choice), got {self.num_threads}")
         if self.lr <= 0:
             raise CnnlabError(f"lr must be > 0, got {self.lr}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
@@ -276,6 +279,10 @@ class EngineOptions:
     def __post_init__(self) -> None:
         if self.resume and self.name is None:
             raise CnnlabError("--resume needs the --name of the run to continue")
+        if self.threads is not None and self.threads < 1:
+            raise CnnlabError(f"--threads must be >= 1, got {self.threads}")
+        if self.device is not None:
+            resolve_device(self.device)  # checked before any data is read: a typo or a missing GPU is one line
 
     def overrides(self) -> dict[str, Any]:
         """The `TrainConfig` fields these options set (the recipe keeps every other one).

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train.device import resolve_device
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_SPEC = "model.json"
@@ -109,8 +110,9 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
         device: where to put the weights.
 
     Raises:
-        CnnlabError: when nothing loadable is at `path`.
+        CnnlabError: when nothing loadable is at `path`, or `device` is unknown or not on this machine.
     """
+    device = resolve_device(device)
     path = Path(path)
     if path.is_dir():
         if (path / ENSEMBLE_SPEC).is_file():

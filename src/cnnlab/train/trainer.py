@@ -34,6 +34,7 @@ from cnnlab.train.checkpoint import (
     restore_rng_state,
 )
 from cnnlab.train.config import TrainConfig, save_config
+from cnnlab.train.device import resolve_device
 from cnnlab.train.ema import ModelEma
 from cnnlab.train.metrics import Metric, MetricFn, as_metrics, is_classification
 from cnnlab.train.oom import OomEvent, free_memory, halve_micro_batch
@@ -76,16 +77,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-
-
-def resolve_device(name: str) -> torch.device:
-    """ "auto" -> cuda if available, else cpu; anything else is passed to `torch.device`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise CnnlabError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
 
 
 class Trainer:
@@ -131,10 +122,11 @@ class Trainer:
     ) -> None:
         config.validate()
         self.config = config
+        requested = resolve_device(config.device)  # an unknown or absent device fails here, before any work
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         self.strategy = strategy or select_strategy(config.device)
-        self.device = self.strategy.device(resolve_device(config.device))
+        self.device = self.strategy.device(requested)
         if self.device.type == "cpu":
             keep_freed_memory()  # glibc: no page-fault churn on every step's activations (train/allocator.py)
         self.model = model.to(self.device)

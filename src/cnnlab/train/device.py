@@ -1,0 +1,51 @@
+"""Device names from users ("auto", "cpu", "cuda", "cuda:1", "mps") turned into a `torch.device`, or a clear error.
+
+torch accepts "cuda" on a machine without a GPU and fails later, deep inside the first `.to()`, with a driver
+message; a typo fails with a list of twenty device types. Every command that takes ``--device`` resolves it here
+first, so the user reads one line naming the option, the value and what this machine has.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cnnlab.errors import CnnlabError
+
+
+def _available() -> str:
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    found = ["cpu"] + [f"cuda:{index}" for index in range(count)]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return ", ".join(found)
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """ "auto" -> the first CUDA device if there is one, else the CPU; any other name must exist on this machine.
+
+    Raises:
+        CnnlabError: an unknown device name, or a device this machine does not have (names the ones it has).
+    """
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise CnnlabError(f"unknown device {str(name)!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise CnnlabError(
+                f"device {str(name)!r} was asked for, but torch finds no CUDA GPU here; available: {_available()}"
+            )
+        if device.index is not None and device.index >= count:
+            raise CnnlabError(
+                f"device {str(name)!r} does not exist: this machine has {count} CUDA GPU(s); available: {_available()}"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise CnnlabError(
+            f"device {str(name)!r} was asked for, but Apple's MPS is not available here; available: {_available()}"
+        )
+    elif device.type not in ("cpu", "cuda", "mps", "meta"):
+        raise CnnlabError(f"device {str(name)!r} is not supported by cnnlab; use auto, cpu, cuda or cuda:N")
+    return device
