@@ -86,6 +86,13 @@ def test_unknown_model_is_a_clear_error() -> None:
         load_predictor("no_such_model_or_dir")
 
 
+def test_a_zoo_model_without_weights_says_to_train_it() -> None:
+    # It said "build it with pretrained=False", advice for Python code that a command-line user cannot follow.
+    with pytest.raises(CnnlabError, match="'lenet5' has no pretrained weights in cnnlab.*run directory") as error:
+        load_predictor("lenet5")
+    assert "pretrained=False" not in str(error.value)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from test_transfer import make_photo_folder, tiny_config  # noqa: PLC0415 - sibling test module
@@ -126,3 +133,30 @@ def test_export_matches_pytorch(tiny_run: Path, tmp_path: Path, fmt: str) -> Non
             with torch.inference_mode():
                 expected = predictor.model((images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))
                 assert torch.allclose(loaded(images), expected, atol=1e-5)
+
+
+def test_export_checks_its_output_path_before_tracing(tiny_run: Path, tmp_path: Path) -> None:
+    from cnnlab.tasks.export import export_model
+
+    with pytest.raises(CnnlabError, match=r"is a folder; name the file to write, such as .*model\.pt2"):
+        export_model(str(tiny_run), "pt2", tmp_path)
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(CnnlabError, match="notes.txt is a file, not a folder"):  # was torch's "open file failed"
+        export_model(str(tiny_run), "torchscript", tmp_path / "notes.txt" / "model.pt")
+    result = export_model(str(tiny_run), "torchscript", tmp_path / "new" / "deeper" / "model.pt")  # folders made
+    assert Path(result["model"]).stat().st_size > 0
+
+
+def test_a_file_system_error_is_one_line_with_exit_code_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cnnlab.cli
+
+    def no_room() -> None:
+        raise OSError(28, "No space left on device", "runs/transfer/big/checkpoint.pt")
+
+    monkeypatch.setattr(cnnlab.cli, "app", no_room)
+    with pytest.raises(SystemExit) as exit_info:
+        cnnlab.cli.main()
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == "error: No space left on device: runs/transfer/big/checkpoint.pt\n"

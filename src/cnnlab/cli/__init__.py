@@ -1,7 +1,9 @@
 """The `cnnlab` command line: a thin layer that parses options, calls library functions and prints.
 
 Each command group lives in its own module here and registers itself on `app`; no command holds logic that the
-library lacks. Errors in user input (`CnnlabError`) are printed on one line with exit code 2, never a traceback.
+library lacks. Errors in user input (`CnnlabError`) are printed on one line with exit code 2, never a traceback;
+so are errors of the file system (`OSError`: a folder that cannot be made, no permission, a full disk), with exit
+code 1.
 """
 
 from __future__ import annotations
@@ -85,6 +87,12 @@ def main() -> None:
     except CnnlabError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except (
+        OSError
+    ) as error:  # a folder that cannot be made, a full disk, no permission: the system's reason, no traceback
+        where = f": {error.filename}" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -66,8 +66,7 @@ def export_model(
     if output is None:
         base = Path(model) if Path(model).is_dir() else Path(".")
         output = base / f"{'model' if Path(model).is_dir() else model}{suffix}"
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = _writable(Path(output), suffix)
     # The normalisation travels inside the exported graph: it takes float RGB in [0, 1].
     wrapped = nn.Sequential(Normalize(cfg.mean, cfg.std), predictor.model.cpu().eval()).eval()
     example = torch.rand(2, *cfg.input_size)
@@ -118,8 +117,7 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
             "every height and width; use --format onnx or torchscript (both checked at sizes they were not traced at)"
         )
     segmenter = load_segmenter(run)
-    output = Path(output) if output is not None else Path(run) / f"model{SUFFIXES[fmt]}"
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = _writable(Path(output) if output is not None else Path(run) / f"model{SUFFIXES[fmt]}", SUFFIXES[fmt])
     wrapped = nn.Sequential(Normalize(segmenter.mean, segmenter.std), segmenter.model.cpu().eval()).eval()
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(1, 3, 64, 64, generator=generator)
@@ -156,6 +154,32 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
     sidecar = output.with_name(output.name + ".preprocessing.json")
     sidecar.write_text(json.dumps(record, indent=1))
     return {"model": str(output), "preprocessing": str(sidecar), "max_abs_difference": max_difference}
+
+
+def _writable(output: Path, suffix: str) -> Path:
+    """Create the file's folder and prove the file can be written there, before the model is traced.
+
+    Raises:
+        CnnlabError: the path is a folder or lies under a file, or the folder cannot be made or written (the reason
+            from the system).
+    """
+    if output.is_dir():
+        raise CnnlabError(
+            f"--output {output} is a folder; name the file to write, such as {output / ('model' + suffix)}"
+        )
+    above = next(parent for parent in output.parents if parent.exists())  # "." or "/" at the latest
+    if not above.is_dir():
+        raise CnnlabError(f"--output {output}: {above} is a file, not a folder")
+    existed = output.exists()
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "ab"):
+            pass
+    except OSError as error:
+        raise CnnlabError(f"--output {output}: cannot write there ({error.strerror or error})") from None
+    if not existed:
+        output.unlink()
+    return output
 
 
 def _export_program(model: nn.Module, example: torch.Tensor, output: Path) -> Any:

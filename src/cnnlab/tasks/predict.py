@@ -78,10 +78,14 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
         cfg = PretrainedCfg.from_dict(meta["preprocessing"])
         return Predictor(network, list(meta["classes"]), cfg, str(path), views)
     if is_model(model):
-        network = create_model(model, pretrained=True)
-        cfg = getattr(network, "pretrained_cfg", None)
+        with torch.device("meta"):  # the weights' record without building real weights (instant even for resnet152)
+            cfg = getattr(create_model(model), "pretrained_cfg", None)
         if cfg is None:
-            raise CnnlabError(f"model {model!r} has no pretrained weights; pass a fine-tuned run directory instead")
+            raise CnnlabError(
+                f"model {model!r} has no pretrained weights in cnnlab, so it knows no classes yet; train it and pass "
+                "the run directory (runs/<task>/NAME), or name a model with weights (`cnnlab zoo` lists them)"
+            )
+        network = create_model(model, pretrained=True)
         return Predictor(network.to(device).eval(), list(cfg.categories), cfg, model)
     if path.exists():
         raise CnnlabError(f"{path} holds no model.json; pass a finished `cnnlab train transfer` run directory")
