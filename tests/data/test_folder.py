@@ -33,7 +33,8 @@ def test_load_image_converts_odd_modes_to_rgb(tmp_path: Path) -> None:
     # 16-bit: stretched from 16 bits to 8, not clipped (a naive convert("L") saturates everything above 255).
     ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024 + 1023).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "deep.png")
-    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    with Image.open(tmp_path / "deep.png") as written:
+        assert written.mode.startswith("I")
     deep = np.asarray(load_image(tmp_path / "deep.png"))[..., 0]
     assert deep.min() < 10 and deep.max() == 255 and len(np.unique(deep)) > 32
     # RGBA: transparent pixels become white, opaque ones keep their colour.

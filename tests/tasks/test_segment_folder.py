@@ -188,7 +188,8 @@ def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path):
     for result, (height, width) in zip(results, sizes, strict=False):
         assert result["size"] == [width, height]
         for key in ("mask", "colour", "overlay"):
-            assert Image.open(result[key]).size == (width, height)
+            with Image.open(result[key]) as written:
+                assert written.size == (width, height)
         assert sum(result["share"].values()) == pytest.approx(1.0)
     assert results[-1]["error"] == "no such file"
     # the same file name in two folders: both results are kept
@@ -197,7 +198,8 @@ def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path):
     (twin / paths[0].name).write_bytes(paths[1].read_bytes())
     first, second = predict_masks(segmenter, [paths[0], twin / paths[0].name], tmp_path / "twins")
     assert first["mask"] != second["mask"] and Path(second["mask"]).name == f"{paths[0].stem}-2_mask.png"
-    assert Image.open(second["mask"]).size == Image.open(paths[1]).size
+    with Image.open(second["mask"]) as mask, Image.open(paths[1]) as image:
+        assert mask.size == image.size
 
 
 def test_onnx_export_matches_pytorch_at_unseen_sizes(trained, tmp_path):
@@ -296,4 +298,5 @@ def test_pretrained_encoder_models_train_and_keep_the_weights_normalisation(tmp_
     segmenter = load_segmenter(summary["run_dir"])
     assert segmenter.mean == tuple(record.mean) and segmenter.std == tuple(record.std)
     result = predict_masks(segmenter, [root / "images" / "00000.png"], tmp_path / "out")[0]
-    assert Image.open(result["mask"]).size == (32, 32)
+    with Image.open(result["mask"]) as mask:
+        assert mask.size == (32, 32)
