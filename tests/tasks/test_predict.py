@@ -77,6 +77,9 @@ def test_predict_cli_takes_folders(lite0: object, sample_photos: dict[str, Path]
     assert "corrupt or truncated" in predictions[0]["error"]
     assert predictions[1]["top"][0]["label"] in CAT_CLASSES and predictions[2]["top"][0]["label"] in COFFEE_CLASSES
     assert predictions[3]["error"].startswith("a folder with no image files")
+    first = CliRunner().invoke(app, ["predict", "--json", "-k", "1", str(empty), str(folder), str(empty)])
+    names = [Path(p["image"]).name for p in json.loads(first.stdout)["predictions"]]
+    assert names == ["empty", "broken.jpg", "chelsea.jpg", "coffee.jpg", "empty"]  # in the order given
     only_empty = CliRunner().invoke(app, ["predict", str(empty)])
     assert only_empty.exit_code == 2 and "a folder with no image files" in only_empty.output
 

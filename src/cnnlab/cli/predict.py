@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -42,7 +43,7 @@ def predict(
     from cnnlab.tasks.predict import load_predictor, predict_images
 
     predictor = load_predictor(model, device=device)
-    results = predict_images(predictor, paths, top_k=top_k) + empty
+    results = _in_order(predict_images(predictor, paths, top_k=top_k), empty)
     if as_json:
         typer.echo(json.dumps({"model": predictor.source, "predictions": results}, indent=1))
     else:
@@ -57,28 +58,38 @@ def predict(
         raise typer.Exit(2)
 
 
-def _image_paths(arguments: list[Path]) -> tuple[list[str], list[dict[str, str]]]:
-    """The arguments with each folder replaced by its image files; a folder without any becomes an error entry."""
+def _image_paths(arguments: list[Path]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The arguments with each folder replaced by its image files; a folder without any becomes an error entry,
+    kept with the position among the paths where its results would have been."""
     from cnnlab.data.folder import image_files
 
     paths: list[str] = []
-    empty: list[dict[str, str]] = []
+    empty: list[tuple[int, dict[str, str]]] = []
     for argument in arguments:
         if not argument.is_dir():
             paths.append(str(argument))
         elif found := image_files(argument):
             paths += found
         else:
-            empty.append({"image": str(argument), "error": "a folder with no image files (.jpg, .png, ...)"})
+            entry = {"image": str(argument), "error": "a folder with no image files (.jpg, .png, ...)"}
+            empty.append((len(paths), entry))
     return paths, empty
 
 
+def _in_order(results: list[dict[str, Any]], empty: list[tuple[int, dict[str, str]]]) -> list[dict[str, Any]]:
+    """The results of the paths with the empty folders' entries put back where they were on the command line."""
+    merged: list[dict[str, Any]] = list(results)
+    for position, entry in reversed(empty):  # from the last: an insertion never moves a later position
+        merged.insert(position, entry)
+    return merged
+
+
 def _segment(
-    paths: list[str], empty: list[dict[str, str]], model: str, output: Path, as_json: bool, device: str
+    paths: list[str], empty: list[tuple[int, dict[str, str]]], model: str, output: Path, as_json: bool, device: str
 ) -> None:
     from cnnlab.tasks.segment_predict import load_segmenter, predict_masks
 
-    results = predict_masks(load_segmenter(model, device=device), paths, output) + empty
+    results = _in_order(predict_masks(load_segmenter(model, device=device), paths, output), empty)
     if as_json:
         typer.echo(json.dumps({"model": model, "predictions": results}, indent=1))
     else:
