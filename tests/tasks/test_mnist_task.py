@@ -214,3 +214,24 @@ def test_a_rank_other_than_0_writes_no_files(fake_root: Path, tmp_path: Path, mo
     )
     assert 0.0 <= summary["test_accuracy"] <= 1.0  # it still trains and evaluates
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_evaluate_and_ensemble_refuse_a_run_of_another_task(tmp_path: Path) -> None:
+    # A transfer run's model takes RGB photos: evaluating it on MNIST digits failed inside conv2d with a traceback.
+    from cnnlab.models import create_model
+    from cnnlab.tasks.mnist import evaluate_mnist
+    from cnnlab.tasks.mnist_ensemble import combine_mnist_ensemble
+    from cnnlab.train.saved import save_model
+
+    runs = []
+    for name in ("photos-a", "photos-b"):
+        run = tmp_path / "transfer" / name
+        kwargs = {"num_classes": 3, "in_chans": 3}
+        save_model(create_model("lenet5", **kwargs), run, "lenet5", kwargs, {"task": "transfer", "classes": ["a"]})
+        runs.append(run)
+    missing_data = str(tmp_path / "no-mnist-here")  # the check comes before MNIST is read
+    for target in (runs[0], runs[0] / "model.safetensors"):
+        with pytest.raises(CnnlabError, match=r"photos-a is a transfer run, not an MNIST run.*report\.md.*predict"):
+            evaluate_mnist(target, missing_data)
+    with pytest.raises(CnnlabError, match="is a transfer run, not an MNIST run"):
+        combine_mnist_ensemble(runs, "mixed", output=tmp_path, data_dir=missing_data)

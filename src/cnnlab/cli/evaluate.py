@@ -13,7 +13,8 @@ def evaluate(
     output_dir: Path | None = typer.Option(None, "--out", help="Where figures go (default RUN/evaluation)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
 ) -> None:
-    """Accuracy, per-class accuracy, a confusion-matrix PNG and a PNG of the misclassified images."""
+    """An MNIST run (or ensemble) on the MNIST test set: accuracy, per-class accuracy, a confusion-matrix PNG and a
+    PNG of the misclassified images. (Transfer and segmentation runs score their own test set once, in report.md.)"""
     from cnnlab.errors import CnnlabError
     from cnnlab.tasks.mnist import evaluate_mnist
 

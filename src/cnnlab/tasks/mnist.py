@@ -362,10 +362,15 @@ def evaluate_mnist(
 
     Returns:
         accuracy, per-class accuracy, error count, the confusion matrix and the written file paths.
+
+    Raises:
+        CnnlabError: `run` was saved by another task (a transfer or segmentation run has its own test set, scored
+            once in its report), or holds no saved model.
     """
     from cnnlab.train.saved import load_model
 
     run = Path(run)
+    check_mnist_run(run)
     model = load_model(run, device=device)
     data = load_mnist(data_dir, val_size=0)
     images = to_float(data.test_images)
@@ -374,3 +379,21 @@ def evaluate_mnist(
     result = {"run": str(run), **test_evaluation(images, data.test_labels, predictions, out)}
     (out / "evaluation.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def check_mnist_run(run: Path) -> None:
+    """Refuse, naming where its results are, a run that another task saved (its model does not take MNIST digits)."""
+    spec = run / "model.json" if run.is_dir() else run.with_name("model.json") if run.suffix == ".safetensors" else run
+    if spec.name != "model.json" or not spec.is_file():
+        return  # an ensemble, or nothing there: load_model says which
+    try:
+        task = json.loads(spec.read_text()).get("meta", {}).get("task")
+    except (OSError, ValueError):
+        return
+    if task is not None and task != TASK:
+        folder = spec.parent
+        raise CnnlabError(
+            f"{folder} is a {task} run, not an MNIST run (this command scores MNIST models on MNIST digits); its "
+            f"own test set was scored once, in {folder / 'report.md'}, and `cnnlab predict --model {folder} "
+            "IMAGE...` applies it to new images"
+        )

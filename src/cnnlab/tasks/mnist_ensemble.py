@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from cnnlab.data.mnist import load_mnist
 from cnnlab.errors import CnnlabError
-from cnnlab.tasks.mnist import TASK, predict_logits, to_float
+from cnnlab.tasks.mnist import TASK, check_mnist_run, predict_logits, to_float
 from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC, load_model, save_ensemble
 
 __all__ = ["combine_mnist_ensemble", "greedy_selection", "member_dirs"]
@@ -43,6 +43,7 @@ def member_dirs(runs: list[str | Path]) -> list[Path]:
         else:
             raise CnnlabError(f"{run} holds no {MODEL_SPEC} or {ENSEMBLE_SPEC}; pass finished MNIST runs")
         for candidate in candidates:
+            check_mnist_run(candidate)  # a transfer or segmentation run does not take MNIST digits
             resolved = candidate.resolve()
             if resolved not in found:
                 found.append(resolved)
