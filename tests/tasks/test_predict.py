@@ -151,7 +151,7 @@ def test_export_checks_its_output_path_before_tracing(tiny_run: Path, tmp_path: 
 
 
 def test_a_file_system_error_is_one_line_with_exit_code_1(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     import cnnlab.cli
 
@@ -163,3 +163,17 @@ def test_a_file_system_error_is_one_line_with_exit_code_1(
         cnnlab.cli.main()
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == "error: No space left on device: runs/transfer/big/checkpoint.pt\n"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a file")
+    for error in (
+        FileExistsError(17, "File exists", str(notes)),
+        NotADirectoryError(20, "Not a directory", str(notes / "images")),
+    ):
+
+        def blocked(error: OSError = error) -> None:
+            raise error
+
+        monkeypatch.setattr(cnnlab.cli, "app", blocked)
+        with pytest.raises(SystemExit):
+            cnnlab.cli.main()
+        assert capsys.readouterr().err.startswith(f"error: {notes} is a file, where a folder is needed")

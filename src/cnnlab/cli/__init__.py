@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 import typer
 
@@ -87,15 +88,24 @@ def main() -> None:
     except CnnlabError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    except (
-        OSError
-    ) as error:  # a folder that cannot be made, a full disk, no permission: the system's reason, no traceback
-        where = f": {error.filename}" if error.filename else ""
-        print(f"error: {error.strerror or error}{where}", file=sys.stderr)
+    except OSError as error:  # a folder that cannot be made, a full disk, no permission: no traceback
+        print(f"error: {_describe(error)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def _describe(error: OSError) -> str:
+    """The system's reason and the path; where a folder was needed but a file stands, that file named."""
+    if error.filename is None:
+        return str(error.strerror or error)
+    path = Path(error.filename)
+    if isinstance(error, FileExistsError | NotADirectoryError):  # mkdir on, or under, a file
+        blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            return f"{blocking} is a file, where a folder is needed" + ("" if blocking == path else f" (for {path})")
+    return f"{error.strerror or error}: {path}"
 
 
 def _leave_distributed_job() -> None:
