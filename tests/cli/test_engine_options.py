@@ -117,3 +117,23 @@ def test_transfer_takes_the_engine_options_for_its_phases(tmp_path: Path) -> Non
     assert (phase["num_threads"], phase["device"], phase["seed"]) == (1, "cpu", 3)
     for name in ("config.yaml", "metrics.csv", "metrics.json", "learning_curves.png", "results.json", "report.md"):
         assert (run / name).is_file(), name
+
+
+@pytest.mark.parametrize("name", ["../elsewhere", "a/b", "a\\b", ".", "..", "", "  "])
+def test_a_run_name_is_one_folder_name(name: str) -> None:
+    # --name ../evil wrote the run to OUTPUT/evil, outside the task's folder; a/b nested it in another run's folder.
+    with pytest.raises(CnnlabError, match="is not a run name"):
+        EngineOptions(name=name)
+
+
+def test_ordinary_run_names_are_accepted() -> None:
+    for name in ("lenet-adam-2", "run 3", "résumé_v1.2"):
+        assert EngineOptions(name=name).name == name
+
+
+def test_ensemble_refuses_a_path_as_its_name(tmp_path: Path) -> None:
+    from cnnlab.tasks.mnist_ensemble import combine_mnist_ensemble
+
+    with pytest.raises(CnnlabError, match="'../x' is not a run name"):
+        combine_mnist_ensemble([tmp_path, tmp_path], "../x", output=tmp_path)
+    assert not (tmp_path / "x").exists()

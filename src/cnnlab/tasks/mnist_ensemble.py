@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from cnnlab.data.mnist import load_mnist
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks.mnist import TASK, check_mnist_run, predict_logits, to_float
+from cnnlab.train.config import check_run_name
 from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC, load_model, save_ensemble
 
 __all__ = ["combine_mnist_ensemble", "greedy_selection", "member_dirs"]
@@ -125,7 +126,7 @@ def combine_mnist_ensemble(
     """
     if select not in SELECTIONS:
         raise CnnlabError(f"unknown selection {select!r}; choose one of {', '.join(SELECTIONS)}")
-    run_dir = Path(output) / TASK / name
+    run_dir = Path(output) / TASK / check_run_name(name)
     if run_dir.exists() and not overwrite:
         raise CnnlabError(f"{run_dir} exists; choose another --name or pass --overwrite")
     members = member_dirs(runs)

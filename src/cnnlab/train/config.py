@@ -279,6 +279,8 @@ class EngineOptions:
     def __post_init__(self) -> None:
         if self.resume and self.name is None:
             raise CnnlabError("--resume needs the --name of the run to continue")
+        if self.name is not None:
+            check_run_name(self.name)
         if self.threads is not None and self.threads < 1:
             raise CnnlabError(f"--threads must be >= 1, got {self.threads}")
         if self.device is not None:
@@ -316,6 +318,22 @@ class EngineOptions:
         if overrides.get("auto_batch_size") and (overrides.get("auto_accum") or overrides.get("accum_steps", 1) > 1):
             raise CnnlabError("--batch-size auto picks a batch that fits without accumulation; drop --accum")
         return overrides
+
+
+def check_run_name(name: str, option: str = "--name") -> str:
+    """A run name is one folder name: the run goes to ``<output>/<task>/<name>`` and nowhere else.
+
+    Raises:
+        CnnlabError: an empty name, ".", "..", or one holding a path separator (``../x`` would write outside the
+            task's folder, ``a/b`` would nest a run inside another's folder).
+    """
+    separators = {"/", "\\", os.sep, *([os.altsep] if os.altsep else [])}
+    if not name.strip() or name in (".", "..") or any(sep in name for sep in separators) or "\0" in name:
+        raise CnnlabError(
+            f"{option} {name!r} is not a run name: use one folder name without '/' or '\\' (such as lenet-adam-2); "
+            "--output chooses where runs go"
+        )
+    return name
 
 
 def _positive_int(text: str, option: str) -> int:
