@@ -130,7 +130,7 @@ def _install_probes(args: argparse.Namespace, seed: int) -> None:
     together; ``--head-first N`` trains the new classifier alone for N epochs on the pooled features of the cached
     maps (run once through the frozen, pretrained top blocks) before the recipe's phase starts from it (linear probing
     then fine-tuning, LP-FT, Kumar et al. 2022: the random head's gradients no longer disturb the pretrained blocks
-    in the first epoch)."""
+    in the first epoch); ``--gem P`` pools the last map with a generalised mean of power P instead of the average."""
     import functools
 
     from cnnlab.tasks import transfer
@@ -241,6 +241,16 @@ def _install_probes(args: argparse.Namespace, seed: int) -> None:
         transfer.FreezeBatchNorm = lambda all_bn: originals[2](False)
     if args.drop_path:
         transfer.create_model = functools.partial(transfer.create_model, drop_path_rate=args.drop_path)
+    if args.gem is not None:  # generalised-mean pooling in place of the average before the classifier
+        built = transfer.create_model
+        power = args.gem
+
+        def with_gem(name: str, **kwargs: Any) -> torch.nn.Module:
+            model = built(name, **kwargs)
+            model.avgpool = _GeM(power)
+            return model
+
+        transfer.create_model = with_gem
     if args.mixup:
         classes = 2 if args.data == "elpv:binary" else 4
         generator = torch.Generator().manual_seed(seed)
@@ -260,6 +270,20 @@ def _install_probes(args: argparse.Namespace, seed: int) -> None:
                 super().__init__(*a, **kw)
 
         transfer.Trainer = MixupTrainer  # type: ignore[misc]
+
+
+class _GeM(torch.nn.Module):
+    """``--gem P``: generalised-mean pooling, (mean of x^P)^(1/P) over the map (P = 1 is the average, large P tends to
+    the maximum). A crack or a dark finger covers a few positions of a cell's 6x6 map; the average dilutes it, a
+    higher power keeps it (Radenovic et al. 2018). P is fixed: the recipe trains only the blocks and the classifier."""
+
+    def __init__(self, power: float) -> None:
+        super().__init__()
+        self.power = power
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.float().clamp_min(1e-6).pow(self.power).mean((2, 3), keepdim=True).pow(1.0 / self.power)
+        return pooled.to(x.dtype)
 
 
 _HEAD_FIRST: dict[int, dict[str, Any]] = {}  # --head-first: the probe's own figures, by seed
@@ -399,6 +423,7 @@ def main() -> None:
         help="probe: train on the training and validation cells together (the papers' whole 75%%) for the recipe's "
         "epochs, where validation chose the last epoch on every seed; the validation figures are then not held out",
     )
+    parser.add_argument("--gem", type=float, default=None, help="probe: generalised-mean pooling of power P")
     parser.add_argument("--head-first", type=int, default=None, help="probe: classifier alone first, N epochs")
     parser.add_argument("--ordinal-smoothing", type=float, default=None, help="probe: label smoothing on neighbours")
     parser.add_argument("--class-weight", choices=("balanced",), default=None)
