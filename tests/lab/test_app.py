@@ -33,6 +33,21 @@ def test_host_prints_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "warning: the lab listens on 0.0.0.0" in result.output
 
 
+def test_a_port_in_use_is_refused_before_the_app_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the app was built for a port it cannot use")
+
+    monkeypatch.setattr(lab_app, "build_app", never)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(CnnlabError, match=rf"cannot listen on 127.0.0.1:{port} .*--port {port + 1}"):
+            lab_app.serve("runs", port=port)
+
+
 def test_missing_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio raises ImportError
     with pytest.raises(CnnlabError, match=r'pip install "cnnlab\[lab\]"'):

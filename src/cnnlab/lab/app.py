@@ -309,7 +309,11 @@ def serve(
         host: the address to listen on (127.0.0.1: this machine only).
         max_upload_mb: the largest upload accepted.
         warm: load the default zoo model before serving, so the first photo is answered at once.
+
+    Raises:
+        CnnlabError: the port is taken on that address (another lab, say), or cannot be used there.
     """
+    _check_port(host, port)  # before the app is built and the model warmed: seconds, for nothing
     max_bytes = max_upload_mb * 2**20
     app = build_app(runs_root, max_bytes, warm)
     app.queue(default_concurrency_limit=1).launch(  # one CPU-bound request at a time
@@ -320,3 +324,20 @@ def serve(
         quiet=True,
         footer_links=["api", "gradio", "settings"],  # Gradio's own "runs" link would be mistaken for the Runs page
     )
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port that cannot be listened on, naming the option that changes it (Gradio's own message points at
+    its environment variable and `launch()` arguments, which a command-line user does not have)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise CnnlabError(
+                f"cannot listen on {host}:{port} ({error.strerror or error}); another program, perhaps another lab, "
+                f"may hold it: pass another --port, such as --port {port + 1 if port < 65535 else 7860}"
+            ) from None
