@@ -48,6 +48,24 @@ def test_same_stride_two_turns_75_into_38():
     assert layers[0].output_shape == (8, 38, 38)
 
 
+def test_several_layers_in_one_argument_are_the_same_network_as_one_per_argument():
+    # The help lists the grammar separated by commas, and users wrote "conv 64 k7 s2 same, maxpool k3 s2, dense 10"
+    # as one argument: it was read as one conv layer that "cannot understand 'maxpool'".
+    apart = infer_shapes(parse_spec(["conv 64 k7 s2 same relu", "maxpool k3 s2", "gap", "dense 10"]), (3, 64, 64))
+    for together in (
+        "conv 64 k7 s2 same relu, maxpool k3 s2, gap, dense 10",
+        "conv 64 k7 s2 same, relu; maxpool k3 s2; gap; dense 10",  # an activation after a conv stays the conv's own
+        "conv 64, k7, s2, same, relu, pool k3 s2, gap, fc 10",  # commas between a layer's words, aliases
+    ):
+        layers = infer_shapes(parse_spec([together]), (3, 64, 64))
+        assert [(layer.kind, layer.name, layer.output_shape) for layer in layers] == [
+            (layer.kind, layer.name, layer.output_shape) for layer in apart
+        ], together
+    assert [layer.name for layer in apart] == ["1:conv", "1:relu", "2:maxpool", "3:gap", "4:dense"]
+    with pytest.raises(CnnlabError, match="layer 2:maxpool .* cannot understand 'relu6'"):
+        parse_spec(["conv 8 k3; maxpool k2 relu6"])
+
+
 _layer = st.one_of(
     st.builds(
         lambda f, k, s, p: f"conv {f} k{k} s{s} {p}",

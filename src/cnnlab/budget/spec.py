@@ -165,11 +165,40 @@ def parse_spec(lines: Sequence[str | dict[str, Any]]) -> list[LayerSpec]:
     """Parse layer strings (or mappings from a YAML/JSON file) into `LayerSpec` objects, numbered from 1."""
     if not lines:
         raise CnnlabError("the spec has no layers; give at least one, e.g. 'conv 32 k3'")
+    lines = [piece for line in lines for piece in (split_layers(line) if isinstance(line, str) else [line])]
     layers: list[LayerSpec] = []
     for index, line in enumerate(lines, start=1):
         text = _mapping_to_line(line, index) if isinstance(line, dict) else str(line)
         layers.extend(_parse_line(text, index))
     return layers
+
+
+def split_layers(text: str) -> list[str]:
+    """One argument holding several layers, ``"conv 64 k7 s2, maxpool k3 s2; dense 10"``, as one string per layer.
+
+    ';' always ends a layer. ',' also separates a layer's own words (``"conv 64, k3"``), so it ends a layer only
+    where the next word names a layer type; an activation after a conv or dense layer stays that layer's own
+    (``"conv 8 k3, relu"`` is one conv with its ReLU, the same computation either way).
+    """
+    layers: list[str] = []
+    for part in text.split(";"):
+        current: list[str] = []
+        for piece in part.split(","):
+            joined = ",".join(current)
+            head, kind = _first_word(piece), _first_word(joined)
+            inline = head in ACTIVATIONS and kind in ("conv", "dense")
+            if joined.strip() and head in LAYER_TYPES and not inline:
+                layers.append(joined.strip())
+                current = []
+            current.append(piece)
+        if ",".join(current).strip():
+            layers.append(",".join(current).strip())
+    return layers or [text]
+
+
+def _first_word(text: str) -> str:
+    words = text.split()
+    return _ALIASES.get(words[0].lower(), words[0].lower()) if words else ""
 
 
 def _mapping_to_line(entry: dict[str, Any], index: int) -> str:

@@ -10,7 +10,8 @@ import typer
 # Typer renders help as Rich markup: each [relu] is escaped with a backslash, or Rich would drop it.
 _HELP = """Size a CNN: per-layer shapes, parameters, MACs, and memory for inference and for training a mini-batch.
 
-TARGET is a zoo model name (resnet50), a YAML/JSON spec file, or layer strings, one per argument:
+TARGET is a zoo model name (resnet50), a YAML/JSON spec file, or layer strings, one per argument (or several in one,
+separated by ';' or by ',' before a layer's name: "conv 64 k7 s2 same, maxpool k3 s2, gap, dense 10"):
 
   cnnlab budget --input 3x200x300 "conv 100 k3 s2 same" "conv 200 k3 s2 same" "conv 400 k3 s2 same" --batch 50
 
