@@ -130,7 +130,10 @@ def _install_probes(args: argparse.Namespace, seed: int) -> None:
     together; ``--head-first N`` trains the new classifier alone for N epochs on the pooled features of the cached
     maps (run once through the frozen, pretrained top blocks) before the recipe's phase starts from it (linear probing
     then fine-tuning, LP-FT, Kumar et al. 2022: the random head's gradients no longer disturb the pretrained blocks
-    in the first epoch); ``--gem P`` pools the last map with a generalised mean of power P instead of the average."""
+    in the first epoch); ``--gem P`` pools the last map with a generalised mean of power P instead of the average;
+    ``--equalize`` histogram-equalises every image as it is read (an EL image's brightness depends on the module and
+    the camera; equalising spreads each cell's grey levels, which raises the contrast of cracks and dark regions; give
+    the run a new --output, as the feature cache's key does not know it)."""
     import functools
 
     from cnnlab.tasks import transfer
@@ -241,6 +244,14 @@ def _install_probes(args: argparse.Namespace, seed: int) -> None:
         transfer.FreezeBatchNorm = lambda all_bn: originals[2](False)
     if args.drop_path:
         transfer.create_model = functools.partial(transfer.create_model, drop_path_rate=args.drop_path)
+    from cnnlab.data import folder
+
+    folder.load_image = _ORIGINALS.setdefault("load_image", folder.load_image)
+    if args.equalize:  # every image histogram-equalised as it is read (training, cache, validation and test alike)
+        from PIL import ImageOps
+
+        read = folder.load_image
+        folder.load_image = lambda path: ImageOps.equalize(read(path))
     if args.gem is not None:  # generalised-mean pooling in place of the average before the classifier
         built = transfer.create_model
         power = args.gem
@@ -423,6 +434,7 @@ def main() -> None:
         help="probe: train on the training and validation cells together (the papers' whole 75%%) for the recipe's "
         "epochs, where validation chose the last epoch on every seed; the validation figures are then not held out",
     )
+    parser.add_argument("--equalize", action="store_true", help="probe: histogram-equalise every image as read")
     parser.add_argument("--gem", type=float, default=None, help="probe: generalised-mean pooling of power P")
     parser.add_argument("--head-first", type=int, default=None, help="probe: classifier alone first, N epochs")
     parser.add_argument("--ordinal-smoothing", type=float, default=None, help="probe: label smoothing on neighbours")
