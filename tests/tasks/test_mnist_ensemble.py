@@ -14,7 +14,7 @@ import cnnlab
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks.mnist import evaluate_mnist, train_mnist
 from cnnlab.tasks.mnist_ensemble import combine_mnist_ensemble, greedy_selection, member_dirs
-from cnnlab.train.saved import Ensemble
+from cnnlab.train.saved import Ensemble, load_model
 
 _spec = importlib.util.spec_from_file_location("_idx", Path(__file__).parents[1] / "data" / "test_mnist_idx.py")
 _idx = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
@@ -123,3 +123,48 @@ def test_cli_prints_members_and_the_ensemble(
     assert not exit_info.value.code
     out = capsys.readouterr().out
     assert out.count("val ") == 4 and "ensemble of " in out and (mnist / "cli" / "ensemble.json").is_file()
+
+
+def _digit(path: Path) -> Path:
+    """A photo-like digit: dark ink on light paper, off-centre, larger than MNIST's 28x28."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (90, 120), 230)
+    ImageDraw.Draw(image).ellipse([30, 20, 80, 100], outline=20, width=9)
+    image.save(path)
+    return path
+
+
+@pytest.mark.parametrize("run", ["single", "pair"])  # one model, and an ensemble (ensemble.json)
+def test_an_mnist_run_predicts_a_photo_of_a_digit(runs: tuple[Path, Path, Path], tmp_path: Path, run: str) -> None:
+    # predict said an MNIST run "records no class names or preprocessing; it was not saved by cnnlab train transfer".
+    from PIL import Image
+
+    from cnnlab.data.mnist import mnist_preprocess
+    from cnnlab.tasks.predict import load_predictor, predict_images
+
+    image = _digit(tmp_path / "digit.png")
+    predictor = load_predictor(str(runs[2] / run))
+    assert predictor.classes == [str(d) for d in range(10)] and predictor.cfg is None
+    (result,) = predict_images(predictor, [image], top_k=10)
+    with Image.open(image) as opened, torch.inference_mode():
+        expected = load_model(runs[2] / run)(mnist_preprocess(opened).unsqueeze(0)).softmax(1)[0]
+    got = torch.tensor([entry["probability"] for entry in sorted(result["top"], key=lambda e: e["index"])])
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
+def test_an_mnist_run_exports_with_its_digit_preparation(
+    runs: tuple[Path, Path, Path], tmp_path: Path, fmt: str
+) -> None:
+    from cnnlab.tasks.export import export_model
+
+    result = export_model(str(runs[2] / "single"), fmt, tmp_path / f"digits.{fmt}")
+    assert result["max_abs_difference"] < 1e-5 and result["input"].startswith("grey 28x28")
+    record = json.loads(Path(result["preprocessing"]).read_text())
+    assert record["classes"] == [str(d) for d in range(10)] and "[N, 1, 28, 28]" in record["input"]
+    assert "20x20" in record["prepare"] and "record" not in record
+    loaded = torch.jit.load(result["model"]) if fmt == "torchscript" else torch.export.load(result["model"]).module()
+    digits = torch.rand(5, 1, 28, 28)  # a batch size the export was not traced at
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(digits), load_model(runs[2] / "single")(digits), atol=1e-5, rtol=1e-5)

@@ -11,8 +11,8 @@ import typer
 def export(
     run: str = typer.Argument(
         ...,
-        help="A `cnnlab train transfer` or `cnnlab train segment --data` run directory (segmenters export with "
-        "dynamic height and width), or a pretrained zoo model name.",
+        help="A `cnnlab train transfer`, `cnnlab train mnist` or `cnnlab train segment --data` run directory "
+        "(segmenters export with dynamic height and width), or a pretrained zoo model name.",
     ),
     fmt: str = typer.Option(
         "torchscript",
@@ -34,7 +34,7 @@ def export(
     if as_json:
         typer.echo(json.dumps(result))
         return
-    typer.echo(f"wrote {result['model']} (input: RGB in [0, 1], normalisation inside)")
+    typer.echo(f"wrote {result['model']} (input: {result.get('input', 'RGB in [0, 1], normalisation inside')})")
     typer.echo(f"wrote {result['preprocessing']} (classes, the rest of the preprocessing, and how to load the model)")
     typer.echo(f"max |exported - PyTorch| on random images: {result['max_abs_difference']:.2e}")
 

@@ -18,8 +18,8 @@ def predict(
         "efficientnet_lite0",
         "--model",
         "-m",
-        help="A `cnnlab train transfer` or `cnnlab train segment --data` run directory, or a zoo model with "
-        "pretrained weights.",
+        help="A `cnnlab train transfer`, `cnnlab train mnist` (a photo of one handwritten digit each) or `cnnlab "
+        "train segment --data` run directory, or a zoo model with pretrained weights.",
     ),
     output: Path | None = typer.Option(
         None,

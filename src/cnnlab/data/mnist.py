@@ -11,6 +11,7 @@ import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -144,3 +145,31 @@ def load_mnist(
         test_images=test_images,
         test_labels=test_labels,
     )
+
+
+MNIST_CLASSES = [str(digit) for digit in range(10)]
+
+
+def mnist_preprocess(image: Any) -> torch.Tensor:
+    """A PIL image -> [1, 28, 28] float in [0, 1], light digit on black, fitted in 20x20 and centred like MNIST.
+
+    What an MNIST model expects of a photo or scan of one handwritten digit: dark ink on light paper is inverted, the
+    ink's bounding box is scaled to fit 20x20 pixels and pasted in the middle of a 28x28 black canvas.
+    """
+    from PIL import Image
+
+    grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    if grey.mean() > 0.5:  # dark ink on light paper: MNIST is the opposite
+        grey = 1.0 - grey
+    ink = grey > 0.2
+    if ink.any():
+        rows, cols = np.nonzero(ink)
+        grey = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    height, width = grey.shape
+    ratio = 20.0 / max(height, width)
+    size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+    small = np.asarray(Image.fromarray((grey * 255).astype(np.uint8)).resize(size, Image.BILINEAR), np.float32) / 255
+    canvas = np.zeros((28, 28), dtype=np.float32)
+    top, left = (28 - small.shape[0]) // 2, (28 - small.shape[1]) // 2
+    canvas[top : top + small.shape[0], left : left + small.shape[1]] = small
+    return torch.from_numpy(canvas).unsqueeze(0)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnlab.data.mnist import MNIST_CLASSES, mnist_preprocess
 from cnnlab.errors import CnnlabError
 from cnnlab.report.explain import (
     default_feature_layers,
@@ -31,8 +32,6 @@ from cnnlab.report.explain import (
     plot_filters,
     plot_grad_cam,
 )
-
-MNIST_CLASSES = [str(digit) for digit in range(10)]
 
 
 @dataclass
@@ -54,28 +53,6 @@ class Subject:
     to_display: Callable[[torch.Tensor], torch.Tensor]
     source: str
     kind: str
-
-
-def mnist_preprocess(image: Any) -> torch.Tensor:
-    """A PIL image -> [1, 28, 28] float in [0, 1], light digit on black, fitted in 20x20 and centred like MNIST."""
-    import numpy as np
-    from PIL import Image
-
-    grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    if grey.mean() > 0.5:  # dark ink on light paper: MNIST is the opposite
-        grey = 1.0 - grey
-    ink = grey > 0.2
-    if ink.any():
-        rows, cols = np.nonzero(ink)
-        grey = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    height, width = grey.shape
-    ratio = 20.0 / max(height, width)
-    size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
-    small = np.asarray(Image.fromarray((grey * 255).astype(np.uint8)).resize(size, Image.BILINEAR), np.float32) / 255
-    canvas = np.zeros((28, 28), dtype=np.float32)
-    top, left = (28 - small.shape[0]) // 2, (28 - small.shape[1]) // 2
-    canvas[top : top + small.shape[0], left : left + small.shape[1]] = small
-    return torch.from_numpy(canvas).unsqueeze(0)
 
 
 def _grey_display(tensor: torch.Tensor) -> torch.Tensor:

@@ -67,10 +67,25 @@ def export_model(
         base = Path(model) if Path(model).is_dir() else Path(".")
         output = base / f"{'model' if Path(model).is_dir() else model}{suffix}"
     output = _writable(Path(output), suffix)
-    # The normalisation travels inside the exported graph: it takes float RGB in [0, 1].
-    wrapped = nn.Sequential(Normalize(cfg.mean, cfg.std), predictor.model.cpu().eval()).eval()
-    example = torch.rand(2, *cfg.input_size)
-    check = torch.rand(3, *cfg.input_size)  # a batch size the export never saw: the batch dimension must stay dynamic
+    if cfg is None:  # an MNIST run: digits in [0, 1], its normalisation already inside the model
+        wrapped: nn.Module = predictor.model.cpu().eval()
+        input_size: tuple[int, ...] = (1, 28, 28)
+        preparation: dict[str, Any] = {
+            "input": "float32 grey [N, 1, 28, 28] in [0, 1]; normalisation is inside the exported model",
+            "prepare": "one light digit on black (dark ink on light paper inverted), its ink's bounding box scaled "
+            "to fit 20x20 and centred in 28x28, as MNIST's digits are (cnnlab.data.mnist.mnist_preprocess)",
+        }
+    else:  # the normalisation travels inside the exported graph: it takes float RGB in [0, 1]
+        wrapped = nn.Sequential(Normalize(cfg.mean, cfg.std), predictor.model.cpu().eval()).eval()
+        input_size = cfg.input_size
+        preparation = {
+            "input": "float32 RGB [N, 3, H, W] in [0, 1]; mean/std normalisation is inside the exported model",
+            "resize_shorter_side_to": cfg.resize_size,
+            "interpolation": cfg.interpolation,
+            "center_crop": list(cfg.input_size[1:]),
+        }
+    example = torch.rand(2, *input_size)
+    check = torch.rand(3, *input_size)  # a batch size the export never saw: the batch dimension must stay dynamic
     with torch.inference_mode():
         expected = wrapped(check)
     # torch 2.14 marks torch.jit and the TorchScript-based ONNX exporter deprecated; both still work and need no
@@ -92,19 +107,22 @@ def export_model(
     record = {
         "format": fmt,
         "load": LOADERS[fmt],
-        "input": "float32 RGB [N, 3, H, W] in [0, 1]; mean/std normalisation is inside the exported model",
-        "resize_shorter_side_to": cfg.resize_size,
-        "interpolation": cfg.interpolation,
-        "center_crop": list(cfg.input_size[1:]),
+        **preparation,
         "output": "logits (averaged over `views`, inside the model); softmax gives class probabilities",
         "classes": predictor.classes,
         "views": list(predictor.views),
-        "record": {k: v for k, v in vars(cfg).items() if k != "key_map"},
+        **({"record": {k: v for k, v in vars(cfg).items() if k != "key_map"}} if cfg is not None else {}),
         "max_abs_difference_vs_eager": max_difference,
     }
     sidecar = output.with_name(output.name + ".preprocessing.json")
     sidecar.write_text(json.dumps(record, indent=1, default=list))
-    return {"model": str(output), "preprocessing": str(sidecar), "max_abs_difference": max_difference}
+    summary = "grey 28x28 digits in [0, 1]" if cfg is None else "RGB in [0, 1]"
+    return {
+        "model": str(output),
+        "preprocessing": str(sidecar),
+        "max_abs_difference": max_difference,
+        "input": f"{summary}, normalisation inside",
+    }
 
 
 def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None, opset: int) -> dict[str, Any]:

@@ -1,15 +1,17 @@
-"""Classify image files with a fine-tuned run or a pretrained zoo model, preprocessing taken from the weights' record.
+"""Classify image files with a fine-tuned run, an MNIST run or a pretrained zoo model, each with its own preprocessing.
 
 `load_predictor("runs/transfer/flowers")` reads a saved run (its classes and preprocessing are in ``model.json``);
-`load_predictor("efficientnet_lite0")` builds the pretrained ImageNet model ("classify your own photos"). A path that
-cannot be read or decoded is reported on its own and the other images are still classified.
+`load_predictor("runs/mnist/NAME")` reads an MNIST run or ensemble (a photo of one handwritten digit is prepared as
+MNIST's digits are: `cnnlab.data.mnist.mnist_preprocess`); `load_predictor("efficientnet_lite0")` builds the
+pretrained ImageNet model ("classify your own photos"). A path that cannot be read or decoded is reported on its own
+and the other images are still classified.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,26 +31,45 @@ __all__ = ["Predictor", "load_predictor", "predict_images"]
 
 @dataclass
 class Predictor:
-    """A model in eval mode with its class names and preprocessing record.
+    """A model in eval mode with its class names and preprocessing.
 
     Attributes:
         model: returns logits for [N, 3, H, W] preprocessed images (averaged over the run's views, when it recorded
-            several: `cnnlab.layers.views.ViewAverage`).
+            several: `cnnlab.layers.views.ViewAverage`), or for [N, 1, 28, 28] digits in [0, 1] (an MNIST run).
         classes: class names in output order.
-        cfg: the preprocessing record.
+        cfg: the preprocessing record of a photo model; None for an MNIST run.
         source: what was loaded (run directory or model name).
         views: the views the logits are averaged over (the identity alone for a zoo model).
+        preprocess: PIL image -> input tensor, where `cfg` does not describe it (MNIST's digit preparation).
     """
 
     model: nn.Module
     classes: list[str]
-    cfg: PretrainedCfg
+    cfg: PretrainedCfg | None
     source: str
     views: tuple[str, ...] = ("identity",)
+    preprocess: Callable[[Any], torch.Tensor] | None = None
+
+    def transform(self) -> Callable[[Any], torch.Tensor]:
+        """PIL image -> the model's input tensor: `preprocess` when given, else the record's resize, crop, scale."""
+        if self.preprocess is not None:
+            return self.preprocess
+        if self.cfg is None:
+            raise CnnlabError(f"{self.source}: neither a preprocessing record nor a preprocess function")
+        return build_eval_transform(self.cfg)
 
 
 def _is_saved_run(path: Path) -> bool:
-    return (path.is_dir() and (path / "model.json").is_file()) or (path.is_file() and path.suffix == ".json")
+    return (path.is_dir() and any((path / name).is_file() for name in ("model.json", "ensemble.json"))) or (
+        path.is_file() and path.suffix == ".json"
+    )
+
+
+def _spec_path(path: Path) -> Path:
+    """A run directory's ``model.json`` (or an MNIST ensemble's ``ensemble.json``), or the JSON file given."""
+    if not path.is_dir():
+        return path
+    return path / "model.json" if (path / "model.json").is_file() else path / "ensemble.json"
 
 
 def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
@@ -65,11 +86,18 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
     device = resolve_device(device)
     path = Path(model)
     if _is_saved_run(path):
-        spec_path = path / "model.json" if path.is_dir() else path
+        spec_path = _spec_path(path)
         meta = json.loads(spec_path.read_text()).get("meta", {})
+        if "preprocessing" not in meta and meta.get("task", "mnist") == "mnist":  # an MNIST run or ensemble
+            from cnnlab.data.mnist import MNIST_CLASSES, mnist_preprocess
+
+            network = load_model(spec_path, device=device)
+            classes = [str(c) for c in meta.get("classes", MNIST_CLASSES)]
+            return Predictor(network, classes, None, str(path), preprocess=mnist_preprocess)
         if "classes" not in meta or "preprocessing" not in meta:
             raise CnnlabError(
-                f"{spec_path} records no class names or preprocessing; it was not saved by `cnnlab train transfer`"
+                f"{spec_path} records no class names or preprocessing; it was not saved by `cnnlab train transfer` "
+                "or `cnnlab train mnist`"
             )
         network = load_model(spec_path, device=device)
         views = tuple(meta.get("views", ["identity"]))
@@ -88,7 +116,9 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
         network = create_model(model, pretrained=True)
         return Predictor(network.to(device).eval(), list(cfg.categories), cfg, model)
     if path.exists():
-        raise CnnlabError(f"{path} holds no model.json; pass a finished `cnnlab train transfer` run directory")
+        raise CnnlabError(
+            f"{path} holds no model.json; pass a finished `cnnlab train transfer` or `cnnlab train mnist` run directory"
+        )
     from cnnlab.models import list_models
 
     raise CnnlabError(
@@ -108,7 +138,7 @@ def predict_images(
     """
     if top_k < 1:
         raise CnnlabError(f"--top-k must be >= 1, got {top_k}")
-    transform = build_eval_transform(predictor.cfg)
+    transform = predictor.transform()
     device = next(predictor.model.parameters()).device
     results: list[dict[str, Any]] = []
     good: list[tuple[int, torch.Tensor]] = []
