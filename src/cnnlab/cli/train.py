@@ -71,7 +71,7 @@ def mnist(
     if "ensemble_test_accuracy" in summary:
         typer.echo(f"ensemble of {ensemble}: test {summary['ensemble_test_accuracy']:.4f}")
     typer.echo(
-        f"run: {summary['run_dir']}  (report.md; load it with cnnlab.load_model; evaluate with `cnnlab evaluate`)"
+        f"run: {summary['run_dir']}  (report.md; use it with `cnnlab predict --model RUN digit.png`, evaluate, export)"
     )
 
 
