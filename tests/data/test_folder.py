@@ -20,9 +20,9 @@ def _solid(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (24,
 
 
 def _make_folder(root: Path, per_class: int = 5) -> Path:
-    for name, color in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
-        for i in range(per_class):
-            _solid(root / name / f"{i}.png", color)
+    for name, (red, green, blue) in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
+        for i in range(per_class):  # each image its own shade: identical files would be kept once
+            _solid(root / name / f"{i}.png", (red, green + i, blue))
     return root
 
 
@@ -88,6 +88,24 @@ def test_scan_folder_skips_and_lists_bad_files(tmp_path: Path) -> None:
     assert reasons["notes.jpg"] == "not an image PIL can read"
     assert {s.label for s in images.skipped} == {"cat", "dog"}
     assert check_image(root / "cat" / "0.png") is None
+
+
+def test_a_byte_identical_copy_is_kept_once_so_it_cannot_sit_on_both_sides_of_the_split(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    root = _make_folder(tmp_path / "photos", per_class=5)
+    shutil.copy(root / "cat" / "0.png", root / "cat" / "zz-copy.png")  # a duplicate within its class
+    shutil.copy(root / "cat" / "1.png", root / "dog" / "zz-stray.png")  # the same photo filed under two classes
+    os.symlink(root / "dog" / "2.png", root / "dog" / "zz-link.png")
+    images = scan_folder(root, min_per_class=5)
+    assert images.class_counts() == {"cat": 5, "dog": 5}
+    assert len(set(images.paths)) == len(images.paths) == 10
+    reasons = {Path(s.path).name: s.reason for s in images.skipped}
+    assert set(reasons) == {"zz-copy.png", "zz-stray.png", "zz-link.png"}
+    assert reasons["zz-copy.png"].startswith(f"a byte-identical copy of {root / 'cat' / '0.png'}")
+    assert "labelled 'cat' there" in reasons["zz-stray.png"] and "labelled" not in reasons["zz-link.png"]
+    assert scan_folder(root, min_per_class=5, check=False).class_counts() == {"cat": 6, "dog": 7}  # trusted: no check
 
 
 def test_image_files_walks_sub_folders_in_order_and_skips_hidden_and_other_files(tmp_path: Path) -> None:

@@ -54,15 +54,25 @@ def test_manifest_round_trip(tmp_path: Path) -> None:
 
 
 def test_split_folder_is_accepted(tmp_path: Path) -> None:
-    for part, count in (("train", 4), ("val", 2), ("test", 2)):
+    for shade, (part, count) in enumerate((("train", 4), ("val", 2), ("test", 2))):
         for name, color in (("x", (255, 0, 0)), ("y", (0, 0, 255))):
             folder = tmp_path / part / name
             folder.mkdir(parents=True)
-            for i in range(count):
-                Image.new("RGB", (8, 8), color).save(folder / f"{i}.png")
+            for i in range(count):  # every image its own shade: identical files are kept once
+                Image.new("RGB", (8, 8), (color[0], 10 * shade + i, color[2])).save(folder / f"{i}.png")
     images, split = split_from_folders(tmp_path, min_per_class=8)
     assert {part: len(indices) for part, indices in split.items()} == {"train": 8, "val": 4, "test": 4}
     assert all(Path(images.paths[i]).parts[-3] == "test" for i in split["test"])
     assert all(Path(images.paths[i]).parts[-3] == "train" for i in split["train"])
     with pytest.raises(CnnlabError, match="at least 9 per class"):
         split_from_folders(tmp_path, min_per_class=9)
+    # A test image that is a copy of a training image is left out and listed: scored, it would inflate the test.
+    import shutil
+
+    shutil.copy(tmp_path / "train" / "x" / "0.png", tmp_path / "test" / "x" / "leak.png")
+    images, split = split_from_folders(tmp_path, min_per_class=8)
+    assert {part: len(indices) for part, indices in split.items()} == {"train": 8, "val": 4, "test": 4}
+    (leak,) = [s for s in images.skipped if s.path.endswith("leak.png")]
+    assert leak.label == "x" and leak.reason.startswith(
+        f"a byte-identical copy of {tmp_path / 'train' / 'x' / '0.png'}"
+    )

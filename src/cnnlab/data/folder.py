@@ -3,6 +3,8 @@
 Every file is opened and fully decoded once while scanning, so a zero-byte, non-image, truncated or corrupt file is
 found up front, listed in `LabelledImages.skipped` with the reason, and left out; the class counts reported (and
 checked against ``min_per_class``) are the counts *after* skipping, so a bad file never changes the balance silently.
+A byte-identical copy of an image already listed (a duplicated file, a link) is skipped the same way, so the split
+can never put one copy in training and another in the test set.
 
 `load_image` converts any mode PIL can read into 8-bit RGB the way a person would expect: EXIF orientation applied,
 16-bit and 32-bit grayscale rescaled from their real range, CMYK converted, palette and alpha images composited on
@@ -12,6 +14,7 @@ white, grayscale replicated to three channels.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -27,6 +30,7 @@ from cnnlab.errors import CnnlabError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "file_digest",
     "ImageDataset",
     "LabelledImages",
     "SkippedFile",
@@ -150,11 +154,27 @@ def check_image(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def file_digest(path: str | os.PathLike[str]) -> bytes:
+    """A digest of the file's bytes: equal for byte-identical copies (and links to one file)."""
+    return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).digest()
+
+
 def _collect(candidates: Sequence[tuple[str, str]], classes: Sequence[str], source: str, check: bool) -> LabelledImages:
+    """The candidates that decode, each image once: a later byte-identical copy (a duplicate file, a link) is skipped
+    and listed, since one copy in training and another in the test set would score the model on an image it saw."""
     index = {name: i for i, name in enumerate(classes)}
     paths, labels, skipped = [], [], []
+    first: dict[bytes, tuple[str, str]] = {}  # content digest -> (path, label) of its first occurrence
     for path, label in candidates:
         reason = check_image(path) if check else None
+        if reason is None and check:
+            digest = file_digest(path)
+            if digest in first:
+                seen, seen_label = first[digest]
+                other = "" if seen_label == label else f", labelled {seen_label!r} there"
+                reason = f"a byte-identical copy of {seen}{other}; the first is kept"
+            else:
+                first[digest] = (path, label)
         if reason is not None:
             skipped.append(SkippedFile(path, label, reason))
             continue

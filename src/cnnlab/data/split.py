@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
-from cnnlab.data.folder import LabelledImages, scan_folder
+from cnnlab.data.folder import LabelledImages, SkippedFile, file_digest, scan_folder
 from cnnlab.errors import CnnlabError
 
 __all__ = ["SPLITS", "Split", "read_manifest", "split_from_folders", "stratified_split", "write_manifest"]
@@ -108,7 +108,9 @@ def read_manifest(path: str | os.PathLike[str], classes: list[str] | None = None
 def split_from_folders(root: str | os.PathLike[str], min_per_class: int = 100) -> tuple[LabelledImages, Split]:
     """A user-made split: ``root/train/<class>/...``, ``root/test/<class>/...`` and optionally ``root/val/<class>``.
 
-    The classes are those of ``train``; ``min_per_class`` applies to the three parts together.
+    The classes are those of ``train``; ``min_per_class`` applies to the three parts together. An image whose bytes
+    are already in an earlier part (train, then val, then test) is skipped and listed: a test copy of a training
+    image would be scored as if the model had never seen it.
     """
     root = Path(root)
     parts = {part: root / part for part in SPLITS if (root / part).is_dir()}
@@ -123,11 +125,20 @@ def split_from_folders(root: str | os.PathLike[str], min_per_class: int = 100) -
     labels: list[int] = []
     skipped = []
     split: Split = {part: [] for part in SPLITS}
+    first: dict[bytes, str] = {}  # train first: a val or test copy of a training image would be scored as unseen
     for part, images in scanned.items():
-        split[part] = list(range(len(paths), len(paths) + len(images)))
-        paths += images.paths
-        labels += images.labels
         skipped += images.skipped
+        start = len(paths)
+        for path, label in zip(images.paths, images.labels, strict=True):
+            digest = file_digest(path)
+            if digest in first:
+                reason = f"a byte-identical copy of {first[digest]}, which is in an earlier part; the first is kept"
+                skipped.append(SkippedFile(path, classes[label], reason))
+                continue
+            first[digest] = path
+            paths.append(path)
+            labels.append(label)
+        split[part] = list(range(start, len(paths)))
     merged = LabelledImages(paths, labels, list(classes), skipped, str(root))
     if min_per_class > 0:
         merged.check_min_per_class(min_per_class)
