@@ -272,8 +272,9 @@ def test_balanced_class_weights_make_every_class_count_alike() -> None:
 
 def test_class_weighted_run_trains_with_the_weighted_loss(tmp_path: Path) -> None:
     make_photo_folder(tmp_path / "photos", per_class=24)
-    for extra in range(24, 60):  # 60 red against 24 blue: red is the common class
-        Image.fromarray(np.full((36, 40, 3), (200, 40, 40), np.uint8)).save(
+    # 60 red against 24 blue: red is the common class (each its own shade: byte-identical copies count once)
+    for extra in range(24, 60):
+        Image.fromarray(np.full((36, 40, 3), (200, 40, extra), np.uint8)).save(
             tmp_path / "photos" / "red" / f"{extra}.png"
         )
     losses: list[nn.Module] = []
