@@ -137,3 +137,9 @@ def test_scan_csv_resolves_relative_paths_and_skips_missing(tmp_path: Path) -> N
     (tmp_path / "bad.csv").write_text("photos/cat/0.png\n")
     with pytest.raises(CnnlabError, match="path,label"):
         scan_csv(tmp_path / "bad.csv")
+    # A spreadsheet's export starts with a byte-order mark: the header is still a header, not a row to check.
+    (tmp_path / "excel.csv").write_bytes("\n".join(rows).encode("utf-8-sig"))
+    assert scan_csv(tmp_path / "excel.csv", min_per_class=3).class_counts() == {"cat": 3, "dog": 3}
+    (tmp_path / "latin1.csv").write_bytes("path,label\nphotos/cat/0.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(CnnlabError, match=r"latin1.csv is not UTF-8 text \(byte \d+\)"):  # was a UnicodeDecodeError
+        scan_csv(tmp_path / "latin1.csv")

@@ -233,11 +233,15 @@ def scan_csv(path: str | os.PathLike[str], min_per_class: int = 100, check: bool
         CnnlabError: unreadable CSV, malformed rows, fewer than two labels or a class below ``min_per_class``.
     """
     path = Path(path)
-    try:
-        with open(path, newline="") as f:
+    try:  # utf-8-sig: a spreadsheet's byte-order mark is not part of the first path
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
     except OSError as error:
         raise CnnlabError(f"cannot read {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise CnnlabError(
+            f"{path} is not UTF-8 text (byte {error.start}); save it as a UTF-8 CSV of `path,label` rows"
+        ) from None
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
         rows = rows[1:]
     candidates = []

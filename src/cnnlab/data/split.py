@@ -61,7 +61,7 @@ def write_manifest(path: str | os.PathLike[str], images: LabelledImages, split: 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "split"])
         for part in SPLITS:
@@ -82,10 +82,12 @@ def read_manifest(path: str | os.PathLike[str], classes: list[str] | None = None
     """
     path = Path(path)
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
     except OSError as error:
         raise CnnlabError(f"cannot read split manifest {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise CnnlabError(f"{path} is not UTF-8 text (byte {error.start}); it is not a split manifest") from None
     if not rows or not {"path", "label", "split"} <= set(rows[0]):
         raise CnnlabError(f"{path} is not a split manifest: it needs a header `path,label,split` and rows")
     bad = sorted({row["split"] for row in rows} - set(SPLITS))

@@ -587,7 +587,7 @@ def _test(run: _Run, model: nn.Module) -> dict[str, Any]:
         defective = logits.softmax(1)[:, 2:].sum(1) >= 0.5
         results["binary_accuracy"] = float((defective == (targets >= 2)).float().mean())
     probabilities = logits.softmax(1)
-    with open(run_dir / "test_predictions.csv", "w", newline="") as f:
+    with open(run_dir / "test_predictions.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "predicted", *test.classes])
         for path, label, row in zip(test.paths, test.labels, probabilities.tolist(), strict=True):
