@@ -107,6 +107,12 @@ def test_yaml_and_json_files(tmp_path):
     json_file = tmp_path / "net.json"
     json_file.write_text('["conv 8 k3", "flatten", "dense 10"]')
     assert len(load_spec_file(json_file)[1]) == 3
+    json_file.write_bytes('["conv 8 k3", "flatten", "dense 10"]'.encode("utf-8-sig"))  # an editor's byte-order mark
+    assert len(load_spec_file(json_file)[1]) == 3
+    binary = tmp_path / "photo.yaml"
+    binary.write_bytes(b"\xff\xd8\xff\xe0 a JPEG by another name")
+    with pytest.raises(CnnlabError, match="is not UTF-8 text"):  # was a UnicodeDecodeError traceback
+        load_spec_file(binary)
 
 
 @pytest.mark.parametrize(

@@ -231,7 +231,12 @@ def load_spec_file(path: str | Path) -> tuple[tuple[int, ...] | None, list[Layer
     path = Path(path)
     if not path.is_file():
         raise CnnlabError(f"spec file {str(path)!r} does not exist")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise CnnlabError(
+            f"spec file {str(path)!r} is not UTF-8 text (byte {error.start}); is it a spec file?"
+        ) from None
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
