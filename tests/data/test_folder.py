@@ -143,3 +143,12 @@ def test_scan_csv_resolves_relative_paths_and_skips_missing(tmp_path: Path) -> N
     (tmp_path / "latin1.csv").write_bytes("path,label\nphotos/cat/0.png,caf\xe9\n".encode("latin-1"))
     with pytest.raises(CnnlabError, match=r"latin1.csv is not UTF-8 text \(byte \d+\)"):  # was a UnicodeDecodeError
         scan_csv(tmp_path / "latin1.csv")
+
+
+def test_an_image_too_large_to_decode_safely_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It was reported as "corrupt or truncated (Image size ... could be decompression bomb DOS attack.)".
+    Image.new("L", (20, 20)).save(tmp_path / "wide.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses images above twice this
+    assert check_image(tmp_path / "wide.png") == (
+        "too many pixels to decode safely (more than 200, Pillow's guard against decompression bombs); downscale it first"
+    )

@@ -149,7 +149,12 @@ def check_image(path: str | os.PathLike[str]) -> str | None:
             image.load()  # decodes every pixel: truncated and corrupt data fail here
     except UnidentifiedImageError:
         return "not an image PIL can read"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError:
+        return (
+            f"too many pixels to decode safely (more than {2 * Image.MAX_IMAGE_PIXELS:,}, Pillow's guard against "
+            "decompression bombs); downscale it first"
+        )
+    except (OSError, SyntaxError, ValueError) as error:
         return f"corrupt or truncated ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
     return None
 
