@@ -150,5 +150,6 @@ def test_an_image_too_large_to_decode_safely_says_so(tmp_path: Path, monkeypatch
     Image.new("L", (20, 20)).save(tmp_path / "wide.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses images above twice this
     assert check_image(tmp_path / "wide.png") == (
-        "too many pixels to decode safely (more than 200, Pillow's guard against decompression bombs); downscale it first"
+        "too many pixels to decode safely (more than 200, Pillow's guard against decompression bombs); "
+        "downscale it first"
     )
