@@ -30,11 +30,11 @@ from cnnlab.errors import CnnlabError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "file_digest",
     "ImageDataset",
     "LabelledImages",
     "SkippedFile",
     "check_image",
+    "file_digest",
     "image_files",
     "load_image",
     "scan_csv",
