@@ -168,3 +168,12 @@ def test_an_mnist_run_exports_with_its_digit_preparation(
     digits = torch.rand(5, 1, 28, 28)  # a batch size the export was not traced at
     with torch.inference_mode():
         torch.testing.assert_close(loaded(digits), load_model(runs[2] / "single")(digits), atol=1e-5, rtol=1e-5)
+
+
+def test_an_mnist_ensemble_is_explained_like_a_single_run(runs: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    # Once predict learnt MNIST ensembles, explain took them for photo models and failed on a missing record.
+    from cnnlab.tasks.explain import explain_image, load_subject
+
+    assert load_subject(str(runs[2] / "pair")).kind == "mnist"
+    explanation = explain_image(str(runs[2] / "pair"), _digit(tmp_path / "digit.png"), tmp_path / "out")
+    assert explanation.label in [str(d) for d in range(10)] and explanation.files["gradcam"].is_file()

@@ -79,6 +79,8 @@ def load_subject(source: str, device: str | torch.device = "cpu") -> Subject:
     from cnnlab.tasks.predict import load_predictor
 
     predictor = load_predictor(source, device=device)
+    if predictor.cfg is None:  # an MNIST ensemble (ensemble.json): digits, like a single MNIST run
+        return Subject(predictor.model, predictor.classes, mnist_preprocess, _grey_display, str(source), "mnist")
     mean = torch.tensor(predictor.cfg.mean).view(3, 1, 1)
     std = torch.tensor(predictor.cfg.std).view(3, 1, 1)
 
