@@ -383,15 +383,14 @@ def evaluate_mnist(
 
 def check_mnist_run(run: Path) -> None:
     """Refuse, naming where its results are, a run that another task saved (its model does not take MNIST digits)."""
-    spec = run / "model.json" if run.is_dir() else run.with_name("model.json") if run.suffix == ".safetensors" else run
-    if spec.name != "model.json" or not spec.is_file():
-        return  # an ensemble, or nothing there: load_model says which
+    from cnnlab.train.saved import saved_meta, spec_path
+
     try:
-        task = json.loads(spec.read_text()).get("meta", {}).get("task")
-    except (OSError, ValueError):
-        return
+        task = saved_meta(run).get("task")  # an MNIST ensemble records no task: its members are MNIST runs
+    except CnnlabError:
+        return  # nothing loadable there: load_model says so
     if task is not None and task != TASK:
-        folder = spec.parent
+        folder = spec_path(run).parent
         raise CnnlabError(
             f"{folder} is a {task} run, not an MNIST run (this command scores MNIST models on MNIST digits); its "
             f"own test set was scored once, in {folder / 'report.md'}, and `cnnlab predict --model {folder} "

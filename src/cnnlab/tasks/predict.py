@@ -9,7 +9,6 @@ and the other images are still classified.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,13 +64,6 @@ def _is_saved_run(path: Path) -> bool:
     )
 
 
-def _spec_path(path: Path) -> Path:
-    """A run directory's ``model.json`` (or an MNIST ensemble's ``ensemble.json``), or the JSON file given."""
-    if not path.is_dir():
-        return path
-    return path / "model.json" if (path / "model.json").is_file() else path / "ensemble.json"
-
-
 def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
     """A fine-tuned run directory (or its ``model.json``), or the name of a zoo model with pretrained weights.
 
@@ -81,25 +73,25 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
     """
     from cnnlab.models import create_model, is_model
     from cnnlab.train.device import resolve_device
-    from cnnlab.train.saved import load_model
+    from cnnlab.train.saved import load_model, saved_meta, spec_path
 
     device = resolve_device(device)
     path = Path(model)
     if _is_saved_run(path):
-        spec_path = _spec_path(path)
-        meta = json.loads(spec_path.read_text()).get("meta", {})
+        spec = spec_path(path)
+        meta = saved_meta(spec)
         if "preprocessing" not in meta and meta.get("task", "mnist") == "mnist":  # an MNIST run or ensemble
             from cnnlab.data.mnist import MNIST_CLASSES, mnist_preprocess
 
-            network = load_model(spec_path, device=device)
+            network = load_model(spec, device=device)
             classes = [str(c) for c in meta.get("classes", MNIST_CLASSES)]
             return Predictor(network, classes, None, str(path), preprocess=mnist_preprocess)
         if "classes" not in meta or "preprocessing" not in meta:
             raise CnnlabError(
-                f"{spec_path} records no class names or preprocessing; it was not saved by `cnnlab train transfer` "
+                f"{spec} records no class names or preprocessing; it was not saved by `cnnlab train transfer` "
                 "or `cnnlab train mnist`"
             )
-        network = load_model(spec_path, device=device)
+        network = load_model(spec, device=device)
         views = tuple(meta.get("views", ["identity"]))
         if len(views) > 1:
             network = ViewAverage(network, views).eval()

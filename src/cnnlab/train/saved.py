@@ -99,6 +99,40 @@ def _load_single(spec_path: Path, device: str | torch.device) -> nn.Module:
     return model.to(device)
 
 
+def spec_path(path: str | os.PathLike[str]) -> Path:
+    """The JSON file that describes the saved model at `path` (what `load_model` accepts): a directory's
+    ``ensemble.json`` or ``model.json``, the ``model.json`` beside a ``.safetensors`` file, or the JSON file itself.
+
+    Raises:
+        CnnlabError: when nothing loadable is at `path`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / ENSEMBLE_SPEC).is_file():
+            return path / ENSEMBLE_SPEC
+        if (path / MODEL_SPEC).is_file():
+            return path / MODEL_SPEC
+        raise CnnlabError(f"{path} holds no {MODEL_SPEC} or {ENSEMBLE_SPEC}; is it a finished cnnlab run?")
+    if path.suffix == ".safetensors":
+        path = path.parent / MODEL_SPEC
+    if not path.is_file():
+        raise CnnlabError(f"no saved model at {path}; pass a run directory or a model.json / model.safetensors file")
+    return path
+
+
+def saved_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``meta`` record saved with the model at `path` (task, classes, preprocessing, ...); {} when it has none.
+
+    Raises:
+        CnnlabError: when nothing loadable is at `path`, or its JSON does not parse.
+    """
+    spec = spec_path(path)
+    try:
+        return dict(json.loads(spec.read_text()).get("meta", {}))
+    except ValueError as error:
+        raise CnnlabError(f"{spec} is not valid JSON ({error}); is it a cnnlab run?") from None
+
+
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
     """Load a saved model or ensemble in eval mode.
 
@@ -113,18 +147,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
         CnnlabError: when nothing loadable is at `path`, or `device` is unknown or not on this machine.
     """
     device = resolve_device(device)
-    path = Path(path)
-    if path.is_dir():
-        if (path / ENSEMBLE_SPEC).is_file():
-            path = path / ENSEMBLE_SPEC
-        elif (path / MODEL_SPEC).is_file():
-            path = path / MODEL_SPEC
-        else:
-            raise CnnlabError(f"{path} holds no {MODEL_SPEC} or {ENSEMBLE_SPEC}; is it a finished cnnlab run?")
-    elif path.suffix == ".safetensors":
-        path = path.parent / MODEL_SPEC
-    if not path.is_file():
-        raise CnnlabError(f"no saved model at {path}; pass a run directory or a model.json / model.safetensors file")
+    path = spec_path(path)
     if path.name == ENSEMBLE_SPEC or path.name.endswith(ENSEMBLE_SPEC):
         spec = json.loads(path.read_text())
         members = [_load_single(path.parent / member / MODEL_SPEC, device) for member in spec["members"]]
