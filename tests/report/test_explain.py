@@ -121,7 +121,7 @@ def mnist_run(tmp_path):
 
 
 def test_mnist_preprocessing_matches_mnist_conventions(mnist_run):
-    from cnnlab.tasks.explain import mnist_preprocess
+    from cnnlab.data.mnist import mnist_preprocess
 
     tensor = mnist_preprocess(Image.open(mnist_run / "digit.png"))
     assert tensor.shape == (1, 28, 28)

@@ -12,7 +12,6 @@ Preprocessing follows the model, never a guess by the user:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.data.mnist import MNIST_CLASSES, mnist_preprocess
 from cnnlab.errors import CnnlabError
 from cnnlab.report.explain import (
     default_feature_layers,
@@ -60,34 +58,24 @@ def _grey_display(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def load_subject(source: str, device: str | torch.device = "cpu") -> Subject:
-    """An MNIST/experiment run directory, a transfer run directory, or a zoo model name with pretrained weights.
+    """An MNIST run or ensemble, a transfer run directory, or a zoo model name with pretrained weights.
 
     Raises:
         CnnlabError: nothing loadable at `source`.
     """
-    path = Path(source)
-    spec_path = path / "model.json" if path.is_dir() else path
-    if spec_path.is_file() and spec_path.suffix == ".json":
-        meta = json.loads(spec_path.read_text()).get("meta", {})
-        if "preprocessing" not in meta:  # an MNIST run: [0, 1] grey 28x28 in, normalisation inside
-            from cnnlab.train.saved import load_model
-
-            model = load_model(spec_path, device=device)
-            classes = [str(c) for c in meta.get("classes", MNIST_CLASSES)]
-            return Subject(model, classes, mnist_preprocess, _grey_display, str(source), "mnist")
     from cnnlab.data.transforms import build_eval_transform
     from cnnlab.tasks.predict import load_predictor
 
     predictor = load_predictor(source, device=device)
-    if predictor.cfg is None:  # an MNIST ensemble (ensemble.json): digits, like a single MNIST run
-        return Subject(predictor.model, predictor.classes, mnist_preprocess, _grey_display, str(source), "mnist")
+    if predictor.cfg is None:  # an MNIST run or ensemble: [0, 1] grey 28x28 digits in, normalisation inside
+        return Subject(predictor.model, predictor.classes, predictor.transform(), _grey_display, str(source), "mnist")
     mean = torch.tensor(predictor.cfg.mean).view(3, 1, 1)
     std = torch.tensor(predictor.cfg.std).view(3, 1, 1)
 
     def to_display(tensor: torch.Tensor) -> torch.Tensor:
         return (tensor.cpu() * std + mean).clamp(0, 1).permute(1, 2, 0)
 
-    kind = "pretrained" if not path.exists() else "transfer"
+    kind = "pretrained" if not Path(source).exists() else "transfer"
     return Subject(
         predictor.model, predictor.classes, build_eval_transform(predictor.cfg), to_display, str(source), kind
     )
