@@ -41,7 +41,9 @@ def _folder(root, count: int = 48, seed: int = 0, sizes=((32, 32),)):
     images, masks = [], []
     for i in range(count):
         canvas = make_canvases(*_shapes(30, seed + i), 1, size=sizes[i % len(sizes)], digits_per_canvas=(1, 1), seed=i)
-        images.append(canvas.images[0])
+        image = canvas.images[0].clone()
+        image[..., -1, -1] = i % 256  # small canvases repeat; a byte-identical image would be kept once
+        images.append(image)
         masks.append(canvas.masks[0])
     (root / "images").mkdir(parents=True, exist_ok=True)
     if len(sizes) == 1:
@@ -237,18 +239,20 @@ def test_bad_files_are_listed_and_skipped(tmp_path):
     Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(root / "masks" / "00001.png")  # wrong size
     Image.fromarray(np.full((32, 32, 3), 7, dtype=np.uint8)).save(root / "masks" / "00002.png")  # unknown colour
     (root / "images" / "00003.png").write_bytes(b"not a png")  # undecodable
+    (root / "images" / "00009.png").write_bytes((root / "images" / "00004.png").read_bytes())  # a copy: kept once
     summary = train_segmentation_folder(
         str(root), output=str(tmp_path), name="b", overrides={"epochs": 1, "batch_size": 4}, progress=False
     )
-    assert summary["skipped"] == 4
+    assert summary["skipped"] == 5
     skipped = json.loads((tmp_path / "segment" / "b" / "skipped.json").read_text())
     reasons = {entry["path"].rsplit("/", 1)[-1]: entry["reason"] for entry in skipped}
     assert "no mask" in reasons["00000.png"]
     assert "20x20" in reasons["00001.png"]
     assert "(7, 7, 7)" in reasons["00002.png"]
     assert "00003.png" in reasons
+    assert reasons["00009.png"].startswith(f"a byte-identical copy of {root / 'images' / '00004.png'}")
     split = (tmp_path / "segment" / "b" / "split.csv").read_text()
-    assert "00000.png" not in split and "00004.png" in split
+    assert "00000.png" not in split and "00004.png" in split and "00009.png" not in split
 
 
 @pytest.mark.parametrize(

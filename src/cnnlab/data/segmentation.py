@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from cnnlab.data.folder import SkippedFile, check_image
+from cnnlab.data.folder import SkippedFile, check_image, file_digest
 from cnnlab.errors import CnnlabError
 
 __all__ = [
@@ -275,8 +275,10 @@ class SegmentationFolder(Dataset):
     Args:
         root: the dataset folder.
         grayscale: load images as one channel (else RGB).
-        skip_bad: list an image without a mask in `skipped` instead of raising; `read_all` then also lists the pairs
-            that cannot be read (undecodable files, a mask of another size, an unknown colour or class).
+        skip_bad: list an image without a mask in `skipped` instead of raising, and a byte-identical copy of an image
+            already listed (kept once: a copy on each side of the split would score the model on a trained image);
+            `read_all` then also lists the pairs that cannot be read (undecodable files, a mask of another size, an
+            unknown colour or class).
     """
 
     def __init__(self, root: str | os.PathLike[str], grayscale: bool = False, skip_bad: bool = False) -> None:
@@ -292,9 +294,12 @@ class SegmentationFolder(Dataset):
             raise CnnlabError(f"{image_dir} holds no images ({', '.join(sorted(extensions))})")
         self.images: list[Path] = []
         self.masks: list[Path] = []
+        first: dict[bytes, Path] = {}  # image digest -> its first file: a copy on both sides of the split would leak
         for image in candidates:
             mask = mask_dir / f"{image.stem}.png"
-            if mask.is_file():
+            if mask.is_file() and skip_bad and (seen := first.setdefault(file_digest(image), image)) != image:
+                self.skipped.append(SkippedFile(str(image), "", f"a byte-identical copy of {seen}; the first is kept"))
+            elif mask.is_file():
                 self.images.append(image)
                 self.masks.append(mask)
             elif skip_bad:
