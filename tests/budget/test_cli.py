@@ -45,6 +45,7 @@ def test_explain_output():
         (["--input", "3x4x4", "conv 8 k7 valid"], "layer 1"),
         (["--input", "3x32x32", "conv 8 k3", "--dtype", "float12"], "dtype"),
         (["--input", "3x32x32", "conv 8 k3", "dense 10"], "layer 2"),
+        (["--input", "3x3x3", "conv 8 k3 valid", "bn"], "pass a larger --batch or --input"),  # 1x1 map, batch 1
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(args, fragment):

@@ -253,7 +253,13 @@ def budget(
         raise
     except (RuntimeError, ValueError, TypeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CnnlabError(f"{name} does not run on input {'x'.join(map(str, shape))}: {first_line}") from None
+        hint = ""
+        if "more than 1 value per channel" in first_line:  # batch norm in training mode on a 1x1 map of one sample
+            hint = (
+                f"; at batch {batch_size} a batch norm sees one value per channel, which training cannot normalise: "
+                "pass a larger --batch or --input"
+            )
+        raise CnnlabError(f"{name} does not run on input {'x'.join(map(str, shape))}: {first_line}{hint}") from None
     params = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     buffers = sum(b.numel() for b in module.buffers() if b.is_floating_point())
