@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
-from cnnlab.data.folder import LabelledImages, SkippedFile, file_digest, scan_folder
+from cnnlab.data.folder import LabelledImages, _collect, scan_folder
 from cnnlab.errors import CnnlabError
 
 __all__ = ["SPLITS", "Split", "read_manifest", "split_from_folders", "stratified_split", "write_manifest"]
@@ -118,30 +118,22 @@ def split_from_folders(root: str | os.PathLike[str], min_per_class: int = 100) -
     parts = {part: root / part for part in SPLITS if (root / part).is_dir()}
     if "train" not in parts or "test" not in parts:
         raise CnnlabError(f"{root} is not a split folder: it needs train/ and test/ (and optionally val/) sub-folders")
-    scanned = {part: scan_folder(folder, min_per_class=0) for part, folder in parts.items()}
+    scanned = {
+        part: scan_folder(folder, min_per_class=0, check=False) for part, folder in parts.items()
+    }  # listed; decoded below
     classes = scanned["train"].classes
     for part, images in scanned.items():
         if images.classes != classes:
             raise CnnlabError(f"{root / part} has classes {images.classes}, but train/ has {classes}; make them match")
-    paths: list[str] = []
-    labels: list[int] = []
-    skipped = []
-    split: Split = {part: [] for part in SPLITS}
-    first: dict[bytes, str] = {}  # train first: a val or test copy of a training image would be scored as unseen
-    for part, images in scanned.items():
-        skipped += images.skipped
-        start = len(paths)
-        for path, label in zip(images.paths, images.labels, strict=True):
-            digest = file_digest(path)
-            if digest in first:
-                reason = f"a byte-identical copy of {first[digest]}, which is in an earlier part; the first is kept"
-                skipped.append(SkippedFile(path, classes[label], reason))
-                continue
-            first[digest] = path
-            paths.append(path)
-            labels.append(label)
-        split[part] = list(range(start, len(paths)))
-    merged = LabelledImages(paths, labels, list(classes), skipped, str(root))
+    # Checked together, train first: a val or test copy of a training image is the copy skipped.
+    candidates = [
+        (path, classes[label])
+        for images in scanned.values()
+        for path, label in zip(images.paths, images.labels, strict=True)
+    ]
+    merged = _collect(candidates, classes, str(root), check=True)
+    part_of = {path: part for part, images in scanned.items() for path in images.paths}
+    split: Split = {part: [i for i, path in enumerate(merged.paths) if part_of[path] == part] for part in SPLITS}
     if min_per_class > 0:
         merged.check_min_per_class(min_per_class)
     return merged, split
