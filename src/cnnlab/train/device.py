@@ -12,9 +12,12 @@ import torch
 from cnnlab.errors import CnnlabError
 
 
+def _cuda_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def _available() -> str:
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    found = ["cpu"] + [f"cuda:{index}" for index in range(count)]
+    found = ["cpu"] + [f"cuda:{index}" for index in range(_cuda_count())]
     if torch.backends.mps.is_available():
         found.append("mps")
     return ", ".join(found)
@@ -33,7 +36,7 @@ def resolve_device(name: str | torch.device) -> torch.device:
     except (RuntimeError, TypeError):
         raise CnnlabError(f"unknown device {str(name)!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        count = _cuda_count()
         if count == 0:
             raise CnnlabError(
                 f"device {str(name)!r} was asked for, but torch finds no CUDA GPU here; available: {_available()}"
