@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -138,30 +139,39 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
 
 def check_image(path: str | os.PathLike[str]) -> str | None:
     """Why ``path`` cannot be used as an image, or None when it decodes fully."""
+    return _read_checked(path)[1]
+
+
+def _read_checked(path: str | os.PathLike[str]) -> tuple[bytes, str | None]:
+    """The file's bytes (read once) and why they cannot be used as an image, or None when they decode fully."""
     try:
-        size = os.path.getsize(path)
+        data = Path(path).read_bytes()
     except OSError as error:
-        return f"unreadable ({error.strerror or error})"
-    if size == 0:
-        return "zero-byte file"
+        return b"", f"unreadable ({error.strerror or error})"
+    if not data:
+        return data, "zero-byte file"
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data)) as image:
             image.load()  # decodes every pixel: truncated and corrupt data fail here
     except UnidentifiedImageError:
-        return "not an image PIL can read"
+        return data, "not an image PIL can read"
     except Image.DecompressionBombError:
-        return (
+        return data, (
             f"too many pixels to decode safely (more than {2 * Image.MAX_IMAGE_PIXELS:,}, Pillow's guard against "
             "decompression bombs); downscale it first"
         )
     except (OSError, SyntaxError, ValueError) as error:
-        return f"corrupt or truncated ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
-    return None
+        return data, f"corrupt or truncated ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+    return data, None
 
 
 def file_digest(path: str | os.PathLike[str]) -> bytes:
     """A digest of the file's bytes: equal for byte-identical copies (and links to one file)."""
-    return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).digest()
+    return _digest(Path(path).read_bytes())
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def _collect(candidates: Sequence[tuple[str, str]], classes: Sequence[str], source: str, check: bool) -> LabelledImages:
@@ -171,9 +181,9 @@ def _collect(candidates: Sequence[tuple[str, str]], classes: Sequence[str], sour
     paths, labels, skipped = [], [], []
     first: dict[bytes, tuple[str, str]] = {}  # content digest -> (path, label) of its first occurrence
     for path, label in candidates:
-        reason = check_image(path) if check else None
+        data, reason = _read_checked(path) if check else (b"", None)
         if reason is None and check:
-            digest = file_digest(path)
+            digest = _digest(data)  # the bytes just decoded: each file is read once
             if digest in first:
                 seen, seen_label = first[digest]
                 other = "" if seen_label == label else f", labelled {seen_label!r} there"
