@@ -42,3 +42,17 @@ def test_budget_help_shows_the_optional_activation() -> None:
     assert result.exit_code == 0
     assert "conv F kK sS same|valid|pN [relu]" in result.output
     assert "dense N [relu]" in result.output
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[" ".join(p) or "cnnlab" for p, _ in COMMANDS])
+def test_each_command_is_listed_on_one_line(path: tuple[str, ...], command: Any) -> None:
+    """The command list in a group's --help shows each summary as one paragraph, not the docstring's line breaks."""
+    summary = (command.short_help or command.help or "").split("\n\n")[0]
+    assert "\n" not in summary, f"cnnlab {' '.join(path)} is listed with a line break: {summary!r}"
+
+
+def test_the_top_level_command_list_reads_as_sentences() -> None:
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    evaluate = next(line for line in result.output.splitlines() if "│ evaluate" in line)
+    assert "a confusion-matrix PNG and a PNG of the misclassified images" in evaluate

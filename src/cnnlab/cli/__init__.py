@@ -74,7 +74,23 @@ def _register_commands() -> None:
         module.register(app)
 
 
+def _one_line_summaries(group: typer.Typer) -> None:
+    """Give every command of `group` (and of its sub-groups) a summary on one line for the group's command list.
+
+    Typer lists a command by the first paragraph of its docstring, and in Rich markup mode it keeps that paragraph's
+    line breaks, so a docstring wrapped at 120 columns showed as ragged rows in `cnnlab --help`.
+    """
+    for info in group.registered_commands:
+        doc = info.help or (info.callback.__doc__ if info.callback else None)
+        if info.short_help is None and doc:
+            info.short_help = " ".join(doc.strip().split("\n\n")[0].split())
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _one_line_summaries(sub.typer_instance)
+
+
 _register_commands()
+_one_line_summaries(app)
 
 
 def main() -> None:
