@@ -115,6 +115,22 @@ def parse_memory(text: str) -> int:
         raise CnnlabError(f"cannot read memory size {text!r}; write e.g. 8GiB, 512MB or 16G") from None
 
 
+def _check_zoo_input(name: str, shape: tuple[int, ...], default: tuple[int, ...]) -> None:
+    """Refuse an input a zoo model cannot take, in its terms (the traced error said "Invalid channel dimensions")."""
+    example = "x".join(map(str, default))
+    given = "x".join(map(str, shape))
+    if len(shape) != len(default):
+        raise CnnlabError(
+            f"{name} takes one sample as {len(default)} sizes (channels x height x width, e.g. {example}); "
+            f"--input {given} has {len(shape)}"
+        )
+    if shape[0] != default[0]:
+        raise CnnlabError(
+            f"{name} takes {default[0]}-channel input (e.g. {example}); --input {given} has {shape[0]} "
+            + ("channel" if shape[0] == 1 else "channels")
+        )
+
+
 def resolve_model(
     model: nn.Module | str | list[str] | Path, input_shape: tuple[int, ...] | None, on_meta: bool = False
 ) -> tuple[str, nn.Module, tuple[int, ...], list[LayerSpec] | None]:
@@ -152,7 +168,10 @@ def resolve_model(
             built = create_model(text)
     else:
         built = create_model(text)
-    shape = tuple(input_shape) if input_shape is not None else getattr(built, "default_input_size", None)
+    default = getattr(built, "default_input_size", None)
+    if input_shape is not None and default is not None:
+        _check_zoo_input(text, tuple(input_shape), tuple(default))
+    shape = tuple(input_shape) if input_shape is not None else default
     if shape is None:
         raise CnnlabError(f"model {text!r} has no default input size; give --input, e.g. 3x224x224")
     return text, built, tuple(shape), None
@@ -252,12 +271,18 @@ def budget(
     except CnnlabError:
         raise
     except (RuntimeError, ValueError, TypeError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first_line = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
         hint = ""
         if "more than 1 value per channel" in first_line:  # batch norm in training mode on a 1x1 map of one sample
             hint = (
                 f"; at batch {batch_size} a batch norm sees one value per channel, which training cannot normalise: "
                 "pass a larger --batch or --input"
+            )
+        default = getattr(module, "default_input_size", None)
+        if ("same reduction dim" in first_line or "cannot be multiplied" in first_line) and default is not None:
+            hint = (
+                f"; its dense layers take a fixed number of inputs, sized for {'x'.join(map(str, default))}: use that "
+                "--input, or scan larger images with a fully convolutional copy of a trained run (`cnnlab fcn convert`)"
             )
         raise CnnlabError(f"{name} does not run on input {'x'.join(map(str, shape))}: {first_line}{hint}") from None
     params = sum(p.numel() for p in module.parameters())
