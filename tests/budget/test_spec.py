@@ -134,3 +134,15 @@ def test_parse_size():
     assert parse_size("3x200x300") == (3, 200, 300)
     with pytest.raises(CnnlabError):
         parse_size("3x-2x4")
+
+
+def test_layers_split_word_by_word_are_refused_with_the_quoted_form():
+    """An unquoted `conv 8 k3` reaches the parser as three layers; the error must not blame `conv` for its count."""
+    with pytest.raises(CnnlabError, match=r'one quoted argument, e.g. "conv 8 k3 same" "maxpool k2" "dense 10"'):
+        parse_spec(["conv", "8", "k3", "same", "maxpool", "k2", "dense", "10"])
+    assert [layer.kind for layer in parse_spec(["conv 8 k3", "maxpool", "dropout 0.5", "dense 10"])] == [
+        "conv",
+        "maxpool",
+        "dropout",
+        "dense",
+    ]

@@ -166,11 +166,38 @@ def parse_spec(lines: Sequence[str | dict[str, Any]]) -> list[LayerSpec]:
     if not lines:
         raise CnnlabError("the spec has no layers; give at least one, e.g. 'conv 32 k3'")
     lines = [piece for line in lines for piece in (split_layers(line) if isinstance(line, str) else [line])]
+    _check_quoting(lines)
     layers: list[LayerSpec] = []
     for index, line in enumerate(lines, start=1):
         text = _mapping_to_line(line, index) if isinstance(line, dict) else str(line)
         layers.extend(_parse_line(text, index))
     return layers
+
+
+_PARAMETER = re.compile(r"-?[\d.]+|[kspd][\dx]+|in=\d+|same|valid|nobias|bias=false", re.IGNORECASE)
+
+
+def _check_quoting(lines: Sequence[str | dict[str, Any]]) -> None:
+    """Refuse layers split word by word, as an unquoted shell argument ``conv 8 k3`` arrives, naming the fix.
+
+    A line that starts with a layer's parameter (a number, ``k3``, ``same``) cannot be a layer of its own; parsed
+    as it stands, the error would blame the layer before it (``conv`` without its number of filters).
+    """
+    words = [line.split()[0] if isinstance(line, str) and line.split() else None for line in lines]
+    if not any(word and _PARAMETER.fullmatch(word) for word in words[1:]):
+        return
+    groups: list[str] = []
+    for line, word in zip(lines, words, strict=True):
+        text = line if isinstance(line, str) else ""
+        if groups and word and _PARAMETER.fullmatch(word):
+            groups[-1] += f" {text}"
+        else:
+            groups.append(text)
+    suggestion = " ".join(f'"{group}"' for group in groups)
+    raise CnnlabError(
+        f"{' '.join(str(line) for line in lines)!r} arrived as {len(lines)} separate layers: give each layer as one "
+        f"quoted argument, e.g. {suggestion}"
+    )
 
 
 def split_layers(text: str) -> list[str]:
