@@ -125,6 +125,22 @@ def test_too_few_images_per_class_is_a_clear_error(tmp_path: Path) -> None:
         scan_folder(root / "cat", min_per_class=1)
 
 
+def test_a_folder_without_images_is_named_as_such_and_long_class_lists_are_cut(tmp_path: Path) -> None:
+    """A folder of twelve sub-folders holding no image (say, /etc) was listed as "a has 0, b has 0, ..." in full."""
+    root = tmp_path / "not-photos"
+    for index in range(12):
+        (root / f"class{index:02d}").mkdir(parents=True)
+        (root / f"class{index:02d}" / "readme.txt").write_text("no image here")
+    with pytest.raises(CnnlabError, match=r"none of its 12 classes \(class00, .*, class07 and 4 more\) has a usable"):
+        scan_folder(root, min_per_class=1)
+    for index in range(12):
+        _solid(root / f"class{index:02d}" / "0.png", (index, 0, 0))
+    with pytest.raises(CnnlabError) as error:
+        scan_folder(root, min_per_class=2)
+    assert "class07 has 1 usable images, and 4 more classes are short too; at least 2" in str(error.value)
+    assert "class08" not in str(error.value)
+
+
 def test_scan_csv_resolves_relative_paths_and_skips_missing(tmp_path: Path) -> None:
     _make_folder(tmp_path / "photos", per_class=3)
     rows = ["path,label"] + [f"photos/{c}/{i}.png,{c}" for c in ("cat", "dog") for i in range(3)]
