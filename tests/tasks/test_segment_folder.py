@@ -258,14 +258,20 @@ def test_bad_files_are_listed_and_skipped(tmp_path):
 @pytest.mark.parametrize(
     ("layout", "message"),
     [
-        ("missing", "needs images/ and masks/"),
+        ("missing", "does not exist; pass a folder with images/ and masks/"),
+        ("empty", "needs images/ and masks/"),
+        ("a-file", "is a file; pass a folder"),
         ("no-masks", "has a mask"),
         ("all-bad", r"no usable image\+mask pair"),
     ],
 )
 def test_bad_folders_give_one_line_errors(tmp_path, layout, message):
     root = tmp_path / "data"
-    if layout != "missing":
+    if layout == "empty":
+        root.mkdir()
+    if layout == "a-file":
+        root.write_text("not a folder")
+    if layout not in ("missing", "empty", "a-file"):
         (root / "images").mkdir(parents=True)
         (root / "masks").mkdir()
         Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(root / "images" / "a.png")

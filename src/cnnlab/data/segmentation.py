@@ -286,6 +286,9 @@ class SegmentationFolder(Dataset):
         self.grayscale = grayscale
         self.skipped: list[SkippedFile] = []
         image_dir, mask_dir = self.root / "images", self.root / "masks"
+        if not self.root.is_dir():
+            what = "is a file" if self.root.exists() else "does not exist"
+            raise CnnlabError(f"{self.root} {what}; pass a folder with images/ and masks/ subfolders")
         if not image_dir.is_dir() or not mask_dir.is_dir():
             raise CnnlabError(f"{self.root} needs images/ and masks/ subfolders (same file stems, PNG masks)")
         extensions = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
