@@ -150,6 +150,21 @@ def test_export_checks_its_output_path_before_tracing(tiny_run: Path, tmp_path: 
     assert Path(result["model"]).stat().st_size > 0
 
 
+def test_the_output_suffix_chooses_the_format_and_a_contradiction_is_refused(tiny_run: Path, tmp_path: Path) -> None:
+    """`-o model.onnx` without --format wrote a TorchScript zip under an ONNX name."""
+    from cnnlab.tasks.export import export_format, export_model
+
+    assert export_format(None, "m.onnx") == "onnx" and export_format(None, "M.PT2") == "pt2"
+    assert export_format(None, "m.pt") == export_format(None, "m.bin") == export_format(None, None) == "torchscript"
+    assert export_format("onnx", "m.bin") == "onnx"  # an unknown suffix is the user's choice
+    with pytest.raises(CnnlabError, match=r"names a pt2 file but --format is onnx: end the file name in \.onnx"):
+        export_model(str(tiny_run), "onnx", tmp_path / "m.pt2")
+    assert not (tmp_path / "m.pt2").exists()
+    result = export_model(str(tiny_run), None, tmp_path / "m.pt2")
+    assert result["format"] == "pt2"
+    torch.export.load(result["model"])  # really an ExportedProgram
+
+
 def test_a_file_system_error_is_one_line_with_exit_code_1(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

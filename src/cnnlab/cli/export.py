@@ -14,12 +14,13 @@ def export(
         help="A `cnnlab train transfer`, `cnnlab train mnist` or `cnnlab train segment --data` run directory "
         "(segmenters export with dynamic height and width), or a pretrained zoo model name.",
     ),
-    fmt: str = typer.Option(
-        "torchscript",
+    fmt: str | None = typer.Option(
+        None,
         "--format",
         "-f",
         help="torchscript (.pt, traced; torch 2.14 deprecates the tracer), onnx (.onnx; the onnx package) or pt2 "
-        "(.pt2, torch.export's ExportedProgram, the tracer's successor; classifiers only).",
+        "(.pt2, torch.export's ExportedProgram, the tracer's successor; classifiers only). Default: the one "
+        "--output's suffix names, else torchscript.",
     ),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="File to write (default: RUN/model.pt, .onnx or .pt2)."
@@ -34,7 +35,8 @@ def export(
     if as_json:
         typer.echo(json.dumps(result))
         return
-    typer.echo(f"wrote {result['model']} (input: {result.get('input', 'RGB in [0, 1], normalisation inside')})")
+    shown_input = result.get("input", "RGB in [0, 1], normalisation inside")
+    typer.echo(f"wrote {result['model']} ({result['format']}; input: {shown_input})")
     typer.echo(f"wrote {result['preprocessing']} (classes, the rest of the preprocessing, and how to load the model)")
     typer.echo(f"max |exported - PyTorch| on random images: {result['max_abs_difference']:.2e}")
 

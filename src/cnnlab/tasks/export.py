@@ -38,15 +38,35 @@ LOADERS = {  # how a deployment loads each format (written beside the file)
 }
 
 
+def export_format(fmt: str | None, output: str | os.PathLike[str] | None) -> str:
+    """The format to write: ``fmt`` if given, else the one ``output``'s suffix names, else torchscript.
+
+    Raises:
+        CnnlabError: an unknown format, or a format other than the one the output's suffix names (``-o m.onnx``
+            with ``--format pt2`` would write a file every ONNX tool then fails to read).
+    """
+    if fmt is not None and fmt not in EXPORT_FORMATS:
+        raise CnnlabError(f"--format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    named = {suffix: name for name, suffix in SUFFIXES.items()}.get(Path(output).suffix.lower()) if output else None
+    if fmt is None:
+        return named or "torchscript"
+    if named is not None and named != fmt:
+        raise CnnlabError(
+            f"--output {output} names a {named} file but --format is {fmt}: end the file name in {SUFFIXES[fmt]}, "
+            f"or leave out --format to write {named}"
+        )
+    return fmt
+
+
 def export_model(
-    model: str, fmt: str = "torchscript", output: str | os.PathLike[str] | None = None, opset: int = 17
+    model: str, fmt: str | None = None, output: str | os.PathLike[str] | None = None, opset: int = 17
 ) -> dict[str, Any]:
     """Export ``model`` (a run directory or a pretrained zoo model name) and check the export against eager PyTorch.
 
     Args:
         model: what `cnnlab.tasks.predict.load_predictor` accepts.
         fmt: ``torchscript`` (``.pt``, traced), ``onnx`` (``.onnx``) or ``pt2`` (``.pt2``, torch.export); the
-            batch dimension is dynamic in each.
+            batch dimension is dynamic in each. None: the one ``output``'s suffix names, else torchscript.
         output: the file to write; default ``<run dir>/model<suffix>`` (``./<name><suffix>`` for a zoo model).
         opset: ONNX opset.
 
@@ -54,8 +74,7 @@ def export_model(
         Paths written and the largest absolute difference from the eager model on a random batch of a size the
         export did not see.
     """
-    if fmt not in EXPORT_FORMATS:
-        raise CnnlabError(f"--format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+    fmt = export_format(fmt, output)
     from cnnlab.tasks.segment_predict import is_segmentation_run
 
     if is_segmentation_run(model):
@@ -119,6 +138,7 @@ def export_model(
     summary = "grey 28x28 digits in [0, 1]" if cfg is None else "RGB in [0, 1]"
     return {
         "model": str(output),
+        "format": fmt,
         "preprocessing": str(sidecar),
         "max_abs_difference": max_difference,
         "input": f"{summary}, normalisation inside",
@@ -171,7 +191,7 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
     }
     sidecar = output.with_name(output.name + ".preprocessing.json")
     sidecar.write_text(json.dumps(record, indent=1))
-    return {"model": str(output), "preprocessing": str(sidecar), "max_abs_difference": max_difference}
+    return {"model": str(output), "format": fmt, "preprocessing": str(sidecar), "max_abs_difference": max_difference}
 
 
 def _writable(output: Path, suffix: str) -> Path:
