@@ -67,3 +67,17 @@ def test_cli_convert_and_scan(tmp_path):
     assert (tmp_path / "h.png").is_file()
     from_run = runner.invoke(app, ["fcn", "scan", str(run), str(tmp_path / "canvas.png")])
     assert from_run.exit_code == 0 and (tmp_path / "canvas-heatmap.png").is_file()
+
+
+def test_heatmap_path_takes_folders_and_refuses_formats_matplotlib_cannot_write(tmp_path):
+    """`-o /tmp` wrote /tmp.png and reported /tmp; `-o h.xyz` was a matplotlib traceback after the scan."""
+    from cnnlab.errors import CnnlabError
+    from cnnlab.fcn.scan import heatmap_path
+
+    image = tmp_path / "pics" / "street.jpg"
+    assert heatmap_path(None, image) == tmp_path / "pics" / "street-heatmap.png"
+    assert heatmap_path(tmp_path, image) == tmp_path / "street-heatmap.png"  # an existing folder
+    assert heatmap_path(tmp_path / "maps", image) == tmp_path / "maps" / "street-heatmap.png"  # a folder to make
+    assert heatmap_path(tmp_path / "h.PDF", image) == tmp_path / "h.PDF"
+    with pytest.raises(CnnlabError, match=r"cannot write a \.xyz image; end it in \.png"):
+        heatmap_path(tmp_path / "h.xyz", image)

@@ -41,22 +41,28 @@ def convert(
 def scan_command(
     run: Path = typer.Argument(..., help="A classifier run directory or a converted (fcn) directory."),
     image: Path = typer.Argument(..., help="Image to scan (larger than the classifier's input), e.g. a PNG."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Heatmap PNG (default IMAGE-heatmap.png)."),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Heatmap image (.png, .jpg, .pdf, .svg, ...), or a folder for IMAGE-heatmap.png in it "
+        "(default: beside IMAGE).",
+    ),
     refine: int = typer.Option(4, "--refine", help="Shift-and-stitch factor: locations stride/refine px apart."),
     invert: bool | None = typer.Option(
         None, "--invert/--no-invert", help="Dark-on-light to light-on-dark (default: when the image is bright)."
     ),
 ) -> None:
     """Score every classifier-sized window of IMAGE and write a heatmap PNG of per-location class probabilities."""
-    from cnnlab.fcn.scan import load_converted_or_run, load_scan_image, save_heatmap, scan
+    from cnnlab.fcn.scan import heatmap_path, load_converted_or_run, load_scan_image, save_heatmap, scan
 
+    path = heatmap_path(output, image)
     converted, source = load_converted_or_run(run)
     picture = load_scan_image(image, channels=converted.input_size[0], invert=invert)
     result = scan(converted, picture, refine=refine)
     classes = result.probabilities.shape[0]
     names = [str(d) for d in range(10)] if classes == 10 else None
-    path = output or image.with_name(f"{image.stem}-heatmap.png")
-    save_heatmap(picture, result, path, names, title=f"{source['arch']} scanning {image.name}")
+    path = save_heatmap(picture, result, path, names, title=f"{source['arch']} scanning {image.name}")
     rows, cols = result.probabilities.shape[1:]
     typer.echo(f"{rows}x{cols} locations ({result.window}px windows every {result.stride}px): {path}")
 

@@ -29,6 +29,7 @@ from cnnlab.fcn.convert import FullyConvolutional, to_fully_convolutional
 
 __all__ = [
     "ScanResult",
+    "heatmap_path",
     "load_fully_convolutional",
     "load_scan_image",
     "save_fully_convolutional",
@@ -100,6 +101,30 @@ def scan(model: FullyConvolutional, image: torch.Tensor, refine: int = 4) -> Sca
     ink = F.avg_pool2d(image[None].mean(1, keepdim=True).float(), window, step)[0, 0]
     ink = F.pad(ink, (0, max(0, valid_cols - ink.shape[1]), 0, max(0, valid_rows - ink.shape[0])))
     return ScanResult(scores.softmax(0), ink[:valid_rows, :valid_cols], window, step)
+
+
+HEATMAP_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".pdf", ".svg")
+
+
+def heatmap_path(output: str | os.PathLike[str] | None, image: str | os.PathLike[str]) -> Path:
+    """Where `cnnlab fcn scan` writes the heatmap of ``image``, checked before the scan runs.
+
+    None gives ``IMAGE-heatmap.png`` beside the image; a folder, or a name without a suffix (a folder to make),
+    gives that name inside it (matplotlib wrote ``/tmp.png`` for ``-o /tmp`` and reported ``/tmp``).
+
+    Raises:
+        CnnlabError: a suffix matplotlib cannot write.
+    """
+    name = f"{Path(image).stem}-heatmap.png"
+    if output is None:
+        return Path(image).with_name(name)
+    path = Path(output)
+    if path.is_dir() or not path.suffix:
+        return path / name
+    if path.suffix.lower() not in HEATMAP_SUFFIXES:
+        known = ", ".join(HEATMAP_SUFFIXES)
+        raise CnnlabError(f"--output {output}: cannot write a {path.suffix} image; end it in {known}")
+    return path
 
 
 def save_heatmap(
