@@ -150,6 +150,32 @@ def test_export_checks_its_output_path_before_tracing(tiny_run: Path, tmp_path: 
     assert Path(result["model"]).stat().st_size > 0
 
 
+def test_predict_writes_a_classifiers_predictions_to_csv(tiny_run: Path, tmp_path: Path) -> None:
+    """`--output` was read by segmentation runs only: a classifier's `-o predictions.csv` was silently ignored."""
+    import csv
+
+    from PIL import Image
+
+    from cnnlab.cli import app
+
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "reddish.png")
+    images = [str(tmp_path / "reddish.png"), str(tmp_path / "missing.png")]
+    table = tmp_path / "out" / "predictions.csv"
+    result = CliRunner().invoke(app, ["predict", "-m", str(tiny_run), "--json", "-k", "2", "-o", str(table), *images])
+    assert result.exit_code == 0, result.output
+    predictions = json.loads(result.stdout)["predictions"]  # stdout stays one JSON document
+    with open(table, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["path"] for row in rows] == images
+    top = predictions[0]["top"]
+    assert [rows[0]["label_1"], rows[0]["label_2"]] == [top[0]["label"], top[1]["label"]]
+    assert float(rows[0]["probability_1"]) == pytest.approx(top[0]["probability"])
+    assert rows[0]["error"] == "" and rows[1]["error"] == "no such file" and rows[1]["label_1"] == ""
+    folder = CliRunner().invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path), images[0]])
+    assert isinstance(folder.exception, CnnlabError)  # `cnnlab` prints it on one line with exit code 2
+    assert "a classifier's predictions go to a .csv file" in str(folder.exception)
+
+
 def test_the_output_suffix_chooses_the_format_and_a_contradiction_is_refused(tiny_run: Path, tmp_path: Path) -> None:
     """`-o model.onnx` without --format wrote a TorchScript zip under an ONNX name."""
     from cnnlab.tasks.export import export_format, export_model

@@ -25,8 +25,9 @@ def predict(
         None,
         "--output",
         "-o",
-        help="Segmentation runs: the folder for each image's <stem>_mask.png (class indices), _colour.png and "
-        "_overlay.png (default: ./predictions).",
+        help="Classifiers: a .csv file for the predictions, one row per image (its top-k labels and probabilities, "
+        "or why it could not be read). Segmentation runs: the folder for each image's <stem>_mask.png (class "
+        "indices), _colour.png and _overlay.png (default: ./predictions).",
     ),
     top_k: int = typer.Option(5, "--top-k", "-k", help="Classes shown per image."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
@@ -40,10 +41,13 @@ def predict(
     if is_segmentation_run(model):
         _segment(paths, empty, model, output or Path("predictions"), as_json, device)
         return
-    from cnnlab.tasks.predict import load_predictor, predict_images
+    from cnnlab.tasks.predict import check_predictions_csv, load_predictor, predict_images, write_predictions_csv
 
+    if output is not None:
+        check_predictions_csv(output)
     predictor = load_predictor(model, device=device)
     results = _in_order(predict_images(predictor, paths, top_k=top_k), empty)
+    written = write_predictions_csv(results, output) if output is not None else None
     if as_json:
         typer.echo(json.dumps({"model": predictor.source, "predictions": results}, indent=1))
     else:
@@ -54,6 +58,8 @@ def predict(
             typer.echo(f"{result['image']}:")
             for rank, entry in enumerate(result["top"], start=1):
                 typer.echo(f"  {rank}. {entry['label']:<30} {entry['probability']:7.2%}")
+    if written is not None:  # on stderr, so that --json output stays one JSON document
+        typer.echo(f"predictions of {len(results)} images: {written}", err=True)
     if all("error" in result for result in results):
         raise typer.Exit(2)
 

@@ -9,6 +9,7 @@ and the other images are still classified.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from cnnlab.layers.views import ViewAverage
 from cnnlab.models import PretrainedCfg
 from cnnlab.train import Trainer
 
-__all__ = ["Predictor", "load_predictor", "predict_images"]
+__all__ = ["Predictor", "check_predictions_csv", "load_predictor", "predict_images", "write_predictions_csv"]
 
 
 @dataclass
@@ -154,3 +155,35 @@ def predict_images(
                 for v, i in zip(row_values, row_indices, strict=True)
             ]
     return results
+
+
+def check_predictions_csv(output: str | os.PathLike[str]) -> Path:
+    """The CSV file a classifier's predictions go to, checked before any image is read.
+
+    Raises:
+        CnnlabError: a name that does not end in ``.csv`` (a folder, say, which is what segmentation runs take).
+    """
+    path = Path(output)
+    if path.suffix.lower() != ".csv" or path.is_dir():
+        raise CnnlabError(
+            f"--output {output}: a classifier's predictions go to a .csv file, e.g. predictions.csv "
+            "(a folder is for a segmentation run's masks)"
+        )
+    return path
+
+
+def write_predictions_csv(results: Sequence[dict[str, Any]], output: str | os.PathLike[str]) -> Path:
+    """Write `predict_images`' results as one row per image: its path, then label and probability for each of its
+    top-k classes, best first, and the reason for an image that could not be read (its other cells empty)."""
+    path = check_predictions_csv(output)
+    k = max((len(result.get("top", [])) for result in results), default=0)
+    header = ["path"] + [f"{name}_{rank}" for rank in range(1, k + 1) for name in ("label", "probability")]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow([*header, "error"])
+        for result in results:
+            cells = [value for entry in result.get("top", []) for value in (entry["label"], entry["probability"])]
+            cells += [""] * (2 * k - len(cells))
+            writer.writerow([result["image"], *cells, result.get("error", "")])
+    return path
