@@ -116,6 +116,19 @@ def test_evaluate_writes_its_figures(ensemble_run: dict, fake_root: Path, tmp_pa
     assert (tmp_path / "evaluation.json").is_file()
 
 
+@pytest.mark.parametrize("option", ["--output", "-o", "--out"])
+def test_evaluate_takes_output_like_every_other_command(ensemble_run: dict, fake_root: Path, tmp_path: Path, option):
+    """`evaluate` alone spelt the option `--out`; `--output`/`-o` now work too, and `--out` still does."""
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+
+    args = ["evaluate", ensemble_run["run_dir"], "--data-dir", str(fake_root), option, str(tmp_path / "figures")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "figures" / "confusion_matrix.png").is_file()
+
+
 def test_load_model_on_a_directory_without_a_model(tmp_path: Path) -> None:
     with pytest.raises(CnnlabError, match="holds no model.json"):
         cnnlab.load_model(tmp_path)

@@ -10,7 +10,9 @@ import typer
 def evaluate(
     run: Path = typer.Argument(..., help="Run directory (or model.json / model.safetensors / ensemble.json)."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Dataset root (else $CNNLAB_DATA, else ./data)."),
-    output_dir: Path | None = typer.Option(None, "--out", help="Where figures go (default RUN/evaluation)."),
+    output_dir: Path | None = typer.Option(
+        None, "--output", "-o", "--out", help="Where figures go (default RUN/evaluation)."
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
 ) -> None:
     """An MNIST run (or ensemble) on the MNIST test set: accuracy, per-class accuracy, a confusion-matrix PNG and a
