@@ -251,12 +251,18 @@ def load_converted_or_run(path: str | os.PathLike[str], pool: str = "window") ->
     Returns:
         (model, source architecture record).
     """
-    from cnnlab.train.saved import MODEL_SPEC, load_model
+    from cnnlab.train.saved import MODEL_SPEC, load_model, saved_meta
 
     path = Path(path)
     if (path / FCN_SPEC).is_file() or path.name == FCN_SPEC:
         spec_path = path / FCN_SPEC if path.is_dir() else path
         return load_fully_convolutional(path), json.loads(spec_path.read_text())["source"]
+    meta = saved_meta(path)
+    if meta.get("task") == "segment":  # "cannot find the head of UNet" said nothing useful
+        use = "; `cnnlab predict --model RUN IMAGE...` segments images of any size" if "normalisation" in meta else ""
+        raise CnnlabError(
+            f"{path} is a segmentation run: its network is fully convolutional already, one class score per pixel{use}"
+        )
     spec_path = path / MODEL_SPEC if path.is_dir() else path.parent / MODEL_SPEC
     classifier = load_model(path)
     if not spec_path.is_file():

@@ -26,6 +26,12 @@ from cnnlab.layers.views import ViewAverage
 from cnnlab.models import PretrainedCfg
 from cnnlab.train import Trainer
 
+SEGMENTATION_USE = "`cnnlab predict --model RUN IMAGE...` writes its masks and overlays, at any image size"
+CANVAS_RUN_USE = (  # a `cnnlab train segment` run on MNIST canvases records no normalisation for new images
+    "it was trained on MNIST canvases, and its report.md and test_overlays.png show its masks (`cnnlab predict` "
+    "takes runs of `cnnlab train segment --data DIR`)"
+)
+
 __all__ = ["Predictor", "check_predictions_csv", "load_predictor", "predict_images", "write_predictions_csv"]
 
 
@@ -81,6 +87,9 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
     if _is_saved_run(path):
         spec = spec_path(path)
         meta = saved_meta(spec)
+        if meta.get("task") == "segment":
+            use = SEGMENTATION_USE if "normalisation" in meta else CANVAS_RUN_USE
+            raise CnnlabError(f"{path} is a segmentation run, not a classifier; {use}")
         if "preprocessing" not in meta and meta.get("task", "mnist") == "mnist":  # an MNIST run or ensemble
             from cnnlab.data.mnist import MNIST_CLASSES, mnist_preprocess
 
