@@ -202,6 +202,9 @@ def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path):
     assert first["mask"] != second["mask"] and Path(second["mask"]).name == f"{paths[0].stem}-2_mask.png"
     with Image.open(second["mask"]) as mask, Image.open(paths[1]) as image:
         assert mask.size == image.size
+    with pytest.raises(CnnlabError, match="names a file, but a segmentation run writes three PNGs per image"):
+        predict_masks(segmenter, paths[:1], tmp_path / "predictions.csv")  # it made a folder of that name
+    assert not (tmp_path / "predictions.csv").exists()
 
 
 def test_onnx_export_matches_pytorch_at_unseen_sizes(trained, tmp_path):

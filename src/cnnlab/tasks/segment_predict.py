@@ -109,6 +109,11 @@ def predict_masks(
     from PIL import Image
 
     output = Path(output)
+    if not output.exists() and output.suffix.lower() in (".csv", ".json", ".png", ".jpg", ".jpeg", ".txt"):
+        raise CnnlabError(  # it made a folder named predictions.csv
+            f"--output {output} names a file, but a segmentation run writes three PNGs per image (mask, colour, "
+            "overlay) into a folder: name a folder, e.g. predictions/"
+        )
     output.mkdir(parents=True, exist_ok=True)
     device = str(next(segmenter.model.parameters()).device)
     runner = Trainer.for_inference(
