@@ -28,8 +28,8 @@ def segmentation_demo(
     summary = write_segmentation_demo(directory, variant, count, None if data_dir is None else str(data_dir), seed)
     (low_h, low_w), (high_h, high_w) = summary["sizes"]
     typer.echo(
-        f"wrote {summary['images']} {variant} pairs to {summary['root']} (images/, masks/, classes.json: "
-        f"{summary['classes']} classes; sizes {low_w}x{low_h} to {high_w}x{high_h})"
+        f"wrote {summary['images']} image + mask pairs ({variant}) to {summary['root']} (images/, masks/, "
+        f"classes.json: {summary['classes']} classes; sizes {low_w}x{low_h} to {high_w}x{high_h})"
     )
     typer.echo(f"train: cnnlab train segment --data {summary['root']}")
 
