@@ -313,3 +313,12 @@ def test_pretrained_encoder_models_train_and_keep_the_weights_normalisation(tmp_
     result = predict_masks(segmenter, [root / "images" / "00000.png"], tmp_path / "out")[0]
     with Image.open(result["mask"]) as mask:
         assert mask.size == (32, 32)
+
+
+def test_resume_of_a_run_that_never_started_is_refused_before_its_folder_is_made(tmp_path):
+    root = _folder(tmp_path / "data", count=12)
+    with pytest.raises(CnnlabError, match="--resume: there is no run at .*never-started"):
+        train_segmentation_folder(
+            str(root), output=str(tmp_path / "runs"), name="never-started", resume=True, progress=False
+        )
+    assert not (tmp_path / "runs" / "segment" / "never-started").exists()  # split.csv was written there

@@ -166,6 +166,10 @@ def test_finished_run_is_not_silently_replaced(tiny_run: tuple[Path, dict]) -> N
         ({"unfreeze": 7}, "--unfreeze 7 is outside the backbone"),
         ({"monitor": "val_loss"}, "--monitor must be one of"),
         ({"sampling": "inverse"}, "--sampling must be"),
+        ({"image_size": 0}, "--image-size must be at least 16 px, got 0"),  # 0 ran at the recipe's size
+        ({"min_per_class": -3}, "--min-per-class must be >= 0"),
+        ({"max_per_class": 0}, "--max-per-class must be >= 1"),  # a scikit-learn error about an empty split
+        ({"resume": True, "name": "never-started"}, "--resume: there is no run at .*never-started"),  # trained anew
     ],
 )
 def test_bad_options_are_clear_errors(tmp_path: Path, overrides: dict, message: str) -> None:

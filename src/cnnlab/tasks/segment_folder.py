@@ -231,6 +231,8 @@ def train_segmentation_folder(
         },
     )
     run_dir = config.run_dir
+    if resume and not run_dir.is_dir():  # refused before the folder is made, so no empty run is left behind
+        raise CnnlabError(f"--resume: there is no run at {run_dir} to continue; start it without --resume")
     run_dir.mkdir(parents=True, exist_ok=True)
     split = _split(folder, pairs, run_dir / MANIFEST, val_fraction, test_fraction, split_seed)
     (run_dir / SKIPPED).write_text(json.dumps([vars(s) for s in folder.skipped], indent=1))

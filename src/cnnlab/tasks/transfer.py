@@ -249,6 +249,12 @@ class TransferConfig:
             raise CnnlabError(f"--monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
         if self.unfreeze is not None and self.unfreeze < 0:
             raise CnnlabError(f"--unfreeze must be >= 0, got {self.unfreeze}")
+        if self.image_size is not None and self.image_size < 16:  # 0 fell back to the recipe's size
+            raise CnnlabError(f"--image-size must be at least 16 px, got {self.image_size}")
+        if self.min_per_class < 0:
+            raise CnnlabError(f"--min-per-class must be >= 0 (0: no minimum), got {self.min_per_class}")
+        if self.max_per_class is not None and self.max_per_class < 1:  # 0 was a scikit-learn error about the split
+            raise CnnlabError(f"--max-per-class must be >= 1, got {self.max_per_class}")
         parse_views(self.views or "none")
         return recipe
 
@@ -604,6 +610,8 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     run_dir = config.run_dir
     if (run_dir / "model.json").is_file() and not (config.resume or config.overwrite):
         raise CnnlabError(f"{run_dir} already holds a finished run; pass --overwrite, --resume or another --name")
+    if config.resume and not (run_dir / MANIFEST).is_file():  # it trained a new run under that name
+        raise CnnlabError(f"--resume: there is no run at {run_dir} to continue; start it without --resume")
     images, split, split_source = load_images(config, log)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(run_dir / MANIFEST, images, split)
