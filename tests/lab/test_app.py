@@ -16,6 +16,7 @@ from cnnlab.errors import CnnlabError
 def _invoke(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[object, dict]:
     called: dict = {}
     monkeypatch.setattr(lab_app, "serve", lambda runs, **options: called.update(runs=runs, **options))
+    monkeypatch.setattr(lab_app, "check_address", lambda host, port: None)  # the port may be busy on this machine
     return CliRunner().invoke(app, ["lab", *args]), called
 
 
@@ -46,6 +47,28 @@ def test_a_port_in_use_is_refused_before_the_app_is_built(monkeypatch: pytest.Mo
         port = taken.getsockname()[1]
         with pytest.raises(CnnlabError, match=rf"cannot listen on 127.0.0.1:{port} .*--port {port + 1}"):
             lab_app.serve("runs", port=port)
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("no-such-host.invalid", "not an address or name this machine can resolve"),  # was "another program holds it"
+        ("::1", "cannot serve on an IPv6 address"),  # was an httpx traceback from inside Gradio
+    ],
+)
+def test_a_host_the_lab_cannot_use_says_why(host: str, message: str) -> None:
+    with pytest.raises(CnnlabError, match=message):
+        lab_app.check_address(host, 7860)
+
+
+def test_a_runs_root_that_is_a_file_is_refused_and_a_missing_one_noted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "runs.txt").write_text("not a folder")
+    result, called = _invoke(monkeypatch, "--runs", str(tmp_path / "runs.txt"))
+    assert isinstance(result.exception, CnnlabError) and "is a file" in str(result.exception) and not called
+    result, called = _invoke(monkeypatch, "--runs", str(tmp_path / "not-yet"))
+    assert result.exit_code == 0 and "not-yet does not exist yet" in result.output and called
 
 
 def test_missing_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,9 +23,12 @@ def lab_command(
     ] = None,
     max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", min=1, help="Largest upload accepted, in MB.")] = 10,
 ) -> None:
-    from cnnlab.lab.app import serve
+    from cnnlab.lab.app import check_address, check_runs_root, serve
 
     address = host or "127.0.0.1"
+    check_address(address, port)  # before the address is announced
+    if not check_runs_root(runs):
+        typer.echo(f"note: {runs} does not exist yet: the pages list no runs until a train command writes there")
     if host is not None:
         typer.echo(
             f"warning: the lab listens on {host}: anyone who can reach this machine on port {port} can use it and see "

@@ -311,9 +311,11 @@ def serve(
         warm: load the default zoo model before serving, so the first photo is answered at once.
 
     Raises:
-        CnnlabError: the port is taken on that address (another lab, say), or cannot be used there.
+        CnnlabError: the port is taken on that address (another lab, say), or cannot be used there; the runs root
+            is a file.
     """
-    _check_port(host, port)  # before the app is built and the model warmed: seconds, for nothing
+    check_address(host, port)  # before the app is built and the model warmed: seconds, for nothing
+    check_runs_root(runs_root)
     max_bytes = max_upload_mb * 2**20
     app = build_app(runs_root, max_bytes, warm)
     app.queue(default_concurrency_limit=1).launch(  # one CPU-bound request at a time
@@ -326,18 +328,58 @@ def serve(
     )
 
 
-def _check_port(host: str, port: int) -> None:
-    """Refuse a port that cannot be listened on, naming the option that changes it (Gradio's own message points at
-    its environment variable and `launch()` arguments, which a command-line user does not have)."""
+def check_address(host: str, port: int) -> None:
+    """Refuse an address the lab cannot listen on, saying why and naming the option that changes it (Gradio's own
+    message points at its environment variable and `launch()` arguments, which a command-line user does not have).
+
+    Raises:
+        CnnlabError: a --host that is not a name or address of this machine, a port another program holds, or a
+            privileged port.
+    """
+    import errno
     import socket
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if ":" in host:  # Gradio builds its own URL as http://HOST:PORT, which an IPv6 literal breaks (an httpx traceback)
+        raise CnnlabError(
+            f"--host {host}: the lab cannot serve on an IPv6 address; use 127.0.0.1 (this machine only), 0.0.0.0 "
+            "(every network) or an IPv4 address or name of this machine"
+        )
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as error:  # it said "another program may hold it" for a host that does not exist
+        raise CnnlabError(
+            f"--host {host}: not an address or name this machine can resolve ({error.strerror or error}); use "
+            "127.0.0.1 (this machine only), 0.0.0.0 (every network) or one of this machine's addresses"
+        ) from None
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as error:
+            reason = error.strerror or str(error)
+            if error.errno == errno.EADDRNOTAVAIL:
+                raise CnnlabError(
+                    f"cannot listen on {host}:{port} ({reason}): {host} is not an address of this machine; use "
+                    "127.0.0.1, 0.0.0.0 or one of its own addresses"
+                ) from None
+            if error.errno == errno.EACCES and port < 1024:
+                raise CnnlabError(
+                    f"cannot listen on {host}:{port} ({reason}): ports below 1024 need administrator rights; pass "
+                    "--port 7860 or another above 1023"
+                ) from None
             raise CnnlabError(
-                f"cannot listen on {host}:{port} ({error.strerror or error}); another program, perhaps another lab, "
+                f"cannot listen on {host}:{port} ({reason}); another program, perhaps another lab, "
                 f"may hold it: pass another --port, such as --port {port + 1 if port < 65535 else 7860}"
             ) from None
+
+
+def check_runs_root(runs_root: str | os.PathLike[str]) -> bool:
+    """Whether the runs root exists (a new user's ``runs`` may not yet: the pages then list no runs).
+
+    Raises:
+        CnnlabError: when it names a file.
+    """
+    path = Path(runs_root)
+    if path.exists() and not path.is_dir():
+        raise CnnlabError(f"--runs {runs_root} is a file; pass the folder the train commands write to (runs)")
+    return path.is_dir()
