@@ -49,6 +49,7 @@ def test_explain_output():
         (["--input", "3x224", "resnet50"], "takes one sample as 3 sizes"),  # was "Invalid channel dimensions"
         (["--input", "1x224x224", "resnet50"], "takes 3-channel input (e.g. 3x224x224)"),
         (["--input", "1x64x64", "lenet5"], "sized for 1x32x32"),  # the dense layers fix the input size
+        (["lenet5", "--depth", "-1"], "--depth -1 must be >= 0"),  # it was taken as "leaves"
         (["--input", "3x32x32", "conv", "8", "k3", "maxpool"], 'one quoted argument, e.g. "conv 8 k3" "maxpool"'),
     ],
 )

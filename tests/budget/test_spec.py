@@ -146,3 +146,11 @@ def test_layers_split_word_by_word_are_refused_with_the_quoted_form():
         "dropout",
         "dense",
     ]
+
+
+def test_a_yaml_syntax_error_says_where(tmp_path):
+    """The message was YAML's first line alone, "while parsing a flow sequence", with no line number."""
+    spec = tmp_path / "net.yaml"
+    spec.write_text("input: 3x32x32\nlayers:\n  - conv 8 k3\n  - [dense 10\n")
+    with pytest.raises(CnnlabError, match=r"net\.yaml': expected ',' or '\]'.* at line 5, column 1"):
+        load_spec_file(spec)

@@ -264,6 +264,8 @@ def budget(
     copies = optimizer_copies(optimizer)
     if batch_size < 1:
         raise CnnlabError(f"batch size {batch_size} must be at least 1")
+    if depth is not None and depth < 0:  # it was taken as "leaves"
+        raise CnnlabError(f"--depth {depth} must be >= 0 (0: the whole model in one row; default: leaf modules)")
     if spec_layers is not None and depth is None:
         depth = 1
     try:

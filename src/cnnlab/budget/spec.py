@@ -272,7 +272,11 @@ def load_spec_file(path: str | Path) -> tuple[tuple[int, ...] | None, list[Layer
 
             data = yaml.safe_load(text)
     except Exception as error:  # noqa: BLE001 - any parse failure is a user error here
-        raise CnnlabError(f"cannot parse spec file {str(path)!r}: {str(error).splitlines()[0]}") from None
+        reason = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+        mark = getattr(error, "problem_mark", None)  # YAML's: its first line ("while parsing a flow sequence") alone
+        if mark is not None:  # did not say where
+            reason = f"{getattr(error, 'problem', None) or reason} at line {mark.line + 1}, column {mark.column + 1}"
+        raise CnnlabError(f"cannot parse spec file {str(path)!r}: {reason}") from None
     input_shape = None
     if isinstance(data, dict):
         if "input" in data:
