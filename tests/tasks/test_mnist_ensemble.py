@@ -100,6 +100,8 @@ def test_bad_inputs_are_clear_errors(runs: tuple[Path, Path, Path], tmp_path: Pa
         member_dirs([mnist / "single"])
     with pytest.raises(CnnlabError, match="holds no model.json or ensemble.json"):
         member_dirs([tmp_path])
+    with pytest.raises(CnnlabError, match="no-such-run does not exist; pass the run directories"):
+        member_dirs([tmp_path / "no-such-run"])  # was "holds no model.json", as if it were a folder
     with pytest.raises(CnnlabError, match="unknown selection 'best'"):
         combine_mnist_ensemble([mnist / "pair"], "x", select="best", output=output, data_dir=str(root))
     with pytest.raises(CnnlabError, match="exists; choose another --name or pass --overwrite"):

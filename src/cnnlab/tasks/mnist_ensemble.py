@@ -41,6 +41,9 @@ def member_dirs(runs: list[str | Path]) -> list[Path]:
             candidates = [run / member for member in spec["members"]]
         elif (run / MODEL_SPEC).is_file():
             candidates = [run]
+        elif not run.is_dir():
+            what = "does not exist" if not run.exists() else "is a file"
+            raise CnnlabError(f"{run} {what}; pass the run directories of finished MNIST runs")
         else:
             raise CnnlabError(f"{run} holds no {MODEL_SPEC} or {ENSEMBLE_SPEC}; pass finished MNIST runs")
         for candidate in candidates:
