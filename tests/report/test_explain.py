@@ -157,3 +157,15 @@ def test_explain_pretrained_imagenet_model(tmp_path):
     assert 0 <= result.class_index < 1000 and 0.0 < result.probability <= 1.0
     assert set(result.files) == {"filters", "feature_maps", "gradcam"}
     assert result.top[0][0] == result.label
+
+
+def test_the_class_to_explain_may_be_named():
+    """`--class` took an index only: a user of a photo run had to look up where "dog" sat in the class list."""
+    from cnnlab.tasks.explain import class_of
+
+    classes = ["cat", "Dog", "3", "bird"]
+    assert class_of(classes, "dog") == 1 and class_of(classes, " DOG ") == 1
+    assert class_of(classes, "3") == 2 and class_of(classes, "1") == 1  # a name first, then an index
+    assert class_of(classes, 0) == 0 and class_of(classes, None) is None
+    with pytest.raises(CnnlabError, match="'banana' is neither a class name nor an index; .* 'cat', 'Dog'"):
+        class_of(classes, "banana")

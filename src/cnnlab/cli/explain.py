@@ -17,7 +17,9 @@ def explain(
     output: Path = typer.Option(Path("runs/explain"), "--output", "-o", help="Directory for the PNGs."),
     layer: list[str] = typer.Option([], "--layer", "-l", help="Module whose feature maps to show (repeatable)."),
     cam_layer: str | None = typer.Option(None, "--cam-layer", help="Module for Grad-CAM (default: deepest map)."),
-    class_index: int | None = typer.Option(None, "--class", help="Class index to explain (default: predicted)."),
+    class_index: str | None = typer.Option(
+        None, "--class", help="Class to explain, by name or index (default: the predicted one)."
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
 ) -> None:
     """Write filters.png, feature_maps.png and gradcam.png for IMAGE and print the top classes."""

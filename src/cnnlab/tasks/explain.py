@@ -81,6 +81,25 @@ def load_subject(source: str, device: str | torch.device = "cpu") -> Subject:
     )
 
 
+def class_of(classes: Sequence[str], wanted: int | str | None) -> int | None:
+    """The index of the class `wanted` names: a class name (any case) first, so a run whose classes are named by
+    numbers means its names, else an index.
+
+    Raises:
+        CnnlabError: neither a class name nor an index of `classes`, listing some of them.
+    """
+    if wanted is None or isinstance(wanted, int):
+        return wanted
+    folded = [name.casefold() for name in classes]
+    if wanted.strip().casefold() in folded:
+        return folded.index(wanted.strip().casefold())
+    if wanted.strip().lstrip("-").isdigit():
+        return int(wanted)
+    shown = ", ".join(repr(name) for name in classes[:10])
+    shown += f" and {len(classes) - 10} more" if len(classes) > 10 else ""
+    raise CnnlabError(f"--class {wanted!r} is neither a class name nor an index; the model's classes are {shown}")
+
+
 @dataclass
 class Explanation:
     """What `explain_image` wrote and found."""
@@ -100,7 +119,7 @@ def explain_image(
     output_dir: str | os.PathLike[str],
     layers: Sequence[str] = (),
     cam_layer: str | None = None,
-    class_index: int | None = None,
+    class_index: int | str | None = None,
     device: str = "cpu",
 ) -> Explanation:
     """Write ``filters.png``, ``feature_maps.png`` and ``gradcam.png`` for `image_path` into `output_dir`.
@@ -111,7 +130,7 @@ def explain_image(
         output_dir: created if missing.
         layers: modules whose feature maps to show (default: three spread from shallow to deep).
         cam_layer: module for Grad-CAM (default: the deepest spatial map).
-        class_index: class to explain (default: the predicted one).
+        class_index: class to explain, by index or by name (see `class_of`; default: the predicted one).
         device: where to run.
     """
     from cnnlab.data.folder import check_image, load_image
@@ -129,7 +148,7 @@ def explain_image(
     chosen = list(layers) or default_feature_layers(subject.model, tensor)
     maps = feature_maps(subject.model, tensor, chosen)
     files["feature_maps"] = plot_feature_maps(maps, output_dir / "feature_maps.png")
-    cam = grad_cam(subject.model, tensor, layer=cam_layer, class_index=class_index)
+    cam = grad_cam(subject.model, tensor, layer=cam_layer, class_index=class_of(subject.classes, class_index))
     label = subject.classes[cam.class_index] if cam.class_index < len(subject.classes) else str(cam.class_index)
     files["gradcam"] = plot_grad_cam(subject.to_display(tensor), cam, label, output_dir / "gradcam.png")
     with torch.inference_mode():
