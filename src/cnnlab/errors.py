@@ -1,5 +1,17 @@
 """The one exception type a user sees: the CLI prints its message on one line and exits with code 2."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 
 class CnnlabError(ValueError):
     """An error in the user's input (a spec, a path, a dataset, an option), with a message saying what to do."""
+
+
+def listed(items: Sequence[str], limit: int) -> str:
+    """``items`` joined by commas for a one-line message, cut after ``limit`` with the number left out
+    ("a, b, c and 5 more")."""
+    if len(items) <= limit:
+        return ", ".join(items)
+    return f"{', '.join(items[:limit])} and {len(items) - limit} more"

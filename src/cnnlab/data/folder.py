@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, listed
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -88,14 +88,14 @@ class LabelledImages:
             skipped = f" ({len(self.skipped)} bad files were skipped)" if self.skipped else ""
             if not any(counts.values()):  # most likely not an image folder at all: say so, not 70 times "has 0"
                 raise CnnlabError(
-                    f"{self.source}: none of its {len(counts)} classes ({_first(list(counts), 8)}) has a usable "
+                    f"{self.source}: none of its {len(counts)} classes ({listed(list(counts), 8)}) has a usable "
                     f"image{skipped}; a class is a sub-folder of images ({', '.join(IMAGE_EXTENSIONS)}) or a label "
                     "in the CSV"
                 )
-            listed = ", ".join(f"{name} has {count}" for name, count in list(short.items())[:8])
+            shown = ", ".join(f"{name} has {count}" for name, count in list(short.items())[:8])
             more = f", and {len(short) - 8} more classes are short too" if len(short) > 8 else ""
             raise CnnlabError(
-                f"{self.source}: {listed} usable images{skipped}{more}; at least {min_per_class} per class are needed "
+                f"{self.source}: {shown} usable images{skipped}{more}; at least {min_per_class} per class are needed "
                 "(collect more images or lower --min-per-class)"
             )
 
@@ -234,13 +234,6 @@ def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: b
     if min_per_class > 0:
         images.check_min_per_class(min_per_class)
     return images
-
-
-def _first(items: Sequence[str], limit: int) -> str:
-    """``items`` joined by commas, cut after ``limit`` with the number left out ("a, b, c and 5 more")."""
-    if len(items) <= limit:
-        return ", ".join(items)
-    return f"{', '.join(items[:limit])} and {len(items) - limit} more"
 
 
 def image_files(folder: str | os.PathLike[str]) -> list[str]:

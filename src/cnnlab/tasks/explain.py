@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, listed
 from cnnlab.report.explain import (
     default_feature_layers,
     feature_maps,
@@ -95,8 +95,7 @@ def class_of(classes: Sequence[str], wanted: int | str | None) -> int | None:
         return folded.index(wanted.strip().casefold())
     if wanted.strip().lstrip("-").isdigit():
         return int(wanted)
-    shown = ", ".join(repr(name) for name in classes[:10])
-    shown += f" and {len(classes) - 10} more" if len(classes) > 10 else ""
+    shown = listed([repr(name) for name in classes], 10)
     raise CnnlabError(f"--class {wanted!r} is neither a class name nor an index; the model's classes are {shown}")
 
 
