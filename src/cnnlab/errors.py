@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 
@@ -15,3 +16,8 @@ def listed(items: Sequence[str], limit: int) -> str:
     if len(items) <= limit:
         return ", ".join(items)
     return f"{', '.join(items[:limit])} and {len(items) - limit} more"
+
+
+def why_not_a_folder(path: str | os.PathLike[str]) -> str:
+    """Why a path given as a folder is not one, for a message: "does not exist" or "is a file"."""
+    return "is a file" if os.path.exists(path) else "does not exist"

@@ -31,7 +31,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from cnnlab.data.folder import SkippedFile, check_image, file_digest
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, why_not_a_folder
 
 __all__ = [
     "CLASS_NAMES",
@@ -287,8 +287,9 @@ class SegmentationFolder(Dataset):
         self.skipped: list[SkippedFile] = []
         image_dir, mask_dir = self.root / "images", self.root / "masks"
         if not self.root.is_dir():
-            what = "is a file" if self.root.exists() else "does not exist"
-            raise CnnlabError(f"{self.root} {what}; pass a folder with images/ and masks/ subfolders")
+            raise CnnlabError(
+                f"{self.root} {why_not_a_folder(self.root)}; pass a folder with images/ and masks/ subfolders"
+            )
         if not image_dir.is_dir() or not mask_dir.is_dir():
             raise CnnlabError(f"{self.root} needs images/ and masks/ subfolders (same file stems, PNG masks)")
         extensions = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}

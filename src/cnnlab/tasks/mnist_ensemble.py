@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.data.mnist import load_mnist
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, why_not_a_folder
 from cnnlab.tasks.mnist import TASK, check_mnist_run, predict_logits, to_float
 from cnnlab.train.config import check_run_name
 from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC, load_model, save_ensemble
@@ -42,8 +42,7 @@ def member_dirs(runs: list[str | Path]) -> list[Path]:
         elif (run / MODEL_SPEC).is_file():
             candidates = [run]
         elif not run.is_dir():
-            what = "does not exist" if not run.exists() else "is a file"
-            raise CnnlabError(f"{run} {what}; pass the run directories of finished MNIST runs")
+            raise CnnlabError(f"{run} {why_not_a_folder(run)}; pass the run directories of finished MNIST runs")
         else:
             raise CnnlabError(f"{run} holds no {MODEL_SPEC} or {ENSEMBLE_SPEC}; pass finished MNIST runs")
         for candidate in candidates:
