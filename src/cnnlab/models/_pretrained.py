@@ -92,6 +92,14 @@ class PretrainedCfg:
         """Whether the weights ship in a Python package rather than a download."""
         return self.source.startswith("package:")
 
+    @staticmethod
+    def check_input(image_size: int | None, crop_pct: float | None) -> None:
+        """Refuse a crop fraction outside (0, 1] or a size under 16 px (None: not given), naming the option."""
+        if crop_pct is not None and not 0.0 < crop_pct <= 1.0:
+            raise CnnlabError(f"--crop-pct must be in (0, 1], got {crop_pct}")
+        if image_size is not None and image_size < 16:
+            raise CnnlabError(f"--image-size must be at least 16 px, got {image_size}")
+
     def with_input(self, image_size: int | None = None, crop_pct: float | None = None) -> PretrainedCfg:
         """The same record at another square input size and/or centre-crop fraction (the resize becomes
         ``size / crop_pct``); unchanged when both are None.
@@ -101,10 +109,7 @@ class PretrainedCfg:
         """
         if image_size is None and crop_pct is None:
             return self
-        if crop_pct is not None and not 0.0 < crop_pct <= 1.0:
-            raise CnnlabError(f"--crop-pct must be in (0, 1], got {crop_pct}")
-        if image_size is not None and image_size < 16:
-            raise CnnlabError(f"--image-size must be at least 16 px, got {image_size}")
+        self.check_input(image_size, crop_pct)
         size = self.input_size[1] if image_size is None else image_size
         pct = self.crop_pct if crop_pct is None else crop_pct
         return dataclasses.replace(self, input_size=(3, size, size), resize_size=round(size / pct), crop_pct=pct)

@@ -117,7 +117,7 @@ class TransferRecipe(Recipe):
     def input_side(self, arch: str, requested: int | None) -> int | None:
         """The input side a run of this recipe uses: `requested` if given, else the recipe's own (chosen for its
         backbone, so None for any other ``arch``: that model's weights keep their size)."""
-        return requested or (self.image_size if arch == self.arch else None)
+        return requested if requested is not None else (self.image_size if arch == self.arch else None)
 
 
 _OPTIMISER = dict(optimizer="adamw", weight_decay=0.01, label_smoothing=0.1, channels_last=True)
@@ -239,8 +239,7 @@ class TransferConfig:
     def validate(self) -> TransferRecipe:
         """The recipe this config runs; `CnnlabError` for any option value no run can use, naming the option."""
         recipe = RECIPES.get(self.recipe)
-        if self.crop_pct is not None and not 0.0 < self.crop_pct <= 1.0:
-            raise CnnlabError(f"--crop-pct must be in (0, 1], got {self.crop_pct}")
+        PretrainedCfg.check_input(self.image_size, self.crop_pct)  # before the split, not when the model is built
         if self.class_weight not in (None, "balanced"):
             raise CnnlabError(f"--class-weight must be 'balanced' or 'none', got {self.class_weight!r}")
         if self.sampling not in (None, "balanced"):
@@ -249,8 +248,6 @@ class TransferConfig:
             raise CnnlabError(f"--monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
         if self.unfreeze is not None and self.unfreeze < 0:
             raise CnnlabError(f"--unfreeze must be >= 0, got {self.unfreeze}")
-        if self.image_size is not None and self.image_size < 16:  # 0 fell back to the recipe's size
-            raise CnnlabError(f"--image-size must be at least 16 px, got {self.image_size}")
         if self.min_per_class < 0:
             raise CnnlabError(f"--min-per-class must be >= 0 (0: no minimum), got {self.min_per_class}")
         if self.max_per_class is not None and self.max_per_class < 1:  # 0 was a scikit-learn error about the split
