@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from cnnlab.errors import CnnlabError
@@ -95,6 +96,13 @@ class RecipeBook(Generic[R]):
 def run_name(recipe: str) -> str:
     """The default run name of every task: ``<recipe>-<YYYYmmdd-HHMMSS>`` (unique per start, sorts by time)."""
     return f"{recipe}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_resume(run_dir: Path, manifest: str) -> None:
+    """Refuse ``--resume`` of a run that never started (no split ``manifest`` in ``run_dir``), before anything is
+    written: a task would otherwise start a new run under that name, or leave a folder behind."""
+    if not (run_dir / manifest).is_file():
+        raise CnnlabError(f"--resume: there is no run at {run_dir} to continue; start it without --resume")
 
 
 def json_ready(value: Any) -> Any:

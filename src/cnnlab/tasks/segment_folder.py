@@ -41,7 +41,7 @@ from cnnlab.data.split import read_manifest, stratified_split, write_manifest
 from cnnlab.errors import CnnlabError
 from cnnlab.report.metrics import confusion_matrix
 from cnnlab.report.segmentation import BoundaryF1, MeanIoU, PixelAccuracy, save_overlays, segmentation_report
-from cnnlab.tasks.recipes import Recipe, RecipeBook, run_name
+from cnnlab.tasks.recipes import Recipe, RecipeBook, check_resume, run_name
 from cnnlab.tasks.segmentation import TASK
 from cnnlab.tasks.transfer import class_weights
 from cnnlab.train import LoaderBatches, TrainConfig, Trainer
@@ -231,8 +231,8 @@ def train_segmentation_folder(
         },
     )
     run_dir = config.run_dir
-    if resume and not run_dir.is_dir():  # refused before the folder is made, so no empty run is left behind
-        raise CnnlabError(f"--resume: there is no run at {run_dir} to continue; start it without --resume")
+    if resume:
+        check_resume(run_dir, MANIFEST)
     run_dir.mkdir(parents=True, exist_ok=True)
     split = _split(folder, pairs, run_dir / MANIFEST, val_fraction, test_fraction, split_seed)
     (run_dir / SKIPPED).write_text(json.dumps([vars(s) for s in folder.skipped], indent=1))

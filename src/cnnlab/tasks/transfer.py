@@ -56,7 +56,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.layers.views import ViewAverage, parse_views
 from cnnlab.models import PretrainedCfg, create_model, split_classifier, trainable_blocks
 from cnnlab.tasks.feature_cache import CachedPart, FeatureCache, images_digest
-from cnnlab.tasks.recipes import Recipe, RecipeBook, run_name
+from cnnlab.tasks.recipes import Recipe, RecipeBook, check_resume, run_name
 from cnnlab.train import (
     BestWeights,
     FreezeBatchNorm,
@@ -607,8 +607,8 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     run_dir = config.run_dir
     if (run_dir / "model.json").is_file() and not (config.resume or config.overwrite):
         raise CnnlabError(f"{run_dir} already holds a finished run; pass --overwrite, --resume or another --name")
-    if config.resume and not (run_dir / MANIFEST).is_file():  # it trained a new run under that name
-        raise CnnlabError(f"--resume: there is no run at {run_dir} to continue; start it without --resume")
+    if config.resume:
+        check_resume(run_dir, MANIFEST)
     images, split, split_source = load_images(config, log)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(run_dir / MANIFEST, images, split)
