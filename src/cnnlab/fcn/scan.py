@@ -251,7 +251,7 @@ def load_converted_or_run(path: str | os.PathLike[str], pool: str = "window") ->
     Returns:
         (model, source architecture record).
     """
-    from cnnlab.train.saved import MODEL_SPEC, load_model, saved_meta
+    from cnnlab.train.saved import MODEL_SPEC, load_model, read_record, saved_meta
 
     path = Path(path)
     if (path / FCN_SPEC).is_file() or path.name == FCN_SPEC:
@@ -267,7 +267,7 @@ def load_converted_or_run(path: str | os.PathLike[str], pool: str = "window") ->
     classifier = load_model(path)
     if not spec_path.is_file():
         raise CnnlabError(f"{path} is not a single saved model (an ensemble?); convert one member's directory")
-    source = json.loads(spec_path.read_text())
+    source = read_record(spec_path)
     return to_fully_convolutional(classifier, pool=pool), {"arch": source["arch"], "kwargs": source.get("kwargs", {})}
 
 

@@ -8,7 +8,6 @@ overlay and colour mask ``cnnlab predict IMAGE --model RUN`` writes, and each cl
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -79,9 +78,11 @@ def segment_view(run_folder: str | os.PathLike[str], image_path: str | os.PathLi
 
 
 def _class_names(run_folder: Path, count: int) -> list[str] | None:
+    from cnnlab.train.saved import saved_meta
+
     try:
-        meta = json.loads((run_folder / "model.json").read_text()).get("meta", {})
-    except (OSError, ValueError):
+        meta = saved_meta(run_folder)
+    except (OSError, CnnlabError):
         meta = {}
     classes = meta.get("classes")
     if isinstance(classes, list) and len(classes) == count:

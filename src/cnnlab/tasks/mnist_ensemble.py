@@ -25,7 +25,7 @@ from cnnlab.data.mnist import load_mnist
 from cnnlab.errors import CnnlabError, why_not_a_folder
 from cnnlab.tasks.mnist import TASK, check_mnist_run, predict_logits, to_float
 from cnnlab.train.config import check_run_name
-from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC, load_model, save_ensemble
+from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC, ensemble_members, load_model, save_ensemble
 
 __all__ = ["combine_mnist_ensemble", "greedy_selection", "member_dirs"]
 
@@ -37,8 +37,7 @@ def member_dirs(runs: list[str | Path]) -> list[Path]:
     found: list[Path] = []
     for run in map(Path, runs):
         if (run / ENSEMBLE_SPEC).is_file():
-            spec = json.loads((run / ENSEMBLE_SPEC).read_text())
-            candidates = [run / member for member in spec["members"]]
+            candidates = ensemble_members(run / ENSEMBLE_SPEC)
         elif (run / MODEL_SPEC).is_file():
             candidates = [run]
         elif not run.is_dir():

@@ -8,7 +8,6 @@ read is reported on its own and the other images are still predicted.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,13 +51,11 @@ class Segmenter:
 
 
 def _meta(run: str | os.PathLike[str]) -> dict[str, Any] | None:
-    path = Path(run)
-    spec = path / "model.json" if path.is_dir() else path
-    if not spec.is_file() or spec.suffix != ".json":
-        return None
+    from cnnlab.train.saved import saved_meta
+
     try:
-        return json.loads(spec.read_text()).get("meta", {})
-    except (json.JSONDecodeError, AttributeError):
+        return saved_meta(run)
+    except CnnlabError:  # not a saved model at all: the caller only asks whether it is a segmentation run
         return None
 
 
@@ -79,8 +76,7 @@ def load_segmenter(run: str | os.PathLike[str], device: str | torch.device = "cp
     if not is_segmentation_run(run):
         raise CnnlabError(f"{run} is not a `cnnlab train segment --data` run directory (its model.json is missing)")
     meta = _meta(run) or {}
-    path = Path(run)
-    network = load_model(path / "model.json" if path.is_dir() else path, device=device)
+    network = load_model(run, device=device)
     classes = list(meta["classes"])
     colours = np.array(meta["colours"], dtype=np.uint8) if meta.get("colours") else class_colours(len(classes))
     normalisation = meta["normalisation"]

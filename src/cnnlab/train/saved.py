@@ -73,6 +73,35 @@ def save_ensemble(
     return path
 
 
+def read_record(spec: Path) -> dict[str, Any]:
+    """The JSON object in `spec` (a ``model.json`` or ``ensemble.json``).
+
+    Raises:
+        CnnlabError: when the file cannot be decoded or holds JSON that is not an object (a list, a string ...).
+    """
+    try:
+        record = json.loads(spec.read_text(encoding="utf-8"))
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        raise CnnlabError(f"{spec} is not valid JSON ({error}); is it a cnnlab run?") from None
+    if not isinstance(record, dict):
+        raise CnnlabError(
+            f"{spec} holds a JSON {type(record).__name__}, not a cnnlab model record; is it a cnnlab run?"
+        )
+    return record
+
+
+def ensemble_members(spec: Path) -> list[Path]:
+    """The member directories that the ``ensemble.json`` at `spec` lists (its entries are relative to its folder).
+
+    Raises:
+        CnnlabError: when the file is not an ensemble record, or lists no members.
+    """
+    named = read_record(spec).get("members")
+    if not isinstance(named, list) or not named or not all(isinstance(member, str) for member in named):
+        raise CnnlabError(f"{spec} does not list its members' folders under 'members'; re-save the ensemble")
+    return [spec.parent / member for member in named]
+
+
 def _restore_tuples(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
@@ -82,10 +111,12 @@ def _load_single(spec_path: Path, device: str | torch.device) -> nn.Module:
 
     from cnnlab.models import create_model
 
+    spec = read_record(spec_path)
     try:
-        spec = json.loads(spec_path.read_text())
         arch, kwargs = spec["arch"], _restore_tuples(spec.get("kwargs", {}))
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        if not isinstance(arch, str):
+            raise TypeError(f"'arch' is {arch!r}, not a name")
+    except (KeyError, TypeError, AttributeError) as error:
         raise CnnlabError(f"{spec_path} is not a cnnlab model record ({error}); re-save the model") from None
     weights = spec_path.parent / MODEL_WEIGHTS
     if not weights.is_file():
@@ -127,10 +158,10 @@ def saved_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         CnnlabError: when nothing loadable is at `path`, or its JSON does not parse.
     """
     spec = spec_path(path)
-    try:
-        return dict(json.loads(spec.read_text()).get("meta", {}))
-    except ValueError as error:
-        raise CnnlabError(f"{spec} is not valid JSON ({error}); is it a cnnlab run?") from None
+    meta = read_record(spec).get("meta", {})
+    if not isinstance(meta, dict):
+        raise CnnlabError(f"{spec}: its 'meta' is a JSON {type(meta).__name__}, not an object; re-save the model")
+    return dict(meta)
 
 
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
@@ -149,8 +180,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     device = resolve_device(device)
     path = spec_path(path)
     if path.name == ENSEMBLE_SPEC or path.name.endswith(ENSEMBLE_SPEC):
-        spec = json.loads(path.read_text())
-        members = [_load_single(path.parent / member / MODEL_SPEC, device) for member in spec["members"]]
+        members = [_load_single(member / MODEL_SPEC, device) for member in ensemble_members(path)]
         model: nn.Module = Ensemble(members)
     else:
         model = _load_single(path, device)

@@ -1,0 +1,72 @@
+"""Saved models: a record that is not what a cnnlab run writes is one clear error wherever it is read."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import cnnlab
+from cnnlab.cli import main
+from cnnlab.errors import CnnlabError
+from cnnlab.tasks.mnist_ensemble import member_dirs
+from cnnlab.tasks.segment_predict import is_segmentation_run
+from cnnlab.train.saved import load_model, save_ensemble, save_model, saved_meta
+
+NOT_A_RECORD = "holds a JSON list, not a cnnlab model record; is it a cnnlab run?"
+
+
+def _saved(folder: Path) -> Path:
+    torch.manual_seed(0)
+    save_model(cnnlab.create_model("lenet5"), folder, "lenet5", {}, {"task": "mnist"})
+    return folder
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"lenet5"', "3"])
+def test_a_model_json_that_is_not_an_object_is_a_clear_error(tmp_path: Path, content: str) -> None:
+    (tmp_path / "model.json").write_text(content)
+    with pytest.raises(CnnlabError, match="not a cnnlab model record"):
+        saved_meta(tmp_path)  # was AttributeError: 'list' object has no attribute 'get'
+    with pytest.raises(CnnlabError, match="not a cnnlab model record"):
+        load_model(tmp_path)
+    assert not is_segmentation_run(tmp_path)  # a question, answered without raising
+
+
+def test_a_model_json_that_is_not_text_or_has_a_bad_meta_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "model.json").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(CnnlabError, match="not valid JSON"):
+        load_model(tmp_path)  # was UnicodeDecodeError
+    (tmp_path / "model.json").write_text(json.dumps({"arch": "lenet5", "meta": "mnist"}))
+    with pytest.raises(CnnlabError, match="its 'meta' is a JSON str"):
+        saved_meta(tmp_path)  # was "dictionary update sequence element #0 has length 1"
+    (tmp_path / "model.json").write_text(json.dumps({"arch": ["lenet5"]}))
+    with pytest.raises(CnnlabError, match="'arch' is \\['lenet5'\\], not a name"):
+        load_model(tmp_path)
+
+
+def test_an_ensemble_json_without_members_is_a_clear_error(tmp_path: Path) -> None:
+    _saved(tmp_path / "a")
+    (tmp_path / "e").mkdir()
+    ensemble = save_ensemble(tmp_path / "e", [tmp_path / "a"], {"task": "mnist"})
+    assert isinstance(load_model(ensemble.parent), cnnlab.train.saved.Ensemble)
+    for members in ([], "a", [1]):
+        ensemble.write_text(json.dumps({"members": members}))
+        with pytest.raises(CnnlabError, match="does not list its members' folders"):
+            load_model(ensemble.parent)  # was KeyError / a stack of no tensors / a TypeError
+        with pytest.raises(CnnlabError, match="does not list its members' folders"):
+            member_dirs([ensemble.parent])
+
+
+@pytest.mark.parametrize("command", [["evaluate", "RUN"], ["export", "RUN", "-o", "x.onnx"], ["fcn", "convert", "RUN"]])
+def test_commands_refuse_a_model_json_that_is_not_an_object_in_one_line(
+    tmp_path: Path, command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "model.json").write_text("[1, 2]")
+    monkeypatch.setattr(sys, "argv", ["cnnlab", *(str(tmp_path) if word == "RUN" else word for word in command)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'model.json'} {NOT_A_RECORD}\n"
