@@ -72,3 +72,22 @@ def test_uploads_are_size_limited_and_checked(chelsea: Path, tmp_path: Path) -> 
     garbage.write_bytes(b"this is not a JPEG" * 50)
     with pytest.raises(CnnlabError, match="not an image PIL can read"):
         open_upload(garbage, max_bytes=10 * 2**20)
+
+
+def test_an_mnist_ensemble_run_is_offered_and_classifies_a_drawing(tmp_path: Path) -> None:
+    from cnnlab.lab.runs import saved_runs
+    from cnnlab.train.config import TrainConfig, save_config
+    from cnnlab.train.saved import save_ensemble
+
+    run = tmp_path / "mnist" / "trio"
+    for seed in range(2):
+        torch.manual_seed(seed)
+        save_model(create_model("mnist_net_small"), run / f"seed{seed}", "mnist_net_small", {}, meta={"task": "mnist"})
+    save_ensemble(run, [run / "seed0", run / "seed1"], meta={"task": "mnist"})
+    save_config(TrainConfig(task="mnist", name="trio"), run / "config.yaml")
+    assert saved_runs(tmp_path, ("mnist", "transfer")) == ["mnist/trio"]  # the Classify page's list
+    assert saved_runs(tmp_path, ("mnist",), ensembles=False) == []  # the Scan page converts single networks only
+    drawing = np.zeros((200, 200, 4), dtype=np.uint8)
+    drawing[40:160, 95:105] = (0, 0, 0, 255)
+    view = classify(load_subject(str(run)), drawing_to_image(drawing))
+    assert len(view.top) == 5 and view.gradcam.shape == (28, 28, 3)

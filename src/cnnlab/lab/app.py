@@ -61,28 +61,22 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
     from cnnlab.lab.answers_page import answer_sheet
     from cnnlab.lab.budget_page import EXERCISE_SPEC, budget_view, memory_chart
     from cnnlab.lab.classify import classify, drawing_to_image, open_upload, pretrained_models
-    from cnnlab.lab.runs import compare_curves, find_runs, resolve_run, run_details, summarise
+    from cnnlab.lab.runs import compare_curves, find_runs, resolve_run, run_details, saved_runs, summarise
     from cnnlab.lab.scan_page import scan_view, segment_view
     from cnnlab.tasks.explain import load_subject
     from cnnlab.tasks.segment_predict import is_segmentation_run
 
     runs_root = Path(runs_root)
 
-    def runs_of(tasks: tuple[str, ...] | None = None, model: bool = False) -> list[str]:
-        return [
-            run_id
-            for run_id, folder in find_runs(runs_root).items()
-            if (tasks is None or folder.parent.name in tasks) and (not model or (folder / "model.json").is_file())
-        ]
-
     def scan_choices() -> list[str]:
         segmentation = [run_id for run_id, folder in find_runs(runs_root).items() if is_segmentation_run(folder)]
-        return runs_of(_SCAN_TASKS, model=True) + segmentation
+        # an ensemble has no single network to convert to a fully convolutional one
+        return saved_runs(runs_root, _SCAN_TASKS, ensembles=False) + segmentation
 
     zoo = pretrained_models()
 
     def model_choices() -> list[str]:
-        return zoo + runs_of(_CLASSIFY_TASKS, model=True)
+        return zoo + saved_runs(runs_root, _CLASSIFY_TASKS)
 
     @functools.lru_cache(maxsize=4)
     def subject(choice: str) -> Any:

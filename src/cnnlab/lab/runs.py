@@ -16,7 +16,16 @@ from typing import Any
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["RunDetails", "RunSummary", "compare_curves", "find_runs", "resolve_run", "run_details", "summarise"]
+__all__ = [
+    "RunDetails",
+    "RunSummary",
+    "compare_curves",
+    "find_runs",
+    "resolve_run",
+    "run_details",
+    "saved_runs",
+    "summarise",
+]
 
 _MISTAKE_FIGURES = ("misclassified.png", "highest_loss.png", "test_overlays.png")
 
@@ -51,6 +60,20 @@ def find_runs(root: str | os.PathLike[str]) -> dict[str, Path]:
     folders = [path.parent for path in root.glob("*/*/config.yaml") if path.parent.is_dir()]
     folders.sort(key=lambda folder: (folder / "config.yaml").stat().st_mtime, reverse=True)
     return {f"{folder.parent.name}/{folder.name}": folder for folder in folders}
+
+
+def saved_runs(root: str | os.PathLike[str], tasks: tuple[str, ...], ensembles: bool = True) -> list[str]:
+    """The ids of the listed runs of `tasks` that saved a model to load, newest first: a single network
+    (``model.json``) or, with `ensembles`, an ensemble of them (``ensemble.json``, as `cnnlab train mnist
+    --ensemble` writes)."""
+    from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC
+
+    specs = (MODEL_SPEC, ENSEMBLE_SPEC) if ensembles else (MODEL_SPEC,)
+    return [
+        run_id
+        for run_id, folder in find_runs(root).items()
+        if folder.parent.name in tasks and any((folder / spec).is_file() for spec in specs)
+    ]
 
 
 def resolve_run(root: str | os.PathLike[str], run_id: str) -> Path:
