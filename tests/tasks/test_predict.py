@@ -84,6 +84,27 @@ def test_predict_cli_takes_folders(lite0: object, sample_photos: dict[str, Path]
     assert only_empty.exit_code == 2 and "a folder with no image files" in only_empty.output
 
 
+def test_nothing_to_predict_is_said_per_path_before_any_model_is_loaded(
+    sample_photos: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cnnlab.tasks.predict
+    from cnnlab.cli import app
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded (a zoo model's weights downloaded) with no image to predict")
+
+    monkeypatch.setattr(cnnlab.tasks.predict, "load_predictor", no_download)
+    (tmp_path / "empty").mkdir()
+    arguments = [str(tmp_path / "nope.jpg"), str(sample_photos["broken"]), str(tmp_path / "empty")]
+    result = CliRunner().invoke(app, ["predict", "--model", "resnet50", "--json", *arguments])
+    assert result.exit_code == 2, result.output
+    errors = [p["error"] for p in json.loads(result.stdout)["predictions"]]
+    assert errors[0] == "no such file" and errors[1].startswith("corrupt or truncated")
+    assert errors[2].startswith("a folder with no image files")
+    plain = CliRunner().invoke(app, ["predict", "--model", "resnet50", *arguments])
+    assert plain.exit_code == 2 and f"{tmp_path / 'nope.jpg'}: error: no such file" in plain.stderr
+
+
 def test_unknown_model_is_a_clear_error() -> None:
     with pytest.raises(CnnlabError, match="neither a run directory nor a zoo model"):
         load_predictor("no_such_model_or_dir")

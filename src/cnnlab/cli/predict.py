@@ -35,9 +35,12 @@ def predict(
 ) -> None:
     """Classify images, or segment them with a segmentation run; a missing or unreadable image is reported and the
     others are still predicted."""
+    from cnnlab.data.folder import check_image
     from cnnlab.tasks.segment_predict import is_segmentation_run
 
     paths, empty = _image_paths(images)
+    if not any(check_image(path) is None for path in paths):  # stops at the first usable image
+        _nothing_to_predict(paths, empty, model, as_json)
     if is_segmentation_run(model):
         _segment(paths, empty, model, output or Path("predictions"), as_json, device)
         return
@@ -62,6 +65,19 @@ def predict(
         typer.echo(f"predictions of {len(results)} images: {written}", err=True)
     if all("error" in result for result in results):
         raise typer.Exit(2)
+
+
+def _nothing_to_predict(paths: list[str], empty: list[tuple[int, dict[str, str]]], model: str, as_json: bool) -> None:
+    """Why each path cannot be predicted, said without loading the model (a zoo model would be downloaded first)."""
+    from cnnlab.data.folder import check_image
+
+    results = _in_order([{"image": path, "error": check_image(path) or ""} for path in paths], empty)
+    if as_json:
+        typer.echo(json.dumps({"model": model, "predictions": results}, indent=1))
+    else:
+        for result in results:
+            typer.echo(f"{result['image']}: error: {result['error']}", err=True)
+    raise typer.Exit(2)
 
 
 def _image_paths(arguments: list[Path]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:

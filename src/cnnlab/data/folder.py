@@ -154,6 +154,10 @@ def _read_checked(path: str | os.PathLike[str]) -> tuple[bytes, str | None]:
     """The file's bytes (read once) and why they cannot be used as an image, or None when they decode fully."""
     try:
         data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return b"", "no such file"
+    except IsADirectoryError:
+        return b"", "a folder, not an image file"
     except OSError as error:
         return b"", f"unreadable ({error.strerror or error})"
     if not data:

@@ -134,7 +134,7 @@ def explain_image(
     """
     from cnnlab.data.folder import check_image, load_image
 
-    reason = "no such file" if not Path(image_path).exists() else check_image(image_path)
+    reason = check_image(image_path)
     if reason is not None:
         raise CnnlabError(f"{image_path}: {reason}; pass a readable image file (PNG, JPEG, ...)")
     subject = load_subject(source, device)

@@ -145,7 +145,7 @@ def predict_images(
     results: list[dict[str, Any]] = []
     good: list[tuple[int, torch.Tensor]] = []
     for path in paths:
-        reason = "no such file" if not Path(path).exists() else check_image(path)
+        reason = check_image(path)
         if reason is None:
             try:
                 good.append((len(results), transform(load_image(path))))

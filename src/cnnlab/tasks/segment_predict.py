@@ -118,7 +118,7 @@ def predict_masks(
     results: list[dict[str, Any]] = []
     used: dict[str, int] = {}
     for path in paths:
-        reason = "no such file" if not Path(path).is_file() else check_image(path)
+        reason = check_image(path)
         if reason is not None:
             results.append({"image": str(path), "error": reason})
             continue
