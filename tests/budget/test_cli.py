@@ -49,6 +49,10 @@ def test_explain_output():
         (["--input", "3x224", "resnet50"], "takes one sample as 3 sizes"),  # was "Invalid channel dimensions"
         (["--input", "1x224x224", "resnet50"], "takes 3-channel input (e.g. 3x224x224)"),
         (["--input", "1x64x64", "lenet5"], "sized for 1x32x32"),  # the dense layers fix the input size
+        # the smallest inputs torchvision documents for these architectures: 75x75 and 63x63
+        (["--input", "3x74x300", "inception_v3"], "the smallest square input it takes is 3x75x75"),
+        (["--input", "3x32x32", "alexnet"], "the smallest square input it takes is 3x63x63"),
+        (["--input", "1x28x28", "lenet5"], "the smallest square input it takes is 1x32x32"),
         (["lenet5", "--depth", "-1"], "--depth -1 must be >= 0"),  # it was taken as "leaves"
         (["--input", "3x32x32", "conv", "8", "k3", "maxpool"], 'one quoted argument, e.g. "conv 8 k3" "maxpool"'),
     ],

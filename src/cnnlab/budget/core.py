@@ -235,6 +235,46 @@ def _build_views(
     return inference, training, realistic
 
 
+# What torch says when a map has shrunk below a kernel: convolution, max and average pooling.
+_TOO_SMALL = ("Kernel size can't be greater than actual input size", "Output size is too small")
+
+
+def _smallest_side(module: nn.Module, shape: tuple[int, ...], largest: int = 4096) -> int | None:
+    """The smallest side S for which `module` (on the meta device, so nothing is computed) runs on C x S x S, above
+    `shape`'s sides; None for a module with real weights, or when no side up to `largest` runs.
+
+    For convolution and pooling layers the output size grows with the input's, so the sides that run are all those
+    from S up (a network with fixed dense layers runs at one size only, which the search finds as well).
+    """
+    if any(parameter.device.type != "meta" for parameter in module.parameters()):
+        return None
+
+    def runs(side: int) -> bool:
+        try:
+            with torch.no_grad():
+                module(torch.empty(1, shape[0], side, side, device="meta"))
+        except (RuntimeError, ValueError, TypeError):
+            return False
+        return True
+
+    training = module.training
+    module.eval()  # a batch norm in training mode refuses a 1x1 map of one sample, which is not the question here
+    try:
+        low = min(shape[1:])  # the square of the smaller side does not run either
+        default = getattr(module, "default_input_size", None)  # where a fixed dense layer allows one size only
+        high = default[-1] if default and default[-1] > low and runs(default[-1]) else low + 1
+        while not runs(high):
+            low, high = high, high * 2
+            if high > largest:
+                return None
+        while high - low > 1:  # low does not run, high does
+            middle = (low + high) // 2
+            low, high = (low, middle) if runs(middle) else (middle, high)
+        return high
+    finally:
+        module.train(training)
+
+
 def budget(
     model: nn.Module | str | list[str] | Path,
     input_shape: tuple[int, ...] | None = None,
@@ -286,6 +326,8 @@ def budget(
                 f"; its dense layers take a fixed number of inputs, sized for {'x'.join(map(str, default))}: use that "
                 "--input, or scan larger images with a fully convolutional copy of a trained run (`cnnlab fcn convert`)"
             )
+        if any(words in first_line for words in _TOO_SMALL) and (side := _smallest_side(module, shape)) is not None:
+            hint = f"; the smallest square input it takes is {shape[0]}x{side}x{side}"
         raise CnnlabError(f"{name} does not run on input {'x'.join(map(str, shape))}: {first_line}{hint}") from None
     params = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
