@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from cnnlab.cli import app
 from cnnlab.errors import CnnlabError
 from cnnlab.fcn import to_fully_convolutional
-from cnnlab.fcn.scan import load_fully_convolutional, save_fully_convolutional, save_heatmap, scan
+from cnnlab.fcn.scan import load_fully_convolutional, refine_factor, save_fully_convolutional, save_heatmap, scan
 from cnnlab.models import create_model
 from cnnlab.train.saved import save_model
 
@@ -31,6 +31,33 @@ def test_shift_and_stitch_interleaves_the_shifted_scans():
     # the unshifted scan is every 4th location of the refined one
     assert torch.allclose(fine.probabilities[:, ::4, ::4][:, : rows - 1, : cols - 1], coarse.probabilities[:, :-1, :-1])
     assert torch.allclose(fine.probabilities.sum(0), torch.ones(fine.probabilities.shape[1:]))
+
+
+def test_refine_must_divide_the_stride_and_defaults_to_its_largest_divisor_up_to_4():
+    """--refine 3 on a stride of 8 shifted by 0, 2, 4 px and drew locations 0, 2, 4, 8, 10 px as if 2 px apart."""
+    converted = to_fully_convolutional(_classifier())
+    image = torch.rand(1, 60, 76)
+    coarse, half = scan(converted, image, refine=1), scan(converted, image, refine=2)
+    assert half.stride == 4 and scan(converted, image).stride == 2  # the default: 4, which divides 8
+    rows, cols = coarse.probabilities.shape[1:]
+    assert torch.allclose(half.probabilities[:, ::2, ::2][:, : rows - 1, : cols - 1], coarse.probabilities[:, :-1, :-1])
+    for refine in (3, 0, -1, 16):
+        with pytest.raises(
+            CnnlabError, match=f"--refine {refine} must divide the network's stride of 8 px.*1, 2, 4, 8"
+        ):
+            scan(converted, image, refine=refine)
+    assert refine_factor(None, 2) == 2 and refine_factor(None, 6) == 3 and refine_factor(None, 32) == 4
+
+
+def test_convert_refuses_a_converted_network(tmp_path):
+    """Converting the converted folder again nested a copy in it (<fcn>/fcn)."""
+    run = tmp_path / "run"
+    save_model(_classifier(), run, "mnist_net_small", {"drop_rate": 0.0}, meta={})
+    assert CliRunner().invoke(app, ["fcn", "convert", str(run)]).exit_code == 0
+    again = CliRunner().invoke(app, ["fcn", "convert", str(run / "fcn")])
+    assert isinstance(again.exception, CnnlabError), again.output
+    assert "holds a converted network already; scan with it" in str(again.exception)
+    assert not (run / "fcn" / "fcn").exists()
 
 
 def test_scan_refuses_images_smaller_than_the_window():

@@ -18,9 +18,9 @@ def convert(
     """Replace the classifier's dense head by convolutions (same weights) and save the converted network."""
     import torch
 
-    from cnnlab.fcn.scan import load_converted_or_run, save_fully_convolutional
+    from cnnlab.fcn.scan import convert_run, save_fully_convolutional
 
-    converted, source = load_converted_or_run(run, pool=pool)
+    converted, source = convert_run(run, pool=pool)
     target = output or (run if run.is_dir() else run.parent) / "fcn"
     save_fully_convolutional(converted, target, source, pool)
     channels, height, width = converted.input_size
@@ -48,7 +48,12 @@ def scan_command(
         help="Heatmap image (.png, .jpg, .pdf, .svg, ...), or a folder for IMAGE-heatmap.png in it "
         "(default: beside IMAGE).",
     ),
-    refine: int = typer.Option(4, "--refine", help="Shift-and-stitch factor: locations stride/refine px apart."),
+    refine: int | None = typer.Option(
+        None,
+        "--refine",
+        help="Shift-and-stitch factor, a divisor of the network's stride: locations stride/refine px apart, "
+        "refine x refine scans (default: the stride's largest divisor up to 4).",
+    ),
     invert: bool | None = typer.Option(
         None, "--invert/--no-invert", help="Dark-on-light to light-on-dark (default: when the image is bright)."
     ),

@@ -60,16 +60,38 @@ class ScanResult:
     stride: int
 
 
+def refine_factor(refine: int | None, stride: int) -> int:
+    """The shift-and-stitch factor for a network of `stride`: `refine`, or by default its largest divisor up to 4.
+
+    Shifts of stride / refine pixels tile the stride evenly only when `refine` divides it: with 3 and a stride of 8
+    the shifts were 0, 2 and 4 px, and the interleaved map placed locations 0, 2, 4, 8, 10, ... px as if they were
+    2 px apart.
+
+    Raises:
+        CnnlabError: `refine` is not a divisor of `stride`.
+    """
+    divisors = [factor for factor in range(1, stride + 1) if stride % factor == 0]
+    if refine is None:
+        return max(factor for factor in divisors if factor <= 4)
+    if refine not in divisors:
+        raise CnnlabError(
+            f"--refine {refine} must divide the network's stride of {stride} px, so that the shifted scans tile it "
+            f"evenly: use {', '.join(map(str, divisors))}"
+        )
+    return refine
+
+
 @torch.inference_mode()
-def scan(model: FullyConvolutional, image: torch.Tensor, refine: int = 4) -> ScanResult:
+def scan(model: FullyConvolutional, image: torch.Tensor, refine: int | None = None) -> ScanResult:
     """Run a converted classifier over a [C, H, W] float image (at least the training size).
 
     Args:
         model: the converted classifier.
         image: float [C, H, W], scaled as the classifier's training images.
-        refine: shift-and-stitch factor (Long et al. 2015, section 3.2): the image is also scanned shifted by
-            multiples of stride / refine pixels and the outputs interleaved, so locations are stride / refine
-            apart; 1 keeps the network's own stride.
+        refine: shift-and-stitch factor (Long et al. 2015, section 3.2), a divisor of the network's stride: the
+            image is also scanned shifted by multiples of stride / refine pixels and the outputs interleaved, so
+            locations are stride / refine apart; 1 keeps the network's own stride. Default: the stride's largest
+            divisor up to 4 (`refine_factor`).
     """
     channels, height, width = model.input_size
     if image.ndim != 3 or image.shape[0] != channels:
@@ -81,7 +103,7 @@ def scan(model: FullyConvolutional, image: torch.Tensor, refine: int = 4) -> Sca
     model.eval()
     device = next(model.parameters()).device
     window, stride = model.output_geometry()
-    refine = max(1, min(refine, stride))
+    refine = refine_factor(refine, stride)
     step = stride // refine
     shifted_scores = {}
     for dy in range(refine):
@@ -251,12 +273,31 @@ def load_converted_or_run(path: str | os.PathLike[str], pool: str = "window") ->
     Returns:
         (model, source architecture record).
     """
+    path = Path(path)
+    if _is_converted(path):
+        spec_path = path / FCN_SPEC if path.is_dir() else path
+        return load_fully_convolutional(path), json.loads(spec_path.read_text())["source"]
+    return convert_run(path, pool)
+
+
+def _is_converted(path: Path) -> bool:
+    return (path / FCN_SPEC).is_file() or path.name == FCN_SPEC
+
+
+def convert_run(path: str | os.PathLike[str], pool: str = "window") -> tuple[FullyConvolutional, dict]:
+    """The classifier saved at `path` (a run directory or its ``model.json``), made fully convolutional.
+
+    Returns:
+        (model, source architecture record).
+
+    Raises:
+        CnnlabError: `path` is converted already, a segmentation run, an ensemble, or not a saved classifier.
+    """
     from cnnlab.train.saved import MODEL_SPEC, load_model, read_record, saved_meta
 
     path = Path(path)
-    if (path / FCN_SPEC).is_file() or path.name == FCN_SPEC:
-        spec_path = path / FCN_SPEC if path.is_dir() else path
-        return load_fully_convolutional(path), json.loads(spec_path.read_text())["source"]
+    if _is_converted(path):  # converting it again nested a copy in <path>/fcn
+        raise CnnlabError(f"{path} holds a converted network already; scan with it: `cnnlab fcn scan {path} IMAGE`")
     meta = saved_meta(path)
     if meta.get("task") == "segment":  # "cannot find the head of UNet" said nothing useful
         use = "; `cnnlab predict --model RUN IMAGE...` segments images of any size" if "normalisation" in meta else ""

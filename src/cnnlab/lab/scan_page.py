@@ -34,7 +34,7 @@ class SegmentView:
     share: dict[str, float]
 
 
-def scan_view(run_folder: str | os.PathLike[str], image_path: str | os.PathLike[str], refine: int = 4) -> Any:
+def scan_view(run_folder: str | os.PathLike[str], image_path: str | os.PathLike[str], refine: int | None = None) -> Any:
     """The heatmap of `image_path` scanned by the classifier run in `run_folder`, as an RGB PIL image.
 
     Raises:
