@@ -123,6 +123,10 @@ def test_too_few_images_per_class_is_a_clear_error(tmp_path: Path) -> None:
         scan_folder(root, min_per_class=5)
     with pytest.raises(CnnlabError, match="at least 2 are needed"):
         scan_folder(root / "cat", min_per_class=1)
+    with pytest.raises(CnnlabError, match="photos/bird does not exist; pass a folder with one sub-folder"):
+        scan_folder(root / "bird")
+    with pytest.raises(CnnlabError, match="0.png is a file; pass a folder with one sub-folder"):
+        scan_folder(root / "cat" / "0.png")
 
 
 def test_a_folder_without_images_is_named_as_such_and_long_class_lists_are_cut(tmp_path: Path) -> None:

@@ -53,8 +53,11 @@ def test_bad_options_are_clear_errors(tmp_path: Path):
         run_answers("fast", output=tmp_path)
     with pytest.raises(CnnlabError, match="no exercise 11"):
         run_answers("quick", output=tmp_path, exercises=(11,))
-    with pytest.raises(CnnlabError, match="is not a folder"):
+    with pytest.raises(CnnlabError, match="missing does not exist; pass a runs root"):
         run_answers("quick", output=tmp_path, runs=tmp_path / "missing")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(CnnlabError, match="notes.txt is a file; pass a runs root"):
+        run_answers("quick", output=tmp_path, runs=tmp_path / "notes.txt")
 
 
 def test_exercise_2_reproduces_the_answer_sets_slips(tmp_path: Path):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cnnlab.errors import CnnlabError, listed
+from cnnlab.errors import CnnlabError, listed, why_not_a_folder
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -226,7 +226,9 @@ def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: b
     """
     root = Path(root)
     if not root.is_dir():
-        raise CnnlabError(f"{root} is not a folder; pass a folder with one sub-folder of images per class, or a CSV")
+        raise CnnlabError(
+            f"{root} {why_not_a_folder(root)}; pass a folder with one sub-folder of images per class, or a CSV"
+        )
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise CnnlabError(

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, why_not_a_folder
 from cnnlab.tasks.answers.measure import EXERCISES, MODES, Context, Mode, timed
 from cnnlab.tasks.answers.sheet import render, untraced_numbers
 
@@ -88,7 +88,7 @@ def run_answers(
         raise CnnlabError(f"no exercise {unknown[0]}; the chapter's exercises are 1 to {max(EXERCISES)}")
     runs_root = Path(runs) if runs is not None else None
     if runs_root is not None and not runs_root.is_dir():
-        raise CnnlabError(f"--runs {runs_root} is not a folder")
+        raise CnnlabError(f"--runs {runs_root} {why_not_a_folder(runs_root)}; pass a runs root such as runs")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
