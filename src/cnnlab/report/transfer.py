@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.report.markdown import RunReport
+from cnnlab.report.units import duration
 
 __all__ = ["transfer_report"]
 
@@ -59,9 +60,9 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
     nxt = costs.get("next_recipe")
     if nxt:
         report.text(
-            f"The next recipe is `{nxt['recipe']}`: {nxt['summary']}. It would take about **{nxt['total'] / 60:.0f} "
-            f"min** here: cache {nxt['cache'] / 60:.1f} min, training {nxt['training'] / 60:.1f} min, validation "
-            f"{nxt['validation'] / 60:.1f} min, test {nxt['test'] / 60:.1f} min. Estimated from this run's measured "
+            f"The next recipe is `{nxt['recipe']}`: {nxt['summary']}. It would take about **{duration(nxt['total'])}"
+            f"** here: cache {duration(nxt['cache'])}, training {duration(nxt['training'])}, validation "
+            f"{duration(nxt['validation'])}, test {duration(nxt['test'])}. Estimated from this run's measured "
             "test-pass speed and a timed training step of that recipe (cnnlab.tasks.transfer_cost); it assumes no "
             "cache to reuse and no early stop."
         )

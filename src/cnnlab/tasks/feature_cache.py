@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 from cnnlab.data.folder import ImageDataset, LabelledImages
 from cnnlab.errors import CnnlabError
 from cnnlab.layers.views import VIEWS
+from cnnlab.report.units import file_size
 from cnnlab.train import Trainer
 from cnnlab.train.progress import ProgressBar
 
@@ -153,9 +154,8 @@ class FeatureCache:
         entries, size = self.held(besides)
         if not entries:
             return ""
-        amount = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:,.0f} MB"
         return (
-            f"{self.root} holds {entries} other entr{'y' if entries == 1 else 'ies'} ({amount}), finished or "
+            f"{self.root} holds {entries} other entr{'y' if entries == 1 else 'ies'} ({file_size(size)}), finished or "
             "interrupted; any may be deleted while no run uses it: a run rebuilds what it needs"
         )
 
@@ -204,14 +204,14 @@ class FeatureCache:
         held = self._held_text(final.name)
         if needed * 1.05 > free:
             raise CnnlabError(
-                f"the feature cache needs {size / 1e9:.2f} GB ({len(images)} images x {len(views)} views x "
-                f"{'x'.join(map(str, feature_shape))} float16) and only {free / 1e9:.2f} GB are free in {self.root}; "
+                f"the feature cache needs {file_size(size)} ({len(images)} images x {len(views)} views x "
+                f"{'x'.join(map(str, feature_shape))} float16) and only {file_size(free)} are free in {self.root}; "
                 f"{cheaper or 'use fewer --views or a smaller --image-size'}"
                 + (f"; or free space: {held}" if held else "")
             )
         self.log(
             f"feature cache: {len(images)} images x {len(views)} views x {'x'.join(map(str, feature_shape))} float16 "
-            f"= {size / 1e6:,.0f} MB in {final}"
+            f"= {file_size(size)} in {final}"
             + (f" (resuming after {done} images)" if done else "")
             + (f"; {held}" if held else "")
         )

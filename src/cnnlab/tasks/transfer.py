@@ -55,6 +55,7 @@ from cnnlab.data.split import SPLITS, Split, read_manifest, stratified_split, wr
 from cnnlab.errors import CnnlabError
 from cnnlab.layers.views import ViewAverage, parse_views
 from cnnlab.models import PretrainedCfg, create_model, split_classifier, trainable_blocks
+from cnnlab.report.units import duration
 from cnnlab.tasks.feature_cache import CachedPart, FeatureCache, images_digest
 from cnnlab.tasks.recipes import Recipe, RecipeBook, check_resume, run_name
 from cnnlab.train import (
@@ -697,8 +698,8 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     log(f"report: {run_dir / 'report.md'}")  # the test figures: the caller's summary (the CLI prints them once)
     nxt = run.costs.get("next_recipe")
     if nxt:
-        log(f"this run took {summary['wall_seconds'] / 60:.0f} min; --recipe {nxt['recipe']} would take about "
-            f"{nxt['total'] / 60:.0f} min here (estimate, report.md)")  # fmt: skip
+        log(f"this run took {duration(summary['wall_seconds'])}; --recipe {nxt['recipe']} would take about "
+            f"{duration(nxt['total'])} here (estimate, report.md)")  # fmt: skip
     return summary
 
 
