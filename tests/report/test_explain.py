@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+import cnnlab
 from cnnlab.errors import CnnlabError
 from cnnlab.report.explain import (
     default_feature_layers,
@@ -102,8 +103,13 @@ def test_feature_maps_and_default_layers_go_from_shallow_to_deep():
     assert layers == ["0", "4", "5"]  # the first map, the end of the middle resolution, the deepest map
     maps = feature_maps(model, image, layers)
     assert [tuple(m.shape) for m in maps.values()] == [(4, 16, 16), (8, 8, 8), (8, 4, 4)]
-    with pytest.raises(CnnlabError, match="no layer 'nope'"):
+    with pytest.raises(CnnlabError, match="no layer 'nope'; its 8 layers: 0, 1, 2, 3, 4, 5, 6, 7$"):
         feature_maps(model, image, ["nope"])
+    resnet = cnnlab.create_model("resnet18", pretrained=False)  # 60-odd layers: was a list of 30 and no guess
+    with pytest.raises(
+        CnnlabError, match=r"did you mean layer4.1.conv2 or .*\? its \d+ layers: conv1, .* and \d+ more$"
+    ):
+        feature_maps(resnet, torch.rand(3, 32, 32), ["layer4.1.conv"])
 
 
 @pytest.fixture

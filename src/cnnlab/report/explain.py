@@ -14,6 +14,7 @@ running one forward pass with hooks, so no model needs to declare anything.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, listed
 
 __all__ = [
     "GradCam",
@@ -119,7 +120,9 @@ def _module(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
     if name not in modules:
         known = [n for n, _ in _leaf_modules(model)]
-        raise CnnlabError(f"model has no layer {name!r}; layers include: {', '.join(known[:30])}")
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        guess = f"did you mean {' or '.join(close)}? " if close else ""
+        raise CnnlabError(f"model has no layer {name!r}; {guess}its {len(known)} layers: {listed(known, 8)}")
     return modules[name]
 
 
