@@ -207,6 +207,28 @@ def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path):
     assert not (tmp_path / "predictions.csv").exists()
 
 
+def test_predict_prints_the_classes_found_largest_first_and_json_every_class(trained, tmp_path):
+    """It printed one line per class, most of them 0.00%, in the classes' order."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+
+    root, summary = trained
+    image = str(sorted((root / "images").iterdir())[0])
+    arguments = ["predict", "--model", summary["run_dir"], image, "-o", str(tmp_path / "out")]
+    shares = json.loads(CliRunner().invoke(app, [*arguments, "--json"]).stdout)["predictions"][0]["share"]
+    assert len(shares) == 4  # background and three shapes
+    printed = CliRunner().invoke(app, arguments)
+    assert printed.exit_code == 0, printed.output
+    found = sorted((share, name) for name, share in shares.items() if share > 0)[::-1]
+    lines = printed.stdout.splitlines()[1:]
+    assert [line.split()[0] for line in lines[: len(found)]] == [name for _, name in found]
+    if len(found) < 4:
+        assert lines[len(found)] == f"  ({4 - len(found)} other classes: no pixels; --json lists every class)"
+
+
 def test_onnx_export_matches_pytorch_at_unseen_sizes(trained, tmp_path):
     pytest.importorskip("onnx")
     onnxruntime = pytest.importorskip("onnxruntime")

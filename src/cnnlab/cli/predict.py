@@ -121,8 +121,14 @@ def _segment(
                 continue
             width, height = result["size"]
             typer.echo(f"{result['image']} ({width}x{height}) -> {result['mask']}:")
-            for name, share in result["share"].items():
+            # the classes found, largest first; a dataset's other classes (often most of them) are one line
+            found = sorted(((n, v) for n, v in result["share"].items() if v > 0), key=lambda item: -item[1])
+            for name, share in found:
                 typer.echo(f"  {name:<30} {share:7.2%}")
+            if len(found) < len(result["share"]):
+                typer.echo(
+                    f"  ({len(result['share']) - len(found)} other classes: no pixels; --json lists every class)"
+                )
     if all("error" in result for result in results):
         raise typer.Exit(2)
 
