@@ -157,3 +157,15 @@ def test_zoo_model_is_sized_on_the_meta_device_with_the_same_report():
     assert by_name.pop("model") == "resnet18"
     built.pop("model")
     assert by_name == built
+
+
+def test_a_memory_no_remedy_fits_says_what_one_sample_needs():
+    from cnnlab.budget.render import plan_note
+
+    report = budget(SMALL_CNN, input_shape=(1, 28, 28), optimizer="adam", memory_limit=10 * 2**10)
+    rows = report.plan["remedies"]
+    assert all(row["max_batch"] == 0 for row in rows)  # the table alone was a column of zeros
+    least = min(rows, key=lambda row: row["fixed_bytes"] + row["per_sample_bytes"])
+    note = plan_note(report)
+    assert note is not None and note.startswith("No batch fits in") and f"{least['remedy']}'s" in note
+    assert plan_note(budget(SMALL_CNN, input_shape=(1, 28, 28), memory_limit="8GiB")) is None

@@ -122,6 +122,18 @@ def plan_table(report: BudgetReport) -> Table | None:
     return table
 
 
+def plan_note(report: BudgetReport) -> str | None:
+    """When no remedy fits one sample in the memory planned for, what the least demanding one needs for one."""
+    if not report.plan or any(remedy["max_batch"] > 0 for remedy in report.plan["remedies"]):
+        return None
+    need = min(report.plan["remedies"], key=lambda remedy: remedy["fixed_bytes"] + remedy["per_sample_bytes"])
+    one = need["fixed_bytes"] + need["per_sample_bytes"]
+    return (
+        f"No batch fits in {_mb(report.plan['limit_bytes'])}: the least memory is {need['remedy']}'s, about "
+        f"{_mb(one)} for one sample ({_mb(need['fixed_bytes'])} fixed + {_mb(need['per_sample_bytes'])} per sample)."
+    )
+
+
 def summary_line(report: BudgetReport) -> str:
     """Parameters, MACs and FLOPs on one line."""
     return (
@@ -146,3 +158,5 @@ def print_report(report: BudgetReport, console: Console | None = None, layers: b
     for table in (measured_table(report), plan_table(report)):
         if table is not None:
             console.print(table)
+    if note := plan_note(report):
+        console.print(note)
