@@ -95,3 +95,35 @@ def test_experiment_on_a_tiny_budget_writes_its_report(name, tmp_path):
         assert (report.parent / image).stat().st_size > 1000, image
     results = json.loads((report.parent / "results.json").read_text())
     assert results["conclusion"].strip() == conclusion.strip()
+
+
+@pytest.mark.skipif(not HAS_MNIST, reason=f"MNIST not found under {MNIST_ROOT} (set $CNNLAB_DATA)")
+def test_an_interrupted_experiment_reads_back_its_finished_runs(tmp_path, monkeypatch):
+    """An interrupted experiment trained every run again; a --full one is most of an hour on a CPU."""
+    from cnnlab.train import Trainer
+
+    tiny = dict(epochs=1, subset=128, batch_size=64, seeds=2, test_subset=64, val_subset=64, output=tmp_path,
+                data_dir=str(MNIST_ROOT), progress=False)  # fmt: skip
+    original_fit, fits, stop_at = Trainer.fit, [], [4]
+
+    def fit_or_stop(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if len(fits) == stop_at[0]:
+            raise KeyboardInterrupt
+        fits.append(self.config.name)
+        return original_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", fit_or_stop)
+    with pytest.raises(KeyboardInterrupt):  # 3 variants x 2 seeds: stopped as the fifth run starts
+        run_experiment("pool-vs-stride", **tiny)
+    fits.clear()
+    stop_at[0] = 99
+    first = run_experiment("pool-vs-stride", **tiny)
+    assert fits == ["seed1", "seed1"]  # the run the interruption stopped and the one after it
+    measured = json.loads((first.parent / "results.json").read_text())["measured"]
+    fits.clear()
+    again = run_experiment("pool-vs-stride", **tiny, overwrite=True)  # --overwrite trains every run again
+    assert len(fits) == 6
+    # the runs read back give what training them again gives (the same seeds, so the same weights)
+    remeasured = json.loads((again.parent / "results.json").read_text())["measured"]
+    for variant, values in measured.items():
+        assert remeasured[variant]["test accuracy"] == values["test accuracy"], variant

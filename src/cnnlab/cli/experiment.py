@@ -18,7 +18,12 @@ def experiment(
     test_subset: int | None = typer.Option(None, "--test-subset", help="Test images evaluated (default all)."),
     val_subset: int | None = typer.Option(None, "--val-subset", help="Validation images (default all 5,000)."),
     data_dir: str | None = typer.Option(None, "--data-dir", help="MNIST root (else $CNNLAB_DATA, else ./data)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace an existing report and train every run again. Without it, the runs an interrupted invocation "
+        "finished (same settings) are read back, not trained again.",
+    ),
 ) -> None:
     """Run a claim about CNNs as an experiment on MNIST over several seeds; writes report.md, plots, results.json.
 

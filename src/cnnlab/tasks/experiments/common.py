@@ -8,6 +8,9 @@ cannot be estimated and no difference is claimed.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import statistics
 import sys
 import time
@@ -42,7 +45,8 @@ class ExperimentSettings:
         val_subset: validation images monitored each epoch (None: all 5,000).
         batch_size: images per optimizer step.
         lr: peak learning rate (AdamW, one-cycle schedule).
-        overwrite: replace an existing report in the run directory.
+        overwrite: replace an existing report in the run directory and train every run again (without it, the
+            runs an interrupted invocation finished are read back from their folders).
         progress: print one line per training run.
     """
 
@@ -114,10 +118,9 @@ class StepLossRecorder(Callback):
 
 @dataclass
 class TrainedRun:
-    """One training run of one condition with one seed."""
+    """One training run of one condition with one seed (trained now, or read back from an earlier invocation)."""
 
     model: nn.Module
-    trainer: Trainer
     history: list[dict[str, float]]
     train_seconds: float
     steps: int
@@ -169,17 +172,80 @@ def train_run(
         progress=False,
     )
     options.update(config_overrides)
+    key = _run_key(model, images, labels, val, options)
+    if not settings.overwrite and (finished := _read_back(run_dir, key, model)) is not None:
+        log(settings, f"{run_dir.parent.name}/{run_dir.name}: read back (finished by an earlier invocation)")
+        return finished
     config = TrainConfig(**options)
     recorder = StepLossRecorder()
     trainer = Trainer(model, config, callbacks=[recorder])
     history = trainer.fit(TensorBatches(images, labels, settings.batch_size, drop_last=True), val)
-    return TrainedRun(
+    trained = TrainedRun(
         model=trainer.eval_model,
-        trainer=trainer,
         history=history,
         train_seconds=trainer.train_seconds,
         steps=trainer.global_step,
         step_losses=recorder.losses,
+    )
+    _write_finished(run_dir, key, trained)
+    return trained
+
+
+_FINISHED = "finished.json"  # written last, after the weights: its presence means the run is complete
+_FINISHED_WEIGHTS = "finished.safetensors"
+
+
+def _run_key(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    val: tuple[torch.Tensor, torch.Tensor],
+    options: dict[str, Any],
+) -> str:
+    """A digest of everything a run's result depends on: the network, its data and its training options."""
+    digest = hashlib.sha256()
+    digest.update(repr((type(model).__name__, count_params(model), sorted(options.items(), key=str))).encode())
+    for tensor in (images, labels, *val):
+        flat = tensor.detach().reshape(-1)
+        digest.update(repr((tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(flat[:: max(1, len(flat) // 100_000)].contiguous().cpu().numpy().tobytes())  # a strided sample
+    return digest.hexdigest()[:20]
+
+
+def _write_finished(run_dir: Path, key: str, trained: TrainedRun) -> None:
+    from safetensors.torch import save_file
+
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in trained.model.state_dict().items()}
+    save_file(state, str(run_dir / _FINISHED_WEIGHTS))
+    record = {
+        "key": key,
+        "history": trained.history,
+        "train_seconds": trained.train_seconds,
+        "steps": trained.steps,
+        "step_losses": trained.step_losses,
+    }
+    partial = run_dir / (_FINISHED + ".partial")
+    partial.write_text(json.dumps(record))
+    os.replace(partial, run_dir / _FINISHED)
+
+
+def _read_back(run_dir: Path, key: str, model: nn.Module) -> TrainedRun | None:
+    """The run finished in `run_dir` by an earlier invocation with the same `key`; None when there is none."""
+    from safetensors.torch import load_file
+
+    try:
+        record = json.loads((run_dir / _FINISHED).read_text())
+        if record.get("key") != key:
+            return None
+        model.load_state_dict(load_file(str(run_dir / _FINISHED_WEIGHTS)))
+    except (OSError, ValueError, RuntimeError, AttributeError):  # missing, half-written or from another network
+        return None
+    return TrainedRun(
+        model=model.eval(),
+        history=record["history"],
+        train_seconds=record["train_seconds"],
+        steps=record["steps"],
+        step_losses=record["step_losses"],
     )
 
 
@@ -293,8 +359,6 @@ class Report:
 
     def write(self, path: Path, conclusion: str) -> Path:
         """Write the report with `conclusion` (generated from the measurements) as its last section."""
-        import os
-
         elapsed = time.perf_counter() - self.started
         s = self.settings
         header = [
