@@ -37,7 +37,9 @@ def predict(
     others are still predicted."""
     from cnnlab.data.folder import check_image
     from cnnlab.tasks.segment_predict import is_segmentation_run
+    from cnnlab.train.device import resolve_device
 
+    resolve_device(device)  # a typo in --device is the error shown, whatever the images
     paths, empty = _image_paths(images)
     if not any(check_image(path) is None for path in paths):  # stops at the first usable image
         _nothing_to_predict(paths, empty, model, as_json)
