@@ -219,6 +219,21 @@ def test_resume_of_a_missing_run_is_a_clear_error(fake_root: Path, tmp_path: Pat
         train_mnist("quick", data_dir=str(fake_root), output=str(tmp_path), name="nope", resume=True, val_size=40)
 
 
+def test_resume_of_a_finished_run_reads_it_back_and_refuses_other_options(fake_root: Path, tmp_path: Path) -> None:
+    """--resume of a finished single run was a KeyError traceback; with another --recipe it was read back as is."""
+    options = dict(data_dir=str(fake_root), output=str(tmp_path), name="done", val_size=40, progress=False)
+    finished = train_mnist("quick", overrides=_TINY, **options)
+    weights = tmp_path / "mnist" / "done" / "model.safetensors"
+    trained_at = weights.stat().st_mtime_ns
+    again = train_mnist("quick", overrides=_TINY, resume=True, **options)
+    assert weights.stat().st_mtime_ns == trained_at  # read back, not trained again
+    assert again["test_accuracy"] == finished["test_accuracy"] and again["members"] == finished["members"]
+    with pytest.raises(CnnlabError, match=r"cannot resume .*done with different options \(.*epochs: 2 -> 3"):
+        train_mnist("quick", overrides={**_TINY, "epochs": 3}, resume=True, **options)
+    with pytest.raises(CnnlabError, match=r"'recipe': 'quick'.* -> .*'recipe': 'baseline'"):
+        train_mnist("baseline", overrides=_TINY, resume=True, **options)
+
+
 def test_a_rank_other_than_0_writes_no_files(fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under torchrun every rank runs `train_mnist`; only rank 0 may write the model, results and probabilities."""
     monkeypatch.setenv("RANK", "1")

@@ -24,7 +24,7 @@ from cnnlab.data.mnist import MnistSplits, load_mnist
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks.recipes import Recipe, RecipeBook, run_name
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
-from cnnlab.train.config import environment_record, save_record
+from cnnlab.train.config import check_resumable, environment_record, load_config, save_record
 from cnnlab.train.saved import save_ensemble, save_model
 from cnnlab.train.strategy import is_main_process
 
@@ -184,7 +184,10 @@ def train_mnist(
         )
         member_dir = config.run_dir
         if reuse_finished and (member_dir / "results.json").is_file():
-            members.append(json.loads((member_dir / "results.json").read_text()))
+            # a finished member is read back only for the options it was trained with (--recipe included)
+            check_resumable(load_config(member_dir / "config.yaml").to_dict(), config, member_dir)
+            finished = json.loads((member_dir / "results.json").read_text())
+            members.append(finished["members"][0] if "members" in finished else finished)  # a single run's summary
             member_probabilities.append(torch.load(member_dir / "test_probabilities.pt", weights_only=True))
         elif member is not None and index != member:  # another process trains it
             missing.append(member_seed)

@@ -220,6 +220,36 @@ def save_record(config: Mapping[str, Any], path: str | os.PathLike[str]) -> None
     Path(path).write_text(yaml.safe_dump(document, sort_keys=False))
 
 
+# Options that may differ between a run and its resumption; any other difference is refused.
+RESUME_FREE_OPTIONS = frozenset(
+    {
+        "resume",
+        "overwrite",
+        "progress",
+        "log_every",
+        "output",
+        "eval_batch_size",
+        "device",
+        "num_threads",
+        "tensorboard",
+    }
+)
+
+
+def check_resumable(saved: Mapping[str, Any], current: TrainConfig, run_dir: str | os.PathLike[str]) -> None:
+    """Refuse to continue the run in `run_dir`, trained with the options `saved`, under `current`'s other options.
+
+    Raises:
+        CnnlabError: an option outside `RESUME_FREE_OPTIONS` differs; the message names each.
+    """
+    # compared as JSON-able data: a checkpoint keeps tuples, a config.yaml gives lists
+    saved, now = (json.loads(json.dumps(dict(values), default=str)) for values in (saved, current.to_dict()))
+    changed = sorted(k for k in now if k not in RESUME_FREE_OPTIONS and saved.get(k) != now[k])
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise CnnlabError(f"cannot resume {run_dir} with different options ({details}); use the same ones")
+
+
 def load_config(path: str | os.PathLike[str]) -> TrainConfig:
     """Read the config part of a ``config.yaml`` written by `save_config`."""
     import yaml

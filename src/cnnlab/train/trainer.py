@@ -33,7 +33,7 @@ from cnnlab.train.checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
-from cnnlab.train.config import TrainConfig, save_config
+from cnnlab.train.config import TrainConfig, check_resumable, save_config
 from cnnlab.train.device import resolve_device
 from cnnlab.train.ema import ModelEma
 from cnnlab.train.metrics import Metric, MetricFn, as_metrics, is_classification
@@ -55,18 +55,6 @@ BatchTransform = Callable[[Any, torch.Tensor], tuple[Any, torch.Tensor]]
 
 _PLOT_EVERY_EPOCH_ABOVE_SECONDS = 30.0
 CHECKPOINT_FORMAT = "cnnlab-checkpoint-1"
-# Options that may differ between a run and its resumption; any other difference is refused.
-_RESUME_FREE_OPTIONS = {
-    "resume",
-    "overwrite",
-    "progress",
-    "log_every",
-    "output",
-    "eval_batch_size",
-    "device",
-    "num_threads",
-    "tensorboard",
-}
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -584,11 +572,7 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise CnnlabError(f"{self.run_dir / CHECKPOINT_NAME} is not a cnnlab checkpoint")
-        saved, current = state["config"], self.config.to_dict()
-        changed = sorted(k for k in current if k not in _RESUME_FREE_OPTIONS and saved.get(k) != current[k])
-        if changed:
-            details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
-            raise CnnlabError(f"cannot resume {self.run_dir} with different options ({details}); use the same ones")
+        check_resumable(state["config"], self.config, self.run_dir)
         assert self.optimizer is not None and self.scheduler is not None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
