@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -155,6 +156,26 @@ def test_finished_run_is_not_silently_replaced(tiny_run: tuple[Path, dict]) -> N
     tmp_path, _ = tiny_run
     with pytest.raises(CnnlabError, match="already holds a finished run"):
         train_transfer(tiny_config(tmp_path))
+
+
+def test_resume_is_refused_under_other_options_before_anything_is_trained(tmp_path: Path) -> None:
+    """--resume with another recipe, other views or another image size trained a new run inside the finished one
+    (each phase checked only its engine options); where and how it runs may change."""
+    make_photo_folder(tmp_path / "photos")
+    summary = train_transfer(tiny_config(tmp_path))  # its own run: tiny_run's is replaced by another test
+    weights = Path(summary["run_dir"]) / "model.safetensors"
+    trained_at = weights.stat().st_mtime_ns
+    for overrides, changed in [
+        ({"recipe": "quick"}, "recipe: 'default' -> 'quick'"),
+        ({"views": "hflip"}, "views: 'dihedral' -> 'hflip'"),
+        ({"image_size": 40}, "image_size: None -> 40"),
+        ({"train": {"epochs": 3}}, "train: {'epochs': 2, "),
+    ]:
+        with pytest.raises(CnnlabError, match=f"cannot resume .*tiny with different options \\({re.escape(changed)}"):
+            train_transfer(tiny_config(tmp_path, resume=True, **overrides))
+    assert weights.stat().st_mtime_ns == trained_at
+    again = train_transfer(tiny_config(tmp_path, resume=True, workers=1, progress=False, train={"num_threads": 1}))
+    assert again["test"]["accuracy"] == summary["test"]["accuracy"]  # the finished phases are read back
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ other way round.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -98,11 +98,39 @@ def run_name(recipe: str) -> str:
     return f"{recipe}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def check_resume(run_dir: Path, manifest: str) -> None:
+def check_resume(run_dir: Path, manifest: str, options: Mapping[str, Any] | None = None) -> None:
     """Refuse ``--resume`` of a run that never started (no split ``manifest`` in ``run_dir``), before anything is
-    written: a task would otherwise start a new run under that name, or leave a folder behind."""
+    written: a task would otherwise start a new run under that name, or leave a folder behind.
+
+    With `options` (the task's config as a mapping), also refuse to resume under options other than those its
+    ``config.yaml`` records, except those that only say where and how to run (`RESUMABLE_TASK_OPTIONS`, and in
+    ``train`` the engine's `RESUME_FREE_OPTIONS`): a task whose phases each check their engine options still let
+    another recipe, other views or another image size retrain inside the run.
+    """
     if not (run_dir / manifest).is_file():
         raise CnnlabError(f"--resume: there is no run at {run_dir} to continue; start it without --resume")
+    recorded = run_dir / "config.yaml"
+    if options is None or not recorded.is_file():
+        return
+    import yaml
+
+    from cnnlab.train.config import RESUME_FREE_OPTIONS
+
+    def kept(values: Any) -> dict[str, Any]:
+        values = dict(json_ready(values or {}))
+        if isinstance(values.get("train"), dict):
+            values["train"] = {k: v for k, v in values["train"].items() if k not in RESUME_FREE_OPTIONS}
+        return {k: v for k, v in values.items() if k not in RESUMABLE_TASK_OPTIONS}
+
+    saved, now = kept((yaml.safe_load(recorded.read_text()) or {}).get("config")), kept(options)
+    changed = sorted(k for k in now if saved.get(k) != now[k])  # what the task records beside them is derived
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise CnnlabError(f"cannot resume {run_dir} with different options ({details}); use the same ones")
+
+
+# A task's options that may differ between a run and its resumption: where it is, how it reports, how many workers.
+RESUMABLE_TASK_OPTIONS = frozenset({"resume", "overwrite", "progress", "workers", "output", "name"})
 
 
 def json_ready(value: Any) -> Any:

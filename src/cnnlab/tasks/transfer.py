@@ -609,7 +609,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     if (run_dir / "model.json").is_file() and not (config.resume or config.overwrite):
         raise CnnlabError(f"{run_dir} already holds a finished run; pass --overwrite, --resume or another --name")
     if config.resume:
-        check_resume(run_dir, MANIFEST)
+        check_resume(run_dir, MANIFEST, dataclasses.asdict(config))
     images, split, split_source = load_images(config, log)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(run_dir / MANIFEST, images, split)
