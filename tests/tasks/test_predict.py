@@ -54,6 +54,38 @@ def test_bad_paths_are_reported_and_the_rest_predicted(lite0: object, sample_pho
     assert "error" not in results[2] and results[2]["top"][0]["label"] in CAT_CLASSES
 
 
+def test_images_are_decoded_a_batch_at_a_time_in_input_order(
+    lite0: object, sample_photos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole folder was decoded before the first batch ran: 0.6 MB per image held at once."""
+    import cnnlab.tasks.predict as predict_module
+
+    paths = [sample_photos["coffee"], "gone.jpg", sample_photos["chelsea"], sample_photos["broken"]] * 2
+    whole = predict_images(lite0, paths, top_k=2)  # type: ignore[arg-type]
+    decoded, held = [], []
+    original_load = predict_module.load_image
+    original_stack = torch.stack
+
+    def counting_load(path: object) -> object:
+        decoded.append(path)
+        return original_load(path)  # type: ignore[arg-type]
+
+    def watching_stack(tensors: list[torch.Tensor], *args: object, **kwargs: object) -> torch.Tensor:
+        held.append(len(decoded))  # images decoded when a batch is stacked
+        return original_stack(tensors, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(predict_module, "load_image", counting_load)
+    monkeypatch.setattr(predict_module.torch, "stack", watching_stack)
+    batched = predict_images(lite0, paths, top_k=2, batch_size=3, progress=True)  # type: ignore[arg-type]
+    assert held == [2, 3, 4]  # batches of paths 0-2, 3-5 and 6-7: never the whole list first
+    assert [r.get("error") for r in batched] == [r.get("error") for r in whole]
+    for one, other in zip(batched, whole, strict=True):
+        assert [t["label"] for t in one.get("top", [])] == [t["label"] for t in other.get("top", [])]
+        assert [t["probability"] for t in one.get("top", [])] == pytest.approx(
+            [t["probability"] for t in other.get("top", [])], abs=1e-5
+        )
+
+
 def test_predict_cli_json(lite0: object, sample_photos: dict[str, Path]) -> None:
     from cnnlab.cli import app
 

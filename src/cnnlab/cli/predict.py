@@ -51,7 +51,7 @@ def predict(
     if output is not None:
         check_predictions_csv(output)
     predictor = load_predictor(model, device=device)
-    results = _in_order(predict_images(predictor, paths, top_k=top_k), empty)
+    results = _in_order(predict_images(predictor, paths, top_k=top_k, progress=True), empty)
     written = write_predictions_csv(results, output) if output is not None else None
     if as_json:
         typer.echo(json.dumps({"model": predictor.source, "predictions": results}, indent=1))
@@ -113,7 +113,7 @@ def _segment(
 ) -> None:
     from cnnlab.tasks.segment_predict import load_segmenter, predict_masks
 
-    results = _in_order(predict_masks(load_segmenter(model, device=device), paths, output), empty)
+    results = _in_order(predict_masks(load_segmenter(model, device=device), paths, output, progress=True), empty)
     if as_json:
         typer.echo(json.dumps({"model": model, "predictions": results}, indent=1))
     else:

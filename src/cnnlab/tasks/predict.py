@@ -25,6 +25,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.layers.views import ViewAverage
 from cnnlab.models import PretrainedCfg
 from cnnlab.train import Trainer
+from cnnlab.train.progress import ProgressBar
 
 SEGMENTATION_USE = "`cnnlab predict --model RUN IMAGE...` writes its masks and overlays, at any image size"
 CANVAS_RUN_USE = (  # a `cnnlab train segment` run on MNIST canvases records no normalisation for new images
@@ -130,9 +131,19 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
 
 
 def predict_images(
-    predictor: Predictor, paths: Sequence[str | os.PathLike[str]], top_k: int = 5, batch_size: int = 16
+    predictor: Predictor,
+    paths: Sequence[str | os.PathLike[str]],
+    top_k: int = 5,
+    batch_size: int = 16,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Top-k classes of each image, in input order.
+
+    Images are decoded and classified `batch_size` at a time, so a folder of any size takes the memory of one batch
+    (decoding a whole folder first took 0.6 MB per 224 px image: 6 GB for 10,000).
+
+    Args:
+        progress: a progress bar on stderr (on a terminal only).
 
     Returns:
         One dict per path: ``{"image": path, "top": [{"label", "index", "probability"}, ...]}``, or
@@ -142,27 +153,29 @@ def predict_images(
         raise CnnlabError(f"--top-k must be >= 1, got {top_k}")
     transform = predictor.transform()
     device = next(predictor.model.parameters()).device
-    results: list[dict[str, Any]] = []
-    good: list[tuple[int, torch.Tensor]] = []
-    for path in paths:
-        reason = check_image(path)
-        if reason is None:
-            try:
-                good.append((len(results), transform(load_image(path))))
-            except OSError as error:
-                reason = f"cannot be read ({error})"
-        results.append({"image": str(path)} if reason is None else {"image": str(path), "error": reason})
     k = min(top_k, len(predictor.classes))
     runner = Trainer.for_inference(predictor.model, device=str(device), batch_size=batch_size)
-    for start in range(0, len(good), batch_size):
-        chunk = good[start : start + batch_size]
-        probabilities = runner.predict(torch.stack([tensor for _, tensor in chunk])).softmax(dim=1)
-        values, indices = probabilities.topk(k, dim=1)
-        for (position, _), row_values, row_indices in zip(chunk, values, indices, strict=True):
-            results[position]["top"] = [
-                {"label": predictor.classes[int(i)], "index": int(i), "probability": float(v)}
-                for v, i in zip(row_values, row_indices, strict=True)
-            ]
+    results: list[dict[str, Any]] = []
+    with ProgressBar(len(paths), "predicting", enabled=progress) as bar:
+        for start in range(0, len(paths), batch_size):
+            good: list[tuple[int, torch.Tensor]] = []
+            for path in paths[start : start + batch_size]:
+                reason = check_image(path)
+                if reason is None:
+                    try:
+                        good.append((len(results), transform(load_image(path))))
+                    except OSError as error:
+                        reason = f"cannot be read ({error})"
+                results.append({"image": str(path)} if reason is None else {"image": str(path), "error": reason})
+            if good:
+                probabilities = runner.predict(torch.stack([tensor for _, tensor in good])).softmax(dim=1)
+                values, indices = probabilities.topk(k, dim=1)
+                for (position, _), row_values, row_indices in zip(good, values, indices, strict=True):
+                    results[position]["top"] = [
+                        {"label": predictor.classes[int(i)], "index": int(i), "probability": float(v)}
+                        for v, i in zip(row_values, row_indices, strict=True)
+                    ]
+            bar.advance(len(paths[start : start + batch_size]))
     return results
 
 

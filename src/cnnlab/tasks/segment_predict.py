@@ -23,6 +23,7 @@ from cnnlab.data.segmentation import SegmentationInput, class_colours
 from cnnlab.errors import CnnlabError
 from cnnlab.report.segmentation import colourise
 from cnnlab.train import Trainer
+from cnnlab.train.progress import ProgressBar
 
 __all__ = ["Segmenter", "is_segmentation_run", "load_segmenter", "predict_masks"]
 
@@ -92,9 +93,12 @@ def load_segmenter(run: str | os.PathLike[str], device: str | torch.device = "cp
 
 
 def predict_masks(
-    segmenter: Segmenter, paths: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]
+    segmenter: Segmenter,
+    paths: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Predict and save the masks of `paths` into `output`, in input order.
+    """Predict and save the masks of `paths` into `output`, in input order (with `progress`, a bar on stderr).
 
     Returns:
         One dict per path: ``{"image", "size": [width, height], "mask", "colour", "overlay" (files written),
@@ -102,8 +106,6 @@ def predict_masks(
         readable image. Files are named after the image; a second image with the same name (from another folder)
         gets ``-2``, ``-3`` ... so that no result overwrites another.
     """
-    from PIL import Image
-
     output = Path(output)
     if not output.exists() and output.suffix.lower() in (".csv", ".json", ".png", ".jpg", ".jpeg", ".txt"):
         raise CnnlabError(  # it made a folder named predictions.csv
@@ -116,35 +118,43 @@ def predict_masks(
         segmenter.model, device=device, batch_size=1, eval_transform=SegmentationInput(segmenter.mean, segmenter.std)
     )
     results: list[dict[str, Any]] = []
-    used: dict[str, int] = {}
-    for path in paths:
-        reason = check_image(path)
-        if reason is not None:
-            results.append({"image": str(path), "error": reason})
-            continue
-        rgb = np.asarray(load_image(path), dtype=np.uint8)
-        pixels = torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None]
-        labels = runner.predict(pixels).argmax(1)[0].numpy().astype(np.uint8)  # H x W, the input's size
-        stem = Path(path).stem
-        used[stem] = used.get(stem, 0) + 1
-        if used[stem] > 1:
-            stem = f"{stem}-{used[stem]}"
-        files = {
-            "mask": output / f"{stem}_mask.png",
-            "colour": output / f"{stem}_colour.png",
-            "overlay": output / f"{stem}_overlay.png",
-        }
-        Image.fromarray(labels).save(files["mask"])
-        Image.fromarray(segmenter.colours[labels]).save(files["colour"])
-        overlay = colourise(rgb, labels, segmenter.colours, background=segmenter.background)
-        Image.fromarray(overlay).save(files["overlay"])
-        counts = np.bincount(labels.ravel(), minlength=len(segmenter.classes))
-        results.append(
-            {
-                "image": str(path),
-                "size": [rgb.shape[1], rgb.shape[0]],
-                **{key: str(value) for key, value in files.items()},
-                "share": {name: float(c) / labels.size for name, c in zip(segmenter.classes, counts, strict=True)},
-            }
-        )
+    with ProgressBar(len(paths), "segmenting", enabled=progress) as bar:
+        used: dict[str, int] = {}
+        for path in paths:
+            results.append(_predict_mask(segmenter, runner, path, output, used))
+            bar.advance()
     return results
+
+
+def _predict_mask(
+    segmenter: Segmenter, runner: Trainer, path: str | os.PathLike[str], output: Path, used: dict[str, int]
+) -> dict[str, Any]:
+    """One image's masks written into `output` (`used` counts the file stems taken), or why it could not be read."""
+    from PIL import Image
+
+    reason = check_image(path)
+    if reason is not None:
+        return {"image": str(path), "error": reason}
+    rgb = np.asarray(load_image(path), dtype=np.uint8)
+    pixels = torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None]
+    labels = runner.predict(pixels).argmax(1)[0].numpy().astype(np.uint8)  # H x W, the input's size
+    stem = Path(path).stem
+    used[stem] = used.get(stem, 0) + 1
+    if used[stem] > 1:
+        stem = f"{stem}-{used[stem]}"
+    files = {
+        "mask": output / f"{stem}_mask.png",
+        "colour": output / f"{stem}_colour.png",
+        "overlay": output / f"{stem}_overlay.png",
+    }
+    Image.fromarray(labels).save(files["mask"])
+    Image.fromarray(segmenter.colours[labels]).save(files["colour"])
+    overlay = colourise(rgb, labels, segmenter.colours, background=segmenter.background)
+    Image.fromarray(overlay).save(files["overlay"])
+    counts = np.bincount(labels.ravel(), minlength=len(segmenter.classes))
+    return {
+        "image": str(path),
+        "size": [rgb.shape[1], rgb.shape[0]],
+        **{key: str(value) for key, value in files.items()},
+        "share": {name: float(c) / labels.size for name, c in zip(segmenter.classes, counts, strict=True)},
+    }
