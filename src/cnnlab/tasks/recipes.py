@@ -114,19 +114,16 @@ def check_resume(run_dir: Path, manifest: str, options: Mapping[str, Any] | None
         return
     import yaml
 
-    from cnnlab.train.config import RESUME_FREE_OPTIONS
+    from cnnlab.train.config import RESUME_FREE_OPTIONS, check_resumable
 
-    def kept(values: Any) -> dict[str, Any]:
+    def engine_free(values: Any) -> dict[str, Any]:  # the engine options in "train" that may change, left out
         values = dict(json_ready(values or {}))
         if isinstance(values.get("train"), dict):
             values["train"] = {k: v for k, v in values["train"].items() if k not in RESUME_FREE_OPTIONS}
-        return {k: v for k, v in values.items() if k not in RESUMABLE_TASK_OPTIONS}
+        return values
 
-    saved, now = kept((yaml.safe_load(recorded.read_text()) or {}).get("config")), kept(options)
-    changed = sorted(k for k in now if saved.get(k) != now[k])  # what the task records beside them is derived
-    if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
-        raise CnnlabError(f"cannot resume {run_dir} with different options ({details}); use the same ones")
+    saved = engine_free((yaml.safe_load(recorded.read_text()) or {}).get("config"))
+    check_resumable(saved, engine_free(options), run_dir, free=RESUMABLE_TASK_OPTIONS)
 
 
 # A task's options that may differ between a run and its resumption: where it is, how it reports, how many workers.

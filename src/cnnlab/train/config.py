@@ -11,7 +11,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -236,15 +236,23 @@ RESUME_FREE_OPTIONS = frozenset(
 )
 
 
-def check_resumable(saved: Mapping[str, Any], current: TrainConfig, run_dir: str | os.PathLike[str]) -> None:
-    """Refuse to continue the run in `run_dir`, trained with the options `saved`, under `current`'s other options.
+def check_resumable(
+    saved: Mapping[str, Any],
+    current: TrainConfig | Mapping[str, Any],
+    run_dir: str | os.PathLike[str],
+    free: Collection[str] = RESUME_FREE_OPTIONS,
+) -> None:
+    """Refuse to continue the run in `run_dir`, started with the options `saved`, under `current`'s other options.
+
+    Only `current`'s keys are compared (a record may hold derived facts beside its options), except those in `free`.
 
     Raises:
-        CnnlabError: an option outside `RESUME_FREE_OPTIONS` differs; the message names each.
+        CnnlabError: an option outside `free` differs; the message names each.
     """
+    values = current.to_dict() if isinstance(current, TrainConfig) else current
     # compared as JSON-able data: a checkpoint keeps tuples, a config.yaml gives lists
-    saved, now = (json.loads(json.dumps(dict(values), default=str)) for values in (saved, current.to_dict()))
-    changed = sorted(k for k in now if k not in RESUME_FREE_OPTIONS and saved.get(k) != now[k])
+    saved, now = (json.loads(json.dumps(dict(record), default=str)) for record in (saved, values))
+    changed = sorted(k for k in now if k not in free and saved.get(k) != now[k])
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
         raise CnnlabError(f"cannot resume {run_dir} with different options ({details}); use the same ones")
