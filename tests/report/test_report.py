@@ -36,3 +36,21 @@ def test_figures_are_written(tmp_path: Path) -> None:
     images = torch.rand(3, 1, 28, 28)
     path = plot_misclassified(images, torch.tensor([1, 2, 3]), torch.tensor([7, 7, 8]), tmp_path / "wrong.png")
     assert path.read_bytes()[:8] == PNG
+
+
+def test_learning_curves_tick_whole_epochs() -> None:
+    """Four epochs were ticked 1.0, 1.5, 2.0 ... 4.0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cnnlab.train.records import epoch_axis
+
+    figure, axis = plt.subplots()
+    axis.plot([1.0, 2.0, 3.0, 4.0], [0.7, 0.2, 0.1, 0.05])
+    epoch_axis(axis, "loss")
+    figure.canvas.draw()
+    shown = [tick for tick in axis.get_xticks() if axis.get_xlim()[0] <= tick <= axis.get_xlim()[1]]
+    plt.close(figure)
+    assert shown and all(float(tick).is_integer() for tick in shown), shown

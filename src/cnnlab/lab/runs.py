@@ -161,6 +161,8 @@ def compare_curves(root: str | os.PathLike[str], first: str, second: str) -> Any
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from cnnlab.train.records import epoch_axis
+
     figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for run_id, style in ((first, "-"), (second, "--")):
         history = _read_json(resolve_run(root, run_id) / "metrics.json")
@@ -173,9 +175,7 @@ def compare_curves(root: str | os.PathLike[str], first: str, second: str) -> Any
             values = [row.get(key, float("nan")) for row in history]
             axis.plot(epochs, values, style, marker="o", color=f"C{index}", label=f"{run_id}: {key}")
     for axis, title in ((loss_axis, "loss"), (metric_axis, "metrics")):
-        axis.set_xlabel("epoch")
-        axis.set_title(title)
-        axis.grid(alpha=0.3)
+        epoch_axis(axis, title)
         axis.legend(fontsize=7)
     figure.tight_layout()
     return figure

@@ -12,8 +12,9 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["plot_learning_curves", "write_history"]
+__all__ = ["epoch_axis", "plot_learning_curves", "write_history"]
 
 
 def write_history(history: Sequence[dict[str, float]], run_dir: str | os.PathLike[str], plot: bool = True) -> None:
@@ -48,12 +49,20 @@ def plot_learning_curves(history: Sequence[dict[str, float]], path: str | os.Pat
     for axis, group, title in ((loss_axis, loss_keys, "loss"), (metric_axis, other_keys, "metrics")):
         for key in group:
             axis.plot(epochs, [row.get(key, float("nan")) for row in history], marker="o", label=key)
-        axis.set_xlabel("epoch")
-        axis.set_title(title)
-        axis.grid(alpha=0.3)
+        epoch_axis(axis, title)
         if group:
             axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def epoch_axis(axis: Any, title: str) -> None:
+    """Label a learning-curve axis: whole epochs on x (matplotlib's ticks fell on 1.5, 2.5 ...), a title, a grid."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlabel("epoch")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
