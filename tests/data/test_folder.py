@@ -106,6 +106,9 @@ def test_a_byte_identical_copy_is_kept_once_so_it_cannot_sit_on_both_sides_of_th
     assert reasons["zz-copy.png"].startswith(f"a byte-identical copy of {root / 'cat' / '0.png'}")
     assert "labelled 'cat' there" in reasons["zz-stray.png"] and "labelled" not in reasons["zz-link.png"]
     assert scan_folder(root, min_per_class=5, check=False).class_counts() == {"cat": 6, "dog": 7}  # trusted: no check
+    (root / "dog" / "zz-broken.png").write_bytes(b"not a png")
+    with pytest.raises(CnnlabError, match=r"4 files skipped: 1 unreadable, 3 byte-identical copies of kept images"):
+        scan_folder(root, min_per_class=6)  # they were "4 bad files"
 
 
 def test_image_files_walks_sub_folders_in_order_and_skips_hidden_and_other_files(tmp_path: Path) -> None:
@@ -119,7 +122,7 @@ def test_image_files_walks_sub_folders_in_order_and_skips_hidden_and_other_files
 def test_too_few_images_per_class_is_a_clear_error(tmp_path: Path) -> None:
     root = _make_folder(tmp_path / "photos", per_class=5)
     (root / "dog" / "4.png").write_bytes(b"")  # a bad file must not count towards the minimum
-    with pytest.raises(CnnlabError, match=r"dog has 4 usable images \(1 bad files were skipped\); at least 5"):
+    with pytest.raises(CnnlabError, match=r"dog has 4 usable images \(1 file skipped: 1 unreadable\); at least 5"):
         scan_folder(root, min_per_class=5)
     with pytest.raises(CnnlabError, match="at least 2 are needed"):
         scan_folder(root / "cat", min_per_class=1)

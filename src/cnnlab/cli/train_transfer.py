@@ -92,6 +92,7 @@ def transfer(
 
     Each cache build says what that folder holds; an entry no run is using may be deleted: it is rebuilt if needed.
     """
+    from cnnlab.data.folder import describe_skipped
     from cnnlab.tasks.transfer import TransferConfig, train_transfer
     from cnnlab.train.strategy import is_main_process
 
@@ -128,7 +129,8 @@ def transfer(
     averaged = f" (one view: {test['single_view']['accuracy']:.4f})" if len(summary["views"]) > 1 else ""
     typer.echo(
         f"test accuracy {test['accuracy']:.4f}{averaged}, balanced accuracy {test['balanced_accuracy']:.4f} "
-        f"on {test['count']} images; {len(summary['skipped'])} bad files skipped; {summary['wall_seconds']:.0f} s"
+        f"on {test['count']} images; {describe_skipped([s['reason'] for s in summary['skipped']])}; "
+        f"{summary['wall_seconds']:.0f} s"
     )
     typer.echo(f"run: {summary['run_dir']} (report.md; predict with `cnnlab predict --model {summary['run_dir']}`)")
 

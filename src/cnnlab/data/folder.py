@@ -35,6 +35,7 @@ __all__ = [
     "LabelledImages",
     "SkippedFile",
     "check_image",
+    "describe_skipped",
     "file_digest",
     "image_files",
     "load_image",
@@ -52,6 +53,23 @@ class SkippedFile:
     path: str
     label: str
     reason: str
+
+
+COPY_REASON = "a byte-identical copy of"  # how a skipped copy's reason starts (`describe_skipped` counts them apart)
+
+
+def describe_skipped(reasons: Sequence[str]) -> str:
+    """How many files were skipped, the unreadable ones and the copies of kept images counted apart: "3 files skipped:
+    2 unreadable, 1 byte-identical copy of a kept image". A copy is a good image: "bad files" sent users looking for
+    damage.
+    """
+    copies = sum(reason.startswith(COPY_REASON) for reason in reasons)
+    kinds = [f"{len(reasons) - copies} unreadable"] if len(reasons) > copies else []
+    kinds += (
+        [f"{copies} byte-identical cop{'y of a kept image' if copies == 1 else 'ies of kept images'}"] if copies else []
+    )
+    total = f"{len(reasons)} file{'' if len(reasons) == 1 else 's'} skipped"
+    return f"{total}: {', '.join(kinds)}" if kinds else total
 
 
 @dataclass
@@ -85,7 +103,7 @@ class LabelledImages:
         counts = self.class_counts()
         short = {name: count for name, count in counts.items() if count < min_per_class}
         if short:
-            skipped = f" ({len(self.skipped)} bad files were skipped)" if self.skipped else ""
+            skipped = f" ({describe_skipped([s.reason for s in self.skipped])})" if self.skipped else ""
             if not any(counts.values()):  # most likely not an image folder at all: say so, not 70 times "has 0"
                 raise CnnlabError(
                     f"{self.source}: none of its {len(counts)} classes ({listed(list(counts), 8)}) has a usable "
@@ -199,7 +217,7 @@ def _collect(candidates: Sequence[tuple[str, str]], classes: Sequence[str], sour
             if digest in first:
                 seen, seen_label = first[digest]
                 other = "" if seen_label == label else f", labelled {seen_label!r} there"
-                reason = f"a byte-identical copy of {seen}{other}; the first is kept"
+                reason = f"{COPY_REASON} {seen}{other}; the first is kept"
             else:
                 first[digest] = (path, label)
         if reason is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cnnlab.data.folder import describe_skipped
 from cnnlab.report.markdown import RunReport
 from cnnlab.report.units import duration
 
@@ -77,7 +78,7 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
     counts = summary["counts"]
     report.table(["class", *counts], [[name, *(c[name] for c in counts.values())] for name in classes])
     skipped = summary["skipped"]
-    report.text(f"Skipped files: {len(skipped)}.")
+    report.text(f"{describe_skipped([s['reason'] for s in skipped]).capitalize()}.")
     items = [f"`{s['path']}` ({s['label']}): {s['reason']}" for s in skipped[:50]]
     if len(skipped) > 50:
         items.append(f"... and {len(skipped) - 50} more (results.json lists them all)")
