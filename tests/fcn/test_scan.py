@@ -60,6 +60,25 @@ def test_convert_refuses_a_converted_network(tmp_path):
     assert not (run / "fcn" / "fcn").exists()
 
 
+def test_convert_names_a_member_of_an_ensemble_before_loading_any(tmp_path, monkeypatch):
+    """It loaded every member, then said the run was "not a single saved model (an ensemble?)"."""
+    import cnnlab.train.saved
+    from cnnlab.fcn.scan import convert_run
+    from cnnlab.train.saved import save_ensemble
+
+    for name in ("a", "b"):
+        save_model(_classifier(), tmp_path / name, "mnist_net_small", {"drop_rate": 0.0}, meta={})
+    (tmp_path / "pair").mkdir()
+    save_ensemble(tmp_path / "pair", [tmp_path / "a", tmp_path / "b"], meta={})
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a member was loaded")
+
+    monkeypatch.setattr(cnnlab.train.saved, "_load_single", no_loading)
+    with pytest.raises(CnnlabError, match=f"is an ensemble of 2 networks.*`cnnlab fcn convert {tmp_path / 'a'}`"):
+        convert_run(tmp_path / "pair")
+
+
 def test_scan_refuses_images_smaller_than_the_window():
     with pytest.raises(CnnlabError, match="smaller"):
         scan(to_fully_convolutional(_classifier()), torch.rand(1, 20, 60))

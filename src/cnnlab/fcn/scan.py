@@ -293,7 +293,7 @@ def convert_run(path: str | os.PathLike[str], pool: str = "window") -> tuple[Ful
     Raises:
         CnnlabError: `path` is converted already, a segmentation run, an ensemble, or not a saved classifier.
     """
-    from cnnlab.train.saved import MODEL_SPEC, load_model, read_record, saved_meta
+    from cnnlab.train.saved import ENSEMBLE_SPEC, ensemble_members, load_model, read_record, saved_meta, spec_path
 
     path = Path(path)
     if _is_converted(path):  # converting it again nested a copy in <path>/fcn
@@ -304,11 +304,15 @@ def convert_run(path: str | os.PathLike[str], pool: str = "window") -> tuple[Ful
         raise CnnlabError(
             f"{path} is a segmentation run: its network is fully convolutional already, one class score per pixel{use}"
         )
-    spec_path = path / MODEL_SPEC if path.is_dir() else path.parent / MODEL_SPEC
-    classifier = load_model(path)
-    if not spec_path.is_file():
-        raise CnnlabError(f"{path} is not a single saved model (an ensemble?); convert one member's directory")
-    source = read_record(spec_path)
+    spec = spec_path(path)
+    if spec.name == ENSEMBLE_SPEC:  # checked before any member is loaded
+        members = ensemble_members(spec)
+        raise CnnlabError(
+            f"{path} is an ensemble of {len(members)} networks, which has no single head to convert: convert one "
+            f"member, e.g. `cnnlab fcn convert {members[0]}`"
+        )
+    classifier = load_model(spec)
+    source = read_record(spec)
     return to_fully_convolutional(classifier, pool=pool), {"arch": source["arch"], "kwargs": source.get("kwargs", {})}
 
 

@@ -99,7 +99,7 @@ def ensemble_members(spec: Path) -> list[Path]:
     named = read_record(spec).get("members")
     if not isinstance(named, list) or not named or not all(isinstance(member, str) for member in named):
         raise CnnlabError(f"{spec} does not list its members' folders under 'members'; re-save the ensemble")
-    return [spec.parent / member for member in named]
+    return [Path(os.path.normpath(spec.parent / member)) for member in named]  # "e2/../q" as "q"
 
 
 def _restore_tuples(kwargs: dict[str, Any]) -> dict[str, Any]:
