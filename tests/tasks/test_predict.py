@@ -137,6 +137,20 @@ def test_nothing_to_predict_is_said_per_path_before_any_model_is_loaded(
     assert plain.exit_code == 2 and f"{tmp_path / 'nope.jpg'}: error: no such file" in plain.stderr
 
 
+def test_top_k_below_1_is_refused_before_the_model_is_loaded(
+    sample_photos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cnnlab.tasks.predict
+    from cnnlab.cli import app
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded (a zoo model's weights downloaded) for an invalid --top-k")
+
+    monkeypatch.setattr(cnnlab.tasks.predict, "load_predictor", no_download)
+    result = CliRunner().invoke(app, ["predict", "--model", "resnet50", "-k", "0", str(sample_photos["chelsea"])])
+    assert result.exit_code == 2 and "--top-k" in result.output
+
+
 def test_unknown_model_is_a_clear_error() -> None:
     with pytest.raises(CnnlabError, match="neither a run directory nor a zoo model"):
         load_predictor("no_such_model_or_dir")

@@ -29,7 +29,7 @@ def predict(
         "or why it could not be read). Segmentation runs: the folder for each image's <stem>_mask.png (class "
         "indices), _colour.png and _overlay.png (default: ./predictions).",
     ),
-    top_k: int = typer.Option(5, "--top-k", "-k", help="Classes shown per image."),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Classes shown per image."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
 ) -> None:
