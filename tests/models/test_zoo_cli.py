@@ -41,3 +41,19 @@ def test_zoo_show_prints_stages_innovation_and_preprocessing():
     assert "bicubic" in result.output and "0.498" in result.output
     small = runner.invoke(app, ["zoo", "show", "resnet18", "--input", "3x64x64"])
     assert "512 x 2 x 2" in small.output
+
+
+def test_zoo_show_refuses_an_input_the_model_cannot_take_in_one_line():
+    """Each was a traceback (Kernel size can't be greater ..., Invalid channel dimensions); now `budget`'s words."""
+    from cnnlab.errors import CnnlabError
+
+    for arguments, message in [
+        (["inception_v3", "--input", "3x32x32"], "the smallest square input it takes is 3x75x75"),
+        (["resnet18", "--input", "3x64"], "resnet18 takes one sample as 3 sizes"),
+        (["resnet18", "--input", "1x64x64"], "resnet18 takes 3-channel input"),
+        (["lenet5", "--input", "1x64x64"], "sized for 1x32x32"),
+    ]:
+        result = runner.invoke(app, ["zoo", "show", *arguments])
+        assert isinstance(result.exception, CnnlabError), (arguments, result.output)
+        assert message in str(result.exception)
+    assert runner.invoke(app, ["zoo", "show", "resnet18", "--input", "3x64x64"]).exit_code == 0

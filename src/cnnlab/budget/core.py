@@ -115,7 +115,7 @@ def parse_memory(text: str) -> int:
         raise CnnlabError(f"cannot read memory size {text!r}; write e.g. 8GiB, 512MB or 16G") from None
 
 
-def _check_zoo_input(name: str, shape: tuple[int, ...], default: tuple[int, ...]) -> None:
+def check_zoo_input(name: str, shape: tuple[int, ...], default: tuple[int, ...]) -> None:
     """Refuse an input a zoo model cannot take, in its terms (the traced error said "Invalid channel dimensions")."""
     example = "x".join(map(str, default))
     given = "x".join(map(str, shape))
@@ -170,7 +170,7 @@ def resolve_model(
         built = create_model(text)
     default = getattr(built, "default_input_size", None)
     if input_shape is not None and default is not None:
-        _check_zoo_input(text, tuple(input_shape), tuple(default))
+        check_zoo_input(text, tuple(input_shape), tuple(default))
     shape = tuple(input_shape) if input_shape is not None else default
     if shape is None:
         raise CnnlabError(f"model {text!r} has no default input size; give --input, e.g. 3x224x224")
@@ -275,6 +275,30 @@ def _smallest_side(module: nn.Module, shape: tuple[int, ...], largest: int = 409
         module.train(training)
 
 
+def input_error(
+    name: str, module: nn.Module, shape: tuple[int, ...], error: Exception, batch_size: int = 1
+) -> CnnlabError:
+    """torch's error for `module` run on one `shape` sample (a batch of `batch_size` in training mode), as one line
+    that names the model and its input, with what to do where the cause is known: a map shrunk below a kernel (the
+    smallest input that runs), fixed dense layers (their size), a batch norm on one value per channel."""
+    first_line = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
+    hint = ""
+    if "more than 1 value per channel" in first_line:  # batch norm in training mode on a 1x1 map of one sample
+        hint = (
+            f"; at batch {batch_size} a batch norm sees one value per channel, which training cannot normalise: "
+            "pass a larger --batch or --input"
+        )
+    default = getattr(module, "default_input_size", None)
+    if ("same reduction dim" in first_line or "cannot be multiplied" in first_line) and default is not None:
+        hint = (
+            f"; its dense layers take a fixed number of inputs, sized for {'x'.join(map(str, default))}: use that "
+            "--input, or scan larger images with a fully convolutional copy of a trained run (`cnnlab fcn convert`)"
+        )
+    if any(words in first_line for words in _TOO_SMALL) and (side := _smallest_side(module, shape)) is not None:
+        hint = f"; the smallest square input it takes is {shape[0]}x{side}x{side}"
+    return CnnlabError(f"{name} does not run on input {'x'.join(map(str, shape))}: {first_line}{hint}")
+
+
 def budget(
     model: nn.Module | str | list[str] | Path,
     input_shape: tuple[int, ...] | None = None,
@@ -313,22 +337,7 @@ def budget(
     except CnnlabError:
         raise
     except (RuntimeError, ValueError, TypeError) as error:
-        first_line = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
-        hint = ""
-        if "more than 1 value per channel" in first_line:  # batch norm in training mode on a 1x1 map of one sample
-            hint = (
-                f"; at batch {batch_size} a batch norm sees one value per channel, which training cannot normalise: "
-                "pass a larger --batch or --input"
-            )
-        default = getattr(module, "default_input_size", None)
-        if ("same reduction dim" in first_line or "cannot be multiplied" in first_line) and default is not None:
-            hint = (
-                f"; its dense layers take a fixed number of inputs, sized for {'x'.join(map(str, default))}: use that "
-                "--input, or scan larger images with a fully convolutional copy of a trained run (`cnnlab fcn convert`)"
-            )
-        if any(words in first_line for words in _TOO_SMALL) and (side := _smallest_side(module, shape)) is not None:
-            hint = f"; the smallest square input it takes is {shape[0]}x{side}x{side}"
-        raise CnnlabError(f"{name} does not run on input {'x'.join(map(str, shape))}: {first_line}{hint}") from None
+        raise input_error(name, module, shape, error, batch_size) from None
     params = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     buffers = sum(b.numel() for b in module.buffers() if b.is_floating_point())
@@ -393,4 +402,4 @@ def _ratio(estimate: int, measured: int) -> float:
     return round(estimate / measured, 4) if measured else float("nan")
 
 
-__all__ = ["BudgetReport", "budget", "measure_step", "parse_memory", "resolve_model"]
+__all__ = ["BudgetReport", "budget", "check_zoo_input", "input_error", "measure_step", "parse_memory", "resolve_model"]

@@ -67,6 +67,7 @@ def show_command(
     from rich.console import Console
     from rich.table import Table
 
+    from cnnlab.budget.core import check_zoo_input, input_error
     from cnnlab.budget.spec import parse_size
     from cnnlab.data.transforms import preprocessing_description
     from cnnlab.models import has_offline_weights, model_info
@@ -74,7 +75,12 @@ def show_command(
 
     info = model_info(name)  # raises CnnlabError with suggestions for an unknown name
     model = _meta_model(name)
-    input_size = parse_size(input, "input") if input else model.default_input_size
+    input_size = tuple(parse_size(input, "input") if input else model.default_input_size)
+    check_zoo_input(name, input_size, tuple(model.default_input_size))
+    try:
+        stages = model_stages(model, input_size)
+    except (RuntimeError, ValueError, TypeError) as error:  # was a traceback: the same line `cnnlab budget` gives
+        raise input_error(name, model, input_size, error) from None
     console = Console()
     console.print(f"[bold]{name}[/bold]  ({type(model).__name__}, input {'x'.join(map(str, input_size))})")
     if info is not None:
@@ -84,7 +90,7 @@ def show_command(
     table = Table(show_lines=False)
     for column in ("stage", "module", "output (C x H x W)", "params"):
         table.add_column(column, justify="right" if column == "params" else "left")
-    for stage in model_stages(model, tuple(input_size)):
+    for stage in stages:
         table.add_row(stage.name, stage.kind, " x ".join(map(str, stage.output_shape)), f"{stage.params:,}")
     console.print(table)
     total = sum(p.numel() for p in model.parameters())
