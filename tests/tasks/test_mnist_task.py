@@ -234,6 +234,18 @@ def test_resume_of_a_finished_run_reads_it_back_and_refuses_other_options(fake_r
         train_mnist("baseline", overrides=_TINY, resume=True, **options)
 
 
+def test_the_last_line_names_the_run_to_copy_into_the_next_command(fake_root: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+
+    arguments = ["train", "mnist", "--recipe", "quick", "--data-dir", str(fake_root), "--val-size", "40", "--epochs",
+                 "2", "--batch-size", "24", "-o", str(tmp_path), "--name", "x", "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert f"`cnnlab predict --model {tmp_path / 'mnist' / 'x'} digit.png`" in result.output  # it said "RUN"
+
+
 def test_a_rank_other_than_0_writes_no_files(fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under torchrun every rank runs `train_mnist`; only rank 0 may write the model, results and probabilities."""
     monkeypatch.setenv("RANK", "1")

@@ -51,7 +51,10 @@ def ensemble(
         f"ensemble of {len(summary['chosen'])}: val {summary['val_accuracy']:.4f} ({summary['val_errors']} errors)  "
         f"test {summary['test_accuracy']:.4f} ({summary['test_errors']} errors)"
     )
-    typer.echo(f"run: {summary['run_dir']}  (use it with `cnnlab predict --model RUN digit.png`, evaluate, export)")
+    typer.echo(
+        f"run: {summary['run_dir']}  (use it with `cnnlab predict --model {summary['run_dir']} digit.png`, "
+        "evaluate, export)"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -71,7 +71,8 @@ def mnist(
     if "ensemble_test_accuracy" in summary:
         typer.echo(f"ensemble of {ensemble}: test {summary['ensemble_test_accuracy']:.4f}")
     typer.echo(
-        f"run: {summary['run_dir']}  (report.md; use it with `cnnlab predict --model RUN digit.png`, evaluate, export)"
+        f"run: {summary['run_dir']}  (report.md; use it with `cnnlab predict --model {summary['run_dir']} digit.png`, "
+        "evaluate, export)"
     )
 
 

@@ -164,7 +164,9 @@ def _segment_folder(
         f"accuracy {test['pixel_accuracy']:.4f}; {summary['images']['test']} test images, {summary['skipped']} "
         f"skipped; {summary['train_seconds']:.0f} s training"
     )
-    typer.echo(f"run: {summary['run_dir']}  (report.md; cnnlab predict --model RUN IMAGE... --output DIR)")
+    typer.echo(
+        f"run: {summary['run_dir']}  (report.md; `cnnlab predict --model {summary['run_dir']} IMAGE... --output DIR`)"
+    )
 
 
 def register(app: typer.Typer) -> None:
