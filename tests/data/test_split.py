@@ -39,6 +39,9 @@ def test_bad_fractions_and_tiny_classes_are_errors() -> None:
         stratified_split(LABELS, 0.5, 0.5)
     with pytest.raises(CnnlabError, match="cannot split"):
         stratified_split([0] * 20 + [1], 0.15, 0.15)
+    # scikit-learn refuses the seed; it was reported as "cannot split ...; collect more images per class"
+    with pytest.raises(CnnlabError, match="--split-seed must be between 0 and 4294967295, got -1"):
+        stratified_split(LABELS, seed=-1)
 
 
 def test_manifest_round_trip(tmp_path: Path) -> None:

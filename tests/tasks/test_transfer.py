@@ -190,6 +190,7 @@ def test_resume_is_refused_under_other_options_before_anything_is_trained(tmp_pa
         ({"image_size": 0}, "--image-size must be at least 16 px, got 0"),  # 0 ran at the recipe's size
         ({"min_per_class": -3}, "--min-per-class must be >= 0"),
         ({"max_per_class": 0}, "--max-per-class must be >= 1"),  # a scikit-learn error about an empty split
+        ({"split_seed": -1}, "--split-seed must be between 0 and"),  # "cannot split ...; collect more images"
         ({"resume": True, "name": "never-started"}, "--resume: there is no run at .*never-started"),  # trained anew
     ],
 )

@@ -17,10 +17,29 @@ from sklearn.model_selection import train_test_split
 from cnnlab.data.folder import LabelledImages, _collect, scan_folder
 from cnnlab.errors import CnnlabError
 
-__all__ = ["SPLITS", "Split", "read_manifest", "split_from_folders", "stratified_split", "write_manifest"]
+__all__ = [
+    "SPLITS",
+    "Split",
+    "check_split_seed",
+    "read_manifest",
+    "split_from_folders",
+    "stratified_split",
+    "write_manifest",
+]
 
 SPLITS = ("train", "val", "test")
 Split = dict[str, list[int]]
+
+
+def check_split_seed(seed: int) -> int:
+    """`seed` when scikit-learn takes it as a split's seed (0 to 2**32 - 1); checked before any image is read.
+
+    Raises:
+        CnnlabError: out of that range (-1 was scikit-learn's error, reported as too few images per class).
+    """
+    if not 0 <= seed < 2**32:
+        raise CnnlabError(f"--split-seed must be between 0 and {2**32 - 1}, got {seed}")
+    return seed
 
 
 def stratified_split(
@@ -38,6 +57,7 @@ def stratified_split(
         raise CnnlabError(
             f"val fraction {val_fraction} and test fraction {test_fraction} must be in [0, 1) with a sum below 1"
         )
+    check_split_seed(seed)
     indices = list(range(len(labels)))
     try:
         rest, test = train_test_split(indices, test_size=test_fraction, stratify=labels, random_state=seed)

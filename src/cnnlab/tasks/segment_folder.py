@@ -37,7 +37,7 @@ from cnnlab.data.segmentation import (
     joint_train_transform,
     pad_collate,
 )
-from cnnlab.data.split import read_manifest, stratified_split, write_manifest
+from cnnlab.data.split import check_split_seed, read_manifest, stratified_split, write_manifest
 from cnnlab.errors import CnnlabError
 from cnnlab.report.metrics import confusion_matrix
 from cnnlab.report.segmentation import BoundaryF1, MeanIoU, PixelAccuracy, save_overlays, segmentation_report
@@ -196,6 +196,7 @@ def train_segmentation_folder(
     crop = crop_size or recipe.crop_size
     if crop < 8:
         raise CnnlabError(f"--crop-size must be at least 8 px, got {crop}")
+    check_split_seed(split_seed)  # before the folder is read
     folder = SegmentationFolder(data, skip_bad=True)
     pairs = folder.read_all()
     if not pairs:

@@ -51,7 +51,7 @@ from cnnlab.data.sources import (
     source_classes,
     source_defaults,
 )
-from cnnlab.data.split import SPLITS, Split, read_manifest, stratified_split, write_manifest
+from cnnlab.data.split import SPLITS, Split, check_split_seed, read_manifest, stratified_split, write_manifest
 from cnnlab.errors import CnnlabError
 from cnnlab.layers.views import ViewAverage, parse_views
 from cnnlab.models import PretrainedCfg, create_model, split_classifier, trainable_blocks
@@ -249,6 +249,7 @@ class TransferConfig:
             raise CnnlabError(f"--monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
         if self.unfreeze is not None and self.unfreeze < 0:
             raise CnnlabError(f"--unfreeze must be >= 0, got {self.unfreeze}")
+        check_split_seed(self.split_seed)
         if self.min_per_class < 0:
             raise CnnlabError(f"--min-per-class must be >= 0 (0: no minimum), got {self.min_per_class}")
         if self.max_per_class is not None and self.max_per_class < 1:  # 0 was a scikit-learn error about the split
