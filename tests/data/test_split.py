@@ -37,6 +37,8 @@ def test_validation_comes_from_the_non_test_part() -> None:
 def test_bad_fractions_and_tiny_classes_are_errors() -> None:
     with pytest.raises(CnnlabError, match="sum below 1"):
         stratified_split(LABELS, 0.5, 0.5)
+    with pytest.raises(CnnlabError, match=r"test fraction 0.0 must be in \[0, 1\) and \(0, 1\) respectively"):
+        stratified_split(LABELS, 0.15, 0.0)
     with pytest.raises(CnnlabError, match="cannot split"):
         stratified_split([0] * 20 + [1], 0.15, 0.15)
     # scikit-learn refuses the seed; it was reported as "cannot split ...; collect more images per class"

@@ -54,8 +54,9 @@ def stratified_split(
         CnnlabError: fractions out of range, or a class too small to appear in every part.
     """
     if not (0.0 <= val_fraction < 1.0 and 0.0 < test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
-        raise CnnlabError(
-            f"val fraction {val_fraction} and test fraction {test_fraction} must be in [0, 1) with a sum below 1"
+        raise CnnlabError(  # it said "[0, 1)" for both, so a test fraction of 0 read as allowed
+            f"val fraction {val_fraction} and test fraction {test_fraction} must be in [0, 1) and (0, 1) "
+            "respectively, with a sum below 1 (the test set is what the run is scored on)"
         )
     check_split_seed(seed)
     indices = list(range(len(labels)))
