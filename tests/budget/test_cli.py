@@ -23,6 +23,15 @@ def test_json_output():
     assert [layer["output_shape"] for layer in data["layers"]] == [[100, 100, 150], [200, 50, 75], [400, 25, 38]]
 
 
+def test_json_with_explain_carries_the_arithmetic():
+    """--json --explain printed the JSON alone: the explanation was dropped without a word."""
+    result = run("--input", "3x200x300", *EXERCISE, "--batch", "50", "--json", "--explain")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert "= 903,400 parameters" in data["explanation"] and "565,613,600" in data["explanation"]
+    assert "explanation" not in json.loads(run("--input", "3x200x300", *EXERCISE, "--json").stdout)
+
+
 def test_a_spec_file_name_with_brackets_is_shown_as_written(tmp_path):
     spec = tmp_path / "net[v2].yaml"  # Rich markup would read [v2] as a style and drop it from the table title
     spec.write_text("input: 1x28x28\nlayers:\n  - conv 8 k3 s1 same relu\n  - gap\n  - dense 10\n")

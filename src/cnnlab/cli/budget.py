@@ -59,17 +59,21 @@ def budget_command(
         device=device,
         memory_limit=parse_memory(memory) if memory else None,
     )
-    if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+    explanation = None
+    if explain:
+        from cnnlab.budget.explain import explain as explain_report
+
+        explanation = explain_report(report)
+    if as_json:  # with --explain the arithmetic is one more field (it was dropped without a word)
+        document = report.to_dict() | ({"explanation": explanation} if explanation is not None else {})
+        typer.echo(json.dumps(document, indent=2))
         return
     from cnnlab.budget.render import print_report
 
     print_report(report, layers=layers)
-    if explain:
-        from cnnlab.budget.explain import explain as explain_report
-
+    if explanation is not None:
         typer.echo("")
-        typer.echo(explain_report(report))
+        typer.echo(explanation)
 
 
 def register(app: typer.Typer) -> None:
