@@ -4,6 +4,7 @@ segmentation run."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,16 +54,7 @@ def predict(
     predictor = load_predictor(model, device=device)
     results = _in_order(predict_images(predictor, paths, top_k=top_k, progress=True), empty)
     written = write_predictions_csv(results, output) if output is not None else None
-    if as_json:
-        typer.echo(json.dumps({"model": predictor.source, "predictions": results}, indent=1))
-    else:
-        for result in results:
-            if "error" in result:
-                typer.echo(f"{result['image']}: error: {result['error']}", err=True)
-                continue
-            typer.echo(f"{result['image']}:")
-            for rank, entry in enumerate(result["top"], start=1):
-                typer.echo(f"  {rank}. {entry['label']:<30} {entry['probability']:7.2%}")
+    _show(results, predictor.source, as_json, _top_classes)
     if written is not None:  # on stderr, so that --json output stays one JSON document
         typer.echo(f"predictions of {len(results)} images: {written}", err=True)
     if all("error" in result for result in results):
@@ -74,12 +66,39 @@ def _nothing_to_predict(paths: list[str], empty: list[tuple[int, dict[str, str]]
     from cnnlab.data.folder import check_image
 
     results = _in_order([{"image": path, "error": check_image(path) or ""} for path in paths], empty)
-    if as_json:
-        typer.echo(json.dumps({"model": model, "predictions": results}, indent=1))
-    else:
-        for result in results:
-            typer.echo(f"{result['image']}: error: {result['error']}", err=True)
+    _show(results, model, as_json, lambda result: None)  # every result is an error
     raise typer.Exit(2)
+
+
+def _show(
+    results: list[dict[str, Any]], source: str, as_json: bool, describe: Callable[[dict[str, Any]], None]
+) -> None:
+    """The results as one JSON document, or per image: its error on stderr, else the lines `describe` prints."""
+    if as_json:
+        typer.echo(json.dumps({"model": source, "predictions": results}, indent=1))
+        return
+    for result in results:
+        if "error" in result:
+            typer.echo(f"{result['image']}: error: {result['error']}", err=True)
+        else:
+            describe(result)
+
+
+def _top_classes(result: dict[str, Any]) -> None:
+    typer.echo(f"{result['image']}:")
+    for rank, entry in enumerate(result["top"], start=1):
+        typer.echo(f"  {rank}. {entry['label']:<30} {entry['probability']:7.2%}")
+
+
+def _class_shares(result: dict[str, Any]) -> None:
+    width, height = result["size"]
+    typer.echo(f"{result['image']} ({width}x{height}) -> {result['mask']}:")
+    # the classes found, largest first; a dataset's other classes (often most of them) are one line
+    found = sorted(((n, v) for n, v in result["share"].items() if v > 0), key=lambda item: -item[1])
+    for name, share in found:
+        typer.echo(f"  {name:<30} {share:7.2%}")
+    if absent := len(result["share"]) - len(found):
+        typer.echo(f"  ({absent} other classes: no pixels; --json lists every class)")
 
 
 def _image_paths(arguments: list[Path]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
@@ -114,23 +133,7 @@ def _segment(
     from cnnlab.tasks.segment_predict import load_segmenter, predict_masks
 
     results = _in_order(predict_masks(load_segmenter(model, device=device), paths, output, progress=True), empty)
-    if as_json:
-        typer.echo(json.dumps({"model": model, "predictions": results}, indent=1))
-    else:
-        for result in results:
-            if "error" in result:
-                typer.echo(f"{result['image']}: error: {result['error']}", err=True)
-                continue
-            width, height = result["size"]
-            typer.echo(f"{result['image']} ({width}x{height}) -> {result['mask']}:")
-            # the classes found, largest first; a dataset's other classes (often most of them) are one line
-            found = sorted(((n, v) for n, v in result["share"].items() if v > 0), key=lambda item: -item[1])
-            for name, share in found:
-                typer.echo(f"  {name:<30} {share:7.2%}")
-            if len(found) < len(result["share"]):
-                typer.echo(
-                    f"  ({len(result['share']) - len(found)} other classes: no pixels; --json lists every class)"
-                )
+    _show(results, model, as_json, _class_shares)
     if all("error" in result for result in results):
         raise typer.Exit(2)
 

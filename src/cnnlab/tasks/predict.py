@@ -158,8 +158,9 @@ def predict_images(
     results: list[dict[str, Any]] = []
     with ProgressBar(len(paths), "predicting", enabled=progress) as bar:
         for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
             good: list[tuple[int, torch.Tensor]] = []
-            for path in paths[start : start + batch_size]:
+            for path in chunk:
                 reason = check_image(path)
                 if reason is None:
                     try:
@@ -175,7 +176,7 @@ def predict_images(
                         {"label": predictor.classes[int(i)], "index": int(i), "probability": float(v)}
                         for v, i in zip(row_values, row_indices, strict=True)
                     ]
-            bar.advance(len(paths[start : start + batch_size]))
+            bar.advance(len(chunk))
     return results
 
 
