@@ -217,6 +217,23 @@ def test_export_checks_its_output_path_before_tracing(tiny_run: Path, tmp_path: 
     assert Path(result["model"]).stat().st_size > 0
 
 
+def test_an_onnx_opset_the_exporter_cannot_write_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    """`--opset 3` was torch's 'Unsupported onnx_opset_version' traceback after a page of graph; `--opset 9` failed on
+    the input-sized padding every cnnlab network has."""
+    from cnnlab.cli import app
+    from cnnlab.tasks.export import ONNX_OPSETS, export_model
+
+    for opset in (3, 9, 21):
+        with pytest.raises(CnnlabError, match=rf"--opset {opset}: cnnlab exports ONNX opsets 11 to 20"):
+            export_model("no_such_model", "onnx", tmp_path / "m.onnx", opset=opset)  # refused before it is looked up
+    assert not (tmp_path / "m.onnx").exists()
+    assert 17 in ONNX_OPSETS  # the CLI's default
+    with pytest.raises(CnnlabError, match="neither a run directory nor a zoo model"):  # the opset only matters to onnx
+        export_model("no_such_model", "torchscript", tmp_path / "m.pt", opset=3)
+    result = CliRunner().invoke(app, ["export", "no_such_model", "-o", str(tmp_path / "m.onnx"), "--opset", "9"])
+    assert "--opset 9" in str(result.exception)
+
+
 def test_predict_writes_a_classifiers_predictions_to_csv(tiny_run: Path, tmp_path: Path) -> None:
     """`--output` was read by segmentation runs only: a classifier's `-o predictions.csv` was silently ignored."""
     import csv

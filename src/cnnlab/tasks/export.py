@@ -27,10 +27,14 @@ from cnnlab.errors import CnnlabError
 from cnnlab.layers.normalize import Normalize
 from cnnlab.tasks.predict import load_predictor
 
-__all__ = ["EXPORT_FORMATS", "export_model"]
+__all__ = ["EXPORT_FORMATS", "ONNX_OPSETS", "export_model"]
 
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx", "pt2": ".pt2"}
 EXPORT_FORMATS = tuple(SUFFIXES)
+# 11 is the first opset whose Pad and Resize take sizes computed from the input, which every cnnlab network needs (the
+# segmenters pad to their stride, EfficientNet pads like TensorFlow); 20 is the last the TorchScript-based exporter
+# supports.
+ONNX_OPSETS = range(11, 21)
 LOADERS = {  # how a deployment loads each format (written beside the file)
     "torchscript": "torch.jit.load(path)",
     "onnx": "onnxruntime.InferenceSession(path), input name 'images'",
@@ -68,13 +72,18 @@ def export_model(
         fmt: ``torchscript`` (``.pt``, traced), ``onnx`` (``.onnx``) or ``pt2`` (``.pt2``, torch.export); the
             batch dimension is dynamic in each. None: the one ``output``'s suffix names, else torchscript.
         output: the file to write; default ``<run dir>/model<suffix>`` (``./<name><suffix>`` for a zoo model).
-        opset: ONNX opset.
+        opset: ONNX opset, one of `ONNX_OPSETS`.
 
     Returns:
         Paths written and the largest absolute difference from the eager model on a random batch of a size the
         export did not see.
     """
     fmt = export_format(fmt, output)
+    if fmt == "onnx" and opset not in ONNX_OPSETS:  # before a model is loaded or a weight downloaded
+        raise CnnlabError(
+            f"--opset {opset}: cnnlab exports ONNX opsets {ONNX_OPSETS.start} to {ONNX_OPSETS.stop - 1} (below 11, "
+            "padding and resizing to the input's size cannot be written; 20 is the exporter's last)"
+        )
     from cnnlab.tasks.segment_predict import is_segmentation_run
 
     if is_segmentation_run(model):
