@@ -1,4 +1,4 @@
-"""`cnnlab budget`: parameters, MACs and memory of a model, a layer spec or a spec file."""
+"""`cnnlab budget`: parameters, MACs and memory of a model, a run's network, a layer spec or a spec file."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import typer
 # Typer renders help as Rich markup: each [relu] is escaped with a backslash, or Rich would drop it.
 _HELP = """Size a CNN: per-layer shapes, parameters, MACs, and memory for inference and for training a mini-batch.
 
-TARGET is a zoo model name (resnet50), a YAML/JSON spec file, or layer strings, one per argument (or several in one,
-separated by ';' or by ',' before a layer's name: "conv 64 k7 s2 same, maxpool k3 s2, gap, dense 10"):
+TARGET is a zoo model name (resnet50), a trained run's folder (runs/transfer/NAME: its network at its own input
+size, weights not read), a YAML/JSON spec file, or layer strings, one per argument (or several in one, separated by
+';' or by ',' before a layer's name: "conv 64 k7 s2 same, maxpool k3 s2, gap, dense 10"):
 
   cnnlab budget --input 3x200x300 "conv 100 k3 s2 same" "conv 200 k3 s2 same" "conv 400 k3 s2 same" --batch 50
 
@@ -23,7 +24,7 @@ layer output kept, two consecutive layers at inference) and what PyTorch really 
 
 def budget_command(
     target: Annotated[
-        list[str], typer.Argument(help="Zoo model name, spec file, or layer strings.", show_default=False)
+        list[str], typer.Argument(help="Zoo model name, run folder, spec file, or layer strings.", show_default=False)
     ],
     input: Annotated[
         str | None, typer.Option("--input", "-i", help="Shape of one sample, CxHxW, e.g. 3x224x224.")

@@ -106,9 +106,8 @@ def _restore_tuples(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 
-def _load_single(spec_path: Path, device: str | torch.device) -> nn.Module:
-    from safetensors.torch import load_file
-
+def _build_single(spec_path: Path) -> tuple[str, nn.Module]:
+    """The architecture name and the network that the ``model.json`` at `spec_path` describes, with fresh weights."""
     from cnnlab.models import create_model
 
     spec = read_record(spec_path)
@@ -118,10 +117,16 @@ def _load_single(spec_path: Path, device: str | torch.device) -> nn.Module:
             raise TypeError(f"'arch' is {arch!r}, not a name")
     except (KeyError, TypeError, AttributeError) as error:
         raise CnnlabError(f"{spec_path} is not a cnnlab model record ({error}); re-save the model") from None
+    return arch, create_model(arch, **kwargs)
+
+
+def _load_single(spec_path: Path, device: str | torch.device) -> nn.Module:
+    from safetensors.torch import load_file
+
+    arch, model = _build_single(spec_path)
     weights = spec_path.parent / MODEL_WEIGHTS
     if not weights.is_file():
         raise CnnlabError(f"{weights} is missing next to {spec_path}; the saved model is incomplete")
-    model = create_model(arch, **kwargs)
     try:
         model.load_state_dict(load_file(str(weights), device=str(device)))
     except RuntimeError as error:
@@ -162,6 +167,19 @@ def saved_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise CnnlabError(f"{spec}: its 'meta' is a JSON {type(meta).__name__}, not an object; re-save the model")
     return dict(meta)
+
+
+def build_network(path: str | os.PathLike[str]) -> nn.Module:
+    """The network saved at `path` (what `load_model` accepts), built as its record describes but without reading
+    its weights: what `cnnlab budget RUN` sizes. Under ``torch.device("meta")`` no weight is even initialised.
+
+    Raises:
+        CnnlabError: when nothing loadable is at `path`, or its record names no architecture.
+    """
+    path = spec_path(path)
+    if path.name.endswith(ENSEMBLE_SPEC):
+        return Ensemble([_build_single(member / MODEL_SPEC)[1] for member in ensemble_members(path)])
+    return _build_single(path)[1]
 
 
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:

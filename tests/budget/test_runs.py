@@ -1,0 +1,48 @@
+"""`cnnlab budget RUN`: a trained run's network, sized at the run's own input, without reading its weights."""
+
+from pathlib import Path
+
+import pytest
+
+from cnnlab.budget.core import budget
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model
+from cnnlab.train.saved import save_ensemble, save_model
+
+
+def _parameters(arch: str, **kwargs: object) -> int:
+    return sum(p.numel() for p in create_model(arch, **kwargs).parameters())
+
+
+def test_a_run_is_sized_at_its_own_input_without_its_weights(tmp_path: Path) -> None:
+    """It was "unknown model 'runs/transfer/NAME'": only zoo names, layer strings and spec files were taken."""
+    run = tmp_path / "runs" / "transfer" / "cells"
+    meta = {"task": "transfer", "classes": ["a", "b", "c"], "preprocessing": {"input_size": [3, 96, 96]}}
+    kwargs = {"num_classes": 3}
+    save_model(create_model("efficientnet_lite0", **kwargs), run, "efficientnet_lite0", kwargs, meta)
+    (run / "model.safetensors").unlink()  # the record is enough: nothing is loaded
+    report = budget(str(run))
+    assert report.input_shape == (3, 96, 96)  # the run's crop, not the architecture's 224x224 default
+    assert report.params == _parameters("efficientnet_lite0", **kwargs)
+    assert report.output_shape[-1] == 3
+    assert budget(str(run / "model.json"), input_shape=(3, 64, 64)).input_shape == (3, 64, 64)
+    with pytest.raises(CnnlabError, match="takes 3-channel input"):
+        budget(str(run), input_shape=(1, 96, 96))
+
+
+def test_an_mnist_ensemble_is_sized_as_all_its_members(tmp_path: Path) -> None:
+    members = []
+    for seed in range(2):
+        member = tmp_path / "ens" / f"member{seed}"
+        save_model(create_model("mnist_net"), member, "mnist_net", {}, {"task": "mnist", "seed": seed})
+        members.append(member)
+    save_ensemble(tmp_path / "ens", members, {"task": "mnist"})
+    single = budget(str(members[0]))
+    assert single.input_shape == (1, 28, 28) and single.params == _parameters("mnist_net")
+    both = budget(str(tmp_path / "ens"))
+    assert both.params == 2 * single.params and both.macs == 2 * single.macs
+
+
+def test_a_folder_that_is_not_a_run_says_so(tmp_path: Path) -> None:
+    with pytest.raises(CnnlabError, match="holds no model.json or ensemble.json"):
+        budget(str(tmp_path))
