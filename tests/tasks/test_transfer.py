@@ -192,12 +192,21 @@ def test_resume_is_refused_under_other_options_before_anything_is_trained(tmp_pa
         ({"max_per_class": 0}, "--max-per-class must be >= 1"),  # a scikit-learn error about an empty split
         ({"split_seed": -1}, "--split-seed must be between 0 and"),  # "cannot split ...; collect more images"
         ({"resume": True, "name": "never-started"}, "--resume: there is no run at .*never-started"),  # trained anew
+        ({"arch": "no_such_net"}, "unknown model 'no_such_net'"),
+        ({"pretrained": True}, "--model lenet5 has no pretrained weights in cnnlab.*--no-pretrained"),
+        ({"unfreeze": None}, "recipe default trains the top 8 blocks of efficientnet_lite0, and lenet5 has 3"),
+        ({"train": {"epochs": 0}}, "epochs must be >= 1, got 0"),
+        ({"train": {"lr": -1.0}}, "lr must be > 0"),
     ],
 )
 def test_bad_options_are_clear_errors(tmp_path: Path, overrides: dict, message: str) -> None:
+    """Each is refused before a run folder is made: the model's, --unfreeze's and the engine's were found after the
+    images were read and the split written, and left a run folder with no model behind."""
     make_photo_folder(tmp_path / "photos")
+    config = tiny_config(tmp_path, **overrides)
     with pytest.raises(CnnlabError, match=message):
-        train_transfer(tiny_config(tmp_path, **overrides))
+        train_transfer(config)
+    assert not config.run_dir.exists()
 
 
 @pytest.mark.parametrize(

@@ -14,12 +14,13 @@ from cnnlab.models import (  # noqa: F401
 from cnnlab.models._base import ModelInfo, model_info
 from cnnlab.models._pretrained import PretrainedCfg, has_offline_weights, load_pretrained
 from cnnlab.models._registry import create_model, is_model, list_models, model_family, register_model
-from cnnlab.models._split import ClassifierSplit, split_classifier, trainable_blocks
+from cnnlab.models._split import ClassifierSplit, check_unfreeze, split_classifier, trainable_blocks
 
 __all__ = [
     "ClassifierSplit",
     "ModelInfo",
     "PretrainedCfg",
+    "check_unfreeze",
     "create_model",
     "has_offline_weights",
     "is_model",

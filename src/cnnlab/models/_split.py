@@ -97,10 +97,24 @@ def _called_blocks(model: nn.Module, probe: Tensor) -> list[tuple[str, nn.Module
 
 
 def trainable_blocks(model: nn.Module, input_size: tuple[int, int, int] | None = None) -> list[str]:
-    """The names of the parameterised blocks `forward_features` runs, from input to output."""
+    """The names of the parameterised blocks `forward_features` runs, from input to output (a model on the meta
+    device answers too, without a weight)."""
     size = input_size or getattr(model, "default_input_size", (3, 224, 224))
-    probe = torch.zeros(1, *size)
+    probe = torch.zeros(1, *size, device=next(model.parameters()).device)
     return [name for name, module in _called_blocks(model, probe) if any(True for _ in module.parameters())]
+
+
+def check_unfreeze(top_blocks: int, blocks: int, model: nn.Module) -> None:
+    """Refuse `top_blocks` (``--unfreeze``) outside `model`'s `blocks` parameterised blocks.
+
+    Raises:
+        CnnlabError: naming the range there is to choose from.
+    """
+    if not 0 <= top_blocks <= blocks:
+        raise CnnlabError(
+            f"--unfreeze {top_blocks} is outside the backbone: {type(model).__name__} has {blocks} blocks (choose "
+            f"0..{blocks}; 0 trains the classifier alone)"
+        )
 
 
 def split_classifier(
@@ -129,11 +143,7 @@ def split_classifier(
         calls = _called_blocks(model, probe)
         names = [name for name, _ in calls]
         parameterised = [i for i, (_, module) in enumerate(calls) if any(True for _ in module.parameters())]
-        if not 0 <= top_blocks <= len(parameterised):
-            raise CnnlabError(
-                f"--unfreeze {top_blocks} is outside the backbone: {type(model).__name__} has {len(parameterised)} "
-                f"blocks (choose 0..{len(parameterised)}; 0 trains the classifier alone)"
-            )
+        check_unfreeze(top_blocks, len(parameterised), model)
         if top_blocks == 0:
             lower: nn.Module = _PooledFeatures(model)
             classifier = model.get_classifier()

@@ -54,7 +54,7 @@ from cnnlab.data.sources import (
 from cnnlab.data.split import SPLITS, Split, check_split_seed, read_manifest, stratified_split, write_manifest
 from cnnlab.errors import CnnlabError
 from cnnlab.layers.views import ViewAverage, parse_views
-from cnnlab.models import PretrainedCfg, create_model, split_classifier, trainable_blocks
+from cnnlab.models import PretrainedCfg, check_unfreeze, create_model, split_classifier, trainable_blocks
 from cnnlab.report.units import duration
 from cnnlab.tasks.feature_cache import CachedPart, FeatureCache, images_digest
 from cnnlab.tasks.recipes import Recipe, RecipeBook, check_resume, run_name
@@ -255,7 +255,34 @@ class TransferConfig:
         if self.max_per_class is not None and self.max_per_class < 1:  # 0 was a scikit-learn error about the split
             raise CnnlabError(f"--max-per-class must be >= 1, got {self.max_per_class}")
         parse_views(self.views or "none")
+        TrainConfig(**{**recipe.train, **self.train, "progress": False})  # --epochs 0, --lr -1 ...: the engine's word
+        self._check_model(recipe)
         return recipe
+
+    def _check_model(self, recipe: TransferRecipe) -> None:
+        """The backbone exists, has weights to transfer (unless ``--no-pretrained``), can be fine-tuned, and has the
+        blocks ``--unfreeze`` asks for: asked of the model on the meta device, before an image is read or a run
+        folder made (each was found after both)."""
+        arch = self.arch or recipe.arch
+        with torch.device("meta"):
+            model = create_model(arch, num_classes=2, in_chans=3)
+        if self.pretrained and getattr(model, "pretrained_cfg", None) is None:
+            raise CnnlabError(
+                f"--model {arch} has no pretrained weights in cnnlab, so there is nothing to transfer; choose a "
+                "model with weights (`cnnlab zoo` lists them), or add --no-pretrained to train it from scratch"
+            )
+        if not hasattr(model, "forward_features") or not hasattr(model, "get_classifier"):
+            raise CnnlabError(f"{arch} lacks the classifier surface (forward_features/forward_head) to fine-tune")
+        top = self.unfreeze if self.unfreeze is not None else recipe.unfreeze
+        if top is None or recipe.method != "cached":
+            return
+        blocks = len(trainable_blocks(model))
+        if self.unfreeze is None and top > blocks:  # the recipe's count, chosen for its own backbone
+            raise CnnlabError(
+                f"recipe {recipe.name} trains the top {top} blocks of {recipe.arch}, and {arch} has {blocks}; "
+                f"choose --unfreeze 0..{blocks}"
+            )
+        check_unfreeze(top, blocks, model)
 
     @classmethod
     def from_options(cls, engine: EngineOptions, **options: Any) -> TransferConfig:
@@ -635,8 +662,6 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     arch = config.arch or recipe.arch
     # Images are loaded as RGB (grayscale replicated to 3 channels), so every backbone is built for 3 channels.
     model = create_model(arch, pretrained=config.pretrained, num_classes=len(images.classes), in_chans=3)
-    if not hasattr(model, "forward_features"):
-        raise CnnlabError(f"{arch} lacks the classifier surface (forward_features/forward_head) to fine-tune")
     record = PretrainedCfg.for_model(model)
     size = recipe.input_side(arch, config.image_size)
     cfg = record.with_input(size, config.crop_pct if config.crop_pct is not None else recipe.crop_pct)
