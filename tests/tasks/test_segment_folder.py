@@ -320,6 +320,29 @@ def test_the_command_line_reports_a_bad_folder_on_one_line(tmp_path, monkeypatch
     assert stderr.startswith("error: ") and stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--data", "pairs", "--upsample", "bilinear"], "error: --upsample: for the MNIST canvases only"),
+        (["--data", "pairs", "--recipe", "accurate", "--pretrain-epochs", "2"], "--recipe, --pretrain-epochs: for the"),
+        (["--crop-size", "32", "--hflip"], "error: --crop-size, --hflip: for a folder run only; add --data DIR"),
+        (["--split-seed", "0"], "--split-seed: for a folder run only"),  # typed, even at its default value
+    ],
+)
+def test_an_option_of_the_other_kind_of_run_is_refused(tmp_path, monkeypatch, capsys, options, message):
+    """A folder run ignored --upsample, --recipe ... and a canvas run --crop-size, --hflip ... without a word."""
+    from cnnlab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cnnlab", "train", "segment", *options])
+    with pytest.raises(SystemExit) as exit_code:
+        main()
+    assert exit_code.value.code == 2
+    stderr = capsys.readouterr().err
+    assert message in stderr and stderr.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("model", ["unet-lite0", "fcn8s-lite0"])
 def test_pretrained_encoder_models_train_and_keep_the_weights_normalisation(tmp_path, model):
     from cnnlab.models import create_model

@@ -15,27 +15,63 @@ if TYPE_CHECKING:
     from cnnlab.train.config import EngineOptions
 
 
+# Options that only one kind of run reads: the other kind ignored them without a word.
+_CANVAS_ONLY = ("recipe", "upsample", "train_canvases", "pretrain_epochs", "data_dir")
+_FOLDER_ONLY = (
+    "model",
+    "class_weight",
+    "background",
+    "crop_size",
+    "hflip",
+    "val_fraction",
+    "test_fraction",
+    "split_seed",
+)
+
+
+def _check_run_kind(context: typer.Context, folder: bool) -> None:
+    """Refuse an option typed on the command line that the other kind of run reads (canvases or a folder)."""
+    given = [
+        name
+        for name in (_CANVAS_ONLY if folder else _FOLDER_ONLY)
+        if (source := context.get_parameter_source(name)) is not None and source.name == "COMMANDLINE"
+    ]
+    if not given:
+        return
+    flags = ", ".join("--" + name.replace("_", "-") for name in given)
+    if folder:
+        raise CnnlabError(
+            f"{flags}: for the MNIST canvases only; a folder run (--data) chooses its network with --model"
+        )
+    raise CnnlabError(f"{flags}: for a folder run only; add --data DIR (images/ and masks/), or leave {flags} out")
+
+
 @with_engine_options
 def segment(
+    context: typer.Context,
     recipe: str = typer.Option(
         "quick",
         "--recipe",
         "-r",
         help="quick (U-Net, a few minutes; the demo), accurate (U-Net, about 20 min on 2 cores), unet (a smaller "
-        "U-Net, for comparison), fcn8s, fcn32s (FCN on a ResNet-18 trunk).",
+        "U-Net, for comparison), fcn8s, fcn32s (FCN on a ResNet-18 trunk). Canvas runs only (no --data).",
     ),
-    upsample: str | None = typer.Option(None, "--upsample", help="transposed (learned) or bilinear (fixed)."),
+    upsample: str | None = typer.Option(
+        None, "--upsample", help="Without --data: transposed (learned) or bilinear (fixed)."
+    ),
     train_canvases: int | None = typer.Option(
-        None, "--train-canvases", min=1, help="Training canvases (default: the recipe's)."
+        None, "--train-canvases", min=1, help="Without --data: training canvases (default: the recipe's)."
     ),
     pretrain_epochs: int | None = typer.Option(
         None,
         "--pretrain-epochs",
         min=0,
-        help="Epochs pretraining the U-Net's encoder as a digit classifier on the training pool's single digits "
-        "before segmentation (default: the recipe's; 0 = none).",
+        help="Without --data: epochs pretraining the U-Net's encoder as a digit classifier on the training pool's "
+        "single digits before segmentation (default: the recipe's; 0 = none).",
     ),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST root (else $CNNLAB_DATA, else ./data)."),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Without --data: MNIST root (else $CNNLAB_DATA, else ./data)."
+    ),
     data: Path | None = typer.Option(
         None,
         "--data",
@@ -72,8 +108,7 @@ def segment(
     A folder run splits the pairs (split.csv), trains on random crops, tests whole images once and saves a model for
     `cnnlab predict` and `cnnlab export`. The canvases are always generated with seed 0; --seed seeds the training.
     """
-    if data is None and model is not None:
-        raise CnnlabError("--model chooses the model of a folder run (--data DIR); the canvas recipes use --recipe")
+    _check_run_kind(context, folder=data is not None)
     if data is not None:
         _segment_folder(
             data,
