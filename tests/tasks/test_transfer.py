@@ -197,6 +197,7 @@ def test_resume_is_refused_under_other_options_before_anything_is_trained(tmp_pa
         ({"unfreeze": None}, "recipe default trains the top 8 blocks of efficientnet_lite0, and lenet5 has 3"),
         ({"train": {"epochs": 0}}, "epochs must be >= 1, got 0"),
         ({"train": {"lr": -1.0}}, "lr must be > 0"),
+        ({"recipe": "full"}, "--unfreeze 2: recipe full trains the whole network"),  # 2 was ignored
     ],
 )
 def test_bad_options_are_clear_errors(tmp_path: Path, overrides: dict, message: str) -> None:
@@ -322,7 +323,8 @@ def test_class_weighted_run_trains_with_the_weighted_loss(tmp_path: Path) -> Non
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Trainer, "__init__", spy)
-        summary = train_transfer(tiny_config(tmp_path, recipe="full", class_weight="balanced", train={"epochs": 1}))
+        config = tiny_config(tmp_path, recipe="full", unfreeze=None, class_weight="balanced", train={"epochs": 1})
+        summary = train_transfer(config)
     train_counts = summary["counts"]["train"]
     expected = class_weights(train_counts)
     assert expected[1] < 1.0 < expected[0]  # blue, the rare class, weighs more

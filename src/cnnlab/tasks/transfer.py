@@ -249,6 +249,11 @@ class TransferConfig:
             raise CnnlabError(f"--monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
         if self.unfreeze is not None and self.unfreeze < 0:
             raise CnnlabError(f"--unfreeze must be >= 0, got {self.unfreeze}")
+        if self.unfreeze is not None and recipe.method == "full":  # it was ignored without a word
+            raise CnnlabError(
+                f"--unfreeze {self.unfreeze}: recipe {recipe.name} trains the whole network; --recipe default trains "
+                "the top blocks that --unfreeze names"
+            )
         check_split_seed(self.split_seed)
         if self.min_per_class < 0:
             raise CnnlabError(f"--min-per-class must be >= 0 (0: no minimum), got {self.min_per_class}")
