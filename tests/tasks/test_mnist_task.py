@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -244,6 +245,19 @@ def test_the_last_line_names_the_run_to_copy_into_the_next_command(fake_root: Pa
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
     assert f"`cnnlab predict --model {tmp_path / 'mnist' / 'x'} digit.png`" in result.output  # it said "RUN"
+
+
+def test_a_run_without_a_validation_set_reports_on_the_command_line(fake_root: Path, tmp_path: Path) -> None:
+    """`--val-size 0` trained, saved and tested the run, then its summary line was a TypeError (val accuracy None)."""
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+
+    arguments = ["train", "mnist", "--recipe", "quick", "--data-dir", str(fake_root), "--val-size", "0", "--epochs",
+                 "1", "--batch-size", "24", "-o", str(tmp_path), "--name", "noval", "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert re.search(r"seed 0: val -  test [01]\.\d{4} ", result.output)
 
 
 def test_a_rank_other_than_0_writes_no_files(fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -60,10 +60,12 @@ def mnist(
     )
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
         return
+    from cnnlab.report.units import score
+
     for member_summary in summary["members"]:
-        typer.echo(
-            f"seed {member_summary['seed']}: val {member_summary['val_accuracy']:.4f}  "
-            f"test {member_summary['test_accuracy']:.4f}  ({member_summary['train_seconds']:.0f} s training, "
+        typer.echo(  # no validation accuracy with --val-size 0: it was a TypeError after the run had finished
+            f"seed {member_summary['seed']}: val {score(member_summary['val_accuracy'])}  "
+            f"test {score(member_summary['test_accuracy'])}  ({member_summary['train_seconds']:.0f} s training, "
             f"{member_summary['images_per_second']:.0f} img/s)  {member_summary['run_dir']}"
         )
     if summary.get("missing_members"):

@@ -1,11 +1,12 @@
-"""Durations and sizes as a person reads them in a log line or a report: "8 s", "4 min 12 s", "0.3 MB", "1.25 GB".
+"""Durations, sizes and scores as a person reads them in a log line or a report: "8 s", "4 min 12 s", "0.3 MB",
+"1.25 GB", "0.9931" or "-" for a score not measured.
 
 A small run on a folder of a few dozen images is where most users start; "0 min" and "0 MB" told them nothing.
 """
 
 from __future__ import annotations
 
-__all__ = ["duration", "file_size"]
+__all__ = ["duration", "file_size", "score"]
 
 
 def duration(seconds: float) -> str:
@@ -31,3 +32,8 @@ def file_size(size: float) -> str:
     if size >= 1e5:
         return f"{size / 1e6:.1f} MB"
     return f"{size / 1e3:.0f} kB"
+
+
+def score(value: float | None) -> str:
+    """An accuracy (or any fraction) to four places, ``-`` when there is none (a run without a validation set)."""
+    return "-" if value is None else f"{value:.4f}"

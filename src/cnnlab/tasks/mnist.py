@@ -22,6 +22,7 @@ import torch
 from cnnlab.data.augment import RandomAffine
 from cnnlab.data.mnist import MnistSplits, load_mnist
 from cnnlab.errors import CnnlabError
+from cnnlab.report.units import score
 from cnnlab.tasks.recipes import Recipe, RecipeBook, run_name
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.config import check_resumable, environment_record, load_config, save_record
@@ -320,7 +321,7 @@ def _member_report(recipe: MnistRecipe, config: TrainConfig, history: list[dict[
     report.heading("Test set")
     report.text(
         f"Accuracy **{result['test_accuracy']:.4f}** ({test['errors']} errors); validation accuracy at the end "
-        f"{_fmt(result['val_accuracy'])}; {result['train_seconds']:.0f} s of training, "
+        f"{score(result['val_accuracy'])}; {result['train_seconds']:.0f} s of training, "
         f"{result['images_per_second']:.0f} images/s."
     )
     report.table(["digit", "accuracy"], [[digit, acc] for digit, acc in enumerate(test["per_class_accuracy"])])
@@ -346,10 +347,6 @@ def _ensemble_report(recipe: MnistRecipe, summary: dict[str, Any]):  # noqa: ANN
     if summary.get("missing_members"):
         return report.text(f"Members still to train (seeds): {summary['missing_members']}.")
     return report.text(f"Ensemble test accuracy: **{summary['ensemble_test_accuracy']:.4f}**.")
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
 
 
 def evaluate_mnist(
