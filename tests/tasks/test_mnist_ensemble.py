@@ -110,6 +110,38 @@ def test_bad_inputs_are_clear_errors(runs: tuple[Path, Path, Path], tmp_path: Pa
         combine_mnist_ensemble([mnist / "pair"], "pair", output=output, data_dir=str(root), overwrite=True)
 
 
+def test_members_are_scored_on_images_none_of_them_trained_on(
+    runs: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ensemble validated on 5,000 images whatever the members held out: a member trained with --val-size 0 or
+    40 had trained on most of them (the greedy choice was made on training images), and --val-size 0 was a
+    ValueError from torch.cat."""
+    from cnnlab.cli import main
+
+    root, output, mnist = runs
+    common = dict(data_dir=str(root), output=str(output))
+    train_mnist(
+        "baseline", name="all-in", val_size=0, overrides={"epochs": 1, "batch_size": 24}, progress=False, **common
+    )
+    both = [mnist / "pair", mnist / "single"]
+    summary = combine_mnist_ensemble(both, "held-out", **common)  # no --val-size: what the members held out
+    assert summary["val_size"] == 40 and summary["val_errors"] is not None
+    with pytest.raises(CnnlabError, match=r"--val-size 41: .*seed0 held out only 40 validation .*--val-size 40 or"):
+        combine_mnist_ensemble(both, "more", val_size=41, **common)
+    with pytest.raises(CnnlabError, match="a member was trained with --val-size 0.*use --select all"):
+        combine_mnist_ensemble([*both, mnist / "all-in"], "greedy", select="greedy", **common)
+    with pytest.raises(CnnlabError, match="--select greedy chooses members .* and --val-size is 0"):
+        combine_mnist_ensemble(both, "greedy", select="greedy", val_size=0, **common)
+    unvalidated = combine_mnist_ensemble([*both, mnist / "all-in"], "all-three", **common)
+    assert unvalidated["val_size"] == 0 and unvalidated["val_accuracy"] is None and unvalidated["test_accuracy"] >= 0
+    arguments = ["ensemble", *map(str, both), "--name", "cli-zero", "-o", str(output), "--data-dir", str(root)]
+    monkeypatch.setattr(sys, "argv", ["cnnlab", *arguments, "--val-size", "0"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert not exit_info.value.code
+    assert "ensemble of 3: val - (no validation images)  test " in capsys.readouterr().out  # pair's 2 + single
+
+
 def test_cli_prints_members_and_the_ensemble(
     runs: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

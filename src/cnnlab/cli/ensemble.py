@@ -21,13 +21,19 @@ def ensemble(
     ),
     output: Path = typer.Option(Path("runs"), "--output", "-o", help="Runs root."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST root (else $CNNLAB_DATA, else ./data)."),
-    val_size: int = typer.Option(5000, "--val-size", help="Validation images the members held out when trained."),
+    val_size: int | None = typer.Option(
+        None,
+        "--val-size",
+        min=0,
+        help="Validation images to score the members on (default: the fewest any member held out, as each run "
+        "records; more is refused, since that member trained on them; 0: no validation, --select all only).",
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run called --name."),
 ) -> None:
     """Average saved MNIST models from several runs (e.g. recipes that err differently) into one loadable ensemble.
 
-    Each member is scored on the validation split every run held out; the ensemble is then tested once.
+    Each member is scored on the validation images that every member held out; the ensemble is then tested once.
     """
     from cnnlab.tasks.mnist_ensemble import combine_mnist_ensemble
 
@@ -41,14 +47,18 @@ def ensemble(
         device=device,
         overwrite=overwrite,
     )
+
+    def validation(scores: dict, log_loss: bool) -> str:
+        if scores["val_accuracy"] is None:
+            return "val - (no validation images)"
+        loss = f", log loss {scores['val_log_loss']:.4f}" if log_loss else ""
+        return f"val {scores['val_accuracy']:.4f} ({scores['val_errors']} errors{loss})"
+
     for member in summary["candidates"]:
         test = f"  test {member['test_accuracy']:.4f}" if member["chosen"] else "  (not chosen)"
-        typer.echo(
-            f"val {member['val_accuracy']:.4f} ({member['val_errors']} errors, log loss {member['val_log_loss']:.4f})"
-            f"{test}  {member['run_dir']}"
-        )
+        typer.echo(f"{validation(member, True)}{test}  {member['run_dir']}")
     typer.echo(
-        f"ensemble of {len(summary['chosen'])}: val {summary['val_accuracy']:.4f} ({summary['val_errors']} errors)  "
+        f"ensemble of {len(summary['chosen'])}: {validation(summary, False)}  "
         f"test {summary['test_accuracy']:.4f} ({summary['test_errors']} errors)"
     )
     typer.echo(

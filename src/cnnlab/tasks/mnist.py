@@ -30,6 +30,9 @@ from cnnlab.train.saved import save_ensemble, save_model
 from cnnlab.train.strategy import is_main_process
 
 TASK = "mnist"
+# Training images held out for validation by default: the first `val_size` of one seed-0 permutation of the 60,000
+# (`load_mnist`), so a smaller hold-out lies inside a larger one.
+VAL_SIZE = 5_000
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ def train_mnist(
     seed: int = 0,
     ensemble: int = 1,
     member: int | None = None,
-    val_size: int = 5_000,
+    val_size: int = VAL_SIZE,
     train_subset: int | None = None,
     overrides: dict[str, Any] | None = None,
     resume: bool = False,
@@ -181,12 +184,18 @@ def train_mnist(
             resume=reuse_finished and (Path(output) / TASK / member_name / "checkpoint.pt").is_file(),
             overwrite=overwrite,
             progress=progress,
-            extra={"recipe": chosen.name, "arch": chosen.arch, "model_kwargs": chosen.model_kwargs},
+            # val_size: what `combine_mnist_ensemble` validates on, and what a resumed member must hold out again
+            extra={
+                "recipe": chosen.name,
+                "arch": chosen.arch,
+                "model_kwargs": chosen.model_kwargs,
+                "val_size": val_size,
+            },
         )
         member_dir = config.run_dir
         if reuse_finished and (member_dir / "results.json").is_file():
             # a finished member is read back only for the options it was trained with (--recipe included)
-            check_resumable(load_config(member_dir / "config.yaml").to_dict(), config, member_dir)
+            check_resumable(saved_options(member_dir), config, member_dir)
             finished = json.loads((member_dir / "results.json").read_text())
             members.append(finished["members"][0] if "members" in finished else finished)  # a single run's summary
             member_probabilities.append(torch.load(member_dir / "test_probabilities.pt", weights_only=True))
@@ -379,6 +388,18 @@ def evaluate_mnist(
     result = {"run": str(run), **test_evaluation(images, data.test_labels, predictions, out)}
     (out / "evaluation.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def saved_options(member_dir: Path) -> dict[str, Any]:
+    """The engine options a finished MNIST run (or ensemble member) was trained with, ``extra.val_size`` included.
+
+    Runs saved before cnnlab recorded ``val_size`` held out the default, `VAL_SIZE`; so does a saved model without
+    its ``config.yaml``.
+    """
+    path = member_dir / "config.yaml"
+    options = load_config(path).to_dict() if path.is_file() else {"extra": {}}
+    options["extra"].setdefault("val_size", VAL_SIZE)
+    return options
 
 
 def check_mnist_run(run: Path) -> None:

@@ -7,8 +7,10 @@ members), scores each member on the validation split, optionally keeps only the 
 selection (Caruana et al. 2004) finds best on validation (fewest errors), then tests the result once and saves it
 as a loadable ensemble.
 
-The validation split is the one every `train_mnist` run holds out (`val_size` images, always seeded with 0), so no
-member has trained on it; the test set is read only after the members are chosen.
+The validation split is the one every `train_mnist` run holds out (`val_size` images, always seeded with 0): the
+smallest hold-out among the members, which each member records, so no member has trained on it (a smaller hold-out
+lies inside a larger one). Members that held out nothing cannot be chosen between (``select="all"`` only). The test
+set is read only after the members are chosen.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 
 from cnnlab.data.mnist import load_mnist
 from cnnlab.errors import CnnlabError, why_not_a_folder
-from cnnlab.tasks.mnist import TASK, check_mnist_run, predict_logits, to_float
+from cnnlab.tasks.mnist import TASK, check_mnist_run, predict_logits, saved_options, to_float
 from cnnlab.train.config import check_run_name
 from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC, ensemble_members, load_model, save_ensemble
 
@@ -97,6 +99,41 @@ def greedy_selection(probabilities: list[torch.Tensor], labels: torch.Tensor) ->
     return order[:size]
 
 
+def _validation_size(members: list[Path], asked: int | None, select: str) -> int:
+    """The validation images no member trained on: `asked`, else the fewest any member held out.
+
+    Raises:
+        CnnlabError: `asked` is more than a member held out, or there is nothing to choose the members on.
+    """
+    held_out = {member: int(saved_options(member)["extra"]["val_size"]) for member in members}
+    fewest = min(held_out.values())
+    if asked is not None and asked > fewest:
+        member = min(held_out, key=held_out.__getitem__)
+        raise CnnlabError(
+            f"--val-size {asked}: {member} held out only {fewest} validation images and trained on the rest; "
+            f"use --val-size {fewest} or less"
+        )
+    size = fewest if asked is None else asked
+    if size == 0 and select != "all":
+        raise CnnlabError(
+            f"--select {select} chooses members on the validation images, and "
+            + ("--val-size is 0" if asked == 0 else "a member was trained with --val-size 0 (it held none out)")
+            + "; use --select all"
+        )
+    return size
+
+
+def _validation(probabilities: torch.Tensor | None, labels: torch.Tensor) -> dict[str, Any]:
+    """Validation accuracy, log loss and errors; None for each with no validation images."""
+    if probabilities is None:
+        return {"val_accuracy": None, "val_log_loss": None, "val_errors": None}
+    return {
+        "val_accuracy": _accuracy(probabilities, labels),
+        "val_log_loss": _log_loss(probabilities, labels),
+        "val_errors": _errors(probabilities, labels),
+    }
+
+
 def combine_mnist_ensemble(
     runs: list[str | Path],
     name: str,
@@ -104,7 +141,7 @@ def combine_mnist_ensemble(
     select: str = "all",
     output: str | Path = "runs",
     data_dir: str | None = None,
-    val_size: int = 5_000,
+    val_size: int | None = None,
     device: str = "cpu",
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -116,7 +153,8 @@ def combine_mnist_ensemble(
         select: "all" keeps every member; "greedy" keeps the subset chosen by `greedy_selection` on validation.
         output: runs root.
         data_dir: MNIST root.
-        val_size: validation images the members held out (`train_mnist`'s default 5,000).
+        val_size: validation images; default the fewest any member held out (each run records its ``val_size``);
+            more than that is refused (a member trained on the rest), and 0 scores no validation (``select="all"``).
         device: where the members run.
         overwrite: replace an existing run called `name`.
 
@@ -133,12 +171,13 @@ def combine_mnist_ensemble(
     members = member_dirs(runs)
     if run_dir.resolve() in {m.parent for m in members} | set(members):
         raise CnnlabError(f"{run_dir} holds members of this ensemble; choose another --name")
+    val_size = _validation_size(members, val_size, select)
     data = load_mnist(data_dir, val_size=val_size, seed=0)
     val_images, val_labels = to_float(data.val_images), data.val_labels
     models = [load_model(m, device=device) for m in members]  # each read from disk once
-    val_probabilities = [predict_logits(model, val_images, device).softmax(1) for model in models]
+    val_probabilities = [predict_logits(model, val_images, device).softmax(1) for model in models] if val_size else []
     chosen = list(range(len(members))) if select == "all" else greedy_selection(val_probabilities, val_labels)
-    ensemble_val = torch.stack([val_probabilities[i] for i in chosen]).mean(0)
+    ensemble_val = torch.stack([val_probabilities[i] for i in chosen]).mean(0) if val_size else None
     # The choice is made; now, once, the test set.
     test_images, test_labels = to_float(data.test_images), data.test_labels
     test_probabilities = {i: predict_logits(models[i], test_images, device).softmax(1) for i in chosen}
@@ -154,18 +193,15 @@ def combine_mnist_ensemble(
         "candidates": [
             {
                 "run_dir": str(member),
-                "val_accuracy": _accuracy(val_probabilities[i], val_labels),
-                "val_log_loss": _log_loss(val_probabilities[i], val_labels),
-                "val_errors": _errors(val_probabilities[i], val_labels),
+                **_validation(val_probabilities[i] if val_size else None, val_labels),
                 "chosen": i in chosen,
                 "test_accuracy": _accuracy(test_probabilities[i], test_labels) if i in chosen else None,
             }
             for i, member in enumerate(members)
         ],
         "chosen": [str(members[i]) for i in chosen],
-        "val_accuracy": _accuracy(ensemble_val, val_labels),
-        "val_log_loss": _log_loss(ensemble_val, val_labels),
-        "val_errors": _errors(ensemble_val, val_labels),
+        "val_size": val_size,
+        **_validation(ensemble_val, val_labels),
         "test_accuracy": _accuracy(ensemble_test, test_labels),
         "test_errors": _errors(ensemble_test, test_labels),
     }

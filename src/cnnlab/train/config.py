@@ -252,10 +252,27 @@ def check_resumable(
     values = current.to_dict() if isinstance(current, TrainConfig) else current
     # compared as JSON-able data: a checkpoint keeps tuples, a config.yaml gives lists
     saved, now = (json.loads(json.dumps(dict(record), default=str)) for record in (saved, values))
-    changed = sorted(k for k in now if k not in free and saved.get(k) != now[k])
+    changed = sorted(
+        _differences({k: v for k, v in saved.items() if k not in free}, {k: v for k, v in now.items() if k not in free})
+    )
     if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        details = ", ".join(f"{k}: {before!r} -> {after!r}" for k, before, after in changed)
         raise CnnlabError(f"cannot resume {run_dir} with different options ({details}); use the same ones")
+
+
+def _differences(saved: Mapping[str, Any], now: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(key, saved value, current value) for each of `now`'s keys whose value differs; nested records are compared
+    key by key, both records' keys (one given at the start and left out now differs too), so the message names
+    ``extra.val_size`` rather than two whole ``extra`` records."""
+    found = []
+    keys = list(now) + ([key for key in saved if key not in now] if prefix else [])
+    for key in keys:
+        before, value = saved.get(key), now.get(key)
+        if isinstance(before, dict) and isinstance(value, dict):
+            found += _differences(before, value, f"{prefix}{key}.")
+        elif before != value:
+            found.append((f"{prefix}{key}", before, value))
+    return found
 
 
 def load_config(path: str | os.PathLike[str]) -> TrainConfig:
