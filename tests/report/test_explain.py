@@ -175,3 +175,37 @@ def test_the_class_to_explain_may_be_named():
     assert class_of(classes, 0) == 0 and class_of(classes, None) is None
     with pytest.raises(CnnlabError, match="'banana' is neither a class name nor an index; .* 'cat', 'Dog'"):
         class_of(classes, "banana")
+
+
+def test_a_run_averaging_views_is_explained_on_the_image_as_given(tmp_path):
+    """A run that averages its logits over hflip runs each layer twice: explain showed the last view's feature maps
+    and Grad-CAM, those of the mirrored image."""
+    from cnnlab.models import PretrainedCfg, create_model
+    from cnnlab.tasks.explain import explain_image, load_subject
+    from cnnlab.tasks.predict import load_predictor, predict_images
+    from cnnlab.train.saved import save_model
+
+    torch.manual_seed(0)
+    network = create_model("lenet5", num_classes=3, in_chans=3).eval()
+    meta = {
+        "task": "transfer",
+        "classes": ["a", "b", "c"],
+        "preprocessing": PretrainedCfg.for_model(network).to_dict(),
+        "views": ["identity", "hflip"],
+    }
+    save_model(network, tmp_path / "run", "lenet5", {"num_classes": 3, "in_chans": 3}, meta)
+    photo = Image.new("RGB", (32, 32), (20, 20, 20))
+    photo.paste((250, 200, 40), (2, 4, 12, 28))  # evidence on the left only
+    photo.save(tmp_path / "left.png")
+    subject = load_subject(str(tmp_path / "run"))
+    tensor = subject.preprocess(photo).float()
+    on_the_image = grad_cam(network, tensor, class_index=1)
+    explained = grad_cam(subject.model, tensor, class_index=1)
+    torch.testing.assert_close(explained.heatmap, on_the_image.heatmap)
+    assert not torch.allclose(on_the_image.heatmap, on_the_image.heatmap.flip(-1))  # the check can tell them apart
+    predicted = predict_images(load_predictor(str(tmp_path / "run")), [tmp_path / "left.png"], top_k=3)[0]["top"]
+    result = explain_image(str(tmp_path / "run"), tmp_path / "left.png", tmp_path / "out")
+    assert result.views == ("identity", "hflip")
+    assert [label for label, _ in result.top] == [entry["label"] for entry in predicted]  # views averaged, as predict
+    assert [p for _, p in result.top] == pytest.approx([entry["probability"] for entry in predicted], abs=1e-6)
+    assert result.label == predicted[0]["label"] and result.probability == pytest.approx(predicted[0]["probability"])

@@ -30,6 +30,11 @@ def explain(
     typer.echo(f"{image}: explained class {result.label!r} ({result.probability:.1%}), Grad-CAM at {result.cam_layer}")
     for rank, (label, probability) in enumerate(result.top, start=1):
         typer.echo(f"  {rank}. {label:<30} {probability:7.2%}")
+    if len(result.views) > 1:
+        typer.echo(
+            f"(probabilities averaged over the run's {len(result.views)} views, as predict gives them; the maps are "
+            "of the image as given)"
+        )
     typer.echo(f"feature maps of: {', '.join(result.feature_layers)}")
     for kind, path in result.files.items():
         typer.echo(f"{kind}: {path}")

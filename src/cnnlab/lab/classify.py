@@ -96,9 +96,7 @@ def classify(subject: Subject, image: Any, layer: str | None = None, top_k: int 
     if layer is not None and layer not in layers:
         raise CnnlabError(f"{subject.source} has no spatial layer {layer!r}; pick one of the list")
     chosen = layer or layers[len(layers) // 2]
-    with torch.inference_mode():
-        device = next(subject.model.parameters()).device
-        probabilities = subject.model(tensor.unsqueeze(0).to(device)).float().softmax(1)[0].cpu()
+    probabilities = subject.probabilities(tensor)  # the run's views averaged, as predict gives them
     values, indices = probabilities.topk(min(top_k, len(probabilities)))
     names = subject.classes
     top = [

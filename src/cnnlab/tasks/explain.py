@@ -12,6 +12,7 @@ Preprocessing follows the model, never a guess by the user:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, listed
+from cnnlab.layers.views import ViewAverage
 from cnnlab.report.explain import (
     default_feature_layers,
     feature_maps,
@@ -36,13 +38,20 @@ from cnnlab.report.explain import (
 class Subject:
     """A model to explain with its preprocessing.
 
+    A run that averages its logits over views (`cnnlab.layers.views.ViewAverage`) runs its network once per view:
+    its layers' maps would be those of the last view (mirrored, for ``hflip``), so the filters, feature maps and
+    Grad-CAM look inside the network on the image as given (`model`), and the class probabilities are the views'
+    average (`classifier`), as `cnnlab predict` gives them.
+
     Attributes:
-        model: eval-mode network returning logits.
+        model: eval-mode network returning logits, the one whose layers are shown.
         classes: class names in output order.
         preprocess: PIL image -> the model's input tensor [C, H, W].
         to_display: the input tensor -> [H, W, 3] in [0, 1] for plotting.
         source: what was loaded.
         kind: "mnist", "transfer" or "pretrained".
+        classifier: what `cnnlab predict` runs (`model` with the run's views averaged); default `model`.
+        views: the views `classifier` averages.
     """
 
     model: nn.Module
@@ -51,6 +60,15 @@ class Subject:
     to_display: Callable[[torch.Tensor], torch.Tensor]
     source: str
     kind: str
+    classifier: nn.Module | None = None
+    views: tuple[str, ...] = ("identity",)
+
+    def probabilities(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Class probabilities [K] (CPU) for one input [C, H, W], as `cnnlab predict` gives them."""
+        classifier = self.classifier if self.classifier is not None else self.model
+        with torch.inference_mode():
+            device = next(classifier.parameters()).device
+            return classifier(tensor.unsqueeze(0).to(device)).float().softmax(1)[0].cpu()
 
 
 def _grey_display(tensor: torch.Tensor) -> torch.Tensor:
@@ -76,9 +94,10 @@ def load_subject(source: str, device: str | torch.device = "cpu") -> Subject:
         return (tensor.cpu() * std + mean).clamp(0, 1).permute(1, 2, 0)
 
     kind = "pretrained" if not Path(source).exists() else "transfer"
-    return Subject(
-        predictor.model, predictor.classes, build_eval_transform(predictor.cfg), to_display, str(source), kind
-    )
+    network = predictor.model.model if isinstance(predictor.model, ViewAverage) else predictor.model
+    transform = build_eval_transform(predictor.cfg)
+    classes, views = predictor.classes, predictor.views
+    return Subject(network, classes, transform, to_display, str(source), kind, predictor.model, views)
 
 
 def class_of(classes: Sequence[str], wanted: int | str | None) -> int | None:
@@ -101,7 +120,8 @@ def class_of(classes: Sequence[str], wanted: int | str | None) -> int | None:
 
 @dataclass
 class Explanation:
-    """What `explain_image` wrote and found."""
+    """What `explain_image` wrote and found: the class explained and the top classes with the probabilities
+    `cnnlab predict` gives (over the run's `views`); the maps are of the image as given."""
 
     label: str
     class_index: int
@@ -110,6 +130,7 @@ class Explanation:
     cam_layer: str
     feature_layers: list[str]
     files: dict[str, Path] = field(default_factory=dict)
+    views: tuple[str, ...] = ("identity",)
 
 
 def explain_image(
@@ -147,16 +168,16 @@ def explain_image(
     chosen = list(layers) or default_feature_layers(subject.model, tensor)
     maps = feature_maps(subject.model, tensor, chosen)
     files["feature_maps"] = plot_feature_maps(maps, output_dir / "feature_maps.png")
-    cam = grad_cam(subject.model, tensor, layer=cam_layer, class_index=class_of(subject.classes, class_index))
+    probabilities = subject.probabilities(tensor)
+    wanted = class_of(subject.classes, class_index)
+    wanted = int(probabilities.argmax()) if wanted is None else wanted  # predict's class, views averaged
+    cam = grad_cam(subject.model, tensor, layer=cam_layer, class_index=wanted)
+    cam = dataclasses.replace(cam, probability=float(probabilities[cam.class_index]))
     label = subject.classes[cam.class_index] if cam.class_index < len(subject.classes) else str(cam.class_index)
     files["gradcam"] = plot_grad_cam(subject.to_display(tensor), cam, label, output_dir / "gradcam.png")
-    with torch.inference_mode():
-        probabilities = (
-            subject.model(tensor.unsqueeze(0).to(next(subject.model.parameters()).device)).float().softmax(1)[0].cpu()
-        )
     values, indices = probabilities.topk(min(5, len(probabilities)))
     top = [
         (subject.classes[int(i)] if int(i) < len(subject.classes) else str(int(i)), float(v))
         for v, i in zip(values, indices, strict=True)
     ]
-    return Explanation(label, cam.class_index, cam.probability, top, cam.layer, chosen, files)
+    return Explanation(label, cam.class_index, cam.probability, top, cam.layer, chosen, files, subject.views)
