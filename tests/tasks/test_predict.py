@@ -321,3 +321,18 @@ def test_explain_and_fcn_refuse_a_segmentation_run_and_say_what_takes_it(
         load_subject(str(run))
     with pytest.raises(CnnlabError, match="is a segmentation run: its network is fully convolutional already"):
         load_converted_or_run(run)
+
+
+def test_fcn_refuses_a_transfer_run_whose_preprocessing_is_outside_its_network(tiny_run: Path, tmp_path: Path) -> None:
+    """`fcn convert` of a transfer run converted the bare network: its scan scored unnormalised windows of the
+    architecture's default size (224 px for a run trained on 64 px crops), and said they equal the classifier's."""
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+
+    result = CliRunner().invoke(app, ["fcn", "convert", str(tiny_run), "-o", str(tmp_path / "fcn")])
+    assert isinstance(result.exception, CnnlabError)
+    assert "is a transfer run: its preprocessing (resize and crop to 32x32, the weights' mean and std)" in str(
+        result.exception
+    )
+    assert not (tmp_path / "fcn").exists()

@@ -11,7 +11,7 @@ fcn_app = typer.Typer(help="Make a trained classifier fully convolutional and sc
 
 @fcn_app.command("convert")
 def convert(
-    run: Path = typer.Argument(..., help="Run directory (or model.json) of a trained classifier."),
+    run: Path = typer.Argument(..., help="Run directory (or model.json) of a trained MNIST classifier."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Where to save it (default RUN/fcn)."),
     pool: str = typer.Option("window", "--pool", help="Global-pool heads: window (exact) or none (finer map)."),
 ) -> None:
@@ -39,7 +39,7 @@ def convert(
 
 @fcn_app.command("scan")
 def scan_command(
-    run: Path = typer.Argument(..., help="A classifier run directory or a converted (fcn) directory."),
+    run: Path = typer.Argument(..., help="An MNIST classifier run directory or a converted (fcn) directory."),
     image: Path = typer.Argument(..., help="Image to scan (larger than the classifier's input), e.g. a PNG."),
     output: Path | None = typer.Option(
         None,

@@ -291,7 +291,8 @@ def convert_run(path: str | os.PathLike[str], pool: str = "window") -> tuple[Ful
         (model, source architecture record).
 
     Raises:
-        CnnlabError: `path` is converted already, a segmentation run, an ensemble, or not a saved classifier.
+        CnnlabError: `path` is converted already, a segmentation or transfer run, an ensemble, or not a saved
+            classifier.
     """
     from cnnlab.train.saved import ENSEMBLE_SPEC, ensemble_members, load_model, read_record, saved_meta, spec_path
 
@@ -303,6 +304,15 @@ def convert_run(path: str | os.PathLike[str], pool: str = "window") -> tuple[Ful
         use = "; `cnnlab predict --model RUN IMAGE...` segments images of any size" if "normalisation" in meta else ""
         raise CnnlabError(
             f"{path} is a segmentation run: its network is fully convolutional already, one class score per pixel{use}"
+        )
+    if "preprocessing" in meta:  # a transfer run: its converted network scored unnormalised 224 px windows
+        record = meta["preprocessing"] if isinstance(meta["preprocessing"], dict) else {}
+        crop = "x".join(map(str, list(record.get("input_size", []))[1:])) or "its input size"
+        raise CnnlabError(
+            f"{path} is a transfer run: its preprocessing (resize and crop to {crop}, the weights' mean and std) "
+            "and its view averaging happen outside the network, so a converted copy would "
+            "score windows unlike any it was trained on; `cnnlab fcn` scans with MNIST runs, and `cnnlab predict` "
+            "classifies crops of a large photo"
         )
     spec = spec_path(path)
     if spec.name == ENSEMBLE_SPEC:  # checked before any member is loaded
