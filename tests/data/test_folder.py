@@ -163,6 +163,10 @@ def test_scan_csv_resolves_relative_paths_and_skips_missing(tmp_path: Path) -> N
     # A spreadsheet's export starts with a byte-order mark: the header is still a header, not a row to check.
     (tmp_path / "excel.csv").write_bytes("\n".join(rows).encode("utf-8-sig"))
     assert scan_csv(tmp_path / "excel.csv", min_per_class=3).class_counts() == {"cat": 3, "dog": 3}
+    # Any header naming its columns otherwise was read as a row: a class "species" with one unreadable file.
+    (tmp_path / "named.csv").write_text("\n".join(["filename,species", *rows[1:]]) + "\n")
+    named = scan_csv(tmp_path / "named.csv", min_per_class=3)
+    assert named.class_counts() == {"cat": 3, "dog": 3} and len(named.skipped) == 1  # missing.png alone
     (tmp_path / "latin1.csv").write_bytes("path,label\nphotos/cat/0.png,caf\xe9\n".encode("latin-1"))
     with pytest.raises(CnnlabError, match=r"latin1.csv is not UTF-8 text \(byte \d+\)"):  # was a UnicodeDecodeError
         scan_csv(tmp_path / "latin1.csv")

@@ -272,7 +272,8 @@ def image_files(folder: str | os.PathLike[str]) -> list[str]:
 
 
 def scan_csv(path: str | os.PathLike[str], min_per_class: int = 100, check: bool = True) -> LabelledImages:
-    """The images listed in a CSV of ``path,label`` rows (a header row naming ``path`` and ``label`` is optional).
+    """The images listed in a CSV of ``path,label`` rows. A header row is optional: ``path,label``, or any first
+    row whose path is neither an image file name nor a file (``filename,species``).
 
     Relative image paths are taken relative to the CSV's folder. Missing files are skipped and listed like bad ones.
 
@@ -289,7 +290,7 @@ def scan_csv(path: str | os.PathLike[str], min_per_class: int = 100, check: bool
         raise CnnlabError(
             f"{path} is not UTF-8 text (byte {error.start}); save it as a UTF-8 CSV of `path,label` rows"
         ) from None
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+    if rows and _is_header(rows[0], path.parent):  # "filename,species" was a row: an unreadable file in a class
         rows = rows[1:]
     candidates = []
     for number, row in enumerate(rows, start=1):
@@ -306,6 +307,14 @@ def scan_csv(path: str | os.PathLike[str], min_per_class: int = 100, check: bool
     if min_per_class > 0:
         images.check_min_per_class(min_per_class)
     return images
+
+
+def _is_header(row: list[str], folder: Path) -> bool:
+    """Whether the CSV's first `row` names its columns rather than an image."""
+    first = row[0].strip()
+    if [cell.strip().lower() for cell in row[:2]] == ["path", "label"]:
+        return True
+    return bool(first) and not first.lower().endswith(IMAGE_EXTENSIONS) and not (folder / first).is_file()
 
 
 class ImageDataset(torch.utils.data.Dataset):
