@@ -39,3 +39,11 @@ def test_a_cut_outside_the_backbone_is_refused() -> None:
     blocks = len(trainable_blocks(model))
     with pytest.raises(CnnlabError, match=f"outside the backbone: LeNet5 has {blocks} blocks"):
         split_classifier(model, blocks + 1)
+
+
+def test_blocks_are_counted_in_eval_mode_on_a_small_input_and_the_mode_is_kept() -> None:
+    """At 32 px EfficientNet's last maps are 1x1: counting its blocks in training mode made batch norm refuse the
+    one-sample probe, a ValueError at the end of `train transfer --image-size 32` (its next-recipe estimate)."""
+    model = create_model("efficientnet_lite0", num_classes=2).train()
+    assert len(trainable_blocks(model, (3, 32, 32))) == 18
+    assert model.training and all(module.training for module in model.modules())

@@ -101,7 +101,13 @@ def trainable_blocks(model: nn.Module, input_size: tuple[int, int, int] | None =
     device answers too, without a weight)."""
     size = input_size or getattr(model, "default_input_size", (3, 224, 224))
     probe = torch.zeros(1, *size, device=next(model.parameters()).device)
-    return [name for name, module in _called_blocks(model, probe) if any(True for _ in module.parameters())]
+    was_training = model.training
+    model.eval()  # in training mode, batch norm refuses one sample on a 1x1 map (a 32 px EfficientNet input)
+    try:
+        calls = _called_blocks(model, probe)
+    finally:
+        model.train(was_training)
+    return [name for name, module in calls if any(True for _ in module.parameters())]
 
 
 def check_unfreeze(top_blocks: int, blocks: int, model: nn.Module) -> None:
