@@ -15,6 +15,7 @@ Two views of memory, each component shown separately:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -167,18 +168,9 @@ def resolve_model(
         return Path(text).stem, build_module(layers), shape, layers
     from cnnlab.models import create_model
 
-    if on_meta:
-        with torch.device("meta"):
-            built = create_model(text)
-    else:
+    with torch.device("meta") if on_meta else contextlib.nullcontext():
         built = create_model(text)
-    default = getattr(built, "default_input_size", None)
-    if input_shape is not None and default is not None:
-        check_zoo_input(text, tuple(input_shape), tuple(default))
-    shape = tuple(input_shape) if input_shape is not None else default
-    if shape is None:
-        raise CnnlabError(f"model {text!r} has no default input size; give --input, e.g. 3x224x224")
-    return text, built, tuple(shape), None
+    return text, built, _input_shape(text, input_shape, getattr(built, "default_input_size", None)), None
 
 
 def _resolve_run(
@@ -188,21 +180,26 @@ def _resolve_run(
     weights; its input shape is the run's own crop (transfer), else the architecture's default."""
     from cnnlab.train.saved import build_network, saved_meta
 
-    if on_meta:
-        with torch.device("meta"):
-            built = build_network(text)
-    else:
+    with torch.device("meta") if on_meta else contextlib.nullcontext():
         built = build_network(text)
     first = built.members[0] if isinstance(built, Ensemble) else built
     preprocessing = saved_meta(text).get("preprocessing")
     default = tuple(preprocessing["input_size"]) if isinstance(preprocessing, dict) else None
-    default = default or getattr(first, "default_input_size", None)
-    if input_shape is not None and default is not None:
-        check_zoo_input(text, tuple(input_shape), tuple(default))
-    shape = tuple(input_shape) if input_shape is not None else default
+    return text, built, _input_shape(text, input_shape, default or getattr(first, "default_input_size", None)), None
+
+
+def _input_shape(name: str, given: tuple[int, ...] | None, default: tuple[int, ...] | None) -> tuple[int, ...]:
+    """`given` (checked against the network's `default` when it has one), else `default`.
+
+    Raises:
+        CnnlabError: `given` has the wrong number of sizes or channels, or neither is known.
+    """
+    if given is not None and default is not None:
+        check_zoo_input(name, tuple(given), tuple(default))
+    shape = tuple(given) if given is not None else default
     if shape is None:
-        raise CnnlabError(f"{text}: its network records no input size; give --input, e.g. 3x224x224")
-    return text, built, tuple(shape), None
+        raise CnnlabError(f"{name} has no default input size; give --input, e.g. 3x224x224")
+    return tuple(shape)
 
 
 def _build_views(
