@@ -100,6 +100,8 @@ def main() -> None:
     except SystemExit as done:
         if not done.code:  # click ends a successful command with SystemExit(0)
             _leave_distributed_job()
+        if _interrupted(done):  # typer turns Ctrl+C into a silent exit with code 130
+            print(_interrupted_line(), file=sys.stderr)
         raise
     except CnnlabError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -108,8 +110,25 @@ def main() -> None:
         print(f"error: {_describe(error)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(_interrupted_line(), file=sys.stderr)
         sys.exit(130)
+
+
+def _interrupted(done: SystemExit) -> bool:
+    """Whether `done` ends a command that Ctrl+C interrupted (a KeyboardInterrupt in its chain of causes)."""
+    error: BaseException | None = done
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _interrupted_line() -> str:
+    """ "interrupted", and how to continue the run it stopped, if a task had started one."""
+    recipes = sys.modules.get("cnnlab.tasks.recipes")  # not imported (nor torch) when nothing had started
+    hint = recipes.interrupted_hint() if recipes is not None else None
+    return f"interrupted: {hint}" if hint else "interrupted"
 
 
 def _describe(error: OSError) -> str:

@@ -41,7 +41,7 @@ from cnnlab.data.split import check_split_seed, read_manifest, stratified_split,
 from cnnlab.errors import CnnlabError
 from cnnlab.report.metrics import confusion_matrix
 from cnnlab.report.segmentation import BoundaryF1, MeanIoU, PixelAccuracy, save_overlays, segmentation_report
-from cnnlab.tasks.recipes import Recipe, RecipeBook, check_resume, run_name
+from cnnlab.tasks.recipes import Recipe, RecipeBook, check_resume, note_current_run, run_name
 from cnnlab.tasks.segmentation import TASK
 from cnnlab.tasks.transfer import class_weights
 from cnnlab.train import LoaderBatches, TrainConfig, Trainer
@@ -235,6 +235,7 @@ def train_segmentation_folder(
     if resume:
         check_resume(run_dir, MANIFEST)
     run_dir.mkdir(parents=True, exist_ok=True)
+    note_current_run(run_dir)
     split = _split(folder, pairs, run_dir / MANIFEST, val_fraction, test_fraction, split_seed)
     (run_dir / SKIPPED).write_text(json.dumps([vars(s) for s in folder.skipped], indent=1))
     parts = {part: [pairs[i] for i in indices] for part, indices in split.items()}

@@ -24,7 +24,7 @@ from cnnlab.data.augment import RandomAffine
 from cnnlab.data.segmentation import CLASS_NAMES, NUM_CLASSES, DigitSegmentation, make_digit_segmentation
 from cnnlab.errors import CnnlabError
 from cnnlab.report.segmentation import BoundaryF1, MeanIoU, PixelAccuracy, save_overlays, segmentation_report
-from cnnlab.tasks.recipes import Recipe, RecipeBook, run_name
+from cnnlab.tasks.recipes import Recipe, RecipeBook, note_current_run, run_name
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.config import environment_record
 from cnnlab.train.saved import save_model
@@ -304,6 +304,7 @@ def train_segmentation(
     )
     from cnnlab.models import create_model
 
+    note_current_run(config.run_dir)
     torch.manual_seed(seed)
     model = create_model(chosen.arch, **kwargs)
     metrics = {

@@ -57,7 +57,7 @@ from cnnlab.layers.views import ViewAverage, parse_views
 from cnnlab.models import PretrainedCfg, check_unfreeze, create_model, split_classifier, trainable_blocks
 from cnnlab.report.units import duration
 from cnnlab.tasks.feature_cache import CachedPart, FeatureCache, images_digest
-from cnnlab.tasks.recipes import Recipe, RecipeBook, check_resume, run_name
+from cnnlab.tasks.recipes import Recipe, RecipeBook, check_resume, note_current_run, run_name
 from cnnlab.train import (
     BestWeights,
     FreezeBatchNorm,
@@ -645,6 +645,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         check_resume(run_dir, MANIFEST, dataclasses.asdict(config))
     images, split, split_source = load_images(config, log)
     run_dir.mkdir(parents=True, exist_ok=True)
+    note_current_run(run_dir)
     write_manifest(run_dir / MANIFEST, images, split)
     skipped_path = run_dir / SKIPPED
     if split_source.startswith("reused") and skipped_path.is_file():  # the bad files found when the split was made

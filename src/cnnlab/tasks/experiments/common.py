@@ -25,6 +25,7 @@ from torch import nn
 
 from cnnlab.data.mnist import load_mnist
 from cnnlab.errors import CnnlabError
+from cnnlab.tasks.recipes import note_current_run
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.config import environment_record
 
@@ -391,6 +392,7 @@ def prepare_run_dir(settings: ExperimentSettings, name: str) -> Path:
             f"{run_dir} already holds a report; pass --overwrite to replace it or choose another --output"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
+    note_current_run(run_dir, again=True)
     return run_dir
 
 
