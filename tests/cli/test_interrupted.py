@@ -51,3 +51,23 @@ def test_an_interruption_before_any_run_started_says_only_that(
     monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
     monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", interrupted_while_loading)
     assert _interrupt(monkeypatch, capsys, ["train", "mnist"]) == "interrupted"
+
+
+def test_an_interrupted_answer_sheet_is_continued_by_the_same_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The runs an exercise trains note themselves: the line named one of them with --resume, which `answers` has
+    not; its finished exercises are read back by the same command."""
+    from cnnlab.tasks import recipes
+    from cnnlab.tasks.answers import measure
+
+    def training_inside(_ctx: object) -> dict:
+        recipes.note_current_run(tmp_path / "answers" / "mnist" / "quick-20261206-101500")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
+    monkeypatch.setitem(measure.EXERCISES, 9, training_inside)
+    line = _interrupt(monkeypatch, capsys, ["answers", "-e", "9", "-o", str(tmp_path / "answers")])
+    assert line == (
+        f"interrupted: {tmp_path / 'answers'} keeps what it finished; the same command again reads it back and goes on"
+    )

@@ -26,6 +26,7 @@ from typing import Any
 from cnnlab.errors import CnnlabError, why_not_a_folder
 from cnnlab.tasks.answers.measure import EXERCISES, MODES, Context, Mode, timed
 from cnnlab.tasks.answers.sheet import render, untraced_numbers
+from cnnlab.tasks.recipes import note_current_run
 
 __all__ = ["CHAPTER", "MODES", "Mode", "run_answers", "untraced_numbers"]
 
@@ -119,6 +120,9 @@ def run_answers(
         try:
             evidence = timed(EXERCISES[number], ctx)
             evidence["measured_by"] = {"command": results["meta"]["command"], "date": results["meta"]["date"]}
+        except KeyboardInterrupt:  # the runs inside noted themselves; the sheet, not them, is what to continue
+            note_current_run(out, again=True)
+            raise
         except (CnnlabError, FileNotFoundError, ImportError) as error:  # missing data or package: say what to do
             evidence = {"error": str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}
             say(f"exercise {number}: not measured: {evidence['error']}")
