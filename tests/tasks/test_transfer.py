@@ -468,3 +468,32 @@ def test_recipe_image_size_applies_to_its_own_backbone_only() -> None:
     assert default.input_side(default.arch, 224) == 224  # --image-size wins
     assert default.input_side("lenet5", None) is None  # another --model keeps its weights' size
     assert RECIPES.get("full").input_side("efficientnet_lite0", None) is None
+
+
+def test_weights_that_cannot_be_downloaded_fail_before_the_images_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, `--model resnet18` read and split the images and made the run folder, then failed to download."""
+    import torch
+
+    from cnnlab.models import create_model, fetch_pretrained
+
+    attempts: list[str] = []
+
+    def offline(url: str, **_kwargs: object) -> None:
+        attempts.append(url)
+        raise OSError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    make_photo_folder(tmp_path / "photos")
+    config = tiny_config(tmp_path, arch="resnet18", pretrained=True)
+    with pytest.raises(CnnlabError, match=r"could not download resnet18-.*\.pth .*need internet once"):
+        train_transfer(config)
+    assert len(attempts) == 1 and not config.run_dir.exists()
+    with torch.device("meta"):
+        cfg = create_model("resnet18").pretrained_cfg
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / cfg.file_name).write_bytes(b"cached")
+    fetch_pretrained(cfg)  # already in the cache: no download
+    assert len(attempts) == 1

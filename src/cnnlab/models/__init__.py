@@ -12,7 +12,7 @@ from cnnlab.models import (  # noqa: F401
     xception,
 )
 from cnnlab.models._base import ModelInfo, model_info
-from cnnlab.models._pretrained import PretrainedCfg, has_offline_weights, load_pretrained
+from cnnlab.models._pretrained import PretrainedCfg, fetch_pretrained, has_offline_weights, load_pretrained
 from cnnlab.models._registry import create_model, is_model, list_models, model_family, register_model
 from cnnlab.models._split import ClassifierSplit, check_unfreeze, split_classifier, trainable_blocks
 
@@ -22,6 +22,7 @@ __all__ = [
     "PretrainedCfg",
     "check_unfreeze",
     "create_model",
+    "fetch_pretrained",
     "has_offline_weights",
     "is_model",
     "list_models",

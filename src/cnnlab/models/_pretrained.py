@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from cnnlab.errors import CnnlabError
 
 __all__ = [
     "PretrainedCfg",
+    "fetch_pretrained",
     "has_offline_weights",
     "imagenet_categories",
     "load_pretrained",
@@ -222,6 +224,18 @@ def _read_state_dict(cfg: PretrainedCfg) -> StateDict:
             f"could not download {cfg.file_name} from {cfg.source} ({error}); these weights need internet once, "
             "after which they are cached in the torch hub directory (TORCH_HOME)"
         ) from error
+
+
+def fetch_pretrained(cfg: PretrainedCfg) -> None:
+    """Put the weights `cfg` describes on this machine (the torch hub cache) if they are not there yet, so that a
+    long job fails before it starts rather than when it builds its model; offline weights need nothing.
+
+    Raises:
+        CnnlabError: the download failed (no network, a refused proxy), as `load_pretrained` says.
+    """
+    if cfg.is_offline or (Path(torch.hub.get_dir()) / "checkpoints" / cfg.file_name).is_file():
+        return
+    _read_state_dict(cfg)  # downloads into the cache, hash checked
 
 
 def load_pretrained(model: nn.Module, cfg: PretrainedCfg | None, name: str) -> None:

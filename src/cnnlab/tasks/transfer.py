@@ -54,7 +54,14 @@ from cnnlab.data.sources import (
 from cnnlab.data.split import SPLITS, Split, check_split_seed, read_manifest, stratified_split, write_manifest
 from cnnlab.errors import CnnlabError
 from cnnlab.layers.views import ViewAverage, parse_views
-from cnnlab.models import PretrainedCfg, check_unfreeze, create_model, split_classifier, trainable_blocks
+from cnnlab.models import (
+    PretrainedCfg,
+    check_unfreeze,
+    create_model,
+    fetch_pretrained,
+    split_classifier,
+    trainable_blocks,
+)
 from cnnlab.report.units import duration
 from cnnlab.tasks.feature_cache import CachedPart, FeatureCache, images_digest
 from cnnlab.tasks.recipes import Recipe, RecipeBook, check_resume, note_current_run, run_name
@@ -643,6 +650,9 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         raise CnnlabError(f"{run_dir} already holds a finished run; pass --overwrite, --resume or another --name")
     if config.resume:
         check_resume(run_dir, MANIFEST, dataclasses.asdict(config))
+    if config.pretrained:  # a download that fails does so before the images are read and the run folder made
+        with torch.device("meta"):
+            fetch_pretrained(create_model(config.arch or recipe.arch).pretrained_cfg)
     images, split, split_source = load_images(config, log)
     run_dir.mkdir(parents=True, exist_ok=True)
     note_current_run(run_dir)
