@@ -180,3 +180,14 @@ def test_an_image_too_large_to_decode_safely_says_so(tmp_path: Path, monkeypatch
         "too many pixels to decode safely (more than 200, Pillow's guard against decompression bombs); "
         "downscale it first"
     )
+
+
+def test_a_data_argument_that_is_nothing_usable_says_what_it_is(tmp_path: Path) -> None:
+    """A missing path and a file of another kind both said "is neither a folder, a .csv file nor a built-in dataset"."""
+    from cnnlab.data.sources import open_image_source
+
+    with pytest.raises(CnnlabError, match=r"--data '.*photoz' does not exist; give a folder of images, a \.csv"):
+        open_image_source(str(tmp_path / "photoz"))
+    (tmp_path / "labels.txt").write_text("a.png,cat\n")
+    with pytest.raises(CnnlabError, match=r"labels\.txt' is a file other than a \.csv; give a folder .*elpv:binary"):
+        open_image_source(str(tmp_path / "labels.txt"))

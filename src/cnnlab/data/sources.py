@@ -72,8 +72,10 @@ def open_image_source(data: str, min_per_class: int = 100) -> tuple[LabelledImag
         return images, split, f"split folder {path}"
     if path.is_dir():
         return scan_folder(path, min_per_class=min_per_class), None, f"class folders {path}"
+    found = "does not exist" if not path.exists() else "is a file other than a .csv"  # said "is neither" for both
     raise CnnlabError(
-        f"--data {data!r} is neither a folder, a .csv file nor a built-in dataset ({', '.join(BUILTIN_DATASETS)})"
+        f"--data {data!r} {found}; give a folder of images, a .csv of path,label or a built-in dataset "
+        f"({', '.join(BUILTIN_DATASETS)})"
     )
 
 
