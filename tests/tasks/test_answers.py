@@ -71,6 +71,19 @@ def test_exercise_2_reproduces_the_answer_sets_slips(tmp_path: Path):
     assert untraced_numbers(text, json.loads((tmp_path / "answers.json").read_text())) == []
 
 
+@pytest.mark.parametrize("record", ["{", "[1, 2]", '{"meta": "quick", "exercises": {"2": 7}}'])
+def test_an_unreadable_record_is_said_and_measured_again(tmp_path: Path, record: str):
+    """A record that did not parse was measured again without a word; JSON other than an object, or an exercise
+    that is not one, was an AttributeError."""
+    (tmp_path / "answers.json").write_text(record)
+    lines: list[str] = []
+    run_answers("quick", output=tmp_path, exercises=(2,), log=lines.append)
+    said = " ".join(lines)
+    assert ("is not an answer sheet's record" in said) == (not record.startswith('{"meta"'))
+    assert "exercise 2: done" in said
+    assert json.loads((tmp_path / "answers.json").read_text())["exercises"]["2"]["params"] == 903_400
+
+
 @pytest.mark.skipif(not HAS_MNIST, reason="MNIST not found ($CNNLAB_DATA)")
 def test_every_number_of_a_whole_sheet_traces_to_its_json_and_runs_are_reused(tmp_path: Path):
     lines: list[str] = []

@@ -44,17 +44,27 @@ def _hardware() -> str:
     return f"{hardware['cpu']}, {hardware['cpu_count']} CPU cores{device}, torch {record['versions']['torch']}"
 
 
-def _previous(path: Path, mode: str) -> dict[str, Any]:
-    """Exercises already measured in `mode` by an earlier (possibly interrupted) invocation into the same folder."""
+def _previous(path: Path, mode: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """Exercises already measured in `mode` by an earlier (possibly interrupted) invocation into the same folder.
+
+    A record that does not parse is said so and measured anew (it was measured anew without a word, or, holding
+    JSON other than an object, an AttributeError).
+    """
     if not path.is_file():
         return {}
     try:
         previous = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        previous = None
+    if not isinstance(previous, dict) or not isinstance(previous.get("exercises"), dict):
+        say(f"{path} is not an answer sheet's record; every exercise is measured again and it is replaced")
         return {}
-    if previous.get("meta", {}).get("mode") != mode:
+    meta = previous.get("meta")
+    if not isinstance(meta, dict) or meta.get("mode") != mode:
         return {}
-    return {key: value for key, value in previous.get("exercises", {}).items() if "error" not in value}
+    return {
+        key: value for key, value in previous["exercises"].items() if isinstance(value, dict) and "error" not in value
+    }
 
 
 def run_answers(
@@ -94,7 +104,7 @@ def run_answers(
     out.mkdir(parents=True, exist_ok=True)
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
     results_path = out / RESULTS_FILE
-    done = {} if overwrite else _previous(results_path, chosen.name)
+    done = {} if overwrite else _previous(results_path, chosen.name, say)
     ctx = Context(chosen, out, runs_root, data_dir, say)
     started = time.perf_counter()
     results: dict[str, Any] = {
