@@ -336,3 +336,15 @@ def test_fcn_refuses_a_transfer_run_whose_preprocessing_is_outside_its_network(t
         result.exception
     )
     assert not (tmp_path / "fcn").exists()
+
+
+def test_a_converted_fcn_folder_is_named_as_such(tmp_path: Path) -> None:
+    """predict, explain and export said "holds no model.json" of `cnnlab fcn convert`'s output."""
+    from cnnlab.fcn import to_fully_convolutional
+    from cnnlab.fcn.scan import save_fully_convolutional
+    from cnnlab.models import create_model
+
+    converted = to_fully_convolutional(create_model("mnist_net_small"))
+    save_fully_convolutional(converted, tmp_path / "fcn", {"arch": "mnist_net_small", "kwargs": {}}, "window")
+    with pytest.raises(CnnlabError, match=r"fcn holds a fully convolutional copy .*`cnnlab fcn scan .*fcn IMAGE`"):
+        load_predictor(str(tmp_path / "fcn"))

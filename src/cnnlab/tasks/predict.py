@@ -118,6 +118,11 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
             )
         network = create_model(model, pretrained=True)
         return Predictor(network.to(device).eval(), list(cfg.categories), cfg, model)
+    if (path / "fcn.json").is_file():  # `cnnlab fcn convert`'s output: "holds no model.json" said nothing of it
+        raise CnnlabError(
+            f"{path} holds a fully convolutional copy of a classifier, which scans large images "
+            f"(`cnnlab fcn scan {path} IMAGE`); pass the run it was converted from"
+        )
     if path.exists():
         raise CnnlabError(
             f"{path} holds no model.json; pass a finished `cnnlab train transfer` or `cnnlab train mnist` run directory"
