@@ -41,6 +41,9 @@ def test_parse_views() -> None:
     assert parse_views("vflip,hflip") == ("identity", "vflip", "hflip")  # identity first: the single-view prediction
     with pytest.raises(CnnlabError, match="unknown view"):
         parse_views("hflip,sideways")
+    # a set inside a list, and any case: "unknown view(s) dihedral" and "unknown view(s) HFLIP" before
+    assert parse_views("dihedral,hflip") == parse_views("dihedral") and len(parse_views("dihedral")) == 8
+    assert parse_views("HFLIP") == parse_views("hflip") and parse_views("Vflip,None") == ("identity", "vflip")
 
 
 def test_view_average_is_the_mean_of_the_per_view_logits() -> None:

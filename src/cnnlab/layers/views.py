@@ -48,15 +48,18 @@ VIEW_SETS: dict[str, tuple[str, ...]] = {
 
 def parse_views(spec: str | Sequence[str]) -> tuple[str, ...]:
     """The views a ``--views`` value names: ``none``, ``hflip`` (photos), ``dihedral`` (all 8; no up or down) or a
-    comma-separated list of `VIEWS` names. The identity view always comes first (the single-view prediction).
+    comma-separated list of `VIEWS` names and sets, in any case. The identity view always comes first (the
+    single-view prediction).
 
     Raises:
         CnnlabError: for an unknown name.
     """
     names = [spec] if isinstance(spec, str) else list(spec)
-    if len(names) == 1 and names[0] in VIEW_SETS:
-        return VIEW_SETS[names[0]]
-    chosen = [part.strip() for name in names for part in name.split(",") if part.strip()]
+    if len(names) == 1 and names[0].strip().lower() in VIEW_SETS:
+        return VIEW_SETS[names[0].strip().lower()]
+    parts = [part.strip().lower() for name in names for part in name.split(",") if part.strip()]
+    # a set named in a list stands for its views ("dihedral,hflip" was "unknown view(s) dihedral")
+    chosen = [view for part in parts for view in VIEW_SETS.get(part, (part,))]
     unknown = [name for name in chosen if name not in VIEWS]
     if unknown or not chosen:
         raise CnnlabError(
