@@ -191,6 +191,7 @@ def test_resume_is_refused_under_other_options_before_anything_is_trained(tmp_pa
         ({"unfreeze": 7}, "--unfreeze 7 is outside the backbone"),
         ({"monitor": "val_loss"}, "--monitor must be one of"),
         ({"sampling": "inverse"}, "--sampling must be"),
+        ({"sampling": "balanced", "class_weight": "balanced"}, "correct the same imbalance"),  # rare class twice
         ({"image_size": 0}, "--image-size must be at least 16 px, got 0"),  # 0 ran at the recipe's size
         ({"min_per_class": -3}, "--min-per-class must be >= 0"),
         ({"max_per_class": 0}, "--max-per-class must be >= 1"),  # a scikit-learn error about an empty split

@@ -252,6 +252,11 @@ class TransferConfig:
             raise CnnlabError(f"--class-weight must be 'balanced' or 'none', got {self.class_weight!r}")
         if self.sampling not in (None, "balanced"):
             raise CnnlabError(f"--sampling must be 'balanced' or 'uniform', got {self.sampling!r}")
+        if self.sampling == "balanced" and self.class_weight == "balanced":  # each alone evens the classes out
+            raise CnnlabError(
+                "--sampling balanced and --class-weight balanced correct the same imbalance: together a rare class "
+                "weighs (majority / rare count) times too much; choose one"
+            )
         if self.monitor not in MONITORS:
             raise CnnlabError(f"--monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
         if self.unfreeze is not None and self.unfreeze < 0:
