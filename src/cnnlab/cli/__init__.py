@@ -125,7 +125,7 @@ def _interrupted(done: SystemExit) -> bool:
 
 
 def _interrupted_line() -> str:
-    """ "interrupted", and how to continue the run it stopped, if a task had started one."""
+    """The line an interruption prints: how to continue the run it stopped, if a task had started one."""
     recipes = sys.modules.get("cnnlab.tasks.recipes")  # not imported (nor torch) when nothing had started
     hint = recipes.interrupted_hint() if recipes is not None else None
     return f"interrupted: {hint}" if hint else "interrupted"

@@ -20,13 +20,13 @@ from cnnlab.errors import CnnlabError
 __all__ = ["Recipe", "RecipeBook", "interrupted_hint", "note_current_run", "run_name"]
 
 # The run this process is writing, for the line `cnnlab` prints when Ctrl+C interrupts it (`interrupted_hint`).
-_CURRENT_RUN: dict[str, str] = {}
+_CURRENT_RUN: dict[str, Any] = {}
 
 
 def note_current_run(run_dir: str | Path, again: bool = False) -> None:
     """Remember the run this process writes: a train run continues with ``--resume --name NAME``; with `again`
     (an experiment, whose finished runs are read back) the same command continues it."""
-    _CURRENT_RUN.update(run_dir=str(run_dir), again=str(again))
+    _CURRENT_RUN.update(run_dir=Path(run_dir), again=again)
 
 
 def interrupted_hint() -> str | None:
@@ -34,11 +34,9 @@ def interrupted_hint() -> str | None:
     if not _CURRENT_RUN:
         return None
     run_dir = _CURRENT_RUN["run_dir"]
-    if _CURRENT_RUN["again"] == "True":
+    if _CURRENT_RUN["again"]:
         return f"{run_dir} keeps what it finished; the same command again reads it back and goes on"
-    return (
-        f"{run_dir} keeps its finished epochs; continue with the same command and --resume --name {Path(run_dir).name}"
-    )
+    return f"{run_dir} keeps its finished epochs; continue with the same command and --resume --name {run_dir.name}"
 
 
 @dataclass(frozen=True)

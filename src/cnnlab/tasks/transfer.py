@@ -273,17 +273,21 @@ class TransferConfig:
             raise CnnlabError(f"--max-per-class must be >= 1, got {self.max_per_class}")
         parse_views(self.views or "none")
         TrainConfig(**{**recipe.train, **self.train, "progress": False})  # --epochs 0, --lr -1 ...: the engine's word
-        self._check_model(recipe)
         return recipe
 
-    def _check_model(self, recipe: TransferRecipe) -> None:
+    def check_model(self, recipe: TransferRecipe) -> PretrainedCfg | None:
         """The backbone exists, has weights to transfer (unless ``--no-pretrained``), can be fine-tuned, and has the
         blocks ``--unfreeze`` asks for: asked of the model on the meta device, before an image is read or a run
-        folder made (each was found after both)."""
+        folder made (each was found after both). Returns the record of the weights to start from (None without).
+
+        Raises:
+            CnnlabError: naming the option at fault.
+        """
         arch = self.arch or recipe.arch
         with torch.device("meta"):
             model = create_model(arch, num_classes=2, in_chans=3)
-        if self.pretrained and getattr(model, "pretrained_cfg", None) is None:
+        weights = getattr(model, "pretrained_cfg", None) if self.pretrained else None
+        if self.pretrained and weights is None:
             raise CnnlabError(
                 f"--model {arch} has no pretrained weights in cnnlab, so there is nothing to transfer; choose a "
                 "model with weights (`cnnlab zoo` lists them), or add --no-pretrained to train it from scratch"
@@ -292,7 +296,7 @@ class TransferConfig:
             raise CnnlabError(f"{arch} lacks the classifier surface (forward_features/forward_head) to fine-tune")
         top = self.unfreeze if self.unfreeze is not None else recipe.unfreeze
         if top is None or recipe.method != "cached":
-            return
+            return weights
         blocks = len(trainable_blocks(model))
         if self.unfreeze is None and top > blocks:  # the recipe's count, chosen for its own backbone
             raise CnnlabError(
@@ -300,6 +304,7 @@ class TransferConfig:
                 f"choose --unfreeze 0..{blocks}"
             )
         check_unfreeze(top, blocks, model)
+        return weights
 
     @classmethod
     def from_options(cls, engine: EngineOptions, **options: Any) -> TransferConfig:
@@ -649,15 +654,15 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     """Run the recipe (see the module docstring) and return the results (also in ``results.json``)."""
     log = log or (lambda message: print(message) if config.progress else None)
     recipe = config.validate()
+    weights = config.check_model(recipe)
     started = time.perf_counter()
     run_dir = config.run_dir
     if (run_dir / "model.json").is_file() and not (config.resume or config.overwrite):
         raise CnnlabError(f"{run_dir} already holds a finished run; pass --overwrite, --resume or another --name")
     if config.resume:
         check_resume(run_dir, MANIFEST, dataclasses.asdict(config))
-    if config.pretrained:  # a download that fails does so before the images are read and the run folder made
-        with torch.device("meta"):
-            fetch_pretrained(create_model(config.arch or recipe.arch).pretrained_cfg)
+    if weights is not None:  # a download that fails does so before the images are read and the run folder made
+        fetch_pretrained(weights)
     images, split, split_source = load_images(config, log)
     run_dir.mkdir(parents=True, exist_ok=True)
     note_current_run(run_dir)
