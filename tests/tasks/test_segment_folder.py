@@ -309,6 +309,12 @@ def test_bad_folders_give_one_line_errors(tmp_path, layout, message):
 
 @pytest.mark.parametrize("options", [["--data", "nowhere"], ["--model", "unet-lite0"], ["--background-weight", "0"]])
 def test_the_command_line_reports_a_bad_folder_on_one_line(tmp_path, monkeypatch, capsys, options):
+    stderr = _refused(tmp_path, monkeypatch, capsys, options)
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1
+
+
+def _refused(tmp_path, monkeypatch, capsys, options: list[str]) -> str:
+    """What `cnnlab train segment OPTIONS`, run in `tmp_path`, prints on stderr; it must exit with code 2."""
     from cnnlab.cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -316,8 +322,7 @@ def test_the_command_line_reports_a_bad_folder_on_one_line(tmp_path, monkeypatch
     with pytest.raises(SystemExit) as exit_code:
         main()
     assert exit_code.value.code == 2
-    stderr = capsys.readouterr().err
-    assert stderr.startswith("error: ") and stderr.count("\n") == 1
+    return capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -331,14 +336,7 @@ def test_the_command_line_reports_a_bad_folder_on_one_line(tmp_path, monkeypatch
 )
 def test_an_option_of_the_other_kind_of_run_is_refused(tmp_path, monkeypatch, capsys, options, message):
     """A folder run ignored --upsample, --recipe ... and a canvas run --crop-size, --hflip ... without a word."""
-    from cnnlab.cli import main
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["cnnlab", "train", "segment", *options])
-    with pytest.raises(SystemExit) as exit_code:
-        main()
-    assert exit_code.value.code == 2
-    stderr = capsys.readouterr().err
+    stderr = _refused(tmp_path, monkeypatch, capsys, options)
     assert message in stderr and stderr.count("\n") == 1
     assert not (tmp_path / "runs").exists()
 
