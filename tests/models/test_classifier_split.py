@@ -45,5 +45,7 @@ def test_blocks_are_counted_in_eval_mode_on_a_small_input_and_the_mode_is_kept()
     """At 32 px EfficientNet's last maps are 1x1: counting its blocks in training mode made batch norm refuse the
     one-sample probe, a ValueError at the end of `train transfer --image-size 32` (its next-recipe estimate)."""
     model = create_model("efficientnet_lite0", num_classes=2).train()
+    frozen = next(module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)).eval()
     assert len(trainable_blocks(model, (3, 32, 32))) == 18
-    assert model.training and all(module.training for module in model.modules())
+    assert model.training and all(module.training for module in model.modules() if module is not frozen)
+    assert not frozen.training  # each module's own mode comes back, not the model's

@@ -101,12 +101,13 @@ def trainable_blocks(model: nn.Module, input_size: tuple[int, int, int] | None =
     device answers too, without a weight)."""
     size = input_size or getattr(model, "default_input_size", (3, 224, 224))
     probe = torch.zeros(1, *size, device=next(model.parameters()).device)
-    was_training = model.training
+    modes = {module: module.training for module in model.modules()}  # frozen batch norms stay in eval mode
     model.eval()  # in training mode, batch norm refuses one sample on a 1x1 map (a 32 px EfficientNet input)
     try:
         calls = _called_blocks(model, probe)
     finally:
-        model.train(was_training)
+        for module, mode in modes.items():
+            module.train(mode)
     return [name for name, module in calls if any(True for _ in module.parameters())]
 
 
