@@ -49,6 +49,68 @@ def test_refine_must_divide_the_stride_and_defaults_to_its_largest_divisor_up_to
     assert refine_factor(None, 2) == 2 and refine_factor(None, 6) == 3 and refine_factor(None, 32) == 4
 
 
+@pytest.mark.parametrize("arch", ["mnist_net_small", "mnist_baseline"])
+def test_a_large_image_is_scanned_in_tiles_that_give_the_whole_scan(arch, monkeypatch):
+    """A 6000x4000 photo was one forward pass: 6.6 GB of activations for mnist_net (24 MP, ~10 GB at refine 4)."""
+    import cnnlab.fcn.scan as scanning
+
+    torch.manual_seed(0)
+    converted = to_fully_convolutional(create_model(arch).eval())
+    image = torch.rand(1, 470, 610)
+    whole = scan(converted, image, refine=2)
+    margin = scanning.tile_margin(converted)
+    assert margin is not None and margin % whole.stride * 2 == 0 and margin >= whole.window
+    monkeypatch.setattr(scanning, "tile_margin", lambda model: margin)  # its probes are not the scan's tiles
+    monkeypatch.setattr(scanning, "TILE_PIXELS", 150 * 150)
+    inputs = []
+    converted.register_forward_pre_hook(lambda module, args: inputs.append(tuple(args[0].shape[-2:])))
+    tiled = scan(converted, image, refine=2)
+    assert torch.allclose(tiled.probabilities, whole.probabilities, atol=1e-6)
+    assert (tiled.window, tiled.stride) == (whole.window, whole.stride)
+    scanned = [size for size in inputs if min(size) > 100]  # leaving out output_geometry's 28 px probes
+    side = max(150, 4 * margin)  # a tile keeps at least twice its margin, so the overlap costs at most 2x
+    assert len(scanned) >= 8 and max(max(size) for size in scanned) <= side < min(image.shape[1:]) / 2
+
+
+def test_tiles_need_their_margin_and_a_network_that_is_not_local_is_scanned_whole():
+    import cnnlab.fcn.scan as scanning
+
+    converted = to_fully_convolutional(_classifier())
+    _, stride = converted.output_geometry()
+    image = torch.rand(1, 200, 200)
+    with torch.inference_mode():
+        whole = scanning._scores_in_tiles(converted, image, None, stride)
+        margin = scanning.tile_margin(converted)
+        assert torch.allclose(scanning._scores_in_tiles(converted, image, margin, stride, tile=2), whole, atol=1e-6)
+        short = scanning._scores_in_tiles(converted, image, 2 * stride, stride, tile=2)  # under the reach
+        assert short.shape == whole.shape and not torch.allclose(short, whole, atol=1e-4)
+
+    class CentreOnTheMap(torch.nn.Module):  # looks at the whole map, as a squeeze-and-excitation block does
+        def forward(self, x):
+            return x - x.mean((2, 3), keepdim=True)
+
+    converted.trunk = torch.nn.Sequential(converted.trunk, CentreOnTheMap())
+    assert scanning.tile_margin(converted) is None
+    assert scan(converted, image, refine=1).probabilities.shape[1:] == whole.shape[1:]
+
+
+def test_a_large_picture_is_drawn_averaged_down_to_the_heatmaps_size(tmp_path, monkeypatch):
+    """matplotlib held float64 copies of a 24 MP picture in every panel: 1.7 GB and 15 s to draw it."""
+    from matplotlib.axes import Axes
+
+    from cnnlab.fcn.scan import ScanResult
+
+    shapes = []
+    drawing = Axes.imshow
+    monkeypatch.setattr(
+        Axes, "imshow", lambda axis, data, **kw: shapes.append(np.shape(data)) or drawing(axis, data, **kw)
+    )
+    result = ScanResult(torch.full((3, 40, 60), 1 / 3), torch.ones(40, 60), window=28, stride=80)
+    save_heatmap(torch.rand(1, 3300, 4900), result, tmp_path / "h.png")
+    assert shapes and max(max(shape) for shape in shapes) <= 1600
+    assert (3300 // 4, 4900 // 4) <= shapes[0] <= (1600, 1600)
+
+
 def test_convert_refuses_a_converted_network(tmp_path):
     """Converting the converted folder again nested a copy in it (<fcn>/fcn)."""
     run = tmp_path / "run"

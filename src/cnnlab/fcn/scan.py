@@ -6,6 +6,10 @@ computed once, which is why an FCN is far cheaper than cropping windows and clas
 (i * stride + window / 2, ...). A classifier trained on single centred digits has no "nothing here" class, so windows
 with almost no ink are shown as empty rather than with the (meaningless) class the classifier picks for them.
 
+A large image is scanned in tiles of about `TILE_PIXELS`, each with a margin that covers the receptive field of the
+locations it keeps (`tile_margin`), so memory is bounded by the tile, not the image, and the scores are those of one
+pass over the whole image.
+
 Converted models are saved as ``fcn.safetensors`` (converted weights) + ``fcn.json`` (the source classifier's
 architecture record, the training input size and the pooling mode); loading rebuilds the classifier, converts it
 again and loads the saved weights, so no pickle is involved.
@@ -14,7 +18,9 @@ again and loads the saved weights, so no pickle is involved.
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +34,9 @@ from cnnlab.errors import CnnlabError
 from cnnlab.fcn.convert import FullyConvolutional, to_fully_convolutional
 
 __all__ = [
+    "TILE_PIXELS",
     "ScanResult",
+    "tile_margin",
     "heatmap_path",
     "load_fully_convolutional",
     "load_scan_image",
@@ -41,6 +49,7 @@ __all__ = [
 FCN_WEIGHTS = "fcn.safetensors"
 FCN_SPEC = "fcn.json"
 _MIN_INK = 0.06  # windows with less than this mean intensity are drawn as empty
+_SHOWN_PIXELS = 1600  # the heatmap's panels are a few hundred pixels wide: larger pictures are averaged down
 
 
 @dataclass
@@ -81,6 +90,100 @@ def refine_factor(refine: int | None, stride: int) -> int:
     return refine
 
 
+# Input pixels scanned at once: a tile this large holds a few hundred MB of activations in the MNIST networks,
+# where a 6000x4000 photo scanned whole held 6.6 GB (mnist_net).
+TILE_PIXELS = 2**21
+
+
+@torch.inference_mode()
+def tile_margin(model: FullyConvolutional) -> int | None:
+    """Input pixels a tile needs on each side of the locations whose scores it keeps, so that a scan tile by tile
+    gives the whole image's scores; None for a network that is not local (a layer that looks at the whole map, such
+    as a squeeze-and-excitation block), which is scanned whole.
+
+    The margin bounds how far an input pixel reaches: each kernel widens an output's field by (k - 1) x dilation
+    times its layer's spacing, and its padding moves the field by at most its width on each side. The spacing of
+    each convolution and pooling is measured from two probes whose heights differ by a multiple of the stride (its
+    input grows by the difference over its spacing). Layers of other kinds are assumed to act on each location
+    alone, which a scan of a random image in tiles, compared with the whole scan, checks.
+    """
+    window, stride = model.output_geometry()
+    channels, height, width = model.input_size
+    reference = next(model.parameters(), torch.empty(0))
+    sizes: dict[nn.Module, list[int]] = {}
+    handles = [
+        module.register_forward_pre_hook(lambda module, args: sizes.setdefault(module, []).append(args[0].shape[-2]))
+        for module in model.modules()
+        if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d))
+    ]
+    growth = 8 * stride
+    try:
+        for rows in (height, height + growth):
+            model(torch.zeros(1, channels, rows, width, dtype=reference.dtype, device=reference.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    reach = 0
+    for module, seen in sizes.items():
+        spacing = growth // max(1, seen[-1] - seen[0])
+        kernel, dilation = _largest(module.kernel_size), _largest(getattr(module, "dilation", 1))
+        padding = kernel if isinstance(module.padding, str) else _largest(module.padding)
+        reach += ((kernel - 1) * dilation + 2 * padding) * spacing
+    margin = -(-max(reach, window) // stride) * stride
+    generator = torch.Generator().manual_seed(0)
+    tile = max(1, margin // stride)  # three tiles a side: the middle one has a full margin on every side
+    side = window + 2 * margin + 2 * tile * stride
+    probe = torch.rand(channels, side, side, generator=generator).to(reference.dtype)
+    whole = _scores_in_tiles(model, probe, None, stride)
+    tiled = _scores_in_tiles(model, probe, margin, stride, tile=tile)
+    exact = whole.shape == tiled.shape and torch.allclose(whole, tiled, rtol=1e-4, atol=1e-4)
+    return margin if exact else None
+
+
+def _largest(value: int | tuple[int, ...]) -> int:
+    return max(value) if isinstance(value, tuple) else int(value)
+
+
+def _scores_in_tiles(
+    model: FullyConvolutional, image: torch.Tensor, margin: int | None, stride: int, tile: int | None = None
+) -> torch.Tensor:
+    """``model(image)``, float [classes, H', W'] on the CPU, computed over tiles of the image.
+
+    Output location (i, j) scores the window whose top-left corner is at (i * stride, j * stride) and depends on
+    input pixels within `margin` of it, so a tile that starts `margin` before the first location it keeps (a
+    multiple of the stride, so every layer's grid lines up with the whole image's) and ends `margin` after the
+    last computes those locations exactly; at the image's edges a tile stops where the image does.
+
+    Args:
+        margin: from `tile_margin`; None scans the image whole.
+        tile: locations kept from each tile along each side (default: as many as keep a tile near `TILE_PIXELS`,
+            and at least twice the margin, so the overlap costs at most 2x).
+    """
+    device = next(model.parameters()).device
+
+    def run(part: torch.Tensor) -> torch.Tensor:
+        return model(part[None].to(device)).float().cpu()[0]
+
+    if margin is None or (tile is None and image.shape[1] * image.shape[2] <= TILE_PIXELS):
+        return run(image)
+    tile = tile or max(2 * margin // stride, (math.isqrt(TILE_PIXELS) - 2 * margin) // stride)
+    return _piecewise(lambda band: _piecewise(run, band, 2, margin, stride, tile), image, 1, margin, stride, tile)
+
+
+def _piecewise(run: Callable, image: torch.Tensor, axis: int, margin: int, stride: int, count: int) -> torch.Tensor:
+    """``run(image)`` computed in pieces along `axis` (1: rows, 2: columns), `count` output locations each."""
+    length, pieces, first = image.shape[axis], [], 0
+    while True:
+        start, end = max(0, first * stride - margin), (first + count) * stride + margin
+        scores = run(image.narrow(axis, start, min(end, length) - start))
+        skip = first - start // stride
+        if end >= length:  # the last piece ends with the image, as the whole scan does
+            pieces.append(scores.narrow(axis, skip, scores.shape[axis] - skip))
+            return torch.cat(pieces, axis)
+        pieces.append(scores.narrow(axis, skip, count))
+        first += count
+
+
 @torch.inference_mode()
 def scan(model: FullyConvolutional, image: torch.Tensor, refine: int | None = None) -> ScanResult:
     """Run a converted classifier over a [C, H, W] float image (at least the training size).
@@ -101,16 +204,16 @@ def scan(model: FullyConvolutional, image: torch.Tensor, refine: int | None = No
             f"the image is {image.shape[2]}x{image.shape[1]}, smaller than the classifier's {width}x{height} input"
         )
     model.eval()
-    device = next(model.parameters()).device
     window, stride = model.output_geometry()
     refine = refine_factor(refine, stride)
     step = stride // refine
+    margin = tile_margin(model)
     shifted_scores = {}
     for dy in range(refine):
         for dx in range(refine):
             shifted = image[:, dy * step :, dx * step :]
             if shifted.shape[1] >= height and shifted.shape[2] >= width:
-                shifted_scores[dy, dx] = model(shifted[None].to(device)).float().cpu()[0]  # classes x H' x W'
+                shifted_scores[dy, dx] = _scores_in_tiles(model, shifted, margin, stride)  # classes x H' x W'
     rows = min(v.shape[1] for v in shifted_scores.values())
     cols = min(v.shape[2] for v in shifted_scores.values())
     classes = shifted_scores[0, 0].shape[0]
@@ -166,8 +269,12 @@ def save_heatmap(
     probabilities = result.probabilities.numpy()
     classes, rows, cols = probabilities.shape
     names = class_names or [str(i) for i in range(classes)]
-    picture = image.float().mean(0).numpy()
-    height, width = picture.shape
+    height, width = image.shape[1:]
+    picture = image.float().mean(0)
+    shrink = max(1, math.ceil(max(height, width) / _SHOWN_PIXELS))
+    if shrink > 1:  # matplotlib held float64 RGBA copies of a 24 MP picture in every panel (1.7 GB)
+        picture = F.avg_pool2d(picture[None, None], shrink, ceil_mode=True)[0, 0]
+    picture = picture.numpy()
     half, step = result.window / 2, result.stride
     extent = (half - step / 2, half + (cols - 0.5) * step, half + (rows - 0.5) * step, half - step / 2)
     shown = min(classes, 10)
