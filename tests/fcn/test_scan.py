@@ -177,6 +177,29 @@ def test_cli_convert_and_scan(tmp_path):
     assert from_run.exit_code == 0 and (tmp_path / "canvas-heatmap.png").is_file()
 
 
+def test_a_16_bit_or_transparent_scan_reads_as_its_8_bit_opaque_copy(tmp_path):
+    """Pillow's own conversion clipped a 16-bit scan to white, and a transparent background read as black ink's
+    colour: both scanned as an empty page."""
+    from cnnlab.fcn.scan import load_scan_image
+
+    paper = np.full((40, 60), 255, dtype=np.uint8)
+    paper[10:30, 20:26] = 0  # a black stroke
+    Image.fromarray(paper).save(tmp_path / "plain.png")
+    ink = np.zeros((40, 60, 4), dtype=np.uint8)
+    ink[..., 3] = 255 - paper  # black, opaque only where the stroke is
+    Image.fromarray(ink, mode="RGBA").save(tmp_path / "clear.png")
+    grey = np.where(paper == 0, 60, 220).astype(np.uint8)  # a pencil stroke on grey paper
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    plain = load_scan_image(tmp_path / "plain.png")
+    assert plain[0, 15, 22] == 1.0 and plain[0, 0, 0] == 0.0  # inverted to MNIST's light ink on black
+    assert torch.equal(load_scan_image(tmp_path / "clear.png"), plain)
+    assert torch.equal(load_scan_image(tmp_path / "deep.png"), load_scan_image(tmp_path / "grey.png"))
+    with pytest.raises(CnnlabError, match="cannot read image .*: Is a directory"):
+        load_scan_image(tmp_path)
+
+
 def test_heatmap_path_takes_folders_and_refuses_formats_matplotlib_cannot_write(tmp_path):
     """`-o /tmp` wrote /tmp.png and reported /tmp; `-o h.xyz` was a matplotlib traceback after the scan."""
     from cnnlab.errors import CnnlabError

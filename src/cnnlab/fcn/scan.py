@@ -322,19 +322,22 @@ def save_heatmap(
 def load_scan_image(path: str | os.PathLike[str], channels: int = 1, invert: bool | None = None) -> torch.Tensor:
     """Read an image file as float [channels, H, W] in [0, 1].
 
+    The file is read as every cnnlab command reads one (`data.folder.load_image`): a 16-bit scan is scaled to 8 bits
+    (Pillow's own conversion clipped it, all white), a transparent background is white, EXIF orientation applied.
+
     Args:
         path: the image.
         channels: 1 (grayscale) or 3 (RGB).
         invert: turn dark-on-light into light-on-dark (MNIST's polarity); None inverts a grayscale image whose mean
             is above 0.5.
     """
-    from PIL import Image, UnidentifiedImageError
+    from cnnlab.data.folder import load_image
 
     try:
-        with Image.open(path) as opened:
-            array = np.asarray(opened.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
-    except (FileNotFoundError, UnidentifiedImageError) as error:
-        raise CnnlabError(f"cannot read image {path}: {error}") from None
+        image = load_image(path)
+    except OSError as error:  # missing, a folder, not an image, truncated
+        raise CnnlabError(f"cannot read image {path}: {error.strerror or error}") from None
+    array = np.asarray(image.convert("L") if channels == 1 else image, dtype=np.float32) / 255.0
     tensor = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
     if invert or (invert is None and channels == 1 and float(tensor.mean()) > 0.5):
         tensor = 1.0 - tensor
