@@ -8,9 +8,11 @@ of a step at any batch size at no memory cost, for each remedy:
   `cnnlab.train.activation_checkpointing.checkpoint_stages` (the engine's own `--grad-checkpointing`), recomputation
   in backward included;
 - **SGD without momentum**: traced with that optimizer (Adam keeps two copies of the weights);
-- **bf16 mixed precision**: autocast cannot run on the meta device, so the peak is adjusted: saved activations
-  take the per-sample saved bytes of a bfloat16 trace, and a bf16 copy of the weights is added; parameters,
-  gradients and optimizer state stay float32;
+- **bf16 mixed precision**: autocast cannot run on the meta device, so the peak is adjusted: a bf16 copy of the
+  weights is added, the input stays float32 with a bf16 copy kept for backward, and everything else each op holds
+  per sample shrinks by the share of the saved activations that a bfloat16 trace saves (`_Planner.bf16_reduction`);
+  parameters, gradients and optimizer state stay float32. Real CPU autocast steps agree within 2%
+  (benchmarks/memory_cpu.py);
 - **all three** combines them the same way.
 
 How it stays fast. Searching batch sizes trace by trace took 63 traces for resnet152 (two minutes). Instead, the live
@@ -31,6 +33,7 @@ seconds, with the same answers and columns as the search.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -204,8 +207,9 @@ class _Planner:
             )
         self.lines: dict[bool, _Lines | None] = {}
         self.weights_bytes = sum(p.numel() for p in model.parameters() if p.requires_grad) * dtype.itemsize
+        self.input_bytes = math.prod(input_shape) * dtype.itemsize  # one sample's
         self.mixed = dtype.itemsize > 2  # bf16 autocast only changes anything for a float32 model
-        self.bf16_savings: dict[bool, int] = {}
+        self.bf16_fraction: tuple[int, int] | None = None
 
     def step(self, checkpointed: bool, batch: int) -> _Step:
         key = (checkpointed, batch)
@@ -231,44 +235,77 @@ class _Planner:
             )
         return self.lines[checkpointed]
 
-    def bf16_saving(self, checkpointed: bool) -> int:
-        """Bytes per sample that bf16 autocast would not save for backward: float32 minus bfloat16 saved bytes."""
-        if not self.mixed:
-            return 0
-        if checkpointed not in self.bf16_savings:
-            model = self.variants[checkpointed]
-            lines = self.fitted(checkpointed)
+    def bf16_saving(self) -> tuple[int, int]:
+        """(float32 minus bfloat16 bytes saved for backward, float32 bytes saved), per sample and without the input,
+        of the network as configured: which share of its activations bf16 autocast halves (not all: batch norm's
+        stay float32)."""
+        if self.bf16_fraction is None:
+            lines = self.fitted(False)
             if lines is not None:
                 float_saved = lines.saved.per_sample
             else:
-                float_saved = self.step(checkpointed, 2).saved - self.step(checkpointed, 1).saved
-            bf16 = [forward_saved_bytes(model, self.input_shape, batch, torch.bfloat16) for batch in (1, 2)]
-            self.bf16_savings[checkpointed] = float_saved - (bf16[1] - bf16[0])
-        return self.bf16_savings[checkpointed]
+                float_saved = self.step(False, 2).saved - self.step(False, 1).saved
+            bf16 = [forward_saved_bytes(self.variants[False], self.input_shape, b, torch.bfloat16) for b in (1, 2)]
+            saving = float_saved - (bf16[1] - bf16[0]) - self.input_bytes // 2  # a bf16 trace halved the input too
+            self.bf16_fraction = (max(0, saving), max(1, float_saved - self.input_bytes))
+        return self.bf16_fraction
 
-    def adjustment(self, remedy: _Remedy) -> _Line:
-        """What bf16 autocast changes, as a line: a bf16 copy of the weights, fewer saved bytes per sample."""
-        if not remedy.bf16 or not self.mixed:
-            return _Line(0, 0)
-        return _Line(self.weights_bytes // 2, -self.bf16_saving(remedy.checkpointed))
+    def bf16_reduction(self, per_sample: int) -> int:
+        """Bytes per sample that bf16 autocast takes off an op that holds `per_sample` bytes per sample in float32.
+
+        The input stays float32, and the first layer keeps a bf16 copy of it for backward; everything else an op
+        holds per sample, activations saved or recomputed (gradient checkpointing) and their gradients (autocast
+        keeps them in their forward's dtype), shrinks by the share of the saved activations that bf16 saves.
+        Taking the saved activations' whole saving off every op, and nothing off their gradients, was 1.26x high
+        for exercise 2 and made mnist_net's peak fall as the batch grew (-0.3 MB per sample), where the saved
+        activations are freed; a checkpointed network's small forward saving missed its recomputed activations (all
+        three: 1.6x high). Against real CPU autocast steps this is within 2% (benchmarks/memory_cpu.py).
+        """
+        saving, float_saved = self.bf16_saving()
+        return saving * max(0, per_sample - self.input_bytes) // float_saved - self.input_bytes // 2
+
+    def remedy_lines(self, remedy: _Remedy) -> list[_Line] | None:
+        """Lines whose highest value at a batch is the remedy's peak there; None when the variant's traces gave no
+        lines. bf16 autocast adds a bf16 copy of the weights and shrinks each op's bytes per sample
+        (`bf16_reduction`)."""
+        lines = self.fitted(remedy.checkpointed)
+        if lines is not None and remedy.bf16 and self.mixed:
+            copy_bytes = self.weights_bytes // 2
+
+            def bf16(line: _Line) -> _Line:
+                return _Line(line.fixed + copy_bytes, line.per_sample - self.bf16_reduction(line.per_sample))
+
+            lines = _Lines(tuple(map(bf16, lines.timeline)), bf16(lines.step_start), lines.saved, lines.batches)
+        return None if lines is None else lines.peak_lines(self.optimizer(remedy.optimizer))
 
     def peak(self, remedy: _Remedy, batch: int) -> int:
-        """The remedy's peak at `batch`: from the variant's lines while they hold, else from an exact trace."""
-        lines = self.fitted(remedy.checkpointed)
-        step = lines.at(batch) if lines is not None else self.step(remedy.checkpointed, batch)
-        return step.peak(self.optimizer(remedy.optimizer)) + self.adjustment(remedy).at(batch)
+        """The remedy's peak at `batch`: from the variant's lines while they hold, else from an exact trace, with
+        bf16's reduction of each op taken from its growth between batch 1 and 2 (the whole saving off every op when
+        their ops differ)."""
+        lines = self.remedy_lines(remedy)
+        if lines is not None:
+            return max(line.at(batch) for line in lines)
+        step = self.step(remedy.checkpointed, batch)
+        if remedy.bf16 and self.mixed:
+            one, two = self.step(remedy.checkpointed, 1), self.step(remedy.checkpointed, 2)
+            if len(one.timeline) == len(two.timeline) == len(step.timeline):
+                growths = [b - a for a, b in zip(one.timeline, two.timeline, strict=True)]
+                start_growth = two.step_start - one.step_start
+            else:  # an op growing by every saved byte loses the whole saving
+                start_growth = self.bf16_saving()[1]
+                growths = [start_growth] * len(step.timeline)
+
+            def bf16(live: int, growth: int) -> int:
+                return live + self.weights_bytes // 2 - self.bf16_reduction(growth) * batch
+
+            timeline = tuple(bf16(live, growth) for live, growth in zip(step.timeline, growths, strict=True))
+            step = _Step(batch, timeline, bf16(step.step_start, start_growth), step.saved)
+        return step.peak(self.optimizer(remedy.optimizer))
 
     def answer_from_lines(self, remedy: _Remedy, limit_bytes: int) -> int | None:
         """Where the highest of the remedy's lines meets the limit; None when the variant's traces gave no lines."""
-        lines = self.fitted(remedy.checkpointed)
-        if lines is None:
-            return None
-        adjustment = self.adjustment(remedy)
-        peak_lines = [
-            _Line(line.fixed + adjustment.fixed, line.per_sample + adjustment.per_sample)
-            for line in lines.peak_lines(self.optimizer(remedy.optimizer))
-        ]
-        return _largest_under_lines(peak_lines, limit_bytes)
+        lines = self.remedy_lines(remedy)
+        return None if lines is None else _largest_under_lines(lines, limit_bytes)
 
     def verify(self, checkpointed: bool, largest_answer: int) -> None:
         """Trace the variant once more; if any op's bytes differ from its line, drop the lines (exact traces only).

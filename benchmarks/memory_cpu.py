@@ -1,0 +1,84 @@
+"""Out-of-memory remedies on the CPU: the planner's predicted training peak against a real training step.
+
+What it measures: for each network and batch size, one real training step on the CPU (forward, backward of
+output.sum(), the optimizer step with its state already created), its live tensors tracked op by op by
+`cnnlab.budget.trace` (the same counting the meta-device estimate uses, here on real tensors), with each remedy of
+exercise 3: as configured (fp32, Adam); bf16 by CPU autocast; the engine's gradient checkpointing of the stages; SGD
+without momentum; all three. Beside it, the planner's peak for that remedy and batch (`_Planner.peak`, from
+meta-device traces) and the ratio predicted / measured. One run per cell: these are byte counts, not timings.
+
+Run: .venv/bin/python benchmarks/memory_cpu.py [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import platform
+import time
+
+import torch
+
+from cnnlab.budget import planner as planning
+from cnnlab.budget.core import resolve_model
+from cnnlab.budget.trace import trace
+from cnnlab.models import create_model
+from cnnlab.train.activation_checkpointing import checkpoint_stages
+
+EXERCISE = ["conv 100 k3 s2 same", "conv 200 k3 s2 same", "conv 400 k3 s2 same"]  # the chapter's exercise 2
+CASES = [
+    ("exercise 2", (3, 200, 300), (4, 16, 64)),
+    ("mnist_net", (1, 28, 28), (1, 8, 64)),
+    ("resnet50", (3, 224, 224), (1, 4, 16)),
+]
+REMEDIES = [
+    planning._Remedy("as configured", checkpointed=False, optimizer="adam", bf16=False),
+    planning._Remedy("bf16 mixed precision", checkpointed=False, optimizer="adam", bf16=True),
+    planning._Remedy("gradient checkpointing", checkpointed=True, optimizer="adam", bf16=False),
+    planning._Remedy("SGD (no optimizer state)", checkpointed=False, optimizer="sgd", bf16=False),
+    planning._Remedy("all three", checkpointed=True, optimizer="sgd", bf16=True),
+]
+
+
+def measured_peak(model: torch.nn.Module, shape: tuple[int, ...], batch: int, remedy: planning._Remedy) -> int:
+    """Peak live bytes of one real CPU training step with the remedy applied."""
+    if remedy.checkpointed:
+        model = copy.deepcopy(model)
+        checkpoint_stages(model)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if remedy.bf16 else contextlib.nullcontext()
+    with autocast:
+        return trace(model, shape, batch, torch.float32, "cpu", remedy.optimizer, inference=False).peak_live_bytes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+    rows = []
+    print(f"{'network':10} {'remedy':26} {'batch':>5} {'predicted MB':>13} {'measured MB':>12} {'ratio':>6}")
+    for arch, shape, batches in CASES:
+        torch.manual_seed(0)
+        model = resolve_model(EXERCISE, shape)[1] if arch == "exercise 2" else create_model(arch)
+        planner = planning._Planner(model, shape, torch.float32, "adam", None)
+        for remedy in REMEDIES:
+            for batch in batches:
+                predicted, measured = planner.peak(remedy, batch), measured_peak(model, shape, batch, remedy)
+                ratio = predicted / measured
+                rows.append(
+                    {"network": arch, "input": list(shape), "remedy": remedy.name, "batch": batch,
+                     "predicted_bytes": predicted, "measured_bytes": measured, "ratio": round(ratio, 4)}
+                )  # fmt: skip
+                print(
+                    f"{arch:10} {remedy.name:26} {batch:5d} {predicted / 1e6:13.1f} {measured / 1e6:12.1f} {ratio:6.3f}"
+                )
+    if args.json:
+        record = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__}
+        record.update(date=time.strftime("%Y-%m-%d"), rows=rows)
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
