@@ -46,3 +46,27 @@ def test_an_mnist_ensemble_is_sized_as_all_its_members(tmp_path: Path) -> None:
 def test_a_folder_that_is_not_a_run_says_so(tmp_path: Path) -> None:
     with pytest.raises(CnnlabError, match="holds no model.json or ensemble.json"):
         budget(str(tmp_path))
+
+
+def test_an_fcn_folder_is_sized_as_the_network_that_scans_an_image(tmp_path: Path) -> None:
+    """It said "holds no model.json or ensemble.json; is it a finished cnnlab run?" of a folder `fcn convert` wrote."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+
+    run = tmp_path / "run"
+    save_model(create_model("mnist_net_small"), run, "mnist_net_small", {}, {"task": "mnist"})
+    runner = CliRunner()
+    assert runner.invoke(app, ["fcn", "convert", str(run)]).exit_code == 0
+    sized = runner.invoke(app, ["budget", str(run / "fcn"), "--input", "1x92x124", "--json"])
+    assert sized.exit_code == 0, sized.output
+    report = json.loads(sized.output)
+    assert report["input_shape"] == [1, 92, 124] and report["model"] == f"{run / 'fcn'} (fully convolutional)"
+    assert report["params"] == _parameters("mnist_net_small")  # a dense layer as a convolution: the same weights
+    assert report["output_shape"] == [10, (92 - 28) // 8 + 1, (124 - 28) // 8 + 1]  # a score every 8 px
+    default = json.loads(runner.invoke(app, ["budget", str(run / "fcn" / "fcn.json"), "--json"]).output)
+    assert default["input_shape"] == [1, 28, 28] and default["output_shape"] == [10, 1, 1]
+    wrong = runner.invoke(app, ["budget", str(run / "fcn"), "--input", "3x92x124"])
+    assert wrong.exit_code != 0 and "takes 1-channel input" in str(wrong.exception)

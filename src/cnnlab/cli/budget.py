@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -11,8 +12,9 @@ import typer
 _HELP = """Size a CNN: per-layer shapes, parameters, MACs, and memory for inference and for training a mini-batch.
 
 TARGET is a zoo model name (resnet50), a trained run's folder (runs/transfer/NAME: its network at its own input
-size, weights not read), a YAML/JSON spec file, or layer strings, one per argument (or several in one, separated by
-';' or by ',' before a layer's name: "conv 64 k7 s2 same, maxpool k3 s2, gap, dense 10"):
+size, weights not read), an `fcn convert` folder (the network that scans; --input sets the image's size), a
+YAML/JSON spec file, or layer strings, one per argument (or several in one, separated by ';' or by ',' before a
+layer's name: "conv 64 k7 s2 same, maxpool k3 s2, gap, dense 10"):
 
   cnnlab budget --input 3x200x300 "conv 100 k3 s2 same" "conv 200 k3 s2 same" "conv 400 k3 s2 same" --batch 50
 
@@ -45,12 +47,18 @@ def budget_command(
     layers: Annotated[bool, typer.Option("--layers/--no-layers", help="Show the per-layer table.")] = True,
 ) -> None:
     from cnnlab.budget import budget, parse_memory
+    from cnnlab.budget.core import check_zoo_input
     from cnnlab.budget.spec import parse_size
 
     input_shape = parse_size(input, "input") if input else None
     model = target[0] if len(target) == 1 and " " not in target[0] else target
+    converted = _converted(model)
+    if converted is not None:  # an `fcn convert` folder: the network that scans, at the given image size
+        if input_shape is not None:
+            check_zoo_input(str(model), input_shape, converted.input_size)
+        input_shape = input_shape or converted.input_size
     report = budget(
-        model,
+        model if converted is None else converted,
         input_shape=input_shape,
         batch_size=batch,
         dtype=dtype,
@@ -60,6 +68,8 @@ def budget_command(
         device=device,
         memory_limit=parse_memory(memory) if memory else None,
     )
+    if converted is not None:
+        report.model_name = f"{model} (fully convolutional)"
     explanation = None
     if explain:
         from cnnlab.budget.explain import explain as explain_report
@@ -75,6 +85,15 @@ def budget_command(
     if explanation is not None:
         typer.echo("")
         typer.echo(explanation)
+
+
+def _converted(model: str | list[str]) -> Any:
+    """The converted network saved in an `fcn convert` folder (or its fcn.json) named by `model`, else None."""
+    from cnnlab.fcn.scan import FCN_SPEC, load_fully_convolutional
+
+    if not isinstance(model, str) or not ((Path(model) / FCN_SPEC).is_file() or Path(model).name == FCN_SPEC):
+        return None
+    return load_fully_convolutional(model)
 
 
 def register(app: typer.Typer) -> None:
