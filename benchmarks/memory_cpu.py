@@ -7,7 +7,7 @@ exercise 3: as configured (fp32, Adam); bf16 by CPU autocast; the engine's gradi
 without momentum; all three. Beside it, the planner's peak for that remedy and batch (`_Planner.peak`, from
 meta-device traces) and the ratio predicted / measured. One run per cell: these are byte counts, not timings.
 
-Run: .venv/bin/python benchmarks/memory_cpu.py [--json out.json]
+Run: .venv/bin/python benchmarks/memory_cpu.py [--zoo] [--json out.json]
 """
 
 from __future__ import annotations
@@ -33,6 +33,20 @@ CASES = [
     ("mnist_net", (1, 28, 28), (1, 8, 64)),
     ("resnet50", (3, 224, 224), (1, 4, 16)),
 ]
+# --zoo: every other zoo network at batch 1 and 3, at inputs small enough for a CPU step in seconds
+ZOO = [
+    ("lenet5", (1, 32, 32)),
+    ("mnist_baseline", (1, 28, 28)),
+    ("alexnet", (3, 224, 224)),
+    ("googlenet", (3, 96, 96)),
+    ("resnet18", (3, 96, 96)),
+    ("seresnet50", (3, 96, 96)),
+    ("efficientnet_lite0", (3, 96, 96)),
+    ("xception", (3, 160, 160)),
+    ("inception_v3", (3, 139, 139)),
+    ("unet", (1, 64, 64)),
+    ("fcn8s", (1, 64, 64)),
+]
 REMEDIES = [
     planning._Remedy("as configured", checkpointed=False, optimizer="adam", bf16=False),
     planning._Remedy("bf16 mixed precision", checkpointed=False, optimizer="adam", bf16=True),
@@ -55,10 +69,12 @@ def measured_peak(model: torch.nn.Module, shape: tuple[int, ...], batch: int, re
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--zoo", action="store_true", help="also every other zoo network at batch 1 and 3")
     args = parser.parse_args()
+    cases = CASES + [(name, shape, (1, 3)) for name, shape in ZOO] if args.zoo else CASES
     rows = []
-    print(f"{'network':10} {'remedy':26} {'batch':>5} {'predicted MB':>13} {'measured MB':>12} {'ratio':>6}")
-    for arch, shape, batches in CASES:
+    print(f"{'network':18} {'remedy':26} {'batch':>5} {'predicted MB':>13} {'measured MB':>12} {'ratio':>6}")
+    for arch, shape, batches in cases:
         torch.manual_seed(0)
         model = resolve_model(EXERCISE, shape)[1] if arch == "exercise 2" else create_model(arch)
         planner = planning._Planner(model, shape, torch.float32, "adam", None)
