@@ -3,9 +3,10 @@
 What it measures: for each network and batch size, one real training step on the CPU (forward, backward of
 output.sum(), the optimizer step with its state already created), its live tensors tracked op by op by
 `cnnlab.budget.trace` (the same counting the meta-device estimate uses, here on real tensors), with each remedy of
-exercise 3: as configured (fp32, Adam); bf16 by CPU autocast; the engine's gradient checkpointing of the stages; SGD
-without momentum; all three. Beside it, the planner's peak for that remedy and batch (`_Planner.peak`, from
-meta-device traces) and the ratio predicted / measured. One run per cell: these are byte counts, not timings.
+exercise 3: as configured (fp32, Adam); bf16 by CPU autocast of the forward pass and the loss, backward outside it,
+as the engine does; the engine's gradient checkpointing of the stages; SGD without momentum; all three. Beside it,
+the planner's peak for that remedy and batch (`_Planner.peak`, from meta-device traces) and the ratio
+predicted / measured. One run per cell: these are byte counts, not timings.
 
 Run: .venv/bin/python benchmarks/memory_cpu.py [--zoo] [--json out.json]
 """
@@ -13,7 +14,6 @@ Run: .venv/bin/python benchmarks/memory_cpu.py [--zoo] [--json out.json]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import platform
@@ -61,9 +61,10 @@ def measured_peak(model: torch.nn.Module, shape: tuple[int, ...], batch: int, re
     if remedy.checkpointed:
         model = copy.deepcopy(model)
         checkpoint_stages(model)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if remedy.bf16 else contextlib.nullcontext()
-    with autocast:
-        return trace(model, shape, batch, torch.float32, "cpu", remedy.optimizer, inference=False).peak_live_bytes
+    autocast = torch.bfloat16 if remedy.bf16 else None
+    return trace(
+        model, shape, batch, torch.float32, "cpu", remedy.optimizer, inference=False, autocast=autocast
+    ).peak_live_bytes
 
 
 def main() -> None:

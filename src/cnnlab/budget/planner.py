@@ -8,11 +8,12 @@ of a step at any batch size at no memory cost, for each remedy:
   `cnnlab.train.activation_checkpointing.checkpoint_stages` (the engine's own `--grad-checkpointing`), recomputation
   in backward included;
 - **SGD without momentum**: traced with that optimizer (Adam keeps two copies of the weights);
-- **bf16 mixed precision**: autocast cannot run on the meta device, so the peak is adjusted: a bf16 copy of the
-  weights is added, the input stays float32 with a bf16 copy kept for backward, and everything else each op holds
-  per sample shrinks by the share of the saved activations that a bfloat16 trace saves (`_Planner.bf16_reduction`);
-  parameters, gradients and optimizer state stay float32. Real CPU autocast steps agree within 4% across the zoo
-  (benchmarks/memory_cpu.py);
+- **bf16 mixed precision**: autocast cannot run on the meta device, so the peak is adjusted: the input stays
+  float32 with a bf16 copy kept for backward, and everything else each op holds per sample shrinks by the share of
+  the saved activations that a bfloat16 trace saves (`_Planner.bf16_reduction`); parameters, gradients and
+  optimizer state stay float32. Autocast's bf16 copies of the weights are left out: they are freed before the
+  optimizer step, where small batches peak, and counting them made small batches 10-25% high. Real CPU steps
+  under autocast, as the engine runs them, agree within 6% across the zoo (benchmarks/memory_cpu.py);
 - **all three** combines them the same way.
 
 How it stays fast. Searching batch sizes trace by trace took 63 traces for resnet152 (two minutes). Instead, the live
@@ -206,7 +207,6 @@ class _Planner:
                 reference.optimizer_state_bytes, reference.step_peak_bytes - reference.step_start_bytes
             )
         self.lines: dict[bool, _Lines | None] = {}
-        self.weights_bytes = sum(p.numel() for p in model.parameters() if p.requires_grad) * dtype.itemsize
         self.input_bytes = math.prod(input_shape) * dtype.itemsize  # one sample's
         self.mixed = dtype.itemsize > 2  # bf16 autocast only changes anything for a float32 model
         self.bf16_fraction: tuple[int, int] | None = None
@@ -259,22 +259,20 @@ class _Planner:
         Taking the saved activations' whole saving off every op, and nothing off their gradients, was 1.26x high
         for exercise 2 and made mnist_net's peak fall as the batch grew (-0.3 MB per sample), where the saved
         activations are freed; a checkpointed network's small forward saving missed its recomputed activations (all
-        three: 1.6x high). Against real CPU autocast steps this is within 4% across the zoo; with checkpointing,
-        9% low for alexnet, whose recomputed segments cast their dense weights again (benchmarks/memory_cpu.py).
+        three: 1.6x high). Against real CPU autocast steps this is within 6% across the zoo; with checkpointing, 12%
+        low for alexnet, whose recomputed segments cast their dense weights again (benchmarks/memory_cpu.py).
         """
         saving, float_saved = self.bf16_saving()
         return saving * max(0, per_sample - self.input_bytes) // float_saved - self.input_bytes // 2
 
     def remedy_lines(self, remedy: _Remedy) -> list[_Line] | None:
         """Lines whose highest value at a batch is the remedy's peak there; None when the variant's traces gave no
-        lines. bf16 autocast adds a bf16 copy of the weights and shrinks each op's bytes per sample
-        (`bf16_reduction`)."""
+        lines. bf16 autocast shrinks each op's bytes per sample (`bf16_reduction`)."""
         lines = self.fitted(remedy.checkpointed)
         if lines is not None and remedy.bf16 and self.mixed:
-            copy_bytes = self.weights_bytes // 2
 
             def bf16(line: _Line) -> _Line:
-                return _Line(line.fixed + copy_bytes, line.per_sample - self.bf16_reduction(line.per_sample))
+                return _Line(line.fixed, line.per_sample - self.bf16_reduction(line.per_sample))
 
             lines = _Lines(tuple(map(bf16, lines.timeline)), bf16(lines.step_start), lines.saved, lines.batches)
         return None if lines is None else lines.peak_lines(self.optimizer(remedy.optimizer))
@@ -297,7 +295,7 @@ class _Planner:
                 growths = [start_growth] * len(step.timeline)
 
             def bf16(live: int, growth: int) -> int:
-                return live + self.weights_bytes // 2 - self.bf16_reduction(growth) * batch
+                return live - self.bf16_reduction(growth) * batch
 
             timeline = tuple(bf16(live, growth) for live, growth in zip(step.timeline, growths, strict=True))
             step = _Step(batch, timeline, bf16(step.step_start, start_growth), step.saved)

@@ -402,6 +402,7 @@ def trace(
     training: bool = True,
     inference_batch_size: int = 1,
     inference: bool = True,
+    autocast: torch.dtype | None = None,
 ) -> TraceResult:
     """Run one training step (forward, backward of ``output.sum()``, optimizer step) and one no-grad forward.
 
@@ -420,10 +421,14 @@ def trace(
         inference_batch_size: samples in the no-grad forward pass that measures the inference working set.
         inference: run that no-grad forward pass (False: no shapes, MACs or inference memory; the planner needs only
             the training step, and its traces are the cheaper for it).
+        autocast: run the training step's forward and loss under autocast to this dtype, backward and the optimizer
+            step outside it, as the engine does (a real device only: autocast does not run on the meta device).
     """
     torch_dtype = resolve_dtype(dtype)
     if batch_size < 1:
         raise CnnlabError(f"batch size {batch_size} must be at least 1")
+    if autocast is not None and device == "meta":
+        raise CnnlabError("autocast does not run on the meta device: trace on cpu or cuda to measure it")
     if device != "meta":
         model = copy.deepcopy(model)
     model = _prepare(model, device, torch_dtype)
@@ -440,12 +445,17 @@ def trace(
         if inference:
             _trace_inference(model, rows, result, make_input(inference_batch_size), inference_batch_size)
         if training:
-            _trace_training(model, rows, result, make_input(batch_size), optimizer)
+            _trace_training(model, rows, result, make_input(batch_size), optimizer, autocast)
     return result
 
 
 def _trace_training(
-    model: nn.Module, rows: list[tuple[str, nn.Module]], result: TraceResult, x: torch.Tensor, optimizer: str
+    model: nn.Module,
+    rows: list[tuple[str, nn.Module]],
+    result: TraceResult,
+    x: torch.Tensor,
+    optimizer: str,
+    autocast: torch.dtype | None = None,
 ) -> None:
     """One training step: saved bytes (per row and per top-level child), the live-bytes timeline and the peak."""
     device = result.device
@@ -463,9 +473,10 @@ def _trace_training(
         tracker.start_recording()
         owners = {"row": current_row, "segment": current_segment}
         counter = SavedTensorCounter(exclude=state, inputs=[x], attribute_to=owners)
-        with counter:
+        forward = torch.autocast(x.device.type, dtype=autocast) if autocast is not None else nullcontext()
+        with counter, forward:
             output = model(x)
-        loss = _first_tensor(output).float().sum()
+            loss = _first_tensor(output).float().sum()
         del output
         loss.backward()
         del loss
