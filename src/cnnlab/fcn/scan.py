@@ -36,7 +36,6 @@ from cnnlab.fcn.convert import FullyConvolutional, to_fully_convolutional
 __all__ = [
     "TILE_PIXELS",
     "ScanResult",
-    "tile_margin",
     "heatmap_path",
     "load_fully_convolutional",
     "load_scan_image",
@@ -44,6 +43,7 @@ __all__ = [
     "save_heatmap",
     "scan",
     "scan_canvas_demo",
+    "tile_margin",
 ]
 
 FCN_WEIGHTS = "fcn.safetensors"
@@ -157,7 +157,7 @@ def _scores_in_tiles(
     Args:
         margin: from `tile_margin`; None scans the image whole.
         tile: locations kept from each tile along each side (default: as many as keep a tile near `TILE_PIXELS`,
-            and at least twice the margin, so the overlap costs at most 2x).
+            and at least twice the margin, so the overlap at most doubles each side).
     """
     device = next(model.parameters()).device
 
