@@ -72,6 +72,33 @@ def test_a_large_image_is_scanned_in_tiles_that_give_the_whole_scan(arch, monkey
     assert len(scanned) >= 8 and max(max(size) for size in scanned) <= side < min(image.shape[1:]) / 2
 
 
+def test_the_progress_bar_counts_every_tile_of_every_shift(monkeypatch):
+    """A 24 MP photo at refine 4 is 16 scans of about 30 s each: the bar counts their tiles, and reaches its total."""
+    import cnnlab.fcn.scan as scanning
+
+    bars = []
+
+    class Recording:
+        def __init__(self, total, description, enabled=True):
+            self.total, self.done, self.description = total, 0, description
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def advance(self, steps=1):
+            self.done += steps
+
+    monkeypatch.setattr(scanning, "ProgressBar", Recording)
+    monkeypatch.setattr(scanning, "TILE_PIXELS", 150 * 150)
+    scan(to_fully_convolutional(_classifier()), torch.rand(1, 470, 610), refine=2, progress=True)
+    assert len(bars) == 1 and bars[0].description == "scanning 610x470"
+    assert bars[0].done == bars[0].total > 4 * 4  # 4 shifts, each in several tiles
+
+
 def test_tiles_need_their_margin_and_a_network_that_is_not_local_is_scanned_whole():
     import cnnlab.fcn.scan as scanning
 

@@ -64,7 +64,7 @@ def scan_command(
     path = heatmap_path(output, image)
     converted, source = load_converted_or_run(run)
     picture = load_scan_image(image, channels=converted.input_size[0], invert=invert)
-    result = scan(converted, picture, refine=refine)
+    result = scan(converted, picture, refine=refine, progress=True)
     classes = result.probabilities.shape[0]
     names = [str(d) for d in range(10)] if classes == 10 else None
     path = save_heatmap(picture, result, path, names, title=f"{source['arch']} scanning {image.name}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from cnnlab.errors import CnnlabError
 from cnnlab.fcn.convert import FullyConvolutional, to_fully_convolutional
+from cnnlab.train.progress import ProgressBar
 
 __all__ = [
     "TILE_PIXELS",
@@ -145,7 +146,12 @@ def _largest(value: int | tuple[int, ...]) -> int:
 
 
 def _scores_in_tiles(
-    model: FullyConvolutional, image: torch.Tensor, margin: int | None, stride: int, tile: int | None = None
+    model: FullyConvolutional,
+    image: torch.Tensor,
+    margin: int | None,
+    stride: int,
+    tile: int | None = None,
+    advance: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """``model(image)``, float [classes, H', W'] on the CPU, computed over tiles of the image.
 
@@ -156,36 +162,66 @@ def _scores_in_tiles(
 
     Args:
         margin: from `tile_margin`; None scans the image whole.
-        tile: locations kept from each tile along each side (default: as many as keep a tile near `TILE_PIXELS`,
-            and at least twice the margin, so the overlap at most doubles each side).
+        tile: locations kept from each tile along each side (default: `_tile_size`).
+        advance: called after each tile (a progress bar's).
     """
     device = next(model.parameters()).device
 
     def run(part: torch.Tensor) -> torch.Tensor:
-        return model(part[None].to(device)).float().cpu()[0]
+        scores = model(part[None].to(device)).float().cpu()[0]
+        if advance is not None:
+            advance()
+        return scores
 
-    if margin is None or (tile is None and image.shape[1] * image.shape[2] <= TILE_PIXELS):
+    tile = _tile_size(image.shape[1:], margin, stride, tile)
+    if tile is None:
         return run(image)
-    tile = tile or max(2 * margin // stride, (math.isqrt(TILE_PIXELS) - 2 * margin) // stride)
     return _piecewise(lambda band: _piecewise(run, band, 2, margin, stride, tile), image, 1, margin, stride, tile)
+
+
+def _tile_size(size: tuple[int, ...], margin: int | None, stride: int, tile: int | None = None) -> int | None:
+    """Locations kept per tile side for an image of `size` (H, W): `tile`, else as many as keep a tile near
+    `TILE_PIXELS` and at least twice the margin (the overlap at most doubles each side); None scans it whole."""
+    if margin is None or (tile is None and size[0] * size[1] <= TILE_PIXELS):
+        return None
+    return tile or max(2 * margin // stride, (math.isqrt(TILE_PIXELS) - 2 * margin) // stride)
+
+
+def _tile_count(size: tuple[int, ...], margin: int | None, stride: int) -> int:
+    """Forward passes `_scores_in_tiles` makes over an image of `size` (H, W)."""
+    tile = _tile_size(size, margin, stride)
+    if tile is None or margin is None:
+        return 1
+    return len(list(_spans(size[0], margin, stride, tile))) * len(list(_spans(size[1], margin, stride, tile)))
+
+
+def _spans(length: int, margin: int, stride: int, count: int) -> Iterator[tuple[int, int, int, int | None]]:
+    """(start, stop, skip, keep) of each piece along an axis of `length` input pixels: the input it reads, and from
+    its output the locations skip .. skip + keep - 1 (keep None: all from skip on, in the last piece, which ends with
+    the image as the whole scan does)."""
+    first = 0
+    while True:
+        start, end = max(0, first * stride - margin), (first + count) * stride + margin
+        last = end >= length
+        yield start, min(end, length), first - start // stride, None if last else count
+        if last:
+            return
+        first += count
 
 
 def _piecewise(run: Callable, image: torch.Tensor, axis: int, margin: int, stride: int, count: int) -> torch.Tensor:
     """``run(image)`` computed in pieces along `axis` (1: rows, 2: columns), `count` output locations each."""
-    length, pieces, first = image.shape[axis], [], 0
-    while True:
-        start, end = max(0, first * stride - margin), (first + count) * stride + margin
-        scores = run(image.narrow(axis, start, min(end, length) - start))
-        skip = first - start // stride
-        if end >= length:  # the last piece ends with the image, as the whole scan does
-            pieces.append(scores.narrow(axis, skip, scores.shape[axis] - skip))
-            return torch.cat(pieces, axis)
-        pieces.append(scores.narrow(axis, skip, count))
-        first += count
+    pieces = []
+    for start, stop, skip, keep in _spans(image.shape[axis], margin, stride, count):
+        scores = run(image.narrow(axis, start, stop - start))
+        pieces.append(scores.narrow(axis, skip, scores.shape[axis] - skip if keep is None else keep))
+    return torch.cat(pieces, axis)
 
 
 @torch.inference_mode()
-def scan(model: FullyConvolutional, image: torch.Tensor, refine: int | None = None) -> ScanResult:
+def scan(
+    model: FullyConvolutional, image: torch.Tensor, refine: int | None = None, progress: bool = False
+) -> ScanResult:
     """Run a converted classifier over a [C, H, W] float image (at least the training size).
 
     Args:
@@ -195,6 +231,7 @@ def scan(model: FullyConvolutional, image: torch.Tensor, refine: int | None = No
             image is also scanned shifted by multiples of stride / refine pixels and the outputs interleaved, so
             locations are stride / refine apart; 1 keeps the network's own stride. Default: the stride's largest
             divisor up to 4 (`refine_factor`).
+        progress: show a progress bar over the forward passes (one per tile and shift) on a terminal.
     """
     channels, height, width = model.input_size
     if image.ndim != 3 or image.shape[0] != channels:
@@ -208,12 +245,14 @@ def scan(model: FullyConvolutional, image: torch.Tensor, refine: int | None = No
     refine = refine_factor(refine, stride)
     step = stride // refine
     margin = tile_margin(model)
-    shifted_scores = {}
-    for dy in range(refine):
-        for dx in range(refine):
-            shifted = image[:, dy * step :, dx * step :]
-            if shifted.shape[1] >= height and shifted.shape[2] >= width:
-                shifted_scores[dy, dx] = _scores_in_tiles(model, shifted, margin, stride)  # classes x H' x W'
+    shifts = {(dy, dx): image[:, dy * step :, dx * step :] for dy in range(refine) for dx in range(refine)}
+    shifts = {key: part for key, part in shifts.items() if part.shape[1] >= height and part.shape[2] >= width}
+    passes = sum(_tile_count(part.shape[1:], margin, stride) for part in shifts.values())
+    description = f"scanning {image.shape[2]}x{image.shape[1]}"
+    with ProgressBar(passes, description, enabled=progress) as bar:
+        shifted_scores = {  # classes x H' x W' each
+            key: _scores_in_tiles(model, part, margin, stride, advance=bar.advance) for key, part in shifts.items()
+        }
     rows = min(v.shape[1] for v in shifted_scores.values())
     cols = min(v.shape[2] for v in shifted_scores.values())
     classes = shifted_scores[0, 0].shape[0]
