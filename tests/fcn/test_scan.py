@@ -204,6 +204,25 @@ def test_cli_convert_and_scan(tmp_path):
     assert from_run.exit_code == 0 and (tmp_path / "canvas-heatmap.png").is_file()
 
 
+def test_the_heatmap_names_each_confident_blob_once(tmp_path, monkeypatch):
+    """Every location with p >= 0.9 got its class name: a pile of names on each digit, tens of thousands on a photo."""
+    from matplotlib.axes import Axes
+
+    from cnnlab.fcn.scan import ScanResult
+
+    written = []
+    monkeypatch.setattr(Axes, "text", lambda axis, x, y, text, **kw: written.append((x, y, text)))
+    rows, cols = torch.meshgrid(torch.arange(40.0), torch.arange(90.0), indexing="ij")
+    probabilities = torch.full((10, 40, 90), 0.01)
+    for digit, (i, j) in ((3, (20, 20)), (7, (18, 65))):  # two digits, each a peak of confidence 14 locations wide
+        bump = torch.exp(-((rows - i) ** 2 + (cols - j) ** 2) / 60)
+        probabilities[digit] = torch.maximum(probabilities[digit], bump)
+    result = ScanResult(probabilities / probabilities.sum(0), torch.ones(40, 90), window=28, stride=2)
+    save_heatmap(torch.rand(1, 108, 208), result, tmp_path / "h.png")
+    names = sorted(text for _, _, text in written if text in {str(d) for d in range(10)})
+    assert names == ["3", "7"], written
+
+
 def test_a_16_bit_or_transparent_scan_reads_as_its_8_bit_opaque_copy(tmp_path):
     """Pillow's own conversion clipped a 16-bit scan to white, and a transparent background read as black ink's
     colour: both scanned as an empty page."""

@@ -325,11 +325,9 @@ def save_heatmap(
     main.imshow(picture, cmap="gray", extent=(0, width, height, 0))
     overlay = np.ma.masked_where(empty | (confidence < 0.5), best)
     main.imshow(overlay, cmap="tab10", vmin=0, vmax=9, alpha=0.45, extent=extent, interpolation="nearest")
-    for i in range(rows):
-        for j in range(cols):
-            if not empty[i, j] and confidence[i, j] >= 0.9:
-                main.text(half + j * step, half + i * step, names[best[i, j]], color="white", fontsize=7,
-                          ha="center", va="center")  # fmt: skip
+    for i, j in _label_places(confidence, empty, result.window // step):
+        main.text(half + j * step, half + i * step, names[best[i, j]], color="white", fontsize=7,
+                  ha="center", va="center")  # fmt: skip
     main.set_title("most likely class (p >= 0.5)", fontsize=9)
     main.set_xlim(0, width)
     main.set_ylim(height, 0)
@@ -356,6 +354,22 @@ def save_heatmap(
     figure.savefig(path, dpi=80)
     plt.close(figure)
     return path
+
+
+def _label_places(confidence: np.ndarray, empty: np.ndarray, spread: int) -> list[tuple[int, int]]:
+    """Where the heatmap writes a class name: locations with confidence >= 0.9 that are the most confident within
+    `spread` locations (a window's width) around them, so each digit gets about one label (every confident location
+    was labelled: a pile of names on each digit, tens of thousands on a photo)."""
+    peaks = F.max_pool2d(torch.from_numpy(confidence)[None, None], 2 * (spread // 2) + 1, 1, spread // 2)[0, 0]
+    chosen = (confidence >= 0.9) & ~empty & (confidence >= peaks.numpy())
+    rows, cols = np.nonzero(chosen)
+    places, taken = [], set()
+    for i, j in zip(rows.tolist(), cols.tolist(), strict=True):  # ties on a plateau: the first of each cell
+        cell = (i // max(1, spread), j // max(1, spread))
+        if cell not in taken:
+            taken.add(cell)
+            places.append((i, j))
+    return places
 
 
 def load_scan_image(path: str | os.PathLike[str], channels: int = 1, invert: bool | None = None) -> torch.Tensor:
