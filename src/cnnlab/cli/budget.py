@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -89,11 +88,9 @@ def budget_command(
 
 def _converted(model: str | list[str]) -> Any:
     """The converted network saved in an `fcn convert` folder (or its fcn.json) named by `model`, else None."""
-    from cnnlab.fcn.scan import FCN_SPEC, load_fully_convolutional
+    from cnnlab.fcn.scan import is_converted, load_fully_convolutional
 
-    if not isinstance(model, str) or not ((Path(model) / FCN_SPEC).is_file() or Path(model).name == FCN_SPEC):
-        return None
-    return load_fully_convolutional(model)
+    return load_fully_convolutional(model) if isinstance(model, str) and is_converted(model) else None
 
 
 def register(app: typer.Typer) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "TILE_PIXELS",
     "ScanResult",
     "heatmap_path",
+    "is_converted",
     "load_fully_convolutional",
     "load_scan_image",
     "save_fully_convolutional",
@@ -437,13 +438,15 @@ def load_converted_or_run(path: str | os.PathLike[str], pool: str = "window") ->
         (model, source architecture record).
     """
     path = Path(path)
-    if _is_converted(path):
+    if is_converted(path):
         spec_path = path / FCN_SPEC if path.is_dir() else path
         return load_fully_convolutional(path), json.loads(spec_path.read_text())["source"]
     return convert_run(path, pool)
 
 
-def _is_converted(path: Path) -> bool:
+def is_converted(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a folder `cnnlab fcn convert` wrote, or its fcn.json."""
+    path = Path(path)
     return (path / FCN_SPEC).is_file() or path.name == FCN_SPEC
 
 
@@ -460,7 +463,7 @@ def convert_run(path: str | os.PathLike[str], pool: str = "window") -> tuple[Ful
     from cnnlab.train.saved import ENSEMBLE_SPEC, ensemble_members, load_model, read_record, saved_meta, spec_path
 
     path = Path(path)
-    if _is_converted(path):  # converting it again nested a copy in <path>/fcn
+    if is_converted(path):  # converting it again nested a copy in <path>/fcn
         raise CnnlabError(f"{path} holds a converted network already; scan with it: `cnnlab fcn scan {path} IMAGE`")
     meta = saved_meta(path)
     if meta.get("task") == "segment":  # "cannot find the head of UNet" said nothing useful

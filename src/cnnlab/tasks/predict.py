@@ -118,9 +118,9 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
             )
         network = create_model(model, pretrained=True)
         return Predictor(network.to(device).eval(), list(cfg.categories), cfg, model)
-    from cnnlab.fcn.scan import FCN_SPEC
+    from cnnlab.fcn.scan import is_converted
 
-    if (path / FCN_SPEC).is_file():  # `cnnlab fcn convert`'s output: "holds no model.json" said nothing of it
+    if is_converted(path):  # `cnnlab fcn convert`'s output: "holds no model.json" said nothing of it
         raise CnnlabError(
             f"{path} holds a fully convolutional copy of a classifier, which scans large images "
             f"(`cnnlab fcn scan {path} IMAGE`); pass the run it was converted from"
