@@ -19,6 +19,7 @@ from cnnlab.budget import budget
 from cnnlab.budget.core import resolve_model
 from cnnlab.budget.planner import plan_batch
 from cnnlab.budget.trace import trace
+from cnnlab.errors import CnnlabError
 
 planner_module = importlib.import_module("cnnlab.budget.planner")
 
@@ -206,3 +207,5 @@ def test_bf16_peaks_follow_real_autocast_steps_at_every_batch():
     assert predicted == sorted(predicted)
     plan = plan_batch(model, (1, 28, 28), torch.float32, "adam", 0)
     assert all(row["per_sample_bytes"] >= 0 for row in plan["remedies"]), plan
+    with pytest.raises(CnnlabError, match="autocast does not run on the meta device"):
+        trace(model, (1, 28, 28), 1, torch.float32, "meta", "adam", autocast=torch.bfloat16)
