@@ -260,7 +260,7 @@ class _Planner:
         for exercise 2 and made mnist_net's peak fall as the batch grew (-0.3 MB per sample), where the saved
         activations are freed; a checkpointed network's small forward saving missed its recomputed activations (all
         three: 1.6x high). Against real CPU autocast steps this is within 6% across the zoo; with checkpointing, 12%
-        low for alexnet, whose recomputed segments cast their dense weights again (benchmarks/memory_cpu.py).
+        low for alexnet, 10% for lenet5 and 9% for unet (benchmarks/memory_cpu.py, docs/BENCHMARKS.md).
         """
         saving, float_saved = self.bf16_saving()
         return saving * max(0, per_sample - self.input_bytes) // float_saved - self.input_bytes // 2
