@@ -70,3 +70,27 @@ def test_commands_refuse_a_model_json_that_is_not_an_object_in_one_line(
         main()
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'model.json'} {NOT_A_RECORD}\n"
+
+
+def test_a_folder_without_a_saved_model_says_what_it_holds(tmp_path):
+    """Every such folder was "holds no model.json or ensemble.json; is it a finished cnnlab run?": a run stopped
+    mid-training (its checkpoint there, to resume), an empty folder and an `fcn convert` folder alike."""
+    from cnnlab.train.saved import spec_path
+
+    stopped = tmp_path / "baseline-20261206-100408"
+    stopped.mkdir()
+    (stopped / "checkpoint.pt").write_bytes(b"")
+    (stopped / "config.yaml").write_text("epochs: 3\n")
+    with pytest.raises(
+        CnnlabError, match=r"has not finished \(checkpoint.pt is there\).*--resume --name baseline-2026"
+    ):
+        spec_path(stopped)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CnnlabError, match="holds no model.json or ensemble.json; it is empty"):
+        spec_path(tmp_path / "empty")
+    other = tmp_path / "fcn"
+    other.mkdir()
+    for name in ("fcn.json", "fcn.safetensors", "a", "b", "c", "d"):
+        (other / name).write_text("")
+    with pytest.raises(CnnlabError, match=r"\(it holds a, b, c, d, fcn.json and 1 more\); is it a finished cnnlab run"):
+        spec_path(other)

@@ -148,12 +148,28 @@ def spec_path(path: str | os.PathLike[str]) -> Path:
             return path / ENSEMBLE_SPEC
         if (path / MODEL_SPEC).is_file():
             return path / MODEL_SPEC
-        raise CnnlabError(f"{path} holds no {MODEL_SPEC} or {ENSEMBLE_SPEC}; is it a finished cnnlab run?")
+        raise CnnlabError(f"{path} holds no {MODEL_SPEC} or {ENSEMBLE_SPEC}{_what_it_holds(path)}")
     if path.suffix == ".safetensors":
         path = path.parent / MODEL_SPEC
     if not path.is_file():
         raise CnnlabError(f"no saved model at {path}; pass a run directory or a model.json / model.safetensors file")
     return path
+
+
+def _what_it_holds(folder: Path) -> str:
+    """The end of spec_path's message for a folder without a saved model: what is there instead."""
+    from cnnlab.train.checkpoint import CHECKPOINT_NAME
+
+    if (folder / CHECKPOINT_NAME).is_file():  # a run stopped before it saved its model
+        return (
+            f": its training has not finished ({CHECKPOINT_NAME} is there); continue it with the command that "
+            f"started it and --resume --name {folder.name}"
+        )
+    names = sorted(entry.name for entry in folder.iterdir())
+    if not names:
+        return "; it is empty"
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f" (it holds {shown}); is it a finished cnnlab run?"
 
 
 def saved_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
