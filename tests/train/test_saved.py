@@ -82,7 +82,7 @@ def test_a_folder_without_a_saved_model_says_what_it_holds(tmp_path):
     (stopped / "checkpoint.pt").write_bytes(b"")
     (stopped / "config.yaml").write_text("epochs: 3\n")
     with pytest.raises(
-        CnnlabError, match=r"has not finished \(checkpoint.pt is there\).*--resume --name baseline-2026"
+        CnnlabError, match=r"has not finished \(checkpoint.pt is there\).*with --resume \(and --name baseline-2026"
     ):
         spec_path(stopped)
     (tmp_path / "empty").mkdir()

@@ -162,8 +162,8 @@ def _what_it_holds(folder: Path) -> str:
 
     if (folder / CHECKPOINT_NAME).is_file():  # a run stopped before it saved its model
         return (
-            f": its training has not finished ({CHECKPOINT_NAME} is there); continue it with the command that "
-            f"started it and --resume --name {folder.name}"
+            f": its training has not finished ({CHECKPOINT_NAME} is there); run the command that started it again "
+            f"with --resume (and --name {folder.name} if the run was named by its start time)"
         )
     names = sorted(entry.name for entry in folder.iterdir())
     if not names:
