@@ -11,9 +11,11 @@ of a step at any batch size at no memory cost, for each remedy:
 - **bf16 mixed precision**: autocast cannot run on the meta device, so the peak is adjusted: the input stays
   float32 with a bf16 copy kept for backward, and everything else each op holds per sample shrinks by the share of
   the saved activations that a bfloat16 trace saves (`_Planner.bf16_reduction`); parameters, gradients and
-  optimizer state stay float32. Autocast's bf16 copies of the weights are left out: they are freed before the
-  optimizer step, where small batches peak, and counting them made small batches 10-25% high. Real CPU steps
-  under autocast, as the engine runs them, agree within 6% across the zoo (benchmarks/memory_cpu.py);
+  optimizer state stay float32. Autocast's bf16 copies of the weights are added at each op where autocast would
+  hold them, from the op that first takes a weight until backward makes its gradient (the trace's
+  ``autocast_copy_timeline``; with checkpointing they are dropped when forward ends and made again by the
+  recomputation). Real CPU steps under autocast, as the engine runs them, agree within 6% across the zoo, within 2%
+  but for the two smallest MNIST networks (benchmarks/memory_cpu.py);
 - **all three** combines them the same way.
 
 How it stays fast. Searching batch sizes trace by trace took 63 traces for resnet152 (two minutes). Instead, the live
@@ -55,6 +57,7 @@ class _Step:
     timeline: tuple[int, ...]  # live bytes at the start and after each op
     step_start: int  # live bytes after backward, where the optimizer step begins
     saved: int  # bytes saved for backward, the input included
+    copies: tuple[int, ...]  # at each op, the bytes bf16 autocast's copies of the weights would hold (any batch)
 
     @classmethod
     def from_trace(cls, result: TraceResult) -> _Step:
@@ -64,6 +67,7 @@ class _Step:
             tuple(live - state for live in result.live_timeline),
             result.step_start_bytes - state,
             result.saved_bytes,
+            tuple(result.autocast_copy_timeline),
         )
 
     def peak(self, optimizer: OptimizerStepBytes) -> int:
@@ -89,11 +93,12 @@ class _Lines:
     step_start: _Line
     saved: _Line
     batches: tuple[int, int]  # the two traced batch sizes
+    copies: tuple[int, ...]  # `_Step.copies`, the same at every batch
 
     @classmethod
     def through(cls, first: _Step, second: _Step) -> _Lines | None:
         """The lines through two traces; None when they are not lines (other ops, or fractions of a byte per sample)."""
-        if len(first.timeline) != len(second.timeline):
+        if len(first.timeline) != len(second.timeline) or first.copies != second.copies:
             return None
         span = second.batch - first.batch
 
@@ -105,13 +110,12 @@ class _Lines:
         step_start, saved = line(first.step_start, second.step_start), line(first.saved, second.saved)
         if step_start is None or saved is None or any(item is None for item in timeline):
             return None
-        return cls(tuple(timeline), step_start, saved, (first.batch, second.batch))  # type: ignore[arg-type]
+        return cls(tuple(timeline), step_start, saved, (first.batch, second.batch), first.copies)  # type: ignore[arg-type]
 
     def at(self, batch: int) -> _Step:
         """The step these lines predict at `batch`."""
-        return _Step(
-            batch, tuple(line.at(batch) for line in self.timeline), self.step_start.at(batch), self.saved.at(batch)
-        )
+        timeline = tuple(line.at(batch) for line in self.timeline)
+        return _Step(batch, timeline, self.step_start.at(batch), self.saved.at(batch), self.copies)
 
     def peak_lines(self, optimizer: OptimizerStepBytes) -> list[_Line]:
         """Lines whose highest value at a batch is `_Step.peak` there: one per distinct per-sample slope is enough."""
@@ -259,22 +263,23 @@ class _Planner:
         Taking the saved activations' whole saving off every op, and nothing off their gradients, was 1.26x high
         for exercise 2 and made mnist_net's peak fall as the batch grew (-0.3 MB per sample), where the saved
         activations are freed; a checkpointed network's small forward saving missed its recomputed activations (all
-        three: 1.6x high). Against real CPU autocast steps this is within 6% across the zoo; with checkpointing, 12%
-        low for alexnet, 10% for lenet5 and 9% for unet (benchmarks/memory_cpu.py, docs/BENCHMARKS.md).
+        three: 1.6x high). The weights' bf16 copies are not per sample: `remedy_lines` adds them to each op.
         """
         saving, float_saved = self.bf16_saving()
         return saving * max(0, per_sample - self.input_bytes) // float_saved - self.input_bytes // 2
 
     def remedy_lines(self, remedy: _Remedy) -> list[_Line] | None:
         """Lines whose highest value at a batch is the remedy's peak there; None when the variant's traces gave no
-        lines. bf16 autocast shrinks each op's bytes per sample (`bf16_reduction`)."""
+        lines. bf16 autocast shrinks each op's bytes per sample (`bf16_reduction`) and adds the bf16 copies of the
+        weights it holds at that op to its fixed bytes."""
         lines = self.fitted(remedy.checkpointed)
         if lines is not None and remedy.bf16 and self.mixed:
 
-            def bf16(line: _Line) -> _Line:
-                return _Line(line.fixed, line.per_sample - self.bf16_reduction(line.per_sample))
+            def bf16(line: _Line, copies: int = 0) -> _Line:
+                return _Line(line.fixed + copies, line.per_sample - self.bf16_reduction(line.per_sample))
 
-            lines = _Lines(tuple(map(bf16, lines.timeline)), bf16(lines.step_start), lines.saved, lines.batches)
+            timeline = tuple(map(bf16, lines.timeline, lines.copies))
+            lines = _Lines(timeline, bf16(lines.step_start), lines.saved, lines.batches, lines.copies)
         return None if lines is None else lines.peak_lines(self.optimizer(remedy.optimizer))
 
     def peak(self, remedy: _Remedy, batch: int) -> int:
@@ -294,11 +299,11 @@ class _Planner:
                 start_growth = self.bf16_saving()[1]
                 growths = [start_growth] * len(step.timeline)
 
-            def bf16(live: int, growth: int) -> int:
-                return live - self.bf16_reduction(growth) * batch
+            def bf16(live: int, growth: int, copies: int = 0) -> int:
+                return live - self.bf16_reduction(growth) * batch + copies
 
-            timeline = tuple(bf16(live, growth) for live, growth in zip(step.timeline, growths, strict=True))
-            step = _Step(batch, timeline, bf16(step.step_start, start_growth), step.saved)
+            timeline = tuple(map(bf16, step.timeline, growths, step.copies))
+            step = _Step(batch, timeline, bf16(step.step_start, start_growth), step.saved, step.copies)
         return step.peak(self.optimizer(remedy.optimizer))
 
     def answer_from_lines(self, remedy: _Remedy, limit_bytes: int) -> int | None:

@@ -12,7 +12,8 @@ storages, so a tensor saved by two ops, or a view such as a flattened activation
   so no layer type is silently zero; MACs = FLOPs / 2 for those ops.
 - Timeline: the live bytes after every op of forward and backward, and the optimizer step's own peak, kept apart so
   that `cnnlab.budget.planner` can fit each op's bytes as a line in the batch size from two traces, instead of
-  tracing every batch size it considers.
+  tracing every batch size it considers; beside it, what bf16 autocast's copies of the weights would hold at each
+  op (autocast does not run on the meta device, so the planner adds them to a float32 trace).
 - Speed: many meta kernels are Python decompositions (batch norm's forward and backward take about 2 ms a call,
   most of a resnet152 trace), and a network calls them again and again with the same shapes. On the meta device an
   op's outputs depend only on its inputs' shapes, strides and dtypes, so `_MetaKernelCache` runs each distinct call
@@ -99,6 +100,7 @@ class SavedTensorCounter:
         self._exclude = storage_keys(exclude)
         self._inputs = storage_keys(inputs)
         self._seen: dict[int, int] = {}
+        self.saved_state: set[int] = set()  # storages of `exclude` that autograd saved
         self._attribute_to = attribute_to or {}
         self.attributed: dict[str, dict[str, int]] = {kind: {} for kind in self._attribute_to}
         self.input_bytes = 0
@@ -106,7 +108,10 @@ class SavedTensorCounter:
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         key = _storage_key(tensor)
-        if key in self._exclude or key in self._seen:
+        if key in self._exclude:
+            self.saved_state.add(key)
+            return tensor
+        if key in self._seen:
             return tensor
         nbytes = tensor.untyped_storage().nbytes()
         self._seen[key] = nbytes
@@ -132,21 +137,60 @@ class SavedTensorCounter:
 
 
 class _TimelineTracker(LiveTensorTracker):
-    """A `LiveTensorTracker` that, while ``recording``, also keeps the live bytes after every op in ``timeline``."""
+    """A `LiveTensorTracker` that, while ``recording``, also keeps the live bytes after every op in ``timeline``, and
+    in ``copy_timeline`` the bytes that bf16 autocast's copies of the weights would hold at that op.
 
-    def __init__(self) -> None:
+    The copies follow what autocast does on a float32 model: a weight (a trainable float parameter of two or more
+    dimensions: convolution kernels, linear matrices; not normalisation's vectors, which stay float32) is cast when an
+    op first takes it in forward, and the cast is cached until forward ends; the op saves that copy for backward,
+    where it is freed when the weight's gradient is made. A weight whose op saved nothing to this trace (inside a
+    gradient-checkpointed segment) loses its copy when forward ends, and gets a new one when backward recomputes the
+    segment (its first op on the weight since). `end_forward` marks where forward ends.
+    """
+
+    def __init__(self, weights: Iterable[torch.Tensor] = ()) -> None:
         super().__init__()
         self.recording = False
         self.timeline: list[int] = []
+        self.copy_timeline: list[int] = []
+        self._copy_size = {_storage_key(w): w.numel() * 2 for w in weights}
+        self._copied: set[int] = set()  # weights with a live bf16 copy
+        self._finished: set[int] = set()  # weights whose gradient is made
+        self.copy_bytes = 0
 
     def start_recording(self) -> None:
         self.recording = True
         self.timeline.append(self.live_bytes)
+        self.copy_timeline.append(self.copy_bytes)
+
+    def end_forward(self, saved: set[int]) -> None:
+        """Forward (and the loss) ended: autocast's cache is cleared, so only the copies saved for backward stay."""
+        for key in self._copied - saved:
+            self._drop_copy(key)
+
+    def gradient_made(self, weight: torch.Tensor) -> None:
+        """A post-accumulate-grad hook: the op that saved the weight's copy has run its backward, freeing it."""
+        key = _storage_key(weight)
+        self._finished.add(key)
+        if key in self._copied:
+            self._drop_copy(key)
+
+    def _drop_copy(self, key: int) -> None:
+        self._copied.discard(key)
+        self.copy_bytes -= self._copy_size[key]
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if self.recording and self._copy_size:
+            for item in tree_flatten((args, kwargs))[0]:
+                if isinstance(item, torch.Tensor):
+                    key = _storage_key(item)
+                    if key in self._copy_size and key not in self._copied and key not in self._finished:
+                        self._copied.add(key)
+                        self.copy_bytes += self._copy_size[key]
         out = super().__torch_dispatch__(func, types, args, kwargs)
         if self.recording:
             self.timeline.append(self.live_bytes)
+            self.copy_timeline.append(self.copy_bytes)
         return out
 
 
@@ -286,6 +330,8 @@ class TraceResult:
     optimizer_state_bytes: int = 0  # live during the whole step, so included in every timeline value
     live_timeline: list[int] = field(default_factory=list, repr=False)  # live bytes at the start and after each op of
     # forward and backward; its maximum is the peak before the optimizer step
+    autocast_copy_timeline: list[int] = field(default_factory=list, repr=False)  # at the same points, the bytes bf16
+    # autocast's copies of the weights would hold (`_TimelineTracker`); empty for a trace run under autocast
     step_start_bytes: int = 0  # live bytes when the optimizer step begins (after backward)
     step_peak_bytes: int = 0  # peak during the optimizer step (step_start_bytes when there is none)
 
@@ -449,6 +495,16 @@ def trace(
     return result
 
 
+@contextmanager
+def _removed(handles: list[Any]) -> Iterator[None]:
+    """Remove the hooks when the block ends (the planner traces the same meta model again and again)."""
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _trace_training(
     model: nn.Module,
     rows: list[tuple[str, nn.Module]],
@@ -467,8 +523,11 @@ def _trace_training(
     opt = _make_optimizer(model, optimizer)
     optimizer_state = _warm_up_optimizer(model, opt)
     result.optimizer_state_bytes = _distinct_bytes(optimizer_state)
-    tracker = _TimelineTracker()
-    with _row_hooks(rows, model, result) as (current_row, current_segment, _), tracker:
+    # under real autocast the copies are tensors the tracker counts; otherwise it works out what they would hold
+    weights = [] if autocast is not None else [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    tracker = _TimelineTracker(weights)
+    hooks = [w.register_post_accumulate_grad_hook(tracker.gradient_made) for w in weights]
+    with _row_hooks(rows, model, result) as (current_row, current_segment, _), tracker, _removed(hooks):
         tracker.add_existing([*state, *optimizer_state, x])
         tracker.start_recording()
         owners = {"row": current_row, "segment": current_segment}
@@ -477,6 +536,7 @@ def _trace_training(
         with counter, forward:
             output = model(x)
             loss = _first_tensor(output).float().sum()
+        tracker.end_forward(counter.saved_state)
         del output
         loss.backward()
         del loss
@@ -488,6 +548,7 @@ def _trace_training(
             opt.step()
         result.step_peak_bytes = tracker.peak_bytes
     result.live_timeline = tracker.timeline
+    result.autocast_copy_timeline = tracker.copy_timeline if autocast is None else []
     result.peak_live_bytes = max(backward_peak, result.step_peak_bytes)
     result.saved_bytes = counter.total_bytes
     result.saved_input_bytes = counter.input_bytes
