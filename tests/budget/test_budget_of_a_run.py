@@ -70,3 +70,56 @@ def test_an_fcn_folder_is_sized_as_the_network_that_scans_an_image(tmp_path: Pat
     assert default["input_shape"] == [1, 28, 28] and default["output_shape"] == [10, 1, 1]
     wrong = runner.invoke(app, ["budget", str(run / "fcn"), "--input", "3x92x124"])
     assert wrong.exit_code != 0 and "takes 1-channel input" in str(wrong.exception)
+
+
+def _cached_run(tmp_path: Path, unfreeze: int, method: str = "cached") -> Path:
+    import json
+
+    run = tmp_path / "runs" / "transfer" / f"{method}{unfreeze}"
+    meta = {"task": "transfer", "classes": ["a", "b"], "preprocessing": {"input_size": [3, 96, 96]}}
+    save_model(create_model("efficientnet_lite0", num_classes=2), run, "efficientnet_lite0", {"num_classes": 2}, meta)
+    recipe = {"name": "default", "method": method, "train": {"batch_size": 64, "optimizer": "adamw"}}
+    record = {"recipe": recipe, "unfreeze": unfreeze, "config": {"train": {"batch_size": 8}}}
+    (run / "results.json").write_text(json.dumps(record))
+    return run
+
+
+@pytest.mark.parametrize("unfreeze", [0, 2])
+def test_a_cached_transfer_run_also_sizes_the_step_it_trained(tmp_path: Path, unfreeze: int) -> None:
+    """`budget RUN` sized a default-recipe run as if it trained every layer on images; it trained its top blocks on
+    cached maps, with the rest frozen. That step is traced too, and matches a real CPU step of the part trained."""
+    import copy
+    import json
+
+    from typer.testing import CliRunner
+
+    from cnnlab.budget.trace import trace
+    from cnnlab.cli import app
+    from cnnlab.models import split_classifier
+    from cnnlab.tasks.transfer_cost import trained_step_memory
+    from cnnlab.train import top_param_groups
+
+    run = _cached_run(tmp_path, unfreeze)
+    step = trained_step_memory(run, memory_limit=2**30)
+    assert step is not None and step["blocks_trained"] == unfreeze and step["batch"] == 8  # the run's own batch
+    model = create_model("efficientnet_lite0", num_classes=2)
+    split = split_classifier(model, unfreeze, (3, 96, 96))
+    top_param_groups(model, unfreeze, 1.0, 0.0)
+    assert step["feature_shape"] == list(split.feature_shape)
+    assert step["trained_parameters"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert step["trained_parameters"] < step["parameters"] == _parameters("efficientnet_lite0", num_classes=2)
+    real = trace(copy.deepcopy(split.upper).train(), split.feature_shape, 8, "float32", "cpu", "adamw", inference=False)
+    assert step["peak_bytes"] == real.peak_live_bytes
+    assert step["max_batch"] > 8
+    result = CliRunner().invoke(app, ["budget", str(run), "--no-layers"])
+    assert result.exit_code == 0, result.output
+    assert "training the whole network" in result.output and f"{step['trained_parameters']:,} of" in result.output
+    document = json.loads(CliRunner().invoke(app, ["budget", str(run), "--json"]).output)
+    assert document["run_training_step"]["peak_bytes"] == step["peak_bytes"]
+
+
+def test_a_run_that_trained_the_whole_network_has_no_second_step(tmp_path: Path) -> None:
+    from cnnlab.tasks.transfer_cost import trained_step_memory
+
+    assert trained_step_memory(_cached_run(tmp_path, 2, method="full")) is None
+    assert trained_step_memory(tmp_path) is None

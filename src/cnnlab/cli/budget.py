@@ -11,7 +11,8 @@ import typer
 _HELP = """Size a CNN: per-layer shapes, parameters, MACs, and memory for inference and for training a mini-batch.
 
 TARGET is a zoo model name (resnet50), a trained run's folder (runs/transfer/NAME: its network at its own input
-size, weights not read), an `fcn convert` folder (the network that scans; --input sets the image's size), a
+size, weights not read; a cached transfer run also gets the step it trained, its top blocks on cached maps), an
+`fcn convert` folder (the network that scans; --input sets the image's size), a
 YAML/JSON spec file, or layer strings, one per argument (or several in one, separated by ';' or by ',' before a
 layer's name: "conv 64 k7 s2 same, maxpool k3 s2, gap, dense 10"):
 
@@ -69,6 +70,7 @@ def budget_command(
     )
     if converted is not None:
         report.model_name = f"{model} (fully convolutional)"
+    trained = _trained_step(model, input_shape, parse_memory(memory) if memory else None)
     explanation = None
     if explain:
         from cnnlab.budget.explain import explain as explain_report
@@ -76,14 +78,42 @@ def budget_command(
         explanation = explain_report(report)
     if as_json:  # with --explain the arithmetic is one more field (it was dropped without a word)
         document = report.to_dict() | ({"explanation": explanation} if explanation is not None else {})
+        document |= {"run_training_step": trained} if trained is not None else {}
         typer.echo(json.dumps(document, indent=2))
         return
     from cnnlab.budget.render import print_report
 
     print_report(report, layers=layers)
+    if trained is not None:
+        typer.echo(_trained_step_note(trained))
     if explanation is not None:
         typer.echo("")
         typer.echo(explanation)
+
+
+def _trained_step(model: str | list[str], input_shape: Any, limit: int | None) -> dict[str, Any] | None:
+    """A cached transfer run's own training step (`tasks.transfer_cost.trained_step_memory`), else None."""
+    from pathlib import Path
+
+    if not isinstance(model, str) or not Path(model).is_dir():
+        return None
+    from cnnlab.tasks.transfer_cost import trained_step_memory
+
+    return trained_step_memory(model, input_shape, limit)
+
+
+def _trained_step_note(step: dict[str, Any]) -> str:
+    from cnnlab.report.units import file_size
+
+    part = "the classifier" if step["blocks_trained"] == 0 else f"its top {step['blocks_trained']} blocks and the head"
+    shape = "x".join(map(str, step["feature_shape"]))
+    fit = f"; within the memory given, batches up to {step['max_batch']:,}" if "max_batch" in step else ""
+    return (
+        f"\nThe training figures above are for training the whole network (--recipe full). This run (recipe "
+        f"{step['recipe']}) trained only {part} ({step['trained_parameters']:,} of {step['parameters']:,} "
+        f"parameters) on cached {shape} maps: its step at batch {step['batch']} with {step['optimizer']} peaks at "
+        f"{file_size(step['peak_bytes'])} (meta-device trace){fit}."
+    )
 
 
 def _converted(model: str | list[str]) -> Any:

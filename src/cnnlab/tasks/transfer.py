@@ -72,6 +72,7 @@ from cnnlab.train import (
     TrainConfig,
     Trainer,
     layerwise_param_groups,
+    top_param_groups,
 )
 from cnnlab.train.config import environment_record, save_record
 from cnnlab.train.metrics import Accuracy, BalancedAccuracy, ViewAveraged
@@ -546,16 +547,7 @@ def _train_on_cache(run: _Run, model: nn.Module, model_name: str, top_blocks: in
     def groups(_: nn.Module) -> list[dict[str, Any]]:  # the top blocks and the classifier; the rest frozen
         options = {**run.recipe.train, **run.config.train}
         decay = float(options.get("weight_decay", 0.0))
-        if top_blocks == 0:
-            for param in groups_model.parameters():
-                param.requires_grad_(False)
-            classifier = groups_model.get_classifier()
-            for param in classifier.parameters():
-                param.requires_grad_(True)
-            weights = [p for p in classifier.parameters() if p.ndim >= 2]
-            biases = [p for p in classifier.parameters() if p.ndim < 2]
-            return [{"params": weights, "weight_decay": decay}, {"params": biases, "weight_decay": 0.0}]
-        return layerwise_param_groups(groups_model, top_blocks, run.recipe.layer_decay, decay)
+        return top_param_groups(groups_model, top_blocks, run.recipe.layer_decay, decay)
 
     train_x, train_y = cached["train"].flat()
     val_x, val_y = cached["val"].flat()

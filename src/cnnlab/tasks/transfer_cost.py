@@ -17,13 +17,16 @@ The estimate ignores early stopping and a cache that may already exist, so it is
 from __future__ import annotations
 
 import copy
+import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["COST_ORDER", "estimate_recipe_seconds", "forward_flops", "next_recipe"]
+__all__ = ["COST_ORDER", "estimate_recipe_seconds", "forward_flops", "next_recipe", "trained_step_memory"]
 
 COST_ORDER = ("quick", "default", "full")
 
@@ -131,3 +134,64 @@ def estimate_recipe_seconds(
         validation = epochs * n_val * whole
     parts = {"cache": cache, "training": training, "validation": validation, "test": n_test * views * whole}
     return {**parts, "total": sum(parts.values())}
+
+
+def trained_step_memory(
+    run: str | os.PathLike[str], input_shape: tuple[int, ...] | None = None, memory_limit: int | None = None
+) -> dict[str, Any] | None:
+    """What a cached transfer run trained, and the memory of that training step; None for any other target.
+
+    Such a run never trains the whole network: its frozen lower part runs once per image into the cache, and each
+    step trains the top blocks and the head on cached maps. That step is traced on the meta device at the run's
+    batch size with its own optimizer (float32 maps: the cache's float16 is widened for training).
+
+    Args:
+        run: what `cnnlab budget` was given.
+        input_shape: the image shape being sized (default: the run's own).
+        memory_limit: also find the largest batch of that step within this many bytes.
+
+    Returns:
+        ``{"recipe", "blocks_trained", "blocks", "feature_shape", "batch", "optimizer", "trained_parameters",
+        "parameters", "peak_bytes"}``, and ``"max_batch"`` with a memory limit.
+    """
+    results = Path(run) / "results.json"
+    try:
+        record = json.loads(results.read_text()) if results.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    recipe = record.get("recipe") if isinstance(record, dict) else None
+    if not isinstance(recipe, dict) or recipe.get("method") != "cached":
+        return None
+    from cnnlab.budget.core import resolve_model
+    from cnnlab.budget.planner import plan_batch
+    from cnnlab.budget.trace import trace
+    from cnnlab.models import split_classifier, trainable_blocks
+    from cnnlab.train import top_param_groups
+
+    _, model, shape, _ = resolve_model(str(run), input_shape)  # initialised on the CPU: the split checks its cut
+    blocks = len(trainable_blocks(model, shape))
+    unfreeze = record.get("unfreeze")
+    top = blocks if unfreeze is None else min(int(unfreeze), blocks)
+    split = split_classifier(model, top, shape)
+    top_param_groups(model, top, 1.0, 0.0)  # the rest frozen, as the run trained it: no gradients, no state
+    train = {**recipe.get("train", {}), **(record.get("config", {}).get("train") or {})}
+    batch = train.get("batch_size")
+    batch = int(batch) if isinstance(batch, int) or str(batch).isdigit() else int(recipe["train"]["batch_size"])
+    optimizer = str(train.get("optimizer", "adamw"))
+    upper = copy.deepcopy(split.upper).to("meta").train()
+    step = trace(upper, split.feature_shape, batch, "float32", "meta", optimizer, inference=False)
+    answer = {
+        "recipe": recipe.get("name"),
+        "blocks_trained": top,
+        "blocks": blocks,
+        "feature_shape": list(split.feature_shape),
+        "batch": batch,
+        "optimizer": optimizer,
+        "trained_parameters": sum(p.numel() for p in upper.parameters() if p.requires_grad),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "peak_bytes": step.peak_live_bytes,
+    }
+    if memory_limit is not None:
+        plan = plan_batch(upper, split.feature_shape, torch.float32, optimizer, memory_limit)
+        answer["max_batch"] = plan["remedies"][0]["max_batch"]
+    return answer

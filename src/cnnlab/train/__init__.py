@@ -7,7 +7,7 @@ from cnnlab.train.checkpoint import atomic_save, load_checkpoint
 from cnnlab.train.config import TrainConfig, load_config, save_config
 from cnnlab.train.ema import ModelEma
 from cnnlab.train.metrics import Accumulate, Accuracy, Metric, accuracy
-from cnnlab.train.optim import depth_units, layerwise_param_groups
+from cnnlab.train.optim import depth_units, layerwise_param_groups, top_param_groups
 from cnnlab.train.trainer import Trainer, fit, seed_everything
 
 __all__ = [
@@ -33,4 +33,5 @@ __all__ = [
     "load_config",
     "save_config",
     "seed_everything",
+    "top_param_groups",
 ]

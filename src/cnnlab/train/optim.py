@@ -101,6 +101,23 @@ def depth_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, unit) for name, unit in units if any(True for _ in unit.parameters())]
 
 
+def top_param_groups(
+    model: nn.Module, top_blocks: int, layer_decay: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """Train the classifier and the top ``top_blocks`` blocks, freezing the rest: 0 is the classifier alone (weights
+    decayed, biases not), more is `layerwise_param_groups`. What a cached transfer run trains."""
+    if top_blocks > 0:
+        return layerwise_param_groups(model, top_blocks, layer_decay, weight_decay)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    classifier = model.get_classifier()
+    for param in classifier.parameters():
+        param.requires_grad_(True)
+    weights = [p for p in classifier.parameters() if p.ndim >= 2]
+    biases = [p for p in classifier.parameters() if p.ndim < 2]
+    return [{"params": weights, "weight_decay": weight_decay}, {"params": biases, "weight_decay": 0.0}]
+
+
 def layerwise_param_groups(
     model: nn.Module, top_blocks: int, layer_decay: float, weight_decay: float
 ) -> list[dict[str, Any]]:
