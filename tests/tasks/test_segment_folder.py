@@ -249,13 +249,29 @@ def test_onnx_export_matches_pytorch_at_unseen_sizes(trained, tmp_path):
     torch.testing.assert_close(exported, expected, atol=1e-4, rtol=0)
 
 
-def test_pt2_export_of_a_segmenter_is_refused_with_the_formats_that_work(trained, tmp_path):
+def test_pt2_export_matches_pytorch_at_sizes_it_was_not_traced_at(trained, tmp_path):
+    """It was refused: torch.export could not prove the padding to the stride for every height and width (the padded
+    size as a remainder, the crop as a slice whose layout depends on whether it keeps whole rows)."""
+    import json
+
+    from cnnlab.layers.normalize import Normalize
     from cnnlab.tasks.export import export_model
 
     _, summary = trained
-    with pytest.raises(CnnlabError, match="use --format onnx or torchscript"):
-        export_model(summary["run_dir"], "pt2", tmp_path / "m.pt2")
-    assert not (tmp_path / "m.pt2").exists()
+    result = export_model(summary["run_dir"], "pt2", tmp_path / "m.pt2")
+    assert result["max_abs_difference"] < 1e-5
+    segmenter = load_segmenter(summary["run_dir"])
+    stride = segmenter.model.output_stride
+    reference = torch.nn.Sequential(Normalize(segmenter.mean, segmenter.std), segmenter.model).eval()
+    program = torch.export.load(str(tmp_path / "m.pt2")).module()
+    for shape in [(1, 3, 57, 23), (3, 3, 2 * stride, 5 * stride), (1, 3, stride + 1, stride + 1)]:
+        images = torch.rand(shape)
+        with torch.inference_mode():
+            expected, exported = reference(images), program(images)
+        assert exported.shape == expected.shape == (shape[0], 4, *shape[2:])
+        torch.testing.assert_close(exported, expected, atol=1e-5, rtol=0)
+    record = json.loads((tmp_path / "m.pt2.preprocessing.json").read_text())
+    assert f"H and W of at least {stride + 1}" in record["input"]
 
 
 def test_bad_files_are_listed_and_skipped(tmp_path):

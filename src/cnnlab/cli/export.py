@@ -19,8 +19,8 @@ def export(
         "--format",
         "-f",
         help="torchscript (.pt, traced; torch 2.14 deprecates the tracer), onnx (.onnx; the onnx package) or pt2 "
-        "(.pt2, torch.export's ExportedProgram, the tracer's successor; classifiers only). Default: the one "
-        "--output's suffix names, else torchscript.",
+        "(.pt2, torch.export's ExportedProgram, the tracer's successor; a segmenter's sides must exceed its stride, "
+        "16 or 32). Default: the one --output's suffix names, else torchscript.",
     ),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="File to write (default: RUN/model.pt, .onnx or .pt2)."

@@ -32,6 +32,7 @@ __all__ = [
     "features_with_taps",
     "find_stride_taps",
     "bilinear_kernel",
+    "crop_to",
     "pad_to_multiple",
 ]
 
@@ -39,10 +40,28 @@ _UPSAMPLE_MODES = ("transposed", "bilinear")
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
-    """Zero-pad the bottom and right of `x` to the next multiple of `multiple`; returns it and the original (H, W)."""
+    """Zero-pad the bottom and right of `x` to the next multiple of `multiple`; returns it and the original (H, W).
+
+    Always padded (by zero when already a multiple): a branch on the sizes would be frozen into a traced export. The
+    padded size is written as a whole number of strides (a floor division, not a remainder), so torch.export can
+    prove each level's size is half the one above (`crop_to` has the rest).
+    """
     height, width = x.shape[-2:]
-    # Always padded (by zero when already a multiple): a branch on the sizes would be frozen into a traced export.
-    return F.pad(x, (0, -width % multiple, 0, -height % multiple)), (height, width)
+    bottom = (height + multiple - 1) // multiple * multiple - height
+    right = (width + multiple - 1) // multiple * multiple - width
+    return F.pad(x, (0, right, 0, bottom)), (height, width)
+
+
+def crop_to(x: Tensor, height: int, width: int) -> Tensor:
+    """The top-left `height` x `width` of `x`'s last two dimensions (what `pad_to_multiple` padded, taken back).
+
+    Under torch.export it gathers the rows and columns instead of slicing: a slice's layout depends on whether it
+    keeps the whole row, so an export would be valid only for inputs padded as its example was.
+    """
+    if torch.compiler.is_exporting():
+        rows, columns = (torch.arange(size, device=x.device) for size in (height, width))
+        return x.index_select(-2, rows).index_select(-1, columns)
+    return x[..., :height, :width]
 
 
 def bilinear_kernel(channels: int, factor: int) -> Tensor:
@@ -195,7 +214,7 @@ class FCN(nn.Module):
         if self.score8 is not None:
             scores = self.up2_16(scores) + self.score8(tapped[8])  # N x classes x H/8 x W/8
         scores = self.up_final(scores)  # N x classes x H x W (padded)
-        return scores[..., :height, :width]
+        return crop_to(scores, height, width)
 
 
 class _DoubleConv(nn.Sequential):
@@ -266,7 +285,7 @@ class UNet(nn.Module):
         x = skips[-1]
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips[:-1]), strict=True):
             x = decoder(torch.cat([up(x), skip], dim=1))  # N x width x (2x the previous size)
-        return self.classifier(x)[..., :height, :width]  # N x classes x H x W
+        return crop_to(self.classifier(x), height, width)  # N x classes x H x W
 
 
 class EncoderUNet(nn.Module):
@@ -320,7 +339,7 @@ class EncoderUNet(nn.Module):
         skips = [tapped[16], tapped[8], tapped[4], tapped[2], self.stem(x)]
         for up, decoder, skip in zip(self.ups, self.decoders, skips, strict=True):
             features = decoder(torch.cat([up(features), skip], dim=1))  # N x width x (2x the previous size)
-        return self.classifier(features)[..., :height, :width]  # N x classes x H x W
+        return crop_to(self.classifier(features), height, width)  # N x classes x H x W
 
 
 def _fcn(skips: int, kwargs: dict[str, Any]) -> FCN:

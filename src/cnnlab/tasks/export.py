@@ -7,9 +7,11 @@ steps, the class names and the full record are written beside it in ``<file>.pre
 same size out, checked at two sizes other than the traced one.
 
 ``pt2`` is torch.export's ExportedProgram (``torch.export.load(path).module()``), the path torch 2.14 names as the
-successor of the deprecated TorchScript tracer. It exports classifiers with a dynamic batch; a segmenter's dynamic
-height and width it cannot prove for the padding to the model's stride (its size guards fail), so a segmentation
-run is refused with a pointer to the other two formats.
+successor of the deprecated TorchScript tracer. It exports classifiers with a dynamic batch, and segmenters with a
+dynamic batch, height and width above the network's stride (17 px for the U-Net, 33 for the Lite0 ones: a smaller
+side would leave a 1-pixel bottleneck, which the export specialises away). The segmenters' padding to their stride
+is written so that torch.export can prove its sizes, and the size checks it cannot prove symbolically (a padding
+is never negative) are kept as runtime checks in the program (``prefer_deferred_runtime_asserts_over_guards``).
 """
 
 from __future__ import annotations
@@ -158,17 +160,17 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
     """Export a segmentation run with dynamic height and width; the check runs sizes the trace never saw."""
     from cnnlab.tasks.segment_predict import load_segmenter
 
-    if fmt == "pt2":
-        raise CnnlabError(
-            "--format pt2 cannot export a segmenter: torch.export cannot prove its padding to the model's stride for "
-            "every height and width; use --format onnx or torchscript (both checked at sizes they were not traced at)"
-        )
     segmenter = load_segmenter(run)
     output = _writable(Path(output) if output is not None else Path(run) / f"model{SUFFIXES[fmt]}", SUFFIXES[fmt])
     wrapped = nn.Sequential(Normalize(segmenter.mean, segmenter.std), segmenter.model.cpu().eval()).eval()
+    stride = int(segmenter.model.output_stride)
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(1, 3, 64, 64, generator=generator)
     checks = [torch.rand(2, 3, 45, 71, generator=generator), torch.rand(1, 3, 96, 33, generator=generator)]
+    if fmt == "pt2":  # traced where both sides need padding, checked where neither does and at the smallest side
+        example = torch.rand(2, 3, 3 * stride - 3, 4 * stride + 5, generator=generator)
+        checks += [torch.rand(1, 3, 2 * stride, 3 * stride, generator=generator)]
+        checks += [torch.rand(1, 3, stride + 1, 50, generator=generator)]
     with warnings.catch_warnings():  # see export_model
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
@@ -179,16 +181,21 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
             exported = torch.jit.load(str(output))
             with torch.inference_mode():
                 pairs = [(exported(x), wrapped(x)) for x in checks]
+        elif fmt == "pt2":
+            program = _export_program(wrapped, example, output, min_side=stride + 1)
+            with torch.inference_mode():
+                pairs = [(program(x), wrapped(x)) for x in checks]
         else:
             axes = {0: "batch", 2: "height", 3: "width"}
             run_exported = _export_onnx(wrapped, example, output, opset, {"images": axes, "logits": axes})
             with torch.inference_mode():
                 pairs = [(run_exported(x), wrapped(x)) for x in checks]
     max_difference = max(float((actual - expected).abs().max()) for actual, expected in pairs)
+    sides = f"H and W of at least {stride + 1}" if fmt == "pt2" else "any H and W"
     record = {
         "format": fmt,
         "load": LOADERS[fmt],
-        "input": "float32 RGB [N, 3, H, W] in [0, 1], any H and W; mean/std normalisation is inside the exported model",
+        "input": f"float32 RGB [N, 3, H, W] in [0, 1], {sides}; mean/std normalisation is inside the exported model",
         "output": "logits [N, classes, H, W]; argmax over classes gives the mask",
         "classes": segmenter.classes,
         "background": segmenter.background,
@@ -200,7 +207,13 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
     }
     sidecar = output.with_name(output.name + ".preprocessing.json")
     sidecar.write_text(json.dumps(record, indent=1))
-    return {"model": str(output), "format": fmt, "preprocessing": str(sidecar), "max_abs_difference": max_difference}
+    return {
+        "model": str(output),
+        "format": fmt,
+        "preprocessing": str(sidecar),
+        "max_abs_difference": max_difference,
+        "input": f"RGB in [0, 1], {sides}, normalisation inside",
+    }
 
 
 def _writable(output: Path, suffix: str) -> Path:
@@ -229,11 +242,16 @@ def _writable(output: Path, suffix: str) -> Path:
     return output
 
 
-def _export_program(model: nn.Module, example: torch.Tensor, output: Path) -> Any:
-    """Write `model` as a torch.export ExportedProgram with a dynamic batch; returns the loaded file's module."""
-    batch = torch.export.Dim("batch", min=1)
+def _export_program(model: nn.Module, example: torch.Tensor, output: Path, min_side: int | None = None) -> Any:
+    """Write `model` as a torch.export ExportedProgram with a dynamic batch (and height and width of at least
+    `min_side`, when given: a segmenter); returns the loaded file's module."""
+    dims = {0: torch.export.Dim("batch", min=1)}
+    if min_side is not None:
+        dims |= {2: torch.export.Dim("height", min=min_side), 3: torch.export.Dim("width", min=min_side)}
     with torch.no_grad():
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(
+            model, (example,), dynamic_shapes=(dims,), prefer_deferred_runtime_asserts_over_guards=min_side is not None
+        )
     torch.export.save(program, str(output))
     loaded = torch.export.load(str(output)).module()
     return lambda images: loaded(images).detach()
