@@ -51,6 +51,7 @@ def budget_command(
     from cnnlab.budget.spec import parse_size
 
     input_shape = parse_size(input, "input") if input else None
+    limit = parse_memory(memory) if memory else None
     model = target[0] if len(target) == 1 and " " not in target[0] else target
     converted = _converted(model)
     if converted is not None:  # an `fcn convert` folder: the network that scans, at the given image size
@@ -66,11 +67,11 @@ def budget_command(
         depth=depth,
         measure=measure,
         device=device,
-        memory_limit=parse_memory(memory) if memory else None,
+        memory_limit=limit,
     )
     if converted is not None:
         report.model_name = f"{model} (fully convolutional)"
-    trained = _trained_step(model, input_shape, parse_memory(memory) if memory else None)
+    trained = _trained_step(model, input_shape, limit)
     explanation = None
     if explain:
         from cnnlab.budget.explain import explain as explain_report
