@@ -209,3 +209,36 @@ def test_a_run_averaging_views_is_explained_on_the_image_as_given(tmp_path):
     assert [label for label, _ in result.top] == [entry["label"] for entry in predicted]  # views averaged, as predict
     assert [p for _, p in result.top] == pytest.approx([entry["probability"] for entry in predicted], abs=1e-6)
     assert result.label == predicted[0]["label"] and result.probability == pytest.approx(predicted[0]["probability"])
+
+
+class EvidenceSegmenter(nn.Module):
+    """Per-pixel logits: class 0 is bright pixels, class 1 dark ones, through a half-resolution bottleneck."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.evidence = EvidenceModel().conv  # channel 0 brightness, channel 1 darkness
+        self.act = nn.ReLU()
+        self.pool = nn.AvgPool2d(2)
+        self.up = nn.Upsample(scale_factor=2)
+        self.head = nn.Conv2d(2, 2, 1, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.up(self.pool(self.act(self.evidence(x)))))
+
+
+def test_grad_cam_of_a_segmenter_finds_each_class_region_at_its_bottleneck():
+    """Grad-CAM needed logits [N, classes]: a segmenter's [N, classes, H, W] was refused."""
+    image = -torch.ones(1, 16, 16)
+    image[:, :, :12] = 1.0  # bright on the left three quarters, dark on the right
+    model = EvidenceSegmenter()
+    cam = grad_cam(model, image)  # default: the class with the most pixels, at the coarsest map
+    assert cam.layer == "pool" and cam.layer_heatmap.shape == (8, 8)
+    assert cam.class_index == 0 and cam.probability == pytest.approx(0.75)  # its share of the pixels
+    assert cam.heatmap[:, 1:11].min() > 0.9 and cam.heatmap[:, 13:].max() < 0.1
+    dark = grad_cam(model, image, class_index=1)
+    assert dark.probability == pytest.approx(0.25)
+    assert dark.heatmap[:, 13:].min() > 0.9 and dark.heatmap[:, 1:11].max() < 0.1
+    with pytest.raises(CnnlabError, match="outside the model's 2 classes"):
+        grad_cam(model, image, class_index=2)

@@ -305,20 +305,25 @@ def test_a_file_system_error_is_one_line_with_exit_code_1(
 
 
 @pytest.mark.parametrize(("recorded", "hint"), [(True, "writes its masks and overlays"), (False, "MNIST canvases")])
-def test_explain_and_fcn_refuse_a_segmentation_run_and_say_what_takes_it(
+def test_explain_and_fcn_refuse_a_segmentation_run_they_cannot_take_and_say_what_takes_it(
     tmp_path: Path, recorded: bool, hint: str
 ) -> None:
-    """explain said the run "was not saved by `cnnlab train transfer`"; fcn said "cannot find the head of UNet"."""
+    """explain said the run "was not saved by `cnnlab train transfer`"; fcn said "cannot find the head of UNet".
+    explain takes a run of `train segment --data` since 2026-12-06 (its preprocessing is recorded)."""
     from cnnlab.fcn.scan import load_converted_or_run
     from cnnlab.models import create_model
     from cnnlab.tasks.explain import load_subject
     from cnnlab.train.saved import save_model
 
     run = tmp_path / "segment" / "mine"
-    meta = {"task": "segment", **({"normalisation": {"mean": [0.5] * 3, "std": [0.2] * 3}} if recorded else {})}
+    recipe = {"classes": ["a", "b", "c"], "normalisation": {"mean": [0.5] * 3, "std": [0.2] * 3}}
+    meta = {"task": "segment", **(recipe if recorded else {})}
     save_model(create_model("lenet5", num_classes=3), run, "lenet5", {"num_classes": 3}, meta)
-    with pytest.raises(CnnlabError, match=f"mine is a segmentation run, not a classifier; .*{hint}"):
-        load_subject(str(run))
+    if recorded:
+        assert load_subject(str(run)).kind == "segment"
+    else:
+        with pytest.raises(CnnlabError, match=f"mine is a segmentation run, not a classifier; .*{hint}"):
+            load_subject(str(run))
     with pytest.raises(CnnlabError, match="is a segmentation run: its network is fully convolutional already"):
         load_converted_or_run(run)
 

@@ -381,3 +381,31 @@ def test_resume_of_a_run_that_never_started_is_refused_before_its_folder_is_made
             str(root), output=str(tmp_path / "runs"), name="never-started", resume=True, progress=False
         )
     assert not (tmp_path / "runs" / "segment" / "never-started").exists()  # split.csv was written there
+
+
+def test_explain_a_segmentation_run_shows_its_largest_shape_class_at_the_bottleneck(trained, tmp_path):
+    """`cnnlab explain` refused a segmentation run ("not a classifier")."""
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+    from cnnlab.report.explain import spatial_layers
+    from cnnlab.tasks.explain import explain_image, load_subject
+
+    root, summary = trained
+    image = sorted((root / "images").iterdir())[0]
+    result = explain_image(summary["run_dir"], image, tmp_path / "out")
+    assert sorted(result.files) == ["feature_maps", "filters", "gradcam"]
+    assert all(path.is_file() for path in result.files.values())
+    assert result.scores == "pixel share" and sum(share for _, share in result.top) == pytest.approx(1.0)
+    shares = dict(result.top)
+    others = {name: share for name, share in shares.items() if name != "background"}
+    if others:  # the background is explained only when nothing else is found
+        assert result.label == max(others, key=others.get) and result.probability == pytest.approx(others[result.label])
+    subject = load_subject(summary["run_dir"])
+    with Image.open(image) as opened:
+        layers = spatial_layers(subject.model, subject.preprocess(opened.convert("RGB")))
+    coarsest = min(h * w for _, (_, h, w) in layers)
+    assert result.cam_layer == [name for name, (_, h, w) in layers if h * w == coarsest][-1]  # the bottleneck
+    printed = CliRunner().invoke(app, ["explain", summary["run_dir"], str(image), "-o", str(tmp_path / "cli")])
+    assert printed.exit_code == 0, printed.output
+    assert "of the pixels" in printed.output and "classes by their share of the pixels" in printed.output

@@ -10,15 +10,18 @@ import typer
 def explain(
     source: str = typer.Argument(
         ...,
-        help="An MNIST or transfer run directory (holding model.json), or a zoo model name such as "
-        "efficientnet_lite0 (pretrained ImageNet weights).",
+        help="An MNIST, transfer or `train segment --data` run directory (holding model.json), or a zoo model name "
+        "such as efficientnet_lite0 (pretrained ImageNet weights).",
     ),
     image: Path = typer.Argument(..., help="The image file to explain."),
     output: Path = typer.Option(Path("runs/explain"), "--output", "-o", help="Directory for the PNGs."),
     layer: list[str] = typer.Option([], "--layer", "-l", help="Module whose feature maps to show (repeatable)."),
     cam_layer: str | None = typer.Option(None, "--cam-layer", help="Module for Grad-CAM (default: deepest map)."),
     class_index: str | None = typer.Option(
-        None, "--class", help="Class to explain, by name or index (default: the predicted one)."
+        None,
+        "--class",
+        help="Class to explain, by name or index (default: the predicted one; a segmenter's largest class other "
+        "than the background).",
     ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
 ) -> None:
@@ -27,7 +30,12 @@ def explain(
 
     result = explain_image(str(source), image, output, layers=layer, cam_layer=cam_layer, class_index=class_index,
                            device=device)  # fmt: skip
-    typer.echo(f"{image}: explained class {result.label!r} ({result.probability:.1%}), Grad-CAM at {result.cam_layer}")
+    share = " of the pixels" if result.scores == "pixel share" else ""
+    typer.echo(
+        f"{image}: explained class {result.label!r} ({result.probability:.1%}{share}), Grad-CAM at {result.cam_layer}"
+    )
+    if share:
+        typer.echo("classes by their share of the pixels:")
     for rank, (label, probability) in enumerate(result.top, start=1):
         typer.echo(f"  {rank}. {label:<30} {probability:7.2%}")
     if len(result.views) > 1:

@@ -1,14 +1,18 @@
 """What a CNN sees: first-layer filters, feature maps of chosen layers and Grad-CAM (Selvaraju et al., 2017).
 
-Works on any `nn.Module` that takes an image batch [N, C, H, W] and returns logits [N, K]: layers are found by
-running one forward pass with hooks, so no model needs to declare anything.
+Works on any `nn.Module` that takes an image batch [N, C, H, W] and returns logits [N, K], or per-pixel logits
+[N, K, H, W] (a segmenter): layers are found by running one forward pass with hooks, so no model needs to declare
+anything.
 
 - `first_conv_filters(model)` / `filter_grid(weight)`: the first convolution's kernels as one image grid.
 - `feature_maps(model, image, layers)`: the outputs of named modules for one image.
 - `grad_cam(model, image, layer=None, class_index=None)`: the class-discriminative map. The gradients of the class
   score with respect to a layer's feature maps, averaged over space, weight those maps; the ReLU of the weighted sum
   is upsampled to the input's size and scaled to [0, 1]. Default layer: the last module whose output is still a
-  spatial map larger than 1x1 (the deepest features before global pooling / the classifier).
+  spatial map larger than 1x1 (the deepest features before global pooling / the classifier). For a segmenter the
+  class score is its logit summed over the pixels predicted as that class (every pixel when there are none), as
+  Seg-Grad-CAM does (Vinogradova et al., 2020), and the default layer is the last map at the coarsest resolution
+  (a U-Net's bottleneck), since its last maps are at the input's size.
 - `plot_filters`, `plot_feature_maps`, `plot_grad_cam`: the PNGs `cnnlab explain` writes.
 """
 
@@ -175,7 +179,7 @@ class GradCam:
     Attributes:
         heatmap: [H, W] in [0, 1], the input's spatial size (all zeros when no location supports the class).
         class_index: the class explained.
-        probability: softmax probability of that class.
+        probability: softmax probability of that class (a segmenter: the share of the pixels predicted as it).
         layer: the module whose feature maps were used.
         layer_heatmap: [h, w] the map at the layer's own resolution, before upsampling (not normalised).
     """
@@ -193,16 +197,19 @@ def grad_cam(
     """Grad-CAM of `class_index` (default: the predicted class) for one preprocessed image [C, H, W].
 
     Args:
-        model: returns logits [1, K] for a batch of one.
+        model: returns logits [1, K] for a batch of one (or [1, K, H, W]: a segmenter).
         image: the preprocessed image.
         layer: name of the module whose output maps are weighted (default: the deepest spatial map, see module doc).
-        class_index: class to explain.
+        class_index: class to explain (default: the predicted one; a segmenter's: the one with the most pixels).
     """
     if layer is None:
         layers = spatial_layers(model, image)
         if not layers:
             raise CnnlabError(f"{type(model).__name__} produces no spatial feature maps, so Grad-CAM has no layer")
         layer = layers[-1][0]
+        if layers[-1][1][1:] == tuple(image.shape[-2:]):  # a segmenter: its last maps are the input's size
+            coarsest = min(h * w for _, (_, h, w) in layers)
+            layer = [name for name, (_, h, w) in layers if h * w == coarsest][-1]
     target = _module(model, layer)
     captured: list[torch.Tensor] = []
     handle = target.register_forward_hook(lambda _m, _i, output: captured.append(output))
@@ -212,13 +219,21 @@ def grad_cam(
         with torch.enable_grad():
             batch = image.unsqueeze(0).to(_device(model)).requires_grad_(True)  # a graph even for frozen weights
             logits = model(batch)
-            if logits.ndim != 2:
-                raise CnnlabError(f"Grad-CAM needs logits [N, classes]; the model returned shape {tuple(logits.shape)}")
-            index = int(logits.argmax(1)) if class_index is None else class_index
+            if logits.ndim not in (2, 4):
+                wanted = "logits [N, K] or [N, K, H, W] (K classes)"
+                raise CnnlabError(f"Grad-CAM needs {wanted}; the model returned {tuple(logits.shape)}")
+            predicted = logits.detach().argmax(1)[0]  # the class, or the class of each pixel
+            shares = torch.bincount(predicted.flatten(), minlength=logits.shape[1]).float() / predicted.numel()
+            index = int(shares.argmax()) if class_index is None else class_index
             if not 0 <= index < logits.shape[1]:
                 raise CnnlabError(f"class index {index} is outside the model's {logits.shape[1]} classes")
+            if logits.ndim == 2:
+                score = logits[0, index]
+            else:  # the class's pixels, or all of them where none is predicted as it
+                region = predicted == index
+                score = logits[0, index][region].sum() if bool(region.any()) else logits[0, index].sum()
             activations = captured[-1]
-            (gradients,) = torch.autograd.grad(logits[0, index], activations)
+            (gradients,) = torch.autograd.grad(score, activations)
     finally:
         handle.remove()
         for module, mode in modes.items():
@@ -228,7 +243,7 @@ def grad_cam(
     upsampled = F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
     peak = float(upsampled.max())
     heatmap = upsampled / peak if peak > 0 else upsampled
-    probability = float(logits.detach().float().softmax(1)[0, index])
+    probability = float(logits.detach().float().softmax(1)[0, index]) if logits.ndim == 2 else float(shares[index])
     return GradCam(heatmap.cpu(), index, probability, layer, cam[0, 0].cpu())
 
 

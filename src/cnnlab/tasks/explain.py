@@ -7,6 +7,10 @@ Preprocessing follows the model, never a guess by the user:
   MNIST itself was made; values in [0, 1] (the model normalises inside).
 - transfer runs and pretrained models: the weights' record (`build_eval_transform`), through
   `cnnlab.tasks.predict.load_predictor`.
+- segmentation runs (`cnnlab train segment --data`): the whole image at its own size, in [0, 1], less the run's
+  mean, over its std, as `cnnlab predict` segments it. The scores are the shares of the pixels predicted as each
+  class, the class explained is by default the largest one other than the background, and Grad-CAM weighs the
+  bottleneck's maps by the gradient of that class's logits over its pixels (`cnnlab.report.explain.grad_cam`).
 """
 
 from __future__ import annotations
@@ -49,9 +53,10 @@ class Subject:
         preprocess: PIL image -> the model's input tensor [C, H, W].
         to_display: the input tensor -> [H, W, 3] in [0, 1] for plotting.
         source: what was loaded.
-        kind: "mnist", "transfer" or "pretrained".
+        kind: "mnist", "transfer", "pretrained" or "segment".
         classifier: what `cnnlab predict` runs (`model` with the run's views averaged); default `model`.
         views: the views `classifier` averages.
+        background: a segmenter's background class, which is not explained unless asked for or alone.
     """
 
     model: nn.Module
@@ -62,13 +67,28 @@ class Subject:
     kind: str
     classifier: nn.Module | None = None
     views: tuple[str, ...] = ("identity",)
+    background: int | None = None
 
     def probabilities(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Class probabilities [K] (CPU) for one input [C, H, W], as `cnnlab predict` gives them."""
+        """Class probabilities [K] (CPU) for one input [C, H, W], as `cnnlab predict` gives them; a segmenter's
+        shares of the pixels predicted as each class."""
         classifier = self.classifier if self.classifier is not None else self.model
         with torch.inference_mode():
             device = next(classifier.parameters()).device
-            return classifier(tensor.unsqueeze(0).to(device)).float().softmax(1)[0].cpu()
+            logits = classifier(tensor.unsqueeze(0).to(device)).float()
+        if logits.ndim == 4:
+            labels = logits.argmax(1).flatten().cpu()
+            return torch.bincount(labels, minlength=logits.shape[1]).float() / labels.numel()
+        return logits.softmax(1)[0].cpu()
+
+    def default_class(self, probabilities: torch.Tensor) -> int:
+        """The class explained when none is asked for: the most probable, or a segmenter's largest class other
+        than the background (the background when nothing else is found)."""
+        if self.background is not None and float(probabilities.sum() - probabilities[self.background]) > 0:
+            others = probabilities.clone()
+            others[self.background] = -1.0
+            return int(others.argmax())
+        return int(probabilities.argmax())
 
 
 def _grey_display(tensor: torch.Tensor) -> torch.Tensor:
@@ -83,7 +103,10 @@ def load_subject(source: str, device: str | torch.device = "cpu") -> Subject:
     """
     from cnnlab.data.transforms import build_eval_transform
     from cnnlab.tasks.predict import load_predictor
+    from cnnlab.tasks.segment_predict import is_segmentation_run
 
+    if Path(source).is_dir() and is_segmentation_run(source):
+        return _segmenter_subject(source, device)
     predictor = load_predictor(source, device=device)
     if predictor.cfg is None:  # an MNIST run or ensemble: [0, 1] grey 28x28 digits in, normalisation inside
         return Subject(predictor.model, predictor.classes, predictor.transform(), _grey_display, str(source), "mnist")
@@ -98,6 +121,32 @@ def load_subject(source: str, device: str | torch.device = "cpu") -> Subject:
     transform = build_eval_transform(predictor.cfg)
     classes, views = predictor.classes, predictor.views
     return Subject(network, classes, transform, to_display, str(source), kind, predictor.model, views)
+
+
+def _segmenter_subject(source: str, device: str | torch.device) -> Subject:
+    """A segmentation run: whole images in [0, 1], normalised by the run's record, as `cnnlab predict` runs them."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from cnnlab.tasks.segment_predict import load_segmenter
+
+    segmenter = load_segmenter(source, device)
+    mean, std = list(segmenter.mean), list(segmenter.std)
+
+    def preprocess(image: Any) -> torch.Tensor:
+        pixels = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
+        return TF.normalize(pixels, mean, std)
+
+    def to_display(tensor: torch.Tensor) -> torch.Tensor:
+        shown = tensor.cpu() * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+        return shown.clamp(0, 1).permute(1, 2, 0)
+
+    model, classes = segmenter.model, segmenter.classes
+    return Subject(model, classes, preprocess, to_display, source, "segment", background=segmenter.background)
+
+
+# Explaining a segmenter runs backward through the whole image at full resolution, as training does: above this many
+# pixels that takes gigabytes (`cnnlab predict` segments larger images without gradients).
+SEGMENT_EXPLAIN_PIXELS = 4 * 2**20
 
 
 def class_of(classes: Sequence[str], wanted: int | str | None) -> int | None:
@@ -131,6 +180,7 @@ class Explanation:
     feature_layers: list[str]
     files: dict[str, Path] = field(default_factory=dict)
     views: tuple[str, ...] = ("identity",)
+    scores: str = "probability"  # what `probability` and `top` hold: "probability", or a segmenter's "pixel share"
 
 
 def explain_image(
@@ -159,7 +209,14 @@ def explain_image(
     if reason is not None:
         raise CnnlabError(f"{image_path}: {reason}; pass a readable image file (PNG, JPEG, ...)")
     subject = load_subject(source, device)
-    tensor = subject.preprocess(load_image(image_path)).float()
+    image = load_image(image_path)
+    if subject.kind == "segment" and image.width * image.height > SEGMENT_EXPLAIN_PIXELS:
+        raise CnnlabError(
+            f"{image_path}: {image.width}x{image.height} is above {SEGMENT_EXPLAIN_PIXELS / 2**20:.0f} MP; explaining "
+            "a segmenter runs backward through the whole image, which takes gigabytes there: crop or downscale it "
+            "(`cnnlab predict` segments it whole)"
+        )
+    tensor = subject.preprocess(image).float()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
@@ -170,7 +227,7 @@ def explain_image(
     files["feature_maps"] = plot_feature_maps(maps, output_dir / "feature_maps.png")
     probabilities = subject.probabilities(tensor)
     wanted = class_of(subject.classes, class_index)
-    wanted = int(probabilities.argmax()) if wanted is None else wanted  # predict's class, views averaged
+    wanted = subject.default_class(probabilities) if wanted is None else wanted  # predict's class, views averaged
     cam = grad_cam(subject.model, tensor, layer=cam_layer, class_index=wanted)
     cam = dataclasses.replace(cam, probability=float(probabilities[cam.class_index]))
     label = subject.classes[cam.class_index] if cam.class_index < len(subject.classes) else str(cam.class_index)
@@ -179,5 +236,7 @@ def explain_image(
     top = [
         (subject.classes[int(i)] if int(i) < len(subject.classes) else str(int(i)), float(v))
         for v, i in zip(values, indices, strict=True)
+        if subject.kind != "segment" or float(v) > 0  # a segmenter's classes found in the image, not every class
     ]
-    return Explanation(label, cam.class_index, cam.probability, top, cam.layer, chosen, files, subject.views)
+    scores = "pixel share" if subject.kind == "segment" else "probability"
+    return Explanation(label, cam.class_index, cam.probability, top, cam.layer, chosen, files, subject.views, scores)
