@@ -383,7 +383,7 @@ def test_resume_of_a_run_that_never_started_is_refused_before_its_folder_is_made
     assert not (tmp_path / "runs" / "segment" / "never-started").exists()  # split.csv was written there
 
 
-def test_explain_a_segmentation_run_shows_its_largest_shape_class_at_the_bottleneck(trained, tmp_path):
+def test_explain_a_segmentation_run_shows_its_largest_shape_class_at_the_decoders_stride_4(trained, tmp_path):
     """`cnnlab explain` refused a segmentation run ("not a classifier")."""
     from typer.testing import CliRunner
 
@@ -404,8 +404,11 @@ def test_explain_a_segmentation_run_shows_its_largest_shape_class_at_the_bottlen
     subject = load_subject(summary["run_dir"])
     with Image.open(image) as opened:
         layers = spatial_layers(subject.model, subject.preprocess(opened.convert("RGB")))
-    coarsest = min(h * w for _, (_, h, w) in layers)
-    assert result.cam_layer == [name for name, (_, h, w) in layers if h * w == coarsest][-1]  # the bottleneck
+    names = [name for name, _ in layers]
+    bottleneck = max(i for i, (_, (_, h, w)) in enumerate(layers) if h * w == min(h * w for _, (_, h, w) in layers))
+    height, width = layers[-1][1][1:]
+    assert names.index(result.cam_layer) > bottleneck  # in the decoder, at a quarter of the image's side
+    assert dict(layers)[result.cam_layer][1:] == (-(-height // 4), -(-width // 4))
     printed = CliRunner().invoke(app, ["explain", summary["run_dir"], str(image), "-o", str(tmp_path / "cli")])
     assert printed.exit_code == 0, printed.output
     assert "of the pixels" in printed.output and "classes by their share of the pixels" in printed.output

@@ -11,8 +11,10 @@ anything.
   is upsampled to the input's size and scaled to [0, 1]. Default layer: the last module whose output is still a
   spatial map larger than 1x1 (the deepest features before global pooling / the classifier). For a segmenter the
   class score is its logit summed over the pixels predicted as that class (every pixel when there are none), as
-  Seg-Grad-CAM does (Vinogradova et al., 2020), and the default layer is the last map at the coarsest resolution
-  (a U-Net's bottleneck), since its last maps are at the input's size.
+  Seg-Grad-CAM does (Vinogradova et al., 2020), and the default layer is the decoder's last map at a quarter of the
+  input's side (stride 4), else the last at the coarsest resolution (FCN's trunk): its last maps are at the input's
+  size. On a U-Net trained on the digit canvases, the stride-4 decoder map covered the explained digit in each of
+  four images tried, where the bottleneck's 4x4 map (Seg-Grad-CAM's choice) lit empty corners or nothing.
 - `plot_filters`, `plot_feature_maps`, `plot_grad_cam`: the PNGs `cnnlab explain` writes.
 """
 
@@ -191,6 +193,15 @@ class GradCam:
     layer_heatmap: torch.Tensor
 
 
+def _segmenter_cam_layer(layers: list[tuple[str, tuple[int, ...]]], size: tuple[int, int]) -> str:
+    """The last map at stride 4 that runs after the coarsest map (a decoder's), else the last at the coarsest."""
+    areas = [h * w for _, (_, h, w) in layers]
+    bottom = max(i for i, area in enumerate(areas) if area == min(areas))
+    quarter = (-(-size[0] // 4), -(-size[1] // 4))  # a padded input's maps round up
+    decoder = [name for name, shape in layers[bottom + 1 :] if tuple(shape[1:]) == quarter]
+    return decoder[-1] if decoder else layers[bottom][0]
+
+
 def grad_cam(
     model: nn.Module, image: torch.Tensor, layer: str | None = None, class_index: int | None = None
 ) -> GradCam:
@@ -208,8 +219,7 @@ def grad_cam(
             raise CnnlabError(f"{type(model).__name__} produces no spatial feature maps, so Grad-CAM has no layer")
         layer = layers[-1][0]
         if layers[-1][1][1:] == tuple(image.shape[-2:]):  # a segmenter: its last maps are the input's size
-            coarsest = min(h * w for _, (_, h, w) in layers)
-            layer = [name for name, (_, h, w) in layers if h * w == coarsest][-1]
+            layer = _segmenter_cam_layer(layers, tuple(image.shape[-2:]))
     target = _module(model, layer)
     captured: list[torch.Tensor] = []
     handle = target.register_forward_hook(lambda _m, _i, output: captured.append(output))
@@ -295,8 +305,11 @@ def plot_feature_maps(maps: dict[str, torch.Tensor], path: str | os.PathLike[str
     return Path(path)
 
 
-def plot_grad_cam(display: torch.Tensor, cam: GradCam, label: str, path: str | os.PathLike[str]) -> Path:
-    """The image, the heatmap and their overlay side by side; `display` is [H, W, 3] in [0, 1]; returns `path`."""
+def plot_grad_cam(
+    display: torch.Tensor, cam: GradCam, label: str, path: str | os.PathLike[str], pixel_share: bool = False
+) -> Path:
+    """The image, the heatmap and their overlay side by side; `display` is [H, W, 3] in [0, 1]; returns `path`.
+    With `pixel_share` (a segmenter) the class's score is its share of the pixels."""
     plt = _pyplot()
     figure, axes = plt.subplots(1, 3, figsize=(10, 3.6))
     image = display.numpy()
@@ -306,7 +319,7 @@ def plot_grad_cam(display: torch.Tensor, cam: GradCam, label: str, path: str | o
     axes[1].set_title(f"Grad-CAM at {cam.layer} {tuple(cam.layer_heatmap.shape)}", fontsize=9)
     axes[2].imshow(image)
     axes[2].imshow(cam.heatmap.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    axes[2].set_title(f"{label} ({cam.probability:.1%})", fontsize=9)
+    axes[2].set_title(f"{label} ({cam.probability:.1%}{' of the pixels' if pixel_share else ''})", fontsize=9)
     for axis in axes:
         axis.axis("off")
     figure.tight_layout()

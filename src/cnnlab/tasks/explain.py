@@ -10,7 +10,7 @@ Preprocessing follows the model, never a guess by the user:
 - segmentation runs (`cnnlab train segment --data`): the whole image at its own size, in [0, 1], less the run's
   mean, over its std, as `cnnlab predict` segments it. The scores are the shares of the pixels predicted as each
   class, the class explained is by default the largest one other than the background, and Grad-CAM weighs the
-  bottleneck's maps by the gradient of that class's logits over its pixels (`cnnlab.report.explain.grad_cam`).
+  decoder's stride-4 maps by the gradient of that class's logits over its pixels (`cnnlab.report.explain.grad_cam`).
 """
 
 from __future__ import annotations
@@ -231,12 +231,13 @@ def explain_image(
     cam = grad_cam(subject.model, tensor, layer=cam_layer, class_index=wanted)
     cam = dataclasses.replace(cam, probability=float(probabilities[cam.class_index]))
     label = subject.classes[cam.class_index] if cam.class_index < len(subject.classes) else str(cam.class_index)
-    files["gradcam"] = plot_grad_cam(subject.to_display(tensor), cam, label, output_dir / "gradcam.png")
+    segmenter = subject.kind == "segment"
+    files["gradcam"] = plot_grad_cam(subject.to_display(tensor), cam, label, output_dir / "gradcam.png", segmenter)
     values, indices = probabilities.topk(min(5, len(probabilities)))
     top = [
         (subject.classes[int(i)] if int(i) < len(subject.classes) else str(int(i)), float(v))
         for v, i in zip(values, indices, strict=True)
-        if subject.kind != "segment" or float(v) > 0  # a segmenter's classes found in the image, not every class
+        if not segmenter or float(v) > 0  # a segmenter's classes found in the image, not every class
     ]
-    scores = "pixel share" if subject.kind == "segment" else "probability"
+    scores = "pixel share" if segmenter else "probability"
     return Explanation(label, cam.class_index, cam.probability, top, cam.layer, chosen, files, subject.views, scores)
