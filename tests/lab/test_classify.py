@@ -91,3 +91,33 @@ def test_an_mnist_ensemble_run_is_offered_and_classifies_a_drawing(tmp_path: Pat
     drawing[40:160, 95:105] = (0, 0, 0, 255)
     view = classify(load_subject(str(run)), drawing_to_image(drawing))
     assert len(view.top) == 5 and view.gradcam.shape == (28, 28, 3)
+
+
+def test_a_segmentation_run_is_offered_and_explained_by_its_pixel_shares(chelsea: Path, tmp_path: Path) -> None:
+    """The page listed classifier runs only; a run of `train segment --data` is explained as `cnnlab explain` does."""
+    pytest.importorskip("gradio", reason="the lab extra")
+    from cnnlab.lab.app import build_app
+    from cnnlab.train.config import TrainConfig, save_config
+
+    torch.manual_seed(0)
+    run = tmp_path / "segment" / "shapes"
+    classes = ["background", "disc", "square"]
+    meta = {"task": "segment", "classes": classes, "background": 0,
+            "normalisation": {"mean": [0.5] * 3, "std": [0.25] * 3}}  # fmt: skip
+    kwargs = {"widths": [4, 8, 16], "num_classes": 3, "in_chans": 3}
+    save_model(create_model("unet", **kwargs), run, "unet", kwargs, meta=meta)
+    save_config(TrainConfig(task="segment", name="shapes"), run / "config.yaml")
+    from PIL import Image
+
+    with Image.open(chelsea) as photo:
+        image = photo.convert("RGB").resize((60, 44))
+    subject = load_subject(str(run))
+    view = classify(subject, image)
+    assert view.pixel_shares and sum(share for _, share in view.top) == pytest.approx(1.0)
+    assert all(share > 0 for _, share in view.top) and {name for name, _ in view.top} <= set(classes)
+    shares = subject.probabilities(subject.preprocess(image))
+    assert view.explained == classes[subject.default_class(shares)]
+    assert view.gradcam.shape == (44, 60, 3)
+    blocks = build_app(tmp_path, warm=False).blocks.values()
+    (models,) = [block for block in blocks if getattr(block, "label", None) == "model (zoo or run)"]
+    assert "segment/shapes" in [value for _, value in models.choices]  # listed among the page's models

@@ -68,15 +68,17 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
 
     runs_root = Path(runs_root)
 
+    def segmentation_runs() -> list[str]:  # runs of `train segment --data`: their preprocessing is recorded
+        return [run_id for run_id, folder in find_runs(runs_root).items() if is_segmentation_run(folder)]
+
     def scan_choices() -> list[str]:
-        segmentation = [run_id for run_id, folder in find_runs(runs_root).items() if is_segmentation_run(folder)]
         # an ensemble has no single network to convert to a fully convolutional one
-        return saved_runs(runs_root, _SCAN_TASKS, ensembles=False) + segmentation
+        return saved_runs(runs_root, _SCAN_TASKS, ensembles=False) + segmentation_runs()
 
     zoo = pretrained_models()
 
     def model_choices() -> list[str]:
-        return zoo + saved_runs(runs_root, _CLASSIFY_TASKS)
+        return zoo + saved_runs(runs_root, _CLASSIFY_TASKS) + segmentation_runs()
 
     @functools.lru_cache(maxsize=4)
     def subject(choice: str) -> Any:
@@ -106,7 +108,8 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         return (
             {name: probability for name, probability in view.top},
             view.gradcam,
-            f"Grad-CAM of the top class at `{view.cam_layer}`; feature maps of `{view.feature_layer}`",
+            f"Grad-CAM of {view.explained!r} at `{view.cam_layer}`; feature maps of `{view.feature_layer}`"
+            + (" (a segmenter: classes by their share of the pixels)" if view.pixel_shares else ""),
             gr.Dropdown(choices=view.layers, value=view.feature_layer),
             view.feature_maps,
             view.filters,
@@ -221,7 +224,11 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
                 layer = gr.Dropdown([], label="feature-map layer", allow_custom_value=False)
             with gr.Row():
                 upload = gr.Image(type="filepath", sources=["upload"], label="photo", elem_id="classify-upload")
-                cam = gr.Image(label="Grad-CAM of the top class", interactive=False, elem_id="classify-gradcam")
+                cam = gr.Image(
+                    label="Grad-CAM of the top class (a segmenter's largest but the background)",
+                    interactive=False,
+                    elem_id="classify-gradcam",
+                )
                 top = gr.Label(num_top_classes=5, label="top classes", elem_id="classify-top")
             caption = gr.Markdown()
             with gr.Row():

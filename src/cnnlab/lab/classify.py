@@ -26,13 +26,16 @@ class ClassifyView:
     """What the page shows for one image.
 
     Attributes:
-        top: the k most probable classes with their probabilities, most probable first.
-        gradcam: the input as the model sees it with the Grad-CAM heatmap of the top class over it, uint8 [H, W, 3].
+        top: the k most probable classes with their probabilities, most probable first (a segmenter: the classes
+            found, by their share of the pixels).
+        gradcam: the input as the model sees it with the Grad-CAM heatmap of `explained` over it, uint8 [H, W, 3].
         cam_layer: the layer Grad-CAM used.
         feature_maps: the chosen layer's most active channels tiled, uint8 [h, w, 3].
         feature_layer: the layer they come from.
         filters: the first convolution's kernels tiled, uint8, or None for a network without convolutions.
         layers: every layer with a spatial output, in the order they run (the choices for `feature_layer`).
+        explained: the class Grad-CAM shows: the top one (a segmenter's largest but the background).
+        pixel_shares: whether `top` holds a segmenter's pixel shares rather than probabilities.
     """
 
     top: list[tuple[str, float]]
@@ -42,6 +45,8 @@ class ClassifyView:
     feature_layer: str
     filters: np.ndarray | None
     layers: list[str]
+    explained: str = ""
+    pixel_shares: bool = False
 
 
 def pretrained_models() -> list[str]:
@@ -99,17 +104,23 @@ def classify(subject: Subject, image: Any, layer: str | None = None, top_k: int 
     probabilities = subject.probabilities(tensor)  # the run's views averaged, as predict gives them
     values, indices = probabilities.topk(min(top_k, len(probabilities)))
     names = subject.classes
-    top = [
-        (names[int(i)] if int(i) < len(names) else str(int(i)), float(v)) for v, i in zip(values, indices, strict=True)
-    ]
-    cam = grad_cam(subject.model, tensor, layer=layers[-1], class_index=int(indices[0]))
+    segmenter = subject.kind == "segment"  # pixel shares: only the classes found are listed
+
+    def name(index: int) -> str:
+        return names[index] if index < len(names) else str(index)
+
+    top = [(name(int(i)), float(v)) for v, i in zip(values, indices, strict=True) if not segmenter or float(v) > 0]
+    explained = subject.default_class(probabilities)  # the top class; a segmenter's largest but the background
+    # a classifier's deepest map; a segmenter's last maps are at the input's size, so grad_cam's choice for it
+    cam = grad_cam(subject.model, tensor, layer=None if segmenter else layers[-1], class_index=explained)
     display = subject.to_display(tensor).float()
     maps = feature_maps(subject.model, tensor, [chosen])[chosen]
     try:
         filters: np.ndarray | None = _to_uint8(_enlarge(filter_grid(first_conv_filters(subject.model)[1])))
     except CnnlabError:  # a network without convolutions
         filters = None
-    return ClassifyView(top, _overlay(display, cam.heatmap), cam.layer, _tile_maps(maps), chosen, filters, layers)
+    overlay, tiles = _overlay(display, cam.heatmap), _tile_maps(maps)
+    return ClassifyView(top, overlay, cam.layer, tiles, chosen, filters, layers, name(explained), segmenter)
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
