@@ -225,7 +225,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             with gr.Row():
                 upload = gr.Image(type="filepath", sources=["upload"], label="photo", elem_id="classify-upload")
                 cam = gr.Image(
-                    label="Grad-CAM of the top class (a segmenter's largest but the background)",
+                    label="Grad-CAM of the class named below",
                     interactive=False,
                     elem_id="classify-gradcam",
                 )
