@@ -118,6 +118,8 @@ def test_a_segmentation_run_is_offered_and_explained_by_its_pixel_shares(chelsea
     shares = subject.probabilities(subject.preprocess(image))
     assert view.explained == classes[subject.default_class(shares)]
     assert view.gradcam.shape == (44, 60, 3)
+    with pytest.raises(CnnlabError, match="above 4 MP; explaining a segmenter runs backward through the whole image"):
+        classify(subject, Image.new("RGB", (2049, 2049)))  # an upload of 10 MB can hold 20 MP
     blocks = build_app(tmp_path, warm=False).blocks.values()
     (models,) = [block for block in blocks if getattr(block, "label", None) == "model (zoo or run)"]
     assert "segment/shapes" in [value for _, value in models.choices]  # listed among the page's models

@@ -94,6 +94,7 @@ def classify(subject: Subject, image: Any, layer: str | None = None, top_k: int 
         layer: the layer whose feature maps to show (default: the middle one of `ClassifyView.layers`).
         top_k: how many classes to list.
     """
+    subject.check_size(image, "the image")
     tensor = subject.preprocess(image).float()
     layers = [name for name, _ in spatial_layers(subject.model, tensor)]
     if not layers:
@@ -102,14 +103,8 @@ def classify(subject: Subject, image: Any, layer: str | None = None, top_k: int 
         raise CnnlabError(f"{subject.source} has no spatial layer {layer!r}; pick one of the list")
     chosen = layer or layers[len(layers) // 2]
     probabilities = subject.probabilities(tensor)  # the run's views averaged, as predict gives them
-    values, indices = probabilities.topk(min(top_k, len(probabilities)))
-    names = subject.classes
     segmenter = subject.kind == "segment"  # pixel shares: only the classes found are listed
-
-    def name(index: int) -> str:
-        return names[index] if index < len(names) else str(index)
-
-    top = [(name(int(i)), float(v)) for v, i in zip(values, indices, strict=True) if not segmenter or float(v) > 0]
+    top = subject.top_classes(probabilities, top_k)
     explained = subject.default_class(probabilities)  # the top class; a segmenter's largest but the background
     # a classifier's deepest map; a segmenter's last maps are at the input's size, so grad_cam's choice for it
     cam = grad_cam(subject.model, tensor, layer=None if segmenter else layers[-1], class_index=explained)
@@ -120,7 +115,9 @@ def classify(subject: Subject, image: Any, layer: str | None = None, top_k: int 
     except CnnlabError:  # a network without convolutions
         filters = None
     overlay, tiles = _overlay(display, cam.heatmap), _tile_maps(maps)
-    return ClassifyView(top, overlay, cam.layer, tiles, chosen, filters, layers, name(explained), segmenter)
+    return ClassifyView(
+        top, overlay, cam.layer, tiles, chosen, filters, layers, subject.class_name(explained), segmenter
+    )
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:

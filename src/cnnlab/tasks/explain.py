@@ -81,6 +81,24 @@ class Subject:
             return torch.bincount(labels, minlength=logits.shape[1]).float() / labels.numel()
         return logits.softmax(1)[0].cpu()
 
+    def class_name(self, index: int) -> str:
+        return self.classes[index] if index < len(self.classes) else str(index)
+
+    def top_classes(self, probabilities: torch.Tensor, k: int = 5) -> list[tuple[str, float]]:
+        """The `k` highest scores with their class names, highest first; a segmenter's only where found."""
+        values, indices = probabilities.topk(min(k, len(probabilities)))
+        pairs = [(self.class_name(int(i)), float(v)) for v, i in zip(values, indices, strict=True)]
+        return [pair for pair in pairs if self.kind != "segment" or pair[1] > 0]
+
+    def check_size(self, image: Any, source: str | os.PathLike[str]) -> None:
+        """Refuse an image too large for a segmenter's Grad-CAM (`SEGMENT_EXPLAIN_PIXELS`), naming `source`."""
+        if self.kind == "segment" and image.width * image.height > SEGMENT_EXPLAIN_PIXELS:
+            raise CnnlabError(
+                f"{source}: {image.width}x{image.height} is above {SEGMENT_EXPLAIN_PIXELS / 2**20:.0f} MP; "
+                "explaining a segmenter runs backward through the whole image, which takes gigabytes there: crop or "
+                "downscale it (`cnnlab predict` segments it whole)"
+            )
+
     def default_class(self, probabilities: torch.Tensor) -> int:
         """The class explained when none is asked for: the most probable, or a segmenter's largest class other
         than the background (the background when nothing else is found)."""
@@ -210,12 +228,7 @@ def explain_image(
         raise CnnlabError(f"{image_path}: {reason}; pass a readable image file (PNG, JPEG, ...)")
     subject = load_subject(source, device)
     image = load_image(image_path)
-    if subject.kind == "segment" and image.width * image.height > SEGMENT_EXPLAIN_PIXELS:
-        raise CnnlabError(
-            f"{image_path}: {image.width}x{image.height} is above {SEGMENT_EXPLAIN_PIXELS / 2**20:.0f} MP; explaining "
-            "a segmenter runs backward through the whole image, which takes gigabytes there: crop or downscale it "
-            "(`cnnlab predict` segments it whole)"
-        )
+    subject.check_size(image, image_path)
     tensor = subject.preprocess(image).float()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -230,14 +243,9 @@ def explain_image(
     wanted = subject.default_class(probabilities) if wanted is None else wanted  # predict's class, views averaged
     cam = grad_cam(subject.model, tensor, layer=cam_layer, class_index=wanted)
     cam = dataclasses.replace(cam, probability=float(probabilities[cam.class_index]))
-    label = subject.classes[cam.class_index] if cam.class_index < len(subject.classes) else str(cam.class_index)
+    label = subject.class_name(cam.class_index)
     segmenter = subject.kind == "segment"
     files["gradcam"] = plot_grad_cam(subject.to_display(tensor), cam, label, output_dir / "gradcam.png", segmenter)
-    values, indices = probabilities.topk(min(5, len(probabilities)))
-    top = [
-        (subject.classes[int(i)] if int(i) < len(subject.classes) else str(int(i)), float(v))
-        for v, i in zip(values, indices, strict=True)
-        if not segmenter or float(v) > 0  # a segmenter's classes found in the image, not every class
-    ]
+    top = subject.top_classes(probabilities)
     scores = "pixel share" if segmenter else "probability"
     return Explanation(label, cam.class_index, cam.probability, top, cam.layer, chosen, files, subject.views, scores)
