@@ -242,3 +242,20 @@ def test_grad_cam_of_a_segmenter_finds_each_class_region_at_its_bottleneck():
     assert dark.heatmap[:, 13:].min() > 0.9 and dark.heatmap[:, 1:11].max() < 0.1
     with pytest.raises(CnnlabError, match="outside the model's 2 classes"):
         grad_cam(model, image, class_index=2)
+
+
+def test_a_segmenter_explains_its_largest_class_but_the_background_unless_it_is_alone():
+    from cnnlab.tasks.explain import Subject
+
+    subject = Subject(nn.Identity(), ["bg", "cat", "dog"], lambda x: x, lambda x: x, "run", "segment", background=0)
+    assert subject.default_class(torch.tensor([0.7, 0.1, 0.2])) == 2
+    assert subject.default_class(torch.tensor([1.0, 0.0, 0.0])) == 0
+    assert subject.top_classes(torch.tensor([0.7, 0.0, 0.3])) == [
+        ("bg", pytest.approx(0.7)),
+        ("dog", pytest.approx(0.3)),
+    ]
+    classifier = Subject(nn.Identity(), ["bg", "cat", "dog"], lambda x: x, lambda x: x, "zoo", "pretrained")
+    assert (
+        classifier.default_class(torch.tensor([0.7, 0.1, 0.2])) == 0
+        and len(classifier.top_classes(torch.zeros(3))) == 3
+    )
