@@ -14,8 +14,8 @@ of a step at any batch size at no memory cost, for each remedy:
   optimizer state stay float32. Autocast's bf16 copies of the weights are added at each op where autocast would
   hold them, from the op that first takes a weight until backward makes its gradient (the trace's
   ``autocast_copy_timeline``; with checkpointing they are dropped when forward ends and made again by the
-  recomputation). Real CPU steps under autocast, as the engine runs them, agree within 6% across the zoo, within 2%
-  but for the two smallest MNIST networks (benchmarks/memory_cpu.py);
+  recomputation). Real CPU steps under autocast, as the engine runs them, agree within 2% across the zoo but for
+  mnist_baseline, 3-6% high (benchmarks/memory_cpu.py);
 - **all three** combines them the same way.
 
 How it stays fast. Searching batch sizes trace by trace took 63 traces for resnet152 (two minutes). Instead, the live
