@@ -83,6 +83,15 @@ def _step_seconds(
     return min(timings[1:]) / batch
 
 
+def _top_blocks(model: nn.Module, input_size: tuple[int, ...], unfreeze: int | None) -> tuple[int, int]:
+    """(the backbone blocks a cached recipe trains, all the backbone's blocks): `unfreeze` of them, all for None (or
+    for a smaller model than the recipe's)."""
+    from cnnlab.models import trainable_blocks
+
+    blocks = len(trainable_blocks(model, input_size))
+    return (blocks if unfreeze is None else min(int(unfreeze), blocks)), blocks
+
+
 def estimate_recipe_seconds(
     recipe: Any,
     model: nn.Module,
@@ -110,7 +119,7 @@ def estimate_recipe_seconds(
     Returns:
         ``{"cache", "training", "validation", "test", "total"}`` in seconds.
     """
-    from cnnlab.models import split_classifier, trainable_blocks
+    from cnnlab.models import split_classifier
 
     epochs = int(recipe.train.get("epochs", 10))
     batch = batch_size or int(recipe.train.get("batch_size", 32))
@@ -118,8 +127,7 @@ def estimate_recipe_seconds(
     whole = forward_flops(model, input_size, device) * seconds_per_flop  # seconds per image and view
     n_train, n_val, n_test = (counts.get(part, 0) for part in ("train", "val", "test"))
     if recipe.method == "cached":
-        blocks = len(trainable_blocks(model, input_size))  # a smaller model than the recipe's: all of its blocks
-        top = blocks if recipe.unfreeze is None else min(recipe.unfreeze, blocks)
+        top, _ = _top_blocks(model, input_size, recipe.unfreeze)
         split = split_classifier(model, top, input_size)
         lower = forward_flops(split.lower, input_size, device) * seconds_per_flop
         upper = forward_flops(split.upper, split.feature_shape, device) * seconds_per_flop
@@ -165,13 +173,11 @@ def trained_step_memory(
     from cnnlab.budget.core import resolve_model
     from cnnlab.budget.planner import plan_batch
     from cnnlab.budget.trace import trace
-    from cnnlab.models import split_classifier, trainable_blocks
+    from cnnlab.models import split_classifier
     from cnnlab.train import top_param_groups
 
     _, model, shape, _ = resolve_model(str(run), input_shape)  # initialised on the CPU: the split checks its cut
-    blocks = len(trainable_blocks(model, shape))
-    unfreeze = record.get("unfreeze")
-    top = blocks if unfreeze is None else min(int(unfreeze), blocks)
+    top, blocks = _top_blocks(model, shape, record.get("unfreeze"))
     split = split_classifier(model, top, shape)
     top_param_groups(model, top, 1.0, 0.0)  # the rest frozen, as the run trained it: no gradients, no state
     train = {**recipe.get("train", {}), **(record.get("config", {}).get("train") or {})}
