@@ -35,6 +35,7 @@ from cnnlab.errors import CnnlabError, listed
 
 __all__ = [
     "GradCam",
+    "class_shares",
     "feature_maps",
     "filter_grid",
     "first_conv_filters",
@@ -193,6 +194,12 @@ class GradCam:
     layer_heatmap: torch.Tensor
 
 
+def class_shares(logits: torch.Tensor) -> torch.Tensor:
+    """[K] the share of the argmax over K in logits [1, K] or [1, K, H, W]: a segmenter's pixel shares (CPU)."""
+    predicted = logits.argmax(1).flatten().cpu()
+    return torch.bincount(predicted, minlength=logits.shape[1]).float() / predicted.numel()
+
+
 def _segmenter_cam_layer(layers: list[tuple[str, tuple[int, ...]]], size: tuple[int, int]) -> str:
     """The last map at stride 4 that runs after the coarsest map (a decoder's), else the last at the coarsest."""
     areas = [h * w for _, (_, h, w) in layers]
@@ -233,7 +240,7 @@ def grad_cam(
                 wanted = "logits [N, K] or [N, K, H, W] (K classes)"
                 raise CnnlabError(f"Grad-CAM needs {wanted}; the model returned {tuple(logits.shape)}")
             predicted = logits.detach().argmax(1)[0]  # the class, or the class of each pixel
-            shares = torch.bincount(predicted.flatten(), minlength=logits.shape[1]).float() / predicted.numel()
+            shares = class_shares(logits.detach())
             index = int(shares.argmax()) if class_index is None else class_index
             if not 0 <= index < logits.shape[1]:
                 raise CnnlabError(f"class index {index} is outside the model's {logits.shape[1]} classes")

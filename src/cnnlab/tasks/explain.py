@@ -29,6 +29,7 @@ from torch import nn
 from cnnlab.errors import CnnlabError, listed
 from cnnlab.layers.views import ViewAverage
 from cnnlab.report.explain import (
+    class_shares,
     default_feature_layers,
     feature_maps,
     grad_cam,
@@ -76,10 +77,7 @@ class Subject:
         with torch.inference_mode():
             device = next(classifier.parameters()).device
             logits = classifier(tensor.unsqueeze(0).to(device)).float()
-        if logits.ndim == 4:
-            labels = logits.argmax(1).flatten().cpu()
-            return torch.bincount(labels, minlength=logits.shape[1]).float() / labels.numel()
-        return logits.softmax(1)[0].cpu()
+        return class_shares(logits) if logits.ndim == 4 else logits.softmax(1)[0].cpu()
 
     def class_name(self, index: int) -> str:
         return self.classes[index] if index < len(self.classes) else str(index)
