@@ -194,7 +194,18 @@ def test_existing_run_is_not_overwritten_and_resume_checks_options(tmp_path: Pat
 
 @pytest.mark.parametrize(
     ("option", "value", "message"),
-    [("schedule", "step", "schedule 'step' is not one of"), ("accum_steps", 3, "not divisible"), ("epochs", 0, ">= 1")],
+    [
+        ("schedule", "step", "schedule 'step' is not one of"),
+        ("accum_steps", 3, "not divisible"),
+        ("epochs", 0, ">= 1"),
+        ("lr", float("nan"), "lr must be > 0 and finite, got nan"),  # trained ten epochs of NaN loss
+        ("lr", float("inf"), "lr must be > 0 and finite"),
+        ("momentum", 1.5, r"momentum must be in \[0, 1\)"),
+        ("weight_decay", -0.1, "weight_decay must be >= 0"),
+        ("warmup_epochs", float("nan"), "warmup_epochs must be >= 0"),
+        ("label_smoothing", 1.0, r"label_smoothing must be in \[0, 1\)"),
+        ("grad_clip", 0.0, "grad_clip must be > 0"),
+    ],
 )
 def test_config_validation(option: str, value: object, message: str) -> None:
     with pytest.raises(CnnlabError, match=message):

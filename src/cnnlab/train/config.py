@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import sys
@@ -134,8 +135,19 @@ class TrainConfig:
             )
         if self.num_threads is not None and self.num_threads < 1:
             raise CnnlabError(f"num_threads must be >= 1 or None (torch's choice), got {self.num_threads}")
-        if self.lr <= 0:
-            raise CnnlabError(f"lr must be > 0, got {self.lr}")
+        # Written so that NaN fails too (every comparison with NaN is False): `--lr nan` trained ten epochs of NaN.
+        if not 0.0 < self.lr < math.inf:
+            raise CnnlabError(f"lr must be > 0 and finite, got {self.lr}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise CnnlabError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0.0 <= self.weight_decay < math.inf:
+            raise CnnlabError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        if not 0.0 <= self.warmup_epochs < math.inf:
+            raise CnnlabError(f"warmup_epochs must be >= 0 and finite, got {self.warmup_epochs}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise CnnlabError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.grad_clip is not None and not 0.0 < self.grad_clip < math.inf:
+            raise CnnlabError(f"grad_clip must be > 0 and finite, or None, got {self.grad_clip}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise CnnlabError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
 
