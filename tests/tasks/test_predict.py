@@ -353,3 +353,20 @@ def test_a_converted_fcn_folder_is_named_as_such(tmp_path: Path) -> None:
     save_fully_convolutional(converted, tmp_path / "fcn", {"arch": "mnist_net_small", "kwargs": {}}, "window")
     with pytest.raises(CnnlabError, match=r"fcn holds a fully convolutional copy .*`cnnlab fcn scan .*fcn IMAGE`"):
         load_predictor(str(tmp_path / "fcn"))
+
+
+def test_a_folder_or_file_without_a_model_says_what_it_is(tmp_path: Path) -> None:
+    """predict and export said "holds no model.json; pass a finished `cnnlab train transfer` or `cnnlab train mnist`
+    run directory" of every folder, a run stopped mid-training included, and of any file (a segmentation run, which
+    both accept, was not named)."""
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(CnnlabError, match="its training has not finished .*with --resume"):
+        load_predictor(str(stopped))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CnnlabError, match="it is empty"):
+        load_predictor(str(tmp_path / "empty"))
+    (tmp_path / "weights.pt").write_bytes(b"")
+    with pytest.raises(CnnlabError, match="weights.pt is a file other than a model.json.*`train segment`"):
+        load_predictor(str(tmp_path / "weights.pt"))

@@ -125,9 +125,12 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
             f"{path} holds a fully convolutional copy of a classifier, which scans large images "
             f"(`cnnlab fcn scan {path} IMAGE`); pass the run it was converted from"
         )
+    if path.is_dir():
+        spec_path(path)  # raises, saying what the folder holds instead (a run stopped mid-training, nothing, ...)
     if path.exists():
         raise CnnlabError(
-            f"{path} holds no model.json; pass a finished `cnnlab train transfer` or `cnnlab train mnist` run directory"
+            f"{path} is a file other than a model.json; pass a finished run's directory (`cnnlab train transfer`, "
+            "`train mnist` or `train segment`) or its model.json"
         )
     from cnnlab.models import list_models
 
