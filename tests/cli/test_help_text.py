@@ -56,3 +56,30 @@ def test_the_top_level_command_list_reads_as_sentences() -> None:
     assert result.exit_code == 0
     evaluate = next(line for line in result.output.splitlines() if "│ evaluate" in line)
     assert "a confusion-matrix PNG and a PNG of the misclassified images" in evaluate
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[" ".join(p) or "cnnlab" for p, _ in COMMANDS])
+def test_every_paragraph_of_a_command_help_is_one_line(path: tuple[str, ...], command: Any) -> None:
+    """Typer's Rich help keeps a paragraph's line breaks: budget's and train segment's, wrapped at 120 columns in the
+    source, came out ragged in an 80-column terminal. An indented paragraph (a command example) keeps its lines; the
+    first paragraph (the summary) Typer joins itself."""
+    for paragraph in (command.help or "").split("\n\n")[1:]:
+        lines = paragraph.strip("\n").splitlines()
+        if len(lines) > 1 and not all(line.startswith(" ") for line in lines):
+            pytest.fail(f"cnnlab {' '.join(path)}: a help paragraph has line breaks: {paragraph[:80]!r}...")
+
+
+def test_help_paragraphs_keep_an_indented_example() -> None:
+    from cnnlab.cli.help_text import paragraphs
+
+    text = """First line
+    goes on.
+
+      cnnlab budget resnet18
+      cnnlab budget lenet5
+
+    Last
+    paragraph."""
+    assert (
+        paragraphs(text) == "First line goes on.\n\n  cnnlab budget resnet18\n  cnnlab budget lenet5\n\nLast paragraph."
+    )

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from cnnlab.cli.help_text import paragraphs
+
 # Typer renders help as Rich markup: each [relu] is escaped with a backslash, or Rich would drop it.
 _HELP = """Size a CNN: per-layer shapes, parameters, MACs, and memory for inference and for training a mini-batch.
 
@@ -125,4 +127,4 @@ def _converted(model: str | list[str]) -> Any:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("budget", help=_HELP)(budget_command)
+    app.command("budget", help=paragraphs(_HELP))(budget_command)

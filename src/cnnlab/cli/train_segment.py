@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from cnnlab.cli.engine_options import ENGINE, with_engine_options
+from cnnlab.cli.help_text import paragraphs
 from cnnlab.errors import CnnlabError
 
 if TYPE_CHECKING:
@@ -208,4 +209,4 @@ def register(app: typer.Typer) -> None:
     """Add `segment` to the `train` group."""
     from cnnlab.cli.train import train_app
 
-    train_app.command("segment")(segment)
+    train_app.command("segment", help=paragraphs(segment.__doc__ or ""))(segment)
