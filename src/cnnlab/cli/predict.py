@@ -56,7 +56,8 @@ def predict(
     written = write_predictions_csv(results, output) if output is not None else None
     _show(results, predictor.source, as_json, _top_classes)
     if written is not None:  # on stderr, so that --json output stays one JSON document
-        typer.echo(f"predictions of {len(results)} images: {written}", err=True)
+        count = f"{len(results)} image{'s' if len(results) != 1 else ''}"
+        typer.echo(f"predictions of {count}: {written}", err=True)
     if all("error" in result for result in results):
         raise typer.Exit(2)
 
