@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +171,24 @@ def test_scan_csv_resolves_relative_paths_and_skips_missing(tmp_path: Path) -> N
     (tmp_path / "latin1.csv").write_bytes("path,label\nphotos/cat/0.png,caf\xe9\n".encode("latin-1"))
     with pytest.raises(CnnlabError, match=r"latin1.csv is not UTF-8 text \(byte \d+\)"):  # was a UnicodeDecodeError
         scan_csv(tmp_path / "latin1.csv")
+
+
+def test_a_csv_whose_paths_name_no_file_says_where_they_are_read_from(tmp_path: Path) -> None:
+    """Paths written relative to another folder than the CSV's: it said "none of its 2 classes has a usable image (6
+    files skipped: 6 unreadable)", as if the images were damaged."""
+    _make_folder(tmp_path / "photos", per_class=3)
+    (tmp_path / "lists").mkdir()
+    rows = ["path,label"] + [f"photos/{c}/{i}.png,{c}" for c in ("cat", "dog") for i in range(3)]
+    (tmp_path / "lists" / "labels.csv").write_text("\n".join(rows) + "\n")
+    folder = re.escape(str(tmp_path / "lists"))
+    with pytest.raises(
+        CnnlabError, match=rf"none of its 6 rows names an existing file .*read from the CSV's folder, {folder}$"
+    ):
+        scan_csv(tmp_path / "lists" / "labels.csv", min_per_class=1)
+    rows.append("photos/dog/missing.png,dog")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(CnnlabError, match=r"dog has 3 usable images \(1 file skipped: 1 missing\); at least 4"):
+        scan_csv(tmp_path / "labels.csv", min_per_class=4)
 
 
 def test_an_image_too_large_to_decode_safely_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -56,15 +56,19 @@ class SkippedFile:
 
 
 COPY_REASON = "a byte-identical copy of"  # how a skipped copy's reason starts (`describe_skipped` counts them apart)
+MISSING_REASON = "no such file"  # a path that names no file (a CSV's row), counted apart from damaged files
 
 
 def describe_skipped(reasons: Sequence[str]) -> str:
-    """How many files were skipped, the unreadable ones and the copies of kept images counted apart: "3 files skipped:
-    2 unreadable, 1 byte-identical copy of a kept image". A copy is a good image: "bad files" sent users looking for
-    damage.
+    """How many files were skipped, the unreadable ones, the missing ones and the copies of kept images counted apart:
+    "3 files skipped: 2 unreadable, 1 byte-identical copy of a kept image". A copy is a good image: "bad files" sent
+    users looking for damage; a CSV row naming no file was "unreadable" too.
     """
     copies = sum(reason.startswith(COPY_REASON) for reason in reasons)
-    kinds = [f"{len(reasons) - copies} unreadable"] if len(reasons) > copies else []
+    missing = sum(reason == MISSING_REASON for reason in reasons)
+    unreadable = len(reasons) - copies - missing
+    kinds = [f"{unreadable} unreadable"] if unreadable else []
+    kinds += [f"{missing} missing"] if missing else []
     kinds += (
         [f"{copies} byte-identical cop{'y of a kept image' if copies == 1 else 'ies of kept images'}"] if copies else []
     )
@@ -173,7 +177,7 @@ def _read_checked(path: str | os.PathLike[str]) -> tuple[bytes, str | None]:
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        return b"", "no such file"
+        return b"", MISSING_REASON
     except IsADirectoryError:
         return b"", "a folder, not an image file"
     except OSError as error:
@@ -304,6 +308,11 @@ def scan_csv(path: str | os.PathLike[str], min_per_class: int = 100, check: bool
     if len(classes) < 2:
         raise CnnlabError(f"{path} has {len(classes)} distinct label(s); at least 2 are needed")
     images = _collect(candidates, classes, str(path), check)
+    if not images.paths and all(skipped.reason == MISSING_REASON for skipped in images.skipped):
+        raise CnnlabError(
+            f"{path}: none of its {len(candidates)} rows names an existing file (the first: {candidates[0][0]}); "
+            f"relative paths are read from the CSV's folder, {path.parent}"
+        )
     if min_per_class > 0:
         images.check_min_per_class(min_per_class)
     return images
