@@ -370,3 +370,40 @@ def test_a_folder_or_file_without_a_model_says_what_it_is(tmp_path: Path) -> Non
     (tmp_path / "weights.pt").write_bytes(b"")
     with pytest.raises(CnnlabError, match="weights.pt is a file other than a model.json.*`train segment`"):
         load_predictor(str(tmp_path / "weights.pt"))
+
+
+def test_an_interrupted_predict_keeps_the_rows_it_finished(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CSV was written once every image was classified: Ctrl+C after an hour on a large folder left nothing."""
+    import csv
+    import sys
+
+    import cnnlab.tasks.predict
+    from cnnlab.cli import main
+    from cnnlab.data.folder import check_image
+
+    for index in range(40):
+        Image.new("RGB", (24, 24), (6 * index, 30, 30)).save(tmp_path / f"{index:02d}.png")
+    seen: list[str] = []
+
+    def interrupted_at_the_35th(path: str) -> str | None:
+        seen.append(path)
+        if len(seen) == 35:  # in the third batch of 16
+            raise KeyboardInterrupt
+        return check_image(path)
+
+    monkeypatch.setattr(cnnlab.tasks.predict, "check_image", interrupted_at_the_35th)
+    table = tmp_path / "predictions.csv"
+    monkeypatch.setattr(
+        sys, "argv", ["cnnlab", "predict", "-m", str(tiny_run), "-k", "1", "-o", str(table), str(tmp_path)]
+    )
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 130
+    err = capsys.readouterr().err
+    assert f"stopped after 32 of 40 images; {table} holds their predictions" in err
+    with open(table, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(row["path"]).name for row in rows] == [f"{index:02d}.png" for index in range(32)]
+    assert all(row["label_1"] and float(row["probability_1"]) > 0 for row in rows)

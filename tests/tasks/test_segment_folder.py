@@ -229,6 +229,35 @@ def test_predict_prints_the_classes_found_largest_first_and_json_every_class(tra
         assert lines[len(found)] == f"  ({4 - len(found)} other classes: no pixels; --json lists every class)"
 
 
+def test_an_interrupted_predict_shows_the_masks_it_wrote(trained, tmp_path, monkeypatch, capsys):
+    """Ctrl+C printed nothing of the images already segmented, whose masks were on disk."""
+    import sys
+
+    import cnnlab.tasks.segment_predict
+    from cnnlab.cli import main
+    from cnnlab.data.folder import check_image
+
+    root, summary = trained
+    images = [str(path) for path in sorted((root / "images").iterdir())[:5]]
+    seen = []
+
+    def interrupted_at_the_4th(path):
+        seen.append(path)
+        if len(seen) == 4:
+            raise KeyboardInterrupt
+        return check_image(path)
+
+    monkeypatch.setattr(cnnlab.tasks.segment_predict, "check_image", interrupted_at_the_4th)
+    monkeypatch.setattr(sys, "argv", ["cnnlab", "predict", "-m", summary["run_dir"], "-o", str(tmp_path), *images])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 130
+    out, err = capsys.readouterr()
+    assert f"stopped after 3 of 5 images; {tmp_path} holds their masks" in err
+    assert [line.split(" ")[0] for line in out.splitlines() if not line.startswith(" ")] == images[:3]
+    assert sorted(path.name for path in tmp_path.glob("*_mask.png")) == [f"{Path(p).stem}_mask.png" for p in images[:3]]
+
+
 def test_onnx_export_matches_pytorch_at_unseen_sizes(trained, tmp_path):
     pytest.importorskip("onnx")
     onnxruntime = pytest.importorskip("onnxruntime")

@@ -4,9 +4,9 @@ segmentation run."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -47,26 +47,52 @@ def predict(
     if is_segmentation_run(model):
         _segment(paths, empty, model, output or Path("predictions"), as_json, device)
         return
-    from cnnlab.tasks.predict import check_predictions_csv, load_predictor, predict_images, write_predictions_csv
+    from cnnlab.tasks.predict import check_predictions_csv, iter_predictions, load_predictor, write_predictions_csv
 
     if output is not None:
         check_predictions_csv(output)
     predictor = load_predictor(model, device=device)
-    results = _in_order(predict_images(predictor, paths, top_k=top_k, progress=True), empty)
-    written = write_predictions_csv(results, output) if output is not None else None
+    results: list[dict[str, Any]] = []
+    stream = _collected(_in_order(iter_predictions(predictor, paths, top_k=top_k, progress=True), empty), results)
+    try:
+        if output is not None:  # row by row: an interrupted run leaves the rows it finished
+            write_predictions_csv(stream, output, min(top_k, len(predictor.classes)))
+        else:
+            for _ in stream:
+                pass
+    except KeyboardInterrupt:
+        _show(results, predictor.source, as_json, _top_classes)
+        _stopped(results, len(paths) + len(empty), output, "their predictions")
     _show(results, predictor.source, as_json, _top_classes)
-    if written is not None:  # on stderr, so that --json output stays one JSON document
-        count = f"{len(results)} image{'s' if len(results) != 1 else ''}"
-        typer.echo(f"predictions of {count}: {written}", err=True)
+    if output is not None:  # on stderr, so that --json output stays one JSON document
+        typer.echo(f"predictions of {_images(len(results))}: {output}", err=True)
     if all("error" in result for result in results):
         raise typer.Exit(2)
+
+
+def _collected(stream: Iterator[dict[str, Any]], results: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """`stream`'s results, each also appended to `results` (what was finished, should the stream be interrupted)."""
+    for result in stream:
+        results.append(result)
+        yield result
+
+
+def _images(count: int) -> str:
+    return f"{count} image{'' if count == 1 else 's'}"
+
+
+def _stopped(results: list[dict[str, Any]], total: int, output: Path | None, kept: str) -> NoReturn:
+    """After Ctrl+C: say how far the images got and where the finished ones' results are, then stop as interrupted."""
+    where = f"; {output} holds {kept}" if output is not None and results else ""
+    typer.echo(f"stopped after {len(results)} of {_images(total)}{where}", err=True)
+    raise KeyboardInterrupt
 
 
 def _nothing_to_predict(paths: list[str], empty: list[tuple[int, dict[str, str]]], model: str, as_json: bool) -> None:
     """Why each path cannot be predicted, said without loading the model (a zoo model would be downloaded first)."""
     from cnnlab.data.folder import check_image
 
-    results = _in_order([{"image": path, "error": check_image(path) or ""} for path in paths], empty)
+    results = list(_in_order([{"image": path, "error": check_image(path) or ""} for path in paths], empty))
     _show(results, model, as_json, lambda result: None)  # every result is an error
     raise typer.Exit(2)
 
@@ -120,20 +146,31 @@ def _image_paths(arguments: list[Path]) -> tuple[list[str], list[tuple[int, dict
     return paths, empty
 
 
-def _in_order(results: list[dict[str, Any]], empty: list[tuple[int, dict[str, str]]]) -> list[dict[str, Any]]:
+def _in_order(results: Iterable[dict[str, Any]], empty: list[tuple[int, dict[str, str]]]) -> Iterator[dict[str, Any]]:
     """The results of the paths with the empty folders' entries put back where they were on the command line."""
-    merged: list[dict[str, Any]] = list(results)
-    for position, entry in reversed(empty):  # from the last: an insertion never moves a later position
-        merged.insert(position, entry)
-    return merged
+    pending = list(empty)  # in position order
+    for index, result in enumerate(results):
+        while pending and pending[0][0] == index:
+            yield pending.pop(0)[1]
+        yield result
+    for _, entry in pending:  # folders after the last image
+        yield entry
 
 
 def _segment(
     paths: list[str], empty: list[tuple[int, dict[str, str]]], model: str, output: Path, as_json: bool, device: str
 ) -> None:
-    from cnnlab.tasks.segment_predict import load_segmenter, predict_masks
+    from cnnlab.tasks.segment_predict import iter_masks, load_segmenter
 
-    results = _in_order(predict_masks(load_segmenter(model, device=device), paths, output, progress=True), empty)
+    results: list[dict[str, Any]] = []
+    try:
+        for _ in _collected(
+            _in_order(iter_masks(load_segmenter(model, device=device), paths, output, True), empty), results
+        ):
+            pass
+    except KeyboardInterrupt:
+        _show(results, model, as_json, _class_shares)
+        _stopped(results, len(paths) + len(empty), output, "their masks")
     _show(results, model, as_json, _class_shares)
     if all("error" in result for result in results):
         raise typer.Exit(2)

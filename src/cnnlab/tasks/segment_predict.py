@@ -9,7 +9,7 @@ read is reported on its own and the other images are still predicted.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from cnnlab.report.segmentation import colourise
 from cnnlab.train import Trainer
 from cnnlab.train.progress import ProgressBar
 
-__all__ = ["Segmenter", "is_segmentation_run", "load_segmenter", "predict_masks"]
+__all__ = ["Segmenter", "is_segmentation_run", "iter_masks", "load_segmenter", "predict_masks"]
 
 
 @dataclass
@@ -98,7 +98,7 @@ def predict_masks(
     output: str | os.PathLike[str],
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Predict and save the masks of `paths` into `output`, in input order (with `progress`, a bar on stderr).
+    """Predict and save the masks of `paths` into `output`, in input order (`iter_masks`, collected).
 
     Returns:
         One dict per path: ``{"image", "size": [width, height], "mask", "colour", "overlay" (files written),
@@ -106,6 +106,17 @@ def predict_masks(
         readable image. Files are named after the image; a second image with the same name (from another folder)
         gets ``-2``, ``-3`` ... so that no result overwrites another.
     """
+    return list(iter_masks(segmenter, paths, output, progress))
+
+
+def iter_masks(
+    segmenter: Segmenter,
+    paths: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    progress: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """`predict_masks`' results one at a time, each image's files written before its result is yielded (with
+    `progress`, a bar on stderr)."""
     output = Path(output)
     if not output.exists() and output.suffix.lower() in (".csv", ".json", ".png", ".jpg", ".jpeg", ".txt"):
         raise CnnlabError(  # it made a folder named predictions.csv
@@ -117,13 +128,12 @@ def predict_masks(
     runner = Trainer.for_inference(
         segmenter.model, device=device, batch_size=1, eval_transform=SegmentationInput(segmenter.mean, segmenter.std)
     )
-    results: list[dict[str, Any]] = []
     with ProgressBar(len(paths), "segmenting", enabled=progress) as bar:
         used: dict[str, int] = {}
         for path in paths:
-            results.append(_predict_mask(segmenter, runner, path, output, used))
+            result = _predict_mask(segmenter, runner, path, output, used)
             bar.advance()
-    return results
+            yield result
 
 
 def _predict_mask(
