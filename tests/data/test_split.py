@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -41,6 +42,20 @@ def test_bad_fractions_and_tiny_classes_are_errors() -> None:
         stratified_split(LABELS, 0.15, 0.0)
     with pytest.raises(CnnlabError, match="cannot split"):
         stratified_split([0] * 20 + [1], 0.15, 0.15)
+
+
+@pytest.mark.parametrize(("classes", "val", "test"), [(2, 0.15, 0.15), (3, 0.0, 0.25), (5, 0.1, 0.2), (10, 0.2, 0.1)])
+def test_a_folder_too_small_to_split_says_how_many_images_it_takes(classes: int, val: float, test: float) -> None:
+    """It said "cannot split 4 images by class: The test_size = 1 should be greater or equal to the number of
+    classes = 2; collect more images per class": how many was left to guess. The number it gives now is exact."""
+    names = [f"class{index}" for index in range(classes)]
+    with pytest.raises(CnnlabError, match=r"that takes at least (\d+) images") as refused:
+        stratified_split([index % classes for index in range(classes)], val, test, classes=names)
+    needed = int(re.search(r"at least (\d+) images", str(refused.value)).group(1))  # type: ignore[union-attr]
+    assert "(the smallest class, 'class0', has 1)" in str(refused.value)
+    stratified_split([index % classes for index in range(needed)], val, test)  # enough
+    with pytest.raises(CnnlabError, match="cannot split"):
+        stratified_split([index % classes for index in range(needed - 1)], val, test)  # one fewer is not
     # scikit-learn refuses the seed; it was reported as "cannot split ...; collect more images per class"
     with pytest.raises(CnnlabError, match="--split-seed must be between 0 and 4294967295, got -1"):
         stratified_split(LABELS, seed=-1)

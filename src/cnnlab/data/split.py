@@ -9,7 +9,10 @@ first, then the rest is divided.
 from __future__ import annotations
 
 import csv
+import math
 import os
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from sklearn.model_selection import train_test_split
@@ -43,12 +46,19 @@ def check_split_seed(seed: int) -> int:
 
 
 def stratified_split(
-    labels: list[int], val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+    labels: list[int],
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
 ) -> Split:
     """Indices of a stratified train/val/test split (70/15/15 by default).
 
     The test part is drawn first (``test_fraction`` of all samples), then validation (``val_fraction`` of all
     samples) from what remains; each part keeps the class proportions. The same labels and seed give the same split.
+
+    Args:
+        classes: the labels' names, for the error that says which class is too small.
 
     Raises:
         CnnlabError: fractions out of range, or a class too small to appear in every part.
@@ -69,10 +79,35 @@ def stratified_split(
             rest, test_size=val_fraction / (1.0 - test_fraction), stratify=rest_labels, random_state=seed
         )
     except ValueError as error:
-        raise CnnlabError(
-            f"cannot split {len(labels)} images by class: {error}; collect more images per class"
-        ) from None
+        raise CnnlabError(_why_no_split(labels, val_fraction, test_fraction, str(error), classes)) from None
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def _why_no_split(
+    labels: list[int], val_fraction: float, test_fraction: float, reason: str, names: Sequence[str] | None
+) -> str:
+    """What a stratified split of `labels` needs that it lacks: every part must hold every class, so each class needs
+    one image per part and each part enough images for all classes (scikit-learn's own words only end the line)."""
+    classes = Counter(labels)
+    parts = "train, validation and test" if val_fraction else "train and test"
+
+    def enough(total: int) -> bool:  # the sizes scikit-learn gives each part (it rounds the held-out part up)
+        test = math.ceil(test_fraction * total)
+        val = math.ceil(val_fraction / (1.0 - test_fraction) * (total - test))
+        return min(test, val if val_fraction else test, total - test - val) >= len(classes)
+
+    needed = next(total for total in range(len(classes), 10**7) if enough(total))
+    fractions = f"at these fractions (validation {val_fraction:g}, test {test_fraction:g}) that takes at least {needed}"
+    advice = f"collect more images or raise --val-fraction / --test-fraction (scikit-learn: {reason})"
+    if len(classes) == 1:
+        return f"cannot split {len(labels)} images into {parts} parts that each hold one: {fractions} images; {advice}"
+    label, count = min(classes.items(), key=lambda item: item[1])
+    smallest = repr(names[label]) if names is not None else f"number {label}"
+    return (
+        f"cannot split {len(labels)} images of {len(classes)} classes so that {parts} each hold every class: "
+        f"{fractions} images and {3 if val_fraction else 2} per class (the smallest class, {smallest}, has {count}); "
+        f"{advice}"
+    )
 
 
 def write_manifest(path: str | os.PathLike[str], images: LabelledImages, split: Split) -> Path:

@@ -361,7 +361,7 @@ def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImage
     defaults = source_defaults(config.data)
     val = config.val_fraction if config.val_fraction is not None else float(defaults.get("val_fraction", 0.15))
     test = config.test_fraction if config.test_fraction is not None else float(defaults.get("test_fraction", 0.15))
-    split = stratified_split(images.labels, val, test, config.split_seed)
+    split = stratified_split(images.labels, val, test, config.split_seed, images.classes)
     return (
         images,
         split,
