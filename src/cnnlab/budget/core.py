@@ -334,6 +334,7 @@ def budget(
     measure: bool = False,
     device: str = "cpu",
     memory_limit: int | str | None = None,
+    name: str | None = None,
 ) -> BudgetReport:
     """Size a CNN: per-layer table, parameters, MACs, and memory for inference and for training a mini-batch.
 
@@ -348,8 +349,11 @@ def budget(
         measure: also run one real training step on `device` and count what it saved and its peak.
         device: where to measure ("cpu", or "cuda" which adds `torch.cuda.max_memory_allocated`).
         memory_limit: bytes (or "8GiB") to plan for: the largest batch that fits, and with each remedy.
+        name: what the report and its errors call the model (default: the module's class, the zoo name, the run's
+            folder or "spec").
     """
-    name, module, shape, spec_layers = resolve_model(model, input_shape, on_meta=not measure)
+    resolved_name, module, shape, spec_layers = resolve_model(model, input_shape, on_meta=not measure)
+    name = name or resolved_name
     torch_dtype = resolve_dtype(dtype)
     copies = optimizer_copies(optimizer)
     if batch_size < 1:

@@ -258,6 +258,11 @@ def load_spec_file(path: str | Path) -> tuple[tuple[int, ...] | None, list[Layer
     path = Path(path)
     if not path.is_file():
         raise CnnlabError(f"spec file {str(path)!r} does not exist")
+    if path.suffix.lower() == ".py":  # it was parsed as YAML: "mapping values are not allowed here"
+        raise CnnlabError(
+            f"{path} is Python, not a YAML/JSON spec: name the function or network in it, e.g. `cnnlab budget "
+            f"{path}:build --input 3x224x224`"
+        )
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:

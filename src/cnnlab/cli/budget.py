@@ -14,11 +14,15 @@ _HELP = """Size a CNN: per-layer shapes, parameters, MACs, and memory for infere
 
 TARGET is a zoo model name (resnet50), a trained run's folder (runs/transfer/NAME: its network at its own input
 size, weights not read; a cached transfer run also gets the step it trained, its top blocks on cached maps), an
-`fcn convert` folder (the network that scans; --input sets the image's size), a
+`fcn convert` folder (the network that scans; --input sets the image's size), Python code that builds a network
+(MODULE:NAME or FILE.py:NAME, with literal arguments if any: torchvision.models:mobilenet_v3_small,
+models.py:build(width=32); imported and called on the meta device, so no weights are allocated), a
 YAML/JSON spec file, or layer strings, one per argument (or several in one, separated by ';' or by ',' before a
 layer's name: "conv 64 k7 s2 same, maxpool k3 s2, gap, dense 10"):
 
   cnnlab budget --input 3x200x300 "conv 100 k3 s2 same" "conv 200 k3 s2 same" "conv 400 k3 s2 same" --batch 50
+
+  cnnlab budget torchvision.models:mobilenet_v3_small --input 3x224x224 --memory 4GiB
 
 Layer strings: conv F kK sS same|valid|pN \\[relu], maxpool|avgpool kK sS, gap, flatten, dense N \\[relu], bn,
 relu|tanh|sigmoid|gelu|silu|leakyrelu|softmax, dropout P, lrn N. Memory is shown twice: the textbook view (every
@@ -28,7 +32,11 @@ layer output kept, two consecutive layers at inference) and what PyTorch really 
 
 def budget_command(
     target: Annotated[
-        list[str], typer.Argument(help="Zoo model name, run folder, spec file, or layer strings.", show_default=False)
+        list[str],
+        typer.Argument(
+            help="Zoo model name, run folder, MODULE:NAME or FILE.py:NAME, spec file, or layer strings.",
+            show_default=False,
+        ),
     ],
     input: Annotated[
         str | None, typer.Option("--input", "-i", help="Shape of one sample, CxHxW, e.g. 3x224x224.")
@@ -50,18 +58,28 @@ def budget_command(
 ) -> None:
     from cnnlab.budget import budget, parse_memory
     from cnnlab.budget.core import check_zoo_input
+    from cnnlab.budget.python_model import is_python_target
     from cnnlab.budget.spec import parse_size
+    from cnnlab.errors import CnnlabError
 
     input_shape = parse_size(input, "input") if input else None
     limit = parse_memory(memory) if memory else None
-    model = target[0] if len(target) == 1 and " " not in target[0] else target
-    converted = _converted(model)
-    if converted is not None:  # an `fcn convert` folder: the network that scans, at the given image size
+    # one word names a model, a run or a file; words with spaces are layer strings, unless it is Python code
+    model = target[0] if len(target) == 1 and (" " not in target[0] or is_python_target(target[0])) else target
+    built, shown = _converted(model), f"{model} (fully convolutional)"
+    if built is not None:  # an `fcn convert` folder: the network that scans, at the given image size
         if input_shape is not None:
-            check_zoo_input(str(model), input_shape, converted.input_size)
-        input_shape = input_shape or converted.input_size
+            check_zoo_input(str(model), input_shape, built.input_size)
+        input_shape = input_shape or built.input_size
+    elif (built := _python_model(model, measure)) is not None:  # MODULE:NAME or FILE.py:NAME
+        shown, default = str(model), getattr(built, "default_input_size", None)
+        if input_shape is not None and default is not None:
+            check_zoo_input(shown, input_shape, tuple(default))
+        input_shape = input_shape or default
+        if input_shape is None:
+            raise CnnlabError(f"{model}: give --input, the shape of one sample, e.g. --input 3x224x224")
     report = budget(
-        model if converted is None else converted,
+        model if built is None else built,
         input_shape=input_shape,
         batch_size=batch,
         dtype=dtype,
@@ -70,9 +88,8 @@ def budget_command(
         measure=measure,
         device=device,
         memory_limit=limit,
+        name=shown if built is not None else None,
     )
-    if converted is not None:
-        report.model_name = f"{model} (fully convolutional)"
     trained = _trained_step(model, input_shape, limit)
     explanation = None
     if explain:
@@ -117,6 +134,18 @@ def _trained_step_note(step: dict[str, Any]) -> str:
         f"parameters) on cached {shape} maps: its step at batch {step['batch']} with {step['optimizer']} peaks at "
         f"{file_size(step['peak_bytes'])} (meta-device trace){fit}."
     )
+
+
+def _python_model(model: str | list[str], measure: bool) -> Any:
+    """The network that ``MODULE:NAME`` or ``FILE.py:NAME`` builds (`budget.python_model`), else None; on the meta
+    device unless a real step is to be measured."""
+    from pathlib import Path
+
+    from cnnlab.budget.python_model import build_python_model, is_python_target
+
+    if not isinstance(model, str) or Path(model).exists() or not is_python_target(model):
+        return None
+    return build_python_model(model, on_meta=not measure)
 
 
 def _converted(model: str | list[str]) -> Any:

@@ -1,0 +1,154 @@
+"""A network named by Python code, for `cnnlab budget`: ``MODULE:CALLABLE`` or ``FILE.py:CALLABLE``.
+
+The zoo, a run, a spec file and layer strings cover cnnlab's own networks; "any CNN" also means the one in a user's
+own file or in another library. ``torchvision.models:mobilenet_v3_small`` imports the module and calls the function;
+``models.py:build(width=32)`` loads the file and calls ``build`` with literal arguments (numbers, strings, tuples,
+...; anything else is refused, so the command line is never evaluated as code). A name that is already a module
+instance (``models.py:net``) is taken as it is.
+
+Only the command line resolves such a target (it imports what the user named in their own shell); `budget()` and the
+lab take modules, zoo names, runs and specs, so a web form never imports anything.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib
+import importlib.util
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+
+__all__ = ["build_python_model", "is_python_target"]
+
+# MODULE (dotted names) or a .py file, a colon, then a name with optional literal arguments
+_TARGET = re.compile(r"^(?P<source>[A-Za-z_][\w.]*|[^:]+\.py):(?P<call>[A-Za-z_][\w.]*\s*(\(.*\))?)$", re.DOTALL)
+
+
+def is_python_target(text: str) -> bool:
+    """Whether `text` has the form ``MODULE:NAME``, ``FILE.py:NAME`` or either with ``(literal arguments)``."""
+    return _TARGET.match(text.strip()) is not None
+
+
+def build_python_model(text: str, on_meta: bool = True) -> nn.Module:
+    """Import what `text` names and build the network.
+
+    Args:
+        text: ``torchvision.models:resnet18``, ``path/models.py:build(num_classes=10)``, ``models.py:net``.
+        on_meta: build it on the meta device (shapes without weights: instant for any size); a constructor that
+            cannot run there (it loads weights, say) is run again on the CPU.
+
+    Raises:
+        CnnlabError: the module or file cannot be imported, the name is missing, an argument is not a literal, the
+            call fails, or it gives something other than a `torch.nn.Module`.
+    """
+    match = _TARGET.match(text.strip())
+    if match is None:
+        raise CnnlabError(f"{text!r} is not MODULE:NAME or FILE.py:NAME (e.g. torchvision.models:resnet18)")
+    module = _import(match["source"])
+    name, args, kwargs = _parse_call(match["call"], text)
+    target: Any = module
+    for part in name.split("."):
+        if not hasattr(target, part):
+            raise CnnlabError(f"{match['source']} has no {name!r}; `{text}` names something it does not define")
+        target = getattr(target, part)
+    if isinstance(target, nn.Module):
+        if args or kwargs:
+            raise CnnlabError(f"{name} in {match['source']} is a module instance, not a function: drop the arguments")
+        return target
+    if not callable(target):
+        raise CnnlabError(f"{name} in {match['source']} is a {type(target).__name__}, not a function or a network")
+    built = _call(target, args, kwargs, text, on_meta)
+    if not isinstance(built, nn.Module):
+        raise CnnlabError(f"`{text}` returned a {type(built).__name__}, not a torch.nn.Module")
+    return built
+
+
+def _import(source: str) -> Any:
+    """The module named by a dotted name (found from the current folder too, as `python -m` finds it) or a file."""
+    if source.endswith(".py"):
+        path = Path(source)
+        if not path.is_file():
+            raise CnnlabError(f"{source}: no such file")
+        spec = importlib.util.spec_from_file_location(f"cnnlab_budget_target_{path.stem}", path)
+        if spec is None or spec.loader is None:
+            raise CnnlabError(f"{source}: Python cannot load it as a module")
+        module = importlib.util.module_from_spec(spec)
+        with _on_path(path.resolve().parent):  # so that it can import the files beside it
+            _run_import(lambda: spec.loader.exec_module(module), source)  # type: ignore[union-attr]
+        return module
+    with _on_path(Path.cwd()):
+        return _run_import(lambda: importlib.import_module(source), source)
+
+
+def _run_import(load: Any, source: str) -> Any:
+    try:
+        return load()
+    except ModuleNotFoundError as error:
+        raise CnnlabError(f"cannot import {source}: {error}; name an installed module or a .py file") from None
+    except Exception as error:  # noqa: BLE001 - the user's own code: any failure is reported on one line
+        raise CnnlabError(f"importing {source} failed: {type(error).__name__}: {error}") from None
+
+
+@contextlib.contextmanager
+def _on_path(folder: Path) -> Iterator[None]:
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(folder))
+
+
+def _parse_call(call: str, text: str) -> tuple[str, list[Any], dict[str, Any]]:
+    """``build(3, width=8)`` -> ("build", [3], {"width": 8}); only literal arguments are accepted."""
+    try:
+        node = ast.parse(call.strip(), mode="eval").body
+    except SyntaxError as error:
+        raise CnnlabError(f"cannot read {call!r} in `{text}`: {error.msg}") from None
+    function = node.func if isinstance(node, ast.Call) else node
+    name = _dotted(function)
+    if name is None:
+        raise CnnlabError(f"{call!r} in `{text}` is not a name such as build or models.build")
+    if not isinstance(node, ast.Call):
+        return name, [], {}
+    try:
+        args = [ast.literal_eval(arg) for arg in node.args]
+        kwargs = {keyword.arg: ast.literal_eval(keyword.value) for keyword in node.keywords if keyword.arg}
+    except ValueError:
+        raise CnnlabError(
+            f"the arguments in `{text}` must be literals (numbers, strings, True/False/None, tuples, lists, dicts)"
+        ) from None
+    if any(keyword.arg is None for keyword in node.keywords):
+        raise CnnlabError(f"`{text}`: write each keyword argument out (no **)")
+    return name, args, kwargs
+
+
+def _dotted(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        parent = _dotted(node.value)
+        return None if parent is None else f"{parent}.{node.attr}"
+    return None
+
+
+def _call(function: Any, args: list[Any], kwargs: dict[str, Any], text: str, on_meta: bool) -> Any:
+    if on_meta:
+        try:
+            with torch.device("meta"):
+                return function(*args, **kwargs)
+        except Exception:  # noqa: BLE001, S110 - it cannot be built without real tensors: built on the CPU below
+            pass
+    try:
+        return function(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 - the user's own code: any failure is reported on one line
+        raise CnnlabError(f"`{text}` raised {type(error).__name__}: {error}") from None

@@ -1,0 +1,104 @@
+"""`cnnlab budget MODULE:NAME` and `FILE.py:NAME`: a network from the user's own code or another library."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cnnlab.budget.python_model import build_python_model, is_python_target
+from cnnlab.cli import app
+from cnnlab.errors import CnnlabError
+
+NETS = """
+from torch import nn
+
+def build(width=8, classes=10):
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(width, classes))
+
+net = build(4)
+
+class Grey(nn.Module):
+    default_input_size = (1, 28, 28)
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
+        return self.conv(x)
+
+def not_a_net():
+    return [1]
+"""
+
+
+@pytest.fixture
+def nets(tmp_path: Path) -> Path:
+    (tmp_path / "nets.py").write_text(NETS)
+    return tmp_path / "nets.py"
+
+
+def _budget(*arguments: str) -> dict:
+    result = CliRunner().invoke(app, ["budget", *arguments, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_a_function_in_a_file_is_called_with_its_literal_arguments(nets: Path) -> None:
+    report = _budget(f"{nets}:build(width=16, classes=5)", "--input", "3x32x32")
+    assert report["model"] == f"{nets}:build(width=16, classes=5)"
+    assert report["params"] == (3 * 9 + 1) * 16 + (16 + 1) * 5
+    assert report["output_shape"] == [5]
+    assert _budget(f"{nets}:net", "--input", "3x32x32")["params"] == (3 * 9 + 1) * 4 + (4 + 1) * 10  # an instance
+    assert _budget(f"{nets}:Grey")["input_shape"] == [1, 28, 28]  # a class, with its own input size
+
+
+def test_a_library_function_gives_the_published_count() -> None:
+    pytest.importorskip("torchvision")
+    report = _budget("torchvision.models:resnet18", "--input", "3x224x224")
+    assert report["params"] == 11_689_512  # torchvision's documented count for ResNet-18
+    assert report["macs"] == pytest.approx(1.81e9, rel=0.01)  # torchvision's documented 1.81 GFLOPS (multiply-adds)
+
+
+def test_it_is_built_on_the_meta_device(nets: Path) -> None:
+    assert next(build_python_model(f"{nets}:build").parameters()).device == torch.device("meta")
+    assert next(build_python_model(f"{nets}:build", on_meta=False).parameters()).device == torch.device("cpu")
+
+
+def test_only_module_colon_name_forms_are_taken() -> None:
+    assert is_python_target("torchvision.models:resnet18")
+    assert is_python_target("models/nets.py:build(width=3, pool='max')")
+    assert not is_python_target("resnet18") and not is_python_target("conv 64 k3")
+    assert not is_python_target("spec.yaml") and not is_python_target("torchvision.models:")
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("{nets}:build(width=len('ab'))", "must be literals"),  # never evaluated as code
+        ("{nets}:build(**{{'width': 3}})", "write each keyword argument out"),
+        ("{nets}:nothere", "nets.py has no 'nothere'"),
+        ("{nets}:not_a_net", "returned a list, not a torch.nn.Module"),
+        ("{nets}:build(wdth=3)", r"raised TypeError: build\(\) got an unexpected keyword argument 'wdth'"),
+        ("{nets}:net(3)", "is a module instance, not a function: drop the arguments"),
+        ("cnnlab_no_such_module:build", "cannot import cnnlab_no_such_module: No module named"),
+        ("{folder}/missing.py:build", "missing.py: no such file"),
+    ],
+)
+def test_bad_targets_are_one_line_errors(nets: Path, target: str, message: str) -> None:
+    with pytest.raises(CnnlabError, match=message):
+        build_python_model(target.format(nets=nets, folder=nets.parent))
+
+
+def test_the_command_line_asks_for_the_input_and_checks_its_channels(nets: Path) -> None:
+    missing = CliRunner().invoke(app, ["budget", f"{nets}:build"])
+    assert isinstance(missing.exception, CnnlabError) and "give --input" in str(missing.exception)
+    python = CliRunner().invoke(app, ["budget", str(nets)])  # it was read as YAML: "mapping values are not allowed"
+    assert isinstance(python.exception, CnnlabError) and f"`cnnlab budget {nets}:build" in str(python.exception)
+    grey = CliRunner().invoke(app, ["budget", f"{nets}:Grey", "--input", "3x28x28"])
+    assert isinstance(grey.exception, CnnlabError) and "takes 1-channel input" in str(grey.exception)
