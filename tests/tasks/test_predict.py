@@ -407,3 +407,43 @@ def test_an_interrupted_predict_keeps_the_rows_it_finished(
         rows = list(csv.DictReader(f))
     assert [Path(row["path"]).name for row in rows] == [f"{index:02d}.png" for index in range(32)]
     assert all(row["label_1"] and float(row["probability_1"]) > 0 for row in rows)
+
+    # --resume classifies only the 8 images the CSV lacks, and the CSV ends with every image once, in order
+    seen.clear()
+    monkeypatch.setattr(sys, "argv", [*sys.argv, "--resume"])
+    with pytest.raises(SystemExit) as finished:
+        main()
+    assert finished.value.code == 0
+    assert len(seen) == 8
+    assert "resumed: " + str(table) + " already holds 32 images; predicting the other 8" in capsys.readouterr().err
+    with open(table, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(row["path"]).name for row in rows] == [f"{index:02d}.png" for index in range(40)]
+    assert not (tmp_path / ".predictions.csv.part").exists()
+
+
+def test_resume_refuses_what_it_cannot_continue(tiny_run: Path, tmp_path: Path) -> None:
+    from cnnlab.tasks.predict import finished_predictions
+
+    classes = load_predictor(str(tiny_run)).classes
+    table = tmp_path / "p.csv"
+    with pytest.raises(CnnlabError, match="p.csv does not exist; run the command without --resume"):
+        finished_predictions(table, 1, classes, [])
+    table.write_text("path,label_1,probability_1,label_2,probability_2,error\n")
+    with pytest.raises(CnnlabError, match="holds 2 classes per image, not the 1 this run writes; give the -k"):
+        finished_predictions(table, 1, classes, [])
+    rows = [
+        f"a.png,{classes[0]},0.9,",  # kept
+        "b.png,,,no such file",  # an error: tried again
+        f"c.png,{classes[1]},0.8,",  # not among the images of this run
+    ]
+    table.write_text("\n".join(["path,label_1,probability_1,error", *rows]) + "\n")
+    assert finished_predictions(table, 1, classes, ["a.png", "b.png"]) == [["a.png", classes[0], "0.9", ""]]
+    table.write_text("path,label_1,probability_1,error\na.png,zebra,0.9,\n")
+    with pytest.raises(CnnlabError, match="holds the label 'zebra', which this model does not have"):
+        finished_predictions(table, 1, classes, ["a.png"])
+    from cnnlab.cli import app
+
+    Image.new("RGB", (24, 24), (90, 30, 30)).save(tmp_path / "x.png")
+    no_csv = CliRunner().invoke(app, ["predict", "-m", str(tiny_run), "--resume", str(tmp_path / "x.png")])
+    assert isinstance(no_csv.exception, CnnlabError) and "give it with --output FILE.csv" in str(no_csv.exception)

@@ -239,11 +239,11 @@ def test_an_interrupted_predict_shows_the_masks_it_wrote(trained, tmp_path, monk
 
     root, summary = trained
     images = [str(path) for path in sorted((root / "images").iterdir())[:5]]
-    seen = []
+    seen, interrupting = [], [True]
 
     def interrupted_at_the_4th(path):
         seen.append(path)
-        if len(seen) == 4:
+        if interrupting and len(seen) == 4:
             raise KeyboardInterrupt
         return check_image(path)
 
@@ -256,6 +256,25 @@ def test_an_interrupted_predict_shows_the_masks_it_wrote(trained, tmp_path, monk
     assert f"stopped after 3 of 5 images; {tmp_path} holds their masks" in err
     assert [line.split(" ")[0] for line in out.splitlines() if not line.startswith(" ")] == images[:3]
     assert sorted(path.name for path in tmp_path.glob("*_mask.png")) == [f"{Path(p).stem}_mask.png" for p in images[:3]]
+    assert not list(tmp_path.glob(".*.part"))  # each file is complete under a temporary name, then renamed
+
+    # --resume segments only the two images left; what it reads back from the masks is what segmenting gives
+    from cnnlab.tasks.segment_predict import iter_masks, load_segmenter, predict_masks
+
+    interrupting.clear()
+    monkeypatch.setattr(sys, "argv", [*sys.argv, "--resume"])
+    with pytest.raises(SystemExit) as finished:
+        main()
+    assert finished.value.code == 0
+    out, err = capsys.readouterr()
+    assert "resumed: 3 images already segmented" in err
+    assert [line.split(" ")[0] for line in out.splitlines() if not line.startswith(" ")] == images[3:]
+    assert len(list(tmp_path.glob("*_overlay.png"))) == 5
+    segmenter = load_segmenter(summary["run_dir"])
+    read_back = list(iter_masks(segmenter, images, tmp_path, resume=True))
+    assert all(result.get("resumed") for result in read_back)
+    fresh = predict_masks(segmenter, images, tmp_path / "fresh")
+    assert [result["share"] for result in read_back] == [result["share"] for result in fresh]
 
 
 def test_onnx_export_matches_pytorch_at_unseen_sizes(trained, tmp_path):

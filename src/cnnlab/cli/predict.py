@@ -10,6 +10,8 @@ from typing import Any, NoReturn
 
 import typer
 
+from cnnlab.errors import CnnlabError
+
 
 def predict(
     images: list[Path] = typer.Argument(
@@ -33,6 +35,12 @@ def predict(
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Classes shown per image."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue an interrupted run into the same --output: the images it finished (rows of the CSV, masks "
+        "in the folder) are kept and not predicted again; only the others are predicted and shown.",
+    ),
 ) -> None:
     """Classify images, or segment them with a segmentation run; a missing or unreadable image is reported and the
     others are still predicted."""
@@ -45,18 +53,33 @@ def predict(
     if not any(check_image(path) is None for path in paths):  # stops at the first usable image
         _nothing_to_predict(paths, empty, model, as_json)
     if is_segmentation_run(model):
-        _segment(paths, empty, model, output or Path("predictions"), as_json, device)
+        _segment(paths, empty, model, output or Path("predictions"), as_json, device, resume)
         return
-    from cnnlab.tasks.predict import check_predictions_csv, iter_predictions, load_predictor, write_predictions_csv
+    from cnnlab.tasks.predict import (
+        check_predictions_csv,
+        finished_predictions,
+        iter_predictions,
+        load_predictor,
+        write_predictions_csv,
+    )
 
     if output is not None:
         check_predictions_csv(output)
+    elif resume:
+        raise CnnlabError("--resume continues the CSV of an interrupted run: give it with --output FILE.csv")
     predictor = load_predictor(model, device=device)
+    k = min(top_k, len(predictor.classes))
+    kept = finished_predictions(output, k, predictor.classes, paths) if resume and output is not None else []
+    if kept:
+        done = {row[0] for row in kept}
+        empty = [(sum(path not in done for path in paths[:position]), entry) for position, entry in empty]
+        paths = [path for path in paths if path not in done]
+        typer.echo(f"resumed: {output} already holds {_images(len(kept))}; predicting the other {len(paths)}", err=True)
     results: list[dict[str, Any]] = []
     stream = _collected(_in_order(iter_predictions(predictor, paths, top_k=top_k, progress=True), empty), results)
     try:
         if output is not None:  # row by row: an interrupted run leaves the rows it finished
-            write_predictions_csv(stream, output, min(top_k, len(predictor.classes)))
+            write_predictions_csv(stream, output, k, kept)
         else:
             for _ in stream:
                 pass
@@ -65,8 +88,8 @@ def predict(
         _stopped(results, len(paths) + len(empty), output, "their predictions")
     _show(results, predictor.source, as_json, _top_classes)
     if output is not None:  # on stderr, so that --json output stays one JSON document
-        typer.echo(f"predictions of {_images(len(results))}: {output}", err=True)
-    if all("error" in result for result in results):
+        typer.echo(f"predictions of {_images(len(kept) + len(results))}: {output}", err=True)
+    if results and all("error" in result for result in results):
         raise typer.Exit(2)
 
 
@@ -158,20 +181,28 @@ def _in_order(results: Iterable[dict[str, Any]], empty: list[tuple[int, dict[str
 
 
 def _segment(
-    paths: list[str], empty: list[tuple[int, dict[str, str]]], model: str, output: Path, as_json: bool, device: str
+    paths: list[str],
+    empty: list[tuple[int, dict[str, str]]],
+    model: str,
+    output: Path,
+    as_json: bool,
+    device: str,
+    resume: bool,
 ) -> None:
     from cnnlab.tasks.segment_predict import iter_masks, load_segmenter
 
     results: list[dict[str, Any]] = []
+    masks = iter_masks(load_segmenter(model, device=device), paths, output, True, resume)
     try:
-        for _ in _collected(
-            _in_order(iter_masks(load_segmenter(model, device=device), paths, output, True), empty), results
-        ):
+        for _ in _collected(_in_order(masks, empty), results):
             pass
     except KeyboardInterrupt:
-        _show(results, model, as_json, _class_shares)
+        _show([result for result in results if not result.get("resumed")], model, as_json, _class_shares)
         _stopped(results, len(paths) + len(empty), output, "their masks")
-    _show(results, model, as_json, _class_shares)
+    shown = [result for result in results if not result.get("resumed")]
+    if len(shown) < len(results):
+        typer.echo(f"resumed: {_images(len(results) - len(shown))} already segmented in {output}, kept", err=True)
+    _show(shown, model, as_json, _class_shares)
     if all("error" in result for result in results):
         raise typer.Exit(2)
 

@@ -36,6 +36,7 @@ CANVAS_RUN_USE = (  # a `cnnlab train segment` run on MNIST canvases records no 
 __all__ = [
     "Predictor",
     "check_predictions_csv",
+    "finished_predictions",
     "iter_predictions",
     "load_predictor",
     "predict_images",
@@ -225,22 +226,68 @@ def check_predictions_csv(output: str | os.PathLike[str]) -> Path:
     return path
 
 
-def write_predictions_csv(results: Iterable[dict[str, Any]], output: str | os.PathLike[str], top_k: int) -> Path:
+def _header(top_k: int) -> list[str]:
+    """The CSV's columns: path, label_1, probability_1, ..., label_k, probability_k, error."""
+    ranks = [f"{name}_{rank}" for rank in range(1, top_k + 1) for name in ("label", "probability")]
+    return ["path", *ranks, "error"]
+
+
+def write_predictions_csv(
+    results: Iterable[dict[str, Any]],
+    output: str | os.PathLike[str],
+    top_k: int,
+    kept: Sequence[Sequence[str]] = (),
+) -> Path:
     """Write `predict_images`' results as one row per image: its path, then label and probability for each of its
     top-k classes, best first, and the reason for an image that could not be read (its other cells empty).
 
     Each row is written and flushed as `results` yields it: fed by `iter_predictions`, a run interrupted at any
-    point leaves a valid CSV of the images it finished.
+    point leaves a valid CSV of the images it finished. `kept` rows (`finished_predictions` of an earlier run) come
+    first, in a file that replaces the old one only once they are all written.
     """
     path = check_predictions_csv(output)
-    header = ["path"] + [f"{name}_{rank}" for rank in range(1, top_k + 1) for name in ("label", "probability")]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    part = path.with_name(f".{path.name}.part")
+    with open(part, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([_header(top_k), *kept])
+    os.replace(part, path)
+    with open(path, "a", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow([*header, "error"])
         for result in results:
             cells = [value for entry in result.get("top", []) for value in (entry["label"], entry["probability"])]
             cells += [""] * (2 * top_k - len(cells))
             writer.writerow([result["image"], *cells, result.get("error", "")])
             f.flush()
     return path
+
+
+def finished_predictions(
+    output: str | os.PathLike[str], top_k: int, classes: Sequence[str], paths: Sequence[str]
+) -> list[list[str]]:
+    """The rows of an earlier run's CSV at `output` that classified one of `paths` (for ``predict --resume``): rows
+    that hold an error are left out, so that those images are tried again.
+
+    Raises:
+        CnnlabError: no such file, other columns than ``-k top_k`` writes, or a label the model does not have (the
+            CSV of another model).
+    """
+    path = check_predictions_csv(output)
+    if not path.is_file():
+        raise CnnlabError(f"--resume: {path} does not exist; run the command without --resume to start it")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0] != _header(top_k):
+        found = len([cell for cell in rows[0] if cell.startswith("label_")]) if rows else 0
+        raise CnnlabError(
+            f"--resume: {path} holds {found} classes per image, not the {top_k} this run writes; give the -k it was "
+            "written with"
+        )
+    wanted, known = set(paths), set(classes)
+    kept = [row for row in rows[1:] if len(row) == len(rows[0]) and not row[-1] and row[0] in wanted]
+    strange = next((label for row in kept for label in row[1:-1:2] if label and label not in known), None)
+    if strange is not None:
+        raise CnnlabError(
+            f"--resume: {path} holds the label {strange!r}, which this model does not have: it was written by another "
+            "model; give another --output or leave out --resume"
+        )
+    return kept

@@ -114,9 +114,16 @@ def iter_masks(
     paths: Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
     progress: bool = False,
+    resume: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """`predict_masks`' results one at a time, each image's files written before its result is yielded (with
-    `progress`, a bar on stderr)."""
+    `progress`, a bar on stderr).
+
+    Args:
+        resume: an image whose three files an earlier (interrupted) run wrote is not segmented again: its result is
+            read back from its mask. The files of an image are written under temporary names and renamed once all
+            three are complete, so a run stopped mid-image leaves no file that looks finished.
+    """
     output = Path(output)
     if not output.exists() and output.suffix.lower() in (".csv", ".json", ".png", ".jpg", ".jpeg", ".txt"):
         raise CnnlabError(  # it made a folder named predictions.csv
@@ -131,23 +138,26 @@ def iter_masks(
     with ProgressBar(len(paths), "segmenting", enabled=progress) as bar:
         used: dict[str, int] = {}
         for path in paths:
-            result = _predict_mask(segmenter, runner, path, output, used)
+            result = _predict_mask(segmenter, runner, path, output, used, resume)
             bar.advance()
             yield result
 
 
 def _predict_mask(
-    segmenter: Segmenter, runner: Trainer, path: str | os.PathLike[str], output: Path, used: dict[str, int]
+    segmenter: Segmenter,
+    runner: Trainer,
+    path: str | os.PathLike[str],
+    output: Path,
+    used: dict[str, int],
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """One image's masks written into `output` (`used` counts the file stems taken), or why it could not be read."""
+    """One image's masks written into `output` (`used` counts the file stems taken), or why it could not be read;
+    with `resume`, read back from the mask an earlier run finished."""
     from PIL import Image
 
     reason = check_image(path)
     if reason is not None:
         return {"image": str(path), "error": reason}
-    rgb = np.asarray(load_image(path), dtype=np.uint8)
-    pixels = torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None]
-    labels = runner.predict(pixels).argmax(1)[0].numpy().astype(np.uint8)  # H x W, the input's size
     stem = Path(path).stem
     used[stem] = used.get(stem, 0) + 1
     if used[stem] > 1:
@@ -157,14 +167,31 @@ def _predict_mask(
         "colour": output / f"{stem}_colour.png",
         "overlay": output / f"{stem}_overlay.png",
     }
-    Image.fromarray(labels).save(files["mask"])
-    Image.fromarray(segmenter.colours[labels]).save(files["colour"])
+    if resume and all(file.is_file() for file in files.values()):
+        with Image.open(files["mask"]) as mask:
+            labels = np.asarray(mask, dtype=np.uint8)
+        if labels.ndim == 2 and labels.max(initial=0) < len(segmenter.classes):
+            return {**_mask_result(segmenter, path, labels, files), "resumed": True}
+        # another model's mask (more classes) or not a mask at all: segmented again, and overwritten
+    rgb = np.asarray(load_image(path), dtype=np.uint8)
+    pixels = torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None]
+    labels = runner.predict(pixels).argmax(1)[0].numpy().astype(np.uint8)  # H x W, the input's size
     overlay = colourise(rgb, labels, segmenter.colours, background=segmenter.background)
-    Image.fromarray(overlay).save(files["overlay"])
+    images = {"mask": labels, "colour": segmenter.colours[labels], "overlay": overlay}
+    for key, array in images.items():  # complete files under other names first: a stop never leaves a short one
+        Image.fromarray(array).save(files[key].with_name(f".{files[key].name}.part"), format="PNG")
+    for key in images:
+        os.replace(files[key].with_name(f".{files[key].name}.part"), files[key])
+    return _mask_result(segmenter, path, labels, files)
+
+
+def _mask_result(
+    segmenter: Segmenter, path: str | os.PathLike[str], labels: np.ndarray, files: dict[str, Path]
+) -> dict[str, Any]:
     counts = np.bincount(labels.ravel(), minlength=len(segmenter.classes))
     return {
         "image": str(path),
-        "size": [rgb.shape[1], rgb.shape[0]],
+        "size": [labels.shape[1], labels.shape[0]],
         **{key: str(value) for key, value in files.items()},
         "share": {name: float(c) / labels.size for name, c in zip(segmenter.classes, counts, strict=True)},
     }
