@@ -98,8 +98,14 @@ def test_bad_inputs_are_clear_errors(runs: tuple[Path, Path, Path], tmp_path: Pa
     root, output, mnist = runs
     with pytest.raises(CnnlabError, match="at least 2 members"):
         member_dirs([mnist / "single"])
+    with pytest.raises(CnnlabError, match=r"1 found in .*single, .*single \(the same run given more than once"):
+        member_dirs([mnist / "single", mnist / "single"])
     with pytest.raises(CnnlabError, match="holds no model.json or ensemble.json"):
         member_dirs([tmp_path])
+    (tmp_path / "stopped").mkdir()
+    (tmp_path / "stopped" / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(CnnlabError, match="its training has not finished .*with --resume"):  # said "pass finished runs"
+        member_dirs([tmp_path / "stopped"])
     with pytest.raises(CnnlabError, match="no-such-run does not exist; pass the run directories"):
         member_dirs([tmp_path / "no-such-run"])  # was "holds no model.json", as if it were a folder
     with pytest.raises(CnnlabError, match="unknown selection 'best'"):

@@ -27,7 +27,7 @@ from cnnlab.data.mnist import load_mnist
 from cnnlab.errors import CnnlabError, why_not_a_folder
 from cnnlab.tasks.mnist import TASK, check_mnist_run, predict_logits, saved_options, to_float
 from cnnlab.train.config import check_run_name
-from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC, ensemble_members, load_model, save_ensemble
+from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC, ensemble_members, load_model, save_ensemble, spec_path
 
 __all__ = ["combine_mnist_ensemble", "greedy_selection", "member_dirs"]
 
@@ -44,15 +44,18 @@ def member_dirs(runs: list[str | Path]) -> list[Path]:
             candidates = [run]
         elif not run.is_dir():
             raise CnnlabError(f"{run} {why_not_a_folder(run)}; pass the run directories of finished MNIST runs")
-        else:
-            raise CnnlabError(f"{run} holds no {MODEL_SPEC} or {ENSEMBLE_SPEC}; pass finished MNIST runs")
+        else:  # spec_path says what the folder holds instead (a run stopped mid-training, nothing, ...)
+            candidates = [spec_path(run).parent]
         for candidate in candidates:
             check_mnist_run(candidate)  # a transfer or segmentation run does not take MNIST digits
             resolved = candidate.resolve()
             if resolved not in found:
                 found.append(resolved)
     if len(found) < 2:
-        raise CnnlabError(f"an ensemble needs at least 2 members; {len(found)} found in {', '.join(map(str, runs))}")
+        twice = " (the same run given more than once counts once)" if len(runs) > len(found) else ""
+        raise CnnlabError(
+            f"an ensemble needs at least 2 members; {len(found)} found in {', '.join(map(str, runs))}{twice}"
+        )
     return found
 
 
