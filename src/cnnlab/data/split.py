@@ -96,7 +96,7 @@ def _why_no_split(
         val = math.ceil(val_fraction / (1.0 - test_fraction) * (total - test))
         return min(test, val if val_fraction else test, total - test - val) >= len(classes)
 
-    needed = next(total for total in range(len(classes), 10**7) if enough(total))
+    needed = next((f"{total:,}" for total in range(len(classes), 10**6) if enough(total)), "over a million")
     fractions = f"at these fractions (validation {val_fraction:g}, test {test_fraction:g}) that takes at least {needed}"
     advice = f"collect more images or raise --val-fraction / --test-fraction (scikit-learn: {reason})"
     if len(classes) == 1:
