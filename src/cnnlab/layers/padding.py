@@ -35,7 +35,9 @@ def same_padding_amounts(size: int, kernel_size: int, stride: int = 1, dilation:
     Returns:
         ``(before, after)`` with ``before = total // 2``, so the output length is ``ceil(size / stride)``.
     """
-    out = -(-size // stride)  # ceil division in integers: a traced size (ONNX, TorchScript) stays dynamic
+    # ceil division in integers, on non-negative numbers only: a traced size (ONNX, TorchScript) stays dynamic, and
+    # ONNX divides integers towards zero, so -(-size // stride) was one short for an odd size (wrong padding)
+    out = (size + stride - 1) // stride
     total = (out - 1) * stride + (kernel_size - 1) * dilation + 1 - size
     # a size traced by torch.jit is a tensor: clamp it in the graph, where max() would freeze the traced size's branch
     total = total.clamp(min=0) if isinstance(total, torch.Tensor) else max(total, 0)
