@@ -205,6 +205,27 @@ def test_export_matches_pytorch(tiny_run: Path, tmp_path: Path, fmt: str) -> Non
                 assert torch.allclose(loaded(images), expected, atol=1e-5)
 
 
+def test_an_export_that_differs_from_pytorch_is_refused_and_deleted(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The difference was printed and the file kept whatever its size: an ONNX padding error that put a Lite1 run's
+    logits 4e-02 off went unnoticed."""
+    import cnnlab.tasks.export
+
+    pytest.importorskip("onnx")
+    export_onnx = cnnlab.tasks.export._export_onnx
+
+    def off_by_a_little(*args: object, **kwargs: object) -> object:
+        run = export_onnx(*args, **kwargs)  # type: ignore[arg-type]
+        return lambda images: run(images) + 0.05
+
+    monkeypatch.setattr(cnnlab.tasks.export, "_export_onnx", off_by_a_little)
+    output = tmp_path / "model.onnx"
+    with pytest.raises(CnnlabError, match=r"differ from PyTorch's by up to 5.00e-02 .* so .*model.onnx was deleted"):
+        cnnlab.tasks.export.export_model(str(tiny_run), "onnx", output)
+    assert not output.exists() and not list(tmp_path.glob("*.json"))
+
+
 def test_export_checks_its_output_path_before_tracing(tiny_run: Path, tmp_path: Path) -> None:
     from cnnlab.tasks.export import export_model
 

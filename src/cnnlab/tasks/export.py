@@ -134,6 +134,7 @@ def export_model(
         else:
             actual = _export_onnx(wrapped, example, output, opset)(check)
     max_difference = float((actual - expected).abs().max())
+    _check_faithful(output, max_difference, float(expected.abs().max()))
     record = {
         "format": fmt,
         "load": LOADERS[fmt],
@@ -191,6 +192,7 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
             with torch.inference_mode():
                 pairs = [(run_exported(x), wrapped(x)) for x in checks]
     max_difference = max(float((actual - expected).abs().max()) for actual, expected in pairs)
+    _check_faithful(output, max_difference, max(float(expected.abs().max()) for _, expected in pairs))
     sides = f"H and W of at least {stride + 1}" if fmt == "pt2" else "any H and W"
     record = {
         "format": fmt,
@@ -214,6 +216,24 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
         "max_abs_difference": max_difference,
         "input": f"RGB in [0, 1], {sides}, normalisation inside",
     }
+
+
+def _check_faithful(output: Path, difference: float, scale: float) -> None:
+    """Refuse an export whose outputs differ from eager PyTorch's by more than float rounding explains (1e-3 of the
+    logits' scale): it was reported and kept, and a 0.5% error of the ONNX padding went unnoticed that way.
+
+    Raises:
+        CnnlabError: the difference, after deleting the file, so that nothing unfaithful is left to deploy.
+    """
+    tolerance = 1e-3 * max(1.0, scale)
+    if difference <= tolerance:
+        return
+    output.unlink(missing_ok=True)
+    raise CnnlabError(
+        f"the exported model's outputs differ from PyTorch's by up to {difference:.2e} on the check images (more "
+        f"than the {tolerance:.1e} float rounding explains), so {output} was deleted: this model does not export "
+        "faithfully to this format; try another --format, and please report it"
+    )
 
 
 def _writable(output: Path, suffix: str) -> Path:
