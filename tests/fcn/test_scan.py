@@ -242,8 +242,11 @@ def test_a_16_bit_or_transparent_scan_reads_as_its_8_bit_opaque_copy(tmp_path):
     assert plain[0, 15, 22] == 1.0 and plain[0, 0, 0] == 0.0  # inverted to MNIST's light ink on black
     assert torch.equal(load_scan_image(tmp_path / "clear.png"), plain)
     assert torch.equal(load_scan_image(tmp_path / "deep.png"), load_scan_image(tmp_path / "grey.png"))
-    with pytest.raises(CnnlabError, match="cannot read image .*: Is a directory"):
+    with pytest.raises(CnnlabError, match="cannot read image .*: a folder, not an image file"):
         load_scan_image(tmp_path)
+    (tmp_path / "empty.png").write_bytes(b"")  # it said "cannot identify image file", not what every command says
+    with pytest.raises(CnnlabError, match="cannot read image .*empty.png: zero-byte file"):
+        load_scan_image(tmp_path / "empty.png")
 
 
 def test_heatmap_path_takes_folders_and_refuses_formats_matplotlib_cannot_write(tmp_path):

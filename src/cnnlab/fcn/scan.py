@@ -385,12 +385,12 @@ def load_scan_image(path: str | os.PathLike[str], channels: int = 1, invert: boo
         invert: turn dark-on-light into light-on-dark (MNIST's polarity); None inverts a grayscale image whose mean
             is above 0.5.
     """
-    from cnnlab.data.folder import load_image
+    from cnnlab.data.folder import check_image, load_image
 
-    try:
-        image = load_image(path)
-    except OSError as error:  # missing, a folder, not an image, truncated
-        raise CnnlabError(f"cannot read image {path}: {error.strerror or error}") from None
+    reason = check_image(path)  # in the words every command uses: "zero-byte file", "corrupt or truncated (...)"
+    if reason is not None:
+        raise CnnlabError(f"cannot read image {path}: {reason}")
+    image = load_image(path)
     array = np.asarray(image.convert("L") if channels == 1 else image, dtype=np.float32) / 255.0
     tensor = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
     if invert or (invert is None and channels == 1 and float(tensor.mean()) > 0.5):
