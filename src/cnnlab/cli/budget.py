@@ -16,9 +16,9 @@ TARGET is a zoo model name (resnet50), a trained run's folder (runs/transfer/NAM
 size, weights not read; a cached transfer run also gets the step it trained, its top blocks on cached maps), an
 `fcn convert` folder (the network that scans; --input sets the image's size), Python code that builds a network
 (MODULE:NAME or FILE.py:NAME, with literal arguments if any: torchvision.models:mobilenet_v3_small,
-models.py:build(width=32); imported and called on the meta device, so no weights are allocated), a
-YAML/JSON spec file, or layer strings, one per argument (or several in one, separated by ';' or by ',' before a
-layer's name: "conv 64 k7 s2 same, maxpool k3 s2, gap, dense 10"):
+"models.py:build(width=32)", quoted for the shell; imported and called on the meta device, so no weights are
+allocated), a YAML/JSON spec file, or layer strings, one per argument (or several in one, separated by ';' or by ','
+before a layer's name: "conv 64 k7 s2 same, maxpool k3 s2, gap, dense 10"):
 
   cnnlab budget --input 3x200x300 "conv 100 k3 s2 same" "conv 200 k3 s2 same" "conv 400 k3 s2 same" --batch 50
 
