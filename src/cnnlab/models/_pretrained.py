@@ -236,7 +236,7 @@ def _read_state_dict(cfg: PretrainedCfg) -> StateDict:
 
 def fetch_pretrained(cfg: PretrainedCfg) -> None:
     """Put the weights `cfg` describes on this machine (the torch hub cache) if they are not there yet, so that a
-    long job fails before it starts rather than when it builds its model; offline weights need nothing.
+    long job fails before it starts rather than when it builds its model; offline weights need only their package.
 
     Raises:
         CnnlabError: the download failed (no network, a refused proxy), as `load_pretrained` says; the package that

@@ -133,8 +133,7 @@ def export_model(
             actual = _export_program(wrapped, example, output)(check)
         else:
             actual = _export_onnx(wrapped, example, output, opset)(check)
-    max_difference = float((actual - expected).abs().max())
-    _check_faithful(output, max_difference, float(expected.abs().max()))
+    max_difference = _faithful_difference(output, [(actual, expected)])
     record = {
         "format": fmt,
         "load": LOADERS[fmt],
@@ -191,8 +190,7 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
             run_exported = _export_onnx(wrapped, example, output, opset, {"images": axes, "logits": axes})
             with torch.inference_mode():
                 pairs = [(run_exported(x), wrapped(x)) for x in checks]
-    max_difference = max(float((actual - expected).abs().max()) for actual, expected in pairs)
-    _check_faithful(output, max_difference, max(float(expected.abs().max()) for _, expected in pairs))
+    max_difference = _faithful_difference(output, pairs)
     sides = f"H and W of at least {stride + 1}" if fmt == "pt2" else "any H and W"
     record = {
         "format": fmt,
@@ -218,16 +216,18 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
     }
 
 
-def _check_faithful(output: Path, difference: float, scale: float) -> None:
-    """Refuse an export whose outputs differ from eager PyTorch's by more than float rounding explains (1e-3 of the
-    logits' scale): it was reported and kept, and a 0.5% error of the ONNX padding went unnoticed that way.
+def _faithful_difference(output: Path, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """The largest difference between the exported file's outputs and eager PyTorch's over the (exported, eager)
+    `pairs`; an export that differs by more than float rounding explains (1e-3 of the logits' scale) is refused: it
+    was reported and kept, and a 0.5% error of the ONNX padding went unnoticed that way.
 
     Raises:
         CnnlabError: the difference, after deleting the file, so that nothing unfaithful is left to deploy.
     """
-    tolerance = 1e-3 * max(1.0, scale)
+    difference = max(float((actual - expected).abs().max()) for actual, expected in pairs)
+    tolerance = 1e-3 * max(1.0, max(float(expected.abs().max()) for _, expected in pairs))
     if difference <= tolerance:
-        return
+        return difference
     output.unlink(missing_ok=True)
     raise CnnlabError(
         f"the exported model's outputs differ from PyTorch's by up to {difference:.2e} on the check images (more "
