@@ -242,17 +242,30 @@ def test_an_onnx_opset_the_exporter_cannot_write_is_refused_before_the_model_loa
     """`--opset 3` was torch's 'Unsupported onnx_opset_version' traceback after a page of graph; `--opset 9` failed on
     the input-sized padding every cnnlab network has."""
     from cnnlab.cli import app
-    from cnnlab.tasks.export import ONNX_OPSETS, export_model
+    from cnnlab.tasks.export import DEFAULT_OPSET, ONNX_OPSETS, export_model
 
     for opset in (3, 9, 21):
         with pytest.raises(CnnlabError, match=rf"--opset {opset}: cnnlab exports ONNX opsets 11 to 20"):
             export_model("no_such_model", "onnx", tmp_path / "m.onnx", opset=opset)  # refused before it is looked up
     assert not (tmp_path / "m.onnx").exists()
-    assert 17 in ONNX_OPSETS  # the CLI's default
-    with pytest.raises(CnnlabError, match="neither a run directory nor a zoo model"):  # the opset only matters to onnx
-        export_model("no_such_model", "torchscript", tmp_path / "m.pt", opset=3)
+    assert DEFAULT_OPSET in ONNX_OPSETS
+    with pytest.raises(CnnlabError, match="neither a run directory nor a zoo model"):  # no opset given: the default
+        export_model("no_such_model", "onnx", tmp_path / "m.onnx")
     result = CliRunner().invoke(app, ["export", "no_such_model", "-o", str(tmp_path / "m.onnx"), "--opset", "9"])
     assert "--opset 9" in str(result.exception)
+
+
+def test_an_opset_given_with_a_format_that_has_none_is_refused(tmp_path: Path) -> None:
+    """`--opset 13 -f torchscript` (or `-o model.pt2`) was accepted and ignored: only ONNX has opsets."""
+    from cnnlab.cli import app
+    from cnnlab.tasks.export import export_model
+
+    for fmt in ("torchscript", "pt2"):
+        with pytest.raises(CnnlabError, match=rf"--opset 13 applies to ONNX only: leave it out for --format {fmt}"):
+            export_model("no_such_model", fmt, opset=13)
+    result = CliRunner().invoke(app, ["export", "no_such_model", "-o", str(tmp_path / "m.pt2"), "--opset", "13"])
+    assert "applies to ONNX only" in str(result.exception)
+    assert not list(tmp_path.iterdir())
 
 
 def test_predict_writes_a_classifiers_predictions_to_csv(tiny_run: Path, tmp_path: Path) -> None:

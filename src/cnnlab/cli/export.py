@@ -25,8 +25,10 @@ def export(
     output: Path | None = typer.Option(
         None, "--output", "-o", help="File to write (default: RUN/model.pt, .onnx or .pt2)."
     ),
-    opset: int = typer.Option(
-        17, "--opset", help="ONNX opset version, 11 to 20 (below 11, input-sized padding cannot be written)."
+    opset: int | None = typer.Option(
+        None,
+        "--opset",
+        help="ONNX opset version, 11 to 20 (below 11, input-sized padding cannot be written); default 17. ONNX only.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:

@@ -29,7 +29,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.layers.normalize import Normalize
 from cnnlab.tasks.predict import load_predictor
 
-__all__ = ["EXPORT_FORMATS", "ONNX_OPSETS", "export_model"]
+__all__ = ["DEFAULT_OPSET", "EXPORT_FORMATS", "ONNX_OPSETS", "export_model"]
 
 SUFFIXES = {"torchscript": ".pt", "onnx": ".onnx", "pt2": ".pt2"}
 EXPORT_FORMATS = tuple(SUFFIXES)
@@ -37,6 +37,7 @@ EXPORT_FORMATS = tuple(SUFFIXES)
 # segmenters pad to their stride, EfficientNet pads like TensorFlow); 20 is the last the TorchScript-based exporter
 # supports.
 ONNX_OPSETS = range(11, 21)
+DEFAULT_OPSET = 17
 LOADERS = {  # how a deployment loads each format (written beside the file)
     "torchscript": "torch.jit.load(path)",
     "onnx": "onnxruntime.InferenceSession(path), input name 'images'",
@@ -65,7 +66,7 @@ def export_format(fmt: str | None, output: str | os.PathLike[str] | None) -> str
 
 
 def export_model(
-    model: str, fmt: str | None = None, output: str | os.PathLike[str] | None = None, opset: int = 17
+    model: str, fmt: str | None = None, output: str | os.PathLike[str] | None = None, opset: int | None = None
 ) -> dict[str, Any]:
     """Export ``model`` (a run directory or a pretrained zoo model name) and check the export against eager PyTorch.
 
@@ -74,14 +75,18 @@ def export_model(
         fmt: ``torchscript`` (``.pt``, traced), ``onnx`` (``.onnx``) or ``pt2`` (``.pt2``, torch.export); the
             batch dimension is dynamic in each. None: the one ``output``'s suffix names, else torchscript.
         output: the file to write; default ``<run dir>/model<suffix>`` (``./<name><suffix>`` for a zoo model).
-        opset: ONNX opset, one of `ONNX_OPSETS`.
+        opset: ONNX opset, one of `ONNX_OPSETS` (None: `DEFAULT_OPSET`); refused for the other formats, which
+            have no opset.
 
     Returns:
         Paths written and the largest absolute difference from the eager model on a random batch of a size the
         export did not see.
     """
     fmt = export_format(fmt, output)
-    if fmt == "onnx" and opset not in ONNX_OPSETS:  # before a model is loaded or a weight downloaded
+    if opset is not None and fmt != "onnx":  # it was accepted and ignored
+        raise CnnlabError(f"--opset {opset} applies to ONNX only: leave it out for --format {fmt}, or export onnx")
+    opset = DEFAULT_OPSET if opset is None else opset
+    if opset not in ONNX_OPSETS:  # before a model is loaded or a weight downloaded
         raise CnnlabError(
             f"--opset {opset}: cnnlab exports ONNX opsets {ONNX_OPSETS.start} to {ONNX_OPSETS.stop - 1} (below 11, "
             "padding and resizing to the input's size cannot be written; 20 is the exporter's last)"
