@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -95,23 +96,24 @@ def test_a_tiny_folder_trains_and_beats_predicting_background(trained):
     assert split[0] == "path,label,split" and len(split) == 1 + 48
 
 
-def test_the_saved_split_is_reused(trained, tmp_path):
+def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(trained, tmp_path):
+    """A run folder's split.csv was read back by any later run there: --overwrite with other fractions or another
+    --data kept the old split (or failed on its missing images), a finished run given no flag failed on its split."""
     root, summary = trained
     run = tmp_path / "segment" / "again"
     run.mkdir(parents=True)
     manifest = (Path(summary["run_dir"]) / "split.csv").read_text()
-    (run / "split.csv").write_text(manifest)
+    (run / "split.csv").write_text(manifest)  # as a start that failed after writing its split leaves it
+    options = {"output": str(tmp_path), "name": "again", "crop_size": 32, "progress": False}
     second = train_segmentation_folder(
-        str(root),
-        output=str(tmp_path),
-        name="again",
-        crop_size=32,
-        overrides={"epochs": 1, "batch_size": 8},
-        split_seed=5,
-        progress=False,
+        str(root), overrides={"epochs": 1, "batch_size": 8}, split_seed=5, val_fraction=0.25, **options
     )
-    assert second["images"] == summary["images"]
-    assert (run / "split.csv").read_text() == manifest
+    assert second["images"]["val"] == 12 and sum(second["images"].values()) == 48  # 25% of 48, not 15%
+    assert (run / "split.csv").read_text() != manifest
+    with pytest.raises(CnnlabError, match=re.escape("extra.val_fraction: 0.25 -> 0.15")):
+        train_segmentation_folder(str(root), overrides={"epochs": 1, "batch_size": 8}, resume=True, **options)
+    with pytest.raises(CnnlabError, match="already holds a finished run; pass --overwrite, --resume"):
+        train_segmentation_folder(str(root), overrides={"epochs": 1, "batch_size": 8}, split_seed=5, **options)
 
 
 def test_ignore_index_is_left_out_of_loss_and_metrics(tmp_path):

@@ -136,20 +136,63 @@ def test_predict_gives_the_probabilities_of_the_runs_own_test_pass(tiny_run: tup
             assert probabilities[name] == pytest.approx(float(row[name]), abs=1e-5)
 
 
-def test_manifest_is_reused_by_a_later_run(tiny_run: tuple[Path, dict]) -> None:
+def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(tiny_run: tuple[Path, dict]) -> None:
+    """--overwrite kept the old run's split.csv: a new --data, other fractions and new images were silently ignored
+    (the report named the new data, the model had the old one's classes)."""
     tmp_path, summary = tiny_run
     manifest = (Path(summary["run_dir"]) / "split.csv").read_text()
-    # A new file in the data folder and another seed must not change the split of an existing run.
     Image.new("RGB", (36, 40), (200, 40, 40)).save(tmp_path / "photos" / "red" / "new.png")
     try:
-        again = train_transfer(tiny_config(tmp_path, seed=5, overwrite=True, train={"epochs": 1}))
+        again = train_transfer(tiny_config(tmp_path, overwrite=True, test_fraction=0.3, train={"epochs": 1}))
+        assert not again["split"].startswith("reused")
+        fresh = (Path(again["run_dir"]) / "split.csv").read_text()
+        assert "new.png" in fresh and fresh != manifest
+        assert again["test"]["count"] > summary["test"]["count"]  # 30% of 49 images, not 25% of 48
+        resumed = train_transfer(tiny_config(tmp_path, resume=True, test_fraction=0.3, train={"epochs": 1}))
     finally:
         (tmp_path / "photos" / "red" / "new.png").unlink()
-    assert again["split"].startswith("reused")
-    assert (Path(again["run_dir"]) / "split.csv").read_text() == manifest
-    assert again["test"]["count"] == summary["test"]["count"]
-    assert again["skipped"] == summary["skipped"]  # the bad files found at split time stay listed
-    assert again["costs"]["cache_reused"] == 1.0  # same images, model, cut, views: the cache is read, not rebuilt
+    assert resumed["split"].startswith("reused")
+    assert resumed["skipped"] == again["skipped"]  # the bad files found at split time stay listed
+    assert resumed["costs"]["cache_reused"] == 1.0  # same images, model, cut, views: the cache is read, not rebuilt
+
+
+def test_a_failed_start_does_not_keep_its_split_for_the_next_try(tmp_path: Path) -> None:
+    """A start refused for its split ("no val images, raise --val-fraction") left split.csv, which every later run of
+    that name read back: raising --val-fraction, or adding --overwrite, gave the same error."""
+    make_photo_folder(tmp_path / "photos")
+    with pytest.raises(CnnlabError, match="no val images"):
+        train_transfer(tiny_config(tmp_path, val_fraction=0.0))
+    summary = train_transfer(tiny_config(tmp_path, train={"epochs": 1}))
+    assert summary["split"].startswith("stratified") and summary["test"]["count"] > 0
+
+
+def test_an_interrupted_run_is_not_started_over_without_a_flag(tmp_path: Path) -> None:
+    """Its split would be written over the one its checkpoints were trained on; the phase's own check came after."""
+    run_dir = tmp_path / "runs" / "transfer" / "tiny"
+    (run_dir / "head").mkdir(parents=True)
+    (run_dir / "head" / "checkpoint.pt").write_bytes(b"")
+    (run_dir / "split.csv").write_text("path,label,split\n")
+    with pytest.raises(CnnlabError, match="holds an interrupted run; pass --resume to continue it, --overwrite"):
+        train_transfer(tiny_config(tmp_path))
+    assert (run_dir / "split.csv").read_text() == "path,label,split\n"
+
+
+def test_split_options_with_a_given_split_are_refused(tiny_run: tuple[Path, dict], tmp_path: Path) -> None:
+    """--val-fraction, --test-fraction and --split-seed were accepted and ignored with --split or a split folder."""
+    run_tmp, summary = tiny_run
+    manifest = str(Path(summary["run_dir"]) / "split.csv")
+    for overrides, message in [
+        ({"split_manifest": manifest}, "--val-fraction and --test-fraction apply to fresh splits; --split "),
+        ({"split_manifest": manifest, "val_fraction": None, "test_fraction": None, "split_seed": 3}, "--split-seed"),
+        ({"split_manifest": manifest, "val_fraction": None, "test_fraction": None, "max_per_class": 5}, "--max-"),
+    ]:
+        with pytest.raises(CnnlabError, match=message):
+            train_transfer(tiny_config(run_tmp, name="given", **overrides))
+    for part in ("train", "val", "test"):
+        make_photo_folder(tmp_path / "parts" / part, per_class=4)
+    folder = {"data": str(tmp_path / "parts"), "min_per_class": 2, "test_fraction": None}
+    with pytest.raises(CnnlabError, match="--val-fraction applies to fresh splits; the split folder .*parts gives"):
+        train_transfer(tiny_config(tmp_path, **folder))
 
 
 def test_finished_run_is_not_silently_replaced(tiny_run: tuple[Path, dict]) -> None:
@@ -292,7 +335,7 @@ def test_a_built_in_dataset_keeps_its_class_order_when_its_split_is_read_back(tm
         "val": list(range(1, len(paths), 3)),
         "test": list(range(2, len(paths), 3)),
     }
-    config = TransferConfig(data=data, output=str(tmp_path / "runs"), name="again")
+    config = TransferConfig(data=data, output=str(tmp_path / "runs"), name="again", resume=True)
     write_manifest(config.run_dir / "split.csv", images, split)
     again, again_split, source = load_images(config)
     assert source.startswith("reused")

@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["Recipe", "RecipeBook", "interrupted_hint", "note_current_run", "run_name"]
+__all__ = ["Recipe", "RecipeBook", "check_start", "interrupted_hint", "note_current_run", "run_name"]
 
 # The run this process is writing, for the line `cnnlab` prints when Ctrl+C interrupts it (`interrupted_hint`).
 _CURRENT_RUN: dict[str, Any] = {}
@@ -115,6 +115,31 @@ class RecipeBook(Generic[R]):
 def run_name(recipe: str) -> str:
     """The default run name of every task: ``<recipe>-<YYYYmmdd-HHMMSS>`` (unique per start, sorts by time)."""
     return f"{recipe}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_start(
+    run_dir: Path, manifest: str, resume: bool, overwrite: bool, options: Mapping[str, Any] | None = None
+) -> None:
+    """Check ``--resume`` and ``--overwrite`` against what ``run_dir`` holds, before the task reads its data or
+    writes its split there (a run reads its folder's split ``manifest`` back only when resumed).
+
+    Without either flag, a folder holding a finished run (``model.json``) or an interrupted one (a ``checkpoint.pt``
+    in it or in a phase folder) is refused: the new split would be written over the one its checkpoints were
+    trained on. A folder a failed start left (a split, no checkpoint) is started again. With `resume`, see
+    `check_resume`.
+    """
+    if resume:
+        check_resume(run_dir, manifest, options)
+        return
+    if overwrite:
+        return
+    if (run_dir / "model.json").is_file():
+        raise CnnlabError(f"{run_dir} already holds a finished run; pass --overwrite, --resume or another --name")
+    if any(run_dir.glob("checkpoint.pt")) or any(run_dir.glob("*/checkpoint.pt")):
+        raise CnnlabError(
+            f"{run_dir} holds an interrupted run; pass --resume to continue it, --overwrite to start again, "
+            "or choose another --name"
+        )
 
 
 def check_resume(run_dir: Path, manifest: str, options: Mapping[str, Any] | None = None) -> None:

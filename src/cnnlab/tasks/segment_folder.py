@@ -41,7 +41,7 @@ from cnnlab.data.split import check_split_seed, read_manifest, stratified_split,
 from cnnlab.errors import CnnlabError
 from cnnlab.report.metrics import confusion_matrix
 from cnnlab.report.segmentation import BoundaryF1, MeanIoU, PixelAccuracy, save_overlays, segmentation_report
-from cnnlab.tasks.recipes import Recipe, RecipeBook, check_resume, note_current_run, run_name
+from cnnlab.tasks.recipes import Recipe, RecipeBook, check_start, note_current_run, run_name
 from cnnlab.tasks.segmentation import TASK
 from cnnlab.tasks.transfer import class_weights
 from cnnlab.train import LoaderBatches, TrainConfig, Trainer
@@ -116,16 +116,18 @@ def _split(
     val_fraction: float,
     test_fraction: float,
     split_seed: int,
+    reuse: bool,
 ) -> dict[str, list[int]]:
-    """Folder indices per part: read from `manifest` when it exists, else a seeded split written there."""
+    """Folder indices per part: read from `manifest` when the run is resumed (`reuse`), else a seeded split written
+    there (a run started again splits afresh: its old manifest had kept another --data and other fractions)."""
     by_path = {str(folder.images[i].resolve()): i for i in pairs}
-    if manifest.is_file():
+    if reuse and manifest.is_file():
         images, split = read_manifest(manifest)
         missing = [images.paths[i] for part in split.values() for i in part if images.paths[i] not in by_path]
         if missing:
             raise CnnlabError(
                 f"{manifest} lists {missing[0]}, which is no longer a usable image of {folder.root} "
-                f"({len(missing)} such); restore it or start a run under another --name"
+                f"({len(missing)} such); restore it, or start again with --overwrite or under another --name"
             )
         return {part: [by_path[images.paths[i]] for i in indices] for part, indices in split.items()}
     usable = sorted(pairs)
@@ -177,7 +179,7 @@ def train_segmentation_folder(
         seed: initialisation and data order.
         overrides: `TrainConfig` fields replacing the recipe's (the engine options).
         resume: continue an interrupted run (its split is reused).
-        overwrite: replace a finished run of the same name (its split is reused).
+        overwrite: replace a finished or interrupted run of the same name (split afresh).
         progress: progress bar and epoch lines on stderr.
 
     Returns:
@@ -229,14 +231,15 @@ def train_segmentation_folder(
             "crop_size": crop,
             "hflip": hflip,
             "split_seed": split_seed,
+            "val_fraction": val_fraction,  # a resumed run reads its split back: other fractions are refused
+            "test_fraction": test_fraction,
         },
     )
     run_dir = config.run_dir
-    if resume:
-        check_resume(run_dir, MANIFEST)
+    check_start(run_dir, MANIFEST, resume, overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
     note_current_run(run_dir)
-    split = _split(folder, pairs, run_dir / MANIFEST, val_fraction, test_fraction, split_seed)
+    split = _split(folder, pairs, run_dir / MANIFEST, val_fraction, test_fraction, split_seed, reuse=resume)
     (run_dir / SKIPPED).write_text(json.dumps([vars(s) for s in folder.skipped], indent=1))
     parts = {part: [pairs[i] for i in indices] for part, indices in split.items()}
 

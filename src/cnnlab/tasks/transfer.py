@@ -64,7 +64,7 @@ from cnnlab.models import (
 )
 from cnnlab.report.units import duration
 from cnnlab.tasks.feature_cache import CachedPart, FeatureCache, images_digest
-from cnnlab.tasks.recipes import Recipe, RecipeBook, check_resume, note_current_run, run_name
+from cnnlab.tasks.recipes import Recipe, RecipeBook, check_start, note_current_run, run_name
 from cnnlab.train import (
     BestWeights,
     FreezeBatchNorm,
@@ -205,7 +205,7 @@ class TransferConfig:
             ``<output>/transfer/feature-cache``.
         name: run name (default ``<recipe>-<timestamp>``).
         resume: continue an interrupted run (its split, cache and finished phases are reused).
-        overwrite: start again in a run directory that holds a finished run (its split manifest is still reused).
+        overwrite: start again in a run directory that holds a finished or interrupted run (split afresh).
         progress: progress bars and log lines.
         train: `TrainConfig` fields that override the recipe's (the engine options: epochs and lr of the main phase,
             batch size, precision, device, threads ...).
@@ -335,25 +335,41 @@ def _read_split(manifest: str | Path, data: str) -> tuple[LabelledImages, Split]
     return images, split
 
 
+def _refuse_split_options(config: TransferConfig, given_split: str) -> None:
+    """The options that shape a fresh split, refused with a split given as it is (they were accepted and ignored)."""
+    values = {
+        "--val-fraction": config.val_fraction,
+        "--test-fraction": config.test_fraction,
+        "--max-per-class": config.max_per_class,
+        "--split-seed": config.split_seed or None,  # 0, the default, cannot be told from not given
+    }
+    given = [option for option, value in values.items() if value is not None]
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        raise CnnlabError(f"{' and '.join(given)} {verb} to fresh splits; {given_split} gives the split as it is")
+
+
 def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImages, Split, str]:
     """The run's images and split, and where the split came from.
 
-    Order of precedence: the manifest already in the run directory (a later run of the same name), then
+    Order of precedence: the manifest already in the run directory when the run is resumed, then
     ``config.split_manifest``, then a split folder, then a fresh stratified split (written to the run directory).
+    A run started again (``--overwrite``, or after a failed start) splits afresh: its old manifest had kept another
+    ``--data`` and other fractions, and a split the run had refused.
     """
     run_manifest = config.run_dir / MANIFEST
-    if run_manifest.is_file():
+    if config.resume and run_manifest.is_file():
         images, split = _read_split(run_manifest, config.data)
         check_files_exist(images, run_manifest)
         return images, split, f"reused {run_manifest}"
     if config.split_manifest:
+        _refuse_split_options(config, f"--split {config.split_manifest}")
         images, split = _read_split(config.split_manifest, config.data)
         check_files_exist(images, config.split_manifest)
         return images, split, f"given manifest {config.split_manifest}"
     images, folder_split, source = open_image_source(config.data, config.min_per_class)
     if folder_split is not None:
-        if config.max_per_class is not None:
-            raise CnnlabError("--max-per-class applies to fresh splits; it cannot be combined with a split folder")
+        _refuse_split_options(config, f"the split folder {config.data}")
         return images, folder_split, source
     for skipped in images.skipped:
         log(f"skipped {skipped.path} ({skipped.label}): {skipped.reason}")
@@ -649,10 +665,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     weights = config.check_model(recipe)
     started = time.perf_counter()
     run_dir = config.run_dir
-    if (run_dir / "model.json").is_file() and not (config.resume or config.overwrite):
-        raise CnnlabError(f"{run_dir} already holds a finished run; pass --overwrite, --resume or another --name")
-    if config.resume:
-        check_resume(run_dir, MANIFEST, dataclasses.asdict(config))
+    check_start(run_dir, MANIFEST, config.resume, config.overwrite, dataclasses.asdict(config))
     if weights is not None:  # a download that fails does so before the images are read and the run folder made
         fetch_pretrained(weights)
     images, split, split_source = load_images(config, log)
