@@ -279,6 +279,47 @@ def test_an_interrupted_predict_shows_the_masks_it_wrote(trained, tmp_path, monk
     assert [result["share"] for result in read_back] == [result["share"] for result in fresh]
 
 
+def test_images_of_one_name_never_share_result_files(trained, tmp_path):
+    """x-2.png, a/x.png and b/x.png: a/x.png was given x-2's files (the second x), overwriting x-2.png's mask."""
+    import dataclasses
+
+    from cnnlab.tasks.segment_predict import load_segmenter, output_stems, predict_masks
+
+    assert output_stems(["x-2.png", "a/x.png", "b/x.png", "c/x.jpg"]) == ["x-2", "x", "x-3", "x-4"]
+    root, summary = trained
+    sizes = {"x-2.png": (37, 21), "a/x.png": (30, 40), "b/x.png": (25, 19)}
+    paths = []
+    for name, size in sizes.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(next((root / "images").iterdir())).convert("RGB").resize(size).save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    segmenter = load_segmenter(summary["run_dir"])
+    results = predict_masks(segmenter, paths, tmp_path / "out")
+    assert len({result["mask"] for result in results}) == 3
+    for result, size in zip(results, sizes.values(), strict=True):
+        assert Image.open(result["mask"]).size == size
+
+    # --resume keeps only what this model made of these images: another model's, or a changed image, is redone
+    kept = [result.get("resumed", False) for result in predict_masks_resumed(segmenter, paths, tmp_path / "out")]
+    assert kept == [True, True, True]
+    Image.new("RGB", (30, 40)).save(tmp_path / "a/x.png")
+    kept = [result.get("resumed", False) for result in predict_masks_resumed(segmenter, paths, tmp_path / "out")]
+    assert kept == [True, False, True]
+    other = dataclasses.replace(segmenter, weights_sha256="another model")
+    kept = [result.get("resumed", False) for result in predict_masks_resumed(other, paths, tmp_path / "out")]
+    assert kept == [False, False, False]
+    kept = [result.get("resumed", False) for result in predict_masks_resumed(segmenter, paths, tmp_path / "out")]
+    assert kept == [False, False, False]  # the files are the other model's now
+    kept = [result.get("resumed", False) for result in predict_masks_resumed(segmenter, paths[1:], tmp_path / "out")]
+    assert kept == [True, False]  # b/x.png is x-2 now, whose files are another image's
+
+
+def predict_masks_resumed(segmenter, paths, output):
+    from cnnlab.tasks.segment_predict import iter_masks
+
+    return list(iter_masks(segmenter, paths, output, resume=True))
+
+
 def test_onnx_export_matches_pytorch_at_unseen_sizes(trained, tmp_path):
     pytest.importorskip("onnx")
     onnxruntime = pytest.importorskip("onnxruntime")

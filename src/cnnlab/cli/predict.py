@@ -38,8 +38,9 @@ def predict(
     resume: bool = typer.Option(
         False,
         "--resume",
-        help="Continue an interrupted run into the same --output: the images it finished (rows of the CSV, masks "
-        "in the folder) are kept and not predicted again; only the others are predicted and shown.",
+        help="Continue an interrupted run into the same --output: the images it finished (rows of the CSV; masks "
+        "the same segmentation run made of the same, unchanged image, as the folder's .cnnlab-masks.jsonl records) "
+        "are kept and not predicted again; only the others are predicted and shown.",
     ),
 ) -> None:
     """Classify images, or segment them with a segmentation run; a missing or unreadable image is reported and the

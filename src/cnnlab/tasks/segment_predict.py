@@ -8,6 +8,8 @@ read is reported on its own and the other images are still predicted.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,7 +27,18 @@ from cnnlab.report.segmentation import colourise
 from cnnlab.train import Trainer
 from cnnlab.train.progress import ProgressBar
 
-__all__ = ["Segmenter", "is_segmentation_run", "iter_masks", "load_segmenter", "predict_masks"]
+__all__ = [
+    "FINISHED_LOG",
+    "Segmenter",
+    "is_segmentation_run",
+    "iter_masks",
+    "load_segmenter",
+    "output_stems",
+    "predict_masks",
+]
+
+# One JSON line per image whose files are complete, written into the output folder: what `--resume` may keep.
+FINISHED_LOG = ".cnnlab-masks.jsonl"
 
 
 @dataclass
@@ -40,6 +53,7 @@ class Segmenter:
         std: per-channel standard deviation divided by.
         colours: uint8 [classes, 3], the colour of each class in colour masks.
         source: the run directory.
+        weights_sha256: the SHA-256 of the saved weights (what a resumed prediction checks it continues).
     """
 
     model: nn.Module
@@ -49,6 +63,7 @@ class Segmenter:
     std: tuple[float, ...]
     colours: np.ndarray
     source: str
+    weights_sha256: str = ""
 
 
 def _meta(run: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -77,7 +92,10 @@ def load_segmenter(run: str | os.PathLike[str], device: str | torch.device = "cp
     if not is_segmentation_run(run):
         raise CnnlabError(f"{run} is not a `cnnlab train segment --data` run directory (its model.json is missing)")
     meta = _meta(run) or {}
+    from cnnlab.train.saved import MODEL_WEIGHTS, spec_path
+
     network = load_model(run, device=device)
+    digest = hashlib.sha256((spec_path(run).parent / MODEL_WEIGHTS).read_bytes()).hexdigest()
     classes = list(meta["classes"])
     colours = np.array(meta["colours"], dtype=np.uint8) if meta.get("colours") else class_colours(len(classes))
     normalisation = meta["normalisation"]
@@ -89,6 +107,7 @@ def load_segmenter(run: str | os.PathLike[str], device: str | torch.device = "cp
         tuple(normalisation["std"]),
         colours,
         str(run),
+        digest,
     )
 
 
@@ -120,9 +139,12 @@ def iter_masks(
     `progress`, a bar on stderr).
 
     Args:
-        resume: an image whose three files an earlier (interrupted) run wrote is not segmented again: its result is
-            read back from its mask. The files of an image are written under temporary names and renamed once all
-            three are complete, so a run stopped mid-image leaves no file that looks finished.
+        resume: an image whose three files an earlier (interrupted) run of the same model wrote is not segmented
+            again: its result is read back from its mask. The files of an image are written under temporary names
+            and renamed once all three are complete, so a run stopped mid-image leaves no file that looks finished;
+            then a line in `output`/``.cnnlab-masks.jsonl`` records the image (path, size, modification time), its
+            files' stem and the model's weights (SHA-256), and only an image recorded with this model, unchanged
+            since, and under the same stem is kept.
     """
     output = Path(output)
     if not output.exists() and output.suffix.lower() in (".csv", ".json", ".png", ".jpg", ".jpeg", ".txt"):
@@ -135,12 +157,60 @@ def iter_masks(
     runner = Trainer.for_inference(
         segmenter.model, device=device, batch_size=1, eval_transform=SegmentationInput(segmenter.mean, segmenter.std)
     )
-    with ProgressBar(len(paths), "segmenting", enabled=progress) as bar:
-        used: dict[str, int] = {}
-        for path in paths:
-            result = _predict_mask(segmenter, runner, path, output, used, resume)
+    log = output / FINISHED_LOG
+    finished = _finished_masks(log, segmenter) if resume else {}
+    with ProgressBar(len(paths), "segmenting", enabled=progress) as bar, log.open("a", encoding="utf-8") as record:
+        for path, stem in zip(paths, output_stems(paths), strict=True):
+            result = _predict_mask(segmenter, runner, path, output, stem, finished.get(stem) == _source(path))
+            if "error" not in result and not result.get("resumed"):
+                record.write(json.dumps({"stem": stem, "model": segmenter.weights_sha256, **_source(path)}) + "\n")
+                record.flush()
             bar.advance()
             yield result
+
+
+def output_stems(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """The file stem of each image's results: its own, or for a second image of that name (from another folder)
+    ``<stem>-2``, ``-3`` ... skipping every name another image has, so no image's files overwrite another's."""
+    own = [Path(path).stem for path in paths]
+    taken: set[str] = set()
+    stems = []
+    for stem in own:
+        name, count = stem, 1
+        while name in taken or (count > 1 and name in own):
+            count += 1
+            name = f"{stem}-{count}"
+        taken.add(name)
+        stems.append(name)
+    return stems
+
+
+def _source(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What identifies the image a result was made from: its absolute path, size and modification time."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return {"image": str(Path(path).absolute())}
+    return {"image": str(Path(path).absolute()), "bytes": stat.st_size, "modified_ns": stat.st_mtime_ns}
+
+
+def _finished_masks(log: Path, segmenter: Segmenter) -> dict[str, dict[str, Any]]:
+    """The images whose files `log` says this model finished: stem -> the image's `_source` (the last line of a
+    stem wins; a line cut short by a stop, or another model's, is not kept)."""
+    finished: dict[str, dict[str, Any]] = {}
+    if not log.is_file():
+        return finished
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+            stem, model = entry.pop("stem"), entry.pop("model")
+        except (ValueError, KeyError, AttributeError, TypeError):
+            continue
+        if model == segmenter.weights_sha256:
+            finished[stem] = entry
+        else:
+            finished.pop(stem, None)
+    return finished
 
 
 def _predict_mask(
@@ -148,31 +218,27 @@ def _predict_mask(
     runner: Trainer,
     path: str | os.PathLike[str],
     output: Path,
-    used: dict[str, int],
-    resume: bool = False,
+    stem: str,
+    finished: bool = False,
 ) -> dict[str, Any]:
-    """One image's masks written into `output` (`used` counts the file stems taken), or why it could not be read;
-    with `resume`, read back from the mask an earlier run finished."""
+    """One image's masks written into `output` as `stem`'s files, or why it could not be read; when this model
+    `finished` this image's files before (a resumed run), read back from its mask."""
     from PIL import Image
 
     reason = check_image(path)
     if reason is not None:
         return {"image": str(path), "error": reason}
-    stem = Path(path).stem
-    used[stem] = used.get(stem, 0) + 1
-    if used[stem] > 1:
-        stem = f"{stem}-{used[stem]}"
     files = {
         "mask": output / f"{stem}_mask.png",
         "colour": output / f"{stem}_colour.png",
         "overlay": output / f"{stem}_overlay.png",
     }
-    if resume and all(file.is_file() for file in files.values()):
+    if finished and all(file.is_file() for file in files.values()):
         with Image.open(files["mask"]) as mask:
             labels = np.asarray(mask, dtype=np.uint8)
         if labels.ndim == 2 and labels.max(initial=0) < len(segmenter.classes):
             return {**_mask_result(segmenter, path, labels, files), "resumed": True}
-        # another model's mask (more classes) or not a mask at all: segmented again, and overwritten
+        # changed since (not a mask of this model's classes): segmented again, and overwritten
     rgb = np.asarray(load_image(path), dtype=np.uint8)
     pixels = torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None]
     labels = runner.predict(pixels).argmax(1)[0].numpy().astype(np.uint8)  # H x W, the input's size
