@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -155,6 +156,9 @@ def test_early_stopping_stops_after_patience_and_resumes_its_state(tmp_path: Pat
     history = Trainer(_model(), config, metrics=flat).fit(_data(), _data(64, seed=1))
     assert len(history) == 3  # epoch 1 sets the best, epochs 2 and 3 do not improve
     assert all(row["val_flat"] == 0.5 for row in history)
+    # Resumed after it stopped (interrupted during a later phase or the test pass), it trained a 4th epoch.
+    resumed = Trainer(_model(), dataclasses.replace(config, resume=True), metrics=flat)
+    assert resumed.fit(_data(), _data(64, seed=1)) == history
 
 
 def test_early_stopping_on_unknown_metric_is_a_clear_error(tmp_path: Path) -> None:

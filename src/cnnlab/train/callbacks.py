@@ -76,6 +76,11 @@ class EarlyStopping(Callback):
         self.best = -math.inf if mode == "max" else math.inf
         self.bad_epochs = 0
 
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.bad_epochs >= self.patience:  # a resumed run that had stopped: one more epoch was trained
+            trainer.should_stop = True
+            trainer.log(f"early stopping had stopped this run after epoch {trainer.epoch}: nothing left to train")
+
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         if self.monitor not in metrics:
             from cnnlab.errors import CnnlabError
