@@ -33,6 +33,38 @@ def test_shift_and_stitch_interleaves_the_shifted_scans():
     assert torch.allclose(fine.probabilities.sum(0), torch.ones(fine.probabilities.shape[1:]))
 
 
+def _unpadded_stride_8() -> torch.nn.Module:
+    """A classifier whose windows the scan scores exactly as the classifier scores the crop (no padding, which
+    would let a window see its neighbours' pixels where the crop sees zeros)."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(1, 6, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]  # 26, 13
+    layers += [torch.nn.Conv2d(6, 8, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]  # 11, 5
+    layers += [torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]  # 3, 1
+    return torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
+
+
+@pytest.mark.parametrize("network", ["stride 8", "mnist_baseline"])
+@pytest.mark.parametrize("refine", [1, 2, 4])
+def test_the_scan_scores_every_window_that_fits_as_the_classifier_scores_its_crop(network, refine):
+    """The shifted scans' maps differ in length and all were cut to the shortest: at refine 4, 60x45 gave 16x8 of
+    the 17x9 windows that fit, 100x77 gave 36x24 of 37x25."""
+    torch.manual_seed(0)
+    classifier = _unpadded_stride_8() if network == "stride 8" else create_model(network).eval()
+    converted = to_fully_convolutional(classifier, (1, 28, 28))
+    image = torch.rand(1, 47, 61)
+    result = scan(converted, image, refine=refine)
+    step = result.stride
+    assert step == converted.output_geometry()[1] // refine
+    rows, cols = (47 - 28) // step + 1, (61 - 28) // step + 1
+    assert result.probabilities.shape == (10, rows, cols) and result.ink.shape == (rows, cols)
+    corners = [(i * step, j * step) for i in range(rows) for j in range(cols)]
+    crops = torch.stack([image[:, y : y + 28, x : x + 28] for y, x in corners])
+    with torch.inference_mode():
+        expected = classifier(crops).softmax(1).T.reshape(10, rows, cols)
+    assert torch.allclose(result.probabilities, expected, atol=1e-5)
+    assert torch.allclose(result.ink, crops.mean((1, 2, 3)).reshape(rows, cols), atol=1e-6)
+
+
 def test_refine_must_divide_the_stride_and_defaults_to_its_largest_divisor_up_to_4():
     """--refine 3 on a stride of 8 shifted by 0, 2, 4 px and drew locations 0, 2, 4, 8, 10 px as if 2 px apart."""
     converted = to_fully_convolutional(_classifier())
@@ -118,7 +150,8 @@ def test_tiles_need_their_margin_and_a_network_that_is_not_local_is_scanned_whol
 
     converted.trunk = torch.nn.Sequential(converted.trunk, CentreOnTheMap())
     assert scanning.tile_margin(converted) is None
-    assert scan(converted, image, refine=1).probabilities.shape[1:] == whole.shape[1:]
+    fits = (200 - 28) // stride + 1  # every window that fits (the padded trunk's map has one more, off the edge)
+    assert scan(converted, image, refine=1).probabilities.shape[1:] == (fits, fits) < whole.shape[1:]
 
 
 def test_a_large_picture_is_drawn_averaged_down_to_the_heatmaps_size(tmp_path, monkeypatch):
