@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -360,6 +361,29 @@ def test_explain_and_fcn_refuse_a_segmentation_run_they_cannot_take_and_say_what
             load_subject(str(run))
     with pytest.raises(CnnlabError, match="is a segmentation run: its network is fully convolutional already"):
         load_converted_or_run(run)
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_predict_says_what_a_segmentation_run_is_before_judging_its_options(tmp_path: Path, recorded: bool) -> None:
+    """A run on MNIST canvases given `-o masks/` was told its predictions go to a .csv file (as if a classifier); a
+    folder run ignored `-k 3`."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+    from cnnlab.models import create_model
+    from cnnlab.train.saved import save_model
+
+    run = tmp_path / "segment" / "mine"
+    recipe = {"classes": ["a", "b", "c"], "normalisation": {"mean": [0.5] * 3, "std": [0.2] * 3}}
+    save_model(create_model("lenet5", num_classes=3), run, "lenet5", {"num_classes": 3}, {"task": "segment", **(
+        recipe if recorded else {})})  # fmt: skip
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    options = ["-k", "3"] if recorded else ["-o", str(tmp_path / "masks")]
+    result = CliRunner().invoke(app, ["predict", "-m", str(run), str(tmp_path / "a.png"), *options])
+    message = "--top-k 3 applies to classifiers; .*mine is a segmentation run" if recorded else "MNIST canvases"
+    assert isinstance(result.exception, CnnlabError) and re.search(message, str(result.exception))
+    assert not (tmp_path / "masks").exists()
 
 
 def test_fcn_refuses_a_transfer_run_whose_preprocessing_is_outside_its_network(tiny_run: Path, tmp_path: Path) -> None:

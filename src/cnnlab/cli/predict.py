@@ -32,7 +32,9 @@ def predict(
         "or why it could not be read). Segmentation runs: the folder for each image's <stem>_mask.png (class "
         "indices), _colour.png and _overlay.png (default: ./predictions).",
     ),
-    top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Classes shown per image."),
+    top_k: int | None = typer.Option(
+        None, "--top-k", "-k", min=1, help="Classes shown per image (default 5); classifiers only."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
     resume: bool = typer.Option(
@@ -54,8 +56,11 @@ def predict(
     if not any(check_image(path) is None for path in paths):  # stops at the first usable image
         _nothing_to_predict(paths, empty, model, as_json)
     if is_segmentation_run(model):
+        if top_k is not None:  # it was accepted and ignored
+            raise CnnlabError(f"--top-k {top_k} applies to classifiers; {model} is a segmentation run")
         _segment(paths, empty, model, output or Path("predictions"), as_json, device, resume)
         return
+    top_k = 5 if top_k is None else top_k
     from cnnlab.tasks.predict import (
         check_predictions_csv,
         finished_predictions,
@@ -64,11 +69,14 @@ def predict(
         write_predictions_csv,
     )
 
+    # a run is loaded first (what it is comes before what --output should be: a segmentation run on MNIST canvases
+    # was told its -o folder must be a .csv); a zoo model's weights are fetched only for a usable --output
+    predictor = load_predictor(model, device=device) if Path(model).exists() else None
     if output is not None:
         check_predictions_csv(output)
     elif resume:
         raise CnnlabError("--resume continues the CSV of an interrupted run: give it with --output FILE.csv")
-    predictor = load_predictor(model, device=device)
+    predictor = predictor or load_predictor(model, device=device)
     k = min(top_k, len(predictor.classes))
     kept = finished_predictions(output, k, predictor.classes, paths) if resume and output is not None else []
     if kept:
