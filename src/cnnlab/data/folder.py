@@ -4,7 +4,8 @@ Every file is opened and fully decoded once while scanning, so a zero-byte, non-
 found up front, listed in `LabelledImages.skipped` with the reason, and left out; the class counts reported (and
 checked against ``min_per_class``) are the counts *after* skipping, so a bad file never changes the balance silently.
 A byte-identical copy of an image already listed (a duplicated file, a link) is skipped the same way, so the split
-can never put one copy in training and another in the test set.
+can never put one copy in training and another in the test set; an image filed under two labels is left out in both
+places, since one of the two labels is wrong and nothing says which.
 
 `load_image` converts any mode PIL can read into 8-bit RGB the way a person would expect: EXIF orientation applied,
 16-bit and 32-bit grayscale rescaled from their real range, CMYK converted, palette and alpha images composited on
@@ -57,6 +58,7 @@ class SkippedFile:
 
 COPY_REASON = "a byte-identical copy of"  # how a skipped copy's reason starts (`describe_skipped` counts them apart)
 MISSING_REASON = "no such file"  # a path that names no file (a CSV's row), counted apart from damaged files
+CONFLICT_REASON = "the same image as"  # how the reason of an image filed under two labels starts
 
 
 def describe_skipped(reasons: Sequence[str]) -> str:
@@ -66,9 +68,11 @@ def describe_skipped(reasons: Sequence[str]) -> str:
     """
     copies = sum(reason.startswith(COPY_REASON) for reason in reasons)
     missing = sum(reason == MISSING_REASON for reason in reasons)
-    unreadable = len(reasons) - copies - missing
+    conflicts = sum(reason.startswith(CONFLICT_REASON) for reason in reasons)
+    unreadable = len(reasons) - copies - missing - conflicts
     kinds = [f"{unreadable} unreadable"] if unreadable else []
     kinds += [f"{missing} missing"] if missing else []
+    kinds += [f"{conflicts} filed under two labels"] if conflicts else []
     kinds += (
         [f"{copies} byte-identical cop{'y of a kept image' if copies == 1 else 'ies of kept images'}"] if copies else []
     )
@@ -210,9 +214,12 @@ def _digest(data: bytes) -> bytes:
 
 def _collect(candidates: Sequence[tuple[str, str]], classes: Sequence[str], source: str, check: bool) -> LabelledImages:
     """The candidates that decode, each image once: a later byte-identical copy (a duplicate file, a link) is skipped
-    and listed, since one copy in training and another in the test set would score the model on an image it saw."""
+    and listed, since one copy in training and another in the test set would score the model on an image it saw. A
+    copy under another label leaves the image out altogether (both listed): it was trained under whichever label
+    came first."""
     index = {name: i for i, name in enumerate(classes)}
-    paths, labels, skipped = [], [], []
+    kept: dict[str, str] = {}  # path -> label, in order
+    skipped = []
     first: dict[bytes, tuple[str, str]] = {}  # content digest -> (path, label) of its first occurrence
     for path, label in candidates:
         data, reason = _read_checked(path) if check else (b"", None)
@@ -220,16 +227,20 @@ def _collect(candidates: Sequence[tuple[str, str]], classes: Sequence[str], sour
             digest = _digest(data)  # the bytes just decoded: each file is read once
             if digest in first:
                 seen, seen_label = first[digest]
-                other = "" if seen_label == label else f", labelled {seen_label!r} there"
-                reason = f"{COPY_REASON} {seen}{other}; the first is kept"
+                if seen_label == label:
+                    reason = f"{COPY_REASON} {seen}; the first is kept"
+                else:
+                    reason = f"{CONFLICT_REASON} {seen}, labelled {seen_label!r} there; both are left out"
+                    if kept.pop(seen, None) is not None:
+                        why = f"{CONFLICT_REASON} {path}, labelled {label!r} there; both are left out"
+                        skipped.append(SkippedFile(seen, seen_label, why))
             else:
                 first[digest] = (path, label)
         if reason is not None:
             skipped.append(SkippedFile(path, label, reason))
             continue
-        paths.append(path)
-        labels.append(index[label])
-    return LabelledImages(paths, labels, list(classes), skipped, source)
+        kept[path] = label
+    return LabelledImages(list(kept), [index[label] for label in kept.values()], list(classes), skipped, source)
 
 
 def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: bool = True) -> LabelledImages:
