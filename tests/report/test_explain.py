@@ -75,6 +75,27 @@ def test_grad_cam_leaves_train_mode_and_weights_alone():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_a_layer_without_maps_is_refused_naming_its_output_and_layers_with_maps():
+    """`--cam-layer classifier`, `--layer classifier` and `--layer ""` (the model itself) ended in an IndexError from
+    averaging over dimensions a vector does not have."""
+    model, image = EvidenceModel(), evidence_image()
+    with pytest.raises(
+        CnnlabError, match=r"layer 'fc' outputs \[1, 2\] for one image, not feature maps .* deepest: act"
+    ):
+        grad_cam(model, image, layer="fc")
+    assert grad_cam(model, image, layer="pool").layer_heatmap.shape == (1, 1)  # a 1x1 map is still a map
+    with pytest.raises(CnnlabError, match=r"layer 'fc' outputs \[1, 2\] .* such as conv, act \(2 layers have maps\)$"):
+        feature_maps(model, image, ["act", "fc"])
+    for empty in ("", " "):
+        with pytest.raises(CnnlabError, match="a layer name is empty; name one of the model's 4 layers: conv, act"):
+            feature_maps(model, image, [empty])
+        with pytest.raises(CnnlabError, match="a layer name is empty"):
+            grad_cam(model, image, layer=empty)
+    model.unused = nn.Conv2d(1, 1, 1)  # registered, never called by forward
+    with pytest.raises(CnnlabError, match="layer 'unused' did not run when the model ran on the image"):
+        feature_maps(model, image, ["unused"])
+
+
 def test_filter_grid_tiles_every_kernel_scaled_to_unit_range():
     weight = torch.randn(8, 1, 3, 3)
     grid = filter_grid(weight)

@@ -125,12 +125,36 @@ def _device(model: nn.Module) -> torch.device:
 
 def _module(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
+    if not name.strip():  # "" names the model itself, whose output is its logits, not maps
+        known = [n for n, _ in _leaf_modules(model)]
+        raise CnnlabError(f"a layer name is empty; name one of the model's {len(known)} layers: {listed(known, 8)}")
     if name not in modules:
         known = [n for n, _ in _leaf_modules(model)]
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
         guess = f"did you mean {' or '.join(close)}? " if close else ""
         raise CnnlabError(f"model has no layer {name!r}; {guess}its {len(known)} layers: {listed(known, 8)}")
     return modules[name]
+
+
+def _refuse_unless_maps(model: nn.Module, image: torch.Tensor, name: str, output: Any, deepest: bool) -> None:
+    """Raise unless `output` (what layer `name` returned for a batch of one, None when it did not run) is maps
+    [1, C, h, w], naming layers that have maps: the deepest (for Grad-CAM) or the default feature layers."""
+    if isinstance(output, torch.Tensor) and output.ndim == 4:
+        return
+    if output is None:
+        what = "did not run when the model ran on the image, so it has no output"
+    elif isinstance(output, torch.Tensor):
+        what = f"outputs {list(output.shape)} for one image, not feature maps [1, C, h, w]"
+    else:
+        what = f"outputs a {type(output).__name__}, not feature maps [1, C, h, w]"
+    spatial = [layer for layer, _ in spatial_layers(model, image)]
+    if not spatial:
+        raise CnnlabError(f"layer {name!r} {what}, and {type(model).__name__} has no layer with maps to show")
+    if deepest:
+        advice = f"pick a layer with maps, such as the deepest: {', '.join(reversed(spatial[-3:]))}"
+    else:
+        advice = f"pick a layer with maps, such as {', '.join(default_feature_layers(model, image))}"
+    raise CnnlabError(f"layer {name!r} {what}; {advice} ({len(spatial)} layers have maps)")
 
 
 def default_feature_layers(model: nn.Module, image: torch.Tensor, count: int = 3) -> list[str]:
@@ -153,13 +177,17 @@ def default_feature_layers(model: nn.Module, image: torch.Tensor, count: int = 3
 
 
 def feature_maps(model: nn.Module, image: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-    """The outputs [C, h, w] (CPU, float) of the named modules for one preprocessed image [C, H, W]."""
-    captured: dict[str, torch.Tensor] = {}
+    """The outputs [C, h, w] (CPU, float) of the named modules for one preprocessed image [C, H, W].
+
+    Raises:
+        CnnlabError: a name is empty or unknown, or its module's output is not maps (a classifier's vector).
+    """
+    captured: dict[str, Any] = {}
     handles = []
     for name in layers:
 
         def hook(_module: nn.Module, _inputs: Any, output: Any, name: str = name) -> None:
-            captured[name] = output.detach()[0].float().cpu().clone()
+            captured[name] = output
 
         handles.append(_module(model, name).register_forward_hook(hook))
     modes = {m: m.training for m in model.modules()}
@@ -172,7 +200,9 @@ def feature_maps(model: nn.Module, image: torch.Tensor, layers: Sequence[str]) -
             handle.remove()
         for module, mode in modes.items():
             module.train(mode)
-    return {name: captured[name] for name in layers}
+    for name in layers:  # a vector (the classifier's, a flatten's) has no maps to plot
+        _refuse_unless_maps(model, image, name, captured.get(name), deepest=False)
+    return {name: captured[name].detach()[0].float().cpu().clone() for name in layers}
 
 
 @dataclass
@@ -219,6 +249,9 @@ def grad_cam(
         image: the preprocessed image.
         layer: name of the module whose output maps are weighted (default: the deepest spatial map, see module doc).
         class_index: class to explain (default: the predicted one; a segmenter's: the one with the most pixels).
+
+    Raises:
+        CnnlabError: `layer` is empty or unknown or its output is not maps, or `class_index` is not a class.
     """
     if layer is None:
         layers = spatial_layers(model, image)
@@ -249,7 +282,8 @@ def grad_cam(
             else:  # the class's pixels, or all of them where none is predicted as it
                 region = predicted == index
                 score = logits[0, index][region].sum() if bool(region.any()) else logits[0, index].sum()
-            activations = captured[-1]
+            activations = captured[-1] if captured else None
+            _refuse_unless_maps(model, image, layer, activations, deepest=True)  # its gradients are averaged over h, w
             (gradients,) = torch.autograd.grad(score, activations)
     finally:
         handle.remove()
