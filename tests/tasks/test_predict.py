@@ -239,6 +239,34 @@ def test_export_checks_its_output_path_before_tracing(tiny_run: Path, tmp_path: 
     assert Path(result["model"]).stat().st_size > 0
 
 
+def test_a_run_given_by_its_model_file_exports_into_its_folder(tmp_path: Path) -> None:
+    """`cnnlab export RUN/model.json` wrote RUN/model.json.pt (and model.json.pt.preprocessing.json), where --output's
+    help promises RUN/model.pt; a segmentation run's model.json was taken for a folder to write model.pt in."""
+    from cnnlab.models import PretrainedCfg
+    from cnnlab.tasks.export import export_model
+    from cnnlab.train.saved import save_model
+
+    torch.manual_seed(0)
+    network = create_model("lenet5", num_classes=2, in_chans=3).eval()
+    meta = {"task": "transfer", "classes": ["a", "b"], "preprocessing": PretrainedCfg.for_model(network).to_dict()}
+    save_model(network, tmp_path / "run", "lenet5", {"num_classes": 2, "in_chans": 3}, meta)
+    for given in ("model.json", "model.safetensors"):
+        result = export_model(str(tmp_path / "run" / given), "torchscript")
+        assert result["model"] == str(tmp_path / "run" / "model.pt")
+        assert result["preprocessing"] == str(tmp_path / "run" / "model.pt.preprocessing.json")
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == [
+        "model.json",
+        "model.pt",
+        "model.pt.preprocessing.json",
+        "model.safetensors",
+    ]
+    kwargs = {"widths": (4, 8, 8, 8, 8), "num_classes": 2, "in_chans": 3}
+    segment_meta = {"task": "segment", "classes": ["bg", "x"], "normalisation": {"mean": [0.5] * 3, "std": [0.2] * 3}}
+    save_model(create_model("unet", **kwargs).eval(), tmp_path / "seg", "unet", kwargs, segment_meta)
+    result = export_model(str(tmp_path / "seg" / "model.json"), "torchscript")
+    assert result["model"] == str(tmp_path / "seg" / "model.pt")
+
+
 def test_an_onnx_opset_the_exporter_cannot_write_is_refused_before_the_model_loads(tmp_path: Path) -> None:
     """`--opset 3` was torch's 'Unsupported onnx_opset_version' traceback after a page of graph; `--opset 9` failed on
     the input-sized padding every cnnlab network has."""

@@ -11,8 +11,8 @@ import typer
 def export(
     run: str = typer.Argument(
         ...,
-        help="A `cnnlab train transfer`, `cnnlab train mnist` or `cnnlab train segment --data` run directory "
-        "(segmenters export with dynamic height and width), or a pretrained zoo model name.",
+        help="A `cnnlab train transfer`, `cnnlab train mnist` or `cnnlab train segment --data` run directory or its "
+        "model.json (segmenters export with dynamic height and width), or a pretrained zoo model name.",
     ),
     fmt: str | None = typer.Option(
         None,

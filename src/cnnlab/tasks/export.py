@@ -74,7 +74,8 @@ def export_model(
         model: what `cnnlab.tasks.predict.load_predictor` accepts.
         fmt: ``torchscript`` (``.pt``, traced), ``onnx`` (``.onnx``) or ``pt2`` (``.pt2``, torch.export); the
             batch dimension is dynamic in each. None: the one ``output``'s suffix names, else torchscript.
-        output: the file to write; default ``<run dir>/model<suffix>`` (``./<name><suffix>`` for a zoo model).
+        output: the file to write; default ``<run dir>/model<suffix>``, the run given as its folder or its
+            ``model.json`` / ``model.safetensors`` (``./<name><suffix>`` for a zoo model).
         opset: ONNX opset, one of `ONNX_OPSETS` (None: `DEFAULT_OPSET`); refused for the other formats, which
             have no opset.
 
@@ -98,10 +99,7 @@ def export_model(
     predictor = load_predictor(model)
     cfg = predictor.cfg
     suffix = SUFFIXES[fmt]
-    if output is None:
-        base = Path(model) if Path(model).is_dir() else Path(".")
-        output = base / f"{'model' if Path(model).is_dir() else model}{suffix}"
-    output = _writable(Path(output), suffix)
+    output = _writable(Path(output) if output is not None else _default_output(model, suffix), suffix)
     if cfg is None:  # an MNIST run: digits in [0, 1], its normalisation already inside the model
         wrapped: nn.Module = predictor.model.cpu().eval()
         input_size: tuple[int, ...] = (1, 28, 28)
@@ -166,7 +164,8 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
     from cnnlab.tasks.segment_predict import load_segmenter
 
     segmenter = load_segmenter(run)
-    output = _writable(Path(output) if output is not None else Path(run) / f"model{SUFFIXES[fmt]}", SUFFIXES[fmt])
+    suffix = SUFFIXES[fmt]
+    output = _writable(Path(output) if output is not None else _default_output(run, suffix), suffix)
     wrapped = nn.Sequential(Normalize(segmenter.mean, segmenter.std), segmenter.model.cpu().eval()).eval()
     stride = int(segmenter.model.output_stride)
     generator = torch.Generator().manual_seed(0)
@@ -219,6 +218,17 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
         "max_abs_difference": max_difference,
         "input": f"RGB in [0, 1], {sides}, normalisation inside",
     }
+
+
+def _default_output(model: str, suffix: str) -> Path:
+    """``<run dir>/model<suffix>`` for a run given as its folder or as a file in it (``model.json``,
+    ``model.safetensors``: once ``RUN/model.json.pt``), else ``./<zoo name><suffix>``."""
+    path = Path(model)
+    if path.is_dir():
+        return path / f"model{suffix}"
+    if path.is_file():  # the loader accepted it, so it is a saved model's file
+        return path.parent / f"model{suffix}"
+    return Path(f"{model}{suffix}")
 
 
 def _faithful_difference(output: Path, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:

@@ -81,7 +81,8 @@ def _is_saved_run(path: Path) -> bool:
 
 
 def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
-    """A fine-tuned run directory (or its ``model.json``), or the name of a zoo model with pretrained weights.
+    """A fine-tuned run directory (or its ``model.json`` or ``model.safetensors``), or the name of a zoo model with
+    pretrained weights.
 
     Raises:
         CnnlabError: neither a saved run nor a known model; a model without pretrained weights or classes; a device
@@ -93,7 +94,8 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
 
     device = resolve_device(device)
     path = Path(model)
-    if _is_saved_run(path):
+    # the weights file stands for its run as it does for `load_model` (`spec_path` finds the model.json beside it)
+    if _is_saved_run(path) or (path.is_file() and path.suffix == ".safetensors"):
         spec = spec_path(path)
         meta = saved_meta(spec)
         if meta.get("task") == "segment":
