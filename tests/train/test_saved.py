@@ -94,3 +94,33 @@ def test_a_folder_without_a_saved_model_says_what_it_holds(tmp_path):
         (other / name).write_text("")
     with pytest.raises(CnnlabError, match=r"\(it holds a, b, c, d, fcn.json and 1 more\); is it a finished cnnlab run"):
         spec_path(other)
+
+
+def test_a_phase_folder_of_a_transfer_run_names_the_run_to_pass(tmp_path: Path) -> None:
+    """`export RUN/head` (a finished transfer run's phase folder, which keeps its checkpoint.pt) said the training had
+    not finished and to resume it with --name head; an unfinished run's phase asked for --name of the phase too."""
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+    from cnnlab.train.config import TrainConfig, save_config
+    from cnnlab.train.saved import spec_path
+
+    run = tmp_path / "transfer" / "q1"
+    (run / "head").mkdir(parents=True)
+    (run / "head" / "checkpoint.pt").write_bytes(b"")
+    save_config(TrainConfig(extra={"task": "transfer", "phase": "head"}), run / "head" / "config.yaml")
+    with pytest.raises(CnnlabError, match=r"it is the 'head' phase of the run in .*q1, whose training has not "
+                       r"finished; .* --resume \(and --name q1 if"):  # fmt: skip
+        spec_path(run / "head")
+    save_model(torch.nn.Linear(2, 2), run, "lenet5", {}, {"task": "transfer"})
+    message = rf"head holds no model.json or ensemble.json: it is the 'head' phase of the run in {run}, which holds " \
+        rf"the model; pass {run}$"  # fmt: skip
+    with pytest.raises(CnnlabError, match=message):
+        spec_path(run / "head")
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    for command in (["export", str(run / "head")], ["predict", "-m", str(run / "head"), str(tmp_path / "x.png")]):
+        result = CliRunner().invoke(app, command)
+        assert isinstance(result.exception, CnnlabError) and f"pass {run}" in str(result.exception)
+        assert "not finished" not in str(result.exception)

@@ -160,6 +160,15 @@ def _what_it_holds(folder: Path) -> str:
     """The end of spec_path's message for a folder without a saved model: what is there instead."""
     from cnnlab.train.checkpoint import CHECKPOINT_NAME
 
+    phase = _phase(folder)
+    if phase is not None:  # its checkpoint is the phase's own: the run saves its model one folder up
+        run = folder.parent
+        if (run / MODEL_SPEC).is_file() or (run / ENSEMBLE_SPEC).is_file():
+            return f": it is the {phase!r} phase of the run in {run}, which holds the model; pass {run}"
+        return (
+            f": it is the {phase!r} phase of the run in {run}, whose training has not finished; run the command that "
+            f"started it again with --resume (and --name {run.name} if the run was named by its start time)"
+        )
     if (folder / CHECKPOINT_NAME).is_file():  # a run stopped before it saved its model
         return (
             f": its training has not finished ({CHECKPOINT_NAME} is there); run the command that started it again "
@@ -170,6 +179,18 @@ def _what_it_holds(folder: Path) -> str:
         return "; it is empty"
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     return f" (it holds {shown}); is it a finished cnnlab run?"
+
+
+def _phase(folder: Path) -> str | None:
+    """The phase `folder` trained when it is one phase of a run with several (a transfer run's ``head``), as its
+    config.yaml records it (``extra: phase:``); None for any other folder."""
+    import yaml
+
+    try:
+        phase = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))["config"]["extra"]["phase"]
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):  # no config, or one without a phase
+        return None
+    return phase if isinstance(phase, str) else None
 
 
 def saved_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
