@@ -152,9 +152,17 @@ def test_top_k_below_1_is_refused_before_the_model_is_loaded(
     assert result.exit_code == 2 and "--top-k" in result.output
 
 
-def test_unknown_model_is_a_clear_error() -> None:
-    with pytest.raises(CnnlabError, match="neither a run directory nor a zoo model"):
+def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
+    """It said "--model 'x' is neither ...", an option that `export RUN` and `explain SOURCE` do not have."""
+    from cnnlab.cli import app
+
+    with pytest.raises(CnnlabError, match="^'no_such_model_or_dir' is neither a run directory nor a zoo model"):
         load_predictor("no_such_model_or_dir")
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    for command in (["export", "nonexist"], ["explain", "nonexist", str(tmp_path / "x.png"), "-o", str(tmp_path)]):
+        result = CliRunner().invoke(app, command)
+        assert isinstance(result.exception, CnnlabError) and "--model" not in str(result.exception)
+        assert "'nonexist' is neither a run directory nor a zoo model" in str(result.exception)
 
 
 def test_a_zoo_model_without_weights_says_to_train_it() -> None:

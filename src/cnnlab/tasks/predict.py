@@ -144,8 +144,9 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
         )
     from cnnlab.models import list_models
 
+    # no option named: `predict --model`, `export RUN` and `explain SOURCE` all pass what the user typed here
     raise CnnlabError(
-        f"--model {model!r} is neither a run directory nor a zoo model ({', '.join(list_models())}); "
+        f"{model!r} is neither a run directory nor a zoo model ({', '.join(list_models())}); "
         "pass a run directory such as runs/transfer/NAME or a model name such as efficientnet_lite0"
     )
 
