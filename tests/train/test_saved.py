@@ -124,3 +124,26 @@ def test_a_phase_folder_of_a_transfer_run_names_the_run_to_pass(tmp_path: Path) 
         result = CliRunner().invoke(app, command)
         assert isinstance(result.exception, CnnlabError) and f"pass {run}" in str(result.exception)
         assert "not finished" not in str(result.exception)
+
+
+def test_an_exports_preprocessing_record_is_named_with_the_run_to_pass(tmp_path: Path) -> None:
+    """`predict -m RUN/model.pt.preprocessing.json` said it "is not a cnnlab model record ('arch'); re-save the
+    model", of a file `cnnlab export` wrote and a run that needs no re-saving."""
+    from cnnlab.tasks.predict import load_predictor
+    from cnnlab.train.saved import spec_path
+
+    run = tmp_path / "run"
+    save_model(torch.nn.Linear(2, 2), run, "lenet5", {}, {"task": "transfer"})
+    record = {"format": "torchscript", "load": "torch.jit.load(path)", "classes": ["a", "b"]}
+    (run / "model.pt.preprocessing.json").write_text(json.dumps(record))
+    with pytest.raises(
+        CnnlabError,
+        match=rf"model.pt.preprocessing.json is the preprocessing record `cnnlab export` wrote for {run / 'model.pt'}, "
+        rf"not a saved model; pass the run's folder, {run}$",
+    ):
+        load_model(run / "model.pt.preprocessing.json")
+    with pytest.raises(CnnlabError, match=rf"not a saved model; pass the run's folder, {run}$"):  # `predict -m`
+        load_predictor(str(run / "model.pt.preprocessing.json"))
+    (tmp_path / "m.onnx.preprocessing.json").write_text(json.dumps(record))  # exported elsewhere with -o
+    with pytest.raises(CnnlabError, match="wrote for .*m.onnx, not a saved model; pass the run directory it was"):
+        spec_path(tmp_path / "m.onnx.preprocessing.json")

@@ -21,6 +21,7 @@ from cnnlab.train.device import resolve_device
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_SPEC = "model.json"
 ENSEMBLE_SPEC = "ensemble.json"
+EXPORT_RECORD_SUFFIX = ".preprocessing.json"  # what `cnnlab export` writes beside the exported file
 
 
 class Ensemble(nn.Module):
@@ -153,6 +154,13 @@ def spec_path(path: str | os.PathLike[str]) -> Path:
         path = path.parent / MODEL_SPEC
     if not path.is_file():
         raise CnnlabError(f"no saved model at {path}; pass a run directory or a model.json / model.safetensors file")
+    if path.name.endswith(EXPORT_RECORD_SUFFIX):  # it has no 'arch': "re-save the model" was the advice
+        exported = path.with_name(path.name.removesuffix(EXPORT_RECORD_SUFFIX))
+        has_run = (path.parent / MODEL_SPEC).is_file() or (path.parent / ENSEMBLE_SPEC).is_file()
+        source = f"the run's folder, {path.parent}" if has_run else "the run directory it was exported from"
+        raise CnnlabError(
+            f"{path} is the preprocessing record `cnnlab export` wrote for {exported}, not a saved model; pass {source}"
+        )
     return path
 
 
