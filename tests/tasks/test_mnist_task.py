@@ -235,6 +235,33 @@ def test_resume_of_a_finished_run_reads_it_back_and_refuses_other_options(fake_r
         train_mnist("baseline", overrides=_TINY, resume=True, **options)
 
 
+def test_one_model_and_an_ensemble_never_share_a_run_name_without_overwrite(fake_root: Path, tmp_path: Path) -> None:
+    """`--name e2` without -n, over an ensemble e2, trained one model beside it with no flag, and `evaluate` went on
+    scoring the old ensemble (its ensemble.json is loaded first); -n 2 over a single run did the reverse; a resume
+    without -n was 'unknown training option(s) ensemble'; a resume with another --seed trained new members."""
+    options = dict(data_dir=str(fake_root), output=str(tmp_path), name="e2", val_size=40, progress=False)
+    train_mnist("quick", overrides=_TINY, **options)
+    run = tmp_path / "mnist" / "e2"
+    for flags in ({}, {"resume": True}):
+        with pytest.raises(CnnlabError, match="e2 holds one model, not an ensemble of 2; pass --overwrite"):
+            train_mnist("quick", overrides=_TINY, ensemble=2, **flags, **options)
+    assert not list(run.glob("seed*"))
+    train_mnist("quick", overrides=_TINY, ensemble=2, overwrite=True, **options)
+    assert isinstance(cnnlab.load_model(run), Ensemble) and not (run / "model.json").exists()
+    with pytest.raises(CnnlabError, match=r"holds an ensemble \(members seed0, seed1\), not one model; pass --over"):
+        train_mnist("quick", overrides=_TINY, **options)
+    with pytest.raises(CnnlabError, match=re.escape("(or resume it with --ensemble 2 --seed 0)")):
+        train_mnist("quick", overrides=_TINY, resume=True, **options)
+    with pytest.raises(CnnlabError, match="already holds a run; pass --resume"):
+        train_mnist("quick", overrides=_TINY, ensemble=2, seed=5, **options)
+    with pytest.raises(CnnlabError, match="holds members seed0, seed1, which --seed 5 --ensemble 2"):
+        train_mnist("quick", overrides=_TINY, ensemble=2, seed=5, resume=True, **options)
+    assert not (run / "seed5").exists()
+    single = train_mnist("quick", overrides=_TINY, overwrite=True, **options)
+    assert not isinstance(cnnlab.load_model(run), Ensemble) and not (run / "ensemble.json").exists()
+    assert single["members"][0]["run_dir"] == str(run)
+
+
 def test_the_last_line_names_the_run_to_copy_into_the_next_command(fake_root: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

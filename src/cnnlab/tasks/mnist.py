@@ -166,6 +166,7 @@ def train_mnist(
 
     if resume and not run_dir.is_dir():
         raise CnnlabError(f"--resume: there is no run at {run_dir}; check --name and --output")
+    _check_run_shape(run_dir, ensemble, seed, member, resume, overwrite)
     members: list[dict[str, Any]] = []
     member_probabilities = []
     reuse_finished = resume or member is not None  # members finished earlier are read back, not trained again
@@ -242,6 +243,58 @@ def train_mnist(
             _ensemble_report(chosen, summary).write(run_dir / "report.md")
         (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _check_run_shape(
+    run_dir: Path, ensemble: int, seed: int, member: int | None, resume: bool, overwrite: bool
+) -> None:
+    """Refuse to train one model where an ensemble is (or the reverse), or other members than a resumed ensemble's,
+    before anything is written; with `overwrite`, remove the saved model of the other shape (it was loaded first).
+
+    Each member checks only its own folder (``NAME`` for one model, ``NAME/seedK`` for members), so a single run named
+    like an ensemble was trained beside it without --overwrite, and `evaluate` went on scoring the old ensemble.
+    """
+    from cnnlab.train.checkpoint import CHECKPOINT_NAME
+    from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC, MODEL_WEIGHTS
+
+    if not run_dir.is_dir():
+        return
+    single = [run_dir / name for name in (MODEL_SPEC, MODEL_WEIGHTS, CHECKPOINT_NAME) if (run_dir / name).is_file()]
+    seeds = sorted(
+        int(folder.name[4:]) for folder in run_dir.glob("seed*") if folder.name[4:].isdigit() and folder.is_dir()
+    )
+    ensemble_spec = run_dir / ENSEMBLE_SPEC
+    held = (
+        f"an ensemble (members {', '.join(f'seed{s}' for s in seeds)})"
+        if seeds or ensemble_spec.is_file()
+        else ("one model" if single else None)
+    )
+    if held is None:
+        return
+    wanted = "one model" if ensemble == 1 else f"an ensemble of {ensemble}"
+    other_shape = (ensemble == 1) != held.startswith("one")
+    if other_shape and overwrite:  # the other shape's saved model would still be what evaluate and predict load
+        for path in [ensemble_spec] if ensemble == 1 else single:
+            path.unlink(missing_ok=True)
+        return
+    if other_shape:
+        raise CnnlabError(
+            f"{run_dir} holds {held}, not {wanted}; pass --overwrite to replace it, or choose another --name"
+            + (f" (or resume it with --ensemble {max(len(seeds), 2)} --seed {seeds[0]})" if seeds and resume else "")
+        )
+    if ensemble > 1 and not overwrite:
+        members = range(seed, seed + ensemble)
+        if not (resume or member is not None):
+            raise CnnlabError(
+                f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                "or choose another --name"
+            )
+        if any(found not in members for found in seeds):  # a resume with another --seed trained new members
+            raise CnnlabError(
+                f"{run_dir} holds members {', '.join(f'seed{s}' for s in seeds)}, which --seed {seed} --ensemble "
+                f"{ensemble} (seeds {seed}..{seed + ensemble - 1}) leaves out; resume with the run's --seed and "
+                "--ensemble"
+            )
 
 
 def _train_member(
