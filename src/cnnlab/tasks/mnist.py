@@ -23,7 +23,7 @@ from cnnlab.data.augment import RandomAffine
 from cnnlab.data.mnist import MnistSplits, load_mnist
 from cnnlab.errors import CnnlabError
 from cnnlab.report.units import score
-from cnnlab.tasks.recipes import Recipe, RecipeBook, note_current_run, run_name
+from cnnlab.tasks.recipes import Recipe, RecipeBook, note_current_run, run_name, with_overrides
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.config import check_resumable, environment_record, load_config, save_record
 from cnnlab.train.saved import save_ensemble, save_model
@@ -162,7 +162,7 @@ def train_mnist(
     name = name or run_name(recipe)
     run_dir = Path(output) / TASK / name
     note_current_run(run_dir)
-    options = {**chosen.train, **(overrides or {})}
+    options = with_overrides(chosen.train, overrides)
 
     if resume and not run_dir.is_dir():
         raise CnnlabError(f"--resume: there is no run at {run_dir}; check --name and --output")

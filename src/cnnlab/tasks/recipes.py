@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["Recipe", "RecipeBook", "check_start", "interrupted_hint", "note_current_run", "run_name"]
+__all__ = ["Recipe", "RecipeBook", "check_start", "interrupted_hint", "note_current_run", "run_name", "with_overrides"]
 
 # The run this process is writing, for the line `cnnlab` prints when Ctrl+C interrupts it (`interrupted_hint`).
 _CURRENT_RUN: dict[str, Any] = {}
@@ -110,6 +110,17 @@ class RecipeBook(Generic[R]):
 
     def __len__(self) -> int:
         return len(self._recipes)
+
+
+def with_overrides(recipe: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A recipe's engine options with the user's on top. When ``--epochs`` shortens the run, the recipe's warm-up
+    shrinks in the same proportion: 2 warm-up epochs of 10, run for 2, warmed up for the whole run and ended at the
+    peak learning rate, never annealed."""
+    options = {**recipe, **(overrides or {})}
+    epochs, planned, warmup = options.get("epochs"), recipe.get("epochs"), recipe.get("warmup_epochs")
+    if "warmup_epochs" not in (overrides or {}) and warmup and planned and epochs and 0 < epochs < planned:
+        options["warmup_epochs"] = warmup * epochs / planned
+    return options
 
 
 def run_name(recipe: str) -> str:

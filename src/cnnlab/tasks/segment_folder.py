@@ -41,7 +41,7 @@ from cnnlab.data.split import check_split_seed, read_manifest, stratified_split,
 from cnnlab.errors import CnnlabError
 from cnnlab.report.metrics import confusion_matrix
 from cnnlab.report.segmentation import BoundaryF1, MeanIoU, PixelAccuracy, save_overlays, segmentation_report
-from cnnlab.tasks.recipes import Recipe, RecipeBook, check_start, note_current_run, run_name
+from cnnlab.tasks.recipes import Recipe, RecipeBook, check_start, note_current_run, run_name, with_overrides
 from cnnlab.tasks.segmentation import TASK
 from cnnlab.tasks.transfer import class_weights
 from cnnlab.train import LoaderBatches, TrainConfig, Trainer
@@ -209,7 +209,7 @@ def train_segmentation_folder(
     if background is not None and not 0 <= background < len(class_names):
         raise CnnlabError(f"--background {background} is not a class index (0..{len(class_names) - 1})")
     config = TrainConfig(
-        **{**recipe.train, **(overrides or {})},
+        **with_overrides(recipe.train, overrides),
         seed=seed,
         task=TASK,
         name=name or run_name(recipe.name),

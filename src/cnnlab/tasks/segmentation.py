@@ -24,7 +24,7 @@ from cnnlab.data.augment import RandomAffine
 from cnnlab.data.segmentation import CLASS_NAMES, NUM_CLASSES, DigitSegmentation, make_digit_segmentation
 from cnnlab.errors import CnnlabError
 from cnnlab.report.segmentation import BoundaryF1, MeanIoU, PixelAccuracy, save_overlays, segmentation_report
-from cnnlab.tasks.recipes import Recipe, RecipeBook, note_current_run, run_name
+from cnnlab.tasks.recipes import Recipe, RecipeBook, note_current_run, run_name, with_overrides
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.config import environment_record
 from cnnlab.train.saved import save_model
@@ -285,7 +285,7 @@ def train_segmentation(
     if data is None:
         data = make_digit_segmentation(data_dir, sizes=sizes, canvas_size=chosen.canvas_size, seed=0)
     config = TrainConfig(
-        **{**chosen.train, **(overrides or {})},
+        **with_overrides(chosen.train, overrides),
         seed=seed,
         task=TASK,
         name=name or run_name(recipe),

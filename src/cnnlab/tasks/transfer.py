@@ -64,7 +64,7 @@ from cnnlab.models import (
 )
 from cnnlab.report.units import duration
 from cnnlab.tasks.feature_cache import CachedPart, FeatureCache, images_digest
-from cnnlab.tasks.recipes import Recipe, RecipeBook, check_start, note_current_run, run_name
+from cnnlab.tasks.recipes import Recipe, RecipeBook, check_start, note_current_run, run_name, with_overrides
 from cnnlab.train import (
     BestWeights,
     FreezeBatchNorm,
@@ -425,7 +425,7 @@ class _Run:
         ``--batch-size`` given by the user is kept (the engine then names the problem).
         """
         config = self.config
-        options = {**self.recipe.train, **fields, **(config.train if main else _shared(config.train))}
+        options = with_overrides({**self.recipe.train, **fields}, config.train if main else _shared(config.train))
         batch = options.get("batch_size", TrainConfig.batch_size)
         if samples is not None and "batch_size" not in config.train and isinstance(batch, int) and 0 < samples < batch:
             options["batch_size"] = samples
