@@ -53,3 +53,11 @@ def test_demo_options_are_checked(tmp_path):
         write_segmentation_demo(tmp_path, "colour")
     with pytest.raises(CnnlabError, match="--count"):
         write_segmentation_demo(tmp_path, "digits", count=2)
+
+
+@pytest.mark.parametrize("variant", ["digits", "rgb"])
+def test_a_negative_seed_is_refused_before_any_folder_is_made(tmp_path, variant):
+    """numpy's generator raised a ValueError traceback on -1, after images/ and masks/ had been made empty."""
+    with pytest.raises(CnnlabError, match="--seed must be 0 or more, got -1"):
+        write_segmentation_demo(tmp_path / "demo", variant, count=3, seed=-1)
+    assert not (tmp_path / "demo").exists()

@@ -99,6 +99,8 @@ def write_segmentation_demo(
         raise CnnlabError(f"--variant {variant!r} is not one of {', '.join(DEMO_VARIANTS)}")
     if count < 3:
         raise CnnlabError(f"--count must be at least 3 (train, validation and test need one each), got {count}")
+    if seed < 0:  # numpy's generator takes no negative seed: it failed with a traceback after the folders were made
+        raise CnnlabError(f"--seed must be 0 or more, got {seed}")
     root = Path(root)
     if (root / "images").is_dir() and any((root / "images").iterdir()):
         raise CnnlabError(f"{root / 'images'} already holds files; choose a new folder")
