@@ -61,3 +61,49 @@ def test_a_negative_seed_is_refused_before_any_folder_is_made(tmp_path, variant)
     with pytest.raises(CnnlabError, match="--seed must be 0 or more, got -1"):
         write_segmentation_demo(tmp_path / "demo", variant, count=3, seed=-1)
     assert not (tmp_path / "demo").exists()
+
+
+@needs_mnist
+def test_an_interrupted_demo_trains_as_it_is_and_the_same_command_finishes_it(tmp_path, monkeypatch, capsys):
+    """Ctrl+C left no classes.json and a half-written last pair, and a second run refused the folder as used."""
+    import sys
+
+    import cnnlab.data.segmentation_demo as demo
+    from cnnlab.cli import main
+
+    sample, samples = demo._rgb_sample, []
+
+    def interrupted_at_the_third_pair(*args):
+        samples.append(args)
+        if len(samples) == 3:
+            raise KeyboardInterrupt
+        return sample(*args)
+
+    root = tmp_path / "demo"
+    monkeypatch.setattr(demo, "_rgb_sample", interrupted_at_the_third_pair)
+    command = ["cnnlab", "data", "segmentation-demo", str(root), "--count", "5", "--variant", "rgb", "--seed", "3"]
+    monkeypatch.setattr(sys, "argv", command)
+    with pytest.raises(SystemExit) as exit_code:
+        main()
+    assert exit_code.value.code == 130
+    assert f"stopped after 2 of 5 pairs: {root} trains on them as it is" in capsys.readouterr().err
+    monkeypatch.setattr(demo, "_rgb_sample", sample)
+    # as if stopped inside pair 2: its mask written, its image not yet renamed from the temporary name
+    (root / "masks" / "00002.png").write_bytes(b"not this mask")
+    (root / "images" / "00002.png.part").write_bytes(b"\x89PNG")
+    folder = SegmentationFolder(root)  # without skip_bad: every listed image has its mask
+    assert len(folder.read_all()) == 2 and not folder.skipped and folder.class_names == CLASS_NAMES
+
+    with pytest.raises(CnnlabError, match="--variant rgb --count 5 --seed 3"):
+        write_segmentation_demo(root, "rgb", count=5, seed=4)
+    summary = write_segmentation_demo(root, "rgb", count=5, seed=3)
+    assert summary["kept"] == 2 and demo.interrupted_demo(root) is None
+    write_segmentation_demo(tmp_path / "whole", "rgb", count=5, seed=3)
+    for part in ("images", "masks"):
+        assert sorted(p.name for p in (root / part).iterdir()) == [f"{i:05d}.png" for i in range(5)]
+        for i in range(5):
+            assert (root / part / f"{i:05d}.png").read_bytes() == (
+                tmp_path / "whole" / part / f"{i:05d}.png"
+            ).read_bytes()
+    with pytest.raises(CnnlabError, match="already holds files"):
+        write_segmentation_demo(root, "rgb", count=5, seed=3)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import typer
 
+from cnnlab.cli.help_text import paragraphs
+
 data_app = typer.Typer(help="Write example datasets in the formats the train commands read.", no_args_is_help=True)
 
 
-@data_app.command("segmentation-demo")
 def segmentation_demo(
     directory: Path = typer.Argument(..., help="The folder to write (images/, masks/, classes.json)."),
     variant: str = typer.Option(
@@ -22,16 +23,37 @@ def segmentation_demo(
     seed: int = typer.Option(0, "--seed", help="The generator's seed."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST root (else $CNNLAB_DATA, else ./data)."),
 ) -> None:
-    """Write a segmentation folder to train on with `cnnlab train segment --data DIR`."""
-    from cnnlab.data.segmentation_demo import write_segmentation_demo
+    """Write a segmentation folder to train on with `cnnlab train segment --data DIR`.
 
-    summary = write_segmentation_demo(directory, variant, count, None if data_dir is None else str(data_dir), seed)
+    After Ctrl+C the folder trains on the pairs written so far (classes.json comes first, each pair whole), and the
+    same command again writes the rest.
+    """
+    from cnnlab.data.segmentation_demo import interrupted_demo, write_segmentation_demo
+
+    try:
+        summary = write_segmentation_demo(directory, variant, count, None if data_dir is None else str(data_dir), seed)
+    except KeyboardInterrupt:
+        written = interrupted_demo(directory)
+        if written == 0:
+            typer.echo(f"stopped before the first pair; the same command writes {directory}", err=True)
+        elif written is not None:
+            typer.echo(
+                f"stopped after {written} of {count} pairs: {directory} trains on them as it is; the same command "
+                "writes the rest",
+                err=True,
+            )
+        raise
+    if summary["kept"]:
+        typer.echo(f"continued: kept the {summary['kept']} pairs an interrupted run had written", err=True)
     (low_h, low_w), (high_h, high_w) = summary["sizes"]
     typer.echo(
         f"wrote {summary['images']} image + mask pairs ({variant}) to {summary['root']} (images/, masks/, "
         f"classes.json: {summary['classes']} classes; sizes {low_w}x{low_h} to {high_w}x{high_h})"
     )
     typer.echo(f"train: cnnlab train segment --data {summary['root']}")
+
+
+data_app.command("segmentation-demo", help=paragraphs(segmentation_demo.__doc__ or ""))(segmentation_demo)
 
 
 def register(app: typer.Typer) -> None:

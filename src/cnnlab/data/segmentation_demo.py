@@ -7,11 +7,14 @@
   pretrained encoder.
 
 Both are written in the documented folder format (``images/``, ``masks/`` colour PNGs, ``classes.json``: background
-and the digits 0-9), from a seed, using only MNIST's training file.
+and the digits 0-9), from a seed, using only MNIST's training file. ``classes.json`` comes first and each pair is
+written whole (mask, then image, each under a temporary name then renamed), so an interrupted folder trains on the
+pairs it holds; `PROGRESS` records the options until the last pair, and the same options continue it.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -23,9 +26,10 @@ import torch
 from cnnlab.data.segmentation import CLASS_NAMES, INK_THRESHOLD, class_colours, make_canvases
 from cnnlab.errors import CnnlabError
 
-__all__ = ["DEMO_VARIANTS", "sample_photos", "write_segmentation_demo"]
+__all__ = ["DEMO_VARIANTS", "PROGRESS", "interrupted_demo", "sample_photos", "write_segmentation_demo"]
 
 DEMO_VARIANTS = ("digits", "rgb")
+PROGRESS = ".segmentation-demo.json"  # the options of a demo still being written; removed after its last pair
 _SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "coins", "immunohistochemistry", "hubble_deep_field")
 
 
@@ -81,18 +85,21 @@ def write_segmentation_demo(
     """Write a segmentation folder of `count` image + mask pairs to `root`.
 
     Args:
-        root: the folder to create (``images/``, ``masks/``, ``classes.json``); must not hold images already.
+        root: the folder to create (``images/``, ``masks/``, ``classes.json``); must not hold images already, unless
+            they are an interrupted demo of the same options, which is then continued.
         variant: ``digits`` or ``rgb`` (see the module docstring).
         count: pairs to write.
         data_dir: MNIST root (see `cnnlab.data.paths`).
         seed: the generator's seed.
 
     Returns:
-        ``{"root", "variant", "images", "classes", "sizes": [[least height, least width], [greatest height,
-        greatest width]]}``.
-    """
-    from PIL import Image
+        ``{"root", "variant", "images", "classes", "kept" (pairs an interrupted run had written, kept), "sizes":
+        [[least height, least width], [greatest height, greatest width]]}``.
 
+    Raises:
+        CnnlabError: when an option is out of range, or `root` holds images that are not an interrupted demo of the
+            same options.
+    """
     from cnnlab.data.mnist import _load_split, find_mnist_dir
 
     if variant not in DEMO_VARIANTS:
@@ -102,12 +109,23 @@ def write_segmentation_demo(
     if seed < 0:  # numpy's generator takes no negative seed: it failed with a traceback after the folders were made
         raise CnnlabError(f"--seed must be 0 or more, got {seed}")
     root = Path(root)
-    if (root / "images").is_dir() and any((root / "images").iterdir()):
+    options = {"variant": variant, "count": count, "seed": seed}
+    resuming = (root / PROGRESS).is_file()
+    if resuming and (recorded := _recorded_options(root)) != options:
+        raise CnnlabError(
+            f"{root} holds an interrupted demo of other options ({_as_flags(recorded)}); run with those to finish it, "
+            "or choose a new folder"
+        )
+    if not resuming and (root / "images").is_dir() and any((root / "images").iterdir()):
         raise CnnlabError(f"{root / 'images'} already holds files; choose a new folder")
     digits, labels = _load_split(find_mnist_dir(data_dir), "train")
     colours = class_colours(len(CLASS_NAMES))
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
+    (root / PROGRESS).write_text(json.dumps(options))
+    # classes.json before the pairs: the folder trains on whatever pairs an interruption leaves
+    classes = [{"name": n, "color": [int(c) for c in colour]} for n, colour in zip(CLASS_NAMES, colours, strict=True)]
+    _write_atomically(root / "classes.json", json.dumps(classes, indent=1).encode())
     if variant == "digits":
         canvases = make_canvases(digits, labels, torch.arange(len(labels)), count, size=64, seed=seed)
         pairs = ((image[0].numpy(), mask.numpy()) for image, mask in zip(canvases.images, canvases.masks, strict=True))
@@ -117,19 +135,62 @@ def write_segmentation_demo(
         pool, pool_labels = digits.reshape(-1, 28, 28).numpy(), labels.numpy()
         pairs = (_rgb_sample(rng, photos, pool, pool_labels) for _ in range(count))
     shapes = set()
+    kept = 0
+    # every pair is generated, also those already written: the generator's stream makes pair i what an uninterrupted
+    # run makes it
     for index, (image, mask) in enumerate(pairs):
-        Image.fromarray(image).save(root / "images" / f"{index:05d}.png")
-        Image.fromarray(colours[mask]).save(root / "masks" / f"{index:05d}.png")
         shapes.add(mask.shape)
-    classes = [{"name": n, "color": [int(c) for c in colour]} for n, colour in zip(CLASS_NAMES, colours, strict=True)]
-    (root / "classes.json").write_text(json.dumps(classes, indent=1))
+        image_path, mask_path = root / "images" / f"{index:05d}.png", root / "masks" / f"{index:05d}.png"
+        if resuming and image_path.is_file() and mask_path.is_file():
+            kept += 1
+            continue
+        # the mask first: an image without its mask would stop a folder read without skip_bad
+        _write_atomically(mask_path, _png(colours[mask]))
+        _write_atomically(image_path, _png(image))
+    (root / PROGRESS).unlink()
     return {
         "root": str(root),
         "variant": variant,
         "images": count,
         "classes": len(CLASS_NAMES),
+        "kept": kept,
         "sizes": [
             [min(h for h, _ in shapes), min(w for _, w in shapes)],
             [max(h for h, _ in shapes), max(w for _, w in shapes)],
         ],
     }
+
+
+def interrupted_demo(root: str | os.PathLike[str]) -> int | None:
+    """The pairs an interrupted demo in `root` holds (each whole); None when `root` holds no interrupted demo."""
+    root = Path(root)
+    if not (root / PROGRESS).is_file():
+        return None
+    return sum(1 for image in (root / "images").glob("*.png") if (root / "masks" / image.name).is_file())
+
+
+def _recorded_options(root: Path) -> dict[str, Any]:
+    try:
+        return json.loads((root / PROGRESS).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}  # unreadable: matches no options, so the folder is not continued blindly
+
+
+def _as_flags(options: dict[str, Any]) -> str:
+    return " ".join(f"--{key} {value}" for key, value in options.items()) or f"unreadable {PROGRESS}"
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """`data` to a temporary file, renamed to `path`: an interruption leaves the whole file or none (the temporary
+    name ends in .part, not an image suffix, so a folder read never lists it)."""
+    temporary = path.with_name(path.name + ".part")
+    temporary.write_bytes(data)
+    temporary.replace(path)
