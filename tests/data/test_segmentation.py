@@ -121,6 +121,27 @@ def test_folder_errors_name_the_problem(tmp_path):
         SegmentationFolder(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("classes", "message"),
+    [
+        (
+            [("bg", [0, 0, 0]), ("fg", [255, 0, 0]), ("fg2", [255, 0, 0])],
+            r"'fg' and 'fg2' the same colour \(255, 0, 0\)",
+        ),
+        ([("bg", [0, 0, 0]), ("fg", [255, 0, 0]), ("fg", [0, 255, 0])], "the class name 'fg' twice"),
+    ],
+)
+def test_classes_json_with_a_repeated_colour_or_name_is_refused(tmp_path, classes, message):
+    """A repeated colour was accepted and every pixel of it became the last class listing it (fg2, never fg)."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "images" / "a.png")
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "masks" / "a.png")
+    (tmp_path / "classes.json").write_text(json.dumps([{"name": n, "color": c} for n, c in classes]))
+    with pytest.raises(CnnlabError, match=message):
+        SegmentationFolder(tmp_path)
+
+
 @pytest.mark.parametrize("crop", [16, 48])  # smaller than the image (crops) and larger (padded)
 def test_joint_transform_keeps_image_and_mask_aligned(crop):
     from torchvision.transforms import v2

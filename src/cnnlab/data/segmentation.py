@@ -265,6 +265,21 @@ def save_segmentation_folder(
     return root
 
 
+def _check_distinct(classes_file: Path, names: list[str], colours: list[tuple[int, ...]]) -> None:
+    """Refuse two classes of one name or one colour (a shared colour's pixels all went to the last class listing it)."""
+    repeated = next((name for i, name in enumerate(names) if name in names[:i]), None)
+    if repeated is not None:
+        raise CnnlabError(f"{classes_file} lists the class name {repeated!r} twice; give each class its own name")
+    first: dict[tuple[int, ...], str] = {}
+    for name, colour in zip(names, colours, strict=True):
+        if colour in first:
+            raise CnnlabError(
+                f"{classes_file} gives classes {first[colour]!r} and {name!r} the same colour {colour}; give each "
+                "class its own colour"
+            )
+        first[colour] = name
+
+
 class SegmentationFolder(Dataset):
     """Image + mask pairs from a folder: ``images/<stem>.<ext>`` and ``masks/<stem>.png``.
 
@@ -326,6 +341,7 @@ class SegmentationFolder(Dataset):
                 ) from None
             if not 2 <= len(self.class_names) < IGNORE_INDEX:
                 raise CnnlabError(f"{classes_file} lists {len(self.class_names)} classes; use 2 to {IGNORE_INDEX - 1}")
+            _check_distinct(classes_file, self.class_names, [tuple(colour) for colour in self.colours.tolist()])
 
     def __len__(self) -> int:
         return len(self.images)
