@@ -121,6 +121,53 @@ def test_folder_errors_name_the_problem(tmp_path):
         SegmentationFolder(tmp_path)
 
 
+def _one_pair(root, mask: Image.Image, classes: list[dict] | None = None) -> None:
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    Image.fromarray(np.zeros((*mask.size[::-1], 3), dtype=np.uint8)).save(root / "images" / "a.png")
+    mask.save(root / "masks" / "a.png")
+    if classes is not None:
+        (root / "classes.json").write_text(json.dumps(classes))
+
+
+def test_index_masks_are_named_by_a_classes_json_without_colours(tmp_path):
+    """Index masks with a classes.json (for the names) were refused: 'has colour (1, 1, 1), which classes.json does
+    not list'."""
+    indices = np.array([[0, 1, 255], [1, 1, 0]], dtype=np.uint8)
+    _one_pair(tmp_path, Image.fromarray(indices), [{"name": "sky"}, {"name": "roof"}])
+    folder = SegmentationFolder(tmp_path)
+    assert folder.class_names == ["sky", "roof"] and folder.colours is None
+    assert folder.read(0)[1].tolist() == indices.tolist()
+    Image.fromarray(indices * 2).save(tmp_path / "masks" / "a.png")
+    with pytest.raises(CnnlabError, match=r"class index 2 but .*classes.json lists 2 classes \(0 to 1; 255 means"):
+        folder.read(0)
+    (tmp_path / "classes.json").write_text(json.dumps([{"name": "sky", "color": [0, 0, 0]}, {"name": "roof"}]))
+    with pytest.raises(CnnlabError, match="a colour to some classes but not to 'roof'"):
+        SegmentationFolder(tmp_path)
+
+
+def test_index_masks_with_a_colour_classes_json_say_how_to_name_classes(tmp_path):
+    indices = np.array([[0, 1], [1, 0]], dtype=np.uint8)
+    _one_pair(
+        tmp_path, Image.fromarray(indices), [{"name": "bg", "color": [0, 0, 0]}, {"name": "fg", "color": [255, 0, 0]}]
+    )
+    with pytest.raises(CnnlabError, match=r"single-channel mask \(value 1\) .* for class-index masks list the names"):
+        SegmentationFolder(tmp_path).read(0)
+    # grey colours listed in classes.json still map a single-channel mask by colour
+    (tmp_path / "classes.json").write_text(
+        json.dumps([{"name": "bg", "color": [0] * 3}, {"name": "fg", "color": [1] * 3}])
+    )
+    assert SegmentationFolder(tmp_path).read(0)[1].tolist() == indices.tolist()
+
+
+def test_bilevel_masks_read_as_class_indices_0_and_1(tmp_path):
+    """A mode "1" mask was refused as if it had colours: 'is an 1 mask but classes.json is missing'."""
+    bits = np.array([[False, True], [True, False]])
+    _one_pair(tmp_path, Image.fromarray(bits))
+    assert Image.open(tmp_path / "masks" / "a.png").mode == "1"
+    assert SegmentationFolder(tmp_path).read(0)[1].tolist() == bits.astype(np.uint8).tolist()
+
+
 @pytest.mark.parametrize(
     ("classes", "message"),
     [
@@ -133,11 +180,9 @@ def test_folder_errors_name_the_problem(tmp_path):
 )
 def test_classes_json_with_a_repeated_colour_or_name_is_refused(tmp_path, classes, message):
     """A repeated colour was accepted and every pixel of it became the last class listing it (fg2, never fg)."""
-    (tmp_path / "images").mkdir()
-    (tmp_path / "masks").mkdir()
-    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "images" / "a.png")
-    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "masks" / "a.png")
-    (tmp_path / "classes.json").write_text(json.dumps([{"name": n, "color": c} for n, c in classes]))
+    _one_pair(
+        tmp_path, Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)), [{"name": n, "color": c} for n, c in classes]
+    )
     with pytest.raises(CnnlabError, match=message):
         SegmentationFolder(tmp_path)
 

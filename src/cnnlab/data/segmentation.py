@@ -10,7 +10,8 @@ and generation is a pure function of the seed.
 
 Folder datasets: ``<root>/images/<stem>.png`` with ``<root>/masks/<stem>.png``; a mask is either a single-channel PNG
 of class indices or an RGB PNG whose colours are mapped to classes by ``<root>/classes.json``
-(``[{"name": "background", "color": [0, 0, 0]}, ...]``, the class index is the position in the list). Index
+(``[{"name": "background", "color": [0, 0, 0]}, ...]``, the class index is the position in the list); a
+``classes.json`` without colours (``[{"name": "background"}, ...]``) names the classes of index masks. Index
 `IGNORE_INDEX` (255) marks unlabelled pixels, as in Pascal VOC: losses and metrics skip them. Training on a folder
 holds the decoded pairs in memory as uint8 (`SegmentationSamples`) and transforms image and mask together with
 torchvision transforms v2 (`joint_train_transform`: the mask is a `tv_tensors.Mask`, so it is resampled with nearest
@@ -23,6 +24,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +34,9 @@ from torchvision.transforms import v2
 
 from cnnlab.data.folder import SkippedFile, check_image, file_digest
 from cnnlab.errors import CnnlabError, why_not_a_folder
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 __all__ = [
     "CLASS_NAMES",
@@ -55,6 +60,7 @@ INK_THRESHOLD = 64
 MAX_DIGITS = 5
 IGNORE_INDEX = 255
 TEST_ID_OFFSET = 60_000
+_INDEX_MODES = ("1", "L", "I", "I;16")  # single-channel PIL modes whose values are class indices (bilevel: 0 and 1)
 _MAX_OVERLAP = 0.25  # a new digit may hide at most this fraction of its own ink pixels under earlier ink
 
 
@@ -271,7 +277,7 @@ def _check_distinct(classes_file: Path, names: list[str], colours: list[tuple[in
     if repeated is not None:
         raise CnnlabError(f"{classes_file} lists the class name {repeated!r} twice; give each class its own name")
     first: dict[tuple[int, ...], str] = {}
-    for name, colour in zip(names, colours, strict=True):
+    for name, colour in zip(names, colours, strict=False):  # no colours: class-index masks
         if colour in first:
             raise CnnlabError(
                 f"{classes_file} gives classes {first[colour]!r} and {name!r} the same colour {colour}; give each "
@@ -283,9 +289,10 @@ def _check_distinct(classes_file: Path, names: list[str], colours: list[tuple[in
 class SegmentationFolder(Dataset):
     """Image + mask pairs from a folder: ``images/<stem>.<ext>`` and ``masks/<stem>.png``.
 
-    Items are (float image [C, H, W] in [0, 1], int64 mask [H, W]); `read` gives the uint8 pair. With
-    ``classes.json`` present, RGB masks are mapped through its colours (an unknown colour is an error naming the
-    file); without it, masks must be single-channel PNGs of class indices. `IGNORE_INDEX` stays as is in both.
+    Items are (float image [C, H, W] in [0, 1], int64 mask [H, W]); `read` gives the uint8 pair. With colours in
+    ``classes.json``, RGB masks are mapped through them (an unknown colour is an error naming the file); without it,
+    or with names only, masks must be single-channel PNGs of class indices (bilevel ones read as 0 and 1), below the
+    number of names if given. `IGNORE_INDEX` stays as is in both.
 
     Args:
         root: the dataset folder.
@@ -334,14 +341,24 @@ class SegmentationFolder(Dataset):
             try:
                 classes = json.loads(classes_file.read_text())
                 self.class_names = [str(c["name"]) for c in classes]
-                self.colours = np.array([c["color"] for c in classes], dtype=np.int64).reshape(-1, 3)
+                coloured = ["color" in c for c in classes]
+                if all(coloured):
+                    self.colours = np.array([c["color"] for c in classes], dtype=np.int64).reshape(-1, 3)
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
                 raise CnnlabError(
-                    f"{classes_file} must be a list of {{'name': str, 'color': [r, g, b]}} ({error})"
+                    f"{classes_file} must be a list of {{'name': str, 'color': [r, g, b]}}, the colours left out "
+                    f"for class-index masks ({error})"
                 ) from None
+            if any(coloured) and not all(coloured):
+                uncoloured = self.class_names[coloured.index(False)]
+                raise CnnlabError(
+                    f"{classes_file} gives a colour to some classes but not to {uncoloured!r}; give every class a "
+                    "colour (colour masks) or none (class-index masks)"
+                )
             if not 2 <= len(self.class_names) < IGNORE_INDEX:
                 raise CnnlabError(f"{classes_file} lists {len(self.class_names)} classes; use 2 to {IGNORE_INDEX - 1}")
-            _check_distinct(classes_file, self.class_names, [tuple(colour) for colour in self.colours.tolist()])
+            colours = [] if self.colours is None else [tuple(colour) for colour in self.colours.tolist()]
+            _check_distinct(classes_file, self.class_names, colours)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -352,20 +369,9 @@ class SegmentationFolder(Dataset):
         try:
             with Image.open(path) as mask_image:
                 mask_image.load()
+                single_channel = mask_image.mode in _INDEX_MODES
                 if self.colours is None:
-                    if mask_image.mode not in ("L", "P", "I", "I;16"):
-                        raise CnnlabError(
-                            f"{path} is an {mask_image.mode} mask but {self.root}/classes.json is missing; add it to "
-                            "map colours to classes, or save masks as single-channel class-index PNGs"
-                        )
-                    labels = np.asarray(mask_image).astype(np.int64)
-                    too_large = labels[(labels >= IGNORE_INDEX) & (labels != IGNORE_INDEX)]
-                    if too_large.size:
-                        raise CnnlabError(
-                            f"{path} has class index {int(too_large[0])}; indices must be below {IGNORE_INDEX}, "
-                            f"which means unlabelled"
-                        )
-                    return labels
+                    return self._class_indices(path, mask_image)
                 rgb = np.asarray(mask_image.convert("RGB")).astype(np.int64)
         except OSError as error:
             raise CnnlabError(f"{path} cannot be read as a mask ({error})") from None
@@ -374,6 +380,12 @@ class SegmentationFolder(Dataset):
         lookup = {int(k): i for i, k in enumerate(colour_keys)}
         unique = np.unique(keys)
         unknown = [int(k) for k in unique if int(k) not in lookup]
+        if unknown and single_channel:  # read as the grey (v, v, v): most likely a class index, not a colour
+            raise CnnlabError(
+                f"{path} is a single-channel mask (value {unknown[0] & 255}) but {self.root}/classes.json lists "
+                "colours, so masks must be colour PNGs of them; for class-index masks list the names only "
+                '([{"name": "background"}, ...])'
+            )
         if unknown:
             colour = ((unknown[0] >> 16) & 255, (unknown[0] >> 8) & 255, unknown[0] & 255)
             raise CnnlabError(f"{path} has colour {colour}, which {self.root}/classes.json does not list")
@@ -381,6 +393,29 @@ class SegmentationFolder(Dataset):
         for key in unique:
             out[keys == key] = lookup[int(key)]
         return out
+
+    def _class_indices(self, path: Path, mask_image: PIL.Image.Image) -> np.ndarray:
+        """A class-index mask (a bilevel one reads as 0 and 1), its indices checked against the classes."""
+        if mask_image.mode not in (*_INDEX_MODES, "P"):
+            missing = "is missing; add it" if self.class_names is None else "lists no colours; give every class one"
+            raise CnnlabError(
+                f"{path} is an {mask_image.mode} mask but {self.root}/classes.json {missing} to map colours to "
+                "classes, or save masks as single-channel class-index PNGs"
+            )
+        labels = np.asarray(mask_image).astype(np.int64)
+        limit = IGNORE_INDEX if self.class_names is None else len(self.class_names)
+        too_large = labels[(labels >= limit) & (labels != IGNORE_INDEX)]
+        if too_large.size and self.class_names is not None:
+            raise CnnlabError(
+                f"{path} has class index {int(too_large[0])} but {self.root}/classes.json lists {limit} classes "
+                f"(0 to {limit - 1}; {IGNORE_INDEX} means unlabelled)"
+            )
+        if too_large.size:
+            raise CnnlabError(
+                f"{path} has class index {int(too_large[0])}; indices must be below {IGNORE_INDEX}, which means "
+                "unlabelled"
+            )
+        return labels
 
     def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The pair as uint8 tensors: image [C, H, W] (0..255), mask [H, W] (class indices, `IGNORE_INDEX`).
