@@ -169,6 +169,24 @@ def test_bilevel_masks_read_as_class_indices_0_and_1(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("values", "classes", "message"),
+    [
+        ([0, 255], None, r"every pixel class 0 except 50.0% that are 255 \(unlabelled\), .* save it as 1"),
+        ([255, 255], None, r"every pixel of the masks in .* is 255 \(unlabelled\); if 255 marks the foreground"),
+        ([0, 0], [{"name": "sky"}, {"name": "roof"}], r"is class 0 \('sky'\), so a model would learn one class"),
+    ],
+)
+def test_masks_with_fewer_than_two_classes_are_refused_with_the_likely_cause(tmp_path, values, classes, message):
+    """Binary masks saved as 0/255 trained on background alone and reported mIoU 0.0000, every class 1.0000."""
+    _one_pair(tmp_path, Image.fromarray(np.array([values, values], dtype=np.uint8)), classes)
+    with pytest.raises(CnnlabError, match=message):
+        SegmentationFolder(tmp_path).read_all()
+    Image.fromarray(np.array([[0, 1], [255, 0]], dtype=np.uint8)).save(tmp_path / "masks" / "b.png")
+    Image.fromarray(np.zeros((2, 2, 3), dtype=np.uint8)).save(tmp_path / "images" / "b.png")
+    assert len(SegmentationFolder(tmp_path).read_all()) == 2  # another mask labels a second class
+
+
+@pytest.mark.parametrize(
     ("classes", "message"),
     [
         (

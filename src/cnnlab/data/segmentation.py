@@ -442,14 +442,45 @@ class SegmentationFolder(Dataset):
         return tensor, torch.from_numpy(mask.astype(np.uint8))
 
     def read_all(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """Every readable pair by index (`read`); the others are added to `skipped` with the reason."""
+        """Every readable pair by index (`read`); the others are added to `skipped` with the reason.
+
+        Raises:
+            CnnlabError: when the masks read label no pixel, or only pixels of one class: a model trained on them
+                learns that class and scores a perfect 1.0 on every metric.
+        """
         pairs = {}
         for index in range(len(self)):
             try:
                 pairs[index] = self.read(index)
             except CnnlabError as error:
                 self.skipped.append(SkippedFile(str(self.images[index]), "", str(error)))
+        if pairs:
+            self._check_two_classes([mask for _, mask in pairs.values()])
         return pairs
+
+    def _check_two_classes(self, masks: list[torch.Tensor]) -> None:
+        """Refuse masks that hold fewer than two classes, naming the likely cause: binary masks saved as 0/255, whose
+        foreground is then unlabelled (they trained on background alone and reported mIoU 0, every class 1.0)."""
+        counts = sum(torch.bincount(mask.flatten().long(), minlength=256) for mask in masks)
+        present = counts[:IGNORE_INDEX].nonzero().flatten().tolist()
+        unlabelled = float(counts[IGNORE_INDEX] / counts.sum())
+        foreground_hint = f"if {IGNORE_INDEX} marks the foreground, save it as 1 ({IGNORE_INDEX} means unlabelled)"
+        if not present:
+            raise CnnlabError(
+                f"every pixel of the masks in {self.root} is {IGNORE_INDEX} (unlabelled); {foreground_hint}"
+            )
+        if len(present) > 1:
+            return
+        only = f"class {present[0]}" + (f" ({self.class_names[present[0]]!r})" if self.class_names else "")
+        if unlabelled > 0:
+            raise CnnlabError(
+                f"the masks in {self.root} label every pixel {only} except {unlabelled:.1%} that are {IGNORE_INDEX} "
+                f"(unlabelled), so a model would learn one class; {foreground_hint}"
+            )
+        raise CnnlabError(
+            f"every pixel of the masks in {self.root} is {only}, so a model would learn one class; masks need at "
+            "least two classes"
+        )
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.read(index)
