@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -95,6 +96,7 @@ _one_line_summaries(app)
 
 def main() -> None:
     """Entry point of the `cnnlab` console script and of `python -m cnnlab`."""
+    warnings.formatwarning = _format_warning
     try:
         app()
     except SystemExit as done:
@@ -112,6 +114,19 @@ def main() -> None:
     except KeyboardInterrupt:
         print(_interrupted_line(), file=sys.stderr)
         sys.exit(130)
+
+
+_DEFAULT_FORMAT = warnings.formatwarning
+
+
+def _format_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
+    """cnnlab's own warnings as a line a user reads, ``warning: ...`` (they came with the source file and line that
+    raised them, and that line's code); other libraries' as Python formats them."""
+    if category.__module__.split(".")[0] == "cnnlab":
+        return f"warning: {message}\n"
+    return _DEFAULT_FORMAT(message, category, filename, lineno, line)
 
 
 def _interrupted(done: SystemExit) -> bool:
