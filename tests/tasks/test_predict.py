@@ -533,6 +533,10 @@ def test_resume_refuses_what_it_cannot_continue(tiny_run: Path, tmp_path: Path) 
     ]
     table.write_text("\n".join(["path,label_1,probability_1,error", *rows]) + "\n")
     assert finished_predictions(table, 1, classes, ["a.png", "b.png"]) == [["a.png", classes[0], "0.9", ""]]
+    # the same file spelled otherwise (written with absolute paths, resumed with relative ones): kept, as now spelled
+    absolute = str(Path("a.png").absolute())
+    assert finished_predictions(table, 1, classes, [absolute]) == [[absolute, classes[0], "0.9", ""]]
+    assert finished_predictions(table, 1, classes, ["./a.png"]) == [["./a.png", classes[0], "0.9", ""]]
     table.write_text("path,label_1,probability_1,error\na.png,zebra,0.9,\n")
     with pytest.raises(CnnlabError, match="holds the label 'zebra', which this model does not have"):
         finished_predictions(table, 1, classes, ["a.png"])

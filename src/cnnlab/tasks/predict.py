@@ -285,8 +285,14 @@ def finished_predictions(
             f"--resume: {path} holds {found} classes per image, not the {top_k} this run writes; give the -k it was "
             "written with"
         )
-    wanted, known = set(paths), set(classes)
-    kept = [row for row in rows[1:] if len(row) == len(rows[0]) and not row[-1] and row[0] in wanted]
+    # matched as the files they name, and given the spelling of this run: a CSV written with absolute paths, resumed
+    # with relative ones, lost every row
+    wanted, known = {os.path.abspath(path): path for path in paths}, set(classes)
+    kept = [
+        [wanted[os.path.abspath(row[0])], *row[1:]]
+        for row in rows[1:]
+        if len(row) == len(rows[0]) and not row[-1] and os.path.abspath(row[0]) in wanted
+    ]
     strange = next((label for row in kept for label in row[1:-1:2] if label and label not in known), None)
     if strange is not None:
         raise CnnlabError(
