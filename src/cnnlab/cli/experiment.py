@@ -16,7 +16,9 @@ def experiment(
     seeds: int | None = typer.Option(None, "--seeds", help="Repeats over seeds 0..N-1 (default 3)."),
     output: Path = typer.Option(Path("runs"), "--output", "-o", help="Root dir; writes OUTPUT/experiment/NAME/."),
     test_subset: int | None = typer.Option(None, "--test-subset", help="Test images evaluated (default all)."),
-    val_subset: int | None = typer.Option(None, "--val-subset", help="Validation images (default all 5,000)."),
+    val_subset: int | None = typer.Option(
+        None, "--val-subset", help="Validation images (default: the experiment's; all 5,000 unless it sets fewer)."
+    ),
     data_dir: str | None = typer.Option(None, "--data-dir", help="MNIST root (else $CNNLAB_DATA, else ./data)."),
     overwrite: bool = typer.Option(
         False,
