@@ -96,6 +96,8 @@ def test_mnist_net_with_dropout_between_flatten_and_dense():
     model = create_model("mnist_net_small").eval()
     converted = to_fully_convolutional(model)
     _assert_identical(model, converted, (1, 28, 28))
+    with pytest.raises(CnnlabError, match="--pool none applies to a head that averages its map globally"):
+        to_fully_convolutional(model, pool="none")  # every MNIST head flattens: it was accepted and changed nothing
 
 
 def test_the_original_model_is_left_unchanged_and_in_its_mode():

@@ -241,6 +241,11 @@ def _convert_calls(calls: list[_Call], feature_shape: tuple[int, ...], pool: str
             f"cannot convert layer {call.name!r} ({type(module).__name__}) in the classifier head: only Flatten, "
             "Linear, adaptive pooling, dropout and element-wise activations can be made convolutional"
         )
+    if pool == "none" and deferred_pool is None:  # it was accepted, recorded in fcn.json, and changed nothing
+        raise CnnlabError(
+            "--pool none applies to a head that averages its map globally; this one has no global average pool "
+            "(a dense layer reads the whole map), so its converted network is the same with the default, window"
+        )
     window_pooled = False
     if deferred_pool is not None and pool == "window":
         layers.append(("global_pool", nn.AvgPool2d(deferred_pool, stride=1)))
