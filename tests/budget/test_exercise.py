@@ -74,3 +74,23 @@ def test_json_keys(report):
         "activations_bytes",
         "total_bytes",
     }
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_depth_chooses_the_rows_not_the_memory_figures(report, depth):
+    """--depth summed the textbook activations over the rows shown: at depth 0 the exercise kept only its output."""
+    shown = budget(EXERCISE, input_shape=(3, 200, 300), batch_size=50, depth=depth)
+    assert shown.to_dict()["inference"] == report.to_dict()["inference"]
+    assert shown.to_dict()["training"] == report.to_dict()["training"]
+    assert shown.training["activations_bytes"] == 526_000_000
+    assert shown.sequential
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_depth_leaves_a_zoo_models_memory_figures_alone(depth):
+    leaves = budget("resnet18", batch_size=2)
+    shown = budget("resnet18", batch_size=2, depth=depth)
+    assert len(shown.layers) < len(leaves.layers)
+    for view in ("inference", "training", "realistic"):
+        assert shown.to_dict()[view] == leaves.to_dict()[view], view
+    assert leaves.training["activations_bytes"] == 2 * 20_680_608  # every leaf's output, ReLUs folded in

@@ -63,6 +63,8 @@ class BudgetReport:
     measured: dict[str, Any] | None = None
     plan: dict[str, Any] | None = None
     spec_layers: list[LayerSpec] | None = field(default=None, repr=False)
+    # per-sample output bytes of each layer the textbook counts (`textbook_outputs`), whatever rows `layers` holds
+    textbook_layer_bytes: list[int] = field(default_factory=list, repr=False)
 
     @property
     def flops(self) -> int:
@@ -203,7 +205,7 @@ def _input_shape(name: str, given: tuple[int, ...] | None, default: tuple[int, .
 
 
 def _build_views(
-    report_rows: list[Row],
+    layer_rows: list[Row],
     sequential: bool,
     input_shape: tuple[int, ...],
     dtype: torch.dtype,
@@ -219,7 +221,7 @@ def _build_views(
     params_bytes = params * size
     grads_bytes = trainable * size
     optimizer_bytes = copies * trainable * size
-    outputs = textbook_outputs(report_rows)
+    outputs = textbook_outputs(layer_rows)
     if sequential:
         chain = [input_bytes, *outputs]
         working = max((a + b for a, b in zip(chain, chain[1:], strict=False)), default=input_bytes)
@@ -360,10 +362,19 @@ def budget(
         raise CnnlabError(f"batch size {batch_size} must be at least 1")
     if depth is not None and depth < 0:  # it was taken as "leaves"
         raise CnnlabError(f"--depth {depth} must be >= 0 (0: the whole model in one row; default: leaf modules)")
-    if spec_layers is not None and depth is None:
-        depth = 1
+    # The textbook figures count every layer once, at one fixed granularity: the spec's own layers, else the leaf
+    # modules. --depth only chooses the table's rows; summed over those rows, --depth 0 took the network's output
+    # for all its activations (resnet18: 4,000 bytes kept for backward instead of 20.7 MB).
+    figure_depth = 1 if spec_layers is not None else None
+    if depth is None:
+        depth = figure_depth
     try:
         result = trace(module, shape, batch_size, torch_dtype, "meta", optimizer, depth)
+        figure_rows = (
+            result.rows
+            if depth == figure_depth
+            else trace(module, shape, 1, torch_dtype, "meta", optimizer, figure_depth, training=False).rows
+        )
     except CnnlabError:
         raise
     except (RuntimeError, ValueError, TypeError) as error:
@@ -371,9 +382,9 @@ def budget(
     params = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     buffers = sum(b.numel() for b in module.buffers() if b.is_floating_point())
-    sequential = isinstance(module, nn.Sequential) and all("." not in row.name for row in result.rows)
+    sequential = isinstance(module, nn.Sequential) and all("." not in row.name for row in figure_rows)
     inference, training, realistic = _build_views(
-        result.rows, sequential, shape, torch_dtype, batch_size, params, trainable, buffers, copies, result
+        figure_rows, sequential, shape, torch_dtype, batch_size, params, trainable, buffers, copies, result
     )
     report = BudgetReport(
         model_name=name,
@@ -392,6 +403,7 @@ def budget(
         training=training,
         realistic=realistic,
         spec_layers=spec_layers,
+        textbook_layer_bytes=textbook_outputs(figure_rows),
     )
     if measure:
         report.measured = measure_step(module, shape, batch_size, torch_dtype, optimizer, device, realistic)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from cnnlab.budget.core import BudgetReport, textbook_outputs
+from cnnlab.budget.core import BudgetReport
 from cnnlab.budget.spec import LayerSpec, layer_macs, parameter_counts
 from cnnlab.budget.trace import optimizer_copies
 
@@ -105,7 +105,7 @@ def explain(report: BudgetReport) -> str:
     )
     lines += ["", "3. Compute"]
     lines.append(f"    {_n(report.macs)} multiply-accumulates (MACs) per image; FLOPs = 2 x MACs = {_n(report.flops)}")
-    outputs = textbook_outputs(report.layers)
+    outputs = report.textbook_layer_bytes
     inference = report.inference
     lines += ["", "4. Inference, one instance (textbook view)"]
     if report.sequential:
