@@ -64,6 +64,8 @@ def test_explain_output():
         (["--input", "1x28x28", "lenet5"], "the smallest square input it takes is 1x32x32"),
         (["lenet5", "--depth", "-1"], "--depth -1 must be >= 0"),  # it was taken as "leaves"
         (["--input", "3x32x32", "conv", "8", "k3", "maxpool"], 'one quoted argument, e.g. "conv 8 k3" "maxpool"'),
+        (["--input", "1x28x28", "dropout 1.2.3"], "the dropout rate '1.2.3' must be a number"),  # was a traceback
+        (["--input", "1x28x28", "dropout ."], "the dropout rate '.' must be a number"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(args, fragment):

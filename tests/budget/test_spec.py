@@ -1,6 +1,7 @@
 """Spec parsing and shape arithmetic, checked against real PyTorch modules."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -154,3 +155,32 @@ def test_a_yaml_syntax_error_says_where(tmp_path):
     spec.write_text("input: 3x32x32\nlayers:\n  - conv 8 k3\n  - [dense 10\n")
     with pytest.raises(CnnlabError, match=r"net\.yaml': expected ',' or '\]'.* at line 5, column 1"):
         load_spec_file(spec)
+
+
+@pytest.mark.parametrize(
+    "line,fragment",
+    [
+        # float() refused what the pattern let through: a ValueError traceback
+        ("dropout 1.2.3", r"the dropout rate '1\.2\.3' must be a number in \[0, 1\)"),
+        ("dropout .", r"the dropout rate '\.' must be a number in \[0, 1\)"),
+        ("dropout 1", r"the dropout rate '1' must be a number in \[0, 1\)"),
+        ("conv 8.5 k3", r"the number of filters '8\.5' must be a positive whole number, e.g. 'conv 64'"),
+        ("dense 1.2.3", r"the number of units '1\.2\.3' must be a positive whole number"),
+        ("lrn 0", r"the window size '0' must be a positive whole number"),
+        ("conv 8 k0", r"cannot read 'k0': the kernel is one or two positive whole numbers"),
+        ("conv 8 k3 s0", r"cannot read 's0': the stride is one or two positive"),
+        ("conv 8 k3x5x7", r"cannot read 'k3x5x7': the kernel is one or two"),
+        ("conv 8 k3xx5", r"cannot read 'k3xx5'"),
+        ("maxpool kx", r"cannot read 'kx'"),
+    ],
+)
+def test_a_number_that_cannot_be_read_is_named(line, fragment):
+    with pytest.raises(CnnlabError, match=rf"layer 1:\w+ \('{re.escape(line)}'\): {fragment}"):
+        parse_spec([line])
+
+
+def test_small_numbers_that_are_valid_are_read():
+    """p0 is PyTorch's padding=0 (it was refused as unreadable); a rate in scientific notation is a number too."""
+    padded = infer_shapes(parse_spec(["conv 8 k3 p0", "conv 8 k3 p1x0"]), (3, 8, 8))
+    assert [layer.output_shape for layer in padded] == [(8, 6, 6), (8, 6, 4)]
+    assert parse_spec(["dropout 1e-3"])[0].rate == 0.001

@@ -86,16 +86,56 @@ def parse_size(text: str, what: str = "size") -> tuple[int, ...]:
     return values
 
 
-def _pair(text: str, token: str, layer: str) -> tuple[int, int]:
-    try:
-        values = parse_size(text, "value")
-    except CnnlabError:
-        raise CnnlabError(f"layer {layer}: cannot read {token!r}; expected e.g. k3, k3x5, s2") from None
-    if len(values) == 1:
-        return values[0], values[0]
-    if len(values) == 2:
-        return values[0], values[1]
-    raise CnnlabError(f"layer {layer}: {token!r} has {len(values)} values; give one or two (HxW)")
+# option letter: (what it sets, examples)
+_WINDOW_OPTIONS = {
+    "k": ("kernel", "k3 or k3x5"),
+    "s": ("stride", "s2 or s2x1"),
+    "p": ("padding", "p1 or p1x0"),
+    "d": ("dilation", "d2 or d2x1"),
+}
+
+
+def _pair(token: str, layer: LayerSpec) -> tuple[int, int]:
+    """``k3`` or ``k3x5`` (also s, p, d) as (height, width); padding may be 0, the others must be positive."""
+    prefix = token[0].lower()
+    name, examples = _WINDOW_OPTIONS[prefix]
+    parts = token[1:].lower().split("x")
+    smallest = 0 if prefix == "p" else 1
+    if len(parts) > 2 or not all(part.isdigit() and int(part) >= smallest for part in parts):
+        size = "non-negative" if smallest == 0 else "positive"
+        raise CnnlabError(
+            f"layer {layer.name} ({layer.source!r}): cannot read {token!r}: the {name} is one or two {size} whole "
+            f"numbers (height x width), e.g. {examples}"
+        )
+    return int(parts[0]), int(parts[-1])
+
+
+def _read_number(layer: LayerSpec, token: str) -> None:
+    """The one bare number a layer takes: conv filters, dense units, LRN window (whole numbers), dropout rate.
+
+    The token only looks like a number ("1.2.3", "."); what it cannot be is said here, naming it.
+    """
+    where = f"layer {layer.name} ({layer.source!r})"
+    if layer.kind == "dropout":
+        try:
+            rate = float(token)
+        except ValueError:
+            rate = math.nan
+        if not 0.0 <= rate < 1.0:  # a NaN fails this too
+            raise CnnlabError(f"{where}: the dropout rate {token!r} must be a number in [0, 1), e.g. 'dropout 0.5'")
+        layer.rate = rate
+        return
+    what, example = {"conv": ("number of filters", 64), "dense": ("number of units", 10), "lrn": ("window size", 5)}[
+        layer.kind
+    ]
+    if not re.fullmatch(r"[-+]?\d+", token) or int(token) <= 0:
+        raise CnnlabError(
+            f"{where}: the {what} {token!r} must be a positive whole number, e.g. '{layer.kind} {example}'"
+        )
+    if layer.kind == "lrn":
+        layer.size = int(token)
+    else:
+        layer.filters = int(token)
 
 
 def _parse_line(text: str, index: int) -> list[LayerSpec]:
@@ -120,28 +160,18 @@ def _parse_line(text: str, index: int) -> list[LayerSpec]:
         elif low in ("nobias", "bias=false"):
             layer.bias = False
         elif re.fullmatch(r"k[\dx]+", low):
-            layer.kernel = _pair(low[1:], token, name)
+            layer.kernel = _pair(token, layer)
         elif re.fullmatch(r"s[\dx]+", low):
-            layer.stride = _pair(low[1:], token, name)
+            layer.stride = _pair(token, layer)
             explicit_stride = True
         elif re.fullmatch(r"p[\dx]+", low):
-            layer.padding = _pair(low[1:], token, name)
+            layer.padding = _pair(token, layer)
         elif re.fullmatch(r"d[\dx]+", low):
-            layer.dilation = _pair(low[1:], token, name)
+            layer.dilation = _pair(token, layer)
         elif re.fullmatch(r"in=\d+", low):
             layer.in_features = int(low[3:])
-        elif re.fullmatch(r"-?\d+", low) and kind in ("conv", "dense", "lrn"):
-            value = int(low)
-            if value <= 0:
-                raise CnnlabError(f"layer {name} ({text!r}): {value} must be a positive integer")
-            if kind == "lrn":
-                layer.size = value
-            else:
-                layer.filters = value
-        elif re.fullmatch(r"-?[\d.]+", low) and kind == "dropout":
-            layer.rate = float(low)
-            if not 0.0 <= layer.rate < 1.0:
-                raise CnnlabError(f"layer {name} ({text!r}): dropout rate {low} must be in [0, 1)")
+        elif re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?", low) and kind in ("conv", "dense", "lrn", "dropout"):
+            _read_number(layer, low)
         else:
             raise CnnlabError(f"layer {name} ({text!r}): cannot understand {token!r}")
     if kind in ("conv", "dense") and layer.filters is None:
