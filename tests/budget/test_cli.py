@@ -73,3 +73,15 @@ def test_bad_input_gives_one_line_and_exit_2(args, fragment):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["maxpool k2", "--input", "1x28x28"], ["dropout 0.5", "--input", "1x28x28"], ["torch.nn:ReLU", "-i", "3x8x8"]],
+)
+def test_a_network_without_trainable_parameters_is_budgeted(args):
+    """It failed with "spec does not run on input 1x28x28: element 0 of tensors does not require grad"."""
+    result = run(*args, "--batch", "8", "--no-layers")
+    assert result.returncode == 0, result.stderr
+    assert "parameters 0 (0 trainable)" in result.stdout
+    assert "Nothing to train: " in result.stdout and "at batch 8 it holds what inference on 8 samples" in result.stdout

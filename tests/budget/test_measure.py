@@ -120,3 +120,45 @@ def test_plan_traces_checkpointing_of_a_deep_stack():
     remedies = {r["remedy"]: r for r in plan["remedies"]}
     assert remedies["gradient checkpointing"]["max_batch"] > 1.5 * remedies["as configured"]["max_batch"]
     assert remedies["all three"]["max_batch"] > remedies["gradient checkpointing"]["max_batch"]
+
+
+def _frozen_conv() -> nn.Module:
+    conv = nn.Conv2d(3, 4, 3)
+    conv.requires_grad_(False)
+    return conv
+
+
+@pytest.mark.parametrize(
+    "model",
+    [["maxpool k2"], ["dropout 0.5"], nn.ReLU(), _frozen_conv()],
+    ids=["maxpool", "dropout", "relu", "frozen-conv"],
+)
+def test_a_network_with_nothing_to_train_trains_by_its_forward_pass(model):
+    """backward() of an output without a grad_fn failed, reported as "spec does not run on input 3x16x16"."""
+    import json
+
+    report = budget(model, input_shape=(3, 16, 16), batch_size=4, measure=True)
+    assert report.trainable_params == 0
+    params_bytes = report.params * 4
+    for view in (report.training, report.realistic):
+        assert view["grads_bytes"] == view["optimizer_bytes"] == view["activations_bytes"] == 0
+        assert view["total_bytes"] == params_bytes + 4 * 3 * 16 * 16 * 4 + view.get("buffers_bytes", 0)
+    assert report.realistic["saved_for_backward_bytes"] == report.measured["saved_for_backward_bytes"] == 0
+    assert report.realistic["peak_bytes"] == report.measured["peak_live_bytes"]  # the forward's, at batch 4
+    assert report.measured["saved_ratio"] == report.measured["peak_ratio"] == 1.0
+    json.dumps(report.to_dict(), allow_nan=False)  # 0 of 0 was NaN, which is no JSON
+
+
+def test_an_output_cut_from_the_trainable_parameters_is_named():
+    class Detached(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x).detach()
+
+    from cnnlab.errors import CnnlabError
+
+    with pytest.raises(CnnlabError, match="output does not depend on its trainable parameters"):
+        budget(Detached(), input_shape=(3, 16, 16))

@@ -228,7 +228,8 @@ def _build_views(
     else:
         working = result.inference_peak_bytes
     inference = {"params_bytes": params_bytes, "working_set_bytes": working, "total_bytes": params_bytes + working}
-    activations = batch * sum(outputs)
+    # Without trainable parameters there is no backward: a training step is its forward pass, which keeps nothing.
+    activations = batch * sum(outputs) if trainable else 0
     training = {
         "batch_size": batch,
         "params_bytes": params_bytes,
@@ -441,7 +442,9 @@ def measure_step(
 
 
 def _ratio(estimate: int, measured: int) -> float:
-    return round(estimate / measured, 4) if measured else float("nan")
+    if not measured:  # nothing saved (a network without trainable parameters): 0 of 0 is exact, and NaN is no JSON
+        return 1.0 if not estimate else float("inf")
+    return round(estimate / measured, 4)
 
 
 __all__ = ["BudgetReport", "budget", "check_zoo_input", "input_error", "measure_step", "parse_memory", "resolve_model"]

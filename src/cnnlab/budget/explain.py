@@ -93,11 +93,8 @@ def explain(report: BudgetReport) -> str:
         lines.append("    (layers without parameters or MACs omitted; the table shows all)")
     with_params = [row for row in report.layers if row.params]
     lines += ["", "2. Parameters"]
-    lines.append(
-        "    total = "
-        + " + ".join(_n(row.params) for row in with_params[:12])
-        + (" + ..." if len(with_params) > 12 else "")
-    )
+    terms = " + ".join(_n(row.params) for row in with_params[:12]) + (" + ..." if len(with_params) > 12 else "")
+    lines.append(f"    total = {terms or '0 (no layer has parameters)'}")
     lines.append(f"          = {_n(report.params)} parameters ({_n(report.trainable_params)} trainable)")
     lines.append(
         f"    bytes = {_n(report.params)} x {itemsize} = {_n(report.inference['params_bytes'])} bytes "
@@ -130,21 +127,15 @@ def explain(report: BudgetReport) -> str:
     training = report.training
     batch = training["batch_size"]
     lines += ["", f"5. Training on a mini-batch of {batch} (textbook view)"]
-    lines.append(
-        f"    activations: every layer's output is kept for backpropagation: {batch} x {_n(sum(outputs))} = "
-        f"{_n(training['activations_bytes'])} bytes ({_mb(training['activations_bytes'])})"
-    )
-    lines.append(
-        f"    inputs: {batch} x {_n(input_values)} values x {itemsize} = {_n(training['inputs_bytes'])} bytes "
-        f"({_mb(training['inputs_bytes'])})"
-    )
-    lines.append(f"    parameters: {_n(training['params_bytes'])} bytes ({_mb(training['params_bytes'])})")
-    base = training["activations_bytes"] + training["inputs_bytes"] + training["params_bytes"]
-    lines.append(f"    subtotal (what the textbook adds up) = {_n(base)} bytes ({_mb(base)})")
-    lines.append(
-        f"    + gradients {_n(training['grads_bytes'])} + optimizer state ({report.optimizer}) "
-        f"{_n(training['optimizer_bytes'])} = {_n(training['total_bytes'])} bytes ({_mb(training['total_bytes'])})"
-    )
+    if not report.trainable_params:
+        lines.append("    no trainable parameters: nothing to train, so no backward, no gradients, no optimizer state;")
+        lines.append(
+            f"    a training step is the forward pass, which keeps no activations: parameters "
+            f"{_n(training['params_bytes'])} + inputs {batch} x {_n(input_values)} values x {itemsize} = "
+            f"{_n(training['total_bytes'])} bytes ({_mb(training['total_bytes'])})"
+        )
+    else:
+        _training_lines(lines, report, input_values, itemsize)
     real = report.realistic
     lines += ["", "6. What PyTorch really keeps (realistic view, traced on the meta device)"]
     lines.append(
@@ -178,3 +169,25 @@ def explain(report: BudgetReport) -> str:
     copies = optimizer_copies(report.optimizer)
     lines.append(f"    - optimizer state: {report.optimizer} keeps {copies} copies of the trainable parameters")
     return "\n".join(lines)
+
+
+def _training_lines(lines: list[str], report: BudgetReport, input_values: int, itemsize: int) -> None:
+    """Section 5 for a network with something to train: the textbook's sum of a training step's memory."""
+    training = report.training
+    batch = training["batch_size"]
+    outputs = report.textbook_layer_bytes
+    lines.append(
+        f"    activations: every layer's output is kept for backpropagation: {batch} x {_n(sum(outputs))} = "
+        f"{_n(training['activations_bytes'])} bytes ({_mb(training['activations_bytes'])})"
+    )
+    lines.append(
+        f"    inputs: {batch} x {_n(input_values)} values x {itemsize} = {_n(training['inputs_bytes'])} bytes "
+        f"({_mb(training['inputs_bytes'])})"
+    )
+    lines.append(f"    parameters: {_n(training['params_bytes'])} bytes ({_mb(training['params_bytes'])})")
+    base = training["activations_bytes"] + training["inputs_bytes"] + training["params_bytes"]
+    lines.append(f"    subtotal (what the textbook adds up) = {_n(base)} bytes ({_mb(base)})")
+    lines.append(
+        f"    + gradients {_n(training['grads_bytes'])} + optimizer state ({report.optimizer}) "
+        f"{_n(training['optimizer_bytes'])} = {_n(training['total_bytes'])} bytes ({_mb(training['total_bytes'])})"
+    )

@@ -134,6 +134,19 @@ def plan_note(report: BudgetReport) -> str | None:
     )
 
 
+def nothing_to_train_note(report: BudgetReport) -> str | None:
+    """For a network without trainable parameters, what its training figures mean: a step is a forward pass."""
+    if report.trainable_params:
+        return None
+    batch = report.training["batch_size"]
+    return (
+        f"Nothing to train: {escape(report.model_name)} has no trainable parameters, so a training step is its forward "
+        f"pass alone (no backward: no gradients, no optimizer state, no activations kept for it); at batch {batch} "
+        f"it holds what inference on {batch} samples holds, a peak of {report.realistic['peak_bytes']:,} bytes "
+        f"({_mb(report.realistic['peak_bytes'])})."
+    )
+
+
 def summary_line(report: BudgetReport) -> str:
     """Parameters, MACs and FLOPs on one line."""
     return (
@@ -155,6 +168,8 @@ def print_report(report: BudgetReport, console: Console | None = None, layers: b
         console.print(layer_table(report))
     console.print(summary_line(report))
     console.print(memory_table(report))
+    if note := nothing_to_train_note(report):
+        console.print(note)
     for table in (measured_table(report), plan_table(report)):
         if table is not None:
             console.print(table)

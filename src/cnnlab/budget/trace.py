@@ -452,6 +452,8 @@ def trace(
 ) -> TraceResult:
     """Run one training step (forward, backward of ``output.sum()``, optimizer step) and one no-grad forward.
 
+    A network without trainable parameters has no backward and no optimizer step: its training step is the forward.
+
     On ``device="meta"`` nothing is allocated and nothing is computed; the model is copied first. On a real device the
     model's own parameters are used (and updated by one optimizer step on a copy: the caller's weights stay intact).
 
@@ -538,7 +540,14 @@ def _trace_training(
             loss = _first_tensor(output).float().sum()
         tracker.end_forward(counter.saved_state)
         del output
-        loss.backward()
+        if loss.requires_grad:
+            loss.backward()
+        elif any(p.requires_grad for p in model.parameters()):
+            raise CnnlabError(
+                "the network's output does not depend on its trainable parameters (no gradient would reach them): "
+                "does its forward detach the output or return something computed without them?"
+            )
+        # else nothing to train (pooling, dropout, a frozen network): the step is its forward pass, which kept nothing
         del loss
         tracker.recording = False
         backward_peak = tracker.peak_bytes
