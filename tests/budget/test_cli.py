@@ -66,6 +66,8 @@ def test_explain_output():
         (["--input", "3x32x32", "conv", "8", "k3", "maxpool"], 'one quoted argument, e.g. "conv 8 k3" "maxpool"'),
         (["--input", "1x28x28", "dropout 1.2.3"], "the dropout rate '1.2.3' must be a number"),  # was a traceback
         (["--input", "1x28x28", "dropout ."], "the dropout rate '.' must be a number"),
+        (["--input", "1x28x28", "flatten", "dense 10 k5 s3 same"], "dense takes no 'k5', 's3', 'same'"),  # ignored
+        (["--input", "1x28x28", "conv 8 k3 in=3"], "declared in=3 but the input has 1 channel"),  # was not checked
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(args, fragment):

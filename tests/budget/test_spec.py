@@ -184,3 +184,35 @@ def test_small_numbers_that_are_valid_are_read():
     padded = infer_shapes(parse_spec(["conv 8 k3 p0", "conv 8 k3 p1x0"]), (3, 8, 8))
     assert [layer.output_shape for layer in padded] == [(8, 6, 6), (8, 6, 4)]
     assert parse_spec(["dropout 1e-3"])[0].rate == 0.001
+
+
+@pytest.mark.parametrize(
+    "line,fragment",
+    [
+        # each was ignored: 'dense 10 k5 s3 same' built the plain dense layer's 7,850 parameters
+        ("dense 10 k5 s3 same", r"dense takes no 'k5', 's3', 'same'; it takes units \(10\), an activation"),
+        ("maxpool k2 relu", r"maxpool takes no 'relu'; it takes kN \(kernel\), sN \(stride\), pN \(padding\)"),
+        ("maxpool k2 d2", r"maxpool takes no 'd2'"),  # the pooling modules are built without dilation
+        ("flatten 3", r"flatten takes no '3'; give it alone, e.g. 'flatten'"),
+        ("bn in=3", r"bn takes no 'in=3'"),
+        ("dropout 0.5 k3", r"dropout takes no 'k3'; it takes a rate \(0\.5\)"),
+        # the second one won without a word
+        ("conv 8 16", r"'8' and '16' both set the number of filters; give one"),
+        ("conv 8 k3 k5", r"'k3' and 'k5' both set the kernel"),
+        ("conv 8 same p1", r"'same' and 'p1' both set the padding"),
+        ("conv 8 k3 relu tanh", r"'relu' and 'tanh' both set the activation"),
+    ],
+)
+def test_an_option_a_layer_does_not_take_is_refused(line, fragment):
+    with pytest.raises(CnnlabError, match=rf"layer 1:\w+ \('{re.escape(line)}'\): {fragment}"):
+        parse_spec([line])
+
+
+def test_a_declared_conv_input_is_checked_against_the_channels():
+    """in= was checked for dense only: 'conv 8 k3 in=3' on a 1-channel input built a 1-channel conv."""
+    with pytest.raises(CnnlabError, match=r"layer 1:conv .*declared in=3 but the input has 1 channel$"):
+        infer_shapes(parse_spec(["conv 8 k3 in=3"]), (1, 28, 28))
+    with pytest.raises(CnnlabError, match=r"layer 2:conv .*declared in=3 but the previous layer gives 8 channels"):
+        infer_shapes(parse_spec(["conv 8 k3 in=1", "conv 4 k3 in=3"]), (1, 28, 28))
+    layers = infer_shapes(parse_spec(["conv 8 k3 in=1", "conv 4 k3 in=8", "flatten", "dense 10 in=2304"]), (1, 28, 28))
+    assert layers[-1].output_shape == (10,)

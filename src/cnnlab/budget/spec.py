@@ -8,10 +8,15 @@ One layer per string, a keyword then options::
     gap                        # global average pooling to a vector
     flatten
     dense 10                   # fully connected; needs a flat input
+    dense 10 in=784            # in=N: the input features (dense) or channels (conv) expected, checked
     bn                         # batch norm (2d or 1d, from the input's rank)
     relu | tanh | sigmoid | gelu | silu | leakyrelu | softmax
     dropout 0.5
     lrn 5                      # local response normalization over 5 channels
+
+Each kind takes its own options, each once: conv its filters, kN, sN, pN or same|valid, dN, an activation, nobias,
+in=N; dense its units, an activation, nobias, in=N; maxpool and avgpool kN, sN, pN or same|valid; dropout its rate;
+lrn its size; the others none. Anything else is refused, naming it, rather than ignored.
 
 Padding: ``valid`` (the default, as in Keras and PyTorch) keeps only full windows: ``out = floor((in - k) / s) + 1``.
 ``same`` pads so that ``out = ceil(in / s)``: the total padding is ``max((out - 1) * s + k - in, 0)``, split with the
@@ -67,7 +72,7 @@ class LayerSpec:
     bias: bool = True
     rate: float | None = None  # dropout probability
     size: int | None = None  # LRN window
-    in_features: int | None = None  # dense: declared input size to check against
+    in_features: int | None = None  # declared input channels (conv) or features (dense) to check against
     input_shape: tuple[int, ...] = ()
     output_shape: tuple[int, ...] = ()
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # (top, bottom, left, right) as applied
@@ -125,9 +130,7 @@ def _read_number(layer: LayerSpec, token: str) -> None:
             raise CnnlabError(f"{where}: the dropout rate {token!r} must be a number in [0, 1), e.g. 'dropout 0.5'")
         layer.rate = rate
         return
-    what, example = {"conv": ("number of filters", 64), "dense": ("number of units", 10), "lrn": ("window size", 5)}[
-        layer.kind
-    ]
+    what, example = _NUMBER_NAMES[layer.kind], {"conv": 64, "dense": 10, "lrn": 5}[layer.kind]
     if not re.fullmatch(r"[-+]?\d+", token) or int(token) <= 0:
         raise CnnlabError(
             f"{where}: the {what} {token!r} must be a positive whole number, e.g. '{layer.kind} {example}'"
@@ -136,6 +139,56 @@ def _read_number(layer: LayerSpec, token: str) -> None:
         layer.size = int(token)
     else:
         layer.filters = int(token)
+
+
+# The options each layer kind takes (see _option_of); a kind not listed takes none.
+_TAKES = {
+    "conv": ("number", "k", "s", "p", "same/valid", "d", "activation", "nobias", "in="),
+    "dense": ("number", "activation", "nobias", "in="),
+    "maxpool": ("k", "s", "p", "same/valid"),
+    "avgpool": ("k", "s", "p", "same/valid"),
+    "dropout": ("number",),
+    "lrn": ("number",),
+}
+# options that set the same thing, named as the error for giving both says it
+_SETS = {
+    "k": "kernel",
+    "s": "stride",
+    "p": "padding",
+    "same/valid": "padding",
+    "d": "dilation",
+    "nobias": "bias",
+    "in=": "declared input size",
+}
+_NUMBER_NAMES = {"conv": "number of filters", "dense": "number of units", "dropout": "rate", "lrn": "window size"}
+
+
+def _option_of(token: str) -> str | None:
+    """Which option a lower-case token is, for `_TAKES`; None when it is none of them."""
+    if token in ("same", "valid"):
+        return "same/valid"
+    if token in ACTIVATIONS:
+        return "activation"
+    if token in ("nobias", "bias=false"):
+        return "nobias"
+    if re.fullmatch(r"[kspd][\dx]+", token):
+        return token[0]
+    if re.fullmatch(r"in=\d+", token):
+        return "in="
+    if re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?", token):
+        return "number"
+    return None
+
+
+def _describe(kind: str, option: str) -> str:
+    """An option as the list of what a layer kind takes shows it."""
+    if option == "number":
+        return {"conv": "filters (64)", "dense": "units (10)", "dropout": "a rate (0.5)", "lrn": "a size (5)"}[kind]
+    if option in _WINDOW_OPTIONS:
+        return f"{option}N ({_WINDOW_OPTIONS[option][0]})"
+    if option == "in=":
+        return "in=N (" + ("input channels" if kind == "conv" else "input features") + ", checked)"
+    return {"same/valid": "same|valid", "activation": "an activation (relu, ...)"}.get(option, option)
 
 
 def _parse_line(text: str, index: int) -> list[LayerSpec]:
@@ -151,29 +204,39 @@ def _parse_line(text: str, index: int) -> list[LayerSpec]:
     layer = LayerSpec(kind=kind, name=name, source=text)
     trailing_activation: str | None = None
     explicit_stride = False
+    given: dict[str, str] = {}  # what an option sets -> the token that set it
+    refused: list[str] = []
     for token in tokens[1:]:
         low = token.lower()
-        if low in ("same", "valid"):
-            layer.padding = low
-        elif low in ACTIVATIONS and kind in ("conv", "dense"):
-            trailing_activation = low
-        elif low in ("nobias", "bias=false"):
-            layer.bias = False
-        elif re.fullmatch(r"k[\dx]+", low):
-            layer.kernel = _pair(token, layer)
-        elif re.fullmatch(r"s[\dx]+", low):
-            layer.stride = _pair(token, layer)
-            explicit_stride = True
-        elif re.fullmatch(r"p[\dx]+", low):
-            layer.padding = _pair(token, layer)
-        elif re.fullmatch(r"d[\dx]+", low):
-            layer.dilation = _pair(token, layer)
-        elif re.fullmatch(r"in=\d+", low):
-            layer.in_features = int(low[3:])
-        elif re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?", low) and kind in ("conv", "dense", "lrn", "dropout"):
-            _read_number(layer, low)
-        else:
+        option = _option_of(low)
+        if option is None:
             raise CnnlabError(f"layer {name} ({text!r}): cannot understand {token!r}")
+        if option not in _TAKES.get(kind, ()):
+            refused.append(token)
+            continue
+        sets = _NUMBER_NAMES[kind] if option == "number" else _SETS.get(option, option)
+        if sets in given:  # the last one won without a word
+            raise CnnlabError(f"layer {name} ({text!r}): {given[sets]!r} and {token!r} both set the {sets}; give one")
+        given[sets] = token
+        if option == "same/valid":
+            layer.padding = low
+        elif option == "activation":
+            trailing_activation = low
+        elif option == "nobias":
+            layer.bias = False
+        elif option in _WINDOW_OPTIONS:
+            setattr(layer, _WINDOW_OPTIONS[option][0], _pair(token, layer))
+            explicit_stride = explicit_stride or option == "s"
+        elif option == "in=":
+            layer.in_features = int(low[3:])
+        else:
+            _read_number(layer, low)
+    if refused:  # they were ignored: 'dense 10 k5 s3 same' was a plain dense layer
+        takes = ", ".join(_describe(kind, option) for option in _TAKES.get(kind, ()))
+        raise CnnlabError(
+            f"layer {name} ({text!r}): {kind} takes no {', '.join(map(repr, refused))}; "
+            + (f"it takes {takes}" if takes else f"give it alone, e.g. '{kind}'")
+        )
     if kind in ("conv", "dense") and layer.filters is None:
         what = "filters" if kind == "conv" else "units"
         raise CnnlabError(f"layer {name} ({text!r}): give the number of {what}, e.g. '{kind} 64'")
@@ -363,7 +426,13 @@ def infer_shapes(layers: list[LayerSpec], input_shape: tuple[int, ...]) -> list[
             raise CnnlabError(
                 f"layer {layer.name} ({layer.source!r}) needs a CxHxW input, but receives shape {_fmt(shape)}"
             )
+        source = "the input has" if layer is layers[0] else "the previous layer gives"
         if layer.kind == "conv":
+            if layer.in_features is not None and layer.in_features != shape[0]:
+                raise CnnlabError(
+                    f"layer {layer.name} ({layer.source!r}): shape mismatch, declared in={layer.in_features} but "
+                    f"{source} {shape[0]} channel{'s' * (shape[0] != 1)}"
+                )
             out_h, out_w = _window_output(layer, shape[1], shape[2])
             shape = (layer.filters, out_h, out_w)
         elif layer.kind in ("maxpool", "avgpool"):
@@ -382,7 +451,7 @@ def infer_shapes(layers: list[LayerSpec], input_shape: tuple[int, ...]) -> list[
             if layer.in_features is not None and layer.in_features != shape[0]:
                 raise CnnlabError(
                     f"layer {layer.name} ({layer.source!r}): shape mismatch, declared in={layer.in_features} "
-                    f"but the previous layer gives {shape[0]} features"
+                    f"but {source} {shape[0]} feature{'s' * (shape[0] != 1)}"
                 )
             shape = (layer.filters,)
         layer.output_shape = shape
