@@ -1,5 +1,6 @@
 """Spec parsing and shape arithmetic, checked against real PyTorch modules."""
 
+import json
 import math
 import re
 
@@ -9,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from cnnlab.budget.spec import infer_shapes, load_spec_file, parse_size, parse_spec, spec_from_strings
+from cnnlab.budget.spec import build_module, infer_shapes, load_spec_file, parse_size, parse_spec, spec_from_strings
 from cnnlab.errors import CnnlabError
 
 
@@ -216,3 +217,48 @@ def test_a_declared_conv_input_is_checked_against_the_channels():
         infer_shapes(parse_spec(["conv 8 k3 in=1", "conv 4 k3 in=3"]), (1, 28, 28))
     layers = infer_shapes(parse_spec(["conv 8 k3 in=1", "conv 4 k3 in=8", "flatten", "dense 10 in=2304"]), (1, 28, 28))
     assert layers[-1].output_shape == (10,)
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_a_spec_file_takes_lists_for_its_input_and_a_kernels_sides(tmp_path, suffix):
+    """`kernel: [3, 5]` became the word 'k[3,5]' ("cannot understand 'k[3'"), `input: [3, 20, 30]` was unreadable."""
+    spec = tmp_path / f"net{suffix}"
+    conv = {"type": "conv", "filters": 8, "kernel": [3, 5], "stride": [1, 2], "padding": [1, 0], "dilation": 1}
+    if suffix == ".json":
+        spec.write_text(json.dumps({"input": [3, 20, 30], "layers": [conv, "flatten"]}))
+    else:
+        spec.write_text(
+            "input: [3, 20, 30]\nlayers:\n  - {type: conv, filters: 8, kernel: [3, 5], stride: [1, 2], "
+            "padding: [1, 0], dilation: 1}\n  - flatten\n"
+        )
+    shape, layers = load_spec_file(spec)
+    assert shape == (3, 20, 30)
+    layers = infer_shapes(layers, shape)
+    reference = nn.Conv2d(3, 8, (3, 5), stride=(1, 2), padding=(1, 0))
+    assert layers[0].output_shape == tuple(reference(torch.zeros(1, 3, 20, 30)).shape[1:])
+    assert sum(p.numel() for p in build_module(layers).parameters()) == sum(p.numel() for p in reference.parameters())
+
+
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        (
+            "input: [3, 20, 'a']\nlayers: [conv 8 k3]\n",
+            r"input \[3, 20, 'a'\] must be the shape of one sample .* or \[3, 200",
+        ),
+        ("input: [3, 0, 30]\nlayers: [conv 8 k3]\n", r"input \[3, 0, 30\] must be the shape of one sample"),
+        (
+            "input: 3x20x30\nlayers:\n  - {type: conv, filters: 8, kernel: [3, 5, 7]}\n",
+            r"kernel \[3, 5, 7\] must be one",
+        ),
+        (
+            "input: 3x20x30\nlayers:\n  - {type: conv, filters: 8, stride: 1.5}\n",
+            r"stride 1.5 must be one or two whole",
+        ),
+    ],
+)
+def test_a_spec_file_says_which_form_it_expects(tmp_path, text, fragment):
+    spec = tmp_path / "net.yaml"
+    spec.write_text(text)
+    with pytest.raises(CnnlabError, match=fragment):
+        load_spec_file(spec)

@@ -23,8 +23,9 @@ Padding: ``valid`` (the default, as in Keras and PyTorch) keeps only full window
 extra pixel after (Keras/TF), so stride 2 turns 75 into 38. ``pN`` pads N on every side (PyTorch's ``padding=N``).
 
 The same spec may come from a YAML or JSON file: either a list of such strings, or a mapping with ``input``
-("3x200x300") and ``layers`` (strings, or mappings like
-``{type: conv, filters: 100, kernel: 3, stride: 2, padding: same}``).
+("3x200x300" or [3, 200, 300]) and ``layers`` (strings, or mappings like
+``{type: conv, filters: 100, kernel: 3, stride: 2, padding: same}``, where kernel, stride, dilation and padding are
+one number or two for height and width: ``kernel: [3, 5]`` or ``kernel: 3x5``).
 """
 
 from __future__ import annotations
@@ -333,10 +334,10 @@ def _mapping_to_line(entry: dict[str, Any], index: int) -> str:
     prefixes = {"kernel": "k", "stride": "s", "dilation": "d"}
     for key, prefix in prefixes.items():
         if key in entry:
-            words.append(prefix + str(entry.pop(key)).replace(" ", ""))
+            words.append(prefix + _mapping_pair(entry.pop(key), key, index, kind))
     if "padding" in entry:
-        pad = str(entry.pop("padding"))
-        words.append(pad if pad in ("same", "valid") else f"p{pad}")
+        pad = entry.pop("padding")
+        words.append(pad if pad in ("same", "valid") else "p" + _mapping_pair(pad, "padding", index, kind))
     if "activation" in entry:
         words.append(str(entry.pop("activation")))
     if entry.pop("bias", True) is False:
@@ -344,6 +345,38 @@ def _mapping_to_line(entry: dict[str, Any], index: int) -> str:
     if entry:
         raise CnnlabError(f"layer {index} ({kind}): unknown keys {sorted(entry)}")
     return " ".join(words)
+
+
+def _mapping_pair(value: Any, key: str, index: int, kind: str) -> str:
+    """A mapping's kernel, stride, dilation or padding as a layer string writes it: 3, [3, 5] or "3x5" -> "3x5".
+
+    YAML's natural form for a non-square kernel is a list; it became the word 'k[3,5]', which the parser did not
+    understand.
+    """
+    if isinstance(value, str):
+        return value.replace(" ", "")  # "3x5": read, and checked, as the layer string's own
+    values = value if isinstance(value, list) else [value]
+    if 1 <= len(values) <= 2 and all(isinstance(item, int) and not isinstance(item, bool) for item in values):
+        return "x".join(map(str, values))
+    raise CnnlabError(
+        f"layer {index} ({kind}): {key} {value!r} must be one or two whole numbers (height, width), e.g. 3, [3, 5] or "
+        "3x5"
+    )
+
+
+def _file_input(value: Any, path: Path) -> tuple[int, ...]:
+    """A spec file's ``input``: "3x200x300", or the list YAML and JSON write naturally, [3, 200, 300]."""
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        text = "x".join(map(str, value))
+    else:
+        text = str(value)
+    try:
+        return parse_size(text, "input")
+    except CnnlabError:
+        raise CnnlabError(
+            f"spec file {str(path)!r}: input {value!r} must be the shape of one sample in positive whole numbers, "
+            "as 3x200x300 or [3, 200, 300]"
+        ) from None
 
 
 def load_spec_file(path: str | Path) -> tuple[tuple[int, ...] | None, list[LayerSpec]]:
@@ -378,7 +411,7 @@ def load_spec_file(path: str | Path) -> tuple[tuple[int, ...] | None, list[Layer
     input_shape = None
     if isinstance(data, dict):
         if "input" in data:
-            input_shape = parse_size(str(data["input"]), "input")
+            input_shape = _file_input(data["input"], path)
         data = data.get("layers")
     if not isinstance(data, list):
         raise CnnlabError(f"spec file {str(path)!r}: expected a list of layers or a mapping with 'layers'")
