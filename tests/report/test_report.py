@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 
@@ -38,19 +39,26 @@ def test_figures_are_written(tmp_path: Path) -> None:
     assert path.read_bytes()[:8] == PNG
 
 
-def test_learning_curves_tick_whole_epochs() -> None:
-    """Four epochs were ticked 1.0, 1.5, 2.0 ... 4.0."""
-    import matplotlib
+@pytest.mark.parametrize("epochs", [1, 2, 4, 30])
+def test_learning_curves_tick_whole_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epochs: int) -> None:
+    """Four epochs were ticked 1.0, 1.5, 2.0 ... 4.0, and one epoch 0.945, 0.96 ... 1.05."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    saved: list[Figure] = []
+    savefig = Figure.savefig
 
-    from cnnlab.train.records import epoch_axis
+    def keep(figure: Figure, *args: object, **kwargs: object) -> None:
+        saved.append(figure)
+        savefig(figure, *args, **kwargs)
 
-    figure, axis = plt.subplots()
-    axis.plot([1.0, 2.0, 3.0, 4.0], [0.7, 0.2, 0.1, 0.05])
-    epoch_axis(axis, "loss")
-    figure.canvas.draw()
-    shown = [tick for tick in axis.get_xticks() if axis.get_xlim()[0] <= tick <= axis.get_xlim()[1]]
-    plt.close(figure)
-    assert shown and all(float(tick).is_integer() for tick in shown), shown
+    monkeypatch.setattr(Figure, "savefig", keep)
+    history = [
+        {"epoch": float(e), "train_loss": 1 / e, "val_loss": 1.2 / e, "val_accuracy": 0.9} for e in range(1, epochs + 1)
+    ]
+    plot_learning_curves(history, tmp_path / "curves.png")
+    for axis in saved[0].axes:
+        low, high = axis.get_xlim()
+        shown = [tick for tick in axis.get_xticks() if low <= tick <= high]
+        assert shown and all(float(tick).is_integer() for tick in shown), shown
+        # A one-epoch curve is a single point: only its marker shows it.
+        assert all(line.get_marker() not in ("", "None", None) for line in axis.get_lines())

@@ -58,11 +58,13 @@ def plot_learning_curves(history: Sequence[dict[str, float]], path: str | os.Pat
     return path
 
 
-def epoch_axis(axis: Any, title: str) -> None:
+def epoch_axis(axis: Any, title: str = "") -> None:
     """Label a learning-curve axis: whole epochs on x (matplotlib's ticks fell on 1.5, 2.5 ...), a title, a grid."""
     from matplotlib.ticker import MaxNLocator
 
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # min_n_ticks=1: with the default 2, a one-epoch run's view (0.945 to 1.055) holds one integer, and the locator
+    # gave up on integers and ticked 0.945, 0.96 ... 1.05.
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     axis.set_xlabel("epoch")
     axis.set_title(title)
     axis.grid(alpha=0.3)

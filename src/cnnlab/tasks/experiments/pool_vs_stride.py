@@ -44,6 +44,7 @@ from cnnlab.tasks.experiments.common import (
     stat,
     train_run,
 )
+from cnnlab.train.records import epoch_axis
 
 NAME = "pool-vs-stride"
 CLAIM = "max pooling beats a stride-2 convolution: no parameters, and features more invariant to small shifts"
@@ -244,9 +245,8 @@ def _plot_curves(path: Path, curves: dict[str, list[list[float]]]) -> None:
         epochs = range(1, len(per_seed[0]) + 1)
         means = [sum(seed[e] for seed in per_seed) / len(per_seed) * 100 for e in range(len(per_seed[0]))]
         axis.plot(epochs, means, marker="o", label=variant)
-    axis.set_xlabel("epoch")
+    epoch_axis(axis)
     axis.set_ylabel("validation accuracy (%, mean over seeds)")
-    axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
