@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 
 from cnnlab.report.metrics import accuracy_from_matrix, confusion_matrix, per_class_accuracy
-from cnnlab.report.plots import plot_misclassified
+from cnnlab.report.plots import plot_confusion_matrix, plot_misclassified
 from cnnlab.train.records import plot_learning_curves
 
 PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _saved_figures(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
+    """The figures the code under test saves (it closes them), kept for their Axes to be inspected."""
+    saved: list[Figure] = []
+    savefig = Figure.savefig
+
+    def keep(figure: Figure, *args: object, **kwargs: object) -> None:
+        saved.append(figure)
+        savefig(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return saved
 
 
 def test_confusion_matrix_matches_scikit_learn() -> None:
@@ -42,16 +58,7 @@ def test_figures_are_written(tmp_path: Path) -> None:
 @pytest.mark.parametrize("epochs", [1, 2, 4, 30])
 def test_learning_curves_tick_whole_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epochs: int) -> None:
     """Four epochs were ticked 1.0, 1.5, 2.0 ... 4.0, and one epoch 0.945, 0.96 ... 1.05."""
-    from matplotlib.figure import Figure
-
-    saved: list[Figure] = []
-    savefig = Figure.savefig
-
-    def keep(figure: Figure, *args: object, **kwargs: object) -> None:
-        saved.append(figure)
-        savefig(figure, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", keep)
+    saved = _saved_figures(monkeypatch)
     history = [
         {"epoch": float(e), "train_loss": 1 / e, "val_loss": 1.2 / e, "val_accuracy": 0.9} for e in range(1, epochs + 1)
     ]
@@ -62,3 +69,47 @@ def test_learning_curves_tick_whole_epochs(tmp_path: Path, monkeypatch: pytest.M
         assert shown and all(float(tick).is_integer() for tick in shown), shown
         # A one-epoch curve is a single point: only its marker shows it.
         assert all(line.get_marker() not in ("", "None", None) for line in axis.get_lines())
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["astronaut", "chelsea", "coffee"],  # ran together as "astronautchelsea coffee"
+        ["monocrystalline defective", "polycrystalline functional", "mono ok", "poly broken"],
+        [str(digit) for digit in range(10)],
+        ["background", "sky", "building", "pole", "road", "sidewalk", "tree", "sign", "fence", "car", "pedestrian"],
+    ],
+)
+def test_confusion_matrix_labels_do_not_overlap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: list[str]
+) -> None:
+    saved = _saved_figures(monkeypatch)
+    matrix = torch.eye(len(names), dtype=torch.long) * 40 + 1
+    plot_confusion_matrix(matrix, tmp_path / "confusion.png", names, title="test set")
+    figure = saved[0]
+    renderer = FigureCanvasAgg(figure).get_renderer()  # closing the figure took its canvas
+    axis = figure.axes[0]
+    labels = axis.get_xticklabels()
+    assert [label.get_text() for label in labels] == names
+    angle = math.radians(labels[0].get_rotation())
+    # Every label is a rectangle turned by `angle` about its anchor; in coordinates turned back by `angle` each is
+    # axis-aligned, so two overlap exactly when their intervals overlap on both axes.
+    rectangles = []
+    for label in labels:
+        anchor_x, anchor_y = label.get_transform().transform(label.get_position())
+        label.set_rotation(0)
+        width, height = label.get_window_extent(renderer).width, label.get_window_extent(renderer).height
+        label.set_rotation(math.degrees(angle))
+        u = anchor_x * math.cos(angle) + anchor_y * math.sin(angle)
+        v = -anchor_x * math.sin(angle) + anchor_y * math.cos(angle)
+        left = u - width * {"right": 1.0, "center": 0.5, "left": 0.0}[label.get_horizontalalignment()]
+        rectangles.append((left, left + width, v - height, v))  # hung from the tick (va top)
+    for (u0, u1, v0, v1), (w0, w1, x0, x1) in zip(rectangles[:-1], rectangles[1:], strict=True):
+        assert u1 <= w0 or w1 <= u0 or v1 <= x0 or x1 <= v0, (names, rectangles)
+    # Sized for the longest name: no tick label leaves the figure, and short names stay horizontal.
+    figure_box = figure.bbox
+    for label in labels + axis.get_yticklabels():
+        box = label.get_window_extent(renderer)
+        assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1 and figure_box.y0 <= box.y0, label.get_text()
+    if max(map(len, names)) <= 2:
+        assert angle == 0

@@ -21,11 +21,17 @@ def _pyplot():  # noqa: ANN202 - matplotlib's module
 def plot_confusion_matrix(
     matrix: torch.Tensor, path: str | os.PathLike[str], class_names: Sequence[str] | None = None, title: str = ""
 ) -> Path:
-    """Heatmap of counts (true class down, predicted across), each cell annotated; returns `path`."""
+    """Heatmap of counts (true class down, predicted across), each cell annotated; returns `path`.
+
+    Class names wider than a cell (a transfer run's "astronaut", "chelsea", "coffee" ran together) are turned 45
+    degrees, and the figure is sized for the longest name, so that the cells keep their size and no label overlaps
+    another or leaves the figure.
+    """
     plt = _pyplot()
     n = len(matrix)
     names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
-    figure, axis = plt.subplots(figsize=(1 + 0.6 * n, 0.8 + 0.6 * n))
+    cell = 0.6  # inches per class
+    figure, axis = plt.subplots(figsize=(1 + cell * n, 0.8 + cell * n))
     # Log scale so that the few errors stay visible next to the large diagonal.
     axis.imshow((matrix.float() + 1).log().numpy(), cmap="Blues")
     for i in range(n):
@@ -36,6 +42,18 @@ def plot_confusion_matrix(
                 axis.text(j, i, str(value), ha="center", va="center", fontsize=7, color=color)
     axis.set_xticks(range(n), names)
     axis.set_yticks(range(n), names)
+    renderer = figure.canvas.get_renderer()
+    extents = [label.get_window_extent(renderer) for label in axis.get_xticklabels()]
+    widest = max(extent.width for extent in extents) / figure.dpi
+    text_height = max(extent.height for extent in extents) / figure.dpi
+    label_height = text_height
+    if widest > 0.85 * cell:  # side by side, neighbours would touch
+        # Turned 45 degrees the labels are parallel strips a cell * sin(45) = 0.42 in apart, wider than a line of text.
+        axis.tick_params(axis="x", labelrotation=45)
+        plt.setp(axis.get_xticklabels(), ha="right", rotation_mode="anchor")
+        label_height = (widest + text_height) * 0.71
+    # Margins: the y labels and "true" on the left; the x labels and "predicted" below; the title above.
+    figure.set_size_inches(widest + 0.6 + cell * n + 0.3, 0.45 + label_height + 0.5 + cell * n)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     axis.set_title(title or "confusion matrix")
