@@ -113,3 +113,14 @@ def test_confusion_matrix_labels_do_not_overlap(
         assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1 and figure_box.y0 <= box.y0, label.get_text()
     if max(map(len, names)) <= 2:
         assert angle == 0
+
+
+def test_confusion_matrix_counts_are_dark_on_light_cells_and_light_on_dark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every diagonal count was white: a class the model rarely gets right (a pale cell) had white text on pale blue."""
+    saved = _saved_figures(monkeypatch)
+    matrix = torch.tensor([[500, 3], [40, 2]])  # class 1: 2 right of 42, its diagonal cell pale
+    plot_confusion_matrix(matrix, tmp_path / "confusion.png", ["a", "b"])
+    colours = {text.get_text(): text.get_color() for text in saved[0].axes[0].texts}
+    assert colours == {"500": "white", "3": "black", "40": "black", "2": "black"}

@@ -33,12 +33,16 @@ def plot_confusion_matrix(
     cell = 0.6  # inches per class
     figure, axis = plt.subplots(figsize=(1 + cell * n, 0.8 + cell * n))
     # Log scale so that the few errors stay visible next to the large diagonal.
-    axis.imshow((matrix.float() + 1).log().numpy(), cmap="Blues")
+    shade = (matrix.float() + 1).log()
+    axis.imshow(shade.numpy(), cmap="Blues")
+    darkest = float(shade.max()) or 1.0
     for i in range(n):
         for j in range(n):
             value = int(matrix[i, j])
             if value:
-                color = "white" if i == j else "black"
+                # white on the dark cells only: a light diagonal cell (a class the model rarely gets right) had white
+                # text on pale blue
+                color = "white" if float(shade[i, j]) > 0.6 * darkest else "black"
                 axis.text(j, i, str(value), ha="center", va="center", fontsize=7, color=color)
     axis.set_xticks(range(n), names)
     axis.set_yticks(range(n), names)
