@@ -87,3 +87,7 @@ def test_a_network_without_trainable_parameters_is_budgeted(args):
     assert result.returncode == 0, result.stderr
     assert "parameters 0 (0 trainable)" in result.stdout
     assert "Nothing to train: " in result.stdout and "at batch 8 it holds what inference on 8 samples" in result.stdout
+    # no remedy has a backward to spare: bf16 planned a smaller batch than plain, the others repeated it
+    planned = run(*args, "--memory", "1MB", "--json")
+    assert planned.returncode == 0, planned.stderr
+    assert [row["remedy"] for row in json.loads(planned.stdout)["plan"]["remedies"]] == ["as configured"]

@@ -386,11 +386,14 @@ def plan_batch(
         fixed and per-sample bytes are the straight line through the peaks at the answer and half of it.
     """
     planner = _Planner(model, input_shape, dtype, optimizer, reference)
-    remedies = [
-        _Remedy("as configured", checkpointed=False, optimizer=optimizer, bf16=False),
-        _Remedy("bf16 mixed precision", checkpointed=False, optimizer=optimizer, bf16=True),
-        _Remedy("gradient checkpointing", checkpointed=True, optimizer=optimizer, bf16=False),
-        _Remedy("SGD (no optimizer state)", checkpointed=False, optimizer="sgd", bf16=False),
-        _Remedy("all three", checkpointed=True, optimizer="sgd", bf16=True),
-    ]
+    remedies = [_Remedy("as configured", checkpointed=False, optimizer=optimizer, bf16=False)]
+    # With nothing to train there is no backward for a remedy to spare: bf16 even planned a smaller batch than plain
+    # (an input copy counted for a backward that does not run), and checkpointing and SGD repeated the plain answer.
+    if any(parameter.requires_grad for parameter in model.parameters()):
+        remedies += [
+            _Remedy("bf16 mixed precision", checkpointed=False, optimizer=optimizer, bf16=True),
+            _Remedy("gradient checkpointing", checkpointed=True, optimizer=optimizer, bf16=False),
+            _Remedy("SGD (no optimizer state)", checkpointed=False, optimizer="sgd", bf16=False),
+            _Remedy("all three", checkpointed=True, optimizer="sgd", bf16=True),
+        ]
     return {"limit_bytes": limit_bytes, "optimizer": optimizer, "remedies": planner.plan(remedies, limit_bytes)}

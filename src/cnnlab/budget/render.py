@@ -142,7 +142,8 @@ def nothing_to_train_note(report: BudgetReport) -> str | None:
     return (
         f"Nothing to train: {escape(report.model_name)} has no trainable parameters, so a training step is its forward "
         f"pass alone (no backward: no gradients, no optimizer state, no activations kept for it); at batch {batch} "
-        f"it holds what inference on {batch} samples holds, a peak of {report.realistic['peak_bytes']:,} bytes "
+        f"it holds what inference on {batch} sample{'' if batch == 1 else 's'} holds, a peak of "
+        f"{report.realistic['peak_bytes']:,} bytes "
         f"({_mb(report.realistic['peak_bytes'])})."
     )
 
