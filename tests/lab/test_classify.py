@@ -123,3 +123,40 @@ def test_a_segmentation_run_is_offered_and_explained_by_its_pixel_shares(chelsea
     blocks = build_app(tmp_path, warm=False).blocks.values()
     (models,) = [block for block in blocks if getattr(block, "label", None) == "model (zoo or run)"]
     assert "segment/shapes" in [value for _, value in models.choices]  # listed among the page's models
+
+
+def _handler(app: object, label: str, event: str) -> object:
+    """The function the app calls on `event` of the component labelled `label`."""
+
+    def labelled(block: int | None) -> str | None:
+        return getattr(app.blocks.get(block), "label", None)
+
+    (function,) = [
+        dependency.fn
+        for dependency in app.fns.values()
+        if any(labelled(block) == label and name == event for block, name in dependency.targets)
+    ]
+    return function
+
+
+def test_a_model_change_shows_the_new_models_layers_for_the_photo_on_show(chelsea: Path, tmp_path: Path) -> None:
+    """Switching from the zoo model to an MNIST run kept the zoo model's layer list and results; the next photo was
+    refused ("has no spatial layer 'blocks.8.expand.bn'")."""
+    pytest.importorskip("gradio", reason="the lab extra")
+    from cnnlab.lab.app import build_app
+    from cnnlab.train.config import TrainConfig, save_config
+
+    run = tmp_path / "mnist" / "small"
+    torch.manual_seed(0)
+    save_model(create_model("mnist_net_small"), run, "mnist_net_small", {}, meta={"task": "mnist"})
+    save_config(TrainConfig(task="mnist", name="small"), run / "config.yaml")
+    app = build_app(tmp_path, warm=False)
+    on_model = _handler(app, "model (zoo or run)", "change")
+    top, cam, _caption, layers, maps, _filters = on_model("mnist/small", str(chelsea))
+    mnist_layers = classify(load_subject(str(run)), open_upload(chelsea, 10 * 2**20)).layers
+    assert layers.choices == [(name, name) for name in mnist_layers] and layers.value in mnist_layers
+    assert len(top) == 5 and cam is not None and maps is not None
+    on_upload = _handler(app, "photo", "upload")  # the layer the change chose is the new model's
+    assert on_upload("mnist/small", str(chelsea), layers.value)[3].value == layers.value
+    cleared = on_model("efficientnet_lite0", None)  # no photo: the old model's results and layers go
+    assert cleared[0] is None and cleared[1] is None and cleared[3].choices == []

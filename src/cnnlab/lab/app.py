@@ -122,6 +122,14 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         return show_classification(choice, open_upload(path, max_upload_bytes), layer)
 
     @_shown_errors
+    def on_model(choice: str, path: str | None) -> tuple:
+        # The layer list and the results belong to the previous model: the photo on show is classified again with
+        # the new one (its own layers, the middle one chosen); without a photo the page is cleared.
+        if not path:
+            return None, None, "", gr.Dropdown(choices=[], value=None), None, None
+        return show_classification(choice, open_upload(path, max_upload_bytes), None)
+
+    @_shown_errors
     def on_drawing(choice: str, drawing: dict | None, layer: str | None) -> tuple:
         if not drawing or drawing.get("composite") is None:
             raise CnnlabError("draw a digit on the canvas first")
@@ -239,6 +247,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
                 sketch_button = gr.Button("Classify the drawing")
             outputs = [top, cam, caption, layer, maps, filters]
             upload.upload(on_upload, [model, upload, layer], outputs)
+            model.change(on_model, [model, upload], outputs)
             layer.input(on_upload, [model, upload, layer], outputs)
             sketch_button.click(on_drawing, [model, sketch, layer], outputs)
 
