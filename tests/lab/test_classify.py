@@ -152,11 +152,51 @@ def test_a_model_change_shows_the_new_models_layers_for_the_photo_on_show(chelse
     save_config(TrainConfig(task="mnist", name="small"), run / "config.yaml")
     app = build_app(tmp_path, warm=False)
     on_model = _handler(app, "model (zoo or run)", "change")
-    top, cam, _caption, layers, maps, _filters = on_model("mnist/small", str(chelsea))
+    _photo, top, cam, _caption, layers, maps, _filters = on_model("mnist/small", str(chelsea))
     mnist_layers = classify(load_subject(str(run)), open_upload(chelsea, 10 * 2**20)).layers
     assert layers.choices == [(name, name) for name in mnist_layers] and layers.value in mnist_layers
     assert len(top) == 5 and cam is not None and maps is not None
     on_upload = _handler(app, "photo", "upload")  # the layer the change chose is the new model's
-    assert on_upload("mnist/small", str(chelsea), layers.value)[3].value == layers.value
+    assert on_upload("mnist/small", str(chelsea), layers.value)[4].value == layers.value
     cleared = on_model("efficientnet_lite0", None)  # no photo: the old model's results and layers go
-    assert cleared[0] is None and cleared[1] is None and cleared[3].choices == []
+    assert cleared[:3] == (None, None, None) and cleared[4].choices == []
+
+
+def test_uploads_reach_cnnlab_as_files_a_broken_one_refused_a_transparent_one_on_white(tmp_path: Path) -> None:
+    """Gradio decoded image uploads itself: a text file named .png got "Could not preprocess input component ...
+    UnidentifiedImageError ... /tmp/gradio/<hash>/notimage.png", and a PNG's transparent pixels were classified as
+    the colour under them (black here) instead of the white that `cnnlab predict` puts them on."""
+    gradio = pytest.importorskip("gradio", reason="the lab extra")
+    from gradio.data_classes import FileData
+    from PIL import Image
+
+    from cnnlab.lab.app import build_app
+    from cnnlab.train.config import TrainConfig, save_config
+
+    run = tmp_path / "mnist" / "small"
+    torch.manual_seed(0)
+    save_model(create_model("mnist_net_small"), run, "mnist_net_small", {}, meta={"task": "mnist"})
+    save_config(TrainConfig(task="mnist", name="small"), run / "config.yaml")
+    not_an_image = tmp_path / "notimage.png"
+    not_an_image.write_text("just text")
+    transparent = tmp_path / "transparent.png"
+    pixels = np.zeros((64, 64, 4), dtype=np.uint8)  # black, but fully transparent ...
+    pixels[20:44, 28:36] = (0, 0, 0, 255)  # ... but for an opaque black stroke
+    Image.fromarray(pixels, "RGBA").save(transparent)
+    app = build_app(tmp_path, warm=False)
+    blocks = {getattr(block, "label", None): block for block in app.blocks.values()}
+    for label in ("photo", "large image"):  # the path itself goes to cnnlab, undecoded
+        assert blocks[label].preprocess(FileData(path=str(not_an_image))) == str(not_an_image)
+    on_upload = _handler(app, "photo", "upload")
+    with pytest.raises(gradio.Error, match="cannot use this file: not an image PIL can read; upload a PNG") as error:
+        on_upload("mnist/small", str(not_an_image), None)
+    assert "gradio" not in str(error.value)
+    photo, top, *_ = on_upload("mnist/small", blocks["photo"].preprocess(FileData(path=str(transparent))), None)
+    shown = np.asarray(photo)
+    assert shown[0, 0].tolist() == [255, 255, 255] and shown[32, 32].tolist() == [0, 0, 0]
+    cli = load_subject(str(run))
+    expected = cli.top_classes(cli.probabilities(cli.preprocess(open_upload(transparent, 2**20)).float()), 5)
+    assert list(top) == [name for name, _ in expected]
+    on_scan = _handler(app, "large image", "upload")
+    with pytest.raises(gradio.Error, match="cannot use this file: not an image PIL can read"):
+        on_scan("mnist/small", str(not_an_image))

@@ -106,6 +106,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
     def show_classification(choice: str, image: Any, layer: str | None) -> tuple:
         view = classify(subject(choice), image, layer or None, top_k=5)
         return (
+            image,  # the photo as cnnlab read it (a transparent PNG on white), not as the browser draws it
             {name: probability for name, probability in view.top},
             view.gradcam,
             f"Grad-CAM of {view.explained!r} at `{view.cam_layer}`; feature maps of `{view.feature_layer}`"
@@ -126,7 +127,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         # The layer list and the results belong to the previous model: the photo on show is classified again with
         # the new one (its own layers, the middle one chosen); without a photo the page is cleared.
         if not path:
-            return None, None, "", gr.Dropdown(choices=[], value=None), None, None
+            return None, None, None, "", gr.Dropdown(choices=[], value=None), None, None
         return show_classification(choice, open_upload(path, max_upload_bytes), None)
 
     @_shown_errors
@@ -231,7 +232,12 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
                 model = gr.Dropdown(model_choices(), value=zoo[0] if zoo else None, label="model (zoo or run)")
                 layer = gr.Dropdown([], label="feature-map layer", allow_custom_value=False)
             with gr.Row():
-                upload = gr.Image(type="filepath", sources=["upload"], label="photo", elem_id="classify-upload")
+                with gr.Column():
+                    # A file, not gr.Image: Gradio would decode an image upload itself, refusing a broken one with
+                    # its own message (naming its temporary path) and dropping a PNG's transparency before cnnlab's
+                    # loader puts it on white, as every command does.
+                    upload = gr.File(label="photo", type="filepath", elem_id="classify-upload")
+                    photo = gr.Image(label="the image classified", interactive=False, elem_id="classify-photo")
                 cam = gr.Image(
                     label="Grad-CAM of the class named below",
                     interactive=False,
@@ -245,7 +251,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             with gr.Accordion("Draw a digit (for an MNIST run)", open=False):
                 sketch = gr.Sketchpad(label="digit", elem_id="classify-sketch")
                 sketch_button = gr.Button("Classify the drawing")
-            outputs = [top, cam, caption, layer, maps, filters]
+            outputs = [photo, top, cam, caption, layer, maps, filters]
             upload.upload(on_upload, [model, upload, layer], outputs)
             model.change(on_model, [model, upload], outputs)
             layer.input(on_upload, [model, upload, layer], outputs)
@@ -287,7 +293,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             scan_run = gr.Dropdown(
                 scan_runs, value=scan_runs[0] if scan_runs else None, label="MNIST or segmentation run"
             )
-            scan_upload = gr.Image(type="filepath", sources=["upload"], label="large image")
+            scan_upload = gr.File(label="large image", type="filepath", elem_id="scan-upload")  # cnnlab reads it
             with gr.Row():
                 heatmap = gr.Image(label="class heatmap, or the masks over the image", interactive=False)
                 colour_mask = gr.Image(label="mask (segmentation runs)", interactive=False)
