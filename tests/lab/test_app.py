@@ -82,3 +82,38 @@ def test_app_builds_with_its_four_pages(tmp_path: Path) -> None:
     blocks = lab_app.build_app(tmp_path, warm=False)
     labels = {getattr(block, "label", None) for block in blocks.blocks.values()}
     assert {"Budget", "Classify and explain", "Runs", "Scan and segment"} <= labels
+
+
+def test_the_answer_sheet_and_the_runs_are_read_when_the_page_loads_and_on_refresh(tmp_path: Path) -> None:
+    """Both were read once when the app was built: a sheet written, or a run trained, after the lab started never
+    showed, even after a reload of the page (which said "reload this page")."""
+    pytest.importorskip("gradio", reason="the lab extra")
+    from PIL import Image
+
+    from cnnlab.train.config import TrainConfig, save_config
+
+    blocks = lab_app.build_app(tmp_path, warm=False)
+    loads = {
+        dependency.fn.__name__: dependency
+        for dependency in blocks.fns.values()
+        if any(event == "load" for _, event in dependency.targets)
+    }
+    buttons = {getattr(blocks.blocks.get(block), "value", None): dependency
+               for dependency in blocks.fns.values() for block, _ in dependency.targets}  # fmt: skip
+    refresh = buttons["Refresh"]
+    assert refresh.fn is loads["on_refresh_runs"].fn
+    text, gallery = loads["on_answers"].fn()
+    assert "cnnlab answers --quick" in text and gallery.visible is False
+    (tmp_path / "answers").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "answers" / "cm.png")
+    (tmp_path / "answers" / "answers.md").write_text("## Exercise 1\n\n![confusion](cm.png)\n")
+    (tmp_path / "mnist" / "later").mkdir(parents=True)
+    save_config(TrainConfig(task="mnist", name="later"), tmp_path / "mnist" / "later" / "config.yaml")
+    text, gallery = loads["on_answers"].fn()  # a reload of the page
+    assert "## Exercise 1" in text and gallery.visible and len(gallery.value) == 1
+    table, run, first, _second, model, _scan, curves, _confusion, _mistakes, config = refresh.fn(
+        None, None, None, "efficientnet_lite0", None
+    )
+    assert [row[0] for row in table.value["data"]] == ["mnist/later"]
+    assert run.value == "mnist/later" and first.value is None and model.value == "efficientnet_lite0"
+    assert curves.visible is False and "name: later" in config  # the run's records on show, its missing curves hidden

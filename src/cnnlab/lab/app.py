@@ -144,23 +144,43 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             rows.append([line.run_id, line.task, line.recipe, line.date, line.metric, value])
         return rows
 
-    def on_refresh_runs() -> tuple:
-        choices = list(find_runs(runs_root))
-        return (
-            gr.Dataframe(value=runs_table()),
-            gr.Dropdown(choices=choices),
-            gr.Dropdown(choices=choices),
-            gr.Dropdown(choices=choices),
-            gr.Dropdown(choices=model_choices()),
-            gr.Dropdown(choices=scan_choices()),
-        )
+    def kept(choices: list[str], shown: str | None) -> str | None:
+        """The choice on show while it is still listed, else the first of `choices`."""
+        return shown if shown in choices else (choices[0] if choices else None)
 
-    @_shown_errors
-    def on_run(run_id: str) -> tuple:
+    def run_figures(run_id: str | None) -> tuple:
+        if not run_id:
+            return gr.Image(value=None, visible=False), gr.Image(value=None, visible=False), None, ""
         details = run_details(runs_root, run_id)
         figures = (details.learning_curves, details.confusion_matrix, details.mistakes)
         # A figure the run does not have is hidden, not shown as an empty frame.
         return (*(gr.Image(value=_image(path), visible=path is not None) for path in figures), details.config)
+
+    @_shown_errors
+    def on_refresh_runs(shown: str | None, first: str | None, second: str | None, model: str | None,
+                        scan_run: str | None) -> tuple:  # fmt: skip
+        # On every page load as well as on Refresh: runs trained after the lab started are listed.
+        choices, models, scan_runs = list(find_runs(runs_root)), model_choices(), scan_choices()
+        on_show = kept(choices, shown)
+        return (
+            gr.Dataframe(value=runs_table()),
+            gr.Dropdown(choices=choices, value=on_show),
+            gr.Dropdown(choices=choices, value=first if first in choices else None),
+            gr.Dropdown(choices=choices, value=second if second in choices else None),
+            gr.Dropdown(choices=models, value=kept(models, model)),
+            gr.Dropdown(choices=scan_runs, value=kept(scan_runs, scan_run)),
+            *run_figures(on_show),
+        )
+
+    def on_answers() -> tuple:
+        # On every page load: a sheet written after the lab started is shown once the page is reloaded.
+        text, figures = answer_sheet(runs_root)
+        gallery = [(_image(figure), caption) for figure, caption in figures]
+        return text, gr.Gallery(value=gallery, visible=bool(gallery))
+
+    @_shown_errors
+    def on_run(run_id: str) -> tuple:
+        return run_figures(run_id)
 
     @_shown_errors
     def on_compare(first: str, second: str) -> Any:
@@ -189,15 +209,9 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
     with gr.Blocks(title="cnnlab lab") as app:
         gr.Markdown(f"# cnnlab lab\nRuns root: `{runs_root}`")
         with gr.Tab("Answers", id="answers"):
-            sheet_text, sheet_figures = answer_sheet(runs_root)
-            gr.Markdown(sheet_text, elem_id="answers-sheet")
-            if sheet_figures:
-                gr.Gallery(
-                    [(_image(figure), caption) for figure, caption in sheet_figures],
-                    label="figures of the sheet",
-                    columns=3,
-                    interactive=False,
-                )
+            sheet = gr.Markdown(elem_id="answers-sheet")
+            sheet_gallery = gr.Gallery(label="figures of the sheet", columns=3, interactive=False, visible=False)
+            app.load(on_answers, [], [sheet, sheet_gallery])
         with gr.Tab("Budget", id="budget"):
             with gr.Row():
                 target = gr.Textbox(
@@ -260,28 +274,22 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         with gr.Tab("Runs", id="runs"):
             refresh = gr.Button("Refresh")
             table = gr.Dataframe(
-                value=runs_table(),
                 headers=["run", "task", "recipe", "date", "headline metric", "value"],
                 interactive=False,
                 elem_id="runs-table",
             )
-            run_ids = list(find_runs(runs_root))
-            chosen_run = gr.Dropdown(
-                run_ids, value=run_ids[0] if run_ids else None, label="run (newest first)", elem_id="runs-choice"
-            )
+            chosen_run = gr.Dropdown([], label="run (newest first)", elem_id="runs-choice")  # listed on load
             with gr.Row():
                 curves = gr.Image(label="learning curves", interactive=False, elem_id="runs-curves")
                 confusion = gr.Image(label="confusion matrix", interactive=False)
             mistakes = gr.Image(label="misclassified / highest-loss images", interactive=False)
             config = gr.Code(label="config.yaml", language="yaml")
             with gr.Row():
-                first = gr.Dropdown(run_ids, label="compare")
-                second = gr.Dropdown(run_ids, label="with")
+                first = gr.Dropdown([], label="compare")
+                second = gr.Dropdown([], label="with")
                 compare_button = gr.Button("Compare curves")
             comparison = gr.Plot(label="curves of both runs")
             chosen_run.change(on_run, [chosen_run], [curves, confusion, mistakes, config])
-            if run_ids:  # the newest run is on show when the page opens
-                app.load(on_run, [chosen_run], [curves, confusion, mistakes, config])
             compare_button.click(on_compare, [first, second], [comparison])
 
         with gr.Tab("Scan and segment", id="scan"):
@@ -300,7 +308,11 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
                 shares = gr.Label(label="share of the pixels per class")
             scan_upload.upload(on_scan, [scan_run, scan_upload], [heatmap, colour_mask, shares])
 
-        refresh.click(on_refresh_runs, [], [table, chosen_run, first, second, model, scan_run])
+        # The runs are listed (the newest on show) when the page opens, and again on Refresh.
+        listing = [chosen_run, first, second, model, scan_run]
+        runs_page = [table, *listing, curves, confusion, mistakes, config]
+        app.load(on_refresh_runs, listing, runs_page)
+        refresh.click(on_refresh_runs, listing, runs_page)
     if warm and zoo:
         # Load the default model and run it once (torch builds its kernels on the first call): the first photo is
         # then answered in well under a second instead of about five.
