@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cnnlab.errors import CnnlabError
-from cnnlab.lab.classify import classify, drawing_to_image, open_upload, pretrained_models
+from cnnlab.lab.classify import classify, drawing_to_image, for_display, open_upload, pretrained_models
 from cnnlab.models import create_model
 from cnnlab.tasks.explain import explain_image, load_subject
 from cnnlab.train.saved import save_model
@@ -60,7 +60,7 @@ def test_drawn_digit_on_an_mnist_run_with_a_chosen_layer(mnist_run: Path) -> Non
     assert len(first.top) == 5 and sum(p for _, p in first.top) <= 1.0 + 1e-6
     chosen = classify(subject, image, layer=first.layers[0])
     assert chosen.feature_layer == first.layers[0]
-    assert chosen.filters is not None and chosen.gradcam.shape == (28, 28, 3)
+    assert chosen.filters is not None and chosen.gradcam.shape == (168, 168, 3)  # 28x28, enlarged for the page
     with pytest.raises(CnnlabError, match="no spatial layer 'head'"):
         classify(subject, image, layer="head")
 
@@ -90,7 +90,7 @@ def test_an_mnist_ensemble_run_is_offered_and_classifies_a_drawing(tmp_path: Pat
     drawing = np.zeros((200, 200, 4), dtype=np.uint8)
     drawing[40:160, 95:105] = (0, 0, 0, 255)
     view = classify(load_subject(str(run)), drawing_to_image(drawing))
-    assert len(view.top) == 5 and view.gradcam.shape == (28, 28, 3)
+    assert len(view.top) == 5 and view.gradcam.shape == (168, 168, 3)
 
 
 def test_a_segmentation_run_is_offered_and_explained_by_its_pixel_shares(chelsea: Path, tmp_path: Path) -> None:
@@ -117,7 +117,7 @@ def test_a_segmentation_run_is_offered_and_explained_by_its_pixel_shares(chelsea
     assert all(share > 0 for _, share in view.top) and {name for name, _ in view.top} <= set(classes)
     shares = subject.probabilities(subject.preprocess(image))
     assert view.explained == classes[subject.default_class(shares)]
-    assert view.gradcam.shape == (44, 60, 3)
+    assert view.gradcam.shape == (132, 180, 3)  # 44x60, enlarged 3 times
     with pytest.raises(CnnlabError, match="above 4 MP; explaining a segmenter runs backward through the whole image"):
         classify(subject, Image.new("RGB", (2049, 2049)))  # an upload of 10 MB can hold 20 MP
     blocks = build_app(tmp_path, warm=False).blocks.values()
@@ -193,10 +193,26 @@ def test_uploads_reach_cnnlab_as_files_a_broken_one_refused_a_transparent_one_on
     assert "gradio" not in str(error.value)
     photo, top, *_ = on_upload("mnist/small", blocks["photo"].preprocess(FileData(path=str(transparent))), None)
     shown = np.asarray(photo)
-    assert shown[0, 0].tolist() == [255, 255, 255] and shown[32, 32].tolist() == [0, 0, 0]
+    assert shown.shape == (192, 192, 3)  # 64x64, enlarged 3 times for the page
+    assert shown[0, 0].tolist() == [255, 255, 255] and shown[3 * 32, 3 * 32].tolist() == [0, 0, 0]
     cli = load_subject(str(run))
     expected = cli.top_classes(cli.probabilities(cli.preprocess(open_upload(transparent, 2**20)).float()), 5)
     assert list(top) == [name for name, _ in expected]
     on_scan = _handler(app, "large image", "upload")
     with pytest.raises(gradio.Error, match="cannot use this file: not an image PIL can read"):
         on_scan("mnist/small", str(not_an_image))
+
+
+def test_a_small_input_and_its_grad_cam_are_enlarged_for_the_page(mnist_run: Path) -> None:
+    """MNIST's Grad-CAM and photo were shown at 28x28, a few pixels tall; only the filters were enlarged."""
+    from PIL import Image
+
+    digit = Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28, 3), dtype=np.uint8))
+    view = classify(load_subject(str(mnist_run)), digit)
+    assert view.gradcam.shape == (168, 168, 3)  # six times, nearest: each input pixel a 6x6 block
+    blocks = view.gradcam.reshape(28, 6, 28, 6, 3)
+    assert (blocks == blocks[:, :1, :, :1]).all()
+    shown = for_display(digit)
+    assert shown.size == (168, 168) and np.array_equal(np.asarray(shown)[::6, ::6], np.asarray(digit))
+    photo = Image.new("RGB", (300, 200))
+    assert for_display(photo) is photo  # large enough already

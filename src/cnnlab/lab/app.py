@@ -60,7 +60,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
     gr = _gradio()
     from cnnlab.lab.answers_page import answer_sheet
     from cnnlab.lab.budget_page import EXERCISE_SPEC, budget_view, memory_chart
-    from cnnlab.lab.classify import classify, drawing_to_image, open_upload, pretrained_models
+    from cnnlab.lab.classify import classify, drawing_to_image, for_display, open_upload, pretrained_models
     from cnnlab.lab.runs import compare_curves, find_runs, resolve_run, run_details, saved_runs, summarise
     from cnnlab.lab.scan_page import scan_view, segment_view
     from cnnlab.tasks.explain import load_subject
@@ -106,7 +106,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
     def show_classification(choice: str, image: Any, layer: str | None) -> tuple:
         view = classify(subject(choice), image, layer or None, top_k=5)
         return (
-            image,  # the photo as cnnlab read it (a transparent PNG on white), not as the browser draws it
+            for_display(image),  # as cnnlab read it (a transparent PNG on white), not as the browser draws it
             {name: probability for name, probability in view.top},
             view.gradcam,
             f"Grad-CAM of {view.explained!r} at `{view.cam_layer}`; feature maps of `{view.feature_layer}`"

@@ -18,7 +18,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.report.explain import feature_maps, filter_grid, first_conv_filters, grad_cam, spatial_layers
 from cnnlab.tasks.explain import Subject
 
-__all__ = ["ClassifyView", "classify", "drawing_to_image", "open_upload", "pretrained_models"]
+__all__ = ["ClassifyView", "classify", "drawing_to_image", "for_display", "open_upload", "pretrained_models"]
 
 
 @dataclass
@@ -28,7 +28,8 @@ class ClassifyView:
     Attributes:
         top: the k most probable classes with their probabilities, most probable first (a segmenter: the classes
             found, by their share of the pixels).
-        gradcam: the input as the model sees it with the Grad-CAM heatmap of `explained` over it, uint8 [H, W, 3].
+        gradcam: the input as the model sees it with the Grad-CAM heatmap of `explained` over it, uint8 [H, W, 3];
+            a small input (MNIST's 28x28) enlarged a whole number of times (nearest), as the filters are.
         cam_layer: the layer Grad-CAM used.
         feature_maps: the chosen layer's most active channels tiled, uint8 [h, w, 3].
         feature_layer: the layer they come from.
@@ -72,6 +73,17 @@ def open_upload(path: str | os.PathLike[str], max_bytes: int) -> Any:
     if reason is not None:
         raise CnnlabError(f"cannot use this file: {reason}; upload a PNG or JPEG photo")
     return load_image(path)
+
+
+def for_display(image: Any, min_side: int = 192) -> Any:
+    """A PIL image enlarged a whole number of times (nearest) when its longer side is under `min_side`, so that a
+    28x28 digit is not a few pixels tall on the page; larger images are returned as they are."""
+    from PIL import Image
+
+    factor = max(1, min_side // max(image.size))
+    if factor == 1:
+        return image
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
 
 
 def drawing_to_image(drawing: np.ndarray) -> Any:
@@ -135,7 +147,7 @@ def _overlay(display: torch.Tensor, heatmap: torch.Tensor, alpha: float = 0.45) 
     from matplotlib import colormaps
 
     colours = torch.from_numpy(colormaps["jet"](heatmap.numpy())[..., :3]).float()
-    return _to_uint8((1 - alpha) * display + alpha * colours)
+    return _to_uint8(_enlarge((1 - alpha) * display + alpha * colours))  # MNIST's 28x28 would be a few pixels tall
 
 
 def _tile_maps(maps: torch.Tensor, count: int = 16, scale: int = 4) -> np.ndarray:
