@@ -63,3 +63,21 @@ def test_two_runs_curves_share_one_figure(root: Path) -> None:
     assert "segment/new: train_loss" in labels
     lengths = {line.get_label(): len(line.get_xdata()) for axis in figure.axes for line in axis.get_lines()}
     assert lengths["mnist/old: val_accuracy"] == 2 and lengths["segment/new: val_accuracy"] == 3
+
+
+@pytest.mark.parametrize(
+    ("results", "metric", "value"),
+    [
+        ({"test": {"accuracy": 1.0, "balanced_accuracy": 1.0, "loss": 0.1}}, "test_accuracy", 1.0),  # train transfer
+        ({"test": {"pixel_accuracy": 0.97, "miou": 0.61, "miou_with_bg": 0.7}}, "test_miou", 0.61),  # train segment
+        ({"test": {"count": 6}}, "val_accuracy (last epoch)", 0.75),  # no test figure: the last epoch's
+    ],
+)
+def test_the_headline_is_the_test_report_of_a_transfer_or_segmentation_run(
+    tmp_path: Path, results: dict, metric: str, value: float
+) -> None:
+    """A transfer run's headline was its last epoch's val_accuracy (0.8333) while its test accuracy was 1.0: only
+    top-level test_* figures were read, and transfer and segment runs write theirs under "test"."""
+    folder = _run(tmp_path, "transfer", "t1", [0.5, 0.75], results, 1_700_000_000)
+    line = summarise("transfer/t1", folder)
+    assert (line.metric, line.value) == (metric, value)

@@ -104,11 +104,28 @@ def _recipe(results: dict[str, Any], config: dict[str, Any]) -> str:
     return "-"
 
 
+_TEST_HEADLINES = ("accuracy", "miou", "pixel_accuracy")  # a test report's figure to headline, in this order
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _headline(results: dict[str, Any], history: list[dict[str, float]]) -> tuple[str, float | None]:
-    """The run's first top-level test figure, else the last epoch's first validation metric other than the loss."""
+    """The run's test figure, else the last epoch's first validation metric other than the loss.
+
+    The test figure is the first top-level ``test_*`` number (`train mnist`'s ``test_accuracy``), else the accuracy
+    of the test report under ``test`` (`train transfer`), else its mean IoU (`train segment`: the classes but the
+    background) or pixel accuracy.
+    """
     for key, value in results.items():
-        if key.startswith("test_") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if key.startswith("test_") and _number(value):
             return key, float(value)
+    test = results.get("test")
+    if isinstance(test, dict):
+        for key in _TEST_HEADLINES:
+            if _number(test.get(key)):
+                return f"test_{key}", float(test[key])
     if history:
         last = history[-1]
         keys = [k for k in last if k.startswith("val_") and k != "val_loss"] or [k for k in last if k == "val_loss"]
