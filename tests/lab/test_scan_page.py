@@ -63,3 +63,34 @@ def test_segmentation_run_gives_the_masks_of_cnnlab_predict(tmp_path: Path) -> N
         assert np.array_equal(np.asarray(view.colour), np.asarray(colour.convert("RGB")))
     with pytest.raises(CnnlabError, match="not a `cnnlab train segment --data` run"):
         segment_view(tmp_path, photo)
+
+
+def test_the_segmentation_outputs_are_shown_for_a_segmentation_run_only(tmp_path: Path) -> None:
+    """For an MNIST run the heatmap was squeezed into a third of the row beside the mask and pixel shares, empty."""
+    pytest.importorskip("gradio", reason="the lab extra")
+    from cnnlab.lab.app import build_app
+    from cnnlab.train.config import TrainConfig, save_config
+
+    torch.manual_seed(0)
+    save_model(create_model("mnist_net_small"), tmp_path / "mnist" / "digits", "mnist_net_small", {}, {"task": "mnist"})
+    save_config(TrainConfig(task="mnist", name="digits"), tmp_path / "mnist" / "digits" / "config.yaml")
+    meta = {"task": "segment", "classes": ["background", "disc"], "background": 0,
+            "normalisation": {"mean": [0.5] * 3, "std": [0.25] * 3}}  # fmt: skip
+    kwargs = {"num_classes": 2, "in_chans": 3, "widths": [4, 8]}
+    save_model(create_model("unet", **kwargs), tmp_path / "segment" / "discs", "unet", kwargs, meta)
+    save_config(TrainConfig(task="segment", name="discs"), tmp_path / "segment" / "discs" / "config.yaml")
+    image = tmp_path / "large.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (56, 84, 3), dtype=np.uint8)).save(image)
+    app = build_app(tmp_path, warm=False)
+    blocks = {getattr(block, "label", None): block for block in app.blocks.values()}
+    assert not blocks["mask (segmentation runs)"].visible and not blocks["share of the pixels per class"].visible
+    (on_scan,) = [
+        dependency.fn
+        for dependency in app.fns.values()
+        if any(app.blocks.get(block) is blocks["large image"] for block, _ in dependency.targets)
+    ]
+    heatmap, mask, shares = on_scan("mnist/digits", str(image))
+    assert heatmap.width > 84 and mask.visible is False and shares.visible is False
+    overlay, mask, shares = on_scan("segment/discs", str(image))
+    assert overlay.size == (84, 56) and mask.visible is True and shares.visible is True
+    assert {share["label"] for share in shares.value["confidences"]} <= {"background", "disc"}

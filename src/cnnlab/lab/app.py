@@ -200,10 +200,11 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         if os.path.getsize(path) > max_upload_bytes:
             raise CnnlabError(f"the image is larger than the lab's {max_upload_bytes / 1e6:.0f} MB upload limit")
         folder = resolve_run(runs_root, run_id)
+        # The mask and the pixel shares are a segmentation run's only: hidden for a scan, the heatmap takes the row.
         if is_segmentation_run(folder):
             masks = segment_view(folder, path)
-            return masks.overlay, masks.colour, masks.share
-        return scan_view(folder, path), None, None
+            return masks.overlay, gr.Image(value=masks.colour, visible=True), gr.Label(value=masks.share, visible=True)
+        return scan_view(folder, path), gr.Image(value=None, visible=False), gr.Label(value=None, visible=False)
 
     # ------------------------------------------------------------------ layout
     with gr.Blocks(title="cnnlab lab") as app:
@@ -304,8 +305,8 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             scan_upload = gr.File(label="large image", type="filepath", elem_id="scan-upload")  # cnnlab reads it
             with gr.Row():
                 heatmap = gr.Image(label="class heatmap, or the masks over the image", interactive=False)
-                colour_mask = gr.Image(label="mask (segmentation runs)", interactive=False)
-                shares = gr.Label(label="share of the pixels per class")
+                colour_mask = gr.Image(label="mask (segmentation runs)", interactive=False, visible=False)
+                shares = gr.Label(label="share of the pixels per class", visible=False)
             scan_upload.upload(on_scan, [scan_run, scan_upload], [heatmap, colour_mask, shares])
 
         # The runs are listed (the newest on show) when the page opens, and again on Refresh.
