@@ -58,8 +58,25 @@ def test_chart_stacks_the_components_to_each_views_total() -> None:
 def test_target_is_a_zoo_name_or_layer_strings_never_a_file() -> None:
     assert parse_target("  resnet18 \n") == "resnet18"
     assert parse_target("conv 8 k3\n\ngap") == ["conv 8 k3", "gap"]
-    assert parse_target("pyproject.toml") == ["pyproject.toml"]  # read as a layer string, so refused below
+    assert parse_target("gap") == ["gap"]  # one word, but a layer type
+    with pytest.raises(CnnlabError, match="unknown model 'pyproject.toml'; `cnnlab zoo` lists the models"):
+        budget_view("pyproject.toml", "3x32x32")  # read as a misspelt model name, not opened
     with pytest.raises(CnnlabError, match="unknown layer type 'pyproject.toml'"):
-        budget_view("pyproject.toml", "3x32x32")
+        budget_view("pyproject.toml\ngap", "3x32x32")
     with pytest.raises(CnnlabError, match="enter a zoo model name"):
         parse_target(" \n ")
+
+
+@pytest.mark.parametrize("name", ["resnet5O", "ResNet50"])
+def test_a_misspelt_model_name_gets_the_zoos_did_you_mean(name: str) -> None:
+    """It was read as a layer string: "a layer spec needs --input, the shape of one sample" (a flag the page lacks)."""
+    cli = CliRunner().invoke(app, ["budget", name])
+    assert cli.exit_code != 0 and "did you mean resnet50" in str(cli.exception or cli.output)
+    with pytest.raises(CnnlabError, match=rf"unknown model '{name}'; did you mean resnet50\b"):
+        budget_view(name)
+
+
+def test_layer_strings_without_an_input_name_the_pages_field_not_the_cli_flag() -> None:
+    with pytest.raises(CnnlabError, match="layer strings need the input CxHxW field") as error:
+        budget_view(EXERCISE_SPEC)
+    assert "--input" not in str(error.value)

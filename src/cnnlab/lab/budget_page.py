@@ -54,16 +54,28 @@ def table_data(table: Table) -> TableData:
 def parse_target(text: str) -> str | list[str]:
     """A zoo model name, or layer strings one per line. Never a file: the page reads nothing from disk.
 
+    One word that is not a layer type (``resnet5O``, ``ResNet50``) is read as a model name, so a misspelt one gets
+    the zoo's "did you mean" rather than a complaint about layer strings.
+
     Raises:
-        CnnlabError: nothing entered.
+        CnnlabError: nothing entered, or one word that is neither a zoo model nor a layer type.
     """
-    from cnnlab.models import is_model
+    import difflib
+
+    from cnnlab.budget.spec import LAYER_TYPES
+    from cnnlab.models import is_model, list_models
 
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise CnnlabError("enter a zoo model name (resnet50) or layer strings, one per line (conv 100 k3 s2 same)")
     if len(lines) == 1 and is_model(lines[0]):
         return lines[0]
+    if len(lines) == 1 and len(lines[0].split()) == 1 and lines[0].lower() not in LAYER_TYPES:
+        close = difflib.get_close_matches(lines[0], list_models(), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "`cnnlab zoo` lists the models"
+        raise CnnlabError(
+            f"unknown model {lines[0]!r}; {hint} (layer strings start with a layer type: conv 100 k3 s2 same)"
+        )
     return lines
 
 
@@ -86,8 +98,11 @@ def budget_view(
         optimizer: sgd, momentum, adam or adamw.
     """
     shape = parse_size(input_shape.strip(), "input") if input_shape.strip() else None
+    parsed = parse_target(target)
+    if isinstance(parsed, list) and shape is None:  # the library's message names the CLI's --input
+        raise CnnlabError("layer strings need the input CxHxW field: the shape of one sample, e.g. 3x200x300")
     report = budget(
-        parse_target(target),
+        parsed,
         input_shape=shape,
         batch_size=int(batch_size),
         dtype=dtype,
