@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cnnlab.cli import app
 from cnnlab.errors import CnnlabError
-from cnnlab.lab.budget_page import EXERCISE_SPEC, budget_view, memory_chart, parse_target
+from cnnlab.lab.budget_page import EXERCISE_SPEC, budget_view, memory_chart, memory_unit, parse_target
 
 EXERCISE = EXERCISE_SPEC.splitlines()
 
@@ -51,8 +51,21 @@ def test_chart_stacks_the_components_to_each_views_total() -> None:
     bars = figure.axes[0].patches
     textbook = sum(bar.get_height() for bar in bars if abs(bar.get_x() + bar.get_width() / 2) < 1e-9)
     realistic = sum(bar.get_height() for bar in bars if abs(bar.get_x() + bar.get_width() / 2 - 1) < 1e-9)
-    assert textbook == pytest.approx(view.report.training["total_bytes"] / 1e6)
-    assert realistic == pytest.approx(view.report.realistic["total_bytes"] / 1e6)
+    unit, size = memory_unit(max(view.report.training["total_bytes"], view.report.realistic["total_bytes"]))
+    assert figure.axes[0].get_ylabel() == unit
+    assert textbook == pytest.approx(view.report.training["total_bytes"] / size)
+    assert realistic == pytest.approx(view.report.realistic["total_bytes"] / size)
+
+
+def test_chart_unit_follows_the_data_with_no_hidden_offset() -> None:
+    """A 3x20000x20000 input at batch 64 was charted in MB with a hidden 1e7 multiplier: the axis read "1.4 MB"."""
+    assert memory_unit(999) == ("B", 1) and memory_unit(1500) == ("kB", 1e3) and memory_unit(2.5e13) == ("TB", 1e12)
+    view = budget_view("conv 8 k3 same", "3x20000x20000", 64)
+    figure = memory_chart(view.report)
+    figure.canvas.draw()
+    axis = figure.axes[0]
+    assert axis.get_ylabel() == "TB" and axis.yaxis.get_offset_text().get_text() == ""
+    assert 1 <= max(axis.get_ylim()) < 1000
 
 
 def test_target_is_a_zoo_name_or_layer_strings_never_a_file() -> None:

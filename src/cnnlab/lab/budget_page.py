@@ -17,7 +17,16 @@ from cnnlab.budget.spec import parse_size
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks.answers.measure import EXERCISE_2_SPEC
 
-__all__ = ["EXERCISE_SPEC", "BudgetView", "TableData", "budget_view", "memory_chart", "parse_target", "table_data"]
+__all__ = [
+    "EXERCISE_SPEC",
+    "BudgetView",
+    "TableData",
+    "budget_view",
+    "memory_chart",
+    "memory_unit",
+    "parse_target",
+    "table_data",
+]
 
 EXERCISE_SPEC = "\n".join(EXERCISE_2_SPEC)
 
@@ -119,8 +128,17 @@ def budget_view(
     )
 
 
+_UNITS = (("B", 1.0), ("kB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12))
+
+
+def memory_unit(largest_bytes: float) -> tuple[str, float]:
+    """The unit (name, bytes) that shows `largest_bytes` as a number from 1 to 1000 (B up to TB)."""
+    return next(((name, size) for name, size in reversed(_UNITS) if largest_bytes >= size), _UNITS[0])
+
+
 def memory_chart(report: BudgetReport) -> Any:
-    """A matplotlib figure: training memory by component, textbook view beside what PyTorch keeps, in MB."""
+    """A matplotlib figure: training memory by component, textbook view beside what PyTorch keeps, in a unit chosen
+    from the largest figure (kB for a small spec, TB for a 20000x20000 input), with no hidden offset on the axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,17 +153,22 @@ def memory_chart(report: BudgetReport) -> Any:
         ("activations", "activations_bytes"),
     ]
     views = [("textbook", report.training), ("PyTorch keeps", report.realistic)]
+    largest = max(
+        report.realistic["peak_bytes"], *(sum(values.get(key, 0) for _, key in components) for _, values in views)
+    )
+    unit, size = memory_unit(largest)
     figure, axis = plt.subplots(figsize=(7, 3.6))
     for position, (_view, values) in enumerate(views):
         bottom = 0.0
         for index, (label, key) in enumerate(components):
-            height = values.get(key, 0) / 1e6
+            height = values.get(key, 0) / size
             axis.bar(position, height, bottom=bottom, color=f"C{index}", label=label if position == 0 else None)
             bottom += height
-    peak = report.realistic["peak_bytes"] / 1e6
-    axis.axhline(peak, color="black", linestyle="--", linewidth=1, label=f"peak of live tensors ({peak:,.1f} MB)")
+    peak = report.realistic["peak_bytes"] / size
+    axis.axhline(peak, color="black", linestyle="--", linewidth=1, label=f"peak of live tensors ({peak:,.1f} {unit})")
     axis.set_xticks(range(len(views)), [name for name, _ in views])
-    axis.set_ylabel("MB")
+    axis.ticklabel_format(axis="y", style="plain", useOffset=False)  # an offset (1e7) is easily missed
+    axis.set_ylabel(unit)
     axis.set_title(f"training memory, batch {report.batch_size}, {report.dtype}, {report.optimizer}")
     axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     figure.tight_layout()
