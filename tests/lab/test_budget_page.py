@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -93,3 +94,35 @@ def test_layer_strings_without_an_input_name_the_pages_field_not_the_cli_flag() 
     with pytest.raises(CnnlabError, match="layer strings need the input CxHxW field") as error:
         budget_view(EXERCISE_SPEC)
     assert "--input" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        (2.7, "the batch must be a whole number of samples; 2.7 is not"),  # was rounded to 3 unseen
+        (1e20, "the batch 1e\\+20 is too large"),  # was torch's overflow message
+        (0, "the batch must be at least 1"),  # was taken as 1
+        (None, "enter a batch"),
+    ],
+)
+def test_a_batch_that_is_not_a_whole_number_in_range_is_refused_in_words(batch: float | None, message: str) -> None:
+    with pytest.raises(CnnlabError, match=message):
+        budget_view("lenet5", "", batch)
+    assert budget_view("lenet5", "", 4.0).report.batch_size == 4
+
+
+@pytest.mark.filterwarnings("ignore:the batch must be:UserWarning")  # gr.Warning outside a request
+def test_the_reason_a_budget_fails_stays_in_the_page(tmp_path: Path) -> None:
+    """Every output became a red Error badge and the reason went with the toast after about ten seconds."""
+    pytest.importorskip("gradio", reason="the lab extra")
+    from cnnlab.lab.app import build_app
+
+    app = build_app(tmp_path, warm=False)
+    blocks = {getattr(block, "label", None): block for block in app.blocks.values()}
+    assert blocks["batch"].precision is None  # Gradio would round 2.7 to 3 before the page saw it
+    (on_budget,) = [dependency.fn for dependency in app.fns.values() if dependency.fn.__name__ == "on_budget"]
+    status, summary, _layers, _memory, chart, _plan = on_budget("lenet5", "", 2.7, "", "float32", "adam")
+    assert status == "**Cannot size it:** the batch must be a whole number of samples; 2.7 is not"
+    assert summary == "" and chart is None
+    status, summary, *_ = on_budget("lenet5", "", 2, "", "float32", "adam")
+    assert status == "" and summary.startswith("parameters ")

@@ -87,11 +87,18 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         return load_subject(str(resolve_run(runs_root, choice)))
 
     # ------------------------------------------------------------------ handlers
-    @_shown_errors
-    def on_budget(target: str, shape: str, batch: float, memory: str, dtype: str, optimizer: str) -> tuple:
-        view = budget_view(target, shape, int(batch or 1), memory, dtype, optimizer)
+    def on_budget(target: str, shape: str, batch: float | None, memory: str, dtype: str, optimizer: str) -> tuple:
+        try:
+            view = budget_view(target, shape, batch, memory, dtype, optimizer)
+        except CnnlabError as error:
+            # The reason stays in the page (a toast goes after seconds); the previous figures are cleared, not kept
+            # beside a message saying these inputs could not be sized.
+            gr.Warning(str(error))
+            empty = gr.Dataframe(value=[], headers=["-"], label="")
+            return f"**Cannot size it:** {error}", "", empty, empty, None, empty
         plan = view.plan
         return (
+            "",
             view.summary,
             gr.Dataframe(value=view.layers.rows, headers=view.layers.headers, label=view.layers.title),
             gr.Dataframe(value=view.memory.rows, headers=view.memory.headers, label=view.memory.title),
@@ -224,12 +231,14 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
                 with gr.Column():
                     shape = gr.Textbox(label="input CxHxW (empty: the model's)", placeholder="3x200x300",
                                        elem_id="budget-input")  # fmt: skip
-                    batch = gr.Number(label="batch", value=1, minimum=1, precision=0, elem_id="budget-batch")
+                    # no precision: Gradio would round 2.7 to 3 unseen; the page refuses it
+                    batch = gr.Number(label="batch", value=1, minimum=1, elem_id="budget-batch")
                     memory = gr.Textbox(label="memory for the plan (e.g. 8GiB)", elem_id="budget-memory")
                 with gr.Column():
                     dtype = gr.Dropdown(_DTYPES, value="float32", label="dtype")
                     optimizer = gr.Dropdown(_OPTIMIZERS, value="adam", label="optimizer")
                     size_button = gr.Button("Size it", variant="primary", elem_id="budget-run")
+            budget_status = gr.Markdown(elem_id="budget-status")
             summary = gr.Textbox(label="summary", interactive=False, elem_id="budget-summary")
             layer_rows = gr.Dataframe(label="layers", interactive=False, elem_id="budget-layers")
             with gr.Row():
@@ -239,7 +248,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             size_button.click(
                 on_budget,
                 [target, shape, batch, memory, dtype, optimizer],
-                [summary, layer_rows, memory_rows, chart, plan_rows],
+                [budget_status, summary, layer_rows, memory_rows, chart, plan_rows],
             )
 
         with gr.Tab("Classify and explain", id="classify"):

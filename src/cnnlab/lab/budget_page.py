@@ -6,6 +6,7 @@ The tables are the CLI's own (`cnnlab.budget.render`), read cell by cell, so eve
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,9 @@ __all__ = [
     "EXERCISE_SPEC",
     "BudgetView",
     "TableData",
+    "MAX_BATCH",
     "budget_view",
+    "check_batch",
     "memory_chart",
     "memory_unit",
     "parse_target",
@@ -88,10 +91,30 @@ def parse_target(text: str) -> str | list[str]:
     return lines
 
 
+MAX_BATCH = 10**9  # far beyond any real mini-batch; larger ones overflow torch's byte counts
+
+
+def check_batch(batch_size: float | None) -> int:
+    """The batch field's value as an int.
+
+    Raises:
+        CnnlabError: empty, not a whole number, below 1 or above `MAX_BATCH`.
+    """
+    if batch_size is None:
+        raise CnnlabError("enter a batch: the number of samples in one training step, e.g. 32")
+    if math.isnan(batch_size) or (math.isfinite(batch_size) and batch_size != int(batch_size)):
+        raise CnnlabError(f"the batch must be a whole number of samples; {batch_size:g} is not")
+    if batch_size < 1:
+        raise CnnlabError(f"the batch must be at least 1; {batch_size:g} is not")
+    if batch_size > MAX_BATCH:
+        raise CnnlabError(f"the batch {batch_size:g} is too large; the page sizes batches up to {MAX_BATCH:,}")
+    return int(batch_size)
+
+
 def budget_view(
     target: str,
     input_shape: str = "",
-    batch_size: int = 1,
+    batch_size: float = 1,
     memory: str = "",
     dtype: str = "float32",
     optimizer: str = "adam",
@@ -101,11 +124,13 @@ def budget_view(
     Args:
         target: a zoo model name, or layer strings one per line.
         input_shape: one sample, CxHxW; empty for a zoo model's own size.
-        batch_size: the training mini-batch.
+        batch_size: the training mini-batch: a whole number from 1 to `MAX_BATCH` (the page's number field may send
+            a float; 2.7 is refused, not rounded).
         memory: plan for this much memory (e.g. 8GiB), or empty for no plan.
         dtype: float32, float16 or bfloat16.
         optimizer: sgd, momentum, adam or adamw.
     """
+    batch = check_batch(batch_size)
     shape = parse_size(input_shape.strip(), "input") if input_shape.strip() else None
     parsed = parse_target(target)
     if isinstance(parsed, list) and shape is None:  # the library's message names the CLI's --input
@@ -113,7 +138,7 @@ def budget_view(
     report = budget(
         parsed,
         input_shape=shape,
-        batch_size=int(batch_size),
+        batch_size=batch,
         dtype=dtype,
         optimizer=optimizer,
         memory_limit=parse_memory(memory) if memory.strip() else None,
