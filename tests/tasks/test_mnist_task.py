@@ -260,6 +260,16 @@ def test_one_model_and_an_ensemble_never_share_a_run_name_without_overwrite(fake
     single = train_mnist("quick", overrides=_TINY, overwrite=True, **options)
     assert not isinstance(cnnlab.load_model(run), Ensemble) and not (run / "ensemble.json").exists()
     assert single["members"][0]["run_dir"] == str(run)
+    # the ensemble's members went with it: they kept the folder taken for an ensemble, and a later `-n 2 --resume`
+    # rebuilt the ensemble over the single model
+    assert not list(run.glob("seed*"))
+    with pytest.raises(CnnlabError, match="holds one model, not an ensemble of 2"):
+        train_mnist("quick", overrides=_TINY, ensemble=2, resume=True, **options)
+    with pytest.raises(CnnlabError, match="--resume continues a run and --overwrite starts it again; pass one"):
+        train_mnist("quick", overrides=_TINY, resume=True, overwrite=True, **options)
+    # one model replaced by an ensemble keeps none of its curves or figures beside the ensemble's
+    train_mnist("quick", overrides=_TINY, ensemble=2, overwrite=True, **options)
+    assert not list(run.glob("model.*")) and not (run / "metrics.csv").exists()
 
 
 def test_a_shortened_run_shrinks_its_recipes_warm_up_and_still_anneals(fake_root: Path, tmp_path: Path) -> None:

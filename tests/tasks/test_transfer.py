@@ -240,6 +240,7 @@ def test_resume_is_refused_under_other_options_before_anything_is_trained(tmp_pa
         ({"max_per_class": 0}, "--max-per-class must be >= 1"),  # a scikit-learn error about an empty split
         ({"split_seed": -1}, "--split-seed must be between 0 and"),  # "cannot split ...; collect more images"
         ({"resume": True, "name": "never-started"}, "--resume: there is no run at .*never-started"),  # trained anew
+        ({"resume": True, "overwrite": True}, "--resume continues a run and --overwrite starts it again"),  # resumed
         ({"arch": "no_such_net"}, "unknown model 'no_such_net'"),
         ({"pretrained": True}, "--model lenet5 has no pretrained weights in cnnlab.*--no-pretrained"),
         ({"unfreeze": None}, "recipe default trains the top 8 blocks of efficientnet_lite0, and lenet5 has 3"),

@@ -11,6 +11,7 @@ digits beside the engine's config.yaml, metrics and learning curves. An ensemble
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,14 @@ from cnnlab.data.augment import RandomAffine
 from cnnlab.data.mnist import MnistSplits, load_mnist
 from cnnlab.errors import CnnlabError
 from cnnlab.report.units import score
-from cnnlab.tasks.recipes import Recipe, RecipeBook, note_current_run, run_name, with_overrides
+from cnnlab.tasks.recipes import (
+    Recipe,
+    RecipeBook,
+    check_resume_or_overwrite,
+    note_current_run,
+    run_name,
+    with_overrides,
+)
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.config import check_resumable, environment_record, load_config, save_record
 from cnnlab.train.saved import save_ensemble, save_model
@@ -145,6 +153,7 @@ def train_mnist(
         the ensemble's test accuracy, training seconds and the run directory.
     """
     chosen = RECIPES.get(recipe)
+    check_resume_or_overwrite(resume, overwrite)
     if ensemble < 1:
         raise CnnlabError(f"--ensemble must be >= 1, got {ensemble}")
     if member is not None and not 0 <= member < ensemble:
@@ -273,7 +282,17 @@ def _check_run_shape(
         return
     wanted = "one model" if ensemble == 1 else f"an ensemble of {ensemble}"
     other_shape = (ensemble == 1) != held.startswith("one")
-    if other_shape and overwrite:  # the other shape's saved model would still be what evaluate and predict load
+    if overwrite and member is None:
+        # Replaced as a whole: the other shape's saved model would still be what evaluate and predict load, its
+        # members or its curves and figures would still be read as the new run's, and an ensemble's members beyond
+        # the new ones would be refused as strangers by a later --resume.
+        if other_shape:
+            shutil.rmtree(run_dir)
+        else:
+            for stale in (s for s in seeds if not seed <= s < seed + ensemble):
+                shutil.rmtree(run_dir / f"seed{stale}")
+        return
+    if other_shape and overwrite:  # one member's process: the others may be writing, so only what is loaded first
         for path in [ensemble_spec] if ensemble == 1 else single:
             path.unlink(missing_ok=True)
         return

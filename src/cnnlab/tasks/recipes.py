@@ -17,7 +17,16 @@ from typing import Any, Generic, TypeVar
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["Recipe", "RecipeBook", "check_start", "interrupted_hint", "note_current_run", "run_name", "with_overrides"]
+__all__ = [
+    "Recipe",
+    "RecipeBook",
+    "check_resume_or_overwrite",
+    "check_start",
+    "interrupted_hint",
+    "note_current_run",
+    "run_name",
+    "with_overrides",
+]
 
 # The run this process is writing, for the line `cnnlab` prints when Ctrl+C interrupts it (`interrupted_hint`).
 _CURRENT_RUN: dict[str, Any] = {}
@@ -141,6 +150,7 @@ def check_start(
     trained on. A folder a failed start left (a split, no checkpoint) is started again. With `resume`, see
     `check_resume`.
     """
+    check_resume_or_overwrite(resume, overwrite)
     if resume:
         check_resume(run_dir, manifest, options)
         return
@@ -153,6 +163,12 @@ def check_start(
             f"{run_dir} holds an interrupted run; pass --resume to continue it, --overwrite to start again, "
             "or choose another --name"
         )
+
+
+def check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
+    """Refuse ``--resume`` with ``--overwrite``: they ask for opposite things, and the resume went ahead unsaid."""
+    if resume and overwrite:
+        raise CnnlabError("--resume continues a run and --overwrite starts it again; pass one of them")
 
 
 def check_resume(run_dir: Path, manifest: str, options: Mapping[str, Any] | None = None) -> None:
