@@ -258,12 +258,13 @@ def _check_run_shape(
     run_dir: Path, ensemble: int, seed: int, member: int | None, resume: bool, overwrite: bool
 ) -> None:
     """Refuse to train one model where an ensemble is (or the reverse), or other members than a resumed ensemble's,
-    before anything is written; with `overwrite`, remove the saved model of the other shape (it was loaded first).
+    before anything is written; with `overwrite`, remove the run of the other shape (in a member's own process, only
+    its saved model, which would be loaded first) or the members the new ensemble leaves out.
 
     Each member checks only its own folder (``NAME`` for one model, ``NAME/seedK`` for members), so a single run named
     like an ensemble was trained beside it without --overwrite, and `evaluate` went on scoring the old ensemble.
     """
-    from cnnlab.train.checkpoint import CHECKPOINT_NAME
+    from cnnlab.train.checkpoint import CHECKPOINT_NAME, run_in_the_way
     from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC, MODEL_WEIGHTS
 
     if not run_dir.is_dir():
@@ -304,10 +305,7 @@ def _check_run_shape(
     if ensemble > 1 and not overwrite:
         members = range(seed, seed + ensemble)
         if not (resume or member is not None):
-            raise CnnlabError(
-                f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                "or choose another --name"
-            )
+            raise run_in_the_way(run_dir)
         if any(found not in members for found in seeds):  # a resume with another --seed trained new members
             raise CnnlabError(
                 f"{run_dir} holds members {', '.join(f'seed{s}' for s in seeds)}, which --seed {seed} --ensemble "

@@ -156,9 +156,12 @@ def check_start(
         return
     if overwrite:
         return
-    if (run_dir / "model.json").is_file():
+    from cnnlab.train.checkpoint import CHECKPOINT_NAME
+    from cnnlab.train.saved import MODEL_SPEC
+
+    if (run_dir / MODEL_SPEC).is_file():
         raise CnnlabError(f"{run_dir} already holds a finished run; pass --overwrite, --resume or another --name")
-    if any(run_dir.glob("checkpoint.pt")) or any(run_dir.glob("*/checkpoint.pt")):
+    if (run_dir / CHECKPOINT_NAME).is_file() or any(run_dir.glob(f"*/{CHECKPOINT_NAME}")):
         raise CnnlabError(
             f"{run_dir} holds an interrupted run; pass --resume to continue it, --overwrite to start again, "
             "or choose another --name"

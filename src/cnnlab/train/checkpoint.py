@@ -21,6 +21,14 @@ from cnnlab.errors import CnnlabError
 CHECKPOINT_NAME = "checkpoint.pt"  # a run's checkpoint inside its run directory
 
 
+def run_in_the_way(run_dir: str | os.PathLike[str]) -> CnnlabError:
+    """The error for a run started, without --resume or --overwrite, where a run already is."""
+    return CnnlabError(
+        f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, or choose another "
+        "--name"
+    )
+
+
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """`torch.save` to `path` atomically (temp file in the same dir, fsync, `os.replace`)."""
     path = Path(path)

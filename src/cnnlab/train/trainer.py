@@ -32,6 +32,7 @@ from cnnlab.train.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
+    run_in_the_way,
 )
 from cnnlab.train.config import TrainConfig, check_resumable, save_config
 from cnnlab.train.device import resolve_device
@@ -401,10 +402,7 @@ class Trainer:
         if self.config.resume and not checkpoint.is_file():
             raise CnnlabError(f"--resume: no checkpoint at {checkpoint}; start the run without --resume")
         if not self.config.resume and checkpoint.is_file() and not self.config.overwrite:
-            raise CnnlabError(
-                f"{self.run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                "or choose another --name"
-            )
+            raise run_in_the_way(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ the loop
