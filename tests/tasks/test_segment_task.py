@@ -106,3 +106,9 @@ def test_pretraining_without_the_digit_pool_is_a_clear_error(tmp_path):
     )
     with pytest.raises(CnnlabError, match="training pool"):
         train_segmentation("quick", output=str(tmp_path), name="n", data=data, pretrain_epochs=1, progress=False)
+
+
+def test_resume_with_overwrite_is_refused(tmp_path):
+    """The canvas task resumed without a word when given both (every other task refuses them)."""
+    with pytest.raises(CnnlabError, match="--resume continues a run and --overwrite starts it again"):
+        train_segmentation("quick", output=str(tmp_path), name="n", resume=True, overwrite=True, progress=False)

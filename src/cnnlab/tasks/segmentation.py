@@ -24,7 +24,14 @@ from cnnlab.data.augment import RandomAffine
 from cnnlab.data.segmentation import CLASS_NAMES, NUM_CLASSES, DigitSegmentation, make_digit_segmentation
 from cnnlab.errors import CnnlabError
 from cnnlab.report.segmentation import BoundaryF1, MeanIoU, PixelAccuracy, save_overlays, segmentation_report
-from cnnlab.tasks.recipes import Recipe, RecipeBook, note_current_run, run_name, with_overrides
+from cnnlab.tasks.recipes import (
+    Recipe,
+    RecipeBook,
+    check_resume_or_overwrite,
+    note_current_run,
+    run_name,
+    with_overrides,
+)
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.config import environment_record
 from cnnlab.train.saved import save_model
@@ -272,6 +279,7 @@ def train_segmentation(
         ``test_overlays.png``.
     """
     chosen = RECIPES.get(recipe)
+    check_resume_or_overwrite(resume, overwrite)
     bg_weight = chosen.background_weight if background_weight is None else background_weight
     if not bg_weight > 0:
         raise CnnlabError(f"--background-weight must be positive, got {bg_weight}")
