@@ -151,7 +151,8 @@ def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(tin
         resumed = train_transfer(tiny_config(tmp_path, resume=True, test_fraction=0.3, train={"epochs": 1}))
     finally:
         (tmp_path / "photos" / "red" / "new.png").unlink()
-    assert resumed["split"].startswith("reused")
+    assert resumed["split"] == again["split"]  # how it was made, as the run's own report said: it said "reused ..."
+    assert resumed["split"].startswith("stratified")
     assert resumed["skipped"] == again["skipped"]  # the bad files found at split time stay listed
     assert resumed["costs"]["cache_reused"] == 1.0  # same images, model, cut, views: the cache is read, not rebuilt
 

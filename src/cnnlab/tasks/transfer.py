@@ -335,6 +335,17 @@ def _read_split(manifest: str | Path, data: str) -> tuple[LabelledImages, Split]
     return images, split
 
 
+def _recorded_split(run_dir: Path) -> str | None:
+    """How the run's split was made, as its config.yaml records it (None for a run started before it did)."""
+    import yaml
+
+    try:
+        split = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["config"]["split"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return split if isinstance(split, str) else None
+
+
 def _refuse_split_options(config: TransferConfig, given_split: str) -> None:
     """The options that shape a fresh split, refused with a split given as it is (they were accepted and ignored)."""
     values = {
@@ -675,13 +686,16 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     skipped_path = run_dir / SKIPPED
     if split_source.startswith("reused") and skipped_path.is_file():  # the bad files found when the split was made
         images.skipped = [SkippedFile(**entry) for entry in json.loads(skipped_path.read_text())]
+    if split_source.startswith("reused"):  # the report says how the split was made, as the uninterrupted run's does
+        split_source = _recorded_split(run_dir) or split_source
     skipped_path.write_text(json.dumps([dataclasses.asdict(s) for s in images.skipped], indent=1))
     parts = {part: images.subset(split[part]) for part in SPLITS if split[part]}
     for needed in ("val", "test"):
         if needed not in parts:
             raise CnnlabError(f"the split has no {needed} images (raise --{needed}-fraction)")
     views = parse_views(config.views or recipe.views or str(source_defaults(config.data).get("views", "hflip")))
-    save_record(dataclasses.asdict(config) | {"recipe_fields": recipe.to_dict()}, run_dir / "config.yaml")
+    record = {"recipe_fields": recipe.to_dict(), "split": split_source}  # beside the options: not compared on resume
+    save_record(dataclasses.asdict(config) | record, run_dir / "config.yaml")
     counts = {part: parts[part].class_counts() for part in parts}
     log(
         f"{len(images)} images, {len(images.classes)} classes; split ({split_source}): "
