@@ -206,14 +206,19 @@ def _segment(
         for _ in _collected(_in_order(masks, empty), results):
             pass
     except KeyboardInterrupt:
-        _show([result for result in results if not result.get("resumed")], model, as_json, _class_shares)
+        _show(_segmented_now(results), model, as_json, _class_shares)
         _stopped(results, len(paths) + len(empty), output, "their masks")
-    shown = [result for result in results if not result.get("resumed")]
+    shown = _segmented_now(results)
     if len(shown) < len(results):
         typer.echo(f"resumed: {_images(len(results) - len(shown))} already segmented in {output}, kept", err=True)
     _show(shown, model, as_json, _class_shares)
     if all("error" in result for result in results):
         raise typer.Exit(2)
+
+
+def _segmented_now(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The results of this call, without those a resumed run read back (they were shown when made)."""
+    return [result for result in results if not result.get("resumed")]
 
 
 def register(app: typer.Typer) -> None:

@@ -161,9 +161,10 @@ def iter_masks(
     finished = _finished_masks(log, segmenter) if resume else {}
     with ProgressBar(len(paths), "segmenting", enabled=progress) as bar, log.open("a", encoding="utf-8") as record:
         for path, stem in zip(paths, output_stems(paths), strict=True):
-            result = _predict_mask(segmenter, runner, path, output, stem, finished.get(stem) == _source(path))
+            source = _source(path)  # the image as it is read now, for the match and for the line recording it
+            result = _predict_mask(segmenter, runner, path, output, stem, finished.get(stem) == source)
             if "error" not in result and not result.get("resumed"):
-                record.write(json.dumps({"stem": stem, "model": segmenter.weights_sha256, **_source(path)}) + "\n")
+                record.write(json.dumps({"stem": stem, "model": segmenter.weights_sha256, **source}) + "\n")
                 record.flush()
             bar.advance()
             yield result
