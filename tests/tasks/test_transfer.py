@@ -212,14 +212,14 @@ def test_resume_is_refused_under_other_options_before_anything_is_trained(tmp_pa
     for overrides, changed in [
         ({"recipe": "quick"}, "recipe: 'default' -> 'quick'"),
         ({"views": "hflip"}, "views: 'dihedral' -> 'hflip'"),
-        ({"image_size": 40}, "image_size: None -> 40"),
+        ({"image_size": 40}, "image_size: not given -> 40"),
         ({"train": {"epochs": 3}}, "train.epochs: 2 -> 3"),
     ]:
         with pytest.raises(CnnlabError, match=f"cannot resume .*tiny with different options \\({re.escape(changed)}"):
             train_transfer(tiny_config(tmp_path, resume=True, **overrides))
     without_epochs = tiny_config(tmp_path, resume=True)
     del without_epochs.train["epochs"]  # given at the start, left out now: the recipe's 4 epochs
-    with pytest.raises(CnnlabError, match=re.escape("(train.epochs: 2 -> None)")):
+    with pytest.raises(CnnlabError, match=re.escape("(train.epochs: 2 -> not given)")):
         train_transfer(without_epochs)
     assert weights.stat().st_mtime_ns == trained_at
     again = train_transfer(tiny_config(tmp_path, resume=True, workers=1, progress=False, train={"num_threads": 1}))

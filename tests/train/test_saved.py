@@ -147,3 +147,32 @@ def test_an_exports_preprocessing_record_is_named_with_the_run_to_pass(tmp_path:
     (tmp_path / "m.onnx.preprocessing.json").write_text(json.dumps(record))  # exported elsewhere with -o
     with pytest.raises(CnnlabError, match="wrote for .*m.onnx, not a saved model; pass the run directory it was"):
         spec_path(tmp_path / "m.onnx.preprocessing.json")
+
+
+def test_an_exported_model_given_as_a_saved_one_is_named_with_the_run_to_pass(tmp_path: Path) -> None:
+    """`predict -m RUN/model.pt` (a file `cnnlab export` wrote) said it "is a file other than a model.json", naming
+    neither what the file is nor which run to pass."""
+    from cnnlab.tasks.predict import load_predictor
+    from cnnlab.train.saved import spec_path
+
+    run = tmp_path / "run"
+    save_model(torch.nn.Linear(2, 2), run, "lenet5", {}, {"task": "transfer"})
+    (run / "model.pt").write_bytes(b"not read")
+    record = {"format": "torchscript", "load": "torch.jit.load(path)", "classes": ["a", "b"]}
+    (run / "model.pt.preprocessing.json").write_text(json.dumps(record))
+    expected = (
+        rf"model.pt is a model `cnnlab export` wrote \(outside cnnlab: torch.jit.load\(path\), with "
+        rf"model.pt.preprocessing.json for the preprocessing\); cnnlab's commands read the saved run: pass the run's "
+        rf"folder, {run}$"
+    )
+    with pytest.raises(CnnlabError, match=expected):  # `predict -m`
+        load_predictor(str(run / "model.pt"))
+    with pytest.raises(CnnlabError, match=expected):  # export, explain, budget: load_model
+        load_model(run / "model.pt")
+    (tmp_path / "m.onnx").write_bytes(b"")
+    (tmp_path / "m.onnx.preprocessing.json").write_text("{not json")
+    with pytest.raises(CnnlabError, match="m.onnx is a model `cnnlab export` wrote; .* the run directory it was"):
+        spec_path(tmp_path / "m.onnx")
+    (tmp_path / "other.pt").write_bytes(b"")  # no record beside it: the message for any other file
+    with pytest.raises(CnnlabError, match="a file other than a model.json"):
+        load_predictor(str(tmp_path / "other.pt"))

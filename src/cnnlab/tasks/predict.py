@@ -90,7 +90,7 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
     """
     from cnnlab.models import create_model, is_model
     from cnnlab.train.device import resolve_device
-    from cnnlab.train.saved import load_model, saved_meta, spec_path
+    from cnnlab.train.saved import check_not_exported, load_model, saved_meta, spec_path
 
     device = resolve_device(device)
     path = Path(model)
@@ -137,6 +137,8 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
         )
     if path.is_dir():
         spec_path(path)  # raises, saying what the folder holds instead (a run stopped mid-training, nothing, ...)
+    if path.is_file():
+        check_not_exported(path)
     if path.exists():
         raise CnnlabError(
             f"{path} is a file other than a model.json; pass a finished run's directory (`cnnlab train transfer`, "

@@ -268,8 +268,13 @@ def check_resumable(
         _differences({k: v for k, v in saved.items() if k not in free}, {k: v for k, v in now.items() if k not in free})
     )
     if changed:
-        details = ", ".join(f"{k}: {before!r} -> {after!r}" for k, before, after in changed)
+        details = ", ".join(f"{k}: {_shown(before)} -> {_shown(after)}" for k, before, after in changed)
         raise CnnlabError(f"cannot resume {run_dir} with different options ({details}); use the same ones")
+
+
+def _shown(value: Any) -> str:
+    """An option's value in a resume refusal: None is an option left out ("not given", the default), not a value."""
+    return "not given" if value is None else repr(value)
 
 
 def _differences(saved: Mapping[str, Any], now: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:

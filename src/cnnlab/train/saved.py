@@ -156,12 +156,38 @@ def spec_path(path: str | os.PathLike[str]) -> Path:
         raise CnnlabError(f"no saved model at {path}; pass a run directory or a model.json / model.safetensors file")
     if path.name.endswith(EXPORT_RECORD_SUFFIX):  # it has no 'arch': "re-save the model" was the advice
         exported = path.with_name(path.name.removesuffix(EXPORT_RECORD_SUFFIX))
-        has_run = (path.parent / MODEL_SPEC).is_file() or (path.parent / ENSEMBLE_SPEC).is_file()
-        source = f"the run's folder, {path.parent}" if has_run else "the run directory it was exported from"
         raise CnnlabError(
-            f"{path} is the preprocessing record `cnnlab export` wrote for {exported}, not a saved model; pass {source}"
+            f"{path} is the preprocessing record `cnnlab export` wrote for {exported}, not a saved model; "
+            f"pass {_run_to_pass(path)}"
         )
+    check_not_exported(path)
     return path
+
+
+def check_not_exported(path: Path) -> None:
+    """Refuse a file `cnnlab export` wrote (its preprocessing record lies beside it) as a saved model, naming the run
+    to pass instead and how the exported file is loaded: "a file other than a model.json" said neither.
+
+    Raises:
+        CnnlabError: `path` has an export's record beside it.
+    """
+    record = path.with_name(path.name + EXPORT_RECORD_SUFFIX)
+    if not record.is_file():
+        return
+    try:
+        load = json.loads(record.read_text()).get("load")
+    except (OSError, ValueError, AttributeError):
+        load = None
+    how = f" (outside cnnlab: {load}, with {record.name} for the preprocessing)" if isinstance(load, str) else ""
+    raise CnnlabError(
+        f"{path} is a model `cnnlab export` wrote{how}; cnnlab's commands read the saved run: pass {_run_to_pass(path)}"
+    )
+
+
+def _run_to_pass(exported: Path) -> str:
+    """What to pass instead of a file `cnnlab export` wrote into `exported.parent`: that run folder, else its source."""
+    has_run = (exported.parent / MODEL_SPEC).is_file() or (exported.parent / ENSEMBLE_SPEC).is_file()
+    return f"the run's folder, {exported.parent}" if has_run else "the run directory it was exported from"
 
 
 def _what_it_holds(folder: Path) -> str:
