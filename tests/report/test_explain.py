@@ -96,6 +96,35 @@ def test_a_layer_without_maps_is_refused_naming_its_output_and_layers_with_maps(
         feature_maps(model, image, ["unused"])
 
 
+class SideBranchModel(EvidenceModel):
+    """EvidenceModel with a branch that runs on every image but that the logits do not use, and one run without
+    gradients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.side = nn.Conv2d(1, 3, 3, padding=1)
+        self.frozen = nn.Conv2d(1, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.side(x)  # an auxiliary output the logits ignore
+        with torch.no_grad():
+            gate = self.frozen(x).sigmoid()
+        return self.fc(self.pool(self.act(self.conv(x) * gate)).flatten(1))
+
+
+def test_a_layer_the_score_does_not_depend_on_is_refused_naming_layers_that_it_does():
+    """A Grad-CAM layer that runs but does not feed the class score gave PyTorch's "One of the differentiated Tensors
+    appears to not have been used in the graph" (or "does not require grad", for one run without gradients)."""
+    model, image = SideBranchModel(), evidence_image()
+    for layer in ("side", "frozen"):
+        with pytest.raises(
+            CnnlabError,
+            match=rf"layer '{layer}' runs, but the class score does not depend on its output, .* deepest: act, conv$",
+        ):
+            grad_cam(model, image, layer=layer)
+    assert grad_cam(model, image, layer="act").class_index == 0
+
+
 def test_filter_grid_tiles_every_kernel_scaled_to_unit_range():
     weight = torch.randn(8, 1, 3, 3)
     grid = filter_grid(weight)

@@ -157,6 +157,36 @@ def _refuse_unless_maps(model: nn.Module, image: torch.Tensor, name: str, output
     raise CnnlabError(f"layer {name!r} {what}; {advice} ({len(spatial)} layers have maps)")
 
 
+def _refuse_unused(model: nn.Module, image: torch.Tensor, name: str) -> None:
+    """Raise for a Grad-CAM layer that runs but whose maps the class score does not depend on (a side branch, an
+    auxiliary head, a part run without gradients), naming the deepest layers the logits do depend on."""
+    outputs: dict[str, torch.Tensor] = {}
+
+    def hook_for(layer: str) -> Any:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[-2:]) > 1:
+                outputs.pop(layer, None)  # a module called twice: its last call, in running order
+                outputs[layer] = output
+
+        return hook
+
+    handles = [module.register_forward_hook(hook_for(layer)) for layer, module in _leaf_modules(model)]
+    try:
+        with torch.enable_grad():
+            logits = model(image.unsqueeze(0).to(_device(model)).requires_grad_(True))
+            tracked = {layer: output for layer, output in outputs.items() if output.requires_grad}
+            grads = torch.autograd.grad(logits.sum(), list(tracked.values()), allow_unused=True) if tracked else []
+    finally:
+        for handle in handles:
+            handle.remove()
+    feeding = [layer for layer, grad in zip(tracked, grads, strict=True) if grad is not None]
+    advice = f"pick a layer on the way to the logits, such as the deepest: {', '.join(reversed(feeding[-3:]))}"
+    raise CnnlabError(
+        f"layer {name!r} runs, but the class score does not depend on its output, so Grad-CAM has no gradient to "
+        f"weight its maps with; {advice if feeding else 'no layer with maps leads to the logits'}"
+    )
+
+
 def default_feature_layers(model: nn.Module, image: torch.Tensor, count: int = 3) -> list[str]:
     """`count` layers spread from shallow to deep: the last module at each spatial resolution, evenly sampled."""
     layers = spatial_layers(model, image)
@@ -284,7 +314,11 @@ def grad_cam(
                 score = logits[0, index][region].sum() if bool(region.any()) else logits[0, index].sum()
             activations = captured[-1] if captured else None
             _refuse_unless_maps(model, image, layer, activations, deepest=True)  # its gradients are averaged over h, w
-            (gradients,) = torch.autograd.grad(score, activations)
+            assert activations is not None  # _refuse_unless_maps raised otherwise
+            used = activations.requires_grad  # False: computed without a graph (e.g. under torch.no_grad)
+            (gradients,) = torch.autograd.grad(score, activations, allow_unused=True) if used else (None,)
+            if gradients is None:  # PyTorch said "One of the differentiated Tensors appears to not have been used"
+                _refuse_unused(model, image, layer)
     finally:
         handle.remove()
         for module, mode in modes.items():
