@@ -235,3 +235,16 @@ def test_training_accuracy_leaves_out_the_losss_ignored_targets(tmp_path: Path) 
     trainer = Trainer(model, config, loss_fn=nn.CrossEntropyLoss(ignore_index=255))
     history = trainer.fit(TensorBatches(images, masks, 4), (images, masks))
     assert history[0]["train_accuracy"] == 1.0  # not 0.5: the ignored half is not counted as wrong
+
+
+def test_compile_on_a_cpu_keeps_torchs_cuda_home_warning_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`train transfer --compile` on a CPU printed torch's "No CUDA runtime is found, using CUDA_HOME='/usr/local'"
+    (logged when the compiler imports torch.utils.cpp_extension), which reads as a fault in a run that wants no CUDA."""
+    import logging
+
+    Trainer(_model(), _config(tmp_path, compile=True, device="cpu"))
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        logger.warning("No CUDA runtime is found, using CUDA_HOME='/usr/local'")
+        logger.warning("another warning")
+    assert [record.getMessage() for record in caplog.records] == ["another warning"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import random
 import sys
 import time
@@ -520,7 +521,11 @@ class Trainer:
         return torch.amp.GradScaler(self.device.type, enabled=self.config.precision == "fp16")
 
     def _compiled(self, module: nn.Module) -> nn.Module:
-        return torch.compile(module) if self.config.compile else module  # type: ignore[return-value]
+        if not self.config.compile:
+            return module
+        if self.device.type != "cuda":  # torch's compiler logs a CUDA warning on a CPU, where no CUDA is wanted
+            _quiet_cuda_home_warning()
+        return torch.compile(module)  # type: ignore[return-value]
 
     def _format(self, inputs: Any) -> Any:
         if self.config.channels_last and isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
@@ -618,3 +623,15 @@ def fit(
     trainer = Trainer(model, config or TrainConfig(), **kwargs)
     trainer.fit(train_data, val_data)
     return trainer
+
+
+def _drop_cuda_home_warning(record: logging.LogRecord) -> bool:
+    return "No CUDA runtime is found" not in record.getMessage()
+
+
+def _quiet_cuda_home_warning() -> None:
+    """Keep "No CUDA runtime is found, using CUDA_HOME=..." (from torch.utils.cpp_extension, which the compiler imports)
+    out of a CPU run's output: it reads as a fault, and the run wants no CUDA. Other messages of that logger stay."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if _drop_cuda_home_warning not in logger.filters:
+        logger.addFilter(_drop_cuda_home_warning)
