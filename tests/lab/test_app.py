@@ -117,3 +117,17 @@ def test_the_answer_sheet_and_the_runs_are_read_when_the_page_loads_and_on_refre
     assert [row[0] for row in table.value["data"]] == ["mnist/later"]
     assert run.value == "mnist/later" and first.value is None and model.value == "efficientnet_lite0"
     assert curves.visible is False and "name: later" in config  # the run's records on show, its missing curves hidden
+
+
+def test_an_input_error_shown_in_the_page_leaves_no_traceback_in_the_servers_log() -> None:
+    """Each input error the page showed in words (an unknown layer, a text file named .png) also printed a full
+    traceback in the terminal running `cnnlab lab`, which reads as the server failing."""
+    gradio = pytest.importorskip("gradio")
+
+    @lab_app._shown_errors
+    def page(value: str) -> str:
+        raise CnnlabError(f"unknown layer {value!r}")
+
+    with pytest.raises(gradio.Error, match="unknown layer 'x'") as raised:
+        page("x")
+    assert raised.value.print_exception is False

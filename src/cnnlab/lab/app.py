@@ -41,7 +41,11 @@ def _shown_errors(function: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return function(*args)
         except CnnlabError as error:
-            raise gradio.Error(str(error)) from None
+            try:  # the page shows it in words: no traceback in the server's log for a user's input error
+                shown = gradio.Error(str(error), print_exception=False)
+            except TypeError:  # a gradio older than the option (5.9) prints it as before
+                shown = gradio.Error(str(error))
+            raise shown from None
 
     return wrapper
 
