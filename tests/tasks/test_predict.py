@@ -545,3 +545,32 @@ def test_resume_refuses_what_it_cannot_continue(tiny_run: Path, tmp_path: Path) 
     Image.new("RGB", (24, 24), (90, 30, 30)).save(tmp_path / "x.png")
     no_csv = CliRunner().invoke(app, ["predict", "-m", str(tiny_run), "--resume", str(tmp_path / "x.png")])
     assert isinstance(no_csv.exception, CnnlabError) and "give it with --output FILE.csv" in str(no_csv.exception)
+
+
+def test_resume_refuses_the_csv_of_another_model_with_the_same_classes(tiny_run: Path, tmp_path: Path) -> None:
+    """`predict --resume` kept the rows another model had written whenever its labels were this model's too (a second
+    run on the same folder, say): the CSV ended with two models' predictions under one name."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from cnnlab.cli import app
+
+    for index in range(3):
+        Image.new("RGB", (24, 24), (60 * index, 30, 30)).save(tmp_path / f"{index}.png")
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    weights = load_file(other / "model.safetensors")
+    name = next(key for key, value in weights.items() if value.is_floating_point())
+    weights[name] = weights[name] + 0.01  # the same classes, views and preprocessing; other weights
+    save_file(weights, other / "model.safetensors")
+    table = tmp_path / "p.csv"
+    images = [str(tmp_path / "0.png"), str(tmp_path / "1.png")]
+    first = CliRunner().invoke(app, ["predict", "-m", str(tiny_run), "-k", "1", "-o", str(table), *images])
+    assert first.exit_code == 0, first.output
+    again = [str(tmp_path / "2.png"), "--resume"]
+    refused = CliRunner().invoke(app, ["predict", "-m", str(other), "-k", "1", "-o", str(table), *images, *again])
+    assert isinstance(refused.exception, CnnlabError)
+    assert "p.csv was written by another model (other weights" in str(refused.exception)
+    same = CliRunner().invoke(app, ["predict", "-m", str(tiny_run), "-k", "1", "-o", str(table), *images, *again])
+    assert same.exit_code == 0 and "already holds 2 images; predicting the other 1" in same.output

@@ -40,7 +40,8 @@ def predict(
     resume: bool = typer.Option(
         False,
         "--resume",
-        help="Continue an interrupted run into the same --output: the images it finished (rows of the CSV; masks "
+        help="Continue an interrupted run into the same --output: the images it finished (rows of the CSV the same "
+        "model wrote, as .NAME.csv.model beside it records; masks "
         "the same segmentation run made of the same, unchanged image, as the folder's .cnnlab-masks.jsonl records) "
         "are kept and not predicted again; only the others are predicted and shown.",
     ),
@@ -78,7 +79,8 @@ def predict(
         raise CnnlabError("--resume continues the CSV of an interrupted run: give it with --output FILE.csv")
     predictor = predictor or load_predictor(model, device=device)
     k = min(top_k, len(predictor.classes))
-    kept = finished_predictions(output, k, predictor.classes, paths) if resume and output is not None else []
+    fingerprint = predictor.fingerprint() if output is not None else None
+    kept = finished_predictions(output, k, predictor.classes, paths, fingerprint) if resume and output else []
     if kept:
         done = {row[0] for row in kept}
         empty = [(sum(path not in done for path in paths[:position]), entry) for position, entry in empty]
@@ -88,7 +90,7 @@ def predict(
     stream = _collected(_in_order(iter_predictions(predictor, paths, top_k=top_k, progress=True), empty), results)
     try:
         if output is not None:  # row by row: an interrupted run leaves the rows it finished
-            write_predictions_csv(stream, output, k, kept)
+            write_predictions_csv(stream, output, k, kept, fingerprint)
         else:
             for _ in stream:
                 pass

@@ -10,6 +10,8 @@ and the other images are still classified.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -72,6 +74,22 @@ class Predictor:
         if self.cfg is None:
             raise CnnlabError(f"{self.source}: neither a preprocessing record nor a preprocess function")
         return build_eval_transform(self.cfg)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what decides the predictions: the weights (every tensor of the state dict), the class names, the
+        views and the preprocessing record. Two predictors with one fingerprint give the same rows."""
+        digest = hashlib.sha256(json.dumps([self.classes, list(self.views), _record(self.cfg)]).encode())
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+
+def _record(cfg: PretrainedCfg | None) -> Any:
+    """The preprocessing record as plain data (None for an MNIST run)."""
+    if cfg is None:
+        return None
+    return json.loads(json.dumps(cfg.to_dict(), default=str))
 
 
 def _is_saved_run(path: Path) -> bool:
@@ -242,16 +260,23 @@ def write_predictions_csv(
     output: str | os.PathLike[str],
     top_k: int,
     kept: Sequence[Sequence[str]] = (),
+    model: str | None = None,
 ) -> Path:
     """Write `predict_images`' results as one row per image: its path, then label and probability for each of its
     top-k classes, best first, and the reason for an image that could not be read (its other cells empty).
 
     Each row is written and flushed as `results` yields it: fed by `iter_predictions`, a run interrupted at any
     point leaves a valid CSV of the images it finished. `kept` rows (`finished_predictions` of an earlier run) come
-    first, in a file that replaces the old one only once they are all written.
+    first, in a file that replaces the old one only once they are all written. `model` (a `Predictor.fingerprint`)
+    is recorded beside the CSV, in ``.NAME.csv.model``, for a resumed run to check that it continues the same model.
     """
     path = check_predictions_csv(output)
     path.parent.mkdir(parents=True, exist_ok=True)
+    record = _model_record(path)
+    if model is not None:
+        record.write_text(model + "\n")
+    else:
+        record.unlink(missing_ok=True)
     part = path.with_name(f".{path.name}.part")
     with open(part, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([_header(top_k), *kept])
@@ -266,19 +291,35 @@ def write_predictions_csv(
     return path
 
 
+def _model_record(csv_path: Path) -> Path:
+    """Where `write_predictions_csv` records the fingerprint of the model that wrote `csv_path`."""
+    return csv_path.with_name(f".{csv_path.name}.model")
+
+
 def finished_predictions(
-    output: str | os.PathLike[str], top_k: int, classes: Sequence[str], paths: Sequence[str]
+    output: str | os.PathLike[str],
+    top_k: int,
+    classes: Sequence[str],
+    paths: Sequence[str],
+    model: str | None = None,
 ) -> list[list[str]]:
     """The rows of an earlier run's CSV at `output` that classified one of `paths` (for ``predict --resume``): rows
     that hold an error are left out, so that those images are tried again.
 
     Raises:
-        CnnlabError: no such file, other columns than ``-k top_k`` writes, or a label the model does not have (the
-            CSV of another model).
+        CnnlabError: no such file, other columns than ``-k top_k`` writes, or the CSV of another model: its recorded
+            fingerprint is not `model` (a `Predictor.fingerprint`), or, for a CSV without one, it holds a label the
+            model does not have.
     """
     path = check_predictions_csv(output)
     if not path.is_file():
         raise CnnlabError(f"--resume: {path} does not exist; run the command without --resume to start it")
+    record = _model_record(path)
+    if model is not None and record.is_file() and record.read_text().strip() != model:
+        raise CnnlabError(
+            f"--resume: {path} was written by another model (other weights, classes, views or preprocessing); "
+            "give another --output, or leave out --resume to predict every image with this one"
+        )
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     if not rows or rows[0] != _header(top_k):
