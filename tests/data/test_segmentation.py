@@ -238,3 +238,18 @@ def test_pad_collate_pads_masks_with_the_ignore_index():
     assert images.shape == (2, 3, 9, 7) and masks.shape == (2, 9, 7)
     assert int(images[0, :, 5:].sum()) == 0 and bool((masks[0, 5:] == IGNORE_INDEX).all())
     assert bool((masks[1, :, 4:] == IGNORE_INDEX).all()) and int((masks[1, :, :4]).sum()) == 0
+
+
+def test_a_broken_mask_is_skipped_with_its_reason(tmp_path):
+    """A PNG mask with a damaged chunk raises SyntaxError in Pillow, not OSError: `train segment` ended in a
+    traceback ("SyntaxError: broken PNG file") instead of listing the pair in skipped.json."""
+    canvases = make_canvases(*_pool(), 3, size=32, seed=0)
+    save_segmentation_folder(canvases.images, canvases.masks, tmp_path)
+    data = bytearray((tmp_path / "masks" / "00001.png").read_bytes())
+    data[33:37] = (10).to_bytes(4, "big")  # the IDAT chunk's length: the next chunk is read from its middle
+    (tmp_path / "masks" / "00001.png").write_bytes(bytes(data))
+    folder = SegmentationFolder(tmp_path, skip_bad=True)
+    with pytest.raises(CnnlabError, match="00001.png cannot be read as a mask"):
+        folder.read(1)
+    assert sorted(folder.read_all()) == [0, 2]
+    assert "cannot be read as a mask" in folder.skipped[0].reason

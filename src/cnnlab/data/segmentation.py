@@ -366,6 +366,9 @@ class SegmentationFolder(Dataset):
     def _read_mask(self, path: Path) -> np.ndarray:
         from PIL import Image
 
+        reason = check_image(path)  # a broken PNG raises SyntaxError and a huge one DecompressionBombError, not OSError
+        if reason is not None:
+            raise CnnlabError(f"{path} cannot be read as a mask ({reason})")
         try:
             with Image.open(path) as mask_image:
                 mask_image.load()
