@@ -253,3 +253,15 @@ def test_a_broken_mask_is_skipped_with_its_reason(tmp_path):
         folder.read(1)
     assert sorted(folder.read_all()) == [0, 2]
     assert "cannot be read as a mask" in folder.skipped[0].reason
+
+
+def test_a_folder_reads_every_image_format_the_other_commands_read(tmp_path):
+    """A .webp image with its mask was left out of `train segment --data` without a word (its list of extensions was
+    shorter than every other command's), and macOS's hidden ._a.png was listed as an unreadable image."""
+    _one_pair(tmp_path, Image.fromarray(np.arange(20, dtype=np.uint8).reshape(4, 5) % 2))
+    Image.fromarray(np.zeros((4, 5, 3), dtype=np.uint8)).save(tmp_path / "images" / "b.webp", lossless=True)
+    Image.fromarray(np.arange(20, dtype=np.uint8).reshape(4, 5) % 2).save(tmp_path / "masks" / "b.png")
+    (tmp_path / "images" / "._a.png").write_bytes(b"\0\5\26\7\0\2\0\0Mac OS X")
+    folder = SegmentationFolder(tmp_path, skip_bad=True)
+    assert [path.name for path in folder.images] == ["a.png", "b.webp"]
+    assert folder.skipped == []

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from cnnlab.data.folder import SkippedFile, check_image, file_digest
+from cnnlab.data.folder import IMAGE_EXTENSIONS, SkippedFile, check_image, file_digest
 from cnnlab.errors import CnnlabError, why_not_a_folder
 
 if TYPE_CHECKING:
@@ -314,10 +314,13 @@ class SegmentationFolder(Dataset):
             )
         if not image_dir.is_dir() or not mask_dir.is_dir():
             raise CnnlabError(f"{self.root} needs images/ and masks/ subfolders (same file stems, PNG masks)")
-        extensions = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-        candidates = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in extensions)
+        # the extensions every other command reads (a .webp with its mask was left out unsaid); hidden files (macOS's
+        # ._name.png) are not images
+        candidates = sorted(
+            p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        )
         if not candidates:
-            raise CnnlabError(f"{image_dir} holds no images ({', '.join(sorted(extensions))})")
+            raise CnnlabError(f"{image_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         self.images: list[Path] = []
         self.masks: list[Path] = []
         first: dict[bytes, Path] = {}  # image digest -> its first file: a copy on both sides of the split would leak
