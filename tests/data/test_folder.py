@@ -214,3 +214,14 @@ def test_a_data_argument_that_is_nothing_usable_says_what_it_is(tmp_path: Path) 
     (tmp_path / "labels.txt").write_text("a.png,cat\n")
     with pytest.raises(CnnlabError, match=r"labels\.txt' is a file other than a \.csv; give a folder .*elpv:binary"):
         open_image_source(str(tmp_path / "labels.txt"))
+
+
+def test_image_files_walks_linked_sub_folders_once(tmp_path: Path) -> None:
+    """A class's sub-folder that is a link (photos kept elsewhere, linked in) was skipped without a word: its images
+    were neither trained on nor predicted."""
+    _solid(tmp_path / "elsewhere" / "b.png", (0, 0, 0))
+    _solid(tmp_path / "cat" / "a.png", (0, 0, 0))
+    (tmp_path / "cat" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere" / "loop").symlink_to(tmp_path / "cat", target_is_directory=True)  # back up: not again
+    found = [Path(p).relative_to(tmp_path).as_posix() for p in image_files(tmp_path / "cat")]
+    assert found == ["cat/a.png", "cat/linked/b.png"]

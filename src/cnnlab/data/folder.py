@@ -276,10 +276,18 @@ def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: b
 
 
 def image_files(folder: str | os.PathLike[str]) -> list[str]:
-    """The image files under `folder` and its sub-folders (by extension), sorted; hidden files and folders skipped."""
+    """The image files under `folder` and its sub-folders (by extension), sorted; hidden files and folders skipped.
+
+    A linked sub-folder is walked like any other (os.walk's default skipped its images unsaid), each real folder once:
+    a link back to a folder above it is not followed again.
+    """
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    walked: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        walked.add(os.path.realpath(dirpath))
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and os.path.realpath(Path(dirpath) / d) not in walked
+        )
         for filename in sorted(filenames):
             if not filename.startswith(".") and filename.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(str(Path(dirpath) / filename))
