@@ -225,3 +225,13 @@ def test_image_files_walks_linked_sub_folders_once(tmp_path: Path) -> None:
     (tmp_path / "elsewhere" / "loop").symlink_to(tmp_path / "cat", target_is_directory=True)  # back up: not again
     found = [Path(p).relative_to(tmp_path).as_posix() for p in image_files(tmp_path / "cat")]
     assert found == ["cat/a.png", "cat/linked/b.png"]
+
+
+def test_a_macos_zips_metadata_folder_is_not_a_class(tmp_path: Path) -> None:
+    """A folder unzipped from a Mac's zip holds __MACOSX/<class>/._<image> beside the classes: it was taken for a
+    third class, refused as "__MACOSX has 0 usable images" (with --min-per-class 0, trained as an empty class)."""
+    root = _make_folder(tmp_path / "photos", per_class=2)
+    (root / "__MACOSX" / "cat").mkdir(parents=True)
+    (root / "__MACOSX" / "cat" / "._0.png").write_bytes(b"\0\5\26\7\0\2\0\0Mac OS X")
+    assert scan_folder(root, min_per_class=2).classes == ["cat", "dog"]
+    assert image_files(root) == image_files(root / "cat") + image_files(root / "dog")

@@ -246,8 +246,9 @@ def _collect(candidates: Sequence[tuple[str, str]], classes: Sequence[str], sour
 def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: bool = True) -> LabelledImages:
     """The images of an ImageFolder-style tree ``root/<class>/**/<image>``, classes sorted by name.
 
-    Files whose extension is not an image extension are ignored (not counted as bad); hidden files and folders are
-    ignored. Image-named files that do not decode are skipped and listed.
+    Files whose extension is not an image extension are ignored (not counted as bad); hidden files and folders, and
+    the ``__MACOSX`` folder a zip made on a Mac unpacks, are ignored. Image-named files that do not decode are skipped
+    and listed.
 
     Args:
         root: the folder holding one sub-folder per class.
@@ -262,7 +263,7 @@ def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: b
         raise CnnlabError(
             f"{root} {why_not_a_folder(root)}; pass a folder with one sub-folder of images per class, or a CSV"
         )
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name))
     if len(classes) < 2:
         raise CnnlabError(
             f"{root} has {len(classes)} class sub-folder(s) ({', '.join(classes) or 'none'}); "
@@ -273,6 +274,12 @@ def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: b
     if min_per_class > 0:
         images.check_min_per_class(min_per_class)
     return images
+
+
+def _is_hidden(name: str) -> bool:
+    """A hidden file or folder, or the ``__MACOSX`` folder of a zip made on a Mac (its ``._name`` files hold Finder
+    metadata, not images): it was taken for a class of no images."""
+    return name.startswith(".") or name == "__MACOSX"
 
 
 def image_files(folder: str | os.PathLike[str]) -> list[str]:
@@ -286,7 +293,7 @@ def image_files(folder: str | os.PathLike[str]) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         walked.add(os.path.realpath(dirpath))
         dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and os.path.realpath(Path(dirpath) / d) not in walked
+            d for d in dirnames if not _is_hidden(d) and os.path.realpath(Path(dirpath) / d) not in walked
         )
         for filename in sorted(filenames):
             if not filename.startswith(".") and filename.lower().endswith(IMAGE_EXTENSIONS):
