@@ -574,3 +574,39 @@ def test_resume_refuses_the_csv_of_another_model_with_the_same_classes(tiny_run:
     assert "p.csv was written by another model (other weights" in str(refused.exception)
     same = CliRunner().invoke(app, ["predict", "-m", str(tiny_run), "-k", "1", "-o", str(table), *images, *again])
     assert same.exit_code == 0 and "already holds 2 images; predicting the other 1" in same.output
+
+
+def test_an_export_decoded_as_its_record_says_gives_predicts_probabilities(tmp_path: Path) -> None:
+    """The record beside an export said how to resize and crop but not how cnnlab decodes a file: a deployment's
+    Image.open(path).convert("RGB") took a phone photo (EXIF orientation 6) on its side, and its probabilities were
+    not predict's (0.70 against 0.48 for a fine-tuned Lite0)."""
+    from torchvision.transforms import v2
+
+    from cnnlab.data.folder import load_image
+    from cnnlab.models import PretrainedCfg
+    from cnnlab.tasks.export import export_model
+    from cnnlab.train.saved import save_model
+
+    torch.manual_seed(0)
+    network = create_model("lenet5", num_classes=2, in_chans=3).eval()
+    meta = {"task": "transfer", "classes": ["a", "b"], "preprocessing": PretrainedCfg.for_model(network).to_dict()}
+    save_model(network, tmp_path / "run", "lenet5", {"num_classes": 2, "in_chans": 3}, meta)
+    pixels = torch.zeros(40, 30, 3, dtype=torch.uint8)
+    pixels[:10, :, 0] = 255  # red along the top of the upright photo
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter, shown upright
+    Image.fromarray(pixels.numpy()).rotate(90, expand=True).save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    record = json.loads(Path(export_model(str(tmp_path / "run"), "torchscript")["preprocessing"]).read_text())
+    assert "load_image" in record["decode"] and "EXIF orientation" in record["decode"]
+    interpolation = v2.InterpolationMode(record["interpolation"])
+    resize = v2.Resize(record["resize_shorter_side_to"], interpolation=interpolation, antialias=True)
+    prepare = v2.Compose([v2.ToImage(), resize, v2.CenterCrop(record["center_crop"]), v2.ToDtype(torch.float32, True)])
+    exported = torch.jit.load(str(tmp_path / "run" / "model.pt"))
+    with torch.inference_mode(), Image.open(tmp_path / "phone.jpg") as plain:
+        logits = exported(prepare(load_image(tmp_path / "phone.jpg"))[None])
+        assert not torch.allclose(exported(prepare(plain.convert("RGB"))[None]), logits, atol=1e-3)  # on its side
+    expected = predict_images(load_predictor(str(tmp_path / "run")), [tmp_path / "phone.jpg"])[0]["top"]
+    probabilities = logits.softmax(dim=1)[0]
+    assert [round(float(probabilities[entry["index"]]), 5) for entry in expected] == [
+        round(entry["probability"], 5) for entry in expected
+    ]

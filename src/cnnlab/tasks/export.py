@@ -1,10 +1,11 @@
 """Export a fine-tuned run (or a pretrained zoo model) to TorchScript, ONNX or torch.export's ExportedProgram.
 
 The exported graph takes float RGB images in [0, 1], [N, 3, H, W] at the record's crop size, and does the
-normalisation itself (mean/std are inside), so a deployment only has to decode, resize and crop. Those two geometric
-steps, the class names and the full record are written beside it in ``<file>.preprocessing.json``. A segmentation run
-(`cnnlab train segment --data`) exports with dynamic height and width: whole images of any size in, logits of the
-same size out, checked at two sizes other than the traced one.
+normalisation itself (mean/std are inside), so a deployment only has to decode, resize and crop. How cnnlab decodes a
+file (EXIF orientation, transparency, 16-bit), those two geometric steps, the class names and the full record are
+written beside it in ``<file>.preprocessing.json``. A segmentation run (`cnnlab train segment --data`) exports with
+dynamic height and width: whole images of any size in, logits of the same size out, checked at two sizes other than
+the traced one.
 
 ``pt2`` is torch.export's ExportedProgram (``torch.export.load(path).module()``), the path torch 2.14 names as the
 successor of the deprecated TorchScript tracer. It exports classifiers with a dynamic batch, and segmenters with a
@@ -38,6 +39,13 @@ EXPORT_FORMATS = tuple(SUFFIXES)
 # supports.
 ONNX_OPSETS = range(11, 21)
 DEFAULT_OPSET = 17
+# How cnnlab decodes an image file before any resizing (`data.folder.load_image`), written beside every export: the
+# record said nothing of it, and a deployment's plain Image.open(path).convert("RGB") gave a phone photo turned on its
+# side, a transparent PNG its hidden colours and a 16-bit scan all white, so other probabilities than `cnnlab predict`.
+DECODE = (
+    "decode the file as cnnlab.data.folder.load_image does: its EXIF orientation applied (ImageOps.exif_transpose), "
+    "transparency composited on white, 16- and 32-bit grey scaled to 8 bits (not clipped), then RGB"
+)
 LOADERS = {  # how a deployment loads each format (written beside the file)
     "torchscript": "torch.jit.load(path)",
     "onnx": "onnxruntime.InferenceSession(path), input name 'images'",
@@ -140,6 +148,7 @@ def export_model(
     record = {
         "format": fmt,
         "load": LOADERS[fmt],
+        "decode": DECODE,
         **preparation,
         "output": "logits (averaged over `views`, inside the model); softmax gives class probabilities",
         "classes": predictor.classes,
@@ -199,6 +208,7 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
     record = {
         "format": fmt,
         "load": LOADERS[fmt],
+        "decode": DECODE,
         "input": f"float32 RGB [N, 3, H, W] in [0, 1], {sides}; mean/std normalisation is inside the exported model",
         "output": "logits [N, classes, H, W]; argmax over classes gives the mask",
         "classes": segmenter.classes,
