@@ -265,3 +265,13 @@ def test_a_folder_reads_every_image_format_the_other_commands_read(tmp_path):
     folder = SegmentationFolder(tmp_path, skip_bad=True)
     assert [path.name for path in folder.images] == ["a.png", "b.webp"]
     assert folder.skipped == []
+
+
+def test_a_mask_with_a_capital_png_extension_is_found(tmp_path):
+    """masks/a.PNG was not found for images/a.JPG ("has no mask masks/a.png") on a case-sensitive file system."""
+    _one_pair(tmp_path, Image.fromarray(np.arange(20, dtype=np.uint8).reshape(4, 5) % 2))
+    (tmp_path / "images" / "a.png").rename(tmp_path / "images" / "a.JPG")
+    (tmp_path / "masks" / "a.png").rename(tmp_path / "masks" / "a.PNG")
+    folder = SegmentationFolder(tmp_path)
+    assert [path.name for path in folder.masks] == ["a.PNG"]
+    assert folder[0][1].tolist()[0] == [0, 1, 0, 1, 0]

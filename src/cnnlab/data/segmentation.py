@@ -324,8 +324,11 @@ class SegmentationFolder(Dataset):
         self.images: list[Path] = []
         self.masks: list[Path] = []
         first: dict[bytes, Path] = {}  # image digest -> its first file: a copy on both sides of the split would leak
+        # a.PNG is the mask of a.* too (capitals from a camera or Windows: only a case-insensitive file system found
+        # it); sorted, a.png comes after a.PNG and is the one kept when both are there
+        masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() == ".png"}
         for image in candidates:
-            mask = mask_dir / f"{image.stem}.png"
+            mask = masks.get(image.stem, mask_dir / f"{image.stem}.png")
             if mask.is_file() and skip_bad and (seen := first.setdefault(file_digest(image), image)) != image:
                 self.skipped.append(SkippedFile(str(image), "", f"a byte-identical copy of {seen}; the first is kept"))
             elif mask.is_file():
