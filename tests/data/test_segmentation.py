@@ -275,3 +275,20 @@ def test_a_mask_with_a_capital_png_extension_is_found(tmp_path):
     folder = SegmentationFolder(tmp_path)
     assert [path.name for path in folder.masks] == ["a.PNG"]
     assert folder[0][1].tolist()[0] == [0, 1, 0, 1, 0]
+
+
+def test_a_mask_of_the_stored_pixels_of_a_turned_photo_is_refused_naming_the_exif_orientation(tmp_path):
+    """A phone photo stored 40x30 with EXIF orientation 6 is read upright, 30x40; its mask drawn on the stored pixels
+    was refused as "is 40x30 but its image is 30x40", although both files are 40x30."""
+    _one_pair(tmp_path, Image.fromarray(np.arange(1200, dtype=np.uint8).reshape(30, 40) % 2))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 30)).save(tmp_path / "images" / "a.jpg", exif=exif.tobytes())
+    (tmp_path / "images" / "a.png").unlink()
+    with pytest.raises(
+        CnnlabError, match=r"is 40x30 but its image is 30x40 as shown \(stored 40x30, turned by its EXIF"
+    ):
+        SegmentationFolder(tmp_path)[0]
+    Image.fromarray(np.zeros((20, 30), dtype=np.uint8)).save(tmp_path / "masks" / "a.png")  # no turn makes it fit
+    with pytest.raises(CnnlabError, match=r"is 30x20 but its image is 30x40; masks must match"):
+        SegmentationFolder(tmp_path)[0]

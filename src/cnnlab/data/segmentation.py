@@ -286,6 +286,21 @@ def _check_distinct(classes_file: Path, names: list[str], colours: list[tuple[in
         first[colour] = name
 
 
+def _turned(path: Path, shown: tuple[int, int], mask_size: tuple[int, int]) -> str:
+    """Why a mask of the image file's stored size does not fit the image as read, or "": its EXIF orientation (a mask
+    drawn on the stored pixels was refused as "is 40x30 but its image is 30x40", sizes its files both had)."""
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        stored = opened.size
+    if stored == shown or stored != mask_size:
+        return ""
+    return (
+        f" as shown (stored {stored[0]}x{stored[1]}, turned by its EXIF orientation, as every cnnlab command reads "
+        "images; turn the mask the same way)"
+    )
+
+
 class SegmentationFolder(Dataset):
     """Image + mask pairs from a folder: ``images/<stem>.<ext>`` and ``masks/<stem>.png``.
 
@@ -444,9 +459,10 @@ class SegmentationFolder(Dataset):
         tensor = torch.from_numpy(array[None].copy() if array.ndim == 2 else array.transpose(2, 0, 1).copy())
         mask = self._read_mask(self.masks[index])
         if mask.shape != tuple(tensor.shape[-2:]):
+            turned = _turned(path, image.size, (mask.shape[1], mask.shape[0]))
             raise CnnlabError(
                 f"{self.masks[index]} is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                f"{tensor.shape[-1]}x{tensor.shape[-2]}; masks must match their images"
+                f"{tensor.shape[-1]}x{tensor.shape[-2]}{turned}; masks must match their images"
             )
         return tensor, torch.from_numpy(mask.astype(np.uint8))
 
