@@ -235,3 +235,13 @@ def test_a_macos_zips_metadata_folder_is_not_a_class(tmp_path: Path) -> None:
     (root / "__MACOSX" / "cat" / "._0.png").write_bytes(b"\0\5\26\7\0\2\0\0Mac OS X")
     assert scan_folder(root, min_per_class=2).classes == ["cat", "dog"]
     assert image_files(root) == image_files(root / "cat") + image_files(root / "dog")
+
+
+def test_image_files_takes_jpegs_saved_as_jfif_and_avif_photos(tmp_path: Path) -> None:
+    """Windows saves a JPEG from the web as .jfif: such files were left out of a class folder without a word."""
+    _solid(tmp_path / "a.png", (0, 0, 0))
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.jfif", format="JPEG")
+    Image.new("RGB", (8, 8)).save(tmp_path / "c.JPE", format="JPEG")
+    found = [Path(p).name for p in image_files(tmp_path)]
+    assert found == ["a.png", "b.jfif", "c.JPE"]
+    assert all(check_image(tmp_path / name) is None for name in found)

@@ -44,7 +44,10 @@ __all__ = [
     "scan_folder",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# the names photos are saved under that Pillow decodes: .jfif is how Windows saves a JPEG from the web, .avif a phone's
+# or a browser's AVIF (a class's .jfif files were left out of training without a word)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif")
+IMAGE_EXTENSIONS += (".ppm", ".pgm", ".pbm", ".pnm")
 
 
 @dataclass(frozen=True)
