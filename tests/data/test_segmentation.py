@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -292,3 +293,18 @@ def test_a_mask_of_the_stored_pixels_of_a_turned_photo_is_refused_naming_the_exi
     Image.fromarray(np.zeros((20, 30), dtype=np.uint8)).save(tmp_path / "masks" / "a.png")  # no turn makes it fit
     with pytest.raises(CnnlabError, match=r"is 30x20 but its image is 30x40; masks must match"):
         SegmentationFolder(tmp_path)[0]
+
+
+def test_two_images_of_one_stem_are_left_out_since_their_mask_fits_only_one(tmp_path):
+    """images/a.jpg and images/a.png were both paired with masks/a.png: one of them trained (or scored) on another
+    image's mask, without a word when their sizes agreed."""
+    _one_pair(tmp_path, Image.fromarray(np.arange(20, dtype=np.uint8).reshape(4, 5) % 2))
+    Image.fromarray(np.full((4, 5, 3), 200, dtype=np.uint8)).save(tmp_path / "images" / "a.jpg")
+    Image.fromarray(np.zeros((4, 5, 3), dtype=np.uint8)).save(tmp_path / "images" / "b.png")
+    Image.fromarray(np.arange(20, dtype=np.uint8).reshape(4, 5) % 2).save(tmp_path / "masks" / "b.png")
+    folder = SegmentationFolder(tmp_path, skip_bad=True)
+    assert [path.name for path in folder.images] == ["b.png"]
+    others = {Path(skipped.path).name: skipped.reason.split(" in ")[0] for skipped in folder.skipped}
+    assert others == {"a.jpg": "a.png", "a.png": "a.jpg"}
+    with pytest.raises(CnnlabError, match=r"a.jpg: a.png in .* has the same stem, so .*a.png may be the mask of"):
+        SegmentationFolder(tmp_path)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -312,8 +313,9 @@ class SegmentationFolder(Dataset):
     Args:
         root: the dataset folder.
         grayscale: load images as one channel (else RGB).
-        skip_bad: list an image without a mask in `skipped` instead of raising, and a byte-identical copy of an image
-            already listed (kept once: a copy on each side of the split would score the model on a trained image);
+        skip_bad: list an image without a mask, or one whose stem another image has (a.jpg, a.png: whose is a.png's
+            mask?), in `skipped` instead of raising, and a byte-identical copy of an image already listed (kept once:
+            a copy on each side of the split would score the model on a trained image);
             `read_all` then also lists the pairs that cannot be read (undecodable files, a mask of another size, an
             unknown colour or class).
     """
@@ -342,9 +344,16 @@ class SegmentationFolder(Dataset):
         # a.PNG is the mask of a.* too (capitals from a camera or Windows: only a case-insensitive file system found
         # it); sorted, a.png comes after a.PNG and is the one kept when both are there
         masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() == ".png"}
+        stems = Counter(image.stem for image in candidates)
         for image in candidates:
             mask = masks.get(image.stem, mask_dir / f"{image.stem}.png")
-            if mask.is_file() and skip_bad and (seen := first.setdefault(file_digest(image), image)) != image:
+            if mask.is_file() and stems[image.stem] > 1:  # a.jpg and a.png: both were trained on a.png's mask
+                others = ", ".join(p.name for p in candidates if p.stem == image.stem and p != image)
+                why = f"{others} in {image_dir} has the same stem, so {mask} may be the mask of either; rename one"
+                if not skip_bad:
+                    raise CnnlabError(f"{image}: {why}")
+                self.skipped.append(SkippedFile(str(image), "", why))
+            elif mask.is_file() and skip_bad and (seen := first.setdefault(file_digest(image), image)) != image:
                 self.skipped.append(SkippedFile(str(image), "", f"a byte-identical copy of {seen}; the first is kept"))
             elif mask.is_file():
                 self.images.append(image)
