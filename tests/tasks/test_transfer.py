@@ -556,3 +556,27 @@ def test_weights_that_cannot_be_downloaded_fail_before_the_images_are_read(
     (tmp_path / "hub" / "checkpoints" / cfg.file_name).write_bytes(b"cached")
     fetch_pretrained(cfg)  # already in the cache: no download
     assert len(attempts) == 1
+
+
+def test_a_given_manifests_bad_files_and_leaked_copies_are_skipped(tiny_run: tuple[Path, dict], tmp_path: Path) -> None:
+    """--split MANIFEST was read unchecked: a zero-byte file in it stopped the run once training had begun ("cannot
+    identify image file"), and a test row naming a training image was scored as unseen."""
+    run_tmp, _ = tiny_run
+    photos = run_tmp / "photos"
+    rows = [["path", "label", "split"]]
+    parts = ["train"] * 10 + ["val"] * 5 + ["test"] * 5
+    rows += [
+        [str(photos / name / f"{i:03d}.png"), name, part] for name in ("blue", "red") for i, part in enumerate(parts)
+    ]
+    trained = rows[1]
+    (tmp_path / "empty.png").write_bytes(b"")
+    rows += [[str(tmp_path / "empty.png"), "red", "train"], [trained[0], trained[1], "test"]]
+    with open(tmp_path / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    given = {"split_manifest": str(tmp_path / "manifest.csv"), "val_fraction": None, "test_fraction": None}
+    result = train_transfer(tiny_config(run_tmp, name="given-bad", train={"epochs": 1}, **given))
+    reasons = {entry["path"]: entry["reason"] for entry in result["skipped"]}
+    assert reasons[str(tmp_path / "empty.png")] == "zero-byte file"
+    assert reasons[trained[0]].startswith(f"a byte-identical copy of {trained[0]}")
+    written = csv.reader((Path(result["run_dir"]) / "split.csv").read_text(encoding="utf-8").splitlines())
+    assert [row[2] for row in written if row[0] == trained[0]] == ["train"]

@@ -17,12 +17,13 @@ from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
-from cnnlab.data.folder import LabelledImages, _collect, scan_folder
+from cnnlab.data.folder import LabelledImages, _collect, describe_skipped, scan_folder
 from cnnlab.errors import CnnlabError
 
 __all__ = [
     "SPLITS",
     "Split",
+    "check_split_images",
     "check_split_seed",
     "read_manifest",
     "split_from_folders",
@@ -161,6 +162,25 @@ def read_manifest(path: str | os.PathLike[str], classes: list[str] | None = None
     if not split["train"] or not split["test"]:
         raise CnnlabError(f"{path} needs at least one train and one test image")
     return images, split
+
+
+def check_split_images(images: LabelledImages, split: Split) -> tuple[LabelledImages, Split]:
+    """The images of a given split that decode, each once, and the split over them: a damaged file, or a copy of an
+    image already in an earlier part (train, then val, then test), is skipped and listed in ``skipped``, as a fresh
+    scan does (a hand-made manifest was read unchecked: a zero-byte file stopped the run once training had begun, a
+    test copy of a training image was scored as unseen)."""
+    order = [index for part in SPLITS for index in split.get(part, [])]
+    candidates = [(images.paths[index], images.classes[images.labels[index]]) for index in order]
+    part_of: dict[str, str] = {}
+    for part in reversed(SPLITS):  # a path listed in two parts belongs to the earlier one, where it is kept
+        part_of.update({images.paths[index]: part for index in split.get(part, [])})
+    checked = _collect(candidates, images.classes, images.source, check=True)
+    split = {part: [i for i, path in enumerate(checked.paths) if part_of[path] == part] for part in SPLITS}
+    empty = [part for part in ("train", "test") if not split[part]]
+    if empty:
+        skipped = describe_skipped([skipped.reason for skipped in checked.skipped])
+        raise CnnlabError(f"{images.source} has no usable {' or '.join(empty)} image ({skipped})")
+    return checked, split
 
 
 def split_from_folders(root: str | os.PathLike[str], min_per_class: int = 100) -> tuple[LabelledImages, Split]:

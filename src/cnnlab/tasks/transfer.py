@@ -51,7 +51,15 @@ from cnnlab.data.sources import (
     source_classes,
     source_defaults,
 )
-from cnnlab.data.split import SPLITS, Split, check_split_seed, read_manifest, stratified_split, write_manifest
+from cnnlab.data.split import (
+    SPLITS,
+    Split,
+    check_split_images,
+    check_split_seed,
+    read_manifest,
+    stratified_split,
+    write_manifest,
+)
 from cnnlab.errors import CnnlabError
 from cnnlab.layers.views import ViewAverage, parse_views
 from cnnlab.models import (
@@ -377,6 +385,9 @@ def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImage
         _refuse_split_options(config, f"--split {config.split_manifest}")
         images, split = _read_split(config.split_manifest, config.data)
         check_files_exist(images, config.split_manifest)
+        images, split = check_split_images(images, split)
+        for skipped in images.skipped:
+            log(f"skipped {skipped.path} ({skipped.label}): {skipped.reason}")
         return images, split, f"given manifest {config.split_manifest}"
     images, folder_split, source = open_image_source(config.data, config.min_per_class)
     if folder_split is not None:
