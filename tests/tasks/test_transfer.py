@@ -580,3 +580,18 @@ def test_a_given_manifests_bad_files_and_leaked_copies_are_skipped(tiny_run: tup
     assert reasons[trained[0]].startswith(f"a byte-identical copy of {trained[0]}")
     written = csv.reader((Path(result["run_dir"]) / "split.csv").read_text(encoding="utf-8").splitlines())
     assert [row[2] for row in written if row[0] == trained[0]] == ["train"]
+
+
+def test_a_split_folders_skipped_files_are_named_as_a_class_folders_are(tmp_path: Path) -> None:
+    """A class folder's skipped files were each named before training; a split folder's were only counted at the
+    end ("2 files skipped"), a test copy of a training image among them."""
+    from cnnlab.tasks.transfer import load_images
+
+    for part in ("train", "val", "test"):
+        make_photo_folder(tmp_path / "photos" / part, per_class=3, seed=len(part))
+    lines: list[str] = []
+    options = {"min_per_class": 2, "val_fraction": None, "test_fraction": None}
+    images, _, _ = load_images(tiny_config(tmp_path, **options), lines.append)
+    assert len(images.skipped) == 6 and lines == [
+        f"skipped {skipped.path} ({skipped.label}): {skipped.reason}" for skipped in images.skipped
+    ]

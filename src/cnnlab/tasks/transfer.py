@@ -392,9 +392,10 @@ def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImage
     images, folder_split, source = open_image_source(config.data, config.min_per_class)
     if folder_split is not None:
         _refuse_split_options(config, f"the split folder {config.data}")
-        return images, folder_split, source
-    for skipped in images.skipped:
+    for skipped in images.skipped:  # a split folder's too: its bad files and leaked copies were counted, not named
         log(f"skipped {skipped.path} ({skipped.label}): {skipped.reason}")
+    if folder_split is not None:
+        return images, folder_split, source
     images = limit_per_class(images, config.max_per_class, config.split_seed)
     defaults = source_defaults(config.data)
     val = config.val_fraction if config.val_fraction is not None else float(defaults.get("val_fraction", 0.15))
