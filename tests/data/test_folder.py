@@ -245,3 +245,11 @@ def test_image_files_takes_jpegs_saved_as_jfif_and_avif_photos(tmp_path: Path) -
     found = [Path(p).name for p in image_files(tmp_path)]
     assert found == ["a.png", "b.jfif", "c.JPE"]
     assert all(check_image(tmp_path / name) is None for name in found)
+
+
+def test_a_nas_thumbnail_folder_is_not_walked(tmp_path: Path) -> None:
+    """A Synology share keeps @eaDir/<photo>/SYNOPHOTO_THUMB_*.jpg beside every photo: the thumbnails were taken for
+    more photos of the class, and a test thumbnail of a training photo was scored as unseen."""
+    _solid(tmp_path / "cat" / "a.png", (0, 0, 0))
+    _solid(tmp_path / "cat" / "@eaDir" / "a.png" / "SYNOPHOTO_THUMB_S.jpg", (1, 1, 1))
+    assert [Path(p).name for p in image_files(tmp_path / "cat")] == ["a.png"]

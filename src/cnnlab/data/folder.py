@@ -249,9 +249,9 @@ def _collect(candidates: Sequence[tuple[str, str]], classes: Sequence[str], sour
 def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: bool = True) -> LabelledImages:
     """The images of an ImageFolder-style tree ``root/<class>/**/<image>``, classes sorted by name.
 
-    Files whose extension is not an image extension are ignored (not counted as bad); hidden files and folders, and
-    the ``__MACOSX`` folder a zip made on a Mac unpacks, are ignored. Image-named files that do not decode are skipped
-    and listed.
+    Files whose extension is not an image extension are ignored (not counted as bad); hidden files and folders, the
+    ``__MACOSX`` folder a zip made on a Mac unpacks and a Synology NAS's ``@eaDir`` thumbnails are ignored.
+    Image-named files that do not decode are skipped and listed.
 
     Args:
         root: the folder holding one sub-folder per class.
@@ -279,10 +279,15 @@ def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: b
     return images
 
 
+# folders of metadata that tools write among photos: a Mac zip's __MACOSX (taken for a class of no images), a Synology
+# NAS's @eaDir of thumbnails of every photo beside it (trained on and tested as more photos: a test thumbnail of a
+# training photo scored as unseen)
+_NOT_PHOTO_FOLDERS = ("__MACOSX", "@eaDir")
+
+
 def _is_hidden(name: str) -> bool:
-    """A hidden file or folder, or the ``__MACOSX`` folder of a zip made on a Mac (its ``._name`` files hold Finder
-    metadata, not images): it was taken for a class of no images."""
-    return name.startswith(".") or name == "__MACOSX"
+    """A hidden file or folder, or a folder of metadata (`_NOT_PHOTO_FOLDERS`)."""
+    return name.startswith(".") or name in _NOT_PHOTO_FOLDERS
 
 
 def image_files(folder: str | os.PathLike[str]) -> list[str]:
