@@ -365,7 +365,8 @@ def test_pt2_export_matches_pytorch_at_sizes_it_was_not_traced_at(trained, tmp_p
     assert f"H and W of at least {stride + 1}" in record["input"]
 
 
-def test_bad_files_are_listed_and_skipped(tmp_path):
+def test_bad_files_are_listed_and_skipped(tmp_path, capsys):
+    """Each is listed in skipped.json and named before training (the console said only "5 skipped" at the end)."""
     root = _folder(tmp_path / "data", count=10)
     (root / "masks" / "00000.png").unlink()  # image without mask
     Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(root / "masks" / "00001.png")  # wrong size
@@ -373,9 +374,13 @@ def test_bad_files_are_listed_and_skipped(tmp_path):
     (root / "images" / "00003.png").write_bytes(b"not a png")  # undecodable
     (root / "images" / "00009.png").write_bytes((root / "images" / "00004.png").read_bytes())  # a copy: kept once
     summary = train_segmentation_folder(
-        str(root), output=str(tmp_path), name="b", overrides={"epochs": 1, "batch_size": 4}, progress=False
+        str(root), output=str(tmp_path), name="b", overrides={"epochs": 1, "batch_size": 4}, progress=True
     )
     assert summary["skipped"] == 5
+    named = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipped ")]
+    assert (
+        len(named) == 5 and named[0].startswith(f"skipped {root / 'images' / '00000.png'}: ") and "no mask" in named[0]
+    )
     skipped = json.loads((tmp_path / "segment" / "b" / "skipped.json").read_text())
     reasons = {entry["path"].rsplit("/", 1)[-1]: entry["reason"] for entry in skipped}
     assert "no mask" in reasons["00000.png"]

@@ -241,6 +241,8 @@ def train_segmentation_folder(
     note_current_run(run_dir)
     split = _split(folder, pairs, run_dir / MANIFEST, val_fraction, test_fraction, split_seed, reuse=resume)
     (run_dir / SKIPPED).write_text(json.dumps([vars(s) for s in folder.skipped], indent=1))
+    for skipped in folder.skipped if progress else ():  # named before training, as `train transfer` names its files
+        print(f"skipped {skipped.path}: {skipped.reason}")
     parts = {part: [pairs[i] for i in indices] for part, indices in split.items()}
 
     from cnnlab.models import create_model
