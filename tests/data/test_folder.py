@@ -253,3 +253,18 @@ def test_a_nas_thumbnail_folder_is_not_walked(tmp_path: Path) -> None:
     _solid(tmp_path / "cat" / "a.png", (0, 0, 0))
     _solid(tmp_path / "cat" / "@eaDir" / "a.png" / "SYNOPHOTO_THUMB_S.jpg", (1, 1, 1))
     assert [Path(p).name for p in image_files(tmp_path / "cat")] == ["a.png"]
+
+
+def test_photos_in_formats_cnnlab_does_not_read_are_named_not_left_out_unsaid(tmp_path: Path) -> None:
+    """An iPhone's .HEIC photos (and cameras' raw files) in a class folder were left out without a word: only a class
+    left with none said anything."""
+    from cnnlab.data.folder import UnreadFormatWarning
+
+    _solid(tmp_path / "a.png", (0, 0, 0))
+    for name in ("IMG_1.HEIC", "IMG_2.heic", "DSC_3.NEF", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    with pytest.warns(UnreadFormatWarning) as caught:
+        assert [Path(p).name for p in image_files(tmp_path)] == ["a.png"]
+    (message,) = [str(w.message) for w in caught]
+    assert message.startswith(f"{tmp_path}: 2 .heic, 1 .nef file(s) left out: cnnlab reads .jpg, ")
+    assert message.endswith("convert them to JPEG or PNG to use them")

@@ -18,6 +18,7 @@ import csv
 import hashlib
 import io
 import os
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ __all__ = [
     "ImageDataset",
     "LabelledImages",
     "SkippedFile",
+    "UnreadFormatWarning",
     "check_image",
     "describe_skipped",
     "file_digest",
@@ -48,6 +50,12 @@ __all__ = [
 # or a browser's AVIF (a class's .jfif files were left out of training without a word)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif")
 IMAGE_EXTENSIONS += (".ppm", ".pgm", ".pbm", ".pnm")
+# photos Pillow does not decode on its own: an iPhone's HEIC and cameras' raw files (left out of a folder unsaid)
+UNREAD_PHOTO_EXTENSIONS = (".heic", ".heif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2")
+
+
+class UnreadFormatWarning(UserWarning):
+    """A folder holds photos in a format cnnlab does not read (HEIC, camera raw): they are left out."""
 
 
 @dataclass(frozen=True)
@@ -297,6 +305,7 @@ def image_files(folder: str | os.PathLike[str]) -> list[str]:
     a link back to a folder above it is not followed again.
     """
     found = []
+    unread: Counter[str] = Counter()
     walked: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         walked.add(os.path.realpath(dirpath))
@@ -306,6 +315,16 @@ def image_files(folder: str | os.PathLike[str]) -> list[str]:
         for filename in sorted(filenames):
             if not filename.startswith(".") and filename.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(str(Path(dirpath) / filename))
+            elif not filename.startswith(".") and filename.lower().endswith(UNREAD_PHOTO_EXTENSIONS):
+                unread[Path(filename).suffix.lower()] += 1
+    if unread:  # an iPhone's .HEIC photos were left out without a word
+        counts = ", ".join(f"{count} {suffix}" for suffix, count in sorted(unread.items()))
+        warnings.warn(
+            f"{folder}: {counts} file(s) left out: cnnlab reads {', '.join(IMAGE_EXTENSIONS)}; convert them to JPEG "
+            "or PNG to use them",
+            UnreadFormatWarning,
+            stacklevel=2,
+        )
     return found
 
 
