@@ -595,3 +595,16 @@ def test_a_split_folders_skipped_files_are_named_as_a_class_folders_are(tmp_path
     assert len(images.skipped) == 6 and lines == [
         f"skipped {skipped.path} ({skipped.label}): {skipped.reason}" for skipped in images.skipped
     ]
+
+
+def test_a_class_without_a_training_image_is_refused(tmp_path: Path) -> None:
+    """With --min-per-class 0 an empty class folder (or one whose every file is damaged) trained a model with an
+    output for a class it never saw, and scored it."""
+    from cnnlab.tasks.transfer import load_images
+
+    make_photo_folder(tmp_path / "photos", per_class=6)
+    (tmp_path / "photos" / "green").mkdir()
+    (tmp_path / "photos" / "green" / "broken.png").write_bytes(b"")
+    with pytest.raises(CnnlabError, match=r"photos: green has no usable training image; a class is learned from"):
+        load_images(tiny_config(tmp_path, min_per_class=0), log=lambda message: None)
+    assert not (tmp_path / "runs").exists()

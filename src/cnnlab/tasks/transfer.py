@@ -60,7 +60,7 @@ from cnnlab.data.split import (
     stratified_split,
     write_manifest,
 )
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, listed
 from cnnlab.layers.views import ViewAverage, parse_views
 from cnnlab.models import (
     PretrainedCfg,
@@ -388,6 +388,7 @@ def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImage
         images, split = check_split_images(images, split)
         for skipped in images.skipped:
             log(f"skipped {skipped.path} ({skipped.label}): {skipped.reason}")
+        _refuse_untrained_classes(images, split)
         return images, split, f"given manifest {config.split_manifest}"
     images, folder_split, source = open_image_source(config.data, config.min_per_class)
     if folder_split is not None:
@@ -395,17 +396,31 @@ def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImage
     for skipped in images.skipped:  # a split folder's too: its bad files and leaked copies were counted, not named
         log(f"skipped {skipped.path} ({skipped.label}): {skipped.reason}")
     if folder_split is not None:
+        _refuse_untrained_classes(images, folder_split)
         return images, folder_split, source
     images = limit_per_class(images, config.max_per_class, config.split_seed)
     defaults = source_defaults(config.data)
     val = config.val_fraction if config.val_fraction is not None else float(defaults.get("val_fraction", 0.15))
     test = config.test_fraction if config.test_fraction is not None else float(defaults.get("test_fraction", 0.15))
     split = stratified_split(images.labels, val, test, config.split_seed, images.classes)
+    _refuse_untrained_classes(images, split)
     return (
         images,
         split,
         f"stratified {1 - val - test:.0%}/{val:.0%}/{test:.0%} train/val/test, seed {config.split_seed}",
     )
+
+
+def _refuse_untrained_classes(images: LabelledImages, split: Split) -> None:
+    """Refuse a class without a training image: with ``--min-per-class 0`` an empty class folder trained a model with
+    an output for a class it never saw, and a report that scored it."""
+    trained = {images.labels[index] for index in split["train"]}
+    empty = [name for index, name in enumerate(images.classes) if index not in trained]
+    if empty:
+        raise CnnlabError(
+            f"{images.source}: {listed(empty, 8)} {'has' if len(empty) == 1 else 'have'} no usable training image; "
+            "a class is learned from its images (add some, or remove the class)"
+        )
 
 
 def class_weights(counts: dict[str, int]) -> torch.Tensor:
