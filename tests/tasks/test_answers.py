@@ -154,3 +154,31 @@ def test_segmentation_runs_are_compared_with_the_stride_ceilings(tmp_path: Path)
     evidence = json.loads((tmp_path / "out" / "answers.json").read_text())["exercises"]["8"]
     by_stride = {row["stride"]: row for row in evidence["ceilings"]}
     assert by_stride[1]["miou"] == 1.0 and by_stride[32]["miou"] < by_stride[8]["miou"] < 1.0
+
+
+@pytest.mark.skipif(not HAS_MNIST, reason="MNIST not found ($CNNLAB_DATA)")
+def test_a_runs_root_with_unreadable_results_is_read_around_them(tmp_path: Path):
+    """A broken results.json in --runs stopped the exercise as "a cnnlab bug" (JSONDecodeError, KeyError,
+    TypeError), and a broken MNIST one hid the finished run beside it."""
+    runs = tmp_path / "runs"
+    good = _fake_run(runs, "mnist", "good", {"recipe": "quick", "test_accuracy": 0.9931, "members": [{"params": 1}]})
+    (good / "model.json").write_text("{}")
+    bad = runs / "mnist" / "bad"
+    bad.mkdir()
+    (bad / "results.json").write_text("{not json")
+    os.utime(good / "results.json", (1, 1))  # the broken one is the newest, read first
+    lines: list[str] = []
+    run_answers("quick", output=tmp_path / "out", runs=runs, data_dir=str(REAL_MNIST), exercises=(9,), log=lines.append)
+    evidence = json.loads((tmp_path / "out" / "answers.json").read_text())["exercises"]["9"]
+    assert evidence["source"] == "read from the run folder" and evidence["test_accuracy"] == 0.9931
+    assert any("mnist/bad/results.json cannot be read" in line for line in lines)
+
+    from cnnlab.tasks.answers.measure import _EXPERIMENT_RESULTS, Context, read_results
+
+    ctx = Context(MODES["quick"], tmp_path / "out", runs, log=lines.append)
+    for name, text in (("a", "[1]"), ("b", '{"params": {}}')):
+        folder = runs / "experiment" / name
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(text)
+        assert read_results(folder, ctx, _EXPERIMENT_RESULTS["pool-vs-stride"]) is None
+    assert "is not a JSON object" in lines[-2] and "has no macs, measured, conclusion" in lines[-1]

@@ -138,18 +138,51 @@ def finished_runs(root: Path | None, task: str) -> list[Path]:
     """Run folders under ``<root>/<task>/`` that hold a results.json, newest first."""
     if root is None or not (root / task).is_dir():
         return []
-    found = [path.parent for path in (root / task).glob("*/results.json")]
+    found = [path.parent for path in (root / task).glob("*/results.json") if path.is_file()]
     return sorted(found, key=lambda path: (path / "results.json").stat().st_mtime, reverse=True)
 
 
+def read_results(folder: Path, ctx: Context, needs: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """A run folder's results.json as a JSON object holding the keys `needs`; None, said, when it is not one.
+
+    A --runs root may hold anything: a half-written, foreign or older results.json is left out with a line saying so
+    (it stopped the exercise as "a cnnlab bug", and an MNIST one hid the good runs beside it).
+    """
+    path = folder / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as error:  # ValueError: JSONDecodeError and UnicodeDecodeError
+        reason = f"cannot be read ({type(error).__name__})"
+    else:
+        missing = [key for key in needs if key not in results] if isinstance(results, dict) else None
+        if missing is None:
+            reason = "is not a JSON object"
+        elif missing:
+            reason = f"has no {', '.join(missing)}"
+        else:
+            return results
+    ctx.log(f"{path} {reason}: not a finished run's results, left out")
+    return None
+
+
 # ---------------------------------------------------------------------------------------------- experiments
+# What the answers read of each experiment's results.json.
+_EXPERIMENT_RESULTS = {
+    "cnn-vs-dense": ("params", "macs", "dense_width", "test_accuracy", "seconds_per_step", "sweeps", "conclusion"),
+    "pool-vs-stride": ("params", "macs", "measured", "conclusion"),
+    "lrn-vs-bn": ("params", "macs", "measured", "conclusion"),
+}
+
+
 def _experiment_results(ctx: Context, name: str) -> tuple[dict[str, Any], Path, str]:
     """An experiment's results.json: from ``--runs`` when it holds one, else run now with the mode's settings."""
     from cnnlab.tasks.experiments import run_experiment
 
-    if ctx.runs is not None and (ctx.runs / "experiment" / name / "results.json").is_file():
-        folder = ctx.runs / "experiment" / name
-        return json.loads((folder / "results.json").read_text()), folder, "read from the run folder"
+    folder = ctx.runs / "experiment" / name if ctx.runs is not None else None
+    if folder is not None and (folder / "results.json").is_file():
+        results = read_results(folder, ctx, _EXPERIMENT_RESULTS[name])
+        if results is not None:
+            return results, folder, "read from the run folder"
     settings = ctx.mode.experiments[name]
     report = run_experiment(name, output=ctx.output, data_dir=ctx.data_dir, overwrite=True, progress=False, **settings)
     return json.loads((report.parent / "results.json").read_text()), report.parent, "measured in this invocation"
@@ -400,8 +433,8 @@ def _mnist_run(ctx: Context) -> tuple[dict[str, Any], str]:
     if "mnist" in ctx.shared:
         return ctx.shared["mnist"]
     for folder in finished_runs(ctx.runs, "mnist"):
-        summary = json.loads((folder / "results.json").read_text())
-        if summary.get("recipe") == ctx.mode.mnist_recipe and (folder / "model.json").is_file():
+        summary = read_results(folder, ctx, ("test_accuracy",))
+        if summary is not None and summary.get("recipe") == ctx.mode.mnist_recipe and (folder / "model.json").is_file():
             ctx.shared["mnist"] = ({**summary, "run_dir": str(folder)}, "read from the run folder")
             return ctx.shared["mnist"]
     splits = None
@@ -551,8 +584,8 @@ def exercise_8(ctx: Context) -> dict[str, Any]:
         )  # fmt: skip
         folders = [Path(summary["run_dir"]), *folders]
     for folder in folders:
-        summary = json.loads((folder / "results.json").read_text())
-        test = summary.get("test", {})
+        summary = read_results(folder, ctx, ("test",))
+        test = summary["test"] if summary is not None and isinstance(summary["test"], dict) else {}
         if "miou" not in test or "boundary_f1" not in test:  # a folder run (own classes) is not comparable
             continue
         trained.append(
@@ -631,8 +664,8 @@ def exercise_10(ctx: Context) -> dict[str, Any]:
     if ctx.mode.transfer_recipe:
         folders = [*_train_elpv(ctx), *folders]
     for folder in folders:
-        summary = json.loads((folder / "results.json").read_text())
-        test = summary.get("test", {})
+        summary = read_results(folder, ctx, ("test",))
+        test = summary["test"] if summary is not None and isinstance(summary["test"], dict) else {}
         if "accuracy" not in test:
             continue
         transfer_runs.append(
