@@ -182,3 +182,27 @@ def test_a_runs_root_with_unreadable_results_is_read_around_them(tmp_path: Path)
         (folder / "results.json").write_text(text)
         assert read_results(folder, ctx, _EXPERIMENT_RESULTS["pool-vs-stride"]) is None
     assert "is not a JSON object" in lines[-2] and "has no macs, measured, conclusion" in lines[-1]
+
+
+def test_an_experiment_read_from_runs_is_reproduced_with_its_own_settings(tmp_path: Path):
+    """The sheet printed the mode's options (--epochs 2 --subset 4000 ...) under any run read from --runs."""
+    runs = tmp_path / "runs"
+    variants = ("max-pool", "strided-conv")
+    measured = {v: {"test accuracy": [0.9, 0.91], "ms / step": [1.0, 1.1], "1-px shifted accuracy": [0.8, 0.82]}
+                for v in variants}  # fmt: skip
+    results = {"params": dict.fromkeys(variants, 100), "macs": dict.fromkeys(variants, 1000), "measured": measured,
+               "conclusion": "made up"}  # fmt: skip
+    settings = {"epochs": 1, "subset": 256, "seeds": 2, "test_subset": 100, "val_subset": 100}
+    _fake_run(runs, "experiment", "pool-vs-stride", {**results, "settings": settings})
+    text = run_answers(
+        "quick", output=tmp_path / "out", runs=runs, exercises=(4,), log=lambda message: None
+    ).read_text()
+    assert (
+        "`cnnlab experiment pool-vs-stride --epochs 1 --subset 256 --seeds 2 --test-subset 100 --val-subset 100`"
+        in text
+    )
+
+    older = tmp_path / "older"
+    _fake_run(older, "experiment", "pool-vs-stride", results)  # written before results.json recorded its settings
+    text = run_answers("quick", output=tmp_path / "out2", runs=older, exercises=(4,), log=lambda m: None).read_text()
+    assert "Reproduce: the command in `" in text and "--subset 4000" not in text

@@ -95,6 +95,8 @@ def test_experiment_on_a_tiny_budget_writes_its_report(name, tmp_path):
         assert (report.parent / image).stat().st_size > 1000, image
     results = json.loads((report.parent / "results.json").read_text())
     assert results["conclusion"].strip() == conclusion.strip()
+    # the options that repeat it, for `cnnlab answers --runs` (it printed its own mode's options for any run it read)
+    assert results["settings"] == {"epochs": 1, "subset": 128, "seeds": 1, "test_subset": 64, "val_subset": 64}
 
 
 @pytest.mark.skipif(not HAS_MNIST, reason=f"MNIST not found under {MNIST_ROOT} (set $CNNLAB_DATA)")

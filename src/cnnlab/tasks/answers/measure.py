@@ -188,9 +188,14 @@ def _experiment_results(ctx: Context, name: str) -> tuple[dict[str, Any], Path, 
     return json.loads((report.parent / "results.json").read_text()), report.parent, "measured in this invocation"
 
 
-def _settings_text(ctx: Context, name: str) -> dict[str, Any]:
+def _settings_text(ctx: Context, name: str, results: dict[str, Any], source: str) -> dict[str, Any] | None:
+    """The options of the `cnnlab experiment` command that made `results`: the mode's when measured now; read from
+    --runs, those the results record (the mode's were printed, whatever the run had used), None where an older
+    results.json records none."""
     from cnnlab.tasks.experiments import get_experiment
 
+    if source == "read from the run folder":
+        return results.get("settings")
     return {**get_experiment(name).defaults, **ctx.mode.experiments[name]}
 
 
@@ -241,7 +246,7 @@ def exercise_1(ctx: Context) -> dict[str, Any]:
         },
         "source": source,
         "folder": ctx.relative(folder),
-        "settings": _settings_text(ctx, "cnn-vs-dense"),
+        "settings": _settings_text(ctx, "cnn-vs-dense", results, source),
         "rows": _condition_rows(results, measured),
         "dense_width": results["dense_width"],
         "shifts": shifts,
@@ -263,7 +268,7 @@ def _experiment_evidence(ctx: Context, name: str, extra: tuple[str, str]) -> dic
     return {
         "source": source,
         "folder": ctx.relative(folder),
-        "settings": _settings_text(ctx, name),
+        "settings": _settings_text(ctx, name, results, source),
         "rows": rows,
         "conclusion": results["conclusion"],
     }

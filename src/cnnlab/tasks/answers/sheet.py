@@ -68,6 +68,14 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _experiment_command(name: str, e: dict[str, Any]) -> str:
+    """The Reproduce line of an experiment's answer (a run read from --runs before results.json recorded its
+    settings: the command its report.md names)."""
+    if e["settings"] is None:
+        return f"Reproduce: the command in `{e['folder']}/report.md`"
+    return f"Reproduce: `cnnlab experiment {name} {_settings(e['settings'])}`"
+
+
 def _settings(settings: dict[str, Any]) -> str:
     flags = []
     for key, value in settings.items():
@@ -105,7 +113,7 @@ def _experiment_blocks(name: str, e: dict[str, Any], extra: tuple[str, str, Call
     yield _experiment_source(name, e)
     yield _experiment_table(e["rows"], extra)
     yield f"Conclusion of the experiment: {e['conclusion']}"
-    yield f"Reproduce: `cnnlab experiment {name} {_settings(e['settings'])}`"
+    yield _experiment_command(name, e)
 
 
 def section_1(e: dict[str, Any]) -> Iterator[str]:
@@ -128,7 +136,7 @@ def section_1(e: dict[str, Any]) -> Iterator[str]:
     )
     yield f"Conclusion of the experiment: {e['conclusion']}"
     yield " ".join(f"![{plot.rsplit('/', 1)[-1].removesuffix('.png')}]({plot})" for plot in e["plots"])
-    yield f"Reproduce: `cnnlab experiment cnn-vs-dense {_settings(e['settings'])}`"
+    yield _experiment_command("cnn-vs-dense", e)
 
 
 def section_2(e: dict[str, Any]) -> Iterator[str]:

@@ -221,6 +221,7 @@ def run(settings: ExperimentSettings) -> Path:
         "sample_sizes": sizes,
         "accuracy_by_size": {name: {str(k): v for k, v in by_size[name].items()} for name in names},
         "conclusion": conclusion,
+        "settings": settings.flags(),
     }
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     return report.write(run_dir / "report.md", conclusion)

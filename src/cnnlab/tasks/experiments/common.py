@@ -63,6 +63,17 @@ class ExperimentSettings:
     overwrite: bool = False
     progress: bool = True
 
+    def flags(self) -> dict[str, int]:
+        """The `cnnlab experiment` options that repeat these settings, every one explicit (results.json records
+        them, so that a sheet reading the results back names the command that made them)."""
+        return {
+            "epochs": self.epochs,
+            "subset": self.subset or FULL_TRAIN_SIZE,
+            "seeds": self.seeds,
+            "test_subset": self.test_subset or 10_000,
+            "val_subset": self.val_subset or 5_000,
+        }
+
     def validate(self) -> None:
         """Raise `CnnlabError` on values no experiment can run with."""
         if self.epochs < 1:

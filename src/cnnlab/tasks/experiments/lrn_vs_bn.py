@@ -201,7 +201,13 @@ def run(settings: ExperimentSettings) -> Path:
     )
     _plot_losses(run_dir / "training_loss.png", loss_curves)
     conclusion = _conclusion(stats, measured)
-    results = {"params": params, "macs": macs, "measured": measured, "conclusion": conclusion}
+    results = {
+        "params": params,
+        "macs": macs,
+        "measured": measured,
+        "conclusion": conclusion,
+        "settings": settings.flags(),
+    }
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     return report.write(run_dir / "report.md", conclusion)
 

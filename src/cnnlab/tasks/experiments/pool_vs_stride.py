@@ -215,7 +215,14 @@ def run(settings: ExperimentSettings) -> Path:
     report.add("Validation accuracy per epoch", "![validation accuracy](val_accuracy.png)")
 
     conclusion = _conclusion(params, macs, stats)
-    results = {"params": params, "macs": macs, "measured": measured, "val_curves": curves, "conclusion": conclusion}
+    results = {
+        "params": params,
+        "macs": macs,
+        "measured": measured,
+        "val_curves": curves,
+        "conclusion": conclusion,
+        "settings": settings.flags(),
+    }
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     return report.write(run_dir / "report.md", conclusion)
 
