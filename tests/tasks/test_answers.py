@@ -206,3 +206,15 @@ def test_an_experiment_read_from_runs_is_reproduced_with_its_own_settings(tmp_pa
     _fake_run(older, "experiment", "pool-vs-stride", results)  # written before results.json recorded its settings
     text = run_answers("quick", output=tmp_path / "out2", runs=older, exercises=(4,), log=lambda m: None).read_text()
     assert "Reproduce: the command in `" in text and "--subset 4000" not in text
+
+
+def test_exercises_not_chosen_again_stay_in_the_sheet(tmp_path: Path):
+    """`-e 3` into a folder holding exercise 6 wrote a sheet and answers.json of exercise 3 alone: 6 was lost."""
+    run_answers("quick", output=tmp_path, exercises=(6,), log=lambda message: None)
+    sheet = run_answers("quick", output=tmp_path, exercises=(3,), log=lambda message: None)
+    exercises = json.loads((tmp_path / "answers.json").read_text())["exercises"]
+    assert sorted(exercises) == ["3", "6"] and exercises["6"]["read_back"]
+    text = sheet.read_text()
+    assert text.index("## Exercise 3.") < text.index("## Exercise 6.")
+    run_answers("quick", output=tmp_path, exercises=(3,), overwrite=True, log=lambda message: None)
+    assert sorted(json.loads((tmp_path / "answers.json").read_text())["exercises"]) == ["3", "6"]

@@ -27,14 +27,20 @@ def answers_command(
         ),
     ] = None,
     exercise: Annotated[
-        list[int] | None, typer.Option("--exercise", "-e", help="Only this exercise, 1-10 (repeatable).")
+        list[int] | None,
+        typer.Option(
+            "--exercise",
+            "-e",
+            help="Only this exercise, 1-10 (repeatable); others measured into OUTPUT earlier, in the same mode, stay "
+            "in the sheet.",
+        ),
     ] = None,
     data_dir: Annotated[str | None, typer.Option(help="MNIST root (default: $CNNLAB_DATA, else ./data).")] = None,
     overwrite: Annotated[
         bool,
         typer.Option(
-            help="Measure every exercise again. Without it, exercises an earlier (interrupted) invocation finished "
-            "in OUTPUT, in the same mode, are read back."
+            help="Measure every (chosen) exercise again. Without it, exercises an earlier (interrupted) invocation "
+            "finished in OUTPUT, in the same mode, are read back."
         ),
     ] = False,
 ) -> None:

@@ -3,8 +3,8 @@
 `run_answers` measures each exercise (`measure.EXERCISES`), saves every result into ``answers.json`` as soon as it
 is known, and renders ``answers.md`` from that JSON alone (`sheet.render`). An interrupted invocation loses nothing:
 run it again with the same ``--output`` and the exercises already measured in that mode are read back, not measured
-again (``--overwrite`` measures everything afresh). An exercise whose data is missing is reported in the sheet with
-the reason, and the others still run.
+again (``--overwrite`` measures them afresh); those not chosen this time (``--exercise``) stay in the sheet. An
+exercise whose data is missing is reported in the sheet with the reason, and the others still run.
 
 Before it returns, the sheet is checked against the JSON (`sheet.untraced_numbers`): a number that the JSON does not
 account for is an error in cnnlab, reported as such.
@@ -86,8 +86,9 @@ def run_answers(
             instead of training again: ``experiment/<name>``, ``mnist/*`` of the mode's recipe, ``segment/*`` and
             ``transfer/*``.
         data_dir: the MNIST root (else ``$CNNLAB_DATA``, else ``./data``).
-        exercises: only these exercise numbers (default all ten).
-        overwrite: measure every exercise again, even those an earlier invocation finished in this folder.
+        exercises: only these exercise numbers (default all ten); the others an earlier invocation measured into
+            this folder in this mode stay in the sheet.
+        overwrite: measure every chosen exercise again, even those an earlier invocation finished in this folder.
         log: where progress lines go (default: stderr).
     """
     chosen = MODES.get(mode) if isinstance(mode, str) else mode
@@ -104,7 +105,8 @@ def run_answers(
     out.mkdir(parents=True, exist_ok=True)
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
     results_path = out / RESULTS_FILE
-    done = {} if overwrite else _previous(results_path, chosen.name, say)
+    earlier = _previous(results_path, chosen.name, say)
+    done = {} if overwrite else earlier
     ctx = Context(chosen, out, runs_root, data_dir, say)
     started = time.perf_counter()
     results: dict[str, Any] = {
@@ -145,6 +147,9 @@ def run_answers(
         results["exercises"][key] = evidence
         results["meta"]["minutes"] = (time.perf_counter() - started) / 60
         _write_json(results_path, results)  # each finished exercise is kept, whatever happens next
+    for key, evidence in earlier.items():  # exercises not chosen this time stay in the sheet (they were dropped)
+        if key not in results["exercises"] and key in {str(number) for number in EXERCISES}:
+            results["exercises"][key] = {**evidence, "read_back": True}
     results["meta"]["minutes"] = (time.perf_counter() - started) / 60
     _write_json(results_path, results)
     sheet = render(json.loads(results_path.read_text()))
