@@ -176,3 +176,15 @@ def test_an_exported_model_given_as_a_saved_one_is_named_with_the_run_to_pass(tm
     (tmp_path / "other.pt").write_bytes(b"")  # no record beside it: the message for any other file
     with pytest.raises(CnnlabError, match="a file other than a model.json"):
         load_predictor(str(tmp_path / "other.pt"))
+
+
+def test_the_recorded_command_is_one_a_shell_runs_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `python -m cnnlab` the records (config.yaml, report.md, answers.md) said `__main__.py train ...`, and
+    arguments with spaces lost their quotes."""
+    from cnnlab.train.config import environment_record
+
+    main = str(Path(cnnlab.__file__).with_name("__main__.py"))
+    monkeypatch.setattr("sys.argv", [main, "budget", "conv 8 k3", "--input", "1x28x28"])
+    assert environment_record()["command"] == "cnnlab budget 'conv 8 k3' --input 1x28x28"
+    monkeypatch.setattr("sys.argv", ["/usr/local/bin/cnnlab", "zoo"])
+    assert environment_record()["command"] == "cnnlab zoo"

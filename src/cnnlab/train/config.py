@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -175,13 +176,21 @@ class TrainConfig:
         return cls(**values)
 
 
+def command_line() -> str:
+    """The command this process runs, as it would be typed again: ``python -m cnnlab ...`` is ``cnnlab ...`` (its
+    argv[0] is cnnlab/__main__.py, which the records printed as ``__main__.py``, a command no shell runs)."""
+    program = Path(sys.argv[0])
+    name = "cnnlab" if program.name == "__main__.py" and program.parent.name == "cnnlab" else program.name
+    return shlex.join([name, *sys.argv[1:]])
+
+
 def environment_record() -> dict[str, Any]:
     """Command line, package versions and hardware, saved next to every config."""
     import numpy
     import torch
 
     record: dict[str, Any] = {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command_line(),
         "cwd": os.getcwd(),
         "versions": {
             "python": platform.python_version(),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 import time
 import traceback
@@ -27,6 +26,7 @@ from cnnlab.errors import CnnlabError, why_not_a_folder
 from cnnlab.tasks.answers.measure import EXERCISES, MODES, Context, Mode, timed
 from cnnlab.tasks.answers.sheet import render, untraced_numbers
 from cnnlab.tasks.recipes import note_current_run
+from cnnlab.train.config import command_line
 
 __all__ = ["CHAPTER", "MODES", "Mode", "run_answers", "untraced_numbers"]
 
@@ -112,7 +112,7 @@ def run_answers(
     results: dict[str, Any] = {
         "meta": {
             "chapter": CHAPTER,
-            "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": command_line(),
             "mode": chosen.name,
             "mode_settings": chosen.to_dict(),
             "date": datetime.now().strftime("%Y-%m-%d"),

@@ -27,7 +27,7 @@ from cnnlab.data.mnist import load_mnist
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks.recipes import note_current_run
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
-from cnnlab.train.config import environment_record
+from cnnlab.train.config import command_line, environment_record
 
 FULL_TRAIN_SIZE = 55_000  # MNIST's 60k training images minus the 5k validation images held out
 
@@ -378,7 +378,7 @@ class Report:
             "",
             f"Claim under test: {self.claim}",
             "",
-            f"- command: `{' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}`",
+            f"- command: `{command_line()}`",
             f"- settings: epochs {s.epochs}, training images {s.subset or FULL_TRAIN_SIZE}, seeds {s.seeds}, "
             f"batch {s.batch_size}, AdamW one-cycle peak lr {s.lr}, test images {s.test_subset or 10_000}, "
             f"validation {s.val_subset or 5_000} held-out training images",
