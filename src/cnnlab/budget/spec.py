@@ -10,7 +10,7 @@ One layer per string, a keyword then options::
     dense 10                   # fully connected; needs a flat input
     dense 10 in=784            # in=N: the input features (dense) or channels (conv) expected, checked
     bn                         # batch norm (2d or 1d, from the input's rank)
-    relu | tanh | sigmoid | gelu | silu | leakyrelu | softmax
+    relu | tanh | sigmoid | gelu | silu | leakyrelu | elu | softmax
     dropout 0.5
     lrn 5                      # local response normalization over 5 channels
 

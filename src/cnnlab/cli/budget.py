@@ -25,7 +25,7 @@ before a layer's name: "conv 64 k7 s2 same, maxpool k3 s2, gap, dense 10"):
   cnnlab budget torchvision.models:mobilenet_v3_small --input 3x224x224 --memory 4GiB
 
 Layer strings: conv F kK sS same|valid|pN \\[relu], maxpool|avgpool kK sS same|valid|pN, gap, flatten, dense N
-\\[relu], bn, relu|tanh|sigmoid|gelu|silu|leakyrelu|softmax, dropout P, lrn N. Memory is shown twice: the textbook
+\\[relu], bn, relu|tanh|sigmoid|gelu|silu|leakyrelu|elu|softmax, dropout P, lrn N. Memory is shown twice: the textbook
 view (every layer output kept, two consecutive layers at inference) and what PyTorch really keeps (traced on the meta
 device).
 """

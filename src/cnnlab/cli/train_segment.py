@@ -58,7 +58,7 @@ def segment(
         "U-Net, for comparison), fcn8s, fcn32s (FCN on a ResNet-18 trunk). Canvas runs only (no --data).",
     ),
     upsample: str | None = typer.Option(
-        None, "--upsample", help="Without --data: transposed (learned) or bilinear (fixed)."
+        None, "--upsample", help="Without --data: transposed (learned; the default) or bilinear (fixed)."
     ),
     train_canvases: int | None = typer.Option(
         None, "--train-canvases", min=1, help="Without --data: training canvases (default: the recipe's)."
