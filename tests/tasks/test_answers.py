@@ -218,3 +218,19 @@ def test_exercises_not_chosen_again_stay_in_the_sheet(tmp_path: Path):
     assert text.index("## Exercise 3.") < text.index("## Exercise 6.")
     run_answers("quick", output=tmp_path, exercises=(3,), overwrite=True, log=lambda message: None)
     assert sorted(json.loads((tmp_path / "answers.json").read_text())["exercises"]) == ["3", "6"]
+
+
+@pytest.mark.skipif(not HAS_MNIST, reason="MNIST not found ($CNNLAB_DATA)")
+def test_an_interrupted_experiment_of_the_sheet_reads_back_its_finished_runs(tmp_path: Path):
+    """The sheet ran its experiments with overwrite, so each interruption trained every finished run again."""
+    tiny = {"epochs": 1, "seeds": 1, "subset": 128, "val_subset": 64, "test_subset": 64, "batch_size": 64}
+    mode = replace(TINY, experiments={**TINY.experiments, "pool-vs-stride": tiny})
+    run_answers(mode, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(4,), log=lambda message: None)
+    finished = sorted((tmp_path / "experiment" / "pool-vs-stride").glob("*/seed0/finished.json"))
+    written = [path.stat().st_mtime_ns for path in finished]
+    assert len(finished) == 3
+    (tmp_path / "answers.json").unlink()  # interrupted after the runs, before the exercise was recorded
+    run_answers(mode, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(4,), log=lambda message: None)
+    assert [path.stat().st_mtime_ns for path in finished] == written
+    run_answers(mode, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(4,), overwrite=True, log=lambda m: None)
+    assert [path.stat().st_mtime_ns for path in finished] != written

@@ -107,7 +107,7 @@ def run_answers(
     results_path = out / RESULTS_FILE
     earlier = _previous(results_path, chosen.name, say)
     done = {} if overwrite else earlier
-    ctx = Context(chosen, out, runs_root, data_dir, say)
+    ctx = Context(chosen, out, runs_root, data_dir, say, overwrite=overwrite)
     started = time.perf_counter()
     results: dict[str, Any] = {
         "meta": {

@@ -103,7 +103,12 @@ MODES: dict[str, Mode] = {
 
 @dataclass
 class Context:
-    """One invocation: its mode, folders, and what earlier exercises left for later ones."""
+    """One invocation: its mode, folders, and what earlier exercises left for later ones.
+
+    Attributes:
+        overwrite: train again what an interrupted invocation finished in `output` (``--overwrite``); without it, the
+            experiments' finished runs are read back.
+    """
 
     mode: Mode
     output: Path
@@ -111,6 +116,7 @@ class Context:
     data_dir: str | None = None
     log: Callable[[str], None] = print
     shared: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False
 
     def figure(self, name: str) -> Path:
         """A path for a figure of the sheet, under ``<output>/figures``."""
@@ -184,7 +190,12 @@ def _experiment_results(ctx: Context, name: str) -> tuple[dict[str, Any], Path, 
         if results is not None:
             return results, folder, "read from the run folder"
     settings = ctx.mode.experiments[name]
-    report = run_experiment(name, output=ctx.output, data_dir=ctx.data_dir, overwrite=True, progress=False, **settings)
+    # The sheet's own experiment folder: its report is rewritten, and the runs an interrupted invocation finished are
+    # read back (each only under the settings it was trained with) unless --overwrite; they were all trained again.
+    (ctx.output / "experiment" / name / "report.md").unlink(missing_ok=True)
+    report = run_experiment(
+        name, output=ctx.output, data_dir=ctx.data_dir, overwrite=ctx.overwrite, progress=False, **settings
+    )
     return json.loads((report.parent / "results.json").read_text()), report.parent, "measured in this invocation"
 
 
