@@ -161,8 +161,7 @@ def test_a_runs_root_with_unreadable_results_is_read_around_them(tmp_path: Path)
     """A broken results.json in --runs stopped the exercise as "a cnnlab bug" (JSONDecodeError, KeyError,
     TypeError), and a broken MNIST one hid the finished run beside it."""
     runs = tmp_path / "runs"
-    good = _fake_run(runs, "mnist", "good", {"recipe": "quick", "test_accuracy": 0.9931, "members": [{"params": 1}]})
-    (good / "model.json").write_text("{}")
+    good = _fake_mnist_run(runs, "good", 0.9931)
     bad = runs / "mnist" / "bad"
     bad.mkdir()
     (bad / "results.json").write_text("{not json")
@@ -234,3 +233,30 @@ def test_an_interrupted_experiment_of_the_sheet_reads_back_its_finished_runs(tmp
     assert [path.stat().st_mtime_ns for path in finished] == written
     run_answers(mode, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(4,), overwrite=True, log=lambda m: None)
     assert [path.stat().st_mtime_ns for path in finished] != written
+
+
+def _fake_mnist_run(root: Path, name: str, accuracy: float, **overrides: object) -> Path:
+    from cnnlab.tasks.mnist import RECIPES
+    from cnnlab.tasks.recipes import with_overrides
+    from cnnlab.train.config import TrainConfig, save_record
+
+    recipe = RECIPES.get("quick")
+    folder = _fake_run(root, "mnist", name, {"recipe": "quick", "test_accuracy": accuracy, "members": [{}]})
+    (folder / "model.json").write_text("{}")
+    config = TrainConfig(**with_overrides(recipe.train, overrides), extra={"arch": recipe.arch})
+    save_record(config.to_dict(), folder / "config.yaml")
+    return folder
+
+
+@pytest.mark.skipif(not HAS_MNIST, reason="MNIST not found ($CNNLAB_DATA)")
+def test_an_mnist_run_of_the_recipe_with_other_options_is_not_shown_as_the_recipe(tmp_path: Path):
+    """A `--recipe quick --epochs 1` run in --runs was the sheet's 'Recipe quick (mnist_net_small, 2 epochs, ...)'."""
+    runs = tmp_path / "runs"
+    recipe = _fake_mnist_run(runs, "as-the-recipe", 0.9931)
+    os.utime(recipe / "results.json", (1, 1))
+    _fake_mnist_run(runs, "shortened", 0.9913, epochs=1)  # the newest
+    lines: list[str] = []
+    run_answers("quick", output=tmp_path / "out", runs=runs, data_dir=str(REAL_MNIST), exercises=(9,), log=lines.append)
+    evidence = json.loads((tmp_path / "out" / "answers.json").read_text())["exercises"]["9"]
+    assert evidence["folder"].endswith("as-the-recipe") and evidence["test_accuracy"] == 0.9931
+    assert any("shortened trained recipe quick with other options (epochs 1, the recipe's 2)" in line for line in lines)

@@ -450,9 +450,14 @@ def _mnist_run(ctx: Context) -> tuple[dict[str, Any], str]:
         return ctx.shared["mnist"]
     for folder in finished_runs(ctx.runs, "mnist"):
         summary = read_results(folder, ctx, ("test_accuracy",))
-        if summary is not None and summary.get("recipe") == ctx.mode.mnist_recipe and (folder / "model.json").is_file():
-            ctx.shared["mnist"] = ({**summary, "run_dir": str(folder)}, "read from the run folder")
-            return ctx.shared["mnist"]
+        if summary is None or summary.get("recipe") != ctx.mode.mnist_recipe or not (folder / "model.json").is_file():
+            continue
+        changed = _changed_recipe_options(folder, ctx)
+        if changed:
+            ctx.log(f"{folder} trained recipe {ctx.mode.mnist_recipe} with other options ({changed}): left out")
+            continue
+        ctx.shared["mnist"] = ({**summary, "run_dir": str(folder)}, "read from the run folder")
+        return ctx.shared["mnist"]
     splits = None
     if ctx.mode.mnist_subset:
         from cnnlab.data.mnist import load_mnist
@@ -472,6 +477,27 @@ def _mnist_run(ctx: Context) -> tuple[dict[str, Any], str]:
     )
     ctx.shared["mnist"] = (summary, "measured in this invocation")
     return ctx.shared["mnist"]
+
+
+def _changed_recipe_options(folder: Path, ctx: Context) -> str:
+    """The options an MNIST run folder was trained with that are not the mode's recipe's (``epochs 1, the recipe's
+    2``), "" when none: a run of the recipe's name with another --epochs was shown as the recipe, its summary and its
+    command."""
+    import yaml
+
+    from cnnlab.tasks.mnist import RECIPES
+    from cnnlab.tasks.recipes import with_overrides
+    from cnnlab.train.config import load_config
+
+    recipe = RECIPES.get(ctx.mode.mnist_recipe)
+    expected = {**with_overrides(recipe.train, ctx.mode.mnist_overrides), "arch": recipe.arch}
+    try:
+        config = load_config(folder / "config.yaml").to_dict()
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as error:
+        return f"its config.yaml cannot be read: {type(error).__name__}"
+    trained = {**config, "arch": config["extra"].get("arch")}
+    changed = [(key, value) for key, value in expected.items() if trained.get(key) != value]
+    return ", ".join(f"{key} {trained.get(key)}, the recipe's {value}" for key, value in changed)
 
 
 def exercise_9(ctx: Context) -> dict[str, Any]:
