@@ -260,3 +260,15 @@ def test_an_mnist_run_of_the_recipe_with_other_options_is_not_shown_as_the_recip
     evidence = json.loads((tmp_path / "out" / "answers.json").read_text())["exercises"]["9"]
     assert evidence["folder"].endswith("as-the-recipe") and evidence["test_accuracy"] == 0.9931
     assert any("shortened trained recipe quick with other options (epochs 1, the recipe's 2)" in line for line in lines)
+
+
+@pytest.mark.skipif(not HAS_MNIST, reason="MNIST not found ($CNNLAB_DATA)")
+def test_the_sheet_continues_its_own_mnist_run_rather_than_training_it_again(tmp_path: Path):
+    """The sheet trained its MNIST run with overwrite: after an interruption (20 minutes of training with --full)
+    it started again from the first epoch, and a run it had finished was trained again."""
+    run_answers(TINY, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(9,), log=lambda message: None)
+    weights = tmp_path / "mnist" / "quick" / "model.safetensors"
+    written = weights.stat().st_mtime_ns
+    (tmp_path / "answers.json").unlink()  # interrupted before exercise 9 was recorded
+    run_answers(TINY, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(9,), log=lambda message: None)
+    assert weights.stat().st_mtime_ns == written

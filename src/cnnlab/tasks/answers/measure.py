@@ -445,6 +445,7 @@ def exercise_6(ctx: Context) -> dict[str, Any]:
 def _mnist_run(ctx: Context) -> tuple[dict[str, Any], str]:
     """The MNIST run of exercises 7 and 9: the newest of the mode's recipe in ``--runs``, else trained now."""
     from cnnlab.tasks.mnist import train_mnist
+    from cnnlab.train.checkpoint import CHECKPOINT_NAME
 
     if "mnist" in ctx.shared:
         return ctx.shared["mnist"]
@@ -465,16 +466,23 @@ def _mnist_run(ctx: Context) -> tuple[dict[str, Any], str]:
         full = load_mnist(ctx.data_dir, val_size=5_000, seed=0)
         count = ctx.mode.mnist_subset
         splits = replace(full, train_images=full.train_images[:count], train_labels=full.train_labels[:count])
-    summary = train_mnist(
-        ctx.mode.mnist_recipe,
+    options = dict(
         splits=splits,
         data_dir=ctx.data_dir,
         output=str(ctx.output),
         name=ctx.mode.mnist_recipe,
-        overwrite=True,
         overrides=ctx.mode.mnist_overrides or None,
         progress=False,
     )
+    # The run an earlier, interrupted invocation started here continues from its last finished epoch (a finished one
+    # is read back); it was trained again from the start. A run of other options is refused by --resume.
+    earlier = not ctx.overwrite and (ctx.output / "mnist" / ctx.mode.mnist_recipe / CHECKPOINT_NAME).is_file()
+    try:
+        summary = train_mnist(ctx.mode.mnist_recipe, resume=earlier, overwrite=not earlier, **options)
+    except CnnlabError:
+        if not earlier:
+            raise
+        summary = train_mnist(ctx.mode.mnist_recipe, overwrite=True, **options)
     ctx.shared["mnist"] = (summary, "measured in this invocation")
     return ctx.shared["mnist"]
 
