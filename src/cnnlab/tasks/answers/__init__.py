@@ -94,7 +94,7 @@ def run_answers(
     chosen = MODES.get(mode) if isinstance(mode, str) else mode
     if chosen is None:
         raise CnnlabError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
-    numbers = list(exercises) or sorted(EXERCISES)
+    numbers = list(dict.fromkeys(exercises)) or sorted(EXERCISES)  # `-e 6 -e 6` measured exercise 6 twice
     unknown = [number for number in numbers if number not in EXERCISES]
     if unknown:
         raise CnnlabError(f"no exercise {unknown[0]}; the chapter's exercises are 1 to {max(EXERCISES)}")
