@@ -272,3 +272,52 @@ def test_the_sheet_continues_its_own_mnist_run_rather_than_training_it_again(tmp
     (tmp_path / "answers.json").unlink()  # interrupted before exercise 9 was recorded
     run_answers(TINY, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(9,), log=lambda message: None)
     assert weights.stat().st_mtime_ns == written
+
+
+def test_the_sheets_elpv_run_continues_rather_than_trains_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exercise 10 (and 8) trained its run with overwrite: after Ctrl+C, `answers --full` started it again from the
+    first epoch. Now a run the sheet started is resumed (a finished one read back); one that cannot be continued is
+    said and trained again; --overwrite trains it again. Exercise 8's segmentation run goes through the same
+    `continue_or_train`."""
+    import cnnlab.tasks.transfer
+    from cnnlab.tasks.answers import measure
+
+    calls: list[tuple[bool, bool]] = []
+    refuse = False
+
+    def train_transfer(config: cnnlab.tasks.transfer.TransferConfig) -> dict:
+        calls.append((config.resume, config.overwrite))
+        if config.resume and refuse:
+            raise CnnlabError("cannot resume with different options")
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        (config.run_dir / "split.csv").write_text("")
+        return {"run_dir": str(config.run_dir)}
+
+    monkeypatch.setattr(measure, "_elpv_available", lambda: True)
+    monkeypatch.setattr(cnnlab.tasks.transfer, "train_transfer", train_transfer)
+    lines: list[str] = []
+    ctx = measure.Context(MODES["full"], tmp_path, None, log=lines.append)
+    measure._train_elpv(ctx)
+    measure._train_elpv(ctx)  # after an interruption: continued
+    assert calls == [(False, True), (True, False)] and not lines
+    refuse = True
+    measure._train_elpv(ctx)  # another cnnlab's options, say: said, trained again
+    assert calls[2:] == [(True, False), (False, True)]
+    assert lines == [f"{tmp_path / 'transfer' / 'elpv'} cannot be continued (cannot resume with different options); "
+                     "training it again"]  # fmt: skip
+    measure._train_elpv(replace(ctx, overwrite=True))
+    assert calls[4:] == [(False, True)]
+
+
+def test_an_exercise_chosen_twice_is_measured_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`answers -e 6 -e 6` measured exercise 6 twice."""
+    from cnnlab.tasks.answers.measure import EXERCISES
+
+    measured = EXERCISES[2]
+    calls: list[int] = []
+    monkeypatch.setitem(EXERCISES, 2, lambda ctx: calls.append(2) or measured(ctx))
+    run_answers("quick", output=tmp_path, exercises=(2, 2), log=lambda message: None)
+    assert calls == [2]
+    assert list(json.loads((tmp_path / "answers.json").read_text())["exercises"]) == ["2"]

@@ -445,7 +445,6 @@ def exercise_6(ctx: Context) -> dict[str, Any]:
 def _mnist_run(ctx: Context) -> tuple[dict[str, Any], str]:
     """The MNIST run of exercises 7 and 9: the newest of the mode's recipe in ``--runs``, else trained now."""
     from cnnlab.tasks.mnist import train_mnist
-    from cnnlab.train.checkpoint import CHECKPOINT_NAME
 
     if "mnist" in ctx.shared:
         return ctx.shared["mnist"]
@@ -474,17 +473,23 @@ def _mnist_run(ctx: Context) -> tuple[dict[str, Any], str]:
         overrides=ctx.mode.mnist_overrides or None,
         progress=False,
     )
-    # The run an earlier, interrupted invocation started here continues from its last finished epoch (a finished one
-    # is read back); it was trained again from the start. A run of other options is refused by --resume.
-    earlier = not ctx.overwrite and (ctx.output / "mnist" / ctx.mode.mnist_recipe / CHECKPOINT_NAME).is_file()
-    try:
-        summary = train_mnist(ctx.mode.mnist_recipe, resume=earlier, overwrite=not earlier, **options)
-    except CnnlabError:
-        if not earlier:
-            raise
-        summary = train_mnist(ctx.mode.mnist_recipe, overwrite=True, **options)
+    run_dir = ctx.output / "mnist" / ctx.mode.mnist_recipe
+    summary = continue_or_train(ctx, run_dir, lambda **start: train_mnist(ctx.mode.mnist_recipe, **options, **start))
     ctx.shared["mnist"] = (summary, "measured in this invocation")
     return ctx.shared["mnist"]
+
+
+def continue_or_train(ctx: Context, run_dir: Path, train: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """`train(resume=..., overwrite=...)`'s summary of the sheet's own run in `run_dir`: the run an earlier,
+    interrupted invocation started there continues from its last finished epoch (a finished one is read back), unless
+    ``--overwrite``; it was trained again from the start (up to 20 minutes lost under ``--full``). A run that cannot
+    be continued (other options, a start that never got far) is said and trained again."""
+    if not ctx.overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
+        try:
+            return train(resume=True, overwrite=False)
+        except CnnlabError as error:
+            ctx.log(f"{run_dir} cannot be continued ({error}); training it again")
+    return train(resume=False, overwrite=True)
 
 
 def _changed_recipe_options(folder: Path, ctx: Context) -> str:
@@ -628,9 +633,12 @@ def exercise_8(ctx: Context) -> dict[str, Any]:
     if ctx.mode.segment_recipe:
         from cnnlab.tasks.segmentation import train_segmentation
 
-        summary = train_segmentation(
-            ctx.mode.segment_recipe, data_dir=ctx.data_dir, output=str(ctx.output), name=ctx.mode.segment_recipe,
-            overwrite=True, progress=False,
+        recipe = ctx.mode.segment_recipe
+        summary = continue_or_train(
+            ctx, ctx.output / "segment" / recipe,
+            lambda **start: train_segmentation(
+                recipe, data_dir=ctx.data_dir, output=str(ctx.output), name=recipe, progress=False, **start
+            ),
         )  # fmt: skip
         folders = [Path(summary["run_dir"]), *folders]
     for folder in folders:
@@ -756,11 +764,12 @@ def _train_elpv(ctx: Context) -> list[Path]:
         return []
     from cnnlab.tasks.transfer import TransferConfig, train_transfer
 
-    config = TransferConfig(
-        data="elpv", recipe=ctx.mode.transfer_recipe or "quick", output=str(ctx.output), name="elpv",
-        overwrite=True, progress=False,
-    )  # fmt: skip
-    summary = train_transfer(config)
+    options = {"data": "elpv", "recipe": ctx.mode.transfer_recipe or "quick", "output": str(ctx.output)}
+    summary = continue_or_train(
+        ctx,
+        ctx.output / "transfer" / "elpv",
+        lambda **start: train_transfer(TransferConfig(**options, name="elpv", progress=False, **start)),
+    )
     return [Path(summary["run_dir"])]
 
 
