@@ -137,3 +137,20 @@ def test_ensemble_refuses_a_path_as_its_name(tmp_path: Path) -> None:
     with pytest.raises(CnnlabError, match="'../x' is not a run name"):
         combine_mnist_ensemble([tmp_path, tmp_path], "../x", output=tmp_path)
     assert not (tmp_path / "x").exists()
+
+
+def test_one_member_of_an_ensemble_is_not_offered_for_predict_before_the_ensemble_exists(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`train mnist -n 2 --member 0 --name E` ended with "use it with `cnnlab predict --model runs/mnist/E`", which
+    fails until the other member has trained and the ensemble is saved."""
+    import cnnlab.tasks.mnist
+
+    member = {"seed": 0, "val_accuracy": 0.9, "test_accuracy": 0.9, "train_seconds": 1.0, "images_per_second": 9.0}
+    run = str(tmp_path / "mnist" / "E")
+    summary = {"members": [{**member, "run_dir": f"{run}/seed0"}], "missing_members": [1], "run_dir": run}
+    monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", lambda *args, **kwargs: summary)
+    result = CliRunner().invoke(app, ["train", "mnist", "-n", "2", "--member", "0", "--name", "E"])
+    assert result.exit_code == 0, result.output
+    assert "members still to train (seeds): [1]" in result.output and f"run: {run}\n" in result.output
+    assert "cnnlab predict" not in result.output

@@ -68,8 +68,10 @@ def mnist(
             f"test {score(member_summary['test_accuracy'])}  ({member_summary['train_seconds']:.0f} s training, "
             f"{member_summary['images_per_second']:.0f} img/s)  {member_summary['run_dir']}"
         )
-    if summary.get("missing_members"):
+    if summary.get("missing_members"):  # no ensemble to use yet: "use it with cnnlab predict" failed on it
         typer.echo(f"members still to train (seeds): {summary['missing_members']}; the ensemble is saved once they are")
+        typer.echo(f"run: {summary['run_dir']}")
+        return
     if "ensemble_test_accuracy" in summary:
         typer.echo(f"ensemble of {ensemble}: test {summary['ensemble_test_accuracy']:.4f}")
     typer.echo(
