@@ -248,3 +248,17 @@ def test_compile_on_a_cpu_keeps_torchs_cuda_home_warning_out(tmp_path: Path, cap
         logger.warning("No CUDA runtime is found, using CUDA_HOME='/usr/local'")
         logger.warning("another warning")
     assert [record.getMessage() for record in caplog.records] == ["another warning"]
+
+
+def test_a_save_killed_mid_write_leaves_no_temp_file_after_the_resume(tmp_path: Path) -> None:
+    """SIGKILL during a checkpoint save left `.checkpoint.pt.XXXX.tmp` (a whole checkpoint's size) in the run folder
+    for good: nothing removed it."""
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_model(), _config(tmp_path, epochs=2), callbacks=[_KillAfter(1)]).fit(_data())
+    run_dir = tmp_path / "toy" / "run"
+    stale = run_dir / ".checkpoint.pt.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    other = run_dir / ".metrics.csv.tmp"  # not a checkpoint's: left alone
+    other.write_text("x")
+    Trainer(_model(), _config(tmp_path, epochs=2, resume=True)).fit(_data())
+    assert not stale.exists() and other.exists()

@@ -405,6 +405,9 @@ class Trainer:
         if not self.config.resume and checkpoint.is_file() and not self.config.overwrite:
             raise run_in_the_way(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main_process:  # a save killed mid-write (SIGKILL, power) left its temp file, a checkpoint's size
+            for stale in self.run_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):
+                stale.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ the loop
     def _train_epoch(self, train: BatchSource, epoch: int) -> dict[str, float]:
