@@ -13,6 +13,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.train import TrainConfig, Trainer, load_checkpoint
 from cnnlab.train.live_memory import LiveTensorTracker
 from cnnlab.train.oom import SimulatedMemoryLimit
+from cnnlab.train.strategy import Strategy
 
 
 @pytest.fixture(autouse=True)
@@ -98,6 +99,24 @@ def test_oom_with_a_one_sample_micro_batch_is_an_actionable_error(tmp_path: Path
     with pytest.raises(CnnlabError, match="micro-batch of 1.*--precision bf16"):
         trainer.fit(_data(16))
     assert [e.new_micro_batch for e in trainer.oom_events] == [2, 1]
+
+
+class _SecondOfTwoProcesses(Strategy):
+    """A process of a two-process job whose collectives are not needed by the test (one process runs here)."""
+
+    world_size = 2
+    rank = 1
+
+
+def test_oom_in_a_distributed_run_stops_instead_of_redoing_the_step_alone(tmp_path: Path) -> None:
+    # Redone alone in two micro-batches, the step would run two gradient all-reduces where the other process runs
+    # one: under torchrun the job hung (or averaged the gradients of different steps).
+    model = _OomAtCalls(_model(), fail_calls={3})
+    trainer = Trainer(model, _config(tmp_path, "ddp"), strategy=_SecondOfTwoProcesses())
+    with pytest.raises(CnnlabError, match="step 3 in process 1 of 2.*cannot recover alone.*--accum auto"):
+        trainer.fit(_data())
+    assert trainer.oom_events == []
+    assert model.calls == 3  # the step was not redone
 
 
 def _peak_bytes(tmp_path: Path, micro: int) -> int:

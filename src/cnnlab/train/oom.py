@@ -55,6 +55,19 @@ def halve_micro_batch(micro_batch_size: int, step: int, error_line: str) -> int:
     return micro_batch_size // 2
 
 
+def distributed_oom_error(step: int, rank: int, world_size: int, error_line: str) -> CnnlabError:
+    """The error for an out-of-memory step in one process of a distributed job, which cannot be redone alone.
+
+    Redoing the step in smaller micro-batches would run more backward passes, and so more gradient all-reduces, in
+    this process than in the others: the job would hang, or average gradients of different steps.
+    """
+    return CnnlabError(
+        f"out of memory at step {step} in process {rank} of {world_size} ({error_line}); a distributed run cannot "
+        "recover alone (the other processes wait for its gradients): restart it with --batch-size auto or "
+        "--accum auto, which all processes agree on, or a smaller --batch-size"
+    )
+
+
 class SimulatedMemoryLimit(LiveTensorTracker):
     """A context that raises `torch.OutOfMemoryError` once the tensors created inside it exceed `limit_bytes`.
 

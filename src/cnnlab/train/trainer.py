@@ -39,7 +39,7 @@ from cnnlab.train.config import TrainConfig, check_resumable, save_config
 from cnnlab.train.device import resolve_device
 from cnnlab.train.ema import ModelEma
 from cnnlab.train.metrics import Metric, MetricFn, as_metrics, is_classification
-from cnnlab.train.oom import OomEvent, free_memory, halve_micro_batch
+from cnnlab.train.oom import OomEvent, distributed_oom_error, free_memory, halve_micro_batch
 from cnnlab.train.optim import (
     OptimizerFactory,
     ParamGroupBuilder,
@@ -262,15 +262,16 @@ class Trainer:
 
         When the step runs out of memory, the partial gradients and cached memory are freed, the micro-batch is
         halved (so accumulation doubles and the effective batch stays the same), an `OomEvent` is recorded and the
-        same step is run again: nothing is lost (`cnnlab.train.oom`).
+        same step is run again: nothing is lost (`cnnlab.train.oom`). In a distributed run the step cannot be redone
+        in one process alone, so it stops with a message instead.
 
         Returns:
             The batch's mean loss (detached) and, for classification-shaped outputs, its number of correct
             predictions (tensors on the device: no synchronisation happens here).
 
         Raises:
-            CnnlabError: when even a micro-batch of one sample does not fit, or when structured inputs would need
-                to be split.
+            CnnlabError: when even a micro-batch of one sample does not fit, when a process of a distributed run
+                runs out of memory, or when structured inputs would need to be split.
         """
         if self.optimizer is None or self.scheduler is None:
             raise CnnlabError("train_step runs inside fit (the optimizer and schedule are built there)")
@@ -283,6 +284,10 @@ class Trainer:
                 error_line = str(error).strip().splitlines()[0] if str(error).strip() else "out of memory"
                 del error  # its traceback holds the frames, and so the activations, of the failed step
                 free_memory(self.device)
+                if self.strategy.world_size > 1:
+                    raise distributed_oom_error(
+                        self.global_step + 1, self.strategy.rank, self.strategy.world_size, error_line
+                    ) from None
                 old = min(self.micro_batch_size, batch)
                 if not isinstance(inputs, torch.Tensor):
                     old = 1  # structured inputs cannot be split: report, do not retry
