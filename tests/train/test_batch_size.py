@@ -13,6 +13,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.train import Callback, TrainConfig, Trainer
 from cnnlab.train.batch_size import accumulation_for, find_batch_size, search_largest, trainer_probe
 from cnnlab.train.oom import SimulatedMemoryLimit
+from cnnlab.train.strategy import DDPStrategy, DistInfo
 
 
 @pytest.fixture(autouse=True)
@@ -114,6 +115,42 @@ def test_requested_batch_that_does_not_fit_is_kept_through_accumulation(tmp_path
 def test_nothing_fits_is_an_actionable_error(tmp_path: Path) -> None:
     with pytest.raises(CnnlabError, match="not even a batch of one sample fits"):
         find_batch_size(_trainer(tmp_path, "none"), _data(64), memory_limit=1000)
+
+
+class _FirstOfTwoProcesses(DDPStrategy):
+    """Rank 0 of a two-process job, in this one process: batches are sharded, collectives are left out."""
+
+    def __init__(self) -> None:
+        super().__init__(DistInfo(rank=0, world_size=2, local_rank=0, backend="gloo"))
+
+    def wrap_model(self, model: nn.Module, device: torch.device) -> nn.Module:
+        return model
+
+    def reduce_metrics(self, metrics: dict[str, float], weight: float, device: torch.device) -> dict[str, float]:
+        return dict(metrics)
+
+    def agree_on_minimum(self, value: int, device: torch.device) -> int:
+        return value
+
+
+def test_distributed_auto_batch_is_at_most_the_training_set(tmp_path: Path) -> None:
+    # Each process searched up to half the cap (1024), not half the 100 samples, and its largest fitting batch
+    # times two made a global batch of 200: "training data has 50 samples, fewer than one batch of 200".
+    torch.manual_seed(0)
+    config = TrainConfig(
+        epochs=1, batch_size=1024, auto_batch_size=True, output=str(tmp_path), name="auto", progress=False
+    )
+    trainer = Trainer(nn.Linear(64, 3), config, strategy=_FirstOfTwoProcesses())
+    trainer.fit(_data(100))
+    assert trainer.config.batch_size == 100 and trainer.micro_batch_size == 50
+    assert trainer.global_step == 1
+
+
+def test_distributed_batch_larger_than_the_data_names_all_the_samples(tmp_path: Path) -> None:
+    config = TrainConfig(epochs=1, batch_size=200, output=str(tmp_path), name="large", progress=False)
+    trainer = Trainer(nn.Linear(64, 3), config, strategy=_FirstOfTwoProcesses())
+    with pytest.raises(CnnlabError, match="training data has 100 samples, fewer than one batch of 200"):
+        trainer.fit(_data(100))
 
 
 class _LimitDuringTraining(Callback):

@@ -257,8 +257,10 @@ def tune_batch_size(trainer: Trainer, train: BatchSource) -> BatchSource:
     else:
         world = trainer.strategy.world_size
         per_rank = max(1, config.batch_size // world)
+        # --batch-size auto: the global batch (per-process batch x processes) is at most the training set
+        cap = max(1, min(config.batch_size, train.num_samples) // world) if config.auto_batch_size else per_rank
         result = find_batch_size(
-            trainer, train, requested=None if config.auto_batch_size else per_rank, cap=per_rank, apply=False
+            trainer, train, requested=None if config.auto_batch_size else per_rank, cap=cap, apply=False
         )
         micro = trainer.strategy.agree_on_minimum(result.micro_batch_size, trainer.device)
         if config.auto_batch_size:

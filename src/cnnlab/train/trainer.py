@@ -209,6 +209,7 @@ class Trainer:
             train = tune_batch_size(self, train)  # before anything is sized by the batch
         self.strategy.check_batch_size(config.batch_size)
         self.micro_batch_size = self.strategy.micro_batch_size(self.micro_batch_size)
+        train_samples = train.num_samples  # of all processes, as the global batch is
         train = self.strategy.shard(train, config.seed, drop_last=True)
         val = None if val_data is None else self.strategy.shard(self._eval_source(val_data), config.seed, False)
         wrapped = self.strategy.wrap_model(self.model, self.device)
@@ -220,7 +221,7 @@ class Trainer:
         steps_per_epoch = len(train)
         if steps_per_epoch == 0:
             raise CnnlabError(
-                f"training data has {train.num_samples} samples, fewer than one batch of {config.batch_size}; "
+                f"training data has {train_samples} samples, fewer than one batch of {config.batch_size}; "
                 "lower --batch-size"
             )
         self.optimizer, self.scheduler, self.ema = self._new_optimization(steps_per_epoch)
