@@ -150,6 +150,10 @@ class Strategy:
         """The smallest `value` any process holds (each process searches its own batch size)."""
         return value
 
+    def sum_over_processes(self, value: torch.Tensor) -> torch.Tensor:
+        """`value` (a tensor on this process's device) summed over all processes."""
+        return value
+
     def describe(self, batch_size: int) -> str | None:
         """A line for the log when the run is spread over processes; None otherwise."""
         return None
@@ -204,6 +208,11 @@ class DDPStrategy(Strategy):
         tensor = torch.tensor([value], device=device)
         dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
         return int(tensor.item())
+
+    def sum_over_processes(self, value: torch.Tensor) -> torch.Tensor:
+        summed = value.clone()
+        dist.all_reduce(summed)
+        return summed
 
     def describe(self, batch_size: int) -> str | None:
         return (

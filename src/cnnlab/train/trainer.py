@@ -382,7 +382,7 @@ class Trainer:
             self.model.train()
             for _ in range(steps):
                 step_x, step_y = self.train_transform(inputs, targets) if self.train_transform else (inputs, targets)
-                self._step(step_x, step_y, optimizer, scheduler, ema, scaler, len(targets))
+                self._step(step_x, step_y, optimizer, scheduler, ema, scaler, len(targets), synchronized=False)
                 del step_x, step_y
             if eval_batch is not None:
                 batch = TensorBatches(*eval_batch, batch_size=len(eval_batch[1]))
@@ -479,8 +479,13 @@ class Trainer:
         ema: ModelEma | None,
         scaler: torch.amp.GradScaler,
         micro_batch_size: int | None = None,
+        synchronized: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One optimizer step of `optimizer` over a batch split into micro-batches (default `micro_batch_size`)."""
+        """One optimizer step of `optimizer` over a batch split into micro-batches (default `micro_batch_size`).
+
+        `synchronized`: the step is one of the run's, taken by every process together (the batch-size search's
+        trial steps are this process's own).
+        """
         config = self.config
         micro = micro_batch_size or self.micro_batch_size
         total = len(targets)
@@ -493,13 +498,16 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         loss_total = torch.zeros((), device=self.device)
         correct: torch.Tensor | None = None
-        for micro_inputs, micro_targets in pieces:
+        shares = self._loss_shares([micro_targets for _, micro_targets in pieces], total, synchronized)
+        for (micro_inputs, micro_targets), share in zip(pieces, shares, strict=True):
             with self._autocast():
                 outputs = self.forward_model(self._format(micro_inputs))
                 loss = self.loss_fn(outputs, micro_targets)
-            weight = len(micro_targets) / total
-            scaler.scale(loss * weight).backward()
-            loss_total += loss.detach().float() * weight
+            scaler.scale(loss * share).backward()
+            contribution = loss.detach().float() * share
+            if isinstance(share, torch.Tensor):  # a micro-batch with no labelled target has a NaN mean and no share
+                contribution = torch.where(share > 0, contribution, 0.0)
+            loss_total += contribution
             if is_classification(outputs, micro_targets):
                 hits = outputs.detach().argmax(1) == micro_targets
                 micro_correct = (hits & self._labelled(micro_targets)).sum()
@@ -515,6 +523,26 @@ class Trainer:
         return loss_total, correct
 
     # ------------------------------------------------------------------ helpers
+    def _loss_shares(
+        self, targets: list[torch.Tensor], total: int, synchronized: bool
+    ) -> list[float] | list[torch.Tensor]:
+        """The weight of each micro-batch's mean loss in the mean loss of the batch (the global batch under torchrun,
+        whose processes' gradients DDP averages).
+
+        A mean over samples weighs each micro-batch by its samples. A cross-entropy averages over the summed class
+        weights of its labelled targets (pixels of segmentation masks, `ignore_index` left out), so each micro-batch
+        weighs its share of that sum: then the gradient is the whole batch's, whatever the micro-batches hold.
+        """
+        world = self.strategy.world_size if synchronized else 1
+        denominators = [loss_denominator(self.loss_fn, micro_targets) for micro_targets in targets]
+        if (len(targets) == 1 and world == 1) or any(d is None for d in denominators):
+            return [len(micro_targets) / total for micro_targets in targets]
+        batch = torch.stack(denominators).sum()  # type: ignore[arg-type]
+        if world > 1:
+            batch = self.strategy.sum_over_processes(batch)
+        batch = batch.clamp_min(torch.finfo(batch.dtype).tiny)  # nothing labelled anywhere: every share is 0
+        return [world * d / batch for d in denominators]  # type: ignore[operator]
+
     def _new_optimization(
         self, steps_per_epoch: int
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, ModelEma | None]:
@@ -607,6 +635,21 @@ class Trainer:
     def _write_records(self, plot: bool) -> None:
         if self.is_main_process:
             write_history(self.history, self.run_dir, plot=plot)
+
+
+def loss_denominator(loss_fn: Any, targets: torch.Tensor) -> torch.Tensor | None:
+    """What a mean cross-entropy (or NLL) loss divides its summed loss by for class-index `targets`: the summed class
+    weights of the targets that are not `ignore_index` (their number when unweighted). None for other losses and
+    for class-probability targets, whose mean is over samples."""
+    if not isinstance(loss_fn, nn.CrossEntropyLoss | nn.NLLLoss) or loss_fn.reduction != "mean":
+        return None
+    if targets.is_floating_point():
+        return None
+    labelled = targets != loss_fn.ignore_index
+    if loss_fn.weight is None:
+        return labelled.sum().float()
+    weight = loss_fn.weight.to(targets.device)
+    return (weight[torch.where(labelled, targets, 0)] * labelled).sum().float()
 
 
 def _epoch_line(metrics: dict[str, float], epochs: int) -> str:
