@@ -2,7 +2,7 @@
 
 - `TensorBatches`: tensors held in memory (on the training device) and indexed per batch. No DataLoader, no
   per-sample Python: the fast path for small datasets such as MNIST or cached features.
-- `LoaderBatches`: any `torch.utils.data.DataLoader` (image folders, segmentation pairs, DistributedSampler).
+- `LoaderBatches`: any `torch.utils.data.DataLoader` (image folders, segmentation pairs, sharded under torchrun).
 
 Both yield one *optimizer-step batch* `(inputs, targets)` at a time; the engine splits it into micro-batches. The
 order of every epoch is a pure function of `(seed, epoch)`, so a resumed run sees the same batches as an

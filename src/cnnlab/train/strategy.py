@@ -12,7 +12,7 @@ files. `select_strategy` picks one from the environment, so every ``cnnlab train
   ``trainer.model`` stays the plain module, so checkpoints and saved weights have the same keys and format as a
   single-process run, and a run can be resumed with any number of processes;
 - ``--batch-size`` stays the *global* (effective) batch: each optimizer step's batch is split across the ranks, each
-  taking every world-th sample (`ShardedBatches`), or a `DistributedSampler` replaces a DataLoader's sampler. The
+  taking every world-th sample (`ShardedBatches`, or `ShardedBatchSampler` for a DataLoader). The
   same command therefore follows the same optimisation path with 1 or N processes (BatchNorm statistics aside, which
   are per rank), and the learning rate needs no change; to use N times more samples per step, raise
   ``--batch-size`` and scale the learning rate with it (linear scaling with warm-up, Goyal et al. 2017);
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from cnnlab.errors import CnnlabError
 from cnnlab.train.batches import Batch, BatchSource, LoaderBatches, TensorBatches
@@ -38,6 +38,7 @@ from cnnlab.train.batches import Batch, BatchSource, LoaderBatches, TensorBatche
 __all__ = [
     "DDPStrategy",
     "DistInfo",
+    "ShardedBatchSampler",
     "ShardedBatches",
     "Strategy",
     "all_reduce_metrics",
@@ -198,7 +199,7 @@ class DDPStrategy(Strategy):
 
     def shard(self, source: BatchSource, seed: int, drop_last: bool) -> BatchSource:
         if isinstance(source, LoaderBatches):
-            return _distributed_loader(source.loader, self.info, seed, drop_last)
+            return _distributed_loader(source.loader, self.info, drop_last)
         return ShardedBatches(source, self.info.rank, self.world_size)
 
     def reduce_metrics(self, metrics: dict[str, float], weight: float, device: torch.device) -> dict[str, float]:
@@ -266,33 +267,61 @@ class ShardedBatches:
             yield inputs[self.rank :: self.world_size], targets[self.rank :: self.world_size]
 
 
-def _distributed_loader(loader: DataLoader, info: DistInfo, seed: int, drop_last: bool) -> LoaderBatches:
-    """The same DataLoader with a DistributedSampler and 1/world of its batch size per rank."""
+class ShardedBatchSampler(Sampler[list[int]]):
+    """A DataLoader's batch sampler whose every batch is split across ranks: rank r keeps its r-th, (r + W)-th, ...
+
+    The wrapped sampler draws the global batches from the loader's own generator, which `LoaderBatches` seeds from
+    `(seed, epoch)`, so each step takes the samples of the same step of a single-process run (a DistributedSampler
+    shuffles with a generator of its own, and pads the last shard with repeated samples). A last batch with fewer
+    samples than ranks is dropped in training (`drop_last`: every rank must take every step); in evaluation a rank
+    with nothing of it skips it.
+
+    Args:
+        batch_sampler: the loader's `BatchSampler` (the global batches).
+        rank: this process's rank.
+        world_size: processes in the job.
+        drop_last: drop a last batch too small to give every rank a sample.
+    """
+
+    def __init__(self, batch_sampler: BatchSampler, rank: int, world_size: int, drop_last: bool) -> None:
+        self.batch_sampler = batch_sampler
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batch_sampler:
+            shard = list(batch)[self.rank :: self.world_size]
+            if shard and not (self.drop_last and len(batch) < self.world_size):
+                yield shard
+
+    def __len__(self) -> int:
+        batches = len(self.batch_sampler)
+        tail = len(self.batch_sampler.sampler) % self.batch_sampler.batch_size  # type: ignore[arg-type]
+        if self.batch_sampler.drop_last or tail == 0:
+            return batches
+        skipped = tail < self.world_size if self.drop_last else tail <= self.rank
+        return batches - int(skipped)
+
+
+def _distributed_loader(loader: DataLoader, info: DistInfo, drop_last: bool) -> LoaderBatches:
+    """The same DataLoader taking this rank's share of each of its batches (`ShardedBatchSampler`)."""
     batch_size = loader.batch_size
-    if batch_size is None or loader.batch_sampler is None:
+    if batch_size is None or not isinstance(loader.batch_sampler, BatchSampler):
         raise CnnlabError("distributed training needs a DataLoader built with batch_size (not a custom batch_sampler)")
     if batch_size % info.world_size:
         raise CnnlabError(
             f"batch size {batch_size} does not split evenly over {info.world_size} processes; "
             f"use a multiple of {info.world_size}"
         )
-    sampler = DistributedSampler(
-        loader.dataset,
-        num_replicas=info.world_size,
-        rank=info.rank,
-        shuffle=isinstance(loader.sampler, RandomSampler),
-        seed=seed,
-        drop_last=drop_last,
-    )
     rebuilt = DataLoader(
         loader.dataset,
-        batch_size=batch_size // info.world_size,
-        sampler=sampler,
+        batch_sampler=ShardedBatchSampler(loader.batch_sampler, info.rank, info.world_size, drop_last),
         num_workers=loader.num_workers,
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last,
         worker_init_fn=loader.worker_init_fn,
+        generator=loader.generator,  # the shuffling sampler's own, which LoaderBatches seeds every epoch
         persistent_workers=loader.persistent_workers,
     )
     return LoaderBatches(rebuilt)
