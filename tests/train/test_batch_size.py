@@ -123,7 +123,7 @@ class _FirstOfTwoProcesses(DDPStrategy):
     def __init__(self) -> None:
         super().__init__(DistInfo(rank=0, world_size=2, local_rank=0, backend="gloo"))
 
-    def wrap_model(self, model: nn.Module, device: torch.device) -> nn.Module:
+    def wrap_model(self, model: nn.Module, device: torch.device, untrained_parameters: bool = False) -> nn.Module:
         return model
 
     def reduce_metrics(self, metrics: dict[str, float], weight: float, device: torch.device) -> dict[str, float]:
@@ -131,6 +131,9 @@ class _FirstOfTwoProcesses(DDPStrategy):
 
     def agree_on_minimum(self, value: int, device: torch.device) -> int:
         return value
+
+    def sum_over_processes(self, value: torch.Tensor) -> torch.Tensor:
+        return value * self.world_size  # as if the other process held the same
 
 
 def test_distributed_auto_batch_is_at_most_the_training_set(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from cnnlab.train import load_checkpoint
 from cnnlab.train.batches import LoaderBatches
@@ -258,3 +259,38 @@ def test_sharded_validation_takes_every_sample_once() -> None:
         assert len(batches) == len(sharded)
         taken += [sample for batch in batches for sample in batch]
     assert sorted(taken) == list(range(9))
+
+
+class _TopOnly(nn.Module):
+    """Holds a whole network but runs (and trains) only its last layer, as a transfer phase on cached features."""
+
+    def __init__(self, network: nn.Sequential) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network[-1](x)
+
+
+def test_ddp_trains_a_model_whose_untrained_parameters_get_no_gradient(tmp_path: Path) -> None:
+    # `train transfer` under torchrun stopped at its second step: DDP waited for the gradients of the frozen lower
+    # blocks ("Expected to have finished reduction in the prior iteration ..."). One gloo process shows it.
+    import torch.distributed as dist
+
+    from cnnlab.train import TrainConfig, Trainer
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = _TopOnly(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 3)))
+        config = TrainConfig(epochs=1, batch_size=4, output=str(tmp_path), name="top", progress=False)
+        trainer = Trainer(
+            model,
+            config,
+            param_groups=lambda m: [{"params": list(m.network[-1].parameters())}],
+            strategy=DDPStrategy(DistInfo(0, 1, 0, "gloo")),
+        )
+        trainer.fit((torch.randn(16, 4), torch.randint(0, 3, (16,))))
+    finally:
+        dist.destroy_process_group()
+    assert trainer.global_step == 4

@@ -127,8 +127,15 @@ class Strategy:
         """The device this process trains on, given the configured one."""
         return configured
 
-    def wrap_model(self, model: nn.Module, device: torch.device) -> nn.Module:
-        """The module the forward pass of training runs through (gradients flow back to `model`)."""
+    def wrap_model(self, model: nn.Module, device: torch.device, untrained_parameters: bool = False) -> nn.Module:
+        """The module the forward pass of training runs through (gradients flow back to `model`).
+
+        Args:
+            model: the plain module.
+            device: this process's device.
+            untrained_parameters: `model` has parameters that require gradients but get none (no param group
+                trains them, the forward pass may not use them).
+        """
         return model
 
     def micro_batch_size(self, micro_batch_size: int) -> int:
@@ -179,10 +186,15 @@ class DDPStrategy(Strategy):
     def device(self, configured: torch.device) -> torch.device:
         return torch.device("cuda", self.info.local_rank) if configured.type == "cuda" else configured
 
-    def wrap_model(self, model: nn.Module, device: torch.device) -> nn.Module:
+    def wrap_model(self, model: nn.Module, device: torch.device, untrained_parameters: bool = False) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[self.info.local_rank] if device.type == "cuda" else None)
+        return DistributedDataParallel(
+            model,
+            device_ids=[self.info.local_rank] if device.type == "cuda" else None,
+            # DDP otherwise waits for every parameter's gradient, and stops at the second step when some get none
+            find_unused_parameters=untrained_parameters,
+        )
 
     def micro_batch_size(self, micro_batch_size: int) -> int:
         # A micro-batch is per rank: the same number of micro-batches per step as in a single-process run.

@@ -212,7 +212,7 @@ class Trainer:
         train_samples = train.num_samples  # of all processes, as the global batch is
         train = self.strategy.shard(train, config.seed, drop_last=True)
         val = None if val_data is None else self.strategy.shard(self._eval_source(val_data), config.seed, False)
-        wrapped = self.strategy.wrap_model(self.model, self.device)
+        wrapped = self.strategy.wrap_model(self.model, self.device, self._untrained_parameters())
         if wrapped is not self.model:  # DDP: the forward pass of training runs through the wrapper
             self.forward_model = self._compiled(wrapped)
         description = self.strategy.describe(config.batch_size)
@@ -553,6 +553,13 @@ class Trainer:
         scheduler = build_scheduler(optimizer, config, steps_per_epoch)
         ema = ModelEma(self.model, config.ema_decay) if config.ema_decay is not None else None
         return optimizer, scheduler, ema
+
+    def _untrained_parameters(self) -> bool:
+        """Whether the model has parameters that require gradients but that no param group trains (a transfer phase
+        on cached features holds the whole network, and trains its top blocks)."""
+        groups = (self.param_groups or (lambda m: default_param_groups(m, self.config.weight_decay)))(self.model)
+        trained = {id(p) for group in groups for p in group["params"]}
+        return any(p.requires_grad and id(p) not in trained for p in self.model.parameters())
 
     def _new_scaler(self) -> torch.amp.GradScaler:
         return torch.amp.GradScaler(self.device.type, enabled=self.config.precision == "fp16")
