@@ -294,3 +294,32 @@ def test_ddp_trains_a_model_whose_untrained_parameters_get_no_gradient(tmp_path:
     finally:
         dist.destroy_process_group()
     assert trainer.global_step == 4
+
+
+def _rank_in_block(rank: int, port: int, folder: str) -> None:
+    import time
+
+    import torch.distributed as dist
+
+    from cnnlab.train.strategy import main_process_first
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    try:
+        with main_process_first("cpu"):
+            if rank == 0:
+                time.sleep(0.3)  # a slow build: rank 1 must not start before it is done
+                (Path(folder) / "built").write_text("0")
+            else:
+                (Path(folder) / "seen").write_text(str((Path(folder) / "built").is_file()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_main_process_first_lets_rank_zero_finish_before_the_others_start(tmp_path: Path) -> None:
+    # The transfer task's feature cache was built by every process at once: "No such file or directory:
+    # .../feature-cache/<entry>.partial/progress.json.tmp" when one process removed what another was writing.
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_rank_in_block, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    assert (tmp_path / "seen").read_text() == "True"

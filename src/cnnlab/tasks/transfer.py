@@ -86,6 +86,7 @@ from cnnlab.train.config import environment_record, save_record
 from cnnlab.train.metrics import Accuracy, BalancedAccuracy, ViewAveraged
 from cnnlab.train.records import write_history
 from cnnlab.train.saved import save_model
+from cnnlab.train.strategy import main_process_first
 
 if TYPE_CHECKING:
     from cnnlab.train.config import EngineOptions
@@ -552,22 +553,25 @@ def _cached_parts(run: _Run, model: nn.Module, model_name: str, top_blocks: int,
         "smaller --image-size"
     )
     cached: dict[str, CachedPart] = {}
-    for part in parts:
-        cached[part] = cache.get_or_build(
-            _cache_spec(run, model_name, split, part),
-            split.lower,
-            run.parts[part],
-            transform,
-            run.views,
-            split.feature_shape,
-            device=str(run.device),
-            batch_size=2 * int(train_options.get("batch_size", 32)),
-            precision=str(train_options.get("precision", "fp32")),
-            channels_last=bool(train_options.get("channels_last", False)),
-            workers=run.config.workers,
-            progress=run.config.progress,
-            cheaper=cheaper,
-        )
+    # Under torchrun rank 0 builds the cache and the other processes read it (building it together, they wrote the
+    # same files at once).
+    with main_process_first(str(train_options.get("device", "auto"))):
+        for part in parts:
+            cached[part] = cache.get_or_build(
+                _cache_spec(run, model_name, split, part),
+                split.lower,
+                run.parts[part],
+                transform,
+                run.views,
+                split.feature_shape,
+                device=str(run.device),
+                batch_size=2 * int(train_options.get("batch_size", 32)),
+                precision=str(train_options.get("precision", "fp32")),
+                channels_last=bool(train_options.get("channels_last", False)),
+                workers=run.config.workers,
+                progress=run.config.progress,
+                cheaper=cheaper,
+            )
     run.costs["cache_seconds"] = run.costs.get("cache_seconds", 0.0) + sum(c.seconds for c in cached.values())
     run.costs["cache_reused"] = float(all(c.reused for c in cached.values()))
     return split, cached

@@ -23,6 +23,7 @@ files. `select_strategy` picks one from the environment, so every ``cnnlab train
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ __all__ = [
     "cleanup",
     "init_distributed",
     "is_main_process",
+    "main_process_first",
     "select_strategy",
     "world_size",
 ]
@@ -98,6 +100,29 @@ def init_distributed(device: str = "auto") -> DistInfo | None:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend())
+
+
+@contextlib.contextmanager
+def main_process_first(device: str = "auto") -> Iterator[None]:
+    """Run the block in rank 0 first, then in the other processes of a torchrun job (at once without one).
+
+    For work whose result is written once and read by every process (a task's feature cache): the others then
+    find it done instead of writing the same files at the same time.
+
+    Args:
+        device: the run's configured device (it picks the process group's backend, as `init_distributed` does).
+    """
+    if init_distributed(device) is None:
+        yield
+        return
+    main = dist.get_rank() == 0
+    if not main:
+        dist.barrier()  # wait for rank 0 to finish the block
+    try:
+        yield
+    finally:
+        if main:
+            dist.barrier()
 
 
 def cleanup() -> None:
