@@ -323,3 +323,39 @@ def test_main_process_first_lets_rank_zero_finish_before_the_others_start(tmp_pa
 
     mp.start_processes(_rank_in_block, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="fork")
     assert (tmp_path / "seen").read_text() == "True"
+
+
+def _validation_run(rank: int, world: int, port: int, folder: str) -> None:
+    """Train a linear model for one epoch and write its validation metrics (a process of a `world`-process job)."""
+    from cnnlab.train import TrainConfig, Trainer
+    from cnnlab.train.metrics import Accuracy, BalancedAccuracy, ViewAveraged
+    from cnnlab.train.strategy import cleanup
+
+    if world > 1:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+        os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    generator = torch.Generator().manual_seed(0)
+    train = torch.randn(8, 4, generator=generator), torch.randint(0, 3, (8,), generator=generator)
+    val_x, val_y = torch.randn(5, 4, generator=generator), torch.randint(0, 3, (5,), generator=generator)
+    val = torch.cat([val_x, -val_x]), torch.cat([val_y, val_y])  # 2 views of 5 samples, view-major
+    torch.manual_seed(0)
+    metrics = {"views": ViewAveraged(Accuracy(), 2), "balanced": ViewAveraged(BalancedAccuracy(3), 2)}
+    config = TrainConfig(epochs=1, batch_size=4, lr=0.5, output=folder, name=f"val{world}", progress=False)
+    history = Trainer(nn.Linear(4, 3), config, metrics=metrics).fit(train, val)
+    if rank == 0:
+        (Path(folder) / f"val{world}.json").write_text(json.dumps(history[0]))
+    cleanup()
+
+
+def test_validation_metrics_of_a_distributed_run_are_those_of_the_whole_validation_set(tmp_path: Path) -> None:
+    # Each process scored its shard and the scores were averaged: a metric over the views of each sample raised
+    # "5 rows do not split into 2 views" (train transfer with --views hflip and an odd validation set), and mIoU or
+    # balanced accuracy were means of per-process scores, not the scores of the validation set.
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_validation_run, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    mp.start_processes(_validation_run, args=(1, 0, str(tmp_path)), nprocs=1, start_method="fork")
+    two, one = (json.loads((tmp_path / f"val{world}.json").read_text()) for world in (2, 1))
+    for key in ("val_loss", "val_views", "val_balanced"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key

@@ -16,8 +16,9 @@ files. `select_strategy` picks one from the environment, so every ``cnnlab train
   same command therefore follows the same optimisation path with 1 or N processes (BatchNorm statistics aside, which
   are per rank), and the learning rate needs no change; to use N times more samples per step, raise
   ``--batch-size`` and scale the learning rate with it (linear scaling with warm-up, Goyal et al. 2017);
-- validation is sharded too and its metrics, like the training metrics, are all-reduced (sample-weighted means,
-  summed throughput), so every rank sees the same numbers and takes the same early-stopping decision;
+- validation is sharded too, and every rank scores the outputs of all of them (`gather_batches`), so validation
+  metrics are those of the whole set; the training metrics are all-reduced (sample-weighted means, summed
+  throughput). Every rank sees the same numbers and takes the same early-stopping decision;
 - only rank 0 writes (config.yaml, checkpoint.pt, metrics, plots) and shows progress.
 """
 
@@ -27,6 +28,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -187,6 +189,20 @@ class Strategy:
         """`value` (a tensor on this process's device) summed over all processes."""
         return value
 
+    def gather_batches(
+        self, batches: Iterator[Batch], device: torch.device, target_fill: int | None = None
+    ) -> Iterator[Batch]:
+        """The whole batches of which `batches` (outputs, targets) are this process's shards (see `shard`): every
+        process gets every sample of each batch, in the order of a single-process run.
+
+        Args:
+            batches: this process's shards of evaluation batches.
+            device: where the whole batches go.
+            target_fill: the target value that counts in no loss or metric (``ignore_index``), to pad the shards of
+                a batch whose samples were padded to different sizes; None: they must have one size.
+        """
+        yield from batches
+
     def describe(self, batch_size: int) -> str | None:
         """A line for the log when the run is spread over processes; None otherwise."""
         return None
@@ -251,6 +267,21 @@ class DDPStrategy(Strategy):
         summed = value.clone()
         dist.all_reduce(summed)
         return summed
+
+    def gather_batches(
+        self, batches: Iterator[Batch], device: torch.device, target_fill: int | None = None
+    ) -> Iterator[Batch]:
+        # Until every process has run out (a process whose share of the last batch is empty has one batch fewer).
+        iterator = iter(batches)
+        while True:
+            batch = next(iterator, None)
+            shards: list[Any] = [None] * self.world_size
+            dist.all_gather_object(shards, None if batch is None else (batch[0].cpu(), batch[1].cpu()))
+            if all(shard is None for shard in shards):
+                return
+            outputs = _interleave([None if shard is None else shard[0] for shard in shards], 0)
+            targets = _interleave([None if shard is None else shard[1] for shard in shards], target_fill)
+            yield outputs.to(device), targets.to(device)
 
     def describe(self, batch_size: int) -> str | None:
         return (
@@ -362,6 +393,23 @@ def _distributed_loader(loader: DataLoader, info: DistInfo, drop_last: bool) -> 
         persistent_workers=loader.persistent_workers,
     )
     return LoaderBatches(rebuilt)
+
+
+def _interleave(shards: list[torch.Tensor | None], fill: int | None) -> torch.Tensor:
+    """The batch whose rows r, r + W, r + 2W, ... are shard r's (W shards; None: an empty shard), each padded at the
+    end of every dimension to the largest with `fill`."""
+    present = [shard for shard in shards if shard is not None]
+    size = [max(shard.shape[d] for shard in present) for d in range(1, present[0].ndim)]
+    if fill is None and any(list(shard.shape[1:]) != size for shard in present):
+        raise CnnlabError(
+            "the processes' shards of an evaluation batch have different sizes "
+            f"({', '.join(str(tuple(s.shape[1:])) for s in present)}) and the loss has no ignore_index to pad with"
+        )
+    whole = present[0].new_full((sum(len(shard) for shard in present), *size), 0 if fill is None else fill)
+    for rank, shard in enumerate(shards):
+        if shard is not None:
+            whole[(slice(rank, None, len(shards)), *(slice(0, n) for n in shard.shape[1:]))] = shard
+    return whole
 
 
 def all_reduce_metrics(metrics: dict[str, float], weight: float, device: torch.device) -> dict[str, float]:

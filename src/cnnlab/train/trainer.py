@@ -241,7 +241,10 @@ class Trainer:
             epoch_metrics = self._train_epoch(train, epoch)
             metrics.update(self.strategy.reduce_metrics(epoch_metrics, train.num_samples, self.device))
             if val is not None:
-                metrics.update(self.evaluate(val, prefix="val_"))
+                # every process scores the whole validation set from the shards all of them ran
+                ignore = getattr(self.loss_fn, "ignore_index", None)
+                whole = self.strategy.gather_batches(self.inference(val), self.device, ignore)
+                metrics.update(self._scores(whole, "val_")[0])
             self._update_best(metrics)
             for callback in self.callbacks:
                 callback.on_epoch_end(self, epoch, metrics)
@@ -334,20 +337,26 @@ class Trainer:
     def evaluate(self, data: Any, prefix: str = "", model: nn.Module | None = None) -> dict[str, float]:
         """Loss and metrics of `model` (default `eval_model`) on `data`, keys prefixed with `prefix`.
 
-        Under torchrun the results are reduced over the processes (each evaluates its shard of validation data).
+        Under torchrun the results are averaged over the processes, weighted by their samples (`fit` scores its
+        sharded validation data whole instead, from the outputs of every process).
         """
+        results, count = self._scores(self.inference(data, model), prefix)
+        return self.strategy.reduce_metrics(results, count, self.device)
+
+    def _scores(self, batches: Iterator[tuple[Any, torch.Tensor]], prefix: str) -> tuple[dict[str, float], int]:
+        """Loss and metrics over `(outputs, targets)` batches, and their number of samples."""
         for metric in self.metrics.values():
             metric.reset()
         loss_sum, count = 0.0, 0
         with torch.inference_mode():
-            for outputs, targets in self.inference(data, model):
+            for outputs, targets in batches:
                 loss_sum += float(self.loss_fn(outputs, targets)) * len(targets)
                 count += len(targets)
                 for metric in self.metrics.values():
                     metric.update(outputs, targets)
         results = {f"{prefix}loss": loss_sum / max(1, count)}
         results.update({f"{prefix}{name}": metric.compute() for name, metric in self.metrics.items()})
-        return self.strategy.reduce_metrics(results, count, self.device)
+        return results, count
 
     def predict(self, data: Any, model: nn.Module | None = None) -> torch.Tensor:
         """Outputs (float32, on the CPU) of `model` (default `eval_model`) for every sample of `data`, in order.
