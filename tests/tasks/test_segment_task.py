@@ -112,3 +112,30 @@ def test_resume_with_overwrite_is_refused(tmp_path):
     """The canvas task resumed without a word when given both (every other task refuses them)."""
     with pytest.raises(CnnlabError, match="--resume continues a run and --overwrite starts it again"):
         train_segmentation("quick", output=str(tmp_path), name="n", resume=True, overwrite=True, progress=False)
+
+
+def test_encoder_pretraining_runs_under_ddp(tmp_path, monkeypatch):
+    # Under torchrun the pretraining stopped at its second step: DDP waited for the decoder's gradients ("Expected
+    # to have finished reduction in the prior iteration ..."). A one-process gloo job shows it.
+    import socket
+
+    import torch.distributed as dist
+
+    import cnnlab.train.trainer as engine
+    from cnnlab.train.strategy import DDPStrategy, DistInfo
+
+    pool = _digit_pool(256, 0)  # two steps of the pretraining's batch of 128
+    data = DigitSegmentation(train=_canvases(8, 0), val=_canvases(8, 1), test=_canvases(8, 2), train_digits=pool)
+    torch.manual_seed(0)
+    model = create_model("unet", widths=(8, 16, 32))
+    config = TrainConfig(epochs=1, output=str(tmp_path), task="segment", name="ddp", progress=False)
+    monkeypatch.setattr(engine, "select_strategy", lambda device: DDPStrategy(DistInfo(0, 1, 0, "gloo")))
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        record = pretrain_encoder(model, data, config, epochs=1)
+    finally:
+        dist.destroy_process_group()
+    assert record["epoch"] == 1.0

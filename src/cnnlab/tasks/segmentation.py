@@ -34,6 +34,7 @@ from cnnlab.tasks.recipes import (
 )
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.config import environment_record
+from cnnlab.train.optim import default_param_groups
 from cnnlab.train.saved import save_model
 
 __all__ = [
@@ -183,6 +184,10 @@ class EncoderClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.unet.encode(x)[-1].mean((2, 3)))
 
+    def trained(self) -> nn.Module:
+        """The modules the forward pass runs (the encoder and the head): the U-Net's decoder is held, not trained."""
+        return nn.ModuleList([self.unet.encoders, self.head])
+
 
 _PRETRAIN_AUGMENT = RandomAffine(degrees=10.0, scale=0.1, shift=2.0)
 
@@ -225,8 +230,14 @@ def pretrain_encoder(model: nn.Module, data: DigitSegmentation, config: TrainCon
         overwrite=True,
         extra={"pretraining": "U-Net encoder as a digit classifier on the training pool's single digits"},
     )
+    # Only the encoder and the head in the optimizer: the engine then knows the decoder gets no gradient, which
+    # DDP must be told (under torchrun it otherwise stopped at the second step).
     trainer = Trainer(
-        EncoderClassifier(model), sub_config, train_transform=_digits_to_device, eval_transform=_digits_to_device
+        EncoderClassifier(model),
+        sub_config,
+        train_transform=_digits_to_device,
+        eval_transform=_digits_to_device,
+        param_groups=lambda classifier: default_param_groups(classifier.trained(), sub_config.weight_decay),
     )
     digits, labels, _ids = data.train_digits
     trainer.fit(TensorBatches(digits, labels, sub_config.batch_size, drop_last=True))
