@@ -608,3 +608,15 @@ def test_a_class_without_a_training_image_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CnnlabError, match=r"photos: green has no usable training image; a class is learned from"):
         load_images(tiny_config(tmp_path, min_per_class=0), log=lambda message: None)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_process_other_than_rank_zero_writes_nothing_in_the_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    # Under torchrun every process wrote the split, config.yaml, the preview, the model, results.json and report.md
+    # (rank 1's report with its own timings could be the one left) and printed every log line twice.
+    make_photo_folder(tmp_path / "photos")
+    monkeypatch.setenv("RANK", "1")  # what torchrun sets; with no process group, is_main_process() reads it
+    summary = train_transfer(tiny_config(tmp_path, progress=True, train={"epochs": 1}))
+    run_dir = tmp_path / "runs" / "transfer" / "tiny"
+    assert summary == {"run_dir": str(run_dir)}
+    assert [p for p in run_dir.rglob("*") if p.is_file()] == []
+    assert capsys.readouterr().out == ""

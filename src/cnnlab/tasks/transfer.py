@@ -86,7 +86,7 @@ from cnnlab.train.config import environment_record, save_record
 from cnnlab.train.metrics import Accuracy, BalancedAccuracy, ViewAveraged
 from cnnlab.train.records import write_history
 from cnnlab.train.saved import save_model
-from cnnlab.train.strategy import main_process_first
+from cnnlab.train.strategy import is_main_process, main_process_first
 
 if TYPE_CHECKING:
     from cnnlab.train.config import EngineOptions
@@ -702,7 +702,9 @@ def _test(run: _Run, model: nn.Module) -> dict[str, Any]:
 
 def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     """Run the recipe (see the module docstring) and return the results (also in ``results.json``)."""
-    log = log or (lambda message: print(message) if config.progress else None)
+    # Under torchrun every process trains; rank 0 alone logs and writes the run's files, the others read them.
+    main = is_main_process()
+    log = log or (lambda message: print(message) if config.progress and main else None)
     recipe = config.validate()
     weights = config.check_model(recipe)
     started = time.perf_counter()
@@ -710,23 +712,27 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     check_start(run_dir, MANIFEST, config.resume, config.overwrite, dataclasses.asdict(config))
     if weights is not None:  # a download that fails does so before the images are read and the run folder made
         fetch_pretrained(weights)
-    images, split, split_source = load_images(config, log)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    note_current_run(run_dir)
-    write_manifest(run_dir / MANIFEST, images, split)
-    skipped_path = run_dir / SKIPPED
-    if split_source.startswith("reused") and skipped_path.is_file():  # the bad files found when the split was made
-        images.skipped = [SkippedFile(**entry) for entry in json.loads(skipped_path.read_text())]
-    if split_source.startswith("reused"):  # the report says how the split was made, as the uninterrupted run's does
-        split_source = _recorded_split(run_dir) or split_source
-    skipped_path.write_text(json.dumps([dataclasses.asdict(s) for s in images.skipped], indent=1))
+    with main_process_first(str({**recipe.train, **config.train}.get("device", "auto"))):
+        images, split, split_source = load_images(config, log)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        note_current_run(run_dir)
+        if main:
+            write_manifest(run_dir / MANIFEST, images, split)
+        skipped_path = run_dir / SKIPPED
+        if split_source.startswith("reused") and skipped_path.is_file():  # the bad files found by the split's run
+            images.skipped = [SkippedFile(**entry) for entry in json.loads(skipped_path.read_text())]
+        if split_source.startswith("reused"):  # the report says how the split was made, as the first run's does
+            split_source = _recorded_split(run_dir) or split_source
+        if main:
+            skipped_path.write_text(json.dumps([dataclasses.asdict(s) for s in images.skipped], indent=1))
     parts = {part: images.subset(split[part]) for part in SPLITS if split[part]}
     for needed in ("val", "test"):
         if needed not in parts:
             raise CnnlabError(f"the split has no {needed} images (raise --{needed}-fraction)")
     views = parse_views(config.views or recipe.views or str(source_defaults(config.data).get("views", "hflip")))
     record = {"recipe_fields": recipe.to_dict(), "split": split_source}  # beside the options: not compared on resume
-    save_record(dataclasses.asdict(config) | record, run_dir / "config.yaml")
+    if main:
+        save_record(dataclasses.asdict(config) | record, run_dir / "config.yaml")
     counts = {part: parts[part].class_counts() for part in parts}
     log(
         f"{len(images)} images, {len(images.classes)} classes; split ({split_source}): "
@@ -749,9 +755,9 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         model.to(memory_format=torch.channels_last)
     run = _Run(config, recipe, parts, cfg, views, device, log)
     preview_transform = build_train_transform(cfg, scale=(recipe.crop_scale, 1.0), views=views)
-    preview = save_preview_grid(
-        [preview_transform(load_image(p)) for p in parts["train"].paths[:16]], run_dir / "augmented_preview.png", cfg
-    )
+    preview = run_dir / "augmented_preview.png"
+    if main:
+        preview = save_preview_grid([preview_transform(load_image(p)) for p in parts["train"].paths[:16]], preview, cfg)
     model_name = f"{arch}:{'pretrained' if config.pretrained else 'random'}"
     if recipe.method == "cached":
         top = run.unfreeze if run.unfreeze is not None else len(trainable_blocks(model, cfg.input_size))
@@ -761,6 +767,8 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         _train_full(run, model, record)
     for param in model.parameters():
         param.requires_grad_(True)
+    if not main:  # the trained model is rank 0's to test, save and report
+        return {"run_dir": str(run_dir)}
 
     results = _test(run, model)  # the test set, once
     meta = {
