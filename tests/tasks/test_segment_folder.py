@@ -508,3 +508,15 @@ def test_explain_a_segmentation_run_shows_its_largest_shape_class_at_the_decoder
     printed = CliRunner().invoke(app, ["explain", summary["run_dir"], str(image), "-o", str(tmp_path / "cli")])
     assert printed.exit_code == 0, printed.output
     assert "of the pixels" in printed.output and "classes by their share of the pixels" in printed.output
+
+
+def test_a_process_other_than_rank_zero_writes_nothing_in_the_run(tmp_path, monkeypatch):
+    # Under torchrun every process wrote split.csv, skipped.json and the saved model into the same folder at once.
+    root = _folder(tmp_path / "data", count=12)
+    monkeypatch.setenv("RANK", "1")  # what torchrun sets; with no process group, is_main_process() reads it
+    summary = train_segmentation_folder(
+        str(root), output=str(tmp_path / "runs"), name="r1", overrides={"epochs": 1, "batch_size": 4}, progress=False
+    )
+    run_dir = tmp_path / "runs" / "segment" / "r1"
+    assert summary == {"run_dir": str(run_dir)}
+    assert [p for p in run_dir.rglob("*") if p.is_file()] == []

@@ -47,6 +47,7 @@ from cnnlab.tasks.transfer import class_weights
 from cnnlab.train import LoaderBatches, TrainConfig, Trainer
 from cnnlab.train.config import environment_record
 from cnnlab.train.saved import save_model
+from cnnlab.train.strategy import is_main_process, main_process_first
 
 __all__ = ["MODELS", "FolderSegmentRecipe", "train_segmentation_folder"]
 
@@ -117,9 +118,11 @@ def _split(
     test_fraction: float,
     split_seed: int,
     reuse: bool,
+    write: bool = True,
 ) -> dict[str, list[int]]:
     """Folder indices per part: read from `manifest` when the run is resumed (`reuse`), else a seeded split written
-    there (a run started again splits afresh: its old manifest had kept another --data and other fractions)."""
+    there (a run started again splits afresh: its old manifest had kept another --data and other fractions);
+    `write`: False in the processes of a torchrun job other than rank 0, which write no file."""
     by_path = {str(folder.images[i].resolve()): i for i in pairs}
     if reuse and manifest.is_file():
         images, split = read_manifest(manifest)
@@ -136,7 +139,8 @@ def _split(
     parts = stratified_split([0] * len(usable), val_fraction, test_fraction, seed=split_seed)
     paths = [str(folder.images[i].resolve()) for i in usable]
     mask_paths = [str(folder.masks[i].resolve()) for i in usable]
-    write_manifest(manifest, LabelledImages(paths, list(range(len(usable))), mask_paths), parts)
+    if write:
+        write_manifest(manifest, LabelledImages(paths, list(range(len(usable))), mask_paths), parts)
     return {part: [usable[i] for i in indices] for part, indices in parts.items()}
 
 
@@ -239,9 +243,14 @@ def train_segmentation_folder(
     check_start(run_dir, MANIFEST, resume, overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
     note_current_run(run_dir)
-    split = _split(folder, pairs, run_dir / MANIFEST, val_fraction, test_fraction, split_seed, reuse=resume)
-    (run_dir / SKIPPED).write_text(json.dumps([vars(s) for s in folder.skipped], indent=1))
-    for skipped in folder.skipped if progress else ():  # named before training, as `train transfer` names its files
+    # Under torchrun rank 0 splits and writes the manifest first, the other processes then read it (they write no
+    # file of the run: the engine and the end of this function write from rank 0 only).
+    main = is_main_process()
+    with main_process_first(config.device):
+        split = _split(folder, pairs, run_dir / MANIFEST, val_fraction, test_fraction, split_seed, resume, main)
+    if main:
+        (run_dir / SKIPPED).write_text(json.dumps([vars(s) for s in folder.skipped], indent=1))
+    for skipped in folder.skipped if progress and main else ():  # named before training, as `train transfer` does
         print(f"skipped {skipped.path}: {skipped.reason}")
     parts = {part: [pairs[i] for i in indices] for part, indices in split.items()}
 
@@ -281,6 +290,8 @@ def train_segmentation_folder(
     val_loader = DataLoader(SegmentationSamples(parts["val"]), batch_size=eval_batch, collate_fn=pad_collate)
     history = trainer.fit(LoaderBatches(train_loader), LoaderBatches(val_loader) if parts["val"] else None)
     final = trainer.eval_model
+    if not main:  # the trained model is rank 0's to test, save and report
+        return {"run_dir": str(run_dir)}
 
     # The test images are used here, once, after training: never for a choice.
     test = parts["test"]
