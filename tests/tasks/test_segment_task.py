@@ -139,3 +139,11 @@ def test_encoder_pretraining_runs_under_ddp(tmp_path, monkeypatch):
     finally:
         dist.destroy_process_group()
     assert record["epoch"] == 1.0
+
+
+def test_a_process_other_than_rank_zero_writes_nothing_in_the_run(tmp_path, monkeypatch):
+    # Under torchrun every process wrote test_overlays.png and the saved model into the same folder at once.
+    data = DigitSegmentation(train=_canvases(32, 0), val=_canvases(16, 1), test=_canvases(16, 2))
+    monkeypatch.setenv("RANK", "1")  # what torchrun sets; with no process group, is_main_process() reads it
+    _train_tiny(tmp_path, "r1", data, pretrain_epochs=0)
+    assert [p for p in (tmp_path / "segment" / "r1").rglob("*") if p.is_file()] == []

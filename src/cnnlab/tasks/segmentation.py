@@ -357,21 +357,22 @@ def train_segmentation(
     test_report, predictions = evaluate_segmentation(
         final, data.test.images, data.test.masks, batch_size=2 * config.batch_size, trainer=trainer
     )
-    save_overlays(data.test.images, data.test.masks, predictions, run_dir / "test_overlays.png", CLASS_NAMES)
-    save_model(
-        final,
-        run_dir,
-        chosen.arch,
-        kwargs,
-        meta={
-            "task": TASK,
-            "recipe": chosen.name,
-            "seed": seed,
-            "input": "float images in [0, 1], shape [N, 1, H, W], any H and W",
-            "output": "logits [N, 11, H, W]: 0 = background, 1..10 = digit + 1",
-            "val_miou": history[-1].get("val_miou"),
-        },
-    )
+    if trainer.is_main_process:  # under torchrun every rank tests, rank 0 writes
+        save_overlays(data.test.images, data.test.masks, predictions, run_dir / "test_overlays.png", CLASS_NAMES)
+        save_model(
+            final,
+            run_dir,
+            chosen.arch,
+            kwargs,
+            meta={
+                "task": TASK,
+                "recipe": chosen.name,
+                "seed": seed,
+                "input": "float images in [0, 1], shape [N, 1, H, W], any H and W",
+                "output": "logits [N, 11, H, W]: 0 = background, 1..10 = digit + 1",
+                "val_miou": history[-1].get("val_miou"),
+            },
+        )
     summary = {
         "recipe": chosen.name,
         "arch": chosen.arch,
