@@ -520,3 +520,22 @@ def test_a_process_other_than_rank_zero_writes_nothing_in_the_run(tmp_path, monk
     run_dir = tmp_path / "runs" / "segment" / "r1"
     assert summary == {"run_dir": str(run_dir)}
     assert [p for p in run_dir.rglob("*") if p.is_file()] == []
+
+
+def test_a_run_interrupted_in_its_first_epoch_resumes(tmp_path, monkeypatch):
+    # Ctrl+C said "continue with the same command and --resume", which then failed: "--resume: no checkpoint at
+    # .../checkpoint.pt; start the run without --resume" (the split had been written, no epoch had finished).
+    import cnnlab.train.trainer as engine
+
+    root = _folder(tmp_path / "data", count=12)
+    options = dict(output=str(tmp_path / "runs"), name="i", overrides={"epochs": 1, "batch_size": 4}, progress=False)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine.Trainer, "train_step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train_segmentation_folder(str(root), **options)
+    summary = train_segmentation_folder(str(root), resume=True, **options)
+    assert summary["epochs"] == 1

@@ -147,3 +147,22 @@ def test_a_process_other_than_rank_zero_writes_nothing_in_the_run(tmp_path, monk
     monkeypatch.setenv("RANK", "1")  # what torchrun sets; with no process group, is_main_process() reads it
     _train_tiny(tmp_path, "r1", data, pretrain_epochs=0)
     assert [p for p in (tmp_path / "segment" / "r1").rglob("*") if p.is_file()] == []
+
+
+def test_a_run_interrupted_in_its_first_epoch_resumes(tmp_path, monkeypatch):
+    # Ctrl+C said "continue with the same command and --resume", which then failed: "--resume: no checkpoint at
+    # .../checkpoint.pt; start the run without --resume" (no epoch had finished).
+    import cnnlab.train.trainer as engine
+
+    data = DigitSegmentation(train=_canvases(32, 0), val=_canvases(16, 1), test=_canvases(16, 2))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine.Trainer, "train_step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _train_tiny(tmp_path, "i", data, pretrain_epochs=0)
+    assert _train_tiny(tmp_path, "i", data, pretrain_epochs=0, resume=True)["epochs"] == 1
+    with pytest.raises(CnnlabError, match="--resume: no run at"):
+        _train_tiny(tmp_path, "never-started", data, pretrain_epochs=0, resume=True)

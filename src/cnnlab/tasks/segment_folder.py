@@ -45,6 +45,7 @@ from cnnlab.tasks.recipes import Recipe, RecipeBook, check_start, note_current_r
 from cnnlab.tasks.segmentation import TASK
 from cnnlab.tasks.transfer import class_weights
 from cnnlab.train import LoaderBatches, TrainConfig, Trainer
+from cnnlab.train.checkpoint import CHECKPOINT_NAME
 from cnnlab.train.config import environment_record
 from cnnlab.train.saved import save_model
 from cnnlab.train.strategy import is_main_process, main_process_first
@@ -212,13 +213,16 @@ def train_segmentation_folder(
     class_names = folder.class_names or [f"class {i}" for i in range(max(largest + 1, 2))]
     if background is not None and not 0 <= background < len(class_names):
         raise CnnlabError(f"--background {background} is not a class index (0..{len(class_names) - 1})")
+    name = name or run_name(recipe.name)
+    checkpoint = Path(output) / TASK / name / CHECKPOINT_NAME
     config = TrainConfig(
         **with_overrides(recipe.train, overrides),
         seed=seed,
         task=TASK,
-        name=name or run_name(recipe.name),
+        name=name,
         output=output,
-        resume=resume,
+        # interrupted before its first epoch ended, a run keeps only its split: it is resumed from the start
+        resume=resume and checkpoint.is_file(),
         overwrite=overwrite,
         progress=progress,
         extra={

@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from cnnlab.tasks.recipes import (
     with_overrides,
 )
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
+from cnnlab.train.checkpoint import CHECKPOINT_NAME
 from cnnlab.train.config import environment_record
 from cnnlab.train.optim import default_param_groups
 from cnnlab.train.saved import save_model
@@ -303,13 +305,18 @@ def train_segmentation(
         sizes = (train_canvases, sizes[1], sizes[2])
     if data is None:
         data = make_digit_segmentation(data_dir, sizes=sizes, canvas_size=chosen.canvas_size, seed=0)
+    name = name or run_name(recipe)
+    checkpoint = Path(output) / TASK / name / CHECKPOINT_NAME
+    if resume and not checkpoint.parent.is_dir():
+        raise CnnlabError(f"--resume: no run at {checkpoint.parent}; start the run without --resume")
+    resumed = resume and checkpoint.is_file()  # interrupted before its first epoch ended, a run starts again
     config = TrainConfig(
         **with_overrides(chosen.train, overrides),
         seed=seed,
         task=TASK,
-        name=name or run_name(recipe),
+        name=name,
         output=output,
-        resume=resume,
+        resume=resumed,
         overwrite=overwrite,
         progress=progress,
         extra={
@@ -343,7 +350,7 @@ def train_segmentation(
     if pretrain:
         if trainer.is_main_process:
             trainer.prepare_run_dir()  # a --resume/--overwrite clash fails before the pretraining, not after
-        if not resume:  # a resumed run's checkpoint already holds the pretrained encoder
+        if not resumed:  # a resumed run's checkpoint already holds the pretrained encoder
             pretrain_encoder(model, data, config, pretrain)
     started = time.perf_counter()
     history = trainer.fit(
