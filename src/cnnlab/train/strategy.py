@@ -340,15 +340,15 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     The wrapped sampler draws the global batches from the loader's own generator, which `LoaderBatches` seeds from
     `(seed, epoch)`, so each step takes the samples of the same step of a single-process run (a DistributedSampler
-    shuffles with a generator of its own, and pads the last shard with repeated samples). A last batch with fewer
-    samples than ranks is dropped in training (`drop_last`: every rank must take every step); in evaluation a rank
-    with nothing of it skips it.
+    shuffles with a generator of its own, and pads the last shard with repeated samples). In training (`drop_last`)
+    a last batch that does not split evenly over the ranks is dropped: every rank must take every step with as many
+    micro-batches as the others, whose gradients DDP all-reduces; in evaluation a rank with nothing of it skips it.
 
     Args:
         batch_sampler: the loader's `BatchSampler` (the global batches).
         rank: this process's rank.
         world_size: processes in the job.
-        drop_last: drop a last batch too small to give every rank a sample.
+        drop_last: drop a last batch that does not split evenly over the ranks (training).
     """
 
     def __init__(self, batch_sampler: BatchSampler, rank: int, world_size: int, drop_last: bool) -> None:
@@ -360,7 +360,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.batch_sampler:
             shard = list(batch)[self.rank :: self.world_size]
-            if shard and not (self.drop_last and len(batch) < self.world_size):
+            if shard and not (self.drop_last and len(batch) % self.world_size):
                 yield shard
 
     def __len__(self) -> int:
@@ -368,7 +368,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
         tail = len(self.batch_sampler.sampler) % self.batch_sampler.batch_size  # type: ignore[arg-type]
         if self.batch_sampler.drop_last or tail == 0:
             return batches
-        skipped = tail < self.world_size if self.drop_last else tail <= self.rank
+        skipped = tail % self.world_size != 0 if self.drop_last else tail <= self.rank
         return batches - int(skipped)
 
 
