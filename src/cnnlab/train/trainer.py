@@ -543,9 +543,12 @@ class Trainer:
         weighs its share of that sum: then the gradient is the whole batch's, whatever the micro-batches hold.
         """
         world = self.strategy.world_size if synchronized else 1
+        by_samples = [len(micro_targets) / total for micro_targets in targets]
+        if len(targets) == 1 and world == 1:  # the whole batch in one piece: its own mean, nothing to weigh
+            return by_samples
         denominators = [loss_denominator(self.loss_fn, micro_targets) for micro_targets in targets]
-        if (len(targets) == 1 and world == 1) or any(d is None for d in denominators):
-            return [len(micro_targets) / total for micro_targets in targets]
+        if any(d is None for d in denominators):
+            return by_samples
         batch = torch.stack(denominators).sum()  # type: ignore[arg-type]
         if world > 1:
             batch = self.strategy.sum_over_processes(batch)
