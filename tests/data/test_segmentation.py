@@ -308,3 +308,18 @@ def test_two_images_of_one_stem_are_left_out_since_their_mask_fits_only_one(tmp_
     assert others == {"a.jpg": "a.png", "a.png": "a.jpg"}
     with pytest.raises(CnnlabError, match=r"a.jpg: a.png in .* has the same stem, so .*a.png may be the mask of"):
         SegmentationFolder(tmp_path)
+
+
+def test_a_copy_of_an_image_stands_in_when_the_first_pair_cannot_be_read(tmp_path):
+    """A byte-identical copy was set aside as "a copy of X; the first is kept", then X was skipped for its mask:
+    both were lost, although the copy had a mask that read."""
+    canvases = make_canvases(*_pool(), 3, size=32, seed=0)
+    save_segmentation_folder(canvases.images, canvases.masks, tmp_path)
+    (tmp_path / "images" / "00003.png").write_bytes((tmp_path / "images" / "00001.png").read_bytes())
+    (tmp_path / "masks" / "00003.png").write_bytes((tmp_path / "masks" / "00001.png").read_bytes())
+    Image.new("L", (20, 20)).save(tmp_path / "masks" / "00001.png")  # another size than its image
+    folder = SegmentationFolder(tmp_path, skip_bad=True)
+    pairs = folder.read_all()
+    assert sorted(pairs) == [0, 1, 2] and folder.images[1].name == "00003.png"
+    assert torch.equal(pairs[1][1], canvases.masks[1])
+    assert [(Path(s.path).name, "20x20" in s.reason) for s in folder.skipped] == [("00001.png", True)]

@@ -340,6 +340,9 @@ class SegmentationFolder(Dataset):
             raise CnnlabError(f"{image_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         self.images: list[Path] = []
         self.masks: list[Path] = []
+        # a kept image -> its byte-identical copies set aside, with their masks: one stands in if the first's pair
+        # cannot be read (both were lost: the copy as a copy, the first for its mask)
+        self._copies: dict[Path, list[tuple[Path, Path, SkippedFile]]] = {}
         first: dict[bytes, Path] = {}  # image digest -> its first file: a copy on both sides of the split would leak
         # a.PNG is the mask of a.* too (capitals from a camera or Windows: only a case-insensitive file system found
         # it); sorted, a.png comes after a.PNG and is the one kept when both are there
@@ -355,6 +358,7 @@ class SegmentationFolder(Dataset):
                 self.skipped.append(SkippedFile(str(image), "", why))
             elif mask.is_file() and skip_bad and (seen := first.setdefault(file_digest(image), image)) != image:
                 self.skipped.append(SkippedFile(str(image), "", f"a byte-identical copy of {seen}; the first is kept"))
+                self._copies.setdefault(seen, []).append((image, mask, self.skipped[-1]))
             elif mask.is_file():
                 self.images.append(image)
                 self.masks.append(mask)
@@ -488,9 +492,26 @@ class SegmentationFolder(Dataset):
                 pairs[index] = self.read(index)
             except CnnlabError as error:
                 self.skipped.append(SkippedFile(str(self.images[index]), "", str(error)))
+                if (copy := self._read_copy(index)) is not None:
+                    pairs[index] = copy
         if pairs:
             self._check_two_classes([mask for _, mask in pairs.values()])
         return pairs
+
+    def _read_copy(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The pair of the first byte-identical copy of image `index` that reads, which then takes its place (and
+        leaves `skipped`); None when no copy does."""
+        image, mask = self.images[index], self.masks[index]
+        for copy, copy_mask, entry in self._copies.get(image, []):
+            self.images[index], self.masks[index] = copy, copy_mask
+            try:
+                pair = self.read(index)
+            except CnnlabError:
+                continue
+            self.skipped.remove(entry)
+            return pair
+        self.images[index], self.masks[index] = image, mask
+        return None
 
     def _check_two_classes(self, masks: list[torch.Tensor]) -> None:
         """Refuse masks that hold fewer than two classes, naming the likely cause: binary masks saved as 0/255, whose
