@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab.data.folder import check_image, image_files, load_image, scan_csv, scan_folder
+from cnnlab.data.folder import check_image, describe_skipped, image_files, load_image, scan_csv, scan_folder
 from cnnlab.errors import CnnlabError
 
 
@@ -268,3 +268,20 @@ def test_photos_in_formats_cnnlab_does_not_read_are_named_not_left_out_unsaid(tm
     (message,) = [str(w.message) for w in caught]
     assert message.startswith(f"{tmp_path}: 2 .heic, 1 .nef file(s) left out: cnnlab reads .jpg, ")
     assert message.endswith("convert them to JPEG or PNG to use them")
+
+
+def test_a_copy_of_an_image_filed_under_two_labels_does_not_say_the_first_is_kept(tmp_path: Path) -> None:
+    """cat/0.png, its copy cat/zz.png and a copy dog/zz.png: cat/zz.png's reason said "the first is kept", but
+    cat/0.png was then left out as filed under two labels."""
+    import shutil
+
+    root = _make_folder(tmp_path / "photos", per_class=4)
+    shutil.copy(root / "cat" / "0.png", root / "cat" / "zz.png")
+    shutil.copy(root / "cat" / "0.png", root / "dog" / "zz.png")
+    images = scan_folder(root, min_per_class=3)
+    reasons = {str(Path(s.path).relative_to(root)): s.reason for s in images.skipped}
+    assert sorted(reasons) == ["cat/0.png", "cat/zz.png", "dog/zz.png"]
+    assert reasons["cat/zz.png"] == (
+        f"the same image as {root / 'cat' / '0.png'}, which is filed under two labels; every copy is left out"
+    )
+    assert describe_skipped(list(reasons.values())) == "3 files skipped: 3 filed under two labels"

@@ -232,6 +232,7 @@ def _collect(candidates: Sequence[tuple[str, str]], classes: Sequence[str], sour
     kept: dict[str, str] = {}  # path -> label, in order
     skipped = []
     first: dict[bytes, tuple[str, str]] = {}  # content digest -> (path, label) of its first occurrence
+    copies: list[tuple[int, str]] = []  # (position in skipped, the first file) of each copy under the same label
     for path, label in candidates:
         data, reason = _read_checked(path) if check else (b"", None)
         if reason is None and check:
@@ -240,6 +241,7 @@ def _collect(candidates: Sequence[tuple[str, str]], classes: Sequence[str], sour
                 seen, seen_label = first[digest]
                 if seen_label == label:
                     reason = f"{COPY_REASON} {seen}; the first is kept"
+                    copies.append((len(skipped), seen))
                 else:
                     reason = f"{CONFLICT_REASON} {seen}, labelled {seen_label!r} there; both are left out"
                     if kept.pop(seen, None) is not None:
@@ -251,6 +253,11 @@ def _collect(candidates: Sequence[tuple[str, str]], classes: Sequence[str], sour
             skipped.append(SkippedFile(path, label, reason))
             continue
         kept[path] = label
+    for position, seen in copies:  # "the first is kept" was said of a first later left out under two labels
+        if seen not in kept:
+            copy = skipped[position]
+            why = f"{CONFLICT_REASON} {seen}, which is filed under two labels; every copy is left out"
+            skipped[position] = SkippedFile(copy.path, copy.label, why)
     return LabelledImages(list(kept), [index[label] for label in kept.values()], list(classes), skipped, source)
 
 
