@@ -71,3 +71,25 @@ def test_an_interrupted_answer_sheet_is_continued_by_the_same_command(
     assert line == (
         f"interrupted: {tmp_path / 'answers'} keeps what it finished; the same command again reads it back and goes on"
     )
+
+
+def test_under_torchrun_only_rank_zero_says_how_to_continue(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl+C reaches every process of a torchrun job, and each printed the same "interrupted: ..." line."""
+    import cnnlab.tasks.mnist
+    from cnnlab.cli import main
+    from cnnlab.tasks import recipes
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
+    monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", interrupted)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(sys, "argv", ["cnnlab", "train", "mnist"])
+    with pytest.raises(SystemExit) as exit_code:
+        main()
+    assert exit_code.value.code == 130 and "interrupted" not in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "0")
+    assert _interrupt(monkeypatch, capsys, ["train", "mnist"]) == "interrupted"

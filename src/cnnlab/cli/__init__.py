@@ -9,6 +9,7 @@ code 1.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -102,8 +103,8 @@ def main() -> None:
     except SystemExit as done:
         if not done.code:  # click ends a successful command with SystemExit(0)
             _leave_distributed_job()
-        if _interrupted(done):  # typer turns Ctrl+C into a silent exit with code 130
-            print(_interrupted_line(), file=sys.stderr)
+        if _interrupted(done) and (line := _interrupted_line()):  # typer turns Ctrl+C into an exit with code 130
+            print(line, file=sys.stderr)
         raise
     except CnnlabError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -112,7 +113,8 @@ def main() -> None:
         print(f"error: {_describe(error)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print(_interrupted_line(), file=sys.stderr)
+        if line := _interrupted_line():
+            print(line, file=sys.stderr)
         sys.exit(130)
 
 
@@ -140,7 +142,10 @@ def _interrupted(done: SystemExit) -> bool:
 
 
 def _interrupted_line() -> str:
-    """The line an interruption prints: how to continue the run it stopped, if a task had started one."""
+    """The line an interruption prints: how to continue the run it stopped, if a task had started one ("" in the
+    processes of a torchrun job other than rank 0: Ctrl+C reaches them all, and each printed the same line)."""
+    if os.environ.get("RANK", "0") != "0":
+        return ""
     recipes = sys.modules.get("cnnlab.tasks.recipes")  # not imported (nor torch) when nothing had started
     hint = recipes.interrupted_hint() if recipes is not None else None
     return f"interrupted: {hint}" if hint else "interrupted"
