@@ -361,3 +361,23 @@ def test_validation_metrics_of_a_distributed_run_are_those_of_the_whole_validati
     two, one = (json.loads((tmp_path / f"val{world}.json").read_text()) for world in (2, 1))
     for key in ("val_loss", "val_views", "val_balanced"):
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
+
+
+def test_a_training_set_whose_only_batch_does_not_split_over_the_processes_is_named_so(tmp_path: Path) -> None:
+    # 19 samples in a DataLoader of batch 32: one process trains on one batch of 19, two processes drop it (it does
+    # not split evenly), and the error said "19 samples, fewer than one batch of 32" although 20 samples train.
+    import torch.distributed as dist
+
+    from cnnlab.errors import CnnlabError
+    from cnnlab.train import TrainConfig, Trainer
+
+    dataset = torch.utils.data.TensorDataset(torch.randn(19, 4), torch.randint(0, 3, (19,)))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=True, generator=torch.Generator())
+    config = TrainConfig(epochs=1, batch_size=32, output=str(tmp_path), name="odd", progress=False)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:  # rank 0's view of a 2-process job (the group is one process: nothing is exchanged before the error)
+        trainer = Trainer(nn.Linear(4, 3), config, strategy=DDPStrategy(DistInfo(0, 2, 0, "gloo")))
+        with pytest.raises(CnnlabError, match="splits evenly over 2 processes .*at most 18"):
+            trainer.fit(LoaderBatches(loader))
+    finally:
+        dist.destroy_process_group()

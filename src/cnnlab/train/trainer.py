@@ -212,18 +212,15 @@ class Trainer:
         train_samples = train.num_samples  # of all processes, as the global batch is
         train = self.strategy.shard(train, config.seed, drop_last=True)
         val = None if val_data is None else self.strategy.shard(self._eval_source(val_data), config.seed, False)
+        steps_per_epoch = len(train)
+        if steps_per_epoch == 0:
+            raise _no_training_step(train_samples, config.batch_size, self.strategy.world_size)
         wrapped = self.strategy.wrap_model(self.model, self.device, self._untrained_parameters())
         if wrapped is not self.model:  # DDP: the forward pass of training runs through the wrapper
             self.forward_model = self._compiled(wrapped)
         description = self.strategy.describe(config.batch_size)
         if description:
             self.log(description)
-        steps_per_epoch = len(train)
-        if steps_per_epoch == 0:
-            raise CnnlabError(
-                f"training data has {train_samples} samples, fewer than one batch of {config.batch_size}; "
-                "lower --batch-size"
-            )
         self.optimizer, self.scheduler, self.ema = self._new_optimization(steps_per_epoch)
         self.prepare_run_dir()
         if config.resume:
@@ -669,6 +666,24 @@ def loss_denominator(loss_fn: Any, targets: torch.Tensor) -> torch.Tensor | None
         return labelled.sum().float()
     weight = loss_fn.weight.to(targets.device)
     return (weight[torch.where(labelled, targets, 0)] * labelled).sum().float()
+
+
+def _no_training_step(samples: int, batch_size: int, world_size: int) -> CnnlabError:
+    """The error for training data that makes no optimizer step per epoch.
+
+    Under torchrun a batch smaller than `batch_size` is taken only when it splits evenly over the processes, so 19
+    samples give no step with 2 processes where 20 give one (and one process trains on the 19).
+    """
+    if world_size == 1:
+        return CnnlabError(
+            f"training data has {samples} samples, fewer than one batch of {batch_size}; lower --batch-size"
+        )
+    largest = samples - samples % world_size
+    remedy = f"lower --batch-size to at most {largest}" if largest else f"run fewer than {world_size} processes"
+    return CnnlabError(
+        f"training data has {samples} samples, fewer than one batch of {batch_size} that splits evenly over "
+        f"{world_size} processes (each process takes its share of every step); {remedy}"
+    )
 
 
 def _epoch_line(metrics: dict[str, float], epochs: int) -> str:
