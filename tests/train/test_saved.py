@@ -188,3 +188,17 @@ def test_the_recorded_command_is_one_a_shell_runs_again(monkeypatch: pytest.Monk
     assert environment_record()["command"] == "cnnlab budget 'conv 8 k3' --input 1x28x28"
     monkeypatch.setattr("sys.argv", ["/usr/local/bin/cnnlab", "zoo"])
     assert environment_record()["command"] == "cnnlab zoo"
+
+
+def test_the_recorded_command_of_a_torchrun_process_names_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2-process run's config.yaml and report.md said `cnnlab train transfer ...`, a single-process command."""
+    from cnnlab.train.config import environment_record
+
+    main = str(Path(cnnlab.__file__).with_name("__main__.py"))
+    monkeypatch.setattr("sys.argv", [main, "train", "mnist", "--name", "ddp2"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert environment_record()["command"] == "torchrun --nproc_per_node 2 -m cnnlab train mnist --name ddp2"
+    monkeypatch.setenv("WORLD_SIZE", "8")  # two nodes of four
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert environment_record()["command"].startswith("torchrun --nnodes 2 --nproc_per_node 4 -m cnnlab train")

@@ -178,10 +178,18 @@ class TrainConfig:
 
 def command_line() -> str:
     """The command this process runs, as it would be typed again: ``python -m cnnlab ...`` is ``cnnlab ...`` (its
-    argv[0] is cnnlab/__main__.py, which the records printed as ``__main__.py``, a command no shell runs)."""
+    argv[0] is cnnlab/__main__.py, which the records printed as ``__main__.py``, a command no shell runs), and under
+    torchrun ``torchrun --nproc_per_node N -m cnnlab ...`` (``cnnlab ...`` would run one process, with other
+    BatchNorm statistics and timings)."""
     program = Path(sys.argv[0])
-    name = "cnnlab" if program.name == "__main__.py" and program.parent.name == "cnnlab" else program.name
-    return shlex.join([name, *sys.argv[1:]])
+    module = program.name == "__main__.py" and program.parent.name == "cnnlab"
+    words = ["cnnlab" if module else program.name, *sys.argv[1:]]
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if module and world_size > 1:
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+        nodes = ["--nnodes", str(world_size // per_node)] if world_size > per_node else []
+        words = ["torchrun", *nodes, "--nproc_per_node", str(per_node), "-m", *words]
+    return shlex.join(words)
 
 
 def environment_record() -> dict[str, Any]:
