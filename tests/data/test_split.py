@@ -96,3 +96,25 @@ def test_split_folder_is_accepted(tmp_path: Path) -> None:
     assert leak.label == "x" and leak.reason.startswith(
         f"a byte-identical copy of {tmp_path / 'train' / 'x' / '0.png'}"
     )
+
+
+def test_a_file_named_twice_in_a_manifest_is_not_called_a_copy_of_itself(tmp_path: Path) -> None:
+    # A test row naming a training image was skipped as "a byte-identical copy of photos/a.png" (its own path); a
+    # file named under two labels was listed twice, each time as a copy of itself.
+    from cnnlab.data.folder import describe_skipped
+    from cnnlab.data.split import check_split_images
+
+    paths = []
+    for i in range(4):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(paths[-1])
+    images = LabelledImages([*paths, paths[0], paths[1]], [0, 1, 0, 1, 0, 0], ["x", "y"], source="manifest.csv")
+    checked, split = check_split_images(images, {"train": [0, 1], "val": [], "test": [2, 3, 4, 5]})
+    reasons = {(entry.path, entry.label): entry.reason for entry in checked.skipped}
+    assert reasons == {
+        (paths[0], "x"): "named twice; the first is kept",
+        (paths[1], "x"): "named twice, labelled 'y' and 'x'; left out",
+    }
+    assert [checked.paths[i] for i in split["train"]] == [paths[0]]
+    assert sorted(checked.paths[i] for i in split["test"]) == [paths[2], paths[3]]
+    assert describe_skipped([entry.reason for entry in checked.skipped]) == "2 files skipped: 2 named twice"

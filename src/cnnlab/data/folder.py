@@ -68,6 +68,7 @@ class SkippedFile:
 
 
 COPY_REASON = "a byte-identical copy of"  # how a skipped copy's reason starts (`describe_skipped` counts them apart)
+NAMED_TWICE_REASON = "named twice"  # a file a manifest lists twice (counted apart as well)
 MISSING_REASON = "no such file"  # a path that names no file (a CSV's row), counted apart from damaged files
 CONFLICT_REASON = "the same image as"  # how the reason of an image filed under two labels starts
 
@@ -80,9 +81,11 @@ def describe_skipped(reasons: Sequence[str]) -> str:
     copies = sum(reason.startswith(COPY_REASON) for reason in reasons)
     missing = sum(reason == MISSING_REASON for reason in reasons)
     conflicts = sum(reason.startswith(CONFLICT_REASON) for reason in reasons)
-    unreadable = len(reasons) - copies - missing - conflicts
+    repeats = sum(reason.startswith(NAMED_TWICE_REASON) for reason in reasons)
+    unreadable = len(reasons) - copies - missing - conflicts - repeats
     kinds = [f"{unreadable} unreadable"] if unreadable else []
     kinds += [f"{missing} missing"] if missing else []
+    kinds += [f"{repeats} named twice"] if repeats else []
     kinds += [f"{conflicts} filed under two labels"] if conflicts else []
     kinds += (
         [f"{copies} byte-identical cop{'y of a kept image' if copies == 1 else 'ies of kept images'}"] if copies else []
@@ -239,7 +242,12 @@ def _collect(candidates: Sequence[tuple[str, str]], classes: Sequence[str], sour
             digest = _digest(data)  # the bytes just decoded: each file is read once
             if digest in first:
                 seen, seen_label = first[digest]
-                if seen_label == label:
+                if seen == path:  # one file named twice (a manifest's rows), not a copy of another file
+                    reason = f"{NAMED_TWICE_REASON}; the first is kept"
+                    if seen_label != label:  # trained under either label, it would be wrong under the other
+                        kept.pop(seen, None)
+                        reason = f"{NAMED_TWICE_REASON}, labelled {seen_label!r} and {label!r}; left out"
+                elif seen_label == label:
                     reason = f"{COPY_REASON} {seen}; the first is kept"
                     copies.append((len(skipped), seen))
                 else:
