@@ -28,6 +28,7 @@ from cnnlab.tasks.recipes import (
     Recipe,
     RecipeBook,
     check_resume_or_overwrite,
+    engine_resumes,
     note_current_run,
     run_name,
     with_overrides,
@@ -192,7 +193,7 @@ def train_mnist(
             name=member_name,
             output=output,
             # Members not started before the interruption start fresh; the others continue from their checkpoint.
-            resume=reuse_finished and (Path(output) / TASK / member_name / "checkpoint.pt").is_file(),
+            resume=engine_resumes(Path(output) / TASK / member_name, reuse_finished),
             overwrite=overwrite,
             progress=progress,
             # val_size: what `combine_mnist_ensemble` validates on, and what a resumed member must hold out again

@@ -168,6 +168,15 @@ def check_start(
         )
 
 
+def engine_resumes(run_dir: Path, resume: bool) -> bool:
+    """Whether the engine continues the run in `run_dir` from its checkpoint: `resume` was asked, and a checkpoint is
+    there. A run interrupted before its first epoch ended has none, and trains again from the start (a resume of it
+    failed with "no checkpoint", where the Ctrl+C line had said to pass --resume)."""
+    from cnnlab.train.checkpoint import CHECKPOINT_NAME
+
+    return resume and (run_dir / CHECKPOINT_NAME).is_file()
+
+
 def check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
     """Refuse ``--resume`` with ``--overwrite``: they ask for opposite things, and the resume went ahead unsaid."""
     if resume and overwrite:

@@ -41,11 +41,18 @@ from cnnlab.data.split import check_split_seed, read_manifest, stratified_split,
 from cnnlab.errors import CnnlabError
 from cnnlab.report.metrics import confusion_matrix
 from cnnlab.report.segmentation import BoundaryF1, MeanIoU, PixelAccuracy, save_overlays, segmentation_report
-from cnnlab.tasks.recipes import Recipe, RecipeBook, check_start, note_current_run, run_name, with_overrides
+from cnnlab.tasks.recipes import (
+    Recipe,
+    RecipeBook,
+    check_start,
+    engine_resumes,
+    note_current_run,
+    run_name,
+    with_overrides,
+)
 from cnnlab.tasks.segmentation import TASK
 from cnnlab.tasks.transfer import class_weights
 from cnnlab.train import LoaderBatches, TrainConfig, Trainer
-from cnnlab.train.checkpoint import CHECKPOINT_NAME
 from cnnlab.train.config import environment_record
 from cnnlab.train.saved import save_model
 from cnnlab.train.strategy import is_main_process, main_process_first
@@ -214,15 +221,13 @@ def train_segmentation_folder(
     if background is not None and not 0 <= background < len(class_names):
         raise CnnlabError(f"--background {background} is not a class index (0..{len(class_names) - 1})")
     name = name or run_name(recipe.name)
-    checkpoint = Path(output) / TASK / name / CHECKPOINT_NAME
     config = TrainConfig(
         **with_overrides(recipe.train, overrides),
         seed=seed,
         task=TASK,
         name=name,
         output=output,
-        # interrupted before its first epoch ended, a run keeps only its split: it is resumed from the start
-        resume=resume and checkpoint.is_file(),
+        resume=engine_resumes(Path(output) / TASK / name, resume),  # a run stopped in its first epoch starts again
         overwrite=overwrite,
         progress=progress,
         extra={

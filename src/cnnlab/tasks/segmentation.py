@@ -29,12 +29,12 @@ from cnnlab.tasks.recipes import (
     Recipe,
     RecipeBook,
     check_resume_or_overwrite,
+    engine_resumes,
     note_current_run,
     run_name,
     with_overrides,
 )
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
-from cnnlab.train.checkpoint import CHECKPOINT_NAME
 from cnnlab.train.config import environment_record
 from cnnlab.train.optim import default_param_groups
 from cnnlab.train.saved import save_model
@@ -306,10 +306,10 @@ def train_segmentation(
     if data is None:
         data = make_digit_segmentation(data_dir, sizes=sizes, canvas_size=chosen.canvas_size, seed=0)
     name = name or run_name(recipe)
-    checkpoint = Path(output) / TASK / name / CHECKPOINT_NAME
-    if resume and not checkpoint.parent.is_dir():
-        raise CnnlabError(f"--resume: no run at {checkpoint.parent}; start the run without --resume")
-    resumed = resume and checkpoint.is_file()  # interrupted before its first epoch ended, a run starts again
+    run_dir = Path(output) / TASK / name
+    if resume and not run_dir.is_dir():
+        raise CnnlabError(f"--resume: no run at {run_dir}; start the run without --resume")
+    resumed = engine_resumes(run_dir, resume)
     config = TrainConfig(
         **with_overrides(chosen.train, overrides),
         seed=seed,
@@ -359,7 +359,6 @@ def train_segmentation(
     )
     wall_seconds = time.perf_counter() - started
     final = trainer.eval_model
-    run_dir = config.run_dir
     # The test canvases are used here, once, after training: never for a choice.
     test_report, predictions = evaluate_segmentation(
         final, data.test.images, data.test.masks, batch_size=2 * config.batch_size, trainer=trainer
