@@ -84,6 +84,11 @@ def _leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if name and not any(True for _ in m.children())]
 
 
+def _is_map(output: Any) -> bool:
+    """A module's output that counts as spatial maps: 4-D, with H and W above 1."""
+    return isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[-2:]) > 1
+
+
 def spatial_layers(model: nn.Module, image: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
     """Leaf modules whose output is a 4-D map with H, W > 1, in the order they run, with the output shapes.
 
@@ -96,7 +101,7 @@ def spatial_layers(model: nn.Module, image: torch.Tensor) -> list[tuple[str, tup
 
     def hook_for(name: str) -> Any:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[-2:]) > 1:
+            if _is_map(output):
                 if name in names:  # a module called twice (a shared ReLU): keep its last call
                     seen[:] = [entry for entry in seen if entry[0] != name]
                 names.add(name)
@@ -164,7 +169,7 @@ def _refuse_unused(model: nn.Module, image: torch.Tensor, name: str) -> None:
 
     def hook_for(layer: str) -> Any:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[-2:]) > 1:
+            if _is_map(output):
                 outputs.pop(layer, None)  # a module called twice: its last call, in running order
                 outputs[layer] = output
 
