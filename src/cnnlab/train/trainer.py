@@ -43,6 +43,7 @@ from cnnlab.train.oom import OomEvent, distributed_oom_error, free_memory, halve
 from cnnlab.train.optim import (
     OptimizerFactory,
     ParamGroupBuilder,
+    ParamGroups,
     build_optimizer,
     build_scheduler,
     default_param_groups,
@@ -557,17 +558,19 @@ class Trainer:
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, ModelEma | None]:
         """A fresh optimizer over the param groups, its schedule and the EMA (None when off)."""
         config = self.config
-        groups = (self.param_groups or (lambda m: default_param_groups(m, config.weight_decay)))(self.model)
-        optimizer = (self.optimizer_factory or build_optimizer)(groups, config)
+        optimizer = (self.optimizer_factory or build_optimizer)(self._param_groups(), config)
         scheduler = build_scheduler(optimizer, config, steps_per_epoch)
         ema = ModelEma(self.model, config.ema_decay) if config.ema_decay is not None else None
         return optimizer, scheduler, ema
 
+    def _param_groups(self) -> ParamGroups:
+        """The optimizer's param groups: the task's builder, else decay on weights and none on norms and biases."""
+        return (self.param_groups or (lambda m: default_param_groups(m, self.config.weight_decay)))(self.model)
+
     def _untrained_parameters(self) -> bool:
         """Whether the model has parameters that require gradients but that no param group trains (a transfer phase
         on cached features holds the whole network, and trains its top blocks)."""
-        groups = (self.param_groups or (lambda m: default_param_groups(m, self.config.weight_decay)))(self.model)
-        trained = {id(p) for group in groups for p in group["params"]}
+        trained = {id(p) for group in self._param_groups() for p in group["params"]}
         return any(p.requires_grad and id(p) not in trained for p in self.model.parameters())
 
     def _new_scaler(self) -> torch.amp.GradScaler:
