@@ -323,3 +323,16 @@ def test_a_copy_of_an_image_stands_in_when_the_first_pair_cannot_be_read(tmp_pat
     assert sorted(pairs) == [0, 1, 2] and folder.images[1].name == "00003.png"
     assert torch.equal(pairs[1][1], canvases.masks[1])
     assert [(Path(s.path).name, "20x20" in s.reason) for s in folder.skipped] == [("00001.png", True)]
+
+
+def test_the_decoded_size_is_known_from_the_file_headers_before_decoding(tmp_path, monkeypatch):
+    """What `read_all` will hold, so that a folder too large for memory is refused before minutes of decoding."""
+    canvases = make_canvases(*_pool(), 3, size=(40, 50), seed=0)
+    save_segmentation_folder(canvases.images, canvases.masks, tmp_path)
+    (tmp_path / "images" / "00001.png").write_bytes(b"not a png")  # read_all skips it: it counts nothing
+    folder = SegmentationFolder(tmp_path, skip_bad=True)
+    held = sum(
+        image.numel() + mask.numel() for image, mask in SegmentationFolder(tmp_path, skip_bad=True).read_all().values()
+    )
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("a pixel was decoded"))
+    assert folder.decoded_bytes() == held == 2 * 40 * 50 * (3 + 1)

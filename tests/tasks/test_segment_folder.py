@@ -419,6 +419,42 @@ def test_bad_folders_give_one_line_errors(tmp_path, layout, message):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("available", "refused"), [(60_000, True), (62_000, False), (ValueError("SC_AVPHYS_PAGES"), False)]
+)
+def test_a_folder_too_large_for_memory_is_refused_before_it_is_decoded(
+    tmp_path, monkeypatch, capsys, available, refused
+):
+    """A few hundred phone photos were decoded for minutes, whole, until the process was killed for memory without
+    a word. 12 pairs of 32x32 take 49,152 bytes (RGB + mask); at most 80% of the memory available may go to them;
+    where the system does not say what is available (macOS, Windows) the pairs are read."""
+    import cnnlab.tasks.segment_folder as segment_folder
+    from cnnlab.data.segmentation import SegmentationFolder
+
+    def memory() -> int:
+        if isinstance(available, Exception):
+            raise available
+        return available
+
+    def read(*args):
+        raise _Stop
+
+    root = _folder(tmp_path / "data", count=12)
+    monkeypatch.setattr(segment_folder, "available_memory_bytes", memory)
+    monkeypatch.setattr(SegmentationFolder, "read", read)
+    if refused:
+        with pytest.raises(
+            CnnlabError, match=r"12 image\+mask pairs of .* take about 49 kB decoded, more than 80% of the 60 kB"
+        ) as error:
+            train_segmentation_folder(str(root), output=str(tmp_path), progress=True)
+        assert "\n" not in str(error.value)
+    else:
+        with pytest.raises(_Stop):  # decoding started
+            train_segmentation_folder(str(root), output=str(tmp_path), progress=True)
+    shown = "" if isinstance(available, Exception) else f" of the {available // 1000} kB available"
+    assert capsys.readouterr().out.splitlines()[0] == f"decoding 12 image+mask pairs: about 49 kB in memory{shown}"
+
+
 @pytest.mark.parametrize("options", [["--data", "nowhere"], ["--model", "unet-lite0"], ["--background-weight", "0"]])
 def test_the_command_line_reports_a_bad_folder_on_one_line(tmp_path, monkeypatch, capsys, options):
     stderr = _refused(tmp_path, monkeypatch, capsys, options)

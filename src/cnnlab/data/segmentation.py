@@ -397,6 +397,23 @@ class SegmentationFolder(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def decoded_bytes(self) -> int:
+        """The memory `read_all` holds: each pair's image and mask as uint8, C + 1 bytes a pixel, at the size the
+        file headers give (read without decoding a pixel); a file whose header cannot be read counts nothing, as
+        `read_all` skips it."""
+        from PIL import Image
+
+        channels = 1 if self.grayscale else 3
+        total = 0
+        for path in self.images:
+            try:
+                with Image.open(path) as opened:
+                    width, height = opened.size
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+                continue
+            total += height * width * (channels + 1)
+        return total
+
     def _read_mask(self, path: Path) -> np.ndarray:
         from PIL import Image
 

@@ -3,7 +3,8 @@
 1. **Data** (`cnnlab.data.segmentation.SegmentationFolder`): ``images/`` and ``masks/`` with the same stems, colour
    masks mapped through ``classes.json`` or class-index masks; 255 marks unlabelled pixels. Pairs that cannot be used
    (no mask, undecodable, a mask of another size, an unknown colour or class) are listed in ``skipped.json`` and left
-   out.
+   out. The pairs are held in memory decoded: their size is estimated from the file headers first, and a folder that
+   would take more than `MEMORY_SHARE` of the memory available is refused before anything is decoded.
 2. **Split**: seeded train/val/test, written to ``split.csv`` in the run directory (``path,label,split``, the label
    column holding the mask) by `cnnlab.data.split` and read back by any later run there. Validation chooses the
    checkpoint; the test images are read once, at the end.
@@ -20,6 +21,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,8 @@ from cnnlab.data.split import check_split_seed, read_manifest, stratified_split,
 from cnnlab.errors import CnnlabError
 from cnnlab.report.metrics import confusion_matrix
 from cnnlab.report.segmentation import BoundaryF1, MeanIoU, PixelAccuracy, save_overlays, segmentation_report
+from cnnlab.report.units import file_size
+from cnnlab.tasks.feature_cache import available_memory_bytes
 from cnnlab.tasks.recipes import (
     Recipe,
     RecipeBook,
@@ -63,6 +67,7 @@ MANIFEST = "split.csv"
 SKIPPED = "skipped.json"
 WORST_IMAGES = 6
 BOUNDARY_TOLERANCE = 2  # px, as the built-in canvases' report
+MEMORY_SHARE = 0.8  # of the memory available, the most the decoded pairs may take: the model and batches need the rest
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,32 @@ def _split(
     return {part: [usable[i] for i in indices] for part, indices in parts.items()}
 
 
+def _available_memory() -> int | None:
+    """The memory available in bytes, or None where the system does not say (no /proc/meminfo, no such sysconf)."""
+    try:
+        return available_memory_bytes()
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_memory(folder: SegmentationFolder, show: bool) -> None:
+    """Refuse, before decoding, a folder whose pairs would take more than `MEMORY_SHARE` of the memory available (a
+    few hundred phone photos took tens of GB: the process decoded for minutes and was then killed without a word);
+    with `show`, print the estimate. Under torchrun each process on this machine holds its own copy."""
+    needed = folder.decoded_bytes() * int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    available = _available_memory()
+    if show:
+        of = "" if available is None else f" of the {file_size(available)} available"
+        print(f"decoding {len(folder)} image+mask pairs: about {file_size(needed)} in memory{of}")
+    if available is None or needed <= MEMORY_SHARE * available:
+        return
+    raise CnnlabError(
+        f"the {len(folder)} image+mask pairs of {folder.root} take about {file_size(needed)} decoded, more than "
+        f"{MEMORY_SHARE:.0%} of the {file_size(available)} of memory available; downscale the images or train on "
+        "fewer of them"
+    )
+
+
 def train_segmentation_folder(
     data: str,
     model: str = "unet",
@@ -212,6 +243,7 @@ def train_segmentation_folder(
         raise CnnlabError(f"--crop-size must be at least 8 px, got {crop}")
     check_split_seed(split_seed)  # before the folder is read
     folder = SegmentationFolder(data, skip_bad=True)
+    _check_memory(folder, progress and is_main_process())
     pairs = folder.read_all()
     if not pairs:
         reasons = "; ".join(f"{Path(s.path).name}: {s.reason}" for s in folder.skipped[:3])
