@@ -12,6 +12,7 @@ from PIL import Image
 
 from cnnlab.data.paths import resolve_data_dir
 from cnnlab.data.segmentation import (
+    IGNORE_INDEX,
     INK_THRESHOLD,
     TEST_ID_OFFSET,
     SegmentationFolder,
@@ -336,3 +337,26 @@ def test_the_decoded_size_is_known_from_the_file_headers_before_decoding(tmp_pat
     )
     monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("a pixel was decoded"))
     assert folder.decoded_bytes() == held == 2 * 40 * 50 * (3 + 1)
+
+
+def test_max_side_reads_a_larger_pair_smaller_with_its_mask_values_exact(tmp_path):
+    """A 12 MP phone photo was held and trained on whole: --max-side reads it downscaled, the image antialiased (a
+    1-px checkerboard turns grey, not black or white) and the mask by nearest neighbour (no class invented at an
+    edge, 255 kept); a pair that fits is read as it is."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    labels = np.zeros((80, 120), dtype=np.uint8)
+    labels[:, 40:80], labels[:, 80:], labels[:20] = 1, 2, IGNORE_INDEX
+    checkerboard = (np.indices((80, 120)).sum(0) % 2 * 255).astype(np.uint8)
+    Image.fromarray(np.stack([checkerboard] * 3, -1)).save(tmp_path / "images" / "big.png")
+    Image.fromarray(labels).save(tmp_path / "masks" / "big.png")
+    Image.fromarray(np.zeros((10, 20, 3), dtype=np.uint8)).save(tmp_path / "images" / "small.png")
+    Image.fromarray(labels[30:40, :20]).save(tmp_path / "masks" / "small.png")
+    folder = SegmentationFolder(tmp_path, max_side=30)
+    (image, mask), (small_image, small_mask) = folder.read(0), folder.read(1)
+    assert image.shape == (3, 20, 30) and mask.shape == (20, 30)
+    assert torch.equal(mask, torch.from_numpy(labels[2::4, 2::4]))  # the label under each new pixel's centre
+    assert set(mask.unique().tolist()) == {0, 1, 2, IGNORE_INDEX}
+    assert int(image.min()) > 100 and int(image.max()) < 155
+    assert small_image.shape == (3, 10, 20) and torch.equal(small_mask, torch.from_numpy(labels[30:40, :20]))
+    assert folder.decoded_bytes(30) == (30 * 20 + 20 * 10) * 4 and folder.decoded_bytes() == (120 * 80 + 20 * 10) * 4

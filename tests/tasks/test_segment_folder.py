@@ -173,6 +173,12 @@ def test_bad_background_weights_give_one_line_errors(tmp_path, options, message)
         train_segmentation_folder(str(root), output=str(tmp_path), progress=False, **options)
 
 
+def test_a_max_side_below_the_training_crop_is_refused(tmp_path):
+    root = _folder(tmp_path / "data", count=3)
+    with pytest.raises(CnnlabError, match="--max-side 32 is smaller than the 64 px training crops"):
+        train_segmentation_folder(str(root), output=str(tmp_path), max_side=32, progress=False)
+
+
 def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path):
     sizes = ((29, 41), (37, 37), (50, 33))
     root = _folder(tmp_path / "data", count=12, sizes=sizes)
@@ -207,6 +213,50 @@ def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path):
     with pytest.raises(CnnlabError, match="names a file, but a segmentation run writes three PNGs per image"):
         predict_masks(segmenter, paths[:1], tmp_path / "predictions.csv")  # it made a folder of that name
     assert not (tmp_path / "predictions.csv").exists()
+
+
+def test_a_run_trained_with_max_side_predicts_downscaled_and_returns_masks_at_the_image_size(tmp_path):
+    """--max-side reads 48x64 pairs at 24x32: predict gives the model the same scale and the mask at 48x64, the
+    export's record says how, and resuming under another --max-side (or none) is refused like the other options."""
+    from cnnlab.tasks.export import export_model
+
+    root = _folder(tmp_path / "data", count=12, sizes=((48, 64),))
+    options = dict(output=str(tmp_path), name="s", crop_size=16, overrides={"epochs": 1, "batch_size": 4})
+    summary = train_segmentation_folder(str(root), max_side=32, progress=False, **options)
+    assert summary["max_side"] == 32 and "at most 32 px" in (Path(summary["run_dir"]) / "report.md").read_text()
+    segmenter = load_segmenter(summary["run_dir"])
+    seen = []
+    segmenter.model.register_forward_pre_hook(lambda module, inputs: seen.append(tuple(inputs[0].shape[-2:])))
+    result = predict_masks(segmenter, [root / "images" / "00000.png"], tmp_path / "out")[0]
+    assert seen == [(24, 32)] and result["size"] == [64, 48]
+    for key in ("mask", "colour", "overlay"):
+        with Image.open(result[key]) as written:
+            assert written.size == (64, 48)
+    record = json.loads(Path(export_model(summary["run_dir"], "torchscript")["preprocessing"]).read_text())
+    assert record["max_side"] == 32 and "longer side is above 32 px to exactly 32 px" in record["resize"]
+    for other, shown in ((24, "24"), (None, "not given")):
+        with pytest.raises(CnnlabError, match=f"extra.max_side: 32 -> {shown}"):
+            train_segmentation_folder(str(root), max_side=other, resume=True, progress=False, **options)
+
+
+def test_upsampled_logits_give_the_class_map_of_all_classes_upsampled_at_once():
+    """`class_map` upsamples one class at a time to bound its memory; the map is the argmax of them all."""
+    from cnnlab.tasks.segment_predict import class_map
+
+    logits = torch.randn(1, 5, 6, 9, generator=torch.Generator().manual_seed(0))
+    reference = torch.nn.functional.interpolate(logits, size=(25, 31), mode="bilinear", align_corners=False)
+    assert torch.equal(class_map(logits, 25, 31).long(), reference.argmax(1)[0])
+    assert torch.equal(class_map(logits, 6, 9).long(), logits.argmax(1)[0])
+
+
+def test_train_segment_help_names_max_side():
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+
+    result = CliRunner().invoke(app, ["train", "segment", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    assert "--max-side" in result.output and "the longer side is at most N px" in result.output
 
 
 def test_predict_prints_the_classes_found_largest_first_and_json_every_class(trained, tmp_path):
@@ -444,7 +494,7 @@ def test_a_folder_too_large_for_memory_is_refused_before_it_is_decoded(
     monkeypatch.setattr(SegmentationFolder, "read", read)
     if refused:
         with pytest.raises(
-            CnnlabError, match=r"12 image\+mask pairs of .* take about 49 kB decoded, more than 80% of the 60 kB"
+            CnnlabError, match=r"data holds 12 image\+mask pairs, about 49 kB decoded, more than 80% of the 60 kB"
         ) as error:
             train_segmentation_folder(str(root), output=str(tmp_path), progress=True)
         assert "\n" not in str(error.value)
@@ -453,6 +503,24 @@ def test_a_folder_too_large_for_memory_is_refused_before_it_is_decoded(
             train_segmentation_folder(str(root), output=str(tmp_path), progress=True)
     shown = "" if isinstance(available, Exception) else f" of the {available // 1000} kB available"
     assert capsys.readouterr().out.splitlines()[0] == f"decoding 12 image+mask pairs: about 49 kB in memory{shown}"
+
+
+def test_a_refusal_for_memory_names_a_max_side_that_fits_and_the_estimate_uses_it(tmp_path, monkeypatch, capsys):
+    import cnnlab.tasks.segment_folder as segment_folder
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    Image.new("RGB", (600, 450)).save(root / "images" / "a.png")
+    Image.new("L", (600, 450)).save(root / "masks" / "a.png")
+    monkeypatch.setattr(segment_folder, "available_memory_bytes", lambda: 1_000_000)
+    message = r"about 1.1 MB decoded, .*; pass --max-side 512 to downscale each as it is read \(about 0.8 MB\)$"
+    with pytest.raises(CnnlabError, match=message):  # 512 x 384 x 4 bytes: within 80% of 1 MB
+        train_segmentation_folder(str(root), output=str(tmp_path), progress=False)
+    with pytest.raises(CnnlabError, match="every pixel of the masks"):  # read, downscaled: then refused for its mask
+        train_segmentation_folder(str(root), output=str(tmp_path), max_side=300, progress=True)
+    shown = "decoding 1 image+mask pair (longer side at most 300 px): about 0.3 MB in memory of the 1.0 MB available"
+    assert capsys.readouterr().out.splitlines()[0] == shown
 
 
 @pytest.mark.parametrize("options", [["--data", "nowhere"], ["--model", "unet-lite0"], ["--background-weight", "0"]])
@@ -480,6 +548,7 @@ def _refused(tmp_path, monkeypatch, capsys, options: list[str]) -> str:
         (["--data", "pairs", "--recipe", "accurate", "--pretrain-epochs", "2"], "--recipe, --pretrain-epochs: for the"),
         (["--crop-size", "32", "--hflip"], "error: --crop-size, --hflip: for a folder run only; add --data DIR"),
         (["--split-seed", "0"], "--split-seed: for a folder run only"),  # typed, even at its default value
+        (["--max-side", "1024"], "--max-side: for a folder run only"),
     ],
 )
 def test_an_option_of_the_other_kind_of_run_is_refused(tmp_path, monkeypatch, capsys, options, message):

@@ -23,6 +23,7 @@ _FOLDER_ONLY = (
     "class_weight",
     "background",
     "crop_size",
+    "max_side",
     "hflip",
     "val_fraction",
     "test_fraction",
@@ -98,6 +99,15 @@ def segment(
         "Default: the canvas recipe's 0.2; unweighted with --data.",
     ),
     crop_size: int | None = typer.Option(None, "--crop-size", help="With --data: training crop side (default 64)."),
+    max_side: int | None = typer.Option(
+        None,
+        "--max-side",
+        min=1,
+        help="With --data: downscale each image and mask as they are read so that the longer side is at most N px "
+        "(image antialiased, mask by nearest neighbour; smaller pairs as they are), for folders of large photos; "
+        "saved with the model, so predict downscales the same way and still returns masks at the image's size. "
+        "Default: full size.",
+    ),
     hflip: bool = typer.Option(False, "--hflip", help="With --data: random left-right flips of the training crops."),
     val_fraction: float = typer.Option(0.15, "--val-fraction", help="With --data: validation share."),
     test_fraction: float = typer.Option(0.15, "--test-fraction", help="With --data: test share."),
@@ -118,6 +128,7 @@ def segment(
             background,
             background_weight,
             crop_size,
+            max_side,
             hflip,
             val_fraction,
             test_fraction,
@@ -163,6 +174,7 @@ def _segment_folder(
     background: int,
     background_weight: float | None,
     crop_size: int | None,
+    max_side: int | None,
     hflip: bool,
     val_fraction: float,
     test_fraction: float,
@@ -179,6 +191,7 @@ def _segment_folder(
         background=None if background < 0 else background,
         background_weight=background_weight,
         crop_size=crop_size,
+        max_side=max_side,
         hflip=hflip,
         val_fraction=val_fraction,
         test_fraction=test_fraction,

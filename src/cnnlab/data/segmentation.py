@@ -13,9 +13,10 @@ of class indices or an RGB PNG whose colours are mapped to classes by ``<root>/c
 (``[{"name": "background", "color": [0, 0, 0]}, ...]``, the class index is the position in the list); a
 ``classes.json`` without colours (``[{"name": "background"}, ...]``) names the classes of index masks. Index
 `IGNORE_INDEX` (255) marks unlabelled pixels, as in Pascal VOC: losses and metrics skip them. Training on a folder
-holds the decoded pairs in memory as uint8 (`SegmentationSamples`) and transforms image and mask together with
-torchvision transforms v2 (`joint_train_transform`: the mask is a `tv_tensors.Mask`, so it is resampled with nearest
-neighbours and padded with `IGNORE_INDEX`).
+holds the decoded pairs in memory as uint8 (`SegmentationSamples`), optionally downscaled as they are read (`max_side`:
+the image antialiased by `downscale`, the mask by nearest neighbour, so class indices stay exact), and transforms
+image and mask together with torchvision transforms v2 (`joint_train_transform`: the mask is a `tv_tensors.Mask`, so
+it is resampled with nearest neighbours and padded with `IGNORE_INDEX`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ __all__ = [
     "SegmentationInput",
     "SegmentationSamples",
     "class_colours",
+    "downscale",
+    "downscaled_size",
     "joint_train_transform",
     "make_canvases",
     "make_digit_segmentation",
@@ -287,6 +290,32 @@ def _check_distinct(classes_file: Path, names: list[str], colours: list[tuple[in
         first[colour] = name
 
 
+def downscaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled so that the longer side is `max_side`, the aspect ratio kept (each side at least 1 px);
+    as it is when it already fits or `max_side` is None."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def downscale(image: PIL.Image.Image, max_side: int | None) -> PIL.Image.Image:
+    """`image` with its longer side at most `max_side` (`downscaled_size`), by PIL's bilinear filter, which widens
+    with the reduction so that every source pixel counts (antialiased); as it is when it fits."""
+    from PIL import Image
+
+    size = downscaled_size(*image.size, max_side)
+    return image if size == image.size else image.resize(size, Image.Resampling.BILINEAR)
+
+
+def _nearest(labels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A label map [H, W] resized to `height` x `width` by nearest neighbour: each pixel takes the label under its
+    centre, so class indices and `IGNORE_INDEX` stay exact (an interpolated mask would invent classes at edges)."""
+    rows = ((np.arange(height) + 0.5) * labels.shape[0] / height).astype(np.int64)
+    columns = ((np.arange(width) + 0.5) * labels.shape[1] / width).astype(np.int64)
+    return labels[rows[:, None], columns]
+
+
 def _turned(path: Path, shown: tuple[int, int], mask_size: tuple[int, int]) -> str:
     """Why a mask of the image file's stored size does not fit the image as read, or "": its EXIF orientation (a mask
     drawn on the stored pixels was refused as "is 40x30 but its image is 30x40", sizes its files both had)."""
@@ -318,11 +347,20 @@ class SegmentationFolder(Dataset):
             a copy on each side of the split would score the model on a trained image);
             `read_all` then also lists the pairs that cannot be read (undecodable files, a mask of another size, an
             unknown colour or class).
+        max_side: downscale each pair as it is read so that its longer side is at most this many pixels (the image
+            by `downscale`, the mask by nearest neighbour); smaller pairs and None: as they are.
     """
 
-    def __init__(self, root: str | os.PathLike[str], grayscale: bool = False, skip_bad: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        grayscale: bool = False,
+        skip_bad: bool = False,
+        max_side: int | None = None,
+    ) -> None:
         self.root = Path(root)
         self.grayscale = grayscale
+        self.max_side = max_side
         self.skipped: list[SkippedFile] = []
         image_dir, mask_dir = self.root / "images", self.root / "masks"
         if not self.root.is_dir():
@@ -397,10 +435,10 @@ class SegmentationFolder(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def decoded_bytes(self) -> int:
-        """The memory `read_all` holds: each pair's image and mask as uint8, C + 1 bytes a pixel, at the size the
-        file headers give (read without decoding a pixel); a file whose header cannot be read counts nothing, as
-        `read_all` skips it."""
+    def decoded_bytes(self, max_side: int | None = None) -> int:
+        """The memory `read_all` holds when the pairs are read downscaled to `max_side` (None: at full size): each
+        pair's image and mask as uint8, C + 1 bytes a pixel, at the size the file headers give (read without
+        decoding a pixel); a file whose header cannot be read counts nothing, as `read_all` skips it."""
         from PIL import Image
 
         channels = 1 if self.grayscale else 3
@@ -408,7 +446,7 @@ class SegmentationFolder(Dataset):
         for path in self.images:
             try:
                 with Image.open(path) as opened:
-                    width, height = opened.size
+                    width, height = downscaled_size(*opened.size, max_side)
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
                 continue
             total += height * width * (channels + 1)
@@ -472,7 +510,8 @@ class SegmentationFolder(Dataset):
         return labels
 
     def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pair as uint8 tensors: image [C, H, W] (0..255), mask [H, W] (class indices, `IGNORE_INDEX`).
+        """The pair as uint8 tensors: image [C, H, W] (0..255), mask [H, W] (class indices, `IGNORE_INDEX`), downscaled
+        to `max_side`.
 
         Raises:
             CnnlabError: naming the file, when the image or mask cannot be decoded, the mask's size differs from the
@@ -485,15 +524,19 @@ class SegmentationFolder(Dataset):
         if reason is not None:
             raise CnnlabError(f"{path}: {reason}")
         image = load_image(path)
-        array = np.asarray(image.convert("L") if self.grayscale else image, dtype=np.uint8)
-        tensor = torch.from_numpy(array[None].copy() if array.ndim == 2 else array.transpose(2, 0, 1).copy())
         mask = self._read_mask(self.masks[index])
-        if mask.shape != tuple(tensor.shape[-2:]):
+        width, height = image.size
+        if mask.shape != (height, width):
             turned = _turned(path, image.size, (mask.shape[1], mask.shape[0]))
             raise CnnlabError(
                 f"{self.masks[index]} is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                f"{tensor.shape[-1]}x{tensor.shape[-2]}{turned}; masks must match their images"
+                f"{width}x{height}{turned}; masks must match their images"
             )
+        size = downscaled_size(width, height, self.max_side)
+        if size != image.size:
+            image, mask = downscale(image, self.max_side), _nearest(mask, *size)
+        array = np.asarray(image.convert("L") if self.grayscale else image, dtype=np.uint8)
+        tensor = torch.from_numpy(array[None].copy() if array.ndim == 2 else array.transpose(2, 0, 1).copy())
         return tensor, torch.from_numpy(mask.astype(np.uint8))
 
     def read_all(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:

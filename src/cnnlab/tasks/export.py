@@ -5,7 +5,8 @@ normalisation itself (mean/std are inside), so a deployment only has to decode, 
 file (EXIF orientation, transparency, 16-bit), those two geometric steps, the class names and the full record are
 written beside it in ``<file>.preprocessing.json``. A segmentation run (`cnnlab train segment --data`) exports with
 dynamic height and width: whole images of any size in, logits of the same size out, checked at two sizes other than
-the traced one.
+the traced one; a run trained with ``--max-side`` records in its ``resize`` entry how `cnnlab predict` downscales
+each image before the graph and brings the logits back to the image's size after it.
 
 ``pt2`` is torch.export's ExportedProgram (``torch.export.load(path).module()``), the path torch 2.14 names as the
 successor of the deprecated TorchScript tracer. It exports classifiers with a dynamic batch, and segmenters with a
@@ -211,6 +212,8 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
         "decode": DECODE,
         "input": f"float32 RGB [N, 3, H, W] in [0, 1], {sides}; mean/std normalisation is inside the exported model",
         "output": "logits [N, classes, H, W]; argmax over classes gives the mask",
+        "max_side": segmenter.max_side,
+        "resize": _segmenter_resize(segmenter.max_side),
         "classes": segmenter.classes,
         "background": segmenter.background,
         "colours": segmenter.colours.tolist(),
@@ -228,6 +231,18 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
         "max_abs_difference": max_difference,
         "input": f"RGB in [0, 1], {sides}, normalisation inside",
     }
+
+
+def _segmenter_resize(max_side: int | None) -> str:
+    """How `cnnlab predict` sizes an image for a segmenter trained with ``--max-side`` `max_side`, in words."""
+    if max_side is None:
+        return "none: the whole image at its own size"
+    return (
+        f"before the model, downscale an image whose longer side is above {max_side} px to exactly {max_side} px on "
+        "that side, keeping the aspect ratio (PIL Image.resize, BILINEAR, which antialiases when it shrinks), as "
+        "the model was trained; after it, upsample the logits bilinearly (align_corners=False) to the image's own "
+        "size and take the argmax there, so the mask is the size of the image given"
+    )
 
 
 def _default_output(model: str, suffix: str) -> Path:

@@ -3,8 +3,9 @@
 1. **Data** (`cnnlab.data.segmentation.SegmentationFolder`): ``images/`` and ``masks/`` with the same stems, colour
    masks mapped through ``classes.json`` or class-index masks; 255 marks unlabelled pixels. Pairs that cannot be used
    (no mask, undecodable, a mask of another size, an unknown colour or class) are listed in ``skipped.json`` and left
-   out. The pairs are held in memory decoded: their size is estimated from the file headers first, and a folder that
-   would take more than `MEMORY_SHARE` of the memory available is refused before anything is decoded.
+   out. The pairs are held in memory decoded, downscaled as they are read with ``--max-side`` (the longer side at
+   most N px): their size is estimated from the file headers first, and a folder that would take more than
+   `MEMORY_SHARE` of the memory available is refused before anything is decoded, naming a ``--max-side`` that fits.
 2. **Split**: seeded train/val/test, written to ``split.csv`` in the run directory (``path,label,split``, the label
    column holding the mask) by `cnnlab.data.split` and read back by any later run there. Validation chooses the
    checkpoint; the test images are read once, at the end.
@@ -15,7 +16,8 @@
    and by the model to its stride, cropped back.
 5. **The run folder**: config.yaml, metrics, learning curves, ``results.json``, ``report.md`` (per-class IoU, mIoU,
    pixel accuracy, the confusion matrix, the worst test images), and the model (``model.safetensors`` +
-   ``model.json`` with the classes, background and normalisation) that `cnnlab predict` and `cnnlab export` take.
+   ``model.json`` with the classes, background, normalisation and ``max_side``) that `cnnlab predict` and
+   `cnnlab export` take; predict downscales as training did and returns masks at the size of the image given.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ SKIPPED = "skipped.json"
 WORST_IMAGES = 6
 BOUNDARY_TOLERANCE = 2  # px, as the built-in canvases' report
 MEMORY_SHARE = 0.8  # of the memory available, the most the decoded pairs may take: the model and batches need the rest
+MAX_SIDE_STEPS = (4096, 2048, 1024, 512, 256)  # the --max-side values a refusal for memory may suggest, largest first
 
 
 @dataclass(frozen=True)
@@ -165,21 +168,31 @@ def _available_memory() -> int | None:
         return None
 
 
-def _check_memory(folder: SegmentationFolder, show: bool) -> None:
+def _check_memory(folder: SegmentationFolder, crop: int, show: bool) -> None:
     """Refuse, before decoding, a folder whose pairs would take more than `MEMORY_SHARE` of the memory available (a
-    few hundred phone photos took tens of GB: the process decoded for minutes and was then killed without a word);
-    with `show`, print the estimate. Under torchrun each process on this machine holds its own copy."""
-    needed = folder.decoded_bytes() * int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    few hundred phone photos took tens of GB: the process decoded for minutes and was then killed without a word),
+    naming the largest of `MAX_SIDE_STEPS` that fits and is not below the `crop`; with `show`, print the estimate.
+    Under torchrun each process on this machine holds its own copy."""
+    copies = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    pairs = f"{len(folder)} image+mask pair" + ("" if len(folder) == 1 else "s")
+    needed = folder.decoded_bytes(folder.max_side) * copies
     available = _available_memory()
     if show:
+        at = "" if folder.max_side is None else f" (longer side at most {folder.max_side} px)"
         of = "" if available is None else f" of the {file_size(available)} available"
-        print(f"decoding {len(folder)} image+mask pairs: about {file_size(needed)} in memory{of}")
+        print(f"decoding {pairs}{at}: about {file_size(needed)} in memory{of}")
     if available is None or needed <= MEMORY_SHARE * available:
         return
+    smaller = [side for side in MAX_SIDE_STEPS if side >= crop and (folder.max_side is None or side < folder.max_side)]
+    for side in smaller:
+        if (cheaper := folder.decoded_bytes(side) * copies) <= MEMORY_SHARE * available:
+            remedy = f"pass --max-side {side} to downscale each as it is read (about {file_size(cheaper)})"
+            break
+    else:
+        remedy = "train on fewer of them"
     raise CnnlabError(
-        f"the {len(folder)} image+mask pairs of {folder.root} take about {file_size(needed)} decoded, more than "
-        f"{MEMORY_SHARE:.0%} of the {file_size(available)} of memory available; downscale the images or train on "
-        "fewer of them"
+        f"{folder.root} holds {pairs}, about {file_size(needed)} decoded, more than "
+        f"{MEMORY_SHARE:.0%} of the {file_size(available)} of memory available; {remedy}"
     )
 
 
@@ -191,6 +204,7 @@ def train_segmentation_folder(
     background: int | None = 0,
     background_weight: float | None = None,
     crop_size: int | None = None,
+    max_side: int | None = None,
     hflip: bool = False,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
@@ -213,6 +227,9 @@ def train_segmentation_folder(
         background_weight: cross-entropy weight of the background class, the others weighing 1 (the built-in digit
             canvases use 0.2: most pixels are background); None: unweighted (or `class_weight`'s weights).
         crop_size: training crop side (default: the model recipe's).
+        max_side: downscale each pair as it is read so that its longer side is at most this many pixels (image
+            antialiased, mask by nearest neighbour); validation and test score at that size, and the saved model
+            records it, so `cnnlab predict` downscales the same way. None: full size.
         hflip: flip training crops left-right at random (for data whose classes do not change under a mirror).
         val_fraction: validation share of the pairs.
         test_fraction: test share of the pairs.
@@ -241,9 +258,14 @@ def train_segmentation_folder(
     crop = crop_size or recipe.crop_size
     if crop < 8:
         raise CnnlabError(f"--crop-size must be at least 8 px, got {crop}")
+    if max_side is not None and max_side < crop:
+        raise CnnlabError(
+            f"--max-side {max_side} is smaller than the {crop} px training crops (--crop-size), which would be mostly "
+            "padding; raise --max-side or lower --crop-size"
+        )
     check_split_seed(split_seed)  # before the folder is read
-    folder = SegmentationFolder(data, skip_bad=True)
-    _check_memory(folder, progress and is_main_process())
+    folder = SegmentationFolder(data, skip_bad=True, max_side=max_side)
+    _check_memory(folder, crop, progress and is_main_process())
     pairs = folder.read_all()
     if not pairs:
         reasons = "; ".join(f"{Path(s.path).name}: {s.reason}" for s in folder.skipped[:3])
@@ -274,6 +296,7 @@ def train_segmentation_folder(
             # recorded only when set: a run started before this option existed still resumes
             **({} if background_weight is None else {"background_weight": background_weight}),
             "crop_size": crop,
+            **({} if max_side is None else {"max_side": max_side}),  # as background_weight
             "hflip": hflip,
             "split_seed": split_seed,
             "val_fraction": val_fraction,  # a resumed run reads its split back: other fractions are refused
@@ -356,6 +379,7 @@ def train_segmentation_folder(
     test_report["confusion_matrix"] = matrix.tolist()
     worst = sorted(range(len(test)), key=lambda i: -errors[i])[:WORST_IMAGES]
     test_paths = [folder.images[i] for i in split["test"]]
+    downscaled = "" if max_side is None else f"; trained on images downscaled to a longer side of at most {max_side} px"
     save_model(
         final,
         run_dir,
@@ -370,7 +394,8 @@ def train_segmentation_folder(
             "ignore_index": IGNORE_INDEX,
             "colours": folder.colours.tolist() if folder.colours is not None else None,
             "normalisation": {"mean": list(mean), "std": list(std)},
-            "input": "float RGB [N, 3, H, W] in [0, 1], any H and W, minus mean, over std",
+            "max_side": max_side,
+            "input": "float RGB [N, 3, H, W] in [0, 1], any H and W, minus mean, over std" + downscaled,
             "output": f"logits [N, {len(class_names)}, H, W]",
             "val_miou": history[-1].get("val_miou") if history else None,
         },
@@ -380,6 +405,7 @@ def train_segmentation_folder(
         "model": recipe.name,
         "arch": recipe.arch,
         "pretrained": recipe.pretrained,
+        "max_side": max_side,
         "params": sum(p.numel() for p in final.parameters()),
         "run_dir": str(run_dir),
         "images": {part: len(indices) for part, indices in split.items()},
@@ -422,11 +448,14 @@ def _report(  # noqa: ANN202
     from cnnlab.report.markdown import RunReport
 
     test, counts = summary["test"], summary["images"]
+    downscaled = (
+        "" if summary["max_side"] is None else f", downscaled to a longer side of at most {summary['max_side']} px"
+    )
     report = RunReport(
         f"Segmentation run `{config.name}`",
         f"Model `{recipe.name}`: {recipe.summary}. Data {folder.root}: {counts['train']} training, {counts['val']} "
         f"validation and {counts['test']} test images ({MANIFEST}), {summary['skipped']} skipped ({SKIPPED}); seed "
-        f"{config.seed}; the test images were evaluated once, after training, whole.",
+        f"{config.seed}; the test images were evaluated once, after training, whole{downscaled}.",
         environment_record(),
     )
     report.heading("Test images")

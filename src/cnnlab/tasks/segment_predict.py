@@ -2,8 +2,10 @@
 
 `load_segmenter` rebuilds the saved network with its classes, background and normalisation (from ``model.json``);
 `predict_masks` runs each image whole through the engine's inference path (the network pads to its stride and crops
-back) and writes, per image, a class-index PNG, a colour PNG and an overlay PNG named after it. A path that cannot be
-read is reported on its own and the other images are still predicted.
+back) and writes, per image, a class-index PNG, a colour PNG and an overlay PNG named after it. A run trained with
+``--max-side`` sees each image downscaled as in training, and its logits are brought back to the image's own size, so
+a mask is always the size of the image given. A path that cannot be read is reported on its own and the other images
+are still predicted.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.data.folder import check_image, load_image
-from cnnlab.data.segmentation import SegmentationInput, class_colours
+from cnnlab.data.segmentation import SegmentationInput, class_colours, downscale
 from cnnlab.errors import CnnlabError
 from cnnlab.report.segmentation import colourise
 from cnnlab.train import Trainer
@@ -30,6 +33,7 @@ from cnnlab.train.progress import ProgressBar
 __all__ = [
     "FINISHED_LOG",
     "Segmenter",
+    "class_map",
     "is_segmentation_run",
     "iter_masks",
     "load_segmenter",
@@ -54,6 +58,8 @@ class Segmenter:
         colours: uint8 [classes, 3], the colour of each class in colour masks.
         source: the run directory.
         weights_sha256: the SHA-256 of the saved weights (what a resumed prediction checks it continues).
+        max_side: the longer side, in pixels, that images were downscaled to in training (``--max-side``), and are
+            before the model here; None: images are taken at their own size.
     """
 
     model: nn.Module
@@ -64,6 +70,7 @@ class Segmenter:
     colours: np.ndarray
     source: str
     weights_sha256: str = ""
+    max_side: int | None = None
 
 
 def _meta(run: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -108,6 +115,7 @@ def load_segmenter(run: str | os.PathLike[str], device: str | torch.device = "cp
         colours,
         str(run),
         digest,
+        meta.get("max_side"),  # absent from runs saved before --max-side: full size, as they were trained
     )
 
 
@@ -240,9 +248,11 @@ def _predict_mask(
         if labels.ndim == 2 and labels.max(initial=0) < len(segmenter.classes):
             return {**_mask_result(segmenter, path, labels, files), "resumed": True}
         # changed since (not a mask of this model's classes): segmented again, and overwritten
-    rgb = np.asarray(load_image(path), dtype=np.uint8)
-    pixels = torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None]
-    labels = runner.predict(pixels).argmax(1)[0].numpy().astype(np.uint8)  # H x W, the input's size
+    image = load_image(path)
+    rgb = np.asarray(image, dtype=np.uint8)
+    seen = np.asarray(downscale(image, segmenter.max_side), dtype=np.uint8)  # as the model was trained
+    pixels = torch.from_numpy(seen.transpose(2, 0, 1).copy())[None]
+    labels = class_map(runner.predict(pixels), *rgb.shape[:2]).numpy()  # H x W, the input's size
     overlay = colourise(rgb, labels, segmenter.colours, background=segmenter.background)
     images = {"mask": labels, "colour": segmenter.colours[labels], "overlay": overlay}
     for key, array in images.items():  # complete files under other names first: a stop never leaves a short one
@@ -250,6 +260,33 @@ def _predict_mask(
     for key in images:
         os.replace(files[key].with_name(f".{files[key].name}.part"), files[key])
     return _mask_result(segmenter, path, labels, files)
+
+
+def class_map(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The uint8 class of each pixel of a `height` x `width` image from its [1, classes, h, w] logits, which may be of
+    the image downscaled (``--max-side``).
+
+    The logits are upsampled bilinearly and then the argmax taken, rather than the small class map upsampled by
+    nearest neighbour: a boundary then runs where the two classes' scores cross between the model's pixels, not in
+    stairs of the downscale factor (4 px from 1024 px back to a 12 MP photo), and an argmax is always one of the
+    classes. One class at a time, keeping the best score so far: 10 bytes a pixel however many classes, where all
+    of them upsampled at once take 4 a pixel per class.
+    """
+    if tuple(logits.shape[-2:]) == (height, width):
+        return logits.argmax(1)[0].to(torch.uint8)
+
+    def upsampled(index: int) -> torch.Tensor:
+        score = logits[:, index : index + 1].float()
+        return F.interpolate(score, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+
+    best = upsampled(0)
+    labels = torch.zeros(height, width, dtype=torch.uint8)
+    for index in range(1, logits.shape[1]):
+        score = upsampled(index)
+        better = score > best  # ties keep the lower class, as argmax does
+        labels[better] = index
+        torch.maximum(best, score, out=best)
+    return labels
 
 
 def _mask_result(
