@@ -239,6 +239,19 @@ def test_a_run_trained_with_max_side_predicts_downscaled_and_returns_masks_at_th
             train_segmentation_folder(str(root), max_side=other, resume=True, progress=False, **options)
 
 
+def test_explain_gives_a_max_side_run_its_images_downscaled_as_predict_does(tmp_path):
+    """`cnnlab explain` ran a --max-side run on the image at full size, a scale it never saw, and refused a photo
+    above 4 MP that the run reads at a fraction of that."""
+    from cnnlab.tasks.explain import load_subject
+
+    root = _folder(tmp_path / "data", count=6, sizes=((48, 64),))
+    options = dict(output=str(tmp_path), name="s", crop_size=16, overrides={"epochs": 1, "batch_size": 4})
+    summary = train_segmentation_folder(str(root), max_side=32, progress=False, **options)
+    subject = load_subject(summary["run_dir"])
+    assert subject.preprocess(Image.new("RGB", (64, 48))).shape == (3, 24, 32)
+    subject.check_size(Image.new("RGB", (3000, 2000)), "photo.jpg")  # 6 MP, explained at 32x21
+
+
 def test_upsampled_logits_give_the_class_map_of_all_classes_upsampled_at_once():
     """`class_map` upsamples one class at a time to bound its memory; the map is the argmax of them all."""
     from cnnlab.tasks.segment_predict import class_map

@@ -58,6 +58,8 @@ class Subject:
         classifier: what `cnnlab predict` runs (`model` with the run's views averaged); default `model`.
         views: the views `classifier` averages.
         background: a segmenter's background class, which is not explained unless asked for or alone.
+        max_side: the longer side a segmenter trained with ``--max-side`` gets images downscaled to by `preprocess`,
+            as `cnnlab predict` does; None: images as they are.
     """
 
     model: nn.Module
@@ -69,6 +71,7 @@ class Subject:
     classifier: nn.Module | None = None
     views: tuple[str, ...] = ("identity",)
     background: int | None = None
+    max_side: int | None = None
 
     def probabilities(self, tensor: torch.Tensor) -> torch.Tensor:
         """Class probabilities [K] (CPU) for one input [C, H, W], as `cnnlab predict` gives them; a segmenter's
@@ -89,10 +92,14 @@ class Subject:
         return [pair for pair in pairs if self.kind != "segment" or pair[1] > 0]
 
     def check_size(self, image: Any, source: str | os.PathLike[str]) -> None:
-        """Refuse an image too large for a segmenter's Grad-CAM (`SEGMENT_EXPLAIN_PIXELS`), naming `source`."""
-        if self.kind == "segment" and image.width * image.height > SEGMENT_EXPLAIN_PIXELS:
+        """Refuse an image too large for a segmenter's Grad-CAM (`SEGMENT_EXPLAIN_PIXELS`) at the size `preprocess`
+        gives it, naming `source`."""
+        from cnnlab.data.segmentation import downscaled_size
+
+        width, height = downscaled_size(image.width, image.height, self.max_side)
+        if self.kind == "segment" and width * height > SEGMENT_EXPLAIN_PIXELS:
             raise CnnlabError(
-                f"{source}: {image.width}x{image.height} is above {SEGMENT_EXPLAIN_PIXELS / 2**20:.0f} MP; "
+                f"{source}: {width}x{height} is above {SEGMENT_EXPLAIN_PIXELS / 2**20:.0f} MP; "
                 "explaining a segmenter runs backward through the whole image, which takes gigabytes there: crop or "
                 "downscale it (`cnnlab predict` segments it whole)"
             )
@@ -140,16 +147,18 @@ def load_subject(source: str, device: str | torch.device = "cpu") -> Subject:
 
 
 def _segmenter_subject(source: str, device: str | torch.device) -> Subject:
-    """A segmentation run: whole images in [0, 1], normalised by the run's record, as `cnnlab predict` runs them."""
+    """A segmentation run: whole images in [0, 1], downscaled to the run's ``--max-side`` if it has one and normalised
+    by its record, as `cnnlab predict` runs them (a --max-side run was explained at a scale it never saw)."""
     from torchvision.transforms.v2 import functional as TF
 
+    from cnnlab.data.segmentation import downscale
     from cnnlab.tasks.segment_predict import load_segmenter
 
     segmenter = load_segmenter(source, device)
     mean, std = list(segmenter.mean), list(segmenter.std)
 
     def preprocess(image: Any) -> torch.Tensor:
-        pixels = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
+        pixels = TF.to_dtype(TF.pil_to_tensor(downscale(image, segmenter.max_side)), torch.float32, scale=True)
         return TF.normalize(pixels, mean, std)
 
     def to_display(tensor: torch.Tensor) -> torch.Tensor:
@@ -157,7 +166,8 @@ def _segmenter_subject(source: str, device: str | torch.device) -> Subject:
         return shown.clamp(0, 1).permute(1, 2, 0)
 
     model, classes = segmenter.model, segmenter.classes
-    return Subject(model, classes, preprocess, to_display, source, "segment", background=segmenter.background)
+    background, max_side = segmenter.background, segmenter.max_side
+    return Subject(model, classes, preprocess, to_display, source, "segment", background=background, max_side=max_side)
 
 
 # Explaining a segmenter runs backward through the whole image at full resolution, as training does: above this many
