@@ -174,3 +174,31 @@ def test_an_entry_serves_each_caller_its_own_class_indices(tmp_path: Path, monke
     assert first.labels.tolist() == reordered.subset(split["train"]).labels
     assert second.labels.tolist() == again.subset(again_split["train"]).labels
     assert second.labels.tolist() != first.labels.tolist()  # the same images, indexed in the other class order
+
+
+def test_a_system_that_does_not_say_its_free_memory_reads_the_cache_memory_mapped(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """macOS has no SC_AVPHYS_PAGES and Windows no os.sysconf: reading a built cache back raised there; now the free
+    memory is unknown (None) and the cache is memory-mapped, which needs none."""
+    import os
+
+    import cnnlab.tasks.feature_cache as feature_cache
+
+    images = _images(tmp_path / "img")
+    cache = FeatureCache(tmp_path / "cache", log=lambda message: None)
+    torch.manual_seed(0)
+    built = _build(cache, images, _Counting())
+
+    def no_meminfo(self: Path) -> str:
+        raise FileNotFoundError(self)
+
+    monkeypatch.setattr(feature_cache.Path, "read_text", no_meminfo)
+    monkeypatch.delattr(os, "sysconf")  # as on Windows
+    assert feature_cache.available_memory_bytes() is None
+    opened = []
+    load = np.load
+    monkeypatch.setattr(
+        np, "load", lambda *args, **kwargs: opened.append(kwargs.get("mmap_mode")) or load(*args, **kwargs)
+    )
+    again = _build(cache, images, _Counting())
+    assert again.reused and opened == ["c"]
+    assert torch.equal(again.features, built.features)

@@ -64,15 +64,19 @@ def images_digest(images: LabelledImages) -> str:
     return digest.hexdigest()
 
 
-def available_memory_bytes() -> int:
-    """Free RAM (MemAvailable on Linux; the physical pages free elsewhere)."""
+def available_memory_bytes() -> int | None:
+    """Free RAM (MemAvailable on Linux; the physical pages free where sysconf says), or None where the system does
+    not say: macOS has no ``SC_AVPHYS_PAGES`` and Windows no `os.sysconf`, and both raised here."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 @dataclass
@@ -296,8 +300,11 @@ class FeatureCache:
     @staticmethod
     def _load(entry: Path, views: Sequence[str], images: LabelledImages, seconds: float, reused: bool) -> CachedPart:
         size = (entry / _FEATURES).stat().st_size
-        in_memory = size < available_memory_bytes() // 2
-        array = np.load(entry / _FEATURES, mmap_mode=None if in_memory else "r")
+        available = available_memory_bytes()
+        in_memory = available is not None and size < available // 2  # unknown: memory-mapped, which always fits
+        array = np.load(
+            entry / _FEATURES, mmap_mode=None if in_memory else "c"
+        )  # copy-on-write: torch takes no read-only array
         # The key matched the images' paths and class *names*; their indices are the caller's (its class order).
         labels = torch.tensor(images.labels, dtype=torch.int64)
         features = torch.from_numpy(array) if in_memory else torch.from_numpy(np.asarray(array))

@@ -160,14 +160,6 @@ def _split(
     return {part: [usable[i] for i in indices] for part, indices in parts.items()}
 
 
-def _available_memory() -> int | None:
-    """The memory available in bytes, or None where the system does not say (no /proc/meminfo, no such sysconf)."""
-    try:
-        return available_memory_bytes()
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def _check_memory(folder: SegmentationFolder, crop: int, show: bool) -> None:
     """Refuse, before decoding, a folder whose pairs would take more than `MEMORY_SHARE` of the memory available (a
     few hundred phone photos took tens of GB: the process decoded for minutes and was then killed without a word),
@@ -176,7 +168,7 @@ def _check_memory(folder: SegmentationFolder, crop: int, show: bool) -> None:
     copies = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     pairs = f"{len(folder)} image+mask pair" + ("" if len(folder) == 1 else "s")
     needed = folder.decoded_bytes(folder.max_side) * copies
-    available = _available_memory()
+    available = available_memory_bytes()
     if show:
         at = "" if folder.max_side is None else f" (longer side at most {folder.max_side} px)"
         of = "" if available is None else f" of the {file_size(available)} available"
