@@ -239,6 +239,35 @@ def test_a_run_trained_with_max_side_predicts_downscaled_and_returns_masks_at_th
             train_segmentation_folder(str(root), max_side=other, resume=True, progress=False, **options)
 
 
+def test_a_resume_under_other_options_is_refused_before_a_pair_is_decoded(tmp_path, monkeypatch):
+    """--resume --max-side 24 of a run trained at 32 decoded the whole folder (minutes for a folder of photos) before
+    the engine refused it; the refusal comes first now, with the engine's message. Without classes.json the classes
+    come from the masks, known only once they are decoded: the same options are not refused for them."""
+    from cnnlab.data.segmentation import SegmentationFolder
+
+    root = _folder(tmp_path / "data", count=12)
+    colour_masks = SegmentationFolder(root)
+    for index, path in enumerate(colour_masks.masks):  # class-index masks, no classes.json
+        Image.fromarray(colour_masks.read(index)[1].numpy()).save(path)
+    (root / "classes.json").unlink()
+    options = dict(output=str(tmp_path), name="r", overrides={"epochs": 1, "batch_size": 4}, progress=False)
+    train_segmentation_folder(str(root), crop_size=16, max_side=32, **options)
+
+    def read(*args):
+        raise _Stop
+
+    monkeypatch.setattr(SegmentationFolder, "read", read)
+    for changed, message in (
+        ({"crop_size": 16, "max_side": 24}, "extra.max_side: 32 -> 24"),
+        ({"crop_size": 24, "max_side": 32}, "extra.crop_size: 16 -> 24"),
+        ({"crop_size": 16, "max_side": 32, "val_fraction": 0.25}, "extra.val_fraction: 0.15 -> 0.25"),
+    ):
+        with pytest.raises(CnnlabError, match=rf"cannot resume .*segment/r with different options \({message}\)"):
+            train_segmentation_folder(str(root), resume=True, **changed, **options)
+    with pytest.raises(_Stop):  # the same options: decoding starts
+        train_segmentation_folder(str(root), resume=True, crop_size=16, max_side=32, **options)
+
+
 def test_explain_gives_a_max_side_run_its_images_downscaled_as_predict_does(tmp_path):
     """`cnnlab explain` ran a --max-side run on the image at full size, a scale it never saw, and refused a photo
     above 4 MP that the run reads at a fraction of that."""

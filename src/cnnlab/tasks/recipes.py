@@ -9,7 +9,7 @@ other way round.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -140,7 +140,12 @@ def run_name(recipe: str) -> str:
 
 
 def check_start(
-    run_dir: Path, manifest: str, resume: bool, overwrite: bool, options: Mapping[str, Any] | None = None
+    run_dir: Path,
+    manifest: str,
+    resume: bool,
+    overwrite: bool,
+    options: Mapping[str, Any] | None = None,
+    free: Collection[str] = (),
 ) -> None:
     """Check ``--resume`` and ``--overwrite`` against what ``run_dir`` holds, before the task reads its data or
     writes its split there (a run reads its folder's split ``manifest`` back only when resumed).
@@ -148,11 +153,11 @@ def check_start(
     Without either flag, a folder holding a finished run (``model.json``) or an interrupted one (a ``checkpoint.pt``
     in it or in a phase folder) is refused: the new split would be written over the one its checkpoints were
     trained on. A folder a failed start left (a split, no checkpoint) is started again. With `resume`, see
-    `check_resume`.
+    `check_resume` (`options` and `free`).
     """
     check_resume_or_overwrite(resume, overwrite)
     if resume:
-        check_resume(run_dir, manifest, options)
+        check_resume(run_dir, manifest, options, free)
         return
     if overwrite:
         return
@@ -183,14 +188,17 @@ def check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:
         raise CnnlabError("--resume continues a run and --overwrite starts it again; pass one of them")
 
 
-def check_resume(run_dir: Path, manifest: str, options: Mapping[str, Any] | None = None) -> None:
+def check_resume(
+    run_dir: Path, manifest: str, options: Mapping[str, Any] | None = None, free: Collection[str] = ()
+) -> None:
     """Refuse ``--resume`` of a run that never started (no split ``manifest`` in ``run_dir``), before anything is
     written: a task would otherwise start a new run under that name, or leave a folder behind.
 
     With `options` (the task's config as a mapping), also refuse to resume under options other than those its
     ``config.yaml`` records, except those that only say where and how to run (`RESUMABLE_TASK_OPTIONS`, and in
     ``train`` the engine's `RESUME_FREE_OPTIONS`): a task whose phases each check their engine options still let
-    another recipe, other views or another image size retrain inside the run.
+    another recipe, other views or another image size retrain inside the run. `free` names more options left out,
+    nested ones as ``extra.classes`` (those the task learns only from its data, which the engine compares later).
     """
     if not (run_dir / manifest).is_file():
         raise CnnlabError(f"--resume: there is no run at {run_dir} to continue; start it without --resume")
@@ -208,7 +216,7 @@ def check_resume(run_dir: Path, manifest: str, options: Mapping[str, Any] | None
         return values
 
     saved = engine_free((yaml.safe_load(recorded.read_text()) or {}).get("config"))
-    check_resumable(saved, engine_free(options), run_dir, free=RESUMABLE_TASK_OPTIONS)
+    check_resumable(saved, engine_free(options), run_dir, free=RESUMABLE_TASK_OPTIONS | set(free))
 
 
 # A task's options that may differ between a run and its resumption: where it is, how it reports, how many workers.

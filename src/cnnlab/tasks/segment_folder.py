@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ from cnnlab.tasks.recipes import (
 from cnnlab.tasks.segmentation import TASK
 from cnnlab.tasks.transfer import class_weights
 from cnnlab.train import LoaderBatches, TrainConfig, Trainer
-from cnnlab.train.config import environment_record
+from cnnlab.train.config import RESUME_FREE_OPTIONS, environment_record
 from cnnlab.train.saved import save_model
 from cnnlab.train.strategy import is_main_process, main_process_first
 
@@ -257,15 +257,6 @@ def train_segmentation_folder(
         )
     check_split_seed(split_seed)  # before the folder is read
     folder = SegmentationFolder(data, skip_bad=True, max_side=max_side)
-    _check_memory(folder, crop, progress and is_main_process())
-    pairs = folder.read_all()
-    if not pairs:
-        reasons = "; ".join(f"{Path(s.path).name}: {s.reason}" for s in folder.skipped[:3])
-        raise CnnlabError(f"{folder.root} has no usable image+mask pair ({reasons})")
-    largest = max(int(torch.where(mask == IGNORE_INDEX, 0, mask).max()) for _, mask in pairs.values())
-    class_names = folder.class_names or [f"class {i}" for i in range(max(largest + 1, 2))]
-    if background is not None and not 0 <= background < len(class_names):
-        raise CnnlabError(f"--background {background} is not a class index (0..{len(class_names) - 1})")
     name = name or run_name(recipe.name)
     config = TrainConfig(
         **with_overrides(recipe.train, overrides),
@@ -282,7 +273,7 @@ def train_segmentation_folder(
             "arch": recipe.arch,
             "model_kwargs": recipe.model_kwargs,
             "pretrained": recipe.pretrained,
-            "classes": class_names,
+            "classes": folder.class_names,  # from the masks once they are read, without a classes.json
             "background": background,
             "class_weight": class_weight,
             # recorded only when set: a run started before this option existed still resumes
@@ -296,7 +287,21 @@ def train_segmentation_folder(
         },
     )
     run_dir = config.run_dir
-    check_start(run_dir, MANIFEST, resume, overwrite)
+    # A resume under other options is refused here, as the engine would refuse it once every pair was decoded (minutes
+    # for a folder of photos); the classes read from the masks are the engine's to compare.
+    unknown = {"extra.classes"} if folder.class_names is None else set()
+    options = config.to_dict() if config.resume else None  # a run with no checkpoint trains afresh: any options
+    check_start(run_dir, MANIFEST, resume, overwrite, options, free=RESUME_FREE_OPTIONS | unknown)
+    _check_memory(folder, crop, progress and is_main_process())
+    pairs = folder.read_all()
+    if not pairs:
+        reasons = "; ".join(f"{Path(s.path).name}: {s.reason}" for s in folder.skipped[:3])
+        raise CnnlabError(f"{folder.root} has no usable image+mask pair ({reasons})")
+    largest = max(int(torch.where(mask == IGNORE_INDEX, 0, mask).max()) for _, mask in pairs.values())
+    class_names = folder.class_names or [f"class {i}" for i in range(max(largest + 1, 2))]
+    if background is not None and not 0 <= background < len(class_names):
+        raise CnnlabError(f"--background {background} is not a class index (0..{len(class_names) - 1})")
+    config = replace(config, extra={**config.extra, "classes": class_names})
     run_dir.mkdir(parents=True, exist_ok=True)
     note_current_run(run_dir)
     # Under torchrun rank 0 splits and writes the manifest first, the other processes then read it (they write no

@@ -273,7 +273,8 @@ def check_resumable(
 ) -> None:
     """Refuse to continue the run in `run_dir`, started with the options `saved`, under `current`'s other options.
 
-    Only `current`'s keys are compared (a record may hold derived facts beside its options), except those in `free`.
+    Only `current`'s keys are compared (a record may hold derived facts beside its options), except those in `free`;
+    a name in `free` may be a nested one (``extra.classes``).
 
     Raises:
         CnnlabError: an option outside `free` differs; the message names each.
@@ -282,7 +283,11 @@ def check_resumable(
     # compared as JSON-able data: a checkpoint keeps tuples, a config.yaml gives lists
     saved, now = (json.loads(json.dumps(dict(record), default=str)) for record in (saved, values))
     changed = sorted(
-        _differences({k: v for k, v in saved.items() if k not in free}, {k: v for k, v in now.items() if k not in free})
+        difference
+        for difference in _differences(
+            {k: v for k, v in saved.items() if k not in free}, {k: v for k, v in now.items() if k not in free}
+        )
+        if difference[0] not in free
     )
     if changed:
         details = ", ".join(f"{k}: {_shown(before)} -> {_shown(after)}" for k, before, after in changed)
