@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
 import os
 import warnings
 from collections import Counter
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from cnnlab.errors import CnnlabError, listed, why_not_a_folder
 
@@ -38,12 +39,15 @@ __all__ = [
     "SkippedFile",
     "UnreadFormatWarning",
     "check_image",
+    "decode_image",
     "describe_skipped",
     "file_digest",
     "image_files",
     "load_image",
     "scan_csv",
     "scan_folder",
+    "to_rgb",
+    "turned_by_exif",
 ]
 
 # the names photos are saved under that Pillow decodes: .jfif is how Windows saves a JPEG from the web, .avif a phone's
@@ -173,16 +177,27 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     """
     with Image.open(path) as opened:
         opened.load()
-        image = ImageOps.exif_transpose(opened) or opened
-        mode = image.mode
-        if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-            image = _to_8bit(image)
-        elif mode == "P":
-            image = _composite_on_white(image) if "transparency" in image.info else image.convert("RGB")
-        elif mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-            image = _composite_on_white(image)
-        # CMYK (PIL's JPEG decoder already undoes Adobe's inverted CMYK), YCbCr, L, 1 and RGB: plain conversion.
-        return image.convert("RGB")
+        return to_rgb(opened)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """A decoded image as `load_image` gives it: a new 8-bit RGB image, EXIF orientation applied."""
+    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # else exif_transpose copies it unturned
+        image = ImageOps.exif_transpose(image) or image
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        image = _to_8bit(image)
+    elif mode == "P":
+        image = _composite_on_white(image) if "transparency" in image.info else image.convert("RGB")
+    elif mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = _composite_on_white(image)
+    # CMYK (PIL's JPEG decoder already undoes Adobe's inverted CMYK), YCbCr, L, 1 and RGB: plain conversion.
+    return image.convert("RGB")
+
+
+def turned_by_exif(image: Image.Image) -> bool:
+    """Whether `image`'s EXIF orientation swaps its width and height (`to_rgb` and `load_image` apply it)."""
+    return image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
 
 
 def check_image(path: str | os.PathLike[str]) -> str | None:
@@ -190,8 +205,35 @@ def check_image(path: str | os.PathLike[str]) -> str | None:
     return _read_checked(path)[1]
 
 
+def decode_image(
+    path: str | os.PathLike[str], at_least: int | None = None
+) -> tuple[Image.Image | None, tuple[int, int], str | None]:
+    """``path`` decoded once, every pixel (truncated and corrupt data fail, as in `check_image`), in the mode and
+    orientation it is stored in (`to_rgb` converts it as `load_image` does); the (width, height) the file stores; and
+    why it cannot be used (the image None), or None.
+
+    Args:
+        path: the file.
+        at_least: let a JPEG decode at 1/2, 1/4 or 1/8 scale (libjpeg scales while it decodes: a fraction of the
+            time and memory) as long as its longer side stays at least this many px; other formats, and None, decode
+            at full size. The size returned is the full one either way.
+    """
+    data, reason = _read_bytes(path)
+    if reason is not None:
+        return None, (0, 0), reason
+    return _decode(data, at_least)
+
+
 def _read_checked(path: str | os.PathLike[str]) -> tuple[bytes, str | None]:
     """The file's bytes (read once) and why they cannot be used as an image, or None when they decode fully."""
+    data, reason = _read_bytes(path)
+    if reason is None:
+        reason = _decode(data)[2]
+    return data, reason
+
+
+def _read_bytes(path: str | os.PathLike[str]) -> tuple[bytes, str | None]:
+    """The file's bytes, and why they cannot be read (None when they can)."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -200,21 +242,31 @@ def _read_checked(path: str | os.PathLike[str]) -> tuple[bytes, str | None]:
         return b"", "a folder, not an image file"
     except OSError as error:
         return b"", f"unreadable ({error.strerror or error})"
-    if not data:
-        return data, "zero-byte file"
+    return data, None if data else "zero-byte file"
+
+
+def _decode(data: bytes, at_least: int | None = None) -> tuple[Image.Image | None, tuple[int, int], str | None]:
+    """`decode_image` of a file's bytes."""
+    size = (0, 0)
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # decodes every pixel: truncated and corrupt data fail here
+        image = Image.open(io.BytesIO(data))
+        size = image.size
+        if at_least is not None and at_least < max(size):
+            scale = at_least / max(size)  # rounded up: the decoder's reduced size is at least the size asked
+            image.draft(image.mode, (math.ceil(size[0] * scale), math.ceil(size[1] * scale)))
+        image.load()  # decodes every pixel: truncated and corrupt data fail here
     except UnidentifiedImageError:
-        return data, "not an image PIL can read"
+        reason = "not an image PIL can read"
     except Image.DecompressionBombError:
-        return data, (
+        reason = (
             f"too many pixels to decode safely (more than {2 * Image.MAX_IMAGE_PIXELS:,}, Pillow's guard against "
             "decompression bombs); downscale it first"
         )
     except (OSError, SyntaxError, ValueError) as error:
-        return data, f"corrupt or truncated ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
-    return data, None
+        reason = f"corrupt or truncated ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+    else:
+        return image, size, None
+    return None, size, reason
 
 
 def file_digest(path: str | os.PathLike[str]) -> bytes:
