@@ -540,6 +540,34 @@ def test_a_folder_too_large_for_memory_is_refused_before_it_is_decoded(
     assert capsys.readouterr().out.splitlines()[0] == f"decoding 12 image+mask pairs: about 49 kB in memory{shown}"
 
 
+@pytest.mark.parametrize(("available", "refused"), [(700_000, False), (300_000, True)])
+def test_whole_image_validation_runs_fewer_images_at_once_or_is_refused_before_training(
+    tmp_path, monkeypatch, capsys, available, refused
+):
+    """Validation and test ran whole images 2 x --batch-size at a time with no estimate: a folder of 12 MP photos
+    trained its first epoch, then tried 32 photos at once (about 140 GB for the U-Net) and was killed. A 32x32 image
+    takes the U-Net about 380 kB whole (traced on the meta device): with 560 kB to use, 1 at a time; with 240 kB, the
+    image is refused before training."""
+    import cnnlab.tasks.segment_folder as segment_folder
+    import cnnlab.train.trainer as engine
+
+    root = _folder(tmp_path / "data", count=12)
+    monkeypatch.setattr(segment_folder, "available_memory_bytes", lambda: available)
+    options = dict(output=str(tmp_path), crop_size=16, val_fraction=0.25, test_fraction=0.25, progress=True)
+    overrides = {"epochs": 1, "batch_size": 4, "device": "cpu"}
+    if refused:
+        monkeypatch.setattr(engine.Trainer, "fit", lambda *args: pytest.fail("trained"))
+        with pytest.raises(
+            CnnlabError, match=r"data/images/\d+\.png \(32x32 px, a (validation|test) image\) takes about"
+        ) as e:
+            train_segmentation_folder(str(root), overrides=overrides, **options)
+        assert "of memory free on cpu; downscale it" in str(e.value)
+        return
+    summary = train_segmentation_folder(str(root), overrides=overrides, **options)
+    assert summary["images"]["val"] == 3 and summary["images"]["test"] == 3
+    assert "validation and test segment whole images 1 at a time, not 8" in capsys.readouterr().out
+
+
 def test_a_refusal_for_memory_names_a_max_side_that_fits_and_the_estimate_uses_it(tmp_path, monkeypatch, capsys):
     import cnnlab.tasks.segment_folder as segment_folder
 

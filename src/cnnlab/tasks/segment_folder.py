@@ -13,7 +13,8 @@
    ImageNet-pretrained EfficientNet-Lite0, whose weights' record gives the input normalisation.
 4. **Training** on random crops transformed jointly with their masks (torchvision v2), cross-entropy that ignores
    255 (optionally class-weighted); validation and test on whole images of any size, padded in the batch with 255
-   and by the model to its stride, cropped back.
+   and by the model to its stride, cropped back: fewer at a time than the evaluation batch where its largest would
+   not fit in memory, and an image that alone would not is refused before training (`_whole_image_batch`).
 5. **The run folder**: config.yaml, metrics, learning curves, ``results.json``, ``report.md`` (per-class IoU, mIoU,
    pixel accuracy, the confusion matrix, the worst test images), and the model (``model.safetensors`` +
    ``model.json`` with the classes, background, normalisation and ``max_side``) that `cnnlab predict` and
@@ -38,6 +39,7 @@ from cnnlab.data.segmentation import (
     SegmentationFolder,
     SegmentationInput,
     SegmentationSamples,
+    downscaled_size,
     joint_train_transform,
     pad_collate,
 )
@@ -60,6 +62,7 @@ from cnnlab.tasks.segmentation import TASK
 from cnnlab.tasks.transfer import class_weights
 from cnnlab.train import LoaderBatches, TrainConfig, Trainer
 from cnnlab.train.config import RESUME_FREE_OPTIONS, environment_record
+from cnnlab.train.device import resolve_device
 from cnnlab.train.saved import save_model
 from cnnlab.train.strategy import is_main_process, main_process_first
 
@@ -71,6 +74,7 @@ WORST_IMAGES = 6
 BOUNDARY_TOLERANCE = 2  # px, as the built-in canvases' report
 MEMORY_SHARE = 0.8  # of the memory available, the most the decoded pairs may take: the model and batches need the rest
 MAX_SIDE_STEPS = (4096, 2048, 1024, 512, 256)  # the --max-side values a refusal for memory may suggest, largest first
+WHOLE_IMAGE_BYTES_PER_PIXEL = 4096  # of input, a bound on what the models' inference takes (they take 290 to 600)
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,73 @@ def _check_memory(folder: SegmentationFolder, crop: int, show: bool) -> None:
     raise CnnlabError(
         f"{folder.root} holds {pairs}, about {file_size(needed)} decoded, more than "
         f"{MEMORY_SHARE:.0%} of the {file_size(available)} of memory available; {remedy}"
+    )
+
+
+def _whole_image_batch(
+    network: nn.Module,
+    parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]],
+    paths: dict[str, list[Path]],
+    batch: int,
+    device: torch.device,
+    crop: int,
+    show: bool,
+) -> int:
+    """The number of whole images validation and test run at once: `batch`, halved until the largest batch (padded
+    to its largest image, as `pad_collate` pads it) fits in `MEMORY_SHARE` of the memory free on `device`, by the
+    model's inference working set traced on the meta device (nothing computed). Each whole 12 MP photo takes the
+    U-Net about 4.4 GB: a batch of 32 of them was tried after the first epoch of training, and killed the process.
+
+    Raises:
+        CnnlabError: one image alone does not fit, naming it and the largest of `MAX_SIDE_STEPS` (not below the
+            `crop`) at which it does.
+    """
+    if device.type == "cuda":
+        available: int | None = torch.cuda.mem_get_info(device)[0]
+    elif device.type == "cpu":
+        free = available_memory_bytes()  # the decoded pairs are already taken from it
+        available = None if free is None else free // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    else:
+        available = None
+    if available is None:
+        return batch
+    limit = MEMORY_SHARE * available
+    sizes = {part: [tuple(mask.shape) for _, mask in pairs] for part, pairs in parts.items() if part != "train"}
+
+    def needed(count: int, height: int, width: int, exact: bool = False) -> int:
+        if not exact and count * height * width * WHOLE_IMAGE_BYTES_PER_PIXEL <= limit:  # fits by far: not traced
+            return 0
+        from cnnlab.budget import trace
+
+        return trace(network, (3, height, width), training=False, inference_batch_size=count).inference_peak_bytes
+
+    def largest_batch(at_once: int) -> tuple[int, int, int]:  # (images, height, width) of the largest padded batch
+        batches = [part[i : i + at_once] for part in sizes.values() for i in range(0, len(part), at_once)]
+        shapes = [(len(b), max(h for h, _ in b), max(w for _, w in b)) for b in batches if b]
+        return max(shapes, key=lambda shape: shape[0] * shape[1] * shape[2], default=(0, 0, 0))
+
+    at_once = batch
+    while (need := needed(*largest_batch(at_once))) > limit and at_once > 1:
+        at_once //= 2
+    if need <= limit:
+        if at_once < batch and show:
+            print(
+                f"validation and test segment whole images {at_once} at a time, not {batch}: about "
+                f"{file_size(needed(*largest_batch(at_once), exact=True))} of the {file_size(available)} of memory free"
+            )
+        return at_once
+    _, part, index = max((h * w, part, i) for part, shapes in sizes.items() for i, (h, w) in enumerate(shapes))
+    height, width = sizes[part][index]
+    remedy = "downscale it"
+    for side in (side for side in MAX_SIDE_STEPS if crop <= side < max(height, width)):
+        smaller_width, smaller_height = downscaled_size(width, height, side)
+        if (cheaper := needed(1, smaller_height, smaller_width, exact=True)) <= limit:
+            remedy = f"pass --max-side {side} (about {file_size(cheaper)})"
+            break
+    raise CnnlabError(
+        f"{paths[part][index]} ({width}x{height} px, a {'validation' if part == 'val' else part} image) takes about "
+        f"{file_size(need)} to segment whole, more than {MEMORY_SHARE:.0%} of the {file_size(available)} of memory "
+        f"free on {device}; {remedy}"
     )
 
 
@@ -342,6 +413,9 @@ def train_segmentation_folder(
         eval_transform=to_input,
     )
     eval_batch = config.eval_batch_size or 2 * config.batch_size
+    paths = {part: [folder.images[i] for i in indices] for part, indices in split.items()}
+    show = progress and main
+    eval_batch = _whole_image_batch(network, parts, paths, eval_batch, resolve_device(config.device), crop, show)
     train_loader = DataLoader(
         SegmentationSamples(parts["train"], joint_train_transform(crop, hflip)),
         batch_size=config.batch_size,
@@ -375,7 +449,7 @@ def train_segmentation_folder(
     test_report["boundary_tolerance_px"] = BOUNDARY_TOLERANCE
     test_report["confusion_matrix"] = matrix.tolist()
     worst = sorted(range(len(test)), key=lambda i: -errors[i])[:WORST_IMAGES]
-    test_paths = [folder.images[i] for i in split["test"]]
+    test_paths = paths["test"]
     downscaled = "" if max_side is None else f"; trained on images downscaled to a longer side of at most {max_side} px"
     save_model(
         final,
