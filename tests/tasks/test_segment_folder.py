@@ -568,6 +568,32 @@ def test_whole_image_validation_runs_fewer_images_at_once_or_is_refused_before_t
     assert "validation and test segment whole images 1 at a time, not 8" in capsys.readouterr().out
 
 
+def test_the_test_phase_keeps_only_the_worst_images_predictions(tmp_path, monkeypatch):
+    """Every test image's prediction was held to the end (int64 views of their padded batches: 96 MB or more for each
+    12 MP photo) to draw the 6 worst; only those 6 are kept now, and they are still the 6 worst."""
+    import weakref
+
+    import cnnlab.tasks.segment_folder as segment_folder
+
+    root = _folder(tmp_path / "data", count=24)
+    scored, alive = [], []
+
+    def confusion_matrix(predicted, *args):
+        scored.append(weakref.ref(predicted))
+        alive.append(sum(ref() is not None for ref in scored))
+        return original(predicted, *args)
+
+    original = segment_folder.confusion_matrix
+    monkeypatch.setattr(segment_folder, "confusion_matrix", confusion_matrix)
+    summary = train_segmentation_folder(
+        str(root), output=str(tmp_path), crop_size=16, test_fraction=0.5, overrides={"epochs": 1}, progress=False
+    )
+    assert summary["images"]["test"] == 12 and len(alive) == 12
+    assert max(alive) <= segment_folder.WORST_IMAGES + 1  # those kept and the one being scored
+    errors = [image["pixel_error"] for image in summary["worst_test_images"]]
+    assert len(errors) == segment_folder.WORST_IMAGES and errors == sorted(errors, reverse=True)
+
+
 def test_a_refusal_for_memory_names_a_max_side_that_fits_and_the_estimate_uses_it(tmp_path, monkeypatch, capsys):
     import cnnlab.tasks.segment_folder as segment_folder
 
