@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import math
 import os
 import warnings
 from collections import Counter
@@ -205,23 +204,15 @@ def check_image(path: str | os.PathLike[str]) -> str | None:
     return _read_checked(path)[1]
 
 
-def decode_image(
-    path: str | os.PathLike[str], at_least: int | None = None
-) -> tuple[Image.Image | None, tuple[int, int], str | None]:
+def decode_image(path: str | os.PathLike[str]) -> tuple[Image.Image | None, tuple[int, int], str | None]:
     """``path`` decoded once, every pixel (truncated and corrupt data fail, as in `check_image`), in the mode and
     orientation it is stored in (`to_rgb` converts it as `load_image` does); the (width, height) the file stores; and
     why it cannot be used (the image None), or None.
-
-    Args:
-        path: the file.
-        at_least: let a JPEG decode at 1/2, 1/4 or 1/8 scale (libjpeg scales while it decodes: a fraction of the
-            time and memory) as long as its longer side stays at least this many px; other formats, and None, decode
-            at full size. The size returned is the full one either way.
     """
     data, reason = _read_bytes(path)
     if reason is not None:
         return None, (0, 0), reason
-    return _decode(data, at_least)
+    return _decode(data)
 
 
 def _read_checked(path: str | os.PathLike[str]) -> tuple[bytes, str | None]:
@@ -245,15 +236,12 @@ def _read_bytes(path: str | os.PathLike[str]) -> tuple[bytes, str | None]:
     return data, None if data else "zero-byte file"
 
 
-def _decode(data: bytes, at_least: int | None = None) -> tuple[Image.Image | None, tuple[int, int], str | None]:
+def _decode(data: bytes) -> tuple[Image.Image | None, tuple[int, int], str | None]:
     """`decode_image` of a file's bytes."""
     size = (0, 0)
     try:
         image = Image.open(io.BytesIO(data))
         size = image.size
-        if at_least is not None and at_least < max(size):
-            scale = at_least / max(size)  # rounded up: the decoder's reduced size is at least the size asked
-            image.draft(image.mode, (math.ceil(size[0] * scale), math.ceil(size[1] * scale)))
         image.load()  # decodes every pixel: truncated and corrupt data fail here
     except UnidentifiedImageError:
         reason = "not an image PIL can read"

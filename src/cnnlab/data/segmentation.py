@@ -352,8 +352,8 @@ class SegmentationFolder(Dataset):
             `read_all` then also lists the pairs that cannot be read (undecodable files, a mask of another size, an
             unknown colour or class).
         max_side: downscale each pair as it is read so that its longer side is at most this many pixels (the image
-            by `downscale`'s filter, a JPEG first decoded at a reduced scale not below it, see `decode_image`; the
-            mask by nearest neighbour); smaller pairs and None: as they are.
+            by `downscale`'s filter, from the image decoded at full size, as `cnnlab predict` and `cnnlab explain` read
+            it; the mask by nearest neighbour); smaller pairs and None: as they are.
     """
 
     def __init__(
@@ -523,9 +523,10 @@ class SegmentationFolder(Dataset):
                 image's, or the mask holds a colour or index that is not a class.
         """
         path = self.images[index]
-        # each file decoded once; with max_side a JPEG at the smallest of 1/2, 1/4, 1/8 scale that is not below it,
-        # then brought to the exact size as before (a 12 MP photo took 1.3 s and over 1 GB decoded at full size, twice)
-        decoded, stored, reason = decode_image(path, self.max_side)
+        # each file decoded once (a 12 MP photo took 1.3 s and over 1 GB decoded twice), at full size and then
+        # downscaled: a JPEG decoded at a reduced scale (PIL's draft) differed from what predict, explain and an
+        # export's record feed the model by up to 16 grey levels
+        decoded, stored, reason = decode_image(path)
         if reason is not None:
             raise CnnlabError(f"{path}: {reason}")
         assert decoded is not None
