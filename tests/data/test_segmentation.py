@@ -415,3 +415,15 @@ def test_max_side_training_pixels_are_the_ones_predict_and_explain_feed_the_mode
     in_use = torch.from_numpy(np.asarray(downscale(load_image(tmp_path / "images" / "a.jpg"), 40)).copy())
     assert image.shape == (3, 40, 30) and mask.shape == (40, 30)
     assert torch.equal(image.permute(1, 2, 0), in_use)
+
+
+@pytest.mark.parametrize("colour", [[256, 0, 0], [-1, 0, 0], [10, 10], [1.5, 0, 0], "red"])
+def test_a_class_colour_that_no_pixel_can_have_is_refused(tmp_path, colour):
+    """[256, 0, 0] was taken without a word and matched no pixel (the class was never labelled); three classes of
+    [r, g] were reshaped into two colours."""
+    classes = [{"name": "a", "color": [0, 0, 0]}, {"name": "b", "color": colour}, {"name": "c", "color": [9, 9, 9]}]
+    if colour == [10, 10]:
+        classes = [{**c, "color": [5 * i, 5 * i]} for i, c in enumerate(classes)]
+    _one_pair(tmp_path, Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)), classes)
+    with pytest.raises(CnnlabError, match=r"classes.json must be a list .*'[ab]' has color .*not three integers 0-255"):
+        SegmentationFolder(tmp_path)

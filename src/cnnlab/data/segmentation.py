@@ -420,6 +420,9 @@ class SegmentationFolder(Dataset):
                 self.class_names = [str(c["name"]) for c in classes]
                 coloured = ["color" in c for c in classes]
                 if all(coloured):
+                    for c in classes:  # [256, 0, 0] matched no pixel, and three [r, g] pairs read as two colours
+                        if len(c["color"]) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in c["color"]):
+                            raise ValueError(f"{c['name']!r} has color {c['color']}, not three integers 0-255")
                     self.colours = np.array([c["color"] for c in classes], dtype=np.int64).reshape(-1, 3)
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
                 raise CnnlabError(
