@@ -1,6 +1,7 @@
 """The chapter's exercise 2: three stride-2 'same' convolutions on a 200x300 RGB image."""
 
 import pytest
+from torch import nn
 
 from cnnlab.budget import budget
 
@@ -94,3 +95,11 @@ def test_depth_leaves_a_zoo_models_memory_figures_alone(depth):
     for view in ("inference", "training", "realistic"):
         assert shown.to_dict()[view] == leaves.to_dict()[view], view
     assert leaves.training["activations_bytes"] == 2 * 20_680_608  # every leaf's output, ReLUs folded in
+
+
+@pytest.mark.parametrize("model", ["resnet18", nn.Conv2d(3, 8, 3)], ids=["depth-0", "one-layer"])
+def test_a_row_that_is_the_whole_model_has_its_macs(model):
+    """The one row of --depth 0, or of a model that is a single layer, showed 0 MACs beside the total."""
+    report = budget(model, input_shape=(3, 64, 64), depth=0)
+    assert len(report.layers) == 1
+    assert report.layers[0].macs == report.macs > 0

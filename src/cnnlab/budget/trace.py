@@ -659,8 +659,10 @@ def _fill_flops(
     counts = flops.get_flop_counts()
     prefix = type(model).__name__
     result.macs = flops.get_total_flops() // 2 // batch
-    for row in result.rows:
-        per_op = counts.get(f"{prefix}.{row.name}", {})
+    for (name, module), row in zip(rows, result.rows, strict=True):
+        # the counter names the model itself by its class alone: the one row of --depth 0 (or of a model that is a
+        # single layer) read 'ResNet.ResNet', found nothing and showed 0 MACs beside a total of 1.8 G
+        per_op = counts.get(prefix if module is model else f"{prefix}.{name}", {})
         row.macs = sum(per_op.values()) // 2 // batch
 
 
