@@ -45,6 +45,23 @@ def test_pool_shapes_match_pytorch(kind, size, kernel, stride, padding):
         assert layers[0].output_shape[1] == math.ceil(size / stride)
 
 
+@pytest.mark.parametrize(
+    "line,kernel,stride",
+    [
+        ("maxpool k1", (1, 1), (1, 1)),  # was a 2x2 pooling of stride 2: a 1x1 kernel was taken for no kernel
+        ("avgpool k1x3", (1, 3), (1, 3)),
+        ("maxpool", (2, 2), (2, 2)),
+        ("maxpool s1", (2, 2), (1, 1)),  # was a 1x1 kernel: the 2x2 default applied only without a stride
+        ("avgpool k3", (3, 3), (3, 3)),
+    ],
+)
+def test_pool_kernel_and_stride_default_only_when_not_given(line, kernel, stride):
+    layer = infer_shapes(parse_spec([line]), (2, 9, 9))[0]
+    assert (layer.kernel, layer.stride) == (kernel, stride)
+    module = build_module([layer])
+    assert tuple(module(torch.zeros(1, 2, 9, 9)).shape[1:]) == layer.output_shape
+
+
 def test_same_stride_two_turns_75_into_38():
     layers = infer_shapes(parse_spec(["conv 8 k3 s2 same"]), (3, 75, 75))
     assert layers[0].output_shape == (8, 38, 38)

@@ -4,7 +4,7 @@ One layer per string, a keyword then options::
 
     conv 100 k3 s2 same        # 100 filters, 3x3 kernel, stride 2, "same" padding (Keras/TF rule)
     conv 64 k3x5 s1 p1 relu    # explicit padding; a trailing activation becomes its own layer
-    maxpool k2 s2              # also avgpool; stride defaults to the kernel size, padding to valid
+    maxpool k2 s2              # also avgpool; kernel defaults to 2x2, stride to the kernel, padding to valid
     gap                        # global average pooling to a vector
     flatten
     dense 10                   # fully connected; needs a flat input
@@ -241,10 +241,12 @@ def _parse_line(text: str, index: int) -> list[LayerSpec]:
     if kind in ("conv", "dense") and layer.filters is None:
         what = "filters" if kind == "conv" else "units"
         raise CnnlabError(f"layer {name} ({text!r}): give the number of {what}, e.g. '{kind} 64'")
-    if kind in ("maxpool", "avgpool") and not explicit_stride:
-        layer.stride = layer.kernel if layer.kernel != (1, 1) else (2, 2)
-        if layer.kernel == (1, 1):
+    if kind in ("maxpool", "avgpool"):  # 2x2 without a kernel, and the stride defaults to the kernel
+        # told by the option given, not by the value: 'maxpool k1' became a 2x2 pooling of stride 2
+        if "kernel" not in given:
             layer.kernel = (2, 2)
+        if not explicit_stride:
+            layer.stride = layer.kernel
     if kind == "dropout" and layer.rate is None:
         layer.rate = 0.5
     if kind == "lrn" and layer.size is None:
