@@ -197,6 +197,17 @@ def test_a_number_that_cannot_be_read_is_named(line, fragment):
         parse_spec([line])
 
 
+@pytest.mark.parametrize(
+    "line,pads", [("maxpool k2 p2", "p1x1"), ("avgpool k3x1 p1", "p1x0"), ("maxpool k1 s1 p1", "p0x0")]
+)
+def test_pooling_padded_beyond_half_its_window_is_refused_naming_the_layer(line, pads):
+    """PyTorch refuses it when the module runs; the budget said 'spec does not run on input ...' without the layer."""
+    with pytest.raises(CnnlabError, match=rf"layer 2:\w+ \('{re.escape(line)}'\): padding .* use {pads} or 'same'"):
+        infer_shapes(parse_spec(["conv 4 k1", line]), (3, 9, 9))
+    half = infer_shapes(parse_spec(["conv 4 k1", line.replace(line.split()[-1], pads)]), (3, 9, 9))
+    assert tuple(build_module(half)(torch.zeros(1, 3, 9, 9)).shape[1:]) == half[-1].output_shape
+
+
 def test_small_numbers_that_are_valid_are_read():
     """p0 is PyTorch's padding=0 (it was refused as unreadable); a rate in scientific notation is a number too."""
     padded = infer_shapes(parse_spec(["conv 8 k3 p0", "conv 8 k3 p1x0"]), (3, 8, 8))

@@ -434,6 +434,11 @@ def _window_output(layer: LayerSpec, height: int, width: int) -> tuple[int, int]
     else:
         top = bottom = layer.padding[0]
         left = right = layer.padding[1]
+        if layer.kind != "conv" and (top > kh // 2 or left > kw // 2):  # torch's error did not name the layer
+            raise CnnlabError(
+                f"layer {layer.name} ({layer.source!r}): padding {top}x{left} is more than half the {kh}x{kw} "
+                f"window; pooling pads at most half its window on each side: use p{kh // 2}x{kw // 2} or 'same'"
+            )
     layer.pads = (top, bottom, left, right)
     out_h = _conv_out(height, kh, sh, top + bottom, dh)
     out_w = _conv_out(width, kw, sw, left + right, dw)
