@@ -1,5 +1,6 @@
 """`cnnlab budget RUN`: a trained run's network, sized at the run's own input, without reading its weights."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,13 @@ def test_a_run_that_trained_the_whole_network_has_no_second_step(tmp_path: Path)
 
     assert trained_step_memory(_cached_run(tmp_path, 2, method="full")) is None
     assert trained_step_memory(tmp_path) is None
+
+
+@pytest.mark.parametrize("name", ["runs/mnist/lenet5x", "mymodel.pt", "runs\\mnist\\one"])
+def test_a_path_that_is_not_there_is_said_to_be_missing(tmp_path: Path, monkeypatch, name: str) -> None:
+    """It was looked up in the zoo: "unknown model 'runs/mnist/lenet5x'; did you mean lenet5, resnet50?"."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CnnlabError, match=rf"^{re.escape(name)}: no such file or folder; give a run"):
+        budget(name)
+    with pytest.raises(CnnlabError, match="unknown model 'resnet5'; did you mean"):  # a name is still a zoo name
+        budget("resnet5")

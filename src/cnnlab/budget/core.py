@@ -119,6 +119,10 @@ def parse_memory(text: str) -> int:
         raise CnnlabError(f"cannot read memory size {text!r}; write e.g. 8GiB, 512MB or 16G") from None
 
 
+# Files a TARGET may name by mistake for a run's folder (weights, checkpoints, exports).
+_FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".bin", ".onnx", ".pkl", ".py", ".txt")
+
+
 def check_zoo_input(name: str, shape: tuple[int, ...], default: tuple[int, ...]) -> None:
     """Refuse an input a zoo model cannot take, in its terms (the traced error said "Invalid channel dimensions")."""
     example = "x".join(map(str, default))
@@ -168,6 +172,12 @@ def resolve_model(
             raise CnnlabError(f"{text}: give the input shape with --input or an 'input:' key in the file")
         layers = infer_shapes(layers, shape)
         return Path(text).stem, build_module(layers), shape, layers
+    # a zoo name has no folder and is no file: "unknown model 'runs/mnist/a'; did you mean ..."
+    if "/" in text or "\\" in text or Path(text).suffix.lower() in _FILE_SUFFIXES:
+        raise CnnlabError(
+            f"{text}: no such file or folder; give a run's folder (or its model.json), a YAML/JSON spec file, or a zoo "
+            "model's name (`cnnlab zoo` lists them)"
+        )
     from cnnlab.models import create_model
 
     with torch.device("meta") if on_meta else contextlib.nullcontext():
