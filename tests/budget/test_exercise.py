@@ -1,5 +1,7 @@
 """The chapter's exercise 2: three stride-2 'same' convolutions on a 200x300 RGB image."""
 
+import re
+
 import pytest
 from torch import nn
 
@@ -47,6 +49,19 @@ def test_explain_shows_the_derivation(report):
     text = explain(report)
     for fragment in ("100 x (3 x 3 x 3 + 1) = 2,800", "903,400", "ceil(75 / 2) = 38", "12,613,600", "565,613,600"):
         assert fragment in text
+
+
+def test_explains_size_arithmetic_gives_its_result_for_dilated_kernels_too():
+    """With a dilated kernel the sum read 'floor((9 + 2 - 3) / 1) + 1 = 7', which is 9: the dilation was left out."""
+    from cnnlab.budget.explain import explain
+
+    spec = ["conv 8 k3 d2 p1", "conv 4 k3x5 d2x3 s2", "maxpool k3 s2 p1", "conv 4 k2 s1"]
+    text = explain(budget(spec, input_shape=(3, 19, 40)))
+    rules = re.findall(r"(?:height|width): floor\((.*)\) \+ 1 = (\d+)", text)
+    assert len(rules) == 8
+    for expression, result in rules:  # floor((a + b - c) / s) evaluated on its own numbers
+        assert eval(expression.replace(" x ", " * ").replace("/", "//")) + 1 == int(result), expression  # noqa: S307
+    assert "floor((19 + 2 - 2 x (3 - 1) - 1) / 1) + 1 = 17" in text
 
 
 @pytest.mark.parametrize("relu", [False, True])

@@ -30,16 +30,18 @@ def _shape(shape: tuple[int, ...]) -> str:
 def _spec_layer_lines(layer: LayerSpec, itemsize: int) -> list[str]:
     lines = [f"{layer.name}  ({layer.source})  input {_shape(layer.input_shape)}"]
     if layer.kind in ("conv", "maxpool", "avgpool"):
-        (kh, kw), (sh, sw) = layer.kernel, layer.stride
+        (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.stride, layer.dilation
         top, bottom, left, right = layer.pads
-        for axis, size, kernel, stride, pads, out in (
-            ("height", layer.input_shape[1], kh, sh, top + bottom, layer.output_shape[1]),
-            ("width", layer.input_shape[2], kw, sw, left + right, layer.output_shape[2]),
+        for axis, size, kernel, stride, dilation, pads, out in (
+            ("height", layer.input_shape[1], kh, sh, dh, top + bottom, layer.output_shape[1]),
+            ("width", layer.input_shape[2], kw, sw, dw, left + right, layer.output_shape[2]),
         ):
+            # a dilated kernel spans dilation x (k - 1) + 1 pixels: with k alone the sum did not give its result
+            span = f"{dilation} x ({kernel} - 1) - 1" if dilation > 1 else f"{kernel}"
             if layer.padding == "same":
                 rule = f"same: ceil({size} / {stride}) = {out}"
             else:
-                rule = f"floor(({size} + {pads} - {kernel}) / {stride}) + 1 = {out}"
+                rule = f"floor(({size} + {pads} - {span}) / {stride}) + 1 = {out}"
             lines.append(f"    {axis}: {rule}")
     trainable, buffers = parameter_counts(layer)
     if layer.kind == "conv":
