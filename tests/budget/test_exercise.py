@@ -64,6 +64,17 @@ def test_explains_size_arithmetic_gives_its_result_for_dilated_kernels_too():
     assert "floor((19 + 2 - 2 x (3 - 1) - 1) / 1) + 1 = 17" in text
 
 
+def test_explains_layer_macs_add_up_to_the_total():
+    """A dense layer's MACs were counted in the total but not shown: 17,496 of conv beside a total of 17,576."""
+    from cnnlab.budget.explain import explain
+
+    report = budget(["conv 8 k3 same", "maxpool k2", "flatten", "dense 10 relu", "dense 3"], input_shape=(3, 9, 9))
+    text = explain(report)
+    shown = [int(value.replace(",", "")) for value in re.findall(r"    MACs = .* = ([\d,]+)$", text, re.MULTILINE)]
+    assert shown == [8 * 81 * 27, 128 * 10, 10 * 3]
+    assert sum(shown) == report.macs
+
+
 @pytest.mark.parametrize("relu", [False, True])
 def test_realistic_estimate_matches_measurement(relu):
     layers = [f"{line} relu" if relu else line for line in EXERCISE]

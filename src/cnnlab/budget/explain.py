@@ -61,6 +61,8 @@ def _spec_layer_lines(layer: LayerSpec, itemsize: int) -> list[str]:
         lines.append(
             f"    params = units x (inputs{bias}) = {layer.filters} x ({layer.input_shape[0]}{bias}) = {_n(trainable)}"
         )
+        # without it the layers' MACs did not add up to the total in section 3
+        lines.append(f"    MACs = units x inputs = {layer.filters} x {layer.input_shape[0]} = {_n(layer_macs(layer))}")
     elif layer.kind == "bn":
         lines.append(
             f"    params = 2 x channels (scale, shift) = {_n(trainable)}; buffers (running mean, var) = {buffers}"
