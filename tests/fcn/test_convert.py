@@ -69,6 +69,23 @@ def test_each_output_location_is_the_classifier_on_that_window():
             assert torch.allclose(scores[0, :, i, j], model(crop)[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("pool", [nn.AdaptiveMaxPool2d(1), nn.AdaptiveAvgPool2d(1)], ids=["max", "avg"])
+def test_a_global_pool_not_moved_behind_the_dense_layers_scores_every_window(pool):
+    """Global pooling was kept with its window as its stride: a global-max-pool classifier scored one window of a
+    15x15 image (a 1x1 map) where 7x7 windows of its 9x9 training size fit. The average pool shows the same when a
+    ReLU after it keeps it in front of the dense layer."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), pool, nn.ReLU(), nn.Flatten(), nn.Linear(4, 10)).eval()
+    converted = to_fully_convolutional(model, (1, 9, 9))
+    _assert_identical(model, converted, (1, 9, 9))
+    image = torch.rand(1, 1, 15, 15)
+    with torch.no_grad():
+        scores = converted(image)
+        assert scores.shape == (1, 10, 7, 7)
+        for i, j in [(0, 0), (2, 5), (6, 6)]:
+            assert torch.allclose(scores[0, :, i, j], model(image[..., i : i + 9, j : j + 9])[0], atol=1e-5)
+
+
 def test_lenet5():
     model = create_model("lenet5").eval()
     converted = to_fully_convolutional(model)

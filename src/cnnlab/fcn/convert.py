@@ -219,7 +219,11 @@ def _convert_calls(calls: list[_Call], feature_shape: tuple[int, ...], pool: str
                 deferred_pool = kernel  # 1x1 convs first, then the average (linear maps commute with it)
                 shape = (shape[0], 1, 1)
                 continue
-            pool_layer = nn.AvgPool2d(kernel, stride=kernel) if is_avg else nn.MaxPool2d(kernel, stride=kernel)
+            # A global pool slides by one feature-map step: each location pools one training-sized window, as the
+            # classifier pools its whole map. With the cells' stride a global max pool scored a single window of a
+            # larger image (1x1 where 7x7 fit); pools into several cells keep it, their cells being that far apart.
+            stride = 1 if (out_h, out_w) == (1, 1) else kernel
+            pool_layer = nn.AvgPool2d(kernel, stride=stride) if is_avg else nn.MaxPool2d(kernel, stride=stride)
             layers.append((safe_name, pool_layer))
             shape = (shape[0], out_h, out_w)
             continue
