@@ -74,6 +74,16 @@ def test_measured_counts_what_autograd_saves_by_hand():
     assert result.saved_input_bytes == batch_bytes
 
 
+def test_a_real_step_the_device_cannot_run_is_one_line_naming_dtype_and_device():
+    """PyTorch has no float16 CPU kernel for local response normalisation: --measure ended in a traceback."""
+    from cnnlab.errors import CnnlabError
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LocalResponseNorm(3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    assert budget(model, input_shape=(3, 8, 8), dtype="float16").macs > 0  # the estimate runs on the meta device
+    with pytest.raises(CnnlabError, match=r"^--measure: one real float16 training step at batch 2 failed on cpu: .*"):
+        budget(model, input_shape=(3, 8, 8), batch_size=2, dtype="float16", measure=True)
+
+
 def test_measurement_leaves_the_callers_model_unchanged():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
     before = [p.detach().clone() for p in model.parameters()]

@@ -437,7 +437,15 @@ def measure_step(
 ) -> dict[str, Any]:
     """Run one real training step and compare what it held with the realistic estimate."""
     device = str(resolve_device(device))  # unknown, or cuda without a GPU: one line naming what this machine has
-    real = trace(module, shape, batch_size, dtype, device, optimizer)
+    try:
+        real = trace(module, shape, batch_size, dtype, device, optimizer)
+    except RuntimeError as error:  # a kernel this device lacks for the dtype (CPU LRN in float16), or memory
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        dtype_name = str(dtype).removeprefix("torch.")
+        raise CnnlabError(
+            f"--measure: one real {dtype_name} training step at batch {batch_size} failed on {device}: {reason}; "
+            "the estimate needs no real step (leave out --measure), or measure another --dtype or --device"
+        ) from None
     measured: dict[str, Any] = {
         "device": device,
         "saved_for_backward_bytes": real.saved_bytes,
