@@ -105,3 +105,28 @@ def test_the_command_line_asks_for_the_input_and_checks_its_channels(nets: Path)
     assert isinstance(python.exception, CnnlabError) and f"`cnnlab budget {nets}:build" in str(python.exception)
     grey = CliRunner().invoke(app, ["budget", f"{nets}:Grey", "--input", "3x28x28"])
     assert isinstance(grey.exception, CnnlabError) and "takes 1-channel input" in str(grey.exception)
+
+
+READS_VALUES = """
+import torch
+from torch import nn
+
+class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x / float(x.abs().max())).flatten(1)
+"""
+
+
+def test_a_forward_that_reads_tensor_values_is_named_as_such(tmp_path: Path) -> None:
+    """The meta device's refusal was blamed on the input: "does not run on input 3x8x8: Tensor.item() cannot be
+    called on meta tensors", though no input size runs."""
+    (tmp_path / "scaled.py").write_text(READS_VALUES)
+    result = CliRunner().invoke(app, ["budget", f"{tmp_path}/scaled.py:Scaled", "--input", "3x8x8"])
+    assert isinstance(result.exception, CnnlabError)
+    message = str(result.exception)
+    assert "reads its tensors' values in forward (Tensor.item() cannot be called on meta tensors)" in message
+    assert "does not run on input" not in message

@@ -273,6 +273,8 @@ def _build_views(
     return inference, training, realistic
 
 
+# What torch says when a forward reads a value of a meta tensor (.item(), .tolist(), .numpy(), nonzero).
+_NO_VALUES = ("meta tensor", "meta device", "register_meta")
 # What torch says when a map has shrunk below a kernel: convolution, max and average pooling.
 _TOO_SMALL = ("Kernel size can't be greater than actual input size", "Output size is too small")
 
@@ -320,6 +322,12 @@ def input_error(
     that names the model and its input, with what to do where the cause is known: a map shrunk below a kernel (the
     smallest input that runs), fixed dense layers (their size), a batch norm on one value per channel."""
     first_line = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
+    if any(words in first_line for words in _NO_VALUES):  # the input is not the cause: another size fails alike
+        return CnnlabError(
+            f"{name} reads its tensors' values in forward ({first_line}): the budget traces it on the meta device, "
+            "where tensors have shapes but no values, so a forward that branches on or converts them (.item(), "
+            "float(x), .tolist(), .numpy(), nonzero) cannot be sized; make those steps independent of the values"
+        )
     hint = ""
     if "more than 1 value per channel" in first_line:  # batch norm in training mode on a 1x1 map of one sample
         hint = (
