@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from cnnlab.cli import app
@@ -63,3 +64,20 @@ def test_zoo_show_refuses_an_input_the_model_cannot_take_in_one_line():
         assert isinstance(result.exception, CnnlabError), (arguments, result.output)
         assert message in str(result.exception)
     assert runner.invoke(app, ["zoo", "show", "resnet18", "--input", "3x64x64"]).exit_code == 0
+
+
+@pytest.mark.parametrize("name", ["unet", "unet_encoder", "fcn8s", "resnet18"])
+def test_zoo_show_stages_hold_every_parameter(name):
+    """unet's stages were its shared pooling and classifier alone (187 of 482,619 parameters): the blocks in its
+    ModuleLists, and fcn8s's backbone, whose forward the model does not call, had no row."""
+    import torch
+
+    from cnnlab.models import create_model
+    from cnnlab.models._summary import model_stages
+
+    with torch.device("meta"):
+        model = create_model(name)
+    stages = model_stages(model, tuple(model.default_input_size))
+    distinct = {stage.name: stage.params for stage in stages}  # unet calls its one pooling three times
+    assert sum(distinct.values()) == sum(p.numel() for p in model.parameters())
+    assert len(stages) == len({(stage.name, stage.output_shape) for stage in stages})
