@@ -129,3 +129,32 @@ def test_a_row_that_is_the_whole_model_has_its_macs(model):
     report = budget(model, input_shape=(3, 64, 64), depth=0)
     assert len(report.layers) == 1
     assert report.layers[0].macs == report.macs > 0
+
+
+class _Listed(nn.Module):
+    """Blocks kept in a ModuleList (as unet keeps its encoders), and an auxiliary head that eval mode skips."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), nn.Conv2d(4, 2, 1)])
+        self.aux = nn.Linear(2, 2)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def test_members_of_a_module_list_are_the_rows_at_its_depth():
+    """At --depth 1 unet's 'encoders' (a ModuleList, never called itself) was a row with no output, 0 MACs and 4
+    activation bytes: one value of an empty shape."""
+    report = budget(_Listed(), input_shape=(3, 8, 8), depth=1)
+    rows = {row.name: row for row in report.layers}
+    assert list(rows) == ["blocks.0", "blocks.1", "aux"]
+    assert rows["blocks.0"].macs + rows["blocks.1"].macs == report.macs == 4 * 27 * 64 + 2 * 4 * 64
+    assert (rows["blocks.1"].output_shape, rows["blocks.1"].activation_bytes) == ((2, 8, 8), 2 * 64 * 4)
+    assert (rows["aux"].output_shape, rows["aux"].activation_bytes) == ((), 0)  # not called: no output
+    assert [row.name for row in budget(_Listed(), input_shape=(3, 8, 8), depth=2).layers][:2] == [
+        "blocks.0.0",
+        "blocks.0.1",
+    ]

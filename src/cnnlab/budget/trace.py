@@ -336,13 +336,22 @@ class TraceResult:
     step_peak_bytes: int = 0  # peak during the optimizer step (step_start_bytes when there is none)
 
 
+_CONTAINERS = (nn.ModuleList, nn.ModuleDict)
+
+
 def select_rows(model: nn.Module, depth: int | None = None) -> list[tuple[str, nn.Module]]:
-    """Modules shown as table rows: the leaves, or the modules at `depth` (leaves above it included)."""
+    """Modules shown as table rows: the leaves, or the modules at `depth` (leaves above it included).
+
+    A ModuleList or ModuleDict is never called, only its members are: it is no row and no level of its own, so
+    unet's ``encoders.0`` sits at depth 1 (the row 'encoders' showed no output, 0 MACs and 4 activation bytes).
+    """
+    modules = dict(model.named_modules())
     rows = []
-    for name, module in model.named_modules():
-        if not name:
+    for name, module in modules.items():
+        if not name or isinstance(module, _CONTAINERS):
             continue
-        level = name.count(".") + 1
+        parts = name.split(".")
+        level = sum(not isinstance(modules[".".join(parts[: i + 1])], _CONTAINERS) for i in range(len(parts)))
         is_leaf = next(module.children(), None) is None
         if (depth is None and is_leaf) or (depth is not None and (level == depth or (is_leaf and level < depth))):
             rows.append((name, module))
@@ -586,7 +595,8 @@ def _trace_inference(
     _fill_flops(rows, result, flops, model, batch)
     for row in result.rows:
         row.output_shape = shapes.get(row.name, ())
-        row.activation_bytes = math.prod(row.output_shape) * result.dtype.itemsize
+        # a module forward never called (an auxiliary head in eval mode) has no output: 0 bytes, not one value's
+        row.activation_bytes = math.prod(row.output_shape) * result.dtype.itemsize if row.name in shapes else 0
 
 
 def forward_saved_bytes(
