@@ -158,3 +158,25 @@ def test_members_of_a_module_list_are_the_rows_at_its_depth():
         "blocks.0.0",
         "blocks.0.1",
     ]
+
+
+class _Shared(nn.Module):
+    """One convolution and one pooling called twice each (as unet calls its one pooling after every encoder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x):
+        return self.pool(self.conv(self.pool(self.conv(x))))
+
+
+def test_a_module_called_twice_keeps_both_outputs_in_the_textbook():
+    """Only a module's first call was counted: the textbook kept one of the two conv outputs and one of the pools'."""
+    report = budget(_Shared(), input_shape=(4, 8, 8), batch_size=3)
+    rows = {row.name: row for row in report.layers}
+    assert rows["conv"].output_shape == (4, 8, 8) and rows["pool"].output_shape == (4, 4, 4)  # the first call's
+    assert rows["conv"].activation_bytes == (4 * 8 * 8 + 4 * 4 * 4) * 4
+    assert rows["pool"].activation_bytes == (4 * 4 * 4 + 4 * 2 * 2) * 4
+    assert report.training["activations_bytes"] == 3 * (4 * 8 * 8 + 4 * 4 * 4 + 4 * 4 * 4 + 4 * 2 * 2) * 4

@@ -305,7 +305,7 @@ class Row:
     trainable_params: int = 0
     buffers: int = 0
     macs: int = 0  # per sample
-    activation_bytes: int = 0  # output size per sample, in the traced dtype
+    activation_bytes: int = 0  # output size per sample, in the traced dtype, summed over the module's calls
     saved_bytes: int = 0  # bytes this row saved for backward, at the traced batch size
 
 
@@ -372,7 +372,7 @@ def _row_hooks(rows: list[tuple[str, nn.Module]], model: nn.Module, result: Trac
     """Forward hooks that keep a stack of running rows and record their output shapes and input sizes."""
     stack: list[str] = []
     segment_stack: list[str] = []
-    shapes: dict[str, tuple[int, ...]] = {}
+    shapes: dict[str, list[tuple[int, ...]]] = {}  # per row, the output shape of each of its calls
     handles = []
 
     def push(name: str, target: list[str]) -> Any:
@@ -391,8 +391,8 @@ def _row_hooks(rows: list[tuple[str, nn.Module]], model: nn.Module, result: Trac
                 target.pop()
             if target is stack:
                 first = _first_tensor(output)
-                if first is not None and name not in shapes:
-                    shapes[name] = tuple(first.shape[1:])
+                if first is not None:
+                    shapes.setdefault(name, []).append(tuple(first.shape[1:]))
 
         return hook
 
@@ -594,9 +594,11 @@ def _trace_inference(
     del output, first
     _fill_flops(rows, result, flops, model, batch)
     for row in result.rows:
-        row.output_shape = shapes.get(row.name, ())
-        # a module forward never called (an auxiliary head in eval mode) has no output: 0 bytes, not one value's
-        row.activation_bytes = math.prod(row.output_shape) * result.dtype.itemsize if row.name in shapes else 0
+        calls = shapes.get(row.name, [])
+        row.output_shape = calls[0] if calls else ()
+        # every call's output: unet's one pooling runs after each encoder, and the textbook counted only the first;
+        # a module never called (an auxiliary head in eval mode) has no output: 0 bytes, not one value's
+        row.activation_bytes = sum(math.prod(shape) for shape in calls) * result.dtype.itemsize
 
 
 def forward_saved_bytes(
