@@ -68,6 +68,9 @@ def test_explain_output():
         (["--input", "1x28x28", "dropout ."], "the dropout rate '.' must be a number"),
         (["--input", "1x28x28", "flatten", "dense 10 k5 s3 same"], "dense takes no 'k5', 's3', 'same'"),  # ignored
         (["--input", "1x28x28", "conv 8 k3 in=3"], "declared in=3 but the input has 1 channel"),  # was not checked
+        # layer strings were asked for --input before being read: "a layer spec needs --input"
+        (["resnet18", "resnet50"], "resnet18 is a zoo model, not a layer: budget one model per command"),
+        (["conv 8 k3", "frob 2"], "layer 2 ('frob 2'): unknown layer type 'frob'"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(args, fragment):

@@ -158,9 +158,17 @@ def resolve_model(
             raise CnnlabError("give the input shape of one sample, e.g. input_shape=(3, 224, 224)")
         return type(model).__name__, model, tuple(input_shape), None
     if isinstance(model, (list, tuple)):
+        from cnnlab.models import is_model
+
+        named = [str(line).strip() for line in model if is_model(str(line).strip())]
+        if named:  # read as layer strings, 'resnet18 resnet50' asked for --input, then called resnet18 a layer type
+            raise CnnlabError(
+                f"{named[0]} is a zoo model, not a layer: budget one model per command (`cnnlab budget {named[0]}`)"
+            )
+        parsed = parse_spec(list(model))  # before the input is asked for: what is no spec is said so first
         if input_shape is None:
             raise CnnlabError("a layer spec needs --input, the shape of one sample, e.g. --input 3x200x300")
-        layers = infer_shapes(parse_spec(list(model)), tuple(input_shape))
+        layers = infer_shapes(parsed, tuple(input_shape))
         return "spec", build_module(layers), tuple(input_shape), layers
     text = str(model)
     if Path(text).is_dir() or Path(text).name in (MODEL_SPEC, ENSEMBLE_SPEC):
