@@ -71,6 +71,10 @@ def test_an_fcn_folder_is_sized_as_the_network_that_scans_an_image(tmp_path: Pat
     assert default["input_shape"] == [1, 28, 28] and default["output_shape"] == [10, 1, 1]
     wrong = runner.invoke(app, ["budget", str(run / "fcn"), "--input", "3x92x124"])
     assert wrong.exit_code != 0 and "takes 1-channel input" in str(wrong.exception)
+    # it was refused without the smallest input: that search runs only on networks without real weights
+    small = runner.invoke(app, ["budget", str(run / "fcn"), "--input", "1x16x16"])
+    assert isinstance(small.exception, CnnlabError)
+    assert "the smallest square input it takes is 1x24x24" in str(small.exception)  # its padding lets 24 run
 
 
 def _cached_run(tmp_path: Path, unfreeze: int, method: str = "cached") -> Path:

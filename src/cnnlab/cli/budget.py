@@ -67,7 +67,7 @@ def budget_command(
     limit = parse_memory(memory) if memory else None
     # one word names a model, a run or a file; words with spaces are layer strings, unless it is Python code
     model = target[0] if len(target) == 1 and (" " not in target[0] or is_python_target(target[0])) else target
-    built, shown = _converted(model), f"{model} (fully convolutional)"
+    built, shown = _converted(model, measure), f"{model} (fully convolutional)"
     if built is not None:  # an `fcn convert` folder: the network that scans, at the given image size
         if input_shape is not None:
             check_zoo_input(str(model), input_shape, built.input_size)
@@ -149,11 +149,16 @@ def _python_model(model: str | list[str], measure: bool) -> Any:
     return build_python_model(model, on_meta=not measure)
 
 
-def _converted(model: str | list[str]) -> Any:
-    """The converted network saved in an `fcn convert` folder (or its fcn.json) named by `model`, else None."""
+def _converted(model: str | list[str], measure: bool) -> Any:
+    """The converted network saved in an `fcn convert` folder (or its fcn.json) named by `model`, else None; moved
+    to the meta device unless a real step is to be measured, as the other targets are built (with real weights,
+    an input too small for it was refused without the smallest input it takes)."""
     from cnnlab.fcn.scan import is_converted, load_fully_convolutional
 
-    return load_fully_convolutional(model) if isinstance(model, str) and is_converted(model) else None
+    if not isinstance(model, str) or not is_converted(model):
+        return None
+    converted = load_fully_convolutional(model)
+    return converted if measure else converted.to("meta")
 
 
 def register(app: typer.Typer) -> None:
