@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab.data.folder import check_image, describe_skipped, image_files, load_image, scan_csv, scan_folder
+from cnnlab.data.folder import (
+    check_image,
+    describe_skipped,
+    image_files,
+    load_image,
+    scan_csv,
+    scan_folder,
+    thin_image_reason,
+)
 from cnnlab.errors import CnnlabError
 
 
@@ -285,3 +293,21 @@ def test_a_copy_of_an_image_filed_under_two_labels_does_not_say_the_first_is_kep
         f"the same image as {root / 'cat' / '0.png'}, which is filed under two labels; every copy is left out"
     )
     assert describe_skipped(list(reasons.values())) == "3 files skipped: 3 filed under two labels"
+
+
+def test_an_image_too_thin_for_a_classifiers_resize_is_skipped_and_named(tmp_path: Path) -> None:
+    """A 1 x 100,000 px strip passed every check; resizing its shorter side to a classifier's 256 px made it
+    256 x 25.6 M px (20 GB) before the centre crop. Generated here 1 x 2,000 px: the same aspect, a tiny file."""
+    assert thin_image_reason(100_000, 1) == (
+        "too thin for a classifier: 100000x1 px, an aspect ratio of 100,000:1, over the 50:1 a classifier takes (it "
+        "resizes the shorter side to its input size); crop the image to the part to classify"
+    )
+    assert thin_image_reason(50, 1) is None and thin_image_reason(4000, 80) is None  # a panorama is fine
+    assert thin_image_reason(1, 51) is not None  # tall as well as wide
+    root = _make_folder(tmp_path / "photos", per_class=3)
+    _solid(root / "dog" / "strip.png", (30, 30, 200), size=(2000, 1))
+    images = scan_folder(root, min_per_class=3)
+    assert images.class_counts() == {"cat": 3, "dog": 3}
+    assert [(Path(s.path).name, s.reason) for s in images.skipped] == [("strip.png", thin_image_reason(2000, 1))]
+    assert describe_skipped([s.reason for s in images.skipped]) == "1 file skipped: 1 too thin"
+    assert check_image(root / "dog" / "strip.png") is None  # whole-image uses (segmentation) take it as it is

@@ -309,3 +309,19 @@ def test_a_segmenter_explains_its_largest_class_but_the_background_unless_it_is_
         classifier.default_class(torch.tensor([0.7, 0.1, 0.2])) == 0
         and len(classifier.top_classes(torch.zeros(3))) == 3
     )
+
+
+def test_an_image_too_thin_for_a_classifiers_resize_is_refused_but_not_for_a_segmenter_or_mnist():
+    """`cnnlab explain` and the lab's Classify page resized a 1 x 100,000 px strip's shorter side to the input size:
+    256 x 25.6 M px, 20 GB, before the centre crop."""
+    from cnnlab.data.folder import thin_image_reason
+    from cnnlab.tasks.explain import Subject
+
+    strip = Image.new("RGB", (100_000, 1))
+    for kind in ("pretrained", "transfer"):
+        subject = Subject(nn.Identity(), ["a", "b"], lambda x: x, lambda x: x, "run", kind)
+        with pytest.raises(CnnlabError) as refused:
+            subject.check_size(strip, "strip.png")
+        assert str(refused.value) == f"strip.png: {thin_image_reason(100_000, 1)}"
+    for kind in ("segment", "mnist"):  # a segmenter takes the image whole; MNIST fits its longer side in 20 px
+        Subject(nn.Identity(), ["a", "b"], lambda x: x, lambda x: x, "run", kind).check_size(strip, "strip.png")

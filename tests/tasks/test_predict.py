@@ -191,6 +191,18 @@ def test_predict_with_a_fine_tuned_run(tiny_run: Path) -> None:
     assert len(result["top"]) == 2 and result["top"][0]["label"] == "red"
 
 
+def test_an_image_too_thin_to_resize_is_reported_and_the_rest_predicted(tiny_run: Path, tmp_path: Path) -> None:
+    """A 1 x 100,000 px strip was resized to the run's input size on its shorter side first: 256 x 25.6 M px, 20 GB,
+    at ImageNet's size (generated here 2,000 x 1 px, which the run's 32 px resize made 32 x 64,000)."""
+    from cnnlab.data.folder import thin_image_reason
+
+    Image.new("RGB", (2000, 1), (200, 40, 40)).save(tmp_path / "strip.png")
+    red = next((tiny_run.parent.parent.parent / "photos" / "red").glob("0*.png"))
+    results = predict_images(load_predictor(str(tiny_run)), [tmp_path / "strip.png", red], top_k=1)
+    assert results[0] == {"image": str(tmp_path / "strip.png"), "error": thin_image_reason(2000, 1)}
+    assert results[1]["top"][0]["label"] == "red"
+
+
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx", "pt2"])
 def test_export_matches_pytorch(tiny_run: Path, tmp_path: Path, fmt: str) -> None:
     from cnnlab.tasks.export import export_model
@@ -481,11 +493,11 @@ def test_an_interrupted_predict_keeps_the_rows_it_finished(
         Image.new("RGB", (24, 24), (6 * index, 30, 30)).save(tmp_path / f"{index:02d}.png")
     seen: list[str] = []
 
-    def interrupted_at_the_35th(path: str) -> str | None:
+    def interrupted_at_the_35th(path: str, resized: bool = False) -> str | None:
         seen.append(path)
         if len(seen) == 35:  # in the third batch of 16
             raise KeyboardInterrupt
-        return check_image(path)
+        return check_image(path, resized)
 
     monkeypatch.setattr(cnnlab.tasks.predict, "check_image", interrupted_at_the_35th)
     table = tmp_path / "predictions.csv"

@@ -597,6 +597,21 @@ def test_a_split_folders_skipped_files_are_named_as_a_class_folders_are(tmp_path
     ]
 
 
+def test_an_image_too_thin_for_the_eval_resize_is_skipped_and_named_not_fatal(tmp_path: Path) -> None:
+    """A 1 x 100,000 px strip in a --data folder was kept; the validation resize of its shorter side to the input
+    size made it 256 x 25.6 M px (20 GB) mid-run. Generated here 2,000 x 1 px: the same refusal, a tiny file."""
+    from cnnlab.data.folder import thin_image_reason
+    from cnnlab.tasks.transfer import load_images
+
+    make_photo_folder(tmp_path / "photos", per_class=6)
+    Image.new("RGB", (2000, 1), (200, 40, 40)).save(tmp_path / "photos" / "red" / "strip.png")
+    lines: list[str] = []
+    images, split, _ = load_images(tiny_config(tmp_path, min_per_class=6), lines.append)
+    strip = str(tmp_path / "photos" / "red" / "strip.png")
+    assert strip not in images.paths and len(images) == 12
+    assert f"skipped {strip} (red): {thin_image_reason(2000, 1)}" in lines
+
+
 def test_a_class_without_a_training_image_is_refused(tmp_path: Path) -> None:
     """With --min-per-class 0 an empty class folder (or one whose every file is damaged) trained a model with an
     output for a class it never saw, and scored it."""

@@ -1,8 +1,9 @@
 """Labelled photo collections: an ImageFolder-style directory or a CSV of (path, label), checked before training.
 
 Every file is opened and fully decoded once while scanning, so a zero-byte, non-image, truncated or corrupt file is
-found up front, listed in `LabelledImages.skipped` with the reason, and left out; the class counts reported (and
-checked against ``min_per_class``) are the counts *after* skipping, so a bad file never changes the balance silently.
+found up front, listed in `LabelledImages.skipped` with the reason, and left out, as is an image too thin for a
+classifier to resize (`thin_image_reason`); the class counts reported (and checked against ``min_per_class``) are the
+counts *after* skipping, so a bad file never changes the balance silently.
 A byte-identical copy of an image already listed (a duplicated file, a link) is skipped the same way, so the split
 can never put one copy in training and another in the test set; an image filed under two labels is left out in both
 places, since one of the two labels is wrong and nothing says which.
@@ -34,6 +35,7 @@ from cnnlab.errors import CnnlabError, listed, why_not_a_folder
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageDataset",
+    "MAX_ASPECT_RATIO",
     "LabelledImages",
     "SkippedFile",
     "UnreadFormatWarning",
@@ -45,6 +47,7 @@ __all__ = [
     "load_image",
     "scan_csv",
     "scan_folder",
+    "thin_image_reason",
     "to_rgb",
     "turned_by_exif",
 ]
@@ -55,6 +58,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".
 IMAGE_EXTENSIONS += (".ppm", ".pgm", ".pbm", ".pnm")
 # photos Pillow does not decode on its own: an iPhone's HEIC and cameras' raw files (left out of a folder unsaid)
 UNREAD_PHOTO_EXTENSIONS = (".heic", ".heif", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2")
+
+
+# A classifier resizes an image's shorter side to its input size (256 px for most weights) before its centre crop: a
+# 1 x 100,000 px strip, which Pillow's guard lets through, became 256 x 25.6 M px (20 GB) first. A wide panorama is
+# about 10:1; at 50:1 Inception-v3's 342 px makes 342 x 17,100 px, 18 MB.
+MAX_ASPECT_RATIO = 50
 
 
 class UnreadFormatWarning(UserWarning):
@@ -74,6 +83,7 @@ COPY_REASON = "a byte-identical copy of"  # how a skipped copy's reason starts (
 NAMED_TWICE_REASON = "named twice"  # a file a manifest lists twice (counted apart as well)
 MISSING_REASON = "no such file"  # a path that names no file (a CSV's row), counted apart from damaged files
 CONFLICT_REASON = "the same image as"  # how the reason of an image filed under two labels starts
+THIN_REASON = "too thin for a classifier"  # how the reason of an image over `MAX_ASPECT_RATIO` starts
 
 
 def describe_skipped(reasons: Sequence[str]) -> str:
@@ -85,8 +95,10 @@ def describe_skipped(reasons: Sequence[str]) -> str:
     missing = sum(reason == MISSING_REASON for reason in reasons)
     conflicts = sum(reason.startswith(CONFLICT_REASON) for reason in reasons)
     repeats = sum(reason.startswith(NAMED_TWICE_REASON) for reason in reasons)
-    unreadable = len(reasons) - copies - missing - conflicts - repeats
+    thin = sum(reason.startswith(THIN_REASON) for reason in reasons)
+    unreadable = len(reasons) - copies - missing - conflicts - repeats - thin
     kinds = [f"{unreadable} unreadable"] if unreadable else []
+    kinds += [f"{thin} too thin"] if thin else []
     kinds += [f"{missing} missing"] if missing else []
     kinds += [f"{repeats} named twice"] if repeats else []
     kinds += [f"{conflicts} filed under two labels"] if conflicts else []
@@ -199,9 +211,26 @@ def turned_by_exif(image: Image.Image) -> bool:
     return image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
 
 
-def check_image(path: str | os.PathLike[str]) -> str | None:
-    """Why ``path`` cannot be used as an image, or None when it decodes fully."""
-    return _read_checked(path)[1]
+def thin_image_reason(width: int, height: int) -> str | None:
+    """Why a ``width`` x ``height`` px image is too thin for a classifier (its shorter side resized to the input size,
+    the longer one would be hundreds of times longer), or None when its aspect ratio is at most `MAX_ASPECT_RATIO`."""
+    ratio = max(width, height) / max(min(width, height), 1)
+    if ratio <= MAX_ASPECT_RATIO:
+        return None
+    return (
+        f"{THIN_REASON}: {width}x{height} px, an aspect ratio of {ratio:,.0f}:1, over the {MAX_ASPECT_RATIO}:1 a "
+        "classifier takes (it resizes the shorter side to its input size); crop the image to the part to classify"
+    )
+
+
+def check_image(path: str | os.PathLike[str], resized: bool = False) -> str | None:
+    """Why ``path`` cannot be used as an image, or None when it decodes fully.
+
+    Args:
+        resized: the image is for a classifier whose preprocessing resizes its shorter side to the input size, so an
+            image too thin for that (`thin_image_reason`) is refused too.
+    """
+    return _read_checked(path, resized)[1]
 
 
 def decode_image(path: str | os.PathLike[str]) -> tuple[Image.Image | None, tuple[int, int], str | None]:
@@ -215,11 +244,14 @@ def decode_image(path: str | os.PathLike[str]) -> tuple[Image.Image | None, tupl
     return _decode(data)
 
 
-def _read_checked(path: str | os.PathLike[str]) -> tuple[bytes, str | None]:
-    """The file's bytes (read once) and why they cannot be used as an image, or None when they decode fully."""
+def _read_checked(path: str | os.PathLike[str], resized: bool = False) -> tuple[bytes, str | None]:
+    """The file's bytes (read once) and why they cannot be used as an image (resized, with ``resized``), or None when
+    they decode fully."""
     data, reason = _read_bytes(path)
     if reason is None:
-        reason = _decode(data)[2]
+        _, size, reason = _decode(data)
+        if reason is None and resized:
+            reason = thin_image_reason(*size)
     return data, reason
 
 
@@ -267,17 +299,17 @@ def _digest(data: bytes) -> bytes:
 
 
 def _collect(candidates: Sequence[tuple[str, str]], classes: Sequence[str], source: str, check: bool) -> LabelledImages:
-    """The candidates that decode, each image once: a later byte-identical copy (a duplicate file, a link) is skipped
-    and listed, since one copy in training and another in the test set would score the model on an image it saw. A
-    copy under another label leaves the image out altogether (both listed): it was trained under whichever label
-    came first."""
+    """The candidates that decode and are not too thin for a classifier (`thin_image_reason`), each image once: a
+    later byte-identical copy (a duplicate file, a link) is skipped and listed, since one copy in training and another
+    in the test set would score the model on an image it saw. A copy under another label leaves the image out
+    altogether (both listed): it was trained under whichever label came first."""
     index = {name: i for i, name in enumerate(classes)}
     kept: dict[str, str] = {}  # path -> label, in order
     skipped = []
     first: dict[bytes, tuple[str, str]] = {}  # content digest -> (path, label) of its first occurrence
     copies: list[tuple[int, str]] = []  # (position in skipped, the first file) of each copy under the same label
     for path, label in candidates:
-        data, reason = _read_checked(path) if check else (b"", None)
+        data, reason = _read_checked(path, resized=True) if check else (b"", None)
         if reason is None and check:
             digest = _digest(data)  # the bytes just decoded: each file is read once
             if digest in first:

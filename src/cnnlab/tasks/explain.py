@@ -93,9 +93,13 @@ class Subject:
 
     def check_size(self, image: Any, source: str | os.PathLike[str]) -> None:
         """Refuse an image too large for a segmenter's Grad-CAM (`SEGMENT_EXPLAIN_PIXELS`) at the size `preprocess`
-        gives it, naming `source`."""
+        gives it, or too thin for a classifier's resize of its shorter side (`thin_image_reason`), naming `source`."""
+        from cnnlab.data.folder import thin_image_reason
         from cnnlab.data.segmentation import downscaled_size
 
+        thin = thin_image_reason(image.width, image.height) if self.kind in ("transfer", "pretrained") else None
+        if thin is not None:
+            raise CnnlabError(f"{source}: {thin}")
         width, height = downscaled_size(image.width, image.height, self.max_side)
         if self.kind == "segment" and width * height > SEGMENT_EXPLAIN_PIXELS:
             raise CnnlabError(

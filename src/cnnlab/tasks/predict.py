@@ -215,7 +215,7 @@ def iter_predictions(
             results: list[dict[str, Any]] = []
             good: list[tuple[int, torch.Tensor]] = []
             for path in chunk:
-                reason = check_image(path)
+                reason = check_image(path, resized=predictor.preprocess is None)  # a 1 x 100,000 px strip: 20 GB
                 if reason is None:
                     try:
                         good.append((len(results), transform(load_image(path))))
