@@ -88,6 +88,20 @@ def test_splits_use_disjoint_mnist_digits_and_test_only_the_test_file():
     assert labels_seen == set(range(11))
 
 
+def test_a_small_mnist_still_gives_disjoint_pools_and_one_too_small_is_named(tmp_path):
+    """An MNIST of fewer than 5,000 training digits (a subset for tests) failed with numpy's "high <= 0": the fixed
+    5,000 validation digits left none for the training pool."""
+    from test_mnist_idx import write_fake_mnist  # noqa: PLC0415 - sibling test module
+
+    data = make_digit_segmentation(write_fake_mnist(tmp_path / "small", train=120, test=30), sizes=(6, 4, 4))
+    sources = {name: set(getattr(data, name).source_ids.flatten().tolist()) - {-1} for name in ("train", "val", "test")}
+    assert len(data.train_digits[2]) == 110 and sources["train"] <= set(data.train_digits[2].tolist())
+    assert sources["val"] and sources["val"].isdisjoint(data.train_digits[2].tolist())  # a twelfth held out: 10
+    assert min(sources["test"]) >= TEST_ID_OFFSET
+    with pytest.raises(CnnlabError, match=r"holds 1 MNIST training and 30 test digits; the canvases need at least 2"):
+        make_digit_segmentation(write_fake_mnist(tmp_path / "one", train=1, test=30), sizes=(1, 1, 1))
+
+
 def test_folder_round_trip_with_colour_map(tmp_path):
     canvases = make_canvases(*_pool(), 4, size=(40, 50), seed=0)
     save_segmentation_folder(canvases.images, canvases.masks, tmp_path)

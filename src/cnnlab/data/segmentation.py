@@ -203,14 +203,26 @@ class DigitSegmentation:
 
 
 def _mnist_pools(
-    data_dir: str | os.PathLike[str] | None, val_digits: int, seed: int
+    data_dir: str | os.PathLike[str] | None, val_digits: int | None, seed: int
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(digits, labels, ids) of the disjoint train / val / test pools."""
+    """(digits, labels, ids) of the disjoint train / val / test pools; `make_digit_segmentation` says how many."""
     from cnnlab.data.mnist import _load_split, find_mnist_dir
 
     directory = find_mnist_dir(data_dir)
     train_images, train_labels = _load_split(directory, "train")
     test_images, test_labels = _load_split(directory, "test")
+    if len(train_labels) < 2 or not len(test_labels):  # a canvas draws from each pool: an empty one cannot
+        raise CnnlabError(
+            f"{directory} holds {len(train_labels)} MNIST training and {len(test_labels)} test digits; the canvases "
+            "need at least 2 training digits (one held out for validation) and 1 test digit"
+        )
+    if val_digits is None:  # a twelfth: MNIST's 5,000 of 60,000, and a pool of each kind from a smaller MNIST
+        val_digits = max(1, len(train_labels) // 12)
+    if not 0 < val_digits < len(train_labels):
+        raise CnnlabError(
+            f"val_digits {val_digits} must be in [1, {len(train_labels)}): {directory} holds {len(train_labels)} "
+            "MNIST training digits and each pool needs one"
+        )
     order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(seed))
     val_index, train_index = order[:val_digits], order[val_digits:]
     test_ids = torch.arange(len(test_labels)) + TEST_ID_OFFSET
@@ -226,7 +238,7 @@ def make_digit_segmentation(
     sizes: tuple[int, int, int] = (4000, 500, 1000),
     canvas_size: int | tuple[int, int] = 64,
     digits_per_canvas: tuple[int, int] = (1, MAX_DIGITS),
-    val_digits: int = 5_000,
+    val_digits: int | None = None,
     seed: int = 0,
 ) -> DigitSegmentation:
     """Generate the multi-digit MNIST segmentation set (train, val, test) from the MNIST IDX files.
@@ -236,7 +248,8 @@ def make_digit_segmentation(
         sizes: canvases in train, val and test.
         canvas_size: side of every canvas, or (height, width).
         digits_per_canvas: inclusive range of digits on one canvas (max 5).
-        val_digits: MNIST training digits held out as the validation pool.
+        val_digits: MNIST training digits held out as the validation pool (default: a twelfth, 5,000 of MNIST's
+            60,000; an MNIST with fewer than 5,000 training digits left none for the training pool).
         seed: seed of the pool split and of the composition (each split gets its own stream).
 
     Raises:
