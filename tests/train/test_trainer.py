@@ -120,6 +120,29 @@ def test_training_learns_and_writes_records(tmp_path: Path) -> None:
     assert {"command", "versions", "hardware"} <= set(saved["environment"])
 
 
+def test_the_epoch_lr_is_the_mean_rate_of_its_steps_not_the_schedules_value_after_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The last epoch of a cosine run (a one-epoch run's only one) printed and saved "lr 0.00e+00", the schedule's
+    end, and every other epoch the rate the next one starts at."""
+    rates: list[float] = []
+
+    class _Rates(Callback):
+        def on_train_batch_end(self, trainer: Trainer, step: int, loss: torch.Tensor) -> None:
+            rates.append(trainer.scheduler.get_last_lr()[0])  # type: ignore[union-attr]  # after the step: the next
+
+    config = _config(tmp_path, epochs=2, schedule="cosine", warmup_epochs=0, progress=True)
+    history = Trainer(_model(), config, callbacks=[_Rates()]).fit(_data(128))  # 4 steps an epoch
+    used = [0.05, *rates[:-1]]  # each step trains at the rate the schedule held before it
+    assert [row["lr"] for row in history] == pytest.approx([sum(used[:4]) / 4, sum(used[4:]) / 4])
+    assert history[-1]["lr"] > 0.002 and rates[-1] == 0.0
+    assert (
+        f"epoch 2/2  train_loss {history[-1]['train_loss']:.4f}  lr {history[-1]['lr']:.2e}" in capsys.readouterr().err
+    )
+    csv_rows = (tmp_path / "toy" / "run" / "metrics.csv").read_text().splitlines()
+    assert [float(row.split(",")[2]) for row in csv_rows[1:]] == pytest.approx([row["lr"] for row in history])
+
+
 def test_atomic_checkpoint_survives_crash_during_replace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "checkpoint.pt"
     atomic_save({"epoch": 1, "weights": torch.ones(3)}, path)

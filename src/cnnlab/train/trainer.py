@@ -431,6 +431,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         seen, classified = 0, 0
+        lr_sum, steps = 0.0, 0
         started = time.perf_counter()
         epoch_train_seconds = 0.0
         batches: Iterator[Batch] = iter(train.batches(epoch, config.seed, shuffle=True, device=self.device))
@@ -443,6 +444,9 @@ class Trainer:
                 inputs, targets = batch
                 if self.train_transform is not None:
                     inputs, targets = self.train_transform(inputs, targets)
+                # the rate this step trains at (the schedule moves after it)
+                lr_sum += self.optimizer.param_groups[0]["lr"]  # type: ignore[union-attr]
+                steps += 1
                 loss, batch_correct = self.train_step(inputs, targets)
                 step_seconds = time.perf_counter() - tick
                 epoch_train_seconds += step_seconds
@@ -464,7 +468,9 @@ class Trainer:
                 progress.advance()
         metrics = {
             "train_loss": float(loss_sum) / max(1, seen),
-            "lr": self.optimizer.param_groups[0]["lr"],  # type: ignore[union-attr]
+            # the mean rate of the epoch's steps: the schedule's value after them (the next epoch's first) read
+            # 0.00e+00 at the end of a one-epoch cosine run and one epoch late on every other
+            "lr": lr_sum / steps if steps else self.optimizer.param_groups[0]["lr"],  # type: ignore[union-attr]
             "epoch_seconds": time.perf_counter() - started,
             "images_per_second": seen / max(epoch_train_seconds, 1e-9),
         }
