@@ -323,6 +323,37 @@ def test_predict_prints_the_classes_found_largest_first_and_json_every_class(tra
         assert lines[len(found)] == f"  ({4 - len(found)} other classes: no pixels; --json lists every class)"
 
 
+def test_loading_a_segmenter_reads_its_weights_file_once(trained, monkeypatch):
+    """model.safetensors was read twice: once to load the weights, once more to hash them for --resume's record."""
+    import hashlib
+
+    import safetensors.torch
+
+    from cnnlab.train.saved import load_model
+
+    _, summary = trained
+    weights = Path(summary["run_dir"]) / "model.safetensors"
+    expected_digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    reads: list[str] = []
+    read_bytes, load_file = Path.read_bytes, safetensors.torch.load_file
+
+    def counted_read_bytes(path: Path) -> bytes:
+        reads.extend(["read_bytes"] if path.name == weights.name else [])
+        return read_bytes(path)
+
+    def counted_load_file(filename, device="cpu"):
+        reads.append("load_file")
+        return load_file(filename, device=device)
+
+    monkeypatch.setattr(Path, "read_bytes", counted_read_bytes)
+    monkeypatch.setattr(safetensors.torch, "load_file", counted_load_file)
+    segmenter = load_segmenter(summary["run_dir"])
+    assert len(reads) == 1, reads
+    assert segmenter.weights_sha256 == expected_digest
+    saved = load_model(summary["run_dir"]).state_dict()
+    assert all(torch.equal(tensor, saved[name]) for name, tensor in segmenter.model.state_dict().items())
+
+
 def test_an_interrupted_predict_shows_the_masks_it_wrote(trained, tmp_path, monkeypatch, capsys):
     """Ctrl+C printed nothing of the images already segmented, whose masks were on disk."""
     import sys

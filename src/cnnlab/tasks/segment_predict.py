@@ -10,7 +10,6 @@ are still predicted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -94,15 +93,12 @@ def load_segmenter(run: str | os.PathLike[str], device: str | torch.device = "cp
     Raises:
         CnnlabError: when `run` is not a folder segmentation run.
     """
-    from cnnlab.train.saved import load_model
+    from cnnlab.train.saved import load_model_and_digest
 
     if not is_segmentation_run(run):
         raise CnnlabError(f"{run} is not a `cnnlab train segment --data` run directory (its model.json is missing)")
     meta = _meta(run) or {}
-    from cnnlab.train.saved import MODEL_WEIGHTS, spec_path
-
-    network = load_model(run, device=device)
-    digest = hashlib.sha256((spec_path(run).parent / MODEL_WEIGHTS).read_bytes()).hexdigest()
+    network, digest = load_model_and_digest(run, device=device)  # the weights file read once, for both
     classes = list(meta["classes"])
     colours = np.array(meta["colours"], dtype=np.uint8) if meta.get("colours") else class_colours(len(classes))
     normalisation = meta["normalisation"]

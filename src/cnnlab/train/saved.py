@@ -7,6 +7,7 @@ that has its ``model.json`` next to it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -121,19 +122,38 @@ def _build_single(spec_path: Path) -> tuple[str, nn.Module]:
     return arch, create_model(arch, **kwargs)
 
 
-def _load_single(spec_path: Path, device: str | torch.device) -> nn.Module:
-    from safetensors.torch import load_file
+def _load_single(spec_path: Path, device: str | torch.device, data: bytes | None = None) -> nn.Module:
+    """The model `spec_path` describes with its weights: the file's, or `data` when given (its bytes, read already)."""
+    from safetensors.torch import load, load_file
 
     arch, model = _build_single(spec_path)
     weights = spec_path.parent / MODEL_WEIGHTS
-    if not weights.is_file():
+    if data is None and not weights.is_file():
         raise CnnlabError(f"{weights} is missing next to {spec_path}; the saved model is incomplete")
     try:
-        model.load_state_dict(load_file(str(weights), device=str(device)))
+        model.load_state_dict(load(data) if data is not None else load_file(str(weights), device=str(device)))
     except RuntimeError as error:
         first_line = str(error).splitlines()[0]
         raise CnnlabError(f"{weights} does not fit architecture {arch!r}: {first_line}") from None
     return model.to(device)
+
+
+def load_model_and_digest(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[nn.Module, str]:
+    """`load_model` of a single saved model, and the SHA-256 of its weights file, which is read once: the digest is
+    that of the weights loaded (hashing the file apart read it a second time, and a file replaced in between gave
+    another model's digest).
+
+    Raises:
+        CnnlabError: as `load_model`, or `path` is an ensemble (its weights are several files).
+    """
+    device = resolve_device(device)
+    path = spec_path(path)
+    if path.name.endswith(ENSEMBLE_SPEC):
+        raise CnnlabError(f"{path} is an ensemble; its members' weights are several files, not one to digest")
+    weights = path.parent / MODEL_WEIGHTS
+    data = weights.read_bytes() if weights.is_file() else None
+    model = _load_single(path, device, data)  # a missing file is refused there
+    return model.eval(), hashlib.sha256(data or b"").hexdigest()
 
 
 def spec_path(path: str | os.PathLike[str]) -> Path:
