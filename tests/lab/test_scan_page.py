@@ -40,6 +40,28 @@ def test_large_image_gives_a_heatmap_and_a_small_one_a_message(mnist_run: Path, 
         scan_view(mnist_run, broken)
 
 
+def test_an_image_over_the_pages_pixel_limit_is_refused_naming_the_limit_and_the_command(
+    mnist_run: Path, tmp_path: Path
+) -> None:
+    """The page had no pixel limit: a 24 MP photo took 2.5 min of CPU to scan (a blank 4 MP + 2 px image, two rows
+    high, stands for it here: a small file, refused before any pass)."""
+    large = tmp_path / "large.png"
+    Image.new("L", (2**21 + 1, 2)).save(large)
+    with pytest.raises(CnnlabError) as refused:
+        scan_view(mnist_run, large)
+    assert str(refused.value) == (
+        "the image is 2097153x2, 4,194,306 pixels; the lab takes up to 4,194,304 (4 MP), a larger image takes "
+        "minutes: crop it to the part to scan, or scan it whole with `cnnlab fcn scan RUN IMAGE`"
+    )
+    folder = tmp_path / "segment" / "run"
+    meta = {"task": "segment", "classes": ["background", "disc"], "background": 0,
+            "normalisation": {"mean": [0.5] * 3, "std": [0.25] * 3}}  # fmt: skip
+    kwargs = {"num_classes": 2, "in_chans": 3, "widths": [4, 8]}
+    save_model(create_model("unet", **kwargs), folder, "unet", kwargs, meta)
+    with pytest.raises(CnnlabError, match=r"\(4 MP\), .*segment it whole with `cnnlab predict IMAGE --model RUN`"):
+        segment_view(folder, large)
+
+
 def test_segmentation_run_gives_the_masks_of_cnnlab_predict(tmp_path: Path) -> None:
     from cnnlab.tasks.segment_predict import load_segmenter, predict_masks
 

@@ -16,7 +16,11 @@ from typing import Any
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["SegmentView", "scan_view", "segment_view"]
+__all__ = ["MAX_PIXELS", "SegmentView", "scan_view", "segment_view"]
+
+# The page answers while one waits: a 24 MP photo took 2.5 min of CPU to scan. At 4 MP (the Classify page's limit for
+# a segmenter) a scan takes about 25 s; the command line takes any size.
+MAX_PIXELS = 4 * 2**20
 
 
 @dataclass
@@ -38,7 +42,8 @@ def scan_view(run_folder: str | os.PathLike[str], image_path: str | os.PathLike[
     """The heatmap of `image_path` scanned by the classifier run in `run_folder`, as an RGB PIL image.
 
     Raises:
-        CnnlabError: the run holds no single classifier, or the image is unreadable or smaller than its input.
+        CnnlabError: the run holds no single classifier, or the image is unreadable, smaller than its input or over
+            `MAX_PIXELS`.
     """
     from PIL import Image
 
@@ -48,6 +53,7 @@ def scan_view(run_folder: str | os.PathLike[str], image_path: str | os.PathLike[
     reason = check_image(image_path)
     if reason is not None:
         raise CnnlabError(f"cannot use this file: {reason}; upload a PNG or JPEG image")
+    _refuse_large(image_path, "crop it to the part to scan, or scan it whole with `cnnlab fcn scan RUN IMAGE`")
     converted, source = load_converted_or_run(run_folder)
     picture = load_scan_image(image_path, channels=converted.input_size[0])
     result = scan(converted, picture, refine=refine)
@@ -62,19 +68,37 @@ def segment_view(run_folder: str | os.PathLike[str], image_path: str | os.PathLi
     """The masks that the segmentation run in `run_folder` predicts for `image_path`, at the image's own size.
 
     Raises:
-        CnnlabError: the folder holds no segmentation run, or the image is unreadable.
+        CnnlabError: the folder holds no segmentation run, or the image is unreadable or over `MAX_PIXELS`.
     """
     from PIL import Image
 
     from cnnlab.tasks.segment_predict import load_segmenter, predict_masks
 
     segmenter = load_segmenter(run_folder)
+    _refuse_large(image_path, "crop or downscale it, or segment it whole with `cnnlab predict IMAGE --model RUN`")
     with tempfile.TemporaryDirectory() as scratch:
         (result,) = predict_masks(segmenter, [image_path], scratch)
         if "error" in result:
             raise CnnlabError(f"cannot use this file: {result['error']}; upload a PNG or JPEG image")
         with Image.open(result["overlay"]) as overlay, Image.open(result["colour"]) as colour:
             return SegmentView(overlay.convert("RGB"), colour.convert("RGB"), result["share"])
+
+
+def _refuse_large(image_path: str | os.PathLike[str], remedy: str) -> None:
+    """Refuse an image over `MAX_PIXELS`, saying what to do instead; an unreadable one is left to the reader that
+    follows, which says why in the words every command uses."""
+    from PIL import Image
+
+    try:
+        with Image.open(image_path) as image:
+            width, height = image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return
+    if width * height > MAX_PIXELS:
+        raise CnnlabError(
+            f"the image is {width}x{height}, {width * height:,} pixels; the lab takes up to {MAX_PIXELS:,} "
+            f"({MAX_PIXELS / 2**20:.0f} MP), a larger image takes minutes: {remedy}"
+        )
 
 
 def _class_names(run_folder: Path, count: int) -> list[str] | None:
