@@ -134,6 +134,36 @@ def test_ignore_index_is_left_out_of_loss_and_metrics(tmp_path):
     assert list(summary["test"]["iou_per_class"]) == ["class 0", "class 1"]
 
 
+def test_the_share_of_labelled_pixels_is_said_before_training_and_kept_not_refused(tmp_path, capsys):
+    """Scribble masks 99.9% unlabelled (255) trained without a word: a folder whose masks lost their labels looked
+    like any other until its metrics, computed on a few pixels, came out."""
+    root = _folder(tmp_path / "data", count=12)
+    for path in (root / "masks").iterdir():  # one scribbled pixel of background and one of the shape per mask
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        labels = np.full(rgb.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+        labels[0, 0] = 0
+        labels[tuple(np.argwhere(rgb.any(-1))[0])] = 1
+        Image.fromarray(labels).save(path)
+    (root / "classes.json").unlink()
+    summary = train_segmentation_folder(
+        str(root), output=str(tmp_path), name="s", overrides={"epochs": 1, "batch_size": 4}, progress=True
+    )
+    printed = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("labelled pixels: 0.2% of train") for line in printed), printed
+    counts = {part: (2 * images, 32 * 32 * images) for part, images in summary["images"].items()}
+    assert summary["labelled_pixels"] == {part: list(pair) for part, pair in counts.items()}
+    from cnnlab.tasks.segment_folder import describe_labelled
+
+    line = describe_labelled(counts)
+    assert line == (
+        f"labelled pixels: 0.2% of train ({counts['train'][0]}), 0.2% of val ({counts['val'][0]}), 0.2% of test "
+        f"({counts['test'][0]}); the rest are 255, unlabelled: the loss and the metrics leave them out"
+    )
+    assert line in printed
+    assert "Labelled pixels: 0.2% of train" in (Path(summary["run_dir"]) / "report.md").read_text()
+    assert describe_labelled({"train": (1024, 1024), "val": (0, 0)}) is None  # every pixel labelled: nothing said
+
+
 class _Stop(Exception):
     pass
 

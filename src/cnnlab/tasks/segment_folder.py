@@ -259,6 +259,32 @@ def _whole_image_batch(
     )
 
 
+def labelled_pixels(parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, tuple[int, int]]:
+    """Each part's mask pixels that carry a class (not `IGNORE_INDEX`), and all its mask pixels."""
+    return {
+        part: (sum(int((mask != IGNORE_INDEX).sum()) for _, mask in pairs), sum(mask.numel() for _, mask in pairs))
+        for part, pairs in parts.items()
+    }
+
+
+def describe_labelled(counts: dict[str, tuple[int, int]]) -> str | None:
+    """One line for a folder whose masks leave pixels unlabelled (scribbles, points), None when every pixel is
+    labelled: "labelled pixels: 0.12% of train (1,234), 0.1% of val (210), ...; the rest are 255, unlabelled: the
+    loss and the metrics leave them out". Training on few labelled pixels is legitimate: this is said, not refused."""
+    if all(labelled == total for labelled, total in counts.values()):
+        return None
+    parts = ", ".join(
+        f"{_percent(labelled, total)} of {part} ({labelled:,})" for part, (labelled, total) in counts.items()
+    )
+    return f"labelled pixels: {parts}; the rest are {IGNORE_INDEX}, unlabelled: the loss and the metrics leave them out"
+
+
+def _percent(part: int, total: int) -> str:
+    """``part / total`` as a percentage, two significant digits below 10%: "0.098%", "4.5%", "63%"."""
+    share = part / total if total else 0.0
+    return f"{share:.0%}" if share >= 0.1 or share == 0.0 else f"{share * 100:.2g}%"
+
+
 def train_segmentation_folder(
     data: str,
     model: str = "unet",
@@ -385,6 +411,9 @@ def train_segmentation_folder(
     for skipped in folder.skipped if progress and main else ():  # named before training, as `train transfer` does
         print(f"skipped {skipped.path}: {skipped.reason}")
     parts = {part: [pairs[i] for i in indices] for part, indices in split.items()}
+    labelled = labelled_pixels(parts)
+    if progress and main and describe_labelled(labelled):  # scribbles or points: said before training
+        print(describe_labelled(labelled))
 
     from cnnlab.models import create_model
 
@@ -486,6 +515,7 @@ def train_segmentation_folder(
         "run_dir": str(run_dir),
         "images": {part: len(indices) for part, indices in split.items()},
         "skipped": len(folder.skipped),
+        "labelled_pixels": {part: list(pair) for part, pair in labelled.items()},  # (labelled, all) of the masks
         "epochs": len(history),
         "steps": trainer.global_step,
         "val_miou": history[-1].get("val_miou") if history else None,
@@ -527,11 +557,13 @@ def _report(  # noqa: ANN202
     downscaled = (
         "" if summary["max_side"] is None else f", downscaled to a longer side of at most {summary['max_side']} px"
     )
+    labelled = describe_labelled({part: tuple(pair) for part, pair in summary["labelled_pixels"].items()})
+    unlabelled = f" {labelled[0].upper()}{labelled[1:]}." if labelled else ""
     report = RunReport(
         f"Segmentation run `{config.name}`",
         f"Model `{recipe.name}`: {recipe.summary}. Data {folder.root}: {counts['train']} training, {counts['val']} "
         f"validation and {counts['test']} test images ({MANIFEST}), {summary['skipped']} skipped ({SKIPPED}); seed "
-        f"{config.seed}; the test images were evaluated once, after training, whole{downscaled}.",
+        f"{config.seed}; the test images were evaluated once, after training, whole{downscaled}.{unlabelled}",
         environment_record(),
     )
     report.heading("Test images")
