@@ -260,6 +260,35 @@ def test_training_accuracy_leaves_out_the_losss_ignored_targets(tmp_path: Path) 
     assert history[0]["train_accuracy"] == 1.0  # not 0.5: the ignored half is not counted as wrong
 
 
+def test_a_batch_without_a_labelled_target_is_left_out_of_the_training_loss(tmp_path: Path) -> None:
+    """Random crops of scribbled masks (mostly 255) can hold no labelled pixel: that batch's mean loss is 0/0, and
+    the epoch's train_loss was NaN although every weight stayed finite."""
+    step_losses: list[float] = []
+
+    class _Losses(Callback):
+        def on_train_batch_end(self, trainer: Trainer, step: int, loss: torch.Tensor) -> None:
+            step_losses.append(float(loss))
+
+    images = torch.rand(8, 1, 4, 4)
+    masks = torch.randint(0, 2, (8, 4, 4))
+    masks[::2] = 255  # every other sample wholly unlabelled; one sample a batch
+    config = _config(tmp_path, epochs=1, batch_size=1, ema_decay=None, label_smoothing=0.0)
+    trainer = Trainer(nn.Conv2d(1, 2, 1), config, loss_fn=nn.CrossEntropyLoss(ignore_index=255), callbacks=[_Losses()])
+    val_masks = masks.clone()
+    val_masks[:2] = 255  # the first validation batch (of 2) wholly unlabelled as well
+    history = trainer.fit(TensorBatches(images, masks, 1), (images, val_masks))
+    finite = [loss for loss in step_losses if loss == loss]
+    assert len(finite) == 4 and len(step_losses) == 8  # the four unlabelled batches' losses are NaN
+    assert history[0]["train_loss"] == pytest.approx(sum(finite) / 4)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    loss_fn = nn.CrossEntropyLoss(ignore_index=255)
+    with torch.no_grad():  # the other validation batches' mean losses, weighted by their samples as before
+        expected = sum(
+            float(loss_fn(trainer.eval_model(images[i : i + 2]), val_masks[i : i + 2])) * 2 for i in (2, 4, 6)
+        )
+    assert history[0]["val_loss"] == pytest.approx(expected / 6, rel=1e-5)
+
+
 def test_compile_on_a_cpu_keeps_torchs_cuda_home_warning_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """`train transfer --compile` on a CPU printed torch's "No CUDA runtime is found, using CUDA_HOME='/usr/local'"
     (logged when the compiler imports torch.utils.cpp_extension), which reads as a fault in a run that wants no CUDA."""

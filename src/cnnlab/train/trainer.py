@@ -345,14 +345,16 @@ class Trainer:
         """Loss and metrics over `(outputs, targets)` batches, and their number of samples."""
         for metric in self.metrics.values():
             metric.reset()
-        loss_sum, count = 0.0, 0
+        loss_sum, count, loss_count = 0.0, 0, 0
         with torch.inference_mode():
             for outputs, targets in batches:
-                loss_sum += float(self.loss_fn(outputs, targets)) * len(targets)
                 count += len(targets)
+                if self._labelled(targets).any():  # a batch with no labelled target has no loss (0/0: NaN), as in fit
+                    loss_sum += float(self.loss_fn(outputs, targets)) * len(targets)
+                    loss_count += len(targets)
                 for metric in self.metrics.values():
                     metric.update(outputs, targets)
-        results = {f"{prefix}loss": loss_sum / max(1, count)}
+        results = {f"{prefix}loss": loss_sum / loss_count if loss_count else (float("nan") if count else 0.0)}
         results.update({f"{prefix}{name}": metric.compute() for name, metric in self.metrics.items()})
         return results, count
 
@@ -429,6 +431,7 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_train_epoch_start(self, epoch)
         loss_sum = torch.zeros((), device=self.device)
+        loss_samples = torch.zeros((), device=self.device)  # the samples of the batches that have a loss
         correct = torch.zeros((), device=self.device)
         seen, classified = 0, 0
         lr_sum, steps = 0.0, 0
@@ -453,21 +456,26 @@ class Trainer:
                 self.train_seconds += step_seconds  # kept current for callbacks (time-to-accuracy probes)
                 n = len(targets)
                 seen += n
-                loss_sum += loss * n
+                # A batch with no labelled target (random crops of scribbled masks) has no loss: its mean is 0/0, NaN,
+                # and made the epoch's train_loss NaN. It trains nothing (zero gradients) and is left out of the mean.
+                labelled = self._labelled(targets)
+                has_loss = labelled.any()
+                loss_sum += torch.where(has_loss, loss * n, 0.0)
+                loss_samples += has_loss * n
                 if batch_correct is not None:
                     correct += batch_correct
-                    classified += int(self._labelled(targets).sum())
+                    classified += int(labelled.sum())
                 self.global_step += 1
                 for callback in self.callbacks:
                     callback.on_train_batch_end(self, self.global_step, loss)
                 if self.global_step % config.log_every == 0:
-                    status = f"loss {float(loss_sum) / seen:.4f}  {seen / epoch_train_seconds:.0f} img/s"
+                    status = f"loss {_mean(loss_sum, loss_samples):.4f}  {seen / epoch_train_seconds:.0f} img/s"
                     if classified:
                         status += f"  acc {float(correct) / classified:.4f}"
                     progress.show(status)
                 progress.advance()
         metrics = {
-            "train_loss": float(loss_sum) / max(1, seen),
+            "train_loss": _mean(loss_sum, loss_samples),
             # the mean rate of the epoch's steps: the schedule's value after them (the next epoch's first) read
             # 0.00e+00 at the end of a one-epoch cosine run and one epoch late on every other
             "lr": lr_sum / steps if steps else self.optimizer.param_groups[0]["lr"],  # type: ignore[union-attr]
@@ -693,6 +701,11 @@ def _no_training_step(samples: int, batch_size: int, world_size: int) -> CnnlabE
         f"training data has {samples} samples, fewer than one batch of {batch_size} that splits evenly over "
         f"{world_size} processes (each process takes its share of every step); {remedy}"
     )
+
+
+def _mean(total: torch.Tensor, count: torch.Tensor) -> float:
+    """``total / count``, NaN when nothing was counted (an epoch none of whose batches had a labelled target)."""
+    return float(total) / float(count) if float(count) else float("nan")
 
 
 def _epoch_line(metrics: dict[str, float], epochs: int) -> str:
