@@ -37,6 +37,20 @@ def test_tracer_accepts_displayed_forms_of_json_values_and_flags_the_rest():
     assert untraced_numbers("`cnnlab budget --batch 77` ![plot](fig_12345.png) 3x3 kernels", results) == []
 
 
+def test_an_exercise_named_in_an_answer_is_not_an_untraced_number():
+    """Exercise 7's answer says "the MNIST CNN of exercise 9": `answers -e 7` measured it, then refused its own sheet
+    ("answers.md prints numbers that answers.json does not hold: ['9'] (a cnnlab bug)") and wrote no answers.md."""
+    assert untraced_numbers("Measured on the MNIST CNN of exercise 9: 3 layers (as in Exercise 2)", {"n": 3}) == []
+    assert untraced_numbers("exercise 9 has 12 layers", {}) == ["12"]  # the numbers beside it are still traced
+
+
+@pytest.mark.skipif(not HAS_MNIST, reason="MNIST not found ($CNNLAB_DATA)")
+def test_exercise_7_alone_writes_its_sheet(tmp_path: Path):
+    sheet = run_answers(TINY, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(7,), log=lambda message: None)
+    assert "Measured on the MNIST CNN of exercise 9" in sheet.read_text()
+    assert list(json.loads((tmp_path / "answers.json").read_text())["exercises"]) == ["7"]
+
+
 def test_coarse_ceiling_is_exact_at_stride_one_and_loses_small_objects_at_large_strides():
     import torch
 

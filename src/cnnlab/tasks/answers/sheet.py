@@ -444,6 +444,9 @@ def render(results: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------------------------- tracing
 _CODE = re.compile(r"```.*?```|`[^`]*`|\]\([^)]*\)", re.DOTALL)
+# "exercise 9" names an exercise of the chapter, it measures nothing: exercise 7's answer refers to exercise 9's MNIST
+# CNN, and a sheet without exercise 9 (`answers -e 7`) was refused as printing an untraced 9
+_EXERCISE_NAME = re.compile(r"\b[Ee]xercise \d+\b")
 _NUMBER = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?:e([+-]\d+))?(?:x(?![\w-])|(?![\w-]))")
 _SCALES = (1.0, 100.0, 1e-6, 1e-9, 1 / 60, 1e3)
 
@@ -465,7 +468,7 @@ def _json_numbers(value: Any, found: list[float], texts: set[str]) -> None:
 
 
 def untraced_numbers(markdown: str, results: dict[str, Any]) -> list[str]:
-    """Numbers of `markdown` (outside code and link targets) that no value of `results` accounts for.
+    """Numbers of `markdown` (outside code, link targets and exercise names) that no value of `results` accounts for.
 
     A number is accounted for when it appears verbatim in a string of `results`, or equals a numeric value of
     `results`, scaled by one of the display scales, rounded to the decimals shown.
@@ -474,7 +477,7 @@ def untraced_numbers(markdown: str, results: dict[str, Any]) -> list[str]:
     texts: set[str] = set()
     _json_numbers(json.loads(json.dumps(results, default=str)), values, texts)
     candidates = sorted({v * scale for v in values for scale in _SCALES})
-    prose = _CODE.sub(" ", markdown)
+    prose = _EXERCISE_NAME.sub(" ", _CODE.sub(" ", markdown))
     missing = []
     for match in _NUMBER.finditer(prose):
         text = match.group(0)
