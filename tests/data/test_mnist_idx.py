@@ -90,3 +90,10 @@ def test_real_mnist_sizes() -> None:
     splits = load_mnist(REAL_MNIST)
     assert len(splits.train_labels) == 55_000 and len(splits.val_labels) == 5_000 and len(splits.test_labels) == 10_000
     assert torch.bincount(splits.test_labels).tolist()[:3] == [980, 1135, 1032]  # the published class counts
+
+
+def test_a_validation_size_the_training_set_cannot_hold_names_the_option_and_the_folder(tmp_path: Path) -> None:
+    """The default --val-size 5000 on a 120-image MNIST said only "validation size 5000 must be in [0, 120)"."""
+    write_fake_mnist(tmp_path)
+    with pytest.raises(CnnlabError, match=r"--val-size 5000 must be below the 120 MNIST training images in .*MNIST"):
+        load_mnist(tmp_path, val_size=5000)

@@ -134,7 +134,10 @@ def load_mnist(
     train_images, train_labels = _load_split(directory, "train")
     test_images, test_labels = _load_split(directory, "test")
     if not 0 <= val_size < len(train_labels):
-        raise CnnlabError(f"validation size {val_size} must be in [0, {len(train_labels)})")
+        raise CnnlabError(  # the default 5,000 on a smaller MNIST (a subset) said only "must be in [0, 1000)"
+            f"--val-size {val_size} must be below the {len(train_labels):,} MNIST training images in {directory} "
+            f"(and at least 0); pass a smaller --val-size"
+        )
     order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(seed))
     val_index, train_index = order[:val_size], order[val_size:]
     return MnistSplits(
