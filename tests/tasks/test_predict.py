@@ -242,9 +242,40 @@ def test_an_export_that_differs_from_pytorch_is_refused_and_deleted(
 
     monkeypatch.setattr(cnnlab.tasks.export, "_export_onnx", off_by_a_little)
     output = tmp_path / "model.onnx"
-    with pytest.raises(CnnlabError, match=r"differ from PyTorch's by up to 5.00e-02 .* so .*model.onnx was deleted"):
+    with pytest.raises(
+        CnnlabError, match=r"differ from PyTorch's by up to 5.00e-02 .* so it was deleted, not written to .*model.onnx"
+    ):
         cnnlab.tasks.export.export_model(str(tiny_run), "onnx", output)
-    assert not output.exists() and not list(tmp_path.glob("*.json"))
+    assert not list(tmp_path.iterdir())  # neither the file, its record, nor the unchecked export beside it
+
+
+def test_an_interrupted_export_leaves_no_file_and_keeps_the_earlier_one(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file was written at --output itself and its record after the check: a kill while it was written left a
+    truncated model there (torch.jit.load: "failed finding central directory"), and Ctrl+C during the check an
+    unchecked one with no record, or with the record of the export it replaced."""
+    import cnnlab.tasks.export
+
+    def interrupted(*args: object) -> float:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cnnlab.tasks.export, "_faithful_difference", interrupted)
+    fresh, earlier = tmp_path / "fresh" / "model.pt", tmp_path / "earlier" / "model.pt"
+    earlier.parent.mkdir()
+    earlier.write_bytes(b"an earlier export")
+    (tmp_path / "earlier" / "model.pt.preprocessing.json").write_text('{"classes": ["earlier"]}')
+    for output in (fresh, earlier):
+        with pytest.raises(KeyboardInterrupt):
+            cnnlab.tasks.export.export_model(str(tiny_run), "torchscript", output)
+    assert sorted(path.name for path in (tmp_path / "fresh").iterdir()) == []
+    assert sorted(path.name for path in (tmp_path / "earlier").iterdir()) == ["model.pt", "model.pt.preprocessing.json"]
+    assert earlier.read_bytes() == b"an earlier export"
+    monkeypatch.undo()
+    result = cnnlab.tasks.export.export_model(str(tiny_run), "torchscript", earlier)  # replaces both once checked
+    torch.jit.load(result["model"])
+    assert json.loads(Path(result["preprocessing"]).read_text())["classes"] == ["blue", "red"]
+    assert sorted(path.name for path in (tmp_path / "earlier").iterdir()) == ["model.pt", "model.pt.preprocessing.json"]
 
 
 def test_export_checks_its_output_path_before_tracing(tiny_run: Path, tmp_path: Path) -> None:

@@ -18,9 +18,11 @@ is never negative) are kept as runtime checks in the program (``prefer_deferred_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from torch import nn
 from cnnlab.errors import CnnlabError
 from cnnlab.layers.normalize import Normalize
 from cnnlab.tasks.predict import load_predictor
+from cnnlab.train.saved import EXPORT_RECORD_SUFFIX
 
 __all__ = ["DEFAULT_OPSET", "EXPORT_FORMATS", "ONNX_OPSETS", "export_model"]
 
@@ -130,35 +133,35 @@ def export_model(
     check = torch.rand(3, *input_size)  # a batch size the export never saw: the batch dimension must stay dynamic
     with torch.inference_mode():
         expected = wrapped(check)
+    partial = _partial(output)
     # torch 2.14 marks torch.jit and the TorchScript-based ONNX exporter deprecated; both still work and need no
     # extra package (the dynamo exporter needs onnxscript), and the export is checked against eager PyTorch below.
-    with warnings.catch_warnings():
+    with _removed_unless_published(partial), warnings.catch_warnings():
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
         if fmt == "torchscript":
             with torch.no_grad():
                 traced = torch.jit.trace(wrapped, example)
-            traced.save(str(output))
+            traced.save(str(partial))
             with torch.inference_mode():
-                actual = torch.jit.load(str(output))(check)
+                actual = torch.jit.load(str(partial))(check)
         elif fmt == "pt2":
-            actual = _export_program(wrapped, example, output)(check)
+            actual = _export_program(wrapped, example, partial)(check)
         else:
-            actual = _export_onnx(wrapped, example, output, opset)(check)
-    max_difference = _faithful_difference(output, [(actual, expected)])
-    record = {
-        "format": fmt,
-        "load": LOADERS[fmt],
-        "decode": DECODE,
-        **preparation,
-        "output": "logits (averaged over `views`, inside the model); softmax gives class probabilities",
-        "classes": predictor.classes,
-        "views": list(predictor.views),
-        **({"record": {k: v for k, v in vars(cfg).items() if k != "key_map"}} if cfg is not None else {}),
-        "max_abs_difference_vs_eager": max_difference,
-    }
-    sidecar = output.with_name(output.name + ".preprocessing.json")
-    sidecar.write_text(json.dumps(record, indent=1, default=list))
+            actual = _export_onnx(wrapped, example, partial, opset)(check)
+        max_difference = _faithful_difference(output, [(actual, expected)])
+        record = {
+            "format": fmt,
+            "load": LOADERS[fmt],
+            "decode": DECODE,
+            **preparation,
+            "output": "logits (averaged over `views`, inside the model); softmax gives class probabilities",
+            "classes": predictor.classes,
+            "views": list(predictor.views),
+            **({"record": {k: v for k, v in vars(cfg).items() if k != "key_map"}} if cfg is not None else {}),
+            "max_abs_difference_vs_eager": max_difference,
+        }
+        sidecar = _publish(partial, output, json.dumps(record, indent=1, default=list))
     summary = "grey 28x28 digits in [0, 1]" if cfg is None else "RGB in [0, 1]"
     return {
         "model": str(output),
@@ -185,45 +188,46 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
         example = torch.rand(2, 3, 3 * stride - 3, 4 * stride + 5, generator=generator)
         checks += [torch.rand(1, 3, 2 * stride, 3 * stride, generator=generator)]
         checks += [torch.rand(1, 3, stride + 1, 50, generator=generator)]
-    with warnings.catch_warnings():  # see export_model
+    partial = _partial(output)
+    with _removed_unless_published(partial), warnings.catch_warnings():  # see export_model
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
         if fmt == "torchscript":
             with torch.no_grad():
-                torch.jit.trace(wrapped, example).save(str(output))
-            exported = torch.jit.load(str(output))
+                torch.jit.trace(wrapped, example).save(str(partial))
+            exported = torch.jit.load(str(partial))
             with torch.inference_mode():
                 pairs = [(exported(x), wrapped(x)) for x in checks]
         elif fmt == "pt2":
-            program = _export_program(wrapped, example, output, min_side=stride + 1)
+            program = _export_program(wrapped, example, partial, min_side=stride + 1)
             with torch.inference_mode():
                 pairs = [(program(x), wrapped(x)) for x in checks]
         else:
             axes = {0: "batch", 2: "height", 3: "width"}
-            run_exported = _export_onnx(wrapped, example, output, opset, {"images": axes, "logits": axes})
+            run_exported = _export_onnx(wrapped, example, partial, opset, {"images": axes, "logits": axes})
             with torch.inference_mode():
                 pairs = [(run_exported(x), wrapped(x)) for x in checks]
-    max_difference = _faithful_difference(output, pairs)
-    sides = f"H and W of at least {stride + 1}" if fmt == "pt2" else "any H and W"
-    record = {
-        "format": fmt,
-        "load": LOADERS[fmt],
-        "decode": DECODE,
-        "input": f"float32 RGB [N, 3, H, W] in [0, 1], {sides}; mean/std normalisation is inside the exported model",
-        "output": "logits [N, classes, H, W]; argmax over classes gives the mask",
-        "max_side": segmenter.max_side,
-        "resize": _segmenter_resize(segmenter.max_side),
-        "classes": segmenter.classes,
-        "background": segmenter.background,
-        "colours": segmenter.colours.tolist(),
-        "mean": list(segmenter.mean),
-        "std": list(segmenter.std),
-        "checked_sizes": [list(x.shape) for x in checks],
-        "max_abs_difference_vs_eager": max_difference,
-    }
-    sidecar = output.with_name(output.name + ".preprocessing.json")
-    sidecar.write_text(json.dumps(record, indent=1))
+        max_difference = _faithful_difference(output, pairs)
+        sides = f"H and W of at least {stride + 1}" if fmt == "pt2" else "any H and W"
+        record = {
+            "format": fmt,
+            "load": LOADERS[fmt],
+            "decode": DECODE,
+            "input": f"float32 RGB [N, 3, H, W] in [0, 1], {sides}; mean/std normalisation is inside the exported "
+            "model",
+            "output": "logits [N, classes, H, W]; argmax over classes gives the mask",
+            "max_side": segmenter.max_side,
+            "resize": _segmenter_resize(segmenter.max_side),
+            "classes": segmenter.classes,
+            "background": segmenter.background,
+            "colours": segmenter.colours.tolist(),
+            "mean": list(segmenter.mean),
+            "std": list(segmenter.std),
+            "checked_sizes": [list(x.shape) for x in checks],
+            "max_abs_difference_vs_eager": max_difference,
+        }
+        sidecar = _publish(partial, output, json.dumps(record, indent=1))
     return {
         "model": str(output),
         "format": fmt,
@@ -262,18 +266,50 @@ def _faithful_difference(output: Path, pairs: list[tuple[torch.Tensor, torch.Ten
     was reported and kept, and a 0.5% error of the ONNX padding went unnoticed that way.
 
     Raises:
-        CnnlabError: the difference, after deleting the file, so that nothing unfaithful is left to deploy.
+        CnnlabError: the difference; the export is not moved to `output` (`_removed_unless_published` deletes it),
+            so that nothing unfaithful is left to deploy.
     """
     difference = max(float((actual - expected).abs().max()) for actual, expected in pairs)
     tolerance = 1e-3 * max(1.0, max(float(expected.abs().max()) for _, expected in pairs))
     if difference <= tolerance:
         return difference
-    output.unlink(missing_ok=True)
     raise CnnlabError(
         f"the exported model's outputs differ from PyTorch's by up to {difference:.2e} on the check images (more "
-        f"than the {tolerance:.1e} float rounding explains), so {output} was deleted: this model does not export "
-        "faithfully to this format; try another --format, and please report it"
+        f"than the {tolerance:.1e} float rounding explains), so it was deleted, not written to {output}: this model "
+        "does not export faithfully to this format; try another --format, and please report it"
     )
+
+
+def _partial(output: Path) -> Path:
+    """Where the export is written and checked before it becomes `output` (hidden, beside it; its suffix kept for the
+    writers that go by it)."""
+    return output.with_name(f".{output.stem}.part{output.suffix}")
+
+
+@contextlib.contextmanager
+def _removed_unless_published(partial: Path) -> Iterator[None]:
+    """Delete the unpublished export at `partial` when the block stops early: a refused check, an error, Ctrl+C."""
+    try:
+        yield
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _publish(partial: Path, output: Path, record: str) -> Path:
+    """Move the checked export at `partial` to `output` and write `record` beside it as its preprocessing record;
+    returns the record's path.
+
+    The file was written at `output` itself, and its record only after the check: an export interrupted while it was
+    written or checked (Ctrl+C, a kill) left a truncated or unchecked file at `output` that torch.jit.load or ONNX
+    Runtime could not read, with no record beside it or the record of the export it replaced. Both are now renamed
+    into place, once the export is whole and checked.
+    """
+    sidecar = output.with_name(output.name + EXPORT_RECORD_SUFFIX)
+    sidecar_partial = sidecar.with_name(f".{sidecar.name}.part")
+    sidecar_partial.write_text(record)
+    os.replace(partial, output)
+    os.replace(sidecar_partial, sidecar)
+    return sidecar
 
 
 def _writable(output: Path, suffix: str) -> Path:
