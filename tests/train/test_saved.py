@@ -47,6 +47,30 @@ def test_a_model_json_that_is_not_text_or_has_a_bad_meta_is_a_clear_error(tmp_pa
         load_model(tmp_path)
 
 
+def test_a_save_stopped_midway_leaves_the_earlier_model_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The weights were written in place: a run stopped while it saved its model left a truncated model.safetensors,
+    and `predict`/`evaluate` on it ended in safetensors' "incomplete metadata" traceback."""
+    import safetensors.torch
+
+    earlier = load_model(_saved(tmp_path))
+    write = safetensors.torch.save_file
+
+    def stopped_midway(tensors: dict[str, torch.Tensor], filename: str) -> None:
+        write(tensors, filename)
+        with open(filename, "r+b") as f:  # what a kill during the write leaves
+            f.truncate(f.seek(0, 2) // 2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", stopped_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(torch.nn.Linear(3, 2), tmp_path, "lenet5", {}, {"task": "mnist"})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.json", "model.safetensors"]
+    reloaded = load_model(tmp_path)  # the earlier model, whole
+    assert all(
+        torch.equal(a, b) for a, b in zip(earlier.state_dict().values(), reloaded.state_dict().values(), strict=True)
+    )
+
+
 def test_an_ensemble_json_without_members_is_a_clear_error(tmp_path: Path) -> None:
     _saved(tmp_path / "a")
     (tmp_path / "e").mkdir()

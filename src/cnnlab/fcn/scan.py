@@ -431,11 +431,15 @@ def save_fully_convolutional(
     """Save a converted model: ``fcn.safetensors`` and ``fcn.json`` (source architecture record, input size, pool)."""
     from safetensors.torch import save_file
 
+    from cnnlab.train.checkpoint import written_then_renamed
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(directory / FCN_WEIGHTS))
+    with written_then_renamed(directory / FCN_WEIGHTS) as weights:  # never half a file, as `save_model`
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
     record = {"format": "cnnlab-fcn-1", "source": source, "input_size": list(model.input_size), "pool": pool}
-    (directory / FCN_SPEC).write_text(json.dumps(record, indent=1))
+    with written_then_renamed(directory / FCN_SPEC) as spec:
+        spec.write_text(json.dumps(record, indent=1))
     return directory / FCN_WEIGHTS
 
 

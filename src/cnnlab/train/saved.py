@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train.checkpoint import written_then_renamed
 from cnnlab.train.device import resolve_device
 
 MODEL_WEIGHTS = "model.safetensors"
@@ -58,9 +59,13 @@ def save_model(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / MODEL_WEIGHTS))
+    # Each file is renamed into place once whole: a run stopped while it saved left a truncated model.safetensors
+    # that `predict` and `evaluate` failed on with safetensors' "incomplete metadata" traceback.
+    with written_then_renamed(directory / MODEL_WEIGHTS) as weights:
+        save_file(state, str(weights))
     spec = {"format": "cnnlab-model-1", "arch": arch, "kwargs": kwargs, "meta": meta}
-    (directory / MODEL_SPEC).write_text(json.dumps(spec, indent=1))
+    with written_then_renamed(directory / MODEL_SPEC) as record:
+        record.write_text(json.dumps(spec, indent=1))
     return directory / MODEL_WEIGHTS
 
 
@@ -71,7 +76,8 @@ def save_ensemble(
     directory = Path(directory)
     relative = [os.path.relpath(Path(m), directory) for m in members]
     path = directory / ENSEMBLE_SPEC
-    path.write_text(json.dumps({"format": "cnnlab-ensemble-1", "members": relative, "meta": meta}, indent=1))
+    with written_then_renamed(path) as record:
+        record.write_text(json.dumps({"format": "cnnlab-ensemble-1", "members": relative, "meta": meta}, indent=1))
     return path
 
 
