@@ -166,3 +166,34 @@ def test_a_run_interrupted_in_its_first_epoch_resumes(tmp_path, monkeypatch):
     assert _train_tiny(tmp_path, "i", data, pretrain_epochs=0, resume=True)["epochs"] == 1
     with pytest.raises(CnnlabError, match="--resume: no run at"):
         _train_tiny(tmp_path, "never-started", data, pretrain_epochs=0, resume=True)
+
+
+def test_a_run_interrupted_after_its_pretraining_keeps_the_pretrained_epochs(tmp_path, monkeypatch):
+    """The pretraining sub-run was redone from scratch until the segmentation run had a checkpoint: Ctrl+C in its
+    first epoch, which said "keeps its finished epochs; continue with ... --resume", cost every pretraining epoch."""
+    import cnnlab.train.trainer as engine
+
+    data = DigitSegmentation(
+        train=_canvases(32, 0), val=_canvases(16, 1), test=_canvases(16, 2), train_digits=_digit_pool(128, 0)
+    )
+    uninterrupted = _train_tiny(tmp_path, "u", data, pretrain_epochs=2)
+    step = engine.Trainer.train_step
+    pretraining_steps, interrupt = [], [True]
+
+    def counted(trainer, *args, **kwargs):
+        if trainer.config.name.endswith("pretrain-encoder"):
+            pretraining_steps.append(trainer.config.name)
+        elif interrupt[0]:
+            raise KeyboardInterrupt  # in the segmentation run's first step
+        return step(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(engine.Trainer, "train_step", counted)
+    with pytest.raises(KeyboardInterrupt):
+        _train_tiny(tmp_path, "i", data, pretrain_epochs=2)
+    assert len(pretraining_steps) == 2  # two epochs of one batch of 128 digits
+    interrupt[0] = False
+    resumed = _train_tiny(tmp_path, "i", data, pretrain_epochs=2, resume=True)
+    assert len(pretraining_steps) == 2  # none again
+    assert resumed["test"] == uninterrupted["test"]
+    weights = [torch.load(tmp_path / "segment" / name / "checkpoint.pt", weights_only=True)["model"] for name in "ui"]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])

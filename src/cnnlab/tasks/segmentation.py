@@ -200,7 +200,9 @@ def _digits_to_device(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     return _PRETRAIN_AUGMENT(padded, labels.long())
 
 
-def pretrain_encoder(model: nn.Module, data: DigitSegmentation, config: TrainConfig, epochs: int) -> dict[str, Any]:
+def pretrain_encoder(
+    model: nn.Module, data: DigitSegmentation, config: TrainConfig, epochs: int, resume: bool = False
+) -> dict[str, Any]:
     """Train `model`'s encoder as a digit classifier on the single digits of the training pool, in place.
 
     The canvases' loss teaches *where* ink is within a few hundred steps but *which* digit it is only slowly; a
@@ -210,12 +212,19 @@ def pretrain_encoder(model: nn.Module, data: DigitSegmentation, config: TrainCon
     ``<run>/pretrain-encoder`` (AdamW 3e-3 one-cycle, batch 128), with the segmentation run's device, threads and
     precision; the decoder is untouched (it gets no gradient).
 
+    Args:
+        resume: continue the sub-run from its checkpoint, when an interrupted run left one (else it starts afresh).
+
     Returns:
         The last epoch's record (training loss and accuracy).
     """
     if data.train_digits is None:
         raise CnnlabError("encoder pretraining needs the training pool's digits (DigitSegmentation.train_digits)")
-    # A sub-run on the training pool's digits, no validation; redone from scratch whenever the segmentation run is.
+    # A sub-run on the training pool's digits, no validation. Resumed, it keeps its finished epochs: it was redone
+    # from scratch until the segmentation run had a checkpoint, so Ctrl+C in the first epoch after the pretraining
+    # ("keeps its finished epochs; continue with ... --resume") cost the whole pretraining.
+    name = f"{config.name}/pretrain-encoder"
+    resumed = engine_resumes(Path(config.output) / config.task / name, resume)
     sub_config = dataclasses.replace(
         config,
         epochs=epochs,
@@ -227,9 +236,9 @@ def pretrain_encoder(model: nn.Module, data: DigitSegmentation, config: TrainCon
         warmup_epochs=0.0,
         ema_decay=None,
         early_stopping_patience=None,
-        name=f"{config.name}/pretrain-encoder",
-        resume=False,
-        overwrite=True,
+        name=name,
+        resume=resumed,
+        overwrite=not resumed,
         extra={"pretraining": "U-Net encoder as a digit classifier on the training pool's single digits"},
     )
     # Only the encoder and the head in the optimizer: the engine then knows the decoder gets no gradient, which
@@ -351,7 +360,7 @@ def train_segmentation(
         if trainer.is_main_process:
             trainer.prepare_run_dir()  # a --resume/--overwrite clash fails before the pretraining, not after
         if not resumed:  # a resumed run's checkpoint already holds the pretrained encoder
-            pretrain_encoder(model, data, config, pretrain)
+            pretrain_encoder(model, data, config, pretrain, resume=resume)
     started = time.perf_counter()
     history = trainer.fit(
         TensorBatches(data.train.images, data.train.masks, config.batch_size, drop_last=True),
