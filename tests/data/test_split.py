@@ -73,6 +73,40 @@ def test_manifest_round_trip(tmp_path: Path) -> None:
         assert Counter(read_images.labels[i] for i in read_split[part]) == Counter(LABELS[i] for i in split[part])
 
 
+def test_a_manifest_written_again_and_stopped_midway_keeps_the_whole_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train transfer --resume` writes its manifest again; stopped midway, the rows written so far were read back as
+    the whole split by the next resume."""
+    import csv
+
+    import cnnlab.data.split
+
+    paths = [str(tmp_path / f"{i}.png") for i in range(len(LABELS))]
+    images = LabelledImages(paths, list(LABELS), ["a", "b", "c"])
+    split = stratified_split(LABELS, seed=0)
+    manifest = write_manifest(tmp_path / "split.csv", images, split)
+    writer = csv.writer
+
+    class StoppedWriter:
+        def __init__(self, file: object) -> None:
+            self.writer, self.rows = writer(file), 0
+
+        def writerow(self, row: list[object]) -> None:
+            self.rows += 1
+            if self.rows == 6:
+                raise KeyboardInterrupt
+            self.writer.writerow(row)
+
+    monkeypatch.setattr(cnnlab.data.split.csv, "writer", StoppedWriter)
+    with pytest.raises(KeyboardInterrupt):
+        write_manifest(manifest, images, split)
+    monkeypatch.undo()
+    _, read_split = read_manifest(manifest)
+    assert {part: len(indices) for part, indices in read_split.items()} == {k: len(v) for k, v in split.items()}
+    assert [path.name for path in tmp_path.iterdir()] == ["split.csv"]
+
+
 def test_split_folder_is_accepted(tmp_path: Path) -> None:
     for shade, (part, count) in enumerate((("train", 4), ("val", 2), ("test", 2))):
         for name, color in (("x", (255, 0, 0)), ("y", (0, 0, 255))):

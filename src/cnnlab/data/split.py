@@ -114,16 +114,25 @@ def _why_no_split(
 def write_manifest(path: str | os.PathLike[str], images: LabelledImages, split: Split) -> Path:
     """Write ``path,label,split`` rows (one per image in ``split``), in split then file order; returns ``path``.
 
-    Paths are written absolute, so the manifest stays valid wherever the run directory is read from.
+    Paths are written absolute, so the manifest stays valid wherever the run directory is read from. The rows go to a
+    temporary file renamed over ``path`` once all are written: `train transfer` writes its run's manifest again on
+    every --resume, and one stopped midway left the rows written so far, which the next resume read back as the
+    whole split (fewer test images, or "needs at least one train and one test image" for ever).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "split"])
-        for part in SPLITS:
-            for index in split.get(part, []):
-                writer.writerow([Path(images.paths[index]).resolve(), images.classes[images.labels[index]], part])
+    partial = path.with_name(f".{path.name}.part")
+    try:
+        with open(partial, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "split"])
+            for part in SPLITS:
+                for index in split.get(part, []):
+                    writer.writerow([Path(images.paths[index]).resolve(), images.classes[images.labels[index]], part])
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return path
 
 
