@@ -215,6 +215,29 @@ def test_interrupted_ensemble_resumes_to_the_same_weights(ensemble_run: dict, fa
         assert all(torch.equal(resumed_state[k], straight_state[k]) for k in straight_state)
 
 
+def test_a_member_stopped_while_it_wrote_its_results_resumes(
+    ensemble_run: dict, fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member's results.json, what marks it finished, was written in place: a stop (or another member's process
+    reading it) while it was written saw a cut-short file, and every --resume ended in a JSONDecodeError traceback."""
+    options = dict(data_dir=str(fake_root), output=str(tmp_path), name="ens", ensemble=2, val_size=40, progress=False)
+    write_text = Path.write_text
+
+    def stopped_midway(path: Path, text: str, *args: object, **kwargs: object) -> int:
+        if "results.json" not in path.name:
+            return write_text(path, text, *args, **kwargs)
+        write_text(path, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "write_text", stopped_midway)
+        with pytest.raises(KeyboardInterrupt):
+            train_mnist("quick", overrides=_TINY, **options)
+    summary = train_mnist("quick", overrides=_TINY, resume=True, **options)
+    assert summary["ensemble_test_accuracy"] == ensemble_run["ensemble_test_accuracy"]
+    assert [m["test_accuracy"] for m in summary["members"]] == [m["test_accuracy"] for m in ensemble_run["members"]]
+
+
 def test_resume_of_a_missing_run_is_a_clear_error(fake_root: Path, tmp_path: Path) -> None:
     with pytest.raises(CnnlabError, match="there is no run at"):
         train_mnist("quick", data_dir=str(fake_root), output=str(tmp_path), name="nope", resume=True, val_size=40)

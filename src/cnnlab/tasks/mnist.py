@@ -34,6 +34,7 @@ from cnnlab.tasks.recipes import (
     with_overrides,
 )
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
+from cnnlab.train.checkpoint import atomic_save, written_then_renamed
 from cnnlab.train.config import check_resumable, environment_record, load_config, save_record
 from cnnlab.train.saved import save_ensemble, save_model
 from cnnlab.train.strategy import is_main_process
@@ -220,10 +221,13 @@ def train_mnist(
             probabilities = trainer.predict(test_images, model=trained.pop("model")).softmax(1)
             trained["test_accuracy"] = float((probabilities.argmax(1) == test_labels).float().mean())
             if is_main_process():  # under torchrun every rank evaluates, rank 0 writes
-                torch.save(probabilities, member_dir / "test_probabilities.pt")
+                atomic_save(probabilities, member_dir / "test_probabilities.pt")
                 test = test_evaluation(test_images, test_labels, probabilities.argmax(1), member_dir)
                 trained["test"] = {k: v for k, v in test.items() if k != "test_accuracy"}
-                (member_dir / "results.json").write_text(json.dumps(trained, indent=1))
+                # What marks the member finished, read back by a resume and by the other members' processes (which
+                # may read it while it is written): renamed into place whole, never seen half-written.
+                with written_then_renamed(member_dir / "results.json") as results:
+                    results.write_text(json.dumps(trained, indent=1))
                 _member_report(chosen, config, trainer.history, trained).write(member_dir / "report.md")
             member_probabilities.append(probabilities)
             members.append(trained)
@@ -251,7 +255,8 @@ def train_mnist(
             if not missing:
                 save_ensemble(run_dir, [Path(m["run_dir"]) for m in members], meta={"recipe": chosen.name})
             _ensemble_report(chosen, summary).write(run_dir / "report.md")
-        (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+        with written_then_renamed(run_dir / "results.json") as results:  # a single run's is its member's, as above
+            results.write_text(json.dumps(summary, indent=1))
     return summary
 
 
