@@ -226,6 +226,36 @@ def test_resume_is_refused_under_other_options_before_anything_is_trained(tmp_pa
     assert again["test"]["accuracy"] == summary["test"]["accuracy"]  # the finished phases are read back
 
 
+def test_a_resume_stopped_while_it_rewrote_the_config_can_be_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every start of a run writes its config.yaml again, and --resume compares its options with it: a stop while it
+    was written left a cut-short file, and every later --resume was refused ("with different options")."""
+    make_photo_folder(tmp_path / "photos")
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # a first run stopped in its training
+        patch.setattr(Trainer, "train_step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train_transfer(tiny_config(tmp_path, train={"epochs": 1}))
+    write_text = Path.write_text
+
+    def stopped_midway(path: Path, text: str, *args: object, **kwargs: object) -> int:
+        if "config.yaml" not in path.name:
+            return write_text(path, text, *args, **kwargs)
+        write_text(path, text[: len(text) // 4], *args, **kwargs)  # the start of its config: options are missing
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "write_text", stopped_midway)
+        with pytest.raises(KeyboardInterrupt):
+            train_transfer(tiny_config(tmp_path, resume=True, train={"epochs": 1}))
+    summary = train_transfer(tiny_config(tmp_path, resume=True, train={"epochs": 1}))
+    assert summary["phases"]["partial"]["epochs_run"] == 1
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

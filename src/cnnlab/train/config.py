@@ -241,12 +241,24 @@ def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> None:
 
 def save_record(config: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """Write a run's ``config.yaml`` from any plain-data config (a task's, or `TrainConfig.to_dict()`): the config
-    under ``config:``, then ``environment:`` (command line, versions, hardware)."""
+    under ``config:``, then ``environment:`` (command line, versions, hardware).
+
+    The file is renamed into place once written: a task writes its config.yaml again on every --resume and the next
+    --resume compares its options with it, so one cut short by a stop refused that run for ever ("cannot resume ...
+    with different options", every option "not given").
+    """
     import yaml
 
     document = {"config": dict(config), "environment": environment_record()}
     document = json.loads(json.dumps(document, default=str))  # tuples -> lists, anything exotic -> str
-    Path(path).write_text(yaml.safe_dump(document, sort_keys=False))
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # as `checkpoint.written_then_renamed`, below it
+    try:
+        partial.write_text(yaml.safe_dump(document, sort_keys=False))
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 # Options that may differ between a run and its resumption; any other difference is refused.
