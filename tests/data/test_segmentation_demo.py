@@ -107,3 +107,44 @@ def test_an_interrupted_demo_trains_as_it_is_and_the_same_command_finishes_it(tm
             ).read_bytes()
     with pytest.raises(CnnlabError, match="already holds files"):
         write_segmentation_demo(root, "rgb", count=5, seed=3)
+
+
+@needs_mnist
+def test_a_demo_stopped_while_it_recorded_its_options_is_still_finished(tmp_path, monkeypatch):
+    """Each run that continues a demo writes its options file again; a stop while it was written left it empty, and
+    every later run refused the folder: "holds an interrupted demo of other options (unreadable ...)"."""
+    from pathlib import Path
+
+    import cnnlab.data.segmentation_demo as demo
+
+    sample, samples = demo._rgb_sample, []
+
+    def interrupted_at_the_third_pair(*args):
+        samples.append(args)
+        if len(samples) == 3:
+            raise KeyboardInterrupt
+        return sample(*args)
+
+    root = tmp_path / "demo"
+    with monkeypatch.context() as patch:
+        patch.setattr(demo, "_rgb_sample", interrupted_at_the_third_pair)
+        with pytest.raises(KeyboardInterrupt):
+            write_segmentation_demo(root, "rgb", count=5, seed=3)
+    write_text, write_bytes = Path.write_text, Path.write_bytes
+
+    def stopped_in_the_options(write):
+        def stopped(path, data, *args, **kwargs):
+            if not path.name.startswith(demo.PROGRESS):
+                return write(path, data, *args, **kwargs)
+            write(path, data[:0], *args, **kwargs)
+            raise KeyboardInterrupt
+
+        return stopped
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "write_text", stopped_in_the_options(write_text))
+        patch.setattr(Path, "write_bytes", stopped_in_the_options(write_bytes))
+        with pytest.raises(KeyboardInterrupt):
+            write_segmentation_demo(root, "rgb", count=5, seed=3)
+    summary = write_segmentation_demo(root, "rgb", count=5, seed=3)
+    assert summary["kept"] == 2 and demo.interrupted_demo(root) is None

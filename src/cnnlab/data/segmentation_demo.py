@@ -122,7 +122,8 @@ def write_segmentation_demo(
     colours = class_colours(len(CLASS_NAMES))
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
-    (root / PROGRESS).write_text(json.dumps(options))
+    # written again by each run that continues the demo: renamed into place, as a cut-short one refused the folder
+    _write_atomically(root / PROGRESS, json.dumps(options).encode())
     # classes.json before the pairs: the folder trains on whatever pairs an interruption leaves
     classes = [{"name": n, "color": [int(c) for c in colour]} for n, colour in zip(CLASS_NAMES, colours, strict=True)]
     _write_atomically(root / "classes.json", json.dumps(classes, indent=1).encode())
