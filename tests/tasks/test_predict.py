@@ -559,6 +559,30 @@ def test_an_interrupted_predict_keeps_the_rows_it_finished(
     assert not (tmp_path / ".predictions.csv.part").exists()
 
 
+def test_a_csv_stopped_before_it_was_replaced_keeps_the_record_of_the_model_that_wrote_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model's record was written before the CSV was replaced: a stop in between left another model's rows under
+    this model's record, and --resume kept them as this model's predictions."""
+    import cnnlab.tasks.predict
+    from cnnlab.tasks.predict import finished_predictions, write_predictions_csv
+
+    table = tmp_path / "p.csv"
+    earlier = [{"image": "a.png", "top": [{"label": "cat", "probability": 0.9}]}]
+    write_predictions_csv(earlier, table, 1, model="model A")
+
+    def stopped(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cnnlab.tasks.predict.csv, "writer", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        write_predictions_csv([], table, 1, model="model B")  # the same classes, other weights
+    monkeypatch.undo()
+    assert finished_predictions(table, 1, ["cat", "dog"], ["a.png"], "model A") == [["a.png", "cat", "0.9", ""]]
+    with pytest.raises(CnnlabError, match="was written by another model"):
+        finished_predictions(table, 1, ["cat", "dog"], ["a.png"], "model B")
+
+
 def test_resume_refuses_what_it_cannot_continue(tiny_run: Path, tmp_path: Path) -> None:
     from cnnlab.tasks.predict import finished_predictions
 

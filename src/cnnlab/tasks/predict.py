@@ -272,15 +272,19 @@ def write_predictions_csv(
     """
     path = check_predictions_csv(output)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = _model_record(path)
-    if model is not None:
-        record.write_text(model + "\n")
-    else:
-        record.unlink(missing_ok=True)
     part = path.with_name(f".{path.name}.part")
     with open(part, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([_header(top_k), *kept])
     os.replace(part, path)
+    # The record only once the CSV holds no other model's rows (`kept` are this model's): written first, a stop
+    # before the CSV was replaced left an earlier model's rows under this model's record, and --resume kept them.
+    record = _model_record(path)
+    if model is not None:
+        record_part = record.with_name(f"{record.name}.part")
+        record_part.write_text(model + "\n")
+        os.replace(record_part, record)
+    else:
+        record.unlink(missing_ok=True)
     with open(path, "a", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         for result in results:
