@@ -238,6 +238,32 @@ def test_cli_convert_and_scan(tmp_path):
     assert from_run.exit_code == 0 and (tmp_path / "canvas-heatmap.png").is_file()
 
 
+def test_a_heatmap_stopped_while_it_was_written_leaves_the_earlier_one(tmp_path, monkeypatch):
+    """The PNG was written in place: a stop while a large scan's figure was encoded left a truncated image (PIL:
+    "image file is truncated") where an earlier scan's heatmap had been."""
+    from matplotlib.figure import Figure
+
+    from cnnlab.fcn.scan import ScanResult
+
+    result = ScanResult(torch.full((3, 4, 6), 1 / 3), torch.ones(4, 6), window=28, stride=8)
+    path = save_heatmap(torch.rand(1, 60, 80), result, tmp_path / "h.png")
+    earlier = path.read_bytes()
+    savefig = Figure.savefig
+
+    def stopped_midway(figure, target, *args, **kwargs):
+        savefig(figure, target, *args, **kwargs)
+        with open(target, "r+b") as f:
+            f.truncate(f.seek(0, 2) // 3)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", stopped_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_heatmap(torch.rand(1, 60, 80), result, path)
+    assert path.read_bytes() == earlier and [p.name for p in tmp_path.iterdir()] == ["h.png"]
+    monkeypatch.undo()  # the format is still the one the name's suffix gives, though written under another name
+    assert "<svg" in save_heatmap(torch.rand(1, 60, 80), result, tmp_path / "h.svg").read_text()[:500]
+
+
 def test_the_heatmap_names_each_confident_blob_once(tmp_path, monkeypatch):
     """Every location with p >= 0.9 got its class name: a pile of names on each digit, tens of thousands on a photo."""
     from matplotlib.axes import Axes

@@ -379,7 +379,12 @@ def save_heatmap(
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80)
+    # Encoding a large scan's figure takes a while: written in place, a stop during it left a truncated image at
+    # `path`, over the heatmap an earlier scan had written there.
+    from cnnlab.train.checkpoint import written_then_renamed
+
+    with written_then_renamed(path) as partial:
+        figure.savefig(partial, dpi=80, format=path.suffix.lstrip(".").lower())
     plt.close(figure)
     return path
 
