@@ -107,6 +107,32 @@ def test_an_interrupted_build_resumes_and_is_never_served_half_written(tmp_path:
     assert torch.equal(resumed.features, whole.features)  # the resumed entry equals one built in one go
 
 
+def test_a_build_stopped_as_it_finished_is_not_built_again(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """The progress record was deleted before the finished build was renamed into place: a stop in between left a
+    whole build that the next run deleted and computed again from the first image."""
+    import cnnlab.tasks.feature_cache
+
+    images = _images(tmp_path / "img", count=12)
+    cache = FeatureCache(tmp_path / "cache", log=lambda message: None)
+    torch.manual_seed(0)
+    lower = _Counting()
+    replace = cnnlab.tasks.feature_cache.os.replace
+
+    def stopped_at_the_entry(source: Path, target: Path) -> None:
+        if str(source).endswith(".partial"):  # the finished build's rename (not a progress record's)
+            raise KeyboardInterrupt
+        replace(source, target)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cnnlab.tasks.feature_cache.os, "replace", stopped_at_the_entry)
+        with pytest.raises(KeyboardInterrupt):
+            _build(cache, images, lower)
+    assert lower.seen == len(images) * len(VIEWS) and not cache.path(_spec(images)).exists()
+    again = _build(cache, images, lower)
+    assert lower.seen == len(images) * len(VIEWS)  # none computed again
+    assert not again.reused and _build(cache, images, lower).reused
+
+
 def test_a_cache_that_does_not_fit_is_refused_with_a_cheaper_setting(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     images = _images(tmp_path / "img")
     cache = FeatureCache(tmp_path / "cache", log=lambda message: None)

@@ -226,11 +226,13 @@ class FeatureCache:
         meta = json.loads((partial / _PROGRESS).read_text())
         meta["seconds"] = seconds
         (partial / _META).write_text(json.dumps(meta, indent=1))
-        (partial / _PROGRESS).unlink()
         if final.exists():  # a concurrent build finished first: keep one
             shutil.rmtree(partial)
         else:
             os.replace(partial, final)
+            # the progress record goes only after the rename: removed before it, a stop in between left a finished
+            # build with no record of its rows, which the next run deleted and built again from the first image
+            (final / _PROGRESS).unlink(missing_ok=True)
         return self._load(final, views, images, seconds=seconds, reused=False)
 
     # ---------------------------------------------------------------------------------------------------- private
