@@ -309,12 +309,14 @@ def test_a_shortened_run_shrinks_its_recipes_warm_up_and_still_anneals(fake_root
     assert with_overrides(recipe, {"epochs": 2, "warmup_epochs": 3})["warmup_epochs"] == 3  # the user's own
     assert with_overrides(recipe, None) == recipe
     options = dict(data_dir=str(fake_root), output=str(tmp_path), name="short", val_size=40, progress=False)
-    train_mnist("default", overrides={"epochs": 1, "batch_size": 100}, train_subset=200, **options)
+    train_mnist("default", overrides={"epochs": 2, "batch_size": 20}, train_subset=200, **options)
     run = tmp_path / "mnist" / "short"
-    assert yaml.safe_load((run / "config.yaml").read_text())["config"]["warmup_epochs"] == 0.5
+    assert yaml.safe_load((run / "config.yaml").read_text())["config"]["warmup_epochs"] == 1
     last_lr = float((run / "metrics.csv").read_text().splitlines()[-1].split(",")[
         (run / "metrics.csv").read_text().splitlines()[0].split(",").index("lr")])  # fmt: skip
-    assert last_lr < 0.05  # annealed from the peak
+    # metrics.csv gives an epoch's mean lr: annealed from the peak over epoch 2 it averages about half of 0.1, where
+    # a warm-up over the whole run would average 0.075 there
+    assert 0.04 < last_lr < 0.06
 
 
 def test_the_last_line_names_the_run_to_copy_into_the_next_command(fake_root: Path, tmp_path: Path) -> None:

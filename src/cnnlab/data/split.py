@@ -19,6 +19,7 @@ from sklearn.model_selection import train_test_split
 
 from cnnlab.data.folder import LabelledImages, _collect, describe_skipped, scan_folder
 from cnnlab.errors import CnnlabError
+from cnnlab.files import written_then_renamed
 
 __all__ = [
     "SPLITS",
@@ -121,18 +122,12 @@ def write_manifest(path: str | os.PathLike[str], images: LabelledImages, split: 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.part")
-    try:
-        with open(partial, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "split"])
-            for part in SPLITS:
-                for index in split.get(part, []):
-                    writer.writerow([Path(images.paths[index]).resolve(), images.classes[images.labels[index]], part])
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    with written_then_renamed(path) as partial, open(partial, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "split"])
+        for part in SPLITS:
+            for index in split.get(part, []):
+                writer.writerow([Path(images.paths[index]).resolve(), images.classes[images.labels[index]], part])
     return path
 
 

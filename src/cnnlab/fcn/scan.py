@@ -381,7 +381,7 @@ def save_heatmap(
     path.parent.mkdir(parents=True, exist_ok=True)
     # Encoding a large scan's figure takes a while: written in place, a stop during it left a truncated image at
     # `path`, over the heatmap an earlier scan had written there.
-    from cnnlab.train.checkpoint import written_then_renamed
+    from cnnlab.files import written_then_renamed
 
     with written_then_renamed(path) as partial:
         figure.savefig(partial, dpi=80, format=path.suffix.lstrip(".").lower())
@@ -436,7 +436,7 @@ def save_fully_convolutional(
     """Save a converted model: ``fcn.safetensors`` and ``fcn.json`` (source architecture record, input size, pool)."""
     from safetensors.torch import save_file
 
-    from cnnlab.train.checkpoint import written_then_renamed
+    from cnnlab.files import written_then_renamed
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

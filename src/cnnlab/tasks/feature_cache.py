@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 
 from cnnlab.data.folder import ImageDataset, LabelledImages
 from cnnlab.errors import CnnlabError
+from cnnlab.files import written_then_renamed
 from cnnlab.layers.views import VIEWS
 from cnnlab.report.units import file_size
 from cnnlab.train import Trainer
@@ -295,9 +296,8 @@ class FeatureCache:
     @staticmethod
     def _record(partial: Path, spec: dict[str, Any], done: int, views: Sequence[str]) -> None:
         state = {"spec": json.loads(json.dumps(spec, default=str)), "done": done, "views": list(views)}
-        temporary = partial / (_PROGRESS + ".tmp")
-        temporary.write_text(json.dumps(state))
-        os.replace(temporary, partial / _PROGRESS)
+        with written_then_renamed(partial / _PROGRESS) as temporary:
+            temporary.write_text(json.dumps(state))
 
     @staticmethod
     def _load(entry: Path, views: Sequence[str], images: LabelledImages, seconds: float, reused: bool) -> CachedPart:

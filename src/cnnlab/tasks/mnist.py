@@ -23,6 +23,7 @@ import torch
 from cnnlab.data.augment import RandomAffine
 from cnnlab.data.mnist import MnistSplits, load_mnist
 from cnnlab.errors import CnnlabError
+from cnnlab.files import written_then_renamed
 from cnnlab.report.units import score
 from cnnlab.tasks.recipes import (
     Recipe,
@@ -34,7 +35,7 @@ from cnnlab.tasks.recipes import (
     with_overrides,
 )
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
-from cnnlab.train.checkpoint import atomic_save, written_then_renamed
+from cnnlab.train.checkpoint import atomic_save
 from cnnlab.train.config import check_resumable, environment_record, load_config, save_record
 from cnnlab.train.saved import save_ensemble, save_model
 from cnnlab.train.strategy import is_main_process

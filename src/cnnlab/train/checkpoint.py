@@ -7,11 +7,9 @@ RNG states are stored as tensors and plain lists so the restricted unpickler acc
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,21 +51,6 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
             os.close(dir_fd)
     except OSError:
         pass
-
-
-@contextlib.contextmanager
-def written_then_renamed(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary path beside `path` for a writer that takes a file name (safetensors, JSON text): renamed over
-    `path` when the block finishes, deleted when it does not, so that `path` holds the old file or the new one, never
-    half of one. The name is the process's own, so the file gets the usual permissions (`mkstemp` makes them 0600)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:

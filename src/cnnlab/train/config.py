@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cnnlab.errors import CnnlabError
+from cnnlab.files import written_then_renamed
 from cnnlab.train.device import resolve_device
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -251,14 +252,8 @@ def save_record(config: Mapping[str, Any], path: str | os.PathLike[str]) -> None
 
     document = {"config": dict(config), "environment": environment_record()}
     document = json.loads(json.dumps(document, default=str))  # tuples -> lists, anything exotic -> str
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # as `checkpoint.written_then_renamed`, below it
-    try:
+    with written_then_renamed(path) as partial:
         partial.write_text(yaml.safe_dump(document, sort_keys=False))
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 # Options that may differ between a run and its resumption; any other difference is refused.

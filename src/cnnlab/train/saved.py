@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.train.checkpoint import written_then_renamed
+from cnnlab.files import written_then_renamed
 from cnnlab.train.device import resolve_device
 
 MODEL_WEIGHTS = "model.safetensors"

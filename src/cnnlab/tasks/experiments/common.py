@@ -25,6 +25,7 @@ from torch import nn
 
 from cnnlab.data.mnist import load_mnist
 from cnnlab.errors import CnnlabError
+from cnnlab.files import written_then_renamed
 from cnnlab.tasks.recipes import note_current_run
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.config import command_line, environment_record
@@ -236,9 +237,8 @@ def _write_finished(run_dir: Path, key: str, trained: TrainedRun) -> None:
         "steps": trained.steps,
         "step_losses": trained.step_losses,
     }
-    partial = run_dir / (_FINISHED + ".partial")
-    partial.write_text(json.dumps(record))
-    os.replace(partial, run_dir / _FINISHED)
+    with written_then_renamed(run_dir / _FINISHED) as partial:
+        partial.write_text(json.dumps(record))
 
 
 def _read_back(run_dir: Path, key: str, model: nn.Module) -> TrainedRun | None:
