@@ -64,6 +64,19 @@ def test_a_negative_seed_is_refused_before_any_folder_is_made(tmp_path, variant)
 
 
 @needs_mnist
+def _stopping_at_the_third_pair(sample):  # noqa: ANN001, ANN202
+    """`sample` (the demo's maker of one pair) raising KeyboardInterrupt on its third call: Ctrl+C in the third pair."""
+    calls = []
+
+    def stopping(*args):  # noqa: ANN002, ANN202
+        calls.append(args)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return sample(*args)
+
+    return stopping
+
+
 def test_an_interrupted_demo_trains_as_it_is_and_the_same_command_finishes_it(tmp_path, monkeypatch, capsys):
     """Ctrl+C left no classes.json and a half-written last pair, and a second run refused the folder as used."""
     import sys
@@ -71,16 +84,9 @@ def test_an_interrupted_demo_trains_as_it_is_and_the_same_command_finishes_it(tm
     import cnnlab.data.segmentation_demo as demo
     from cnnlab.cli import main
 
-    sample, samples = demo._rgb_sample, []
-
-    def interrupted_at_the_third_pair(*args):
-        samples.append(args)
-        if len(samples) == 3:
-            raise KeyboardInterrupt
-        return sample(*args)
-
+    sample = demo._rgb_sample
     root = tmp_path / "demo"
-    monkeypatch.setattr(demo, "_rgb_sample", interrupted_at_the_third_pair)
+    monkeypatch.setattr(demo, "_rgb_sample", _stopping_at_the_third_pair(sample))
     command = ["cnnlab", "data", "segmentation-demo", str(root), "--count", "5", "--variant", "rgb", "--seed", "3"]
     monkeypatch.setattr(sys, "argv", command)
     with pytest.raises(SystemExit) as exit_code:
@@ -117,17 +123,10 @@ def test_a_demo_stopped_while_it_recorded_its_options_is_still_finished(tmp_path
 
     import cnnlab.data.segmentation_demo as demo
 
-    sample, samples = demo._rgb_sample, []
-
-    def interrupted_at_the_third_pair(*args):
-        samples.append(args)
-        if len(samples) == 3:
-            raise KeyboardInterrupt
-        return sample(*args)
-
+    sample = demo._rgb_sample
     root = tmp_path / "demo"
     with monkeypatch.context() as patch:
-        patch.setattr(demo, "_rgb_sample", interrupted_at_the_third_pair)
+        patch.setattr(demo, "_rgb_sample", _stopping_at_the_third_pair(sample))
         with pytest.raises(KeyboardInterrupt):
             write_segmentation_demo(root, "rgb", count=5, seed=3)
     write_text, write_bytes = Path.write_text, Path.write_bytes
