@@ -8,7 +8,7 @@ is. It measures, on one CUDA GPU (written for one NVIDIA H200, 139 GiB, 16 CPU c
    checkpointing, SGD without momentum, all three): the planner's prediction (fixed + per-sample bytes x batch)
    against `torch.cuda.max_memory_allocated` over the second of two real training steps, as a ratio, at the batch
    above and at the planner's largest batch. Two steps are measured: the step the planner models (forward, backward
-   of ``output.float().sum()``, a non-foreach optimizer step; `checkpoint_stages` for checkpointing) and the
+   of ``output.float().sum()``, the engine's optimizer step; `checkpoint_stages` for checkpointing) and the
    engine's (`Trainer`, the same options as ``--precision bf16``, ``--grad-checkpointing``, ``--optimizer sgd``),
    less the two-batch data set the engine keeps on the device. Also `budget(..., measure=True, device="cuda")`.
 2. mnist: the `quick` and `default` recipes on the GPU: training seconds to 99.0% and 99.5% test accuracy (the test
@@ -334,23 +334,22 @@ def measure_planned_step(
 ) -> int:
     """Peak bytes of the step the planner models, run for real: the second of two steps (the optimizer state exists).
 
-    The step: forward (under bf16 autocast for that remedy), backward of ``output.float().sum()``, then a
-    non-foreach Adam or a plain SGD step, as `cnnlab.budget.trace` runs it. On CUDA the peak is
+    The step: forward (under bf16 autocast for that remedy), backward of ``output.float().sum()``, then the engine's
+    Adam or plain SGD step (torch's multi-tensor kernels on CUDA), as `cnnlab.budget.trace` runs it. On CUDA the peak is
     `torch.cuda.max_memory_allocated`; on a CPU (dry run) the live-tensor count that `cnnlab.budget` measures with.
     """
     import torch
 
     from cnnlab.budget import LiveTensorTracker
+    from cnnlab.budget.trace import make_optimizer
     from cnnlab.train.activation_checkpointing import checkpoint_stages
 
     torch.manual_seed(0)
     model = build().to(ctx.device).train()
     if checkpointed:
         checkpoint_stages(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    step_optimizer = (
-        torch.optim.Adam(params, foreach=False) if optimizer == "adam" else torch.optim.SGD(params, lr=0.01)
-    )
+    step_optimizer = make_optimizer(model, optimizer)
+    assert step_optimizer is not None
     inputs = torch.randn(batch, *shape, device=ctx.device)
     device_type = torch.device(ctx.device).type
 

@@ -82,7 +82,9 @@ def main() -> int:
         return 0
     device_name = torch.cuda.get_device_name(0)
     limit = torch.cuda.get_device_properties(0).total_memory
-    plan = plan_batch(create_model("resnet50", num_classes=1000), SHAPE, torch.float32, "adamw", limit)
+    plan = plan_batch(
+        create_model("resnet50", num_classes=1000), SHAPE, torch.float32, "adamw", limit, for_device="cuda"
+    )
     predictions = {row["remedy"]: row for row in plan["remedies"]}
     rows = []
     print(f"resnet50 {'x'.join(map(str, SHAPE))}, {device_name}, torch {torch.__version__}")

@@ -94,3 +94,16 @@ def test_a_network_without_trainable_parameters_is_budgeted(args):
     planned = run(*args, "--memory", "1MB", "--json")
     assert planned.returncode == 0, planned.stderr
     assert [row["remedy"] for row in json.loads(planned.stdout)["plan"]["remedies"]] == ["as configured"]
+
+
+def test_a_device_this_machine_lacks_is_sized_for_and_a_wrong_name_refused():
+    """--device was for --measure alone: the estimate stepped the optimizer as on the CPU, whatever the GPU."""
+    sized = [
+        run("--input", "1x16x16", "conv 8 k3", "flatten", "dense 10", "--device", d, "--json") for d in ("cpu", "cuda")
+    ]
+    assert all(result.returncode == 0 for result in sized), [result.stderr for result in sized]
+    cpu, cuda = (json.loads(result.stdout) for result in sized)
+    assert (cpu["device"], cuda["device"]) == ("cpu", "cuda")
+    assert cuda["realistic"]["peak_bytes"] != cpu["realistic"]["peak_bytes"]  # Adam's step, a group at once on CUDA
+    wrong = run("--input", "1x16x16", "conv 8 k3", "--device", "gpu")
+    assert wrong.returncode == 2 and "unknown device 'gpu'; use auto, cpu, cuda or cuda:N" in wrong.stderr

@@ -172,3 +172,60 @@ def test_an_output_cut_from_the_trainable_parameters_is_named():
 
     with pytest.raises(CnnlabError, match="output does not depend on its trainable parameters"):
         budget(Detached(), input_shape=(3, 16, 16))
+
+
+# `cnnlab budget --optimizer NAME` -> the engine's `TrainConfig` (its SGD has Nesterov momentum 0.9 unless told 0)
+_ENGINE_OPTIMIZERS = {
+    "sgd": {"optimizer": "sgd", "momentum": 0.0},
+    "momentum": {"optimizer": "sgd"},
+    "adam": {"optimizer": "adam"},
+    "adamw": {"optimizer": "adamw"},
+}
+
+
+def _engine_step_peak(model: nn.Module, shape: tuple[int, ...], optimizer: str) -> int:
+    """Peak live bytes of the second of two real CPU steps at batch 1 with the optimizer the engine builds (its
+    state exists by then), counted as the budget counts: parameters, buffers, the state and the input from the start."""
+    from cnnlab.budget import LiveTensorTracker
+    from cnnlab.train import TrainConfig
+    from cnnlab.train.optim import build_optimizer, default_param_groups
+
+    config = TrainConfig(**_ENGINE_OPTIMIZERS[optimizer])
+    step_optimizer = build_optimizer(default_param_groups(model, config.weight_decay), config)
+    x = torch.randn(1, *shape)
+
+    def step() -> None:
+        loss = model(x).sum()
+        loss.backward()
+        del loss
+        step_optimizer.step()
+        step_optimizer.zero_grad(set_to_none=True)
+
+    step()
+    state = [value for values in step_optimizer.state.values() for value in values.values() if torch.is_tensor(value)]
+    tracker = LiveTensorTracker()
+    with tracker:
+        tracker.add_existing([*model.parameters(), *model.buffers(), *state, x])
+        step()
+    return tracker.peak_bytes
+
+
+@pytest.mark.parametrize(
+    "optimizer,device",
+    [("adam", "cuda"), ("adamw", "cuda"), ("momentum", "cuda"), ("adam", "cpu"), ("momentum", "cpu"), ("sgd", "cuda")],
+)
+def test_the_estimate_steps_the_engines_optimizer_as_on_the_device_it_is_for(optimizer, device, monkeypatch):
+    """The budget stepped Adam one tensor at a time and SGD's momentum without Nesterov, whatever the device; the
+    engine leaves the kernels to torch, which on CUDA steps a whole param group at once (resnet50 with Adam: 102 MB of
+    temporaries, not 19 MB), and its SGD is Nesterov's. At batch 1 this network's peak is in the optimizer step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 14 * 14, 64), nn.ReLU(), nn.Linear(64, 10)
+    )
+    report = budget(model, input_shape=(3, 16, 16), batch_size=1, optimizer=optimizer, device=device)
+    if device == "cuda":  # torch's own default, told that the CPU has multi-tensor kernels, steps as it does on CUDA
+        import torch.optim.optimizer as torch_optimizer
+
+        monkeypatch.setattr(torch_optimizer, "_get_foreach_kernels_supported_devices", lambda: ["cpu"])
+    assert report.realistic["peak_bytes"] == _engine_step_peak(model, (3, 16, 16), optimizer)
+    assert report.device == device

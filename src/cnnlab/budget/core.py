@@ -28,7 +28,7 @@ from torch import nn
 from cnnlab.budget.spec import LayerSpec, build_module, infer_shapes, load_spec_file, parse_spec
 from cnnlab.budget.trace import Row, TraceResult, optimizer_copies, resolve_dtype, trace
 from cnnlab.errors import CnnlabError
-from cnnlab.train.device import resolve_device
+from cnnlab.train.device import parse_device, resolve_device
 from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC, Ensemble
 
 _VIEW_TYPES = ("Flatten", "Identity", "Unflatten")
@@ -62,6 +62,7 @@ class BudgetReport:
     realistic: dict[str, int]
     measured: dict[str, Any] | None = None
     plan: dict[str, Any] | None = None
+    device: str = "cpu"  # the device type the training figures are for: its optimizer step (see `budget`)
     spec_layers: list[LayerSpec] | None = field(default=None, repr=False)
     # per-sample output bytes of each layer the textbook counts (`textbook_outputs`), whatever rows `layers` holds
     textbook_layer_bytes: list[int] = field(default_factory=list, repr=False)
@@ -78,6 +79,7 @@ class BudgetReport:
             "input_shape": list(self.input_shape),
             "dtype": self.dtype,
             "optimizer": self.optimizer,
+            "device": self.device,
             "params": self.params,
             "trainable_params": self.trainable_params,
             "buffers": self.buffers,
@@ -376,11 +378,15 @@ def budget(
         optimizer: sgd, momentum, adam or adamw (its state is 0, 1 or 2 copies of the trainable parameters).
         depth: table rows at this module depth; leaves when None (spec models show one row per spec layer).
         measure: also run one real training step on `device` and count what it saved and its peak.
-        device: where to measure ("cpu", or "cuda" which adds `torch.cuda.max_memory_allocated`).
+        device: the device the training is for ("cpu", "cuda"; this machine need not have it unless `measure`): the
+            estimate's optimizer steps as the engine's steps there (on CUDA torch's multi-tensor kernels, which hold
+            a whole param group's temporaries at once), and `measure` runs there (CUDA adds
+            `torch.cuda.max_memory_allocated`).
         memory_limit: bytes (or "8GiB") to plan for: the largest batch that fits, and with each remedy.
         name: what the report and its errors call the model (default: the module's class, the zoo name, the run's
             folder or "spec").
     """
+    target = resolve_device(device) if measure else parse_device(device)
     resolved_name, module, shape, spec_layers = resolve_model(model, input_shape, on_meta=not measure)
     name = name or resolved_name
     torch_dtype = resolve_dtype(dtype)
@@ -396,7 +402,7 @@ def budget(
     if depth is None:
         depth = figure_depth
     try:
-        result = trace(module, shape, batch_size, torch_dtype, "meta", optimizer, depth)
+        result = trace(module, shape, batch_size, torch_dtype, "meta", optimizer, depth, for_device=str(target))
         figure_rows = (
             result.rows
             if depth == figure_depth
@@ -431,6 +437,7 @@ def budget(
         realistic=realistic,
         spec_layers=spec_layers,
         textbook_layer_bytes=textbook_outputs(figure_rows),
+        device=target.type,
     )
     if measure:
         report.measured = measure_step(module, shape, batch_size, torch_dtype, optimizer, device, realistic)
@@ -438,7 +445,7 @@ def budget(
         from cnnlab.budget.planner import plan_batch
 
         limit = parse_memory(memory_limit) if isinstance(memory_limit, str) else int(memory_limit)
-        report.plan = plan_batch(module, shape, torch_dtype, optimizer, limit, reference=result)
+        report.plan = plan_batch(module, shape, torch_dtype, optimizer, limit, reference=result, for_device=str(target))
     return report
 
 

@@ -44,7 +44,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.budget.trace import OptimizerStepBytes, TraceResult, forward_saved_bytes, optimizer_step_bytes, trace
+from cnnlab.budget.trace import (
+    OptimizerStepBytes,
+    TraceResult,
+    forward_saved_bytes,
+    optimizer_device,
+    optimizer_step_bytes,
+    trace,
+)
 
 _CAP = 1 << 20  # the largest batch the planner reports
 
@@ -171,9 +178,11 @@ def _search_from(guess: int, fits: Callable[[int], bool]) -> int:
     return low
 
 
-def _reusable(reference: TraceResult, dtype: torch.dtype, optimizer: str) -> bool:
-    """Whether a caller's trace is a training step traced as the planner's are (meta device, dtype, optimizer)."""
-    same = (reference.device, reference.dtype, reference.optimizer) == ("meta", dtype, optimizer)
+def _reusable(reference: TraceResult, dtype: torch.dtype, optimizer: str, for_device: str) -> bool:
+    """Whether a caller's trace is a training step traced as the planner's are (meta device, dtype, optimizer, the
+    device its optimizer steps as)."""
+    traced = (reference.device, reference.dtype, reference.optimizer, reference.optimizer_device)
+    same = traced == ("meta", dtype, optimizer, optimizer_device("meta", for_device))
     return same and bool(reference.live_timeline)
 
 
@@ -195,6 +204,7 @@ class _Planner:
         dtype: torch.dtype,
         optimizer: str,
         reference: TraceResult | None,
+        for_device: str = "cpu",
     ) -> None:
         from cnnlab.train.activation_checkpointing import checkpoint_stages
 
@@ -202,10 +212,10 @@ class _Planner:
         checkpointed = copy.deepcopy(plain)
         checkpoint_stages(checkpointed)
         self.variants = {False: plain, True: checkpointed}
-        self.input_shape, self.dtype = input_shape, dtype
+        self.input_shape, self.dtype, self.for_device = input_shape, dtype, for_device
         self.steps: dict[tuple[bool, int], _Step] = {}
         self.optimizers: dict[str, OptimizerStepBytes] = {}
-        if reference is not None and _reusable(reference, dtype, optimizer):
+        if reference is not None and _reusable(reference, dtype, optimizer, for_device):
             self.steps[(False, reference.batch_size)] = _Step.from_trace(reference)
             self.optimizers[optimizer] = OptimizerStepBytes(
                 reference.optimizer_state_bytes, reference.step_peak_bytes - reference.step_start_bytes
@@ -225,7 +235,7 @@ class _Planner:
 
     def optimizer(self, name: str) -> OptimizerStepBytes:
         if name not in self.optimizers:
-            self.optimizers[name] = optimizer_step_bytes(self.variants[False], self.dtype, name)
+            self.optimizers[name] = optimizer_step_bytes(self.variants[False], self.dtype, name, self.for_device)
         return self.optimizers[name]
 
     def fitted(self, checkpointed: bool) -> _Lines | None:
@@ -369,6 +379,7 @@ def plan_batch(
     optimizer: str,
     limit_bytes: int,
     reference: TraceResult | None = None,
+    for_device: str = "cpu",
 ) -> dict[str, Any]:
     """The largest batch that fits `limit_bytes`, and what each remedy allows.
 
@@ -380,12 +391,14 @@ def plan_batch(
         limit_bytes: the memory to fit.
         reference: a training `trace` of `model` on the meta device with this dtype and optimizer (`budget()`'s own),
             reused as one of the two traced batch sizes; ignored when traced otherwise.
+        for_device: the device the plan is for: the optimizer steps as torch steps parameters there (CUDA's
+            multi-tensor kernels hold more temporaries than the CPU's loop).
 
     Returns:
         ``{"limit_bytes", "optimizer", "remedies": [{"remedy", "fixed_bytes", "per_sample_bytes", "max_batch"}]}``;
         fixed and per-sample bytes are the straight line through the peaks at the answer and half of it.
     """
-    planner = _Planner(model, input_shape, dtype, optimizer, reference)
+    planner = _Planner(model, input_shape, dtype, optimizer, reference, for_device)
     remedies = [_Remedy("as configured", checkpointed=False, optimizer=optimizer, bf16=False)]
     # With nothing to train there is no backward for a remedy to spare: bf16 even planned a smaller batch than plain
     # (an input copy counted for a backward that does not run), and checkpointing and SGD repeated the plain answer.

@@ -55,7 +55,7 @@ def layer_table(report: BudgetReport) -> Table:
 def memory_table(report: BudgetReport) -> Table:
     """Each memory component, textbook and realistic side by side."""
     text, real, inf = report.training, report.realistic, report.inference
-    table = Table(title=f"Memory ({report.dtype}, optimizer {report.optimizer})")
+    table = Table(title=f"Memory ({report.dtype}, optimizer {report.optimizer} stepping as on {report.device})")
     table.add_column("component")
     table.add_column("textbook", justify="right")
     table.add_column("realistic (PyTorch)", justify="right")

@@ -37,7 +37,9 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnlab.errors import CnnlabError
+from cnnlab.train.config import TrainConfig
 from cnnlab.train.live_memory import LiveTensorTracker
+from cnnlab.train.optim import build_optimizer, default_foreach, default_param_groups
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -51,7 +53,16 @@ DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64,
     "fp64": torch.float64,
 }
-OPTIMIZER_STATE_COPIES = {"sgd": 0, "momentum": 1, "sgd-momentum": 1, "adam": 2, "adamw": 2, "none": 0}
+OPTIMIZER_STATE_COPIES = {"sgd": 0, "momentum": 1, "sgd-momentum": 1, "adam": 2, "adamw": 2, "nadam": 2, "none": 0}
+# The engine's `TrainConfig` options for each optimizer name here: its SGD is Nesterov's whenever it has momentum.
+_ENGINE_OPTIMIZERS = {
+    "sgd": {"optimizer": "sgd", "momentum": 0.0},
+    "momentum": {"optimizer": "sgd"},
+    "sgd-momentum": {"optimizer": "sgd"},
+    "adam": {"optimizer": "adam"},
+    "adamw": {"optimizer": "adamw"},
+    "nadam": {"optimizer": "nadam"},
+}
 
 
 def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -327,6 +338,7 @@ class TraceResult:
     inference_peak_bytes: int = 0  # peak of live tensors in a no-grad forward, parameters excluded, input included
     cuda_max_allocated_bytes: int | None = None
     optimizer: str = "none"
+    optimizer_device: str = "cpu"  # the device type whose optimizer step was traced (`make_optimizer`)
     optimizer_state_bytes: int = 0  # live during the whole step, so included in every timeline value
     live_timeline: list[int] = field(default_factory=list, repr=False)  # live bytes at the start and after each op of
     # forward and backward; its maximum is the peak before the optimizer step
@@ -417,18 +429,28 @@ def _prepare(model: nn.Module, device: str, dtype: torch.dtype) -> nn.Module:
     return model
 
 
-def _make_optimizer(model: nn.Module, optimizer: str) -> torch.optim.Optimizer | None:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params or optimizer in ("none",):
-        return None
+def optimizer_device(device: str, for_device: str | None) -> str:
+    """The device type whose optimizer step a trace on `device` takes: the device itself, and for the meta device
+    `for_device` (default the CPU)."""
+    return torch.device((for_device or "cpu") if device == "meta" else device).type
+
+
+def make_optimizer(model: nn.Module, optimizer: str, for_device: str = "cpu") -> torch.optim.Optimizer | None:
+    """The optimizer the engine would build for `model` (`build_optimizer` over `default_param_groups`, with
+    `TrainConfig`'s defaults), stepping as torch steps parameters on `for_device`; None with nothing to train.
+
+    On a real device torch chooses its kernels from where the parameters are, as in the engine; on the meta device
+    the choice is `for_device`'s: CUDA's multi-tensor kernels hold a whole group's temporaries at once, the CPU's
+    loop one tensor's (a trace with Adam's loop on meta put a resnet50 step on a GPU 83 MB low).
+    """
     kind = optimizer.lower()
-    if kind == "sgd":
-        return torch.optim.SGD(params, lr=0.01)
-    if kind in ("momentum", "sgd-momentum"):
-        return torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    if kind == "adam":
-        return torch.optim.Adam(params, foreach=False)
-    return torch.optim.AdamW(params, foreach=False)
+    optimizer_copies(kind)  # an unknown name: one line naming the ones known
+    if kind == "none" or not any(p.requires_grad for p in model.parameters()):
+        return None
+    config = TrainConfig(**_ENGINE_OPTIMIZERS[kind])
+    on_meta = any(p.device.type == "meta" for p in model.parameters())
+    foreach = default_foreach(for_device) if on_meta else None
+    return build_optimizer(default_param_groups(model, config.weight_decay), config, foreach=foreach)
 
 
 def _warm_up_optimizer(model: nn.Module, opt: torch.optim.Optimizer | None) -> list[torch.Tensor]:
@@ -458,6 +480,7 @@ def trace(
     inference_batch_size: int = 1,
     inference: bool = True,
     autocast: torch.dtype | None = None,
+    for_device: str | None = None,
 ) -> TraceResult:
     """Run one training step (forward, backward of ``output.sum()``, optimizer step) and one no-grad forward.
 
@@ -472,7 +495,8 @@ def trace(
         batch_size: samples in the traced batch.
         dtype: parameter and input dtype.
         device: ``"meta"`` for the estimate, ``"cpu"`` or ``"cuda"`` to measure.
-        optimizer: sgd, momentum, adam or adamw; ``"none"`` skips the step.
+        optimizer: sgd, momentum, adam or adamw, built as the engine builds it (`make_optimizer`); ``"none"`` skips
+            the step.
         depth: table rows are the modules at this depth (leaves when None).
         training: also trace the training step (False: only the forward pass for shapes, MACs and inference memory).
         inference_batch_size: samples in the no-grad forward pass that measures the inference working set.
@@ -480,6 +504,8 @@ def trace(
             the training step, and its traces are the cheaper for it).
         autocast: run the training step's forward and loss under autocast to this dtype, backward and the optimizer
             step outside it, as the engine does (a real device only: autocast does not run on the meta device).
+        for_device: on the meta device, the device the estimate is for (default the CPU): its optimizer steps as
+            torch steps parameters there (CUDA: multi-tensor kernels). Ignored on a real device, which steps as itself.
     """
     torch_dtype = resolve_dtype(dtype)
     if batch_size < 1:
@@ -490,7 +516,13 @@ def trace(
         model = copy.deepcopy(model)
     model = _prepare(model, device, torch_dtype)
     rows = select_rows(model, depth)
-    result = TraceResult(batch_size=batch_size, dtype=torch_dtype, device=device, optimizer=optimizer)
+    result = TraceResult(
+        batch_size=batch_size,
+        dtype=torch_dtype,
+        device=device,
+        optimizer=optimizer,
+        optimizer_device=optimizer_device(device, for_device),
+    )
     _fill_static_row_info(rows, result)
 
     def make_input(batch: int) -> torch.Tensor:
@@ -531,7 +563,7 @@ def _trace_training(
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    opt = _make_optimizer(model, optimizer)
+    opt = make_optimizer(model, optimizer, result.optimizer_device)
     optimizer_state = _warm_up_optimizer(model, opt)
     result.optimizer_state_bytes = _distinct_bytes(optimizer_state)
     # under real autocast the copies are tensors the tracker counts; otherwise it works out what they would hold
@@ -625,15 +657,18 @@ class OptimizerStepBytes:
     step_transient_bytes: int  # the step's peak above the live bytes at its start
 
 
-def optimizer_step_bytes(model: nn.Module, dtype: str | torch.dtype, optimizer: str) -> OptimizerStepBytes:
-    """Trace one steady-state optimizer step alone on the meta device (gradients of zeros; their values never matter).
+def optimizer_step_bytes(
+    model: nn.Module, dtype: str | torch.dtype, optimizer: str, for_device: str = "cpu"
+) -> OptimizerStepBytes:
+    """Trace one steady-state optimizer step alone on the meta device (gradients of zeros; their values never matter),
+    stepping as on `for_device`.
 
     The step touches only parameters, gradients and state, none of which depend on the batch size, so its
     temporaries are the same at every batch: `trace`'s peak is ``max(peak of forward and backward, live at the step's
     start + step_transient_bytes)`` with the state counted throughout.
     """
     model = _prepare(model, "meta", resolve_dtype(dtype)).train()
-    opt = _make_optimizer(model, optimizer)
+    opt = make_optimizer(model, optimizer, for_device)
     if opt is None:
         return OptimizerStepBytes(0, 0)
     with _MetaKernelCache():

@@ -51,7 +51,13 @@ def budget_command(
     measure: Annotated[
         bool, typer.Option("--measure", help="Run one real training step and compare with the estimate.")
     ] = False,
-    device: Annotated[str, typer.Option(help="Device for --measure: cpu or cuda.")] = "cpu",
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Device the training is for, cpu or cuda (needed here only with --measure): the optimizer steps as "
+            "the engine's does there."
+        ),
+    ] = "cpu",
     memory: Annotated[
         str | None, typer.Option(help="Plan for this memory (e.g. 8GiB): largest batch, and with each remedy.")
     ] = None,

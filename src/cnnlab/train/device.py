@@ -23,11 +23,12 @@ def _available() -> str:
     return ", ".join(found)
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    """ "auto" -> the first CUDA device if there is one, else the CPU; any other name must exist on this machine.
+def parse_device(name: str | torch.device) -> torch.device:
+    """ "auto" -> the first CUDA device if there is one, else the CPU; any other name as written, whether or not this
+    machine has it (`cnnlab budget` sizes a step for a GPU it does not need).
 
     Raises:
-        CnnlabError: an unknown device name, or a device this machine does not have (names the ones it has).
+        CnnlabError: a name that is no device, or a device type cnnlab does not run on.
     """
     if str(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -35,6 +36,18 @@ def resolve_device(name: str | torch.device) -> torch.device:
         device = torch.device(name)
     except (RuntimeError, TypeError):
         raise CnnlabError(f"unknown device {str(name)!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda", "mps", "meta"):
+        raise CnnlabError(f"device {str(name)!r} is not supported by cnnlab; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """ "auto" -> the first CUDA device if there is one, else the CPU; any other name must exist on this machine.
+
+    Raises:
+        CnnlabError: an unknown device name, or a device this machine does not have (names the ones it has).
+    """
+    device = parse_device(name)
     if device.type == "cuda":
         count = _cuda_count()
         if count == 0:
@@ -49,6 +62,4 @@ def resolve_device(name: str | torch.device) -> torch.device:
         raise CnnlabError(
             f"device {str(name)!r} was asked for, but Apple's MPS is not available here; available: {_available()}"
         )
-    elif device.type not in ("cpu", "cuda", "mps", "meta"):
-        raise CnnlabError(f"device {str(name)!r} is not supported by cnnlab; use auto, cpu, cuda or cuda:N")
     return device
