@@ -126,6 +126,50 @@ def test_the_original_model_is_left_unchanged_and_in_its_mode():
     assert isinstance(model[7], nn.Linear)
 
 
+class _PooledSqueezeExcite(nn.Module):
+    """Squeeze-excitation squeezing with an AdaptiveAvgPool2d module (as torchvision's SqueezeExcitation does)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, 2, 1)
+        self.fc2 = nn.Conv2d(2, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(self.pool(x)))))  # N x C x H x W
+
+
+def test_a_squeeze_excitation_block_in_the_features_stays_in_the_trunk():
+    """Its global pool was taken for the start of the head: "the head uses a functional op or a branch"."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), _PooledSqueezeExcite(4), nn.Flatten(), nn.Linear(4 * 7 * 7, 10)).eval()
+    converted = to_fully_convolutional(model, (1, 9, 9))
+    assert isinstance(converted.trunk[1], _PooledSqueezeExcite)
+    assert [type(m) for m in converted.head] == [nn.Conv2d]
+    _assert_identical(model, converted, (1, 9, 9))
+    assert converted(torch.rand(2, 1, 15, 12)).shape == (2, 10, 7, 4)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        lambda: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)),
+        lambda: nn.Sequential(nn.AdaptiveAvgPool2d(7), nn.Flatten(), nn.Linear(4 * 7 * 7, 10)),
+        lambda: nn.Sequential(nn.AdaptiveAvgPool2d(7)),  # a fixed-size map: not a feature layer either
+    ],
+    ids=["gap-dense", "pool7-dense", "pool7"],
+)
+def test_a_head_written_as_one_block_is_still_the_head(head):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), head()).eval()
+    converted = to_fully_convolutional(model, (1, 9, 9))
+    assert len(converted.trunk) == 2
+    with torch.no_grad():  # at the training size the same numbers; on a larger image a map of windows
+        expected = model(torch.ones(1, 1, 9, 9))
+        assert (converted(torch.ones(1, 1, 9, 9)).reshape(expected.shape) - expected).abs().max() <= 1e-5
+        assert converted(torch.rand(1, 1, 13, 13)).shape[-2:] != converted(torch.rand(1, 1, 9, 9)).shape[-2:]
+
+
 def test_refuses_a_layer_it_cannot_convert_and_names_it():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 26 * 26, 16), nn.LayerNorm(16)).eval()
     with pytest.raises(CnnlabError, match=r"'3'.*LayerNorm"):

@@ -8,9 +8,12 @@ of the training feature map, sliding with stride 1. At the training input size t
 same numbers; on a larger image it returns one score vector per training-sized window: [N, classes, H', W'].
 
 How the head is found: a zoo classifier's head is what `forward_head` runs; a `nn.Sequential`'s head starts at its
-first child that flattens, pools globally or is dense. The head's modules are recorded in call order with forward
-hooks, and the recording is only trusted when each module consumed the previous one's output and replaying them
-reproduces the original output; otherwise (a functional op in the head, a branch) conversion is refused.
+first child that flattens, pools globally or is dense, or that holds such a layer and does not return a map that grows
+with its input (a head written as one block; a squeeze-excitation block pools globally only to scale the channels of
+the map it returns, so it is a feature layer, as it is in a zoo classifier's `forward_features`). The head's
+modules are recorded in call order with forward hooks, and the recording is only trusted when each module consumed
+the previous one's output and replaying them reproduces the original output; otherwise (a functional op in the head,
+a branch) conversion is refused.
 """
 
 from __future__ import annotations
@@ -146,10 +149,7 @@ def _split(model: nn.Module, x: Tensor) -> tuple[nn.Module, Tensor, Tensor, list
         return _Features(trunk), features, output, calls
     if isinstance(model, nn.Sequential):
         children = list(model.named_children())
-        start = next(
-            (i for i, (_, child) in enumerate(children) if any(isinstance(m, _HEAD_STARTERS) for m in child.modules())),
-            None,
-        )
+        start = _head_start([child for _, child in children], x)
         if start is None:
             raise CnnlabError(
                 "this Sequential has no Flatten, Linear or global pooling layer: it is already fully convolutional"
@@ -165,6 +165,45 @@ def _split(model: nn.Module, x: Tensor) -> tuple[nn.Module, Tensor, Tensor, list
         f"cannot find the head of {type(model).__name__}: convert a cnnlab zoo classifier (forward_features / "
         "forward_head) or an nn.Sequential"
     )
+
+
+def _holds_head_layer(module: nn.Module) -> bool:
+    return any(isinstance(m, _HEAD_STARTERS) for m in module.modules())
+
+
+def _head_start(children: list[nn.Module], x: Tensor) -> int | None:
+    """Index of the first child of a Sequential that starts its head (None when none does).
+
+    A child that flattens, pools globally or is dense starts it. A child that only holds such a layer starts it
+    unless it returns a map that grows with its input: run at the training size and at twice it, a block that ends on
+    pooling, flattening or dense layers gives a vector or a fixed-size map, while a squeeze-excitation block (a global
+    pool inside, scaling the channels of the map it returns) gives a larger map, and belongs to the features.
+    """
+    first = next((i for i, child in enumerate(children) if _holds_head_layer(child)), None)
+    if first is None or isinstance(children[first], _HEAD_STARTERS):
+        return first
+    small: Tensor = x[:1]
+    large: Tensor | None = torch.rand(
+        1, x.shape[1], 2 * x.shape[2], 2 * x.shape[3], generator=torch.Generator().manual_seed(0)
+    ).to(device=x.device, dtype=x.dtype)
+    for index, child in enumerate(children):
+        if isinstance(child, _HEAD_STARTERS):
+            return index
+        small_out = child(small)
+        try:
+            large_out = child(large) if large is not None else None
+        except (RuntimeError, ValueError):  # a layer that takes one size only: the head, or a trunk that cannot tell
+            large_out = None
+        if _holds_head_layer(child) and not _grows(small_out, large_out):
+            return index
+        small, large = small_out, large_out
+    return None
+
+
+def _grows(small: object, large: object) -> bool:
+    """Whether `large` is a map larger than `small` along both sides (the same layer on a larger input)."""
+    maps = isinstance(small, Tensor) and isinstance(large, Tensor) and small.ndim == large.ndim == 4
+    return maps and large.shape[-2] > small.shape[-2] and large.shape[-1] > small.shape[-1]  # type: ignore[union-attr]
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
