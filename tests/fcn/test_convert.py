@@ -170,6 +170,42 @@ def test_a_head_written_as_one_block_is_still_the_head(head):
         assert converted(torch.rand(1, 1, 13, 13)).shape[-2:] != converted(torch.rand(1, 1, 9, 9)).shape[-2:]
 
 
+@pytest.mark.parametrize(
+    "last", [nn.LogSoftmax(dim=1), nn.Softmax(dim=1), nn.Softmax(dim=-1)], ids=["logsoftmax", "softmax", "softmax-1"]
+)
+def test_a_softmax_over_the_classes_ends_the_converted_head(last):
+    """They were refused ("cannot convert layer ..."), though over dim 1 they are the same on maps; dim=-1 of a
+    score vector is its classes, so it becomes dim=1 (the map's last dimension is its width)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 7 * 7, 10), last).eval()
+    converted = to_fully_convolutional(model, (1, 9, 9))
+    assert isinstance(converted.head[-1], type(last)) and converted.head[-1].dim == 1
+    _assert_identical(model, converted, (1, 9, 9))
+    image = torch.rand(1, 1, 14, 12)
+    with torch.no_grad():
+        scores = converted(image)
+        assert scores.shape == (1, 10, 6, 4)
+        for i, j in [(0, 0), (2, 3), (5, 1)]:
+            assert torch.allclose(scores[0, :, i, j], model(image[..., i : i + 9, j : j + 9])[0], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "layers,message",
+    [
+        ([nn.Flatten(), nn.Linear(4 * 8 * 8, 10), nn.Softmax(dim=0)], r"'4' \(Softmax\(dim=0\)\).*dim 0 .*the batch"),
+        (
+            [nn.AdaptiveAvgPool2d(2), nn.LogSoftmax(dim=-1), nn.Flatten(), nn.Linear(16, 10)],
+            r"'3' \(LogSoftmax\(dim=-1\)\).*4-D input, a spatial dimension.*LogSoftmax\(dim=1\)",
+        ),
+    ],
+    ids=["over-the-batch", "over-the-width"],
+)
+def test_a_softmax_not_over_the_classes_is_refused_and_named(layers, message):
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), *layers).eval()
+    with pytest.raises(CnnlabError, match=message):
+        to_fully_convolutional(model, (1, 10, 10))
+
+
 def test_refuses_a_layer_it_cannot_convert_and_names_it():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 26 * 26, 16), nn.LayerNorm(16)).eval()
     with pytest.raises(CnnlabError, match=r"'3'.*LayerNorm"):

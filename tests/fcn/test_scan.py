@@ -66,6 +66,23 @@ def test_the_scan_scores_every_window_that_fits_as_the_classifier_scores_its_cro
     assert torch.allclose(result.ink, middles.reshape(rows, cols), atol=1e-6)
 
 
+@pytest.mark.parametrize("last", [torch.nn.Softmax(dim=1), torch.nn.LogSoftmax(dim=1)], ids=["softmax", "logsoftmax"])
+def test_a_classifier_ending_in_a_softmax_scans_to_its_own_probabilities(last):
+    """A head converted with its softmax gives probabilities: the scan's softmax of them was near 1/10 everywhere."""
+    classifier = torch.nn.Sequential(*_unpadded_stride_8(), last).eval()
+    converted = to_fully_convolutional(classifier, (1, 28, 28))
+    image = torch.rand(1, 36, 44)
+    result = scan(converted, image, refine=1)
+    rows, cols = result.probabilities.shape[1:]
+    crops = torch.stack([image[:, 8 * i : 8 * i + 28, 8 * j : 8 * j + 28] for i in range(rows) for j in range(cols)])
+    with torch.inference_mode():
+        expected = classifier(crops).softmax(1).T.reshape(10, rows, cols)  # softmax of log-probabilities: the same
+        if isinstance(last, torch.nn.Softmax):
+            expected = classifier(crops).T.reshape(10, rows, cols)
+    assert (rows, cols) == (2, 3)
+    assert torch.allclose(result.probabilities, expected, atol=1e-5)
+
+
 def test_refine_must_divide_the_stride_and_defaults_to_its_largest_divisor_up_to_4():
     """--refine 3 on a stride of 8 shifted by 0, 2, 4 px and drew locations 0, 2, 4, 8, 10 px as if 2 px apart."""
     converted = to_fully_convolutional(_classifier())

@@ -280,9 +280,13 @@ def _convert_calls(calls: list[_Call], feature_shape: tuple[int, ...], pool: str
         if isinstance(module, _ELEMENTWISE):
             layers.append((safe_name, copy.deepcopy(module)))
             continue
+        if isinstance(module, (nn.Softmax, nn.LogSoftmax)):
+            layers.append((safe_name, _softmax_over_channels(call, module)))
+            continue
         raise CnnlabError(
             f"cannot convert layer {call.name!r} ({type(module).__name__}) in the classifier head: only Flatten, "
-            "Linear, adaptive pooling, dropout and element-wise activations can be made convolutional"
+            "Linear, adaptive pooling, dropout, element-wise activations and a softmax over the classes can be made "
+            "convolutional"
         )
     if pool == "none" and deferred_pool is None:  # it was accepted, recorded in fcn.json, and changed nothing
         raise CnnlabError(
@@ -297,6 +301,24 @@ def _convert_calls(calls: list[_Call], feature_shape: tuple[int, ...], pool: str
     for name, layer in layers:
         head.add_module(name, layer)
     return head, window_pooled
+
+
+def _softmax_over_channels(call: _Call, module: nn.Softmax | nn.LogSoftmax) -> nn.Module:
+    """`module` written over dim 1, where it normalises the classes (or channels) of its input, as on a map, where
+    dim 1 holds them at every location; one over the batch or a spatial dimension is refused.
+
+    ``dim=-1`` of a score vector [N, classes] is its classes, but on the map [N, classes, H', W'] the last dimension
+    is the width; ``dim=None`` is torch's implicit choice, dim 1 for 2-D and 4-D inputs (warned at every call).
+    """
+    ndim, dim = call.input.ndim, module.dim
+    if ndim in (2, 4) and (dim is None or dim % ndim == 1):
+        return type(module)(dim=1)
+    over = "the batch" if dim is not None and dim % ndim == 0 else "a spatial dimension"
+    raise CnnlabError(
+        f"cannot convert layer {call.name!r} ({module!r}): it normalises dim {dim} of its {ndim}-D input, {over}, "
+        f"which on a score map is not the classes; only {type(module).__name__}(dim=1), over the classes, is the "
+        "same on maps"
+    )
 
 
 def _check_chain(calls: list[_Call], features: Tensor, output: Tensor) -> None:

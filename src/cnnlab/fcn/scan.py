@@ -284,6 +284,10 @@ def scan(
         place[:, : kept.shape[1], : kept.shape[2]] = kept
     # locations no shift computed (a network whose map stops short of the last windows) are dropped at the ends
     # and score evenly elsewhere
+    if len(model.head) and isinstance(model.head[-1], nn.Softmax):
+        # a head converted from a classifier that ends in a softmax gives probabilities: their log's softmax gives
+        # them back (a softmax of the probabilities themselves flattened every location towards 1 / classes)
+        scores = scores.log()
     computed = ~scores[0].isnan()
     valid_rows = int(computed.any(1).nonzero().max()) + 1
     valid_cols = int(computed.any(0).nonzero().max()) + 1
