@@ -107,3 +107,31 @@ def test_a_device_this_machine_lacks_is_sized_for_and_a_wrong_name_refused():
     assert cuda["realistic"]["peak_bytes"] != cpu["realistic"]["peak_bytes"]  # Adam's step, a group at once on CUDA
     wrong = run("--input", "1x16x16", "conv 8 k3", "--device", "gpu")
     assert wrong.returncode == 2 and "unknown device 'gpu'; use auto, cpu, cuda or cuda:N" in wrong.stderr
+
+
+def _memory_rows(stdout: str) -> dict[str, tuple[int | None, int]]:
+    """The memory table's rows: label -> (textbook bytes or None for '-', realistic bytes)."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if len(cells) == 3 and cells[2][:1].isdigit():
+            textbook, realistic = (None if c == "-" else int(c.split(" (")[0].replace(",", "")) for c in cells[1:])
+            rows[cells[0]] = (textbook, realistic)
+    return rows
+
+
+def test_the_memory_rows_add_up_to_their_totals_and_each_says_what_it_counts():
+    """'inference: parameters (+ buffers)' showed the textbook's parameters alone (resnet18: 46,758,048 beside
+    46,796,448), and the realistic training rows left the buffers out of their sum but not of their total."""
+    result = run("--input", "3x16x16", "conv 8 k3", "bn", "relu", "gap", "dense 10", "--batch", "4", "--no-layers")
+    assert result.returncode == 0, result.stderr
+    rows = _memory_rows(result.stdout)
+    params, buffers = (8 * 27 + 8 + 2 * 8 + 8 * 10 + 10) * 4, (2 * 8) * 4  # batch norm's running mean and variance
+    assert rows["inference: parameters"] == (params, params)
+    assert rows["inference: buffers"] == (None, buffers) == rows["buffers"]
+    inference = ["inference: parameters", "inference: buffers", "inference: working set, 1 instance"]
+    training = [label for label in rows if label.startswith("training") or label in ("buffers", "gradients")]
+    training += ["optimizer state", "input batch", "activations kept for backward"]
+    for column in (0, 1):
+        assert sum(rows[label][column] or 0 for label in inference) == rows["inference: total"][column]
+        assert sum(rows[label][column] or 0 for label in training) == rows["total"][column]

@@ -59,11 +59,17 @@ def memory_table(report: BudgetReport) -> Table:
     table.add_column("component")
     table.add_column("textbook", justify="right")
     table.add_column("realistic (PyTorch)", justify="right")
+    # Buffers (batch norm's running statistics) are a row of their own, which the textbook view does not count: a
+    # row "parameters (+ buffers)" showed the textbook's parameters alone beside the realistic sum, and the
+    # realistic training rows did not add up to their total.
+    buffers = real["buffers_bytes"]
     rows = [
-        ("inference: parameters (+ buffers)", inf["params_bytes"], real["params_bytes"] + real["buffers_bytes"]),
+        ("inference: parameters", inf["params_bytes"], real["params_bytes"]),
+        ("inference: buffers", None, buffers),
         ("inference: working set, 1 instance", inf["working_set_bytes"], real["inference_working_set_bytes"]),
         ("inference: total", inf["total_bytes"], real["inference_total_bytes"]),
         (f"training (batch {text['batch_size']}): parameters", text["params_bytes"], real["params_bytes"]),
+        ("  buffers", None, buffers),
         ("  gradients", text["grads_bytes"], real["grads_bytes"]),
         ("  optimizer state", text["optimizer_bytes"], real["optimizer_bytes"]),
         ("  input batch", text["inputs_bytes"], real["inputs_bytes"]),
@@ -72,6 +78,8 @@ def memory_table(report: BudgetReport) -> Table:
         ("  peak of live tensors in a step", None, real["peak_bytes"]),
     ]
     for label, textbook, realistic in rows:
+        if label.endswith("buffers") and not buffers:  # a network without batch norm: no row of zeros
+            continue
         table.add_row(
             label,
             "-" if textbook is None else f"{textbook:,} ({_mb(textbook)})",
