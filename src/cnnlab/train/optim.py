@@ -65,9 +65,13 @@ def default_foreach(device: str | torch.device) -> bool:
     """Whether torch steps parameters on `device` with its multi-tensor (foreach) kernels when not told: on CUDA yes,
     on the CPU no. They hold the temporaries of a whole param group at once (resnet50 with Adam: 102 MB against 19 MB
     one tensor at a time), so a memory estimate must step as the engine will on the device it sizes for."""
-    from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices  # what torch's optimizers consult
+    try:  # what torch's optimizers consult; a private name, so a torch that moves it gets CUDA's answer
+        from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
 
-    return torch.device(device).type in _get_foreach_kernels_supported_devices()
+        supported = _get_foreach_kernels_supported_devices()
+    except ImportError:
+        supported = ["cuda"]
+    return torch.device(device).type in supported
 
 
 def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> float:
