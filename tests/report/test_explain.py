@@ -294,6 +294,31 @@ def test_grad_cam_of_a_segmenter_finds_each_class_region_at_its_bottleneck():
         grad_cam(model, image, class_index=2)
 
 
+class PaddedEvidenceSegmenter(EvidenceSegmenter):
+    """`EvidenceSegmenter` on its input zero-padded at the bottom and right to a multiple of 4, cropped back, as
+    cnnlab's segmenters pad to their stride."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from cnnlab.models.segmentation import crop_to, pad_to_multiple
+
+        x, (height, width) = pad_to_multiple(x, 4)
+        return crop_to(super().forward(x), height, width)
+
+
+def test_grad_cam_of_a_segmenter_on_an_image_not_a_multiple_of_its_stride_lies_on_the_image():
+    """An image whose sides were not a multiple of the stride (a photo downscaled to 256 x 171 by --max-side) was
+    explained at the padded logits layer instead of the bottleneck, its map stretched from the padded size onto the
+    image."""
+    image = -torch.ones(1, 12, 14)  # padded to 12 x 16
+    image[:, :, :8] = 1.0  # bright on the left 8 columns, dark on the right 6
+    model = PaddedEvidenceSegmenter()
+    for cam in (grad_cam(model, image), grad_cam(model, image, layer="pool")):
+        assert cam.layer == "pool" and cam.layer_heatmap.shape == (6, 8) and cam.heatmap.shape == (12, 14)
+        assert cam.heatmap[:, :7].min() > 0.9 and cam.heatmap[:, 9:].max() < 0.1  # its boundary is the image's
+    dark = grad_cam(model, image, class_index=1)
+    assert dark.heatmap[:, 9:13].min() > 0.9 and dark.heatmap[:, :7].max() < 0.1  # the padding beyond has no evidence
+
+
 def test_a_segmenter_explains_its_largest_class_but_the_background_unless_it_is_alone():
     from cnnlab.tasks.explain import Subject
 

@@ -265,6 +265,14 @@ def class_shares(logits: torch.Tensor) -> torch.Tensor:
     return torch.bincount(predicted, minlength=logits.shape[1]).float() / predicted.numel()
 
 
+def _segmenter_padded_size(layers: list[tuple[str, tuple[int, ...]]], image: torch.Tensor) -> tuple[int, int] | None:
+    """The size of a segmenter's last maps, its input's padded to its stride (the input's own when it is a multiple),
+    or None for a classifier, whose last maps are smaller than its input."""
+    height, width = image.shape[-2:]
+    last = tuple(layers[-1][1][1:]) if layers else (0, 0)
+    return (last[0], last[1]) if last[0] >= height and last[1] >= width else None
+
+
 def _segmenter_cam_layer(layers: list[tuple[str, tuple[int, ...]]], size: tuple[int, int]) -> str:
     """The last map at stride 4 that runs after the coarsest map (a decoder's), else the last at the coarsest."""
     areas = [h * w for _, (_, h, w) in layers]
@@ -288,13 +296,15 @@ def grad_cam(
     Raises:
         CnnlabError: `layer` is empty or unknown or its output is not maps, or `class_index` is not a class.
     """
+    padded = None  # a segmenter's input size padded to its stride, which its maps cover
     if layer is None:
         layers = spatial_layers(model, image)
         if not layers:
             raise CnnlabError(f"{type(model).__name__} produces no spatial feature maps, so Grad-CAM has no layer")
         layer = layers[-1][0]
-        if layers[-1][1][1:] == tuple(image.shape[-2:]):  # a segmenter: its last maps are the input's size
-            layer = _segmenter_cam_layer(layers, tuple(image.shape[-2:]))
+        padded = _segmenter_padded_size(layers, image)
+        if padded is not None:
+            layer = _segmenter_cam_layer(layers, padded)
     target = _module(model, layer)
     captured: list[torch.Tensor] = []
     handle = target.register_forward_hook(lambda _m, _i, output: captured.append(output))
@@ -328,9 +338,15 @@ def grad_cam(
         handle.remove()
         for module, mode in modes.items():
             module.train(mode)
+    if logits.ndim == 4 and padded is None:  # a segmenter explained at a layer the caller named
+        padded = _segmenter_padded_size(spatial_layers(model, image), image)
     weights = gradients.mean(dim=(2, 3), keepdim=True)  # 1 x C x 1 x 1: each map's importance for the class
     cam = F.relu((weights * activations).sum(1, keepdim=True)).detach().float()  # 1 x 1 x h x w
-    upsampled = F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    height, width = image.shape[-2:]
+    # A segmenter's maps cover the input padded at the bottom and right: upsampled to that, then the image cropped
+    # out, so that the map lies on the pixels it was computed from rather than stretched over them.
+    size = padded or (height, width)
+    upsampled = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[0, 0, :height, :width]
     peak = float(upsampled.max())
     heatmap = upsampled / peak if peak > 0 else upsampled
     probability = float(logits.detach().float().softmax(1)[0, index]) if logits.ndim == 2 else float(shares[index])
