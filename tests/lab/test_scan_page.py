@@ -62,6 +62,29 @@ def test_an_image_over_the_pages_pixel_limit_is_refused_naming_the_limit_and_the
         segment_view(folder, large)
 
 
+def test_a_run_trained_with_max_side_segments_a_photo_over_4_mp_that_it_downscales(tmp_path: Path) -> None:
+    """A run trained with --max-side on large photos refused a 6 MP photo ("a larger image takes minutes") that it
+    segments downscaled in seconds, which the Classify page explains; a rotated photo was sized as stored."""
+    folder = tmp_path / "segment" / "run"
+    meta = {"task": "segment", "classes": ["background", "disc"], "background": 0, "max_side": 64,
+            "normalisation": {"mean": [0.5] * 3, "std": [0.25] * 3}}  # fmt: skip
+    kwargs = {"num_classes": 2, "in_chans": 3, "widths": [4, 8]}
+    save_model(create_model("unet", **kwargs), folder, "unet", kwargs, meta)
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (2048, 2049), (200, 40, 40)).save(photo)  # 4 MP + 2,048 px: a blank JPEG stays small
+    view = segment_view(folder, photo)
+    assert view.overlay.size == view.colour.size == (2048, 2049) and sum(view.share.values()) == pytest.approx(1.0)
+    turned = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter: 5000 wide, 5100 high
+    Image.new("RGB", (5100, 5000)).save(turned, exif=exif.tobytes())
+    with pytest.raises(CnnlabError) as refused:
+        segment_view(folder, turned)
+    assert str(refused.value).startswith(
+        "the image is 5000x5100, 25,500,000 pixels; the lab takes up to 25,165,824 (24 MP)"
+    )
+
+
 def test_segmentation_run_gives_the_masks_of_cnnlab_predict(tmp_path: Path) -> None:
     from cnnlab.tasks.segment_predict import load_segmenter, predict_masks
 

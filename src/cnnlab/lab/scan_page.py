@@ -16,11 +16,14 @@ from typing import Any
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["MAX_PIXELS", "SegmentView", "scan_view", "segment_view"]
+__all__ = ["MAX_DOWNSCALED_PIXELS", "MAX_PIXELS", "SegmentView", "scan_view", "segment_view"]
 
 # The page answers while one waits: a 24 MP photo took 2.5 min of CPU to scan. At 4 MP (the Classify page's limit for
 # a segmenter) a scan takes about 25 s; the command line takes any size.
 MAX_PIXELS = 4 * 2**20
+# A segmentation run trained with --max-side segments an image downscaled to it: only the masks and the overlay are
+# made at the image's own size, about 0.6 s a megapixel (a 24 MP photo: 14 s on 2 cores), so larger photos are taken.
+MAX_DOWNSCALED_PIXELS = 24 * 2**20
 
 
 @dataclass
@@ -68,14 +71,16 @@ def segment_view(run_folder: str | os.PathLike[str], image_path: str | os.PathLi
     """The masks that the segmentation run in `run_folder` predicts for `image_path`, at the image's own size.
 
     Raises:
-        CnnlabError: the folder holds no segmentation run, or the image is unreadable or over `MAX_PIXELS`.
+        CnnlabError: the folder holds no segmentation run, or the image is unreadable or over `MAX_PIXELS` (a run
+            trained with ``--max-side``: over `MAX_DOWNSCALED_PIXELS`, or over `MAX_PIXELS` once downscaled).
     """
     from PIL import Image
 
     from cnnlab.tasks.segment_predict import load_segmenter, predict_masks
 
     segmenter = load_segmenter(run_folder)
-    _refuse_large(image_path, "crop or downscale it, or segment it whole with `cnnlab predict IMAGE --model RUN`")
+    remedy = "crop or downscale it, or segment it whole with `cnnlab predict IMAGE --model RUN`"
+    _refuse_large(image_path, remedy, segmenter.max_side)
     with tempfile.TemporaryDirectory() as scratch:
         (result,) = predict_masks(segmenter, [image_path], scratch)
         if "error" in result:
@@ -84,20 +89,30 @@ def segment_view(run_folder: str | os.PathLike[str], image_path: str | os.PathLi
             return SegmentView(overlay.convert("RGB"), colour.convert("RGB"), result["share"])
 
 
-def _refuse_large(image_path: str | os.PathLike[str], remedy: str) -> None:
-    """Refuse an image over `MAX_PIXELS`, saying what to do instead; an unreadable one is left to the reader that
-    follows, which says why in the words every command uses."""
+def _refuse_large(image_path: str | os.PathLike[str], remedy: str, max_side: int | None = None) -> None:
+    """Refuse an image over `MAX_PIXELS`, or, for a segmenter that downscales it to `max_side` first, over
+    `MAX_DOWNSCALED_PIXELS` (or `MAX_PIXELS` once downscaled), saying what to do instead; its size is given as it is
+    shown, EXIF orientation applied. An unreadable one is left to the reader that follows, which says why in the
+    words every command uses."""
     from PIL import Image
+
+    from cnnlab.data.folder import turned_by_exif
+    from cnnlab.data.segmentation import downscaled_size
 
     try:
         with Image.open(image_path) as image:
             width, height = image.size
+            if turned_by_exif(image):
+                width, height = height, width
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return
-    if width * height > MAX_PIXELS:
+    seen_width, seen_height = downscaled_size(width, height, max_side)
+    downscaled = max_side is not None and seen_width * seen_height <= MAX_PIXELS
+    limit = MAX_DOWNSCALED_PIXELS if downscaled else MAX_PIXELS
+    if width * height > limit:
         raise CnnlabError(
-            f"the image is {width}x{height}, {width * height:,} pixels; the lab takes up to {MAX_PIXELS:,} "
-            f"({MAX_PIXELS / 2**20:.0f} MP), a larger image takes minutes: {remedy}"
+            f"the image is {width}x{height}, {width * height:,} pixels; the lab takes up to {limit:,} "
+            f"({limit / 2**20:.0f} MP), a larger image takes minutes: {remedy}"
         )
 
 
