@@ -9,7 +9,10 @@ storages, so a tensor saved by two ops, or a view such as a flattened activation
 - Peak live: a `TorchDispatchMode` registers every storage an op creates and a finalizer that subtracts it when
   freed; tensors alive before the step (parameters, buffers, the input) are counted from the start.
 - MACs: `torch.utils.flop_counter.FlopCounterMode` counts at the aten level (convolutions, matmuls, attention, ...),
-  so no layer type is silently zero; MACs = FLOPs / 2 for those ops.
+  so no layer type is silently zero; MACs = FLOPs / 2 for those ops. A row's MACs are the count's growth between
+  its module's forward hooks, not the counter's own module names: those follow the calls, so the layers of a slice
+  made in forward (``self.classifier[:-1](x)``) were named after the slice and their rows showed 0. A module never
+  called itself (fcn8s calls its backbone's stages one by one) has the MACs of its parts that ran.
 - Timeline: the live bytes after every op of forward and backward, and the optimizer step's own peak, kept apart so
   that `cnnlab.budget.planner` can fit each op's bytes as a line in the batch size from two traces, instead of
   tracing every batch size it considers; beside it, what bf16 autocast's copies of the weights would hold at each
@@ -617,14 +620,17 @@ def _trace_inference(
     model.eval()
     tracker = LiveTensorTracker()
     flops = FlopCounterMode(display=False)
-    with _row_hooks(rows, model, result) as (_, _, shapes), torch.no_grad(), flops, tracker:
+    hooks = _row_hooks(rows, model, result), _flops_per_module(model, flops)
+    with hooks[0] as (_, _, shapes), hooks[1] as spent, torch.no_grad(), flops, tracker:
         tracker.add_existing([x])
         output = model(x)
     result.inference_peak_bytes = tracker.peak_bytes
     first = _first_tensor(output)
     result.output_shape = tuple(first.shape[1:]) if first is not None else ()
     del output, first
-    _fill_flops(rows, result, flops, model, batch)
+    result.macs = flops.get_total_flops() // 2 // batch
+    for (_, module), row in zip(rows, result.rows, strict=True):
+        row.macs = _module_flops(module, spent) // 2 // batch
     for row in result.rows:
         calls = shapes.get(row.name, [])
         row.output_shape = calls[0] if calls else ()
@@ -700,17 +706,35 @@ def _fill_static_row_info(rows: list[tuple[str, nn.Module]], result: TraceResult
         )
 
 
-def _fill_flops(
-    rows: list[tuple[str, nn.Module]], result: TraceResult, flops: FlopCounterMode, model: nn.Module, batch: int
-) -> None:
-    counts = flops.get_flop_counts()
-    prefix = type(model).__name__
-    result.macs = flops.get_total_flops() // 2 // batch
-    for (name, module), row in zip(rows, result.rows, strict=True):
-        # the counter names the model itself by its class alone: the one row of --depth 0 (or of a model that is a
-        # single layer) read 'ResNet.ResNet', found nothing and showed 0 MACs beside a total of 1.8 G
-        per_op = counts.get(prefix if module is model else f"{prefix}.{name}", {})
-        row.macs = sum(per_op.values()) // 2 // batch
+@contextmanager
+def _flops_per_module(model: nn.Module, flops: FlopCounterMode) -> Iterator[dict[nn.Module, int]]:
+    """Forward hooks on every module of `model` that add up, per module, the FLOPs `flops` counts during its calls
+    (every call, nested ones within their parents)."""
+    spent: dict[nn.Module, int] = {}
+    started: dict[nn.Module, list[int]] = {}
+
+    def start(module: nn.Module, args: tuple) -> None:
+        started.setdefault(module, []).append(flops.get_total_flops())
+
+    def stop(module: nn.Module, args: tuple, output: Any) -> None:
+        if started.get(module):
+            spent[module] = spent.get(module, 0) + flops.get_total_flops() - started[module].pop()
+
+    handles = []
+    for module in model.modules():
+        handles += [module.register_forward_pre_hook(start), module.register_forward_hook(stop)]
+    try:
+        yield spent
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _module_flops(module: nn.Module, spent: dict[nn.Module, int]) -> int:
+    """The FLOPs of `module`'s calls, or, for a module never called itself, of its children's (`_flops_per_module`)."""
+    if module in spent:
+        return spent[module]
+    return sum(_module_flops(child, spent) for child in module.children())
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
