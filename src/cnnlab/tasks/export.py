@@ -239,13 +239,18 @@ def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None,
 
 def _segmenter_resize(max_side: int | None) -> str:
     """How `cnnlab predict` sizes an image for a segmenter trained with ``--max-side`` `max_side`, in words."""
+    from cnnlab.data.segmentation import downscaled_size
+
     if max_side is None:
         return "none: the whole image at its own size"
+    # the shorter side's rounding is said and shown: truncating it instead changes a quarter of a percent of a mask
+    width, height = downscaled_size(3000, 2000, max_side)
     return (
         f"before the model, downscale an image whose longer side is above {max_side} px to exactly {max_side} px on "
-        "that side, keeping the aspect ratio (PIL Image.resize, BILINEAR, which antialiases when it shrinks), as "
-        "the model was trained; after it, upsample the logits bilinearly (align_corners=False) to the image's own "
-        "size and take the argmax there, so the mask is the size of the image given"
+        f"that side and round(shorter side x {max_side} / longer side) px, at least 1, on the other (3000x2000 px "
+        f"becomes {width}x{height}), keeping the aspect ratio (PIL Image.resize, BILINEAR, which antialiases when it "
+        "shrinks), as the model was trained; after it, upsample the logits bilinearly (align_corners=False) to the "
+        "image's own size and take the argmax there, so the mask is the size of the image given"
     )
 
 
