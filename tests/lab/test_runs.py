@@ -56,6 +56,15 @@ def test_only_listed_runs_are_opened(root: Path) -> None:
             resolve_run(root, forged)
 
 
+def test_a_folder_segmentation_runs_test_figures_are_shown(root: Path) -> None:
+    """`train segment --data` writes test_confusion.png and test_worst.png: the page showed neither."""
+    folder = root / "segment" / "new"
+    for name in ("test_confusion.png", "test_worst.png"):
+        (folder / name).write_bytes(b"")
+    details = run_details(root, "segment/new")
+    assert (details.confusion_matrix, details.mistakes) == (folder / "test_confusion.png", folder / "test_worst.png")
+
+
 def test_two_runs_curves_share_one_figure(root: Path) -> None:
     figure = compare_curves(root, "mnist/old", "segment/new")
     labels = [line.get_label() for axis in figure.axes for line in axis.get_lines()]

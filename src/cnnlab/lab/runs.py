@@ -27,7 +27,9 @@ __all__ = [
     "summarise",
 ]
 
-_MISTAKE_FIGURES = ("misclassified.png", "highest_loss.png", "test_overlays.png")
+# A folder segmentation run (train segment --data) names its test figures test_confusion.png and test_worst.png.
+_CONFUSION_FIGURES = ("confusion_matrix.png", "test_confusion.png")
+_MISTAKE_FIGURES = ("misclassified.png", "highest_loss.png", "test_overlays.png", "test_worst.png")
 
 
 @dataclass
@@ -165,7 +167,7 @@ def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
 
     return RunDetails(
         figure("learning_curves.png"),
-        figure("confusion_matrix.png"),
+        figure(*_CONFUSION_FIGURES),
         figure(*_MISTAKE_FIGURES),
         (folder / "config.yaml").read_text(),
     )
