@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -164,12 +165,28 @@ def _split(
     return {part: [usable[i] for i in indices] for part, indices in parts.items()}
 
 
+def _processes_here() -> int:
+    """The processes of this run on this machine (torchrun's LOCAL_WORLD_SIZE, else 1): each holds its own pairs."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def _largest_side_that_fits(
+    crop: int, below: int, cost: Callable[[int], int], available: int
+) -> tuple[int, int] | None:
+    """The largest of `MAX_SIDE_STEPS` not below `crop` and below `below` whose `cost` (bytes) fits in `MEMORY_SHARE`
+    of `available`, with that cost; None when none does. What a refusal for memory suggests."""
+    for side in (side for side in MAX_SIDE_STEPS if crop <= side < below):
+        if (bytes_needed := cost(side)) <= MEMORY_SHARE * available:
+            return side, bytes_needed
+    return None
+
+
 def _check_memory(folder: SegmentationFolder, crop: int, show: bool) -> None:
     """Refuse, before decoding, a folder whose pairs would take more than `MEMORY_SHARE` of the memory available (a
     few hundred phone photos took tens of GB: the process decoded for minutes and was then killed without a word),
     naming the largest of `MAX_SIDE_STEPS` that fits and is not below the `crop`; with `show`, print the estimate.
     Under torchrun each process on this machine holds its own copy."""
-    copies = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    copies = _processes_here()
     pairs = f"{len(folder)} image+mask pair" + ("" if len(folder) == 1 else "s")
     needed = folder.decoded_bytes(folder.max_side) * copies
     available = available_memory_bytes()
@@ -179,13 +196,11 @@ def _check_memory(folder: SegmentationFolder, crop: int, show: bool) -> None:
         print(f"decoding {pairs}{at}: about {file_size(needed)} in memory{of}")
     if available is None or needed <= MEMORY_SHARE * available:
         return
-    smaller = [side for side in MAX_SIDE_STEPS if side >= crop and (folder.max_side is None or side < folder.max_side)]
-    for side in smaller:
-        if (cheaper := folder.decoded_bytes(side) * copies) <= MEMORY_SHARE * available:
-            remedy = f"pass --max-side {side} to downscale each as it is read (about {file_size(cheaper)})"
-            break
-    else:
-        remedy = "train on fewer of them"
+    below = folder.max_side or max(MAX_SIDE_STEPS) + 1
+    fits = _largest_side_that_fits(crop, below, lambda side: folder.decoded_bytes(side) * copies, available)
+    remedy = "train on fewer of them"
+    if fits is not None:
+        remedy = f"pass --max-side {fits[0]} to downscale each as it is read (about {file_size(fits[1])})"
     raise CnnlabError(
         f"{folder.root} holds {pairs}, about {file_size(needed)} decoded, more than "
         f"{MEMORY_SHARE:.0%} of the {file_size(available)} of memory available; {remedy}"
@@ -214,7 +229,7 @@ def _whole_image_batch(
         available: int | None = torch.cuda.mem_get_info(device)[0]
     elif device.type == "cpu":
         free = available_memory_bytes()  # the decoded pairs are already taken from it
-        available = None if free is None else free // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        available = None if free is None else free // _processes_here()
     else:
         available = None
     if available is None:
@@ -246,12 +261,13 @@ def _whole_image_batch(
         return at_once
     _, part, index = max((h * w, part, i) for part, shapes in sizes.items() for i, (h, w) in enumerate(shapes))
     height, width = sizes[part][index]
-    remedy = "downscale it"
-    for side in (side for side in MAX_SIDE_STEPS if crop <= side < max(height, width)):
+
+    def whole(side: int) -> int:
         smaller_width, smaller_height = downscaled_size(width, height, side)
-        if (cheaper := needed(1, smaller_height, smaller_width, exact=True)) <= limit:
-            remedy = f"pass --max-side {side} (about {file_size(cheaper)})"
-            break
+        return needed(1, smaller_height, smaller_width, exact=True)
+
+    fits = _largest_side_that_fits(crop, max(height, width), whole, available)
+    remedy = "downscale it" if fits is None else f"pass --max-side {fits[0]} (about {file_size(fits[1])})"
     raise CnnlabError(
         f"{paths[part][index]} ({width}x{height} px, a {'validation' if part == 'val' else part} image) takes about "
         f"{file_size(need)} to segment whole, more than {MEMORY_SHARE:.0%} of the {file_size(available)} of memory "
