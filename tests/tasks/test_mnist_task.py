@@ -317,6 +317,27 @@ def test_a_shortened_run_shrinks_its_recipes_warm_up_and_still_anneals(fake_root
     # metrics.csv gives an epoch's mean lr: annealed from the peak over epoch 2 it averages about half of 0.1, where
     # a warm-up over the whole run would average 0.075 there
     assert 0.04 < last_lr < 0.06
+    # A resume with another --epochs is refused naming what the user changed; the warm-up moved with it, and is
+    # said to be derived from it (it read as a second change: "epochs: 2 -> 4, warmup_epochs: 1 -> 2").
+    with pytest.raises(CnnlabError) as refused:
+        train_mnist("default", overrides={"epochs": 4, "batch_size": 20}, train_subset=200, resume=True, **options)
+    assert "(epochs: 2 -> 4 and so warmup_epochs, derived from it: 1.0 -> 2)" in str(refused.value)
+
+
+def test_a_refused_resume_names_a_derived_option_as_such_only_when_its_source_changed() -> None:
+    from cnnlab.train.config import check_resumable
+
+    saved = {"recipe": "default", "train": {"epochs": 4, "warmup_epochs": 1.0, "lr": 0.1}}
+    with pytest.raises(CnnlabError, match=re.escape("(train.epochs: 4 -> 1 and so train.warmup_epochs, derived from "
+                                                    "it: 1.0 -> 0.5, train.lr: 0.1 -> 0.2)")):  # fmt: skip
+        check_resumable(saved, {**saved, "train": {"epochs": 1, "warmup_epochs": 0.5, "lr": 0.2}}, "r")
+    with pytest.raises(CnnlabError, match=re.escape("(train.warmup_epochs: 1.0 -> 0.5)")):  # epochs kept: a change
+        check_resumable(saved, {**saved, "train": {"epochs": 4, "warmup_epochs": 0.5, "lr": 0.1}}, "r")
+    auto = {"batch_size": 1024, "auto_batch_size": True}  # --batch-size auto: the batch is its cap
+    with pytest.raises(CnnlabError, match=re.escape("(auto_batch_size: False -> True and so batch_size, derived from")):
+        check_resumable({"batch_size": 64, "auto_batch_size": False}, auto, "r")
+    with pytest.raises(CnnlabError, match=re.escape("(auto_batch_size: True -> False, batch_size: 48 -> 64)")):
+        check_resumable({"batch_size": 48, "auto_batch_size": True}, {"batch_size": 64, "auto_batch_size": False}, "r")
 
 
 def test_the_last_line_names_the_run_to_copy_into_the_next_command(fake_root: Path, tmp_path: Path) -> None:

@@ -297,8 +297,42 @@ def check_resumable(
         if difference[0] not in free
     )
     if changed:
-        details = ", ".join(f"{k}: {_shown(before)} -> {_shown(after)}" for k, before, after in changed)
-        raise CnnlabError(f"cannot resume {run_dir} with different options ({details}); use the same ones")
+        raise CnnlabError(f"cannot resume {run_dir} with different options ({_changes(changed)}); use the same ones")
+
+
+# Options derived from another one: derived option -> (the option it follows, the value that option must now have
+# for it to be derived; None: any). A refused resume names the option the user changed and shows the derived one as
+# its consequence: `tasks.recipes.with_overrides` shortens the warm-up of a run shortened by --epochs, and
+# --batch-size auto sets the batch to its cap. "epochs: 1 -> 2, warmup_epochs: 0.5 -> 1.0" read as two changes, where
+# the user had changed --epochs alone.
+DERIVED_OPTIONS: dict[str, tuple[str, Any]] = {
+    "warmup_epochs": ("epochs", None),
+    "batch_size": ("auto_batch_size", True),
+}
+
+
+def _changes(changed: list[tuple[str, Any, Any]]) -> str:
+    """The differences of a refused resume, each derived option (`DERIVED_OPTIONS`) after the option it follows when
+    that one changed too (a nested name follows the option of its own record: ``train.epochs``)."""
+    now = {key: after for key, _, after in changed}
+
+    def source(key: str) -> str | None:
+        prefix, _, name = key.rpartition(".")
+        if name not in DERIVED_OPTIONS:
+            return None
+        follows, when = DERIVED_OPTIONS[name]
+        full = f"{prefix}.{follows}" if prefix else follows
+        return full if full in now and (when is None or now[full] == when) else None
+
+    parts = []
+    for key, before, after in changed:
+        if source(key) is not None:
+            continue
+        text = f"{key}: {_shown(before)} -> {_shown(after)}"
+        for derived, derived_before, derived_after in (change for change in changed if source(change[0]) == key):
+            text += f" and so {derived}, derived from it: {_shown(derived_before)} -> {_shown(derived_after)}"
+        parts.append(text)
+    return ", ".join(parts)
 
 
 def _shown(value: Any) -> str:
