@@ -12,7 +12,12 @@ from torchvision.transforms import InterpolationMode, v2
 from cnnlab.errors import CnnlabError
 from cnnlab.models._pretrained import PretrainedCfg
 
-__all__ = ["build_eval_transform", "preprocessing_description"]
+__all__ = ["RESIZE_ANTIALIAS", "build_eval_transform", "preprocessing_description", "resize_description"]
+
+# The evaluation resize antialiases (torchvision's default for tensors): bicubic or bilinear filters widened by the
+# downscale factor, as PIL's resize does. Plain bicubic (cv2.INTER_CUBIC, ONNX Resize, F.interpolate without
+# antialias) differs: 0.027 in a top-1 probability of efficientnet_lite0 on skimage's chelsea, a 1.17x downscale.
+RESIZE_ANTIALIAS = True
 
 _INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 
@@ -37,7 +42,7 @@ def build_eval_transform(cfg: PretrainedCfg) -> v2.Compose:
     return v2.Compose(
         [
             v2.ToImage(),
-            v2.Resize(cfg.resize_size, interpolation=_interpolation(cfg), antialias=True),
+            v2.Resize(cfg.resize_size, interpolation=_interpolation(cfg), antialias=RESIZE_ANTIALIAS),
             v2.CenterCrop(crop),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(mean=list(cfg.mean), std=list(cfg.std)),
@@ -46,12 +51,23 @@ def build_eval_transform(cfg: PretrainedCfg) -> v2.Compose:
 
 
 def preprocessing_description(cfg: PretrainedCfg) -> str:
-    """One line a person can check, e.g. ``"resize shorter side to 256 (bicubic), centre crop 224x224, scale to
-    [0, 1], normalise mean (0.498, 0.498, 0.498) std (0.502, 0.502, 0.502)"``."""
+    """One line a person can check, e.g. ``"resize shorter side to 256 (bicubic, antialiased), centre crop 224x224,
+    scale to [0, 1], normalise mean (0.498, 0.498, 0.498) std (0.502, 0.502, 0.502)"``."""
     mean = ", ".join(f"{value:.3f}" for value in cfg.mean)
     std = ", ".join(f"{value:.3f}" for value in cfg.std)
     _, height, width = cfg.input_size
+    antialiased = ", antialiased" if RESIZE_ANTIALIAS else ""
     return (
-        f"resize shorter side to {cfg.resize_size} ({cfg.interpolation}), centre crop {height}x{width}, "
+        f"resize shorter side to {cfg.resize_size} ({cfg.interpolation}{antialiased}), centre crop {height}x{width}, "
         f"scale to [0, 1], normalise mean ({mean}) std ({std})"
+    )
+
+
+def resize_description(cfg: PretrainedCfg) -> str:
+    """Exactly what `build_eval_transform` does to resize, for a record a deployment reproduces it from."""
+    return (
+        f"torchvision.transforms.v2.Resize({cfg.resize_size}, interpolation={cfg.interpolation}, "
+        f"antialias={RESIZE_ANTIALIAS}) on the decoded uint8 RGB image as a [3, H, W] tensor: the shorter side becomes "
+        f"{cfg.resize_size}, the longer int({cfg.resize_size} * longer / shorter); computed in float32, rounded and "
+        "clamped back to uint8"
     )

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnlab.data.transforms import RESIZE_ANTIALIAS, resize_description
 from cnnlab.errors import CnnlabError
 from cnnlab.layers.normalize import Normalize
 from cnnlab.tasks.predict import load_predictor
@@ -127,6 +128,8 @@ def export_model(
             "input": "float32 RGB [N, 3, H, W] in [0, 1]; mean/std normalisation is inside the exported model",
             "resize_shorter_side_to": cfg.resize_size,
             "interpolation": cfg.interpolation,
+            "antialias": RESIZE_ANTIALIAS,  # plain bicubic gives other probabilities (data.transforms)
+            "resize": resize_description(cfg),
             "center_crop": list(cfg.input_size[1:]),
         }
     example = torch.rand(2, *input_size)
