@@ -245,8 +245,12 @@ def test_an_interrupted_experiment_of_the_sheet_reads_back_its_finished_runs(tmp
     (tmp_path / "answers.json").unlink()  # interrupted after the runs, before the exercise was recorded
     run_answers(mode, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(4,), log=lambda message: None)
     assert [path.stat().st_mtime_ns for path in finished] == written
+    source = json.loads((tmp_path / "answers.json").read_text())["exercises"]["4"]["source"]
+    assert source == "measured by an earlier invocation into this folder, its finished runs read back"
     run_answers(mode, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(4,), overwrite=True, log=lambda m: None)
     assert [path.stat().st_mtime_ns for path in finished] != written
+    source = json.loads((tmp_path / "answers.json").read_text())["exercises"]["4"]["source"]
+    assert source == "measured in this invocation"
 
 
 def _fake_mnist_run(root: Path, name: str, accuracy: float, **overrides: object) -> Path:
@@ -280,12 +284,21 @@ def test_an_mnist_run_of_the_recipe_with_other_options_is_not_shown_as_the_recip
 def test_the_sheet_continues_its_own_mnist_run_rather_than_training_it_again(tmp_path: Path):
     """The sheet trained its MNIST run with overwrite: after an interruption (20 minutes of training with --full)
     it started again from the first epoch, and a run it had finished was trained again."""
-    run_answers(TINY, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(9,), log=lambda message: None)
+    sheet = run_answers(TINY, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(9,), log=lambda message: None)
+    assert "`mnist/quick/report.md`, measured in this invocation." in sheet.read_text()
     weights = tmp_path / "mnist" / "quick" / "model.safetensors"
     written = weights.stat().st_mtime_ns
+    # A continued sheet said "measured in this invocation" of what an earlier one had measured: read back from
+    # answers.json, and read back from the run folder when the exercise itself was not recorded.
+    run_answers(TINY, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(9,), log=lambda message: None)
+    text = sheet.read_text()
+    assert "measured by the earlier invocation named below." in text and "in this invocation" not in text
     (tmp_path / "answers.json").unlink()  # interrupted before exercise 9 was recorded
     run_answers(TINY, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(9,), log=lambda message: None)
     assert weights.stat().st_mtime_ns == written
+    text = sheet.read_text()
+    assert "measured by an earlier invocation into this folder, its finished runs read back." in text
+    assert "in this invocation" not in text
 
 
 def test_the_sheets_elpv_run_continues_rather_than_trains_again(

@@ -171,6 +171,12 @@ def read_results(folder: Path, ctx: Context, needs: tuple[str, ...] = ()) -> dic
     return None
 
 
+# Where an exercise's evidence comes from (its "source"): measured by the invocation writing the sheet, or by an
+# earlier, interrupted one into the same folder whose finished runs this one read back (each trained once).
+MEASURED_HERE = "measured in this invocation"
+READ_BACK = "measured by an earlier invocation into this folder, its finished runs read back"
+
+
 # ---------------------------------------------------------------------------------------------- experiments
 # What the answers read of each experiment's results.json.
 _EXPERIMENT_RESULTS = {
@@ -192,11 +198,27 @@ def _experiment_results(ctx: Context, name: str) -> tuple[dict[str, Any], Path, 
     settings = ctx.mode.experiments[name]
     # The sheet's own experiment folder: its report is rewritten, and the runs an interrupted invocation finished are
     # read back (each only under the settings it was trained with) unless --overwrite; they were all trained again.
-    (ctx.output / "experiment" / name / "report.md").unlink(missing_ok=True)
+    own = ctx.output / "experiment" / name
+    (own / "report.md").unlink(missing_ok=True)
+    before = _finished_runs(own)
     report = run_experiment(
         name, output=ctx.output, data_dir=ctx.data_dir, overwrite=ctx.overwrite, progress=False, **settings
     )
-    return json.loads((report.parent / "results.json").read_text()), report.parent, "measured in this invocation"
+    after = _finished_runs(report.parent)
+    read_back = sum(before.get(path) == written for path, written in after.items())
+    if read_back and read_back == len(after):
+        source = READ_BACK
+    elif read_back:
+        source = f"{MEASURED_HERE} ({read_back} of its {len(after)} runs read back: an earlier invocation trained them)"
+    else:
+        source = MEASURED_HERE
+    return json.loads((report.parent / "results.json").read_text()), report.parent, source
+
+
+def _finished_runs(folder: Path) -> dict[Path, int]:
+    """The finished runs of an experiment folder (their ``finished.json``, written last) and when each was written:
+    a run whose record is unchanged by an invocation was read back, not trained, by it."""
+    return {path: path.stat().st_mtime_ns for path in folder.glob("**/finished.json")} if folder.is_dir() else {}
 
 
 def _settings_text(ctx: Context, name: str, results: dict[str, Any], source: str) -> dict[str, Any] | None:
@@ -445,6 +467,7 @@ def exercise_6(ctx: Context) -> dict[str, Any]:
 def _mnist_run(ctx: Context) -> tuple[dict[str, Any], str]:
     """The MNIST run of exercises 7 and 9: the newest of the mode's recipe in ``--runs``, else trained now."""
     from cnnlab.tasks.mnist import train_mnist
+    from cnnlab.train.saved import MODEL_WEIGHTS
 
     if "mnist" in ctx.shared:
         return ctx.shared["mnist"]
@@ -474,8 +497,12 @@ def _mnist_run(ctx: Context) -> tuple[dict[str, Any], str]:
         progress=False,
     )
     run_dir = ctx.output / "mnist" / ctx.mode.mnist_recipe
+    weights = run_dir / MODEL_WEIGHTS  # written once the run is trained (its results.json on every read too)
+    finished = weights.stat().st_mtime_ns if weights.is_file() else None
     summary = continue_or_train(ctx, run_dir, lambda **start: train_mnist(ctx.mode.mnist_recipe, **options, **start))
-    ctx.shared["mnist"] = (summary, "measured in this invocation")
+    # a run an earlier invocation finished is read back by its resume, its weights untouched
+    read_back = finished is not None and weights.is_file() and weights.stat().st_mtime_ns == finished
+    ctx.shared["mnist"] = (summary, READ_BACK if read_back else MEASURED_HERE)
     return ctx.shared["mnist"]
 
 

@@ -251,7 +251,7 @@ def section_5(e: dict[str, Any]) -> Iterator[str]:
     yield (
         "**Short answer.** LRN makes the most strongly activated neurons inhibit neurons at the same position in "
         "neighbouring feature maps, encouraging maps to specialise; AlexNet used it after its first layers, and later "
-        "networks dropped it for batch normalisation. What this invocation measured, the same small network with "
+        "networks dropped it for batch normalisation. What was measured, the same small network with "
         "no normalisation, LRN or batch norm, is below; its conclusion claims only differences larger than the noise."
     )
     yield from _experiment_blocks("lrn-vs-bn", e, ("val accuracy after epoch 1", "val_after_epoch_1", pct))
@@ -391,7 +391,7 @@ def section_10(e: dict[str, Any]) -> Iterator[str]:
     else:
         install = "" if e["elpv_available"] else "`pip install elpv-dataset` (solar-cell images that work offline), "
         yield (
-            f"No transfer run in this invocation: {install}rerun with `--full`, or pass `--runs DIR` holding "
+            f"No transfer run was measured for this answer: {install}rerun with `--full`, or pass `--runs DIR` holding "
             "`cnnlab train transfer` runs."
         )
     yield (
@@ -433,13 +433,22 @@ def render(results: dict[str, Any]) -> str:
         if "error" in evidence:
             lines += [f"Not measured in this invocation: {evidence['error']}", ""]
             continue
-        for block in SECTIONS[number](evidence):
+        for block in SECTIONS[number](_as_read_back(evidence) if evidence.get("read_back") else evidence):
             lines += [block, ""]
         by = evidence.get("measured_by", {})
         when = f" by `{by['command']}` on {by['date']}" if by else ""
         again = " (read back by this invocation: it had been measured into the same folder earlier)"
         lines += [f"_Measured in {evidence['seconds']:.0f} s{when}{again if evidence.get('read_back') else ''}._", ""]
     return "\n".join(lines)
+
+
+def _as_read_back(evidence: dict[str, Any]) -> dict[str, Any]:
+    """Evidence this invocation read back from answers.json, its source told as such: a continued sheet said
+    "measured in this invocation" of numbers an earlier invocation (the one named under the answer) had measured."""
+    source = evidence.get("source")
+    if not isinstance(source, str) or "in this invocation" not in source:
+        return evidence
+    return {**evidence, "source": source.replace("in this invocation", "by the earlier invocation named below")}
 
 
 # ---------------------------------------------------------------------------------------------- tracing
