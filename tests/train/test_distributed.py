@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -386,3 +387,83 @@ def test_a_training_set_whose_only_batch_does_not_split_over_the_processes_is_na
             trainer.fit(LoaderBatches(loader))
     finally:
         dist.destroy_process_group()
+
+
+class _Sizes(nn.Linear):
+    """nn.Linear(4, 3) that records the size of each batch its forward pass takes."""
+
+    def __init__(self) -> None:
+        super().__init__(4, 3)
+        self.sizes: list[int] = []
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(inputs))
+        return super().forward(inputs)
+
+
+def _train_as_rank_zero(world: int, config: Any, data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Fit as rank 0 of a `world`-process job (a 1-process gloo group: every collective is its own), stopped after
+    its first epoch, or raising what fit raises."""
+    import torch.distributed as dist
+
+    from cnnlab.train import Callback, Trainer
+
+    class StopAfterFirstEpoch(Callback):
+        def on_train_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        strategy = DDPStrategy(DistInfo(0, world, 0, "gloo"))
+        trainer = Trainer(_Sizes(), config, callbacks=[StopAfterFirstEpoch()], strategy=strategy)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit(data)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_distributed_run_resumed_in_one_process_keeps_its_batch_in_the_micro_batches_a_single_run_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2-process checkpoint resumed in one process kept the per-process micro-batch: every step of batch 8 ran as
+    two micro-batches of 4, an accumulation nobody asked for. Where --batch-size auto sized the batch per process,
+    that size stays the bound (what fits one process), the global batch the same."""
+    from cnnlab.train import TrainConfig, Trainer
+    from cnnlab.train.strategy import Strategy
+
+    monkeypatch.setattr("cnnlab.train.batch_size.free_memory", lambda device: None)  # a full gc.collect, 0.7 s each
+    generator = torch.Generator().manual_seed(0)
+    data = torch.randn(16, 4, generator=generator), torch.randint(0, 3, (16,), generator=generator)
+    for name, batch in (("fixed", {"batch_size": 8}), ("auto", {"batch_size": 1024, "auto_batch_size": True})):
+        options = dict(epochs=2, lr=0.1, output=str(tmp_path), name=name, progress=False, **batch)
+        _train_as_rank_zero(2, TrainConfig(**options), data)
+        resumed = Trainer(_Sizes(), TrainConfig(**options, resume=True), strategy=Strategy())
+        resumed.fit(data)
+        # auto: 8 per process fitted (the cap, 16 samples over 2 processes), global batch 16
+        assert resumed.config.batch_size == (8 if name == "fixed" else 16)
+        # epoch 2: two steps of one micro-batch (the 2-process run's 4 + 4 split was kept), or auto's one step of two
+        assert resumed.model.sizes == [8, 8]
+        assert resumed.global_step == 2 * 16 // resumed.config.batch_size
+
+
+def test_a_run_whose_auto_batch_does_not_split_over_the_processes_it_is_resumed_on_is_refused_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single-process run of --batch-size auto (5 of 5 samples) resumed on 2 processes was told "--batch-size 5
+    does not split evenly over 2 processes; use a multiple of 2": a --batch-size that the resume then refuses."""
+    from cnnlab.errors import CnnlabError
+    from cnnlab.train import TrainConfig
+
+    monkeypatch.setattr("cnnlab.train.batch_size.free_memory", lambda device: None)
+    generator = torch.Generator().manual_seed(0)
+    data = torch.randn(5, 4, generator=generator), torch.randint(0, 3, (5,), generator=generator)
+    options = dict(epochs=2, lr=0.1, output=str(tmp_path), name="auto", progress=False)
+    _train_as_rank_zero(1, TrainConfig(**options, batch_size=1024, auto_batch_size=True), data)
+    assert load_checkpoint(tmp_path / "default" / "auto" / "checkpoint.pt")["config"]["batch_size"] == 5
+    message = (
+        "on 2 processes: its global batch of 5 (chosen by --batch-size auto at its start) does not split evenly over "
+        "them, and a resumed run keeps its batch; resume it on a number of processes that divides 5 (1, 5)"
+    )
+    with pytest.raises(CnnlabError, match=re.escape(message)):
+        _train_as_rank_zero(2, TrainConfig(**options, batch_size=1024, auto_batch_size=True, resume=True), data)

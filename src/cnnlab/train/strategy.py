@@ -10,7 +10,7 @@ files. `select_strategy` picks one from the environment, so every ``cnnlab train
   on GPUs, gloo on CPUs; each rank on ``cuda:LOCAL_RANK``);
 - the forward pass runs through `DistributedDataParallel` (gradients averaged across ranks in backward);
   ``trainer.model`` stays the plain module, so checkpoints and saved weights have the same keys and format as a
-  single-process run, and a run can be resumed with any number of processes;
+  single-process run, and a run can be resumed with any number of processes its global batch splits over;
 - ``--batch-size`` stays the *global* (effective) batch: each optimizer step's batch is split across the ranks, each
   taking every world-th sample (`ShardedBatches`, or `ShardedBatchSampler` for a DataLoader). The
   same command therefore follows the same optimisation path with 1 or N processes (BatchNorm statistics aside, which

@@ -15,6 +15,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -208,6 +209,8 @@ class Trainer:
         train = as_batch_source(train_data, config.batch_size, drop_last=True)
         if config.auto_batch_size or config.auto_accum:
             train = tune_batch_size(self, train)  # before anything is sized by the batch
+        if config.resume and (self.run_dir / CHECKPOINT_NAME).is_file():
+            _check_resumed_batch_splits(self.run_dir, config, self.strategy.world_size)
         self.strategy.check_batch_size(config.batch_size)
         self.micro_batch_size = self.strategy.micro_batch_size(self.micro_batch_size)
         train_samples = train.num_samples  # of all processes, as the global batch is
@@ -225,8 +228,15 @@ class Trainer:
         self.optimizer, self.scheduler, self.ema = self._new_optimization(steps_per_epoch)
         self.prepare_run_dir()
         if config.resume:
-            self._restore(load_checkpoint(self.run_dir / CHECKPOINT_NAME, map_location=self.device))
+            trained_by = self._restore(load_checkpoint(self.run_dir / CHECKPOINT_NAME, map_location=self.device))
             self.log(f"resumed {self.run_dir} after epoch {self.epoch} (step {self.global_step})")
+            if trained_by is not None and trained_by != self.strategy.world_size:
+                per_process = config.batch_size // self.strategy.world_size
+                self.log(
+                    f"it ran on {_processes(trained_by)}, now on {_processes(self.strategy.world_size)}: its global "
+                    f"batch stays {config.batch_size} = {per_process} per process in micro-batches of "
+                    f"{self.micro_batch_size}"
+                )
         else:
             seed_everything(config.seed, config.deterministic)
         if self.is_main_process:
@@ -630,7 +640,8 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "history": self.history,
             "train_seconds": self.train_seconds,
-            "micro_batch_size": self.micro_batch_size,
+            "micro_batch_size": self.micro_batch_size,  # per process, of `world_size` processes
+            "world_size": self.strategy.world_size,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -642,7 +653,8 @@ class Trainer:
             "rng": capture_rng_state(),
         }
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _restore(self, state: dict[str, Any]) -> int | None:
+        """Continue from a checkpoint; returns the number of processes that trained it (None: not recorded)."""
         if state.get("format") != CHECKPOINT_FORMAT:
             raise CnnlabError(f"{self.run_dir / CHECKPOINT_NAME} is not a cnnlab checkpoint")
         check_resumable(state["config"], self.config, self.run_dir)
@@ -663,7 +675,20 @@ class Trainer:
         self.history = list(state["history"])
         self.train_seconds = float(state["train_seconds"])
         self.micro_batch_size = int(state["micro_batch_size"])
+        trained_by = state.get("world_size")  # absent from checkpoints written before it was recorded
+        if trained_by is not None:
+            # The recorded micro-batch is one process's of `trained_by`: what carries over is the micro-batch over
+            # all processes (the run's batch / accumulation, or less after an out-of-memory halving), split over this
+            # job's processes as a fresh run's is. Kept per process, a 2-process run resumed in one process took
+            # every step in two micro-batches unasked. Where a search sized the batch (--batch-size auto, --accum
+            # auto), what it found to fit in one process stays the bound: fewer processes accumulate more.
+            over_all = self.micro_batch_size * int(trained_by)
+            per_process = self.strategy.micro_batch_size(over_all)
+            if self.config.auto_batch_size or self.config.auto_accum:
+                per_process = min(per_process, self.micro_batch_size)
+            self.micro_batch_size = per_process
         restore_rng_state(state["rng"])
+        return None if trained_by is None else int(trained_by)
 
     def _write_records(self, plot: bool) -> None:
         if self.is_main_process:
@@ -700,6 +725,26 @@ def _no_training_step(samples: int, batch_size: int, world_size: int) -> CnnlabE
     return CnnlabError(
         f"training data has {samples} samples, fewer than one batch of {batch_size} that splits evenly over "
         f"{world_size} processes (each process takes its share of every step); {remedy}"
+    )
+
+
+def _processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
+
+
+def _check_resumed_batch_splits(run_dir: Path, config: TrainConfig, world_size: int) -> None:
+    """Refuse to resume a run on a number of processes its global batch does not split over, saying so: a resumed run
+    keeps its batch (its schedule counted its steps with it), and the refusal told a run whose batch --batch-size auto
+    had chosen to pass "a multiple" as --batch-size, which a resume refuses."""
+    if config.batch_size % world_size == 0:
+        return
+    chosen = " (chosen by --batch-size auto at its start)" if config.auto_batch_size else ""
+    counts = [count for count in range(1, config.batch_size + 1) if config.batch_size % count == 0]
+    shown = ", ".join(map(str, counts[:8])) + (", ..." if len(counts) > 8 else "")
+    raise CnnlabError(
+        f"cannot resume {run_dir} on {_processes(world_size)}: its global batch of {config.batch_size}{chosen} does "
+        f"not split evenly over them, and a resumed run keeps its batch; resume it on a number of processes that "
+        f"divides {config.batch_size} ({shown})"
     )
 
 
