@@ -77,14 +77,17 @@ def test_an_fcn_folder_is_sized_as_the_network_that_scans_an_image(tmp_path: Pat
     assert "the smallest square input it takes is 1x24x24" in str(small.exception)  # its padding lets 24 run
 
 
-def _cached_run(tmp_path: Path, unfreeze: int, method: str = "cached") -> Path:
+def _cached_run(
+    tmp_path: Path, unfreeze: int, method: str = "cached", optimizer: str = "adamw", device: str = "cpu"
+) -> Path:
     import json
 
-    run = tmp_path / "runs" / "transfer" / f"{method}{unfreeze}"
+    run = tmp_path / "runs" / "transfer" / f"{method}{unfreeze}{optimizer}{device}"
     meta = {"task": "transfer", "classes": ["a", "b"], "preprocessing": {"input_size": [3, 96, 96]}}
     save_model(create_model("efficientnet_lite0", num_classes=2), run, "efficientnet_lite0", {"num_classes": 2}, meta)
     recipe = {"name": "default", "method": method, "train": {"batch_size": 64, "optimizer": "adamw"}}
-    record = {"recipe": recipe, "unfreeze": unfreeze, "config": {"train": {"batch_size": 8}}}
+    train = {"batch_size": 8} | ({"optimizer": optimizer} if optimizer != "adamw" else {})
+    record = {"recipe": recipe, "unfreeze": unfreeze, "device": device, "config": {"train": train}}
     (run / "results.json").write_text(json.dumps(record))
     return run
 
@@ -101,7 +104,7 @@ def test_a_cached_transfer_run_also_sizes_the_step_it_trained(tmp_path: Path, un
     from cnnlab.budget.trace import trace
     from cnnlab.cli import app
     from cnnlab.models import split_classifier
-    from cnnlab.tasks.transfer_cost import trained_step_memory
+    from cnnlab.tasks.transfer_cost import _groups_by_name, trained_step_memory
     from cnnlab.train import top_param_groups
 
     run = _cached_run(tmp_path, unfreeze)
@@ -113,14 +116,49 @@ def test_a_cached_transfer_run_also_sizes_the_step_it_trained(tmp_path: Path, un
     assert step["feature_shape"] == list(split.feature_shape)
     assert step["trained_parameters"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert step["trained_parameters"] < step["parameters"] == _parameters("efficientnet_lite0", num_classes=2)
-    real = trace(copy.deepcopy(split.upper).train(), split.feature_shape, 8, "float32", "cpu", "adamw", inference=False)
-    assert step["peak_bytes"] == real.peak_live_bytes
+    groups = _groups_by_name(split.upper, top_param_groups(model, unfreeze, 1.0, 0.0))  # the run's, one per block
+    upper = copy.deepcopy(split.upper).train()
+    real = trace(upper, split.feature_shape, 8, "float32", "cpu", "adamw", inference=False, param_groups=groups)
+    assert step["peak_bytes"] == real.peak_live_bytes and step["device"] == "cpu"
     assert step["max_batch"] > 8
     result = CliRunner().invoke(app, ["budget", str(run), "--no-layers"])
     assert result.exit_code == 0, result.output
     assert "training the whole network" in result.output and f"{step['trained_parameters']:,} of" in result.output
     document = json.loads(CliRunner().invoke(app, ["budget", str(run), "--json"]).output)
     assert document["run_training_step"]["peak_bytes"] == step["peak_bytes"]
+
+
+def test_a_cached_run_is_sized_with_its_own_optimizer_on_its_own_device(tmp_path: Path) -> None:
+    """A run trained with sgd was sized as plain SGD, where the engine's SGD keeps a Nesterov momentum buffer per
+    parameter, and every run was sized as stepping on the CPU, even one trained on a GPU (or with --device cuda)."""
+    import copy
+
+    from typer.testing import CliRunner
+
+    from cnnlab.budget.trace import trace
+    from cnnlab.cli import app
+    from cnnlab.models import split_classifier
+    from cnnlab.tasks.transfer_cost import _groups_by_name, trained_step_memory
+    from cnnlab.train import top_param_groups
+
+    sgd, adamw = (trained_step_memory(_cached_run(tmp_path, 2, optimizer=name)) for name in ("sgd", "adamw"))
+    assert sgd is not None and adamw is not None and sgd["optimizer"] == "sgd" and sgd["momentum"] == 0.9
+    model = create_model("efficientnet_lite0", num_classes=2)
+    split = split_classifier(model, 2, (3, 96, 96))
+    groups = _groups_by_name(split.upper, top_param_groups(model, 2, 1.0, 0.0))
+    trained_bytes, tensors = 4 * sgd["trained_parameters"], sum(p.requires_grad for p in model.parameters())
+    assert sgd["optimizer_state_bytes"] == trained_bytes  # one momentum buffer per trained parameter
+    assert adamw["optimizer_state_bytes"] == 2 * trained_bytes + 4 * tensors  # two moments, and a step count each
+    real = trace(copy.deepcopy(split.upper), split.feature_shape, 8, "float32", "cpu", "momentum", inference=False,
+                 param_groups=groups)  # fmt: skip
+    assert sgd["peak_bytes"] == real.peak_live_bytes  # a real CPU step with the engine's SGD (it was 4 MB short)
+    gpu = trained_step_memory(_cached_run(tmp_path, 2, device="cuda"))
+    # CUDA steps each group with multi-tensor kernels: other temporaries than the CPU's loop (lower here, per block)
+    assert gpu is not None and gpu["device"] == "cuda" and gpu["peak_bytes"] != adamw["peak_bytes"]
+    asked = trained_step_memory(_cached_run(tmp_path, 2), device="cuda")  # a CPU run sized for a GPU (--device cuda)
+    assert asked is not None and asked["peak_bytes"] == gpu["peak_bytes"]
+    shown = CliRunner().invoke(app, ["budget", str(_cached_run(tmp_path, 2, optimizer="sgd")), "--no-layers"])
+    assert "with sgd (Nesterov momentum 0.9) on cpu peaks at" in shown.output, shown.output
 
 
 def test_a_run_that_trained_the_whole_network_has_no_second_step(tmp_path: Path) -> None:

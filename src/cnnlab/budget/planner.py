@@ -52,6 +52,7 @@ from cnnlab.budget.trace import (
     optimizer_step_bytes,
     trace,
 )
+from cnnlab.train.optim import ParamGroupBuilder
 
 _CAP = 1 << 20  # the largest batch the planner reports
 
@@ -205,6 +206,7 @@ class _Planner:
         optimizer: str,
         reference: TraceResult | None,
         for_device: str = "cpu",
+        param_groups: ParamGroupBuilder | None = None,
     ) -> None:
         from cnnlab.train.activation_checkpointing import checkpoint_stages
 
@@ -213,9 +215,10 @@ class _Planner:
         checkpoint_stages(checkpointed)
         self.variants = {False: plain, True: checkpointed}
         self.input_shape, self.dtype, self.for_device = input_shape, dtype, for_device
+        self.param_groups = param_groups
         self.steps: dict[tuple[bool, int], _Step] = {}
         self.optimizers: dict[str, OptimizerStepBytes] = {}
-        if reference is not None and _reusable(reference, dtype, optimizer, for_device):
+        if reference is not None and param_groups is None and _reusable(reference, dtype, optimizer, for_device):
             self.steps[(False, reference.batch_size)] = _Step.from_trace(reference)
             self.optimizers[optimizer] = OptimizerStepBytes(
                 reference.optimizer_state_bytes, reference.step_peak_bytes - reference.step_start_bytes
@@ -235,7 +238,8 @@ class _Planner:
 
     def optimizer(self, name: str) -> OptimizerStepBytes:
         if name not in self.optimizers:
-            self.optimizers[name] = optimizer_step_bytes(self.variants[False], self.dtype, name, self.for_device)
+            plain = self.variants[False]
+            self.optimizers[name] = optimizer_step_bytes(plain, self.dtype, name, self.for_device, self.param_groups)
         return self.optimizers[name]
 
     def fitted(self, checkpointed: bool) -> _Lines | None:
@@ -380,6 +384,7 @@ def plan_batch(
     limit_bytes: int,
     reference: TraceResult | None = None,
     for_device: str = "cpu",
+    param_groups: ParamGroupBuilder | None = None,
 ) -> dict[str, Any]:
     """The largest batch that fits `limit_bytes`, and what each remedy allows.
 
@@ -393,12 +398,14 @@ def plan_batch(
             reused as one of the two traced batch sizes; ignored when traced otherwise.
         for_device: the device the plan is for: the optimizer steps as torch steps parameters there (CUDA's
             multi-tensor kernels hold more temporaries than the CPU's loop).
+        param_groups: the optimizer's groups of `model` (default `default_param_groups`); a caller's trace with
+            other groups is not reused.
 
     Returns:
         ``{"limit_bytes", "optimizer", "remedies": [{"remedy", "fixed_bytes", "per_sample_bytes", "max_batch"}]}``;
         fixed and per-sample bytes are the straight line through the peaks at the answer and half of it.
     """
-    planner = _Planner(model, input_shape, dtype, optimizer, reference, for_device)
+    planner = _Planner(model, input_shape, dtype, optimizer, reference, for_device, param_groups)
     remedies = [_Remedy("as configured", checkpointed=False, optimizer=optimizer, bf16=False)]
     # With nothing to train there is no backward for a remedy to spare: bf16 even planned a smaller batch than plain
     # (an input copy counted for a backward that does not run), and checkpointing and SGD repeated the plain answer.

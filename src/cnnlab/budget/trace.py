@@ -42,7 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cnnlab.errors import CnnlabError
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.live_memory import LiveTensorTracker
-from cnnlab.train.optim import build_optimizer, default_foreach, default_param_groups
+from cnnlab.train.optim import ParamGroupBuilder, build_optimizer, default_foreach, default_param_groups
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -438,13 +438,17 @@ def optimizer_device(device: str, for_device: str | None) -> str:
     return torch.device((for_device or "cpu") if device == "meta" else device).type
 
 
-def make_optimizer(model: nn.Module, optimizer: str, for_device: str = "cpu") -> torch.optim.Optimizer | None:
-    """The optimizer the engine would build for `model` (`build_optimizer` over `default_param_groups`, with
-    `TrainConfig`'s defaults), stepping as torch steps parameters on `for_device`; None with nothing to train.
+def make_optimizer(
+    model: nn.Module, optimizer: str, for_device: str = "cpu", param_groups: ParamGroupBuilder | None = None
+) -> torch.optim.Optimizer | None:
+    """The optimizer the engine would build for `model` (`build_optimizer` over `param_groups`, by default
+    `default_param_groups`, with `TrainConfig`'s defaults), stepping as torch steps parameters on `for_device`; None
+    with nothing to train.
 
     On a real device torch chooses its kernels from where the parameters are, as in the engine; on the meta device
     the choice is `for_device`'s: CUDA's multi-tensor kernels hold a whole group's temporaries at once, the CPU's
-    loop one tensor's (a trace with Adam's loop on meta put a resnet50 step on a GPU 83 MB low).
+    loop one tensor's (a trace with Adam's loop on meta put a resnet50 step on a GPU 83 MB low). So the groups
+    matter there too: a run that trained with layer-wise groups steps each block's parameters apart.
     """
     kind = optimizer.lower()
     optimizer_copies(kind)  # an unknown name: one line naming the ones known
@@ -453,7 +457,8 @@ def make_optimizer(model: nn.Module, optimizer: str, for_device: str = "cpu") ->
     config = TrainConfig(**_ENGINE_OPTIMIZERS[kind])
     on_meta = any(p.device.type == "meta" for p in model.parameters())
     foreach = default_foreach(for_device) if on_meta else None
-    return build_optimizer(default_param_groups(model, config.weight_decay), config, foreach=foreach)
+    groups = param_groups(model) if param_groups is not None else default_param_groups(model, config.weight_decay)
+    return build_optimizer(groups, config, foreach=foreach)
 
 
 def _warm_up_optimizer(model: nn.Module, opt: torch.optim.Optimizer | None) -> list[torch.Tensor]:
@@ -484,6 +489,7 @@ def trace(
     inference: bool = True,
     autocast: torch.dtype | None = None,
     for_device: str | None = None,
+    param_groups: ParamGroupBuilder | None = None,
 ) -> TraceResult:
     """Run one training step (forward, backward of ``output.sum()``, optimizer step) and one no-grad forward.
 
@@ -509,6 +515,8 @@ def trace(
             step outside it, as the engine does (a real device only: autocast does not run on the meta device).
         for_device: on the meta device, the device the estimate is for (default the CPU): its optimizer steps as
             torch steps parameters there (CUDA: multi-tensor kernels). Ignored on a real device, which steps as itself.
+        param_groups: the optimizer's groups of the model traced (default `default_param_groups`), as the
+            engine's `Trainer` takes them.
     """
     torch_dtype = resolve_dtype(dtype)
     if batch_size < 1:
@@ -537,7 +545,7 @@ def trace(
         if inference:
             _trace_inference(model, rows, result, make_input(inference_batch_size), inference_batch_size)
         if training:
-            _trace_training(model, rows, result, make_input(batch_size), optimizer, autocast)
+            _trace_training(model, rows, result, make_input(batch_size), optimizer, autocast, param_groups)
     return result
 
 
@@ -558,6 +566,7 @@ def _trace_training(
     x: torch.Tensor,
     optimizer: str,
     autocast: torch.dtype | None = None,
+    param_groups: ParamGroupBuilder | None = None,
 ) -> None:
     """One training step: saved bytes (per row and per top-level child), the live-bytes timeline and the peak."""
     device = result.device
@@ -566,7 +575,7 @@ def _trace_training(
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    opt = make_optimizer(model, optimizer, result.optimizer_device)
+    opt = make_optimizer(model, optimizer, result.optimizer_device, param_groups)
     optimizer_state = _warm_up_optimizer(model, opt)
     result.optimizer_state_bytes = _distinct_bytes(optimizer_state)
     # under real autocast the copies are tensors the tracker counts; otherwise it works out what they would hold
@@ -664,7 +673,11 @@ class OptimizerStepBytes:
 
 
 def optimizer_step_bytes(
-    model: nn.Module, dtype: str | torch.dtype, optimizer: str, for_device: str = "cpu"
+    model: nn.Module,
+    dtype: str | torch.dtype,
+    optimizer: str,
+    for_device: str = "cpu",
+    param_groups: ParamGroupBuilder | None = None,
 ) -> OptimizerStepBytes:
     """Trace one steady-state optimizer step alone on the meta device (gradients of zeros; their values never matter),
     stepping as on `for_device`.
@@ -674,7 +687,7 @@ def optimizer_step_bytes(
     start + step_transient_bytes)`` with the state counted throughout.
     """
     model = _prepare(model, "meta", resolve_dtype(dtype)).train()
-    opt = make_optimizer(model, optimizer, for_device)
+    opt = make_optimizer(model, optimizer, for_device, param_groups)
     if opt is None:
         return OptimizerStepBytes(0, 0)
     with _MetaKernelCache():

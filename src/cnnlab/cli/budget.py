@@ -52,12 +52,13 @@ def budget_command(
         bool, typer.Option("--measure", help="Run one real training step and compare with the estimate.")
     ] = False,
     device: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Device the training is for, cpu or cuda (needed here only with --measure): the optimizer steps as "
-            "the engine's does there."
+            "the engine's does there. Default cpu; a cached transfer run's own step: the device it trained on.",
+            show_default=False,
         ),
-    ] = "cpu",
+    ] = None,
     memory: Annotated[
         str | None, typer.Option(help="Plan for this memory (e.g. 8GiB): largest batch, and with each remedy.")
     ] = None,
@@ -93,11 +94,11 @@ def budget_command(
         optimizer=optimizer,
         depth=depth,
         measure=measure,
-        device=device,
+        device=device or "cpu",
         memory_limit=limit,
         name=shown if built is not None else None,
     )
-    trained = _trained_step(model, input_shape, limit)
+    trained = _trained_step(model, input_shape, limit, device)
     explanation = None
     if explain:
         from cnnlab.budget.explain import explain as explain_report
@@ -118,15 +119,18 @@ def budget_command(
         typer.echo(explanation)
 
 
-def _trained_step(model: str | list[str], input_shape: Any, limit: int | None) -> dict[str, Any] | None:
-    """A cached transfer run's own training step (`tasks.transfer_cost.trained_step_memory`), else None."""
+def _trained_step(
+    model: str | list[str], input_shape: Any, limit: int | None, device: str | None
+) -> dict[str, Any] | None:
+    """A cached transfer run's own training step (`tasks.transfer_cost.trained_step_memory`) on `device` (None: the
+    run's), else None."""
     from pathlib import Path
 
     if not isinstance(model, str) or not Path(model).is_dir():
         return None
     from cnnlab.tasks.transfer_cost import trained_step_memory
 
-    return trained_step_memory(model, input_shape, limit)
+    return trained_step_memory(model, input_shape, limit, device)
 
 
 def _trained_step_note(step: dict[str, Any]) -> str:
@@ -135,11 +139,14 @@ def _trained_step_note(step: dict[str, Any]) -> str:
     part = "the classifier" if step["blocks_trained"] == 0 else f"its top {step['blocks_trained']} blocks and the head"
     shape = "x".join(map(str, step["feature_shape"]))
     fit = f"; within the memory given, batches up to {step['max_batch']:,}" if "max_batch" in step else ""
+    optimizer = step["optimizer"]
+    if step.get("momentum"):  # the engine's SGD: a momentum buffer per parameter
+        optimizer += f" (Nesterov momentum {step['momentum']:g})"
     return (
         f"\nThe training figures above are for training the whole network (--recipe full). This run (recipe "
         f"{step['recipe']}) trained only {part} ({step['trained_parameters']:,} of {step['parameters']:,} "
-        f"parameters) on cached {shape} maps: its step at batch {step['batch']} with {step['optimizer']} peaks at "
-        f"{file_size(step['peak_bytes'])} (meta-device trace){fit}."
+        f"parameters) on cached {shape} maps: its step at batch {step['batch']} with {optimizer} on "
+        f"{step['device']} peaks at {file_size(step['peak_bytes'])} (meta-device trace){fit}."
     )
 
 

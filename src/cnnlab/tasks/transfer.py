@@ -789,6 +789,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         "config": dataclasses.asdict(config),
         "recipe": recipe.to_dict(),
         "unfreeze": run.unfreeze,
+        "device": run.device.type,  # what `cnnlab budget RUN` sizes the trained step for
         "classes": images.classes,
         "counts": counts,
         "skipped": [dataclasses.asdict(s) for s in images.skipped],

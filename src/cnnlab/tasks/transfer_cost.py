@@ -145,22 +145,29 @@ def estimate_recipe_seconds(
 
 
 def trained_step_memory(
-    run: str | os.PathLike[str], input_shape: tuple[int, ...] | None = None, memory_limit: int | None = None
+    run: str | os.PathLike[str],
+    input_shape: tuple[int, ...] | None = None,
+    memory_limit: int | None = None,
+    device: str | None = None,
 ) -> dict[str, Any] | None:
     """What a cached transfer run trained, and the memory of that training step; None for any other target.
 
     Such a run never trains the whole network: its frozen lower part runs once per image into the cache, and each
     step trains the top blocks and the head on cached maps. That step is traced on the meta device at the run's
-    batch size with its own optimizer (float32 maps: the cache's float16 is widened for training).
+    batch size with the optimizer the engine built for it (its `--optimizer` and momentum: the engine's SGD keeps a
+    Nesterov momentum buffer per parameter; its layer-wise param groups), stepping as torch steps on the device the
+    run trained on (float32 maps: the cache's float16 is widened for training).
 
     Args:
         run: what `cnnlab budget` was given.
         input_shape: the image shape being sized (default: the run's own).
         memory_limit: also find the largest batch of that step within this many bytes.
+        device: the device to size the step for (cpu, cuda; default: the one the run trained on).
 
     Returns:
-        ``{"recipe", "blocks_trained", "blocks", "feature_shape", "batch", "optimizer", "trained_parameters",
-        "parameters", "peak_bytes"}``, and ``"max_batch"`` with a memory limit.
+        ``{"recipe", "blocks_trained", "blocks", "feature_shape", "batch", "optimizer", "momentum", "device",
+        "trained_parameters", "parameters", "optimizer_state_bytes", "peak_bytes"}``, and ``"max_batch"`` with a
+        memory limit; ``momentum`` is the SGD momentum (None for the other optimizers).
     """
     results = Path(run) / "results.json"
     try:
@@ -174,18 +181,26 @@ def trained_step_memory(
     from cnnlab.budget.planner import plan_batch
     from cnnlab.budget.trace import trace
     from cnnlab.models import split_classifier
-    from cnnlab.train import top_param_groups
+    from cnnlab.train import TrainConfig, top_param_groups
+    from cnnlab.train.device import parse_device
 
     _, model, shape, _ = resolve_model(str(run), input_shape)  # initialised on the CPU: the split checks its cut
     top, blocks = _top_blocks(model, shape, record.get("unfreeze"))
     split = split_classifier(model, top, shape)
-    top_param_groups(model, top, 1.0, 0.0)  # the rest frozen, as the run trained it: no gradients, no state
     train = {**recipe.get("train", {}), **(record.get("config", {}).get("train") or {})}
     batch = train.get("batch_size")
     batch = int(batch) if isinstance(batch, int) or str(batch).isdigit() else int(recipe["train"]["batch_size"])
-    optimizer = str(train.get("optimizer", "adamw"))
+    optimizer = str(train.get("optimizer", TrainConfig.optimizer))
+    momentum = float(train.get("momentum", TrainConfig.momentum)) if optimizer == "sgd" else None
+    # the budget's names for the engine's optimizers: its "sgd" has a momentum buffer whenever momentum > 0
+    traced = ("momentum" if momentum else "sgd") if optimizer == "sgd" else optimizer
+    # the rest frozen, as the run trained it (no gradients, no state), in the run's groups: one per block and decay
+    groups = top_param_groups(model, top, float(recipe.get("layer_decay", 1.0)), float(train.get("weight_decay", 0)))
     upper = copy.deepcopy(split.upper).to("meta").train()
-    step = trace(upper, split.feature_shape, batch, "float32", "meta", optimizer, inference=False)
+    for_device = parse_device(device).type if device is not None else _run_device(Path(run), record, train)
+    step_groups = _groups_by_name(split.upper, groups)
+    step = trace(upper, split.feature_shape, batch, "float32", "meta", traced, inference=False,
+                 for_device=for_device, param_groups=step_groups)  # fmt: skip
     answer = {
         "recipe": recipe.get("name"),
         "blocks_trained": top,
@@ -193,11 +208,46 @@ def trained_step_memory(
         "feature_shape": list(split.feature_shape),
         "batch": batch,
         "optimizer": optimizer,
+        "momentum": momentum,
+        "device": for_device,
         "trained_parameters": sum(p.numel() for p in upper.parameters() if p.requires_grad),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "optimizer_state_bytes": step.optimizer_state_bytes,
         "peak_bytes": step.peak_live_bytes,
     }
     if memory_limit is not None:
-        plan = plan_batch(upper, split.feature_shape, torch.float32, optimizer, memory_limit)
+        plan = plan_batch(upper, split.feature_shape, torch.float32, traced, memory_limit, for_device=for_device,
+                          param_groups=step_groups)  # fmt: skip
         answer["max_batch"] = plan["remedies"][0]["max_batch"]
     return answer
+
+
+def _groups_by_name(module: nn.Module, groups: list[dict[str, Any]]) -> Any:
+    """`groups` (of `module`'s parameters) as a builder of the same groups on any copy of `module`, which the budget
+    traces rather than `module` itself."""
+    names = {id(param): name for name, param in module.named_parameters()}
+    named = [
+        ({k: v for k, v in group.items() if k != "params"}, [names[id(p)] for p in group["params"]]) for group in groups
+    ]
+
+    def build(copy_of_module: nn.Module) -> list[dict[str, Any]]:
+        params = dict(copy_of_module.named_parameters())
+        return [{**options, "params": [params[name] for name in members]} for options, members in named]
+
+    return build
+
+
+def _run_device(run: Path, record: dict[str, Any], train: dict[str, Any]) -> str:
+    """The device type a run trained on: the one it recorded, else the one it asked for; ``auto`` was CUDA where the
+    run's config.yaml saw a GPU."""
+    recorded = record.get("device")
+    requested = str(recorded or train.get("device") or "auto")
+    if requested != "auto":
+        return requested.split(":")[0]
+    import yaml
+
+    try:
+        environment = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")).get("environment", {})
+        return "cuda" if environment.get("hardware", {}).get("cuda") else "cpu"
+    except (OSError, yaml.YAMLError, AttributeError):
+        return "cpu"
