@@ -537,6 +537,22 @@ def test_cost_estimate_leaves_the_model_alone_and_scales_with_the_data() -> None
     assert large["training"] > 0 and small["training"] > 0  # timed: its size is not asserted
 
 
+def test_timing_the_next_recipes_step_keeps_its_memory_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tiny run peaked at 4.1 GB: timing `full`'s step of the whole network at batch 32 (2.5 GB at 224 px) after
+    its own training had needed 1.6 GB. Forward and backward are timed on as many samples as fit the bound."""
+    import cnnlab.tasks.transfer_cost as transfer_cost
+    from cnnlab.budget.trace import forward_saved_bytes
+
+    model = create_model("lenet5", num_classes=3, in_chans=3)
+    batches: list[int] = []
+    model.register_forward_pre_hook(lambda _, inputs: batches.append(len(inputs[0])))  # copied with the model
+    monkeypatch.setattr(transfer_cost, "TIMED_ACTIVATION_BYTES", 5 * forward_saved_bytes(model, (3, 32, 32), 1))
+    counts, cpu = {"train": 100, "val": 20, "test": 30}, torch.device("cpu")
+    estimate = transfer_cost.estimate_recipe_seconds(RECIPES.get("full"), model, (3, 32, 32), counts, 2, 1e-9, cpu, 3)
+    assert estimate["training"] > 0 and batches and max(batches) == 5  # the recipe's batch is 32
+    assert transfer_cost.timed_batch(model, (3, 32, 32), 4) == 4  # a batch within the bound runs whole
+
+
 def test_a_failed_estimate_never_costs_the_finished_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import cnnlab.tasks.transfer_cost as transfer_cost
 

@@ -26,9 +26,21 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["COST_ORDER", "estimate_recipe_seconds", "forward_flops", "next_recipe", "trained_step_memory"]
+__all__ = [
+    "COST_ORDER",
+    "TIMED_ACTIVATION_BYTES",
+    "estimate_recipe_seconds",
+    "forward_flops",
+    "next_recipe",
+    "timed_batch",
+    "trained_step_memory",
+]
 
 COST_ORDER = ("quick", "default", "full")
+# The activations a timed training step may keep. Timing the full recipe's step at its batch of 32 held 2.5 GB, where
+# a tiny run's own training had peaked at 1.6 GB (the process, torch included); at most this much, 6 images of
+# EfficientNet-Lite0 at 224 px, leaves the run's peak to the run.
+TIMED_ACTIVATION_BYTES = 512 * 2**20
 
 
 def next_recipe(name: str) -> str | None:
@@ -52,11 +64,26 @@ def forward_flops(module: nn.Module, shape: tuple[int, ...], device: torch.devic
     return int(counter.get_total_flops())
 
 
+def timed_batch(module: nn.Module, shape: tuple[int, ...], batch: int) -> int:
+    """Samples per timed forward and backward: `batch`, or fewer where their activations would pass
+    `TIMED_ACTIVATION_BYTES` (what one sample's forward saves for backward, its input included, counted on the meta
+    device as `cnnlab budget` does)."""
+    from cnnlab.budget.trace import forward_saved_bytes
+
+    return max(1, min(batch, TIMED_ACTIVATION_BYTES // max(forward_saved_bytes(module, shape, 1), 1)))
+
+
 def _step_seconds(
     module: nn.Module, shape: tuple[int, ...], classes: int, device: torch.device, batch: int, channels_last: bool
 ) -> float:
-    """Seconds per sample of a training step (forward, backward, AdamW) of a copy of `module` on random inputs of
-    `batch` samples, in the recipe's memory format: the faster of two steps after a first one that allocates."""
+    """Seconds per sample of a training step of `batch` samples (forward, backward, AdamW) of a copy of `module` on
+    random inputs, in the recipe's memory format: the faster of two steps after a first one that allocates.
+
+    Forward and backward run on `timed_batch` samples (their seconds per sample hardly depend on the batch on a CPU,
+    where the memory does: the whole network at 224 px and batch 32 held 2.5 GB, three times what the run itself had
+    needed), the optimizer step once, its seconds shared by the `batch` samples of a step.
+    """
+    micro = timed_batch(module, shape, batch)
     trainee = copy.deepcopy(module).train()
     for layer in trainee.modules():  # the recipes train with frozen batch norm (`FreezeBatchNorm`)
         if isinstance(layer, nn.modules.batchnorm._BatchNorm):
@@ -64,23 +91,28 @@ def _step_seconds(
     for param in trainee.parameters():
         param.requires_grad_(True)
     optimizer = torch.optim.AdamW(trainee.parameters(), lr=1e-6)
-    inputs = torch.randn(batch, *shape, device=device)
+    inputs = torch.randn(micro, *shape, device=device)
     if channels_last and inputs.ndim == 4:
         trainee, inputs = (
             trainee.to(memory_format=torch.channels_last),
             inputs.contiguous(memory_format=torch.channels_last),
         )
-    targets = torch.randint(0, classes, (batch,), device=device)
-    timings = []
-    for _ in range(3):
-        started = time.perf_counter()
-        nn.functional.cross_entropy(trainee(inputs), targets).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    targets = torch.randint(0, classes, (micro,), device=device)
+
+    def now() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        timings.append(time.perf_counter() - started)
-    return min(timings[1:]) / batch
+        return time.perf_counter()
+
+    timings = []
+    for _ in range(3):
+        started = now()
+        nn.functional.cross_entropy(trainee(inputs), targets).backward()
+        backward = now()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        timings.append((backward - started) / micro + (now() - backward) / batch)
+    return min(timings[1:])
 
 
 def _top_blocks(model: nn.Module, input_size: tuple[int, ...], unfreeze: int | None) -> tuple[int, int]:
