@@ -161,6 +161,22 @@ def test_a_cached_run_is_sized_with_its_own_optimizer_on_its_own_device(tmp_path
     assert "with sgd (Nesterov momentum 0.9) on cpu peaks at" in shown.output, shown.output
 
 
+def test_a_small_cached_run_is_sized_at_the_batch_it_trained(tmp_path: Path) -> None:
+    """A run with fewer training samples than the recipe's batch trains one batch of them all; it was sized at the
+    recipe's batch (64 where a 24-image run trained 32: 888 MB against 463 MB)."""
+    import json
+
+    from cnnlab.tasks.transfer_cost import trained_step_memory
+
+    run = _cached_run(tmp_path, 0)
+    record = json.loads((run / "results.json").read_text())
+    record["config"]["train"] = {}  # the recipe's batch of 64
+    record |= {"counts": {"train": {"a": 2, "b": 3}}, "views": ["identity", "hflip"]}
+    (run / "results.json").write_text(json.dumps(record))
+    step = trained_step_memory(run)
+    assert step is not None and step["batch"] == 10  # 5 images x 2 views
+
+
 def test_a_run_that_trained_the_whole_network_has_no_second_step(tmp_path: Path) -> None:
     from cnnlab.tasks.transfer_cost import trained_step_memory
 

@@ -222,6 +222,9 @@ def trained_step_memory(
     train = {**recipe.get("train", {}), **(record.get("config", {}).get("train") or {})}
     batch = train.get("batch_size")
     batch = int(batch) if isinstance(batch, int) or str(batch).isdigit() else int(recipe["train"]["batch_size"])
+    samples = _cached_training_samples(record)
+    if samples and samples < batch and "batch_size" not in (record.get("config", {}).get("train") or {}):
+        batch = samples  # the run shrank the recipe's batch to one batch of all its samples (`_Run.train_config`)
     optimizer = str(train.get("optimizer", TrainConfig.optimizer))
     momentum = float(train.get("momentum", TrainConfig.momentum)) if optimizer == "sgd" else None
     # the budget's names for the engine's optimizers: its "sgd" has a momentum buffer whenever momentum > 0
@@ -252,6 +255,14 @@ def trained_step_memory(
                           param_groups=step_groups)  # fmt: skip
         answer["max_batch"] = plan["remedies"][0]["max_batch"]
     return answer
+
+
+def _cached_training_samples(record: dict[str, Any]) -> int | None:
+    """Training samples of a cached run's epoch (every view of every training image), from its results.json."""
+    try:
+        return sum(int(n) for n in record["counts"]["train"].values()) * max(1, len(record.get("views") or ()))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def _groups_by_name(module: nn.Module, groups: list[dict[str, Any]]) -> Any:
