@@ -325,6 +325,28 @@ def test_explain_gives_a_max_side_run_its_images_downscaled_as_predict_does(tmp_
     subject.check_size(Image.new("RGB", (3000, 2000)), "photo.jpg")  # 6 MP, explained at 32x21
 
 
+def test_explain_gives_a_max_side_run_the_class_shares_of_predicts_full_size_mask(trained, tmp_path):
+    """`cnnlab explain` printed the shares of the pixels at the downscaled size (56.00%) where `cnnlab predict`,
+    whose mask is the image's size, gave 55.74%."""
+    import shutil
+
+    from cnnlab.tasks.explain import explain_image, load_subject
+
+    root, summary = trained  # it finds the shapes (a 1-epoch run finds only background); read at 24 px of 32
+    run = shutil.copytree(summary["run_dir"], tmp_path / "run")
+    record = json.loads((run / "model.json").read_text())
+    record["meta"]["max_side"] = 24
+    (run / "model.json").write_text(json.dumps(record))
+    image = sorted((root / "images").iterdir())[0]
+    predicted = predict_masks(load_segmenter(run), [image], tmp_path / "masks")[0]["share"]
+    explained = dict(explain_image(run, image, tmp_path / "explained").top)
+    assert len(explained) > 1 and explained == {k: pytest.approx(v) for k, v in predicted.items() if v > 0}
+    subject = load_subject(str(run))
+    with Image.open(image) as opened:
+        downscaled = subject.probabilities(subject.preprocess(opened.convert("RGB")))  # 24x24: what it printed
+    assert any(abs(float(downscaled[CLASSES.index(k)]) - v) > 1e-3 for k, v in predicted.items())
+
+
 def test_upsampled_logits_give_the_class_map_of_all_classes_upsampled_at_once():
     """`class_map` upsamples one class at a time to bound its memory; the map is the argmax of them all."""
     from cnnlab.tasks.segment_predict import class_map

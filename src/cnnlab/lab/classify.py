@@ -114,7 +114,8 @@ def classify(subject: Subject, image: Any, layer: str | None = None, top_k: int 
     if layer is not None and layer not in layers:
         raise CnnlabError(f"{subject.source} has no spatial layer {layer!r}; pick one of the list")
     chosen = layer or layers[len(layers) // 2]
-    probabilities = subject.probabilities(tensor)  # the run's views averaged, as predict gives them
+    # the run's views averaged, as predict gives them; a segmenter's shares of the mask at the image's size
+    probabilities = subject.probabilities(tensor, (image.height, image.width))
     segmenter = subject.kind == "segment"  # pixel shares: only the classes found are listed
     top = subject.top_classes(probabilities, top_k)
     explained = subject.default_class(probabilities)  # the top class; a segmenter's largest but the background

@@ -73,14 +73,23 @@ class Subject:
     background: int | None = None
     max_side: int | None = None
 
-    def probabilities(self, tensor: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, tensor: torch.Tensor, image_size: tuple[int, int] | None = None) -> torch.Tensor:
         """Class probabilities [K] (CPU) for one input [C, H, W], as `cnnlab predict` gives them; a segmenter's
-        shares of the pixels predicted as each class."""
+        shares of the pixels predicted as each class, of its mask at `image_size` (height, width): the image as
+        given, which a ``--max-side`` run sees downscaled and predict's mask upsamples back to (default: the
+        input's)."""
         classifier = self.classifier if self.classifier is not None else self.model
         with torch.inference_mode():
             device = next(classifier.parameters()).device
             logits = classifier(tensor.unsqueeze(0).to(device)).float()
-        return class_shares(logits) if logits.ndim == 4 else logits.softmax(1)[0].cpu()
+        if logits.ndim != 4:
+            return logits.softmax(1)[0].cpu()
+        if image_size is None or tuple(image_size) == tuple(logits.shape[-2:]):
+            return class_shares(logits)
+        from cnnlab.tasks.segment_predict import class_map
+
+        labels = class_map(logits.cpu(), *image_size)  # predict's mask: the logits upsampled, then the argmax
+        return torch.bincount(labels.flatten().long(), minlength=logits.shape[1]).float() / labels.numel()
 
     def class_name(self, index: int) -> str:
         return self.classes[index] if index < len(self.classes) else str(index)
@@ -250,7 +259,7 @@ def explain_image(
     chosen = list(layers) or default_feature_layers(subject.model, tensor)
     maps = feature_maps(subject.model, tensor, chosen)
     files["feature_maps"] = plot_feature_maps(maps, output_dir / "feature_maps.png")
-    probabilities = subject.probabilities(tensor)
+    probabilities = subject.probabilities(tensor, (image.height, image.width))  # a mask's shares: the image's size
     wanted = class_of(subject.classes, class_index)
     wanted = subject.default_class(probabilities) if wanted is None else wanted  # predict's class, views averaged
     cam = grad_cam(subject.model, tensor, layer=cam_layer, class_index=wanted)
