@@ -163,7 +163,8 @@ def test_a_cached_run_is_sized_with_its_own_optimizer_on_its_own_device(tmp_path
 
 def test_a_small_cached_run_is_sized_at_the_batch_it_trained(tmp_path: Path) -> None:
     """A run with fewer training samples than the recipe's batch trains one batch of them all; it was sized at the
-    recipe's batch (64 where a 24-image run trained 32: 888 MB against 463 MB)."""
+    recipe's batch (64 where a 24-image run trained 32: 888 MB against 463 MB), and with --accum at the whole batch
+    rather than the micro-batch each backward runs on."""
     import json
 
     from cnnlab.tasks.transfer_cost import trained_step_memory
@@ -175,6 +176,12 @@ def test_a_small_cached_run_is_sized_at_the_batch_it_trained(tmp_path: Path) -> 
     (run / "results.json").write_text(json.dumps(record))
     step = trained_step_memory(run)
     assert step is not None and step["batch"] == 10  # 5 images x 2 views
+    # the engine's own record of the phase wins: a batch found by --batch-size auto, or accumulated (--accum 3)
+    (run / "head").mkdir()
+    (run / "head" / "config.yaml").write_text(json.dumps({"config": {"batch_size": 12, "accum_steps": 3}}))
+    (run / "results.json").write_text(json.dumps(record | {"phases": {"head": {}}}))
+    step = trained_step_memory(run)
+    assert step is not None and (step["batch"], step["accum_steps"]) == (4, 3)  # a micro-batch per backward
 
 
 def test_a_run_that_trained_the_whole_network_has_no_second_step(tmp_path: Path) -> None:

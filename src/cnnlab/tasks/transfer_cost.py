@@ -197,9 +197,10 @@ def trained_step_memory(
         device: the device to size the step for (cpu, cuda; default: the one the run trained on).
 
     Returns:
-        ``{"recipe", "blocks_trained", "blocks", "feature_shape", "batch", "optimizer", "momentum", "device",
-        "trained_parameters", "parameters", "optimizer_state_bytes", "peak_bytes"}``, and ``"max_batch"`` with a
-        memory limit; ``momentum`` is the SGD momentum (None for the other optimizers).
+        ``{"recipe", "blocks_trained", "blocks", "feature_shape", "batch", "accum_steps", "optimizer", "momentum",
+        "device", "trained_parameters", "parameters", "optimizer_state_bytes", "peak_bytes"}``, and ``"max_batch"``
+        with a memory limit; ``batch`` is the samples of one forward and backward (the batch over ``accum_steps``),
+        ``momentum`` the SGD momentum (None for the other optimizers).
     """
     results = Path(run) / "results.json"
     try:
@@ -220,11 +221,18 @@ def trained_step_memory(
     top, blocks = _top_blocks(model, shape, record.get("unfreeze"))
     split = split_classifier(model, top, shape)
     train = {**recipe.get("train", {}), **(record.get("config", {}).get("train") or {})}
-    batch = train.get("batch_size")
-    batch = int(batch) if isinstance(batch, int) or str(batch).isdigit() else int(recipe["train"]["batch_size"])
-    samples = _cached_training_samples(record)
-    if samples and samples < batch and "batch_size" not in (record.get("config", {}).get("train") or {}):
-        batch = samples  # the run shrank the recipe's batch to one batch of all its samples (`_Run.train_config`)
+    engine = _engine_config(Path(run), record)
+    if engine is not None:  # the batch it trained with: after --batch-size auto's search, shrunk for a small folder
+        train |= engine
+        batch = int(engine["batch_size"])
+    else:  # a run without its phase's record: its options, and the shrinking `_Run.train_config` does
+        batch = train.get("batch_size")
+        batch = int(batch) if isinstance(batch, int) or str(batch).isdigit() else int(recipe["train"]["batch_size"])
+        samples = _cached_training_samples(record)
+        if samples and samples < batch and "batch_size" not in (record.get("config", {}).get("train") or {}):
+            batch = samples
+    accum = max(1, int(train.get("accum_steps") or 1))
+    batch = max(1, batch // accum)  # each forward and backward runs on a micro-batch
     optimizer = str(train.get("optimizer", TrainConfig.optimizer))
     momentum = float(train.get("momentum", TrainConfig.momentum)) if optimizer == "sgd" else None
     # the budget's names for the engine's optimizers: its "sgd" has a momentum buffer whenever momentum > 0
@@ -242,6 +250,7 @@ def trained_step_memory(
         "blocks": blocks,
         "feature_shape": list(split.feature_shape),
         "batch": batch,
+        "accum_steps": accum,
         "optimizer": optimizer,
         "momentum": momentum,
         "device": for_device,
@@ -255,6 +264,22 @@ def trained_step_memory(
                           param_groups=step_groups)  # fmt: skip
         answer["max_batch"] = plan["remedies"][0]["max_batch"]
     return answer
+
+
+def _engine_config(run: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The engine's config of a cached run's training phase, as its `Trainer` wrote it once the batch was sized
+    (``<run>/partial/config.yaml`` or ``head/``); None where there is none."""
+    import yaml
+
+    for phase in ("partial", "head"):
+        if phase not in (record.get("phases") or {}):
+            continue
+        try:
+            config = yaml.safe_load((run / phase / "config.yaml").read_text(encoding="utf-8"))["config"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            return None
+        return config if isinstance(config, dict) and isinstance(config.get("batch_size"), int) else None
+    return None
 
 
 def _cached_training_samples(record: dict[str, Any]) -> int | None:
