@@ -39,7 +39,7 @@ __all__ = [
 COST_ORDER = ("quick", "default", "full")
 # The activations a timed training step may keep. Timing the full recipe's step at its batch of 32 held 2.5 GB, where
 # a tiny run's own training had peaked at 1.6 GB (the process, torch included); at most this much, 6 images of
-# EfficientNet-Lite0 at 224 px, leaves the run's peak to the run.
+# EfficientNet-Lite0 at 224 px, the run peaks at 2.0 GB.
 TIMED_ACTIVATION_BYTES = 512 * 2**20
 
 
