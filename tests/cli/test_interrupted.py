@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,71 @@ def test_under_torchrun_only_rank_zero_says_how_to_continue(
     assert exit_code.value.code == 130 and "interrupted" not in capsys.readouterr().err
     monkeypatch.setenv("RANK", "0")
     assert _interrupt(monkeypatch, capsys, ["train", "mnist"]) == "interrupted"
+
+
+# A command in a child process: the task notes its run, reads batches from a DataLoader worker until stopped, and on
+# KeyboardInterrupt finishes its clean-up (slowly enough for a second signal to arrive during it) before re-raising.
+_STOPPED_COMMAND = """
+import sys, time
+from pathlib import Path
+import torch
+from torch.utils.data import DataLoader
+import cnnlab.tasks.mnist
+from cnnlab.cli import main
+from cnnlab.tasks import recipes
+
+def train_mnist(*_args, output="runs", name=None, **_kwargs):
+    run_dir = Path(output) / "mnist" / name
+    recipes.note_current_run(run_dir)
+    try:
+        for index, _ in enumerate(DataLoader(range(10**6), batch_size=1, num_workers=1)):
+            if index == 0:
+                print("training", flush=True)
+            time.sleep(0.01)
+    except KeyboardInterrupt:
+        time.sleep(0.5)
+        (Path(output) / "cleaned-up").write_text("yes")
+        raise
+
+cnnlab.tasks.mnist.train_mnist = train_mnist
+sys.argv = ["cnnlab", "train", "mnist", "-o", sys.argv[1], "--name", "E"]
+main()
+"""
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does(tmp_path: Path) -> None:
+    """SIGTERM (kill, `timeout`, docker stop, SLURM, torchrun) ended the process on the spot: no line saying how to
+    continue, and none of the clean-up that Ctrl+C runs. Sent here as `timeout` sends it, twice to the whole process
+    group, DataLoader worker included: the clean-up finishes, the worker's end is no error, exit code 143."""
+    import os
+    import signal
+    import subprocess
+
+    import cnnlab
+
+    environment = {**os.environ, "PYTHONPATH": str(Path(cnnlab.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    environment.pop("RANK", None)
+    command = subprocess.Popen(
+        [sys.executable, "-c", _STOPPED_COMMAND, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        start_new_session=True,  # its own process group, as `timeout` makes one
+    )
+    try:
+        assert command.stdout is not None and command.stdout.readline() == "training\n"
+        os.killpg(command.pid, signal.SIGTERM)
+        time.sleep(0.1)
+        os.killpg(command.pid, signal.SIGTERM)
+        _, err = command.communicate(timeout=20)
+    finally:
+        if command.poll() is None:
+            os.killpg(command.pid, signal.SIGKILL)
+    assert command.returncode == 143, err
+    assert (tmp_path / "cleaned-up").read_text() == "yes"
+    assert "Traceback" not in err and "DataLoader worker" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: {tmp_path / 'mnist' / 'E'} keeps its finished epochs; continue with the same command and "
+        "--resume --name E"
+    )

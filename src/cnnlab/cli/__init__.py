@@ -8,11 +8,16 @@ code 1.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -98,24 +103,95 @@ _one_line_summaries(app)
 def main() -> None:
     """Entry point of the `cnnlab` console script and of `python -m cnnlab`."""
     warnings.formatwarning = _format_warning
+    with _sigterm_as_interrupt() as sigterm:
+        try:
+            app()
+        except SystemExit as done:
+            if not done.code:  # click ends a successful command with SystemExit(0)
+                _leave_distributed_job()
+            if _interrupted(done) or (done.code and sigterm.received):  # typer turns Ctrl+C into an exit (130)
+                _stop_interrupted(sigterm.received)
+            raise
+        except KeyboardInterrupt:
+            _stop_interrupted(sigterm.received)
+        except BaseException as error:
+            if sigterm.received:  # what the stop caused (a DataLoader worker the same SIGTERM ended): not an error
+                _stop_interrupted(True)
+            if isinstance(error, CnnlabError):
+                print(f"error: {error}", file=sys.stderr)
+                sys.exit(2)
+            if isinstance(error, OSError):  # a folder that cannot be made, a full disk, no permission: no traceback
+                print(f"error: {_describe(error)}", file=sys.stderr)
+                sys.exit(1)
+            raise
+
+
+INTERRUPTED = 130  # Ctrl+C (SIGINT), as a shell reports a command it stopped: 128 + 2
+TERMINATED = 143  # SIGTERM (kill, timeout, docker stop, a scheduler's preemption, torchrun): 128 + 15
+
+
+def _stop_interrupted(terminated: bool) -> NoReturn:
+    """Print how to continue the stopped run, and exit with the code of the signal that stopped it."""
+    if line := _interrupted_line():
+        print(line, file=sys.stderr)
+    sys.exit(TERMINATED if terminated else INTERRUPTED)
+
+
+class _Sigterm:
+    received = False
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[_Sigterm]:
+    """While the command runs, SIGTERM stops it as Ctrl+C does: a KeyboardInterrupt in the main thread, so finished
+    epochs, rows and files are kept, what Ctrl+C finishes is finished, and the line to continue is printed; the
+    process then exits with code 143. Without this, SIGTERM ended the process on the spot, with none of that.
+
+    Only the first SIGTERM interrupts; later ones are ignored, so that the clean-up they would cut short runs to its
+    end (`timeout` sends SIGTERM to the command and then to its whole process group, so the command often gets two;
+    `timeout -k`, docker, SLURM and torchrun follow with SIGKILL when a process does not end in time). The handler
+    before it is restored when the command ends. Processes started from the command are unaffected: DataLoader
+    workers install torch's own handler (they leave quietly when their parent sends SIGTERM), and each torchrun
+    worker runs its own `main`, so torchrun's SIGTERM stops every rank as Ctrl+C stops them (rank 0 prints the line).
+    A SIGTERM that a process was told to ignore (SIG_IGN) stays ignored.
+    """
+    sigterm = _Sigterm()
     try:
-        app()
-    except SystemExit as done:
-        if not done.code:  # click ends a successful command with SystemExit(0)
-            _leave_distributed_job()
-        if _interrupted(done) and (line := _interrupted_line()):  # typer turns Ctrl+C into an exit with code 130
-            print(line, file=sys.stderr)
-        raise
-    except CnnlabError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as error:  # a folder that cannot be made, a full disk, no permission: no traceback
-        print(f"error: {_describe(error)}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        if line := _interrupted_line():
-            print(line, file=sys.stderr)
-        sys.exit(130)
+        previous = signal.getsignal(signal.SIGTERM)
+    except (AttributeError, ValueError):  # no SIGTERM here
+        previous = None
+    if previous in (None, signal.SIG_IGN) or threading.current_thread() is not threading.main_thread():
+        yield sigterm
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        if not sigterm.received:
+            sigterm.received = True
+            _children_may_end()
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield sigterm
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _children_may_end() -> None:
+    """After SIGTERM, let the command's child processes end without it being an error.
+
+    A SIGTERM sent to a process group (`timeout`, `kill -TERM -PGID`, torchrun's workers, each a group) or to every
+    process of a job (SLURM) also ends the command's DataLoader workers, and torch's SIGCHLD handler then raised
+    "DataLoader worker (pid N) is killed by signal: Terminated" wherever the clean-up was, or printed it from a
+    destructor at exit. Their end is expected now: SIGCHLD gets a handler that does nothing (not SIG_IGN, which would
+    reap children that torch and multiprocessing still wait for), and keeps it until the process exits.
+    """
+    if hasattr(signal, "SIGCHLD") and callable(signal.getsignal(signal.SIGCHLD)):
+        signal.signal(signal.SIGCHLD, _do_nothing)
+
+
+def _do_nothing(_signum: int, _frame: object) -> None:
+    pass
 
 
 _DEFAULT_FORMAT = warnings.formatwarning
