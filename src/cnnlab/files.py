@@ -8,23 +8,81 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["written_then_renamed"]
+
+# A temporary file this old is a leftover whatever its name says: no block writes one for a day, and a process id
+# reused since (a container's processes restart at the same ids) or another machine's, unknown here, is still swept.
+STALE_AFTER_SECONDS = 24 * 3600
 
 
 @contextlib.contextmanager
 def written_then_renamed(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside `path` for a writer that takes a file name (safetensors, JSON text, CSV rows): renamed
     over `path` when the block finishes, deleted when it does not, so that `path` holds the old file or the new one,
-    never half of one. The name (``.NAME.PID.tmp``) is hidden, the process's own, and has no image suffix, so a folder
-    scan never lists it; the file gets the usual permissions (`tempfile.mkstemp` makes them 0600)."""
+    never half of one. The name (``.NAME.HOST.PID.tmp``) is hidden, the process's own, and has no image suffix, so a
+    folder scan never lists it; the file gets the usual permissions (`tempfile.mkstemp` makes them 0600).
+
+    A process killed in the block (SIGKILL, power loss) cannot delete its temporary file: the next write of the same
+    `path` deletes those of processes that are gone (`_sweep_leftovers`), never one that another live process,
+    here or on another machine sharing the folder, is writing.
+    """
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.tmp")
+    _sweep_leftovers(path)
     try:
         yield temporary
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _host_label() -> str:
+    """This machine's name as it goes in a temporary file's name: letters, digits and dashes, at most 40."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+_HOST = _host_label()
+
+
+def _sweep_leftovers(path: Path) -> None:
+    """Delete the temporary files of `path` that a process killed while writing it left behind: those of this
+    machine whose process is gone, and any a day old (`STALE_AFTER_SECONDS`). The names cnnlab wrote before they
+    held the machine's (``.NAME.PID.tmp``) are swept when a day old only. Nothing here may fail a write."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(?:([A-Za-z0-9-]+)\.)?(\d+)\.tmp")
+    try:
+        candidates = [entry for entry in os.scandir(path.parent) if entry.name.startswith(f".{path.name}.")]
+    except OSError:
+        return
+    for entry in candidates:
+        match = pattern.fullmatch(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        host, pid = match.group(1), int(match.group(2))
+        if host == _HOST and pid == os.getpid():
+            continue  # this process's own name: the block overwrites it
+        try:
+            old = time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_SECONDS
+            if old or (host == _HOST and not _alive(pid)):
+                os.unlink(entry.path)
+        except OSError:  # gone already (another process swept it), or not ours to delete
+            continue
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this machine (one of another user counts: it may be writing)."""
+    if os.name == "nt":  # os.kill there ends the process; a leftover waits for the age rule
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, another user's; anything else: do not guess it is gone
+        return True
+    return True
