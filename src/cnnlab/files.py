@@ -13,8 +13,9 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["written_then_renamed"]
+__all__ = ["save_figure_whole", "write_text_whole", "written_then_renamed"]
 
 # A temporary file this old is a leftover whatever its name says: no block writes one for a day, and a process id
 # reused since (a container's processes restart at the same ids) or another machine's, unknown here, is still swept.
@@ -86,3 +87,20 @@ def _alive(pid: int) -> bool:
     except OSError:  # PermissionError: alive, another user's; anything else: do not guess it is gone
         return True
     return True
+
+
+def write_text_whole(path: str | os.PathLike[str], text: str) -> Path:
+    """`Path.write_text` through `written_then_renamed`: a reader never finds half of `text` at `path`."""
+    path = Path(path)
+    with written_then_renamed(path) as temporary:
+        temporary.write_text(text)
+    return path
+
+
+def save_figure_whole(figure: Any, path: str | os.PathLike[str], **options: Any) -> Path:
+    """`figure.savefig(path, **options)` (a matplotlib figure) through `written_then_renamed`, in the format that
+    `path`'s suffix names (the temporary name's ``.tmp`` would name none); returns `path`."""
+    path = Path(path)
+    with written_then_renamed(path) as temporary:
+        figure.savefig(temporary, format=path.suffix.lstrip(".").lower() or None, **options)
+    return path

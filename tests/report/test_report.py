@@ -55,6 +55,43 @@ def test_figures_are_written(tmp_path: Path) -> None:
     assert path.read_bytes()[:8] == PNG
 
 
+class _StopWhenWritten(float):
+    """A metric whose CSV text cannot be made: the stop (Ctrl+C, SIGTERM) arrives while metrics.csv is written."""
+
+    def __repr__(self) -> str:
+        raise KeyboardInterrupt
+
+
+def test_records_stopped_while_written_leave_the_earlier_ones_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """metrics.csv and the report PNGs were written in place: a stop mid-write left a truncated file (the header
+    and some rows; an image PIL calls truncated) where the previous epoch's had been."""
+    from cnnlab.train.records import write_history
+
+    history = [{"epoch": 1.0, "train_loss": 1.0, "val_accuracy": 0.5}, {"epoch": 2.0, "train_loss": 0.5}]
+    write_history(history, tmp_path)
+    earlier = {name: (tmp_path / name).read_bytes() for name in ("metrics.csv", "learning_curves.png")}
+    with pytest.raises(KeyboardInterrupt):
+        write_history([*history, {"epoch": 3.0, "train_loss": _StopWhenWritten(0.25)}], tmp_path)
+    savefig = Figure.savefig
+
+    def stopped_midway(figure: Figure, target: Path, *args: object, **kwargs: object) -> None:
+        savefig(figure, target, *args, **kwargs)
+        with open(target, "r+b") as f:
+            f.truncate(f.seek(0, 2) // 3)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", stopped_midway)
+    with pytest.raises(KeyboardInterrupt):
+        plot_learning_curves(history[:1], tmp_path / "learning_curves.png")
+    with pytest.raises(KeyboardInterrupt):
+        plot_misclassified(torch.rand(1, 1, 28, 28), torch.tensor([1]), torch.tensor([7]), tmp_path / "wrong.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*earlier, "metrics.json"])  # no temporary files
+    assert {name: (tmp_path / name).read_bytes() for name in earlier} == earlier
+    assert b"epoch,train_loss,val_accuracy" in earlier["metrics.csv"]
+
+
 @pytest.mark.parametrize("epochs", [1, 2, 4, 30])
 def test_learning_curves_tick_whole_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epochs: int) -> None:
     """Four epochs were ticked 1.0, 1.5, 2.0 ... 4.0, and one epoch 0.945, 0.96 ... 1.05."""

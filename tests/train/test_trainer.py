@@ -312,5 +312,10 @@ def test_a_save_killed_mid_write_leaves_no_temp_file_after_the_resume(tmp_path: 
     stale.write_bytes(b"half a checkpoint")
     other = run_dir / ".metrics.csv.tmp"  # not a checkpoint's: left alone
     other.write_text("x")
+    with open(run_dir / "metrics.csv", "a") as f:  # a row the checkpoint does not hold (records written, then killed)
+        f.write("9.0,1.0\n")
     Trainer(_model(), _config(tmp_path, epochs=2, resume=True)).fit(_data())
     assert not stale.exists() and other.exists()
+    # metrics.csv is rewritten whole from the checkpoint's history: the epochs the run kept, each once, in order
+    epochs = [line.split(",")[0] for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1.0", "2.0"]

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnlab.files import save_figure_whole
+
 __all__ = ["classification_summary", "classification_test_report", "plot_highest_loss"]
 
 
@@ -69,7 +71,7 @@ def plot_highest_loss(
     figure.suptitle(heading or "test images with the highest loss", fontsize=10)
     figure.tight_layout()
     path = Path(path)
-    figure.savefig(path, dpi=100)
+    save_figure_whole(figure, path, dpi=100)
     plt.close(figure)
     return path
 

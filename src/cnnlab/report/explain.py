@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError, listed
+from cnnlab.files import save_figure_whole
 
 __all__ = [
     "GradCam",
@@ -375,7 +376,7 @@ def plot_filters(model: nn.Module, path: str | os.PathLike[str], max_filters: in
     axis.set_title(f"first-layer filters: {name} ({min(out, max_filters)} of {out}, {kh}x{kw}, {colour})")
     axis.axis("off")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure_whole(figure, path, dpi=110)
     plt.close(figure)
     return Path(path)
 
@@ -396,7 +397,7 @@ def plot_feature_maps(maps: dict[str, torch.Tensor], path: str | os.PathLike[str
                           ha="right", va="center", fontsize=7)  # fmt: skip
     figure.suptitle("feature maps (most active channels per layer)")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure_whole(figure, path, dpi=110)
     plt.close(figure)
     return Path(path)
 
@@ -419,6 +420,6 @@ def plot_grad_cam(
     for axis in axes:
         axis.axis("off")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure_whole(figure, path, dpi=110)
     plt.close(figure)
     return Path(path)

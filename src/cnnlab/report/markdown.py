@@ -14,6 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cnnlab.files import write_text_whole
+
 __all__ = ["RunReport", "format_value", "markdown_table"]
 
 
@@ -120,8 +122,7 @@ class RunReport:
 
     def write(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path)
-        path.write_text("\n".join(self.lines).rstrip() + "\n")
-        return path
+        return write_text_whole(path, "\n".join(self.lines).rstrip() + "\n")
 
 
 def _short(value: Any) -> str:

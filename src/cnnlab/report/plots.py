@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from cnnlab.files import save_figure_whole
+
 
 def _pyplot():  # noqa: ANN202 - matplotlib's module
     import matplotlib
@@ -62,7 +64,7 @@ def plot_confusion_matrix(
     axis.set_ylabel("true")
     axis.set_title(title or "confusion matrix")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure_whole(figure, path, dpi=120)
     plt.close(figure)
     return Path(path)
 
@@ -92,6 +94,6 @@ def plot_misclassified(
         axis.set_title(f"{int(true_labels[k])}→{int(predicted_labels[k])}", fontsize=9, color="crimson")
     figure.suptitle(f"misclassified: true → predicted ({len(images)} in total, {count} shown)", fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure_whole(figure, path, dpi=100)
     plt.close(figure)
     return Path(path)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from cnnlab.files import save_figure_whole
 from cnnlab.report.metrics import confusion_matrix
 from cnnlab.train.metrics import Metric
 
@@ -236,6 +237,6 @@ def save_overlays(
     figure.tight_layout(rect=(0, 0.04, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80)
+    save_figure_whole(figure, path, dpi=80)
     plt.close(figure)
     return path

@@ -23,7 +23,7 @@ import torch
 from cnnlab.data.augment import RandomAffine
 from cnnlab.data.mnist import MnistSplits, load_mnist
 from cnnlab.errors import CnnlabError
-from cnnlab.files import written_then_renamed
+from cnnlab.files import write_text_whole, written_then_renamed
 from cnnlab.report.units import score
 from cnnlab.tasks.recipes import (
     Recipe,
@@ -464,7 +464,7 @@ def evaluate_mnist(
     predictions = predict_logits(model, images, device).argmax(1)
     out = Path(output_dir) if output_dir is not None else (run if run.is_dir() else run.parent) / "evaluation"
     result = {"run": str(run), **test_evaluation(images, data.test_labels, predictions, out)}
-    (out / "evaluation.json").write_text(json.dumps(result, indent=1))
+    write_text_whole(out / "evaluation.json", json.dumps(result, indent=1))
     return result
 
 

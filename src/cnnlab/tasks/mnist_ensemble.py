@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from cnnlab.data.mnist import load_mnist
 from cnnlab.errors import CnnlabError, why_not_a_folder
+from cnnlab.files import write_text_whole
 from cnnlab.tasks.mnist import TASK, check_mnist_run, predict_logits, saved_options, to_float
 from cnnlab.train.config import check_run_name
 from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC, ensemble_members, load_model, save_ensemble, spec_path
@@ -208,5 +209,5 @@ def combine_mnist_ensemble(
         "test_accuracy": _accuracy(ensemble_test, test_labels),
         "test_errors": _errors(ensemble_test, test_labels),
     }
-    (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+    write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))
     return summary

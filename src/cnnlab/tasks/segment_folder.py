@@ -46,6 +46,7 @@ from cnnlab.data.segmentation import (
 )
 from cnnlab.data.split import check_split_seed, read_manifest, stratified_split, write_manifest
 from cnnlab.errors import CnnlabError
+from cnnlab.files import write_text_whole
 from cnnlab.report.metrics import confusion_matrix
 from cnnlab.report.segmentation import BoundaryF1, MeanIoU, PixelAccuracy, save_overlays, segmentation_report
 from cnnlab.report.units import file_size
@@ -423,7 +424,7 @@ def train_segmentation_folder(
     with main_process_first(config.device):
         split = _split(folder, pairs, run_dir / MANIFEST, val_fraction, test_fraction, split_seed, resume, main)
     if main:
-        (run_dir / SKIPPED).write_text(json.dumps([vars(s) for s in folder.skipped], indent=1))
+        write_text_whole(run_dir / SKIPPED, json.dumps([vars(s) for s in folder.skipped], indent=1))
     for skipped in folder.skipped if progress and main else ():  # named before training, as `train transfer` does
         print(f"skipped {skipped.path}: {skipped.reason}")
     parts = {part: [pairs[i] for i in indices] for part, indices in split.items()}
@@ -553,7 +554,7 @@ def train_segmentation_folder(
             titles=[f"{test_paths[i].name}: {errors[i]:.1%} wrong" for i in worst],
             background=background,
         )
-        (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+        write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))
         _report(recipe, config, history, summary, folder, class_names, background).write(run_dir / "report.md")
     return summary
 

@@ -24,6 +24,7 @@ from torch import nn
 from cnnlab.data.augment import RandomAffine
 from cnnlab.data.segmentation import CLASS_NAMES, NUM_CLASSES, DigitSegmentation, make_digit_segmentation
 from cnnlab.errors import CnnlabError
+from cnnlab.files import write_text_whole
 from cnnlab.report.segmentation import BoundaryF1, MeanIoU, PixelAccuracy, save_overlays, segmentation_report
 from cnnlab.tasks.recipes import (
     Recipe,
@@ -403,7 +404,7 @@ def train_segmentation(
         "canvases": data_sizes(data),
     }
     if trainer.is_main_process:
-        (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+        write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))
         _report(chosen, config, history, summary).write(run_dir / "report.md")
     return summary
 

@@ -61,6 +61,7 @@ from cnnlab.data.split import (
     write_manifest,
 )
 from cnnlab.errors import CnnlabError, listed
+from cnnlab.files import write_text_whole, written_then_renamed
 from cnnlab.layers.views import ViewAverage, parse_views
 from cnnlab.models import (
     PretrainedCfg,
@@ -691,7 +692,10 @@ def _test(run: _Run, model: nn.Module) -> dict[str, Any]:
         defective = logits.softmax(1)[:, 2:].sum(1) >= 0.5
         results["binary_accuracy"] = float((defective == (targets >= 2)).float().mean())
     probabilities = logits.softmax(1)
-    with open(run_dir / "test_predictions.csv", "w", newline="", encoding="utf-8") as f:
+    with (
+        written_then_renamed(run_dir / "test_predictions.csv") as partial,
+        open(partial, "w", newline="", encoding="utf-8") as f,
+    ):
         writer = csv.writer(f)
         writer.writerow(["path", "label", "predicted", *test.classes])
         for path, label, row in zip(test.paths, test.labels, probabilities.tolist(), strict=True):
@@ -724,7 +728,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         if split_source.startswith("reused"):  # the report says how the split was made, as the first run's does
             split_source = _recorded_split(run_dir) or split_source
         if main:
-            skipped_path.write_text(json.dumps([dataclasses.asdict(s) for s in images.skipped], indent=1))
+            write_text_whole(skipped_path, json.dumps([dataclasses.asdict(s) for s in images.skipped], indent=1))
     parts = {part: images.subset(split[part]) for part in SPLITS if split[part]}
     for needed in ("val", "test"):
         if needed not in parts:
@@ -802,7 +806,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         "wall_seconds": time.perf_counter() - started,
         "preview": str(preview),
     }
-    (run_dir / "results.json").write_text(json.dumps(summary, indent=1))
+    write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))
     from cnnlab.report.transfer import transfer_report
 
     transfer_report(summary, environment_record()).write(run_dir / "report.md")

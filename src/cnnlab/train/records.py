@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cnnlab.files import save_figure_whole, write_text_whole, written_then_renamed
+
 __all__ = ["epoch_axis", "plot_learning_curves", "write_history"]
 
 
@@ -21,11 +23,13 @@ def write_history(history: Sequence[dict[str, float]], run_dir: str | os.PathLik
     """Write `history` (one dict per epoch) as ``metrics.json`` and ``metrics.csv`` in `run_dir`, and the learning
     curves as ``learning_curves.png`` when `plot` is set."""
     run_dir = Path(run_dir)
-    (run_dir / "metrics.json").write_text(json.dumps(list(history), indent=1))
+    write_text_whole(run_dir / "metrics.json", json.dumps(list(history), indent=1))
     keys: list[str] = []
     for row in history:
         keys += [k for k in row if k not in keys]
-    with open(run_dir / "metrics.csv", "w", newline="") as f:
+    # Rewritten whole every epoch from the history (a resumed run's comes from its checkpoint), never appended to:
+    # a kill mid-write leaves the previous epoch's file, and a resume the rows of the epochs it kept.
+    with written_then_renamed(run_dir / "metrics.csv") as partial, open(partial, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(history)
@@ -53,7 +57,7 @@ def plot_learning_curves(history: Sequence[dict[str, float]], path: str | os.Pat
         if group:
             axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure_whole(figure, path, dpi=100)
     plt.close(figure)
     return path
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import CnnlabError, why_not_a_folder
+from cnnlab.files import write_text_whole
 from cnnlab.tasks.answers.measure import EXERCISES, MODES, Context, Mode, timed
 from cnnlab.tasks.answers.sheet import render, untraced_numbers
 from cnnlab.tasks.recipes import note_current_run
@@ -157,8 +158,7 @@ def run_answers(
     if missing:
         raise RuntimeError(f"answers.md prints numbers that answers.json does not hold: {missing[:10]} (a cnnlab bug)")
     sheet_path = out / SHEET_FILE
-    sheet_path.write_text(sheet)
-    return sheet_path
+    return write_text_whole(sheet_path, sheet)
 
 
 def _write_json(path: Path, results: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 
 from cnnlab.budget import count_macs
 from cnnlab.data.perturb import rotate, scale, shift
+from cnnlab.files import write_text_whole
 from cnnlab.models.mnist_net import mnist_normalize
 from cnnlab.report.markdown import markdown_table
 from cnnlab.tasks.experiments.common import (
@@ -223,7 +224,7 @@ def run(settings: ExperimentSettings) -> Path:
         "conclusion": conclusion,
         "settings": settings.flags(),
     }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    write_text_whole(run_dir / "results.json", json.dumps(results, indent=1))
     return report.write(run_dir / "report.md", conclusion)
 
 

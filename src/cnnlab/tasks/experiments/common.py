@@ -25,7 +25,7 @@ from torch import nn
 
 from cnnlab.data.mnist import load_mnist
 from cnnlab.errors import CnnlabError
-from cnnlab.files import written_then_renamed
+from cnnlab.files import save_figure_whole, write_text_whole, written_then_renamed
 from cnnlab.tasks.recipes import note_current_run
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.config import command_line, environment_record
@@ -391,8 +391,7 @@ class Report:
             "",
         ]
         text = "\n".join(header) + "\n" + "\n".join(self.sections) + f"\n## Conclusion\n\n{conclusion.strip()}\n"
-        path.write_text(text)
-        return path
+        return write_text_whole(path, text)
 
 
 def prepare_run_dir(settings: ExperimentSettings, name: str) -> Path:
@@ -448,6 +447,6 @@ def plot_sweep(
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure_whole(figure, path, dpi=100)
     plt.close(figure)
     return path

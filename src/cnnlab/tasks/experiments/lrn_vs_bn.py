@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from cnnlab.budget import count_macs
+from cnnlab.files import save_figure_whole, write_text_whole
 from cnnlab.layers import LocalResponseNorm
 from cnnlab.models.mnist_net import mnist_normalize
 from cnnlab.report.markdown import markdown_table
@@ -208,7 +209,7 @@ def run(settings: ExperimentSettings) -> Path:
         "conclusion": conclusion,
         "settings": settings.flags(),
     }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    write_text_whole(run_dir / "results.json", json.dumps(results, indent=1))
     return report.write(run_dir / "report.md", conclusion)
 
 
@@ -229,7 +230,7 @@ def _plot_losses(path: Path, loss_curves: dict[str, list[list[float]]]) -> None:
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure_whole(figure, path, dpi=100)
     plt.close(figure)
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from cnnlab.budget import count_macs
 from cnnlab.data.perturb import shift
+from cnnlab.files import save_figure_whole, write_text_whole
 from cnnlab.models.mnist_net import mnist_normalize
 from cnnlab.report.markdown import markdown_table
 from cnnlab.tasks.experiments.common import (
@@ -223,7 +224,7 @@ def run(settings: ExperimentSettings) -> Path:
         "conclusion": conclusion,
         "settings": settings.flags(),
     }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
+    write_text_whole(run_dir / "results.json", json.dumps(results, indent=1))
     return report.write(run_dir / "report.md", conclusion)
 
 
@@ -241,7 +242,7 @@ def _plot_invariance(path: Path, stats: dict[str, dict[str, Stat]]) -> None:
     axis.set_title("feature similarity under 1-pixel shifts")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure_whole(figure, path, dpi=100)
     plt.close(figure)
 
 
@@ -256,7 +257,7 @@ def _plot_curves(path: Path, curves: dict[str, list[list[float]]]) -> None:
     axis.set_ylabel("validation accuracy (%, mean over seeds)")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure_whole(figure, path, dpi=100)
     plt.close(figure)
 
 
