@@ -75,6 +75,31 @@ def test_grad_cam_leaves_train_mode_and_weights_alone():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_a_layer_followed_by_an_in_place_op_shows_its_own_maps():
+    """Every MNIST net's batch norm is followed by ReLU(inplace=True), which rewrote the tensor the hooks kept:
+    `--layer features.0.bn` showed the ReLU's maps (no negative value), and its Grad-CAM was the ReLU's."""
+    with torch.random.fork_rng():  # the global generator as it was: later tests' models are seeded by it
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+                              nn.Flatten(), nn.Linear(4 * 64, 3)).eval()  # fmt: skip
+        image = torch.rand(1, 8, 8)
+    with torch.no_grad():
+        model[1].running_mean.fill_(0.3)  # so that the batch norm's output has negative values
+    with torch.no_grad():
+        expected = model[1](model[0](image.unsqueeze(0)))[0]
+    assert float(expected.min()) < 0
+    torch.testing.assert_close(feature_maps(model, image, ["1"])["1"], expected)
+    reference = nn.Sequential(*model[:2], nn.ReLU(), *model[3:]).eval()  # the same weights, nothing in place
+    for layer in ("1", "2"):
+        cam = grad_cam(model, image, layer=layer, class_index=2)
+        torch.testing.assert_close(
+            cam.layer_heatmap, grad_cam(reference, image, layer=layer, class_index=2).layer_heatmap
+        )
+    assert not torch.equal(
+        grad_cam(model, image, layer="1").layer_heatmap, grad_cam(model, image, layer="2").layer_heatmap
+    )
+
+
 def test_a_layer_without_maps_is_refused_naming_its_output_and_layers_with_maps():
     """`--cam-layer classifier`, `--layer classifier` and `--layer ""` (the model itself) ended in an IndexError from
     averaging over dimensions a vector does not have."""

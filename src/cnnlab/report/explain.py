@@ -223,7 +223,8 @@ def feature_maps(model: nn.Module, image: torch.Tensor, layers: Sequence[str]) -
     for name in layers:
 
         def hook(_module: nn.Module, _inputs: Any, output: Any, name: str = name) -> None:
-            captured[name] = output
+            # A copy: an in-place op after the layer (ReLU(inplace=True) after a batch norm) rewrites its output.
+            captured[name] = output.detach().clone() if isinstance(output, torch.Tensor) else output
 
         handles.append(_module(model, name).register_forward_hook(hook))
     modes = {m: m.training for m in model.modules()}
@@ -308,7 +309,14 @@ def grad_cam(
             layer = _segmenter_cam_layer(layers, padded)
     target = _module(model, layer)
     captured: list[torch.Tensor] = []
-    handle = target.register_forward_hook(lambda _m, _i, output: captured.append(output))
+
+    def keep(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+        captured.append(output)
+        # The rest of the model runs on a copy, so that an in-place op after the layer (ReLU(inplace=True) after a
+        # batch norm) leaves the layer's own maps and gradients, not the op's, to weight and sum.
+        return output.clone() if isinstance(output, torch.Tensor) else None
+
+    handle = target.register_forward_hook(keep)
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
