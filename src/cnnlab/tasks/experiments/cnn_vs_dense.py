@@ -254,8 +254,15 @@ def _conclusion(
                 f"the CNN's accuracy falls measurably, from {first.mean * 100:.1f}% to {last.mean * 100:.1f}%: "
                 f"it is not invariant to {kind}s of that size"
             )
+        elif not drop.estimable:  # one seed: "not measurably" would read as "no drop", whatever the numbers
+            cnn_part = (
+                f"the CNN's accuracy goes from {first.mean * 100:.1f}% to {last.mean * 100:.1f}% (one seed, so the "
+                "noise is unknown and no drop is claimed)"
+            )
         else:
-            cnn_part = f"the CNN's accuracy ({first.mean * 100:.1f}% -> {last.mean * 100:.1f}%) drops not measurably"
+            cnn_part = (
+                f"the CNN's accuracy ({first.mean * 100:.1f}% -> {last.mean * 100:.1f}%) does not fall measurably"
+            )
         sentences.append(
             f"Under a {kind} of {xs[-1]}{unit} {cnn_part} (dense net: {dense_first.mean * 100:.1f}% -> "
             f"{dense_last.mean * 100:.1f}%); "
