@@ -71,6 +71,33 @@ def test_cnn_vs_dense_conclusion_claims_no_drop_from_one_seed():
         assert "not measurably" not in text and "not fall measurably" not in text
 
 
+def test_report_and_results_are_written_whole_and_results_as_standard_json(tmp_path, monkeypatch):
+    """report.md and results.json were written in place: a kill halfway left half a report, and the same command
+    again refused to run ("already holds a report"), while `answers --runs` read the half results.json."""
+    from cnnlab.tasks.experiments.common import Report, write_results
+
+    report = Report("title", "claim", ExperimentSettings(progress=False))
+    report.add("Section", "x" * 2000)
+    write_text = Path.write_text
+
+    def killed_halfway(self: Path, text: str, *args, **kwargs) -> int:  # noqa: ANN002, ANN003
+        write_text(self, text[: len(text) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", killed_halfway)
+    for write in (lambda: report.write(tmp_path / "report.md", "done"),
+                  lambda: write_results(tmp_path / "results.json", {"values": list(range(500))})):  # fmt: skip
+        with pytest.raises(KeyboardInterrupt):
+            write()
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+    prepare_run_dir(ExperimentSettings(output=tmp_path), "x")  # not refused
+    # lrn-vs-bn's steps to a loss threshold never reached are NaN, which is not JSON (JSON.parse, strict parsers)
+    write_results(tmp_path / "results.json", {"steps": {"BN": [12.0, float("nan")]}, "sizes": (1, 2)})
+    text = (tmp_path / "results.json").read_text()
+    assert json.loads(text, parse_constant=pytest.fail) == {"steps": {"BN": [12.0, None]}, "sizes": [1, 2]}
+
+
 def test_lrn_steps_to_threshold():
     from cnnlab.tasks.experiments.lrn_vs_bn import steps_to_threshold
 

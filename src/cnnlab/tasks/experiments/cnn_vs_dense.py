@@ -14,7 +14,6 @@ CNN's parameter count are trained on the engine over several seeds, then compare
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -22,7 +21,6 @@ from torch import nn
 
 from cnnlab.budget import count_macs
 from cnnlab.data.perturb import rotate, scale, shift
-from cnnlab.files import write_text_whole
 from cnnlab.models.mnist_net import mnist_normalize
 from cnnlab.report.markdown import markdown_table
 from cnnlab.tasks.experiments.common import (
@@ -40,6 +38,7 @@ from cnnlab.tasks.experiments.common import (
     seeded,
     stat,
     train_run,
+    write_results,
 )
 
 NAME = "cnn-vs-dense"
@@ -224,7 +223,7 @@ def run(settings: ExperimentSettings) -> Path:
         "conclusion": conclusion,
         "settings": settings.flags(),
     }
-    write_text_whole(run_dir / "results.json", json.dumps(results, indent=1))
+    write_results(run_dir / "results.json", results)
     return report.write(run_dir / "report.md", conclusion)
 
 

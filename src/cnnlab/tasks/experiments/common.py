@@ -394,6 +394,22 @@ class Report:
         return write_text_whole(path, text)
 
 
+def write_results(path: Path, results: dict[str, Any]) -> Path:
+    """Write an experiment's results.json whole or not at all (`cnnlab answers --runs` reads it back), as standard
+    JSON: a NaN (a threshold never reached) is written as null, which JSON has and NaN it has not."""
+    return write_text_whole(path, json.dumps(_nan_as_null(results), indent=1, allow_nan=False))
+
+
+def _nan_as_null(value: Any) -> Any:
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {key: _nan_as_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_as_null(item) for item in value]
+    return value
+
+
 def prepare_run_dir(settings: ExperimentSettings, name: str) -> Path:
     """``<output>/experiment/<name>/``, refusing to replace a finished report unless `overwrite`."""
     run_dir = Path(settings.output) / "experiment" / name

@@ -16,7 +16,6 @@ drops below `LOSS_THRESHOLD`), and wall time per training step.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from cnnlab.budget import count_macs
-from cnnlab.files import save_figure_whole, write_text_whole
+from cnnlab.files import save_figure_whole
 from cnnlab.layers import LocalResponseNorm
 from cnnlab.models.mnist_net import mnist_normalize
 from cnnlab.report.markdown import markdown_table
@@ -42,6 +41,7 @@ from cnnlab.tasks.experiments.common import (
     seeded,
     stat,
     train_run,
+    write_results,
 )
 
 NAME = "lrn-vs-bn"
@@ -209,7 +209,7 @@ def run(settings: ExperimentSettings) -> Path:
         "conclusion": conclusion,
         "settings": settings.flags(),
     }
-    write_text_whole(run_dir / "results.json", json.dumps(results, indent=1))
+    write_results(run_dir / "results.json", results)
     return report.write(run_dir / "report.md", conclusion)
 
 

@@ -18,7 +18,6 @@ the scale: invariance means the shifted pair is much closer than an unrelated pa
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from torch import nn
 
 from cnnlab.budget import count_macs
 from cnnlab.data.perturb import shift
-from cnnlab.files import save_figure_whole, write_text_whole
+from cnnlab.files import save_figure_whole
 from cnnlab.models.mnist_net import mnist_normalize
 from cnnlab.report.markdown import markdown_table
 from cnnlab.tasks.experiments.common import (
@@ -44,6 +43,7 @@ from cnnlab.tasks.experiments.common import (
     seeded,
     stat,
     train_run,
+    write_results,
 )
 from cnnlab.train.records import epoch_axis
 
@@ -224,7 +224,7 @@ def run(settings: ExperimentSettings) -> Path:
         "conclusion": conclusion,
         "settings": settings.flags(),
     }
-    write_text_whole(run_dir / "results.json", json.dumps(results, indent=1))
+    write_results(run_dir / "results.json", results)
     return report.write(run_dir / "report.md", conclusion)
 
 
