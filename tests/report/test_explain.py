@@ -7,6 +7,7 @@ from torch import nn
 
 import cnnlab
 from cnnlab.errors import CnnlabError
+from cnnlab.layers import Normalize
 from cnnlab.report.explain import (
     default_feature_layers,
     feature_maps,
@@ -185,6 +186,32 @@ def test_feature_maps_and_default_layers_go_from_shallow_to_deep():
         CnnlabError, match=r"did you mean layer4.1.conv2 or .*\? its \d+ layers: conv1, .* and \d+ more$"
     ):
         feature_maps(resnet, torch.rand(3, 32, 32), ["layer4.1.conv"])
+
+
+class ShortcutFirst(nn.Module):
+    """A stem and one residual block that computes its strided shortcut before its main path, as ResNet-50 here
+    does: the main path's first convolution runs at the stem's resolution, after the shortcut's smaller maps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.normalize = Normalize((0.5,), (0.25,))  # no parameters: its output is the image
+        self.stem, self.act = nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()
+        self.shortcut = nn.Conv2d(4, 8, 1, stride=2)
+        self.conv1, self.conv2 = nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.out, self.head = nn.ReLU(), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.stem(self.normalize(x)))  # N x 4 x 16 x 16
+        shortcut = self.shortcut(x)  # N x 8 x 8 x 8, before the main path
+        return self.head(self.out(self.conv2(self.conv1(x)) + shortcut).mean((2, 3)))
+
+
+def test_default_feature_layers_skip_the_input_normalisation_and_a_shortcut_computed_first():
+    """Every MNIST run's feature maps began with `normalize` (the input image, one channel) instead of its first
+    convolution's; ResNet-50's middle pick was a shortcut's batch norm (`layer3.0.downsample.1`)."""
+    model, image = ShortcutFirst(), torch.rand(1, 16, 16)
+    assert [name for name, _ in spatial_layers(model, image)][:3] == ["normalize", "stem", "act"]
+    assert default_feature_layers(model, image) == ["stem", "act", "out"]  # first map, end of 16x16, the deepest
 
 
 @pytest.fixture

@@ -194,17 +194,34 @@ def _refuse_unused(model: nn.Module, image: torch.Tensor, name: str) -> None:
 
 
 def default_feature_layers(model: nn.Module, image: torch.Tensor, count: int = 3) -> list[str]:
-    """`count` layers spread from shallow to deep: the last module at each spatial resolution, evenly sampled."""
+    """`count` layers spread from shallow to deep: the first learned layer's maps and the last module at each spatial
+    resolution (the end of each stage), evenly sampled.
+
+    Layers before the first one with parameters (a normalisation inside the network) output the image itself, not
+    features, and are passed over. A block that computes its strided shortcut before its main path (whose first
+    convolution still runs at the larger resolution) makes the resolutions go A, B, A, B: the first B and the second A
+    are that block's inside, and A's stage ends where the block starts (ResNet-50's stage 1 ended at
+    ``layer2.0.bn1`` inside stage 2's first block, and stage 2 at its shortcut's batch norm).
+    """
     layers = spatial_layers(model, image)
     if not layers:
         raise CnnlabError(f"{type(model).__name__} produces no spatial feature maps (is it a dense network?)")
-    # the last module run at each resolution = the end of each stage
-    stage_ends: list[tuple[str, tuple[int, ...]]] = []
+    modules = dict(model.named_modules())
+    learned = [i for i, (name, _) in enumerate(layers) if any(True for _ in modules[name].parameters())]
+    layers = layers[learned[0] :] if learned else layers
+    # the last module of each run at one resolution
+    runs: list[tuple[str, tuple[int, ...]]] = []
     for name, shape in layers:
-        if stage_ends and stage_ends[-1][1][1:] == shape[1:]:
-            stage_ends[-1] = (name, shape)
+        if runs and runs[-1][1][1:] == shape[1:]:
+            runs[-1] = (name, shape)
         else:
-            stage_ends.append((name, shape))
+            runs.append((name, shape))
+    stage_ends: list[tuple[str, tuple[int, ...]]] = []
+    index = 0
+    while index < len(runs):
+        stage_ends.append(runs[index])
+        follows = [shape[1:] for _, shape in runs[index : index + 4]]
+        index += 3 if len(follows) == 4 and follows[0] == follows[2] and follows[1] == follows[3] else 1
     candidates = [layers[0]] + stage_ends if layers[0] not in stage_ends else stage_ends
     if len(candidates) <= count:
         return [name for name, _ in candidates]
