@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -219,6 +220,33 @@ def test_an_experiment_read_from_runs_is_reproduced_with_its_own_settings(tmp_pa
     _fake_run(older, "experiment", "pool-vs-stride", results)  # written before results.json recorded its settings
     text = run_answers("quick", output=tmp_path / "out2", runs=older, exercises=(4,), log=lambda m: None).read_text()
     assert "Reproduce: the command in `" in text and "--subset 4000" not in text
+
+
+def test_figures_of_a_runs_folder_are_linked_from_where_the_sheet_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`cnnlab answers --runs runs` (output runs/answers) linked runs/experiment/cnn-vs-dense/robustness_shift.png
+    as written on the command line: relative to answers.md that is runs/answers/runs/..., a broken image, and the
+    lab's Answers page, which resolves links from the sheet's folder, left the figures out."""
+    monkeypatch.chdir(tmp_path)
+    runs = Path("runs")  # as typed
+    shift = {"CNN": [[0.9, 0.5], [0.91, 0.52]], "dense": [[0.8, 0.3], [0.82, 0.31]]}
+    results = {"params": {"CNN": 10, "dense": 11}, "macs": {"CNN": 100, "dense": 11}, "dense_width": 3,
+               "test_accuracy": {"CNN": [0.9, 0.91], "dense": [0.8, 0.82]},
+               "seconds_per_step": {"CNN": [0.01, 0.011], "dense": [0.001, 0.0011]},
+               "sweeps": {"shift": [0, 6], "values": {name: {"shift": v} for name, v in shift.items()}},
+               "conclusion": "made up"}  # fmt: skip
+    folder = _fake_run(runs, "experiment", "cnn-vs-dense", results)
+    for plot in ("robustness_shift.png", "sample_efficiency.png"):
+        (folder / plot).write_bytes(b"png")
+    sheet = run_answers("quick", output=runs / "answers", runs=runs, exercises=(1,), log=lambda message: None)
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", sheet.read_text())
+    assert links == [
+        "../experiment/cnn-vs-dense/robustness_shift.png",
+        "../experiment/cnn-vs-dense/sample_efficiency.png",
+    ]
+    assert all((sheet.parent / link).is_file() for link in links)
+    from cnnlab.lab.answers_page import answer_sheet
+
+    assert [figure.name for figure, _ in answer_sheet(runs)[1]] == ["robustness_shift.png", "sample_efficiency.png"]
 
 
 def test_exercises_not_chosen_again_stay_in_the_sheet(tmp_path: Path):

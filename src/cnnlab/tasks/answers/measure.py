@@ -9,6 +9,7 @@ folder; the sheet only formats them. A function that needs data it cannot find r
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -125,11 +126,20 @@ class Context:
         return folder / name
 
     def relative(self, path: str | Path) -> str:
-        """`path` relative to the sheet's folder when it lies inside it (links in answers.md), else as given."""
+        """`path` relative to the sheet's folder when it lies inside it, else as given (the folders the sheet names)."""
         try:
             return Path(path).resolve().relative_to(self.output.resolve()).as_posix()
         except ValueError:
             return str(path)
+
+    def link(self, path: str | Path) -> str:
+        """`path` as an image link in answers.md: relative to the sheet's folder wherever it lies (a figure of a
+        ``--runs`` folder beside the sheet's is ``../experiment/NAME/...``), absolute where no relative path leads
+        there (another drive)."""
+        try:
+            return Path(os.path.relpath(Path(path).resolve(), self.output.resolve())).as_posix()
+        except ValueError:
+            return Path(path).resolve().as_posix()
 
 
 def _mean(values: list[float]) -> float:
@@ -286,7 +296,7 @@ def exercise_1(ctx: Context) -> dict[str, Any]:
         "shift_rows": shift_rows,
         "largest_shift_gap": cnn["accuracy"][-1] - dense["accuracy"][-1],
         "conclusion": results["conclusion"],
-        "plots": [ctx.relative(folder / "robustness_shift.png"), ctx.relative(folder / "sample_efficiency.png")],
+        "plots": [ctx.link(folder / "robustness_shift.png"), ctx.link(folder / "sample_efficiency.png")],
     }
 
 
@@ -610,7 +620,7 @@ def exercise_7(ctx: Context) -> dict[str, Any]:
         "stride": stride,
         "double_input": [height * 2, width * 2],
         "double_input_grid": list(grid),
-        "heatmap": ctx.relative(heatmap),
+        "heatmap": ctx.link(heatmap),
     }
 
 
