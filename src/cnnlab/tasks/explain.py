@@ -2,7 +2,8 @@
 model expects, and write first-layer filters, feature maps and a Grad-CAM overlay (`cnnlab.report.explain`).
 
 Preprocessing follows the model, never a guess by the user:
-- MNIST runs (``model.json`` from `cnnlab train mnist`, or an experiment's model): grey, inverted when the background
+- MNIST runs (``model.json`` or ``ensemble.json`` from `cnnlab train mnist`; an experiment's runs keep
+  only weights, which `cnnlab explain` cannot rebuild a network from): grey, inverted when the background
   is light (MNIST digits are light on black), the ink's bounding box scaled to fit 20x20 and centred in 28x28, as
   MNIST itself was made; values in [0, 1] (the model normalises inside).
 - transfer runs and pretrained models: the weights' record (`build_eval_transform`), through
