@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +28,30 @@ TINY = replace(
     segment_canvases=40,
     fcn_test_images=200,
 )
+
+
+@pytest.fixture(scope="module")
+def exercise_2_evidence() -> dict[str, Any]:
+    """Exercise 2's evidence, measured once for the module: its measurement reads nothing from the mode or the output
+    folder (the exercise network's real training step at batch 50 on 3x200x300 images: most of a sheet's time)."""
+    from cnnlab.tasks.answers.measure import EXERCISES
+
+    return EXERCISES[2](None)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def exercise_2_calls(monkeypatch: pytest.MonkeyPatch, exercise_2_evidence: dict[str, Any]) -> list[int]:
+    """Sheets written in the test get exercise 2's evidence from `exercise_2_evidence`; each measurement is counted."""
+    from cnnlab.tasks.answers.measure import EXERCISES
+
+    calls: list[int] = []
+
+    def measured(ctx: object) -> dict[str, Any]:
+        calls.append(2)
+        return copy.deepcopy(exercise_2_evidence)
+
+    monkeypatch.setitem(EXERCISES, 2, measured)
+    return calls
 
 
 def test_tracer_accepts_displayed_forms_of_json_values_and_flags_the_rest():
@@ -75,8 +101,9 @@ def test_bad_options_are_clear_errors(tmp_path: Path):
         run_answers("quick", output=tmp_path, runs=tmp_path / "notes.txt")
 
 
-def test_exercise_2_reproduces_the_answer_sets_slips(tmp_path: Path):
+def test_exercise_2_reproduces_the_answer_sets_slips(tmp_path: Path, exercise_2_calls: list[int]):
     sheet = run_answers("quick", output=tmp_path, exercises=(2,), log=lambda message: None)
+    assert exercise_2_calls == [2]
     evidence = json.loads((tmp_path / "answers.json").read_text())["exercises"]["2"]
     assert evidence["params"] == 903_400 and evidence["weights"] + evidence["biases"] == evidence["params"]
     assert evidence["slips"]["times_ten"]["matches_claim"] and evidence["slips"]["reversed"]["matches_claim"]
@@ -87,12 +114,13 @@ def test_exercise_2_reproduces_the_answer_sets_slips(tmp_path: Path):
 
 
 @pytest.mark.parametrize("record", ["{", "[1, 2]", '{"meta": "quick", "exercises": {"2": 7}}'])
-def test_an_unreadable_record_is_said_and_measured_again(tmp_path: Path, record: str):
+def test_an_unreadable_record_is_said_and_measured_again(tmp_path: Path, record: str, exercise_2_calls: list[int]):
     """A record that did not parse was measured again without a word; JSON other than an object, or an exercise
     that is not one, was an AttributeError."""
     (tmp_path / "answers.json").write_text(record)
     lines: list[str] = []
     run_answers("quick", output=tmp_path, exercises=(2,), log=lines.append)
+    assert exercise_2_calls == [2]
     said = " ".join(lines)
     assert ("is not an answer sheet's record" in said) == (not record.startswith('{"meta"'))
     assert "exercise 2: done" in said
@@ -100,7 +128,9 @@ def test_an_unreadable_record_is_said_and_measured_again(tmp_path: Path, record:
 
 
 @pytest.mark.skipif(not HAS_MNIST, reason="MNIST not found ($CNNLAB_DATA)")
-def test_every_number_of_a_whole_sheet_traces_to_its_json_and_runs_are_reused(tmp_path: Path):
+def test_every_number_of_a_whole_sheet_traces_to_its_json_and_runs_are_reused(
+    tmp_path: Path, exercise_2_calls: list[int]
+):
     lines: list[str] = []
     first = tmp_path / "first"
     sheet = run_answers(TINY, output=first, data_dir=str(REAL_MNIST), log=lines.append)
@@ -119,6 +149,7 @@ def test_every_number_of_a_whole_sheet_traces_to_its_json_and_runs_are_reused(tm
     # an interrupted invocation (here: one that finished only exercise 2) is completed, not redone
     lines.clear()
     run_answers(TINY, output=first, data_dir=str(REAL_MNIST), exercises=(2, 3), log=lines.append)
+    assert exercise_2_calls == [2]  # measured by the first sheet alone
     assert any("exercise 2: read back" in line for line in lines)
     assert any("exercise 3: read back" in line for line in lines)
 
@@ -366,13 +397,8 @@ def test_the_sheets_elpv_run_continues_rather_than_trains_again(
     assert calls[4:] == [(False, True)]
 
 
-def test_an_exercise_chosen_twice_is_measured_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_exercise_chosen_twice_is_measured_once(tmp_path: Path, exercise_2_calls: list[int]) -> None:
     """`answers -e 6 -e 6` measured exercise 6 twice."""
-    from cnnlab.tasks.answers.measure import EXERCISES
-
-    measured = EXERCISES[2]
-    calls: list[int] = []
-    monkeypatch.setitem(EXERCISES, 2, lambda ctx: calls.append(2) or measured(ctx))
     run_answers("quick", output=tmp_path, exercises=(2, 2), log=lambda message: None)
-    assert calls == [2]
+    assert exercise_2_calls == [2]
     assert list(json.loads((tmp_path / "answers.json").read_text())["exercises"]) == ["2"]
