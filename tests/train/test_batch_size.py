@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,17 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _collect_only_what_the_test_made() -> Iterator[None]:
+    """Every probe of the search ends with `gc.collect()` (as it should on a GPU), which in a test session walks every
+    object the earlier tests left (0.5-2 s a probe, most of this file's time). Objects from before the test are
+    frozen out of collection: the tensors a probe makes, the only ones the simulated memory limit counts, are still
+    collected."""
+    gc.freeze()
+    yield
+    gc.unfreeze()
 
 
 def test_search_finds_the_boundary_of_a_monotonic_probe() -> None:
