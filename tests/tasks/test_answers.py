@@ -71,13 +71,6 @@ def test_an_exercise_named_in_an_answer_is_not_an_untraced_number():
     assert untraced_numbers("exercise 9 has 12 layers", {}) == ["12"]  # the numbers beside it are still traced
 
 
-@pytest.mark.skipif(not HAS_MNIST, reason="MNIST not found ($CNNLAB_DATA)")
-def test_exercise_7_alone_writes_its_sheet(tmp_path: Path):
-    sheet = run_answers(TINY, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(7,), log=lambda message: None)
-    assert "Measured on the MNIST CNN of exercise 9" in sheet.read_text()
-    assert list(json.loads((tmp_path / "answers.json").read_text())["exercises"]) == ["7"]
-
-
 def test_coarse_ceiling_is_exact_at_stride_one_and_loses_small_objects_at_large_strides():
     import torch
 
@@ -340,24 +333,28 @@ def test_an_mnist_run_of_the_recipe_with_other_options_is_not_shown_as_the_recip
 
 
 @pytest.mark.skipif(not HAS_MNIST, reason="MNIST not found ($CNNLAB_DATA)")
-def test_the_sheet_continues_its_own_mnist_run_rather_than_training_it_again(tmp_path: Path):
-    """The sheet trained its MNIST run with overwrite: after an interruption (20 minutes of training with --full)
-    it started again from the first epoch, and a run it had finished was trained again."""
-    sheet = run_answers(TINY, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(9,), log=lambda message: None)
-    assert "`mnist/quick/report.md`, measured in this invocation." in sheet.read_text()
+def test_exercise_7_alone_writes_its_sheet_and_the_sheet_continues_its_own_mnist_run(tmp_path: Path):
+    """`answers -e 7` refused its own sheet (it names exercise 9, whose numbers were not in its JSON). And the sheet
+    trained its MNIST run (exercises 7 and 9 share it) with overwrite: after an interruption (20 minutes of training
+    with --full) it started again from the first epoch, and a run it had finished was trained again. A continued
+    sheet also said "measured in this invocation" of what an earlier one had measured. One MNIST run, trained by the
+    first sheet, serves all three checks."""
+    sheet = run_answers(TINY, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(7,), log=lambda message: None)
+    text = sheet.read_text()
+    assert "Measured on the MNIST CNN of exercise 9" in text and "measured in this invocation" in text
+    assert list(json.loads((tmp_path / "answers.json").read_text())["exercises"]) == ["7"]
     weights = tmp_path / "mnist" / "quick" / "model.safetensors"
     written = weights.stat().st_mtime_ns
-    # A continued sheet said "measured in this invocation" of what an earlier one had measured: read back from
-    # answers.json, and read back from the run folder when the exercise itself was not recorded.
-    run_answers(TINY, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(9,), log=lambda message: None)
-    text = sheet.read_text()
-    assert "measured by the earlier invocation named below." in text and "in this invocation" not in text
-    (tmp_path / "answers.json").unlink()  # interrupted before exercise 9 was recorded
+    # exercise 9 was not recorded (as after an interruption before it): measured on the run folder read back
     run_answers(TINY, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(9,), log=lambda message: None)
     assert weights.stat().st_mtime_ns == written
     text = sheet.read_text()
     assert "measured by an earlier invocation into this folder, its finished runs read back." in text
     assert "in this invocation" not in text
+    # recorded now: read back from answers.json
+    run_answers(TINY, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(9,), log=lambda message: None)
+    text = sheet.read_text()
+    assert "measured by the earlier invocation named below." in text and "in this invocation" not in text
 
 
 def test_the_sheets_elpv_run_continues_rather_than_trains_again(
