@@ -1,52 +1,20 @@
 """`cnnlab budget` from the command line: output, JSON, and one-line errors with exit code 2.
 
 The command runs in this process, through `cnnlab.cli.main` as the console script does (a subprocess per test
-spent most of its time importing torch); tests/train/test_device.py keeps a test of the real console script.
+spent most of its time importing torch; tests/cli_in_process.py).
 """
 
-import contextlib
-import io
 import json
-import sys
-import warnings
-from dataclasses import dataclass
-from unittest import mock
 
 import pytest
+
+from cli_in_process import Completed, run_cnnlab
 
 EXERCISE = ["conv 100 k3 s2 same", "conv 200 k3 s2 same", "conv 400 k3 s2 same"]
 
 
-@dataclass
-class Completed:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 def run(*args: str) -> Completed:
-    """`cnnlab budget ARGS` as the console script runs it: exit code, stdout and stderr (warnings included, under
-    Python's default filters, where pytest would otherwise keep them off stderr)."""
-    from cnnlab.cli import main
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    returncode = 0
-    with (
-        mock.patch.object(sys, "argv", ["cnnlab", "budget", *args]),
-        mock.patch.object(warnings, "formatwarning", warnings.formatwarning),  # main() sets cnnlab's format
-        warnings.catch_warnings(record=True) as caught,
-        contextlib.redirect_stdout(stdout),
-        contextlib.redirect_stderr(stderr),
-    ):
-        warnings.resetwarnings()
-        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
-            warnings.simplefilter("ignore", category)
-        try:
-            main()
-        except SystemExit as done:
-            returncode = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-        shown = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught)
-    return Completed(returncode, stdout.getvalue(), shown + stderr.getvalue())
+    return run_cnnlab("budget", *args)
 
 
 def test_json_output():

@@ -312,36 +312,15 @@ def test_weights_in_a_package_that_is_not_installed_are_refused_before_a_run_fol
     ],
 )
 def test_bad_command_line_gives_one_line_and_exit_code_2(tmp_path: Path, arguments: list[str], message: str) -> None:
-    """Through `cnnlab.cli.main`, as the console script runs it (a subprocess spent its time importing torch; the
-    console script itself is tested in tests/train/test_device.py). Warnings are shown on stderr under Python's
-    default filters, as the console script would show them, rather than recorded by pytest."""
-    import contextlib
-    import io
-    import sys
-    from unittest import mock
-
-    from cnnlab.cli import main
+    """Through `cnnlab.cli.main`, as the console script runs it (tests/cli_in_process.py)."""
+    from cli_in_process import run_cnnlab
 
     make_photo_folder(tmp_path / "photos")
-    command = ["cnnlab", "train", "transfer", "--data", str(tmp_path / "photos"), "--model", "lenet5",
-               "--no-pretrained", "--min-per-class", "20", "--workers", "0", "--output", str(tmp_path),
-               *arguments]  # fmt: skip
-    stderr = io.StringIO()
-    with (
-        mock.patch.object(sys, "argv", command),
-        mock.patch.object(warnings, "formatwarning", warnings.formatwarning),  # main() sets cnnlab's format
-        warnings.catch_warnings(record=True) as caught,
-        contextlib.redirect_stdout(io.StringIO()),
-        contextlib.redirect_stderr(stderr),
-    ):
-        warnings.resetwarnings()
-        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
-            warnings.simplefilter("ignore", category)
-        with pytest.raises(SystemExit) as exit_info:
-            main()
-        shown = "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line) for w in caught)
-    assert exit_info.value.code == 2, shown + stderr.getvalue()[-2000:]
-    lines = (shown + stderr.getvalue()).strip().splitlines()
+    completed = run_cnnlab("train", "transfer", "--data", str(tmp_path / "photos"), "--model", "lenet5",
+                           "--no-pretrained", "--min-per-class", "20", "--workers", "0", "--output", str(tmp_path),
+                           *arguments)  # fmt: skip
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
 
 
