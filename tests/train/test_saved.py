@@ -69,6 +69,12 @@ def test_a_save_stopped_midway_leaves_the_earlier_model_whole(tmp_path: Path, mo
     assert all(
         torch.equal(a, b) for a, b in zip(earlier.state_dict().values(), reloaded.state_dict().values(), strict=True)
     )
+    weights = tmp_path / "model.safetensors"  # a file cut elsewhere (a copy, an older run): said in one line
+    for size in (0, weights.stat().st_size // 2):
+        with open(weights, "r+b") as f:
+            f.truncate(size)
+        with pytest.raises(CnnlabError, match="model.safetensors is damaged, not a whole safetensors file"):
+            load_model(tmp_path)  # was safetensors' SafetensorError, a traceback in predict and in the lab
 
 
 def test_an_ensemble_json_without_members_is_a_clear_error(tmp_path: Path) -> None:

@@ -130,6 +130,7 @@ def _build_single(spec_path: Path) -> tuple[str, nn.Module]:
 
 def _load_single(spec_path: Path, device: str | torch.device, data: bytes | None = None) -> nn.Module:
     """The model `spec_path` describes with its weights: the file's, or `data` when given (its bytes, read already)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load, load_file
 
     arch, model = _build_single(spec_path)
@@ -137,7 +138,14 @@ def _load_single(spec_path: Path, device: str | torch.device, data: bytes | None
     if data is None and not weights.is_file():
         raise CnnlabError(f"{weights} is missing next to {spec_path}; the saved model is incomplete")
     try:
-        model.load_state_dict(load(data) if data is not None else load_file(str(weights), device=str(device)))
+        state = load(data) if data is not None else load_file(str(weights), device=str(device))
+    except SafetensorError as error:  # a zero-byte or cut copy: safetensors' traceback named neither file nor remedy
+        raise CnnlabError(
+            f"{weights} is damaged, not a whole safetensors file ({str(error).splitlines()[0]}); copy the run again "
+            "or train it again"
+        ) from None
+    try:
+        model.load_state_dict(state)
     except RuntimeError as error:
         first_line = str(error).splitlines()[0]
         raise CnnlabError(f"{weights} does not fit architecture {arch!r}: {first_line}") from None
