@@ -126,3 +126,13 @@ def test_the_reason_a_budget_fails_stays_in_the_page(tmp_path: Path) -> None:
     assert summary == "" and chart is None
     status, summary, *_ = on_budget("lenet5", "", 2, "", "float32", "adam")
     assert status == "" and summary.startswith("parameters ")
+
+
+def test_a_layer_spec_is_sized_without_allocating_its_weights() -> None:
+    """Layer strings were built with real weights (a zoo model is built on the meta device): `conv 10 k3` on a
+    10^9-channel input, 90 billion parameters, ended in "DefaultCPUAllocator: can't allocate memory" (a bare error on
+    the page), and a spec of 10^8 parameters took 10 s to initialise weights no figure needs."""
+    view = budget_view("conv 10 k3 s2 same", "1000000000x8x8", 1, "")
+    cli = _cli_json("--input", "1000000000x8x8", "conv 10 k3 s2 same")
+    assert view.report.params == cli["params"] == 10 * 9 * 10**9 + 10
+    assert view.summary.startswith("parameters 90,000,000,010 ")

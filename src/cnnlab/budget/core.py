@@ -171,7 +171,7 @@ def resolve_model(
         if input_shape is None:
             raise CnnlabError("a layer spec needs --input, the shape of one sample, e.g. --input 3x200x300")
         layers = infer_shapes(parsed, tuple(input_shape))
-        return "spec", build_module(layers), tuple(input_shape), layers
+        return "spec", _built(layers, on_meta), tuple(input_shape), layers
     text = str(model)
     if Path(text).is_dir() or Path(text).name in (MODEL_SPEC, ENSEMBLE_SPEC):
         return _resolve_run(text, input_shape, on_meta)
@@ -181,7 +181,7 @@ def resolve_model(
         if shape is None:
             raise CnnlabError(f"{text}: give the input shape with --input or an 'input:' key in the file")
         layers = infer_shapes(layers, shape)
-        return Path(text).stem, build_module(layers), shape, layers
+        return Path(text).stem, _built(layers, on_meta), shape, layers
     # a zoo name has no folder and is no file: "unknown model 'runs/mnist/a'; did you mean ..."
     if "/" in text or "\\" in text or Path(text).suffix.lower() in _FILE_SUFFIXES:
         raise CnnlabError(
@@ -193,6 +193,14 @@ def resolve_model(
     with torch.device("meta") if on_meta else contextlib.nullcontext():
         built = create_model(text)
     return text, built, _input_shape(text, input_shape, getattr(built, "default_input_size", None)), None
+
+
+def _built(layers: list[LayerSpec], on_meta: bool) -> nn.Module:
+    """The module of a spec, on the meta device with `on_meta`, as a zoo model is: its weights were allocated and
+    initialised for real, so a spec of 9 billion parameters (``conv 10 k3`` on a 10^8-channel input) failed with
+    "DefaultCPUAllocator: can't allocate memory" instead of being sized, and one that fitted took its gigabytes."""
+    with torch.device("meta") if on_meta else contextlib.nullcontext():
+        return build_module(layers)
 
 
 def _resolve_run(
