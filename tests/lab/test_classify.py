@@ -216,3 +216,31 @@ def test_a_small_input_and_its_grad_cam_are_enlarged_for_the_page(mnist_run: Pat
     assert shown.size == (168, 168) and np.array_equal(np.asarray(shown)[::6, ::6], np.asarray(digit))
     photo = Image.new("RGB", (300, 200))
     assert for_display(photo) is photo  # large enough already
+
+
+def test_a_run_saved_again_while_the_lab_runs_is_classified_with_its_new_model(tmp_path: Path) -> None:
+    """The page kept each run's model by run id: a run trained again (--overwrite, or resumed to its end) still
+    showed the old model's classes, while `cnnlab predict` on the same photo gave the new model's."""
+    pytest.importorskip("gradio", reason="the lab extra")
+    from PIL import Image
+
+    from cnnlab.lab.app import build_app
+    from cnnlab.train.config import TrainConfig, save_config
+
+    run = tmp_path / "mnist" / "small"
+    digit = tmp_path / "digit.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28, 3), dtype=np.uint8)).save(digit)
+    run.mkdir(parents=True)
+    save_config(TrainConfig(task="mnist", name="small"), run / "config.yaml")
+    on_upload = _handler(build_app(tmp_path, warm=False), "photo", "upload")
+    shown = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        save_model(create_model("mnist_net_small"), run, "mnist_net_small", {}, meta={"task": "mnist"})
+        cli = load_subject(str(run))
+        expected = cli.top_classes(cli.probabilities(cli.preprocess(open_upload(digit, 2**20)).float()), 5)
+        top = on_upload("mnist/small", str(digit), None)[1]
+        assert list(top) == [name for name, _ in expected]
+        assert list(top.values()) == pytest.approx([p for _, p in expected], abs=1e-6)
+        shown.append(top)
+    assert shown[0] != shown[1]  # the two models differ: the second answer is not the first one kept

@@ -65,7 +65,15 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
     from cnnlab.lab.answers_page import answer_sheet
     from cnnlab.lab.budget_page import EXERCISE_SPEC, budget_view, memory_chart
     from cnnlab.lab.classify import classify, drawing_to_image, for_display, open_upload, pretrained_models
-    from cnnlab.lab.runs import compare_curves, find_runs, resolve_run, run_details, saved_runs, summarise
+    from cnnlab.lab.runs import (
+        compare_curves,
+        find_runs,
+        resolve_run,
+        run_details,
+        saved_model_stamp,
+        saved_runs,
+        summarise,
+    )
     from cnnlab.lab.scan_page import scan_view, segment_view
     from cnnlab.tasks.explain import load_subject
     from cnnlab.tasks.segment_predict import is_segmentation_run
@@ -85,10 +93,13 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         return zoo + saved_runs(runs_root, _CLASSIFY_TASKS) + segmentation_runs()
 
     @functools.lru_cache(maxsize=4)
-    def subject(choice: str) -> Any:
+    def loaded(choice: str, stamp: tuple) -> Any:  # `stamp`: a run saved again is loaded again, not served stale
         if choice in zoo:
             return load_subject(choice)
         return load_subject(str(resolve_run(runs_root, choice)))
+
+    def subject(choice: str) -> Any:
+        return loaded(choice, () if choice in zoo else saved_model_stamp(resolve_run(runs_root, choice)))
 
     # ------------------------------------------------------------------ handlers
     def on_budget(target: str, shape: str, batch: float | None, memory: str, dtype: str, optimizer: str) -> tuple:

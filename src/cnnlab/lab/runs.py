@@ -7,6 +7,7 @@ cannot lead outside the runs root.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -23,6 +24,7 @@ __all__ = [
     "find_runs",
     "resolve_run",
     "run_details",
+    "saved_model_stamp",
     "saved_runs",
     "summarise",
 ]
@@ -76,6 +78,27 @@ def saved_runs(root: str | os.PathLike[str], tasks: tuple[str, ...], ensembles: 
         for run_id, folder in find_runs(root).items()
         if folder.parent.name in tasks and any((folder / spec).is_file() for spec in specs)
     ]
+
+
+def saved_model_stamp(folder: str | os.PathLike[str]) -> tuple[tuple[str, int, int], ...]:
+    """What changes when the model saved in `folder` is saved again: the path, size and modification time of its
+    ``model.json`` and weights, or of its ``ensemble.json`` and each member's (a run trained again with --overwrite,
+    or resumed to its end, saves its model anew under the same run id). Empty when nothing is saved there."""
+    from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC, MODEL_WEIGHTS, ensemble_members
+
+    folder = Path(folder)
+    files = [folder / ENSEMBLE_SPEC, folder / MODEL_SPEC, folder / MODEL_WEIGHTS]
+    if files[0].is_file():
+        with contextlib.suppress(CnnlabError):  # loading the ensemble says what is wrong with it
+            files += [member / name for member in ensemble_members(files[0]) for name in (MODEL_SPEC, MODEL_WEIGHTS)]
+    stamp = []
+    for path in files:
+        try:
+            status = path.stat()
+        except OSError:
+            continue
+        stamp.append((str(path), status.st_size, status.st_mtime_ns))
+    return tuple(stamp)
 
 
 def resolve_run(root: str | os.PathLike[str], run_id: str) -> Path:
