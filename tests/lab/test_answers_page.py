@@ -25,3 +25,15 @@ def test_figures_inside_the_root_go_to_the_gallery_and_others_are_dropped(tmp_pa
     text, figures = answer_sheet(tmp_path / "runs")
     assert figures == [((folder / "figures" / "scan.png").resolve(), "scan")]
     assert "## Exercise 7" in text and "![" not in text and "outside" not in text
+
+
+def test_a_figure_that_does_not_decode_is_named_in_the_text_not_sent_to_the_gallery(tmp_path: Path) -> None:
+    """A broken figure reached the gallery, whose decoding failed the whole Answers page, sheet included."""
+    folder = tmp_path / "answers"
+    folder.mkdir()
+    Image.effect_noise((64, 64), 50).save(folder / "good.png")
+    (folder / "cut.png").write_bytes((folder / "good.png").read_bytes()[:2000])
+    (folder / "answers.md").write_text("![good](good.png) ![cut](cut.png)\n")
+    text, figures = answer_sheet(tmp_path)
+    assert figures == [((folder / "good.png").resolve(), "good")]
+    assert "_(figure: cut.png, cannot be shown: corrupt or truncated" in text

@@ -117,6 +117,12 @@ def test_the_answer_sheet_and_the_runs_are_read_when_the_page_loads_and_on_refre
     assert [row[0] for row in table.value["data"]] == ["mnist/later"]
     assert run.value == "mnist/later" and first.value is None and model.value == "efficientnet_lite0"
     assert curves.visible is False and "name: later" in config  # the run's records on show, its missing curves hidden
+    Image.effect_noise((64, 64), 50).save(tmp_path / "curves.png")  # a run killed while it redrew its curves:
+    (tmp_path / "mnist" / "later" / "learning_curves.png").write_bytes((tmp_path / "curves.png").read_bytes()[:2000])
+    with pytest.warns(UserWarning, match="mnist/later: cannot show learning_curves.png: corrupt or truncated"):
+        table, *_, curves, _confusion, _mistakes, config = refresh.fn("mnist/later", None, None, None, None)
+    assert [row[0] for row in table.value["data"]] == ["mnist/later"]  # was "image file is truncated", no page
+    assert curves.visible is False and "name: later" in config
 
 
 def test_an_input_error_shown_in_the_page_leaves_no_traceback_in_the_servers_log() -> None:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from cnnlab.errors import CnnlabError
 from cnnlab.lab.runs import compare_curves, find_runs, resolve_run, run_details, summarise
@@ -60,7 +61,7 @@ def test_a_folder_segmentation_runs_test_figures_are_shown(root: Path) -> None:
     """`train segment --data` writes test_confusion.png and test_worst.png: the page showed neither."""
     folder = root / "segment" / "new"
     for name in ("test_confusion.png", "test_worst.png"):
-        (folder / name).write_bytes(b"")
+        Image.new("RGB", (4, 4)).save(folder / name)
     details = run_details(root, "segment/new")
     assert (details.confusion_matrix, details.mistakes) == (folder / "test_confusion.png", folder / "test_worst.png")
 
@@ -90,3 +91,17 @@ def test_the_headline_is_the_test_report_of_a_transfer_or_segmentation_run(
     folder = _run(tmp_path, "transfer", "t1", [0.5, 0.75], results, 1_700_000_000)
     line = summarise("transfer/t1", folder)
     assert (line.metric, line.value) == (metric, value)
+
+
+def test_a_figure_cut_short_is_left_out_and_named_not_a_failed_page(root: Path) -> None:
+    """A run killed while it redrew learning_curves.png (every epoch) left half a PNG: opening it failed the whole
+    Runs page on load ("image file is truncated"), runs table and the other pages' run lists included."""
+    folder = root / "segment" / "new"
+    curves = folder / "learning_curves.png"
+    curves.write_bytes(curves.read_bytes()[:3000])
+    (folder / "config.yaml").write_bytes((folder / "config.yaml").read_bytes() + b"# caf\xe9\n")  # latin-1 text
+    details = run_details(root, "segment/new")
+    assert details.learning_curves is None
+    assert details.unreadable == ["learning_curves.png: corrupt or truncated (image file is truncated)"]
+    assert "task: segment" in details.config
+    assert run_details(root, "mnist/old").unreadable == []

@@ -174,6 +174,8 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         if not run_id:
             return gr.Image(value=None, visible=False), gr.Image(value=None, visible=False), None, ""
         details = run_details(runs_root, run_id)
+        if details.unreadable:  # said, and left out: one broken PNG failed the whole Runs page on load
+            gr.Warning(f"{run_id}: cannot show {'; '.join(details.unreadable)}")
         figures = (details.learning_curves, details.confusion_matrix, details.mistakes)
         # A figure the run does not have is hidden, not shown as an empty frame.
         return (*(gr.Image(value=_image(path), visible=path is not None) for path in figures), details.config)

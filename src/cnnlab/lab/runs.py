@@ -11,7 +11,7 @@ import contextlib
 import datetime as dt
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +48,19 @@ class RunSummary:
 
 @dataclass
 class RunDetails:
-    """What the page shows of one run: its figures (paths; None when the run has no such figure) and config."""
+    """What the page shows of one run: its figures (paths; None when the run has no such figure, or only one that
+    cannot be read) and config.
+
+    Attributes:
+        unreadable: each figure the run holds but that does not decode (a run killed while it redrew its curves
+            leaves half a PNG), with the reason.
+    """
 
     learning_curves: Path | None
     confusion_matrix: Path | None
     mistakes: Path | None
     config: str
+    unreadable: list[str] = field(default_factory=list)
 
 
 def find_runs(root: str | os.PathLike[str]) -> dict[str, Path]:
@@ -183,16 +190,25 @@ def summarise(run_id: str, folder: Path) -> RunSummary:
 
 def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
     """The figures and config of a listed run (see `resolve_run`)."""
+    from cnnlab.data.folder import check_image
+
     folder = resolve_run(root, run_id)
+    unreadable: list[str] = []
 
     def figure(*names: str) -> Path | None:
-        return next((folder / name for name in names if (folder / name).is_file()), None)
+        for path in (folder / name for name in names if (folder / name).is_file()):
+            reason = check_image(path)
+            if reason is None:
+                return path
+            unreadable.append(f"{path.name}: {reason}")
+        return None
 
     return RunDetails(
         figure("learning_curves.png"),
         figure(*_CONFUSION_FIGURES),
         figure(*_MISTAKE_FIGURES),
-        (folder / "config.yaml").read_text(),
+        (folder / "config.yaml").read_text(errors="replace"),
+        unreadable,
     )
 
 
