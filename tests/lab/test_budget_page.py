@@ -126,6 +126,19 @@ def test_the_reason_a_budget_fails_stays_in_the_page(tmp_path: Path) -> None:
     assert summary == "" and chart is None
     status, summary, *_ = on_budget("lenet5", "", 2, "", "float32", "adam")
     assert status == "" and summary.startswith("parameters ")
+    status, *_ = on_budget("lenet5", "", 2, "1kB", "float32", "adam")  # the plan's zeros were left unexplained
+    assert status.startswith("No batch fits in 0.0 MB: the least memory is ")
+
+
+def test_the_notes_the_cli_prints_below_its_tables_are_on_the_page() -> None:
+    """A plan where no batch fits showed a column of zeros, and a network with nothing to train zero gradients,
+    without the line `cnnlab budget` prints to say why."""
+    view = budget_view(EXERCISE_SPEC, "3x200x300", 50, "1MB")
+    result = CliRunner().invoke(app, ["budget", "--input", "3x200x300", *EXERCISE, "--batch", "50", "--memory", "1MB"])
+    assert len(view.notes) == 1 and view.notes[0].startswith("No batch fits in 1.0 MB: the least memory is ")
+    assert " ".join(view.notes[0].split()) in " ".join(result.stdout.split())
+    assert budget_view("gap", "3x8x8").notes[0].startswith("Nothing to train: spec has no trainable parameters")
+    assert budget_view(EXERCISE_SPEC, "3x200x300", 50, "8GiB").notes == []
 
 
 def test_a_layer_spec_is_sized_without_allocating_its_weights() -> None:

@@ -113,7 +113,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             return f"**Cannot size it:** {error}", "", empty, empty, None, empty
         plan = view.plan
         return (
-            "",
+            "\n\n".join(view.notes),  # what the command prints below its tables
             view.summary,
             gr.Dataframe(value=view.layers.rows, headers=view.layers.headers, label=view.layers.title),
             gr.Dataframe(value=view.memory.rows, headers=view.memory.headers, label=view.memory.title),

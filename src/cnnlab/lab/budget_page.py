@@ -7,13 +7,13 @@ The tables are the CLI's own (`cnnlab.budget.render`), read cell by cell, so eve
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.table import Table
 
 from cnnlab.budget import BudgetReport, budget, parse_memory
-from cnnlab.budget.render import layer_table, memory_table, plan_table, summary_line
+from cnnlab.budget.render import layer_table, memory_table, nothing_to_train_note, plan_note, plan_table, summary_line
 from cnnlab.budget.spec import parse_size
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks.answers.measure import EXERCISE_2_SPEC
@@ -45,13 +45,19 @@ class TableData:
 
 @dataclass
 class BudgetView:
-    """Everything the Budget page shows."""
+    """Everything the Budget page shows.
+
+    Attributes:
+        notes: what ``cnnlab budget`` prints below its tables for these inputs: that no batch fits the memory given
+            (and what one sample needs), that a network without trainable parameters has nothing to train.
+    """
 
     report: BudgetReport
     summary: str
     layers: TableData
     memory: TableData
     plan: TableData | None
+    notes: list[str] = field(default_factory=list)
 
 
 def table_data(table: Table) -> TableData:
@@ -150,6 +156,7 @@ def budget_view(
         table_data(layer_table(report)),
         table_data(memory_table(report)),
         None if plan is None else table_data(plan),
+        [note for note in (nothing_to_train_note(report), plan_note(report)) if note],  # a plan of zeros, unsaid
     )
 
 
