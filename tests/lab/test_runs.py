@@ -105,3 +105,17 @@ def test_a_figure_cut_short_is_left_out_and_named_not_a_failed_page(root: Path) 
     assert details.unreadable == ["learning_curves.png: corrupt or truncated (image file is truncated)"]
     assert "task: segment" in details.config
     assert run_details(root, "mnist/old").unreadable == []
+
+
+def test_a_run_with_odd_records_is_listed_with_what_can_be_read(root: Path) -> None:
+    """One run whose records held a null, a text or another layout (`extra: null`, a list of non-epochs) failed the
+    whole runs list: float(None), 'list' object has no attribute 'get', 'int' object is not subscriptable."""
+    folder = root / "mnist" / "old"
+    (folder / "config.yaml").write_text("config:\n  extra: null\n  task: mnist\n")
+    (folder / "results.json").write_text('{"test": [1]}')
+    (folder / "metrics.json").write_text('[1, {"epoch": 1, "val_accuracy": null, "val_loss": 0.5}]')
+    line = summarise("mnist/old", folder)
+    assert (line.recipe, line.metric, line.value) == ("-", "val_loss (last epoch)", 0.5)
+    figure = compare_curves(root, "mnist/old", "segment/new")
+    lengths = {line.get_label(): len(line.get_xdata()) for axis in figure.axes for line in axis.get_lines()}
+    assert lengths["mnist/old: val_loss"] == 1 and lengths["segment/new: val_loss"] == 3

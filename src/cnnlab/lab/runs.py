@@ -128,7 +128,9 @@ def _read_json(path: Path) -> Any:
 
 
 def _recipe(results: dict[str, Any], config: dict[str, Any]) -> str:
-    for value in (results.get("recipe"), config.get("extra", {}).get("recipe"), config.get("recipe")):
+    extra = config.get("extra")
+    extra = extra if isinstance(extra, dict) else {}  # `extra: null` failed the whole list
+    for value in (results.get("recipe"), extra.get("recipe"), config.get("recipe")):
         if isinstance(value, dict):
             value = value.get("name")
         if isinstance(value, str) and value:
@@ -159,7 +161,7 @@ def _headline(results: dict[str, Any], history: list[dict[str, float]]) -> tuple
             if _number(test.get(key)):
                 return f"test_{key}", float(test[key])
     if history:
-        last = history[-1]
+        last = {key: value for key, value in history[-1].items() if _number(value)}  # a null or a text is no figure
         keys = [k for k in last if k.startswith("val_") and k != "val_loss"] or [k for k in last if k == "val_loss"]
         if keys:
             return f"{keys[0]} (last epoch)", float(last[keys[0]])
@@ -177,12 +179,20 @@ def _config(folder: Path) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
+def _epochs(history: Any) -> list[dict[str, Any]]:
+    """The rows of a metrics.json that are epochs (an object with a number under "epoch"); another layout has none.
+    One run's odd records failed the whole Runs page, every run's line with it."""
+    if not isinstance(history, list):
+        return []
+    return [row for row in history if isinstance(row, dict) and _number(row.get("epoch"))]
+
+
 def summarise(run_id: str, folder: Path) -> RunSummary:
     """The list line of one run: task, recipe, date (of its config.yaml), headline metric."""
     results = _read_json(folder / "results.json")
     history = _read_json(folder / "metrics.json")
     results = results if isinstance(results, dict) else {}
-    history = history if isinstance(history, list) else []
+    history = _epochs(history)
     when = dt.datetime.fromtimestamp((folder / "config.yaml").stat().st_mtime).strftime("%Y-%m-%d %H:%M")
     metric, value = _headline(results, history)
     return RunSummary(run_id, folder.parent.name, _recipe(results, _config(folder)), when, metric, value)
@@ -223,14 +233,14 @@ def compare_curves(root: str | os.PathLike[str], first: str, second: str) -> Any
 
     figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for run_id, style in ((first, "-"), (second, "--")):
-        history = _read_json(resolve_run(root, run_id) / "metrics.json")
-        if not isinstance(history, list) or not history:
+        history = _epochs(_read_json(resolve_run(root, run_id) / "metrics.json"))
+        if not history:
             raise CnnlabError(f"run {run_id} has no metrics.json with epochs to plot")
         epochs = [row["epoch"] for row in history]
         keys = sorted({k for row in history for k in row if k.startswith(("train_", "val_"))})
         for index, key in enumerate(keys):
             axis = loss_axis if key.endswith("loss") else metric_axis
-            values = [row.get(key, float("nan")) for row in history]
+            values = [row[key] if _number(row.get(key)) else float("nan") for row in history]
             axis.plot(epochs, values, style, marker="o", color=f"C{index}", label=f"{run_id}: {key}")
     for axis, title in ((loss_axis, "loss"), (metric_axis, "metrics")):
         epoch_axis(axis, title)
