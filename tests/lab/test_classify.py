@@ -216,6 +216,8 @@ def test_a_small_input_and_its_grad_cam_are_enlarged_for_the_page(mnist_run: Pat
     assert shown.size == (168, 168) and np.array_equal(np.asarray(shown)[::6, ::6], np.asarray(digit))
     photo = Image.new("RGB", (300, 200))
     assert for_display(photo) is photo  # large enough already
+    assert for_display(Image.new("RGB", (6000, 4000))).size == (1024, 683)  # was sent whole: seconds to encode
+    assert for_display(Image.new("RGB", (3000, 1))).size == (1024, 1)
 
 
 def test_a_run_saved_again_while_the_lab_runs_is_classified_with_its_new_model(tmp_path: Path) -> None:

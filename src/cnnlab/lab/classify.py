@@ -64,22 +64,27 @@ def open_upload(path: str | os.PathLike[str], max_bytes: int) -> Any:
     Raises:
         CnnlabError: larger than `max_bytes`, or not a readable image (the reason is in the message).
     """
-    from cnnlab.data.folder import check_image, load_image
+    from cnnlab.data.folder import decode_image, to_rgb
 
     size = os.path.getsize(path)
     if size > max_bytes:
         raise CnnlabError(f"the image is {size / 1e6:.1f} MB; the lab takes images up to {max_bytes / 1e6:.0f} MB")
-    reason = check_image(path)
-    if reason is not None:
+    image, _, reason = decode_image(path)  # decoded once: checking and then loading it decoded it twice (2 s at 36 MP)
+    if image is None:
         raise CnnlabError(f"cannot use this file: {reason}; upload a PNG or JPEG photo")
-    return load_image(path)
+    return to_rgb(image)
 
 
-def for_display(image: Any, min_side: int = 192) -> Any:
+def for_display(image: Any, min_side: int = 192, max_side: int = 1024) -> Any:
     """A PIL image enlarged a whole number of times (nearest) when its longer side is under `min_side`, so that a
-    28x28 digit is not a few pixels tall on the page; larger images are returned as they are."""
+    28x28 digit is not a few pixels tall on the page, or shrunk to a longer side of `max_side` (Gradio took 4 s to
+    encode a 36 MP photo for a page that shows it a few hundred pixels wide); others are returned as they are."""
     from PIL import Image
 
+    longer = max(image.size)
+    if longer > max_side:
+        size = (max(1, round(image.width * max_side / longer)), max(1, round(image.height * max_side / longer)))
+        return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)  # a box reduction first: 0.1 s
     factor = max(1, min_side // max(image.size))
     if factor == 1:
         return image
