@@ -246,3 +246,37 @@ def test_a_run_saved_again_while_the_lab_runs_is_classified_with_its_new_model(t
         assert list(top.values()) == pytest.approx([p for _, p in expected], abs=1e-6)
         shown.append(top)
     assert shown[0] != shown[1]  # the two models differ: the second answer is not the first one kept
+
+
+def test_another_layer_or_model_for_a_drawing_explains_the_drawing(chelsea: Path, tmp_path: Path) -> None:
+    """Picking another feature-map layer re-ran the photo upload's handler: with a digit drawn and no photo it said
+    "upload a photo first"; with a photo uploaded earlier it put the photo's classes in place of the drawing's."""
+    pytest.importorskip("gradio", reason="the lab extra")
+    from cnnlab.lab.app import build_app
+    from cnnlab.train.config import TrainConfig, save_config
+
+    run = tmp_path / "mnist" / "small"
+    torch.manual_seed(0)
+    save_model(create_model("mnist_net_small"), run, "mnist_net_small", {}, meta={"task": "mnist"})
+    save_config(TrainConfig(task="mnist", name="small"), run / "config.yaml")
+    app = build_app(tmp_path, warm=False)
+    canvas = np.zeros((200, 200, 4), dtype=np.uint8)
+    canvas[40:160, 95:105] = (0, 0, 0, 255)
+    drawing = {"background": None, "layers": [], "composite": canvas}
+    subject = load_subject(str(run))
+    drawn = classify(subject, drawing_to_image(canvas))
+    values = {"model (zoo or run)": "mnist/small", "photo": str(chelsea), "digit": drawing}
+
+    def fire(label: str, event: str, **changed: object) -> tuple:
+        (dependency,) = [d for d in app.fns.values() if any(getattr(app.blocks.get(b), "label", None) == label
+                         and name == event for b, name in d.targets)]  # fmt: skip
+        given = {**values, **changed}  # a gr.State has no label: the results on show are the drawing's
+        return dependency.fn(*(given.get(getattr(block, "label", None), "drawing") for block in dependency.inputs))
+
+    first_layer = {"feature-map layer": drawn.layers[0]}
+    top = fire("feature-map layer", "input", **first_layer)[1]
+    assert list(top) == [name for name, _ in drawn.top[:5]]
+    assert fire("feature-map layer", "input", photo=None, **first_layer)[4].value == drawn.layers[0]  # no photo
+    assert list(fire("model (zoo or run)", "change")[1]) == list(top)  # the drawing again, with the chosen model
+    photo_top = classify(subject, open_upload(chelsea, 10 * 2**20)).top
+    assert [name for name, _ in photo_top] != [name for name, _ in drawn.top]  # else the test could not tell

@@ -145,9 +145,11 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         return show_classification(choice, open_upload(path, max_upload_bytes), layer)
 
     @_shown_errors
-    def on_model(choice: str, path: str | None) -> tuple:
-        # The layer list and the results belong to the previous model: the photo on show is classified again with
-        # the new one (its own layers, the middle one chosen); without a photo the page is cleared.
+    def on_model(choice: str, path: str | None, drawing: dict | None = None, shown: str = "photo") -> tuple:
+        # The layer list and the results belong to the previous model: the photo or drawing on show is classified
+        # again with the new one (its own layers, the middle one chosen); with neither the page is cleared.
+        if shown == "drawing" and drawing and drawing.get("composite") is not None:
+            return show_classification(choice, drawing_to_image(drawing["composite"]), None)
         if not path:
             return None, None, None, "", gr.Dropdown(choices=[], value=None), None, None
         return show_classification(choice, open_upload(path, max_upload_bytes), None)
@@ -157,6 +159,12 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         if not drawing or drawing.get("composite") is None:
             raise CnnlabError("draw a digit on the canvas first")
         return show_classification(choice, drawing_to_image(drawing["composite"]), layer)
+
+    @_shown_errors
+    def on_layer(choice: str, path: str | None, drawing: dict | None, layer: str | None, shown: str) -> tuple:
+        # Another layer's maps of what is on show: a drawing's were "upload a photo first", or the photo's results
+        # in place of the drawing's.
+        return on_drawing(choice, drawing, layer) if shown == "drawing" else on_upload(choice, path, layer)
 
     def runs_table() -> list[list[Any]]:
         rows = []
@@ -293,10 +301,11 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
                 sketch = gr.Sketchpad(label="digit", elem_id="classify-sketch")
                 sketch_button = gr.Button("Classify the drawing")
             outputs = [photo, top, cam, caption, layer, maps, filters]
-            upload.upload(on_upload, [model, upload, layer], outputs)
-            model.change(on_model, [model, upload], outputs)
-            layer.input(on_upload, [model, upload, layer], outputs)
-            sketch_button.click(on_drawing, [model, sketch, layer], outputs)
+            shown = gr.State("photo")  # what the results are of: the uploaded photo or the drawing
+            upload.upload(on_upload, [model, upload, layer], outputs).success(lambda: "photo", None, shown)
+            model.change(on_model, [model, upload, sketch, shown], outputs)
+            layer.input(on_layer, [model, upload, sketch, layer, shown], outputs)
+            sketch_button.click(on_drawing, [model, sketch, layer], outputs).success(lambda: "drawing", None, shown)
 
         with gr.Tab("Runs", id="runs"):
             refresh = gr.Button("Refresh")
