@@ -137,3 +137,4 @@ def test_an_input_error_shown_in_the_page_leaves_no_traceback_in_the_servers_log
     with pytest.raises(gradio.Error, match="unknown layer 'x'") as raised:
         page("x")
     assert raised.value.print_exception is False
+    assert raised.value.duration is None  # the reason stays on the page until closed; it went after 10 s

@@ -33,7 +33,8 @@ def _gradio() -> Any:
 
 
 def _shown_errors(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a user-input error into a message in the page (the server goes on either way)."""
+    """Turn a user-input error into a message in the page that stays until it is closed (the server goes on either
+    way): Gradio's default of 10 s took the reason away while every output still read "Error"."""
     import gradio
 
     @functools.wraps(function)
@@ -42,7 +43,7 @@ def _shown_errors(function: Callable[..., Any]) -> Callable[..., Any]:
             return function(*args)
         except CnnlabError as error:
             try:  # the page shows it in words: no traceback in the server's log for a user's input error
-                shown = gradio.Error(str(error), print_exception=False)
+                shown = gradio.Error(str(error), duration=None, print_exception=False)
             except TypeError:  # a gradio older than the option (5.9) prints it as before
                 shown = gradio.Error(str(error))
             raise shown from None
