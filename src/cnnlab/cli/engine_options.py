@@ -32,7 +32,7 @@ ENGINE_OPTIONS: dict[str, tuple[Any, Any, tuple[str, ...], str]] = {
         None,
         ("--batch-size",),
         "Images per optimizer step: N, or auto (the largest batch that fits in memory, found before training by "
-        "running real steps).",
+        "running real steps; for data held in memory: a folder read through a DataLoader takes N and --accum auto).",
     ),
     "accum": (
         str | None,
