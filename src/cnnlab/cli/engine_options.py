@@ -21,7 +21,7 @@ __all__ = ["ENGINE", "ENGINE_OPTIONS", "with_engine_options"]
 
 ENGINE: Any = None  # the default of a command's `engine` parameter; `with_engine_options` fills it in
 
-_PANEL = "Engine options (every train command)"
+_PANEL = "Engine options (every train command; an option left out takes the recipe's value)"
 
 # name -> (annotation, default, option names, help); a default of None means "the recipe's value".
 ENGINE_OPTIONS: dict[str, tuple[Any, Any, tuple[str, ...], str]] = {
