@@ -16,7 +16,11 @@ def explain(
     image: Path = typer.Argument(..., help="The image file to explain."),
     output: Path = typer.Option(Path("runs/explain"), "--output", "-o", help="Directory for the PNGs."),
     layer: list[str] = typer.Option([], "--layer", "-l", help="Module whose feature maps to show (repeatable)."),
-    cam_layer: str | None = typer.Option(None, "--cam-layer", help="Module for Grad-CAM (default: deepest map)."),
+    cam_layer: str | None = typer.Option(
+        None,
+        "--cam-layer",
+        help="Module for Grad-CAM (default: the deepest map; a segmenter's decoder map at stride 4).",
+    ),
     class_index: str | None = typer.Option(
         None,
         "--class",
