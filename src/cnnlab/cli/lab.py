@@ -1,4 +1,4 @@
-"""`cnnlab lab`: the local web app (Budget, Classify and explain, Runs, Scan)."""
+"""`cnnlab lab`: the local web app (Answers, Budget, Classify and explain, Runs, Scan and segment)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-_HELP = """Open cnnlab's views in the browser: a per-layer budget you can edit, a photo's top classes with Grad-CAM,
-feature maps and filters, your runs' curves and confusion matrices, and FCN heatmaps of large images.
+_HELP = """Open cnnlab's views in the browser: the answer sheet, a per-layer budget you can edit, a photo's top classes
+with Grad-CAM, feature maps and filters, your runs' curves and confusion matrices, and FCN heatmaps or a segmentation
+run's masks of large images.
 
 Needs the lab extra: pip install "cnnlab\\[lab]". Listens on 127.0.0.1 (this machine only) unless --host is given.
 """
