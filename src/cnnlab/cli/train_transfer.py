@@ -73,7 +73,7 @@ def transfer(
     min_per_class: int = typer.Option(100, "--min-per-class", help="Fewest usable images a class may have."),
     max_per_class: int | None = typer.Option(None, "--max-per-class", help="Keep at most N images per class."),
     val_fraction: float | None = typer.Option(
-        None, "--val-fraction", help="Validation share, from the non-test part (default 0.15)."
+        None, "--val-fraction", help="Validation share of all images, taken from the non-test part (default 0.15)."
     ),
     test_fraction: float | None = typer.Option(
         None, "--test-fraction", help="Test share (default 0.15; 0.25 for elpv, as its papers)."
