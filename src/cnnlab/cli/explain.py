@@ -15,7 +15,12 @@ def explain(
     ),
     image: Path = typer.Argument(..., help="The image file to explain."),
     output: Path = typer.Option(Path("runs/explain"), "--output", "-o", help="Directory for the PNGs."),
-    layer: list[str] = typer.Option([], "--layer", "-l", help="Module whose feature maps to show (repeatable)."),
+    layer: list[str] = typer.Option(
+        [],
+        "--layer",
+        "-l",
+        help="Module whose feature maps to show (repeatable; default: three, from shallow to deep).",
+    ),
     cam_layer: str | None = typer.Option(
         None,
         "--cam-layer",
