@@ -54,8 +54,9 @@ def budget_command(
     device: Annotated[
         str | None,
         typer.Option(
-            help="Device the training is for, cpu or cuda (needed here only with --measure): the optimizer steps as "
-            "the engine's does there. Default cpu; a cached transfer run's own step: the device it trained on.",
+            help="Device the training is for, cpu or cuda: the optimizer steps as the engine's does there. Sizing "
+            "for cuda needs no GPU; --measure runs on this device, so it must be here. Default cpu; a cached transfer "
+            "run's own step: the device it trained on.",
             show_default=False,
         ),
     ] = None,
