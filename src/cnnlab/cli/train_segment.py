@@ -55,7 +55,7 @@ def segment(
         "quick",
         "--recipe",
         "-r",
-        help="quick (U-Net, a few minutes; the demo), accurate (U-Net, about 20 min on 2 cores), unet (a smaller "
+        help="quick (U-Net, a few minutes), accurate (U-Net, about 20 min on 2 cores), unet (a smaller "
         "U-Net, for comparison), fcn8s, fcn32s (FCN on a ResNet-18 trunk). Canvas runs only (no --data).",
     ),
     upsample: str | None = typer.Option(

@@ -93,7 +93,7 @@ RECIPES: RecipeBook[SegmentRecipe] = RecipeBook(
     [
         SegmentRecipe(
             name="quick",
-            summary="U-Net 12-24-48-96-192 (1.1 M params), 4000 canvases of 64x64, 3 epochs (a few minutes; demo)",
+            summary="U-Net 12-24-48-96-192 (1.1 M params), 4000 canvases of 64x64, 3 epochs (a few minutes)",
             arch="unet",
             model_kwargs={"widths": _WIDTHS},
             train=dict(epochs=3, **_COMMON_TRAIN),
