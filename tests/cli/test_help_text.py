@@ -83,3 +83,16 @@ def test_help_paragraphs_keep_an_indented_example() -> None:
     assert (
         paragraphs(text) == "First line goes on.\n\n  cnnlab budget resnet18\n  cnnlab budget lenet5\n\nLast paragraph."
     )
+
+
+def test_help_texts_name_what_the_code_does() -> None:
+    """Help that had gone stale: lab's pages (lab/app.py has an Answers tab and segments in Scan and segment),
+    explain's Grad-CAM layer for a segmenter (report.explain._segmenter_cam_layer) and train segment's recipes
+    (the demo, answers --quick, trains none)."""
+    commands = {" ".join(path): command for path, command in COMMANDS}
+    lab = " ".join(commands["lab"].help.split())
+    assert "the answer sheet" in lab and "a segmentation run's masks" in lab
+    cam_layer = next(p for p in commands["explain"].params if p.name == "cam_layer")
+    assert "segmenter's decoder map at stride 4" in cam_layer.help
+    recipe = next(p for p in commands["train segment"].params if p.name == "recipe")
+    assert "demo" not in recipe.help
