@@ -258,22 +258,13 @@ def test_cli_convert_and_scan(tmp_path):
 def test_a_heatmap_stopped_while_it_was_written_leaves_the_earlier_one(tmp_path, monkeypatch):
     """The PNG was written in place: a stop while a large scan's figure was encoded left a truncated image (PIL:
     "image file is truncated") where an earlier scan's heatmap had been."""
-    from matplotlib.figure import Figure
-
     from cnnlab.fcn.scan import ScanResult
+    from stopped_midway import stop_savefig_midway
 
     result = ScanResult(torch.full((3, 4, 6), 1 / 3), torch.ones(4, 6), window=28, stride=8)
     path = save_heatmap(torch.rand(1, 60, 80), result, tmp_path / "h.png")
     earlier = path.read_bytes()
-    savefig = Figure.savefig
-
-    def stopped_midway(figure, target, *args, **kwargs):
-        savefig(figure, target, *args, **kwargs)
-        with open(target, "r+b") as f:
-            f.truncate(f.seek(0, 2) // 3)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Figure, "savefig", stopped_midway)
+    stop_savefig_midway(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         save_heatmap(torch.rand(1, 60, 80), result, path)
     assert path.read_bytes() == earlier and [p.name for p in tmp_path.iterdir()] == ["h.png"]

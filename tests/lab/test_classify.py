@@ -139,17 +139,24 @@ def _handler(app: object, label: str, event: str) -> object:
     return function
 
 
+def _mnist_run_in_runs_root(runs: Path) -> Path:
+    """An untrained MNIST run as the lab lists it: ``RUNS/mnist/small`` with its weights and config.yaml."""
+    from cnnlab.train.config import TrainConfig, save_config
+
+    run = runs / "mnist" / "small"
+    torch.manual_seed(0)
+    save_model(create_model("mnist_net_small"), run, "mnist_net_small", {}, meta={"task": "mnist"})
+    save_config(TrainConfig(task="mnist", name="small"), run / "config.yaml")
+    return run
+
+
 def test_a_model_change_shows_the_new_models_layers_for_the_photo_on_show(chelsea: Path, tmp_path: Path) -> None:
     """Switching from the zoo model to an MNIST run kept the zoo model's layer list and results; the next photo was
     refused ("has no spatial layer 'blocks.8.expand.bn'")."""
     pytest.importorskip("gradio", reason="the lab extra")
     from cnnlab.lab.app import build_app
-    from cnnlab.train.config import TrainConfig, save_config
 
-    run = tmp_path / "mnist" / "small"
-    torch.manual_seed(0)
-    save_model(create_model("mnist_net_small"), run, "mnist_net_small", {}, meta={"task": "mnist"})
-    save_config(TrainConfig(task="mnist", name="small"), run / "config.yaml")
+    run = _mnist_run_in_runs_root(tmp_path)
     app = build_app(tmp_path, warm=False)
     on_model = _handler(app, "model (zoo or run)", "change")
     _photo, top, cam, _caption, layers, maps, _filters = on_model("mnist/small", str(chelsea))
@@ -253,12 +260,8 @@ def test_another_layer_or_model_for_a_drawing_explains_the_drawing(chelsea: Path
     "upload a photo first"; with a photo uploaded earlier it put the photo's classes in place of the drawing's."""
     pytest.importorskip("gradio", reason="the lab extra")
     from cnnlab.lab.app import build_app
-    from cnnlab.train.config import TrainConfig, save_config
 
-    run = tmp_path / "mnist" / "small"
-    torch.manual_seed(0)
-    save_model(create_model("mnist_net_small"), run, "mnist_net_small", {}, meta={"task": "mnist"})
-    save_config(TrainConfig(task="mnist", name="small"), run / "config.yaml")
+    run = _mnist_run_in_runs_root(tmp_path)
     app = build_app(tmp_path, warm=False)
     canvas = np.zeros((200, 200, 4), dtype=np.uint8)
     canvas[40:160, 95:105] = (0, 0, 0, 255)

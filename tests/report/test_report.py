@@ -14,6 +14,7 @@ from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 from cnnlab.report.metrics import accuracy_from_matrix, confusion_matrix, per_class_accuracy
 from cnnlab.report.plots import plot_confusion_matrix, plot_misclassified
 from cnnlab.train.records import plot_learning_curves
+from stopped_midway import stop_savefig_midway
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -74,15 +75,7 @@ def test_records_stopped_while_written_leave_the_earlier_ones_whole(
     earlier = {name: (tmp_path / name).read_bytes() for name in ("metrics.csv", "learning_curves.png")}
     with pytest.raises(KeyboardInterrupt):
         write_history([*history, {"epoch": 3.0, "train_loss": _StopWhenWritten(0.25)}], tmp_path)
-    savefig = Figure.savefig
-
-    def stopped_midway(figure: Figure, target: Path, *args: object, **kwargs: object) -> None:
-        savefig(figure, target, *args, **kwargs)
-        with open(target, "r+b") as f:
-            f.truncate(f.seek(0, 2) // 3)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Figure, "savefig", stopped_midway)
+    stop_savefig_midway(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         plot_learning_curves(history[:1], tmp_path / "learning_curves.png")
     with pytest.raises(KeyboardInterrupt):
