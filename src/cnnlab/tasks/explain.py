@@ -4,8 +4,8 @@ model expects, and write first-layer filters, feature maps and a Grad-CAM overla
 Preprocessing follows the model, never a guess by the user:
 - MNIST runs (``model.json`` or ``ensemble.json`` from `cnnlab train mnist`; an experiment's runs keep
   only weights, which `cnnlab explain` cannot rebuild a network from): grey, inverted when the background
-  is light (MNIST digits are light on black), the ink's bounding box scaled to fit 20x20 and centred in 28x28, as
-  MNIST itself was made; values in [0, 1] (the model normalises inside).
+  is light (MNIST digits are light on black), the ink's bounding box scaled to fit 20x20 and its centre of mass put at
+  (14, 14) of 28x28, as MNIST itself was made; values in [0, 1] (the model normalises inside).
 - transfer runs and pretrained models: the weights' record (`build_eval_transform`), through
   `cnnlab.tasks.predict.load_predictor`.
 - segmentation runs (`cnnlab train segment --data`): the whole image at its own size, in [0, 1], less the run's

@@ -119,7 +119,8 @@ def export_model(
         preparation: dict[str, Any] = {
             "input": "float32 grey [N, 1, 28, 28] in [0, 1]; normalisation is inside the exported model",
             "prepare": "one light digit on black (dark ink on light paper inverted), its ink's bounding box scaled "
-            "to fit 20x20 and centred in 28x28, as MNIST's digits are (cnnlab.data.mnist.mnist_preprocess)",
+            "to fit 20x20 and its centre of mass put at pixel (14, 14) of 28x28, as MNIST's digits are "
+            "(cnnlab.data.mnist.mnist_preprocess)",
         }
     else:  # the normalisation travels inside the exported graph: it takes float RGB in [0, 1]
         wrapped = nn.Sequential(Normalize(cfg.mean, cfg.std), predictor.model.cpu().eval()).eval()
