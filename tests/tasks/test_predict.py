@@ -288,6 +288,14 @@ def test_export_checks_its_output_path_before_tracing(tiny_run: Path, tmp_path: 
         export_model(str(tiny_run), "torchscript", tmp_path / "notes.txt" / "model.pt")
     result = export_model(str(tiny_run), "torchscript", tmp_path / "new" / "deeper" / "model.pt")  # folders made
     assert Path(result["model"]).stat().st_size > 0
+    # a file no export wrote is kept: -o photo.jpg replaced the photo, -o RUN/model.safetensors the run's weights
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
+    for kept, fmt in ((tmp_path / "photo.jpg", "onnx"), (tiny_run / "model.safetensors", None)):
+        before = kept.read_bytes()
+        with pytest.raises(CnnlabError, match=rf"--output .*{kept.name} is a file that `cnnlab export` did not write"):
+            export_model(str(tiny_run), fmt, kept)
+        assert kept.read_bytes() == before
+    assert export_model(str(tiny_run), None, result["model"])["model"] == result["model"]  # an export is replaced
 
 
 def test_a_run_given_by_its_model_file_exports_into_its_folder(tmp_path: Path) -> None:

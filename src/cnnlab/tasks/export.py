@@ -324,13 +324,23 @@ def _publish(partial: Path, output: Path, record: str) -> Path:
 def _writable(output: Path, suffix: str) -> Path:
     """Create the file's folder and prove the file can be written there, before the model is traced.
 
+    An existing file is replaced only when it is an earlier export (its record beside it): ``-o photo.jpg --format
+    onnx`` replaced the photo, ``-o RUN/model.safetensors`` the run's weights (no command could load the run again)
+    and ``-o RUN/checkpoint.pt`` the checkpoint that resumes it.
+
     Raises:
-        CnnlabError: the path is a folder or lies under a file, or the folder cannot be made or written (the reason
-            from the system).
+        CnnlabError: the path is a folder, lies under a file, or is another kind of file (an image, a run's weights);
+            or the folder cannot be made or written (the reason from the system).
     """
     if output.is_dir():
         raise CnnlabError(
             f"--output {output} is a folder; name the file to write, such as {output / ('model' + suffix)}"
+        )
+    if output.is_file() and not output.with_name(output.name + EXPORT_RECORD_SUFFIX).is_file():
+        raise CnnlabError(
+            f"--output {output} is a file that `cnnlab export` did not write (no {output.name}{EXPORT_RECORD_SUFFIX} "
+            f"beside it), which it would replace; name a new file, such as {output.with_name('exported' + suffix)}, "
+            "or delete it first"
         )
     above = next(parent for parent in output.parents if parent.exists())  # "." or "/" at the latest
     if not above.is_dir():
