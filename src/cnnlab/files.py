@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["save_figure_whole", "write_text_whole", "written_then_renamed"]
+from cnnlab.errors import CnnlabError
+
+__all__ = ["check_writable", "save_figure_whole", "write_text_whole", "written_then_renamed"]
 
 # A temporary file this old is a leftover whatever its name says: no block writes one for a day, and a process id
 # reused since (a container's processes restart at the same ids) or another machine's, unknown here, is still swept.
@@ -104,3 +106,28 @@ def save_figure_whole(figure: Any, path: str | os.PathLike[str], **options: Any)
     with written_then_renamed(path) as temporary:
         figure.savefig(temporary, format=path.suffix.lstrip(".").lower() or None, **options)
     return path
+
+
+def check_writable(path: str | os.PathLike[str], option: str = "--output", shown: str | None = None) -> None:
+    """Make the folder of the file `path` and prove the file can be written there, before any work that ends in
+    writing it: a read-only folder said "Read-only file system: .p.csv.part", a hidden temporary name, with exit
+    code 1, once the model was loaded. A file already at `path` is left as it was.
+
+    Raises:
+        CnnlabError: `path` lies under a file, or its folder cannot be made or written (the system's reason), naming
+            `option` and `shown` (what the user gave, when `path` is a file cnnlab names inside it; default `path`).
+    """
+    path = Path(path)
+    shown = str(path) if shown is None else shown
+    above = next(parent for parent in path.parents if parent.exists())  # "." or "/" at the latest
+    if not above.is_dir():
+        raise CnnlabError(f"{option} {shown}: {above} is a file, not a folder")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):
+            pass
+    except OSError as error:
+        raise CnnlabError(f"{option} {shown}: cannot write there ({error.strerror or error})") from None
+    if not existed:
+        path.unlink()

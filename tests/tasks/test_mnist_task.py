@@ -115,6 +115,10 @@ def test_evaluate_writes_its_figures(ensemble_run: dict, fake_root: Path, tmp_pa
     for key in ("confusion_matrix_png", "misclassified_png"):
         assert Path(result[key]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "evaluation.json").is_file()
+    notes = tmp_path / "notes.txt"  # a figures folder under a file: one line naming it (an OSError, exit 1, before)
+    notes.write_text("a file")
+    with pytest.raises(CnnlabError, match=rf"^--output {re.escape(str(notes))}/figures: .*notes.txt is a file, not a"):
+        evaluate_mnist(ensemble_run["run_dir"], data_dir=str(fake_root), output_dir=notes / "figures")
 
 
 @pytest.mark.parametrize("option", ["--output", "-o", "--out"])

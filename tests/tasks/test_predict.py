@@ -356,6 +356,31 @@ def test_an_opset_given_with_a_format_that_has_none_is_refused(tmp_path: Path) -
     assert not list(tmp_path.iterdir())
 
 
+def test_an_output_that_cannot_be_written_is_one_line_before_any_image_is_classified(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """predict's CSV in a read-only folder failed once the model was loaded, on "Read-only file system:
+    .p.csv.part" (a hidden name), exit 1; under a file, "is a file, where a folder is needed", exit 1 too."""
+    import cnnlab.files
+    import cnnlab.tasks.predict
+    from cnnlab.cli import app
+
+    red = next((tiny_run.parent.parent.parent / "photos" / "red").glob("0*.png"))
+    classified: list[object] = []
+    monkeypatch.setattr(cnnlab.tasks.predict, "iter_predictions", lambda *args, **kwargs: classified.append(args))
+    under_a_file = CliRunner().invoke(app, ["predict", "-m", str(tiny_run), str(red), "-o", f"{red}/p.csv"])
+    assert isinstance(under_a_file.exception, CnnlabError)  # the CLI prints it on one line, exit 2
+    assert str(under_a_file.exception) == f"--output {red}/p.csv: {red} is a file, not a folder"
+
+    def read_only(path: object, mode: str = "r") -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cnnlab.files, "open", read_only, raising=False)  # root ignores a folder's mode bits
+    locked = CliRunner().invoke(app, ["predict", "-m", str(tiny_run), str(red), "-o", str(tmp_path / "p.csv")])
+    assert str(locked.exception) == f"--output {tmp_path / 'p.csv'}: cannot write there (Permission denied)"
+    assert classified == [] and list(tmp_path.iterdir()) == []
+
+
 def test_predict_writes_a_classifiers_predictions_to_csv(tiny_run: Path, tmp_path: Path) -> None:
     """`--output` was read by segmentation runs only: a classifier's `-o predictions.csv` was silently ignored."""
     import csv

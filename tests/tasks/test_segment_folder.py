@@ -243,6 +243,9 @@ def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path):
     with pytest.raises(CnnlabError, match="names a file, but a segmentation run writes three PNGs per image"):
         predict_masks(segmenter, paths[:1], tmp_path / "predictions.csv")  # it made a folder of that name
     assert not (tmp_path / "predictions.csv").exists()
+    # an output folder that cannot be made is one line naming it (was an OSError on ".cnnlab-masks.jsonl", exit 1)
+    with pytest.raises(CnnlabError, match=rf"--output {re.escape(str(paths[0]))}/out: .*00000.png is a file, not a"):
+        predict_masks(segmenter, paths[:1], paths[0] / "out")
 
 
 def test_a_run_trained_with_max_side_predicts_downscaled_and_returns_masks_at_the_image_size(tmp_path):

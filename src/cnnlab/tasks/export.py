@@ -31,6 +31,7 @@ from torch import nn
 
 from cnnlab.data.transforms import RESIZE_ANTIALIAS, resize_description
 from cnnlab.errors import CnnlabError
+from cnnlab.files import check_writable
 from cnnlab.layers.normalize import Normalize
 from cnnlab.tasks.predict import load_predictor
 from cnnlab.train.saved import EXPORT_RECORD_SUFFIX
@@ -342,18 +343,7 @@ def _writable(output: Path, suffix: str) -> Path:
             f"beside it), which it would replace; name a new file, such as {output.with_name('exported' + suffix)}, "
             "or delete it first"
         )
-    above = next(parent for parent in output.parents if parent.exists())  # "." or "/" at the latest
-    if not above.is_dir():
-        raise CnnlabError(f"--output {output}: {above} is a file, not a folder")
-    existed = output.exists()
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with open(output, "ab"):
-            pass
-    except OSError as error:
-        raise CnnlabError(f"--output {output}: cannot write there ({error.strerror or error})") from None
-    if not existed:
-        output.unlink()
+    check_writable(output)
     return output
 
 

@@ -23,7 +23,7 @@ import torch
 from cnnlab.data.augment import RandomAffine
 from cnnlab.data.mnist import MnistSplits, load_mnist
 from cnnlab.errors import CnnlabError
-from cnnlab.files import write_text_whole, written_then_renamed
+from cnnlab.files import check_writable, write_text_whole, written_then_renamed
 from cnnlab.report.units import score
 from cnnlab.tasks.recipes import (
     Recipe,
@@ -452,7 +452,7 @@ def evaluate_mnist(
 
     Raises:
         CnnlabError: `run` was saved by another task (a transfer or segmentation run has its own test set, scored
-            once in its report), or holds no saved model.
+            once in its report), or holds no saved model; `output_dir` cannot be written (under a file, read-only).
     """
     from cnnlab.train.saved import load_model
 
@@ -460,9 +460,10 @@ def evaluate_mnist(
     check_mnist_run(run)
     model = load_model(run, device=device)
     data = load_mnist(data_dir, val_size=0)
+    out = Path(output_dir) if output_dir is not None else (run if run.is_dir() else run.parent) / "evaluation"
+    check_writable(out / "evaluation.json", shown=str(out))  # before the 10,000 digits are classified
     images = to_float(data.test_images)
     predictions = predict_logits(model, images, device).argmax(1)
-    out = Path(output_dir) if output_dir is not None else (run if run.is_dir() else run.parent) / "evaluation"
     result = {"run": str(run), **test_evaluation(images, data.test_labels, predictions, out)}
     write_text_whole(out / "evaluation.json", json.dumps(result, indent=1))
     return result

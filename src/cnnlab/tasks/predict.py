@@ -24,6 +24,7 @@ from torch import nn
 from cnnlab.data.folder import check_image, load_image
 from cnnlab.data.transforms import build_eval_transform
 from cnnlab.errors import CnnlabError
+from cnnlab.files import check_writable
 from cnnlab.layers.views import ViewAverage
 from cnnlab.models import PretrainedCfg
 from cnnlab.train import Trainer
@@ -235,10 +236,12 @@ def iter_predictions(
 
 
 def check_predictions_csv(output: str | os.PathLike[str]) -> Path:
-    """The CSV file a classifier's predictions go to, checked before any image is read.
+    """The CSV file a classifier's predictions go to, checked before any image is read: its folder is made, and the
+    file proved writable (`cnnlab.files.check_writable`).
 
     Raises:
-        CnnlabError: a name that does not end in ``.csv`` (a folder, say, which is what segmentation runs take).
+        CnnlabError: a name that does not end in ``.csv`` (a folder, say, which is what segmentation runs take), or a
+            place it cannot be written (under a file, a read-only folder).
     """
     path = Path(output)
     if path.suffix.lower() != ".csv" or path.is_dir():
@@ -246,6 +249,7 @@ def check_predictions_csv(output: str | os.PathLike[str]) -> Path:
             f"--output {output}: a classifier's predictions go to a .csv file, e.g. predictions.csv "
             "(a folder is for a segmentation run's masks)"
         )
+    check_writable(path)
     return path
 
 

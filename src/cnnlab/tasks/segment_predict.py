@@ -25,6 +25,7 @@ from torch import nn
 from cnnlab.data.folder import check_image, load_image
 from cnnlab.data.segmentation import SegmentationInput, class_colours, downscale
 from cnnlab.errors import CnnlabError
+from cnnlab.files import check_writable
 from cnnlab.report.segmentation import colourise
 from cnnlab.train import Trainer
 from cnnlab.train.progress import ProgressBar
@@ -156,7 +157,7 @@ def iter_masks(
             f"--output {output} names a file, but a segmentation run writes three PNGs per image (mask, colour, "
             "overlay) into a folder: name a folder, e.g. predictions/"
         )
-    output.mkdir(parents=True, exist_ok=True)
+    check_writable(output / FINISHED_LOG, shown=str(output))  # a read-only folder: one line naming it, exit 2
     device = str(next(segmenter.model.parameters()).device)
     runner = Trainer.for_inference(
         segmenter.model, device=device, batch_size=1, eval_transform=SegmentationInput(segmenter.mean, segmenter.std)
