@@ -77,6 +77,26 @@ def test_a_save_stopped_midway_leaves_the_earlier_model_whole(tmp_path: Path, mo
             load_model(tmp_path)  # was safetensors' SafetensorError, a traceback in predict and in the lab
 
 
+def test_weights_that_are_not_safetensors_are_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model.safetensors overwritten by another file (an export given -o RUN/model.safetensors) ended predict in
+    safetensors' "header too large" traceback."""
+    from PIL import Image
+
+    (_saved(tmp_path / "run") / "model.safetensors").write_bytes(b"PK\x03\x04 a TorchScript zip, not weights" * 8)
+    with pytest.raises(
+        CnnlabError, match=r"model.safetensors is damaged, not a whole safetensors file \(.*\); copy the run again"
+    ):
+        load_model(tmp_path / "run")
+    Image.new("L", (28, 28)).save(tmp_path / "digit.png")
+    monkeypatch.setattr(sys, "argv", ["cnnlab", "predict", "-m", str(tmp_path / "run"), str(tmp_path / "digit.png")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.count("\n") == 1 and "is damaged, not a whole safetensors file" in error
+
+
 def test_an_ensemble_json_without_members_is_a_clear_error(tmp_path: Path) -> None:
     _saved(tmp_path / "a")
     (tmp_path / "e").mkdir()
