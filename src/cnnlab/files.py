@@ -17,11 +17,16 @@ from typing import Any
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["check_writable", "save_figure_whole", "write_text_whole", "written_then_renamed"]
+__all__ = ["PATH_BYTES", "check_writable", "save_figure_whole", "write_text_whole", "written_then_renamed"]
 
 # A temporary file this old is a leftover whatever its name says: no block writes one for a day, and a process id
 # reused since (a container's processes restart at the same ids) or another machine's, unknown here, is still swept.
 STALE_AFTER_SECONDS = 24 * 3600
+
+# The `errors=` of a UTF-8 text file that holds file paths (a CSV of predictions, a split): a name that is not UTF-8
+# (a zip made on Windows, a Latin-1 disk) is a str with surrogates on Linux, which strict UTF-8 refused to write (a
+# traceback, and a CSV of its header alone); its bytes are written as they are and read back to the same path.
+PATH_BYTES = "surrogateescape"
 
 
 @contextlib.contextmanager

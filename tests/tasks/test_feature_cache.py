@@ -168,6 +168,9 @@ def test_a_part_read_back_from_its_split_manifest_has_the_same_digest(tmp_path: 
     from cnnlab.data.split import read_manifest, write_manifest
 
     images = _images(tmp_path / "data")
+    latin = tmp_path / "data" / "a" / "caf\udce9.png"  # a Latin-1 name: a str with a surrogate on Linux
+    Path(images.paths[0]).rename(latin)  # its digest was a UnicodeEncodeError traceback, and so was the manifest
+    images.paths[0] = str(latin)
     # as a dataset may list them: relative paths, classes in their own (unsorted) order
     monkeypatch.chdir(tmp_path)
     relative = [str(Path(p).relative_to(tmp_path)) for p in images.paths]

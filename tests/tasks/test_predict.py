@@ -381,6 +381,26 @@ def test_an_output_that_cannot_be_written_is_one_line_before_any_image_is_classi
     assert classified == [] and list(tmp_path.iterdir()) == []
 
 
+def test_a_file_name_that_is_not_utf8_is_written_to_the_csv_and_resumed(tiny_run: Path, tmp_path: Path) -> None:
+    """A photo named in Latin-1 (a zip made on Windows) is a str with a surrogate on Linux: the CSV's strict UTF-8
+    ended predict in a UnicodeEncodeError traceback, leaving a CSV of its header alone."""
+    import os
+
+    from cnnlab.cli import app
+
+    red = next((tiny_run.parent.parent.parent / "photos" / "red").glob("0*.png"))
+    latin = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.png"))  # 'caf\udce9.png'
+    Path(latin).write_bytes(red.read_bytes())
+    table = tmp_path / "p.csv"
+    first = CliRunner().invoke(app, ["predict", "-m", str(tiny_run), "-k", "1", "-o", str(table), "--json", latin])
+    assert first.exit_code == 0, first.exception
+    assert table.read_bytes().splitlines()[1].startswith(os.path.join(os.fsencode(tmp_path), b"caf\xe9.png,red,"))
+    again = CliRunner().invoke(
+        app, ["predict", "-m", str(tiny_run), "-k", "1", "-o", str(table), "--json", "--resume", latin]
+    )
+    assert again.exit_code == 0 and "already holds 1 image; predicting the other 0" in again.output
+
+
 def test_predict_writes_a_classifiers_predictions_to_csv(tiny_run: Path, tmp_path: Path) -> None:
     """`--output` was read by segmentation runs only: a classifier's `-o predictions.csv` was silently ignored."""
     import csv

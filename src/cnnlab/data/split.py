@@ -19,7 +19,7 @@ from sklearn.model_selection import train_test_split
 
 from cnnlab.data.folder import LabelledImages, _collect, describe_skipped, scan_folder
 from cnnlab.errors import CnnlabError
-from cnnlab.files import written_then_renamed
+from cnnlab.files import PATH_BYTES, written_then_renamed
 
 __all__ = [
     "SPLITS",
@@ -122,7 +122,10 @@ def write_manifest(path: str | os.PathLike[str], images: LabelledImages, split: 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with written_then_renamed(path) as partial, open(partial, "w", newline="", encoding="utf-8") as f:
+    with (
+        written_then_renamed(path) as partial,
+        open(partial, "w", newline="", encoding="utf-8", errors=PATH_BYTES) as f,
+    ):
         writer = csv.writer(f)
         writer.writerow(["path", "label", "split"])
         for part in SPLITS:
@@ -143,12 +146,10 @@ def read_manifest(path: str | os.PathLike[str], classes: list[str] | None = None
     """
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with open(path, newline="", encoding="utf-8-sig", errors=PATH_BYTES) as f:  # a binary file: no header
             rows = list(csv.DictReader(f))
     except OSError as error:
         raise CnnlabError(f"cannot read split manifest {path}: {error.strerror or error}") from None
-    except UnicodeDecodeError as error:
-        raise CnnlabError(f"{path} is not UTF-8 text (byte {error.start}); it is not a split manifest") from None
     if not rows or not {"path", "label", "split"} <= set(rows[0]):
         raise CnnlabError(f"{path} is not a split manifest: it needs a header `path,label,split` and rows")
     bad = sorted({row["split"] for row in rows} - set(SPLITS))

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 
 from cnnlab.data.folder import ImageDataset, LabelledImages
 from cnnlab.errors import CnnlabError
-from cnnlab.files import written_then_renamed
+from cnnlab.files import PATH_BYTES, written_then_renamed
 from cnnlab.layers.views import VIEWS
 from cnnlab.report.units import file_size
 from cnnlab.train import Trainer
@@ -61,7 +61,7 @@ def images_digest(images: LabelledImages) -> str:
     for path, label in zip(images.paths, images.labels, strict=True):
         stat = os.stat(path)
         name = images.classes[label]
-        digest.update(f"{Path(path).resolve()}\0{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{Path(path).resolve()}\0{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode(errors=PATH_BYTES))
     return digest.hexdigest()
 
 

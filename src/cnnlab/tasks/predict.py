@@ -24,7 +24,7 @@ from torch import nn
 from cnnlab.data.folder import check_image, load_image
 from cnnlab.data.transforms import build_eval_transform
 from cnnlab.errors import CnnlabError
-from cnnlab.files import check_writable
+from cnnlab.files import PATH_BYTES, check_writable
 from cnnlab.layers.views import ViewAverage
 from cnnlab.models import PretrainedCfg
 from cnnlab.train import Trainer
@@ -277,7 +277,7 @@ def write_predictions_csv(
     path = check_predictions_csv(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(f".{path.name}.part")
-    with open(part, "w", newline="", encoding="utf-8") as f:
+    with open(part, "w", newline="", encoding="utf-8", errors=PATH_BYTES) as f:
         csv.writer(f).writerows([_header(top_k), *kept])
     os.replace(part, path)
     # The record only once the CSV holds no other model's rows (`kept` are this model's): written first, a stop
@@ -289,7 +289,7 @@ def write_predictions_csv(
         os.replace(record_part, record)
     else:
         record.unlink(missing_ok=True)
-    with open(path, "a", newline="", encoding="utf-8") as f:
+    with open(path, "a", newline="", encoding="utf-8", errors=PATH_BYTES) as f:
         writer = csv.writer(f)
         for result in results:
             cells = [value for entry in result.get("top", []) for value in (entry["label"], entry["probability"])]
@@ -328,7 +328,7 @@ def finished_predictions(
             f"--resume: {path} was written by another model (other weights, classes, views or preprocessing); "
             "give another --output, or leave out --resume to predict every image with this one"
         )
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8", errors=PATH_BYTES) as f:
         rows = list(csv.reader(f))
     if not rows or rows[0] != _header(top_k):
         found = len([cell for cell in rows[0] if cell.startswith("label_")]) if rows else 0

@@ -61,7 +61,7 @@ from cnnlab.data.split import (
     write_manifest,
 )
 from cnnlab.errors import CnnlabError, listed
-from cnnlab.files import write_text_whole, written_then_renamed
+from cnnlab.files import PATH_BYTES, write_text_whole, written_then_renamed
 from cnnlab.layers.views import ViewAverage, parse_views
 from cnnlab.models import (
     PretrainedCfg,
@@ -694,7 +694,7 @@ def _test(run: _Run, model: nn.Module) -> dict[str, Any]:
     probabilities = logits.softmax(1)
     with (
         written_then_renamed(run_dir / "test_predictions.csv") as partial,
-        open(partial, "w", newline="", encoding="utf-8") as f,
+        open(partial, "w", newline="", encoding="utf-8", errors=PATH_BYTES) as f,
     ):
         writer = csv.writer(f)
         writer.writerow(["path", "label", "predicted", *test.classes])
