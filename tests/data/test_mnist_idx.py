@@ -120,6 +120,8 @@ def test_a_photographed_digit_is_placed_by_its_centre_of_mass_as_mnist_digits_ar
     assert abs(row - 14) <= 0.5 and abs(col - 14) <= 0.5, (row, col)  # was (10.7, 16.1)
     ink = torch.nonzero(digit > 0.5)
     assert int((ink.max(0).values - ink.min(0).values).max()) in (19, 20)  # still fitted in 20x20
+    with pytest.raises(CnnlabError, match="no digit found"):  # a blank page, not a confident class
+        mnist_preprocess(Image.new("RGB", (50, 50), (250, 250, 250)))
     if (REAL_MNIST / "MNIST" / "raw").is_dir():  # the real digits come back as they are
         images = read_idx(REAL_MNIST / "MNIST" / "raw" / "t10k-images-idx3-ubyte", 0x0803)[:100]
         again = torch.stack([mnist_preprocess(Image.fromarray(image))[0] for image in images])

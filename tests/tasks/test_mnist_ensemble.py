@@ -191,6 +191,9 @@ def test_an_mnist_run_predicts_a_photo_of_a_digit(runs: tuple[Path, Path, Path],
         expected = load_model(runs[2] / run)(mnist_preprocess(opened).unsqueeze(0)).softmax(1)[0]
     got = torch.tensor([entry["probability"] for entry in sorted(result["top"], key=lambda e: e["index"])])
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    Image.new("L", (40, 40), 255).save(tmp_path / "blank.png")  # was classified, as whatever an empty canvas gives
+    blank, again = predict_images(predictor, [tmp_path / "blank.png", image], top_k=1)
+    assert blank["error"].startswith("no digit found: no pixel stands out") and again["top"] == result["top"][:1]
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "pt2"])

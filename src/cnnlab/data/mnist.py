@@ -162,6 +162,9 @@ def mnist_preprocess(image: Any) -> torch.Tensor:
     image by computing the center of mass of the pixels"; the test set's mean is (13.99, 14.00)). Centring the bounding
     box instead moved a "7" or a "4" two pixels off where the network saw such digits: the MNIST test digits
     themselves, saved as PNG and prepared that way, lost 3 points of accuracy (96.1% against 99.1%).
+
+    Raises:
+        CnnlabError: no ink at all (a blank image), rather than a confident class for an empty canvas.
     """
     from PIL import Image
 
@@ -169,16 +172,20 @@ def mnist_preprocess(image: Any) -> torch.Tensor:
     if grey.mean() > 0.5:  # dark ink on light paper: MNIST is the opposite
         grey = 1.0 - grey
     ink = grey > 0.2
-    if ink.any():
-        rows, cols = np.nonzero(ink)
-        grey = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    if not ink.any():  # a blank page was classified (a "1" at 73%), and so was light ink on a transparent background
+        raise CnnlabError(
+            "no digit found: no pixel stands out from the background (a blank image, or light ink on a transparent "
+            "background, which is composited on white; save the digit dark on light or light on dark)"
+        )
+    rows, cols = np.nonzero(ink)
+    grey = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     height, width = grey.shape
     ratio = 20.0 / max(height, width)
     size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
     small = np.clip(np.asarray(Image.fromarray(grey).resize(size, Image.BILINEAR), np.float32), 0.0, 1.0)
     canvas = np.zeros((28, 28), dtype=np.float32)
     top, left = (28 - small.shape[0]) // 2, (28 - small.shape[1]) // 2
-    if (mass := float(small.sum())) > 0:
+    if (mass := float(small.sum())) > 0:  # a digit thinner than a pixel can vanish in the resize
         row_index, col_index = np.indices(small.shape)
         top = round(14 - float((row_index * small).sum()) / mass)
         left = round(14 - float((col_index * small).sum()) / mass)

@@ -222,6 +222,8 @@ def iter_predictions(
                         good.append((len(results), transform(load_image(path))))
                     except OSError as error:
                         reason = f"cannot be read ({error})"
+                    except CnnlabError as error:  # the image reads, but the preparation finds nothing to classify
+                        reason = str(error)
                 results.append({"image": str(path)} if reason is None else {"image": str(path), "error": reason})
             if good:
                 probabilities = runner.predict(torch.stack([tensor for _, tensor in good])).softmax(dim=1)
