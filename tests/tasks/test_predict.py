@@ -425,6 +425,15 @@ def test_predict_writes_a_classifiers_predictions_to_csv(tiny_run: Path, tmp_pat
     folder = CliRunner().invoke(app, ["predict", "-m", str(tiny_run), "-o", str(tmp_path), images[0]])
     assert isinstance(folder.exception, CnnlabError)  # `cnnlab` prints it on one line with exit code 2
     assert "a classifier's predictions go to a .csv file" in str(folder.exception)
+    # a CSV predict did not write is kept (-o photos/labels.csv replaced the user's labels); its own is replaced
+    (tmp_path / "labels.csv").write_text("path,label\nreddish.png,red\n")
+    for extra in ([], ["--resume"]):
+        args = ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "labels.csv"), *extra, images[0]]
+        mine = CliRunner().invoke(app, args)
+        assert "labels.csv is a CSV that `cnnlab predict` did not write" in str(mine.exception)
+    assert (tmp_path / "labels.csv").read_text() == "path,label\nreddish.png,red\n"
+    again = CliRunner().invoke(app, ["predict", "-m", str(tiny_run), "-k", "1", "-o", str(table), images[0]])
+    assert again.exit_code == 0 and table.read_text().splitlines()[0] == "path,label_1,probability_1,error"
 
 
 def test_the_output_suffix_chooses_the_format_and_a_contradiction_is_refused(tiny_run: Path, tmp_path: Path) -> None:

@@ -242,8 +242,8 @@ def check_predictions_csv(output: str | os.PathLike[str]) -> Path:
     file proved writable (`cnnlab.files.check_writable`).
 
     Raises:
-        CnnlabError: a name that does not end in ``.csv`` (a folder, say, which is what segmentation runs take), or a
-            place it cannot be written (under a file, a read-only folder).
+        CnnlabError: a name that does not end in ``.csv`` (a folder, say, which is what segmentation runs take), a
+            place it cannot be written (under a file, a read-only folder), or a CSV that predict did not write.
     """
     path = Path(output)
     if path.suffix.lower() != ".csv" or path.is_dir():
@@ -252,7 +252,19 @@ def check_predictions_csv(output: str | os.PathLike[str]) -> Path:
             "(a folder is for a segmentation run's masks)"
         )
     check_writable(path)
+    if path.is_file() and not _is_predictions_csv(path):  # -o photos/labels.csv replaced the user's own CSV
+        raise CnnlabError(
+            f"--output {output} is a CSV that `cnnlab predict` did not write (its first row is not path, label_1, "
+            "probability_1, ...), which it would replace; name a new file, or delete it first"
+        )
     return path
+
+
+def _is_predictions_csv(path: Path) -> bool:
+    """Whether the file at `path` is empty or starts with the header `_header` writes (for some top-k)."""
+    with open(path, newline="", encoding="utf-8", errors=PATH_BYTES) as f:
+        first = next(csv.reader(f), None)
+    return first is None or (len(first) >= 4 and len(first) % 2 == 0 and first == _header((len(first) - 2) // 2))
 
 
 def _header(top_k: int) -> list[str]:
