@@ -209,6 +209,17 @@ def test_a_max_side_below_the_training_crop_is_refused(tmp_path):
         train_segmentation_folder(str(root), output=str(tmp_path), max_side=32, progress=False)
 
 
+def test_an_output_inside_the_data_folder_is_refused_before_anything_is_written(tmp_path):
+    """A run written into its own --data folder put files among the user's images (and under images/, the next run
+    read its PNGs as images without masks)."""
+    root = _folder(tmp_path / "data", count=3)
+    before = sorted(root.rglob("*"))
+    for output in (root, root / "images" / "runs"):
+        with pytest.raises(CnnlabError, match="--output .* is inside --data .*data: the run's files"):
+            train_segmentation_folder(str(root), output=str(output), progress=False)
+    assert sorted(root.rglob("*")) == before
+
+
 def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path):
     sizes = ((29, 41), (37, 37), (50, 33))
     root = _folder(tmp_path / "data", count=12, sizes=sizes)

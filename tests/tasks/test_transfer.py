@@ -278,12 +278,16 @@ def test_a_resume_stopped_while_it_rewrote_the_config_can_be_resumed(
         ({"train": {"epochs": 0}}, "epochs must be >= 1, got 0"),
         ({"train": {"lr": -1.0}}, "lr must be > 0"),
         ({"recipe": "full"}, "--unfreeze 2: recipe full trains the whole network"),  # 2 was ignored
+        # its plots were read back by the next run, under a class "runs"
+        ({"output": "{tmp}/photos/runs"}, "--output .*photos/runs is inside --data .*photos: the run's files"),
     ],
 )
 def test_bad_options_are_clear_errors(tmp_path: Path, overrides: dict, message: str) -> None:
     """Each is refused before a run folder is made: the model's, --unfreeze's and the engine's were found after the
     images were read and the split written, and left a run folder with no model behind."""
     make_photo_folder(tmp_path / "photos")
+    if "output" in overrides:
+        overrides = {**overrides, "output": overrides["output"].format(tmp=tmp_path)}
     config = tiny_config(tmp_path, **overrides)
     with pytest.raises(CnnlabError, match=message):
         train_transfer(config)

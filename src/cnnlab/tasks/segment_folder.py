@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cnnlab.data.folder import LabelledImages
+from cnnlab.data.paths import check_output_outside_data
 from cnnlab.data.segmentation import (
     IGNORE_INDEX,
     SegmentationFolder,
@@ -370,6 +371,7 @@ def train_segmentation_folder(
             "padding; raise --max-side or lower --crop-size"
         )
     check_split_seed(split_seed)  # before the folder is read
+    check_output_outside_data(output, data)
     folder = SegmentationFolder(data, skip_bad=True, max_side=max_side)
     name = name or run_name(recipe.name)
     config = TrainConfig(

@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cnnlab.data.folder import ImageDataset, LabelledImages, SkippedFile, load_image
+from cnnlab.data.paths import check_output_outside_data
 from cnnlab.data.photo_transforms import InputCheck, build_eval_transform, build_train_transform, save_preview_grid
 from cnnlab.data.sources import (
     check_files_exist,
@@ -278,6 +279,7 @@ class TransferConfig:
                 "the top blocks that --unfreeze names"
             )
         check_split_seed(self.split_seed)
+        check_output_outside_data(self.output, self.data)
         if self.min_per_class < 0:
             raise CnnlabError(f"--min-per-class must be >= 0 (0: no minimum), got {self.min_per_class}")
         if self.max_per_class is not None and self.max_per_class < 1:  # 0 was a scikit-learn error about the split
