@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -20,7 +21,7 @@ from cnnlab.data.photo_transforms import InputCheck, InputStatisticsWarning, bui
 from cnnlab.data.transforms import build_eval_transform
 from cnnlab.errors import CnnlabError
 from cnnlab.models import PretrainedCfg, create_model
-from cnnlab.tasks.transfer import RECIPES, TransferConfig, class_weights, train_transfer
+from cnnlab.tasks.transfer import RECIPES, TransferConfig, class_weights, load_images, train_transfer
 from cnnlab.train import (
     BestWeights,
     FreezeBatchNorm,
@@ -155,6 +156,35 @@ def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(tin
     assert resumed["split"].startswith("stratified")
     assert resumed["skipped"] == again["skipped"]  # the bad files found at split time stay listed
     assert resumed["costs"]["cache_reused"] == 1.0  # same images, model, cut, views: the cache is read, not rebuilt
+
+
+def test_a_resume_refuses_images_that_changed_since_its_split(tiny_run: tuple[Path, dict]) -> None:
+    """A split image emptied since the split stopped the resume with PIL's "cannot identify image file" (exit 1), and
+    one overwritten with another class's image was trained under its old label; both are refused, naming the file."""
+    tmp_path, summary = tiny_run
+    config = tiny_config(tmp_path, resume=True, name="changed")
+    with open(Path(summary["run_dir"]) / "split.csv", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if Path(row["path"]).is_file()]  # another test's new.png has gone
+    config.run_dir.mkdir(parents=True)
+    with open(config.run_dir / "split.csv", "w", newline="") as f:
+        csv.DictWriter(f, ["path", "label", "split"]).writeheader()
+        csv.DictWriter(f, ["path", "label", "split"]).writerows(rows)
+    blue = Path(next(row["path"] for row in rows if row["label"] == "blue"))
+    red = Path(next(row["path"] for row in rows if row["label"] == "red"))
+    original, stat = blue.read_bytes(), blue.stat()
+    try:
+        blue.write_bytes(b"")
+        with pytest.raises(
+            CnnlabError, match=rf"1 image.* changed since .*{re.escape(str(blue))}: zero-byte file\); restore them"
+        ):
+            load_images(config)
+        blue.write_bytes(red.read_bytes())
+        with pytest.raises(CnnlabError, match="2 image.* changed since .*: the same image as"):
+            load_images(config)
+    finally:
+        blue.write_bytes(original)
+        os.utime(blue, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the module's runs keep reusing their cache
+    assert load_images(config)[2].startswith("reused")
 
 
 def test_a_failed_start_does_not_keep_its_split_for_the_next_try(tmp_path: Path) -> None:
@@ -362,7 +392,7 @@ def test_a_built_in_dataset_keeps_its_class_order_when_its_split_is_read_back(tm
     for label, name in enumerate(classes):
         for i in range(3):
             paths.append(str(tmp_path / f"{name}-{i}.png"))
-            Image.new("L", (8, 8), 60 * label).save(paths[-1])
+            Image.new("L", (8, 8), 60 * label + i).save(paths[-1])  # distinct: a resume refuses copies
             labels.append(label)
     images = LabelledImages(paths, labels, list(classes))
     split = {

@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 
 from cnnlab.data.folder import LabelledImages, scan_csv, scan_folder
-from cnnlab.data.split import Split, split_from_folders
+from cnnlab.data.split import Split, check_split_images, split_from_folders
 from cnnlab.errors import CnnlabError
 
 __all__ = [
     "BUILTIN_DATASETS",
     "check_files_exist",
+    "check_split_unchanged",
     "limit_per_class",
     "open_image_source",
     "source_classes",
@@ -100,4 +101,21 @@ def check_files_exist(images: LabelledImages, manifest: str | os.PathLike[str]) 
     if missing:
         raise CnnlabError(
             f"{len(missing)} image(s) of {manifest} are missing (first: {missing[0]}); restore them or start a new run"
+        )
+
+
+def check_split_unchanged(images: LabelledImages, split: Split, manifest: str | os.PathLike[str]) -> None:
+    """Raise a `CnnlabError` when an image of a run's split manifest, checked when the split was made, can no longer
+    be used: a file emptied or damaged since (a resume stopped with PIL's "cannot identify image file" and a
+    traceback once training had begun), or one that is now a copy of another listed image (a resume trained it under
+    the label its path had). Every image is decoded again, as the first run's scan did.
+    """
+    check_files_exist(images, manifest)
+    checked, _ = check_split_images(images, split)
+    if checked.skipped:
+        first = checked.skipped[0]
+        raise CnnlabError(
+            f"{len(checked.skipped)} image(s) of {manifest} changed since the run's split was made and can no longer "
+            f"be used (first: {first.path}: {first.reason}); restore them, or start a new run (--overwrite or "
+            "another --name)"
         )

@@ -47,6 +47,7 @@ from cnnlab.data.paths import check_output_outside_data
 from cnnlab.data.photo_transforms import InputCheck, build_eval_transform, build_train_transform, save_preview_grid
 from cnnlab.data.sources import (
     check_files_exist,
+    check_split_unchanged,
     limit_per_class,
     open_image_source,
     source_classes,
@@ -383,7 +384,7 @@ def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImage
     run_manifest = config.run_dir / MANIFEST
     if config.resume and run_manifest.is_file():
         images, split = _read_split(run_manifest, config.data)
-        check_files_exist(images, run_manifest)
+        check_split_unchanged(images, split, run_manifest)
         return images, split, f"reused {run_manifest}"
     if config.split_manifest:
         _refuse_split_options(config, f"--split {config.split_manifest}")
