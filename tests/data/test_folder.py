@@ -311,3 +311,20 @@ def test_an_image_too_thin_for_a_classifiers_resize_is_skipped_and_named(tmp_pat
     assert [(Path(s.path).name, s.reason) for s in images.skipped] == [("strip.png", thin_image_reason(2000, 1))]
     assert describe_skipped([s.reason for s in images.skipped]) == "1 file skipped: 1 too thin"
     assert check_image(root / "dog" / "strip.png") is None  # whole-image uses (segmentation) take it as it is
+
+
+def test_images_beside_the_class_folders_are_named_not_left_out_unsaid(tmp_path: Path) -> None:
+    """Images saved in the data folder itself, next to its class sub-folders, were in no class and were left out of
+    training without a word."""
+    from cnnlab.data.folder import LooseImagesWarning
+
+    root = _make_folder(tmp_path / "photos", per_class=2)
+    for name in ("z.png", "a.JPG", "m.webp", "n.bmp"):
+        _solid(root / name, (9, 9, 9))
+    (root / ".DS_Store").write_bytes(b"x")
+    (root / "notes.txt").write_text("x")
+    with pytest.warns(LooseImagesWarning) as caught:
+        assert len(scan_folder(root, min_per_class=2)) == 4
+    (message,) = [str(w.message) for w in caught]
+    assert message.startswith(f"{root}: 4 image file(s) directly in it, not in a class sub-folder (a.JPG, m.webp, ")
+    assert "n.bmp and 1 more), are left out" in message

@@ -37,6 +37,7 @@ __all__ = [
     "ImageDataset",
     "MAX_ASPECT_RATIO",
     "LabelledImages",
+    "LooseImagesWarning",
     "SkippedFile",
     "UnreadFormatWarning",
     "check_image",
@@ -64,6 +65,10 @@ UNREAD_PHOTO_EXTENSIONS = (".heic", ".heif", ".dng", ".cr2", ".cr3", ".nef", ".a
 # 1 x 100,000 px strip, which Pillow's guard lets through, became 256 x 25.6 M px (20 GB) first. A wide panorama is
 # about 10:1; at 50:1 Inception-v3's 342 px makes 342 x 17,100 px, 18 MB.
 MAX_ASPECT_RATIO = 50
+
+
+class LooseImagesWarning(UserWarning):
+    """A class folder holds images beside its class sub-folders, in no class: they are left out."""
 
 
 class UnreadFormatWarning(UserWarning):
@@ -366,6 +371,18 @@ def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: b
         raise CnnlabError(
             f"{root} has {len(classes)} class sub-folder(s) ({', '.join(classes) or 'none'}); "
             "at least 2 are needed (root/<class name>/<images>)"
+        )
+    loose = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_file() and not _is_hidden(p.name) and p.name.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    if loose:  # images beside the class folders were left out without a word
+        warnings.warn(
+            f"{root}: {len(loose)} image file(s) directly in it, not in a class sub-folder ({listed(loose, 3)}), are "
+            "left out: a class is a sub-folder; move each image into its class's folder to use it",
+            LooseImagesWarning,
+            stacklevel=2,
         )
     candidates = [(path, name) for name in classes for path in image_files(root / name)]
     images = _collect(candidates, classes, str(root), check)
