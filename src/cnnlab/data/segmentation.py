@@ -348,6 +348,19 @@ def _turned(path: Path, shown: tuple[int, int], mask_size: tuple[int, int]) -> s
     )
 
 
+def _near_miss(image: Path, mask_names: list[str]) -> str:
+    """What in masks/ looks meant as `image`'s mask under another name, said in brackets, or "": a mask named after
+    the image's whole file name (a.jpg.png, as some labelling tools save them) or one in another format (a.tif, a.jpg:
+    a lossy JPEG changes class indices at the edges), each read as no mask at all without a word on why."""
+    whole = next((name for name in mask_names if name.lower() == f"{image.name.lower()}.png"), None)
+    if whole is not None:
+        return f" ({whole} is there: a mask is named after the image's stem, {image.stem}.png; rename it)"
+    other = next((name for name in mask_names if Path(name).stem == image.stem), None)
+    if other is not None:
+        return f" ({other} is there: masks must be PNG, a lossless format; save it as {image.stem}.png)"
+    return ""
+
+
 class SegmentationFolder(Dataset):
     """Image + mask pairs from a folder: ``images/<stem>.<ext>`` and ``masks/<stem>.png``.
 
@@ -403,6 +416,7 @@ class SegmentationFolder(Dataset):
         # a.PNG is the mask of a.* too (capitals from a camera or Windows: only a case-insensitive file system found
         # it); sorted, a.png comes after a.PNG and is the one kept when both are there
         masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() == ".png"}
+        mask_names = sorted(p.name for p in mask_dir.iterdir() if not p.name.startswith("."))
         stems = Counter(image.stem for image in candidates)
         for image in candidates:
             mask = masks.get(image.stem, mask_dir / f"{image.stem}.png")
@@ -419,11 +433,18 @@ class SegmentationFolder(Dataset):
                 self.images.append(image)
                 self.masks.append(mask)
             elif skip_bad:
-                self.skipped.append(SkippedFile(str(image), "", f"no mask {mask}"))
+                self.skipped.append(SkippedFile(str(image), "", f"no mask {mask}{_near_miss(image, mask_names)}"))
             else:
-                raise CnnlabError(f"{image} has no mask {mask}; every image needs a PNG mask with the same stem")
+                raise CnnlabError(
+                    f"{image} has no mask {mask}{_near_miss(image, mask_names)}; every image needs a PNG mask with "
+                    "the same stem"
+                )
         if not self.images:
-            raise CnnlabError(f"no image in {image_dir} has a mask in {mask_dir} (masks/<image stem>.png)")
+            hint = _near_miss(candidates[0], mask_names)
+            raise CnnlabError(
+                f"no image in {image_dir} has a mask in {mask_dir} (masks/<image stem>.png; for "
+                f"{candidates[0].name}, {candidates[0].stem}.png{hint})"
+            )
         classes_file = self.root / "classes.json"
         self.class_names: list[str] | None = None
         self.colours: np.ndarray | None = None
