@@ -328,3 +328,20 @@ def test_images_beside_the_class_folders_are_named_not_left_out_unsaid(tmp_path:
     (message,) = [str(w.message) for w in caught]
     assert message.startswith(f"{root}: 4 image file(s) directly in it, not in a class sub-folder (a.JPG, m.webp, ")
     assert "n.bmp and 1 more), are left out" in message
+
+
+def test_class_names_alike_but_for_case_or_unicode_form_are_named(tmp_path: Path) -> None:
+    """Cat/ and cat/ (and café/ as a Mac writes it beside café/ as typed, which print alike) were trained as separate
+    classes without a word: the model was asked to tell a class from itself."""
+    from cnnlab.data.folder import SimilarClassesWarning
+
+    for index, name in enumerate(("Cat", "cat", "caf\u00e9", "cafe\u0301", "dog")):
+        for i in range(2):
+            _solid(tmp_path / name / f"{i}.png", (40 * index, i, 0))
+    with pytest.warns(SimilarClassesWarning) as caught:
+        assert len(scan_folder(tmp_path, min_per_class=2).classes) == 5
+    (message,) = [str(w.message) for w in caught]
+    alike = (
+        "class names 'Cat' and 'cat'; 'cafe\u0301' (decomposed) and 'caf\u00e9' differ only in letter case or Unicode"
+    )
+    assert alike in message

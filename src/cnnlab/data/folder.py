@@ -19,6 +19,7 @@ import csv
 import hashlib
 import io
 import os
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ __all__ = [
     "MAX_ASPECT_RATIO",
     "LabelledImages",
     "LooseImagesWarning",
+    "SimilarClassesWarning",
     "SkippedFile",
     "UnreadFormatWarning",
     "check_image",
@@ -65,6 +67,10 @@ UNREAD_PHOTO_EXTENSIONS = (".heic", ".heif", ".dng", ".cr2", ".cr3", ".nef", ".a
 # 1 x 100,000 px strip, which Pillow's guard lets through, became 256 x 25.6 M px (20 GB) first. A wide panorama is
 # about 10:1; at 50:1 Inception-v3's 342 px makes 342 x 17,100 px, 18 MB.
 MAX_ASPECT_RATIO = 50
+
+
+class SimilarClassesWarning(UserWarning):
+    """Two class names differ only in letter case or Unicode form ('Cat' and 'cat'): trained as two classes."""
 
 
 class LooseImagesWarning(UserWarning):
@@ -384,11 +390,34 @@ def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: b
             LooseImagesWarning,
             stacklevel=2,
         )
+    _warn_alike(classes, str(root))
     candidates = [(path, name) for name in classes for path in image_files(root / name)]
     images = _collect(candidates, classes, str(root), check)
     if min_per_class > 0:
         images.check_min_per_class(min_per_class)
     return images
+
+
+def _warn_alike(classes: Sequence[str], source: str) -> None:
+    """Warn of class names that differ only in letter case or Unicode form: 'Cat' and 'cat' (folders merged from two
+    sources; one folder on macOS and Windows), or 'café' as a Mac writes it (decomposed) and as typed, which print
+    alike. Each was trained as a class of its own, the model asked to tell a class from itself."""
+    groups: dict[str, list[str]] = {}
+    for name in classes:
+        groups.setdefault(unicodedata.normalize("NFKC", name).casefold(), []).append(name)
+    alike = [names for names in groups.values() if len(names) > 1]
+    if alike:
+
+        def named(name: str) -> str:  # the two forms of café print alike
+            return repr(name) + (" (decomposed)" if unicodedata.normalize("NFC", name) != name else "")
+
+        shown = "; ".join(" and ".join(named(name) for name in names) for names in alike[:3])
+        warnings.warn(
+            f"{source}: class names {shown} differ only in letter case or Unicode form, and are trained as different "
+            "classes; if they are one class, merge them under one name",
+            SimilarClassesWarning,
+            stacklevel=3,
+        )
 
 
 # folders of metadata that tools write among photos: a Mac zip's __MACOSX (taken for a class of no images), a Synology
@@ -462,6 +491,7 @@ def scan_csv(path: str | os.PathLike[str], min_per_class: int = 100, check: bool
             image_path = path.parent / image_path
         candidates.append((str(image_path), row[1].strip()))
     classes = sorted({label for _, label in candidates})
+    _warn_alike(classes, str(path))
     if len(classes) < 2:
         raise CnnlabError(f"{path} has {len(classes)} distinct label(s); at least 2 are needed")
     images = _collect(candidates, classes, str(path), check)
