@@ -460,3 +460,25 @@ def test_a_mask_under_another_name_or_format_is_named_where_the_image_is_skipped
         SegmentationFolder(tmp_path)
     with pytest.raises(CnnlabError, match=r"no image in .* \(masks/<image stem>.png; for a2.jpg, a2.png \(a2.jpg.png "):
         SegmentationFolder(tmp_path, skip_bad=True)
+
+
+def test_images_in_sub_folders_of_images_are_named_not_left_out_unsaid(tmp_path):
+    """images/batch2/*.png were never read (only images/ itself is): left out of training without a word, or, with
+    every image in sub-folders, refused as "holds no images"."""
+    from cnnlab.data.segmentation import NestedImagesWarning
+
+    _one_pair(tmp_path, Image.fromarray(np.arange(20, dtype=np.uint8).reshape(4, 5) % 2))
+    (tmp_path / "images" / "batch2" / "deeper").mkdir(parents=True)
+    Image.new("RGB", (5, 4)).save(tmp_path / "images" / "batch2" / "deeper" / "b.png")
+    (tmp_path / "images" / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (5, 4)).save(tmp_path / "images" / ".ipynb_checkpoints" / "a-checkpoint.png")
+    with pytest.warns(NestedImagesWarning) as caught:
+        assert len(SegmentationFolder(tmp_path)) == 1
+    (message,) = [str(w.message) for w in caught]
+    assert message.endswith(
+        "its sub-folder(s) batch2 hold images, but only images directly in "
+        + (f"{tmp_path / 'images'} are read (masks/<stem>.png beside them); they are left out")
+    )
+    (tmp_path / "images" / "a.png").unlink()
+    with pytest.raises(CnnlabError, match="holds no images .*; its sub-folder.* batch2 hold images, but only"):
+        SegmentationFolder(tmp_path)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ __all__ = [
     "DigitCanvases",
     "DigitSegmentation",
     "IGNORE_INDEX",
+    "NestedImagesWarning",
     "SegmentationFolder",
     "SegmentationInput",
     "SegmentationSamples",
@@ -348,6 +350,10 @@ def _turned(path: Path, shown: tuple[int, int], mask_size: tuple[int, int]) -> s
     )
 
 
+class NestedImagesWarning(UserWarning):
+    """A segmentation folder's images/ has sub-folders of images, which are not read: they are left out."""
+
+
 def _near_miss(image: Path, mask_names: list[str]) -> str:
     """What in masks/ looks meant as `image`'s mask under another name, said in brackets, or "": a mask named after
     the image's whole file name (a.jpg.png, as some labelling tools save them) or one in another format (a.tif, a.jpg:
@@ -405,8 +411,22 @@ class SegmentationFolder(Dataset):
         candidates = sorted(
             p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
         )
+        nested = [  # images/<folder>/ is not read: its images were left out without a word
+            p.name
+            for p in sorted(image_dir.iterdir())
+            if p.is_dir()
+            and not p.name.startswith(".")
+            and any(f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".") for f in p.rglob("*"))
+        ]
+        not_read = (
+            f"its sub-folder(s) {', '.join(nested[:3])}{' ...' if len(nested) > 3 else ''} hold images, but only "
+            f"images directly in {image_dir} are read (masks/<stem>.png beside them)"
+        )
         if not candidates:
-            raise CnnlabError(f"{image_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            why = f"; {not_read}" if nested else ""
+            raise CnnlabError(f"{image_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}){why}")
+        if nested:
+            warnings.warn(f"{image_dir}: {not_read}; they are left out", NestedImagesWarning, stacklevel=2)
         self.images: list[Path] = []
         self.masks: list[Path] = []
         # a kept image -> its byte-identical copies set aside, with their masks: one stands in if the first's pair
