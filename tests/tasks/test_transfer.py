@@ -169,6 +169,7 @@ def test_a_resume_refuses_images_that_changed_since_its_split(tiny_run: tuple[Pa
     with open(config.run_dir / "split.csv", "w", newline="") as f:
         csv.DictWriter(f, ["path", "label", "split"]).writeheader()
         csv.DictWriter(f, ["path", "label", "split"]).writerows(rows)
+    (config.run_dir / "skipped.json").write_bytes((Path(summary["run_dir"]) / "skipped.json").read_bytes())
     blue = Path(next(row["path"] for row in rows if row["label"] == "blue"))
     red = Path(next(row["path"] for row in rows if row["label"] == "red"))
     original, stat = blue.read_bytes(), blue.stat()
@@ -184,7 +185,19 @@ def test_a_resume_refuses_images_that_changed_since_its_split(tiny_run: tuple[Pa
     finally:
         blue.write_bytes(original)
         os.utime(blue, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the module's runs keep reusing their cache
-    assert load_images(config)[2].startswith("reused")
+    said: list[str] = []
+    assert load_images(config, log=said.append)[2].startswith("reused")
+    assert said == []  # the bad files the split's scan skipped are not new
+    added = tmp_path / "photos" / "red" / "added.png"
+    Image.new("RGB", (36, 40), (200, 40, 40)).save(added)
+    try:  # an image added since the split is left out by a resume: said, not unsaid
+        load_images(config, log=said.append)
+    finally:
+        added.unlink()
+    assert said == [
+        f"1 image file(s) under {tmp_path / 'photos'} are not in the run's split (added since it was made; first: "
+        f"{added}): a resumed run keeps its split; start a new run (--overwrite or another --name) to train on them"
+    ]
 
 
 def test_a_failed_start_does_not_keep_its_split_for_the_next_try(tmp_path: Path) -> None:

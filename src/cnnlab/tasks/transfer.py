@@ -34,6 +34,7 @@ import csv
 import dataclasses
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cnnlab.data.folder import ImageDataset, LabelledImages, SkippedFile, load_image
+from cnnlab.data.folder import ImageDataset, LabelledImages, SkippedFile, image_files, load_image
 from cnnlab.data.paths import check_output_outside_data
 from cnnlab.data.photo_transforms import InputCheck, build_eval_transform, build_train_transform, save_preview_grid
 from cnnlab.data.sources import (
@@ -385,6 +386,7 @@ def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImage
     if config.resume and run_manifest.is_file():
         images, split = _read_split(run_manifest, config.data)
         check_split_unchanged(images, split, run_manifest)
+        _note_images_not_in_split(config, images, log)
         return images, split, f"reused {run_manifest}"
     if config.split_manifest:
         _refuse_split_options(config, f"--split {config.split_manifest}")
@@ -414,6 +416,31 @@ def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImage
         split,
         f"stratified {1 - val - test:.0%}/{val:.0%}/{test:.0%} train/val/test, seed {config.split_seed}",
     )
+
+
+def _note_images_not_in_split(config: TransferConfig, images: LabelledImages, log: Any) -> None:
+    """Say so when a resumed run's class folders hold image files its split does not (added since the split was made):
+    a resume keeps its split, and the new images were left out without a word. Files the split's own scan skipped
+    (`SKIPPED`) and, with --max-per-class, the ones it left out on purpose are not counted."""
+    root = Path(config.data)
+    if not root.is_dir() or config.max_per_class is not None:
+        return
+    known = {str(Path(path).resolve()) for path in images.paths}
+    try:
+        skipped = json.loads((config.run_dir / SKIPPED).read_text())
+        known |= {str(Path(entry["path"]).resolve()) for entry in skipped}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    with warnings.catch_warnings():  # the split's scan warned of unread formats already
+        warnings.simplefilter("ignore")
+        found = [path for path in image_files(root) if Path(path).parent != root]  # loose images are in no class
+    new = [path for path in found if str(Path(path).resolve()) not in known]
+    if new:
+        log(
+            f"{len(new)} image file(s) under {config.data} are not in the run's split (added since it was made; "
+            f"first: {new[0]}): a resumed run keeps its split; start a new run (--overwrite or another --name) to "
+            "train on them"
+        )
 
 
 def _refuse_untrained_classes(images: LabelledImages, split: Split) -> None:
