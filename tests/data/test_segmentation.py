@@ -482,3 +482,18 @@ def test_images_in_sub_folders_of_images_are_named_not_left_out_unsaid(tmp_path)
     (tmp_path / "images" / "a.png").unlink()
     with pytest.raises(CnnlabError, match="holds no images .*; its sub-folder.* batch2 hold images, but only"):
         SegmentationFolder(tmp_path)
+
+
+def test_a_grey_rgb_index_mask_reads_as_its_indices_and_a_coloured_one_is_still_refused(tmp_path):
+    """An index mask saved with three equal channels (OpenCV's imwrite of a 3-channel array) was refused as "an RGB
+    mask but classes.json lists no colours", although its grey levels are the indices classes.json names."""
+    indices = np.arange(20, dtype=np.uint8).reshape(4, 5) % 3
+    _one_pair(tmp_path, Image.fromarray(np.stack([indices] * 3, axis=-1)), [{"name": n} for n in ("a", "b", "c")])
+    assert SegmentationFolder(tmp_path)[0][1].numpy().tolist() == indices.tolist()
+    Image.fromarray(np.stack([indices, indices, indices, np.full_like(indices, 255)], -1)).save(
+        tmp_path / "masks" / "a.png"
+    )
+    assert SegmentationFolder(tmp_path)[0][1].numpy().tolist() == indices.tolist()
+    Image.fromarray(np.stack([indices, indices * 0, indices], axis=-1)).save(tmp_path / "masks" / "a.png")
+    with pytest.raises(CnnlabError, match="is an RGB mask but .*classes.json lists no colours"):
+        SegmentationFolder(tmp_path)[0]

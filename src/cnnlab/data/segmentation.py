@@ -549,7 +549,17 @@ class SegmentationFolder(Dataset):
         return out
 
     def _class_indices(self, path: Path, mask_image: PIL.Image.Image) -> np.ndarray:
-        """A class-index mask (a bilevel one reads as 0 and 1), its indices checked against the classes."""
+        """A class-index mask (a bilevel one reads as 0 and 1), its indices checked against the classes. An opaque grey
+        RGB, RGBA or LA mask (every pixel's channels equal) holds its indices as grey levels: an index mask saved with
+        three channels (OpenCV's imwrite of a 3-channel array, an editor's RGB export) was refused as a colour mask."""
+        if mask_image.mode in ("RGB", "RGBA", "LA"):
+            from PIL import Image
+
+            channels = np.asarray(mask_image)
+            colour_count = 1 if mask_image.mode == "LA" else 3
+            grey, alpha = channels[..., :colour_count], channels[..., colour_count:]
+            if (grey == grey[..., :1]).all() and (alpha == 255).all():
+                mask_image = Image.fromarray(np.ascontiguousarray(grey[..., 0]), mode="L")
         if mask_image.mode not in (*_INDEX_MODES, "P"):
             missing = "is missing; add it" if self.class_names is None else "lists no colours; give every class one"
             raise CnnlabError(
