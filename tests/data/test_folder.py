@@ -243,6 +243,10 @@ def test_a_macos_zips_metadata_folder_is_not_a_class(tmp_path: Path) -> None:
     (root / "__MACOSX" / "cat" / "._0.png").write_bytes(b"\0\5\26\7\0\2\0\0Mac OS X")
     assert scan_folder(root, min_per_class=2).classes == ["cat", "dog"]
     assert image_files(root) == image_files(root / "cat") + image_files(root / "dog")
+    # a drive's system folders at its root, and Python's cache, were classes of no images too
+    for name in ("$RECYCLE.BIN", "System Volume Information", "lost+found", "__pycache__"):
+        (root / name).mkdir()
+    assert scan_folder(root, min_per_class=2).classes == ["cat", "dog"]
 
 
 def test_image_files_takes_jpegs_saved_as_jfif_and_avif_photos(tmp_path: Path) -> None:

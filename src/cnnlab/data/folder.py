@@ -422,8 +422,9 @@ def _warn_alike(classes: Sequence[str], source: str) -> None:
 
 # folders of metadata that tools write among photos: a Mac zip's __MACOSX (taken for a class of no images), a Synology
 # NAS's @eaDir of thumbnails of every photo beside it (trained on and tested as more photos: a test thumbnail of a
-# training photo scored as unseen)
-_NOT_PHOTO_FOLDERS = ("__MACOSX", "@eaDir")
+# training photo scored as unseen); and the system folders at the root of a drive (a USB stick's $RECYCLE.BIN and
+# System Volume Information, an ext4 disk's lost+found) and Python's __pycache__, each refused as "has 0 usable images"
+_NOT_PHOTO_FOLDERS = ("__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information", "lost+found", "__pycache__")
 
 
 def _is_hidden(name: str) -> bool:
