@@ -339,13 +339,14 @@ def test_class_names_alike_but_for_case_or_unicode_form_are_named(tmp_path: Path
     classes without a word: the model was asked to tell a class from itself."""
     from cnnlab.data.folder import SimilarClassesWarning
 
-    for index, name in enumerate(("Cat", "cat", "caf\u00e9", "cafe\u0301", "dog")):
+    for index, name in enumerate(("Cat", "cat", "caf\u00e9", "cafe\u0301", "dog", "dog ")):
         for i in range(2):
             _solid(tmp_path / name / f"{i}.png", (40 * index, i, 0))
     with pytest.warns(SimilarClassesWarning) as caught:
-        assert len(scan_folder(tmp_path, min_per_class=2).classes) == 5
+        assert len(scan_folder(tmp_path, min_per_class=2).classes) == 6
     (message,) = [str(w.message) for w in caught]
     alike = (
-        "class names 'Cat' and 'cat'; 'cafe\u0301' (decomposed) and 'caf\u00e9' differ only in letter case or Unicode"
+        "class names 'Cat' and 'cat'; 'cafe\u0301' (decomposed) and 'caf\u00e9'; 'dog' and 'dog ' differ only in "
+        "letter case, spaces at the ends or Unicode form"
     )
     assert alike in message

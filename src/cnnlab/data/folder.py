@@ -70,7 +70,7 @@ MAX_ASPECT_RATIO = 50
 
 
 class SimilarClassesWarning(UserWarning):
-    """Two class names differ only in letter case or Unicode form ('Cat' and 'cat'): trained as two classes."""
+    """Two class names differ only in letter case, end spaces or Unicode form ('Cat' and 'cat'): two classes."""
 
 
 class LooseImagesWarning(UserWarning):
@@ -399,12 +399,13 @@ def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: b
 
 
 def _warn_alike(classes: Sequence[str], source: str) -> None:
-    """Warn of class names that differ only in letter case or Unicode form: 'Cat' and 'cat' (folders merged from two
-    sources; one folder on macOS and Windows), or 'café' as a Mac writes it (decomposed) and as typed, which print
-    alike. Each was trained as a class of its own, the model asked to tell a class from itself."""
+    """Warn of class names that differ only in letter case, spaces at their ends ('cat ', a folder named by hand) or
+    Unicode form: 'Cat' and 'cat' (folders merged from two sources; one folder on macOS and Windows), or 'café' as a
+    Mac writes it (decomposed) and as typed, which print alike. Each was trained as a class of its own, the model
+    asked to tell a class from itself."""
     groups: dict[str, list[str]] = {}
     for name in classes:
-        groups.setdefault(unicodedata.normalize("NFKC", name).casefold(), []).append(name)
+        groups.setdefault(unicodedata.normalize("NFKC", name).strip().casefold(), []).append(name)
     alike = [names for names in groups.values() if len(names) > 1]
     if alike:
 
@@ -413,8 +414,8 @@ def _warn_alike(classes: Sequence[str], source: str) -> None:
 
         shown = "; ".join(" and ".join(named(name) for name in names) for names in alike[:3])
         warnings.warn(
-            f"{source}: class names {shown} differ only in letter case or Unicode form, and are trained as different "
-            "classes; if they are one class, merge them under one name",
+            f"{source}: class names {shown} differ only in letter case, spaces at the ends or Unicode form, and are "
+            "trained as different classes; if they are one class, merge them under one name",
             SimilarClassesWarning,
             stacklevel=3,
         )
