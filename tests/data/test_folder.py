@@ -350,3 +350,12 @@ def test_class_names_alike_but_for_case_or_unicode_form_are_named(tmp_path: Path
         "letter case, spaces at the ends or Unicode form"
     )
     assert alike in message
+
+
+def test_two_class_folders_that_are_one_folder_are_refused_naming_the_link(tmp_path: Path) -> None:
+    """azure/ linked to blue/ filed every image under two labels: all were left out, and the run was refused as
+    "azure has 0, blue has 0 usable images (12 files skipped: 12 filed under two labels)", the link unnamed."""
+    root = _make_folder(tmp_path / "photos", per_class=2)
+    (root / "kitten").symlink_to(root / "cat", target_is_directory=True)
+    with pytest.raises(CnnlabError, match=r"the class folders cat and kitten are one folder \(kitten is a link to "):
+        scan_folder(root, min_per_class=2)

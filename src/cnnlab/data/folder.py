@@ -391,11 +391,30 @@ def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: b
             stacklevel=2,
         )
     _warn_alike(classes, str(root))
+    _refuse_one_folder_twice(root, classes)
     candidates = [(path, name) for name in classes for path in image_files(root / name)]
     images = _collect(candidates, classes, str(root), check)
     if min_per_class > 0:
         images.check_min_per_class(min_per_class)
     return images
+
+
+def _refuse_one_folder_twice(root: Path, classes: Sequence[str]) -> None:
+    """Refuse two class folders that are one folder (one a link to the other, or both links to it): every image was
+    filed under both labels and left out, and the run refused as "azure has 0, blue has 0 usable images (12 files
+    skipped: 12 filed under two labels)", the link unnamed."""
+    by_folder: dict[str, list[str]] = {}
+    for name in classes:
+        by_folder.setdefault(os.path.realpath(root / name), []).append(name)
+    same = next((names for names in by_folder.values() if len(names) > 1), None)
+    if same is not None:
+        links = [name for name in same if (root / name).is_symlink()]
+        how = f"{', '.join(links)} {'is a link' if len(links) == 1 else 'are links'} to" if links else "both are"
+        raise CnnlabError(
+            f"{root}: the class folders {' and '.join(same)} are one folder ({how} "
+            f"{os.path.realpath(root / same[0])}), so every image in it would be filed under two labels; remove the "
+            "link, or give each class its own images"
+        )
 
 
 def _warn_alike(classes: Sequence[str], source: str) -> None:
