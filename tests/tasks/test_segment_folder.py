@@ -517,6 +517,42 @@ def test_images_of_one_name_never_share_result_files(trained, tmp_path):
     assert kept == [True, False]  # b/x.png is x-2 now, whose files are another image's
 
 
+def test_predict_into_the_images_folder_never_replaces_a_users_mask_nor_segments_its_own(
+    trained, tmp_path, monkeypatch, capsys
+):
+    """-o the image folder replaced the user's x_mask.png; a second predict over it segmented the masks it wrote."""
+    from cnnlab.cli import main
+
+    root, summary = trained
+    first, second = sorted((root / "images").iterdir())[:2]
+    (tmp_path / "x.png").write_bytes(first.read_bytes())
+    (tmp_path / "y.png").write_bytes(second.read_bytes())
+    (tmp_path / "x_mask.png").write_bytes(b"the user's own mask")
+
+    def predict() -> tuple[int, str, str]:
+        monkeypatch.setattr(
+            sys, "argv", ["cnnlab", "predict", "-m", summary["run_dir"], str(tmp_path), "-o", str(tmp_path)]
+        )
+        with pytest.raises(SystemExit) as exit_code:
+            main()
+        return exit_code.value.code, *capsys.readouterr()
+
+    code, out, err = predict()
+    assert code == 2 and f"--output {tmp_path} holds x_mask.png, which cnnlab predict did not write" in err
+    assert err.count("\n") == 1 and (tmp_path / "x_mask.png").read_bytes() == b"the user's own mask"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["x.png", "x_mask.png", "y.png"]  # nothing written
+    (tmp_path / "x_mask.png").unlink()
+    for _ in range(2):  # the second time, the six files the first wrote are not images to segment
+        code, out, err = predict()
+        assert code == 0
+        assert [line.split(" ")[0] for line in out.splitlines() if not line.startswith(" ")] == [
+            str(tmp_path / "x.png"),
+            str(tmp_path / "y.png"),
+        ]
+    assert "left out 6 files cnnlab predict wrote" in err
+    assert len(list(tmp_path.glob("*.png"))) == 2 + 6
+
+
 def predict_masks_resumed(segmenter, paths, output):
     from cnnlab.tasks.segment_predict import iter_masks
 

@@ -15,7 +15,9 @@ from cnnlab.errors import CnnlabError
 
 def predict(
     images: list[Path] = typer.Argument(
-        ..., help="Image files to classify or segment, or folders: every image in them and their sub-folders."
+        ...,
+        help="Image files to classify or segment, or folders: every image in them and their sub-folders (but the "
+        "masks predict wrote there).",
     ),
     model: str = typer.Option(
         "efficientnet_lite0",
@@ -30,7 +32,8 @@ def predict(
         "-o",
         help="Classifiers: a .csv file for the predictions, one row per image (its top-k labels and probabilities, "
         "or why it could not be read). Segmentation runs: the folder for each image's <stem>_mask.png (class "
-        "indices), _colour.png and _overlay.png (default: ./predictions).",
+        "indices), _colour.png and _overlay.png (default: ./predictions); a file of those names that predict did not "
+        "write there is refused, not replaced.",
     ),
     top_k: int | None = typer.Option(
         None, "--top-k", "-k", min=1, help="Classes shown per image (default 5); classifiers only."
@@ -166,17 +169,26 @@ def _image_paths(arguments: list[Path]) -> tuple[list[str], list[tuple[int, dict
     """The arguments with each folder replaced by its image files; a folder without any becomes an error entry,
     kept with the position among the paths where its results would have been."""
     from cnnlab.data.folder import image_files
+    from cnnlab.tasks.segment_predict import without_written_masks
 
     paths: list[str] = []
     empty: list[tuple[int, dict[str, str]]] = []
+    left_out = 0
     for argument in arguments:
         if not argument.is_dir():
             paths.append(str(argument))
-        elif found := image_files(argument):
+            continue
+        found, written = without_written_masks(image_files(argument))
+        left_out += written
+        if found:
             paths += found
         else:
             entry = {"image": str(argument), "error": "a folder with no image files (.jpg, .png, ...)"}
             empty.append((len(paths), entry))
+    if left_out:  # earlier masks in a folder given again: not images to segment
+        typer.echo(
+            f"left out {left_out} files cnnlab predict wrote (listed in their folder's .cnnlab-masks.jsonl)", err=True
+        )
     return paths, empty
 
 

@@ -5,7 +5,9 @@
 back) and writes, per image, a class-index PNG, a colour PNG and an overlay PNG named after it. A run trained with
 ``--max-side`` sees each image downscaled as in training, and its logits are brought back to the image's own size, so
 a mask is always the size of the image given. A path that cannot be read is reported on its own and the other images
-are still predicted.
+are still predicted. Predict never replaces a file it did not write (a user's own ``*_mask.png`` in the output
+folder is refused), and the files it wrote, listed in the folder's ``.cnnlab-masks.jsonl``, are not taken as images by
+a later predict over that folder (`without_written_masks`).
 """
 
 from __future__ import annotations
@@ -39,10 +41,13 @@ __all__ = [
     "load_segmenter",
     "output_stems",
     "predict_masks",
+    "without_written_masks",
 ]
 
 # One JSON line per image whose files are complete, written into the output folder: what `--resume` may keep.
 FINISHED_LOG = ".cnnlab-masks.jsonl"
+# The files written per image, named <stem><suffix>.
+RESULT_SUFFIXES = {"mask": "_mask.png", "colour": "_colour.png", "overlay": "_overlay.png"}
 
 
 @dataclass
@@ -158,6 +163,8 @@ def iter_masks(
             "overlay) into a folder: name a folder, e.g. predictions/"
         )
     check_writable(output / FINISHED_LOG, shown=str(output))  # a read-only folder: one line naming it, exit 2
+    stems = output_stems(paths)
+    _refuse_replacing_others(output, stems)
     device = str(next(segmenter.model.parameters()).device)
     runner = Trainer.for_inference(
         segmenter.model, device=device, batch_size=1, eval_transform=SegmentationInput(segmenter.mean, segmenter.std)
@@ -165,7 +172,7 @@ def iter_masks(
     log = output / FINISHED_LOG
     finished = _finished_masks(log, segmenter) if resume else {}
     with ProgressBar(len(paths), "segmenting", enabled=progress) as bar, log.open("a", encoding="utf-8") as record:
-        for path, stem in zip(paths, output_stems(paths), strict=True):
+        for path, stem in zip(paths, stems, strict=True):
             source = _source(path)  # the image as it is read now, for the match and for the line recording it
             result = _predict_mask(segmenter, runner, path, output, stem, finished.get(stem) == source)
             if "error" not in result and not result.get("resumed"):
@@ -191,6 +198,41 @@ def output_stems(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
     return stems
 
 
+def _written_files(folder: Path) -> set[str]:
+    """The names of the files that predict recorded writing in `folder` (by any model), from its log."""
+    return {stem + suffix for stem, _, _ in _log_entries(folder / FINISHED_LOG) for suffix in RESULT_SUFFIXES.values()}
+
+
+def _refuse_replacing_others(output: Path, stems: list[str]) -> None:
+    """A CnnlabError, before any image is segmented, when a file the `stems` would be written to exists in `output` and
+    predict did not write it (a user's own mask, beside the images given with ``-o`` their own folder)."""
+    if not output.is_dir():
+        return
+    written = _written_files(output)
+    for stem in stems:
+        for suffix in RESULT_SUFFIXES.values():
+            name = stem + suffix
+            if name not in written and (output / name).exists():
+                raise CnnlabError(
+                    f"--output {output} holds {name}, which cnnlab predict did not write ({FINISHED_LOG} there does "
+                    f"not list it): predicting would replace it; give another --output folder"
+                )
+
+
+def without_written_masks(paths: Sequence[str]) -> tuple[list[str], int]:
+    """`paths` without the files predict wrote (each folder's ``.cnnlab-masks.jsonl`` lists them), so that a predict
+    over a folder holding earlier masks does not segment the masks; and how many were left out."""
+    written: dict[Path, set[str]] = {}
+    kept = []
+    for path in paths:
+        folder = Path(path).parent
+        if folder not in written:
+            written[folder] = _written_files(folder)
+        if Path(path).name not in written[folder]:
+            kept.append(path)
+    return kept, len(paths) - len(kept)
+
+
 def _source(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What identifies the image a result was made from: its absolute path, size and modification time."""
     try:
@@ -204,19 +246,28 @@ def _finished_masks(log: Path, segmenter: Segmenter) -> dict[str, dict[str, Any]
     """The images whose files `log` says this model finished: stem -> the image's `_source` (the last line of a
     stem wins; a line cut short by a stop, or another model's, is not kept)."""
     finished: dict[str, dict[str, Any]] = {}
-    if not log.is_file():
-        return finished
-    for line in log.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-            stem, model = entry.pop("stem"), entry.pop("model")
-        except (ValueError, KeyError, AttributeError, TypeError):
-            continue
+    for stem, model, entry in _log_entries(log):
         if model == segmenter.weights_sha256:
             finished[stem] = entry
         else:
             finished.pop(stem, None)
     return finished
+
+
+def _log_entries(log: Path) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(stem, model, the image's `_source`) of each whole line of `log`; none when there is no log."""
+    try:
+        text = log.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+            stem, model = entry.pop("stem"), entry.pop("model")
+        except (ValueError, KeyError, AttributeError, TypeError):
+            continue
+        if isinstance(stem, str):
+            yield stem, model, entry
 
 
 def _predict_mask(
@@ -234,11 +285,7 @@ def _predict_mask(
     reason = check_image(path)
     if reason is not None:
         return {"image": str(path), "error": reason}
-    files = {
-        "mask": output / f"{stem}_mask.png",
-        "colour": output / f"{stem}_colour.png",
-        "overlay": output / f"{stem}_overlay.png",
-    }
+    files = {key: output / f"{stem}{suffix}" for key, suffix in RESULT_SUFFIXES.items()}
     if finished and all(file.is_file() for file in files.values()):
         with Image.open(files["mask"]) as mask:
             labels = np.asarray(mask, dtype=np.uint8)
