@@ -234,6 +234,15 @@ def test_save_and_load_converted_model(tmp_path):
         assert torch.equal(loaded(x), converted(x))
     heatmap = save_heatmap(x[0], scan(loaded, x[0]), tmp_path / "h.png")
     assert heatmap.stat().st_size > 5000
+    # a damaged weights file (a cut copy, zero bytes) is one line naming it, not safetensors' traceback
+    weights = tmp_path / "fcn.safetensors"
+    for size in (100, 0):
+        with weights.open("r+b") as file:
+            file.truncate(size)
+        with pytest.raises(
+            CnnlabError, match=r"fcn.safetensors is damaged, not a whole safetensors file .*fcn convert"
+        ):
+            load_fully_convolutional(tmp_path)
 
 
 def test_cli_convert_and_scan(tmp_path):

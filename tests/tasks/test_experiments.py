@@ -177,6 +177,22 @@ def test_experiment_on_a_tiny_budget_writes_its_report(name, tmp_path):
     assert results["settings"] == {"epochs": 1, "subset": 128, "seeds": 1, "test_subset": 64, "val_subset": 64}
 
 
+def test_a_finished_run_with_damaged_weights_is_trained_again_not_a_traceback(tmp_path):
+    """A cut finished.safetensors beside its finished.json let safetensors' SafetensorError through."""
+    import torch
+
+    from cnnlab.tasks.experiments.common import TrainedRun, _read_back, _write_finished
+
+    model = torch.nn.Linear(3, 2)
+    _write_finished(tmp_path, "key", TrainedRun(model=model, history=[], train_seconds=1.0, steps=2))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["finished.json", "finished.safetensors"]
+    assert _read_back(tmp_path, "key", torch.nn.Linear(3, 2)) is not None
+    for size in (100, 0):
+        with (tmp_path / "finished.safetensors").open("r+b") as file:
+            file.truncate(size)
+        assert _read_back(tmp_path, "key", torch.nn.Linear(3, 2)) is None
+
+
 @pytest.mark.skipif(not HAS_MNIST, reason=f"MNIST not found under {MNIST_ROOT} (set $CNNLAB_DATA)")
 def test_an_interrupted_experiment_reads_back_its_finished_runs(tmp_path, monkeypatch):
     """An interrupted experiment trained every run again; a --full one is most of an hour on a CPU."""

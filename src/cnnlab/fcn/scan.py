@@ -454,9 +454,8 @@ def save_fully_convolutional(
 
 def load_fully_convolutional(path: str | os.PathLike[str], device: str = "cpu") -> FullyConvolutional:
     """Load a converted model saved by `save_fully_convolutional` (a directory or its ``fcn.json``)."""
-    from safetensors.torch import load_file
-
     from cnnlab.models import create_model
+    from cnnlab.train.saved import load_weights
 
     path = Path(path)
     spec_path = path / FCN_SPEC if path.is_dir() else path
@@ -467,7 +466,8 @@ def load_fully_convolutional(path: str | os.PathLike[str], device: str = "cpu") 
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in source.get("kwargs", {}).items()}
     classifier = create_model(source["arch"], **kwargs)
     converted = to_fully_convolutional(classifier, tuple(record["input_size"]), pool=record.get("pool", "window"))
-    converted.load_state_dict(load_file(str(spec_path.parent / FCN_WEIGHTS)))
+    remedy = "convert the run again with `cnnlab fcn convert RUN`"
+    converted.load_state_dict(load_weights(spec_path.parent / FCN_WEIGHTS, remedy=remedy))  # one line, no traceback
     return converted.to(device).eval()
 
 

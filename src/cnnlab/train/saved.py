@@ -130,26 +130,40 @@ def _build_single(spec_path: Path) -> tuple[str, nn.Module]:
 
 def _load_single(spec_path: Path, device: str | torch.device, data: bytes | None = None) -> nn.Module:
     """The model `spec_path` describes with its weights: the file's, or `data` when given (its bytes, read already)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load, load_file
-
     arch, model = _build_single(spec_path)
     weights = spec_path.parent / MODEL_WEIGHTS
     if data is None and not weights.is_file():
         raise CnnlabError(f"{weights} is missing next to {spec_path}; the saved model is incomplete")
-    try:
-        state = load(data) if data is not None else load_file(str(weights), device=str(device))
-    except SafetensorError as error:  # a zero-byte or cut copy: safetensors' traceback named neither file nor remedy
-        raise CnnlabError(
-            f"{weights} is damaged, not a whole safetensors file ({str(error).splitlines()[0]}); copy the run again "
-            "or train it again"
-        ) from None
+    state = load_weights(weights, device, data)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
         first_line = str(error).splitlines()[0]
         raise CnnlabError(f"{weights} does not fit architecture {arch!r}: {first_line}") from None
     return model.to(device)
+
+
+def load_weights(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    data: bytes | None = None,
+    remedy: str = "copy the run again or train it again",
+) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file at `path` (of `data`, its bytes, when they were read already).
+
+    Raises:
+        CnnlabError: the file is damaged (zero bytes, cut short, not safetensors), one line naming it and `remedy`;
+            safetensors' own traceback named neither.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load, load_file
+
+    try:
+        return load(data) if data is not None else load_file(str(path), device=str(device))
+    except SafetensorError as error:
+        raise CnnlabError(
+            f"{path} is damaged, not a whole safetensors file ({str(error).splitlines()[0]}); {remedy}"
+        ) from None
 
 
 def load_model_and_digest(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[nn.Module, str]:

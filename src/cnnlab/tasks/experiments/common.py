@@ -229,7 +229,8 @@ def _write_finished(run_dir: Path, key: str, trained: TrainedRun) -> None:
     from safetensors.torch import save_file
 
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in trained.model.state_dict().items()}
-    save_file(state, str(run_dir / _FINISHED_WEIGHTS))
+    with written_then_renamed(run_dir / _FINISHED_WEIGHTS) as partial:  # a kill never leaves half the weights
+        save_file(state, str(partial))
     record = {
         "key": key,
         "history": trained.history,
@@ -243,15 +244,15 @@ def _write_finished(run_dir: Path, key: str, trained: TrainedRun) -> None:
 
 def _read_back(run_dir: Path, key: str, model: nn.Module) -> TrainedRun | None:
     """The run finished in `run_dir` by an earlier invocation with the same `key`; None when there is none."""
-    from safetensors.torch import load_file
+    from cnnlab.train.saved import load_weights
 
     try:
         record = json.loads((run_dir / _FINISHED).read_text())
         if record.get("key") != key:
             return None
-        model.load_state_dict(load_file(str(run_dir / _FINISHED_WEIGHTS)))
-    except (OSError, ValueError, RuntimeError, AttributeError):  # missing, half-written or from another network
-        return None
+        model.load_state_dict(load_weights(run_dir / _FINISHED_WEIGHTS))
+    except (OSError, ValueError, RuntimeError, AttributeError, CnnlabError):  # missing, damaged, another network's
+        return None  # not finished: trained again
     return TrainedRun(
         model=model.eval(),
         history=record["history"],
