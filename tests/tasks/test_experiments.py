@@ -132,11 +132,15 @@ def test_lrn_steps_to_threshold():
     assert steps_to_threshold([1.0] * 50, threshold=0.5, window=10) != steps_to_threshold([1.0] * 50, 0.5, 10)  # NaN
 
 
-def test_unknown_experiment_and_bad_settings():
+def test_unknown_experiment_and_bad_settings(tmp_path):
     with pytest.raises(CnnlabError, match="cnn-vs-dense"):
         get_experiment("cnn-vs-mlp")
     with pytest.raises(CnnlabError, match="--seeds"):
         ExperimentSettings(seeds=0).validate()
+    # MNIST missing is said before the run folder is made (it was left behind, empty)
+    with pytest.raises(CnnlabError, match="MNIST IDX files not found"):
+        run_experiment("cnn-vs-dense", data_dir=str(tmp_path / "nowhere"), output=tmp_path / "runs")
+    assert list(tmp_path.iterdir()) == []
     assert [e.name for e in list_experiments()] == ["cnn-vs-dense", "pool-vs-stride", "lrn-vs-bn"]
 
 
@@ -167,6 +171,7 @@ def test_experiment_on_a_tiny_budget_writes_its_report(name, tmp_path):
     text = report.read_text()
     for fragment in EXPECTED_TABLES[name]:
         assert fragment in text, fragment
+    assert " 1 epochs" not in text  # cnn-vs-dense said "after 1 epochs"
     conclusion = text.split("## Conclusion", 1)[1]
     assert len(conclusion.strip()) > 100 and "one seed, so the noise is unknown" in conclusion
     for image in (line.split("(")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")):

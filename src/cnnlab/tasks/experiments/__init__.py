@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cnnlab.data.mnist import find_mnist_dir
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks.experiments.common import ExperimentSettings
 
@@ -90,6 +91,8 @@ def run_experiment(name: str, **overrides: Any) -> Path:
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     if settings.subset == 0:
         settings = replace(settings, subset=None)
+    settings.validate()
+    find_mnist_dir(settings.data_dir)  # MNIST missing: said before the run folder is made, not after (left empty)
     return experiment.run(settings)
 
 

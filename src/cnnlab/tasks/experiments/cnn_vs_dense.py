@@ -105,6 +105,10 @@ def _sweep(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict
     return {"shift": shift_accuracy, "rotation": rotation_accuracy, "scale": scale_accuracy}
 
 
+def _epochs(count: int) -> str:
+    return f"{count} epoch{'' if count == 1 else 's'}"  # "after 1 epochs" was the report's sentence
+
+
 def run(settings: ExperimentSettings) -> Path:
     """Run the experiment and write ``<output>/experiment/cnn-vs-dense/report.md``; returns its path."""
     settings.validate()
@@ -141,7 +145,7 @@ def run(settings: ExperimentSettings) -> Path:
                 )
                 test = accuracy(trained.model, data.test_images, data.test_labels)
                 by_size[name][size].append(test)
-                log(settings, f"{NAME}: {name} seed {seed} n={size} ({epochs} epochs): test accuracy {test:.4f}")
+                log(settings, f"{NAME}: {name} seed {seed} n={size} ({_epochs(epochs)}): test accuracy {test:.4f}")
                 if size == train_count:
                     test_accuracy[name].append(test)
                     train_seconds[name].append(trained.train_seconds)
@@ -180,7 +184,7 @@ def run(settings: ExperimentSettings) -> Path:
                 for name in names
             ],
         )
-        + f"\n\nTest accuracy on {len(data.test_labels):,} test images after {settings.epochs} epochs on "
+        + f"\n\nTest accuracy on {len(data.test_labels):,} test images after {_epochs(settings.epochs)} on "
         f"{train_count:,} training images; time spent in training steps only.",
     )
     sweep_specs = (
