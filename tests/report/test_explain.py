@@ -214,6 +214,23 @@ def test_default_feature_layers_skip_the_input_normalisation_and_a_shortcut_comp
     assert default_feature_layers(model, image) == ["stem", "act", "out"]  # first map, end of 16x16, the deepest
 
 
+def test_the_default_grad_cam_layer_is_no_adaptive_pool_that_enlarges_its_input():
+    """At 64 px AlexNet's adaptive `avgpool` turns the last 3x3 maps (1x1 after the last max pool) into 6x6 copies:
+    it was the default Grad-CAM layer and the deepest feature-map pick, and its CAM only repeated cells."""
+    torch.manual_seed(0)
+    alexnet, image = cnnlab.create_model("alexnet", num_classes=4), torch.rand(3, 64, 64)
+    assert "avgpool" not in [name for name, _ in spatial_layers(alexnet, image)]
+    cam = grad_cam(alexnet, image)
+    assert cam.layer == "features.11" and cam.layer_heatmap.shape == (3, 3) and cam.heatmap.shape == (64, 64)
+    assert default_feature_layers(alexnet, image)[-1] == "features.11"
+    # a pool to a size no larger than its input is real pooling, and stays: EvidenceModel's global pool is 1x1, not
+    # a map, so a pool to 2x2 of its 24x40 maps stands in
+    model = EvidenceModel()
+    model.pool = nn.AdaptiveAvgPool2d(2)
+    model.fc = nn.Linear(8, 2)
+    assert spatial_layers(model, evidence_image())[-1] == ("pool", (2, 2, 2))
+
+
 @pytest.fixture
 def mnist_run(tmp_path):
     from cnnlab.models import create_model

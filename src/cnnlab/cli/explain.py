@@ -24,7 +24,8 @@ def explain(
     cam_layer: str | None = typer.Option(
         None,
         "--cam-layer",
-        help="Module for Grad-CAM (default: the deepest map; a segmenter's decoder map at stride 4).",
+        help="Module for Grad-CAM (default: the deepest map, not an adaptive pool that enlarges it; a segmenter's "
+        "decoder map at stride 4).",
     ),
     class_index: str | None = typer.Option(
         None,

@@ -9,7 +9,8 @@ anything.
 - `grad_cam(model, image, layer=None, class_index=None)`: the class-discriminative map. The gradients of the class
   score with respect to a layer's feature maps, averaged over space, weight those maps; the ReLU of the weighted sum
   is upsampled to the input's size and scaled to [0, 1]. Default layer: the last module whose output is still a
-  spatial map larger than 1x1 (the deepest features before global pooling / the classifier). For a segmenter the
+  spatial map larger than 1x1 (the deepest features before global pooling / the classifier), an adaptive pool that
+  enlarges its input not counting (AlexNet's ``avgpool`` below 224 px only repeats cells). For a segmenter the
   class score is its logit summed over the pixels predicted as that class (every pixel when there are none), as
   Seg-Grad-CAM does (Vinogradova et al., 2020), and the default layer is the decoder's last map at a quarter of the
   input's side (stride 4), else the last at the coarsest resolution (FCN's trunk): its last maps are at the input's
@@ -90,8 +91,21 @@ def _is_map(output: Any) -> bool:
     return isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[-2:]) > 1
 
 
+def _enlarges(module: nn.Module, inputs: Any, output: Any) -> bool:
+    """An adaptive pool whose output is taller or wider than its input: it repeats its input's cells, adding nothing
+    (AlexNet's ``avgpool`` turns the 1x1 or 3x3 maps of a small input into 6x6)."""
+    pools = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+    if not isinstance(module, pools) or not inputs or not isinstance(inputs[0], torch.Tensor):
+        return False
+    return any(out > size for out, size in zip(output.shape[-2:], inputs[0].shape[-2:], strict=True))
+
+
 def spatial_layers(model: nn.Module, image: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
     """Leaf modules whose output is a 4-D map with H, W > 1, in the order they run, with the output shapes.
+
+    An adaptive pool that enlarges its input is left out: its maps repeat the previous layer's cells (AlexNet's
+    ``avgpool`` at any input below 224 px), so it is no deeper feature map and its Grad-CAM is the previous map's
+    blown up, or nothing where that map was 1x1.
 
     Args:
         model: the network (run in eval mode; its train/eval flags are restored).
@@ -101,8 +115,8 @@ def spatial_layers(model: nn.Module, image: torch.Tensor) -> list[tuple[str, tup
     names = set()
 
     def hook_for(name: str) -> Any:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if _is_map(output):
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if _is_map(output) and not _enlarges(module, inputs, output):
                 if name in names:  # a module called twice (a shared ReLU): keep its last call
                     seen[:] = [entry for entry in seen if entry[0] != name]
                 names.add(name)
