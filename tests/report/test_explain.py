@@ -14,6 +14,7 @@ from cnnlab.report.explain import (
     filter_grid,
     first_conv_filters,
     grad_cam,
+    mean_grad_cam,
     spatial_layers,
 )
 
@@ -212,6 +213,25 @@ def test_default_feature_layers_skip_the_input_normalisation_and_a_shortcut_comp
     model, image = ShortcutFirst(), torch.rand(1, 16, 16)
     assert [name for name, _ in spatial_layers(model, image)][:3] == ["normalize", "stem", "act"]
     assert default_feature_layers(model, image) == ["stem", "act", "out"]  # first map, end of 16x16, the deepest
+
+
+def test_an_ensembles_grad_cam_averages_its_members_each_at_its_own_layer():
+    evidence = EvidenceModel()
+    torch.manual_seed(0)
+    other = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(720, 2))
+    image = evidence_image()
+    cam = mean_grad_cam([evidence, other], image)
+    with torch.no_grad():
+        mean = (evidence(image[None]).softmax(1) + other(image[None]).softmax(1))[0] / 2
+    assert cam.class_index == int(mean.argmax()) and cam.probability == pytest.approx(float(mean.max()))
+    own = [grad_cam(member, image, class_index=cam.class_index) for member in (evidence, other)]
+    torch.testing.assert_close(
+        cam.heatmap, (own[0].heatmap + own[1].heatmap) / float((own[0].heatmap + own[1].heatmap).max())
+    )
+    assert cam.layer == "act / 2" and cam.members == 2 and cam.layer_heatmap.shape == (24, 40)  # the larger map
+    assert cam.where == "act / 2, mean of 2 members" and own[0].where == "act"
+    with pytest.raises(CnnlabError, match="^member 1 of the ensemble: model has no layer 'act'"):
+        mean_grad_cam([evidence, other], image, layer="act")
 
 
 def test_the_default_grad_cam_layer_is_no_adaptive_pool_that_enlarges_its_input():

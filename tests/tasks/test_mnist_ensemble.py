@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import cnnlab
 from cnnlab.errors import CnnlabError
@@ -213,10 +214,29 @@ def test_an_mnist_run_exports_with_its_digit_preparation(
         torch.testing.assert_close(loaded(digits), load_model(runs[2] / "single")(digits), atol=1e-5, rtol=1e-5)
 
 
-def test_an_mnist_ensemble_is_explained_like_a_single_run(runs: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    # Once predict learnt MNIST ensembles, explain took them for photo models and failed on a missing record.
+def test_an_mnist_ensemble_is_explained_as_the_ensemble_not_through_its_last_member(
+    runs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Once predict learnt MNIST ensembles, explain took them for photo models and failed on a missing record. Then
+    its Grad-CAM was at members.1.features.5 (the last member alone), its filters member 0's and its feature-map rows
+    a mix of both members' layers, none of it said."""
+    from cnnlab.report.explain import grad_cam
     from cnnlab.tasks.explain import explain_image, load_subject
 
-    assert load_subject(str(runs[2] / "pair")).kind == "mnist"
-    explanation = explain_image(str(runs[2] / "pair"), _digit(tmp_path / "digit.png"), tmp_path / "out")
+    pair, digit = runs[2] / "pair", _digit(tmp_path / "digit.png")
+    explanation = explain_image(str(pair), digit, tmp_path / "out")
     assert explanation.label in [str(d) for d in range(10)] and explanation.files["gradcam"].is_file()
+    assert explanation.cam_layer == "features.5, mean of 2 members"
+    assert not any(layer.startswith("members.") for layer in explanation.feature_layers)
+    assert explanation.shown_member == f"member 0 of 2 ({pair / 'seed0'})"
+    subject = load_subject(str(pair))
+    assert subject.kind == "mnist"
+    tensor = subject.preprocess(Image.open(digit)).float()
+    ensemble = load_model(pair)(tensor[None]).detach().softmax(1)[0]  # what predict gives
+    assert explanation.probability == pytest.approx(float(ensemble[explanation.class_index]), abs=1e-6)
+    # each member's Grad-CAM of the ensemble's class, at its own layer, averaged and scaled to peak 1
+    own = [grad_cam(load_model(pair / f"seed{k}"), tensor, class_index=explanation.class_index) for k in range(2)]
+    mean = (own[0].heatmap + own[1].heatmap) / 2
+    cam = subject.grad_cam(tensor, class_index=explanation.class_index)
+    torch.testing.assert_close(cam.heatmap, mean / mean.max())
+    assert cam.members == 2 and cam.probability == pytest.approx(explanation.probability, abs=1e-6)

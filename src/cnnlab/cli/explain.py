@@ -19,13 +19,14 @@ def explain(
         [],
         "--layer",
         "-l",
-        help="Module whose feature maps to show (repeatable; default: three, from shallow to deep).",
+        help="Module whose feature maps to show (repeatable; default: three, from shallow to deep). An ensemble's "
+        "maps and filters are its first member's, named as in it (features.5, not members.0.features.5).",
     ),
     cam_layer: str | None = typer.Option(
         None,
         "--cam-layer",
         help="Module for Grad-CAM (default: the deepest map, not an adaptive pool that enlarges it; a segmenter's "
-        "decoder map at stride 4).",
+        "decoder map at stride 4). An ensemble's Grad-CAM is the mean of its members', each at this layer of its own.",
     ),
     class_index: str | None = typer.Option(
         None,
@@ -52,6 +53,11 @@ def explain(
         typer.echo(
             f"(probabilities averaged over the run's {len(result.views)} views, as predict gives them; the maps are "
             "of the image as given)"
+        )
+    if result.shown_member:
+        typer.echo(
+            "(an ensemble: the probabilities and Grad-CAM are the ensemble's, its Grad-CAM the mean of its members'; "
+            f"the filters and feature maps are of {result.shown_member}: explain a member's folder to see another)"
         )
     typer.echo(f"feature maps of: {', '.join(result.feature_layers)}")
     for kind, path in result.files.items():

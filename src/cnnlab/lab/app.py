@@ -133,6 +133,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             {name: probability for name, probability in view.top},
             view.gradcam,
             f"Grad-CAM of {view.explained!r} at `{view.cam_layer}`; feature maps of `{view.feature_layer}`"
+            + (f" of {view.shown_member}" if view.shown_member else "")
             + (" (a segmenter: classes by their share of the pixels)" if view.pixel_shares else ""),
             gr.Dropdown(choices=view.layers, value=view.feature_layer),
             view.feature_maps,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from cnnlab.errors import CnnlabError
-from cnnlab.report.explain import feature_maps, filter_grid, first_conv_filters, grad_cam, spatial_layers
+from cnnlab.report.explain import feature_maps, filter_grid, first_conv_filters, spatial_layers
 from cnnlab.tasks.explain import Subject
 
 __all__ = ["ClassifyView", "classify", "drawing_to_image", "for_display", "open_upload", "pretrained_models"]
@@ -37,6 +37,7 @@ class ClassifyView:
         layers: every layer with a spatial output, in the order they run (the choices for `feature_layer`).
         explained: the class Grad-CAM shows: the top one (a segmenter's largest but the background).
         pixel_shares: whether `top` holds a segmenter's pixel shares rather than probabilities.
+        shown_member: an ensemble's member whose feature maps and filters are shown ("" for a single network).
     """
 
     top: list[tuple[str, float]]
@@ -48,6 +49,7 @@ class ClassifyView:
     layers: list[str]
     explained: str = ""
     pixel_shares: bool = False
+    shown_member: str = ""
 
 
 def pretrained_models() -> list[str]:
@@ -124,8 +126,7 @@ def classify(subject: Subject, image: Any, layer: str | None = None, top_k: int 
     segmenter = subject.kind == "segment"  # pixel shares: only the classes found are listed
     top = subject.top_classes(probabilities, top_k)
     explained = subject.default_class(probabilities)  # the top class; a segmenter's largest but the background
-    # a classifier's deepest map; a segmenter's last maps are at the input's size, so grad_cam's choice for it
-    cam = grad_cam(subject.model, tensor, layer=None if segmenter else layers[-1], class_index=explained)
+    cam = subject.grad_cam(tensor, layer=None, class_index=explained)  # an ensemble's: its members' averaged
     display = subject.to_display(tensor).float()
     maps = feature_maps(subject.model, tensor, [chosen])[chosen]
     try:
@@ -134,8 +135,9 @@ def classify(subject: Subject, image: Any, layer: str | None = None, top_k: int 
         filters = None
     overlay, tiles = _overlay(display, cam.heatmap), _tile_maps(maps)
     return ClassifyView(
-        top, overlay, cam.layer, tiles, chosen, filters, layers, subject.class_name(explained), segmenter
-    )
+        top, overlay, cam.where, tiles, chosen, filters, layers, subject.class_name(explained), segmenter,
+        subject.shown_member,
+    )  # fmt: skip
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:

@@ -16,6 +16,10 @@ anything.
   input's side (stride 4), else the last at the coarsest resolution (FCN's trunk): its last maps are at the input's
   size. On a U-Net trained on the digit canvases, the stride-4 decoder map covered the explained digit in each of
   four images tried, where the bottleneck's 4x4 map (Seg-Grad-CAM's choice) lit empty corners or nothing.
+- `mean_grad_cam(members, image, class_index)`: an ensemble's Grad-CAM: each member's at its own layer (default: its
+  deepest map), for the ensemble's class, scaled to peak 1 and averaged, as the ensemble weighs its members equally.
+  Grad-CAM of the ensemble's own output (the log of the mean probability) would reach every member through its
+  softmax, whose gradient vanishes for a confident member: the members sure of the class would count least.
 - `plot_filters`, `plot_feature_maps`, `plot_grad_cam`: the PNGs `cnnlab explain` writes.
 """
 
@@ -42,6 +46,7 @@ __all__ = [
     "filter_grid",
     "first_conv_filters",
     "grad_cam",
+    "mean_grad_cam",
     "plot_feature_maps",
     "plot_filters",
     "plot_grad_cam",
@@ -281,8 +286,11 @@ class GradCam:
         heatmap: [H, W] in [0, 1], the input's spatial size (all zeros when no location supports the class).
         class_index: the class explained.
         probability: softmax probability of that class (a segmenter: the share of the pixels predicted as it).
-        layer: the module whose feature maps were used.
-        layer_heatmap: [h, w] the map at the layer's own resolution, before upsampling (not normalised).
+        layer: the module whose feature maps were used (an ensemble's: the name in each member, or the members'
+            names joined by " / " where they differ).
+        layer_heatmap: [h, w] the map at the layer's own resolution, before upsampling (not normalised; an ensemble's:
+            the mean of its members' maps each scaled to peak 1, at the largest member's resolution).
+        members: how many members' Grad-CAMs `heatmap` averages (1: a single network's).
     """
 
     heatmap: torch.Tensor
@@ -290,6 +298,12 @@ class GradCam:
     probability: float
     layer: str
     layer_heatmap: torch.Tensor
+    members: int = 1
+
+    @property
+    def where(self) -> str:
+        """Where the maps come from, as a person reads it: "features.5", or "features.5, mean of 2 members"."""
+        return self.layer if self.members == 1 else f"{self.layer}, mean of {self.members} members"
 
 
 def class_shares(logits: torch.Tensor) -> torch.Tensor:
@@ -393,6 +407,50 @@ def grad_cam(
     return GradCam(heatmap.cpu(), index, probability, layer, cam[0, 0].cpu())
 
 
+def mean_grad_cam(
+    members: Sequence[nn.Module], image: torch.Tensor, class_index: int | None = None, layer: str | None = None
+) -> GradCam:
+    """An ensemble's Grad-CAM: its members' (see `grad_cam`), each scaled to peak 1, averaged and scaled to peak 1.
+
+    Args:
+        members: the networks whose softmax probabilities the ensemble averages (`cnnlab.train.saved.Ensemble`).
+        image: the preprocessed image [C, H, W].
+        class_index: class to explain (default: the ensemble's prediction, the argmax of the mean probability).
+        layer: a module name within each member (default: each member's own deepest map).
+
+    Returns:
+        `probability` is the ensemble's (the members' mean), `members` their count.
+
+    Raises:
+        CnnlabError: as `grad_cam`, naming the member.
+    """
+    if class_index is None:
+        with torch.inference_mode():
+            batch = image.unsqueeze(0)
+            mean = torch.stack([m(batch.to(_device(m))).float().softmax(1).cpu() for m in members]).mean(0)
+        class_index = int(mean.argmax(1)[0])
+    cams = []
+    for number, member in enumerate(members):
+        try:
+            cams.append(grad_cam(member, image, layer=layer, class_index=class_index))
+        except CnnlabError as error:
+            raise CnnlabError(f"member {number} of the ensemble: {error}") from error
+    heatmap = torch.stack([cam.heatmap for cam in cams]).mean(0)
+    peak = float(heatmap.max())
+    heatmap = heatmap / peak if peak > 0 else heatmap
+    size = max((tuple(cam.layer_heatmap.shape) for cam in cams), key=lambda shape: shape[0] * shape[1])
+    scaled = []
+    for cam in cams:
+        top = float(cam.layer_heatmap.max())
+        own = cam.layer_heatmap / top if top > 0 else cam.layer_heatmap
+        if tuple(own.shape) != size:
+            own = F.interpolate(own[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+        scaled.append(own)
+    names = list(dict.fromkeys(cam.layer for cam in cams))  # the members' layers in order, each once
+    probability = sum(cam.probability for cam in cams) / len(cams)
+    return GradCam(heatmap, class_index, probability, " / ".join(names), torch.stack(scaled).mean(0), len(cams))
+
+
 # ---------------------------------------------------------------------------------------------- plots
 def _pyplot() -> Any:
     import matplotlib
@@ -403,8 +461,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_filters(model: nn.Module, path: str | os.PathLike[str], max_filters: int = 64) -> Path:
-    """Save the first convolution's kernels as an image grid; returns `path`."""
+def plot_filters(model: nn.Module, path: str | os.PathLike[str], max_filters: int = 64, of: str = "") -> Path:
+    """Save the first convolution's kernels as an image grid; returns `path`. `of` names whose they are in the title
+    (an ensemble's member)."""
     name, weight = first_conv_filters(model)
     grid = filter_grid(weight, max_filters)
     plt = _pyplot()
@@ -412,7 +471,8 @@ def plot_filters(model: nn.Module, path: str | os.PathLike[str], max_filters: in
     axis.imshow(grid.numpy(), interpolation="nearest")
     out, inp, kh, kw = weight.shape
     colour = "RGB" if inp == 3 else ("grey" if inp == 1 else f"mean over {inp} input channels")
-    axis.set_title(f"first-layer filters: {name} ({min(out, max_filters)} of {out}, {kh}x{kw}, {colour})")
+    title = f"first-layer filters: {name} ({min(out, max_filters)} of {out}, {kh}x{kw}, {colour})"
+    axis.set_title(f"{title}\nof {of}" if of else title, fontsize=10 if of else None)
     axis.axis("off")
     figure.tight_layout()
     save_figure_whole(figure, path, dpi=110)
@@ -420,8 +480,11 @@ def plot_filters(model: nn.Module, path: str | os.PathLike[str], max_filters: in
     return Path(path)
 
 
-def plot_feature_maps(maps: dict[str, torch.Tensor], path: str | os.PathLike[str], per_layer: int = 8) -> Path:
-    """One row per layer: its `per_layer` most active channels (highest mean activation); returns `path`."""
+def plot_feature_maps(
+    maps: dict[str, torch.Tensor], path: str | os.PathLike[str], per_layer: int = 8, of: str = ""
+) -> Path:
+    """One row per layer: its `per_layer` most active channels (highest mean activation); returns `path`. `of` names
+    whose they are in the title (an ensemble's member)."""
     plt = _pyplot()
     figure, axes = plt.subplots(len(maps), per_layer, figsize=(1.6 * per_layer, 1.9 * len(maps)), squeeze=False)
     for row, (name, tensor) in enumerate(maps.items()):
@@ -434,7 +497,7 @@ def plot_feature_maps(maps: dict[str, torch.Tensor], path: str | os.PathLike[str
                 axis.set_title(f"ch {int(strongest[col])}", fontsize=7)
         axes[row][0].text(-0.1, 0.5, f"{name}\n{tuple(tensor.shape)}", transform=axes[row][0].transAxes,
                           ha="right", va="center", fontsize=7)  # fmt: skip
-    figure.suptitle("feature maps (most active channels per layer)")
+    figure.suptitle(f"feature maps{f' of {of}' if of else ''} (most active channels per layer)")
     figure.tight_layout()
     save_figure_whole(figure, path, dpi=110)
     plt.close(figure)
@@ -452,7 +515,9 @@ def plot_grad_cam(
     axes[0].imshow(image)
     axes[0].set_title("input (as the model sees it)", fontsize=9)
     axes[1].imshow(cam.heatmap.numpy(), cmap="jet", vmin=0, vmax=1)
-    axes[1].set_title(f"Grad-CAM at {cam.layer} {tuple(cam.layer_heatmap.shape)}", fontsize=9)
+    shape = tuple(cam.layer_heatmap.shape)
+    where = f"{cam.layer} {shape}" if cam.members == 1 else f"{cam.layer} {shape}, mean of {cam.members} members"
+    axes[1].set_title(f"Grad-CAM at {where}", fontsize=9)
     axes[2].imshow(image)
     axes[2].imshow(cam.heatmap.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
     axes[2].set_title(f"{label} ({cam.probability:.1%}{' of the pixels' if pixel_share else ''})", fontsize=9)

@@ -12,6 +12,11 @@ Preprocessing follows the model, never a guess by the user:
   mean, over its std, as `cnnlab predict` segments it. The scores are the shares of the pixels predicted as each
   class, the class explained is by default the largest one other than the background, and Grad-CAM weighs the
   decoder's stride-4 maps by the gradient of that class's logits over its pixels (`cnnlab.report.explain.grad_cam`).
+
+An ensemble (``ensemble.json``) is explained as the ensemble: its probabilities are its members' mean, its Grad-CAM the
+mean of its members' for the ensemble's class (`cnnlab.report.explain.mean_grad_cam`); the filters and feature maps,
+whose channels mean something else in each member, are its first member's, the titles saying so (explain a member's
+own folder to see another).
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from torch import nn
 from cnnlab.errors import CnnlabError, listed
 from cnnlab.layers.views import ViewAverage
 from cnnlab.report.explain import (
+    GradCam,
     class_shares,
     default_feature_layers,
     feature_maps,
     grad_cam,
+    mean_grad_cam,
     plot_feature_maps,
     plot_filters,
     plot_grad_cam,
@@ -61,6 +68,9 @@ class Subject:
         background: a segmenter's background class, which is not explained unless asked for or alone.
         max_side: the longer side a segmenter trained with ``--max-side`` gets images downscaled to by `preprocess`,
             as `cnnlab predict` does; None: images as they are.
+        members: an ensemble's members (`classifier` is the ensemble, `model` its first member, whose filters and
+            feature maps are shown); empty for a single network.
+        member_sources: the members' folders, in the same order.
     """
 
     model: nn.Module
@@ -73,6 +83,22 @@ class Subject:
     views: tuple[str, ...] = ("identity",)
     background: int | None = None
     max_side: int | None = None
+    members: tuple[nn.Module, ...] = ()
+    member_sources: tuple[str, ...] = ()
+
+    @property
+    def shown_member(self) -> str:
+        """Whose filters and feature maps are shown, for titles: "" for a single network, else e.g.
+        "member 0 of 2 (runs/mnist/E/seed0)"."""
+        if not self.members:
+            return ""
+        return f"member 0 of {len(self.members)} ({self.member_sources[0]})"
+
+    def grad_cam(self, tensor: torch.Tensor, layer: str | None = None, class_index: int | None = None) -> GradCam:
+        """Grad-CAM of `class_index` for one input [C, H, W]: the network's, or an ensemble's members' averaged."""
+        if self.members:
+            return mean_grad_cam(self.members, tensor, class_index=class_index, layer=layer)
+        return grad_cam(self.model, tensor, layer=layer, class_index=class_index)
 
     def probabilities(self, tensor: torch.Tensor, image_size: tuple[int, int] | None = None) -> torch.Tensor:
         """Class probabilities [K] (CPU) for one input [C, H, W], as `cnnlab predict` gives them; a segmenter's
@@ -141,12 +167,20 @@ def load_subject(source: str, device: str | torch.device = "cpu") -> Subject:
     from cnnlab.data.transforms import build_eval_transform
     from cnnlab.tasks.predict import load_predictor
     from cnnlab.tasks.segment_predict import is_segmentation_run
+    from cnnlab.train.saved import Ensemble, ensemble_members, spec_path
 
     if Path(source).is_dir() and is_segmentation_run(source):
         return _segmenter_subject(source, device)
     predictor = load_predictor(source, device=device)
     if predictor.cfg is None:  # an MNIST run or ensemble: [0, 1] grey 28x28 digits in, normalisation inside
-        return Subject(predictor.model, predictor.classes, predictor.transform(), _grey_display, str(source), "mnist")
+        transform, classes = predictor.transform(), predictor.classes
+        subject = Subject(predictor.model, classes, transform, _grey_display, str(source), "mnist")
+        if isinstance(predictor.model, Ensemble):  # its layers are members.K....: one member's maps, not a mix
+            members = tuple(predictor.model.members)
+            sources = tuple(str(folder) for folder in ensemble_members(spec_path(source)))
+            subject = dataclasses.replace(subject, model=members[0], classifier=predictor.model, members=members,
+                                          member_sources=sources)  # fmt: skip
+        return subject
     mean = torch.tensor(predictor.cfg.mean).view(3, 1, 1)
     std = torch.tensor(predictor.cfg.std).view(3, 1, 1)
 
@@ -221,6 +255,7 @@ class Explanation:
     files: dict[str, Path] = field(default_factory=dict)
     views: tuple[str, ...] = ("identity",)
     scores: str = "probability"  # what `probability` and `top` hold: "probability", or a segmenter's "pixel share"
+    shown_member: str = ""  # an ensemble's member whose filters and feature maps are shown (see `Subject`)
 
 
 def explain_image(
@@ -238,8 +273,9 @@ def explain_image(
         source: run directory or pretrained model name (see `load_subject`).
         image_path: the image file.
         output_dir: created if missing.
-        layers: modules whose feature maps to show (default: three spread from shallow to deep).
-        cam_layer: module for Grad-CAM (default: the deepest spatial map).
+        layers: modules whose feature maps to show (default: three spread from shallow to deep); of an ensemble,
+            named within its first member, whose maps are shown.
+        cam_layer: module for Grad-CAM (default: the deepest spatial map); of an ensemble, named within each member.
         class_index: class to explain, by index or by name (see `class_of`; default: the predicted one).
         device: where to run.
     """
@@ -256,18 +292,21 @@ def explain_image(
     output_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     with contextlib.suppress(CnnlabError):  # a network without convolutions has no filters; Grad-CAM says why
-        files["filters"] = plot_filters(subject.model, output_dir / "filters.png")
+        files["filters"] = plot_filters(subject.model, output_dir / "filters.png", of=subject.shown_member)
     chosen = list(layers) or default_feature_layers(subject.model, tensor)
     maps = feature_maps(subject.model, tensor, chosen)
-    files["feature_maps"] = plot_feature_maps(maps, output_dir / "feature_maps.png")
+    files["feature_maps"] = plot_feature_maps(maps, output_dir / "feature_maps.png", of=subject.shown_member)
     probabilities = subject.probabilities(tensor, (image.height, image.width))  # a mask's shares: the image's size
     wanted = class_of(subject.classes, class_index)
     wanted = subject.default_class(probabilities) if wanted is None else wanted  # predict's class, views averaged
-    cam = grad_cam(subject.model, tensor, layer=cam_layer, class_index=wanted)
+    cam = subject.grad_cam(tensor, layer=cam_layer, class_index=wanted)  # an ensemble's: its members' averaged
     cam = dataclasses.replace(cam, probability=float(probabilities[cam.class_index]))
     label = subject.class_name(cam.class_index)
     segmenter = subject.kind == "segment"
     files["gradcam"] = plot_grad_cam(subject.to_display(tensor), cam, label, output_dir / "gradcam.png", segmenter)
     top = subject.top_classes(probabilities)
     scores = "pixel share" if segmenter else "probability"
-    return Explanation(label, cam.class_index, cam.probability, top, cam.layer, chosen, files, subject.views, scores)
+    return Explanation(
+        label, cam.class_index, cam.probability, top, cam.where, chosen, files, subject.views, scores,
+        subject.shown_member,
+    )  # fmt: skip
