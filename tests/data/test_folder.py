@@ -139,6 +139,11 @@ def test_too_few_images_per_class_is_a_clear_error(tmp_path: Path) -> None:
         scan_folder(root, min_per_class=5)
     with pytest.raises(CnnlabError, match="at least 2 are needed"):
         scan_folder(root / "cat", min_per_class=1)
+    # a class folder of no image file at all was told to "lower --min-per-class": it says which files are read
+    (root / "fox").mkdir()
+    (root / "fox" / "notes.txt").write_text("not an image")
+    with pytest.raises(CnnlabError, match=r"photos: fox holds no image files \(cnnlab reads \.jpg, .*\); put the"):
+        scan_folder(root, min_per_class=1)
     with pytest.raises(CnnlabError, match="photos/bird does not exist; pass a folder with one sub-folder"):
         scan_folder(root / "bird")
     with pytest.raises(CnnlabError, match="0.png is a file; pass a folder with one sub-folder"):

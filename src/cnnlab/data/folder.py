@@ -158,6 +158,16 @@ class LabelledImages:
                     f"image{skipped}; a class is a sub-folder of images ({', '.join(IMAGE_EXTENSIONS)}) or a label "
                     "in the CSV"
                 )
+            # a class folder of no image file at all (text files, HEIC only) was told to lower --min-per-class
+            filed = {entry.label for entry in self.skipped}
+            bare = [name for name, count in short.items() if count == 0 and name not in filed]
+            if bare:
+                one = len(bare) == 1
+                raise CnnlabError(
+                    f"{self.source}: {listed(bare, 8)} {'holds' if one else 'hold'} no image files (cnnlab reads "
+                    f"{', '.join(IMAGE_EXTENSIONS)}); put the class's images in {'it' if one else 'each'}, or remove "
+                    f"the folder{'' if one else 's'}"
+                )
             shown = ", ".join(f"{name} has {count}" for name, count in list(short.items())[:8])
             more = f", and {len(short) - 8} more classes are short too" if len(short) > 8 else ""
             raise CnnlabError(
