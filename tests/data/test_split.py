@@ -121,6 +121,13 @@ def test_split_folder_is_accepted(tmp_path: Path) -> None:
     assert all(Path(images.paths[i]).parts[-3] == "train" for i in split["train"])
     with pytest.raises(CnnlabError, match="at least 9 per class"):
         split_from_folders(tmp_path, min_per_class=9)
+    # an empty val/ was "val has 0 class sub-folder(s) (none); at least 2 are needed", with no remedy
+    (tmp_path / "val").rename(tmp_path / "val-kept")
+    (tmp_path / "val").mkdir()
+    with pytest.raises(CnnlabError, match=r"val holds no images: .* train/ \(x, y\).*into val/<class>/"):
+        split_from_folders(tmp_path, min_per_class=8)
+    (tmp_path / "val").rmdir()
+    (tmp_path / "val-kept").rename(tmp_path / "val")
     # A test image that is a copy of a training image is left out and listed: scored, it would inflate the test.
     import shutil
 

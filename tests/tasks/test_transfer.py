@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -687,6 +688,10 @@ def test_a_split_folders_skipped_files_are_named_as_a_class_folders_are(tmp_path
     assert len(images.skipped) == 6 and lines == [
         f"skipped {skipped.path} ({skipped.label}): {skipped.reason}" for skipped in images.skipped
     ]
+    # without val/, it said "the split has no val images (raise --val-fraction)", an option refused here
+    shutil.rmtree(tmp_path / "photos" / "val")
+    with pytest.raises(CnnlabError, match=r"photos/val holds no images: .*; move some images of each class from train"):
+        load_images(tiny_config(tmp_path, **options), lines.append)
 
 
 def test_an_image_too_thin_for_the_eval_resize_is_skipped_and_named_not_fatal(tmp_path: Path) -> None:

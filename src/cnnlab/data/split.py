@@ -17,8 +17,8 @@ from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
-from cnnlab.data.folder import LabelledImages, _collect, describe_skipped, scan_folder
-from cnnlab.errors import CnnlabError
+from cnnlab.data.folder import LabelledImages, _collect, _is_hidden, describe_skipped, scan_folder
+from cnnlab.errors import CnnlabError, listed
 from cnnlab.files import PATH_BYTES, written_then_renamed
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "check_split_seed",
     "read_manifest",
     "split_from_folders",
+    "split_part_missing",
     "stratified_split",
     "write_manifest",
 ]
@@ -191,7 +192,9 @@ def check_split_images(images: LabelledImages, split: Split) -> tuple[LabelledIm
 def split_from_folders(root: str | os.PathLike[str], min_per_class: int = 100) -> tuple[LabelledImages, Split]:
     """A user-made split: ``root/train/<class>/...``, ``root/test/<class>/...`` and optionally ``root/val/<class>``.
 
-    The classes are those of ``train``; ``min_per_class`` applies to the three parts together. An image whose bytes
+    The classes are those of ``train``; ``min_per_class`` applies to the three parts together. A ``val`` or ``test``
+    folder without class sub-folders is refused, saying how to fill it (`split_part_missing`); `train transfer` needs
+    ``val`` too, since a split folder's split is taken as it is. An image whose bytes
     are already in an earlier part (train, then val, then test) is skipped and listed: a test copy of a training
     image would be scored as if the model had never seen it.
     """
@@ -199,10 +202,12 @@ def split_from_folders(root: str | os.PathLike[str], min_per_class: int = 100) -
     parts = {part: root / part for part in SPLITS if (root / part).is_dir()}
     if "train" not in parts or "test" not in parts:
         raise CnnlabError(f"{root} is not a split folder: it needs train/ and test/ (and optionally val/) sub-folders")
-    scanned = {
-        part: scan_folder(folder, min_per_class=0, check=False) for part, folder in parts.items()
-    }  # listed; decoded below
+    scanned = {"train": scan_folder(parts["train"], min_per_class=0, check=False)}  # listed; decoded below
     classes = scanned["train"].classes
+    for part, folder in parts.items():  # an empty val/ was "val has 0 class sub-folder(s)", with nothing to do
+        if part != "train" and not any(p.is_dir() and not _is_hidden(p.name) for p in folder.iterdir()):
+            raise CnnlabError(split_part_missing(root, part, classes))
+        scanned[part] = scan_folder(folder, min_per_class=0, check=False)
     for part, images in scanned.items():
         if images.classes != classes:
             raise CnnlabError(f"{root / part} has classes {images.classes}, but train/ has {classes}; make them match")
@@ -218,3 +223,15 @@ def split_from_folders(root: str | os.PathLike[str], min_per_class: int = 100) -
     if min_per_class > 0:
         merged.check_min_per_class(min_per_class)
     return merged, split
+
+
+def split_part_missing(root: str | os.PathLike[str], part: str, classes: Sequence[str]) -> str:
+    """Why a split folder's `part` (val or test) gives a run no images, and what to do: fill ``part/<class>/`` as
+    train/ is filled. A split folder's split is taken as it is (--val-fraction and --test-fraction apply to fresh
+    splits), so nothing is carved out of train/ for it."""
+    use = "the best epoch is chosen on them" if part == "val" else "the run is scored on them, once"
+    return (
+        f"{Path(root) / part} holds no images: a split folder gives its {part}/ images in the class sub-folders of "
+        f"train/ ({listed(list(classes), 8)}), and {use}; move some images of each class from train/ into "
+        f"{part}/<class>/ (a folder of class sub-folders alone, no train/ or test/, is split by the run itself)"
+    )

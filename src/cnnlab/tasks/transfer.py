@@ -60,6 +60,7 @@ from cnnlab.data.split import (
     check_split_images,
     check_split_seed,
     read_manifest,
+    split_part_missing,
     stratified_split,
     write_manifest,
 )
@@ -404,6 +405,9 @@ def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImage
         log(f"skipped {skipped.path} ({skipped.label}): {skipped.reason}")
     if folder_split is not None:
         _refuse_untrained_classes(images, folder_split)
+        for part in ("val", "test"):  # it said "raise --val-fraction", an option refused with a split folder
+            if not folder_split[part]:
+                raise CnnlabError(split_part_missing(config.data, part, images.classes))
         return images, folder_split, source
     images = limit_per_class(images, config.max_per_class, config.split_seed)
     defaults = source_defaults(config.data)
