@@ -243,6 +243,10 @@ def test_save_and_load_converted_model(tmp_path):
             CnnlabError, match=r"fcn.safetensors is damaged, not a whole safetensors file .*fcn convert"
         ):
             load_fully_convolutional(tmp_path)
+    # fcn.json without its weights (a folder copied in part) was "No such file or directory", exit 1
+    weights.unlink()
+    with pytest.raises(CnnlabError, match=r"fcn.safetensors is missing; convert the run again with `cnnlab fcn conv"):
+        load_fully_convolutional(tmp_path)
 
 
 def test_cli_convert_and_scan(tmp_path):
@@ -262,6 +266,10 @@ def test_cli_convert_and_scan(tmp_path):
     assert (tmp_path / "h.png").is_file()
     from_run = runner.invoke(app, ["fcn", "scan", str(run), str(tmp_path / "canvas.png")])
     assert from_run.exit_code == 0 and (tmp_path / "canvas-heatmap.png").is_file()
+    (run / "fcn" / "fcn.safetensors").unlink()  # was an OSError: "error: No such file or directory: ...", exit 1
+    missing = runner.invoke(app, ["fcn", "scan", str(run / "fcn"), str(tmp_path / "canvas.png")])
+    assert isinstance(missing.exception, CnnlabError)  # one line, exit 2 (`cnnlab.cli.main`)
+    assert "fcn.safetensors is missing; convert the run again" in str(missing.exception)
 
 
 def test_a_heatmap_stopped_while_it_was_written_leaves_the_earlier_one(tmp_path, monkeypatch):

@@ -152,14 +152,16 @@ def load_weights(
     """The tensors of the safetensors file at `path` (of `data`, its bytes, when they were read already).
 
     Raises:
-        CnnlabError: the file is damaged (zero bytes, cut short, not safetensors), one line naming it and `remedy`;
-            safetensors' own traceback named neither.
+        CnnlabError: the file is missing or damaged (zero bytes, cut short, not safetensors), one line naming it and
+            `remedy`; safetensors' own traceback named neither.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load, load_file
 
     try:
         return load(data) if data is not None else load_file(str(path), device=str(device))
+    except FileNotFoundError:  # a folder copied without it: "No such file or directory", exit 1, no remedy
+        raise CnnlabError(f"{path} is missing; {remedy}") from None
     except SafetensorError as error:
         raise CnnlabError(
             f"{path} is damaged, not a whole safetensors file ({str(error).splitlines()[0]}); {remedy}"
