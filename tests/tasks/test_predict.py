@@ -395,6 +395,12 @@ def test_a_file_name_that_is_not_utf8_is_written_to_the_csv_and_resumed(tiny_run
     first = CliRunner().invoke(app, ["predict", "-m", str(tiny_run), "-k", "1", "-o", str(table), "--json", latin])
     assert first.exit_code == 0, first.exception
     assert table.read_bytes().splitlines()[1].startswith(os.path.join(os.fsencode(tmp_path), b"caf\xe9.png,red,"))
+    # --json wrote the name as "caf\\udce9.png", a lone surrogate that strict JSON parsers refuse: now the name as it
+    # reads, and its exact bytes beside it
+    assert "\\ud" not in first.stdout
+    (shown,) = json.loads(first.stdout)["predictions"]
+    assert shown["image"] == str(tmp_path / "caf\ufffd.png") and shown["top"][0]["label"] == "red"
+    assert bytes.fromhex(shown["image_bytes_hex"]) == os.path.join(os.fsencode(tmp_path), b"caf\xe9.png")
     again = CliRunner().invoke(
         app, ["predict", "-m", str(tiny_run), "-k", "1", "-o", str(table), "--json", "--resume", latin]
     )

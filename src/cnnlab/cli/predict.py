@@ -3,7 +3,6 @@ segmentation run."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -139,7 +138,9 @@ def _show(
 ) -> None:
     """The results as one JSON document, or per image: its error on stderr, else the lines `describe` prints."""
     if as_json:
-        typer.echo(json.dumps({"model": source, "predictions": results}, indent=1))
+        from cnnlab.tasks.predict import predictions_json
+
+        typer.echo(predictions_json(source, results))
         return
     for result in results:
         if "error" in result:

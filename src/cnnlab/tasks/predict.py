@@ -43,6 +43,7 @@ __all__ = [
     "iter_predictions",
     "load_predictor",
     "predict_images",
+    "predictions_json",
     "write_predictions_csv",
 ]
 
@@ -235,6 +236,54 @@ def iter_predictions(
                     ]
             bar.advance(len(chunk))
             yield from results
+
+
+# the fields of a result that name files (a classifier's image; a segmenter's image and the masks it wrote)
+PATH_FIELDS = ("image", "mask", "colour", "overlay")
+
+
+def predictions_json(source: str, results: Sequence[dict[str, Any]]) -> str:
+    """The JSON document `cnnlab predict --json` prints: ``{"model": source, "predictions": results}``, valid for strict
+    parsers whatever the file names.
+
+    A file name that is not UTF-8 (a zip made on Windows, a Latin-1 disk) is a str holding surrogates on Linux, which
+    `json.dumps` wrote as "\\udce9" escapes: lone surrogates, which strict parsers refuse and others turn silently into
+    U+FFFD. Every string is written with those bytes as U+FFFD, so the name still reads ("caf\ufffd.jpg"), and a path
+    field (`PATH_FIELDS`, and the model) that changed gets a ``<field>_bytes_hex`` beside it, its exact bytes in hex
+    (``bytes.fromhex`` gives the name to open the file with).
+    """
+
+    def readable(text: str) -> str:
+        return _raw_bytes(text).decode("utf-8", "replace") if _has_surrogates(text) else text
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return readable(value)
+        if isinstance(value, list | tuple):
+            return [clean(item) for item in value]
+        if not isinstance(value, dict):
+            return value
+        cleaned: dict[str, Any] = {}
+        for key, item in value.items():
+            cleaned[readable(str(key))] = clean(item)
+            if key in (*PATH_FIELDS, "model") and isinstance(item, str) and _has_surrogates(item):
+                cleaned[f"{key}_bytes_hex"] = _raw_bytes(item).hex()
+        return cleaned
+
+    return json.dumps(clean({"model": source, "predictions": list(results)}), indent=1)
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\ud800" <= character <= "\udfff" for character in text)
+
+
+def _raw_bytes(text: str) -> bytes:
+    """The bytes a str of a file name stands for: os.fsencode's on Linux (`PATH_BYTES`); a surrogate that no byte
+    gave (none does on Linux) is encoded as it is, and so decodes as U+FFFD."""
+    try:
+        return text.encode("utf-8", PATH_BYTES)
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
 
 
 def check_predictions_csv(output: str | os.PathLike[str]) -> Path:
