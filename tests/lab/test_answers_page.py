@@ -37,3 +37,15 @@ def test_a_figure_that_does_not_decode_is_named_in_the_text_not_sent_to_the_gall
     text, figures = answer_sheet(tmp_path)
     assert figures == [((folder / "good.png").resolve(), "good")]
     assert "_(figure: cut.png, cannot be shown: corrupt or truncated" in text
+
+
+def test_a_sheet_saved_in_another_encoding_is_shown_not_refused(tmp_path: Path) -> None:
+    """A sheet an editor saved in Latin-1 failed the Answers page with a UnicodeDecodeError."""
+    folder = tmp_path / "answers"
+    folder.mkdir()
+    (folder / "answers.md").write_bytes("# Réponses\n\nExercise 1\n".encode("latin-1"))
+    text, figures = answer_sheet(tmp_path)
+    assert text == "# R\ufffdponses\n\nExercise 1\n" and figures == []
+    # saved as UTF-8 with a byte-order mark (a Windows editor): the mark is not part of the first heading
+    (folder / "answers.md").write_bytes("# Réponses\n".encode("utf-8-sig"))
+    assert answer_sheet(tmp_path)[0] == "# Réponses\n"

@@ -27,7 +27,9 @@ def answer_sheet(runs_root: str | Path) -> tuple[str, list[tuple[Path, str]]]:
             "then reload this page.",
             [],
         )
-    text = path.read_text()
+    # a sheet an editor saved in another encoding (Latin-1, a Windows code page) failed the page with a
+    # UnicodeDecodeError: its odd bytes show as U+FFFD instead; utf-8-sig drops a Windows editor's byte-order mark
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
     figures: list[tuple[Path, str]] = []
 
     def take(match: re.Match[str]) -> str:
