@@ -692,6 +692,15 @@ def test_a_split_folders_skipped_files_are_named_as_a_class_folders_are(tmp_path
     shutil.rmtree(tmp_path / "photos" / "val")
     with pytest.raises(CnnlabError, match=r"photos/val holds no images: .*; move some images of each class from train"):
         load_images(tiny_config(tmp_path, **options), lines.append)
+    # the same with --split: a manifest without val rows
+    rows = ["path,label,split"]
+    for path, label in zip(images.paths, images.labels, strict=True):
+        if "/val/" not in path:
+            rows.append(f"{path},{images.classes[label]},{'test' if '/test/' in path else 'train'}")
+    manifest = tmp_path / "split.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    with pytest.raises(CnnlabError, match=r"split.csv has no usable val rows: .*mark some of each class's train rows"):
+        load_images(tiny_config(tmp_path, **options, split_manifest=str(manifest)), lines.append)
 
 
 def test_an_image_too_thin_for_the_eval_resize_is_skipped_and_named_not_fatal(tmp_path: Path) -> None:

@@ -397,6 +397,12 @@ def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImage
         for skipped in images.skipped:
             log(f"skipped {skipped.path} ({skipped.label}): {skipped.reason}")
         _refuse_untrained_classes(images, split)
+        if not split["val"]:  # it said "raise --val-fraction", an option refused with --split
+            raise CnnlabError(
+                f"{config.split_manifest} has no usable val rows: a given split is taken as it is (--val-fraction "
+                "applies to fresh splits), and the best epoch is chosen on its val images; mark some of each "
+                "class's train rows `val`"
+            )
         return images, split, f"given manifest {config.split_manifest}"
     images, folder_split, source = open_image_source(config.data, config.min_per_class)
     if folder_split is not None:
