@@ -67,6 +67,8 @@ def test_only_the_leftovers_of_processes_that_are_gone_are_swept(tmp_path: Path)
         "another machine's, a day old": f".results.json.other-machine.{os.getppid()}.tmp",
         "an older cnnlab's": f".results.json.{ended.pid}.tmp",
         "an older cnnlab's, a day old": f".results.json.{os.getppid()}.tmp",
+        "a checkpoint's mkstemp name": ".results.json.k1ll3d_0.tmp",
+        "a checkpoint's mkstemp name, a day old": ".results.json.x_9abcde.tmp",
         "another file's": f".results.json.bak.{host}.{ended.pid}.tmp",
         "not a temporary file": ".results.json.notes",
     }
@@ -77,5 +79,10 @@ def test_only_the_leftovers_of_processes_that_are_gone_are_swept(tmp_path: Path)
     with written_then_renamed(tmp_path / "results.json") as temporary:
         temporary.write_text("{}")
     swept = {what for what, name in names.items() if not (tmp_path / name).exists()}
-    assert swept == {"dead here", "another machine's, a day old", "an older cnnlab's, a day old"}
+    assert swept == {
+        "dead here",
+        "another machine's, a day old",
+        "an older cnnlab's, a day old",
+        "a checkpoint's mkstemp name, a day old",
+    }
     assert (tmp_path / "results.json").read_text() == "{}"

@@ -62,8 +62,9 @@ _HOST = _host_label()
 def _sweep_leftovers(path: Path) -> None:
     """Delete the temporary files of `path` that a process killed while writing it left behind: those of this
     machine whose process is gone, and any a day old (`STALE_AFTER_SECONDS`). The names cnnlab wrote before they
-    held the machine's (``.NAME.PID.tmp``) are swept when a day old only. Nothing here may fail a write."""
-    pattern = re.compile(re.escape(f".{path.name}.") + r"(?:([A-Za-z0-9-]+)\.)?(\d+)\.tmp")
+    held the machine's (``.NAME.PID.tmp``), and the random ones of `tempfile.mkstemp` that checkpoints had
+    (``.NAME.XXXXXXXX.tmp``), are swept when a day old only. Nothing here may fail a write."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(?:(?:([A-Za-z0-9-]+)\.)?(\d+)|[a-z0-9_]{8})\.tmp")
     try:
         candidates = [entry for entry in os.scandir(path.parent) if entry.name.startswith(f".{path.name}.")]
     except OSError:
@@ -72,7 +73,7 @@ def _sweep_leftovers(path: Path) -> None:
         match = pattern.fullmatch(entry.name)
         if match is None or not entry.is_file(follow_symlinks=False):
             continue
-        host, pid = match.group(1), int(match.group(2))
+        host, pid = match.group(1), int(match.group(2) or -1)  # -1: mkstemp's name, no process to ask
         if host == _HOST and pid == os.getpid():
             continue  # this process's own name: the block overwrites it
         try:

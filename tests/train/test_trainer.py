@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from cnnlab import files
 from cnnlab.errors import CnnlabError
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer, atomic_save, load_checkpoint
 from cnnlab.train import checkpoint as checkpoint_module
@@ -163,6 +168,8 @@ def test_atomic_checkpoint_survives_crash_mid_write(tmp_path: Path, monkeypatch:
     atomic_save({"epoch": 1}, path)
 
     def half_write(obj: object, f: object) -> None:
+        # the one temporary name of cnnlab.files: this process's, which a later save sweeps only once it is gone
+        assert Path(f.name).name == f".checkpoint.pt.{files._HOST}.{os.getpid()}.tmp"  # type: ignore[attr-defined]
         f.write(b"PK\x03\x04 half a zip")  # type: ignore[attr-defined]
         raise RuntimeError("killed mid-write")
 
@@ -304,18 +311,28 @@ def test_compile_on_a_cpu_keeps_torchs_cuda_home_warning_out(tmp_path: Path, cap
 
 def test_a_save_killed_mid_write_leaves_no_temp_file_after_the_resume(tmp_path: Path) -> None:
     """SIGKILL during a checkpoint save left `.checkpoint.pt.XXXX.tmp` (a whole checkpoint's size) in the run folder
-    for good: nothing removed it."""
+    for good: nothing removed it. Then every start deleted all of them, also the one a live process (a second command
+    on the run, another machine sharing the folder) was writing: now a save sweeps only a gone process's."""
     with pytest.raises(KeyboardInterrupt):
         Trainer(_model(), _config(tmp_path, epochs=2), callbacks=[_KillAfter(1)]).fit(_data())
     run_dir = tmp_path / "toy" / "run"
-    stale = run_dir / ".checkpoint.pt.k1ll3d.tmp"
+    ended = subprocess.Popen([sys.executable, "-c", ""])
+    ended.wait()  # its process id is gone
+    day_ago = time.time() - files.STALE_AFTER_SECONDS - 60
+    stale = run_dir / f".checkpoint.pt.{files._HOST}.{ended.pid}.tmp"
     stale.write_bytes(b"half a checkpoint")
+    older_cnnlab = run_dir / ".checkpoint.pt.k1ll3d_0.tmp"  # tempfile.mkstemp's name, as checkpoints had, a day old
+    older_cnnlab.write_bytes(b"half a checkpoint")
+    os.utime(older_cnnlab, (day_ago, day_ago))
+    live = run_dir / f".checkpoint.pt.{files._HOST}.{os.getppid()}.tmp"  # another process writing it now: kept
+    live.write_bytes(b"a checkpoint being written")
     other = run_dir / ".metrics.csv.tmp"  # not a checkpoint's: left alone
     other.write_text("x")
     with open(run_dir / "metrics.csv", "a") as f:  # a row the checkpoint does not hold (records written, then killed)
         f.write("9.0,1.0\n")
     Trainer(_model(), _config(tmp_path, epochs=2, resume=True)).fit(_data())
-    assert not stale.exists() and other.exists()
+    assert not stale.exists() and not older_cnnlab.exists()
+    assert live.read_bytes() == b"a checkpoint being written" and other.exists()
     # metrics.csv is rewritten whole from the checkpoint's history: the epochs the run kept, each once, in order
     epochs = [line.split(",")[0] for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
     assert epochs == ["1.0", "2.0"]

@@ -1,7 +1,8 @@
 """Atomic checkpoints that load with `torch.load(weights_only=True)`.
 
-A checkpoint is written to a temporary file in the same directory, flushed to disk (fsync), then renamed over the
-old one with `os.replace`, so a crash at any moment leaves either the old or the new checkpoint, never half of one.
+A checkpoint is written to a temporary file in the same directory (`cnnlab.files.written_then_renamed`, as every
+file cnnlab reads back), flushed to disk (fsync), then renamed over the old one with `os.replace`, so a crash at any
+moment leaves either the old or the new checkpoint, never half of one.
 RNG states are stored as tensors and plain lists so the restricted unpickler accepts them.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from cnnlab.errors import CnnlabError
+from cnnlab.files import written_then_renamed
 
 CHECKPOINT_NAME = "checkpoint.pt"  # a run's checkpoint inside its run directory
 
@@ -30,19 +31,15 @@ def run_in_the_way(run_dir: str | os.PathLike[str]) -> CnnlabError:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """`torch.save` to `path` atomically (temp file in the same dir, fsync, `os.replace`)."""
+    """`torch.save` to `path` atomically: under `cnnlab.files.written_then_renamed`'s temporary name (this process's
+    own; a killed save's is swept by a later one once its process is gone, never while another process writes it),
+    flushed to disk (fsync) before the rename, and the rename itself made durable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with written_then_renamed(path) as temporary, open(temporary, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -429,10 +429,10 @@ class Trainer:
             raise CnnlabError(f"--resume: no checkpoint at {checkpoint}; start the run without --resume")
         if not self.config.resume and checkpoint.is_file() and not self.config.overwrite:
             raise run_in_the_way(self.run_dir)
+        # A save killed mid-write (SIGKILL, power) left its temporary file, a checkpoint's size: the next save sweeps
+        # it once its process is gone (`atomic_save`), never one that a live process (a second command on this run,
+        # another machine sharing the folder) is writing.
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.is_main_process:  # a save killed mid-write (SIGKILL, power) left its temp file, a checkpoint's size
-            for stale in self.run_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):
-                stale.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ the loop
     def _train_epoch(self, train: BatchSource, epoch: int) -> dict[str, float]:
