@@ -232,6 +232,34 @@ def test_the_cli_leaves_the_process_group_after_a_successful_command(tmp_path: P
             dist.destroy_process_group()
 
 
+def test_a_sigterm_while_the_ranks_join_ends_the_rank_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's SIGTERM handler (a KeyboardInterrupt, raised once Python runs again) left a rank stopped inside
+    `init_process_group` (gloo waiting in C++ for a peer that was stopped before joining) running until torchrun
+    killed it 30 s later. While the ranks join, SIGTERM ends the process as it did before that handler."""
+    import signal
+
+    import torch.distributed as dist
+
+    from cnnlab.train import strategy
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    during = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: bool(during))
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: during.append(signal.getsignal(signal.SIGTERM)))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        assert strategy.init_distributed("cpu") == DistInfo(1, 2, 0, "gloo")
+        assert during == [signal.SIG_DFL] and signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.mark.parametrize("samples", [18, 17, 19])
 def test_a_dataloader_is_sharded_so_each_step_takes_the_samples_of_a_single_process_step(samples: int) -> None:
     # A DistributedSampler shuffled with its own seed: step 1 of a 2-process run took samples 3, 7, 10, 11 where one
