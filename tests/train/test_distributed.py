@@ -256,6 +256,10 @@ def test_a_sigterm_while_the_ranks_join_ends_the_rank_at_once(monkeypatch: pytes
     try:
         assert strategy.init_distributed("cpu") == DistInfo(1, 2, 0, "gloo")
         assert during == [signal.SIG_DFL] and signal.getsignal(signal.SIGTERM) is handler
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a process told to ignore SIGTERM keeps ignoring it
+        during.clear()
+        strategy.init_distributed("cpu")
+        assert during == [signal.SIG_IGN]
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -117,7 +117,11 @@ def _sigterm_ends_the_process() -> Iterator[None]:
     killed it 30 s later ("Unable to shutdown process ... via 15, forcefully exiting via 9"; 2 of 44 stops at random
     times, 2 CPU cores). The rank writes nothing while it waits, and files are written whole, so no clean-up is lost.
     """
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or not hasattr(signal, "SIGTERM")
+        or signal.getsignal(signal.SIGTERM) in (signal.SIG_IGN, None)  # told to ignore it: still ignored
+    ):
         yield
         return
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
