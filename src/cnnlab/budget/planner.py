@@ -11,11 +11,13 @@ of a step at any batch size at no memory cost, for each remedy:
 - **bf16 mixed precision**: autocast cannot run on the meta device, so the peak is adjusted: the input stays
   float32 with a bf16 copy kept for backward, and everything else each op holds per sample shrinks by the share of
   the saved activations that a bfloat16 trace saves (`_Planner.bf16_reduction`); parameters, gradients and
-  optimizer state stay float32. Autocast's bf16 copies of the weights are added at each op where autocast would
-  hold them, from the op that first takes a weight until backward makes its gradient (the trace's
-  ``autocast_copy_timeline``; with checkpointing they are dropped when forward ends and made again by the
-  recomputation). Real CPU steps under autocast, as the engine runs them, agree within 2% across the zoo but for
-  mnist_baseline, 3-6% high (benchmarks/memory_cpu.py);
+  optimizer state stay float32. Where the loss is taken the network's output is held twice, in bf16 and as the
+  loss's float32 copy (`_Planner.bf16_per_sample`): for a network whose output is large (a segmenter's logits, a
+  lone convolution) that makes bf16 need more per sample than float32. Autocast's bf16 copies of the weights are
+  added at each op where autocast would hold them, from the op that first takes a weight until backward makes its
+  gradient (the trace's ``autocast_copy_timeline``; with checkpointing they are dropped when forward ends and made
+  again by the recomputation). Real CPU steps under autocast, as the engine runs them, agree within 2% across the
+  zoo but for mnist_baseline, 3-6% high (benchmarks/memory_cpu.py);
 - **all three** combines them the same way.
 
 How it stays fast. Searching batch sizes trace by trace took 63 traces for resnet152 (two minutes). Instead, the live
@@ -36,6 +38,7 @@ seconds, with the same answers and columns as the search.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -66,6 +69,8 @@ class _Step:
     step_start: int  # live bytes after backward, where the optimizer step begins
     saved: int  # bytes saved for backward, the input included
     copies: tuple[int, ...]  # at each op, the bytes bf16 autocast's copies of the weights would hold (any batch)
+    loss_index: int = -1  # the op of the timeline where the loss is taken, the network's output alive
+    output: int = 0  # the network's output in float32 bytes
 
     @classmethod
     def from_trace(cls, result: TraceResult) -> _Step:
@@ -76,6 +81,8 @@ class _Step:
             result.step_start_bytes - state,
             result.saved_bytes,
             tuple(result.autocast_copy_timeline),
+            result.loss_op_index,
+            result.output_values * 4,
         )
 
     def peak(self, optimizer: OptimizerStepBytes) -> int:
@@ -102,11 +109,14 @@ class _Lines:
     saved: _Line
     batches: tuple[int, int]  # the two traced batch sizes
     copies: tuple[int, ...]  # `_Step.copies`, the same at every batch
+    loss_index: int = -1  # `_Step.loss_index`, the same at every batch
+    output: _Line = _Line(0, 0)  # `_Step.output`
 
     @classmethod
     def through(cls, first: _Step, second: _Step) -> _Lines | None:
         """The lines through two traces; None when they are not lines (other ops, or fractions of a byte per sample)."""
-        if len(first.timeline) != len(second.timeline) or first.copies != second.copies:
+        same_ops = len(first.timeline) == len(second.timeline) and first.loss_index == second.loss_index
+        if not same_ops or first.copies != second.copies:
             return None
         span = second.batch - first.batch
 
@@ -116,14 +126,24 @@ class _Lines:
 
         timeline = [line(a, b) for a, b in zip(first.timeline, second.timeline, strict=True)]
         step_start, saved = line(first.step_start, second.step_start), line(first.saved, second.saved)
-        if step_start is None or saved is None or any(item is None for item in timeline):
+        output = line(first.output, second.output)
+        if step_start is None or saved is None or output is None or any(item is None for item in timeline):
             return None
-        return cls(tuple(timeline), step_start, saved, (first.batch, second.batch), first.copies)  # type: ignore[arg-type]
+        batches = (first.batch, second.batch)
+        return cls(tuple(timeline), step_start, saved, batches, first.copies, first.loss_index, output)  # type: ignore[arg-type]
 
     def at(self, batch: int) -> _Step:
         """The step these lines predict at `batch`."""
         timeline = tuple(line.at(batch) for line in self.timeline)
-        return _Step(batch, timeline, self.step_start.at(batch), self.saved.at(batch), self.copies)
+        return _Step(
+            batch,
+            timeline,
+            self.step_start.at(batch),
+            self.saved.at(batch),
+            self.copies,
+            self.loss_index,
+            self.output.at(batch),
+        )
 
     def peak_lines(self, optimizer: OptimizerStepBytes) -> list[_Line]:
         """Lines whose highest value at a batch is `_Step.peak` there: one per distinct per-sample slope is enough."""
@@ -282,6 +302,19 @@ class _Planner:
         saving, float_saved = self.bf16_saving()
         return saving * max(0, per_sample - self.input_bytes) // float_saved - self.input_bytes // 2
 
+    def bf16_per_sample(self, per_sample: int, output: int = 0) -> int:
+        """Bytes per sample under bf16 autocast of an op that holds `per_sample` bytes per sample in float32.
+
+        `output` is the float32 bytes per sample of the network's output, given at the op where the loss is taken:
+        there autocast holds the output twice, in bf16 (a convolution's or a matmul's output, and what follows them)
+        and as the float32 copy the loss makes of it, so it is left out of `bf16_reduction`'s share and counted 1.5
+        times. Without it a network whose output is large (a single convolution, a segmenter's logits), whose saved
+        activations are mostly its input, was planned with its output shrunk by nothing and no copy: a conv 32 k3
+        on 3x64x64 was 0.70x the real CPU step (0.57 MB per sample against 0.81 MB, float32 0.54 MB).
+        """
+        rest = per_sample - output
+        return rest - self.bf16_reduction(rest) + output + output // 2
+
     def remedy_lines(self, remedy: _Remedy) -> list[_Line] | None:
         """Lines whose highest value at a batch is the remedy's peak there; None when the variant's traces gave no
         lines. bf16 autocast shrinks each op's bytes per sample (`bf16_reduction`) and adds the bf16 copies of the
@@ -289,11 +322,12 @@ class _Planner:
         lines = self.fitted(remedy.checkpointed)
         if lines is not None and remedy.bf16 and self.mixed:
 
-            def bf16(line: _Line, copies: int = 0) -> _Line:
-                return _Line(line.fixed + copies, line.per_sample - self.bf16_reduction(line.per_sample))
+            def bf16(line: _Line, copies: int = 0, output: int = 0) -> _Line:
+                return _Line(line.fixed + copies, self.bf16_per_sample(line.per_sample, output))
 
-            timeline = tuple(map(bf16, lines.timeline, lines.copies))
-            lines = _Lines(timeline, bf16(lines.step_start), lines.saved, lines.batches, lines.copies)
+            outputs = [lines.output.per_sample if op == lines.loss_index else 0 for op in range(len(lines.timeline))]
+            timeline = tuple(map(bf16, lines.timeline, lines.copies, outputs))
+            lines = dataclasses.replace(lines, timeline=timeline, step_start=bf16(lines.step_start))
         return None if lines is None else lines.peak_lines(self.optimizer(remedy.optimizer))
 
     def peak(self, remedy: _Remedy, batch: int) -> int:
@@ -313,11 +347,13 @@ class _Planner:
                 start_growth = self.bf16_saving()[1]
                 growths = [start_growth] * len(step.timeline)
 
-            def bf16(live: int, growth: int, copies: int = 0) -> int:
-                return live - self.bf16_reduction(growth) * batch + copies
+            def bf16(live: int, growth: int, copies: int = 0, output: int = 0) -> int:
+                return live - (growth - self.bf16_per_sample(growth, output)) * batch + copies
 
-            timeline = tuple(map(bf16, step.timeline, growths, step.copies))
-            step = _Step(batch, timeline, bf16(step.step_start, start_growth), step.saved, step.copies)
+            output = step.output // batch
+            outputs = [output if op == step.loss_index else 0 for op in range(len(step.timeline))]
+            timeline = tuple(map(bf16, step.timeline, growths, step.copies, outputs))
+            step = dataclasses.replace(step, timeline=timeline, step_start=bf16(step.step_start, start_growth))
         return step.peak(self.optimizer(remedy.optimizer))
 
     def answer_from_lines(self, remedy: _Remedy, limit_bytes: int) -> int | None:

@@ -347,6 +347,8 @@ class TraceResult:
     # forward and backward; its maximum is the peak before the optimizer step
     autocast_copy_timeline: list[int] = field(default_factory=list, repr=False)  # at the same points, the bytes bf16
     # autocast's copies of the weights would hold (`_TimelineTracker`); empty for a trace run under autocast
+    loss_op_index: int = -1  # the index in live_timeline of the loss's last op, where the output is still alive
+    output_values: int = 0  # values in the network's output (its first tensor) at the traced batch
     step_start_bytes: int = 0  # live bytes when the optimizer step begins (after backward)
     step_peak_bytes: int = 0  # peak during the optimizer step (step_start_bytes when there is none)
 
@@ -592,7 +594,13 @@ def _trace_training(
             output = model(x)
             loss = _first_tensor(output).float().sum()
         tracker.end_forward(counter.saved_state)
-        del output
+        # Where the loss is taken the output is alive: under autocast a bf16 output and the float32 copy the loss
+        # makes of it (here `.float()`; a real loss such as cross-entropy runs in float32 too), which the planner
+        # adds to this op of a float32 trace (`.float()` of a float32 output copies nothing).
+        result.loss_op_index = len(tracker.timeline) - 1
+        first = _first_tensor(output)
+        result.output_values = first.numel() if first is not None else 0
+        del output, first
         if loss.requires_grad:
             loss.backward()
         elif any(p.requires_grad for p in model.parameters()):
