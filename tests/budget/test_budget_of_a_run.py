@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from cnnlab.budget.core import budget
 from cnnlab.errors import CnnlabError
@@ -78,15 +79,22 @@ def test_an_fcn_folder_is_sized_as_the_network_that_scans_an_image(tmp_path: Pat
 
 
 def _cached_run(
-    tmp_path: Path, unfreeze: int, method: str = "cached", optimizer: str = "adamw", device: str = "cpu"
+    tmp_path: Path,
+    unfreeze: int,
+    method: str = "cached",
+    optimizer: str = "adamw",
+    device: str = "cpu",
+    precision: str = "fp32",
+    batch: int = 8,
 ) -> Path:
     import json
 
-    run = tmp_path / "runs" / "transfer" / f"{method}{unfreeze}{optimizer}{device}"
+    run = tmp_path / "runs" / "transfer" / f"{method}{unfreeze}{optimizer}{device}{precision}{batch}"
     meta = {"task": "transfer", "classes": ["a", "b"], "preprocessing": {"input_size": [3, 96, 96]}}
     save_model(create_model("efficientnet_lite0", num_classes=2), run, "efficientnet_lite0", {"num_classes": 2}, meta)
     recipe = {"name": "default", "method": method, "train": {"batch_size": 64, "optimizer": "adamw"}}
-    train = {"batch_size": 8} | ({"optimizer": optimizer} if optimizer != "adamw" else {})
+    train = {"batch_size": batch} | ({"optimizer": optimizer} if optimizer != "adamw" else {})
+    train |= {"precision": precision} if precision != "fp32" else {}
     record = {"recipe": recipe, "unfreeze": unfreeze, "device": device, "config": {"train": train}}
     (run / "results.json").write_text(json.dumps(record))
     return run
@@ -159,6 +167,31 @@ def test_a_cached_run_is_sized_with_its_own_optimizer_on_its_own_device(tmp_path
     assert asked is not None and asked["peak_bytes"] == gpu["peak_bytes"]
     shown = CliRunner().invoke(app, ["budget", str(_cached_run(tmp_path, 2, optimizer="sgd")), "--no-layers"])
     assert "with sgd (Nesterov momentum 0.9) on cpu peaks at" in shown.output, shown.output
+
+
+def test_a_cached_run_is_sized_at_its_own_precision(tmp_path: Path) -> None:
+    """A run trained with --precision bf16 had its step sized in float32 (at batch 64, 56.2 MB where a real CPU step
+    under bf16 autocast holds 41.5 MB), and its largest batch too: it is the planner's bf16 remedy, here exact."""
+    import copy
+
+    from cnnlab.budget.trace import trace
+    from cnnlab.cli.budget import _trained_step_note
+    from cnnlab.models import split_classifier
+    from cnnlab.tasks.transfer_cost import _groups_by_name, trained_step_memory
+    from cnnlab.train import top_param_groups
+
+    model = create_model("efficientnet_lite0", num_classes=2)
+    split = split_classifier(model, 2, (3, 96, 96))
+    groups = _groups_by_name(split.upper, top_param_groups(model, 2, 1.0, 0.0))
+    upper = copy.deepcopy(split.upper).train()
+    real = trace(upper, split.feature_shape, 64, "float32", "cpu", "adamw", inference=False, param_groups=groups,
+                 autocast=torch.bfloat16)  # fmt: skip
+    fp32 = trace(upper, split.feature_shape, 64, "float32", "meta", "adamw", inference=False, param_groups=groups)
+    step = trained_step_memory(_cached_run(tmp_path, 2, precision="bf16", batch=64), memory_limit=real.peak_live_bytes)
+    assert step is not None and step["precision"] == "bf16"
+    assert step["peak_bytes"] == real.peak_live_bytes < fp32.peak_live_bytes
+    assert step["max_batch"] == 64  # in float32 batch 64 does not fit in what bf16's batch 64 holds
+    assert "with adamw on cpu in bf16 autocast peaks at" in _trained_step_note(step)
 
 
 def test_a_small_cached_run_is_sized_at_the_batch_it_trained(tmp_path: Path) -> None:

@@ -455,3 +455,23 @@ def plan_batch(
             _Remedy("all three", checkpointed=True, optimizer="sgd", bf16=True),
         ]
     return {"limit_bytes": limit_bytes, "optimizer": optimizer, "remedies": planner.plan(remedies, limit_bytes)}
+
+
+def mixed_precision_step(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch: int,
+    optimizer: str,
+    for_device: str = "cpu",
+    param_groups: ParamGroupBuilder | None = None,
+    limit_bytes: int | None = None,
+) -> tuple[int, int | None]:
+    """The peak of one training step of a float32 `model` at `batch` with its forward under bf16 autocast, and the
+    largest batch within `limit_bytes` (None without one), as the plan's bf16 remedy works them out from meta-device
+    traces (autocast does not run on the meta device). fp16 autocast holds the same sizes: the same ops are cast, to
+    a dtype of the same size (its GradScaler adds scalars).
+    """
+    planner = _Planner(model, input_shape, torch.float32, optimizer, None, for_device, param_groups)
+    remedy = _Remedy("bf16 mixed precision", checkpointed=False, optimizer=optimizer, bf16=True)
+    peak = planner.peak(remedy, batch)
+    return peak, None if limit_bytes is None else planner.plan([remedy], limit_bytes)[0]["max_batch"]

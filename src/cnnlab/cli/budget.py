@@ -142,13 +142,16 @@ def _trained_step_note(step: dict[str, Any]) -> str:
     fit = f"; within the memory given, batches up to {step['max_batch']:,}" if "max_batch" in step else ""
     optimizer = step["optimizer"]
     accumulated = f" (x{step['accum_steps']} accumulated)" if step.get("accum_steps", 1) > 1 else ""
+    precision, how = "", "meta-device trace"
+    if step.get("precision", "fp32") != "fp32":  # autocast does not run on the meta device: the planner's adjustment
+        precision, how = f" in {step['precision']} autocast", "float32 meta-device trace, adjusted for autocast"
     if step.get("momentum"):  # the engine's SGD: a momentum buffer per parameter
         optimizer += f" (Nesterov momentum {step['momentum']:g})"
     return (
         f"\nThe training figures above are for training the whole network (--recipe full). This run (recipe "
         f"{step['recipe']}) trained only {part} ({step['trained_parameters']:,} of {step['parameters']:,} "
         f"parameters) on cached {shape} maps: its step at batch {step['batch']}{accumulated} with {optimizer} on "
-        f"{step['device']} peaks at {file_size(step['peak_bytes'])} (meta-device trace){fit}."
+        f"{step['device']}{precision} peaks at {file_size(step['peak_bytes'])} ({how}){fit}."
     )
 
 

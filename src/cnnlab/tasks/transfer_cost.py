@@ -188,7 +188,9 @@ def trained_step_memory(
     step trains the top blocks and the head on cached maps. That step is traced on the meta device at the run's
     batch size with the optimizer the engine built for it (its `--optimizer` and momentum: the engine's SGD keeps a
     Nesterov momentum buffer per parameter; its layer-wise param groups), stepping as torch steps on the device the
-    run trained on (float32 maps: the cache's float16 is widened for training).
+    run trained on (float32 maps: the cache's float16 is widened for training), at the run's `--precision`: a bf16
+    or fp16 run's forward ran under autocast, which the meta device cannot run, so its step is the planner's bf16
+    remedy of the float32 trace (`budget.planner.mixed_precision_step`; fp16 holds the same sizes).
 
     Args:
         run: what `cnnlab budget` was given.
@@ -198,9 +200,9 @@ def trained_step_memory(
 
     Returns:
         ``{"recipe", "blocks_trained", "blocks", "feature_shape", "batch", "accum_steps", "optimizer", "momentum",
-        "device", "trained_parameters", "parameters", "optimizer_state_bytes", "peak_bytes"}``, and ``"max_batch"``
-        with a memory limit; ``batch`` is the samples of one forward and backward (the batch over ``accum_steps``),
-        ``momentum`` the SGD momentum (None for the other optimizers).
+        "device", "precision", "trained_parameters", "parameters", "optimizer_state_bytes", "peak_bytes"}``, and
+        ``"max_batch"`` with a memory limit (at the run's precision); ``batch`` is the samples of one forward and
+        backward (the batch over ``accum_steps``), ``momentum`` the SGD momentum (None for the other optimizers).
     """
     results = Path(run) / "results.json"
     try:
@@ -211,7 +213,7 @@ def trained_step_memory(
     if not isinstance(recipe, dict) or recipe.get("method") != "cached":
         return None
     from cnnlab.budget.core import resolve_model
-    from cnnlab.budget.planner import plan_batch
+    from cnnlab.budget.planner import mixed_precision_step, plan_batch
     from cnnlab.budget.trace import trace
     from cnnlab.models import split_classifier
     from cnnlab.train import TrainConfig, top_param_groups
@@ -244,6 +246,16 @@ def trained_step_memory(
     step_groups = _groups_by_name(split.upper, groups)
     step = trace(upper, split.feature_shape, batch, "float32", "meta", traced, inference=False,
                  for_device=for_device, param_groups=step_groups)  # fmt: skip
+    precision = str(train.get("precision") or TrainConfig.precision)
+    mixed = precision in ("bf16", "fp16")
+    peak, max_batch = step.peak_live_bytes, None
+    if mixed:
+        peak, max_batch = mixed_precision_step(upper, split.feature_shape, batch, traced, for_device, step_groups,
+                                               memory_limit)  # fmt: skip
+    elif memory_limit is not None:
+        plan = plan_batch(upper, split.feature_shape, torch.float32, traced, memory_limit, for_device=for_device,
+                          param_groups=step_groups)  # fmt: skip
+        max_batch = plan["remedies"][0]["max_batch"]
     answer = {
         "recipe": recipe.get("name"),
         "blocks_trained": top,
@@ -254,15 +266,14 @@ def trained_step_memory(
         "optimizer": optimizer,
         "momentum": momentum,
         "device": for_device,
+        "precision": precision,
         "trained_parameters": sum(p.numel() for p in upper.parameters() if p.requires_grad),
         "parameters": sum(p.numel() for p in model.parameters()),
         "optimizer_state_bytes": step.optimizer_state_bytes,
-        "peak_bytes": step.peak_live_bytes,
+        "peak_bytes": peak,
     }
-    if memory_limit is not None:
-        plan = plan_batch(upper, split.feature_shape, torch.float32, traced, memory_limit, for_device=for_device,
-                          param_groups=step_groups)  # fmt: skip
-        answer["max_batch"] = plan["remedies"][0]["max_batch"]
+    if max_batch is not None:
+        answer["max_batch"] = max_batch
     return answer
 
 
