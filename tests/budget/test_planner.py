@@ -221,6 +221,8 @@ def test_bf16_holds_a_large_output_twice_where_the_loss_takes_it():
     tensor, comes out of the convolution in bf16 and the loss takes a float32 copy of it, so both live where the loss
     is computed; the planner shrank the output by the saved activations' share (none: the convolution saves only its
     input) and left out the copy."""
+    from cnnlab.budget.render import bf16_note
+
     _, model, shape, _ = resolve_model(["conv 32 k3"], (3, 32, 32))
     planner = planner_module._Planner(model, shape, torch.float32, "adam", None)
     bf16 = planner_module._Remedy("bf16 mixed precision", checkpointed=False, optimizer="adam", bf16=True)
@@ -234,6 +236,12 @@ def test_bf16_holds_a_large_output_twice_where_the_loss_takes_it():
     assert per_sample["as configured"] == output + image == planner.peak(plain, 2) - planner.peak(plain, 1)
     # the float32 input and its bf16 copy, the bf16 output and its float32 copy
     assert per_sample["bf16 mixed precision"] == image + image // 2 + output // 2 + output
+    note = bf16_note(plan)  # printed under the plan: a remedy that costs more is said to, and why
+    assert note is not None and "needs more per sample here" in note and "the loss's float32 copy" in note
+    rows = [
+        {**row, "per_sample_bytes": 1} if row["remedy"] == "bf16 mixed precision" else row for row in plan["remedies"]
+    ]
+    assert bf16_note({**plan, "remedies": rows}) is None
 
 
 def test_bf16_optimizer_step_starts_from_what_float32_holds():

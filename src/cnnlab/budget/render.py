@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -142,6 +144,22 @@ def plan_note(report: BudgetReport) -> str | None:
     )
 
 
+def bf16_note(plan: dict[str, Any] | None) -> str | None:
+    """Why bf16 mixed precision needs more per sample than float32, where a plan says it does."""
+    rows = {remedy["remedy"]: remedy for remedy in (plan or {}).get("remedies", [])}
+    if "bf16 mixed precision" not in rows:
+        return None
+    bf16, configured = rows["bf16 mixed precision"], rows["as configured"]
+    if bf16["per_sample_bytes"] <= configured["per_sample_bytes"]:
+        return None
+    return (
+        f"bf16 mixed precision needs more per sample here ({_mb(bf16['per_sample_bytes'])} against "
+        f"{_mb(configured['per_sample_bytes'])}): autocast keeps the float32 input and a bf16 copy of it, and where "
+        "the loss is taken it holds the network's bf16 output and the loss's float32 copy of it; a network whose "
+        "output is large next to the activations it saves gains nothing from bf16."
+    )
+
+
 def nothing_to_train_note(report: BudgetReport) -> str | None:
     """For a network without trainable parameters, what its training figures mean: a step is a forward pass."""
     if report.trainable_params:
@@ -182,5 +200,6 @@ def print_report(report: BudgetReport, console: Console | None = None, layers: b
     for table in (measured_table(report), plan_table(report)):
         if table is not None:
             console.print(table)
-    if note := plan_note(report):
-        console.print(note)
+    for note in (plan_note(report), bf16_note(report.plan)):
+        if note:
+            console.print(note)

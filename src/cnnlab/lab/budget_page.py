@@ -13,7 +13,15 @@ from typing import Any
 from rich.table import Table
 
 from cnnlab.budget import BudgetReport, budget, parse_memory
-from cnnlab.budget.render import layer_table, memory_table, nothing_to_train_note, plan_note, plan_table, summary_line
+from cnnlab.budget.render import (
+    bf16_note,
+    layer_table,
+    memory_table,
+    nothing_to_train_note,
+    plan_note,
+    plan_table,
+    summary_line,
+)
 from cnnlab.budget.spec import parse_size
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks.answers.measure import EXERCISE_2_SPEC
@@ -156,7 +164,8 @@ def budget_view(
         table_data(layer_table(report)),
         table_data(memory_table(report)),
         None if plan is None else table_data(plan),
-        [note for note in (nothing_to_train_note(report), plan_note(report)) if note],  # a plan of zeros, unsaid
+        # a plan of zeros, unsaid
+        [note for note in (nothing_to_train_note(report), plan_note(report), bf16_note(report.plan)) if note],
     )
 
 
