@@ -26,6 +26,18 @@ def test_auto_is_the_cpu_without_a_gpu_and_names_resolve(monkeypatch: pytest.Mon
     assert resolve_device(torch.device("cpu")) == torch.device("cpu")
 
 
+def test_cpu_with_an_index_is_the_cpu_and_loads_a_saved_model(tmp_path: Path) -> None:
+    """torch takes "cpu:0", safetensors does not: `evaluate`, `predict` and `ensemble --device cpu:0` called the
+    run's weights "damaged, not a whole safetensors file (device cpu:0 is invalid)"."""
+    from cnnlab.models import create_model
+    from cnnlab.train.saved import load_model, save_model
+
+    save_model(create_model("mnist_net_small"), tmp_path, "mnist_net_small", {}, {})
+    model = load_model(tmp_path, device="cpu:0")
+    assert next(model.parameters()).device == torch.device("cpu")
+    assert resolve_device("cpu:0") == torch.device("cpu")
+
+
 @pytest.mark.parametrize("name", ["cuda", "cuda:0", "cuda:1"])
 def test_cuda_without_a_gpu_is_refused_naming_what_there_is(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     _no_gpu(monkeypatch)
