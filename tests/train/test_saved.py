@@ -252,3 +252,27 @@ def test_the_recorded_command_of_a_torchrun_process_names_torchrun(monkeypatch: 
     monkeypatch.setenv("WORLD_SIZE", "8")  # two nodes of four
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert environment_record()["command"].startswith("torchrun --nnodes 2 --nproc_per_node 4 -m cnnlab train")
+
+
+def test_an_ensemble_refuses_a_member_replaced_after_it_was_made(tmp_path: Path) -> None:
+    """`train mnist --overwrite` of a run that `cnnlab ensemble` had averaged swapped the ensemble's member unsaid:
+    evaluate and predict gave another model's numbers under a report that still quoted the old ones."""
+    from cnnlab.models import create_model
+
+    members = [tmp_path / "a", tmp_path / "b"]
+    for seed, member in enumerate(members):
+        torch.manual_seed(seed)
+        save_model(create_model("mnist_net_small"), member, "mnist_net_small", {}, {})
+    (tmp_path / "ens").mkdir()
+    save_ensemble(tmp_path / "ens", members, {})
+    load_model(tmp_path / "ens")  # as made: loads
+
+    record = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    torch.manual_seed(7)
+    save_model(create_model("mnist_net_small"), members[0], "mnist_net_small", {}, {})  # the run trained again
+    with pytest.raises(CnnlabError, match=r"a was replaced after the ensemble .*ens was made"):
+        load_model(tmp_path / "ens")
+
+    del record["digests"]  # an ensemble saved before digests were recorded loads as it did
+    (tmp_path / "ens" / "ensemble.json").write_text(json.dumps(record))
+    assert len(load_model(tmp_path / "ens").members) == 2

@@ -72,13 +72,38 @@ def save_model(
 def save_ensemble(
     directory: str | os.PathLike[str], members: list[str | os.PathLike[str]], meta: dict[str, Any]
 ) -> Path:
-    """Write ``ensemble.json`` listing member directories (stored relative to `directory`)."""
+    """Write ``ensemble.json`` listing member directories (stored relative to `directory`) and the SHA-256 of each
+    member's weights, so that a member replaced later (`--overwrite` of its run) is refused, not averaged in unsaid."""
     directory = Path(directory)
     relative = [os.path.relpath(Path(m), directory) for m in members]
+    digests = [_weights_digest(Path(m) / MODEL_WEIGHTS) for m in members]
     path = directory / ENSEMBLE_SPEC
     with written_then_renamed(path) as record:
-        record.write_text(json.dumps({"format": "cnnlab-ensemble-1", "members": relative, "meta": meta}, indent=1))
+        record.write_text(
+            json.dumps({"format": "cnnlab-ensemble-1", "members": relative, "digests": digests, "meta": meta}, indent=1)
+        )
     return path
+
+
+def _weights_digest(weights: Path, data: bytes | None = None) -> str | None:
+    """The SHA-256 of a weights file (of `data`, its bytes, when they were read already); None when it is missing."""
+    if data is None:
+        if not weights.is_file():
+            return None
+        data = weights.read_bytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+def _load_member(spec: Path, member: Path, digest: str | None, device: torch.device) -> nn.Module:
+    """One member of the ensemble at `spec`, refused when its weights are not those the ensemble recorded."""
+    weights = member / MODEL_WEIGHTS
+    data = weights.read_bytes() if weights.is_file() else None
+    if digest is not None and data is not None and _weights_digest(weights, data) != digest:
+        raise CnnlabError(
+            f"{member} was replaced after the ensemble {spec.parent} was made (its weights are not the ones the "
+            "ensemble was scored with); make the ensemble again (`cnnlab ensemble`, or train it with --overwrite)"
+        )
+    return _load_single(member / MODEL_SPEC, device, data)
 
 
 def read_record(spec: Path) -> dict[str, Any]:
@@ -319,7 +344,11 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     device = resolve_device(device)
     path = spec_path(path)
     if path.name == ENSEMBLE_SPEC or path.name.endswith(ENSEMBLE_SPEC):
-        members = [_load_single(member / MODEL_SPEC, device) for member in ensemble_members(path)]
+        folders = ensemble_members(path)
+        digests = read_record(path).get("digests")  # ensembles saved before digests were recorded have none
+        if not isinstance(digests, list) or len(digests) != len(folders):
+            digests = [None] * len(folders)
+        members = [_load_member(path, folder, digest, device) for folder, digest in zip(folders, digests, strict=True)]
         model: nn.Module = Ensemble(members)
     else:
         model = _load_single(path, device)
