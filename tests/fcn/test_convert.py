@@ -38,6 +38,16 @@ def _assert_identical(model: nn.Module, converted: nn.Module, size: tuple[int, i
     assert (got.flatten(1) - expected).abs().max().item() <= 1e-5
 
 
+def _assert_windows_scored(model: nn.Module, converted: nn.Module, image: torch.Tensor, shape: tuple, at: list) -> None:
+    """The converted net's score map on a larger `image` has `shape`, and its score at each (i, j) of `at` is the
+    classifier's on the 9x9 window there."""
+    with torch.no_grad():
+        scores = converted(image)
+        assert scores.shape == shape
+        for i, j in at:
+            assert torch.allclose(scores[0, :, i, j], model(image[..., i : i + 9, j : j + 9])[0], atol=1e-5)
+
+
 def test_first_dense_layer_becomes_a_valid_convolution_with_the_map_size_as_kernel():
     model = _two_dense_head_net()
     converted = to_fully_convolutional(model, (1, 28, 28))
@@ -78,12 +88,7 @@ def test_a_global_pool_not_moved_behind_the_dense_layers_scores_every_window(poo
     model = nn.Sequential(nn.Conv2d(1, 4, 3), pool, nn.ReLU(), nn.Flatten(), nn.Linear(4, 10)).eval()
     converted = to_fully_convolutional(model, (1, 9, 9))
     _assert_identical(model, converted, (1, 9, 9))
-    image = torch.rand(1, 1, 15, 15)
-    with torch.no_grad():
-        scores = converted(image)
-        assert scores.shape == (1, 10, 7, 7)
-        for i, j in [(0, 0), (2, 5), (6, 6)]:
-            assert torch.allclose(scores[0, :, i, j], model(image[..., i : i + 9, j : j + 9])[0], atol=1e-5)
+    _assert_windows_scored(model, converted, torch.rand(1, 1, 15, 15), (1, 10, 7, 7), [(0, 0), (2, 5), (6, 6)])
 
 
 def test_lenet5():
@@ -181,12 +186,7 @@ def test_a_softmax_over_the_classes_ends_the_converted_head(last):
     converted = to_fully_convolutional(model, (1, 9, 9))
     assert isinstance(converted.head[-1], type(last)) and converted.head[-1].dim == 1
     _assert_identical(model, converted, (1, 9, 9))
-    image = torch.rand(1, 1, 14, 12)
-    with torch.no_grad():
-        scores = converted(image)
-        assert scores.shape == (1, 10, 6, 4)
-        for i, j in [(0, 0), (2, 3), (5, 1)]:
-            assert torch.allclose(scores[0, :, i, j], model(image[..., i : i + 9, j : j + 9])[0], atol=1e-5)
+    _assert_windows_scored(model, converted, torch.rand(1, 1, 14, 12), (1, 10, 6, 4), [(0, 0), (2, 3), (5, 1)])
 
 
 @pytest.mark.parametrize(
