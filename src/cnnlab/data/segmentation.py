@@ -408,12 +408,11 @@ class SegmentationFolder(Dataset):
             raise CnnlabError(f"{self.root} needs images/ and masks/ subfolders (same file stems, PNG masks)")
         # the extensions every other command reads (a .webp with its mask was left out unsaid); hidden files (macOS's
         # ._name.png) are not images
-        candidates = sorted(
-            p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-        )
+        entries = sorted(image_dir.iterdir())
+        candidates = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
         nested = [  # images/<folder>/ is not read: its images were left out without a word
             p.name
-            for p in sorted(image_dir.iterdir())
+            for p in entries
             if p.is_dir()
             and not p.name.startswith(".")
             and any(f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".") for f in p.rglob("*"))
@@ -435,8 +434,9 @@ class SegmentationFolder(Dataset):
         first: dict[bytes, Path] = {}  # image digest -> its first file: a copy on both sides of the split would leak
         # a.PNG is the mask of a.* too (capitals from a camera or Windows: only a case-insensitive file system found
         # it); sorted, a.png comes after a.PNG and is the one kept when both are there
-        masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() == ".png"}
-        mask_names = sorted(p.name for p in mask_dir.iterdir() if not p.name.startswith("."))
+        mask_entries = sorted(mask_dir.iterdir())
+        masks = {p.stem: p for p in mask_entries if p.suffix.lower() == ".png"}
+        mask_names = [p.name for p in mask_entries if not p.name.startswith(".")]
         stems = Counter(image.stem for image in candidates)
         for image in candidates:
             mask = masks.get(image.stem, mask_dir / f"{image.stem}.png")
