@@ -3,6 +3,7 @@ word such as ``[relu]`` or ``cnnlab[lab]`` unless the bracket is escaped."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -96,3 +97,72 @@ def test_help_texts_name_what_the_code_does() -> None:
     assert "segmenter's decoder map at stride 4" in cam_layer.help
     recipe = next(p for p in commands["train segment"].params if p.name == "recipe")
     assert "demo" not in recipe.help
+
+
+def _choices() -> dict[tuple[str, str], list[str]]:
+    """What the code accepts for each option with a fixed set of values, read from where the code checks it."""
+    import typing
+
+    from cnnlab.budget.trace import DTYPES, OPTIMIZER_STATE_COPIES
+    from cnnlab.data.segmentation_demo import DEMO_VARIANTS
+    from cnnlab.layers.views import VIEW_SETS
+    from cnnlab.tasks import export, mnist, mnist_ensemble, segment_folder, segmentation, transfer
+    from cnnlab.tasks.experiments import list_experiments
+    from cnnlab.train.config import Precision
+
+    engine = {(command, "precision"): list(typing.get_args(Precision)) for command in ("train mnist", "train transfer")}
+    return engine | {
+        ("budget", "dtype"): sorted({str(dtype).removeprefix("torch.") for dtype in DTYPES.values()}),
+        ("budget", "optimizer"): [name for name in OPTIMIZER_STATE_COPIES if name != "sgd-momentum"],  # an alias
+        ("train mnist", "recipe"): mnist.RECIPES.names(),
+        ("train transfer", "recipe"): transfer.RECIPES.names(),
+        ("train transfer", "monitor"): list(transfer.MONITORS),
+        ("train transfer", "views"): list(VIEW_SETS),
+        ("train segment", "recipe"): segmentation.RECIPES.names(),
+        ("train segment", "model"): segment_folder.MODELS.names(),
+        ("export", "fmt"): list(export.EXPORT_FORMATS),
+        ("experiment", "name"): [experiment.name for experiment in list_experiments()],
+        ("ensemble", "select"): list(mnist_ensemble.SELECTIONS),
+        ("data segmentation-demo", "variant"): list(DEMO_VARIANTS),
+    }
+
+
+def _named_options(text: str) -> Iterator[str]:
+    """The options `text` names for its own command: not those in a backticked command of another (`cnnlab train
+    segment --data`) nor another program's (tensorboard --logdir)."""
+    for span in re.split(r"`[^`]*`|tensorboard --\S+", text):
+        yield from re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", span)
+
+
+def test_every_option_is_explained_with_its_default_and_choices() -> None:
+    """Every option of every command: help text; the default shown by Typer or said in the help (an engine option
+    left out takes the recipe's value, as its panel says); every value the code accepts named; and no option named
+    in a help text that the command lacks."""
+    choices = _choices()
+    commands = {" ".join(path): command for path, command in COMMANDS}
+    faults = []
+    for path, command in commands.items():
+        own = {name for param in command.params for name in (*param.opts, *param.secondary_opts)} | {"--help"}
+        texts = [command.help or ""] + [getattr(param, "help", None) or "" for param in command.params]
+        faults += [
+            f"{path}: {option} is named in the help but not an option"
+            for text in texts
+            for option in _named_options(text)
+            if option not in own
+        ]
+        for param in command.params:
+            text, name = getattr(param, "help", None) or "", f"cnnlab {path} {param.opts[0]}"
+            if not text:
+                faults.append(f"{name} has no help")
+            engine = getattr(param, "rich_help_panel", None)
+            if engine:
+                assert "an option left out takes the recipe's value" in engine
+            elif param.default is None and not param.required and not re.search(r"\bdefault\b|\belse\b", text, re.I):
+                faults.append(f"{name}: what leaving it out does is not said")
+            elif param.default not in (None, False) and not param.show_default and "default" not in text.lower():
+                faults.append(f"{name}: its default {param.default!r} is neither shown nor said")
+            for value in choices.get((path, param.name), []):
+                if not re.search(rf"(?<![\w-]){re.escape(value)}(?![\w-])", text):
+                    faults.append(f"{name} accepts {value}, which its help does not name")
+    assert {path for path, param in choices} <= set(commands)
+    assert not faults, "\n".join(faults)

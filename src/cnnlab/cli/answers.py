@@ -23,7 +23,8 @@ def answers_command(
         str | None,
         typer.Option(
             help="A runs root (e.g. runs) whose finished runs are used instead of training again: "
-            "experiment/NAME, mnist/* of the mode's recipe, segment/*, transfer/*."
+            "experiment/NAME, mnist/* of the mode's recipe, segment/*, transfer/* (default: none, every answer "
+            "measured now)."
         ),
     ] = None,
     exercise: Annotated[
@@ -31,8 +32,8 @@ def answers_command(
         typer.Option(
             "--exercise",
             "-e",
-            help="Only this exercise, 1-10 (repeatable); others measured into OUTPUT earlier, in the same mode, stay "
-            "in the sheet.",
+            help="Only this exercise, 1-10 (repeatable; default: all ten); others measured into OUTPUT earlier, in the "
+            "same mode, stay in the sheet.",
         ),
     ] = None,
     data_dir: Annotated[str | None, typer.Option(help="MNIST root (default: $CNNLAB_DATA, else ./data).")] = None,

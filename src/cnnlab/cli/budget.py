@@ -40,11 +40,25 @@ def budget_command(
         ),
     ],
     input: Annotated[
-        str | None, typer.Option("--input", "-i", help="Shape of one sample, CxHxW, e.g. 3x224x224.")
+        str | None,
+        typer.Option(
+            "--input",
+            "-i",
+            help="Shape of one sample, CxHxW, e.g. 3x224x224 (default: a zoo model's, a run's or a spec file's own; "
+            "layer strings need it).",
+        ),
     ] = None,
     batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Training mini-batch size.")] = 1,
-    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16.")] = "float32",
-    optimizer: Annotated[str, typer.Option(help="sgd, momentum, adam or adamw (its state in memory).")] = "adam",
+    dtype: Annotated[
+        str, typer.Option(help="float32, float16, bfloat16 or float64 (also fp32, fp16, bf16, fp64).")
+    ] = "float32",
+    optimizer: Annotated[
+        str,
+        typer.Option(
+            help="sgd, momentum (SGD with momentum), adam, adamw or nadam: its state in memory; none: no optimizer "
+            "step."
+        ),
+    ] = "adam",
     depth: Annotated[int | None, typer.Option(help="Table rows at this module depth (default: leaf modules).")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Print the arithmetic step by step.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON with stable keys instead of tables.")] = False,
@@ -61,7 +75,8 @@ def budget_command(
         ),
     ] = None,
     memory: Annotated[
-        str | None, typer.Option(help="Plan for this memory (e.g. 8GiB): largest batch, and with each remedy.")
+        str | None,
+        typer.Option(help="Plan for this memory (e.g. 8GiB): largest batch, and with each remedy (default: no plan)."),
     ] = None,
     layers: Annotated[bool, typer.Option("--layers/--no-layers", help="Show the per-layer table.")] = True,
 ) -> None:

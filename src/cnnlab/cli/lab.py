@@ -20,7 +20,10 @@ def lab_command(
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 7860,
     host: Annotated[
         str | None,
-        typer.Option("--host", help="Listen on this address (e.g. 0.0.0.0), not 127.0.0.1; the lab has no login."),
+        typer.Option(
+            "--host",
+            help="Listen on this address (e.g. 0.0.0.0) instead of the default 127.0.0.1; the lab has no login.",
+        ),
     ] = None,
     max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", min=1, help="Largest upload accepted, in MB.")] = 10,
 ) -> None:

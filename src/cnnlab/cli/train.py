@@ -33,7 +33,8 @@ def mnist(
         "--member",
         help="Train only member K (0-based; seed + K) of --ensemble N in this process, so members can train side by "
         "side (one --threads 1 process per core) or on several machines sharing --output; needs --name. The last "
-        "member to finish evaluates and saves the ensemble; `--ensemble N --name NAME --resume` also does.",
+        "member to finish evaluates and saves the ensemble; `--ensemble N --name NAME --resume` also does. Default: "
+        "every member, one after another.",
     ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST root (else $CNNLAB_DATA, else ./data)."),
     val_size: int = typer.Option(5000, "--val-size", help="Training images held out for validation."),

@@ -78,7 +78,8 @@ def segment(
         None,
         "--data",
         help="Train on this folder instead of the canvases: images/ and masks/ with the same file stems, colour masks "
-        "with classes.json or class-index PNGs, 255 = unlabelled (cnnlab data segmentation-demo writes one).",
+        "with classes.json or class-index PNGs, 255 = unlabelled (cnnlab data segmentation-demo writes one). Default: "
+        "the canvases.",
     ),
     model: str | None = typer.Option(
         None,

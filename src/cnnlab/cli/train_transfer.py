@@ -55,8 +55,8 @@ def transfer(
     crop_pct: float | None = typer.Option(
         None,
         "--crop-pct",
-        help="Evaluate on the centre crop keeping this fraction of the resized side; 1.0 (the recipes' choice) keeps "
-        "the whole image, for labels that may sit at the border.",
+        help="Evaluate on the centre crop keeping this fraction of the resized side (default: the recipe's, 1.0 in "
+        "each: the whole image, for labels that may sit at the border).",
     ),
     class_weight: str = typer.Option(
         "none", "--class-weight", help="none, or balanced: each class's loss weighted n / (k * n_c) (skewed classes)."
@@ -71,14 +71,20 @@ def transfer(
         "classes are skewed.",
     ),
     min_per_class: int = typer.Option(100, "--min-per-class", help="Fewest usable images a class may have."),
-    max_per_class: int | None = typer.Option(None, "--max-per-class", help="Keep at most N images per class."),
+    max_per_class: int | None = typer.Option(
+        None, "--max-per-class", help="Keep at most N images per class (default: all)."
+    ),
     val_fraction: float | None = typer.Option(
         None, "--val-fraction", help="Validation share of all images, taken from the non-test part (default 0.15)."
     ),
     test_fraction: float | None = typer.Option(
         None, "--test-fraction", help="Test share (default 0.15; 0.25 for elpv, as its papers)."
     ),
-    split_manifest: Path | None = typer.Option(None, "--split", help="Reuse a split manifest CSV (path,label,split)."),
+    split_manifest: Path | None = typer.Option(
+        None,
+        "--split",
+        help="Reuse a split manifest CSV (path,label,split) (default: a new split, seeded by --split-seed).",
+    ),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the split (kept apart from --seed)."),
     workers: int = typer.Option(2, "--workers", min=0, help="DataLoader worker processes decoding images."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
