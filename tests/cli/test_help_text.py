@@ -4,7 +4,9 @@ word such as ``[relu]`` or ``cnnlab[lab]`` unless the bracket is escaped."""
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -165,4 +167,46 @@ def test_every_option_is_explained_with_its_default_and_choices() -> None:
                 if not re.search(rf"(?<![\w-]){re.escape(value)}(?![\w-])", text):
                     faults.append(f"{name} accepts {value}, which its help does not name")
     assert {path for path, param in choices} <= set(commands)
+    assert not faults, "\n".join(faults)
+
+
+def _documented_commands() -> Iterator[tuple[str, list[str]]]:
+    """Each `cnnlab ...` command line of README.md and docs/*.md (in code blocks and in backticks), as words."""
+    root = Path(__file__).resolve().parents[2]
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        fenced = False
+        for number, line in enumerate(doc.read_text().splitlines(), start=1):
+            if line.startswith("```"):
+                fenced = not fenced
+                continue
+            found = (
+                re.findall(r"(?:^|\s)cnnlab ([^#]*)", line)
+                if fenced
+                else re.findall(r"`(?:[^`]*\s)?cnnlab ([^`]+)`", line)
+            )
+            for text in found:
+                text = text.split("&&")[0].rstrip(" &\\").replace("...", "")
+                try:
+                    yield f"{doc.name}:{number}", shlex.split(text)
+                except ValueError:  # an unbalanced quote: a sentence, not a command
+                    continue
+
+
+def test_the_docs_name_only_options_their_commands_have() -> None:
+    """Every option in a `cnnlab ...` command of the README and docs/ is one its (sub)command parses."""
+    root = typer.main.get_command(app)
+    faults, checked = [], 0
+    for where, words in _documented_commands():
+        command, path = root, ["cnnlab"]
+        while words and words[0] in getattr(command, "commands", {}):
+            path.append(words[0])
+            command = command.commands[words.pop(0)]
+        own = {name for param in command.params for name in (*param.opts, *param.secondary_opts)} | {"-h", "--help"}
+        for word in words:
+            option = word.split("=")[0]
+            if option.startswith("-") and not re.fullmatch(r"-\d.*", option):
+                checked += 1
+                if option not in own:
+                    faults.append(f"{where}: {' '.join(path)} has no option {option}")
+    assert checked > 100  # the commands were found
     assert not faults, "\n".join(faults)
