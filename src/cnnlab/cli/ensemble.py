@@ -28,7 +28,7 @@ def ensemble(
         help="Validation images to score the members on (default: the fewest any member held out, as each run "
         "records; more is refused, since that member trained on them; 0: no validation, --select all only).",
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run called --name."),
 ) -> None:
     """Average saved MNIST models from several runs (e.g. recipes that err differently) into one loadable ensemble.

@@ -13,7 +13,7 @@ def evaluate(
     output_dir: Path | None = typer.Option(
         None, "--output", "-o", "--out", help="Where figures go (default RUN/evaluation)."
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
 ) -> None:
     """An MNIST run (or ensemble) on the MNIST test set: accuracy, per-class accuracy, a confusion-matrix PNG and a
     PNG of the misclassified images. (Transfer and segmentation runs score their own test set once, in report.md.)"""

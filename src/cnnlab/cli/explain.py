@@ -34,7 +34,7 @@ def explain(
         help="Class to explain, by name or index (default: the predicted one; a segmenter's largest class other "
         "than the background).",
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
 ) -> None:
     """Write filters.png, feature_maps.png and gradcam.png for IMAGE and print the top classes."""
     from cnnlab.tasks.explain import explain_image

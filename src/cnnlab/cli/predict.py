@@ -38,7 +38,7 @@ def predict(
         None, "--top-k", "-k", min=1, help="Classes shown per image (default 5); classifiers only."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
     resume: bool = typer.Option(
         False,
         "--resume",
