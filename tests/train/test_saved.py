@@ -272,6 +272,17 @@ def test_an_ensemble_refuses_a_member_replaced_after_it_was_made(tmp_path: Path)
     save_model(create_model("mnist_net_small"), members[0], "mnist_net_small", {}, {})  # the run trained again
     with pytest.raises(CnnlabError, match=r"a was replaced after the ensemble .*ens was made"):
         load_model(tmp_path / "ens")
+    weights = members[0] / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:100])  # replaced and damaged: the digest, checked first, says replaced
+    with pytest.raises(CnnlabError, match=r"a was replaced after the ensemble .*ens was made"):
+        load_model(tmp_path / "ens")
+    # Bytes that match the record but are damaged: a member cut short after it finished, before a resumed
+    # `train mnist --ensemble` (which reuses finished members unread) recorded the ensemble's digests.
+    save_ensemble(tmp_path / "ens", members, {})
+    with pytest.raises(CnnlabError, match=r"a.model.safetensors is damaged, not a whole safetensors file"):
+        load_model(tmp_path / "ens")
+    weights.write_bytes(whole)
 
     del record["digests"]  # an ensemble saved before digests were recorded loads as it did
     (tmp_path / "ens" / "ensemble.json").write_text(json.dumps(record))

@@ -85,25 +85,9 @@ def save_ensemble(
     return path
 
 
-def _weights_digest(weights: Path, data: bytes | None = None) -> str | None:
-    """The SHA-256 of a weights file (of `data`, its bytes, when they were read already); None when it is missing."""
-    if data is None:
-        if not weights.is_file():
-            return None
-        data = weights.read_bytes()
-    return hashlib.sha256(data).hexdigest()
-
-
-def _load_member(spec: Path, member: Path, digest: str | None, device: torch.device) -> nn.Module:
-    """One member of the ensemble at `spec`, refused when its weights are not those the ensemble recorded."""
-    weights = member / MODEL_WEIGHTS
-    data = weights.read_bytes() if weights.is_file() else None
-    if digest is not None and data is not None and _weights_digest(weights, data) != digest:
-        raise CnnlabError(
-            f"{member} was replaced after the ensemble {spec.parent} was made (its weights are not the ones the "
-            "ensemble was scored with); make the ensemble again (`cnnlab ensemble`, or train it with --overwrite)"
-        )
-    return _load_single(member / MODEL_SPEC, device, data)
+def _weights_digest(weights: Path) -> str | None:
+    """The SHA-256 of the weights file at `weights`; None when it is missing."""
+    return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
 
 
 def read_record(spec: Path) -> dict[str, Any]:
@@ -193,22 +177,44 @@ def load_weights(
         ) from None
 
 
-def load_model_and_digest(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[nn.Module, str]:
+def load_model_and_digest(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    expected_digest: str | None = None,
+    ensemble: Path | None = None,
+) -> tuple[nn.Module, str]:
     """`load_model` of a single saved model, and the SHA-256 of its weights file, which is read once: the digest is
     that of the weights loaded (hashing the file apart read it a second time, and a file replaced in between gave
     another model's digest).
 
+    Args:
+        path: what `load_model` accepts, for a single model.
+        device: where to put the weights.
+        expected_digest: the SHA-256 the weights must have (what an ensemble recorded of its member); checked
+            before the bytes are loaded, so a member replaced by another file, even a damaged one, is called replaced.
+        ensemble: the folder of the ensemble that recorded `expected_digest`, named in the refusal.
+
     Raises:
-        CnnlabError: as `load_model`, or `path` is an ensemble (its weights are several files).
+        CnnlabError: as `load_model`; `path` is an ensemble (its weights are several files); the weights' digest is
+            not `expected_digest`.
     """
     device = resolve_device(device)
     path = spec_path(path)
     if path.name.endswith(ENSEMBLE_SPEC):
         raise CnnlabError(f"{path} is an ensemble; its members' weights are several files, not one to digest")
     weights = path.parent / MODEL_WEIGHTS
-    data = weights.read_bytes() if weights.is_file() else None
-    model = _load_single(path, device, data)  # a missing file is refused there
-    return model.eval(), hashlib.sha256(data or b"").hexdigest()
+    if not weights.is_file():
+        raise CnnlabError(f"{weights} is missing next to {path}; the saved model is incomplete")
+    data = weights.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_digest is not None and digest != expected_digest:
+        if ensemble is None:
+            raise CnnlabError(f"{weights} is not the file expected (its SHA-256 is {digest}, not {expected_digest})")
+        raise CnnlabError(
+            f"{path.parent} was replaced after the ensemble {ensemble} was made (its weights are not the ones the "
+            "ensemble was scored with); make the ensemble again (`cnnlab ensemble`, or train it with --overwrite)"
+        )
+    return _load_single(path, device, data).eval(), digest
 
 
 def spec_path(path: str | os.PathLike[str]) -> Path:
@@ -348,7 +354,10 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
         digests = read_record(path).get("digests")  # ensembles saved before digests were recorded have none
         if not isinstance(digests, list) or len(digests) != len(folders):
             digests = [None] * len(folders)
-        members = [_load_member(path, folder, digest, device) for folder, digest in zip(folders, digests, strict=True)]
+        members = [
+            load_model_and_digest(folder / MODEL_SPEC, device, digest, ensemble=path.parent)[0]
+            for folder, digest in zip(folders, digests, strict=True)
+        ]
         model: nn.Module = Ensemble(members)
     else:
         model = _load_single(path, device)
