@@ -497,5 +497,6 @@ def test_a_run_whose_auto_batch_does_not_split_over_the_processes_it_is_resumed_
         "on 2 processes: its global batch of 5 (chosen by --batch-size auto at its start) does not split evenly over "
         "them, and a resumed run keeps its batch; resume it on a number of processes that divides 5 (1, 5)"
     )
-    with pytest.raises(CnnlabError, match=re.escape(message)):
+    with pytest.raises(CnnlabError, match=re.escape(message)) as refused:
         _train_as_rank_zero(2, TrainConfig(**options, batch_size=1024, auto_batch_size=True, resume=True), data)
+    assert f"cannot resume {tmp_path / 'default' / 'auto'}, saved with 1 process, on 2 processes:" in str(refused.value)

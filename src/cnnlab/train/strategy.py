@@ -30,6 +30,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,17 +44,39 @@ from cnnlab.train.batches import Batch, BatchSource, LoaderBatches, TensorBatche
 __all__ = [
     "DDPStrategy",
     "DistInfo",
+    "ResumedRun",
     "ShardedBatchSampler",
     "ShardedBatches",
     "Strategy",
     "all_reduce_metrics",
     "cleanup",
+    "describe_processes",
     "init_distributed",
     "is_main_process",
     "main_process_first",
     "select_strategy",
     "world_size",
 ]
+
+
+@dataclass(frozen=True)
+class ResumedRun:
+    """What `Strategy.check_batch_size` says of a run being resumed.
+
+    Attributes:
+        run_dir: the run's folder.
+        saved_with: the number of processes its checkpoint was saved with (None: not recorded, an older checkpoint).
+        auto_batch_size: its batch was chosen by --batch-size auto at its start.
+    """
+
+    run_dir: Path
+    saved_with: int | None
+    auto_batch_size: bool
+
+
+def describe_processes(count: int) -> str:
+    """``"1 process"``, ``"2 processes"``."""
+    return f"{count} process" if count == 1 else f"{count} processes"
 
 
 @dataclass(frozen=True)
@@ -196,8 +219,17 @@ class Strategy:
         """This process's micro-batch for a step whose micro-batch, over all processes, is `micro_batch_size`."""
         return micro_batch_size
 
-    def check_batch_size(self, batch_size: int) -> int:
-        """This process's share of the global `batch_size`; CnnlabError when it does not split evenly."""
+    def check_batch_size(self, batch_size: int, resumed: ResumedRun | None = None) -> int:
+        """This process's share of the global `batch_size`.
+
+        Args:
+            batch_size: the global batch.
+            resumed: the run being resumed, whose batch is kept (its schedule counted its steps with it), so the
+                refusal names the process counts that divide it, not another --batch-size.
+
+        Raises:
+            CnnlabError: `batch_size` does not split evenly over the processes.
+        """
         return batch_size
 
     def shard(self, source: BatchSource, seed: int, drop_last: bool) -> BatchSource:
@@ -268,14 +300,26 @@ class DDPStrategy(Strategy):
         # A micro-batch is per rank: the same number of micro-batches per step as in a single-process run.
         return max(1, micro_batch_size // self.world_size)
 
-    def check_batch_size(self, batch_size: int) -> int:
+    def check_batch_size(self, batch_size: int, resumed: ResumedRun | None = None) -> int:
         per_rank, remainder = divmod(batch_size, self.world_size)
-        if remainder or per_rank < 1:
+        if not remainder and per_rank >= 1:
+            return per_rank
+        if resumed is None:
             raise CnnlabError(
                 f"--batch-size {batch_size} does not split evenly over {self.world_size} processes; "
                 f"use a multiple of {self.world_size} (it is the global batch)"
             )
-        return per_rank
+        # A resumed run keeps its batch, and "use a multiple" told a run whose batch --batch-size auto had chosen to
+        # pass a --batch-size that the resume then refuses: the remedy is the number of processes.
+        saved = "" if resumed.saved_with is None else f", saved with {describe_processes(resumed.saved_with)},"
+        chosen = " (chosen by --batch-size auto at its start)" if resumed.auto_batch_size else ""
+        counts = [count for count in range(1, batch_size + 1) if batch_size % count == 0]
+        shown = ", ".join(map(str, counts[:8])) + (", ..." if len(counts) > 8 else "")
+        raise CnnlabError(
+            f"cannot resume {resumed.run_dir}{saved} on {describe_processes(self.world_size)}: its global batch of "
+            f"{batch_size}{chosen} does not split evenly over them, and a resumed run keeps its batch; resume it on a "
+            f"number of processes that divides {batch_size} ({shown})"
+        )
 
     def shard(self, source: BatchSource, seed: int, drop_last: bool) -> BatchSource:
         if isinstance(source, LoaderBatches):

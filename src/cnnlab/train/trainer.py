@@ -15,7 +15,6 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,7 +50,7 @@ from cnnlab.train.optim import (
 )
 from cnnlab.train.progress import ProgressBar
 from cnnlab.train.records import write_history
-from cnnlab.train.strategy import Strategy, select_strategy
+from cnnlab.train.strategy import ResumedRun, Strategy, describe_processes, select_strategy
 from cnnlab.train.tensorboard import TensorBoardLogger
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
@@ -209,9 +208,15 @@ class Trainer:
         train = as_batch_source(train_data, config.batch_size, drop_last=True)
         if config.auto_batch_size or config.auto_accum:
             train = tune_batch_size(self, train)  # before anything is sized by the batch
+        # The checkpoint is read once, here: the processes it was saved with are in the refusal of a batch that does
+        # not split over this job's, which comes before anything is sized by the batch. (A missing one is refused
+        # by prepare_run_dir, saying what to do.)
+        checkpoint, resumed = None, None
         if config.resume and (self.run_dir / CHECKPOINT_NAME).is_file():
-            _check_resumed_batch_splits(self.run_dir, config, self.strategy.world_size)
-        self.strategy.check_batch_size(config.batch_size)
+            checkpoint = load_checkpoint(self.run_dir / CHECKPOINT_NAME, map_location=self.device)
+            saved_with = checkpoint.get("world_size")  # absent from checkpoints written before it was recorded
+            resumed = ResumedRun(self.run_dir, None if saved_with is None else int(saved_with), config.auto_batch_size)
+        self.strategy.check_batch_size(config.batch_size, resumed)
         self.micro_batch_size = self.strategy.micro_batch_size(self.micro_batch_size)
         train_samples = train.num_samples  # of all processes, as the global batch is
         train = self.strategy.shard(train, config.seed, drop_last=True)
@@ -228,14 +233,17 @@ class Trainer:
         self.optimizer, self.scheduler, self.ema = self._new_optimization(steps_per_epoch)
         self.prepare_run_dir()
         if config.resume:
-            trained_by = self._restore(load_checkpoint(self.run_dir / CHECKPOINT_NAME, map_location=self.device))
+            if checkpoint is None:  # it appeared since: prepare_run_dir found it
+                checkpoint = load_checkpoint(self.run_dir / CHECKPOINT_NAME, map_location=self.device)
+            trained_by = self._restore(checkpoint)
+            del checkpoint  # its tensors are the model's and the optimizer's now
             self.log(f"resumed {self.run_dir} after epoch {self.epoch} (step {self.global_step})")
             if trained_by is not None and trained_by != self.strategy.world_size:
                 per_process = config.batch_size // self.strategy.world_size
                 self.log(
-                    f"it ran on {_processes(trained_by)}, now on {_processes(self.strategy.world_size)}: its global "
-                    f"batch stays {config.batch_size} = {per_process} per process in micro-batches of "
-                    f"{self.micro_batch_size}"
+                    f"it ran on {describe_processes(trained_by)}, now on "
+                    f"{describe_processes(self.strategy.world_size)}: its global batch stays {config.batch_size} = "
+                    f"{per_process} per process in micro-batches of {self.micro_batch_size}"
                 )
         else:
             seed_everything(config.seed, config.deterministic)
@@ -725,26 +733,6 @@ def _no_training_step(samples: int, batch_size: int, world_size: int) -> CnnlabE
     return CnnlabError(
         f"training data has {samples} samples, fewer than one batch of {batch_size} that splits evenly over "
         f"{world_size} processes (each process takes its share of every step); {remedy}"
-    )
-
-
-def _processes(count: int) -> str:
-    return f"{count} process" if count == 1 else f"{count} processes"
-
-
-def _check_resumed_batch_splits(run_dir: Path, config: TrainConfig, world_size: int) -> None:
-    """Refuse to resume a run on a number of processes its global batch does not split over, saying so: a resumed run
-    keeps its batch (its schedule counted its steps with it), and the refusal told a run whose batch --batch-size auto
-    had chosen to pass "a multiple" as --batch-size, which a resume refuses."""
-    if config.batch_size % world_size == 0:
-        return
-    chosen = " (chosen by --batch-size auto at its start)" if config.auto_batch_size else ""
-    counts = [count for count in range(1, config.batch_size + 1) if config.batch_size % count == 0]
-    shown = ", ".join(map(str, counts[:8])) + (", ..." if len(counts) > 8 else "")
-    raise CnnlabError(
-        f"cannot resume {run_dir} on {_processes(world_size)}: its global batch of {config.batch_size}{chosen} does "
-        f"not split evenly over them, and a resumed run keeps its batch; resume it on a number of processes that "
-        f"divides {config.batch_size} ({shown})"
     )
 
 
