@@ -149,6 +149,21 @@ def test_members_are_scored_on_images_none_of_them_trained_on(
     assert "ensemble of 3: val - (no validation images)  test " in capsys.readouterr().out  # pair's 2 + single
 
 
+def test_validation_images_from_another_training_set_than_the_members_are_refused(
+    runs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """The validation split was cut again from whatever --data-dir held: another MNIST folder (or one changed since
+    training) scored and chose the members on other images, some of which they may have trained on, unsaid."""
+    root, output, mnist = runs
+    other = _idx.write_fake_mnist(tmp_path / "other", train=240, test=80, seed=1)  # the same shape, other digits
+    both = [mnist / "pair", mnist / "single"]
+    with pytest.raises(CnnlabError, match=r"seed0 held its validation images out of other MNIST training images than"):
+        combine_mnist_ensemble(both, "elsewhere", output=output, data_dir=str(other), select="greedy")
+    assert not (mnist / "elsewhere").exists()
+    # Without validation images the folder gives only the test set, as `cnnlab evaluate` takes it
+    assert combine_mnist_ensemble(both, "tested-elsewhere", output=output, data_dir=str(other), val_size=0)["chosen"]
+
+
 def test_cli_prints_members_and_the_ensemble(
     runs: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -44,6 +44,9 @@ TASK = "mnist"
 # Training images held out for validation by default: the first `val_size` of one seed-0 permutation of the 60,000
 # (`load_mnist`), so a smaller hold-out lies inside a larger one.
 VAL_SIZE = 5_000
+# The key of a saved model's meta that holds the digest of the training set its validation images were held out of
+# (`MnistSplits.source_sha256`); runs saved before it was recorded have none.
+SOURCE_DIGEST = "train_set_sha256"
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,7 @@ def train_mnist(
         elif member is not None and index != member:  # another process trains it
             missing.append(member_seed)
         else:
-            trained = _train_member(chosen, config, (train_images, train_labels), val, callbacks)
+            trained = _train_member(chosen, config, (train_images, train_labels), val, callbacks, data.source_sha256)
             trainer = trained.pop("trainer")
             # The test set is used here, once, after training: never for a choice.
             probabilities = trainer.predict(test_images, model=trained.pop("model")).softmax(1)
@@ -327,7 +330,10 @@ def _train_member(
     train: tuple[torch.Tensor, torch.Tensor],
     val: tuple[torch.Tensor, torch.Tensor] | None,
     callbacks: Sequence[Callback],
+    source_sha256: str | None = None,
 ) -> dict[str, Any]:
+    """Train and save one member; `source_sha256` (`MnistSplits.source_sha256`) is saved with it, so that an
+    ensemble across runs validates only on the training set its validation images were held out of."""
     from cnnlab.models import create_model
 
     torch.manual_seed(config.seed)  # the initial weights depend on the member's seed
@@ -350,6 +356,7 @@ def _train_member(
                 "input": "float images in [0, 1], shape [N, 1, 28, 28]; normalisation is inside the model",
                 "output": "logits over the digits 0-9",
                 "val_accuracy": history[-1].get("val_accuracy"),
+                **({} if source_sha256 is None else {SOURCE_DIGEST: source_sha256}),
             },
         )
     return {

@@ -9,8 +9,9 @@ as a loadable ensemble.
 
 The validation split is the one every `train_mnist` run holds out (`val_size` images, always seeded with 0): the
 smallest hold-out among the members, which each member records, so no member has trained on it (a smaller hold-out
-lies inside a larger one). Members that held out nothing cannot be chosen between (``select="all"`` only). The test
-set is read only after the members are chosen.
+lies inside a larger one). Members that held out nothing cannot be chosen between (``select="all"`` only). The split
+is cut again from --data-dir, so each member's record of the training set it was cut from (its SHA-256) must match
+that folder's. The test set is read only after the members are chosen.
 """
 
 from __future__ import annotations
@@ -23,12 +24,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cnnlab.data.mnist import load_mnist
+from cnnlab.data.mnist import find_mnist_dir, load_mnist
 from cnnlab.errors import CnnlabError, why_not_a_folder
 from cnnlab.files import write_text_whole
-from cnnlab.tasks.mnist import TASK, check_mnist_run, predict_logits, saved_options, to_float
+from cnnlab.tasks.mnist import SOURCE_DIGEST, TASK, check_mnist_run, predict_logits, saved_options, to_float
 from cnnlab.train.config import check_run_name
-from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC, ensemble_members, load_model, save_ensemble, spec_path
+from cnnlab.train.saved import (
+    ENSEMBLE_SPEC,
+    MODEL_SPEC,
+    ensemble_members,
+    load_model,
+    save_ensemble,
+    saved_meta,
+    spec_path,
+)
 
 __all__ = ["combine_mnist_ensemble", "greedy_selection", "member_dirs"]
 
@@ -127,6 +136,26 @@ def _validation_size(members: list[Path], asked: int | None, select: str) -> int
     return size
 
 
+def _check_same_training_set(members: list[Path], source_sha256: str | None, data_dir: str | None) -> None:
+    """Refuse validation images cut from another training set than the one a member held them out of: the split is
+    recomputed from --data-dir (seed 0, `val_size` images), so a folder other than the members' (or changed since)
+    would score them, and choose them, on other images, some of which they may have trained on.
+
+    Raises:
+        CnnlabError: a member recorded the digest of its training set, and it is not that of `data_dir`'s.
+    """
+    for member in members:
+        recorded = saved_meta(member).get(SOURCE_DIGEST)
+        if recorded is None or recorded == source_sha256:  # runs saved before it was recorded: as they were
+            continue
+        raise CnnlabError(
+            f"{member} held its validation images out of other MNIST training images than those under "
+            f"{find_mnist_dir(data_dir)} (SHA-256 {recorded[:12]}..., not {str(source_sha256)[:12]}...), so the "
+            "members would be scored and chosen on images they may have trained on; pass the --data-dir they were "
+            "trained with, or --val-size 0 --select all"
+        )
+
+
 def _validation(probabilities: torch.Tensor | None, labels: torch.Tensor) -> dict[str, Any]:
     """Validation accuracy, log loss and errors; None for each with no validation images."""
     if probabilities is None:
@@ -177,6 +206,8 @@ def combine_mnist_ensemble(
         raise CnnlabError(f"{run_dir} holds members of this ensemble; choose another --name")
     val_size = _validation_size(members, val_size, select)
     data = load_mnist(data_dir, val_size=val_size, seed=0)
+    if val_size:
+        _check_same_training_set(members, data.source_sha256, data_dir)
     val_images, val_labels = to_float(data.val_images), data.val_labels
     models = [load_model(m, device=device) for m in members]  # each read from disk once
     val_probabilities = [predict_logits(model, val_images, device).softmax(1) for model in models] if val_size else []
