@@ -10,7 +10,13 @@ import pytest
 from PIL import Image
 
 from cnnlab.data.folder import LabelledImages
-from cnnlab.data.split import read_manifest, split_from_folders, stratified_split, write_manifest
+from cnnlab.data.split import (
+    read_manifest,
+    split_from_folders,
+    stratified_split,
+    validation_from_train,
+    write_manifest,
+)
 from cnnlab.errors import CnnlabError
 
 LABELS = [0] * 200 + [1] * 60 + [2] * 40
@@ -23,6 +29,19 @@ def test_split_is_stratified_disjoint_and_complete() -> None:
         counts = Counter(LABELS[i] for i in split[part])
         for label, total in Counter(LABELS).items():
             assert abs(counts[label] - fraction * total) <= 1.5, (part, label, counts)
+
+
+def test_validation_from_train_is_a_stratified_share_of_train_alone() -> None:
+    given = {"train": list(range(250)), "val": [], "test": list(range(250, 300))}  # a split folder without val/
+    split = validation_from_train(LABELS, given, 0.2, seed=4)
+    assert split["test"] == given["test"] and sorted(split["train"] + split["val"]) == given["train"]
+    assert Counter(LABELS[i] for i in split["val"]) == {0: 40, 1: 10}  # train/ holds 200 and 50 of them
+    assert split == validation_from_train(LABELS, given, 0.2, seed=4) != validation_from_train(LABELS, given, 0.2)
+    with pytest.raises(CnnlabError, match="--val-fraction 0 must be above 0 and below 1"):
+        validation_from_train(LABELS, given, 0.0)
+    one_of_c = {"train": [*range(10), 260], "val": [], "test": [270]}
+    with pytest.raises(CnnlabError, match=r"both parts hold every class \(the smallest class, 'c', has 1\)"):
+        validation_from_train(LABELS, one_of_c, 0.3, classes=["a", "b", "c"])
 
 
 def test_split_is_reproducible_from_the_seed() -> None:

@@ -240,6 +240,35 @@ def test_split_options_with_a_given_split_are_refused(tiny_run: tuple[Path, dict
         train_transfer(tiny_config(tmp_path, **folder))
 
 
+def test_a_split_folder_without_val_takes_val_fraction_of_train_and_resumes_with_it(tmp_path: Path) -> None:
+    """A split folder without val/ was refused ("val holds no images") and so was --val-fraction ("applies to fresh
+    splits"): train/ and test/ alone could not be trained on at all without moving files by hand."""
+    from cnnlab.data.split import write_manifest
+
+    for seed, part in enumerate(("train", "test")):  # other seeds: a copy of a train/ image is left out of test/
+        make_photo_folder(tmp_path / "parts" / part, per_class=8, seed=seed)
+    folder = {"data": str(tmp_path / "parts"), "min_per_class": 2, "test_fraction": None}
+    with pytest.raises(CnnlabError, match=r"val holds no images: .*or, with no val/ folder, pass --val-fraction F"):
+        load_images(tiny_config(tmp_path, **folder, val_fraction=None), log=lambda line: None)
+    with pytest.raises(CnnlabError, match="--test-fraction applies to fresh splits"):  # only validation is carved
+        load_images(tiny_config(tmp_path, **{**folder, "test_fraction": 0.3}, val_fraction=0.25), log=lambda line: None)
+    config = tiny_config(tmp_path, **folder, val_fraction=0.25, split_seed=3)
+    images, split, source = load_images(config, log=lambda line: None)
+    assert source.endswith(", val a stratified 0.25 of train/ (seed 3)")
+    part_of = {part: {Path(images.paths[i]).parts[-3] for i in split[part]} for part in split}
+    assert part_of == {"train": {"train"}, "val": {"train"}, "test": {"test"}}  # test/ stays the test set
+    val_classes = sorted(images.labels[i] for i in split["val"])
+    assert len(split["train"]) == 12 and val_classes == [0, 0, 1, 1]  # 8 usable per class in train/: 2 of each
+    write_manifest(config.run_dir / "split.csv", images, split)  # what the run records; a resume reads it back
+    resumed, resumed_split, _ = load_images(
+        tiny_config(tmp_path, **folder, val_fraction=0.25, split_seed=3, resume=True), log=lambda line: None
+    )
+    assert sorted(resumed.paths[i] for i in resumed_split["val"]) == sorted(images.paths[i] for i in split["val"])
+    make_photo_folder(tmp_path / "parts" / "val", per_class=4, seed=2)  # a val/ of its own: taken as it is
+    with pytest.raises(CnnlabError, match=r"gives the split as it is \(its val/ is the validation set; --val-fr"):
+        load_images(tiny_config(tmp_path, **folder, val_fraction=0.25), log=lambda line: None)
+
+
 def test_finished_run_is_not_silently_replaced(tiny_run: tuple[Path, dict]) -> None:
     tmp_path, _ = tiny_run
     with pytest.raises(CnnlabError, match="already holds a finished run"):

@@ -75,7 +75,10 @@ def transfer(
         None, "--max-per-class", help="Keep at most N images per class (default: all)."
     ),
     val_fraction: float | None = typer.Option(
-        None, "--val-fraction", help="Validation share of all images, taken from the non-test part (default 0.15)."
+        None,
+        "--val-fraction",
+        help="Validation share of all images, taken from the non-test part (default 0.15); for a split folder "
+        "without val/, the share of train/ taken as validation.",
     ),
     test_fraction: float | None = typer.Option(
         None, "--test-fraction", help="Test share (default 0.15; 0.25 for elpv, as its papers)."

@@ -30,6 +30,7 @@ __all__ = [
     "split_from_folders",
     "split_part_missing",
     "stratified_split",
+    "validation_from_train",
     "write_manifest",
 ]
 
@@ -84,6 +85,37 @@ def stratified_split(
     except ValueError as error:
         raise CnnlabError(_why_no_split(labels, val_fraction, test_fraction, str(error), classes)) from None
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def validation_from_train(
+    labels: Sequence[int], split: Split, val_fraction: float, seed: int = 0, classes: Sequence[str] | None = None
+) -> Split:
+    """`split` with a stratified `val_fraction` of its train images moved to val: a split folder without ``val/``
+    given ``--val-fraction``. Its test images stay as they are; the same labels, split and seed give the same result.
+
+    Args:
+        labels: every image's label (`split` indexes them).
+        classes: the labels' names, for the error that says which class is too small.
+
+    Raises:
+        CnnlabError: `val_fraction` is not in (0, 1), or a class has too few train images to be in both parts.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise CnnlabError(f"--val-fraction {val_fraction:g} must be above 0 and below 1 (the share of train/ held out)")
+    check_split_seed(seed)
+    train = split["train"]
+    train_labels = [labels[i] for i in train]
+    try:
+        kept, val = train_test_split(train, test_size=val_fraction, stratify=train_labels, random_state=seed)
+    except ValueError as error:
+        label, count = min(Counter(train_labels).items(), key=lambda item: item[1])
+        smallest = repr(classes[label]) if classes is not None else f"number {label}"
+        raise CnnlabError(
+            f"cannot take a stratified {val_fraction:g} of {len(train)} train/ images as validation so that both "
+            f"parts hold every class (the smallest class, {smallest}, has {count}); raise --val-fraction or add "
+            f"images to train/ (scikit-learn: {error})"
+        ) from None
+    return {"train": sorted(kept), "val": sorted(val), "test": list(split["test"])}
 
 
 def _why_no_split(
@@ -194,7 +226,7 @@ def split_from_folders(root: str | os.PathLike[str], min_per_class: int = 100) -
 
     The classes are those of ``train``; ``min_per_class`` applies to the three parts together. A ``val`` or ``test``
     folder without class sub-folders is refused, saying how to fill it (`split_part_missing`); `train transfer` needs
-    ``val`` too, since a split folder's split is taken as it is. An image whose bytes
+    ``val`` too, or ``--val-fraction`` to take it from train/ (`validation_from_train`). An image whose bytes
     are already in an earlier part (train, then val, then test) is skipped and listed: a test copy of a training
     image would be scored as if the model had never seen it.
     """
@@ -228,10 +260,11 @@ def split_from_folders(root: str | os.PathLike[str], min_per_class: int = 100) -
 def split_part_missing(root: str | os.PathLike[str], part: str, classes: Sequence[str]) -> str:
     """Why a split folder's `part` (val or test) gives a run no images, and what to do: fill ``part/<class>/`` as
     train/ is filled. A split folder's split is taken as it is (--val-fraction and --test-fraction apply to fresh
-    splits), so nothing is carved out of train/ for it."""
+    splits), except that `train transfer --val-fraction` takes validation from train/ where val/ is missing."""
     use = "the best epoch is chosen on them" if part == "val" else "the run is scored on them, once"
+    carve = "; or, with no val/ folder, pass --val-fraction F to take a stratified F of train/" if part == "val" else ""
     return (
         f"{Path(root) / part} holds no images: a split folder gives its {part}/ images in the class sub-folders of "
         f"train/ ({listed(list(classes), 8)}), and {use}; move some images of each class from train/ into "
-        f"{part}/<class>/ (a folder of class sub-folders alone, no train/ or test/, is split by the run itself)"
+        f"{part}/<class>/{carve} (a folder of class sub-folders alone, no train/ or test/, is split by the run itself)"
     )

@@ -62,6 +62,7 @@ from cnnlab.data.split import (
     read_manifest,
     split_part_missing,
     stratified_split,
+    validation_from_train,
     write_manifest,
 )
 from cnnlab.errors import CnnlabError, listed
@@ -209,7 +210,8 @@ class TransferConfig:
         monitor: the validation metric that chooses the checkpoint: ``val_accuracy`` or ``val_balanced_accuracy``.
         min_per_class: the fewest usable images a class may have.
         max_per_class: keep at most this many images per class (seeded), for quick trials.
-        val_fraction: validation share of all images (taken from the non-test part); default 0.15.
+        val_fraction: validation share of all images (taken from the non-test part); default 0.15. For a split
+            folder without ``val/``: the stratified share of ``train/`` taken as validation (seeded by `split_seed`).
         test_fraction: test share of all images; default 0.15 (0.25 for ELPV, as its papers).
         split_manifest: reuse this manifest CSV (``path,label,split``) instead of splitting.
         split_seed: the split's seed (kept apart from `seed`, so runs of several seeds share one split and cache).
@@ -361,18 +363,21 @@ def _recorded_split(run_dir: Path) -> str | None:
     return split if isinstance(split, str) else None
 
 
-def _refuse_split_options(config: TransferConfig, given_split: str) -> None:
-    """The options that shape a fresh split, refused with a split given as it is (they were accepted and ignored)."""
+def _refuse_split_options(
+    config: TransferConfig, given_split: str, allowed: tuple[str, ...] = (), why: str = ""
+) -> None:
+    """The options that shape a fresh split, refused with a split given as it is (they were accepted and ignored),
+    but for those `allowed`; `why` ends the refusal."""
     values = {
         "--val-fraction": config.val_fraction,
         "--test-fraction": config.test_fraction,
         "--max-per-class": config.max_per_class,
         "--split-seed": config.split_seed or None,  # 0, the default, cannot be told from not given
     }
-    given = [option for option, value in values.items() if value is not None]
+    given = [option for option, value in values.items() if value is not None and option not in allowed]
     if given:
         verb = "applies" if len(given) == 1 else "apply"
-        raise CnnlabError(f"{' and '.join(given)} {verb} to fresh splits; {given_split} gives the split as it is")
+        raise CnnlabError(f"{' and '.join(given)} {verb} to fresh splits; {given_split} gives the split as it is{why}")
 
 
 def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImages, Split, str]:
@@ -405,11 +410,28 @@ def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImage
             )
         return images, split, f"given manifest {config.split_manifest}"
     images, folder_split, source = open_image_source(config.data, config.min_per_class)
+    # A split folder without val/ takes validation from train/ when --val-fraction asks (seeded by --split-seed);
+    # one with val/ is taken as it is.
+    has_val = folder_split is not None and (Path(config.data) / "val").exists()
+    val_from_train = folder_split is not None and not has_val and config.val_fraction is not None
     if folder_split is not None:
-        _refuse_split_options(config, f"the split folder {config.data}")
+        _refuse_split_options(
+            config,
+            f"the split folder {config.data}",
+            allowed=("--val-fraction", "--split-seed") if val_from_train else (),
+            why=" (its val/ is the validation set; --val-fraction takes one from train/ where val/ is missing)"
+            if has_val and config.val_fraction is not None
+            else "",
+        )
     for skipped in images.skipped:  # a split folder's too: its bad files and leaked copies were counted, not named
         log(f"skipped {skipped.path} ({skipped.label}): {skipped.reason}")
     if folder_split is not None:
+        if val_from_train:
+            assert config.val_fraction is not None
+            folder_split = validation_from_train(
+                images.labels, folder_split, config.val_fraction, config.split_seed, images.classes
+            )
+            source += f", val a stratified {config.val_fraction:g} of train/ (seed {config.split_seed})"
         _refuse_untrained_classes(images, folder_split)
         for part in ("val", "test"):  # it said "raise --val-fraction", an option refused with a split folder
             if not folder_split[part]:
