@@ -154,3 +154,39 @@ def test_one_member_of_an_ensemble_is_not_offered_for_predict_before_the_ensembl
     assert result.exit_code == 0, result.output
     assert "members still to train (seeds): [1]" in result.output and f"run: {run}\n" in result.output
     assert "cnnlab predict" not in result.output
+
+
+@pytest.mark.parametrize("subcommand", [["mnist", "--data-dir"], ["transfer", "--data"], ["segment", "--data"]])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch-size", "10", "--accum", "3"], "--batch-size 10 is not divisible by --accum 3: the accumulation "
+         "steps that divide it are 1, 2, 5, 10"),
+        (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+        (["--lr", "nan"], "--lr must be > 0 and finite, got nan"),
+        (["--precision", "fp8"], "--precision 'fp8' is not one of fp32, bf16, fp16"),
+        (["--seed", str(2**64)], f"--seed {2**64} is outside torch's seed range, -2**63 to 2**63 - 1"),
+    ],
+)  # fmt: skip
+def test_a_bad_engine_option_is_named_by_its_flag(
+    tmp_path: Path, subcommand: list[str], flags: list[str], message: str
+) -> None:
+    """The messages named TrainConfig's fields ("batch_size 10 is not divisible by accum_steps 3"), not what the user
+    typed; each is refused before the data is read (the data folder does not exist)."""
+    result = CliRunner().invoke(app, ["train", *subcommand, str(tmp_path / "missing"), *flags])
+    assert isinstance(result.exception, CnnlabError), result.output
+    assert str(result.exception) == message
+
+
+def test_a_recipes_option_is_named_as_the_recipes(tmp_path: Path) -> None:
+    """--accum 7 alone does not divide the recipe's batch: the message says whose batch it is."""
+    from tests.tasks.test_transfer import make_photo_folder
+
+    make_photo_folder(tmp_path / "photos")
+    result = CliRunner().invoke(app, ["train", "transfer", "--data", str(tmp_path / "photos"), "--accum", "7"])
+    assert isinstance(result.exception, CnnlabError), result.output
+    assert str(result.exception) == (
+        "the recipe's --batch-size 64 is not divisible by --accum 7: the accumulation steps that divide it are 1, 2, "
+        "4, 8, 16, 32, 64"
+    )
+    assert not (tmp_path / "runs").exists()

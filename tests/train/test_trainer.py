@@ -230,7 +230,12 @@ def test_existing_run_is_not_overwritten_and_resume_checks_options(tmp_path: Pat
     ("option", "value", "message"),
     [
         ("schedule", "step", "schedule 'step' is not one of"),
-        ("accum_steps", 3, "not divisible"),
+        ("precision", "{lr}", r"precision '\{lr\}' is not one of"),  # the message is a template: not filled in
+        (
+            "accum_steps",
+            3,
+            "batch_size 128 is not divisible by accum_steps 3: the accumulation steps that divide it are 1, 2, 4",
+        ),
         ("epochs", 0, ">= 1"),
         ("lr", float("nan"), "lr must be > 0 and finite, got nan"),  # trained ten epochs of NaN loss
         ("lr", float("inf"), "lr must be > 0 and finite"),

@@ -102,11 +102,16 @@ def with_engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
-        from cnnlab.train.config import EngineOptions
+        from cnnlab.errors import CnnlabError
+        from cnnlab.train.config import EngineOptions, OptionError
 
         values = {name: kwargs.pop(name) for name in ENGINE_OPTIONS}
         values["output"] = str(values["output"])
-        return command(**kwargs, engine=EngineOptions(**values))
+        engine = EngineOptions(**values)
+        try:
+            return command(**kwargs, engine=engine)
+        except OptionError as error:  # the recipe's options with the user's: named as flags, not TrainConfig fields
+            raise CnnlabError(engine.phrased(error)) from None
 
     del wrapper.__wrapped__  # typer reads the new signature, not the command's
     wrapper.__signature__ = inspect.Signature([*own, *added])  # type: ignore[attr-defined]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, listed
 from cnnlab.files import written_then_renamed
 from cnnlab.train.device import resolve_device
 
@@ -31,6 +31,66 @@ _CHOICES = {
     "optimizer": ("sgd", "adamw", "adam", "nadam"),
     "monitor_mode": ("max", "min"),
 }
+
+
+class OptionError(CnnlabError):
+    """A `TrainConfig` option out of range. The message names the fields (``batch_size 10 is not divisible by
+    accum_steps 3...``); `phrased` words it with other names, such as the flags the user typed.
+
+    Args:
+        template: the message, each option it is about as ``{field}`` (once each), its value written out.
+    """
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        super().__init__(self.phrased({}))
+
+    def phrased(self, names: Mapping[str, str]) -> str:
+        """The message with each field called by its name in `names` (a field not in it: by its own name)."""
+        return self.template.format_map(_NamedOr(names))
+
+
+class _NamedOr(dict[str, str]):
+    def __missing__(self, field_name: str) -> str:
+        return field_name
+
+
+def check_options(values: Mapping[str, Any]) -> None:
+    """Check the `TrainConfig` options in `values` (any subset of its fields; the batch and its accumulation are
+    checked together when both are there).
+
+    Raises:
+        OptionError: an option out of range, with its value and what is allowed.
+    """
+    for option, allowed in _CHOICES.items():
+        if option in values and values[option] not in allowed:
+            typed = repr(values[option]).replace("{", "{{").replace("}", "}}")  # a template: braces are its own
+            raise OptionError(f"{{{option}}} {typed} is not one of {', '.join(allowed)}")
+    for option in ("epochs", "batch_size", "accum_steps", "log_every"):
+        if option in values and values[option] < 1:
+            raise OptionError(f"{{{option}}} must be >= 1, got {values[option]}")
+    if "batch_size" in values and "accum_steps" in values and values["batch_size"] % values["accum_steps"]:
+        batch, accum = values["batch_size"], values["accum_steps"]
+        divisors = [str(steps) for steps in range(1, batch + 1) if batch % steps == 0]
+        raise OptionError(
+            f"{{batch_size}} {batch} is not divisible by {{accum_steps}} {accum}: the accumulation steps that divide "
+            f"it are {listed(divisors, 12)}"
+        )
+    if values.get("num_threads") is not None and values["num_threads"] < 1:
+        raise OptionError(f"{{num_threads}} must be >= 1 or None (torch's choice), got {values['num_threads']}")
+    # Written so that NaN fails too (every comparison with NaN is False): `--lr nan` trained ten epochs of NaN.
+    ranges = {
+        "lr": (lambda x: 0.0 < x < math.inf, "must be > 0 and finite"),
+        "momentum": (lambda x: 0.0 <= x < 1.0, "must be in [0, 1)"),
+        "weight_decay": (lambda x: 0.0 <= x < math.inf, "must be >= 0 and finite"),
+        "warmup_epochs": (lambda x: 0.0 <= x < math.inf, "must be >= 0 and finite"),
+        "label_smoothing": (lambda x: 0.0 <= x < 1.0, "must be in [0, 1)"),
+        "grad_clip": (lambda x: x is None or 0.0 < x < math.inf, "must be > 0 and finite, or None"),
+        "ema_decay": (lambda x: x is None or 0.0 < x < 1.0, "must be in (0, 1) or None"),
+    }
+    for option, (valid, allowed) in ranges.items():
+        if option in values and not valid(values[option]):
+            raise OptionError(f"{{{option}}} {allowed}, got {values[option]}")
 
 
 @dataclass
@@ -122,36 +182,8 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Check option values; raises CnnlabError naming the bad option, its value and what is allowed."""
-        for option, allowed in _CHOICES.items():
-            value = getattr(self, option)
-            if value not in allowed:
-                raise CnnlabError(f"{option} {value!r} is not one of {', '.join(allowed)}")
-        for option in ("epochs", "batch_size", "accum_steps", "log_every"):
-            if getattr(self, option) < 1:
-                raise CnnlabError(f"{option} must be >= 1, got {getattr(self, option)}")
-        if self.batch_size % self.accum_steps:
-            raise CnnlabError(
-                f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}; "
-                "choose an accum_steps that divides it"
-            )
-        if self.num_threads is not None and self.num_threads < 1:
-            raise CnnlabError(f"num_threads must be >= 1 or None (torch's choice), got {self.num_threads}")
-        # Written so that NaN fails too (every comparison with NaN is False): `--lr nan` trained ten epochs of NaN.
-        if not 0.0 < self.lr < math.inf:
-            raise CnnlabError(f"lr must be > 0 and finite, got {self.lr}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise CnnlabError(f"momentum must be in [0, 1), got {self.momentum}")
-        if not 0.0 <= self.weight_decay < math.inf:
-            raise CnnlabError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
-        if not 0.0 <= self.warmup_epochs < math.inf:
-            raise CnnlabError(f"warmup_epochs must be >= 0 and finite, got {self.warmup_epochs}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise CnnlabError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.grad_clip is not None and not 0.0 < self.grad_clip < math.inf:
-            raise CnnlabError(f"grad_clip must be > 0 and finite, or None, got {self.grad_clip}")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise CnnlabError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+        """Check option values; raises `OptionError` naming the bad option, its value and what is allowed."""
+        check_options({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
     @property
     def run_dir(self) -> Path:
@@ -418,6 +450,8 @@ class EngineOptions:
             check_run_name(self.name)
         if self.threads is not None and self.threads < 1:
             raise CnnlabError(f"--threads must be >= 1, got {self.threads}")
+        if not -(2**63) <= self.seed < 2**63:  # torch.manual_seed's overflow was a traceback once the data was read
+            raise CnnlabError(f"--seed {self.seed} is outside torch's seed range, -2**63 to 2**63 - 1")
         if self.device is not None:
             resolve_device(self.device)  # checked before any data is read: a typo or a missing GPU is one line
 
@@ -452,7 +486,29 @@ class EngineOptions:
                 overrides["accum_steps"] = _positive_int(self.accum, "--accum")
         if overrides.get("auto_batch_size") and (overrides.get("auto_accum") or overrides.get("accum_steps", 1) > 1):
             raise CnnlabError("--batch-size auto picks a batch that fits without accumulation; drop --accum")
+        try:  # what the flags alone get wrong is refused here, before the task reads any data
+            check_options(overrides)
+        except OptionError as error:
+            raise CnnlabError(error.phrased(ENGINE_FLAGS)) from None
         return overrides
+
+    def phrased(self, error: OptionError) -> str:
+        """`error`'s message in the words of the command line: a field these options set is called by the flag the
+        user typed (``--accum``), one the recipe set by ``the recipe's --batch-size``."""
+        typed = self.overrides()
+        names = {field: flag if field in typed else f"the recipe's {flag}" for field, flag in ENGINE_FLAGS.items()}
+        return error.phrased(names)
+
+
+# The `TrainConfig` field each engine flag sets (`EngineOptions.overrides`), to name the flag in a message.
+ENGINE_FLAGS = {
+    "epochs": "--epochs",
+    "lr": "--lr",
+    "batch_size": "--batch-size",
+    "accum_steps": "--accum",
+    "precision": "--precision",
+    "num_threads": "--threads",
+}
 
 
 def check_run_name(name: str, option: str = "--name") -> str:
