@@ -13,6 +13,7 @@ import os
 import platform
 import shlex
 import sys
+import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -395,6 +396,10 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
     return TrainConfig.from_dict(document["config"])
 
 
+class SlowPrecisionWarning(UserWarning):
+    """A precision that runs much slower than float32 where it was asked for (fp16 on the CPU)."""
+
+
 AUTO_BATCH_CAP = 1024  # `--batch-size auto` never goes above this (nor above the number of training samples)
 
 
@@ -454,6 +459,14 @@ class EngineOptions:
             raise CnnlabError(f"--seed {self.seed} is outside torch's seed range, -2**63 to 2**63 - 1")
         if self.device is not None:
             resolve_device(self.device)  # checked before any data is read: a typo or a missing GPU is one line
+        if self.precision == "fp16" and resolve_device(self.device or "auto").type == "cpu":
+            # A quick MNIST epoch on 2 AMD EPYC cores: fp16 trained in 8 s, fp32 in 0.7-1.8 s, bf16 in 0.9-1.0 s.
+            warnings.warn(
+                "--precision fp16 on the CPU trains several times slower than fp32 (torch's float16 CPU kernels are "
+                "slow); use --precision bf16 (about as fast as fp32 on a CPU with bfloat16 instructions) or fp32",
+                SlowPrecisionWarning,
+                stacklevel=2,
+            )
 
     def overrides(self) -> dict[str, Any]:
         """The `TrainConfig` fields these options set (the recipe keeps every other one).
