@@ -25,7 +25,7 @@ def lab_command(
             help="Listen on this address (e.g. 0.0.0.0) instead of the default 127.0.0.1; the lab has no login.",
         ),
     ] = None,
-    max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", min=1, help="Largest upload accepted, in MB.")] = 10,
+    max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", min=1, help="Largest upload accepted, in MiB.")] = 10,
 ) -> None:
     from cnnlab.lab.app import check_address, check_runs_root, serve
 

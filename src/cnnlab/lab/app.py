@@ -232,7 +232,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         if not path:
             raise CnnlabError("upload an image to scan")
         if os.path.getsize(path) > max_upload_bytes:
-            raise CnnlabError(f"the image is larger than the lab's {max_upload_bytes / 1e6:.0f} MB upload limit")
+            raise CnnlabError(f"the image is larger than the lab's {max_upload_bytes / 2**20:.3g} MiB upload limit")
         folder = resolve_run(runs_root, run_id)
         # The mask and the pixel shares are a segmentation run's only: hidden for a scan, the heatmap takes the row.
         if is_segmentation_run(folder):

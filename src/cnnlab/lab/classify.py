@@ -70,7 +70,9 @@ def open_upload(path: str | os.PathLike[str], max_bytes: int) -> Any:
 
     size = os.path.getsize(path)
     if size > max_bytes:
-        raise CnnlabError(f"the image is {size / 1e6:.1f} MB; the lab takes images up to {max_bytes / 1e6:.0f} MB")
+        raise CnnlabError(
+            f"the image is {size / 2**20:.2f} MiB; the lab takes images up to {max_bytes / 2**20:.3g} MiB"
+        )
     image, _, reason = decode_image(path)  # decoded once: checking and then loading it decoded it twice (2 s at 36 MP)
     if image is None:
         raise CnnlabError(f"cannot use this file: {reason}; upload a PNG or JPEG photo")
