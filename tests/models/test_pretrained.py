@@ -3,6 +3,11 @@ preprocessing built from their record; online weights fail with an actionable er
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import socket
+import threading
+import time
 import urllib.error
 
 import pytest
@@ -78,6 +83,42 @@ def test_online_weights_fail_clearly_without_network(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
     with pytest.raises(CnnlabError, match="need internet once"):
         create_model("resnet18", pretrained=True)
+
+
+def test_a_download_that_stalls_fails_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """torch.hub's urlopen has no timeout: a network or proxy that accepts and never answers made `predict --model
+    resnet18` hang forever. The server here gives up after 5 s, so the code before the fix failed slowly, not never."""
+    from cnnlab.models import _pretrained
+
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept_and_stall() -> None:
+        server.settimeout(5)
+        with contextlib.suppress(OSError):
+            accepted.append(server.accept()[0])
+            time.sleep(5)
+        for connection in accepted:
+            connection.close()
+        server.close()
+
+    threading.Thread(target=accept_and_stall, daemon=True).start()
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(_pretrained, "DOWNLOAD_TIMEOUT_S", 0.3, raising=False)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    cfg = dataclasses.replace(
+        create_model("resnet18").pretrained_cfg,
+        source=f"http://127.0.0.1:{server.getsockname()[1]}/resnet18-f37072fd.pth",
+    )
+    start = time.perf_counter()
+    with pytest.raises(CnnlabError, match="need internet once") as error:
+        _pretrained.fetch_pretrained(cfg)
+    assert time.perf_counter() - start < 3
+    assert "timed out" in str(error.value) and str(tmp_path / "checkpoints" / "resnet18-f37072fd.pth") in str(
+        error.value
+    )
+    assert "\n" not in str(error.value)
 
 
 def test_the_larger_lite_variants_take_the_published_stages_and_their_packages_weights():

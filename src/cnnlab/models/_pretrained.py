@@ -11,11 +11,13 @@ Both load with ``weights_only=True`` (no pickled code is executed).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
 import importlib.util
-from collections.abc import Callable, Mapping
+import socket
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,10 @@ __all__ = [
 ]
 
 StateDict = dict[str, torch.Tensor]
+
+# torch.hub's download calls urlopen without a timeout, so a network or proxy that accepts the connection and never
+# answers made `predict --model resnet18` wait forever. A connection or a read that stalls this long now fails.
+DOWNLOAD_TIMEOUT_S = 30.0
 
 
 @functools.cache
@@ -226,12 +232,27 @@ def _read_state_dict(cfg: PretrainedCfg) -> StateDict:
     if cfg.is_offline:
         return torch.load(_package_weight_path(cfg), map_location="cpu", weights_only=True)
     try:
-        return torch.hub.load_state_dict_from_url(cfg.source, map_location="cpu", weights_only=True, check_hash=True)
-    except OSError as error:  # URLError is an OSError: no network, DNS failure, proxy refusal
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            return torch.hub.load_state_dict_from_url(
+                cfg.source, map_location="cpu", weights_only=True, check_hash=True
+            )
+    except OSError as error:  # URLError and TimeoutError are OSErrors: no network, DNS failure, proxy refusal, stall
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / cfg.file_name
         raise CnnlabError(
             f"could not download {cfg.file_name} from {cfg.source} ({error}); these weights need internet once, "
-            "after which they are cached in the torch hub directory (TORCH_HOME)"
+            f"after which they are cached, or copy the file from a machine that has it to {cached}"
         ) from error
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Sockets made inside the block give up on a connection or read that stalls `seconds` (urlopen's default)."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def fetch_pretrained(cfg: PretrainedCfg) -> None:
