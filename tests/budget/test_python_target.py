@@ -130,3 +130,28 @@ def test_a_forward_that_reads_tensor_values_is_named_as_such(tmp_path: Path) -> 
     message = str(result.exception)
     assert "reads its tensors' values in forward (Tensor.item() cannot be called on meta tensors)" in message
     assert "does not run on input" not in message
+
+
+CHECKS_ITS_INPUT = """
+from torch import nn
+
+class Patches(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 16, stride=16)
+
+    def forward(self, x):
+        assert x.shape[-1] == 64, f"Wrong image width! Expected 64 but got {x.shape[-1]}!"  # as vit_b_16 checks
+        return self.embed(x).flatten(1)
+"""
+
+
+def test_a_forward_that_asserts_its_input_size_is_a_one_line_error(tmp_path: Path) -> None:
+    """torchvision's vit_b_16 and timm's ViTs check the image size with an assertion: at --input 3x32x32 the
+    AssertionError was a traceback, not the one line that names the input."""
+    (tmp_path / "patches.py").write_text(CHECKS_ITS_INPUT)
+    result = CliRunner().invoke(app, ["budget", f"{tmp_path}/patches.py:Patches", "--input", "3x32x32"])
+    assert isinstance(result.exception, CnnlabError), result.exception
+    assert str(result.exception) == (
+        f"{tmp_path}/patches.py:Patches does not run on input 3x32x32: Wrong image width! Expected 64 but got 32!"
+    )

@@ -291,6 +291,9 @@ def _build_views(
     return inference, training, realistic
 
 
+# What a forward raises on an input it cannot take: torch's errors, and the assertions with which torchvision's and
+# timm's vision transformers check the image size (`torch._assert`; vit_b_16 at 32 px was a traceback).
+FORWARD_ERRORS = (RuntimeError, ValueError, TypeError, AssertionError)
 # What torch says when a forward reads a value of a meta tensor (.item(), .tolist(), .numpy(), nonzero).
 _NO_VALUES = ("meta tensor", "meta device", "register_meta")
 # What torch says when a map has shrunk below a kernel: convolution, max and average pooling.
@@ -311,7 +314,7 @@ def _smallest_side(module: nn.Module, shape: tuple[int, ...], largest: int = 409
         try:
             with torch.no_grad():
                 module(torch.empty(1, shape[0], side, side, device="meta"))
-        except (RuntimeError, ValueError, TypeError):
+        except FORWARD_ERRORS:
             return False
         return True
 
@@ -418,7 +421,7 @@ def budget(
         )
     except CnnlabError:
         raise
-    except (RuntimeError, ValueError, TypeError) as error:
+    except FORWARD_ERRORS as error:
         raise input_error(name, module, shape, error, batch_size) from None
     params = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
@@ -496,4 +499,13 @@ def _ratio(estimate: int, measured: int) -> float:
     return round(estimate / measured, 4)
 
 
-__all__ = ["BudgetReport", "budget", "check_zoo_input", "input_error", "measure_step", "parse_memory", "resolve_model"]
+__all__ = [
+    "FORWARD_ERRORS",
+    "BudgetReport",
+    "budget",
+    "check_zoo_input",
+    "input_error",
+    "measure_step",
+    "parse_memory",
+    "resolve_model",
+]

@@ -70,7 +70,7 @@ def show_command(
     from rich.console import Console
     from rich.table import Table
 
-    from cnnlab.budget.core import check_zoo_input, input_error
+    from cnnlab.budget.core import FORWARD_ERRORS, check_zoo_input, input_error
     from cnnlab.budget.spec import parse_size
     from cnnlab.data.transforms import preprocessing_description
     from cnnlab.models import model_info
@@ -83,7 +83,7 @@ def show_command(
     check_zoo_input(name, input_size, tuple(model.default_input_size))
     try:
         stages = model_stages(model, input_size)
-    except (RuntimeError, ValueError, TypeError) as error:  # was a traceback: the same line `cnnlab budget` gives
+    except FORWARD_ERRORS as error:  # was a traceback: the same line `cnnlab budget` gives
         raise input_error(name, model, input_size, error) from None
     console = Console()
     console.print(f"[bold]{name}[/bold]  ({type(model).__name__}, input {'x'.join(map(str, input_size))})")
