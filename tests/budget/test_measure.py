@@ -174,6 +174,44 @@ def test_an_output_cut_from_the_trainable_parameters_is_named():
         budget(Detached(), input_shape=(3, 16, 16))
 
 
+class _AuxiliaryHead(nn.Module):
+    """GoogLeNet's shape in small: an auxiliary classifier whose logits are returned in training mode only, and a
+    head that is built but never called (cnnlab's googlenet with aux_logits=True, whose forward skips its heads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(4, 5)
+        self.aux = nn.Linear(4, 5)
+        self.unused = nn.Linear(4, 5)
+
+    def forward(self, x):
+        features = self.body(x).mean((2, 3))
+        return (self.head(features), self.aux(features)) if self.training else self.head(features)
+
+
+def test_an_auxiliary_head_is_trained_in_the_step_and_said_to_run_in_training_only():
+    """torchvision's googlenet returns its auxiliary logits in training mode; the step took its loss on the first
+    output only, so the auxiliary heads ran forward but got no gradient, and nothing said they were left out of the
+    MACs (the eval-mode forward's)."""
+    model = _AuxiliaryHead()
+    params = sum(p.numel() for p in model.parameters())
+    result = trace(model, (3, 8, 8), batch_size=2, optimizer="sgd")
+    unused = 4 * 5 + 5
+    # when the step begins: the parameters, the gradients of all but the unused head's, and the input batch
+    assert result.step_start_bytes == 4 * (params + params - unused) + 4 * 2 * 3 * 8 * 8
+    report = budget(model, input_shape=(3, 8, 8), measure=True)
+    assert report.measured["peak_ratio"] == 1.0
+    assert report.training_only == {"aux": 25} and report.no_gradient == {"unused": 25}
+    assert report.macs == 4 * 27 * 36 + 4 * 5  # the eval-mode forward's: no auxiliary head
+    from cnnlab.budget.render import mode_notes
+
+    notes = mode_notes(report)
+    assert notes[0].startswith("aux (25 parameters) run in training mode only: the realistic training figures")
+    assert notes[1].startswith("unused (25 parameters) get no gradient in a training step")
+    assert report.to_dict()["training_only_modules"] == {"aux": 25}
+
+
 # `cnnlab budget --optimizer NAME` -> the engine's `TrainConfig` (its SGD has Nesterov momentum 0.9 unless told 0)
 _ENGINE_OPTIMIZERS = {
     "sgd": {"optimizer": "sgd", "momentum": 0.0},

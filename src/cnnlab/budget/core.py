@@ -66,6 +66,10 @@ class BudgetReport:
     spec_layers: list[LayerSpec] | None = field(default=None, repr=False)
     # per-sample output bytes of each layer the textbook counts (`textbook_outputs`), whatever rows `layers` holds
     textbook_layer_bytes: list[int] = field(default_factory=list, repr=False)
+    # modules (name -> parameters) that run in training mode only (auxiliary heads), and those whose parameters get
+    # no gradient in a training step (never called, or cut off from the output): see `TraceResult`
+    training_only: dict[str, int] = field(default_factory=dict)
+    no_gradient: dict[str, int] = field(default_factory=dict)
 
     @property
     def flops(self) -> int:
@@ -99,6 +103,8 @@ class BudgetReport:
                 }
                 for row in self.layers
             ],
+            "training_only_modules": dict(self.training_only),
+            "no_gradient_modules": dict(self.no_gradient),
             "inference": dict(self.inference),
             "training": dict(self.training),
             "realistic": dict(self.realistic),
@@ -449,6 +455,8 @@ def budget(
         spec_layers=spec_layers,
         textbook_layer_bytes=textbook_outputs(figure_rows),
         device=target.type,
+        training_only=result.training_only,
+        no_gradient=result.no_gradient,
     )
     if measure:
         report.measured = measure_step(module, shape, batch_size, torch_dtype, optimizer, device, realistic)

@@ -174,6 +174,30 @@ def nothing_to_train_note(report: BudgetReport) -> str | None:
     )
 
 
+def _modules(modules: dict[str, int]) -> str:
+    names = ", ".join(escape(name) for name in modules)
+    return f"{names} ({sum(modules.values()):,} parameters)"
+
+
+def mode_notes(report: BudgetReport) -> list[str]:
+    """What the figures hold of modules that run in training mode only (auxiliary heads), or get no gradient."""
+    notes = []
+    if report.training_only:
+        notes.append(
+            f"{_modules(report.training_only)} run in training mode only: the realistic training figures include "
+            "their forward and backward (their outputs are added to the loss, as auxiliary classifiers are trained); "
+            "the MACs, output shapes, textbook activations and inference figures are the eval-mode forward's, "
+            "without them."
+        )
+    if report.no_gradient:
+        notes.append(
+            f"{_modules(report.no_gradient)} get no gradient in a training step (their output never reaches the "
+            "network's output): the parameters count them, but the traced step makes no gradient or optimizer "
+            "update for them, while the gradient and optimizer-state rows assume every trainable parameter has one."
+        )
+    return notes
+
+
 def summary_line(report: BudgetReport) -> str:
     """Parameters, MACs and FLOPs on one line."""
     return (
@@ -196,6 +220,8 @@ def print_report(report: BudgetReport, console: Console | None = None, layers: b
     console.print(summary_line(report))
     console.print(memory_table(report))
     if note := nothing_to_train_note(report):
+        console.print(note)
+    for note in mode_notes(report):
         console.print(note)
     for table in (measured_table(report), plan_table(report)):
         if table is not None:

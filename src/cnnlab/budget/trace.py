@@ -348,9 +348,13 @@ class TraceResult:
     autocast_copy_timeline: list[int] = field(default_factory=list, repr=False)  # at the same points, the bytes bf16
     # autocast's copies of the weights would hold (`_TimelineTracker`); empty for a trace run under autocast
     loss_op_index: int = -1  # the index in live_timeline of the loss's last op, where the output is still alive
-    output_values: int = 0  # values in the network's output (its first tensor) at the traced batch
+    output_values: int = 0  # values in the network's outputs the loss is taken on (`_output_tensors`), at the batch
     step_start_bytes: int = 0  # live bytes when the optimizer step begins (after backward)
     step_peak_bytes: int = 0  # peak during the optimizer step (step_start_bytes when there is none)
+    # outermost modules with parameters (name -> parameters) that ran in the training step but not in the eval-mode
+    # forward (auxiliary heads), and those whose trainable parameters got no gradient in the training step
+    training_only: dict[str, int] = field(default_factory=dict)
+    no_gradient: dict[str, int] = field(default_factory=dict)
 
 
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict)
@@ -382,6 +386,37 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
         if isinstance(item, torch.Tensor):
             return item
     return None
+
+
+def _output_tensors(output: Any) -> list[torch.Tensor]:
+    """The tensors a training step's loss is taken on: every floating-point tensor of the output (all its tensors
+    when none is), so that in training mode an auxiliary head's logits are trained as GoogLeNet's and Inception-v3's
+    auxiliary losses train them (torchvision's models return them in training mode only)."""
+    tensors = [item for item in tree_flatten(output)[0] if isinstance(item, torch.Tensor)]
+    return [tensor for tensor in tensors if tensor.is_floating_point()] or tensors
+
+
+def _outermost(model: nn.Module, selected: set[nn.Module]) -> dict[str, int]:
+    """The outermost of the `selected` modules that hold parameters, by name, with their parameter counts."""
+    found: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if module in selected and not any(name.startswith(f"{outer}.") for outer in found):
+            params = sum(p.numel() for p in module.parameters())
+            if params and name:
+                found[name] = params
+    return found
+
+
+@contextmanager
+def _called_modules(model: nn.Module) -> Iterator[set[nn.Module]]:
+    """The modules of `model` called while the block runs."""
+    called: set[nn.Module] = set()
+    handles = [module.register_forward_pre_hook(lambda module, args: called.add(module)) for module in model.modules()]
+    try:
+        yield called
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager
@@ -493,7 +528,8 @@ def trace(
     for_device: str | None = None,
     param_groups: ParamGroupBuilder | None = None,
 ) -> TraceResult:
-    """Run one training step (forward, backward of ``output.sum()``, optimizer step) and one no-grad forward.
+    """Run one training step (forward, backward of the sum of every floating-point output, auxiliary heads'
+    included, optimizer step) and one no-grad forward.
 
     A network without trainable parameters has no backward and no optimizer step: its training step is the forward.
 
@@ -544,10 +580,14 @@ def trace(
         return torch.randn((batch, *input_shape), dtype=torch_dtype, device=device)
 
     with _MetaKernelCache() if device == "meta" else nullcontext():
-        if inference:
-            _trace_inference(model, rows, result, make_input(inference_batch_size), inference_batch_size)
-        if training:
-            _trace_training(model, rows, result, make_input(batch_size), optimizer, autocast, param_groups)
+        with _called_modules(model) as in_inference:
+            if inference:
+                _trace_inference(model, rows, result, make_input(inference_batch_size), inference_batch_size)
+        with _called_modules(model) as in_training:
+            if training:
+                _trace_training(model, rows, result, make_input(batch_size), optimizer, autocast, param_groups)
+    if inference and training:
+        result.training_only = _outermost(model, in_training - in_inference)
     return result
 
 
@@ -592,17 +632,21 @@ def _trace_training(
         forward = torch.autocast(x.device.type, dtype=autocast) if autocast is not None else nullcontext()
         with counter, forward:
             output = model(x)
-            loss = _first_tensor(output).float().sum()
+            outputs = _output_tensors(output)
+            if not outputs:
+                raise CnnlabError(f"the network returned {type(output).__name__}, not a tensor: nothing to train on")
+            # auxiliary heads' outputs are trained with the main output (a loop variable would keep one alive)
+            loss = sum((extra.float().sum() for extra in outputs[1:]), outputs[0].float().sum())
         tracker.end_forward(counter.saved_state)
         # Where the loss is taken the output is alive: under autocast a bf16 output and the float32 copy the loss
         # makes of it (here `.float()`; a real loss such as cross-entropy runs in float32 too), which the planner
         # adds to this op of a float32 trace (`.float()` of a float32 output copies nothing).
         result.loss_op_index = len(tracker.timeline) - 1
-        first = _first_tensor(output)
-        result.output_values = first.numel() if first is not None else 0
-        del output, first
+        result.output_values = sum(tensor.numel() for tensor in outputs)
+        del output, outputs
         if loss.requires_grad:
             loss.backward()
+            result.no_gradient = _outermost(model, _without_gradient(model))
         elif any(p.requires_grad for p in model.parameters()):
             raise CnnlabError(
                 "the network's output does not depend on its trainable parameters (no gradient would reach them): "
@@ -628,6 +672,16 @@ def _trace_training(
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         result.cuda_max_allocated_bytes = torch.cuda.max_memory_allocated()
+
+
+def _without_gradient(model: nn.Module) -> set[nn.Module]:
+    """Modules with trainable parameters of which none got a gradient (after backward, before the step)."""
+    return {
+        module
+        for module in model.modules()
+        if any(p.requires_grad for p in module.parameters())
+        and all(p.grad is None for p in module.parameters() if p.requires_grad)
+    }
 
 
 def _trace_inference(
