@@ -155,3 +155,19 @@ def test_a_forward_that_asserts_its_input_size_is_a_one_line_error(tmp_path: Pat
     assert str(result.exception) == (
         f"{tmp_path}/patches.py:Patches does not run on input 3x32x32: Wrong image width! Expected 64 but got 32!"
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "hint"),
+    [
+        ("1x32x32", "its first convolution (0) takes 3-channel input"),
+        ("32x32", "its first convolution (0) takes one sample as 3 sizes, its 3 channels first: --input 32x32 has 2"),
+    ],
+)
+def test_an_input_with_the_wrong_channels_names_what_the_first_convolution_takes(
+    nets: Path, given: str, hint: str
+) -> None:
+    """A network with no default input size was refused with the meta device's bare "Invalid channel dimensions"."""
+    result = CliRunner().invoke(app, ["budget", f"{nets}:build", "--input", given])
+    assert isinstance(result.exception, CnnlabError), result.exception
+    assert str(result.exception).endswith(f"does not run on input {given}: Invalid channel dimensions; {hint}")

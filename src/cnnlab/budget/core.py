@@ -342,6 +342,13 @@ def _smallest_side(module: nn.Module, shape: tuple[int, ...], largest: int = 409
         module.train(training)
 
 
+def _first_convolution(module: nn.Module) -> tuple[str, nn.modules.conv._ConvNd] | None:
+    """The first convolution registered in `module` (where the input's channels go), with its name."""
+    return next(
+        ((name, layer) for name, layer in module.named_modules() if isinstance(layer, nn.modules.conv._ConvNd)), None
+    )
+
+
 def input_error(
     name: str, module: nn.Module, shape: tuple[int, ...], error: Exception, batch_size: int = 1
 ) -> CnnlabError:
@@ -367,6 +374,16 @@ def input_error(
             f"; its dense layers take a fixed number of inputs, sized for {'x'.join(map(str, default))}: use that "
             "--input, or scan larger images with a fully convolutional copy of a trained run (`cnnlab fcn convert`)"
         )
+    if "channel" in first_line and (first := _first_convolution(module)) is not None:  # meta: "Invalid channel dim..."
+        layer_name, conv = first
+        sizes = conv.weight.dim() - 1  # the channels, then the spatial sizes of one sample
+        if len(shape) != sizes:
+            hint = (
+                f"; its first convolution ({layer_name}) takes one sample as {sizes} sizes, its {conv.in_channels} "
+                f"channels first: --input {'x'.join(map(str, shape))} has {len(shape)}"
+            )
+        elif shape[0] != conv.in_channels:
+            hint = f"; its first convolution ({layer_name}) takes {conv.in_channels}-channel input"
     if any(words in first_line for words in _TOO_SMALL) and (side := _smallest_side(module, shape)) is not None:
         hint = f"; the smallest square input it takes is {shape[0]}x{side}x{side}"
     return CnnlabError(f"{name} does not run on input {'x'.join(map(str, shape))}: {first_line}{hint}")
