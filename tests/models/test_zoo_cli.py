@@ -48,6 +48,11 @@ def test_zoo_show_prints_stages_innovation_and_preprocessing():
     assert "bicubic" in result.output and "0.498" in result.output
     small = runner.invoke(app, ["zoo", "show", "resnet18", "--input", "3x64x64"])
     assert "512 x 2 x 2" in small.output
+    assert "parameters: 11,689,512 (published: 11,689,512)" in small.output
+    # cnnlab's LeNet-5 differs from the paper's by design: its count was shown as published, the paper's 60,000 unsaid
+    lenet = " ".join(runner.invoke(app, ["zoo", "show", "lenet5"]).output.split())
+    assert "published: 61,706" not in lenet and "parameters: 61,706 (expected 61,706: cnnlab's count" in lenet
+    assert "the paper's LeNet-5 has 60,000" in lenet
 
 
 def test_zoo_show_refuses_an_input_the_model_cannot_take_in_one_line():

@@ -98,7 +98,10 @@ def show_command(
         table.add_row(stage.name, stage.kind, " x ".join(map(str, stage.output_shape)), f"{stage.params:,}")
     console.print(table)
     total = sum(p.numel() for p in model.parameters())
-    published = f" (published: {info.published_params:,})" if info is not None else ""
+    published = ""
+    if info is not None:  # a count no paper or reference gives is not called published
+        published = f" (expected {info.published_params:,}: {info.params_note})" if info.params_note else ""
+        published = published or f" (published: {info.published_params:,})"
     console.print(f"parameters: {total:,}{published}")
     cfg = model.pretrained_cfg
     if cfg is None:

@@ -28,6 +28,8 @@ class ModelInfo:
         published_params_aux: the same with the auxiliary classifiers (GoogLeNet, Inception-v3), else None.
         published_gmacs: published multiply-accumulates (G) at the default resolution, where a reference gives them.
         innovation_code: where the innovation lives in cnnlab.
+        params_note: where ``published_params`` comes from when no publication or reference implementation gives it
+            (a cnnlab variant that differs from the paper by design), and what the paper's own figure is.
     """
 
     paper: str
@@ -36,6 +38,7 @@ class ModelInfo:
     published_params_aux: int | None = None
     published_gmacs: float | None = None
     innovation_code: str = ""
+    params_note: str = ""
 
 
 _model_info: dict[str, ModelInfo] = {}

@@ -66,6 +66,8 @@ register_info(
         "convolution + subsampling + weight sharing, trained end to end by backpropagation",
         61_706,
         innovation_code="cnnlab.models.lenet.LeNet5",
+        params_note="cnnlab's count of the paper's layer sizes with full C3, plain average pools and a linear output; "
+        "the paper's LeNet-5 has 60,000 (partial C3: 1,516; trainable pooling coefficients: 44; fixed RBF output)",
     ),
 )
 
