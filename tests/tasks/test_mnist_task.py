@@ -14,6 +14,7 @@ import torch
 import cnnlab
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks.mnist import RECIPES, evaluate_mnist, to_float, train_mnist
+from cnnlab.tasks.recipes import describe_overrides
 from cnnlab.train import Callback, Trainer
 from cnnlab.train.saved import Ensemble
 
@@ -106,6 +107,19 @@ def test_ensemble_averages_member_probabilities(ensemble_run: dict) -> None:
         torch.testing.assert_close(ensemble(images).softmax(1), expected)
     assert ensemble_run["members"][0]["seed"] == 0 and ensemble_run["members"][1]["seed"] == 1
     assert 0.0 <= ensemble_run["ensemble_test_accuracy"] <= 1.0
+
+
+def test_reports_say_the_options_given_on_top_of_the_recipe(ensemble_run: dict) -> None:
+    """The reports repeated the recipe's summary alone ("mnist_net_small, 2 epochs, ..."): a run given --epochs 1
+    read as trained for 2."""
+    assert describe_overrides({"epochs": 2, "lr": 0.1}, {"epochs": 1, "lr": 0.1, "device": "cpu"}) == (
+        "; given: epochs 1 (the recipe's 2), device cpu"
+    )
+    assert describe_overrides({"epochs": 2}, {"epochs": 2}) == describe_overrides({"epochs": 2}, None) == ""
+    given = "given: batch_size 24 (the recipe's 128)"  # _TINY's epochs are the quick recipe's own
+    reports = [Path(m["run_dir"]) / "report.md" for m in ensemble_run["members"]]
+    for report in [Path(ensemble_run["run_dir"]) / "report.md", *reports]:
+        assert given in report.read_text().split("\n## ")[0], report
 
 
 def test_evaluate_writes_its_figures(ensemble_run: dict, fake_root: Path, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from cnnlab.tasks.recipes import (
     Recipe,
     RecipeBook,
     check_resume_or_overwrite,
+    describe_overrides,
     engine_resumes,
     note_current_run,
     run_name,
@@ -232,7 +233,8 @@ def train_mnist(
                 # may read it while it is written): renamed into place whole, never seen half-written.
                 with written_then_renamed(member_dir / "results.json") as results:
                     results.write_text(json.dumps(trained, indent=1))
-                _member_report(chosen, config, trainer.history, trained).write(member_dir / "report.md")
+                report = _member_report(chosen, overrides, config, trainer.history, trained)
+                report.write(member_dir / "report.md")
             member_probabilities.append(probabilities)
             members.append(trained)
     by_seed = sorted(range(len(members)), key=lambda i: members[i]["seed"])
@@ -258,7 +260,7 @@ def train_mnist(
             save_record(task_config, run_dir / "config.yaml")
             if not missing:
                 save_ensemble(run_dir, [Path(m["run_dir"]) for m in members], meta={"recipe": chosen.name})
-            _ensemble_report(chosen, summary).write(run_dir / "report.md")
+            _ensemble_report(chosen, overrides, summary).write(run_dir / "report.md")
         with written_then_renamed(run_dir / "results.json") as results:  # a single run's is its member's, as above
             results.write_text(json.dumps(summary, indent=1))
     return summary
@@ -402,14 +404,20 @@ def test_evaluation(
     }
 
 
-def _member_report(recipe: MnistRecipe, config: TrainConfig, history: list[dict[str, float]], result: dict[str, Any]):  # noqa: ANN202
+def _member_report(  # noqa: ANN202
+    recipe: MnistRecipe,
+    overrides: dict[str, Any] | None,
+    config: TrainConfig,
+    history: list[dict[str, float]],
+    result: dict[str, Any],
+):
     from cnnlab.report.markdown import RunReport
 
     test = result["test"]
     report = RunReport(
         f"MNIST run `{config.name}`",
-        f"Recipe `{recipe.name}`: {recipe.summary}. Seed {config.seed}; the test set (10,000 images) was evaluated "
-        "once, after training.",
+        f"Recipe `{recipe.name}`: {recipe.summary}{describe_overrides(recipe.train, overrides)}. Seed {config.seed}; "
+        "the test set (10,000 images) was evaluated once, after training.",
         environment_record(),
     )
     report.heading("Test set")
@@ -424,12 +432,13 @@ def _member_report(recipe: MnistRecipe, config: TrainConfig, history: list[dict[
     return report.add_config(config.to_dict())
 
 
-def _ensemble_report(recipe: MnistRecipe, summary: dict[str, Any]):  # noqa: ANN202
+def _ensemble_report(recipe: MnistRecipe, overrides: dict[str, Any] | None, summary: dict[str, Any]):  # noqa: ANN202
     from cnnlab.report.markdown import RunReport
 
     report = RunReport(
         f"MNIST ensemble `{Path(summary['run_dir']).name}`",
-        f"{len(summary['members'])} members of recipe `{recipe.name}` ({recipe.summary}), each a run of its own; the "
+        f"{len(summary['members'])} members of recipe `{recipe.name}` ({recipe.summary}"
+        f"{describe_overrides(recipe.train, overrides)}), each a run of its own; the "
         "ensemble averages their softmax probabilities.",
         environment_record(),
     )

@@ -22,6 +22,7 @@ __all__ = [
     "RecipeBook",
     "check_resume_or_overwrite",
     "check_start",
+    "describe_overrides",
     "interrupted_hint",
     "note_current_run",
     "run_name",
@@ -132,6 +133,21 @@ def with_overrides(recipe: Mapping[str, Any], overrides: Mapping[str, Any] | Non
     if "warmup_epochs" not in (overrides or {}) and warmup and planned and epochs and 0 < epochs < planned:
         options["warmup_epochs"] = min(warmup, epochs / 2)
     return options
+
+
+def describe_overrides(recipe: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> str:
+    """The options given on top of a recipe, as a report's summary line says them: ``"; given: epochs 1 (the
+    recipe's 2), device cpu"``, or "" when none changes the recipe.
+
+    A recipe's summary names its own numbers ("2 epochs"); a run given ``--epochs 1`` whose report repeated the
+    summary alone said it had trained for 2.
+    """
+    changed = []
+    for key, value in (overrides or {}).items():
+        if value is None or (key in recipe and recipe[key] == value):
+            continue
+        changed.append(f"{key} {value}" + (f" (the recipe's {recipe[key]})" if key in recipe else ""))
+    return "; given: " + ", ".join(changed) if changed else ""
 
 
 def run_name(recipe: str) -> str:
