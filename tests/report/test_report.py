@@ -154,3 +154,24 @@ def test_confusion_matrix_counts_are_dark_on_light_cells_and_light_on_dark(
     plot_confusion_matrix(matrix, tmp_path / "confusion.png", ["a", "b"])
     colours = {text.get_text(): text.get_color() for text in saved[0].axes[0].texts}
     assert colours == {"500": "white", "3": "black", "40": "black", "2": "black"}
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [
+        ("cpu", "on AMD EPYC, 16 cores (1 torch thread); torch"),  # the GPU was named for a --device cpu run
+        ("cuda:0", "on NVIDIA H100; torch"),
+        ("cuda", "on NVIDIA H100; torch"),
+        (None, "on AMD EPYC, 16 cores (1 torch thread) and NVIDIA H100; torch"),  # not told which: both
+    ],
+)
+def test_the_hardware_line_names_the_device_the_run_trained_on(device: str | None, expected: str) -> None:
+    from cnnlab.report.markdown import RunReport
+
+    environment = {
+        "command": "cnnlab train mnist --device cpu",
+        "versions": {"torch": "2.14.1", "cnnlab": "0.1.0"},
+        "hardware": {"cpu": "AMD EPYC", "cpu_count": 16, "torch_threads": 1, "cuda": "NVIDIA H100"},
+    }
+    written = next(line for line in RunReport("run", environment=environment, device=device).lines if "written" in line)
+    assert expected in written

@@ -55,17 +55,21 @@ class RunReport:
             hardware; None to leave the header out.
     """
 
-    def __init__(self, title: str, summary: str = "", environment: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        title: str,
+        summary: str = "",
+        environment: Mapping[str, Any] | None = None,
+        device: str | None = None,
+    ) -> None:
         self.lines: list[str] = [f"# {title}", ""]
         if summary:
             self.lines += [summary, ""]
         if environment:
-            hardware = environment.get("hardware", {})
             versions = environment.get("versions", {})
-            device = hardware.get("cuda") or f"{hardware.get('cpu', 'CPU')}, {hardware.get('cpu_count', '?')} cores"
             self.lines += [
                 f"- command: `{environment.get('command', '?')}`",
-                f"- written: {datetime.now().strftime('%Y-%m-%d %H:%M')}, on {device}; torch "
+                f"- written: {datetime.now().strftime('%Y-%m-%d %H:%M')}, on {_hardware(environment, device)}; torch "
                 f"{versions.get('torch', '?')}, cnnlab {versions.get('cnnlab', '?')}",
                 "",
             ]
@@ -123,6 +127,25 @@ class RunReport:
     def write(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path)
         return write_text_whole(path, "\n".join(self.lines).rstrip() + "\n")
+
+
+def _hardware(environment: Mapping[str, Any], device: str | None) -> str:
+    """What the run trained on: the GPU when its device was one, else the CPU with its cores and the threads torch
+    used. The line named the machine's GPU whenever it had one, so a ``--device cpu`` run read as a GPU run."""
+    hardware = environment.get("hardware", {})
+    gpu = hardware.get("cuda")
+    if gpu and device is not None and device.startswith("cuda"):
+        return str(gpu)
+    cores = hardware.get("cpu_count", "?")
+    cpu = f"{hardware.get('cpu', 'CPU')}, {cores} cores"
+    threads = hardware.get("torch_threads")
+    if threads is not None and threads != cores:
+        cpu += f" ({threads} torch thread{'' if threads == 1 else 's'})"
+    if device is None and gpu:  # not told which: the machine's CPU and GPU both
+        return f"{cpu} and {gpu}"
+    if device is not None and device.split(":")[0] not in ("cpu", "cuda"):  # mps, xpu: that device, on this CPU
+        return f"{device} ({cpu})"
+    return cpu
 
 
 def _short(value: Any) -> str:

@@ -27,6 +27,7 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
         f"Data `{config['data']}`; recipe `{recipe['name']}`: {recipe['summary']}; {trained}; "
         f"model `{arch}` (pretrained: {config['pretrained']}). The test set was evaluated once, after training.",
         environment,
+        summary.get("device"),
     )
     report.heading("Test set (evaluated once)")
     with_views = f" averaged over {len(views)} views ({', '.join(views)})" if len(views) > 1 else ""

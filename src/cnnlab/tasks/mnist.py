@@ -366,6 +366,7 @@ def _train_member(
         "run_dir": str(config.run_dir),
         "epochs": len(history),
         "val_accuracy": history[-1].get("val_accuracy"),
+        "device": str(trainer.device),  # what its report's hardware line names
         "train_seconds": trainer.train_seconds,
         "wall_seconds": wall_seconds,
         "images_per_second": sum(row["images_per_second"] for row in history) / len(history),
@@ -419,6 +420,7 @@ def _member_report(  # noqa: ANN202
         f"Recipe `{recipe.name}`: {recipe.summary}{describe_overrides(recipe.train, overrides)}. Seed {config.seed}; "
         "the test set (10,000 images) was evaluated once, after training.",
         environment_record(),
+        result.get("device"),
     )
     report.heading("Test set")
     report.text(
@@ -435,12 +437,14 @@ def _member_report(  # noqa: ANN202
 def _ensemble_report(recipe: MnistRecipe, overrides: dict[str, Any] | None, summary: dict[str, Any]):  # noqa: ANN202
     from cnnlab.report.markdown import RunReport
 
+    devices = {m.get("device") for m in summary["members"]}  # members may have trained in processes of their own
     report = RunReport(
         f"MNIST ensemble `{Path(summary['run_dir']).name}`",
         f"{len(summary['members'])} members of recipe `{recipe.name}` ({recipe.summary}"
         f"{describe_overrides(recipe.train, overrides)}), each a run of its own; the "
         "ensemble averages their softmax probabilities.",
         environment_record(),
+        devices.pop() if len(devices) == 1 else None,
     )
     report.heading("Members")
     rows = [
