@@ -226,6 +226,12 @@ def test_interrupted_ensemble_resumes_to_the_same_weights(ensemble_run: dict, fa
     finished_at = first_member.stat().st_mtime_ns
     summary = train_mnist("quick", overrides=_TINY, resume=True, **options)
     assert first_member.stat().st_mtime_ns == finished_at  # the finished member is not trained again
+    # The resumed member's training seconds sum its sessions, its wall seconds are the last one's: said, not unsaid
+    first, resumed = summary["members"]
+    assert first["resumed_after_epoch"] is None and resumed["resumed_after_epoch"] == 1
+    report = (Path(resumed["run_dir"]) / "report.md").read_text()
+    assert "s of training over its sessions (interrupted, resumed after epoch 1)," in report
+    assert "over its sessions" not in (Path(first["run_dir"]) / "report.md").read_text()
     assert summary["ensemble_test_accuracy"] == ensemble_run["ensemble_test_accuracy"]
     for resumed, straight in zip(summary["members"], ensemble_run["members"], strict=True):
         resumed_state = cnnlab.load_model(resumed["run_dir"]).state_dict()

@@ -157,6 +157,10 @@ def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(tin
     assert resumed["split"].startswith("stratified")
     assert resumed["skipped"] == again["skipped"]  # the bad files found at split time stay listed
     assert resumed["costs"]["cache_reused"] == 1.0  # same images, model, cut, views: the cache is read, not rebuilt
+    # The cost table gave the resumed session's wall time as the whole run's, beside training seconds of every session
+    report = (Path(resumed["run_dir"]) / "report.md").read_text()
+    assert "| this session (the run was resumed) | - | - |" in report and "| whole run |" not in report
+    assert "training seconds are those of every session, its wall seconds, and the cache's, this session's" in report
 
 
 def test_a_resume_refuses_images_that_changed_since_its_split(tiny_run: tuple[Path, dict]) -> None:

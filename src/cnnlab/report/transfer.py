@@ -57,8 +57,17 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
     if cache is not None:
         cost_rows.insert(0, ["feature cache" + (" (reused)" if costs.get("cache_reused") else ""), "-", "-", cache])
     cost_rows.append(["test pass", "-", "-", costs.get("test_seconds")])
-    cost_rows.append(["whole run", "-", "-", summary["wall_seconds"]])
+    resumed = bool(config.get("resume"))
+    cost_rows.append(
+        ["this session (the run was resumed)" if resumed else "whole run", "-", "-", summary["wall_seconds"]]
+    )
     report.table(["step", "epochs", "training s", "wall s"], cost_rows)
+    if resumed:  # a phase's training seconds come back with its checkpoint; the wall time of a stopped session does not
+        report.text(
+            "This run was continued with --resume: a phase's epochs and training seconds are those of every session, "
+            "its wall seconds, and the cache's, this session's alone (an interrupted session's wall time is not "
+            "recorded)."
+        )
     nxt = costs.get("next_recipe")
     if nxt:
         report.text(

@@ -326,6 +326,17 @@ def _check_run_shape(
             )
 
 
+class _SessionStart(Callback):
+    """The epochs an earlier session had finished when this one started (0 for a run started afresh): a resumed run's
+    training seconds sum its sessions, its wall seconds are the last session's, and its report says so."""
+
+    def __init__(self) -> None:
+        self.finished_before = 0
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.finished_before = trainer.epoch
+
+
 def _train_member(
     recipe: MnistRecipe,
     config: TrainConfig,
@@ -340,7 +351,8 @@ def _train_member(
 
     torch.manual_seed(config.seed)  # the initial weights depend on the member's seed
     model = create_model(recipe.arch, **recipe.model_kwargs)
-    trainer = Trainer(model, config, train_transform=recipe.augment, callbacks=callbacks)
+    session = _SessionStart()
+    trainer = Trainer(model, config, train_transform=recipe.augment, callbacks=[*callbacks, session])
     started = time.perf_counter()
     history = trainer.fit(TensorBatches(*train, config.batch_size, drop_last=True), val)
     wall_seconds = time.perf_counter() - started
@@ -367,8 +379,9 @@ def _train_member(
         "epochs": len(history),
         "val_accuracy": history[-1].get("val_accuracy"),
         "device": str(trainer.device),  # what its report's hardware line names
-        "train_seconds": trainer.train_seconds,
-        "wall_seconds": wall_seconds,
+        "train_seconds": trainer.train_seconds,  # of every session (kept in the checkpoint)
+        "wall_seconds": wall_seconds,  # of this session alone
+        "resumed_after_epoch": session.finished_before or None,
         "images_per_second": sum(row["images_per_second"] for row in history) / len(history),
         "model": final,
         "trainer": trainer,
@@ -422,10 +435,12 @@ def _member_report(  # noqa: ANN202
         environment_record(),
         result.get("device"),
     )
+    resumed = result.get("resumed_after_epoch")
+    sessions = f" over its sessions (interrupted, resumed after epoch {resumed})" if resumed else ""
     report.heading("Test set")
     report.text(
         f"Accuracy **{result['test_accuracy']:.4f}** ({test['errors']} errors); validation accuracy at the end "
-        f"{score(result['val_accuracy'])}; {result['train_seconds']:.0f} s of training, "
+        f"{score(result['val_accuracy'])}; {result['train_seconds']:.0f} s of training{sessions}, "
         f"{result['images_per_second']:.0f} images/s."
     )
     report.table(["digit", "accuracy"], [[digit, acc] for digit, acc in enumerate(test["per_class_accuracy"])])
