@@ -175,3 +175,11 @@ def test_the_hardware_line_names_the_device_the_run_trained_on(device: str | Non
     }
     written = next(line for line in RunReport("run", environment=environment, device=device).lines if "written" in line)
     assert expected in written
+
+
+def test_score_columns_are_written_to_four_places_and_the_rest_to_four_digits() -> None:
+    from cnnlab.report.markdown import markdown_table
+
+    rows = [["a", 1.0, 3, 0.03034], ["b", 0.007782, 2, 12.5]]
+    table = markdown_table(["class", "recall", "support", "seconds"], rows, scores=["recall"])
+    assert table.splitlines()[2:] == ["| a | 1.0000 | 3 | 0.03034 |", "| b | 0.0078 | 2 | 12.5 |"]

@@ -120,6 +120,16 @@ def test_reports_say_the_options_given_on_top_of_the_recipe(ensemble_run: dict) 
     reports = [Path(m["run_dir"]) / "report.md" for m in ensemble_run["members"]]
     for report in [Path(ensemble_run["run_dir"]) / "report.md", *reports]:
         assert given in report.read_text().split("\n## ")[0], report
+    # Every score in a member's report is its results.json's to four places, as the text and `evaluate` write it
+    # (the per-class table gave "0.007782" beside the console's "0.0078", and "1" for a perfect digit)
+    for member in ensemble_run["members"]:
+        text = (Path(member["run_dir"]) / "report.md").read_text()
+        for digit, accuracy in enumerate(member["test"]["per_class_accuracy"]):
+            assert f"| {digit} | {accuracy:.4f} |" in text
+        assert f"| {member['val_accuracy']:.4f} | " in text  # the training table's validation accuracy
+        assert sum(map(sum, member["test"]["confusion_matrix"])) == 80  # the fake test split
+    ensemble_text = (Path(ensemble_run["run_dir"]) / "report.md").read_text()
+    assert all(f"| {m['test_accuracy']:.4f} |" in ensemble_text for m in ensemble_run["members"])
 
 
 def test_evaluate_writes_its_figures(ensemble_run: dict, fake_root: Path, tmp_path: Path) -> None:

@@ -116,6 +116,13 @@ def test_run_records_everything(tiny_run: tuple[Path, dict]) -> None:
     assert "the top 2 backbone blocks and the classifier trained" in report  # --unfreeze 2, not the recipe's count
     assert "| image_size | None (used: 32) |" in report  # an option left out shows what the run resolved it to
     assert "| train.lr | 0.01 |" in report and "| train.label_smoothing | 0.1 |" in report  # given, and the recipe's
+    for name, row in summary["test"]["per_class"].items():  # scores to four places, as the text writes them
+        assert (
+            f"| {name} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']} |" in report
+        )
+    test = summary["test"]
+    row = "test-time averaging" if len(summary["views"]) > 1 else "one view"
+    assert f"| {row} | {test['accuracy']:.4f} | {test['balanced_accuracy']:.4f} |" in report
     assert summary["counts"]["train"] == {"blue": 12, "red": 12}  # bad files removed before the stratified split
     meta = json.loads((run_dir / "model.json").read_text())["meta"]
     assert meta["classes"] == ["blue", "red"] and meta["preprocessing"]["input_size"] == [3, 32, 32]

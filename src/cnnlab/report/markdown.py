@@ -9,12 +9,13 @@ linked by their file name, so the folder can be moved or zipped and still reads.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from cnnlab.files import write_text_whole
+from cnnlab.report.units import score
 
 __all__ = ["RunReport", "format_value", "markdown_table"]
 
@@ -30,9 +31,16 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A GitHub-flavoured Markdown table (numbers right-aligned)."""
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], scores: Collection[str] = ()) -> str:
+    """A GitHub-flavoured Markdown table (numbers right-aligned).
+
+    Args:
+        scores: the headers of columns that hold accuracies and other fractions: their floats are written to four
+            places, as the report's text and `cnnlab evaluate` write them (`cnnlab.report.units.score`), where
+            `format_value`'s four significant digits gave "0.007782" beside "0.0078", and "1" for a perfect score.
+    """
     rows = [list(row) for row in rows]
+    fixed = [header in scores for header in headers]
     numeric = [
         all(isinstance(row[i], (int, float)) and not isinstance(row[i], bool) for row in rows)
         for i in range(len(headers))
@@ -41,7 +49,15 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
         "| " + " | ".join(headers) + " |",
         "|" + "|".join("---:" if is_number and rows else "---" for is_number in numeric) + "|",
     ]
-    lines += ["| " + " | ".join(format_value(cell) for cell in row) + " |" for row in rows]
+    lines += [
+        "| "
+        + " | ".join(
+            score(cell) if is_score and isinstance(cell, float) else format_value(cell)
+            for cell, is_score in zip(row, fixed, strict=False)
+        )
+        + " |"
+        for row in rows
+    ]
     return "\n".join(lines)
 
 
@@ -86,8 +102,8 @@ class RunReport:
         self.lines += [f"- {item}" for item in items] + [""]
         return self
 
-    def table(self, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> RunReport:
-        self.lines += [markdown_table(headers, rows), ""]
+    def table(self, headers: Sequence[str], rows: Iterable[Sequence[Any]], scores: Collection[str] = ()) -> RunReport:
+        self.lines += [markdown_table(headers, rows, scores), ""]
         return self
 
     def image(self, alt: str, path: str | os.PathLike[str] | None) -> RunReport:
@@ -108,7 +124,7 @@ class RunReport:
             return self.text("No epoch was trained in this run.")
         keys = [k for k in history[0] if k.startswith(("train_", "val_")) and not k.endswith("seconds")]
         rows = [[int(row["epoch"]), *(row.get(k) for k in keys), row.get("epoch_seconds")] for row in history]
-        self.table(["epoch", *keys, "seconds"], rows)
+        self.table(["epoch", *keys, "seconds"], rows, scores=[k for k in keys if not k.endswith("loss")])
         if monitor and all(monitor in row for row in history):
             best = (
                 max(history, key=lambda row: row[monitor])

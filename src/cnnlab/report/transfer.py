@@ -39,14 +39,14 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
     if len(views) > 1:
         single = test["single_view"]
         rows.append(["the image alone (no averaging)", single["accuracy"], single["balanced_accuracy"]])
-    report.table(["prediction", "accuracy", "balanced accuracy"], rows)
+    report.table(["prediction", "accuracy", "balanced accuracy"], rows, scores=["accuracy", "balanced accuracy"])
     if "binary_accuracy" in test:
         report.text(
             f"Binary reading (defective when P(2/3) + P(1) >= 0.5, the dataset authors' task): accuracy "
             f"{test['binary_accuracy']:.4f}."
         )
     per_class = [[name, r["precision"], r["recall"], r["f1"], r["support"]] for name, r in test["per_class"].items()]
-    report.table(["class", "precision", "recall", "F1", "support"], per_class)
+    report.table(["class", "precision", "recall", "F1", "support"], per_class, scores=["precision", "recall", "F1"])
     report.image("confusion matrix", "confusion_matrix.png").image("highest loss", "highest_loss.png")
     report.text("Every test image's probabilities: `test_predictions.csv`.")
 
@@ -108,7 +108,8 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
         [name, phase.get("cut", "-"), phase["epochs_run"], phase["best_epoch"], phase.get(f"best_{monitor}")]
         for name, phase in summary["phases"].items()
     ]
-    report.table(["phase", "trained from", "epochs run", f"best epoch ({monitor})", f"best {monitor}"], rows)
+    headers = ["phase", "trained from", "epochs run", f"best epoch ({monitor})", f"best {monitor}"]
+    report.table(headers, rows, scores=[f"best {monitor}"])
     report.image("learning curves", "learning_curves.png")
     report.add_config(_resolved_config(summary, arch))
     report.text(

@@ -443,7 +443,8 @@ def _member_report(  # noqa: ANN202
         f"{score(result['val_accuracy'])}; {result['train_seconds']:.0f} s of training{sessions}, "
         f"{result['images_per_second']:.0f} images/s."
     )
-    report.table(["digit", "accuracy"], [[digit, acc] for digit, acc in enumerate(test["per_class_accuracy"])])
+    per_class = [[digit, accuracy] for digit, accuracy in enumerate(test["per_class_accuracy"])]
+    report.table(["digit", "accuracy"], per_class, scores=["accuracy"])
     report.image("confusion matrix", "confusion_matrix.png").image("misclassified test digits", "misclassified.png")
     report.add_training(history, monitor=config.monitor)
     return report.add_config(config.to_dict())
@@ -465,7 +466,9 @@ def _ensemble_report(recipe: MnistRecipe, overrides: dict[str, Any] | None, summ
     rows = [
         [m["seed"], m["val_accuracy"], m["test_accuracy"], m["train_seconds"], m["run_dir"]] for m in summary["members"]
     ]
-    report.table(["seed", "val accuracy", "test accuracy", "training s", "run"], rows)
+    report.table(
+        ["seed", "val accuracy", "test accuracy", "training s", "run"], rows, scores=["val accuracy", "test accuracy"]
+    )
     if summary.get("missing_members"):
         return report.text(f"Members still to train (seeds): {summary['missing_members']}.")
     return report.text(f"Ensemble test accuracy: **{summary['ensemble_test_accuracy']:.4f}**.")
