@@ -109,9 +109,9 @@ def test_ensemble_averages_member_probabilities(ensemble_run: dict) -> None:
     assert 0.0 <= ensemble_run["ensemble_test_accuracy"] <= 1.0
 
 
-def test_reports_say_the_options_given_on_top_of_the_recipe(ensemble_run: dict) -> None:
+def test_reports_agree_with_the_run_and_its_results(ensemble_run: dict) -> None:
     """The reports repeated the recipe's summary alone ("mnist_net_small, 2 epochs, ..."): a run given --epochs 1
-    read as trained for 2."""
+    read as trained for 2. Their numbers are results.json's, written as the text and `evaluate` write them."""
     assert describe_overrides({"epochs": 2, "lr": 0.1}, {"epochs": 1, "lr": 0.1, "device": "cpu"}) == (
         "; given: epochs 1 (the recipe's 2), device cpu"
     )
@@ -128,6 +128,7 @@ def test_reports_say_the_options_given_on_top_of_the_recipe(ensemble_run: dict) 
             assert f"| {digit} | {accuracy:.4f} |" in text
         assert f"| {member['val_accuracy']:.4f} | " in text  # the training table's validation accuracy
         assert sum(map(sum, member["test"]["confusion_matrix"])) == 80  # the fake test split
+        assert "the test set (80 images) was evaluated once" in text  # it said 10,000 whatever the files held
     ensemble_text = (Path(ensemble_run["run_dir"]) / "report.md").read_text()
     assert all(f"| {m['test_accuracy']:.4f} |" in ensemble_text for m in ensemble_run["members"])
 

@@ -428,10 +428,11 @@ def _member_report(  # noqa: ANN202
     from cnnlab.report.markdown import RunReport
 
     test = result["test"]
+    test_count = sum(map(sum, test["confusion_matrix"]))  # 10,000 from the official files; a subset's own count
     report = RunReport(
         f"MNIST run `{config.name}`",
         f"Recipe `{recipe.name}`: {recipe.summary}{describe_overrides(recipe.train, overrides)}. Seed {config.seed}; "
-        "the test set (10,000 images) was evaluated once, after training.",
+        f"the test set ({test_count:,} images) was evaluated once, after training.",
         environment_record(),
         result.get("device"),
     )
