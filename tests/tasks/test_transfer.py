@@ -121,6 +121,8 @@ def test_run_records_everything(tiny_run: tuple[Path, dict]) -> None:
             f"| {name} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']} |" in report
         )
     test = summary["test"]
+    # the test loss was given beside the curves' val_loss with nothing to say that only the latter is label-smoothed
+    assert f"loss {test['loss']:.4f} (cross-entropy without the label smoothing 0.1 that val_loss includes)" in report
     row = "test-time averaging" if len(summary["views"]) > 1 else "one view"
     assert f"| {row} | {test['accuracy']:.4f} | {test['balanced_accuracy']:.4f} |" in report
     assert summary["counts"]["train"] == {"blue": 12, "red": 12}  # bad files removed before the stratified split

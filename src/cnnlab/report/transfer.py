@@ -31,9 +31,14 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
     )
     report.heading("Test set (evaluated once)")
     with_views = f" averaged over {len(views)} views ({', '.join(views)})" if len(views) > 1 else ""
+    # The test loss is plain cross-entropy; the validation loss of the training table and curves is the training
+    # loss, label smoothing included, so the two read as comparable when they are not.
+    smoothing = {**recipe.get("train", {}), **(config.get("train") or {})}.get("label_smoothing") or 0.0
+    unlike_val = f" without the label smoothing {smoothing} that val_loss includes" if smoothing else ""
     report.text(
         f"{test['count']} images: accuracy **{test['accuracy']:.4f}**, balanced accuracy "
-        f"**{test['balanced_accuracy']:.4f}**, loss {test['loss']:.4f}; logits{with_views or ' of one view'}."
+        f"**{test['balanced_accuracy']:.4f}**, loss {test['loss']:.4f} (cross-entropy{unlike_val}); "
+        f"logits{with_views or ' of one view'}."
     )
     rows = [["test-time averaging" if len(views) > 1 else "one view", test["accuracy"], test["balanced_accuracy"]]]
     if len(views) > 1:
