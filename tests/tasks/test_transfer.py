@@ -159,7 +159,10 @@ def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(tin
         fresh = (Path(again["run_dir"]) / "split.csv").read_text()
         assert "new.png" in fresh and fresh != manifest
         assert again["test"]["count"] > summary["test"]["count"]  # 30% of 49 images, not 25% of 48
-        resumed = train_transfer(tiny_config(tmp_path, resume=True, test_fraction=0.3, train={"epochs": 1}))
+        said: list[str] = []
+        resumed = train_transfer(
+            tiny_config(tmp_path, resume=True, test_fraction=0.3, train={"epochs": 1}), said.append
+        )
     finally:
         (tmp_path / "photos" / "red" / "new.png").unlink()
     assert resumed["split"] == again["split"]  # how it was made, as the run's own report said: it said "reused ..."
@@ -170,6 +173,7 @@ def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(tin
     report = (Path(resumed["run_dir"]) / "report.md").read_text()
     assert "| this session (the run was resumed) | - | - |" in report and "| whole run |" not in report
     assert "training seconds are those of every session, its wall seconds, and the cache's, this session's" in report
+    assert any(line.startswith("this session of the run (resumed) took ") for line in said), said  # "this run took"
 
 
 def test_a_resume_refuses_images_that_changed_since_its_split(tiny_run: tuple[Path, dict]) -> None:

@@ -875,7 +875,8 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     log(f"report: {run_dir / 'report.md'}")  # the test figures: the caller's summary (the CLI prints them once)
     nxt = run.costs.get("next_recipe")
     if nxt:
-        log(f"this run took {duration(summary['wall_seconds'])}; --recipe {nxt['recipe']} would take about "
+        took = "this session of the run (resumed) took" if config.resume else "this run took"  # the earlier: unrecorded
+        log(f"{took} {duration(summary['wall_seconds'])}; --recipe {nxt['recipe']} would take about "
             f"{duration(nxt['total'])} here (estimate, report.md)")  # fmt: skip
     return summary
 
