@@ -133,10 +133,24 @@ def test_reports_agree_with_the_run_and_its_results(ensemble_run: dict) -> None:
     assert all(f"| {m['test_accuracy']:.4f} |" in ensemble_text for m in ensemble_run["members"])
 
 
-def test_evaluate_writes_its_figures(ensemble_run: dict, fake_root: Path, tmp_path: Path) -> None:
+def test_evaluate_writes_its_figures(
+    ensemble_run: dict, fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.figure import Figure
+
+    titles: list[str] = []
+    savefig = Figure.savefig
+
+    def keep_titles(figure: Figure, *args: object, **kwargs: object) -> None:
+        titles.extend(axis.get_title() for axis in figure.axes)
+        savefig(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep_titles)
     result = evaluate_mnist(ensemble_run["run_dir"], data_dir=str(fake_root), output_dir=tmp_path)
     assert result["test_accuracy"] == pytest.approx(ensemble_run["ensemble_test_accuracy"])
     assert sum(map(sum, result["confusion_matrix"])) == 80
+    # the accuracy as the report and the console give it: the title read "26.22%" beside their 0.2622
+    assert f"MNIST test, 80 digits: accuracy {result['test_accuracy']:.4f}" in titles
     for key in ("confusion_matrix_png", "misclassified_png"):
         assert Path(result[key]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "evaluation.json").is_file()
