@@ -183,3 +183,6 @@ def test_score_columns_are_written_to_four_places_and_the_rest_to_four_digits() 
     rows = [["a", 1.0, 3, 0.03034], ["b", 0.007782, 2, 12.5]]
     table = markdown_table(["class", "recall", "support", "seconds"], rows, scores=["recall"])
     assert table.splitlines()[2:] == ["| a | 1.0000 | 3 | 0.03034 |", "| b | 0.0078 | 2 | 12.5 |"]
+    # a class named with a "|" kept its own cell: it had pushed its numbers one column right
+    piped = markdown_table(["class", "recall"], [["cats|dogs", 0.5], ["two\nlines", 0.25]], scores=["recall"])
+    assert piped.splitlines()[2:] == ["| cats\\|dogs | 0.5000 |", "| two lines | 0.2500 |"]

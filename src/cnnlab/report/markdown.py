@@ -52,13 +52,19 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], scores
     lines += [
         "| "
         + " | ".join(
-            score(cell) if is_score and isinstance(cell, float) else format_value(cell)
+            score(cell) if is_score and isinstance(cell, float) else _cell_text(format_value(cell))
             for cell, is_score in zip(row, fixed, strict=False)
         )
         + " |"
         for row in rows
     ]
     return "\n".join(lines)
+
+
+def _cell_text(text: str) -> str:
+    """Text safe inside a table cell: a "|" (a class folder may be named "a|b") ended the cell and shifted every
+    number after it into the wrong column; a line break ended the row."""
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 class RunReport:
