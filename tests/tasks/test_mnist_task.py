@@ -129,6 +129,7 @@ def test_reports_agree_with_the_run_and_its_results(ensemble_run: dict) -> None:
         assert f"| {member['val_accuracy']:.4f} | " in text  # the training table's validation accuracy
         assert sum(map(sum, member["test"]["confusion_matrix"])) == 80  # the fake test split
         assert "the test set (80 images) was evaluated once" in text  # it said 10,000 whatever the files held
+        assert "200 training images, 40 held out for validation;" in text  # it did not say (a train_subset neither)
     ensemble_text = (Path(ensemble_run["run_dir"]) / "report.md").read_text()
     assert all(f"| {m['test_accuracy']:.4f} |" in ensemble_text for m in ensemble_run["members"])
 

@@ -377,6 +377,8 @@ def _train_member(
         "seed": config.seed,
         "run_dir": str(config.run_dir),
         "epochs": len(history),
+        "train_images": len(train[1]),  # fewer than the split's with train_subset
+        "val_images": 0 if val is None else len(val[1]),
         "val_accuracy": history[-1].get("val_accuracy"),
         "device": str(trainer.device),  # what its report's hardware line names
         "train_seconds": trainer.train_seconds,  # of every session (kept in the checkpoint)
@@ -434,7 +436,12 @@ def _member_report(  # noqa: ANN202
     report = RunReport(
         f"MNIST run `{config.name}`",
         f"Recipe `{recipe.name}`: {recipe.summary}{describe_overrides(recipe.train, overrides)}. Seed {config.seed}; "
-        f"the test set ({test_count:,} images) was evaluated once, after training.",
+        + (
+            f"{result['train_images']:,} training images, {result['val_images']:,} held out for validation; "
+            if "train_images" in result  # not in the results of members finished before it was recorded
+            else ""
+        )
+        + f"the test set ({test_count:,} images) was evaluated once, after training.",
         environment_record(),
         result.get("device"),
     )
