@@ -186,3 +186,9 @@ def test_score_columns_are_written_to_four_places_and_the_rest_to_four_digits() 
     # a class named with a "|" kept its own cell: it had pushed its numbers one column right
     piped = markdown_table(["class", "recall"], [["cats|dogs", 0.5], ["two\nlines", 0.25]], scores=["recall"])
     assert piped.splitlines()[2:] == ["| cats\\|dogs | 0.5000 |", "| two lines | 0.2500 |"]
+    # numbers with one not measured stay a right-aligned column (the transfer cost table's epochs were left-aligned)
+    assert markdown_table(["step", "epochs"], [["head", 4], ["test pass", None]]).splitlines()[1:] == [
+        "|---|---:|",
+        "| head | 4 |",
+        "| test pass | - |",
+    ]

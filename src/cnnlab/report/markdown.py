@@ -32,7 +32,7 @@ def format_value(value: Any) -> str:
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], scores: Collection[str] = ()) -> str:
-    """A GitHub-flavoured Markdown table (numbers right-aligned).
+    """A GitHub-flavoured Markdown table (columns of numbers right-aligned, None written "-").
 
     Args:
         scores: the headers of columns that hold accuracies and other fractions: their floats are written to four
@@ -41,8 +41,9 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], scores
     """
     rows = [list(row) for row in rows]
     fixed = [header in scores for header in headers]
+    # a column of numbers with some not measured (None, written "-") is still a column of numbers
     numeric = [
-        all(isinstance(row[i], (int, float)) and not isinstance(row[i], bool) for row in rows)
+        all(row[i] is None or _is_number(row[i]) for row in rows) and any(_is_number(row[i]) for row in rows)
         for i in range(len(headers))
     ]
     lines = [
@@ -59,6 +60,10 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], scores
         for row in rows
     ]
     return "\n".join(lines)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _cell_text(text: str) -> str:

@@ -60,11 +60,11 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
                  summary["phases"].items()]  # fmt: skip
     cache = costs.get("cache_seconds")
     if cache is not None:
-        cost_rows.insert(0, ["feature cache" + (" (reused)" if costs.get("cache_reused") else ""), "-", "-", cache])
-    cost_rows.append(["test pass", "-", "-", costs.get("test_seconds")])
+        cost_rows.insert(0, ["feature cache" + (" (reused)" if costs.get("cache_reused") else ""), None, None, cache])
+    cost_rows.append(["test pass", None, None, costs.get("test_seconds")])
     resumed = bool(config.get("resume"))
     cost_rows.append(
-        ["this session (the run was resumed)" if resumed else "whole run", "-", "-", summary["wall_seconds"]]
+        ["this session (the run was resumed)" if resumed else "whole run", None, None, summary["wall_seconds"]]
     )
     report.table(["step", "epochs", "training s", "wall s"], cost_rows)
     if resumed:  # a phase's training seconds come back with its checkpoint; the wall time of a stopped session does not
