@@ -192,3 +192,22 @@ def test_score_columns_are_written_to_four_places_and_the_rest_to_four_digits() 
         "| head | 4 |",
         "| test pass | - |",
     ]
+
+
+def test_learning_curves_break_and_mark_where_a_phase_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transfer run's head and fine-tuning epochs were joined into one curve, as if trained on from epoch 12's
+    weights, while the second phase starts from the head's best epoch with another part of the network trained."""
+    saved = _saved_figures(monkeypatch)
+    history = [
+        {"epoch": float(e), "phase": "head" if e <= 3 else "finetune", "train_loss": 1 / e, "val_accuracy": 0.5}
+        for e in range(1, 6)
+    ]
+    plot_learning_curves(history, tmp_path / "curves.png")
+    loss_axis = saved[0].axes[0]
+    curves = [line for line in loss_axis.get_lines() if len(line.get_xdata()) > 0 and line.get_marker() == "o"]
+    assert [list(line.get_xdata()) for line in curves] == [[1.0, 2.0, 3.0], [4.0, 5.0]]  # not one line over both
+    assert curves[0].get_color() == curves[1].get_color()  # one key, one colour
+    assert [t.get_text() for t in loss_axis.get_legend().get_texts()] == ["train_loss"]  # listed once
+    boundaries = [line.get_xdata()[0] for line in loss_axis.get_lines() if line.get_linestyle() == ":"]
+    assert boundaries == [3.5]
+    assert {text.get_text().strip() for text in loss_axis.texts} == {"head", "finetune"}

@@ -37,22 +37,47 @@ def write_history(history: Sequence[dict[str, float]], run_dir: str | os.PathLik
         plot_learning_curves(history, run_dir / "learning_curves.png")
 
 
-def plot_learning_curves(history: Sequence[dict[str, float]], path: str | os.PathLike[str]) -> Path:
-    """Plot losses (left) and every other train_/val_ metric (right) against the epoch; returns `path`."""
+def plot_learning_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Plot losses (left) and every other train_/val_ metric (right) against the epoch; returns `path`.
+
+    Rows with a ``phase`` (a transfer run's head and fine-tuning phases, numbered across them) are drawn phase by
+    phase: each curve breaks at a phase's end, where a dotted line and the phase's name mark it. Joined, the curve
+    read as one continuous training, though the next phase starts from the best epoch's weights with another part of
+    the network trained and a new schedule.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    epochs = [row["epoch"] for row in history]
+    phases: list[tuple[Any, list[dict[str, Any]]]] = []
+    for row in history:
+        if not phases or phases[-1][0] != row.get("phase"):
+            phases.append((row.get("phase"), []))
+        phases[-1][1].append(row)
     keys = sorted({k for row in history for k in row if k.startswith(("train_", "val_", "test_"))})
     loss_keys = [k for k in keys if k.endswith("loss")]
     other_keys = [k for k in keys if not k.endswith("loss")]
     figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 4))
     for axis, group, title in ((loss_axis, loss_keys, "loss"), (metric_axis, other_keys, "metrics")):
         for key in group:
-            axis.plot(epochs, [row.get(key, float("nan")) for row in history], marker="o", label=key)
+            color = None
+            for index, (_, rows) in enumerate(phases):
+                (line,) = axis.plot(
+                    [row["epoch"] for row in rows],
+                    [row.get(key, float("nan")) for row in rows],
+                    marker="o",
+                    color=color,
+                    label=key if index == 0 else None,
+                )
+                color = line.get_color()
+        if len(phases) > 1:
+            for index, (name, rows) in enumerate(phases):
+                if index:  # between the last epoch of the phase before and this phase's first
+                    axis.axvline(rows[0]["epoch"] - 0.5, color="gray", linestyle=":", linewidth=1)
+                axis.text(rows[0]["epoch"] - 0.4, 1.0, f" {name}", transform=axis.get_xaxis_transform(),
+                          va="top", fontsize=8, color="gray")  # fmt: skip
         epoch_axis(axis, title)
         if group:
             axis.legend()
