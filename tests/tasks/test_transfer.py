@@ -517,6 +517,8 @@ def test_class_weighted_run_trains_with_the_weighted_loss(tmp_path: Path) -> Non
     assert len(losses) == 2 and all(isinstance(loss, nn.CrossEntropyLoss) for loss in losses)
     for loss in losses:
         torch.testing.assert_close(loss.weight, expected)
+    report = (Path(summary["run_dir"]) / "report.md").read_text()  # val_accuracy changed meaning between the phases
+    assert "The head phase's validation scores average the 8 views, as the test's do; the fine-tuning phase" in report
     with pytest.raises(CnnlabError, match="--class-weight must be"):
         train_transfer(tiny_config(tmp_path, class_weight="inverse"))
 

@@ -115,6 +115,11 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
     ]
     headers = ["phase", "trained from", "epochs run", f"best epoch ({monitor})", f"best {monitor}"]
     report.table(headers, rows, scores=[f"best {monitor}"])
+    if "finetune" in summary["phases"] and len(views) > 1:  # one val_ column in the table and curves, two meanings
+        report.text(
+            f"The head phase's validation scores average the {len(views)} views, as the test's do; the fine-tuning "
+            "phase validates on the image alone (one view), so its scores are not those of the model as tested."
+        )
     report.image("learning curves", "learning_curves.png")
     report.add_config(_resolved_config(summary, arch))
     report.text(
