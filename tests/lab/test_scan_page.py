@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from cnnlab.errors import CnnlabError
 from cnnlab.lab.scan_page import scan_view, segment_view
@@ -62,7 +62,9 @@ def test_an_image_over_the_pages_pixel_limit_is_refused_naming_the_limit_and_the
         segment_view(folder, large)
 
 
-def test_a_run_trained_with_max_side_segments_a_photo_over_4_mp_that_it_downscales(tmp_path: Path) -> None:
+def test_a_run_trained_with_max_side_segments_a_photo_over_4_mp_that_it_downscales(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A run trained with --max-side on large photos refused a 6 MP photo ("a larger image takes minutes") that it
     segments downscaled in seconds, which the Classify page explains; a rotated photo was sized as stored."""
     folder = tmp_path / "segment" / "run"
@@ -72,8 +74,21 @@ def test_a_run_trained_with_max_side_segments_a_photo_over_4_mp_that_it_downscal
     save_model(create_model("unet", **kwargs), folder, "unet", kwargs, meta)
     photo = tmp_path / "photo.jpg"
     Image.new("RGB", (2048, 2049), (200, 40, 40)).save(photo)  # 4 MP + 2,048 px: a blank JPEG stays small
+    decoded = []
+    load = ImageFile.ImageFile.load
+
+    def counted(image: ImageFile.ImageFile) -> object:
+        if image.tile:  # pixels still to decode (a decoded image's load() returns at once)
+            decoded.append(image.size)
+        return load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counted)
     view = segment_view(folder, photo)
-    assert view.overlay.size == view.colour.size == (2048, 2049) and sum(view.share.values()) == pytest.approx(1.0)
+    # Decoded once, and the masks made at the size the page shows (a 12 MP photo took 8 s through predict's files,
+    # decoded twice and three 12 MP PNGs written and two read back, and then 7 s for Gradio to encode two 12 MP
+    # images for the page; 2.6 s in all now).
+    assert decoded.count((2048, 2049)) == 1, decoded
+    assert view.overlay.size == view.colour.size == (1024, 1024) and sum(view.share.values()) == pytest.approx(1.0)
     turned = tmp_path / "turned.jpg"
     exif = Image.Exif()
     exif[0x0112] = 6  # shown turned a quarter: 5000 wide, 5100 high
@@ -98,16 +113,24 @@ def test_segmentation_run_gives_the_masks_of_cnnlab_predict(tmp_path: Path) -> N
         "normalisation": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
     }
     save_model(create_model("unet", **{**kwargs, "widths": (4, 8)}), folder, "unet", kwargs, meta)
-    photo = tmp_path / "photo.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(photo)
-    view = segment_view(folder, photo)
-    assert view.overlay.size == view.colour.size == (52, 40)
-    (cli,) = predict_masks(load_segmenter(folder), [photo], tmp_path / "predictions")
-    assert view.share == cli["share"] and sum(view.share.values()) == pytest.approx(1.0)
-    with Image.open(cli["colour"]) as colour:
-        assert np.array_equal(np.asarray(view.colour), np.asarray(colour.convert("RGB")))
+    rng = np.random.default_rng(0)
+    small, wide = tmp_path / "photo.png", tmp_path / "wide.png"
+    Image.fromarray(rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(small)
+    Image.fromarray(rng.integers(0, 255, (24, 1300, 3), dtype=np.uint8)).save(wide)
+    clis = predict_masks(load_segmenter(folder), [small, wide], tmp_path / "predictions")
+    # predict's masks, shown enlarged (nearest) or shrunk (the classes by nearest neighbour) for the page
+    views = [segment_view(folder, photo) for photo in (small, wide)]
+    for view, cli, size in zip(views, clis, ((156, 120), (1024, 19)), strict=True):
+        assert view.overlay.size == view.colour.size == size
+        assert view.share == cli["share"] and sum(view.share.values()) == pytest.approx(1.0)
+        with Image.open(cli["colour"]) as colour:
+            shown = colour.convert("RGB").resize(size, Image.Resampling.NEAREST)
+            assert np.array_equal(np.asarray(view.colour), np.asarray(shown))
+    with Image.open(clis[0]["overlay"]) as overlay:  # the small photo's overlay: predict's, enlarged
+        shown = overlay.convert("RGB").resize((156, 120), Image.Resampling.NEAREST)
+        assert np.array_equal(np.asarray(views[0].overlay), np.asarray(shown))
     with pytest.raises(CnnlabError, match="not a `cnnlab train segment --data` run"):
-        segment_view(tmp_path, photo)
+        segment_view(tmp_path, small)
 
 
 def test_the_segmentation_outputs_are_shown_for_a_segmentation_run_only(tmp_path: Path) -> None:
@@ -137,5 +160,5 @@ def test_the_segmentation_outputs_are_shown_for_a_segmentation_run_only(tmp_path
     heatmap, mask, shares = on_scan("mnist/digits", str(image))
     assert heatmap.width > 84 and mask.visible is False and shares.visible is False
     overlay, mask, shares = on_scan("segment/discs", str(image))
-    assert overlay.size == (84, 56) and mask.visible is True and shares.visible is True
+    assert overlay.size == (168, 112) and mask.visible is True and shares.visible is True  # enlarged for the page
     assert {share["label"] for share in shares.value["confidences"]} <= {"background", "disc"}

@@ -18,7 +18,15 @@ from cnnlab.errors import CnnlabError
 from cnnlab.report.explain import feature_maps, filter_grid, first_conv_filters, spatial_layers
 from cnnlab.tasks.explain import Subject
 
-__all__ = ["ClassifyView", "classify", "drawing_to_image", "for_display", "open_upload", "pretrained_models"]
+__all__ = [
+    "ClassifyView",
+    "classify",
+    "display_size",
+    "drawing_to_image",
+    "for_display",
+    "open_upload",
+    "pretrained_models",
+]
 
 
 @dataclass
@@ -79,20 +87,28 @@ def open_upload(path: str | os.PathLike[str], max_bytes: int) -> Any:
     return to_rgb(image)
 
 
+def display_size(width: int, height: int, min_side: int = 192, max_side: int = 1024) -> tuple[int, int]:
+    """The size `for_display` shows a `width` x `height` image at: enlarged a whole number of times when its longer
+    side is under `min_side`, shrunk to a longer side of `max_side` when over it, else its own."""
+    longer = max(width, height)
+    if longer > max_side:
+        return max(1, round(width * max_side / longer)), max(1, round(height * max_side / longer))
+    factor = max(1, min_side // longer)
+    return width * factor, height * factor
+
+
 def for_display(image: Any, min_side: int = 192, max_side: int = 1024) -> Any:
-    """A PIL image enlarged a whole number of times (nearest) when its longer side is under `min_side`, so that a
-    28x28 digit is not a few pixels tall on the page, or shrunk to a longer side of `max_side` (Gradio took 4 s to
-    encode a 36 MP photo for a page that shows it a few hundred pixels wide); others are returned as they are."""
+    """A PIL image at its `display_size`: enlarged a whole number of times (nearest) so that a 28x28 digit is not a
+    few pixels tall on the page, or shrunk (Gradio took 4 s to encode a 36 MP photo for a page that shows it a few
+    hundred pixels wide); others are returned as they are."""
     from PIL import Image
 
-    longer = max(image.size)
-    if longer > max_side:
-        size = (max(1, round(image.width * max_side / longer)), max(1, round(image.height * max_side / longer)))
-        return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)  # a box reduction first: 0.1 s
-    factor = max(1, min_side // max(image.size))
-    if factor == 1:
+    size = display_size(*image.size, min_side, max_side)
+    if size == image.size:
         return image
-    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    if max(size) < max(image.size):
+        return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)  # a box reduction first: 0.1 s
+    return image.resize(size, Image.Resampling.NEAREST)
 
 
 def drawing_to_image(drawing: np.ndarray) -> Any:

@@ -2,8 +2,9 @@
 
 An MNIST classifier run is converted to a fully convolutional network by `cnnlab.fcn.scan`, which also draws the
 heatmap: the page returns the figure ``cnnlab fcn scan RUN IMAGE`` writes. A segmentation run
-(``cnnlab train segment --data``) predicts the masks through `cnnlab.tasks.segment_predict`: the page returns the
-overlay and colour mask ``cnnlab predict IMAGE --model RUN`` writes, and each class's share of the pixels.
+(``cnnlab train segment --data``) predicts the masks as `cnnlab.tasks.segment_predict` does: the page returns the
+overlay and colour mask ``cnnlab predict IMAGE --model RUN`` writes, at the size the page shows them, and each class's
+share of the pixels.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ MAX_DOWNSCALED_PIXELS = 24 * 2**20
 
 @dataclass
 class SegmentView:
-    """The masks of one image.
+    """The masks of one image, at the size the page shows it (`cnnlab.lab.classify.display_size`).
 
     Attributes:
         overlay: the image with every class but the background painted over it.
         colour: the mask, one colour per class.
-        share: class name -> fraction of the pixels.
+        share: class name -> fraction of the pixels of the mask at the image's own size, as predict counts them.
     """
 
     overlay: Any
@@ -53,10 +54,11 @@ def scan_view(run_folder: str | os.PathLike[str], image_path: str | os.PathLike[
     from cnnlab.data.folder import check_image
     from cnnlab.fcn.scan import load_converted_or_run, load_scan_image, save_heatmap, scan
 
+    # refused from its header first: a 12 MP photo was decoded whole to be told it is too large
+    _refuse_large(image_path, "crop it to the part to scan, or scan it whole with `cnnlab fcn scan RUN IMAGE`")
     reason = check_image(image_path)
     if reason is not None:
         raise CnnlabError(f"cannot use this file: {reason}; upload a PNG or JPEG image")
-    _refuse_large(image_path, "crop it to the part to scan, or scan it whole with `cnnlab fcn scan RUN IMAGE`")
     converted, source = load_converted_or_run(run_folder)
     picture = load_scan_image(image_path, channels=converted.input_size[0])
     result = scan(converted, picture, refine=refine)
@@ -68,25 +70,64 @@ def scan_view(run_folder: str | os.PathLike[str], image_path: str | os.PathLike[
 
 
 def segment_view(run_folder: str | os.PathLike[str], image_path: str | os.PathLike[str]) -> SegmentView:
-    """The masks that the segmentation run in `run_folder` predicts for `image_path`, at the image's own size.
+    """The masks that the segmentation run in `run_folder` predicts for `image_path`, as ``cnnlab predict`` makes
+    them (at the image's own size, from which the shares are counted), shown at the page's size (`display_size`).
+
+    The image is decoded once and nothing is written: a 12 MP photo took 8 s through predict's files (decoded twice,
+    three 12 MP PNGs written and two read back), and Gradio then encoded two 12 MP images for a page that shows them
+    a few hundred pixels wide.
 
     Raises:
         CnnlabError: the folder holds no segmentation run, or the image is unreadable or over `MAX_PIXELS` (a run
             trained with ``--max-side``: over `MAX_DOWNSCALED_PIXELS`, or over `MAX_PIXELS` once downscaled).
     """
+    import numpy as np
+    import torch
     from PIL import Image
 
-    from cnnlab.tasks.segment_predict import load_segmenter, predict_masks
+    from cnnlab.data.segmentation import SegmentationInput, downscale
+    from cnnlab.lab.classify import display_size
+    from cnnlab.report.segmentation import colourise
+    from cnnlab.tasks.segment_predict import class_map, load_segmenter
+    from cnnlab.train import Trainer
 
     segmenter = load_segmenter(run_folder)
     remedy = "crop or downscale it, or segment it whole with `cnnlab predict IMAGE --model RUN`"
     _refuse_large(image_path, remedy, segmenter.max_side)
-    with tempfile.TemporaryDirectory() as scratch:
-        (result,) = predict_masks(segmenter, [image_path], scratch)
-        if "error" in result:
-            raise CnnlabError(f"cannot use this file: {result['error']}; upload a PNG or JPEG image")
-        with Image.open(result["overlay"]) as overlay, Image.open(result["colour"]) as colour:
-            return SegmentView(overlay.convert("RGB"), colour.convert("RGB"), result["share"])
+    image = _decoded(image_path)
+    # predict's path (`segment_predict._predict_mask`): the run's downscale, its normalisation, the logits brought
+    # back to the image's size
+    seen = np.asarray(downscale(image, segmenter.max_side), dtype=np.uint8)
+    device = str(next(segmenter.model.parameters()).device)
+    runner = Trainer.for_inference(
+        segmenter.model, device=device, batch_size=1, eval_transform=SegmentationInput(segmenter.mean, segmenter.std)
+    )
+    logits = runner.predict(torch.from_numpy(seen.transpose(2, 0, 1).copy())[None])
+    labels = class_map(logits, image.height, image.width).numpy()
+    counts = np.bincount(labels.ravel(), minlength=len(segmenter.classes))
+    share = {name: float(count) / labels.size for name, count in zip(segmenter.classes, counts, strict=True)}
+    size = display_size(image.width, image.height)
+    shown = np.asarray(Image.fromarray(labels).resize(size, Image.Resampling.NEAREST))
+    if max(size) < max(image.size):  # the photo antialiased, its classes by nearest neighbour
+        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+    else:
+        image = image.resize(size, Image.Resampling.NEAREST)
+    overlay = colourise(np.asarray(image), shown, segmenter.colours, background=segmenter.background)
+    return SegmentView(Image.fromarray(overlay), Image.fromarray(segmenter.colours[shown]), share)
+
+
+def _decoded(image_path: str | os.PathLike[str]) -> Any:
+    """The image at `image_path` decoded once, as every command reads one (`data.folder.load_image`).
+
+    Raises:
+        CnnlabError: it cannot be read as an image, saying why.
+    """
+    from cnnlab.data.folder import decode_image, to_rgb
+
+    image, _, reason = decode_image(image_path)
+    if image is None:
+        raise CnnlabError(f"cannot use this file: {reason}; upload a PNG or JPEG image")
+    return to_rgb(image)
 
 
 def _refuse_large(image_path: str | os.PathLike[str], remedy: str, max_side: int | None = None) -> None:
