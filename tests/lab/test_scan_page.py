@@ -134,7 +134,9 @@ def test_segmentation_run_gives_the_masks_of_cnnlab_predict(tmp_path: Path) -> N
 
 
 def test_the_segmentation_outputs_are_shown_for_a_segmentation_run_only(tmp_path: Path) -> None:
-    """For an MNIST run the heatmap was squeezed into a third of the row beside the mask and pixel shares, empty."""
+    """For an MNIST run the heatmap was squeezed into a third of the row beside the mask and pixel shares, empty.
+    Another run picked kept the previous run's figures on show under its name (a segmentation run's masks and
+    shares beside "mnist/digits"): the image is scanned again with the new run, after the old figures are cleared."""
     pytest.importorskip("gradio", reason="the lab extra")
     from cnnlab.lab.app import build_app
     from cnnlab.train.config import TrainConfig, save_config
@@ -152,13 +154,26 @@ def test_the_segmentation_outputs_are_shown_for_a_segmentation_run_only(tmp_path
     app = build_app(tmp_path, warm=False)
     blocks = {getattr(block, "label", None): block for block in app.blocks.values()}
     assert not blocks["mask (segmentation runs)"].visible and not blocks["share of the pixels per class"].visible
-    (on_scan,) = [
-        dependency.fn
-        for dependency in app.fns.values()
-        if any(app.blocks.get(block) is blocks["large image"] for block, _ in dependency.targets)
-    ]
+    first = {(blocks_label, event): (key, dependency.fn) for key, dependency in app.fns.items()
+             for block, event in dependency.targets
+             if (blocks_label := getattr(app.blocks.get(block), "label", None))}  # fmt: skip
+    then = {dependency.trigger_after: dependency.fn for dependency in app.fns.values()}
+
+    def handlers(label: str, event: str) -> tuple:  # what the event runs first, and what follows it
+        key, fn = first[(label, event)]
+        return fn, then.get(key)
+
+    clear_first, on_scan = handlers("large image", "upload")
     heatmap, mask, shares = on_scan("mnist/digits", str(image))
     assert heatmap.width > 84 and mask.visible is False and shares.visible is False
     overlay, mask, shares = on_scan("segment/discs", str(image))
     assert overlay.size == (168, 112) and mask.visible is True and shares.visible is True  # enlarged for the page
     assert {share["label"] for share in shares.value["confidences"]} <= {"background", "disc"}
+    cleared = clear_first()
+    assert cleared[0] is None and cleared[1].visible is False and cleared[2].visible is False
+    clear, on_scan_run = handlers("MNIST or segmentation run", "change")
+    assert clear is clear_first
+    overlay, mask, shares = on_scan_run("segment/discs", str(image))  # the image on show, by the new run
+    assert overlay.size == (168, 112) and mask.visible is True and shares.visible is True
+    assert on_scan_run("mnist/digits", None)[0] is None  # no image: nothing on show
+    assert handlers("large image", "clear") == (clear_first, None)

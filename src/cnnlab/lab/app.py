@@ -240,6 +240,15 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             return masks.overlay, gr.Image(value=masks.colour, visible=True), gr.Label(value=masks.share, visible=True)
         return scan_view(folder, path), gr.Image(value=None, visible=False), gr.Label(value=None, visible=False)
 
+    def scan_cleared() -> tuple:
+        return None, gr.Image(value=None, visible=False), gr.Label(value=None, visible=False)
+
+    @_shown_errors
+    def on_scan_run(run_id: str | None, path: str | None) -> tuple:
+        # Another run picked: the image on show is scanned again with it (as the Classify page does on a model
+        # change); with no image, the page stays cleared.
+        return on_scan(run_id, path) if run_id and path else scan_cleared()
+
     # ------------------------------------------------------------------ layout
     with gr.Blocks(title="cnnlab lab") as app:
         gr.Markdown(f"# cnnlab lab\nRuns root: `{runs_root}`")
@@ -344,7 +353,12 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
                 heatmap = gr.Image(label="class heatmap, or the masks over the image", interactive=False)
                 colour_mask = gr.Image(label="mask (segmentation runs)", interactive=False, visible=False)
                 shares = gr.Label(label="share of the pixels per class", visible=False)
-            scan_upload.upload(on_scan, [scan_run, scan_upload], [heatmap, colour_mask, shares])
+            scanned = [heatmap, colour_mask, shares]
+            # The figures of the previous image or run go first: one that cannot be scanned, or a run that refuses
+            # the image, left them on show under the new choice.
+            scan_upload.upload(scan_cleared, None, scanned).then(on_scan, [scan_run, scan_upload], scanned)
+            scan_run.change(scan_cleared, None, scanned).then(on_scan_run, [scan_run, scan_upload], scanned)
+            scan_upload.clear(scan_cleared, None, scanned)
 
         # The runs are listed (the newest on show) when the page opens, and again on Refresh.
         listing = [chosen_run, first, second, model, scan_run]
