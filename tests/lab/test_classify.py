@@ -127,18 +127,28 @@ def test_a_segmentation_run_is_offered_and_explained_by_its_pixel_shares(chelsea
     assert "segment/shapes" in [value for _, value in models.choices]  # listed among the page's models
 
 
-def _handler(app: object, label: str, event: str) -> object:
-    """The function the app calls on `event` of the component labelled `label`."""
+def _dependency(app: object, label: str, event: str) -> object:
+    """What the app runs on `event` of the component labelled `label`: the step that follows the clearing of the
+    results on show, where there is one."""
 
     def labelled(block: int | None) -> str | None:
         return getattr(app.blocks.get(block), "label", None)
 
-    (function,) = [
-        dependency.fn
-        for dependency in app.fns.values()
+    ((key, dependency),) = [
+        (key, dependency)
+        for key, dependency in app.fns.items()
         if any(labelled(block) == label and name == event for block, name in dependency.targets)
     ]
-    return function
+    following = [then for then in app.fns.values() if then.trigger_after == key]
+    if following:
+        assert dependency.fn.__name__.endswith("_cleared") and not dependency.inputs
+        (dependency,) = following
+    return dependency
+
+
+def _handler(app: object, label: str, event: str) -> object:
+    """The function the app calls on `event` of the component labelled `label`, after clearing what is on show."""
+    return _dependency(app, label, event).fn
 
 
 def _mnist_run_in_runs_root(runs: Path) -> Path:
@@ -169,6 +179,32 @@ def test_a_model_change_shows_the_new_models_layers_for_the_photo_on_show(chelse
     assert on_upload("mnist/small", str(chelsea), layers.value)[4].value == layers.value
     cleared = on_model("efficientnet_lite0", None)  # no photo: the old model's results and layers go
     assert cleared[:3] == (None, None, None) and cleared[4].choices == []
+
+
+def test_the_results_on_show_go_before_another_model_photo_or_drawing_is_classified(tmp_path: Path) -> None:
+    """A model that refused the photo on show (a segmentation run and a 5 MP photo: "above 4 MP") left the previous
+    model's classes, Grad-CAM and caption ("Grad-CAM of 'Egyptian cat'") on show under the new model's name, and its
+    layer list; so did a photo or drawing that could not be classified. Each event now clears them first."""
+    pytest.importorskip("gradio", reason="the lab extra")
+    from cnnlab.lab.app import build_app
+
+    app = build_app(tmp_path, warm=False)
+    ids = {block.label: key for key, block in app.blocks.items() if getattr(block, "label", None)}
+    (ids["Classify the drawing"],) = [key for key, block in app.blocks.items()
+                                      if getattr(block, "value", None) == "Classify the drawing"]  # fmt: skip
+    results = {"the image classified", "top classes", "Grad-CAM of the class named below", "",
+               "feature maps (most active channels)", "first-layer filters"}  # fmt: skip
+    for trigger, event, layers in (("model (zoo or run)", "change", True), ("photo", "upload", False),
+                                   ("Classify the drawing", "click", False)):  # fmt: skip
+        ((key, first),) = [(key, d) for key, d in app.fns.items() if (ids[trigger], event) in d.targets]
+        values = first.fn()
+        shown = {getattr(block, "label", None) or "": value for block, value in zip(first.outputs, values, strict=True)}
+        assert set(shown) == results | ({"feature-map layer"} if layers else set()), trigger
+        assert all(shown[name] in (None, "") for name in results), trigger
+        if layers:  # another model has other layers; a new photo keeps the layer chosen
+            assert shown["feature-map layer"].choices == []
+        (then,) = [d for d in app.fns.values() if d.trigger_after == key]  # and then the classification
+        assert then.fn.__name__ in ("on_model", "on_upload", "on_drawing")
 
 
 def test_uploads_reach_cnnlab_as_files_a_broken_one_refused_a_transparent_one_on_white(tmp_path: Path) -> None:
@@ -273,8 +309,7 @@ def test_another_layer_or_model_for_a_drawing_explains_the_drawing(chelsea: Path
     values = {"model (zoo or run)": "mnist/small", "photo": str(chelsea), "digit": drawing}
 
     def fire(label: str, event: str, **changed: object) -> tuple:
-        (dependency,) = [d for d in app.fns.values() if any(getattr(app.blocks.get(b), "label", None) == label
-                         and name == event for b, name in d.targets)]  # fmt: skip
+        dependency = _dependency(app, label, event)
         given = {**values, **changed}  # a gr.State has no label: the results on show are the drawing's
         return dependency.fn(*(given.get(getattr(block, "label", None), "drawing") for block in dependency.inputs))
 

@@ -153,8 +153,15 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         if shown == "drawing" and drawing and drawing.get("composite") is not None:
             return show_classification(choice, drawing_to_image(drawing["composite"]), None)
         if not path:
-            return None, None, None, "", gr.Dropdown(choices=[], value=None), None, None
+            return classify_cleared()
         return show_classification(choice, open_upload(path, max_upload_bytes), None)
+
+    def classify_cleared() -> tuple:  # every output, the layer list included (another model has other layers)
+        return None, None, None, "", gr.Dropdown(choices=[], value=None), None, None
+
+    def results_cleared() -> tuple:  # every output but the layer list, whose choice a new photo keeps
+        photo, top, cam, caption, _layers, maps, filters = classify_cleared()
+        return photo, top, cam, caption, maps, filters
 
     @_shown_errors
     def on_drawing(choice: str, drawing: dict | None, layer: str | None) -> tuple:
@@ -313,10 +320,17 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
                 sketch_button = gr.Button("Classify the drawing")
             outputs = [photo, top, cam, caption, layer, maps, filters]
             shown = gr.State("photo")  # what the results are of: the uploaded photo or the drawing
-            upload.upload(on_upload, [model, upload, layer], outputs).success(lambda: "photo", None, shown)
-            model.change(on_model, [model, upload, sketch, shown], outputs)
+            results = [photo, top, cam, caption, maps, filters]
+            # The results on show go first: a photo or a model that fails left the previous one's classes, Grad-CAM
+            # and caption under the new choice.
+            upload.upload(results_cleared, None, results).then(on_upload, [model, upload, layer], outputs).success(
+                lambda: "photo", None, shown
+            )
+            model.change(classify_cleared, None, outputs).then(on_model, [model, upload, sketch, shown], outputs)
             layer.input(on_layer, [model, upload, sketch, layer, shown], outputs)
-            sketch_button.click(on_drawing, [model, sketch, layer], outputs).success(lambda: "drawing", None, shown)
+            sketch_button.click(results_cleared, None, results).then(
+                on_drawing, [model, sketch, layer], outputs
+            ).success(lambda: "drawing", None, shown)
 
         with gr.Tab("Runs", id="runs"):
             refresh = gr.Button("Refresh")
