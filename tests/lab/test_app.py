@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def test_a_host_the_lab_cannot_use_says_why(host: str, message: str) -> None:
         lab_app.check_address(host, 7860)
 
 
-def test_a_runs_root_that_is_a_file_is_refused_and_a_missing_one_noted(
+def test_a_runs_root_that_is_a_file_or_unreadable_is_refused_and_a_missing_one_noted(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     (tmp_path / "runs.txt").write_text("not a folder")
@@ -69,6 +70,22 @@ def test_a_runs_root_that_is_a_file_is_refused_and_a_missing_one_noted(
     assert isinstance(result.exception, CnnlabError) and "is a file" in str(result.exception) and not called
     result, called = _invoke(monkeypatch, "--runs", str(tmp_path / "not-yet"))
     assert result.exit_code == 0 and "not-yet does not exist yet" in result.output and called
+    # a folder this user cannot read listed no runs on any page, unsaid (chmod 000 does not stop root: simulated)
+    locked, scandir = tmp_path / "locked", os.scandir
+    locked.mkdir()
+
+    def refused(path: str | os.PathLike[str] = ".") -> object:
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refused)
+    result, called = _invoke(monkeypatch, "--runs", str(locked))
+    assert isinstance(result.exception, CnnlabError) and not called
+    assert (
+        str(result.exception) == f"--runs {locked} cannot be read (Permission denied); pass a runs folder this "
+        "user can read, or give it read permission"
+    )
 
 
 def test_missing_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:

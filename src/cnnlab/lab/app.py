@@ -471,9 +471,19 @@ def check_runs_root(runs_root: str | os.PathLike[str]) -> bool:
     """Whether the runs root exists (a new user's ``runs`` may not yet: the pages then list no runs).
 
     Raises:
-        CnnlabError: when it names a file.
+        CnnlabError: when it names a file, or a folder that cannot be read.
     """
     path = Path(runs_root)
     if path.exists() and not path.is_dir():
         raise CnnlabError(f"--runs {runs_root} is a file; pass the folder the train commands write to (runs)")
-    return path.is_dir()
+    if not path.is_dir():
+        return False
+    try:  # else every page listed no runs, unsaid: the listing reads nothing it cannot open
+        with os.scandir(path) as entries:
+            next(entries, None)
+    except OSError as error:
+        raise CnnlabError(
+            f"--runs {runs_root} cannot be read ({error.strerror or error}); pass a runs folder this user can read, "
+            "or give it read permission"
+        ) from None
+    return True
