@@ -96,6 +96,15 @@ def test_two_runs_curves_share_one_figure(root: Path) -> None:
     assert "segment/new: train_loss" in labels
     lengths = {line.get_label(): len(line.get_xdata()) for axis in figure.axes for line in axis.get_lines()}
     assert lengths["mnist/old: val_accuracy"] == 2 and lengths["segment/new: val_accuracy"] == 3
+    # a run without epochs is refused before a figure is made: each refusal left one open in pyplot (Gradio closes
+    # the figures it shows), which the long-running lab kept, warning after 20
+    import matplotlib.pyplot as plt
+
+    (root / "segment" / "new" / "metrics.json").unlink()
+    opened = len(plt.get_fignums())
+    with pytest.raises(CnnlabError, match="run segment/new has no metrics.json with epochs"):
+        compare_curves(root, "mnist/old", "segment/new")
+    assert len(plt.get_fignums()) == opened
 
 
 @pytest.mark.parametrize(

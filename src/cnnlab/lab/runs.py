@@ -234,11 +234,13 @@ def compare_curves(root: str | os.PathLike[str], first: str, second: str) -> Any
 
     from cnnlab.train.records import epoch_axis
 
-    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for run_id, style in ((first, "-"), (second, "--")):
-        history = _epochs(_read_json(resolve_run(root, run_id) / "metrics.json"))
-        if not history:
+    histories = []
+    for run_id in (first, second):  # both read before the figure is made: a refusal left it open in pyplot
+        histories.append(_epochs(_read_json(resolve_run(root, run_id) / "metrics.json")))
+        if not histories[-1]:
             raise CnnlabError(f"run {run_id} has no metrics.json with epochs to plot")
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for run_id, style, history in ((first, "-", histories[0]), (second, "--", histories[1])):
         epochs = [row["epoch"] for row in history]
         keys = sorted({k for row in history for k in row if k.startswith(("train_", "val_"))})
         for index, key in enumerate(keys):
