@@ -33,6 +33,11 @@ def test_host_prints_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.exit_code == 0, result.output
     assert called["host"] == "0.0.0.0"
     assert "warning: the lab listens on 0.0.0.0" in result.output
+    # a loopback host is this machine only, as the default: it was warned that "anyone who can reach this machine"
+    # could use the lab
+    for loopback in ("localhost", "127.0.0.2"):
+        result, called = _invoke(monkeypatch, "--host", loopback)
+        assert result.exit_code == 0 and called["host"] == loopback and "warning" not in result.output
 
 
 def test_a_port_in_use_is_refused_before_the_app_is_built(monkeypatch: pytest.MonkeyPatch) -> None:

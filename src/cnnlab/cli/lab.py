@@ -27,13 +27,13 @@ def lab_command(
     ] = None,
     max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", min=1, help="Largest upload accepted, in MiB.")] = 10,
 ) -> None:
-    from cnnlab.lab.app import check_address, check_runs_root, serve
+    from cnnlab.lab.app import check_address, check_runs_root, reachable_from_others, serve
 
     address = host or "127.0.0.1"
     check_address(address, port)  # before the address is announced
     if not check_runs_root(runs):
         typer.echo(f"note: {runs} does not exist yet: the pages list no runs until a train command writes there")
-    if host is not None:
+    if host is not None and reachable_from_others(host):  # --host localhost is this machine only, as the default
         typer.echo(
             f"warning: the lab listens on {host}: anyone who can reach this machine on port {port} can use it and see "
             "the runs under the runs root (there is no login)",

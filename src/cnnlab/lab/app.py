@@ -15,7 +15,7 @@ from typing import Any
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["build_app", "serve"]
+__all__ = ["build_app", "check_address", "check_runs_root", "reachable_from_others", "serve"]
 
 _DTYPES = ["float32", "float16", "bfloat16"]
 _OPTIMIZERS = ["adam", "adamw", "momentum", "sgd"]
@@ -465,6 +465,19 @@ def check_address(host: str, port: int) -> None:
                 f"cannot listen on {host}:{port} ({reason}); another program, perhaps another lab, "
                 f"may hold it: pass another --port, such as --port {port + 1 if port < 65535 else 7860}"
             ) from None
+
+
+def reachable_from_others(host: str) -> bool:
+    """Whether listening on `host` lets other machines reach the lab: anything but a name or address of this
+    machine's loopback interface (``localhost``, 127.0.0.1, 127.0.0.2 ...)."""
+    import ipaddress
+    import socket
+
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    except socket.gaierror:
+        return True  # `check_address` refuses it anyway
+    return not addresses or not all(ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in addresses)
 
 
 def check_runs_root(runs_root: str | os.PathLike[str]) -> bool:
