@@ -11,7 +11,15 @@ from typer.testing import CliRunner
 from cnnlab.cli import app
 from cnnlab.errors import CnnlabError
 from cnnlab.fcn import to_fully_convolutional
-from cnnlab.fcn.scan import load_fully_convolutional, refine_factor, save_fully_convolutional, save_heatmap, scan
+from cnnlab.fcn.scan import (
+    ScanNotLocalWarning,
+    load_fully_convolutional,
+    refine_factor,
+    save_fully_convolutional,
+    save_heatmap,
+    scan,
+)
+from cnnlab.layers import SqueezeExcite
 from cnnlab.models import create_model
 from cnnlab.train.saved import save_model
 
@@ -43,6 +51,7 @@ def _unpadded_stride_8() -> torch.nn.Module:
     return torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
 
 
+@pytest.mark.filterwarnings("error::cnnlab.fcn.scan.ScanNotLocalWarning")  # a local network: no warning
 @pytest.mark.parametrize("network", ["stride 8", "mnist_baseline"])
 @pytest.mark.parametrize("refine", [1, 2, 4])
 def test_the_scan_scores_every_window_that_fits_as_the_classifier_scores_its_crop(network, refine):
@@ -169,7 +178,33 @@ def test_tiles_need_their_margin_and_a_network_that_is_not_local_is_scanned_whol
     converted.trunk = torch.nn.Sequential(converted.trunk, CentreOnTheMap())
     assert scanning.tile_margin(converted) is None
     fits = (200 - 28) // stride + 1  # every window that fits (the padded trunk's map has one more, off the edge)
-    assert scan(converted, image, refine=1).probabilities.shape[1:] == (fits, fits) < whole.shape[1:]
+    with pytest.warns(ScanNotLocalWarning, match="pools its whole feature map, as a squeeze"):
+        assert scan(converted, image, refine=1).probabilities.shape[1:] == (fits, fits) < whole.shape[1:]
+
+
+def test_a_squeeze_excitation_trunk_is_scanned_with_a_warning_that_its_scores_are_not_per_window():
+    """Its block pools the whole scanned image where the classifier pooled its window, so the scores of a scan are
+    not the classifier's on each window, and the scan said nothing of it. Worse, the locality check's uniform noise
+    has the same mean in every tile, so the block passed as local (a 32 px margin) and a large image was scanned in
+    tiles, each pooling its own part: not even the single pass's numbers."""
+    from cnnlab.fcn.scan import tile_margin
+
+    torch.manual_seed(0)
+    layers = list(_unpadded_stride_8())
+    classifier = torch.nn.Sequential(*layers[:3], SqueezeExcite(6, hidden_channels=3), *layers[3:]).eval()
+    with torch.no_grad():
+        classifier[-1].weight *= 100  # confident scores, so that the gates' change shows in the probabilities
+    converted = to_fully_convolutional(classifier, (1, 28, 28))
+    assert tile_margin(converted) is None
+    image = torch.rand(1, 44, 52, generator=torch.Generator().manual_seed(0))
+    image[..., :26] *= 0.1  # a dim left half: the whole image's mean is no window's
+    with pytest.warns(ScanNotLocalWarning, match=r"pools its whole feature map \(3\).*not the classifier's on its"):
+        result = scan(converted, image, refine=1)
+    rows, cols = result.probabilities.shape[1:]
+    crops = torch.stack([image[:, 8 * i : 8 * i + 28, 8 * j : 8 * j + 28] for i in range(rows) for j in range(cols)])
+    with torch.inference_mode():
+        per_window = classifier(crops).softmax(1).T.reshape(10, rows, cols)
+    assert (rows, cols) == (3, 4) and (result.probabilities - per_window).abs().max() > 1e-3
 
 
 def test_a_large_picture_is_drawn_averaged_down_to_the_heatmaps_size(tmp_path, monkeypatch):

@@ -5,7 +5,10 @@ computed once, which is why an FCN is far cheaper than cropping windows and clas
 (i, j) scores the window whose top-left corner is near (i * stride, j * stride); its centre is drawn at
 (i * stride + window / 2, ...); the map holds every window that fits in the image. A trunk with padding (mnist_net)
 also sees a few pixels outside each window, where the classifier saw zeros, so the scores equal the crop's only for
-a trunk without padding (on random noise, a one-epoch mnist_net_small's differ by up to 0.13 in probability).
+a trunk without padding (on random noise, a one-epoch mnist_net_small's differ by up to 0.13 in probability; on a
+canvas of MNIST test digits, 0.14). A layer that looks at the whole map (a squeeze-and-excitation block's global
+pool) makes every location's scores depend on the whole image: no shared pass can give each window its own pool, so
+`scan` warns (`ScanNotLocalWarning`) that such a network's scores are not per-window.
 A classifier trained on single centred digits has no "nothing here" class, so windows with almost no stroke are
 shown as empty rather than with the (meaningless) class the classifier picks for them.
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +43,7 @@ from cnnlab.train.progress import ProgressBar
 
 __all__ = [
     "TILE_PIXELS",
+    "ScanNotLocalWarning",
     "ScanResult",
     "heatmap_path",
     "is_converted",
@@ -64,6 +69,10 @@ _STROKE = 0.5
 _MIDDLE = 20 / 28
 _MIN_STROKE = 0.03
 _SHOWN_PIXELS = 1600  # the heatmap's panels are a few hundred pixels wide: larger pictures are averaged down
+
+
+class ScanNotLocalWarning(UserWarning):
+    """The scanned network has a layer over its whole feature map: its scores are not the classifier's per window."""
 
 
 @dataclass
@@ -120,7 +129,8 @@ def tile_margin(model: FullyConvolutional) -> int | None:
     times its layer's spacing, and its padding moves the field by at most its width on each side. The spacing of
     each convolution and pooling is measured from two probes whose heights differ by a multiple of the stride (its
     input grows by the difference over its spacing). Layers of other kinds are assumed to act on each location
-    alone, which a scan of a random image in tiles, compared with the whole scan, checks.
+    alone, which a scan of a random image in tiles, compared with the whole scan, checks (its brightness varies
+    across the image, so that a layer over the whole map gives each tile other numbers).
     """
     window, stride = model.output_geometry()
     channels, height, width = model.input_size
@@ -148,11 +158,37 @@ def tile_margin(model: FullyConvolutional) -> int | None:
     generator = torch.Generator().manual_seed(0)
     tile = max(1, margin // stride)  # three tiles a side: the middle one has a full margin on every side
     side = window + 2 * margin + 2 * tile * stride
-    probe = torch.rand(channels, side, side, generator=generator).to(reference.dtype)
+    # Noise whose brightness ramps across the image: each tile's mean differs from the whole image's. Uniform noise
+    # has about the same mean everywhere, so a squeeze-and-excitation block (its gates from the map's mean) gave
+    # every tile nearly the whole image's gates, passed as local, and a real image was scanned in tiles whose
+    # scores were not the single pass's (a two-tone image: 2e-3 apart).
+    ramp = torch.linspace(0.1, 1.0, side)
+    probe = torch.rand(channels, side, side, generator=generator) * (ramp[:, None] + ramp.flip(0)[None, :]) / 2
+    probe = probe.to(reference.dtype)
     whole = _scores_in_tiles(model, probe, None, stride)
     tiled = _scores_in_tiles(model, probe, margin, stride, tile=tile)
     exact = whole.shape == tiled.shape and torch.allclose(whole, tiled, rtol=1e-4, atol=1e-4)
     return margin if exact else None
+
+
+def _warn_not_local(model: FullyConvolutional) -> None:
+    """Say that a network with a layer over its whole map scores the whole image at every location, naming the
+    layers that pool globally where it can (a squeeze-and-excitation block: the classifier pooled its training-sized
+    window; on a scan it pools the whole image, so a digit's scores change with what else the image holds)."""
+    from cnnlab.errors import listed
+    from cnnlab.layers import SqueezeExcite
+
+    pooling = (SqueezeExcite, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+    names = [name for name, module in model.trunk.named_modules() if isinstance(module, pooling)]
+    names = [name for name in names if not any(name.startswith(f"{other}.") for other in names)]  # outermost
+    which = f" ({listed(names, 3)})" if names else ""
+    warnings.warn(
+        f"a layer of this network pools its whole feature map{which}, as a squeeze-and-excitation block does: on "
+        "an image larger than its input it pools the whole image, so each location's scores are not the "
+        "classifier's on its window (they change with the rest of the image); the image is scanned in one pass",
+        ScanNotLocalWarning,
+        stacklevel=3,
+    )
 
 
 def _largest(value: int | tuple[int, ...]) -> int:
@@ -263,6 +299,8 @@ def scan(
     refine = refine_factor(refine, stride)
     step = stride // refine
     margin = tile_margin(model)
+    if margin is None:
+        _warn_not_local(model)
     shifts = {(dy, dx): image[:, dy * step :, dx * step :] for dy in range(refine) for dx in range(refine)}
     shifts = {key: part for key, part in shifts.items() if part.shape[1] >= height and part.shape[2] >= width}
     passes = sum(_tile_count(part.shape[1:], margin, stride) for part in shifts.values())
