@@ -352,6 +352,28 @@ def test_the_heatmap_names_each_confident_blob_once(tmp_path, monkeypatch):
     assert names == ["3", "7"], written
 
 
+def test_the_heatmap_says_what_it_shows_on_axes_in_pixels_of_the_image(tmp_path, monkeypatch):
+    """The panels had no ticks, no scale for the heat and no word on where a location is drawn or why it is blank."""
+    import matplotlib.pyplot as plt
+
+    from cnnlab.fcn.scan import ScanResult
+
+    figures = []
+    closing = plt.close
+    monkeypatch.setattr(plt, "close", lambda figure: figures.append(figure) or closing(figure))
+    result = ScanResult(torch.full((3, 4, 6), 1 / 3), torch.ones(4, 6), window=28, stride=8)
+    save_heatmap(torch.rand(1, 60, 80), result, tmp_path / "h.png")
+    (main, *panels), info = figures[0].axes[:3], figures[0].axes[3]  # a 2 x 3 grid, row by row, then the scale
+    assert not figures[0].axes[5].axison  # the sixth panel has no class to show
+    assert "px of the image" in main.get_xlabel() and "px of the image" in main.get_ylabel()
+    assert all(axis.get_xlim() == (0, 80) and axis.get_ylim() == (60, 0) for axis in [main, *panels])
+    assert len(main.get_xticks()) > 1 and len(main.get_yticks()) > 1  # the class panels show the same pixels
+    notes = " ".join(text.get_text() for text in info.texts)
+    assert "window 28px, stride 8px" in notes and "window's centre" in notes and "blank: under 3%" in notes
+    scale = info.child_axes[0]  # the colour bar, inset in the notes panel
+    assert "p(class)" in scale.get_xlabel() and scale.get_xlim() == (0, 1)
+
+
 def test_the_heatmap_shows_a_thin_digit_and_leaves_blank_or_noisy_paper_empty(tmp_path, monkeypatch):
     """Windows with a mean intensity under 0.06 were drawn empty: 25% of MNIST's test "1"s, so a "1" scored p = 0.98
     showed nothing, while noisy paper (mean 0.15) showed the class the classifier picks for nothing."""

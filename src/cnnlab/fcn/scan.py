@@ -404,25 +404,41 @@ def save_heatmap(
         main.text(half + j * step, half + i * step, names[best_location[i, j]], color="white", fontsize=7,
                   ha="center", va="center")  # fmt: skip
     main.set_title("most likely class (p >= 0.5)", fontsize=9)
-    main.set_xlim(0, width)
-    main.set_ylim(height, 0)
+    main.set_xlabel("x (px of the image)", fontsize=7)
+    main.set_ylabel("y (px of the image)", fontsize=7)
     axes[1, 0].axis("off")
-    axes[1, 0].text(0, 0.5, f"window {result.window}px\nstride {result.stride}px\n{rows}x{cols} locations",
-                    fontsize=9, va="center")  # fmt: skip
+    # What the panels show, which the figure did not say: the scale of the heat, where a location is drawn, and why
+    # some are blank; the axes are in pixels of the scanned image.
+    axes[1, 0].text(
+        0,
+        0.62,
+        f"window {result.window}px, stride {result.stride}px\n{rows}x{cols} locations, each drawn at\n"
+        f"its window's centre; blank: under {_MIN_STROKE:.0%} of\nthe window's middle is stroke\n"
+        "grey: the image as scanned",
+        fontsize=8,
+        va="center",
+    )
     peaks = result.probabilities.reshape(classes, -1).amax(1).numpy()
     order = np.argsort(-peaks)[:shown] if classes > 10 else range(shown)
     for slot, index in enumerate(order):
         axis = axes[slot % 2, 1 + slot // 2]
         axis.imshow(picture, cmap="gray", extent=(0, width, height, 0))
-        axis.imshow(
+        heat = axis.imshow(
             probabilities[index], cmap="magma", vmin=0, vmax=1, alpha=0.6, extent=extent, interpolation="bilinear"
         )
         axis.set_title(f"p(class {names[index]})", fontsize=9)
+    for axis in axes.flat:
         axis.set_xlim(0, width)
         axis.set_ylim(height, 0)
-    for axis in axes.flat:
-        axis.set_xticks([])
-        axis.set_yticks([])
+        if axis is not main:  # the class panels show the same pixels (their ticks tripled the time to draw)
+            axis.set_xticks([])
+            axis.set_yticks([])
+    main.tick_params(labelsize=6)
+    for slot in range(shown, 2 * (columns - 1)):  # an odd number of classes leaves one panel empty
+        axes[slot % 2, 1 + slot // 2].axis("off")
+    scale = axes[1, 0].inset_axes((0.05, 0.12, 0.9, 0.06))
+    figure.colorbar(heat, cax=scale, orientation="horizontal").set_label("p(class) in the class panels", fontsize=8)
+    scale.tick_params(labelsize=6)
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()
