@@ -433,3 +433,10 @@ def test_heatmap_path_takes_folders_and_refuses_formats_matplotlib_cannot_write(
     assert heatmap_path(tmp_path / "h.PDF", image) == tmp_path / "h.PDF"
     with pytest.raises(CnnlabError, match=r"cannot write a \.xyz image; end it in \.png"):
         heatmap_path(tmp_path / "h.xyz", image)
+    image.parent.mkdir()  # `-o street.jpg` for street.jpg replaced the photo with its heatmap
+    image.write_bytes(b"a photo")
+    (tmp_path / "link.jpg").symlink_to(image)
+    for same in (image, tmp_path / "pics" / ".." / "pics" / "street.jpg", tmp_path / "link.jpg"):
+        with pytest.raises(CnnlabError, match=r"is the image being scanned, .*street-heatmap.png beside it"):
+            heatmap_path(same, image)
+    assert heatmap_path(tmp_path / "pics" / "other.jpg", image) == tmp_path / "pics" / "other.jpg"

@@ -350,7 +350,8 @@ def heatmap_path(output: str | os.PathLike[str] | None, image: str | os.PathLike
     gives that name inside it (matplotlib wrote ``/tmp.png`` for ``-o /tmp`` and reported ``/tmp``).
 
     Raises:
-        CnnlabError: a suffix matplotlib cannot write.
+        CnnlabError: a suffix matplotlib cannot write, or the image being scanned (`-o scan.png` for `scan.png`
+            replaced the user's image with its heatmap).
     """
     name = f"{Path(image).stem}-heatmap.png"
     if output is None:
@@ -361,6 +362,11 @@ def heatmap_path(output: str | os.PathLike[str] | None, image: str | os.PathLike
     if path.suffix.lower() not in HEATMAP_SUFFIXES:
         known = ", ".join(HEATMAP_SUFFIXES)
         raise CnnlabError(f"--output {output}: cannot write a {path.suffix} image; end it in {known}")
+    if path.exists() and Path(image).exists() and os.path.samefile(path, image):
+        raise CnnlabError(
+            f"--output {output} is the image being scanned, which the heatmap would replace; name another file, or "
+            f"leave --output out for {name} beside it"
+        )
     return path
 
 
