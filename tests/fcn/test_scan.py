@@ -242,6 +242,13 @@ def test_convert_refuses_a_converted_network(tmp_path):
     assert isinstance(again.exception, CnnlabError), again.output
     assert "holds a converted network already; scan with it" in str(again.exception)
     assert not (run / "fcn" / "fcn").exists()
+    # `-o RUN` (or another run) put fcn.json beside its model.json: the run then read as converted and was refused
+    into_run = CliRunner().invoke(app, ["fcn", "convert", str(run), "-o", str(run)])
+    assert isinstance(into_run.exception, CnnlabError), into_run.output
+    assert "holds a saved model (model.json): the converted network goes in a folder of its own" in str(
+        into_run.exception
+    )
+    assert not (run / "fcn.json").exists()
 
 
 def test_convert_names_a_member_of_an_ensemble_before_loading_any(tmp_path, monkeypatch):

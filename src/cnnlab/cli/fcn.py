@@ -18,10 +18,10 @@ def convert(
     """Replace the classifier's dense head by convolutions (same weights) and save the converted network."""
     import torch
 
-    from cnnlab.fcn.scan import convert_run, save_fully_convolutional
+    from cnnlab.fcn.scan import convert_run, converted_folder, save_fully_convolutional
 
+    target = converted_folder(run, output)
     converted, source = convert_run(run, pool=pool)
-    target = output or (run if run.is_dir() else run.parent) / "fcn"
     save_fully_convolutional(converted, target, source, pool)
     channels, height, width = converted.input_size
     window, stride = converted.output_geometry()

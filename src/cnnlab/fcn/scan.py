@@ -544,6 +544,28 @@ def save_fully_convolutional(
     return directory / FCN_WEIGHTS
 
 
+def converted_folder(run: str | os.PathLike[str], output: str | os.PathLike[str] | None) -> Path:
+    """Where `cnnlab fcn convert RUN` saves the converted network: `output`, or ``RUN/fcn``.
+
+    Raises:
+        CnnlabError: `output` holds a saved model (a run folder, RUN itself): its fcn.json beside the model made
+            the run read as a converted network, which `fcn convert` then refused to convert.
+    """
+    from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC
+
+    run = Path(run)
+    if output is None:
+        return (run if run.is_dir() else run.parent) / "fcn"
+    target = Path(output)
+    held = [name for name in (MODEL_SPEC, ENSEMBLE_SPEC) if (target / name).is_file()]
+    if held:
+        raise CnnlabError(
+            f"--output {output} holds a saved model ({held[0]}): the converted network goes in a folder of its own, "
+            f"such as the default {(run if run.is_dir() else run.parent) / 'fcn'}"
+        )
+    return target
+
+
 def load_fully_convolutional(path: str | os.PathLike[str], device: str = "cpu") -> FullyConvolutional:
     """Load a converted model saved by `save_fully_convolutional` (a directory or its ``fcn.json``)."""
     from cnnlab.models import create_model
