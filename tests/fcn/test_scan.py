@@ -317,6 +317,13 @@ def test_cli_convert_and_scan(tmp_path):
     assert (tmp_path / "h.png").is_file()
     from_run = runner.invoke(app, ["fcn", "scan", str(run), str(tmp_path / "canvas.png")])
     assert from_run.exit_code == 0 and (tmp_path / "canvas-heatmap.png").is_file()
+    # the run trained again (`train --overwrite` keeps RUN/fcn): its converted copy scanned with the old weights
+    torch.manual_seed(1)
+    save_model(create_model("mnist_net_small", drop_rate=0.0), run, "mnist_net_small", {"drop_rate": 0.0}, meta={})
+    stale = runner.invoke(app, ["fcn", "scan", str(run / "fcn"), str(tmp_path / "canvas.png")])
+    assert isinstance(stale.exception, CnnlabError) and "before that run was trained again" in str(stale.exception)
+    assert runner.invoke(app, ["fcn", "convert", str(run)]).exit_code == 0  # converted again: scanned
+    assert runner.invoke(app, ["fcn", "scan", str(run / "fcn"), str(tmp_path / "canvas.png")]).exit_code == 0
     (run / "fcn" / "fcn.safetensors").unlink()  # was an OSError: "error: No such file or directory: ...", exit 1
     missing = runner.invoke(app, ["fcn", "scan", str(run / "fcn"), str(tmp_path / "canvas.png")])
     assert isinstance(missing.exception, CnnlabError)  # one line, exit 2 (`cnnlab.cli.main`)

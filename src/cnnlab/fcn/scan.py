@@ -538,6 +538,9 @@ def save_fully_convolutional(
     directory.mkdir(parents=True, exist_ok=True)
     with written_then_renamed(directory / FCN_WEIGHTS) as weights:  # never half a file, as `save_model`
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
+    source = dict(source)
+    if "run" in source:  # relative, so that a run moved or copied with its fcn folder inside is still found
+        source["run"] = os.path.relpath(Path(source["run"]).resolve(), directory.resolve())
     record = {"format": "cnnlab-fcn-1", "source": source, "input_size": list(model.input_size), "pool": pool}
     with written_then_renamed(directory / FCN_SPEC) as spec:
         spec.write_text(json.dumps(record, indent=1))
@@ -577,12 +580,32 @@ def load_fully_convolutional(path: str | os.PathLike[str], device: str = "cpu") 
         raise CnnlabError(f"no {FCN_SPEC} at {path}; convert a run first with `cnnlab fcn convert RUN`")
     record = json.loads(spec_path.read_text())
     source = record["source"]
+    _refuse_retrained_source(spec_path.parent, source)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in source.get("kwargs", {}).items()}
     classifier = create_model(source["arch"], **kwargs)
     converted = to_fully_convolutional(classifier, tuple(record["input_size"]), pool=record.get("pool", "window"))
     remedy = "convert the run again with `cnnlab fcn convert RUN`"
     converted.load_state_dict(load_weights(spec_path.parent / FCN_WEIGHTS, remedy=remedy))  # one line, no traceback
     return converted.to(device).eval()
+
+
+def _refuse_retrained_source(folder: Path, source: dict[str, Any]) -> None:
+    """Refuse a converted network whose run was trained again since it was converted (`train --overwrite` keeps
+    the run's fcn folder): the scan used the old weights under the run's name. A folder copied without its run,
+    or converted before the digest was recorded, is taken as it is."""
+    import hashlib
+
+    from cnnlab.train.saved import MODEL_WEIGHTS
+
+    if "run" not in source or "weights_sha256" not in source:
+        return
+    run = (folder / source["run"]).resolve()
+    weights = run / MODEL_WEIGHTS
+    if weights.is_file() and hashlib.sha256(weights.read_bytes()).hexdigest() != source["weights_sha256"]:
+        raise CnnlabError(
+            f"{folder} was converted from {run} before that run was trained again: its weights are not the run's "
+            f"now; convert it again with `cnnlab fcn convert {run}`"
+        )
 
 
 def load_converted_or_run(path: str | os.PathLike[str], pool: str = "window") -> tuple[FullyConvolutional, dict]:
@@ -614,7 +637,14 @@ def convert_run(path: str | os.PathLike[str], pool: str = "window") -> tuple[Ful
         CnnlabError: `path` is converted already, a segmentation or transfer run, an ensemble, or not a saved
             classifier.
     """
-    from cnnlab.train.saved import ENSEMBLE_SPEC, ensemble_members, load_model, read_record, saved_meta, spec_path
+    from cnnlab.train.saved import (
+        ENSEMBLE_SPEC,
+        ensemble_members,
+        load_model_and_digest,
+        read_record,
+        saved_meta,
+        spec_path,
+    )
 
     path = Path(path)
     if is_converted(path):  # converting it again nested a copy in <path>/fcn
@@ -641,9 +671,10 @@ def convert_run(path: str | os.PathLike[str], pool: str = "window") -> tuple[Ful
             f"{path} is an ensemble of {len(members)} networks, which has no single head to convert: convert one "
             f"member, e.g. `cnnlab fcn convert {members[0]}`"
         )
-    classifier = load_model(spec)
+    classifier, digest = load_model_and_digest(spec)
     source = read_record(spec)
-    return to_fully_convolutional(classifier, pool=pool), {"arch": source["arch"], "kwargs": source.get("kwargs", {})}
+    record = {"arch": source["arch"], "kwargs": source.get("kwargs", {}), "run": str(spec.parent.resolve())}
+    return to_fully_convolutional(classifier, pool=pool), {**record, "weights_sha256": digest}
 
 
 def scan_canvas_demo(
