@@ -310,6 +310,10 @@ def test_cli_convert_and_scan(tmp_path):
     converted = runner.invoke(app, ["fcn", "convert", str(run)])
     assert converted.exit_code == 0, converted.output
     assert "Conv2d(64, 10, kernel_size=(3, 3)" in converted.output and (run / "fcn" / "fcn.json").is_file()
+    # the padded trunk's map has a 12th row and column of windows off the edge: it said all 12x12 were 28px windows
+    assert (
+        "gives [1, 10, 12, 12]" in converted.output and "11x11 of them are windows inside the image" in converted.output
+    )
     scanned = runner.invoke(
         app, ["fcn", "scan", str(run / "fcn"), str(tmp_path / "canvas.png"), "-o", str(tmp_path / "h.png")]
     )

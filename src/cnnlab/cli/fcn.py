@@ -30,9 +30,13 @@ def convert(
     typer.echo(f"converted {source['arch']}: head is now")
     for name, layer in converted.head.named_children():
         typer.echo(f"  {name}: {layer}")
+    fits = ((height * 4 - window) // stride + 1, (width * 4 - window) // stride + 1)
+    beyond = ""
+    if tuple(larger.shape[-2:]) != fits:  # a padded trunk also scores windows that run off the edge; scan drops them
+        beyond = f"; {fits[0]}x{fits[1]} of them are windows inside the image, the others run off its edge"
     typer.echo(
         f"outputs equal the classifier's at {height}x{width} (checked to 1e-5); a {height * 4}x{width * 4} input "
-        f"gives {list(larger.shape)}: one score vector per {window}px window, every {stride}px"
+        f"gives {list(larger.shape)}: one score vector per {window}px window, every {stride}px{beyond}"
     )
     typer.echo(f"saved: {target}  (cnnlab fcn scan {target} IMAGE)")
 
