@@ -136,6 +136,13 @@ def test_nothing_to_predict_is_said_per_path_before_any_model_is_loaded(
     assert errors[2].startswith("a folder with no image files")
     plain = CliRunner().invoke(app, ["predict", "--model", "resnet50", *arguments])
     assert plain.exit_code == 2 and f"{tmp_path / 'nope.jpg'}: error: no such file" in plain.stderr
+    # an image named and in a folder given too (or named twice) was predicted twice: two rows of one file
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "cut.jpg").write_bytes(sample_photos["broken"].read_bytes())
+    again = [str(tmp_path / "bad" / "cut.jpg"), str(tmp_path / "bad"), str(tmp_path / "bad" / ".." / "bad" / "cut.jpg")]
+    once = CliRunner().invoke(app, ["predict", "--model", "resnet50", "--json", *again])
+    assert [p["image"] for p in json.loads(once.stdout)["predictions"]] == [again[0]]
+    assert "left out 2 repeats of images already given" in once.stderr
 
 
 def test_top_k_below_1_is_refused_before_the_model_is_loaded(

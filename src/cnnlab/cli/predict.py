@@ -16,7 +16,7 @@ def predict(
     images: list[Path] = typer.Argument(
         ...,
         help="Image files to classify or segment, or folders: every image in them and their sub-folders (but the "
-        "masks predict wrote there).",
+        "masks predict wrote there); an image reached twice (named, and in a folder given) is predicted once.",
     ),
     model: str = typer.Option(
         "efficientnet_lite0",
@@ -168,27 +168,45 @@ def _class_shares(result: dict[str, Any]) -> None:
 
 def _image_paths(arguments: list[Path]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """The arguments with each folder replaced by its image files; a folder without any becomes an error entry,
-    kept with the position among the paths where its results would have been."""
+    kept with the position among the paths where its results would have been. A file reached twice (named and in a
+    folder given too, or a folder given twice) is taken once, where it first came."""
+    import os
+
     from cnnlab.data.folder import image_files
     from cnnlab.tasks.segment_predict import without_written_masks
 
     paths: list[str] = []
     empty: list[tuple[int, dict[str, str]]] = []
     left_out = 0
+    taken: set[str] = set()  # resolved paths: `img.png` and `./dir/../img.png` are one file
+
+    def once(candidates: list[str]) -> list[str]:
+        new = [path for path in candidates if os.path.realpath(path) not in taken]
+        taken.update(os.path.realpath(path) for path in new)
+        return new
+
+    given = 0
     for argument in arguments:
         if not argument.is_dir():
-            paths.append(str(argument))
+            given += 1
+            paths += once([str(argument)])
             continue
         found, written = without_written_masks(image_files(argument))
         left_out += written
+        given += len(found)
         if found:
-            paths += found
+            paths += once(found)
         else:
             entry = {"image": str(argument), "error": "a folder with no image files (.jpg, .png, ...)"}
             empty.append((len(paths), entry))
     if left_out:  # earlier masks in a folder given again: not images to segment
         typer.echo(
             f"left out {left_out} files cnnlab predict wrote (listed in their folder's .cnnlab-masks.jsonl)", err=True
+        )
+    if repeated := given - len(paths):  # two rows (or masks) of one image
+        repeats = f"{repeated} repeat{'' if repeated == 1 else 's'}"
+        typer.echo(
+            f"left out {repeats} of images already given (named or in a folder): each is predicted once", err=True
         )
     return paths, empty
 
