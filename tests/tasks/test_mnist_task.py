@@ -306,6 +306,44 @@ def test_resume_of_a_finished_run_reads_it_back_and_refuses_other_options(fake_r
         train_mnist("quick", overrides={**_TINY, "epochs": 3}, resume=True, **options)
     with pytest.raises(CnnlabError, match=r"extra\.recipe: 'quick' -> 'baseline'"):  # a key, not two whole records
         train_mnist("baseline", overrides=_TINY, resume=True, **options)
+    other = write_fake_mnist(tmp_path / "other", train=240, test=80, seed=1)  # read back on other training images
+    with pytest.raises(CnnlabError, match=r"done: it held its validation images out of other MNIST training images"):
+        train_mnist("quick", overrides=_TINY, resume=True, **{**options, "data_dir": str(other)})
+
+
+class _KillAfterFirstEpoch(Callback):
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated kill after the checkpoint of the first epoch")
+
+
+def test_a_resume_on_another_training_set_is_refused_and_a_run_saved_before_its_digest_resumes(
+    fake_root: Path, tmp_path: Path
+) -> None:
+    """--resume read whatever --data-dir held: another MNIST folder (or one changed since) held out other validation
+    images, some of which the run had trained on, and the run went on choosing its epoch on them, unsaid."""
+    import yaml
+
+    from cnnlab.train.checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint
+    from cnnlab.train.saved import saved_meta
+
+    options = dict(output=str(tmp_path), name="moved", val_size=40, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_mnist("quick", data_dir=str(fake_root), overrides=_TINY, callbacks=[_KillAfterFirstEpoch()], **options)
+    other = write_fake_mnist(tmp_path / "other", train=240, test=80, seed=1)  # the same shape, other digits
+    changed = r"cannot resume \S*moved: it held its validation images out of other MNIST training images than those"
+    with pytest.raises(CnnlabError, match=f"{changed} under {re.escape(str(other))}"):
+        train_mnist("quick", data_dir=str(other), overrides=_TINY, resume=True, **options)
+    # a run started before the digest was recorded resumes as before (and its model records none: it is not known)
+    run = tmp_path / "mnist" / "moved"
+    record = yaml.safe_load((run / "config.yaml").read_text())
+    del record["config"]["extra"]["train_set_sha256"]
+    (run / "config.yaml").write_text(yaml.safe_dump(record))
+    state = load_checkpoint(run / CHECKPOINT_NAME)
+    del state["config"]["extra"]["train_set_sha256"]
+    atomic_save(state, run / CHECKPOINT_NAME)
+    resumed = train_mnist("quick", data_dir=str(other), overrides=_TINY, resume=True, **options)
+    assert resumed["members"][0]["epochs"] == 2 and "train_set_sha256" not in saved_meta(run)
 
 
 def test_one_model_and_an_ensemble_never_share_a_run_name_without_overwrite(fake_root: Path, tmp_path: Path) -> None:

@@ -45,8 +45,8 @@ TASK = "mnist"
 # Training images held out for validation by default: the first `val_size` of one seed-0 permutation of the 60,000
 # (`load_mnist`), so a smaller hold-out lies inside a larger one.
 VAL_SIZE = 5_000
-# The key of a saved model's meta that holds the digest of the training set its validation images were held out of
-# (`MnistSplits.source_sha256`); runs saved before it was recorded have none.
+# The key, in a run's ``extra`` and its saved model's meta, that holds the digest of the training set its validation
+# images were held out of (`MnistSplits.source_sha256`); runs saved before it was recorded have none.
 SOURCE_DIGEST = "train_set_sha256"
 
 
@@ -192,6 +192,8 @@ def train_mnist(
     for index in order:
         member_seed = seed + index
         member_name = name if ensemble == 1 else f"{name}/seed{member_seed}"
+        member_dir = Path(output) / TASK / member_name
+        continued = reuse_finished and ((member_dir / "results.json").is_file() or engine_resumes(member_dir, True))
         config = TrainConfig(
             **options,
             seed=member_seed,
@@ -199,18 +201,19 @@ def train_mnist(
             name=member_name,
             output=output,
             # Members not started before the interruption start fresh; the others continue from their checkpoint.
-            resume=engine_resumes(Path(output) / TASK / member_name, reuse_finished),
+            resume=engine_resumes(member_dir, reuse_finished),
             overwrite=overwrite,
             progress=progress,
-            # val_size: what `combine_mnist_ensemble` validates on, and what a resumed member must hold out again
+            # val_size and the training set's digest: what `combine_mnist_ensemble` validates on, and what a
+            # resumed member must hold out again
             extra={
                 "recipe": chosen.name,
                 "arch": chosen.arch,
                 "model_kwargs": chosen.model_kwargs,
                 "val_size": val_size,
+                **_training_set(member_dir, data.source_sha256, data_dir, continued),
             },
         )
-        member_dir = config.run_dir
         if reuse_finished and (member_dir / "results.json").is_file():
             # a finished member is read back only for the options it was trained with (--recipe included)
             check_resumable(saved_options(member_dir), config, member_dir)
@@ -220,7 +223,9 @@ def train_mnist(
         elif member is not None and index != member:  # another process trains it
             missing.append(member_seed)
         else:
-            trained = _train_member(chosen, config, (train_images, train_labels), val, callbacks, data.source_sha256)
+            trained = _train_member(
+                chosen, config, (train_images, train_labels), val, callbacks, config.extra.get(SOURCE_DIGEST)
+            )
             trainer = trained.pop("trainer")
             # The test set is used here, once, after training: never for a choice.
             probabilities = trainer.predict(test_images, model=trained.pop("model")).softmax(1)
@@ -264,6 +269,34 @@ def train_mnist(
         with written_then_renamed(run_dir / "results.json") as results:  # a single run's is its member's, as above
             results.write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _training_set(member_dir: Path, digest: str | None, data_dir: str | None, continued: bool) -> dict[str, str]:
+    """The record, in a member's ``extra``, of the training set its validation images are held out of.
+
+    A member continued (from its checkpoint, or read back finished) keeps the digest it started with, and only on
+    that training set: the same seeded split of other images holds out other digits, so its validation (which chose
+    its epoch) would score it on images it may have trained on. A member started before cnnlab recorded the digest
+    continues as before, without one; so does one given its splits rather than reading them (`digest` None).
+
+    Raises:
+        CnnlabError: the member recorded another training set than the one read now.
+    """
+    if not continued:
+        return {} if digest is None else {SOURCE_DIGEST: digest}
+    path = member_dir / "config.yaml"
+    recorded = load_config(path).extra.get(SOURCE_DIGEST) if path.is_file() else None
+    if recorded is None:
+        return {}
+    if digest is not None and digest != recorded:
+        from cnnlab.data.mnist import find_mnist_dir
+
+        raise CnnlabError(
+            f"cannot resume {member_dir}: it held its validation images out of other MNIST training images than those "
+            f"under {find_mnist_dir(data_dir)} (SHA-256 {recorded[:12]}... when it started, {digest[:12]}... now), so "
+            "it would be validated on images it may have trained on; pass the --data-dir it was trained with"
+        )
+    return {SOURCE_DIGEST: recorded}
 
 
 def _check_run_shape(
