@@ -277,11 +277,15 @@ def test_an_ensemble_refuses_a_member_replaced_after_it_was_made(tmp_path: Path)
     weights.write_bytes(whole[:100])  # replaced and damaged: the digest, checked first, says replaced
     with pytest.raises(CnnlabError, match=r"a was replaced after the ensemble .*ens was made"):
         load_model(tmp_path / "ens")
-    # Bytes that match the record but are damaged: a member cut short after it finished, before a resumed
-    # `train mnist --ensemble` (which reuses finished members unread) recorded the ensemble's digests.
-    save_ensemble(tmp_path / "ens", members, {})
-    with pytest.raises(CnnlabError, match=r"a.model.safetensors is damaged, not a whole safetensors file"):
-        load_model(tmp_path / "ens")
+    # A member cut short after it finished, before a resumed `train mnist --ensemble` (which reuses finished members
+    # unread) recorded the ensemble's digests: the damaged file's digest was recorded, and only loading said damaged.
+    made = (tmp_path / "ens" / "ensemble.json").read_text()
+    with pytest.raises(CnnlabError, match=r"cannot save the ensemble .*ens: .*a.model.safetensors is damaged, not a "):
+        save_ensemble(tmp_path / "ens", members, {})
+    assert (tmp_path / "ens" / "ensemble.json").read_text() == made  # the ensemble as it was made
+    weights.unlink()
+    with pytest.raises(CnnlabError, match=r"cannot save the ensemble .*ens: .*a.model.safetensors is missing"):
+        save_ensemble(tmp_path / "ens", members, {})
     weights.write_bytes(whole)
 
     del record["digests"]  # an ensemble saved before digests were recorded loads as it did

@@ -73,10 +73,15 @@ def save_ensemble(
     directory: str | os.PathLike[str], members: list[str | os.PathLike[str]], meta: dict[str, Any]
 ) -> Path:
     """Write ``ensemble.json`` listing member directories (stored relative to `directory`) and the SHA-256 of each
-    member's weights, so that a member replaced later (`--overwrite` of its run) is refused, not averaged in unsaid."""
+    member's weights, so that a member replaced later (`--overwrite` of its run) is refused, not averaged in unsaid.
+
+    Raises:
+        CnnlabError: a member's weights are missing or damaged (a member cut short after it finished, which a resumed
+            `train mnist --ensemble` reuses without loading): its digest would make the damage the record.
+    """
     directory = Path(directory)
     relative = [os.path.relpath(Path(m), directory) for m in members]
-    digests = [_weights_digest(Path(m) / MODEL_WEIGHTS) for m in members]
+    digests = [_weights_digest(Path(m) / MODEL_WEIGHTS, directory) for m in members]
     path = directory / ENSEMBLE_SPEC
     with written_then_renamed(path) as record:
         record.write_text(
@@ -85,9 +90,23 @@ def save_ensemble(
     return path
 
 
-def _weights_digest(weights: Path) -> str | None:
-    """The SHA-256 of the weights file at `weights`; None when it is missing."""
-    return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
+def _weights_digest(weights: Path, ensemble: Path) -> str:
+    """The SHA-256 of the weights file at `weights`, once its bytes (read for the digest anyway) hold a whole
+    safetensors file.
+
+    Raises:
+        CnnlabError: the file is missing or damaged, naming the `ensemble` that would have listed it.
+    """
+    try:
+        data = weights.read_bytes()
+        load_weights(weights, data=data)
+    except FileNotFoundError:
+        raise CnnlabError(
+            f"cannot save the ensemble {ensemble}: {weights} is missing; copy the run again or train it again"
+        ) from None
+    except CnnlabError as error:
+        raise CnnlabError(f"cannot save the ensemble {ensemble}: {error}") from None
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_record(spec: Path) -> dict[str, Any]:
