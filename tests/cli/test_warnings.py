@@ -44,3 +44,39 @@ def test_fp16_on_the_cpu_is_a_warning_that_names_bf16(tmp_path: Path) -> None:
         warnings.simplefilter("error", SlowPrecisionWarning)
         for precision in ("bf16", "fp32", None):
             EngineOptions(precision=precision, device="cpu")
+
+
+def test_fp16_on_the_cpu_is_said_by_the_trainer_from_python_and_once_on_the_command_line(tmp_path: Path) -> None:
+    """`TrainConfig(precision="fp16")` from Python trained on the CPU without the warning the CLI gives."""
+    import torch
+    import typer
+    from torch import nn
+    from typer.testing import CliRunner
+
+    from cnnlab.cli.engine_options import ENGINE, with_engine_options
+    from cnnlab.train import TrainConfig, Trainer
+    from cnnlab.train.config import EngineOptions, SlowPrecisionWarning
+
+    data = (torch.randn(16, 4), torch.randint(0, 2, (16,)))
+
+    def train(**options: object) -> None:
+        config = TrainConfig(epochs=1, batch_size=8, output=str(tmp_path), overwrite=True, progress=False, **options)
+        Trainer(nn.Linear(4, 2), config).fit(data)
+
+    with pytest.warns(SlowPrecisionWarning, match="^--precision fp16 on the CPU trains several times slower"):
+        train(precision="fp16", device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlowPrecisionWarning)
+        train(precision="bf16", device="cpu")
+    app = typer.Typer()
+
+    @app.command()
+    @with_engine_options
+    def tiny(engine: EngineOptions = ENGINE) -> None:
+        train(**engine.overrides())
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # not Python's once per place: said once, before the data, not again
+        result = CliRunner().invoke(app, ["--precision", "fp16", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert [type(w.message) for w in caught if issubclass(w.category, SlowPrecisionWarning)] == [SlowPrecisionWarning]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,13 +104,16 @@ def with_engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
         from cnnlab.errors import CnnlabError
-        from cnnlab.train.config import EngineOptions, OptionError
+        from cnnlab.train.config import EngineOptions, OptionError, SlowPrecisionWarning
 
         values = {name: kwargs.pop(name) for name in ENGINE_OPTIONS}
         values["output"] = str(values["output"])
-        engine = EngineOptions(**values)
+        engine = EngineOptions(**values)  # warns of a slow --precision before any data is read, ...
         try:
-            return command(**kwargs, engine=engine)
+            with warnings.catch_warnings():
+                if engine.slow_precision is not None:  # ... so the trainer's same warning is said no more
+                    warnings.filterwarnings("ignore", category=SlowPrecisionWarning)
+                return command(**kwargs, engine=engine)
         except OptionError as error:  # the recipe's options with the user's: named as flags, not TrainConfig fields
             raise CnnlabError(engine.phrased(error)) from None
 

@@ -400,6 +400,21 @@ class SlowPrecisionWarning(UserWarning):
     """A precision that runs much slower than float32 where it was asked for (fp16 on the CPU)."""
 
 
+def slow_precision(precision: str | None, device_type: str) -> str | None:
+    """What a `SlowPrecisionWarning` says of training at `precision` on a device of `device_type`; None: nothing.
+
+    `Trainer.fit` warns with it (every caller, Python's included); ``cnnlab train`` says it once, earlier, before
+    any data is read (`EngineOptions`).
+    """
+    if precision != "fp16" or device_type != "cpu":
+        return None
+    # A quick MNIST epoch on 2 AMD EPYC cores: fp16 trained in 8 s, fp32 in 0.7-1.8 s, bf16 in 0.9-1.0 s.
+    return (
+        "--precision fp16 on the CPU trains several times slower than fp32 (torch's float16 CPU kernels are slow); "
+        "use --precision bf16 (about as fast as fp32 on a CPU with bfloat16 instructions) or fp32"
+    )
+
+
 AUTO_BATCH_CAP = 1024  # `--batch-size auto` never goes above this (nor above the number of training samples)
 
 
@@ -459,14 +474,13 @@ class EngineOptions:
             raise CnnlabError(f"--seed {self.seed} is outside torch's seed range, -2**63 to 2**63 - 1")
         if self.device is not None:
             resolve_device(self.device)  # checked before any data is read: a typo or a missing GPU is one line
-        if self.precision == "fp16" and resolve_device(self.device or "auto").type == "cpu":
-            # A quick MNIST epoch on 2 AMD EPYC cores: fp16 trained in 8 s, fp32 in 0.7-1.8 s, bf16 in 0.9-1.0 s.
-            warnings.warn(
-                "--precision fp16 on the CPU trains several times slower than fp32 (torch's float16 CPU kernels are "
-                "slow); use --precision bf16 (about as fast as fp32 on a CPU with bfloat16 instructions) or fp32",
-                SlowPrecisionWarning,
-                stacklevel=2,
-            )
+        if self.slow_precision is not None:  # said before any data is read; the trainer then says it no more
+            warnings.warn(self.slow_precision, SlowPrecisionWarning, stacklevel=2)
+
+    @property
+    def slow_precision(self) -> str | None:
+        """The `SlowPrecisionWarning` these options earn (`slow_precision`), None when they earn none."""
+        return slow_precision(self.precision, resolve_device(self.device or "auto").type)
 
     def overrides(self) -> dict[str, Any]:
         """The `TrainConfig` fields these options set (the recipe keeps every other one).

@@ -14,6 +14,7 @@ import logging
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -35,7 +36,7 @@ from cnnlab.train.checkpoint import (
     restore_rng_state,
     run_in_the_way,
 )
-from cnnlab.train.config import TrainConfig, check_resumable, save_config
+from cnnlab.train.config import SlowPrecisionWarning, TrainConfig, check_resumable, save_config, slow_precision
 from cnnlab.train.device import resolve_device
 from cnnlab.train.ema import ModelEma
 from cnnlab.train.metrics import Metric, MetricFn, as_metrics, is_classification
@@ -205,6 +206,8 @@ class Trainer:
             The per-epoch metrics (also in ``metrics.json`` / ``metrics.csv``).
         """
         config = self.config
+        if (slow := slow_precision(config.precision, self.device.type)) is not None:
+            warnings.warn(slow, SlowPrecisionWarning, stacklevel=2)
         train = as_batch_source(train_data, config.batch_size, drop_last=True)
         if config.auto_batch_size or config.auto_accum:
             train = tune_batch_size(self, train)  # before anything is sized by the batch
