@@ -605,8 +605,18 @@ def test_pt2_export_matches_pytorch_at_sizes_it_was_not_traced_at(trained, tmp_p
 
 
 def test_bad_files_are_listed_and_skipped(tmp_path, capsys):
-    """Each is listed in skipped.json and named before training (the console said only "5 skipped" at the end)."""
+    """Each is listed in skipped.json and named before training (the console said only "5 skipped" at the end).
+    And test_worst.png paints the classes in classes.json's colours: it painted them, legend included, in the
+    default palette, so a class the masks (and `cnnlab predict`'s colour PNGs) show pure blue was shown red."""
+    from cnnlab.data.segmentation import class_colours
+
     root = _folder(tmp_path / "data", count=10)
+    chosen = np.array([[0, 0, 0], [0, 0, 255], [0, 255, 0], [255, 255, 0]], dtype=np.uint8)
+    for path in (root / "masks").iterdir():  # the same classes, in colours of the user's
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        Image.fromarray(chosen[np.argmax((rgb[:, :, None] == class_colours(4)).all(-1), -1)]).save(path)
+    classes = [{"name": name, "color": colour} for name, colour in zip(CLASSES, chosen.tolist(), strict=True)]
+    (root / "classes.json").write_text(json.dumps(classes))
     (root / "masks" / "00000.png").unlink()  # image without mask
     Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(root / "masks" / "00001.png")  # wrong size
     Image.fromarray(np.full((32, 32, 3), 7, dtype=np.uint8)).save(root / "masks" / "00002.png")  # unknown colour
@@ -629,6 +639,10 @@ def test_bad_files_are_listed_and_skipped(tmp_path, capsys):
     assert reasons["00009.png"].startswith(f"a byte-identical copy of {root / 'images' / '00004.png'}")
     split = (tmp_path / "segment" / "b" / "split.csv").read_text()
     assert "00000.png" not in split and "00004.png" in split and "00009.png" not in split
+    figure = np.asarray(Image.open(tmp_path / "segment" / "b" / "test_worst.png").convert("RGB")).reshape(-1, 3)
+    present = {tuple(colour) for colour in figure.tolist()}
+    assert all(tuple(colour) in present for colour in chosen[1:].tolist())  # the legend's patches
+    assert not any(tuple(colour) in present for colour in class_colours(4)[1:].tolist())
 
 
 @pytest.mark.parametrize(

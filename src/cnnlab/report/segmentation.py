@@ -187,6 +187,7 @@ def save_overlays(
     max_images: int = 8,
     titles: list[str] | None = None,
     background: int | None = 0,
+    colours: np.ndarray | None = None,
 ) -> Path:
     """A PNG with one row per image: the image, the ground truth over it, the prediction over it, the errors.
 
@@ -200,6 +201,8 @@ def save_overlays(
         max_images: rows to draw.
         titles: a title per row (e.g. the file and its score), shown above the image.
         background: the background class (not painted over the image).
+        colours: uint8 [classes, 3], each class's colour (a folder's ``classes.json``, as `cnnlab predict` paints
+            them); None: `cnnlab.data.segmentation.class_colours`.
     """
     import matplotlib
 
@@ -211,7 +214,7 @@ def save_overlays(
 
     if isinstance(predictions, torch.Tensor):
         predictions = _labels(predictions)
-    colours = class_colours(len(class_names))
+    colours = class_colours(len(class_names)) if colours is None else np.asarray(colours, dtype=np.uint8)
     count = min(max_images, len(images))
     figure, axes = plt.subplots(count, 4, figsize=(10, 2.5 * count), squeeze=False)
     for row in range(count):

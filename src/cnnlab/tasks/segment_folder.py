@@ -555,6 +555,7 @@ def train_segmentation_folder(
             max_images=WORST_IMAGES,
             titles=[f"{test_paths[i].name}: {errors[i]:.1%} wrong" for i in worst],
             background=background,
+            colours=folder.colours,  # classes.json's, as predict paints its masks; None: the default palette
         )
         write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))
         _report(recipe, config, history, summary, folder, class_names, background).write(run_dir / "report.md")
