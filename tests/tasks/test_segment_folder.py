@@ -207,6 +207,9 @@ def test_a_max_side_below_the_training_crop_is_refused(tmp_path):
     root = _folder(tmp_path / "data", count=3)
     with pytest.raises(CnnlabError, match="--max-side 32 is smaller than the 64 px training crops"):
         train_segmentation_folder(str(root), output=str(tmp_path), max_side=32, progress=False)
+    # --crop-size 0 trained on the default 64 px crops without a word, where -1 and 7 were refused
+    with pytest.raises(CnnlabError, match="--crop-size must be at least 8 px, got 0"):
+        train_segmentation_folder(str(root), output=str(tmp_path), crop_size=0, progress=False)
 
 
 def test_an_output_inside_the_data_folder_is_refused_before_anything_is_written(tmp_path):

@@ -362,7 +362,7 @@ def train_segmentation_folder(
             raise CnnlabError("--background-weight needs a background class (--background is -1)")
         if not background_weight > 0:
             raise CnnlabError(f"--background-weight must be positive, got {background_weight}")
-    crop = crop_size or recipe.crop_size
+    crop = recipe.crop_size if crop_size is None else crop_size  # 0 is refused, not taken for the default
     if crop < 8:
         raise CnnlabError(f"--crop-size must be at least 8 px, got {crop}")
     if max_side is not None and max_side < crop:
