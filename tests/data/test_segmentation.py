@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,22 @@ def test_index_masks_are_named_by_a_classes_json_without_colours(tmp_path):
     (tmp_path / "classes.json").write_text(json.dumps([{"name": "sky", "color": [0, 0, 0]}, {"name": "roof"}]))
     with pytest.raises(CnnlabError, match="a colour to some classes but not to 'roof'"):
         SegmentationFolder(tmp_path)
+
+
+def test_a_palette_masks_index_255_is_unlabelled_with_a_colour_classes_json(tmp_path):
+    """Pascal VOC's palette masks, with classes.json listing their colours, were all skipped: index 255 (unlabelled)
+    is the palette's (224, 224, 192), "a colour classes.json does not list". Another unlisted colour is still one."""
+    indices = np.array([[0, 1, 255], [1, 255, 0]], dtype=np.uint8)
+    mask = Image.fromarray(indices, mode="P")
+    mask.putpalette([0, 0, 0, 128, 0, 0] + [0, 0, 0] * 253 + [224, 224, 192])
+    classes = [{"name": "background", "color": [0, 0, 0]}, {"name": "plane", "color": [128, 0, 0]}]
+    _one_pair(tmp_path, mask, classes)
+    assert SegmentationFolder(tmp_path).read(0)[1].tolist() == indices.tolist()
+    mask.putpixel((0, 0), 3)  # index 3: (9, 9, 9), listed nowhere
+    mask.putpalette([0, 0, 0, 128, 0, 0, 0, 0, 0, 9, 9, 9] + [0, 0, 0] * 251 + [224, 224, 192])
+    mask.save(tmp_path / "masks" / "a.png")
+    with pytest.raises(CnnlabError, match=re.escape("has colour (9, 9, 9), which")):
+        SegmentationFolder(tmp_path).read(0)
 
 
 def test_index_masks_with_a_colour_classes_json_say_how_to_name_classes(tmp_path):

@@ -524,6 +524,9 @@ class SegmentationFolder(Dataset):
         single_channel = mask_image.mode in _INDEX_MODES
         if self.colours is None:
             return self._class_indices(path, mask_image)
+        # a palette mask's index 255 is unlabelled, whatever colour its palette gives it (Pascal VOC's (224, 224, 192)),
+        # unless classes.json lists that colour: every VOC-style mask was skipped for an "unknown colour"
+        palette_ignored = np.asarray(mask_image) == IGNORE_INDEX if mask_image.mode == "P" else None
         rgb = np.asarray(mask_image.convert("RGB"))
         mask_image.close()
         # 24-bit colour keys: int32, not int64 (a 12 MP mask's keys took 96 MB, its RGB as int64 288 MB more)
@@ -536,8 +539,11 @@ class SegmentationFolder(Dataset):
         possible = ((self.colours >= 0) & (self.colours <= 255)).all(1)  # a colour out of 0..255 is no pixel's
         table[colour_keys[possible]] = np.arange(len(colour_keys))[possible]
         out = table[keys]
-        if (out == IGNORE_INDEX).any():
-            unknown = np.unique(keys[out == IGNORE_INDEX])
+        unmatched = out == IGNORE_INDEX
+        if palette_ignored is not None:
+            unmatched &= ~palette_ignored
+        if unmatched.any():
+            unknown = np.unique(keys[unmatched])
             if single_channel:  # read as the grey (v, v, v): most likely a class index, not a colour
                 raise CnnlabError(
                     f"{path} is a single-channel mask (value {int(unknown[0]) & 255}) but {self.root}/classes.json "
