@@ -197,3 +197,19 @@ def test_a_run_interrupted_after_its_pretraining_keeps_the_pretrained_epochs(tmp
     assert resumed["test"] == uninterrupted["test"]
     weights = [torch.load(tmp_path / "segment" / name / "checkpoint.pt", weights_only=True)["model"] for name in "ui"]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+@pytest.mark.parametrize("canvases", [True, False])
+def test_evaluate_sends_a_segmentation_run_only_where_it_is_taken(tmp_path, canvases):
+    """`cnnlab evaluate` of a canvas run pointed to `cnnlab predict --model RUN IMAGE...`, which refuses canvas runs
+    (they record no normalisation for new images); a folder run's predict is still named."""
+    from cnnlab.tasks.mnist import check_mnist_run
+    from cnnlab.train.saved import save_model
+
+    kwargs = {"widths": (4, 8), "num_classes": 3}
+    meta = {"task": "segment"} if canvases else {"task": "segment", "normalisation": {"mean": [0.0], "std": [1.0]}}
+    save_model(create_model("unet", **kwargs), tmp_path, "unet", kwargs, meta)
+    with pytest.raises(CnnlabError, match="is a segment run, not an MNIST run") as refused:
+        check_mnist_run(tmp_path)
+    assert ("cnnlab predict" in str(refused.value)) is not canvases
+    assert ("test_overlays.png" in str(refused.value)) is canvases

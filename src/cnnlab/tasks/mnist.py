@@ -567,13 +567,20 @@ def check_mnist_run(run: Path) -> None:
     from cnnlab.train.saved import saved_meta, spec_path
 
     try:
-        task = saved_meta(run).get("task")  # an MNIST ensemble records no task: its members are MNIST runs
+        meta = saved_meta(run)
     except CnnlabError:
         return  # nothing loadable there: load_model says so
+    task = meta.get("task")  # an MNIST ensemble records no task: its members are MNIST runs
     if task is not None and task != TASK:
         folder = spec_path(run).parent
+        # a segmentation run on the MNIST canvases records no normalisation for new images: predict refuses it
+        canvases = task == "segment" and "normalisation" not in meta
+        use = (
+            "its test_overlays.png shows its masks"
+            if canvases
+            else f"`cnnlab predict --model {folder} IMAGE...` applies it to new images"
+        )
         raise CnnlabError(
             f"{folder} is a {task} run, not an MNIST run (this command scores MNIST models on MNIST digits); its "
-            f"own test set was scored once, in {folder / 'report.md'}, and `cnnlab predict --model {folder} "
-            "IMAGE...` applies it to new images"
+            f"own test set was scored once, in {folder / 'report.md'}, and {use}"
         )
