@@ -866,6 +866,9 @@ def test_explain_a_segmentation_run_shows_its_largest_shape_class_at_the_decoder
     printed = CliRunner().invoke(app, ["explain", summary["run_dir"], str(image), "-o", str(tmp_path / "cli")])
     assert printed.exit_code == 0, printed.output
     assert "of the pixels" in printed.output and "classes by their share of the pixels" in printed.output
+    # its model.json and weights file, which predict takes, were refused as "not a classifier; use cnnlab predict"
+    for saved in ("model.json", "model.safetensors"):
+        assert load_subject(str(Path(summary["run_dir"]) / saved)).kind == "segment"
 
 
 def test_a_process_other_than_rank_zero_writes_nothing_in_the_run(tmp_path, monkeypatch):

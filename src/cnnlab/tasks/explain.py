@@ -169,7 +169,7 @@ def load_subject(source: str, device: str | torch.device = "cpu") -> Subject:
     from cnnlab.tasks.segment_predict import is_segmentation_run
     from cnnlab.train.saved import Ensemble, ensemble_members, spec_path
 
-    if Path(source).is_dir() and is_segmentation_run(source):
+    if is_segmentation_run(source):  # its folder, model.json or model.safetensors, as predict takes them
         return _segmenter_subject(source, device)
     predictor = load_predictor(source, device=device)
     if predictor.cfg is None:  # an MNIST run or ensemble: [0, 1] grey 28x28 digits in, normalisation inside
