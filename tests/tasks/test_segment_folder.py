@@ -203,6 +203,15 @@ def test_bad_background_weights_give_one_line_errors(tmp_path, options, message)
         train_segmentation_folder(str(root), output=str(tmp_path), progress=False, **options)
 
 
+def test_balanced_class_weights_name_a_class_without_training_pixels(tmp_path):
+    """The refusal spoke of "training images in every class", from transfer's image counts."""
+    root = _folder(tmp_path / "data", count=3)
+    classes = json.loads((root / "classes.json").read_text()) + [{"name": "unused", "color": [1, 2, 3]}]
+    (root / "classes.json").write_text(json.dumps(classes))
+    with pytest.raises(CnnlabError, match="masks have no pixel of .*'unused'; leave --class-weight out"):
+        train_segmentation_folder(str(root), output=str(tmp_path), class_weight="balanced", progress=False)
+
+
 def test_a_max_side_below_the_training_crop_is_refused(tmp_path):
     root = _folder(tmp_path / "data", count=3)
     with pytest.raises(CnnlabError, match="--max-side 32 is smaller than the 64 px training crops"):

@@ -445,6 +445,12 @@ def train_segmentation_folder(
     weight = None
     if class_weight == "balanced":
         counts = torch.bincount(torch.cat([m.flatten().long() for _, m in parts["train"]]), minlength=256)
+        if empty := [name for name, count in zip(class_names, counts.tolist(), strict=False) if count == 0]:
+            # class_weights' own message spoke of training images: here it is the pixels of the training masks
+            raise CnnlabError(
+                "--class-weight balanced weighs each class by its training pixels, and the training split's masks "
+                f"have no pixel of {', '.join(repr(name) for name in empty)}; leave --class-weight out"
+            )
         weight = class_weights(dict(zip(class_names, counts[: len(class_names)].tolist(), strict=True)))
     elif background_weight is not None:
         weight = torch.ones(len(class_names))
