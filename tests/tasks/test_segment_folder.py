@@ -412,7 +412,18 @@ def test_predict_prints_the_classes_found_largest_first_and_json_every_class(tra
     lines = printed.stdout.splitlines()[1:]
     assert [line.split()[0] for line in lines[: len(found)]] == [name for _, name in found]
     if len(found) < 4:
-        assert lines[len(found)] == f"  ({4 - len(found)} other classes: no pixels; --json lists every class)"
+        other = 4 - len(found)
+        plural = "class" if other == 1 else "classes"
+        assert lines[len(found)] == f"  ({other} other {plural}: no pixels; --json lists every class)"
+
+
+def test_predict_says_one_other_class_not_classes(capsys):
+    from cnnlab.cli.predict import _class_shares
+
+    _class_shares(
+        {"image": "a.png", "size": [4, 2], "mask": "a_mask.png", "share": {"sky": 0.75, "roof": 0.25, "x": 0}}
+    )
+    assert capsys.readouterr().out.splitlines()[-1] == "  (1 other class: no pixels; --json lists every class)"
 
 
 def test_loading_a_segmenter_reads_its_weights_file_once(trained, monkeypatch):

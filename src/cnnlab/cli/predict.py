@@ -163,7 +163,7 @@ def _class_shares(result: dict[str, Any]) -> None:
     for name, share in found:
         typer.echo(f"  {name:<30} {share:7.2%}")
     if absent := len(result["share"]) - len(found):
-        typer.echo(f"  ({absent} other classes: no pixels; --json lists every class)")
+        typer.echo(f"  ({absent} other class{'' if absent == 1 else 'es'}: no pixels; --json lists every class)")
 
 
 def _image_paths(arguments: list[Path]) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
