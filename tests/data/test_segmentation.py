@@ -179,6 +179,17 @@ def test_a_palette_masks_index_255_is_unlabelled_with_a_colour_classes_json(tmp_
         SegmentationFolder(tmp_path).read(0)
 
 
+def test_a_jpeg_mask_under_a_png_name_is_skipped_not_read_with_classes_its_compression_made(tmp_path):
+    """Index masks 0-2 saved as JPEG under .png names trained as 4 classes ("class 3" from the edges' artefacts)."""
+    indices = np.zeros((16, 16), dtype=np.uint8)
+    indices[4:12, 4:12] = 2
+    _one_pair(tmp_path, Image.fromarray(indices))
+    Image.fromarray(indices).save(tmp_path / "masks" / "a.png", format="JPEG", quality=75)
+    folder = SegmentationFolder(tmp_path, skip_bad=True)
+    with pytest.raises(CnnlabError, match=re.escape("a.png holds a JPEG image, whose lossy compression")):
+        folder.read(0)
+
+
 def test_index_masks_with_a_colour_classes_json_say_how_to_name_classes(tmp_path):
     indices = np.array([[0, 1], [1, 0]], dtype=np.uint8)
     _one_pair(

@@ -521,6 +521,11 @@ class SegmentationFolder(Dataset):
         if reason is not None:
             raise CnnlabError(f"{path} cannot be read as a mask ({reason})")
         assert mask_image is not None
+        if mask_image.format in ("JPEG", "MPO"):  # JPEG data under a .png name: read, it invented classes at the edges
+            raise CnnlabError(
+                f"{path} holds a JPEG image, whose lossy compression changes class indices and colours at the edges "
+                "of every region; save the mask as a real PNG from its source"
+            )
         single_channel = mask_image.mode in _INDEX_MODES
         if self.colours is None:
             return self._class_indices(path, mask_image)
