@@ -126,9 +126,17 @@ def test_ignore_index_is_left_out_of_loss_and_metrics(tmp_path):
         Image.fromarray(labels).save(path)
     (root / "classes.json").unlink()
     summary = train_segmentation_folder(
-        str(root), output=str(tmp_path), name="i", overrides={"epochs": 1, "batch_size": 4}, progress=False
+        str(root),
+        output=str(tmp_path),
+        name="i",
+        overrides={"epochs": 1, "batch_size": 4},
+        background=None,
+        progress=False,
     )
     assert np.isfinite(summary["val_miou"])  # a target of 255 in the loss would have raised (out of 2 classes)
+    # no background class: one mIoU, said once ("mIoU over every class 0.41; over every class 0.41")
+    report = (tmp_path / "segment" / "i" / "report.md").read_text()
+    assert summary["test"]["miou"] == summary["test"]["miou_with_bg"] and report.count("over every class") == 1
     labelled_pixels = summary["images"]["test"] * 32 * (32 - 5)
     assert int(torch.tensor(summary["test"]["confusion_matrix"]).sum()) == labelled_pixels
     assert list(summary["test"]["iou_per_class"]) == ["class 0", "class 1"]

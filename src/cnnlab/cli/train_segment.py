@@ -208,9 +208,11 @@ def _segment_folder(
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
         return
     test = summary["test"]
-    scope = "with background" if test["miou_includes_background"] else "background excluded"
+    # without a background class the two means are one figure, said once
+    scope = "every class" if test["miou_includes_background"] else "background excluded"
+    every = "" if test["miou_includes_background"] else f", every class {test['miou_with_bg']:.4f}"
     typer.echo(
-        f"{summary['model']}: test mIoU ({scope}) {test['miou']:.4f}, every class {test['miou_with_bg']:.4f}, pixel "
+        f"{summary['model']}: test mIoU ({scope}) {test['miou']:.4f}{every}, pixel "
         f"accuracy {test['pixel_accuracy']:.4f}; {summary['images']['test']} test images, {summary['skipped']} "
         f"skipped; {summary['train_seconds']:.0f} s training"
     )

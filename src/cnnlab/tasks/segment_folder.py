@@ -594,8 +594,9 @@ def _report(  # noqa: ANN202
     )
     report.heading("Test images")
     scope = "every class" if background is None else f"the classes other than background `{class_names[background]}`"
+    every = "" if background is None else f"; over every class {test['miou_with_bg']:.4f}"  # else the same figure
     report.text(
-        f"mIoU over {scope} **{test['miou']:.4f}**; over every class {test['miou_with_bg']:.4f}; pixel accuracy "
+        f"mIoU over {scope} **{test['miou']:.4f}**{every}; pixel accuracy "
         f"{test['pixel_accuracy']:.4f} (unlabelled pixels excluded); boundary F1 {test['boundary_f1']:.4f} (within "
         f"{test['boundary_tolerance_px']} px). {summary['params']:,} parameters, "
         f"{summary['train_seconds']:.0f} s of training."
