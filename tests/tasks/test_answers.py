@@ -102,8 +102,14 @@ def test_exercise_2_reproduces_the_answer_sets_slips(tmp_path: Path, exercise_2_
     assert evidence["params"] == 903_400 and evidence["weights"] + evidence["biases"] == evidence["params"]
     assert evidence["slips"]["times_ten"]["matches_claim"] and evidence["slips"]["reversed"]["matches_claim"]
     assert evidence["training_measured_peak_bytes"] > evidence["training_textbook"]["params_bytes"]
+    # by hand: outputs 100x150x100, 50x75x200, 25x38x400 and the 3x200x300 input, 4 bytes each, times 50, plus the
+    # parameters: what the book adds up. The sheet called 576.5 MB (gradients and Adam's state added) the textbook's.
+    outputs, image = 100 * 150 * 100 + 50 * 75 * 200 + 25 * 38 * 400, 3 * 200 * 300
+    assert evidence["training_book_bytes"] == 50 * (outputs + image) * 4 + 903_400 * 4 == 565_613_600
     text = sheet.read_text()
     assert "903,400" in text and "Reproduce: `cnnlab budget" in text
+    assert "counted as the book counts (layer outputs, input batch and parameters) 565.6 MB" in text
+    assert "| **textbook total** | **565.6 MB** |" in text and "| with gradients and Adam state | 576.5 MB |" in text
     assert untraced_numbers(text, json.loads((tmp_path / "answers.json").read_text())) == []
 
 

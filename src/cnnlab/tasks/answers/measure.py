@@ -397,6 +397,8 @@ def exercise_2(ctx: Context) -> dict[str, Any]:
         "inference": dict(report.inference),
         "inference_realistic_bytes": report.realistic["inference_total_bytes"],
         "training_textbook": dict(training),
+        # the book's sum: layer outputs, inputs and parameters (it leaves gradients and optimizer state out)
+        "training_book_bytes": training["activations_bytes"] + training["inputs_bytes"] + training["params_bytes"],
         "training_realistic_peak_bytes": report.realistic["peak_bytes"],
         "training_measured_peak_bytes": measured.get("peak_live_bytes"),
         "measured_over_estimate": (

@@ -145,9 +145,10 @@ def section_2(e: dict[str, Any]) -> Iterator[str]:
         f"**Short answer.** {n(e['params'])} parameters: {n(e['weights'])} weights and {n(e['biases'])} biases. "
         f"Predicting one image needs about {mb(inference['total_bytes'])} (the {mb(inference['params_bytes'])} of "
         f"parameters plus the largest two consecutive layers' outputs, {mb(inference['working_set_bytes'])}). "
-        f"Training on a batch of {e['batch']} keeps every layer's output for backpropagation: the textbook count is "
-        f"{mb(training['total_bytes'])}, and PyTorch's real peak, traced and then measured in one training step, is "
-        f"{mb(e['training_measured_peak_bytes'])}."
+        f"Training on a batch of {e['batch']} keeps every layer's output for backpropagation: counted as the book "
+        f"counts (layer outputs, input batch and parameters) {mb(e['training_book_bytes'])}; the gradients and Adam's "
+        f"state it leaves out bring that to {mb(training['total_bytes'])}, and PyTorch's real peak, traced and then "
+        f"measured in one training step, is {mb(e['training_measured_peak_bytes'])}."
     )
     rows = [
         [row["layer"], row["in_channels"], f"{row['out_height']} x {row['out_width']} x {row['maps']}",
@@ -158,14 +159,15 @@ def section_2(e: dict[str, Any]) -> Iterator[str]:
     rows.append(["total", "", "", n(e["weights"]), n(e["biases"]), f"**{n(e['params'])}**"])
     yield table(["layer", "input maps", "output (h x w x maps)", "weights", "biases", "parameters"], rows)
     yield table(
-        ["memory", "bytes", "what it holds"],
+        ["memory, training on a batch", "size", "what it holds"],
         [
+            ["layer outputs", mb(training["activations_bytes"]), "every layer's output, kept for the backward pass"],
+            ["input batch", mb(training["inputs_bytes"]), f"{e['batch']} images"],
             ["parameters", mb(training["params_bytes"]), f"{n(e['params'])} x {e['bytes_per_float']} bytes"],
+            ["**textbook total**", f"**{mb(e['training_book_bytes'])}**", "the three above, as the book adds them up"],
             ["gradients", mb(training["grads_bytes"]), "one per parameter"],
             ["Adam state", mb(training["optimizer_bytes"]), "two moments per parameter"],
-            ["input batch", mb(training["inputs_bytes"]), f"{e['batch']} images"],
-            ["layer outputs", mb(training["activations_bytes"]), "every layer's output, kept for the backward pass"],
-            ["**textbook total**", f"**{mb(training['total_bytes'])}**", ""],
+            ["with gradients and Adam state", mb(training["total_bytes"]), "the textbook total plus the two above"],
             ["traced peak (PyTorch)", mb(e["training_realistic_peak_bytes"]),
              "what autograd really saves, plus gradients being formed during the backward pass"],
             ["measured peak", mb(e["training_measured_peak_bytes"]),
