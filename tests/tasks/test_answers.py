@@ -288,6 +288,8 @@ def test_exercises_not_chosen_again_stay_in_the_sheet(tmp_path: Path):
     assert sorted(exercises) == ["3", "6"] and exercises["6"]["read_back"]
     text = sheet.read_text()
     assert text.index("## Exercise 3.") < text.index("## Exercise 6.")
+    # exercise 3 compared a peak in GB with a limit in GiB unconverted ("22.51 GB (does not fit in 8GiB)")
+    assert "peaks at 22.51 GB (does not fit in 8GiB, 8.59 GB)" in text
     run_answers("quick", output=tmp_path, exercises=(3,), overwrite=True, log=lambda message: None)
     assert sorted(json.loads((tmp_path / "answers.json").read_text())["exercises"]) == ["3", "6"]
 

@@ -230,8 +230,9 @@ def section_3(e: dict[str, Any]) -> Iterator[str]:
     )  # fmt: skip
     yield (
         f"Training at batch {e['batch']} as configured peaks at {gb(e['training_peak_bytes'])} "
-        f"({'fits' if e['fits'] else 'does not fit'} in {e['memory']}). Memory is fixed (weights, gradients, optimizer "
-        "state) plus per sample (saved activations), so the largest batch follows from one line per remedy."
+        f"({'fits' if e['fits'] else 'does not fit'} in {e['memory']}, {gb(e['memory_bytes'])}). Memory is fixed "
+        "(weights, gradients, optimizer state) plus per sample (saved activations), so the largest batch follows from "
+        "one line per remedy."
     )
     yield f"Reproduce: `cnnlab budget {e['model']} --batch {e['batch']} --memory {e['memory']}`"
 
