@@ -21,7 +21,8 @@ QUESTIONS = {
     3: "Your GPU runs out of memory while training a CNN. What can you try?",
     4: "Why add a max pooling layer rather than a convolutional layer with the same stride?",
     5: "When would you add a local response normalisation (LRN) layer?",
-    6: "What did AlexNet, GoogLeNet, ResNet, SENet, Xception and EfficientNet each introduce?",
+    6: "What are the main innovations in AlexNet, as compared to LeNet-5? What about the main innovations in "
+    "GoogLeNet, ResNet, SENet, Xception and EfficientNet?",
     7: "What is a fully convolutional network, and how do you turn a dense layer into a convolutional one?",
     8: "What is the main technical difficulty of semantic segmentation?",
     9: "Build a CNN from scratch and reach the highest accuracy you can on MNIST.",
@@ -260,21 +261,30 @@ def section_5(e: dict[str, Any]) -> Iterator[str]:
     yield from _experiment_blocks("lrn-vs-bn", e, ("val accuracy after epoch 1", "val_after_epoch_1", pct))
 
 
+def _published_cell(row: dict[str, Any]) -> str:
+    if row.get("params_note"):  # LeNet-5: cnnlab's count of its own variant, which no publication gives
+        return "none (see below)"
+    return n(row["published_params"]) if row["published_params"] else "-"
+
+
 def section_6(e: dict[str, Any]) -> Iterator[str]:
     verdict = "every count equals" if e["all_match"] else "not every count equals"
+    noted = [row for row in e["rows"] if row.get("params_note")]
+    exception = f"; {', '.join(row['model'] for row in noted)} has none, see below the table" if noted else ""
     yield (
         f"**Short answer.** Each architecture's named block, below, with its parameters counted now from cnnlab's "
-        f"implementation ({verdict} the reference implementation's) and its multiply-accumulates per image."
+        f"implementation ({verdict} the reference implementation's{exception}) and its multiply-accumulates per image."
     )
     yield table(
         ["model", "parameters (counted)", "published", "MMACs / image", "innovation", "where in cnnlab"],
         [
-            [f"{r['model']} ({'x'.join(map(str, r['input']))})", n(r["params"]),
-             n(r["published_params"]) if r["published_params"] else "-", f"{r['macs'] / 1e6:,.1f}", r["innovation"],
-             f"`{r['innovation_code']}`"]
+            [f"{r['model']} ({'x'.join(map(str, r['input']))})", n(r["params"]), _published_cell(r),
+             f"{r['macs'] / 1e6:,.1f}", r["innovation"], f"`{r['innovation_code']}`"]
             for r in e["rows"]
         ],
     )  # fmt: skip
+    for row in noted:
+        yield f"{row['model']}: {n(row['params'])} parameters, {row['params_note']}."
     yield "Reproduce: `cnnlab zoo`, then `cnnlab zoo show NAME` for the stages of one model."
 
 
