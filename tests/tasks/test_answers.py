@@ -142,6 +142,7 @@ def test_every_number_of_a_whole_sheet_traces_to_its_json_and_runs_are_reused(
     assert text.count("Reproduce: `cnnlab") == 10
     assert untraced_numbers(text, results) == []
     assert set(untraced_numbers(text.replace("903,400", "903,401"), results)) == {"903,401"}
+    assert "You would add it in the lower layers, after the ReLU" in text  # exercise 5 answers "when", as asked
     # the figures the sheet links to exist
     for link in ("figures/fcn_scan.png", "experiment/cnn-vs-dense/robustness_shift.png"):
         assert link in text and (first / link).is_file()
@@ -278,6 +279,11 @@ def test_figures_of_a_runs_folder_are_linked_from_where_the_sheet_is(tmp_path: P
     from cnnlab.lab.answers_page import answer_sheet
 
     assert [figure.name for figure, _ in answer_sheet(runs)[1]] == ["robustness_shift.png", "sample_efficiency.png"]
+    # each figure says what it shows (its alt text, the lab's caption, was the file name, and no caption followed)
+    captions = [caption for _, caption in answer_sheet(runs)[1]]
+    assert captions[0].startswith("Test accuracy of the CNN and of the dense net against how far the test digits")
+    assert captions[1].startswith("Test accuracy of the CNN and of the dense net against the number of training")
+    assert all(f"_{caption}._" in sheet.read_text() for caption in captions)
 
 
 def test_exercises_not_chosen_again_stay_in_the_sheet(tmp_path: Path):
@@ -355,6 +361,8 @@ def test_exercise_7_alone_writes_its_sheet_and_the_sheet_continues_its_own_mnist
     sheet = run_answers(TINY, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(7,), log=lambda message: None)
     text = sheet.read_text()
     assert "Measured on the MNIST CNN of exercise 9" in text and "measured in this invocation" in text
+    assert 'one filter per unit and "valid" padding' in text  # the book's third condition of the conversion
+    assert "![The converted network run once over a canvas of MNIST test digits" in text and "_The converted" in text
     assert list(json.loads((tmp_path / "answers.json").read_text())["exercises"]) == ["7"]
     weights = tmp_path / "mnist" / "quick" / "model.safetensors"
     written = weights.stat().st_mtime_ns

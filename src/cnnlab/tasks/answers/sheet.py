@@ -117,6 +117,17 @@ def _experiment_blocks(name: str, e: dict[str, Any], extra: tuple[str, str, Call
     yield _experiment_command(name, e)
 
 
+# What the figures the sheet links to show (their alt text was the file name, and no caption said it).
+_FIGURE_CAPTIONS = {
+    "robustness_shift.png": "Test accuracy of the CNN and of the dense net against how far the test digits are "
+    "shifted, in pixels (mean over right, left, down and up, and over seeds)",
+    "sample_efficiency.png": "Test accuracy of the CNN and of the dense net against the number of training images "
+    "(mean over seeds)",
+    "fcn_scan.png": "The converted network run once over a canvas of MNIST test digits larger than its input: the "
+    "most likely class of each window, shown where its probability is at least one half",
+}
+
+
 def section_1(e: dict[str, Any]) -> Iterator[str]:
     cnn, dense = e["rows"][0], e["rows"][1]
     layer = e["dense_equivalent"]
@@ -136,7 +147,9 @@ def section_1(e: dict[str, Any]) -> Iterator[str]:
         [[shift, *(pct(row["accuracy"][i]) for row in e["shift_rows"])] for i, shift in enumerate(e["shifts"])],
     )
     yield f"Conclusion of the experiment: {e['conclusion']}"
-    yield " ".join(f"![{plot.rsplit('/', 1)[-1].removesuffix('.png')}]({plot})" for plot in e["plots"])
+    for plot in e["plots"]:
+        caption = _FIGURE_CAPTIONS.get(plot.rsplit("/", 1)[-1], "")
+        yield f"![{caption}]({plot})\n\n_{caption}._" if caption else f"![figure]({plot})"
     yield _experiment_command("cnn-vs-dense", e)
 
 
@@ -254,9 +267,11 @@ def section_4(e: dict[str, Any]) -> Iterator[str]:
 def section_5(e: dict[str, Any]) -> Iterator[str]:
     yield (
         "**Short answer.** LRN makes the most strongly activated neurons inhibit neurons at the same position in "
-        "neighbouring feature maps, encouraging maps to specialise; AlexNet used it after its first layers, and later "
-        "networks dropped it for batch normalisation. What was measured, the same small network with "
-        "no normalisation, LRN or batch norm, is below; its conclusion claims only differences larger than the noise."
+        "neighbouring feature maps, encouraging maps to specialise. You would add it in the lower layers, after the "
+        "ReLU, so that the upper layers build on a wider range of low-level features: AlexNet put it after its first "
+        "two convolutions. Later networks dropped it for batch normalisation. What was measured, the same small "
+        "network with no normalisation, LRN or batch norm, is below; its conclusion claims only differences larger "
+        "than the noise."
     )
     yield from _experiment_blocks("lrn-vs-bn", e, ("val accuracy after epoch 1", "val_after_epoch_1", pct))
 
@@ -292,17 +307,18 @@ def section_7(e: dict[str, Any]) -> Iterator[str]:
     yield (
         "**Short answer.** A fully convolutional network has no dense layers, so it accepts any input size and "
         "outputs a map of predictions, one per window. A dense layer on a h x w x c input becomes a convolution with "
-        "an h x w kernel, c input channels and one filter per unit, holding the same weights; later dense layers "
-        f"become 1 x 1 convolutions. Measured on the MNIST CNN of exercise 9: dense layers converted: "
-        f"{e['dense_layers_converted']}; parameters {n(e['params_before'])} before and {n(e['params_after'])} after; "
-        "largest "
+        'an h x w kernel, c input channels, one filter per unit and "valid" padding, holding the same weights; '
+        "later dense layers become 1 x 1 convolutions. Measured on the MNIST CNN of exercise 9: dense layers "
+        f"converted: {e['dense_layers_converted']}; parameters {n(e['params_before'])} before and "
+        f"{n(e['params_after'])} after; largest "
         f"difference of the logits on {n(e['images'])} test digits {e['max_abs_difference']:.2e} (logits up to "
         f"{e['max_abs_logit']:.1f}), the same class for {pct(e['same_prediction_share'])} of them. On a "
         f"{e['double_input'][0]} x {e['double_input'][1]} input it outputs a {e['double_input_grid'][0]} x "
         f"{e['double_input_grid'][1]} grid of predictions: one per {e['window']}-pixel window, every {e['stride']} "
         "pixels, in one pass."
     )
-    yield f"![scan]({e['heatmap']})"
+    caption = _FIGURE_CAPTIONS["fcn_scan.png"]
+    yield f"![{caption}]({e['heatmap']})\n\n_{caption}._"
     yield f"Evidence: the MNIST run `{e['folder']}`, {e['source']}."
     yield f"Reproduce: `cnnlab fcn convert {e['run_dir']}`, then `cnnlab fcn scan {e['run_dir']} IMAGE`"
 
