@@ -296,6 +296,7 @@ def test_exercises_not_chosen_again_stay_in_the_sheet(tmp_path: Path):
     assert text.index("## Exercise 3.") < text.index("## Exercise 6.")
     # exercise 3 compared a peak in GB with a limit in GiB unconverted ("22.51 GB (does not fit in 8GiB)")
     assert "peaks at 22.51 GB (does not fit in 8GiB, 8.59 GB)" in text
+    assert "what are five things you could try to solve the problem?" in text  # the book asks for five
     # exercise 6 called cnnlab's own LeNet-5 count published; no publication gives 61,706, the paper says 60,000
     assert "| lenet5 (1x32x32) | 61,706 | none (see below) |" in text and "the paper's LeNet-5 has 60,000" in text
     assert "every count equals the reference implementation's; lenet5 has none" in text

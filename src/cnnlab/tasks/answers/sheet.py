@@ -18,7 +18,7 @@ QUESTIONS = {
     2: 'A CNN has three convolutional layers with 3x3 kernels, stride 2 and "same" padding, producing 100, 200 and '
     "400 feature maps from 200x300 RGB images. How many parameters does it have, and how much RAM does it need to "
     "predict one image and to train on a mini-batch of 50 images (32-bit floats)?",
-    3: "Your GPU runs out of memory while training a CNN. What can you try?",
+    3: "If your GPU runs out of memory while training a CNN, what are five things you could try to solve the problem?",
     4: "Why add a max pooling layer rather than a convolutional layer with the same stride?",
     5: "When would you add a local response normalisation (LRN) layer?",
     6: "What are the main innovations in AlexNet, as compared to LeNet-5? What about the main innovations in "
