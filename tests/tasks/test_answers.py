@@ -110,6 +110,9 @@ def test_exercise_2_reproduces_the_answer_sets_slips(tmp_path: Path, exercise_2_
     assert "903,400" in text and "Reproduce: `cnnlab budget" in text
     assert "counted as the book counts (layer outputs, input batch and parameters) 565.6 MB" in text
     assert "| **textbook total** | **565.6 MB** |" in text and "| with gradients and Adam state | 576.5 MB |" in text
+    # 8,006,700 is not reproduced by any slip applied to the spec: the sheet said "each slip can be reproduced"
+    assert not evidence["slips"]["dense_and_misadd"]["matches_claim"] and "each slip can be reproduced" not in text
+    assert "the third cannot be rebuilt, and its wrong terms are checked one by one" in text
     assert untraced_numbers(text, json.loads((tmp_path / "answers.json").read_text())) == []
 
 

@@ -191,8 +191,9 @@ def section_2(e: dict[str, Any]) -> Iterator[str]:
     slips = e["slips"]
     second = e["second_layer"]
     yield (
-        "**Where answers go wrong.** The published answer sets give these totals (quoted), and each slip can be "
-        "reproduced from the layer spec:\n\n"
+        "**Where answers go wrong.** The published answer sets give these totals (quoted). The first two slips, "
+        "applied to the layer spec, reproduce the claim exactly; the third cannot be rebuilt, and its wrong terms are "
+        "checked one by one:\n\n"
         f"- {n(slips['times_ten']['claim'])}: {slips['times_ten']['slip']}. Ten times the weights is "
         f"{n(slips['times_ten']['reproduced'])}, the claim exactly.\n"
         f"- {n(slips['reversed']['claim'])}: {slips['reversed']['slip']}. Counted that way: "
