@@ -130,6 +130,22 @@ def test_an_unreadable_record_is_said_and_measured_again(tmp_path: Path, record:
     assert json.loads((tmp_path / "answers.json").read_text())["exercises"]["2"]["params"] == 903_400
 
 
+def test_a_record_another_version_wrote_is_measured_again_not_a_crash(
+    tmp_path: Path, exercise_2_calls: list[int], exercise_2_evidence: dict[str, Any]
+):
+    """An answers.json from before exercise 2 recorded training_book_bytes was read back, then the sheet stopped with
+    KeyError: 'training_book_bytes' after every chosen exercise had been measured, and wrote no answers.md."""
+    older = {key: value for key, value in exercise_2_evidence.items() if key != "training_book_bytes"}
+    record = {"meta": {"mode": "quick"}, "exercises": {"2": {**older, "seconds": 30.0}}}
+    (tmp_path / "answers.json").write_text(json.dumps(record))
+    lines: list[str] = []
+    sheet = run_answers("quick", output=tmp_path, exercises=(2,), log=lines.append)
+    assert exercise_2_calls == [2]
+    assert any("written by another cnnlab version, cannot be shown (KeyError: 'training_book_bytes')" in line
+               for line in lines)  # fmt: skip
+    assert "565.6 MB" in sheet.read_text()
+
+
 @pytest.mark.skipif(not HAS_MNIST, reason="MNIST not found ($CNNLAB_DATA)")
 def test_every_number_of_a_whole_sheet_traces_to_its_json_and_runs_are_reused(
     tmp_path: Path, exercise_2_calls: list[int]

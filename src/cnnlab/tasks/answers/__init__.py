@@ -25,7 +25,7 @@ from typing import Any
 from cnnlab.errors import CnnlabError, why_not_a_folder
 from cnnlab.files import write_text_whole
 from cnnlab.tasks.answers.measure import EXERCISES, MODES, Context, Mode, timed
-from cnnlab.tasks.answers.sheet import render, untraced_numbers
+from cnnlab.tasks.answers.sheet import render, unrenderable, untraced_numbers
 from cnnlab.tasks.recipes import note_current_run
 from cnnlab.train.config import command_line
 
@@ -63,9 +63,19 @@ def _previous(path: Path, mode: str, say: Callable[[str], None]) -> dict[str, An
     meta = previous.get("meta")
     if not isinstance(meta, dict) or meta.get("mode") != mode:
         return {}
-    return {
-        key: value for key, value in previous["exercises"].items() if isinstance(value, dict) and "error" not in value
-    }
+    kept = {}
+    for key, value in previous["exercises"].items():
+        if not isinstance(value, dict) or "error" in value or not key.isdigit() or int(key) not in EXERCISES:
+            continue
+        why = unrenderable(int(key), value)
+        if why:  # written by another cnnlab version: it was read back and the sheet failed at the end
+            say(
+                f"exercise {key}: its record in {path}, written by another cnnlab version, cannot be shown ({why}); "
+                f"it is measured again when chosen (-e {key}), else left out of the sheet"
+            )
+            continue
+        kept[key] = value
+    return kept
 
 
 def run_answers(
