@@ -303,6 +303,8 @@ def test_figures_of_a_runs_folder_are_linked_from_where_the_sheet_is(tmp_path: P
     assert captions[0].startswith("Test accuracy of the CNN and of the dense net against how far the test digits")
     assert captions[1].startswith("Test accuracy of the CNN and of the dense net against the number of training")
     assert all(f"_{caption}._" in sheet.read_text() for caption in captions)
+    # the small CNN measured has a dense head: "the network can be applied to any image size" was not true of it
+    assert "Made fully convolutional (exercise 7), a CNN also takes any image size." in sheet.read_text()
 
 
 def test_exercises_not_chosen_again_stay_in_the_sheet(tmp_path: Path):

@@ -133,9 +133,12 @@ def section_1(e: dict[str, Any]) -> Iterator[str]:
     layer = e["dense_equivalent"]
     yield (
         f"**Short answer.** A convolutional layer connects each unit to a small window only and shares its weights "
-        f"across all positions. The first layer of exercise 2 has {n(layer['conv_params'])} parameters; a dense layer "
-        f"with the same input and output sizes would need {n(layer['dense_params'])}. The same features are detected "
-        "anywhere in the image, and the network can be applied to any image size. Measured here at equal parameter "
+        f"across all positions, so it needs far fewer parameters: the first layer of exercise 2 has "
+        f"{n(layer['conv_params'])}; a dense layer with the same input and output sizes would need "
+        f"{n(layer['dense_params'])}. Fewer parameters leave less to learn from the same images (the sample-efficiency "
+        "figure below tests it). A feature learned in one place is detected anywhere in the image, and stacked layers "
+        "build larger features out of small local ones, the prior that nearby pixels belong together. Made fully "
+        "convolutional (exercise 7), a CNN also takes any image size. Measured here at equal parameter "
         f"count ({n(cnn['params'])} vs {n(dense['params'])}): the CNN reaches {pct(cnn['test_accuracy_mean'])} test "
         f"accuracy, the dense net {pct(dense['test_accuracy_mean'])}; shifted by {e['shifts'][-1]} pixels, the CNN "
         f"keeps {pct(e['shift_rows'][0]['accuracy'][-1])} and the dense net {pct(e['shift_rows'][1]['accuracy'][-1])}."
