@@ -384,6 +384,11 @@ def test_exercise_7_alone_writes_its_sheet_and_the_sheet_continues_its_own_mnist
     text = sheet.read_text()
     assert "Measured on the MNIST CNN of exercise 9" in text and "measured in this invocation" in text
     assert 'one filter per unit and "valid" padding' in text  # the book's third condition of the conversion
+    # 5 windows of 28 pixels every 8 pixels span 60 pixels: on a 56-pixel input the last ones overhang by 4
+    seven = json.loads((tmp_path / "answers.json").read_text())["exercises"]["7"]
+    window, stride = seven["window"], seven["stride"]
+    assert seven["window_overhang"] == window + (seven["double_input_grid"][0] - 1) * stride - seven["double_input"][0]
+    assert seven["window_overhang"] > 0 and f"reaches {seven['window_overhang']} pixels past the edge" in text
     assert "![The converted network run once over a canvas of MNIST test digits" in text and "_The converted" in text
     assert list(json.loads((tmp_path / "answers.json").read_text())["exercises"]) == ["7"]
     weights = tmp_path / "mnist" / "quick" / "model.safetensors"

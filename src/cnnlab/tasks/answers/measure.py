@@ -624,6 +624,8 @@ def exercise_7(ctx: Context) -> dict[str, Any]:
         "stride": stride,
         "double_input": [height * 2, width * 2],
         "double_input_grid": list(grid),
+        # the last window starts at (grid - 1) * stride: how far it reaches past the doubled input's edge
+        "window_overhang": max(0, window + (int(grid[0]) - 1) * stride - height * 2),
         "heatmap": ctx.link(heatmap),
     }
 

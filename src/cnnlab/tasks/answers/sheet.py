@@ -319,7 +319,12 @@ def section_7(e: dict[str, Any]) -> Iterator[str]:
         f"{e['max_abs_logit']:.1f}), the same class for {pct(e['same_prediction_share'])} of them. On a "
         f"{e['double_input'][0]} x {e['double_input'][1]} input it outputs a {e['double_input_grid'][0]} x "
         f"{e['double_input_grid'][1]} grid of predictions: one per {e['window']}-pixel window, every {e['stride']} "
-        "pixels, in one pass."
+        "pixels, in one pass"
+        + (
+            f" (the bottom row of windows reaches {e['window_overhang']} pixels past the edge)."
+            if e.get("window_overhang")
+            else "."
+        )
     )
     caption = _FIGURE_CAPTIONS["fcn_scan.png"]
     yield f"![{caption}]({e['heatmap']})\n\n_{caption}._"
