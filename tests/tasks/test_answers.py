@@ -389,7 +389,7 @@ def test_exercise_7_alone_writes_its_sheet_and_the_sheet_continues_its_own_mnist
     window, stride = seven["window"], seven["stride"]
     assert seven["window_overhang"] == window + (seven["double_input_grid"][0] - 1) * stride - seven["double_input"][0]
     assert seven["window_overhang"] > 0 and f"reaches {seven['window_overhang']} pixels past the edge" in text
-    assert "![The converted network run once over a canvas of MNIST test digits" in text and "_The converted" in text
+    assert "![The converted network scanned over a canvas of MNIST test digits" in text and "_The converted" in text
     assert list(json.loads((tmp_path / "answers.json").read_text())["exercises"]) == ["7"]
     weights = tmp_path / "mnist" / "quick" / "model.safetensors"
     written = weights.stat().st_mtime_ns

@@ -123,8 +123,9 @@ _FIGURE_CAPTIONS = {
     "shifted, in pixels (mean over right, left, down and up, and over seeds)",
     "sample_efficiency.png": "Test accuracy of the CNN and of the dense net against the number of training images "
     "(mean over seeds)",
-    "fcn_scan.png": "The converted network run once over a canvas of MNIST test digits larger than its input: the "
-    "most likely class of each window, shown where its probability is at least one half",
+    "fcn_scan.png": "The converted network scanned over a canvas of MNIST test digits larger than its input, its "
+    "outputs shifted and stitched so that windows lie closer than its stride: first panel, the most likely class of "
+    "each window where its probability is at least one half; the others, each class's probability per window",
 }
 
 
