@@ -318,6 +318,14 @@ def test_exercises_not_chosen_again_stay_in_the_sheet(tmp_path: Path):
     # exercise 3 compared a peak in GB with a limit in GiB unconverted ("22.51 GB (does not fit in 8GiB)")
     assert "peaks at 22.51 GB (does not fit in 8GiB, 8.59 GB)" in text
     assert "what are five things you could try to solve the problem?" in text  # the book asks for five
+    # "fixed (weights, gradients, optimizer state)": resnet50's fixed part with SGD is its weights and 8.6 MB of the
+    # 102.2 MB of gradients, the ones formed before the peak in the backward pass; Adam's adds exactly its two moments
+    three = json.loads((tmp_path / "answers.json").read_text())["exercises"]["3"]
+    fixed = {remedy["remedy"]: remedy["fixed_bytes"] for remedy in three["remedies"]}
+    weights = three["params"] * 4
+    assert weights < fixed["SGD (no optimizer state)"] < 2 * weights
+    assert abs(fixed["as configured"] - fixed["SGD (no optimizer state)"] - 2 * weights) < 1e-4 * weights
+    assert "the gradients formed by the time of the peak: not all of them" in text
     # exercise 6 called cnnlab's own LeNet-5 count published; no publication gives 61,706, the paper says 60,000
     assert "| lenet5 (1x32x32) | 61,706 | none (see below) |" in text and "the paper's LeNet-5 has 60,000" in text
     assert "every count equals the reference implementation's; lenet5 has none" in text

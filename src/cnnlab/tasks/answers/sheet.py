@@ -249,9 +249,10 @@ def section_3(e: dict[str, Any]) -> Iterator[str]:
     )  # fmt: skip
     yield (
         f"Training at batch {e['batch']} as configured peaks at {gb(e['training_peak_bytes'])} "
-        f"({'fits' if e['fits'] else 'does not fit'} in {e['memory']}, {gb(e['memory_bytes'])}). Memory is fixed "
-        "(weights, gradients, optimizer state) plus per sample (saved activations), so the largest batch follows from "
-        "one line per remedy."
+        f"({'fits' if e['fits'] else 'does not fit'} in {e['memory']}, {gb(e['memory_bytes'])}). The peak is a fixed "
+        "part (weights, optimizer state, and the gradients formed by the time of the peak: not all of them, as it "
+        "comes during the backward pass) plus a part per sample (saved activations), so the largest batch follows "
+        "from one line per remedy."
     )
     yield f"Reproduce: `cnnlab budget {e['model']} --batch {e['batch']} --memory {e['memory']}`"
 
