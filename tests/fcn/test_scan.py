@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -458,3 +460,23 @@ def test_heatmap_path_takes_folders_and_refuses_formats_matplotlib_cannot_write(
         with pytest.raises(CnnlabError, match=r"is the image being scanned, .*street-heatmap.png beside it"):
             heatmap_path(same, image)
     assert heatmap_path(tmp_path / "pics" / "other.jpg", image) == tmp_path / "pics" / "other.jpg"
+
+
+def test_the_canvas_demo_title_does_not_list_the_digits_as_if_left_to_right(tmp_path, monkeypatch):
+    """The exercise-7 heatmap's title listed the digits in the order they were drawn (9, 5, 4, 5 for a canvas that
+    reads 5, 4, 9, 5): a reader takes a list under a picture as left to right. It lists them sorted, and says so."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
+    from test_mnist_idx import write_fake_mnist  # noqa: PLC0415 - a sibling folder's test module
+
+    from cnnlab.fcn import scan as scan_module
+
+    titles: list[str] = []
+    monkeypatch.setattr(scan_module, "save_heatmap", lambda *args: titles.append(args[-1]) or args[2])
+    data = write_fake_mnist(tmp_path / "data", train=12, test=40)
+    for seed in range(2):
+        scan_module.scan_canvas_demo(_classifier(), tmp_path, data_dir=data, seed=seed)
+    digits = [[int(d) for d in title.split(": ")[1].split(", ")] for title in titles]
+    assert all(title.startswith("digits on the canvas, in any order: ") for title in titles)
+    assert all(len(shown) == 4 and shown == sorted(shown) for shown in digits)

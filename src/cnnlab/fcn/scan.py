@@ -699,7 +699,8 @@ def scan_canvas_demo(
     ids = torch.arange(len(labels)) + TEST_ID_OFFSET
     canvas = make_canvases(digits, labels, ids, 1, size=(84, 168), digits_per_canvas=(4, 4), seed=seed)
     image = canvas.images[0].float() / 255.0
-    shown = [int(labels[i - TEST_ID_OFFSET]) for i in canvas.source_ids[0] if i >= 0]
+    # sorted: in the order drawn they read as if left to right, which they are not (9, 5, 4, 5 for 5, 4, 9, 5)
+    shown = sorted(int(labels[i - TEST_ID_OFFSET]) for i in canvas.source_ids[0] if i >= 0)
     result = scan(converted, image)
-    title = f"digits on the canvas: {', '.join(map(str, shown))}"
+    title = f"digits on the canvas, in any order: {', '.join(map(str, shown))}"
     return save_heatmap(image, result, Path(out_dir) / "fcn_scan.png", [str(d) for d in range(10)], title)
