@@ -455,3 +455,24 @@ def test_an_exercise_chosen_twice_is_measured_once(tmp_path: Path, exercise_2_ca
     run_answers("quick", output=tmp_path, exercises=(2, 2), log=lambda message: None)
     assert exercise_2_calls == [2]
     assert list(json.loads((tmp_path / "answers.json").read_text())["exercises"]) == ["2"]
+
+
+def test_exercise_9_says_this_machine_only_of_a_run_trained_by_this_invocation():
+    """A run read from --runs (or read back from an earlier invocation) may have been trained on another machine:
+    the sheet said "trained in 41 s on this machine" of it."""
+    from cnnlab.tasks.answers.measure import MEASURED_HERE, READ_BACK
+    from cnnlab.tasks.answers.sheet import section_9
+
+    evidence = {
+        "answer_sets": {"low": 0.98, "high": 0.992},
+        "above_answer_sets": False,
+        "train_seconds": 41.2,
+        "recipe": "quick",
+        "recipe_summary": "mnist_net_small, 2 epochs",
+        "test_accuracy": 0.9913,
+        "folder": "mnist/quick",
+    }
+    for source in (MEASURED_HERE, READ_BACK, "read from the run folder"):
+        answer = next(section_9({**evidence, "source": source}))
+        assert ("trained in 41 s on this machine" in answer) == (source == MEASURED_HERE)
+        assert "trained in 41 s on" in answer

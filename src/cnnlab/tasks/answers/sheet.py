@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from cnnlab.tasks.answers.measure import MEASURED_HERE
+
 QUESTIONS = {
     1: "What are the advantages of a CNN over a fully connected network for image classification?",
     2: 'A CNN has three convolutional layers with 3x3 kernels, stride 2 and "same" padding, producing 100, 200 and '
@@ -383,7 +385,9 @@ def section_9(e: dict[str, Any]) -> Iterator[str]:
         )
     else:
         verdict = f"not above the published answer sets' {pct(sets['low'], 1)}-{pct(sets['high'], 1)}"
-    seconds = f", trained in {e['train_seconds']:.0f} s on this machine" if e.get("train_seconds") else ""
+    # a run read from --runs or by an earlier invocation may have been trained elsewhere: its report.md names where
+    where = "on this machine" if e["source"] == MEASURED_HERE else "on the machine its report.md names"
+    seconds = f", trained in {e['train_seconds']:.0f} s {where}" if e.get("train_seconds") else ""
     yield (
         f"**Short answer.** Recipe `{e['recipe']}` ({e['recipe_summary']}) reaches {pct(e['test_accuracy'])} test "
         f"accuracy{seconds}: {verdict}. The test set was read once, after training; the validation split chose "
