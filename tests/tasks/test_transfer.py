@@ -648,6 +648,19 @@ def test_timing_the_next_recipes_step_keeps_its_memory_bounded(monkeypatch: pyte
     assert transfer_cost.timed_batch(model, (3, 32, 32), 4) == 4  # a batch within the bound runs whole
 
 
+def test_the_next_recipe_is_estimated_at_the_smallest_image_size() -> None:
+    """At --image-size 16 Lite0's top blocks see 1x1 maps: tracing one sample in training mode raised batch norm's
+    ValueError ("Expected more than 1 value per channel"), after the model was saved and before the report."""
+    from cnnlab.tasks.transfer_cost import estimate_recipe_seconds, timed_batch
+
+    bn_on_one_pixel = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    assert timed_batch(bn_on_one_pixel, (3, 1, 1), 4) == 4
+    model = create_model("efficientnet_lite0", num_classes=3, in_chans=3)
+    counts, cpu = {"train": 24, "val": 6, "test": 6}, torch.device("cpu")
+    estimate = estimate_recipe_seconds(RECIPES.get("default"), model, (3, 16, 16), counts, 2, 1e-9, cpu, 3, 8)
+    assert estimate["training"] > 0
+
+
 def test_a_failed_estimate_never_costs_the_finished_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import cnnlab.tasks.transfer_cost as transfer_cost
 

@@ -905,7 +905,7 @@ def _estimate_next_recipe(run: _Run, model: nn.Module, record: PretrainedCfg) ->
             len(run.classes),
             _shared(config.train).get("batch_size"),  # None: the next recipe's own
         )
-    except (CnnlabError, RuntimeError) as error:  # e.g. a model the next recipe cannot split, or out of memory
+    except (CnnlabError, RuntimeError, ValueError) as error:  # e.g. a model the next recipe cannot split, or OOM
         run.log(f"no estimate of --recipe {name}: {error}")
         return
     run.costs["next_recipe"] = {"recipe": name, "summary": nxt.summary, **seconds}

@@ -70,7 +70,9 @@ def timed_batch(module: nn.Module, shape: tuple[int, ...], batch: int) -> int:
     device as `cnnlab budget` does)."""
     from cnnlab.budget.trace import forward_saved_bytes
 
-    return max(1, min(batch, TIMED_ACTIVATION_BYTES // max(forward_saved_bytes(module, shape, 1), 1)))
+    # traced at 2 samples and halved: training-mode batch norm refuses one sample on a 1x1 map (a 16 px input)
+    per_sample = forward_saved_bytes(module, shape, 2) // 2
+    return max(1, min(batch, TIMED_ACTIVATION_BYTES // max(per_sample, 1)))
 
 
 def _step_seconds(
