@@ -176,6 +176,14 @@ def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(tin
     assert any(line.startswith("this session of the run (resumed) took ") for line in said), said  # "this run took"
 
 
+def test_random_weights_of_another_seed_do_not_reuse_the_cache(tiny_run: tuple[Path, dict]) -> None:
+    """--no-pretrained --seed 1 read the maps seed 0's random lower part had cached, while the model it trained,
+    tested and saved had seed 1's lower part: trained on one network, saved with another."""
+    tmp_path, _ = tiny_run
+    other = train_transfer(tiny_config(tmp_path, name="seed1", seed=1, train={"epochs": 1}))
+    assert other["costs"]["cache_reused"] == 0.0
+
+
 def test_a_resume_refuses_images_that_changed_since_its_split(tiny_run: tuple[Path, dict]) -> None:
     """A split image emptied since the split stopped the resume with PIL's "cannot identify image file" (exit 1), and
     one overwritten with another class's image was trained under its old label; both are refused, naming the file."""

@@ -824,7 +824,9 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     preview = run_dir / "augmented_preview.png"
     if main:
         preview = save_preview_grid([preview_transform(load_image(p)) for p in parts["train"].paths[:16]], preview, cfg)
-    model_name = f"{arch}:{'pretrained' if config.pretrained else 'random'}"
+    # Random weights are --seed's: the cache key names it, or a run of another seed read maps of a lower part that
+    # its saved model does not have (trained on one network, tested and saved with another)
+    model_name = f"{arch}:pretrained" if config.pretrained else f"{arch}:random-seed{config.seed}"
     if recipe.method == "cached":
         top = run.unfreeze if run.unfreeze is not None else len(trainable_blocks(model, cfg.input_size))
         _train_on_cache(run, model, model_name, top, "head" if top == 0 else "partial", main=True)
