@@ -63,11 +63,13 @@ def _build(cache: FeatureCache, images, lower: nn.Module, **changes: object):  #
 
 def test_reused_when_nothing_changes_and_rebuilt_when_anything_does(tmp_path: Path) -> None:
     images = _images(tmp_path / "img")
-    cache = FeatureCache(tmp_path / "cache", log=lambda message: None)
+    said: list[str] = []
+    cache = FeatureCache(tmp_path / "cache", log=said.append)
     torch.manual_seed(0)
     lower = _Counting()
     first = _build(cache, images, lower)
     assert not first.reused and lower.seen == len(images) * len(VIEWS)
+    assert len(said) == 1 and "reusing" not in said[0]
     assert first.features.dtype == torch.float16 and tuple(first.features.shape) == (2, len(images), 2, 8, 8)
     with torch.no_grad():  # the stored features are the lower part's outputs of each view
         expected = lower.conv(torch.stack([_transform(Image.open(p).convert("RGB")) for p in images.paths]).flip(-1))
@@ -75,6 +77,8 @@ def test_reused_when_nothing_changes_and_rebuilt_when_anything_does(tmp_path: Pa
 
     again = _build(cache, images, lower)
     assert again.reused and lower.seen == len(images) * len(VIEWS)  # read back: the network did not run
+    assert said[-1].startswith("feature cache: reusing 10 images x 2 views")
+    assert str(cache.path(_spec(images))) in said[-1]
     assert torch.equal(again.features, first.features) and torch.equal(again.labels, first.labels)
     for change in ({"model": "other"}, {"cut": "deeper"}, {"size": 16}, {"views": ["identity"]}):
         before = lower.seen

@@ -198,7 +198,11 @@ class FeatureCache:
             CnnlabError: when the entry would not fit on the disk.
         """
         final = self.path(spec)
-        if (final / _META).is_file():
+        if (final / _META).is_file():  # said, as a build is: a run that printed nothing looked as if it had none
+            self.log(
+                f"feature cache: reusing {len(images)} images x {len(views)} views x "
+                f"{'x'.join(map(str, feature_shape))} float16 in {final} (built for the same settings)"
+            )
             return self._load(final, views, images, seconds=0.0, reused=True)
         size = self.estimate_bytes(len(images), len(views), feature_shape)
         self.root.mkdir(parents=True, exist_ok=True)
