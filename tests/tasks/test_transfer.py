@@ -426,6 +426,20 @@ def test_bad_command_line_gives_one_line_and_exit_code_2(tmp_path: Path, argumen
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
 
 
+def test_json_output_names_the_files_it_skipped(tmp_path: Path) -> None:
+    """--json turns the "skipped PATH: reason" lines off, and its keys left `skipped` out: a corrupt image was
+    dropped without a word."""
+    from cli_in_process import run_cnnlab
+
+    make_photo_folder(tmp_path / "photos", per_class=12)
+    completed = run_cnnlab("train", "transfer", "--data", str(tmp_path / "photos"), "--model", "lenet5",
+                           "--no-pretrained", "--unfreeze", "1", "--min-per-class", "10", "--workers", "0",
+                           "--epochs", "1", "--output", str(tmp_path / "runs"), "--json")  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    skipped = json.loads(completed.stdout)["skipped"]
+    assert sorted(Path(entry["path"]).name for entry in skipped) == ["cut.png", "empty.jpg"]
+
+
 def test_elpv_binary_mapping() -> None:
     from cnnlab.data.elpv import ELPV_BINARY_CLASSES, ELPV_CLASSES, elpv_class
 

@@ -131,7 +131,7 @@ def transfer(
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
         return
     if as_json:
-        keys = ("run_dir", "classes", "counts", "split", "views", "phases", "test", "costs", "wall_seconds")
+        keys = ("run_dir", "classes", "counts", "skipped", "split", "views", "phases", "test", "costs", "wall_seconds")
         typer.echo(json.dumps({k: summary[k] for k in keys}))
         return
     test = summary["test"]
