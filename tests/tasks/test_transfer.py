@@ -376,6 +376,8 @@ def test_a_resume_stopped_while_it_rewrote_the_config_can_be_resumed(
         ({"train": {"epochs": 0}}, "epochs must be >= 1, got 0"),
         ({"train": {"lr": -1.0}}, "lr must be > 0"),
         ({"recipe": "full"}, "--unfreeze 2: recipe full trains the whole network"),  # 2 was ignored
+        # the head phase trained first, and the fine-tuning phase's DataLoader refused it, leaving half a run
+        ({"recipe": "full", "unfreeze": None, "train": {"auto_batch_size": True}}, "--batch-size auto: recipe full"),
         # its plots were read back by the next run, under a class "runs"
         ({"output": "{tmp}/photos/runs"}, "--output .*photos/runs is inside --data .*photos: the run's files"),
     ],

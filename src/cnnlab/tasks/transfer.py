@@ -283,6 +283,11 @@ class TransferConfig:
                 f"--unfreeze {self.unfreeze}: recipe {recipe.name} trains the whole network; --recipe default trains "
                 "the top blocks that --unfreeze names"
             )
+        if recipe.method == "full" and self.train.get("auto_batch_size"):  # refused after the head phase had trained
+            raise CnnlabError(
+                f"--batch-size auto: recipe {recipe.name} fine-tunes on images read through a DataLoader, whose batch "
+                "is fixed; pass --batch-size N and --accum auto (or --recipe default, which trains on cached maps)"
+            )
         check_split_seed(self.split_seed)
         check_output_outside_data(self.output, self.data)
         if self.min_per_class < 0:
