@@ -59,8 +59,9 @@ def test_bad_fractions_and_tiny_classes_are_errors() -> None:
         stratified_split(LABELS, 0.5, 0.5)
     with pytest.raises(CnnlabError, match=r"test fraction 0.0 must be in \[0, 1\) and \(0, 1\) respectively"):
         stratified_split(LABELS, 0.15, 0.0)
-    with pytest.raises(CnnlabError, match="cannot split"):
-        stratified_split([0] * 20 + [1], 0.15, 0.15)
+    with pytest.raises(CnnlabError, match="cannot split") as refused:  # it said "raise --val-fraction / ..."
+        stratified_split([0] * 20 + [1], 0.15, 0.15, classes=["many", "solo"])
+    assert "add images to 'solo' or remove that class" in str(refused.value) and "--val" not in str(refused.value)
 
 
 @pytest.mark.parametrize(("classes", "val", "test"), [(2, 0.15, 0.15), (3, 0.0, 0.25), (5, 0.1, 0.2), (10, 0.2, 0.1)])

@@ -138,10 +138,12 @@ def _why_no_split(
         return f"cannot split {len(labels)} images into {parts} parts that each hold one: {fractions} images; {advice}"
     label, count = min(classes.items(), key=lambda item: item[1])
     smallest = repr(names[label]) if names is not None else f"number {label}"
+    per_class = 3 if val_fraction else 2
+    if count < per_class:  # no fraction gives one image to every part: raising them was advice that could not work
+        advice = f"add images to {smallest} or remove that class (scikit-learn: {reason})"
     return (
         f"cannot split {len(labels)} images of {len(classes)} classes so that {parts} each hold every class: "
-        f"{fractions} images and {3 if val_fraction else 2} per class (the smallest class, {smallest}, has {count}); "
-        f"{advice}"
+        f"{fractions} images and {per_class} per class (the smallest class, {smallest}, has {count}); {advice}"
     )
 
 
