@@ -366,7 +366,8 @@ def test_a_resume_stopped_while_it_rewrote_the_config_can_be_resumed(
         ({"sampling": "balanced", "class_weight": "balanced"}, "correct the same imbalance"),  # rare class twice
         ({"image_size": 0}, "--image-size must be at least 16 px, got 0"),  # 0 ran at the recipe's size
         ({"min_per_class": -3}, "--min-per-class must be >= 0"),
-        ({"max_per_class": 0}, "--max-per-class must be >= 1"),  # a scikit-learn error about an empty split
+        ({"max_per_class": 0}, "--max-per-class must be >= 3"),  # a scikit-learn error about an empty split
+        ({"max_per_class": 2}, "--max-per-class must be >= 3"),  # "add images to 'blue'", which had 24
         ({"split_seed": -1}, "--split-seed must be between 0 and"),  # "cannot split ...; collect more images"
         ({"resume": True, "name": "never-started"}, "--resume: there is no run at .*never-started"),  # trained anew
         ({"resume": True, "overwrite": True}, "--resume continues a run and --overwrite starts it again"),  # resumed

@@ -292,8 +292,12 @@ class TransferConfig:
         check_output_outside_data(self.output, self.data)
         if self.min_per_class < 0:
             raise CnnlabError(f"--min-per-class must be >= 0 (0: no minimum), got {self.min_per_class}")
-        if self.max_per_class is not None and self.max_per_class < 1:  # 0 was a scikit-learn error about the split
-            raise CnnlabError(f"--max-per-class must be >= 1, got {self.max_per_class}")
+        # 0 was a scikit-learn error about the split; 1 or 2 were told to "add images" to a class that had plenty
+        if self.max_per_class is not None and self.max_per_class < 3:
+            raise CnnlabError(
+                f"--max-per-class must be >= 3 (one image of each class for train, validation and test), got "
+                f"{self.max_per_class}"
+            )
         parse_views(self.views or "none")
         TrainConfig(**{**recipe.train, **self.train, "progress": False})  # --epochs 0, --lr -1 ...: the engine's word
         return recipe
