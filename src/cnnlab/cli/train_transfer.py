@@ -55,8 +55,8 @@ def transfer(
     crop_pct: float | None = typer.Option(
         None,
         "--crop-pct",
-        help="Evaluate on the centre crop keeping this fraction of the resized side (default: the recipe's, 1.0 in "
-        "each: the whole image, for labels that may sit at the border).",
+        help="Centre crop keeping this fraction of the resized side, for the cached features, validation, test and "
+        "predict (default: the recipe's, 1.0 in each: the whole image, for labels that may sit at the border).",
     ),
     class_weight: str = typer.Option(
         "none", "--class-weight", help="none, or balanced: each class's loss weighted n / (k * n_c) (skewed classes)."
@@ -72,7 +72,7 @@ def transfer(
     ),
     min_per_class: int = typer.Option(100, "--min-per-class", help="Fewest usable images a class may have."),
     max_per_class: int | None = typer.Option(
-        None, "--max-per-class", help="Keep at most N images per class (default: all)."
+        None, "--max-per-class", help="Keep at most N images per class, N >= 3 (default: all)."
     ),
     val_fraction: float | None = typer.Option(
         None,
@@ -99,7 +99,7 @@ def transfer(
 
     The frozen part's outputs are cached in OUTPUT/transfer/feature-cache for runs on the same data, split, settings.
 
-    Each cache build says what that folder holds; an entry no run is using may be deleted: it is rebuilt if needed.
+    A cache build says what that folder holds, a reuse which entry it reads; an unused entry may be deleted.
     """
     from cnnlab.data.folder import describe_skipped
     from cnnlab.tasks.transfer import TransferConfig, train_transfer
