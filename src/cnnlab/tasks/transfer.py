@@ -154,8 +154,9 @@ RECIPES: RecipeBook[TransferRecipe] = RecipeBook(
             "view (the best CPU recipe)",
             arch="efficientnet_lite0",
             method="cached",
-            # the top 8 of Lite0's 16 blocks for 4 epochs rather than 6 blocks for 5: validation 1.5 points higher on
-            # ELPV over 3 seeds, in 18 min on 2 cores (cache included) against 17; 8 blocks for 5 epochs took 23 min
+            # the top 8 of Lite0's 18 blocks (stem, 16 MBConv, head conv) for 4 epochs rather than 6 blocks for 5:
+            # validation 1.5 points higher on ELPV over 3 seeds, in 18 min on 2 cores (cache included) against 17;
+            # 8 blocks for 5 epochs took 23 min
             unfreeze=8,
             # 192 px instead of the weights' 224: 0.68x the time at the same validation accuracy over 3 seeds
             # (docs/BENCHMARKS.md, Transfer)
