@@ -6,6 +6,7 @@ import pytest
 from torch import nn
 
 from cnnlab.budget import budget
+from cnnlab.errors import CnnlabError
 
 EXERCISE = ["conv 100 k3 s2 same", "conv 200 k3 s2 same", "conv 400 k3 s2 same"]
 
@@ -207,3 +208,32 @@ def test_a_module_called_twice_keeps_both_outputs_in_the_textbook():
     assert rows["conv"].activation_bytes == (4 * 8 * 8 + 4 * 4 * 4) * 4
     assert rows["pool"].activation_bytes == (4 * 4 * 4 + 4 * 2 * 2) * 4
     assert report.training["activations_bytes"] == 3 * (4 * 8 * 8 + 4 * 4 * 4 + 4 * 4 * 4 + 4 * 2 * 2) * 4
+
+
+def test_grouped_and_depthwise_convs_are_sized_and_explained_as_torch_counts_them():
+    """A spec had no groups ('gN' was "cannot understand"), so a depthwise layer could not be sized or explained:
+    params, MACs and each sum's terms must equal a grouped nn.Conv2d and the trace's aten-level count."""
+    from cnnlab.budget.explain import explain
+    from cnnlab.budget.spec import layer_macs
+
+    spec = ["conv 16 k3 s2 same", "conv 32 k3 g4 same relu", "conv 32 k3 s2 g32 same", "conv 8 k1", "gap", "dense 5"]
+    report = budget(spec, input_shape=(3, 15, 17))
+    grouped = nn.Conv2d(16, 32, 3, groups=4)
+    depthwise = nn.Conv2d(32, 32, 3, groups=32)
+    assert [row.params for row in report.layers if row.type == "Conv2d"][1:3] == [
+        sum(p.numel() for p in grouped.parameters()),  # 32 x (3 x 3 x 16 / 4 + 1) = 1,184
+        sum(p.numel() for p in depthwise.parameters()),  # 32 x (3 x 3 + 1) = 320
+    ]
+    assert [layer_macs(layer) for layer in report.spec_layers if layer.kind == "conv"] == [
+        row.macs for row in report.layers if row.type == "Conv2d"
+    ]  # analytic == traced (FlopCounterMode), layer by layer
+    assert report.layers[1].macs == 32 * 8 * 9 * 9 * 4  # output values x k_h x k_w x c_in / groups
+    text = explain(report)
+    assert "groups 4: each filter sees 16 / 4 = 4 input channels" in text
+    assert "params = filters x (k_h x k_w x c_in / groups + 1) = 32 x (3 x 3 x 16 / 4 + 1) = 1,184" in text
+    assert "groups 32: each filter sees 32 / 32 = 1 input channel (depthwise)" in text
+    assert "MACs = output values x k_h x k_w x c_in / groups = 640 x 9 = 5,760" in text
+    shown = [int(value.replace(",", "")) for value in re.findall(r"    MACs = .* = ([\d,]+)$", text, re.MULTILINE)]
+    assert sum(shown) == report.macs
+    with pytest.raises(CnnlabError, match=r"g4 must divide both the 6 input channels and the 8 filters"):
+        budget(["conv 8 k3 g4"], input_shape=(6, 8, 8))

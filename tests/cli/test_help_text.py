@@ -49,24 +49,24 @@ def test_budget_help_gives_each_layer_kind_as_the_parser_reads_it() -> None:
     assert result.exit_code == 0
     shown = " ".join(result.output.split())
     for kind in (
-        "conv F [kK] [sS] [same|valid|pN] [dD] [ACT] [nobias] [in=C]",
+        "conv F [kK] [sS] [same|valid|pN] [dD] [gG] [ACT] [nobias] [in=C]",
         "maxpool|avgpool [kK] [sS] [same|valid|pN]",
         "dense N [ACT] [nobias] [in=N]",
         "dropout [P]",
         "lrn [N]",
         "gap, flatten, bn",
         f"ACT ({'|'.join(ACTIVATIONS)})",
-        "Left out: conv k1 s1 valid d1 (a 1x1 convolution), pooling k2 valid with the stride its kernel, dropout 0.5, "
-        "lrn 5",
+        "Left out: conv k1 s1 valid d1 g1 (a 1x1 convolution), pooling k2 valid with the stride its kernel, "
+        "dropout 0.5, lrn 5",
     ):
         assert kind in shown, kind
     conv, maxpool, avgpool, dropout, lrn = parse_spec(["conv 8", "maxpool", "avgpool k3", "dropout", "lrn"])
-    assert (conv.kernel, conv.stride, conv.padding, conv.dilation) == ((1, 1), (1, 1), "valid", (1, 1))
+    assert (conv.kernel, conv.stride, conv.padding, conv.dilation, conv.groups) == ((1, 1), (1, 1), "valid", (1, 1), 1)
     assert (maxpool.kernel, maxpool.stride, maxpool.padding) == ((2, 2), (2, 2), "valid")
     assert (avgpool.kernel, avgpool.stride) == ((3, 3), (3, 3))
     assert (dropout.rate, lrn.size) == (0.5, 5)
     every_option = parse_spec(
-        ["conv 8 k3x5 s2 p1x2 d2 gelu nobias in=3", "maxpool k3 s1 same", "dense 4 tanh nobias in=9"]
+        ["conv 8 k3x5 s2 p1x2 d2 g1 gelu nobias in=3", "maxpool k3 s1 same", "dense 4 tanh nobias in=9"]
     )
     assert [layer.kind for layer in every_option] == ["conv", "gelu", "maxpool", "dense", "tanh"]
 

@@ -48,13 +48,20 @@ def _spec_layer_lines(layer: LayerSpec, itemsize: int) -> list[str]:
         kh, kw = layer.kernel
         c_in = layer.input_shape[0]
         bias = " + 1" if layer.bias else ""
+        # a filter of a grouped (depthwise) conv sees c_in / groups channels: "x c_in" gave neither figure
+        per_filter, seen = ("c_in", f"{c_in}") if layer.groups == 1 else ("c_in / groups", f"{c_in} / {layer.groups}")
+        if layer.groups > 1:
+            lines.append(
+                f"    groups {layer.groups}: each filter sees {c_in} / {layer.groups} = {c_in // layer.groups} input "
+                f"channel{'s' * (c_in // layer.groups != 1)}" + (" (depthwise)" if layer.groups == c_in else "")
+            )
         lines.append(
-            f"    params = filters x (k_h x k_w x c_in{bias}) = {layer.filters} x ({kh} x {kw} x {c_in}{bias}) "
+            f"    params = filters x (k_h x k_w x {per_filter}{bias}) = {layer.filters} x ({kh} x {kw} x {seen}{bias}) "
             f"= {_n(trainable)}"
         )
         lines.append(
-            f"    MACs = output values x k_h x k_w x c_in = {_n(math.prod(layer.output_shape))} x {kh * kw * c_in} "
-            f"= {_n(layer_macs(layer))}"
+            f"    MACs = output values x k_h x k_w x {per_filter} = {_n(math.prod(layer.output_shape))} x "
+            f"{kh * kw * c_in // layer.groups} = {_n(layer_macs(layer))}"
         )
     elif layer.kind == "dense":
         bias = " + 1" if layer.bias else ""

@@ -4,6 +4,7 @@ One layer per string, a keyword then options::
 
     conv 100 k3 s2 same        # 100 filters, 3x3 kernel, stride 2, "same" padding (Keras/TF rule)
     conv 64 k3x5 s1 p1 relu    # explicit padding; a trailing activation becomes its own layer
+    conv 64 k3 g64 same        # gN: N groups (grouped; depthwise when N is the input's channels)
     maxpool k2 s2              # also avgpool; kernel defaults to 2x2, stride to the kernel, padding to valid
     gap                        # global average pooling to a vector
     flatten
@@ -14,9 +15,9 @@ One layer per string, a keyword then options::
     dropout 0.5
     lrn 5                      # local response normalization over 5 channels
 
-Each kind takes its own options, each once: conv its filters, kN, sN, pN or same|valid, dN, an activation, nobias,
-in=N; dense its units, an activation, nobias, in=N; maxpool and avgpool kN, sN, pN or same|valid; dropout its rate;
-lrn its size; the others none. Anything else is refused, naming it, rather than ignored.
+Each kind takes its own options, each once: conv its filters, kN, sN, pN or same|valid, dN, gN, an activation,
+nobias, in=N; dense its units, an activation, nobias, in=N; maxpool and avgpool kN, sN, pN or same|valid; dropout
+its rate; lrn its size; the others none. Anything else is refused, naming it, rather than ignored.
 
 Padding: ``valid`` (the default, as in Keras and PyTorch) keeps only full windows: ``out = floor((in - k) / s) + 1``.
 ``same`` pads so that ``out = ceil(in / s)``: the total padding is ``max((out - 1) * s + k - in, 0)``, split with the
@@ -25,7 +26,7 @@ extra pixel after (Keras/TF), so stride 2 turns 75 into 38. ``pN`` pads N on eve
 The same spec may come from a YAML or JSON file: either a list of such strings, or a mapping with ``input``
 ("3x200x300" or [3, 200, 300]) and ``layers`` (strings, or mappings like
 ``{type: conv, filters: 100, kernel: 3, stride: 2, padding: same}``, where kernel, stride, dilation and padding are
-one number or two for height and width: ``kernel: [3, 5]`` or ``kernel: 3x5``).
+one number or two for height and width: ``kernel: [3, 5]`` or ``kernel: 3x5``; ``groups`` is one number).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class LayerSpec:
     stride: tuple[int, int] = (1, 1)
     padding: str | tuple[int, int] = "valid"  # "valid", "same" or explicit (pad_h, pad_w) on each side
     dilation: tuple[int, int] = (1, 1)
+    groups: int = 1  # conv: each filter sees input channels / groups of the input's channels
     bias: bool = True
     rate: float | None = None  # dropout probability
     size: int | None = None  # LRN window
@@ -144,7 +146,7 @@ def _read_number(layer: LayerSpec, token: str) -> None:
 
 # The options each layer kind takes (see _option_of); a kind not listed takes none.
 _TAKES = {
-    "conv": ("number", "k", "s", "p", "same/valid", "d", "activation", "nobias", "in="),
+    "conv": ("number", "k", "s", "p", "same/valid", "d", "g", "activation", "nobias", "in="),
     "dense": ("number", "activation", "nobias", "in="),
     "maxpool": ("k", "s", "p", "same/valid"),
     "avgpool": ("k", "s", "p", "same/valid"),
@@ -158,6 +160,7 @@ _SETS = {
     "p": "padding",
     "same/valid": "padding",
     "d": "dilation",
+    "g": "groups",
     "nobias": "bias",
     "in=": "declared input size",
 }
@@ -176,6 +179,8 @@ def _option_of(token: str) -> str | None:
         return token[0]
     if re.fullmatch(r"in=\d+", token):
         return "in="
+    if re.fullmatch(r"g[\dx]+", token):  # not with k, s, p and d: groups are one number
+        return "g"
     if re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?", token):
         return "number"
     return None
@@ -187,6 +192,8 @@ def _describe(kind: str, option: str) -> str:
         return {"conv": "filters (64)", "dense": "units (10)", "dropout": "a rate (0.5)", "lrn": "a size (5)"}[kind]
     if option in _WINDOW_OPTIONS:
         return f"{option}N ({_WINDOW_OPTIONS[option][0]})"
+    if option == "g":
+        return "gN (groups)"
     if option == "in=":
         return "in=N (" + ("input channels" if kind == "conv" else "input features") + ", checked)"
     return {"same/valid": "same|valid", "activation": "an activation (relu, ...)"}.get(option, option)
@@ -230,6 +237,13 @@ def _parse_line(text: str, index: int) -> list[LayerSpec]:
             explicit_stride = explicit_stride or option == "s"
         elif option == "in=":
             layer.in_features = int(low[3:])
+        elif option == "g":
+            if not low[1:].isdigit() or int(low[1:]) < 1:
+                raise CnnlabError(
+                    f"layer {name} ({text!r}): cannot read {token!r}: the groups are one positive whole number, "
+                    "e.g. g4 (g equal to the input channels: depthwise)"
+                )
+            layer.groups = int(low[1:])
         else:
             _read_number(layer, low)
     if refused:  # they were ignored: 'dense 10 k5 s3 same' was a plain dense layer
@@ -270,7 +284,7 @@ def parse_spec(lines: Sequence[str | dict[str, Any]]) -> list[LayerSpec]:
     return layers
 
 
-_PARAMETER = re.compile(r"-?[\d.]+|[kspd][\dx]+|in=\d+|same|valid|nobias|bias=false", re.IGNORECASE)
+_PARAMETER = re.compile(r"-?[\d.]+|[kspdg][\dx]+|in=\d+|same|valid|nobias|bias=false", re.IGNORECASE)
 
 
 def _check_quoting(lines: Sequence[str | dict[str, Any]]) -> None:
@@ -333,7 +347,7 @@ def _mapping_to_line(entry: dict[str, Any], index: int) -> str:
     for key in ("filters", "units", "rate", "size"):
         if key in entry:
             words.append(str(entry.pop(key)))
-    prefixes = {"kernel": "k", "stride": "s", "dilation": "d"}
+    prefixes = {"kernel": "k", "stride": "s", "dilation": "d", "groups": "g"}
     for key, prefix in prefixes.items():
         if key in entry:
             words.append(prefix + _mapping_pair(entry.pop(key), key, index, kind))
@@ -473,6 +487,11 @@ def infer_shapes(layers: list[LayerSpec], input_shape: tuple[int, ...]) -> list[
                     f"layer {layer.name} ({layer.source!r}): shape mismatch, declared in={layer.in_features} but "
                     f"{source} {shape[0]} channel{'s' * (shape[0] != 1)}"
                 )
+            if shape[0] % layer.groups or layer.filters % layer.groups:
+                raise CnnlabError(
+                    f"layer {layer.name} ({layer.source!r}): g{layer.groups} must divide both the {shape[0]} input "
+                    f"channels and the {layer.filters} filters"
+                )
             out_h, out_w = _window_output(layer, shape[1], shape[2])
             shape = (layer.filters, out_h, out_w)
         elif layer.kind in ("maxpool", "avgpool"):
@@ -506,7 +525,7 @@ def parameter_counts(layer: LayerSpec) -> tuple[int, int]:
     """Analytic (trainable parameters, buffer values) of one layer; BN's running mean and variance are buffers."""
     if layer.kind == "conv":
         kh, kw = layer.kernel
-        return layer.filters * (kh * kw * layer.input_shape[0] + int(layer.bias)), 0
+        return layer.filters * (kh * kw * layer.input_shape[0] // layer.groups + int(layer.bias)), 0
     if layer.kind == "dense":
         return layer.filters * (layer.input_shape[0] + int(layer.bias)), 0
     if layer.kind == "bn":
@@ -519,7 +538,7 @@ def layer_macs(layer: LayerSpec) -> int:
     """Analytic multiply-accumulates of one layer for one sample (conv and dense; element-wise layers count 0)."""
     if layer.kind == "conv":
         kh, kw = layer.kernel
-        return math.prod(layer.output_shape) * kh * kw * layer.input_shape[0]
+        return math.prod(layer.output_shape) * kh * kw * layer.input_shape[0] // layer.groups
     if layer.kind == "dense":
         return layer.filters * layer.input_shape[0]
     return 0
@@ -551,7 +570,7 @@ def build_module(layers: list[LayerSpec]) -> nn.Sequential:
     for layer in layers:
         in_shape = layer.input_shape
         if layer.kind == "conv":
-            options = dict(stride=layer.stride, dilation=layer.dilation, bias=layer.bias)
+            options = dict(stride=layer.stride, dilation=layer.dilation, groups=layer.groups, bias=layer.bias)
             padding = _native_padding(layer)
             if padding is None:
                 module: nn.Module = Conv2dSame(in_shape[0], layer.filters, layer.kernel, **options)
