@@ -5,6 +5,8 @@ spent most of its time importing torch; tests/cli_in_process.py).
 """
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +25,15 @@ def test_json_output():
     data = json.loads(result.stdout)
     assert data["params"] == 903_400
     assert [layer["output_shape"] for layer in data["layers"]] == [[100, 100, 150], [200, 50, 75], [400, 25, 38]]
+    # the keys README promises, no more and no fewer (they were documented nowhere)
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    listed = re.search(r"`--json` keys: (.*?)\.\n", readme, re.DOTALL).group(1)
+    layer_keys = set(re.findall(r"`(\w+)`", re.search(r"`layers` \((.*?)\)", listed, re.DOTALL).group(1)))
+    optional = set(re.findall(r"`(\w+)`", re.split(r"with their\s+options", listed)[1]))
+    top_level = re.sub(r"`layers` \(.*?\)", "`layers`", listed, flags=re.DOTALL)
+    assert set(re.findall(r"`(\w+)`", top_level)) - optional == set(data)
+    assert set(data["layers"][0]) == layer_keys
+    assert optional == {"measured", "plan", "explanation", "run_training_step"}
 
 
 def test_json_with_explain_carries_the_arithmetic():

@@ -113,6 +113,8 @@ def explain(report: BudgetReport) -> str:
     )
     lines += ["", "3. Compute"]
     lines.append(f"    {_n(report.macs)} multiply-accumulates (MACs) per image; FLOPs = 2 x MACs = {_n(report.flops)}")
+    lines.append("    counted: convolutions, linear layers, matmuls, attention; normalisation, activations, pooling,")
+    lines.append("    upsampling, additions and concatenations count 0")
     outputs = report.textbook_layer_bytes
     inference = report.inference
     lines += ["", "4. Inference, one instance (textbook view)"]

@@ -31,6 +31,9 @@ its own. Left out: conv k1 s1 valid d1 g1 (a 1x1 convolution), pooling k2 valid 
 lrn 5. kK, sS, pN and dD take HxW too (k3x5); gG splits a conv into G groups (G = input
 channels: depthwise); in= checks the input channels (conv) or features (dense).
 
+MACs (FLOPs = 2 x MACs) count convolutions (grouped, dilated, transposed), linear layers, matmuls and attention;
+normalisation, activations, pooling, upsampling, dropout, additions and concatenations count 0.
+
 Memory is shown twice: the textbook view (every layer output kept, two consecutive layers at inference) and what
 PyTorch really keeps (traced on the meta device).
 """
@@ -66,7 +69,9 @@ def budget_command(
     ] = "adam",
     depth: Annotated[int | None, typer.Option(help="Table rows at this module depth (default: leaf modules).")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Print the arithmetic step by step.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON with stable keys instead of tables.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON with stable keys (README lists them) instead of tables.")
+    ] = False,
     measure: Annotated[
         bool, typer.Option("--measure", help="Run one real training step and compare with the estimate.")
     ] = False,
