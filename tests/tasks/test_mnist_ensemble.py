@@ -52,10 +52,30 @@ def test_combined_ensemble_is_saved_tested_and_loadable(runs: tuple[Path, Path, 
     model = cnnlab.load_model(mnist / "mixed")
     assert isinstance(model, Ensemble) and len(model.members) == 3
     # The saved ensemble gives the accuracy the summary reports (evaluate reloads it from disk).
-    assert evaluate_mnist(mnist / "mixed", data_dir=str(root))["test_accuracy"] == pytest.approx(
-        summary["test_accuracy"]
+    evaluated = evaluate_mnist(mnist / "mixed", data_dir=str(root))
+    assert evaluated["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    results = json.loads((mnist / "mixed" / "results.json").read_text())
+    assert results["val_errors"] == summary["val_errors"]
+    # It had results.json alone: now a report.md whose every number is results.json's and evaluate's
+    report = (mnist / "mixed" / "report.md").read_text()
+    test = results["test"]
+    assert test["confusion_matrix"] == evaluated["confusion_matrix"] and test["errors"] == evaluated["errors"]
+    assert test["per_class_accuracy"] == evaluated["per_class_accuracy"] and results["test_errors"] == test["errors"]
+    assert f"Ensemble accuracy **{evaluated['test_accuracy']:.4f}** ({test['errors']} errors in 80 images)" in report
+    assert all(f"| {d} | {a:.4f} |" in report for d, a in enumerate(evaluated["per_class_accuracy"]))
+    assert (
+        "![confusion matrix](confusion_matrix.png)" in report and (mnist / "mixed" / "confusion_matrix.png").is_file()
     )
-    assert json.loads((mnist / "mixed" / "results.json").read_text())["val_errors"] == summary["val_errors"]
+    spec = json.loads((mnist / "mixed" / "ensemble.json").read_text())
+    assert [c["weights_sha256"] for c in results["candidates"]] == spec["digests"]
+    for c in results["candidates"]:
+        row = (
+            f"| {c['val_accuracy']:.4f} | {c['val_errors']} | {c['val_log_loss']:.4f} | yes | "
+            f"{c['test_accuracy']:.4f} | `{c['weights_sha256'][:12]}` | {c['run_dir']} |"
+        )
+        assert row in report, row
+    assert "`--select all`: every one of the 3 candidates is kept. On the 40 validation images" in report
+    assert f"accuracy **{results['val_accuracy']:.4f}** ({results['val_errors']} errors, log loss " in report
 
 
 def test_greedy_selection_keeps_the_prefix_with_the_fewest_errors() -> None:
@@ -90,6 +110,9 @@ def test_greedy_selection_on_real_runs_chooses_on_validation(runs: tuple[Path, P
     )
     chosen = [c for c in summary["candidates"] if c["chosen"]]
     assert 1 <= len(chosen) == len(summary["chosen"])
+    report = (mnist / "chosen" / "report.md").read_text()  # the rule, and what it chose, in the order chosen
+    assert f"kept {len(chosen)} of the 3 candidates, in the order chosen: `{summary['chosen'][0]}`" in report
+    assert all(f" | {'yes' if c['chosen'] else 'no'} | " in report for c in summary["candidates"])
     assert all(c["test_accuracy"] is None for c in summary["candidates"] if not c["chosen"])  # never tested
     fewest = min(c["val_errors"] for c in summary["candidates"])
     assert summary["val_errors"] <= fewest  # never worse on validation than the best single member

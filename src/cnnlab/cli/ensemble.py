@@ -62,7 +62,7 @@ def ensemble(
         f"test {summary['test_accuracy']:.4f} ({summary['test_errors']} errors)"
     )
     typer.echo(
-        f"run: {summary['run_dir']}  (use it with `cnnlab predict --model {summary['run_dir']} digit.png`, "
+        f"run: {summary['run_dir']}  (report.md; use it with `cnnlab predict --model {summary['run_dir']} digit.png`, "
         "evaluate, export)"
     )
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -40,6 +40,9 @@ from cnnlab.train.checkpoint import atomic_save
 from cnnlab.train.config import check_resumable, environment_record, load_config, save_record
 from cnnlab.train.saved import save_ensemble, save_model
 from cnnlab.train.strategy import is_main_process
+
+if TYPE_CHECKING:
+    from cnnlab.report.markdown import RunReport
 
 TASK = "mnist"
 # Training images held out for validation by default: the first `val_size` of one seed-0 permutation of the 60,000
@@ -455,13 +458,13 @@ def test_evaluation(
     }
 
 
-def _member_report(  # noqa: ANN202
+def _member_report(
     recipe: MnistRecipe,
     overrides: dict[str, Any] | None,
     config: TrainConfig,
     history: list[dict[str, float]],
     result: dict[str, Any],
-):
+) -> RunReport:
     from cnnlab.report.markdown import RunReport
 
     test = result["test"]
@@ -486,11 +489,78 @@ def _member_report(  # noqa: ANN202
         f"{score(result['val_accuracy'])}; {result['train_seconds']:.0f} s of training{sessions}, "
         f"{result['images_per_second']:.0f} images/s."
     )
-    per_class = [[digit, accuracy] for digit, accuracy in enumerate(test["per_class_accuracy"])]
-    report.table(["digit", "accuracy"], per_class, scores=["accuracy"])
-    report.image("confusion matrix", "confusion_matrix.png").image("misclassified test digits", "misclassified.png")
+    _add_test_breakdown(report, test)
     report.add_training(history, monitor=config.monitor)
     return report.add_config(config.to_dict())
+
+
+def ensemble_report(
+    title: str,
+    description: str,
+    members: Sequence[Mapping[str, Any]],
+    summary: Mapping[str, Any],
+    selection: str | None = None,
+    device: str | None = None,
+) -> RunReport:
+    """The report.md of an MNIST ensemble, trained in one command (`train_mnist` with ``ensemble=N``) or combined
+    from finished runs (`combine_mnist_ensemble`): one function, so both say the same things the same way.
+
+    Args:
+        title: the report's title.
+        description: the paragraph under it: what the members are and how they are averaged.
+        members: one row each, as results.json lists them: ``run_dir``, ``val_accuracy`` and ``test_accuracy`` (None
+            when not tested), and where known ``seed``, ``val_errors``, ``val_log_loss``, ``chosen``,
+            ``train_seconds``, ``weights_sha256`` (a column is shown when a member has it).
+        summary: the ensemble's results.json: ``test_accuracy`` and ``test`` (`test_evaluation`'s errors, per-class
+            accuracy and confusion matrix, whose figures lie beside the report), or ``missing_members``.
+        selection: how the members were chosen, and the ensemble's score on validation; None when all were kept.
+        device: what the members ran on (the report's hardware line); None for several or unknown.
+    """
+    from cnnlab.report.markdown import RunReport
+
+    report = RunReport(title, description, environment_record(), device)
+    report.heading("Members")
+    columns = [  # (header, key, how a cell is written)
+        ("seed", "seed", None),
+        ("val accuracy", "val_accuracy", None),
+        ("val errors", "val_errors", None),
+        ("val log loss", "val_log_loss", None),
+        ("chosen", "chosen", lambda chosen: "yes" if chosen else "no"),
+        ("test accuracy", "test_accuracy", None),
+        ("training s", "train_seconds", None),
+        ("weights SHA-256", "weights_sha256", lambda digest: f"`{digest[:12]}`" if digest else None),
+        ("run", "run_dir", None),
+    ]
+    shown = [column for column in columns if any(member.get(column[1]) is not None for member in members)]
+    rows = [[cell(m.get(key)) if cell else m.get(key) for _, key, cell in shown] for m in members]
+    report.table([header for header, _, _ in shown], rows, scores=["val accuracy", "val log loss", "test accuracy"])
+    if any(member.get("weights_sha256") for member in members):
+        report.text(
+            "Weights SHA-256: the first 12 hex digits of each member's model.safetensors (in full in results.json; "
+            "ensemble.json records the chosen members', and loading the ensemble refuses a member changed since)."
+        )
+    if summary.get("missing_members"):
+        return report.text(f"Members still to train (seeds): {summary['missing_members']}.")
+    if selection:
+        report.heading("Selection").text(selection)
+    test = summary["test"]
+    count = sum(map(sum, test["confusion_matrix"]))
+    report.heading("Test set")
+    report.text(
+        f"Ensemble accuracy **{summary['test_accuracy']:.4f}** ({test['errors']} errors in {count:,} images), "
+        "from the members' averaged softmax probabilities; the test set was read once, after "
+        + ("training." if selection is None else "the choice.")
+    )
+    return _add_test_breakdown(report, test)
+
+
+def _add_test_breakdown(report: RunReport, test: Mapping[str, Any]) -> RunReport:
+    """The per-digit accuracy table and the figures `test_evaluation` drew, a single run's and an ensemble's."""
+    per_class = [[digit, accuracy] for digit, accuracy in enumerate(test["per_class_accuracy"])]
+    report.table(["digit", "accuracy"], per_class, scores=["accuracy"])
+    return report.image("confusion matrix", "confusion_matrix.png").image(
+        "misclassified test digits", "misclassified.png"
+    )
 
 
 def _ensemble_report(recipe: MnistRecipe, overrides: dict[str, Any] | None, summary: dict[str, Any]):  # noqa: ANN202

@@ -5,7 +5,8 @@ their average gains little; members trained differently (another augmentation, a
 differently. `combine_mnist_ensemble` takes finished runs of any recipes (a run holding an ensemble counts as its
 members), scores each member on the validation split, optionally keeps only the subset that greedy forward
 selection (Caruana et al. 2004) finds best on validation (fewest errors), then tests the result once and saves it
-as a loadable ensemble.
+as a loadable ensemble with results.json and report.md (`cnnlab.tasks.mnist.ensemble_report`, which writes the
+report of an ensemble trained in one command too).
 
 The validation split is the one every `train_mnist` run holds out (`val_size` images, always seeded with 0): the
 smallest hold-out among the members, which each member records, so no member has trained on it (a smaller hold-out
@@ -27,13 +28,23 @@ import torch.nn.functional as F
 from cnnlab.data.mnist import find_mnist_dir, load_mnist
 from cnnlab.errors import CnnlabError, why_not_a_folder
 from cnnlab.files import write_text_whole
-from cnnlab.tasks.mnist import SOURCE_DIGEST, TASK, check_mnist_run, predict_logits, saved_options, to_float
+from cnnlab.tasks.mnist import (
+    SOURCE_DIGEST,
+    TASK,
+    check_mnist_run,
+    ensemble_report,
+    predict_logits,
+    saved_options,
+    test_evaluation,
+    to_float,
+)
 from cnnlab.train.config import check_run_name
+from cnnlab.train.device import resolve_device
 from cnnlab.train.saved import (
     ENSEMBLE_SPEC,
     MODEL_SPEC,
     ensemble_members,
-    load_model,
+    load_model_and_digest,
     save_ensemble,
     saved_meta,
     spec_path,
@@ -209,7 +220,8 @@ def combine_mnist_ensemble(
     if val_size:
         _check_same_training_set(members, data.source_sha256, data_dir)
     val_images, val_labels = to_float(data.val_images), data.val_labels
-    models = [load_model(m, device=device) for m in members]  # each read from disk once
+    # each read from disk once; the digest is that of the weights loaded, which the report names
+    models, digests = zip(*(load_model_and_digest(m, device=device) for m in members), strict=True)
     val_probabilities = [predict_logits(model, val_images, device).softmax(1) for model in models] if val_size else []
     chosen = list(range(len(members))) if select == "all" else greedy_selection(val_probabilities, val_labels)
     ensemble_val = torch.stack([val_probabilities[i] for i in chosen]).mean(0) if val_size else None
@@ -231,6 +243,7 @@ def combine_mnist_ensemble(
                 **_validation(val_probabilities[i] if val_size else None, val_labels),
                 "chosen": i in chosen,
                 "test_accuracy": _accuracy(test_probabilities[i], test_labels) if i in chosen else None,
+                "weights_sha256": digests[i],
             }
             for i, member in enumerate(members)
         ],
@@ -240,5 +253,44 @@ def combine_mnist_ensemble(
         "test_accuracy": _accuracy(ensemble_test, test_labels),
         "test_errors": _errors(ensemble_test, test_labels),
     }
+    test = test_evaluation(test_images, test_labels, ensemble_test.argmax(1), run_dir)
+    summary["test"] = {k: v for k, v in test.items() if k != "test_accuracy"}
+    _report(summary, runs, str(resolve_device(device)))
     write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))
     return summary
+
+
+def _report(summary: dict[str, Any], runs: list[str | Path], device: str) -> None:
+    """Write the combined ensemble's report.md beside its results.json, whose numbers it gives."""
+    candidates, chosen, val_size = summary["candidates"], summary["chosen"], summary["val_size"]
+    if summary["select"] == "greedy":
+        rule = (
+            f"`--select greedy`: greedy forward selection (Caruana et al. 2004) on the validation images kept "
+            f"{len(chosen)} of the {len(candidates)} candidates, in the order chosen: "
+            + ", ".join(f"`{member}`" for member in chosen)
+            + ". It starts from the member with the fewest errors and adds, one at a time, the one that gives the "
+            "averaged probabilities the fewest errors (ties to the lower log loss); the prefix with the fewest "
+            "errors is kept."
+        )
+    else:
+        rule = f"`--select all`: every one of the {len(candidates)} candidates is kept."
+    if val_size:
+        rule += (
+            f" On the {val_size:,} validation images (seed 0, held out by every member) the ensemble has accuracy "
+            f"**{summary['val_accuracy']:.4f}** ({summary['val_errors']} errors, log loss "
+            f"{summary['val_log_loss']:.4f}); its best single candidate makes "
+            f"{min(c['val_errors'] for c in candidates)} errors."
+        )
+    else:
+        rule += " No validation images (`--val-size 0`): nothing was scored before the test set."
+    ensemble_report(
+        f"MNIST ensemble `{Path(summary['run_dir']).name}`",
+        f"{len(chosen)} saved MNIST models chosen from {len(candidates)} candidates in "
+        + ", ".join(f"`{run}`" for run in runs)
+        + " (a run holding an ensemble counts as its members), combined by `cnnlab ensemble`; the ensemble averages "
+        "their softmax probabilities. Candidates not chosen were never tested.",
+        candidates,
+        summary,
+        selection=rule,
+        device=device,
+    ).write(Path(summary["run_dir"]) / "report.md")
