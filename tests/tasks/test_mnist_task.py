@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -149,6 +150,17 @@ def test_evaluate_writes_its_figures(
     monkeypatch.setattr(Figure, "savefig", keep_titles)
     result = evaluate_mnist(ensemble_run["run_dir"], data_dir=str(fake_root), output_dir=tmp_path)
     assert result["test_accuracy"] == pytest.approx(ensemble_run["ensemble_test_accuracy"])
+    # The ensemble's own report had its test accuracy alone: now evaluate's per-digit table and confusion matrix,
+    # the same numbers, and its members' weights digests, those its ensemble.json checks them against
+    test, run_dir = ensemble_run["test"], Path(ensemble_run["run_dir"])
+    assert test["confusion_matrix"] == result["confusion_matrix"] and test["errors"] == result["errors"]
+    report = (run_dir / "report.md").read_text()
+    assert f"Ensemble accuracy **{result['test_accuracy']:.4f}** ({result['errors']} errors in 80 images)" in report
+    assert all(f"| {d} | {a:.4f} |" in report for d, a in enumerate(result["per_class_accuracy"]))
+    assert (run_dir / "confusion_matrix.png").is_file() and "![confusion matrix](confusion_matrix.png)" in report
+    digests = json.loads((run_dir / "ensemble.json").read_text())["digests"]
+    assert [m["weights_sha256"] for m in ensemble_run["members"]] == digests
+    assert all(f"| `{digest[:12]}` |" in report for digest in digests)
     assert sum(map(sum, result["confusion_matrix"])) == 80
     # the accuracy as the report and the console give it: the title read "26.22%" beside their 0.2622
     assert f"MNIST test, 80 digits: accuracy {result['test_accuracy']:.4f}" in titles

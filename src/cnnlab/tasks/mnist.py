@@ -5,7 +5,8 @@ whole batches on the device (`RandomAffine`). 5,000 training images are held out
 what every choice is made on; the test set is evaluated once, after training, through the engine's inference path
 (`Trainer.predict`), and the run folder gets results.json, report.md, the confusion matrix and the misclassified
 digits beside the engine's config.yaml, metrics and learning curves. An ensemble's members are runs of their own
-(``<run>/seed<k>/``); the ensemble's folder holds its config.yaml, results.json and report.md.
+(``<run>/seed<k>/``); the ensemble's folder holds its config.yaml, results.json and report.md (`ensemble_report`,
+with the ensemble's own per-digit table and confusion matrix, as `cnnlab ensemble` writes them).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from cnnlab.tasks.recipes import (
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.checkpoint import atomic_save
 from cnnlab.train.config import check_resumable, environment_record, load_config, save_record
-from cnnlab.train.saved import save_ensemble, save_model
+from cnnlab.train.saved import read_record, save_ensemble, save_model
 from cnnlab.train.strategy import is_main_process
 
 if TYPE_CHECKING:
@@ -255,20 +256,34 @@ def train_mnist(
         "members": members,
         "test_accuracy": members[0]["test_accuracy"] if ensemble == 1 else None,
     }
+    ensemble_predictions = None
     if missing:
         summary["missing_members"] = missing
     elif ensemble > 1:
-        mean_probabilities = torch.stack(member_probabilities).mean(0)
-        summary["ensemble_test_accuracy"] = float((mean_probabilities.argmax(1) == test_labels).float().mean())
+        ensemble_predictions = torch.stack(member_probabilities).mean(0).argmax(1)
+        summary["ensemble_test_accuracy"] = float((ensemble_predictions == test_labels).float().mean())
         summary["test_accuracy"] = summary["ensemble_test_accuracy"]
     if is_main_process():
         if ensemble > 1:
             run_dir.mkdir(parents=True, exist_ok=True)
             task_config = {"recipe": chosen.to_dict(), "ensemble": ensemble, "seed": seed, "overrides": overrides or {}}
             save_record(task_config, run_dir / "config.yaml")
-            if not missing:
-                save_ensemble(run_dir, [Path(m["run_dir"]) for m in members], meta={"recipe": chosen.name})
-            _ensemble_report(chosen, overrides, summary).write(run_dir / "report.md")
+            if ensemble_predictions is not None:
+                spec = save_ensemble(run_dir, [Path(m["run_dir"]) for m in members], meta={"recipe": chosen.name})
+                for member_summary, digest in zip(members, read_record(spec)["digests"], strict=True):
+                    member_summary["weights_sha256"] = digest  # what loading the ensemble checks its members against
+                test = test_evaluation(test_images, test_labels, ensemble_predictions, run_dir)
+                summary["test"] = {k: v for k, v in test.items() if k != "test_accuracy"}
+            devices = {m.get("device") for m in members}  # members may have trained in processes of their own
+            ensemble_report(
+                f"MNIST ensemble `{run_dir.name}`",
+                f"{len(members)} members of recipe `{chosen.name}` ({chosen.summary}"
+                f"{describe_overrides(chosen.train, overrides)}), each a run of its own (seeds {seed}.."
+                f"{seed + ensemble - 1}), all kept; the ensemble averages their softmax probabilities.",
+                members,
+                summary,
+                device=devices.pop() if len(devices) == 1 else None,
+            ).write(run_dir / "report.md")
         with written_then_renamed(run_dir / "results.json") as results:  # a single run's is its member's, as above
             results.write_text(json.dumps(summary, indent=1))
     return summary
@@ -561,30 +576,6 @@ def _add_test_breakdown(report: RunReport, test: Mapping[str, Any]) -> RunReport
     return report.image("confusion matrix", "confusion_matrix.png").image(
         "misclassified test digits", "misclassified.png"
     )
-
-
-def _ensemble_report(recipe: MnistRecipe, overrides: dict[str, Any] | None, summary: dict[str, Any]):  # noqa: ANN202
-    from cnnlab.report.markdown import RunReport
-
-    devices = {m.get("device") for m in summary["members"]}  # members may have trained in processes of their own
-    report = RunReport(
-        f"MNIST ensemble `{Path(summary['run_dir']).name}`",
-        f"{len(summary['members'])} members of recipe `{recipe.name}` ({recipe.summary}"
-        f"{describe_overrides(recipe.train, overrides)}), each a run of its own; the "
-        "ensemble averages their softmax probabilities.",
-        environment_record(),
-        devices.pop() if len(devices) == 1 else None,
-    )
-    report.heading("Members")
-    rows = [
-        [m["seed"], m["val_accuracy"], m["test_accuracy"], m["train_seconds"], m["run_dir"]] for m in summary["members"]
-    ]
-    report.table(
-        ["seed", "val accuracy", "test accuracy", "training s", "run"], rows, scores=["val accuracy", "test accuracy"]
-    )
-    if summary.get("missing_members"):
-        return report.text(f"Members still to train (seeds): {summary['missing_members']}.")
-    return report.text(f"Ensemble test accuracy: **{summary['ensemble_test_accuracy']:.4f}**.")
 
 
 def evaluate_mnist(
