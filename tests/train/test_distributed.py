@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -230,6 +231,35 @@ def test_the_cli_leaves_the_process_group_after_a_successful_command(tmp_path: P
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("rank_zero_failed_too", [True, False])
+def test_a_bad_option_under_torchrun_is_said_once_for_the_job(
+    rank_zero_failed_too: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every rank printed the same "error: ..." line (two under --nproc-per-node 2). Rank 1 now drops its copy when
+    torchrun's SIGTERM (rank 0 failed first, with the same error) comes within the wait, and prints it otherwise."""
+    import threading
+
+    import cnnlab.cli as cli
+
+    monkeypatch.setattr(cli, "OTHER_RANK_ERROR_WAIT_SECONDS", 1.0, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(sys, "argv", ["cnnlab", "train", "mnist", "--recipe", "nope"])
+    # torchrun stops the other ranks once one has failed
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    if rank_zero_failed_too:
+        timer.start()
+    try:
+        with pytest.raises(SystemExit) as done:
+            cli.main()
+    finally:
+        timer.cancel()  # not after main has returned (SIGTERM would end pytest itself)
+    assert done.value.code == 2
+    printed = capsys.readouterr().err
+    assert ("unknown MNIST recipe 'nope'" in printed) is not rank_zero_failed_too
+    assert sys.stderr is not None and "StringIO" not in type(sys.stderr).__name__
 
 
 def test_a_sigterm_while_the_ranks_join_ends_the_rank_at_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -103,7 +103,7 @@ _one_line_summaries(app)
 def main() -> None:
     """Entry point of the `cnnlab` console script and of `python -m cnnlab`."""
     warnings.formatwarning = _format_warning
-    with _sigterm_as_interrupt() as sigterm:
+    with _sigterm_as_interrupt() as sigterm, _one_error_line_per_job(sigterm):
         try:
             app()
         except SystemExit as done:
@@ -124,6 +124,55 @@ def main() -> None:
                 print(f"error: {_describe(error)}", file=sys.stderr)
                 sys.exit(1)
             raise
+
+
+OTHER_RANK_ERROR_WAIT_SECONDS = 3.0
+
+
+def _other_torchrun_rank() -> bool:
+    """Whether this process is a rank other than 0 of a torchrun job (read from torchrun's variables: no torch)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def _one_error_line_per_job(sigterm: _Sigterm) -> Iterator[None]:
+    """Under torchrun, a bad option or a bad input is said once for the job, not once per rank.
+
+    Every rank parses the same command and reads the same inputs, so each printed the same usage error or
+    ``error:`` line. A rank other than 0 holds what it writes to stderr until its command ends; when that end is a
+    usage or input error (exit code 2, or 1 for a file-system error), it waits up to
+    `OTHER_RANK_ERROR_WAIT_SECONDS` for torchrun's SIGTERM, which comes when another rank (rank 0, with the same
+    error) has failed first: its copy is then dropped. A rank that fails alone (an input only it cannot read) still
+    prints its error, a few seconds later. Anything else it wrote (a traceback, warnings) is printed when it ends.
+    """
+    if not _other_torchrun_rank():
+        yield
+        return
+    import io
+    import time
+
+    stderr, held = sys.stderr, io.StringIO()
+    sys.stderr = held
+    input_error = False
+    try:
+        yield
+    except SystemExit as done:
+        input_error = done.code in (1, 2)
+        raise
+    finally:
+        sys.stderr = stderr
+        try:
+            deadline = time.monotonic() + OTHER_RANK_ERROR_WAIT_SECONDS
+            while input_error and not sigterm.received and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except KeyboardInterrupt:  # torchrun's SIGTERM, through _sigterm_as_interrupt
+            pass
+        if not (input_error and sigterm.received):
+            stderr.write(held.getvalue())
+            stderr.flush()
 
 
 INTERRUPTED = 130  # Ctrl+C (SIGINT), as a shell reports a command it stopped: 128 + 2
