@@ -156,9 +156,16 @@ def test_distributed_auto_batch_is_at_most_the_training_set(tmp_path: Path) -> N
         epochs=1, batch_size=1024, auto_batch_size=True, output=str(tmp_path), name="auto", progress=False
     )
     trainer = Trainer(nn.Linear(64, 3), config, strategy=_FirstOfTwoProcesses())
+    logged: list[str] = []
+    trainer.log = logged.append  # type: ignore[method-assign]
     trainer.fit(_data(100))
     assert trainer.config.batch_size == 100 and trainer.micro_batch_size == 50
     assert trainer.global_step == 1
+    # The log said "largest fitting 50 (the cap); training with batch 100 = 100 x 1 accumulation": 50 per process
+    assert any(
+        "largest fitting 50 per process (the cap); training with global batch 100 = 50 per process x 2 " in line
+        for line in logged
+    ), logged
 
 
 def test_distributed_batch_larger_than_the_data_names_all_the_samples(tmp_path: Path) -> None:

@@ -270,10 +270,14 @@ def tune_batch_size(trainer: Trainer, train: BatchSource) -> BatchSource:
             accum_steps = accumulation_for(per_rank, micro)
         eval_batch_size = config.eval_batch_size or (2 * batch_size // accum_steps if accum_steps > 1 else None)
         outcome = ", ".join(f"{b}{'' if ok else ' (out of memory)'}" for b, ok in result.tried)
+        # Under torchrun the search and the micro-batch are per process, the batch global: say which is which
+        # ("largest fitting 512 (the cap); training with batch 1024 = 1024 x 1 accumulation" mixed them).
+        per_process = " per process" if world > 1 else ""
+        split = f"{micro} per process x {world} processes" if world > 1 else f"{batch_size // accum_steps}"
         trainer.log(
-            f"batch size search: tried {outcome}; largest fitting {result.largest_fitting}"
-            f"{' (the cap)' if result.capped else ''}; training with batch {batch_size} = "
-            f"{batch_size // accum_steps} x {accum_steps} accumulation"
+            f"batch size search: tried {outcome}; largest fitting {result.largest_fitting}{per_process}"
+            f"{' (the cap)' if result.capped else ''}; training with {'global ' if world > 1 else ''}batch "
+            f"{batch_size} = {split} x {accum_steps} accumulation"
         )
     trainer.set_batch_size(batch_size, accum_steps, eval_batch_size)
     if isinstance(train, TensorBatches):
