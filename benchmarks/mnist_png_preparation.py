@@ -27,16 +27,11 @@ from PIL import Image
 
 
 def centre_the_box(image: Image.Image) -> torch.Tensor:
-    """The peer: as `mnist_preprocess`, but the ink's bounding box is centred in 28x28 (not its centre of mass)."""
-    grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    if grey.mean() > 0.5:
-        grey = 1.0 - grey
-    rows, cols = np.nonzero(grey > 0.2)
-    grey = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    height, width = grey.shape
-    ratio = 20.0 / max(height, width)
-    size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
-    small = np.clip(np.asarray(Image.fromarray(grey).resize(size, Image.BILINEAR), np.float32), 0.0, 1.0)
+    """The peer: the product's ink, fitted in 20x20 (`fitted_ink`), with its bounding box centred in 28x28 rather
+    than its centre of mass put at (14, 14)."""
+    from cnnlab.data.mnist import fitted_ink
+
+    small = fitted_ink(image)
     canvas = np.zeros((28, 28), dtype=np.float32)
     top, left = (28 - small.shape[0]) // 2, (28 - small.shape[1]) // 2
     canvas[top : top + small.shape[0], left : left + small.shape[1]] = small

@@ -167,18 +167,12 @@ def training_set_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
 MNIST_CLASSES = [str(digit) for digit in range(10)]
 
 
-def mnist_preprocess(image: Any) -> torch.Tensor:
-    """A PIL image -> [1, 28, 28] float in [0, 1], light digit on black, fitted in 20x20 and placed as MNIST's are.
-
-    What an MNIST model expects of a photo or scan of one handwritten digit: dark ink on light paper is inverted, the
-    ink's bounding box is scaled to fit 20x20 pixels (antialiased, in floats) and pasted on a 28x28 black canvas with
-    its centre of mass at pixel (14, 14), which is where MNIST put every digit's (LeCun et al.: "centered in a 28x28
-    image by computing the center of mass of the pixels"; the test set's mean is (13.99, 14.00)). Centring the bounding
-    box instead moved a "7" or a "4" two pixels off where the network saw such digits: the MNIST test digits
-    themselves, saved as PNG and prepared that way, lost 3 points of accuracy (96.1% against 99.1%).
+def fitted_ink(image: Any) -> np.ndarray:
+    """The ink of a picture of one digit as `mnist_preprocess` places it: light on black (dark ink on light paper
+    inverted), its bounding box cut out and scaled to fit 20x20 (antialiased, floats in [0, 1]).
 
     Raises:
-        CnnlabError: no ink at all (a blank image), rather than a confident class for an empty canvas.
+        CnnlabError: no ink at all (a blank image).
     """
     from PIL import Image
 
@@ -196,7 +190,24 @@ def mnist_preprocess(image: Any) -> torch.Tensor:
     height, width = grey.shape
     ratio = 20.0 / max(height, width)
     size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
-    small = np.clip(np.asarray(Image.fromarray(grey).resize(size, Image.BILINEAR), np.float32), 0.0, 1.0)
+    return np.clip(np.asarray(Image.fromarray(grey).resize(size, Image.BILINEAR), np.float32), 0.0, 1.0)
+
+
+def mnist_preprocess(image: Any) -> torch.Tensor:
+    """A PIL image -> [1, 28, 28] float in [0, 1], light digit on black, fitted in 20x20 and placed as MNIST's are.
+
+    What an MNIST model expects of a photo or scan of one handwritten digit: dark ink on light paper is inverted, the
+    ink's bounding box is scaled to fit 20x20 pixels (antialiased, in floats) and pasted on a 28x28 black canvas with
+    its centre of mass at pixel (14, 14), which is where MNIST put every digit's (LeCun et al.: "centered in a 28x28
+    image by computing the center of mass of the pixels"; the test set's mean is (13.99, 14.00)). Centring the bounding
+    box instead moved a "7" or a "4" two pixels off where the network saw such digits: the MNIST test digits
+    themselves, saved as PNG and prepared that way, lost 3 points of accuracy (96.1% against 99.1%,
+    benchmarks/mnist_png_preparation.py).
+
+    Raises:
+        CnnlabError: no ink at all (a blank image), rather than a confident class for an empty canvas.
+    """
+    small = fitted_ink(image)
     canvas = np.zeros((28, 28), dtype=np.float32)
     top, left = (28 - small.shape[0]) // 2, (28 - small.shape[1]) // 2
     if (mass := float(small.sum())) > 0:  # a digit thinner than a pixel can vanish in the resize
