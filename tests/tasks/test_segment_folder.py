@@ -928,3 +928,34 @@ def test_a_run_interrupted_in_its_first_epoch_resumes(tmp_path, monkeypatch):
             train_segmentation_folder(str(root), **options)
     summary = train_segmentation_folder(str(root), resume=True, **options)
     assert summary["epochs"] == 1
+
+
+def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path):
+    """The last epoch's weights were saved and tested while report.md said "Best val_miou at epoch N"; a resumed run
+    must end on the best epoch's weights too, from the copy its checkpoint holds."""
+    from cnnlab.train.saved import load_model
+    from worse_last_epoch import WorseLastEpoch
+
+    root = _folder(tmp_path / "data", count=12)
+    record = WorseLastEpoch(stop_before=2)  # interrupted after 2 of its 3 epochs, then resumed
+    options = dict(
+        output=str(tmp_path / "runs"),
+        name="b",
+        overrides={"epochs": 3, "batch_size": 4, "lr": 1e-2, "channels_last": False},
+        crop_size=32,
+        progress=False,
+        callbacks=[record],
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train_segmentation_folder(str(root), **options)
+    summary = train_segmentation_folder(str(root), resume=True, **options)
+    run = Path(summary["run_dir"])
+    history = json.loads((run / "metrics.json").read_text())
+    scores = [row["val_miou"] for row in history]
+    best = scores.index(max(scores)) + 1
+    assert best < 3 and summary["saved_epoch"] == best and summary["saved_epoch_best"]
+    assert summary["val_miou"] == scores[best - 1]
+    saved = load_model(run).state_dict()
+    assert all(torch.equal(saved[key], value) for key, value in record.weights[best].items())
+    assert not all(torch.equal(saved[key], value) for key, value in record.weights[3].items())
+    assert f"holds the weights of epoch {best}, the best val_miou" in (run / "report.md").read_text()

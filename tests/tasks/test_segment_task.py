@@ -213,3 +213,23 @@ def test_evaluate_sends_a_segmentation_run_only_where_it_is_taken(tmp_path, canv
         check_mnist_run(tmp_path)
     assert ("cnnlab predict" in str(refused.value)) is not canvases
     assert ("test_overlays.png" in str(refused.value)) is canvases
+
+
+def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path):
+    """The last epoch's weights were saved and tested, whichever epoch validation found best."""
+    from cnnlab.train.saved import load_model
+    from worse_last_epoch import WorseLastEpoch
+
+    data = DigitSegmentation(train=_canvases(16, 0), val=_canvases(8, 1), test=_canvases(4, 2))  # a step an epoch
+    record = WorseLastEpoch(stop_before=2)  # interrupted after 2 of its 3 epochs, then resumed
+    options = dict(epochs=3, lr=1e-2, pretrain_epochs=0, callbacks=[record])
+    with pytest.raises(KeyboardInterrupt):
+        _train_tiny(tmp_path, "b", data, **options)
+    summary = _train_tiny(tmp_path, "b", data, resume=True, **options)
+    run = tmp_path / "segment" / "b"
+    scores = [row["val_miou"] for row in json.loads((run / "metrics.json").read_text())]
+    best = scores.index(max(scores)) + 1
+    assert best < 3 and summary["saved_epoch"] == best and summary["val_miou"] == scores[best - 1]
+    saved = load_model(run).state_dict()
+    assert all(torch.equal(saved[key], value) for key, value in record.weights[best].items())
+    assert f"holds the weights of epoch {best}, the best val_miou" in (run / "report.md").read_text()

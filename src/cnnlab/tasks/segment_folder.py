@@ -8,7 +8,8 @@
    `MEMORY_SHARE` of the memory available is refused before anything is decoded, naming a ``--max-side`` that fits.
 2. **Split**: seeded train/val/test, written to ``split.csv`` in the run directory (``path,label,split``, the label
    column holding the mask) by `cnnlab.data.split` and read back by any later run there. Validation chooses the
-   checkpoint; the test images are read once, at the end.
+   weights: the epoch of the best validation mIoU is saved and tested (`BestWeights`, whose copy of them every
+   checkpoint holds, so a resumed run ends on them too); the test images are read once, at the end.
 3. **Models** (`MODELS`, ``--model``): the from-scratch U-Net, or a U-Net decoder / FCN-8s head on the zoo's
    ImageNet-pretrained EfficientNet-Lite0, whose weights' record gives the input normalisation.
 4. **Training** on random crops transformed jointly with their masks (torchvision v2), cross-entropy that ignores
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,9 @@ from cnnlab.tasks.recipes import (
     run_name,
     with_overrides,
 )
-from cnnlab.tasks.segmentation import TASK
+from cnnlab.tasks.segmentation import TASK, chosen_epoch, saved_epoch_line
 from cnnlab.tasks.transfer import class_weights
-from cnnlab.train import LoaderBatches, TrainConfig, Trainer
+from cnnlab.train import BestWeights, Callback, LoaderBatches, TrainConfig, Trainer
 from cnnlab.train.config import RESUME_FREE_OPTIONS, environment_record
 from cnnlab.train.device import resolve_device
 from cnnlab.train.saved import save_model
@@ -323,6 +324,7 @@ def train_segmentation_folder(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Train a segmentation model on an image + mask folder with the engine, then test it once.
 
@@ -348,6 +350,7 @@ def train_segmentation_folder(
         resume: continue an interrupted run (its split is reused).
         overwrite: replace a finished or interrupted run of the same name (split afresh).
         progress: progress bar and epoch lines on stderr.
+        callbacks: extra engine callbacks (after the one that keeps the best epoch's weights).
 
     Returns:
         The summary saved as ``results.json``.
@@ -465,6 +468,7 @@ def train_segmentation_folder(
         },
         train_transform=to_input,
         eval_transform=to_input,
+        callbacks=[best_weights := BestWeights(), *callbacks],
     )
     eval_batch = config.eval_batch_size or 2 * config.batch_size
     paths = {part: [folder.images[i] for i in indices] for part, indices in split.items()}
@@ -478,7 +482,8 @@ def train_segmentation_folder(
     )
     val_loader = DataLoader(SegmentationSamples(parts["val"]), batch_size=eval_batch, collate_fn=pad_collate)
     history = trainer.fit(LoaderBatches(train_loader), LoaderBatches(val_loader) if parts["val"] else None)
-    final = trainer.eval_model
+    final = trainer.eval_model  # the best epoch's weights, which BestWeights loaded back
+    chosen = chosen_epoch(trainer, best_weights, history)
     if not main:  # the trained model is rank 0's to test, save and report
         return {"run_dir": str(run_dir)}
 
@@ -527,7 +532,7 @@ def train_segmentation_folder(
             "max_side": max_side,
             "input": "float RGB [N, 3, H, W] in [0, 1], any H and W, minus mean, over std" + downscaled,
             "output": f"logits [N, {len(class_names)}, H, W]",
-            "val_miou": history[-1].get("val_miou") if history else None,
+            "val_miou": chosen["val_miou"],
         },
     )
     summary = {
@@ -543,7 +548,9 @@ def train_segmentation_folder(
         "labelled_pixels": {part: list(pair) for part, pair in labelled.items()},  # (labelled, all) of the masks
         "epochs": len(history),
         "steps": trainer.global_step,
-        "val_miou": history[-1].get("val_miou") if history else None,
+        "saved_epoch": chosen["epoch"],  # the epoch whose weights were saved and tested
+        "saved_epoch_best": chosen["best"],  # whether it is the best on the monitor (else the last)
+        "val_miou": chosen["val_miou"],  # that epoch's
         "test": test_report,
         "worst_test_images": [{"image": str(test_paths[i]), "pixel_error": errors[i]} for i in worst],
         "train_seconds": trainer.train_seconds,
@@ -608,4 +615,5 @@ def _report(  # noqa: ANN202
     report.image("confusion matrix of the test pixels", "test_confusion.png")
     report.image("the test images with the most wrong pixels: image, truth, prediction, errors", "test_worst.png")
     report.add_training(history, monitor=config.monitor)
+    report.text(saved_epoch_line(summary["saved_epoch"], summary["saved_epoch_best"], config.monitor))
     return report.add_config(config.to_dict())

@@ -1,10 +1,11 @@
 """Semantic segmentation of multi-digit MNIST canvases: recipes run on the training engine.
 
 The canvases (`cnnlab.data.segmentation`) stay in memory as uint8 and are converted on the device per batch (float
-images in [0, 1], int64 masks). Validation canvases choose the checkpoint-independent things (recipes were tuned on
-them); the test canvases, built only from MNIST test digits, are evaluated once at the end: pixel accuracy, per-class
-IoU, mIoU over the 10 digit classes (background excluded; ``miou_with_bg`` includes it), boundary F1 and an overlay
-PNG of predictions against ground truth.
+images in [0, 1], int64 masks). The validation canvases choose the weights (the epoch of the best validation mIoU is
+saved and tested, `BestWeights`, across a resume too; the recipes were tuned on them); the test canvases, built only
+from MNIST test digits, are evaluated once at the end: pixel accuracy, per-class IoU, mIoU over the 10 digit classes
+(background excluded; ``miou_with_bg`` includes it), boundary F1 and an overlay PNG of predictions against ground
+truth.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from cnnlab.tasks.recipes import (
     run_name,
     with_overrides,
 )
-from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
+from cnnlab.train import BestWeights, Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.config import environment_record
 from cnnlab.train.optim import default_param_groups
 from cnnlab.train.saved import save_model
@@ -44,8 +45,10 @@ __all__ = [
     "RECIPES",
     "EncoderClassifier",
     "SegmentRecipe",
+    "chosen_epoch",
     "evaluate_segmentation",
     "pretrain_encoder",
+    "saved_epoch_line",
     "train_segmentation",
 ]
 
@@ -355,7 +358,7 @@ def train_segmentation(
         metrics=metrics,
         train_transform=_to_device_dtypes,
         eval_transform=_to_device_dtypes,
-        callbacks=callbacks,
+        callbacks=[best_weights := BestWeights(), *callbacks],
     )
     if pretrain:
         if trainer.is_main_process:
@@ -368,7 +371,8 @@ def train_segmentation(
         TensorBatches(data.val.images, data.val.masks, config.eval_batch_size or 2 * config.batch_size),
     )
     wall_seconds = time.perf_counter() - started
-    final = trainer.eval_model
+    final = trainer.eval_model  # the best epoch's weights, which BestWeights loaded back
+    kept = chosen_epoch(trainer, best_weights, history)
     # The test canvases are used here, once, after training: never for a choice.
     test_report, predictions = evaluate_segmentation(
         final, data.test.images, data.test.masks, batch_size=2 * config.batch_size, trainer=trainer
@@ -386,7 +390,7 @@ def train_segmentation(
                 "seed": seed,
                 "input": "float images in [0, 1], shape [N, 1, H, W], any H and W",
                 "output": "logits [N, 11, H, W]: 0 = background, 1..10 = digit + 1",
-                "val_miou": history[-1].get("val_miou"),
+                "val_miou": kept["val_miou"],
             },
         )
     summary = {
@@ -396,8 +400,10 @@ def train_segmentation(
         "params": sum(p.numel() for p in final.parameters()),
         "run_dir": str(run_dir),
         "epochs": len(history),
-        "val_miou": history[-1].get("val_miou"),
-        "val_boundary_f1": history[-1].get("val_boundary_f1"),
+        "saved_epoch": kept["epoch"],  # the epoch whose weights were saved and tested
+        "saved_epoch_best": kept["best"],  # whether it is the best on the monitor (else the last)
+        "val_miou": kept["val_miou"],  # that epoch's
+        "val_boundary_f1": history[kept["epoch"] - 1].get("val_boundary_f1") if history else None,
         "test": test_report,
         "train_seconds": trainer.train_seconds,
         "wall_seconds": wall_seconds,
@@ -431,7 +437,29 @@ def _report(recipe: SegmentRecipe, config: TrainConfig, history: list[dict[str, 
     report.table(["class", "IoU"], list(test["iou_per_class"].items()))
     report.image("test canvases: input, truth, prediction", "test_overlays.png")
     report.add_training(history, monitor=config.monitor)
+    if "saved_epoch" in summary:
+        report.text(saved_epoch_line(summary["saved_epoch"], summary["saved_epoch_best"], config.monitor))
     return report.add_config(config.to_dict())
+
+
+def chosen_epoch(trainer: Trainer, best_weights: BestWeights, history: list[dict[str, float]]) -> dict[str, Any]:
+    """The epoch whose weights a segmentation run saves and tests, its validation mIoU, and whether it is the best
+    epoch on the monitor: it is when `best_weights` holds that epoch's weights; else (no validation, or a run resumed
+    from a checkpoint written before the best weights were kept) it is the last epoch."""
+    if not history:
+        return {"epoch": None, "val_miou": None, "best": False}
+    best = best_weights.weights is not None and best_weights.best_epoch == trainer.best_epoch
+    epoch = int(best_weights.best_epoch) if best and best_weights.best_epoch is not None else len(history)
+    return {"epoch": epoch, "val_miou": history[epoch - 1].get("val_miou"), "best": best}
+
+
+def saved_epoch_line(epoch: int | None, best: bool, monitor: str) -> str:
+    """The report's sentence naming the epoch whose weights were saved and tested."""
+    if epoch is None:
+        return "No epoch was trained: the saved model holds the initial weights."
+    return f"The model saved and tested holds the weights of epoch {epoch}, " + (
+        f"the best {monitor}." if best else "the last (no best weights were kept)."
+    )
 
 
 def data_sizes(data: DigitSegmentation) -> tuple[int, int, int]:
