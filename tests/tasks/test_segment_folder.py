@@ -930,10 +930,18 @@ def test_a_run_interrupted_in_its_first_epoch_resumes(tmp_path, monkeypatch):
     assert summary["epochs"] == 1
 
 
-def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path):
+def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatch):
     """The last epoch's weights were saved and tested while report.md said "Best val_miou at epoch N"; a resumed run
     must end on the best epoch's weights too, from the copy its checkpoint holds."""
+    import cnnlab.tasks.segment_folder as task
+    from cnnlab.train.config import environment_record
     from cnnlab.train.saved import load_model
+
+    def with_a_gpu() -> dict:
+        record = environment_record()
+        return {**record, "hardware": {**record["hardware"], "cuda": "A GPU"}}
+
+    monkeypatch.setattr(task, "environment_record", with_a_gpu)
     from worse_last_epoch import WorseLastEpoch
 
     root = _folder(tmp_path / "data", count=12)
@@ -958,4 +966,9 @@ def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path):
     saved = load_model(run).state_dict()
     assert all(torch.equal(saved[key], value) for key, value in record.weights[best].items())
     assert not all(torch.equal(saved[key], value) for key, value in record.weights[3].items())
-    assert f"holds the weights of epoch {best}, the best val_miou" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()
+    assert f"holds the weights of epoch {best}, the best val_miou" in report
+    # the hardware line names the device trained on (a CPU here), not also the machine's GPU
+    assert "A GPU" not in report and "written: " in report
+    table = report.split("| class | IoU |\n")[1].split("\n\n")[0].splitlines()[1:]
+    assert table and all(re.fullmatch(r"\| .+ \| (\d\.\d{4}|absent|-) \|", row) for row in table), table  # 4 places

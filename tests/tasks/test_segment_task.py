@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -215,9 +216,17 @@ def test_evaluate_sends_a_segmentation_run_only_where_it_is_taken(tmp_path, canv
     assert ("test_overlays.png" in str(refused.value)) is canvases
 
 
-def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path):
+def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatch):
     """The last epoch's weights were saved and tested, whichever epoch validation found best."""
+    import cnnlab.tasks.segmentation as task
+    from cnnlab.train.config import environment_record
     from cnnlab.train.saved import load_model
+
+    def with_a_gpu() -> dict:
+        record = environment_record()
+        return {**record, "hardware": {**record["hardware"], "cuda": "A GPU"}}
+
+    monkeypatch.setattr(task, "environment_record", with_a_gpu)
     from worse_last_epoch import WorseLastEpoch
 
     data = DigitSegmentation(train=_canvases(16, 0), val=_canvases(8, 1), test=_canvases(4, 2))  # a step an epoch
@@ -232,4 +241,9 @@ def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path):
     assert best < 3 and summary["saved_epoch"] == best and summary["val_miou"] == scores[best - 1]
     saved = load_model(run).state_dict()
     assert all(torch.equal(saved[key], value) for key, value in record.weights[best].items())
-    assert f"holds the weights of epoch {best}, the best val_miou" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()
+    assert f"holds the weights of epoch {best}, the best val_miou" in report
+    # the hardware line names the device trained on (a CPU here), not also the machine's GPU
+    assert "A GPU" not in report and "written: " in report
+    table = report.split("| class | IoU |\n")[1].split("\n\n")[0].splitlines()[1:]
+    assert table and all(re.fullmatch(r"\| .+ \| (\d\.\d{4}|absent|-) \|", row) for row in table), table  # 4 places

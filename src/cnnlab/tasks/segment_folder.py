@@ -554,6 +554,7 @@ def train_segmentation_folder(
         "test": test_report,
         "worst_test_images": [{"image": str(test_paths[i]), "pixel_error": errors[i]} for i in worst],
         "train_seconds": trainer.train_seconds,
+        "device": str(trainer.device),  # what its report's hardware line names
     }
     if trainer.is_main_process:
         from cnnlab.report.plots import plot_confusion_matrix
@@ -598,6 +599,7 @@ def _report(  # noqa: ANN202
         f"validation and {counts['test']} test images ({MANIFEST}), {summary['skipped']} skipped ({SKIPPED}); seed "
         f"{config.seed}; the test images were evaluated once, after training, whole{downscaled}.{unlabelled}",
         environment_record(),
+        summary.get("device"),
     )
     report.heading("Test images")
     scope = "every class" if background is None else f"the classes other than background `{class_names[background]}`"
@@ -610,7 +612,8 @@ def _report(  # noqa: ANN202
     )
     report.table(
         ["class", "IoU"],
-        [[name, "absent" if iou is None else f"{iou:.4f}"] for name, iou in test["iou_per_class"].items()],
+        [[name, "absent" if iou is None else iou] for name, iou in test["iou_per_class"].items()],
+        scores=["IoU"],
     )
     report.image("confusion matrix of the test pixels", "test_confusion.png")
     report.image("the test images with the most wrong pixels: image, truth, prediction, errors", "test_worst.png")

@@ -408,6 +408,7 @@ def train_segmentation(
         "train_seconds": trainer.train_seconds,
         "wall_seconds": wall_seconds,
         "canvases": data_sizes(data),
+        "device": str(trainer.device),  # what its report's hardware line names
     }
     if trainer.is_main_process:
         write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))
@@ -426,6 +427,7 @@ def _report(recipe: SegmentRecipe, config: TrainConfig, history: list[dict[str, 
         f"canvases of {recipe.canvas_size}x{recipe.canvas_size} px with 1-5 MNIST digits each; seed {config.seed}; "
         "the test canvases (built from MNIST test digits only) were evaluated once, after training.",
         environment_record(),
+        summary.get("device"),
     )
     report.heading("Test canvases")
     report.text(
@@ -434,7 +436,7 @@ def _report(recipe: SegmentRecipe, config: TrainConfig, history: list[dict[str, 
         f"({test['boundary_tolerance_px']} px tolerance) {test['boundary_f1']:.4f}. {summary['params']:,} parameters, "
         f"{summary['train_seconds']:.0f} s of training."
     )
-    report.table(["class", "IoU"], list(test["iou_per_class"].items()))
+    report.table(["class", "IoU"], list(test["iou_per_class"].items()), scores=["IoU"])
     report.image("test canvases: input, truth, prediction", "test_overlays.png")
     report.add_training(history, monitor=config.monitor)
     if "saved_epoch" in summary:
