@@ -970,5 +970,6 @@ def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatc
     assert f"holds the weights of epoch {best}, the best val_miou" in report
     # the hardware line names the device trained on (a CPU here), not also the machine's GPU
     assert "A GPU" not in report and "written: " in report
+    assert "(1.1 M params); given: epochs 3 (the recipe's 20), batch_size 4 (the recipe's 16)" in report
     table = report.split("| class | IoU |\n")[1].split("\n\n")[0].splitlines()[1:]
     assert table and all(re.fullmatch(r"\| .+ \| (\d\.\d{4}|absent|-) \|", row) for row in table), table  # 4 places

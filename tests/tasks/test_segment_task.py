@@ -229,7 +229,7 @@ def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatc
     monkeypatch.setattr(task, "environment_record", with_a_gpu)
     from worse_last_epoch import WorseLastEpoch
 
-    data = DigitSegmentation(train=_canvases(16, 0), val=_canvases(8, 1), test=_canvases(4, 2))  # a step an epoch
+    data = DigitSegmentation(train=_canvases(16, 0), val=_canvases(8, 1), test=_canvases(1, 2))  # a step an epoch
     record = WorseLastEpoch(stop_before=2)  # interrupted after 2 of its 3 epochs, then resumed
     options = dict(epochs=3, lr=1e-2, pretrain_epochs=0, callbacks=[record])
     with pytest.raises(KeyboardInterrupt):
@@ -245,5 +245,9 @@ def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatc
     assert f"holds the weights of epoch {best}, the best val_miou" in report
     # the hardware line names the device trained on (a CPU here), not also the machine's GPU
     assert "A GPU" not in report and "written: " in report
+    # the recipe's summary ("4000 canvases") is followed by what was given on top of it; "1 test canvas"
+    assert "given: epochs 3 (the recipe's 3)" not in report
+    assert "train_canvases 16 (the recipe's 4000), pretrain_epochs 0 (the recipe's 1)" in report
+    assert "and 1 test canvas of " in report and "the test canvas (built" in report
     table = report.split("| class | IoU |\n")[1].split("\n\n")[0].splitlines()[1:]
     assert table and all(re.fullmatch(r"\| .+ \| (\d\.\d{4}|absent|-) \|", row) for row in table), table  # 4 places

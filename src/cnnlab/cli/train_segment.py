@@ -182,6 +182,7 @@ def _segment_folder(
     split_seed: int,
     engine: EngineOptions,
 ) -> None:
+    from cnnlab.report.units import counted
     from cnnlab.tasks.segment_folder import train_segmentation_folder
     from cnnlab.train.strategy import is_main_process
 
@@ -211,10 +212,11 @@ def _segment_folder(
     # without a background class the two means are one figure, said once
     scope = "every class" if test["miou_includes_background"] else "background excluded"
     every = "" if test["miou_includes_background"] else f", every class {test['miou_with_bg']:.4f}"
+    tests = counted(summary["images"]["test"], "test image", "test images")
     typer.echo(
         f"{summary['model']}: test mIoU ({scope}) {test['miou']:.4f}{every}, pixel "
-        f"accuracy {test['pixel_accuracy']:.4f}; {summary['images']['test']} test images, {summary['skipped']} "
-        f"skipped; {summary['train_seconds']:.0f} s training"
+        f"accuracy {test['pixel_accuracy']:.4f}; {tests}, {summary['skipped']} skipped; "
+        f"{summary['train_seconds']:.0f} s training"
     )
     typer.echo(
         f"run: {summary['run_dir']}  (report.md; `cnnlab predict --model {summary['run_dir']} IMAGE... --output DIR`)"

@@ -37,3 +37,8 @@ def file_size(size: float) -> str:
 def score(value: float | None) -> str:
     """An accuracy (or any fraction) to four places, ``-`` when there is none (a run without a validation set)."""
     return "-" if value is None else f"{value:.4f}"
+
+
+def counted(count: int, one: str, many: str) -> str:
+    """`count` things as a sentence says them: "1 test image", "12 test images", "1,500 test images"."""
+    return f"{count:,} {one if count == 1 else many}"

@@ -57,6 +57,7 @@ from cnnlab.tasks.recipes import (
     Recipe,
     RecipeBook,
     check_start,
+    describe_overrides,
     engine_resumes,
     note_current_run,
     run_name,
@@ -572,7 +573,9 @@ def train_segmentation_folder(
             colours=folder.colours,  # classes.json's, as predict paints its masks; None: the default palette
         )
         write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))
-        _report(recipe, config, history, summary, folder, class_names, background).write(run_dir / "report.md")
+        _report(recipe, config, history, summary, folder, class_names, background, overrides).write(
+            run_dir / "report.md"
+        )
     return summary
 
 
@@ -584,8 +587,10 @@ def _report(  # noqa: ANN202
     folder: SegmentationFolder,
     class_names: list[str],
     background: int | None,
+    overrides: dict[str, Any] | None = None,
 ):
     from cnnlab.report.markdown import RunReport
+    from cnnlab.report.units import counted
 
     test, counts = summary["test"], summary["images"]
     downscaled = (
@@ -595,9 +600,12 @@ def _report(  # noqa: ANN202
     unlabelled = f" {labelled[0].upper()}{labelled[1:]}." if labelled else ""
     report = RunReport(
         f"Segmentation run `{config.name}`",
-        f"Model `{recipe.name}`: {recipe.summary}. Data {folder.root}: {counts['train']} training, {counts['val']} "
-        f"validation and {counts['test']} test images ({MANIFEST}), {summary['skipped']} skipped ({SKIPPED}); seed "
-        f"{config.seed}; the test images were evaluated once, after training, whole{downscaled}.{unlabelled}",
+        f"Model `{recipe.name}`: {recipe.summary}{describe_overrides(recipe.train, overrides)}. Data {folder.root}: "
+        f"{counts['train']} training, {counts['val']} validation and "
+        f"{counted(counts['test'], 'test image', 'test images')} ({MANIFEST}), {summary['skipped']} skipped "
+        f"({SKIPPED}); seed {config.seed}; the test "
+        f"{'image was' if counts['test'] == 1 else 'images were'} evaluated once, after training, "
+        f"whole{downscaled}.{unlabelled}",
         environment_record(),
         summary.get("device"),
     )

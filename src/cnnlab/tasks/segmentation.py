@@ -27,10 +27,12 @@ from cnnlab.data.segmentation import CLASS_NAMES, NUM_CLASSES, DigitSegmentation
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_text_whole
 from cnnlab.report.segmentation import BoundaryF1, MeanIoU, PixelAccuracy, save_overlays, segmentation_report
+from cnnlab.report.units import counted
 from cnnlab.tasks.recipes import (
     Recipe,
     RecipeBook,
     check_resume_or_overwrite,
+    describe_overrides,
     engine_resumes,
     note_current_run,
     run_name,
@@ -412,20 +414,33 @@ def train_segmentation(
     }
     if trainer.is_main_process:
         write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))
-        _report(chosen, config, history, summary).write(run_dir / "report.md")
+        given = {**(overrides or {}), "train_canvases": summary["canvases"][0], "pretrain_epochs": pretrain}
+        _report(chosen, config, history, summary, given).write(run_dir / "report.md")
     return summary
 
 
-def _report(recipe: SegmentRecipe, config: TrainConfig, history: list[dict[str, float]], summary: dict[str, Any]):  # noqa: ANN202
+def _report(  # noqa: ANN202
+    recipe: SegmentRecipe,
+    config: TrainConfig,
+    history: list[dict[str, float]],
+    summary: dict[str, Any],
+    given: dict[str, Any] | None = None,
+):
+    """report.md; `given`: the engine options laid over the recipe's, and ``train_canvases`` and
+    ``pretrain_epochs``, which its summary names too ("4000 canvases")."""
     from cnnlab.report.markdown import RunReport
+
+    recipe_options = {**recipe.train, "train_canvases": recipe.sizes[0], "pretrain_epochs": recipe.pretrain_epochs}
 
     test = summary["test"]
     train, val, test_count = summary["canvases"]
     report = RunReport(
         f"Segmentation run `{config.name}`",
-        f"Recipe `{recipe.name}`: {recipe.summary}. {train:,} training, {val:,} validation and {test_count:,} test "
-        f"canvases of {recipe.canvas_size}x{recipe.canvas_size} px with 1-5 MNIST digits each; seed {config.seed}; "
-        "the test canvases (built from MNIST test digits only) were evaluated once, after training.",
+        f"Recipe `{recipe.name}`: {recipe.summary}{describe_overrides(recipe_options, given)}. {train:,} training, "
+        f"{val:,} validation and {counted(test_count, 'test canvas', 'test canvases')} of {recipe.canvas_size}x"
+        f"{recipe.canvas_size} px with 1-5 MNIST digits each; seed {config.seed}; the test "
+        f"{'canvas' if test_count == 1 else 'canvases'} (built from MNIST test digits only) "
+        f"{'was' if test_count == 1 else 'were'} evaluated once, after training.",
         environment_record(),
         summary.get("device"),
     )
