@@ -82,28 +82,17 @@ def segment_view(run_folder: str | os.PathLike[str], image_path: str | os.PathLi
             trained with ``--max-side``: over `MAX_DOWNSCALED_PIXELS`, or over `MAX_PIXELS` once downscaled).
     """
     import numpy as np
-    import torch
     from PIL import Image
 
-    from cnnlab.data.segmentation import SegmentationInput, downscale
     from cnnlab.lab.classify import display_size
     from cnnlab.report.segmentation import colourise
-    from cnnlab.tasks.segment_predict import class_map, load_segmenter
-    from cnnlab.train import Trainer
+    from cnnlab.tasks.segment_predict import load_segmenter, segment_image
 
     segmenter = load_segmenter(run_folder)
     remedy = "crop or downscale it, or segment it whole with `cnnlab predict IMAGE --model RUN`"
     _refuse_large(image_path, remedy, segmenter.max_side)
     image = _decoded(image_path)
-    # predict's path (`segment_predict._predict_mask`): the run's downscale, its normalisation, the logits brought
-    # back to the image's size
-    seen = np.asarray(downscale(image, segmenter.max_side), dtype=np.uint8)
-    device = str(next(segmenter.model.parameters()).device)
-    runner = Trainer.for_inference(
-        segmenter.model, device=device, batch_size=1, eval_transform=SegmentationInput(segmenter.mean, segmenter.std)
-    )
-    logits = runner.predict(torch.from_numpy(seen.transpose(2, 0, 1).copy())[None])
-    labels = class_map(logits, image.height, image.width).numpy()
+    labels = segment_image(segmenter, image)  # predict's masks, at the image's own size
     counts = np.bincount(labels.ravel(), minlength=len(segmenter.classes))
     share = {name: float(count) / labels.size for name, count in zip(segmenter.classes, counts, strict=True)}
     size = display_size(image.width, image.height)

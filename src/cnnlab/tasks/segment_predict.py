@@ -41,6 +41,7 @@ __all__ = [
     "load_segmenter",
     "output_stems",
     "predict_masks",
+    "segment_image",
     "without_written_masks",
 ]
 
@@ -165,10 +166,7 @@ def iter_masks(
     check_writable(output / FINISHED_LOG, shown=str(output))  # a read-only folder: one line naming it, exit 2
     stems = output_stems(paths)
     _refuse_replacing_others(output, stems)
-    device = str(next(segmenter.model.parameters()).device)
-    runner = Trainer.for_inference(
-        segmenter.model, device=device, batch_size=1, eval_transform=SegmentationInput(segmenter.mean, segmenter.std)
-    )
+    runner = _runner(segmenter)
     log = output / FINISHED_LOG
     finished = _finished_masks(log, segmenter) if resume else {}
     with ProgressBar(len(paths), "segmenting", enabled=progress) as bar, log.open("a", encoding="utf-8") as record:
@@ -294,9 +292,7 @@ def _predict_mask(
         # changed since (not a mask of this model's classes): segmented again, and overwritten
     image = load_image(path)
     rgb = np.asarray(image, dtype=np.uint8)
-    seen = np.asarray(downscale(image, segmenter.max_side), dtype=np.uint8)  # as the model was trained
-    pixels = torch.from_numpy(seen.transpose(2, 0, 1).copy())[None]
-    labels = class_map(runner.predict(pixels), *rgb.shape[:2]).numpy()  # H x W, the input's size
+    labels = segment_image(segmenter, image, runner)
     overlay = colourise(rgb, labels, segmenter.colours, background=segmenter.background)
     images = {"mask": labels, "colour": segmenter.colours[labels], "overlay": overlay}
     for key, array in images.items():  # complete files under other names first: a stop never leaves a short one
@@ -304,6 +300,29 @@ def _predict_mask(
     for key in images:
         os.replace(files[key].with_name(f".{files[key].name}.part"), files[key])
     return _mask_result(segmenter, path, labels, files)
+
+
+def _runner(segmenter: Segmenter) -> Trainer:
+    """The engine's inference path for `segmenter`, one image at a time, on its model's device."""
+    device = str(next(segmenter.model.parameters()).device)
+    return Trainer.for_inference(
+        segmenter.model, device=device, batch_size=1, eval_transform=SegmentationInput(segmenter.mean, segmenter.std)
+    )
+
+
+def segment_image(segmenter: Segmenter, image: Any, runner: Trainer | None = None) -> np.ndarray:
+    """The class of each pixel of an RGB PIL `image`, uint8 [height, width] at the image's own size: the image
+    downscaled as the model was trained (``--max-side``), normalised by the run's record, segmented whole, and the
+    logits brought back to its size (`class_map`). What `predict_masks` writes and the lab's Scan and segment page
+    shows.
+
+    Args:
+        runner: the engine's inference path for `segmenter` (made once for many images); None: made here.
+    """
+    seen = np.asarray(downscale(image, segmenter.max_side), dtype=np.uint8)  # as the model was trained
+    pixels = torch.from_numpy(seen.transpose(2, 0, 1).copy())[None]
+    logits = (runner or _runner(segmenter)).predict(pixels)
+    return class_map(logits, image.height, image.width).numpy()
 
 
 def class_map(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
