@@ -341,3 +341,29 @@ def test_a_save_killed_mid_write_leaves_no_temp_file_after_the_resume(tmp_path: 
     # metrics.csv is rewritten whole from the checkpoint's history: the epochs the run kept, each once, in order
     epochs = [line.split(",")[0] for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
     assert epochs == ["1.0", "2.0"]
+
+
+def test_best_weights_with_ema_leave_the_best_epoch_in_the_weights_evaluation_uses(tmp_path: Path) -> None:
+    """BestWeights copies the best epoch's weights from `eval_model` (the EMA's when it is on) but loaded them back into
+    `model`: with EMA on, the tasks then saved and tested `eval_model`, the EMA of the last epoch, not the best."""
+    from cnnlab.train import BestWeights
+
+    epoch = {"now": 0}
+
+    class Record(Callback):
+        def __init__(self) -> None:
+            self.weights: dict[int, dict[str, torch.Tensor]] = {}
+
+        def on_train_epoch_start(self, trainer: Trainer, index: int) -> None:
+            epoch["now"] = index
+
+        def on_epoch_end(self, trainer: Trainer, index: int, metrics: dict[str, float]) -> None:
+            self.weights[index + 1] = {k: v.clone() for k, v in trainer.eval_model.state_dict().items()}
+
+    first_is_best = {"score": lambda outputs, targets: 1.0 if epoch["now"] == 0 else 0.5}
+    record = Record()
+    config = _config(tmp_path, epochs=3, monitor="val_score", ema_decay=0.9)
+    trainer = Trainer(_model(), config, metrics=first_is_best, callbacks=[record, BestWeights()])
+    trainer.fit(_data(), _data(64, seed=1))
+    assert trainer.best_epoch == 1 and not _states_equal(record.weights[1], record.weights[3])
+    assert _states_equal(trainer.eval_model.state_dict(), record.weights[1])

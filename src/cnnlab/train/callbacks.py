@@ -125,7 +125,9 @@ class BestWeights(Callback):
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if self.weights is not None:
-            trainer.model.load_state_dict(self.weights)
+            # back where they were copied from: the weights evaluation uses, which the tasks save and test (loaded
+            # into `model` with EMA on, they left the EMA of the last epoch in `eval_model`)
+            trainer.eval_model.load_state_dict(self.weights)
             trainer.log(
                 f"restored the weights of epoch {self.best_epoch} ({trainer.config.monitor} {trainer.best_metric:.4f})"
             )
