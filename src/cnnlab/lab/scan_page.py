@@ -86,15 +86,14 @@ def segment_view(run_folder: str | os.PathLike[str], image_path: str | os.PathLi
 
     from cnnlab.lab.classify import display_size
     from cnnlab.report.segmentation import colourise
-    from cnnlab.tasks.segment_predict import load_segmenter, segment_image
+    from cnnlab.tasks.segment_predict import class_shares, load_segmenter, segment_image
 
     segmenter = load_segmenter(run_folder)
     remedy = "crop or downscale it, or segment it whole with `cnnlab predict IMAGE --model RUN`"
     _refuse_large(image_path, remedy, segmenter.max_side)
     image = _decoded(image_path)
     labels = segment_image(segmenter, image)  # predict's masks, at the image's own size
-    counts = np.bincount(labels.ravel(), minlength=len(segmenter.classes))
-    share = {name: float(count) / labels.size for name, count in zip(segmenter.classes, counts, strict=True)}
+    share = class_shares(segmenter, labels)  # counted at the image's own size, as predict counts them
     size = display_size(image.width, image.height)
     shown = np.asarray(Image.fromarray(labels).resize(size, Image.Resampling.NEAREST))
     if max(size) < max(image.size):  # the photo antialiased, its classes by nearest neighbour

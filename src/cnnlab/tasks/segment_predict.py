@@ -36,6 +36,7 @@ __all__ = [
     "FINISHED_LOG",
     "Segmenter",
     "class_map",
+    "class_shares",
     "is_segmentation_run",
     "iter_masks",
     "load_segmenter",
@@ -352,13 +353,19 @@ def class_map(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return labels
 
 
+def class_shares(segmenter: Segmenter, labels: np.ndarray) -> dict[str, float]:
+    """Each class's share of the pixels of `labels` (`segment_image`'s mask), by class name: what predict reports
+    and the lab's Scan and segment page shows."""
+    counts = np.bincount(labels.ravel(), minlength=len(segmenter.classes))
+    return {name: float(count) / labels.size for name, count in zip(segmenter.classes, counts, strict=True)}
+
+
 def _mask_result(
     segmenter: Segmenter, path: str | os.PathLike[str], labels: np.ndarray, files: dict[str, Path]
 ) -> dict[str, Any]:
-    counts = np.bincount(labels.ravel(), minlength=len(segmenter.classes))
     return {
         "image": str(path),
         "size": [labels.shape[1], labels.shape[0]],
         **{key: str(value) for key, value in files.items()},
-        "share": {name: float(c) / labels.size for name, c in zip(segmenter.classes, counts, strict=True)},
+        "share": class_shares(segmenter, labels),
     }
