@@ -219,13 +219,25 @@ def print_report(report: BudgetReport, console: Console | None = None, layers: b
         console.print(layer_table(report))
     console.print(summary_line(report))
     console.print(memory_table(report))
-    if note := nothing_to_train_note(report):
-        console.print(note)
-    for note in mode_notes(report):
+    for note in memory_notes(report):
         console.print(note)
     for table in (measured_table(report), plan_table(report)):
         if table is not None:
             console.print(table)
-    for note in (plan_note(report), bf16_note(report.plan)):
-        if note:
-            console.print(note)
+    for note in plan_notes(report):
+        console.print(note)
+
+
+def memory_notes(report: BudgetReport) -> list[str]:
+    """What the memory table's training figures mean where it is not plain (printed below that table)."""
+    return [note for note in (nothing_to_train_note(report), *mode_notes(report)) if note]
+
+
+def plan_notes(report: BudgetReport) -> list[str]:
+    """What the memory plan's figures mean where it is not plain (printed below the plan)."""
+    return [note for note in (plan_note(report), bf16_note(report.plan)) if note]
+
+
+def report_notes(report: BudgetReport) -> list[str]:
+    """Every note ``cnnlab budget`` prints below its tables, in its order (the lab's Budget page shows them)."""
+    return memory_notes(report) + plan_notes(report)

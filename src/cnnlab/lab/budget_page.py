@@ -14,12 +14,10 @@ from rich.table import Table
 
 from cnnlab.budget import BudgetReport, budget, parse_memory
 from cnnlab.budget.render import (
-    bf16_note,
     layer_table,
     memory_table,
-    nothing_to_train_note,
-    plan_note,
     plan_table,
+    report_notes,
     summary_line,
 )
 from cnnlab.budget.spec import parse_size
@@ -164,8 +162,7 @@ def budget_view(
         table_data(layer_table(report)),
         table_data(memory_table(report)),
         None if plan is None else table_data(plan),
-        # a plan of zeros, unsaid
-        [note for note in (nothing_to_train_note(report), plan_note(report), bf16_note(report.plan)) if note],
+        report_notes(report),
     )
 
 
