@@ -70,8 +70,8 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
     if resumed:  # a phase's training seconds come back with its checkpoint; the wall time of a stopped session does not
         report.text(
             "This run was continued with --resume: a phase's epochs and training seconds are those of every session, "
-            "its wall seconds, and the cache's, this session's alone (an interrupted session's wall time is not "
-            "recorded)."
+            "its wall seconds this session's alone (an interrupted session's wall time is not recorded); the feature "
+            "cache's are its build's, in whichever session finished it."
         )
     nxt = costs.get("next_recipe")
     if nxt:

@@ -102,6 +102,7 @@ __all__ = ["RECIPES", "TransferConfig", "TransferRecipe", "class_weights", "load
 TASK = "transfer"
 MANIFEST = "split.csv"
 SKIPPED = "skipped.json"
+CACHE_BUILDS = "cache_builds.json"  # the feature cache entries the run built, and their seconds
 MONITORS = ("val_accuracy", "val_balanced_accuracy")
 
 
@@ -645,9 +646,22 @@ def _cached_parts(run: _Run, model: nn.Module, model_name: str, top_blocks: int,
                 progress=run.config.progress,
                 cheaper=cheaper,
             )
-    run.costs["cache_seconds"] = run.costs.get("cache_seconds", 0.0) + sum(c.seconds for c in cached.values())
-    run.costs["cache_reused"] = float(all(c.reused for c in cached.values()))
+    built = _cache_builds(run, {cache.key(_cache_spec(run, model_name, split, part)): cached[part] for part in parts})
+    run.costs["cache_seconds"] = run.costs.get("cache_seconds", 0.0) + sum(built.values())
+    run.costs["cache_reused"] = float(not built)
     return split, cached
+
+
+def _cache_builds(run: _Run, entries: dict[str, CachedPart]) -> dict[str, float]:
+    """The seconds of each entry in `entries` (cache key -> part) that this run built, in this session or an earlier
+    one: recorded in the run's ``cache_builds.json``, so a resumed run reports the cache its first session built
+    as built, with that build's seconds, not as reused in 0 s. Entries an earlier run built are left out."""
+    path = run.config.run_dir / CACHE_BUILDS
+    recorded: dict[str, float] = json.loads(path.read_text()) if run.config.resume and path.is_file() else {}
+    recorded.update({key: part.seconds for key, part in entries.items() if not part.reused})
+    if is_main_process():
+        write_text_whole(path, json.dumps(recorded, indent=1))
+    return {key: recorded[key] for key in entries if key in recorded}
 
 
 def _to_float(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
