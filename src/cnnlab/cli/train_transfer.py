@@ -139,7 +139,11 @@ def transfer(
     typer.echo(
         f"test accuracy {test['accuracy']:.4f}{averaged}, balanced accuracy {test['balanced_accuracy']:.4f} "
         f"on {test['count']} images; {describe_skipped([s['reason'] for s in summary['skipped']])}; "
-        f"{summary['wall_seconds']:.0f} s" + (" this session (resumed)" if summary["config"]["resume"] else "")
+        + (
+            "finished earlier, nothing run (--resume of a finished run)"
+            if summary.get("finished_before")
+            else f"{summary['wall_seconds']:.0f} s" + (" this session (resumed)" if summary["config"]["resume"] else "")
+        )
     )
     typer.echo(f"run: {summary['run_dir']} (report.md; predict with `cnnlab predict --model {summary['run_dir']}`)")
 

@@ -800,6 +800,11 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
     started = time.perf_counter()
     run_dir = config.run_dir
     check_start(run_dir, MANIFEST, config.resume, config.overwrite, dataclasses.asdict(config))
+    if config.resume and (run_dir / "results.json").is_file() and (run_dir / "report.md").is_file():
+        # finished (results and report are written last): read back, as `train mnist --resume` reads a finished
+        # run, not tested again with its report and times rewritten
+        log(f"{run_dir} is already finished; nothing to do (its report: {run_dir / 'report.md'})")
+        return {**json.loads((run_dir / "results.json").read_text()), "finished_before": True}
     if weights is not None:  # a download that fails does so before the images are read and the run folder made
         fetch_pretrained(weights)
     with main_process_first(str({**recipe.train, **config.train}.get("device", "auto"))):
