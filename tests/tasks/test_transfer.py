@@ -22,6 +22,7 @@ from cnnlab.data.photo_transforms import InputCheck, InputStatisticsWarning, bui
 from cnnlab.data.transforms import build_eval_transform
 from cnnlab.errors import CnnlabError
 from cnnlab.models import PretrainedCfg, create_model
+from cnnlab.tasks import transfer as transfer_task
 from cnnlab.tasks.transfer import RECIPES, TransferConfig, class_weights, load_images, train_transfer
 from cnnlab.train import (
     BestWeights,
@@ -835,3 +836,29 @@ def test_a_process_other_than_rank_zero_writes_nothing_in_the_run(tmp_path: Path
     assert summary == {"run_dir": str(run_dir)}
     assert [p for p in run_dir.rglob("*") if p.is_file()] == []
     assert capsys.readouterr().out == ""
+
+
+def test_a_chosen_image_size_is_not_warned_about_by_the_full_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--recipe full --image-size 96 warned "resize the images up to the record's input size" (its check took the
+    weights' 224 px, not the run's chosen size), where the default recipe at the same size warned nothing."""
+    make_photo_folder(tmp_path / "photos", per_class=12)
+
+    class Reached(Exception):
+        pass
+
+    def first_image_step(self: Trainer, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        if inputs.ndim == 4:  # the fine-tuning phase's first batch of images, past its input check
+            raise Reached
+        return original(self, inputs, targets)
+
+    original = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", first_image_step)
+    monkeypatch.setattr(transfer_task, "_train_on_cache", lambda *args, **kwargs: None)  # the head phase: no check
+    config = tiny_config(tmp_path, recipe="full", arch="efficientnet_lite0", image_size=32, views="hflip",
+                         unfreeze=None, min_per_class=10, train={"epochs": 1})  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(Reached):
+        warnings.simplefilter("always")
+        train_transfer(config)
+    assert not [w for w in caught if issubclass(w.category, InputStatisticsWarning)], [str(w.message) for w in caught]

@@ -713,13 +713,15 @@ def _train_on_cache(run: _Run, model: nn.Module, model_name: str, top_blocks: in
     run.phases[phase]["cached_shape"] = list(split.feature_shape)
 
 
-def _train_full(run: _Run, model: nn.Module, record: PretrainedCfg) -> None:
+def _train_full(run: _Run, model: nn.Module) -> None:
     """The ``full`` recipe's second phase: the top blocks (all by default) on augmented images, layer-wise rates."""
     recipe = run.recipe
     train_transform = build_train_transform(run.cfg, scale=(recipe.crop_scale, 1.0), views=run.views)
     eval_transform = build_eval_transform(run.cfg)
     config = run.train_config("finetune", main=True, samples=len(run.parts["train"]))
-    check = InputCheck(record, "training")
+    # checked against the run's preprocessing (the weights' mean/std at the run's input size): against the weights'
+    # own size, a chosen --image-size under half of it was taken for images left too small
+    check = InputCheck(run.cfg, "training")
 
     def groups(module: nn.Module) -> list[dict[str, Any]]:
         return layerwise_param_groups(module, run.unfreeze or 0, recipe.layer_decay, config.weight_decay)
@@ -861,7 +863,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         _train_on_cache(run, model, model_name, top, "head" if top == 0 else "partial", main=True)
     else:
         _train_on_cache(run, model, model_name, 0, "head", main=False, epochs=recipe.head_epochs, lr=recipe.head_lr)
-        _train_full(run, model, record)
+        _train_full(run, model)
     for param in model.parameters():
         param.requires_grad_(True)
     if not main:  # the trained model is rank 0's to test, save and report
