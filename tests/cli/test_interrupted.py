@@ -96,6 +96,42 @@ def test_under_torchrun_only_rank_zero_says_how_to_continue(
     assert _interrupt(monkeypatch, capsys, ["train", "mnist"]) == "interrupted"
 
 
+def test_under_torchrun_a_sigterm_says_torchrun_stopped_the_job(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """When one rank failed alone, torchrun's SIGTERM made rank 0 print "interrupted: ...", as if the user had
+    pressed Ctrl+C; it now says torchrun stopped it, and still how to continue. Outside torchrun SIGTERM reads as
+    before."""
+    import os
+    import signal
+
+    import cnnlab.tasks.mnist
+    from cnnlab.cli import main
+    from cnnlab.tasks import recipes
+
+    def terminated_mid_epoch(*_args: object, output: str = "runs", **_kwargs: object) -> None:
+        recipes.note_current_run(Path(output) / "mnist" / "ddp")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises KeyboardInterrupt in here at once
+
+    monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", terminated_mid_epoch)
+    monkeypatch.setattr(sys, "argv", ["cnnlab", "train", "mnist", "-o", str(tmp_path)])
+    hint = (
+        f"{tmp_path / 'mnist' / 'ddp'} keeps its finished epochs; continue with the same command "
+        "and --resume --name ddp"
+    )
+    for world_size, said in (("2", "stopped by torchrun (another process of the job failed"), ("1", "interrupted: ")):
+        monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
+        monkeypatch.setenv("WORLD_SIZE", world_size)
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(SystemExit) as exit_code:
+            main()
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert exit_code.value.code == 143
+        assert line.startswith(said) and line.endswith(hint)
+        assert ("interrupted" in line) == (world_size == "1")
+
+
 # A command in a child process: the task notes its run, reads batches from a DataLoader worker until stopped, and on
 # KeyboardInterrupt finishes its clean-up (slowly enough for a second signal to arrive during it) before re-raising.
 _STOPPED_COMMAND = """

@@ -132,7 +132,7 @@ OTHER_RANK_ERROR_WAIT_SECONDS = 3.0
 def _other_torchrun_rank() -> bool:
     """Whether this process is a rank other than 0 of a torchrun job (read from torchrun's variables: no torch)."""
     try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
+        return _torchrun_job() and int(os.environ.get("RANK", "0")) != 0
     except ValueError:
         return False
 
@@ -181,7 +181,7 @@ TERMINATED = 143  # SIGTERM (kill, timeout, docker stop, a scheduler's preemptio
 
 def _stop_interrupted(terminated: bool) -> NoReturn:
     """Print how to continue the stopped run, and exit with the code of the signal that stopped it."""
-    if line := _interrupted_line():
+    if line := _interrupted_line(terminated):
         print(line, file=sys.stderr)
     sys.exit(TERMINATED if terminated else INTERRUPTED)
 
@@ -266,14 +266,31 @@ def _interrupted(done: SystemExit) -> bool:
     return False
 
 
-def _interrupted_line() -> str:
+TORCHRUN_STOPPED = "stopped by torchrun (another process of the job failed, or torchrun was sent SIGTERM)"
+
+
+def _interrupted_line(terminated: bool = False) -> str:
     """The line an interruption prints: how to continue the run it stopped, if a task had started one ("" in the
-    processes of a torchrun job other than rank 0: Ctrl+C reaches them all, and each printed the same line)."""
+    processes of a torchrun job other than rank 0: Ctrl+C reaches them all, and each printed the same line).
+
+    Under torchrun a SIGTERM is not the user's Ctrl+C (torchrun passes SIGINT on as SIGINT): torchrun sends it to
+    every process left when one of them fails, or when it was itself sent SIGTERM (kill, a scheduler). The line
+    says so, where "interrupted" had the user look for a Ctrl+C they never pressed instead of for the failed rank.
+    """
     if os.environ.get("RANK", "0") != "0":
         return ""
     recipes = sys.modules.get("cnnlab.tasks.recipes")  # not imported (nor torch) when nothing had started
     hint = recipes.interrupted_hint() if recipes is not None else None
-    return f"interrupted: {hint}" if hint else "interrupted"
+    what = TORCHRUN_STOPPED if terminated and _torchrun_job() else "interrupted"
+    return f"{what}: {hint}" if hint else what
+
+
+def _torchrun_job() -> bool:
+    """Whether this process is one of several of a torchrun job (read from torchrun's variables: no torch)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
 
 
 def _describe(error: OSError) -> str:
