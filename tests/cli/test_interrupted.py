@@ -132,6 +132,41 @@ def test_under_torchrun_a_sigterm_says_torchrun_stopped_the_job(
         assert ("interrupted" in line) == (world_size == "1")
 
 
+def test_under_torchrun_a_lost_peer_is_one_line_saying_how_to_continue(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A rank waiting in an all-reduce when another failed met gloo's "Connection closed by peer" before torchrun's
+    SIGTERM, and rank 0 printed its 60-line traceback, with no line saying how to continue the run. Outside torchrun
+    the same error is not cnnlab's to word, and is raised as it was."""
+    import cnnlab.tasks.mnist
+    from cnnlab.cli import main
+    from cnnlab.tasks import recipes
+
+    def peer_failed(*_args: object, output: str = "runs", **_kwargs: object) -> None:
+        recipes.note_current_run(Path(output) / "mnist" / "ddp")
+        raise RuntimeError(
+            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+            "[127.0.0.1]:19864. This is typically caused by a remote worker crashing."
+        )
+
+    monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
+    monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", peer_failed)
+    monkeypatch.setattr(sys, "argv", ["cnnlab", "train", "mnist", "-o", str(tmp_path)])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as exit_code:
+        main()
+    assert exit_code.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "stopped: lost another process of the torchrun job (gloo: Connection closed by peer [127.0.0.1]:19864); see "
+        f"its error; {tmp_path / 'mnist' / 'ddp'} keeps its finished epochs; continue with the same command and "
+        "--resume --name ddp"
+    ]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(RuntimeError, match="closed by peer"):
+        main()
+
+
 # A command in a child process: the task notes its run, reads batches from a DataLoader worker until stopped, and on
 # KeyboardInterrupt finishes its clean-up (slowly enough for a second signal to arrive during it) before re-raising.
 _STOPPED_COMMAND = """

@@ -123,6 +123,8 @@ def main() -> None:
             if isinstance(error, OSError):  # a folder that cannot be made, a full disk, no permission: no traceback
                 print(f"error: {_describe(error)}", file=sys.stderr)
                 sys.exit(1)
+            if lost := _lost_peer(error):
+                _stop_after_lost_peer(lost)
             raise
 
 
@@ -283,6 +285,34 @@ def _interrupted_line(terminated: bool = False) -> str:
     hint = recipes.interrupted_hint() if recipes is not None else None
     what = TORCHRUN_STOPPED if terminated and _torchrun_job() else "interrupted"
     return f"{what}: {hint}" if hint else what
+
+
+def _lost_peer(error: BaseException) -> str:
+    """gloo's reason when `error` is this torchrun process losing its connection to another ("" otherwise).
+
+    When a rank fails while the others wait for its gradients, they meet gloo's "Connection closed by peer" (or
+    "reset by peer") before torchrun's SIGTERM reaches them, and rank 0 printed a 60-line traceback of it, without
+    the line saying how to continue the run.
+    """
+    if not (_torchrun_job() and isinstance(error, RuntimeError)):
+        return ""
+    message = str(error)
+    if "gloo" not in message or not any(reason in message for reason in ("closed by peer", "reset by peer")):
+        return ""
+    reason = message.split("] ", 1)[-1]  # gloo's message starts with its source file: "[/.../pair.cc:561] ..."
+    return reason.split(". ", 1)[0]
+
+
+def _stop_after_lost_peer(reason: str) -> NoReturn:
+    """One line for a rank that lost another (which failed, most likely: its own error is in the log), with how to
+    continue the run; exit code 1. Ranks other than 0 say nothing: their line would be rank 0's again."""
+    with contextlib.suppress(KeyboardInterrupt):  # torchrun's SIGTERM, a moment later
+        if os.environ.get("RANK", "0") == "0":
+            recipes = sys.modules.get("cnnlab.tasks.recipes")
+            hint = recipes.interrupted_hint() if recipes is not None else None
+            line = f"stopped: lost another process of the torchrun job (gloo: {reason}); see its error"
+            print(f"{line}; {hint}" if hint else line, file=sys.stderr)
+    sys.exit(1)
 
 
 def _torchrun_job() -> bool:
