@@ -63,6 +63,10 @@ def test_explains_size_arithmetic_gives_its_result_for_dilated_kernels_too():
     for expression, result in rules:  # floor((a + b - c) / s) evaluated on its own numbers
         assert eval(expression.replace(" x ", " * ").replace("/", "//")) + 1 == int(result), expression  # noqa: S307
     assert "floor((19 + 2 - 2 x (3 - 1) - 1) / 1) + 1 = 17" in text
+    # a ceil-mode pool rounds up, and says where PyTorch's last-window rule takes one off
+    text = explain(budget(["maxpool k3 s2 ceil", "maxpool k2 s2 p1 ceil"], input_shape=(3, 14, 14)))
+    assert "height: ceil((14 + 0 - 3) / 2) + 1 = 7" in text
+    assert "height: ceil((7 + 2 - 2) / 2) + 1 - 1 (window 5 would start at 8, past the input and its left" in text
 
 
 def test_explains_layer_macs_add_up_to_the_total():

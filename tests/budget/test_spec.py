@@ -45,6 +45,27 @@ def test_pool_shapes_match_pytorch(kind, size, kernel, stride, padding):
         assert layers[0].output_shape[1] == math.ceil(size / stride)
 
 
+@pytest.mark.parametrize("kind", ["maxpool", "avgpool"])
+def test_ceil_pool_shapes_match_pytorch_on_odd_sizes(kind):
+    """'ceil' was "cannot understand": GoogLeNet's and Caffe-era pools (ceil_mode=True) could not be written."""
+    reference_class = nn.MaxPool2d if kind == "maxpool" else nn.AvgPool2d
+    rounded_up = dropped = 0
+    for size in (5, 7, 9, 13, 15):
+        for kernel, stride, pad in ((3, 2, 0), (2, 2, 1), (3, 2, 1), (5, 3, 2), (4, 3, 2)):
+            layers, module = spec_from_strings([f"{kind} k{kernel} s{stride} p{pad} ceil"], (2, size, size + 2))
+            assert isinstance(module[0], reference_class) and module[0].ceil_mode
+            x = torch.zeros(1, 2, size, size + 2)
+            expected = tuple(reference_class(kernel, stride, pad, ceil_mode=True)(x).shape[1:])
+            assert layers[0].output_shape == expected == tuple(module(x).shape[1:]), (size, kernel, stride, pad)
+            floor = (size + 2 * pad - kernel) // stride + 1
+            rounded_up += expected[1] > floor
+            dropped += expected[1] < -(-(size + 2 * pad - kernel) // stride) + 1  # the last-window rule applied
+    assert rounded_up and dropped  # both of PyTorch's rules were exercised
+    with pytest.raises(CnnlabError, match="'same' already gives ceil"):
+        parse_spec([f"{kind} k3 s2 same ceil"])
+    assert parse_spec([{"type": kind, "kernel": 3, "stride": 2, "ceil_mode": True}])[0].ceil_mode  # a spec file's
+
+
 @pytest.mark.parametrize(
     "line,kernel,stride",
     [

@@ -50,7 +50,7 @@ def test_budget_help_gives_each_layer_kind_as_the_parser_reads_it() -> None:
     shown = " ".join(result.output.split())
     for kind in (
         "conv F [kK] [sS] [same|valid|pN] [dD] [gG] [ACT] [nobias] [in=C]",
-        "maxpool|avgpool [kK] [sS] [same|valid|pN]",
+        "maxpool|avgpool [kK] [sS] [same|valid|pN] [ceil]",
         "dense N [ACT] [nobias] [in=N]",
         "dropout [P]",
         "lrn [N]",
@@ -66,9 +66,15 @@ def test_budget_help_gives_each_layer_kind_as_the_parser_reads_it() -> None:
     assert (avgpool.kernel, avgpool.stride) == ((3, 3), (3, 3))
     assert (dropout.rate, lrn.size) == (0.5, 5)
     every_option = parse_spec(
-        ["conv 8 k3x5 s2 p1x2 d2 g1 gelu nobias in=3", "maxpool k3 s1 same", "dense 4 tanh nobias in=9"]
+        [
+            "conv 8 k3x5 s2 p1x2 d2 g1 gelu nobias in=3",
+            "maxpool k3 s1 same",
+            "avgpool k3 s2 p1 ceil",
+            "dense 4 tanh nobias in=9",
+        ]
     )
-    assert [layer.kind for layer in every_option] == ["conv", "gelu", "maxpool", "dense", "tanh"]
+    assert [layer.kind for layer in every_option] == ["conv", "gelu", "maxpool", "avgpool", "dense", "tanh"]
+    assert [layer.ceil_mode for layer in every_option[2:4]] == [False, True]
 
 
 @pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[" ".join(p) or "cnnlab" for p, _ in COMMANDS])

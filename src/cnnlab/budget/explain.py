@@ -40,6 +40,14 @@ def _spec_layer_lines(layer: LayerSpec, itemsize: int) -> list[str]:
             span = f"{dilation} x ({kernel} - 1) - 1" if dilation > 1 else f"{kernel}"
             if layer.padding == "same":
                 rule = f"same: ceil({size} / {stride}) = {out}"
+            elif layer.ceil_mode:
+                rule = f"ceil(({size} + {pads} - {span}) / {stride}) + 1"
+                if out - 1 < -(-(size + pads - dilation * (kernel - 1) - 1) // stride):  # PyTorch drops that window
+                    rule += (
+                        f" - 1 (window {out + 1} would start at {out * stride}, past the input and its left padding "
+                        f"{size} + {pads // 2})"
+                    )
+                rule += f" = {out}"
             else:
                 rule = f"floor(({size} + {pads} - {span}) / {stride}) + 1 = {out}"
             lines.append(f"    {axis}: {rule}")

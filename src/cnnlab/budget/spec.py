@@ -6,6 +6,7 @@ One layer per string, a keyword then options::
     conv 64 k3x5 s1 p1 relu    # explicit padding; a trailing activation becomes its own layer
     conv 64 k3 g64 same        # gN: N groups (grouped; depthwise when N is the input's channels)
     maxpool k2 s2              # also avgpool; kernel defaults to 2x2, stride to the kernel, padding to valid
+    maxpool k3 s2 ceil         # rounds the output size up (PyTorch's ceil_mode=True, as GoogLeNet's pools do)
     gap                        # global average pooling to a vector
     flatten
     dense 10                   # fully connected; needs a flat input
@@ -16,17 +17,21 @@ One layer per string, a keyword then options::
     lrn 5                      # local response normalization over 5 channels
 
 Each kind takes its own options, each once: conv its filters, kN, sN, pN or same|valid, dN, gN, an activation,
-nobias, in=N; dense its units, an activation, nobias, in=N; maxpool and avgpool kN, sN, pN or same|valid; dropout
-its rate; lrn its size; the others none. Anything else is refused, naming it, rather than ignored.
+nobias, in=N; dense its units, an activation, nobias, in=N; maxpool and avgpool kN, sN, pN or same|valid, ceil;
+dropout its rate; lrn its size; the others none. Anything else is refused, naming it, rather than ignored.
 
 Padding: ``valid`` (the default, as in Keras and PyTorch) keeps only full windows: ``out = floor((in - k) / s) + 1``.
 ``same`` pads so that ``out = ceil(in / s)``: the total padding is ``max((out - 1) * s + k - in, 0)``, split with the
 extra pixel after (Keras/TF), so stride 2 turns 75 into 38. ``pN`` pads N on every side (PyTorch's ``padding=N``).
+A pooling layer's ``ceil`` (with valid or pN padding) rounds up instead: ``out = ceil((in + 2p - k) / s) + 1``, less
+one when that last window would start beyond the input and its left padding (PyTorch's rule), so k3 s2 turns 14 into
+7 where floor gives 6.
 
 The same spec may come from a YAML or JSON file: either a list of such strings, or a mapping with ``input``
 ("3x200x300" or [3, 200, 300]) and ``layers`` (strings, or mappings like
 ``{type: conv, filters: 100, kernel: 3, stride: 2, padding: same}``, where kernel, stride, dilation and padding are
-one number or two for height and width: ``kernel: [3, 5]`` or ``kernel: 3x5``; ``groups`` is one number).
+one number or two for height and width: ``kernel: [3, 5]`` or ``kernel: 3x5``; ``groups`` is one number; a pooling's
+``ceil_mode: true`` is the word ``ceil``).
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ class LayerSpec:
     input_shape: tuple[int, ...] = ()
     output_shape: tuple[int, ...] = ()
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # (top, bottom, left, right) as applied
+    ceil_mode: bool = False  # pooling: round the output size up (PyTorch's ceil_mode=True)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -148,8 +154,8 @@ def _read_number(layer: LayerSpec, token: str) -> None:
 _TAKES = {
     "conv": ("number", "k", "s", "p", "same/valid", "d", "g", "activation", "nobias", "in="),
     "dense": ("number", "activation", "nobias", "in="),
-    "maxpool": ("k", "s", "p", "same/valid"),
-    "avgpool": ("k", "s", "p", "same/valid"),
+    "maxpool": ("k", "s", "p", "same/valid", "ceil"),
+    "avgpool": ("k", "s", "p", "same/valid", "ceil"),
     "dropout": ("number",),
     "lrn": ("number",),
 }
@@ -163,6 +169,7 @@ _SETS = {
     "g": "groups",
     "nobias": "bias",
     "in=": "declared input size",
+    "ceil": "rounding",
 }
 _NUMBER_NAMES = {"conv": "number of filters", "dense": "number of units", "dropout": "rate", "lrn": "window size"}
 
@@ -175,6 +182,8 @@ def _option_of(token: str) -> str | None:
         return "activation"
     if token in ("nobias", "bias=false"):
         return "nobias"
+    if token == "ceil":
+        return "ceil"
     if re.fullmatch(r"[kspd][\dx]+", token):
         return token[0]
     if re.fullmatch(r"in=\d+", token):
@@ -196,7 +205,11 @@ def _describe(kind: str, option: str) -> str:
         return "gN (groups)"
     if option == "in=":
         return "in=N (" + ("input channels" if kind == "conv" else "input features") + ", checked)"
-    return {"same/valid": "same|valid", "activation": "an activation (relu, ...)"}.get(option, option)
+    return {
+        "same/valid": "same|valid",
+        "activation": "an activation (relu, ...)",
+        "ceil": "ceil (round the output size up)",
+    }.get(option, option)
 
 
 def _parse_line(text: str, index: int) -> list[LayerSpec]:
@@ -232,6 +245,8 @@ def _parse_line(text: str, index: int) -> list[LayerSpec]:
             trailing_activation = low
         elif option == "nobias":
             layer.bias = False
+        elif option == "ceil":
+            layer.ceil_mode = True
         elif option in _WINDOW_OPTIONS:
             setattr(layer, _WINDOW_OPTIONS[option][0], _pair(token, layer))
             explicit_stride = explicit_stride or option == "s"
@@ -261,6 +276,11 @@ def _parse_line(text: str, index: int) -> list[LayerSpec]:
             layer.kernel = (2, 2)
         if not explicit_stride:
             layer.stride = layer.kernel
+    if layer.ceil_mode and layer.padding == "same":  # same already fixes the size at ceil(in / s)
+        raise CnnlabError(
+            f"layer {name} ({text!r}): 'ceil' rounds a valid or pN pooling up; 'same' already gives ceil(in / stride): "
+            "give one"
+        )
     if kind == "dropout" and layer.rate is None:
         layer.rate = 0.5
     if kind == "lrn" and layer.size is None:
@@ -284,7 +304,7 @@ def parse_spec(lines: Sequence[str | dict[str, Any]]) -> list[LayerSpec]:
     return layers
 
 
-_PARAMETER = re.compile(r"-?[\d.]+|[kspdg][\dx]+|in=\d+|same|valid|nobias|bias=false", re.IGNORECASE)
+_PARAMETER = re.compile(r"-?[\d.]+|[kspdg][\dx]+|in=\d+|same|valid|ceil|nobias|bias=false", re.IGNORECASE)
 
 
 def _check_quoting(lines: Sequence[str | dict[str, Any]]) -> None:
@@ -358,6 +378,8 @@ def _mapping_to_line(entry: dict[str, Any], index: int) -> str:
         words.append(str(entry.pop("activation")))
     if entry.pop("bias", True) is False:
         words.append("nobias")
+    if entry.pop("ceil_mode", False) is True:
+        words.append("ceil")
     if entry:
         raise CnnlabError(f"layer {index} ({kind}): unknown keys {sorted(entry)}")
     return " ".join(words)
@@ -434,8 +456,15 @@ def load_spec_file(path: str | Path) -> tuple[tuple[int, ...] | None, list[Layer
     return input_shape, parse_spec(data)
 
 
-def _conv_out(size: int, kernel: int, stride: int, pad_total: int, dilation: int = 1) -> int:
-    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+def _conv_out(size: int, kernel: int, stride: int, pad_total: int, dilation: int = 1, ceil_mode: bool = False) -> int:
+    span = size + pad_total - dilation * (kernel - 1) - 1
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    # PyTorch's rule: the last window must start inside the input or its left padding (pad_total // 2 each side)
+    if (out - 1) * stride >= size + pad_total // 2:
+        out -= 1
+    return out
 
 
 def _window_output(layer: LayerSpec, height: int, width: int) -> tuple[int, int]:
@@ -454,8 +483,8 @@ def _window_output(layer: LayerSpec, height: int, width: int) -> tuple[int, int]
                 f"window; pooling pads at most half its window on each side: use p{kh // 2}x{kw // 2} or 'same'"
             )
     layer.pads = (top, bottom, left, right)
-    out_h = _conv_out(height, kh, sh, top + bottom, dh)
-    out_w = _conv_out(width, kw, sw, left + right, dw)
+    out_h = _conv_out(height, kh, sh, top + bottom, dh, layer.ceil_mode)
+    out_w = _conv_out(width, kw, sw, left + right, dw, layer.ceil_mode)
     if out_h <= 0 or out_w <= 0:
         raise CnnlabError(
             f"layer {layer.name} ({layer.source!r}): kernel {kh}x{kw} (dilation {dh}x{dw}) does not fit the "
@@ -581,9 +610,11 @@ def build_module(layers: list[LayerSpec]) -> nn.Sequential:
             if padding is None:
                 module = (MaxPool2dSame if layer.kind == "maxpool" else AvgPool2dSame)(layer.kernel, layer.stride)
             elif layer.kind == "maxpool":
-                module = nn.MaxPool2d(layer.kernel, layer.stride, padding=padding)
+                module = nn.MaxPool2d(layer.kernel, layer.stride, padding=padding, ceil_mode=layer.ceil_mode)
             else:
-                module = nn.AvgPool2d(layer.kernel, layer.stride, padding=padding, count_include_pad=False)
+                module = nn.AvgPool2d(
+                    layer.kernel, layer.stride, padding=padding, ceil_mode=layer.ceil_mode, count_include_pad=False
+                )
         elif layer.kind == "gap":
             module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         elif layer.kind == "flatten":
