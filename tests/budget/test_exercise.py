@@ -69,6 +69,38 @@ def test_explains_size_arithmetic_gives_its_result_for_dilated_kernels_too():
     assert "height: ceil((7 + 2 - 2) / 2) + 1 - 1 (window 5 would start at 8, past the input and its left" in text
 
 
+def test_explain_says_the_pixels_a_same_layer_pads_on_each_side_as_the_layer_pads_them():
+    """--explain gave out = ceil(in / stride) for 'same' but not the padding; an odd total (k8: 7) is split unevenly.
+
+    The pads it states, applied by hand to the input before an unpadded op, give the built layer's own output.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from cnnlab.budget.explain import explain
+    from cnnlab.budget.spec import spec_from_strings
+
+    spec = ["conv 4 k8 same", "conv 4 k3 s2 same", "maxpool k3 s2 same", "maxpool k2 s2 same"]
+    text = explain(budget(spec, input_shape=(3, 15, 76)))
+    assert "height: same: ceil(15 / 1) = 15; pads 3 before and 4 after" in text
+    stated = re.findall(r"(height|width): same: ceil\(\d+ / \d+\) = \d+; pads (\d+) before and (\d+) after", text)
+    assert len(stated) == 2 * len(spec)
+    layers, module = spec_from_strings(spec, (3, 15, 76))
+    x = torch.randn(1, 3, 15, 76)
+    for index, (layer, child) in enumerate(zip(layers, module, strict=True)):
+        (_, top, bottom), (_, left, right) = stated[2 * index : 2 * index + 2]
+        padding = tuple(int(p) for p in (left, right, top, bottom))
+        if layer.kind == "conv":
+            by_hand = F.conv2d(F.pad(x, padding), child.weight, child.bias, layer.stride)
+        else:
+            by_hand = F.max_pool2d(F.pad(x, padding, value=float("-inf")), layer.kernel, layer.stride)
+        x = child(x)
+        assert torch.allclose(by_hand, x, atol=1e-6), (layer.source, padding)
+    assert (
+        "width: same: ceil(76 / 2) = 38; pads 1 before and 1 after (PyTorch's symmetric padding=1; Keras pads 0" in text
+    )
+
+
 def test_explains_layer_macs_add_up_to_the_total():
     """A dense layer's MACs were counted in the total but not shown: 17,496 of conv beside a total of 17,576."""
     from cnnlab.budget.explain import explain

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from cnnlab.budget.core import BudgetReport
 from cnnlab.budget.spec import LayerSpec, layer_macs, parameter_counts
 from cnnlab.budget.trace import optimizer_copies
+from cnnlab.layers.padding import same_padding_amounts
 
 
 def _n(value: int | float) -> str:
@@ -32,14 +33,23 @@ def _spec_layer_lines(layer: LayerSpec, itemsize: int) -> list[str]:
     if layer.kind in ("conv", "maxpool", "avgpool"):
         (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.stride, layer.dilation
         top, bottom, left, right = layer.pads
-        for axis, size, kernel, stride, dilation, pads, out in (
-            ("height", layer.input_shape[1], kh, sh, dh, top + bottom, layer.output_shape[1]),
-            ("width", layer.input_shape[2], kw, sw, dw, left + right, layer.output_shape[2]),
+        for axis, size, kernel, stride, dilation, (before, after), out in (
+            ("height", layer.input_shape[1], kh, sh, dh, (top, bottom), layer.output_shape[1]),
+            ("width", layer.input_shape[2], kw, sw, dw, (left, right), layer.output_shape[2]),
         ):
+            pads = before + after
             # a dilated kernel spans dilation x (k - 1) + 1 pixels: with k alone the sum did not give its result
             span = f"{dilation} x ({kernel} - 1) - 1" if dilation > 1 else f"{kernel}"
             if layer.padding == "same":
-                rule = f"same: ceil({size} / {stride}) = {out}"
+                # the pixels padded each side, as the built layer pads: ceil(in / s) alone did not say them
+                rule = f"same: ceil({size} / {stride}) = {out}; pads {before} before and {after} after"
+                keras = same_padding_amounts(size, kernel, stride, dilation)
+                if keras != (before, after):  # PyTorch's symmetric padding= stands in for TF's uneven split
+                    shift = before - keras[0]
+                    rule += (
+                        f" (PyTorch's symmetric padding={before}; Keras pads {keras[0]} before and {keras[1]} after: "
+                        f"the same size, windows start {shift} pixel{'s' * (shift != 1)} earlier)"
+                    )
             elif layer.ceil_mode:
                 rule = f"ceil(({size} + {pads} - {span}) / {stride}) + 1"
                 if out - 1 < -(-(size + pads - dilation * (kernel - 1) - 1) // stride):  # PyTorch drops that window

@@ -470,8 +470,12 @@ def _conv_out(size: int, kernel: int, stride: int, pad_total: int, dilation: int
 def _window_output(layer: LayerSpec, height: int, width: int) -> tuple[int, int]:
     (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.stride, layer.dilation
     if layer.padding == "same":
-        top, bottom = same_padding_amounts(height, kh, sh, dh)
-        left, right = same_padding_amounts(width, kw, sw, dw)
+        native = _native_padding(layer)
+        if native is None:  # the TF split, extra pixel after, as Conv2dSame / MaxPool2dSame pad
+            top, bottom = same_padding_amounts(height, kh, sh, dh)
+            left, right = same_padding_amounts(width, kw, sw, dw)
+        else:  # the symmetric padding= the built nn.Conv2d / pool applies: the same output size
+            (top, left), (bottom, right) = native, native
     elif layer.padding == "valid":
         top = bottom = left = right = 0
     else:
