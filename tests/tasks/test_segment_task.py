@@ -115,6 +115,17 @@ def test_resume_with_overwrite_is_refused(tmp_path):
         train_segmentation("quick", output=str(tmp_path), name="n", resume=True, overwrite=True, progress=False)
 
 
+def test_a_bad_upsample_mode_is_refused_before_the_canvases_are_built(tmp_path, monkeypatch):
+    """It was refused by the model's constructor, after ~9 s of building MNIST canvases."""
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the canvases were built before --upsample was checked")
+
+    monkeypatch.setattr("cnnlab.tasks.segmentation.make_digit_segmentation", no_data)
+    with pytest.raises(CnnlabError, match="--upsample 'cubic' is not one of transposed, bilinear"):
+        train_segmentation("quick", output=str(tmp_path), model_kwargs={"upsample": "cubic"}, progress=False)
+
+
 def test_encoder_pretraining_runs_under_ddp(tmp_path, monkeypatch):
     # Under torchrun the pretraining stopped at its second step: DDP waited for the decoder's gradients ("Expected
     # to have finished reduction in the prior iteration ..."). A one-process gloo job shows it.

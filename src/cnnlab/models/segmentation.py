@@ -34,9 +34,10 @@ __all__ = [
     "bilinear_kernel",
     "crop_to",
     "pad_to_multiple",
+    "UPSAMPLE_MODES",
 ]
 
-_UPSAMPLE_MODES = ("transposed", "bilinear")
+UPSAMPLE_MODES = ("transposed", "bilinear")
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
@@ -144,8 +145,8 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int, factor: int, mode: str = "transposed") -> None:
         super().__init__()
-        if mode not in _UPSAMPLE_MODES:
-            raise CnnlabError(f"upsample mode {mode!r} is not one of {', '.join(_UPSAMPLE_MODES)}")
+        if mode not in UPSAMPLE_MODES:
+            raise CnnlabError(f"upsample mode {mode!r} is not one of {', '.join(UPSAMPLE_MODES)}")
         self.factor, self.mode = factor, mode
         if mode == "transposed":
             self.deconv = nn.ConvTranspose2d(
@@ -244,8 +245,8 @@ class UNet(nn.Module):
         upsample: str = "transposed",
     ) -> None:
         super().__init__()
-        if upsample not in _UPSAMPLE_MODES:
-            raise CnnlabError(f"upsample mode {upsample!r} is not one of {', '.join(_UPSAMPLE_MODES)}")
+        if upsample not in UPSAMPLE_MODES:
+            raise CnnlabError(f"upsample mode {upsample!r} is not one of {', '.join(UPSAMPLE_MODES)}")
         self.num_classes, self.default_input_size = num_classes, (in_chans, 64, 64)
         self.output_stride = 2 ** (len(widths) - 1)
         self.widths = tuple(widths)

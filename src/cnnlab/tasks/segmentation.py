@@ -315,6 +315,10 @@ def train_segmentation(
     if pretrain < 0:
         raise CnnlabError(f"pretrain epochs must be >= 0, got {pretrain}")
     kwargs = {**chosen.model_kwargs, **(model_kwargs or {})}
+    from cnnlab.models.segmentation import UPSAMPLE_MODES
+
+    if kwargs.get("upsample", UPSAMPLE_MODES[0]) not in UPSAMPLE_MODES:  # before the canvases, not ~9 s later
+        raise CnnlabError(f"--upsample {kwargs['upsample']!r} is not one of {', '.join(UPSAMPLE_MODES)}")
     sizes = sizes or chosen.sizes
     if train_canvases is not None:
         sizes = (train_canvases, sizes[1], sizes[2])
