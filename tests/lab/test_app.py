@@ -106,7 +106,9 @@ def test_app_builds_with_its_four_pages(tmp_path: Path) -> None:
     assert {"Budget", "Classify and explain", "Runs", "Scan and segment"} <= labels
 
 
-def test_the_answer_sheet_and_the_runs_are_read_when_the_page_loads_and_on_refresh(tmp_path: Path) -> None:
+def test_the_answer_sheet_and_the_runs_are_read_when_the_page_loads_and_on_refresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Both were read once when the app was built: a sheet written, or a run trained, after the lab started never
     showed, even after a reload of the page (which said "reload this page")."""
     pytest.importorskip("gradio", reason="the lab extra")
@@ -133,18 +135,31 @@ def test_the_answer_sheet_and_the_runs_are_read_when_the_page_loads_and_on_refre
     save_config(TrainConfig(task="mnist", name="later"), tmp_path / "mnist" / "later" / "config.yaml")
     text, gallery = loads["on_answers"].fn()  # a reload of the page
     assert "## Exercise 1" in text and gallery.visible and len(gallery.value) == 1
-    table, run, first, _second, model, _scan, curves, _confusion, _mistakes, config = refresh.fn(
+    table, run, first, _second, model, _scan, curves, _confusion, _mistakes, config, note = refresh.fn(
         None, None, None, "efficientnet_lite0", None
     )
+    assert note.visible is False
     assert [row[0] for row in table.value["data"]] == ["mnist/later"]
     assert run.value == "mnist/later" and first.value is None and model.value == "efficientnet_lite0"
     assert curves.visible is False and "name: later" in config  # the run's records on show, its missing curves hidden
     Image.effect_noise((64, 64), 50).save(tmp_path / "curves.png")  # a run killed while it redrew its curves:
     (tmp_path / "mnist" / "later" / "learning_curves.png").write_bytes((tmp_path / "curves.png").read_bytes()[:2000])
     with pytest.warns(UserWarning, match="mnist/later: cannot show learning_curves.png: corrupt or truncated"):
-        table, *_, curves, _confusion, _mistakes, config = refresh.fn("mnist/later", None, None, None, None)
+        table, *_, curves, _confusion, _mistakes, config, _note = refresh.fn("mnist/later", None, None, None, None)
     assert [row[0] for row in table.value["data"]] == ["mnist/later"]  # was "image file is truncated", no page
     assert curves.visible is False and "name: later" in config
+    # a task folder this user cannot read hid its runs, unsaid (chmod 000 does not stop root: simulated)
+    scandir = os.scandir
+
+    def refused(path: str | os.PathLike[str] = ".") -> object:
+        if Path(path) == tmp_path / "mnist":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refused)
+    table, *_, note = refresh.fn("mnist/later", None, None, None, None)
+    assert "mnist/later" not in str(table.value["data"])
+    assert note.visible and f"cannot read them: `{tmp_path / 'mnist'}` (Permission denied)" in note.value
 
 
 def test_an_input_error_shown_in_the_page_leaves_no_traceback_in_the_servers_log() -> None:

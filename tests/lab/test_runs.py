@@ -10,7 +10,14 @@ import pytest
 from PIL import Image
 
 from cnnlab.errors import CnnlabError
-from cnnlab.lab.runs import compare_curves, find_runs, resolve_run, run_details, summarise
+from cnnlab.lab.runs import (
+    compare_curves,
+    find_runs,
+    resolve_run,
+    run_details,
+    summarise,
+    unreadable_task_folders,
+)
 from cnnlab.train.config import TrainConfig, save_config
 from cnnlab.train.records import write_history
 
@@ -69,6 +76,21 @@ def test_a_runs_config_is_parsed_only_when_its_results_do_not_name_the_recipe(
     assert summarise("mnist/old", runs["mnist/old"]).recipe == "default" and parsed == []
     assert summarise("segment/new", runs["segment/new"]).recipe == "quick"
     assert parsed == [getattr(yaml, "CSafeLoader", yaml.SafeLoader)]
+
+
+def test_a_task_folder_that_cannot_be_read_is_named(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its runs were left off the Runs page without a word (chmod 000 does not stop root: simulated)."""
+    assert unreadable_task_folders(root) == []
+    scandir = os.scandir
+
+    def refused(path: str | os.PathLike[str] = ".") -> object:
+        if Path(path) == root / "mnist":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refused)
+    assert list(find_runs(root)) == ["segment/new"]
+    assert unreadable_task_folders(root) == [("mnist", "Permission denied")]
 
 
 def test_only_listed_runs_are_opened(root: Path) -> None:

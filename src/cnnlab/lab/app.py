@@ -74,6 +74,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         saved_model_stamp,
         saved_runs,
         summarise,
+        unreadable_task_folders,
     )
     from cnnlab.lab.scan_page import scan_view, segment_view
     from cnnlab.tasks.explain import load_subject
@@ -211,7 +212,17 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             gr.Dropdown(choices=models, value=kept(models, model)),
             gr.Dropdown(choices=scan_runs, value=kept(scan_runs, scan_run)),
             *run_figures(on_show),
+            runs_note(),
         )
+
+    def runs_note() -> Any:
+        unreadable = unreadable_task_folders(runs_root)
+        text = (
+            "Not listed, as this user cannot read them: "
+            + ", ".join(f"`{Path(runs_root) / task}` ({reason})" for task, reason in unreadable)
+            + ". Give this user read permission, then Refresh."
+        )
+        return gr.Markdown(value=text if unreadable else "", visible=bool(unreadable))
 
     def on_answers() -> tuple:
         # On every page load: a sheet written after the lab started is shown once the page is reloaded.
@@ -334,6 +345,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
 
         with gr.Tab("Runs", id="runs"):
             refresh = gr.Button("Refresh")
+            unreadable_note = gr.Markdown(visible=False, elem_id="runs-unreadable")
             table = gr.Dataframe(
                 headers=["run", "task", "recipe", "date", "headline metric", "value"],
                 interactive=False,
@@ -376,7 +388,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
 
         # The runs are listed (the newest on show) when the page opens, and again on Refresh.
         listing = [chosen_run, first, second, model, scan_run]
-        runs_page = [table, *listing, curves, confusion, mistakes, config]
+        runs_page = [table, *listing, curves, confusion, mistakes, config, unreadable_note]
         app.load(on_refresh_runs, listing, runs_page)
         refresh.click(on_refresh_runs, listing, runs_page)
     if warm and zoo:

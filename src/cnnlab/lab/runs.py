@@ -73,6 +73,24 @@ def find_runs(root: str | os.PathLike[str]) -> dict[str, Path]:
     return {f"{folder.parent.name}/{folder.name}": folder for folder in folders}
 
 
+def unreadable_task_folders(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """(task, reason) for each ``<root>/<task>/`` folder that cannot be listed: `find_runs` cannot see its runs
+    (the glob skips such a folder without a word), so the Runs page says so instead."""
+    root = Path(root)
+    try:
+        tasks = sorted(path for path in root.iterdir() if path.is_dir())
+    except OSError:
+        return []  # the root itself: refused when the lab starts (`check_runs_root`)
+    unreadable = []
+    for task in tasks:
+        try:
+            with os.scandir(task) as entries:
+                next(entries, None)
+        except OSError as error:
+            unreadable.append((task.name, str(error.strerror or error)))
+    return unreadable
+
+
 def saved_runs(root: str | os.PathLike[str], tasks: tuple[str, ...], ensembles: bool = True) -> list[str]:
     """The ids of the listed runs of `tasks` that saved a model to load, newest first: a single network
     (``model.json``) or, with `ensembles`, an ensemble of them (``ensemble.json``, as `cnnlab train mnist
