@@ -802,6 +802,13 @@ def test_a_refusal_for_memory_names_a_max_side_that_fits_and_the_estimate_uses_i
         train_segmentation_folder(str(root), output=str(tmp_path), max_side=300, progress=True)
     shown = "decoding 1 image+mask pair (longer side at most 300 px): about 0.3 MB in memory of the 1.0 MB available"
     assert capsys.readouterr().out.splitlines()[0] == shown
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: each process holds its own copy, and the line says so
+    with pytest.raises(CnnlabError, match="every pixel of the masks"):
+        train_segmentation_folder(str(root), output=str(tmp_path), max_side=300, progress=True)
+    shown = "about 0.5 MB in memory (2 processes x 0.3 MB) of the 1.0 MB available"
+    assert capsys.readouterr().out.splitlines()[0].endswith(shown)
+    with pytest.raises(CnnlabError, match=r"about 2.2 MB decoded \(2 processes x 1.1 MB\), more than"):
+        train_segmentation_folder(str(root), output=str(tmp_path), progress=False)
 
 
 @pytest.mark.parametrize("options", [["--data", "nowhere"], ["--model", "unet-lite0"], ["--background-weight", "0"]])

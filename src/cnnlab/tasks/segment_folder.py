@@ -192,12 +192,15 @@ def _check_memory(folder: SegmentationFolder, crop: int, show: bool) -> None:
     Under torchrun each process on this machine holds its own copy."""
     copies = _processes_here()
     pairs = f"{len(folder)} image+mask pair" + ("" if len(folder) == 1 else "s")
-    needed = folder.decoded_bytes(folder.max_side) * copies
+    one_copy = folder.decoded_bytes(folder.max_side)
+    needed = one_copy * copies
+    # Said, or 2 processes' 2.0 MB reads as twice what one run of the folder takes.
+    per_process = "" if copies == 1 else f" ({copies} processes x {file_size(one_copy)})"
     available = available_memory_bytes()
     if show:
         at = "" if folder.max_side is None else f" (longer side at most {folder.max_side} px)"
         of = "" if available is None else f" of the {file_size(available)} available"
-        print(f"decoding {pairs}{at}: about {file_size(needed)} in memory{of}")
+        print(f"decoding {pairs}{at}: about {file_size(needed)} in memory{per_process}{of}")
     if available is None or needed <= MEMORY_SHARE * available:
         return
     below = folder.max_side or max(MAX_SIDE_STEPS) + 1
@@ -206,7 +209,7 @@ def _check_memory(folder: SegmentationFolder, crop: int, show: bool) -> None:
     if fits is not None:
         remedy = f"pass --max-side {fits[0]} to downscale each as it is read (about {file_size(fits[1])})"
     raise CnnlabError(
-        f"{folder.root} holds {pairs}, about {file_size(needed)} decoded, more than "
+        f"{folder.root} holds {pairs}, about {file_size(needed)} decoded{per_process}, more than "
         f"{MEMORY_SHARE:.0%} of the {file_size(available)} of memory available; {remedy}"
     )
 
