@@ -248,10 +248,24 @@ def test_the_recorded_command_of_a_torchrun_process_names_torchrun(monkeypatch: 
     monkeypatch.setattr("sys.argv", [main, "train", "mnist", "--name", "ddp2"])
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert environment_record()["command"] == "torchrun --nproc_per_node 2 -m cnnlab train mnist --name ddp2"
+    # torchrun's command line, where it can be read, is kept whole: a typed --standalone was dropped
+    launched = ["/usr/bin/python3", "/usr/local/bin/torchrun", "--standalone", "--nproc_per_node", "2", "-m", "cnnlab"]
+    parent = [launched + ["train", "mnist", "--name", "ddp2"]]
+    monkeypatch.setattr("cnnlab.train.config._parent_command", lambda: parent[0])
+    expected = "torchrun --standalone --nproc_per_node 2 -m cnnlab train mnist --name ddp2"
+    assert environment_record()["command"] == expected
+    parent[0] = ["python", "-m", "torch.distributed.run", "--nproc-per-node=2", "-m", "cnnlab", "train", "mnist"]
+    parent[0] += ["--name", "ddp2"]
+    assert environment_record()["command"] == "torchrun --nproc-per-node=2 -m cnnlab train mnist --name ddp2"
+    # else rebuilt from its environment, saying that its other options are not known
+    parent[0] = ["/bin/bash", "launch.sh"]
+    rebuilt = "torchrun --nproc_per_node 2 -m cnnlab train mnist --name ddp2  # rebuilt: torchrun's other options"
+    assert environment_record()["command"].startswith(rebuilt)
+    parent[0] = None
     monkeypatch.setenv("WORLD_SIZE", "8")  # two nodes of four
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert environment_record()["command"].startswith("torchrun --nnodes 2 --nproc_per_node 4 -m cnnlab train")
+    assert "are not known" in environment_record()["command"]
 
 
 def test_an_ensemble_refuses_a_member_replaced_after_it_was_made(tmp_path: Path) -> None:

@@ -213,17 +213,52 @@ class TrainConfig:
 def command_line() -> str:
     """The command this process runs, as it would be typed again: ``python -m cnnlab ...`` is ``cnnlab ...`` (its
     argv[0] is cnnlab/__main__.py, which the records printed as ``__main__.py``, a command no shell runs), and under
-    torchrun ``torchrun --nproc_per_node N -m cnnlab ...`` (``cnnlab ...`` would run one process, with other
-    BatchNorm statistics and timings)."""
+    torchrun the torchrun command (``cnnlab ...`` would run one process, with other BatchNorm statistics and timings):
+    as torchrun was given it where its command line can be read (Linux: the parent's /proc/PID/cmdline), else rebuilt
+    from its environment as ``torchrun [--nnodes M] --nproc_per_node N -m cnnlab ...`` with a shell comment saying
+    that its other options (--standalone, --rdzv-*) are not known."""
     program = Path(sys.argv[0])
     module = program.name == "__main__.py" and program.parent.name == "cnnlab"
     words = ["cnnlab" if module else program.name, *sys.argv[1:]]
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if module and world_size > 1:
-        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
-        nodes = ["--nnodes", str(world_size // per_node)] if world_size > per_node else []
-        words = ["torchrun", *nodes, "--nproc_per_node", str(per_node), "-m", *words]
-    return shlex.join(words)
+    if not (module and world_size > 1):
+        return shlex.join(words)
+    launcher = _launcher_options(_parent_command(), sys.argv[1:])
+    if launcher is not None:
+        return shlex.join(["torchrun", *launcher, "-m", *words])
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    nodes = ["--nnodes", str(world_size // per_node)] if world_size > per_node else []
+    rebuilt = shlex.join(["torchrun", *nodes, "--nproc_per_node", str(per_node), "-m", *words])
+    return f"{rebuilt}  # rebuilt: torchrun's other options (--standalone, --rdzv-*, ...) are not known"
+
+
+def _parent_command() -> list[str] | None:
+    """The parent process's argv (torchrun's, for one of its workers), or None where it cannot be read."""
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [word.decode(errors="replace") for word in raw.split(b"\0")[:-1]] or None
+
+
+def _launcher_options(parent: list[str] | None, arguments: list[str]) -> list[str] | None:
+    """torchrun's own options in `parent` (``torchrun OPTIONS -m cnnlab ARGUMENTS`` or ``python -m
+    torch.distributed.run ...``), or None when `parent` is not the launcher of ``-m cnnlab ARGUMENTS``."""
+    if not parent:
+        return None
+    for index, word in enumerate(parent):
+        if Path(word).name == "torchrun":
+            rest = parent[index + 1 :]
+            break
+        if word == "-m" and parent[index + 1 : index + 2] in (["torch.distributed.run"], ["torch.distributed.launch"]):
+            rest = parent[index + 2 :]
+            break
+    else:
+        return None
+    tail = ["-m", "cnnlab", *arguments]
+    if len(rest) < len(tail) or rest[len(rest) - len(tail) :] != tail:
+        return None
+    return rest[: len(rest) - len(tail)]
 
 
 def environment_record() -> dict[str, Any]:
