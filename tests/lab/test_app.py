@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from typer.testing import CliRunner
 import cnnlab.lab.app as lab_app
 from cnnlab.cli import app
 from cnnlab.errors import CnnlabError
+from unreadable import refuse_listing
 
 
 def _invoke(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[object, dict]:
@@ -76,15 +76,9 @@ def test_a_runs_root_that_is_a_file_or_unreadable_is_refused_and_a_missing_one_n
     result, called = _invoke(monkeypatch, "--runs", str(tmp_path / "not-yet"))
     assert result.exit_code == 0 and "not-yet does not exist yet" in result.output and called
     # a folder this user cannot read listed no runs on any page, unsaid (chmod 000 does not stop root: simulated)
-    locked, scandir = tmp_path / "locked", os.scandir
+    locked = tmp_path / "locked"
     locked.mkdir()
-
-    def refused(path: str | os.PathLike[str] = ".") -> object:
-        if Path(path) == locked:
-            raise PermissionError(13, "Permission denied", str(path))
-        return scandir(path)
-
-    monkeypatch.setattr(os, "scandir", refused)
+    refuse_listing(monkeypatch, locked)
     result, called = _invoke(monkeypatch, "--runs", str(locked))
     assert isinstance(result.exception, CnnlabError) and not called
     assert (
@@ -149,14 +143,7 @@ def test_the_answer_sheet_and_the_runs_are_read_when_the_page_loads_and_on_refre
     assert [row[0] for row in table.value["data"]] == ["mnist/later"]  # was "image file is truncated", no page
     assert curves.visible is False and "name: later" in config
     # a task folder this user cannot read hid its runs, unsaid (chmod 000 does not stop root: simulated)
-    scandir = os.scandir
-
-    def refused(path: str | os.PathLike[str] = ".") -> object:
-        if Path(path) == tmp_path / "mnist":
-            raise PermissionError(13, "Permission denied", str(path))
-        return scandir(path)
-
-    monkeypatch.setattr(os, "scandir", refused)
+    refuse_listing(monkeypatch, tmp_path / "mnist")
     table, *_, note = refresh.fn("mnist/later", None, None, None, None)
     assert "mnist/later" not in str(table.value["data"])
     assert note.visible and f"cannot read them: `{tmp_path / 'mnist'}` (Permission denied)" in note.value

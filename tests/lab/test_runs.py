@@ -20,6 +20,7 @@ from cnnlab.lab.runs import (
 )
 from cnnlab.train.config import TrainConfig, save_config
 from cnnlab.train.records import write_history
+from unreadable import refuse_listing
 
 
 def _run(root: Path, task: str, name: str, accuracy: list[float], results: dict | None, mtime: float) -> Path:
@@ -81,14 +82,7 @@ def test_a_runs_config_is_parsed_only_when_its_results_do_not_name_the_recipe(
 def test_a_task_folder_that_cannot_be_read_is_named(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Its runs were left off the Runs page without a word (chmod 000 does not stop root: simulated)."""
     assert unreadable_task_folders(root) == []
-    scandir = os.scandir
-
-    def refused(path: str | os.PathLike[str] = ".") -> object:
-        if Path(path) == root / "mnist":
-            raise PermissionError(13, "Permission denied", str(path))
-        return scandir(path)
-
-    monkeypatch.setattr(os, "scandir", refused)
+    refuse_listing(monkeypatch, root / "mnist")
     assert list(find_runs(root)) == ["segment/new"]
     assert unreadable_task_folders(root) == [("mnist", "Permission denied")]
 
