@@ -8,6 +8,7 @@ so an interrupted run still has its curves; tasks with several phases merge thei
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -51,11 +52,7 @@ def plot_learning_curves(history: Sequence[dict[str, Any]], path: str | os.PathL
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    phases: list[tuple[Any, list[dict[str, Any]]]] = []
-    for row in history:
-        if not phases or phases[-1][0] != row.get("phase"):
-            phases.append((row.get("phase"), []))
-        phases[-1][1].append(row)
+    phases = [(name, list(rows)) for name, rows in itertools.groupby(history, key=lambda row: row.get("phase"))]
     keys = sorted({k for row in history for k in row if k.startswith(("train_", "val_", "test_"))})
     loss_keys = [k for k in keys if k.endswith("loss")]
     other_keys = [k for k in keys if not k.endswith("loss")]
