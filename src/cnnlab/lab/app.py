@@ -65,7 +65,14 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
     gr = _gradio()
     from cnnlab.lab.answers_page import answer_sheet
     from cnnlab.lab.budget_page import EXERCISE_SPEC, budget_view, memory_chart
-    from cnnlab.lab.classify import classify, drawing_to_image, for_display, open_upload, pretrained_models
+    from cnnlab.lab.classify import (
+        check_upload_size,
+        classify,
+        drawing_to_image,
+        for_display,
+        open_upload,
+        pretrained_models,
+    )
     from cnnlab.lab.runs import (
         compare_curves,
         find_runs,
@@ -249,8 +256,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             )
         if not path:
             raise CnnlabError("upload an image to scan")
-        if os.path.getsize(path) > max_upload_bytes:
-            raise CnnlabError(f"the image is larger than the lab's {max_upload_bytes / 2**20:.3g} MiB upload limit")
+        check_upload_size(path, max_upload_bytes)
         folder = resolve_run(runs_root, run_id)
         # The mask and the pixel shares are a segmentation run's only: hidden for a scan, the heatmap takes the row.
         if is_segmentation_run(folder):

@@ -20,6 +20,7 @@ from cnnlab.tasks.explain import Subject
 
 __all__ = [
     "ClassifyView",
+    "check_upload_size",
     "classify",
     "display_size",
     "drawing_to_image",
@@ -68,6 +69,19 @@ def pretrained_models() -> list[str]:
     return [name for name, figures in recorded_figures().items() if weights_label(figures.weights_source) == "offline"]
 
 
+def check_upload_size(path: str | os.PathLike[str], max_bytes: int) -> None:
+    """Refuse an uploaded file larger than the lab's limit (``--max-upload-mb``), in MiB as the option counts them.
+
+    Raises:
+        CnnlabError: the file is larger than `max_bytes`.
+    """
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        raise CnnlabError(
+            f"the image is {size / 2**20:.2f} MiB; the lab takes images up to {max_bytes / 2**20:.3g} MiB"
+        )
+
+
 def open_upload(path: str | os.PathLike[str], max_bytes: int) -> Any:
     """An uploaded file as an RGB PIL image.
 
@@ -76,11 +90,7 @@ def open_upload(path: str | os.PathLike[str], max_bytes: int) -> Any:
     """
     from cnnlab.data.folder import decode_image, to_rgb
 
-    size = os.path.getsize(path)
-    if size > max_bytes:
-        raise CnnlabError(
-            f"the image is {size / 2**20:.2f} MiB; the lab takes images up to {max_bytes / 2**20:.3g} MiB"
-        )
+    check_upload_size(path, max_bytes)
     image, _, reason = decode_image(path)  # decoded once: checking and then loading it decoded it twice (2 s at 36 MP)
     if image is None:
         raise CnnlabError(f"cannot use this file: {reason}; upload a PNG or JPEG photo")
