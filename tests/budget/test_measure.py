@@ -212,6 +212,22 @@ def test_an_auxiliary_head_is_trained_in_the_step_and_said_to_run_in_training_on
     assert report.to_dict()["training_only_modules"] == {"aux": 25}
 
 
+def test_batch_one_on_a_batch_norm_of_one_value_per_channel_is_sized_and_measured():
+    """Inception-v3's auxiliary head has a 1x1 map: at the default --batch 1 batch norm refused to train ("Expected
+    more than 1 value per channel when training") and the budget gave no answer, even with --memory at batch 2 (the
+    planner traces batch 1). The check is lifted, the layer named, and the real step agrees byte for byte."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 4), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2))
+    report = budget(model, input_shape=(3, 4, 4), measure=True, memory_limit="1MB")
+    assert report.one_value_batch_norms == ["1"] and report.to_dict()["one_value_batch_norms"] == ["1"]
+    assert report.measured["saved_ratio"] == report.measured["peak_ratio"] == 1.0
+    assert report.plan["remedies"][0]["max_batch"] > 1
+    from cnnlab.budget.render import mode_notes
+
+    assert mode_notes(report)[-1].startswith("At batch 1, batch norm in training mode sees one value per channel in 1")
+    assert budget(model, input_shape=(3, 4, 4), batch_size=2).one_value_batch_norms == []
+    assert "forward" not in model[1].__dict__  # the class's own forward, as before
+
+
 # `cnnlab budget --optimizer NAME` -> the engine's `TrainConfig` (its SGD has Nesterov momentum 0.9 unless told 0)
 _ENGINE_OPTIMIZERS = {
     "sgd": {"optimizer": "sgd", "momentum": 0.0},

@@ -70,6 +70,9 @@ class BudgetReport:
     # no gradient in a training step (never called, or cut off from the output): see `TraceResult`
     training_only: dict[str, int] = field(default_factory=dict)
     no_gradient: dict[str, int] = field(default_factory=dict)
+    # batch norms that saw one value per channel in the training step (a 1x1 map at batch 1): PyTorch refuses that
+    # step, so it was traced with the check lifted (see `trace._OneValueBatchNorm`)
+    one_value_batch_norms: list[str] = field(default_factory=list)
 
     @property
     def flops(self) -> int:
@@ -105,6 +108,7 @@ class BudgetReport:
             ],
             "training_only_modules": dict(self.training_only),
             "no_gradient_modules": dict(self.no_gradient),
+            "one_value_batch_norms": list(self.one_value_batch_norms),
             "inference": dict(self.inference),
             "training": dict(self.training),
             "realistic": dict(self.realistic),
@@ -474,6 +478,7 @@ def budget(
         device=target.type,
         training_only=result.training_only,
         no_gradient=result.no_gradient,
+        one_value_batch_norms=result.one_value_batch_norms,
     )
     if measure:
         report.measured = measure_step(module, shape, batch_size, torch_dtype, optimizer, device, realistic)

@@ -195,6 +195,15 @@ def mode_notes(report: BudgetReport) -> list[str]:
             "network's output): the parameters count them, but the traced step makes no gradient or optimizer "
             "update for them, while the gradient and optimizer-state rows assume every trainable parameter has one."
         )
+    if report.one_value_batch_norms:
+        names = ", ".join(escape(name) for name in report.one_value_batch_norms)
+        notes.append(
+            f"At batch 1, batch norm in training mode sees one value per channel in {names} (a 1x1 map): PyTorch "
+            'refuses such a step ("Expected more than 1 value per channel when training"), so it was traced with that '
+            "check lifted. Its figures are exact for the step the kernels would run, but that step trains nothing "
+            "useful there (each such channel's output is its bias, its running variance becomes NaN): train at "
+            "--batch 2 or more."
+        )
     return notes
 
 

@@ -27,6 +27,7 @@ storages, so a tensor saved by two ops, or a view such as a flattened activation
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -35,6 +36,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
@@ -355,6 +358,9 @@ class TraceResult:
     # forward (auxiliary heads), and those whose trainable parameters got no gradient in the training step
     training_only: dict[str, int] = field(default_factory=dict)
     no_gradient: dict[str, int] = field(default_factory=dict)
+    # batch norms that saw one value per channel in training mode (a 1x1 map at batch 1), which PyTorch refuses:
+    # traced with that check lifted (`_OneValueBatchNorm`)
+    one_value_batch_norms: list[str] = field(default_factory=list)
 
 
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict)
@@ -591,6 +597,85 @@ def trace(
     return result
 
 
+class _OneValueBatchNorm(TorchFunctionMode):
+    """Lets a batch norm in training mode normalise one value per channel (a 1x1 map at batch 1) instead of raising.
+
+    `torch.nn.functional.batch_norm` refuses it ("Expected more than 1 value per channel when training") before it
+    calls the kernel, which runs: each channel's one value becomes its bias, and the running variance NaN (an unbiased
+    variance of one value). Inception-v3's auxiliary head has such a map, so a training step at batch 1 could not be
+    sized at all; with the check lifted, its ops and their bytes are those of the step PyTorch's kernels would run
+    (`--measure` runs it for real: tests/budget/test_measure.py). Any other call goes through as it is.
+    """
+
+    lifted = False
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is not functional.batch_norm:
+            return func(*args, **kwargs)
+        call = _BATCH_NORM_SIGNATURE.bind(*args, **kwargs)
+        call.apply_defaults()
+        arguments = call.arguments
+        x = arguments["input"]
+        if not arguments["training"] or x.dim() < 2 or x.numel() != x.shape[1]:  # more than one value per channel
+            return func(*args, **kwargs)
+        self.lifted = True
+        # The meta kernel (a Python decomposition) updates the running variance with n / (n - 1), a division by zero
+        # for one value; its running statistics hold no values anyway, and their in-place update allocates nothing
+        # the trace counts (the op's outputs are the same three tensors), so there they are left out.
+        real = x.device.type != "meta"
+        return torch.batch_norm(
+            x,
+            arguments["weight"],
+            arguments["bias"],
+            arguments["running_mean"] if real else None,
+            arguments["running_var"] if real else None,
+            True,
+            arguments["momentum"],
+            arguments["eps"],
+            torch.backends.cudnn.enabled,
+        )
+
+
+_BATCH_NORM_SIGNATURE = inspect.signature(functional.batch_norm)
+
+
+@contextmanager
+def _one_value_batch_norms(model: nn.Module) -> Iterator[list[str]]:
+    """While the block runs, `model`'s batch norms take one value per channel (`_OneValueBatchNorm`); yields the names
+    of those that did, in call order.
+
+    The mode is entered by each batch norm's own forward, not around the step: autograd runs a checkpointed
+    segment's forward again in backward with no function mode active (the planner's checkpointing remedy).
+    """
+    lifted: list[str] = []
+    patched = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            patched.append((module, module.__dict__.get("forward")))
+            module.forward = _lifting(module.forward, name, lifted)
+    try:
+        yield lifted
+    finally:
+        for module, own in patched:
+            if own is None:
+                del module.forward  # the class's forward again
+            else:
+                module.forward = own
+
+
+def _lifting(forward: Any, name: str, lifted: list[str]) -> Any:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        mode = _OneValueBatchNorm()
+        with mode:
+            output = forward(*args, **kwargs)
+        if mode.lifted and name not in lifted:
+            lifted.append(name)
+        return output
+
+    return run
+
+
 @contextmanager
 def _removed(handles: list[Any]) -> Iterator[None]:
     """Remove the hooks when the block ends (the planner traces the same meta model again and again)."""
@@ -624,7 +709,15 @@ def _trace_training(
     weights = [] if autocast is not None else [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     tracker = _TimelineTracker(weights)
     hooks = [w.register_post_accumulate_grad_hook(tracker.gradient_made) for w in weights]
-    with _row_hooks(rows, model, result) as (current_row, current_segment, _), tracker, _removed(hooks):
+    # at batch 1 a 1x1 map leaves batch norm one value per channel (more samples or pixels never do); through
+    # backward too, where activation checkpointing runs the forward again
+    one_value = _one_value_batch_norms(model) if x.shape[0] == 1 else nullcontext([])
+    with (
+        _row_hooks(rows, model, result) as (current_row, current_segment, _),
+        tracker,
+        _removed(hooks),
+        one_value as lifted,
+    ):
         tracker.add_existing([*state, *optimizer_state, x])
         tracker.start_recording()
         owners = {"row": current_row, "segment": current_segment}
@@ -661,6 +754,7 @@ def _trace_training(
         if opt is not None:
             opt.step()
         result.step_peak_bytes = tracker.peak_bytes
+    result.one_value_batch_norms = lifted
     result.live_timeline = tracker.timeline
     result.autocast_copy_timeline = tracker.copy_timeline if autocast is None else []
     result.peak_live_bytes = max(backward_peak, result.step_peak_bytes)
@@ -721,7 +815,8 @@ def forward_saved_bytes(
     model = _prepare(model, "meta", torch_dtype).train()
     state = [*model.parameters(), *model.buffers()]
     x = torch.empty((batch_size, *input_shape), dtype=torch_dtype, device="meta")
-    with _MetaKernelCache(), SavedTensorCounter(exclude=state, inputs=[x]) as counter:
+    one_value = _one_value_batch_norms(model) if batch_size == 1 else nullcontext()  # as `trace` runs batch 1
+    with _MetaKernelCache(), SavedTensorCounter(exclude=state, inputs=[x]) as counter, one_value:
         model(x)
     return counter.total_bytes
 
