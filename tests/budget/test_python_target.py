@@ -34,6 +34,15 @@ class Grey(nn.Module):
 
 def not_a_net():
     return [1]
+
+class TimmLike(nn.Module):  # as timm's networks carry their weights' record (no timm needed here)
+    def __init__(self, in_chans=3, attribute="pretrained_cfg"):
+        super().__init__()
+        setattr(self, attribute, {"input_size": (3, 40, 40), "num_classes": 2})
+        self.conv = nn.Conv2d(in_chans, 2, 3)
+
+    def forward(self, x):
+        return self.conv(x)
 """
 
 
@@ -56,6 +65,21 @@ def test_a_function_in_a_file_is_called_with_its_literal_arguments(nets: Path) -
     assert report["output_shape"] == [5]
     assert _budget(f"{nets}:net", "--input", "3x32x32")["params"] == (3 * 9 + 1) * 4 + (4 + 1) * 10  # an instance
     assert _budget(f"{nets}:Grey")["input_shape"] == [1, 28, 28]  # a class, with its own input size
+
+
+def test_a_timm_network_is_sized_at_its_records_input_size(nets: Path) -> None:
+    """timm's networks carry pretrained_cfg["input_size"] (efficientnet_b3: 3x288x288); without --input the budget
+    asked for one instead of using it."""
+    report = _budget(f"{nets}:TimmLike")
+    assert report["input_shape"] == [3, 40, 40] and report["output_shape"] == [2, 38, 38]
+    assert report["input_note"].startswith("input 3x40x40: its pretrained_cfg's input_size")
+    grey = _budget(f"{nets}:TimmLike(in_chans=1)")  # the record keeps 3 channels
+    assert grey["input_shape"] == [1, 40, 40] and "with its first convolution's channels" in grey["input_note"]
+    assert _budget(f"{nets}:TimmLike(attribute='default_cfg')")["input_shape"] == [3, 40, 40]  # older timm
+    given = _budget(f"{nets}:TimmLike", "--input", "3x20x20")
+    assert given["input_shape"] == [3, 20, 20] and "input_note" not in given
+    result = CliRunner().invoke(app, ["budget", f"{nets}:TimmLike", "--no-layers"])
+    assert result.exit_code == 0 and "input 3x40x40: its pretrained_cfg's input_size" in result.stdout
 
 
 def test_a_library_function_gives_the_published_count() -> None:

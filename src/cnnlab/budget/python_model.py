@@ -27,7 +27,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["build_python_model", "is_python_target"]
+__all__ = ["build_python_model", "declared_input_size", "is_python_target"]
 
 # MODULE (dotted names) or a .py file, a colon, then a name with optional literal arguments
 _TARGET = re.compile(r"^(?P<source>[A-Za-z_][\w.]*|[^:]+\.py):(?P<call>[A-Za-z_][\w.]*\s*(\(.*\))?)$", re.DOTALL)
@@ -70,6 +70,30 @@ def build_python_model(text: str, on_meta: bool = True) -> nn.Module:
     if not isinstance(built, nn.Module):
         raise CnnlabError(f"`{text}` returned a {type(built).__name__}, not a torch.nn.Module")
     return built
+
+
+def declared_input_size(module: nn.Module) -> tuple[tuple[int, ...], str | None] | None:
+    """The input size a network declares, and where it came from (None for cnnlab's own), else None.
+
+    cnnlab's networks carry ``default_input_size``; timm's carry ``pretrained_cfg`` (``default_cfg`` in older
+    versions), whose ``input_size`` is the size its weights were trained at (efficientnet_b3: 3x288x288). A timm
+    network built with other ``in_chans`` keeps the record's 3 channels, so the channels are its first
+    convolution's.
+    """
+    own = getattr(module, "default_input_size", None)
+    if own is not None:
+        return tuple(own), None
+    for attribute in ("pretrained_cfg", "default_cfg"):
+        record = getattr(module, attribute, None)
+        size = record.get("input_size") if isinstance(record, dict) else None
+        if not (isinstance(size, (tuple, list)) and len(size) >= 2 and all(isinstance(n, int) for n in size)):
+            continue
+        shape, source = tuple(size), f"its {attribute}'s input_size (the size its weights were trained at)"
+        first = next((layer for layer in module.modules() if isinstance(layer, nn.modules.conv._ConvNd)), None)
+        if first is not None and len(shape) == first.weight.dim() - 1 and shape[0] != first.in_channels:
+            shape, source = (first.in_channels, *shape[1:]), f"{source}, with its first convolution's channels"
+        return shape, source
+    return None
 
 
 def _import(source: str) -> Any:

@@ -53,8 +53,8 @@ def budget_command(
         typer.Option(
             "--input",
             "-i",
-            help="Shape of one sample, CxHxW, e.g. 3x224x224 (default: a zoo model's, a run's or a spec file's own; "
-            "layer strings need it).",
+            help="Shape of one sample, CxHxW, e.g. 3x224x224 (default: a zoo model's, a run's or a spec file's own, "
+            "or a timm network's pretrained_cfg input_size; layer strings need it).",
         ),
     ] = None,
     batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Training mini-batch size.")] = 1,
@@ -93,7 +93,7 @@ def budget_command(
 ) -> None:
     from cnnlab.budget import budget, parse_memory
     from cnnlab.budget.core import check_zoo_input
-    from cnnlab.budget.python_model import is_python_target
+    from cnnlab.budget.python_model import declared_input_size, is_python_target
     from cnnlab.budget.spec import parse_size
     from cnnlab.errors import CnnlabError
 
@@ -102,15 +102,19 @@ def budget_command(
     # one word names a model, a run or a file; words with spaces are layer strings, unless it is Python code
     model = target[0] if len(target) == 1 and (" " not in target[0] or is_python_target(target[0])) else target
     built, shown = _converted(model, measure), f"{model} (fully convolutional)"
+    input_note = None  # where a default input size came from, when the user may not expect it
     if built is not None:  # an `fcn convert` folder: the network that scans, at the given image size
         if input_shape is not None:
             check_zoo_input(str(model), input_shape, built.input_size)
         input_shape = input_shape or built.input_size
     elif (built := _python_model(model, measure)) is not None:  # MODULE:NAME or FILE.py:NAME
-        shown, default = str(model), getattr(built, "default_input_size", None)
-        if input_shape is not None and default is not None:
-            check_zoo_input(shown, input_shape, tuple(default))
-        input_shape = input_shape or default
+        shown, declared = str(model), declared_input_size(built)
+        if input_shape is not None and declared is not None:
+            check_zoo_input(shown, input_shape, declared[0])
+        if input_shape is None and declared is not None:
+            input_shape, source = declared
+            if source is not None:  # a timm network's record: say where the size came from
+                input_note = f"input {'x'.join(map(str, input_shape))}: {source}; --input sizes another"
         if input_shape is None:
             raise CnnlabError(f"{model}: give --input, the shape of one sample, e.g. --input 3x224x224")
     report = budget(
@@ -134,10 +138,13 @@ def budget_command(
     if as_json:  # with --explain the arithmetic is one more field (it was dropped without a word)
         document = report.to_dict() | ({"explanation": explanation} if explanation is not None else {})
         document |= {"run_training_step": trained} if trained is not None else {}
+        document |= {"input_note": input_note} if input_note is not None else {}
         typer.echo(json.dumps(document, indent=2))
         return
     from cnnlab.budget.render import print_report
 
+    if input_note is not None:
+        typer.echo(input_note)
     print_report(report, layers=layers)
     if trained is not None:
         typer.echo(_trained_step_note(trained))
