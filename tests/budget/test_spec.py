@@ -33,6 +33,60 @@ def test_conv_shapes_match_pytorch(size, kernel, stride, padding):
         assert tuple(reference.shape[1:]) == layers[0].output_shape
 
 
+@pytest.mark.parametrize(
+    "options,torch_options",
+    [  # the layer string, and nn.ConvTranspose2d's arguments written out independently
+        ("k3 s2", {"kernel_size": 3, "stride": 2}),
+        ("k3 s2 p1 op1", {"kernel_size": 3, "stride": 2, "padding": 1, "output_padding": 1}),
+        ("k4 s2 p1", {"kernel_size": 4, "stride": 2, "padding": 1}),
+        (
+            "k3x5 s2x3 p1x2 op1x2 nobias",
+            {"kernel_size": (3, 5), "stride": (2, 3), "padding": (1, 2), "output_padding": (1, 2), "bias": False},
+        ),
+        ("k3 s2 d2 op1 g2", {"kernel_size": 3, "stride": 2, "dilation": 2, "output_padding": 1, "groups": 2}),
+        ("k2 s2 same", {"kernel_size": 2, "stride": 2}),  # same: out = in x s
+        ("k3 s2 same", {"kernel_size": 3, "stride": 2, "padding": 1, "output_padding": 1}),
+        ("k4 s2 same", {"kernel_size": 4, "stride": 2, "padding": 1}),
+        ("k1 s3 same", {"kernel_size": 1, "stride": 3, "output_padding": 2}),
+    ],
+)
+def test_transposed_conv_shapes_params_and_macs_equal_pytorch(options, torch_options):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cnnlab.budget.explain import _spec_layer_lines
+    from cnnlab.budget.spec import layer_macs, parameter_counts
+
+    layers, built = spec_from_strings([f"tconv 6 {options}"], (4, 7, 9))  # odd sizes
+    reference = nn.ConvTranspose2d(4, 6, **torch_options)
+    x = torch.zeros(1, 4, 7, 9)
+    with FlopCounterMode(display=False) as flops:
+        expected = reference(x)
+    layer = layers[0]
+    assert layer.output_shape == tuple(expected.shape[1:]) == tuple(built(x).shape[1:])
+    if "same" in options:  # Keras' Conv2DTranspose: the input times the stride
+        stride = 2 if "s2" in options else 3
+        assert layer.output_shape[1:] == (7 * stride, 9 * stride)
+    assert parameter_counts(layer)[0] == sum(p.numel() for p in reference.parameters())
+    assert layer_macs(layer) == flops.get_total_flops() // 2
+    rule = _spec_layer_lines(layer, 4)[1]  # the height's output-size rule, with its numbers
+    assert rule.startswith("    height: ") and rule.endswith(f" + 1 = {layer.output_shape[1]}") and "(7 - 1) x " in rule
+
+
+@pytest.mark.parametrize(
+    "line,fragment",
+    [
+        ("tconv 4 k3 s2 op2", "output padding 2 must be smaller than the stride 2 or the dilation 1"),
+        ("deconv 4 k3 s2 same op1", "'same' chooses the output padding"),
+        ("tconv 4 k3 s1 p5", "pad less"),
+        ("tconv 4 k3 op1x", "cannot read 'op1x'"),
+        ("conv 4 k3 s2 op1", "conv takes no 'op1'"),
+    ],
+)
+def test_a_transposed_conv_that_cannot_be_built_is_refused_naming_it(line, fragment):
+    with pytest.raises(CnnlabError, match=rf"layer 1:\w+ \('{re.escape(line)}'\): .*{re.escape(fragment)}"):
+        infer_shapes(parse_spec([line]), (4, 3, 3))
+
+
 @pytest.mark.parametrize("kind", ["maxpool", "avgpool"])
 @pytest.mark.parametrize("size", [4, 7, 75])
 @pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 2), (3, 1), (2, 1)])

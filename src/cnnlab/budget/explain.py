@@ -28,6 +28,23 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "x".join(str(s) for s in shape)
 
 
+def _transposed_size_lines(layer: LayerSpec) -> list[str]:
+    """A tconv's output size per axis: ``(in - 1) x s - 2p + d x (k - 1) + op + 1``, and what `same` chose."""
+    lines = []
+    for axis, index in (("height", 0), ("width", 1)):
+        size, out = layer.input_shape[1 + index], layer.output_shape[1 + index]
+        kernel, stride, dilation = layer.kernel[index], layer.stride[index], layer.dilation[index]
+        pad, output_pad = layer.pads[2 * index], layer.output_padding[index]
+        rule = (
+            f"(in - 1) x s - 2p + d x (k - 1) + op + 1 = ({size} - 1) x {stride} - 2 x {pad} + {dilation} x "
+            f"({kernel} - 1) + {output_pad} + 1 = {out}"
+        )
+        if layer.padding == "same":
+            rule = f"same: in x s = {size} x {stride} = {out}, with p = {pad} and op = {output_pad}: {rule}"
+        lines.append(f"    {axis}: {rule}")
+    return lines
+
+
 def _spec_layer_lines(layer: LayerSpec, itemsize: int) -> list[str]:
     lines = [f"{layer.name}  ({layer.source})  input {_shape(layer.input_shape)}"]
     if layer.kind in ("conv", "maxpool", "avgpool"):
@@ -61,8 +78,10 @@ def _spec_layer_lines(layer: LayerSpec, itemsize: int) -> list[str]:
             else:
                 rule = f"floor(({size} + {pads} - {span}) / {stride}) + 1 = {out}"
             lines.append(f"    {axis}: {rule}")
+    if layer.kind == "tconv":
+        lines.extend(_transposed_size_lines(layer))
     trainable, buffers = parameter_counts(layer)
-    if layer.kind == "conv":
+    if layer.kind in ("conv", "tconv"):
         kh, kw = layer.kernel
         c_in = layer.input_shape[0]
         bias = " + 1" if layer.bias else ""
@@ -77,10 +96,17 @@ def _spec_layer_lines(layer: LayerSpec, itemsize: int) -> list[str]:
             f"    params = filters x (k_h x k_w x {per_filter}{bias}) = {layer.filters} x ({kh} x {kw} x {seen}{bias}) "
             f"= {_n(trainable)}"
         )
-        lines.append(
-            f"    MACs = output values x k_h x k_w x {per_filter} = {_n(math.prod(layer.output_shape))} x "
-            f"{kh * kw * c_in // layer.groups} = {_n(layer_macs(layer))}"
-        )
+        if layer.kind == "conv":
+            lines.append(
+                f"    MACs = output values x k_h x k_w x {per_filter} = {_n(math.prod(layer.output_shape))} x "
+                f"{kh * kw * c_in // layer.groups} = {_n(layer_macs(layer))}"
+            )
+        else:  # each input value is multiplied into k_h x k_w positions of each of its group's output maps
+            per_value = "filters" if layer.groups == 1 else "filters / groups"
+            lines.append(
+                f"    MACs = input values x k_h x k_w x {per_value} = {_n(math.prod(layer.input_shape))} x "
+                f"{kh * kw * layer.filters // layer.groups} = {_n(layer_macs(layer))}"
+            )
     elif layer.kind == "dense":
         bias = " + 1" if layer.bias else ""
         lines.append(

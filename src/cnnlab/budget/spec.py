@@ -5,6 +5,7 @@ One layer per string, a keyword then options::
     conv 100 k3 s2 same        # 100 filters, 3x3 kernel, stride 2, "same" padding (Keras/TF rule)
     conv 64 k3x5 s1 p1 relu    # explicit padding; a trailing activation becomes its own layer
     conv 64 k3 g64 same        # gN: N groups (grouped; depthwise when N is the input's channels)
+    tconv 32 k3 s2 p1 op1      # transposed convolution (also deconv): opN is PyTorch's output_padding
     maxpool k2 s2              # also avgpool; kernel defaults to 2x2, stride to the kernel, padding to valid
     maxpool k3 s2 ceil         # rounds the output size up (PyTorch's ceil_mode=True, as GoogLeNet's pools do)
     gap                        # global average pooling to a vector
@@ -17,12 +18,17 @@ One layer per string, a keyword then options::
     lrn 5                      # local response normalization over 5 channels
 
 Each kind takes its own options, each once: conv its filters, kN, sN, pN or same|valid, dN, gN, an activation,
-nobias, in=N; dense its units, an activation, nobias, in=N; maxpool and avgpool kN, sN, pN or same|valid, ceil;
-dropout its rate; lrn its size; the others none. Anything else is refused, naming it, rather than ignored.
+nobias, in=N; tconv those and opN; dense its units, an activation, nobias, in=N; maxpool and avgpool kN, sN, pN or
+same|valid, ceil; dropout its rate; lrn its size; the others none. Anything else is refused, naming it, rather than
+ignored.
 
 Padding: ``valid`` (the default, as in Keras and PyTorch) keeps only full windows: ``out = floor((in - k) / s) + 1``.
 ``same`` pads so that ``out = ceil(in / s)``: the total padding is ``max((out - 1) * s + k - in, 0)``, split with the
 extra pixel after (Keras/TF), so stride 2 turns 75 into 38. ``pN`` pads N on every side (PyTorch's ``padding=N``).
+A transposed convolution (``tconv``) runs a convolution backwards, so its size rule is the conv's turned around:
+``out = (in - 1) * s - 2p + d * (k - 1) + op + 1`` (PyTorch's ``ConvTranspose2d``), with ``opN`` (``output_padding``,
+below the stride or the dilation) adding N rows and columns at the end; ``same`` gives ``out = in * s`` (Keras'
+``Conv2DTranspose``) with ``p = ceil((d * (k - 1) + 1 - s) / 2)`` and ``op = 2p - (d * (k - 1) + 1 - s)``.
 A pooling layer's ``ceil`` (with valid or pN padding) rounds up instead: ``out = ceil((in + 2p - k) / s) + 1``, less
 one when that last window would start beyond the input and its left padding (PyTorch's rule), so k3 s2 turns 14 into
 7 where floor gives 6.
@@ -30,8 +36,8 @@ one when that last window would start beyond the input and its left padding (PyT
 The same spec may come from a YAML or JSON file: either a list of such strings, or a mapping with ``input``
 ("3x200x300" or [3, 200, 300]) and ``layers`` (strings, or mappings like
 ``{type: conv, filters: 100, kernel: 3, stride: 2, padding: same}``, where kernel, stride, dilation and padding are
-one number or two for height and width: ``kernel: [3, 5]`` or ``kernel: 3x5``; ``groups`` is one number; a pooling's
-``ceil_mode: true`` is the word ``ceil``).
+one number or two for height and width: ``kernel: [3, 5]`` or ``kernel: 3x5``, as is a tconv's ``output_padding``;
+``groups`` is one number; a pooling's ``ceil_mode: true`` is the word ``ceil``).
 """
 
 from __future__ import annotations
@@ -60,8 +66,16 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
     "softmax": nn.Softmax,
 }
-LAYER_TYPES = ("conv", "maxpool", "avgpool", "gap", "flatten", "dense", "bn", "dropout", "lrn", *ACTIVATIONS)
-_ALIASES = {"pool": "maxpool", "linear": "dense", "fc": "dense", "batchnorm": "bn", "conv2d": "conv"}
+LAYER_TYPES = ("conv", "tconv", "maxpool", "avgpool", "gap", "flatten", "dense", "bn", "dropout", "lrn", *ACTIVATIONS)
+_ALIASES = {
+    "pool": "maxpool",
+    "linear": "dense",
+    "fc": "dense",
+    "batchnorm": "bn",
+    "conv2d": "conv",
+    "deconv": "tconv",
+    "convtranspose": "tconv",
+}
 
 
 @dataclass
@@ -75,6 +89,7 @@ class LayerSpec:
     kernel: tuple[int, int] = (1, 1)
     stride: tuple[int, int] = (1, 1)
     padding: str | tuple[int, int] = "valid"  # "valid", "same" or explicit (pad_h, pad_w) on each side
+    output_padding: tuple[int, int] = (0, 0)  # tconv: rows and columns added at the end (resolved for "same")
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1  # conv: each filter sees input channels / groups of the input's channels
     bias: bool = True
@@ -106,6 +121,7 @@ _WINDOW_OPTIONS = {
     "s": ("stride", "s2 or s2x1"),
     "p": ("padding", "p1 or p1x0"),
     "d": ("dilation", "d2 or d2x1"),
+    "o": ("output_padding", "op1 or op1x0"),
 }
 
 
@@ -113,13 +129,13 @@ def _pair(token: str, layer: LayerSpec) -> tuple[int, int]:
     """``k3`` or ``k3x5`` (also s, p, d) as (height, width); padding may be 0, the others must be positive."""
     prefix = token[0].lower()
     name, examples = _WINDOW_OPTIONS[prefix]
-    parts = token[1:].lower().split("x")
-    smallest = 0 if prefix == "p" else 1
+    parts = token[2 if prefix == "o" else 1 :].lower().split("x")  # op1: output padding
+    smallest = 0 if prefix in "po" else 1
     if len(parts) > 2 or not all(part.isdigit() and int(part) >= smallest for part in parts):
         size = "non-negative" if smallest == 0 else "positive"
         raise CnnlabError(
-            f"layer {layer.name} ({layer.source!r}): cannot read {token!r}: the {name} is one or two {size} whole "
-            f"numbers (height x width), e.g. {examples}"
+            f"layer {layer.name} ({layer.source!r}): cannot read {token!r}: the {name.replace('_', ' ')} is one or "
+            f"two {size} whole numbers (height x width), e.g. {examples}"
         )
     return int(parts[0]), int(parts[-1])
 
@@ -139,7 +155,7 @@ def _read_number(layer: LayerSpec, token: str) -> None:
             raise CnnlabError(f"{where}: the dropout rate {token!r} must be a number in [0, 1), e.g. 'dropout 0.5'")
         layer.rate = rate
         return
-    what, example = _NUMBER_NAMES[layer.kind], {"conv": 64, "dense": 10, "lrn": 5}[layer.kind]
+    what, example = _NUMBER_NAMES[layer.kind], {"conv": 64, "tconv": 64, "dense": 10, "lrn": 5}[layer.kind]
     if not re.fullmatch(r"[-+]?\d+", token) or int(token) <= 0:
         raise CnnlabError(
             f"{where}: the {what} {token!r} must be a positive whole number, e.g. '{layer.kind} {example}'"
@@ -153,6 +169,7 @@ def _read_number(layer: LayerSpec, token: str) -> None:
 # The options each layer kind takes (see _option_of); a kind not listed takes none.
 _TAKES = {
     "conv": ("number", "k", "s", "p", "same/valid", "d", "g", "activation", "nobias", "in="),
+    "tconv": ("number", "k", "s", "p", "o", "same/valid", "d", "g", "activation", "nobias", "in="),
     "dense": ("number", "activation", "nobias", "in="),
     "maxpool": ("k", "s", "p", "same/valid", "ceil"),
     "avgpool": ("k", "s", "p", "same/valid", "ceil"),
@@ -166,12 +183,19 @@ _SETS = {
     "p": "padding",
     "same/valid": "padding",
     "d": "dilation",
+    "o": "output padding",
     "g": "groups",
     "nobias": "bias",
     "in=": "declared input size",
     "ceil": "rounding",
 }
-_NUMBER_NAMES = {"conv": "number of filters", "dense": "number of units", "dropout": "rate", "lrn": "window size"}
+_NUMBER_NAMES = {
+    "conv": "number of filters",
+    "tconv": "number of filters",
+    "dense": "number of units",
+    "dropout": "rate",
+    "lrn": "window size",
+}
 
 
 def _option_of(token: str) -> str | None:
@@ -186,6 +210,8 @@ def _option_of(token: str) -> str | None:
         return "ceil"
     if re.fullmatch(r"[kspd][\dx]+", token):
         return token[0]
+    if re.fullmatch(r"op[\dx]+", token):
+        return "o"
     if re.fullmatch(r"in=\d+", token):
         return "in="
     if re.fullmatch(r"g[\dx]+", token):  # not with k, s, p and d: groups are one number
@@ -198,13 +224,21 @@ def _option_of(token: str) -> str | None:
 def _describe(kind: str, option: str) -> str:
     """An option as the list of what a layer kind takes shows it."""
     if option == "number":
-        return {"conv": "filters (64)", "dense": "units (10)", "dropout": "a rate (0.5)", "lrn": "a size (5)"}[kind]
+        return {
+            "conv": "filters (64)",
+            "tconv": "filters (64)",
+            "dense": "units (10)",
+            "dropout": "a rate (0.5)",
+            "lrn": "a size (5)",
+        }[kind]
+    if option == "o":
+        return "opN (output padding)"
     if option in _WINDOW_OPTIONS:
         return f"{option}N ({_WINDOW_OPTIONS[option][0]})"
     if option == "g":
         return "gN (groups)"
     if option == "in=":
-        return "in=N (" + ("input channels" if kind == "conv" else "input features") + ", checked)"
+        return "in=N (" + ("input features" if kind == "dense" else "input channels") + ", checked)"
     return {
         "same/valid": "same|valid",
         "activation": "an activation (relu, ...)",
@@ -267,8 +301,8 @@ def _parse_line(text: str, index: int) -> list[LayerSpec]:
             f"layer {name} ({text!r}): {kind} takes no {', '.join(map(repr, refused))}; "
             + (f"it takes {takes}" if takes else f"give it alone, e.g. '{kind}'")
         )
-    if kind in ("conv", "dense") and layer.filters is None:
-        what = "filters" if kind == "conv" else "units"
+    if kind in ("conv", "tconv", "dense") and layer.filters is None:
+        what = "units" if kind == "dense" else "filters"
         raise CnnlabError(f"layer {name} ({text!r}): give the number of {what}, e.g. '{kind} 64'")
     if kind in ("maxpool", "avgpool"):  # 2x2 without a kernel, and the stride defaults to the kernel
         # told by the option given, not by the value: 'maxpool k1' became a 2x2 pooling of stride 2
@@ -280,6 +314,11 @@ def _parse_line(text: str, index: int) -> list[LayerSpec]:
         raise CnnlabError(
             f"layer {name} ({text!r}): 'ceil' rounds a valid or pN pooling up; 'same' already gives ceil(in / stride): "
             "give one"
+        )
+    if kind == "tconv" and layer.padding == "same" and "output padding" in given:
+        raise CnnlabError(
+            f"layer {name} ({text!r}): 'same' chooses the output padding (out = in x stride); give 'same' or "
+            f"{given['output padding']!r} with pN"
         )
     if kind == "dropout" and layer.rate is None:
         layer.rate = 0.5
@@ -304,7 +343,7 @@ def parse_spec(lines: Sequence[str | dict[str, Any]]) -> list[LayerSpec]:
     return layers
 
 
-_PARAMETER = re.compile(r"-?[\d.]+|[kspdg][\dx]+|in=\d+|same|valid|ceil|nobias|bias=false", re.IGNORECASE)
+_PARAMETER = re.compile(r"-?[\d.]+|[kspdg][\dx]+|op[\dx]+|in=\d+|same|valid|ceil|nobias|bias=false", re.IGNORECASE)
 
 
 def _check_quoting(lines: Sequence[str | dict[str, Any]]) -> None:
@@ -343,7 +382,7 @@ def split_layers(text: str) -> list[str]:
         for piece in part.split(","):
             joined = ",".join(current)
             head, kind = _first_word(piece), _first_word(joined)
-            inline = head in ACTIVATIONS and kind in ("conv", "dense")
+            inline = head in ACTIVATIONS and kind in ("conv", "tconv", "dense")
             if joined.strip() and head in LAYER_TYPES and not inline:
                 layers.append(joined.strip())
                 current = []
@@ -367,7 +406,7 @@ def _mapping_to_line(entry: dict[str, Any], index: int) -> str:
     for key in ("filters", "units", "rate", "size"):
         if key in entry:
             words.append(str(entry.pop(key)))
-    prefixes = {"kernel": "k", "stride": "s", "dilation": "d", "groups": "g"}
+    prefixes = {"kernel": "k", "stride": "s", "dilation": "d", "groups": "g", "output_padding": "op"}
     for key, prefix in prefixes.items():
         if key in entry:
             words.append(prefix + _mapping_pair(entry.pop(key), key, index, kind))
@@ -498,6 +537,41 @@ def _window_output(layer: LayerSpec, height: int, width: int) -> tuple[int, int]
     return out_h, out_w
 
 
+def _transposed_output(layer: LayerSpec, height: int, width: int) -> tuple[int, int]:
+    """A tconv's output size, ``(in - 1) * s - 2p + d * (k - 1) + op + 1``, with `same` resolved to p and op."""
+    sizes = []
+    pads, output_pads = [], []
+    for axis, size in ((0, height), (1, width)):
+        kernel, stride, dilation = layer.kernel[axis], layer.stride[axis], layer.dilation[axis]
+        if layer.padding == "same":  # out = in * s: 2p - op = d (k - 1) + 1 - s, with 0 <= op
+            excess = dilation * (kernel - 1) + 1 - stride
+            pad = max(-(-excess // 2), 0)
+            output_pad = 2 * pad - excess
+        else:
+            pad = 0 if layer.padding == "valid" else layer.padding[axis]
+            output_pad = layer.output_padding[axis]
+        if output_pad >= max(stride, dilation):  # torch's error did not name the layer
+            reason = (
+                f"output padding {output_pad}" if layer.padding != "same" else f"'same' (output padding {output_pad})"
+            )
+            raise CnnlabError(
+                f"layer {layer.name} ({layer.source!r}): {reason} must be smaller than the stride {stride} or the "
+                f"dilation {dilation} (PyTorch's rule: it only picks among the sizes that stride could give)"
+            )
+        pads.append(pad)
+        output_pads.append(output_pad)
+        sizes.append((size - 1) * stride - 2 * pad + dilation * (kernel - 1) + output_pad + 1)
+    layer.pads = (pads[0], pads[0], pads[1], pads[1])
+    layer.output_padding = (output_pads[0], output_pads[1])
+    if min(sizes) <= 0:
+        raise CnnlabError(
+            f"layer {layer.name} ({layer.source!r}): padding {pads[0]}x{pads[1]} removes more than the "
+            f"{sizes[0] - 1 + 2 * pads[0]}x{sizes[1] - 1 + 2 * pads[1]} the transposed convolution makes of the "
+            f"{height}x{width} input; pad less"
+        )
+    return sizes[0], sizes[1]
+
+
 def infer_shapes(layers: list[LayerSpec], input_shape: tuple[int, ...]) -> list[LayerSpec]:
     """Fill each layer's input and output shape (without the batch dimension) by the padding arithmetic above.
 
@@ -509,12 +583,12 @@ def infer_shapes(layers: list[LayerSpec], input_shape: tuple[int, ...]) -> list[
     shape = tuple(input_shape)
     for layer in layers:
         layer.input_shape = shape
-        if layer.kind in ("conv", "maxpool", "avgpool", "gap", "lrn") and len(shape) != 3:
+        if layer.kind in ("conv", "tconv", "maxpool", "avgpool", "gap", "lrn") and len(shape) != 3:
             raise CnnlabError(
                 f"layer {layer.name} ({layer.source!r}) needs a CxHxW input, but receives shape {_fmt(shape)}"
             )
         source = "the input has" if layer is layers[0] else "the previous layer gives"
-        if layer.kind == "conv":
+        if layer.kind in ("conv", "tconv"):
             if layer.in_features is not None and layer.in_features != shape[0]:
                 raise CnnlabError(
                     f"layer {layer.name} ({layer.source!r}): shape mismatch, declared in={layer.in_features} but "
@@ -525,7 +599,8 @@ def infer_shapes(layers: list[LayerSpec], input_shape: tuple[int, ...]) -> list[
                     f"layer {layer.name} ({layer.source!r}): g{layer.groups} must divide both the {shape[0]} input "
                     f"channels and the {layer.filters} filters"
                 )
-            out_h, out_w = _window_output(layer, shape[1], shape[2])
+            window = _window_output if layer.kind == "conv" else _transposed_output
+            out_h, out_w = window(layer, shape[1], shape[2])
             shape = (layer.filters, out_h, out_w)
         elif layer.kind in ("maxpool", "avgpool"):
             out_h, out_w = _window_output(layer, shape[1], shape[2])
@@ -556,7 +631,7 @@ def _fmt(shape: Sequence[int]) -> str:
 
 def parameter_counts(layer: LayerSpec) -> tuple[int, int]:
     """Analytic (trainable parameters, buffer values) of one layer; BN's running mean and variance are buffers."""
-    if layer.kind == "conv":
+    if layer.kind in ("conv", "tconv"):  # a tconv's weight is c_in x filters / groups x k_h x k_w: the same count
         kh, kw = layer.kernel
         return layer.filters * (kh * kw * layer.input_shape[0] // layer.groups + int(layer.bias)), 0
     if layer.kind == "dense":
@@ -572,6 +647,9 @@ def layer_macs(layer: LayerSpec) -> int:
     if layer.kind == "conv":
         kh, kw = layer.kernel
         return math.prod(layer.output_shape) * kh * kw * layer.input_shape[0] // layer.groups
+    if layer.kind == "tconv":  # each input value is spread over k_h x k_w positions of filters / groups maps
+        kh, kw = layer.kernel
+        return math.prod(layer.input_shape) * kh * kw * layer.filters // layer.groups
     if layer.kind == "dense":
         return layer.filters * layer.input_shape[0]
     return 0
@@ -609,6 +687,18 @@ def build_module(layers: list[LayerSpec]) -> nn.Sequential:
                 module: nn.Module = Conv2dSame(in_shape[0], layer.filters, layer.kernel, **options)
             else:
                 module = nn.Conv2d(in_shape[0], layer.filters, layer.kernel, padding=padding, **options)
+        elif layer.kind == "tconv":
+            module = nn.ConvTranspose2d(
+                in_shape[0],
+                layer.filters,
+                layer.kernel,
+                stride=layer.stride,
+                padding=(layer.pads[0], layer.pads[2]),
+                output_padding=layer.output_padding,
+                groups=layer.groups,
+                bias=layer.bias,
+                dilation=layer.dilation,
+            )
         elif layer.kind in ("maxpool", "avgpool"):
             padding = _native_padding(layer)
             if padding is None:

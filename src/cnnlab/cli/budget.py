@@ -25,12 +25,14 @@ before a layer's name: "conv 64 k7 s2 same, maxpool k3 s2, gap, dense 10"):
   cnnlab budget torchvision.models:mobilenet_v3_small --input 3x224x224 --memory 4GiB
 
 Layer strings, their words in any order (\\[...] is optional): conv F \\[kK] \\[sS] \\[same|valid|pN] \\[dD] \\[gG]
-\\[ACT] \\[nobias] \\[in=C], maxpool|avgpool \\[kK] \\[sS] \\[same|valid|pN] \\[ceil], dense N \\[ACT] \\[nobias]
+\\[ACT] \\[nobias] \\[in=C], tconv|deconv F (a transposed convolution) with conv's words and \\[opN] (output
+padding), maxpool|avgpool \\[kK] \\[sS] \\[same|valid|pN] \\[ceil], dense N \\[ACT] \\[nobias]
 \\[in=N], dropout \\[P], lrn \\[N], gap, flatten, bn, and ACT (relu|tanh|sigmoid|gelu|silu|leakyrelu|elu|softmax) as a
 layer of its own. Left out: conv k1 s1 valid d1 g1 (a 1x1 convolution), pooling k2 valid with the stride its kernel,
 dropout 0.5, lrn 5. kK, sS, pN and dD take HxW too (k3x5); gG splits a conv into G groups (G = input channels:
 depthwise); in= checks the input channels (conv) or features (dense); ceil rounds a pooling's output size up
-(PyTorch's ceil_mode=True, as GoogLeNet's pools), where valid and pN round down.
+(PyTorch's ceil_mode=True, as GoogLeNet's pools), where valid and pN round down. A tconv's output is
+(in - 1) x s - 2p + d x (k - 1) + op + 1; same gives in x s.
 
 MACs (FLOPs = 2 x MACs) count convolutions (grouped, dilated, transposed), linear layers, matmuls and attention;
 normalisation, activations, pooling, upsampling, dropout, additions and concatenations count 0.
