@@ -143,6 +143,39 @@ def test_a_download_that_stalls_fails_in_one_line(monkeypatch: pytest.MonkeyPatc
         error.value
     )
     assert "\n" not in str(error.value)
+    assert socket.getdefaulttimeout() is None  # the process-wide timeout is put back after the failure
+
+
+def test_overlapping_downloads_put_back_the_socket_timeout_they_found() -> None:
+    """The lab downloads in worker threads. Each download saved and restored the process-wide timeout itself, so
+    A starts, B starts (saving A's 30 s), A ends, B ends left 30 s on every socket the process made afterwards."""
+    from cnnlab.models._pretrained import _socket_timeout
+
+    a_started, b_started, a_ended = threading.Event(), threading.Event(), threading.Event()
+    seen = []
+
+    def download_a() -> None:
+        with _socket_timeout(30.0):
+            a_started.set()
+            b_started.wait(5)
+        a_ended.set()
+
+    def download_b() -> None:
+        a_started.wait(5)
+        with _socket_timeout(30.0):
+            b_started.set()
+            a_ended.wait(5)
+            seen.append(socket.getdefaulttimeout())  # B still downloading: A's end did not take B's timeout away
+
+    threads = [threading.Thread(target=download) for download in (download_a, download_b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert seen == [30.0] and socket.getdefaulttimeout() is None
+    with contextlib.suppress(RuntimeError), _socket_timeout(30.0):
+        raise RuntimeError("a failed download")
+    assert socket.getdefaulttimeout() is None
 
 
 def test_the_larger_lite_variants_take_the_published_stages_and_their_packages_weights():

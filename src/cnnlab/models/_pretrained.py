@@ -18,6 +18,7 @@ import hashlib
 import importlib
 import importlib.util
 import socket
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,15 +272,38 @@ def _check_sha256(path: str, cfg: PretrainedCfg) -> None:
         )
 
 
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """Sockets made inside the block give up on a connection or read that stalls `seconds` (urlopen's default)."""
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
+class _SharedSocketTimeout:
+    """The process-wide socket timeout while any download runs (torch.hub's urlopen takes none of its own).
+
+    Downloads may overlap (the lab's Gradio handlers run in worker threads): the first to start sets the timeout, the
+    last to end puts back the one there before the first, error or not. Each download saving and restoring its own
+    leaked: A saved None, B saved A's 30 s, A restored None, B restored 30 s, and every socket the process made
+    afterwards gave up after 30 s.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._before: float | None = None
+
+    @contextlib.contextmanager
+    def __call__(self, seconds: float) -> Iterator[None]:
+        """Sockets made inside the block give up on a connection or read that stalls `seconds`."""
+        with self._lock:
+            if self._running == 0:
+                self._before = socket.getdefaulttimeout()
+                socket.setdefaulttimeout(seconds)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+                if self._running == 0:
+                    socket.setdefaulttimeout(self._before)
+
+
+_socket_timeout = _SharedSocketTimeout()
 
 
 def fetch_pretrained(cfg: PretrainedCfg) -> None:
