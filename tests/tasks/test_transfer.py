@@ -148,6 +148,56 @@ def test_predict_gives_the_probabilities_of_the_runs_own_test_pass(tiny_run: tup
             assert probabilities[name] == pytest.approx(float(row[name]), abs=1e-5)
 
 
+def test_evaluate_of_the_runs_test_images_gives_its_test_scores(tiny_run: tuple[Path, dict], tmp_path: Path) -> None:
+    """`cnnlab evaluate RUN` scored MNIST runs alone. A folder of the run's own test images (a class folder each, and a
+    broken file) scored with `--data` gives results.json's test scores and, image by image, test_predictions.csv's
+    probabilities: the run's preprocessing, its views and the test pass's inference path."""
+    from cli_in_process import run_cnnlab
+
+    _, summary = tiny_run
+    run_dir, test, folder, out = Path(summary["run_dir"]), summary["test"], tmp_path / "new", tmp_path / "out"
+    with open(run_dir / "test_predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        (folder / row["label"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(row["path"], folder / row["label"] / Path(row["path"]).name)
+    (folder / "blue" / "broken.png").write_bytes(b"not a png")
+    completed = run_cnnlab("evaluate", str(run_dir), "--data", str(folder), "-o", str(out))
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads((out / "evaluation.json").read_text())
+    assert result["count"] == test["count"] == len(rows)
+    for key in ("accuracy", "balanced_accuracy", "single_view", "confusion_matrix", "per_class"):
+        assert result[key] == test[key], key
+    assert result["loss"] == pytest.approx(test["loss"], abs=1e-6)
+    assert f"accuracy {test['accuracy']:.4f}, balanced accuracy {test['balanced_accuracy']:.4f} (averaged over 8 " in (
+        completed.stdout
+    )
+    assert "(the identity view alone, no averaging)" in completed.stdout
+    assert [Path(entry["path"]).name for entry in result["skipped"]] == ["broken.png"]
+    assert f"skipped {folder / 'blue' / 'broken.png'}: not an image PIL can read" in completed.stdout
+    assert (out / "confusion_matrix.png").is_file() and (out / "highest_loss.png").is_file()
+    with open(out / "predictions.csv") as f:
+        scored = {(row["label"], Path(row["path"]).name): row for row in csv.DictReader(f)}
+    for row in rows:
+        again = scored[(row["label"], Path(row["path"]).name)]
+        assert again["predicted"] == row["predicted"]
+        for name in ("blue", "red"):
+            assert float(again[name]) == pytest.approx(float(row[name]), abs=1e-6)
+    # a subset of the run's classes is scored, the absent one named; a class the run does not know is refused
+    from cnnlab.tasks.evaluate import evaluate_folder
+
+    shutil.rmtree(folder / "red")
+    subset = evaluate_folder(run_dir, folder, tmp_path / "subset")
+    assert subset["absent_classes"] == ["red"] and subset["per_class"]["red"]["support"] == 0
+    assert subset["count"] == test["per_class"]["blue"]["support"]
+    (folder / "cat").mkdir()
+    completed = run_cnnlab("evaluate", str(run_dir), "--data", str(folder), "-o", str(tmp_path / "refused"))
+    assert completed.returncode == 2
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cat is not a class of the model (its classes: blue, red)" in lines[0]
+    assert not (tmp_path / "refused" / "evaluation.json").exists()
+
+
 def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(tiny_run: tuple[Path, dict]) -> None:
     """--overwrite kept the old run's split.csv: a new --data, other fractions and new images were silently ignored
     (the report named the new data, the model had the old one's classes)."""

@@ -1,4 +1,4 @@
-"""`cnnlab evaluate RUN`: re-evaluate a trained run on its test set and draw its figures."""
+"""`cnnlab evaluate RUN`: re-evaluate a trained run on its test set (MNIST) or on a labelled folder (transfer)."""
 
 from __future__ import annotations
 
@@ -6,22 +6,47 @@ from pathlib import Path
 
 import typer
 
+from cnnlab.cli.help_text import paragraphs
+
 
 def evaluate(
     run: Path = typer.Argument(..., help="Run directory (or model.json / model.safetensors / ensemble.json)."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Dataset root (else $CNNLAB_DATA, else ./data)."),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="A `train transfer` run: a folder of new labelled images, one sub-folder per class of the run (a subset "
+        "will do), scored with the run's preprocessing and views (default: an MNIST run on the MNIST test set).",
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="An MNIST run: the dataset root (else $CNNLAB_DATA, else ./data)."
+    ),
     output_dir: Path | None = typer.Option(
         None, "--output", "-o", "--out", help="Where figures go (default RUN/evaluation)."
     ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
 ) -> None:
     """An MNIST run (or ensemble) on the MNIST test set: accuracy, per-class accuracy, a confusion-matrix PNG and a
-    PNG of the misclassified images. (Transfer and segmentation runs score their own test set once, in report.md.)"""
+    PNG of the misclassified images; a transfer run on a folder of new labelled images (--data).
+
+    With --data DIR, a `cnnlab train transfer` run classifies every image of DIR (one sub-folder per class, named as
+    the run's classes; a subset of them will do) with the preprocessing and test-time views the run recorded, as its
+    own test pass and `cnnlab predict` do, and gives accuracy and balanced accuracy with and without the views
+    averaged, a per-class table, the confusion matrix (PNG), the highest-loss images and predictions.csv. Files that
+    are not readable images are named and skipped; a class folder the run does not know is refused."""
     from cnnlab.errors import CnnlabError
-    from cnnlab.tasks.mnist import evaluate_mnist
 
     if not run.exists():
         raise CnnlabError(f"run {run} does not exist; pass a directory under runs/ (e.g. runs/mnist/<name>)")
+    if data is not None:
+        from cnnlab.tasks.evaluate import evaluate_folder, evaluation_lines
+
+        if data_dir is not None:
+            raise CnnlabError("--data-dir names the MNIST root of an MNIST run; with --data, leave it out")
+        for line in evaluation_lines(evaluate_folder(run, data, output_dir, device=device)):
+            typer.echo(line)
+        return
+    from cnnlab.tasks.mnist import evaluate_mnist
+
     result = evaluate_mnist(run, None if data_dir is None else str(data_dir), output_dir, device=device)
     typer.echo(f"test accuracy {result['test_accuracy']:.4f} ({result['errors']} errors)")
     typer.echo("per class: " + "  ".join(f"{i}: {a:.4f}" for i, a in enumerate(result["per_class_accuracy"])))
@@ -31,4 +56,4 @@ def evaluate(
 
 def register(app: typer.Typer) -> None:
     """Add the `evaluate` command."""
-    app.command("evaluate")(evaluate)
+    app.command("evaluate", help=paragraphs(evaluate.__doc__ or ""))(evaluate)

@@ -362,7 +362,12 @@ def _collect(candidates: Sequence[tuple[str, str]], classes: Sequence[str], sour
     return LabelledImages(list(kept), [index[label] for label in kept.values()], list(classes), skipped, source)
 
 
-def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: bool = True) -> LabelledImages:
+def scan_folder(
+    root: str | os.PathLike[str],
+    min_per_class: int = 100,
+    check: bool = True,
+    known_classes: Sequence[str] | None = None,
+) -> LabelledImages:
     """The images of an ImageFolder-style tree ``root/<class>/**/<image>``, classes sorted by name.
 
     Files whose extension is not an image extension are ignored (not counted as bad); hidden files and folders, the
@@ -373,9 +378,13 @@ def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: b
         root: the folder holding one sub-folder per class.
         min_per_class: the fewest usable images a class may have (0: no check).
         check: decode every file to find bad ones (turn off only for trusted, already-checked data).
+        known_classes: the classes of a trained model, for scoring it on new images: the result's classes, in
+            their order (labels index them); a folder of each is optional (one is enough), a folder of another
+            name is refused before any image is decoded.
 
     Raises:
-        CnnlabError: missing folder, fewer than two classes, or a class below ``min_per_class``.
+        CnnlabError: missing folder, fewer than two classes (with `known_classes`: none), a class below
+            ``min_per_class``, or a class folder not in `known_classes`.
     """
     root = Path(root)
     if not root.is_dir():
@@ -383,7 +392,21 @@ def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: b
             f"{root} {why_not_a_folder(root)}; pass a folder with one sub-folder of images per class, or a CSV"
         )
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name))
-    if len(classes) < 2:
+    if known_classes is not None:
+        unknown = [name for name in classes if name not in known_classes]
+        known = listed(list(known_classes), 10)
+        if unknown:
+            what = "is not a class" if len(unknown) == 1 else "are not classes"
+            raise CnnlabError(
+                f"{root}: {listed(unknown, 5)} {what} of the model (its classes: {known}); name each sub-folder after "
+                "the class of its images, or move the folder out"
+            )
+        if not classes:
+            raise CnnlabError(
+                f"{root} has no class sub-folder; put each image in a sub-folder named after its class (the model's "
+                f"classes: {known})"
+            )
+    elif len(classes) < 2:
         raise CnnlabError(
             f"{root} has {len(classes)} class sub-folder(s) ({', '.join(classes) or 'none'}); "
             "at least 2 are needed (root/<class name>/<images>)"
@@ -403,7 +426,7 @@ def scan_folder(root: str | os.PathLike[str], min_per_class: int = 100, check: b
     _warn_alike(classes, str(root))
     _refuse_one_folder_twice(root, classes)
     candidates = [(path, name) for name in classes for path in image_files(root / name)]
-    images = _collect(candidates, classes, str(root), check)
+    images = _collect(candidates, classes if known_classes is None else list(known_classes), str(root), check)
     if min_per_class > 0:
         images.check_min_per_class(min_per_class)
     return images

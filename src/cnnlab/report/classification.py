@@ -7,6 +7,7 @@ matrix figure (`cnnlab.report.plots.plot_confusion_matrix`, shared with the MNIS
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ def classification_summary(
     """Accuracy, balanced accuracy (mean per-class recall), per-class precision/recall/F1/support, confusion matrix.
 
     Computed by scikit-learn (`accuracy_score`, `balanced_accuracy_score`, `precision_recall_fscore_support`,
-    `confusion_matrix`), with every class listed even when absent from the predictions.
+    `confusion_matrix`), with every class listed even when absent from the predictions. Balanced accuracy is the mean
+    recall of the classes that have images (a class without any, in `cnnlab evaluate --data`, is left out).
     """
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_recall_fscore_support
 
@@ -34,9 +36,13 @@ def classification_summary(
     labels = list(range(len(classes)))
     y_true, y_pred = np.asarray(targets), np.asarray(predictions)
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0.0)
+    with warnings.catch_warnings():  # images of one class alone (`cnnlab evaluate --data`): the mean of its recall
+        warnings.filterwarnings("ignore", "A single label was found", UserWarning)
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true", UserWarning)
+        balanced = float(balanced_accuracy_score(y_true, y_pred))
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": balanced,
         "per_class": {
             name: {
                 "precision": float(precision[i]),
@@ -83,10 +89,11 @@ def classification_test_report(
     classes: Sequence[str],
     out_dir: str | os.PathLike[str],
     highest_loss: int = 16,
+    title: str = "test set",
 ) -> dict[str, Any]:
     """Metrics of test-set `logits` against `targets` (`classification_summary` plus the mean loss), and two
     figures in `out_dir`: ``confusion_matrix.png`` and ``highest_loss.png`` (the `highest_loss` test images with
-    the largest cross-entropy, with their true and predicted classes)."""
+    the largest cross-entropy, with their true and predicted classes), each titled with what was scored (`title`)."""
     from cnnlab.data.folder import load_image
     from cnnlab.report.plots import plot_confusion_matrix
 
@@ -96,7 +103,7 @@ def classification_test_report(
     losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     results["loss"] = float(losses.mean())
     plot_confusion_matrix(
-        torch.tensor(results["confusion_matrix"]), out_dir / "confusion_matrix.png", list(classes), title="test set"
+        torch.tensor(results["confusion_matrix"]), out_dir / "confusion_matrix.png", list(classes), title=title
     )
     probabilities = logits.softmax(1)
     worst = losses.argsort(descending=True)[:highest_loss].tolist()
@@ -110,5 +117,6 @@ def classification_test_report(
         f"pred {classes[int(predictions[i])]} {float(probabilities[i].max()):.2f}, loss {float(losses[i]):.2f}"
         for i in worst
     ]
-    plot_highest_loss(thumbnails, titles, out_dir / "highest_loss.png")
+    heading = "" if title == "test set" else f"{title}: the images with the highest loss"
+    plot_highest_loss(thumbnails, titles, out_dir / "highest_loss.png", heading=heading)
     return results

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.data.folder import check_image, load_image
+from cnnlab.data.folder import ImageDataset, LabelledImages, check_image, load_image
 from cnnlab.data.transforms import build_eval_transform
 from cnnlab.errors import CnnlabError
 from cnnlab.files import PATH_BYTES, check_writable
@@ -38,12 +38,14 @@ CANVAS_RUN_USE = (  # a `cnnlab train segment` run on MNIST canvases records no 
 
 __all__ = [
     "Predictor",
+    "ViewStack",
     "check_predictions_csv",
     "finished_predictions",
     "iter_predictions",
     "load_predictor",
     "predict_images",
     "predictions_json",
+    "view_logits",
     "write_predictions_csv",
 ]
 
@@ -236,6 +238,58 @@ def iter_predictions(
                     ]
             bar.advance(len(chunk))
             yield from results
+
+
+class ViewStack(nn.Module):
+    """Logits of every view: [N, C, H, W] -> [N, views, classes] (their mean is what `ViewAverage` returns)."""
+
+    def __init__(self, model: nn.Module, views: Sequence[str]) -> None:
+        super().__init__()
+        self.average = ViewAverage(model, views)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from cnnlab.layers.views import VIEWS
+
+        return torch.stack([self.average.model(VIEWS[name](x)) for name in self.average.views], dim=1)
+
+
+def view_logits(
+    network: nn.Module,
+    views: Sequence[str],
+    images: LabelledImages,
+    cfg: PretrainedCfg,
+    *,
+    device: str | torch.device,
+    batch_size: int,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    workers: int = 0,
+) -> torch.Tensor:
+    """The logits of every view of every image, [N, views, classes]: `cfg`'s evaluation preprocessing, each view of
+    the input, the engine's inference path. A transfer run's test pass and `cnnlab evaluate RUN --data DIR` both score
+    through it; their mean over the views is what `predict` gives (`ViewAverage`).
+
+    Args:
+        network: the classifier alone (not wrapped in `ViewAverage`).
+        views: `cnnlab.layers.views.VIEWS` names, the identity first (the single-view prediction).
+        images: checked files (`LabelledImages`); their labels are not used.
+    """
+    device = torch.device(device)
+    runner = Trainer.for_inference(
+        ViewStack(network, views),
+        device=str(device),
+        batch_size=batch_size,
+        precision=precision,
+        channels_last=channels_last,
+    )
+    loader = torch.utils.data.DataLoader(
+        ImageDataset(images, build_eval_transform(cfg)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    return runner.predict(loader)
 
 
 # the fields of a result that name files (a classifier's image; a segmenter's image and the masks it wrote)

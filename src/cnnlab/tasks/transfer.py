@@ -67,7 +67,7 @@ from cnnlab.data.split import (
 )
 from cnnlab.errors import CnnlabError, listed
 from cnnlab.files import PATH_BYTES, write_text_whole, written_then_renamed
-from cnnlab.layers.views import ViewAverage, parse_views
+from cnnlab.layers.views import parse_views
 from cnnlab.models import (
     PretrainedCfg,
     check_unfreeze,
@@ -78,6 +78,7 @@ from cnnlab.models import (
 )
 from cnnlab.report.units import duration
 from cnnlab.tasks.feature_cache import CachedPart, FeatureCache, images_digest
+from cnnlab.tasks.predict import view_logits
 from cnnlab.tasks.recipes import Recipe, RecipeBook, check_start, note_current_run, run_name, with_overrides
 from cnnlab.train import (
     BestWeights,
@@ -741,34 +742,24 @@ def _train_full(run: _Run, model: nn.Module) -> None:
     run.phases["finetune"]["input_warnings"] = check.problems
 
 
-class _ViewStack(nn.Module):
-    """Logits of every view: [N, C, H, W] -> [N, views, classes] (their mean is what `ViewAverage` returns)."""
-
-    def __init__(self, model: nn.Module, views: tuple[str, ...]) -> None:
-        super().__init__()
-        self.average = ViewAverage(model, views)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from cnnlab.layers.views import VIEWS
-
-        return torch.stack([self.average.model(VIEWS[name](x)) for name in self.average.views], dim=1)
-
-
 def _test(run: _Run, model: nn.Module) -> dict[str, Any]:
     """The test set, once: logits of every view through the engine's inference path on the saved network."""
     from cnnlab.report.classification import classification_summary, classification_test_report
 
     options = {**run.recipe.train, **run.config.train}
     started = time.perf_counter()
-    tester = Trainer.for_inference(
-        _ViewStack(model, run.views),
-        device=str(run.device),
+    test = run.parts["test"]
+    per_view = view_logits(
+        model,
+        run.views,
+        test,
+        run.cfg,
+        device=run.device,
         batch_size=2 * int(options.get("batch_size", 32)),
         precision=str(options.get("precision", "fp32")),
         channels_last=bool(options.get("channels_last", False)),
+        workers=run.config.workers,
     )
-    test = run.parts["test"]
-    per_view = tester.predict(run.loader(test, build_eval_transform(run.cfg), False, tester.config.batch_size))
     logits = per_view.mean(1)
     targets = torch.tensor(test.labels)
     run_dir = run.config.run_dir
