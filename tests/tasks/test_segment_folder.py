@@ -96,6 +96,38 @@ def test_a_tiny_folder_trains_and_beats_predicting_background(trained):
     assert split[0] == "path,label,split" and len(split) == 1 + 48
 
 
+def test_evaluate_of_the_runs_test_pairs_gives_its_test_scores(trained, tmp_path):
+    """`cnnlab evaluate RUN --data DIR` of the run's own test pairs (and a broken image) gives results.json's test
+    scores: segment_image, the function predict uses, and the test pass's MaskScores."""
+    import shutil
+
+    from cli_in_process import run_cnnlab
+
+    root, summary = trained
+    run, folder, out = Path(summary["run_dir"]), tmp_path / "new", tmp_path / "out"
+    for part in ("images", "masks"):
+        (folder / part).mkdir(parents=True)
+    rows = [line.split(",") for line in (run / "split.csv").read_text().splitlines()[1:]]
+    for image, mask, _ in (row for row in rows if row[2] == "test"):
+        shutil.copy(image, folder / "images")
+        shutil.copy(mask, folder / "masks")
+    shutil.copy(root / "classes.json", folder)
+    (folder / "images" / "broken.png").write_bytes(b"not a png")
+    shutil.copy(mask, folder / "masks" / "broken.png")
+    completed = run_cnnlab("evaluate", str(run), "--data", str(folder), "-o", str(out))
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result, test = json.loads((out / "evaluation.json").read_text()), summary["test"]
+    assert result["count"] == summary["images"]["test"]
+    for key in ("miou", "miou_with_bg", "pixel_accuracy", "iou_per_class", "boundary_f1", "confusion_matrix"):
+        assert result[key] == test[key], key
+    assert f"mIoU {test['miou']:.4f} (the background left out)" in completed.stdout
+    assert f"skipped {folder / 'images' / 'broken.png'}: not an image PIL can read" in completed.stdout
+    assert (out / "confusion_matrix.png").is_file()
+    (folder / "classes.json").write_text(json.dumps([{"name": name} for name in ("background", "ring")]))
+    completed = run_cnnlab("evaluate", str(run), "--data", str(folder), "-o", str(out))
+    assert completed.returncode == 2 and "names the classes background, ring; the run's are" in completed.stderr
+
+
 def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(trained, tmp_path):
     """A run folder's split.csv was read back by any later run there: --overwrite with other fractions or another
     --data kept the old split (or failed on its missing images), a finished run given no flag failed on its split."""
@@ -770,13 +802,13 @@ def test_the_test_phase_keeps_only_the_worst_images_predictions(tmp_path, monkey
     root = _folder(tmp_path / "data", count=24)
     scored, alive = [], []
 
-    def confusion_matrix(predicted, *args):
-        scored.append(weakref.ref(predicted))
-        alive.append(sum(ref() is not None for ref in scored))
-        return original(predicted, *args)
+    class RecordingScores(segment_folder.MaskScores):  # the test pass scores each image's prediction through it
+        def add(self, predicted, target):
+            scored.append(weakref.ref(predicted))
+            alive.append(sum(ref() is not None for ref in scored))
+            return super().add(predicted, target)
 
-    original = segment_folder.confusion_matrix
-    monkeypatch.setattr(segment_folder, "confusion_matrix", confusion_matrix)
+    monkeypatch.setattr(segment_folder, "MaskScores", RecordingScores)
     summary = train_segmentation_folder(
         str(root), output=str(tmp_path), crop_size=16, test_fraction=0.5, overrides={"epochs": 1}, progress=False
     )

@@ -14,8 +14,8 @@ def evaluate(
     data: Path | None = typer.Option(
         None,
         "--data",
-        help="A `train transfer` run: a folder of new labelled images, one sub-folder per class of the run (a subset "
-        "will do), scored with the run's preprocessing and views (default: an MNIST run on the MNIST test set).",
+        help="A folder of new labelled images: one sub-folder per class (a `train transfer` run), or images/ + masks/ "
+        "(a `train segment --data` run) (default: an MNIST run on the MNIST test set).",
     ),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="An MNIST run: the dataset root (else $CNNLAB_DATA, else ./data)."
@@ -26,13 +26,18 @@ def evaluate(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
 ) -> None:
     """An MNIST run (or ensemble) on the MNIST test set: accuracy, per-class accuracy, a confusion-matrix PNG and a
-    PNG of the misclassified images; a transfer run on a folder of new labelled images (--data).
+    PNG of the misclassified images; a transfer or segmentation run on a folder of new labelled images (--data).
 
     With --data DIR, a `cnnlab train transfer` run classifies every image of DIR (one sub-folder per class, named as
     the run's classes; a subset of them will do) with the preprocessing and test-time views the run recorded, as its
     own test pass and `cnnlab predict` do, and gives accuracy and balanced accuracy with and without the views
-    averaged, a per-class table, the confusion matrix (PNG), the highest-loss images and predictions.csv. Files that
-    are not readable images are named and skipped; a class folder the run does not know is refused."""
+    averaged, a per-class table, the confusion matrix (PNG), the highest-loss images and predictions.csv. A class
+    folder the run does not know is refused.
+
+    A `cnnlab train segment --data` run takes DIR in the layout it trained on (images/, masks/, classes.json), segments
+    each image as `cnnlab predict` does, at the image's own size, and gives mIoU, per-class IoU, pixel accuracy,
+    boundary F1 and the confusion matrix of the pixels, as its test report does. Either way, files that cannot be read
+    are named and skipped."""
     from cnnlab.errors import CnnlabError
 
     if not run.exists():

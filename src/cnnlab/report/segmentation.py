@@ -28,6 +28,7 @@ from cnnlab.train.metrics import Metric
 
 __all__ = [
     "BoundaryF1",
+    "MaskScores",
     "MeanIoU",
     "PixelAccuracy",
     "boundary_map",
@@ -158,6 +159,42 @@ def segmentation_report(matrix: torch.Tensor, class_names: list[str], background
         "miou_with_bg": float(every.mean()) if len(every) else 0.0,
         "iou_per_class": {name: (None if v.isnan() else float(v)) for name, v in zip(class_names, ious, strict=True)},
     }
+
+
+class MaskScores:
+    """The scores of predicted masks against true ones, one image at a time, as a segmentation run's test pass gives
+    them and `cnnlab evaluate RUN --data DIR` does: the confusion matrix of the labelled pixels, each image's share of
+    wrong pixels and the boundary F1, then `segmentation_report` of the matrix.
+
+    Args:
+        num_classes: the model's classes.
+        ignore_index: the mask value of unlabelled pixels (left out of every score).
+        tolerance: the boundary F1's tolerance, in pixels.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255, tolerance: int = 2) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.errors: list[float] = []
+        self.boundary = BoundaryF1(tolerance)
+
+    def add(self, predicted: torch.Tensor, target: torch.Tensor) -> float:
+        """Score one image's predicted classes against its mask (both [H, W]); returns its share of wrong pixels."""
+        image_matrix = confusion_matrix(predicted, target, self.num_classes, self.ignore_index)
+        self.matrix += image_matrix
+        self.errors.append(1.0 - float(image_matrix.diag().sum()) / max(1, int(image_matrix.sum())))
+        # unlabelled pixels copied into the prediction: they draw no boundary of their own
+        self.boundary.update(torch.where(target == self.ignore_index, target, predicted)[None], target[None])
+        return self.errors[-1]
+
+    def report(self, class_names: list[str], background: int | None) -> dict[str, object]:
+        """`segmentation_report` of the pixels so far, with the boundary F1 and the confusion matrix."""
+        scores = segmentation_report(self.matrix, class_names, background)
+        scores["boundary_f1"] = self.boundary.compute()
+        scores["boundary_tolerance_px"] = self.boundary.tolerance
+        scores["confusion_matrix"] = self.matrix.tolist()
+        return scores
 
 
 _IGNORED_COLOUR = (255, 255, 255)  # unlabelled pixels (index 255) in overlays

@@ -3,7 +3,9 @@
 Nothing here classifies or segments on its own: a transfer run's images go through `cnnlab.tasks.predict.view_logits`
 (the run's preprocessing record, each of its recorded views, the engine's inference path: what its own test pass ran
 and, averaged over the views, what `cnnlab predict` gives), and the scores are `classification_test_report`'s, the
-test report's. (An MNIST run is scored on the MNIST test set by `cnnlab.tasks.mnist.evaluate_mnist`.)
+test report's. A segmentation run's images go through `cnnlab.tasks.segment_predict.segment_image`, the masks
+`cnnlab predict` writes, scored by `cnnlab.report.segmentation.MaskScores`, the test pass's scores. (An MNIST run is
+scored on the MNIST test set by `cnnlab.tasks.mnist.evaluate_mnist`.)
 """
 
 from __future__ import annotations
@@ -35,48 +37,56 @@ def evaluate_folder(
     device: str = "cpu",
     batch_size: int = 32,
 ) -> dict[str, Any]:
-    """Score a saved transfer run on `data`, a folder with one sub-folder of images per class.
+    """Score a saved transfer run on `data`, a folder with one sub-folder of images per class, or a saved
+    segmentation run on an image + mask folder (``images/``, ``masks/``, ``classes.json``, as `train segment --data`
+    reads).
 
     Args:
         run: the run directory (or its ``model.json`` / ``model.safetensors``).
-        data: the labelled images; its class folders must be classes of the run (a subset will do).
-        output_dir: where ``evaluation.json``, ``predictions.csv`` and the figures go; default ``<run>/evaluation``.
+        data: the labelled images; a transfer run's class folders must be classes of the run (a subset will do), a
+            segmentation folder's ``classes.json`` must name the run's classes in its order.
+        output_dir: where ``evaluation.json`` and the figures (and a transfer run's ``predictions.csv``) go; default
+            ``<run>/evaluation``.
         device: evaluation device.
-        batch_size: images per forward pass (each view of each).
+        batch_size: images per forward pass of a transfer run (each view of each).
 
     Returns:
-        What ``evaluation.json`` holds: accuracy and balanced accuracy with the run's test-time averaging and (for a
-        run of several views) with the identity view alone, per-class precision/recall/F1/support, the confusion
-        matrix, the classes without images, the files skipped and the paths written.
+        What ``evaluation.json`` holds. A transfer run: accuracy and balanced accuracy with the run's test-time
+        averaging and (for a run of several views) with the identity view alone, per-class precision/recall/F1/
+        support, the confusion matrix and the classes without images. A segmentation run: pixel accuracy, mIoU (with
+        and without the background), per-class IoU, boundary F1 and the confusion matrix of the pixels, and the
+        images with the most wrong pixels. Both: the files skipped and the paths written.
 
     Raises:
         CnnlabError: a run of another task, a `data` that is not such a folder (a class folder the run does not
-            know, no usable image), an `output_dir` that cannot be written or lies inside `data`.
+            know, other classes, no usable image), an `output_dir` that cannot be written or lies inside `data`.
     """
     from cnnlab.train.saved import saved_meta, spec_path
 
     meta = saved_meta(run)
     task = meta.get("task", "mnist")
+    if task == "segment" and "normalisation" in meta:
+        return _evaluate_segmentation(run, data, output_dir, device)
     if task != "transfer":
+        canvases = task == "segment"  # trained on MNIST canvases: no record of how to prepare other images
         raise CnnlabError(
-            f"{run} is {'an' if task == 'mnist' else 'a'} {task} run: --data scores a `cnnlab train transfer` run on "
-            "a folder of labelled images; "
+            f"{run} is {'an' if task == 'mnist' else 'a'} {task} run: --data scores a `cnnlab train transfer` or "
+            "`train segment --data` run on a folder of labelled images; "
             + (
                 "an MNIST run is scored on the MNIST test set (leave out --data; --data-dir names the MNIST root)"
                 if task == "mnist"
                 else f"its own test set was scored once, in {spec_path(run).parent / 'report.md'}"
+                + (" (it was trained on MNIST canvases)" if canvases else "")
             )
         )
     run_dir = spec_path(run).parent
-    out = Path(output_dir) if output_dir is not None else run_dir / "evaluation"
     root = Path(data)
     if not root.is_dir():
         raise CnnlabError(
             f"--data {data} {why_not_a_folder(data)}; pass a folder with one sub-folder of images per class, named "
             f"as the run's classes ({listed(list(meta.get('classes', [])), 10)})"
         )
-    check_output_outside_data(out, root)  # the figures would be read as images of the folder next time
-    check_writable(out / "evaluation.json", shown=str(out))  # before a single image is classified
+    out = _output_folder(run_dir, output_dir, root)
     predictor = load_predictor(str(run), device)
     assert predictor.cfg is not None  # a transfer run records its preprocessing (load_predictor checks)
     images = scan_folder(root, min_per_class=0, known_classes=predictor.classes)
@@ -129,14 +139,96 @@ def evaluate_folder(
     return result
 
 
+def _output_folder(run_dir: Path, output_dir: str | os.PathLike[str] | None, root: Path) -> Path:
+    """Where the evaluation's files go, checked before any image is read."""
+    out = Path(output_dir) if output_dir is not None else run_dir / "evaluation"
+    check_output_outside_data(out, root)  # the figures would be read as images of the folder next time
+    check_writable(out / "evaluation.json", shown=str(out))
+    return out
+
+
+def _evaluate_segmentation(
+    run: str | os.PathLike[str], data: str | os.PathLike[str], output_dir: str | os.PathLike[str] | None, device: str
+) -> dict[str, Any]:
+    """`evaluate_folder` of a `train segment --data` run: each image segmented by `segment_image` at its own size
+    (downscaled first, and the logits brought back, for a run trained with ``--max-side``: the mask predict writes)."""
+    from PIL import Image
+
+    from cnnlab.data.folder import SkippedFile
+    from cnnlab.data.segmentation import IGNORE_INDEX, SegmentationFolder
+    from cnnlab.report.plots import plot_confusion_matrix
+    from cnnlab.report.segmentation import MaskScores
+    from cnnlab.tasks.segment_folder import BOUNDARY_TOLERANCE, WORST_IMAGES
+    from cnnlab.tasks.segment_predict import image_runner, load_segmenter, segment_image
+    from cnnlab.train.saved import spec_path
+
+    run_dir = spec_path(run).parent
+    root = Path(data)
+    if not root.is_dir():
+        raise CnnlabError(
+            f"--data {data} {why_not_a_folder(data)}; pass a folder with images/ and masks/ (and classes.json), as "
+            "`cnnlab train segment --data` reads"
+        )
+    out = _output_folder(run_dir, output_dir, root)
+    segmenter = load_segmenter(run, device)
+    classes = segmenter.classes
+    folder = SegmentationFolder(root, skip_bad=True)  # at full size: segment_image gives masks at the image's size
+    if folder.class_names is not None and folder.class_names != classes:
+        raise CnnlabError(
+            f"{root / 'classes.json'} names the classes {listed(folder.class_names, 10)}; the run's are "
+            f"{listed(classes, 10)}: give the folder the run's classes.json (the masks' indices and colours are "
+            "read through it)"
+        )
+    runner = image_runner(segmenter)
+    scores = MaskScores(len(classes), IGNORE_INDEX, BOUNDARY_TOLERANCE)
+    scored: list[str] = []
+    for index, path in enumerate(folder.images):
+        try:
+            image, mask = folder.read(index)
+        except CnnlabError as error:  # the reason without the path it starts with
+            folder.skipped.append(SkippedFile(str(path), "", str(error).removeprefix(f"{path}: ")))
+            continue
+        labelled = mask[mask != IGNORE_INDEX]
+        if labelled.numel() and int(labelled.max()) >= len(classes):
+            reason = f"its mask has class index {int(labelled.max())}; the run has {len(classes)} classes"
+            folder.skipped.append(SkippedFile(str(path), "", reason))
+            continue
+        picture = Image.fromarray(image.permute(1, 2, 0).numpy())
+        predicted = torch.from_numpy(segment_image(segmenter, picture, runner))
+        scores.add(predicted.long(), mask.long())
+        scored.append(str(path))
+    if not scored:
+        found = f" ({describe_skipped([s.reason for s in folder.skipped])})" if folder.skipped else ""
+        raise CnnlabError(f"--data {data} holds no usable image + mask pair{found}")
+    report = scores.report(classes, segmenter.background)
+    plot_confusion_matrix(scores.matrix, out / "confusion_matrix.png", classes, f"{root.name} pixels (evaluate)")
+    worst = sorted(range(len(scored)), key=lambda i: (-scores.errors[i], i))[:WORST_IMAGES]
+    result: dict[str, Any] = {
+        "run": str(run_dir),
+        "task": "segment",
+        "data": str(root),
+        "count": len(scored),
+        "max_side": segmenter.max_side,
+        **report,
+        "worst_images": [{"image": scored[i], "pixel_error": scores.errors[i]} for i in worst],
+        "skipped": [dataclasses.asdict(entry) for entry in folder.skipped],
+        "files": {"evaluation": str(out / "evaluation.json"), "confusion_matrix": str(out / "confusion_matrix.png")},
+    }
+    write_text_whole(out / "evaluation.json", json.dumps(result, indent=1))
+    return result
+
+
 def evaluation_lines(result: dict[str, Any]) -> list[str]:
     """What `cnnlab evaluate RUN --data DIR` prints of `evaluate_folder`'s result, scores to four places."""
-    views = result["views"]
-    lines = [f"{result['run']} on {result['data']}: {result['count']} images"]
+    unit = "image + mask pairs" if result["task"] == "segment" else "images"
+    lines = [f"{result['run']} on {result['data']}: {result['count']} {unit}"]
     for entry in result["skipped"]:
         lines.append(f"skipped {entry['path']}: {entry['reason']}")
     if result["skipped"]:
         lines.append(describe_skipped([entry["reason"] for entry in result["skipped"]]))
+    if result["task"] == "segment":
+        return lines + _segmentation_lines(result)
+    views = result["views"]
     averaged = f"averaged over {len(views)} views ({', '.join(views)})" if len(views) > 1 else "one view"
     lines.append(f"accuracy {result['accuracy']:.4f}, balanced accuracy {result['balanced_accuracy']:.4f} ({averaged})")
     if "single_view" in result:
@@ -158,4 +250,25 @@ def evaluation_lines(result: dict[str, Any]) -> list[str]:
     lines.append(f"confusion matrix: {files['confusion_matrix']}")
     lines.append(f"predictions:      {files['predictions']}")
     lines.append(f"evaluation:       {files['evaluation']}")
+    return lines
+
+
+def _segmentation_lines(result: dict[str, Any]) -> list[str]:
+    which = "every class" if result["miou_includes_background"] else "the background left out"
+    lines = [
+        f"mIoU {result['miou']:.4f} ({which}), mIoU with background {result['miou_with_bg']:.4f}, pixel accuracy "
+        f"{result['pixel_accuracy']:.4f}, boundary F1 {result['boundary_f1']:.4f} "
+        f"({result['boundary_tolerance_px']} px)"
+    ]
+    if result["max_side"] is not None:
+        lines.append(
+            f"scored at each image's own size, as predict's masks are (the run's test pass scored images downscaled "
+            f"to {result['max_side']} px)"
+        )
+    width = max(len("class"), *(len(name) for name in result["iou_per_class"]))
+    lines.append(f"{'class':<{width}}  IoU")
+    for name, iou in result["iou_per_class"].items():
+        lines.append(f"{name:<{width}}  {'-' if iou is None else f'{iou:.4f}'}")
+    lines.append(f"confusion matrix: {result['files']['confusion_matrix']}")
+    lines.append(f"evaluation:       {result['files']['evaluation']}")
     return lines

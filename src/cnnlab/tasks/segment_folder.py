@@ -49,8 +49,7 @@ from cnnlab.data.segmentation import (
 from cnnlab.data.split import check_split_seed, read_manifest, stratified_split, write_manifest
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_text_whole
-from cnnlab.report.metrics import confusion_matrix
-from cnnlab.report.segmentation import BoundaryF1, MeanIoU, PixelAccuracy, save_overlays, segmentation_report
+from cnnlab.report.segmentation import MaskScores, MeanIoU, PixelAccuracy, save_overlays
 from cnnlab.report.units import file_size
 from cnnlab.tasks.feature_cache import available_memory_bytes
 from cnnlab.tasks.recipes import (
@@ -494,28 +493,21 @@ def train_segmentation_folder(
     # The test images are used here, once, after training: never for a choice.
     test = parts["test"]
     test_loader = DataLoader(SegmentationSamples(test), batch_size=eval_batch, collate_fn=pad_collate)
-    matrix = torch.zeros(len(class_names), len(class_names), dtype=torch.int64)
-    errors: list[float] = []
+    scores = MaskScores(len(class_names), IGNORE_INDEX, BOUNDARY_TOLERANCE)
+    errors = scores.errors
     # the predictions of the WORST_IMAGES images with the most wrong pixels so far, for the overlays: every test
     # image's, held as int64 views of their padded batches, took 96 MB or more a 12 MP photo
     predictions: dict[int, torch.Tensor] = {}
-    boundary = BoundaryF1(BOUNDARY_TOLERANCE)
     for logits, targets in trainer.inference(LoaderBatches(test_loader), final):
         for predicted, target in zip(logits.argmax(1).cpu(), targets.cpu(), strict=True):
             height, width = test[len(errors)][1].shape  # crop the batch padding off
             predicted, target = predicted[:height, :width], target[:height, :width]
-            image_matrix = confusion_matrix(predicted, target, len(class_names), IGNORE_INDEX)
-            matrix += image_matrix
-            errors.append(1.0 - float(image_matrix.diag().sum()) / max(1, int(image_matrix.sum())))
-            # unlabelled pixels copied into the prediction: they draw no boundary of their own
-            boundary.update(torch.where(target == IGNORE_INDEX, target, predicted)[None], target[None])
+            scores.add(predicted, target)
             predictions[len(errors) - 1] = predicted.to(torch.uint8)  # a copy: fewer than 255 classes
             if len(predictions) > WORST_IMAGES:  # the fewest wrong pixels leave, the later of a tie first
                 del predictions[max(predictions, key=lambda i: (-errors[i], i))]
-    test_report = segmentation_report(matrix, class_names, background)
-    test_report["boundary_f1"] = boundary.compute()
-    test_report["boundary_tolerance_px"] = BOUNDARY_TOLERANCE
-    test_report["confusion_matrix"] = matrix.tolist()
+    test_report = scores.report(class_names, background)
+    matrix = scores.matrix
     worst = sorted(predictions, key=lambda i: (-errors[i], i))
     test_paths = paths["test"]
     downscaled = "" if max_side is None else f"; trained on images downscaled to a longer side of at most {max_side} px"

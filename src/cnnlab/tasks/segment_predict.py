@@ -37,6 +37,7 @@ __all__ = [
     "Segmenter",
     "class_map",
     "class_shares",
+    "image_runner",
     "is_segmentation_run",
     "iter_masks",
     "load_segmenter",
@@ -167,7 +168,7 @@ def iter_masks(
     check_writable(output / FINISHED_LOG, shown=str(output))  # a read-only folder: one line naming it, exit 2
     stems = output_stems(paths)
     _refuse_replacing_others(output, stems)
-    runner = _runner(segmenter)
+    runner = image_runner(segmenter)
     log = output / FINISHED_LOG
     finished = _finished_masks(log, segmenter) if resume else {}
     with ProgressBar(len(paths), "segmenting", enabled=progress) as bar, log.open("a", encoding="utf-8") as record:
@@ -303,7 +304,7 @@ def _predict_mask(
     return _mask_result(segmenter, path, labels, files)
 
 
-def _runner(segmenter: Segmenter) -> Trainer:
+def image_runner(segmenter: Segmenter) -> Trainer:
     """The engine's inference path for `segmenter`, one image at a time, on its model's device."""
     device = str(next(segmenter.model.parameters()).device)
     return Trainer.for_inference(
@@ -322,7 +323,7 @@ def segment_image(segmenter: Segmenter, image: Any, runner: Trainer | None = Non
     """
     seen = np.asarray(downscale(image, segmenter.max_side), dtype=np.uint8)  # as the model was trained
     pixels = torch.from_numpy(seen.transpose(2, 0, 1).copy())[None]
-    logits = (runner or _runner(segmenter)).predict(pixels)
+    logits = (runner or image_runner(segmenter)).predict(pixels)
     return class_map(logits, image.height, image.width).numpy()
 
 
