@@ -224,6 +224,7 @@ def test_evaluate_sends_a_segmentation_run_only_where_it_is_taken(tmp_path, canv
     with pytest.raises(CnnlabError, match="is a segment run, not an MNIST run") as refused:
         check_mnist_run(tmp_path)
     assert ("cnnlab predict" in str(refused.value)) is not canvases
+    assert ("--data DIR` scores it on a folder of new labelled images" in str(refused.value)) is not canvases
     assert ("test_overlays.png" in str(refused.value)) is canvases
 
 

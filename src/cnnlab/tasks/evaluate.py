@@ -70,8 +70,8 @@ def evaluate_folder(
     if task != "transfer":
         canvases = task == "segment"  # trained on MNIST canvases: no record of how to prepare other images
         raise CnnlabError(
-            f"{run} is {'an' if task == 'mnist' else 'a'} {task} run: --data scores a `cnnlab train transfer` or "
-            "`train segment --data` run on a folder of labelled images; "
+            f"{run} is {'an MNIST' if task == 'mnist' else f'a {task}'} run: --data scores a `cnnlab train "
+            "transfer` or `train segment --data` run on a folder of labelled images; "
             + (
                 "an MNIST run is scored on the MNIST test set (leave out --data; --data-dir names the MNIST root)"
                 if task == "mnist"

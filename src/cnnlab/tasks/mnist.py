@@ -641,9 +641,10 @@ def check_mnist_run(run: Path) -> None:
             if canvases
             else f"`cnnlab predict --model {folder} IMAGE...` applies it to new images"
         )
-        if task == "transfer":
+        if task == "transfer" or (task == "segment" and not canvases):
             use += f", and `cnnlab evaluate {folder} --data DIR` scores it on a folder of new labelled images"
         raise CnnlabError(
-            f"{folder} is a {task} run, not an MNIST run (this command scores MNIST models on MNIST digits); its "
+            f"{folder} is a {task} run, not an MNIST run (without --data this command scores MNIST models on MNIST "
+            "digits); its "
             f"own test set was scored once, in {folder / 'report.md'}, and {use}"
         )
