@@ -211,3 +211,53 @@ def test_learning_curves_break_and_mark_where_a_phase_ends(tmp_path: Path, monke
     boundaries = [line.get_xdata()[0] for line in loss_axis.get_lines() if line.get_linestyle() == ":"]
     assert boundaries == [3.5]
     assert {text.get_text().strip() for text in loss_axis.texts} == {"head", "finetune"}
+
+
+def test_sessions_of_a_resumed_run_keep_each_command(tmp_path: Path) -> None:
+    """A resumed run recorded its last command only; sessions.json keeps each, with the epochs it trained."""
+    import json
+    from unittest import mock
+
+    from cnnlab.report.markdown import RunReport
+    from cnnlab.train.records import SESSIONS, RunSessions
+
+    def session(argv: list[str], first: int, epochs: int, stop: type[BaseException] | None) -> None:
+        with mock.patch("sys.argv", argv):
+            sessions = RunSessions(tmp_path, resume=first > 0)
+            with sessions:
+                sessions.begin(first)
+                for epoch in range(first + 1, first + epochs + 1):
+                    sessions.epoch_done(epoch)
+                if stop is not None:
+                    raise stop
+                sessions.end()
+
+    with pytest.raises(KeyboardInterrupt):  # Ctrl+C or SIGTERM
+        session(["cnnlab", "train", "mnist", "--name", "r"], 0, 2, KeyboardInterrupt)
+    first = json.loads((tmp_path / SESSIONS).read_text())
+    assert [(s["ended"], s["first_epoch"], s["last_epoch"]) for s in first] == [("interrupted", 0, 2)]
+    session(["cnnlab", "train", "mnist", "--name", "r", "--resume"], 2, 3, None)
+    sessions = json.loads((tmp_path / SESSIONS).read_text())
+    assert [s["command"] for s in sessions] == ["cnnlab train mnist --name r", "cnnlab train mnist --name r --resume"]
+    text = "\n".join(RunReport("run").add_sessions(sessions).lines)
+    assert "This run was continued with --resume: 2 sessions, last resumed after epoch 2." in text
+    assert "`cnnlab train mnist --name r` | 1-2 | unknown | interrupted |" in text
+    assert "`cnnlab train mnist --name r --resume` | 3-5 | " in text and "| finished |" in text
+    assert "## Sessions" not in "\n".join(RunReport("run").add_sessions(sessions[:1]).lines)
+
+
+def test_a_run_saved_before_sessions_were_recorded_resumes_with_its_earlier_command(tmp_path: Path) -> None:
+    """A run folder written by cnnlab before sessions.json: its config.yaml's command stands for its earlier
+    sessions, their time unknown."""
+    from cnnlab.report.markdown import RunReport
+    from cnnlab.train.records import RunSessions
+
+    (tmp_path / "config.yaml").write_text(
+        "config:\n  epochs: 4\nenvironment:\n  command: cnnlab train mnist --name old\n"
+    )
+    sessions = RunSessions(tmp_path, resume=True)
+    sessions.begin(3)
+    sessions.end()
+    assert sessions.sessions[0]["command"] == "cnnlab train mnist --name old"
+    text = "\n".join(RunReport("run").add_sessions(sessions.sessions).lines)
+    assert "`cnnlab train mnist --name old` | 1-3 | unknown | not recorded (the run was saved before" in text

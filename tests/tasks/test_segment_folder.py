@@ -146,6 +146,10 @@ def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(tra
         train_segmentation_folder(str(root), overrides={"epochs": 1, "batch_size": 8}, resume=True, **options)
     with pytest.raises(CnnlabError, match="already holds a finished run; pass --overwrite, --resume"):
         train_segmentation_folder(str(root), overrides={"epochs": 1, "batch_size": 8}, split_seed=5, **options)
+    # the run's one session, recorded; the refused commands are not sessions of it
+    (session,) = json.loads((run / "sessions.json").read_text())
+    assert session["ended"] == "finished" and session["wall_seconds"] > 0 and session["last_epoch"] == 1
+    assert second["sessions"] == [session] and "## Sessions" not in (run / "report.md").read_text()
 
 
 def test_ignore_index_is_left_out_of_loss_and_metrics(tmp_path):

@@ -410,7 +410,11 @@ def test_a_resume_stopped_while_it_rewrote_the_config_can_be_resumed(
     # The cost table gave the resumed session's wall time as the whole run's, beside training seconds of every session
     assert "| this session (the run was resumed) | - | - |" in report and "| whole run |" not in report
     assert "training seconds are those of every session, its wall seconds this session's alone" in report
-    assert any(line.startswith("this session of the run (resumed) took ") for line in said), said  # "this run took"
+    # ... and named the last command only: each session's is kept
+    sessions = summary["sessions"]
+    assert [s["ended"] for s in sessions] == ["interrupted", "interrupted", "finished"]
+    assert "This run was continued with --resume: 3 sessions." in report
+    assert any(line.startswith("this session of the run took ") for line in said), said
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.files import write_text_whole
-from cnnlab.report.units import score
+from cnnlab.report.units import duration, score
 
 __all__ = ["RunReport", "format_value", "markdown_table"]
 
@@ -145,6 +145,24 @@ class RunReport:
             self.text(f"Best {monitor}: {best[monitor]:.4f} at epoch {int(best['epoch'])}.")
         return self.image("learning curves", curves)
 
+    def add_sessions(self, sessions: Sequence[Mapping[str, Any]]) -> RunReport:
+        """The sessions of a run continued with --resume (`cnnlab.train.records.RunSessions`): the epoch it was resumed
+        from, each session's command, epochs, wall time (a finished session's) and how it ended; nothing for a run of
+        one session, whose command the header names."""
+        if len(sessions) < 2:
+            return self
+        self.heading("Sessions")
+        first = sessions[-1].get("first_epoch")  # None: a task whose sessions do not count epochs
+        resumed_after = "" if first is None else (f", last resumed after epoch {first}" if first else ", the last "
+                                                  "started before any epoch had finished")  # fmt: skip
+        self.text(f"This run was continued with --resume: {len(sessions)} sessions{resumed_after}.")
+        rows = [
+            [number, s.get("started") or "?", f"`{s.get('command') or '?'}`", _session_epochs(s),
+             "unknown" if s.get("wall_seconds") is None else duration(s["wall_seconds"]), _session_end(s)]
+            for number, s in enumerate(sessions, 1)
+        ]  # fmt: skip
+        return self.table(["session", "started (UTC)", "command", "epochs", "wall time", "ended"], rows)
+
     def add_config(self, config: Mapping[str, Any]) -> RunReport:
         """The configuration, one option per row (the full record is config.yaml)."""
         self.heading("Configuration")
@@ -173,6 +191,25 @@ def _hardware(environment: Mapping[str, Any], device: str | None) -> str:
     if device is not None and device.split(":")[0] not in ("cpu", "cuda"):  # mps, xpu: that device, on this CPU
         return f"{device} ({cpu})"
     return cpu
+
+
+def _session_epochs(session: Mapping[str, Any]) -> str:
+    """The epochs a session finished, numbered from 1 across the run: ``3-5``, ``none``, ``?`` (not known), or
+    ``-`` for a task whose sessions do not count epochs."""
+    first, last = session.get("first_epoch"), session.get("last_epoch")
+    if "first_epoch" in session and first is None:
+        return "-"
+    if first is None or last is None:
+        return "?"
+    if last <= first:
+        return "none"
+    return str(last) if last == first + 1 else f"{first + 1}-{last}"
+
+
+def _session_end(session: Mapping[str, Any]) -> str:
+    if session.get("recorded") is False:
+        return "not recorded (the run was saved before cnnlab recorded sessions)"
+    return session.get("ended") or "not recorded"
 
 
 def _short(value: Any) -> str:

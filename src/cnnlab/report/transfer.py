@@ -88,6 +88,7 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
         "cost and reached on ELPV."
     )
 
+    report.add_sessions(summary.get("sessions", []))  # absent from runs saved before sessions were recorded
     report.heading("Data and split")
     report.text(f"Split: {summary['split']} (manifest: `split.csv`).")
     counts = summary["counts"]

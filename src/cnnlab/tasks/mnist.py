@@ -37,8 +37,10 @@ from cnnlab.tasks.recipes import (
     with_overrides,
 )
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
+from cnnlab.train.callbacks import SessionEpochs
 from cnnlab.train.checkpoint import atomic_save
 from cnnlab.train.config import check_resumable, environment_record, load_config, save_record
+from cnnlab.train.records import RunSessions
 from cnnlab.train.saved import read_record, save_ensemble, save_model
 from cnnlab.train.strategy import is_main_process
 
@@ -163,6 +165,7 @@ def train_mnist(
         A summary (also saved as ``results.json`` in the run directory): per-member validation and test accuracy,
         the ensemble's test accuracy, training seconds and the run directory.
     """
+    command_started = time.perf_counter()
     chosen = RECIPES.get(recipe)
     check_resume_or_overwrite(resume, overwrite)
     if ensemble < 1:
@@ -191,6 +194,7 @@ def train_mnist(
     member_probabilities = []
     reuse_finished = resume or member is not None  # members finished earlier are read back, not trained again
     missing: list[int] = []  # seeds of members neither finished nor trained here (with `member`)
+    first_trained = True
     # With `member`, that member trains first and the others are looked up after it, when they may have finished.
     order = list(range(ensemble)) if member is None else [member, *(i for i in range(ensemble) if i != member)]
     for index in order:
@@ -227,23 +231,40 @@ def train_mnist(
         elif member is not None and index != member:  # another process trains it
             missing.append(member_seed)
         else:
-            trained = _train_member(
-                chosen, config, (train_images, train_labels), val, callbacks, config.extra.get(SOURCE_DIGEST)
+            # This command's session of the member, from the command's start for the first member it trains (data
+            # loading included) and from its own start for the next; a resume continues the member's sessions.
+            sessions = RunSessions(
+                member_dir, reuse_finished, is_main_process(), command_started if first_trained else None
             )
-            trainer = trained.pop("trainer")
-            # The test set is used here, once, after training: never for a choice.
-            probabilities = trainer.predict(test_images, model=trained.pop("model")).softmax(1)
-            trained["test_accuracy"] = float((probabilities.argmax(1) == test_labels).float().mean())
-            if is_main_process():  # under torchrun every rank evaluates, rank 0 writes
-                atomic_save(probabilities, member_dir / "test_probabilities.pt")
-                test = test_evaluation(test_images, test_labels, probabilities.argmax(1), member_dir)
-                trained["test"] = {k: v for k, v in test.items() if k != "test_accuracy"}
-                # What marks the member finished, read back by a resume and by the other members' processes (which
-                # may read it while it is written): renamed into place whole, never seen half-written.
-                with written_then_renamed(member_dir / "results.json") as results:
-                    results.write_text(json.dumps(trained, indent=1))
-                report = _member_report(chosen, overrides, config, trainer.history, trained)
-                report.write(member_dir / "report.md")
+            first_trained = False
+            with sessions:  # an interrupted session records how it ended
+                trained = _train_member(
+                    chosen,
+                    config,
+                    (train_images, train_labels),
+                    val,
+                    callbacks,
+                    sessions,
+                    config.extra.get(SOURCE_DIGEST),
+                )
+                trainer = trained.pop("trainer")
+                # The test set is used here, once, after training: never for a choice.
+                probabilities = trainer.predict(test_images, model=trained.pop("model")).softmax(1)
+                trained["test_accuracy"] = float((probabilities.argmax(1) == test_labels).float().mean())
+                if is_main_process():  # under torchrun every rank evaluates, rank 0 writes
+                    atomic_save(probabilities, member_dir / "test_probabilities.pt")
+                    test = test_evaluation(test_images, test_labels, probabilities.argmax(1), member_dir)
+                    trained["test"] = {k: v for k, v in test.items() if k != "test_accuracy"}
+                sessions.end()
+                trained["sessions"] = sessions.sessions
+                trained["wall_seconds_total"] = sessions.total_wall_seconds  # None: a session's is unknown
+                if is_main_process():
+                    # What marks the member finished, read back by a resume and by the other members' processes
+                    # (which may read it while it is written): renamed into place whole, never seen half-written.
+                    with written_then_renamed(member_dir / "results.json") as results:
+                        results.write_text(json.dumps(trained, indent=1))
+                    report = _member_report(chosen, overrides, config, trainer.history, trained)
+                    report.write(member_dir / "report.md")
             member_probabilities.append(probabilities)
             members.append(trained)
     by_seed = sorted(range(len(members)), key=lambda i: members[i]["seed"])
@@ -377,36 +398,27 @@ def _check_run_shape(
             )
 
 
-class _SessionStart(Callback):
-    """The epochs an earlier session had finished when this one started (0 for a run started afresh): a resumed run's
-    training seconds sum its sessions, its wall seconds are the last session's, and its report says so."""
-
-    def __init__(self) -> None:
-        self.finished_before = 0
-
-    def on_fit_start(self, trainer: Trainer) -> None:
-        self.finished_before = trainer.epoch
-
-
 def _train_member(
     recipe: MnistRecipe,
     config: TrainConfig,
     train: tuple[torch.Tensor, torch.Tensor],
     val: tuple[torch.Tensor, torch.Tensor] | None,
     callbacks: Sequence[Callback],
+    sessions: RunSessions,
     source_sha256: str | None = None,
 ) -> dict[str, Any]:
-    """Train and save one member; `source_sha256` (`MnistSplits.source_sha256`) is saved with it, so that an
-    ensemble across runs validates only on the training set its validation images were held out of."""
+    """Train and save one member; `sessions` records this session of it (`SessionEpochs`); `source_sha256`
+    (`MnistSplits.source_sha256`) is saved with it, so that an ensemble across runs validates only on the training
+    set its validation images were held out of."""
     from cnnlab.models import create_model
 
     torch.manual_seed(config.seed)  # the initial weights depend on the member's seed
     model = create_model(recipe.arch, **recipe.model_kwargs)
-    session = _SessionStart()
-    trainer = Trainer(model, config, train_transform=recipe.augment, callbacks=[*callbacks, session])
+    trainer = Trainer(model, config, train_transform=recipe.augment, callbacks=[*callbacks, SessionEpochs(sessions)])
     started = time.perf_counter()
     history = trainer.fit(TensorBatches(*train, config.batch_size, drop_last=True), val)
     wall_seconds = time.perf_counter() - started
+    first_epoch = sessions.current["first_epoch"] if sessions.current is not None else 0
     final = trainer.eval_model
     if trainer.is_main_process:
         save_model(
@@ -433,8 +445,8 @@ def _train_member(
         "val_accuracy": history[-1].get("val_accuracy"),
         "device": str(trainer.device),  # what its report's hardware line names
         "train_seconds": trainer.train_seconds,  # of every session (kept in the checkpoint)
-        "wall_seconds": wall_seconds,  # of this session alone
-        "resumed_after_epoch": session.finished_before or None,
+        "wall_seconds": wall_seconds,  # of this session's training alone; its sessions: "sessions"
+        "resumed_after_epoch": first_epoch or None,
         "images_per_second": sum(row["images_per_second"] for row in history) / len(history),
         "model": final,
         "trainer": trainer,
@@ -505,6 +517,7 @@ def _member_report(
         f"{result['images_per_second']:.0f} images/s."
     )
     _add_test_breakdown(report, test)
+    report.add_sessions(result.get("sessions", []))
     report.add_training(history, monitor=config.monitor)
     return report.add_config(config.to_dict())
 

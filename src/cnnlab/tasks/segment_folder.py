@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -65,8 +66,10 @@ from cnnlab.tasks.recipes import (
 from cnnlab.tasks.segmentation import TASK, chosen_epoch, saved_epoch_line
 from cnnlab.tasks.transfer import class_weights
 from cnnlab.train import BestWeights, Callback, LoaderBatches, TrainConfig, Trainer
+from cnnlab.train.callbacks import SessionEpochs
 from cnnlab.train.config import RESUME_FREE_OPTIONS, environment_record
 from cnnlab.train.device import resolve_device
+from cnnlab.train.records import RunSessions
 from cnnlab.train.saved import save_model
 from cnnlab.train.strategy import is_main_process, main_process_first
 
@@ -358,6 +361,7 @@ def train_segmentation_folder(
     Returns:
         The summary saved as ``results.json``.
     """
+    command_started = time.perf_counter()
     recipe = MODELS.get(model)
     if class_weight not in (None, "balanced"):
         raise CnnlabError(f"--class-weight must be 'balanced' or 'none', got {class_weight!r}")
@@ -426,6 +430,8 @@ def train_segmentation_folder(
     config = replace(config, extra={**config.extra, "classes": class_names})
     run_dir.mkdir(parents=True, exist_ok=True)
     note_current_run(run_dir)
+    # this command's session of the run (sessions.json), read before the engine rewrites config.yaml
+    sessions = RunSessions(run_dir, resume, is_main_process(), command_started)
     # Under torchrun rank 0 splits and writes the manifest first, the other processes then read it (they write no
     # file of the run: the engine and the end of this function write from rank 0 only).
     main = is_main_process()
@@ -471,7 +477,7 @@ def train_segmentation_folder(
         },
         train_transform=to_input,
         eval_transform=to_input,
-        callbacks=[best_weights := BestWeights(), *callbacks],
+        callbacks=[best_weights := BestWeights(), *callbacks, SessionEpochs(sessions)],
     )
     eval_batch = config.eval_batch_size or 2 * config.batch_size
     paths = {part: [folder.images[i] for i in indices] for part, indices in split.items()}
@@ -484,94 +490,100 @@ def train_segmentation_folder(
         generator=torch.Generator(),
     )
     val_loader = DataLoader(SegmentationSamples(parts["val"]), batch_size=eval_batch, collate_fn=pad_collate)
-    history = trainer.fit(LoaderBatches(train_loader), LoaderBatches(val_loader) if parts["val"] else None)
-    final = trainer.eval_model  # the best epoch's weights, which BestWeights loaded back
-    chosen = chosen_epoch(trainer, best_weights, history)
-    if not main:  # the trained model is rank 0's to test, save and report
-        return {"run_dir": str(run_dir)}
+    with sessions:  # an interrupted session records how it ended
+        history = trainer.fit(LoaderBatches(train_loader), LoaderBatches(val_loader) if parts["val"] else None)
+        final = trainer.eval_model  # the best epoch's weights, which BestWeights loaded back
+        chosen = chosen_epoch(trainer, best_weights, history)
+        if not main:  # the trained model is rank 0's to test, save and report
+            return {"run_dir": str(run_dir)}
 
-    # The test images are used here, once, after training: never for a choice.
-    test = parts["test"]
-    test_loader = DataLoader(SegmentationSamples(test), batch_size=eval_batch, collate_fn=pad_collate)
-    scores = MaskScores(len(class_names), IGNORE_INDEX, BOUNDARY_TOLERANCE)
-    errors = scores.errors
-    # the predictions of the WORST_IMAGES images with the most wrong pixels so far, for the overlays: every test
-    # image's, held as int64 views of their padded batches, took 96 MB or more a 12 MP photo
-    predictions: dict[int, torch.Tensor] = {}
-    for logits, targets in trainer.inference(LoaderBatches(test_loader), final):
-        for predicted, target in zip(logits.argmax(1).cpu(), targets.cpu(), strict=True):
-            height, width = test[len(errors)][1].shape  # crop the batch padding off
-            predicted, target = predicted[:height, :width], target[:height, :width]
-            scores.add(predicted, target)
-            predictions[len(errors) - 1] = predicted.to(torch.uint8)  # a copy: fewer than 255 classes
-            if len(predictions) > WORST_IMAGES:  # the fewest wrong pixels leave, the later of a tie first
-                del predictions[max(predictions, key=lambda i: (-errors[i], i))]
-    test_report = scores.report(class_names, background)
-    matrix = scores.matrix
-    worst = sorted(predictions, key=lambda i: (-errors[i], i))
-    test_paths = paths["test"]
-    downscaled = "" if max_side is None else f"; trained on images downscaled to a longer side of at most {max_side} px"
-    save_model(
-        final,
-        run_dir,
-        recipe.arch,
-        kwargs,
-        meta={
-            "task": TASK,
+        # The test images are used here, once, after training: never for a choice.
+        test = parts["test"]
+        test_loader = DataLoader(SegmentationSamples(test), batch_size=eval_batch, collate_fn=pad_collate)
+        scores = MaskScores(len(class_names), IGNORE_INDEX, BOUNDARY_TOLERANCE)
+        errors = scores.errors
+        # the predictions of the WORST_IMAGES images with the most wrong pixels so far, for the overlays: every test
+        # image's, held as int64 views of their padded batches, took 96 MB or more a 12 MP photo
+        predictions: dict[int, torch.Tensor] = {}
+        for logits, targets in trainer.inference(LoaderBatches(test_loader), final):
+            for predicted, target in zip(logits.argmax(1).cpu(), targets.cpu(), strict=True):
+                height, width = test[len(errors)][1].shape  # crop the batch padding off
+                predicted, target = predicted[:height, :width], target[:height, :width]
+                scores.add(predicted, target)
+                predictions[len(errors) - 1] = predicted.to(torch.uint8)  # a copy: fewer than 255 classes
+                if len(predictions) > WORST_IMAGES:  # the fewest wrong pixels leave, the later of a tie first
+                    del predictions[max(predictions, key=lambda i: (-errors[i], i))]
+        test_report = scores.report(class_names, background)
+        matrix = scores.matrix
+        worst = sorted(predictions, key=lambda i: (-errors[i], i))
+        test_paths = paths["test"]
+        downscaled = (
+            "" if max_side is None else f"; trained on images downscaled to a longer side of at most {max_side} px"
+        )
+        save_model(
+            final,
+            run_dir,
+            recipe.arch,
+            kwargs,
+            meta={
+                "task": TASK,
+                "model": recipe.name,
+                "seed": seed,
+                "classes": class_names,
+                "background": background,
+                "ignore_index": IGNORE_INDEX,
+                "colours": folder.colours.tolist() if folder.colours is not None else None,
+                "normalisation": {"mean": list(mean), "std": list(std)},
+                "max_side": max_side,
+                "input": "float RGB [N, 3, H, W] in [0, 1], any H and W, minus mean, over std" + downscaled,
+                "output": f"logits [N, {len(class_names)}, H, W]",
+                "val_miou": chosen["val_miou"],
+            },
+        )
+        sessions.end()
+        summary = {
+            "data": str(folder.root),
             "model": recipe.name,
-            "seed": seed,
-            "classes": class_names,
-            "background": background,
-            "ignore_index": IGNORE_INDEX,
-            "colours": folder.colours.tolist() if folder.colours is not None else None,
-            "normalisation": {"mean": list(mean), "std": list(std)},
+            "arch": recipe.arch,
+            "pretrained": recipe.pretrained,
             "max_side": max_side,
-            "input": "float RGB [N, 3, H, W] in [0, 1], any H and W, minus mean, over std" + downscaled,
-            "output": f"logits [N, {len(class_names)}, H, W]",
-            "val_miou": chosen["val_miou"],
-        },
-    )
-    summary = {
-        "data": str(folder.root),
-        "model": recipe.name,
-        "arch": recipe.arch,
-        "pretrained": recipe.pretrained,
-        "max_side": max_side,
-        "params": sum(p.numel() for p in final.parameters()),
-        "run_dir": str(run_dir),
-        "images": {part: len(indices) for part, indices in split.items()},
-        "skipped": len(folder.skipped),
-        "labelled_pixels": {part: list(pair) for part, pair in labelled.items()},  # (labelled, all) of the masks
-        "epochs": len(history),
-        "steps": trainer.global_step,
-        "saved_epoch": chosen["epoch"],  # the epoch whose weights were saved and tested
-        "saved_epoch_best": chosen["best"],  # whether it is the best on the monitor (else the last)
-        "val_miou": chosen["val_miou"],  # that epoch's
-        "test": test_report,
-        "worst_test_images": [{"image": str(test_paths[i]), "pixel_error": errors[i]} for i in worst],
-        "train_seconds": trainer.train_seconds,
-        "device": str(trainer.device),  # what its report's hardware line names
-    }
-    if trainer.is_main_process:
-        from cnnlab.report.plots import plot_confusion_matrix
+            "params": sum(p.numel() for p in final.parameters()),
+            "run_dir": str(run_dir),
+            "images": {part: len(indices) for part, indices in split.items()},
+            "skipped": len(folder.skipped),
+            "labelled_pixels": {part: list(pair) for part, pair in labelled.items()},  # (labelled, all) of the masks
+            "epochs": len(history),
+            "steps": trainer.global_step,
+            "saved_epoch": chosen["epoch"],  # the epoch whose weights were saved and tested
+            "saved_epoch_best": chosen["best"],  # whether it is the best on the monitor (else the last)
+            "val_miou": chosen["val_miou"],  # that epoch's
+            "test": test_report,
+            "worst_test_images": [{"image": str(test_paths[i]), "pixel_error": errors[i]} for i in worst],
+            "train_seconds": trainer.train_seconds,
+            "sessions": sessions.sessions,
+            "wall_seconds_total": sessions.total_wall_seconds,  # None: a session's is unknown
+            "device": str(trainer.device),  # what its report's hardware line names
+        }
+        if trainer.is_main_process:
+            from cnnlab.report.plots import plot_confusion_matrix
 
-        plot_confusion_matrix(matrix, run_dir / "test_confusion.png", class_names, "test pixels")
-        save_overlays(
-            [test[i][0] for i in worst],
-            [test[i][1] for i in worst],
-            [predictions[i] for i in worst],
-            run_dir / "test_worst.png",
-            class_names,
-            max_images=WORST_IMAGES,
-            titles=[f"{test_paths[i].name}: {errors[i]:.1%} wrong" for i in worst],
-            background=background,
-            colours=folder.colours,  # classes.json's, as predict paints its masks; None: the default palette
-        )
-        write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))
-        _report(recipe, config, history, summary, folder, class_names, background, overrides).write(
-            run_dir / "report.md"
-        )
-    return summary
+            plot_confusion_matrix(matrix, run_dir / "test_confusion.png", class_names, "test pixels")
+            save_overlays(
+                [test[i][0] for i in worst],
+                [test[i][1] for i in worst],
+                [predictions[i] for i in worst],
+                run_dir / "test_worst.png",
+                class_names,
+                max_images=WORST_IMAGES,
+                titles=[f"{test_paths[i].name}: {errors[i]:.1%} wrong" for i in worst],
+                background=background,
+                colours=folder.colours,  # classes.json's, as predict paints its masks; None: the default palette
+            )
+            write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))
+            _report(recipe, config, history, summary, folder, class_names, background, overrides).write(
+                run_dir / "report.md"
+            )
+        return summary
 
 
 def _report(  # noqa: ANN202
@@ -620,6 +632,7 @@ def _report(  # noqa: ANN202
     )
     report.image("confusion matrix of the test pixels", "test_confusion.png")
     report.image("the test images with the most wrong pixels: image, truth, prediction, errors", "test_worst.png")
+    report.add_sessions(summary.get("sessions", []))
     report.add_training(history, monitor=config.monitor)
     report.text(saved_epoch_line(summary["saved_epoch"], summary["saved_epoch_best"], config.monitor))
     return report.add_config(config.to_dict())

@@ -39,9 +39,12 @@ from cnnlab.tasks.recipes import (
     with_overrides,
 )
 from cnnlab.train import BestWeights, Callback, TensorBatches, TrainConfig, Trainer
+from cnnlab.train.callbacks import SessionEpochs
 from cnnlab.train.config import environment_record
 from cnnlab.train.optim import default_param_groups
+from cnnlab.train.records import RunSessions
 from cnnlab.train.saved import save_model
+from cnnlab.train.strategy import is_main_process
 
 __all__ = [
     "RECIPES",
@@ -306,6 +309,7 @@ def train_segmentation(
         run directory also holds ``model.safetensors`` + ``model.json`` (`cnnlab.load_model`) and
         ``test_overlays.png``.
     """
+    command_started = time.perf_counter()
     chosen = RECIPES.get(recipe)
     check_resume_or_overwrite(resume, overwrite)
     bg_weight = chosen.background_weight if background_weight is None else background_weight
@@ -350,6 +354,8 @@ def train_segmentation(
     from cnnlab.models import create_model
 
     note_current_run(config.run_dir)
+    # this command's session of the run (sessions.json), read before the engine rewrites config.yaml
+    sessions = RunSessions(run_dir, resume, is_main_process(), command_started)
     torch.manual_seed(seed)
     model = create_model(chosen.arch, **kwargs)
     metrics = {
@@ -364,63 +370,68 @@ def train_segmentation(
         metrics=metrics,
         train_transform=_to_device_dtypes,
         eval_transform=_to_device_dtypes,
-        callbacks=[best_weights := BestWeights(), *callbacks],
+        callbacks=[best_weights := BestWeights(), *callbacks, SessionEpochs(sessions)],
     )
-    if pretrain:
-        if trainer.is_main_process:
-            trainer.prepare_run_dir()  # a --resume/--overwrite clash fails before the pretraining, not after
-        if not resumed:  # a resumed run's checkpoint already holds the pretrained encoder
-            pretrain_encoder(model, data, config, pretrain, resume=resume)
-    started = time.perf_counter()
-    history = trainer.fit(
-        TensorBatches(data.train.images, data.train.masks, config.batch_size, drop_last=True),
-        TensorBatches(data.val.images, data.val.masks, config.eval_batch_size or 2 * config.batch_size),
-    )
-    wall_seconds = time.perf_counter() - started
-    final = trainer.eval_model  # the best epoch's weights, which BestWeights loaded back
-    kept = chosen_epoch(trainer, best_weights, history)
-    # The test canvases are used here, once, after training: never for a choice.
-    test_report, predictions = evaluate_segmentation(
-        final, data.test.images, data.test.masks, batch_size=2 * config.batch_size, trainer=trainer
-    )
-    if trainer.is_main_process:  # under torchrun every rank tests, rank 0 writes
-        save_overlays(data.test.images, data.test.masks, predictions, run_dir / "test_overlays.png", CLASS_NAMES)
-        save_model(
-            final,
-            run_dir,
-            chosen.arch,
-            kwargs,
-            meta={
-                "task": TASK,
-                "recipe": chosen.name,
-                "seed": seed,
-                "input": "float images in [0, 1], shape [N, 1, H, W], any H and W",
-                "output": "logits [N, 11, H, W]: 0 = background, 1..10 = digit + 1",
-                "val_miou": kept["val_miou"],
-            },
+    with sessions:  # an interrupted session records how it ended
+        if pretrain:
+            if trainer.is_main_process:
+                trainer.prepare_run_dir()  # a --resume/--overwrite clash fails before the pretraining, not after
+            if not resumed:  # a resumed run's checkpoint already holds the pretrained encoder
+                sessions.begin(0)  # the encoder's pretraining is this session's work on the run too
+                pretrain_encoder(model, data, config, pretrain, resume=resume)
+        started = time.perf_counter()
+        history = trainer.fit(
+            TensorBatches(data.train.images, data.train.masks, config.batch_size, drop_last=True),
+            TensorBatches(data.val.images, data.val.masks, config.eval_batch_size or 2 * config.batch_size),
         )
-    summary = {
-        "recipe": chosen.name,
-        "arch": chosen.arch,
-        "model_kwargs": kwargs,
-        "params": sum(p.numel() for p in final.parameters()),
-        "run_dir": str(run_dir),
-        "epochs": len(history),
-        "saved_epoch": kept["epoch"],  # the epoch whose weights were saved and tested
-        "saved_epoch_best": kept["best"],  # whether it is the best on the monitor (else the last)
-        "val_miou": kept["val_miou"],  # that epoch's
-        "val_boundary_f1": history[kept["epoch"] - 1].get("val_boundary_f1") if history else None,
-        "test": test_report,
-        "train_seconds": trainer.train_seconds,
-        "wall_seconds": wall_seconds,
-        "canvases": data_sizes(data),
-        "device": str(trainer.device),  # what its report's hardware line names
-    }
-    if trainer.is_main_process:
-        write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))
-        given = {**(overrides or {}), "train_canvases": summary["canvases"][0], "pretrain_epochs": pretrain}
-        _report(chosen, config, history, summary, given).write(run_dir / "report.md")
-    return summary
+        wall_seconds = time.perf_counter() - started
+        final = trainer.eval_model  # the best epoch's weights, which BestWeights loaded back
+        kept = chosen_epoch(trainer, best_weights, history)
+        # The test canvases are used here, once, after training: never for a choice.
+        test_report, predictions = evaluate_segmentation(
+            final, data.test.images, data.test.masks, batch_size=2 * config.batch_size, trainer=trainer
+        )
+        if trainer.is_main_process:  # under torchrun every rank tests, rank 0 writes
+            save_overlays(data.test.images, data.test.masks, predictions, run_dir / "test_overlays.png", CLASS_NAMES)
+            save_model(
+                final,
+                run_dir,
+                chosen.arch,
+                kwargs,
+                meta={
+                    "task": TASK,
+                    "recipe": chosen.name,
+                    "seed": seed,
+                    "input": "float images in [0, 1], shape [N, 1, H, W], any H and W",
+                    "output": "logits [N, 11, H, W]: 0 = background, 1..10 = digit + 1",
+                    "val_miou": kept["val_miou"],
+                },
+            )
+        sessions.end()
+        summary = {
+            "recipe": chosen.name,
+            "arch": chosen.arch,
+            "model_kwargs": kwargs,
+            "params": sum(p.numel() for p in final.parameters()),
+            "run_dir": str(run_dir),
+            "epochs": len(history),
+            "saved_epoch": kept["epoch"],  # the epoch whose weights were saved and tested
+            "saved_epoch_best": kept["best"],  # whether it is the best on the monitor (else the last)
+            "val_miou": kept["val_miou"],  # that epoch's
+            "val_boundary_f1": history[kept["epoch"] - 1].get("val_boundary_f1") if history else None,
+            "test": test_report,
+            "train_seconds": trainer.train_seconds,
+            "wall_seconds": wall_seconds,  # of this session's training alone; its sessions: "sessions"
+            "sessions": sessions.sessions,
+            "wall_seconds_total": sessions.total_wall_seconds,  # None: a session's is unknown
+            "canvases": data_sizes(data),
+            "device": str(trainer.device),  # what its report's hardware line names
+        }
+        if trainer.is_main_process:
+            write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))
+            given = {**(overrides or {}), "train_canvases": summary["canvases"][0], "pretrain_epochs": pretrain}
+            _report(chosen, config, history, summary, given).write(run_dir / "report.md")
+        return summary
 
 
 def _report(  # noqa: ANN202
@@ -457,6 +468,7 @@ def _report(  # noqa: ANN202
     )
     report.table(["class", "IoU"], list(test["iou_per_class"].items()), scores=["IoU"])
     report.image("test canvases: input, truth, prediction", "test_overlays.png")
+    report.add_sessions(summary.get("sessions", []))
     report.add_training(history, monitor=config.monitor)
     if "saved_epoch" in summary:
         report.text(saved_epoch_line(summary["saved_epoch"], summary["saved_epoch_best"], config.monitor))

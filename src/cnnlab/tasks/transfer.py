@@ -91,7 +91,7 @@ from cnnlab.train import (
 )
 from cnnlab.train.config import environment_record, save_record
 from cnnlab.train.metrics import Accuracy, BalancedAccuracy, ViewAveraged
-from cnnlab.train.records import write_history
+from cnnlab.train.records import RunSessions, write_history
 from cnnlab.train.saved import save_model
 from cnnlab.train.strategy import is_main_process, main_process_first
 
@@ -800,6 +800,8 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         return {**json.loads((run_dir / "results.json").read_text()), "finished_before": True}
     if weights is not None:  # a download that fails does so before the images are read and the run folder made
         fetch_pretrained(weights)
+    # this command's session of the run (sessions.json), read before its config.yaml is written again
+    sessions = RunSessions(run_dir, config.resume, main, started)
     with main_process_first(str({**recipe.train, **config.train}.get("device", "auto"))):
         images, split, split_source = load_images(config, log)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -813,96 +815,110 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
             split_source = _recorded_split(run_dir) or split_source
         if main:
             write_text_whole(skipped_path, json.dumps([dataclasses.asdict(s) for s in images.skipped], indent=1))
-    parts = {part: images.subset(split[part]) for part in SPLITS if split[part]}
-    for needed in ("val", "test"):
-        if needed not in parts:
-            raise CnnlabError(f"the split has no {needed} images (raise --{needed}-fraction)")
-    views = parse_views(config.views or recipe.views or str(source_defaults(config.data).get("views", "hflip")))
-    record = {"recipe_fields": recipe.to_dict(), "split": split_source}  # beside the options: not compared on resume
-    if main:
-        save_record(dataclasses.asdict(config) | record, run_dir / "config.yaml")
-    counts = {part: parts[part].class_counts() for part in parts}
-    log(
-        f"{len(images)} images, {len(images.classes)} classes; split ({split_source}): "
-        + ", ".join(f"{part} {len(parts[part])}" for part in parts)
-        + f"; recipe {recipe.name}; views {', '.join(views)}"
-    )
+    sessions.begin()  # the run folder is this run's now: a refused start records nothing
+    with sessions:  # an interrupted session records how it ended
+        parts = {part: images.subset(split[part]) for part in SPLITS if split[part]}
+        for needed in ("val", "test"):
+            if needed not in parts:
+                raise CnnlabError(f"the split has no {needed} images (raise --{needed}-fraction)")
+        views = parse_views(config.views or recipe.views or str(source_defaults(config.data).get("views", "hflip")))
+        record = {
+            "recipe_fields": recipe.to_dict(),
+            "split": split_source,
+        }  # beside the options: not compared on resume
+        if main:
+            save_record(dataclasses.asdict(config) | record, run_dir / "config.yaml")
+        counts = {part: parts[part].class_counts() for part in parts}
+        log(
+            f"{len(images)} images, {len(images.classes)} classes; split ({split_source}): "
+            + ", ".join(f"{part} {len(parts[part])}" for part in parts)
+            + f"; recipe {recipe.name}; views {', '.join(views)}"
+        )
 
-    torch.manual_seed(config.seed)
-    arch = config.arch or recipe.arch
-    # Images are loaded as RGB (grayscale replicated to 3 channels), so every backbone is built for 3 channels.
-    model = create_model(arch, pretrained=config.pretrained, num_classes=len(images.classes), in_chans=3)
-    record = PretrainedCfg.for_model(model)
-    size = recipe.input_side(arch, config.image_size)
-    cfg = record.with_input(size, config.crop_pct if config.crop_pct is not None else recipe.crop_pct)
-    from cnnlab.train.device import resolve_device
+        torch.manual_seed(config.seed)
+        arch = config.arch or recipe.arch
+        # Images are loaded as RGB (grayscale replicated to 3 channels), so every backbone is built for 3 channels.
+        model = create_model(arch, pretrained=config.pretrained, num_classes=len(images.classes), in_chans=3)
+        record = PretrainedCfg.for_model(model)
+        size = recipe.input_side(arch, config.image_size)
+        cfg = record.with_input(size, config.crop_pct if config.crop_pct is not None else recipe.crop_pct)
+        from cnnlab.train.device import resolve_device
 
-    device = resolve_device(str({**recipe.train, **config.train}.get("device", "auto")))
-    model.to(device)
-    if {**recipe.train, **config.train}.get("channels_last"):  # once, outside inference mode
-        model.to(memory_format=torch.channels_last)
-    run = _Run(config, recipe, parts, cfg, views, device, log)
-    preview_transform = build_train_transform(cfg, scale=(recipe.crop_scale, 1.0), views=views)
-    preview = run_dir / "augmented_preview.png"
-    if main:
-        preview = save_preview_grid([preview_transform(load_image(p)) for p in parts["train"].paths[:16]], preview, cfg)
-    # Random weights are --seed's: the cache key names it, or a run of another seed read maps of a lower part that
-    # its saved model does not have (trained on one network, tested and saved with another)
-    model_name = f"{arch}:pretrained" if config.pretrained else f"{arch}:random-seed{config.seed}"
-    if recipe.method == "cached":
-        top = run.unfreeze if run.unfreeze is not None else len(trainable_blocks(model, cfg.input_size))
-        _train_on_cache(run, model, model_name, top, "head" if top == 0 else "partial", main=True)
-    else:
-        _train_on_cache(run, model, model_name, 0, "head", main=False, epochs=recipe.head_epochs, lr=recipe.head_lr)
-        _train_full(run, model)
-    for param in model.parameters():
-        param.requires_grad_(True)
-    if not main:  # the trained model is rank 0's to test, save and report
-        return {"run_dir": str(run_dir)}
+        device = resolve_device(str({**recipe.train, **config.train}.get("device", "auto")))
+        model.to(device)
+        if {**recipe.train, **config.train}.get("channels_last"):  # once, outside inference mode
+            model.to(memory_format=torch.channels_last)
+        run = _Run(config, recipe, parts, cfg, views, device, log)
+        preview_transform = build_train_transform(cfg, scale=(recipe.crop_scale, 1.0), views=views)
+        preview = run_dir / "augmented_preview.png"
+        if main:
+            preview = save_preview_grid(
+                [preview_transform(load_image(p)) for p in parts["train"].paths[:16]], preview, cfg
+            )
+        # Random weights are --seed's: the cache key names it, or a run of another seed read maps of a lower part that
+        # its saved model does not have (trained on one network, tested and saved with another)
+        model_name = f"{arch}:pretrained" if config.pretrained else f"{arch}:random-seed{config.seed}"
+        if recipe.method == "cached":
+            top = run.unfreeze if run.unfreeze is not None else len(trainable_blocks(model, cfg.input_size))
+            _train_on_cache(run, model, model_name, top, "head" if top == 0 else "partial", main=True)
+        else:
+            _train_on_cache(run, model, model_name, 0, "head", main=False, epochs=recipe.head_epochs, lr=recipe.head_lr)
+            _train_full(run, model)
+        for param in model.parameters():
+            param.requires_grad_(True)
+        if not main:  # the trained model is rank 0's to test, save and report
+            return {"run_dir": str(run_dir)}
 
-    results = _test(run, model)  # the test set, once
-    meta = {
-        "task": TASK,
-        "classes": images.classes,
-        "preprocessing": cfg.to_dict(),
-        "views": list(views),
-        "input": "RGB image preprocessed with the record in `preprocessing`; logits averaged over `views`",
-        "data": config.data,
-        "recipe": recipe.name,
-        "test_accuracy": results["accuracy"],
-    }
-    save_model(model, run_dir, arch, {"num_classes": len(images.classes), "in_chans": 3}, meta)
-    _estimate_next_recipe(run, model, record)  # after the model is saved: an estimate never costs a finished run
-    _write_phase_history(run.phases, run_dir)
-    summary = {
-        "run_dir": str(run_dir),
-        "config": dataclasses.asdict(config),
-        "recipe": recipe.to_dict(),
-        "unfreeze": run.unfreeze,
-        "device": run.device.type,  # what `cnnlab budget RUN` sizes the trained step for
-        "classes": images.classes,
-        "counts": counts,
-        "skipped": [dataclasses.asdict(s) for s in images.skipped],
-        "split": split_source,
-        "preprocessing": cfg.to_dict(),
-        "views": list(views),
-        "phases": {name: {k: v for k, v in phase.items() if k != "history"} for name, phase in run.phases.items()},
-        "test": results,
-        "costs": run.costs,
-        "wall_seconds": time.perf_counter() - started,
-        "preview": str(preview),
-    }
-    write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))
-    from cnnlab.report.transfer import transfer_report
+        results = _test(run, model)  # the test set, once
+        meta = {
+            "task": TASK,
+            "classes": images.classes,
+            "preprocessing": cfg.to_dict(),
+            "views": list(views),
+            "input": "RGB image preprocessed with the record in `preprocessing`; logits averaged over `views`",
+            "data": config.data,
+            "recipe": recipe.name,
+            "test_accuracy": results["accuracy"],
+        }
+        save_model(model, run_dir, arch, {"num_classes": len(images.classes), "in_chans": 3}, meta)
+        _estimate_next_recipe(run, model, record)  # after the model is saved: an estimate never costs a finished run
+        _write_phase_history(run.phases, run_dir)
+        sessions.end()
+        summary = {
+            "run_dir": str(run_dir),
+            "config": dataclasses.asdict(config),
+            "recipe": recipe.to_dict(),
+            "unfreeze": run.unfreeze,
+            "device": run.device.type,  # what `cnnlab budget RUN` sizes the trained step for
+            "classes": images.classes,
+            "counts": counts,
+            "skipped": [dataclasses.asdict(s) for s in images.skipped],
+            "split": split_source,
+            "preprocessing": cfg.to_dict(),
+            "views": list(views),
+            "phases": {name: {k: v for k, v in phase.items() if k != "history"} for name, phase in run.phases.items()},
+            "test": results,
+            "costs": run.costs,
+            "wall_seconds": sessions.sessions[-1]["wall_seconds"],  # this session's; each one's: "sessions"
+            "sessions": sessions.sessions,
+            "wall_seconds_total": sessions.total_wall_seconds,  # None: a session's is unknown
+            "preview": str(preview),
+        }
+        write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))
+        from cnnlab.report.transfer import transfer_report
 
-    transfer_report(summary, environment_record()).write(run_dir / "report.md")
-    log(f"report: {run_dir / 'report.md'}")  # the test figures: the caller's summary (the CLI prints them once)
-    nxt = run.costs.get("next_recipe")
-    if nxt:
-        took = "this session of the run (resumed) took" if config.resume else "this run took"  # the earlier: unrecorded
-        log(f"{took} {duration(summary['wall_seconds'])}; --recipe {nxt['recipe']} would take about "
-            f"{duration(nxt['total'])} here (estimate, report.md)")  # fmt: skip
-    return summary
+        transfer_report(summary, environment_record()).write(run_dir / "report.md")
+        log(f"report: {run_dir / 'report.md'}")  # the test figures: the caller's summary (the CLI prints them once)
+        nxt = run.costs.get("next_recipe")
+        if nxt:
+            total, count = summary["wall_seconds_total"], len(sessions.sessions)
+            took = f"this run took {duration(summary['wall_seconds'])}" if count == 1 else (
+                f"this run's {count} sessions took {duration(total)}" if total is not None
+                else f"this session of the run took {duration(summary['wall_seconds'])} (an earlier one's is unknown)"
+            )  # fmt: skip
+            log(f"{took}; --recipe {nxt['recipe']} would take about {duration(nxt['total'])} here (estimate, "
+                "report.md)")  # fmt: skip
+        return summary
 
 
 def _estimate_next_recipe(run: _Run, model: nn.Module, record: PretrainedCfg) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:  # pragma: no cover
+    from cnnlab.train.records import RunSessions
     from cnnlab.train.trainer import Trainer
 
 
@@ -137,3 +138,18 @@ class BestWeights(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_epoch, self.weights = state["best_epoch"], state["weights"]
+
+
+class SessionEpochs(Callback):
+    """Tells a run's `cnnlab.train.records.RunSessions` when this session's training begins (after the epochs its
+    checkpoint holds) and each epoch it finishes, so that ``sessions.json`` says which epochs each session trained,
+    a killed one's too."""
+
+    def __init__(self, sessions: RunSessions) -> None:
+        self.sessions = sessions
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.sessions.begin(trainer.epoch)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        self.sessions.epoch_done(epoch + 1)

@@ -1,8 +1,10 @@
-"""The per-epoch records every run writes: ``metrics.json``, ``metrics.csv`` and ``learning_curves.png``.
+"""The records every run writes: ``metrics.json``, ``metrics.csv`` and ``learning_curves.png`` per epoch, and
+``sessions.json``, each command that worked on the run.
 
-The engine writes them after every epoch (the plot only when an epoch is long enough for its ~0.5 s not to matter),
-so an interrupted run still has its curves; tasks with several phases merge their phases' histories with
-`write_history`.
+The engine writes the metrics after every epoch (the plot only when an epoch is long enough for its ~0.5 s not to
+matter), so an interrupted run still has its curves; tasks with several phases merge their phases' histories with
+`write_history`. A task keeps its sessions with `RunSessions`: a run continued with --resume is the work of several
+commands, and its report names each, with its wall time.
 """
 
 from __future__ import annotations
@@ -11,13 +13,19 @@ import csv
 import itertools
 import json
 import os
+import time
+import types
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cnnlab.files import save_figure_whole, write_text_whole, written_then_renamed
+from cnnlab.train.config import command_line
 
-__all__ = ["epoch_axis", "plot_learning_curves", "write_history"]
+__all__ = ["SESSIONS", "RunSessions", "epoch_axis", "plot_learning_curves", "read_sessions", "write_history"]
+
+SESSIONS = "sessions.json"
 
 
 def write_history(history: Sequence[dict[str, float]], run_dir: str | os.PathLike[str], plot: bool = True) -> None:
@@ -94,3 +102,112 @@ def epoch_axis(axis: Any, title: str = "") -> None:
     axis.set_xlabel("epoch")
     axis.set_title(title)
     axis.grid(alpha=0.3)
+
+
+class RunSessions:
+    """The sessions of one run (each command that worked on it), kept in its ``sessions.json`` across --resume.
+
+    A session is one entry: ``command`` (as typed), ``started`` (UTC, ISO 8601), ``first_epoch`` (the epochs finished
+    before it) and ``last_epoch`` (finished when it stopped; None where the task has no epochs of its own),
+    ``wall_seconds`` (a finished session's) and ``ended`` (``finished``, ``interrupted`` or ``failed``). It is written
+    when the session's work on the run folder begins (`begin`: the folder is then checked against --resume/--overwrite;
+    a command refused before it writes nothing), again after each epoch (`epoch_done`), and when it ends (`end`, which
+    a ``with`` block calls for an exception: Ctrl+C and SIGTERM reach it as KeyboardInterrupt), each time whole.
+
+    Args:
+        run_dir: the run folder.
+        resume: the command continues the run (--resume): the earlier sessions are read now, before this session
+            rewrites the run's config.yaml (a run saved before sessions were recorded has one session, unrecorded,
+            whose command its config.yaml names); else the run starts with this session.
+        write: whether this process writes the file (under torchrun, rank 0 alone).
+        started: `time.perf_counter()` when the command started (default: now).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], resume: bool, write: bool = True, started: float | None = None):
+        self.path = Path(run_dir) / SESSIONS
+        self.write = write
+        self.started = time.perf_counter() if started is None else started
+        self.sessions: list[dict[str, Any]] = read_sessions(run_dir) if resume else []
+        self.current: dict[str, Any] | None = None
+
+    def __enter__(self) -> RunSessions:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: types.TracebackType | None
+    ) -> None:
+        if kind is not None:
+            self.end("interrupted" if issubclass(kind, KeyboardInterrupt) else "failed")
+
+    def begin(self, first_epoch: int | None = None) -> None:
+        """This session's work on the run folder begins, after `first_epoch` epochs finished by earlier sessions."""
+        if self.current is not None:  # a task with several trainers: the first one began it
+            return
+        if self.sessions and first_epoch is not None:
+            # the last earlier session counted an epoch whose checkpoint a kill kept from being written, or was
+            # recorded before sessions were: its epochs end where this one's begin
+            last = self.sessions[-1]
+            if last.get("last_epoch") is None or last["last_epoch"] > first_epoch:
+                last["last_epoch"] = first_epoch
+        self.current = {
+            "command": command_line(),
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "first_epoch": first_epoch,
+            "last_epoch": first_epoch,
+            "wall_seconds": None,
+            "ended": None,
+        }
+        self.sessions.append(self.current)
+        self._write()
+
+    def epoch_done(self, epochs: int) -> None:
+        """`epochs` epochs of the run are finished (this session's and the earlier ones')."""
+        if self.current is not None:
+            self.current["last_epoch"] = epochs
+            self._write()
+
+    def end(self, outcome: str = "finished") -> None:
+        """Record how this session ended, and a finished one's wall seconds (since `started`); nothing, if it never
+        began."""
+        if self.current is None or self.current["ended"] is not None:
+            return
+        if outcome == "finished":
+            self.current["wall_seconds"] = time.perf_counter() - self.started
+        self.current["ended"] = outcome
+        self._write()
+
+    @property
+    def total_wall_seconds(self) -> float | None:
+        """The wall seconds of every session, or None when one of them is unknown."""
+        return total_wall_seconds(self.sessions)
+
+    def _write(self) -> None:
+        if self.write:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_whole(self.path, json.dumps(self.sessions, indent=1))
+
+
+def read_sessions(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The sessions `RunSessions` recorded in `run_dir`; for a run saved before they were recorded, one session
+    standing for its earlier ones, unrecorded (``recorded: False``), with the command its config.yaml names (the last
+    of them); none for a folder without either."""
+    run_dir = Path(run_dir)
+    path = run_dir / SESSIONS
+    if path.is_file():
+        return list(json.loads(path.read_text()))
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        return []
+    import yaml
+
+    command = (yaml.safe_load(config.read_text()) or {}).get("environment", {}).get("command")
+    return [
+        {"command": command, "started": None, "first_epoch": 0, "last_epoch": None, "wall_seconds": None,
+         "ended": None, "recorded": False}
+    ]  # fmt: skip
+
+
+def total_wall_seconds(sessions: Sequence[dict[str, Any]]) -> float | None:
+    """The wall seconds of `sessions` together, or None when one of them is unknown (killed, or unrecorded)."""
+    seconds = [session.get("wall_seconds") for session in sessions]
+    return None if not seconds or None in seconds else float(sum(seconds))
