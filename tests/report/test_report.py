@@ -213,37 +213,53 @@ def test_learning_curves_break_and_mark_where_a_phase_ends(tmp_path: Path, monke
     assert {text.get_text().strip() for text in loss_axis.texts} == {"head", "finetune"}
 
 
-def test_sessions_of_a_resumed_run_keep_each_command(tmp_path: Path) -> None:
-    """A resumed run recorded its last command only; sessions.json keeps each, with the epochs it trained."""
+def test_sessions_of_a_resumed_run_keep_each_command_and_a_killed_one_makes_the_total_unknown(tmp_path: Path) -> None:
+    """A resumed run recorded its last command only and its last session's wall time; sessions.json keeps each
+    (an interrupted one's wall time written as it stops), and one killed outright makes the total unknown, not less."""
     import json
     from unittest import mock
 
     from cnnlab.report.markdown import RunReport
     from cnnlab.train.records import SESSIONS, RunSessions
 
-    def session(argv: list[str], first: int, epochs: int, stop: type[BaseException] | None) -> None:
-        with mock.patch("sys.argv", argv):
-            sessions = RunSessions(tmp_path, resume=first > 0)
-            with sessions:
-                sessions.begin(first)
-                for epoch in range(first + 1, first + epochs + 1):
-                    sessions.epoch_done(epoch)
-                if stop is not None:
-                    raise stop
-                sessions.end()
+    def session(argv: list[str], clock: float, first: int, epochs: int, stop: type[BaseException] | None) -> None:
+        with mock.patch("sys.argv", argv), mock.patch("time.perf_counter", return_value=clock):
+            sessions = RunSessions(tmp_path, resume=first > 0, started=clock - 100 * (first + 1))
+        with mock.patch("sys.argv", argv), mock.patch("time.perf_counter", return_value=clock), sessions:
+            sessions.begin(first)
+            for epoch in range(first + 1, first + epochs + 1):
+                sessions.epoch_done(epoch)
+            if stop is not None:
+                raise stop
+            sessions.end()
 
     with pytest.raises(KeyboardInterrupt):  # Ctrl+C or SIGTERM
-        session(["cnnlab", "train", "mnist", "--name", "r"], 0, 2, KeyboardInterrupt)
+        session(["cnnlab", "train", "mnist", "--name", "r"], 100.0, 0, 2, KeyboardInterrupt)
     first = json.loads((tmp_path / SESSIONS).read_text())
-    assert [(s["ended"], s["first_epoch"], s["last_epoch"]) for s in first] == [("interrupted", 0, 2)]
-    session(["cnnlab", "train", "mnist", "--name", "r", "--resume"], 2, 3, None)
+    assert [(s["ended"], s["wall_seconds"], s["first_epoch"], s["last_epoch"]) for s in first] == [
+        ("interrupted", 100.0, 0, 2)
+    ]
+    session(["cnnlab", "train", "mnist", "--name", "r", "--resume"], 500.0, 2, 3, None)
     sessions = json.loads((tmp_path / SESSIONS).read_text())
     assert [s["command"] for s in sessions] == ["cnnlab train mnist --name r", "cnnlab train mnist --name r --resume"]
+    assert [s["wall_seconds"] for s in sessions] == [100.0, 300.0]
     text = "\n".join(RunReport("run").add_sessions(sessions).lines)
-    assert "This run was continued with --resume: 2 sessions, last resumed after epoch 2." in text
-    assert "`cnnlab train mnist --name r` | 1-2 | unknown | interrupted |" in text
-    assert "`cnnlab train mnist --name r --resume` | 3-5 | " in text and "| finished |" in text
-    assert "## Sessions" not in "\n".join(RunReport("run").add_sessions(sessions[:1]).lines)
+    assert "2 sessions, last resumed after epoch 2. Wall time of all sessions: **6 min 40 s**." in text
+    assert "| 1 | " in text and "`cnnlab train mnist --name r` | 1-2 | 1 min 40 s | interrupted |" in text
+    assert "`cnnlab train mnist --name r --resume` | 3-5 | 5 min | finished |" in text
+
+    # A session killed outright (SIGKILL) recorded its start and epochs, not its end: the total is unknown.
+    killed = RunSessions(tmp_path, resume=True)
+    killed.begin(5)
+    killed.epoch_done(6)
+    last = RunSessions(tmp_path, resume=True)
+    last.begin(6)
+    last.end()
+    assert last.total_wall_seconds is None
+    text = "\n".join(RunReport("run").add_sessions(last.sessions).lines)
+    assert "Wall time of all sessions: **unknown**: session 3 recorded no wall time" in text
+    assert "| 6 | unknown | not recorded (stopped outright) |" in text
+    assert "## Sessions" not in "\n".join(RunReport("run").add_sessions(last.sessions[:1]).lines)
 
 
 def test_a_run_saved_before_sessions_were_recorded_resumes_with_its_earlier_command(tmp_path: Path) -> None:
@@ -259,5 +275,6 @@ def test_a_run_saved_before_sessions_were_recorded_resumes_with_its_earlier_comm
     sessions.begin(3)
     sessions.end()
     assert sessions.sessions[0]["command"] == "cnnlab train mnist --name old"
+    assert sessions.total_wall_seconds is None
     text = "\n".join(RunReport("run").add_sessions(sessions.sessions).lines)
     assert "`cnnlab train mnist --name old` | 1-3 | unknown | not recorded (the run was saved before" in text

@@ -262,9 +262,10 @@ def test_interrupted_ensemble_resumes_to_the_same_weights(ensemble_run: dict, fa
         train_mnist("quick", overrides=_TINY, callbacks=[_KillSecondMember()], **options)
     first_member = tmp_path / "mnist" / "ens" / "seed0" / "model.safetensors"
     finished_at = first_member.stat().st_mtime_ns
-    # The interrupted session recorded its command and its epoch as it stopped.
+    # The interrupted session recorded its command, its epoch and its wall time as it stopped.
     (stopped,) = json.loads((tmp_path / "mnist" / "ens" / "seed1" / "sessions.json").read_text())
-    assert stopped["ended"] == "interrupted" and (stopped["first_epoch"], stopped["last_epoch"]) == (0, 1)
+    assert stopped["ended"] == "interrupted" and stopped["wall_seconds"] > 0
+    assert (stopped["first_epoch"], stopped["last_epoch"]) == (0, 1)
     summary = train_mnist("quick", overrides=_TINY, resume=True, **options)
     assert first_member.stat().st_mtime_ns == finished_at  # the finished member is not trained again
     # The resumed member's training seconds sum its sessions, its wall seconds are the last one's: said, not unsaid
@@ -273,10 +274,12 @@ def test_interrupted_ensemble_resumes_to_the_same_weights(ensemble_run: dict, fa
     report = (Path(resumed["run_dir"]) / "report.md").read_text()
     assert "s of training over its sessions (interrupted, resumed after epoch 1)," in report
     assert "over its sessions" not in (Path(first["run_dir"]) / "report.md").read_text()
-    # ... and it keeps both sessions' commands, and says from which epoch it was resumed
+    # ... and it keeps both sessions, each with its wall time, and says from which epoch it was resumed
     assert [s["ended"] for s in resumed["sessions"]] == ["interrupted", "finished"]
-    assert "2 sessions, last resumed after epoch 1." in report
-    assert re.search(r"\| 1 \| [^|]+ \| `[^`]+` \| 1 \| unknown \| interrupted \|", report)
+    assert resumed["sessions"][0]["wall_seconds"] == stopped["wall_seconds"]
+    assert resumed["wall_seconds_total"] == pytest.approx(sum(s["wall_seconds"] for s in resumed["sessions"]))
+    assert "2 sessions, last resumed after epoch 1. Wall time of all sessions: **" in report
+    assert re.search(r"\| 1 \| [^|]+ \| `[^`]+` \| 1 \| \d+ s \| interrupted \|", report)
     assert re.search(r"\| 2 \| [^|]+ \| `[^`]+` \| 2 \| \d+ s \| finished \|", report)
     assert "## Sessions" not in (Path(first["run_dir"]) / "report.md").read_text()
     assert summary["ensemble_test_accuracy"] == ensemble_run["ensemble_test_accuracy"]

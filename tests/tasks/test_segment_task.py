@@ -207,14 +207,15 @@ def test_a_run_interrupted_after_its_pretraining_keeps_the_pretrained_epochs(tmp
     resumed = _train_tiny(tmp_path, "i", data, pretrain_epochs=2, resume=True)
     assert len(pretraining_steps) == 2  # none again
     assert resumed["test"] == uninterrupted["test"]
-    # both sessions are recorded, the interrupted one (its pretraining) with no epoch of the run
+    # the interrupted session's wall time, its pretraining's included, is recorded beside the resumed one's
     sessions = resumed["sessions"]
     assert [(s["ended"], s["first_epoch"], s["last_epoch"]) for s in sessions] == [
         ("interrupted", 0, 0),
         ("finished", 0, resumed["epochs"]),
     ]
+    assert all(s["wall_seconds"] > 0 for s in sessions)
     report = (tmp_path / "segment" / "i" / "report.md").read_text()
-    assert "2 sessions, the last started before any epoch had finished." in report
+    assert "2 sessions, the last started before any epoch had finished. Wall time of all sessions: **" in report
     weights = [torch.load(tmp_path / "segment" / name / "checkpoint.pt", weights_only=True)["model"] for name in "ui"]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
 

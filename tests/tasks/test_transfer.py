@@ -410,11 +410,15 @@ def test_a_resume_stopped_while_it_rewrote_the_config_can_be_resumed(
     # The cost table gave the resumed session's wall time as the whole run's, beside training seconds of every session
     assert "| this session (the run was resumed) | - | - |" in report and "| whole run |" not in report
     assert "training seconds are those of every session, its wall seconds this session's alone" in report
-    # ... and named the last command only: each session's is kept
+    # ... and left out the stopped sessions' wall time: each is recorded, and the whole run's is their sum
     sessions = summary["sessions"]
     assert [s["ended"] for s in sessions] == ["interrupted", "interrupted", "finished"]
-    assert "This run was continued with --resume: 3 sessions." in report
-    assert any(line.startswith("this session of the run took ") for line in said), said
+    assert all(s["wall_seconds"] > 0 for s in sessions)
+    assert summary["wall_seconds_total"] == pytest.approx(sum(s["wall_seconds"] for s in sessions))
+    whole = re.search(r"^\| whole run, 3 sessions \| - \| - \| ([0-9.,]+) \|$", report, re.MULTILINE)
+    assert whole and float(whole[1].replace(",", "")) > summary["wall_seconds"], report
+    assert "This run was continued with --resume: 3 sessions. Wall time of all sessions: **" in report
+    assert any(line.startswith("this run's 3 sessions took ") for line in said), said
 
 
 @pytest.mark.parametrize(

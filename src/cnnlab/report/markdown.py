@@ -147,15 +147,25 @@ class RunReport:
 
     def add_sessions(self, sessions: Sequence[Mapping[str, Any]]) -> RunReport:
         """The sessions of a run continued with --resume (`cnnlab.train.records.RunSessions`): the epoch it was resumed
-        from, each session's command, epochs, wall time (a finished session's) and how it ended; nothing for a run of
-        one session, whose command the header names."""
+        from, each session's command, epochs and wall time, and their total, unknown where a session could not record
+        its own (killed outright); nothing for a run of one session, whose command the header names."""
         if len(sessions) < 2:
             return self
         self.heading("Sessions")
         first = sessions[-1].get("first_epoch")  # None: a task whose sessions do not count epochs
         resumed_after = "" if first is None else (f", last resumed after epoch {first}" if first else ", the last "
                                                   "started before any epoch had finished")  # fmt: skip
-        self.text(f"This run was continued with --resume: {len(sessions)} sessions{resumed_after}.")
+        known = [s["wall_seconds"] for s in sessions if s.get("wall_seconds") is not None]
+        unknown = [str(number) for number, s in enumerate(sessions, 1) if s.get("wall_seconds") is None]
+        if not unknown:
+            total = f"Wall time of all sessions: **{duration(sum(known))}**."
+        else:
+            total = (
+                f"Wall time of all sessions: **unknown**: session{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(unknown)} recorded no wall time (stopped outright, by SIGKILL or a power loss, or run "
+                f"before cnnlab recorded sessions); the others took {duration(sum(known))}."
+            )
+        self.text(f"This run was continued with --resume: {len(sessions)} sessions{resumed_after}. {total}")
         rows = [
             [number, s.get("started") or "?", f"`{s.get('command') or '?'}`", _session_epochs(s),
              "unknown" if s.get("wall_seconds") is None else duration(s["wall_seconds"]), _session_end(s)]
@@ -209,7 +219,7 @@ def _session_epochs(session: Mapping[str, Any]) -> str:
 def _session_end(session: Mapping[str, Any]) -> str:
     if session.get("recorded") is False:
         return "not recorded (the run was saved before cnnlab recorded sessions)"
-    return session.get("ended") or "not recorded"
+    return session.get("ended") or "not recorded (stopped outright)"
 
 
 def _short(value: Any) -> str:

@@ -62,17 +62,23 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
     if cache is not None:
         cost_rows.insert(0, ["feature cache" + (" (reused)" if costs.get("cache_reused") else ""), None, None, cache])
     cost_rows.append(["test pass", None, None, costs.get("test_seconds")])
-    resumed = bool(config.get("resume"))
-    cost_rows.append(
-        ["this session (the run was resumed)" if resumed else "whole run", None, None, summary["wall_seconds"]]
-    )
+    sessions = summary.get("sessions", [])  # absent from the results of runs saved before sessions were recorded
+    resumed = len(sessions) > 1 or (not sessions and bool(config.get("resume")))
+    if not resumed:
+        cost_rows.append(["whole run", None, None, summary["wall_seconds"]])
+    else:
+        cost_rows.append(["this session (the run was resumed)", None, None, summary["wall_seconds"]])
+        if sessions:  # None: a session's wall time is unknown (killed outright), and so is the run's
+            cost_rows.append([f"whole run, {len(sessions)} sessions", None, None, summary.get("wall_seconds_total")])
     report.table(["step", "epochs", "training s", "wall s"], cost_rows)
-    if resumed:  # a phase's training seconds come back with its checkpoint; the wall time of a stopped session does not
+    if resumed:  # a phase's training seconds come back with its checkpoint; its wall seconds are this session's
         report.text(
             "This run was continued with --resume: a phase's epochs and training seconds are those of every session, "
-            "its wall seconds this session's alone (an interrupted session's wall time is not recorded); the feature "
-            "cache's are its build's, in whichever session finished it."
-        )
+            "its wall seconds this session's alone; the feature cache's are its build's, in whichever session "
+            "finished it"
+            + ("; the whole run's are every session's (Sessions below), unknown (-) where one recorded none." if
+               sessions else "; an earlier session's wall time was not recorded.")
+        )  # fmt: skip
     nxt = costs.get("next_recipe")
     if nxt:
         report.text(
@@ -88,7 +94,7 @@ def transfer_report(summary: dict[str, Any], environment: dict[str, Any] | None 
         "cost and reached on ELPV."
     )
 
-    report.add_sessions(summary.get("sessions", []))  # absent from runs saved before sessions were recorded
+    report.add_sessions(sessions)
     report.heading("Data and split")
     report.text(f"Split: {summary['split']} (manifest: `split.csv`).")
     counts = summary["counts"]

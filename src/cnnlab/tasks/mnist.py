@@ -237,7 +237,7 @@ def train_mnist(
                 member_dir, reuse_finished, is_main_process(), command_started if first_trained else None
             )
             first_trained = False
-            with sessions:  # an interrupted session records how it ended
+            with sessions:  # an interrupted session records its wall time too
                 trained = _train_member(
                     chosen,
                     config,

@@ -490,7 +490,7 @@ def train_segmentation_folder(
         generator=torch.Generator(),
     )
     val_loader = DataLoader(SegmentationSamples(parts["val"]), batch_size=eval_batch, collate_fn=pad_collate)
-    with sessions:  # an interrupted session records how it ended
+    with sessions:  # an interrupted session records its wall time too
         history = trainer.fit(LoaderBatches(train_loader), LoaderBatches(val_loader) if parts["val"] else None)
         final = trainer.eval_model  # the best epoch's weights, which BestWeights loaded back
         chosen = chosen_epoch(trainer, best_weights, history)

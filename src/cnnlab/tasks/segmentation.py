@@ -372,7 +372,7 @@ def train_segmentation(
         eval_transform=_to_device_dtypes,
         callbacks=[best_weights := BestWeights(), *callbacks, SessionEpochs(sessions)],
     )
-    with sessions:  # an interrupted session records how it ended
+    with sessions:  # an interrupted session records its wall time too
         if pretrain:
             if trainer.is_main_process:
                 trainer.prepare_run_dir()  # a --resume/--overwrite clash fails before the pretraining, not after

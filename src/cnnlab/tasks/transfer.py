@@ -816,7 +816,7 @@ def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
         if main:
             write_text_whole(skipped_path, json.dumps([dataclasses.asdict(s) for s in images.skipped], indent=1))
     sessions.begin()  # the run folder is this run's now: a refused start records nothing
-    with sessions:  # an interrupted session records how it ended
+    with sessions:  # an interrupted session records its wall time too
         parts = {part: images.subset(split[part]) for part in SPLITS if split[part]}
         for needed in ("val", "test"):
             if needed not in parts:

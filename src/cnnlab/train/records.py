@@ -109,10 +109,12 @@ class RunSessions:
 
     A session is one entry: ``command`` (as typed), ``started`` (UTC, ISO 8601), ``first_epoch`` (the epochs finished
     before it) and ``last_epoch`` (finished when it stopped; None where the task has no epochs of its own),
-    ``wall_seconds`` (a finished session's) and ``ended`` (``finished``, ``interrupted`` or ``failed``). It is written
-    when the session's work on the run folder begins (`begin`: the folder is then checked against --resume/--overwrite;
-    a command refused before it writes nothing), again after each epoch (`epoch_done`), and when it ends (`end`, which
-    a ``with`` block calls for an exception: Ctrl+C and SIGTERM reach it as KeyboardInterrupt), each time whole.
+    ``wall_seconds`` and ``ended`` (``finished``, ``interrupted`` or ``failed``). It is written when the session's work
+    on the run folder begins (`begin`: the folder is then checked against --resume/--overwrite; a command refused
+    before it writes nothing), again after each epoch (`epoch_done`), and when it ends (`end`, which a ``with`` block
+    calls for an exception: Ctrl+C and SIGTERM reach it as KeyboardInterrupt), each time whole. A session killed
+    outright (SIGKILL, power loss) cannot record its end: its ``wall_seconds`` stay None, unknown, and so does the run's
+    total (`total_wall_seconds`), rather than a total that leaves it out.
 
     Args:
         run_dir: the run folder.
@@ -167,12 +169,10 @@ class RunSessions:
             self._write()
 
     def end(self, outcome: str = "finished") -> None:
-        """Record how this session ended, and a finished one's wall seconds (since `started`); nothing, if it never
-        began."""
+        """Record this session's wall seconds (since `started`) and how it ended (nothing, if it never began)."""
         if self.current is None or self.current["ended"] is not None:
             return
-        if outcome == "finished":
-            self.current["wall_seconds"] = time.perf_counter() - self.started
+        self.current["wall_seconds"] = time.perf_counter() - self.started
         self.current["ended"] = outcome
         self._write()
 
