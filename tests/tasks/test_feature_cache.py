@@ -4,6 +4,7 @@ resumed and never served half-written, and a cache that would not fit refused wi
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +36,15 @@ def _transform(image: Image.Image) -> torch.Tensor:
 class _Counting(nn.Module):
     """A frozen 'lower part' that counts the images it sees and can fail after some."""
 
-    def __init__(self, fail_after: int | None = None) -> None:
+    def __init__(self, fail_after: int | None = None, seconds: float = 0.0) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 2, 3, padding=1)
         self.seen = 0
         self.fail_after = fail_after
+        self.seconds = seconds  # each call takes at least this long
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
         if self.fail_after is not None and self.seen >= self.fail_after:
             raise KeyboardInterrupt("simulated interruption")
         self.seen += len(x)
@@ -92,7 +95,7 @@ def test_an_interrupted_build_resumes_and_is_never_served_half_written(tmp_path:
     images = _images(tmp_path / "img", count=12)
     cache = FeatureCache(tmp_path / "cache", log=lambda message: None)
     torch.manual_seed(0)
-    broken = _Counting(fail_after=8)  # dies in the third batch of 4 images x 2 views
+    broken = _Counting(fail_after=8, seconds=0.1)  # dies in the second batch of 4 images x 2 views
     with pytest.raises(KeyboardInterrupt):
         _build(cache, images, broken)
     entry = cache.path(_spec(images))
@@ -100,10 +103,14 @@ def test_an_interrupted_build_resumes_and_is_never_served_half_written(tmp_path:
     progress = json.loads((entry.with_name(entry.name + ".partial") / "progress.json").read_text())
     assert progress["done"] == 4  # the first batch is on disk
 
-    resumed_lower = _Counting()
+    resumed_lower = _Counting(seconds=0.1)
     resumed_lower.load_state_dict(broken.state_dict())
     resumed = _build(cache, images, resumed_lower)
     assert not resumed.reused and resumed_lower.seen == (12 - 4) * len(VIEWS)  # only the rest was computed
+    # The build's seconds are both sessions': its first batch (2 x 0.1 s) before the stop, the 2 others after it;
+    # the stopped session's were lost, and a transfer report gave the cache the last session's seconds alone.
+    assert resumed.seconds >= 0.6
+    assert json.loads((entry / "meta.json").read_text())["seconds"] == resumed.seconds
     fresh = _Counting()
     fresh.load_state_dict(broken.state_dict())
     reference = FeatureCache(tmp_path / "reference", log=lambda message: None)

@@ -89,7 +89,7 @@ class CachedPart:
         features: float16 [views, images, *feature_shape] (in memory or memory-mapped).
         labels: int64 [images].
         views: the view of each first index.
-        seconds: how long the build took (0 when the entry was reused).
+        seconds: how long the build took, an interrupted build's sessions together (0 when the entry was reused).
         reused: whether it came from an earlier build.
     """
 
@@ -207,7 +207,7 @@ class FeatureCache:
         size = self.estimate_bytes(len(images), len(views), feature_shape)
         self.root.mkdir(parents=True, exist_ok=True)
         partial = final.with_name(final.name + ".partial")
-        done = self._progress(partial, spec)
+        done, seconds_before = self._progress(partial, spec)
         free = shutil.disk_usage(self.root).free
         needed = size - (size * done // max(1, len(images)))
         held = self._held_text(final.name)
@@ -224,9 +224,9 @@ class FeatureCache:
             + (f" (resuming after {done} images)" if done else "")
             + (f"; {held}" if held else "")
         )
-        started = time.perf_counter()
+        started = time.perf_counter() - seconds_before  # a resumed build counts on from its stopped session's seconds
         self._build(partial, spec, lower, images, transform, views, feature_shape, done, device, batch_size,
-                    precision, channels_last, workers, progress)  # fmt: skip
+                    precision, channels_last, workers, progress, started)  # fmt: skip
         seconds = time.perf_counter() - started
         meta = json.loads((partial / _PROGRESS).read_text())
         meta["seconds"] = seconds
@@ -242,19 +242,20 @@ class FeatureCache:
 
     # ---------------------------------------------------------------------------------------------------- private
     @staticmethod
-    def _progress(partial: Path, spec: dict[str, Any]) -> int:
-        """Images already done by an interrupted build of the same spec (0: start afresh)."""
+    def _progress(partial: Path, spec: dict[str, Any]) -> tuple[int, float]:
+        """Images already done by an interrupted build of the same spec, and the seconds it took to do them (0, 0.0:
+        start afresh; a record written before the seconds were kept counts none)."""
         record = partial / _PROGRESS
         if record.is_file() and (partial / _FEATURES).is_file():
             try:
                 state = json.loads(record.read_text())
                 if state.get("spec") == json.loads(json.dumps(spec, default=str)):
-                    return int(state["done"])
+                    return int(state["done"]), float(state.get("seconds", 0.0))
             except (json.JSONDecodeError, KeyError, ValueError):
                 pass
         if partial.exists():
             shutil.rmtree(partial)
-        return 0
+        return 0, 0.0
 
     def _build(
         self,
@@ -272,12 +273,15 @@ class FeatureCache:
         channels_last: bool,
         workers: int,
         progress: bool,
+        started: float,
     ) -> None:
+        """Compute the rows from `done` on; `started` is the `time.perf_counter()` the build's seconds count from (an
+        interrupted build's seconds before it), recorded with its progress after each batch."""
         partial.mkdir(parents=True, exist_ok=True)
         shape = (len(views), len(images), *feature_shape)
         if done == 0:
             features = np.lib.format.open_memmap(partial / _FEATURES, mode="w+", dtype=np.float16, shape=shape)
-            self._record(partial, spec, 0, views)
+            self._record(partial, spec, 0, views, time.perf_counter() - started)
         else:
             features = np.load(partial / _FEATURES, mmap_mode="r+")
         remaining = images.subset(range(done, len(images)))
@@ -293,13 +297,19 @@ class FeatureCache:
                 features[:, position : position + count] = outputs.transpose(0, 1).cpu().numpy().astype(np.float16)
                 position += count
                 features.flush()
-                self._record(partial, spec, position, views)  # the rows up to `position` are on disk
+                # the rows up to `position` are on disk, and the seconds they took (a stop loses only the batch after)
+                self._record(partial, spec, position, views, time.perf_counter() - started)
                 bar.advance()
         del features
 
     @staticmethod
-    def _record(partial: Path, spec: dict[str, Any], done: int, views: Sequence[str]) -> None:
-        state = {"spec": json.loads(json.dumps(spec, default=str)), "done": done, "views": list(views)}
+    def _record(partial: Path, spec: dict[str, Any], done: int, views: Sequence[str], seconds: float) -> None:
+        state = {
+            "spec": json.loads(json.dumps(spec, default=str)),
+            "done": done,
+            "views": list(views),
+            "seconds": seconds,
+        }
         with written_then_renamed(partial / _PROGRESS) as temporary:
             temporary.write_text(json.dumps(state))
 
