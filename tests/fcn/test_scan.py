@@ -316,11 +316,14 @@ def test_cli_convert_and_scan(tmp_path):
     assert (
         "gives [1, 10, 12, 12]" in converted.output and "11x11 of them are windows inside the image" in converted.output
     )
-    scanned = runner.invoke(
-        app, ["fcn", "scan", str(run / "fcn"), str(tmp_path / "canvas.png"), "-o", str(tmp_path / "h.png")]
-    )
+    (tmp_path / "h.png").write_bytes(b"notes")  # a file of the user's is replaced only with --overwrite
+    scanning = ["fcn", "scan", str(run / "fcn"), str(tmp_path / "canvas.png"), "-o", str(tmp_path / "h.png")]
+    refused = runner.invoke(app, scanning)
+    assert isinstance(refused.exception, CnnlabError) and "pass --overwrite" in str(refused.exception)
+    assert (tmp_path / "h.png").read_bytes() == b"notes"
+    scanned = runner.invoke(app, [*scanning, "--overwrite"])
     assert scanned.exit_code == 0, scanned.output
-    assert (tmp_path / "h.png").is_file()
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
     from_run = runner.invoke(app, ["fcn", "scan", str(run), str(tmp_path / "canvas.png")])
     assert from_run.exit_code == 0 and (tmp_path / "canvas-heatmap.png").is_file()
     # the run trained again (`train --overwrite` keeps RUN/fcn): its converted copy scanned with the old weights
@@ -460,6 +463,30 @@ def test_heatmap_path_takes_folders_and_refuses_formats_matplotlib_cannot_write(
         with pytest.raises(CnnlabError, match=r"is the image being scanned, .*street-heatmap.png beside it"):
             heatmap_path(same, image)
     assert heatmap_path(tmp_path / "pics" / "other.jpg", image) == tmp_path / "pics" / "other.jpg"
+
+
+@pytest.mark.parametrize("suffix", [".png", ".webp"])  # the mark as PNG metadata, and in EXIF
+def test_a_scan_replaces_its_own_heatmap_but_another_file_only_with_overwrite(tmp_path, suffix):
+    """`-o notes.png` (or the default IMAGE-heatmap.png beside the image) replaced a file of the user's without a
+    word; only `-o IMAGE` itself was refused."""
+    from cnnlab.fcn.scan import ScanResult, heatmap_path, is_heatmap
+
+    image = tmp_path / "street.jpg"
+    image.write_bytes(b"a photo")
+    notes = tmp_path / f"notes{suffix}"
+    notes.write_bytes(b"the user's own file")
+    with pytest.raises(
+        CnnlabError, match=rf"notes{suffix} is a file that `cnnlab fcn scan` did not write.*--overwrite"
+    ):
+        heatmap_path(notes, image)
+    assert heatmap_path(notes, image, overwrite=True) == notes
+    result = ScanResult(torch.full((3, 4, 6), 1 / 3), torch.ones(4, 6), window=28, stride=8)
+    save_heatmap(torch.rand(1, 60, 80), result, notes)
+    assert is_heatmap(notes) and heatmap_path(notes, image) == notes  # a heatmap a scan wrote: replaced again
+    (tmp_path / "street-heatmap.png").write_bytes(b"not a heatmap")  # the default name, beside the image
+    for output in (None, tmp_path):
+        with pytest.raises(CnnlabError, match="street-heatmap.png is a file that `cnnlab fcn scan` did not write"):
+            heatmap_path(output, image)
 
 
 def test_the_canvas_demo_title_does_not_list_the_digits_as_if_left_to_right(tmp_path, monkeypatch):

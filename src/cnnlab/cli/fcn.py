@@ -61,11 +61,16 @@ def scan_command(
     invert: bool | None = typer.Option(
         None, "--invert/--no-invert", help="Dark-on-light to light-on-dark (default: when the image is bright)."
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace a file at the heatmap's path that no scan wrote (an earlier heatmap is replaced without it).",
+    ),
 ) -> None:
     """Score every classifier-sized window of IMAGE and write a heatmap PNG of per-location class probabilities."""
     from cnnlab.fcn.scan import heatmap_path, load_converted_or_run, load_scan_image, save_heatmap, scan
 
-    path = heatmap_path(output, image)
+    path = heatmap_path(output, image, overwrite=overwrite)
     converted, source = load_converted_or_run(run)
     picture = load_scan_image(image, channels=converted.input_size[0], invert=invert)
     result = scan(converted, picture, refine=refine, progress=True)

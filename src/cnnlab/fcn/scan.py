@@ -47,6 +47,7 @@ __all__ = [
     "ScanResult",
     "heatmap_path",
     "is_converted",
+    "is_heatmap",
     "load_fully_convolutional",
     "load_scan_image",
     "save_fully_convolutional",
@@ -343,22 +344,24 @@ def scan(
 HEATMAP_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".pdf", ".svg")
 
 
-def heatmap_path(output: str | os.PathLike[str] | None, image: str | os.PathLike[str]) -> Path:
+def heatmap_path(output: str | os.PathLike[str] | None, image: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """Where `cnnlab fcn scan` writes the heatmap of ``image``, checked before the scan runs.
 
     None gives ``IMAGE-heatmap.png`` beside the image; a folder, or a name without a suffix (a folder to make),
-    gives that name inside it (matplotlib wrote ``/tmp.png`` for ``-o /tmp`` and reported ``/tmp``).
+    gives that name inside it (matplotlib wrote ``/tmp.png`` for ``-o /tmp`` and reported ``/tmp``). A heatmap an
+    earlier scan wrote there (`is_heatmap`) is replaced; any other file only with `overwrite`.
 
     Raises:
-        CnnlabError: a suffix matplotlib cannot write, or the image being scanned (`-o scan.png` for `scan.png`
-            replaced the user's image with its heatmap).
+        CnnlabError: a suffix matplotlib cannot write, the image being scanned (`-o scan.png` for `scan.png`
+            replaced the user's image with its heatmap), or a file that no scan wrote, without `overwrite`.
     """
     name = f"{Path(image).stem}-heatmap.png"
     if output is None:
-        return Path(image).with_name(name)
-    path = Path(output)
-    if path.is_dir() or not path.suffix:
-        return path / name
+        path = Path(image).with_name(name)
+    else:
+        path = Path(output)
+        if path.is_dir() or not path.suffix:
+            path = path / name
     if path.suffix.lower() not in HEATMAP_SUFFIXES:
         known = ", ".join(HEATMAP_SUFFIXES)
         raise CnnlabError(f"--output {output}: cannot write a {path.suffix} image; end it in {known}")
@@ -367,7 +370,40 @@ def heatmap_path(output: str | os.PathLike[str] | None, image: str | os.PathLike
             f"--output {output} is the image being scanned, which the heatmap would replace; name another file, or "
             f"leave --output out for {name} beside it"
         )
+    if path.is_file() and not overwrite and not is_heatmap(path):  # -o notes.png replaced the user's own file
+        raise CnnlabError(
+            f"{path} is a file that `cnnlab fcn scan` did not write, which the heatmap would replace; name another "
+            "--output, or pass --overwrite to replace it"
+        )
     return path
+
+
+# Written into every heatmap's metadata (PNG, PDF and SVG "Creator"; JPEG, WebP and TIFF EXIF "ImageDescription"),
+# so that a later scan knows the file at its --output is a heatmap of its own, which it replaces without asking.
+HEATMAP_MARK = "cnnlab fcn scan heatmap"
+_LARGEST_HEATMAP = 64 * 2**20  # bytes: a heatmap is a figure a few hundred pixels high; a larger file is not one
+
+
+def is_heatmap(path: str | os.PathLike[str]) -> bool:
+    """Whether the file at `path` is a heatmap that `save_heatmap` wrote (its metadata holds `HEATMAP_MARK`)."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > _LARGEST_HEATMAP:
+            return False
+        return HEATMAP_MARK.encode() in path.read_bytes()
+    except OSError:
+        return False
+
+
+def _heatmap_metadata(suffix: str) -> dict[str, Any]:
+    """`savefig` keywords that write `HEATMAP_MARK` into a heatmap of this file suffix."""
+    if suffix in (".png", ".pdf", ".svg"):
+        return {"metadata": {"Creator": HEATMAP_MARK}}
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x010E] = HEATMAP_MARK  # ImageDescription
+    return {"pil_kwargs": {"exif": exif.tobytes()}}
 
 
 def save_heatmap(
@@ -455,7 +491,8 @@ def save_heatmap(
     from cnnlab.files import written_then_renamed
 
     with written_then_renamed(path) as partial:
-        figure.savefig(partial, dpi=80, format=path.suffix.lstrip(".").lower())
+        suffix = path.suffix.lower()
+        figure.savefig(partial, dpi=80, format=suffix.lstrip("."), **_heatmap_metadata(suffix))
     plt.close(figure)
     return path
 
