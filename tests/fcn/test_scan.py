@@ -370,20 +370,35 @@ def test_the_heatmap_names_each_confident_blob_once(tmp_path, monkeypatch):
         bump = torch.exp(-((rows - i) ** 2 + (cols - j) ** 2) / 60)
         probabilities[digit] = torch.maximum(probabilities[digit], bump)
     result = ScanResult(probabilities / probabilities.sum(0), torch.ones(40, 90), window=28, stride=2)
+    figures = _kept_figures(monkeypatch)
     save_heatmap(torch.rand(1, 108, 208), result, tmp_path / "h.png")
     names = sorted(text for _, _, text in written if text in {str(d) for d in range(10)})
     assert names == ["3", "7"], written
+    # The overlay had no legend: which colour is which class, and the score it is drawn above, went unsaid.
+    (legend,) = [axis.get_legend() for axis in figures[0].axes if axis.get_legend() is not None]
+    assert [text.get_text() for text in legend.get_texts()] == ["3", "7"]
+    assert "p >= 0.5" in legend.get_title().get_text()
+    overlay = figures[0].axes[0].get_images()[1].get_array()  # locations x RGBA, over the picture
+    for handle, (i, j) in zip(legend.legend_handles, [(20, 20), (18, 65)], strict=True):
+        assert np.allclose(overlay[i, j, :3], handle.get_facecolor()[:3]) and overlay[i, j, 3] > 0
+    assert overlay[0, 0, 3] == 0 and not np.allclose(overlay[20, 20, :3], overlay[18, 65, :3])  # 7: not grey
 
 
-def test_the_heatmap_says_what_it_shows_on_axes_in_pixels_of_the_image(tmp_path, monkeypatch):
-    """The panels had no ticks, no scale for the heat and no word on where a location is drawn or why it is blank."""
+def _kept_figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The figures `save_heatmap` draws, kept as it closes them."""
     import matplotlib.pyplot as plt
-
-    from cnnlab.fcn.scan import ScanResult
 
     figures = []
     closing = plt.close
     monkeypatch.setattr(plt, "close", lambda figure: figures.append(figure) or closing(figure))
+    return figures
+
+
+def test_the_heatmap_says_what_it_shows_on_axes_in_pixels_of_the_image(tmp_path, monkeypatch):
+    """The panels had no ticks, no scale for the heat and no word on where a location is drawn or why it is blank."""
+    from cnnlab.fcn.scan import ScanResult
+
+    figures = _kept_figures(monkeypatch)
     result = ScanResult(torch.full((3, 4, 6), 1 / 3), torch.ones(4, 6), window=28, stride=8)
     save_heatmap(torch.rand(1, 60, 80), result, tmp_path / "h.png")
     (main, *panels), info = figures[0].axes[:3], figures[0].axes[3]  # a 2 x 3 grid, row by row, then the scale

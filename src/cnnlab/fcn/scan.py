@@ -439,8 +439,8 @@ def save_heatmap(
     figure, axes = plt.subplots(2, columns, figsize=(3.2 * columns, 6.2), squeeze=False)
     main = axes[0, 0]
     main.imshow(picture, cmap="gray", extent=(0, width, height, 0))
-    overlay = np.ma.masked_where(empty | (confidence < 0.5), best)
-    main.imshow(overlay, cmap="tab10", vmin=0, vmax=9, alpha=0.45, extent=extent, interpolation="nearest")
+    overlay, legend = _class_overlay(best, empty | (confidence < 0.5), names)
+    main.imshow(overlay, extent=extent, interpolation="nearest")
     confidence_location, best_location = result.probabilities.max(0)
     for i, j in _label_places(confidence_location.numpy(), empty_locations.numpy(), result.window // step):
         main.text(half + j * step, half + i * step, names[best_location[i, j]], color="white", fontsize=7,
@@ -451,14 +451,15 @@ def save_heatmap(
     axes[1, 0].axis("off")
     # What the panels show, which the figure did not say: the scale of the heat, where a location is drawn, and why
     # some are blank; the axes are in pixels of the scanned image.
-    axes[1, 0].text(
+    axes[1, 0].text(  # in the panel's own coordinates: its data limits are the image's, set below
         0,
-        0.62,
+        0.42,
         f"window {result.window}px, stride {result.stride}px\n{rows}x{cols} locations, each drawn at\n"
         f"its window's centre; blank: under {_MIN_STROKE:.0%} of\nthe window's middle is stroke\n"
         "grey: the image as scanned",
         fontsize=8,
         va="center",
+        transform=axes[1, 0].transAxes,
     )
     peaks = result.probabilities.reshape(classes, -1).amax(1).numpy()
     order = np.argsort(-peaks)[:shown] if classes > 10 else range(shown)
@@ -478,6 +479,20 @@ def save_heatmap(
     main.tick_params(labelsize=6)
     for slot in range(shown, 2 * (columns - 1)):  # an odd number of classes leaves one panel empty
         axes[slot % 2, 1 + slot // 2].axis("off")
+    if legend:  # which colour is which class: the names written on the panel mark only the most confident places
+        axes[1, 0].legend(
+            handles=legend,
+            title="most likely class (p >= 0.5)",
+            loc="upper left",
+            bbox_to_anchor=(0.0, 1.02),
+            ncol=min(5, len(legend)),
+            fontsize=7,
+            title_fontsize=7,
+            handlelength=1,
+            columnspacing=0.8,
+            alignment="left",
+            frameon=False,
+        )
     scale = axes[1, 0].inset_axes((0.05, 0.12, 0.9, 0.06))
     figure.colorbar(heat, cax=scale, orientation="horizontal").set_label("p(class) in the class panels", fontsize=8)
     scale.tick_params(labelsize=6)
@@ -495,6 +510,41 @@ def save_heatmap(
         figure.savefig(partial, dpi=80, format=suffix.lstrip("."), **_heatmap_metadata(suffix))
     plt.close(figure)
     return path
+
+
+_OVERLAY_ALPHA = 0.45
+
+
+def _class_overlay(best: np.ndarray, hidden: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[Any]]:
+    """The main panel's overlay, float RGBA [rows, cols, 4], one colour per class at each location not `hidden`,
+    and its legend's handles, one per class drawn (in class order).
+
+    Up to 10 classes take tab10's colour of their index, so a digit has the same colour in every scan (gold for
+    tab10's grey, which left class 7 unseen over the grey picture). With more, tab10 gave every class from the 10th
+    on the 10th's colour: the classes drawn at the most locations take tab20's 18 colours that are not grey, and the
+    rest one grey, "other classes".
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    drawn, locations = np.unique(best[~hidden], return_counts=True)
+    if len(names) <= 10:
+        palette = [*plt.get_cmap("tab10").colors]
+        palette[7] = (1.0, 0.85, 0.0)
+        colours = {int(index): palette[int(index)][:3] for index in drawn}
+    else:
+        palette = [colour for slot, colour in enumerate(plt.get_cmap("tab20").colors) if slot not in (14, 15)]
+        ranked = drawn[np.argsort(-locations, kind="stable")]
+        colours = {int(index): palette[rank][:3] for rank, index in enumerate(ranked[: len(palette)])}
+    other = (0.5, 0.5, 0.5)
+    overlay = np.zeros((*best.shape, 4))
+    overlay[~hidden] = (*other, _OVERLAY_ALPHA)
+    for index, colour in colours.items():
+        overlay[(best == index) & ~hidden] = (*colour, _OVERLAY_ALPHA)
+    legend = [Patch(facecolor=colours[index], alpha=_OVERLAY_ALPHA, label=names[index]) for index in sorted(colours)]
+    if len(drawn) > len(colours):
+        legend.append(Patch(facecolor=other, alpha=_OVERLAY_ALPHA, label="other classes"))
+    return overlay, legend
 
 
 def _shown_maps(
