@@ -272,6 +272,50 @@ def test_convert_names_a_member_of_an_ensemble_before_loading_any(tmp_path, monk
         convert_run(tmp_path / "pair")
 
 
+def test_a_scan_that_would_not_fit_in_memory_is_refused_naming_a_setting_that_fits(tmp_path, monkeypatch):
+    """A 100 MP photo at 2 px apart needed about 7 GB of score maps, allocated without a word until the system killed
+    the process. A scan whose estimate (image, stroke map, six copies of the score maps, one tile's working set;
+    within 5% of the peak memory of scans of 6 and 24 MP images 2 px apart) is over 80% of the memory available is
+    refused, naming the finest --refine, else the image size, that fits."""
+    import re
+
+    import cnnlab.fcn.scan as scanning
+    import cnnlab.train.device as device
+
+    converted = to_fully_convolutional(_unpadded_stride_8(), (1, 28, 28))
+    image = torch.rand(1, 300, 400)
+    cost = scanning._scan_cost(converted, 300, 400, scanning.tile_margin(converted))
+    needed = {refine: cost.bytes(300, 400, 8 // refine) for refine in (1, 2, 4)}
+    # a pass holds at most one layer's input and output: the first ReLU's, 6 + 6 floats a pixel
+    assert cost.pass_bytes_per_pixel == pytest.approx(48, rel=0.1) and cost.tile == (300, 400)  # one tile: whole
+    assert cost.classes == 10 and needed[4] - needed[1] == 6 * 10 * 4 * (
+        137 * 187 - 35 * 47
+    )  # six copies of the scores
+    monkeypatch.setattr(device, "available_memory_bytes", lambda: int(needed[2] / 0.8) + 1)  # refine 2 fits, 4 not
+    with pytest.raises(
+        CnnlabError,
+        match=r"this 400x300 image .* 2 px apart \(--refine 4\) needs about .* of memory, more than 80% of the .* "
+        r"available; pass --refine 2 \(locations 4 px apart",
+    ):
+        scan(converted, image)
+    monkeypatch.setattr(device, "available_memory_bytes", lambda: int(needed[1] / 0.8 / 2))  # none fits
+    with pytest.raises(CnnlabError, match="crop or downscale the image to") as refused:
+        scan(converted, image, refine=2)
+    width, height = map(int, re.search(r"to (\d+)x(\d+) or less", str(refused.value)).groups())
+    assert 0.5 < width / 400 < 1 and cost.bytes(height, width, 8) <= needed[1] / 2
+    # the command refuses a large image by its header, before decoding it (a 100 MP one took 16 s and 1.3 GB)
+    Image.new("L", (1500, 1400)).save(tmp_path / "large.png")
+    Image.new("L", (400, 300)).save(tmp_path / "small.png")
+    with pytest.raises(CnnlabError, match="this 1500x1400 image .* pass --refine 1"):
+        scanning.check_scan_memory(converted, tmp_path / "large.png", refine=2)
+    scanning.check_scan_memory(converted, tmp_path / "small.png")  # left to the scan, which has the image
+    lines = []
+    monkeypatch.setattr(device, "available_memory_bytes", lambda: None)  # a system that does not say: scanned
+    monkeypatch.setattr(scanning, "LARGE_SCAN_BYTES", needed[1] - 1)  # a large scan says what it needs
+    assert scan(converted, image, refine=1, log=lines.append).stride == 8
+    assert lines == [f"scanning 400x300 (8 px apart) needs about {needed[1] / 1e9:.1f} GB of memory"]
+
+
 def test_scan_refuses_images_smaller_than_the_window():
     with pytest.raises(CnnlabError, match="smaller"):
         scan(to_fully_convolutional(_classifier()), torch.rand(1, 20, 60))

@@ -68,12 +68,20 @@ def scan_command(
     ),
 ) -> None:
     """Score every classifier-sized window of IMAGE and write a heatmap PNG of per-location class probabilities."""
-    from cnnlab.fcn.scan import heatmap_path, load_converted_or_run, load_scan_image, save_heatmap, scan
+    from cnnlab.fcn.scan import (
+        check_scan_memory,
+        heatmap_path,
+        load_converted_or_run,
+        load_scan_image,
+        save_heatmap,
+        scan,
+    )
 
     path = heatmap_path(output, image, overwrite=overwrite)
     converted, source = load_converted_or_run(run)
+    check_scan_memory(converted, image, refine)
     picture = load_scan_image(image, channels=converted.input_size[0], invert=invert)
-    result = scan(converted, picture, refine=refine, progress=True)
+    result = scan(converted, picture, refine=refine, progress=True, log=typer.echo)
     classes = result.probabilities.shape[0]
     names = [str(d) for d in range(10)] if classes == 10 else None
     path = save_heatmap(picture, result, path, names, title=f"{source['arch']} scanning {image.name}")

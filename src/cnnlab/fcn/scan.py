@@ -42,9 +42,12 @@ from cnnlab.fcn.convert import FullyConvolutional, to_fully_convolutional
 from cnnlab.train.progress import ProgressBar
 
 __all__ = [
+    "LARGE_SCAN_BYTES",
+    "MEMORY_SHARE",
     "TILE_PIXELS",
     "ScanNotLocalWarning",
     "ScanResult",
+    "check_scan_memory",
     "heatmap_path",
     "is_converted",
     "is_heatmap",
@@ -272,9 +275,154 @@ def _piecewise(run: Callable, image: torch.Tensor, axis: int, margin: int, strid
     return torch.cat(pieces, axis)
 
 
+# What a scan holds besides one tile's working set: each shift's score map and its pieces while they are joined, the
+# stitched map, its trimmed copy and its softmax come to about six float32 copies of the classes' scores at every
+# location, and the stroke map to 9 bytes a pixel (the image's mean over its channels, the mask, the mask as floats).
+# Fitted to the peak memory (RSS) of scans of 6 and 24 MP images 2 px apart (an 8 px stride at --refine 4): the
+# estimate is within 5% of the 0.52 and 1.78 GB measured; of docs/BENCHMARKS.md's 24 MP scans at --refine 1 it is
+# 12% (mnist_net) and 47% (mnist_baseline) above, where a tile's working set is the larger share.
+_SCORE_COPIES = 6
+_STROKE_BYTES_PER_PIXEL = 9
+# Of the memory available, the most a scan may take: the heatmap and the rest of the process need some too.
+MEMORY_SHARE = 0.8
+LARGE_SCAN_BYTES = 10**9  # a scan that needs more says so before it starts
+
+
+@dataclass
+class _ScanCost:
+    """What a scan's memory depends on: the network's input, classes and stride, the largest tile it reads at once,
+    and the working set of a forward pass, a line in the input's pixels."""
+
+    channels: int
+    input_size: tuple[int, int]
+    classes: int
+    stride: int
+    tile: tuple[int, int]
+    pass_fixed_bytes: float
+    pass_bytes_per_pixel: float
+
+    def bytes(self, height: int, width: int, step: int) -> int:
+        """Peak bytes of a scan of a `height` x `width` image with locations `step` px apart, the image included."""
+        rows, cols = (height - self.input_size[0]) // step + 1, (width - self.input_size[1]) // step + 1
+        scores = _SCORE_COPIES * self.classes * 4 * max(0, rows) * max(0, cols)
+        tile = self.pass_fixed_bytes + self.pass_bytes_per_pixel * min(height, self.tile[0]) * min(width, self.tile[1])
+        return int(self.channels * 4 * height * width + _STROKE_BYTES_PER_PIXEL * height * width + scores + tile)
+
+
+@torch.inference_mode()
+def _scan_cost(model: FullyConvolutional, height: int, width: int, margin: int | None) -> _ScanCost:
+    """The memory figures of `model` scanning a `height` x `width` image in tiles for `margin` (None: whole).
+
+    A forward pass's working set, the largest input and output of one layer together (in inference mode the rest
+    is freed as it goes), is measured on two small inputs and is a line in the input's pixels. (The meta device, or
+    `LiveTensorTracker`'s dispatch mode, would count it for any size, but their first use imported torch._dynamo: 5 s.)
+    """
+    channels, input_height, input_width = model.input_size
+    window, stride = model.output_geometry()
+    tile = _tile_size((height, width), margin, stride)
+    reads = (height, width)
+    if tile is not None and margin is not None:  # a tile reads `tile` locations and a margin on each side
+        reads = (min(height, tile * stride + 2 * margin), min(width, tile * stride + 2 * margin))
+    reference = next(model.parameters(), torch.empty(0))
+    largest = [0]
+
+    def held(module: nn.Module, args: tuple, output: Any) -> None:
+        tensors = [item for item in (*args, output) if isinstance(item, torch.Tensor)]
+        largest[0] = max(largest[0], sum(tensor.numel() * tensor.element_size() for tensor in tensors))
+
+    leaves = [module for module in model.modules() if not any(module.children())]
+    handles = [module.register_forward_hook(held) for module in leaves]
+    peaks, sides = [], (window + 4 * stride, window + 12 * stride)
+    try:
+        for side in sides:
+            largest[0] = 0
+            classes = model(torch.zeros(1, channels, side, side, dtype=reference.dtype, device=reference.device))
+            peaks.append(largest[0])
+    finally:
+        for handle in handles:
+            handle.remove()
+    classes = classes.shape[1]
+    per_pixel = max(0.0, (peaks[1] - peaks[0]) / (sides[1] ** 2 - sides[0] ** 2))
+    fixed = max(0.0, peaks[0] - per_pixel * sides[0] ** 2)
+    return _ScanCost(channels, (input_height, input_width), classes, stride, reads, fixed, per_pixel)
+
+
+def _gigabytes(size: float) -> str:
+    return f"{size / 1e9:.1f} GB"
+
+
+def _check_scan_memory(cost: _ScanCost, height: int, width: int, refine: int) -> int:
+    """The bytes a scan of a `height` x `width` image at `refine` needs (`_ScanCost.bytes`).
+
+    Raises:
+        CnnlabError: more than `MEMORY_SHARE` of the memory available, naming the finest --refine that fits, else the
+            largest image that fits at --refine 1. A 100 MP photo at the default 2 px apart needed about 7 GB.
+    """
+    from cnnlab.train.device import available_memory_bytes
+
+    stride = cost.stride
+    needed = cost.bytes(height, width, stride // refine)
+    available = available_memory_bytes()
+    if available is None or needed <= MEMORY_SHARE * available:
+        return needed
+    limit = MEMORY_SHARE * available
+    finer = [factor for factor in range(refine - 1, 0, -1) if stride % factor == 0]
+    fits = [(factor, cost.bytes(height, width, stride // factor)) for factor in finer]
+    fits = [(factor, size) for factor, size in fits if size <= limit]
+    if fits:
+        factor, size = fits[0]
+        remedy = f"pass --refine {factor} (locations {stride // factor} px apart: about {_gigabytes(size)})"
+    else:
+        scale, size = 1.0, needed
+        while size > limit and scale > 0.01:
+            scale *= 0.95
+            size = cost.bytes(int(height * scale), int(width * scale), stride)
+        remedy = (
+            f"crop or downscale the image to {int(width * scale)}x{int(height * scale)} or less, and pass "
+            f"--refine 1 (locations {stride} px apart: about {_gigabytes(size)})"
+        )
+    raise CnnlabError(
+        f"scanning this {width}x{height} image with locations {stride // refine} px apart (--refine {refine}) needs "
+        f"about {_gigabytes(needed)} of memory, more than {MEMORY_SHARE:.0%} of the {_gigabytes(available)} "
+        f"available; {remedy}"
+    )
+
+
+def check_scan_memory(model: FullyConvolutional, path: str | os.PathLike[str], refine: int | None = None) -> None:
+    """Refuse, before the image file at `path` is decoded, a scan of it that would not fit in memory (as `scan`
+    does once it has the image), by the size its header gives; an image of at most `TILE_PIXELS` is left to `scan`
+    (decoding a 100 MP image took 16 s and 1.3 GB, only for the scan to be refused).
+
+    Raises:
+        CnnlabError: as `scan`, for the memory.
+    """
+    from PIL import Image
+
+    from cnnlab.data.folder import turned_by_exif
+
+    try:
+        with Image.open(path) as opened:
+            width, height = opened.size
+            if turned_by_exif(opened):
+                width, height = height, width
+    except (OSError, Image.DecompressionBombError):
+        return  # said in the words every command uses, when the image is read
+    channels, input_height, input_width = model.input_size
+    if height * width <= TILE_PIXELS or height < input_height or width < input_width:
+        return
+    stride = model.output_geometry()[1]
+    _check_scan_memory(
+        _scan_cost(model, height, width, tile_margin(model)), height, width, refine_factor(refine, stride)
+    )
+
+
 @torch.inference_mode()
 def scan(
-    model: FullyConvolutional, image: torch.Tensor, refine: int | None = None, progress: bool = False
+    model: FullyConvolutional,
+    image: torch.Tensor,
+    refine: int | None = None,
+    progress: bool = False,
+    log: Callable[[str], Any] | None = None,
 ) -> ScanResult:
     """Run a converted classifier over a [C, H, W] float image (at least the training size).
 
@@ -286,10 +434,15 @@ def scan(
             locations are stride / refine apart; 1 keeps the network's own stride. Default: the stride's largest
             divisor up to 4 (`refine_factor`).
         progress: show a progress bar over the forward passes (one per tile and shift) on a terminal.
+        log: told the memory a scan needs, before it starts, when that is over `LARGE_SCAN_BYTES`.
 
     Returns:
         One location for every window that fits, stride / refine pixels apart: (H - window) // step + 1 rows and
         as many columns for the width.
+
+    Raises:
+        CnnlabError: the image does not fit the model, or the scan would need more than `MEMORY_SHARE` of the
+            memory available (estimated before it starts, `_check_scan_memory`).
     """
     channels, height, width = model.input_size
     if image.ndim != 3 or image.shape[0] != channels:
@@ -305,6 +458,9 @@ def scan(
     margin = tile_margin(model)
     if margin is None:
         _warn_not_local(model)
+    needed = _check_scan_memory(_scan_cost(model, *image.shape[1:], margin), *image.shape[1:], refine)
+    if log is not None and needed > LARGE_SCAN_BYTES:
+        log(f"scanning {image.shape[2]}x{image.shape[1]} ({step} px apart) needs about {_gigabytes(needed)} of memory")
     shifts = {(dy, dx): image[:, dy * step :, dx * step :] for dy in range(refine) for dx in range(refine)}
     shifts = {key: part for key, part in shifts.items() if part.shape[1] >= height and part.shape[2] >= width}
     passes = sum(_tile_count(part.shape[1:], margin, stride) for part in shifts.values())

@@ -42,6 +42,7 @@ from cnnlab.files import PATH_BYTES, written_then_renamed
 from cnnlab.layers.views import VIEWS
 from cnnlab.report.units import file_size
 from cnnlab.train import Trainer
+from cnnlab.train.device import available_memory_bytes
 from cnnlab.train.progress import ProgressBar
 
 __all__ = ["CACHE_FORMAT", "CachedPart", "FeatureCache", "available_memory_bytes", "images_digest"]
@@ -63,21 +64,6 @@ def images_digest(images: LabelledImages) -> str:
         name = images.classes[label]
         digest.update(f"{Path(path).resolve()}\0{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode(errors=PATH_BYTES))
     return digest.hexdigest()
-
-
-def available_memory_bytes() -> int | None:
-    """Free RAM (MemAvailable on Linux; the physical pages free where sysconf says), or None where the system does
-    not say: macOS has no ``SC_AVPHYS_PAGES`` and Windows no `os.sysconf`, and both raised here."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 @dataclass

@@ -52,7 +52,6 @@ from cnnlab.errors import CnnlabError
 from cnnlab.files import write_text_whole
 from cnnlab.report.segmentation import MaskScores, MeanIoU, PixelAccuracy, save_overlays
 from cnnlab.report.units import file_size
-from cnnlab.tasks.feature_cache import available_memory_bytes
 from cnnlab.tasks.recipes import (
     Recipe,
     RecipeBook,
@@ -68,7 +67,7 @@ from cnnlab.tasks.transfer import class_weights
 from cnnlab.train import BestWeights, Callback, LoaderBatches, TrainConfig, Trainer
 from cnnlab.train.callbacks import SessionEpochs
 from cnnlab.train.config import RESUME_FREE_OPTIONS, environment_record
-from cnnlab.train.device import resolve_device
+from cnnlab.train.device import available_memory_bytes, resolve_device
 from cnnlab.train.records import RunSessions
 from cnnlab.train.saved import save_model
 from cnnlab.train.strategy import is_main_process, main_process_first

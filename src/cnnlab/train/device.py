@@ -3,9 +3,15 @@
 torch accepts "cuda" on a machine without a GPU and fails later, deep inside the first `.to()`, with a driver
 message; a typo fails with a list of twenty device types. Every command that takes ``--device`` resolves it here
 first, so the user reads one line naming the option, the value and what this machine has.
+
+`available_memory_bytes` says how much of the CPU's memory is free, for the tasks (and the scan) that refuse work that
+would not fit in it.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 
@@ -67,3 +73,18 @@ def resolve_device(name: str | torch.device) -> torch.device:
             f"device {str(name)!r} was asked for, but Apple's MPS is not available here; available: {_available()}"
         )
     return device
+
+
+def available_memory_bytes() -> int | None:
+    """Free RAM (MemAvailable on Linux; the physical pages free where sysconf says), or None where the system does
+    not say: macOS has no ``SC_AVPHYS_PAGES`` and Windows no `os.sysconf`, and both raised here."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
