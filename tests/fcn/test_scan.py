@@ -494,6 +494,9 @@ def test_a_16_bit_or_transparent_scan_reads_as_its_8_bit_opaque_copy(tmp_path):
     assert Image.open(tmp_path / "deep.png").mode.startswith("I")
     plain = load_scan_image(tmp_path / "plain.png")
     assert plain[0, 15, 22] == 1.0 and plain[0, 0, 0] == 0.0  # inverted to MNIST's light ink on black
+    # into an RGB network too, as --invert's help says ("when the image is bright"): it was grayscale only
+    assert torch.equal(load_scan_image(tmp_path / "plain.png", channels=3), plain.expand(3, -1, -1))
+    assert torch.equal(load_scan_image(tmp_path / "plain.png", channels=3, invert=False), 1 - plain.expand(3, -1, -1))
     assert torch.equal(load_scan_image(tmp_path / "clear.png"), plain)
     assert torch.equal(load_scan_image(tmp_path / "deep.png"), load_scan_image(tmp_path / "grey.png"))
     with pytest.raises(CnnlabError, match="cannot read image .*: a folder, not an image file"):

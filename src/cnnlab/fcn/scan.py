@@ -753,8 +753,9 @@ def load_scan_image(path: str | os.PathLike[str], channels: int = 1, invert: boo
     Args:
         path: the image.
         channels: 1 (grayscale) or 3 (RGB).
-        invert: turn dark-on-light into light-on-dark (MNIST's polarity); None inverts a grayscale image whose mean
-            is above 0.5.
+        invert: turn dark-on-light into light-on-dark (MNIST's polarity); None inverts an image whose mean is
+            above 0.5, for an RGB network too (it was grayscale only: white paper scanned by an RGB network was
+            neither inverted nor, being all "stroke", left blank).
     """
     from cnnlab.data.folder import check_image, load_image
 
@@ -764,7 +765,7 @@ def load_scan_image(path: str | os.PathLike[str], channels: int = 1, invert: boo
     image = load_image(path)
     array = np.asarray(image.convert("L") if channels == 1 else image, dtype=np.float32) / 255.0
     tensor = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
-    if invert or (invert is None and channels == 1 and float(tensor.mean()) > 0.5):
+    if invert or (invert is None and float(tensor.mean()) > 0.5):
         tensor = 1.0 - tensor
     return tensor
 
