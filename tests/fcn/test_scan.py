@@ -278,6 +278,7 @@ def test_a_scan_that_would_not_fit_in_memory_is_refused_naming_a_setting_that_fi
     within 5% of the peak memory of scans of 6 and 24 MP images 2 px apart) is over 80% of the memory available is
     refused, naming the finest --refine, else the image size, that fits."""
     import re
+    import warnings
 
     import cnnlab.fcn.scan as scanning
     import cnnlab.train.device as device
@@ -306,7 +307,9 @@ def test_a_scan_that_would_not_fit_in_memory_is_refused_naming_a_setting_that_fi
     # the command refuses a large image by its header, before decoding it (a 100 MP one took 16 s and 1.3 GB)
     Image.new("L", (1500, 1400)).save(tmp_path / "large.png")
     Image.new("L", (400, 300)).save(tmp_path / "small.png")
-    with pytest.raises(CnnlabError, match="this 1500x1400 image .* pass --refine 1"):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2 * 10**6)  # Pillow's decompression-bomb warning is not printed
+    with pytest.raises(CnnlabError, match="this 1500x1400 image .* pass --refine 1"), warnings.catch_warnings():
+        warnings.simplefilter("error")
         scanning.check_scan_memory(converted, tmp_path / "large.png", refine=2)
     scanning.check_scan_memory(converted, tmp_path / "small.png")  # left to the scan, which has the image
     lines = []
@@ -477,7 +480,7 @@ def test_the_heatmap_shows_a_thin_digit_and_leaves_blank_or_noisy_paper_empty(tm
     assert labels and all(abs(x - 75) < 28 and abs(y - 28) < 28 for x, y in labels), written
 
 
-def test_a_16_bit_or_transparent_scan_reads_as_its_8_bit_opaque_copy(tmp_path):
+def test_a_16_bit_or_transparent_scan_reads_as_its_8_bit_opaque_copy(tmp_path, monkeypatch):
     """Pillow's own conversion clipped a 16-bit scan to white, and a transparent background read as black ink's
     colour: both scanned as an empty page."""
     from cnnlab.fcn.scan import load_scan_image
@@ -497,6 +500,19 @@ def test_a_16_bit_or_transparent_scan_reads_as_its_8_bit_opaque_copy(tmp_path):
     # into an RGB network too, as --invert's help says ("when the image is bright"): it was grayscale only
     assert torch.equal(load_scan_image(tmp_path / "plain.png", channels=3), plain.expand(3, -1, -1))
     assert torch.equal(load_scan_image(tmp_path / "plain.png", channels=3, invert=False), 1 - plain.expand(3, -1, -1))
+    # A 100 MP photo was decoded twice (checked, then loaded) with Pillow's "could be decompression bomb DOS attack"
+    # warning printed over the scan's output (from 89 MP, Image.MAX_IMAGE_PIXELS, here 2,000 for a 2,400 px image).
+    import warnings
+
+    import cnnlab.data.folder as folder
+
+    decoded = []
+    decode = folder._decode
+    monkeypatch.setattr(folder, "_decode", lambda data: decoded.append(len(data)) or decode(data))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(load_scan_image(tmp_path / "plain.png"), plain) and len(decoded) == 1
     assert torch.equal(load_scan_image(tmp_path / "clear.png"), plain)
     assert torch.equal(load_scan_image(tmp_path / "deep.png"), load_scan_image(tmp_path / "grey.png"))
     with pytest.raises(CnnlabError, match="cannot read image .*: a folder, not an image file"):
