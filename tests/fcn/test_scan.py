@@ -320,7 +320,10 @@ def test_a_scan_that_would_not_fit_in_memory_is_refused_naming_a_setting_that_fi
 
 
 def test_scan_refuses_images_smaller_than_the_window():
-    with pytest.raises(CnnlabError, match="smaller"):
+    """It said the image was smaller, not what to do with a small image of one digit."""
+    with pytest.raises(
+        CnnlabError, match=r"60x20, smaller than .* 28x28 input, so no window .*`cnnlab predict --model RUN"
+    ):
         scan(to_fully_convolutional(_classifier()), torch.rand(1, 20, 60))
 
 

@@ -452,7 +452,9 @@ def scan(
         raise CnnlabError(f"the image is shaped {tuple(image.shape)}; this model scans [{channels}, H, W] images")
     if image.shape[1] < height or image.shape[2] < width:
         raise CnnlabError(
-            f"the image is {image.shape[2]}x{image.shape[1]}, smaller than the classifier's {width}x{height} input"
+            f"the image is {image.shape[2]}x{image.shape[1]}, smaller than the classifier's {width}x{height} input, "
+            "so no window fits in it: a scan looks for digits in a larger image; `cnnlab predict --model RUN IMAGE` "
+            "classifies a photo of one digit at any size"
         )
     model.eval()
     window, stride = model.output_geometry()
