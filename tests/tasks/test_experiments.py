@@ -144,12 +144,26 @@ def test_unknown_experiment_and_bad_settings(tmp_path):
     assert [e.name for e in list_experiments()] == ["cnn-vs-dense", "pool-vs-stride", "lrn-vs-bn"]
 
 
-def test_existing_report_is_not_replaced_without_overwrite(tmp_path):
+def test_existing_report_is_not_replaced_without_overwrite(tmp_path, monkeypatch):
+    from cnnlab.tasks import recipes
+
     settings = ExperimentSettings(output=tmp_path)
     run_dir = prepare_run_dir(settings, "cnn-vs-dense")
     (run_dir / "report.md").write_text("done")
     with pytest.raises(CnnlabError, match="--overwrite"):
         prepare_run_dir(settings, "cnn-vs-dense")
+    # An interrupted --overwrite left the old report beside runs of the new settings: the same command trained
+    # everything again and the command without --overwrite was refused, so it could not be continued.
+    earlier = ["results.json", "robustness_shift.png", "cnn-n300/seed0/finished.json"]
+    for name in [*earlier, "cnn-n300/seed0/config.yaml"]:
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).write_text("earlier")
+    monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
+    prepare_run_dir(ExperimentSettings(output=tmp_path, overwrite=True), "cnn-vs-dense")
+    assert [name for name in ["report.md", *earlier] if (run_dir / name).exists()] == []
+    assert (run_dir / "cnn-n300/seed0/config.yaml").exists()  # the engine's own files: replaced when trained again
+    assert "the same command again, without --overwrite, reads it back" in recipes.interrupted_hint()
+    prepare_run_dir(settings, "cnn-vs-dense")  # continued without --overwrite: nothing to refuse
 
 
 EXPECTED_TABLES = {

@@ -23,8 +23,9 @@ def experiment(
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
-        help="Replace an existing report and train every run again. Without it, the runs an interrupted invocation "
-        "finished (same settings) are read back, not trained again.",
+        help="Replace an existing report (removed before training) and train every run again. Without it, the runs "
+        "an interrupted invocation finished (same settings) are read back, not trained again; an interrupted "
+        "--overwrite is continued without --overwrite.",
     ),
 ) -> None:
     """Run a claim about CNNs as an experiment on MNIST over several seeds; writes report.md, plots, results.json.

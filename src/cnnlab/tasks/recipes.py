@@ -33,10 +33,11 @@ __all__ = [
 _CURRENT_RUN: dict[str, Any] = {}
 
 
-def note_current_run(run_dir: str | Path, again: bool = False) -> None:
+def note_current_run(run_dir: str | Path, again: bool = False, again_without: str | None = None) -> None:
     """Remember the run this process writes: a train run continues with ``--resume --name NAME``; with `again`
-    (an experiment, whose finished runs are read back) the same command continues it."""
-    _CURRENT_RUN.update(run_dir=Path(run_dir), again=again)
+    (an experiment, whose finished runs are read back) the same command continues it, less the option
+    `again_without` where one was given that would start it over (``--overwrite``)."""
+    _CURRENT_RUN.update(run_dir=Path(run_dir), again=again, again_without=again_without)
 
 
 def interrupted_hint() -> str | None:
@@ -45,7 +46,8 @@ def interrupted_hint() -> str | None:
         return None
     run_dir = _CURRENT_RUN["run_dir"]
     if _CURRENT_RUN["again"]:
-        return f"{run_dir} keeps what it finished; the same command again reads it back and goes on"
+        without = f", without {_CURRENT_RUN['again_without']}," if _CURRENT_RUN.get("again_without") else ""
+        return f"{run_dir} keeps what it finished; the same command again{without} reads it back and goes on"
     return f"{run_dir} keeps its finished epochs; continue with the same command and --resume --name {run_dir.name}"
 
 

@@ -412,14 +412,24 @@ def _nan_as_null(value: Any) -> Any:
 
 
 def prepare_run_dir(settings: ExperimentSettings, name: str) -> Path:
-    """``<output>/experiment/<name>/``, refusing to replace a finished report unless `overwrite`."""
+    """``<output>/experiment/<name>/``, refusing to replace a finished report unless `overwrite`.
+
+    With `overwrite`, the earlier invocation's report, results and plots and its runs' finished markers are removed
+    before anything is trained: the report no longer describes the runs once they are trained again, and an
+    interrupted ``--overwrite`` is continued by the same command without ``--overwrite``, which must then read back
+    only the runs trained since (not the earlier invocation's, under the removed report).
+    """
     run_dir = Path(settings.output) / "experiment" / name
     if (run_dir / "report.md").exists() and not settings.overwrite:
         raise CnnlabError(
             f"{run_dir} already holds a report; pass --overwrite to replace it or choose another --output"
         )
+    if settings.overwrite and run_dir.is_dir():
+        earlier = [*run_dir.glob(f"*/*/{_FINISHED}"), *run_dir.glob("*.png"), run_dir / "results.json"]
+        for path in [*earlier, run_dir / "report.md"]:  # the report last: while it is there, --overwrite is needed
+            path.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    note_current_run(run_dir, again=True)
+    note_current_run(run_dir, again=True, again_without="--overwrite" if settings.overwrite else None)
     return run_dir
 
 
