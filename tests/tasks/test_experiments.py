@@ -212,6 +212,26 @@ def test_a_finished_run_with_damaged_weights_is_trained_again_not_a_traceback(tm
         assert _read_back(tmp_path, "key", torch.nn.Linear(3, 2)) is None
 
 
+def test_a_finished_run_with_other_settings_is_trained_again_and_said(tmp_path, capsys):
+    """Continued with another --epochs, an experiment trained its finished runs again without a word: the user
+    could not tell that the runs were not read back, or why."""
+    import torch
+
+    from cnnlab.tasks.experiments.common import TrainedRun, _write_finished, train_run
+
+    def linear() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+
+    run_dir = tmp_path / "experiment" / "tiny" / "linear" / "seed0"
+    run_dir.mkdir(parents=True)
+    _write_finished(run_dir, "other-settings", TrainedRun(model=linear(), history=[], train_seconds=1.0, steps=2))
+    images, labels = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    settings = ExperimentSettings(epochs=1, batch_size=32, output=tmp_path)
+    trained = train_run(linear(), images, labels, (images[:32], labels[:32]), settings, run_dir, seed=0)
+    assert trained.steps == 2  # trained, not the finished record's
+    assert "linear/seed0: trained again (the run finished there had other settings" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not HAS_MNIST, reason=f"MNIST not found under {MNIST_ROOT} (set $CNNLAB_DATA)")
 def test_an_interrupted_experiment_reads_back_its_finished_runs(tmp_path, monkeypatch):
     """An interrupted experiment trained every run again; a --full one is most of an hour on a CPU."""

@@ -186,9 +186,13 @@ def train_run(
     )
     options.update(config_overrides)
     key = _run_key(model, images, labels, val, options)
-    if not settings.overwrite and (finished := _read_back(run_dir, key, model)) is not None:
-        log(settings, f"{run_dir.parent.name}/{run_dir.name}: read back (finished by an earlier invocation)")
-        return finished
+    where = f"{run_dir.parent.name}/{run_dir.name}"
+    if not settings.overwrite:
+        if (finished := _read_back(run_dir, key, model)) is not None:
+            log(settings, f"{where}: read back (finished by an earlier invocation)")
+            return finished
+        if (run_dir / _FINISHED).exists():  # said, not silent: a changed option trains every run again
+            log(settings, f"{where}: trained again (the run finished there had other settings, or was damaged)")
     config = TrainConfig(**options)
     recorder = StepLossRecorder()
     trainer = Trainer(model, config, callbacks=[recorder])
