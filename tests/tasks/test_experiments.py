@@ -24,6 +24,10 @@ def test_noise_rule():
     assert not compare(stat([0.90, 0.95, 0.95, 0.95]), stat([0.91, 0.91, 0.91, 0.91])).measurable
     single = compare(stat([0.99]), stat([0.5]))
     assert not single.estimable and not single.measurable
+    # two seeds: 0.135 twice against 0.14 twice (one test image in 200) was "higher by 0.50 points (noise 0.00)"
+    two = compare(stat([0.14, 0.14]), stat([0.135, 0.135]))
+    assert not two.estimable and not two.measurable and two.seeds == 2
+    assert compare(stat([0.14, 0.14, 0.14]), stat([0.135, 0.136, 0.134])).measurable
 
 
 def test_difference_sentence_follows_the_numbers():
@@ -32,6 +36,9 @@ def test_difference_sentence_follows_the_numbers():
     assert "dense is higher than CNN by 9.00 points" in describe_difference("CNN", low, "dense", high, "accuracy")
     assert "no measurable difference" in describe_difference("CNN", high, "dense", high, "accuracy")
     assert "one seed" in describe_difference("CNN", stat([0.9]), "dense", stat([0.8]), "accuracy")
+    two_seeds = describe_difference("CNN", stat([0.25, 0.27]), "dense", stat([0.545, 0.44]), "accuracy")
+    assert "(23.25 points apart; 2 seeds are too few to claim a difference (3 are needed" in two_seeds
+    assert "higher" not in two_seeds
 
 
 def test_cnn_vs_dense_matches_parameter_budgets():
@@ -60,6 +67,7 @@ def test_cnn_vs_dense_conclusion_claims_no_drop_from_one_seed():
                 for kind, xs in (("shift", SHIFTS), ("rotation", ROTATIONS), ("scale", SCALES))}  # fmt: skip
 
     for seeds, expected in ((1, "goes from 98.0% to 19.0% (one seed, so the noise is unknown and no drop is claimed)"),
+                            (2, "goes from 98.0% to 19.0% (2 seeds are too few to claim a drop (3 are needed"),
                             (3, "falls measurably, from 98.1% to 19.1%")):  # fmt: skip
         acc = {
             "CNN": stat([0.98 + 0.001 * s for s in range(seeds)]),
@@ -122,6 +130,8 @@ def test_pool_vs_stride_claims_shifted_features_closer_only_beyond_the_noise():
     assert "for strided-conv a shifted and an unrelated image's similarities are within the noise" in text
     one_seed = _conclusion(params, macs, dict.fromkeys(VARIANTS, stats([0.99], [0.6])))
     assert "is not claimed from one seed" in one_seed and "every variant" not in one_seed
+    two_seeds = _conclusion(params, macs, dict.fromkeys(VARIANTS, stats([0.99, 0.991], [0.6, 0.61])))
+    assert "is not claimed from 2 seeds (3 are needed)" in two_seeds and "every variant" not in two_seeds
 
 
 def test_lrn_steps_to_threshold():

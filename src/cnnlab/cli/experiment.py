@@ -13,7 +13,9 @@ def experiment(
     subset: int | None = typer.Option(
         None, "--subset", help="Training images (default: the experiment's; 0 = all 55,000)."
     ),
-    seeds: int | None = typer.Option(None, "--seeds", help="Repeats over seeds 0..N-1 (default 3)."),
+    seeds: int | None = typer.Option(
+        None, "--seeds", help="Repeats over seeds 0..N-1 (default 3; from fewer, no difference is claimed)."
+    ),
     output: Path = typer.Option(Path("runs"), "--output", "-o", help="Root dir; writes OUTPUT/experiment/NAME/."),
     test_subset: int | None = typer.Option(None, "--test-subset", help="Test images evaluated (default all)."),
     val_subset: int | None = typer.Option(

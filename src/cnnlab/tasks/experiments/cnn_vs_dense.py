@@ -37,6 +37,7 @@ from cnnlab.tasks.experiments.common import (
     prepare_run_dir,
     seeded,
     stat,
+    too_few_seeds,
     train_run,
     write_results,
 )
@@ -257,10 +258,10 @@ def _conclusion(
                 f"the CNN's accuracy falls measurably, from {first.mean * 100:.1f}% to {last.mean * 100:.1f}%: "
                 f"it is not invariant to {kind}s of that size"
             )
-        elif not drop.estimable:  # one seed: "not measurably" would read as "no drop", whatever the numbers
+        elif not drop.estimable:  # too few seeds: "not measurably" would read as "no drop", whatever the numbers
             cnn_part = (
-                f"the CNN's accuracy goes from {first.mean * 100:.1f}% to {last.mean * 100:.1f}% (one seed, so the "
-                "noise is unknown and no drop is claimed)"
+                f"the CNN's accuracy goes from {first.mean * 100:.1f}% to {last.mean * 100:.1f}% "
+                f"({too_few_seeds(drop.seeds, 'drop')})"
             )
         else:
             cnn_part = (

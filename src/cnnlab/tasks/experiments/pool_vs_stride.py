@@ -30,6 +30,7 @@ from cnnlab.files import save_figure_whole
 from cnnlab.models.mnist_net import mnist_normalize
 from cnnlab.report.markdown import markdown_table
 from cnnlab.tasks.experiments.common import (
+    MIN_SEEDS,
     ExperimentSettings,
     Report,
     Stat,
@@ -304,7 +305,9 @@ def _conclusion(params: dict[str, int], macs: dict[str, int], stats: dict[str, d
     if len(nearer) == len(VARIANTS):
         sentence = f"For every variant {what}"
     elif not any(c.estimable for c in closer.values()):
-        sentence = f"Whether {what} is not claimed from one seed"
+        seeds = min(c.seeds for c in closer.values())
+        count = "one seed" if seeds == 1 else f"{seeds} seeds ({MIN_SEEDS} are needed)"
+        sentence = f"Whether {what} is not claimed from {count}"
     else:
         parts = [f"for {' and '.join(nearer)} {what}"] if nearer else []
         if farther:
