@@ -134,6 +134,30 @@ def test_pool_vs_stride_claims_shifted_features_closer_only_beyond_the_noise():
     assert "is not claimed from 2 seeds (3 are needed)" in two_seeds and "every variant" not in two_seeds
 
 
+def test_plots_say_what_bars_and_bands_are_and_the_legend_covers_no_bar(tmp_path, monkeypatch):
+    """The invariance plot's legend sat in the upper right, on the "feature map shifted" bars it labels; neither its
+    error bars nor the robustness plots' shaded bands said what they are."""
+    from cnnlab.tasks.experiments import pool_vs_stride
+
+    figures = []
+    monkeypatch.setattr(pool_vs_stride, "save_figure_whole", lambda figure, path, **_: figures.append(figure))
+    monkeypatch.setattr(pool_vs_stride.pyplot(), "close", lambda figure: None)
+    similar = {"penultimate shifted": stat([0.98, 0.99]), "penultimate unrelated": stat([0.6, 0.7]),
+               "feature map shifted": stat([0.93, 0.94]), "feature map unrelated": stat([0.5, 0.55])}  # fmt: skip
+    pool_vs_stride._plot_invariance(tmp_path / "invariance.png", dict.fromkeys(pool_vs_stride.VARIANTS, similar))
+    (figure,) = figures
+    figure.canvas.draw()
+    axis = figure.axes[0]
+    legend = axis.get_legend().get_window_extent()
+    assert [patch for patch in axis.patches if patch.get_window_extent().overlaps(legend)] == []
+    assert "over seeds" in axis.get_ylabel() and axis.get_legend().get_title().get_text() == "downsampling"
+    from cnnlab.tasks.experiments import common
+
+    monkeypatch.setattr(common, "save_figure_whole", lambda figure, path, **_: figures.append(figure))
+    common.plot_sweep(tmp_path / "shift.png", [0, 1], {"CNN": [similar["penultimate shifted"]] * 2}, "px", "%", "shift")
+    assert figures[-1].axes[0].get_title() == "shift: mean, shaded ± std over 2 seeds"  # the band said nothing
+
+
 def test_lrn_steps_to_threshold():
     from cnnlab.tasks.experiments.lrn_vs_bn import steps_to_threshold
 

@@ -476,7 +476,7 @@ def plot_sweep(
     title: str,
     scale: float = 100.0,
 ) -> Path:
-    """Line plot of mean ± std (shaded) per condition against a swept variable."""
+    """Line plot of mean ± std (shaded) per condition against a swept variable; the title says what is shaded."""
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(5.5, 4))
     for name, stats in curves.items():
@@ -486,9 +486,10 @@ def plot_sweep(
         low = [m - s for m, s in zip(means, stds, strict=True)]
         high = [m + s for m, s in zip(means, stds, strict=True)]
         axis.fill_between(x_values, low, high, alpha=0.2)
+    seeds = len(next(iter(curves.values()))[0].values)
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
-    axis.set_title(title)
+    axis.set_title(f"{title}: mean, shaded ± std over {seeds} seed{'' if seeds == 1 else 's'}")
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()

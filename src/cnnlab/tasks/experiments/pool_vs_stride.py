@@ -232,7 +232,7 @@ def run(settings: ExperimentSettings) -> Path:
 
 def _plot_invariance(path: Path, stats: dict[str, dict[str, Stat]]) -> None:
     plt = pyplot()
-    figure, axis = plt.subplots(figsize=(6.5, 4))
+    figure, axis = plt.subplots(figsize=(8.5, 4))
     keys = ("penultimate shifted", "penultimate unrelated", "feature map shifted", "feature map unrelated")
     width = 0.8 / len(VARIANTS)
     for i, variant in enumerate(VARIANTS):
@@ -240,9 +240,9 @@ def _plot_invariance(path: Path, stats: dict[str, dict[str, Stat]]) -> None:
         axis.bar(positions, [stats[variant][key].mean for key in keys], width,
                  yerr=[stats[variant][key].std for key in keys], label=variant)  # fmt: skip
     axis.set_xticks([k + width for k in range(len(keys))], [key.replace(" ", "\n", 1) for key in keys])
-    axis.set_ylabel("cosine similarity")
+    axis.set_ylabel("cosine similarity (mean ± std over seeds)")
     axis.set_title("feature similarity under 1-pixel shifts")
-    axis.legend()
+    axis.legend(title="downsampling", loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the bars, not on them
     figure.tight_layout()
     save_figure_whole(figure, path, dpi=100)
     plt.close(figure)
