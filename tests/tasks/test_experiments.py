@@ -240,6 +240,17 @@ def test_a_finished_run_with_damaged_weights_is_trained_again_not_a_traceback(tm
     _write_finished(tmp_path, "key", TrainedRun(model=model, history=[], train_seconds=1.0, steps=2))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["finished.json", "finished.safetensors"]
     assert _read_back(tmp_path, "key", torch.nn.Linear(3, 2)) is not None
+
+    # killed between the new weights and their record: the earlier record vouched for the new weights
+    def killed(*_args: object) -> str:
+        raise KeyboardInterrupt
+
+    other = torch.nn.Linear(3, 2)
+    with pytest.raises(KeyboardInterrupt), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(json, "dumps", killed)  # the record of the new run is written after its weights
+        _write_finished(tmp_path, "other-settings", TrainedRun(model=other, history=[], train_seconds=1.0, steps=2))
+    assert _read_back(tmp_path, "key", torch.nn.Linear(3, 2)) is None
+    _write_finished(tmp_path, "key", TrainedRun(model=model, history=[], train_seconds=1.0, steps=2))
     for size in (100, 0):
         with (tmp_path / "finished.safetensors").open("r+b") as file:
             file.truncate(size)

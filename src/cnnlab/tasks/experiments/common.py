@@ -237,6 +237,8 @@ def _write_finished(run_dir: Path, key: str, trained: TrainedRun) -> None:
     from safetensors.torch import save_file
 
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in trained.model.state_dict().items()}
+    # An earlier run's record goes first: killed between the two files, its key must not vouch for these weights.
+    (run_dir / _FINISHED).unlink(missing_ok=True)
     with written_then_renamed(run_dir / _FINISHED_WEIGHTS) as partial:  # a kill never leaves half the weights
         save_file(state, str(partial))
     record = {
