@@ -77,6 +77,11 @@ def test_cnn_vs_dense_conclusion_claims_no_drop_from_one_seed():
                            [1000], {"CNN": [acc["CNN"]], "dense": [acc["dense"]]})  # fmt: skip
         assert f"Under a shift of 6 px the CNN's accuracy {expected}" in text
         assert "not measurably" not in text and "not fall measurably" not in text
+        # one training-set size (--subset 1000 or less): its sentence repeated the clean accuracy's as a sample study
+        assert "Trained on 1,000 images" not in text and "Sample efficiency is not measured: 1,000 training" in text
+    text = _conclusion(["CNN", "dense"], {"CNN": 10, "dense": 10}, {"CNN": 20, "dense": 1}, acc, acc, curves(3),
+                       [1000, 5000], {"CNN": [acc["CNN"]] * 2, "dense": [acc["dense"]] * 2})  # fmt: skip
+    assert "Trained on 1,000 images: test accuracy: CNN is higher than dense by 3.00 points" in text
 
 
 def test_report_and_results_are_written_whole_and_results_as_standard_json(tmp_path, monkeypatch):

@@ -278,6 +278,12 @@ def _conclusion(
         f"Scaled by {SCALES[0]} and {SCALES[-1]}, the CNN keeps {low.mean * 100:.1f}% and {high.mean * 100:.1f}% "
         f"(dense: {curves['scale'][dense][0].mean * 100:.1f}% and {curves['scale'][dense][-1].mean * 100:.1f}%)."
     )
+    if len(sizes) == 1:  # the sentence below would repeat the clean accuracy's as if it were a sample-size study
+        sentences.append(
+            f"Sample efficiency is not measured: {sizes[0]:,} training images leave no smaller set among "
+            f"{', '.join(f'{size:,}' for size in SAMPLE_SIZES)} to train on."
+        )
+        return " ".join(sentences)
     smallest = 0
     sentences.append(
         f"Trained on {sizes[smallest]:,} images: "
