@@ -304,10 +304,14 @@ def test_an_interrupted_experiment_reads_back_its_finished_runs(tmp_path, monkey
     stop_at[0] = 99
     first = run_experiment("pool-vs-stride", **tiny)
     assert fits == ["seed1", "seed1"]  # the run the interruption stopped and the one after it
+    # the report said "whole experiment 0.1 min" and gave the read-back runs' times as if measured now
+    header = first.read_text().split("## ", 1)[0]
+    assert "- runs: 2 trained by this invocation, 4 read back from an earlier invocation" in header
+    assert "this invocation" in header and "whole experiment" not in header
     measured = json.loads((first.parent / "results.json").read_text())["measured"]
     fits.clear()
     again = run_experiment("pool-vs-stride", **tiny, overwrite=True)  # --overwrite trains every run again
-    assert len(fits) == 6
+    assert len(fits) == 6 and "read back" not in again.read_text() and "whole experiment" in again.read_text()
     # the runs read back give what training them again gives (the same seeds, so the same weights)
     remeasured = json.loads((again.parent / "results.json").read_text())["measured"]
     for variant, values in measured.items():

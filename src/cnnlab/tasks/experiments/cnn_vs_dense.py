@@ -144,6 +144,7 @@ def run(settings: ExperimentSettings) -> Path:
                     seed,
                     epochs=epochs,
                 )
+                report.count(trained)
                 test = accuracy(trained.model, data.test_images, data.test_labels)
                 by_size[name][size].append(test)
                 log(settings, f"{NAME}: {name} seed {seed} n={size} ({_epochs(epochs)}): test accuracy {test:.4f}")

@@ -142,6 +142,7 @@ class TrainedRun:
     train_seconds: float
     steps: int
     step_losses: list[float] = field(default_factory=list)
+    read_back: bool = False  # finished by an earlier invocation: its times are that invocation's
 
     @property
     def seconds_per_step(self) -> float:
@@ -269,6 +270,7 @@ def _read_back(run_dir: Path, key: str, model: nn.Module) -> TrainedRun | None:
         train_seconds=record["train_seconds"],
         steps=record["steps"],
         step_losses=record["step_losses"],
+        read_back=True,
     )
 
 
@@ -384,6 +386,11 @@ class Report:
     settings: ExperimentSettings
     sections: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    runs: list[bool] = field(default_factory=list)  # per training run: read back from an earlier invocation?
+
+    def count(self, trained: TrainedRun) -> None:
+        """Note a training run for the header: trained now or read back."""
+        self.runs.append(trained.read_back)
 
     def add(self, heading: str, text: str) -> None:
         """Add a section (markdown body under a ``##`` heading)."""
@@ -405,7 +412,15 @@ class Report:
             f"- hardware: {environment_record()['hardware']['cpu']}, {os.cpu_count()} CPU cores, torch "
             f"{torch.__version__} with "
             f"{torch.get_num_threads()} threads; {datetime.now().strftime('%Y-%m-%d %H:%M')}; "
-            f"whole experiment {elapsed / 60:.1f} min",
+            f"{'this invocation' if any(self.runs) else 'whole experiment'} {elapsed / 60:.1f} min",
+            *(
+                [
+                    f"- runs: {self.runs.count(False)} trained by this invocation, {self.runs.count(True)} read back "
+                    "from an earlier invocation (their training times are that invocation's)"
+                ]
+                if any(self.runs)
+                else []
+            ),
             "- noise rule: a difference counts only if it exceeds 2 x the larger std over seeds and the per-seed "
             'ranges do not overlap; otherwise it is reported as "no measurable difference"; from fewer than '
             f"{MIN_SEEDS} seeds no difference is claimed",

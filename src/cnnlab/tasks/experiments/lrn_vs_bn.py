@@ -148,6 +148,7 @@ def run(settings: ExperimentSettings) -> Path:
                 run_dir / variant.lower() / f"seed{seed}",
                 seed,
             )
+            report.count(trained)
             steps_per_epoch = trained.steps // len(trained.history)
             first_epoch = trained.step_losses[:steps_per_epoch]
             values = {

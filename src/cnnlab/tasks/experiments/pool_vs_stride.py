@@ -139,6 +139,7 @@ def run(settings: ExperimentSettings) -> Path:
                 run_dir / variant.replace(" ", "-") / f"seed{seed}",
                 seed,
             )
+            report.count(trained)
             model = trained.model
             assert isinstance(model, DownsampleNet)
             values = {
