@@ -23,13 +23,45 @@ def mnist_run(tmp_path: Path) -> Path:
     return folder
 
 
-def test_large_image_gives_a_heatmap_and_a_small_one_a_message(mnist_run: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The size of every image Pillow decodes from now on (a decoded image's load() returns at once, uncounted)."""
+    decoded = []
+    load = ImageFile.ImageFile.load
+
+    def counted(image: ImageFile.ImageFile) -> object:
+        if image.tile:  # pixels still to decode
+            decoded.append(image.size)
+        return load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counted)
+    return decoded
+
+
+def test_large_image_gives_a_heatmap_and_a_small_one_a_message(
+    mnist_run: Path, tmp_path: Path, decodes: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload is decoded once: the MNIST scan decoded it four times (the size check's EXIF look-up decodes a
+    whole PNG, then the page's check, the scan's check and the scan's reading), each a full decode of a photo up to
+    4 MP. It is scanned as `cnnlab fcn scan` reads the file."""
+    from cnnlab.fcn import scan as fcn_scan
+
+    scanned = []
+    scan = fcn_scan.scan
+
+    def recorded(model: torch.nn.Module, image: torch.Tensor, **options: object) -> object:
+        scanned.append(image)
+        return scan(model, image, **options)
+
+    monkeypatch.setattr(fcn_scan, "scan", recorded)
     large = tmp_path / "large.png"
     canvas = np.zeros((56, 112), dtype=np.uint8)
     canvas[10:40, 20:26] = 255
     Image.fromarray(canvas).save(large)
     heatmap = scan_view(mnist_run, large)
     assert heatmap.mode == "RGB" and heatmap.width > 112
+    assert decodes.count((112, 56)) == 1, decodes
+    assert len(scanned) == 1 and torch.equal(scanned[0], fcn_scan.load_scan_image(large))
     small = tmp_path / "small.png"
     Image.fromarray(canvas[:20, :20]).save(small)
     with pytest.raises(CnnlabError, match="smaller than the classifier"):
@@ -63,7 +95,7 @@ def test_an_image_over_the_pages_pixel_limit_is_refused_naming_the_limit_and_the
 
 
 def test_a_run_trained_with_max_side_segments_a_photo_over_4_mp_that_it_downscales(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, decodes: list[tuple[int, int]]
 ) -> None:
     """A run trained with --max-side on large photos refused a 6 MP photo ("a larger image takes minutes") that it
     segments downscaled in seconds, which the Classify page explains; a rotated photo was sized as stored."""
@@ -74,20 +106,11 @@ def test_a_run_trained_with_max_side_segments_a_photo_over_4_mp_that_it_downscal
     save_model(create_model("unet", **kwargs), folder, "unet", kwargs, meta)
     photo = tmp_path / "photo.jpg"
     Image.new("RGB", (2048, 2049), (200, 40, 40)).save(photo)  # 4 MP + 2,048 px: a blank JPEG stays small
-    decoded = []
-    load = ImageFile.ImageFile.load
-
-    def counted(image: ImageFile.ImageFile) -> object:
-        if image.tile:  # pixels still to decode (a decoded image's load() returns at once)
-            decoded.append(image.size)
-        return load(image)
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", counted)
     view = segment_view(folder, photo)
     # Decoded once, and the masks made at the size the page shows (a 12 MP photo took 8 s through predict's files,
     # decoded twice and three 12 MP PNGs written and two read back, and then 7 s for Gradio to encode two 12 MP
     # images for the page; 2.6 s in all now).
-    assert decoded.count((2048, 2049)) == 1, decoded
+    assert decodes.count((2048, 2049)) == 1, decodes
     assert view.overlay.size == view.colour.size == (1024, 1024) and sum(view.share.values()) == pytest.approx(1.0)
     turned = tmp_path / "turned.jpg"
     exif = Image.Exif()
@@ -100,7 +123,8 @@ def test_a_run_trained_with_max_side_segments_a_photo_over_4_mp_that_it_downscal
     )
 
 
-def test_segmentation_run_gives_the_masks_of_cnnlab_predict(tmp_path: Path) -> None:
+def test_segmentation_run_gives_the_masks_of_cnnlab_predict(tmp_path: Path, decodes: list[tuple[int, int]]) -> None:
+    """... from a PNG decoded once (the size check's EXIF look-up decoded a whole PNG before the page decoded it)."""
     from cnnlab.tasks.segment_predict import load_segmenter, predict_masks
 
     torch.manual_seed(0)
@@ -119,7 +143,9 @@ def test_segmentation_run_gives_the_masks_of_cnnlab_predict(tmp_path: Path) -> N
     Image.fromarray(rng.integers(0, 255, (24, 1300, 3), dtype=np.uint8)).save(wide)
     clis = predict_masks(load_segmenter(folder), [small, wide], tmp_path / "predictions")
     # predict's masks, shown enlarged (nearest) or shrunk (the classes by nearest neighbour) for the page
+    decodes.clear()
     views = [segment_view(folder, photo) for photo in (small, wide)]
+    assert decodes == [(52, 40), (1300, 24)]
     for view, cli, size in zip(views, clis, ((156, 120), (1024, 19)), strict=True):
         assert view.overlay.size == view.colour.size == size
         assert view.share == cli["share"] and sum(view.share.values()) == pytest.approx(1.0)

@@ -57,6 +57,7 @@ __all__ = [
     "save_heatmap",
     "scan",
     "scan_canvas_demo",
+    "scan_tensor",
     "tile_margin",
 ]
 
@@ -750,7 +751,7 @@ def _label_places(confidence: np.ndarray, empty: np.ndarray, spread: int) -> lis
 
 
 def load_scan_image(path: str | os.PathLike[str], channels: int = 1, invert: bool | None = None) -> torch.Tensor:
-    """Read an image file as float [channels, H, W] in [0, 1].
+    """Read an image file as float [channels, H, W] in [0, 1], decoding it once (`scan_tensor`).
 
     The file is read as every cnnlab command reads one (`data.folder.load_image`): a 16-bit scan is scaled to 8 bits
     (Pillow's own conversion clipped it, all white), a transparent background is white, EXIF orientation applied.
@@ -772,7 +773,12 @@ def load_scan_image(path: str | os.PathLike[str], channels: int = 1, invert: boo
         decoded, _, reason = decode_image(path)  # in every command's words: "zero-byte file", "corrupt or ..."
     if decoded is None:
         raise CnnlabError(f"cannot read image {path}: {reason}")
-    image = to_rgb(decoded)
+    return scan_tensor(to_rgb(decoded), channels, invert)
+
+
+def scan_tensor(image: Any, channels: int = 1, invert: bool | None = None) -> torch.Tensor:
+    """A decoded 8-bit RGB PIL image (`data.folder.to_rgb`) as `load_scan_image` reads a file: float [channels, H, W]
+    in [0, 1], inverted as `invert` says (None: an image whose mean is above 0.5, for an RGB network too)."""
     # bytes to floats in torch: numpy's asarray(dtype=float32) of the image took 3.4 s of a 100 MP image's 7.8
     pixels = torch.from_numpy(np.array(image.convert("L") if channels == 1 else image))
     tensor = (pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1).contiguous()).float().div_(255.0)

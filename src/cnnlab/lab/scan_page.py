@@ -51,16 +51,13 @@ def scan_view(run_folder: str | os.PathLike[str], image_path: str | os.PathLike[
     """
     from PIL import Image
 
-    from cnnlab.data.folder import check_image
-    from cnnlab.fcn.scan import load_converted_or_run, load_scan_image, save_heatmap, scan
+    from cnnlab.fcn.scan import load_converted_or_run, save_heatmap, scan, scan_tensor
 
     # refused from its header first: a 12 MP photo was decoded whole to be told it is too large
     _refuse_large(image_path, "crop it to the part to scan, or scan it whole with `cnnlab fcn scan RUN IMAGE`")
-    reason = check_image(image_path)
-    if reason is not None:
-        raise CnnlabError(f"cannot use this file: {reason}; upload a PNG or JPEG image")
+    image = _decoded(image_path)  # once: the check, then the reading, decoded it twice more
     converted, source = load_converted_or_run(run_folder)
-    picture = load_scan_image(image_path, channels=converted.input_size[0])
+    picture = scan_tensor(image, channels=converted.input_size[0])  # as `cnnlab fcn scan` reads the file
     result = scan(converted, picture, refine=refine)
     classes = _class_names(Path(run_folder), result.probabilities.shape[0])
     with tempfile.TemporaryDirectory() as scratch:
@@ -131,7 +128,10 @@ def _refuse_large(image_path: str | os.PathLike[str], remedy: str, max_side: int
     try:
         with Image.open(image_path) as image:
             width, height = image.size
-            if turned_by_exif(image):
+            # A PNG's getexif() decodes every pixel to look for an EXIF chunk after them: only the header's is read
+            # (a turn leaves the pixel count, and so the verdict, as it is; only the size in the message would differ).
+            header_only = image.format == "PNG" and "exif" not in image.info
+            if not header_only and turned_by_exif(image):
                 width, height = height, width
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return
