@@ -124,7 +124,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         return (
             "\n\n".join(view.notes),  # what the command prints below its tables
             view.summary,
-            gr.Dataframe(value=view.layers.rows, headers=view.layers.headers, label=view.layers.title),
+            gr.Dataframe(value=view.layers.rows, headers=view.layers.headers, label=view.layers.label),
             gr.Dataframe(value=view.memory.rows, headers=view.memory.headers, label=view.memory.title),
             memory_chart(view.report),
             gr.Dataframe(

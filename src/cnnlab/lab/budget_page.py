@@ -42,11 +42,21 @@ EXERCISE_SPEC = "\n".join(EXERCISE_2_SPEC)
 
 @dataclass
 class TableData:
-    """A table as plain strings: what a data frame in the page shows."""
+    """A table as plain strings: what a data frame in the page shows.
+
+    Attributes:
+        caption: the line the CLI prints under the table (the layer table's: the input batch is saved too), or "".
+    """
 
     title: str
     headers: list[str]
     rows: list[list[str]]
+    caption: str = ""
+
+    @property
+    def label(self) -> str:
+        """The title, the caption after it: the page's frame has one label."""
+        return f"{self.title}. {self.caption}" if self.caption else self.title
 
 
 @dataclass
@@ -67,12 +77,13 @@ class BudgetView:
 
 
 def table_data(table: Table) -> TableData:
-    """The cells of a rich table (its footer, when shown, as the last row)."""
+    """The cells of a rich table (its footer, when shown, as the last row), its title and its caption."""
     columns = [[str(cell) for cell in column.cells] for column in table.columns]
     rows = [list(row) for row in zip(*columns, strict=True)]
     if table.show_footer:
         rows.append([str(column.footer) for column in table.columns])
-    return TableData(str(table.title or ""), [str(column.header) for column in table.columns], rows)
+    headers = [str(column.header) for column in table.columns]
+    return TableData(str(table.title or ""), headers, rows, str(table.caption or ""))
 
 
 def parse_target(text: str) -> str | list[str]:
