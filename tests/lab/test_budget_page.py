@@ -83,6 +83,14 @@ def test_target_is_a_zoo_name_or_layer_strings_never_a_file() -> None:
         budget_view("pyproject.toml\ngap", "3x32x32")
     with pytest.raises(CnnlabError, match="enter a zoo model name"):
         parse_target(" \n ")
+    # What only the CLI sizes was "unknown model ...; `cnnlab zoo` lists the models", as if misspelt
+    for target in ("torchvision.models:resnet18", "my_nets.py:build(width=32)", "runs/mnist/a", "net.yaml"):
+        with pytest.raises(CnnlabError) as refused:
+            parse_target(target)
+        assert str(refused.value) == (
+            "the page sizes zoo models and layer strings only (it imports no code and opens no file a form names): "
+            f"`cnnlab budget {target}` sizes it (with --input CxHxW for a network without a default input size)"
+        )
 
 
 @pytest.mark.parametrize("name", ["resnet5O", "ResNet50"])

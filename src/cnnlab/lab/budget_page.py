@@ -105,6 +105,11 @@ def parse_target(text: str) -> str | list[str]:
         raise CnnlabError("enter a zoo model name (resnet50) or layer strings, one per line (conv 100 k3 s2 same)")
     if len(lines) == 1 and is_model(lines[0]):
         return lines[0]
+    if len(lines) == 1 and _cli_only(lines[0]):  # was "unknown model ...; `cnnlab zoo` lists the models"
+        raise CnnlabError(
+            "the page sizes zoo models and layer strings only (it imports no code and opens no file a form names): "
+            f"`cnnlab budget {lines[0]}` sizes it (with --input CxHxW for a network without a default input size)"
+        )
     if len(lines) == 1 and len(lines[0].split()) == 1 and lines[0].lower() not in LAYER_TYPES:
         close = difflib.get_close_matches(lines[0], list_models(), n=3)
         hint = f"did you mean {', '.join(close)}?" if close else "`cnnlab zoo` lists the models"
@@ -112,6 +117,13 @@ def parse_target(text: str) -> str | list[str]:
             f"unknown model {lines[0]!r}; {hint} (layer strings start with a layer type: conv 100 k3 s2 same)"
         )
     return lines
+
+
+def _cli_only(target: str) -> bool:
+    """Whether `target` names what only ``cnnlab budget`` sizes: Python code (``MODULE:NAME``, ``FILE.py:NAME``), a
+    run folder or a spec file."""
+    path_like = any(mark in target for mark in (":", "/", "\\"))
+    return path_like or target.lower().endswith((".py", ".yaml", ".yml", ".json"))
 
 
 MAX_BATCH = 10**9  # far beyond any real mini-batch; larger ones overflow torch's byte counts
