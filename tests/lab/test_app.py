@@ -55,6 +55,33 @@ def test_a_port_in_use_is_refused_before_the_app_is_built(monkeypatch: pytest.Mo
             lab_app.serve("runs", port=port)
 
 
+def test_a_port_taken_while_the_app_is_built_is_the_same_one_line_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two labs started together both found the port free, and the second ended in Gradio's "Cannot find empty port
+    in range: 7860-7860. You can specify a different port by setting the GRADIO_SERVER_PORT environment variable or
+    passing the `server_port` parameter to `launch()`", exit code 1."""
+    import socket
+
+    class TakenMeanwhile:  # the app, whose launch finds the port another lab took while it was built (as Gradio's)
+        def queue(self, **options: object) -> TakenMeanwhile:
+            return self
+
+        def launch(self, **options: object) -> None:
+            taken.bind(("127.0.0.1", port))
+            taken.listen()
+            raise OSError(f"Cannot find empty port in range: {port}-{port}. You can specify a different port ...")
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(lab_app, "build_app", lambda *args, **kwargs: TakenMeanwhile())
+    with socket.socket() as taken, pytest.raises(CnnlabError) as refused:
+        lab_app.serve(Path("runs"), port=port, warm=False)
+    assert str(refused.value) == (
+        f"cannot listen on 127.0.0.1:{port} (Address already in use); another program, perhaps another lab, may hold "
+        f"it: pass another --port, such as --port {port + 1}"
+    )
+
+
 @pytest.mark.parametrize(
     ("host", "message"),
     [

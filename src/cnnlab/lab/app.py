@@ -430,14 +430,20 @@ def serve(
     check_runs_root(runs_root)
     max_bytes = max_upload_mb * 2**20
     app = build_app(runs_root, max_bytes, warm)
-    app.queue(default_concurrency_limit=1).launch(  # one CPU-bound request at a time
-        server_name=host,
-        server_port=port,
-        max_file_size=max_bytes,
-        show_error=True,
-        quiet=True,
-        footer_links=["api", "gradio", "settings"],  # Gradio's own "runs" link would be mistaken for the Runs page
-    )
+    try:
+        app.queue(default_concurrency_limit=1).launch(  # one CPU-bound request at a time
+            server_name=host,
+            server_port=port,
+            max_file_size=max_bytes,
+            show_error=True,
+            quiet=True,
+            footer_links=["api", "gradio", "settings"],  # Gradio's own "runs" link would be mistaken for the Runs page
+        )
+    except OSError:
+        # Taken while the app was built and warmed (seconds: two labs started together): said as above, not as
+        # Gradio's "Cannot find empty port ... set the GRADIO_SERVER_PORT environment variable".
+        check_address(host, port)
+        raise
 
 
 def check_address(host: str, port: int) -> None:
