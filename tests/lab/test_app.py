@@ -149,6 +149,9 @@ def test_the_answer_sheet_and_the_runs_are_read_when_the_page_loads_and_on_refre
     assert refresh.fn is loads["on_refresh_runs"].fn
     text, gallery = loads["on_answers"].fn()
     assert "cnnlab answers --quick" in text and gallery.visible is False
+    *_, note = refresh.fn(None, None, None, "efficientnet_lite0", None)  # no runs: an empty table said nothing
+    assert note.visible and note.value.startswith(f"No runs under `{tmp_path}` yet")
+    assert f"`cnnlab train mnist --recipe quick --output {tmp_path}`" in note.value
     (tmp_path / "answers").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "answers" / "cm.png")
     (tmp_path / "answers" / "answers.md").write_text("## Exercise 1\n\n![confusion](cm.png)\n")

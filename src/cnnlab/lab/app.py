@@ -219,17 +219,25 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             gr.Dropdown(choices=models, value=kept(models, model)),
             gr.Dropdown(choices=scan_runs, value=kept(scan_runs, scan_run)),
             *run_figures(on_show),
-            runs_note(),
+            runs_note(bool(choices)),
         )
 
-    def runs_note() -> Any:
+    def runs_note(listed: bool) -> Any:
         unreadable = unreadable_task_folders(runs_root)
-        text = (
-            "Not listed, as this user cannot read them: "
-            + ", ".join(f"`{Path(runs_root) / task}` ({reason})" for task, reason in unreadable)
-            + ". Give this user read permission, then Refresh."
-        )
-        return gr.Markdown(value=text if unreadable else "", visible=bool(unreadable))
+        if unreadable:
+            text = (
+                "Not listed, as this user cannot read them: "
+                + ", ".join(f"`{Path(runs_root) / task}` ({reason})" for task, reason in unreadable)
+                + ". Give this user read permission, then Refresh."
+            )
+        elif not listed:  # an empty table said nothing of where runs come from
+            text = (
+                f"No runs under `{runs_root}` yet: a run is a `<task>/<name>/` folder a train command writes, such as "
+                f"`cnnlab train mnist --recipe quick --output {runs_root}` (about a minute on a CPU); then Refresh."
+            )
+        else:
+            text = ""
+        return gr.Markdown(value=text, visible=bool(text))
 
     def on_answers() -> tuple:
         # On every page load: a sheet written after the lab started is shown once the page is reloaded.
