@@ -192,3 +192,15 @@ def test_an_input_error_shown_in_the_page_leaves_no_traceback_in_the_servers_log
         page("x")
     assert raised.value.print_exception is False
     assert raised.value.duration is None  # the reason stays on the page until closed; it went after 10 s
+
+
+def test_help_says_what_each_option_governs() -> None:
+    """--runs named no page nor the answer sheet, and --max-upload-mb neither the pages it limits nor Scan's pixel
+    limits, which refuse a photo far under 10 MiB."""
+    from cnnlab.lab.scan_page import MAX_DOWNSCALED_PIXELS, MAX_PIXELS
+
+    result = CliRunner().invoke(app, ["lab", "--help"], terminal_width=200)
+    words = " ".join(result.output.replace("│", " ").split())
+    assert "list its RUNS/<task>/<name> runs, and Answers shows RUNS/answers/answers.md" in words
+    assert f"at most {MAX_PIXELS // 2**20} MP, {MAX_DOWNSCALED_PIXELS // 2**20} MP for a segmentation run" in words
+    assert "http://HOST:PORT" in words

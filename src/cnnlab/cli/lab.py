@@ -16,8 +16,17 @@ Needs the lab extra: pip install "cnnlab\\[lab]". Listens on 127.0.0.1 (this mac
 
 
 def lab_command(
-    runs: Annotated[Path, typer.Option("--runs", help="Runs root: the pages list RUNS/<task>/<name>.")] = Path("runs"),
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 7860,
+    runs: Annotated[
+        Path,
+        typer.Option(
+            "--runs",
+            help="Runs root, the --output of the train commands: the Runs, Classify and Scan pages list its "
+            "RUNS/<task>/<name> runs, and Answers shows RUNS/answers/answers.md. It need not exist yet.",
+        ),
+    ] = Path("runs"),
+    port: Annotated[
+        int, typer.Option("--port", min=1, max=65535, help="TCP port: the lab is at http://HOST:PORT.")
+    ] = 7860,
     host: Annotated[
         str | None,
         typer.Option(
@@ -25,7 +34,15 @@ def lab_command(
             help="Listen on this address (e.g. 0.0.0.0) instead of the default 127.0.0.1; the lab has no login.",
         ),
     ] = None,
-    max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", min=1, help="Largest upload accepted, in MiB.")] = 10,
+    max_upload_mb: Annotated[
+        int,
+        typer.Option(
+            "--max-upload-mb",
+            min=1,
+            help="Largest file the Classify and Scan pages accept, in MiB (Scan also takes at most 4 MP, 24 MP for a "
+            "segmentation run trained with --max-side).",
+        ),
+    ] = 10,
 ) -> None:
     from cnnlab.lab.app import check_address, check_runs_root, reachable_from_others, serve
 
