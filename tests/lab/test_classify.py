@@ -320,3 +320,24 @@ def test_another_layer_or_model_for_a_drawing_explains_the_drawing(chelsea: Path
     assert list(fire("model (zoo or run)", "change")[1]) == list(top)  # the drawing again, with the chosen model
     photo_top = classify(subject, open_upload(chelsea, 10 * 2**20)).top
     assert [name for name, _ in photo_top] != [name for name, _ in drawn.top]  # else the test could not tell
+
+
+def test_a_class_name_is_shown_as_text_not_as_markup_in_the_caption() -> None:
+    """A class is a folder's name: "Blue circles <b>v2" turned the rest of the caption bold, as HTML in the page."""
+    pytest.importorskip("gradio", reason="the lab extra")
+    from types import SimpleNamespace
+
+    from markdown_it import MarkdownIt
+
+    from cnnlab.lab.app import classification_caption
+
+    names = ["Blue circles <b>v2", "*starred* [link](http://x) `code` a_b_c & 1.", "7"]
+    for name in names:
+        view = SimpleNamespace(explained=name, cam_layer="features.5", feature_layer="features.2", shown_member="",
+                               pixel_shares=False)  # fmt: skip
+        rendered = MarkdownIt("commonmark").render(classification_caption(view))
+        shown = rendered.replace("<p>", "").replace("</p>", "").strip()
+        escaped = name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        assert shown == (
+            f"Grad-CAM of '{escaped}' at <code>features.5</code>; feature maps of <code>features.2</code>"
+        ), rendered

@@ -60,6 +60,25 @@ def _image(path: Path | None) -> Any:
         return opened.convert("RGB")
 
 
+def markdown_text(text: str) -> str:
+    """`text` as literal text inside Markdown: a class name is a folder's name, which may hold `<b>`, `*` or `[x](y)`
+    (the caption rendered them: "<b>" in a class name turned the rest of the line bold)."""
+    import html
+    import re
+
+    return html.escape(re.sub(r"([\\`*_{}\[\]()#+\-.!|~])", r"\\\1", text), quote=False)
+
+
+def classification_caption(view: Any) -> str:
+    """The line under the Classify page's results (Markdown): the class Grad-CAM explains, at which layer, and whose
+    feature maps are shown."""
+    return (
+        f"Grad-CAM of '{markdown_text(view.explained)}' at `{view.cam_layer}`; feature maps of `{view.feature_layer}`"
+        + (f" of {markdown_text(view.shown_member)}" if view.shown_member else "")
+        + (" (a segmenter: classes by their share of the pixels)" if view.pixel_shares else "")
+    )
+
+
 def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2**20, warm: bool = True) -> Any:
     """The app's `gradio.Blocks` (not started); with `warm`, the default zoo model is loaded already."""
     gr = _gradio()
@@ -140,9 +159,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             for_display(image),  # as cnnlab read it (a transparent PNG on white), not as the browser draws it
             {name: probability for name, probability in view.top},
             view.gradcam,
-            f"Grad-CAM of {view.explained!r} at `{view.cam_layer}`; feature maps of `{view.feature_layer}`"
-            + (f" of {view.shown_member}" if view.shown_member else "")
-            + (" (a segmenter: classes by their share of the pixels)" if view.pixel_shares else ""),
+            classification_caption(view),
             gr.Dropdown(choices=view.layers, value=view.feature_layer),
             view.feature_maps,
             view.filters,
