@@ -120,11 +120,31 @@ def test_missing_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -
         lab_app.build_app("runs", warm=False)
 
 
-def test_app_builds_with_its_four_pages(tmp_path: Path) -> None:
+def test_app_builds_with_its_four_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("gradio", reason="the lab extra")
     blocks = lab_app.build_app(tmp_path, warm=False)
     labels = {getattr(block, "label", None) for block in blocks.blocks.values()}
     assert {"Budget", "Classify and explain", "Runs", "Scan and segment"} <= labels
+    # The labels of classes wrap (a long folder name was one line scrolled sideways, its percentage out of sight):
+    # the style names components the page has, and the lab is launched with it.
+    import re
+
+    styled = set(re.findall(r"#([\w-]+)", lab_app._CSS))
+    assert styled == {"classify-top", "scan-shares"}
+    assert styled <= {getattr(block, "elem_id", None) for block in blocks.blocks.values()}
+    launched: dict = {}
+
+    class Recorded:
+        def queue(self, **options: object) -> Recorded:
+            return self
+
+        def launch(self, **options: object) -> None:
+            launched.update(options)
+
+    monkeypatch.setattr(lab_app, "build_app", lambda *args, **kwargs: Recorded())
+    monkeypatch.setattr(lab_app, "check_address", lambda host, port: None)
+    lab_app.serve(tmp_path, port=7860, warm=False)
+    assert launched["css"] == lab_app._CSS and "overflow-wrap: anywhere" in launched["css"]
 
 
 def test_the_answer_sheet_and_the_runs_are_read_when_the_page_loads_and_on_refresh(

@@ -21,6 +21,9 @@ _DTYPES = ["float32", "float16", "bfloat16"]
 _OPTIMIZERS = ["adam", "adamw", "momentum", "sgd"]
 _CLASSIFY_TASKS = ("mnist", "transfer")
 _SCAN_TASKS = ("mnist",)  # classifier runs the Scan page converts to fully convolutional networks
+# A class name is a folder's name: one long word ("red_squares_..._width") stretched the top classes into one line
+# scrolled sideways, the best class's name cut and its percentage out of sight. Names wrap anywhere instead.
+_CSS = "#classify-top h2, #classify-top dt, #scan-shares h2, #scan-shares dt { overflow-wrap: anywhere; }"
 
 
 def _gradio() -> Any:
@@ -409,7 +412,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             with gr.Row():
                 heatmap = gr.Image(label="class heatmap, or the masks over the image", interactive=False)
                 colour_mask = gr.Image(label="mask (segmentation runs)", interactive=False, visible=False)
-                shares = gr.Label(label="share of the pixels per class", visible=False)
+                shares = gr.Label(label="share of the pixels per class", visible=False, elem_id="scan-shares")
             scanned = [heatmap, colour_mask, shares]
             # The figures of the previous image or run go first: one that cannot be scanned, or a run that refuses
             # the image, left them on show under the new choice.
@@ -463,6 +466,7 @@ def serve(
             show_error=True,
             quiet=True,
             footer_links=["api", "gradio", "settings"],  # Gradio's own "runs" link would be mistaken for the Runs page
+            css=_CSS,
         )
     except OSError:
         # Taken while the app was built and warmed (seconds: two labs started together): said as above, not as
