@@ -52,7 +52,12 @@ def test_runs_are_listed_newest_first_with_task_recipe_and_headline(root: Path) 
     old = summarise("mnist/old", runs["mnist/old"])
     assert (old.task, old.recipe, old.metric, old.value) == ("mnist", "default", "test_accuracy", 0.9912)
     new = summarise("segment/new", runs["segment/new"])
-    assert (new.recipe, new.metric, new.value) == ("quick", "val_accuracy (last epoch)", 0.7)
+    # no results.json: training, or interrupted; it read "val_accuracy (last epoch)" as a finished run's figure
+    assert (new.recipe, new.value) == ("quick", 0.7)
+    assert new.metric == "val_accuracy (epoch 3, no results yet: training or interrupted)"
+    (root / "segment" / "new" / "metrics.json").unlink()  # started: its config.yaml, and no epoch yet
+    started = summarise("segment/new", runs["segment/new"])
+    assert (started.metric, started.value) == ("- (no epoch finished, no results yet: training or interrupted)", None)
     assert new.date > old.date
 
 

@@ -214,6 +214,11 @@ def summarise(run_id: str, folder: Path) -> RunSummary:
     history = _epochs(history)
     when = dt.datetime.fromtimestamp((folder / "config.yaml").stat().st_mtime).strftime("%Y-%m-%d %H:%M")
     metric, value = _headline(results, history)
+    if not (folder / "results.json").is_file():
+        # Training, or interrupted (nothing tells the two apart): "(last epoch)" read as a finished run's figure.
+        progress = f"epoch {history[-1]['epoch']:g}" if history else "no epoch finished"
+        metric = metric.replace("(last epoch)", f"({progress}, no results yet: training or interrupted)")
+        metric = f"- ({progress}, no results yet: training or interrupted)" if metric == "-" else metric
     recipe = _recipe(results, {})  # results.json names it for most runs: config.yaml is read only when it does not
     recipe = _recipe(results, _config(folder)) if recipe == "-" else recipe
     return RunSummary(run_id, folder.parent.name, recipe, when, metric, value)
