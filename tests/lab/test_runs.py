@@ -110,6 +110,24 @@ def test_a_folder_segmentation_runs_test_figures_are_shown(root: Path) -> None:
     assert (details.confusion_matrix, details.mistakes) == (folder / "test_confusion.png", folder / "test_worst.png")
 
 
+def test_an_ensemble_shows_a_members_learning_curves_saying_whose(
+    root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """An ensemble trains no curves of its own (its members do): the Runs page hid the frame without a word."""
+    ensemble = _run(root, "mnist", "E", [0.9], {"test_accuracy": 0.99}, 1_900_000_000)
+    (ensemble / "learning_curves.png").unlink()
+    outside = tmp_path_factory.mktemp("elsewhere") / "seed9"  # `cnnlab ensemble` may name a run outside the root
+    for member in (outside, ensemble / "seed1"):
+        member.mkdir()
+        write_history([{"epoch": 1.0, "train_loss": 1.0, "val_loss": 1.0}], member, plot=True)
+    members = [os.path.relpath(outside, ensemble), "seed0", "seed1"]  # seed0 has no curves (interrupted early)
+    (ensemble / "ensemble.json").write_text(json.dumps({"format": "cnnlab-ensemble-1", "members": members}))
+    details = run_details(root, "mnist/E")
+    assert details.learning_curves == ensemble / "seed1" / "learning_curves.png"
+    assert details.curves_label == "learning curves of member seed1 (3 of 3; each member trained on its own)"
+    assert run_details(root, "mnist/old").curves_label == "learning curves"
+
+
 def test_two_runs_curves_share_one_figure(root: Path) -> None:
     figure = compare_curves(root, "mnist/old", "segment/new")
     labels = [line.get_label() for axis in figure.axes for line in axis.get_lines()]

@@ -54,6 +54,8 @@ class RunDetails:
     Attributes:
         unreadable: each figure the run holds but that does not decode (a run killed while it redrew its curves
             leaves half a PNG), with the reason.
+        curves_label: what the learning curves are: an ensemble, which trains none of its own, shows its first
+            member's (inside the runs root) that has them, saying so.
     """
 
     learning_curves: Path | None
@@ -61,6 +63,7 @@ class RunDetails:
     mistakes: Path | None
     config: str
     unreadable: list[str] = field(default_factory=list)
+    curves_label: str = "learning curves"
 
 
 def find_runs(root: str | os.PathLike[str]) -> dict[str, Path]:
@@ -227,6 +230,7 @@ def summarise(run_id: str, folder: Path) -> RunSummary:
 def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
     """The figures and config of a listed run (see `resolve_run`)."""
     from cnnlab.data.folder import check_image
+    from cnnlab.train.saved import ENSEMBLE_SPEC
 
     folder = resolve_run(root, run_id)
     unreadable: list[str] = []
@@ -239,13 +243,36 @@ def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
             unreadable.append(f"{path.name}: {reason}")
         return None
 
+    curves, curves_label = figure("learning_curves.png"), "learning curves"
+    if curves is None and (folder / ENSEMBLE_SPEC).is_file():  # its curves were hidden without a word
+        curves, curves_label = _member_curves(Path(root), folder / ENSEMBLE_SPEC)
     return RunDetails(
-        figure("learning_curves.png"),
+        curves,
         figure(*_CONFUSION_FIGURES),
         figure(*_MISTAKE_FIGURES),
         (folder / "config.yaml").read_text(errors="replace"),
         unreadable,
+        curves_label,
     )
+
+
+def _member_curves(root: Path, spec: Path) -> tuple[Path | None, str]:
+    """The learning curves of the first member of the ensemble at `spec` that has readable ones, and a label naming
+    the member; only members inside `root` are opened (`cnnlab ensemble` may name runs elsewhere)."""
+    from cnnlab.data.folder import check_image
+    from cnnlab.train.saved import ensemble_members
+
+    try:
+        members = ensemble_members(spec)
+    except (OSError, CnnlabError):
+        return None, "learning curves"
+    for number, member in enumerate(members, 1):
+        curves = member / "learning_curves.png"
+        if member.resolve().is_relative_to(root.resolve()) and curves.is_file() and check_image(curves) is None:
+            return curves, (
+                f"learning curves of member {member.name} ({number} of {len(members)}; each member trained on its own)"
+            )
+    return None, "learning curves"
 
 
 def compare_curves(root: str | os.PathLike[str], first: str, second: str) -> Any:
