@@ -93,7 +93,7 @@ def test_target_is_a_zoo_name_or_layer_strings_never_a_file() -> None:
         )
 
 
-@pytest.mark.parametrize("name", ["resnet5O", "ResNet50"])
+@pytest.mark.parametrize("name", ["resnet5O", "ResNet50", "RESNET50"])
 def test_a_misspelt_model_name_gets_the_zoos_did_you_mean(name: str) -> None:
     """It was read as a layer string: "a layer spec needs --input, the shape of one sample" (a flag the page lacks)."""
     cli = CliRunner().invoke(app, ["budget", name])

@@ -111,7 +111,7 @@ def parse_target(text: str) -> str | list[str]:
             f"`cnnlab budget {lines[0]}` sizes it (with --input CxHxW for a network without a default input size)"
         )
     if len(lines) == 1 and len(lines[0].split()) == 1 and lines[0].lower() not in LAYER_TYPES:
-        close = difflib.get_close_matches(lines[0], list_models(), n=3)
+        close = difflib.get_close_matches(lines[0].lower(), list_models(), n=3)  # the names are lower case
         hint = f"did you mean {', '.join(close)}?" if close else "`cnnlab zoo` lists the models"
         raise CnnlabError(
             f"unknown model {lines[0]!r}; {hint} (layer strings start with a layer type: conv 100 k3 s2 same)"

@@ -56,7 +56,7 @@ def model_family(name: str) -> str:
 
 def _check_known(name: str) -> None:
     if name not in _model_entrypoints:
-        close = difflib.get_close_matches(name, _model_entrypoints, n=3)
+        close = difflib.get_close_matches(name.lower(), _model_entrypoints, n=3)  # the names are lower case
         hint = f"; did you mean {', '.join(close)}?" if close else "; `cnnlab zoo` lists the models"
         raise CnnlabError(f"unknown model {name!r}{hint}")
 
