@@ -162,6 +162,10 @@ def test_a_phase_folder_of_a_transfer_run_names_the_run_to_pass(tmp_path: Path) 
     with pytest.raises(CnnlabError, match=r"it is the 'head' phase of the run in .*q1, whose training has not "
                        r"finished; .* --resume \(and --name q1 if"):  # fmt: skip
         spec_path(run / "head")
+    # the unfinished run itself (its checkpoint in its phase's folder): was "(it holds head); is it a finished run?"
+    unfinished = r"q1 holds no model.json or ensemble.json: its training has not finished \(its 'head' phase stopped, "
+    with pytest.raises(CnnlabError, match=unfinished + r"head/checkpoint.pt is there\).* --resume \(and --name q1 if"):
+        spec_path(run)
     save_model(torch.nn.Linear(2, 2), run, "lenet5", {}, {"task": "transfer"})
     message = rf"head holds no model.json or ensemble.json: it is the 'head' phase of the run in {run}, which holds " \
         rf"the model; pass {run}$"  # fmt: skip

@@ -308,11 +308,28 @@ def _what_it_holds(folder: Path) -> str:
             f": its training has not finished ({CHECKPOINT_NAME} is there); run the command that started it again "
             f"with --resume (and --name {folder.name} if the run was named by its start time)"
         )
+    # a run of several phases (a transfer run) keeps its checkpoint in the phase's folder, not its own: stopped
+    # mid-training, it was "is it a finished cnnlab run?", which said neither that it was unfinished nor what to do
+    stopped = next((sub for sub in _subfolders(folder) if (sub / CHECKPOINT_NAME).is_file() and _phase(sub)), None)
+    if stopped is not None:
+        return (
+            f": its training has not finished (its {_phase(stopped)!r} phase stopped, {stopped.name}/"
+            f"{CHECKPOINT_NAME} is there), so there is no model to use yet; run the command that started it again "
+            f"with --resume (and --name {folder.name} if the run was named by its start time)"
+        )
     names = sorted(entry.name for entry in folder.iterdir())
     if not names:
         return "; it is empty"
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     return f" (it holds {shown}); is it a finished cnnlab run?"
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """`folder`'s folders, by name; none where it cannot be listed."""
+    try:
+        return sorted(entry for entry in folder.iterdir() if entry.is_dir())
+    except OSError:
+        return []
 
 
 def _phase(folder: Path) -> str | None:
