@@ -297,7 +297,7 @@ def test_export_checks_its_output_path_before_tracing(tiny_run: Path, tmp_path: 
     assert Path(result["model"]).stat().st_size > 0
     # a file no export wrote is kept: -o photo.jpg replaced the photo, -o RUN/model.safetensors the run's weights
     Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
-    for kept, fmt in ((tmp_path / "photo.jpg", "onnx"), (tiny_run / "model.safetensors", None)):
+    for kept, fmt in ((tmp_path / "photo.jpg", "onnx"), (tiny_run / "model.safetensors", "torchscript")):
         before = kept.read_bytes()
         with pytest.raises(CnnlabError, match=rf"--output .*{kept.name} is a file that `cnnlab export` did not write"):
             export_model(str(tiny_run), fmt, kept)
@@ -454,8 +454,12 @@ def test_the_output_suffix_chooses_the_format_and_a_contradiction_is_refused(tin
     from cnnlab.tasks.export import export_format, export_model
 
     assert export_format(None, "m.onnx") == "onnx" and export_format(None, "M.PT2") == "pt2"
-    assert export_format(None, "m.pt") == export_format(None, "m.bin") == export_format(None, None) == "torchscript"
-    assert export_format("onnx", "m.bin") == "onnx"  # an unknown suffix is the user's choice
+    assert export_format(None, "m.pt") == export_format(None, None) == "torchscript"
+    assert export_format("onnx", "m.bin") == "onnx"  # an unknown suffix with --format is the user's choice
+    # without --format, `-o x.txt` wrote a TorchScript zip named as a text file
+    with pytest.raises(CnnlabError, match=r"--output .*x.txt names no export format: end the file name in \.pt "):
+        export_model(str(tiny_run), None, tmp_path / "x.txt")
+    assert not list(tmp_path.iterdir())
     with pytest.raises(CnnlabError, match=r"names a pt2 file but --format is onnx: end the file name in \.onnx"):
         export_model(str(tiny_run), "onnx", tmp_path / "m.pt2")
     assert not (tmp_path / "m.pt2").exists()

@@ -60,16 +60,23 @@ LOADERS = {  # how a deployment loads each format (written beside the file)
 
 
 def export_format(fmt: str | None, output: str | os.PathLike[str] | None) -> str:
-    """The format to write: ``fmt`` if given, else the one ``output``'s suffix names, else torchscript.
+    """The format to write: ``fmt`` if given, else the one ``output``'s suffix names, else (no output) torchscript.
 
     Raises:
-        CnnlabError: an unknown format, or a format other than the one the output's suffix names (``-o m.onnx``
-            with ``--format pt2`` would write a file every ONNX tool then fails to read).
+        CnnlabError: an unknown format; a format other than the one the output's suffix names (``-o m.onnx``
+            with ``--format pt2`` would write a file every ONNX tool then fails to read); or, without ``fmt``, an
+            output whose suffix names no format (``-o x.txt``: what it should hold is not said).
     """
     if fmt is not None and fmt not in EXPORT_FORMATS:
         raise CnnlabError(f"--format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
     named = {suffix: name for name, suffix in SUFFIXES.items()}.get(Path(output).suffix.lower()) if output else None
     if fmt is None:
+        if output is not None and named is None:  # `-o x.txt` wrote a TorchScript zip under a text file's name
+            raise CnnlabError(
+                f"--output {output} names no export format: end the file name in "
+                f"{', '.join(f'{suffix} ({name})' for name, suffix in SUFFIXES.items())}, or give --format to write "
+                "that format under this name"
+            )
         return named or "torchscript"
     if named is not None and named != fmt:
         raise CnnlabError(
