@@ -252,6 +252,39 @@ def test_an_mnist_run_exports_with_its_digit_preparation(
         torch.testing.assert_close(loaded(digits), load_model(runs[2] / "single")(digits), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("run", ["single", "pair"])
+def test_an_mnist_export_used_from_its_record_alone_gives_predicts_probabilities(
+    runs: tuple[Path, Path, Path], tmp_path: Path, run: str
+) -> None:
+    """The record said "fitted in 20x20, centre of mass at (14, 14)" and named cnnlab's function: the inversion, the ink
+    threshold, the filter and the rounding were left to guesses. Each digit is prepared here from the record's
+    `prepare_steps` alone, the file loaded without cnnlab, and the probabilities are predict's within 1e-4; an
+    ensemble's output is said to be the log of its members' mean probabilities, not logits."""
+    from PIL import ImageDraw
+
+    from cnnlab.tasks.export import export_model
+    from cnnlab.tasks.predict import load_predictor, predict_images
+    from exported_outside import digit_input, exported_runner, read_record
+
+    images = [_digit(tmp_path / "photo.png")]
+    for index, (size, ink, paper) in enumerate((((28, 28), 255, 0), ((61, 37), 0, 200), ((45, 45), 180, 10))):
+        image = Image.new("RGB", size, (paper,) * 3)  # light on dark (as MNIST), dark on light, off-centre strokes
+        ImageDraw.Draw(image).line([(3 + index, 4), (size[0] // 2, size[1] - 5), (size[0] - 4, 6)], (ink,) * 3, 3)
+        image.save(tmp_path / f"{index}.png")
+        images.append(tmp_path / f"{index}.png")
+    results = predict_images(load_predictor(str(runs[2] / run)), images, top_k=10)
+    formats = ("torchscript", "onnx") if importlib.util.find_spec("onnxruntime") else ("torchscript",)
+    for fmt in formats:
+        suffix = ".onnx" if fmt == "onnx" else ".pt"
+        model_file = export_model(str(runs[2] / run), fmt, tmp_path / f"{run}{suffix}")["model"]
+        record = read_record(model_file)
+        assert ("log of the mean of the 2 members' softmax probabilities" in record["output"]) == (run == "pair")
+        outputs = exported_runner(model_file, record)(torch.stack([digit_input(record, path) for path in images]))
+        for row, result in zip(outputs.softmax(dim=1), results, strict=True):
+            expected = torch.tensor([entry["probability"] for entry in sorted(result["top"], key=lambda e: e["index"])])
+            torch.testing.assert_close(row, expected, atol=1e-4, rtol=0)
+
+
 def test_an_mnist_ensemble_is_explained_as_the_ensemble_not_through_its_last_member(
     runs: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:

@@ -758,3 +758,31 @@ def test_an_export_decoded_as_its_record_says_gives_predicts_probabilities(tmp_p
     assert [round(float(probabilities[entry["index"]]), 5) for entry in expected] == [
         round(entry["probability"], 5) for entry in expected
     ]
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_an_export_used_from_its_record_alone_gives_predicts_probabilities(
+    tiny_run: Path, tmp_path: Path, fmt: str
+) -> None:
+    """The file loaded without cnnlab (torch.jit.load, ONNX Runtime) and each photo prepared from the JSON beside it
+    alone, as a deployment would: predict's probabilities within 1e-4, the run's 8 views averaged inside."""
+    from cnnlab.tasks.export import export_model
+    from exported_outside import exported_runner, photo_input, read_record
+
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    photos = tiny_run.parent.parent.parent / "photos"
+    images = [*sorted((photos / "red").glob("0*.png"))[:3], *sorted((photos / "blue").glob("0*.png"))[:3]]
+    generator = torch.Generator().manual_seed(0)
+    for size, mode in (((70, 50), "RGB"), ((40, 90), "RGBA"), ((33, 33), "L")):  # other shapes; transparency; grey
+        pixels = (torch.rand(size[1], size[0], 4, generator=generator) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels, "RGBA").convert(mode).save(tmp_path / f"{mode}.png")
+        images.append(tmp_path / f"{mode}.png")
+    model_file = export_model(str(tiny_run), fmt, tmp_path / f"model.{fmt}")["model"]
+    record = read_record(model_file)
+    assert len(record["views"]) == 8 and "logits are averaged, not the probabilities" in record["output"]
+    probabilities = exported_runner(model_file, record)(torch.stack([photo_input(record, p) for p in images]))
+    probabilities = probabilities.softmax(dim=1)
+    for row, result in zip(probabilities, predict_images(load_predictor(str(tiny_run)), images, top_k=2), strict=True):
+        expected = torch.tensor([entry["probability"] for entry in sorted(result["top"], key=lambda e: e["index"])])
+        torch.testing.assert_close(row, expected, atol=1e-4, rtol=0)

@@ -334,6 +334,23 @@ def test_a_run_trained_with_max_side_predicts_downscaled_and_returns_masks_at_th
             assert written.size == (64, 48)
     record = json.loads(Path(export_model(summary["run_dir"], "torchscript")["preprocessing"]).read_text())
     assert record["max_side"] == 32 and "longer side is above 32 px to exactly 32 px" in record["resize"]
+    # used without cnnlab, from its record alone, an export gives predict's masks: downscaled, upsampled back
+    from exported_outside import exported_runner, read_record, segment_mask
+
+    images = []
+    for size in ((77, 41), (23, 30)):  # another aspect ratio to downscale; one within --max-side, kept as it is
+        generator = torch.Generator().manual_seed(1)
+        pixels = torch.randint(0, 256, (size[1], size[0], 3), dtype=torch.uint8, generator=generator)
+        Image.fromarray(pixels.numpy()).save(tmp_path / f"{size[0]}x{size[1]}.png")
+        images.append(tmp_path / f"{size[0]}x{size[1]}.png")
+    results = [result, *predict_masks(segmenter, images, tmp_path / "out")]  # the 48x64 image's, and these
+    images = [root / "images" / "00000.png", *images]
+    expected = [np.asarray(Image.open(result["mask"])) for result in results]
+    model_file = Path(summary["run_dir"]) / "model.pt"  # ONNX: test_onnx_export_matches_pytorch_at_unseen_sizes
+    record = read_record(model_file)
+    run = exported_runner(model_file, record)
+    for path, mask in zip(images, expected, strict=True):
+        np.testing.assert_array_equal(segment_mask(record, run, path), mask, err_msg=path.name)
     for other, shown in ((24, "24"), (None, "not given")):
         with pytest.raises(CnnlabError, match=f"extra.max_side: 32 -> {shown}"):
             train_segmentation_folder(str(root), max_side=other, resume=True, progress=False, **options)
@@ -644,6 +661,16 @@ def test_onnx_export_matches_pytorch_at_unseen_sizes(trained, tmp_path):
         expected = reference(images)
     assert exported.shape == expected.shape == (1, 4, 57, 23)
     torch.testing.assert_close(exported, expected, atol=1e-4, rtol=0)
+    # used without cnnlab, from its record alone, it gives predict's masks
+    from exported_outside import exported_runner, read_record, segment_mask
+
+    root = trained[0]
+    images = [root / "images" / "00000.png", root / "images" / "00007.png"]
+    results = predict_masks(segmenter, images, tmp_path / "masks")
+    record = read_record(tmp_path / "m.onnx")
+    run = exported_runner(tmp_path / "m.onnx", record)
+    for path, result in zip(images, results, strict=True):
+        np.testing.assert_array_equal(segment_mask(record, run, path), np.asarray(Image.open(result["mask"])))
 
 
 def test_pt2_export_matches_pytorch_at_sizes_it_was_not_traced_at(trained, tmp_path):

@@ -165,6 +165,11 @@ def training_set_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
 
 
 MNIST_CLASSES = [str(digit) for digit in range(10)]
+# `mnist_preprocess`'s numbers, which `mnist_preparation_record` writes beside an export
+INVERT_ABOVE_MEAN = 0.5  # a grey image brighter than this on average is dark ink on light paper: inverted
+INK_ABOVE = 0.2  # a pixel brighter than this (after the inversion) is ink: the bounding box's and the blank check's
+INK_BOX = 20  # the ink's bounding box is scaled to fit a square of this side ...
+CANVAS = 28  # ... on a black canvas of this side, its centre of mass at CANVAS / 2
 
 
 def fitted_ink(image: Any) -> np.ndarray:
@@ -177,9 +182,9 @@ def fitted_ink(image: Any) -> np.ndarray:
     from PIL import Image
 
     grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    if grey.mean() > 0.5:  # dark ink on light paper: MNIST is the opposite
+    if grey.mean() > INVERT_ABOVE_MEAN:  # dark ink on light paper: MNIST is the opposite
         grey = 1.0 - grey
-    ink = grey > 0.2
+    ink = grey > INK_ABOVE
     if not ink.any():  # a blank page was classified (a "1" at 73%), and so was light ink on a transparent background
         raise CnnlabError(
             "no digit found: no pixel stands out from the background (a blank image, or light ink on a transparent "
@@ -188,7 +193,7 @@ def fitted_ink(image: Any) -> np.ndarray:
     rows, cols = np.nonzero(ink)
     grey = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     height, width = grey.shape
-    ratio = 20.0 / max(height, width)
+    ratio = INK_BOX / max(height, width)
     size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
     return np.clip(np.asarray(Image.fromarray(grey).resize(size, Image.BILINEAR), np.float32), 0.0, 1.0)
 
@@ -208,13 +213,34 @@ def mnist_preprocess(image: Any) -> torch.Tensor:
         CnnlabError: no ink at all (a blank image), rather than a confident class for an empty canvas.
     """
     small = fitted_ink(image)
-    canvas = np.zeros((28, 28), dtype=np.float32)
-    top, left = (28 - small.shape[0]) // 2, (28 - small.shape[1]) // 2
+    canvas = np.zeros((CANVAS, CANVAS), dtype=np.float32)
+    top, left = (CANVAS - small.shape[0]) // 2, (CANVAS - small.shape[1]) // 2
     if (mass := float(small.sum())) > 0:  # a digit thinner than a pixel can vanish in the resize
         row_index, col_index = np.indices(small.shape)
-        top = round(14 - float((row_index * small).sum()) / mass)
-        left = round(14 - float((col_index * small).sum()) / mass)
+        top = round(CANVAS / 2 - float((row_index * small).sum()) / mass)
+        left = round(CANVAS / 2 - float((col_index * small).sum()) / mass)
         # within the canvas: a digit whose ink is all on one side keeps its 20x20 box whole
-        top, left = min(max(top, 0), 28 - small.shape[0]), min(max(left, 0), 28 - small.shape[1])
+        top, left = min(max(top, 0), CANVAS - small.shape[0]), min(max(left, 0), CANVAS - small.shape[1])
     canvas[top : top + small.shape[0], left : left + small.shape[1]] = small
     return torch.from_numpy(canvas).unsqueeze(0)
+
+
+def mnist_preparation_record() -> dict[str, Any]:
+    """`mnist_preprocess` step by step, with its numbers, as `cnnlab export` writes it beside an MNIST model: enough
+    to reproduce its input exactly without cnnlab (the prose "fit in 20x20, centre of mass at (14, 14)" left the
+    inversion, the ink threshold, the filter and the rounding for a deployment to guess)."""
+    return {
+        "grey": "the decoded RGB image as PIL Image.convert('L') (L = R*299/1000 + G*587/1000 + B*114/1000), as "
+        "float32 / 255",
+        "invert_above_mean": INVERT_ABOVE_MEAN,  # grey = 1 - grey when grey.mean() is above it
+        "ink_above": INK_ABOVE,  # ink = grey > it; no ink at all: no digit (cnnlab refuses to classify it)
+        "crop": "grey cut to the bounding box of the ink pixels (first to last ink row and column, inclusive)",
+        "fit": INK_BOX,
+        "fit_resize": f"PIL Image.fromarray(crop as float32, mode 'F').resize((max(1, round(w * {INK_BOX} / "
+        f"max(h, w))), max(1, round(h * {INK_BOX} / max(h, w)))), Image.BILINEAR), then clipped to [0, 1]",
+        "canvas": CANVAS,
+        "place": f"the fitted h x w ink pasted on a {CANVAS}x{CANVAS} float32 canvas of zeros with its top-left at "
+        f"row round({CANVAS // 2} - r) and column round({CANVAS // 2} - c), (r, c) the centre of mass of its values "
+        f"(pixel indices from 0), each clamped to [0, {CANVAS} - h] and [0, {CANVAS} - w]; Python's round (half to "
+        f"even); ink whose values sum to 0 goes at (({CANVAS} - h) // 2, ({CANVAS} - w) // 2)",
+    }

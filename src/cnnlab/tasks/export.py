@@ -29,12 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnlab.data.mnist import mnist_preparation_record
 from cnnlab.data.transforms import RESIZE_ANTIALIAS, resize_description
 from cnnlab.errors import CnnlabError
 from cnnlab.files import check_writable
 from cnnlab.layers.normalize import Normalize
-from cnnlab.tasks.predict import load_predictor
-from cnnlab.train.saved import EXPORT_RECORD_SUFFIX
+from cnnlab.tasks.predict import Predictor, load_predictor
+from cnnlab.train.saved import EXPORT_RECORD_SUFFIX, Ensemble
 
 __all__ = ["DEFAULT_OPSET", "EXPORT_FORMATS", "ONNX_OPSETS", "export_model"]
 
@@ -128,7 +129,8 @@ def export_model(
             "input": "float32 grey [N, 1, 28, 28] in [0, 1]; normalisation is inside the exported model",
             "prepare": "one light digit on black (dark ink on light paper inverted), its ink's bounding box scaled "
             "to fit 20x20 and its centre of mass put at pixel (14, 14) of 28x28, as MNIST's digits are "
-            "(cnnlab.data.mnist.mnist_preprocess)",
+            "(cnnlab.data.mnist.mnist_preprocess; `prepare_steps` gives each step exactly)",
+            "prepare_steps": mnist_preparation_record(),
         }
     else:  # the normalisation travels inside the exported graph: it takes float RGB in [0, 1]
         wrapped = nn.Sequential(Normalize(cfg.mean, cfg.std), predictor.model.cpu().eval()).eval()
@@ -167,7 +169,7 @@ def export_model(
             "load": LOADERS[fmt],
             "decode": DECODE,
             **preparation,
-            "output": "logits (averaged over `views`, inside the model); softmax gives class probabilities",
+            "output": _classifier_output(predictor),
             "classes": predictor.classes,
             "views": list(predictor.views),
             **({"record": {k: v for k, v in vars(cfg).items() if k != "key_map"}} if cfg is not None else {}),
@@ -182,6 +184,25 @@ def export_model(
         "max_abs_difference": max_difference,
         "input": f"{summary}, normalisation inside",
     }
+
+
+def _classifier_output(predictor: Predictor) -> str:
+    """What an exported classifier returns, for its record: said "logits averaged over views" of every model, where an
+    ensemble returns the log of its members' mean probabilities, and did not say the views' logits (not their
+    probabilities) are averaged."""
+    if isinstance(predictor.model, Ensemble):
+        return (
+            f"[N, {len(predictor.classes)}] log of the mean of the {len(predictor.model.members)} members' softmax "
+            "probabilities (each at least 1e-12), inside the model; softmax of it gives back those mean probabilities"
+        )
+    views = list(predictor.views)
+    averaged = (
+        f"the mean of the network's logits over the {len(views)} `views` of the image, each view applied inside the "
+        "model (give it the image alone; the logits are averaged, not the probabilities)"
+        if len(views) > 1
+        else "logits"
+    )
+    return f"[N, {len(predictor.classes)}] {averaged}; softmax over them gives the class probabilities"
 
 
 def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None, opset: int) -> dict[str, Any]:

@@ -1,0 +1,101 @@
+"""Use a `cnnlab export` file as a deployment would, without cnnlab: the model loaded with torch.jit.load or ONNX
+Runtime, and each image prepared from its ``<file>.preprocessing.json`` alone (for the tests that compare the result
+with `cnnlab predict`). Nothing here imports cnnlab: what the record leaves out shows up as a difference.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torchvision.transforms import v2
+
+__all__ = ["decoded", "exported_runner", "photo_input", "digit_input", "read_record", "segment_mask"]
+
+
+def read_record(model_file: str | Path) -> dict[str, Any]:
+    """The preprocessing record written beside `model_file`."""
+    return json.loads(Path(f"{model_file}.preprocessing.json").read_text())
+
+
+def exported_runner(model_file: str | Path, record: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """float32 images -> the exported file's output, loaded as the record's ``load`` says."""
+    if record["format"] == "torchscript":
+        assert record["load"] == "torch.jit.load(path)"
+        module = torch.jit.load(str(model_file))
+        return lambda images: module(images).detach()
+    assert record["format"] == "onnx" and "input name 'images'" in record["load"]
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    return lambda images: torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+
+
+def decoded(path: str | Path) -> Image.Image:
+    """The file decoded as the record's ``decode`` says (EXIF orientation, transparency on white, then RGB); the
+    tests' images are 8-bit."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
+        return image.convert("RGB")
+
+
+def photo_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
+    """[3, H, W] in [0, 1]: the record's resize (its filter and antialiasing) and centre crop; mean/std are inside."""
+    assert "normalisation is inside" in record["input"] and "RGB [N, 3, H, W] in [0, 1]" in record["input"]
+    interpolation = v2.InterpolationMode(record["interpolation"])
+    resize = v2.Resize(record["resize_shorter_side_to"], interpolation=interpolation, antialias=record["antialias"])
+    prepare = v2.Compose([v2.ToImage(), resize, v2.CenterCrop(record["center_crop"]), v2.ToDtype(torch.float32, True)])
+    return prepare(decoded(path))
+
+
+def digit_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
+    """[1, 28, 28] in [0, 1]: the digit prepared by the record's ``prepare_steps``, step by step."""
+    steps = record["prepare_steps"]
+    assert "Image.convert('L')" in steps["grey"]
+    grey = np.asarray(decoded(path).convert("L"), dtype=np.float32) / 255.0
+    if grey.mean() > steps["invert_above_mean"]:
+        grey = 1.0 - grey
+    rows, cols = np.nonzero(grey > steps["ink_above"])
+    grey = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    height, width = grey.shape
+    fit, side = steps["fit"], steps["canvas"]
+    size = (max(1, round(width * fit / max(height, width))), max(1, round(height * fit / max(height, width))))
+    assert "Image.BILINEAR" in steps["fit_resize"] and "mode 'F'" in steps["fit_resize"]
+    small = np.clip(np.asarray(Image.fromarray(grey, mode="F").resize(size, Image.BILINEAR), np.float32), 0, 1)
+    height, width = small.shape
+    top, left = (side - height) // 2, (side - width) // 2
+    if (mass := float(small.sum())) > 0:
+        row_index, col_index = np.indices(small.shape)
+        top = min(max(round(side // 2 - float((row_index * small).sum()) / mass), 0), side - height)
+        left = min(max(round(side // 2 - float((col_index * small).sum()) / mass), 0), side - width)
+    canvas = np.zeros((side, side), dtype=np.float32)
+    canvas[top : top + height, left : left + width] = small
+    return torch.from_numpy(canvas)[None]
+
+
+def segment_mask(record: dict[str, Any], run: Callable[[torch.Tensor], torch.Tensor], path: str | Path) -> np.ndarray:
+    """The uint8 mask [H, W] at the image's size: downscaled to ``max_side`` as the record's ``resize`` says, the
+    logits upsampled bilinearly back and the argmax taken."""
+    image = decoded(path)
+    width, height = image.size
+    seen = image
+    if record["max_side"] is not None and max(width, height) > record["max_side"]:
+        assert "Image.resize, BILINEAR" in record["resize"]
+        scale = record["max_side"] / max(width, height)
+        seen = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
+    pixels = torch.from_numpy(np.asarray(seen, dtype=np.float32).transpose(2, 0, 1) / 255.0)[None]
+    logits = run(pixels)
+    if seen is not image:
+        assert "upsample the logits bilinearly (align_corners=False)" in record["resize"]
+        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+    return logits.argmax(1)[0].numpy().astype(np.uint8)
