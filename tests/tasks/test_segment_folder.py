@@ -566,6 +566,38 @@ def test_an_interrupted_predict_shows_the_masks_it_wrote(trained, tmp_path, monk
     assert [result["share"] for result in read_back] == [result["share"] for result in fresh]
 
 
+def test_a_predict_stopped_between_an_images_renames_is_resumed_not_refused(trained, tmp_path, monkeypatch):
+    """Stopped after an image's mask took its name and before the log said the image was finished, `--resume`
+    refused the folder: "holds x_mask.png, which cnnlab predict did not write"."""
+    import os
+
+    from cnnlab.tasks.segment_predict import iter_masks, load_segmenter
+
+    root, summary = trained
+    images = [str(path) for path in sorted((root / "images").iterdir())[:3]]
+    segmenter = load_segmenter(summary["run_dir"])
+    renames, replace = [], os.replace
+
+    def stopped_at_the_5th(source, target):  # the 2nd image's colour file: its mask is already in place
+        renames.append(target)
+        if len(renames) == 5:
+            raise KeyboardInterrupt
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", stopped_at_the_5th)
+    with pytest.raises(KeyboardInterrupt):
+        list(iter_masks(segmenter, images, tmp_path))
+    monkeypatch.undo()
+    second = Path(images[1]).stem
+    assert (tmp_path / f"{second}_mask.png").is_file() and not (tmp_path / f"{second}_colour.png").is_file()
+    resumed = list(iter_masks(segmenter, images, tmp_path, resume=True))
+    assert [result.get("resumed", False) for result in resumed] == [True, False, False]
+    assert sorted(path.name for path in tmp_path.glob("*.png")) == sorted(
+        f"{Path(image).stem}_{kind}.png" for image in images for kind in ("colour", "mask", "overlay")
+    )
+    assert not list(tmp_path.glob(".*.part"))
+
+
 def test_images_of_one_name_never_share_result_files(trained, tmp_path):
     """x-2.png, a/x.png and b/x.png: a/x.png was given x-2's files (the second x), overwriting x-2.png's mask."""
     import dataclasses

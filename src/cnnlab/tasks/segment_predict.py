@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,7 +157,8 @@ def iter_masks(
             and renamed once all three are complete, so a run stopped mid-image leaves no file that looks finished;
             then a line in `output`/``.cnnlab-masks.jsonl`` records the image (path, size, modification time), its
             files' stem and the model's weights (SHA-256), and only an image recorded with this model, unchanged
-            since, and under the same stem is kept.
+            since, and under the same stem is kept. A line with no model, before the renames, marks the stem's
+            files as predict's but unfinished: segmented again, and replaced.
     """
     output = Path(output)
     if not output.exists() and output.suffix.lower() in (".csv", ".json", ".png", ".jpg", ".jpeg", ".txt"):
@@ -174,7 +175,12 @@ def iter_masks(
     with ProgressBar(len(paths), "segmenting", enabled=progress) as bar, log.open("a", encoding="utf-8") as record:
         for path, stem in zip(paths, stems, strict=True):
             source = _source(path)  # the image as it is read now, for the match and for the line recording it
-            result = _predict_mask(segmenter, runner, path, output, stem, finished.get(stem) == source)
+
+            def writing(stem: str = stem) -> None:  # the stem's files are predict's from their first rename on
+                record.write(json.dumps({"stem": stem, "model": None}) + "\n")
+                record.flush()
+
+            result = _predict_mask(segmenter, runner, path, output, stem, finished.get(stem) == source, writing)
             if "error" not in result and not result.get("resumed"):
                 record.write(json.dumps({"stem": stem, "model": segmenter.weights_sha256, **source}) + "\n")
                 record.flush()
@@ -277,9 +283,13 @@ def _predict_mask(
     output: Path,
     stem: str,
     finished: bool = False,
+    before_renaming: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """One image's masks written into `output` as `stem`'s files, or why it could not be read; when this model
-    `finished` this image's files before (a resumed run), read back from its mask."""
+    `finished` this image's files before (a resumed run), read back from its mask. `before_renaming` is called once
+    the files are complete under temporary names, before the first takes its own (`iter_masks` logs them as
+    predict's there: a stop after a rename and before the line saying the image finished left files no line listed,
+    and `--resume` then refused the folder as holding masks predict had not written)."""
     from PIL import Image
 
     reason = check_image(path)
@@ -299,6 +309,7 @@ def _predict_mask(
     images = {"mask": labels, "colour": segmenter.colours[labels], "overlay": overlay}
     for key, array in images.items():  # complete files under other names first: a stop never leaves a short one
         Image.fromarray(array).save(files[key].with_name(f".{files[key].name}.part"), format="PNG")
+    before_renaming()
     for key in images:
         os.replace(files[key].with_name(f".{files[key].name}.part"), files[key])
     return _mask_result(segmenter, path, labels, files)
