@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -710,6 +711,9 @@ def test_resume_refuses_the_csv_of_another_model_with_the_same_classes(tiny_run:
     name = next(key for key, value in weights.items() if value.is_floating_point())
     weights[name] = weights[name] + 0.01  # the same classes, views and preprocessing; other weights
     save_file(weights, other / "model.safetensors")
+    spec = json.loads((other / "model.json").read_text())  # saved so: their digest is the one model.json records
+    spec["weights_sha256"] = hashlib.sha256((other / "model.safetensors").read_bytes()).hexdigest()
+    (other / "model.json").write_text(json.dumps(spec))
     table = tmp_path / "p.csv"
     images = [str(tmp_path / "0.png"), str(tmp_path / "1.png")]
     first = CliRunner().invoke(app, ["predict", "-m", str(tiny_run), "-k", "1", "-o", str(table), *images])

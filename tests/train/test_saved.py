@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -95,6 +96,24 @@ def test_weights_that_are_not_safetensors_are_a_clear_error(
         main()
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and error.count("\n") == 1 and "is damaged, not a whole safetensors file" in error
+    # one flipped bit inside a tensor still parses: it was loaded, predicted with and exported without a word
+    weights = _saved(tmp_path / "flipped") / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x10
+    weights.write_bytes(bytes(data))
+    for command in (
+        ["predict", "-m", str(weights.parent), str(tmp_path / "digit.png")],
+        ["export", str(weights.parent)],
+    ):
+        monkeypatch.setattr(sys, "argv", ["cnnlab", *command])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and error.count("\n") == 1
+        assert re.search(
+            r"model.safetensors is damaged: its SHA-256 is \w{16}\.\.\., not the \w{16}\.\.\. model.json", error
+        )
+    assert sorted(path.name for path in weights.parent.iterdir()) == ["model.json", "model.safetensors"]  # no export
 
 
 def test_an_ensemble_json_without_members_is_a_clear_error(tmp_path: Path) -> None:

@@ -63,7 +63,10 @@ def save_model(
     # that `predict` and `evaluate` failed on with safetensors' "incomplete metadata" traceback.
     with written_then_renamed(directory / MODEL_WEIGHTS) as weights:
         save_file(state, str(weights))
-    spec = {"format": "cnnlab-model-1", "arch": arch, "kwargs": kwargs, "meta": meta}
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    # the weights' SHA-256, checked on every load: a file damaged inside its tensors (a flipped bit of a bad copy or
+    # disk) still parses as safetensors, and was loaded, predicted with and exported without a word
+    spec = {"format": "cnnlab-model-1", "arch": arch, "kwargs": kwargs, "weights_sha256": digest, "meta": meta}
     with written_then_renamed(directory / MODEL_SPEC) as record:
         record.write_text(json.dumps(spec, indent=1))
     return directory / MODEL_WEIGHTS
@@ -162,7 +165,15 @@ def _load_single(spec_path: Path, device: str | torch.device, data: bytes | None
     weights = spec_path.parent / MODEL_WEIGHTS
     if data is None and not weights.is_file():
         raise CnnlabError(f"{weights} is missing next to {spec_path}; the saved model is incomplete")
-    state = load_weights(weights, device, data)
+    recorded = read_record(spec_path).get("weights_sha256")  # absent from models saved before it was recorded
+    if isinstance(recorded, str) and data is None:
+        data = weights.read_bytes()
+    state = load_weights(weights, device, data)  # a file cut short or not safetensors is said so first
+    if isinstance(recorded, str) and (digest := hashlib.sha256(data).hexdigest()) != recorded:  # type: ignore[arg-type]
+        raise CnnlabError(
+            f"{weights} is damaged: its SHA-256 is {digest[:16]}..., not the {recorded[:16]}... {spec_path.name} "
+            "records for the weights saved with it; copy the run again or train it again"
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
