@@ -38,10 +38,19 @@ def exported_runner(model_file: str | Path, record: dict[str, Any]) -> Callable[
 
 
 def decoded(path: str | Path) -> Image.Image:
-    """The file decoded as the record's ``decode`` says (EXIF orientation, transparency on white, then RGB); the
-    tests' images are 8-bit."""
+    """The file decoded as the record's ``decode`` says: EXIF orientation, transparency on white, 16- and 32-bit grey
+    stretched to 8 bits, then RGB."""
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)
+        if image.mode.startswith("I"):  # I;16*, I (and F): rint((v - low) / (high - low) * 255)
+            values = np.asarray(image, dtype=np.float64)
+            low, high = (
+                (0.0, 65535.0)
+                if image.mode.startswith("I;16") and values.max() > 4095
+                else (values.min(), values.max())
+            )
+            scaled = np.clip(np.rint((values - low) / max(high - low, 1e-12) * 255.0), 0, 255).astype(np.uint8)
+            return Image.fromarray(scaled).convert("RGB")
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             rgba = image.convert("RGBA")
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

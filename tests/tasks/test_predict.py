@@ -782,9 +782,13 @@ def test_an_export_used_from_its_record_alone_gives_predicts_probabilities(
         pixels = (torch.rand(size[1], size[0], 4, generator=generator) * 255).to(torch.uint8).numpy()
         Image.fromarray(pixels, "RGBA").convert(mode).save(tmp_path / f"{mode}.png")
         images.append(tmp_path / f"{mode}.png")
+    twelve_bit = (torch.rand(30, 44, generator=generator) * 4095).to(torch.int32).numpy().astype("uint16")
+    Image.fromarray(twelve_bit).save(tmp_path / "12-bit.png")  # a 16-bit PNG: how it becomes 8 bits is in `decode`
+    images.append(tmp_path / "12-bit.png")
     model_file = export_model(str(tiny_run), fmt, tmp_path / f"model.{fmt}")["model"]
     record = read_record(model_file)
     assert len(record["views"]) == 8 and "logits are averaged, not the probabilities" in record["output"]
+    assert "rint((v - low) / (high - low) * 255)" in record["decode"] and "above 4095" in record["decode"]
     probabilities = exported_runner(model_file, record)(torch.stack([photo_input(record, p) for p in images]))
     probabilities = probabilities.softmax(dim=1)
     for row, result in zip(probabilities, predict_images(load_predictor(str(tiny_run)), images, top_k=2), strict=True):

@@ -49,9 +49,14 @@ DEFAULT_OPSET = 17
 # How cnnlab decodes an image file before any resizing (`data.folder.load_image`), written beside every export: the
 # record said nothing of it, and a deployment's plain Image.open(path).convert("RGB") gave a phone photo turned on its
 # side, a transparent PNG its hidden colours and a 16-bit scan all white, so other probabilities than `cnnlab predict`.
+# How it scales 16- and 32-bit grey is said exactly: "scaled to 8 bits" left a 12-bit scan (values up to 4095 in a
+# 16-bit PNG) to be divided by 256, a near-black image, where cnnlab stretches it from its own range.
 DECODE = (
     "decode the file as cnnlab.data.folder.load_image does: its EXIF orientation applied (ImageOps.exif_transpose), "
-    "transparency composited on white, 16- and 32-bit grey scaled to 8 bits (not clipped), then RGB"
+    "transparency (RGBA, LA, PA, a palette's transparency) composited on white, 16- and 32-bit grey scaled to 8 bits "
+    "(not clipped): v -> rint((v - low) / (high - low) * 255), with low, high = 0, 65535 for 16-bit (I;16) images "
+    "whose largest value is above 4095, else the image's own smallest and largest values (12-bit sensors in 16-bit "
+    "files, and 32-bit I and F images), then RGB (PIL Image.convert('RGB'))"
 )
 LOADERS = {  # how a deployment loads each format (written beside the file)
     "torchscript": "torch.jit.load(path)",
