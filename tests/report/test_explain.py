@@ -288,6 +288,13 @@ def test_explain_cli_writes_the_three_pngs_for_an_mnist_run(mnist_run):
         assert (out / name).stat().st_size > 1000
     missing = CliRunner().invoke(app, ["explain", str(mnist_run / "run"), str(mnist_run / "nope.png")])
     assert isinstance(missing.exception, CnnlabError) and "nope.png: no such file" in str(missing.exception)
+    # -o onto a file: a FileExistsError (exit code 1) once the model had loaded; now one line, exit code 2, before it
+    (mnist_run / "taken").write_text("")
+    onto_file = CliRunner().invoke(
+        app, ["explain", "no-such-run", str(mnist_run / "digit.png"), "-o", str(mnist_run / "taken")]
+    )
+    assert isinstance(onto_file.exception, CnnlabError), onto_file.exception
+    assert "taken is a file, not a folder" in str(onto_file.exception)
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError, listed
+from cnnlab.files import check_writable
 from cnnlab.layers.views import ViewAverage
 from cnnlab.report.explain import (
     GradCam,
@@ -284,12 +285,13 @@ def explain_image(
     reason = check_image(image_path)
     if reason is not None:
         raise CnnlabError(f"{image_path}: {reason}; pass a readable image file (PNG, JPEG, ...)")
+    output_dir = Path(output_dir)
+    # before the model loads: an --output onto a file was an OSError once it had ("is a file", exit code 1)
+    check_writable(output_dir / "gradcam.png", shown=str(output_dir))
     subject = load_subject(source, device)
     image = load_image(image_path)
     subject.check_size(image, image_path)
     tensor = subject.preprocess(image).float()
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     with contextlib.suppress(CnnlabError):  # a network without convolutions has no filters; Grad-CAM says why
         files["filters"] = plot_filters(subject.model, output_dir / "filters.png", of=subject.shown_member)
