@@ -110,7 +110,12 @@ def test_a_layer_without_maps_is_refused_naming_its_output_and_layers_with_maps(
         CnnlabError, match=r"layer 'fc' outputs \[1, 2\] for one image, not feature maps .* deepest: act"
     ):
         grad_cam(model, image, layer="fc")
-    assert grad_cam(model, image, layer="pool").layer_heatmap.shape == (1, 1)  # a 1x1 map is still a map
+    # a global pool's 1x1 "map" says nothing of where: its Grad-CAM was the whole image in one colour, full strength
+    single = r"layer 'pool' outputs \[1, 2, 1, 1\] for one image, a single cell .* deepest: act"
+    with pytest.raises(CnnlabError, match=single):
+        grad_cam(model, image, layer="pool")
+    with pytest.raises(CnnlabError, match=r"layer 'pool' outputs \[1, 2, 1, 1\] .* such as conv, act"):
+        feature_maps(model, image, ["pool"])
     with pytest.raises(CnnlabError, match=r"layer 'fc' outputs \[1, 2\] .* such as conv, act \(2 layers have maps\)$"):
         feature_maps(model, image, ["act", "fc"])
     for empty in ("", " "):

@@ -163,11 +163,15 @@ def _module(model: nn.Module, name: str) -> nn.Module:
 
 def _refuse_unless_maps(model: nn.Module, image: torch.Tensor, name: str, output: Any, deepest: bool) -> None:
     """Raise unless `output` (what layer `name` returned for a batch of one, None when it did not run) is maps
-    [1, C, h, w], naming layers that have maps: the deepest (for Grad-CAM) or the default feature layers."""
-    if isinstance(output, torch.Tensor) and output.ndim == 4:
+    [1, C, h, w] of more than one cell, naming layers that have maps: the deepest (for Grad-CAM) or the default feature
+    layers. A global pool's [1, C, 1, 1] says nothing of where: its Grad-CAM was one colour over the whole image, as if
+    every pixel were evidence, and each of its maps one flat square."""
+    if isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-2:].numel() > 1:
         return
     if output is None:
         what = "did not run when the model ran on the image, so it has no output"
+    elif isinstance(output, torch.Tensor) and output.ndim == 4:
+        what = f"outputs {list(output.shape)} for one image, a single cell (a global pool's), not maps of where"
     elif isinstance(output, torch.Tensor):
         what = f"outputs {list(output.shape)} for one image, not feature maps [1, C, h, w]"
     else:
