@@ -324,8 +324,23 @@ def test_the_class_to_explain_may_be_named():
     assert class_of(classes, "dog") == 1 and class_of(classes, " DOG ") == 1
     assert class_of(classes, "3") == 2 and class_of(classes, "1") == 1  # a name first, then an index
     assert class_of(classes, 0) == 0 and class_of(classes, None) is None
-    with pytest.raises(CnnlabError, match="'banana' is neither a class name nor an index; .* 'cat', 'Dog'"):
+    with pytest.raises(CnnlabError, match="'banana' is neither a class name nor an index; the model's .* 'cat', 'Dog'"):
         class_of(classes, "banana")
+    with pytest.raises(CnnlabError, match="'brid' is neither .*; did you mean 'bird'\\? the model's classes"):
+        class_of(classes, "brid")
+    # an index the model does not have was refused by grad_cam after the work, without naming --class or the range
+    for index in ("4", "-1", 4):
+        with pytest.raises(
+            CnnlabError, match="^--class (4|-1) is not a class index: the model has 4 classes, indices 0 to 3$"
+        ):
+            class_of(classes, index)
+    # ImageNet's "Cardigan" (264, the corgi) and "cardigan" (474, the jumper): --class cardigan explained the corgi
+    imagenet = ["tench", "Cardigan", "cardigan"]
+    assert class_of(imagenet, "cardigan") == 2 and class_of(imagenet, "Cardigan") == 1
+    with pytest.raises(
+        CnnlabError, match=r"'CARDIGAN' matches 2 classes in another case: 'Cardigan' \(1\), 'cardigan' \(2\)"
+    ):
+        class_of(imagenet, "CARDIGAN")
 
 
 def test_a_run_averaging_views_is_explained_on_the_image_as_given(tmp_path):

@@ -31,8 +31,8 @@ def explain(
     class_index: str | None = typer.Option(
         None,
         "--class",
-        help="Class to explain, by name or index (default: the predicted one; a segmenter's largest class other "
-        "than the background).",
+        help="Class to explain, by name (as written, else in any case if that names one class) or index "
+        "(default: the predicted one; a segmenter's largest class other than the background).",
     ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
 ) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -225,21 +226,43 @@ SEGMENT_EXPLAIN_PIXELS = 4 * 2**20
 
 
 def class_of(classes: Sequence[str], wanted: int | str | None) -> int | None:
-    """The index of the class `wanted` names: a class name (any case) first, so a run whose classes are named by
-    numbers means its names, else an index.
+    """The index of the class `wanted` names: a class name first, so a run whose classes are named by numbers means
+    its names, else an index. A name matches as written, else in any case when that names one class only (ImageNet's
+    "Cardigan", the corgi, and "cardigan", the jumper).
 
     Raises:
-        CnnlabError: neither a class name nor an index of `classes`, listing some of them.
+        CnnlabError: a name that several classes match in another case, an index outside the classes, or neither a
+            class name nor an index (naming close class names and listing some).
     """
-    if wanted is None or isinstance(wanted, int):
-        return wanted
-    folded = [name.casefold() for name in classes]
-    if wanted.strip().casefold() in folded:
-        return folded.index(wanted.strip().casefold())
-    if wanted.strip().lstrip("-").isdigit():
-        return int(wanted)
-    shown = listed([repr(name) for name in classes], 10)
-    raise CnnlabError(f"--class {wanted!r} is neither a class name nor an index; the model's classes are {shown}")
+    if wanted is None:
+        return None
+    if isinstance(wanted, str):
+        text = wanted.strip()
+        if text in classes:
+            return list(classes).index(text)
+        folded = [index for index, name in enumerate(classes) if name.casefold() == text.casefold()]
+        if len(folded) > 1:
+            named = ", ".join(f"{classes[index]!r} ({index})" for index in folded)
+            raise CnnlabError(f"--class {wanted!r} matches {len(folded)} classes in another case: {named}; write the "
+                              "name as the class has it, or give its index")  # fmt: skip
+        if folded:
+            return folded[0]
+        if not text.lstrip("-").isdigit():
+            spelled = {name.casefold(): name for name in reversed(classes)}  # each folded name as its first class
+            close = difflib.get_close_matches(text.casefold(), list(spelled), n=3, cutoff=0.6)
+            guess = [repr(spelled[name]) for name in close]  # closest first
+            hint = f"did you mean {' or '.join(guess)}? " if guess else ""
+            shown = listed([repr(name) for name in classes], 10)
+            raise CnnlabError(
+                f"--class {wanted!r} is neither a class name nor an index; {hint}the model's classes are {shown}"
+            )
+        wanted = int(text)
+    if classes and not 0 <= wanted < len(classes):
+        raise CnnlabError(
+            f"--class {wanted} is not a class index: the model has {len(classes)} classes, indices 0 to "
+            f"{len(classes) - 1}"
+        )
+    return wanted
 
 
 @dataclass
@@ -289,6 +312,7 @@ def explain_image(
     # before the model loads: an --output onto a file was an OSError once it had ("is a file", exit code 1)
     check_writable(output_dir / "gradcam.png", shown=str(output_dir))
     subject = load_subject(source, device)
+    wanted = class_of(subject.classes, class_index)  # a class that is none of the model's: refused before the work
     image = load_image(image_path)
     subject.check_size(image, image_path)
     tensor = subject.preprocess(image).float()
@@ -299,7 +323,6 @@ def explain_image(
     maps = feature_maps(subject.model, tensor, chosen)
     files["feature_maps"] = plot_feature_maps(maps, output_dir / "feature_maps.png", of=subject.shown_member)
     probabilities = subject.probabilities(tensor, (image.height, image.width))  # a mask's shares: the image's size
-    wanted = class_of(subject.classes, class_index)
     wanted = subject.default_class(probabilities) if wanted is None else wanted  # predict's class, views averaged
     cam = subject.grad_cam(tensor, layer=cam_layer, class_index=wanted)  # an ensemble's: its members' averaged
     cam = dataclasses.replace(cam, probability=float(probabilities[cam.class_index]))
