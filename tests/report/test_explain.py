@@ -280,14 +280,18 @@ def test_mnist_preprocessing_matches_mnist_conventions(mnist_run):
     assert int(rows.min()) >= 3 and int(rows.max()) <= 24 and int(rows.max() - rows.min()) >= 18  # fitted in 20x20
 
 
-def test_explain_cli_writes_the_three_pngs_for_an_mnist_run(mnist_run):
+def test_explain_cli_writes_the_three_pngs_for_an_mnist_run(mnist_run, monkeypatch):
+    import PIL.Image
     from typer.testing import CliRunner
 
     from cnnlab.cli import app
 
     out = mnist_run / "explain"
+    opened, real_open = [], PIL.Image.open
+    monkeypatch.setattr(PIL.Image, "open", lambda *args, **kwargs: opened.append(args[0]) or real_open(*args, **kwargs))
     result = CliRunner().invoke(app, ["explain", str(mnist_run / "run"), str(mnist_run / "digit.png"), "-o", str(out)])
     assert result.exit_code == 0, result.output
+    assert len(opened) == 1  # decoded once: checking and then loading it decoded it twice (0.75 s more at 54 MP)
     assert "Grad-CAM at" in result.output
     for name in ("filters.png", "feature_maps.png", "gradcam.png"):
         assert (out / name).stat().st_size > 1000
