@@ -347,7 +347,7 @@ def test_the_class_to_explain_may_be_named():
         class_of(imagenet, "CARDIGAN")
 
 
-def test_a_run_averaging_views_is_explained_on_the_image_as_given(tmp_path):
+def test_a_run_averaging_views_is_explained_on_the_image_as_given(tmp_path, monkeypatch):
     """A run that averages its logits over hflip runs each layer twice: explain showed the last view's feature maps
     and Grad-CAM, those of the mirrored image."""
     from cnnlab.models import PretrainedCfg, create_model
@@ -379,6 +379,22 @@ def test_a_run_averaging_views_is_explained_on_the_image_as_given(tmp_path):
     assert [label for label, _ in result.top] == [entry["label"] for entry in predicted]  # views averaged, as predict
     assert [p for _, p in result.top] == pytest.approx([entry["probability"] for entry in predicted], abs=1e-6)
     assert result.label == predicted[0]["label"] and result.probability == pytest.approx(predicted[0]["probability"])
+    # gradcam.png of an asked-for class said only "b (30.0%)": alone, the figure passed it off as the prediction
+    import cnnlab.report.explain as report_explain
+
+    titles = []
+
+    def keep_grad_cam_title(figure, *_args, **_kwargs):
+        if len(figure.axes) == 3:  # gradcam.png's: input, heatmap, overlay
+            titles.append(figure.axes[2].get_title())
+
+    monkeypatch.setattr(report_explain, "save_figure_whole", keep_grad_cam_title)
+    other, score = predicted[1]["label"], predicted[1]["probability"]
+    explain_image(str(tmp_path / "run"), tmp_path / "left.png", tmp_path / "out", class_index=other)
+    top = f"{predicted[0]['label']} ({predicted[0]['probability']:.1%})"
+    assert titles[-1] == f"{other} ({score:.1%}), as asked;\nthe model's class: {top}"
+    explain_image(str(tmp_path / "run"), tmp_path / "left.png", tmp_path / "out")
+    assert titles[-1] == top
 
 
 class EvidenceSegmenter(nn.Module):

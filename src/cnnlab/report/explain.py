@@ -509,12 +509,18 @@ def plot_feature_maps(
 
 
 def plot_grad_cam(
-    display: torch.Tensor, cam: GradCam, label: str, path: str | os.PathLike[str], pixel_share: bool = False
+    display: torch.Tensor,
+    cam: GradCam,
+    label: str,
+    path: str | os.PathLike[str],
+    pixel_share: bool = False,
+    predicted: tuple[str, float] | None = None,
 ) -> Path:
     """The image, the heatmap and their overlay side by side; `display` is [H, W, 3] in [0, 1]; returns `path`.
-    With `pixel_share` (a segmenter) the class's score is its share of the pixels."""
+    With `pixel_share` (a segmenter) the class's score is its share of the pixels. `predicted`: the class the model
+    gives with its score, when the one explained is another (asked for), which the title then says."""
     plt = _pyplot()
-    figure, axes = plt.subplots(1, 3, figsize=(10, 3.6))
+    figure, axes = plt.subplots(1, 3, figsize=(10, 3.6 if predicted is None else 3.9))  # room for a second line
     image = display.numpy()
     axes[0].imshow(image)
     axes[0].set_title("input (as the model sees it)", fontsize=9)
@@ -524,7 +530,11 @@ def plot_grad_cam(
     axes[1].set_title(f"Grad-CAM at {where}", fontsize=9)
     axes[2].imshow(image)
     axes[2].imshow(cam.heatmap.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    axes[2].set_title(f"{label} ({cam.probability:.1%}{' of the pixels' if pixel_share else ''})", fontsize=9)
+    share = " of the pixels" if pixel_share else ""
+    title = f"{label} ({cam.probability:.1%}{share})"
+    if predicted is not None:  # the figure alone must not pass an asked-for class off as the prediction
+        title += f", as asked;\nthe model's class: {predicted[0]} ({predicted[1]:.1%}{share})"
+    axes[2].set_title(title, fontsize=9)
     for axis in axes:
         axis.axis("off")
     figure.tight_layout()

@@ -330,7 +330,12 @@ def explain_image(
     cam = dataclasses.replace(cam, probability=float(probabilities[cam.class_index]))
     label = subject.class_name(cam.class_index)
     segmenter = subject.kind == "segment"
-    files["gradcam"] = plot_grad_cam(subject.to_display(tensor), cam, label, output_dir / "gradcam.png", segmenter)
+    top_class = subject.default_class(probabilities)
+    predicted = (
+        None if cam.class_index == top_class else (subject.class_name(top_class), float(probabilities[top_class]))
+    )
+    display = subject.to_display(tensor)
+    files["gradcam"] = plot_grad_cam(display, cam, label, output_dir / "gradcam.png", segmenter, predicted)
     top = subject.top_classes(probabilities)
     scores = "pixel share" if segmenter else "probability"
     return Explanation(
