@@ -328,7 +328,7 @@ def test_exercises_not_chosen_again_stay_in_the_sheet(tmp_path: Path):
     assert "the gradients formed by the time of the peak: not all of them" in text
     # exercise 6 called cnnlab's own LeNet-5 count published; no publication gives 61,706, the paper says 60,000
     assert "| lenet5 (1x32x32) | 61,706 | none (see below) |" in text and "the paper's LeNet-5 has 60,000" in text
-    assert "every count equals the reference implementation's; lenet5 has none" in text
+    assert "every count equals the reference implementation's; lenet5, alexnet_2012 have none" in text
     assert untraced_numbers(text, json.loads((tmp_path / "answers.json").read_text())) == []
     run_answers("quick", output=tmp_path, exercises=(3,), overwrite=True, log=lambda message: None)
     assert sorted(json.loads((tmp_path / "answers.json").read_text())["exercises"]) == ["3", "6"]
@@ -476,3 +476,23 @@ def test_exercise_9_says_this_machine_only_of_a_run_trained_by_this_invocation()
         answer = next(section_9({**evidence, "source": source}))
         assert ("trained in 41 s on this machine" in answer) == (source == MEASURED_HERE)
         assert "trained in 41 s on" in answer
+
+
+def test_exercise_6_says_which_alexnet_it_counted_and_builds_the_papers_two_towers():
+    """The sheet counted torchvision's one-tower AlexNet (61,100,840) alone, as "AlexNet"; the 2012 paper's network
+    is two towers (groups=2 in conv2, conv4, conv5), 60,965,224 parameters, the "60 million" it quotes."""
+    from cnnlab.tasks.answers.measure import ZOO_MODELS, alexnet_layouts, zoo_row
+    from cnnlab.tasks.answers.sheet import section_6
+
+    assert {"alexnet", "alexnet_2012"} <= set(ZOO_MODELS)
+    rows = [zoo_row("alexnet"), zoo_row("alexnet_2012")]
+    layouts = alexnet_layouts({row["model"]: row["params"] for row in rows})
+    # the paper's layers as layer strings, built: the commonly computed counts with and without the groups
+    assert layouts["two_tower_spec_params"] == rows[1]["params"] == 60_965_224 and layouts["spec_matches_zoo"]
+    assert layouts["ungrouped_params"] == 62_378_344 and layouts["one_tower_params"] == 61_100_840
+    evidence = {"rows": rows, "all_match": True, "alexnet_layouts": layouts}
+    text = "\n\n".join(section_6(evidence))
+    assert "alexnet_2012 have none" not in text and "alexnet_2012 has none" in text  # the one-tower count matches
+    assert "`alexnet` is torchvision's one-tower layout" in text and "60,965,224 parameters" in text
+    assert '"60 million" (quoted: Krizhevsky' in text and "two towers save 1,413,120" in text
+    assert untraced_numbers(text, evidence) == []

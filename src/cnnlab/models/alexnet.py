@@ -146,6 +146,8 @@ register_info(
         None,
         None,
         "cnnlab.layers.lrn.LocalResponseNorm; grouped convs (groups=2) in cnnlab.models.alexnet",
+        params_note="cnnlab's count of the paper's layer sizes, conv2, conv4 and conv5 in two groups (one per GPU); no "
+        'reference implementation gives it, and the paper says "60 million"',
     ),
 )
 

@@ -27,8 +27,19 @@ EXERCISE_2_BATCH = 50
 FLOAT32_BYTES = 4
 
 # Exercise 6: the architectures the chapter names, in its order.
-ZOO_MODELS = ("lenet5", "alexnet", "googlenet", "inception_v3", "resnet50", "seresnet50", "xception",
-              "efficientnet_lite0")  # fmt: skip
+# AlexNet twice: torchvision's one-tower layout (what its weights fit) and the 2012 paper's two towers.
+ZOO_MODELS = ("lenet5", "alexnet", "alexnet_2012", "googlenet", "inception_v3", "resnet50", "seresnet50",
+              "xception", "efficientnet_lite0")  # fmt: skip
+
+# Exercise 6: the 2012 paper's AlexNet as `cnnlab budget` layer strings (its Figure 2 and section 3.5, 227 x 227
+# input): conv2, conv4 and conv5 in two groups, one per GPU. Built here, its count is checked against the zoo's
+# `alexnet_2012`; the same layers without groups give what the two towers save.
+ALEXNET_2012_SPEC = (
+    "conv 96 k11 s4 valid relu, lrn 5, maxpool k3 s2, conv 256 k5 p2 g2 relu, lrn 5, maxpool k3 s2, "
+    "conv 384 k3 p1 relu, conv 384 k3 p1 g2 relu, conv 256 k3 p1 g2 relu, maxpool k3 s2, flatten, "
+    "dense 4096 relu, dropout, dense 4096 relu, dropout, dense 1000"
+)
+ALEXNET_2012_INPUT = (3, 227, 227)
 
 # Exercise 8: the output strides compared (the name says the stride: FCN-32s predicts one score per 32x32 cell).
 SEGMENTATION_STRIDES = {"FCN-32s": 32, "FCN-16s": 16, "FCN-8s": 8, "U-Net": 1}
@@ -445,36 +456,75 @@ def exercise_3(ctx: Context) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- zoo
-def exercise_6(ctx: Context) -> dict[str, Any]:
-    """The named architectures: parameters counted now against the published figure, MACs, the innovation."""
+def zoo_row(name: str) -> dict[str, Any]:
+    """One architecture of exercise 6: its parameters counted now against the published figure, MACs, innovation."""
     import torch
 
     from cnnlab.budget import count_macs
     from cnnlab.models import create_model, model_info
 
-    rows = []
-    for name in ZOO_MODELS:
-        with torch.device("meta"):
-            model = create_model(name)
-        params = sum(p.numel() for p in model.parameters())
-        info = model_info(name)
-        published_params = info.published_params if info else None
-        rows.append(
-            {
-                "model": name,
-                "input": list(model.default_input_size),
-                "params": params,
-                "published_params": published_params,
-                "matches_published": params == published_params,
-                # a count no publication or reference implementation gives (LeNet-5's): where it comes from instead
-                "params_note": info.params_note if info else "",
-                "macs": count_macs(model, tuple(model.default_input_size)),
-                "paper": info.paper if info else "",
-                "innovation": info.innovation if info else "",
-                "innovation_code": info.innovation_code if info else "",
-            }
-        )
-    return {"rows": rows, "all_match": all(row["matches_published"] for row in rows if not row["params_note"])}
+    with torch.device("meta"):
+        model = create_model(name)
+    params = sum(p.numel() for p in model.parameters())
+    info = model_info(name)
+    published_params = info.published_params if info else None
+    return {
+        "model": name,
+        "input": list(model.default_input_size),
+        "params": params,
+        "published_params": published_params,
+        "matches_published": params == published_params,
+        # a count no publication or reference implementation gives (LeNet-5's, the 2012 AlexNet's): where it comes
+        # from instead
+        "params_note": info.params_note if info else "",
+        "macs": count_macs(model, tuple(model.default_input_size)),
+        "paper": info.paper if info else "",
+        "innovation": info.innovation if info else "",
+        "innovation_code": info.innovation_code if info else "",
+    }
+
+
+def exercise_6(ctx: Context) -> dict[str, Any]:
+    """The named architectures: parameters counted now against the published figure, MACs, the innovation."""
+    rows = [zoo_row(name) for name in ZOO_MODELS]
+    return {
+        "rows": rows,
+        "all_match": all(row["matches_published"] for row in rows if not row["params_note"]),
+        "alexnet_layouts": alexnet_layouts({row["model"]: row["params"] for row in rows}),
+    }
+
+
+def _built_params(spec: str, input_shape: tuple[int, ...]) -> int:
+    """Parameters of the module that layer strings build (on the meta device: nothing allocated)."""
+    import torch
+
+    from cnnlab.budget.spec import build_module, infer_shapes, parse_spec
+
+    with torch.device("meta"):
+        module = build_module(infer_shapes(parse_spec([spec]), input_shape))
+    return sum(p.numel() for p in module.parameters())
+
+
+def alexnet_layouts(zoo_params: dict[str, int]) -> dict[str, Any]:
+    """Which AlexNet was counted: torchvision's one tower and the 2012 paper's two towers (built as layer strings
+    and as the zoo's `alexnet_2012`), the paper's layers without groups, and the paper's own rounded figure, quoted."""
+    paper = _built_params(ALEXNET_2012_SPEC, ALEXNET_2012_INPUT)
+    ungrouped = _built_params(ALEXNET_2012_SPEC.replace(" g2", ""), ALEXNET_2012_INPUT)
+    return {
+        "one_tower": "torchvision's one-tower layout (64-192-384-256-256 filters, no LRN, from Krizhevsky's 2014 "
+        '"one weird trick", arXiv:1404.5997; what its ImageNet weights fit)',
+        "two_tower": "two towers, one per GPU: conv2, conv4 and conv5 see only their own tower's half of the maps "
+        "(convolutions with groups=2; 96-256-384-384-256 filters, LRN after conv1 and conv2, 227 x 227 input)",
+        "one_tower_params": zoo_params["alexnet"],
+        "two_tower_params": zoo_params["alexnet_2012"],
+        "two_tower_spec": ALEXNET_2012_SPEC,
+        "two_tower_input": list(ALEXNET_2012_INPUT),
+        "two_tower_spec_params": paper,
+        "spec_matches_zoo": paper == zoo_params["alexnet_2012"],
+        "ungrouped_params": ungrouped,
+        "saved_by_towers": ungrouped - paper,
+        "paper_quote": published.ALEXNET_2012_PARAMS,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- MNIST and FCN

@@ -1,8 +1,8 @@
 """What the published answer sets claim, quoted so that the sheet can show where each goes wrong.
 
-These are the only figures of the answer sheet that cnnlab does not measure: they are other people's answers, kept
-as data and labelled as quotations wherever they appear. Each slip is then *reproduced* by a computation in
-`cnnlab.tasks.answers.measure`, which is what shows the reader where the arithmetic went wrong.
+These are the only figures of the answer sheet that cnnlab does not measure: other people's answers and a paper's
+own rounded figure, kept as data and labelled as quotations wherever they appear. Each slip is then *reproduced* by a
+computation in `cnnlab.tasks.answers.measure`, which is what shows the reader where the arithmetic went wrong.
 """
 
 from __future__ import annotations
@@ -30,3 +30,9 @@ EXERCISE_9_ANSWER_SETS = {"low": 0.988, "high": 0.990}
 
 # Exercise 10: the transfer-learning answer whose preprocessing did not match its pretrained model.
 EXERCISE_10_MISMATCHED_ACCURACY = 0.11
+
+# Exercise 6: the 2012 AlexNet paper's own parameter figure (the sheet counts the network it describes).
+ALEXNET_2012_PARAMS = {
+    "claim": "60 million",
+    "source": "Krizhevsky, Sutskever and Hinton, NeurIPS 2012, abstract and section 4",
+}

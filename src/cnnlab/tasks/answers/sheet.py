@@ -293,7 +293,8 @@ def _published_cell(row: dict[str, Any]) -> str:
 def section_6(e: dict[str, Any]) -> Iterator[str]:
     verdict = "every count equals" if e["all_match"] else "not every count equals"
     noted = [row for row in e["rows"] if row.get("params_note")]
-    exception = f"; {', '.join(row['model'] for row in noted)} has none, see below the table" if noted else ""
+    have = "have" if len(noted) > 1 else "has"
+    exception = f"; {', '.join(row['model'] for row in noted)} {have} none, see below the table" if noted else ""
     yield (
         f"**Short answer.** Each architecture's named block, below, with its parameters counted now from cnnlab's "
         f"implementation ({verdict} the reference implementation's{exception}) and its multiply-accumulates per image."
@@ -308,7 +309,30 @@ def section_6(e: dict[str, Any]) -> Iterator[str]:
     )  # fmt: skip
     for row in noted:
         yield f"{row['model']}: {n(row['params'])} parameters, {row['params_note']}."
-    yield "Reproduce: `cnnlab zoo`, then `cnnlab zoo show NAME` for the stages of one model."
+    layouts = e["alexnet_layouts"]
+    yield from _alexnet_layouts(layouts)
+    size = "x".join(map(str, layouts["two_tower_input"]))
+    yield (
+        "Reproduce: `cnnlab zoo`, then `cnnlab zoo show NAME` for the stages of one model. The paper's AlexNet as "
+        f'layer strings: `cnnlab budget --input {size} "{layouts["two_tower_spec"]}"`.'
+    )
+
+
+def _alexnet_layouts(layouts: dict[str, Any]) -> Iterator[str]:
+    """Which AlexNet the table counted: the two layouts, the paper's built from its layer sizes, its quoted figure."""
+    quote = layouts["paper_quote"]
+    same = (
+        "the zoo's `alexnet_2012` has the same count"
+        if layouts["spec_matches_zoo"]
+        else f"the zoo's `alexnet_2012` has {n(layouts['two_tower_params'])}"
+    )
+    yield (
+        f"**Which AlexNet.** `alexnet` is {layouts['one_tower']}: {n(layouts['one_tower_params'])} parameters. The "
+        f"2012 paper's network is {layouts['two_tower']}. Built now from the paper's layer sizes as layer strings, it "
+        f"has {n(layouts['two_tower_spec_params'])} parameters ({same}); the same layers without the groups would "
+        f"have {n(layouts['ungrouped_params'])}, so the two towers save {n(layouts['saved_by_towers'])}. The paper "
+        f'itself says "{quote["claim"]}" (quoted: {quote["source"]}).'
+    )
 
 
 def section_7(e: dict[str, Any]) -> Iterator[str]:
