@@ -266,6 +266,8 @@ def test_an_experiment_read_from_runs_is_reproduced_with_its_own_settings(tmp_pa
         "`cnnlab experiment pool-vs-stride --epochs 1 --subset 256 --seeds 2 --test-subset 100 --val-subset 100`"
         in text
     )
+    # its two conditions are judged; the pairs with a third one it lacks are left out (they were a KeyError)
+    assert "max-pool vs strided-conv, test accuracy: " in text and "vs stride-2 conv only" not in text
 
     older = tmp_path / "older"
     _fake_run(older, "experiment", "pool-vs-stride", results)  # written before results.json recorded its settings
@@ -495,4 +497,32 @@ def test_exercise_6_says_which_alexnet_it_counted_and_builds_the_papers_two_towe
     assert "alexnet_2012 have none" not in text and "alexnet_2012 has none" in text  # the one-tower count matches
     assert "`alexnet` is torchvision's one-tower layout" in text and "60,965,224 parameters" in text
     assert '"60 million" (quoted: Krizhevsky' in text and "two towers save 1,413,120" in text
+    assert untraced_numbers(text, evidence) == []
+
+
+def test_experiment_answers_state_a_difference_only_where_the_noise_rule_finds_one():
+    """Exercises 1, 4 and 5 printed the conditions' means side by side (LRN 98.00%, none 98.00%...) and left the
+    verdict to the experiment's conclusion: a gap within the seeds' spread read as a finding. Now each answer says,
+    pair by pair, what the experiments' noise rule says, and the table gives the std of its extra column too."""
+    from cnnlab.tasks.answers.measure import MEASURED_HERE, noise_verdict
+    from cnnlab.tasks.answers.sheet import section_5
+
+    seeds = {"LRN": [0.97, 0.99, 0.982], "none": [0.975, 0.985, 0.98], "BN": [0.99, 0.991, 0.992]}
+    rows = [
+        {"condition": name, "params": 1000, "macs": 2000, "test_accuracy_mean": sum(v) / 3, "test_accuracy_std": 0.01,
+         "ms_per_step": 5.0, "seeds": 3, "val_after_epoch_1": 0.9, "val_after_epoch_1_std": 0.0123}
+        for name, v in seeds.items()
+    ]  # fmt: skip
+    verdicts = [
+        noise_verdict("LRN", seeds["LRN"], "none", seeds["none"], "test accuracy"),
+        noise_verdict("BN", seeds["BN"], "none", seeds["none"], "test accuracy"),
+    ]
+    evidence = {"source": MEASURED_HERE, "folder": "experiment/lrn-vs-bn", "settings": {"seeds": 3}, "rows": rows,
+                "verdicts": verdicts, "conclusion": "as the experiment words it"}  # fmt: skip
+    answer = next(section_5(evidence))
+    assert "LRN vs none, test accuracy: within noise on 3 seeds (0.07 points apart, noise" in answer
+    assert "BN vs none, test accuracy: BN higher by 1.10 points (noise 1.00, 3 seeds)" in answer
+    assert "LRN higher" not in answer and "none higher" not in answer
+    text = "\n\n".join(section_5(evidence))
+    assert "| 90.00% ± 1.23 |" in text
     assert untraced_numbers(text, evidence) == []

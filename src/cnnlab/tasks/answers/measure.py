@@ -271,6 +271,25 @@ def _condition_rows(results: dict[str, Any], measured: dict[str, dict[str, list[
     return rows
 
 
+def noise_verdict(name_a: str, a: list[float], name_b: str, b: list[float], quantity: str) -> dict[str, Any]:
+    """`a` against `b` (per-seed values) under the experiments' noise rule (`cnnlab.tasks.experiments.common.compare`),
+    for a sentence of the sheet: the sheet states a difference only where the rule calls it measurable."""
+    from cnnlab.tasks.experiments.common import compare, stat
+
+    comparison = compare(stat(a), stat(b))
+    return {
+        "a": name_a,
+        "b": name_b,
+        "quantity": quantity,
+        "difference": comparison.difference,
+        "gap": abs(comparison.difference),
+        "noise": comparison.noise,
+        "measurable": comparison.measurable,
+        "estimable": comparison.estimable,
+        "seeds": min(len(a), len(b)),
+    }
+
+
 def exercise_1(ctx: Context) -> dict[str, Any]:
     """CNN vs a dense net of the same parameter count (experiment cnn-vs-dense)."""
     results, folder, source = _experiment_results(ctx, "cnn-vs-dense")
@@ -287,6 +306,13 @@ def exercise_1(ctx: Context) -> dict[str, Any]:
             {"condition": name, "accuracy": [_mean([seed[i] for seed in per_seed]) for i in range(len(shifts))]}
         )
     cnn, dense = (row for row in shift_rows)
+    (cnn_name, cnn_kinds), (dense_name, dense_kinds) = results["sweeps"]["values"].items()
+    verdicts = [
+        noise_verdict(cnn_name, results["test_accuracy"][cnn_name], dense_name, results["test_accuracy"][dense_name],
+                      "test accuracy"),
+        noise_verdict(cnn_name, [seed[-1] for seed in cnn_kinds["shift"]], dense_name,
+                      [seed[-1] for seed in dense_kinds["shift"]], f"accuracy shifted by {shifts[-1]} pixels"),
+    ]  # fmt: skip
     first = _layer_counts(EXERCISE_2_SPEC[:1])[0]
     inputs = EXERCISE_2_INPUT[0] * EXERCISE_2_INPUT[1] * EXERCISE_2_INPUT[2]
     outputs = first["maps"] * first["out_height"] * first["out_width"]
@@ -306,36 +332,61 @@ def exercise_1(ctx: Context) -> dict[str, Any]:
         "shifts": shifts,
         "shift_rows": shift_rows,
         "largest_shift_gap": cnn["accuracy"][-1] - dense["accuracy"][-1],
+        "verdicts": verdicts,
         "conclusion": results["conclusion"],
         "plots": [ctx.link(folder / "robustness_shift.png"), ctx.link(folder / "sample_efficiency.png")],
     }
 
 
-def _experiment_evidence(ctx: Context, name: str, extra: tuple[str, str]) -> dict[str, Any]:
-    """The evidence of an experiment with a `measured` table: per condition its cost, test accuracy and the mean of
-    one more measurement (``extra``: (key in `measured`, key in the row))."""
+def _experiment_evidence(
+    ctx: Context, name: str, extra: tuple[str, str], compared: tuple[tuple[str, str], ...], judged: tuple[str, ...]
+) -> dict[str, Any]:
+    """The evidence of an experiment with a `measured` table: per condition its cost, test accuracy and the mean and
+    std of one more measurement (``extra``: (key in `measured`, key in the row)), and the noise rule's verdict on
+    each measurement of `judged` for each pair of conditions in `compared`."""
     results, folder, source = _experiment_results(ctx, name)
-    rows = _condition_rows(results, results["measured"])
+    measured = results["measured"]
+    rows = _condition_rows(results, measured)
     measured_key, row_key = extra
     for row in rows:
-        row[row_key] = _mean(results["measured"][row["condition"]][measured_key])
+        row[row_key] = _mean(measured[row["condition"]][measured_key])
+        row[f"{row_key}_std"] = _std(measured[row["condition"]][measured_key])
+    verdicts = [
+        noise_verdict(a, measured[a][key], b, measured[b][key], key)
+        for a, b in compared
+        if a in measured and b in measured  # a --runs experiment from another cnnlab may lack a condition
+        for key in judged
+    ]
     return {
         "source": source,
         "folder": ctx.relative(folder),
         "settings": _settings_text(ctx, name, results, source),
         "rows": rows,
+        "verdicts": verdicts,
         "conclusion": results["conclusion"],
     }
 
 
 def exercise_4(ctx: Context) -> dict[str, Any]:
     """Max pooling vs a stride-2 convolution (experiment pool-vs-stride)."""
-    return _experiment_evidence(ctx, "pool-vs-stride", ("1-px shifted accuracy", "shifted_accuracy_mean"))
+    return _experiment_evidence(
+        ctx,
+        "pool-vs-stride",
+        ("1-px shifted accuracy", "shifted_accuracy_mean"),
+        (("max-pool", "strided-conv"), ("max-pool", "stride-2 conv only")),
+        ("test accuracy", "1-px shifted accuracy"),
+    )
 
 
 def exercise_5(ctx: Context) -> dict[str, Any]:
     """When LRN helps, and what replaced it (experiment lrn-vs-bn)."""
-    return _experiment_evidence(ctx, "lrn-vs-bn", ("val accuracy after epoch 1", "val_after_epoch_1"))
+    return _experiment_evidence(
+        ctx,
+        "lrn-vs-bn",
+        ("val accuracy after epoch 1", "val_after_epoch_1"),
+        (("LRN", "none"), ("BN", "none"), ("BN", "LRN")),
+        ("test accuracy",),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- budget

@@ -99,7 +99,10 @@ def _experiment_table(rows: list[dict[str, Any]], extra: tuple[str, str, Callabl
             accuracy += f" ± {row['test_accuracy_std'] * 100:.2f}"
         cells = [row["condition"], n(row["params"]), n(row["macs"]), accuracy, f"{row['ms_per_step']:.2f}"]
         if extra:
-            cells.insert(4, extra[2](row[extra[1]]))
+            cell = extra[2](row[extra[1]])
+            if row["seeds"] > 1 and f"{extra[1]}_std" in row:
+                cell += f" ± {row[f'{extra[1]}_std'] * 100:.2f}"
+            cells.insert(4, cell)
         body.append(cells)
     return table(header, body)
 
@@ -131,6 +134,24 @@ _FIGURE_CAPTIONS = {
 }
 
 
+def verdict(v: dict[str, Any]) -> str:
+    """One comparison as the noise rule judged it (`measure.noise_verdict`): a difference is stated only where the
+    rule calls it measurable; an overlap is said to be within the noise, with the seeds it was judged on."""
+    pair = f"{v['a']} vs {v['b']}, {v['quantity']}"
+    gap = f"{v['gap'] * 100:.2f} points"
+    seeds = f"{v['seeds']} seed{'s' if v['seeds'] != 1 else ''}"
+    if not v["estimable"]:
+        return f"{pair}: {gap} apart, no difference claimed from {seeds}"
+    if not v["measurable"]:
+        return f"{pair}: within noise on {seeds} ({gap} apart, noise {v['noise'] * 100:.2f})"
+    higher = v["a"] if v["difference"] > 0 else v["b"]
+    return f"{pair}: {higher} higher by {gap} (noise {v['noise'] * 100:.2f}, {seeds})"
+
+
+def _verdicts(e: dict[str, Any]) -> str:
+    return "; ".join(verdict(v) for v in e["verdicts"])
+
+
 def section_1(e: dict[str, Any]) -> Iterator[str]:
     cnn, dense = e["rows"][0], e["rows"][1]
     layer = e["dense_equivalent"]
@@ -144,7 +165,8 @@ def section_1(e: dict[str, Any]) -> Iterator[str]:
         "convolutional (exercise 7), a CNN also takes any image size. Measured here at equal parameter "
         f"count ({n(cnn['params'])} vs {n(dense['params'])}): the CNN reaches {pct(cnn['test_accuracy_mean'])} test "
         f"accuracy, the dense net {pct(dense['test_accuracy_mean'])}; shifted by {e['shifts'][-1]} pixels, the CNN "
-        f"keeps {pct(e['shift_rows'][0]['accuracy'][-1])} and the dense net {pct(e['shift_rows'][1]['accuracy'][-1])}."
+        f"keeps {pct(e['shift_rows'][0]['accuracy'][-1])} and the dense net {pct(e['shift_rows'][1]['accuracy'][-1])}. "
+        f"Under the noise rule: {_verdicts(e)}."
     )
     yield _experiment_source("cnn-vs-dense", e)
     yield _experiment_table(e["rows"])
@@ -266,8 +288,8 @@ def section_4(e: dict[str, Any]) -> Iterator[str]:
         "**Short answer.** A max pooling layer has no parameters and costs few operations, and it keeps the strongest "
         "activation of each window, which is the usual argument for some invariance to small shifts. A strided "
         "convolution learns how to downsample, at the price of parameters and compute. Measured here: the pooled "
-        f"network has {n(pool['params'])} parameters in all; whether the accuracy and shift claims hold is the "
-        "experiment's conclusion below, which claims only differences larger than the noise."
+        f"network has {n(pool['params'])} parameters in all. Under the noise rule (mean over seeds; a difference is "
+        f"claimed only when larger than the noise): {_verdicts(e)}."
     )
     yield from _experiment_blocks("pool-vs-stride", e, ("1-px shifted accuracy", "shifted_accuracy_mean", pct))
 
@@ -277,9 +299,9 @@ def section_5(e: dict[str, Any]) -> Iterator[str]:
         "**Short answer.** LRN makes the most strongly activated neurons inhibit neurons at the same position in "
         "neighbouring feature maps, encouraging maps to specialise. You would add it in the lower layers, after the "
         "ReLU, so that the upper layers build on a wider range of low-level features: AlexNet put it after its first "
-        "two convolutions. Later networks dropped it for batch normalisation. What was measured, the same small "
-        "network with no normalisation, LRN or batch norm, is below; its conclusion claims only differences larger "
-        "than the noise."
+        "two convolutions. Later networks dropped it for batch normalisation. Measured here on one small network "
+        "with no normalisation, LRN or batch norm (a difference is claimed only when larger than the noise): "
+        f"{_verdicts(e)}."
     )
     yield from _experiment_blocks("lrn-vs-bn", e, ("val accuracy after epoch 1", "val_after_epoch_1", pct))
 
