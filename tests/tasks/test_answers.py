@@ -162,9 +162,18 @@ def test_every_number_of_a_whole_sheet_traces_to_its_json_and_runs_are_reused(
     assert untraced_numbers(text, results) == []
     assert set(untraced_numbers(text.replace("903,400", "903,401"), results)) == {"903,401"}
     assert "You would add it in the lower layers, after the ReLU" in text  # exercise 5 answers "when", as asked
-    # the figures the sheet links to exist
+    # the figures the sheet links to exist, every one of them
     for link in ("figures/fcn_scan.png", "experiment/cnn-vs-dense/robustness_shift.png"):
-        assert link in text and (first / link).is_file()
+        assert link in text
+    assert all((first / link).is_file() for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text))
+    # a reader's checks: the figure tests the CNN's prior at equal parameters (it said it tested "fewer parameters"),
+    # a memory limit typed in GiB is given in the sheet's decimal units too, quoted figures are said to be quoted
+    assert "sample-efficiency figure below compares the CNN with a dense net of the same parameter count" in text
+    assert "(the sample-efficiency figure below tests it)" not in text
+    assert "on 8GiB (8.59 GB)" in text and "MB and GB are decimal units" in text
+    assert "answer sets' 98.8%-99.0% (quoted)" in text and '"60 million" (quoted: Krizhevsky' in text
+    assert "alexnet_2012 (3x227x227) | 60,965,224 | none (see below)" in text
+    assert "within noise on" in text or "higher by" in text  # exercise 1's verdicts
 
     # an interrupted invocation (here: one that finished only exercise 2) is completed, not redone
     lines.clear()
@@ -398,7 +407,7 @@ def test_exercise_7_alone_writes_its_sheet_and_the_sheet_continues_its_own_mnist
     seven = json.loads((tmp_path / "answers.json").read_text())["exercises"]["7"]
     window, stride = seven["window"], seven["stride"]
     assert seven["window_overhang"] == window + (seven["double_input_grid"][0] - 1) * stride - seven["double_input"][0]
-    assert seven["window_overhang"] > 0 and f"reaches {seven['window_overhang']} pixels past the edge" in text
+    assert seven["window_overhang"] > 0 and f"reach {seven['window_overhang']} pixels past the edge" in text
     assert "![The converted network scanned over a canvas of MNIST test digits" in text and "_The converted" in text
     assert list(json.loads((tmp_path / "answers.json").read_text())["exercises"]) == ["7"]
     weights = tmp_path / "mnist" / "quick" / "model.safetensors"

@@ -155,14 +155,21 @@ def _verdicts(e: dict[str, Any]) -> str:
 def section_1(e: dict[str, Any]) -> Iterator[str]:
     cnn, dense = e["rows"][0], e["rows"][1]
     layer = e["dense_equivalent"]
+    # the figure compares networks of the same parameter count: it tests the prior, not the count
+    figure = (
+        " The sample-efficiency figure below compares the CNN with a dense net of the same parameter count as the "
+        "training set grows: what it tests is that prior, not the count."
+        if any(plot.endswith("sample_efficiency.png") for plot in e["plots"])
+        else ""
+    )
     yield (
         f"**Short answer.** A convolutional layer connects each unit to a small window only and shares its weights "
         f"across all positions, so it needs far fewer parameters: the first layer of exercise 2 has "
         f"{n(layer['conv_params'])}; a dense layer with the same input and output sizes would need "
-        f"{n(layer['dense_params'])}. Fewer parameters leave less to learn from the same images (the sample-efficiency "
-        "figure below tests it). A feature learned in one place is detected anywhere in the image, and stacked layers "
-        "build larger features out of small local ones, the prior that nearby pixels belong together. Made fully "
-        "convolutional (exercise 7), a CNN also takes any image size. Measured here at equal parameter "
+        f"{n(layer['dense_params'])}. Fewer parameters leave less to learn from the same images. A feature learned in "
+        "one place is detected anywhere in the image, and stacked layers build larger features out of small local "
+        f"ones, the prior that nearby pixels belong together.{figure} Made fully convolutional (exercise 7), a CNN "
+        "also takes any image size. Measured here at equal parameter "
         f"count ({n(cnn['params'])} vs {n(dense['params'])}): the CNN reaches {pct(cnn['test_accuracy_mean'])} test "
         f"accuracy, the dense net {pct(dense['test_accuracy_mean'])}; shifted by {e['shifts'][-1]} pixels, the CNN "
         f"keeps {pct(e['shift_rows'][0]['accuracy'][-1])} and the dense net {pct(e['shift_rows'][1]['accuracy'][-1])}. "
@@ -258,8 +265,8 @@ def section_3(e: dict[str, Any]) -> Iterator[str]:
         "16-bit floats (bf16 mixed precision), trade compute for memory with gradient checkpointing, drop optimizer "
         "state (SGD instead of Adam), reduce the model (fewer or smaller layers, a larger stride early on, a smaller "
         f"input) or spread it over several GPUs. For {e['model']} at {'x'.join(map(str, e['input']))} on "
-        f"{e['memory']}, the planner finds a largest batch of {configured['max_batch']} as configured (fp32, Adam) "
-        f"and {best['max_batch']} with {best['remedy']} ({best['vs_configured']:.2f}x)."
+        f"{e['memory']} ({gb(e['memory_bytes'])}), the planner finds a largest batch of {configured['max_batch']} as "
+        f"configured (fp32, Adam) and {best['max_batch']} with {best['remedy']} ({best['vs_configured']:.2f}x)."
     )
     rows = [
         [r["remedy"], r["max_batch"], f"{r['vs_configured']:.2f}x", mb(r["fixed_bytes"]), mb(r["per_sample_bytes"]),
@@ -322,7 +329,8 @@ def section_6(e: dict[str, Any]) -> Iterator[str]:
         f"implementation ({verdict} the reference implementation's{exception}) and its multiply-accumulates per image."
     )
     yield table(
-        ["model", "parameters (counted)", "published", "MMACs / image", "innovation", "where in cnnlab"],
+        ["model", "parameters (counted)", "reference implementation", "MMACs / image", "innovation",
+         "where in cnnlab"],
         [
             [f"{r['model']} ({'x'.join(map(str, r['input']))})", n(r["params"]), _published_cell(r),
              f"{r['macs'] / 1e6:,.1f}", r["innovation"], f"`{r['innovation_code']}`"]
@@ -371,7 +379,7 @@ def section_7(e: dict[str, Any]) -> Iterator[str]:
         f"{e['double_input_grid'][1]} grid of predictions: one per {e['window']}-pixel window, every {e['stride']} "
         "pixels, in one pass"
         + (
-            f" (the bottom row of windows reaches {e['window_overhang']} pixels past the edge)."
+            f" (the last row and column of windows reach {e['window_overhang']} pixels past the edge)."
             if e.get("window_overhang")
             else "."
         )
@@ -425,12 +433,13 @@ def section_9(e: dict[str, Any]) -> Iterator[str]:
     sets = e["answer_sets"]
     if e["above_answer_sets"]:
         verdict = (
-            f"above the published answer sets' {pct(sets['low'], 1)}-{pct(sets['high'], 1)}: {n(e['test_errors'])} "
+            f"above the published answer sets' {pct(sets['low'], 1)}-{pct(sets['high'], 1)} (quoted): "
+            f"{n(e['test_errors'])} "
             f"errors on {n(e['test_images'])} test digits where {pct(sets['high'], 1)} means "
             f"{n(e['errors_at_answer_sets_high'])}"
         )
     else:
-        verdict = f"not above the published answer sets' {pct(sets['low'], 1)}-{pct(sets['high'], 1)}"
+        verdict = f"not above the published answer sets' {pct(sets['low'], 1)}-{pct(sets['high'], 1)} (quoted)"
     # a run read from --runs or by an earlier invocation may have been trained elsewhere: its report.md names where
     where = "on this machine" if e["source"] == MEASURED_HERE else "on the machine its report.md names"
     seconds = f", trained in {e['train_seconds']:.0f} s {where}" if e.get("train_seconds") else ""
@@ -505,8 +514,9 @@ def render(results: dict[str, Any]) -> str:
         f"Written by `{meta['command']}` on {meta['date']} ({meta['hardware']}), mode `{meta['mode']}`, in "
         f"{meta['minutes']:.1f} min. Every number below was computed by the invocation named under its answer (this "
         "one, unless the answer says it was read back from an earlier, interrupted one into the same folder) or read "
-        "from a run folder it names; answers.json holds them all. Figures quoted from published answer sets are "
-        "marked as such.",
+        "from a run folder it names; answers.json holds them all. Figures quoted from published answer sets or papers "
+        "are marked as quoted. MB and GB are decimal units (a million and a billion bytes); a memory limit is shown "
+        "as typed (GiB: binary), beside its size in GB.",
         "",
     ]
     if meta["mode"] == "quick":
