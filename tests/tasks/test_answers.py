@@ -173,7 +173,8 @@ def test_every_number_of_a_whole_sheet_traces_to_its_json_and_runs_are_reused(
     assert "on 8GiB (8.59 GB)" in text and "MB and GB are decimal units" in text
     assert "answer sets' 98.8%-99.0% (quoted)" in text and '"60 million" (quoted: Krizhevsky' in text
     assert "alexnet_2012 (3x227x227) | 60,965,224 | none (see below)" in text
-    assert "within noise on" in text or "higher by" in text  # exercise 1's verdicts
+    # exercise 1's verdicts: judged by the experiments' noise rule, which claims nothing from fewer than 3 seeds
+    assert "within noise on" in text or "higher by" in text or "no difference claimed from 2 seeds" in text
 
     # an interrupted invocation (here: one that finished only exercise 2) is completed, not redone
     lines.clear()
