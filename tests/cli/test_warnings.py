@@ -47,7 +47,8 @@ def test_fp16_on_the_cpu_is_a_warning_that_names_bf16(tmp_path: Path) -> None:
 
 
 def test_fp16_on_the_cpu_is_said_by_the_trainer_from_python_and_once_on_the_command_line(tmp_path: Path) -> None:
-    """`TrainConfig(precision="fp16")` from Python trained on the CPU without the warning the CLI gives."""
+    """`TrainConfig(precision="fp16")` from Python trained on the CPU without the warning the CLI gives; then the
+    warning named the CLI's `--precision` to a Python caller, who typed no flag."""
     import torch
     import typer
     from torch import nn
@@ -63,8 +64,13 @@ def test_fp16_on_the_cpu_is_said_by_the_trainer_from_python_and_once_on_the_comm
         config = TrainConfig(epochs=1, batch_size=8, output=str(tmp_path), overwrite=True, progress=False, **options)
         Trainer(nn.Linear(4, 2), config).fit(data)
 
-    with pytest.warns(SlowPrecisionWarning, match="^--precision fp16 on the CPU trains several times slower"):
+    with pytest.warns(SlowPrecisionWarning) as caught:  # named as the caller named it: the field, not the flag
         train(precision="fp16", device="cpu")
+    assert str(caught[0].message).startswith("precision fp16 on the CPU trains several times slower")
+    assert "use precision bf16" in str(caught[0].message) and "--precision" not in str(caught[0].message)
+    with warnings.catch_warnings():  # from Python, EngineOptions holds options; the trainer says it, naming the field
+        warnings.simplefilter("error", SlowPrecisionWarning)
+        EngineOptions(precision="fp16", device="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("error", SlowPrecisionWarning)
         train(precision="bf16", device="cpu")

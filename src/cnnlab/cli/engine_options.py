@@ -104,11 +104,13 @@ def with_engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
         from cnnlab.errors import CnnlabError
-        from cnnlab.train.config import EngineOptions, OptionError, SlowPrecisionWarning
+        from cnnlab.train.config import ENGINE_FLAGS, EngineOptions, OptionError, SlowPrecisionWarning
 
         values = {name: kwargs.pop(name) for name in ENGINE_OPTIONS}
         values["output"] = str(values["output"])
-        engine = EngineOptions(**values)  # warns of a slow --precision before any data is read, ...
+        engine = EngineOptions(**values)
+        if engine.slow_precision is not None:  # said before any data is read, naming the flag, ...
+            warnings.warn(SlowPrecisionWarning(engine.slow_precision, ENGINE_FLAGS), stacklevel=2)
         try:
             with warnings.catch_warnings():
                 if engine.slow_precision is not None:  # ... so the trainer's same warning is said no more

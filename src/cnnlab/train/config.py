@@ -13,7 +13,6 @@ import os
 import platform
 import shlex
 import sys
-import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -432,21 +431,34 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
 
 
 class SlowPrecisionWarning(UserWarning):
-    """A precision that runs much slower than float32 where it was asked for (fp16 on the CPU)."""
+    """A precision that runs much slower than float32 where it was asked for (fp16 on the CPU).
+
+    Its message is a template over `TrainConfig` fields, as `OptionError`'s: the option is called by the name the
+    caller used, the flag on the command line (``--precision``), the field from Python (``precision``).
+
+    Args:
+        template: the message (`slow_precision`), the option it is about as ``{precision}``.
+        names: what to call each field (a field not in it: by its own name).
+    """
+
+    def __init__(self, template: str, names: Mapping[str, str] | None = None) -> None:
+        self.template = template
+        super().__init__(template.format_map(_NamedOr(names or {})))
 
 
 def slow_precision(precision: str | None, device_type: str) -> str | None:
-    """What a `SlowPrecisionWarning` says of training at `precision` on a device of `device_type`; None: nothing.
+    """The template of the `SlowPrecisionWarning` that training at `precision` on a device of `device_type` earns;
+    None: nothing.
 
-    `Trainer.fit` warns with it (every caller, Python's included); ``cnnlab train`` says it once, earlier, before
-    any data is read (`EngineOptions`).
+    `Trainer.fit` warns with it (every caller, Python's included, naming the field); ``cnnlab train`` says it once,
+    earlier, before any data is read, naming the flag (``cli.engine_options``).
     """
     if precision != "fp16" or device_type != "cpu":
         return None
     # A quick MNIST epoch on 2 AMD EPYC cores: fp16 trained in 8 s, fp32 in 0.7-1.8 s, bf16 in 0.9-1.0 s.
     return (
-        "--precision fp16 on the CPU trains several times slower than fp32 (torch's float16 CPU kernels are slow); "
-        "use --precision bf16 (about as fast as fp32 on a CPU with bfloat16 instructions) or fp32"
+        "{precision} fp16 on the CPU trains several times slower than fp32 (torch's float16 CPU kernels are slow); "
+        "use {precision} bf16 (about as fast as fp32 on a CPU with bfloat16 instructions) or fp32"
     )
 
 
@@ -509,12 +521,12 @@ class EngineOptions:
             raise CnnlabError(f"--seed {self.seed} is outside torch's seed range, -2**63 to 2**63 - 1")
         if self.device is not None:
             resolve_device(self.device)  # checked before any data is read: a typo or a missing GPU is one line
-        if self.slow_precision is not None:  # said before any data is read; the trainer then says it no more
-            warnings.warn(self.slow_precision, SlowPrecisionWarning, stacklevel=2)
 
     @property
     def slow_precision(self) -> str | None:
-        """The `SlowPrecisionWarning` these options earn (`slow_precision`), None when they earn none."""
+        """The template of the `SlowPrecisionWarning` these options earn (`slow_precision`), None when they earn none.
+        The CLI says it, naming the flag, before any data is read; from Python the trainer says it, naming the
+        field."""
         return slow_precision(self.precision, resolve_device(self.device or "auto").type)
 
     def overrides(self) -> dict[str, Any]:

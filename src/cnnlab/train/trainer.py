@@ -207,7 +207,7 @@ class Trainer:
         """
         config = self.config
         if (slow := slow_precision(config.precision, self.device.type)) is not None:
-            warnings.warn(slow, SlowPrecisionWarning, stacklevel=2)
+            warnings.warn(SlowPrecisionWarning(slow), stacklevel=2)  # named as the field: the caller's word
         train = as_batch_source(train_data, config.batch_size, drop_last=True)
         if config.auto_batch_size or config.auto_accum:
             train = tune_batch_size(self, train)  # before anything is sized by the batch
