@@ -920,3 +920,31 @@ def test_a_chosen_image_size_is_not_warned_about_by_the_full_recipe(
         warnings.simplefilter("always")
         train_transfer(config)
     assert not [w for w in caught if issubclass(w.category, InputStatisticsWarning)], [str(w.message) for w in caught]
+
+
+def test_a_slow_precision_is_said_once_per_run_naming_the_option_a_python_caller_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From Python, `train={"precision": "fp16"}` on the CPU was warned of by each phase's trainer (the full recipe:
+    head, then fine-tuning), twice a run, naming the CLI's `--precision`."""
+    from cnnlab.train import records
+    from cnnlab.train.config import SlowPrecisionWarning
+
+    class Reached(Exception):
+        pass
+
+    def both_phases_trained(run: object, model: nn.Module) -> None:
+        assert set(run.phases) == {"head", "finetune"}  # type: ignore[attr-defined]
+        raise Reached
+
+    monkeypatch.setattr(transfer_task, "_test", both_phases_trained)  # the test pass and report: not what is tested
+    monkeypatch.setattr(records, "plot_learning_curves", lambda *args, **kwargs: None)  # most of the seconds
+    make_photo_folder(tmp_path / "photos", per_class=12)
+    config = tiny_config(tmp_path, recipe="full", views="hflip", unfreeze=None, min_per_class=10,
+                         train={"epochs": 1, "precision": "fp16"})  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(Reached):
+        warnings.simplefilter("always")
+        train_transfer(config)
+    said = [str(w.message) for w in caught if issubclass(w.category, SlowPrecisionWarning)]
+    assert len(said) == 1, said
+    assert said[0].startswith('train["precision"] fp16 on the CPU trains several times slower than fp32'), said

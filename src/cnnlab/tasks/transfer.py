@@ -89,7 +89,7 @@ from cnnlab.train import (
     layerwise_param_groups,
     top_param_groups,
 )
-from cnnlab.train.config import environment_record, save_record
+from cnnlab.train.config import environment_record, save_record, slow_precision_said_once
 from cnnlab.train.metrics import Accuracy, BalancedAccuracy, ViewAveraged
 from cnnlab.train.records import RunSessions, write_history
 from cnnlab.train.saved import save_model
@@ -784,7 +784,17 @@ def _test(run: _Run, model: nn.Module) -> dict[str, Any]:
 
 
 def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
-    """Run the recipe (see the module docstring) and return the results (also in ``results.json``)."""
+    """Run the recipe (see the module docstring) and return the results (also in ``results.json``).
+
+    A slow precision (fp16 on the CPU) is warned of once, before any image is read, not by each phase's trainer.
+    """
+    options = {**RECIPES.get(config.recipe).train, **config.train}
+    said_as = {"precision": 'train["precision"]'}  # what a Python caller sets (the CLI says --precision, earlier)
+    with slow_precision_said_once(options.get("precision"), str(options.get("device", "auto")), said_as):
+        return _train_transfer(config, log)
+
+
+def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
     # Under torchrun every process trains; rank 0 alone logs and writes the run's files, the others read them.
     main = is_main_process()
     log = log or (lambda message: print(message) if config.progress and main else None)

@@ -6,6 +6,7 @@ the hardware, so a run can always be told apart and repeated.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -13,7 +14,8 @@ import os
 import platform
 import shlex
 import sys
-from collections.abc import Collection, Mapping
+import warnings
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -460,6 +462,22 @@ def slow_precision(precision: str | None, device_type: str) -> str | None:
         "{precision} fp16 on the CPU trains several times slower than fp32 (torch's float16 CPU kernels are slow); "
         "use {precision} bf16 (about as fast as fp32 on a CPU with bfloat16 instructions) or fp32"
     )
+
+
+@contextlib.contextmanager
+def slow_precision_said_once(
+    precision: str | None, device: str, names: Mapping[str, str] | None = None
+) -> Iterator[None]:
+    """Around a run of several trainings (a transfer run's phases): says the `SlowPrecisionWarning` that `precision`
+    on `device` earns once, on entering, calling the option as `names` call it, and keeps the trainer of each
+    training inside from saying it again."""
+    template = slow_precision(precision, resolve_device(device).type)
+    if template is not None:
+        warnings.warn(SlowPrecisionWarning(template, names), stacklevel=3)
+    with warnings.catch_warnings():
+        if template is not None:
+            warnings.filterwarnings("ignore", category=SlowPrecisionWarning)
+        yield
 
 
 AUTO_BATCH_CAP = 1024  # `--batch-size auto` never goes above this (nor above the number of training samples)
