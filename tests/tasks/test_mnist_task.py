@@ -59,6 +59,23 @@ def test_members_trained_in_separate_calls_make_the_same_ensemble(
     first = _tiny_ensemble(fake_root, tmp_path, member=1)  # the order does not matter
     assert first["missing_members"] == [0] and "ensemble_test_accuracy" not in first
     assert not (tmp_path / "mnist" / "ens" / "ensemble.json").exists()
+    # A member 0 of other data or options beside member 1, finished or still training (its config.yaml written, no
+    # results.json), is refused before it trains: it trained to the end, saved itself into the ensemble's folder, and
+    # only then refused a finished member 1 ("cannot resume ...seed1"), and a member 1 still training not at all.
+    other = write_fake_mnist(tmp_path / "other", train=240, test=80, seed=1)
+    fellow = tmp_path / "mnist" / "ens" / "seed1"
+    options = dict(output=str(tmp_path), name="ens", ensemble=2, val_size=40, progress=False, member=0)
+    for still_training in (False, True):
+        if still_training:
+            (fellow / "results.json").rename(tmp_path / "results.json")
+        with pytest.raises(CnnlabError, match=r"seed1, another member of this ensemble, trains on other MNIST"):
+            train_mnist("quick", data_dir=str(other), overrides=_TINY, **options)  # type: ignore[arg-type]
+        with pytest.raises(
+            CnnlabError, match=r"seed1, another member of this ensemble, trains with other options \(lr"
+        ):
+            train_mnist("quick", data_dir=str(fake_root), overrides={**_TINY, "lr": 0.5}, **options)  # type: ignore[arg-type]
+        assert not (tmp_path / "mnist" / "ens" / "seed0").exists()
+    (tmp_path / "results.json").rename(fellow / "results.json")
     second = _tiny_ensemble(fake_root, tmp_path, member=0)
     assert "missing_members" not in second
     # Same seeds, same data: the same members and ensemble as the run that trained both in one call.

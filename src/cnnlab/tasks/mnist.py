@@ -197,7 +197,10 @@ def train_mnist(
     first_trained = True
     # With `member`, that member trains first and the others are looked up after it, when they may have finished.
     order = list(range(ensemble)) if member is None else [member, *(i for i in range(ensemble) if i != member)]
-    for index in order:
+
+    def member_config(index: int, fellow: bool = False) -> tuple[int, Path, TrainConfig]:
+        """The seed, folder and config of member `index`; a `fellow` (another process's member, checked before this
+        one trains) with this process's training set, to be compared with the one it recorded."""
         member_seed = seed + index
         member_name = name if ensemble == 1 else f"{name}/seed{member_seed}"
         member_dir = Path(output) / TASK / member_name
@@ -219,9 +222,16 @@ def train_mnist(
                 "arch": chosen.arch,
                 "model_kwargs": chosen.model_kwargs,
                 "val_size": val_size,
-                **_training_set(member_dir, data.source_sha256, data_dir, continued),
+                **_training_set(member_dir, data.source_sha256, data_dir, continued and not fellow),
             },
         )
+        return member_seed, member_dir, config
+
+    if member is not None:  # before this member trains: the others (finished, or training now) must be its fellows
+        for index in order[1:]:
+            _check_fellow_member(*member_config(index, fellow=True)[1:], data_dir)
+    for index in order:
+        member_seed, member_dir, config = member_config(index)
         if reuse_finished and (member_dir / "results.json").is_file():
             # a finished member is read back only for the options it was trained with (--recipe included)
             check_resumable(saved_options(member_dir), config, member_dir)
@@ -308,6 +318,41 @@ def train_mnist(
         with written_then_renamed(run_dir / "results.json") as results:  # a single run's is its member's, as above
             results.write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _check_fellow_member(member_dir: Path, config: TrainConfig, data_dir: str | None) -> None:
+    """Refuse to train a member (``--member K``) beside another member of its ensemble, at `member_dir`, that started
+    (finished, or training in its own process now) on other training images or under other options (`config`: the
+    other member's, as this command would train it): the ensemble it would save averages members of two setups.
+    Said before this member trains, where it was said after, when reading the other member back.
+
+    Raises:
+        CnnlabError: naming the other member, what differs and what to do.
+    """
+    path = member_dir / "config.yaml"  # written whole when a member's training starts (save_config)
+    if not path.is_file():
+        return  # not started: it is checked against this one when it reads this one back
+    saved = saved_options(member_dir)
+    recorded, digest = saved["extra"].get(SOURCE_DIGEST), config.extra.get(SOURCE_DIGEST)
+    if recorded is not None and digest is not None and recorded != digest:
+        from cnnlab.data.mnist import find_mnist_dir
+
+        raise CnnlabError(
+            f"{member_dir}, another member of this ensemble, trains on other MNIST training images than those under "
+            f"{find_mnist_dir(data_dir)} (SHA-256 {recorded[:12]}... there, {digest[:12]}... here): train every "
+            "member with the same --data-dir, or this one under another --name"
+        )
+    current = config.to_dict()
+    if recorded is None or digest is None:  # a member saved before the digest was recorded: the rest is compared
+        saved["extra"].pop(SOURCE_DIGEST, None)
+        current["extra"].pop(SOURCE_DIGEST, None)
+    check_resumable(
+        saved,
+        current,
+        member_dir,
+        refusal=f"{member_dir}, another member of this ensemble, trains with other options ({{changes}}): train "
+        "every member with the same options, or this one under another --name",
+    )
 
 
 def _training_set(member_dir: Path, digest: str | None, data_dir: str | None, continued: bool) -> dict[str, str]:

@@ -346,11 +346,13 @@ def check_resumable(
     current: TrainConfig | Mapping[str, Any],
     run_dir: str | os.PathLike[str],
     free: Collection[str] = RESUME_FREE_OPTIONS,
+    refusal: str = "cannot resume {run_dir} with different options ({changes}); use the same ones",
 ) -> None:
     """Refuse to continue the run in `run_dir`, started with the options `saved`, under `current`'s other options.
 
     Only `current`'s keys are compared (a record may hold derived facts beside its options), except those in `free`;
-    a name in `free` may be a nested one (``extra.classes``).
+    a name in `free` may be a nested one (``extra.classes``). `refusal` is the message, over ``{run_dir}`` and
+    ``{changes}``.
 
     Raises:
         CnnlabError: an option outside `free` differs; the message names each.
@@ -366,7 +368,7 @@ def check_resumable(
         if difference[0] not in free
     )
     if changed:
-        raise CnnlabError(f"cannot resume {run_dir} with different options ({_changes(changed)}); use the same ones")
+        raise CnnlabError(refusal.format(run_dir=run_dir, changes=_changes(changed)))
 
 
 # Options derived from another one: derived option -> (the option it follows, the value that option must now have
