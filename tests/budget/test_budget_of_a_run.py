@@ -2,6 +2,7 @@
 
 import re
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -192,6 +193,13 @@ def test_a_cached_run_is_sized_at_its_own_precision(tmp_path: Path) -> None:
     assert step["peak_bytes"] == real.peak_live_bytes < fp32.peak_live_bytes
     assert step["max_batch"] == 64  # in float32 batch 64 does not fit in what bf16's batch 64 holds
     assert "with adamw on cpu in bf16 autocast peaks at" in _trained_step_note(step)
+    assert "checked" not in _trained_step_note(step) and "as for bf16" not in _trained_step_note(step)
+    # fp16 is sized as bf16 (a real CPU step under fp16 autocast holds the same bytes), and a GPU step this machine
+    # lacks is an estimate it cannot check: both were printed as plain figures
+    with mock.patch.object(torch.cuda, "is_available", lambda: False):
+        half_on_gpu = _trained_step_note({**step, "precision": "fp16", "device": "cuda"})
+    assert "in fp16 autocast peaks at" in half_on_gpu and "as for bf16, whose sizes fp16 shares" in half_on_gpu
+    assert "checked against CPU steps only, with no GPU here to check it on cuda" in half_on_gpu
 
 
 def test_a_small_cached_run_is_sized_at_the_batch_it_trained(tmp_path: Path) -> None:

@@ -244,6 +244,28 @@ def test_bf16_holds_a_large_output_twice_where_the_loss_takes_it():
     assert bf16_note({**plan, "remedies": rows}) is None
 
 
+def test_a_bf16_row_that_is_not_what_it_seems_is_said_to_be(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`budget --dtype float16 --memory ...` listed a "bf16 mixed precision" remedy equal to the configured step (the
+    network is already 16-bit: autocast changes nothing) as if it were one, and `--device cuda` on a machine without
+    a GPU gave the row's adjusted estimate with nothing saying it was checked on CPU steps only."""
+    import dataclasses
+
+    from cnnlab.budget.render import mixed_precision_note
+
+    layers = ["conv 4 k3 same relu", "gap", "dense 2"]
+    half = budget(layers, input_shape=(3, 8, 8), batch_size=2, dtype="float16", memory_limit=2**20)
+    rows = {row["remedy"]: row for row in half.plan["remedies"]}  # type: ignore[index]
+    assert rows["bf16 mixed precision"]["max_batch"] == rows["as configured"]["max_batch"]
+    note = mixed_precision_note(half)
+    assert note is not None and note.startswith("The network is already float16: bf16 mixed precision")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    on_gpu = budget(layers, input_shape=(3, 8, 8), batch_size=2, memory_limit=2**20, device="cuda")
+    assert "no GPU to check it on cuda" in (mixed_precision_note(on_gpu) or "")
+    # float32 on the CPU: the row is the remedy, checked against CPU steps; without a plan there is no row
+    assert mixed_precision_note(dataclasses.replace(on_gpu, device="cpu")) is None
+    assert mixed_precision_note(dataclasses.replace(on_gpu, plan=None)) is None
+
+
 def test_bf16_optimizer_step_starts_from_what_float32_holds():
     """Backward frees autocast's copies, so the optimizer step starts from float32's bytes; the planner shrank that
     point as an op of backward and so added the input's bf16 copy to it: a network whose step peaks in the optimizer

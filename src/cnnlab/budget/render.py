@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -160,6 +161,26 @@ def bf16_note(plan: dict[str, Any] | None) -> str | None:
     )
 
 
+def mixed_precision_note(report: BudgetReport) -> str | None:
+    """What a plan's bf16 row is worth where it is not what it seems: for a network already in 16 bits the same step
+    as configured (autocast changes a float32 model only), and for a GPU this machine lacks an estimate it cannot
+    check (autocast does not run on the meta device: the row adjusts float32 traces, checked against CPU steps)."""
+    rows = {remedy["remedy"] for remedy in (report.plan or {}).get("remedies", [])}
+    if "bf16 mixed precision" not in rows:
+        return None
+    if report.dtype in ("float16", "bfloat16"):
+        return (
+            f"The network is already {report.dtype}: bf16 mixed precision (autocast of a float32 model) changes "
+            "nothing here: its row repeats the configured step's, and all three's is gradient checkpointing with SGD."
+        )
+    if report.device.startswith("cuda") and not torch.cuda.is_available():
+        return (
+            "The bf16 row is an estimate (float32 meta-device traces adjusted for autocast, checked against real CPU "
+            f"steps); this machine has no GPU to check it on {report.device}."
+        )
+    return None
+
+
 def nothing_to_train_note(report: BudgetReport) -> str | None:
     """For a network without trainable parameters, what its training figures mean: a step is a forward pass."""
     if report.trainable_params:
@@ -244,7 +265,7 @@ def memory_notes(report: BudgetReport) -> list[str]:
 
 def plan_notes(report: BudgetReport) -> list[str]:
     """What the memory plan's figures mean where it is not plain (printed below the plan)."""
-    return [note for note in (plan_note(report), bf16_note(report.plan)) if note]
+    return [note for note in (plan_note(report), bf16_note(report.plan), mixed_precision_note(report)) if note]
 
 
 def report_notes(report: BudgetReport) -> list[str]:

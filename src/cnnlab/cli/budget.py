@@ -170,6 +170,8 @@ def _trained_step(
 
 
 def _trained_step_note(step: dict[str, Any]) -> str:
+    import torch
+
     from cnnlab.report.units import file_size
 
     part = "the classifier" if step["blocks_trained"] == 0 else f"its top {step['blocks_trained']} blocks and the head"
@@ -180,6 +182,10 @@ def _trained_step_note(step: dict[str, Any]) -> str:
     precision, how = "", "meta-device trace"
     if step.get("precision", "fp32") != "fp32":  # autocast does not run on the meta device: the planner's adjustment
         precision, how = f" in {step['precision']} autocast", "float32 meta-device trace, adjusted for autocast"
+        if step["precision"] == "fp16":  # sized as bf16: on a CPU a real fp16 autocast step holds the same bytes
+            how += " as for bf16, whose sizes fp16 shares"
+        if str(step["device"]).startswith("cuda") and not torch.cuda.is_available():
+            how += f"; checked against CPU steps only, with no GPU here to check it on {step['device']}"
     if step.get("momentum"):  # the engine's SGD: a momentum buffer per parameter
         optimizer += f" (Nesterov momentum {step['momentum']:g})"
     return (
