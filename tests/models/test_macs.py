@@ -19,16 +19,26 @@ def test_macs_match_torchvision_published_figures(name: str):
     assert count_macs(model, model.default_input_size) == pytest.approx(published, rel=0.01)
 
 
-@pytest.mark.parametrize("name", ["resnet50", "alexnet", "googlenet", "inception_v3"])
+TORCHVISION_WEIGHTS = {
+    "alexnet": "AlexNet_Weights.IMAGENET1K_V1",
+    "googlenet": "GoogLeNet_Weights.IMAGENET1K_V1",
+    "inception_v3": "Inception_V3_Weights.IMAGENET1K_V1",
+    "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
+    "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
+    "resnet50": "ResNet50_Weights.IMAGENET1K_V2",
+    "resnet101": "ResNet101_Weights.IMAGENET1K_V2",
+    "resnet152": "ResNet152_Weights.IMAGENET1K_V2",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_WEIGHTS))
 def test_recorded_figures_equal_torchvision_metadata(name: str):
+    """Every count and MAC figure credited to torchvision is its metadata's, and the record names that metadata."""
     import torchvision.models as tvm
 
-    weights = {
-        "resnet50": tvm.ResNet50_Weights.IMAGENET1K_V2,
-        "alexnet": tvm.AlexNet_Weights.IMAGENET1K_V1,
-        "googlenet": tvm.GoogLeNet_Weights.IMAGENET1K_V1,
-        "inception_v3": tvm.Inception_V3_Weights.IMAGENET1K_V1,
-    }
+    enum_name, member = TORCHVISION_WEIGHTS[name].split(".")
+    meta = getattr(getattr(tvm, enum_name), member).meta
     info = model_info(name)
-    assert info.published_gmacs == weights[name].meta["_ops"]
-    assert weights[name].meta["num_params"] in (info.published_params, info.published_params_aux)
+    assert info.published_gmacs == meta["_ops"]
+    assert meta["num_params"] in (info.published_params, info.published_params_aux)
+    assert f"({TORCHVISION_WEIGHTS[name]} metadata" in info.params_source

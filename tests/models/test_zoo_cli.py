@@ -48,11 +48,29 @@ def test_zoo_show_prints_stages_innovation_and_preprocessing():
     assert "bicubic" in result.output and "0.498" in result.output
     small = runner.invoke(app, ["zoo", "show", "resnet18", "--input", "3x64x64"])
     assert "512 x 2 x 2" in small.output
-    assert "parameters: 11,689,512 (published: 11,689,512)" in small.output
+    resnet18 = " ".join(small.output.split())
+    assert "parameters: 11,689,512 counted on this build (published: 11,689,512, torchvision resnet18" in resnet18
     # cnnlab's LeNet-5 differs from the paper's by design: its count was shown as published, the paper's 60,000 unsaid
     lenet = " ".join(runner.invoke(app, ["zoo", "show", "lenet5"]).output.split())
-    assert "published: 61,706" not in lenet and "parameters: 61,706 (expected 61,706: cnnlab's count" in lenet
+    assert "published: 61,706" not in lenet
+    assert "parameters: 61,706 counted on this build (expected 61,706: cnnlab's count" in lenet
     assert "the paper's LeNet-5 has 60,000" in lenet
+
+
+def test_zoo_show_names_the_source_of_each_parameter_count():
+    """alexnet_2012's own count was shown as "published", which no publication or implementation gives; the
+    reference of every other count was unnamed, and mnist_baseline's was credited to answer sets nobody checked."""
+    shown = {
+        name: " ".join(runner.invoke(app, ["zoo", "show", name]).output.split())
+        for name in ("alexnet", "alexnet_2012", "mnist_baseline", "mnist_net", "seresnet50")
+    }
+    assert "the one-tower layout; the 2012 paper's two towers are alexnet_2012" in shown["alexnet"]
+    assert "published" not in shown["alexnet_2012"] and "the paper says only 60 million" in shown["alexnet_2012"]
+    assert "published: 93,322, the book's Keras model.summary()" in shown["mnist_baseline"]
+    assert "Chollet, Deep Learning with Python" in shown["mnist_baseline"]
+    assert "parameters: 289,130 counted on this build (a cnnlab network: no published count" in shown["mnist_net"]
+    assert "published: 28,088,024, timm seresnet50 (built without weights)" in shown["seresnet50"]
+    assert "counted on this build" in shown["seresnet50"].split("parameters:")[0]  # the stage table's title
 
 
 def test_zoo_show_refuses_an_input_the_model_cannot_take_in_one_line():

@@ -46,6 +46,43 @@ def test_parameter_count_is_the_published_one(name: str):
     assert sum(p.numel() for p in model.parameters()) == model_info(name).published_params
 
 
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_each_count_names_its_source_or_says_why_it_has_none(name: str):
+    """`cnnlab zoo show` prints the one or the other beside the count."""
+    info = model_info(name)
+    assert bool(info.params_source) != bool(info.params_note), (info.params_source, info.params_note)
+
+
+# The reference implementations the counts credited to timm come from (timm is a development dependency).
+TIMM_REFERENCES = {
+    "seresnet50": "seresnet50",
+    "xception": "legacy_xception",
+    **{f"efficientnet_lite{i}": f"tf_efficientnet_lite{i}" for i in range(5)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_REFERENCES))
+def test_count_credited_to_timm_is_what_timm_builds(name: str):
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):  # no weights, no memory
+        reference = timm.create_model(TIMM_REFERENCES[name])
+    assert sum(p.numel() for p in reference.parameters()) == model_info(name).published_params
+    assert f"timm {TIMM_REFERENCES[name]} " in model_info(name).params_source
+
+
+def test_googlenet_with_the_papers_5x5_branches_has_the_count_its_record_gives():
+    with torch.device("meta"):
+        model = create_model("googlenet", large_kernel_size=5)
+    assert f"give {sum(p.numel() for p in model.parameters()):,}" in model_info("googlenet").params_source
+
+
+def test_mnist_baseline_is_the_books_convnet_layer_by_layer():
+    """Chollet, Deep Learning with Python (2017), listing 5.3: Keras' model.summary() of the same five layers."""
+    model = _built("mnist_baseline")
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert [sum(p.numel() for p in m.parameters()) for m in layers] == [320, 18_496, 36_928, 36_928, 650]
+
+
 @pytest.mark.parametrize("name", [n for n in PUBLISHED if model_info(n).published_params_aux])
 def test_parameter_count_with_auxiliary_heads_is_the_published_one(name: str):
     model = create_model(name, aux_logits=True)

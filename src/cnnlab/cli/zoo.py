@@ -91,18 +91,20 @@ def show_command(
         console.print(f"paper: {info.paper}")
         console.print(f"innovation: {info.innovation}")
         console.print(f"in the code: {info.innovation_code}")
-    table = Table(show_lines=False)
+    table = Table(show_lines=False, title="counted on this build", title_justify="left")
     for column in ("stage", "module", "output (C x H x W)", "params"):
         table.add_column(column, justify="right" if column == "params" else "left")
     for stage in stages:
         table.add_row(stage.name, stage.kind, " x ".join(map(str, stage.output_shape)), f"{stage.params:,}")
     console.print(table)
     total = sum(p.numel() for p in model.parameters())
-    published = ""
-    if info is not None:  # a count no paper or reference gives is not called published
-        published = f" (expected {info.published_params:,}: {info.params_note})" if info.params_note else ""
-        published = published or f" (published: {info.published_params:,})"
-    console.print(f"parameters: {total:,}{published}")
+    if info is None:
+        reference = "a cnnlab network: no published count to compare"
+    elif info.params_note:  # a count no paper or reference gives is not called published
+        reference = f"expected {info.published_params:,}: {info.params_note}"
+    else:
+        reference = f"published: {info.published_params:,}, {info.params_source}"
+    console.print(f"parameters: {total:,} counted on this build ({reference})")
     cfg = model.pretrained_cfg
     if cfg is None:
         console.print("pretrained weights: none in cnnlab")

@@ -30,6 +30,8 @@ class ModelInfo:
         innovation_code: where the innovation lives in cnnlab.
         params_note: where ``published_params`` comes from when no publication or reference implementation gives it
             (a cnnlab variant that differs from the paper by design), and what the paper's own figure is.
+        params_source: who publishes ``published_params`` (the reference implementation, its metadata or the
+            publication), shown by ``cnnlab zoo show``; every record has this or a ``params_note``.
     """
 
     paper: str
@@ -39,6 +41,7 @@ class ModelInfo:
     published_gmacs: float | None = None
     innovation_code: str = ""
     params_note: str = ""
+    params_source: str = ""
 
 
 _model_info: dict[str, ModelInfo] = {}

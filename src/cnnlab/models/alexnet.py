@@ -135,6 +135,8 @@ register_info(
         None,
         0.714,
         "cnnlab.models.alexnet",
+        params_source="torchvision alexnet (AlexNet_Weights.IMAGENET1K_V1 metadata), the one-tower layout; the 2012 "
+        "paper's two towers are alexnet_2012",
     ),
 )
 register_info(

@@ -284,6 +284,7 @@ for _name, _params in _PUBLISHED_PARAMS.items():
             "Lite: no SE, ReLU6, fixed stem/head for int8 mobile inference",
             _params,
             innovation_code="cnnlab.models.efficientnet.MBConv",
+            params_source=f"timm tf_{_name} (built without weights)",
         ),
     )
 

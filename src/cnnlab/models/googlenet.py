@@ -135,6 +135,8 @@ register_info(
         13_004_888,
         1.498,
         "cnnlab.layers.inception.InceptionModule",
+        params_source="torchvision googlenet (GoogLeNet_Weights.IMAGENET1K_V1 metadata); the paper's 5x5 branches "
+        "(large_kernel_size=5) give 7,005,832",
     ),
 )
 

@@ -116,6 +116,8 @@ register_info(
         27_161_264,
         5.713,
         "cnnlab.layers.inception.InceptionA..InceptionE",
+        params_source="torchvision inception_v3 (Inception_V3_Weights.IMAGENET1K_V1 metadata: 27,161,264 with the "
+        "auxiliary head)",
     ),
 )
 

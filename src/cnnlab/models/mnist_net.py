@@ -1,10 +1,10 @@
-"""Small CNNs for 28x28 digits: cnnlab's MNIST network and the answer-set baseline it is measured against.
+"""Small CNNs for 28x28 digits: cnnlab's MNIST network and the textbook baseline it is measured against.
 
 `MnistNet` is a VGG-style stack of conv-BN-ReLU blocks in three stages (28 -> 14 -> 7 -> 3 pixels) with a
 dropout + linear head, the design behind most top single MNIST models (e.g. Deotte's Kaggle recipe and the
-homogeneous-filter nets of Byerly et al. 2020), sized for a CPU. `mnist_baseline` is the architecture of the
-Hands-On ML chapter 14 exercise answer sets (Conv32-Pool-Conv64-Pool-Conv64-Dense64-Dense10, ReLU, 93,322 params,
-the figure Keras' model.summary() prints for it).
+homogeneous-filter nets of Byerly et al. 2020), sized for a CPU. `mnist_baseline` is the basic Keras convnet of
+Chollet's Deep Learning with Python (2017), section 5.1 (Conv32-Pool-Conv64-Pool-Conv64-Dense64-Dense10, ReLU, valid
+padding): the book's model.summary() prints 93,322 parameters (320, 18,496, 36,928, 36,928 and 650 by layer).
 
 Both take float images in [0, 1], shaped [N, 1, 28, 28], and normalise inside (MNIST mean 0.1307, std 0.3081), so
 a saved model is never fed data scaled the wrong way.
@@ -77,7 +77,7 @@ class MnistNet(ClassifierMixin, nn.Module):
 
 
 class MnistBaseline(ClassifierMixin, nn.Module):
-    """Conv(32,3)-MaxPool-Conv(64,3)-MaxPool-Conv(64,3)-Dense(64)-Dense(10), ReLU, valid padding (answer sets)."""
+    """Conv(32,3)-MaxPool-Conv(64,3)-MaxPool-Conv(64,3)-Dense(64)-Dense(10), ReLU, valid padding (Chollet 2017)."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, drop_rate: float = 0.0) -> None:
         super().__init__()
@@ -129,7 +129,7 @@ def mnist_net_small(pretrained: bool = False, **kwargs: Any) -> MnistNet:
 
 @register_model
 def mnist_baseline(pretrained: bool = False, **kwargs: Any) -> MnistBaseline:
-    """The answer-set MNIST CNN of Hands-On ML chapter 14 (93,322 parameters)."""
+    """The basic MNIST convnet of Chollet's Deep Learning with Python, section 5.1 (93,322 parameters)."""
     if pretrained:
         raise ValueError("mnist_baseline has no pretrained weights")
     return MnistBaseline(**kwargs)
@@ -139,9 +139,11 @@ _INNOVATION = "cnnlab's own CPU-sized VGG-style digit classifier (3 stages of 3x
 register_info(
     "mnist_baseline",
     ModelInfo(
-        paper="Géron, Hands-On Machine Learning, 3rd ed., ch. 14 exercise answer sets (Keras model.summary())",
-        innovation="the answer-set baseline: a plain conv-pool stack with a dense head, no normalisation layers",
+        paper="Chollet, Deep Learning with Python, Manning 2017, section 5.1 (listings 5.1-5.3)",
+        innovation="the textbook baseline: a plain conv-pool stack with a dense head, no normalisation layers",
         published_params=93_322,
         innovation_code="cnnlab.models.mnist_net.MnistBaseline",
+        params_source="the book's Keras model.summary() (fchollet/deep-learning-with-python-notebooks, "
+        "first_edition/5.1-introduction-to-convnets.ipynb)",
     ),
 )

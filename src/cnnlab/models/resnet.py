@@ -125,7 +125,9 @@ for _name, _params, _gmacs in [
     ("resnet101", 44_549_160, 7.801),
     ("resnet152", 60_192_808, 11.514),
 ]:
-    register_info(_name, ModelInfo(_RESNET_PAPER, _RESIDUAL, _params, None, _gmacs, "cnnlab.layers.residual"))
+    _source = f"torchvision {_name} ({_TORCHVISION_WEIGHTS[_name]} metadata)"
+    _info = ModelInfo(_RESNET_PAPER, _RESIDUAL, _params, None, _gmacs, "cnnlab.layers.residual", params_source=_source)
+    register_info(_name, _info)
 register_info(
     "seresnet50",
     ModelInfo(
@@ -133,6 +135,7 @@ register_info(
         _SE,
         28_088_024,
         innovation_code="cnnlab.layers.squeeze_excite.SqueezeExcite in cnnlab.layers.residual.Bottleneck",
+        params_source="timm seresnet50 (built without weights)",
     ),
 )
 

@@ -146,6 +146,7 @@ register_info(
         "depthwise separable convolutions throughout, in residual blocks (an 'extreme' Inception)",
         22_855_952,
         innovation_code="cnnlab.layers.separable.SeparableConv2d",
+        params_source="the paper's Table 3; timm legacy_xception (built without weights)",
     ),
 )
 
