@@ -73,6 +73,31 @@ def test_zoo_show_names_the_source_of_each_parameter_count():
     assert "counted on this build" in shown["seresnet50"].split("parameters:")[0]  # the stage table's title
 
 
+def test_zoo_show_names_who_published_each_top1_and_at_what_crop():
+    """It printed "published top-1 69.778%" with no publisher, and no resolution or crop it was measured at."""
+    googlenet = " ".join(runner.invoke(app, ["zoo", "show", "googlenet"]).output.split())
+    assert (
+        "published top-1: 69.778% on ImageNet-1k validation, torchvision's documented acc@1 of "
+        "GoogLeNet_Weights.IMAGENET1K_V1; measured at 224x224 (centre crop of a 256 px resize" in googlenet
+    )
+    lite0 = " ".join(runner.invoke(app, ["zoo", "show", "efficientnet_lite0"]).output.split())
+    assert "published top-1: 75.1% on ImageNet-1k validation, Google's EfficientNet-Lite README" in lite0
+    assert "evaluated in TensorFlow on the checkpoint these weights convert; measured at 224x224 (centre crop" in lite0
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_published_top1_has_a_source(name):
+    import torch
+
+    from cnnlab.models import create_model
+
+    with torch.device("meta"):
+        cfg = create_model(name).pretrained_cfg
+    if cfg is not None:
+        assert cfg.published_top1 is not None and cfg.published_top1_source
+        assert "published_top1_source" not in cfg.to_dict()  # a saved run's record and cache keys stay as they were
+
+
 def test_zoo_show_refuses_an_input_the_model_cannot_take_in_one_line():
     """Each was a traceback (Kernel size can't be greater ..., Invalid channel dimensions); now `budget`'s words."""
     from cnnlab.errors import CnnlabError

