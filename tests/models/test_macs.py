@@ -1,23 +1,13 @@
-"""MACs counted by cnnlab.budget on the zoo's models agree with torchvision's published figures within 1%."""
+"""MACs counted by cnnlab.budget on the zoo's models agree with torchvision's published figures within 0.03%."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from cnnlab.models import create_model, model_info
 
 budget = pytest.importorskip("cnnlab.budget")
-
-
-@pytest.mark.parametrize("name", ["resnet50", "resnet18", "alexnet", "googlenet", "inception_v3"])
-def test_macs_match_torchvision_published_figures(name: str):
-    count_macs = getattr(budget, "count_macs", None)
-    if count_macs is None:
-        pytest.skip("cnnlab.budget.count_macs is not available yet")
-    model = create_model(name).eval()
-    published = model_info(name).published_gmacs * 1e9
-    assert count_macs(model, model.default_input_size) == pytest.approx(published, rel=0.01)
-
 
 TORCHVISION_WEIGHTS = {
     "alexnet": "AlexNet_Weights.IMAGENET1K_V1",
@@ -29,6 +19,16 @@ TORCHVISION_WEIGHTS = {
     "resnet101": "ResNet101_Weights.IMAGENET1K_V2",
     "resnet152": "ResNet152_Weights.IMAGENET1K_V2",
 }
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_WEIGHTS))
+def test_macs_match_torchvision_published_figures(name: str):
+    """docs/ZOO.md says within 0.03% (torchvision rounds to 1 M MACs; alexnet's 0.714 G is the loosest, 0.026%).
+    This was 1%, and five of the eight models."""
+    with torch.device("meta"):  # shapes only: the count needs no weights
+        model = create_model(name).eval()
+    published = model_info(name).published_gmacs * 1e9
+    assert budget.count_macs(model, model.default_input_size) == pytest.approx(published, rel=3e-4)
 
 
 @pytest.mark.parametrize("name", sorted(TORCHVISION_WEIGHTS))
