@@ -319,6 +319,28 @@ def test_a_scan_that_would_not_fit_in_memory_is_refused_naming_a_setting_that_fi
     assert lines == [f"scanning 400x300 (8 px apart) needs about {needed[1] / 1e9:.1f} GB of memory"]
 
 
+def test_an_image_over_pillows_guard_whose_scan_fits_is_decoded(tmp_path, monkeypatch):
+    """An image over twice Pillow's MAX_IMAGE_PIXELS (179 MP) was refused, "downscale it first", though README says
+    `fcn scan` takes any size and it had estimated the scan's memory from the header: one that fits is decoded, the
+    guard raised for that call only; one that does not is refused for its memory, naming what fits."""
+    import cnnlab.fcn.scan as scanning
+    import cnnlab.train.device as device
+
+    converted = to_fully_convolutional(_unpadded_stride_8(), (1, 28, 28))
+    monkeypatch.setattr(scanning, "tile_margin", lambda model: 32)  # its own, measured in a second
+    Image.new("L", (90, 70), 255).save(tmp_path / "canvas.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 6,300 px is over twice it, as 180 MP is over Pillow's
+    with pytest.raises(CnnlabError, match="too many pixels to decode safely"):
+        scanning.load_scan_image(tmp_path / "canvas.png")  # unchecked, the guard stands
+    checked = scanning.check_scan_memory(converted, tmp_path / "canvas.png")
+    assert checked == scanning.ScanCheck(90, 70)
+    picture = scanning.load_scan_image(tmp_path / "canvas.png", checked=checked)
+    assert picture.shape == (1, 70, 90) and float(picture.max()) == 0.0 and Image.MAX_IMAGE_PIXELS == 1000
+    monkeypatch.setattr(device, "available_memory_bytes", lambda: 10**5)
+    with pytest.raises(CnnlabError, match="this 90x70 image .* crop or downscale the image to"):
+        scanning.check_scan_memory(converted, tmp_path / "canvas.png")
+
+
 def test_scan_refuses_images_smaller_than_the_window():
     """It said the image was smaller, not what to do with a small image of one digit."""
     with pytest.raises(

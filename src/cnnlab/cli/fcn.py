@@ -79,8 +79,8 @@ def scan_command(
 
     path = heatmap_path(output, image, overwrite=overwrite)
     converted, source = load_converted_or_run(run)
-    check_scan_memory(converted, image, refine)
-    picture = load_scan_image(image, channels=converted.input_size[0], invert=invert)
+    checked = check_scan_memory(converted, image, refine)  # by its header; its size is then decoded, however large
+    picture = load_scan_image(image, channels=converted.input_size[0], invert=invert, checked=checked)
     result = scan(converted, picture, refine=refine, progress=True, log=typer.echo)
     classes = result.probabilities.shape[0]
     names = [str(d) for d in range(10)] if classes == 10 else None

@@ -23,6 +23,7 @@ again and loads the saved weights, so no pickle is involved.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -45,6 +46,7 @@ __all__ = [
     "LARGE_SCAN_BYTES",
     "MEMORY_SHARE",
     "TILE_PIXELS",
+    "ScanCheck",
     "ScanNotLocalWarning",
     "ScanResult",
     "check_scan_memory",
@@ -389,10 +391,45 @@ def _check_scan_memory(cost: _ScanCost, height: int, width: int, refine: int) ->
     )
 
 
-def check_scan_memory(model: FullyConvolutional, path: str | os.PathLike[str], refine: int | None = None) -> None:
+@dataclass(frozen=True)
+class ScanCheck:
+    """What `check_scan_memory` found from an image file's header, before it was decoded: a scan of this size fits.
+
+    Attributes:
+        width: the image's width in pixels (after its EXIF orientation).
+        height: its height.
+    """
+
+    width: int
+    height: int
+
+
+@contextlib.contextmanager
+def _decoding_allowed(pixels: int | None) -> Iterator[None]:
+    """Pillow's decompression-bomb guard (`Image.MAX_IMAGE_PIXELS`) raised to `pixels` (None: off) for the block only,
+    then restored: an image over twice the guard (179 MP) was refused ("downscale it first") though the scan had
+    estimated its memory and found it fits."""
+    from PIL import Image
+
+    guard = Image.MAX_IMAGE_PIXELS
+    if guard is not None:
+        Image.MAX_IMAGE_PIXELS = None if pixels is None else max(guard, pixels)
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = guard
+
+
+def check_scan_memory(
+    model: FullyConvolutional, path: str | os.PathLike[str], refine: int | None = None
+) -> ScanCheck | None:
     """Refuse, before the image file at `path` is decoded, a scan of it that would not fit in memory (as `scan`
     does once it has the image), by the size its header gives; an image of at most `TILE_PIXELS` is left to `scan`
     (decoding a 100 MP image took 16 s and 1.3 GB, only for the scan to be refused).
+
+    Returns:
+        The size checked, for `load_scan_image` to decode an image over Pillow's decompression-bomb guard (179 MP):
+        its estimate counts the decoded image. None where nothing was checked (a small or unreadable image).
 
     Raises:
         CnnlabError: as `scan`, for the memory.
@@ -402,22 +439,22 @@ def check_scan_memory(model: FullyConvolutional, path: str | os.PathLike[str], r
     from cnnlab.data.folder import turned_by_exif
 
     try:
-        with warnings.catch_warnings():  # no decompression-bomb warning, as `load_scan_image`
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                width, height = opened.size
-                turned = turned_by_exif(opened)
+        with _decoding_allowed(None), Image.open(path) as opened:  # the header only: its size, whatever it is
+            width, height = opened.size
+            turned = turned_by_exif(opened)
         if turned:
             width, height = height, width
-    except (OSError, Image.DecompressionBombError):
-        return  # said in the words every command uses, when the image is read
+    except OSError:
+        return None  # said in the words every command uses, when the image is read
     channels, input_height, input_width = model.input_size
-    if height * width <= TILE_PIXELS or height < input_height or width < input_width:
-        return
+    guarded = Image.MAX_IMAGE_PIXELS is not None and height * width > 2 * Image.MAX_IMAGE_PIXELS
+    if (height * width <= TILE_PIXELS and not guarded) or height < input_height or width < input_width:
+        return None
     stride = model.output_geometry()[1]
     _check_scan_memory(
         _scan_cost(model, height, width, tile_margin(model)), height, width, refine_factor(refine, stride)
     )
+    return ScanCheck(width, height)
 
 
 @torch.inference_mode()
@@ -750,7 +787,9 @@ def _label_places(confidence: np.ndarray, empty: np.ndarray, spread: int) -> lis
     return places
 
 
-def load_scan_image(path: str | os.PathLike[str], channels: int = 1, invert: bool | None = None) -> torch.Tensor:
+def load_scan_image(
+    path: str | os.PathLike[str], channels: int = 1, invert: bool | None = None, checked: ScanCheck | None = None
+) -> torch.Tensor:
     """Read an image file as float [channels, H, W] in [0, 1], decoding it once (`scan_tensor`).
 
     The file is read as every cnnlab command reads one (`data.folder.load_image`): a 16-bit scan is scaled to 8 bits
@@ -762,6 +801,8 @@ def load_scan_image(path: str | os.PathLike[str], channels: int = 1, invert: boo
         invert: turn dark-on-light into light-on-dark (MNIST's polarity); None inverts an image whose mean is
             above 0.5, for an RGB network too (it was grayscale only: white paper scanned by an RGB network was
             neither inverted nor, being all "stroke", left blank).
+        checked: `check_scan_memory`'s answer for this file: an image of that size is decoded even over Pillow's
+            decompression-bomb guard (179 MP), which is raised for this call only.
     """
     from PIL import Image
 
@@ -770,7 +811,8 @@ def load_scan_image(path: str | os.PathLike[str], channels: int = 1, invert: boo
     with warnings.catch_warnings():  # Pillow's "could be decompression bomb DOS attack" over 89 MP: the scan takes
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # any size, and refuses what will not fit
         # decoded once: checked (check_image) then loaded (load_image), a 100 MP image was decoded twice, 16 s
-        decoded, _, reason = decode_image(path)  # in every command's words: "zero-byte file", "corrupt or ..."
+        with _decoding_allowed(checked.width * checked.height) if checked else contextlib.nullcontext():
+            decoded, _, reason = decode_image(path)  # in every command's words: "zero-byte file", "corrupt or ..."
     if decoded is None:
         raise CnnlabError(f"cannot read image {path}: {reason}")
     return scan_tensor(to_rgb(decoded), channels, invert)
