@@ -327,15 +327,18 @@ def test_an_image_over_pillows_guard_whose_scan_fits_is_decoded(tmp_path, monkey
     import cnnlab.train.device as device
 
     converted = to_fully_convolutional(_unpadded_stride_8(), (1, 28, 28))
-    monkeypatch.setattr(scanning, "tile_margin", lambda model: 32)  # its own, measured in a second
+    measured = []  # the margin is its own, measured once (mnist_net's took 3.5 s, for the check then the scan)
+    monkeypatch.setattr(scanning, "tile_margin", lambda model: measured.append(model) or 32)
     Image.new("L", (90, 70), 255).save(tmp_path / "canvas.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 6,300 px is over twice it, as 180 MP is over Pillow's
     with pytest.raises(CnnlabError, match="too many pixels to decode safely"):
         scanning.load_scan_image(tmp_path / "canvas.png")  # unchecked, the guard stands
     checked = scanning.check_scan_memory(converted, tmp_path / "canvas.png")
-    assert checked == scanning.ScanCheck(90, 70)
+    assert checked == scanning.ScanCheck(90, 70, 32)
     picture = scanning.load_scan_image(tmp_path / "canvas.png", checked=checked)
     assert picture.shape == (1, 70, 90) and float(picture.max()) == 0.0 and Image.MAX_IMAGE_PIXELS == 1000
+    assert scan(converted, picture, refine=1, checked=checked).probabilities.shape == (10, 6, 8)
+    assert measured == [converted]
     monkeypatch.setattr(device, "available_memory_bytes", lambda: 10**5)
     with pytest.raises(CnnlabError, match="this 90x70 image .* crop or downscale the image to"):
         scanning.check_scan_memory(converted, tmp_path / "canvas.png")

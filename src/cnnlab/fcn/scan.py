@@ -398,10 +398,12 @@ class ScanCheck:
     Attributes:
         width: the image's width in pixels (after its EXIF orientation).
         height: its height.
+        margin: the network's `tile_margin`, measured for the check (seconds for mnist_net), which `scan` reuses.
     """
 
     width: int
     height: int
+    margin: int | None
 
 
 @contextlib.contextmanager
@@ -429,7 +431,8 @@ def check_scan_memory(
 
     Returns:
         The size checked, for `load_scan_image` to decode an image over Pillow's decompression-bomb guard (179 MP):
-        its estimate counts the decoded image. None where nothing was checked (a small or unreadable image).
+        its estimate counts the decoded image; and the tile margin measured, for `scan`. None where nothing was
+        checked (a small or unreadable image).
 
     Raises:
         CnnlabError: as `scan`, for the memory.
@@ -450,11 +453,9 @@ def check_scan_memory(
     guarded = Image.MAX_IMAGE_PIXELS is not None and height * width > 2 * Image.MAX_IMAGE_PIXELS
     if (height * width <= TILE_PIXELS and not guarded) or height < input_height or width < input_width:
         return None
-    stride = model.output_geometry()[1]
-    _check_scan_memory(
-        _scan_cost(model, height, width, tile_margin(model)), height, width, refine_factor(refine, stride)
-    )
-    return ScanCheck(width, height)
+    stride, margin = model.output_geometry()[1], tile_margin(model)
+    _check_scan_memory(_scan_cost(model, height, width, margin), height, width, refine_factor(refine, stride))
+    return ScanCheck(width, height, margin)
 
 
 @torch.inference_mode()
@@ -464,6 +465,7 @@ def scan(
     refine: int | None = None,
     progress: bool = False,
     log: Callable[[str], Any] | None = None,
+    checked: ScanCheck | None = None,
 ) -> ScanResult:
     """Run a converted classifier over a [C, H, W] float image (at least the training size).
 
@@ -476,6 +478,7 @@ def scan(
             divisor up to 4 (`refine_factor`).
         progress: show a progress bar over the forward passes (one per tile and shift) on a terminal.
         log: told the memory a scan needs, before it starts, when that is over `LARGE_SCAN_BYTES`.
+        checked: `check_scan_memory`'s answer for this model and image: its tile margin is used, not measured again.
 
     Returns:
         One location for every window that fits, stride / refine pixels apart: (H - window) // step + 1 rows and
@@ -498,7 +501,7 @@ def scan(
     window, stride = model.output_geometry()
     refine = refine_factor(refine, stride)
     step = stride // refine
-    margin = tile_margin(model)
+    margin = checked.margin if checked is not None else tile_margin(model)
     if margin is None:
         _warn_not_local(model)
     needed = _check_scan_memory(_scan_cost(model, *image.shape[1:], margin), *image.shape[1:], refine)
