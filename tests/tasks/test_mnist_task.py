@@ -150,6 +150,10 @@ def test_reports_agree_with_the_run_and_its_results(ensemble_run: dict) -> None:
         assert "200 training images, 40 held out for validation;" in text  # it did not say (a train_subset neither)
     ensemble_text = (Path(ensemble_run["run_dir"]) / "report.md").read_text()
     assert all(f"| {m['test_accuracy']:.4f} |" in ensemble_text for m in ensemble_run["members"])
+    # the members' reports listed their sessions, the ensemble's none: it lists each member's
+    assert "## Sessions" in ensemble_text and "2 in all, wall time **" in ensemble_text
+    for seed in (0, 1):
+        assert re.search(rf"\| seed{seed} \| 1 \| [^|]+ \| `[^`]+` \| 1-2 \| [^|]+ \| finished \|", ensemble_text)
 
 
 def test_evaluate_writes_its_figures(
@@ -299,6 +303,8 @@ def test_interrupted_ensemble_resumes_to_the_same_weights(ensemble_run: dict, fa
     assert re.search(r"\| 1 \| [^|]+ \| `[^`]+` \| 1 \| \d+ s \| interrupted \|", report)
     assert re.search(r"\| 2 \| [^|]+ \| `[^`]+` \| 2 \| \d+ s \| finished \|", report)
     assert "## Sessions" not in (Path(first["run_dir"]) / "report.md").read_text()
+    ensemble_report = (Path(summary["run_dir"]) / "report.md").read_text()  # every member's sessions, 3 in all
+    assert "3 in all" in ensemble_report and re.search(r"\| seed1 \| 2 \| [^|]+ \| `[^`]+` \| 2 \|", ensemble_report)
     assert summary["ensemble_test_accuracy"] == ensemble_run["ensemble_test_accuracy"]
     for resumed, straight in zip(summary["members"], ensemble_run["members"], strict=True):
         resumed_state = cnnlab.load_model(resumed["run_dir"]).state_dict()

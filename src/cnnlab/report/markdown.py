@@ -166,12 +166,25 @@ class RunReport:
                 f"before cnnlab recorded sessions); the others took {duration(sum(known))}."
             )
         self.text(f"This run was continued with --resume: {len(sessions)} sessions{resumed_after}. {total}")
+        rows = [[number, *_session_cells(s)] for number, s in enumerate(sessions, 1)]
+        return self.table(["session", *_SESSION_COLUMNS], rows)
+
+    def add_member_sessions(self, members: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -> RunReport:
+        """The sessions of an ensemble's members, each a run of its own (`add_sessions` in its report): one row per
+        session of each member, and the wall time they add up to; nothing when no member has any."""
         rows = [
-            [number, s.get("started") or "?", f"`{s.get('command') or '?'}`", _session_epochs(s),
-             "unknown" if s.get("wall_seconds") is None else duration(s["wall_seconds"]), _session_end(s)]
-            for number, s in enumerate(sessions, 1)
-        ]  # fmt: skip
-        return self.table(["session", "started (UTC)", "command", "epochs", "wall time", "ended"], rows)
+            [member, number, *_session_cells(s)] for member, sessions in members for number, s in enumerate(sessions, 1)
+        ]
+        if not rows:
+            return self
+        self.heading("Sessions")
+        known = [s["wall_seconds"] for _, sessions in members for s in sessions if s.get("wall_seconds") is not None]
+        total = duration(sum(known)) if len(known) == len(rows) else "unknown (a session recorded none)"
+        self.text(
+            f"Each member's sessions (the commands that trained it, in its sessions.json): {len(rows)} in all, wall "
+            f"time **{total}** added up (members trained at once, by `--member`, overlap)."
+        )
+        return self.table(["member", "session", *_SESSION_COLUMNS], rows)
 
     def add_config(self, config: Mapping[str, Any]) -> RunReport:
         """The configuration, one option per row (the full record is config.yaml)."""
@@ -201,6 +214,16 @@ def _hardware(environment: Mapping[str, Any], device: str | None) -> str:
     if device is not None and device.split(":")[0] not in ("cpu", "cuda"):  # mps, xpu: that device, on this CPU
         return f"{device} ({cpu})"
     return cpu
+
+
+_SESSION_COLUMNS = ["started (UTC)", "command", "epochs", "wall time", "ended"]
+
+
+def _session_cells(session: Mapping[str, Any]) -> list[str]:
+    """A session's row after its number: `_SESSION_COLUMNS`."""
+    wall = session.get("wall_seconds")
+    return [session.get("started") or "?", f"`{session.get('command') or '?'}`", _session_epochs(session),
+            "unknown" if wall is None else duration(wall), _session_end(session)]  # fmt: skip
 
 
 def _session_epochs(session: Mapping[str, Any]) -> str:

@@ -612,6 +612,9 @@ def ensemble_report(
             "Weights SHA-256: the first 12 hex digits of each member's model.safetensors (in full in results.json; "
             "ensemble.json records the chosen members', and loading the ensemble refuses a member changed since)."
         )
+    # members trained by `train mnist --ensemble` (a combined ensemble's candidates carry none): each one's report
+    # lists its own sessions; this one lists them all
+    report.add_member_sessions([(f"seed{m['seed']}", m.get("sessions") or []) for m in members if "seed" in m])
     if summary.get("missing_members"):
         return report.text(f"Members still to train (seeds): {summary['missing_members']}.")
     if selection:
