@@ -278,3 +278,33 @@ def test_a_run_saved_before_sessions_were_recorded_resumes_with_its_earlier_comm
     assert sessions.total_wall_seconds is None
     text = "\n".join(RunReport("run").add_sessions(sessions.sessions).lines)
     assert "`cnnlab train mnist --name old` | 1-3 | unknown | not recorded (the run was saved before" in text
+
+
+def test_a_run_trained_in_phases_counts_each_sessions_epochs_across_them(tmp_path: Path) -> None:
+    """Transfer trains a head phase, then fine-tunes, each with a trainer of its own in a sub-folder: its sessions
+    showed "-" for epochs. Each counts the run's epochs across the phases; a phase an earlier session finished
+    trains none, so a resumed session begins where the phase it continues does."""
+    from types import SimpleNamespace
+
+    from cnnlab.report.markdown import RunReport
+    from cnnlab.train.callbacks import SessionEpochs
+    from cnnlab.train.records import RunSessions
+
+    def phase(sessions: RunSessions, before: int, start: int, stop: int) -> None:
+        counter = SessionEpochs(sessions, epochs_before=before)
+        counter.on_fit_start(SimpleNamespace(epoch=start))
+        for epoch in range(start, stop):
+            counter.on_epoch_end(None, epoch, {})
+
+    first = RunSessions(tmp_path, resume=False)
+    first.begin()  # the run folder is claimed before any phase's checkpoint is read
+    phase(first, 0, 0, 3)  # the head phase: 3 epochs
+    phase(first, 3, 0, 2)  # fine-tuning: killed after counting its 2nd epoch, whose checkpoint was not written
+    second = RunSessions(tmp_path, resume=True)
+    second.begin()
+    phase(second, 0, 3, 3)  # the head phase is finished: no epoch
+    phase(second, 3, 1, 4)  # fine-tuning resumes after its 1st epoch
+    second.end()
+    assert [(s["first_epoch"], s["last_epoch"]) for s in second.sessions] == [(0, 4), (4, 7)]
+    text = "\n".join(RunReport("run").add_sessions(second.sessions).lines)
+    assert "last resumed after epoch 4" in text and " | 1-4 | " in text and " | 5-7 | " in text

@@ -417,8 +417,16 @@ def test_a_resume_stopped_while_it_rewrote_the_config_can_be_resumed(
     assert summary["wall_seconds_total"] == pytest.approx(sum(s["wall_seconds"] for s in sessions))
     whole = re.search(r"^\| whole run, 3 sessions \| - \| - \| ([0-9.,]+) \|$", report, re.MULTILINE)
     assert whole and float(whole[1].replace(",", "")) > summary["wall_seconds"], report
-    assert "This run was continued with --resume: 3 sessions. Wall time of all sessions: **" in report
+    assert (
+        "This run was continued with --resume: 3 sessions, the last started before any epoch had finished. Wall time "
+        "of all sessions: **" in report
+    )
     assert any(line.startswith("this run's 3 sessions took ") for line in said), said
+    # ... and the epochs each trained, counted across the phases' sub-folders (all showed "-"); the second stopped
+    # before its phase began
+    assert [(s["first_epoch"], s["last_epoch"]) for s in sessions] == [(0, 0), (None, 0), (0, 1)]
+    assert re.search(r"^\| 1 \| [^|]+ \| `[^`]+` \| none \| .* \| interrupted \|$", report, re.MULTILINE), report
+    assert re.search(r"^\| 3 \| [^|]+ \| `[^`]+` \| 1 \| .* \| finished \|$", report, re.MULTILINE), report
 
 
 @pytest.mark.parametrize(
@@ -611,6 +619,9 @@ def test_class_weighted_run_trains_with_the_weighted_loss(tmp_path: Path) -> Non
         torch.testing.assert_close(loss.weight, expected)
     report = (Path(summary["run_dir"]) / "report.md").read_text()  # val_accuracy changed meaning between the phases
     assert "The head phase's validation scores average the 8 views, as the test's do; the fine-tuning phase" in report
+    # the session's epochs are the head phase's and the fine-tuning's, each trained in a sub-folder of its own
+    epochs = summary["phases"]["head"]["epochs_run"] + summary["phases"]["finetune"]["epochs_run"]
+    assert [(s["first_epoch"], s["last_epoch"]) for s in summary["sessions"]] == [(0, epochs)]
     with pytest.raises(CnnlabError, match="--class-weight must be"):
         train_transfer(tiny_config(tmp_path, class_weight="inverse"))
 

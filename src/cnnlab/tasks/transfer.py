@@ -89,6 +89,7 @@ from cnnlab.train import (
     layerwise_param_groups,
     top_param_groups,
 )
+from cnnlab.train.callbacks import SessionEpochs
 from cnnlab.train.config import environment_record, save_record, slow_precision_said_once
 from cnnlab.train.metrics import Accuracy, BalancedAccuracy, ViewAveraged
 from cnnlab.train.records import RunSessions, write_history
@@ -522,6 +523,14 @@ class _Run:
     log: Any
     phases: dict[str, Any] = field(default_factory=dict)
     costs: dict[str, float] = field(default_factory=dict)
+    sessions: RunSessions | None = None
+
+    def session_epochs(self) -> list[SessionEpochs]:
+        """The callback that counts the next phase's epochs in this session's record, after the earlier phases'
+        (each phase trains in a sub-folder with a trainer of its own: the run's sessions showed no epochs)."""
+        if self.sessions is None:
+            return []
+        return [SessionEpochs(self.sessions, sum(phase["epochs_run"] for phase in self.phases.values()))]
 
     @property
     def classes(self) -> list[str]:
@@ -706,7 +715,7 @@ def _train_on_cache(run: _Run, model: nn.Module, model_name: str, top_blocks: in
         train_transform=_to_float,
         eval_transform=_to_float,
         param_groups=groups,
-        callbacks=[FreezeBatchNorm(True), BestWeights()],
+        callbacks=[FreezeBatchNorm(True), BestWeights(), *run.session_epochs()],
     )
     batches = TensorBatches(train_x, train_y, config.batch_size, drop_last=True, weights=run.sample_weights(train_y))
     _fit(run, phase, trainer, batches, TensorBatches(val_x, val_y, 2 * config.batch_size))
@@ -734,7 +743,7 @@ def _train_full(run: _Run, model: nn.Module) -> None:
         metrics=run.metrics(1),
         train_transform=check,
         param_groups=groups,
-        callbacks=[FreezeBatchNorm(True), BestWeights()],
+        callbacks=[FreezeBatchNorm(True), BestWeights(), *run.session_epochs()],
     )
     train = run.loader(run.parts["train"], train_transform, True, config.batch_size)
     val = run.loader(run.parts["val"], eval_transform, False, 2 * config.batch_size)
@@ -858,7 +867,7 @@ def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
         model.to(device)
         if {**recipe.train, **config.train}.get("channels_last"):  # once, outside inference mode
             model.to(memory_format=torch.channels_last)
-        run = _Run(config, recipe, parts, cfg, views, device, log)
+        run = _Run(config, recipe, parts, cfg, views, device, log, sessions=sessions)
         preview_transform = build_train_transform(cfg, scale=(recipe.crop_scale, 1.0), views=views)
         preview = run_dir / "augmented_preview.png"
         if main:

@@ -143,13 +143,20 @@ class BestWeights(Callback):
 class SessionEpochs(Callback):
     """Tells a run's `cnnlab.train.records.RunSessions` when this session's training begins (after the epochs its
     checkpoint holds) and each epoch it finishes, so that ``sessions.json`` says which epochs each session trained,
-    a killed one's too."""
+    a killed one's too.
 
-    def __init__(self, sessions: RunSessions) -> None:
+    Args:
+        sessions: the run's sessions.
+        epochs_before: the run's epochs in its earlier phases, each trained by a trainer of its own (transfer's head
+            phase before its fine-tuning), so that a session counts the run's epochs across them.
+    """
+
+    def __init__(self, sessions: RunSessions, epochs_before: int = 0) -> None:
         self.sessions = sessions
+        self.epochs_before = epochs_before
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        self.sessions.begin(trainer.epoch)
+        self.sessions.begin(self.epochs_before + trainer.epoch)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
-        self.sessions.epoch_done(epoch + 1)
+        self.sessions.epoch_done(self.epochs_before + epoch + 1)

@@ -131,6 +131,7 @@ class RunSessions:
         self.started = time.perf_counter() if started is None else started
         self.sessions: list[dict[str, Any]] = read_sessions(run_dir) if resume else []
         self.current: dict[str, Any] | None = None
+        self._earlier_last_epoch: int | None = None  # as the last earlier session recorded it
 
     def __enter__(self) -> RunSessions:
         return self
@@ -142,25 +143,39 @@ class RunSessions:
             self.end("interrupted" if issubclass(kind, KeyboardInterrupt) else "failed")
 
     def begin(self, first_epoch: int | None = None) -> None:
-        """This session's work on the run folder begins, after `first_epoch` epochs finished by earlier sessions."""
-        if self.current is not None:  # a task with several trainers: the first one began it
+        """This session's work on the run folder begins, after `first_epoch` epochs finished by earlier sessions.
+
+        Called again by a later trainer of a task with several (transfer's phases, each in a sub-folder with its
+        own checkpoint), before this session has finished an epoch: the session begins where that trainer does (a
+        phase finished by an earlier session trains none here), with the run's epochs counted across the phases.
+        """
+        if self.current is not None:
+            if first_epoch is not None and self.current["last_epoch"] in (None, self.current["first_epoch"]):
+                self._starts_after(first_epoch)
+                self._write()
             return
-        if self.sessions and first_epoch is not None:
-            # the last earlier session counted an epoch whose checkpoint a kill kept from being written, or was
-            # recorded before sessions were: its epochs end where this one's begin
-            last = self.sessions[-1]
-            if last.get("last_epoch") is None or last["last_epoch"] > first_epoch:
-                last["last_epoch"] = first_epoch
+        self._earlier_last_epoch = self.sessions[-1].get("last_epoch") if self.sessions else None
         self.current = {
             "command": command_line(),
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
-            "first_epoch": first_epoch,
-            "last_epoch": first_epoch,
+            "first_epoch": None,
+            "last_epoch": None,
             "wall_seconds": None,
             "ended": None,
         }
         self.sessions.append(self.current)
+        if first_epoch is not None:
+            self._starts_after(first_epoch)
         self._write()
+
+    def _starts_after(self, first_epoch: int) -> None:
+        self.current["first_epoch"] = self.current["last_epoch"] = first_epoch
+        if len(self.sessions) > 1:
+            # the last earlier session counted an epoch whose checkpoint a kill kept from being written, or was
+            # recorded before sessions were: its epochs end where this one's begin (from what it recorded, so
+            # that a later phase's start, past an earlier phase's, gives back what the earlier one took off)
+            recorded = self._earlier_last_epoch
+            self.sessions[-2]["last_epoch"] = first_epoch if recorded is None else min(recorded, first_epoch)
 
     def epoch_done(self, epochs: int) -> None:
         """`epochs` epochs of the run are finished (this session's and the earlier ones')."""
