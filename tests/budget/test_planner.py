@@ -187,7 +187,10 @@ def test_a_memory_no_remedy_fits_says_what_one_sample_needs():
     assert all(row["max_batch"] == 0 for row in rows)  # the table alone was a column of zeros
     least = min(rows, key=lambda row: row["fixed_bytes"] + row["per_sample_bytes"])
     note = plan_note(report)
-    assert note is not None and note.startswith("No batch fits in") and f"{least['remedy']}'s" in note
+    assert note is not None and note.startswith("No batch fits in 10.2 kB:") and f"{least['remedy']}'s" in note
+    assert "0.0 MB" not in note  # a small limit and what one sample needs read "0.0 MB"
+    tiny = budget(SMALL_CNN, input_shape=(1, 28, 28), optimizer="adam", memory_limit="1KiB")
+    assert plan_note(tiny).startswith("No batch fits in 1,024 bytes:")
     assert plan_note(budget(SMALL_CNN, input_shape=(1, 28, 28), memory_limit="8GiB")) is None
 
 

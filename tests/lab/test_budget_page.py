@@ -139,7 +139,7 @@ def test_the_reason_a_budget_fails_stays_in_the_page(tmp_path: Path) -> None:
     status, summary, *_ = on_budget("lenet5", "", 2, "", "float32", "adam")
     assert status == "" and summary.startswith("parameters ")
     status, *_ = on_budget("lenet5", "", 2, "1kB", "float32", "adam")  # the plan's zeros were left unexplained
-    assert status.startswith("No batch fits in 0.0 MB: the least memory is ")
+    assert status.startswith("No batch fits in 1,000 bytes: the least memory is ")
 
 
 def test_the_notes_the_cli_prints_below_its_tables_are_on_the_page() -> None:

@@ -12,8 +12,13 @@ from rich.table import Table
 from cnnlab.budget.core import BudgetReport
 
 
-def _mb(value: int) -> str:
-    return f"{value / 1e6:,.1f} MB"
+def _mb(value: float) -> str:
+    """Bytes in a unit that shows them: MB from 0.1 MB, kB from 10 kB, else bytes (a 1KiB limit read "0.0 MB")."""
+    if value >= 1e5:
+        return f"{value / 1e6:,.1f} MB"
+    if value >= 1e4:
+        return f"{value / 1e3:.1f} kB"
+    return f"{value:,.0f} bytes"
 
 
 def _shape(shape: tuple[int, ...]) -> str:
