@@ -5,14 +5,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from matplotlib.backend_bases import RendererBase
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 
+from cnnlab.report.classification import plot_highest_loss
 from cnnlab.report.metrics import accuracy_from_matrix, confusion_matrix, per_class_accuracy
-from cnnlab.report.plots import plot_confusion_matrix, plot_misclassified
+from cnnlab.report.plots import TICK_LABEL_CHARS, plot_confusion_matrix, plot_misclassified
 from cnnlab.train.records import plot_learning_curves
 from stopped_midway import stop_savefig_midway
 
@@ -143,6 +147,101 @@ def test_confusion_matrix_labels_do_not_overlap(
         assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1 and figure_box.y0 <= box.y0, label.get_text()
     if max(map(len, names)) <= 2:
         assert angle == 0
+
+
+def _text_corners(text: Text, renderer: RendererBase) -> np.ndarray:
+    """The four corners, in pixels, of a text's box as drawn: turned about its anchor when it is rotated."""
+    angle = text.get_rotation()
+    if angle % 360:
+        assert text.get_rotation_mode() == "anchor"  # aligned unturned about the anchor, then turned about it
+        anchor = np.array(text.get_transform().transform(text.get_position()))
+        text.set_rotation(0)
+        box = text.get_window_extent(renderer)
+        text.set_rotation(angle)
+    else:
+        anchor, box = np.zeros(2), text.get_window_extent(renderer)
+    corners = np.array([[box.x0, box.y0], [box.x1, box.y0], [box.x1, box.y1], [box.x0, box.y1]]) - anchor
+    turn = math.radians(angle)
+    rotation = np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]])
+    return corners @ rotation.T + anchor
+
+
+def _boxes_overlap(first: np.ndarray, second: np.ndarray) -> bool:
+    """Whether two convex quadrilaterals overlap: no edge normal of either separates them (separating axis test)."""
+    for polygon in (first, second):
+        for i in range(4):
+            edge = polygon[(i + 1) % 4] - polygon[i]
+            normal = np.array([-edge[1], edge[0]])
+            a, b = first @ normal, second @ normal
+            if a.max() <= b.min() + 1e-6 or b.max() <= a.min() + 1e-6:
+                return False
+    return True
+
+
+def _assert_labels_apart_and_inside(figure: Figure) -> None:
+    """No two of a figure's labels (tick labels, axis labels, titles, figure texts) overlap, and all lie inside it."""
+    renderer = FigureCanvasAgg(figure).get_renderer()  # closing the figure took its canvas
+    figure.draw(renderer)  # the axis labels are placed below the tick labels as the figure is drawn
+    texts = [figure._suptitle] if figure._suptitle else []
+    texts += [text for text in figure.texts if text is not figure._suptitle]
+    for axis in figure.axes:
+        texts.append(axis.title)
+        if axis.axison:
+            texts += [*axis.get_xticklabels(), *axis.get_yticklabels(), axis.xaxis.label, axis.yaxis.label]
+    boxes = [
+        (text.get_text(), _text_corners(text, renderer)) for text in texts if text.get_visible() and text.get_text()
+    ]
+    width, height = figure.bbox.width, figure.bbox.height
+    for name, box in boxes:
+        assert box.min() >= 0 and box[:, 0].max() <= width and box[:, 1].max() <= height, f"{name!r} leaves the figure"
+    for k, (name, box) in enumerate(boxes):
+        for other, other_box in boxes[k + 1 :]:
+            assert not _boxes_overlap(box, other_box), f"{name!r} overlaps {other!r}"
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        [f"class {i} " + "a very long descriptive name of a kind of thing " * 2 for i in range(6)],  # 100 characters
+        ["x" * 100, "y" * 100],  # no space to wrap at, and two classes: a narrow figure
+        [f"category number {i} of twenty, named" for i in range(20)],
+    ],
+)
+def test_long_class_names_are_cut_on_the_ticks_and_given_whole_in_a_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: list[str]
+) -> None:
+    """100-character names turned 45 degrees made a figure mostly of label and pushed "true" out of it; the
+    matrix of 20 classes had its labels cut off."""
+    saved: list[Figure] = []  # drawn below, not written: faster
+    monkeypatch.setattr("cnnlab.report.plots.save_figure_whole", lambda figure, *_, **__: saved.append(figure))
+    plot_confusion_matrix(torch.eye(len(names), dtype=torch.long) * 40 + 1, tmp_path / "c.png", names, "test set")
+    figure = saved[0]
+    ticks = [label.get_text() for label in figure.axes[0].get_xticklabels()]
+    assert all(len(tick) <= TICK_LABEL_CHARS for tick in ticks)
+    assert all(tick.startswith(f"{index}: ") for index, tick in enumerate(ticks))
+    (key,) = figure.texts  # every name whole, after its index, wrapped to the figure's width
+    assert all(
+        f"{index}:{name}".replace(" ", "") in "".join(key.get_text().split()) for index, name in enumerate(names)
+    )
+    _assert_labels_apart_and_inside(figure)
+
+
+def test_highest_loss_titles_with_long_class_names_are_wrapped_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 100-character class name ran into the next image's title and off the figure."""
+    saved: list[Figure] = []
+    monkeypatch.setattr("cnnlab.report.classification.save_figure_whole", lambda figure, *_, **__: saved.append(figure))
+    names = ["class 0 " + "a very long descriptive name of a kind of thing " * 2, "x" * 100, "short"]
+    titles = [f"img_{i}.jpg\ntrue {names[i % 3]}\npred {names[(i + 1) % 3]}\np(pred) 0.91, loss 2.31" for i in range(6)]
+    plot_highest_loss([np.zeros((160, 120, 3), dtype=np.uint8)] * 6, titles, tmp_path / "h.png")
+    shown = [axis.title.get_text() for axis in saved[0].axes[:6]]
+    assert all(
+        title.endswith("\np(pred) 0.91, loss 2.31") and title.startswith(f"img_{i}.jpg\ntrue ")
+        for i, title in enumerate(shown)
+    )
+    assert "…" in shown[0] and "short" in shown[1]
+    _assert_labels_apart_and_inside(saved[0])
 
 
 def test_confusion_matrix_counts_are_dark_on_light_cells_and_light_on_dark(

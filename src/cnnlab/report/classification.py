@@ -57,23 +57,42 @@ def classification_summary(
     }
 
 
+def _fit_title(title: str, chars: int, lines_each: int = 2) -> str:
+    """Each line of `title` wrapped to `chars` characters, at most `lines_each` lines of it, the rest cut with "…"."""
+    import textwrap
+
+    return "\n".join(
+        "\n".join(textwrap.wrap(line, chars, max_lines=lines_each, placeholder="…") or [""])
+        for line in title.split("\n")
+    )
+
+
 def plot_highest_loss(
     images: Sequence[Any], titles: Sequence[str], path: str | os.PathLike[str], columns: int = 4, heading: str = ""
 ) -> Path:
-    """A PNG grid of images (PIL images or H x W x C arrays) with a title each (e.g. "true / predicted p, loss")."""
+    """A PNG grid of images (PIL images or H x W x C arrays) with a title each (e.g. "true / predicted p, loss").
+
+    A title line wider than its column (a 60-character class name ran into the next image's title and off the
+    figure) is wrapped onto two lines, cut with "…" past that, and the rows are made tall enough for the titles.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    column_width, fontsize = 2.4, 7
+    chars = int((column_width - 0.2) * 72 / (0.6 * fontsize))  # a DejaVu Sans character is at most about 0.6 em
+    titles = [_fit_title(title, chars) for title in titles]
+    title_lines = max((title.count("\n") + 1 for title in titles), default=1)
     count = len(images)
     rows = max(1, -(-count // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 2.4, rows * 2.6), squeeze=False)
+    row_height = 2.2 + title_lines * fontsize * 1.25 / 72
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * column_width, rows * row_height + 0.4), squeeze=False)
     for k, axis in enumerate(axes.flat):
         axis.axis("off")
         if k < count:
             axis.imshow(np.asarray(images[k]))
-            axis.set_title(titles[k], fontsize=7)
+            axis.set_title(titles[k], fontsize=fontsize)
     figure.suptitle(heading or "test images with the highest loss", fontsize=10)
     figure.tight_layout()
     path = Path(path)
@@ -113,8 +132,9 @@ def classification_test_report(
         image.thumbnail((160, 160))
         thumbnails.append(image)
     titles = [
-        f"{Path(paths[i]).name[:22]}\ntrue {classes[int(targets[i])]}\n"
-        f"pred {classes[int(predictions[i])]} {float(probabilities[i].max()):.2f}, loss {float(losses[i]):.2f}"
+        # the numbers on a line of their own: a long predicted class name, wrapped and cut, took them with it
+        f"{Path(paths[i]).name[:22]}\ntrue {classes[int(targets[i])]}\npred {classes[int(predictions[i])]}\n"
+        f"p(pred) {float(probabilities[i].max()):.2f}, loss {float(losses[i]):.2f}"
         for i in worst
     ]
     heading = "" if title == "test set" else f"{title}: the images with the highest loss"

@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from cnnlab.files import save_figure_whole
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
 
 
 def _pyplot():  # noqa: ANN202 - matplotlib's module
@@ -20,6 +25,45 @@ def _pyplot():  # noqa: ANN202 - matplotlib's module
     return plt
 
 
+# Tick labels longer than this are shortened, with their index, and the full names listed in a key below the matrix:
+# a 100-character class name turned 45 degrees made a figure of mostly label, and pushed "true" out of it.
+TICK_LABEL_CHARS = 28
+
+
+def tick_labels(names: Sequence[str], limit: int = TICK_LABEL_CHARS) -> tuple[list[str], list[str]]:
+    """Labels for the ticks, and the key lines that name in full what they shorten (none when all fit `limit`).
+
+    When any name is longer than `limit`, every tick is its index and the name cut to fit (``"3: class 03 very…"``),
+    so that two names that start alike stay apart, and the key holds ``"3: <the full name>"`` for each shortened one.
+    """
+    if all(len(name) <= limit for name in names):
+        return list(names), []
+    labels, key = [], []
+    for index, name in enumerate(names):
+        head = f"{index}: "
+        room = max(1, limit - len(head))
+        labels.append(head + (name if len(name) <= room else name[: room - 1].rstrip() + "…"))
+        if len(name) > room:
+            key.append(head + name)
+    return labels, key
+
+
+def _add_key(figure: Figure, lines: Sequence[str], width: float, fontsize: float = 8) -> tuple[Text, float]:
+    """A text of `lines`, each wrapped to fit `width` inches, at the figure's bottom left; returns it and its height."""
+    import textwrap
+
+    renderer = figure.canvas.get_renderer()
+    chars = max(20, int(width * 72 / (0.55 * fontsize)))  # a DejaVu Sans character is about 0.55 em wide
+    while True:
+        wrapped = "\n".join(textwrap.fill(line, chars, subsequent_indent="    ") for line in lines)
+        text = figure.text(0, 0, wrapped, fontsize=fontsize, ha="left", va="bottom")
+        box = text.get_window_extent(renderer)
+        if box.width / figure.dpi <= width - 0.3 or chars <= 20:
+            return text, box.height / figure.dpi
+        text.remove()
+        chars = int(chars * 0.9)
+
+
 def plot_confusion_matrix(
     matrix: torch.Tensor, path: str | os.PathLike[str], class_names: Sequence[str] | None = None, title: str = ""
 ) -> Path:
@@ -27,11 +71,13 @@ def plot_confusion_matrix(
 
     Class names wider than a cell (a transfer run's "astronaut", "chelsea", "coffee" ran together) are turned 45
     degrees, and the figure is sized for the longest name, so that the cells keep their size and no label overlaps
-    another or leaves the figure.
+    another or leaves the figure. Names longer than `TICK_LABEL_CHARS` are shortened on the ticks, with their index,
+    and written in full, wrapped, in a key below the matrix (`tick_labels`).
     """
     plt = _pyplot()
     n = len(matrix)
     names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
+    names, key = tick_labels(names)
     cell = 0.6  # inches per class
     figure, axis = plt.subplots(figsize=(1 + cell * n, 0.8 + cell * n))
     # Log scale so that the few errors stay visible next to the large diagonal.
@@ -53,17 +99,28 @@ def plot_confusion_matrix(
     widest = max(extent.width for extent in extents) / figure.dpi
     text_height = max(extent.height for extent in extents) / figure.dpi
     label_height = text_height
+    left_of_first_tick = 0.0  # how far the turned labels reach left of the first column's centre
     if widest > 0.85 * cell:  # side by side, neighbours would touch
         # Turned 45 degrees the labels are parallel strips a cell * sin(45) = 0.42 in apart, wider than a line of text.
         axis.tick_params(axis="x", labelrotation=45)
         plt.setp(axis.get_xticklabels(), ha="right", rotation_mode="anchor")
         label_height = (widest + text_height) * 0.71
-    # Margins: the y labels and "true" on the left; the x labels and "predicted" below; the title above.
-    figure.set_size_inches(widest + 0.6 + cell * n + 0.3, 0.45 + label_height + 0.5 + cell * n)
+        left_of_first_tick = widest * 0.71
+    # Margins: the y labels and "true" on the left (or the first turned x label, if it reaches further); the x labels
+    # and "predicted" below; the title above.
+    left = max(widest + 0.6, left_of_first_tick - cell / 2 + 0.3)
+    width = max(left + cell * n + 0.3, 3.0)
+    height = 0.45 + label_height + 0.5 + cell * n
+    key_height = 0.0
+    if key:
+        key_text, key_height = _add_key(figure, key, width)
+        key_height += 0.25
+        key_text.set_position((0.15 / width, 0.1 / (height + key_height)))
+    figure.set_size_inches(width, height + key_height)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     axis.set_title(title or "confusion matrix")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, key_height / (height + key_height), 1, 1))
     save_figure_whole(figure, path, dpi=120)
     plt.close(figure)
     return Path(path)
