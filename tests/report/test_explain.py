@@ -289,8 +289,12 @@ def test_explain_cli_writes_the_three_pngs_for_an_mnist_run(mnist_run, monkeypat
     out = mnist_run / "explain"
     opened, real_open = [], PIL.Image.open
     monkeypatch.setattr(PIL.Image, "open", lambda *args, **kwargs: opened.append(args[0]) or real_open(*args, **kwargs))
-    result = CliRunner().invoke(app, ["explain", str(mnist_run / "run"), str(mnist_run / "digit.png"), "-o", str(out)])
+    twice = ["--layer", "features.0", "--layer", "features.3", "--layer", "features.0"]
+    result = CliRunner().invoke(
+        app, ["explain", str(mnist_run / "run"), str(mnist_run / "digit.png"), "-o", str(out), *twice]
+    )
     assert result.exit_code == 0, result.output
+    assert "feature maps of: features.0, features.3\n" in result.output  # a layer asked for twice was listed twice
     assert len(opened) == 1  # decoded once: checking and then loading it decoded it twice (0.75 s more at 54 MP)
     assert "Grad-CAM at" in result.output
     for name in ("filters.png", "feature_maps.png", "gradcam.png"):

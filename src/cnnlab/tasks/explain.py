@@ -297,8 +297,8 @@ def explain_image(
         source: run directory or pretrained model name (see `load_subject`).
         image_path: the image file.
         output_dir: created if missing.
-        layers: modules whose feature maps to show (default: three spread from shallow to deep); of an ensemble,
-            named within its first member, whose maps are shown.
+        layers: modules whose feature maps to show, each once (default: three spread from shallow to deep); of an
+            ensemble, named within its first member, whose maps are shown.
         cam_layer: module for Grad-CAM (default: the deepest spatial map); of an ensemble, named within each member.
         class_index: class to explain, by index or by name (see `class_of`; default: the predicted one).
         device: where to run.
@@ -321,7 +321,8 @@ def explain_image(
     files: dict[str, Path] = {}
     with contextlib.suppress(CnnlabError):  # a network without convolutions has no filters; Grad-CAM says why
         files["filters"] = plot_filters(subject.model, output_dir / "filters.png", of=subject.shown_member)
-    chosen = list(layers) or default_feature_layers(subject.model, tensor)
+    # each layer once: `--layer X --layer X` printed "feature maps of: X, X" where the figure has one row of X
+    chosen = list(dict.fromkeys(layers)) or default_feature_layers(subject.model, tensor)
     maps = feature_maps(subject.model, tensor, chosen)
     files["feature_maps"] = plot_feature_maps(maps, output_dir / "feature_maps.png", of=subject.shown_member)
     probabilities = subject.probabilities(tensor, (image.height, image.width))  # a mask's shares: the image's size
