@@ -174,6 +174,29 @@ def test_first_conv_filters_and_dense_networks():
         first_conv_filters(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
 
 
+@pytest.mark.parametrize(
+    ("first", "described"),
+    [
+        (nn.Conv2d(32, 32, 3, groups=32), "depthwise, one per input channel"),  # was titled "grey"
+        (nn.Conv2d(4, 8, 3, groups=2), "2 groups, mean over 2 input channels"),
+        (nn.Conv2d(1, 8, 3), "grey"),
+        (nn.Conv2d(3, 8, 3), "RGB"),
+    ],
+)
+def test_the_filters_title_says_what_the_first_convolution_sees(monkeypatch, first, described):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from cnnlab.report import explain
+
+    saved = []
+    monkeypatch.setattr(explain, "save_figure_whole", lambda figure, *_, **__: saved.append(figure))
+    explain.plot_filters(nn.Sequential(nn.Sequential(first), nn.Conv2d(first.out_channels, 4, 1)), "filters.png")
+    title = saved[0].axes[0].title
+    assert title.get_text().endswith(f", 3x3, {described})")
+    box = title.get_window_extent(FigureCanvasAgg(saved[0]).get_renderer())
+    assert box.x0 >= 0 and box.x1 <= saved[0].bbox.x1  # the longer words still fit the figure
+
+
 def test_feature_maps_and_default_layers_go_from_shallow_to_deep():
     model = nn.Sequential(
         nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),

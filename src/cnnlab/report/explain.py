@@ -474,7 +474,13 @@ def plot_filters(model: nn.Module, path: str | os.PathLike[str], max_filters: in
     figure, axis = plt.subplots(figsize=(6, 6))
     axis.imshow(grid.numpy(), interpolation="nearest")
     out, inp, kh, kw = weight.shape
-    colour = "RGB" if inp == 3 else ("grey" if inp == 1 else f"mean over {inp} input channels")
+    groups = model.get_submodule(name).groups
+    if groups > 1 and inp == 1:  # a depthwise conv's kernel sees one channel: "grey" read as a grey-scale input
+        colour = "depthwise, one per input channel"
+    elif groups > 1:
+        colour = f"{groups} groups, mean over {inp} input channels"
+    else:
+        colour = "RGB" if inp == 3 else ("grey" if inp == 1 else f"mean over {inp} input channels")
     title = f"first-layer filters: {name} ({min(out, max_filters)} of {out}, {kh}x{kw}, {colour})"
     axis.set_title(f"{title}\nof {of}" if of else title, fontsize=10 if of else None)
     axis.axis("off")
