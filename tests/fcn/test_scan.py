@@ -487,6 +487,23 @@ def test_the_heatmap_says_what_it_shows_on_axes_in_pixels_of_the_image(tmp_path,
     assert "p(class)" in scale.get_xlabel() and scale.get_xlim() == (0, 1)
 
 
+def test_a_strip_wider_than_three_heights_is_drawn_in_panels_stacked_across_the_page(tmp_path, monkeypatch):
+    """A 29 x 3000 px scan drew every panel of the 2 x N grid as a line 2 px tall."""
+    from cnnlab.fcn.scan import ScanResult
+
+    figures = _kept_figures(monkeypatch)
+    result = ScanResult(torch.full((3, 1, 743), 1 / 3), torch.ones(1, 743), window=28, stride=4)
+    save_heatmap(torch.rand(1, 29, 3000), result, tmp_path / "h.png")
+    figure = figures[0]
+    main, notes, *panels = figure.axes[:5]  # one under the other: the image, the notes, the three classes
+    inches = figure.get_size_inches()
+    for axis in (main, *panels):
+        box = axis.get_position()
+        assert box.height * inches[1] >= 0.9 and box.width * inches[0] >= 10, box  # was 0.03 x 2.9 in
+        assert axis.get_xlim() == (0, 3000) and axis.get_ylim() == (29, 0)
+    assert "the panels stretched 9x in height" in " ".join(text.get_text() for text in notes.texts)
+
+
 def test_the_heatmap_shows_a_thin_digit_and_leaves_blank_or_noisy_paper_empty(tmp_path, monkeypatch):
     """Windows with a mean intensity under 0.06 were drawn empty: 25% of MNIST's test "1"s, so a "1" scored p = 0.98
     showed nothing, while noisy paper (mean 0.15) showed the class the classifier picks for nothing."""

@@ -79,6 +79,9 @@ _SHOWN_PIXELS = 1600  # the heatmap's panels are a few hundred pixels wide: larg
 # and so are the score maps: a default scan of a 24 MP photo (2 px apart) has 2,000 x 3,000 locations, which
 # matplotlib interpolated in each of 11 panels (50 s and 1 GB to draw; 1.6 s at 8 px apart)
 _SHOWN_LOCATIONS = 512
+_WIDE = 3  # an image wider than this many heights gets its panels stacked across the page
+_PAGE_INCHES = 12.0  # the stacked panels' width
+_STRIP_INCHES = 1.0  # their least height
 
 
 class ScanNotLocalWarning(UserWarning):
@@ -638,7 +641,21 @@ def save_heatmap(
     extent = (start, start + shown_cols * cell, start + shown_rows * cell, start)
     shown = min(classes, 10)
     columns = 1 + -(-shown // 2)
-    figure, axes = plt.subplots(2, columns, figsize=(3.2 * columns, 6.2), squeeze=False)
+    stretch = 1.0  # how much taller than its width says each image panel is drawn
+    if width > _WIDE * height:
+        # A strip (29 x 3000 px) in the grid's 3.2-inch panels was a line 2 px tall: the panels go one under the other
+        # across the page, at least _STRIP_INCHES tall, stretched in height if need be (the notes say by how much).
+        natural = _PAGE_INCHES * height / width
+        strip = max(natural, _STRIP_INCHES)
+        stretch = strip / natural
+        heights = [strip, 2.6] + [strip] * (2 * columns - 2)
+        figure, stacked = plt.subplots(
+            len(heights), 1, figsize=(_PAGE_INCHES + 1, sum(heights) + 0.45 * len(heights) + 0.4),
+            gridspec_kw={"height_ratios": heights},
+        )  # fmt: skip
+        axes = np.asarray(stacked).reshape(columns, 2).T  # the grid's [row, column] order: main, notes, classes
+    else:
+        figure, axes = plt.subplots(2, columns, figsize=(3.2 * columns, 6.2), squeeze=False)
     main = axes[0, 0]
     main.imshow(picture, cmap="gray", extent=(0, width, height, 0))
     overlay, legend = _class_overlay(best, empty | (confidence < 0.5), names)
@@ -658,7 +675,7 @@ def save_heatmap(
         0.42,
         f"window {result.window}px, stride {result.stride}px\n{rows}x{cols} locations, each drawn at\n"
         f"its window's centre; blank: under {_MIN_STROKE:.0%} of\nthe window's middle is stroke\n"
-        "grey: the image as scanned",
+        "grey: the image as scanned" + (f"\nthe panels stretched {stretch:.0f}x in height" if stretch > 1.05 else ""),
         fontsize=8,
         va="center",
         transform=axes[1, 0].transAxes,
@@ -675,6 +692,8 @@ def save_heatmap(
     for axis in axes.flat:
         axis.set_xlim(0, width)
         axis.set_ylim(height, 0)
+        if stretch > 1:
+            axis.set_aspect("auto")  # the strip fills its panel's height
         if axis is not main:  # the class panels show the same pixels (their ticks tripled the time to draw)
             axis.set_xticks([])
             axis.set_yticks([])
