@@ -32,6 +32,7 @@ from cnnlab.train import (
     depth_units,
     layerwise_param_groups,
 )
+from cnnlab.train.activation_checkpointing import checkpointed_modules
 
 
 def make_photo_folder(root: Path, per_class: int = 24, seed: int = 0) -> Path:
@@ -452,6 +453,15 @@ def test_a_resume_stopped_while_it_rewrote_the_config_can_be_resumed(
         ({"train": {"epochs": 0}}, "epochs must be >= 1, got 0"),
         ({"train": {"lr": -1.0}}, "lr must be > 0"),
         ({"recipe": "full"}, "--unfreeze 2: recipe full trains the whole network"),  # 2 was ignored
+        # a lone classifier on pooled features: nothing to recompute, and the checkpointing saved no byte unsaid
+        (
+            {"recipe": "quick", "unfreeze": None, "train": {"grad_checkpointing": True}},
+            "--grad-checkpointing: recipe quick",
+        ),
+        (
+            {"unfreeze": 0, "train": {"grad_checkpointing": True}},
+            "--grad-checkpointing: --unfreeze 0 trains the classifier",
+        ),
         # the head phase trained first, and the fine-tuning phase's DataLoader refused it, leaving half a run
         ({"recipe": "full", "unfreeze": None, "train": {"auto_batch_size": True}}, "--batch-size auto: recipe full"),
         # its plots were read back by the next run, under a class "runs"
@@ -600,17 +610,24 @@ def test_class_weighted_run_trains_with_the_weighted_loss(tmp_path: Path) -> Non
             tmp_path / "photos" / "red" / f"{extra}.png"
         )
     losses: list[nn.Module] = []
+    checkpointed: list[tuple[str, bool]] = []
     original = Trainer.__init__
 
     def spy(self: Trainer, model: nn.Module, config: TrainConfig, **kwargs: object) -> None:
         if config.name in ("head", "finetune"):  # the training phases (not feature extraction or the test pass)
             losses.append(kwargs.get("loss_fn"))  # type: ignore[arg-type]
         original(self, model, config, **kwargs)  # type: ignore[arg-type]
+        if config.name in ("head", "finetune"):
+            checkpointed.append((config.name, bool(checkpointed_modules(model))))
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Trainer, "__init__", spy)
-        config = tiny_config(tmp_path, recipe="full", unfreeze=None, class_weight="balanced", train={"epochs": 1})
+        train = {"epochs": 1, "grad_checkpointing": True}
+        config = tiny_config(tmp_path, recipe="full", unfreeze=None, class_weight="balanced", train=train)
         summary = train_transfer(config)
+    # --grad-checkpointing: the lone classifier of the head phase has nothing to recompute (the engine refuses it
+    # there); the whole network fine-tuned after it is checkpointed
+    assert checkpointed == [("head", False), ("finetune", True)]
     train_counts = summary["counts"]["train"]
     expected = class_weights(train_counts)
     assert expected[1] < 1.0 < expected[0]  # blue, the rare class, weighs more

@@ -17,6 +17,10 @@ from cnnlab.train.activation_checkpointing import checkpoint_stages, checkpointe
 CASES = [
     ("resnet18", (3, 32, 32)),
     ("mnist_net_small", (1, 28, 28)),
+    # Stages in ModuleLists (a U-Net's encoders and decoders) and a trunk run through forward_features (an FCN's
+    # backbone): the stages found were never called, and a checkpointed step saved every byte a plain one did.
+    ("unet", (1, 32, 32)),
+    ("fcn8s", (1, 32, 32)),
     pytest.param("efficientnet_lite0", (3, 64, 64), marks=pytest.mark.slow),
     pytest.param("googlenet", (3, 64, 64), marks=pytest.mark.slow),
     pytest.param("xception", (3, 71, 71), marks=pytest.mark.slow),
@@ -90,6 +94,30 @@ def test_plain_sequential_model_is_segmented_and_eval_is_untouched() -> None:
     for a, b in zip(grads, plain_grads, strict=True):
         torch.testing.assert_close(a, b)
     assert saved < plain_saved
+
+
+def test_a_checkpointed_model_inside_another_module_is_not_checkpointed_again() -> None:
+    from cnnlab.tasks.segmentation import EncoderClassifier
+
+    unet = create_model("unet", widths=(4, 8))
+    names = checkpoint_stages(unet)
+    assert names == ["encoders.0", "encoders.1", "decoders.0"]
+    # the encoder's pretraining trains the U-Net inside a classifier: its whole forward was checkpointed around the
+    # checkpointed stages, and segmentation then recomputed every stage twice
+    assert checkpoint_stages(EncoderClassifier(unet)) == [f"unet.{name}" for name in names]
+    assert checkpointed_modules(unet) == names and checkpoint_stages(unet) == names
+
+
+def test_a_model_with_nothing_worth_checkpointing_is_refused(tmp_path: Path) -> None:
+    from cnnlab.errors import CnnlabError
+    from cnnlab.train import TrainConfig, Trainer
+
+    # a classifier on cached pooled features (transfer's head): checkpointing the lone Linear kept its input anyway
+    head = nn.Sequential(nn.Dropout(0.2), nn.Linear(16, 2))
+    assert checkpoint_stages(copy.deepcopy(head)) == []
+    config = TrainConfig(grad_checkpointing=True, device="cpu", output=str(tmp_path), progress=False)
+    with pytest.raises(CnnlabError, match="--grad-checkpointing: Sequential has no stage of several layers"):
+        Trainer(head, config)
 
 
 def test_engine_option_trains_the_same_weights(tmp_path: Path) -> None:

@@ -47,7 +47,8 @@ ENGINE_OPTIONS: dict[str, tuple[Any, Any, tuple[str, ...], str]] = {
         bool | None,
         None,
         ("--grad-checkpointing",),
-        "Recompute the model stages' activations in backward: less memory for about a third more compute.",
+        "Recompute the model stages' activations in backward: less memory for about a third more compute (refused "
+        "where there is no stage to recompute: a classifier alone on cached features, transfer --recipe quick).",
     ),
     "channels_last": (
         bool | None,

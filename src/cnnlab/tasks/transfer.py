@@ -328,6 +328,13 @@ class TransferConfig:
         top = self.unfreeze if self.unfreeze is not None else recipe.unfreeze
         if top is None or recipe.method != "cached":
             return weights
+        if top == 0 and self.train.get("grad_checkpointing"):  # refused by the engine once the cache was built
+            trains = "--unfreeze 0" if self.unfreeze == 0 else f"recipe {recipe.name}"
+            raise CnnlabError(
+                f"--grad-checkpointing: {trains} trains the classifier alone on cached pooled features, which has no "
+                "stages to recompute; leave it out (it applies to the top blocks --unfreeze N trains, and to --recipe "
+                "full)"
+            )
         blocks = len(trainable_blocks(model))
         if self.unfreeze is None and top > blocks:  # the recipe's count, chosen for its own backbone
             raise CnnlabError(
@@ -707,6 +714,8 @@ def _train_on_cache(run: _Run, model: nn.Module, model_name: str, top_blocks: in
     train_x, train_y = cached["train"].flat()
     val_x, val_y = cached["val"].flat()
     config = run.train_config(phase, main, samples=len(train_x), **fields)
+    if top_blocks == 0:  # the full recipe's head phase: a lone classifier has nothing to recompute (its finetune has)
+        config = dataclasses.replace(config, grad_checkpointing=False)
     trainer = Trainer(
         split.upper,
         config,

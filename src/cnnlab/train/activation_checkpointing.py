@@ -9,7 +9,14 @@ from the module tree, so no model file knows about it:
   each run checkpointed (what `torch.utils.checkpoint.checkpoint_sequential` does);
 - every other top-level child that holds parameters and submodules (an Inception module, an Xception block, a
   conv-bn-act stem) is checkpointed as a whole;
-- single layers (a lone conv, the classifier) are left alone: checkpointing them saves nothing.
+- an `nn.ModuleList` (a U-Net's ``encoders`` and ``decoders``) has no forward of its own: its elements are the
+  stages, each checkpointed as a whole;
+- a zoo classifier used as a trunk (an FCN's or encoder U-Net's ``backbone``, called through ``forward_features``,
+  never through ``forward``) is split by these same rules, its own stages checkpointed;
+- single layers (a lone conv, the classifier) are left alone: checkpointing them saves nothing (a checkpoint keeps
+  the layer's input, which is all the layer keeps itself), and so is a run of one such layer in a Sequential.
+
+A model with nothing worth checkpointing (a linear classifier on cached features) gets an empty list of stages.
 
 The wrapped modules get an instance-level ``forward``, so parameter names, ``state_dict`` keys and checkpoints are
 unchanged, and `copy.deepcopy` (EMA) still works. Checkpointing is active only in training mode with gradients
@@ -84,33 +91,60 @@ def _checkpointed_sequential_forward(self: nn.Sequential, x: Any) -> Any:
         return _run_children(children, x)
     for start, stop in _segments(len(children)):
         run = children[start:stop]
-        if not any(True for module in run for _ in module.parameters()):
-            x = _run_children(run, x)  # a run of parameter-free layers (pool, flatten) is cheap to keep
+        if not _worth_checkpointing(run):
+            x = _run_children(run, x)  # parameter-free layers (pool, flatten), or one layer alone: nothing to save
             continue
         x = checkpoint(_run_children, run, x, use_reentrant=False, context_fn=_context_fn(run))
     return x
+
+
+def _worth_checkpointing(run: list[nn.Module]) -> bool:
+    """Whether checkpointing these consecutive layers saves memory: they hold parameters, and are more than one
+    layer (a lone layer saves its input, which its checkpoint would keep anyway)."""
+    has_parameters = any(True for module in run for _ in module.parameters())
+    return has_parameters and (len(run) > 1 or _is_composite(run[0]))
+
+
+def _stages(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module, bool]]:
+    """The modules to checkpoint in `model` (named from the model the search started at), each with whether it is
+    checkpointed whole (else a Sequential, in runs of consecutive children)."""
+    if isinstance(model, nn.Sequential):
+        children = list(model)
+        worth = any(_worth_checkpointing(children[a:b]) for a, b in _segments(len(children)))
+        return [(prefix.rstrip("."), model, False)] if worth else []
+    targets: list[tuple[str, nn.Module, bool]] = []
+    for name, child in model.named_children():
+        if checkpointed_modules(child):
+            continue  # checkpointed already (a U-Net whose encoder a second trainer pretrains): once is enough
+        if isinstance(child, nn.ModuleList):  # no forward of its own: its elements run one by one
+            targets += [(f"{prefix}{name}.{index}", m, True) for index, m in enumerate(child) if _is_composite(m)]
+        elif hasattr(child, "forward_features"):  # a trunk: called through forward_features, not forward
+            targets += _stages(child, f"{prefix}{name}.")
+        elif _is_composite(child):
+            targets.append((f"{prefix}{name}", child, not isinstance(child, nn.Sequential)))
+    return targets
 
 
 def checkpoint_stages(model: nn.Module) -> list[str]:
     """Turn on gradient checkpointing for the stages of `model` (in place); see the module docstring.
 
     Args:
-        model: any module; zoo models (ResNet, EfficientNet, GoogLeNet, Inception, Xception, AlexNet, MNIST nets)
-            are split as described above.
+        model: any module; zoo models (ResNet, EfficientNet, GoogLeNet, Inception, Xception, AlexNet, MNIST nets,
+            U-Nets and FCNs) are split as described above.
 
     Returns:
-        The names of the checkpointed modules (``""`` for the model itself), e.g. ``["layer1", ..., "layer4"]``.
+        The names of the checkpointed modules (``""`` for the model itself), e.g. ``["layer1", ..., "layer4"]``,
+        those checkpointed before included (a second call, or one on a module holding a checkpointed model, leaves
+        them as they are); empty when the model has nothing worth checkpointing.
     """
-    targets: list[tuple[str, nn.Module]] = []
-    if isinstance(model, nn.Sequential):
-        targets.append(("", model))
-    else:
-        targets += [(name, child) for name, child in model.named_children() if _is_composite(child)]
-    for _, module in targets:
-        function = _checkpointed_sequential_forward if isinstance(module, nn.Sequential) else _checkpointed_forward
+    if getattr(model, _MARK, False):
+        return checkpointed_modules(model)
+    targets = _stages(model)
+    for _, module, whole in targets:
+        function = _checkpointed_forward if whole else _checkpointed_sequential_forward
         module.forward = types.MethodType(function, module)  # type: ignore[method-assign]
         setattr(module, _MARK, True)
-    return [name for name, _ in targets]
+    return checkpointed_modules(model)
 
 
 def remove_checkpointing(model: nn.Module) -> None:

@@ -152,8 +152,12 @@ class Trainer:
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.ema: ModelEma | None = None
         self.scaler = self._new_scaler()
-        if config.grad_checkpointing:
-            checkpoint_stages(self.model)
+        if config.grad_checkpointing and not checkpoint_stages(self.model):
+            raise CnnlabError(
+                f"--grad-checkpointing: {type(model).__name__} has no stage of several layers to recompute in backward "
+                "(a lone layer keeps only its input, as a checkpoint of it would), so it would save no memory; leave "
+                "it out"
+            )
         self.forward_model: nn.Module = self._compiled(self.model)
 
     @classmethod
