@@ -95,20 +95,38 @@ def test_options_become_config_fields() -> None:
 
 
 def test_transfer_takes_the_engine_options_for_its_phases(tmp_path: Path) -> None:
+    import torch
     import yaml
     from tests.tasks.test_transfer import make_photo_folder
 
+    from cnnlab.tasks.feature_cache import FeatureCache
+
     make_photo_folder(tmp_path / "photos")
-    result = CliRunner().invoke(
-        app,
-        [
-            "train", "transfer", "--data", str(tmp_path / "photos"), "--model", "lenet5", "--no-pretrained",
-            "--unfreeze", "1", "--min-per-class", "20", "--val-fraction", "0.25", "--test-fraction", "0.25",
-            "--workers", "0", "--epochs", "1", "--lr", "0.02", "--batch-size", "8", "--accum", "2", "--device", "cpu",
-            "--threads", "1", "--seed", "3", "--name", "cli", "--output", str(tmp_path / "runs"), "--quiet",
-        ],
-    )  # fmt: skip
+    arguments = [
+        "train", "transfer", "--data", str(tmp_path / "photos"), "--model", "lenet5", "--no-pretrained",
+        "--unfreeze", "1", "--min-per-class", "20", "--val-fraction", "0.25", "--test-fraction", "0.25",
+        "--workers", "0", "--epochs", "1", "--lr", "0.02", "--batch-size", "8", "--accum", "2", "--device", "cpu",
+        "--threads", "1", "--seed", "3", "--name", "cli", "--output", str(tmp_path / "runs"), "--quiet",
+    ]  # fmt: skip
+    threads_while_caching: list[int] = []
+    build = FeatureCache.get_or_build
+
+    def spy(self: FeatureCache, *args: object, **kwargs: object) -> object:
+        threads_while_caching.append(torch.get_num_threads())
+        return build(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FeatureCache, "get_or_build", spy)
+        torch.set_num_threads(2)
+        try:
+            result = CliRunner().invoke(app, arguments)
+        finally:
+            torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
+    # the feature cache, most of a transfer run's work, is built before the phase's Trainer set --threads: it ran on
+    # every core beside a run given the other
+    assert threads_while_caching == [1, 1]  # train, val
     run = tmp_path / "runs" / "transfer" / "cli"
     recorded = yaml.safe_load((run / "config.yaml").read_text())["config"]
     assert (recorded["seed"], recorded["unfreeze"], recorded["recipe"]) == (3, 1, "default")

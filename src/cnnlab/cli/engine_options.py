@@ -57,7 +57,12 @@ ENGINE_OPTIONS: dict[str, tuple[Any, Any, tuple[str, ...], str]] = {
         "NHWC memory format for the model and its inputs (often faster on CPUs and on tensor cores).",
     ),
     "compile": (bool | None, None, ("--compile",), "Wrap the model in torch.compile."),
-    "threads": (int | None, None, ("--threads",), "CPU threads for torch (default: torch's choice)."),
+    "threads": (
+        int | None,
+        None,
+        ("--threads",),
+        "CPU threads for torch, from the start (a transfer run's feature cache too; default: torch's choice).",
+    ),
     "device": (str | None, None, ("--device",), "auto (a GPU when there is one), cpu, cuda or cuda:N."),
     "seed": (int, 0, ("--seed",), "Seed of the initial weights, the data order and the augmentation."),
     "resume": (bool, False, ("--resume",), "Continue the interrupted run called --name; finished epochs are kept."),
@@ -112,6 +117,7 @@ def with_engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
         engine = EngineOptions(**values)
         if engine.slow_precision is not None:  # said before any data is read, naming the flag, ...
             warnings.warn(SlowPrecisionWarning(engine.slow_precision, ENGINE_FLAGS), stacklevel=2)
+        engine.apply_threads()  # before the task's own work on the data, not from its first Trainer on
         try:
             with warnings.catch_warnings():
                 if engine.slow_precision is not None:  # ... so the trainer's same warning is said no more

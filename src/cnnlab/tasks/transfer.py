@@ -90,7 +90,7 @@ from cnnlab.train import (
     top_param_groups,
 )
 from cnnlab.train.callbacks import SessionEpochs
-from cnnlab.train.config import environment_record, save_record, slow_precision_said_once
+from cnnlab.train.config import environment_record, save_record, slow_precision_said_once, use_threads
 from cnnlab.train.metrics import Accuracy, BalancedAccuracy, ViewAveraged
 from cnnlab.train.records import RunSessions, write_history
 from cnnlab.train.saved import save_model
@@ -818,6 +818,7 @@ def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
     log = log or (lambda message: print(message) if config.progress and main else None)
     recipe = config.validate()
     weights = config.check_model(recipe)
+    use_threads({**recipe.train, **config.train}.get("num_threads"))  # the feature cache is built before any Trainer
     started = time.perf_counter()
     run_dir = config.run_dir
     check_start(run_dir, MANIFEST, config.resume, config.overwrite, dataclasses.asdict(config))

@@ -482,6 +482,14 @@ def slow_precision_said_once(
         yield
 
 
+def use_threads(threads: int | None) -> None:
+    """`torch.set_num_threads(threads)`; None keeps torch's choice."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 AUTO_BATCH_CAP = 1024  # `--batch-size auto` never goes above this (nor above the number of training samples)
 
 
@@ -541,6 +549,12 @@ class EngineOptions:
             raise CnnlabError(f"--seed {self.seed} is outside torch's seed range, -2**63 to 2**63 - 1")
         if self.device is not None:
             resolve_device(self.device)  # checked before any data is read: a typo or a missing GPU is one line
+
+    def apply_threads(self) -> None:
+        """Give torch ``--threads`` CPU threads now, before the task prepares anything: a transfer run's feature
+        cache, a segmentation run's canvases and the images' decoding come before its first `Trainer` (which sets
+        them too), and ran on every core under ``--threads 1``."""
+        use_threads(self.threads)
 
     @property
     def slow_precision(self) -> str | None:

@@ -36,7 +36,14 @@ from cnnlab.train.checkpoint import (
     restore_rng_state,
     run_in_the_way,
 )
-from cnnlab.train.config import SlowPrecisionWarning, TrainConfig, check_resumable, save_config, slow_precision
+from cnnlab.train.config import (
+    SlowPrecisionWarning,
+    TrainConfig,
+    check_resumable,
+    save_config,
+    slow_precision,
+    use_threads,
+)
 from cnnlab.train.device import resolve_device
 from cnnlab.train.ema import ModelEma
 from cnnlab.train.metrics import Metric, MetricFn, as_metrics, is_classification
@@ -115,8 +122,7 @@ class Trainer:
         config.validate()
         self.config = config
         requested = resolve_device(config.device)  # an unknown or absent device fails here, before any work
-        if config.num_threads is not None:
-            torch.set_num_threads(config.num_threads)
+        use_threads(config.num_threads)
         self.strategy = strategy or select_strategy(config.device)
         self.device = self.strategy.device(requested)
         if self.device.type == "cpu":
