@@ -56,7 +56,12 @@ ENGINE_OPTIONS: dict[str, tuple[Any, Any, tuple[str, ...], str]] = {
         ("--channels-last/--no-channels-last",),
         "NHWC memory format for the model and its inputs (often faster on CPUs and on tensor cores).",
     ),
-    "compile": (bool | None, None, ("--compile",), "Wrap the model in torch.compile."),
+    "compile": (
+        bool | None,
+        None,
+        ("--compile",),
+        "Wrap the model in torch.compile (on a CPU it needs a C++ compiler, and its first steps compile for minutes).",
+    ),
     "threads": (
         int | None,
         None,

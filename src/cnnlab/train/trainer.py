@@ -624,8 +624,15 @@ class Trainer:
     def _compiled(self, module: nn.Module) -> nn.Module:
         if not self.config.compile:
             return module
+        if self.device.type == "cpu":
+            _check_cpu_compiler()
         if self.device.type != "cuda":  # torch's compiler logs a CUDA warning on a CPU, where no CUDA is wanted
             _quiet_cuda_home_warning()
+        if module is self.model:  # said once: DDP's wrapper is compiled again at the start of fit
+            self.log(
+                "--compile: torch.compile builds the model's kernels during its first training steps (minutes on a "
+                "CPU, silently; counted in the first epoch's seconds and img/s), then runs them"
+            )
         return torch.compile(module)  # type: ignore[return-value]
 
     def _format(self, inputs: Any) -> Any:
@@ -777,6 +784,21 @@ def fit(
     trainer = Trainer(model, config or TrainConfig(), **kwargs)
     trainer.fit(train_data, val_data)
     return trainer
+
+
+def _check_cpu_compiler() -> None:
+    """torch.compile on a CPU builds C++ kernels: without a compiler the first training step failed with a traceback
+    of torch's inductor, after the data was read and the run folder made."""
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as error:  # noqa: BLE001 - torch raises its own (InvalidCxxCompiler) or a RuntimeError
+        raise CnnlabError(
+            f"--compile on the CPU needs a C++ compiler (torch.compile builds C++ kernels), and none was found "
+            f"({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}); install one "
+            "(apt install g++, or set CXX) or leave --compile out"
+        ) from None
 
 
 def _drop_cuda_home_warning(record: logging.LogRecord) -> bool:
