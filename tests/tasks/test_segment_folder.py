@@ -239,12 +239,15 @@ def test_background_weight_weighs_only_the_background_class(tmp_path, monkeypatc
         ({"background_weight": 0.0}, "must be positive"),
         ({"background_weight": 0.2, "class_weight": "balanced"}, "choose one"),
         ({"background_weight": 0.2, "background": None}, "needs a background class"),
+        # refused by the engine once the pairs were decoded, leaving split.csv and skipped.json in a run folder
+        ({"overrides": {"batch_size": 1024, "auto_batch_size": True}}, "--batch-size auto: train segment --data"),
     ],
 )
-def test_bad_background_weights_give_one_line_errors(tmp_path, options, message):
+def test_bad_loss_weights_and_batch_options_give_one_line_errors_before_a_run_folder(tmp_path, options, message):
     root = _folder(tmp_path / "data", count=3)
     with pytest.raises(CnnlabError, match=message):
-        train_segmentation_folder(str(root), output=str(tmp_path), progress=False, **options)
+        train_segmentation_folder(str(root), output=str(tmp_path), progress=False, name="bad", **options)
+    assert not (tmp_path / "segment" / "bad").exists()
 
 
 def test_balanced_class_weights_name_a_class_without_training_pixels(tmp_path):

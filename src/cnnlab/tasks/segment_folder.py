@@ -379,6 +379,11 @@ def train_segmentation_folder(
             f"--max-side {max_side} is smaller than the {crop} px training crops (--crop-size), which would be mostly "
             "padding; raise --max-side or lower --crop-size"
         )
+    if (overrides or {}).get("auto_batch_size"):  # the engine refused it at fit: after decoding, in a run folder
+        raise CnnlabError(
+            "--batch-size auto: train segment --data reads its pairs through a DataLoader, whose batch is fixed; pass "
+            "--batch-size N and --accum auto (as many micro-batches as memory needs)"
+        )
     check_split_seed(split_seed)  # before the folder is read
     check_output_outside_data(output, data)
     folder = SegmentationFolder(data, skip_bad=True, max_side=max_side)
