@@ -56,6 +56,9 @@ def test_every_train_subcommand_takes_every_engine_option(subcommand: str) -> No
 def test_the_engine_options_are_defined_once() -> None:
     defined = {names[0].split("/")[0] for _, _, names, _ in ENGINE_OPTIONS.values()}
     assert set(ENGINE_FLAGS) <= defined
+    # --accum's update equals the whole batch's only without BatchNorm (per micro-batch statistics), which --help did
+    # not say: the MNIST nets, U-Nets and FCNs all normalise each micro-batch on its own
+    assert "but for BatchNorm, which normalises each micro-batch" in ENGINE_OPTIONS["accum"][3]
 
     def retypes_an_engine_option(epochs: int = 3, engine: EngineOptions | None = None) -> None: ...
 

@@ -40,7 +40,8 @@ ENGINE_OPTIONS: dict[str, tuple[Any, Any, tuple[str, ...], str]] = {
         None,
         ("--accum",),
         "Micro-batches per optimizer step (gradient accumulation): N, or auto (as many as memory needs to keep "
-        "--batch-size).",
+        "--batch-size). The update is the whole batch's, but for BatchNorm, which normalises each micro-batch on "
+        "its own (most models; not the MNIST baseline, nor transfer's frozen batch norm).",
     ),
     "precision": (str | None, None, ("--precision",), "fp32, bf16 or fp16 (autocast; fp16 with loss scaling)."),
     "grad_checkpointing": (
