@@ -11,6 +11,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.train import Callback, TrainConfig, Trainer
+from cnnlab.train.config import EngineOptions
 from cnnlab.train.tensorboard import TensorBoardLogger, first_layer_filter_grid
 
 event_accumulator = pytest.importorskip(
@@ -90,13 +91,19 @@ def test_a_resumed_run_continues_the_curves_without_repeating_steps(tmp_path: Pa
     assert steps == [2, 4, 6, 8, 10, 12]
 
 
-def test_missing_package_fails_when_the_trainer_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_package_fails_with_the_options_and_when_the_trainer_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a)
     )
     with pytest.raises(CnnlabError, match=r'pip install "cnnlab\[lab\]"'):
         Trainer(_model(), TrainConfig(output=str(tmp_path), tensorboard=True, progress=False))
+    # `cnnlab train ... --tensorboard`: said with the options, not once a transfer run's feature cache was built
+    with pytest.raises(CnnlabError, match=r'pip install "cnnlab\[lab\]"'):
+        EngineOptions(tensorboard=True)
+    EngineOptions(tensorboard=False)
 
 
 def test_no_event_file_without_the_option(tmp_path: Path) -> None:

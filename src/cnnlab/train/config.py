@@ -482,6 +482,20 @@ def slow_precision_said_once(
         yield
 
 
+def check_tensorboard() -> None:
+    """``--tensorboard`` needs the tensorboard package.
+
+    Raises:
+        CnnlabError: it is not installed, with the command that installs it.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise CnnlabError(
+            '--tensorboard needs the tensorboard package: pip install "cnnlab[lab]" (or pip install tensorboard)'
+        )
+
+
 def use_threads(threads: int | None) -> None:
     """`torch.set_num_threads(threads)`; None keeps torch's choice."""
     if threads is not None:
@@ -549,6 +563,8 @@ class EngineOptions:
             raise CnnlabError(f"--seed {self.seed} is outside torch's seed range, -2**63 to 2**63 - 1")
         if self.device is not None:
             resolve_device(self.device)  # checked before any data is read: a typo or a missing GPU is one line
+        if self.tensorboard:  # the trainer's own check came after a transfer run's feature cache was built
+            check_tensorboard()
 
     def apply_threads(self) -> None:
         """Give torch ``--threads`` CPU threads now, before the task prepares anything: a transfer run's feature

@@ -14,14 +14,13 @@ Only the main process writes; a resumed run appends to the same folder from the 
 
 from __future__ import annotations
 
-import importlib.util
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
 from cnnlab.train.callbacks import Callback
+from cnnlab.train.config import check_tensorboard
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch.utils.tensorboard import SummaryWriter
@@ -35,11 +34,9 @@ class TensorBoardLogger(Callback):
     """Writes the run's scalars (per step and per epoch) and first-layer filters as TensorBoard events."""
 
     def __init__(self) -> None:
-        # Checked when the trainer is built, so a missing package fails before any training, not after it.
-        if importlib.util.find_spec("tensorboard") is None:
-            raise CnnlabError(
-                '--tensorboard needs the tensorboard package: pip install "cnnlab[lab]" (or pip install tensorboard)'
-            )
+        # Checked when the trainer is built, so a missing package fails before any training, not after it (and by
+        # `EngineOptions`, before a command reads any data).
+        check_tensorboard()
         self.writer: SummaryWriter | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
