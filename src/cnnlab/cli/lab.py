@@ -20,8 +20,8 @@ def lab_command(
         Path,
         typer.Option(
             "--runs",
-            help="Runs root, the --output of the train commands: the Runs, Classify and Scan pages list its "
-            "RUNS/<task>/<name> runs, and Answers shows RUNS/answers/answers.md. It need not exist yet.",
+            help="Runs root (the `cnnlab train ... --output` runs were written to): the Runs, Classify and Scan "
+            "pages list its RUNS/<task>/<name> runs, and Answers shows RUNS/answers/answers.md. It need not exist yet.",
         ),
     ] = Path("runs"),
     port: Annotated[
@@ -40,7 +40,7 @@ def lab_command(
             "--max-upload-mb",
             min=1,
             help="Largest file the Classify and Scan pages accept, in MiB (Scan also takes at most 4 MP, 24 MP for a "
-            "segmentation run trained with --max-side).",
+            "segmentation run trained with `cnnlab train segment --max-side`).",
         ),
     ] = 10,
 ) -> None:
