@@ -147,3 +147,19 @@ def test_the_memory_rows_add_up_to_their_totals_and_each_says_what_it_counts():
     for column in (0, 1):
         assert sum(rows[label][column] or 0 for label in inference) == rows["inference: total"][column]
         assert sum(rows[label][column] or 0 for label in training) == rows["total"][column]
+
+
+def test_the_slow_steps_say_what_they_do_on_stderr_and_json_stays_alone():
+    """--measure and --memory took a minute on a large network with nothing printed; each now says what it does, on
+    stderr, and --json prints its document alone."""
+    args = ["--input", "1x16x16", "conv 8 k3", "flatten", "dense 10", "--batch", "2"]
+    shown = run(*args, "--measure", "--memory", "1MB", "--no-layers")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stderr.splitlines() == [
+        "measuring: one real training step of spec at batch 2 on cpu",
+        "planning: the largest batch of spec within 1MB, as configured and with each remedy",
+    ]
+    assert "measuring" not in shown.stdout
+    quiet = run(*args, "--measure", "--memory", "1MB", "--json")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert set(json.loads(quiet.stdout)) >= {"measured", "plan"}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -404,6 +405,7 @@ def budget(
     device: str = "cpu",
     memory_limit: int | str | None = None,
     name: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> BudgetReport:
     """Size a CNN: per-layer table, parameters, MACs, and memory for inference and for training a mini-batch.
 
@@ -423,6 +425,8 @@ def budget(
         memory_limit: bytes (or "8GiB") to plan for: the largest batch that fits, and with each remedy.
         name: what the report and its errors call the model (default: the module's class, the zoo name, the run's
             folder or "spec").
+        log: called with a line before each slow optional step (the real step, the planning), so that a command
+            that takes a minute on a large network says what it is doing.
     """
     target = resolve_device(device) if measure else parse_device(device)
     resolved_name, module, shape, spec_layers = resolve_model(model, input_shape, on_meta=not measure)
@@ -481,11 +485,16 @@ def budget(
         one_value_batch_norms=result.one_value_batch_norms,
     )
     if measure:
+        if log is not None:
+            log(f"measuring: one real training step of {name} at batch {batch_size} on {target}")
         report.measured = measure_step(module, shape, batch_size, torch_dtype, optimizer, device, realistic)
     if memory_limit is not None:
         from cnnlab.budget.planner import plan_batch
 
         limit = parse_memory(memory_limit) if isinstance(memory_limit, str) else int(memory_limit)
+        if log is not None:
+            within = memory_limit if isinstance(memory_limit, str) else f"{limit:,} bytes"
+            log(f"planning: the largest batch of {name} within {within}, as configured and with each remedy")
         report.plan = plan_batch(module, shape, torch_dtype, optimizer, limit, reference=result, for_device=str(target))
     return report
 

@@ -128,8 +128,9 @@ def budget_command(
         depth=depth,
         measure=measure,
         device=device or "cpu",
-        memory_limit=limit,
+        memory_limit=memory if limit is not None else None,  # as written, for the line that names it
         name=shown if built is not None else None,
+        log=None if as_json else lambda line: typer.echo(line, err=True),  # stdout: the report alone
     )
     trained = _trained_step(model, input_shape, limit, device)
     explanation = None
