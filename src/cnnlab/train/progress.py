@@ -12,7 +12,8 @@ __all__ = ["ProgressBar"]
 
 
 class ProgressBar:
-    """A context manager around one rich progress bar; every method is a no-op when `enabled` is False.
+    """A context manager around one rich progress bar; every method is a no-op when `enabled` is False or stderr is
+    neither a terminal nor a notebook.
 
     Args:
         total: steps to completion.
@@ -22,17 +23,22 @@ class ProgressBar:
 
     def __init__(self, total: int, description: str, enabled: bool = True) -> None:
         self._bar: Any = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        console = Console(stderr=True)
+        # off a terminal rich draws nothing but still wrote an empty line when the bar stopped: a blank line in the
+        # logs and in the stderr of every command that has a bar (before "interrupted", one line)
+        if console.is_terminal or console.is_jupyter:
             self._bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[status]}"),
-                console=Console(stderr=True),
+                console=console,
                 transient=True,
             )
             self._task = self._bar.add_task(description, total=total, status="")
