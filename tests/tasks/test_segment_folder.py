@@ -96,12 +96,23 @@ def test_a_tiny_folder_trains_and_beats_predicting_background(trained):
     assert split[0] == "path,label,split" and len(split) == 1 + 48
 
 
-def test_evaluate_of_the_runs_test_pairs_gives_its_test_scores(trained, tmp_path):
+def test_evaluate_of_the_runs_test_pairs_gives_its_test_scores(trained, tmp_path, monkeypatch):
     """`cnnlab evaluate RUN --data DIR` of the run's own test pairs (and a broken image) gives results.json's test
-    scores: segment_image, the function predict uses, and the test pass's MaskScores."""
+    scores: segment_image, the function predict uses, and the test pass's MaskScores. A bar shows its progress (it
+    segmented a folder in silence)."""
     import shutil
 
+    import cnnlab.train.progress
     from cli_in_process import run_cnnlab
+
+    bars = []
+
+    class RecordedBar(cnnlab.train.progress.ProgressBar):
+        def __init__(self, total, description, enabled=True):
+            super().__init__(total, description, enabled=False)
+            bars.append([description, enabled])
+
+    monkeypatch.setattr(cnnlab.train.progress, "ProgressBar", RecordedBar)
 
     root, summary = trained
     run, folder, out = Path(summary["run_dir"]), tmp_path / "new", tmp_path / "out"
@@ -118,6 +129,7 @@ def test_evaluate_of_the_runs_test_pairs_gives_its_test_scores(trained, tmp_path
     assert completed.returncode == 0, completed.stderr[-2000:]
     result, test = json.loads((out / "evaluation.json").read_text()), summary["test"]
     assert result["count"] == summary["images"]["test"]
+    assert bars == [[f"segmenting {result['count'] + 1} images", True]]  # the broken one too
     for key in ("miou", "miou_with_bg", "pixel_accuracy", "iou_per_class", "boundary_f1", "confusion_matrix"):
         assert result[key] == test[key], key
     assert f"mIoU {test['miou']:.4f} (the background left out)" in completed.stdout

@@ -149,11 +149,28 @@ def test_predict_gives_the_probabilities_of_the_runs_own_test_pass(tiny_run: tup
             assert probabilities[name] == pytest.approx(float(row[name]), abs=1e-5)
 
 
-def test_evaluate_of_the_runs_test_images_gives_its_test_scores(tiny_run: tuple[Path, dict], tmp_path: Path) -> None:
+def test_evaluate_of_the_runs_test_images_gives_its_test_scores(
+    tiny_run: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`cnnlab evaluate RUN` scored MNIST runs alone. A folder of the run's own test images (a class folder each, and a
     broken file) scored with `--data` gives results.json's test scores and, image by image, test_predictions.csv's
-    probabilities: the run's preprocessing, its views and the test pass's inference path."""
+    probabilities: the run's preprocessing, its views and the test pass's inference path. It shows a progress bar
+    over the images (it scored a folder of thousands in silence)."""
+    import cnnlab.tasks.predict
     from cli_in_process import run_cnnlab
+    from cnnlab.train.progress import ProgressBar
+
+    bars: list[dict] = []
+
+    class RecordedBar(ProgressBar):
+        def __init__(self, total: int, description: str, enabled: bool = True) -> None:
+            super().__init__(total, description, enabled=False)
+            bars.append({"total": total, "description": description, "enabled": enabled, "done": 0})
+
+        def advance(self, steps: int = 1) -> None:
+            bars[-1]["done"] += steps
+
+    monkeypatch.setattr(cnnlab.tasks.predict, "ProgressBar", RecordedBar)
 
     _, summary = tiny_run
     run_dir, test, folder, out = Path(summary["run_dir"]), summary["test"], tmp_path / "new", tmp_path / "out"
@@ -167,6 +184,8 @@ def test_evaluate_of_the_runs_test_images_gives_its_test_scores(tiny_run: tuple[
     assert completed.returncode == 0, completed.stderr[-2000:]
     result = json.loads((out / "evaluation.json").read_text())
     assert result["count"] == test["count"] == len(rows)
+    assert bars == [{"total": len(rows), "description": f"scoring {len(rows)} images x 8 views", "enabled": True,
+                     "done": len(rows)}]  # fmt: skip
     for key in ("accuracy", "balanced_accuracy", "single_view", "confusion_matrix", "per_class"):
         assert result[key] == test[key], key
     assert result["loss"] == pytest.approx(test["loss"], abs=1e-6)

@@ -47,7 +47,7 @@ def evaluate(
 
         if data_dir is not None:
             raise CnnlabError("--data-dir names the MNIST root of an MNIST run; with --data, leave it out")
-        for line in evaluation_lines(evaluate_folder(run, data, output_dir, device=device)):
+        for line in evaluation_lines(evaluate_folder(run, data, output_dir, device=device, progress=True)):
             typer.echo(line)
         return
     from cnnlab.tasks.mnist import evaluate_mnist

@@ -36,6 +36,7 @@ def evaluate_folder(
     output_dir: str | os.PathLike[str] | None = None,
     device: str = "cpu",
     batch_size: int = 32,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Score a saved transfer run on `data`, a folder with one sub-folder of images per class, or a saved
     segmentation run on an image + mask folder (``images/``, ``masks/``, ``classes.json``, as `train segment --data`
@@ -49,6 +50,7 @@ def evaluate_folder(
             ``<run>/evaluation``.
         device: evaluation device.
         batch_size: images per forward pass of a transfer run (each view of each).
+        progress: a progress bar over the images on stderr (on a terminal only).
 
     Returns:
         What ``evaluation.json`` holds. A transfer run: accuracy and balanced accuracy with the run's test-time
@@ -66,7 +68,7 @@ def evaluate_folder(
     meta = saved_meta(run)
     task = meta.get("task", "mnist")
     if task == "segment" and "normalisation" in meta:
-        return _evaluate_segmentation(run, data, output_dir, device)
+        return _evaluate_segmentation(run, data, output_dir, device, progress)
     if task != "transfer":
         canvases = task == "segment"  # trained on MNIST canvases: no record of how to prepare other images
         raise CnnlabError(
@@ -101,6 +103,7 @@ def evaluate_folder(
         predictor.cfg,
         device=next(network.parameters()).device,
         batch_size=batch_size,
+        progress=progress,
     )
     logits = per_view.mean(1)
     targets = torch.tensor(images.labels)
@@ -148,7 +151,11 @@ def _output_folder(run_dir: Path, output_dir: str | os.PathLike[str] | None, roo
 
 
 def _evaluate_segmentation(
-    run: str | os.PathLike[str], data: str | os.PathLike[str], output_dir: str | os.PathLike[str] | None, device: str
+    run: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str] | None,
+    device: str,
+    progress: bool,
 ) -> dict[str, Any]:
     """`evaluate_folder` of a `train segment --data` run: each image segmented by `segment_image` at its own size
     (downscaled first, and the logits brought back, for a run trained with ``--max-side``: the mask predict writes)."""
@@ -160,6 +167,7 @@ def _evaluate_segmentation(
     from cnnlab.report.segmentation import MaskScores
     from cnnlab.tasks.segment_folder import BOUNDARY_TOLERANCE, WORST_IMAGES
     from cnnlab.tasks.segment_predict import image_runner, load_segmenter, segment_image
+    from cnnlab.train.progress import ProgressBar
     from cnnlab.train.saved import spec_path
 
     run_dir = spec_path(run).parent
@@ -182,21 +190,24 @@ def _evaluate_segmentation(
     runner = image_runner(segmenter)
     scores = MaskScores(len(classes), IGNORE_INDEX, BOUNDARY_TOLERANCE)
     scored: list[str] = []
-    for index, path in enumerate(folder.images):
-        try:
-            image, mask = folder.read(index)
-        except CnnlabError as error:  # the reason without the path it starts with
-            folder.skipped.append(SkippedFile(str(path), "", str(error).removeprefix(f"{path}: ")))
-            continue
-        labelled = mask[mask != IGNORE_INDEX]
-        if labelled.numel() and int(labelled.max()) >= len(classes):
-            reason = f"its mask has class index {int(labelled.max())}; the run has {len(classes)} classes"
-            folder.skipped.append(SkippedFile(str(path), "", reason))
-            continue
-        picture = Image.fromarray(image.permute(1, 2, 0).numpy())
-        predicted = torch.from_numpy(segment_image(segmenter, picture, runner))
-        scores.add(predicted.long(), mask.long())
-        scored.append(str(path))
+    with ProgressBar(len(folder.images), f"segmenting {len(folder.images)} images", enabled=progress) as bar:
+        for index, path in enumerate(folder.images):
+            if index:  # the one before is scored or skipped
+                bar.advance()
+            try:
+                image, mask = folder.read(index)
+            except CnnlabError as error:  # the reason without the path it starts with
+                folder.skipped.append(SkippedFile(str(path), "", str(error).removeprefix(f"{path}: ")))
+                continue
+            labelled = mask[mask != IGNORE_INDEX]
+            if labelled.numel() and int(labelled.max()) >= len(classes):
+                reason = f"its mask has class index {int(labelled.max())}; the run has {len(classes)} classes"
+                folder.skipped.append(SkippedFile(str(path), "", reason))
+                continue
+            picture = Image.fromarray(image.permute(1, 2, 0).numpy())
+            predicted = torch.from_numpy(segment_image(segmenter, picture, runner))
+            scores.add(predicted.long(), mask.long())
+            scored.append(str(path))
     if not scored:
         found = f" ({describe_skipped([s.reason for s in folder.skipped])})" if folder.skipped else ""
         raise CnnlabError(f"--data {data} holds no usable image + mask pair{found}")

@@ -264,6 +264,7 @@ def view_logits(
     precision: str = "fp32",
     channels_last: bool = False,
     workers: int = 0,
+    progress: bool = False,
 ) -> torch.Tensor:
     """The logits of every view of every image, [N, views, classes]: `cfg`'s evaluation preprocessing, each view of
     the input, the engine's inference path. A transfer run's test pass and `cnnlab evaluate RUN --data DIR` both score
@@ -273,6 +274,7 @@ def view_logits(
         network: the classifier alone (not wrapped in `ViewAverage`).
         views: `cnnlab.layers.views.VIEWS` names, the identity first (the single-view prediction).
         images: checked files (`LabelledImages`); their labels are not used.
+        progress: a progress bar over the images on stderr (on a terminal only).
     """
     device = torch.device(device)
     runner = Trainer.for_inference(
@@ -289,7 +291,12 @@ def view_logits(
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
-    return runner.predict(loader)
+    logits = []
+    with ProgressBar(len(images), f"scoring {len(images)} images x {len(views)} views", enabled=progress) as bar:
+        for outputs, _ in runner.inference(loader):
+            logits.append(outputs.cpu())
+            bar.advance(len(outputs))
+    return torch.cat(logits)
 
 
 # the fields of a result that name files (a classifier's image; a segmenter's image and the masks it wrote)
