@@ -213,11 +213,21 @@ def test_an_image_too_thin_to_resize_is_reported_and_the_rest_predicted(tiny_run
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx", "pt2"])
 def test_export_matches_pytorch(tiny_run: Path, tmp_path: Path, fmt: str) -> None:
-    from cnnlab.tasks.export import export_model
+    """Through the CLI: with --json stdout is the document alone; without, a line on stderr says what is written,
+    once the options are checked (a large network's export and check took a while in silence)."""
+    from cli_in_process import run_cnnlab
 
     if fmt == "onnx":
         pytest.importorskip("onnx")
-    result = export_model(str(tiny_run), fmt, tmp_path / f"model.{fmt}")
+    output = tmp_path / f"model.{fmt}"
+    completed = run_cnnlab("export", str(tiny_run), "-f", fmt, "-o", str(output), "--json")
+    assert completed.returncode == 0 and completed.stderr == "", completed.stderr
+    result = json.loads(completed.stdout)
+    if fmt == "torchscript":
+        again = run_cnnlab("export", str(tiny_run), "-f", fmt, "-o", str(output))
+        assert again.returncode == 0 and again.stderr.splitlines() == [
+            f"exporting {tiny_run} to {output} (torchscript), then checking it against PyTorch"
+        ]
     assert result["max_abs_difference"] < 1e-4
     record = json.loads(Path(result["preprocessing"]).read_text())
     assert record["classes"] == ["blue", "red"] and record["center_crop"] == [32, 32]

@@ -35,7 +35,8 @@ def export(
     """Export with the normalisation inside; resize, crop and classes go to <file>.preprocessing.json beside it."""
     from cnnlab.tasks.export import export_model
 
-    result = export_model(run, fmt, output, opset=opset)
+    say = None if as_json else lambda line: typer.echo(line, err=True)  # --json: the document alone
+    result = export_model(run, fmt, output, opset=opset, log=say)
     if as_json:
         typer.echo(json.dumps(result))
         return

@@ -22,7 +22,7 @@ import contextlib
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,11 @@ def export_format(fmt: str | None, output: str | os.PathLike[str] | None) -> str
 
 
 def export_model(
-    model: str, fmt: str | None = None, output: str | os.PathLike[str] | None = None, opset: int | None = None
+    model: str,
+    fmt: str | None = None,
+    output: str | os.PathLike[str] | None = None,
+    opset: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` (a run directory or a pretrained zoo model name) and check the export against eager PyTorch.
 
@@ -105,6 +109,8 @@ def export_model(
             ``model.json`` / ``model.safetensors`` (``./<name><suffix>`` for a zoo model).
         opset: ONNX opset, one of `ONNX_OPSETS` (None: `DEFAULT_OPSET`); refused for the other formats, which
             have no opset.
+        log: called with a line saying what is written, once the options and the model are checked (tracing and
+            checking a large network takes a while).
 
     Returns:
         Paths written and the largest absolute difference from the eager model on a random batch of a size the
@@ -122,11 +128,12 @@ def export_model(
     from cnnlab.tasks.segment_predict import is_segmentation_run
 
     if is_segmentation_run(model):
-        return _export_segmenter(model, fmt, output, opset)
+        return _export_segmenter(model, fmt, output, opset, log)
     predictor = load_predictor(model)
     cfg = predictor.cfg
     suffix = SUFFIXES[fmt]
     output = _writable(Path(output) if output is not None else _default_output(model, suffix), suffix)
+    _say_exporting(log, model, output, fmt)
     if cfg is None:  # an MNIST run: digits in [0, 1], its normalisation already inside the model
         wrapped: nn.Module = predictor.model.cpu().eval()
         input_size: tuple[int, ...] = (1, 28, 28)
@@ -210,13 +217,21 @@ def _classifier_output(predictor: Predictor) -> str:
     return f"[N, {len(predictor.classes)}] {averaged}; softmax over them gives the class probabilities"
 
 
-def _export_segmenter(run: str, fmt: str, output: str | os.PathLike[str] | None, opset: int) -> dict[str, Any]:
+def _say_exporting(log: Callable[[str], None] | None, model: str, output: Path, fmt: str) -> None:
+    if log is not None:
+        log(f"exporting {model} to {output} ({fmt}), then checking it against PyTorch")
+
+
+def _export_segmenter(
+    run: str, fmt: str, output: str | os.PathLike[str] | None, opset: int, log: Callable[[str], None] | None
+) -> dict[str, Any]:
     """Export a segmentation run with dynamic height and width; the check runs sizes the trace never saw."""
     from cnnlab.tasks.segment_predict import load_segmenter
 
     segmenter = load_segmenter(run)
     suffix = SUFFIXES[fmt]
     output = _writable(Path(output) if output is not None else _default_output(run, suffix), suffix)
+    _say_exporting(log, run, output, fmt)
     wrapped = nn.Sequential(Normalize(segmenter.mean, segmenter.std), segmenter.model.cpu().eval()).eval()
     stride = int(segmenter.model.output_stride)
     generator = torch.Generator().manual_seed(0)
