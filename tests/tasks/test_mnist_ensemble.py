@@ -43,11 +43,23 @@ def test_an_ensemble_run_counts_as_its_members(runs: tuple[Path, Path, Path]) ->
     ]
 
 
-def test_combined_ensemble_is_saved_tested_and_loadable(runs: tuple[Path, Path, Path]) -> None:
+def test_combined_ensemble_is_saved_tested_and_loadable(
+    runs: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped while it drew its figures, it left ensemble.json (a loadable model with no results) and a folder the
+    same command then refused ("exists; choose another --name"): now nothing, and the same command makes it."""
+    from stopped_midway import stop_savefig_midway
+
     root, output, mnist = runs
+    with monkeypatch.context() as stopped:
+        stop_savefig_midway(stopped)
+        with pytest.raises(KeyboardInterrupt):
+            combine_mnist_ensemble([mnist / "pair", mnist / "single"], "mixed", output=output, data_dir=str(root))
+    assert not (mnist / "mixed").exists() and not list(mnist.glob(".mixed*"))
     summary = combine_mnist_ensemble(
         [mnist / "pair", mnist / "single"], "mixed", output=output, data_dir=str(root), val_size=40
     )
+    assert summary["test"]["confusion_matrix_png"] == str(mnist / "mixed" / "confusion_matrix.png")
     assert len(summary["chosen"]) == 3 and all(c["chosen"] for c in summary["candidates"])
     model = cnnlab.load_model(mnist / "mixed")
     assert isinstance(model, Ensemble) and len(model.members) == 3

@@ -17,8 +17,10 @@ that folder's. The test set is read only after the members are chosen.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -230,37 +232,59 @@ def combine_mnist_ensemble(
     test_probabilities = {i: predict_logits(models[i], test_images, device).softmax(1) for i in chosen}
     ensemble_test = torch.stack(list(test_probabilities.values())).mean(0)
 
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    save_ensemble(run_dir, [members[i] for i in chosen], meta={"select": select, "runs": [str(r) for r in runs]})
-    summary: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "select": select,
-        "candidates": [
-            {
-                "run_dir": str(member),
-                **_validation(val_probabilities[i] if val_size else None, val_labels),
-                "chosen": i in chosen,
-                "test_accuracy": _accuracy(test_probabilities[i], test_labels) if i in chosen else None,
-                "weights_sha256": digests[i],
-            }
-            for i, member in enumerate(members)
-        ],
-        "chosen": [str(members[i]) for i in chosen],
-        "val_size": val_size,
-        **_validation(ensemble_val, val_labels),
-        "test_accuracy": _accuracy(ensemble_test, test_labels),
-        "test_errors": _errors(ensemble_test, test_labels),
-    }
-    test = test_evaluation(test_images, test_labels, ensemble_test.argmax(1), run_dir)
-    summary["test"] = {k: v for k, v in test.items() if k != "test_accuracy"}
-    _report(summary, runs, str(resolve_device(device)))
-    write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))
+    with _built_then_renamed(run_dir) as building:
+        save_ensemble(building, [members[i] for i in chosen], meta={"select": select, "runs": [str(r) for r in runs]})
+        summary: dict[str, Any] = {
+            "run_dir": str(run_dir),
+            "select": select,
+            "candidates": [
+                {
+                    "run_dir": str(member),
+                    **_validation(val_probabilities[i] if val_size else None, val_labels),
+                    "chosen": i in chosen,
+                    "test_accuracy": _accuracy(test_probabilities[i], test_labels) if i in chosen else None,
+                    "weights_sha256": digests[i],
+                }
+                for i, member in enumerate(members)
+            ],
+            "chosen": [str(members[i]) for i in chosen],
+            "val_size": val_size,
+            **_validation(ensemble_val, val_labels),
+            "test_accuracy": _accuracy(ensemble_test, test_labels),
+            "test_errors": _errors(ensemble_test, test_labels),
+        }
+        test = test_evaluation(test_images, test_labels, ensemble_test.argmax(1), building)
+        summary["test"] = {
+            key: str(run_dir / Path(value).name) if key.endswith("_png") else value  # where they will be
+            for key, value in test.items()
+            if key != "test_accuracy"
+        }
+        _report(summary, runs, str(resolve_device(device)), building)
+        write_text_whole(building / "results.json", json.dumps(summary, indent=1))
     return summary
 
 
-def _report(summary: dict[str, Any], runs: list[str | Path], device: str) -> None:
+@contextlib.contextmanager
+def _built_then_renamed(run_dir: Path) -> Iterator[Path]:
+    """A hidden sibling of `run_dir` to write the ensemble's files in, renamed to `run_dir` (replacing it) once
+    the block finishes and removed when it does not. A stop while the figures and the report were written left an
+    ensemble.json that loaded as a model with no results, and a folder that made the same command refuse its
+    --name. A sibling keeps the members' paths relative to it as they are relative to `run_dir`."""
+    building = run_dir.with_name(f".{run_dir.name}.partial")
+    if building.exists():  # what a combination killed outright (SIGKILL) left
+        shutil.rmtree(building)
+    building.mkdir(parents=True)
+    try:
+        yield building
+        if run_dir.exists():  # --overwrite
+            shutil.rmtree(run_dir)
+        building.rename(run_dir)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+
+
+def _report(summary: dict[str, Any], runs: list[str | Path], device: str, folder: Path) -> None:
     """Write the combined ensemble's report.md beside its results.json, whose numbers it gives."""
     candidates, chosen, val_size = summary["candidates"], summary["chosen"], summary["val_size"]
     if summary["select"] == "greedy":
@@ -293,4 +317,4 @@ def _report(summary: dict[str, Any], runs: list[str | Path], device: str) -> Non
         summary,
         selection=rule,
         device=device,
-    ).write(Path(summary["run_dir"]) / "report.md")
+    ).write(folder / "report.md")
