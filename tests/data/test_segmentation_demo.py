@@ -78,12 +78,25 @@ def _stopping_at_the_third_pair(sample):  # noqa: ANN001, ANN202
 
 
 def test_an_interrupted_demo_trains_as_it_is_and_the_same_command_finishes_it(tmp_path, monkeypatch, capsys):
-    """Ctrl+C left no classes.json and a half-written last pair, and a second run refused the folder as used."""
+    """Ctrl+C left no classes.json and a half-written last pair, and a second run refused the folder as used. A bar
+    counts the pairs (a thousand were written in silence)."""
     import sys
 
     import cnnlab.data.segmentation_demo as demo
+    import cnnlab.train.progress
     from cnnlab.cli import main
 
+    advanced = []
+
+    class RecordedBar(cnnlab.train.progress.ProgressBar):
+        def __init__(self, total, description, enabled=True):
+            super().__init__(total, description, enabled=False)
+            advanced.append(description)
+
+        def advance(self, steps=1):
+            advanced.append(steps)
+
+    monkeypatch.setattr(cnnlab.train.progress, "ProgressBar", RecordedBar)
     sample = demo._rgb_sample
     root = tmp_path / "demo"
     monkeypatch.setattr(demo, "_rgb_sample", _stopping_at_the_third_pair(sample))
@@ -93,6 +106,7 @@ def test_an_interrupted_demo_trains_as_it_is_and_the_same_command_finishes_it(tm
         main()
     assert exit_code.value.code == 130
     assert f"stopped after 2 of 5 pairs: {root} trains on them as it is" in capsys.readouterr().err
+    assert advanced == ["writing 5 image + mask pairs", 1, 1]
     monkeypatch.setattr(demo, "_rgb_sample", sample)
     # as if stopped inside pair 2: its mask written, its image not yet renamed from the temporary name
     (root / "masks" / "00002.png").write_bytes(b"not this mask")

@@ -29,9 +29,13 @@ def segmentation_demo(
     same command again writes the rest.
     """
     from cnnlab.data.segmentation_demo import interrupted_demo, write_segmentation_demo
+    from cnnlab.train.progress import ProgressBar
 
     try:
-        summary = write_segmentation_demo(directory, variant, count, None if data_dir is None else str(data_dir), seed)
+        with ProgressBar(count, f"writing {count} image + mask pairs") as bar:
+            summary = write_segmentation_demo(
+                directory, variant, count, None if data_dir is None else str(data_dir), seed, advance=bar.advance
+            )
     except KeyboardInterrupt:
         written = interrupted_demo(directory)
         if written == 0:

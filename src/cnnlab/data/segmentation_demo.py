@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,7 @@ def write_segmentation_demo(
     count: int = 1000,
     data_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
+    advance: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Write a segmentation folder of `count` image + mask pairs to `root`.
 
@@ -91,6 +93,7 @@ def write_segmentation_demo(
         count: pairs to write.
         data_dir: MNIST root (see `cnnlab.data.paths`).
         seed: the generator's seed.
+        advance: called after each pair is written (or found written), for a progress bar.
 
     Returns:
         ``{"root", "variant", "images", "classes", "kept" (pairs an interrupted run had written, kept), "sizes":
@@ -144,10 +147,11 @@ def write_segmentation_demo(
         image_path, mask_path = root / "images" / f"{index:05d}.png", root / "masks" / f"{index:05d}.png"
         if resuming and image_path.is_file() and mask_path.is_file():
             kept += 1
-            continue
-        # the mask first: an image without its mask would stop a folder read without skip_bad
-        _write_atomically(mask_path, _png(colours[mask]))
-        _write_atomically(image_path, _png(image))
+        else:  # the mask first: an image without its mask would stop a folder read without skip_bad
+            _write_atomically(mask_path, _png(colours[mask]))
+            _write_atomically(image_path, _png(image))
+        if advance is not None:
+            advance()
     (root / PROGRESS).unlink()
     return {
         "root": str(root),
