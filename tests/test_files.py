@@ -86,3 +86,25 @@ def test_only_the_leftovers_of_processes_that_are_gone_are_swept(tmp_path: Path)
         "a checkpoint's mkstemp name, a day old",
     }
     assert (tmp_path / "results.json").read_text() == "{}"
+
+
+def test_a_file_written_by_safetensors_gets_the_usual_permissions(tmp_path: Path) -> None:
+    """safetensors writes 0600: every model.safetensors and fcn.safetensors was unreadable to the rest of a team
+    sharing the runs folder, where the other files of the run were not."""
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    from cnnlab.files import written_then_renamed
+
+    umask = os.umask(0o022)
+    try:
+        with written_then_renamed(tmp_path / "model.safetensors") as partial:
+            save_file({"weight": torch.zeros(2)}, str(partial))
+        with written_then_renamed(tmp_path / "notes.txt") as partial:
+            partial.write_text("x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "notes.txt").stat().st_mode & 0o777 == 0o644

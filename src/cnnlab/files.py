@@ -34,7 +34,8 @@ def written_then_renamed(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside `path` for a writer that takes a file name (safetensors, JSON text, CSV rows): renamed
     over `path` when the block finishes, deleted when it does not, so that `path` holds the old file or the new one,
     never half of one. The name (``.NAME.HOST.PID.tmp``) is hidden, the process's own, and has no image suffix, so a
-    folder scan never lists it; the file gets the usual permissions (`tempfile.mkstemp` makes them 0600).
+    folder scan never lists it; the file gets the usual permissions, 0666 less the umask, whatever its writer gave
+    it (safetensors' `save_file`, like `tempfile.mkstemp`, makes 0600: a model no one else could read).
 
     A process killed in the block (SIGKILL, power loss) cannot delete its temporary file: the next write of the same
     `path` deletes those of processes that are gone (`_sweep_leftovers`), never one that another live process,
@@ -45,10 +46,27 @@ def written_then_renamed(path: str | os.PathLike[str]) -> Iterator[Path]:
     _sweep_leftovers(path)
     try:
         yield temporary
+        _usual_permissions(temporary)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """This process's umask: from /proc (reading it there changes nothing), else set and restored at once."""
+    with contextlib.suppress(OSError, ValueError, StopIteration), open("/proc/self/status", encoding="ascii") as status:
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _usual_permissions(written: Path) -> None:
+    """Give `written` the mode a file created with `open` gets (0666 less the umask)."""
+    mode = 0o666 & ~_umask()
+    if written.stat().st_mode & 0o777 != mode:
+        os.chmod(written, mode)
 
 
 def _host_label() -> str:
