@@ -207,6 +207,24 @@ def test_evaluate_of_the_runs_test_images_gives_its_test_scores(
     from cnnlab.tasks.evaluate import evaluate_folder
 
     shutil.rmtree(folder / "red")
+    # stopped after its first figure, an evaluation of other images into `out` left that figure beside the earlier
+    # evaluation's evaluation.json and predictions.csv: now `out` keeps the earlier evaluation whole
+    from matplotlib.figure import Figure
+
+    earlier = {path.name: path.read_bytes() for path in out.iterdir()}
+    savefig, saved = Figure.savefig, []
+
+    def stopped_at_the_second(figure: Figure, *args: object, **kwargs: object) -> None:
+        saved.append(figure)
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+        savefig(figure, *args, **kwargs)
+
+    with monkeypatch.context() as stopped:
+        stopped.setattr(Figure, "savefig", stopped_at_the_second)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_folder(run_dir, folder, out)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == earlier
     subset = evaluate_folder(run_dir, folder, tmp_path / "subset")
     assert subset["absent_classes"] == ["red"] and subset["per_class"]["red"]["support"] == 0
     assert subset["count"] == test["per_class"]["blue"]["support"]

@@ -10,10 +10,13 @@ scored on the MNIST test set by `cnnlab.tasks.mnist.evaluate_mnist`.)
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,38 +111,57 @@ def evaluate_folder(
     logits = per_view.mean(1)
     targets = torch.tensor(images.labels)
     classes = images.classes
-    scores = classification_test_report(logits, targets, images.paths, classes, out, title=f"{root.name} (evaluate)")
-    counts = images.class_counts()
-    result: dict[str, Any] = {
-        "run": str(run_dir),
-        "task": "transfer",
-        "data": str(root),
-        "views": list(predictor.views),
-        **scores,
-        "absent_classes": [name for name, count in counts.items() if count == 0],
-        "skipped": [dataclasses.asdict(entry) for entry in images.skipped],
-    }
-    if len(predictor.views) > 1:
-        single = classification_summary(targets.tolist(), per_view[:, 0].argmax(1).tolist(), classes)
-        result["single_view"] = {key: single[key] for key in ("accuracy", "balanced_accuracy")}
-    probabilities = logits.softmax(1)
-    predictions = out / "predictions.csv"
-    with (
-        written_then_renamed(predictions) as partial,
-        open(partial, "w", newline="", encoding="utf-8", errors=PATH_BYTES) as f,
-    ):
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "predicted", *classes])
-        for path, label, row in zip(images.paths, images.labels, probabilities.tolist(), strict=True):
-            writer.writerow([path, classes[label], classes[max(range(len(row)), key=row.__getitem__)], *row])
-    result["files"] = {
-        "evaluation": str(out / "evaluation.json"),
-        "predictions": str(predictions),
-        "confusion_matrix": str(out / "confusion_matrix.png"),
-        "highest_loss": str(out / "highest_loss.png"),
-    }
-    write_text_whole(out / "evaluation.json", json.dumps(result, indent=1))
+    with _published_together(out) as staged:
+        scores = classification_test_report(
+            logits, targets, images.paths, classes, staged, title=f"{root.name} (evaluate)"
+        )
+        counts = images.class_counts()
+        result: dict[str, Any] = {
+            "run": str(run_dir),
+            "task": "transfer",
+            "data": str(root),
+            "views": list(predictor.views),
+            **scores,
+            "absent_classes": [name for name, count in counts.items() if count == 0],
+            "skipped": [dataclasses.asdict(entry) for entry in images.skipped],
+        }
+        if len(predictor.views) > 1:
+            single = classification_summary(targets.tolist(), per_view[:, 0].argmax(1).tolist(), classes)
+            result["single_view"] = {key: single[key] for key in ("accuracy", "balanced_accuracy")}
+        probabilities = logits.softmax(1)
+        predictions = out / "predictions.csv"
+        with (
+            written_then_renamed(staged / predictions.name) as partial,
+            open(partial, "w", newline="", encoding="utf-8", errors=PATH_BYTES) as f,
+        ):
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "predicted", *classes])
+            for path, label, row in zip(images.paths, images.labels, probabilities.tolist(), strict=True):
+                writer.writerow([path, classes[label], classes[max(range(len(row)), key=row.__getitem__)], *row])
+        result["files"] = {
+            "evaluation": str(out / "evaluation.json"),
+            "predictions": str(predictions),
+            "confusion_matrix": str(out / "confusion_matrix.png"),
+            "highest_loss": str(out / "highest_loss.png"),
+        }
+        write_text_whole(staged / "evaluation.json", json.dumps(result, indent=1))
     return result
+
+
+@contextlib.contextmanager
+def _published_together(out: Path) -> Iterator[Path]:
+    """A hidden folder in `out` for an evaluation's files, moved into `out` when the block finishes (evaluation.json
+    last) and removed when it does not. A stop while they were written left the new confusion matrix beside an
+    earlier evaluation's evaluation.json and predictions.csv, whose numbers it did not show."""
+    staged = out / ".evaluation.partial"
+    shutil.rmtree(staged, ignore_errors=True)  # what an evaluation killed outright (SIGKILL) left
+    staged.mkdir(parents=True)
+    try:
+        yield staged
+        for name in sorted(os.listdir(staged), key=lambda name: name == "evaluation.json"):
+            os.replace(staged / name, out / name)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 def _output_folder(run_dir: Path, output_dir: str | os.PathLike[str] | None, root: Path) -> Path:
@@ -212,20 +234,24 @@ def _evaluate_segmentation(
         found = f" ({describe_skipped([s.reason for s in folder.skipped])})" if folder.skipped else ""
         raise CnnlabError(f"--data {data} holds no usable image + mask pair{found}")
     report = scores.report(classes, segmenter.background)
-    plot_confusion_matrix(scores.matrix, out / "confusion_matrix.png", classes, f"{root.name} pixels (evaluate)")
-    worst = sorted(range(len(scored)), key=lambda i: (-scores.errors[i], i))[:WORST_IMAGES]
-    result: dict[str, Any] = {
-        "run": str(run_dir),
-        "task": "segment",
-        "data": str(root),
-        "count": len(scored),
-        "max_side": segmenter.max_side,
-        **report,
-        "worst_images": [{"image": scored[i], "pixel_error": scores.errors[i]} for i in worst],
-        "skipped": [dataclasses.asdict(entry) for entry in folder.skipped],
-        "files": {"evaluation": str(out / "evaluation.json"), "confusion_matrix": str(out / "confusion_matrix.png")},
-    }
-    write_text_whole(out / "evaluation.json", json.dumps(result, indent=1))
+    with _published_together(out) as staged:
+        plot_confusion_matrix(scores.matrix, staged / "confusion_matrix.png", classes, f"{root.name} pixels (evaluate)")
+        worst = sorted(range(len(scored)), key=lambda i: (-scores.errors[i], i))[:WORST_IMAGES]
+        result: dict[str, Any] = {
+            "run": str(run_dir),
+            "task": "segment",
+            "data": str(root),
+            "count": len(scored),
+            "max_side": segmenter.max_side,
+            **report,
+            "worst_images": [{"image": scored[i], "pixel_error": scores.errors[i]} for i in worst],
+            "skipped": [dataclasses.asdict(entry) for entry in folder.skipped],
+            "files": {
+                "evaluation": str(out / "evaluation.json"),
+                "confusion_matrix": str(out / "confusion_matrix.png"),
+            },
+        }
+        write_text_whole(staged / "evaluation.json", json.dumps(result, indent=1))
     return result
 
 
