@@ -88,11 +88,23 @@ def test_images_are_decoded_a_batch_at_a_time_in_input_order(
         )
 
 
-def test_predict_cli_json(lite0: object, sample_photos: dict[str, Path]) -> None:
+def test_predict_cli_json(lite0: object, sample_photos: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """--json turns the progress bar off, as `train transfer --json` does (it was drawn on a terminal)."""
+    import cnnlab.tasks.predict
     from cnnlab.cli import app
+    from cnnlab.train.progress import ProgressBar
 
+    bars: list[bool] = []
+
+    class RecordedBar(ProgressBar):
+        def __init__(self, total: int, description: str, enabled: bool = True) -> None:
+            super().__init__(total, description, enabled=False)
+            bars.append(enabled)
+
+    monkeypatch.setattr(cnnlab.tasks.predict, "ProgressBar", RecordedBar)
     result = CliRunner().invoke(app, ["predict", "--json", "-k", "2", str(sample_photos["coffee"]), "missing.png"])
     assert result.exit_code == 0, result.output
+    assert bars == [False]
     payload = json.loads(result.stdout)
     assert payload["predictions"][0]["top"][0]["label"] in COFFEE_CLASSES
     assert payload["predictions"][1]["error"] == "no such file"

@@ -89,7 +89,8 @@ def predict(
         paths = [path for path in paths if path not in done]
         typer.echo(f"resumed: {output} already holds {_images(len(kept))}; predicting the other {len(paths)}", err=True)
     results: list[dict[str, Any]] = []
-    stream = _collected(_in_order(iter_predictions(predictor, paths, top_k=top_k, progress=True), empty), results)
+    predictions = iter_predictions(predictor, paths, top_k=top_k, progress=not as_json)
+    stream = _collected(_in_order(predictions, empty), results)
     try:
         if output is not None:  # row by row: an interrupted run leaves the rows it finished
             write_predictions_csv(stream, output, k, kept, fingerprint)
@@ -234,7 +235,7 @@ def _segment(
     from cnnlab.tasks.segment_predict import iter_masks, load_segmenter
 
     results: list[dict[str, Any]] = []
-    masks = iter_masks(load_segmenter(model, device=device), paths, output, True, resume)
+    masks = iter_masks(load_segmenter(model, device=device), paths, output, not as_json, resume)
     try:
         for _ in _collected(_in_order(masks, empty), results):
             pass
