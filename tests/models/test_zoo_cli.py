@@ -68,6 +68,12 @@ def test_zoo_show_names_the_source_of_each_parameter_count():
     assert "published" not in shown["alexnet_2012"] and 'the paper says "60 million"' in shown["alexnet_2012"]
     assert "published: 93,322, the book's Keras model.summary()" in shown["mnist_baseline"]
     assert "Chollet, Deep Learning with Python" in shown["mnist_baseline"]
+    # The recipe and the CLI that train it name the same source as the zoo (they said "the answer sets' CNN").
+    from cnnlab.tasks.mnist import RECIPES
+
+    recipe_help = " ".join(runner.invoke(app, ["train", "mnist", "--help"]).output.split())
+    assert "Chollet's" in RECIPES.get("baseline").summary and "answer set" not in RECIPES.get("baseline").summary
+    assert "baseline (Chollet's textbook CNN" in recipe_help and "answer set" not in recipe_help
     assert "parameters: 289,130 counted on this build (a cnnlab network: no published count" in shown["mnist_net"]
     assert "published: 28,088,024, timm seresnet50 (built without weights)" in shown["seresnet50"]
     assert "counted on this build" in shown["seresnet50"].split("parameters:")[0]  # the stage table's title

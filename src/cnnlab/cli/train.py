@@ -23,7 +23,7 @@ def mnist(
         "--recipe",
         "-r",
         help="default (the most accurate single model, ~20 min on 2 CPU cores), quick (~1 min; what make demo "
-        "runs), baseline (the answer sets' CNN, for comparison).",
+        "runs), baseline (Chollet's textbook CNN, Deep Learning with Python 2017, for comparison).",
     ),
     ensemble: int = typer.Option(
         1, "--ensemble", "-n", min=1, help="Train N members (seeds seed..seed+N-1) and average them."

@@ -108,7 +108,8 @@ RECIPES: RecipeBook[MnistRecipe] = RecipeBook(
         ),
         MnistRecipe(
             name="baseline",
-            summary="the answer-set CNN: Adam 1e-3, batch 64, no augmentation, 10 epochs (for comparison)",
+            summary="Chollet's 2017 textbook CNN (93,322 params), trained here with Adam 1e-3, batch 64, no "
+            "augmentation, 10 epochs (for comparison)",
             arch="mnist_baseline",
             train=dict(epochs=10, batch_size=64, optimizer="adam", lr=1e-3, schedule="constant"),
         ),
