@@ -202,14 +202,23 @@ def test_runs_named_with_runs_are_read_into_the_sheet(tmp_path: Path):
     runs = tmp_path / "runs"
     _fake_run(
         runs, "transfer", "elpv-seed7",
-        {"config": {"data": "elpv"}, "recipe": {"name": "default"}, "classes": ["a", "b"], "wall_seconds": 1234.5,
+        {"config": {"data": "elpv"}, "recipe": {"name": "default"}, "classes": ["a", "b"], "wall_seconds": 234.5,
+         "wall_seconds_total": 1234.5,  # resumed once: the last session took 234.5 s of the run's 1234.5 s
          "test": {"accuracy": 0.8231, "balanced_accuracy": 0.6012, "count": 656, "binary_accuracy": 0.9047,
                   "single_view": {"accuracy": 0.7988}}},
+    )  # fmt: skip
+    _fake_run(
+        runs, "transfer", "killed-once",  # a session was killed outright: the run's total time is unknown
+        {"config": {"data": "elpv"}, "recipe": {"name": "default"}, "classes": ["a", "b"], "wall_seconds": 600.0,
+         "wall_seconds_total": None, "test": {"accuracy": 0.75, "count": 656}},
     )  # fmt: skip
     _fake_run(runs, "transfer", "unfinished", {"config": {"data": "elpv"}})  # no test figures: left out
     sheet = run_answers("quick", output=tmp_path / "out", runs=runs, exercises=(10,), log=lambda message: None)
     text = sheet.read_text()
     assert "transfer/elpv-seed7" in text and "82.3%" in text and "90.5%" in text and "20.6 min" in text
+    assert "3.9 min" not in text and "10.0 min" not in text  # a last session's time is not the run's
+    killed = next(line for line in text.splitlines() if "killed-once" in line)
+    assert killed.rstrip(" |").endswith("unknown")
     assert "unfinished" not in text
     assert untraced_numbers(text, json.loads((tmp_path / "out" / "answers.json").read_text())) == []
 

@@ -480,12 +480,13 @@ def section_10(e: dict[str, Any]) -> Iterator[str]:
         yield "Transfer runs on real data (test split, evaluated once; read from their run folders):"
         yield table(
             ["run", "data", "recipe", "test images", "accuracy", "balanced accuracy", "without view averaging",
-             "defective vs not", "wall time"],
+             "defective vs not", "wall time (all sessions)"],
             [[f"`{r['folder']}`", r["data"], r["recipe"], r["test_images"], pct(r["accuracy"], 1),
               pct(r["balanced_accuracy"], 1) if r["balanced_accuracy"] is not None else "-",
               pct(r["single_view_accuracy"], 1) if r["single_view_accuracy"] is not None else "-",
               pct(r["binary_accuracy"], 1) if r["binary_accuracy"] is not None else "-",
-              f"{r['wall_minutes']:.1f} min" if r["wall_minutes"] else "-"] for r in e["transfer_runs"]],
+              f"{r['total_wall_minutes']:.1f} min" if r["total_wall_minutes"] is not None else "unknown"]
+             for r in e["transfer_runs"]],
         )  # fmt: skip
     else:
         install = "" if e["elpv_available"] else "`pip install elpv-dataset` (solar-cell images that work offline), "
