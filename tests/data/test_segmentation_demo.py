@@ -63,7 +63,6 @@ def test_a_negative_seed_is_refused_before_any_folder_is_made(tmp_path, variant)
     assert not (tmp_path / "demo").exists()
 
 
-@needs_mnist
 def _stopping_at_the_third_pair(sample):  # noqa: ANN001, ANN202
     """`sample` (the demo's maker of one pair) raising KeyboardInterrupt on its third call: Ctrl+C in the third pair."""
     calls = []
@@ -77,6 +76,7 @@ def _stopping_at_the_third_pair(sample):  # noqa: ANN001, ANN202
     return stopping
 
 
+@needs_mnist  # the rgb variant draws its digits from MNIST
 def test_an_interrupted_demo_trains_as_it_is_and_the_same_command_finishes_it(tmp_path, monkeypatch, capsys):
     """Ctrl+C left no classes.json and a half-written last pair, and a second run refused the folder as used. A bar
     counts the pairs (a thousand were written in silence)."""
