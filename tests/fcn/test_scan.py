@@ -362,6 +362,18 @@ def test_save_and_load_converted_model(tmp_path):
         assert torch.equal(loaded(x), converted(x))
     heatmap = save_heatmap(x[0], scan(loaded, x[0]), tmp_path / "h.png")
     assert heatmap.stat().st_size > 5000
+    # convert stopped between its two files: another conversion's weights beside this record were loaded silently
+    other = to_fully_convolutional(_classifier())
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    save_fully_convolutional(
+        other, tmp_path / "other", {"arch": "mnist_net_small", "kwargs": {"drop_rate": 0.0}}, "window"
+    )
+    original = (tmp_path / "fcn.safetensors").read_bytes()
+    (tmp_path / "fcn.safetensors").write_bytes((tmp_path / "other" / "fcn.safetensors").read_bytes())
+    with pytest.raises(CnnlabError, match=r"fcn.safetensors is not the file .*fcn.json was written with .*fcn convert"):
+        load_fully_convolutional(tmp_path)
+    (tmp_path / "fcn.safetensors").write_bytes(original)
     # a damaged weights file (a cut copy, zero bytes) is one line naming it, not safetensors' traceback
     weights = tmp_path / "fcn.safetensors"
     for size in (100, 0):

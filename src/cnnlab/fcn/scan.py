@@ -854,7 +854,11 @@ def scan_tensor(image: Any, channels: int = 1, invert: bool | None = None) -> to
 def save_fully_convolutional(
     model: FullyConvolutional, directory: str | os.PathLike[str], source: dict[str, Any], pool: str
 ) -> Path:
-    """Save a converted model: ``fcn.safetensors`` and ``fcn.json`` (source architecture record, input size, pool)."""
+    """Save a converted model: ``fcn.safetensors`` and ``fcn.json`` (source architecture record, input size, pool,
+    and the SHA-256 of the weights file, so that a stop between the two files, new weights beside the old record, is
+    refused on load rather than scanned with)."""
+    import hashlib
+
     from safetensors.torch import save_file
 
     from cnnlab.files import written_then_renamed
@@ -863,10 +867,12 @@ def save_fully_convolutional(
     directory.mkdir(parents=True, exist_ok=True)
     with written_then_renamed(directory / FCN_WEIGHTS) as weights:  # never half a file, as `save_model`
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     source = dict(source)
     if "run" in source:  # relative, so that a run moved or copied with its fcn folder inside is still found
         source["run"] = os.path.relpath(Path(source["run"]).resolve(), directory.resolve())
-    record = {"format": "cnnlab-fcn-1", "source": source, "input_size": list(model.input_size), "pool": pool}
+    record = {"format": "cnnlab-fcn-1", "source": source, "input_size": list(model.input_size), "pool": pool,
+              "fcn_weights_sha256": digest}  # fmt: skip
     with written_then_renamed(directory / FCN_SPEC) as spec:
         spec.write_text(json.dumps(record, indent=1))
     return directory / FCN_WEIGHTS
@@ -910,8 +916,24 @@ def load_fully_convolutional(path: str | os.PathLike[str], device: str = "cpu") 
     classifier = create_model(source["arch"], **kwargs)
     converted = to_fully_convolutional(classifier, tuple(record["input_size"]), pool=record.get("pool", "window"))
     remedy = "convert the run again with `cnnlab fcn convert RUN`"
-    converted.load_state_dict(load_weights(spec_path.parent / FCN_WEIGHTS, remedy=remedy))  # one line, no traceback
+    weights = spec_path.parent / FCN_WEIGHTS
+    state = load_weights(weights, remedy=remedy)  # a damaged or missing file: one line, no traceback
+    _refuse_other_weights(weights, record.get("fcn_weights_sha256"), remedy)
+    converted.load_state_dict(state)
     return converted.to(device).eval()
+
+
+def _refuse_other_weights(weights: Path, recorded: str | None, remedy: str) -> None:
+    """Refuse fcn.safetensors that are not the ones its fcn.json was written with: `fcn convert` stopped between the
+    two files (new weights, old record), or one file of another conversion copied in. A record from before the
+    digest was written is taken as it is."""
+    import hashlib
+
+    if recorded is not None and hashlib.sha256(weights.read_bytes()).hexdigest() != recorded:
+        raise CnnlabError(
+            f"{weights} is not the file {weights.parent / FCN_SPEC} was written with (its SHA-256 differs: a "
+            f"conversion stopped between the two files, or one was copied from elsewhere); {remedy}"
+        )
 
 
 def _refuse_retrained_source(folder: Path, source: dict[str, Any]) -> None:
