@@ -272,3 +272,34 @@ def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatc
     assert "and 1 test canvas of " in report and "the test canvas (built" in report
     table = report.split("| class | IoU |\n")[1].split("\n\n")[0].splitlines()[1:]
     assert table and all(re.fullmatch(r"\| .+ \| (\d\.\d{4}|absent|-) \|", row) for row in table), table  # 4 places
+
+
+@pytest.mark.parametrize("task", ["canvases", "folder"])
+def test_a_python_callers_threads_are_set_before_the_data_is_prepared(tmp_path, monkeypatch, task):
+    """train_segmentation made its canvases, and train_segmentation_folder read its pairs, on torch's default threads
+    (every core) under {"num_threads": 1}: only the first Trainer set them, as train_transfer had done before."""
+    import cnnlab.tasks.segment_folder as segment_folder
+    import cnnlab.tasks.segmentation as segmentation
+
+    seen = []
+
+    def preparing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(torch.get_num_threads())
+        raise KeyboardInterrupt  # stop here: only the threads while preparing matter
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            if task == "canvases":
+                monkeypatch.setattr(segmentation, "make_digit_segmentation", preparing)
+                train_segmentation("quick", output=str(tmp_path / "runs"), overrides={"num_threads": 1})
+            else:
+                monkeypatch.setattr(segment_folder, "SegmentationFolder", preparing)
+                (tmp_path / "data").mkdir()
+                segment_folder.train_segmentation_folder(
+                    str(tmp_path / "data"), output=str(tmp_path / "runs"), overrides={"num_threads": 1}
+                )
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1]

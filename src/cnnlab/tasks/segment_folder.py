@@ -66,7 +66,7 @@ from cnnlab.tasks.segmentation import TASK, chosen_epoch, saved_epoch_line
 from cnnlab.tasks.transfer import class_weights
 from cnnlab.train import BestWeights, Callback, LoaderBatches, TrainConfig, Trainer
 from cnnlab.train.callbacks import SessionEpochs
-from cnnlab.train.config import RESUME_FREE_OPTIONS, environment_record
+from cnnlab.train.config import RESUME_FREE_OPTIONS, check_options, environment_record, use_threads
 from cnnlab.train.device import available_memory_bytes, resolve_device
 from cnnlab.train.records import RunSessions
 from cnnlab.train.saved import save_model
@@ -386,10 +386,13 @@ def train_segmentation_folder(
         )
     check_split_seed(split_seed)  # before the folder is read
     check_output_outside_data(output, data)
+    train_options = with_overrides(recipe.train, overrides)
+    check_options(train_options)  # here as TrainConfig would, later: a bad num_threads is a line, not torch's error
+    use_threads(train_options.get("num_threads"))  # the pairs are decoded before the Trainer, which sets them too
     folder = SegmentationFolder(data, skip_bad=True, max_side=max_side)
     name = name or run_name(recipe.name)
     config = TrainConfig(
-        **with_overrides(recipe.train, overrides),
+        **train_options,
         seed=seed,
         task=TASK,
         name=name,

@@ -40,7 +40,7 @@ from cnnlab.tasks.recipes import (
 )
 from cnnlab.train import BestWeights, Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.callbacks import SessionEpochs
-from cnnlab.train.config import environment_record
+from cnnlab.train.config import check_options, environment_record, use_threads
 from cnnlab.train.optim import default_param_groups
 from cnnlab.train.records import RunSessions
 from cnnlab.train.saved import save_model
@@ -323,6 +323,9 @@ def train_segmentation(
 
     if kwargs.get("upsample", UPSAMPLE_MODES[0]) not in UPSAMPLE_MODES:  # before the canvases, not ~9 s later
         raise CnnlabError(f"--upsample {kwargs['upsample']!r} is not one of {', '.join(UPSAMPLE_MODES)}")
+    train_options = with_overrides(chosen.train, overrides)
+    check_options(train_options)  # here as TrainConfig would, later: a bad num_threads is a line, not torch's error
+    use_threads(train_options.get("num_threads"))  # the canvases are made before the Trainer, which sets them too
     sizes = sizes or chosen.sizes
     if train_canvases is not None:
         sizes = (train_canvases, sizes[1], sizes[2])
@@ -334,7 +337,7 @@ def train_segmentation(
         raise CnnlabError(f"--resume: no run at {run_dir}; start the run without --resume")
     resumed = engine_resumes(run_dir, resume)
     config = TrainConfig(
-        **with_overrides(chosen.train, overrides),
+        **train_options,
         seed=seed,
         task=TASK,
         name=name,
