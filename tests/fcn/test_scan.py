@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -514,6 +515,29 @@ def test_a_strip_wider_than_three_heights_is_drawn_in_panels_stacked_across_the_
         assert box.height * inches[1] >= 0.9 and box.width * inches[0] >= 10, box  # was 0.03 x 2.9 in
         assert axis.get_xlim() == (0, 3000) and axis.get_ylim() == (29, 0)
     assert "the panels stretched 9x in height" in " ".join(text.get_text() for text in notes.texts)
+
+
+def test_a_strip_taller_than_three_widths_is_drawn_in_panels_side_by_side_down_the_page(tmp_path, monkeypatch):
+    """A 3000 x 29 px scan drew every panel of the 2 x N grid as a line 2 px wide."""
+    from cnnlab.fcn.scan import ScanResult
+
+    figures = _kept_figures(monkeypatch)
+    result = ScanResult(torch.full((3, 743, 1), 1 / 3), torch.ones(743, 1), window=28, stride=4)
+    save_heatmap(torch.rand(1, 3000, 29), result, tmp_path / "h.png")
+    figure = figures[0]
+    main, notes, *panels = figure.axes[:5]  # side by side: the image, the notes, the three classes
+    inches = figure.get_size_inches()
+    boxes = [axis.get_position() for axis in (main, notes, *panels)]
+    for axis, box in zip((main, *panels), boxes[:1] + boxes[2:], strict=True):
+        assert box.width * inches[0] >= 0.9 and box.height * inches[1] >= 10, box  # was 0.03 x 2.6 in
+        assert axis.get_xlim() == (0, 29) and axis.get_ylim() == (3000, 0)
+    assert all(left.x1 <= right.x0 for left, right in pairwise(boxes)), boxes  # in one row, left to right
+    assert "the panels stretched 9x in width" in " ".join(text.get_text() for text in notes.texts)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figure).get_renderer()  # closing the figure took its canvas
+    titles = [axis.title.get_window_extent(renderer) for axis in (main, *panels)]
+    assert not any(a.overlaps(b) for a, b in pairwise(titles)), titles  # none runs into its neighbour
 
 
 def test_the_heatmap_shows_a_thin_digit_and_leaves_blank_or_noisy_paper_empty(tmp_path, monkeypatch):

@@ -79,9 +79,9 @@ _SHOWN_PIXELS = 1600  # the heatmap's panels are a few hundred pixels wide: larg
 # and so are the score maps: a default scan of a 24 MP photo (2 px apart) has 2,000 x 3,000 locations, which
 # matplotlib interpolated in each of 11 panels (50 s and 1 GB to draw; 1.6 s at 8 px apart)
 _SHOWN_LOCATIONS = 512
-_WIDE = 3  # an image wider than this many heights gets its panels stacked across the page
-_PAGE_INCHES = 12.0  # the stacked panels' width
-_STRIP_INCHES = 1.0  # their least height
+_WIDE = 3  # an image wider (taller) than this many heights (widths) gets its panels stacked across (down) the page
+_PAGE_INCHES = 12.0  # the stacked panels' length along the strip
+_STRIP_INCHES = 1.0  # their least breadth
 
 
 class ScanNotLocalWarning(UserWarning):
@@ -641,8 +641,22 @@ def save_heatmap(
     extent = (start, start + shown_cols * cell, start + shown_rows * cell, start)
     shown = min(classes, 10)
     columns = 1 + -(-shown // 2)
-    stretch = 1.0  # how much taller than its width says each image panel is drawn
-    if width > _WIDE * height:
+    stretch, stretched = 1.0, "height"  # how much longer than the image's shape says each image panel is drawn
+    main_title = "most likely class (p >= 0.5)"
+    if height > _WIDE * width:
+        # A tall strip (3000 x 29 px) was as thin a line in the grid, standing: the panels go side by side down the
+        # page, at least _STRIP_INCHES wide, stretched in width if need be (the notes say by how much).
+        natural = _PAGE_INCHES * width / height
+        strip = max(natural, _STRIP_INCHES)
+        stretch, stretched = strip / natural, "width"
+        widths = [strip, 2.6] + [strip] * (2 * columns - 2)
+        figure, side_by_side = plt.subplots(
+            1, len(widths), figsize=(sum(widths) + 0.6 * len(widths) + 0.4, _PAGE_INCHES + 1),
+            gridspec_kw={"width_ratios": widths},
+        )  # fmt: skip
+        axes = np.asarray(side_by_side).reshape(columns, 2).T  # the grid's [row, column] order: main, notes, classes
+        main_title = "most likely class\n(p >= 0.5)"  # on one line it ran over the panels beside it
+    elif width > _WIDE * height:
         # A strip (29 x 3000 px) in the grid's 3.2-inch panels was a line 2 px tall: the panels go one under the other
         # across the page, at least _STRIP_INCHES tall, stretched in height if need be (the notes say by how much).
         natural = _PAGE_INCHES * height / width
@@ -664,7 +678,7 @@ def save_heatmap(
     for i, j in _label_places(confidence_location.numpy(), empty_locations.numpy(), result.window // step):
         main.text(half + j * step, half + i * step, names[best_location[i, j]], color="white", fontsize=7,
                   ha="center", va="center")  # fmt: skip
-    main.set_title("most likely class (p >= 0.5)", fontsize=9)
+    main.set_title(main_title, fontsize=9)
     main.set_xlabel("x (px of the image)", fontsize=7)
     main.set_ylabel("y (px of the image)", fontsize=7)
     axes[1, 0].axis("off")
@@ -675,7 +689,8 @@ def save_heatmap(
         0.42,
         f"window {result.window}px, stride {result.stride}px\n{rows}x{cols} locations, each drawn at\n"
         f"its window's centre; blank: under {_MIN_STROKE:.0%} of\nthe window's middle is stroke\n"
-        "grey: the image as scanned" + (f"\nthe panels stretched {stretch:.0f}x in height" if stretch > 1.05 else ""),
+        "grey: the image as scanned"
+        + (f"\nthe panels stretched {stretch:.0f}x in {stretched}" if stretch > 1.05 else ""),
         fontsize=8,
         va="center",
         transform=axes[1, 0].transAxes,
@@ -693,7 +708,7 @@ def save_heatmap(
         axis.set_xlim(0, width)
         axis.set_ylim(height, 0)
         if stretch > 1:
-            axis.set_aspect("auto")  # the strip fills its panel's height
+            axis.set_aspect("auto")  # the strip fills its panel's length
         if axis is not main:  # the class panels show the same pixels (their ticks tripled the time to draw)
             axis.set_xticks([])
             axis.set_yticks([])
