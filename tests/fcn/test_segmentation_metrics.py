@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from cnnlab.report.metrics import confusion_matrix
@@ -15,6 +16,7 @@ from cnnlab.report.segmentation import (
     save_overlays,
     segmentation_report,
 )
+from figure_texts import assert_labels_apart_and_inside
 
 # 3 classes (0 = background). Target / prediction on a 2x4 image:
 TARGET = torch.tensor([[[0, 0, 1, 1], [0, 2, 2, 1]]])
@@ -75,3 +77,32 @@ def test_overlays_png(tmp_path):
     masks = torch.randint(0, 3, (2, 8, 8))
     path = save_overlays(images, masks, _scores(masks), tmp_path / "o.png", ["bg", "a", "b"])
     assert path.stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["background"] + [f"class {i} " + "a very long descriptive name of a kind of thing " * 2 for i in range(5)],
+        ["background", "x" * 100, "y" * 60],  # no space to wrap at
+        [f"category number {i} of twenty, named" for i in range(20)],
+    ],
+)
+def test_overlay_legends_with_long_or_many_class_names_stay_apart_inside_and_below_the_panels(
+    tmp_path, monkeypatch, names
+):
+    """The legend of ten columns ran off both sides of the figure with 100-character names, and its rows covered the
+    last row of panels with 20 classes."""
+    saved = []  # drawn below, not written: faster
+    monkeypatch.setattr("cnnlab.report.segmentation.save_figure_whole", lambda figure, *_, **__: saved.append(figure))
+    masks = (torch.arange(2 * 8 * 8) % len(names)).reshape(2, 8, 8)
+    images = torch.randint(0, 255, (2, 1, 8, 8), dtype=torch.uint8)
+    save_overlays(images, masks, _scores(masks, len(names)), tmp_path / "o.png", names)
+    figure = saved[0]
+    (legend,) = figure.legends
+    assert ["".join(text.get_text().split()) for text in legend.get_texts()] == [
+        name.replace(" ", "")
+        for name in names[1:]  # every name whole, wrapped at most
+    ]
+    assert_labels_apart_and_inside(figure)
+    top = legend.get_window_extent().y1
+    assert all(axis.get_window_extent().y0 >= top for axis in figure.axes), top  # the panels are not covered

@@ -8,16 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from matplotlib.backend_bases import RendererBase
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.text import Text
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 
 from cnnlab.report.classification import plot_highest_loss
 from cnnlab.report.metrics import accuracy_from_matrix, confusion_matrix, per_class_accuracy
 from cnnlab.report.plots import TICK_LABEL_CHARS, plot_confusion_matrix, plot_misclassified
 from cnnlab.train.records import plot_learning_curves
+from figure_texts import assert_labels_apart_and_inside
 from stopped_midway import stop_savefig_midway
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -149,56 +148,6 @@ def test_confusion_matrix_labels_do_not_overlap(
         assert angle == 0
 
 
-def _text_corners(text: Text, renderer: RendererBase) -> np.ndarray:
-    """The four corners, in pixels, of a text's box as drawn: turned about its anchor when it is rotated."""
-    angle = text.get_rotation()
-    if angle % 360:
-        assert text.get_rotation_mode() == "anchor"  # aligned unturned about the anchor, then turned about it
-        anchor = np.array(text.get_transform().transform(text.get_position()))
-        text.set_rotation(0)
-        box = text.get_window_extent(renderer)
-        text.set_rotation(angle)
-    else:
-        anchor, box = np.zeros(2), text.get_window_extent(renderer)
-    corners = np.array([[box.x0, box.y0], [box.x1, box.y0], [box.x1, box.y1], [box.x0, box.y1]]) - anchor
-    turn = math.radians(angle)
-    rotation = np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]])
-    return corners @ rotation.T + anchor
-
-
-def _boxes_overlap(first: np.ndarray, second: np.ndarray) -> bool:
-    """Whether two convex quadrilaterals overlap: no edge normal of either separates them (separating axis test)."""
-    for polygon in (first, second):
-        for i in range(4):
-            edge = polygon[(i + 1) % 4] - polygon[i]
-            normal = np.array([-edge[1], edge[0]])
-            a, b = first @ normal, second @ normal
-            if a.max() <= b.min() + 1e-6 or b.max() <= a.min() + 1e-6:
-                return False
-    return True
-
-
-def _assert_labels_apart_and_inside(figure: Figure) -> None:
-    """No two of a figure's labels (tick labels, axis labels, titles, figure texts) overlap, and all lie inside it."""
-    renderer = FigureCanvasAgg(figure).get_renderer()  # closing the figure took its canvas
-    figure.draw(renderer)  # the axis labels are placed below the tick labels as the figure is drawn
-    texts = [figure._suptitle] if figure._suptitle else []
-    texts += [text for text in figure.texts if text is not figure._suptitle]
-    for axis in figure.axes:
-        texts.append(axis.title)
-        if axis.axison:
-            texts += [*axis.get_xticklabels(), *axis.get_yticklabels(), axis.xaxis.label, axis.yaxis.label]
-    boxes = [
-        (text.get_text(), _text_corners(text, renderer)) for text in texts if text.get_visible() and text.get_text()
-    ]
-    width, height = figure.bbox.width, figure.bbox.height
-    for name, box in boxes:
-        assert box.min() >= 0 and box[:, 0].max() <= width and box[:, 1].max() <= height, f"{name!r} leaves the figure"
-    for k, (name, box) in enumerate(boxes):
-        for other, other_box in boxes[k + 1 :]:
-            assert not _boxes_overlap(box, other_box), f"{name!r} overlaps {other!r}"
-
-
 @pytest.mark.parametrize(
     "names",
     [
@@ -223,7 +172,7 @@ def test_long_class_names_are_cut_on_the_ticks_and_given_whole_in_a_key(
     assert all(
         f"{index}:{name}".replace(" ", "") in "".join(key.get_text().split()) for index, name in enumerate(names)
     )
-    _assert_labels_apart_and_inside(figure)
+    assert_labels_apart_and_inside(figure)
 
 
 def test_highest_loss_titles_with_long_class_names_are_wrapped_apart(
@@ -241,7 +190,7 @@ def test_highest_loss_titles_with_long_class_names_are_wrapped_apart(
         for i, title in enumerate(shown)
     )
     assert "…" in shown[0] and "short" in shown[1]
-    _assert_labels_apart_and_inside(saved[0])
+    assert_labels_apart_and_inside(saved[0])
 
 
 def test_confusion_matrix_counts_are_dark_on_light_cells_and_light_on_dark(

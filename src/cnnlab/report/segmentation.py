@@ -16,6 +16,7 @@ holds every score map in memory:
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,7 @@ class MaskScores:
 
 
 _IGNORED_COLOUR = (255, 255, 255)  # unlabelled pixels (index 255) in overlays
+_LEGEND_NAME_CHARS = 36  # a longer class name is wrapped onto more lines in an overlay's legend
 
 
 def colourise(
@@ -272,9 +274,31 @@ def save_overlays(
             axis.imshow(picture, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
             axis.set_title(title, fontsize=9)
             axis.axis("off")
-    handles = [Patch(color=colours[i] / 255, label=name) for i, name in enumerate(class_names) if i != background]
-    figure.legend(handles=handles, loc="lower center", ncol=min(10, len(handles)), fontsize=8)
-    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    handles = [
+        Patch(color=colours[i] / 255, label=textwrap.fill(name, _LEGEND_NAME_CHARS, break_on_hyphens=False))
+        for i, name in enumerate(class_names)
+        if i != background
+    ]
+    # Ten columns of 100-character names ran off both sides of the figure, and the rows of 20 classes covered the
+    # last panels: names are wrapped, the columns are as many as fit the width, and the figure grows by the legend
+    # below the panels as laid out without it.
+    figure.tight_layout()
+    renderer, legend_inches = figure.canvas.get_renderer(), 0.1
+    for columns in range(min(10, len(handles)), 0, -1):
+        legend = figure.legend(handles=handles, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+        box = legend.get_window_extent(renderer)
+        if box.width <= 0.98 * figure.bbox.width or columns == 1:
+            legend_inches += box.height / figure.dpi
+            break
+        legend.remove()
+    panels_inches = 2.5 * count
+    figure.set_size_inches(10, panels_inches + legend_inches)
+    for axis in figure.axes:
+        left, bottom, width, height = axis.get_position(original=True).bounds
+        axis.set_position(
+            (left, (bottom * panels_inches + legend_inches) / (panels_inches + legend_inches), width,
+             height * panels_inches / (panels_inches + legend_inches))
+        )  # fmt: skip
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_figure_whole(figure, path, dpi=80)
