@@ -113,6 +113,15 @@ def test_evaluate_of_the_runs_test_pairs_gives_its_test_scores(trained, tmp_path
             bars.append([description, enabled])
 
     monkeypatch.setattr(cnnlab.train.progress, "ProgressBar", RecordedBar)
+    import cnnlab.report.segmentation
+
+    drawn = []  # the overlays' titles: the worst images were listed in evaluation.json only, never drawn
+    save_overlays = cnnlab.report.segmentation.save_overlays
+    monkeypatch.setattr(
+        cnnlab.report.segmentation,
+        "save_overlays",
+        lambda *args, **kwargs: drawn.append(kwargs["titles"]) or save_overlays(*args, **kwargs),
+    )
 
     root, summary = trained
     run, folder, out = Path(summary["run_dir"]), tmp_path / "new", tmp_path / "out"
@@ -135,6 +144,18 @@ def test_evaluate_of_the_runs_test_pairs_gives_its_test_scores(trained, tmp_path
     assert f"mIoU {test['miou']:.4f} (the background left out)" in completed.stdout
     assert f"skipped {folder / 'images' / 'broken.png'}: not an image PIL can read" in completed.stdout
     assert (out / "confusion_matrix.png").is_file()
+    worst = result["worst_images"]
+    assert drawn == [[f"{Path(entry['image']).name}: {entry['pixel_error']:.1%} wrong" for entry in worst]]
+    assert len(worst) == min(6, result["count"]) and [entry["pixel_error"] for entry in worst] == sorted(
+        (entry["pixel_error"] for entry in worst), reverse=True
+    )
+    assert result["files"]["worst_images"] == str(out / "worst_images.png") in completed.stdout
+    assert (out / "worst_images.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(path.name for path in out.iterdir()) == [
+        "confusion_matrix.png",
+        "evaluation.json",
+        "worst_images.png",
+    ]
     (folder / "classes.json").write_text(json.dumps([{"name": name} for name in ("background", "ring")]))
     completed = run_cnnlab("evaluate", str(run), "--data", str(folder), "-o", str(out))
     assert completed.returncode == 2 and "names the classes background, ring; the run's are" in completed.stderr

@@ -60,7 +60,7 @@ def evaluate_folder(
         averaging and (for a run of several views) with the identity view alone, per-class precision/recall/F1/
         support, the confusion matrix and the classes without images. A segmentation run: pixel accuracy, mIoU (with
         and without the background), per-class IoU, boundary F1 and the confusion matrix of the pixels, and the
-        images with the most wrong pixels. Both: the files skipped and the paths written.
+        images with the most wrong pixels (drawn in worst_images.png). Both: the files skipped and the paths written.
 
     Raises:
         CnnlabError: a run of another task, a `data` that is not such a folder (a class folder the run does not
@@ -186,7 +186,7 @@ def _evaluate_segmentation(
     from cnnlab.data.folder import SkippedFile
     from cnnlab.data.segmentation import IGNORE_INDEX, SegmentationFolder
     from cnnlab.report.plots import plot_confusion_matrix
-    from cnnlab.report.segmentation import MaskScores
+    from cnnlab.report.segmentation import MaskScores, save_overlays
     from cnnlab.tasks.segment_folder import BOUNDARY_TOLERANCE, WORST_IMAGES
     from cnnlab.tasks.segment_predict import image_runner, load_segmenter, segment_image
     from cnnlab.train.progress import ProgressBar
@@ -212,6 +212,9 @@ def _evaluate_segmentation(
     runner = image_runner(segmenter)
     scores = MaskScores(len(classes), IGNORE_INDEX, BOUNDARY_TOLERANCE)
     scored: list[str] = []
+    # the image, mask and prediction of the WORST_IMAGES images with the most wrong pixels so far, for the overlays
+    # the run's test pass draws (test_worst.png): every image's would hold the whole folder in memory
+    kept: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     with ProgressBar(len(folder.images), f"segmenting {len(folder.images)} images", enabled=progress) as bar:
         for index, path in enumerate(folder.images):
             if index:  # the one before is scored or skipped
@@ -230,13 +233,29 @@ def _evaluate_segmentation(
             predicted = torch.from_numpy(segment_image(segmenter, picture, runner))
             scores.add(predicted.long(), mask.long())
             scored.append(str(path))
+            kept[len(scored) - 1] = (image, mask, predicted)
+            if len(kept) > WORST_IMAGES:  # the fewest wrong pixels leave, the later of a tie first
+                del kept[max(kept, key=lambda i: (-scores.errors[i], i))]
     if not scored:
         found = f" ({describe_skipped([s.reason for s in folder.skipped])})" if folder.skipped else ""
         raise CnnlabError(f"--data {data} holds no usable image + mask pair{found}")
     report = scores.report(classes, segmenter.background)
     with _published_together(out) as staged:
         plot_confusion_matrix(scores.matrix, staged / "confusion_matrix.png", classes, f"{root.name} pixels (evaluate)")
-        worst = sorted(range(len(scored)), key=lambda i: (-scores.errors[i], i))[:WORST_IMAGES]
+        worst = sorted(kept, key=lambda i: (-scores.errors[i], i))
+        # The worst images were listed in evaluation.json only: drawn as the run's test pass draws its own
+        # (segment_folder's test_worst.png), with the folder's colours as predict paints its masks.
+        save_overlays(
+            [kept[i][0] for i in worst],
+            [kept[i][1] for i in worst],
+            [kept[i][2] for i in worst],
+            staged / "worst_images.png",
+            classes,
+            max_images=WORST_IMAGES,
+            titles=[f"{Path(scored[i]).name}: {scores.errors[i]:.1%} wrong" for i in worst],
+            background=segmenter.background,
+            colours=folder.colours,
+        )
         result: dict[str, Any] = {
             "run": str(run_dir),
             "task": "segment",
@@ -249,6 +268,7 @@ def _evaluate_segmentation(
             "files": {
                 "evaluation": str(out / "evaluation.json"),
                 "confusion_matrix": str(out / "confusion_matrix.png"),
+                "worst_images": str(out / "worst_images.png"),
             },
         }
         write_text_whole(staged / "evaluation.json", json.dumps(result, indent=1))
@@ -307,5 +327,6 @@ def _segmentation_lines(result: dict[str, Any]) -> list[str]:
     for name, iou in result["iou_per_class"].items():
         lines.append(f"{name:<{width}}  {'-' if iou is None else f'{iou:.4f}'}")
     lines.append(f"confusion matrix: {result['files']['confusion_matrix']}")
+    lines.append(f"worst images:     {result['files']['worst_images']}")
     lines.append(f"evaluation:       {result['files']['evaluation']}")
     return lines
