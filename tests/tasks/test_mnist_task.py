@@ -84,6 +84,28 @@ def test_members_trained_in_separate_calls_make_the_same_ensemble(
     assert isinstance(cnnlab.load_model(tmp_path / "mnist" / "ens"), Ensemble)
 
 
+def test_a_slow_precision_is_said_once_per_ensemble_naming_the_option_a_python_caller_set(
+    fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From Python, `overrides={"precision": "fp16"}` on the CPU was warned of by each member's trainer."""
+    import warnings
+
+    from cnnlab.report import plots
+    from cnnlab.train import records
+    from cnnlab.train.config import SlowPrecisionWarning
+
+    for figure in (plots, "plot_confusion_matrix"), (plots, "plot_misclassified"), (records, "plot_learning_curves"):
+        monkeypatch.setattr(*figure, lambda *args, **kwargs: None)  # most of the seconds, and not what is tested
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_mnist("quick", data_dir=str(fake_root), output=str(tmp_path), name="ens", ensemble=2, val_size=40,
+                    train_subset=24, overrides={**_TINY, "epochs": 1, "precision": "fp16"}, progress=False)  # fmt: skip
+    said = [str(w.message) for w in caught if issubclass(w.category, SlowPrecisionWarning)]
+    assert len(said) == 1, said
+    assert said[0].startswith('overrides["precision"] fp16 on the CPU trains several times slower'), said
+    assert len(json.loads((tmp_path / "mnist" / "ens" / "results.json").read_text())["members"]) == 2
+
+
 def test_member_needs_a_name_and_an_index_inside_the_ensemble(fake_root: Path) -> None:
     with pytest.raises(CnnlabError, match="--member needs --name"):
         train_mnist("quick", data_dir=str(fake_root), ensemble=2, member=0)

@@ -39,7 +39,13 @@ from cnnlab.tasks.recipes import (
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.callbacks import SessionEpochs
 from cnnlab.train.checkpoint import atomic_save
-from cnnlab.train.config import check_resumable, environment_record, load_config, save_record
+from cnnlab.train.config import (
+    check_resumable,
+    environment_record,
+    load_config,
+    save_record,
+    slow_precision_said_once,
+)
 from cnnlab.train.records import RunSessions
 from cnnlab.train.saved import read_record, save_ensemble, save_model
 from cnnlab.train.strategy import is_main_process
@@ -165,7 +171,50 @@ def train_mnist(
     Returns:
         A summary (also saved as ``results.json`` in the run directory): per-member validation and test accuracy,
         the ensemble's test accuracy, training seconds and the run directory.
+
+    A slow precision (fp16 on the CPU) is warned of once, before any image is read, not by each member's trainer.
     """
+    chosen = RECIPES.get(recipe)
+    options = with_overrides(chosen.train, overrides)
+    said_as = {"precision": 'overrides["precision"]'}  # what a Python caller sets (the CLI says --precision, earlier)
+    with slow_precision_said_once(options.get("precision"), str(options.get("device") or "auto"), said_as):
+        return _train_mnist(
+            recipe,
+            data_dir=data_dir,
+            output=output,
+            name=name,
+            seed=seed,
+            ensemble=ensemble,
+            member=member,
+            val_size=val_size,
+            train_subset=train_subset,
+            overrides=overrides,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            callbacks=callbacks,
+            splits=splits,
+        )
+
+
+def _train_mnist(
+    recipe: str,
+    *,
+    data_dir: str | None,
+    output: str,
+    name: str | None,
+    seed: int,
+    ensemble: int,
+    member: int | None,
+    val_size: int,
+    train_subset: int | None,
+    overrides: dict[str, Any] | None,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    callbacks: Sequence[Callback],
+    splits: MnistSplits | None,
+) -> dict[str, Any]:
     command_started = time.perf_counter()
     chosen = RECIPES.get(recipe)
     check_resume_or_overwrite(resume, overwrite)
