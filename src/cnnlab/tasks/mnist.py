@@ -60,6 +60,8 @@ VAL_SIZE = 5_000
 # The key, in a run's ``extra`` and its saved model's meta, that holds the digest of the training set its validation
 # images were held out of (`MnistSplits.source_sha256`); runs saved before it was recorded have none.
 SOURCE_DIGEST = "train_set_sha256"
+# The key, in an ensemble member's ``extra``, of the number of members of its ensemble (``--ensemble``)
+ENSEMBLE_SIZE = "ensemble"
 
 
 @dataclass(frozen=True)
@@ -266,13 +268,14 @@ def _train_mnist(
             overwrite=overwrite,
             progress=progress,
             # val_size and the training set's digest: what `combine_mnist_ensemble` validates on, and what a
-            # resumed member must hold out again
+            # resumed member must hold out again; a member's ensemble size, which its fellows must share
             extra={
                 "recipe": chosen.name,
                 "arch": chosen.arch,
                 "model_kwargs": chosen.model_kwargs,
                 "val_size": val_size,
                 **_training_set(member_dir, data.source_sha256, data_dir, continued and not fellow),
+                **_as_started(member_dir, {ENSEMBLE_SIZE: ensemble} if ensemble > 1 else {}, continued and not fellow),
             },
         )
         return member_seed, member_dir, config
@@ -392,10 +395,19 @@ def _check_fellow_member(member_dir: Path, config: TrainConfig, data_dir: str | 
             f"{find_mnist_dir(data_dir)} (SHA-256 {recorded[:12]}... there, {digest[:12]}... here): train every "
             "member with the same --data-dir, or this one under another --name"
         )
+    size, other_size = config.extra.get(ENSEMBLE_SIZE), saved["extra"].get(ENSEMBLE_SIZE)
+    if other_size is not None and other_size != size:
+        raise CnnlabError(
+            f"{member_dir}, another member of this ensemble, is one of {other_size} members (--ensemble {other_size}), "
+            f"this one would be one of {size}: train every member with the same --ensemble, or this one under another "
+            "--name"
+        )
     current = config.to_dict()
     if recorded is None or digest is None:  # a member saved before the digest was recorded: the rest is compared
         saved["extra"].pop(SOURCE_DIGEST, None)
         current["extra"].pop(SOURCE_DIGEST, None)
+    if other_size is None:  # a member saved before its ensemble's size was recorded
+        current["extra"].pop(ENSEMBLE_SIZE, None)
     check_resumable(
         saved,
         current,
@@ -431,6 +443,18 @@ def _training_set(member_dir: Path, digest: str | None, data_dir: str | None, co
             "it would be validated on images it may have trained on; pass the --data-dir it was trained with"
         )
     return {SOURCE_DIGEST: recorded}
+
+
+def _as_started(member_dir: Path, record: dict[str, Any], continued: bool) -> dict[str, Any]:
+    """`record`: facts of a member's ``extra`` that describe its ensemble, not its training (the ensemble's size). A
+    member continued (from its checkpoint, or read back finished) keeps those it was started with, and none when it
+    started before cnnlab recorded them: a resume that trains more members, or a member saved earlier, is not refused
+    as trained under other options."""
+    path = member_dir / "config.yaml"
+    if not continued or not path.is_file():
+        return dict(record)
+    saved = load_config(path).extra
+    return {key: saved[key] for key in record if key in saved}
 
 
 def _check_run_shape(
