@@ -62,7 +62,8 @@ def test_members_trained_in_separate_calls_make_the_same_ensemble(
     # A member 0 of other data or options beside member 1, finished or still training (its config.yaml written, no
     # results.json), is refused before it trains: it trained to the end, saved itself into the ensemble's folder, and
     # only then refused a finished member 1 ("cannot resume ...seed1"), and a member 1 still training not at all. One
-    # of an ensemble of another size was not refused at all: each process then saved an ensemble of its own size.
+    # of an ensemble of another size, or on another train_subset, was not refused at all: each process then saved an
+    # ensemble of its own size; members trained on other images were averaged.
     other = write_fake_mnist(tmp_path / "other", train=240, test=80, seed=1)
     fellow = tmp_path / "mnist" / "ens" / "seed1"
     options = dict(output=str(tmp_path), name="ens", ensemble=2, val_size=40, progress=False, member=0)
@@ -75,6 +76,8 @@ def test_members_trained_in_separate_calls_make_the_same_ensemble(
             CnnlabError, match=r"seed1, another member of this ensemble, trains with other options \(lr"
         ):
             train_mnist("quick", data_dir=str(fake_root), overrides={**_TINY, "lr": 0.5}, **options)  # type: ignore[arg-type]
+        with pytest.raises(CnnlabError, match=r"trains with other options \(extra.train_subset: not given -> 48"):
+            train_mnist("quick", data_dir=str(fake_root), overrides=_TINY, train_subset=48, **options)  # type: ignore[arg-type]
         with pytest.raises(CnnlabError, match=r"seed1, another member of this ensemble, is one of 2 members"):
             train_mnist("quick", data_dir=str(fake_root), overrides=_TINY, **{**options, "ensemble": 3})  # type: ignore[arg-type]
         assert not (tmp_path / "mnist" / "ens" / "seed0").exists()

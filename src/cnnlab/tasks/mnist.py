@@ -62,6 +62,8 @@ VAL_SIZE = 5_000
 SOURCE_DIGEST = "train_set_sha256"
 # The key, in an ensemble member's ``extra``, of the number of members of its ensemble (``--ensemble``)
 ENSEMBLE_SIZE = "ensemble"
+# The key, in a run's ``extra``, of the training images it used (`train_mnist`'s ``train_subset``; None: all)
+TRAIN_SUBSET = "train_subset"
 
 
 @dataclass(frozen=True)
@@ -268,7 +270,8 @@ def _train_mnist(
             overwrite=overwrite,
             progress=progress,
             # val_size and the training set's digest: what `combine_mnist_ensemble` validates on, and what a
-            # resumed member must hold out again; a member's ensemble size, which its fellows must share
+            # resumed member must hold out again; a member's ensemble size and training subset, which its fellows
+            # must share
             extra={
                 "recipe": chosen.name,
                 "arch": chosen.arch,
@@ -276,6 +279,7 @@ def _train_mnist(
                 "val_size": val_size,
                 **_training_set(member_dir, data.source_sha256, data_dir, continued and not fellow),
                 **_as_started(member_dir, {ENSEMBLE_SIZE: ensemble} if ensemble > 1 else {}, continued and not fellow),
+                **_since_recorded(member_dir, {TRAIN_SUBSET: train_subset}, continued and not fellow),
             },
         )
         return member_seed, member_dir, config
@@ -406,8 +410,9 @@ def _check_fellow_member(member_dir: Path, config: TrainConfig, data_dir: str | 
     if recorded is None or digest is None:  # a member saved before the digest was recorded: the rest is compared
         saved["extra"].pop(SOURCE_DIGEST, None)
         current["extra"].pop(SOURCE_DIGEST, None)
-    if other_size is None:  # a member saved before its ensemble's size was recorded
-        current["extra"].pop(ENSEMBLE_SIZE, None)
+    for key in (ENSEMBLE_SIZE, TRAIN_SUBSET):
+        if key not in saved["extra"]:  # a member saved before cnnlab recorded it
+            current["extra"].pop(key, None)
     check_resumable(
         saved,
         current,
@@ -455,6 +460,17 @@ def _as_started(member_dir: Path, record: dict[str, Any], continued: bool) -> di
         return dict(record)
     saved = load_config(path).extra
     return {key: saved[key] for key in record if key in saved}
+
+
+def _since_recorded(member_dir: Path, record: dict[str, Any], continued: bool) -> dict[str, Any]:
+    """`record`: options of a member's ``extra`` that cnnlab records since a version (``train_subset``). A member
+    continued (from its checkpoint, or read back finished) that started before is compared, as then, without them,
+    rather than refused as started under other options; one that recorded them is compared on them."""
+    path = member_dir / "config.yaml"
+    if not continued or not path.is_file():
+        return dict(record)
+    saved = load_config(path).extra
+    return {key: value for key, value in record.items() if key in saved}
 
 
 def _check_run_shape(
