@@ -61,6 +61,34 @@ def test_runs_are_listed_newest_first_with_task_recipe_and_headline(root: Path) 
     assert new.date > old.date
 
 
+def test_an_ensemble_still_training_is_listed_with_its_members_finished(root: Path) -> None:
+    """Its members sit one folder deeper and its own config.yaml is written at its end: it was not listed at all."""
+    for seed, results in ((0, {"test_accuracy": 0.9}), (1, None)):  # seed0 finished, seed1 training
+        member = _run(root, "mnist", f"E/seed{seed}", [0.8], results, 0)
+        save_config(TrainConfig(task="mnist", name=f"E/seed{seed}", extra={"recipe": "quick", "ensemble": 3}),
+                    member / "config.yaml")  # fmt: skip
+    runs = find_runs(root)
+    assert list(runs) == ["segment/new", "mnist/E", "mnist/old"]  # dated by its newest member's start (now)
+    line = summarise("mnist/E", runs["mnist/E"])
+    assert (line.task, line.recipe, line.metric, line.value) == (
+        "mnist",
+        "quick",
+        "training (members finished: 1 of 3)",
+        None,
+    )
+    details = run_details(root, "mnist/E")
+    assert details.learning_curves == root / "mnist" / "E" / "seed0" / "learning_curves.png"
+    assert details.curves_label.startswith("learning curves of member seed0")
+    assert details.config.startswith("# member seed1's config (the ensemble's own is written when it finishes)")
+    # Members trained in processes of their own: each saves the ensemble's config.yaml and results.json with those
+    # still to train; its line read "-" as a finished run with no figure.
+    save_config(TrainConfig(task="mnist", name="E"), root / "mnist" / "E" / "config.yaml")
+    results = {"recipe": "quick", "members": [{"seed": 0}], "missing_members": [1, 2], "test_accuracy": None}
+    (root / "mnist" / "E" / "results.json").write_text(json.dumps(results))
+    line = summarise("mnist/E", find_runs(root)["mnist/E"])
+    assert (line.metric, line.value) == ("training (members finished: 1 of 3)", None)
+
+
 def test_a_runs_config_is_parsed_only_when_its_results_do_not_name_the_recipe(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -67,13 +67,35 @@ class RunDetails:
 
 
 def find_runs(root: str | os.PathLike[str]) -> dict[str, Path]:
-    """Run id (``task/name``) -> folder, for every ``<root>/<task>/<name>/config.yaml``, newest first."""
+    """Run id (``task/name``) -> folder, for every ``<root>/<task>/<name>/config.yaml``, newest first, and every
+    ensemble still training: ``<root>/<task>/<name>/seed<k>/config.yaml``, its own config.yaml written only at its
+    end (it was not listed until then)."""
     root = Path(root)
     if not root.is_dir():
         return {}
     folders = [path.parent for path in root.glob("*/*/config.yaml") if path.parent.is_dir()]
-    folders.sort(key=lambda folder: (folder / "config.yaml").stat().st_mtime, reverse=True)
+    folders += {
+        path.parent.parent
+        for path in root.glob("*/*/seed*/config.yaml")
+        if not (path.parent.parent / "config.yaml").exists() and path.parent.parent.is_dir()
+    }
+    folders.sort(key=lambda folder: _config_path(folder).stat().st_mtime, reverse=True)
     return {f"{folder.parent.name}/{folder.name}": folder for folder in folders}
+
+
+def _training_members(folder: Path) -> list[Path]:
+    """The members of the ensemble at `folder` that started (``seed<k>/config.yaml``), by seed."""
+    members = [path.parent for path in folder.glob("seed*/config.yaml") if path.parent.name[4:].isdigit()]
+    return sorted(members, key=lambda member: int(member.name[4:]))
+
+
+def _config_path(folder: Path) -> Path:
+    """A run's config.yaml; an ensemble still training has none of its own: its newest member's."""
+    own = folder / "config.yaml"
+    if own.is_file():
+        return own
+    members = [member / "config.yaml" for member in _training_members(folder)]
+    return max(members, key=lambda path: path.stat().st_mtime) if members else own
 
 
 def unreadable_task_folders(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
@@ -215,9 +237,21 @@ def summarise(run_id: str, folder: Path) -> RunSummary:
     history = _read_json(folder / "metrics.json")
     results = results if isinstance(results, dict) else {}
     history = _epochs(history)
-    when = dt.datetime.fromtimestamp((folder / "config.yaml").stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    when = dt.datetime.fromtimestamp(_config_path(folder).stat().st_mtime).strftime("%Y-%m-%d %H:%M")
     metric, value = _headline(results, history)
-    if not (folder / "results.json").is_file():
+    members = _training_members(folder) if not (folder / "config.yaml").is_file() else []
+    if members:  # an ensemble still training: its folder holds its members alone
+        finished = sum((member / "results.json").is_file() for member in members)
+        size = _config(members[0]).get("extra", {}) or {}
+        size = size.get("ensemble") if isinstance(size, dict) else None
+        of = f"{size}" if _number(size) else f"{len(members)} started"
+        metric, value = f"training (members finished: {finished} of {of})", None
+        return RunSummary(run_id, folder.parent.name, _recipe({}, _config(members[0])), when, metric, value)
+    if isinstance(results.get("missing_members"), list) and isinstance(results.get("members"), list):
+        # members trained in processes of their own (--member): saved by each, the others still to train
+        finished, size = len(results["members"]), len(results["members"]) + len(results["missing_members"])
+        metric, value = f"training (members finished: {finished} of {size})", None
+    elif not (folder / "results.json").is_file():
         # Training, or interrupted (nothing tells the two apart): "(last epoch)" read as a finished run's figure.
         progress = f"epoch {history[-1]['epoch']:g}" if history else "no epoch finished"
         metric = metric.replace("(last epoch)", f"({progress}, no results yet: training or interrupted)")
@@ -244,26 +278,33 @@ def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
         return None
 
     curves, curves_label = figure("learning_curves.png"), "learning curves"
+    config = _config_path(folder)
     if curves is None and (folder / ENSEMBLE_SPEC).is_file():  # its curves were hidden without a word
         curves, curves_label = _member_curves(Path(root), folder / ENSEMBLE_SPEC)
+    elif curves is None and config.parent != folder:  # an ensemble still training: its members'
+        curves, curves_label = _member_curves(Path(root), _training_members(folder))
+    text = config.read_text(errors="replace")
+    if config.parent != folder:
+        text = f"# member {config.parent.name}'s config (the ensemble's own is written when it finishes)\n{text}"
     return RunDetails(
         curves,
         figure(*_CONFUSION_FIGURES),
         figure(*_MISTAKE_FIGURES),
-        (folder / "config.yaml").read_text(errors="replace"),
+        text,
         unreadable,
         curves_label,
     )
 
 
-def _member_curves(root: Path, spec: Path) -> tuple[Path | None, str]:
-    """The learning curves of the first member of the ensemble at `spec` that has readable ones, and a label naming
-    the member; only members inside `root` are opened (`cnnlab ensemble` may name runs elsewhere)."""
+def _member_curves(root: Path, spec: Path | list[Path]) -> tuple[Path | None, str]:
+    """The learning curves of the first member of the ensemble at `spec` (or of `spec`'s members, one still
+    training) that has readable ones, and a label naming the member; only members inside `root` are opened (`cnnlab
+    ensemble` may name runs elsewhere)."""
     from cnnlab.data.folder import check_image
     from cnnlab.train.saved import ensemble_members
 
     try:
-        members = ensemble_members(spec)
+        members = ensemble_members(spec) if isinstance(spec, Path) else spec
     except (OSError, CnnlabError):
         return None, "learning curves"
     for number, member in enumerate(members, 1):
