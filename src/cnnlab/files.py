@@ -115,6 +115,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of the file at `path`, in hex (the digest runs record of their weights and check on load)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def write_text_whole(path: str | os.PathLike[str], text: str) -> Path:
     """`Path.write_text` through `written_then_renamed`: a reader never finds half of `text` at `path`."""
     path = Path(path)

@@ -872,17 +872,12 @@ def save_fully_convolutional(
     """Save a converted model: ``fcn.safetensors`` and ``fcn.json`` (source architecture record, input size, pool,
     and the SHA-256 of the weights file, so that a stop between the two files, new weights beside the old record, is
     refused on load rather than scanned with)."""
-    import hashlib
-
-    from safetensors.torch import save_file
-
     from cnnlab.files import written_then_renamed
+    from cnnlab.train.saved import save_weights
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with written_then_renamed(directory / FCN_WEIGHTS) as weights:  # never half a file, as `save_model`
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    digest = save_weights(model, directory / FCN_WEIGHTS)  # never half a file, as `save_model`
     source = dict(source)
     if "run" in source:  # relative, so that a run moved or copied with its fcn folder inside is still found
         source["run"] = os.path.relpath(Path(source["run"]).resolve(), directory.resolve())
@@ -942,9 +937,9 @@ def _refuse_other_weights(weights: Path, recorded: str | None, remedy: str) -> N
     """Refuse fcn.safetensors that are not the ones its fcn.json was written with: `fcn convert` stopped between the
     two files (new weights, old record), or one file of another conversion copied in. A record from before the
     digest was written is taken as it is."""
-    import hashlib
+    from cnnlab.files import file_sha256
 
-    if recorded is not None and hashlib.sha256(weights.read_bytes()).hexdigest() != recorded:
+    if recorded is not None and file_sha256(weights) != recorded:
         raise CnnlabError(
             f"{weights} is not the file {weights.parent / FCN_SPEC} was written with (its SHA-256 differs: a "
             f"conversion stopped between the two files, or one was copied from elsewhere); {remedy}"
@@ -955,15 +950,14 @@ def _refuse_retrained_source(folder: Path, source: dict[str, Any]) -> None:
     """Refuse a converted network whose run was trained again since it was converted (`train --overwrite` keeps
     the run's fcn folder): the scan used the old weights under the run's name. A folder copied without its run,
     or converted before the digest was recorded, is taken as it is."""
-    import hashlib
-
+    from cnnlab.files import file_sha256
     from cnnlab.train.saved import MODEL_WEIGHTS
 
     if "run" not in source or "weights_sha256" not in source:
         return
     run = (folder / source["run"]).resolve()
     weights = run / MODEL_WEIGHTS
-    if weights.is_file() and hashlib.sha256(weights.read_bytes()).hexdigest() != source["weights_sha256"]:
+    if weights.is_file() and file_sha256(weights) != source["weights_sha256"]:
         raise CnnlabError(
             f"{folder} was converted from {run} before that run was trained again: its weights are not the run's "
             f"now; convert it again with `cnnlab fcn convert {run}`"

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.files import written_then_renamed
+from cnnlab.files import file_sha256, written_then_renamed
 from cnnlab.train.device import resolve_device
 
 MODEL_WEIGHTS = "model.safetensors"
@@ -54,22 +54,30 @@ def save_model(
         kwargs: constructor keyword arguments (JSON-serialisable; tuples come back as lists and are restored).
         meta: free-form facts saved with it (input shape and range, metrics, seed ...).
     """
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    # Each file is renamed into place once whole: a run stopped while it saved left a truncated model.safetensors
-    # that `predict` and `evaluate` failed on with safetensors' "incomplete metadata" traceback.
-    with written_then_renamed(directory / MODEL_WEIGHTS) as weights:
-        save_file(state, str(weights))
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    digest = save_weights(model, directory / MODEL_WEIGHTS)
     # the weights' SHA-256, checked on every load: a file damaged inside its tensors (a flipped bit of a bad copy or
     # disk) still parses as safetensors, and was loaded, predicted with and exported without a word
     spec = {"format": "cnnlab-model-1", "arch": arch, "kwargs": kwargs, "weights_sha256": digest, "meta": meta}
     with written_then_renamed(directory / MODEL_SPEC) as record:
         record.write_text(json.dumps(spec, indent=1))
     return directory / MODEL_WEIGHTS
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> str:
+    """Write `model`'s state_dict to the safetensors file `path` (tensors made contiguous, on the CPU) and return the
+    file's SHA-256, which the record written beside it keeps and every load checks.
+
+    The file is renamed into place once whole: a run stopped while it saved left a truncated model.safetensors that
+    `predict` and `evaluate` failed on with safetensors' "incomplete metadata" traceback.
+    """
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with written_then_renamed(path) as weights:
+        save_file(state, str(weights))
+        return file_sha256(weights)
 
 
 def save_ensemble(
