@@ -106,3 +106,25 @@ def test_overlay_legends_with_long_or_many_class_names_stay_apart_inside_and_bel
     assert_labels_apart_and_inside(figure)
     top = legend.get_window_extent().y1
     assert all(axis.get_window_extent().y0 >= top for axis in figure.axes), top  # the panels are not covered
+
+
+def test_overlay_titles_of_long_file_names_are_wrapped_inside_their_column_and_no_images_is_an_error(
+    tmp_path, monkeypatch
+):
+    """A long file name and its score ran off the figure and into the next panel's title; no image at all failed
+    inside matplotlib ("Number of rows must be a positive integer")."""
+    saved = []
+    monkeypatch.setattr("cnnlab.report.segmentation.save_figure_whole", lambda figure, *_, **__: saved.append(figure))
+    masks = (torch.arange(2 * 8 * 8) % 3).reshape(2, 8, 8)
+    images = torch.randint(0, 255, (2, 1, 8, 8), dtype=torch.uint8)
+    titles = ["camera_2024-05-17_12-33-45_" * 4 + "IMG_0042.png: 12.5% wrong", "a long name with spaces " * 5]
+    save_overlays(images, masks, _scores(masks), tmp_path / "o.png", ["bg", "a", "b"], titles=titles)
+    figure = saved[0]
+    assert_labels_apart_and_inside(figure)
+    drawn = [axis.get_title() for axis in figure.axes[::4]]
+    assert ["".join(title.split()) for title in drawn] == ["".join(title.split()) for title in titles]  # whole
+    assert all(title.count("\n") >= 2 for title in drawn)
+    assert figure.get_size_inches()[1] > 2 * 2.5  # the rows grew by their title lines
+    with pytest.raises(ValueError, match="no figure of 0 images"):
+        save_overlays(images[:0], masks[:0], _scores(masks)[:0], tmp_path / "none.png", ["bg", "a", "b"])
+    assert not (tmp_path / "none.png").exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from torch.nn import functional as F
 from cnnlab.files import save_figure_whole
 from cnnlab.report.metrics import confusion_matrix
 from cnnlab.train.metrics import Metric
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "BoundaryF1",
@@ -200,6 +204,29 @@ class MaskScores:
 
 _IGNORED_COLOUR = (255, 255, 255)  # unlabelled pixels (index 255) in overlays
 _LEGEND_NAME_CHARS = 36  # a longer class name is wrapped onto more lines in an overlay's legend
+_PANEL_INCHES = 2.5  # an overlay's row height and column width, before titles of several lines add to the height
+_TITLE_POINTS = 9
+
+
+def _wrapped_to_width(text: str, inches: float, figure: Figure) -> str:
+    """`text` wrapped (at spaces where it can, else inside words: file names have none) onto the fewest lines
+    that are each at most `inches` wide as drawn in `figure` at the titles' font size."""
+    renderer = figure.canvas.get_renderer()
+    probe = figure.text(0, 0, "", fontsize=_TITLE_POINTS)
+    try:
+        probe.set_text(text)
+        whole = probe.get_window_extent(renderer).width
+        chars = min(len(text), int(len(text) * inches * figure.dpi / max(whole, 1.0)) + 1)  # about where it fits
+        lines = text
+        while chars >= 1:
+            lines = textwrap.fill(text, chars, break_on_hyphens=False)
+            probe.set_text(lines)
+            if probe.get_window_extent(renderer).width <= inches * figure.dpi:
+                break
+            chars -= 1
+        return lines
+    finally:
+        probe.remove()
 
 
 def colourise(
@@ -238,10 +265,13 @@ def save_overlays(
         path: the PNG to write.
         class_names: names for the legend (index = label).
         max_images: rows to draw.
-        titles: a title per row (e.g. the file and its score), shown above the image.
+        titles: a title per row (e.g. the file and its score), shown above the image, wrapped to its column.
         background: the background class (not painted over the image).
         colours: uint8 [classes, 3], each class's colour (a folder's ``classes.json``, as `cnnlab predict` paints
             them); None: `cnnlab.data.segmentation.class_colours`.
+
+    Raises:
+        ValueError: no image to draw (`images` empty or `max_images` below 1): a figure of no rows cannot be made.
     """
     import matplotlib
 
@@ -255,7 +285,14 @@ def save_overlays(
         predictions = _labels(predictions)
     colours = class_colours(len(class_names)) if colours is None else np.asarray(colours, dtype=np.uint8)
     count = min(max_images, len(images))
-    figure, axes = plt.subplots(count, 4, figsize=(10, 2.5 * count), squeeze=False)
+    if count < 1:  # plt.subplots(0, 4) fails with "Number of rows must be a positive integer"
+        raise ValueError(f"save_overlays draws no figure of {len(images)} images with max_images={max_images}")
+    figure, axes = plt.subplots(count, 4, figsize=(4 * _PANEL_INCHES, _PANEL_INCHES * count), squeeze=False)
+    # A long file name and its score ran into the next panel's title and off the figure: every title is wrapped to
+    # its column, and each row grows by its extra title lines so that its images keep their size.
+    title_inches = 0.95 * _PANEL_INCHES
+    line_inches = 1.25 * _TITLE_POINTS / 72
+    row_inches = []
     for row in range(count):
         image = images[row].float()
         image = (image * 255 if image.max() <= 1.0 else image).numpy().astype(np.uint8)
@@ -270,10 +307,15 @@ def save_overlays(
             (colourise(image, predicted, colours, background=background), "prediction", None),
             (wrong * 255, f"errors ({error_share:.1%} of labelled pixels)", "gray"),
         ]
-        for axis, (picture, title, cmap) in zip(axes[row], panels, strict=True):
+        titles_wrapped = [_wrapped_to_width(title, title_inches, figure) for _, title, _ in panels]
+        for axis, (picture, _, cmap), title in zip(axes[row], panels, titles_wrapped, strict=True):
             axis.imshow(picture, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
-            axis.set_title(title, fontsize=9)
+            axis.set_title(title, fontsize=_TITLE_POINTS)
             axis.axis("off")
+        row_inches.append(_PANEL_INCHES + line_inches * max(title.count("\n") for title in titles_wrapped))
+    axes[0, 0].get_gridspec().set_height_ratios(row_inches)
+    panels_inches = sum(row_inches)
+    figure.set_size_inches(4 * _PANEL_INCHES, panels_inches)
     handles = [
         Patch(color=colours[i] / 255, label=textwrap.fill(name, _LEGEND_NAME_CHARS, break_on_hyphens=False))
         for i, name in enumerate(class_names)
@@ -291,8 +333,7 @@ def save_overlays(
             legend_inches += box.height / figure.dpi
             break
         legend.remove()
-    panels_inches = 2.5 * count
-    figure.set_size_inches(10, panels_inches + legend_inches)
+    figure.set_size_inches(4 * _PANEL_INCHES, panels_inches + legend_inches)
     for axis in figure.axes:
         left, bottom, width, height = axis.get_position(original=True).bounds
         axis.set_position(
