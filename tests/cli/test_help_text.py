@@ -121,8 +121,15 @@ def test_help_paragraphs_keep_an_indented_example() -> None:
 def test_help_texts_name_what_the_code_does() -> None:
     """Help that had gone stale: lab's pages (lab/app.py has an Answers tab and segments in Scan and segment),
     explain's Grad-CAM layer for a segmenter (report.explain._segmenter_cam_layer) and train segment's recipes
-    (the demo, answers --quick, trains none)."""
+    (the demo, answers --quick, trains none); evaluate's figure of a segmentation run's worst images."""
+    import inspect
+
+    from cnnlab.tasks import evaluate, segment_folder
+
     commands = {" ".join(path): command for path, command in COMMANDS}
+    evaluate_help = " ".join(commands["evaluate"].help.split())
+    assert segment_folder.WORST_IMAGES == 6 and "the six images with the most wrong pixels" in evaluate_help
+    assert "(worst_images.png)" in evaluate_help and '"worst_images.png"' in inspect.getsource(evaluate)
     lab = " ".join(commands["lab"].help.split())
     assert "the answer sheet" in lab and "a segmentation run's masks" in lab
     cam_layer = next(p for p in commands["explain"].params if p.name == "cam_layer")
