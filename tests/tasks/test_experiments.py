@@ -79,9 +79,13 @@ def test_cnn_vs_dense_conclusion_claims_no_drop_from_one_seed():
         assert "not measurably" not in text and "not fall measurably" not in text
         # one training-set size (--subset 1000 or less): its sentence repeated the clean accuracy's as a sample study
         assert "Trained on 1,000 images" not in text and "Sample efficiency is not measured: 1,000 training" in text
-    text = _conclusion(["CNN", "dense"], {"CNN": 10, "dense": 10}, {"CNN": 20, "dense": 1}, acc, acc, curves(3),
+    # step times per seed: the ratio of means (24.0x) hid per-seed ratios from 10x to 40x
+    per_step = {"CNN": stat([0.010, 0.030, 0.020]), "dense": stat([0.001, 0.001, 0.0005])}
+    text = _conclusion(["CNN", "dense"], {"CNN": 10, "dense": 10}, {"CNN": 20, "dense": 1}, acc, per_step, curves(3),
                        [1000, 5000], {"CNN": [acc["CNN"]] * 2, "dense": [acc["dense"]] * 2})  # fmt: skip
     assert "Trained on 1,000 images: test accuracy: CNN is higher than dense by 3.00 points" in text
+    assert "took 26.7 ± 15.3 times its time per training step (mean ± std of the per-seed ratios, 10.0x to 40.0x; " \
+           "step times depend on the machine's load, the accuracies do not)" in text  # fmt: skip
 
 
 def test_report_and_results_are_written_whole_and_results_as_standard_json(tmp_path, monkeypatch):
@@ -231,6 +235,12 @@ def test_experiment_on_a_tiny_budget_writes_its_report(name, tmp_path):
         assert (report.parent / image).stat().st_size > 1000, image
     results = json.loads((report.parent / "results.json").read_text())
     assert results["conclusion"].strip() == conclusion.strip()
+    if name == "cnn-vs-dense":  # the step-time ratio is the per-seed ratios' and says that load moves it
+        steps = results["seconds_per_step"]
+        ratios = [cnn / dense for cnn, dense in zip(steps["CNN"], steps["dense"], strict=True)]
+        assert results["step_time_ratio"] == pytest.approx(ratios)
+        assert f"took {ratios[0]:.1f}x its time per training step (one seed; step times depend on the machine's load" \
+               in conclusion  # fmt: skip
     # the options that repeat it, for `cnnlab answers --runs` (it printed its own mode's options for any run it read)
     assert results["settings"] == {"epochs": 1, "subset": 128, "seeds": 1, "test_subset": 64, "val_subset": 64}
 

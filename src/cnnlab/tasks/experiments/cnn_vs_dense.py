@@ -223,6 +223,7 @@ def run(settings: ExperimentSettings) -> Path:
         "test_accuracy": test_accuracy,
         "train_seconds": train_seconds,
         "seconds_per_step": step_seconds,
+        "step_time_ratio": list(step_time_ratios(per_step[names[0]], per_step[names[1]]).values),  # CNN / dense
         "sweeps": {"shift": SHIFTS, "rotation": ROTATIONS, "scale": SCALES, "values": sweeps},
         "sample_sizes": sizes,
         "accuracy_by_size": {name: {str(k): v for k, v in by_size[name].items()} for name in names},
@@ -231,6 +232,22 @@ def run(settings: ExperimentSettings) -> Path:
     }
     write_results(run_dir / "results.json", results)
     return report.write(run_dir / "report.md", conclusion)
+
+
+def step_time_ratios(cnn: Stat, dense: Stat) -> Stat:
+    """The CNN's time per training step over the dense net's, seed by seed (the seeds' runs are paired in order)."""
+    return stat([c / d for c, d in zip(cnn.values, dense.values, strict=True)])
+
+
+def _step_ratio_phrase(ratio: Stat) -> str:
+    # a ratio of means hid the noise: two identical tiny runs under different load gave 24.0x and 9.9x
+    load = "step times depend on the machine's load, the accuracies do not"
+    if len(ratio.values) == 1:
+        return f"{ratio.mean:.1f}x its time per training step (one seed; {load})"
+    return (
+        f"{ratio.format(1, 1)} times its time per training step (mean ± std of the per-seed ratios, "
+        f"{min(ratio.values):.1f}x to {max(ratio.values):.1f}x; {load})"
+    )
 
 
 def _conclusion(
@@ -247,7 +264,7 @@ def _conclusion(
     sentences = [
         f"With {params[cnn]:,} parameters against the dense net's {params[dense]:,}, the CNN spends "
         f"{macs[cnn] / macs[dense]:.0f}x the dense net's MACs per image (weights reused at every position) and took "
-        f"{per_step[cnn].mean / per_step[dense].mean:.1f}x its time per training step.",
+        f"{_step_ratio_phrase(step_time_ratios(per_step[cnn], per_step[dense]))}.",
         describe_difference(cnn, acc[cnn], dense, acc[dense], "Clean test accuracy") + ".",
     ]
     for kind, xs, unit in (("shift", SHIFTS, " px"), ("rotation", ROTATIONS, " degrees")):
