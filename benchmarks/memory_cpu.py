@@ -8,7 +8,8 @@ as the engine does; the engine's gradient checkpointing of the stages; SGD witho
 the planner's peak for that remedy and batch (`_Planner.peak`, from meta-device traces) and the ratio
 predicted / measured. One run per cell: these are byte counts, not timings.
 
-Run: .venv/bin/python benchmarks/memory_cpu.py [--zoo] [--json out.json]
+Run: .venv/bin/python benchmarks/memory_cpu.py [--zoo] [--arch NAME ...] [--batch-sizes N ...] [--json out.json]
+(`--arch` keeps only those networks, of the default cases and the zoo's; `--batch-sizes` replaces their batches.)
 """
 
 from __future__ import annotations
@@ -67,12 +68,33 @@ def measured_peak(model: torch.nn.Module, shape: tuple[int, ...], batch: int, re
     ).peak_live_bytes
 
 
+def select_cases(
+    zoo: bool, archs: list[str] | None, batch_sizes: list[int] | None
+) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """The (network, input shape, batch sizes) to run: the default cases, the zoo's too with `zoo` or `archs`,
+    only `archs` when given (ValueError naming any unknown one), each at `batch_sizes` when given."""
+    cases = CASES + [(name, shape, (1, 3)) for name, shape in ZOO] if zoo or archs else list(CASES)
+    if archs:
+        unknown = sorted(set(archs) - {name for name, _, _ in cases})
+        if unknown:
+            raise ValueError(f"unknown --arch {', '.join(unknown)}; choose from {', '.join(n for n, _, _ in cases)}")
+        cases = [case for case in cases if case[0] in archs]
+    if batch_sizes:
+        cases = [(name, shape, tuple(batch_sizes)) for name, shape, _ in cases]
+    return cases
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--zoo", action="store_true", help="also every other zoo network at batch 1 and 3")
+    parser.add_argument("--arch", nargs="+", help="only these networks (default cases or --zoo's), e.g. lenet5")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, help="these batch sizes in place of each case's own")
     args = parser.parse_args()
-    cases = CASES + [(name, shape, (1, 3)) for name, shape in ZOO] if args.zoo else CASES
+    try:
+        cases = select_cases(args.zoo, args.arch, args.batch_sizes)
+    except ValueError as error:
+        parser.error(str(error))
     rows = []
     print(f"{'network':18} {'remedy':26} {'batch':>5} {'predicted MB':>13} {'measured MB':>12} {'ratio':>6}")
     for arch, shape, batches in cases:

@@ -17,7 +17,8 @@ of a step at any batch size at no memory cost, for each remedy:
   added at each op where autocast would hold them, from the op that first takes a weight until backward makes its
   gradient (the trace's ``autocast_copy_timeline``; with checkpointing they are dropped when forward ends and made
   again by the recomputation). Real CPU steps under autocast, as the engine runs them, agree within 2% across the
-  zoo but for mnist_baseline, 3-6% high (benchmarks/memory_cpu.py);
+  zoo at batch 1 and 3 but for mnist_baseline, 3-6% high there and more as the batch grows (11% at batch 16, 15% at
+  256: each op shrinks by the network's average share; benchmarks/memory_cpu.py, docs/BENCHMARKS.md);
 - **all three** combines them the same way.
 
 How it stays fast. Searching batch sizes trace by trace took 63 traces for resnet152 (two minutes). Instead, the live
