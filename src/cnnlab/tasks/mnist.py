@@ -323,8 +323,7 @@ def _train_mnist(
                     test = test_evaluation(test_images, test_labels, probabilities.argmax(1), member_dir)
                     trained["test"] = {k: v for k, v in test.items() if k != "test_accuracy"}
                 sessions.end()
-                trained["sessions"] = sessions.sessions
-                trained["wall_seconds_total"] = sessions.total_wall_seconds  # None: a session's is unknown
+                trained.update(sessions.results())  # each session, and their wall time (None: one is unknown)
                 if is_main_process():
                     # What marks the member finished, read back by a resume and by the other members' processes
                     # (which may read it while it is written): renamed into place whole, never seen half-written.

@@ -567,8 +567,7 @@ def train_segmentation_folder(
             "test": test_report,
             "worst_test_images": [{"image": str(test_paths[i]), "pixel_error": errors[i]} for i in worst],
             "train_seconds": trainer.train_seconds,
-            "sessions": sessions.sessions,
-            "wall_seconds_total": sessions.total_wall_seconds,  # None: a session's is unknown
+            **sessions.results(),  # each session, and their wall time (None: one is unknown)
             "device": str(trainer.device),  # what its report's hardware line names
         }
         if trainer.is_main_process:

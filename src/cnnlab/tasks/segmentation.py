@@ -425,8 +425,7 @@ def train_segmentation(
             "test": test_report,
             "train_seconds": trainer.train_seconds,
             "wall_seconds": wall_seconds,  # of this session's training alone; its sessions: "sessions"
-            "sessions": sessions.sessions,
-            "wall_seconds_total": sessions.total_wall_seconds,  # None: a session's is unknown
+            **sessions.results(),  # each session, and their wall time (None: one is unknown)
             "canvases": data_sizes(data),
             "device": str(trainer.device),  # what its report's hardware line names
         }

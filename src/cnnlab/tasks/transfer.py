@@ -929,8 +929,7 @@ def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
             "test": results,
             "costs": run.costs,
             "wall_seconds": sessions.sessions[-1]["wall_seconds"],  # this session's; each one's: "sessions"
-            "sessions": sessions.sessions,
-            "wall_seconds_total": sessions.total_wall_seconds,  # None: a session's is unknown
+            **sessions.results(),  # each session, and their wall time (None: one is unknown)
             "preview": str(preview),
         }
         write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))

@@ -196,6 +196,11 @@ class RunSessions:
         """The wall seconds of every session, or None when one of them is unknown."""
         return total_wall_seconds(self.sessions)
 
+    def results(self) -> dict[str, Any]:
+        """What a run's results.json holds of its sessions: ``sessions`` (each one's entry) and ``wall_seconds_total``
+        (None when a session's time is unknown), the keys its report, the lab and the answer sheet read."""
+        return {"sessions": self.sessions, "wall_seconds_total": self.total_wall_seconds}
+
     def _write(self) -> None:
         if self.write:
             self.path.parent.mkdir(parents=True, exist_ok=True)
