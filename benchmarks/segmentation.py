@@ -5,9 +5,12 @@ test mIoU over the 10 digit classes (background excluded), mIoU with background,
 2-pixel tolerance, parameter count and training seconds. One run per model (seed 0). The test canvases are built
 only from MNIST test-set digits and are evaluated once per model, after training.
 
-Hardware of the published figures: 2-core x86_64 CPU, no GPU, shared with other jobs (timings pessimistic).
+Hardware of the published figures: 2-core AMD EPYC, no GPU, shared with other jobs (timings pessimistic), 2026-11-22.
 
     python benchmarks/segmentation.py --data-dir ../shared/data --train-canvases 2000 --epochs 4
+
+`--model-kwargs` passes constructor options to every model (a U-Net's widths: the wider U-Net of docs/BENCHMARKS.md is
+`--models quick --train-canvases 4000 --epochs 3 --model-kwargs '{"widths": [12, 24, 64, 128, 256]}'`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ def main() -> None:
     parser.add_argument("--val-canvases", type=int, default=500)
     parser.add_argument("--test-canvases", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), help="recipes of `cnnlab train segment`")
+    parser.add_argument("--model-kwargs", type=json.loads, default=None, help="JSON: constructor options of the models")
     args = parser.parse_args()
 
     data = make_digit_segmentation(args.data_dir, sizes=(args.train_canvases, args.val_canvases, args.test_canvases))
@@ -42,6 +46,7 @@ def main() -> None:
             name=recipe,
             data=data,
             overrides={"epochs": args.epochs},
+            model_kwargs=args.model_kwargs,
             overwrite=True,
             progress=False,
         )
