@@ -8,17 +8,18 @@ of a step at any batch size at no memory cost, for each remedy:
   `cnnlab.train.activation_checkpointing.checkpoint_stages` (the engine's own `--grad-checkpointing`), recomputation
   in backward included;
 - **SGD without momentum**: traced with that optimizer (Adam keeps two copies of the weights);
-- **bf16 mixed precision**: autocast cannot run on the meta device, so the peak is adjusted: the input stays
-  float32 with a bf16 copy kept for backward, and everything else each op holds per sample shrinks by the share of
-  the saved activations that a bfloat16 trace saves (`_Planner.bf16_reduction`); parameters, gradients and
-  optimizer state stay float32. Where the loss is taken the network's output is held twice, in bf16 and as the
-  loss's float32 copy (`_Planner.bf16_per_sample`): for a network whose output is large (a segmenter's logits, a
-  lone convolution) that makes bf16 need more per sample than float32. Autocast's bf16 copies of the weights are
-  added at each op where autocast would hold them, from the op that first takes a weight until backward makes its
-  gradient (the trace's ``autocast_copy_timeline``; with checkpointing they are dropped when forward ends and made
-  again by the recomputation). Real CPU steps under autocast, as the engine runs them, agree within 2% across the
-  zoo at batch 1 and 3 but for mnist_baseline, 3-6% high there and more as the batch grows (11% at batch 16, 15% at
-  256: each op shrinks by the network's average share; benchmarks/memory_cpu.py, docs/BENCHMARKS.md);
+- **bf16 mixed precision**: autocast cannot run on the meta device, so the peak is adjusted op by op: of what an op
+  holds per sample, the bytes autocast leaves as they are stay (the float32 input, and what is computed from it
+  before a convolution or matrix product; integer tensors such as max pooling's indices: the trace's
+  ``autocast_kept_timeline``), a bf16 copy of the input is added for backward, and every other tensor, activations
+  and their gradients, is halved (`_Planner.bf16_per_sample`); parameters, gradients and optimizer state stay
+  float32. Where the loss is taken the network's output is held twice, in bf16 and as the loss's float32 copy: for a
+  network whose output is large (a segmenter's logits, a lone convolution) that makes bf16 need more per sample than
+  float32. Autocast's bf16 copies of the weights are added at each op where autocast would hold them, from the op
+  that first takes a weight until backward makes its gradient (the trace's ``autocast_copy_timeline``; with
+  checkpointing they are dropped when forward ends and made again by the recomputation). Against real CPU steps
+  under autocast, as the engine runs them, it is never low and at most 2.4% high across the zoo
+  (benchmarks/memory_cpu.py, docs/BENCHMARKS.md);
 - **all three** combines them the same way.
 
 How it stays fast. Searching batch sizes trace by trace took 63 traces for resnet152 (two minutes). Instead, the live
@@ -51,7 +52,6 @@ from torch import nn
 from cnnlab.budget.trace import (
     OptimizerStepBytes,
     TraceResult,
-    forward_saved_bytes,
     optimizer_device,
     optimizer_step_bytes,
     trace,
@@ -72,6 +72,7 @@ class _Step:
     copies: tuple[int, ...]  # at each op, the bytes bf16 autocast's copies of the weights would hold (any batch)
     loss_index: int = -1  # the op of the timeline where the loss is taken, the network's output alive
     output: int = 0  # the network's output in float32 bytes
+    kept: tuple[int, ...] = ()  # of `timeline`, the bytes bf16 autocast would leave as they are (the input's too)
 
     @classmethod
     def from_trace(cls, result: TraceResult) -> _Step:
@@ -84,6 +85,7 @@ class _Step:
             tuple(result.autocast_copy_timeline),
             result.loss_op_index,
             result.output_values * 4,
+            tuple(result.autocast_kept_timeline),
         )
 
     def peak(self, optimizer: OptimizerStepBytes) -> int:
@@ -112,11 +114,13 @@ class _Lines:
     copies: tuple[int, ...]  # `_Step.copies`, the same at every batch
     loss_index: int = -1  # `_Step.loss_index`, the same at every batch
     output: _Line = _Line(0, 0)  # `_Step.output`
+    kept: tuple[_Line, ...] = ()  # `_Step.kept`
 
     @classmethod
     def through(cls, first: _Step, second: _Step) -> _Lines | None:
         """The lines through two traces; None when they are not lines (other ops, or fractions of a byte per sample)."""
         same_ops = len(first.timeline) == len(second.timeline) and first.loss_index == second.loss_index
+        same_ops = same_ops and len(first.kept) == len(second.kept)
         if not same_ops or first.copies != second.copies:
             return None
         span = second.batch - first.batch
@@ -126,12 +130,14 @@ class _Lines:
             return None if remainder else _Line(low - per_sample * first.batch, per_sample)
 
         timeline = [line(a, b) for a, b in zip(first.timeline, second.timeline, strict=True)]
+        kept = [line(a, b) for a, b in zip(first.kept, second.kept, strict=True)]
         step_start, saved = line(first.step_start, second.step_start), line(first.saved, second.saved)
         output = line(first.output, second.output)
-        if step_start is None or saved is None or output is None or any(item is None for item in timeline):
+        if step_start is None or saved is None or output is None or None in timeline or None in kept:
             return None
         batches = (first.batch, second.batch)
-        return cls(tuple(timeline), step_start, saved, batches, first.copies, first.loss_index, output)  # type: ignore[arg-type]
+        copies, loss = first.copies, first.loss_index
+        return cls(tuple(timeline), step_start, saved, batches, copies, loss, output, tuple(kept))  # type: ignore[arg-type]
 
     def at(self, batch: int) -> _Step:
         """The step these lines predict at `batch`."""
@@ -144,6 +150,7 @@ class _Lines:
             self.copies,
             self.loss_index,
             self.output.at(batch),
+            tuple(line.at(batch) for line in self.kept),
         )
 
     def peak_lines(self, optimizer: OptimizerStepBytes) -> list[_Line]:
@@ -247,7 +254,6 @@ class _Planner:
         self.lines: dict[bool, _Lines | None] = {}
         self.input_bytes = math.prod(input_shape) * dtype.itemsize  # one sample's
         self.mixed = dtype.itemsize > 2  # bf16 autocast only changes anything for a float32 model
-        self.bf16_fraction: tuple[int, int] | None = None
 
     def step(self, checkpointed: bool, batch: int) -> _Step:
         key = (checkpointed, batch)
@@ -274,60 +280,41 @@ class _Planner:
             )
         return self.lines[checkpointed]
 
-    def bf16_saving(self) -> tuple[int, int]:
-        """(float32 minus bfloat16 bytes saved for backward, float32 bytes saved), per sample and without the input,
-        of the network as configured: which share of its activations bf16 autocast halves (not all: batch norm's
-        stay float32)."""
-        if self.bf16_fraction is None:
-            lines = self.fitted(False)
-            if lines is not None:
-                float_saved = lines.saved.per_sample
-            else:
-                float_saved = self.step(False, 2).saved - self.step(False, 1).saved
-            bf16 = [forward_saved_bytes(self.variants[False], self.input_shape, b, torch.bfloat16) for b in (1, 2)]
-            saving = float_saved - (bf16[1] - bf16[0]) - self.input_bytes // 2  # a bf16 trace halved the input too
-            self.bf16_fraction = (max(0, saving), max(1, float_saved - self.input_bytes))
-        return self.bf16_fraction
+    def bf16_per_sample(self, per_sample: int, kept: int = 0, output: int = 0) -> int:
+        """Bytes per sample under bf16 autocast of an op that holds `per_sample` bytes per sample in float32, `kept` of
+        them in tensors that autocast leaves as they are (`TraceResult.autocast_kept_timeline`).
 
-    def bf16_reduction(self, per_sample: int) -> int:
-        """Bytes per sample that bf16 autocast takes off an op that holds `per_sample` bytes per sample in float32.
-
-        The input stays float32, and the first layer keeps a bf16 copy of it for backward; everything else an op
-        holds per sample, activations saved or recomputed (gradient checkpointing) and their gradients (autocast
-        keeps them in their forward's dtype), shrinks by the share of the saved activations that bf16 saves.
-        Taking the saved activations' whole saving off every op, and nothing off their gradients, was 1.26x high
-        for exercise 2 and made mnist_net's peak fall as the batch grew (-0.3 MB per sample), where the saved
-        activations are freed; a checkpointed network's small forward saving missed its recomputed activations (all
-        three: 1.6x high). The weights' bf16 copies are not per sample: `remedy_lines` adds them to each op.
-        """
-        saving, float_saved = self.bf16_saving()
-        return saving * max(0, per_sample - self.input_bytes) // float_saved - self.input_bytes // 2
-
-    def bf16_per_sample(self, per_sample: int, output: int = 0) -> int:
-        """Bytes per sample under bf16 autocast of an op that holds `per_sample` bytes per sample in float32.
+        Autocast keeps integer and boolean tensors (max pooling's int64 indices, dropout's masks), the float32 input
+        and what is computed from it before a convolution or matrix product (a normalisation of the input), and the
+        first layer that takes it keeps a bf16 copy of it for backward. Every other floating-point tensor an op holds
+        per sample, activations saved or recomputed (gradient checkpointing) and their gradients (autograd keeps a
+        gradient in its forward's dtype), is halved. Shrinking every op by one share, the saved activations' (0.36
+        for mnist_baseline, whose pooling saves int64 indices twice the size of its float32 output), took 36% off
+        gradients that halve: mnist_baseline was 1.11x the real CPU step at batch 16, 1.14x at 64. The weights' bf16
+        copies are not per sample: `remedy_lines` adds them to each op.
 
         `output` is the float32 bytes per sample of the network's output, given at the op where the loss is taken:
         there autocast holds the output twice, in bf16 (a convolution's or a matmul's output, and what follows them)
-        and as the float32 copy the loss makes of it, so it is left out of `bf16_reduction`'s share and counted 1.5
-        times. Without it a network whose output is large (a single convolution, a segmenter's logits), whose saved
-        activations are mostly its input, was planned with its output shrunk by nothing and no copy: a conv 32 k3
+        and as the float32 copy the loss makes of it. Without it a network whose output is large (a single
+        convolution, a segmenter's logits) was planned with its output shrunk by nothing and no copy: a conv 32 k3
         on 3x64x64 was 0.70x the real CPU step (0.57 MB per sample against 0.81 MB, float32 0.54 MB).
         """
-        rest = per_sample - output
-        return rest - self.bf16_reduction(rest) + output + output // 2
+        halved = max(0, per_sample - kept - output)
+        halved -= halved // 2  # rounded up: the estimate is never below the bytes it stands for
+        return kept + halved + self.input_bytes // 2 + output // 2 + output
 
     def remedy_lines(self, remedy: _Remedy) -> list[_Line] | None:
         """Lines whose highest value at a batch is the remedy's peak there; None when the variant's traces gave no
-        lines. bf16 autocast shrinks each op's bytes per sample (`bf16_reduction`) and adds the bf16 copies of the
+        lines. bf16 autocast shrinks each op's bytes per sample (`bf16_per_sample`) and adds the bf16 copies of the
         weights it holds at that op to its fixed bytes."""
         lines = self.fitted(remedy.checkpointed)
         if lines is not None and remedy.bf16 and self.mixed:
 
-            def bf16(line: _Line, copies: int = 0, output: int = 0) -> _Line:
-                return _Line(line.fixed + copies, self.bf16_per_sample(line.per_sample, output))
+            def bf16(line: _Line, kept: _Line, copies: int, output: int) -> _Line:
+                return _Line(line.fixed + copies, self.bf16_per_sample(line.per_sample, kept.per_sample, output))
 
             outputs = [lines.output.per_sample if op == lines.loss_index else 0 for op in range(len(lines.timeline))]
-            timeline = tuple(map(bf16, lines.timeline, lines.copies, outputs))
+            timeline = tuple(map(bf16, lines.timeline, lines.kept, lines.copies, outputs))
             # When backward ends, autocast's copies and the bf16 activations are freed: what the optimizer step starts
             # from is what a float32 step holds (parameters, gradients, state, the float32 input). Shrunk like an op
             # of backward, it gained the input's bf16 copy: a classifier trained on cached features, whose step peaks
@@ -337,8 +324,8 @@ class _Planner:
 
     def peak(self, remedy: _Remedy, batch: int) -> int:
         """The remedy's peak at `batch`: from the variant's lines while they hold, else from an exact trace, with
-        bf16's reduction of each op taken from its growth between batch 1 and 2 (the whole saving off every op when
-        their ops differ)."""
+        bf16's reduction of each op taken from its growth between batch 1 and 2 (when their ops differ, from the
+        bytes saved per sample, as if every op grew by all of them, what autocast keeps of it all per sample)."""
         lines = self.remedy_lines(remedy)
         if lines is not None:
             return max(line.at(batch) for line in lines)
@@ -347,15 +334,17 @@ class _Planner:
             one, two = self.step(remedy.checkpointed, 1), self.step(remedy.checkpointed, 2)
             if len(one.timeline) == len(two.timeline) == len(step.timeline):
                 growths = [b - a for a, b in zip(one.timeline, two.timeline, strict=True)]
-            else:  # an op growing by every saved byte loses the whole saving
-                growths = [self.bf16_saving()[1]] * len(step.timeline)
+                kept = [b - a for a, b in zip(one.kept, two.kept, strict=True)]
+            else:
+                growths = [two.saved - one.saved] * len(step.timeline)
+                kept = [min(growth, held // batch) for growth, held in zip(growths, step.kept, strict=True)]
 
-            def bf16(live: int, growth: int, copies: int = 0, output: int = 0) -> int:
-                return live - (growth - self.bf16_per_sample(growth, output)) * batch + copies
+            def bf16(live: int, growth: int, kept: int, copies: int, output: int) -> int:
+                return live - (growth - self.bf16_per_sample(growth, kept, output)) * batch + copies
 
             output = step.output // batch
             outputs = [output if op == step.loss_index else 0 for op in range(len(step.timeline))]
-            timeline = tuple(map(bf16, step.timeline, growths, step.copies, outputs))
+            timeline = tuple(map(bf16, step.timeline, growths, kept, step.copies, outputs))
             step = dataclasses.replace(step, timeline=timeline)  # the optimizer step as in float32: `remedy_lines`
         return step.peak(self.optimizer(remedy.optimizer))
 

@@ -153,9 +153,36 @@ class SavedTensorCounter:
         self._hooks.__exit__(*exc)
 
 
+# The aten ops (as a dispatch mode sees them) whose outputs the CPU's bf16 autocast makes bf16: convolutions, matrix
+# products (linear is addmm or mm) and their backward passes, prelu, attention.
+_AUTOCAST_BF16_OPS = frozenset(
+    {
+        "convolution",
+        "convolution_backward",
+        "mm",
+        "addmm",
+        "bmm",
+        "baddbmm",
+        "addbmm",
+        "_prelu_kernel",
+        "_prelu_kernel_backward",
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_cudnn_attention",
+    }
+)
+
+
 class _TimelineTracker(LiveTensorTracker):
-    """A `LiveTensorTracker` that, while ``recording``, also keeps the live bytes after every op in ``timeline``, and
-    in ``copy_timeline`` the bytes that bf16 autocast's copies of the weights would hold at that op.
+    """A `LiveTensorTracker` that, while ``recording``, also keeps the live bytes after every op in ``timeline``, of
+    them in ``kept_timeline`` those that bf16 autocast would leave as they are, and in ``copy_timeline`` the bytes that
+    its copies of the weights would hold at that op.
+
+    Autocast runs convolutions and matrix products in bf16, and what follows them takes their dtype; it leaves integer
+    and boolean tensors (max pooling's indices, dropout's masks) as they are, and float32 the input (`keep`) and what
+    is computed from it before a convolution or matrix product takes it (a network's own normalisation of its input:
+    any other op with a float32 operand gives float32, as type promotion does).
 
     The copies follow what autocast does on a float32 model: a weight (a trainable float parameter of two or more
     dimensions: convolution kernels, linear matrices; not normalisation's vectors, which stay float32) is cast when an
@@ -169,16 +196,51 @@ class _TimelineTracker(LiveTensorTracker):
         super().__init__()
         self.recording = False
         self.timeline: list[int] = []
+        self.kept_timeline: list[int] = []
         self.copy_timeline: list[int] = []
+        self.kept_bytes = 0
+        self._kept: set[int] = set()  # live storages autocast would leave as they are
+        self._float32: set[int] = set()  # of them, the float32 ones
+        self._op_keeps_float32 = False  # the op running now would give float32 under autocast
         self._copy_size = {_storage_key(w): w.numel() * 2 for w in weights}
         self._copied: set[int] = set()  # weights with a live bf16 copy
         self._finished: set[int] = set()  # weights whose gradient is made
         self.copy_bytes = 0
 
+    def keep(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Tracked tensors that stay float32 under autocast (the input)."""
+        for tensor in tensors:
+            key = _storage_key(tensor)
+            if key in self._keys and key not in self._kept:
+                self._kept.add(key)
+                self._float32.add(key)
+                self.kept_bytes += tensor.untyped_storage().nbytes()
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        key = _storage_key(tensor)
+        floating = tensor.is_floating_point() or tensor.is_complex()
+        if key not in self._keys and (self._op_keeps_float32 or not floating):
+            self._kept.add(key)
+            if floating:
+                self._float32.add(key)
+            self.kept_bytes += tensor.untyped_storage().nbytes()
+        super()._track(tensor)
+
+    def _release(self, key: int, nbytes: int) -> None:
+        if key in self._kept:
+            self._kept.discard(key)
+            self._float32.discard(key)
+            self.kept_bytes -= nbytes
+        super()._release(key, nbytes)
+
+    def _record(self) -> None:
+        self.timeline.append(self.live_bytes)
+        self.kept_timeline.append(self.kept_bytes)
+        self.copy_timeline.append(self.copy_bytes)
+
     def start_recording(self) -> None:
         self.recording = True
-        self.timeline.append(self.live_bytes)
-        self.copy_timeline.append(self.copy_bytes)
+        self._record()
 
     def end_forward(self, saved: set[int]) -> None:
         """Forward (and the loss) ended: autocast's cache is cleared, so only the copies saved for backward stay."""
@@ -197,17 +259,20 @@ class _TimelineTracker(LiveTensorTracker):
         self.copy_bytes -= self._copy_size[key]
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        if self.recording and self._copy_size:
-            for item in tree_flatten((args, kwargs))[0]:
-                if isinstance(item, torch.Tensor):
-                    key = _storage_key(item)
-                    if key in self._copy_size and key not in self._copied and key not in self._finished:
-                        self._copied.add(key)
-                        self.copy_bytes += self._copy_size[key]
-        out = super().__torch_dispatch__(func, types, args, kwargs)
         if self.recording:
-            self.timeline.append(self.live_bytes)
-            self.copy_timeline.append(self.copy_bytes)
+            keys = [_storage_key(item) for item in tree_flatten((args, kwargs))[0] if isinstance(item, torch.Tensor)]
+            for key in keys:
+                if key in self._copy_size and key not in self._copied and key not in self._finished:
+                    self._copied.add(key)
+                    self.copy_bytes += self._copy_size[key]
+            name = getattr(getattr(func, "overloadpacket", None), "__name__", "")
+            self._op_keeps_float32 = name not in _AUTOCAST_BF16_OPS and any(key in self._float32 for key in keys)
+        try:
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+        finally:
+            self._op_keeps_float32 = False
+        if self.recording:
+            self._record()
         return out
 
 
@@ -348,6 +413,9 @@ class TraceResult:
     optimizer_state_bytes: int = 0  # live during the whole step, so included in every timeline value
     live_timeline: list[int] = field(default_factory=list, repr=False)  # live bytes at the start and after each op of
     # forward and backward; its maximum is the peak before the optimizer step
+    autocast_kept_timeline: list[int] = field(default_factory=list, repr=False)  # at the same points, the live bytes
+    # bf16 autocast would leave as they are (`_TimelineTracker`: integer tensors, the input and what is computed from
+    # it before a convolution or matrix product); empty for a trace run under autocast
     autocast_copy_timeline: list[int] = field(default_factory=list, repr=False)  # at the same points, the bytes bf16
     # autocast's copies of the weights would hold (`_TimelineTracker`); empty for a trace run under autocast
     loss_op_index: int = -1  # the index in live_timeline of the loss's last op, where the output is still alive
@@ -719,6 +787,7 @@ def _trace_training(
         one_value as lifted,
     ):
         tracker.add_existing([*state, *optimizer_state, x])
+        tracker.keep([x])
         tracker.start_recording()
         owners = {"row": current_row, "segment": current_segment}
         counter = SavedTensorCounter(exclude=state, inputs=[x], attribute_to=owners)
@@ -756,6 +825,7 @@ def _trace_training(
         result.step_peak_bytes = tracker.peak_bytes
     result.one_value_batch_norms = lifted
     result.live_timeline = tracker.timeline
+    result.autocast_kept_timeline = tracker.kept_timeline if autocast is None else []
     result.autocast_copy_timeline = tracker.copy_timeline if autocast is None else []
     result.peak_live_bytes = max(backward_peak, result.step_peak_bytes)
     result.saved_bytes = counter.total_bytes
