@@ -356,3 +356,36 @@ def test_a_run_trained_in_phases_counts_each_sessions_epochs_across_them(tmp_pat
     assert [(s["first_epoch"], s["last_epoch"]) for s in second.sessions] == [(0, 4), (4, 7)]
     text = "\n".join(RunReport("run").add_sessions(second.sessions).lines)
     assert "last resumed after epoch 4" in text and " | 1-4 | " in text and " | 5-7 | " in text
+
+
+def test_a_resumed_session_stopped_before_it_trained_is_recorded_and_ends_no_earlier_sessions_epochs(
+    tmp_path: Path,
+) -> None:
+    """A --resume stopped while it read its data (before `begin`) recorded nothing, so the run's report left out that
+    session and its time; a new run's, or a refused one's, is no session of a run. The next session's start still
+    corrects the epochs of the last session that trained, not of the one that trained none."""
+    from cnnlab.errors import CnnlabError
+    from cnnlab.report.markdown import RunReport
+    from cnnlab.train.records import SESSIONS, RunSessions
+
+    fresh = RunSessions(tmp_path, resume=False)
+    with pytest.raises(KeyboardInterrupt), fresh:
+        raise KeyboardInterrupt
+    assert not (tmp_path / SESSIONS).exists()  # no run yet
+    killed = RunSessions(tmp_path, resume=False)
+    killed.begin(0)
+    killed.epoch_done(3)  # its 3rd epoch's checkpoint was never written
+    for stop in CnnlabError("refused"), KeyboardInterrupt():
+        stopped = RunSessions(tmp_path, resume=True)
+        stopped.doing("loading MNIST")
+        with pytest.raises(type(stop)), stopped:
+            raise stop
+    last = RunSessions(tmp_path, resume=True)
+    last.begin(2)
+    last.end()
+    assert [(s["first_epoch"], s["last_epoch"], s["ended"]) for s in last.sessions] == [
+        (0, 2, None), (None, None, "interrupted"), (2, 2, "finished")
+    ]  # fmt: skip
+    assert last.sessions[1]["preparing"] == "loading MNIST" and last.sessions[1]["wall_seconds"] >= 0
+    text = "\n".join(RunReport("run").add_sessions(last.sessions).lines)
+    assert "| 1-2 | unknown |" in text and "| none (stopped while loading MNIST) |" in text

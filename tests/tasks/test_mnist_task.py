@@ -14,6 +14,7 @@ import torch
 
 import cnnlab
 from cnnlab.errors import CnnlabError
+from cnnlab.tasks import mnist as mnist_task
 from cnnlab.tasks.mnist import RECIPES, evaluate_mnist, to_float, train_mnist
 from cnnlab.tasks.recipes import describe_overrides
 from cnnlab.train import Callback, Trainer
@@ -305,7 +306,9 @@ class _KillSecondMember(Callback):
             raise KeyboardInterrupt("simulated kill during the second member")
 
 
-def test_interrupted_ensemble_resumes_to_the_same_weights(ensemble_run: dict, fake_root: Path, tmp_path: Path) -> None:
+def test_interrupted_ensemble_resumes_to_the_same_weights(
+    ensemble_run: dict, fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     options = dict(data_dir=str(fake_root), output=str(tmp_path), name="ens", ensemble=2, val_size=40, progress=False)
     with pytest.raises(KeyboardInterrupt):
         train_mnist("quick", overrides=_TINY, callbacks=[_KillSecondMember()], **options)
@@ -315,6 +318,13 @@ def test_interrupted_ensemble_resumes_to_the_same_weights(ensemble_run: dict, fa
     (stopped,) = json.loads((tmp_path / "mnist" / "ens" / "seed1" / "sessions.json").read_text())
     assert stopped["ended"] == "interrupted" and stopped["wall_seconds"] > 0
     assert (stopped["first_epoch"], stopped["last_epoch"]) == (0, 1)
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):  # a resume stopped while MNIST loads
+        patch.setattr(mnist_task, "load_mnist", stop)
+        train_mnist("quick", overrides=_TINY, resume=True, **options)
     summary = train_mnist("quick", overrides=_TINY, resume=True, **options)
     assert first_member.stat().st_mtime_ns == finished_at  # the finished member is not trained again
     # The resumed member's training seconds sum its sessions, its wall seconds are the last one's: said, not unsaid
@@ -323,16 +333,20 @@ def test_interrupted_ensemble_resumes_to_the_same_weights(ensemble_run: dict, fa
     report = (Path(resumed["run_dir"]) / "report.md").read_text()
     assert "s of training over its sessions (interrupted, resumed after epoch 1)," in report
     assert "over its sessions" not in (Path(first["run_dir"]) / "report.md").read_text()
-    # ... and it keeps both sessions, each with its wall time, and says from which epoch it was resumed
-    assert [s["ended"] for s in resumed["sessions"]] == ["interrupted", "finished"]
+    # ... and it keeps every session, each with its wall time (the one stopped while MNIST loaded, before it trained,
+    # was left out with its time), and says from which epoch it was resumed
+    assert [s["ended"] for s in resumed["sessions"]] == ["interrupted", "interrupted", "finished"]
     assert resumed["sessions"][0]["wall_seconds"] == stopped["wall_seconds"]
+    assert resumed["sessions"][1]["wall_seconds"] > 0 and resumed["sessions"][1]["preparing"] == "loading MNIST"
     assert resumed["wall_seconds_total"] == pytest.approx(sum(s["wall_seconds"] for s in resumed["sessions"]))
-    assert "2 sessions, last resumed after epoch 1. Wall time of all sessions: **" in report
+    assert "3 sessions, last resumed after epoch 1. Wall time of all sessions: **" in report
     assert re.search(r"\| 1 \| [^|]+ \| `[^`]+` \| 1 \| \d+ s \| interrupted \|", report)
-    assert re.search(r"\| 2 \| [^|]+ \| `[^`]+` \| 2 \| \d+ s \| finished \|", report)
+    stopped_row = r"\| 2 \| [^|]+ \| `[^`]+` \| none \(stopped while loading MNIST\) \| \d+ s \| interrupted \|"
+    assert re.search(stopped_row, report)
+    assert re.search(r"\| 3 \| [^|]+ \| `[^`]+` \| 2 \| \d+ s \| finished \|", report)
     assert "## Sessions" not in (Path(first["run_dir"]) / "report.md").read_text()
-    ensemble_report = (Path(summary["run_dir"]) / "report.md").read_text()  # every member's sessions, 3 in all
-    assert "3 in all" in ensemble_report and re.search(r"\| seed1 \| 2 \| [^|]+ \| `[^`]+` \| 2 \|", ensemble_report)
+    ensemble_report = (Path(summary["run_dir"]) / "report.md").read_text()  # every member's sessions, 4 in all
+    assert "4 in all" in ensemble_report and re.search(r"\| seed1 \| 3 \| [^|]+ \| `[^`]+` \| 2 \|", ensemble_report)
     assert summary["ensemble_test_accuracy"] == ensemble_run["ensemble_test_accuracy"]
     for resumed, straight in zip(summary["members"], ensemble_run["members"], strict=True):
         resumed_state = cnnlab.load_model(resumed["run_dir"]).state_dict()

@@ -227,8 +227,12 @@ def _session_cells(session: Mapping[str, Any]) -> list[str]:
 
 
 def _session_epochs(session: Mapping[str, Any]) -> str:
-    """The epochs a session finished, numbered from 1 across the run: ``3-5``, ``none``, ``?`` (not known), or
-    ``-`` for a task whose sessions do not count epochs."""
+    """The epochs a session finished, numbered from 1 across the run: ``3-5``, ``none``, ``none (stopped while
+    loading MNIST)`` for one stopped before it trained, ``?`` (not known), or ``-`` for a task whose sessions do not
+    count epochs."""
+    if "preparing" in session:  # it stopped before its training began
+        doing = session["preparing"]
+        return f"none (stopped while {doing})" if doing and session.get("ended") != "finished" else "none"
     first, last = session.get("first_epoch"), session.get("last_epoch")
     if "first_epoch" in session and first is None:
         return "-"

@@ -11,6 +11,7 @@ with the ensemble's own per-digit table and confusion matrix, as `cnnlab ensembl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -230,7 +231,8 @@ def _train_mnist(
         raise CnnlabError("--member needs --ensemble N with N >= 2")
     if member is not None and name is None:
         raise CnnlabError("--member needs --name: every member's process must name the same ensemble run")
-    data = splits if splits is not None else load_mnist(data_dir, val_size=val_size, seed=0)
+    with _preparing(output, name, seed, ensemble, member, resume, command_started):
+        data = splits if splits is not None else load_mnist(data_dir, val_size=val_size, seed=0)
     train_images, train_labels = to_float(data.train_images), data.train_labels
     if train_subset is not None:
         train_images, train_labels = train_images[:train_subset], train_labels[:train_subset]
@@ -530,6 +532,28 @@ def _check_run_shape(
                 f"{ensemble} (seeds {seed}..{seed + ensemble - 1}) leaves out; resume with the run's --seed and "
                 "--ensemble"
             )
+
+
+def _preparing(
+    output: str, name: str | None, seed: int, ensemble: int, member: int | None, resume: bool, started: float
+) -> contextlib.AbstractContextManager[Any]:
+    """Where a stop while MNIST loads is recorded: a session of the member this command would train first, when it
+    continues that member (its sessions.json: `RunSessions`); nothing for a new run."""
+    if name is None or not (resume or member is not None):
+        return contextlib.nullcontext()
+    run_dir = Path(output) / TASK / name
+    if ensemble == 1:
+        first: Path | None = run_dir
+    elif member is not None:
+        first = run_dir / f"seed{seed + member}"
+    else:
+        unfinished = (run_dir / f"seed{seed + index}" for index in range(ensemble))
+        first = next((path for path in unfinished if not (path / "results.json").is_file()), None)
+    if first is None or (first / "results.json").is_file():  # finished: read back, not trained
+        return contextlib.nullcontext()
+    sessions = RunSessions(first, True, is_main_process(), started)
+    sessions.doing("loading MNIST")
+    return sessions
 
 
 def _train_member(

@@ -426,7 +426,12 @@ def train_segmentation_folder(
     options = config.to_dict() if config.resume else None  # a run with no checkpoint trains afresh: any options
     check_start(run_dir, MANIFEST, resume, overwrite, options, free=RESUME_FREE_OPTIONS | unknown)
     _check_memory(folder, crop, progress and is_main_process())
-    pairs = folder.read_all()
+    # this command's session of the run (sessions.json), read before the engine rewrites config.yaml; a resumed run's
+    # session stopped while it reads the pairs is one of the run's
+    sessions = RunSessions(run_dir, resume, is_main_process(), command_started)
+    sessions.doing("reading the image+mask pairs")
+    with sessions:
+        pairs = folder.read_all()
     if not pairs:
         reasons = "; ".join(f"{Path(s.path).name}: {s.reason}" for s in folder.skipped[:3])
         raise CnnlabError(f"{folder.root} has no usable image+mask pair ({reasons})")
@@ -437,8 +442,7 @@ def train_segmentation_folder(
     config = replace(config, extra={**config.extra, "classes": class_names})
     run_dir.mkdir(parents=True, exist_ok=True)
     note_current_run(run_dir)
-    # this command's session of the run (sessions.json), read before the engine rewrites config.yaml
-    sessions = RunSessions(run_dir, resume, is_main_process(), command_started)
+    sessions.doing("setting up the run")
     # Under torchrun rank 0 splits and writes the manifest first, the other processes then read it (they write no
     # file of the run: the engine and the end of this function write from rank 0 only).
     main = is_main_process()

@@ -329,10 +329,15 @@ def train_segmentation(
     sizes = sizes or chosen.sizes
     if train_canvases is not None:
         sizes = (train_canvases, sizes[1], sizes[2])
-    if data is None:
-        data = make_digit_segmentation(data_dir, sizes=sizes, canvas_size=chosen.canvas_size, seed=0)
     name = name or run_name(recipe)
     run_dir = Path(output) / TASK / name
+    # this command's session of the run (sessions.json), read before the engine rewrites config.yaml; a resumed run's
+    # session stopped while it makes the canvases is one of the run's
+    sessions = RunSessions(run_dir, resume, is_main_process(), command_started)
+    sessions.doing("making the digit canvases")
+    if data is None:
+        with sessions:
+            data = make_digit_segmentation(data_dir, sizes=sizes, canvas_size=chosen.canvas_size, seed=0)
     if resume and not run_dir.is_dir():
         raise CnnlabError(f"--resume: no run at {run_dir}; start the run without --resume")
     resumed = engine_resumes(run_dir, resume)
@@ -357,8 +362,7 @@ def train_segmentation(
     from cnnlab.models import create_model
 
     note_current_run(config.run_dir)
-    # this command's session of the run (sessions.json), read before the engine rewrites config.yaml
-    sessions = RunSessions(run_dir, resume, is_main_process(), command_started)
+    sessions.doing("setting up the run")
     torch.manual_seed(seed)
     model = create_model(chosen.arch, **kwargs)
     metrics = {

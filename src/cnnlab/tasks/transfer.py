@@ -648,6 +648,9 @@ def _cached_parts(run: _Run, model: nn.Module, model_name: str, top_blocks: int,
     # same files at once).
     with main_process_first(str(train_options.get("device", "auto"))):
         for part in parts:
+            if run.sessions is not None:  # what a session stopped before it trained was doing
+                ready = cache.path(_cache_spec(run, model_name, split, part)).is_dir()
+                run.sessions.doing(f"{'reading' if ready else 'building'} the feature cache")
             cached[part] = cache.get_or_build(
                 _cache_spec(run, model_name, split, part),
                 split.lower,
@@ -831,7 +834,9 @@ def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
         fetch_pretrained(weights)
     # this command's session of the run (sessions.json), read before its config.yaml is written again
     sessions = RunSessions(run_dir, config.resume, main, started)
-    with main_process_first(str({**recipe.train, **config.train}.get("device", "auto"))):
+    sessions.doing("reading the images")
+    # a resumed run's session stopped while it reads the images is one of the run's (a refusal of them is not)
+    with sessions, main_process_first(str({**recipe.train, **config.train}.get("device", "auto"))):
         images, split, split_source = load_images(config, log)
         run_dir.mkdir(parents=True, exist_ok=True)
         note_current_run(run_dir)
@@ -844,6 +849,7 @@ def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
             split_source = _recorded_split(run_dir) or split_source
         if main:
             write_text_whole(skipped_path, json.dumps([dataclasses.asdict(s) for s in images.skipped], indent=1))
+    sessions.doing("setting up the run")
     sessions.begin()  # the run folder is this run's now: a refused start records nothing
     with sessions:  # an interrupted session records its wall time too
         parts = {part: images.subset(split[part]) for part in SPLITS if split[part]}

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cnnlab.errors import CnnlabError
 from cnnlab.files import save_figure_whole, write_text_whole, written_then_renamed
 from cnnlab.train.config import command_line
 
@@ -109,12 +110,15 @@ class RunSessions:
 
     A session is one entry: ``command`` (as typed), ``started`` (UTC, ISO 8601), ``first_epoch`` (the epochs finished
     before it) and ``last_epoch`` (finished when it stopped; None where the task has no epochs of its own),
-    ``wall_seconds`` and ``ended`` (``finished``, ``interrupted`` or ``failed``). It is written when the session's work
-    on the run folder begins (`begin`: the folder is then checked against --resume/--overwrite; a command refused
-    before it writes nothing), again after each epoch (`epoch_done`), and when it ends (`end`, which a ``with`` block
-    calls for an exception: Ctrl+C and SIGTERM reach it as KeyboardInterrupt), each time whole. A session killed
-    outright (SIGKILL, power loss) cannot record its end: its ``wall_seconds`` stay None, unknown, and so does the run's
-    total (`total_wall_seconds`), rather than a total that leaves it out.
+    ``wall_seconds`` and ``ended`` (``finished``, ``interrupted`` or ``failed``), and ``preparing`` while it has
+    trained nothing yet: what it was doing then (`doing`: ``loading MNIST``, ``building the feature cache``; None
+    when not said). It is written when the session's work on the run folder begins (`begin`: the folder is then
+    checked against --resume/--overwrite; a command refused before it writes nothing), again after each epoch
+    (`epoch_done`), and when it ends (`end`, which a ``with`` block calls for an exception: Ctrl+C and SIGTERM reach it
+    as KeyboardInterrupt), each time whole. A session of a run with earlier sessions (--resume) stopped before it began
+    (reading its data, a ``with`` block around that work) is recorded too, as one that trained nothing: its wall time
+    is the run's. A session killed outright (SIGKILL, power loss) cannot record its end: its ``wall_seconds`` stay
+    None, unknown, and so does the run's total (`total_wall_seconds`), rather than a total that leaves it out.
 
     Args:
         run_dir: the run folder.
@@ -131,7 +135,9 @@ class RunSessions:
         self.started = time.perf_counter() if started is None else started
         self.sessions: list[dict[str, Any]] = read_sessions(run_dir) if resume else []
         self.current: dict[str, Any] | None = None
-        self._earlier_last_epoch: int | None = None  # as the last earlier session recorded it
+        self._doing: str | None = None
+        self._earlier: dict[str, Any] | None = None  # the last earlier session that may have trained
+        self._earlier_last_epoch: int | None = None  # as it recorded it
 
     def __enter__(self) -> RunSessions:
         return self
@@ -139,8 +145,23 @@ class RunSessions:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: types.TracebackType | None
     ) -> None:
-        if kind is not None:
-            self.end("interrupted" if issubclass(kind, KeyboardInterrupt) else "failed")
+        if kind is None:
+            return
+        if self.current is None:
+            # stopped before this session began: a session of the run when the run had earlier ones (a fresh run's
+            # folder is not its yet), unless a refusal of the command's input stopped it, which did no work on the run
+            if not self.sessions or issubclass(kind, CnnlabError):
+                return
+            self.begin()
+        self.end("interrupted" if issubclass(kind, KeyboardInterrupt) else "failed")
+
+    def doing(self, what: str) -> None:
+        """What this session is doing before it trains (``loading MNIST``, ``building the feature cache``): a session
+        stopped then records it (``preparing``), and trained no epoch."""
+        self._doing = what
+        if self.current is not None and "preparing" in self.current:
+            self.current["preparing"] = what
+            self._write()
 
     def begin(self, first_epoch: int | None = None) -> None:
         """This session's work on the run folder begins, after `first_epoch` epochs finished by earlier sessions.
@@ -154,7 +175,9 @@ class RunSessions:
                 self._starts_after(first_epoch)
                 self._write()
             return
-        self._earlier_last_epoch = self.sessions[-1].get("last_epoch") if self.sessions else None
+        # a session stopped in its preparation trained nothing: the epochs of the one before it end where ours begin
+        self._earlier = next((s for s in reversed(self.sessions) if "preparing" not in s), None)
+        self._earlier_last_epoch = None if self._earlier is None else self._earlier.get("last_epoch")
         self.current = {
             "command": command_line(),
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -162,6 +185,7 @@ class RunSessions:
             "last_epoch": None,
             "wall_seconds": None,
             "ended": None,
+            "preparing": self._doing,
         }
         self.sessions.append(self.current)
         if first_epoch is not None:
@@ -170,12 +194,13 @@ class RunSessions:
 
     def _starts_after(self, first_epoch: int) -> None:
         self.current["first_epoch"] = self.current["last_epoch"] = first_epoch
-        if len(self.sessions) > 1:
+        self.current.pop("preparing", None)
+        if self._earlier is not None:
             # the last earlier session counted an epoch whose checkpoint a kill kept from being written, or was
             # recorded before sessions were: its epochs end where this one's begin (from what it recorded, so
             # that a later phase's start, past an earlier phase's, gives back what the earlier one took off)
             recorded = self._earlier_last_epoch
-            self.sessions[-2]["last_epoch"] = first_epoch if recorded is None else min(recorded, first_epoch)
+            self._earlier["last_epoch"] = first_epoch if recorded is None else min(recorded, first_epoch)
 
     def epoch_done(self, epochs: int) -> None:
         """`epochs` epochs of the run are finished (this session's and the earlier ones')."""
