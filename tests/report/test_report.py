@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -389,3 +390,39 @@ def test_a_resumed_session_stopped_before_it_trained_is_recorded_and_ends_no_ear
     assert last.sessions[1]["preparing"] == "loading MNIST" and last.sessions[1]["wall_seconds"] >= 0
     text = "\n".join(RunReport("run").add_sessions(last.sessions).lines)
     assert "| 1-2 | unknown |" in text and "| none (stopped while loading MNIST) |" in text
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('[\n {\n  "command": "cnnlab tr', "sessions.json is unreadable (Unterminated string"),  # cut short
+        ('{"sessions": []}', "sessions.json is unreadable (not a list of sessions)"),
+        ('[{"command": "cnnlab train mnist --name r", "first_epoch": 0, "last_epoch": 2, "wall_seconds": "about 1 s"}]',
+         "session 1's wall_seconds 'about 1 s' is not what cnnlab records; read as unknown"),
+    ],
+)  # fmt: skip
+def test_a_sessions_record_cut_short_or_edited_by_hand_is_said_and_the_run_goes_on(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    """A sessions.json cut short or edited by hand failed --resume, and the report, with a traceback (JSONDecodeError,
+    AttributeError, TypeError in the total): it is said in one line, its sessions' time is unknown, and the run goes
+    on with a fresh record."""
+    import json
+
+    from cnnlab.report.markdown import RunReport
+    from cnnlab.train.records import SESSIONS, RunSessions, SessionsRecordWarning
+
+    (tmp_path / "config.yaml").write_text("config: {}\nenvironment:\n  command: cnnlab train mnist --name r\n")
+    (tmp_path / SESSIONS).write_text(text)
+    with pytest.warns(SessionsRecordWarning, match=re.escape(said)) as caught:
+        sessions = RunSessions(tmp_path, resume=True)
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    sessions.begin(2)
+    sessions.end()
+    assert sessions.total_wall_seconds is None  # unknown, not the last session's alone
+    assert [s["command"] for s in json.loads((tmp_path / SESSIONS).read_text())] == ["cnnlab train mnist --name r"] + [
+        sessions.current["command"]
+    ]  # fmt: skip
+    report = "\n".join(RunReport("run").add_sessions(sessions.sessions).lines)
+    assert "Wall time of all sessions: **unknown**: session 1 recorded no wall time" in report
+    assert "| 1-2 | unknown |" in report

@@ -155,15 +155,15 @@ class RunReport:
         first = sessions[-1].get("first_epoch")  # None: a task whose sessions do not count epochs
         resumed_after = "" if first is None else (f", last resumed after epoch {first}" if first else ", the last "
                                                   "started before any epoch had finished")  # fmt: skip
-        known = [s["wall_seconds"] for s in sessions if s.get("wall_seconds") is not None]
-        unknown = [str(number) for number, s in enumerate(sessions, 1) if s.get("wall_seconds") is None]
+        known = [_wall(s) for s in sessions if _wall(s) is not None]
+        unknown = [str(number) for number, s in enumerate(sessions, 1) if _wall(s) is None]
         if not unknown:
             total = f"Wall time of all sessions: **{duration(sum(known))}**."
         else:
             total = (
                 f"Wall time of all sessions: **unknown**: session{'s' if len(unknown) > 1 else ''} "
-                f"{', '.join(unknown)} recorded no wall time (stopped outright, by SIGKILL or a power loss, or run "
-                f"before cnnlab recorded sessions); the others took {duration(sum(known))}."
+                f"{', '.join(unknown)} recorded no wall time (stopped outright, by SIGKILL or a power loss, run "
+                f"before cnnlab recorded sessions, or its record unreadable); the others took {duration(sum(known))}."
             )
         self.text(f"This run was continued with --resume: {len(sessions)} sessions{resumed_after}. {total}")
         rows = [[number, *_session_cells(s)] for number, s in enumerate(sessions, 1)]
@@ -178,7 +178,7 @@ class RunReport:
         if not rows:
             return self
         self.heading("Sessions")
-        known = [s["wall_seconds"] for _, sessions in members for s in sessions if s.get("wall_seconds") is not None]
+        known = [_wall(s) for _, sessions in members for s in sessions if _wall(s) is not None]
         total = duration(sum(known)) if len(known) == len(rows) else "unknown (a session recorded none)"
         self.text(
             f"Each member's sessions (the commands that trained it, in its sessions.json): {len(rows)} in all, wall "
@@ -221,9 +221,15 @@ _SESSION_COLUMNS = ["started (UTC)", "command", "epochs", "wall time", "ended"]
 
 def _session_cells(session: Mapping[str, Any]) -> list[str]:
     """A session's row after its number: `_SESSION_COLUMNS`."""
-    wall = session.get("wall_seconds")
+    wall = _wall(session)
     return [session.get("started") or "?", f"`{session.get('command') or '?'}`", _session_epochs(session),
             "unknown" if wall is None else duration(wall), _session_end(session)]  # fmt: skip
+
+
+def _wall(session: Mapping[str, Any]) -> float | None:
+    """A session's wall seconds; None when unknown (not recorded, or not a number: a record edited by hand)."""
+    wall = session.get("wall_seconds")
+    return float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) and wall >= 0 else None
 
 
 def _session_epochs(session: Mapping[str, Any]) -> str:
@@ -244,6 +250,8 @@ def _session_epochs(session: Mapping[str, Any]) -> str:
 
 
 def _session_end(session: Mapping[str, Any]) -> str:
+    if session.get("unreadable"):
+        return "not known (the run's sessions.json was unreadable; these are its earlier sessions)"
     if session.get("recorded") is False:
         return "not recorded (the run was saved before cnnlab recorded sessions)"
     return session.get("ended") or "not recorded (stopped outright)"

@@ -12,9 +12,11 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 import os
 import time
 import types
+import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,9 +26,22 @@ from cnnlab.errors import CnnlabError
 from cnnlab.files import save_figure_whole, write_text_whole, written_then_renamed
 from cnnlab.train.config import command_line
 
-__all__ = ["SESSIONS", "RunSessions", "epoch_axis", "plot_learning_curves", "read_sessions", "write_history"]
+__all__ = [
+    "SESSIONS",
+    "RunSessions",
+    "SessionsRecordWarning",
+    "epoch_axis",
+    "plot_learning_curves",
+    "read_sessions",
+    "write_history",
+]
 
 SESSIONS = "sessions.json"
+
+
+class SessionsRecordWarning(UserWarning):
+    """A run's sessions.json is not as cnnlab writes it (cut short, or edited by hand): what could not be read is
+    unknown, and the run goes on."""
 
 
 def write_history(history: Sequence[dict[str, float]], run_dir: str | os.PathLike[str], plot: bool = True) -> None:
@@ -235,21 +250,87 @@ class RunSessions:
 def read_sessions(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The sessions `RunSessions` recorded in `run_dir`; for a run saved before they were recorded, one session
     standing for its earlier ones, unrecorded (``recorded: False``), with the command its config.yaml names (the last
-    of them); none for a folder without either."""
+    of them); none for a folder without either.
+
+    A sessions.json cnnlab cannot read (cut short, not a list of sessions) is said in one line (a
+    `SessionsRecordWarning`) and stands as one such session, ``unreadable``, its time unknown: the run goes on with a
+    fresh record, and its total is unknown rather than short. A value edited into a session that is not what cnnlab
+    records (a wall time that is not a number of seconds) is said too, and read as unknown.
+    """
     run_dir = Path(run_dir)
     path = run_dir / SESSIONS
     if path.is_file():
-        return list(json.loads(path.read_text()))
+        try:
+            sessions = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            return _unreadable(run_dir, f"{path} is unreadable ({str(error).splitlines()[0][:80]})")
+        if not isinstance(sessions, list) or not all(isinstance(session, dict) for session in sessions):
+            return _unreadable(run_dir, f"{path} is unreadable (not a list of sessions)")
+        unknown = [f"session {number}'s {key} {session[key]!r}" for number, session in enumerate(sessions, 1)
+                   for key in _SESSION_VALUES if key in session and not _SESSION_VALUES[key](session[key])]  # fmt: skip
+        if unknown:
+            warnings.warn(
+                f"{path}: {', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''} "
+                f"{'is' if len(unknown) == 1 else 'are'} not what cnnlab records; read as unknown",
+                SessionsRecordWarning,
+                stacklevel=2,  # RunSessions' line for every task: said once, where a task reads the file twice
+            )
+        return [{k: v if k not in _SESSION_VALUES or _SESSION_VALUES[k](v) else None for k, v in s.items()}
+                for s in sessions]  # fmt: skip
+    return _unrecorded(run_dir)
+
+
+def _unrecorded(run_dir: Path, **note: Any) -> list[dict[str, Any]]:
+    """One session standing for a run's earlier ones, whose record there is none of: its command as its config.yaml
+    names it, its time unknown; none for a folder without a config.yaml (no run)."""
     config = run_dir / "config.yaml"
-    if not config.is_file():
+    if not config.is_file() and not note:
         return []
     import yaml
 
-    command = (yaml.safe_load(config.read_text()) or {}).get("environment", {}).get("command")
+    try:
+        command = (yaml.safe_load(config.read_text()) or {}).get("environment", {}).get("command")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, yaml.YAMLError):
+        command = None  # none, or cut short (the task's to refuse): here it only names the command
     return [
-        {"command": command, "started": None, "first_epoch": 0, "last_epoch": None, "wall_seconds": None,
-         "ended": None, "recorded": False}
+        {"command": command if isinstance(command, str) else None, "started": None, "first_epoch": 0,
+         "last_epoch": None, "wall_seconds": None, "ended": None, "recorded": False, **note}
     ]  # fmt: skip
+
+
+def _unreadable(run_dir: Path, why: str) -> list[dict[str, Any]]:
+    warnings.warn(
+        f"{why}: its sessions count as one whose time is unknown, and a fresh record of them begins",
+        SessionsRecordWarning,
+        stacklevel=2,
+    )
+    return _unrecorded(run_dir, unreadable=True)
+
+
+def _is_epoch(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+
+
+def _is_seconds(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    )
+
+
+def _is_text(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+# What each recorded value must be for the report and the totals to read it (None: unknown)
+_SESSION_VALUES = {
+    "command": _is_text,
+    "started": _is_text,
+    "first_epoch": _is_epoch,
+    "last_epoch": _is_epoch,
+    "wall_seconds": _is_seconds,
+    "ended": _is_text,
+    "preparing": _is_text,
+}
 
 
 def total_wall_seconds(sessions: Sequence[dict[str, Any]]) -> float | None:
