@@ -325,8 +325,15 @@ def test_interrupted_ensemble_resumes_to_the_same_weights(
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):  # a resume stopped while MNIST loads
         patch.setattr(mnist_task, "load_mnist", stop)
         train_mnist("quick", overrides=_TINY, resume=True, **options)
+    # the run moved to another runs folder and renamed: its engine refused "name: 'ens/seed0' -> 'moved/seed0'", and
+    # the ensemble was saved from the finished member's old folder
+    (tmp_path / "elsewhere" / "mnist").mkdir(parents=True)
+    (tmp_path / "mnist" / "ens").rename(tmp_path / "elsewhere" / "mnist" / "moved")
+    options |= {"output": str(tmp_path / "elsewhere"), "name": "moved"}
     summary = train_mnist("quick", overrides=_TINY, resume=True, **options)
+    first_member = tmp_path / "elsewhere" / "mnist" / "moved" / "seed0" / "model.safetensors"
     assert first_member.stat().st_mtime_ns == finished_at  # the finished member is not trained again
+    assert summary["members"][0]["run_dir"] == str(first_member.parent)
     # The resumed member's training seconds sum its sessions, its wall seconds are the last one's: said, not unsaid
     first, resumed = summary["members"]
     assert first["resumed_after_epoch"] is None and resumed["resumed_after_epoch"] == 1

@@ -295,7 +295,8 @@ def _train_mnist(
             # a finished member is read back only for the options it was trained with (--recipe included)
             check_resumable(saved_options(member_dir), config, member_dir)
             finished = json.loads((member_dir / "results.json").read_text())
-            members.append(finished["members"][0] if "members" in finished else finished)  # a single run's summary
+            finished = finished["members"][0] if "members" in finished else finished  # a single run's summary
+            members.append({**finished, "run_dir": str(member_dir)})  # where it is now: the run may have moved since
             member_probabilities.append(torch.load(member_dir / "test_probabilities.pt", weights_only=True))
         elif member is not None and index != member:  # another process trains it
             missing.append(member_seed)

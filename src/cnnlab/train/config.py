@@ -325,7 +325,8 @@ def save_record(config: Mapping[str, Any], path: str | os.PathLike[str]) -> None
         partial.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
-# Options that may differ between a run and its resumption; any other difference is refused.
+# Options that may differ between a run and its resumption; any other difference is refused. Where the run is
+# (output, task, name: its folder) may change: a run folder moved or renamed resumes where it is now.
 RESUME_FREE_OPTIONS = frozenset(
     {
         "resume",
@@ -333,6 +334,8 @@ RESUME_FREE_OPTIONS = frozenset(
         "progress",
         "log_every",
         "output",
+        "name",
+        "task",
         "eval_batch_size",
         "device",
         "num_threads",
