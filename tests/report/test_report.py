@@ -426,3 +426,29 @@ def test_a_sessions_record_cut_short_or_edited_by_hand_is_said_and_the_run_goes_
     report = "\n".join(RunReport("run").add_sessions(sessions.sessions).lines)
     assert "Wall time of all sessions: **unknown**: session 1 recorded no wall time" in report
     assert "| 1-2 | unknown |" in report
+
+
+def test_a_failed_session_names_its_error_and_started_when_its_command_did(tmp_path: Path) -> None:
+    """A session ended by an exception other than an interrupt said "failed" and not what failed it; its "started"
+    was when it reached its training (after reading its data), while its wall time counted from the command's start."""
+    from datetime import UTC, datetime
+    from unittest import mock
+
+    from cnnlab.report.markdown import RunReport
+    from cnnlab.train.records import RunSessions
+
+    with mock.patch("time.perf_counter", return_value=1000.0):
+        sessions = RunSessions(tmp_path, resume=False, started=400.0)  # its command began 10 min ago
+        now = datetime.now(UTC)
+        sessions.begin(0)
+        with pytest.raises(OSError), sessions:
+            raise OSError(28, "No space left on device")
+    (failed,) = sessions.sessions
+    assert failed["ended"] == "failed" and failed["wall_seconds"] == 600.0
+    assert failed["error"] == "OSError: [Errno 28] No space left on device"
+    assert abs((now - datetime.fromisoformat(failed["started"])).total_seconds() - 600) < 2
+    last = RunSessions(tmp_path, resume=True)
+    last.begin(0)
+    last.end()
+    text = "\n".join(RunReport("run").add_sessions(last.sessions).lines)
+    assert "| none | 10 min | failed (OSError: [Errno 28] No space left on device) |" in text

@@ -254,7 +254,9 @@ def _session_end(session: Mapping[str, Any]) -> str:
         return "not known (the run's sessions.json was unreadable; these are its earlier sessions)"
     if session.get("recorded") is False:
         return "not recorded (the run was saved before cnnlab recorded sessions)"
-    return session.get("ended") or "not recorded (stopped outright)"
+    ended = session.get("ended") or "not recorded (stopped outright)"
+    error = session.get("error")
+    return f"{ended} ({error})" if isinstance(error, str) and error else ended  # the table keeps a "|" in its cell
 
 
 def _short(value: Any) -> str:

@@ -18,7 +18,7 @@ import time
 import types
 import warnings
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -123,17 +123,18 @@ def epoch_axis(axis: Any, title: str = "") -> None:
 class RunSessions:
     """The sessions of one run (each command that worked on it), kept in its ``sessions.json`` across --resume.
 
-    A session is one entry: ``command`` (as typed), ``started`` (UTC, ISO 8601), ``first_epoch`` (the epochs finished
-    before it) and ``last_epoch`` (finished when it stopped; None where the task has no epochs of its own),
-    ``wall_seconds`` and ``ended`` (``finished``, ``interrupted`` or ``failed``), and ``preparing`` while it has
-    trained nothing yet: what it was doing then (`doing`: ``loading MNIST``, ``building the feature cache``; None
-    when not said). It is written when the session's work on the run folder begins (`begin`: the folder is then
-    checked against --resume/--overwrite; a command refused before it writes nothing), again after each epoch
-    (`epoch_done`), and when it ends (`end`, which a ``with`` block calls for an exception: Ctrl+C and SIGTERM reach it
-    as KeyboardInterrupt), each time whole. A session of a run with earlier sessions (--resume) stopped before it began
-    (reading its data, a ``with`` block around that work) is recorded too, as one that trained nothing: its wall time
-    is the run's. A session killed outright (SIGKILL, power loss) cannot record its end: its ``wall_seconds`` stay
-    None, unknown, and so does the run's total (`total_wall_seconds`), rather than a total that leaves it out.
+    A session is one entry: ``command`` (as typed), ``started`` (UTC, ISO 8601: when its wall time began, the command's
+    start), ``first_epoch`` (the epochs finished before it) and ``last_epoch`` (finished when it stopped; None where the
+    task has no epochs of its own), ``wall_seconds`` and ``ended`` (``finished``, ``interrupted`` or ``failed``, with
+    ``error``, the exception that ended it, named with its message's first line), and ``preparing`` while it has trained
+    nothing yet: what it was doing then (`doing`: ``loading MNIST``, ``building the feature cache``; None when not
+    said). It is written when the session's work on the run folder begins (`begin`: the folder is then checked against
+    --resume/--overwrite; a command refused before it writes nothing), again after each epoch (`epoch_done`), and when
+    it ends (`end`, which a ``with`` block calls for an exception: Ctrl+C and SIGTERM reach it as KeyboardInterrupt),
+    each time whole. A session of a run with earlier sessions (--resume) stopped before it began (reading its data, a
+    ``with`` block around that work) is recorded too, as one that trained nothing: its wall time is the run's. A session
+    killed outright (SIGKILL, power loss) cannot record its end: its ``wall_seconds`` stay None, unknown, and so does
+    the run's total (`total_wall_seconds`), rather than a total that leaves it out.
 
     Args:
         run_dir: the run folder.
@@ -168,7 +169,10 @@ class RunSessions:
             if not self.sessions or issubclass(kind, CnnlabError):
                 return
             self.begin()
-        self.end("interrupted" if issubclass(kind, KeyboardInterrupt) else "failed")
+        if issubclass(kind, KeyboardInterrupt):
+            self.end("interrupted")
+        else:
+            self.end("failed", error)
 
     def doing(self, what: str) -> None:
         """What this session is doing before it trains (``loading MNIST``, ``building the feature cache``): a session
@@ -195,7 +199,10 @@ class RunSessions:
         self._earlier_last_epoch = None if self._earlier is None else self._earlier.get("last_epoch")
         self.current = {
             "command": command_line(),
-            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            # when its wall time began (the command's start, before its data was read), not when it reached here
+            "started": (datetime.now(UTC) - timedelta(seconds=time.perf_counter() - self.started)).isoformat(
+                timespec="seconds"
+            ),
             "first_epoch": None,
             "last_epoch": None,
             "wall_seconds": None,
@@ -223,12 +230,17 @@ class RunSessions:
             self.current["last_epoch"] = epochs
             self._write()
 
-    def end(self, outcome: str = "finished") -> None:
-        """Record this session's wall seconds (since `started`) and how it ended (nothing, if it never began)."""
+    def end(self, outcome: str = "finished", error: BaseException | None = None) -> None:
+        """Record this session's wall seconds (since `started`) and how it ended, with the `error` that failed it
+        (nothing, if it never began)."""
         if self.current is None or self.current["ended"] is not None:
             return
         self.current["wall_seconds"] = time.perf_counter() - self.started
         self.current["ended"] = outcome
+        if error is not None:
+            message = (str(error).strip().splitlines() or [""])[0]
+            named = f"{type(error).__name__}: {message}" if message else type(error).__name__
+            self.current["error"] = named if len(named) <= 200 else named[:197] + "..."
         self._write()
 
     @property
@@ -330,6 +342,7 @@ _SESSION_VALUES = {
     "wall_seconds": _is_seconds,
     "ended": _is_text,
     "preparing": _is_text,
+    "error": _is_text,
 }
 
 
