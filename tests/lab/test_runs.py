@@ -78,7 +78,9 @@ def test_an_ensemble_still_training_is_listed_with_its_members_finished(root: Pa
     )
     details = run_details(root, "mnist/E")
     assert details.learning_curves == root / "mnist" / "E" / "seed0" / "learning_curves.png"
-    assert details.curves_label.startswith("learning curves of member seed0")
+    # "(1 of 2; ...)" counted the members started alone, read as an ensemble of 2
+    label = "learning curves of member seed0 (ensemble still training, members finished: 1 of 3; each member trained"
+    assert details.curves_label == f"{label} on its own)"
     assert details.config.startswith("# member seed1's config (the ensemble's own is written when it finishes)")
     # Members trained in processes of their own: each saves the ensemble's config.yaml and results.json with those
     # still to train; its line read "-" as a finished run with no figure.
@@ -87,6 +89,9 @@ def test_an_ensemble_still_training_is_listed_with_its_members_finished(root: Pa
     (root / "mnist" / "E" / "results.json").write_text(json.dumps(results))
     line = summarise("mnist/E", find_runs(root)["mnist/E"])
     assert (line.metric, line.value) == ("training (members finished: 1 of 3)", None)
+    details = run_details(root, "mnist/E")  # it showed no curves at all: its config.yaml is its own, no ensemble.json
+    assert details.learning_curves == root / "mnist" / "E" / "seed0" / "learning_curves.png"
+    assert details.curves_label == f"{label} on its own)"
 
 
 def test_a_runs_config_is_parsed_only_when_its_results_do_not_name_the_recipe(

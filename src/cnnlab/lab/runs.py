@@ -231,6 +231,29 @@ def _epochs(history: Any) -> list[dict[str, Any]]:
     return [row for row in history if isinstance(row, dict) and _number(row.get("epoch"))]
 
 
+def _ensemble_size(folder: Path, results: dict[str, Any]) -> int | None:
+    """The number of members of the ensemble at `folder` that is still training: its results.json's members and
+    missing_members (members trained with --member), else the size its started members record (``--ensemble``)."""
+    if isinstance(results.get("missing_members"), list) and isinstance(results.get("members"), list):
+        return len(results["members"]) + len(results["missing_members"])
+    for member in _training_members(folder):
+        extra = _config(member).get("extra")
+        size = extra.get("ensemble") if isinstance(extra, dict) else None
+        if _number(size):
+            return int(size)
+    return None
+
+
+def _members_progress(folder: Path, results: dict[str, Any]) -> str:
+    """The members of a training ensemble that finished, of its size: "1 of 3" (size unknown: "1 of 2 started")."""
+    members = _training_members(folder)
+    finished = sum((member / "results.json").is_file() for member in members)
+    if isinstance(results.get("members"), list):
+        finished = max(finished, len(results["members"]))
+    size = _ensemble_size(folder, results)
+    return f"{finished} of {size if size is not None else f'{len(members)} started'}"
+
+
 def summarise(run_id: str, folder: Path) -> RunSummary:
     """The list line of one run: task, recipe, date (of its config.yaml), headline metric."""
     results = _read_json(folder / "results.json")
@@ -241,16 +264,11 @@ def summarise(run_id: str, folder: Path) -> RunSummary:
     metric, value = _headline(results, history)
     members = _training_members(folder) if not (folder / "config.yaml").is_file() else []
     if members:  # an ensemble still training: its folder holds its members alone
-        finished = sum((member / "results.json").is_file() for member in members)
-        size = _config(members[0]).get("extra", {}) or {}
-        size = size.get("ensemble") if isinstance(size, dict) else None
-        of = f"{size}" if _number(size) else f"{len(members)} started"
-        metric, value = f"training (members finished: {finished} of {of})", None
+        metric, value = f"training (members finished: {_members_progress(folder, results)})", None
         return RunSummary(run_id, folder.parent.name, _recipe({}, _config(members[0])), when, metric, value)
     if isinstance(results.get("missing_members"), list) and isinstance(results.get("members"), list):
         # members trained in processes of their own (--member): saved by each, the others still to train
-        finished, size = len(results["members"]), len(results["members"]) + len(results["missing_members"])
-        metric, value = f"training (members finished: {finished} of {size})", None
+        metric, value = f"training (members finished: {_members_progress(folder, results)})", None
     elif not (folder / "results.json").is_file():
         # Training, or interrupted (nothing tells the two apart): "(last epoch)" read as a finished run's figure.
         progress = f"epoch {history[-1]['epoch']:g}" if history else "no epoch finished"
@@ -281,8 +299,10 @@ def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
     config = _config_path(folder)
     if curves is None and (folder / ENSEMBLE_SPEC).is_file():  # its curves were hidden without a word
         curves, curves_label = _member_curves(Path(root), folder / ENSEMBLE_SPEC)
-    elif curves is None and config.parent != folder:  # an ensemble still training: its members'
-        curves, curves_label = _member_curves(Path(root), _training_members(folder))
+    elif curves is None and _training_members(folder):  # an ensemble still training (--member too): its members'
+        results = _read_json(folder / "results.json")
+        progress = _members_progress(folder, results if isinstance(results, dict) else {})
+        curves, curves_label = _member_curves(Path(root), _training_members(folder), f"members finished: {progress}")
     text = config.read_text(errors="replace")
     if config.parent != folder:
         text = f"# member {config.parent.name}'s config (the ensemble's own is written when it finishes)\n{text}"
@@ -296,10 +316,11 @@ def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
     )
 
 
-def _member_curves(root: Path, spec: Path | list[Path]) -> tuple[Path | None, str]:
+def _member_curves(root: Path, spec: Path | list[Path], progress: str = "") -> tuple[Path | None, str]:
     """The learning curves of the first member of the ensemble at `spec` (or of `spec`'s members, one still
-    training) that has readable ones, and a label naming the member; only members inside `root` are opened (`cnnlab
-    ensemble` may name runs elsewhere)."""
+    training, whose `progress` the label gives in place of the member's place among the started members only: "1 of
+    2" read as the whole ensemble of 3) that has readable ones, and a label naming the member; only members inside
+    `root` are opened (`cnnlab ensemble` may name runs elsewhere)."""
     from cnnlab.data.folder import check_image
     from cnnlab.train.saved import ensemble_members
 
@@ -310,9 +331,8 @@ def _member_curves(root: Path, spec: Path | list[Path]) -> tuple[Path | None, st
     for number, member in enumerate(members, 1):
         curves = member / "learning_curves.png"
         if member.resolve().is_relative_to(root.resolve()) and curves.is_file() and check_image(curves) is None:
-            return curves, (
-                f"learning curves of member {member.name} ({number} of {len(members)}; each member trained on its own)"
-            )
+            place = f"ensemble still training, {progress}" if progress else f"{number} of {len(members)}"
+            return curves, f"learning curves of member {member.name} ({place}; each member trained on its own)"
     return None, "learning curves"
 
 
