@@ -51,6 +51,10 @@ def test_runs_are_listed_newest_first_with_task_recipe_and_headline(root: Path) 
     assert list(runs) == ["segment/new", "mnist/old"]
     old = summarise("mnist/old", runs["mnist/old"])
     assert (old.task, old.recipe, old.metric, old.value) == ("mnist", "default", "test_accuracy", 0.9912)
+    folder = _run(root, "segment", "folder", [0.5], {"model": "unet-lite0", "test": {"miou": 0.5}}, 1_700_000_000)
+    save_config(TrainConfig(task="segment", name="folder", extra={"model": "unet-lite0"}), folder / "config.yaml")
+    # `train segment --data` names its recipe --model and records no "recipe": its line read "-"
+    assert summarise("segment/folder", folder).recipe == "unet-lite0"
     new = summarise("segment/new", runs["segment/new"])
     # no results.json: training, or interrupted; it read "val_accuracy (last epoch)" as a finished run's figure
     assert (new.recipe, new.value) == ("quick", 0.7)

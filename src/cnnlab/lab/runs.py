@@ -276,6 +276,8 @@ def summarise(run_id: str, folder: Path) -> RunSummary:
         metric = f"- ({progress}, no results yet: training or interrupted)" if metric == "-" else metric
     recipe = _recipe(results, {})  # results.json names it for most runs: config.yaml is read only when it does not
     recipe = _recipe(results, _config(folder)) if recipe == "-" else recipe
+    if recipe == "-" and isinstance(results.get("model"), str) and results["model"]:
+        recipe = results["model"]  # `train segment --data` names its recipe --model (unet, unet-lite0...): read "-"
     return RunSummary(run_id, folder.parent.name, recipe, when, metric, value)
 
 
