@@ -227,3 +227,28 @@ def test_a_run_with_odd_records_is_listed_with_what_can_be_read(root: Path) -> N
     figure = compare_curves(root, "mnist/old", "segment/new")
     lengths = {line.get_label(): len(line.get_xdata()) for axis in figure.axes for line in axis.get_lines()}
     assert lengths["mnist/old: val_loss"] == 1 and lengths["segment/new: val_loss"] == 3
+
+
+def test_an_experiment_is_listed_with_its_best_variant_figure_and_command(root: Path) -> None:
+    """`cnnlab experiment` writes OUTPUT/experiment/NAME/ with results.json, report.md and figures but no config.yaml
+    (its seeds' runs sit one level deeper): the Runs page did not list it at all."""
+    folder = root / "experiment" / "pool-vs-stride"
+    (folder / "max-pool" / "seed0").mkdir(parents=True)
+    save_config(TrainConfig(task="experiment", name="x"), folder / "max-pool" / "seed0" / "config.yaml")
+    measured = {"max-pool": {"test accuracy": [0.9, 0.8]}, "strided-conv": {"test accuracy": [0.7, 0.7]}}
+    (folder / "results.json").write_text(json.dumps({"measured": measured, "settings": {"epochs": 1, "seeds": 2}}))
+    command = "cnnlab experiment pool-vs-stride --epochs 1 --seeds 2 --data-dir /some/where/long " + "x" * 60
+    (folder / "report.md").write_text(f"# Max pooling\n\n- command: `{command}`\n")
+    Image.new("RGB", (4, 4)).save(folder / "val_accuracy.png")
+    runs = find_runs(root)
+    assert "experiment/pool-vs-stride" in runs and "experiment/pool-vs-stride/max-pool" not in runs
+    line = summarise("experiment/pool-vs-stride", runs["experiment/pool-vs-stride"])
+    assert (line.task, line.recipe) == ("experiment", "-")
+    assert line.metric == "mean test accuracy of max-pool (best of 2 variants; report.md compares them)"
+    assert line.value == pytest.approx(0.85)
+    details = run_details(root, "experiment/pool-vs-stride")
+    assert details.learning_curves == folder / "val_accuracy.png"
+    assert details.curves_label == "val accuracy of each variant (more in report.md)"
+    assert f"command: {command}\n" in details.config and "seeds: 2" in details.config
+    (folder / "results.json").write_text("{")  # cut short: still listed, saying where to look
+    assert summarise("experiment/pool-vs-stride", folder).metric == "- (see its report.md)"

@@ -79,8 +79,24 @@ def find_runs(root: str | os.PathLike[str]) -> dict[str, Path]:
         for path in root.glob("*/*/seed*/config.yaml")
         if not (path.parent.parent / "config.yaml").exists() and path.parent.parent.is_dir()
     }
+    folders += [path.parent for path in root.glob("experiment/*/results.json") if _is_experiment(path.parent)]
     folders.sort(key=lambda folder: _config_path(folder).stat().st_mtime, reverse=True)
     return {f"{folder.parent.name}/{folder.name}": folder for folder in folders}
+
+
+# An experiment's figure to show first (`cnnlab experiment`: pool-vs-stride, lrn-vs-bn, cnn-vs-dense), in this order.
+_EXPERIMENT_FIGURES = ("val_accuracy.png", "training_loss.png", "sample_efficiency.png")
+
+
+def _is_experiment(folder: Path) -> bool:
+    """Whether `folder` is a finished ``cnnlab experiment`` (``<root>/experiment/<name>/``: results.json and
+    report.md, no config.yaml of its own, its seeds' runs one level deeper). It was not listed at all."""
+    return (
+        folder.parent.name == "experiment"
+        and not (folder / "config.yaml").exists()
+        and (folder / "results.json").is_file()
+        and (folder / "report.md").is_file()
+    )
 
 
 def _training_members(folder: Path) -> list[Path]:
@@ -94,6 +110,8 @@ def _config_path(folder: Path) -> Path:
     own = folder / "config.yaml"
     if own.is_file():
         return own
+    if _is_experiment(folder):  # dated by its results, written at its end
+        return folder / "results.json"
     members = [member / "config.yaml" for member in _training_members(folder)]
     return max(members, key=lambda path: path.stat().st_mtime) if members else own
 
@@ -254,6 +272,24 @@ def _members_progress(folder: Path, results: dict[str, Any]) -> str:
     return f"{finished} of {size if size is not None else f'{len(members)} started'}"
 
 
+def _experiment_headline(results: dict[str, Any]) -> tuple[str, float | None]:
+    """An experiment's best mean test accuracy over its variants, naming the variant and how many it compared."""
+    measured = results.get("measured")  # {variant: {"test accuracy": [per seed]}}; cnn-vs-dense: test_accuracy
+    by_variant = (
+        {v: f.get("test accuracy") for v, f in measured.items() if isinstance(f, dict)}
+        if isinstance(measured, dict)
+        else results.get("test_accuracy")
+    )
+    means = {}
+    for variant, values in (by_variant if isinstance(by_variant, dict) else {}).items():
+        if isinstance(values, list) and values and all(_number(v) for v in values):
+            means[str(variant)] = sum(values) / len(values)
+    if not means:
+        return "- (see its report.md)", None
+    best = max(means, key=lambda variant: means[variant])
+    return f"mean test accuracy of {best} (best of {len(means)} variants; report.md compares them)", means[best]
+
+
 def summarise(run_id: str, folder: Path) -> RunSummary:
     """The list line of one run: task, recipe, date (of its config.yaml), headline metric."""
     results = _read_json(folder / "results.json")
@@ -262,6 +298,9 @@ def summarise(run_id: str, folder: Path) -> RunSummary:
     history = _epochs(history)
     when = dt.datetime.fromtimestamp(_config_path(folder).stat().st_mtime).strftime("%Y-%m-%d %H:%M")
     metric, value = _headline(results, history)
+    if _is_experiment(folder):
+        metric, value = _experiment_headline(results)
+        return RunSummary(run_id, folder.parent.name, "-", when, metric, value)
     members = _training_members(folder) if not (folder / "config.yaml").is_file() else []
     if members:  # an ensemble still training: its folder holds its members alone
         metric, value = f"training (members finished: {_members_progress(folder, results)})", None
@@ -299,6 +338,10 @@ def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
 
     curves, curves_label = figure("learning_curves.png"), "learning curves"
     config = _config_path(folder)
+    if _is_experiment(folder):
+        curves = figure(*_EXPERIMENT_FIGURES)
+        label = f"{curves.stem.replace('_', ' ')} of each variant" if curves else ""
+        return RunDetails(curves, None, None, _experiment_settings(folder), unreadable, f"{label} (more in report.md)")
     if curves is None and (folder / ENSEMBLE_SPEC).is_file():  # its curves were hidden without a word
         curves, curves_label = _member_curves(Path(root), folder / ENSEMBLE_SPEC)
     elif curves is None and _training_members(folder):  # an ensemble still training (--member too): its members'
@@ -316,6 +359,32 @@ def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
         unreadable,
         curves_label,
     )
+
+
+def _experiment_settings(folder: Path) -> str:
+    """What the config view shows of an experiment, which has no config.yaml: its command and settings."""
+    import yaml
+
+    results = _read_json(folder / "results.json")
+    settings = results.get("settings") if isinstance(results, dict) else None
+    command = next(
+        (
+            line[len("- command: ") :].strip("`")
+            for line in _lines(folder / "report.md")
+            if line.startswith("- command: ")
+        ),
+        None,
+    )
+    text = "# an experiment: no config.yaml of its own; its command and settings (report.md has its results)\n"
+    document = {"command": command, "settings": settings if isinstance(settings, dict) else None}
+    return text + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=2**16)
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
 
 
 def _member_curves(root: Path, spec: Path | list[Path], progress: str = "") -> tuple[Path | None, str]:
