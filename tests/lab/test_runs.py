@@ -163,6 +163,9 @@ def test_an_ensemble_shows_a_members_learning_curves_saying_whose(
     assert details.learning_curves == ensemble / "seed1" / "learning_curves.png"
     assert details.curves_label == "learning curves of member seed1 (3 of 3; each member trained on its own)"
     assert run_details(root, "mnist/old").curves_label == "learning curves"
+    (ensemble / "metrics.json").unlink()  # as `cnnlab ensemble` writes it: no epochs of its own
+    with pytest.raises(CnnlabError, match=r"epochs to plot \(an ensemble: its members trained the curves; its page"):
+        compare_curves(root, "mnist/E", "mnist/old")
 
 
 def test_two_runs_curves_share_one_figure(root: Path) -> None:
@@ -181,6 +184,10 @@ def test_two_runs_curves_share_one_figure(root: Path) -> None:
     with pytest.raises(CnnlabError, match="run segment/new has no metrics.json with epochs"):
         compare_curves(root, "mnist/old", "segment/new")
     assert len(plt.get_fignums()) == opened
+    # a metrics.json cut short was "no metrics.json with epochs", which the run has
+    (root / "mnist" / "old" / "metrics.json").write_text('[{"epoch": 1, "val_acc')
+    with pytest.raises(CnnlabError, match=r"run mnist/old's metrics.json cannot be read \(Unterminated string"):
+        compare_curves(root, "mnist/old", "segment/new")
 
 
 @pytest.mark.parametrize(

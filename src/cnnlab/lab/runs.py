@@ -407,6 +407,32 @@ def _member_curves(root: Path, spec: Path | list[Path], progress: str = "") -> t
     return None, "learning curves"
 
 
+def _curves_history(root: str | os.PathLike[str], run_id: str) -> list[dict[str, Any]]:
+    """The epochs of a listed run's metrics.json.
+
+    Raises:
+        CnnlabError: it has none, saying why: a metrics.json cut short or not JSON read as "no metrics.json", and an
+            ensemble or experiment, whose members' runs hold the curves, as a run without any.
+    """
+    folder = resolve_run(root, run_id)
+    path = folder / "metrics.json"
+    try:
+        history = _epochs(json.loads(path.read_text()))
+    except FileNotFoundError:
+        history = []
+    except (OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CnnlabError(f"run {run_id}'s metrics.json cannot be read ({reason}); pick another run") from None
+    if not history:
+        kind = ""
+        if (folder / "ensemble.json").is_file() or _training_members(folder):
+            kind = " (an ensemble: its members trained the curves; its page shows one member's)"
+        elif _is_experiment(folder):
+            kind = " (an experiment: its report.md compares its variants)"
+        raise CnnlabError(f"run {run_id} has no metrics.json with epochs to plot{kind}")
+    return history
+
+
 def compare_curves(root: str | os.PathLike[str], first: str, second: str) -> Any:
     """A matplotlib figure: the two runs' losses (left) and other metrics (right) per epoch, from metrics.json."""
     import matplotlib
@@ -416,11 +442,8 @@ def compare_curves(root: str | os.PathLike[str], first: str, second: str) -> Any
 
     from cnnlab.train.records import epoch_axis
 
-    histories = []
-    for run_id in (first, second):  # both read before the figure is made: a refusal left it open in pyplot
-        histories.append(_epochs(_read_json(resolve_run(root, run_id) / "metrics.json")))
-        if not histories[-1]:
-            raise CnnlabError(f"run {run_id} has no metrics.json with epochs to plot")
+    # both read before the figure is made: a refusal left it open in pyplot
+    histories = [_curves_history(root, run_id) for run_id in (first, second)]
     figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for run_id, style, history in ((first, "-", histories[0]), (second, "--", histories[1])):
         epochs = [row["epoch"] for row in history]
