@@ -16,6 +16,7 @@ from cnnlab.lab.runs import (
     resolve_run,
     run_details,
     summarise,
+    unreadable_run_folders,
     unreadable_task_folders,
 )
 from cnnlab.train.config import TrainConfig, save_config
@@ -127,6 +128,24 @@ def test_a_task_folder_that_cannot_be_read_is_named(root: Path, monkeypatch: pyt
     refuse_listing(monkeypatch, root / "mnist")
     assert list(find_runs(root)) == ["segment/new"]
     assert unreadable_task_folders(root) == [("mnist", "Permission denied")]
+
+
+def test_a_run_folder_that_cannot_be_opened_is_named(root: Path) -> None:
+    """A symbolic link loop or a link to a folder that is gone was left off the Runs page without a word; an empty
+    folder (no config.yaml: no run) and a link to a file are not runs, and not named."""
+    mnist = root / "mnist"
+    (mnist / "loop_a").symlink_to("loop_b")
+    (mnist / "loop_b").symlink_to("loop_a")
+    (mnist / "gone").symlink_to(root / "nowhere")
+    (mnist / "notes").symlink_to(mnist / "old" / "config.yaml")
+    (mnist / "inner").mkdir()
+    (mnist / "inner" / "self").symlink_to("../inner")  # a loop below a run's level: never opened
+    assert list(find_runs(root)) == ["segment/new", "mnist/old"]
+    assert unreadable_run_folders(root) == [
+        ("mnist/gone", "No such file or directory"),
+        ("mnist/loop_a", "Too many levels of symbolic links"),
+        ("mnist/loop_b", "Too many levels of symbolic links"),
+    ]
 
 
 def test_only_listed_runs_are_opened(root: Path) -> None:

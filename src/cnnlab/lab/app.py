@@ -103,6 +103,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         saved_model_stamp,
         saved_runs,
         summarise,
+        unreadable_run_folders,
         unreadable_task_folders,
     )
     from cnnlab.lab.scan_page import scan_view, segment_view
@@ -246,12 +247,12 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         )
 
     def runs_note(listed: bool) -> Any:
-        unreadable = unreadable_task_folders(runs_root)
-        if unreadable:
+        unreadable = unreadable_task_folders(runs_root) + unreadable_run_folders(runs_root)
+        if unreadable:  # a symbolic link loop or a link to a folder that is gone was left out unsaid
             text = (
                 "Not listed, as this user cannot read them: "
                 + ", ".join(f"`{Path(runs_root) / task}` ({reason})" for task, reason in unreadable)
-                + ". Give this user read permission, then Refresh."
+                + ". Give this user read permission (or mend the link), then Refresh."
             )
         elif not listed:  # an empty table said nothing of where runs come from
             text = (

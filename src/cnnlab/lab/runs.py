@@ -27,6 +27,8 @@ __all__ = [
     "saved_model_stamp",
     "saved_runs",
     "summarise",
+    "unreadable_run_folders",
+    "unreadable_task_folders",
 ]
 
 # A folder segmentation run (train segment --data) names its test figures test_confusion.png and test_worst.png.
@@ -131,6 +133,35 @@ def unreadable_task_folders(root: str | os.PathLike[str]) -> list[tuple[str, str
                 next(entries, None)
         except OSError as error:
             unreadable.append((task.name, str(error.strerror or error)))
+    return unreadable
+
+
+def unreadable_run_folders(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """(``task/name``, reason) for each entry of a readable ``<root>/<task>/`` that is a folder, or a link, which
+    cannot be opened: a symbolic link loop, a link to a folder that is gone, a folder this user cannot list.
+    `find_runs` skips them without a word, as it skips a folder that is no run (no config.yaml), which is not named."""
+    root = Path(root)
+    try:
+        tasks = sorted(path for path in root.iterdir() if path.is_dir())
+    except OSError:
+        return []
+    unreadable = []
+    for task in tasks:
+        try:
+            with os.scandir(task) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError:
+            continue  # the task folder itself: `unreadable_task_folders`
+        for entry in entries:
+            try:
+                if entry.name.startswith(".") or not (entry.is_symlink() or entry.is_dir(follow_symlinks=False)):
+                    continue
+                with os.scandir(entry.path) as inside:
+                    next(inside, None)
+            except NotADirectoryError:
+                continue  # a link to a file
+            except OSError as error:
+                unreadable.append((f"{task.name}/{entry.name}", str(error.strerror or error)))
     return unreadable
 
 
