@@ -74,6 +74,30 @@ def test_uploads_are_size_limited_and_checked(chelsea: Path, tmp_path: Path) -> 
     garbage.write_bytes(b"this is not a JPEG" * 50)
     with pytest.raises(CnnlabError, match="not an image PIL can read"):
         open_upload(garbage, max_bytes=10 * 2**20)
+    (tmp_path / "empty.png").touch()
+    with pytest.raises(CnnlabError, match="^cannot use this file: zero-byte file; upload a PNG or JPEG photo$"):
+        open_upload(tmp_path / "empty.png", max_bytes=10 * 2**20)
+
+
+def test_an_image_over_pillows_warning_size_leaves_no_warning_in_the_servers_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload over 89 MP (Pillow's DecompressionBombWarning; simulated with a lower limit) printed two lines of
+    Pillow's source in the lab's log each time the Classify or Scan page decoded it, the page answering in words."""
+    import warnings
+
+    from PIL import Image
+
+    from cnnlab.lab.scan_page import _decoded, _refuse_large
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    path = tmp_path / "wide.png"
+    Image.new("L", (40, 40), 128).save(path)  # 1,600 pixels: over the warning, under the error (twice the limit)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert open_upload(path, max_bytes=2**20).size == _decoded(path).size == (40, 40)
+        _refuse_large(path, "crop it")
+    assert [str(warning.message) for warning in caught] == []
 
 
 def test_an_mnist_ensemble_run_is_offered_and_classifies_a_drawing(tmp_path: Path) -> None:

@@ -7,7 +7,10 @@ returns it as images instead of writing PNG files.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +30,7 @@ __all__ = [
     "for_display",
     "open_upload",
     "pretrained_models",
+    "without_bomb_warning",
 ]
 
 
@@ -82,6 +86,18 @@ def check_upload_size(path: str | os.PathLike[str], max_bytes: int) -> None:
         )
 
 
+@contextlib.contextmanager
+def without_bomb_warning() -> Iterator[None]:
+    """Pillow's DecompressionBombWarning (an image over 89 MP "could be decompression bomb DOS attack") left out: it
+    printed two lines of source in the server's log for each such upload, which the page takes or refuses by its own
+    limits (the upload's MiB, the Scan page's pixels) and Pillow's guard at 179 MP, an error said in the page."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def open_upload(path: str | os.PathLike[str], max_bytes: int) -> Any:
     """An uploaded file as an RGB PIL image.
 
@@ -91,7 +107,8 @@ def open_upload(path: str | os.PathLike[str], max_bytes: int) -> Any:
     from cnnlab.data.folder import decode_image, to_rgb
 
     check_upload_size(path, max_bytes)
-    image, _, reason = decode_image(path)  # decoded once: checking and then loading it decoded it twice (2 s at 36 MP)
+    with without_bomb_warning():  # decoded once: checking and then loading it decoded it twice (2 s at 36 MP)
+        image, _, reason = decode_image(path)
     if image is None:
         raise CnnlabError(f"cannot use this file: {reason}; upload a PNG or JPEG photo")
     return to_rgb(image)

@@ -108,8 +108,10 @@ def _decoded(image_path: str | os.PathLike[str]) -> Any:
         CnnlabError: it cannot be read as an image, saying why.
     """
     from cnnlab.data.folder import decode_image, to_rgb
+    from cnnlab.lab.classify import without_bomb_warning
 
-    image, _, reason = decode_image(image_path)
+    with without_bomb_warning():
+        image, _, reason = decode_image(image_path)
     if image is None:
         raise CnnlabError(f"cannot use this file: {reason}; upload a PNG or JPEG image")
     return to_rgb(image)
@@ -124,9 +126,10 @@ def _refuse_large(image_path: str | os.PathLike[str], remedy: str, max_side: int
 
     from cnnlab.data.folder import turned_by_exif
     from cnnlab.data.segmentation import downscaled_size
+    from cnnlab.lab.classify import without_bomb_warning
 
     try:
-        with Image.open(image_path) as image:
+        with without_bomb_warning(), Image.open(image_path) as image:
             width, height = image.size
             # A PNG's getexif() decodes every pixel to look for an EXIF chunk after them: only the header's is read
             # (a turn leaves the pixel count, and so the verdict, as it is; only the size in the message would differ).
