@@ -146,6 +146,8 @@ def test_a_run_folder_that_cannot_be_opened_is_named(root: Path) -> None:
         ("mnist/loop_a", "Too many levels of symbolic links"),
         ("mnist/loop_b", "Too many levels of symbolic links"),
     ]
+    (root / "looped").symlink_to("looped")  # a task folder: the same, one level up
+    assert unreadable_task_folders(root) == [("looped", "Too many levels of symbolic links")]
 
 
 def test_only_listed_runs_are_opened(root: Path) -> None:

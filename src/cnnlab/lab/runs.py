@@ -119,21 +119,13 @@ def _config_path(folder: Path) -> Path:
 
 
 def unreadable_task_folders(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
-    """(task, reason) for each ``<root>/<task>/`` folder that cannot be listed: `find_runs` cannot see its runs
-    (the glob skips such a folder without a word), so the Runs page says so instead."""
-    root = Path(root)
+    """(task, reason) for each ``<root>/<task>/`` folder, or link to one, that cannot be listed (a folder this user
+    cannot read, a symbolic link loop, a link to a folder that is gone): `find_runs` cannot see its runs (the glob
+    skips such a folder without a word), so the Runs page says so instead."""
     try:
-        tasks = sorted(path for path in root.iterdir() if path.is_dir())
+        return _unopenable(Path(root))
     except OSError:
         return []  # the root itself: refused when the lab starts (`check_runs_root`)
-    unreadable = []
-    for task in tasks:
-        try:
-            with os.scandir(task) as entries:
-                next(entries, None)
-        except OSError as error:
-            unreadable.append((task.name, str(error.strerror or error)))
-    return unreadable
 
 
 def unreadable_run_folders(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
@@ -148,20 +140,31 @@ def unreadable_run_folders(root: str | os.PathLike[str]) -> list[tuple[str, str]
     unreadable = []
     for task in tasks:
         try:
-            with os.scandir(task) as listing:
-                entries = sorted(listing, key=lambda entry: entry.name)
+            unreadable += [(f"{task.name}/{name}", reason) for name, reason in _unopenable(task)]
         except OSError:
             continue  # the task folder itself: `unreadable_task_folders`
-        for entry in entries:
-            try:
-                if entry.name.startswith(".") or not (entry.is_symlink() or entry.is_dir(follow_symlinks=False)):
-                    continue
-                with os.scandir(entry.path) as inside:
-                    next(inside, None)
-            except NotADirectoryError:
-                continue  # a link to a file
-            except OSError as error:
-                unreadable.append((f"{task.name}/{entry.name}", str(error.strerror or error)))
+    return unreadable
+
+
+def _unopenable(folder: Path) -> list[tuple[str, str]]:
+    """(name, reason) for each folder or link in `folder` that cannot be listed, by name; a link to a file is none.
+
+    Raises:
+        OSError: `folder` itself cannot be listed.
+    """
+    with os.scandir(folder) as listing:
+        entries = sorted(listing, key=lambda entry: entry.name)
+    unreadable = []
+    for entry in entries:
+        try:
+            if entry.name.startswith(".") or not (entry.is_symlink() or entry.is_dir(follow_symlinks=False)):
+                continue
+            with os.scandir(entry.path) as inside:
+                next(inside, None)
+        except NotADirectoryError:
+            continue  # a link to a file
+        except OSError as error:
+            unreadable.append((entry.name, str(error.strerror or error)))
     return unreadable
 
 
