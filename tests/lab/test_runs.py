@@ -63,6 +63,15 @@ def test_runs_are_listed_newest_first_with_task_recipe_and_headline(root: Path) 
     (root / "segment" / "new" / "metrics.json").unlink()  # started: its config.yaml, and no epoch yet
     started = summarise("segment/new", runs["segment/new"])
     assert (started.metric, started.value) == ("- (no epoch finished, no results yet: training or interrupted)", None)
+    (root / "segment" / "new" / "metrics.json").write_text('[{"epoch": 1, "val_acc')  # cut short: no "no epoch"
+    broken = summarise("segment/new", runs["segment/new"]).metric
+    assert broken == "- (metrics.json cannot be read: Unterminated string starting at: line 1 column 15 (char 14), "\
+        "no results yet: training or interrupted)"  # fmt: skip
+    (root / "mnist" / "old" / "results.json").write_text('{"test_acc')  # was its last epoch's figure, unsaid
+    line = summarise("mnist/old", runs["mnist/old"])
+    assert (line.metric, line.value) == ("- (results.json cannot be read: Unterminated string starting at: line 1 "
+                                         "column 2 (char 1))", None)  # fmt: skip
+    (root / "mnist" / "old" / "results.json").write_text('{"recipe": "default", "test_accuracy": 0.9912}')
     assert new.date > old.date
 
 

@@ -222,6 +222,17 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def _unreadable_json(path: Path) -> str | None:
+    """Why the JSON file at `path` cannot be read (cut short, not JSON, unreadable), or None (read, or missing)."""
+    try:
+        json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        return str(error).splitlines()[0] if str(error) else type(error).__name__
+    return None
+
+
 def _recipe(results: dict[str, Any], config: dict[str, Any]) -> str:
     extra = config.get("extra")
     extra = extra if isinstance(extra, dict) else {}  # `extra: null` failed the whole list
@@ -342,9 +353,14 @@ def summarise(run_id: str, folder: Path) -> RunSummary:
     if isinstance(results.get("missing_members"), list) and isinstance(results.get("members"), list):
         # members trained in processes of their own (--member): saved by each, the others still to train
         metric, value = f"training (members finished: {_members_progress(folder, results)})", None
+    elif (folder / "results.json").is_file() and _unreadable_json(folder / "results.json"):
+        # its last epoch's figure was shown as a finished run's, with nothing said of its results
+        metric, value = f"- (results.json cannot be read: {_unreadable_json(folder / 'results.json')})", None
     elif not (folder / "results.json").is_file():
         # Training, or interrupted (nothing tells the two apart): "(last epoch)" read as a finished run's figure.
         progress = f"epoch {history[-1]['epoch']:g}" if history else "no epoch finished"
+        broken = _unreadable_json(folder / "metrics.json") if not history else None
+        progress = f"metrics.json cannot be read: {broken}" if broken else progress  # said "no epoch finished"
         metric = metric.replace("(last epoch)", f"({progress}, no results yet: training or interrupted)")
         metric = f"- ({progress}, no results yet: training or interrupted)" if metric == "-" else metric
     recipe = _recipe(results, {})  # results.json names it for most runs: config.yaml is read only when it does not
@@ -450,13 +466,10 @@ def _curves_history(root: str | os.PathLike[str], run_id: str) -> list[dict[str,
     """
     folder = resolve_run(root, run_id)
     path = folder / "metrics.json"
-    try:
-        history = _epochs(json.loads(path.read_text()))
-    except FileNotFoundError:
-        history = []
-    except (OSError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CnnlabError(f"run {run_id}'s metrics.json cannot be read ({reason}); pick another run") from None
+    reason = _unreadable_json(path)
+    if reason is not None:
+        raise CnnlabError(f"run {run_id}'s metrics.json cannot be read ({reason}); pick another run")
+    history = _epochs(_read_json(path))
     if not history:
         kind = ""
         if (folder / "ensemble.json").is_file() or _training_members(folder):
