@@ -238,7 +238,9 @@ def test_the_headline_is_the_test_report_of_a_transfer_or_segmentation_run(
     assert (line.metric, line.value) == (metric, value)
 
 
-def test_a_figure_cut_short_is_left_out_and_named_not_a_failed_page(root: Path) -> None:
+def test_a_figure_cut_short_is_left_out_and_named_not_a_failed_page(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A run killed while it redrew learning_curves.png (every epoch) left half a PNG: opening it failed the whole
     Runs page on load ("image file is truncated"), runs table and the other pages' run lists included."""
     folder = root / "segment" / "new"
@@ -250,6 +252,17 @@ def test_a_figure_cut_short_is_left_out_and_named_not_a_failed_page(root: Path) 
     assert details.unreadable == ["learning_curves.png: corrupt or truncated (image file is truncated)"]
     assert "task: segment" in details.config
     assert run_details(root, "mnist/old").unreadable == []
+    (root / "mnist" / "other" / "config.yaml").mkdir(parents=True)  # a folder named so: no run
+    assert list(find_runs(root)) == ["segment/new", "mnist/old"]
+    read_text = Path.read_text
+
+    def refused(path: Path, *args: object, **kwargs: object) -> str:
+        if path.name == "config.yaml":
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refused)  # another user's file (chmod does not stop root: simulated)
+    assert run_details(root, "mnist/old").config == "# config.yaml cannot be read (Permission denied)\n"
 
 
 def test_a_run_with_odd_records_is_listed_with_what_can_be_read(root: Path) -> None:

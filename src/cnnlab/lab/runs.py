@@ -75,7 +75,7 @@ def find_runs(root: str | os.PathLike[str]) -> dict[str, Path]:
     root = Path(root)
     if not root.is_dir():
         return {}
-    folders = [path.parent for path in root.glob("*/*/config.yaml") if path.parent.is_dir()]
+    folders = [path.parent for path in root.glob("*/*/config.yaml") if path.is_file() and path.parent.is_dir()]
     folders += {
         path.parent.parent
         for path in root.glob("*/*/seed*/config.yaml")
@@ -398,7 +398,10 @@ def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
         results = _read_json(folder / "results.json")
         progress = _members_progress(folder, results if isinstance(results, dict) else {})
         curves, curves_label = _member_curves(Path(root), _training_members(folder), f"members finished: {progress}")
-    text = config.read_text(errors="replace")
+    try:
+        text = config.read_text(errors="replace")
+    except OSError as error:  # failed the whole Runs page when it opened on this run (the newest)
+        text = f"# {config.name} cannot be read ({error.strerror or error})\n"
     if config.parent != folder:
         text = f"# member {config.parent.name}'s config (the ensemble's own is written when it finishes)\n{text}"
     return RunDetails(
