@@ -82,7 +82,7 @@ def find_runs(root: str | os.PathLike[str]) -> dict[str, Path]:
         if not (path.parent.parent / "config.yaml").exists() and path.parent.parent.is_dir()
     }
     folders += [path.parent for path in root.glob("experiment/*/results.json") if _is_experiment(path.parent)]
-    folders.sort(key=lambda folder: _config_path(folder).stat().st_mtime, reverse=True)
+    folders.sort(key=lambda folder: _mtime(_config_path(folder)), reverse=True)
     return {f"{folder.parent.name}/{folder.name}": folder for folder in folders}
 
 
@@ -115,7 +115,16 @@ def _config_path(folder: Path) -> Path:
     if _is_experiment(folder):  # dated by its results, written at its end
         return folder / "results.json"
     members = [member / "config.yaml" for member in _training_members(folder)]
-    return max(members, key=lambda path: path.stat().st_mtime) if members else own
+    return max(members, key=_mtime) if members else own
+
+
+def _mtime(path: Path) -> float:
+    """`path`'s modification time; 0 once it is gone (a run trained again with --overwrite, removed while the page
+    lists it, failed the whole list with FileNotFoundError)."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def unreadable_task_folders(root: str | os.PathLike[str]) -> list[tuple[str, str]]:
@@ -341,7 +350,8 @@ def summarise(run_id: str, folder: Path) -> RunSummary:
     history = _read_json(folder / "metrics.json")
     results = results if isinstance(results, dict) else {}
     history = _epochs(history)
-    when = dt.datetime.fromtimestamp(_config_path(folder).stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    modified = _mtime(_config_path(folder))
+    when = dt.datetime.fromtimestamp(modified).strftime("%Y-%m-%d %H:%M") if modified else "-"
     metric, value = _headline(results, history)
     if _is_experiment(folder):
         metric, value = _experiment_headline(results)
