@@ -240,7 +240,7 @@ def test_the_headline_is_the_test_report_of_a_transfer_or_segmentation_run(
     assert (line.metric, line.value) == (metric, value)
 
 
-def test_a_figure_cut_short_is_left_out_and_named_not_a_failed_page(
+def test_a_figure_cut_short_is_named_and_drawn_again_not_a_failed_page(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run killed while it redrew learning_curves.png (every epoch) left half a PNG: opening it failed the whole
@@ -250,8 +250,15 @@ def test_a_figure_cut_short_is_left_out_and_named_not_a_failed_page(
     curves.write_bytes(curves.read_bytes()[:3000])
     (folder / "config.yaml").write_bytes((folder / "config.yaml").read_bytes() + b"# caf\xe9\n")  # latin-1 text
     details = run_details(root, "segment/new")
-    assert details.learning_curves is None
     assert details.unreadable == ["learning_curves.png: corrupt or truncated (image file is truncated)"]
+    # its epochs were hidden with the figure: drawn from metrics.json, as the engine draws them, and said so
+    assert details.curves_label == "learning curves (drawn from metrics.json: its learning_curves.png cannot be read)"
+    assert details.learning_curves is not None and details.learning_curves.parent != folder
+    assert Image.open(details.learning_curves).size == Image.open(root / "mnist" / "old" / "learning_curves.png").size
+    curves.unlink()  # killed in its first epoch between metrics.json and the figure: none saved
+    assert (
+        run_details(root, "segment/new").curves_label == "learning curves (drawn from metrics.json: the run saved none)"
+    )
     assert "task: segment" in details.config
     assert run_details(root, "mnist/old").unreadable == []
     (root / "mnist" / "other" / "config.yaml").mkdir(parents=True)  # a folder named so: no run

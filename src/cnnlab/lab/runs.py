@@ -404,6 +404,10 @@ def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
         return RunDetails(curves, None, None, _experiment_settings(folder), unreadable, f"{label} (more in report.md)")
     if curves is None and (folder / ENSEMBLE_SPEC).is_file():  # its curves were hidden without a word
         curves, curves_label = _member_curves(Path(root), folder / ENSEMBLE_SPEC)
+    elif curves is None and _epochs(_read_json(folder / "metrics.json")):
+        # killed in its first epoch between metrics.json and the figure, or while it redrew it: its epochs hidden
+        why = "its learning_curves.png cannot be read" if unreadable else "the run saved none"
+        curves, curves_label = _drawn_curves(folder), f"learning curves (drawn from metrics.json: {why})"
     elif curves is None and _training_members(folder):  # an ensemble still training (--member too): its members'
         results = _read_json(folder / "results.json")
         progress = _members_progress(folder, results if isinstance(results, dict) else {})
@@ -422,6 +426,20 @@ def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
         unreadable,
         curves_label,
     )
+
+
+def _drawn_curves(folder: Path) -> Path:
+    """The learning curves of the run at `folder` drawn from its metrics.json, as the engine draws them, into this
+    process's scratch folder (one file per run, redrawn each time)."""
+    import hashlib
+    import tempfile
+
+    from cnnlab.train.records import plot_learning_curves
+
+    scratch = Path(tempfile.gettempdir()) / f"cnnlab-lab-{os.getpid()}"
+    scratch.mkdir(exist_ok=True)
+    name = hashlib.blake2b(str(folder.resolve()).encode(), digest_size=8).hexdigest()
+    return plot_learning_curves(_epochs(_read_json(folder / "metrics.json")), scratch / f"{name}.png")
 
 
 def _experiment_settings(folder: Path) -> str:
