@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from cnnlab.budget import budget
 from cnnlab.budget.python_model import build_python_model, is_python_target
 from cnnlab.cli import app
 from cnnlab.errors import CnnlabError
@@ -195,3 +196,28 @@ def test_an_input_with_the_wrong_channels_names_what_the_first_convolution_takes
     result = CliRunner().invoke(app, ["budget", f"{nets}:build", "--input", given])
     assert isinstance(result.exception, CnnlabError), result.exception
     assert str(result.exception).endswith(f"does not run on input {given}: Invalid channel dimensions; {hint}")
+
+
+class AuxiliaryHead(torch.nn.Module):
+    """inception_v3's pattern: a head that runs in training only and needs a larger map than the rest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Conv2d(3, 4, 1)
+        self.aux = torch.nn.Conv2d(4, 2, 12)  # a 12x12 kernel: 12 px at least, in training only
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x)
+        main = features.mean((2, 3))
+        return (main, self.aux(features).flatten(1)) if self.training else main
+
+
+def test_the_smallest_input_counts_a_head_that_runs_in_training_only() -> None:
+    """inception_v3 at 3x224x224 was told "the smallest square input it takes is 3x225x225": the search ran the
+    eval-mode forward only, which skips the auxiliary head that needs 299; 225 fails as 224 did."""
+    with torch.device("meta"):  # as a MODULE:NAME network is built; the search needs no weights
+        net = AuxiliaryHead()
+    with pytest.raises(CnnlabError) as error:
+        budget(net, input_shape=(3, 8, 8))
+    assert "the smallest square input it takes is 3x12x12" in str(error.value)
+    assert budget(net, input_shape=(3, 12, 12)).params == 3 * 4 + 4 + 4 * 2 * 144 + 2

@@ -322,15 +322,19 @@ def _smallest_side(module: nn.Module, shape: tuple[int, ...], largest: int = 409
         return None
 
     def runs(side: int) -> bool:
+        # Both modes, as the budget traces both: a head that runs in training only (inception_v3's auxiliary one,
+        # which needs 299 px) fails there alone. Two samples in training, or a batch norm on a 1x1 map of one sample
+        # would refuse it for another reason than the size asked about here.
         try:
             with torch.no_grad():
-                module(torch.empty(1, shape[0], side, side, device="meta"))
+                for training_mode, batch in ((False, 1), (True, 2)):
+                    module.train(training_mode)
+                    module(torch.empty(batch, shape[0], side, side, device="meta"))
         except FORWARD_ERRORS:
             return False
         return True
 
     training = module.training
-    module.eval()  # a batch norm in training mode refuses a 1x1 map of one sample, which is not the question here
     try:
         low = min(shape[1:])  # the square of the smaller side does not run either
         default = getattr(module, "default_input_size", None)  # where a fixed dense layer allows one size only
