@@ -221,3 +221,36 @@ def test_the_smallest_input_counts_a_head_that_runs_in_training_only() -> None:
         budget(net, input_shape=(3, 8, 8))
     assert "the smallest square input it takes is 3x12x12" in str(error.value)
     assert budget(net, input_shape=(3, 12, 12)).params == 3 * 4 + 4 + 4 * 2 * 144 + 2
+
+
+class Detector(torch.nn.Module):
+    """torchvision's detection networks take a list of images (and targets to train) and keep values by score."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> list[torch.Tensor]:
+        scores = self.backbone(torch.stack(list(images))).amax(1)
+        return [torch.nonzero(score > 0.5) for score in scores]
+
+
+class KeepsByValue(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nonzero(x > 0.5)
+
+
+def test_a_network_that_takes_a_list_of_images_is_refused_in_one_line_that_says_why() -> None:
+    """A detection network (ssdlite320_mobilenet_v3_large) was refused for "reading its tensors' values" with torch's
+    whole nonzero paragraph quoted, and without saying that its input is a list of images."""
+    with pytest.raises(CnnlabError) as error:
+        budget(Detector(), input_shape=(3, 16, 16), name="detector")
+    message = str(error.value)
+    assert (
+        message.startswith("detector takes a list of images (images, as detection networks do") and "\n" not in message
+    )
+    assert "backbone" in message
+    with pytest.raises(CnnlabError) as error:
+        budget(KeepsByValue(), input_shape=(3, 16, 16), name="keeps")
+    assert "reads its tensors' values in forward (The register_meta function for torch.nonzero()" in str(error.value)
+    assert "To enable this registration" not in str(error.value)  # torch's paragraph, cut at its first sentence

@@ -15,9 +15,12 @@ Two views of memory, each component shown separately:
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
+import inspect
 import math
 import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -358,14 +361,38 @@ def _first_convolution(module: nn.Module) -> tuple[str, nn.modules.conv._ConvNd]
     )
 
 
+def _list_input(module: nn.Module) -> str | None:
+    """The name of the forward's first parameter where it is annotated as a list (torchvision's detection networks:
+    ``images: List[Tensor]``, and ``targets`` to train), else None."""
+    try:
+        first = next(iter(inspect.signature(module.forward).parameters.values()), None)
+    except (TypeError, ValueError):  # a forward without a signature Python can read
+        return None
+    if first is None:
+        return None
+    annotation = first.annotation
+    if isinstance(annotation, str):  # postponed annotations: "List[Tensor]", "list[torch.Tensor]"
+        return first.name if re.match(r"^(typing\.)?(list|List|Sequence)\[", annotation.strip()) else None
+    return first.name if typing.get_origin(annotation) in (list, collections.abc.Sequence) else None
+
+
 def input_error(
     name: str, module: nn.Module, shape: tuple[int, ...], error: Exception, batch_size: int = 1
 ) -> CnnlabError:
     """torch's error for `module` run on one `shape` sample (a batch of `batch_size` in training mode), as one line
-    that names the model and its input, with what to do where the cause is known: a map shrunk below a kernel (the
-    smallest input that runs), fixed dense layers (their size), a batch norm on one value per channel."""
+    that names the model and its input, with what to do where the cause is known: a forward that takes a list of
+    images (a detection network), a map shrunk below a kernel (the smallest input that runs), fixed dense layers (their
+    size), a batch norm on one value per channel."""
     first_line = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
+    if (images := _list_input(module)) is not None:  # torchvision detection: whatever it raised, this is the cause
+        return CnnlabError(
+            f"{name} takes a list of images ({images}, as detection networks do: each its own size, with their "
+            "targets to train, and outputs that depend on the values, such as boxes kept after non-maximum "
+            "suppression); the budget sizes a network that maps one batch tensor to outputs of known shape: size its "
+            "backbone (a FILE.py:NAME that returns the built network's .backbone)"
+        )
     if any(words in first_line for words in _NO_VALUES):  # the input is not the cause: another size fails alike
+        first_line = first_line.split(". ")[0]  # torch's nonzero message goes on for three more sentences
         return CnnlabError(
             f"{name} reads its tensors' values in forward ({first_line}): the budget traces it on the meta device, "
             "where tensors have shapes but no values, so a forward that branches on or converts them (.item(), "
