@@ -254,3 +254,36 @@ def test_a_network_that_takes_a_list_of_images_is_refused_in_one_line_that_says_
         budget(KeepsByValue(), input_shape=(3, 16, 16), name="keeps")
     assert "reads its tensors' values in forward (The register_meta function for torch.nonzero()" in str(error.value)
     assert "To enable this registration" not in str(error.value)  # torch's paragraph, cut at its first sentence
+
+
+REGNET_LIKE = """
+import torch
+from torch import nn
+
+def build(depth=2):
+    # torchvision's RegNets compute their widths with tensors while they build, which the meta device cannot
+    widths = (torch.round(torch.arange(1, depth + 1) * 4.0)).int().tolist()
+    layers, channels = [], 3
+    for width in widths:
+        layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width)]
+        channels = width
+    net = nn.Sequential(*layers)
+    built.append(net[0].weight.device.type)
+    return net
+
+built = []
+"""
+
+
+def test_a_network_that_computes_with_tensors_while_it_builds_gets_its_weights_on_meta(tmp_path: Path) -> None:
+    """torchvision's regnet_y_128gf cannot be built under torch.device("meta") (its widths are computed with
+    tensors and .tolist()): it was built on the CPU, 645 M parameters allocated and initialised, 2 minutes on this
+    machine, where only shapes were needed."""
+    (tmp_path / "regnet_like.py").write_text(REGNET_LIKE)
+    net = build_python_model(f"{tmp_path}/regnet_like.py:build(3)")
+    assert {tensor.device.type for tensor in [*net.parameters(), *net.buffers()]} == {"meta"}
+    assert sum(p.numel() for p in net.parameters()) == (3 * 4 * 9 + 4 + 8) + (4 * 8 * 9 + 8 + 16) + (
+        8 * 12 * 9 + 12 + 24
+    )
+    assert isinstance(net[0].weight, torch.nn.Parameter) and net[1].running_mean.device.type == "meta"
+    assert torch.nn.Module.register_parameter.__name__ == "register_parameter"  # put back after the build

@@ -170,9 +170,42 @@ def _call(function: Any, args: list[Any], kwargs: dict[str, Any], text: str, on_
         try:
             with torch.device("meta"):
                 return function(*args, **kwargs)
+        except Exception:  # noqa: BLE001, S110 - it computes with tensors while it builds: tried again below
+            pass
+        try:
+            with _parameters_on_meta():
+                return function(*args, **kwargs)
         except Exception:  # noqa: BLE001, S110 - it cannot be built without real tensors: built on the CPU below
             pass
     try:
         return function(*args, **kwargs)
     except Exception as error:  # noqa: BLE001 - the user's own code: any failure is reported on one line
         raise CnnlabError(f"`{text}` raised {type(error).__name__}: {error}") from None
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Every parameter and buffer a module registers is moved to the meta device as it is registered; other tensors
+    stay on the CPU.
+
+    torchvision's RegNets compute their widths with tensors while they build (``torch.round(...).int().tolist()``),
+    which under ``torch.device("meta")`` have no values: built on the CPU instead, regnet_y_128gf allocated and
+    initialised 645 M parameters (2.6 GB) before being sized. Here each layer's weights are allocated once, moved
+    off, and the initialisation that follows runs on the meta device (as accelerate's ``init_empty_weights`` does).
+    """
+    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+
+    def parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register_parameter(module, name, param)
+        if param is not None and param.device.type != "meta":
+            kept = module._parameters[name]
+            module._parameters[name] = type(kept)(kept.to("meta"), requires_grad=kept.requires_grad)
+
+    def buffer(module: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
+        register_buffer(module, name, None if tensor is None else tensor.to("meta"), persistent)
+
+    nn.Module.register_parameter, nn.Module.register_buffer = parameter, buffer  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer  # type: ignore[method-assign]
