@@ -287,3 +287,15 @@ def test_a_network_that_computes_with_tensors_while_it_builds_gets_its_weights_o
     )
     assert isinstance(net[0].weight, torch.nn.Parameter) and net[1].running_mean.device.type == "meta"
     assert torch.nn.Module.register_parameter.__name__ == "register_parameter"  # put back after the build
+
+
+def test_a_builder_that_downloads_weights_offline_is_told_to_build_without_them(tmp_path: Path) -> None:
+    """torchvision.models.segmentation:fcn_resnet50 fetches its backbone's weights by default: offline it was
+    "raised URLError: <urlopen error [Errno -2] Name or service not known>", with nothing to do about it."""
+    (tmp_path / "fetches.py").write_text(
+        "import urllib.error\n\ndef build():\n    raise urllib.error.URLError('[Errno -2] Name or service not known')\n"
+    )
+    with pytest.raises(CnnlabError) as error:
+        build_python_model(f"{tmp_path}/fetches.py:build")
+    assert "tried to download weights and could not" in str(error.value)
+    assert "weights_backbone=None" in str(error.value)

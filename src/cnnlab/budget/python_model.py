@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import re
 import sys
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,14 @@ def _call(function: Any, args: list[Any], kwargs: dict[str, Any], text: str, on_
             pass
     try:
         return function(*args, **kwargs)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+        # torchvision's segmentation and detection builders fetch their backbone's ImageNet weights by default
+        # (fcn_resnet50: weights_backbone=ResNet50_Weights.IMAGENET1K_V1), which sizing does not need
+        raise CnnlabError(
+            f"`{text}` tried to download weights and could not ({type(error).__name__}: {error}); sizing needs no "
+            "weights: build it without them (torchvision: weights=None, weights_backbone=None; timm: "
+            "pretrained=False), e.g. `torchvision.models.segmentation:fcn_resnet50(weights_backbone=None)`"
+        ) from None
     except Exception as error:  # noqa: BLE001 - the user's own code: any failure is reported on one line
         raise CnnlabError(f"`{text}` raised {type(error).__name__}: {error}") from None
 
