@@ -299,3 +299,14 @@ def test_a_builder_that_downloads_weights_offline_is_told_to_build_without_them(
         build_python_model(f"{tmp_path}/fetches.py:build")
     assert "tried to download weights and could not" in str(error.value)
     assert "weights_backbone=None" in str(error.value)
+
+
+def test_a_video_network_too_small_is_told_its_smallest_frames() -> None:
+    """torchvision's s3d at --input 3x16x112x112 was refused with torch's "input image (T: 2 H: 3 W: 3) smaller than
+    kernel size" and no size that runs: 3-D pooling's words were not known, and the search fed 4-D input to it."""
+    with torch.device("meta"):
+        net = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 1), torch.nn.AvgPool3d((2, 5, 5)))
+    with pytest.raises(CnnlabError) as error:
+        budget(net, input_shape=(3, 4, 4, 4))
+    assert "smaller than kernel size" in str(error.value)
+    assert str(error.value).endswith("; the smallest square input it takes is 3x4x5x5")

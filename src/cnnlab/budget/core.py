@@ -311,17 +311,23 @@ FORWARD_ERRORS = (RuntimeError, ValueError, TypeError, AssertionError)
 # What torch says when a forward reads a value of a meta tensor (.item(), .tolist(), .numpy(), nonzero).
 _NO_VALUES = ("meta tensor", "meta device", "register_meta")
 # What torch says when a map has shrunk below a kernel: convolution, max and average pooling.
-_TOO_SMALL = ("Kernel size can't be greater than actual input size", "Output size is too small")
+# 3-D pooling (torchvision's s3d, a video network) says it as "input image (T: 2 H: 3 W: 3) smaller than kernel size".
+_TOO_SMALL = (
+    "Kernel size can't be greater than actual input size",
+    "Output size is too small",
+    "smaller than kernel size",
+)
 
 
 def _smallest_side(module: nn.Module, shape: tuple[int, ...], largest: int = 4096) -> int | None:
-    """The smallest side S for which `module` (on the meta device, so nothing is computed) runs on C x S x S, above
-    `shape`'s sides; None for a module with real weights, or when no side up to `largest` runs.
+    """The smallest side S for which `module` (on the meta device, so nothing is computed) runs on C x S x S (a video
+    network on C x T x S x S, its frames kept), above `shape`'s sides; None for a module with real weights, an input
+    without two spatial sides, or when no side up to `largest` runs.
 
     For convolution and pooling layers the output size grows with the input's, so the sides that run are all those
     from S up (a network with fixed dense layers runs at one size only, which the search finds as well).
     """
-    if any(parameter.device.type != "meta" for parameter in module.parameters()):
+    if any(parameter.device.type != "meta" for parameter in module.parameters()) or len(shape) < 3:
         return None
 
     def runs(side: int) -> bool:
@@ -332,14 +338,14 @@ def _smallest_side(module: nn.Module, shape: tuple[int, ...], largest: int = 409
             with torch.no_grad():
                 for training_mode, batch in ((False, 1), (True, 2)):
                     module.train(training_mode)
-                    module(torch.empty(batch, shape[0], side, side, device="meta"))
+                    module(torch.empty(batch, *shape[:-2], side, side, device="meta"))
         except FORWARD_ERRORS:
             return False
         return True
 
     training = module.training
     try:
-        low = min(shape[1:])  # the square of the smaller side does not run either
+        low = min(shape[-2:])  # the square of the smaller side does not run either
         default = getattr(module, "default_input_size", None)  # where a fixed dense layer allows one size only
         high = default[-1] if default and default[-1] > low and runs(default[-1]) else low + 1
         while not runs(high):
@@ -421,7 +427,7 @@ def input_error(
         elif shape[0] != conv.in_channels:
             hint = f"; its first convolution ({layer_name}) takes {conv.in_channels}-channel input"
     if any(words in first_line for words in _TOO_SMALL) and (side := _smallest_side(module, shape)) is not None:
-        hint = f"; the smallest square input it takes is {shape[0]}x{side}x{side}"
+        hint = f"; the smallest square input it takes is {'x'.join(map(str, (*shape[:-2], side, side)))}"
     return CnnlabError(f"{name} does not run on input {'x'.join(map(str, shape))}: {first_line}{hint}")
 
 
