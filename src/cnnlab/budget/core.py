@@ -330,32 +330,38 @@ def _smallest_side(module: nn.Module, shape: tuple[int, ...], largest: int = 409
     if any(parameter.device.type != "meta" for parameter in module.parameters()) or len(shape) < 3:
         return None
 
-    def runs(side: int) -> bool:
-        # Both modes, as the budget traces both: a head that runs in training only (inception_v3's auxiliary one,
-        # which needs 299 px) fails there alone. Two samples in training, or a batch norm on a 1x1 map of one sample
-        # would refuse it for another reason than the size asked about here.
+    def runs(side: int, modes: tuple[bool, ...]) -> bool:
         try:
             with torch.no_grad():
-                for training_mode, batch in ((False, 1), (True, 2)):
+                for training_mode in modes:
                     module.train(training_mode)
-                    module(torch.empty(batch, *shape[:-2], side, side, device="meta"))
+                    # two samples in training: a batch norm on a 1x1 map of one would refuse it for another reason
+                    module(torch.empty(2 if training_mode else 1, *shape[:-2], side, side, device="meta"))
         except FORWARD_ERRORS:
             return False
         return True
 
-    training = module.training
-    try:
-        low = min(shape[-2:])  # the square of the smaller side does not run either
+    def search(low: int, modes: tuple[bool, ...]) -> int | None:
+        """The smallest side above `low` (which does not run) that runs in `modes`."""
         default = getattr(module, "default_input_size", None)  # where a fixed dense layer allows one size only
-        high = default[-1] if default and default[-1] > low and runs(default[-1]) else low + 1
-        while not runs(high):
+        high = default[-1] if default and default[-1] > low and runs(default[-1], modes) else low + 1
+        while not runs(high, modes):
             low, high = high, high * 2
             if high > largest:
                 return None
         while high - low > 1:  # low does not run, high does
             middle = (low + high) // 2
-            low, high = (low, middle) if runs(middle) else (middle, high)
+            low, high = (low, middle) if runs(middle, modes) else (middle, high)
         return high
+
+    training = module.training
+    try:
+        side = search(min(shape[-2:]), (False,))  # the square of the smaller side does not run either
+        # The budget traces a training step too, where a head that runs in training only (inception_v3's auxiliary
+        # one, which needs 299 px) may need more: searched above the eval-mode answer, in both modes, only then.
+        if side is None or runs(side, (True,)):
+            return side
+        return search(side, (False, True))
     finally:
         module.train(training)
 
