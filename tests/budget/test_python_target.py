@@ -235,6 +235,11 @@ class Detector(torch.nn.Module):
         return [torch.nonzero(score > 0.5) for score in scores]
 
 
+class UnannotatedDetector(Detector):
+    def forward(self, images, targets=None):  # noqa: ANN001, ANN201 - as torchvision's RetinaNet writes it
+        return super().forward(images, targets)
+
+
 class KeepsByValue(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nonzero(x > 0.5)
@@ -250,6 +255,9 @@ def test_a_network_that_takes_a_list_of_images_is_refused_in_one_line_that_says_
         message.startswith("detector takes a list of images (images, as detection networks do") and "\n" not in message
     )
     assert "backbone" in message
+    with pytest.raises(CnnlabError) as error:  # RetinaNet: forward(self, images, targets=None), no annotations
+        budget(UnannotatedDetector(), input_shape=(3, 16, 16), name="retina")
+    assert str(error.value).startswith("retina takes a list of images (images, as detection networks do")
     with pytest.raises(CnnlabError) as error:
         budget(KeepsByValue(), input_shape=(3, 16, 16), name="keeps")
     assert "reads its tensors' values in forward (The register_meta function for torch.nonzero()" in str(error.value)

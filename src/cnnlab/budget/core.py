@@ -374,15 +374,18 @@ def _first_convolution(module: nn.Module) -> tuple[str, nn.modules.conv._ConvNd]
 
 
 def _list_input(module: nn.Module) -> str | None:
-    """The name of the forward's first parameter where it is annotated as a list (torchvision's detection networks:
-    ``images: List[Tensor]``, and ``targets`` to train), else None."""
+    """The name of the forward's first parameter where it takes a list of images, else None: annotated as a list
+    (torchvision's Faster R-CNN, FCOS and SSD: ``images: List[Tensor]``), or, unannotated, ``images`` followed by
+    ``targets``, torchvision's detection signature (RetinaNet: ``forward(self, images, targets=None)``)."""
     try:
-        first = next(iter(inspect.signature(module.forward).parameters.values()), None)
+        parameters = list(inspect.signature(module.forward).parameters.values())
     except (TypeError, ValueError):  # a forward without a signature Python can read
         return None
-    if first is None:
+    if not parameters:
         return None
-    annotation = first.annotation
+    first, annotation = parameters[0], parameters[0].annotation
+    if annotation is inspect.Parameter.empty:
+        return first.name if first.name == "images" and any(p.name == "targets" for p in parameters[1:]) else None
     if isinstance(annotation, str):  # postponed annotations: "List[Tensor]", "list[torch.Tensor]"
         return first.name if re.match(r"^(typing\.)?(list|List|Sequence)\[", annotation.strip()) else None
     return first.name if typing.get_origin(annotation) in (list, collections.abc.Sequence) else None
