@@ -318,3 +318,29 @@ def test_a_video_network_too_small_is_told_its_smallest_frames() -> None:
         budget(net, input_shape=(3, 4, 4, 4))
     assert "smaller than kernel size" in str(error.value)
     assert str(error.value).endswith("; the smallest square input it takes is 3x4x5x5")
+
+
+def test_building_on_meta_leaves_other_threads_modules_on_the_cpu() -> None:
+    """The meta build replaces nn.Module's registration methods process-wide while it runs: a module another thread
+    built meanwhile (the lab's Classify page loading a model while its Budget page sizes one) got meta weights."""
+    import threading
+
+    from cnnlab.budget.python_model import _parameters_on_meta
+
+    inside, other_built = threading.Event(), threading.Event()
+    other: list[torch.nn.Module] = []
+
+    def elsewhere() -> None:
+        inside.wait(5)
+        other.append(torch.nn.BatchNorm2d(3))
+        other_built.set()
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    with _parameters_on_meta():
+        inside.set()
+        assert other_built.wait(5)
+        mine = torch.nn.BatchNorm2d(3)
+    thread.join()
+    assert {t.device.type for t in [*mine.parameters(), *mine.buffers()]} == {"meta"}
+    assert {t.device.type for t in [*other[0].parameters(), *other[0].buffers()]} == {"cpu"}

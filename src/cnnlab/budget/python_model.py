@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import re
 import sys
+import threading
 import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
@@ -192,29 +193,38 @@ def _call(function: Any, args: list[Any], kwargs: dict[str, Any], text: str, on_
         raise CnnlabError(f"`{text}` raised {type(error).__name__}: {error}") from None
 
 
+_ON_META = threading.Lock()  # one build at a time patches nn.Module (the lab sizes networks from several threads)
+
+
 @contextlib.contextmanager
 def _parameters_on_meta() -> Iterator[None]:
-    """Every parameter and buffer a module registers is moved to the meta device as it is registered; other tensors
-    stay on the CPU.
+    """Every parameter and buffer a module registers in this thread is moved to the meta device as it is registered;
+    other tensors stay on the CPU.
 
     torchvision's RegNets compute their widths with tensors while they build (``torch.round(...).int().tolist()``),
     which under ``torch.device("meta")`` have no values: built on the CPU instead, regnet_y_128gf allocated and
     initialised 645 M parameters (2.6 GB) before being sized. Here each layer's weights are allocated once, moved
     off, and the initialisation that follows runs on the meta device (as accelerate's ``init_empty_weights`` does).
+    ``nn.Module``'s two methods are replaced while the network builds, for every thread: another thread's modules (the
+    lab loading a model for its Classify page meanwhile) keep the usual methods' behaviour.
     """
-    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+    with _ON_META:
+        register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+        builder = threading.get_ident()
 
-    def parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        register_parameter(module, name, param)
-        if param is not None and param.device.type != "meta":
-            kept = module._parameters[name]
-            module._parameters[name] = type(kept)(kept.to("meta"), requires_grad=kept.requires_grad)
+        def parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+            register_parameter(module, name, param)
+            if threading.get_ident() == builder and param is not None and param.device.type != "meta":
+                kept = module._parameters[name]
+                module._parameters[name] = type(kept)(kept.to("meta"), requires_grad=kept.requires_grad)
 
-    def buffer(module: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
-        register_buffer(module, name, None if tensor is None else tensor.to("meta"), persistent)
+        def buffer(module: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
+            if threading.get_ident() == builder and tensor is not None:
+                tensor = tensor.to("meta")
+            register_buffer(module, name, tensor, persistent)
 
-    nn.Module.register_parameter, nn.Module.register_buffer = parameter, buffer  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer  # type: ignore[method-assign]
+        nn.Module.register_parameter, nn.Module.register_buffer = parameter, buffer  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer  # type: ignore[method-assign]
