@@ -312,7 +312,22 @@ def test_an_output_inside_the_data_folder_is_refused_before_anything_is_written(
     assert sorted(root.rglob("*")) == before
 
 
-def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path):
+def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path, monkeypatch):
+    """Mixed sizes train, and predict gives each image's size; validation and the test pass segment each image as
+    predict and evaluate do, in batches of one size (a batch padded to its largest image segmented the others' edges
+    from that padding: evaluate of the run's test pairs scored other masks)."""
+    import shutil
+
+    import cnnlab.tasks.segment_folder
+    from cnnlab.data.segmentation import pad_collate
+    from cnnlab.tasks.evaluate import evaluate_folder
+
+    whole_batches = []  # the image sizes of each batch of whole images (validation and test)
+    monkeypatch.setattr(
+        cnnlab.tasks.segment_folder,
+        "pad_collate",
+        lambda batch: whole_batches.append({tuple(mask.shape) for _, mask in batch}) or pad_collate(batch),
+    )
     sizes = ((29, 41), (37, 37), (50, 33))
     root = _folder(tmp_path / "data", count=12, sizes=sizes)
     summary = train_segmentation_folder(
@@ -322,9 +337,22 @@ def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path):
         crop_size=32,
         class_weight="balanced",
         overrides={"epochs": 1, "batch_size": 4},
+        test_fraction=0.4,
         progress=False,
     )
     assert summary["images"]["train"] + summary["images"]["val"] + summary["images"]["test"] == 12
+    assert whole_batches and all(len(sizes) == 1 for sizes in whole_batches), whole_batches
+    test_pairs = tmp_path / "test_pairs"
+    rows = [line.split(",") for line in (Path(summary["run_dir"]) / "split.csv").read_text().splitlines()[1:]]
+    for image, mask, _ in (row for row in rows if row[2] == "test"):
+        for path, part in ((image, "images"), (mask, "masks")):
+            (test_pairs / part).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, test_pairs / part)
+    shutil.copy(root / "classes.json", test_pairs)
+    assert len({Image.open(path).size for path in (test_pairs / "images").iterdir()}) > 1  # a batch of mixed sizes
+    evaluation = evaluate_folder(summary["run_dir"], test_pairs, tmp_path / "evaluation")
+    assert evaluation["confusion_matrix"] == summary["test"]["confusion_matrix"]
+    assert evaluation["boundary_f1"] == summary["test"]["boundary_f1"]
     segmenter = load_segmenter(summary["run_dir"])
     paths = [root / "images" / f"{i:05d}.png" for i in range(3)]
     results = predict_masks(segmenter, [*paths, tmp_path / "missing.png"], tmp_path / "out")

@@ -39,6 +39,8 @@ from cnnlab.data.folder import IMAGE_EXTENSIONS, SkippedFile, decode_image, file
 from cnnlab.errors import CnnlabError, why_not_a_folder
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import PIL.Image
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "make_canvases",
     "make_digit_segmentation",
     "pad_collate",
+    "same_size_batches",
     "save_segmentation_folder",
 ]
 
@@ -747,3 +750,19 @@ def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.T
         images[i, :, : image.shape[-2], : image.shape[-1]] = image
         masks[i, : mask.shape[-2], : mask.shape[-1]] = mask
     return images, masks
+
+
+def same_size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """The indices of `sizes` ((height, width) of each pair) in order, cut into batches of at most `batch_size`
+    neighbours of one size: for a `DataLoader`'s ``batch_sampler``. A whole-image batch then needs no padding but the
+    network's own to its stride, so each image is segmented as `cnnlab predict` and `cnnlab evaluate` segment it
+    alone; padded with black to a larger image's size in its batch, the pixels near its bottom and right edges were
+    segmented from that padding (a mixed-size test set's scores then differed from predict's masks on the same
+    images)."""
+    batches: list[list[int]] = []
+    for index, size in enumerate(sizes):
+        if batches and len(batches[-1]) < batch_size and sizes[batches[-1][0]] == size:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches

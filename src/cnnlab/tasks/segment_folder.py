@@ -46,6 +46,7 @@ from cnnlab.data.segmentation import (
     downscaled_size,
     joint_train_transform,
     pad_collate,
+    same_size_batches,
 )
 from cnnlab.data.split import check_split_seed, read_manifest, stratified_split, write_manifest
 from cnnlab.errors import CnnlabError
@@ -283,6 +284,14 @@ def _whole_image_batch(
     )
 
 
+def _whole_images(pairs: list[tuple[torch.Tensor, torch.Tensor]], batch: int) -> DataLoader:
+    """Validation's or test's loader: whole pairs in order, in batches of one image size (`same_size_batches`), so
+    each image is segmented as predict and evaluate segment it alone; mixed sizes were padded to the largest in their
+    batch, and the test pass scored other masks than evaluate gave on the same pairs."""
+    sizes = [(int(mask.shape[0]), int(mask.shape[1])) for _, mask in pairs]
+    return DataLoader(SegmentationSamples(pairs), batch_sampler=same_size_batches(sizes, batch), collate_fn=pad_collate)
+
+
 def labelled_pixels(parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, tuple[int, int]]:
     """Each part's mask pixels that carry a class (not `IGNORE_INDEX`), and all its mask pixels."""
     return {
@@ -500,7 +509,7 @@ def train_segmentation_folder(
         shuffle=True,
         generator=torch.Generator(),
     )
-    val_loader = DataLoader(SegmentationSamples(parts["val"]), batch_size=eval_batch, collate_fn=pad_collate)
+    val_loader = _whole_images(parts["val"], eval_batch)
     with sessions:  # an interrupted session records its wall time too
         history = trainer.fit(LoaderBatches(train_loader), LoaderBatches(val_loader) if parts["val"] else None)
         final = trainer.eval_model  # the best epoch's weights, which BestWeights loaded back
@@ -510,7 +519,7 @@ def train_segmentation_folder(
 
         # The test images are used here, once, after training: never for a choice.
         test = parts["test"]
-        test_loader = DataLoader(SegmentationSamples(test), batch_size=eval_batch, collate_fn=pad_collate)
+        test_loader = _whole_images(test, eval_batch)
         scores = MaskScores(len(class_names), IGNORE_INDEX, BOUNDARY_TOLERANCE)
         errors = scores.errors
         # the predictions of the WORST_IMAGES images with the most wrong pixels so far, for the overlays: every test
