@@ -59,6 +59,18 @@ def _folder(root, count: int = 48, seed: int = 0, sizes=((32, 32),)):
     return root
 
 
+def _split_pairs(run_dir, part: str, folder: Path) -> Path:
+    """A copy of the image + mask pairs of `part` (train, val, test) of a run's split.csv, in `folder`."""
+    import shutil
+
+    rows = [line.split(",") for line in (Path(run_dir) / "split.csv").read_text().splitlines()[1:]]
+    for image, mask, _ in (row for row in rows if row[2] == part):
+        for path, kind in ((image, "images"), (mask, "masks")):
+            (folder / kind).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, folder / kind)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A U-Net trained for a few seconds on 48 32x32 canvases of one shape each."""
@@ -342,12 +354,7 @@ def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path, monke
     )
     assert summary["images"]["train"] + summary["images"]["val"] + summary["images"]["test"] == 12
     assert whole_batches and all(len(sizes) == 1 for sizes in whole_batches), whole_batches
-    test_pairs = tmp_path / "test_pairs"
-    rows = [line.split(",") for line in (Path(summary["run_dir"]) / "split.csv").read_text().splitlines()[1:]]
-    for image, mask, _ in (row for row in rows if row[2] == "test"):
-        for path, part in ((image, "images"), (mask, "masks")):
-            (test_pairs / part).mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, test_pairs / part)
+    test_pairs = _split_pairs(summary["run_dir"], "test", tmp_path / "test_pairs")
     shutil.copy(root / "classes.json", test_pairs)
     assert len({Image.open(path).size for path in (test_pairs / "images").iterdir()}) > 1  # a batch of mixed sizes
     evaluation = evaluate_folder(summary["run_dir"], test_pairs, tmp_path / "evaluation")
@@ -382,6 +389,8 @@ def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path, monke
 def test_a_run_trained_with_max_side_predicts_downscaled_and_returns_masks_at_the_image_size(tmp_path):
     """--max-side reads 48x64 pairs at 24x32: predict gives the model the same scale and the mask at 48x64, the
     export's record says how, and resuming under another --max-side (or none) is refused like the other options."""
+    import shutil
+
     from cnnlab.tasks.export import export_model
 
     root = _folder(tmp_path / "data", count=12, sizes=((48, 64),))
@@ -415,6 +424,17 @@ def test_a_run_trained_with_max_side_predicts_downscaled_and_returns_masks_at_th
     run = exported_runner(model_file, record)
     for path, mask in zip(images, expected, strict=True):
         np.testing.assert_array_equal(segment_mask(record, run, path), mask, err_msg=path.name)
+    # evaluate scores predict's full-size masks, and at the size the test pass scored: results.json's test scores
+    from cnnlab.tasks.evaluate import evaluate_folder, evaluation_lines
+
+    test_pairs = _split_pairs(summary["run_dir"], "test", tmp_path / "test_pairs")
+    evaluation = evaluate_folder(summary["run_dir"], shutil.copy(root / "classes.json", test_pairs) and test_pairs)
+    assert evaluation["at_max_side"] == summary["test"]
+    assert sum(map(sum, evaluation["confusion_matrix"])) == 48 * 64 * summary["images"]["test"]  # full size
+    assert sum(map(sum, summary["test"]["confusion_matrix"])) == 24 * 32 * summary["images"]["test"]
+    shown = "\n".join(evaluation_lines(evaluation))
+    assert "downscaled to a longer side of at most 32 px" in shown
+    assert f"pixel accuracy {summary['test']['pixel_accuracy']:.4f}, boundary F1" in shown.splitlines()[2]
     for other, shown in ((24, "24"), (None, "not given")):
         with pytest.raises(CnnlabError, match=f"extra.max_side: 32 -> {shown}"):
             train_segmentation_folder(str(root), max_side=other, resume=True, progress=False, **options)

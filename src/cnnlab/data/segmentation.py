@@ -54,6 +54,7 @@ __all__ = [
     "SegmentationSamples",
     "class_colours",
     "downscale",
+    "downscale_mask",
     "downscaled_size",
     "joint_train_transform",
     "make_canvases",
@@ -321,6 +322,13 @@ def downscale(image: PIL.Image.Image, max_side: int | None) -> PIL.Image.Image:
     """`image` with its longer side at most `max_side` (`downscaled_size`), by PIL's bilinear filter, which widens
     with the reduction so that every source pixel counts (antialiased); as it is when it fits."""
     return _resized(image, downscaled_size(*image.size, max_side))
+
+
+def downscale_mask(labels: np.ndarray, max_side: int | None) -> np.ndarray:
+    """A label map [H, W] at `downscale`'s size for its image, by nearest neighbour (class indices and `IGNORE_INDEX`
+    stay exact): the mask `SegmentationFolder` reads with `max_side`; as it is when it fits."""
+    width, height = downscaled_size(labels.shape[1], labels.shape[0], max_side)
+    return labels if (height, width) == labels.shape else _nearest(labels, width, height)
 
 
 def _resized(image: PIL.Image.Image, size: tuple[int, int]) -> PIL.Image.Image:
@@ -621,9 +629,7 @@ class SegmentationFolder(Dataset):
                 f"{self.masks[index]} is {mask.shape[1]}x{mask.shape[0]} but its image is "
                 f"{width}x{height}{turned}; masks must match their images"
             )
-        size = downscaled_size(width, height, self.max_side)
-        if size != (width, height):
-            image, mask = _resized(image, size), _nearest(mask, *size)
+        image, mask = downscale(image, self.max_side), downscale_mask(mask, self.max_side)
         array = np.asarray(image.convert("L") if self.grayscale else image, dtype=np.uint8)
         tensor = torch.from_numpy(array[None].copy() if array.ndim == 2 else array.transpose(2, 0, 1).copy())
         return tensor, torch.from_numpy(mask)

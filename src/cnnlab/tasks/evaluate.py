@@ -179,16 +179,19 @@ def _evaluate_segmentation(
     device: str,
     progress: bool,
 ) -> dict[str, Any]:
-    """`evaluate_folder` of a `train segment --data` run: each image segmented by `segment_image` at its own size
-    (downscaled first, and the logits brought back, for a run trained with ``--max-side``: the mask predict writes)."""
+    """`evaluate_folder` of a `train segment --data` run: each image segmented as `segment_image` segments it, at
+    its own size (downscaled first, and the logits brought back, for a run trained with ``--max-side``: the mask
+    predict writes). A ``--max-side`` run is scored at the size its test pass scored too (``at_max_side``: the
+    logits' own argmax against the mask downscaled by nearest neighbour, as training reads it), so its own test
+    pairs give results.json's test scores there."""
     from PIL import Image
 
     from cnnlab.data.folder import SkippedFile
-    from cnnlab.data.segmentation import IGNORE_INDEX, SegmentationFolder
+    from cnnlab.data.segmentation import IGNORE_INDEX, SegmentationFolder, downscale_mask
     from cnnlab.report.plots import plot_confusion_matrix
     from cnnlab.report.segmentation import MaskScores, save_overlays
     from cnnlab.tasks.segment_folder import BOUNDARY_TOLERANCE, WORST_IMAGES
-    from cnnlab.tasks.segment_predict import image_runner, load_segmenter, segment_image
+    from cnnlab.tasks.segment_predict import class_map, image_runner, load_segmenter, segment_logits
     from cnnlab.train.progress import ProgressBar
     from cnnlab.train.saved import spec_path
 
@@ -211,6 +214,8 @@ def _evaluate_segmentation(
         )
     runner = image_runner(segmenter)
     scores = MaskScores(len(classes), IGNORE_INDEX, BOUNDARY_TOLERANCE)
+    # a --max-side run's scores at the size its test pass scored (results.json's), beside predict's full-size masks'
+    at_max_side = None if segmenter.max_side is None else MaskScores(len(classes), IGNORE_INDEX, BOUNDARY_TOLERANCE)
     scored: list[str] = []
     # the image, mask and prediction of the WORST_IMAGES images with the most wrong pixels so far, for the overlays
     # the run's test pass draws (test_worst.png): every image's would hold the whole folder in memory
@@ -230,8 +235,12 @@ def _evaluate_segmentation(
                 folder.skipped.append(SkippedFile(str(path), "", reason))
                 continue
             picture = Image.fromarray(image.permute(1, 2, 0).numpy())
-            predicted = torch.from_numpy(segment_image(segmenter, picture, runner))
+            logits = segment_logits(segmenter, picture, runner)
+            predicted = class_map(logits, picture.height, picture.width)  # segment_image's mask
             scores.add(predicted.long(), mask.long())
+            if at_max_side is not None:
+                small = torch.from_numpy(downscale_mask(mask.numpy(), segmenter.max_side))
+                at_max_side.add(logits.argmax(1)[0].cpu(), small.long())
             scored.append(str(path))
             kept[len(scored) - 1] = (image, mask, predicted)
             if len(kept) > WORST_IMAGES:  # the fewest wrong pixels leave, the later of a tie first
@@ -263,6 +272,7 @@ def _evaluate_segmentation(
             "count": len(scored),
             "max_side": segmenter.max_side,
             **report,
+            **({} if at_max_side is None else {"at_max_side": at_max_side.report(classes, segmenter.background)}),
             "worst_images": [{"image": scored[i], "pixel_error": scores.errors[i]} for i in worst],
             "skipped": [dataclasses.asdict(entry) for entry in folder.skipped],
             "files": {
@@ -317,10 +327,14 @@ def _segmentation_lines(result: dict[str, Any]) -> list[str]:
         f"{result['pixel_accuracy']:.4f}, boundary F1 {result['boundary_f1']:.4f} "
         f"({result['boundary_tolerance_px']} px)"
     ]
-    if result["max_side"] is not None:
+    if "at_max_side" in result:
+        small = result["at_max_side"]
         lines.append(
-            f"scored at each image's own size, as predict's masks are (the run's test pass scored images downscaled "
-            f"to {result['max_side']} px)"
+            f"scored at each image's own size, as predict's masks are; the run saw each image downscaled to a longer "
+            f"side of at most {result['max_side']} px (--max-side), and its test pass scored there, as here: mIoU "
+            f"{small['miou']:.4f}, mIoU with background {small['miou_with_bg']:.4f}, pixel accuracy "
+            f"{small['pixel_accuracy']:.4f}, boundary F1 {small['boundary_f1']:.4f} (results.json's test scores, "
+            "for its own test pairs)"
         )
     width = max(len("class"), *(len(name) for name in result["iou_per_class"]))
     lines.append(f"{'class':<{width}}  IoU")

@@ -44,6 +44,7 @@ __all__ = [
     "output_stems",
     "predict_masks",
     "segment_image",
+    "segment_logits",
     "without_written_masks",
 ]
 
@@ -332,10 +333,17 @@ def segment_image(segmenter: Segmenter, image: Any, runner: Trainer | None = Non
     Args:
         runner: the engine's inference path for `segmenter` (made once for many images); None: made here.
     """
+    logits = segment_logits(segmenter, image, runner)
+    return class_map(logits, image.height, image.width).numpy()
+
+
+def segment_logits(segmenter: Segmenter, image: Any, runner: Trainer | None = None) -> torch.Tensor:
+    """The float32 logits [1, classes, h, w] of an RGB PIL `image` downscaled as the model was trained
+    (``--max-side``; h x w: the image's own size otherwise), normalised by the run's record and segmented whole:
+    what `segment_image` brings back to the image's size."""
     seen = np.asarray(downscale(image, segmenter.max_side), dtype=np.uint8)  # as the model was trained
     pixels = torch.from_numpy(seen.transpose(2, 0, 1).copy())[None]
-    logits = (runner or image_runner(segmenter)).predict(pixels)
-    return class_map(logits, image.height, image.width).numpy()
+    return (runner or image_runner(segmenter)).predict(pixels)
 
 
 def class_map(logits: torch.Tensor, height: int, width: int) -> torch.Tensor:
