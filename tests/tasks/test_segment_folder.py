@@ -168,9 +168,25 @@ def test_evaluate_of_the_runs_test_pairs_gives_its_test_scores(trained, tmp_path
         "evaluation.json",
         "worst_images.png",
     ]
+    # Without classes.json the run's record reads the masks (its colour masks were all skipped as unreadable): a
+    # colour mask through the run's colours, a single-channel one as class indices.
+    (folder / "classes.json").unlink()
+    (folder / "images" / "broken.png").unlink()
+    colours = json.loads((root / "classes.json").read_text())
+    first = sorted((folder / "masks").glob("*.png"))[0]
+    rgb = np.asarray(Image.open(first).convert("RGB"))
+    indices = np.full(rgb.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+    for index, entry in enumerate(colours):
+        indices[(rgb == entry["color"]).all(-1)] = index
+    Image.fromarray(indices, mode="L").save(first)
+    completed = run_cnnlab("evaluate", str(run), "--data", str(folder), "-o", str(out))
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert json.loads((out / "evaluation.json").read_text())["confusion_matrix"] == test["confusion_matrix"]
+    assert f"{folder} has no classes.json: its masks were read by the run's classes" in completed.stdout
     (folder / "classes.json").write_text(json.dumps([{"name": name} for name in ("background", "ring")]))
     completed = run_cnnlab("evaluate", str(run), "--data", str(folder), "-o", str(out))
     assert completed.returncode == 2 and "names the classes background, ring; the run's are" in completed.stderr
+    assert len(completed.stderr.strip().splitlines()) == 1
 
 
 def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(trained, tmp_path):

@@ -34,7 +34,8 @@ def evaluate(
     averaged, a per-class table, the confusion matrix (PNG), the highest-loss images and predictions.csv. A class
     folder the run does not know is refused.
 
-    A `cnnlab train segment --data` run takes DIR in the layout it trained on (images/, masks/, classes.json), segments
+    A `cnnlab train segment --data` run takes DIR in the layout it trained on (images/, masks/, and classes.json, else
+    the run's own classes and colours read the masks), segments
     each image as `cnnlab predict` does, at the image's own size, and gives mIoU, per-class IoU, pixel accuracy,
     boundary F1 and the confusion matrix of the pixels, as its test report does (a run trained with --max-side: also
     at the downscaled size its test pass scored), and draws the six images with the most wrong pixels

@@ -397,6 +397,10 @@ class SegmentationFolder(Dataset):
         max_side: downscale each pair as it is read so that its longer side is at most this many pixels (the image
             by `downscale`'s filter, from the image decoded at full size, as `cnnlab predict` and `cnnlab explain` read
             it; the mask by nearest neighbour); smaller pairs and None: as they are.
+        classes: the class names to read masks by when `root` has no ``classes.json`` (a trained run's record, for
+            `cnnlab evaluate`), with `colours` (uint8 [classes, 3]) when the run read colour masks: colour masks are
+            then mapped through them and single-channel masks read as class indices.
+        colours: see `classes`.
     """
 
     def __init__(
@@ -405,10 +409,15 @@ class SegmentationFolder(Dataset):
         grayscale: bool = False,
         skip_bad: bool = False,
         max_side: int | None = None,
+        classes: Sequence[str] | None = None,
+        colours: np.ndarray | None = None,
     ) -> None:
         self.root = Path(root)
         self.grayscale = grayscale
         self.max_side = max_side
+        # what the masks are read by, as messages name it: the folder's classes.json, or the classes given
+        self.classes_source = f"{self.root}/classes.json"
+        self._given_colours = False  # colours from `colours`: a single-channel mask is then read as indices
         self.skipped: list[SkippedFile] = []
         image_dir, mask_dir = self.root / "images", self.root / "masks"
         if not self.root.is_dir():
@@ -504,6 +513,11 @@ class SegmentationFolder(Dataset):
                 raise CnnlabError(f"{classes_file} lists {len(self.class_names)} classes; use 2 to {IGNORE_INDEX - 1}")
             colours = [] if self.colours is None else [tuple(colour) for colour in self.colours.tolist()]
             _check_distinct(classes_file, self.class_names, colours)
+        elif classes is not None:
+            self.class_names = list(classes)
+            self.colours = None if colours is None else np.asarray(colours, dtype=np.int64).reshape(-1, 3)
+            self._given_colours = colours is not None
+            self.classes_source = f"the run's record ({self.root} has no classes.json)"
 
     def __len__(self) -> int:
         return len(self.images)
@@ -538,7 +552,7 @@ class SegmentationFolder(Dataset):
                 "of every region; save the mask as a real PNG from its source"
             )
         single_channel = mask_image.mode in _INDEX_MODES
-        if self.colours is None:
+        if self.colours is None or (single_channel and self._given_colours):
             return self._class_indices(path, mask_image)
         # a palette mask's index 255 is unlabelled, whatever colour its palette gives it (Pascal VOC's (224, 224, 192)),
         # unless classes.json lists that colour: every VOC-style mask was skipped for an "unknown colour"
@@ -562,12 +576,12 @@ class SegmentationFolder(Dataset):
             unknown = np.unique(keys[unmatched])
             if single_channel:  # read as the grey (v, v, v): most likely a class index, not a colour
                 raise CnnlabError(
-                    f"{path} is a single-channel mask (value {int(unknown[0]) & 255}) but {self.root}/classes.json "
+                    f"{path} is a single-channel mask (value {int(unknown[0]) & 255}) but {self.classes_source} "
                     "lists colours, so masks must be colour PNGs of them; for class-index masks list the names only "
                     '([{"name": "background"}, ...])'
                 )
             colour = ((int(unknown[0]) >> 16) & 255, (int(unknown[0]) >> 8) & 255, int(unknown[0]) & 255)
-            raise CnnlabError(f"{path} has colour {colour}, which {self.root}/classes.json does not list")
+            raise CnnlabError(f"{path} has colour {colour}, which {self.classes_source} does not list")
         return out
 
     def _class_indices(self, path: Path, mask_image: PIL.Image.Image) -> np.ndarray:
@@ -584,8 +598,10 @@ class SegmentationFolder(Dataset):
                 mask_image = Image.fromarray(np.ascontiguousarray(grey[..., 0]), mode="L")
         if mask_image.mode not in (*_INDEX_MODES, "P"):
             missing = "is missing; add it" if self.class_names is None else "lists no colours; give every class one"
+            if self.class_names is not None and not self.classes_source.endswith("/classes.json"):
+                missing = "lists no colours (it read class-index masks); add a classes.json giving each class one"
             raise CnnlabError(
-                f"{path} is an {mask_image.mode} mask but {self.root}/classes.json {missing} to map colours to "
+                f"{path} is an {mask_image.mode} mask but {self.classes_source} {missing} to map colours to "
                 "classes, or save masks as single-channel class-index PNGs"
             )
         labels = np.asarray(mask_image)  # uint8 ("L", "P"), bool ("1"), or wider ("I;16", "I") until checked
@@ -593,7 +609,7 @@ class SegmentationFolder(Dataset):
         too_large = labels[(labels >= limit) & (labels != IGNORE_INDEX)]
         if too_large.size and self.class_names is not None:
             raise CnnlabError(
-                f"{path} has class index {int(too_large[0])} but {self.root}/classes.json lists {limit} classes "
+                f"{path} has class index {int(too_large[0])} but {self.classes_source} lists {limit} classes "
                 f"(0 to {limit - 1}; {IGNORE_INDEX} means unlabelled)"
             )
         if too_large.size:

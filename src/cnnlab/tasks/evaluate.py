@@ -184,6 +184,7 @@ def _evaluate_segmentation(
     predict writes). A ``--max-side`` run is scored at the size its test pass scored too (``at_max_side``: the
     logits' own argmax against the mask downscaled by nearest neighbour, as training reads it), so its own test
     pairs give results.json's test scores there."""
+    import numpy as np
     from PIL import Image
 
     from cnnlab.data.folder import SkippedFile
@@ -193,7 +194,7 @@ def _evaluate_segmentation(
     from cnnlab.tasks.segment_folder import BOUNDARY_TOLERANCE, WORST_IMAGES
     from cnnlab.tasks.segment_predict import class_map, image_runner, load_segmenter, segment_logits
     from cnnlab.train.progress import ProgressBar
-    from cnnlab.train.saved import spec_path
+    from cnnlab.train.saved import saved_meta, spec_path
 
     run_dir = spec_path(run).parent
     root = Path(data)
@@ -205,7 +206,11 @@ def _evaluate_segmentation(
     out = _output_folder(run_dir, output_dir, root)
     segmenter = load_segmenter(run, device)
     classes = segmenter.classes
-    folder = SegmentationFolder(root, skip_bad=True)  # at full size: segment_image gives masks at the image's size
+    recorded = saved_meta(run).get("colours")  # the colours its masks had (None: class-index masks)
+    # at full size (segment_image gives masks at the image's size); without a classes.json, by the run's classes
+    folder = SegmentationFolder(
+        root, skip_bad=True, classes=classes, colours=None if recorded is None else np.array(recorded)
+    )
     if folder.class_names is not None and folder.class_names != classes:
         raise CnnlabError(
             f"{root / 'classes.json'} names the classes {listed(folder.class_names, 10)}; the run's are "
@@ -271,6 +276,7 @@ def _evaluate_segmentation(
             "data": str(root),
             "count": len(scored),
             "max_side": segmenter.max_side,
+            "classes_from": "classes.json" if (root / "classes.json").is_file() else "run",
             **report,
             **({} if at_max_side is None else {"at_max_side": at_max_side.report(classes, segmenter.background)}),
             "worst_images": [{"image": scored[i], "pixel_error": scores.errors[i]} for i in worst],
@@ -322,7 +328,10 @@ def evaluation_lines(result: dict[str, Any]) -> list[str]:
 
 def _segmentation_lines(result: dict[str, Any]) -> list[str]:
     which = "every class" if result["miou_includes_background"] else "the background left out"
-    lines = [
+    lines = []
+    if result["classes_from"] == "run":
+        lines.append(f"{result['data']} has no classes.json: its masks were read by the run's classes (model.json)")
+    lines += [
         f"mIoU {result['miou']:.4f} ({which}), mIoU with background {result['miou_with_bg']:.4f}, pixel accuracy "
         f"{result['pixel_accuracy']:.4f}, boundary F1 {result['boundary_f1']:.4f} "
         f"({result['boundary_tolerance_px']} px)"
