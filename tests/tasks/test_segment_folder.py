@@ -116,6 +116,7 @@ def test_evaluate_of_the_runs_test_pairs_gives_its_test_scores(trained, tmp_path
 
     import cnnlab.train.progress
     from cli_in_process import run_cnnlab
+    from cnnlab.tasks.evaluate import evaluate_folder, evaluation_lines
 
     bars = []
 
@@ -154,6 +155,7 @@ def test_evaluate_of_the_runs_test_pairs_gives_its_test_scores(trained, tmp_path
     for key in ("miou", "miou_with_bg", "pixel_accuracy", "iou_per_class", "boundary_f1", "confusion_matrix"):
         assert result[key] == test[key], key
     assert f"mIoU {test['miou']:.4f} (the background left out)" in completed.stdout
+    assert result["precision"] == result["run_precision"] == "fp32" and "autocast" not in completed.stdout
     assert f"skipped {folder / 'images' / 'broken.png'}: not an image PIL can read" in completed.stdout
     assert (out / "confusion_matrix.png").is_file()
     worst = result["worst_images"]
@@ -179,10 +181,17 @@ def test_evaluate_of_the_runs_test_pairs_gives_its_test_scores(trained, tmp_path
     for index, entry in enumerate(colours):
         indices[(rgb == entry["color"]).all(-1)] = index
     Image.fromarray(indices, mode="L").save(first)
-    completed = run_cnnlab("evaluate", str(run), "--data", str(folder), "-o", str(out))
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    assert json.loads((out / "evaluation.json").read_text())["confusion_matrix"] == test["confusion_matrix"]
-    assert f"{folder} has no classes.json: its masks were read by the run's classes" in completed.stdout
+    # And a run tested under bf16 autocast (this one, so recorded) is evaluated in float32, as predict runs: said.
+    bf16_run = tmp_path / "bf16_run"
+    shutil.copytree(run, bf16_run)
+    config = (bf16_run / "config.yaml").read_text()
+    (bf16_run / "config.yaml").write_text(config.replace("  precision: fp32\n", "  precision: bf16\n", 1))
+    evaluation = evaluate_folder(bf16_run, folder, tmp_path / "bf16_out")
+    assert evaluation["confusion_matrix"] == test["confusion_matrix"]
+    assert evaluation["precision"] == "fp32" and evaluation["run_precision"] == "bf16"
+    shown = "\n".join(evaluation_lines(evaluation))
+    assert f"{folder} has no classes.json: its masks were read by the run's classes" in shown
+    assert "evaluated in float32, as predict runs; the run's test pass ran under bf16 autocast" in shown
     (folder / "classes.json").write_text(json.dumps([{"name": name} for name in ("background", "ring")]))
     completed = run_cnnlab("evaluate", str(run), "--data", str(folder), "-o", str(out))
     assert completed.returncode == 2 and "names the classes background, ring; the run's are" in completed.stderr
@@ -344,11 +353,8 @@ def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path, monke
     """Mixed sizes train, and predict gives each image's size; validation and the test pass segment each image as
     predict and evaluate do, in batches of one size (a batch padded to its largest image segmented the others' edges
     from that padding: evaluate of the run's test pairs scored other masks)."""
-    import shutil
-
     import cnnlab.tasks.segment_folder
     from cnnlab.data.segmentation import pad_collate
-    from cnnlab.tasks.evaluate import evaluate_folder
 
     whole_batches = []  # the image sizes of each batch of whole images (validation and test)
     monkeypatch.setattr(
@@ -365,17 +371,10 @@ def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path, monke
         crop_size=32,
         class_weight="balanced",
         overrides={"epochs": 1, "batch_size": 4},
-        test_fraction=0.4,
         progress=False,
     )
     assert summary["images"]["train"] + summary["images"]["val"] + summary["images"]["test"] == 12
     assert whole_batches and all(len(sizes) == 1 for sizes in whole_batches), whole_batches
-    test_pairs = _split_pairs(summary["run_dir"], "test", tmp_path / "test_pairs")
-    shutil.copy(root / "classes.json", test_pairs)
-    assert len({Image.open(path).size for path in (test_pairs / "images").iterdir()}) > 1  # a batch of mixed sizes
-    evaluation = evaluate_folder(summary["run_dir"], test_pairs, tmp_path / "evaluation")
-    assert evaluation["confusion_matrix"] == summary["test"]["confusion_matrix"]
-    assert evaluation["boundary_f1"] == summary["test"]["boundary_f1"]
     segmenter = load_segmenter(summary["run_dir"])
     paths = [root / "images" / f"{i:05d}.png" for i in range(3)]
     results = predict_masks(segmenter, [*paths, tmp_path / "missing.png"], tmp_path / "out")
