@@ -156,6 +156,7 @@ def test_evaluate_of_the_runs_test_pairs_gives_its_test_scores(trained, tmp_path
         assert result[key] == test[key], key
     assert f"mIoU {test['miou']:.4f} (the background left out)" in completed.stdout
     assert result["precision"] == result["run_precision"] == "fp32" and "autocast" not in completed.stdout
+    assert "not of new data" not in completed.stdout  # copies of its test pairs (split.csv is matched by path)
     assert f"skipped {folder / 'images' / 'broken.png'}: not an image PIL can read" in completed.stdout
     assert (out / "confusion_matrix.png").is_file()
     worst = result["worst_images"]
@@ -196,6 +197,36 @@ def test_evaluate_of_the_runs_test_pairs_gives_its_test_scores(trained, tmp_path
     completed = run_cnnlab("evaluate", str(run), "--data", str(folder), "-o", str(out))
     assert completed.returncode == 2 and "names the classes background, ring; the run's are" in completed.stderr
     assert len(completed.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_says_which_pairs_the_run_trained_on_and_refuses_a_folder_without_masks(trained, tmp_path):
+    """--data the run's own folder: the pairs of its training and validation split are counted and said (they were
+    scored as new data without a word); an empty folder, or images without masks, are refused in one line, naming
+    predict for the masks of unlabelled images."""
+    from cnnlab.tasks.evaluate import _in_run_split, _seen_line, evaluate_folder
+
+    root, summary = trained
+    run = summary["run_dir"]
+    counts = _in_run_split(Path(run), [str(path) for path in sorted((root / "images").iterdir())])
+    assert counts == summary["images"]  # every pair of the folder, by its part of the split
+    assert _seen_line({"count": 48, "in_run_split": counts}, "pairs") == [
+        f"{counts['train'] + counts['val']} of these 48 pairs are the run's own training ({counts['train']}) and "
+        f"validation ({counts['val']}) pairs (its split.csv): these scores are not of new data; its "
+        f"{counts['test']} test pairs among them alone are new to it"
+    ]
+    assert _seen_line({"count": 3, "in_run_split": {"test": 3}}, "pairs") == []
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CnnlabError, match=r"^--data \S+empty is empty; pass a folder holding images/ and masks/"):
+        evaluate_folder(run, tmp_path / "empty", tmp_path / "out")
+    (tmp_path / "unlabelled" / "images").mkdir(parents=True)
+    (tmp_path / "unlabelled" / "images" / "a.png").write_bytes((root / "images" / "00000.png").read_bytes())
+    for masks, why in ((False, "has no masks/ folder"), (True, "has no PNG mask in")):
+        if masks:
+            (tmp_path / "unlabelled" / "masks").mkdir()
+        with pytest.raises(CnnlabError, match=f"unlabelled {why}.*cnnlab predict --model .*unlabelled/images --output"):
+            evaluate_folder(run, tmp_path / "unlabelled", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(trained, tmp_path):

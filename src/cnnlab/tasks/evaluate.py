@@ -10,6 +10,7 @@ scored on the MNIST test set by `cnnlab.tasks.mnist.evaluate_mnist`.)
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import dataclasses
@@ -124,6 +125,7 @@ def evaluate_folder(
             **_precisions(run_dir),
             **scores,
             "absent_classes": [name for name, count in counts.items() if count == 0],
+            "in_run_split": _in_run_split(run_dir, images.paths),
             "skipped": [dataclasses.asdict(entry) for entry in images.skipped],
         }
         if len(predictor.views) > 1:
@@ -163,6 +165,48 @@ def _published_together(out: Path) -> Iterator[Path]:
             os.replace(staged / name, out / name)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+
+
+def _in_run_split(run_dir: Path, paths: list[str]) -> dict[str, int]:
+    """How many of the evaluated `paths` the run's split.csv lists, by part (train, val, test; the parts with none
+    left out), matched by resolved path: a --data that is the run's own folder scores images it trained on."""
+    try:
+        with open(run_dir / "split.csv", newline="", encoding="utf-8-sig", errors=PATH_BYTES) as f:
+            parts = {row["path"]: row["split"] for row in csv.DictReader(f)}
+    except (OSError, KeyError, csv.Error):  # no manifest (a run of another layout): nothing to say
+        return {}
+    counts = collections.Counter(parts.get(str(Path(path).resolve())) for path in paths)
+    return {part: counts[part] for part in ("train", "val", "test") if counts[part]}
+
+
+def _seen_line(result: dict[str, Any], unit: str) -> list[str]:
+    """A line saying how many evaluated images the run trained on or chose its weights by (none when none)."""
+    parts = result.get("in_run_split", {})
+    seen = parts.get("train", 0) + parts.get("val", 0)
+    if not seen:
+        return []
+    test = f"; its {parts['test']} test {unit} among them alone are new to it" if parts.get("test") else ""
+    return [
+        f"{seen} of these {result['count']} {unit} are the run's own training ({parts.get('train', 0)}) and "
+        f"validation ({parts.get('val', 0)}) {unit} (its split.csv): these scores are not of new data{test}"
+    ]
+
+
+def _check_masks_given(root: Path, run: str | os.PathLike[str]) -> None:
+    """A one-line refusal of a --data folder without masks to score against (no masks/, or no PNG in it), naming
+    predict for the masks of unlabelled images."""
+    masks = root / "masks"
+    if masks.is_dir() and any(path.suffix.lower() == ".png" for path in masks.iterdir()):
+        return  # SegmentationFolder says what else is wrong
+    where = "a folder holding images/ and masks/ (and classes.json), as `cnnlab train segment --data` reads"
+    if not any(root.iterdir()):
+        raise CnnlabError(f"--data {root} is empty; pass {where}")
+    images = root / "images" if (root / "images").is_dir() else root
+    why = "has no masks/ folder" if not masks.is_dir() else f"has no PNG mask in {masks}"
+    raise CnnlabError(
+        f"--data {root} {why}: evaluate scores the run's masks against true ones, so it needs {where}; for the masks "
+        f"of images without any, run `cnnlab predict --model {run} {images} --output DIR`"
+    )
 
 
 def _precisions(run_dir: Path) -> dict[str, str | None]:
@@ -232,6 +276,7 @@ def _evaluate_segmentation(
             f"--data {data} {why_not_a_folder(data)}; pass a folder with images/ and masks/ (and classes.json), as "
             "`cnnlab train segment --data` reads"
         )
+    _check_masks_given(root, run)
     out = _output_folder(run_dir, output_dir, root)
     segmenter = load_segmenter(run, device)
     classes = segmenter.classes
@@ -310,6 +355,7 @@ def _evaluate_segmentation(
             **report,
             **({} if at_max_side is None else {"at_max_side": at_max_side.report(classes, segmenter.background)}),
             "worst_images": [{"image": scored[i], "pixel_error": scores.errors[i]} for i in worst],
+            "in_run_split": _in_run_split(run_dir, scored),
             "skipped": [dataclasses.asdict(entry) for entry in folder.skipped],
             "files": {
                 "evaluation": str(out / "evaluation.json"),
@@ -325,6 +371,7 @@ def evaluation_lines(result: dict[str, Any]) -> list[str]:
     """What `cnnlab evaluate RUN --data DIR` prints of `evaluate_folder`'s result, scores to four places."""
     unit = "image + mask pairs" if result["task"] == "segment" else "images"
     lines = [f"{result['run']} on {result['data']}: {result['count']} {unit}"]
+    lines += _seen_line(result, "pairs" if result["task"] == "segment" else "images")
     for entry in result["skipped"]:
         lines.append(f"skipped {entry['path']}: {entry['reason']}")
     if result["skipped"]:
