@@ -381,17 +381,17 @@ def test_an_output_inside_the_data_folder_is_refused_before_anything_is_written(
 
 
 def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path, monkeypatch):
-    """Mixed sizes train, and predict gives each image's size; validation and the test pass segment each image as
-    predict and evaluate do, in batches of one size (a batch padded to its largest image segmented the others' edges
-    from that padding: evaluate of the run's test pairs scored other masks)."""
+    """Mixed sizes train, and predict gives each image's size; the test pass segments each image as predict and
+    evaluate do, in batches of one size (a batch padded to its largest image segmented the others' edges from that
+    padding: evaluate of the run's test pairs scored other masks)."""
     import cnnlab.tasks.segment_folder
     from cnnlab.data.segmentation import pad_collate
 
-    whole_batches = []  # the image sizes of each batch of whole images (validation and test)
+    whole_batches = []  # the image sizes of each batch of whole images (validation's, then the test pass's)
     monkeypatch.setattr(
         cnnlab.tasks.segment_folder,
         "pad_collate",
-        lambda batch: whole_batches.append({tuple(mask.shape) for _, mask in batch}) or pad_collate(batch),
+        lambda batch: whole_batches.append([tuple(mask.shape) for _, mask in batch]) or pad_collate(batch),
     )
     sizes = ((29, 41), (37, 37), (50, 33))
     root = _folder(tmp_path / "data", count=12, sizes=sizes)
@@ -405,7 +405,9 @@ def test_mixed_and_odd_sizes_train_and_predict_at_the_input_size(tmp_path, monke
         progress=False,
     )
     assert summary["images"]["train"] + summary["images"]["val"] + summary["images"]["test"] == 12
-    assert whole_batches and all(len(sizes) == 1 for sizes in whole_batches), whole_batches
+    test_batches = whole_batches[(summary["images"]["val"] + 7) // 8 :]  # after one epoch's validation, 8 at once
+    assert sum(map(len, test_batches)) == summary["images"]["test"], whole_batches
+    assert all(len(set(sizes)) == 1 for sizes in test_batches), whole_batches
     segmenter = load_segmenter(summary["run_dir"])
     paths = [root / "images" / f"{i:05d}.png" for i in range(3)]
     results = predict_masks(segmenter, [*paths, tmp_path / "missing.png"], tmp_path / "out")

@@ -285,8 +285,8 @@ def _whole_image_batch(
 
 
 def _whole_images(pairs: list[tuple[torch.Tensor, torch.Tensor]], batch: int) -> DataLoader:
-    """Validation's or test's loader: whole pairs in order, in batches of one image size (`same_size_batches`), so
-    each image is segmented as predict and evaluate segment it alone; mixed sizes were padded to the largest in their
+    """The test pass's loader: whole pairs in order, in batches of one image size (`same_size_batches`), so each
+    image is segmented as predict and evaluate segment it alone; mixed sizes were padded to the largest in their
     batch, and the test pass scored other masks than evaluate gave on the same pairs."""
     sizes = [(int(mask.shape[0]), int(mask.shape[1])) for _, mask in pairs]
     return DataLoader(SegmentationSamples(pairs), batch_sampler=same_size_batches(sizes, batch), collate_fn=pad_collate)
@@ -509,7 +509,8 @@ def train_segmentation_folder(
         shuffle=True,
         generator=torch.Generator(),
     )
-    val_loader = _whole_images(parts["val"], eval_batch)
+    # padded batches (pad_collate): under torchrun the engine shards validation's batch_size batches between ranks
+    val_loader = DataLoader(SegmentationSamples(parts["val"]), batch_size=eval_batch, collate_fn=pad_collate)
     with sessions:  # an interrupted session records its wall time too
         history = trainer.fit(LoaderBatches(train_loader), LoaderBatches(val_loader) if parts["val"] else None)
         final = trainer.eval_model  # the best epoch's weights, which BestWeights loaded back
