@@ -37,8 +37,8 @@ def evaluate(
     A `cnnlab train segment --data` run takes DIR in the layout it trained on (images/, masks/, and classes.json, else
     the run's own classes and colours read the masks), segments
     each image as `cnnlab predict` does, at the image's own size, and gives mIoU, per-class IoU, pixel accuracy,
-    boundary F1 and the confusion matrix of the pixels, as its test report does (a run trained with --max-side: also
-    at the downscaled size its test pass scored), and draws the six images with the most wrong pixels
+    boundary F1 and the confusion matrix of the pixels, as its test report does (a run trained with
+    `train segment --max-side`: also at the downscaled size its test pass scored), and draws the six images with the most wrong pixels
     (worst_images.png). Either way, files that cannot be read are named and skipped."""
     from cnnlab.errors import CnnlabError
 
