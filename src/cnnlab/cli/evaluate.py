@@ -38,8 +38,8 @@ def evaluate(
     the run's own classes and colours read the masks), segments
     each image as `cnnlab predict` does, at the image's own size, and gives mIoU, per-class IoU, pixel accuracy,
     boundary F1 and the confusion matrix of the pixels, as its test report does (a run trained with
-    `train segment --max-side`: also at the downscaled size its test pass scored), and draws the six images with the most wrong pixels
-    (worst_images.png). Either way, files that cannot be read are named and skipped."""
+    `train segment --max-side`: also at the downscaled size its test pass scored), and draws the six images with the
+    most wrong pixels (worst_images.png). Either way, files that cannot be read are named and skipped."""
     from cnnlab.errors import CnnlabError
 
     if not run.exists():
