@@ -119,7 +119,7 @@ def test_a_layer_without_maps_is_refused_naming_its_output_and_layers_with_maps(
     with pytest.raises(CnnlabError, match=r"layer 'fc' outputs \[1, 2\] .* such as conv, act \(2 layers have maps\)$"):
         feature_maps(model, image, ["act", "fc"])
     for empty in ("", " "):
-        with pytest.raises(CnnlabError, match="a layer name is empty; name one of the model's 4 layers: conv, act"):
+        with pytest.raises(CnnlabError, match=r"empty; name one of the model's layers \(conv, act, pool, fc; --list"):
             feature_maps(model, image, [empty])
         with pytest.raises(CnnlabError, match="a layer name is empty"):
             grad_cam(model, image, layer=empty)
@@ -216,7 +216,7 @@ def test_feature_maps_and_default_layers_go_from_shallow_to_deep():
         feature_maps(model, image, ["nope"])
     resnet = cnnlab.create_model("resnet18", pretrained=False)  # 60-odd layers: was a list of 30 and no guess
     with pytest.raises(
-        CnnlabError, match=r"did you mean layer4.1.conv2 or .*\? its \d+ layers: conv1, .* and \d+ more$"
+        CnnlabError, match=r"did you mean layer4.1.conv2, .*\? --list-layers lists its 69 layers with their output"
     ):
         feature_maps(resnet, torch.rand(3, 32, 32), ["layer4.1.conv"])
 
@@ -326,6 +326,22 @@ def test_explain_cli_writes_the_three_pngs_for_an_mnist_run(mnist_run, monkeypat
     assert "Grad-CAM at" in result.output
     for name in ("filters.png", "feature_maps.png", "gradcam.png"):
         assert (out / name).stat().st_size > 1000
+    # an unknown layer listed 8 leaf names of 16 ("... features.2.act and 8 more"), cut off mid-network
+    digit = str(mnist_run / "digit.png")
+    wrong = CliRunner().invoke(app, ["explain", str(mnist_run / "run"), digit, "-l", "feature.3"])
+    assert isinstance(wrong.exception, CnnlabError)
+    assert str(wrong.exception) == (
+        "model has no layer 'feature.3'; did you mean features.3, features.5 or features.4? --list-layers lists its "
+        "20 layers with their output sizes"
+    )
+    listing = CliRunner().invoke(app, ["explain", str(mnist_run / "run"), digit, "--list-layers", "-o", str(out / "x")])
+    assert listing.exit_code == 0, listing.output
+    rows = listing.output.splitlines()[1:]
+    assert len(rows) == 20 and rows[0].split() == ["*", "normalize", "Normalize", "1x28x28"]
+    assert rows[2].split() == ["*", "features.0", "ConvBnAct", "16x28x28"]  # a block runs before its parts
+    assert "features.5       MaxPool2d    64x3x3  (default feature maps and Grad-CAM)" in listing.output
+    assert rows[-1].split() == ["fc", "Linear", "10"]  # no maps: no *
+    assert not (out / "x").exists()  # it writes nothing
     missing = CliRunner().invoke(app, ["explain", str(mnist_run / "run"), str(mnist_run / "nope.png")])
     assert isinstance(missing.exception, CnnlabError) and "nope.png: no such file" in str(missing.exception)
     # -o onto a file: a FileExistsError (exit code 1) once the model had loaded; now one line, exit code 2, before it

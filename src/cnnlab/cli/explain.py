@@ -35,10 +35,19 @@ def explain(
         "(default: the predicted one; a segmenter's largest class other than the background).",
     ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
+    list_layers: bool = typer.Option(
+        False,
+        "--list-layers",
+        help="Print every layer (the names --layer and --cam-layer take) with its output size on IMAGE, marking the "
+        "default ones, and write nothing.",
+    ),
 ) -> None:
     """Write filters.png, feature_maps.png and gradcam.png for IMAGE and print the top classes."""
     from cnnlab.tasks.explain import explain_image
 
+    if list_layers:
+        _print_layers(source, image, device)
+        return
     result = explain_image(str(source), image, output, layers=layer, cam_layer=cam_layer, class_index=class_index,
                            device=device)  # fmt: skip
     share = " of the pixels" if result.scores == "pixel share" else ""
@@ -62,6 +71,23 @@ def explain(
     typer.echo(f"feature maps of: {', '.join(result.feature_layers)}")
     for kind, path in result.files.items():
         typer.echo(f"{kind}: {path}")
+
+
+def _print_layers(source: str, image: Path, device: str) -> None:
+    from cnnlab.tasks.explain import list_layers
+
+    listing = list_layers(source, image, device=device)
+    of = f" of {listing.shown_member}, named as in it" if listing.shown_member else ""
+    size = "x".join(map(str, listing.input_shape))
+    typer.echo(f"layers{of}, in running order, with their outputs for {image} (input {size}); * has feature maps")
+    width = max((len(layer.name) for layer in listing.layers), default=0)
+    types = max((len(layer.type) for layer in listing.layers), default=0)
+    for layer in listing.layers:
+        roles = [role for role, names in (("feature maps", listing.feature_layers), ("Grad-CAM", [listing.cam_layer]))
+                 if layer.name in names]  # fmt: skip
+        default = f"  (default {' and '.join(roles)})" if roles else ""
+        mark = "*" if layer.maps else " "
+        typer.echo(f"{mark} {layer.name:<{width}}  {layer.type:<{types}}  {layer.output}{default}")
 
 
 def register(app: typer.Typer) -> None:

@@ -151,14 +151,81 @@ def _device(model: nn.Module) -> torch.device:
 def _module(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
     if not name.strip():  # "" names the model itself, whose output is its logits, not maps
-        known = [n for n, _ in _leaf_modules(model)]
-        raise CnnlabError(f"a layer name is empty; name one of the model's {len(known)} layers: {listed(known, 8)}")
+        known = [n for n, _ in model.named_modules() if n]
+        raise CnnlabError(
+            f"a layer name is empty; name one of the model's layers ({listed(known, 6)}; --list-layers lists "
+            f"all {len(known)})"
+        )
     if name not in modules:
-        known = [n for n, _ in _leaf_modules(model)]
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-        guess = f"did you mean {' or '.join(close)}? " if close else ""
-        raise CnnlabError(f"model has no layer {name!r}; {guess}its {len(known)} layers: {listed(known, 8)}")
+        raise CnnlabError(unknown_layer_message(model, name))
     return modules[name]
+
+
+def unknown_layer_message(model: nn.Module, name: str) -> str:
+    """ "model has no layer 'x'", the closest names (of every module, blocks too: ``layer4`` names one) and how to see
+    them all: eight names of hundreds, cut off in the middle of the first block, helped no one find ``layer4.2``."""
+    known = [n for n, _ in model.named_modules() if n]
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    if len(known) <= 8:
+        every = f"its {len(known)} layers: {', '.join(known)}"
+    else:
+        every = f"--list-layers lists its {len(known)} layers with their output sizes"
+    if close:
+        guess = close[0] if len(close) == 1 else f"{', '.join(close[:-1])} or {close[-1]}"
+        return f"model has no layer {name!r}; did you mean {guess}? {every}"
+    begin = f"its layers begin {listed(known, 6)}; " if len(known) > 8 else ""
+    return f"model has no layer {name!r}; {begin}{every}"
+
+
+@dataclass
+class LayerOutput:
+    """One module of a network as it ran on an image: its name (what ``--layer`` and ``--cam-layer`` take), its type,
+    what it output: the shape without the batch, the type of a non-tensor (a tuple) or "did not run", and whether
+    that is feature maps (4-D with H, W > 1: what `feature_maps` and `grad_cam` can show)."""
+
+    name: str
+    type: str
+    output: str
+    maps: bool
+
+
+def layer_outputs(model: nn.Module, image: torch.Tensor) -> list[LayerOutput]:
+    """Every module of `model` (blocks and their parts) with its output on one preprocessed image [C, H, W], in the
+    order they start running (a block before its parts), then the modules that did not run; a module called twice
+    shows its last output."""
+    order: dict[str, None] = {}
+    outputs: dict[str, str] = {}
+    maps: dict[str, bool] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def enter(_module: nn.Module, _inputs: Any, name: str = name) -> None:
+            order.setdefault(name)
+
+        def leave(_module: nn.Module, _inputs: Any, output: Any, name: str = name) -> None:
+            is_tensor = isinstance(output, torch.Tensor)
+            outputs[name] = "x".join(map(str, output.shape[1:])) if is_tensor else f"a {type(output).__name__}"
+            maps[name] = _is_map(output)
+
+        handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(image.unsqueeze(0).to(_device(model)))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, mode in modes.items():
+            module.train(mode)
+    modules = dict(model.named_modules())
+    names = list(order) + [name for name in modules if name and name not in order]
+    return [
+        LayerOutput(name, type(modules[name]).__name__, outputs.get(name, "did not run"), maps.get(name, False))
+        for name in names
+    ]
 
 
 def _refuse_unless_maps(model: nn.Module, image: torch.Tensor, name: str, output: Any, deepest: bool) -> None:
@@ -333,6 +400,21 @@ def _segmenter_cam_layer(layers: list[tuple[str, tuple[int, ...]]], size: tuple[
     return decoder[-1] if decoder else layers[bottom][0]
 
 
+def _default_cam_layer(model: nn.Module, image: torch.Tensor) -> tuple[str, tuple[int, int] | None]:
+    """The layer `grad_cam` uses when none is named (see its doc), and a segmenter's input size padded to its stride
+    (None for a classifier)."""
+    layers = spatial_layers(model, image)
+    if not layers:
+        raise CnnlabError(f"{type(model).__name__} produces no spatial feature maps, so Grad-CAM has no layer")
+    padded = _segmenter_padded_size(layers, image)
+    return (layers[-1][0] if padded is None else _segmenter_cam_layer(layers, padded)), padded
+
+
+def default_cam_layer(model: nn.Module, image: torch.Tensor) -> str:
+    """The layer `grad_cam` weighs when none is named: the deepest map, a segmenter's decoder map at stride 4."""
+    return _default_cam_layer(model, image)[0]
+
+
 def grad_cam(
     model: nn.Module, image: torch.Tensor, layer: str | None = None, class_index: int | None = None
 ) -> GradCam:
@@ -349,13 +431,7 @@ def grad_cam(
     """
     padded = None  # a segmenter's input size padded to its stride, which its maps cover
     if layer is None:
-        layers = spatial_layers(model, image)
-        if not layers:
-            raise CnnlabError(f"{type(model).__name__} produces no spatial feature maps, so Grad-CAM has no layer")
-        layer = layers[-1][0]
-        padded = _segmenter_padded_size(layers, image)
-        if padded is not None:
-            layer = _segmenter_cam_layer(layers, padded)
+        layer, padded = _default_cam_layer(model, image)
     target = _module(model, layer)
     captured: list[torch.Tensor] = []
 

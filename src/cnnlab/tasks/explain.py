@@ -38,10 +38,13 @@ from cnnlab.files import check_writable
 from cnnlab.layers.views import ViewAverage
 from cnnlab.report.explain import (
     GradCam,
+    LayerOutput,
     class_shares,
+    default_cam_layer,
     default_feature_layers,
     feature_maps,
     grad_cam,
+    layer_outputs,
     mean_grad_cam,
     plot_feature_maps,
     plot_filters,
@@ -282,6 +285,49 @@ class Explanation:
     shown_member: str = ""  # an ensemble's member whose filters and feature maps are shown (see `Subject`)
 
 
+def _prepared(
+    source: str, image_path: str | os.PathLike[str], device: str, output_dir: Path | None = None
+) -> tuple[Subject, Any, torch.Tensor]:
+    """The subject, the image (8-bit RGB, EXIF orientation applied) and its input tensor [C, H, W]; an `output_dir`
+    that cannot be written is refused before the model loads."""
+    from cnnlab.data.folder import decode_image, to_rgb
+
+    # decoded once, as the lab's upload is: checking it and then loading it decoded it twice (0.75 s more at 54 MP)
+    decoded, _, reason = decode_image(image_path)
+    if decoded is None:
+        raise CnnlabError(f"{image_path}: {reason}; pass a readable image file (PNG, JPEG, ...)")
+    if output_dir is not None:  # an --output onto a file was an OSError once the model had loaded (exit code 1)
+        check_writable(output_dir / "gradcam.png", shown=str(output_dir))
+    subject = load_subject(source, device)
+    image = to_rgb(decoded)  # as load_image gives it: EXIF orientation applied, 8-bit RGB
+    del decoded
+    subject.check_size(image, image_path)
+    return subject, image, subject.preprocess(image).float()
+
+
+@dataclass
+class LayerListing:
+    """The layers `cnnlab explain --list-layers` prints: every module with its output on the image (an ensemble's:
+    its first member's, `shown_member`), and the layers explain shows when none is named."""
+
+    layers: list[LayerOutput]
+    input_shape: tuple[int, ...]
+    feature_layers: list[str]
+    cam_layer: str
+    shown_member: str = ""
+
+
+def list_layers(source: str, image_path: str | os.PathLike[str], device: str = "cpu") -> LayerListing:
+    """Every layer of `source`'s network as it runs on `image_path` (what ``--layer`` and ``--cam-layer`` take), with
+    the default feature layers and Grad-CAM layer; nothing is written."""
+    subject, _, tensor = _prepared(source, image_path, device)
+    layers = layer_outputs(subject.model, tensor)
+    mapped = any(layer.maps for layer in layers)
+    chosen = default_feature_layers(subject.model, tensor) if mapped else []
+    cam = default_cam_layer(subject.model, tensor) if mapped else ""
+    return LayerListing(layers, tuple(tensor.shape), chosen, cam, subject.shown_member)
+
+
 def explain_image(
     source: str,
     image_path: str | os.PathLike[str],
@@ -303,21 +349,9 @@ def explain_image(
         class_index: class to explain, by index or by name (see `class_of`; default: the predicted one).
         device: where to run.
     """
-    from cnnlab.data.folder import decode_image, to_rgb
-
-    # decoded once, as the lab's upload is: checking it and then loading it decoded it twice (0.75 s more at 54 MP)
-    decoded, _, reason = decode_image(image_path)
-    if decoded is None:
-        raise CnnlabError(f"{image_path}: {reason}; pass a readable image file (PNG, JPEG, ...)")
     output_dir = Path(output_dir)
-    # before the model loads: an --output onto a file was an OSError once it had ("is a file", exit code 1)
-    check_writable(output_dir / "gradcam.png", shown=str(output_dir))
-    subject = load_subject(source, device)
+    subject, image, tensor = _prepared(source, image_path, device, output_dir)
     wanted = class_of(subject.classes, class_index)  # a class that is none of the model's: refused before the work
-    image = to_rgb(decoded)  # as load_image gives it: EXIF orientation applied, 8-bit RGB
-    del decoded
-    subject.check_size(image, image_path)
-    tensor = subject.preprocess(image).float()
     files: dict[str, Path] = {}
     with contextlib.suppress(CnnlabError):  # a network without convolutions has no filters; Grad-CAM says why
         files["filters"] = plot_filters(subject.model, output_dir / "filters.png", of=subject.shown_member)
