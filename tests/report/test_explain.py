@@ -533,3 +533,95 @@ def test_an_image_too_thin_for_a_classifiers_resize_is_refused_but_not_for_a_seg
         assert str(refused.value) == f"strip.png: {thin_image_reason(100_000, 1)}"
     for kind in ("segment", "mnist"):  # a segmenter takes the image whole; MNIST fits its longer side in 20 px
         Subject(nn.Identity(), ["a", "b"], lambda x: x, lambda x: x, "run", kind).check_size(strip, "strip.png")
+
+
+_MY_NETS = """
+import torch
+from torch import nn
+
+
+def build(weights="weights.pt", in_chans=3, named=False):
+    net = nn.Sequential(nn.Conv2d(in_chans, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3,
+                        padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    if named:
+        net.classes = ["cat", "dog", "owl"]
+    return net
+
+
+def declared():
+    net = build()
+    net.pretrained_cfg = {"input_size": (3, 20, 20), "mean": (0.5,) * 3, "std": (0.25,) * 3, "crop_pct": 0.8}
+    return net
+"""
+
+
+def test_a_network_built_by_the_users_own_code_is_explained_with_the_preprocessing_it_declares_or_is_given(
+    tmp_path, monkeypatch
+):
+    """explain took zoo names and runs only: a user's own trained network (a function in my_nets.py that builds it and
+    loads their weights) could be sized by `cnnlab budget` but not explained ("neither a run directory nor a zoo
+    model"). Its preprocessing is the pretrained_cfg it declares or --input/--mean/--std in full, never a guess."""
+    from torchvision.transforms.v2 import functional as TF
+    from typer.testing import CliRunner
+
+    from cnnlab.cli import app
+    from cnnlab.tasks.explain import CodeInput, code_subject, explain_image
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_nets.py").write_text(_MY_NETS)
+    torch.manual_seed(0)
+    for name, channels in (("weights.pt", 3), ("grey.pt", 1)):
+        torch.save(_fresh(channels).state_dict(), name)  # the user's trained weights
+    photo = Image.new("RGB", (48, 36), (30, 90, 160))
+    photo.paste((250, 200, 40), (4, 4, 20, 30))
+    photo.save("photo.png")
+    invoke = CliRunner().invoke
+    bare = invoke(app, ["explain", "my_nets.py:build", "photo.png", "-o", "out"])
+    assert isinstance(bare.exception, CnnlabError), bare.output
+    assert str(bare.exception).startswith("my_nets.py:build declares no preprocessing (no pretrained_cfg); give it")
+    given = ["--input", "3x16x24", "--mean", "0.5", "--std", "0.25"]
+    result = invoke(app, ["explain", "my_nets.py:build(named=True)", "photo.png", "-o", "out", *given])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(
+        "preprocessing: the whole image resized to 16x24 (bilinear, antialiased), scaled to [0, 1], normalised mean "
+        "(0.5, 0.5, 0.5) std (0.25, 0.25, 0.25) (--input, --mean, --std)\n"
+    )
+    network = _fresh(3)
+    network.load_state_dict(torch.load("weights.pt", weights_only=True))
+    pixels = TF.to_dtype(TF.resize(TF.pil_to_tensor(photo), [16, 24], antialias=True), torch.float32, scale=True)
+    expected = network.eval()(((pixels - 0.5) / 0.25)[None]).softmax(1)[0].detach()
+    top = int(expected.argmax())
+    assert f"explained class {['cat', 'dog', 'owl'][top]!r} ({float(expected[top]):.1%})" in result.output
+    for name in ("filters.png", "feature_maps.png", "gradcam.png"):
+        assert (tmp_path / "out" / name).is_file()
+    # a grey network: the photo made grey; no class names: indices
+    grey = code_subject("my_nets.py:build('grey.pt', in_chans=1)", CodeInput("1x16x16", "0", "1"))
+    assert grey.classes == [] and grey.class_name(2) == "2"
+    assert grey.preprocessing.startswith("grey, the whole image resized to 16x16")
+    torch.testing.assert_close(grey.preprocess(photo), TF.resize(TF.to_dtype(TF.pil_to_tensor(photo.convert("L")),
+                               torch.float32, scale=True), [16, 16], antialias=True), atol=1 / 255, rtol=0)  # fmt: skip
+    # a declared timm-style record: its resize and centre crop; --input and --mean/--std replace it, all or none
+    declared = code_subject("my_nets.py:declared")
+    assert declared.preprocess(photo).shape == (3, 20, 20)
+    assert declared.preprocessing == (
+        "resize shorter side to 25 (bicubic, antialiased), centre crop 20x20, scale to [0, 1], normalise mean (0.500, "
+        "0.500, 0.500) std (0.250, 0.250, 0.250) (its pretrained_cfg)"
+    )
+    with pytest.raises(CnnlabError, match="aspect ratio of 500:1"):  # its shorter side resized: 25 x 12,500 px
+        declared.check_size(Image.new("RGB", (1000, 2)), "thin.png")
+    replaced = code_subject("my_nets.py:declared", CodeInput("3x8x8", "0", "1"))
+    assert replaced.preprocess(photo).shape == (3, 8, 8)
+    replaced.check_size(Image.new("RGB", (1000, 2)), "thin.png")  # resized whole: 8x8
+    assert replaced.preprocessing.endswith("(--input, --mean, --std, in place of its pretrained_cfg)")
+    with pytest.raises(CnnlabError, match=r"give --input, --mean and --std together \(missing --mean, --std\)"):
+        code_subject("my_nets.py:declared", CodeInput("3x8x8"))
+    with pytest.raises(CnnlabError, match="^--input, --mean and --std are for a network named by code"):
+        explain_image("lenet5", "photo.png", "out", given=CodeInput(mean="0.5"))
+
+
+def _fresh(channels: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3),
+    )  # fmt: skip

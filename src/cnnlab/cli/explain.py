@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -10,8 +11,9 @@ import typer
 def explain(
     source: str = typer.Argument(
         ...,
-        help="An MNIST, transfer or `train segment --data` run directory (holding model.json), or a zoo model name "
-        "such as efficientnet_lite0 (pretrained ImageNet weights).",
+        help="An MNIST, transfer or `train segment --data` run directory (holding model.json), a zoo model name "
+        "such as efficientnet_lite0 (pretrained ImageNet weights), or your own network as `cnnlab budget` takes it: "
+        "FILE.py:NAME(literal arguments) or MODULE:NAME, a function that builds it and loads its weights (quote it).",
     ),
     image: Path = typer.Argument(..., help="The image file to explain."),
     output: Path = typer.Option(Path("runs/explain"), "--output", "-o", help="Directory for the PNGs."),
@@ -35,6 +37,24 @@ def explain(
         "(default: the predicted one; a segmenter's largest class other than the background).",
     ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
+    input_size: str | None = typer.Option(
+        None,
+        "--input",
+        help="A network named by code: its input CxHxW (C 1: grey, 3: RGB), the whole image resized to HxW; with "
+        "--mean and --std, in place of the pretrained_cfg it declares (default: that record; without one, needed).",
+    ),
+    mean: str | None = typer.Option(
+        None,
+        "--mean",
+        help="A network named by code: the mean taken from inputs in [0, 1], one value or C (0.5 or 0.485,0.456,0.406; "
+        "default: its pretrained_cfg's).",
+    ),
+    std: str | None = typer.Option(
+        None,
+        "--std",
+        help="A network named by code: the std inputs are divided by after the mean (1: none; default: its "
+        "pretrained_cfg's).",
+    ),
     list_layers: bool = typer.Option(
         False,
         "--list-layers",
@@ -43,13 +63,16 @@ def explain(
     ),
 ) -> None:
     """Write filters.png, feature_maps.png and gradcam.png for IMAGE and print the top classes."""
-    from cnnlab.tasks.explain import explain_image
+    from cnnlab.tasks.explain import CodeInput, explain_image
 
+    given = CodeInput(input_size, mean, std)
     if list_layers:
-        _print_layers(source, image, device)
+        _print_layers(source, image, device, given)
         return
     result = explain_image(str(source), image, output, layers=layer, cam_layer=cam_layer, class_index=class_index,
-                           device=device)  # fmt: skip
+                           device=device, given=given)  # fmt: skip
+    if result.preprocessing:
+        typer.echo(f"preprocessing: {result.preprocessing}")
     share = " of the pixels" if result.scores == "pixel share" else ""
     typer.echo(
         f"{image}: explained class {result.label!r} ({result.probability:.1%}{share}), Grad-CAM at {result.cam_layer}"
@@ -73,10 +96,10 @@ def explain(
         typer.echo(f"{kind}: {path}")
 
 
-def _print_layers(source: str, image: Path, device: str) -> None:
+def _print_layers(source: str, image: Path, device: str, given: Any) -> None:
     from cnnlab.tasks.explain import list_layers
 
-    listing = list_layers(source, image, device=device)
+    listing = list_layers(source, image, device=device, given=given)
     of = f" of {listing.shown_member}, named as in it" if listing.shown_member else ""
     size = "x".join(map(str, listing.input_shape))
     typer.echo(f"layers{of}, in running order, with their outputs for {image} (input {size}); * has feature maps")

@@ -8,6 +8,14 @@ Preprocessing follows the model, never a guess by the user:
   (14, 14) of 28x28, as MNIST itself was made; values in [0, 1] (the model normalises inside).
 - transfer runs and pretrained models: the weights' record (`build_eval_transform`), through
   `cnnlab.tasks.predict.load_predictor`.
+- a network named by code, as `cnnlab budget` takes one (``my_nets.py:build(width=32)``, ``MODULE:NAME``: a function
+  that builds the network and loads the user's weights, called with literal arguments, or a module instance): the
+  preprocessing its object declares (a ``pretrained_cfg``, cnnlab's record or timm's dict: the shorter side resized,
+  a centre crop, mean/std), else the one the user gives in full (`CodeInput`: ``--input CxHxW --mean M --std S``, the
+  whole image resized to HxW, grey when C is 1, in [0, 1], less the mean, over the std), which also replaces a
+  declared one (a network fine-tuned at another size keeps its pretrained record); neither is refused, never guessed.
+  Class names are its ``classes`` (a list of strings, one per output), else those of a cnnlab record whose class
+  count it has, else indices.
 - segmentation runs (`cnnlab train segment --data`): the whole image at its own size, in [0, 1], less the run's
   mean, over its std, as `cnnlab predict` segments it. The scores are the shares of the pixels predicted as each
   class, the class explained is by default the largest one other than the background, and Grad-CAM weighs the
@@ -67,7 +75,7 @@ class Subject:
         preprocess: PIL image -> the model's input tensor [C, H, W].
         to_display: the input tensor -> [H, W, 3] in [0, 1] for plotting.
         source: what was loaded.
-        kind: "mnist", "transfer", "pretrained" or "segment".
+        kind: "mnist", "transfer", "pretrained", "segment" or "code" (a network named by code).
         classifier: what `cnnlab predict` runs (`model` with the run's views averaged); default `model`.
         views: the views `classifier` averages.
         background: a segmenter's background class, which is not explained unless asked for or alone.
@@ -76,6 +84,10 @@ class Subject:
         members: an ensemble's members (`classifier` is the ensemble, `model` its first member, whose filters and
             feature maps are shown); empty for a single network.
         member_sources: the members' folders, in the same order.
+        preprocessing: what `preprocess` does and where it comes from, for a network named by code ("" otherwise:
+            a run's or the zoo's record is the model's own).
+        resizes_whole: `preprocess` resizes the whole image to the input size (``--input``), so no aspect ratio is
+            too thin for it (a record's shorter-side resize makes a thin image's longer side huge).
     """
 
     model: nn.Module
@@ -90,6 +102,8 @@ class Subject:
     max_side: int | None = None
     members: tuple[nn.Module, ...] = ()
     member_sources: tuple[str, ...] = ()
+    preprocessing: str = ""
+    resizes_whole: bool = False
 
     @property
     def shown_member(self) -> str:
@@ -138,7 +152,8 @@ class Subject:
         from cnnlab.data.folder import thin_image_reason
         from cnnlab.data.segmentation import downscaled_size
 
-        thin = thin_image_reason(image.width, image.height) if self.kind in ("transfer", "pretrained") else None
+        crops = self.kind in ("transfer", "pretrained", "code") and not self.resizes_whole
+        thin = thin_image_reason(image.width, image.height) if crops else None
         if thin is not None:
             raise CnnlabError(f"{source}: {thin}")
         width, height = downscaled_size(image.width, image.height, self.max_side)
@@ -199,6 +214,170 @@ def load_subject(source: str, device: str | torch.device = "cpu") -> Subject:
     return Subject(network, classes, transform, to_display, str(source), kind, predictor.model, views)
 
 
+@dataclass(frozen=True)
+class CodeInput:
+    """The preprocessing a user gives a network named by code: ``--input CxHxW --mean M --std S`` as typed (each None
+    when not given). The mean and std are one value, or one per channel, separated by commas."""
+
+    size: str | None = None
+    mean: str | None = None
+    std: str | None = None
+
+    @property
+    def given(self) -> bool:
+        return any(value is not None for value in (self.size, self.mean, self.std))
+
+
+def is_code_target(source: str | os.PathLike[str]) -> bool:
+    """Whether `source` names a network by code (``MODULE:NAME``, ``FILE.py:NAME(args)``) rather than a run folder."""
+    from cnnlab.budget.python_model import is_python_target
+
+    return not isinstance(source, os.PathLike) and is_python_target(str(source)) and not Path(source).exists()
+
+
+def code_subject(source: str, given: CodeInput = CodeInput(), device: str | torch.device = "cpu") -> Subject:
+    """A network named by code, built on the CPU (its function loads its weights) and put in eval mode, with the
+    preprocessing it declares or `given` (see the module doc).
+
+    Raises:
+        CnnlabError: it cannot be built (`cnnlab.budget.python_model`), it declares no preprocessing and `given` is
+            incomplete, or `given` cannot be read.
+    """
+    from cnnlab.budget.python_model import build_python_model
+    from cnnlab.train.device import resolve_device
+
+    network = build_python_model(source, on_meta=False)
+    declared = _declared_cfg(network)
+    if given.given:
+        size, mean, std = _given_input(source, given)
+        preprocess = _resized_whole(size, mean, std)
+        note = f"{_described(size, mean, std)} (--input, --mean, --std" + (
+            ", in place of its pretrained_cfg)" if declared is not None else ")"
+        )
+    elif declared is not None:
+        from cnnlab.data.transforms import build_eval_transform, preprocessing_description
+
+        size, mean, std = declared.input_size, declared.mean, declared.std
+        transform = build_eval_transform(declared)
+
+        def preprocess(image: Any) -> torch.Tensor:
+            return transform(image.convert("RGB"))
+
+        note = f"{preprocessing_description(declared)} (its pretrained_cfg)"
+    else:
+        raise CnnlabError(
+            f"{source} declares no preprocessing (no pretrained_cfg); give it as the network was trained: --input "
+            "CxHxW --mean M --std S (e.g. --input 3x224x224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 for "
+            "ImageNet's; --mean 0 --std 1 for inputs in [0, 1])"
+        )
+    network = network.to(resolve_device(device)).eval()
+    channels = size[0]
+    shown_mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    shown_std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def to_display(tensor: torch.Tensor) -> torch.Tensor:
+        shown = (tensor.cpu() * shown_std + shown_mean).clamp(0, 1)
+        return shown.expand(3, *shown.shape[-2:]).permute(1, 2, 0) if channels == 1 else shown.permute(1, 2, 0)
+
+    classes = _code_classes(network)
+    return Subject(network, classes, preprocess, to_display, source, "code", preprocessing=note,
+                   resizes_whole=given.given)  # fmt: skip
+
+
+def _declared_cfg(network: nn.Module) -> Any:
+    """The preprocessing record `network` carries as ``pretrained_cfg`` (cnnlab's `PretrainedCfg`, or timm's dict
+    with its ``input_size``, ``mean``, ``std``, ``crop_pct`` and ``interpolation``) as a `PretrainedCfg`, else None."""
+    from cnnlab.models import PretrainedCfg
+
+    record = getattr(network, "pretrained_cfg", None)
+    if isinstance(record, PretrainedCfg):
+        return record
+    if not isinstance(record, dict):
+        return None
+    try:
+        channels, height, width = (int(n) for n in record["input_size"])
+        mean, std = tuple(float(v) for v in record["mean"]), tuple(float(v) for v in record["std"])
+        crop_pct = float(record.get("crop_pct") or 1.0)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if channels != 3 or len(mean) != 3 or len(std) != 3:
+        return None  # a record for grey or many-channel inputs: given in full instead
+    interpolation = record.get("interpolation") if record.get("interpolation") in ("bilinear", "bicubic") else "bicubic"
+    return PretrainedCfg(source="pretrained_cfg", file_name="", input_size=(3, height, width),
+                         resize_size=round(min(height, width) / crop_pct), crop_pct=crop_pct, mean=mean, std=std,
+                         interpolation=interpolation)  # fmt: skip
+
+
+def _given_input(source: str, given: CodeInput) -> tuple[tuple[int, int, int], tuple[float, ...], tuple[float, ...]]:
+    """``--input``, ``--mean`` and ``--std`` read, each checked (all three are needed: half a preprocessing is a
+    guess at the rest)."""
+    from cnnlab.budget.spec import parse_size
+
+    missing = [flag for flag, value in (("--input", given.size), ("--mean", given.mean), ("--std", given.std))
+               if value is None]  # fmt: skip
+    if missing:
+        raise CnnlabError(f"{source}: give --input, --mean and --std together (missing {', '.join(missing)}): the "
+                          "preprocessing the network was trained with, in full")  # fmt: skip
+    size = parse_size(str(given.size), "--input")
+    if len(size) != 3 or size[0] not in (1, 3):
+        raise CnnlabError(f"--input {given.size!r} must be CxHxW with C 1 (grey) or 3 (RGB), e.g. 3x224x224")
+    channels = size[0]
+
+    def values(flag: str, text: str) -> tuple[float, ...]:
+        try:
+            numbers = tuple(float(part) for part in text.replace(" ", "").split(",") if part)
+        except ValueError:
+            numbers = ()
+        if len(numbers) not in (1, channels) or (flag == "--std" and any(n <= 0 for n in numbers)):
+            what = "positive numbers" if flag == "--std" else "numbers"
+            raise CnnlabError(f"{flag} {text!r} must be 1 or {channels} {what} separated by commas (--input has "
+                              f"{channels} channel{'s' if channels > 1 else ''})")  # fmt: skip
+        return numbers * channels if len(numbers) == 1 else numbers
+
+    return (channels, size[1], size[2]), values("--mean", str(given.mean)), values("--std", str(given.std))
+
+
+def _resized_whole(
+    size: tuple[int, int, int], mean: tuple[float, ...], std: tuple[float, ...]
+) -> Callable[[Any], torch.Tensor]:
+    from torchvision.transforms import v2
+
+    from cnnlab.data.transforms import RESIZE_ANTIALIAS
+
+    transform = v2.Compose([
+        v2.ToImage(),
+        v2.Resize(size[1:], antialias=RESIZE_ANTIALIAS),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(mean), std=list(std)),
+    ])  # fmt: skip
+    mode = "L" if size[0] == 1 else "RGB"
+    return lambda image: transform(image.convert(mode))
+
+
+def _described(size: tuple[int, int, int], mean: tuple[float, ...], std: tuple[float, ...]) -> str:
+    grey = "grey, " if size[0] == 1 else ""
+    numbers = ", ".join(f"{v:g}" for v in mean), ", ".join(f"{v:g}" for v in std)
+    return (
+        f"{grey}the whole image resized to {size[1]}x{size[2]} (bilinear, antialiased), scaled to [0, 1], normalised "
+        f"mean ({numbers[0]}) std ({numbers[1]})"
+    )
+
+
+def _code_classes(network: nn.Module) -> list[str]:
+    """The class names a network named by code declares: its ``classes``, else its cnnlab record's categories when it
+    has that many classes, else none (indices are shown)."""
+    from cnnlab.models import PretrainedCfg
+
+    classes = getattr(network, "classes", None)
+    if isinstance(classes, (list, tuple)) and classes and all(isinstance(name, str) for name in classes):
+        return list(classes)
+    cfg = getattr(network, "pretrained_cfg", None)
+    if isinstance(cfg, PretrainedCfg) and getattr(network, "num_classes", None) == cfg.num_classes:
+        with contextlib.suppress(CnnlabError):
+            return list(cfg.categories)
+    return []
+
+
 def _segmenter_subject(source: str, device: str | torch.device) -> Subject:
     """A segmentation run: whole images in [0, 1], downscaled to the run's ``--max-side`` if it has one and normalised
     by its record, as `cnnlab predict` runs them (a --max-side run was explained at a scale it never saw)."""
@@ -250,6 +429,8 @@ def class_of(classes: Sequence[str], wanted: int | str | None) -> int | None:
                               "name as the class has it, or give its index")  # fmt: skip
         if folded:
             return folded[0]
+        if not text.lstrip("-").isdigit() and not classes:
+            raise CnnlabError(f"--class {wanted!r}: the model names no classes; give the class's index")
         if not text.lstrip("-").isdigit():
             spelled = {name.casefold(): name for name in reversed(classes)}  # each folded name as its first class
             close = difflib.get_close_matches(text.casefold(), list(spelled), n=3, cutoff=0.6)
@@ -283,13 +464,25 @@ class Explanation:
     views: tuple[str, ...] = ("identity",)
     scores: str = "probability"  # what `probability` and `top` hold: "probability", or a segmenter's "pixel share"
     shown_member: str = ""  # an ensemble's member whose filters and feature maps are shown (see `Subject`)
+    preprocessing: str = ""  # a network named by code: what was done to the image, and from where (see `Subject`)
 
 
 def _prepared(
-    source: str, image_path: str | os.PathLike[str], device: str, output_dir: Path | None = None
+    source: str,
+    image_path: str | os.PathLike[str],
+    device: str,
+    output_dir: Path | None = None,
+    given: CodeInput = CodeInput(),
 ) -> tuple[Subject, Any, torch.Tensor]:
-    """The subject, the image (8-bit RGB, EXIF orientation applied) and its input tensor [C, H, W]; an `output_dir`
-    that cannot be written is refused before the model loads."""
+    """The subject (`load_subject`'s, or `code_subject`'s for a network named by code), the image (8-bit RGB, EXIF
+    orientation applied) and its input tensor [C, H, W]; an `output_dir` that cannot be written is refused before the
+    model loads."""
+    code = is_code_target(source)
+    if given.given and not code:
+        raise CnnlabError(
+            f"--input, --mean and --std are for a network named by code (FILE.py:NAME, MODULE:NAME); {source} "
+            "is preprocessed as its own record says"
+        )
     from cnnlab.data.folder import decode_image, to_rgb
 
     # decoded once, as the lab's upload is: checking it and then loading it decoded it twice (0.75 s more at 54 MP)
@@ -298,7 +491,7 @@ def _prepared(
         raise CnnlabError(f"{image_path}: {reason}; pass a readable image file (PNG, JPEG, ...)")
     if output_dir is not None:  # an --output onto a file was an OSError once the model had loaded (exit code 1)
         check_writable(output_dir / "gradcam.png", shown=str(output_dir))
-    subject = load_subject(source, device)
+    subject = code_subject(source, given, device) if code else load_subject(source, device)
     image = to_rgb(decoded)  # as load_image gives it: EXIF orientation applied, 8-bit RGB
     del decoded
     subject.check_size(image, image_path)
@@ -317,10 +510,12 @@ class LayerListing:
     shown_member: str = ""
 
 
-def list_layers(source: str, image_path: str | os.PathLike[str], device: str = "cpu") -> LayerListing:
+def list_layers(
+    source: str, image_path: str | os.PathLike[str], device: str = "cpu", given: CodeInput = CodeInput()
+) -> LayerListing:
     """Every layer of `source`'s network as it runs on `image_path` (what ``--layer`` and ``--cam-layer`` take), with
-    the default feature layers and Grad-CAM layer; nothing is written."""
-    subject, _, tensor = _prepared(source, image_path, device)
+    the default feature layers and Grad-CAM layer; nothing is written. `given`: as `explain_image`'s."""
+    subject, _, tensor = _prepared(source, image_path, device, given=given)
     layers = layer_outputs(subject.model, tensor)
     mapped = any(layer.maps for layer in layers)
     chosen = default_feature_layers(subject.model, tensor) if mapped else []
@@ -336,11 +531,13 @@ def explain_image(
     cam_layer: str | None = None,
     class_index: int | str | None = None,
     device: str = "cpu",
+    given: CodeInput = CodeInput(),
 ) -> Explanation:
     """Write ``filters.png``, ``feature_maps.png`` and ``gradcam.png`` for `image_path` into `output_dir`.
 
     Args:
-        source: run directory or pretrained model name (see `load_subject`).
+        source: run directory or pretrained model name (see `load_subject`), or a network named by code
+            (``my_nets.py:build(width=32)``, ``MODULE:NAME``; see `code_subject`).
         image_path: the image file.
         output_dir: created if missing.
         layers: modules whose feature maps to show, each once (default: three spread from shallow to deep); of an
@@ -348,9 +545,10 @@ def explain_image(
         cam_layer: module for Grad-CAM (default: the deepest spatial map); of an ensemble, named within each member.
         class_index: class to explain, by index or by name (see `class_of`; default: the predicted one).
         device: where to run.
+        given: the preprocessing of a network named by code, where it declares none or another (see `code_subject`).
     """
     output_dir = Path(output_dir)
-    subject, image, tensor = _prepared(source, image_path, device, output_dir)
+    subject, image, tensor = _prepared(source, image_path, device, output_dir, given)
     wanted = class_of(subject.classes, class_index)  # a class that is none of the model's: refused before the work
     files: dict[str, Path] = {}
     with contextlib.suppress(CnnlabError):  # a network without convolutions has no filters; Grad-CAM says why
@@ -375,5 +573,5 @@ def explain_image(
     scores = "pixel share" if segmenter else "probability"
     return Explanation(
         label, cam.class_index, cam.probability, top, cam.where, chosen, files, subject.views, scores,
-        subject.shown_member,
+        subject.shown_member, subject.preprocessing,
     )  # fmt: skip
