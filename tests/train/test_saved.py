@@ -154,6 +154,22 @@ def test_a_folder_without_a_saved_model_says_what_it_holds(tmp_path):
         CnnlabError, match=r"has not finished \(checkpoint.pt is there\).*with --resume \(and --name baseline-2026"
     ):
         spec_path(stopped)
+    # a run training now (or killed outright): "run it again with --resume" would start a second process on it
+    session = {"command": "cnnlab train mnist --name live", "started": "2026-12-07T11:43:57+00:00", "first_epoch": 0,
+               "last_epoch": 2, "wall_seconds": None, "ended": None}  # fmt: skip
+    (stopped / "sessions.json").write_text(json.dumps([session]))
+    with pytest.raises(CnnlabError, match=r"has not finished: the session `cnnlab train mnist --name live` \(started "
+                       r"2026-12-07T11:43:57\+00:00, 2 epochs finished\) has not ended, so it is still training or its "
+                       r"process was killed; wait for it to save its model \(if it was killed, run that command again "
+                       r"with --resume\)$"):  # fmt: skip
+        spec_path(stopped)
+    # stopped in its first epoch, before any checkpoint: was "(it holds config.yaml, sessions.json); is it a finished
+    # cnnlab run?"
+    (stopped / "checkpoint.pt").unlink()
+    (stopped / "sessions.json").write_text(json.dumps([{**session, "last_epoch": 0, "ended": "interrupted"}]))
+    with pytest.raises(CnnlabError, match=r"its training was interrupted before it saved a model \(sessions.json "
+                       r"records it\); run the command that started it again with --resume"):  # fmt: skip
+        spec_path(stopped)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CnnlabError, match="holds no model.json or ensemble.json; it is empty"):
         spec_path(tmp_path / "empty")

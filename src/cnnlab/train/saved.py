@@ -19,6 +19,7 @@ from torch import nn
 from cnnlab.errors import CnnlabError
 from cnnlab.files import file_sha256, written_then_renamed
 from cnnlab.train.device import resolve_device
+from cnnlab.train.records import SESSIONS
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_SPEC = "model.json"
@@ -322,10 +323,24 @@ def _what_it_holds(folder: Path) -> str:
             f": it is the {phase!r} phase of the run in {run}, whose training has not finished; run the command that "
             f"started it again with --resume (and --name {run.name} if the run was named by its start time)"
         )
+    running = _running_session(folder)
+    if running is not None:  # "run it again with --resume" of a run training now would start a second process on it
+        return (
+            f": its training has not finished: {running} has not ended, so it is still training or its process was "
+            "killed; wait for it to save its model (if it was killed, run that command again with --resume"
+            f"{'' if '--name' in running else f' --name {folder.name}'})"
+        )
     if (folder / CHECKPOINT_NAME).is_file():  # a run stopped before it saved its model
         return (
             f": its training has not finished ({CHECKPOINT_NAME} is there); run the command that started it again "
             f"with --resume (and --name {folder.name} if the run was named by its start time)"
+        )
+    stopped_how = _last_session_end(folder)
+    if stopped_how in ("interrupted", "failed"):  # in its first epoch: "is it a finished cnnlab run?" said nothing
+        return (
+            f": its training {'was interrupted' if stopped_how == 'interrupted' else 'failed'} before it saved a "
+            f"model ({SESSIONS} records it); run the command that "
+            f"started it again with --resume (and --name {folder.name} if the run was named by its start time)"
         )
     # a run of several phases (a transfer run) keeps its checkpoint in the phase's folder, not its own: stopped
     # mid-training, it was "is it a finished cnnlab run?", which said neither that it was unfinished nor what to do
@@ -341,6 +356,35 @@ def _what_it_holds(folder: Path) -> str:
         return "; it is empty"
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     return f" (it holds {shown}); is it a finished cnnlab run?"
+
+
+def _last_session(folder: Path) -> dict[str, Any] | None:
+    """The last session `train.records.RunSessions` recorded for the run in `folder`, None if none is readable."""
+    try:
+        sessions = json.loads((folder / SESSIONS).read_text())
+    except (OSError, ValueError):
+        return None
+    last = sessions[-1] if isinstance(sessions, list) and sessions else None
+    return last if isinstance(last, dict) else None
+
+
+def _last_session_end(folder: Path) -> str | None:
+    """How the run's last session ended ("finished", "interrupted", "failed"), None if unknown or not yet."""
+    last = _last_session(folder)
+    ended = last.get("ended") if last is not None else None
+    return ended if isinstance(ended, str) else None
+
+
+def _running_session(folder: Path) -> str | None:
+    """The session of the run in `folder` that has begun and not ended (training now, or killed outright), as
+    "the session `COMMAND` (started TIME, N epochs finished)"; None when its last session ended or none is
+    recorded."""
+    last = _last_session(folder)
+    if last is None or last.get("ended") is not None or not last.get("started"):
+        return None
+    epochs = last.get("last_epoch")
+    done = f", {epochs} epoch{'' if epochs == 1 else 's'} finished" if isinstance(epochs, int) else ""
+    return f"the session `{last.get('command')}` (started {last['started']}{done})"
 
 
 def _subfolders(folder: Path) -> list[Path]:
