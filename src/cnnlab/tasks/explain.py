@@ -271,6 +271,7 @@ def code_subject(source: str, given: CodeInput = CodeInput(), device: str | torc
             "ImageNet's; --mean 0 --std 1 for inputs in [0, 1])"
         )
     network = network.to(resolve_device(device)).eval()
+    _check_runs(network, source, size)
     channels = size[0]
     shown_mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
     shown_std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
@@ -282,6 +283,28 @@ def code_subject(source: str, given: CodeInput = CodeInput(), device: str | torc
     classes = _code_classes(network)
     return Subject(network, classes, preprocess, to_display, source, "code", preprocessing=note,
                    resizes_whole=given.given)  # fmt: skip
+
+
+def _check_runs(network: nn.Module, source: str, size: tuple[int, ...]) -> None:
+    """Run the user's network once on a blank input of `size` and refuse, on one line, what explain cannot use: a
+    failure (an input size it was not built for: a traceback deep in its code) or an output other than logits (a
+    dict, a tuple, a vector per image)."""
+    shown = "x".join(map(str, size))
+    try:
+        with torch.inference_mode():
+            output = network(torch.zeros(1, *size, device=next(network.parameters(), torch.zeros(())).device))
+    except Exception as error:  # noqa: BLE001 - the user's own code: any failure is reported on one line
+        first_line = next(iter(str(error).splitlines()), "")
+        raise CnnlabError(
+            f"{source} failed on a {shown} input: {type(error).__name__}: {first_line}; is that the size it was "
+            "trained at (--input)?"
+        ) from None
+    if not isinstance(output, torch.Tensor) or output.ndim not in (2, 4):
+        what = f"a {type(output).__name__}" if not isinstance(output, torch.Tensor) else f"{list(output.shape)}"
+        raise CnnlabError(
+            f"{source} returns {what} for a {shown} input, not logits [1, K] (a segmenter's [1, K, H, W]); make its "
+            "forward return that tensor (a dict's logits: a small module that returns output['out'])"
+        )
 
 
 def _declared_cfg(network: nn.Module) -> Any:
