@@ -342,6 +342,12 @@ def test_explain_cli_writes_the_three_pngs_for_an_mnist_run(mnist_run, monkeypat
     assert "features.5       MaxPool2d    64x3x3  (default feature maps and Grad-CAM)" in listing.output
     assert rows[-1].split() == ["fc", "Linear", "10"]  # no maps: no *
     assert not (out / "x").exists()  # it writes nothing
+    # a folder as the image: was "a folder, not an image file; pass a readable image file (PNG, JPEG, ...)"
+    folder = CliRunner().invoke(app, ["explain", str(mnist_run / "run"), str(mnist_run), "-o", str(out)])
+    assert str(folder.exception) == (
+        f"{mnist_run} is a folder; explain takes one image file, such as {mnist_run / 'digit.png'} (its figures are of "
+        "one image; `cnnlab predict` takes a folder)"
+    )
     missing = CliRunner().invoke(app, ["explain", str(mnist_run / "run"), str(mnist_run / "nope.png")])
     assert isinstance(missing.exception, CnnlabError) and "nope.png: no such file" in str(missing.exception)
     # -o onto a file: a FileExistsError (exit code 1) once the model had loaded; now one line, exit code 2, before it

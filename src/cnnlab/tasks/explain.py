@@ -508,6 +508,8 @@ def _prepared(
         )
     from cnnlab.data.folder import decode_image, to_rgb
 
+    if Path(image_path).is_dir():
+        raise CnnlabError(_folder_message(image_path))
     # decoded once, as the lab's upload is: checking it and then loading it decoded it twice (0.75 s more at 54 MP)
     decoded, _, reason = decode_image(image_path)
     if decoded is None:
@@ -519,6 +521,23 @@ def _prepared(
     del decoded
     subject.check_size(image, image_path)
     return subject, image, subject.preprocess(image).float()
+
+
+def _folder_message(folder: str | os.PathLike[str]) -> str:
+    """Why a folder given as the image is refused, naming an image in it to pass: the figures explain one image's
+    evidence (`cnnlab predict` classifies a folder)."""
+    from cnnlab.data.folder import IMAGE_EXTENSIONS
+
+    try:
+        first = min((entry for entry in os.scandir(folder) if entry.name.lower().endswith(IMAGE_EXTENSIONS)
+                     and entry.is_file() and not entry.name.startswith(".")), key=lambda entry: entry.name)  # fmt: skip
+        example = f", such as {Path(folder) / first.name}"
+    except (OSError, ValueError):  # unreadable, or no image directly in it
+        example = ""
+    return (
+        f"{folder} is a folder; explain takes one image file{example} (its figures are of one image; `cnnlab "
+        "predict` takes a folder)"
+    )
 
 
 @dataclass
