@@ -170,6 +170,15 @@ def test_a_folder_without_a_saved_model_says_what_it_holds(tmp_path):
     with pytest.raises(CnnlabError, match=r"its training was interrupted before it saved a model \(sessions.json "
                        r"records it\); run the command that started it again with --resume"):  # fmt: skip
         spec_path(stopped)
+    # an ensemble training its second member: was "(it holds seed0, seed1); is it a finished cnnlab run?"
+    ensemble = tmp_path / "pair"
+    save_model(torch.nn.Linear(2, 2), ensemble / "seed0", "lenet5", {}, {"task": "mnist"})
+    (ensemble / "seed1").mkdir()
+    unfinished = (r"pair holds no model.json or ensemble.json: it is an ensemble whose training has not finished "
+                  r"\(seed0 saved, seed1 not yet\); pass a finished member's folder \(.*pair/seed0\) to use it alone, "
+                  r"or wait for it, or if it stopped, run .* --resume")  # fmt: skip
+    with pytest.raises(CnnlabError, match=unfinished):
+        spec_path(ensemble)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CnnlabError, match="holds no model.json or ensemble.json; it is empty"):
         spec_path(tmp_path / "empty")

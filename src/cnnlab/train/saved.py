@@ -351,6 +351,17 @@ def _what_it_holds(folder: Path) -> str:
             f"{CHECKPOINT_NAME} is there), so there is no model to use yet; run the command that started it again "
             f"with --resume (and --name {folder.name} if the run was named by its start time)"
         )
+    members = [sub for sub in _subfolders(folder) if sub.name.startswith("seed") and sub.name[4:].isdigit()]
+    if members:  # `train mnist --ensemble N` saves ensemble.json once every member is trained
+        saved = [member.name for member in members if (member / MODEL_SPEC).is_file()]
+        unsaved = [member.name for member in members if member.name not in saved]
+        state = f"{', '.join(saved) or 'no member'} saved" + (f", {', '.join(unsaved)} not yet" if unsaved else "")
+        use = f"pass a finished member's folder ({folder / saved[0]}) to use it alone, or " if saved else ""
+        return (
+            f": it is an ensemble whose training has not finished ({state}); {use}wait for it, or if it stopped, "
+            f"run the command that started it again with --resume (and --name {folder.name} if the run was named by "
+            "its start time)"
+        )
     names = sorted(entry.name for entry in folder.iterdir())
     if not names:
         return "; it is empty"
