@@ -1160,8 +1160,20 @@ def test_a_run_interrupted_in_its_first_epoch_resumes(tmp_path, monkeypatch):
         patch.setattr(engine.Trainer, "train_step", interrupted)
         with pytest.raises(KeyboardInterrupt):
             train_segmentation_folder(str(root), **options)
+    # Stopped while the test figures were drawn (SIGKILL landed there in 3 of 4 kills of benchmarks/kill_resume.py):
+    # the session had already been recorded as finished, with a wall time that left out its end, though the run had
+    # no results and the next session tested it again.
+    import cnnlab.report.plots as plots
+
+    with monkeypatch.context() as patch:
+        patch.setattr(plots, "plot_confusion_matrix", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train_segmentation_folder(str(root), resume=True, **options)
+    sessions = json.loads((tmp_path / "runs" / "segment" / "i" / "sessions.json").read_text())
+    assert [session["ended"] for session in sessions] == ["interrupted", "interrupted"]
     summary = train_segmentation_folder(str(root), resume=True, **options)
     assert summary["epochs"] == 1
+    assert [session["ended"] for session in summary["sessions"]] == ["interrupted", "interrupted", "finished"]
 
 
 def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatch):

@@ -561,6 +561,21 @@ def train_segmentation_folder(
                 "val_miou": chosen["val_miou"],
             },
         )
+        if trainer.is_main_process:  # before the session ends: a stop while they are drawn interrupts it
+            from cnnlab.report.plots import plot_confusion_matrix
+
+            plot_confusion_matrix(matrix, run_dir / "test_confusion.png", class_names, "test pixels")
+            save_overlays(
+                [test[i][0] for i in worst],
+                [test[i][1] for i in worst],
+                [predictions[i] for i in worst],
+                run_dir / "test_worst.png",
+                class_names,
+                max_images=WORST_IMAGES,
+                titles=[f"{test_paths[i].name}: {errors[i]:.1%} wrong" for i in worst],
+                background=background,
+                colours=folder.colours,  # classes.json's, as predict paints its masks; None: the default palette
+            )
         sessions.end()
         summary = {
             "data": str(folder.root),
@@ -585,20 +600,6 @@ def train_segmentation_folder(
             "device": str(trainer.device),  # what its report's hardware line names
         }
         if trainer.is_main_process:
-            from cnnlab.report.plots import plot_confusion_matrix
-
-            plot_confusion_matrix(matrix, run_dir / "test_confusion.png", class_names, "test pixels")
-            save_overlays(
-                [test[i][0] for i in worst],
-                [test[i][1] for i in worst],
-                [predictions[i] for i in worst],
-                run_dir / "test_worst.png",
-                class_names,
-                max_images=WORST_IMAGES,
-                titles=[f"{test_paths[i].name}: {errors[i]:.1%} wrong" for i in worst],
-                background=background,
-                colours=folder.colours,  # classes.json's, as predict paints its masks; None: the default palette
-            )
             write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))
             _report(recipe, config, history, summary, folder, class_names, background, overrides).write(
                 run_dir / "report.md"
