@@ -292,6 +292,47 @@ def test_a_finished_run_with_other_settings_is_trained_again_and_said(tmp_path, 
     assert "linear/seed0: trained again (the run finished there had other settings" in capsys.readouterr().err
 
 
+def test_a_run_stopped_mid_training_continues_from_its_finished_epochs(tmp_path, capsys):
+    """A run was read back only once finished: a stop (Ctrl+C, SIGKILL) in its last epoch trained its finished
+    epochs again, minutes each at the default sizes. It continues from its checkpoint now, to the same weights."""
+    import torch
+
+    from cnnlab.tasks.experiments.common import train_run
+    from cnnlab.train import Trainer
+
+    def linear() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+
+    images, labels = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    settings = ExperimentSettings(epochs=2, batch_size=32, output=tmp_path)
+    data = (images, labels, (images[:32], labels[:32]), settings)
+    reference = train_run(linear(), *data, tmp_path / "experiment" / "t" / "reference" / "seed0", seed=0)
+    run_dir = tmp_path / "experiment" / "t" / "linear" / "seed0"
+    original_step, steps, stop_at = Trainer.train_step, [], [3]
+
+    def step_or_stop(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if len(steps) == stop_at[0]:  # the second step of the second epoch
+            raise KeyboardInterrupt
+        steps.append(1)
+        return original_step(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "train_step", step_or_stop)
+        with pytest.raises(KeyboardInterrupt):
+            train_run(linear(), *data, run_dir, seed=0)
+        steps.clear()
+        stop_at[0] = None
+        trained = train_run(linear(), *data, run_dir, seed=0)
+    assert len(steps) == 2  # the second epoch alone, not the first again
+    assert "linear/seed0: continued from its checkpoint" in capsys.readouterr().err
+    assert trained.steps == 4 and [row["epoch"] for row in trained.history] == [1.0, 2.0]
+    assert trained.step_losses == reference.step_losses and len(trained.step_losses) == 4
+    assert all(torch.equal(a, b) for a, b in zip(trained.model.state_dict().values(),
+                                                 reference.model.state_dict().values(), strict=True))  # fmt: skip
+    assert not (run_dir / "checkpoint.pt").exists()  # finished: its weights are in finished.safetensors
+
+
 @pytest.mark.skipif(not HAS_MNIST, reason=f"MNIST not found under {MNIST_ROOT} (set $CNNLAB_DATA)")
 def test_an_interrupted_experiment_reads_back_its_finished_runs(tmp_path, monkeypatch):
     """An interrupted experiment trained every run again; a --full one is most of an hour on a CPU."""

@@ -31,7 +31,8 @@ from cnnlab.errors import CnnlabError
 from cnnlab.files import save_figure_whole, write_text_whole, written_then_renamed
 from cnnlab.tasks.recipes import note_current_run
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
-from cnnlab.train.config import command_line, environment_record
+from cnnlab.train.checkpoint import CHECKPOINT_NAME
+from cnnlab.train.config import command_line, environment_record, load_config
 
 FULL_TRAIN_SIZE = 55_000  # MNIST's 60k training images minus the 5k validation images held out
 MIN_SEEDS = 3  # fewest seeds per condition from which the noise rule claims a difference (module docstring)
@@ -132,6 +133,12 @@ class StepLossRecorder(Callback):
     def on_train_batch_end(self, trainer: Trainer, step: int, loss: torch.Tensor) -> None:  # noqa: D102
         self.losses.append(float(loss))
 
+    def state_dict(self) -> dict[str, Any]:  # checkpointed: a resumed run's curve starts at its first step
+        return {"losses": list(self.losses)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+        self.losses = [float(loss) for loss in state["losses"]]
+
 
 @dataclass
 class TrainedRun:
@@ -198,9 +205,15 @@ def train_run(
             return finished
         if (run_dir / _FINISHED).exists():  # said, not silent: a changed option trains every run again
             log(settings, f"{where}: trained again (the run finished there had other settings, or was damaged)")
-    config = TrainConfig(**options)
+    # A checkpoint each epoch, continued by the next invocation when it holds this run (the same key): a stop
+    # mid-run loses at most the epoch it was in, not the run's finished epochs (minutes each at the default sizes).
+    resumed = not settings.overwrite and _checkpointed_key(run_dir) == key
+    config = TrainConfig(**{**options, "checkpoint": True, "resume": resumed, "overwrite": not resumed,
+                            "extra": {_KEY: key}})  # fmt: skip
     recorder = StepLossRecorder()
     trainer = Trainer(model, config, callbacks=[recorder])
+    if resumed:
+        log(settings, f"{where}: continued from its checkpoint (an earlier invocation's finished epochs)")
     history = trainer.fit(TensorBatches(images, labels, settings.batch_size, drop_last=True), val)
     trained = TrainedRun(
         model=trainer.eval_model,
@@ -210,7 +223,21 @@ def train_run(
         step_losses=recorder.losses,
     )
     _write_finished(run_dir, key, trained)
+    (run_dir / CHECKPOINT_NAME).unlink(missing_ok=True)  # finished.safetensors holds the weights; the rest is done
     return trained
+
+
+_KEY = "experiment_run_key"  # in the run's config.yaml (`extra`): which run its checkpoint belongs to
+
+
+def _checkpointed_key(run_dir: Path) -> str | None:
+    """The key of the run whose checkpoint `run_dir` holds; None when there is none (or no record of it)."""
+    if not (run_dir / CHECKPOINT_NAME).is_file():
+        return None
+    try:
+        return load_config(run_dir / "config.yaml").extra.get(_KEY)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, CnnlabError):  # missing or damaged: train anew
+        return None
 
 
 _FINISHED = "finished.json"  # written last, after the weights: its presence means the run is complete
