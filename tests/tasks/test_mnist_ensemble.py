@@ -21,6 +21,8 @@ _spec = importlib.util.spec_from_file_location("_idx", Path(__file__).parents[1]
 _idx = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
 _spec.loader.exec_module(_idx)  # type: ignore[union-attr]
 
+DIGITS = [str(digit) for digit in range(10)]
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
@@ -63,6 +65,8 @@ def test_combined_ensemble_is_saved_tested_and_loadable(
     assert len(summary["chosen"]) == 3 and all(c["chosen"] for c in summary["candidates"])
     model = cnnlab.load_model(mnist / "mixed")
     assert isinstance(model, Ensemble) and len(model.members) == 3
+    meta = json.loads((mnist / "mixed" / "ensemble.json").read_text())["meta"]  # an MNIST model's record, said so
+    assert (meta["task"], meta["kind"], meta["classes"], meta["select"]) == ("mnist", "digit-classifier", DIGITS, "all")
     # The saved ensemble gives the accuracy the summary reports (evaluate reloads it from disk).
     evaluated = evaluate_mnist(mnist / "mixed", data_dir=str(root))
     assert evaluated["test_accuracy"] == pytest.approx(summary["test_accuracy"])

@@ -353,3 +353,52 @@ def test_an_ensemble_refuses_a_member_replaced_after_it_was_made(tmp_path: Path)
     del record["digests"]  # an ensemble saved before digests were recorded loads as it did
     (tmp_path / "ens" / "ensemble.json").write_text(json.dumps(record))
     assert len(load_model(tmp_path / "ens").members) == 2
+
+
+def test_records_saved_before_they_said_their_kind_are_read_in_the_current_layout(tmp_path: Path) -> None:
+    """A segmenter kept its mean/std under "normalisation" and its recipe under "model", a transfer run its mean/std
+    only inside its weights' record, MNIST runs and canvas segmenters no classes, an ensemble no task: a reader had
+    to know which kind a record was to find them. Records written so (by hand here, as those runs wrote them) are
+    read as the tasks write them now, and are predicted with as before."""
+    from cnnlab.models import PretrainedCfg
+    from cnnlab.tasks.predict import load_predictor
+
+    network = cnnlab.create_model("lenet5", num_classes=2, in_chans=3)
+    cfg = PretrainedCfg.for_model(network).to_dict()
+    old = {
+        "transfer": {"task": "transfer", "classes": ["a", "b"], "preprocessing": cfg, "views": ["identity"]},
+        "segment": {
+            "task": "segment",
+            "model": "unet",
+            "classes": ["bg", "x"],
+            "normalisation": {"mean": [0.5] * 3, "std": [0.25] * 3},
+            "max_side": None,
+        },  # fmt: skip
+        "canvases": {"task": "segment", "recipe": "quick", "seed": 0},
+        "mnist": {"task": "mnist", "recipe": "quick", "seed": 0},
+    }
+    for name, meta in old.items():
+        save_model(network, tmp_path / name, "lenet5", {"num_classes": 2, "in_chans": 3}, meta)
+    digits = [str(digit) for digit in range(10)]
+    transfer = saved_meta(tmp_path / "transfer")
+    assert transfer["kind"] == "image-classifier" and transfer["classes"] == ["a", "b"]
+    assert transfer["normalisation"] == {"mean": list(cfg["mean"]), "std": list(cfg["std"])}
+    segment = saved_meta(tmp_path / "segment")
+    assert (segment["kind"], segment["recipe"], segment["normalisation"]["mean"]) == ("segmenter", "unet", [0.5] * 3)
+    assert is_segmentation_run(tmp_path / "segment") and not is_segmentation_run(tmp_path / "canvases")
+    canvases = saved_meta(tmp_path / "canvases")
+    assert canvases["kind"] == "digit-segmenter" and canvases["classes"] == ["background", *digits]
+    assert "normalisation" not in canvases  # its network takes [0, 1] as it is
+    assert (saved_meta(tmp_path / "mnist")["kind"], saved_meta(tmp_path / "mnist")["classes"]) == (
+        "digit-classifier",
+        digits,
+    )
+    (tmp_path / "ensemble").mkdir()
+    save_ensemble(tmp_path / "ensemble", [tmp_path / "mnist"], {"recipe": "quick"})  # as `train mnist -n` saved it
+    ensemble = saved_meta(tmp_path / "ensemble")
+    assert (ensemble["task"], ensemble["kind"], ensemble["recipe"]) == ("mnist", "digit-classifier", "quick")
+    assert load_predictor(str(tmp_path / "transfer")).classes == ["a", "b"]  # read as before
+    with pytest.raises(CnnlabError, match="segmentation run, not a classifier; `cnnlab predict --model RUN IMAGE"):
+        load_predictor(str(tmp_path / "segment"))
+    with pytest.raises(CnnlabError, match="segmentation run, not a classifier; it was trained on MNIST canvases"):
+        load_predictor(str(tmp_path / "canvases"))

@@ -995,6 +995,8 @@ def convert_run(path: str | os.PathLike[str], pool: str = "window") -> tuple[Ful
     """
     from cnnlab.train.saved import (
         ENSEMBLE_SPEC,
+        IMAGE_CLASSIFIER,
+        SEGMENTER,
         ensemble_members,
         load_model_and_digest,
         read_record,
@@ -1005,14 +1007,14 @@ def convert_run(path: str | os.PathLike[str], pool: str = "window") -> tuple[Ful
     path = Path(path)
     if is_converted(path):  # converting it again nested a copy in <path>/fcn
         raise CnnlabError(f"{path} holds a converted network already; scan with it: `cnnlab fcn scan {path} IMAGE`")
-    meta = saved_meta(path)
-    if meta.get("task") == "segment":  # "cannot find the head of UNet" said nothing useful
-        use = "; `cnnlab predict --model RUN IMAGE...` segments images of any size" if "normalisation" in meta else ""
+    meta = saved_meta(path)  # in the current layout, whichever it was saved in
+    if meta.get("kind", "").endswith("segmenter"):  # "cannot find the head of UNet" said nothing useful
+        use = "; `cnnlab predict --model RUN IMAGE...` segments images of any size" if meta["kind"] == SEGMENTER else ""
         raise CnnlabError(
             f"{path} is a segmentation run: its network is fully convolutional already, one class score per pixel{use}"
         )
-    if "preprocessing" in meta:  # a transfer run: its converted network scored unnormalised 224 px windows
-        record = meta["preprocessing"] if isinstance(meta["preprocessing"], dict) else {}
+    if meta.get("kind") == IMAGE_CLASSIFIER:  # a transfer run: its converted network scored unnormalised 224 px windows
+        record = meta["preprocessing"] if isinstance(meta.get("preprocessing"), dict) else {}
         crop = "x".join(map(str, list(record.get("input_size", []))[1:])) or "its input size"
         raise CnnlabError(
             f"{path} is a transfer run: its preprocessing (resize and crop to {crop}, the weights' mean and std) "

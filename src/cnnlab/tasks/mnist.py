@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cnnlab.data.augment import RandomAffine
-from cnnlab.data.mnist import MnistSplits, load_mnist
+from cnnlab.data.mnist import MNIST_CLASSES, MnistSplits, load_mnist
 from cnnlab.errors import CnnlabError
 from cnnlab.files import check_writable, write_text_whole, written_then_renamed
 from cnnlab.report.units import score
@@ -48,7 +48,7 @@ from cnnlab.train.config import (
     slow_precision_said_once,
 )
 from cnnlab.train.records import RunSessions
-from cnnlab.train.saved import read_record, save_ensemble, save_model
+from cnnlab.train.saved import DIGIT_CLASSIFIER, DIGIT_SEGMENTER, read_record, save_ensemble, save_model
 from cnnlab.train.strategy import is_main_process
 
 if TYPE_CHECKING:
@@ -61,6 +61,22 @@ VAL_SIZE = 5_000
 # The key, in a run's ``extra`` and its saved model's meta, that holds the digest of the training set its validation
 # images were held out of (`MnistSplits.source_sha256`); runs saved before it was recorded have none.
 SOURCE_DIGEST = "train_set_sha256"
+DIGITS_INPUT = "float images in [0, 1], shape [N, 1, 28, 28]; normalisation is inside the model"
+
+
+def ensemble_meta(**facts: Any) -> dict[str, Any]:
+    """The record an MNIST ensemble's ensemble.json keeps (the layout of every model's, docs/ARCHITECTURE.md "Model
+    records"), with the task's own `facts`."""
+    return {
+        "task": TASK,
+        "kind": DIGIT_CLASSIFIER,
+        "classes": list(MNIST_CLASSES),
+        "input": DIGITS_INPUT,
+        "output": "log of the members' mean softmax probabilities over the digits 0-9",
+        **facts,
+    }
+
+
 # The key, in an ensemble member's ``extra``, of the number of members of its ensemble (``--ensemble``)
 ENSEMBLE_SIZE = "ensemble"
 # The key, in a run's ``extra``, of the training images it used (`train_mnist`'s ``train_subset``; None: all)
@@ -359,7 +375,9 @@ def _train_mnist(
             task_config = {"recipe": chosen.to_dict(), "ensemble": ensemble, "seed": seed, "overrides": overrides or {}}
             save_record(task_config, run_dir / "config.yaml")
             if ensemble_predictions is not None:
-                spec = save_ensemble(run_dir, [Path(m["run_dir"]) for m in members], meta={"recipe": chosen.name})
+                spec = save_ensemble(
+                    run_dir, [Path(m["run_dir"]) for m in members], meta=ensemble_meta(recipe=chosen.name)
+                )
                 for member_summary, digest in zip(members, read_record(spec)["digests"], strict=True):
                     member_summary["weights_sha256"] = digest  # what loading the ensemble checks its members against
                 test = test_evaluation(test_images, test_labels, ensemble_predictions, run_dir)
@@ -587,9 +605,11 @@ def _train_member(
             recipe.model_kwargs,
             meta={
                 "task": TASK,
+                "kind": DIGIT_CLASSIFIER,
+                "classes": list(MNIST_CLASSES),
                 "recipe": recipe.name,
                 "seed": config.seed,
-                "input": "float images in [0, 1], shape [N, 1, 28, 28]; normalisation is inside the model",
+                "input": DIGITS_INPUT,
                 "output": "logits over the digits 0-9",
                 "val_accuracy": history[-1].get("val_accuracy"),
                 **({} if source_sha256 is None else {SOURCE_DIGEST: source_sha256}),
@@ -806,11 +826,11 @@ def check_mnist_run(run: Path) -> None:
         meta = saved_meta(run)
     except CnnlabError:
         return  # nothing loadable there: load_model says so
-    task = meta.get("task")  # an MNIST ensemble records no task: its members are MNIST runs
+    task = meta.get("task")  # a record without meta: an MNIST network saved from Python
     if task is not None and task != TASK:
         folder = spec_path(run).parent
         # a segmentation run on the MNIST canvases records no normalisation for new images: predict refuses it
-        canvases = task == "segment" and "normalisation" not in meta
+        canvases = meta.get("kind") == DIGIT_SEGMENTER
         use = (
             "its test_overlays.png shows its masks"
             if canvases

@@ -34,6 +34,7 @@ from cnnlab.tasks.mnist import (
     SOURCE_DIGEST,
     TASK,
     check_mnist_run,
+    ensemble_meta,
     ensemble_report,
     predict_logits,
     saved_options,
@@ -233,7 +234,9 @@ def combine_mnist_ensemble(
     ensemble_test = torch.stack(list(test_probabilities.values())).mean(0)
 
     with _built_then_renamed(run_dir) as building:
-        save_ensemble(building, [members[i] for i in chosen], meta={"select": select, "runs": [str(r) for r in runs]})
+        save_ensemble(
+            building, [members[i] for i in chosen], meta=ensemble_meta(select=select, runs=[str(r) for r in runs])
+        )
         summary: dict[str, Any] = {
             "run_dir": str(run_dir),
             "select": select,

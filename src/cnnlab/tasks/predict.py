@@ -112,24 +112,33 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
     """
     from cnnlab.models import create_model, is_model
     from cnnlab.train.device import resolve_device
-    from cnnlab.train.saved import check_not_exported, load_model, saved_meta, spec_path
+    from cnnlab.train.saved import (
+        DIGIT_CLASSIFIER,
+        IMAGE_CLASSIFIER,
+        SEGMENTER,
+        check_not_exported,
+        load_model,
+        saved_meta,
+        spec_path,
+    )
 
     device = resolve_device(device)
     path = Path(model)
     # the weights file stands for its run as it does for `load_model` (`spec_path` finds the model.json beside it)
     if _is_saved_run(path) or (path.is_file() and path.suffix == ".safetensors"):
         spec = spec_path(path)
-        meta = saved_meta(spec)
-        if meta.get("task") == "segment":
-            use = SEGMENTATION_USE if "normalisation" in meta else CANVAS_RUN_USE
+        meta = saved_meta(spec)  # in the current layout, whichever it was saved in
+        kind = meta.get("kind", DIGIT_CLASSIFIER)  # a record without meta: an MNIST network saved from Python
+        if kind.endswith("segmenter"):
+            use = SEGMENTATION_USE if kind == SEGMENTER else CANVAS_RUN_USE
             raise CnnlabError(f"{path} is a segmentation run, not a classifier; {use}")
-        if "preprocessing" not in meta and meta.get("task", "mnist") == "mnist":  # an MNIST run or ensemble
+        if kind == DIGIT_CLASSIFIER:  # an MNIST run or ensemble
             from cnnlab.data.mnist import MNIST_CLASSES, mnist_preprocess
 
             network = load_model(spec, device=device)
             classes = [str(c) for c in meta.get("classes", MNIST_CLASSES)]
             return Predictor(network, classes, None, str(path), preprocess=mnist_preprocess)
-        if "classes" not in meta or "preprocessing" not in meta:
+        if kind != IMAGE_CLASSIFIER or "classes" not in meta or "preprocessing" not in meta:
             raise CnnlabError(
                 f"{spec} records no class names or preprocessing; it was not saved by `cnnlab train transfer` "
                 "or `cnnlab train mnist`"

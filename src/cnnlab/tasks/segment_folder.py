@@ -70,7 +70,7 @@ from cnnlab.train.callbacks import SessionEpochs
 from cnnlab.train.config import RESUME_FREE_OPTIONS, check_options, environment_record, use_threads
 from cnnlab.train.device import available_memory_bytes, resolve_device
 from cnnlab.train.records import RunSessions
-from cnnlab.train.saved import save_model
+from cnnlab.train.saved import SEGMENTER, save_model
 from cnnlab.train.strategy import is_main_process, main_process_first
 
 __all__ = ["MODELS", "FolderSegmentRecipe", "train_segmentation_folder"]
@@ -548,7 +548,8 @@ def train_segmentation_folder(
             kwargs,
             meta={
                 "task": TASK,
-                "model": recipe.name,
+                "kind": SEGMENTER,
+                "recipe": recipe.name,  # written as "model" before 2026-12-07 (`saved_meta` reads both)
                 "seed": seed,
                 "classes": class_names,
                 "background": background,

@@ -93,8 +93,10 @@ def _meta(run: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 def is_segmentation_run(run: str | os.PathLike[str]) -> bool:
     """Whether `run` is a run directory (or ``model.json``) saved by `cnnlab train segment --data`."""
-    meta = _meta(run)
-    return meta is not None and meta.get("task") == "segment" and "normalisation" in meta
+    from cnnlab.train.saved import SEGMENTER
+
+    meta = _meta(run)  # in the current layout, whichever it was saved in
+    return meta is not None and meta.get("kind") == SEGMENTER
 
 
 def load_segmenter(run: str | os.PathLike[str], device: str | torch.device = "cpu") -> Segmenter:

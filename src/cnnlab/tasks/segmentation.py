@@ -43,7 +43,7 @@ from cnnlab.train.callbacks import SessionEpochs
 from cnnlab.train.config import check_options, environment_record, use_threads
 from cnnlab.train.optim import default_param_groups
 from cnnlab.train.records import RunSessions
-from cnnlab.train.saved import save_model
+from cnnlab.train.saved import DIGIT_SEGMENTER, save_model
 from cnnlab.train.strategy import is_main_process
 
 __all__ = [
@@ -407,6 +407,8 @@ def train_segmentation(
                 kwargs,
                 meta={
                     "task": TASK,
+                    "kind": DIGIT_SEGMENTER,
+                    "classes": list(CLASS_NAMES),
                     "recipe": chosen.name,
                     "seed": seed,
                     "input": "float images in [0, 1], shape [N, 1, H, W], any H and W",

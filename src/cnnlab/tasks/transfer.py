@@ -93,7 +93,7 @@ from cnnlab.train.callbacks import SessionEpochs
 from cnnlab.train.config import environment_record, save_record, slow_precision_said_once, use_threads
 from cnnlab.train.metrics import Accuracy, BalancedAccuracy, ViewAveraged
 from cnnlab.train.records import RunSessions, write_history
-from cnnlab.train.saved import save_model
+from cnnlab.train.saved import IMAGE_CLASSIFIER, save_model
 from cnnlab.train.strategy import is_main_process, main_process_first
 
 if TYPE_CHECKING:
@@ -907,10 +907,13 @@ def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
         results = _test(run, model)  # the test set, once
         meta = {
             "task": TASK,
+            "kind": IMAGE_CLASSIFIER,
             "classes": images.classes,
+            "normalisation": {"mean": list(cfg.mean), "std": list(cfg.std)},  # outside the network: predict applies it
             "preprocessing": cfg.to_dict(),
             "views": list(views),
             "input": "RGB image preprocessed with the record in `preprocessing`; logits averaged over `views`",
+            "output": f"logits [N, {len(images.classes)}] of one view; predict averages them over `views`",
             "data": config.data,
             "recipe": recipe.name,
             "test_accuracy": results["accuracy"],

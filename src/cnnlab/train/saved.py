@@ -26,6 +26,16 @@ MODEL_SPEC = "model.json"
 ENSEMBLE_SPEC = "ensemble.json"
 EXPORT_RECORD_SUFFIX = ".preprocessing.json"  # what `cnnlab export` writes beside the exported file
 
+# What a saved model (its record's `meta`, docs/ARCHITECTURE.md "Model records") or an export is, by what it takes
+# and returns: `kind` in every record, so a reader need not tell a segmenter from a classifier by which keys it has
+DIGIT_CLASSIFIER = "digit-classifier"  # `train mnist` runs, members and ensembles: [N, 1, 28, 28] digits -> logits
+IMAGE_CLASSIFIER = "image-classifier"  # `train transfer` runs and zoo models: RGB photos -> logits
+DIGIT_SEGMENTER = "digit-segmenter"  # `train segment` on the MNIST canvases: [N, 1, H, W] -> per-pixel logits
+SEGMENTER = "segmenter"  # `train segment --data`: RGB images of any size -> per-pixel logits
+MODEL_KINDS = (DIGIT_CLASSIFIER, IMAGE_CLASSIFIER, DIGIT_SEGMENTER, SEGMENTER)
+_DIGITS = [str(digit) for digit in range(10)]
+_DEFAULT_CLASSES = {DIGIT_CLASSIFIER: _DIGITS, DIGIT_SEGMENTER: ["background", *_DIGITS]}
+
 
 class Ensemble(nn.Module):
     """Averages the members' softmax probabilities and returns the log of the average.
@@ -295,7 +305,7 @@ def check_not_exported(path: Path) -> None:
     if not record.is_file():
         return
     try:
-        load = json.loads(record.read_text()).get("load")
+        load = json.loads(record.read_text()).get("load")  # every layout's
     except (OSError, ValueError, AttributeError):
         load = None
     how = f" (outside cnnlab: {load}, with {record.name} for the preprocessing)" if isinstance(load, str) else ""
@@ -419,7 +429,8 @@ def _phase(folder: Path) -> str | None:
 
 
 def saved_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``meta`` record saved with the model at `path` (task, classes, preprocessing, ...); {} when it has none.
+    """The ``meta`` record saved with the model at `path`, in the current layout (`current_meta`); {} when it has
+    none.
 
     Raises:
         CnnlabError: when nothing loadable is at `path`, or its JSON does not parse.
@@ -428,7 +439,44 @@ def saved_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     meta = read_record(spec).get("meta", {})
     if not isinstance(meta, dict):
         raise CnnlabError(f"{spec}: its 'meta' is a JSON {type(meta).__name__}, not an object; re-save the model")
-    return dict(meta)
+    if spec.name.endswith(ENSEMBLE_SPEC):  # saved before ensembles recorded their task: they are MNIST ensembles
+        meta = {"task": "mnist", **meta}
+    return current_meta(meta) if meta else {}
+
+
+def model_kind(meta: dict[str, Any]) -> str | None:
+    """What the model whose `meta` this is takes and returns: one of `MODEL_KINDS`, or None for a record cnnlab
+    did not write. Records saved before they held a ``kind`` are told apart as their tasks saved them: a segmenter of
+    the MNIST canvases records no normalisation, one of a folder does, and a transfer run its weights' record."""
+    kind = meta.get("kind")
+    if kind in MODEL_KINDS:
+        return str(kind)
+    task = meta.get("task", "mnist")
+    if task == "segment":
+        return SEGMENTER if "normalisation" in meta else DIGIT_SEGMENTER
+    if task == "transfer" or "preprocessing" in meta:
+        return IMAGE_CLASSIFIER
+    return DIGIT_CLASSIFIER if task == "mnist" else None
+
+
+def current_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """`meta` in the layout every task writes now (docs/ARCHITECTURE.md, "Model records"): a record saved before
+    (no ``kind``; a transfer run's mean/std only inside ``preprocessing``; a folder segmenter's recipe under
+    ``model``; no ``classes`` for MNIST runs and canvas segmenters) is read as if written now. Keys it does not know
+    are kept."""
+    upgraded = dict(meta)
+    kind = model_kind(meta)
+    if kind is None:
+        return upgraded
+    upgraded["kind"] = kind
+    if "classes" not in upgraded and kind in _DEFAULT_CLASSES:
+        upgraded["classes"] = list(_DEFAULT_CLASSES[kind])
+    preprocessing = meta.get("preprocessing")
+    if "normalisation" not in upgraded and isinstance(preprocessing, dict) and "mean" in preprocessing:
+        upgraded["normalisation"] = {"mean": list(preprocessing["mean"]), "std": list(preprocessing["std"])}
+    if kind == SEGMENTER and "recipe" not in upgraded and "model" in upgraded:
+        upgraded["recipe"] = upgraded["model"]
+    return upgraded
 
 
 def build_network(path: str | os.PathLike[str]) -> nn.Module:
