@@ -1,6 +1,7 @@
 """Use a `cnnlab export` file as a deployment would, without cnnlab: the model loaded with torch.jit.load or ONNX
 Runtime, and each image prepared from its ``<file>.preprocessing.json`` alone (for the tests that compare the result
-with `cnnlab predict`). Nothing here imports cnnlab: what the record leaves out shows up as a difference.
+with `cnnlab predict`). Nothing here imports cnnlab, and only the keys README's "What an export's record holds"
+documents are read: what the record leaves out shows up as a difference.
 """
 
 from __future__ import annotations
@@ -18,10 +19,18 @@ from torchvision.transforms import v2
 
 __all__ = ["decoded", "exported_runner", "photo_input", "digit_input", "read_record", "segment_mask"]
 
+LAYOUT = "cnnlab-export-2"
+
 
 def read_record(model_file: str | Path) -> dict[str, Any]:
-    """The preprocessing record written beside `model_file`."""
-    return json.loads(Path(f"{model_file}.preprocessing.json").read_text())
+    """The preprocessing record written beside `model_file`, of the documented layout; its keys common to every kind
+    checked present."""
+    record = json.loads(Path(f"{model_file}.preprocessing.json").read_text())
+    assert record["layout"] == LAYOUT, record.get("layout")
+    assert record["kind"] in ("digit-classifier", "image-classifier", "segmenter"), record["kind"]
+    common = ("format", "load", "decode", "input", "output", "classes", "views", "normalisation")
+    assert all(key in record for key in common), [key for key in common if key not in record]
+    return record
 
 
 def exported_runner(model_file: str | Path, record: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -60,6 +69,7 @@ def decoded(path: str | Path) -> Image.Image:
 
 def photo_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
     """[3, H, W] in [0, 1]: the record's resize (its filter and antialiasing) and centre crop; mean/std are inside."""
+    assert record["kind"] == "image-classifier"
     assert "normalisation is inside" in record["input"] and "RGB [N, 3, H, W] in [0, 1]" in record["input"]
     interpolation = v2.InterpolationMode(record["interpolation"])
     resize = v2.Resize(record["resize_shorter_side_to"], interpolation=interpolation, antialias=record["antialias"])
@@ -69,6 +79,7 @@ def photo_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
 
 def digit_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
     """[1, 28, 28] in [0, 1]: the digit prepared by the record's ``prepare_steps``, step by step."""
+    assert record["kind"] == "digit-classifier"
     steps = record["prepare_steps"]
     assert "Image.convert('L')" in steps["grey"]
     grey = np.asarray(decoded(path).convert("L"), dtype=np.float32) / 255.0
@@ -95,6 +106,7 @@ def digit_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
 def segment_mask(record: dict[str, Any], run: Callable[[torch.Tensor], torch.Tensor], path: str | Path) -> np.ndarray:
     """The uint8 mask [H, W] at the image's size: downscaled to ``max_side`` as the record's ``resize`` says, the
     logits upsampled bilinearly back and the argmax taken."""
+    assert record["kind"] == "segmenter"
     image = decoded(path)
     width, height = image.size
     seen = image

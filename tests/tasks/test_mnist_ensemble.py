@@ -295,6 +295,9 @@ def test_an_mnist_export_used_from_its_record_alone_gives_predicts_probabilities
         model_file = export_model(str(runs[2] / run), fmt, tmp_path / f"{run}{suffix}")["model"]
         record = read_record(model_file)
         assert ("log of the mean of the 2 members' softmax probabilities" in record["output"]) == (run == "pair")
+        assert record["kind"] == "digit-classifier" and record["normalisation"] == {"mean": [0.1307], "std": [0.3081]}
+        saved = json.loads((runs[2] / run / ("model.json" if run == "single" else "ensemble.json")).read_text())
+        assert (saved["meta"]["kind"], saved["meta"]["classes"]) == ("digit-classifier", DIGITS)  # the run's own
         outputs = exported_runner(model_file, record)(torch.stack([digit_input(record, path) for path in images]))
         for row, result in zip(outputs.softmax(dim=1), results, strict=True):
             expected = torch.tensor([entry["probability"] for entry in sorted(result["top"], key=lambda e: e["index"])])

@@ -810,6 +810,11 @@ def test_an_export_used_from_its_record_alone_gives_predicts_probabilities(
     model_file = export_model(str(tiny_run), fmt, tmp_path / f"model.{fmt}")["model"]
     record = read_record(model_file)
     assert len(record["views"]) == 8 and "logits are averaged, not the probabilities" in record["output"]
+    # mean/std where every kind keeps them (a segmenter's were at the top, a classifier's under "record")
+    normalisation = {"mean": record["record"]["mean"], "std": record["record"]["std"]}
+    assert record["kind"] == "image-classifier" and record["normalisation"] == normalisation
+    meta = json.loads((tiny_run / "model.json").read_text())["meta"]
+    assert meta["kind"] == "image-classifier" and meta["normalisation"] == normalisation
     assert "rint((v - low) / (high - low) * 255)" in record["decode"] and "above 4095" in record["decode"]
     probabilities = exported_runner(model_file, record)(torch.stack([photo_input(record, p) for p in images]))
     probabilities = probabilities.softmax(dim=1)

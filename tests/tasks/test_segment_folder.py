@@ -469,6 +469,12 @@ def test_a_run_trained_with_max_side_predicts_downscaled_and_returns_masks_at_th
     expected = [np.asarray(Image.open(result["mask"])) for result in results]
     model_file = Path(summary["run_dir"]) / "model.pt"  # ONNX: test_onnx_export_matches_pytorch_at_unseen_sizes
     record = read_record(model_file)
+    # mean/std where every kind keeps them (a segmenter's were at the top, a classifier's under "record")
+    normalisation = {"mean": list(segmenter.mean), "std": list(segmenter.std)}
+    assert record["kind"] == "segmenter" and record["normalisation"] == normalisation and "mean" not in record
+    meta = json.loads((Path(summary["run_dir"]) / "model.json").read_text())["meta"]
+    assert (meta["kind"], meta["normalisation"]) == ("segmenter", normalisation) and "model" not in meta
+    assert meta["recipe"] == json.loads((Path(summary["run_dir"]) / "results.json").read_text())["model"]
     run = exported_runner(model_file, record)
     for path, mask in zip(images, expected, strict=True):
         np.testing.assert_array_equal(segment_mask(record, run, path), mask, err_msg=path.name)

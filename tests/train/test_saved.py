@@ -402,3 +402,40 @@ def test_records_saved_before_they_said_their_kind_are_read_in_the_current_layou
         load_predictor(str(tmp_path / "segment"))
     with pytest.raises(CnnlabError, match="segmentation run, not a classifier; it was trained on MNIST canvases"):
         load_predictor(str(tmp_path / "canvases"))
+
+
+def test_an_export_record_of_the_earlier_layout_is_read_in_the_current_one(tmp_path: Path) -> None:
+    """Exports written before records had a layout and a kind kept mean/std at the top (a segmenter), under "record"
+    (a photo classifier) or nowhere (MNIST): `read_export_record` gives them in the one documented layout."""
+    from cnnlab.train.saved import EXPORT_LAYOUT, read_export_record
+
+    common = {"format": "onnx", "load": "onnxruntime.InferenceSession(path), input name 'images'", "decode": "..."}
+    old = {  # as `cnnlab export` wrote them up to 2026-12-07, the keys that tell the kinds apart
+        "photo.onnx": {**common, "resize_shorter_side_to": 36, "center_crop": [32, 32], "views": ["identity", "hflip"],
+                       "record": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}, "classes": ["a"]},
+        "masks.onnx": {**common, "max_side": None, "classes": ["bg", "x"], "mean": [0.5] * 3, "std": [0.25] * 3},
+        "digits.onnx": {**common, "prepare_steps": {"canvas": 28}, "views": ["identity"], "classes": ["0"]},
+    }  # fmt: skip
+    for name, record in old.items():
+        (tmp_path / f"{name}.preprocessing.json").write_text(json.dumps(record))
+    photo = read_export_record(tmp_path / "photo.onnx")
+    assert (photo["layout"], photo["kind"], photo["views"]) == (
+        EXPORT_LAYOUT,
+        "image-classifier",
+        ["identity", "hflip"],
+    )
+    assert photo["normalisation"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    masks = read_export_record(tmp_path / "masks.onnx.preprocessing.json")  # the record itself, or the file
+    assert (masks["kind"], masks["views"], masks["normalisation"]) == (
+        "segmenter",
+        ["identity"],
+        {"mean": [0.5] * 3, "std": [0.25] * 3},
+    )
+    assert "mean" not in masks and "std" not in masks
+    digits = read_export_record(tmp_path / "digits.onnx")
+    assert digits["kind"] == "digit-classifier" and digits["normalisation"] == {"mean": [0.1307], "std": [0.3081]}
+    (tmp_path / "other.onnx.preprocessing.json").write_text(json.dumps(common))
+    with pytest.raises(CnnlabError, match="not a record `cnnlab export` wrote"):
+        read_export_record(tmp_path / "other.onnx")
+    with pytest.raises(CnnlabError, match="missing; export the run again"):
+        read_export_record(tmp_path / "gone.onnx")

@@ -35,7 +35,14 @@ from cnnlab.errors import CnnlabError
 from cnnlab.files import check_writable
 from cnnlab.layers.normalize import Normalize
 from cnnlab.tasks.predict import Predictor, load_predictor
-from cnnlab.train.saved import EXPORT_RECORD_SUFFIX, Ensemble
+from cnnlab.train.saved import (
+    DIGIT_CLASSIFIER,
+    EXPORT_LAYOUT,
+    EXPORT_RECORD_SUFFIX,
+    IMAGE_CLASSIFIER,
+    SEGMENTER,
+    Ensemble,
+)
 
 __all__ = ["DEFAULT_OPSET", "EXPORT_FORMATS", "ONNX_OPSETS", "export_model"]
 
@@ -177,6 +184,8 @@ def export_model(
             actual = _export_onnx(wrapped, example, partial, opset)(check)
         max_difference = _faithful_difference(output, [(actual, expected)])
         record = {
+            "layout": EXPORT_LAYOUT,
+            "kind": DIGIT_CLASSIFIER if cfg is None else IMAGE_CLASSIFIER,
             "format": fmt,
             "load": LOADERS[fmt],
             "decode": DECODE,
@@ -184,6 +193,7 @@ def export_model(
             "output": _classifier_output(predictor),
             "classes": predictor.classes,
             "views": list(predictor.views),
+            "normalisation": _normalisation_inside(wrapped) if cfg is None else {"mean": cfg.mean, "std": cfg.std},
             **({"record": {k: v for k, v in vars(cfg).items() if k != "key_map"}} if cfg is not None else {}),
             "max_abs_difference_vs_eager": max_difference,
         }
@@ -195,6 +205,18 @@ def export_model(
         "preprocessing": str(sidecar),
         "max_abs_difference": max_difference,
         "input": f"{summary}, normalisation inside",
+    }
+
+
+def _normalisation_inside(model: nn.Module) -> dict[str, list[float]] | None:
+    """The mean and std an MNIST network (or ensemble: its first member's, which all share) normalises its input with,
+    as written (0.1307, not float32's 0.13069999...)."""
+    normalize = next((module for module in model.modules() if isinstance(module, Normalize)), None)
+    if normalize is None:  # a network that takes its input as it is
+        return None
+    return {
+        name: [float(f"{value:.7g}") for value in getattr(normalize, name).flatten().tolist()]
+        for name in ("mean", "std")
     }
 
 
@@ -264,19 +286,21 @@ def _export_segmenter(
         max_difference = _faithful_difference(output, pairs)
         sides = f"H and W of at least {stride + 1}" if fmt == "pt2" else "any H and W"
         record = {
+            "layout": EXPORT_LAYOUT,
+            "kind": SEGMENTER,
             "format": fmt,
             "load": LOADERS[fmt],
             "decode": DECODE,
             "input": f"float32 RGB [N, 3, H, W] in [0, 1], {sides}; mean/std normalisation is inside the exported "
             "model",
-            "output": "logits [N, classes, H, W]; argmax over classes gives the mask",
             "max_side": segmenter.max_side,
             "resize": _segmenter_resize(segmenter.max_side),
+            "output": "logits [N, classes, H, W]; argmax over classes gives the mask",
             "classes": segmenter.classes,
+            "views": ["identity"],
+            "normalisation": {"mean": list(segmenter.mean), "std": list(segmenter.std)},  # top-level mean, std before
             "background": segmenter.background,
             "colours": segmenter.colours.tolist(),
-            "mean": list(segmenter.mean),
-            "std": list(segmenter.std),
             "checked_sizes": [list(x.shape) for x in checks],
             "max_abs_difference_vs_eager": max_difference,
         }

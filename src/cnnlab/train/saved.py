@@ -34,6 +34,7 @@ DIGIT_SEGMENTER = "digit-segmenter"  # `train segment` on the MNIST canvases: [N
 SEGMENTER = "segmenter"  # `train segment --data`: RGB images of any size -> per-pixel logits
 MODEL_KINDS = (DIGIT_CLASSIFIER, IMAGE_CLASSIFIER, DIGIT_SEGMENTER, SEGMENTER)
 _DIGITS = [str(digit) for digit in range(10)]
+EXPORT_LAYOUT = "cnnlab-export-2"  # `layout` of an export's record: README "What an export's record holds"
 _DEFAULT_CLASSES = {DIGIT_CLASSIFIER: _DIGITS, DIGIT_SEGMENTER: ["background", *_DIGITS]}
 
 
@@ -292,6 +293,47 @@ def spec_path(path: str | os.PathLike[str]) -> Path:
         )
     check_not_exported(path)
     return path
+
+
+def read_export_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The record `cnnlab export` wrote beside an exported file (`path` is the record or the exported file), in the
+    current layout (`EXPORT_LAYOUT`, README "What an export's record holds").
+
+    A record written before it had a ``layout`` (up to 2026-12-07) is read as if written now: its kind is told by its
+    keys (``prepare_steps``: digits; ``center_crop``: photos; ``max_side``: a segmenter), its mean and std, kept under
+    ``record`` by a photo classifier, at the top by a segmenter and not at all by an MNIST export, become
+    ``normalisation``, and a segmenter's ``views`` the identity alone.
+
+    Raises:
+        CnnlabError: the file is missing, not JSON, or not a record `cnnlab export` wrote.
+    """
+    path = Path(path)
+    if not path.name.endswith(EXPORT_RECORD_SUFFIX):
+        path = path.with_name(path.name + EXPORT_RECORD_SUFFIX)
+    if not path.is_file():
+        raise CnnlabError(f"{path} is missing; export the run again with `cnnlab export`")
+    record = read_record(path)
+    if record.get("layout") == EXPORT_LAYOUT:
+        return record
+    upgraded = {"layout": EXPORT_LAYOUT, **record}
+    if "prepare_steps" in record:
+        from cnnlab.models.mnist_net import MNIST_MEAN, MNIST_STD  # every cnnlab MNIST network normalises with them
+
+        upgraded["kind"] = DIGIT_CLASSIFIER
+        upgraded.setdefault("normalisation", {"mean": [MNIST_MEAN], "std": [MNIST_STD]})
+    elif "center_crop" in record:
+        upgraded["kind"] = IMAGE_CLASSIFIER
+        weights = record.get("record")
+        if isinstance(weights, dict) and "mean" in weights:
+            upgraded.setdefault("normalisation", {"mean": list(weights["mean"]), "std": list(weights["std"])})
+    elif "max_side" in record:
+        upgraded["kind"] = SEGMENTER
+        upgraded.setdefault("views", ["identity"])
+        if "mean" in record:
+            upgraded.setdefault("normalisation", {"mean": upgraded.pop("mean"), "std": upgraded.pop("std")})
+    else:
+        raise CnnlabError(f"{path} is not a record `cnnlab export` wrote (it holds no preparation); export again")
+    return upgraded
 
 
 def check_not_exported(path: Path) -> None:
