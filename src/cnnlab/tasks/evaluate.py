@@ -67,14 +67,14 @@ def evaluate_folder(
         CnnlabError: a run of another task, a `data` that is not such a folder (a class folder the run does not
             know, other classes, no usable image), an `output_dir` that cannot be written or lies inside `data`.
     """
-    from cnnlab.train.saved import saved_meta, spec_path
+    from cnnlab.train.saved import DIGIT_SEGMENTER, IMAGE_CLASSIFIER, SEGMENTER, saved_meta, spec_path
 
-    meta = saved_meta(run)
-    task = meta.get("task", "mnist")
-    if task == "segment" and "normalisation" in meta:
+    meta = saved_meta(run)  # in today's layout, whose kind says what the model takes (ARCHITECTURE.md)
+    task, kind = meta.get("task", "mnist"), meta.get("kind")
+    if kind == SEGMENTER:
         return _evaluate_segmentation(run, data, output_dir, device, progress)
-    if task != "transfer":
-        canvases = task == "segment"  # trained on MNIST canvases: no record of how to prepare other images
+    if kind != IMAGE_CLASSIFIER:
+        canvases = kind == DIGIT_SEGMENTER  # trained on MNIST canvases: no record of how to prepare other images
         raise CnnlabError(
             f"{run} is {'an MNIST' if task == 'mnist' else f'a {task}'} run: --data scores a `cnnlab train "
             "transfer` or `train segment --data` run on a folder of labelled images; "
