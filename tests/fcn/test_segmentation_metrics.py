@@ -10,6 +10,7 @@ import torch
 from cnnlab.report.metrics import confusion_matrix
 from cnnlab.report.segmentation import (
     BoundaryF1,
+    MaskScores,
     MeanIoU,
     PixelAccuracy,
     boundary_map,
@@ -70,6 +71,32 @@ def test_boundary_f1():
     tolerant.update(shifted, target)
     assert strict.compute() < 0.8 and tolerant.compute() == 1.0
     assert boundary_map(target).sum() == 20 + 24  # the square's 20 edge pixels and their 24 outside 4-neighbours
+
+
+def test_unlabelled_pixels_draw_no_boundary_a_voc_void_band_hides_one_and_scribbles_score_nothing_away():
+    """Copied into the prediction, every edge of an unlabelled (255) region was a boundary matched exactly: a model
+    predicting background everywhere scored boundary F1 1.0 on Pascal VOC-style masks (void bands round objects)."""
+    target = torch.zeros(40, 40, dtype=torch.long)
+    target[10:22, 10:22] = 255  # a 3 px void band round a 6x6 object, as VOC draws one
+    target[13:19, 13:19] = 1
+    perfect, too_small = torch.zeros(40, 40, dtype=torch.long), torch.zeros(40, 40, dtype=torch.long)
+    perfect[11:21, 11:21] = 1  # the object's edge in the middle of the band
+    too_small[14:18, 14:18] = 1
+    f1 = {}
+    for name, predicted in [("background", torch.zeros_like(target)), ("perfect", perfect), ("small", too_small)]:
+        metric = BoundaryF1(2, ignore_index=255)
+        metric.update(predicted[None], target[None])
+        f1[name] = metric.compute()
+    assert f1["background"] == 0.0 and f1["perfect"] == 1.0 and 0.3 < f1["small"] < 0.7  # was 1.0 all three
+    scribbles = torch.full((40, 40), 255)
+    scribbles[5, 5:15], scribbles[30, 20:30] = 0, 1
+    spurious = torch.zeros(40, 40, dtype=torch.long)
+    spurious[18:22, 0:4] = 1  # a predicted edge far from every labelled pixel: nothing says it is wrong
+    metric = BoundaryF1(2, ignore_index=255)
+    metric.update(spurious[None], scribbles[None])
+    assert metric.total_pred == metric.total_true == 0
+    assert boundary_map(scribbles[None], scribbles[None] != 255).sum() == 0
+    assert MaskScores(2, ignore_index=255).boundary.ignore_index == 255  # the test pass's and evaluate's scores
 
 
 def test_overlays_png(tmp_path):
