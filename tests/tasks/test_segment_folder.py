@@ -360,6 +360,43 @@ def test_balanced_class_weights_name_a_class_without_training_pixels(tmp_path):
         train_segmentation_folder(str(root), output=str(tmp_path), class_weight="balanced", progress=False)
 
 
+def test_classes_without_training_pixels_are_named_before_training_with_where_index_classes_came_from(
+    tmp_path, monkeypatch, capsys
+):
+    """A class of classes.json that no training mask has, or a stray index 7 in one mask of a folder without
+    classes.json (a head of 8 classes, 4 of them never seen), trained without a word."""
+    import cnnlab.tasks.segment_folder as segment_folder
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    monkeypatch.setattr(segment_folder, "Trainer", stop)
+    root = _folder(tmp_path / "data", count=6)
+    classes = json.loads((root / "classes.json").read_text()) + [{"name": "unused", "color": [1, 2, 3]}]
+    (root / "classes.json").write_text(json.dumps(classes))
+    with pytest.raises(_Stop):
+        train_segmentation_folder(str(root), output=str(tmp_path), name="c", progress=True)
+    printed = capsys.readouterr().out.splitlines()
+    assert "no training mask has a pixel of 'unused' (4): the model cannot learn it" in printed, printed
+    (root / "classes.json").unlink()
+    for path in sorted((root / "masks").iterdir()):  # index masks of background and one shape
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        labels = rgb.any(-1).astype(np.uint8)
+        labels[0, 0] = 7 if path.name == "00000.png" else 0
+        Image.fromarray(labels).save(path)
+    with pytest.raises(_Stop):
+        train_segmentation_folder(str(root), output=str(tmp_path), name="i", progress=True, overwrite=True)
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("no training mask")]
+    assert line.startswith("no training mask has a pixel of 'class 2' (2), 'class 3' (3), ")
+    assert (
+        f"(no classes.json: the classes are 0 to 7, the largest index in the masks, in {root}/masks/00000.png;" in line
+    )
+    from cnnlab.tasks.segment_folder import describe_untrained
+
+    every = [(torch.zeros(1, 2, 2), torch.tensor([[0, 1], [255, 1]], dtype=torch.uint8))]
+    assert describe_untrained(every, ["a", "b"], None) is None
+
+
 def test_a_max_side_below_the_training_crop_is_refused(tmp_path):
     root = _folder(tmp_path / "data", count=3)
     with pytest.raises(CnnlabError, match="--max-side 32 is smaller than the 64 px training crops"):

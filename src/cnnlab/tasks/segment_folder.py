@@ -312,6 +312,28 @@ def describe_labelled(counts: dict[str, tuple[int, int]]) -> str | None:
     return f"labelled pixels: {parts}; the rest are {IGNORE_INDEX}, unlabelled: the loss and the metrics leave them out"
 
 
+def describe_untrained(
+    train: list[tuple[torch.Tensor, torch.Tensor]], class_names: list[str], largest: tuple[int, Path] | None
+) -> str | None:
+    """One line naming the classes no training mask has a pixel of (the model cannot learn them: they are scored, as
+    any class, where validation and test masks have them), None when every class has some; `largest`: the largest
+    index and its mask when the classes were read from the masks (no classes.json), which is then said as their
+    origin: a stray value made a head of that many classes."""
+    counts = torch.bincount(torch.cat([mask.flatten() for _, mask in train]).long(), minlength=256)
+    untrained = [f"{name!r} ({index})" for index, name in enumerate(class_names) if counts[index] == 0]
+    if not untrained:
+        return None
+    shown = ", ".join(untrained[:8]) + (f" and {len(untrained) - 8} more" if len(untrained) > 8 else "")
+    origin = ""
+    if largest is not None:
+        origin = (
+            f" (no classes.json: the classes are 0 to {largest[0]}, the largest index in the masks, in {largest[1]}; "
+            "a classes.json lists them, and a mask with an index beyond them is named and skipped)"
+        )
+    them = "them" if len(untrained) > 1 else "it"
+    return f"no training mask has a pixel of {shown}: the model cannot learn {them}{origin}"
+
+
 def _percent(part: int, total: int) -> str:
     """``part / total`` as a percentage, two significant digits below 10%: "0.098%", "4.5%", "63%"."""
     share = part / total if total else 0.0
@@ -444,7 +466,10 @@ def train_segmentation_folder(
     if not pairs:
         reasons = "; ".join(f"{Path(s.path).name}: {s.reason}" for s in folder.skipped[:3])
         raise CnnlabError(f"{folder.root} has no usable image+mask pair ({reasons})")
-    largest = max(int(torch.where(mask == IGNORE_INDEX, 0, mask).max()) for _, mask in pairs.values())
+    # the largest class index, and the first mask holding it (-index: of a tie, the first is the largest)
+    largest, minus_index = max(
+        (int(torch.where(mask == IGNORE_INDEX, 0, mask).max()), -index) for index, (_, mask) in pairs.items()
+    )
     class_names = folder.class_names or [f"class {i}" for i in range(max(largest + 1, 2))]
     if background is not None and not 0 <= background < len(class_names):
         raise CnnlabError(f"--background {background} is not a class index (0..{len(class_names) - 1})")
@@ -465,6 +490,10 @@ def train_segmentation_folder(
     labelled = labelled_pixels(parts)
     if progress and main and describe_labelled(labelled):  # scribbles or points: said before training
         print(describe_labelled(labelled))
+    origin = None if folder.class_names is not None else (largest, folder.masks[-minus_index])
+    untrained = describe_untrained(parts["train"], class_names, origin)
+    if progress and main and untrained:  # a class without training pixels trained silently, never predicted
+        print(untrained)
 
     from cnnlab.models import create_model
 
@@ -589,6 +618,7 @@ def train_segmentation_folder(
             "images": {part: len(indices) for part, indices in split.items()},
             "skipped": len(folder.skipped),
             "labelled_pixels": {part: list(pair) for part, pair in labelled.items()},  # (labelled, all) of the masks
+            "untrained_classes": untrained,  # the line naming the classes no training mask has, or None
             "epochs": len(history),
             "steps": trainer.global_step,
             "saved_epoch": chosen["epoch"],  # the epoch whose weights were saved and tested
@@ -627,6 +657,8 @@ def _report(  # noqa: ANN202
     )
     labelled = describe_labelled({part: tuple(pair) for part, pair in summary["labelled_pixels"].items()})
     unlabelled = f" {labelled[0].upper()}{labelled[1:]}." if labelled else ""
+    if summary.get("untrained_classes"):
+        unlabelled += f" {summary['untrained_classes'][0].upper()}{summary['untrained_classes'][1:]}."
     report = RunReport(
         f"Segmentation run `{config.name}`",
         f"Model `{recipe.name}`: {recipe.summary}{describe_overrides(recipe.train, overrides)}. Data {folder.root}: "
