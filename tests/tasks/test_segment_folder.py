@@ -197,6 +197,15 @@ def test_evaluate_of_the_runs_test_pairs_gives_its_test_scores(trained, tmp_path
     completed = run_cnnlab("evaluate", str(run), "--data", str(folder), "-o", str(out))
     assert completed.returncode == 2 and "names the classes background, ring; the run's are" in completed.stderr
     assert len(completed.stderr.strip().splitlines()) == 1
+    # binary masks saved 0/255 (255 means unlabelled): the background alone was scored, every score 1.0, where
+    # training refuses such a folder
+    (folder / "classes.json").unlink()
+    for path in (folder / "masks").iterdir():
+        Image.fromarray(np.asarray(Image.open(path).convert("RGB")).any(-1).astype(np.uint8) * 255).save(path)
+    completed = run_cnnlab("evaluate", str(run), "--data", str(folder), "-o", str(out))
+    assert completed.returncode == 2 and "(unlabelled), so only that class would be scored; if 255 marks the " in (
+        completed.stderr
+    )
 
 
 def test_evaluate_says_which_pairs_the_run_trained_on_and_refuses_a_folder_without_masks(trained, tmp_path):

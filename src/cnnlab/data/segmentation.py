@@ -52,6 +52,7 @@ __all__ = [
     "SegmentationFolder",
     "SegmentationInput",
     "SegmentationSamples",
+    "check_mask_classes",
     "class_colours",
     "downscale",
     "downscale_mask",
@@ -685,32 +686,39 @@ class SegmentationFolder(Dataset):
         return None
 
     def _check_two_classes(self, masks: list[torch.Tensor]) -> None:
-        """Refuse masks that hold fewer than two classes, naming the likely cause: binary masks saved as 0/255, whose
-        foreground is then unlabelled (they trained on background alone and reported mIoU 0, every class 1.0)."""
+        """Refuse masks that hold fewer than two classes (`check_mask_classes`)."""
         counts = sum(torch.bincount(mask.flatten().long(), minlength=256) for mask in masks)
-        present = counts[:IGNORE_INDEX].nonzero().flatten().tolist()
-        unlabelled = float(counts[IGNORE_INDEX] / counts.sum())
-        foreground_hint = f"if {IGNORE_INDEX} marks the foreground, save it as 1 ({IGNORE_INDEX} means unlabelled)"
-        if not present:
-            raise CnnlabError(
-                f"every pixel of the masks in {self.root} is {IGNORE_INDEX} (unlabelled); {foreground_hint}"
-            )
-        if len(present) > 1:
-            return
-        only = f"class {present[0]}" + (f" ({self.class_names[present[0]]!r})" if self.class_names else "")
-        if unlabelled > 0:
-            raise CnnlabError(
-                f"the masks in {self.root} label every pixel {only} except {unlabelled:.1%} that are {IGNORE_INDEX} "
-                f"(unlabelled), so a model would learn one class; {foreground_hint}"
-            )
-        raise CnnlabError(
-            f"every pixel of the masks in {self.root} is {only}, so a model would learn one class; masks need at "
-            "least two classes"
-        )
+        check_mask_classes(counts, self.root, self.class_names, "a model would learn one class")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.read(index)
         return image.float() / 255.0, mask.long()
+
+
+def check_mask_classes(
+    counts: torch.Tensor, root: Path, class_names: list[str] | None, consequence: str, one_class: bool = False
+) -> None:
+    """Refuse masks whose pixels (`counts`: int [256], per value) hold fewer than two classes, naming the likely
+    cause: binary masks saved as 0/255, whose foreground is then unlabelled (they trained on background alone and
+    reported mIoU 0, every class 1.0; `evaluate` scored the background alone, every score 1.0). `consequence` says
+    what would follow ("a model would learn one class"); `one_class`: masks of one class with no unlabelled pixel
+    pass (images of the background alone, scored)."""
+    present = counts[:IGNORE_INDEX].nonzero().flatten().tolist()
+    unlabelled = float(counts[IGNORE_INDEX] / counts.sum())
+    foreground_hint = f"if {IGNORE_INDEX} marks the foreground, save it as 1 ({IGNORE_INDEX} means unlabelled)"
+    if not present:
+        raise CnnlabError(f"every pixel of the masks in {root} is {IGNORE_INDEX} (unlabelled); {foreground_hint}")
+    if len(present) > 1 or (one_class and unlabelled == 0):
+        return
+    only = f"class {present[0]}" + (f" ({class_names[present[0]]!r})" if class_names else "")
+    if unlabelled > 0:
+        raise CnnlabError(
+            f"the masks in {root} label every pixel {only} except {unlabelled:.1%} that are {IGNORE_INDEX} "
+            f"(unlabelled), so {consequence}; {foreground_hint}"
+        )
+    raise CnnlabError(
+        f"every pixel of the masks in {root} is {only}, so {consequence}; masks need at least two classes"
+    )
 
 
 class SegmentationSamples(Dataset):

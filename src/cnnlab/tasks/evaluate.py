@@ -261,7 +261,7 @@ def _evaluate_segmentation(
     from PIL import Image
 
     from cnnlab.data.folder import SkippedFile
-    from cnnlab.data.segmentation import IGNORE_INDEX, SegmentationFolder, downscale_mask
+    from cnnlab.data.segmentation import IGNORE_INDEX, SegmentationFolder, check_mask_classes, downscale_mask
     from cnnlab.report.plots import plot_confusion_matrix
     from cnnlab.report.segmentation import MaskScores, save_overlays
     from cnnlab.tasks.segment_folder import BOUNDARY_TOLERANCE, WORST_IMAGES
@@ -296,6 +296,7 @@ def _evaluate_segmentation(
     # a --max-side run's scores at the size its test pass scored (results.json's), beside predict's full-size masks'
     at_max_side = None if segmenter.max_side is None else MaskScores(len(classes), IGNORE_INDEX, BOUNDARY_TOLERANCE)
     scored: list[str] = []
+    values = torch.zeros(256, dtype=torch.int64)  # the scored masks' pixels per value, checked as training checks them
     # the image, mask and prediction of the WORST_IMAGES images with the most wrong pixels so far, for the overlays
     # the run's test pass draws (test_worst.png): every image's would hold the whole folder in memory
     kept: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -320,6 +321,7 @@ def _evaluate_segmentation(
             if at_max_side is not None:
                 small = torch.from_numpy(downscale_mask(mask.numpy(), segmenter.max_side))
                 at_max_side.add(logits.argmax(1)[0].cpu(), small.long())
+            values += torch.bincount(mask.flatten().long(), minlength=256)
             scored.append(str(path))
             kept[len(scored) - 1] = (image, mask, predicted)
             if len(kept) > WORST_IMAGES:  # the fewest wrong pixels leave, the later of a tie first
@@ -327,6 +329,8 @@ def _evaluate_segmentation(
     if not scored:
         found = f" ({describe_skipped([s.reason for s in folder.skipped])})" if folder.skipped else ""
         raise CnnlabError(f"--data {data} holds no usable image + mask pair{found}")
+    # 0/255 masks (255 means unlabelled) scored the background alone: every score 1.0, where training refuses them
+    check_mask_classes(values, root, folder.class_names, "only that class would be scored", one_class=True)
     report = scores.report(classes, segmenter.background)
     with _published_together(out) as staged:
         plot_confusion_matrix(scores.matrix, staged / "confusion_matrix.png", classes, f"{root.name} pixels (evaluate)")
