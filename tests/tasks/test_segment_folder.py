@@ -286,6 +286,12 @@ def test_ignore_index_is_left_out_of_loss_and_metrics(tmp_path):
     labelled_pixels = summary["images"]["test"] * 32 * (32 - 5)
     assert int(torch.tensor(summary["test"]["confusion_matrix"]).sum()) == labelled_pixels
     assert list(summary["test"]["iou_per_class"]) == ["class 0", "class 1"]
+    # evaluate of a folder naming the classes: "give the folder the run's classes.json", which the run never had
+    (root / "classes.json").write_text(json.dumps([{"name": "background"}, {"name": "shape"}]))
+    from cnnlab.tasks.evaluate import evaluate_folder
+
+    with pytest.raises(CnnlabError, match=r"the run's are class 0, class 1: remove it \(the run was trained on class-"):
+        evaluate_folder(summary["run_dir"], root, tmp_path / "evaluation")
 
 
 def test_the_share_of_labelled_pixels_is_said_before_training_and_kept_not_refused(tmp_path, capsys):

@@ -286,10 +286,15 @@ def _evaluate_segmentation(
         root, skip_bad=True, classes=classes, colours=None if recorded is None else np.array(recorded)
     )
     if folder.class_names is not None and folder.class_names != classes:
+        # a run trained on index masks without a classes.json has no classes.json to give: its classes are named so
+        remedy = (
+            "remove it (the run was trained on class-index masks without a classes.json)"
+            if classes == [f"class {i}" for i in range(len(classes))]
+            else "give the folder the run's classes.json (the masks' indices and colours are read through it)"
+        )
         raise CnnlabError(
             f"{root / 'classes.json'} names the classes {listed(folder.class_names, 10)}; the run's are "
-            f"{listed(classes, 10)}: give the folder the run's classes.json (the masks' indices and colours are "
-            "read through it)"
+            f"{listed(classes, 10)}: {remedy}"
         )
     runner = image_runner(segmenter)
     scores = MaskScores(len(classes), IGNORE_INDEX, BOUNDARY_TOLERANCE)
