@@ -525,3 +525,19 @@ def test_a_grey_rgb_index_mask_reads_as_its_indices_and_a_coloured_one_is_still_
     Image.fromarray(np.stack([indices, indices * 0, indices], axis=-1)).save(tmp_path / "masks" / "a.png")
     with pytest.raises(CnnlabError, match="is an RGB mask but .*classes.json lists no colours"):
         SegmentationFolder(tmp_path)[0]
+
+
+def test_values_found_only_where_other_classes_meet_are_told_apart_from_regions():
+    """A 0/255 mask resized smoothly (or saved as JPEG) has values such as 9 and 168 at the object's edge only: read as
+    classes, they trained a head of 208 classes without a word."""
+    from cnnlab.data.segmentation import edge_only_values
+
+    mask = torch.zeros(12, 12, dtype=torch.uint8)
+    mask[3:9, 3:9] = 1  # a region: 1 is held inside it
+    fringe = mask.clone()
+    fringe[2, 3:9], fringe[9, 3:9] = 9, 168  # a ring of invented values along its edges
+    lines = torch.zeros(12, 12, dtype=torch.uint8)
+    lines[:, 5] = 2  # a one-pixel line: no pixel of 2 is inside a region either
+    lines[0, 0] = IGNORE_INDEX  # unlabelled is never a class
+    assert edge_only_values({0: mask, 3: fringe, 4: lines}) == {9: 3, 168: 3, 2: 4}
+    assert edge_only_values({0: mask}) == {}

@@ -401,7 +401,12 @@ def test_classes_without_training_pixels_are_named_before_training_with_where_in
         Image.fromarray(labels).save(path)
     with pytest.raises(_Stop):
         train_segmentation_folder(str(root), output=str(tmp_path), name="i", progress=True, overwrite=True)
-    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("no training mask")]
+    printed = capsys.readouterr().out.splitlines()
+    (line,) = [line for line in printed if line.startswith("no training mask")]
+    # the stray 7 is one pixel, where no region holds it: as JPEG compression or a smooth resize invents values
+    assert f"mask value 7 (00000.png in {root}/masks) lies only in thin fringes where other classes meet" in (
+        "\n".join(printed)
+    )
     assert line.startswith("no training mask has a pixel of 'class 2' (2), 'class 3' (3), ")
     assert (
         f"(no classes.json: the classes are 0 to 7, the largest index in the masks, in {root}/masks/00000.png;" in line

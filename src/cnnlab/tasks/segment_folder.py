@@ -44,6 +44,7 @@ from cnnlab.data.segmentation import (
     SegmentationInput,
     SegmentationSamples,
     downscaled_size,
+    edge_only_values,
     joint_train_transform,
     pad_collate,
     same_size_batches,
@@ -334,6 +335,24 @@ def describe_untrained(
     return f"no training mask has a pixel of {shown}: the model cannot learn {them}{origin}"
 
 
+def describe_edge_only(folder: SegmentationFolder, values: dict[int, int]) -> str | None:
+    """One line naming the mask values found only in thin fringes where other classes meet (`edge_only_values`: value
+    -> the first mask holding it), the likely cause and the fix; None when there are none."""
+    if not values:
+        return None
+    shown = ", ".join(str(value) for value in list(values)[:8]) + (
+        f" and {len(values) - 8} more" if len(values) > 8 else ""
+    )
+    files = sorted({folder.masks[index].name for index in values.values()})
+    named = ", ".join(files[:3]) + (" ..." if len(files) > 3 else "")
+    return (
+        f"mask value{'s' if len(values) > 1 else ''} {shown} ({named} in {folder.root / 'masks'}) "
+        f"{'lie' if len(values) > 1 else 'lies'} only in thin "
+        "fringes where other classes meet, as a JPEG's compression or a smooth resize invents them at edges; if so, "
+        "save the masks losslessly, resize them by nearest neighbour, and list the real classes in classes.json"
+    )
+
+
 def _percent(part: int, total: int) -> str:
     """``part / total`` as a percentage, two significant digits below 10%: "0.098%", "4.5%", "63%"."""
     share = part / total if total else 0.0
@@ -474,6 +493,8 @@ def train_segmentation_folder(
     if background is not None and not 0 <= background < len(class_names):
         raise CnnlabError(f"--background {background} is not a class index (0..{len(class_names) - 1})")
     config = replace(config, extra={**config.extra, "classes": class_names})
+    # a value no region holds: JPEG or interpolation artefacts, said before the split (a class of them each)
+    edge_only = describe_edge_only(folder, edge_only_values({index: mask for index, (_, mask) in pairs.items()}))
     run_dir.mkdir(parents=True, exist_ok=True)
     note_current_run(run_dir)
     sessions.doing("setting up the run")
@@ -494,6 +515,8 @@ def train_segmentation_folder(
     untrained = describe_untrained(parts["train"], class_names, origin)
     if progress and main and untrained:  # a class without training pixels trained silently, never predicted
         print(untrained)
+    if progress and main and edge_only:
+        print(edge_only)
 
     from cnnlab.models import create_model
 
@@ -619,6 +642,7 @@ def train_segmentation_folder(
             "skipped": len(folder.skipped),
             "labelled_pixels": {part: list(pair) for part, pair in labelled.items()},  # (labelled, all) of the masks
             "untrained_classes": untrained,  # the line naming the classes no training mask has, or None
+            "edge_only_values": edge_only,  # the line naming mask values found only at edges (artefacts?), or None
             "epochs": len(history),
             "steps": trainer.global_step,
             "saved_epoch": chosen["epoch"],  # the epoch whose weights were saved and tested
@@ -657,8 +681,8 @@ def _report(  # noqa: ANN202
     )
     labelled = describe_labelled({part: tuple(pair) for part, pair in summary["labelled_pixels"].items()})
     unlabelled = f" {labelled[0].upper()}{labelled[1:]}." if labelled else ""
-    if summary.get("untrained_classes"):
-        unlabelled += f" {summary['untrained_classes'][0].upper()}{summary['untrained_classes'][1:]}."
+    for line in (summary.get("untrained_classes"), summary.get("edge_only_values")):
+        unlabelled += f" {line[0].upper()}{line[1:]}." if line else ""
     report = RunReport(
         f"Segmentation run `{config.name}`",
         f"Model `{recipe.name}`: {recipe.summary}{describe_overrides(recipe.train, overrides)}. Data {folder.root}: "
