@@ -59,7 +59,7 @@ def budget_command(
             "or a timm network's pretrained_cfg input_size; layer strings need it).",
         ),
     ] = None,
-    batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Training mini-batch size.")] = 1,
+    batch: Annotated[int, typer.Option("--batch", "--batch-size", "-b", min=1, help="Training mini-batch size.")] = 1,
     dtype: Annotated[
         str, typer.Option(help="float32, float16, bfloat16 or float64 (also fp32, fp16, bf16, fp64).")
     ] = "float32",

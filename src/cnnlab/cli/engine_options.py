@@ -31,7 +31,7 @@ ENGINE_OPTIONS: dict[str, tuple[Any, Any, tuple[str, ...], str]] = {
     "batch_size": (
         str | None,
         None,
-        ("--batch-size",),
+        ("--batch-size", "-b"),
         "Images per optimizer step: N, or auto (the largest batch that fits in memory, found before training by "
         "running real steps; for data held in memory: a folder read through a DataLoader takes N and --accum auto).",
     ),

@@ -1,0 +1,59 @@
+"""One meaning, one option: a user who learned an option on one command finds it, under the same names, on the next."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import typer
+
+from cnnlab.cli import app
+
+
+def _commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
+    subcommands = getattr(command, "commands", {})
+    if not subcommands:
+        yield " ".join(path), command
+    for name, sub in subcommands.items():
+        yield from _commands(sub, (*path, name))
+
+
+COMMANDS = dict(_commands(typer.main.get_command(app)))
+
+# Names of one meaning: an option that takes one of them takes all of them (an older name may stay beside them).
+SAME_NAMES = [
+    {"--batch-size", "-b"},  # budget's --batch is the training batch too
+]
+
+
+def _options(path: str) -> list[set[str]]:
+    return [set(param.opts) | set(param.secondary_opts) for param in COMMANDS[path].params]
+
+
+def test_an_option_has_the_same_names_on_every_command() -> None:
+    faults = [
+        f"cnnlab {path}: {'/'.join(sorted(names))} lacks {'/'.join(sorted(group - names))}"
+        for path in COMMANDS
+        for names in _options(path)
+        for group in SAME_NAMES
+        if names & group and not group <= names
+    ]
+    assert not faults, "\n".join(faults)
+
+
+def test_a_short_flag_means_one_option_on_every_command() -> None:
+    meanings: dict[str, list[set[str]]] = defaultdict(list)
+    for path in COMMANDS:
+        for names in _options(path):
+            for short in (name for name in names if len(name) == 2):
+                meanings[short].append({name for name in names if name.startswith("--")})
+    clashes = {short: longs for short, longs in meanings.items() if not set.intersection(*longs)}
+    assert not clashes, clashes
+    assert {"-b", "-o", "-i", "-q"} <= set(meanings)  # the walk found them
+
+
+def test_budget_takes_the_batch_size_by_the_train_commands_name() -> None:
+    batch = next(param for param in COMMANDS["budget"].params if param.name == "batch")
+    assert {"--batch", "--batch-size", "-b"} <= set(batch.opts)
+    assert any({"--batch-size", "-b"} <= names for names in _options("train mnist"))
