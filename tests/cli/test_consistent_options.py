@@ -24,6 +24,10 @@ COMMANDS = dict(_commands(typer.main.get_command(app)))
 # Names of one meaning: an option that takes one of them takes all of them (an older name may stay beside them).
 SAME_NAMES = [
     {"--batch-size", "-b"},  # budget's --batch is the training batch too
+    {"--model", "-m"},
+    {"--output", "-o"},
+    {"--quiet", "-q"},
+    {"--input", "-i"},
 ]
 
 
@@ -50,7 +54,7 @@ def test_a_short_flag_means_one_option_on_every_command() -> None:
                 meanings[short].append({name for name in names if name.startswith("--")})
     clashes = {short: longs for short, longs in meanings.items() if not set.intersection(*longs)}
     assert not clashes, clashes
-    assert {"-b", "-o", "-i", "-q"} <= set(meanings)  # the walk found them
+    assert {"-b", "-o", "-i", "-q", "-m"} <= set(meanings)  # the walk found them
 
 
 def test_budget_takes_the_batch_size_by_the_train_commands_name() -> None:

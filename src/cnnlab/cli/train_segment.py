@@ -84,6 +84,7 @@ def segment(
     model: str | None = typer.Option(
         None,
         "--model",
+        "-m",
         help="With --data: unet (from scratch; the default), unet-lite0 or fcn8s-lite0 (on the pretrained "
         "EfficientNet-Lite0).",
     ),
