@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from cnnlab.cli.engine_options import threads_option
+
 
 def answers_command(
     full: Annotated[
@@ -44,9 +46,13 @@ def answers_command(
             "finished in OUTPUT, in the same mode, are read back."
         ),
     ] = False,
+    threads: int | None = threads_option(),
 ) -> None:
     """Answer the ten CNN exercises of Géron's chapter 14 with evidence measured now: writes OUTPUT/answers.md."""
     from cnnlab.tasks.answers import run_answers
+    from cnnlab.train.config import use_threads
+
+    use_threads(threads)
 
     sheet = run_answers(
         "full" if full else "quick",

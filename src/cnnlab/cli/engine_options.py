@@ -5,6 +5,10 @@
 ``--device``, ``--seed``, ``--resume``, ``--name``, ``--output``, ``--overwrite``, ``--quiet``, ``--tensorboard``)
 and hands them to it as one `cnnlab.train.config.EngineOptions` in its ``engine`` argument. A command declares only
 its own options. Every engine option defaults to "the recipe's value", so no command retypes a recipe's defaults.
+
+`threads_option` is the same ``--threads`` for the commands outside ``train`` that compute (predict, budget,
+ensemble, experiment, answers, fcn scan): a user who trained with ``--threads 1`` next to other work predicts, sizes
+and scans that way too.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 
 import typer
 
-__all__ = ["ENGINE", "ENGINE_OPTIONS", "with_engine_options"]
+__all__ = ["ENGINE", "ENGINE_OPTIONS", "threads_option", "with_engine_options"]
 
 ENGINE: Any = None  # the default of a command's `engine` parameter; `with_engine_options` fills it in
 
@@ -83,6 +87,12 @@ ENGINE_OPTIONS: dict[str, tuple[Any, Any, tuple[str, ...], str]] = {
         "Write TensorBoard event files into the run folder (tensorboard --logdir runs); needs cnnlab\\[lab].",
     ),
 }
+
+
+def threads_option() -> Any:
+    """``--threads N`` for a command outside ``train``; the command gives it to `cnnlab.train.config.use_threads`
+    before its work."""
+    return typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice).")
 
 
 def with_engine_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cnnlab.cli.engine_options import threads_option
+
 
 def ensemble(
     runs: list[Path] = typer.Argument(
@@ -29,6 +31,7 @@ def ensemble(
         "records; more is refused, since that member trained on them; 0: no validation, --select all only).",
     ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
+    threads: int | None = threads_option(),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run called --name."),
 ) -> None:
     """Average saved MNIST models from several runs (e.g. recipes that err differently) into one loadable ensemble.
@@ -36,6 +39,9 @@ def ensemble(
     Each member is scored on the validation images that every member held out; the ensemble is then tested once.
     """
     from cnnlab.tasks.mnist_ensemble import combine_mnist_ensemble
+    from cnnlab.train.config import use_threads
+
+    use_threads(threads)
 
     summary = combine_mnist_ensemble(
         list(runs),

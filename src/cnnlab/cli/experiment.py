@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cnnlab.cli.engine_options import threads_option
+
 
 def experiment(
     name: str = typer.Argument(..., help="cnn-vs-dense, pool-vs-stride or lrn-vs-bn."),
@@ -29,6 +31,7 @@ def experiment(
         "an interrupted invocation finished (same settings) are read back, not trained again; an interrupted "
         "--overwrite is continued without --overwrite.",
     ),
+    threads: int | None = threads_option(),
 ) -> None:
     """Run a claim about CNNs as an experiment on MNIST over several seeds; writes report.md, plots, results.json.
 
@@ -41,6 +44,9 @@ def experiment(
     The report's conclusion is generated from the measurements, with a noise rule over the seeds.
     """
     from cnnlab.tasks.experiments import run_experiment
+    from cnnlab.train.config import use_threads
+
+    use_threads(threads)  # the report's hardware line says the threads it ran on
 
     report = run_experiment(
         name,

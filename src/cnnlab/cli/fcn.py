@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cnnlab.cli.engine_options import threads_option
+
 fcn_app = typer.Typer(help="Make a trained classifier fully convolutional and scan large images.", no_args_is_help=True)
 
 
@@ -66,6 +68,7 @@ def scan_command(
         "--overwrite",
         help="Replace a file at the heatmap's path that no scan wrote (an earlier heatmap is replaced without it).",
     ),
+    threads: int | None = threads_option(),
 ) -> None:
     """Score every classifier-sized window of IMAGE and write a heatmap PNG of per-location class probabilities."""
     from cnnlab.fcn.scan import (
@@ -76,7 +79,9 @@ def scan_command(
         save_heatmap,
         scan,
     )
+    from cnnlab.train.config import use_threads
 
+    use_threads(threads)
     path = heatmap_path(output, image, overwrite=overwrite)
     converted, source = load_converted_or_run(run)
     checked = check_scan_memory(converted, image, refine)  # by its header; its size is then decoded, however large

@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import typer
 
+from cnnlab.cli.engine_options import threads_option
 from cnnlab.errors import CnnlabError
 
 
@@ -39,6 +40,7 @@ def predict(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
+    threads: int | None = threads_option(),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -52,9 +54,11 @@ def predict(
     others are still predicted."""
     from cnnlab.data.folder import check_image
     from cnnlab.tasks.segment_predict import is_segmentation_run
+    from cnnlab.train.config import use_threads
     from cnnlab.train.device import resolve_device
 
     resolve_device(device)  # a typo in --device is the error shown, whatever the images
+    use_threads(threads)
     paths, empty = _image_paths(images)
     if not any(check_image(path) is None for path in paths):  # stops at the first usable image
         _nothing_to_predict(paths, empty, model, as_json)
