@@ -110,3 +110,33 @@ def test_threads_is_given_to_torch_before_the_work(monkeypatch: pytest.MonkeyPat
     given.assert_called_once_with(1)
     done = run_cnnlab("predict", "missing.png", "--threads", "0")
     assert done.returncode == 2 and "--threads" in done.stderr  # typer's range check, before any work
+
+
+def test_every_train_command_prints_json_with_nothing_else_on_stdout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train transfer had --json; train mnist and train segment (canvases and --data) take it too."""
+    import cnnlab.tasks.mnist
+    import cnnlab.tasks.segment_folder
+    import cnnlab.tasks.segmentation
+    from cli_in_process import run_cnnlab
+
+    given: dict[str, Any] = {}
+
+    def task(name: str) -> Any:
+        def run(*args: Any, **options: Any) -> dict[str, Any]:
+            given[name] = options["progress"]
+            return {"run_dir": f"runs/{name}", "test": {"miou": 0.5}, "members": []}
+
+        return run
+
+    monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", task("mnist"))
+    monkeypatch.setattr(cnnlab.tasks.segmentation, "train_segmentation", task("segment"))
+    monkeypatch.setattr(cnnlab.tasks.segment_folder, "train_segmentation_folder", task("folder"))
+    for name, args in {
+        "mnist": ["train", "mnist", "--recipe", "quick", "--json"],
+        "segment": ["train", "segment", "--json"],
+        "folder": ["train", "segment", "--data", ".", "--json"],
+    }.items():
+        done = run_cnnlab(*args)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["run_dir"] == f"runs/{name}"
+        assert given[name] is False  # no progress bars with --json, as train transfer does

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,9 @@ def mnist(
     ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST root (else $CNNLAB_DATA, else ./data)."),
     val_size: int = typer.Option(5000, "--val-size", help="Training images held out for validation."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the results as JSON on stdout (warnings and notes go to stderr)."
+    ),
     engine: EngineOptions = ENGINE,
 ) -> None:
     """Train a CNN from scratch on MNIST; the test set is evaluated once, at the end."""
@@ -57,9 +61,12 @@ def mnist(
         overrides=engine.overrides(),
         resume=engine.resume,
         overwrite=engine.overwrite,
-        progress=not engine.quiet,
+        progress=not (engine.quiet or as_json),
     )
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
+        return
+    if as_json:
+        typer.echo(json.dumps(summary))
         return
     from cnnlab.report.units import score
 

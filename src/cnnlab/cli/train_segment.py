@@ -3,6 +3,7 @@ canvases (FCN-32s/16s/8s, U-Net)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -114,6 +115,9 @@ def segment(
     val_fraction: float = typer.Option(0.15, "--val-fraction", help="With --data: validation share."),
     test_fraction: float = typer.Option(0.15, "--test-fraction", help="With --data: test share."),
     split_seed: int = typer.Option(0, "--split-seed", help="With --data: the split's seed (saved in split.csv)."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the results as JSON on stdout (warnings and notes go to stderr)."
+    ),
     engine: EngineOptions = ENGINE,
 ) -> None:
     """Train a segmentation network on your image + mask folder (--data), or on canvases of 1-5 MNIST digits.
@@ -136,6 +140,7 @@ def segment(
             test_fraction,
             split_seed,
             engine,
+            as_json,
         )
         return
     from cnnlab.tasks.segmentation import RECIPES, train_segmentation
@@ -153,11 +158,14 @@ def segment(
         model_kwargs=None if upsample is None else {"upsample": upsample},
         resume=engine.resume,
         overwrite=engine.overwrite,
-        progress=not engine.quiet,
+        progress=not (engine.quiet or as_json),
         pretrain_epochs=pretrain_epochs,
         background_weight=background_weight,
     )
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
+        return
+    if as_json:
+        typer.echo(json.dumps(summary))
         return
     test = summary["test"]
     typer.echo(
@@ -182,6 +190,7 @@ def _segment_folder(
     test_fraction: float,
     split_seed: int,
     engine: EngineOptions,
+    as_json: bool,
 ) -> None:
     from cnnlab.report.units import counted
     from cnnlab.tasks.segment_folder import train_segmentation_folder
@@ -205,9 +214,12 @@ def _segment_folder(
         overrides=engine.overrides(),
         resume=engine.resume,
         overwrite=engine.overwrite,
-        progress=not engine.quiet,
+        progress=not (engine.quiet or as_json),
     )
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
+        return
+    if as_json:
+        typer.echo(json.dumps(summary))
         return
     test = summary["test"]
     # without a background class the two means are one figure, said once
