@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -96,6 +97,23 @@ def test_every_command_that_computes_takes_device_and_threads() -> None:
         wanted |= set() if path in NO_THREADS_YET else {"--threads"}
         faults += [f"cnnlab {path} lacks {option}" for option in sorted(wanted - names)]
     assert not faults, "\n".join(faults)
+
+
+def test_every_device_option_names_the_same_devices() -> None:
+    """budget's --device said "cpu or cuda", but it takes what every --device takes (train.device.parse_device)."""
+    devices = {"cpu", "cuda", "cuda:N", "auto"}
+    helps = {
+        path: param.help or ""
+        for path, command in COMMANDS.items()
+        for param in command.params
+        if "--device" in param.opts
+    }
+    assert len(helps) >= 8  # the walk found them
+    missing = {
+        path: devices - set(re.findall(r"(?<![\w:-])(cpu|cuda:N|cuda|auto)(?![\w:-])", text))
+        for path, text in helps.items()
+    }
+    assert not {path: sorted(names) for path, names in missing.items() if names}
 
 
 def test_threads_is_given_to_torch_before_the_work(monkeypatch: pytest.MonkeyPatch) -> None:
