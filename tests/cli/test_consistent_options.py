@@ -158,3 +158,37 @@ def test_every_train_command_prints_json_with_nothing_else_on_stdout(monkeypatch
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["run_dir"] == f"runs/{name}"
         assert given[name] is False  # no progress bars with --json, as train transfer does
+
+
+# The commands that show progress (bars on a terminal, or lines on stderr) take --quiet/-q, as the train commands do
+# (evaluate: left to its own work in progress; answers: its lines on stderr also carry each exercise's failure).
+SHOWS_PROGRESS = [
+    "train mnist",
+    "train transfer",
+    "train segment",
+    "predict",
+    "experiment",
+    "fcn scan",
+    "data segmentation-demo",
+]
+
+
+def test_every_command_that_shows_progress_takes_quiet() -> None:
+    lacking = [path for path in SHOWS_PROGRESS if not any({"--quiet", "-q"} <= names for names in _options(path))]
+    assert not lacking
+
+
+def test_quiet_stops_the_progress_lines_of_an_experiment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cnnlab.tasks.experiments
+    from cli_in_process import run_cnnlab
+
+    given: dict[str, Any] = {}
+    monkeypatch.setattr(cnnlab.tasks.experiments, "run_experiment", lambda name, **o: given.update(o) or _report())
+    assert run_cnnlab("experiment", "lrn-vs-bn", "-q").returncode == 0 and given["progress"] is False
+    assert run_cnnlab("experiment", "lrn-vs-bn").returncode == 0 and given["progress"] is True
+
+
+def _report() -> Any:
+    report = mock.Mock()
+    report.read_text.return_value = "# report\n## Conclusion\nnone"
+    return report

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from cnnlab.cli.engine_options import quiet_option
 from cnnlab.cli.help_text import paragraphs
 
 data_app = typer.Typer(help="Write example datasets in the formats the train commands read.", no_args_is_help=True)
@@ -22,6 +23,7 @@ def segmentation_demo(
     count: int = typer.Option(1000, "--count", help="Image + mask pairs to write."),
     seed: int = typer.Option(0, "--seed", help="The generator's seed."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST root (else $CNNLAB_DATA, else ./data)."),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Write a segmentation folder to train on with `cnnlab train segment --data DIR`.
 
@@ -32,7 +34,7 @@ def segmentation_demo(
     from cnnlab.train.progress import ProgressBar
 
     try:
-        with ProgressBar(count, f"writing {count} image + mask pairs") as bar:
+        with ProgressBar(count, f"writing {count} image + mask pairs", enabled=not quiet) as bar:
             summary = write_segmentation_demo(
                 directory, variant, count, None if data_dir is None else str(data_dir), seed, advance=bar.advance
             )

@@ -8,7 +8,7 @@ its own options. Every engine option defaults to "the recipe's value", so no com
 
 `threads_option` is the same ``--threads`` for the commands outside ``train`` that compute (predict, budget,
 ensemble, experiment, answers, fcn scan): a user who trained with ``--threads 1`` next to other work predicts, sizes
-and scans that way too.
+and scans that way too. `quiet_option` is ``--quiet``/``-q`` for those outside ``train`` that show progress.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import typer
 
-__all__ = ["ENGINE", "ENGINE_OPTIONS", "threads_option", "with_engine_options"]
+__all__ = ["ENGINE", "ENGINE_OPTIONS", "quiet_option", "threads_option", "with_engine_options"]
 
 ENGINE: Any = None  # the default of a command's `engine` parameter; `with_engine_options` fills it in
 
@@ -93,6 +93,11 @@ def threads_option() -> Any:
     """``--threads N`` for a command outside ``train``; the command gives it to `cnnlab.train.config.use_threads`
     before its work."""
     return typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice).")
+
+
+def quiet_option() -> Any:
+    """``--quiet``/``-q`` for a command outside ``train`` that shows progress, as the train commands take it."""
+    return typer.Option(False, "--quiet", "-q", help="No progress bars or progress lines (results are still printed).")
 
 
 def with_engine_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cnnlab.cli.engine_options import threads_option
+from cnnlab.cli.engine_options import quiet_option, threads_option
 
 
 def experiment(
@@ -32,6 +32,7 @@ def experiment(
         "--overwrite is continued without --overwrite.",
     ),
     threads: int | None = threads_option(),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Run a claim about CNNs as an experiment on MNIST over several seeds; writes report.md, plots, results.json.
 
@@ -58,6 +59,7 @@ def experiment(
         val_subset=val_subset,
         data_dir=data_dir,
         overwrite=overwrite,
+        progress=not quiet,
     )
     text = report.read_text()
     conclusion = text.split("## Conclusion", 1)[-1].strip()

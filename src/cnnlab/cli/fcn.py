@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cnnlab.cli.engine_options import threads_option
+from cnnlab.cli.engine_options import quiet_option, threads_option
 
 fcn_app = typer.Typer(help="Make a trained classifier fully convolutional and scan large images.", no_args_is_help=True)
 
@@ -69,6 +69,7 @@ def scan_command(
         help="Replace a file at the heatmap's path that no scan wrote (an earlier heatmap is replaced without it).",
     ),
     threads: int | None = threads_option(),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Score every classifier-sized window of IMAGE and write a heatmap PNG of per-location class probabilities."""
     from cnnlab.fcn.scan import (
@@ -86,7 +87,7 @@ def scan_command(
     converted, source = load_converted_or_run(run)
     checked = check_scan_memory(converted, image, refine)  # by its header; its size is then decoded, however large
     picture = load_scan_image(image, channels=converted.input_size[0], invert=invert, checked=checked)
-    result = scan(converted, picture, refine=refine, progress=True, log=typer.echo, checked=checked)
+    result = scan(converted, picture, refine=refine, progress=not quiet, log=typer.echo, checked=checked)
     classes = result.probabilities.shape[0]
     names = [str(d) for d in range(10)] if classes == 10 else None
     path = save_heatmap(picture, result, path, names, title=f"{source['arch']} scanning {image.name}")

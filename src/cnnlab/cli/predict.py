@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 import typer
 
-from cnnlab.cli.engine_options import threads_option
+from cnnlab.cli.engine_options import quiet_option, threads_option
 from cnnlab.errors import CnnlabError
 
 
@@ -41,6 +41,7 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
     threads: int | None = threads_option(),
+    quiet: bool = quiet_option(),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -65,7 +66,7 @@ def predict(
     if is_segmentation_run(model):
         if top_k is not None:  # it was accepted and ignored
             raise CnnlabError(f"--top-k {top_k} applies to classifiers; {model} is a segmentation run")
-        _segment(paths, empty, model, output or Path("predictions"), as_json, device, resume)
+        _segment(paths, empty, model, output or Path("predictions"), as_json, device, resume, not (as_json or quiet))
         return
     top_k = 5 if top_k is None else top_k
     from cnnlab.tasks.predict import (
@@ -93,7 +94,7 @@ def predict(
         paths = [path for path in paths if path not in done]
         typer.echo(f"resumed: {output} already holds {_images(len(kept))}; predicting the other {len(paths)}", err=True)
     results: list[dict[str, Any]] = []
-    predictions = iter_predictions(predictor, paths, top_k=top_k, progress=not as_json)
+    predictions = iter_predictions(predictor, paths, top_k=top_k, progress=not (as_json or quiet))
     stream = _collected(_in_order(predictions, empty), results)
     try:
         if output is not None:  # row by row: an interrupted run leaves the rows it finished
@@ -235,11 +236,12 @@ def _segment(
     as_json: bool,
     device: str,
     resume: bool,
+    progress: bool,
 ) -> None:
     from cnnlab.tasks.segment_predict import iter_masks, load_segmenter
 
     results: list[dict[str, Any]] = []
-    masks = iter_masks(load_segmenter(model, device=device), paths, output, not as_json, resume)
+    masks = iter_masks(load_segmenter(model, device=device), paths, output, progress, resume)
     try:
         for _ in _collected(_in_order(masks, empty), results):
             pass
