@@ -192,3 +192,15 @@ def _report() -> Any:
     report = mock.Mock()
     report.read_text.return_value = "# report\n## Conclusion\nnone"
     return report
+
+
+def test_an_image_size_option_gives_its_unit() -> None:
+    """--max-side said "px", --crop-size and --image-size did not (pixels, not a fraction like --crop-pct)."""
+    sized = {
+        f"{path} {param.opts[0]}": param.help or ""
+        for path, command in COMMANDS.items()
+        for param in command.params
+        if param.opts[0] in ("--image-size", "--crop-size", "--max-side")
+    }
+    assert len(sized) == 3
+    assert not [name for name, text in sized.items() if not re.search(r"\bpx\b", text)]

@@ -101,7 +101,9 @@ def segment(
         help="Cross-entropy weight of the background class, the others weighing 1 (most pixels are background). "
         "Default: the canvas recipe's 0.2; unweighted with --data.",
     ),
-    crop_size: int | None = typer.Option(None, "--crop-size", help="With --data: training crop side (default 64)."),
+    crop_size: int | None = typer.Option(
+        None, "--crop-size", help="With --data: training crop side in px (default 64)."
+    ),
     max_side: int | None = typer.Option(
         None,
         "--max-side",

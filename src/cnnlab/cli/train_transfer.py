@@ -50,7 +50,7 @@ def transfer(
     image_size: int | None = typer.Option(
         None,
         "--image-size",
-        help="Square input side (default: the recipe's: 192 for default, the weights' own for quick and full).",
+        help="Square input side in px (default: the recipe's: 192 for default, the weights' own for quick and full).",
     ),
     crop_pct: float | None = typer.Option(
         None,
