@@ -6,6 +6,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -130,18 +131,28 @@ def test_threads_is_given_to_torch_before_the_work(monkeypatch: pytest.MonkeyPat
     assert done.returncode == 2 and "--threads" in done.stderr  # typer's range check, before any work
 
 
-def test_every_train_command_prints_json_with_nothing_else_on_stdout(monkeypatch: pytest.MonkeyPatch) -> None:
-    """train transfer had --json; train mnist and train segment (canvases and --data) take it too."""
+def test_every_command_that_makes_a_run_prints_json_with_nothing_else_on_stdout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """train transfer had --json; train mnist, train segment (canvases and --data), ensemble and experiment take it
+    too, and print the results alone on stdout (with no progress, as train transfer turns its bars off)."""
+    import cnnlab.tasks.experiments
     import cnnlab.tasks.mnist
+    import cnnlab.tasks.mnist_ensemble
     import cnnlab.tasks.segment_folder
     import cnnlab.tasks.segmentation
     from cli_in_process import run_cnnlab
 
     given: dict[str, Any] = {}
+    report = tmp_path / "experiment" / "lrn-vs-bn" / "report.md"
+    report.parent.mkdir(parents=True)
+    (report.parent / "results.json").write_text('{"seeds": 3}')
 
     def task(name: str) -> Any:
-        def run(*args: Any, **options: Any) -> dict[str, Any]:
-            given[name] = options["progress"]
+        def run(*args: Any, **options: Any) -> Any:
+            given[name] = options.get("progress")
+            if name == "experiment":
+                return report
             return {"run_dir": f"runs/{name}", "test": {"miou": 0.5}, "members": []}
 
         return run
@@ -149,15 +160,24 @@ def test_every_train_command_prints_json_with_nothing_else_on_stdout(monkeypatch
     monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", task("mnist"))
     monkeypatch.setattr(cnnlab.tasks.segmentation, "train_segmentation", task("segment"))
     monkeypatch.setattr(cnnlab.tasks.segment_folder, "train_segmentation_folder", task("folder"))
+    monkeypatch.setattr(cnnlab.tasks.mnist_ensemble, "combine_mnist_ensemble", task("ensemble"))
+    monkeypatch.setattr(cnnlab.tasks.experiments, "run_experiment", task("experiment"))
     for name, args in {
         "mnist": ["train", "mnist", "--recipe", "quick", "--json"],
         "segment": ["train", "segment", "--json"],
         "folder": ["train", "segment", "--data", ".", "--json"],
+        "ensemble": ["ensemble", "runs/mnist/a", "--name", "E", "--json"],
+        "experiment": ["experiment", "lrn-vs-bn", "--json"],
     }.items():
         done = run_cnnlab(*args)
         assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)["run_dir"] == f"runs/{name}"
-        assert given[name] is False  # no progress bars with --json, as train transfer does
+        printed = json.loads(done.stdout)
+        if name == "experiment":
+            assert printed == {"run_dir": str(report.parent), "report": str(report), "results": {"seeds": 3}}
+            assert given[name] is False
+        else:
+            assert printed["run_dir"] == f"runs/{name}"
+            assert given[name] is (None if name == "ensemble" else False)  # ensemble shows no progress
 
 
 # The commands that show progress (bars on a terminal, or lines on stderr) take --quiet/-q, as the train commands do

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -33,6 +34,9 @@ def ensemble(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
     threads: int | None = threads_option(),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run called --name."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the results as JSON on stdout (warnings and notes go to stderr)."
+    ),
 ) -> None:
     """Average saved MNIST models from several runs (e.g. recipes that err differently) into one loadable ensemble.
 
@@ -53,6 +57,9 @@ def ensemble(
         device=device,
         overwrite=overwrite,
     )
+    if as_json:  # its results.json
+        typer.echo(json.dumps(summary))
+        return
 
     def validation(scores: dict, log_loss: bool) -> str:
         if scores["val_accuracy"] is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -33,6 +34,9 @@ def experiment(
     ),
     threads: int | None = threads_option(),
     quiet: bool = quiet_option(),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the report's path and its results.json as JSON on stdout (no progress lines)."
+    ),
 ) -> None:
     """Run a claim about CNNs as an experiment on MNIST over several seeds; writes report.md, plots, results.json.
 
@@ -59,8 +63,12 @@ def experiment(
         val_subset=val_subset,
         data_dir=data_dir,
         overwrite=overwrite,
-        progress=not quiet,
+        progress=not (quiet or as_json),
     )
+    if as_json:
+        results = json.loads((report.parent / "results.json").read_text())
+        typer.echo(json.dumps({"run_dir": str(report.parent), "report": str(report), "results": results}))
+        return
     text = report.read_text()
     conclusion = text.split("## Conclusion", 1)[-1].strip()
     typer.echo(f"{report}\n\n{conclusion}")
