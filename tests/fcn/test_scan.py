@@ -390,7 +390,7 @@ def test_save_and_load_converted_model(tmp_path):
         load_fully_convolutional(tmp_path)
 
 
-def test_cli_convert_and_scan(tmp_path):
+def test_cli_convert_and_scan(tmp_path, monkeypatch):
     run = tmp_path / "run"
     save_model(_classifier(), run, "mnist_net_small", {"drop_rate": 0.0}, meta={})
     picture = np.zeros((70, 90), dtype=np.uint8)
@@ -412,8 +412,14 @@ def test_cli_convert_and_scan(tmp_path):
     scanned = runner.invoke(app, [*scanning, "--overwrite"])
     assert scanned.exit_code == 0, scanned.output
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    from cnnlab.fcn import scan as scan_module
+
+    monkeypatch.setattr(scan_module, "LARGE_SCAN_BYTES", 0)  # every scan says the memory it needs ...
     from_run = runner.invoke(app, ["fcn", "scan", str(run), str(tmp_path / "canvas.png")])
     assert from_run.exit_code == 0 and (tmp_path / "canvas-heatmap.png").is_file()
+    assert "needs about" in from_run.stderr and "needs about" not in from_run.stdout  # ... as a note, on stderr
+    assert from_run.stdout.splitlines()[-1].endswith("canvas-heatmap.png")  # stdout: the result line alone
+    assert len(from_run.stdout.splitlines()) == 1
     # the run trained again (`train --overwrite` keeps RUN/fcn): its converted copy scanned with the old weights
     torch.manual_seed(1)
     save_model(create_model("mnist_net_small", drop_rate=0.0), run, "mnist_net_small", {"drop_rate": 0.0}, meta={})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import typer
@@ -87,7 +88,8 @@ def scan_command(
     converted, source = load_converted_or_run(run)
     checked = check_scan_memory(converted, image, refine)  # by its header; its size is then decoded, however large
     picture = load_scan_image(image, channels=converted.input_size[0], invert=invert, checked=checked)
-    result = scan(converted, picture, refine=refine, progress=not quiet, log=typer.echo, checked=checked)
+    note = functools.partial(typer.echo, err=True)  # the memory a large scan needs: stdout holds the result alone
+    result = scan(converted, picture, refine=refine, progress=not quiet, log=note, checked=checked)
     classes = result.probabilities.shape[0]
     names = [str(d) for d in range(10)] if classes == 10 else None
     path = save_heatmap(picture, result, path, names, title=f"{source['arch']} scanning {image.name}")
