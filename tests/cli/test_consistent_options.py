@@ -127,8 +127,9 @@ def test_threads_is_given_to_torch_before_the_work(monkeypatch: pytest.MonkeyPat
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["params"] == 40
     given.assert_called_once_with(1)
-    done = run_cnnlab("predict", "missing.png", "--threads", "0")
-    assert done.returncode == 2 and "--threads" in done.stderr  # typer's range check, before any work
+    for command in (["predict", "missing.png"], ["fcn", "scan", "run", "image.png"], ["train", "mnist"]):
+        done = run_cnnlab(*command, "--threads", "0")  # one line, the same everywhere, before any work
+        assert (done.returncode, done.stderr) == (2, "error: --threads must be >= 1, got 0\n"), command
 
 
 def test_every_command_that_makes_a_run_prints_json_with_nothing_else_on_stdout(

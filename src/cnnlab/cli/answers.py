@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cnnlab.cli.engine_options import threads_option
+from cnnlab.cli.engine_options import apply_threads, threads_option
 
 
 def answers_command(
@@ -50,9 +50,8 @@ def answers_command(
 ) -> None:
     """Answer the ten CNN exercises of Géron's chapter 14 with evidence measured now: writes OUTPUT/answers.md."""
     from cnnlab.tasks.answers import run_answers
-    from cnnlab.train.config import use_threads
 
-    use_threads(threads)
+    apply_threads(threads)
 
     sheet = run_answers(
         "full" if full else "quick",

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cnnlab.cli.engine_options import threads_option
+from cnnlab.cli.engine_options import apply_threads, threads_option
 from cnnlab.cli.help_text import paragraphs
 
 # Typer renders help as Rich markup: each [relu] is escaped with a backslash, or Rich would drop it.
@@ -101,9 +101,8 @@ def budget_command(
     from cnnlab.budget.python_model import declared_input_size, is_python_target
     from cnnlab.budget.spec import parse_size
     from cnnlab.errors import CnnlabError
-    from cnnlab.train.config import use_threads
 
-    use_threads(threads)
+    apply_threads(threads)
     input_shape = parse_size(input, "input") if input else None
     limit = parse_memory(memory) if memory else None
     # one word names a model, a run or a file; words with spaces are layer strings, unless it is Python code

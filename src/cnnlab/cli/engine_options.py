@@ -22,7 +22,7 @@ from typing import Any
 
 import typer
 
-__all__ = ["ENGINE", "ENGINE_OPTIONS", "quiet_option", "threads_option", "with_engine_options"]
+__all__ = ["ENGINE", "ENGINE_OPTIONS", "apply_threads", "quiet_option", "threads_option", "with_engine_options"]
 
 ENGINE: Any = None  # the default of a command's `engine` parameter; `with_engine_options` fills it in
 
@@ -90,9 +90,19 @@ ENGINE_OPTIONS: dict[str, tuple[Any, Any, tuple[str, ...], str]] = {
 
 
 def threads_option() -> Any:
-    """``--threads N`` for a command outside ``train``; the command gives it to `cnnlab.train.config.use_threads`
-    before its work."""
-    return typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice).")
+    """``--threads N`` for a command outside ``train``; the command gives it to `apply_threads` before its work."""
+    return typer.Option(None, "--threads", help="CPU threads for torch, at least 1 (default: torch's choice).")
+
+
+def apply_threads(threads: int | None) -> None:
+    """Give torch `threads` CPU threads (None: torch's choice); below 1 is refused in the line the train commands
+    give (`EngineOptions`), not typer's usage box."""
+    from cnnlab.errors import CnnlabError
+    from cnnlab.train.config import use_threads
+
+    if threads is not None and threads < 1:
+        raise CnnlabError(f"--threads must be >= 1, got {threads}")
+    use_threads(threads)
 
 
 def quiet_option() -> Any:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cnnlab.cli.engine_options import threads_option
+from cnnlab.cli.engine_options import apply_threads, threads_option
 
 
 def ensemble(
@@ -43,9 +43,8 @@ def ensemble(
     Each member is scored on the validation images that every member held out; the ensemble is then tested once.
     """
     from cnnlab.tasks.mnist_ensemble import combine_mnist_ensemble
-    from cnnlab.train.config import use_threads
 
-    use_threads(threads)
+    apply_threads(threads)
 
     summary = combine_mnist_ensemble(
         list(runs),

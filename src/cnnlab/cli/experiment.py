@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cnnlab.cli.engine_options import quiet_option, threads_option
+from cnnlab.cli.engine_options import apply_threads, quiet_option, threads_option
 
 
 def experiment(
@@ -49,9 +49,8 @@ def experiment(
     The report's conclusion is generated from the measurements, with a noise rule over the seeds.
     """
     from cnnlab.tasks.experiments import run_experiment
-    from cnnlab.train.config import use_threads
 
-    use_threads(threads)  # the report's hardware line says the threads it ran on
+    apply_threads(threads)  # the report's hardware line says the threads it ran on
 
     report = run_experiment(
         name,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cnnlab.cli.engine_options import quiet_option, threads_option
+from cnnlab.cli.engine_options import apply_threads, quiet_option, threads_option
 
 fcn_app = typer.Typer(help="Make a trained classifier fully convolutional and scan large images.", no_args_is_help=True)
 
@@ -81,9 +81,8 @@ def scan_command(
         save_heatmap,
         scan,
     )
-    from cnnlab.train.config import use_threads
 
-    use_threads(threads)
+    apply_threads(threads)
     path = heatmap_path(output, image, overwrite=overwrite)
     converted, source = load_converted_or_run(run)
     checked = check_scan_memory(converted, image, refine)  # by its header; its size is then decoded, however large

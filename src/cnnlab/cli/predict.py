@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 import typer
 
-from cnnlab.cli.engine_options import quiet_option, threads_option
+from cnnlab.cli.engine_options import apply_threads, quiet_option, threads_option
 from cnnlab.errors import CnnlabError
 
 
@@ -55,11 +55,10 @@ def predict(
     others are still predicted."""
     from cnnlab.data.folder import check_image
     from cnnlab.tasks.segment_predict import is_segmentation_run
-    from cnnlab.train.config import use_threads
     from cnnlab.train.device import resolve_device
 
     resolve_device(device)  # a typo in --device is the error shown, whatever the images
-    use_threads(threads)
+    apply_threads(threads)
     paths, empty = _image_paths(images)
     if not any(check_image(path) is None for path in paths):  # stops at the first usable image
         _nothing_to_predict(paths, empty, model, as_json)
