@@ -40,6 +40,7 @@ def explain(
     input_size: str | None = typer.Option(
         None,
         "--input",
+        "-i",
         help="A network named by code: its input CxHxW (C 1: grey, 3: RGB), the whole image resized to HxW; with "
         "--mean and --std, in place of the pretrained_cfg it declares (default: that record; without one, needed).",
     ),
