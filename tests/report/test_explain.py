@@ -1,5 +1,7 @@
 """What a CNN sees: Grad-CAM localises known evidence, filter grids and feature maps, `cnnlab explain` end to end."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -313,14 +315,15 @@ def test_explain_cli_writes_the_three_pngs_for_an_mnist_run(mnist_run, monkeypat
 
     from cnnlab.cli import app
 
-    out = mnist_run / "explain"
+    # no -o: a folder per model and image (runs/explain was shared: a second image replaced the first one's figures)
+    monkeypatch.chdir(mnist_run)
+    out = mnist_run / "runs" / "explain" / "run-digit"
     opened, real_open = [], PIL.Image.open
     monkeypatch.setattr(PIL.Image, "open", lambda *args, **kwargs: opened.append(args[0]) or real_open(*args, **kwargs))
     twice = ["--layer", "features.0", "--layer", "features.3", "--layer", "features.0"]
-    result = CliRunner().invoke(
-        app, ["explain", str(mnist_run / "run"), str(mnist_run / "digit.png"), "-o", str(out), *twice]
-    )
+    result = CliRunner().invoke(app, ["explain", str(mnist_run / "run"), str(mnist_run / "digit.png"), *twice])
     assert result.exit_code == 0, result.output
+    assert f"gradcam: {Path('runs/explain/run-digit/gradcam.png')}\n" in result.output
     assert "feature maps of: features.0, features.3\n" in result.output  # a layer asked for twice was listed twice
     assert len(opened) == 1  # decoded once: checking and then loading it decoded it twice (0.75 s more at 54 MP)
     assert "Grad-CAM at" in result.output
@@ -357,6 +360,20 @@ def test_explain_cli_writes_the_three_pngs_for_an_mnist_run(mnist_run, monkeypat
     )
     assert isinstance(onto_file.exception, CnnlabError), onto_file.exception
     assert "taken is a file, not a folder" in str(onto_file.exception)
+
+
+def test_the_default_output_is_a_folder_per_model_and_image(tmp_path, monkeypatch):
+    from cnnlab.tasks.explain import default_output_dir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "E" / "seed1").mkdir(parents=True)
+    (tmp_path / "E" / "ensemble.json").write_text("{}")
+    root = Path("runs/explain")
+    assert default_output_dir("E/seed1/", "photos/cat.1.jpg") == root / "E-seed1-cat.1"  # a member: its ensemble's too
+    assert default_output_dir("E", "dog.png") == root / "E-dog"
+    assert default_output_dir(".", "dog.png") == root / f"{tmp_path.name}-dog"
+    assert default_output_dir("efficientnet_lite0", "a b.png") == root / "efficientnet_lite0-a-b"
+    assert default_output_dir("my_nets.py:build(width=32)", "x.png") == root / "my_nets.py-build-width-32-x"
 
 
 @pytest.mark.slow

@@ -16,7 +16,13 @@ def explain(
         "FILE.py:NAME(literal arguments) or MODULE:NAME, a function that builds it and loads its weights (quote it).",
     ),
     image: Path = typer.Argument(..., help="The image file to explain."),
-    output: Path = typer.Option(Path("runs/explain"), "--output", "-o", help="Directory for the PNGs."),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Directory for the PNGs (default: runs/explain/<model>-<image stem>, one per model and image, so that "
+        "explaining another image keeps the first one's; given, its PNGs are replaced).",
+    ),
     layer: list[str] = typer.Option(
         [],
         "--layer",
@@ -64,12 +70,13 @@ def explain(
     ),
 ) -> None:
     """Write filters.png, feature_maps.png and gradcam.png for IMAGE and print the top classes."""
-    from cnnlab.tasks.explain import CodeInput, explain_image
+    from cnnlab.tasks.explain import CodeInput, default_output_dir, explain_image
 
     given = CodeInput(input_size, mean, std)
     if list_layers:
         _print_layers(source, image, device, given)
         return
+    output = default_output_dir(source, image) if output is None else output
     result = explain_image(str(source), image, output, layers=layer, cam_layer=cam_layer, class_index=class_index,
                            device=device, given=given)  # fmt: skip
     if result.preprocessing:

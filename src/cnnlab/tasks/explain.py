@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import difflib
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -521,6 +522,26 @@ def _prepared(
     del decoded
     subject.check_size(image, image_path)
     return subject, image, subject.preprocess(image).float()
+
+
+def default_output_dir(
+    source: str, image_path: str | os.PathLike[str], root: str | os.PathLike[str] = "runs/explain"
+) -> Path:
+    """Where `cnnlab explain` writes when no ``--output`` is given: ``root/<model>-<image stem>``, one folder per model
+    and image, so that explaining a second image (or model) no longer replaces the first one's figures.
+
+    The model is named by its run folder (an ensemble member's with its ensemble's: ``E-seed1``), its zoo name, or the
+    code target with anything but letters, digits, ``.``, ``_`` and ``-`` made a ``-``."""
+    path = Path(source)
+    if not is_code_target(source) and path.is_dir():
+        path = path.resolve()
+        parent = path.parent
+        member = (parent / "ensemble.json").is_file() or (parent / "model.json").is_file()
+        model = f"{parent.name}-{path.name}" if member else path.name
+    else:
+        model = source
+    parts = (re.sub(r"[^\w.-]+", "-", part).strip("-.") for part in (model, Path(image_path).stem))
+    return Path(root) / ("-".join(part for part in parts if part) or "explain")
 
 
 def _folder_message(folder: str | os.PathLike[str]) -> str:
