@@ -337,13 +337,20 @@ def test_explain_cli_writes_the_three_pngs_for_an_mnist_run(mnist_run, monkeypat
         "model has no layer 'feature.3'; did you mean features.3, features.5 or features.4? --list-layers lists its "
         "20 layers with their output sizes"
     )
-    listing = CliRunner().invoke(app, ["explain", str(mnist_run / "run"), digit, "--list-layers", "-o", str(out / "x")])
+    # --layer, --class and -o with it were ignored without a word: the named layers are marked, the rest said ignored
+    named = ["--layer", "features.0", "--layer", "featur.3", "--class", "7", "-o", str(out / "x")]
+    listing = CliRunner().invoke(app, ["explain", str(mnist_run / "run"), digit, "--list-layers", *named])
     assert listing.exit_code == 0, listing.output
     rows = listing.output.splitlines()[1:]
-    assert len(rows) == 20 and rows[0].split() == ["*", "normalize", "Normalize", "1x28x28"]
-    assert rows[2].split() == ["*", "features.0", "ConvBnAct", "16x28x28"]  # a block runs before its parts
-    assert "features.5       MaxPool2d    64x3x3  (default feature maps and Grad-CAM)" in listing.output
-    assert rows[-1].split() == ["fc", "Linear", "10"]  # no maps: no *
+    assert len(rows) == 22 and rows[0].split() == ["*", "normalize", "Normalize", "1x28x28"]
+    assert rows[2] == "* features.0       ConvBnAct    16x28x28  (feature maps, as named)"  # a block before its parts
+    assert "features.5       MaxPool2d    64x3x3  (default Grad-CAM)" in listing.output
+    assert "(default feature maps" not in listing.output
+    assert rows[19].split() == ["fc", "Linear", "10"]  # no maps: no *
+    assert rows[20:] == [
+        "the model has no layer 'featur.3' (closest: features.3, features.5, features.4)",
+        "(--class and --output ignored: --list-layers explains no class and writes nothing)",
+    ]
     assert not (out / "x").exists()  # it writes nothing
     # a folder as the image: was "a folder, not an image file; pass a readable image file (PNG, JPEG, ...)"
     folder = CliRunner().invoke(app, ["explain", str(mnist_run / "run"), str(mnist_run), "-o", str(out)])

@@ -66,7 +66,7 @@ def explain(
         False,
         "--list-layers",
         help="Print every layer (the names --layer and --cam-layer take) with its output size on IMAGE, marking the "
-        "default ones, and write nothing.",
+        "ones explain would show (those --layer and --cam-layer name, else the defaults), and write nothing.",
     ),
 ) -> None:
     """Write filters.png, feature_maps.png and gradcam.png for IMAGE and print the top classes."""
@@ -74,7 +74,10 @@ def explain(
 
     given = CodeInput(input_size, mean, std)
     if list_layers:
-        _print_layers(source, image, device, given)
+        _print_layers(source, image, device, given, layer, cam_layer)
+        ignored = [flag for flag, value in (("--class", class_index), ("--output", output)) if value is not None]
+        if ignored:
+            typer.echo(f"({' and '.join(ignored)} ignored: --list-layers explains no class and writes nothing)")
         return
     output = default_output_dir(source, image) if output is None else output
     result = explain_image(str(source), image, output, layers=layer, cam_layer=cam_layer, class_index=class_index,
@@ -104,21 +107,30 @@ def explain(
         typer.echo(f"{kind}: {path}")
 
 
-def _print_layers(source: str, image: Path, device: str, given: Any) -> None:
+def _print_layers(source: str, image: Path, device: str, given: Any, layers: list[str], cam_layer: str | None) -> None:
     from cnnlab.tasks.explain import list_layers
 
-    listing = list_layers(source, image, device=device, given=given)
+    listing = list_layers(source, image, device=device, given=given, layers=layers, cam_layer=cam_layer)
     of = f" of {listing.shown_member}, named as in it" if listing.shown_member else ""
     size = "x".join(map(str, listing.input_shape))
     typer.echo(f"layers{of}, in running order, with their outputs for {image} (input {size}); * has feature maps")
     width = max((len(layer.name) for layer in listing.layers), default=0)
     types = max((len(layer.type) for layer in listing.layers), default=0)
     for layer in listing.layers:
-        roles = [role for role, names in (("feature maps", listing.feature_layers), ("Grad-CAM", [listing.cam_layer]))
-                 if layer.name in names]  # fmt: skip
-        default = f"  (default {' and '.join(roles)})" if roles else ""
+        roles = [(role, named) for role, names, named in (
+            ("feature maps", listing.feature_layers, listing.named_feature_layers),
+            ("Grad-CAM", [listing.cam_layer], listing.named_cam_layer),
+        ) if layer.name in names]  # fmt: skip
+        defaults = [role for role, named in roles if not named]
+        asked = [role for role, named in roles if named]
+        parts = ([f"default {' and '.join(defaults)}"] if defaults else []) + (
+            [f"{' and '.join(asked)}, as named"] if asked else []
+        )
+        default = f"  ({'; '.join(parts)})" if parts else ""
         mark = "*" if layer.maps else " "
         typer.echo(f"{mark} {layer.name:<{width}}  {layer.type:<{types}}  {layer.output}{default}")
+    for line in listing.unknown:
+        typer.echo(line)
 
 
 def register(app: typer.Typer) -> None:

@@ -571,19 +571,37 @@ class LayerListing:
     feature_layers: list[str]
     cam_layer: str
     shown_member: str = ""
+    named_feature_layers: bool = False  # feature_layers are the ones asked for (--layer), not the default ones
+    named_cam_layer: bool = False  # cam_layer is the one asked for (--cam-layer)
+    unknown: list[str] = field(default_factory=list)  # a line for each name asked for that the model lacks
 
 
 def list_layers(
-    source: str, image_path: str | os.PathLike[str], device: str = "cpu", given: CodeInput = CodeInput()
+    source: str,
+    image_path: str | os.PathLike[str],
+    device: str = "cpu",
+    given: CodeInput = CodeInput(),
+    layers: Sequence[str] = (),
+    cam_layer: str | None = None,
 ) -> LayerListing:
     """Every layer of `source`'s network as it runs on `image_path` (what ``--layer`` and ``--cam-layer`` take), with
-    the default feature layers and Grad-CAM layer; nothing is written. `given`: as `explain_image`'s."""
+    the feature layers and Grad-CAM layer explain would show: `layers` and `cam_layer` where named (a name the model
+    lacks gets a line in `unknown`, with the closest names), else the defaults; nothing is written. `given`: as
+    `explain_image`'s."""
     subject, _, tensor = _prepared(source, image_path, device, given=given)
-    layers = layer_outputs(subject.model, tensor)
-    mapped = any(layer.maps for layer in layers)
-    chosen = default_feature_layers(subject.model, tensor) if mapped else []
-    cam = default_cam_layer(subject.model, tensor) if mapped else ""
-    return LayerListing(layers, tuple(tensor.shape), chosen, cam, subject.shown_member)
+    outputs = layer_outputs(subject.model, tensor)
+    known = [layer.name for layer in outputs]
+    unknown = []  # listed after the layers, which are the names to pick from, rather than refused before them
+    for name in dict.fromkeys([*layers, *([cam_layer] if cam_layer is not None else [])]):
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+            unknown.append(f"the model has no layer {name!r}" + (f" (closest: {', '.join(close)})" if close else ""))
+    mapped = any(layer.maps for layer in outputs)
+    chosen = list(dict.fromkeys(layers)) or (default_feature_layers(subject.model, tensor) if mapped else [])
+    cam = cam_layer if cam_layer is not None else default_cam_layer(subject.model, tensor) if mapped else ""
+    return LayerListing(
+        outputs, tuple(tensor.shape), chosen, cam, subject.shown_member, bool(layers), cam_layer is not None, unknown
+    )
 
 
 def explain_image(
