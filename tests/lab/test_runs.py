@@ -255,6 +255,12 @@ def test_a_figure_cut_short_is_named_and_drawn_again_not_a_failed_page(
     assert details.curves_label == "learning curves (drawn from metrics.json: its learning_curves.png cannot be read)"
     assert details.learning_curves is not None and details.learning_curves.parent != folder
     assert Image.open(details.learning_curves).size == Image.open(root / "mnist" / "old" / "learning_curves.png").size
+    # into a folder removed when the lab exits (a /tmp/cnnlab-lab-<pid> was left behind by each lab)
+    from cnnlab.lab import runs
+
+    assert details.learning_curves.parent == Path(runs._scratch().name)
+    runs._scratch().cleanup()  # what exiting does
+    assert not details.learning_curves.parent.exists()
     curves.unlink()  # killed in its first epoch between metrics.json and the figure: none saved
     assert (
         run_details(root, "segment/new").curves_label == "learning curves (drawn from metrics.json: the run saved none)"

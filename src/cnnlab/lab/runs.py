@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -428,16 +430,22 @@ def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
     )
 
 
+@functools.cache
+def _scratch() -> tempfile.TemporaryDirectory[str]:
+    """This process's folder for the figures the lab draws itself, removed when the process exits: Gradio copies a
+    figure into its own cache when it serves it. A /tmp/cnnlab-lab-<pid> folder was left behind by every lab."""
+    return tempfile.TemporaryDirectory(prefix="cnnlab-lab-")
+
+
 def _drawn_curves(folder: Path) -> Path:
     """The learning curves of the run at `folder` drawn from its metrics.json, as the engine draws them, into this
-    process's scratch folder (one file per run, redrawn each time)."""
+    process's scratch folder (`_scratch`; one file per run, redrawn each time)."""
     import hashlib
-    import tempfile
 
     from cnnlab.train.records import plot_learning_curves
 
-    scratch = Path(tempfile.gettempdir()) / f"cnnlab-lab-{os.getpid()}"
-    scratch.mkdir(exist_ok=True)
+    scratch = Path(_scratch().name)
+    scratch.mkdir(exist_ok=True)  # removed under a running lab (a /tmp cleaner): made again
     name = hashlib.blake2b(str(folder.resolve()).encode(), digest_size=8).hexdigest()
     return plot_learning_curves(_epochs(_read_json(folder / "metrics.json")), scratch / f"{name}.png")
 
