@@ -65,7 +65,7 @@ def test_drawn_digit_on_an_mnist_run_with_a_chosen_layer(mnist_run: Path) -> Non
         classify(subject, image, layer="head")
 
 
-def test_uploads_are_size_limited_and_checked(chelsea: Path, tmp_path: Path) -> None:
+def test_uploads_are_size_limited_and_checked(chelsea: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     large = tmp_path / "large.jpg"
     large.write_bytes(bytes(3 * 2**19))  # 1.5 MiB, 1.6 MB: the limit is in MiB and was printed as "up to 1 MB"
     with pytest.raises(CnnlabError, match=r"^the image is 1\.50 MiB; the lab takes images up to 1 MiB$"):
@@ -77,6 +77,13 @@ def test_uploads_are_size_limited_and_checked(chelsea: Path, tmp_path: Path) -> 
     (tmp_path / "empty.png").touch()
     with pytest.raises(CnnlabError, match="^cannot use this file: zero-byte file; upload a PNG or JPEG photo$"):
         open_upload(tmp_path / "empty.png", max_bytes=10 * 2**20)
+    # over Pillow's guard (179 MP): "...; downscale it first; upload a PNG or JPEG photo", though it was one
+    from PIL import Image
+
+    Image.new("L", (20, 20)).save(tmp_path / "wide.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses images above twice this
+    with pytest.raises(CnnlabError, match=r"bombs\); downscale it first$"):
+        open_upload(tmp_path / "wide.png", max_bytes=10 * 2**20)
 
 
 def test_an_image_over_pillows_warning_size_leaves_no_warning_in_the_servers_log(

@@ -53,6 +53,7 @@ __all__ = [
     "thin_image_reason",
     "to_rgb",
     "turned_by_exif",
+    "with_remedy",
 ]
 
 # the names photos are saved under that Pillow decodes: .jfif is how Windows saves a JPEG from the web, .avif a phone's
@@ -95,6 +96,14 @@ NAMED_TWICE_REASON = "named twice"  # a file a manifest lists twice (counted apa
 MISSING_REASON = "no such file"  # a path that names no file (a CSV's row), counted apart from damaged files
 CONFLICT_REASON = "the same image as"  # how the reason of an image filed under two labels starts
 THIN_REASON = "too thin for a classifier"  # how the reason of an image over `MAX_ASPECT_RATIO` starts
+DOWNSCALE_REMEDY = "downscale it first"  # how the reason of an image over Pillow's guard ends: it names its remedy
+
+
+def with_remedy(reason: str, remedy: str) -> str:
+    """`reason` (`decode_image`'s) followed by `remedy`, what the caller takes instead ("upload a PNG or JPEG photo"),
+    unless the reason names its own: an image over Pillow's pixel guard is a readable photo, and "downscale it first;
+    upload a PNG or JPEG photo" sent its user to convert a file that already was one."""
+    return reason if reason.endswith(DOWNSCALE_REMEDY) else f"{reason}; {remedy}"
 
 
 def describe_skipped(reasons: Sequence[str]) -> str:
@@ -301,7 +310,7 @@ def _decode(data: bytes) -> tuple[Image.Image | None, tuple[int, int], str | Non
     except Image.DecompressionBombError:
         reason = (
             f"too many pixels to decode safely (more than {2 * Image.MAX_IMAGE_PIXELS:,}, Pillow's guard against "
-            "decompression bombs); downscale it first"
+            f"decompression bombs); {DOWNSCALE_REMEDY}"
         )
     except (OSError, SyntaxError, ValueError) as error:
         reason = f"corrupt or truncated ({str(error).splitlines()[0] if str(error) else type(error).__name__})"

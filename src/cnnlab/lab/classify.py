@@ -104,13 +104,13 @@ def open_upload(path: str | os.PathLike[str], max_bytes: int) -> Any:
     Raises:
         CnnlabError: larger than `max_bytes`, or not a readable image (the reason is in the message).
     """
-    from cnnlab.data.folder import decode_image, to_rgb
+    from cnnlab.data.folder import decode_image, to_rgb, with_remedy
 
     check_upload_size(path, max_bytes)
     with without_bomb_warning():  # decoded once: checking and then loading it decoded it twice (2 s at 36 MP)
         image, _, reason = decode_image(path)
     if image is None:
-        raise CnnlabError(f"cannot use this file: {reason}; upload a PNG or JPEG photo")
+        raise CnnlabError(f"cannot use this file: {with_remedy(reason, 'upload a PNG or JPEG photo')}")
     return to_rgb(image)
 
 

@@ -107,13 +107,13 @@ def _decoded(image_path: str | os.PathLike[str]) -> Any:
     Raises:
         CnnlabError: it cannot be read as an image, saying why.
     """
-    from cnnlab.data.folder import decode_image, to_rgb
+    from cnnlab.data.folder import decode_image, to_rgb, with_remedy
     from cnnlab.lab.classify import without_bomb_warning
 
     with without_bomb_warning():
         image, _, reason = decode_image(image_path)
     if image is None:
-        raise CnnlabError(f"cannot use this file: {reason}; upload a PNG or JPEG image")
+        raise CnnlabError(f"cannot use this file: {with_remedy(reason, 'upload a PNG or JPEG image')}")
     return to_rgb(image)
 
 

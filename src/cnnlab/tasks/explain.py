@@ -507,14 +507,14 @@ def _prepared(
             f"--input, --mean and --std are for a network named by code (FILE.py:NAME, MODULE:NAME); {source} "
             "is preprocessed as its own record says"
         )
-    from cnnlab.data.folder import decode_image, to_rgb
+    from cnnlab.data.folder import decode_image, to_rgb, with_remedy
 
     if Path(image_path).is_dir():
         raise CnnlabError(_folder_message(image_path))
     # decoded once, as the lab's upload is: checking it and then loading it decoded it twice (0.75 s more at 54 MP)
     decoded, _, reason = decode_image(image_path)
     if decoded is None:
-        raise CnnlabError(f"{image_path}: {reason}; pass a readable image file (PNG, JPEG, ...)")
+        raise CnnlabError(f"{image_path}: {with_remedy(reason, 'pass a readable image file (PNG, JPEG, ...)')}")
     if output_dir is not None:  # an --output onto a file was an OSError once the model had loaded (exit code 1)
         check_writable(output_dir / "gradcam.png", shown=str(output_dir))
     subject = code_subject(source, given, device) if code else load_subject(source, device)
