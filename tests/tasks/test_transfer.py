@@ -234,6 +234,19 @@ def test_evaluate_of_the_runs_test_images_gives_its_test_scores(
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1 and "cat is not a class of the model (its classes: blue, red)" in lines[0]
     assert not (tmp_path / "refused" / "evaluation.json").exists()
+    # images with no class folder: "has no class sub-folder; put each image in a sub-folder" named no way to classify
+    # unlabelled images; `cnnlab predict` does that
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for row in rows[:2]:
+        shutil.copy(row["path"], loose)
+    with pytest.raises(CnnlabError) as refused:
+        evaluate_folder(run_dir, loose, tmp_path / "refused")
+    assert str(refused.value).startswith(f"--data {loose} holds 2 image(s) (")
+    assert str(refused.value).endswith(
+        "no class sub-folder, so nothing says what they show: to score the run, put each in a sub-folder named after "
+        f"its class (blue, red); to classify them, `cnnlab predict --model {run_dir} {loose}`"
+    )
 
 
 def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(tiny_run: tuple[Path, dict]) -> None:

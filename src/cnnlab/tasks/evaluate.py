@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-from cnnlab.data.folder import describe_skipped, scan_folder
+from cnnlab.data.folder import IMAGE_EXTENSIONS, describe_skipped, scan_folder
 from cnnlab.data.paths import check_output_outside_data
 from cnnlab.errors import CnnlabError, listed, why_not_a_folder
 from cnnlab.files import PATH_BYTES, check_writable, write_text_whole, written_then_renamed
@@ -92,6 +93,7 @@ def evaluate_folder(
             f"--data {data} {why_not_a_folder(data)}; pass a folder with one sub-folder of images per class, named "
             f"as the run's classes ({listed(list(meta.get('classes', [])), 10)})"
         )
+    _refuse_unlabelled(run, root, list(meta.get("classes", [])))
     out = _output_folder(run_dir, output_dir, root)
     predictor = load_predictor(str(run), device)
     assert predictor.cfg is not None  # a transfer run records its preprocessing (load_predictor checks)
@@ -149,6 +151,22 @@ def evaluate_folder(
         }
         write_text_whole(staged / "evaluation.json", json.dumps(result, indent=1))
     return result
+
+
+def _refuse_unlabelled(run: str | os.PathLike[str], root: Path, classes: list[str]) -> None:
+    """Refuse a folder of images without a class sub-folder, naming `cnnlab predict`, which classifies unlabelled
+    images: "has no class sub-folder; put each image in a sub-folder" left a user who has no labels nowhere to go."""
+    entries = [entry for entry in os.scandir(root) if not entry.name.startswith(".")]
+    images = sorted(
+        entry.name for entry in entries if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    if images and not any(entry.is_dir() for entry in entries):
+        command = f"cnnlab predict --model {shlex.quote(str(run))} {shlex.quote(str(root))}"
+        raise CnnlabError(
+            f"--data {root} holds {len(images)} image(s) ({listed(images, 3)}) but no class sub-folder, so nothing "
+            f"says what they show: to score the run, put each in a sub-folder named after its class "
+            f"({listed(classes, 10)}); to classify them, `{command}`"
+        )
 
 
 @contextlib.contextmanager
