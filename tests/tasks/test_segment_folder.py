@@ -182,13 +182,25 @@ def test_evaluate_of_the_runs_test_pairs_gives_its_test_scores(trained, tmp_path
     for index, entry in enumerate(colours):
         indices[(rgb == entry["color"]).all(-1)] = index
     Image.fromarray(indices, mode="L").save(first)
+    from cnnlab.data.segmentation import GreyIndexMaskWarning
+
+    # ... and an index mask saved with three channels (R = G = B = class index) as indices, said: it was skipped,
+    # "has colour (1, 1, 1), which the run's record does not list"
+    second = sorted((folder / "masks").glob("*.png"))[1]
+    rgb = np.asarray(Image.open(second).convert("RGB"))
+    indices = np.full(rgb.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+    for index, entry in enumerate(colours):
+        indices[(rgb == entry["color"]).all(-1)] = index
+    assert set(np.unique(indices)) == {0, 1}
+    Image.fromarray(np.repeat(indices[..., None], 3, axis=-1), mode="RGB").save(second)
     # And a run tested under bf16 autocast (this one, so recorded) is evaluated in float32, as predict runs: said.
     bf16_run = tmp_path / "bf16_run"
     shutil.copytree(run, bf16_run)
     config = (bf16_run / "config.yaml").read_text()
     (bf16_run / "config.yaml").write_text(config.replace("  precision: fp32\n", "  precision: bf16\n", 1))
-    evaluation = evaluate_folder(bf16_run, folder, tmp_path / "bf16_out")
-    assert evaluation["confusion_matrix"] == test["confusion_matrix"]
+    with pytest.warns(GreyIndexMaskWarning, match=rf"{re.escape(str(second))} and other grey masks .* read as class"):
+        evaluation = evaluate_folder(bf16_run, folder, tmp_path / "bf16_out")
+    assert evaluation["confusion_matrix"] == test["confusion_matrix"] and not evaluation["skipped"]
     assert evaluation["precision"] == "fp32" and evaluation["run_precision"] == "bf16"
     shown = "\n".join(evaluation_lines(evaluation))
     assert f"{folder} has no classes.json: its masks were read by the run's classes" in shown

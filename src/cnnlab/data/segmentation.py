@@ -47,6 +47,7 @@ __all__ = [
     "CLASS_NAMES",
     "DigitCanvases",
     "DigitSegmentation",
+    "GreyIndexMaskWarning",
     "IGNORE_INDEX",
     "NestedImagesWarning",
     "SegmentationFolder",
@@ -367,6 +368,10 @@ class NestedImagesWarning(UserWarning):
     """A segmentation folder's images/ has sub-folders of images, which are not read: they are left out."""
 
 
+class GreyIndexMaskWarning(UserWarning):
+    """A grey 3-channel mask that the run's class colours do not map is read as class indices."""
+
+
 def _near_miss(image: Path, mask_names: list[str]) -> str:
     """What in masks/ looks meant as `image`'s mask under another name, said in brackets, or "": a mask named after
     the image's whole file name (a.jpg.png, as some labelling tools save them) or one in another format (a.tif, a.jpg:
@@ -420,6 +425,7 @@ class SegmentationFolder(Dataset):
         # what the masks are read by, as messages name it: the folder's classes.json, or the classes given
         self.classes_source = f"{self.root}/classes.json"
         self._given_colours = False  # colours from `colours`: a single-channel mask is then read as indices
+        self._grey_said = False  # a grey 3-channel mask read as indices through the run's colours: said once
         self.skipped: list[SkippedFile] = []
         image_dir, mask_dir = self.root / "images", self.root / "masks"
         if not self.root.is_dir():
@@ -559,6 +565,7 @@ class SegmentationFolder(Dataset):
         # a palette mask's index 255 is unlabelled, whatever colour its palette gives it (Pascal VOC's (224, 224, 192)),
         # unless classes.json lists that colour: every VOC-style mask was skipped for an "unknown colour"
         palette_ignored = np.asarray(mask_image) == IGNORE_INDEX if mask_image.mode == "P" else None
+        alpha = mask_image.getchannel("A").getextrema() if mask_image.mode in ("RGBA", "LA") else (255, 255)
         rgb = np.asarray(mask_image.convert("RGB"))
         mask_image.close()
         # 24-bit colour keys: int32, not int64 (a 12 MP mask's keys took 96 MB, its RGB as int64 288 MB more)
@@ -574,6 +581,10 @@ class SegmentationFolder(Dataset):
         unmatched = out == IGNORE_INDEX
         if palette_ignored is not None:
             unmatched &= ~palette_ignored
+        if unmatched.any() and self._given_colours and not single_channel and alpha == (255, 255):
+            grey = keys & 255
+            if (keys == grey * 0x010101).all():  # R = G = B: an index mask saved with three channels, read as one
+                return self._grey_indices(path, grey.astype(np.uint8))
         if unmatched.any():
             unknown = np.unique(keys[unmatched])
             if single_channel:  # read as the grey (v, v, v): most likely a class index, not a colour
@@ -585,6 +596,31 @@ class SegmentationFolder(Dataset):
             colour = ((int(unknown[0]) >> 16) & 255, (int(unknown[0]) >> 8) & 255, int(unknown[0]) & 255)
             raise CnnlabError(f"{path} has colour {colour}, which {self.classes_source} does not list")
         return out
+
+    def _grey_indices(self, path: Path, grey: np.ndarray) -> np.ndarray:
+        """A grey mask (R = G = B) that the run's colours do not map, read through the run's record: as class indices
+        where its levels are, said once (OpenCV's imwrite of a 3-channel index array was skipped as "has colour
+        (1, 1, 1)"), else refused saying what it would take."""
+        from PIL import Image
+
+        classes = len(self.colours) if self.colours is not None else 0
+        levels = np.unique(grey)
+        if ((levels < classes) | (levels == IGNORE_INDEX)).all():
+            if not self._grey_said:
+                self._grey_said = True
+                warnings.warn(
+                    f"{path} and other grey masks (R = G = B) are read as class indices 0 to {classes - 1}, not as "
+                    f"the run's class colours ({self.root} has no classes.json to say which they are)",
+                    GreyIndexMaskWarning,
+                    stacklevel=2,
+                )
+            return self._class_indices(path, Image.fromarray(grey, mode="L"))
+        level = int(levels[(levels >= classes) & (levels != IGNORE_INDEX)][0])
+        raise CnnlabError(
+            f"{path} is a grey mask whose level {level} is neither a colour of {self.classes_source} nor a class "
+            f"index (0 to {classes - 1}, {IGNORE_INDEX} unlabelled); save masks in the run's class colours, or as "
+            "class indices"
+        )
 
     def _class_indices(self, path: Path, mask_image: PIL.Image.Image) -> np.ndarray:
         """A class-index mask (a bilevel one reads as 0 and 1), its indices checked against the classes. An opaque grey
