@@ -311,6 +311,29 @@ def test_sessions_of_a_resumed_run_keep_each_command_and_a_killed_one_makes_the_
     assert "## Sessions" not in "\n".join(RunReport("run").add_sessions(last.sessions[:1]).lines)
 
 
+def test_a_session_recorded_finished_before_its_results_were_written_is_read_as_interrupted(tmp_path: Path) -> None:
+    """Each task records its session's end a moment before it writes results.json: a stop between the two left a run
+    whose sessions said "finished" with no results. A resume reads that session as interrupted, and says why."""
+    import json
+
+    from cnnlab.report.markdown import RunReport
+    from cnnlab.train.records import SESSIONS, RunSessions
+
+    stopped = RunSessions(tmp_path, resume=False)
+    stopped.begin(0)
+    stopped.epoch_done(2)
+    stopped.end()  # then killed: no results.json
+    assert json.loads((tmp_path / SESSIONS).read_text())[0]["ended"] == "finished"
+    resumed = RunSessions(tmp_path, resume=True)
+    resumed.begin(2)
+    resumed.end()
+    assert [s["ended"] for s in json.loads((tmp_path / SESSIONS).read_text())] == ["interrupted", "finished"]
+    text = "\n".join(RunReport("run").add_sessions(resumed.sessions).lines)
+    assert "| 1-2 | 0 s | interrupted (stopped before results.json was written) |" in text
+    (tmp_path / "results.json").write_text("{}")  # written: the run is finished, its last session with it
+    assert [s["ended"] for s in RunSessions(tmp_path, resume=True).sessions] == ["interrupted", "finished"]
+
+
 def test_a_run_saved_before_sessions_were_recorded_resumes_with_its_earlier_command(tmp_path: Path) -> None:
     """A run folder written by cnnlab before sessions.json: its config.yaml's command stands for its earlier
     sessions, their time unknown."""

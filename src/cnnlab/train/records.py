@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 SESSIONS = "sessions.json"
+RESULTS = "results.json"  # a finished run's, written by its task after its last session ends
 
 
 class SessionsRecordWarning(UserWarning):
@@ -267,7 +268,9 @@ def read_sessions(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     A sessions.json cnnlab cannot read (cut short, not a list of sessions) is said in one line (a
     `SessionsRecordWarning`) and stands as one such session, ``unreadable``, its time unknown: the run goes on with a
     fresh record, and its total is unknown rather than short. A value edited into a session that is not what cnnlab
-    records (a wall time that is not a number of seconds) is said too, and read as unknown.
+    records (a wall time that is not a number of seconds) is said too, and read as unknown. A last session recorded
+    ``finished`` in a folder without results.json was stopped after its task recorded its end and before it wrote the
+    results: it is read as ``interrupted``, saying so, and a --resume finishes the run.
     """
     run_dir = Path(run_dir)
     path = run_dir / SESSIONS
@@ -287,8 +290,14 @@ def read_sessions(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 SessionsRecordWarning,
                 stacklevel=2,  # RunSessions' line for every task: said once, where a task reads the file twice
             )
-        return [{k: v if k not in _SESSION_VALUES or _SESSION_VALUES[k](v) else None for k, v in s.items()}
-                for s in sessions]  # fmt: skip
+        sessions = [{k: v if k not in _SESSION_VALUES or _SESSION_VALUES[k](v) else None for k, v in s.items()}
+                    for s in sessions]  # fmt: skip
+        last = sessions[-1] if sessions else None
+        if last is not None and last.get("ended") == "finished" and not (run_dir / RESULTS).is_file():
+            # A task records its end a moment before it writes results.json (which holds the sessions, with this
+            # one's wall time): a stop between the two left a "finished" session of a run without results
+            last["ended"], last["error"] = "interrupted", f"stopped before {RESULTS} was written"
+        return sessions
     return _unrecorded(run_dir)
 
 
