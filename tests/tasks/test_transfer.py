@@ -273,6 +273,19 @@ def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(tin
     # a finished run is read back, not tested again with its report and times rewritten
     assert resumed["finished_before"] and resumed["test"] == again["test"] and resumed["costs"] == again["costs"]
     assert said == [f"{again['run_dir']} is already finished; nothing to do (its report: {again['run_dir']}/report.md)"]
+    # stopped between results.json and report.md: the report alone is written, from the results, not tested again
+    report = Path(again["run_dir"]) / "report.md"
+    written = report.read_text()
+    report.unlink()
+    tested_at = (Path(again["run_dir"]) / "test_predictions.csv").stat().st_mtime_ns
+    said.clear()
+    resumed = train_transfer(tiny_config(tmp_path, resume=True, test_fraction=0.3, train={"epochs": 1}), said.append)
+    assert resumed["finished_before"] and resumed["test"] == again["test"]
+    assert (Path(again["run_dir"]) / "test_predictions.csv").stat().st_mtime_ns == tested_at
+    assert said == [f"{again['run_dir']} is already finished; its report was missing, written from its results.json: "
+                    f"{report}"]  # fmt: skip
+    drop_written = re.compile(r"- written: [^,]*,")  # when the report was written: the rest is the first one's
+    assert drop_written.sub("", report.read_text()) == drop_written.sub("", written)
 
 
 def test_random_weights_of_another_seed_do_not_reuse_the_cache(tiny_run: tuple[Path, dict]) -> None:

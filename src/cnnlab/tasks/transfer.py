@@ -825,11 +825,21 @@ def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
     started = time.perf_counter()
     run_dir = config.run_dir
     check_start(run_dir, MANIFEST, config.resume, config.overwrite, dataclasses.asdict(config))
-    if config.resume and (run_dir / "results.json").is_file() and (run_dir / "report.md").is_file():
-        # finished (results and report are written last): read back, as `train mnist --resume` reads a finished
-        # run, not tested again with its report and times rewritten
-        log(f"{run_dir} is already finished; nothing to do (its report: {run_dir / 'report.md'})")
-        return {**json.loads((run_dir / "results.json").read_text()), "finished_before": True}
+    if config.resume and (run_dir / "results.json").is_file():
+        # finished (results.json is written whole once the test pass is done): read back, as `train mnist --resume`
+        # reads a finished run, not tested again with its report and times rewritten; a stop before its report.md
+        # was written leaves only that to write, from the results and the environment of the session that made them
+        summary = json.loads((run_dir / "results.json").read_text())
+        report = run_dir / "report.md"
+        if report.is_file():
+            log(f"{run_dir} is already finished; nothing to do (its report: {report})")
+        else:
+            if main:
+                from cnnlab.report.transfer import transfer_report
+
+                transfer_report(summary, _recorded_environment(run_dir)).write(report)
+            log(f"{run_dir} is already finished; its report was missing, written from its results.json: {report}")
+        return {**summary, "finished_before": True}
     if weights is not None:  # a download that fails does so before the images are read and the run folder made
         fetch_pretrained(weights)
     # this command's session of the run (sessions.json), read before its config.yaml is written again
@@ -956,6 +966,18 @@ def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
             log(f"{took}; --recipe {nxt['recipe']} would take about {duration(nxt['total'])} here (estimate, "
                 "report.md)")  # fmt: skip
         return summary
+
+
+def _recorded_environment(run_dir: Path) -> dict[str, Any] | None:
+    """The environment (command, versions, hardware) the run's config.yaml records: the session that finished the
+    run wrote it as it started, so a report written later names that session's machine, not this one's."""
+    import yaml
+
+    try:
+        environment = (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("environment")
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return environment if isinstance(environment, dict) else None
 
 
 def _estimate_next_recipe(run: _Run, model: nn.Module, record: PretrainedCfg) -> None:
