@@ -299,6 +299,19 @@ def test_a_broken_mask_is_skipped_with_its_reason(tmp_path):
     assert "cannot be read as a mask" in folder.skipped[0].reason
 
 
+def test_an_image_over_pillows_pixel_guard_is_told_to_be_downscaled_with_its_mask(tmp_path, monkeypatch):
+    """Its reason said "downscale it first" (evaluate --data and train segment --data list it): the image downscaled
+    alone was then refused, its mask no longer the same size. The remedy names the pair."""
+    _one_pair(tmp_path, Image.fromarray(np.zeros((60, 60), dtype=np.uint8)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 3,600 pixels: over twice the guard, refused
+    folder = SegmentationFolder(tmp_path, skip_bad=True)
+    assert folder.read_all() == {}
+    assert folder.skipped[0].reason == f"{tmp_path / 'images' / 'a.png'}: " + (
+        "too many pixels to decode safely (more than 2,000, Pillow's guard against decompression bombs); downscale it "
+        "and its mask a.png to one size first (the mask by nearest neighbour, so that its values stay classes)"
+    )
+
+
 def test_a_folder_reads_every_image_format_the_other_commands_read(tmp_path):
     """A .webp image with its mask was left out of `train segment --data` without a word (its list of extensions was
     shorter than every other command's), and macOS's hidden ._a.png was listed as an unreadable image."""

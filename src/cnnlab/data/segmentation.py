@@ -35,7 +35,15 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from cnnlab.data.folder import IMAGE_EXTENSIONS, SkippedFile, decode_image, file_digest, to_rgb, turned_by_exif
+from cnnlab.data.folder import (
+    DOWNSCALE_REMEDY,
+    IMAGE_EXTENSIONS,
+    SkippedFile,
+    decode_image,
+    file_digest,
+    to_rgb,
+    turned_by_exif,
+)
 from cnnlab.errors import CnnlabError, why_not_a_folder
 
 if TYPE_CHECKING:
@@ -385,6 +393,17 @@ def _near_miss(image: Path, mask_names: list[str]) -> str:
     return ""
 
 
+def _pair_remedy(reason: str, mask: Path) -> str:
+    """`decode_image`'s `reason` for a pair's image: an image over Pillow's pixel guard downscaled alone no longer
+    matches its mask ("masks must match their images"), so the remedy it names is the pair's."""
+    if not reason.endswith(DOWNSCALE_REMEDY):
+        return reason
+    return (
+        f"{reason.removesuffix(DOWNSCALE_REMEDY)}downscale it and its mask {mask.name} to one size first (the mask "
+        "by nearest neighbour, so that its values stay classes)"
+    )
+
+
 class SegmentationFolder(Dataset):
     """Image + mask pairs from a folder: ``images/<stem>.<ext>`` and ``masks/<stem>.png``.
 
@@ -671,7 +690,7 @@ class SegmentationFolder(Dataset):
         # export's record feed the model by up to 16 grey levels
         decoded, stored, reason = decode_image(path)
         if reason is not None:
-            raise CnnlabError(f"{path}: {reason}")
+            raise CnnlabError(f"{path}: {_pair_remedy(reason, self.masks[index])}")
         assert decoded is not None
         width, height = stored[::-1] if turned_by_exif(decoded) else stored  # the full size, as shown
         image = to_rgb(decoded)
