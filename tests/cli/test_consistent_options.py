@@ -71,7 +71,7 @@ def test_budget_takes_the_batch_size_by_the_train_commands_name() -> None:
 # The commands that run a network. Each takes --device and --threads, as the train commands do. No --device (yet):
 # experiment, whose runs train on the CPU (tasks/experiments sets it; its report compares their timings), answers,
 # whose MNIST runs take the recipe's device (auto) and whose experiments the CPU, and fcn scan, which sizes its
-# tiles by the free RAM. No --threads yet: evaluate and explain (their command files are others' work in progress).
+# tiles by the free RAM.
 COMPUTES = [
     "train mnist",
     "train transfer",
@@ -86,7 +86,6 @@ COMPUTES = [
     "fcn scan",
 ]
 CPU_ONLY = {"experiment", "answers", "fcn scan"}
-NO_THREADS_YET = {"evaluate", "explain"}
 
 
 def test_every_command_that_computes_takes_device_and_threads() -> None:
@@ -94,8 +93,7 @@ def test_every_command_that_computes_takes_device_and_threads() -> None:
     faults = []
     for path in COMPUTES:
         names = set().union(*_options(path))
-        wanted = {"--device"} - ({"--device"} if path in CPU_ONLY else set())
-        wanted |= set() if path in NO_THREADS_YET else {"--threads"}
+        wanted = {"--threads"} | (set() if path in CPU_ONLY else {"--device"})
         faults += [f"cnnlab {path} lacks {option}" for option in sorted(wanted - names)]
     assert not faults, "\n".join(faults)
 
@@ -127,7 +125,13 @@ def test_threads_is_given_to_torch_before_the_work(monkeypatch: pytest.MonkeyPat
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["params"] == 40
     given.assert_called_once_with(1)
-    for command in (["predict", "missing.png"], ["fcn", "scan", "run", "image.png"], ["train", "mnist"]):
+    for command in (
+        ["predict", "missing.png"],
+        ["fcn", "scan", "run", "image.png"],
+        ["train", "mnist"],
+        ["evaluate", "missing-run"],
+        ["explain", "missing-run", "image.png"],
+    ):
         done = run_cnnlab(*command, "--threads", "0")  # one line, the same everywhere, before any work
         assert (done.returncode, done.stderr) == (2, "error: --threads must be >= 1, got 0\n"), command
 
@@ -182,12 +186,13 @@ def test_every_command_that_makes_a_run_prints_json_with_nothing_else_on_stdout(
 
 
 # The commands that show progress (bars on a terminal, or lines on stderr) take --quiet/-q, as the train commands do
-# (evaluate: left to its own work in progress; answers: its lines on stderr also carry each exercise's failure).
+# (answers: its lines on stderr also carry each exercise's failure; explain shows none of its own).
 SHOWS_PROGRESS = [
     "train mnist",
     "train transfer",
     "train segment",
     "predict",
+    "evaluate",
     "experiment",
     "fcn scan",
     "data segmentation-demo",
@@ -207,6 +212,20 @@ def test_quiet_stops_the_progress_lines_of_an_experiment(monkeypatch: pytest.Mon
     monkeypatch.setattr(cnnlab.tasks.experiments, "run_experiment", lambda name, **o: given.update(o) or _report())
     assert run_cnnlab("experiment", "lrn-vs-bn", "-q").returncode == 0 and given["progress"] is False
     assert run_cnnlab("experiment", "lrn-vs-bn").returncode == 0 and given["progress"] is True
+
+
+def test_quiet_stops_the_progress_bar_of_evaluate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """evaluate --data showed its bar always; -q turns it off, as predict's."""
+    import cnnlab.tasks.evaluate
+    from cli_in_process import run_cnnlab
+
+    given: list[bool] = []
+    monkeypatch.setattr(cnnlab.tasks.evaluate, "evaluate_folder", lambda *a, progress, **o: given.append(progress))
+    monkeypatch.setattr(cnnlab.tasks.evaluate, "evaluation_lines", lambda result: ["scored"])
+    for quiet in (["-q"], []):
+        done = run_cnnlab("evaluate", str(tmp_path), "--data", str(tmp_path), *quiet)
+        assert (done.returncode, done.stdout) == (0, "scored\n"), done.stderr
+    assert given == [False, True]
 
 
 def _report() -> Any:

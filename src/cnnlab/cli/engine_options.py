@@ -6,9 +6,10 @@
 and hands them to it as one `cnnlab.train.config.EngineOptions` in its ``engine`` argument. A command declares only
 its own options. Every engine option defaults to "the recipe's value", so no command retypes a recipe's defaults.
 
-`threads_option` is the same ``--threads`` for the commands outside ``train`` that compute (predict, budget,
-ensemble, experiment, answers, fcn scan): a user who trained with ``--threads 1`` next to other work predicts, sizes
-and scans that way too. `quiet_option` is ``--quiet``/``-q`` for those outside ``train`` that show progress.
+`threads_option` is the same ``--threads`` for the commands outside ``train`` that compute (predict, evaluate,
+explain, budget, ensemble, experiment, answers, fcn scan): a user who trained with ``--threads 1`` next to other
+work predicts, sizes and scans that way too. `quiet_option` is ``--quiet``/``-q`` for those outside ``train`` that
+show progress.
 """
 
 from __future__ import annotations

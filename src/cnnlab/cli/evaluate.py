@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from cnnlab.cli.engine_options import apply_threads, quiet_option, threads_option
 from cnnlab.cli.help_text import paragraphs
 
 
@@ -24,6 +25,8 @@ def evaluate(
         None, "--output", "-o", "--out", help="Where figures go (default RUN/evaluation)."
     ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
+    threads: int | None = threads_option(),
+    quiet: bool = quiet_option(),
 ) -> None:
     """An MNIST run (or ensemble) on the MNIST test set: accuracy, per-class accuracy, a confusion-matrix PNG and a
     PNG of the misclassified images; a transfer or segmentation run on a folder of new labelled images (--data).
@@ -42,6 +45,7 @@ def evaluate(
     most wrong pixels (worst_images.png). Either way, files that cannot be read are named and skipped."""
     from cnnlab.errors import CnnlabError
 
+    apply_threads(threads)
     if not run.exists():
         raise CnnlabError(f"run {run} does not exist; pass a directory under runs/ (e.g. runs/mnist/<name>)")
     if data is not None:
@@ -49,7 +53,7 @@ def evaluate(
 
         if data_dir is not None:
             raise CnnlabError("--data-dir names the MNIST root of an MNIST run; with --data, leave it out")
-        for line in evaluation_lines(evaluate_folder(run, data, output_dir, device=device, progress=True)):
+        for line in evaluation_lines(evaluate_folder(run, data, output_dir, device=device, progress=not quiet)):
             typer.echo(line)
         return
     from cnnlab.tasks.mnist import evaluate_mnist

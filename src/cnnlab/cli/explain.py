@@ -7,6 +7,8 @@ from typing import Any
 
 import typer
 
+from cnnlab.cli.engine_options import apply_threads, threads_option
+
 
 def explain(
     source: str = typer.Argument(
@@ -43,6 +45,7 @@ def explain(
         "(default: the predicted one; a segmenter's largest class other than the background).",
     ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
+    threads: int | None = threads_option(),
     input_size: str | None = typer.Option(
         None,
         "--input",
@@ -72,6 +75,7 @@ def explain(
     """Write filters.png, feature_maps.png and gradcam.png for IMAGE and print the top classes."""
     from cnnlab.tasks.explain import CodeInput, default_output_dir, explain_image
 
+    apply_threads(threads)
     given = CodeInput(input_size, mean, std)
     if list_layers:
         _print_layers(source, image, device, given, layer, cam_layer)
