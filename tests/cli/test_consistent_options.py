@@ -214,18 +214,27 @@ def test_quiet_stops_the_progress_lines_of_an_experiment(monkeypatch: pytest.Mon
     assert run_cnnlab("experiment", "lrn-vs-bn").returncode == 0 and given["progress"] is True
 
 
-def test_quiet_stops_the_progress_bar_of_evaluate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """evaluate --data showed its bar always; -q turns it off, as predict's."""
+def test_evaluate_takes_quiet_and_json(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """evaluate --data showed its bar always, and evaluate had no --json: -q turns the bar off, as predict's, and
+    --json prints evaluation.json's content alone on stdout (an MNIST run's too), with no bar."""
     import cnnlab.tasks.evaluate
+    import cnnlab.tasks.mnist
     from cli_in_process import run_cnnlab
 
     given: list[bool] = []
-    monkeypatch.setattr(cnnlab.tasks.evaluate, "evaluate_folder", lambda *a, progress, **o: given.append(progress))
+    scored = {"run": str(tmp_path), "accuracy": 0.75}
+    monkeypatch.setattr(
+        cnnlab.tasks.evaluate, "evaluate_folder", lambda *a, progress, **o: given.append(progress) or scored
+    )
     monkeypatch.setattr(cnnlab.tasks.evaluate, "evaluation_lines", lambda result: ["scored"])
-    for quiet in (["-q"], []):
-        done = run_cnnlab("evaluate", str(tmp_path), "--data", str(tmp_path), *quiet)
-        assert (done.returncode, done.stdout) == (0, "scored\n"), done.stderr
-    assert given == [False, True]
+    monkeypatch.setattr(cnnlab.tasks.mnist, "evaluate_mnist", lambda *a, **o: {"test_accuracy": 0.5, "errors": 3})
+    for options, shown in ((["-q"], "scored\n"), ([], "scored\n"), (["--json"], json.dumps(scored) + "\n")):
+        done = run_cnnlab("evaluate", str(tmp_path), "--data", str(tmp_path), *options)
+        assert (done.returncode, done.stdout) == (0, shown), done.stderr
+    assert given == [False, True, False]
+    done = run_cnnlab("evaluate", str(tmp_path), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"test_accuracy": 0.5, "errors": 3}
 
 
 def _report() -> Any:

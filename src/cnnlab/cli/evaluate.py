@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -27,6 +28,9 @@ def evaluate(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
     threads: int | None = threads_option(),
     quiet: bool = quiet_option(),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print what evaluation.json holds as JSON on stdout (no progress; notes go to stderr)."
+    ),
 ) -> None:
     """An MNIST run (or ensemble) on the MNIST test set: accuracy, per-class accuracy, a confusion-matrix PNG and a
     PNG of the misclassified images; a transfer or segmentation run on a folder of new labelled images (--data).
@@ -53,12 +57,16 @@ def evaluate(
 
         if data_dir is not None:
             raise CnnlabError("--data-dir names the MNIST root of an MNIST run; with --data, leave it out")
-        for line in evaluation_lines(evaluate_folder(run, data, output_dir, device=device, progress=not quiet)):
+        scored = evaluate_folder(run, data, output_dir, device=device, progress=not (quiet or as_json))
+        for line in [json.dumps(scored)] if as_json else evaluation_lines(scored):
             typer.echo(line)
         return
     from cnnlab.tasks.mnist import evaluate_mnist
 
     result = evaluate_mnist(run, None if data_dir is None else str(data_dir), output_dir, device=device)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
     typer.echo(f"test accuracy {result['test_accuracy']:.4f} ({result['errors']} errors)")
     typer.echo("per class: " + "  ".join(f"{i}: {a:.4f}" for i, a in enumerate(result["per_class_accuracy"])))
     typer.echo(f"confusion matrix: {result['confusion_matrix_png']}")
