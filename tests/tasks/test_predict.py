@@ -325,6 +325,10 @@ def test_export_checks_its_output_path_before_tracing(tiny_run: Path, tmp_path: 
         with pytest.raises(CnnlabError, match=rf"--output .*{kept.name} is a file that `cnnlab export` did not write"):
             export_model(str(tiny_run), fmt, kept)
         assert kept.read_bytes() == before
+    with pytest.raises(CnnlabError, match="or pass --overwrite to replace it$"):  # it said "or delete it first"
+        export_model(str(tiny_run), "onnx", tmp_path / "photo.jpg")
+    replaced = export_model(str(tiny_run), "torchscript", tmp_path / "photo.jpg", overwrite=True)  # as fcn scan's
+    torch.jit.load(replaced["model"])
     assert export_model(str(tiny_run), None, result["model"])["model"] == result["model"]  # an export is replaced
 
 
@@ -467,7 +471,14 @@ def test_predict_writes_a_classifiers_predictions_to_csv(tiny_run: Path, tmp_pat
         args = ["predict", "-m", str(tiny_run), "-o", str(tmp_path / "labels.csv"), *extra, images[0]]
         mine = CliRunner().invoke(app, args)
         assert "labels.csv is a CSV that `cnnlab predict` did not write" in str(mine.exception)
+        assert str(mine.exception).endswith("or pass --overwrite to replace it")  # it said "or delete it first"
     assert (tmp_path / "labels.csv").read_text() == "path,label\nreddish.png,red\n"
+    args = ["predict", "-m", str(tiny_run), "-k", "1", "-o", str(tmp_path / "labels.csv"), images[0]]
+    both = CliRunner().invoke(app, [*args, "--overwrite", "--resume"])
+    assert "--resume continues the predictions --output holds and --overwrite replaces them" in str(both.exception)
+    replaced = CliRunner().invoke(app, [*args, "--overwrite"])  # replaced when asked, as fcn scan's --overwrite
+    assert replaced.exit_code == 0, replaced.output
+    assert (tmp_path / "labels.csv").read_text().splitlines()[0] == "path,label_1,probability_1,error"
     again = CliRunner().invoke(app, ["predict", "-m", str(tiny_run), "-k", "1", "-o", str(table), images[0]])
     assert again.exit_code == 0 and table.read_text().splitlines()[0] == "path,label_1,probability_1,error"
 

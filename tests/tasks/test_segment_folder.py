@@ -852,9 +852,9 @@ def test_predict_into_the_images_folder_never_replaces_a_users_mask_nor_segments
     (tmp_path / "y.png").write_bytes(second.read_bytes())
     (tmp_path / "x_mask.png").write_bytes(b"the user's own mask")
 
-    def predict() -> tuple[int, str, str]:
+    def predict(*options: str, images: tuple[str, ...] = (str(tmp_path),)) -> tuple[int, str, str]:
         monkeypatch.setattr(
-            sys, "argv", ["cnnlab", "predict", "-m", summary["run_dir"], str(tmp_path), "-o", str(tmp_path)]
+            sys, "argv", ["cnnlab", "predict", "-m", summary["run_dir"], *images, "-o", str(tmp_path), *options]
         )
         with pytest.raises(SystemExit) as exit_code:
             main()
@@ -862,9 +862,13 @@ def test_predict_into_the_images_folder_never_replaces_a_users_mask_nor_segments
 
     code, out, err = predict()
     assert code == 2 and f"--output {tmp_path} holds x_mask.png, which cnnlab predict did not write" in err
+    assert err.endswith("or pass --overwrite to replace it\n")
     assert err.count("\n") == 1 and (tmp_path / "x_mask.png").read_bytes() == b"the user's own mask"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["x.png", "x_mask.png", "y.png"]  # nothing written
-    (tmp_path / "x_mask.png").unlink()
+    code, out, err = predict("--overwrite")  # an image given (x_mask.png, in the folder) is never replaced
+    assert code == 2 and "holds x_mask.png, one of the images given, which predicting would replace" in err
+    code, out, err = predict("--overwrite", images=(str(tmp_path / "x.png"),))  # replaced when asked, as fcn scan's
+    assert code == 0 and Image.open(tmp_path / "x_mask.png").size == Image.open(tmp_path / "x.png").size
     for _ in range(2):  # the second time, the six files the first wrote are not images to segment
         code, out, err = predict()
         assert code == 0

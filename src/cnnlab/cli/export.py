@@ -30,13 +30,18 @@ def export(
         "--opset",
         help="ONNX opset version, 11 to 20 (below 11, input-sized padding cannot be written); default 17. ONNX only.",
     ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace a file at --output that no export wrote (an earlier export is replaced without it).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Export with the normalisation inside; resize, crop and classes go to <file>.preprocessing.json beside it."""
     from cnnlab.tasks.export import export_model
 
     say = None if as_json else lambda line: typer.echo(line, err=True)  # --json: the document alone
-    result = export_model(run, fmt, output, opset=opset, log=say)
+    result = export_model(run, fmt, output, opset=opset, log=say, overwrite=overwrite)
     if as_json:
         typer.echo(json.dumps(result))
         return

@@ -33,7 +33,7 @@ def predict(
         help="Classifiers: a .csv file for the predictions, one row per image (its top-k labels and probabilities, "
         "or why it could not be read). Segmentation runs: the folder for each image's <stem>_mask.png (class "
         "indices), _colour.png and _overlay.png (default: ./predictions); a file of those names that predict did not "
-        "write there is refused, not replaced.",
+        "write there is refused, not replaced (--overwrite replaces it).",
     ),
     top_k: int | None = typer.Option(
         None, "--top-k", "-k", min=1, help="Classes shown per image (default 5); classifiers only."
@@ -42,6 +42,12 @@ def predict(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
     threads: int | None = threads_option(),
     quiet: bool = quiet_option(),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace a file at --output that predict did not write (a .csv, or a mask of an image's name) instead of "
+        "refusing it; one predict wrote is replaced without it.",
+    ),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -59,13 +65,16 @@ def predict(
 
     resolve_device(device)  # a typo in --device is the error shown, whatever the images
     apply_threads(threads)
+    if resume and overwrite:  # one keeps what --output holds, the other replaces it
+        raise CnnlabError("--resume continues the predictions --output holds and --overwrite replaces them: give one")
     paths, empty = _image_paths(images)
     if not any(check_image(path) is None for path in paths):  # stops at the first usable image
         _nothing_to_predict(paths, empty, model, as_json)
     if is_segmentation_run(model):
         if top_k is not None:  # it was accepted and ignored
             raise CnnlabError(f"--top-k {top_k} applies to classifiers; {model} is a segmentation run")
-        _segment(paths, empty, model, output or Path("predictions"), as_json, device, resume, not (as_json or quiet))
+        progress = not (as_json or quiet)
+        _segment(paths, empty, model, output or Path("predictions"), as_json, device, resume, overwrite, progress)
         return
     top_k = 5 if top_k is None else top_k
     from cnnlab.tasks.predict import (
@@ -80,7 +89,7 @@ def predict(
     # was told its -o folder must be a .csv); a zoo model's weights are fetched only for a usable --output
     predictor = load_predictor(model, device=device) if Path(model).exists() else None
     if output is not None:
-        check_predictions_csv(output)
+        check_predictions_csv(output, overwrite)
     elif resume:
         raise CnnlabError("--resume continues the CSV of an interrupted run: give it with --output FILE.csv")
     predictor = predictor or load_predictor(model, device=device)
@@ -97,7 +106,7 @@ def predict(
     stream = _collected(_in_order(predictions, empty), results)
     try:
         if output is not None:  # row by row: an interrupted run leaves the rows it finished
-            write_predictions_csv(stream, output, k, kept, fingerprint)
+            write_predictions_csv(stream, output, k, kept, fingerprint, overwrite)
         else:
             for _ in stream:
                 pass
@@ -235,12 +244,13 @@ def _segment(
     as_json: bool,
     device: str,
     resume: bool,
+    overwrite: bool,
     progress: bool,
 ) -> None:
     from cnnlab.tasks.segment_predict import iter_masks, load_segmenter
 
     results: list[dict[str, Any]] = []
-    masks = iter_masks(load_segmenter(model, device=device), paths, output, progress, resume)
+    masks = iter_masks(load_segmenter(model, device=device), paths, output, progress, resume, overwrite)
     try:
         for _ in _collected(_in_order(masks, empty), results):
             pass

@@ -105,6 +105,7 @@ def export_model(
     output: str | os.PathLike[str] | None = None,
     opset: int | None = None,
     log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Export ``model`` (a run directory or a pretrained zoo model name) and check the export against eager PyTorch.
 
@@ -118,6 +119,7 @@ def export_model(
             have no opset.
         log: called with a line saying what is written, once the options and the model are checked (tracing and
             checking a large network takes a while).
+        overwrite: replace a file at ``output`` that no export wrote (without it, one is refused).
 
     Returns:
         Paths written and the largest absolute difference from the eager model on a random batch of a size the
@@ -135,11 +137,11 @@ def export_model(
     from cnnlab.tasks.segment_predict import is_segmentation_run
 
     if is_segmentation_run(model):
-        return _export_segmenter(model, fmt, output, opset, log)
+        return _export_segmenter(model, fmt, output, opset, log, overwrite)
     predictor = load_predictor(model)
     cfg = predictor.cfg
     suffix = SUFFIXES[fmt]
-    output = _writable(Path(output) if output is not None else _default_output(model, suffix), suffix)
+    output = _writable(Path(output) if output is not None else _default_output(model, suffix), suffix, overwrite)
     _say_exporting(log, model, output, fmt)
     if cfg is None:  # an MNIST run: digits in [0, 1], its normalisation already inside the model
         wrapped: nn.Module = predictor.model.cpu().eval()
@@ -245,14 +247,19 @@ def _say_exporting(log: Callable[[str], None] | None, model: str, output: Path, 
 
 
 def _export_segmenter(
-    run: str, fmt: str, output: str | os.PathLike[str] | None, opset: int, log: Callable[[str], None] | None
+    run: str,
+    fmt: str,
+    output: str | os.PathLike[str] | None,
+    opset: int,
+    log: Callable[[str], None] | None,
+    overwrite: bool,
 ) -> dict[str, Any]:
     """Export a segmentation run with dynamic height and width; the check runs sizes the trace never saw."""
     from cnnlab.tasks.segment_predict import load_segmenter
 
     segmenter = load_segmenter(run)
     suffix = SUFFIXES[fmt]
-    output = _writable(Path(output) if output is not None else _default_output(run, suffix), suffix)
+    output = _writable(Path(output) if output is not None else _default_output(run, suffix), suffix, overwrite)
     _say_exporting(log, run, output, fmt)
     wrapped = nn.Sequential(Normalize(segmenter.mean, segmenter.std), segmenter.model.cpu().eval()).eval()
     stride = int(segmenter.model.output_stride)
@@ -394,26 +401,26 @@ def _publish(partial: Path, output: Path, record: str) -> Path:
     return sidecar
 
 
-def _writable(output: Path, suffix: str) -> Path:
+def _writable(output: Path, suffix: str, overwrite: bool = False) -> Path:
     """Create the file's folder and prove the file can be written there, before the model is traced.
 
-    An existing file is replaced only when it is an earlier export (its record beside it): ``-o photo.jpg --format
-    onnx`` replaced the photo, ``-o RUN/model.safetensors`` the run's weights (no command could load the run again)
-    and ``-o RUN/checkpoint.pt`` the checkpoint that resumes it.
+    An existing file is replaced only when it is an earlier export (its record beside it), or with `overwrite`:
+    ``-o photo.jpg --format onnx`` replaced the photo, ``-o RUN/model.safetensors`` the run's weights (no command
+    could load the run again) and ``-o RUN/checkpoint.pt`` the checkpoint that resumes it.
 
     Raises:
-        CnnlabError: the path is a folder, lies under a file, or is another kind of file (an image, a run's weights);
-            or the folder cannot be made or written (the reason from the system).
+        CnnlabError: the path is a folder, lies under a file, or is another kind of file (an image, a run's weights)
+            and `overwrite` is not given; or the folder cannot be made or written (the reason from the system).
     """
     if output.is_dir():
         raise CnnlabError(
             f"--output {output} is a folder; name the file to write, such as {output / ('model' + suffix)}"
         )
-    if output.is_file() and not output.with_name(output.name + EXPORT_RECORD_SUFFIX).is_file():
+    if output.is_file() and not overwrite and not output.with_name(output.name + EXPORT_RECORD_SUFFIX).is_file():
         raise CnnlabError(
             f"--output {output} is a file that `cnnlab export` did not write (no {output.name}{EXPORT_RECORD_SUFFIX} "
             f"beside it), which it would replace; name a new file, such as {output.with_name('exported' + suffix)}, "
-            "or delete it first"
+            "or pass --overwrite to replace it"
         )
     check_writable(output)
     return output

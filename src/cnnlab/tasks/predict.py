@@ -356,13 +356,14 @@ def _raw_bytes(text: str) -> bytes:
         return text.encode("utf-8", "surrogatepass")
 
 
-def check_predictions_csv(output: str | os.PathLike[str]) -> Path:
+def check_predictions_csv(output: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """The CSV file a classifier's predictions go to, checked before any image is read: its folder is made, and the
     file proved writable (`cnnlab.files.check_writable`).
 
     Raises:
         CnnlabError: a name that does not end in ``.csv`` (a folder, say, which is what segmentation runs take), a
-            place it cannot be written (under a file, a read-only folder), or a CSV that predict did not write.
+            place it cannot be written (under a file, a read-only folder), or a CSV that predict did not write
+            (without `overwrite`).
     """
     path = Path(output)
     if path.suffix.lower() != ".csv" or path.is_dir():
@@ -371,10 +372,12 @@ def check_predictions_csv(output: str | os.PathLike[str]) -> Path:
             "(a folder is for a segmentation run's masks)"
         )
     check_writable(path)
-    if path.is_file() and not _is_predictions_csv(path):  # -o photos/labels.csv replaced the user's own CSV
+    if (
+        path.is_file() and not overwrite and not _is_predictions_csv(path)
+    ):  # -o photos/labels.csv replaced the user's own CSV
         raise CnnlabError(
             f"--output {output} is a CSV that `cnnlab predict` did not write (its first row is not path, label_1, "
-            "probability_1, ...), which it would replace; name a new file, or delete it first"
+            "probability_1, ...), which it would replace; name a new file, or pass --overwrite to replace it"
         )
     return path
 
@@ -398,6 +401,7 @@ def write_predictions_csv(
     top_k: int,
     kept: Sequence[Sequence[str]] = (),
     model: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write `predict_images`' results as one row per image: its path, then label and probability for each of its
     top-k classes, best first, and the reason for an image that could not be read (its other cells empty).
@@ -406,8 +410,9 @@ def write_predictions_csv(
     point leaves a valid CSV of the images it finished. `kept` rows (`finished_predictions` of an earlier run) come
     first, in a file that replaces the old one only once they are all written. `model` (a `Predictor.fingerprint`)
     is recorded beside the CSV, in ``.NAME.csv.model``, for a resumed run to check that it continues the same model.
+    A file at `output` that predict did not write is refused, or with `overwrite` replaced (`check_predictions_csv`).
     """
-    path = check_predictions_csv(output)
+    path = check_predictions_csv(output, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(f".{path.name}.part")
     with open(part, "w", newline="", encoding="utf-8", errors=PATH_BYTES) as f:

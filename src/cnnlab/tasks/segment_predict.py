@@ -5,9 +5,9 @@
 back) and writes, per image, a class-index PNG, a colour PNG and an overlay PNG named after it. A run trained with
 ``--max-side`` sees each image downscaled as in training, and its logits are brought back to the image's own size, so
 a mask is always the size of the image given. A path that cannot be read is reported on its own and the other images
-are still predicted. Predict never replaces a file it did not write (a user's own ``*_mask.png`` in the output
-folder is refused), and the files it wrote, listed in the folder's ``.cnnlab-masks.jsonl``, are not taken as images by
-a later predict over that folder (`without_written_masks`).
+are still predicted. Predict replaces a file it did not write only when told to (a user's own ``*_mask.png`` in
+the output folder is refused without ``--overwrite``), and the files it wrote, listed in the folder's
+``.cnnlab-masks.jsonl``, are not taken as images by a later predict over that folder (`without_written_masks`).
 """
 
 from __future__ import annotations
@@ -150,6 +150,7 @@ def iter_masks(
     output: str | os.PathLike[str],
     progress: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """`predict_masks`' results one at a time, each image's files written before its result is yielded (with
     `progress`, a bar on stderr).
@@ -162,6 +163,8 @@ def iter_masks(
             files' stem and the model's weights (SHA-256), and only an image recorded with this model, unchanged
             since, and under the same stem is kept. A line with no model, before the renames, marks the stem's
             files as predict's but unfinished: segmented again, and replaced.
+        overwrite: replace a file of an image's result names in `output` that predict did not write (without it,
+            one is refused before any image is segmented).
     """
     output = Path(output)
     if not output.exists() and output.suffix.lower() in (".csv", ".json", ".png", ".jpg", ".jpeg", ".txt"):
@@ -171,7 +174,7 @@ def iter_masks(
         )
     check_writable(output / FINISHED_LOG, shown=str(output))  # a read-only folder: one line naming it, exit 2
     stems = output_stems(paths)
-    _refuse_replacing_others(output, stems)
+    _refuse_replacing_others(output, stems, paths, overwrite)
     runner = image_runner(segmenter)
     log = output / FINISHED_LOG
     finished = _finished_masks(log, segmenter) if resume else {}
@@ -212,19 +215,32 @@ def _written_files(folder: Path) -> set[str]:
     return {stem + suffix for stem, _, _ in _log_entries(folder / FINISHED_LOG) for suffix in RESULT_SUFFIXES.values()}
 
 
-def _refuse_replacing_others(output: Path, stems: list[str]) -> None:
+def _refuse_replacing_others(
+    output: Path, stems: list[str], paths: Sequence[str | os.PathLike[str]], overwrite: bool
+) -> None:
     """A CnnlabError, before any image is segmented, when a file the `stems` would be written to exists in `output` and
-    predict did not write it (a user's own mask, beside the images given with ``-o`` their own folder)."""
+    predict did not write it (a user's own mask, beside the images given with ``-o`` their own folder), unless
+    `overwrite`; and, `overwrite` or not, when it is one of the images given (it would be replaced before it is read,
+    as `fcn scan` refuses its own image)."""
     if not output.is_dir():
         return
     written = _written_files(output)
+    given = {os.path.realpath(path) for path in paths}
     for stem in stems:
         for suffix in RESULT_SUFFIXES.values():
             name = stem + suffix
-            if name not in written and (output / name).exists():
+            if name in written or not (output / name).exists():
+                continue
+            if not overwrite:
                 raise CnnlabError(
                     f"--output {output} holds {name}, which cnnlab predict did not write ({FINISHED_LOG} there does "
-                    f"not list it): predicting would replace it; give another --output folder"
+                    "not list it): predicting would replace it; give another --output folder, or pass --overwrite to "
+                    "replace it"
+                )
+            if os.path.realpath(output / name) in given:
+                raise CnnlabError(
+                    f"--output {output} holds {name}, one of the images given, which predicting would replace: give "
+                    "another --output folder"
                 )
 
 
