@@ -320,11 +320,15 @@ def test_export_checks_its_output_path_before_tracing(tiny_run: Path, tmp_path: 
     assert Path(result["model"]).stat().st_size > 0
     # a file no export wrote is kept: -o photo.jpg replaced the photo, -o RUN/model.safetensors the run's weights
     Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
-    for kept, fmt in ((tmp_path / "photo.jpg", "onnx"), (tiny_run / "model.safetensors", "torchscript")):
-        before = kept.read_bytes()
-        with pytest.raises(CnnlabError, match=rf"--output .*{kept.name} is a file that `cnnlab export` did not write"):
-            export_model(str(tiny_run), fmt, kept)
-        assert kept.read_bytes() == before
+    before = (tmp_path / "photo.jpg").read_bytes()
+    with pytest.raises(CnnlabError, match=r"--output .*photo.jpg is a file that `cnnlab export` did not write"):
+        export_model(str(tiny_run), "onnx", tmp_path / "photo.jpg")
+    assert (tmp_path / "photo.jpg").read_bytes() == before
+    weights = (tiny_run / "model.safetensors").read_bytes()
+    for overwrite in (False, True):  # a run's own files are never replaced: it could not be loaded again
+        with pytest.raises(CnnlabError, match=r"is a run's own model.safetensors, which no export replaces"):
+            export_model(str(tiny_run), "torchscript", tiny_run / "model.safetensors", overwrite=overwrite)
+    assert (tiny_run / "model.safetensors").read_bytes() == weights
     with pytest.raises(CnnlabError, match="or pass --overwrite to replace it$"):  # it said "or delete it first"
         export_model(str(tiny_run), "onnx", tmp_path / "photo.jpg")
     replaced = export_model(str(tiny_run), "torchscript", tmp_path / "photo.jpg", overwrite=True)  # as fcn scan's

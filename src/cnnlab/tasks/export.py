@@ -401,6 +401,12 @@ def _publish(partial: Path, output: Path, record: str) -> Path:
     return sidecar
 
 
+# the files that make a folder a run (a model.json beside them): replaced, the run could not be loaded or resumed
+RUN_OWN_FILES = frozenset(
+    {"model.safetensors", "model.json", "checkpoint.pt", "config.yaml", "results.json", "sessions.json", "split.csv"}
+)
+
+
 def _writable(output: Path, suffix: str, overwrite: bool = False) -> Path:
     """Create the file's folder and prove the file can be written there, before the model is traced.
 
@@ -415,6 +421,11 @@ def _writable(output: Path, suffix: str, overwrite: bool = False) -> Path:
     if output.is_dir():
         raise CnnlabError(
             f"--output {output} is a folder; name the file to write, such as {output / ('model' + suffix)}"
+        )
+    if output.is_file() and output.name in RUN_OWN_FILES and (output.parent / "model.json").is_file():
+        raise CnnlabError(
+            f"--output {output} is a run's own {output.name}, which no export replaces (--overwrite or not: the run "
+            f"could not be loaded or resumed again); name a new file, such as {output.with_name('exported' + suffix)}"
         )
     if output.is_file() and not overwrite and not output.with_name(output.name + EXPORT_RECORD_SUFFIX).is_file():
         raise CnnlabError(
