@@ -6,7 +6,6 @@ synthetic digits otherwise, and the transfer stage's `full`-recipe run uses a ge
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,17 +14,14 @@ from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_suite.py"
+from benchmark_script import BENCHMARKS, load_benchmark
+
+SCRIPT = BENCHMARKS / "gpu_suite.py"
 STAGES = ("budget", "mnist", "transfer", "segmentation", "ddp")
 
 
 def _suite_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_suite", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while it loads
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_suite")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ Python call that no command reproduced."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -11,15 +10,11 @@ from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "segmentation.py"
+from benchmark_script import load_benchmark
 
 
 def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("segmentation_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("segmentation")
 
 
 def test_model_kwargs_reach_every_trained_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
