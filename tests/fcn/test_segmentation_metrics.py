@@ -13,6 +13,7 @@ from cnnlab.report.segmentation import (
     MaskScores,
     MeanIoU,
     PixelAccuracy,
+    boundary_f1_text,
     boundary_map,
     save_overlays,
     segmentation_report,
@@ -95,8 +96,15 @@ def test_unlabelled_pixels_draw_no_boundary_a_voc_void_band_hides_one_and_scribb
     metric = BoundaryF1(2, ignore_index=255)
     metric.update(spurious[None], scribbles[None])
     assert metric.total_pred == metric.total_true == 0
+    assert metric.compute() is None  # 0/0: not measurable (was 1.0)
     assert boundary_map(scribbles[None], scribbles[None] != 255).sum() == 0
-    assert MaskScores(2, ignore_index=255).boundary.ignore_index == 255  # the test pass's and evaluate's scores
+    scores = MaskScores(2, ignore_index=255)  # the test pass's and evaluate's scores
+    assert scores.boundary.ignore_index == 255
+    scores.add(spurious, scribbles)
+    report = scores.report(["bg", "object"], background=0)
+    assert report["boundary_f1"] is None and report["miou"] == 0.0 and report["pixel_accuracy"] == 0.5
+    assert boundary_f1_text(report["boundary_f1"]).startswith("- (not measurable")
+    assert boundary_f1_text(0.98765) == "0.9877"
 
 
 def test_overlays_png(tmp_path):

@@ -332,8 +332,19 @@ def test_the_share_of_labelled_pixels_is_said_before_training_and_kept_not_refus
         f"({counts['test'][0]}); the rest are 255, unlabelled: the loss and the metrics leave them out"
     )
     assert line in printed
-    assert "Labelled pixels: 0.2% of train" in (Path(summary["run_dir"]) / "report.md").read_text()
+    report = (Path(summary["run_dir"]) / "report.md").read_text()
+    assert "Labelled pixels: 0.2% of train" in report
     assert describe_labelled({"train": (1024, 1024), "val": (0, 0)}) is None  # every pixel labelled: nothing said
+    # no two scribbled classes meet: no boundary to score (0/0), which the boundary F1 gave as 1.0
+    not_measurable = "boundary F1 - (not measurable: no class boundary among the labelled mask pixels"
+    assert summary["test"]["boundary_f1"] is None and not_measurable in report
+    from cnnlab.tasks.evaluate import evaluate_folder, evaluation_lines
+
+    test_pairs = _split_pairs(summary["run_dir"], "test", tmp_path / "test_pairs")
+    evaluation = evaluate_folder(summary["run_dir"], test_pairs, tmp_path / "evaluation")
+    assert evaluation["boundary_f1"] is None and evaluation["miou"] == summary["test"]["miou"]
+    assert any(not_measurable in line for line in evaluation_lines(evaluation))
+    assert json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())["boundary_f1"] is None
 
 
 class _Stop(Exception):

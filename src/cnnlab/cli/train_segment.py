@@ -169,11 +169,13 @@ def segment(
     if as_json:
         typer.echo(json.dumps(summary))
         return
+    from cnnlab.report.segmentation import boundary_f1_text
+
     test = summary["test"]
     typer.echo(
         f"{summary['arch']}: test mIoU (10 digit classes, background excluded) {test['miou']:.4f}, "
         f"with background {test['miou_with_bg']:.4f}, pixel accuracy {test['pixel_accuracy']:.4f}, "
-        f"boundary F1 ({test['boundary_tolerance_px']} px) {test['boundary_f1']:.4f}; "
+        f"boundary F1 ({test['boundary_tolerance_px']} px) {boundary_f1_text(test['boundary_f1'])}; "
         f"{summary['train_seconds']:.0f} s training"
     )
     typer.echo(f"run: {summary['run_dir']}  (report.md, test_overlays.png; load it with cnnlab.load_model)")

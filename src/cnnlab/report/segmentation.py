@@ -13,7 +13,8 @@ holds every score map in memory:
   recall); F1 of the two, over all images. With an `ignore_index`, unlabelled pixels draw no boundary: bands of them up
   to `VOID_BAND_PX` wide (Pascal VOC's 5 px around each object) are filled from their sides first, so the boundary
   they hide is scored where the sides meet, and a predicted boundary within the tolerance of a wider unlabelled area
-  (scribbles, points) is counted only when it matches a true one.
+  (scribbles, points) is counted only when it matches a true one. With no true boundary among the labelled pixels and
+  no predicted one scored (scribbles or points that never meet another class), it is not measurable: None, not 1.0.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "MaskScores",
     "MeanIoU",
     "PixelAccuracy",
+    "boundary_f1_text",
     "boundary_map",
     "colourise",
     "iou_per_class",
@@ -181,10 +183,21 @@ class BoundaryF1(Metric):
         self.matched_true += int((true & _dilate(predicted, self.tolerance)).sum())
         self.total_true += int(true.sum())
 
-    def compute(self) -> float:
+    def compute(self) -> float | None:
+        """The F1, or None when there was nothing to score: no true boundary and no predicted one counted (0/0)."""
+        if self.total_true == 0 and self.total_pred == 0:
+            return None
         precision = self.matched_pred / self.total_pred if self.total_pred else float(self.total_true == 0)
         recall = self.matched_true / self.total_true if self.total_true else float(self.total_pred == 0)
         return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+BOUNDARY_F1_NOT_MEASURABLE = "- (not measurable: no class boundary among the labelled mask pixels, none predicted)"
+
+
+def boundary_f1_text(value: float | None) -> str:
+    """A boundary F1 as reports print it: four places, or "-" with the reason when it was not measurable (None)."""
+    return BOUNDARY_F1_NOT_MEASURABLE if value is None else f"{value:.4f}"
 
 
 def segmentation_report(matrix: torch.Tensor, class_names: list[str], background: int | None = 0) -> dict[str, object]:

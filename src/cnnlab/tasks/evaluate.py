@@ -432,13 +432,15 @@ def evaluation_lines(result: dict[str, Any]) -> list[str]:
 
 
 def _segmentation_lines(result: dict[str, Any]) -> list[str]:
+    from cnnlab.report.segmentation import boundary_f1_text
+
     which = "every class" if result["miou_includes_background"] else "the background left out"
     lines = []
     if result["classes_from"] == "run":
         lines.append(f"{result['data']} has no classes.json: its masks were read by the run's classes (model.json)")
     lines += [
         f"mIoU {result['miou']:.4f} ({which}), mIoU with background {result['miou_with_bg']:.4f}, pixel accuracy "
-        f"{result['pixel_accuracy']:.4f}, boundary F1 {result['boundary_f1']:.4f} "
+        f"{result['pixel_accuracy']:.4f}, boundary F1 {boundary_f1_text(result['boundary_f1'])} "
         f"({result['boundary_tolerance_px']} px)"
     ]
     if "at_max_side" in result:
@@ -447,8 +449,8 @@ def _segmentation_lines(result: dict[str, Any]) -> list[str]:
             f"scored at each image's own size, as predict's masks are; the run saw each image downscaled to a longer "
             f"side of at most {result['max_side']} px (--max-side), and its test pass scored there, as here: mIoU "
             f"{small['miou']:.4f}, mIoU with background {small['miou_with_bg']:.4f}, pixel accuracy "
-            f"{small['pixel_accuracy']:.4f}, boundary F1 {small['boundary_f1']:.4f} (results.json's test scores, "
-            "for its own test pairs)"
+            f"{small['pixel_accuracy']:.4f}, boundary F1 {boundary_f1_text(small['boundary_f1'])} "
+            "(results.json's test scores, for its own test pairs)"
         )
     width = max(len("class"), *(len(name) for name in result["iou_per_class"]))
     lines.append(f"{'class':<{width}}  IoU")

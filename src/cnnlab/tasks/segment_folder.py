@@ -52,7 +52,7 @@ from cnnlab.data.segmentation import (
 from cnnlab.data.split import check_split_seed, read_manifest, stratified_split, write_manifest
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_text_whole
-from cnnlab.report.segmentation import MaskScores, MeanIoU, PixelAccuracy, save_overlays
+from cnnlab.report.segmentation import MaskScores, MeanIoU, PixelAccuracy, boundary_f1_text, save_overlays
 from cnnlab.report.units import file_size
 from cnnlab.tasks.recipes import (
     Recipe,
@@ -699,9 +699,9 @@ def _report(  # noqa: ANN202
     every = "" if background is None else f"; over every class {test['miou_with_bg']:.4f}"  # else the same figure
     report.text(
         f"mIoU over {scope} **{test['miou']:.4f}**{every}; pixel accuracy "
-        f"{test['pixel_accuracy']:.4f} (unlabelled pixels excluded); boundary F1 {test['boundary_f1']:.4f} (within "
-        f"{test['boundary_tolerance_px']} px). {summary['params']:,} parameters, "
-        f"{summary['train_seconds']:.0f} s of training."
+        f"{test['pixel_accuracy']:.4f} (unlabelled pixels excluded); boundary F1 "
+        f"{boundary_f1_text(test['boundary_f1'])} (within {test['boundary_tolerance_px']} px). "
+        f"{summary['params']:,} parameters, {summary['train_seconds']:.0f} s of training."
     )
     report.table(
         ["class", "IoU"],

@@ -26,7 +26,14 @@ from cnnlab.data.augment import RandomAffine
 from cnnlab.data.segmentation import CLASS_NAMES, NUM_CLASSES, DigitSegmentation, make_digit_segmentation
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_text_whole
-from cnnlab.report.segmentation import BoundaryF1, MeanIoU, PixelAccuracy, save_overlays, segmentation_report
+from cnnlab.report.segmentation import (
+    BoundaryF1,
+    MeanIoU,
+    PixelAccuracy,
+    boundary_f1_text,
+    save_overlays,
+    segmentation_report,
+)
 from cnnlab.report.units import counted
 from cnnlab.tasks.recipes import (
     Recipe,
@@ -471,8 +478,8 @@ def _report(  # noqa: ANN202
     report.text(
         f"mIoU over the 10 digit classes (background excluded) **{test['miou']:.4f}**; with background "
         f"{test['miou_with_bg']:.4f}; pixel accuracy {test['pixel_accuracy']:.4f}; boundary F1 "
-        f"({test['boundary_tolerance_px']} px tolerance) {test['boundary_f1']:.4f}. {summary['params']:,} parameters, "
-        f"{summary['train_seconds']:.0f} s of training."
+        f"({test['boundary_tolerance_px']} px tolerance) {boundary_f1_text(test['boundary_f1'])}. "
+        f"{summary['params']:,} parameters, {summary['train_seconds']:.0f} s of training."
     )
     report.table(["class", "IoU"], list(test["iou_per_class"].items()), scores=["IoU"])
     report.image("test canvases: input, truth, prediction", "test_overlays.png")
