@@ -250,6 +250,43 @@ def test_evaluate_says_which_pairs_the_run_trained_on_and_refuses_a_folder_witho
     assert not (tmp_path / "out").exists()
 
 
+def test_evaluate_names_classes_no_mask_has_and_values_only_in_edge_fringes_as_training_does(trained, tmp_path):
+    """`cnnlab evaluate` said neither of training's checks of a folder: a class of the run no mask has (left out of
+    mIoU, or IoU 0 where predicted) and a mask value found only in thin fringes (a JPEG's or a smooth resize's)."""
+    from cnnlab.tasks.evaluate import evaluate_folder, evaluation_lines
+
+    root, summary = trained
+    folder = _split_pairs(summary["run_dir"], "test", tmp_path / "new")
+    first, *others = sorted((folder / "masks").glob("*.png"))
+    for path in others[1:]:
+        path.unlink()
+        (folder / "images" / path.name).unlink()
+    labels = np.zeros((32, 32), dtype=np.uint8)
+    labels[8:24, 8:24] = 1  # a bar's region ...
+    labels[7, 8:24] = labels[24, 8:24] = 3  # ... and a 'cross' only in 1 px fringes round it, as resizing leaves
+    Image.fromarray(labels).save(first)
+    Image.fromarray((labels == 1).astype(np.uint8)).save(others[0])  # class indices: the run's colours read them so
+    evaluation = evaluate_folder(summary["run_dir"], folder, tmp_path / "out")
+    untrained = (
+        f"no mask in {folder} has a pixel of 'square' (2): it is left out of mIoU (IoU -), or scored IoU 0 where the "
+        "model predicts it"
+    )
+    fringe = f"mask value 3 ({first.name} in {folder / 'masks'}) lies only in thin fringes where other classes meet"
+    assert evaluation["classes_without_pixels"] == untrained
+    assert evaluation["edge_only_values"].startswith(fringe)
+    shown = evaluation_lines(evaluation)
+    assert shown.count(untrained) == 1 and [line.startswith(fringe) for line in shown].count(True) == 1
+    saved = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert saved["classes_without_pixels"] == untrained and saved["edge_only_values"] == evaluation["edge_only_values"]
+    (folder / "masks" / first.name).unlink()  # every class but 'square' in regions: nothing else said
+    (folder / "images" / first.name).unlink()
+    labels[7, 8:24] = labels[24, 8:24] = 0
+    labels[0:6, 0:6] = 3
+    Image.fromarray(labels).save(others[0])
+    evaluation = evaluate_folder(summary["run_dir"], folder, tmp_path / "out2")
+    assert evaluation["edge_only_values"] is None and "'cross'" not in evaluation["classes_without_pixels"]
+
+
 def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(trained, tmp_path):
     """A run folder's split.csv was read back by any later run there: --overwrite with other fractions or another
     --data kept the old split (or failed on its missing images), a finished run given no flag failed on its split."""

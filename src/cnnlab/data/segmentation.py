@@ -55,6 +55,7 @@ __all__ = [
     "CLASS_NAMES",
     "DigitCanvases",
     "DigitSegmentation",
+    "EdgeOnlyValues",
     "GreyIndexMaskWarning",
     "IGNORE_INDEX",
     "NestedImagesWarning",
@@ -777,22 +778,41 @@ def check_mask_classes(
     )
 
 
-def edge_only_values(masks: dict[int, torch.Tensor]) -> dict[int, int]:
-    """The class values of `masks` (by index) that no pixel holds inside a region (its 4 neighbours of its own value),
-    each with the index of the first mask holding it: values found only in thin fringes where other values meet, as a
-    JPEG's compression or a smooth (bilinear) resize of a mask invents them at every edge (a 0/255 mask so resized
-    trained a head of 208 classes, its object unlabelled). A genuine class of lines 1-2 px wide looks the same, so
-    this is said, not refused."""
-    interior = torch.zeros(256, dtype=torch.bool)
-    first: dict[int, int] = {}
-    for index, labels in masks.items():  # uint8 and bincount: torch.unique sorted a 12 MP mask (1.4 s; 0.1 s)
+class EdgeOnlyValues:
+    """The class values of masks added one at a time (by index) that no pixel holds inside a region (its 4 neighbours
+    of its own value), each with the index of the first mask holding it: values found only in thin fringes where
+    other values meet, as a JPEG's compression or a smooth (bilinear) resize of a mask invents them at every edge (a
+    0/255 mask so resized trained a head of 208 classes, its object unlabelled). A genuine class of lines 1-2 px wide
+    looks the same, so this is said, not refused. One mask at a time: `cnnlab evaluate` holds no folder's masks."""
+
+    def __init__(self) -> None:
+        self.interior = torch.zeros(256, dtype=torch.bool)
+        self.first: dict[int, int] = {}
+
+    def add(self, index: int, labels: torch.Tensor) -> None:
+        """Count the uint8 mask [H, W] `labels`, the folder's mask number `index`."""
         for value in torch.bincount(labels.flatten(), minlength=256).nonzero().flatten().tolist():
-            first.setdefault(value, index)
+            self.first.setdefault(value, index)  # uint8 and bincount: torch.unique sorted a 12 MP mask (1.4 s; 0.1 s)
         inner = labels[1:-1, 1:-1]
         same = (inner == labels[:-2, 1:-1]) & (inner == labels[2:, 1:-1])
         same &= (inner == labels[1:-1, :-2]) & (inner == labels[1:-1, 2:])
-        interior |= torch.bincount(inner[same], minlength=256) > 0
-    return {value: index for value, index in sorted(first.items()) if value != IGNORE_INDEX and not interior[value]}
+        self.interior |= torch.bincount(inner[same], minlength=256) > 0
+
+    def values(self) -> dict[int, int]:
+        """Each edge-only value -> the index of the first mask holding it, by value."""
+        return {
+            value: index
+            for value, index in sorted(self.first.items())
+            if value != IGNORE_INDEX and not self.interior[value]
+        }
+
+
+def edge_only_values(masks: dict[int, torch.Tensor]) -> dict[int, int]:
+    """`EdgeOnlyValues` of `masks` (by index): the values found only in thin fringes, each with its first mask."""
+    found = EdgeOnlyValues()
+    for index, labels in masks.items():
+        found.add(index, labels)
+    return found.values()
 
 
 class SegmentationSamples(Dataset):

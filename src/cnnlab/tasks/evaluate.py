@@ -279,10 +279,16 @@ def _evaluate_segmentation(
     from PIL import Image
 
     from cnnlab.data.folder import SkippedFile
-    from cnnlab.data.segmentation import IGNORE_INDEX, SegmentationFolder, check_mask_classes, downscale_mask
+    from cnnlab.data.segmentation import (
+        IGNORE_INDEX,
+        EdgeOnlyValues,
+        SegmentationFolder,
+        check_mask_classes,
+        downscale_mask,
+    )
     from cnnlab.report.plots import plot_confusion_matrix
     from cnnlab.report.segmentation import MaskScores, save_overlays
-    from cnnlab.tasks.segment_folder import BOUNDARY_TOLERANCE, WORST_IMAGES
+    from cnnlab.tasks.segment_folder import BOUNDARY_TOLERANCE, WORST_IMAGES, describe_edge_only, describe_untrained
     from cnnlab.tasks.segment_predict import class_map, image_runner, load_segmenter, segment_logits
     from cnnlab.train.progress import ProgressBar
     from cnnlab.train.saved import saved_meta, spec_path
@@ -320,6 +326,7 @@ def _evaluate_segmentation(
     at_max_side = None if segmenter.max_side is None else MaskScores(len(classes), IGNORE_INDEX, BOUNDARY_TOLERANCE)
     scored: list[str] = []
     values = torch.zeros(256, dtype=torch.int64)  # the scored masks' pixels per value, checked as training checks them
+    edge_only = EdgeOnlyValues()  # every mask read, scored or not: a fringe value beyond the classes skips its pair
     # the image, mask and prediction of the WORST_IMAGES images with the most wrong pixels so far, for the overlays
     # the run's test pass draws (test_worst.png): every image's would hold the whole folder in memory
     kept: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -332,6 +339,7 @@ def _evaluate_segmentation(
             except CnnlabError as error:  # the reason without the path it starts with
                 folder.skipped.append(SkippedFile(str(path), "", str(error).removeprefix(f"{path}: ")))
                 continue
+            edge_only.add(index, mask)
             labelled = mask[mask != IGNORE_INDEX]
             if labelled.numel() and int(labelled.max()) >= len(classes):
                 reason = f"its mask has class index {int(labelled.max())}; the run has {len(classes)} classes"
@@ -383,6 +391,10 @@ def _evaluate_segmentation(
             **({} if at_max_side is None else {"at_max_side": at_max_side.report(classes, segmenter.background)}),
             "worst_images": [{"image": scored[i], "pixel_error": scores.errors[i]} for i in worst],
             "in_run_split": _in_run_split(run_dir, scored),
+            # the lines training says of its folder (results.json's), of this one: the run's classes no scored mask
+            # has, and mask values found only at edges (JPEG or smooth-resize artefacts?); None when not so
+            "classes_without_pixels": describe_untrained(values, classes, None, scored_in=root),
+            "edge_only_values": describe_edge_only(folder, edge_only.values()),
             "skipped": [dataclasses.asdict(entry) for entry in folder.skipped],
             "files": {
                 "evaluation": str(out / "evaluation.json"),
@@ -438,6 +450,7 @@ def _segmentation_lines(result: dict[str, Any]) -> list[str]:
     lines = []
     if result["classes_from"] == "run":
         lines.append(f"{result['data']} has no classes.json: its masks were read by the run's classes (model.json)")
+    lines += [line for line in (result["classes_without_pixels"], result["edge_only_values"]) if line]
     lines += [
         f"mIoU {result['miou']:.4f} ({which}), mIoU with background {result['miou_with_bg']:.4f}, pixel accuracy "
         f"{result['pixel_accuracy']:.4f}, boundary F1 {boundary_f1_text(result['boundary_f1'])} "

@@ -314,13 +314,20 @@ def describe_labelled(counts: dict[str, tuple[int, int]]) -> str | None:
 
 
 def describe_untrained(
-    train: list[tuple[torch.Tensor, torch.Tensor]], class_names: list[str], largest: tuple[int, Path] | None
+    train: list[tuple[torch.Tensor, torch.Tensor]] | torch.Tensor,
+    class_names: list[str],
+    largest: tuple[int, Path] | None,
+    scored_in: Path | None = None,
 ) -> str | None:
     """One line naming the classes no training mask has a pixel of (the model cannot learn them: they are scored, as
     any class, where validation and test masks have them), None when every class has some; `largest`: the largest
     index and its mask when the classes were read from the masks (no classes.json), which is then said as their
-    origin: a stray value made a head of that many classes."""
-    counts = torch.bincount(torch.cat([mask.flatten() for _, mask in train]).long(), minlength=256)
+    origin: a stray value made a head of that many classes. `train` may be the masks' pixels per value (int [256]);
+    `scored_in`: the folder `cnnlab evaluate` scores, whose masks they are (the line says what scoring does then)."""
+    if isinstance(train, torch.Tensor):
+        counts = train
+    else:
+        counts = torch.bincount(torch.cat([mask.flatten() for _, mask in train]).long(), minlength=256)
     untrained = [f"{name!r} ({index})" for index, name in enumerate(class_names) if counts[index] == 0]
     if not untrained:
         return None
@@ -332,6 +339,11 @@ def describe_untrained(
             "a classes.json lists them, and a mask with an index beyond them is named and skipped)"
         )
     them = "them" if len(untrained) > 1 else "it"
+    if scored_in is not None:  # a class no mask has is left out of mIoU, or scores IoU 0 where it is predicted
+        return (
+            f"no mask in {scored_in} has a pixel of {shown}: {them} {'are' if them == 'them' else 'is'} left out of "
+            f"mIoU (IoU -), or scored IoU 0 where the model predicts {them}"
+        )
     return f"no training mask has a pixel of {shown}: the model cannot learn {them}{origin}"
 
 
