@@ -230,6 +230,24 @@ def test_masks_with_fewer_than_two_classes_are_refused_with_the_likely_cause(tmp
     assert len(SegmentationFolder(tmp_path).read_all()) == 2  # another mask labels a second class
 
 
+def test_masks_saved_0_255_among_masks_of_class_indices_are_refused_naming_one_of_each(tmp_path):
+    """A folder of 0/1 masks and 0/255 ones trained the 255 objects as unlabelled, without a word."""
+    _one_pair(tmp_path, Image.fromarray(np.array([[0, 255], [0, 255]], dtype=np.uint8)))
+    for name, mask in (("b", [[0, 1], [0, 1]]), ("c", [[0, 255], [255, 255]])):
+        Image.fromarray(np.array(mask, dtype=np.uint8)).save(tmp_path / "masks" / f"{name}.png")
+        Image.fromarray(np.full((2, 2, 3), ord(name), dtype=np.uint8)).save(tmp_path / "images" / f"{name}.png")
+    with pytest.raises(CnnlabError) as refused:
+        SegmentationFolder(tmp_path).read_all()
+    assert str(refused.value) == (
+        f"{tmp_path / 'masks' / 'a.png'} and 1 other masks hold only 0 and 255 while other masks (b.png) hold class "
+        "indices 1 and up and no 255: 255 means unlabelled, so their objects would be left out of training; if 255 "
+        "marks the object there, save it as its class index (1 for one object class)"
+    )
+    # a folder whose masks use 255 for unlabelled pixels beside classes (scribbles, VOC): a 0/255 mask is a mask
+    Image.fromarray(np.array([[0, 1], [255, 1]], dtype=np.uint8)).save(tmp_path / "masks" / "b.png")
+    assert len(SegmentationFolder(tmp_path).read_all()) == 3
+
+
 @pytest.mark.parametrize(
     ("classes", "message"),
     [

@@ -285,6 +285,13 @@ def test_evaluate_names_classes_no_mask_has_and_values_only_in_edge_fringes_as_t
     Image.fromarray(labels).save(others[0])
     evaluation = evaluate_folder(summary["run_dir"], folder, tmp_path / "out2")
     assert evaluation["edge_only_values"] is None and "'cross'" not in evaluation["classes_without_pixels"]
+    # a mask saved 0/255 beside masks of class indices: its object, 255, unlabelled, was left out of the scores
+    Image.fromarray((labels == 1).astype(np.uint8) * 255).save(first)
+    picture = np.asarray(Image.open(folder / "images" / others[0].name)).copy()
+    picture[0, 0] ^= 1  # not a byte-identical copy, which would be read once
+    Image.fromarray(picture).save(folder / "images" / first.name)
+    with pytest.raises(CnnlabError, match=rf"^{re.escape(str(first))} holds only 0 and 255 while other masks \("):
+        evaluate_folder(summary["run_dir"], folder, tmp_path / "out3")
 
 
 def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(trained, tmp_path):

@@ -56,6 +56,7 @@ __all__ = [
     "DigitCanvases",
     "DigitSegmentation",
     "EdgeOnlyValues",
+    "ForegroundAs255",
     "GreyIndexMaskWarning",
     "IGNORE_INDEX",
     "NestedImagesWarning",
@@ -724,7 +725,7 @@ class SegmentationFolder(Dataset):
                 if (copy := self._read_copy(index)) is not None:
                     pairs[index] = copy
         if pairs:
-            self._check_two_classes([mask for _, mask in pairs.values()])
+            self._check_two_classes({index: mask for index, (_, mask) in pairs.items()})
         return pairs
 
     def _read_copy(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -742,10 +743,16 @@ class SegmentationFolder(Dataset):
         self.images[index], self.masks[index] = image, mask
         return None
 
-    def _check_two_classes(self, masks: list[torch.Tensor]) -> None:
-        """Refuse masks that hold fewer than two classes (`check_mask_classes`)."""
-        counts = sum(torch.bincount(mask.flatten().long(), minlength=256) for mask in masks)
+    def _check_two_classes(self, masks: dict[int, torch.Tensor]) -> None:
+        """Refuse masks that hold fewer than two classes (`check_mask_classes`), or some of them saved 0/255 among
+        masks of class indices (`ForegroundAs255`)."""
+        mixed = ForegroundAs255()
+        counts = torch.zeros(256, dtype=torch.int64)
+        for index, mask in masks.items():
+            counts += (mask_counts := torch.bincount(mask.flatten().long(), minlength=256))
+            mixed.add(self.masks[index], mask_counts)
         check_mask_classes(counts, self.root, self.class_names, "a model would learn one class")
+        mixed.check("their objects would be left out of training")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.read(index)
@@ -805,6 +812,40 @@ class EdgeOnlyValues:
             for value, index in sorted(self.first.items())
             if value != IGNORE_INDEX and not self.interior[value]
         }
+
+
+class ForegroundAs255:
+    """Masks saved 0/255 (their object 255, which means unlabelled) among masks of class indices: added one at a
+    time, refused by `check` (as `check_mask_classes` refuses a folder of them alone) when some mask's only value
+    other than 0 is 255 and others hold classes 1 and up without 255. A folder that uses 255 for unlabelled pixels
+    beside its classes (scribbles, Pascal VOC's void bands) passes: there a mask of background and 255 is a mask."""
+
+    def __init__(self) -> None:
+        self.binary: list[Path] = []  # the masks of 0 and 255 alone
+        self.indexed: Path | None = None  # the first mask of classes 1 and up without 255
+        self.unlabelled_beside_classes = False  # some mask has classes 1 and up and 255: 255 means unlabelled here
+
+    def add(self, path: Path, counts: torch.Tensor) -> None:
+        """Count the mask at `path` by its pixels per value (`counts`: int [256])."""
+        classes, unlabelled = bool(counts[1:IGNORE_INDEX].any()), bool(counts[IGNORE_INDEX])
+        if unlabelled and not classes:
+            self.binary.append(path)
+        elif classes and not unlabelled:
+            self.indexed = self.indexed or path
+        elif classes:
+            self.unlabelled_beside_classes = True
+
+    def check(self, consequence: str) -> None:
+        """Refuse, in one line naming a mask of each kind, masks saved 0/255 among masks of class indices;
+        `consequence` says what would follow ("their objects would be left out of training")."""
+        if not self.binary or self.indexed is None or self.unlabelled_beside_classes:
+            return
+        others = f" and {len(self.binary) - 1} other masks hold" if len(self.binary) > 1 else " holds"
+        raise CnnlabError(
+            f"{self.binary[0]}{others} only 0 and {IGNORE_INDEX} while other masks ({self.indexed.name}) hold "
+            f"class indices 1 and up and no {IGNORE_INDEX}: {IGNORE_INDEX} means unlabelled, so {consequence}; if "
+            f"{IGNORE_INDEX} marks the object there, save it as its class index (1 for one object class)"
+        )
 
 
 def edge_only_values(masks: dict[int, torch.Tensor]) -> dict[int, int]:

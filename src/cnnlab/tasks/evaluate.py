@@ -282,6 +282,7 @@ def _evaluate_segmentation(
     from cnnlab.data.segmentation import (
         IGNORE_INDEX,
         EdgeOnlyValues,
+        ForegroundAs255,
         SegmentationFolder,
         check_mask_classes,
         downscale_mask,
@@ -326,6 +327,7 @@ def _evaluate_segmentation(
     at_max_side = None if segmenter.max_side is None else MaskScores(len(classes), IGNORE_INDEX, BOUNDARY_TOLERANCE)
     scored: list[str] = []
     values = torch.zeros(256, dtype=torch.int64)  # the scored masks' pixels per value, checked as training checks them
+    mixed = ForegroundAs255()  # 0/255 masks among masks of class indices: refused, as training refuses them
     edge_only = EdgeOnlyValues()  # every mask read, scored or not: a fringe value beyond the classes skips its pair
     # the image, mask and prediction of the WORST_IMAGES images with the most wrong pixels so far, for the overlays
     # the run's test pass draws (test_worst.png): every image's would hold the whole folder in memory
@@ -352,7 +354,8 @@ def _evaluate_segmentation(
             if at_max_side is not None:
                 small = torch.from_numpy(downscale_mask(mask.numpy(), segmenter.max_side))
                 at_max_side.add(logits.argmax(1)[0].cpu(), small.long())
-            values += torch.bincount(mask.flatten().long(), minlength=256)
+            values += (counts := torch.bincount(mask.flatten().long(), minlength=256))
+            mixed.add(folder.masks[index], counts)
             scored.append(str(path))
             kept[len(scored) - 1] = (image, mask, predicted)
             if len(kept) > WORST_IMAGES:  # the fewest wrong pixels leave, the later of a tie first
@@ -362,6 +365,7 @@ def _evaluate_segmentation(
         raise CnnlabError(f"--data {data} holds no usable image + mask pair{found}")
     # 0/255 masks (255 means unlabelled) scored the background alone: every score 1.0, where training refuses them
     check_mask_classes(values, root, folder.class_names, "only that class would be scored", one_class=True)
+    mixed.check("their objects would be left out of the scores")
     report = scores.report(classes, segmenter.background)
     with _published_together(out) as staged:
         plot_confusion_matrix(scores.matrix, staged / "confusion_matrix.png", classes, f"{root.name} pixels (evaluate)")
