@@ -130,8 +130,15 @@ def spatial_layers(model: nn.Module, image: torch.Tensor) -> list[tuple[str, tup
         return hook
 
     handles = [module.register_forward_hook(hook_for(name)) for name, module in _leaf_modules(model)]
+    _run_hooked(model, image, handles)
+    return seen
+
+
+def _run_hooked(model: nn.Module, image: torch.Tensor, handles: list[Any]) -> None:
+    """Run `model` once on one preprocessed image [C, H, W] in eval mode without gradients (batch norm must not
+    update its statistics from this one image), then remove the hooks' `handles` and give every module its mode."""
     modes = {m: m.training for m in model.modules()}
-    model.eval()  # batch norm must not update its statistics from this one image
+    model.eval()
     try:
         with torch.inference_mode():
             model(image.unsqueeze(0).to(_device(model)))
@@ -140,7 +147,6 @@ def spatial_layers(model: nn.Module, image: torch.Tensor) -> list[tuple[str, tup
             handle.remove()
         for module, mode in modes.items():
             module.train(mode)
-    return seen
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -210,16 +216,7 @@ def layer_outputs(model: nn.Module, image: torch.Tensor) -> list[LayerOutput]:
             maps[name] = _is_map(output)
 
         handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.inference_mode():
-            model(image.unsqueeze(0).to(_device(model)))
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, mode in modes.items():
-            module.train(mode)
+    _run_hooked(model, image, handles)
     modules = dict(model.named_modules())
     names = list(order) + [name for name in modules if name and name not in order]
     return [
@@ -334,16 +331,7 @@ def feature_maps(model: nn.Module, image: torch.Tensor, layers: Sequence[str]) -
             captured[name] = output.detach().clone() if isinstance(output, torch.Tensor) else output
 
         handles.append(_module(model, name).register_forward_hook(hook))
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.inference_mode():
-            model(image.unsqueeze(0).to(_device(model)))
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, mode in modes.items():
-            module.train(mode)
+    _run_hooked(model, image, handles)
     for name in layers:  # a vector (the classifier's, a flatten's) has no maps to plot
         _refuse_unless_maps(model, image, name, captured.get(name), deepest=False)
     return {name: captured[name].detach()[0].float().cpu().clone() for name in layers}
