@@ -27,6 +27,7 @@ _spec.loader.exec_module(_idx)  # type: ignore[union-attr]
 write_fake_mnist, write_idx = _idx.write_fake_mnist, _idx.write_idx
 
 _TINY = {"epochs": 2, "batch_size": 24}
+_WRITTEN = re.compile(r"- written: [^,]*,")  # when a report was written: the rest of a rewritten one is the first's
 
 
 @pytest.fixture(scope="module")
@@ -382,6 +383,15 @@ def test_a_member_stopped_while_it_wrote_its_results_resumes(
     summary = train_mnist("quick", overrides=_TINY, resume=True, **options)
     assert summary["ensemble_test_accuracy"] == ensemble_run["ensemble_test_accuracy"]
     assert [m["test_accuracy"] for m in summary["members"]] == [m["test_accuracy"] for m in ensemble_run["members"]]
+    # a member stopped between its results.json and its report.md gets the report from what it saved, not retested
+    report = tmp_path / "mnist" / "ens" / "seed1" / "report.md"
+    written = report.read_text()
+    report.unlink()
+    tested_at = (report.parent / "test_probabilities.pt").stat().st_mtime_ns
+    again = train_mnist("quick", overrides=_TINY, resume=True, **options)
+    assert again["members"] == summary["members"]
+    assert (report.parent / "test_probabilities.pt").stat().st_mtime_ns == tested_at
+    assert _WRITTEN.sub("", report.read_text()) == _WRITTEN.sub("", written)
 
 
 def test_resume_of_a_missing_run_is_a_clear_error(fake_root: Path, tmp_path: Path) -> None:
@@ -398,6 +408,16 @@ def test_resume_of_a_finished_run_reads_it_back_and_refuses_other_options(fake_r
     again = train_mnist("quick", overrides=_TINY, resume=True, **options)
     assert weights.stat().st_mtime_ns == trained_at  # read back, not trained again
     assert again["test_accuracy"] == finished["test_accuracy"] and again["members"] == finished["members"]
+    # stopped between results.json and report.md: read back as finished, it never got its report; now the report
+    # alone is written from what the run saved, the first one's but for when it was written
+    report = tmp_path / "mnist" / "done" / "report.md"
+    written = report.read_text()
+    report.unlink()
+    tested_at = (tmp_path / "mnist" / "done" / "test_probabilities.pt").stat().st_mtime_ns
+    again = train_mnist("quick", overrides=_TINY, resume=True, **options)
+    assert weights.stat().st_mtime_ns == trained_at and again["members"] == finished["members"]
+    assert (tmp_path / "mnist" / "done" / "test_probabilities.pt").stat().st_mtime_ns == tested_at
+    assert _WRITTEN.sub("", report.read_text()) == _WRITTEN.sub("", written)
     with pytest.raises(CnnlabError, match=r"cannot resume .*done with different options \(.*epochs: 2 -> 3"):
         train_mnist("quick", overrides={**_TINY, "epochs": 3}, resume=True, **options)
     with pytest.raises(CnnlabError, match=r"extra\.recipe: 'quick' -> 'baseline'"):  # a key, not two whole records

@@ -44,6 +44,7 @@ from cnnlab.train.config import (
     check_resumable,
     environment_record,
     load_config,
+    recorded_environment,
     save_record,
     slow_precision_said_once,
 )
@@ -312,6 +313,9 @@ def _train_mnist(
             check_resumable(saved_options(member_dir), config, member_dir)
             finished = json.loads((member_dir / "results.json").read_text())
             finished = finished["members"][0] if "members" in finished else finished  # a single run's summary
+            if is_main_process() and not (member_dir / "report.md").is_file():
+                # stopped between its results.json and its report.md: only the report is left to write
+                _write_missing_report(chosen, overrides, member_dir, finished)
             members.append({**finished, "run_dir": str(member_dir)})  # where it is now: the run may have moved since
             member_probabilities.append(torch.load(member_dir / "test_probabilities.pt", weights_only=True))
         elif member is not None and index != member:  # another process trains it
@@ -395,6 +399,21 @@ def _train_mnist(
         with written_then_renamed(run_dir / "results.json") as results:  # a single run's is its member's, as above
             results.write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _write_missing_report(
+    recipe: MnistRecipe, overrides: dict[str, Any] | None, member_dir: Path, result: dict[str, Any]
+) -> None:
+    """Write the report.md of a finished member (or single run) stopped before it was written, from what the member
+    saved: its results.json (`result`), its epochs (metrics.json), its options and the environment of the session
+    that finished it (config.yaml), beside the figures its test pass drew. Nothing is trained or tested again."""
+    try:
+        history = json.loads((member_dir / "metrics.json").read_text())
+        config = load_config(member_dir / "config.yaml")
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not as the engine writes them: a report without its epochs or options would misstate the run
+    report = _member_report(recipe, overrides, config, history, result, recorded_environment(member_dir))
+    report.write(member_dir / "report.md")
 
 
 def _check_fellow_member(member_dir: Path, config: TrainConfig, data_dir: str | None) -> None:
@@ -670,7 +689,9 @@ def _member_report(
     config: TrainConfig,
     history: list[dict[str, float]],
     result: dict[str, Any],
+    environment: dict[str, Any] | None = None,
 ) -> RunReport:
+    """A member's (or single run's) report.md; `environment`: the session's that finished it, default this one's."""
     from cnnlab.report.markdown import RunReport
 
     test = result["test"]
@@ -684,7 +705,7 @@ def _member_report(
             else ""
         )
         + f"the test set ({test_count:,} images) was evaluated once, after training.",
-        environment_record(),
+        environment or environment_record(),
         result.get("device"),
     )
     resumed = result.get("resumed_after_epoch")

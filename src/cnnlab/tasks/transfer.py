@@ -90,7 +90,13 @@ from cnnlab.train import (
     top_param_groups,
 )
 from cnnlab.train.callbacks import SessionEpochs
-from cnnlab.train.config import environment_record, save_record, slow_precision_said_once, use_threads
+from cnnlab.train.config import (
+    environment_record,
+    recorded_environment,
+    save_record,
+    slow_precision_said_once,
+    use_threads,
+)
 from cnnlab.train.metrics import Accuracy, BalancedAccuracy, ViewAveraged
 from cnnlab.train.records import RunSessions, write_history
 from cnnlab.train.saved import IMAGE_CLASSIFIER, save_model
@@ -837,7 +843,7 @@ def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
             if main:
                 from cnnlab.report.transfer import transfer_report
 
-                transfer_report(summary, _recorded_environment(run_dir)).write(report)
+                transfer_report(summary, recorded_environment(run_dir)).write(report)
             log(f"{run_dir} is already finished; its report was missing, written from its results.json: {report}")
         return {**summary, "finished_before": True}
     if weights is not None:  # a download that fails does so before the images are read and the run folder made
@@ -966,18 +972,6 @@ def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
             log(f"{took}; --recipe {nxt['recipe']} would take about {duration(nxt['total'])} here (estimate, "
                 "report.md)")  # fmt: skip
         return summary
-
-
-def _recorded_environment(run_dir: Path) -> dict[str, Any] | None:
-    """The environment (command, versions, hardware) the run's config.yaml records: the session that finished the
-    run wrote it as it started, so a report written later names that session's machine, not this one's."""
-    import yaml
-
-    try:
-        environment = (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("environment")
-    except (OSError, ValueError, yaml.YAMLError):
-        return None
-    return environment if isinstance(environment, dict) else None
 
 
 def _estimate_next_recipe(run: _Run, model: nn.Module, record: PretrainedCfg) -> None:

@@ -304,6 +304,22 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def recorded_environment(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The environment (command, versions, hardware) a run's ``config.yaml`` records, None where it records none.
+
+    A task writes its config.yaml as a session starts, so a report written later from a finished run's saved results
+    (`--resume` of a run stopped before its report.md) names the session that finished it, not this machine.
+    """
+    import yaml
+
+    try:
+        document = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    environment = document.get("environment") if isinstance(document, dict) else None
+    return environment if isinstance(environment, dict) else None
+
+
 def save_config(config: TrainConfig, path: str | os.PathLike[str]) -> None:
     """Write ``config.yaml``: the config under ``config:``, then ``environment:``."""
     save_record(config.to_dict(), path)
