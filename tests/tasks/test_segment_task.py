@@ -275,6 +275,17 @@ def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatc
     assert "and 1 test canvas of " in report and "the test canvas (built" in report
     table = report.split("| class | IoU |\n")[1].split("\n\n")[0].splitlines()[1:]
     assert table and all(re.fullmatch(r"\| .+ \| (\d\.\d{4}|absent|-) \|", row) for row in table), table  # 4 places
+    # finished: --resume read it back by testing it again (a second session, the model saved again); now it is read
+    # back, under its own options only, and a stop before its report.md leaves that alone to write, from its results
+    (run / "report.md").unlink()
+    saved_at = {name: (run / name).stat().st_mtime_ns for name in ("model.safetensors", "sessions.json")}
+    assert _train_tiny(tmp_path, "b", data, resume=True, **options) == json.loads(json.dumps(summary))
+    assert {name: (run / name).stat().st_mtime_ns for name in saved_at} == saved_at
+    written = re.compile(r"- written: [^,]*,")  # when the report was written: the rest is the first one's, but
+    rewritten = (run / "report.md").read_text().replace("[8, 16, 32]", "(8, 16, 32)")  # config.yaml keeps lists
+    assert written.sub("", rewritten) == written.sub("", report)
+    with pytest.raises(CnnlabError, match=r"cannot resume .*b with different options \(.*epochs: 3 -> 4"):
+        _train_tiny(tmp_path, "b", data, resume=True, **{**options, "epochs": 4})
 
 
 @pytest.mark.parametrize("task", ["canvases", "folder"])

@@ -47,7 +47,14 @@ from cnnlab.tasks.recipes import (
 )
 from cnnlab.train import BestWeights, Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.callbacks import SessionEpochs
-from cnnlab.train.config import check_options, environment_record, use_threads
+from cnnlab.train.config import (
+    check_options,
+    check_resumable,
+    environment_record,
+    load_config,
+    recorded_environment,
+    use_threads,
+)
 from cnnlab.train.optim import default_param_groups
 from cnnlab.train.records import RunSessions
 from cnnlab.train.saved import DIGIT_SEGMENTER, save_model
@@ -366,6 +373,10 @@ def train_segmentation(
             "pretrain_epochs": pretrain,
         },
     )
+    if resume and (run_dir / "results.json").is_file():
+        # finished (results.json is written whole once the test pass is done): read back, as train mnist and train
+        # transfer read a finished run, not tested again; a stop before its report.md leaves only that to write
+        return _read_back(chosen, config, overrides, pretrain)
     from cnnlab.models import create_model
 
     note_current_run(config.run_dir)
@@ -449,15 +460,34 @@ def train_segmentation(
         return summary
 
 
+def _read_back(
+    recipe: SegmentRecipe, config: TrainConfig, overrides: dict[str, Any] | None, pretrain: int
+) -> dict[str, Any]:
+    """The results of the finished run `config` names, under the options it was trained with (else refused), and
+    its report.md written from what it saved where a stop came before it: results.json, metrics.json, and the
+    options and environment (the finishing session's) of its config.yaml. Nothing is trained or tested."""
+    run_dir = config.run_dir
+    saved = load_config(run_dir / "config.yaml")
+    check_resumable(saved.to_dict(), config, run_dir)
+    summary = json.loads((run_dir / "results.json").read_text())
+    if is_main_process() and not (run_dir / "report.md").is_file():
+        history = json.loads((run_dir / "metrics.json").read_text())
+        given = {**(overrides or {}), "train_canvases": summary["canvases"][0], "pretrain_epochs": pretrain}
+        _report(recipe, saved, history, summary, given, recorded_environment(run_dir)).write(run_dir / "report.md")
+    return {**summary, "run_dir": str(run_dir)}  # where it is now: the run may have moved since
+
+
 def _report(  # noqa: ANN202
     recipe: SegmentRecipe,
     config: TrainConfig,
     history: list[dict[str, float]],
     summary: dict[str, Any],
     given: dict[str, Any] | None = None,
+    environment: dict[str, Any] | None = None,
 ):
     """report.md; `given`: the engine options laid over the recipe's, and ``train_canvases`` and
-    ``pretrain_epochs``, which its summary names too ("4000 canvases")."""
+    ``pretrain_epochs``, which its summary names too ("4000 canvases"); `environment`: the session's that finished
+    the run, default this one's."""
     from cnnlab.report.markdown import RunReport
 
     recipe_options = {**recipe.train, "train_canvases": recipe.sizes[0], "pretrain_epochs": recipe.pretrain_epochs}
@@ -471,7 +501,7 @@ def _report(  # noqa: ANN202
         f"{recipe.canvas_size} px with 1-5 MNIST digits each; seed {config.seed}; the test "
         f"{'canvas' if test_count == 1 else 'canvases'} (built from MNIST test digits only) "
         f"{'was' if test_count == 1 else 'were'} evaluated once, after training.",
-        environment_record(),
+        environment or environment_record(),
         summary.get("device"),
     )
     report.heading("Test canvases")
