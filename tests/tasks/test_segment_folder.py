@@ -644,7 +644,9 @@ def test_a_resume_under_other_options_is_refused_before_a_pair_is_decoded(tmp_pa
         Image.fromarray(colour_masks.read(index)[1].numpy()).save(path)
     (root / "classes.json").unlink()
     options = dict(output=str(tmp_path), name="r", overrides={"epochs": 1, "batch_size": 4}, progress=False)
-    train_segmentation_folder(str(root), crop_size=16, max_side=32, **options)
+    finished = train_segmentation_folder(str(root), crop_size=16, max_side=32, **options)
+    run = tmp_path / "segment" / "r"
+    report = (run / "report.md").read_text()
 
     def read(*args):
         raise _Stop
@@ -657,7 +659,16 @@ def test_a_resume_under_other_options_is_refused_before_a_pair_is_decoded(tmp_pa
     ):
         with pytest.raises(CnnlabError, match=rf"cannot resume .*segment/r with different options \({message}\)"):
             train_segmentation_folder(str(root), resume=True, **changed, **options)
-    with pytest.raises(_Stop):  # the same options: decoding starts
+    # the same options: the finished run is read back, not decoded and tested again (a second session); stopped
+    # between its results.json and its report.md, that report alone is written, from what the run saved
+    (run / "report.md").unlink()
+    sessions = (run / "sessions.json").read_text()
+    assert train_segmentation_folder(str(root), resume=True, crop_size=16, max_side=32, **options) == finished
+    assert (run / "sessions.json").read_text() == sessions
+    written = re.compile(r"- written: [^,]*,")  # when the report was written: the rest is the first one's
+    assert written.sub("", (run / "report.md").read_text()) == written.sub("", report)
+    (run / "results.json").unlink()  # not finished: decoding starts
+    with pytest.raises(_Stop):
         train_segmentation_folder(str(root), resume=True, crop_size=16, max_side=32, **options)
 
 

@@ -68,7 +68,14 @@ from cnnlab.tasks.segmentation import TASK, chosen_epoch, saved_epoch_line
 from cnnlab.tasks.transfer import class_weights
 from cnnlab.train import BestWeights, Callback, LoaderBatches, TrainConfig, Trainer
 from cnnlab.train.callbacks import SessionEpochs
-from cnnlab.train.config import RESUME_FREE_OPTIONS, check_options, environment_record, use_threads
+from cnnlab.train.config import (
+    RESUME_FREE_OPTIONS,
+    check_options,
+    environment_record,
+    load_config,
+    recorded_environment,
+    use_threads,
+)
 from cnnlab.train.device import available_memory_bytes, resolve_device
 from cnnlab.train.records import RunSessions
 from cnnlab.train.saved import SEGMENTER, save_model
@@ -485,8 +492,14 @@ def train_segmentation_folder(
     # A resume under other options is refused here, as the engine would refuse it once every pair was decoded (minutes
     # for a folder of photos); the classes read from the masks are the engine's to compare.
     unknown = {"extra.classes"} if folder.class_names is None else set()
-    options = config.to_dict() if config.resume else None  # a run with no checkpoint trains afresh: any options
+    finished = resume and (run_dir / "results.json").is_file()  # written whole once the test pass is done
+    # compared for a run continued from its checkpoint or read back finished; one with neither trains afresh
+    options = config.to_dict() if config.resume or finished else None
     check_start(run_dir, MANIFEST, resume, overwrite, options, free=RESUME_FREE_OPTIONS | unknown)
+    if finished:
+        # read back, as the other tasks read a finished run: not decoded, trained or tested again; a stop before its
+        # report.md leaves only that to write, from what the run saved
+        return _read_back(recipe, run_dir, background, overrides)
     _check_memory(folder, crop, progress and is_main_process())
     # this command's session of the run (sessions.json), read before the engine rewrites config.yaml; a resumed run's
     # session stopped while it reads the pairs is one of the run's
@@ -668,10 +681,32 @@ def train_segmentation_folder(
         }
         if trainer.is_main_process:
             write_text_whole(run_dir / "results.json", json.dumps(summary, indent=1))
-            _report(recipe, config, history, summary, folder, class_names, background, overrides).write(
-                run_dir / "report.md"
-            )
+            _report(recipe, config, history, summary, class_names, background, overrides).write(run_dir / "report.md")
         return summary
+
+
+def _read_back(
+    recipe: FolderSegmentRecipe, run_dir: Path, background: int | None, overrides: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The results of the finished run in `run_dir` (its options already compared), and its report.md written where a
+    stop came before it, from what the run saved: results.json, metrics.json, and config.yaml's options, classes and
+    environment (the session that finished it)."""
+    summary = json.loads((run_dir / "results.json").read_text())
+    if is_main_process() and not (run_dir / "report.md").is_file():
+        saved = load_config(run_dir / "config.yaml")
+        history = json.loads((run_dir / "metrics.json").read_text())
+        report = _report(
+            recipe,
+            saved,
+            history,
+            summary,
+            saved.extra["classes"],
+            background,
+            overrides,
+            recorded_environment(run_dir),
+        )
+        report.write(run_dir / "report.md")
+    return {**summary, "run_dir": str(run_dir)}  # where it is now: the run may have moved since
 
 
 def _report(  # noqa: ANN202
@@ -679,11 +714,13 @@ def _report(  # noqa: ANN202
     config: TrainConfig,
     history: list[dict[str, float]],
     summary: dict[str, Any],
-    folder: SegmentationFolder,
     class_names: list[str],
     background: int | None,
     overrides: dict[str, Any] | None = None,
+    environment: dict[str, Any] | None = None,
 ):
+    """report.md, from the run's results (`summary`: its data folder, split counts and test scores) and epochs;
+    `environment`: the session's that finished the run, default this one's."""
     from cnnlab.report.markdown import RunReport
     from cnnlab.report.units import counted
 
@@ -697,13 +734,13 @@ def _report(  # noqa: ANN202
         unlabelled += f" {line[0].upper()}{line[1:]}." if line else ""
     report = RunReport(
         f"Segmentation run `{config.name}`",
-        f"Model `{recipe.name}`: {recipe.summary}{describe_overrides(recipe.train, overrides)}. Data {folder.root}: "
-        f"{counts['train']} training, {counts['val']} validation and "
+        f"Model `{recipe.name}`: {recipe.summary}{describe_overrides(recipe.train, overrides)}. Data "
+        f"{summary['data']}: {counts['train']} training, {counts['val']} validation and "
         f"{counted(counts['test'], 'test image', 'test images')} ({MANIFEST}), {summary['skipped']} skipped "
         f"({SKIPPED}); seed {config.seed}; the test "
         f"{'image was' if counts['test'] == 1 else 'images were'} evaluated once, after training, "
         f"whole{downscaled}.{unlabelled}",
-        environment_record(),
+        environment or environment_record(),
         summary.get("device"),
     )
     report.heading("Test images")
