@@ -336,7 +336,7 @@ def test_a_run_stopped_mid_training_continues_from_its_finished_epochs(tmp_path,
 @pytest.mark.skipif(not HAS_MNIST, reason=f"MNIST not found under {MNIST_ROOT} (set $CNNLAB_DATA)")
 def test_an_interrupted_experiment_reads_back_its_finished_runs(tmp_path, monkeypatch):
     """An interrupted experiment trained every run again; a --full one is most of an hour on a CPU."""
-    from cnnlab.train import Trainer
+    from cnnlab.train import Trainer, records
 
     tiny = dict(epochs=1, subset=128, batch_size=64, seeds=2, test_subset=64, val_subset=64, output=tmp_path,
                 data_dir=str(MNIST_ROOT), progress=False)  # fmt: skip
@@ -349,6 +349,9 @@ def test_an_interrupted_experiment_reads_back_its_finished_runs(tmp_path, monkey
         return original_fit(self, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "fit", fit_or_stop)
+    # Each of the 12 fits drew its learning curves, most of this test's time; the tiny-budget test draws this
+    # experiment's, and nothing here reads them.
+    monkeypatch.setattr(records, "plot_learning_curves", lambda history, path: Path(path))
     with pytest.raises(KeyboardInterrupt):  # 3 variants x 2 seeds: stopped as the fifth run starts
         run_experiment("pool-vs-stride", **tiny)
     fits.clear()
