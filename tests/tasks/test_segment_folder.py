@@ -126,6 +126,7 @@ def test_evaluate_of_the_runs_test_pairs_gives_its_test_scores(trained, tmp_path
             bars.append([description, enabled])
 
     monkeypatch.setattr(cnnlab.train.progress, "ProgressBar", RecordedBar)
+    import cnnlab.report.plots
     import cnnlab.report.segmentation
 
     drawn = []  # the overlays' titles: the worst images were listed in evaluation.json only, never drawn
@@ -198,8 +199,13 @@ def test_evaluate_of_the_runs_test_pairs_gives_its_test_scores(trained, tmp_path
     shutil.copytree(run, bf16_run)
     config = (bf16_run / "config.yaml").read_text()
     (bf16_run / "config.yaml").write_text(config.replace("  precision: fp32\n", "  precision: bf16\n", 1))
-    with pytest.warns(GreyIndexMaskWarning, match=rf"{re.escape(str(second))} and other grey masks .* read as class"):
-        evaluation = evaluate_folder(bf16_run, folder, tmp_path / "bf16_out")
+    with monkeypatch.context() as undrawn:  # its figures are the CLI's above, checked there: half this test's time
+        undrawn.setattr(cnnlab.report.segmentation, "save_overlays", lambda *args, **kwargs: None)
+        undrawn.setattr(cnnlab.report.plots, "plot_confusion_matrix", lambda *args, **kwargs: None)
+        with pytest.warns(
+            GreyIndexMaskWarning, match=rf"{re.escape(str(second))} and other grey masks .* read as class"
+        ):
+            evaluation = evaluate_folder(bf16_run, folder, tmp_path / "bf16_out")
     assert evaluation["confusion_matrix"] == test["confusion_matrix"] and not evaluation["skipped"]
     assert evaluation["precision"] == "fp32" and evaluation["run_precision"] == "bf16"
     shown = "\n".join(evaluation_lines(evaluation))
