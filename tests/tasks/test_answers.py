@@ -148,8 +148,15 @@ def test_a_record_another_version_wrote_is_measured_again_not_a_crash(
 
 @pytest.mark.skipif(not HAS_MNIST, reason="MNIST not found ($CNNLAB_DATA)")
 def test_every_number_of_a_whole_sheet_traces_to_its_json_and_runs_are_reused(
-    tmp_path: Path, exercise_2_calls: list[int]
+    tmp_path: Path, exercise_2_calls: list[int], monkeypatch: pytest.MonkeyPatch
 ):
+    from cnnlab.report import plots
+    from cnnlab.train import records
+
+    # The 17 runs' learning curves and the MNIST run's 100-digit grid of mistakes were a third of the sheet's
+    # seconds; the sheet links neither (its figures, drawn, are checked below), and test_mnist_task draws them.
+    monkeypatch.setattr(records, "plot_learning_curves", lambda history, path: Path(path))
+    monkeypatch.setattr(plots, "plot_misclassified", lambda *args, **kwargs: Path(args[3]))
     lines: list[str] = []
     first = tmp_path / "first"
     sheet = run_answers(TINY, output=first, data_dir=str(REAL_MNIST), log=lines.append)
@@ -403,12 +410,20 @@ def test_an_mnist_run_of_the_recipe_with_other_options_is_not_shown_as_the_recip
 
 
 @pytest.mark.skipif(not HAS_MNIST, reason="MNIST not found ($CNNLAB_DATA)")
-def test_exercise_7_alone_writes_its_sheet_and_the_sheet_continues_its_own_mnist_run(tmp_path: Path):
+def test_exercise_7_alone_writes_its_sheet_and_the_sheet_continues_its_own_mnist_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """`answers -e 7` refused its own sheet (it names exercise 9, whose numbers were not in its JSON). And the sheet
     trained its MNIST run (exercises 7 and 9 share it) with overwrite: after an interruption (20 minutes of training
     with --full) it started again from the first epoch, and a run it had finished was trained again. A continued
     sheet also said "measured in this invocation" of what an earlier one had measured. One MNIST run, trained by the
     first sheet, serves all three checks."""
+    from cnnlab.report import plots
+    from cnnlab.train import records
+
+    # most of the seconds, and not what is tested: the sheet links neither figure (test_mnist_task draws them)
+    monkeypatch.setattr(records, "plot_learning_curves", lambda history, path: Path(path))
+    monkeypatch.setattr(plots, "plot_misclassified", lambda *args, **kwargs: Path(args[3]))
     sheet = run_answers(TINY, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(7,), log=lambda message: None)
     text = sheet.read_text()
     assert "Measured on the MNIST CNN of exercise 9" in text and "measured in this invocation" in text
