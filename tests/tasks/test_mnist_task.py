@@ -462,10 +462,17 @@ def test_a_resume_on_another_training_set_is_refused_and_a_run_saved_before_its_
     assert resumed["members"][0]["epochs"] == 2 and "train_set_sha256" not in saved_meta(run)
 
 
-def test_one_model_and_an_ensemble_never_share_a_run_name_without_overwrite(fake_root: Path, tmp_path: Path) -> None:
+def test_one_model_and_an_ensemble_never_share_a_run_name_without_overwrite(
+    fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`--name e2` without -n, over an ensemble e2, trained one model beside it with no flag, and `evaluate` went on
     scoring the old ensemble (its ensemble.json is loaded first); -n 2 over a single run did the reverse; a resume
     without -n was 'unknown training option(s) ensemble'; a resume with another --seed trained new members."""
+    from cnnlab.report import plots
+    from cnnlab.train import records
+
+    for figure in (plots, "plot_confusion_matrix"), (plots, "plot_misclassified"), (records, "plot_learning_curves"):
+        monkeypatch.setattr(*figure, lambda *args, **kwargs: None)  # six models' figures: most of the seconds
     options = dict(data_dir=str(fake_root), output=str(tmp_path), name="e2", val_size=40, progress=False)
     train_mnist("quick", overrides=_TINY, **options)
     run = tmp_path / "mnist" / "e2"
