@@ -196,8 +196,13 @@ def test_an_ensemble_shows_a_members_learning_curves_saying_whose(
     assert details.curves_label == "learning curves of member seed1 (3 of 3; each member trained on its own)"
     assert run_details(root, "mnist/old").curves_label == "learning curves"
     (ensemble / "metrics.json").unlink()  # as `cnnlab ensemble` writes it: no epochs of its own
-    with pytest.raises(CnnlabError, match=r"epochs to plot \(an ensemble: its members trained the curves; its page"):
-        compare_curves(root, "mnist/E", "mnist/old")
+    # Compare refused it ("its members trained the curves"): its members' are plotted, those inside the root alone
+    figure = compare_curves(root, "mnist/E", "mnist/old")
+    labels = {line.get_label() for axis in figure.axes for line in axis.get_lines()}
+    assert labels == {"mnist/E/seed1: train_loss", "mnist/E/seed1: val_loss"} | {
+        f"mnist/old: {key}" for key in ("train_loss", "val_loss", "val_accuracy")
+    }
+    assert figure.get_suptitle() == "mnist/E's members not plotted: seed9 (outside the runs root), seed0 (no epoch yet)"
 
 
 def test_two_runs_curves_share_one_figure(root: Path) -> None:
@@ -220,6 +225,61 @@ def test_two_runs_curves_share_one_figure(root: Path) -> None:
     (root / "mnist" / "old" / "metrics.json").write_text('[{"epoch": 1, "val_acc')
     with pytest.raises(CnnlabError, match=r"run mnist/old's metrics.json cannot be read \(Unterminated string"):
         compare_curves(root, "mnist/old", "segment/new")
+
+
+def test_compare_plots_each_member_of_an_ensemble_beside_a_single_run(root: Path) -> None:
+    """Comparing an ensemble (`train mnist -n 3`: seed0..seed2, no epochs of its own) with a run was refused, saying
+    where its curves are: each member's are plotted, named, a member still training with the epochs it has."""
+    import matplotlib.pyplot as plt
+
+    ensemble = root / "mnist" / "E"
+
+    def member(seed: int, epochs: int) -> None:
+        folder = ensemble / f"seed{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.yaml").write_text("config:\n  task: mnist\n  extra: {recipe: quick, ensemble: 3}\n")
+        rows = [{"epoch": e + 1, "train_loss": 1 / (e + 1), "val_accuracy": 0.9 + e / 100} for e in range(epochs)]
+        (folder / "metrics.json").write_text(json.dumps(rows))
+
+    for seed, epochs in ((0, 3), (1, 1), (2, 0)):  # seed0 finished, seed1 training, seed2 started: no epoch yet
+        member(seed, epochs)
+    assert "mnist/E" in find_runs(root)  # listed while training: no config.yaml of its own yet
+    figure = compare_curves(root, "mnist/E", "mnist/old")
+    lengths = {line.get_label(): len(line.get_xdata()) for axis in figure.axes for line in axis.get_lines()}
+    assert lengths == {
+        "mnist/E/seed0: train_loss": 3,
+        "mnist/E/seed0: val_accuracy": 3,
+        "mnist/E/seed1: train_loss": 1,
+        "mnist/E/seed1: val_accuracy": 1,
+        "mnist/old: train_loss": 2,
+        "mnist/old: val_loss": 2,
+        "mnist/old: val_accuracy": 2,
+    }
+    assert figure.get_suptitle() == "mnist/E's members not plotted: seed2 (no epoch yet)"
+    lines = {line.get_label(): line for axis in figure.axes for line in axis.get_lines()}
+    # one colour per metric across runs and members, one marker per member, one line style per run
+    assert lines["mnist/E/seed0: val_accuracy"].get_color() == lines["mnist/old: val_accuracy"].get_color()
+    assert lines["mnist/E/seed0: val_accuracy"].get_marker() != lines["mnist/E/seed1: val_accuracy"].get_marker()
+    assert lines["mnist/E/seed1: train_loss"].get_linestyle() != lines["mnist/old: train_loss"].get_linestyle()
+    plt.close(figure)
+    (ensemble / "seed2" / "metrics.json").write_text('[{"epoch": 1, "train_lo')  # cut short: said, the rest plotted
+    figure = compare_curves(root, "mnist/old", "mnist/E")
+    assert figure.get_suptitle().startswith("mnist/E's members not plotted: seed2 (metrics.json cannot be read: ")
+    plt.close(figure)
+    member(2, 2)  # finished: the ensemble saved, its ensemble.json listing its members
+    (ensemble / "ensemble.json").write_text(json.dumps({"format": "cnnlab-ensemble-1", "members": ["seed0", "seed2"]}))
+    figure = compare_curves(root, "mnist/E", "mnist/old")
+    labels = {line.get_label() for axis in figure.axes for line in axis.get_lines()}
+    assert {label.split(":")[0] for label in labels} == {"mnist/E/seed0", "mnist/E/seed2", "mnist/old"}
+    assert figure.get_suptitle() == ""
+    plt.close(figure)
+    for seed in (0, 2):
+        (ensemble / f"seed{seed}" / "metrics.json").unlink()
+    opened = len(plt.get_fignums())
+    with pytest.raises(CnnlabError, match=r"^run mnist/E is an ensemble and none of its members under the runs root "
+                       r"has epochs to plot yet: seed0 \(no epoch yet\), seed2 \(no epoch yet\)$"):  # fmt: skip
+        compare_curves(root, "mnist/old", "mnist/E")
+    assert len(plt.get_fignums()) == opened
 
 
 @pytest.mark.parametrize(

@@ -496,12 +496,18 @@ def _member_curves(root: Path, spec: Path | list[Path], progress: str = "") -> t
     return None, "learning curves"
 
 
-def _curves_history(root: str | os.PathLike[str], run_id: str) -> list[dict[str, Any]]:
-    """The epochs of a listed run's metrics.json.
+def _curves_history(root: str | os.PathLike[str], run_id: str) -> tuple[list[tuple[str, list[dict[str, Any]]]], str]:
+    """The epochs to plot of a listed run, each with the label of whose they are, and a note naming what is left out.
+
+    A run's are its metrics.json's, labelled `run_id`. An ensemble trains none of its own: its members' (``seed<k>``
+    of `train mnist -n`, or the runs `cnnlab ensemble` chose), each labelled by its folder under the root
+    (``mnist/E/seed0``), a member still training with the epochs it has; a member outside the root (`cnnlab ensemble`
+    may name one) is not opened, and one with no epochs yet is left out, the note saying so.
 
     Raises:
-        CnnlabError: it has none, saying why: a metrics.json cut short or not JSON read as "no metrics.json", and an
-            ensemble or experiment, whose members' runs hold the curves, as a run without any.
+        CnnlabError: there is nothing to plot, saying why: a metrics.json cut short or not JSON read as "no
+            metrics.json", an ensemble none of whose members has epochs yet, and an experiment, whose variants' runs
+            hold the curves, as a run without any.
     """
     folder = resolve_run(root, run_id)
     path = folder / "metrics.json"
@@ -509,18 +515,59 @@ def _curves_history(root: str | os.PathLike[str], run_id: str) -> list[dict[str,
     if reason is not None:
         raise CnnlabError(f"run {run_id}'s metrics.json cannot be read ({reason}); pick another run")
     history = _epochs(_read_json(path))
-    if not history:
-        kind = ""
-        if (folder / "ensemble.json").is_file() or _training_members(folder):
-            kind = " (an ensemble: its members trained the curves; its page shows one member's)"
-        elif _is_experiment(folder):
-            kind = " (an experiment: its report.md compares its variants)"
-        raise CnnlabError(f"run {run_id} has no metrics.json with epochs to plot{kind}")
-    return history
+    if history:
+        return [(run_id, history)], ""
+    members = _ensemble_members(folder)
+    if members:
+        return _members_history(Path(root), run_id, members)
+    kind = " (an experiment: its report.md compares its variants)" if _is_experiment(folder) else ""
+    raise CnnlabError(f"run {run_id} has no metrics.json with epochs to plot{kind}")
+
+
+def _ensemble_members(folder: Path) -> list[Path]:
+    """The members of the ensemble at `folder`: those its ensemble.json lists, else those started
+    (``seed<k>/config.yaml``: still training, or trained with --member, its ensemble.json saved by the last); none for
+    a run that is no ensemble."""
+    from cnnlab.train.saved import ENSEMBLE_SPEC, ensemble_members
+
+    if (folder / ENSEMBLE_SPEC).is_file():
+        with contextlib.suppress(OSError, CnnlabError):  # a record that lists none: its started members, if any
+            return ensemble_members(folder / ENSEMBLE_SPEC)
+    return _training_members(folder)
+
+
+def _members_history(
+    root: Path, run_id: str, members: list[Path]
+) -> tuple[list[tuple[str, list[dict[str, Any]]]], str]:
+    """Each member's epochs (see `_curves_history`), labelled by its folder under `root`, and the note."""
+    histories, left_out = [], []
+    for member in members:
+        try:
+            label = member.resolve().relative_to(root.resolve()).as_posix()
+        except (OSError, ValueError):
+            left_out.append(f"{member.name} (outside the runs root)")
+            continue
+        reason = _unreadable_json(member / "metrics.json")
+        history = _epochs(_read_json(member / "metrics.json")) if reason is None else []
+        if history:
+            histories.append((label, history))
+        else:
+            left_out.append(f"{member.name} ({f'metrics.json cannot be read: {reason}' if reason else 'no epoch yet'})")
+    if not histories:
+        raise CnnlabError(
+            f"run {run_id} is an ensemble and none of its members under the runs root has epochs to plot yet"
+            + (f": {', '.join(left_out)}" if left_out else "")
+        )
+    return histories, f"{run_id}'s members not plotted: {', '.join(left_out)}" if left_out else ""
+
+
+# A marker per member of an ensemble, so that its members' curves of one metric (one colour) tell apart.
+_MEMBER_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">")
 
 
 def compare_curves(root: str | os.PathLike[str], first: str, second: str) -> Any:
-    """A matplotlib figure: the two runs' losses (left) and other metrics (right) per epoch, from metrics.json."""
+    """A matplotlib figure: the two runs' losses (left) and other metrics (right) per epoch, from metrics.json; an
+    ensemble's are each member's, labelled ``<ensemble>/seed<k>`` (see `_curves_history`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -529,17 +576,24 @@ def compare_curves(root: str | os.PathLike[str], first: str, second: str) -> Any
     from cnnlab.train.records import epoch_axis
 
     # both read before the figure is made: a refusal left it open in pyplot
-    histories = [_curves_history(root, run_id) for run_id in (first, second)]
+    (first_curves, first_note), (second_curves, second_note) = (_curves_history(root, r) for r in (first, second))
+    # one colour per metric across both runs, one line style per run, one marker per ensemble member
+    keys = sorted({k for _, history in first_curves + second_curves for row in history for k in row})
+    colours = {key: f"C{index}" for index, key in enumerate(k for k in keys if k.startswith(("train_", "val_")))}
     figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for run_id, style, history in ((first, "-", histories[0]), (second, "--", histories[1])):
-        epochs = [row["epoch"] for row in history]
-        keys = sorted({k for row in history for k in row if k.startswith(("train_", "val_"))})
-        for index, key in enumerate(keys):
-            axis = loss_axis if key.endswith("loss") else metric_axis
-            values = [row[key] if _number(row.get(key)) else float("nan") for row in history]
-            axis.plot(epochs, values, style, marker="o", color=f"C{index}", label=f"{run_id}: {key}")
+    for curves, style in ((first_curves, "-"), (second_curves, "--")):
+        for number, (label, history) in enumerate(curves):
+            epochs = [row["epoch"] for row in history]
+            marker = _MEMBER_MARKERS[number % len(_MEMBER_MARKERS)]
+            for key in sorted({k for row in history for k in row if k in colours}):
+                axis = loss_axis if key.endswith("loss") else metric_axis
+                values = [row[key] if _number(row.get(key)) else float("nan") for row in history]
+                axis.plot(epochs, values, style, marker=marker, color=colours[key], label=f"{label}: {key}")
     for axis, title in ((loss_axis, "loss"), (metric_axis, "metrics")):
         epoch_axis(axis, title)
-        axis.legend(fontsize=7)
+        axis.legend(fontsize=7, ncol=2 if len(axis.get_lines()) > 12 else 1)
+    notes = [note for note in (first_note, second_note) if note]
+    if notes:
+        figure.suptitle("; ".join(notes), fontsize=8)
     figure.tight_layout()
     return figure
