@@ -273,3 +273,57 @@ def test_grouped_and_depthwise_convs_are_sized_and_explained_as_torch_counts_the
     assert sum(shown) == report.macs
     with pytest.raises(CnnlabError, match=r"g4 must divide both the 6 input channels and the 8 filters"):
         budget(["conv 8 k3 g4"], input_shape=(6, 8, 8))
+
+
+def _sums_in(text: str) -> list[tuple[list[int], int]]:
+    """Each '... = a + b - c = result' of an explanation (a 'total = ...' line joined to its '= result' line), as its
+    signed terms and its result; an elided sum ('+ ... (N more)') is left out, its terms being partly unshown."""
+    text = re.sub(r"\n +(?== )", " ", text)
+    sums = []
+    for line in text.splitlines():
+        pieces = line.split(" = ")
+        if len(pieces) < 3 or "..." in line:
+            continue
+        terms, result = pieces[-2], pieces[-1]
+        if not re.search(r"\d \+ |\d - ", terms) or re.search(r" x |/|\(", terms):
+            continue
+        signed = re.findall(r"(^|[+-]) *[a-z ]*?([\d,]+)", terms)
+        values = [int(value.replace(",", "")) * (-1 if sign == "-" else 1) for sign, value in signed]
+        sums.append((values, int(re.match(r"[\d,]+", result).group().replace(",", ""))))
+    return sums
+
+
+def test_every_sum_in_an_explanation_adds_up_and_the_saved_list_gives_its_total():
+    """Section 6 gave 'saved for backward: 22,218,240 bytes' for resnet18 and listed layers adding up to 21,616,128:
+    the input batch was in the total, not in the list; bytes saved by a functional F.relu between modules were in
+    neither the list nor the layer table's column; 'total = 9,408 + ... + ...' did not say how many terms it left
+    out."""
+    from cnnlab.budget.explain import explain
+
+    class FunctionalRelus(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.convs = nn.ModuleList(nn.Conv2d(2, 2, 1) for _ in range(14))
+
+        def forward(self, x):
+            for conv in self.convs:
+                x = nn.functional.relu(conv(x))  # a ReLU outside every module: its saved output is no row's
+            return x
+
+    for report in (
+        budget(EXERCISE, input_shape=(3, 20, 30), batch_size=5),
+        budget(FunctionalRelus(), input_shape=(2, 4, 4), batch_size=3),
+    ):
+        text = explain(report)
+        section = text[text.index("saved for backward:") : text.index("peak of live tensors during")]
+        listed = [int(v.replace(",", "")) for v in re.findall(r"^      .*?([\d,]+) bytes$", section, re.MULTILINE)]
+        real = report.realistic
+        assert sum(listed) == real["saved_for_backward_bytes"]
+        sums = _sums_in(text)
+        assert len(sums) >= 3  # RAM, the saved bytes, the table's activations kept for backward
+        for values, result in sums:
+            assert sum(values) == result, (values, result)
+        # the table's rows, 'activations kept for backward', appear as they are there
+        assert f"= {real['activations_bytes']:,}" in section
+    assert "functional ops" in section and "input batch" in section
+    assert "total = " + " + ".join(["6"] * 12) + " + ... (2 more)\n" in text  # 14 convs of 6 parameters

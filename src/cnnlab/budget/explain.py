@@ -20,8 +20,11 @@ def _mb(value: int | float) -> str:
 
 
 def _sum_text(values: Iterable[int], shown: int = 12) -> str:
+    """The first `shown` terms of a sum; where it elides, how many terms it left out, so a reader knows the terms
+    shown are not the whole sum."""
     values = list(values)
-    return " + ".join(_n(v) for v in values[:shown]) + (" + ..." if len(values) > shown else "")
+    hidden = len(values) - shown
+    return " + ".join(_n(v) for v in values[:shown]) + (f" + ... ({hidden} more)" if hidden > 0 else "")
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -148,7 +151,7 @@ def explain(report: BudgetReport) -> str:
         lines.append("    (layers without parameters or MACs omitted; the table shows all)")
     with_params = [row for row in report.layers if row.params]
     lines += ["", "2. Parameters"]
-    terms = " + ".join(_n(row.params) for row in with_params[:12]) + (" + ..." if len(with_params) > 12 else "")
+    terms = _sum_text(row.params for row in with_params)
     lines.append(f"    total = {terms or '0 (no layer has parameters)'}")
     lines.append(f"          = {_n(report.params)} parameters ({_n(report.trainable_params)} trainable)")
     lines.append(
@@ -163,11 +166,7 @@ def explain(report: BudgetReport) -> str:
     inference = report.inference
     lines += ["", "4. Inference, one instance (textbook view)"]
     if report.sequential:
-        lines.append(
-            "    activations per layer: "
-            + " + ".join(_n(b) for b in outputs[:12])
-            + (" + ..." if len(outputs) > 12 else "")
-        )
+        lines.append(f"    activations per layer: {_sum_text(outputs)}")
         lines.append(
             "    a sequential net can release a layer's input once its output is computed, so at most two consecutive"
         )
@@ -201,9 +200,7 @@ def explain(report: BudgetReport) -> str:
     )
     lines.append("    a conv keeps its input, a ReLU its output (not its input), max pooling its input and int64")
     lines.append("    indices, batch norm its input; a layer whose output nobody saves costs nothing after backward.")
-    for row in report.layers:
-        if row.saved_bytes:
-            lines.append(f"      {row.name} ({row.type}) saves {_n(row.saved_bytes)} bytes")
+    _saved_lines(lines, report)
     lines.append(
         f"    peak of live tensors during forward, backward and the optimizer step: {_n(real['peak_bytes'])} bytes"
     )
@@ -226,6 +223,35 @@ def explain(report: BudgetReport) -> str:
     copies = optimizer_copies(report.optimizer)
     lines.append(f"    - optimizer state: {report.optimizer} keeps {copies} copies of the trainable parameters")
     return "\n".join(lines)
+
+
+def _saved_lines(lines: list[str], report: BudgetReport) -> None:
+    """Section 6's list: each layer's saved bytes, then what no layer saved (the input batch, functional calls between
+    layers), and the sum of them, which is the total it began with. The input batch was in the total but not in the
+    list (resnet18: 21,616,128 listed under a total of 22,218,240)."""
+    real = report.realistic
+    saved_rows = [row for row in report.layers if row.saved_bytes]
+    for row in saved_rows:
+        lines.append(f"      {row.name} ({row.type}) saves {_n(row.saved_bytes)} bytes")
+    layers_total = sum(row.saved_bytes for row in saved_rows)
+    # the table's "activations kept for backward" is everything saved but the input batch; what its layer rows do not
+    # hold was saved by calls outside every listed layer (a functional F.relu in a block's forward)
+    outside = real["activations_bytes"] - layers_total
+    saved_input = real["saved_for_backward_bytes"] - real["activations_bytes"]
+    parts = [f"layers {_n(layers_total)}"]
+    if outside:
+        lines.append(f"      calls outside the listed layers (functional ops in a forward) save {_n(outside)} bytes")
+        parts.append(f"outside layers {_n(outside)}")
+    if saved_input:
+        lines.append(f"      the input batch, kept by the layer that takes it, {_n(saved_input)} bytes")
+        parts.append(f"input batch {_n(saved_input)}")
+    if len(parts) > 1:
+        lines.append(f"    saved = {' + '.join(parts)} = {_n(real['saved_for_backward_bytes'])} bytes")
+    if saved_input:
+        lines.append(
+            f"    the memory table gives the input batch its own row: activations kept for backward = "
+            f"{_n(real['saved_for_backward_bytes'])} - {_n(saved_input)} = {_n(real['activations_bytes'])}"
+        )
 
 
 def _training_lines(lines: list[str], report: BudgetReport, input_values: int, itemsize: int) -> None:
