@@ -327,3 +327,7 @@ def test_every_sum_in_an_explanation_adds_up_and_the_saved_list_gives_its_total(
         assert f"= {real['activations_bytes']:,}" in section
     assert "functional ops" in section and "input batch" in section
     assert "total = " + " + ".join(["6"] * 12) + " + ... (2 more)\n" in text  # 14 convs of 6 parameters
+    # the layer table's saved column, short of the memory table's figure by what functional calls saved, says so
+    from cnnlab.budget.render import layer_table
+
+    assert "save 5,376 bytes more: 0 + 5,376 = 5,376, the activations kept" in str(layer_table(report).caption)
