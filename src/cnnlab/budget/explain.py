@@ -259,6 +259,13 @@ def _training_lines(lines: list[str], report: BudgetReport, input_values: int, i
     training = report.training
     batch = training["batch_size"]
     outputs = report.textbook_layer_bytes
+    # the per-sample figure was in no table (resnet18: 20,680,608 beside a column of 29,915,040): derived from it
+    column = sum(row.activation_bytes for row in report.layers)
+    if column != sum(outputs):
+        lines.append(
+            f"    per sample = the table's activation bytes less its activation functions and views (in place, free) "
+            f"= {_n(column)} - {_n(column - sum(outputs))} = {_n(sum(outputs))}"
+        )
     lines.append(
         f"    activations: every layer's output is kept for backpropagation: {batch} x {_n(sum(outputs))} = "
         f"{_n(training['activations_bytes'])} bytes ({_mb(training['activations_bytes'])})"
@@ -269,8 +276,13 @@ def _training_lines(lines: list[str], report: BudgetReport, input_values: int, i
     )
     lines.append(f"    parameters: {_n(training['params_bytes'])} bytes ({_mb(training['params_bytes'])})")
     base = training["activations_bytes"] + training["inputs_bytes"] + training["params_bytes"]
-    lines.append(f"    subtotal (what the textbook adds up) = {_n(base)} bytes ({_mb(base)})")
+    # both sums with their terms: the subtotal's were only on the lines above it, the total's first term unnamed
     lines.append(
-        f"    + gradients {_n(training['grads_bytes'])} + optimizer state ({report.optimizer}) "
-        f"{_n(training['optimizer_bytes'])} = {_n(training['total_bytes'])} bytes ({_mb(training['total_bytes'])})"
+        f"    subtotal (what the textbook adds up) = {_n(training['activations_bytes'])} + "
+        f"{_n(training['inputs_bytes'])} + {_n(training['params_bytes'])} = {_n(base)} bytes ({_mb(base)})"
+    )
+    lines.append(
+        f"    total = subtotal {_n(base)} + gradients {_n(training['grads_bytes'])} + optimizer state "
+        f"({report.optimizer}) {_n(training['optimizer_bytes'])} = {_n(training['total_bytes'])} bytes "
+        f"({_mb(training['total_bytes'])})"
     )
