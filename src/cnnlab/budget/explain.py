@@ -144,10 +144,9 @@ def explain(report: BudgetReport) -> str:
     else:
         for row in report.layers:
             if row.params or row.macs:
-                lines.append(
-                    f"{row.name} ({row.type}): output {_shape(row.output_shape)}, params {_n(row.params)}, "
-                    f"MACs {_n(row.macs)}"
-                )
+                # a module that runs in training mode only (an auxiliary head) has no eval-mode output: 'output ,'
+                output = _shape(row.output_shape) or "- (not run in eval mode)"
+                lines.append(f"{row.name} ({row.type}): output {output}, params {_n(row.params)}, MACs {_n(row.macs)}")
         lines.append("    (layers without parameters or MACs omitted; the table shows all)")
     with_params = [row for row in report.layers if row.params]
     lines += ["", "2. Parameters"]
