@@ -1,5 +1,6 @@
 """The chapter's exercise 2: three stride-2 'same' convolutions on a 200x300 RGB image."""
 
+import math
 import re
 
 import pytest
@@ -288,10 +289,13 @@ def _sums_in(text: str) -> list[tuple[list[int], int]]:
         if len(pieces) < 3 or "..." in line:
             continue
         terms, result = re.sub(r" \([a-z]+\)", "", pieces[-2]), pieces[-1]  # 'optimizer state (adam) 7,227,200'
-        if not re.search(r"\d \+ |\d - ", terms) or re.search(r" x |/|\(", terms):
+        if not re.search(r"\d \+ |\d - ", terms) or re.search(r"/|\(", terms):
             continue
-        signed = re.findall(r"(^|[+-]) *[a-z ]*?([\d,]+)", terms)
-        values = [int(value.replace(",", "")) * (-1 if sign == "-" else 1) for sign, value in signed]
+        signed = re.findall(r"(^|[+-]) *[a-z ]*?([\d,]+(?: x [\d,]+)*)", terms)  # a term may be a product: 41 x 8
+        values = [
+            math.prod(int(factor.replace(",", "")) for factor in value.split(" x ")) * (-1 if sign == "-" else 1)
+            for sign, value in signed
+        ]
         sums.append((values, int(re.match(r"[\d,]+", result).group().replace(",", ""))))
     return sums
 
@@ -300,7 +304,8 @@ def test_every_sum_in_an_explanation_adds_up_and_the_saved_list_gives_its_total(
     """Section 6 gave 'saved for backward: 22,218,240 bytes' for resnet18 and listed layers adding up to 21,616,128:
     the input batch was in the total, not in the list; bytes saved by a functional F.relu between modules were in
     neither the list nor the layer table's column; 'total = 9,408 + ... + ...' did not say how many terms it left
-    out."""
+    out. With --memory it derived nothing about the plan: now each remedy's largest batch is worked out from its fixed
+    and per-sample bytes."""
     from cnnlab.budget.explain import explain
 
     class FunctionalRelus(nn.Module):
@@ -314,7 +319,7 @@ def test_every_sum_in_an_explanation_adds_up_and_the_saved_list_gives_its_total(
             return x
 
     for report in (
-        budget(EXERCISE, input_shape=(3, 20, 30), batch_size=5),
+        budget(EXERCISE, input_shape=(3, 20, 30), batch_size=5, memory_limit="40MB"),
         budget(nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(32, 2)), input_shape=(2, 4, 4)),
         budget(FunctionalRelus(), input_shape=(2, 4, 4), batch_size=3),
     ):
@@ -330,6 +335,17 @@ def test_every_sum_in_an_explanation_adds_up_and_the_saved_list_gives_its_total(
             assert sum(values) == result, (values, result)
         # the table's rows, 'activations kept for backward', appear as they are there
         assert f"= {real['activations_bytes']:,}" in section
+        if report.plan:  # each remedy's answer fits and the batch after it does not, by sums that add up
+            plan = text[text.index("Largest training batch within") : text.index("Assumptions")]
+            limit = report.plan["limit_bytes"]
+            for row in report.plan["remedies"]:
+                best, fixed, per_sample = row["max_batch"], row["fixed_bytes"], row["per_sample_bytes"]
+                assert best > 0 and f"{row['remedy']}: largest batch {best:,}\n" in plan
+                fits, over = fixed + best * per_sample, fixed + (best + 1) * per_sample
+                assert fits <= limit < over
+                assert f"= {fixed:,} + {best:,} x {per_sample:,} = {fits:,} <= {limit:,}\n" in plan
+                assert f"= {fixed:,} + {best + 1:,} x {per_sample:,} = {over:,} > {limit:,}\n" in plan
+            assert len(_sums_in(plan)) == 2 * len(report.plan["remedies"]) == 10
     assert "functional ops" in section and "input batch" in section
     assert "total = " + " + ".join(["6"] * 12) + " + ... (2 more)\n" in text  # 14 convs of 6 parameters
     # the layer table's saved column, short of the memory table's figure by what functional calls saved, says so

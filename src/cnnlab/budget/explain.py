@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 from cnnlab.budget.core import BudgetReport
+from cnnlab.budget.planner import LARGEST_PLANNED_BATCH
 from cnnlab.budget.spec import LayerSpec, layer_macs, parameter_counts
 from cnnlab.budget.trace import optimizer_copies
 from cnnlab.layers.padding import same_padding_amounts
@@ -213,6 +215,9 @@ def explain(report: BudgetReport) -> str:
         lines.append(
             f"    peak live {_n(measured['peak_live_bytes'])} bytes, estimate/measured = {measured['peak_ratio']}"
         )
+    if report.plan:
+        number = 8 if report.measured else 7
+        _plan_lines(lines, report.plan, number)
     lines += ["", "Assumptions"]
     lines.append(f"    - every tensor is {report.dtype}; MB = 1,000,000 bytes")
     lines.append("    - textbook inference counts only activations and parameters (no framework workspace)")
@@ -285,3 +290,28 @@ def _training_lines(lines: list[str], report: BudgetReport, input_values: int, i
         f"({report.optimizer}) {_n(training['optimizer_bytes'])} = {_n(training['total_bytes'])} bytes "
         f"({_mb(training['total_bytes'])})"
     )
+
+
+def _plan_lines(lines: list[str], plan: dict[str, Any], number: int) -> None:
+    """The `--memory` plan's answers worked out: a step needs fixed bytes + per-sample bytes x batch, and the largest
+    batch is the last whose sum is within the limit. Without it the explanation derived nothing about the plan."""
+    limit = plan["limit_bytes"]
+    lines += ["", f"{number}. Largest training batch within {_n(limit)} bytes (--memory)"]
+    lines.append("    a step needs fixed bytes (parameters, gradients, optimizer state: what does not grow with")
+    lines.append("    the batch) + per-sample bytes x batch, the line through the planned step's peaks at its answer")
+    lines.append("    and half of it; the largest batch is the last whose sum is within the limit:")
+    for row in plan["remedies"]:
+        fixed, per_sample, best = row["fixed_bytes"], row["per_sample_bytes"], row["max_batch"]
+        lines.append(f"    {row['remedy']}: largest batch {_n(best)}")
+        for batch in (best, best + 1) if best else (1,):
+            need = fixed + per_sample * batch
+            relation = f"<= {_n(limit)}" if need <= limit else f"> {_n(limit)}"
+            lines.append(
+                f"      batch {batch:,}: fixed + per sample x {batch:,} = {_n(fixed)} + {batch:,} x {_n(per_sample)} = "
+                f"{_n(need)} {relation}"
+            )
+        if best >= LARGEST_PLANNED_BATCH:
+            lines.append(f"      (the planner looks no further than batch {_n(LARGEST_PLANNED_BATCH)})")
+        elif (best and fixed + per_sample * best > limit) or fixed + per_sample * (best + 1) <= limit:
+            # the line is fitted through two peaks; where memory is not a line in the batch it is only near them
+            lines.append("      (the line only approximates this step: the planner's answer is from its exact peaks)")

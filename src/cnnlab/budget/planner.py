@@ -58,7 +58,7 @@ from cnnlab.budget.trace import (
 )
 from cnnlab.train.optim import ParamGroupBuilder
 
-_CAP = 1 << 20  # the largest batch the planner reports
+LARGEST_PLANNED_BATCH = 1 << 20  # the largest batch the planner reports
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def _largest_under_lines(lines: Iterable[_Line], limit_bytes: int) -> int:
     if max(line.at(1) for line in lines) > limit_bytes:
         return 0
     crossings = [(limit_bytes - line.fixed) // line.per_sample for line in lines if line.per_sample > 0]
-    return min([_CAP, *crossings])
+    return min([LARGEST_PLANNED_BATCH, *crossings])
 
 
 def _search_from(guess: int, fits: Callable[[int], bool]) -> int:
@@ -181,14 +181,14 @@ def _search_from(guess: int, fits: Callable[[int], bool]) -> int:
     Steps up (or down) from `guess` by doubling strides until the answer is bracketed, then bisects: when the guess is
     close, a few traces.
     """
-    guess = min(max(guess, 1), _CAP)
+    guess = min(max(guess, 1), LARGEST_PLANNED_BATCH)
     stride = 1
     if fits(guess):
         low = guess
         while True:
-            high = min(low + stride, _CAP)
+            high = min(low + stride, LARGEST_PLANNED_BATCH)
             if high == low:
-                return _CAP
+                return LARGEST_PLANNED_BATCH
             if not fits(high):
                 break
             low, stride = high, stride * 2
