@@ -351,4 +351,10 @@ def test_every_sum_in_an_explanation_adds_up_and_the_saved_list_gives_its_total(
     # the layer table's saved column, short of the memory table's figure by what functional calls saved, says so
     from cnnlab.budget.render import layer_table
 
-    assert "save 5,376 bytes more: 0 + 5,376 = 5,376, the activations kept" in str(layer_table(report).caption)
+    caption = str(layer_table(report).caption)
+    assert "save 5,376 bytes more: 0 + 5,376 = 5,376, the activations kept" in caption
+    # it said the input batch "is saved too ... when the first layer needs it" where no layer saves it: the trace knows
+    assert caption.startswith("The input batch is saved too (384 bytes), by the layer that takes it.")
+    unsaved = budget(nn.Sequential(nn.ReLU(), nn.Conv2d(2, 2, 1)), input_shape=(2, 4, 4), batch_size=3)
+    assert unsaved.realistic["saved_for_backward_bytes"] == unsaved.realistic["activations_bytes"] == 384
+    assert str(layer_table(unsaved).caption) == "No layer saves the input batch (384 bytes) for backward."

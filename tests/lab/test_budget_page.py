@@ -32,7 +32,7 @@ def test_exercise_network_has_the_cli_figures_layer_by_layer_and_in_the_plan() -
     assert total[headers.index("params")] == f"{cli['params']:,}" and total[headers.index("MACs")] == f"{cli['macs']:,}"
     # the line the CLI prints under the layer table was left out: why the activations kept exceed the column's sum
     inputs = cli["realistic"]["inputs_bytes"]
-    assert view.layers.caption == f"The input batch is saved too ({inputs:,} bytes) when the first layer needs it."
+    assert view.layers.caption == f"The input batch is saved too ({inputs:,} bytes), by the layer that takes it."
     assert view.layers.label == f"spec: input 3x200x300, float32. {view.layers.caption}"
     memory = {row[0].strip(): row for row in view.memory.rows}
     assert memory["total"][1].startswith(f"{cli['training']['total_bytes']:,} ")

@@ -45,7 +45,7 @@ class TableData:
     """A table as plain strings: what a data frame in the page shows.
 
     Attributes:
-        caption: the line the CLI prints under the table (the layer table's: the input batch is saved too), or "".
+        caption: the line the CLI prints under the table (the layer table's: whether the input batch is saved), or "".
     """
 
     title: str
