@@ -287,6 +287,15 @@ def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatc
     with pytest.raises(CnnlabError, match=r"cannot resume .*b with different options \(.*epochs: 3 -> 4"):
         _train_tiny(tmp_path, "b", data, resume=True, **{**options, "epochs": 4})
 
+    # its options were compared after the canvases were made (~9 s of MNIST); they need none, so none are made
+    def no_canvases(*args, **kwargs):
+        raise AssertionError("a finished run's --resume made the canvases")
+
+    monkeypatch.setattr(task, "make_digit_segmentation", no_canvases)
+    assert _train_tiny(tmp_path, "b", None, resume=True, sizes=(16, 8, 1), **options) == json.loads(json.dumps(summary))
+    with pytest.raises(CnnlabError, match=r"cannot resume .*b with different options \(.*canvas_sizes"):
+        _train_tiny(tmp_path, "b", None, resume=True, sizes=(16, 8, 2), **options)
+
 
 @pytest.mark.parametrize("task", ["canvases", "folder"])
 def test_a_python_callers_threads_are_set_before_the_data_is_prepared(tmp_path, monkeypatch, task):

@@ -348,10 +348,6 @@ def train_segmentation(
     # this command's session of the run (sessions.json), read before the engine rewrites config.yaml; a resumed run's
     # session stopped while it makes the canvases is one of the run's
     sessions = RunSessions(run_dir, resume, is_main_process(), command_started)
-    sessions.doing("making the digit canvases")
-    if data is None:
-        with sessions:
-            data = make_digit_segmentation(data_dir, sizes=sizes, canvas_size=chosen.canvas_size, seed=0)
     if resume and not run_dir.is_dir():
         raise CnnlabError(f"--resume: no run at {run_dir}; start the run without --resume")
     resumed = engine_resumes(run_dir, resume)
@@ -368,7 +364,7 @@ def train_segmentation(
             "recipe": chosen.name,
             "arch": chosen.arch,
             "model_kwargs": kwargs,
-            "canvas_sizes": list(data_sizes(data)),
+            "canvas_sizes": list(sizes if data is None else data_sizes(data)),  # what make_digit_segmentation makes
             "background_weight": bg_weight,
             "pretrain_epochs": pretrain,
         },
@@ -376,7 +372,11 @@ def train_segmentation(
     if resume and (run_dir / "results.json").is_file():
         # finished (results.json is written whole once the test pass is done): read back, as train mnist and train
         # transfer read a finished run, not tested again; a stop before its report.md leaves only that to write
-        return _read_back(chosen, config, overrides, pretrain)
+        return _read_back(chosen, config, overrides, pretrain)  # at once: its options need no canvases made
+    sessions.doing("making the digit canvases")
+    if data is None:
+        with sessions:
+            data = make_digit_segmentation(data_dir, sizes=sizes, canvas_size=chosen.canvas_size, seed=0)
     from cnnlab.models import create_model
 
     note_current_run(config.run_dir)
