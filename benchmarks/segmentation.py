@@ -68,10 +68,15 @@ def main() -> None:
     for row in rows:
         print(
             f"| {row['model']} | {row['params']:,} | {row['miou_digits']:.3f} | {row['miou_with_bg']:.3f} | "
-            f"{row['pixel_accuracy']:.4f} | {row['boundary_f1_2px']:.3f} | {row['train_seconds']:.0f} |"
+            f"{row['pixel_accuracy']:.4f} | {_boundary_f1(row['boundary_f1_2px'])} | {row['train_seconds']:.0f} |"
         )
     Path(args.output).mkdir(parents=True, exist_ok=True)
     (Path(args.output) / "segmentation_benchmark.json").write_text(json.dumps(rows, indent=1))
+
+
+def _boundary_f1(value: float | None) -> str:
+    """A boundary F1 at three places, or "-" where it was not measurable (None: no class boundary to score)."""
+    return "-" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

@@ -92,11 +92,17 @@ def main() -> None:
 _COLUMNS = [("miou_digits", 3), ("miou_with_bg", 3), ("pixel_accuracy", 4), ("boundary_f1", 4), ("train_seconds", 0)]
 
 
-def _mean_std(values: list[float], digits: int) -> str:
-    """``mean ± std`` (sample std) over seeds; the value alone for one seed."""
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+def _mean_std(values: list[float | None], digits: int) -> str:
+    """``mean ± std`` (sample std) over the seeds that measured it; the value alone for one. A boundary F1 may be None
+    (not measurable: no class boundary to score): "-" when no seed measured it, else "(k of n seeds)" is added."""
+    measured = [value for value in values if value is not None]
+    if not measured:
+        return "-"
+    if len(measured) == 1:
+        text = f"{measured[0]:.{digits}f}"
+    else:
+        text = f"{statistics.mean(measured):.{digits}f} ± {statistics.stdev(measured):.{digits}f}"
+    return text if len(measured) == len(values) else f"{text} ({len(measured)} of {len(values)} seeds)"
 
 
 if __name__ == "__main__":

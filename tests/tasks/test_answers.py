@@ -514,6 +514,22 @@ def test_exercise_9_says_this_machine_only_of_a_run_trained_by_this_invocation()
         assert "trained in 41 s on" in answer
 
 
+def test_exercise_8_prints_a_boundary_f1_that_was_not_measurable_as_a_dash():
+    """A boundary F1 with no boundary to score is None (not measurable); the sheet formatted it with :.3f and failed."""
+    from cnnlab.tasks.answers.sheet import section_8
+
+    ceiling = {"model": "fcn32s", "stride": 32, "grid": [2, 2], "miou": 0.25, "pixel_accuracy": 0.9, "boundary_f1": 0.5}
+    full = {**ceiling, "model": "unet", "stride": 1, "grid": [64, 64], "miou": 1.0, "boundary_f1": None}
+    trained = {"folder": "segment/blank", "arch": "unet", "params": 1_100_000, "miou": 0.5, "boundary_f1": None}
+    evidence = {"ceilings": [ceiling, full], "canvas_size": [64, 64], "canvases": 20, "tolerance_px": 2}
+    measured = {**trained, "folder": "seg/a", "boundary_f1": 0.75}
+    text = "\n\n".join(section_8({**evidence, "trained": [trained, measured]}))
+    assert "a boundary F1 of 0.500, against 1.000 and - at full resolution" in text
+    assert "| `segment/blank` | unet | 1,100,000 | 0.500 | - |" in text and "| 0.750 |" in text
+    assert "A boundary F1 of - was not measurable" in text
+    assert "not measurable" not in "\n\n".join(section_8({**evidence, "ceilings": [ceiling, ceiling], "trained": []}))
+
+
 def test_exercise_6_says_which_alexnet_it_counted_and_builds_the_papers_two_towers():
     """The sheet counted torchvision's one-tower AlexNet (61,100,840) alone, as "AlexNet"; the 2012 paper's network
     is two towers (groups=2 in conv2, conv4, conv5), 60,965,224 parameters, the "60 million" it quotes."""

@@ -390,6 +390,12 @@ def section_7(e: dict[str, Any]) -> Iterator[str]:
     yield f"Reproduce: `cnnlab fcn convert {e['run_dir']}`, then `cnnlab fcn scan {e['run_dir']} IMAGE`"
 
 
+def _boundary_f1(value: float | None) -> str:
+    """A boundary F1 at three places, or "-" where it was not measurable (None: no class boundary to score, as
+    `cnnlab.report.segmentation.boundary_f1_text` prints it)."""
+    return "-" if value is None else f"{value:.3f}"
+
+
 def section_8(e: dict[str, Any]) -> Iterator[str]:
     ceilings = e["ceilings"]
     coarse, fine = ceilings[0], ceilings[-1]
@@ -398,9 +404,9 @@ def section_8(e: dict[str, Any]) -> Iterator[str]:
         "receptive field and its economy also throw spatial resolution away. A network that predicts at output "
         f"stride {coarse['stride']} sees a {coarse['grid'][0]} x {coarse['grid'][1]} grid on a "
         f"{e['canvas_size'][0]} x {e['canvas_size'][1]} canvas: even with perfect coarse scores, bilinear upsampling "
-        f"reaches a digit mIoU of {coarse['miou']:.3f} and a boundary F1 of {coarse['boundary_f1']:.3f}, against "
-        f"{fine['miou']:.3f} and {fine['boundary_f1']:.3f} at full resolution. Skip connections (FCN-16s, FCN-8s) "
-        "and U-Net's decoder bring the resolution back."
+        f"reaches a digit mIoU of {coarse['miou']:.3f} and a boundary F1 of {_boundary_f1(coarse['boundary_f1'])}, "
+        f"against {fine['miou']:.3f} and {_boundary_f1(fine['boundary_f1'])} at full resolution. Skip connections "
+        "(FCN-16s, FCN-8s) and U-Net's decoder bring the resolution back."
     )
     yield (
         f"Ceilings on {n(e['canvases'])} test canvases of MNIST digits (the true class shares of each cell, upsampled "
@@ -410,7 +416,7 @@ def section_8(e: dict[str, Any]) -> Iterator[str]:
         ["model", "output stride", "score grid", "best digit mIoU", "best pixel accuracy", "best boundary F1"],
         [
             [c["model"], c["stride"], f"{c['grid'][0]} x {c['grid'][1]}", f"{c['miou']:.3f}",
-             pct(c["pixel_accuracy"]), f"{c['boundary_f1']:.3f}"]
+             pct(c["pixel_accuracy"]), _boundary_f1(c["boundary_f1"])]
             for c in ceilings
         ],
     )  # fmt: skip
@@ -419,13 +425,15 @@ def section_8(e: dict[str, Any]) -> Iterator[str]:
         yield table(
             ["run", "architecture", "parameters", "test digit mIoU", "test boundary F1"],
             [[f"`{t['folder']}`", t["arch"], n(t["params"]) if t["params"] else "-", f"{t['miou']:.3f}",
-              f"{t['boundary_f1']:.3f}"] for t in e["trained"]],
+              _boundary_f1(t["boundary_f1"])] for t in e["trained"]],
         )  # fmt: skip
     else:
         yield (
             "No trained segmentation run was given; pass `--runs DIR` with runs of `cnnlab train segment --recipe "
             "fcn32s|fcn8s|unet`, or use `--full`."
         )
+    if any(row["boundary_f1"] is None for row in [*ceilings, *e["trained"]]):
+        yield "A boundary F1 of - was not measurable: no class boundary among the labelled mask pixels, none predicted."
     yield "Reproduce: `cnnlab train segment --recipe fcn32s`, `--recipe fcn8s`, `--recipe unet`"
 
 
