@@ -596,6 +596,12 @@ def declared():
     net = build()
     net.pretrained_cfg = {"input_size": (3, 20, 20), "mean": (0.5,) * 3, "std": (0.25,) * 3, "crop_pct": 0.8}
     return net
+
+
+def declared_grey():
+    net = build("grey.pt", in_chans=1)
+    net.pretrained_cfg = {"input_size": (1, 16, 16), "mean": (0.5,), "std": (0.25,), "crop_pct": 1.0}
+    return net
 """
 
 
@@ -654,6 +660,15 @@ def test_a_network_built_by_the_users_own_code_is_explained_with_the_preprocessi
         "resize shorter side to 25 (bicubic, antialiased), centre crop 20x20, scale to [0, 1], normalise mean (0.500, "
         "0.500, 0.500) std (0.250, 0.250, 0.250) (its pretrained_cfg)"
     )
+    # a grey network's 1-channel record (timm's in_chans=1): grey preprocessing, not "declares no preprocessing"
+    declared_grey = code_subject("my_nets.py:declared_grey")
+    assert declared_grey.preprocessing == (
+        "grey, resize shorter side to 16 (bicubic, antialiased), centre crop 16x16, scale to [0, 1], normalise mean "
+        "(0.500) std (0.250) (its pretrained_cfg)"
+    )
+    grey_resized = TF.resize(TF.pil_to_tensor(photo.convert("L")), 16, TF.InterpolationMode.BICUBIC, antialias=True)
+    grey_pixels = TF.to_dtype(TF.center_crop(grey_resized, [16, 16]), torch.float32, scale=True)
+    torch.testing.assert_close(declared_grey.preprocess(photo), (grey_pixels - 0.5) / 0.25)
     with pytest.raises(CnnlabError, match="aspect ratio of 500:1"):  # its shorter side resized: 25 x 12,500 px
         declared.check_size(Image.new("RGB", (1000, 2)), "thin.png")
     replaced = code_subject("my_nets.py:declared", CodeInput("3x8x8", "0", "1"))

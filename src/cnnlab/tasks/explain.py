@@ -11,11 +11,11 @@ Preprocessing follows the model, never a guess by the user:
 - a network named by code, as `cnnlab budget` takes one (``my_nets.py:build(width=32)``, ``MODULE:NAME``: a function
   that builds the network and loads the user's weights, called with literal arguments, or a module instance): the
   preprocessing its object declares (a ``pretrained_cfg``, cnnlab's record or timm's dict: the shorter side resized,
-  a centre crop, mean/std), else the one the user gives in full (`CodeInput`: ``--input CxHxW --mean M --std S``, the
-  whole image resized to HxW, grey when C is 1, in [0, 1], less the mean, over the std), which also replaces a
-  declared one (a network fine-tuned at another size keeps its pretrained record); neither is refused, never guessed.
-  Class names are its ``classes`` (a list of strings, one per output), else those of a cnnlab record whose class
-  count it has, else indices.
+  a centre crop, mean/std; grey for a 1-channel record), else the one the user gives in full (`CodeInput`:
+  ``--input CxHxW --mean M --std S``, the whole image resized to HxW, grey when C is 1, in [0, 1], less the mean, over
+  the std), which also replaces a declared one (a network fine-tuned at another size keeps its pretrained record);
+  neither is refused, never guessed. Class names are its ``classes`` (a list of strings, one per output), else those
+  of a cnnlab record whose class count it has, else indices.
 - segmentation runs (`cnnlab train segment --data`): the whole image at its own size, in [0, 1], less the run's
   mean, over its std, as `cnnlab predict` segments it. The scores are the shares of the pixels predicted as each
   class, the class explained is by default the largest one other than the background, and Grad-CAM weighs the
@@ -260,11 +260,12 @@ def code_subject(source: str, given: CodeInput = CodeInput(), device: str | torc
 
         size, mean, std = declared.input_size, declared.mean, declared.std
         transform = build_eval_transform(declared)
+        mode = "L" if size[0] == 1 else "RGB"
 
         def preprocess(image: Any) -> torch.Tensor:
-            return transform(image.convert("RGB"))
+            return transform(image.convert(mode))
 
-        note = f"{preprocessing_description(declared)} (its pretrained_cfg)"
+        note = f"{'grey, ' if size[0] == 1 else ''}{preprocessing_description(declared)} (its pretrained_cfg)"
     else:
         raise CnnlabError(
             f"{source} declares no preprocessing (no pretrained_cfg); give it as the network was trained: --input "
@@ -310,7 +311,8 @@ def _check_runs(network: nn.Module, source: str, size: tuple[int, ...]) -> None:
 
 def _declared_cfg(network: nn.Module) -> Any:
     """The preprocessing record `network` carries as ``pretrained_cfg`` (cnnlab's `PretrainedCfg`, or timm's dict
-    with its ``input_size``, ``mean``, ``std``, ``crop_pct`` and ``interpolation``) as a `PretrainedCfg`, else None."""
+    with its ``input_size``, ``mean``, ``std``, ``crop_pct`` and ``interpolation``; for RGB or, with one mean and one
+    std, grey inputs) as a `PretrainedCfg`, else None."""
     from cnnlab.models import PretrainedCfg
 
     record = getattr(network, "pretrained_cfg", None)
@@ -324,10 +326,10 @@ def _declared_cfg(network: nn.Module) -> Any:
         crop_pct = float(record.get("crop_pct") or 1.0)
     except (KeyError, TypeError, ValueError):
         return None
-    if channels != 3 or len(mean) != 3 or len(std) != 3:
-        return None  # a record for grey or many-channel inputs: given in full instead
+    if channels not in (1, 3) or len(mean) != channels or len(std) != channels:
+        return None  # a record for many-channel inputs, or one that disagrees with itself: given in full instead
     interpolation = record.get("interpolation") if record.get("interpolation") in ("bilinear", "bicubic") else "bicubic"
-    return PretrainedCfg(source="pretrained_cfg", file_name="", input_size=(3, height, width),
+    return PretrainedCfg(source="pretrained_cfg", file_name="", input_size=(channels, height, width),
                          resize_size=round(min(height, width) / crop_pct), crop_pct=crop_pct, mean=mean, std=std,
                          interpolation=interpolation)  # fmt: skip
 
