@@ -669,6 +669,16 @@ def test_a_network_built_by_the_users_own_code_is_explained_with_the_preprocessi
     grey_resized = TF.resize(TF.pil_to_tensor(photo.convert("L")), 16, TF.InterpolationMode.BICUBIC, antialias=True)
     grey_pixels = TF.to_dtype(TF.center_crop(grey_resized, [16, 16]), torch.float32, scale=True)
     torch.testing.assert_close(declared_grey.preprocess(photo), (grey_pixels - 0.5) / 0.25)
+    # --list-layers where the default feature maps and the default Grad-CAM fall on one layer: both roles on its row
+    listing = invoke(app, ["explain", "my_nets.py:declared_grey", "photo.png", "--list-layers"])
+    assert listing.exit_code == 0, listing.output
+    assert listing.output.splitlines()[1:6] == [
+        "* 0  Conv2d             4x16x16  (default feature maps)",
+        "* 1  ReLU               4x16x16  (default feature maps)",
+        "* 2  MaxPool2d          4x8x8",
+        "* 3  Conv2d             6x8x8",
+        "* 4  ReLU               6x8x8  (default feature maps and Grad-CAM)",
+    ]
     with pytest.raises(CnnlabError, match="aspect ratio of 500:1"):  # its shorter side resized: 25 x 12,500 px
         declared.check_size(Image.new("RGB", (1000, 2)), "thin.png")
     replaced = code_subject("my_nets.py:declared", CodeInput("3x8x8", "0", "1"))
