@@ -399,7 +399,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
                 first = gr.Dropdown([], label="compare")
                 second = gr.Dropdown([], label="with")
                 compare_button = gr.Button("Compare curves")
-            comparison = gr.Plot(label="curves of both runs")
+            comparison = gr.Plot(label="the two runs' curves; an ensemble's: each member's")
             chosen_run.change(on_run, [chosen_run], [curves, confusion, mistakes, config])
             compare_button.click(on_compare, [first, second], [comparison])
 
