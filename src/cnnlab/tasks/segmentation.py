@@ -335,7 +335,7 @@ def train_segmentation(
     kwargs = {**chosen.model_kwargs, **(model_kwargs or {})}
     from cnnlab.models.segmentation import UPSAMPLE_MODES
 
-    if kwargs.get("upsample", UPSAMPLE_MODES[0]) not in UPSAMPLE_MODES:  # before the canvases, not ~9 s later
+    if kwargs.get("upsample", UPSAMPLE_MODES[0]) not in UPSAMPLE_MODES:  # before the canvases (0.5-2.5 s), not after
         raise CnnlabError(f"--upsample {kwargs['upsample']!r} is not one of {', '.join(UPSAMPLE_MODES)}")
     train_options = with_overrides(chosen.train, overrides)
     check_options(train_options)  # here as TrainConfig would, later: a bad num_threads is a line, not torch's error
