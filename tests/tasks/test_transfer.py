@@ -291,6 +291,15 @@ def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(tin
                     f"{report}"]  # fmt: skip
     drop_written = re.compile(r"- written: [^,]*,")  # when the report was written: the rest is the first one's
     assert drop_written.sub("", report.read_text()) == drop_written.sub("", written)
+    # the runs root moved (copied to a laptop): the finished run read back named its old folder as its run_dir
+    shutil.move(tmp_path / "runs", tmp_path / "laptop")
+    try:
+        moved = train_transfer(
+            tiny_config(tmp_path, resume=True, test_fraction=0.3, output=str(tmp_path / "laptop"), train={"epochs": 1})
+        )
+    finally:
+        shutil.move(tmp_path / "laptop", tmp_path / "runs")
+    assert moved["finished_before"] and moved["run_dir"] == str(tmp_path / "laptop" / "transfer" / "tiny")
 
 
 def test_random_weights_of_another_seed_do_not_reuse_the_cache(tiny_run: tuple[Path, dict]) -> None:

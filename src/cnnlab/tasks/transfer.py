@@ -845,7 +845,8 @@ def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
 
                 transfer_report(summary, recorded_environment(run_dir)).write(report)
             log(f"{run_dir} is already finished; its report was missing, written from its results.json: {report}")
-        return {**summary, "finished_before": True}
+        # where it is now: results.json names the folder it was trained in, which a copied or renamed run has left
+        return {**summary, "run_dir": str(run_dir), "finished_before": True}
     if weights is not None:  # a download that fails does so before the images are read and the run folder made
         fetch_pretrained(weights)
     # this command's session of the run (sessions.json), read before its config.yaml is written again
