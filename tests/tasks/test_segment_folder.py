@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -230,7 +231,7 @@ def test_evaluate_says_which_pairs_the_run_trained_on_and_refuses_a_folder_witho
     """--data the run's own folder: the pairs of its training and validation split are counted and said (they were
     scored as new data without a word); an empty folder, or images without masks, are refused in one line, naming
     predict for the masks of unlabelled images."""
-    from cnnlab.tasks.evaluate import _in_run_split, _seen_line, evaluate_folder
+    from cnnlab.tasks.evaluate import _in_run_split, _seen_line, _split_folder_gone, evaluate_folder
 
     root, summary = trained
     run = summary["run_dir"]
@@ -242,6 +243,20 @@ def test_evaluate_says_which_pairs_the_run_trained_on_and_refuses_a_folder_witho
         f"{counts['test']} test pairs among them alone are new to it"
     ]
     assert _seen_line({"count": 3, "in_run_split": {"test": 3}}, "pairs") == []
+    # the data folder moved (copied to a laptop beside the run): no split.csv path matched, and evaluate said nothing,
+    # as if the pairs it trained on were new data
+    assert _split_folder_gone(Path(run)) is None
+    shutil.move(root, tmp_path / "moved")
+    try:
+        gone = _split_folder_gone(Path(run))
+        moved = _in_run_split(Path(run), [str(path) for path in sorted((tmp_path / "moved" / "images").iterdir())])
+    finally:
+        shutil.move(tmp_path / "moved", root)
+    assert gone == str((root / "images").resolve()) and moved == {}
+    assert _seen_line({"count": 48, "in_run_split": moved, "split_folder_gone": gone}, "pairs") == [
+        f"whether the run trained on any of these pairs is not known: its split.csv lists images under {gone}, no "
+        "longer there (moved?): these scores may include images it trained on"
+    ]
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(CnnlabError, match=r"^--data \S+empty is empty; pass a folder holding images/ and masks/"):

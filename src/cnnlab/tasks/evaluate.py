@@ -128,6 +128,7 @@ def evaluate_folder(
             **scores,
             "absent_classes": [name for name, count in counts.items() if count == 0],
             "in_run_split": _in_run_split(run_dir, images.paths),
+            "split_folder_gone": _split_folder_gone(run_dir),
             "skipped": [dataclasses.asdict(entry) for entry in images.skipped],
         }
         if len(predictor.views) > 1:
@@ -197,10 +198,30 @@ def _in_run_split(run_dir: Path, paths: list[str]) -> dict[str, int]:
     return {part: counts[part] for part in ("train", "val", "test") if counts[part]}
 
 
+def _split_folder_gone(run_dir: Path) -> str | None:
+    """The folder holding the images the run's split.csv lists (by absolute path) when none of them is there any
+    more (the data folder moved, or the run was copied to another machine), else None: `_in_run_split` then cannot
+    tell a run's own images from new ones, and said nothing, as if the scores were of new data."""
+    try:
+        with open(run_dir / "split.csv", newline="", encoding="utf-8-sig", errors=PATH_BYTES) as f:
+            listed = [row["path"] for row in csv.DictReader(f)]
+    except (OSError, KeyError, csv.Error):
+        return None
+    if not listed or any(os.path.lexists(path) for path in listed):
+        return None
+    common = os.path.commonpath(listed)
+    return common if len(listed) > 1 else os.path.dirname(common)
+
+
 def _seen_line(result: dict[str, Any], unit: str) -> list[str]:
     """A line saying how many evaluated images the run trained on or chose its weights by (none when none)."""
     parts = result.get("in_run_split", {})
     seen = parts.get("train", 0) + parts.get("val", 0)
+    if not seen and result.get("split_folder_gone"):
+        return [
+            f"whether the run trained on any of these {unit} is not known: its split.csv lists images under "
+            f"{result['split_folder_gone']}, no longer there (moved?): these scores may include images it trained on"
+        ]
     if not seen:
         return []
     test = f"; its {parts['test']} test {unit} among them alone are new to it" if parts.get("test") else ""
@@ -395,6 +416,7 @@ def _evaluate_segmentation(
             **({} if at_max_side is None else {"at_max_side": at_max_side.report(classes, segmenter.background)}),
             "worst_images": [{"image": scored[i], "pixel_error": scores.errors[i]} for i in worst],
             "in_run_split": _in_run_split(run_dir, scored),
+            "split_folder_gone": _split_folder_gone(run_dir),
             # the lines training says of its folder (results.json's), of this one: the run's classes no scored mask
             # has, and mask values found only at edges (JPEG or smooth-resize artefacts?); None when not so
             "classes_without_pixels": describe_untrained(values, classes, None, scored_in=root),
