@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks.mnist_ensemble import member_dirs
 from cnnlab.tasks.segment_predict import is_segmentation_run
-from cnnlab.train.saved import load_model, save_ensemble, save_model, saved_meta
+from cnnlab.train.saved import build_network, load_model, save_ensemble, save_model, saved_meta
 
 NOT_A_RECORD = "holds a JSON list, not a cnnlab model record; is it a cnnlab run?"
 
@@ -353,6 +354,12 @@ def test_an_ensemble_refuses_a_member_replaced_after_it_was_made(tmp_path: Path)
     del record["digests"]  # an ensemble saved before digests were recorded loads as it did
     (tmp_path / "ens" / "ensemble.json").write_text(json.dumps(record))
     assert len(load_model(tmp_path / "ens").members) == 2
+    # a member renamed on its own: the error named only "no saved model at .../a/model.json", not the ensemble
+    shutil.move(members[0], tmp_path / "renamed")
+    missing = r"^\S+ens is an ensemble whose member '../a' is not there \(\S+a: moved or renamed\?\); its members are"
+    for read in (load_model, build_network):
+        with pytest.raises(CnnlabError, match=missing):
+            read(tmp_path / "ens")
 
 
 def test_records_saved_before_they_said_their_kind_are_read_in_the_current_layout(tmp_path: Path) -> None:

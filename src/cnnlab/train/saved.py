@@ -161,6 +161,25 @@ def ensemble_members(spec: Path) -> list[Path]:
     return [Path(os.path.normpath(spec.parent / member)) for member in named]  # "e2/../q" as "q"
 
 
+def _members_present(spec: Path) -> list[Path]:
+    """`ensemble_members`, each checked to be there: a member moved or renamed on its own (the ensemble's entries are
+    relative to its folder) was reported as "no saved model at MEMBER/model.json", naming a run the user never
+    passed and not the ensemble that needs it.
+
+    Raises:
+        CnnlabError: naming the ensemble, the entry and where it looked, when a member's folder is not there.
+    """
+    named = read_record(spec).get("members")
+    for entry, folder in zip(named, folders := ensemble_members(spec), strict=True):
+        if not folder.is_dir():
+            raise CnnlabError(
+                f"{spec.parent} is an ensemble whose member {entry!r} is not there ({folder}: moved or renamed?); its "
+                "members are found relative to its folder: put that run back there, or run `cnnlab ensemble` again "
+                "with the runs where they are now"
+            )
+    return folders
+
+
 def _restore_tuples(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
@@ -530,7 +549,7 @@ def build_network(path: str | os.PathLike[str]) -> nn.Module:
     """
     path = spec_path(path)
     if path.name.endswith(ENSEMBLE_SPEC):
-        return Ensemble([_build_single(member / MODEL_SPEC)[1] for member in ensemble_members(path)])
+        return Ensemble([_build_single(member / MODEL_SPEC)[1] for member in _members_present(path)])
     return _build_single(path)[1]
 
 
@@ -550,7 +569,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     device = resolve_device(device)
     path = spec_path(path)
     if path.name == ENSEMBLE_SPEC or path.name.endswith(ENSEMBLE_SPEC):
-        folders = ensemble_members(path)
+        folders = _members_present(path)
         digests = read_record(path).get("digests")  # ensembles saved before digests were recorded have none
         if not isinstance(digests, list) or len(digests) != len(folders):
             digests = [None] * len(folders)
