@@ -390,6 +390,9 @@ def test_a_member_stopped_while_it_wrote_its_results_resumes(
     tested_at = (report.parent / "test_probabilities.pt").stat().st_mtime_ns
     again = train_mnist("quick", overrides=_TINY, resume=True, **options)
     assert again["members"] == summary["members"]
+    # nothing trained: read back as the other tasks' runs are (the CLI says so); a member trained here is not that
+    assert again["finished_before"] and "finished_before" not in summary
+    assert "finished_before" not in (tmp_path / "mnist" / "ens" / "results.json").read_text()
     assert (report.parent / "test_probabilities.pt").stat().st_mtime_ns == tested_at
     assert _WRITTEN.sub("", report.read_text()) == _WRITTEN.sub("", written)
 
@@ -399,15 +402,21 @@ def test_resume_of_a_missing_run_is_a_clear_error(fake_root: Path, tmp_path: Pat
         train_mnist("quick", data_dir=str(fake_root), output=str(tmp_path), name="nope", resume=True, val_size=40)
 
 
-def test_resume_of_a_finished_run_reads_it_back_and_refuses_other_options(fake_root: Path, tmp_path: Path) -> None:
+def test_resume_of_a_finished_run_reads_it_back_and_refuses_other_options(
+    fake_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--resume of a finished single run was a KeyError traceback; with another --recipe it was read back as is."""
     options = dict(data_dir=str(fake_root), output=str(tmp_path), name="done", val_size=40, progress=False)
     finished = train_mnist("quick", overrides=_TINY, **options)
     weights = tmp_path / "mnist" / "done" / "model.safetensors"
     trained_at = weights.stat().st_mtime_ns
-    again = train_mnist("quick", overrides=_TINY, resume=True, **options)
+    again = train_mnist("quick", overrides=_TINY, resume=True, **{**options, "progress": True})
     assert weights.stat().st_mtime_ns == trained_at  # read back, not trained again
     assert again["test_accuracy"] == finished["test_accuracy"] and again["members"] == finished["members"]
+    # said, and returned for the CLI to say, as the other tasks' (a run that trained is not read back)
+    run = tmp_path / "mnist" / "done"
+    assert capsys.readouterr().out == f"{run} is already finished; nothing to do (its report: {run / 'report.md'})\n"
+    assert again["finished_before"] and "finished_before" not in finished
     # stopped between results.json and report.md: read back as finished, it never got its report; now the report
     # alone is written from what the run saved, the first one's but for when it was written
     report = tmp_path / "mnist" / "done" / "report.md"

@@ -653,7 +653,7 @@ def test_the_exports_record_says_how_the_shorter_side_of_a_downscaled_image_is_r
     assert height == round(2000 * max_side / 3000)
 
 
-def test_a_resume_under_other_options_is_refused_before_a_pair_is_decoded(tmp_path, monkeypatch):
+def test_a_resume_under_other_options_is_refused_before_a_pair_is_decoded(tmp_path, monkeypatch, capsys):
     """--resume --max-side 24 of a run trained at 32 decoded the whole folder (minutes for a folder of photos) before
     the engine refused it; the refusal comes first now, with the engine's message. Without classes.json the classes
     come from the masks, known only once they are decoded: the same options are not refused for them."""
@@ -684,7 +684,12 @@ def test_a_resume_under_other_options_is_refused_before_a_pair_is_decoded(tmp_pa
     # between its results.json and its report.md, that report alone is written, from what the run saved
     (run / "report.md").unlink()
     sessions = (run / "sessions.json").read_text()
-    assert train_segmentation_folder(str(root), resume=True, crop_size=16, max_side=32, **options) == finished
+    said = {**options, "progress": True}
+    again = train_segmentation_folder(str(root), resume=True, crop_size=16, max_side=32, **said)
+    assert again == {**finished, "finished_before": True}  # which the CLI says, as transfer's; and a line says
+    assert capsys.readouterr().out == f"{run} is already finished; its report was missing, written from its " + (
+        f"results.json: {run / 'report.md'}\n"
+    )
     assert (run / "sessions.json").read_text() == sessions
     written = re.compile(r"- written: [^,]*,")  # when the report was written: the rest is the first one's
     assert written.sub("", (run / "report.md").read_text()) == written.sub("", report)

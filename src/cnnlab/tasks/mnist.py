@@ -48,6 +48,7 @@ from cnnlab.train.config import (
     save_record,
     slow_precision_said_once,
 )
+from cnnlab.train.finished import is_finished, read_back
 from cnnlab.train.records import RunSessions
 from cnnlab.train.saved import DIGIT_CLASSIFIER, DIGIT_SEGMENTER, read_record, save_ensemble, save_model
 from cnnlab.train.strategy import is_main_process
@@ -266,6 +267,10 @@ def _train_mnist(
     members: list[dict[str, Any]] = []
     member_probabilities = []
     reuse_finished = resume or member is not None  # members finished earlier are read back, not trained again
+    main, say = is_main_process(), print if progress else None
+    # an ensemble finished before this command (its results.json is written once every member is): read back, as a
+    # single run is, when no member trains here
+    ensemble_finished = ensemble > 1 and reuse_finished and is_finished(run_dir)
     missing: list[int] = []  # seeds of members neither finished nor trained here (with `member`)
     first_trained = True
     # With `member`, that member trains first and the others are looked up after it, when they may have finished.
@@ -308,14 +313,16 @@ def _train_mnist(
             _check_fellow_member(*member_config(index, fellow=True)[1:], data_dir)
     for index in order:
         member_seed, member_dir, config = member_config(index)
-        if reuse_finished and (member_dir / "results.json").is_file():
-            # a finished member is read back only for the options it was trained with (--recipe included)
+        if reuse_finished and is_finished(member_dir):
+            # a finished member is read back (`cnnlab.train.finished`) only for the options it was trained with
+            # (--recipe included); stopped between its results.json and its report.md, only the report is left to write
             check_resumable(saved_options(member_dir), config, member_dir)
-            finished = json.loads((member_dir / "results.json").read_text())
-            finished = finished["members"][0] if "members" in finished else finished  # a single run's summary
-            if is_main_process() and not (member_dir / "report.md").is_file():
-                # stopped between its results.json and its report.md: only the report is left to write
-                _write_missing_report(chosen, overrides, member_dir, finished)
+
+            def write_report(result: dict[str, Any], member_dir: Path = member_dir) -> None:
+                _write_missing_report(chosen, overrides, member_dir, _member_result(result))
+
+            # a single run's line says it was finished; an ensemble's members, one for the ensemble, below
+            finished = _member_result(read_back(member_dir, write_report, say if ensemble == 1 else None, main))
             members.append({**finished, "run_dir": str(member_dir)})  # where it is now: the run may have moved since
             member_probabilities.append(torch.load(member_dir / "test_probabilities.pt", weights_only=True))
         elif member is not None and index != member:  # another process trains it
@@ -398,7 +405,18 @@ def _train_mnist(
             ).write(run_dir / "report.md")
         with written_then_renamed(run_dir / "results.json") as results:  # a single run's is its member's, as above
             results.write_text(json.dumps(summary, indent=1))
-    return summary
+    if not first_trained or missing:
+        return summary
+    # nothing trained or tested here: the run was finished before, as `read_back` returns one (a single run's line
+    # was said there; an ensemble's members were combined again from their saved test probabilities)
+    if ensemble_finished and main and say is not None:
+        say(f"{run_dir} is already finished; nothing to do (its report: {run_dir / 'report.md'})")
+    return {**summary, "finished_before": True} if ensemble == 1 or ensemble_finished else summary
+
+
+def _member_result(result: dict[str, Any]) -> dict[str, Any]:
+    """A member's results from its results.json: a single run's holds the run's summary, its member first."""
+    return result["members"][0] if "members" in result else {k: v for k, v in result.items() if k != "finished_before"}
 
 
 def _write_missing_report(
@@ -407,11 +425,8 @@ def _write_missing_report(
     """Write the report.md of a finished member (or single run) stopped before it was written, from what the member
     saved: its results.json (`result`), its epochs (metrics.json), its options and the environment of the session
     that finished it (config.yaml), beside the figures its test pass drew. Nothing is trained or tested again."""
-    try:
-        history = json.loads((member_dir / "metrics.json").read_text())
-        config = load_config(member_dir / "config.yaml")
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # not as the engine writes them: a report without its epochs or options would misstate the run
+    history = json.loads((member_dir / "metrics.json").read_text())  # unreadable: `read_back` says so
+    config = load_config(member_dir / "config.yaml")
     report = _member_report(recipe, overrides, config, history, result, recorded_environment(member_dir))
     report.write(member_dir / "report.md")
 

@@ -77,6 +77,7 @@ from cnnlab.train.config import (
     use_threads,
 )
 from cnnlab.train.device import available_memory_bytes, resolve_device
+from cnnlab.train.finished import is_finished, read_back
 from cnnlab.train.records import RunSessions
 from cnnlab.train.saved import SEGMENTER, save_model
 from cnnlab.train.strategy import is_main_process, main_process_first
@@ -492,14 +493,14 @@ def train_segmentation_folder(
     # A resume under other options is refused here, as the engine would refuse it once every pair was decoded (minutes
     # for a folder of photos); the classes read from the masks are the engine's to compare.
     unknown = {"extra.classes"} if folder.class_names is None else set()
-    finished = resume and (run_dir / "results.json").is_file()  # written whole once the test pass is done
+    finished = resume and is_finished(run_dir)
     # compared for a run continued from its checkpoint or read back finished; one with neither trains afresh
     options = config.to_dict() if config.resume or finished else None
     check_start(run_dir, MANIFEST, resume, overwrite, options, free=RESUME_FREE_OPTIONS | unknown)
     if finished:
-        # read back, as the other tasks read a finished run: not decoded, trained or tested again; a stop before its
-        # report.md leaves only that to write, from what the run saved
-        return _read_back(recipe, run_dir, background, overrides)
+        # read back (`cnnlab.train.finished`): not decoded, trained or tested again; a stop before its report.md leaves
+        # only that to write, from what the run saved
+        return _read_back(recipe, run_dir, background, overrides, progress)
     _check_memory(folder, crop, progress and is_main_process())
     # this command's session of the run (sessions.json), read before the engine rewrites config.yaml; a resumed run's
     # session stopped while it reads the pairs is one of the run's
@@ -686,27 +687,20 @@ def train_segmentation_folder(
 
 
 def _read_back(
-    recipe: FolderSegmentRecipe, run_dir: Path, background: int | None, overrides: dict[str, Any] | None
+    recipe: FolderSegmentRecipe, run_dir: Path, background: int | None, overrides: dict[str, Any] | None, progress: bool
 ) -> dict[str, Any]:
     """The results of the finished run in `run_dir` (its options already compared), and its report.md written where a
     stop came before it, from what the run saved: results.json, metrics.json, and config.yaml's options, classes and
     environment (the session that finished it)."""
-    summary = json.loads((run_dir / "results.json").read_text())
-    if is_main_process() and not (run_dir / "report.md").is_file():
+
+    def write_report(summary: dict[str, Any]) -> None:
         saved = load_config(run_dir / "config.yaml")
         history = json.loads((run_dir / "metrics.json").read_text())
-        report = _report(
-            recipe,
-            saved,
-            history,
-            summary,
-            saved.extra["classes"],
-            background,
-            overrides,
-            recorded_environment(run_dir),
-        )
+        environment = recorded_environment(run_dir)
+        report = _report(recipe, saved, history, summary, saved.extra["classes"], background, overrides, environment)
         report.write(run_dir / "report.md")
-    return {**summary, "run_dir": str(run_dir)}  # where it is now: the run may have moved since
+
+    return read_back(run_dir, write_report, print if progress else None, is_main_process())
 
 
 def _report(  # noqa: ANN202

@@ -55,6 +55,7 @@ from cnnlab.train.config import (
     recorded_environment,
     use_threads,
 )
+from cnnlab.train.finished import is_finished, read_back
 from cnnlab.train.optim import default_param_groups
 from cnnlab.train.records import RunSessions
 from cnnlab.train.saved import DIGIT_SEGMENTER, save_model
@@ -369,9 +370,8 @@ def train_segmentation(
             "pretrain_epochs": pretrain,
         },
     )
-    if resume and (run_dir / "results.json").is_file():
-        # finished (results.json is written whole once the test pass is done): read back, as train mnist and train
-        # transfer read a finished run, not tested again; a stop before its report.md leaves only that to write
+    if resume and is_finished(run_dir):
+        # read back (`cnnlab.train.finished`), not tested again; a stop before its report.md leaves only that to write
         return _read_back(chosen, config, overrides, pretrain)  # at once: its options need no canvases made
     sessions.doing("making the digit canvases")
     if data is None:
@@ -469,12 +469,13 @@ def _read_back(
     run_dir = config.run_dir
     saved = load_config(run_dir / "config.yaml")
     check_resumable(saved.to_dict(), config, run_dir)
-    summary = json.loads((run_dir / "results.json").read_text())
-    if is_main_process() and not (run_dir / "report.md").is_file():
+
+    def write_report(summary: dict[str, Any]) -> None:
         history = json.loads((run_dir / "metrics.json").read_text())
         given = {**(overrides or {}), "train_canvases": summary["canvases"][0], "pretrain_epochs": pretrain}
         _report(recipe, saved, history, summary, given, recorded_environment(run_dir)).write(run_dir / "report.md")
-    return {**summary, "run_dir": str(run_dir)}  # where it is now: the run may have moved since
+
+    return read_back(run_dir, write_report, print if config.progress else None, is_main_process())
 
 
 def _report(  # noqa: ANN202

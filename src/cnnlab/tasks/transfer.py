@@ -97,6 +97,7 @@ from cnnlab.train.config import (
     slow_precision_said_once,
     use_threads,
 )
+from cnnlab.train.finished import is_finished, read_back
 from cnnlab.train.metrics import Accuracy, BalancedAccuracy, ViewAveraged
 from cnnlab.train.records import RunSessions, write_history
 from cnnlab.train.saved import IMAGE_CLASSIFIER, save_model
@@ -831,22 +832,15 @@ def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
     started = time.perf_counter()
     run_dir = config.run_dir
     check_start(run_dir, MANIFEST, config.resume, config.overwrite, dataclasses.asdict(config))
-    if config.resume and (run_dir / "results.json").is_file():
-        # finished (results.json is written whole once the test pass is done): read back, as `train mnist --resume`
-        # reads a finished run, not tested again with its report and times rewritten; a stop before its report.md
-        # was written leaves only that to write, from the results and the environment of the session that made them
-        summary = json.loads((run_dir / "results.json").read_text())
-        report = run_dir / "report.md"
-        if report.is_file():
-            log(f"{run_dir} is already finished; nothing to do (its report: {report})")
-        else:
-            if main:
-                from cnnlab.report.transfer import transfer_report
+    if config.resume and is_finished(run_dir):
+        # read back (`cnnlab.train.finished`), not tested again with its report and times rewritten; a stop before
+        # its report.md leaves only that to write, from the results and the environment of the session that made them
+        def write_report(summary: dict[str, Any]) -> None:
+            from cnnlab.report.transfer import transfer_report
 
-                transfer_report(summary, recorded_environment(run_dir)).write(report)
-            log(f"{run_dir} is already finished; its report was missing, written from its results.json: {report}")
-        # where it is now: results.json names the folder it was trained in, which a copied or renamed run has left
-        return {**summary, "run_dir": str(run_dir), "finished_before": True}
+            transfer_report(summary, recorded_environment(run_dir)).write(run_dir / "report.md")
+
+        return read_back(run_dir, write_report, log, main)
     if weights is not None:  # a download that fails does so before the images are read and the run folder made
         fetch_pretrained(weights)
     # this command's session of the run (sessions.json), read before its config.yaml is written again
