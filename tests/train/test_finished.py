@@ -4,7 +4,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cnnlab.train.finished import REPORT, is_finished, read_back
+import pytest
+
+from cnnlab.train.finished import FINISHED_EARLIER, REPORT, is_finished, read_back
 
 
 def _finished_run(tmp_path: Path) -> Path:
@@ -48,3 +50,49 @@ def test_a_finished_run_is_read_back_where_it_is_now_and_says_so(tmp_path: Path)
     assert not (run / "report.md").exists()
     assert read_back(run, write_report, None) == summary and (run / "report.md").is_file()
 
+
+def test_every_train_command_says_a_run_was_read_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`train transfer` said "finished earlier, nothing run" of a run read back, and its --json left it out; `train
+    mnist` and `train segment` (canvases and --data) printed the run's training seconds as if it had trained again."""
+    import cnnlab.tasks.mnist
+    import cnnlab.tasks.segment_folder
+    import cnnlab.tasks.segmentation
+    import cnnlab.tasks.transfer
+    from cli_in_process import run_cnnlab
+
+    test = {"miou": 0.5, "miou_with_bg": 0.6, "pixel_accuracy": 0.9, "boundary_tolerance_px": 2, "boundary_f1": 0.4}
+    summaries = {
+        "mnist": {"members": [], "test_accuracy": 0.9},
+        "segment": {"arch": "unet", "test": test, "train_seconds": 12.0},
+        "folder": {"model": "unet", "test": {**test, "miou_includes_background": False}, "images": {"test": 3}},
+        "transfer": {
+            "test": {"accuracy": 0.9, "balanced_accuracy": 0.9, "count": 3},
+            "views": ["identity"],
+            **dict.fromkeys(("classes", "counts", "split", "phases", "costs", "wall_seconds")),
+            "skipped": [],
+        },
+    }
+    summaries["folder"].update(skipped=0, train_seconds=12.0)
+    for name, summary in summaries.items():
+        summary.update(run_dir=f"runs/{name}", finished_before=True)
+
+    def task(name: str) -> Any:
+        return lambda *args, **options: summaries[name]
+
+    monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", task("mnist"))
+    monkeypatch.setattr(cnnlab.tasks.segmentation, "train_segmentation", task("segment"))
+    monkeypatch.setattr(cnnlab.tasks.segment_folder, "train_segmentation_folder", task("folder"))
+    monkeypatch.setattr(cnnlab.tasks.transfer, "train_transfer", task("transfer"))
+    (tmp_path / "photos").mkdir()
+    for name, args in {
+        "mnist": ["train", "mnist"],
+        "segment": ["train", "segment"],
+        "folder": ["train", "segment", "--data", "."],
+        "transfer": ["train", "transfer", "--data", str(tmp_path / "photos")],
+    }.items():
+        done = run_cnnlab(*args, "--resume", "--name", "r")
+        assert done.returncode == 0, (name, done.stderr)
+        assert FINISHED_EARLIER in done.stdout, (name, done.stdout)
+        done = run_cnnlab(*args, "--resume", "--name", "r", "--json")
+        assert done.returncode == 0, (name, done.stderr)
+        assert json.loads(done.stdout)["finished_before"] is True, name

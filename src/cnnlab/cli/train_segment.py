@@ -146,6 +146,7 @@ def segment(
         )
         return
     from cnnlab.tasks.segmentation import RECIPES, train_segmentation
+    from cnnlab.train.finished import FINISHED_EARLIER
     from cnnlab.train.strategy import is_main_process
 
     RECIPES.get(recipe)  # fail fast on a typo, before generating canvases
@@ -176,7 +177,7 @@ def segment(
         f"{summary['arch']}: test mIoU (10 digit classes, background excluded) {test['miou']:.4f}, "
         f"with background {test['miou_with_bg']:.4f}, pixel accuracy {test['pixel_accuracy']:.4f}, "
         f"boundary F1 ({test['boundary_tolerance_px']} px) {boundary_f1_text(test['boundary_f1'])}; "
-        f"{summary['train_seconds']:.0f} s training"
+        f"{summary['train_seconds']:.0f} s training{f'; {FINISHED_EARLIER}' if summary.get('finished_before') else ''}"
     )
     typer.echo(f"run: {summary['run_dir']}  (report.md, test_overlays.png; load it with cnnlab.load_model)")
 
@@ -198,6 +199,7 @@ def _segment_folder(
 ) -> None:
     from cnnlab.report.units import counted
     from cnnlab.tasks.segment_folder import train_segmentation_folder
+    from cnnlab.train.finished import FINISHED_EARLIER
     from cnnlab.train.strategy import is_main_process
 
     summary = train_segmentation_folder(
@@ -233,7 +235,7 @@ def _segment_folder(
     typer.echo(
         f"{summary['model']}: test mIoU ({scope}) {test['miou']:.4f}{every}, pixel "
         f"accuracy {test['pixel_accuracy']:.4f}; {tests}, {summary['skipped']} skipped; "
-        f"{summary['train_seconds']:.0f} s training"
+        f"{summary['train_seconds']:.0f} s training{f'; {FINISHED_EARLIER}' if summary.get('finished_before') else ''}"
     )
     typer.echo(
         f"run: {summary['run_dir']}  (report.md; `cnnlab predict --model {summary['run_dir']} IMAGE... --output DIR`)"

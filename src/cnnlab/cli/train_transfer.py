@@ -103,6 +103,7 @@ def transfer(
     """
     from cnnlab.data.folder import describe_skipped
     from cnnlab.tasks.transfer import TransferConfig, train_transfer
+    from cnnlab.train.finished import FINISHED_EARLIER
     from cnnlab.train.strategy import is_main_process
 
     config = TransferConfig.from_options(
@@ -132,6 +133,7 @@ def transfer(
         return
     if as_json:
         keys = ("run_dir", "classes", "counts", "skipped", "split", "views", "phases", "test", "costs", "wall_seconds")
+        keys += ("finished_before",) if summary.get("finished_before") else ()  # as the other tasks' --json say it
         typer.echo(json.dumps({k: summary[k] for k in keys}))
         return
     test = summary["test"]
@@ -140,7 +142,7 @@ def transfer(
         f"test accuracy {test['accuracy']:.4f}{averaged}, balanced accuracy {test['balanced_accuracy']:.4f} "
         f"on {test['count']} images; {describe_skipped([s['reason'] for s in summary['skipped']])}; "
         + (
-            "finished earlier, nothing run (--resume of a finished run)"
+            FINISHED_EARLIER
             if summary.get("finished_before")
             else f"{summary['wall_seconds']:.0f} s" + (" this session (resumed)" if summary["config"]["resume"] else "")
         )
