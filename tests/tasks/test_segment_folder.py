@@ -227,7 +227,9 @@ def test_evaluate_of_the_runs_test_pairs_gives_its_test_scores(trained, tmp_path
     )
 
 
-def test_evaluate_says_which_pairs_the_run_trained_on_and_refuses_a_folder_without_masks(trained, tmp_path):
+def test_evaluate_says_which_pairs_the_run_trained_on_and_refuses_a_folder_without_masks(
+    trained, tmp_path, monkeypatch
+):
     """--data the run's own folder: the pairs of its training and validation split are counted and said (they were
     scored as new data without a word); an empty folder, or images without masks, are refused in one line, naming
     predict for the masks of unlabelled images."""
@@ -257,6 +259,33 @@ def test_evaluate_says_which_pairs_the_run_trained_on_and_refuses_a_folder_witho
         f"whether the run trained on any of these pairs is not known: its split.csv lists images under {gone}, no "
         "longer there (moved?): these scores may include images it trained on"
     ]
+
+    # some of its training and validation pairs copied and renamed: known by their images' bytes
+    # (split_digests.json), where split.csv's paths matched none
+    copies = _split_pairs(run, "val", _split_pairs(run, "train", tmp_path / "renamed"))
+    rows = [line.split(",") for line in (Path(run) / "split.csv").read_text().splitlines()[1:]]
+    kept = {part: [Path(image).name for image, _, row_part in rows if row_part == part] for part in ("train", "val")}
+    kept = set(kept["train"][:4] + kept["val"][:2])
+    for image in (copies / "images").iterdir():
+        for path in (image, copies / "masks" / image.name):
+            path.rename(path.with_name(f"copy_{path.name}")) if image.name in kept else path.unlink()
+    shutil.copy(root / "classes.json", copies)
+    parts = {"train": 4, "val": 2}
+    import cnnlab.report.plots
+    import cnnlab.report.segmentation
+
+    monkeypatch.setattr(cnnlab.report.plots, "plot_confusion_matrix", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cnnlab.report.segmentation, "save_overlays", lambda *args, **kwargs: None)
+    result = evaluate_folder(run, copies, tmp_path / "copies")
+    assert result["in_run_split"] == {} and result["count"] == 6
+    assert result["trained_copies"] == {"train": parts["train"], "val": parts["val"], "of": 6,
+                                        "from": "split_digests.json", "unchecked": 0, "excluded": False}  # fmt: skip
+    assert _seen_line(result, "pairs") == [
+        f"6 of 6 pairs' images are byte-identical to images the run trained on ({parts['train']}) or chose its "
+        f"weights by ({parts['val']}): the scores below include them (--exclude-trained leaves them out)"
+    ]
+    with pytest.raises(CnnlabError, match=r"all 6 usable image \+ mask pairs are byte-identical to images the run "):
+        evaluate_folder(run, copies, tmp_path / "copies", exclude_trained=True)
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(CnnlabError, match=r"^--data \S+empty is empty; pass a folder holding images/ and masks/"):

@@ -97,6 +97,7 @@ def test_run_records_everything(tiny_run: tuple[Path, dict]) -> None:
     run_dir = Path(summary["run_dir"])
     for name in (
         "split.csv",
+        "split_digests.json",
         "config.yaml",
         "metrics.csv",
         "metrics.json",
@@ -149,6 +150,63 @@ def test_predict_gives_the_probabilities_of_the_runs_own_test_pass(tiny_run: tup
             assert probabilities[name] == pytest.approx(float(row[name]), abs=1e-5)
 
 
+def test_evaluate_knows_the_runs_training_images_by_their_bytes(
+    tiny_run: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's photo folder copied under another name (or its images mixed into a test folder) was scored as new
+    data without a word: evaluate matched the run's images by path alone. The digests split_digests.json records
+    count the copies, said in a line and evaluation.json; --exclude-trained scores without them (a whole copy then
+    gives the run's own test scores). A run without the record reads its training files, where they still are."""
+    import cnnlab.report.classification
+    import cnnlab.report.plots
+    from cnnlab.tasks.evaluate import evaluate_folder, evaluation_lines
+
+    monkeypatch.setattr(cnnlab.report.classification, "plot_highest_loss", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cnnlab.report.plots, "plot_confusion_matrix", lambda *args, **kwargs: None)
+    root, summary = tiny_run
+    run_dir, counts = Path(summary["run_dir"]), summary["counts"]
+    trained = {part: sum(counts[part].values()) for part in ("train", "val")}
+    copy = tmp_path / "test"  # the training folder copied, every image renamed
+    for path in (root / "photos").glob("*/*.png"):
+        (copy / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, copy / path.parent.name / f"new_{path.name}")
+    result = evaluate_folder(run_dir, copy, tmp_path / "out")
+    total = trained["train"] + trained["val"]
+    assert result["count"] == total + summary["test"]["count"] and result["in_run_split"] == {}
+    assert result["trained_copies"] == {**trained, "of": result["count"], "from": "split_digests.json",
+                                        "unchecked": 0, "excluded": False}  # fmt: skip
+    assert evaluation_lines(result)[1] == (
+        f"{total} of {result['count']} images are byte-identical to images the run trained on ({trained['train']}) "
+        f"or chose its weights by ({trained['val']}): the scores below include them (--exclude-trained leaves "
+        "them out)"
+    )
+    alone = evaluate_folder(run_dir, copy, tmp_path / "out", exclude_trained=True)
+    assert alone["count"] == summary["test"]["count"] and alone["trained_copies"]["excluded"] is True
+    for key in ("accuracy", "balanced_accuracy", "confusion_matrix"):
+        assert alone[key] == summary["test"][key], key
+    assert evaluation_lines(alone)[1].endswith("): left out of the scores below (--exclude-trained)")
+    # a run made before split_digests.json: its training files are read where they are, the missing ones said
+    old = tmp_path / "old_run"
+    old.mkdir()
+    for name in ("model.json", "model.safetensors", "config.yaml"):
+        shutil.copy(run_dir / name, old)
+    rows = (run_dir / "split.csv").read_text().splitlines()
+    gone = next(i for i, row in enumerate(rows) if row.endswith(",train"))
+    rows[gone] = f"{tmp_path / 'gone.png'},{rows[gone].split(',')[-2]},train"
+    (old / "split.csv").write_text("\n".join(rows) + "\n")
+    result = evaluate_folder(old, copy, tmp_path / "out")
+    assert result["trained_copies"] == {"train": trained["train"] - 1, "val": trained["val"], "of": result["count"],
+                                        "from": "training files", "unchecked": 1, "excluded": False}  # fmt: skip
+    assert evaluation_lines(result)[2] == (
+        "1 of the run's training and validation images are no longer where its split.csv lists them, so copies of "
+        "them cannot be recognised here (the run predates its split_digests.json)"
+    )
+    (old / "split.csv").write_text(f"path,label,split\n{tmp_path / 'gone.png'},red,train\n")
+    assert evaluate_folder(old, copy, tmp_path / "out")["trained_copies"] is None
+    with pytest.raises(CnnlabError, match=r"^--exclude-trained: which images \S+ trained on cannot be told"):
+        evaluate_folder(old, copy, tmp_path / "out", exclude_trained=True)
+
+
 def test_evaluate_of_the_runs_test_images_gives_its_test_scores(
     tiny_run: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -197,6 +255,11 @@ def test_evaluate_of_the_runs_test_images_gives_its_test_scores(
     assert "(the identity view alone, no averaging)" in completed.stdout
     assert [Path(entry["path"]).name for entry in result["skipped"]] == ["broken.png"]
     assert f"skipped {folder / 'blue' / 'broken.png'}: not an image PIL can read" in completed.stdout
+    # its test images are new to it, by content too (split_digests.json) and said to be so
+    assert result["trained_copies"] == {
+        "train": 0, "val": 0, "of": len(rows), "from": "split_digests.json", "unchecked": 0, "excluded": False
+    }  # fmt: skip
+    assert "byte-identical" not in completed.stdout and "not of new data" not in completed.stdout
     assert (out / "confusion_matrix.png").is_file() and (out / "highest_loss.png").is_file()
     with open(out / "predictions.csv") as f:
         scored = {(row["label"], Path(row["path"]).name): row for row in csv.DictReader(f)}

@@ -31,6 +31,12 @@ def evaluate(
     as_json: bool = typer.Option(
         False, "--json", help="Print what evaluation.json holds as JSON on stdout (no progress; notes go to stderr)."
     ),
+    exclude_trained: bool = typer.Option(
+        False,
+        "--exclude-trained",
+        help="With --data: leave out the images byte-identical to images the run trained on or chose its weights by "
+        "(counted and said either way).",
+    ),
 ) -> None:
     """An MNIST run (or ensemble) on the MNIST test set: accuracy, per-class accuracy, a confusion-matrix PNG and a
     PNG of the misclassified images; a transfer or segmentation run on a folder of new labelled images (--data).
@@ -46,7 +52,9 @@ def evaluate(
     each image as `cnnlab predict` does, at the image's own size, and gives mIoU, per-class IoU, pixel accuracy,
     boundary F1 and the confusion matrix of the pixels, as its test report does (a run trained with
     `train segment --max-side`: also at the downscaled size its test pass scored), and draws the six images with the
-    most wrong pixels (worst_images.png). Either way, files that cannot be read are named and skipped."""
+    most wrong pixels (worst_images.png). Either way, files that cannot be read are named and skipped, and the images
+    whose bytes equal one the run trained on or chose its weights by (copied or renamed; known by the digests its
+    split_digests.json records) are counted and said: the scores include them, unless --exclude-trained."""
     from cnnlab.errors import CnnlabError
 
     apply_threads(threads)
@@ -57,10 +65,14 @@ def evaluate(
 
         if data_dir is not None:
             raise CnnlabError("--data-dir names the MNIST root of an MNIST run; with --data, leave it out")
-        scored = evaluate_folder(run, data, output_dir, device=device, progress=not (quiet or as_json))
+        scored = evaluate_folder(
+            run, data, output_dir, device=device, progress=not (quiet or as_json), exclude_trained=exclude_trained
+        )
         for line in [json.dumps(scored)] if as_json else evaluation_lines(scored):
             typer.echo(line)
         return
+    if exclude_trained:
+        raise CnnlabError("--exclude-trained applies to --data (an MNIST run is scored on the MNIST test set)")
     from cnnlab.tasks.mnist import evaluate_mnist
 
     result = evaluate_mnist(run, None if data_dir is None else str(data_dir), output_dir, device=device)

@@ -139,6 +139,8 @@ class LabelledImages:
         classes: class names in index order.
         skipped: files that could not be used.
         source: where the list came from (folder, CSV or dataset name), for reports.
+        digests: `file_digest` of each path whose bytes the scan read (none for a list made without reading them),
+            so the split's digests (`cnnlab.data.split.write_split_digests`) cost no second read.
     """
 
     paths: list[str]
@@ -146,6 +148,7 @@ class LabelledImages:
     classes: list[str]
     skipped: list[SkippedFile] = field(default_factory=list)
     source: str = ""
+    digests: dict[str, bytes] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -185,10 +188,10 @@ class LabelledImages:
             )
 
     def subset(self, indices: Sequence[int]) -> LabelledImages:
-        """The images at ``indices`` (same classes, no skipped list)."""
-        return LabelledImages(
-            [self.paths[i] for i in indices], [self.labels[i] for i in indices], list(self.classes), [], self.source
-        )
+        """The images at ``indices`` (same classes and digests, no skipped list)."""
+        paths = [self.paths[i] for i in indices]
+        digests = {path: self.digests[path] for path in paths if path in self.digests}
+        return LabelledImages(paths, [self.labels[i] for i in indices], list(self.classes), [], self.source, digests)
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -337,11 +340,13 @@ def _collect(candidates: Sequence[tuple[str, str]], classes: Sequence[str], sour
     kept: dict[str, str] = {}  # path -> label, in order
     skipped = []
     first: dict[bytes, tuple[str, str]] = {}  # content digest -> (path, label) of its first occurrence
+    digests: dict[str, bytes] = {}  # path -> content digest
     copies: list[tuple[int, str]] = []  # (position in skipped, the first file) of each copy under the same label
     for path, label in candidates:
         data, reason = _read_checked(path, resized=True) if check else (b"", None)
         if reason is None and check:
             digest = _digest(data)  # the bytes just decoded: each file is read once
+            digests.setdefault(path, digest)
             if digest in first:
                 seen, seen_label = first[digest]
                 if seen == path:  # one file named twice (a manifest's rows), not a copy of another file
@@ -368,7 +373,10 @@ def _collect(candidates: Sequence[tuple[str, str]], classes: Sequence[str], sour
             copy = skipped[position]
             why = f"{CONFLICT_REASON} {seen}, which is filed under two labels; every copy is left out"
             skipped[position] = SkippedFile(copy.path, copy.label, why)
-    return LabelledImages(list(kept), [index[label] for label in kept.values()], list(classes), skipped, source)
+    labels = [index[label] for label in kept.values()]
+    return LabelledImages(
+        list(kept), labels, list(classes), skipped, source, {path: digests[path] for path in kept if path in digests}
+    )
 
 
 def scan_folder(

@@ -9,6 +9,7 @@ first, then the rest is divided.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from collections import Counter
@@ -17,25 +18,32 @@ from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
-from cnnlab.data.folder import LabelledImages, _collect, _is_hidden, describe_skipped, scan_folder
+from cnnlab.data.folder import LabelledImages, _collect, _is_hidden, describe_skipped, file_digest, scan_folder
 from cnnlab.errors import CnnlabError, listed
-from cnnlab.files import PATH_BYTES, written_then_renamed
+from cnnlab.files import PATH_BYTES, write_text_whole, written_then_renamed
 
 __all__ = [
     "SPLITS",
+    "SPLIT_DIGESTS",
     "Split",
     "check_split_images",
     "check_split_seed",
     "read_manifest",
+    "read_split_digests",
     "split_from_folders",
     "split_part_missing",
     "stratified_split",
     "validation_from_train",
     "write_manifest",
+    "write_split_digests",
 ]
 
 SPLITS = ("train", "val", "test")
 Split = dict[str, list[int]]
+# beside a run's split.csv: the content digest of each part's images, by which `cnnlab evaluate` recognises a copy of
+# an image the run trained on under any name or folder
+SPLIT_DIGESTS = "split_digests.json"
+_DIGEST_NAME = "blake2b-128 of each file's bytes"
 
 
 def check_split_seed(seed: int) -> int:
@@ -167,6 +175,41 @@ def write_manifest(path: str | os.PathLike[str], images: LabelledImages, split: 
             for index in split.get(part, []):
                 writer.writerow([Path(images.paths[index]).resolve(), images.classes[images.labels[index]], part])
     return path
+
+
+def write_split_digests(path: str | os.PathLike[str], images: LabelledImages, split: Split) -> Path:
+    """Write the content digest (`file_digest`, hex) of each part's images as JSON (``{"digest": ..., "train":
+    [...], "val": [...], "test": [...]}``, sorted); returns ``path``.
+
+    The digests the scan computed (`LabelledImages.digests`) are used as they are; an image without one (a split read
+    from a manifest) is read once here, and one that cannot be read is left out.
+    """
+    parts: dict[str, list[str]] = {}
+    for part in SPLITS:
+        found = set()
+        for index in split.get(part, []):
+            image = images.paths[index]
+            digest = images.digests.get(image)
+            if digest is None:
+                try:
+                    digest = file_digest(image)
+                except OSError:
+                    continue
+            found.add(digest.hex())
+        parts[part] = sorted(found)
+    return write_text_whole(path, json.dumps({"digest": _DIGEST_NAME, **parts}))
+
+
+def read_split_digests(path: str | os.PathLike[str]) -> dict[str, set[bytes]] | None:
+    """The digests `write_split_digests` wrote, by part; None when there is no such file or it cannot be read (a run
+    made before it was written)."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+        if record.get("digest") != _DIGEST_NAME:
+            return None
+        return {part: {bytes.fromhex(digest) for digest in record.get(part, [])} for part in SPLITS}
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
+        return None
 
 
 def read_manifest(path: str | os.PathLike[str], classes: list[str] | None = None) -> tuple[LabelledImages, Split]:

@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
-from cnnlab.data.folder import IMAGE_EXTENSIONS, describe_skipped, scan_folder
+from cnnlab.data.folder import IMAGE_EXTENSIONS, describe_skipped, file_digest, scan_folder
 from cnnlab.data.paths import check_output_outside_data
+from cnnlab.data.split import SPLIT_DIGESTS, read_split_digests
 from cnnlab.errors import CnnlabError, listed, why_not_a_folder
 from cnnlab.files import PATH_BYTES, check_writable, write_text_whole, written_then_renamed
 from cnnlab.layers.views import ViewAverage
@@ -42,6 +43,7 @@ def evaluate_folder(
     device: str = "cpu",
     batch_size: int = 32,
     progress: bool = False,
+    exclude_trained: bool = False,
 ) -> dict[str, Any]:
     """Score a saved transfer run on `data`, a folder with one sub-folder of images per class, or a saved
     segmentation run on an image + mask folder (``images/``, ``masks/``, ``classes.json``, as `train segment --data`
@@ -56,24 +58,30 @@ def evaluate_folder(
         device: evaluation device.
         batch_size: images per forward pass of a transfer run (each view of each).
         progress: a progress bar over the images on stderr (on a terminal only).
+        exclude_trained: score without the images whose bytes equal those of an image the run trained on or chose
+            its weights by (``trained_copies`` counts them either way).
 
     Returns:
         What ``evaluation.json`` holds. A transfer run: accuracy and balanced accuracy with the run's test-time
         averaging and (for a run of several views) with the identity view alone, per-class precision/recall/F1/
         support, the confusion matrix and the classes without images. A segmentation run: pixel accuracy, mIoU (with
         and without the background), per-class IoU, boundary F1 and the confusion matrix of the pixels, and the
-        images with the most wrong pixels (drawn in worst_images.png). Both: the files skipped and the paths written.
+        images with the most wrong pixels (drawn in worst_images.png). Both: the files skipped, the paths written,
+        and ``trained_copies``: how many images are byte-identical to the run's training and validation images (its
+        ``split_digests.json``, or for a run made before it, its training files where they still are; None when
+        neither is there).
 
     Raises:
         CnnlabError: a run of another task, a `data` that is not such a folder (a class folder the run does not
-            know, other classes, no usable image), an `output_dir` that cannot be written or lies inside `data`.
+            know, other classes, no usable image), an `output_dir` that cannot be written or lies inside `data`;
+            with `exclude_trained`, a run whose training images cannot be told, or a folder of them alone.
     """
     from cnnlab.train.saved import DIGIT_SEGMENTER, IMAGE_CLASSIFIER, SEGMENTER, saved_meta, spec_path
 
     meta = saved_meta(run)  # in today's layout, whose kind says what the model takes (ARCHITECTURE.md)
     task, kind = meta.get("task", "mnist"), meta.get("kind")
     if kind == SEGMENTER:
-        return _evaluate_segmentation(run, data, output_dir, device, progress)
+        return _evaluate_segmentation(run, data, output_dir, device, progress, exclude_trained)
     if kind != IMAGE_CLASSIFIER:
         canvases = kind == DIGIT_SEGMENTER  # trained on MNIST canvases: no record of how to prepare other images
         raise CnnlabError(
@@ -95,12 +103,21 @@ def evaluate_folder(
         )
     _refuse_unlabelled(run, root, list(meta.get("classes", [])))
     out = _output_folder(run_dir, output_dir, root)
+    trained = _trained_images(run_dir, exclude_trained)
     predictor = load_predictor(str(run), device)
     assert predictor.cfg is not None  # a transfer run records its preprocessing (load_predictor checks)
     images = scan_folder(root, min_per_class=0, known_classes=predictor.classes)
     if not len(images):
         found = f" ({describe_skipped([s.reason for s in images.skipped])})" if images.skipped else ""
         raise CnnlabError(f"--data {data} holds no usable image in its class folders{found}")
+    # the scan read every file's bytes and kept their digests: a copy of a training image under any name is known
+    digests = [images.digests.get(path) for path in images.paths]
+    copies = None if trained is None else {**trained.copies(digests), "excluded": exclude_trained}
+    if exclude_trained and trained is not None:
+        new = [i for i, digest in enumerate(digests) if trained.part_of(digest) is None]
+        if not new:
+            raise CnnlabError(_all_trained(data, len(images), "images"))
+        images = dataclasses.replace(images.subset(new), skipped=images.skipped)
     network = predictor.model.model if isinstance(predictor.model, ViewAverage) else predictor.model
     per_view = view_logits(
         network,
@@ -129,6 +146,7 @@ def evaluate_folder(
             "absent_classes": [name for name, count in counts.items() if count == 0],
             "in_run_split": _in_run_split(run_dir, images.paths),
             "split_folder_gone": _split_folder_gone(run_dir),
+            "trained_copies": copies,
             "skipped": [dataclasses.asdict(entry) for entry in images.skipped],
         }
         if len(predictor.views) > 1:
@@ -213,22 +231,116 @@ def _split_folder_gone(run_dir: Path) -> str | None:
     return common if len(listed) > 1 else os.path.dirname(common)
 
 
+@dataclasses.dataclass
+class _TrainedImages:
+    """The content digests of a run's training and validation images, and where they came from."""
+
+    parts: dict[str, set[bytes]]  # train, val
+    source: str
+    unchecked: int  # training and validation images split.csv lists that could not be read (a run before the record)
+
+    def part_of(self, digest: bytes | None) -> str | None:
+        """The part (train, val) whose images include one with this digest, or None."""
+        return next((part for part, digests in self.parts.items() if digest in digests), None)
+
+    def copies(self, digests: list[bytes | None]) -> dict[str, Any]:
+        """How many of the images with these digests are copies of training and of validation images."""
+        counts = collections.Counter(self.part_of(digest) for digest in digests)
+        return {
+            "train": counts["train"],
+            "val": counts["val"],
+            "of": len(digests),
+            "from": self.source,
+            "unchecked": self.unchecked,
+        }
+
+
+def _trained_images(run_dir: Path, needed: bool) -> _TrainedImages | None:
+    """The digests of the run's training and validation images: its split_digests.json, else (a run made before it
+    was written) its training and validation files that split.csv lists, read where they still are; None when
+    neither is there (`needed`: then refused, for --exclude-trained). A copy of the run's training folder, or a test
+    folder with some of its images mixed in, was scored as new data, matched by path alone."""
+    recorded = read_split_digests(run_dir / SPLIT_DIGESTS)
+    if recorded is not None:
+        return _TrainedImages({part: recorded[part] for part in ("train", "val")}, SPLIT_DIGESTS, 0)
+    parts: dict[str, set[bytes]] = {"train": set(), "val": set()}
+    unchecked = 0
+    try:
+        with open(run_dir / "split.csv", newline="", encoding="utf-8-sig", errors=PATH_BYTES) as f:
+            for row in csv.DictReader(f):
+                if row["split"] in parts:
+                    try:
+                        parts[row["split"]].add(file_digest(row["path"]))
+                    except OSError:  # moved or deleted since the run
+                        unchecked += 1
+    except (OSError, KeyError, csv.Error):
+        pass
+    if any(parts.values()):
+        return _TrainedImages(parts, "training files", unchecked)
+    if needed:
+        raise CnnlabError(
+            f"--exclude-trained: which images {run_dir} trained on cannot be told: it has no {SPLIT_DIGESTS} (a run "
+            "made before it was recorded) and the training images its split.csv lists are not there to read; "
+            "leave out --exclude-trained"
+        )
+    return None
+
+
+def _all_trained(data: str | os.PathLike[str], count: int, unit: str) -> str:
+    """The refusal of a --data whose every image the run trained on, with --exclude-trained."""
+    return (
+        f"--data {data}: all {count} usable {unit} are byte-identical to images the run trained on or chose its "
+        "weights by, so --exclude-trained leaves none to score"
+    )
+
+
 def _seen_line(result: dict[str, Any], unit: str) -> list[str]:
-    """A line saying how many evaluated images the run trained on or chose its weights by (none when none)."""
+    """A line saying how many evaluated images the run trained on or chose its weights by (none when none): by
+    content (byte-identical copies under any name) where more are found so than by path."""
     parts = result.get("in_run_split", {})
     seen = parts.get("train", 0) + parts.get("val", 0)
-    if not seen and result.get("split_folder_gone"):
+    copies = result.get("trained_copies")
+    copied = copies["train"] + copies["val"] if copies else 0
+    lines = []
+    if copies and copies["unchecked"]:
+        lines.append(
+            f"{copies['unchecked']} of the run's training and validation images are no longer where its split.csv "
+            f"lists them, so copies of them cannot be recognised here (the run predates its {SPLIT_DIGESTS})"
+        )
+    if copies and copied and (copied > seen or copies["excluded"]):
+        images = unit if unit == "images" else f"{unit}' images"
+        where = f", {seen} of them at the paths its split.csv lists" if seen else ""
+        scored = (
+            "left out of the scores below (--exclude-trained)"
+            if copies["excluded"]
+            else "the scores below include them (--exclude-trained leaves them out)"
+        )
+        return [
+            f"{copied} of {copies['of']} {images} are byte-identical to images the run trained on "
+            f"({copies['train']}) or chose its weights by ({copies['val']}){where}: {scored}",
+            *lines,
+        ]
+    if not seen and copies is None and result.get("split_folder_gone"):
         return [
             f"whether the run trained on any of these {unit} is not known: its split.csv lists images under "
             f"{result['split_folder_gone']}, no longer there (moved?): these scores may include images it trained on"
         ]
     if not seen:
-        return []
+        return lines
     test = f"; its {parts['test']} test {unit} among them alone are new to it" if parts.get("test") else ""
     return [
         f"{seen} of these {result['count']} {unit} are the run's own training ({parts.get('train', 0)}) and "
-        f"validation ({parts.get('val', 0)}) {unit} (its split.csv): these scores are not of new data{test}"
+        f"validation ({parts.get('val', 0)}) {unit} (its split.csv): these scores are not of new data{test}",
+        *lines,
     ]
+
+
+def _digest_or_none(path: str | os.PathLike[str]) -> bytes | None:
+    """`file_digest` of `path`, or None when it cannot be read (the pair's read says why)."""
+    try:
+        return file_digest(path)
+    except OSError:
+        return None
 
 
 def _check_masks_given(root: Path, run: str | os.PathLike[str]) -> None:
@@ -290,6 +402,7 @@ def _evaluate_segmentation(
     output_dir: str | os.PathLike[str] | None,
     device: str,
     progress: bool,
+    exclude_trained: bool,
 ) -> dict[str, Any]:
     """`evaluate_folder` of a `train segment --data` run: each image segmented as `segment_image` segments it, at
     its own size (downscaled first, and the logits brought back, for a run trained with ``--max-side``: the mask
@@ -324,6 +437,7 @@ def _evaluate_segmentation(
         )
     _check_masks_given(root, run)
     out = _output_folder(run_dir, output_dir, root)
+    trained = _trained_images(run_dir, exclude_trained)
     segmenter = load_segmenter(run, device)
     classes = segmenter.classes
     recorded = saved_meta(run).get("colours")  # the colours its masks had (None: class-index masks)
@@ -353,10 +467,15 @@ def _evaluate_segmentation(
     # the image, mask and prediction of the WORST_IMAGES images with the most wrong pixels so far, for the overlays
     # the run's test pass draws (test_worst.png): every image's would hold the whole folder in memory
     kept: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    digests: list[bytes | None] = []  # of the images scored, or left out as the run's (--exclude-trained)
     with ProgressBar(len(folder.images), f"segmenting {len(folder.images)} images", enabled=progress) as bar:
         for index, path in enumerate(folder.images):
             if index:  # the one before is scored or skipped
                 bar.advance()
+            digest = _digest_or_none(path) if trained is not None else None
+            if exclude_trained and trained is not None and trained.part_of(digest) is not None:
+                digests.append(digest)
+                continue
             try:
                 image, mask = folder.read(index)
             except CnnlabError as error:  # the reason without the path it starts with
@@ -378,9 +497,12 @@ def _evaluate_segmentation(
             values += (counts := torch.bincount(mask.flatten().long(), minlength=256))
             mixed.add(folder.masks[index], counts)
             scored.append(str(path))
+            digests.append(digest)
             kept[len(scored) - 1] = (image, mask, predicted)
             if len(kept) > WORST_IMAGES:  # the fewest wrong pixels leave, the later of a tie first
                 del kept[max(kept, key=lambda i: (-scores.errors[i], i))]
+    if not scored and digests:
+        raise CnnlabError(_all_trained(data, len(digests), "image + mask pairs"))
     if not scored:
         found = f" ({describe_skipped([s.reason for s in folder.skipped])})" if folder.skipped else ""
         raise CnnlabError(f"--data {data} holds no usable image + mask pair{found}")
@@ -417,6 +539,7 @@ def _evaluate_segmentation(
             "worst_images": [{"image": scored[i], "pixel_error": scores.errors[i]} for i in worst],
             "in_run_split": _in_run_split(run_dir, scored),
             "split_folder_gone": _split_folder_gone(run_dir),
+            "trained_copies": None if trained is None else {**trained.copies(digests), "excluded": exclude_trained},
             # the lines training says of its folder (results.json's), of this one: the run's classes no scored mask
             # has, and mask values found only at edges (JPEG or smooth-resize artefacts?); None when not so
             "classes_without_pixels": describe_untrained(values, classes, None, scored_in=root),

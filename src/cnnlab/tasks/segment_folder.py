@@ -7,7 +7,8 @@
    most N px): their size is estimated from the file headers first, and a folder that would take more than
    `MEMORY_SHARE` of the memory available is refused before anything is decoded, naming a ``--max-side`` that fits.
 2. **Split**: seeded train/val/test, written to ``split.csv`` in the run directory (``path,label,split``, the label
-   column holding the mask) by `cnnlab.data.split` and read back by any later run there. Validation chooses the
+   column holding the mask) by `cnnlab.data.split` and read back by any later run there; the images' content digests
+   beside it (``split_digests.json``), by which `cnnlab evaluate` knows copies of them. Validation chooses the
    weights: the epoch of the best validation mIoU is saved and tested (`BestWeights`, whose copy of them every
    checkpoint holds, so a resumed run ends on them too); the test images are read once, at the end.
 3. **Models** (`MODELS`, ``--model``): the from-scratch U-Net, or a U-Net decoder / FCN-8s head on the zoo's
@@ -49,7 +50,14 @@ from cnnlab.data.segmentation import (
     pad_collate,
     same_size_batches,
 )
-from cnnlab.data.split import check_split_seed, read_manifest, stratified_split, write_manifest
+from cnnlab.data.split import (
+    SPLIT_DIGESTS,
+    check_split_seed,
+    read_manifest,
+    stratified_split,
+    write_manifest,
+    write_split_digests,
+)
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_text_whole
 from cnnlab.report.segmentation import MaskScores, MeanIoU, PixelAccuracy, boundary_f1_text, save_overlays
@@ -176,7 +184,9 @@ def _split(
     paths = [str(folder.images[i].resolve()) for i in usable]
     mask_paths = [str(folder.masks[i].resolve()) for i in usable]
     if write:
-        write_manifest(manifest, LabelledImages(paths, list(range(len(usable))), mask_paths), parts)
+        listed_pairs = LabelledImages(paths, list(range(len(usable))), mask_paths)
+        write_manifest(manifest, listed_pairs, parts)
+        write_split_digests(manifest.with_name(SPLIT_DIGESTS), listed_pairs, parts)  # the images', for evaluate
     return {part: [usable[i] for i in indices] for part, indices in parts.items()}
 
 

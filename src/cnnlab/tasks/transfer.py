@@ -5,7 +5,9 @@ This module is the task: it chooses the data, the recipe and the phases, and wir
 1. **Data** (`cnnlab.data.sources`): a class folder, a CSV of ``path,label``, a split folder (``train/``, ``val/``,
    ``test/``), or a built-in dataset (``elpv``, ``elpv:binary``). Bad files are listed and skipped.
 2. **Split** (`cnnlab.data.split`): stratified train/val/test from ``split_seed``, written to ``split.csv`` in the run
-   directory and read back by any later run there. Validation chooses the checkpoint; the test set is read once.
+   directory and read back by any later run there (each part's content digests beside it, ``split_digests.json``,
+   by which `cnnlab evaluate` recognises the run's training images under other names). Validation chooses the
+   checkpoint; the test set is read once.
 3. **Recipes** (`RECIPES`, ``--recipe``):
 
    - ``quick``: the backbone frozen, its pooled features computed once per image and view, the classifier trained on
@@ -55,6 +57,7 @@ from cnnlab.data.sources import (
     source_defaults,
 )
 from cnnlab.data.split import (
+    SPLIT_DIGESTS,
     SPLITS,
     Split,
     check_split_images,
@@ -64,6 +67,7 @@ from cnnlab.data.split import (
     stratified_split,
     validation_from_train,
     write_manifest,
+    write_split_digests,
 )
 from cnnlab.errors import CnnlabError, listed
 from cnnlab.files import PATH_BYTES, write_text_whole, written_then_renamed
@@ -853,6 +857,8 @@ def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
         note_current_run(run_dir)
         if main:
             write_manifest(run_dir / MANIFEST, images, split)
+            if not (split_source.startswith("reused") and (run_dir / SPLIT_DIGESTS).is_file()):  # a resume's are
+                write_split_digests(run_dir / SPLIT_DIGESTS, images, split)  # its first session's, as its split is
         skipped_path = run_dir / SKIPPED
         if split_source.startswith("reused") and skipped_path.is_file():  # the bad files found by the split's run
             images.skipped = [SkippedFile(**entry) for entry in json.loads(skipped_path.read_text())]
