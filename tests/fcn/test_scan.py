@@ -674,3 +674,33 @@ def test_the_canvas_demo_title_does_not_list_the_digits_as_if_left_to_right(tmp_
     digits = [[int(d) for d in title.split(": ")[1].split(", ")] for title in titles]
     assert all(title.startswith("digits on the canvas, in any order: ") for title in titles)
     assert all(len(shown) == 4 and shown == sorted(shown) for shown in digits)
+
+
+def test_scan_runs_the_network_on_the_device_asked_for(tmp_path, monkeypatch):
+    """`fcn scan` had no --device: the network always scanned on the CPU. The network goes to --device (each tile is
+    sent where its weights are); cpu scans, and a device the machine lacks is one line, as train's --device."""
+    from cli_in_process import run_cnnlab
+    from cnnlab.fcn import scan as scan_module
+
+    run = tmp_path / "run"
+    save_model(_classifier(), run, "mnist_net_small", {"drop_rate": 0.0}, meta={})
+    Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(tmp_path / "canvas.png")
+    scanning = ["fcn", "scan", str(run), str(tmp_path / "canvas.png")]
+    seen: list[torch.device] = []
+
+    def spied(model, image, **options):
+        seen.append(next(model.parameters()).device)
+        raise CnnlabError("spied")
+
+    with monkeypatch.context() as spying:
+        spying.setattr(scan_module, "scan", spied)
+        done = run_cnnlab(*scanning, "--device", "meta")  # a device other than the CPU that this machine has
+    assert (done.returncode, done.stderr, seen) == (2, "error: spied\n", [torch.device("meta")])
+    monkeypatch.setattr(scan_module, "save_heatmap", lambda *args, **kwargs: tmp_path / "canvas-heatmap.png")
+    assert run_cnnlab(*scanning, "--device", "cpu").returncode == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    done = run_cnnlab(*scanning, "--device", "cuda")
+    assert (done.returncode, done.stderr) == (
+        2,
+        "error: device 'cuda' was asked for, but torch finds no CUDA GPU here; available: cpu\n",
+    )

@@ -8,8 +8,9 @@ its own options. Every engine option defaults to "the recipe's value", so no com
 
 `threads_option` is the same ``--threads`` for the commands outside ``train`` that compute (predict, evaluate,
 explain, budget, ensemble, experiment, answers, fcn scan): a user who trained with ``--threads 1`` next to other
-work predicts, sizes and scans that way too. `quiet_option` is ``--quiet``/``-q`` for those outside ``train`` that
-show progress.
+work predicts, sizes and scans that way too. `device_option` is the same ``--device`` for those whose work runs on
+torch tensors (predict, evaluate, explain, ensemble, fcn scan), checked by `apply_device` before
+it. `quiet_option` is ``--quiet``/``-q`` for those outside ``train`` that show progress.
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ from typing import Any
 
 import typer
 
-__all__ = ["ENGINE", "ENGINE_OPTIONS", "apply_threads", "quiet_option", "threads_option", "with_engine_options"]
+__all__ = [
+    "ENGINE",
+    "ENGINE_OPTIONS",
+    "apply_device",
+    "apply_threads",
+    "device_option",
+    "quiet_option",
+    "threads_option",
+    "with_engine_options",
+]
 
 ENGINE: Any = None  # the default of a command's `engine` parameter; `with_engine_options` fills it in
 
@@ -104,6 +114,29 @@ def apply_threads(threads: int | None) -> None:
     if threads is not None and threads < 1:
         raise CnnlabError(f"--threads must be >= 1, got {threads}")
     use_threads(threads)
+
+
+def device_option(help_text: str = "") -> Any:
+    """``--device`` for a command outside ``train``, by the names every ``--device`` takes (default cpu); `help_text`
+    adds what the device runs in this command. The command gives it to `apply_device` before its work."""
+    return typer.Option(
+        "cpu",
+        "--device",
+        help=f"cpu, cuda, cuda:N or auto (a GPU when there is one).{' ' if help_text else ''}{help_text}",
+    )
+
+
+def apply_device(device: str) -> str:
+    """The device named by `device`, checked on this machine as the train commands check theirs
+    (`train.device.resolve_device`: a typo, or cuda without a GPU, is one line), as a name: "auto" becomes the device
+    it picks.
+
+    Raises:
+        CnnlabError: an unknown name, or a device this machine lacks.
+    """
+    from cnnlab.train.device import resolve_device
+
+    return str(resolve_device(device))
 
 
 def quiet_option() -> Any:

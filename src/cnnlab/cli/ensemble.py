@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cnnlab.cli.engine_options import apply_threads, threads_option
+from cnnlab.cli.engine_options import apply_threads, device_option, threads_option
 
 
 def ensemble(
@@ -31,7 +31,7 @@ def ensemble(
         help="Validation images to score the members on (default: the fewest any member held out, as each run "
         "records; more is refused, since that member trained on them; 0: no validation, --select all only).",
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
+    device: str = device_option(),
     threads: int | None = threads_option(),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run called --name."),
     as_json: bool = typer.Option(

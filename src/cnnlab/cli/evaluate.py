@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cnnlab.cli.engine_options import apply_threads, quiet_option, threads_option
+from cnnlab.cli.engine_options import apply_threads, device_option, quiet_option, threads_option
 from cnnlab.cli.help_text import paragraphs
 
 
@@ -25,7 +25,7 @@ def evaluate(
     output_dir: Path | None = typer.Option(
         None, "--output", "-o", "--out", help="Where figures go (default RUN/evaluation)."
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
+    device: str = device_option(),
     threads: int | None = threads_option(),
     quiet: bool = quiet_option(),
     as_json: bool = typer.Option(

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from cnnlab.cli.engine_options import apply_threads, threads_option
+from cnnlab.cli.engine_options import apply_threads, device_option, threads_option
 
 
 def explain(
@@ -44,7 +44,7 @@ def explain(
         help="Class to explain, by name (as written, else in any case if that names one class) or index "
         "(default: the predicted one; a segmenter's largest class other than the background).",
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
+    device: str = device_option(),
     threads: int | None = threads_option(),
     input_size: str | None = typer.Option(
         None,

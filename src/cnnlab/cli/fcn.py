@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cnnlab.cli.engine_options import apply_threads, quiet_option, threads_option
+from cnnlab.cli.engine_options import apply_device, apply_threads, device_option, quiet_option, threads_option
 
 fcn_app = typer.Typer(help="Make a trained classifier fully convolutional and scan large images.", no_args_is_help=True)
 
@@ -70,6 +70,10 @@ def scan_command(
         help="Replace a file at the heatmap's path that no scan wrote (an earlier heatmap is replaced without it).",
     ),
     threads: int | None = threads_option(),
+    device: str = device_option(
+        "Where the network scores the image's tiles (the image and its score maps stay in RAM, which the memory "
+        "check counts)."
+    ),
     quiet: bool = quiet_option(),
 ) -> None:
     """Score every classifier-sized window of IMAGE and write a heatmap PNG of per-location class probabilities."""
@@ -83,8 +87,9 @@ def scan_command(
     )
 
     apply_threads(threads)
+    device = apply_device(device)  # a typo or a missing GPU: one line, before the run is read
     path = heatmap_path(output, image, overwrite=overwrite)
-    converted, source = load_converted_or_run(run)
+    converted, source = load_converted_or_run(run, device=device)
     checked = check_scan_memory(converted, image, refine)  # by its header; its size is then decoded, however large
     picture = load_scan_image(image, channels=converted.input_size[0], invert=invert, checked=checked)
     note = functools.partial(typer.echo, err=True)  # the memory a large scan needs: stdout holds the result alone

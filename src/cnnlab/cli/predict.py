@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 import typer
 
-from cnnlab.cli.engine_options import apply_threads, quiet_option, threads_option
+from cnnlab.cli.engine_options import apply_threads, device_option, quiet_option, threads_option
 from cnnlab.errors import CnnlabError
 
 
@@ -39,7 +39,7 @@ def predict(
         None, "--top-k", "-k", min=1, help="Classes shown per image (default 5); classifiers only."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when there is one)."),
+    device: str = device_option(),
     threads: int | None = threads_option(),
     quiet: bool = quiet_option(),
     overwrite: bool = typer.Option(

@@ -964,8 +964,11 @@ def _refuse_retrained_source(folder: Path, source: dict[str, Any]) -> None:
         )
 
 
-def load_converted_or_run(path: str | os.PathLike[str], pool: str = "window") -> tuple[FullyConvolutional, dict]:
-    """A converted model from an FCN directory, or a classifier run directory converted on the fly.
+def load_converted_or_run(
+    path: str | os.PathLike[str], pool: str = "window", device: str | torch.device = "cpu"
+) -> tuple[FullyConvolutional, dict]:
+    """A converted model from an FCN directory, or a classifier run directory converted on the fly (on the CPU, where
+    `to_fully_convolutional` checks it), on `device`: `scan` sends each tile there and brings its scores back.
 
     Returns:
         (model, source architecture record).
@@ -973,8 +976,9 @@ def load_converted_or_run(path: str | os.PathLike[str], pool: str = "window") ->
     path = Path(path)
     if is_converted(path):
         spec_path = path / FCN_SPEC if path.is_dir() else path
-        return load_fully_convolutional(path), json.loads(spec_path.read_text())["source"]
-    return convert_run(path, pool)
+        return load_fully_convolutional(path, device=str(device)), json.loads(spec_path.read_text())["source"]
+    converted, source = convert_run(path, pool)
+    return converted.to(device), source
 
 
 def is_converted(path: str | os.PathLike[str]) -> bool:
