@@ -69,8 +69,7 @@ def test_budget_takes_the_batch_size_by_the_train_commands_name() -> None:
 
 
 # The commands that run a network. Each takes --device and --threads, as the train commands do. No --device (yet):
-# experiment, whose runs train on the CPU (tasks/experiments sets it; its report compares their timings), answers,
-# whose MNIST runs take the recipe's device (auto) and whose experiments the CPU.
+# answers, whose MNIST runs take the recipe's device (auto) and whose experiments the CPU.
 COMPUTES = [
     "train mnist",
     "train transfer",
@@ -84,7 +83,7 @@ COMPUTES = [
     "answers",
     "fcn scan",
 ]
-CPU_ONLY = {"experiment", "answers"}
+CPU_ONLY = {"answers"}
 
 
 def test_every_command_that_computes_takes_device_and_threads() -> None:

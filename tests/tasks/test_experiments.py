@@ -370,3 +370,51 @@ def test_an_interrupted_experiment_reads_back_its_finished_runs(tmp_path, monkey
     remeasured = json.loads((again.parent / "results.json").read_text())["measured"]
     for variant, values in measured.items():
         assert remeasured[variant]["test accuracy"] == values["test accuracy"], variant
+
+
+def test_the_runs_train_and_are_measured_on_the_device_asked_for(tmp_path, monkeypatch):
+    """experiment had no --device: every run trained and was measured on the CPU (train_run and accuracy said
+    "cpu"). The device is checked before MNIST is read ("auto" becomes the device it picks), every run trains there,
+    and a model is measured where its weights are (a run read back is moved there first)."""
+    import torch
+
+    from cnnlab.tasks import experiments
+    from cnnlab.tasks.experiments import common, lrn_vs_bn
+
+    given: list[str] = []
+    monkeypatch.setattr(lrn_vs_bn, "run", lambda settings: given.append(settings.device) or tmp_path / "report.md")
+    monkeypatch.setattr(experiments, "find_mnist_dir", lambda data_dir: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run_experiment("lrn-vs-bn", device="auto")
+    with pytest.raises(CnnlabError, match="'cuda' was asked for, but torch finds no CUDA GPU here"):
+        run_experiment("lrn-vs-bn", device="cuda")
+    with monkeypatch.context() as two_gpus:
+        two_gpus.setattr(torch.cuda, "is_available", lambda: True)
+        two_gpus.setattr(torch.cuda, "device_count", lambda: 2)
+        run_experiment("lrn-vs-bn", device="auto")
+        run_experiment("lrn-vs-bn", device="cuda:1")
+    assert given == ["cpu", "cuda", "cuda:1"]
+
+    trained_on: list[str] = []
+
+    class Recorded(common.Trainer):  # the device train_run trains on, recorded before any training
+        def __init__(self, model: torch.nn.Module, config: common.TrainConfig, **options: object) -> None:
+            trained_on.append(config.device)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(common, "Trainer", Recorded)
+    images, labels = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10))
+    settings = ExperimentSettings(epochs=1, batch_size=32, output=tmp_path, device="cuda:1")
+    with pytest.raises(KeyboardInterrupt):
+        common.train_run(model, images, labels, (images[:32], labels[:32]), settings, tmp_path / "e" / "x" / "s0", 0)
+    assert trained_on == ["cuda:1"]
+    measured_on: list[str] = []
+
+    def for_inference(model: torch.nn.Module, device: str, batch_size: int) -> object:
+        measured_on.append(device)
+        return type("Predicts", (), {"predict": lambda self, images: torch.zeros(len(images), 10)})()
+
+    monkeypatch.setattr(Recorded, "for_inference", for_inference)
+    assert common.accuracy(model.to("meta"), images, torch.zeros(64, dtype=torch.long)) == 1.0
+    assert measured_on == ["meta"]

@@ -9,8 +9,8 @@ its own options. Every engine option defaults to "the recipe's value", so no com
 `threads_option` is the same ``--threads`` for the commands outside ``train`` that compute (predict, evaluate,
 explain, budget, ensemble, experiment, answers, fcn scan): a user who trained with ``--threads 1`` next to other
 work predicts, sizes and scans that way too. `device_option` is the same ``--device`` for those whose work runs on
-torch tensors (predict, evaluate, explain, ensemble, fcn scan), checked by `apply_device` before
-it. `quiet_option` is ``--quiet``/``-q`` for those outside ``train`` that show progress.
+torch tensors (predict, evaluate, explain, ensemble, experiment, fcn scan), checked by `resolve_device` before it
+(`apply_device`, or the task). `quiet_option` is ``--quiet``/``-q`` for those outside ``train`` that show progress.
 """
 
 from __future__ import annotations

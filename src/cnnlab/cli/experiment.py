@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cnnlab.cli.engine_options import apply_threads, quiet_option, threads_option
+from cnnlab.cli.engine_options import apply_threads, device_option, quiet_option, threads_option
 
 
 def experiment(
@@ -33,6 +33,9 @@ def experiment(
         "--overwrite is continued without --overwrite.",
     ),
     threads: int | None = threads_option(),
+    device: str = device_option(
+        "Where every run trains and is measured (default cpu: the report compares the runs' times on one device)."
+    ),
     quiet: bool = quiet_option(),
     as_json: bool = typer.Option(
         False, "--json", help="Print the report's path and its results.json as JSON on stdout (no progress lines)."
@@ -63,6 +66,7 @@ def experiment(
         data_dir=data_dir,
         overwrite=overwrite,
         progress=not (quiet or as_json),
+        device=device,
     )
     if as_json:
         results = json.loads((report.parent / "results.json").read_text())

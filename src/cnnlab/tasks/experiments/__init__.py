@@ -84,14 +84,21 @@ def get_experiment(name: str) -> Experiment:
 def run_experiment(name: str, **overrides: Any) -> Path:
     """Run experiment `name` with its defaults, replaced by any non-None `overrides`; returns the report path.
 
-    `subset=0` means all training images.
+    `subset=0` means all training images. `device` (default cpu) is checked on this machine before the data is read.
+
+    Raises:
+        CnnlabError: an unknown experiment, settings no experiment runs with, a device this machine lacks, or MNIST
+            missing.
     """
+    from cnnlab.train.device import resolve_device
+
     experiment = get_experiment(name)
     settings = ExperimentSettings(**experiment.defaults)
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     if settings.subset == 0:
         settings = replace(settings, subset=None)
     settings.validate()
+    settings = replace(settings, device=str(resolve_device(settings.device)))  # "auto" as the device it picks
     find_mnist_dir(settings.data_dir)  # MNIST missing: said before the run folder is made, not after (left empty)
     return experiment.run(settings)
 

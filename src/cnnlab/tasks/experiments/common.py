@@ -55,6 +55,8 @@ class ExperimentSettings:
         overwrite: replace an existing report in the run directory and train every run again (without it, the
             runs an interrupted invocation finished are read back from their folders).
         progress: print one line per training run.
+        device: where every run trains and is measured (cpu, cuda, cuda:N or auto; `run_experiment` resolves it). The
+            CPU by default: the report compares the runs' times, which another device changes.
     """
 
     epochs: int = 2
@@ -68,6 +70,7 @@ class ExperimentSettings:
     lr: float = 3e-3
     overwrite: bool = False
     progress: bool = True
+    device: str = "cpu"
 
     def flags(self) -> dict[str, int]:
         """The `cnnlab experiment` options that repeat these settings, every one explicit (results.json records
@@ -188,7 +191,7 @@ def train_run(
         weight_decay=5e-4,
         schedule="onecycle",
         seed=seed,
-        device="cpu",
+        device=settings.device,
         output=str(run_dir.parent.parent),
         task=run_dir.parent.name,
         name=run_dir.name,
@@ -202,6 +205,7 @@ def train_run(
     if not settings.overwrite:
         if (finished := _read_back(run_dir, key, model)) is not None:
             log(settings, f"{where}: read back (finished by an earlier invocation)")
+            finished.model.to(settings.device)  # measured where the runs trained now are
             return finished
         if (run_dir / _FINISHED).exists():  # said, not silent: a changed option trains every run again
             log(settings, f"{where}: trained again (the run finished there had other settings, or was damaged)")
@@ -302,9 +306,16 @@ def _read_back(run_dir: Path, key: str, model: nn.Module) -> TrainedRun | None:
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy of `model` on float images, through the engine's inference path (eval mode, on the CPU)."""
-    predictions = Trainer.for_inference(model, device="cpu", batch_size=batch_size).predict(images).argmax(1)
+    """Top-1 accuracy of `model` on float images, through the engine's inference path (eval mode, on the device
+    its weights are on: the experiment's)."""
+    device = str(model_device(model))
+    predictions = Trainer.for_inference(model, device=device, batch_size=batch_size).predict(images).argmax(1)
     return float((predictions == labels).float().mean()) if len(labels) else 0.0
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device `model`'s weights are on (the CPU for a model without any)."""
+    return next(model.parameters(), torch.empty(0)).device
 
 
 def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
@@ -438,7 +449,7 @@ class Report:
             f"validation {s.val_subset or 5_000} held-out training images",
             f"- hardware: {environment_record()['hardware']['cpu']}, {os.cpu_count()} CPU cores, torch "
             f"{torch.__version__} with "
-            f"{torch.get_num_threads()} threads; {datetime.now().strftime('%Y-%m-%d %H:%M')}; "
+            f"{torch.get_num_threads()} threads{_on_device(s.device)}; {datetime.now().strftime('%Y-%m-%d %H:%M')}; "
             f"{'this invocation' if any(self.runs) else 'whole experiment'} {elapsed / 60:.1f} min",
             *(
                 [
@@ -455,6 +466,14 @@ class Report:
         ]
         text = "\n".join(header) + "\n" + "\n".join(self.sections) + f"\n## Conclusion\n\n{conclusion.strip()}\n"
         return write_text_whole(path, text)
+
+
+def _on_device(device: str) -> str:
+    """The report's words for a device other than the CPU, naming the GPU: its times are that device's."""
+    if device == "cpu":
+        return ""
+    gpu = f" ({torch.cuda.get_device_name(torch.device(device))})" if device.startswith("cuda") else ""
+    return f", runs trained and measured on {device}{gpu}"
 
 
 def write_results(path: Path, results: dict[str, Any]) -> Path:

@@ -40,6 +40,7 @@ from cnnlab.tasks.experiments.common import (
     describe_difference,
     load_data,
     log,
+    model_device,
     prepare_run_dir,
     pyplot,
     seeded,
@@ -104,6 +105,7 @@ class DownsampleNet(nn.Module):
 def shift_similarity(model: DownsampleNet, images: torch.Tensor) -> dict[str, float]:
     """Mean cosine similarity of features: image vs its 1-pixel shifts, and image vs a different image."""
     model.eval()
+    images = images.to(model_device(model))
     results: dict[str, float] = {}
     for name, extract in (("penultimate", model.pre_logits), ("feature map", model.forward_features)):
         reference = extract(images).flatten(1)
