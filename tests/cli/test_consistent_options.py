@@ -68,8 +68,7 @@ def test_budget_takes_the_batch_size_by_the_train_commands_name() -> None:
     assert any({"--batch-size", "-b"} <= names for names in _options("train mnist"))
 
 
-# The commands that run a network. Each takes --device and --threads, as the train commands do. No --device (yet):
-# answers, whose MNIST runs take the recipe's device (auto) and whose experiments the CPU.
+# The commands that run a network. Each takes --device and --threads, as the train commands do.
 COMPUTES = [
     "train mnist",
     "train transfer",
@@ -83,7 +82,6 @@ COMPUTES = [
     "answers",
     "fcn scan",
 ]
-CPU_ONLY = {"answers"}
 
 
 def test_every_command_that_computes_takes_device_and_threads() -> None:
@@ -91,9 +89,27 @@ def test_every_command_that_computes_takes_device_and_threads() -> None:
     faults = []
     for path in COMPUTES:
         names = set().union(*_options(path))
-        wanted = {"--threads"} | (set() if path in CPU_ONLY else {"--device"})
-        faults += [f"cnnlab {path} lacks {option}" for option in sorted(wanted - names)]
+        faults += [f"cnnlab {path} lacks {option}" for option in sorted({"--threads", "--device"} - names)]
     assert not faults, "\n".join(faults)
+
+
+def test_a_device_this_machine_lacks_is_the_one_line_train_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fcn scan, experiment and answers had no --device; theirs refuses a GPU this machine lacks as train's does,
+    before any work (the run, the image and MNIST named here do not exist)."""
+    import torch
+
+    from cli_in_process import run_cnnlab
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    trains = run_cnnlab("train", "mnist", "--device", "cuda", "--data-dir", "missing")
+    assert trains.returncode == 2 and trains.stderr.startswith("error: device 'cuda' was asked for")
+    for command in (
+        ["fcn", "scan", "missing-run", "missing.png"],
+        ["experiment", "lrn-vs-bn", "--data-dir", "missing"],
+        ["answers", "--output", "missing/answers", "-e", "9", "--data-dir", "missing"],
+    ):
+        done = run_cnnlab(*command, "--device", "cuda")
+        assert (done.returncode, done.stderr) == (2, trains.stderr), command
 
 
 def test_every_device_option_names_the_same_devices() -> None:

@@ -576,3 +576,54 @@ def test_experiment_answers_state_a_difference_only_where_the_noise_rule_finds_o
     text = "\n\n".join(section_5(evidence))
     assert "| 90.00% ± 1.23 |" in text
     assert untraced_numbers(text, evidence) == []
+
+
+def test_the_sheets_runs_and_experiments_train_on_the_device_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """answers had no --device: its MNIST, segmentation and transfer runs took their recipes' auto and its experiments
+    the CPU, whatever the user wanted. --device is checked before anything is written ("auto" becomes the device it
+    picks) and reaches each training; without it each keeps its own."""
+    import torch
+
+    import cnnlab.tasks.experiments
+    import cnnlab.tasks.mnist
+    import cnnlab.tasks.transfer
+    from cnnlab.tasks.answers import measure
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(CnnlabError, match="'cuda' was asked for, but torch finds no CUDA GPU here"):
+        run_answers("quick", output=tmp_path / "sheet", exercises=(1,), device="cuda")
+    assert not (tmp_path / "sheet").exists()
+    seen: list[str | None] = []
+
+    def spied(ctx: measure.Context) -> dict[str, Any]:
+        seen.append(ctx.device)
+        raise CnnlabError("spied")
+
+    monkeypatch.setitem(measure.EXERCISES, 1, spied)
+    run_answers("quick", output=tmp_path / "sheet", exercises=(1,), device="auto", log=lambda line: None)
+    assert seen == ["cpu"]
+
+    given: dict[str, Any] = {}
+
+    def trained(name: str) -> Any:
+        def train(*args: Any, **options: Any) -> dict[str, Any]:
+            given[name] = options
+            return {"run_dir": str(tmp_path / name), "test_accuracy": 0.5}
+
+        return train
+
+    monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", trained("mnist"))
+    monkeypatch.setattr(cnnlab.tasks.transfer, "train_transfer", lambda config: trained("transfer")(config=config))
+    monkeypatch.setattr(cnnlab.tasks.experiments, "run_experiment", lambda name, **options: given.update(lrn=options))
+    monkeypatch.setattr(measure, "_elpv_available", lambda: True)
+    for device, wanted in (("cuda:1", {"device": "cuda:1"}), (None, {})):
+        ctx = measure.Context(MODES["full"], tmp_path / str(device), None, log=lambda line: None, device=device)
+        measure._mnist_run(ctx)
+        measure._train_elpv(ctx)
+        with pytest.raises(AttributeError):  # the spy returns no report
+            measure._experiment_results(ctx, "lrn-vs-bn")
+        assert (given["mnist"]["overrides"] or {}) == wanted
+        assert given["transfer"]["config"].train == wanted
+        assert given["lrn"]["device"] == wanted.get("device")  # None: the experiment's own, the CPU

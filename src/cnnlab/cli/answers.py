@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cnnlab.cli.engine_options import apply_threads, threads_option
+from cnnlab.cli.engine_options import apply_threads, device_option, threads_option
 
 
 def answers_command(
@@ -47,6 +47,13 @@ def answers_command(
         ),
     ] = False,
     threads: int | None = threads_option(),
+    device: str | None = device_option(
+        "Where the sheet's training runs (MNIST, segmentation, transfer) and experiments train and are tested "
+        "(default: each one's own, auto for the runs and cpu for the experiments, whose times the sheet compares). "
+        "The sheet's small measurements of its own (one memory-measured step, a few predictions) and the runs it "
+        "reads back (--runs, an earlier invocation's) are not run again on it.",
+        default=None,
+    ),
 ) -> None:
     """Answer the ten CNN exercises of Géron's chapter 14 with evidence measured now: writes OUTPUT/answers.md."""
     from cnnlab.tasks.answers import run_answers
@@ -60,6 +67,7 @@ def answers_command(
         data_dir=data_dir,
         exercises=tuple(exercise or ()),
         overwrite=overwrite,
+        device=device,
     )
     typer.echo(f"answer sheet: {sheet}")
 

@@ -9,8 +9,9 @@ its own options. Every engine option defaults to "the recipe's value", so no com
 `threads_option` is the same ``--threads`` for the commands outside ``train`` that compute (predict, evaluate,
 explain, budget, ensemble, experiment, answers, fcn scan): a user who trained with ``--threads 1`` next to other
 work predicts, sizes and scans that way too. `device_option` is the same ``--device`` for those whose work runs on
-torch tensors (predict, evaluate, explain, ensemble, experiment, fcn scan), checked by `resolve_device` before it
-(`apply_device`, or the task). `quiet_option` is ``--quiet``/``-q`` for those outside ``train`` that show progress.
+torch tensors (predict, evaluate, explain, ensemble, experiment, answers, fcn scan), checked by `resolve_device`
+before it (`apply_device`, or the task). `quiet_option` is ``--quiet``/``-q`` for those outside ``train`` that show
+progress.
 """
 
 from __future__ import annotations
@@ -116,11 +117,12 @@ def apply_threads(threads: int | None) -> None:
     use_threads(threads)
 
 
-def device_option(help_text: str = "") -> Any:
-    """``--device`` for a command outside ``train``, by the names every ``--device`` takes (default cpu); `help_text`
-    adds what the device runs in this command. The command gives it to `apply_device` before its work."""
+def device_option(help_text: str = "", default: str | None = "cpu") -> Any:
+    """``--device`` for a command outside ``train``, by the names every ``--device`` takes; `help_text` adds what the
+    device runs in this command (and what None, a `default` of "each part's own", means). The command checks it
+    (`apply_device`, or its task) before its work."""
     return typer.Option(
-        "cpu",
+        default,
         "--device",
         help=f"cpu, cuda, cuda:N or auto (a GPU when there is one).{' ' if help_text else ''}{help_text}",
     )

@@ -86,6 +86,7 @@ def run_answers(
     exercises: Sequence[int] = (),
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
+    device: str | None = None,
 ) -> Path:
     """Measure and write the answer sheet; returns the path of answers.md.
 
@@ -101,7 +102,11 @@ def run_answers(
             this folder in this mode stay in the sheet.
         overwrite: measure every chosen exercise again, even those an earlier invocation finished in this folder.
         log: where progress lines go (default: stderr).
+        device: where the sheet's training runs and experiments train (cpu, cuda, cuda:N or auto), checked on this
+            machine first; None: each one's own (the recipes' auto, the experiments' CPU).
     """
+    from cnnlab.train.device import resolve_device
+
     chosen = MODES.get(mode) if isinstance(mode, str) else mode
     if chosen is None:
         raise CnnlabError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}")
@@ -109,6 +114,7 @@ def run_answers(
     unknown = [number for number in numbers if number not in EXERCISES]
     if unknown:
         raise CnnlabError(f"no exercise {unknown[0]}; the chapter's exercises are 1 to {max(EXERCISES)}")
+    device = str(resolve_device(device)) if device is not None else None  # "auto" as the device it picks
     runs_root = Path(runs) if runs is not None else None
     if runs_root is not None and not runs_root.is_dir():
         raise CnnlabError(f"--runs {runs_root} {why_not_a_folder(runs_root)}; pass a runs root such as runs")
@@ -118,7 +124,7 @@ def run_answers(
     results_path = out / RESULTS_FILE
     earlier = _previous(results_path, chosen.name, say)
     done = {} if overwrite else earlier
-    ctx = Context(chosen, out, runs_root, data_dir, say, overwrite=overwrite)
+    ctx = Context(chosen, out, runs_root, data_dir, say, overwrite=overwrite, device=device)
     started = time.perf_counter()
     results: dict[str, Any] = {
         "meta": {

@@ -120,6 +120,10 @@ class Context:
     Attributes:
         overwrite: train again what an interrupted invocation finished in `output` (``--overwrite``); without it, the
             experiments' finished runs are read back.
+        device: where the sheet's own training runs (MNIST, segmentation, transfer) and experiments train and are
+            tested (``--device``, resolved); None: each one's own (the recipes' auto, the experiments' CPU). The
+            sheet's few measurements of its own (exercise 2's step, exercise 7's conversion, exercise 10's
+            predictions) stay on the CPU.
     """
 
     mode: Mode
@@ -129,6 +133,12 @@ class Context:
     log: Callable[[str], None] = print
     shared: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
+    device: str | None = None
+
+    def engine(self, options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """`options` (`TrainConfig` fields) with the sheet's device, if one was asked for; None for none at all."""
+        merged = {**(options or {}), **({"device": self.device} if self.device is not None else {})}
+        return merged or None
 
     def figure(self, name: str) -> Path:
         """A path for a figure of the sheet, under ``<output>/figures``."""
@@ -222,9 +232,10 @@ def _experiment_results(ctx: Context, name: str) -> tuple[dict[str, Any], Path, 
     own = ctx.output / "experiment" / name
     (own / "report.md").unlink(missing_ok=True)
     before = _finished_runs(own)
-    report = run_experiment(
-        name, output=ctx.output, data_dir=ctx.data_dir, overwrite=ctx.overwrite, progress=False, **settings
-    )
+    report = run_experiment(  # a device of None is the experiment's own (the CPU)
+        name, output=ctx.output, data_dir=ctx.data_dir, overwrite=ctx.overwrite, progress=False, device=ctx.device,
+        **settings,
+    )  # fmt: skip
     after = _finished_runs(report.parent)
     read_back = sum(before.get(path) == written for path, written in after.items())
     if read_back and read_back == len(after):
@@ -613,7 +624,7 @@ def _mnist_run(ctx: Context) -> tuple[dict[str, Any], str]:
         data_dir=ctx.data_dir,
         output=str(ctx.output),
         name=ctx.mode.mnist_recipe,
-        overrides=ctx.mode.mnist_overrides or None,
+        overrides=ctx.engine(ctx.mode.mnist_overrides),
         progress=False,
     )
     run_dir = ctx.output / "mnist" / ctx.mode.mnist_recipe
@@ -786,7 +797,8 @@ def exercise_8(ctx: Context) -> dict[str, Any]:
         summary = continue_or_train(
             ctx, ctx.output / "segment" / recipe,
             lambda **start: train_segmentation(
-                recipe, data_dir=ctx.data_dir, output=str(ctx.output), name=recipe, progress=False, **start
+                recipe, data_dir=ctx.data_dir, output=str(ctx.output), name=recipe, progress=False,
+                overrides=ctx.engine(), **start
             ),
         )  # fmt: skip
         folders = [Path(summary["run_dir"]), *folders]
@@ -921,7 +933,9 @@ def _train_elpv(ctx: Context) -> list[Path]:
     summary = continue_or_train(
         ctx,
         ctx.output / "transfer" / "elpv",
-        lambda **start: train_transfer(TransferConfig(**options, name="elpv", progress=False, **start)),
+        lambda **start: train_transfer(
+            TransferConfig(**options, name="elpv", progress=False, train=ctx.engine() or {}, **start)
+        ),
     )
     return [Path(summary["run_dir"])]
 
