@@ -200,7 +200,8 @@ def test_every_command_that_makes_a_run_prints_json_with_nothing_else_on_stdout(
 
 
 # The commands that show progress (bars on a terminal, or lines on stderr) take --quiet/-q, as the train commands do
-# (answers: its lines on stderr also carry each exercise's failure; explain shows none of its own).
+# (answers: its lines on stderr also carry each exercise's failure). explain shows none, but its -q leaves only the
+# paths it wrote on stdout, as predict's leaves the results.
 SHOWS_PROGRESS = [
     "train mnist",
     "train transfer",
@@ -210,6 +211,7 @@ SHOWS_PROGRESS = [
     "experiment",
     "fcn scan",
     "data segmentation-demo",
+    "explain",
 ]
 
 

@@ -701,3 +701,25 @@ def _fresh(channels: int) -> nn.Module:
         nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3),
     )  # fmt: skip
+
+
+def test_explain_quiet_prints_only_the_paths_it_wrote(tmp_path, monkeypatch):
+    """explain had no -q: a script that wanted the PNGs read them out of the class table's lines. -q prints the paths
+    alone, one a line, as predict's -q leaves the results; without it the classes are printed as before."""
+    import cnnlab.tasks.explain
+    from cli_in_process import run_cnnlab
+    from cnnlab.tasks.explain import Explanation
+
+    files = {kind: tmp_path / f"{kind}.png" for kind in ("filters", "feature_maps", "gradcam")}
+    explained = Explanation("7", 7, 0.9, [("7", 0.9), ("1", 0.05)], "features.5", ["features.0"], files=files)
+    monkeypatch.setattr(cnnlab.tasks.explain, "explain_image", lambda *args, **kwargs: explained)
+    Image.new("L", (28, 28)).save(tmp_path / "digit.png")
+    for quiet in ("-q", "--quiet"):
+        done = run_cnnlab("explain", "lenet5", str(tmp_path / "digit.png"), "-o", str(tmp_path), quiet)
+        assert (done.returncode, done.stdout) == (0, "".join(f"{path}\n" for path in files.values())), done.stderr
+    done = run_cnnlab("explain", "lenet5", str(tmp_path / "digit.png"), "-o", str(tmp_path))
+    assert (
+        done.returncode == 0
+        and "explained class '7' (90.0%)" in done.stdout
+        and f"gradcam: {files['gradcam']}\n" in done.stdout
+    )

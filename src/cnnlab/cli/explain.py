@@ -71,6 +71,12 @@ def explain(
         help="Print every layer (the names --layer and --cam-layer take) with its output size on IMAGE, marking the "
         "ones explain would show (those --layer and --cam-layer name, else the defaults), and write nothing.",
     ),
+    quiet: bool = typer.Option(
+        False,
+        "--quiet",
+        "-q",
+        help="Print only the paths of the PNGs written, one a line (errors and warnings still go to stderr).",
+    ),
 ) -> None:
     """Write filters.png, feature_maps.png and gradcam.png for IMAGE and print the top classes."""
     from cnnlab.tasks.explain import CodeInput, default_output_dir, explain_image
@@ -78,14 +84,18 @@ def explain(
     apply_threads(threads)
     given = CodeInput(input_size, mean, std)
     if list_layers:
-        _print_layers(source, image, device, given, layer, cam_layer)
+        _print_layers(source, image, device, given, layer, cam_layer)  # the listing is what it asks for, -q or not
         ignored = [flag for flag, value in (("--class", class_index), ("--output", output)) if value is not None]
-        if ignored:
+        if ignored and not quiet:
             typer.echo(f"({' and '.join(ignored)} ignored: --list-layers explains no class and writes nothing)")
         return
     output = default_output_dir(source, image) if output is None else output
     result = explain_image(str(source), image, output, layers=layer, cam_layer=cam_layer, class_index=class_index,
                            device=device, given=given)  # fmt: skip
+    if quiet:
+        for path in result.files.values():
+            typer.echo(path)
+        return
     if result.preprocessing:
         typer.echo(f"preprocessing: {result.preprocessing}")
     share = " of the pixels" if result.scores == "pixel share" else ""
