@@ -377,3 +377,33 @@ def test_an_experiment_is_listed_with_its_best_variant_figure_and_command(root: 
     assert f"command: {command}\n" in details.config and "seeds: 2" in details.config
     (folder / "results.json").write_text("{")  # cut short: still listed, saying where to look
     assert summarise("experiment/pool-vs-stride", folder).metric == "- (see its report.md)"
+
+
+def test_an_ensemble_cnnlab_ensemble_combined_is_listed_with_its_members_and_results(root: Path) -> None:
+    """`cnnlab ensemble` writes OUTPUT/mnist/NAME/ with ensemble.json, results.json and report.md but no config.yaml
+    (it trains nothing): the Runs page did not list it at all."""
+    folder = root / "mnist" / "mixed"
+    folder.mkdir()
+    members = ["../old", "../E/seed0", "../gone"]  # a member moved away on its own is named as not there
+    (root / "mnist" / "E" / "seed0").mkdir(parents=True)
+    meta = {"select": "greedy", "runs": [str(root / "mnist" / "old")]}
+    record = {"format": "cnnlab-ensemble-1", "members": members, "meta": meta}
+    (folder / "ensemble.json").write_text(json.dumps(record))
+    candidates = [{"run_dir": str(root / "mnist" / "old"), "chosen": True, "val_accuracy": 0.9, "test_accuracy": 0.98}]
+    results = {"select": "greedy", "candidates": candidates, "val_accuracy": 0.95, "test_accuracy": 0.9931}
+    (folder / "results.json").write_text(json.dumps(results))
+    (folder / "report.md").write_text("# MNIST ensemble\n")
+    os.utime(folder / "ensemble.json", (1_900_000_000, 1_900_000_000))
+    runs = find_runs(root)
+    assert list(runs)[0] == "mnist/mixed"
+    line = summarise("mnist/mixed", runs["mnist/mixed"])
+    assert (line.task, line.metric, line.value) == ("mnist", "test_accuracy", 0.9931)
+    assert line.recipe == (
+        "ensemble of 3 (cnnlab ensemble, --select greedy): mnist/old, mnist/E/seed0, mnist/gone (not there: moved or "
+        "renamed?)"
+    )
+    details = run_details(root, "mnist/mixed")
+    assert details.config.startswith("# an ensemble `cnnlab ensemble` combined from saved runs")
+    assert "members:\n- mnist/old\n- mnist/E/seed0\n" in details.config and "test_accuracy: 0.9931\n" in details.config
+    assert "val_accuracy: 0.9\n" in details.config  # each candidate's results too
+    assert details.learning_curves == root / "mnist" / "old" / "learning_curves.png"  # its first member's

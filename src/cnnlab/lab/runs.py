@@ -71,9 +71,10 @@ class RunDetails:
 
 
 def find_runs(root: str | os.PathLike[str]) -> dict[str, Path]:
-    """Run id (``task/name``) -> folder, for every ``<root>/<task>/<name>/config.yaml``, newest first, and every
+    """Run id (``task/name``) -> folder, for every ``<root>/<task>/<name>/config.yaml``, newest first, every
     ensemble still training: ``<root>/<task>/<name>/seed<k>/config.yaml``, its own config.yaml written only at its
-    end (it was not listed until then)."""
+    end (it was not listed until then), every finished experiment and every ensemble `cnnlab ensemble` combined
+    (``ensemble.json``, no config.yaml: it was not listed at all)."""
     root = Path(root)
     if not root.is_dir():
         return {}
@@ -84,6 +85,7 @@ def find_runs(root: str | os.PathLike[str]) -> dict[str, Path]:
         if not (path.parent.parent / "config.yaml").exists() and path.parent.parent.is_dir()
     }
     folders += [path.parent for path in root.glob("experiment/*/results.json") if _is_experiment(path.parent)]
+    folders += [path.parent for path in root.glob("*/*/ensemble.json") if _is_combined(path.parent)]
     folders.sort(key=lambda folder: _mtime(_config_path(folder)), reverse=True)
     return {f"{folder.parent.name}/{folder.name}": folder for folder in folders}
 
@@ -103,6 +105,17 @@ def _is_experiment(folder: Path) -> bool:
     )
 
 
+def _is_combined(folder: Path) -> bool:
+    """Whether `folder` is an ensemble that `cnnlab ensemble` combined from saved runs: ensemble.json, results.json and
+    report.md, no config.yaml (it trained nothing) and no members of its own being trained."""
+    return (
+        not (folder / "config.yaml").exists()
+        and (folder / "ensemble.json").is_file()
+        and not _training_members(folder)
+        and not _is_experiment(folder)
+    )
+
+
 def _training_members(folder: Path) -> list[Path]:
     """The members of the ensemble at `folder` that started (``seed<k>/config.yaml``), by seed."""
     members = [path.parent for path in folder.glob("seed*/config.yaml") if path.parent.name[4:].isdigit()]
@@ -116,6 +129,8 @@ def _config_path(folder: Path) -> Path:
         return own
     if _is_experiment(folder):  # dated by its results, written at its end
         return folder / "results.json"
+    if _is_combined(folder):  # dated by its record, written with its results
+        return folder / "ensemble.json"
     members = [member / "config.yaml" for member in _training_members(folder)]
     return max(members, key=_mtime) if members else own
 
@@ -377,9 +392,62 @@ def summarise(run_id: str, folder: Path) -> RunSummary:
         metric = f"- ({progress}, no results yet: training or interrupted)" if metric == "-" else metric
     recipe = _recipe(results, {})  # results.json names it for most runs: config.yaml is read only when it does not
     recipe = _recipe(results, _config(folder)) if recipe == "-" else recipe
+    if _is_combined(folder):
+        recipe = _combined_recipe(folder, results)
     if recipe == "-" and isinstance(results.get("model"), str) and results["model"]:
         recipe = results["model"]  # `train segment --data` names its recipe --model (unet, unet-lite0...): read "-"
     return RunSummary(run_id, folder.parent.name, recipe, when, metric, value)
+
+
+def _member_names(folder: Path) -> list[str]:
+    """The members of the ensemble at `folder` as its ensemble.json lists them, each named by its folder under the
+    runs root (``mnist/pair/seed0``), else by its path; a member that is not there says so. None read: empty."""
+    from cnnlab.train.saved import ENSEMBLE_SPEC, ensemble_members
+
+    try:
+        members = ensemble_members(folder / ENSEMBLE_SPEC)
+    except (OSError, CnnlabError):
+        return []
+    root = folder.parent.parent.resolve()
+    names = []
+    for member in members:
+        resolved = member.resolve()
+        name = resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(member)
+        names.append(name if member.is_dir() else f"{name} (not there: moved or renamed?)")
+    return names
+
+
+def _combined_recipe(folder: Path, results: dict[str, Any]) -> str:
+    """The recipe column of an ensemble `cnnlab ensemble` combined: its size, selection and first members."""
+    names = _member_names(folder)
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    select = results.get("select") if isinstance(results.get("select"), str) else "?"
+    return f"ensemble of {len(names)} (cnnlab ensemble, --select {select}): {shown or 'members cannot be read'}"
+
+
+def _combined_settings(folder: Path) -> str:
+    """What the config view shows of an ensemble `cnnlab ensemble` combined, which has no config.yaml: the runs it
+    was chosen from, its members where they are now, and each candidate's and its own validation and test results."""
+    import yaml
+
+    results = _read_json(folder / "results.json")
+    results = results if isinstance(results, dict) else {}
+    meta = _read_json(folder / "ensemble.json")
+    meta = meta.get("meta") if isinstance(meta, dict) else None
+    candidates = results.get("candidates") if isinstance(results.get("candidates"), list) else []
+    keys = ("run_dir", "chosen", "val_accuracy", "val_errors", "val_log_loss", "test_accuracy")
+    document = {
+        "select": results.get("select"),
+        "runs": meta.get("runs") if isinstance(meta, dict) else None,
+        "members": _member_names(folder),
+        "candidates": [{key: c.get(key) for key in keys} for c in candidates if isinstance(c, dict)],
+        **{key: results.get(key) for key in ("val_size", "val_accuracy", "val_errors", "test_accuracy", "test_errors")},
+    }
+    text = (
+        "# an ensemble `cnnlab ensemble` combined from saved runs: no config.yaml of its own (it trained nothing); its "
+        "members and results (report.md has more)\n"
+    )
+    return text + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=2**16)
 
 
 def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
@@ -415,7 +483,7 @@ def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
         progress = _members_progress(folder, results if isinstance(results, dict) else {})
         curves, curves_label = _member_curves(Path(root), _training_members(folder), f"members finished: {progress}")
     try:
-        text = config.read_text(errors="replace")
+        text = _combined_settings(folder) if _is_combined(folder) else config.read_text(errors="replace")
     except OSError as error:  # failed the whole Runs page when it opened on this run (the newest)
         text = f"# {config.name} cannot be read ({error.strerror or error})\n"
     if config.parent != folder:
