@@ -407,3 +407,23 @@ def test_an_ensemble_cnnlab_ensemble_combined_is_listed_with_its_members_and_res
     assert "members:\n- mnist/old\n- mnist/E/seed0\n" in details.config and "test_accuracy: 0.9931\n" in details.config
     assert "val_accuracy: 0.9\n" in details.config  # each candidate's results too
     assert details.learning_curves == root / "mnist" / "old" / "learning_curves.png"  # its first member's
+
+
+def test_a_moved_run_says_where_it_is_now_above_the_config_it_recorded(root: Path) -> None:
+    """A run moved or renamed showed only the output path its config.yaml records, as if it were still there."""
+    folder = root / "mnist" / "here"
+    folder.mkdir()
+    save_config(TrainConfig(task="mnist", name="here", output=str(root)), folder / "config.yaml")
+    assert run_details(root, "mnist/here").config.startswith("config:\n")  # where it was written: no note
+    folder.rename(root / "mnist" / "renamed")
+    config = run_details(root, "mnist/renamed").config
+    assert config.startswith(
+        f"# moved: written to {root / 'mnist' / 'here'}, now at {root / 'mnist' / 'renamed'}; the paths below are "
+        "where it was written\nconfig:\n"
+    )
+    # a config that records no output (`train mnist -n`'s recipe record): its results.json's run_dir
+    (root / "mnist" / "renamed" / "config.yaml").write_text("config:\n  recipe: quick\n")
+    (root / "mnist" / "renamed" / "results.json").write_text(json.dumps({"run_dir": str(root / "mnist" / "E")}))
+    assert run_details(root, "mnist/renamed").config.startswith(f"# moved: written to {root / 'mnist' / 'E'}, ")
+    (root / "mnist" / "E").mkdir()
+    assert run_details(root, "mnist/renamed").config.startswith("# copied (the original is still there): written")

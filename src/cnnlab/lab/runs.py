@@ -300,7 +300,8 @@ def _headline(results: dict[str, Any], history: list[dict[str, float]]) -> tuple
     return "-", None
 
 
-def _config(folder: Path) -> dict[str, Any]:
+def _config_document(folder: Path) -> dict[str, Any]:
+    """The run's config.yaml as read (``config:`` and ``environment:``); empty when it cannot be read."""
     import yaml
 
     try:  # libyaml's parser where PyYAML has it: Python's took 7 ms a config, most of a long list's time
@@ -308,8 +309,49 @@ def _config(folder: Path) -> dict[str, Any]:
         document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
     except (OSError, yaml.YAMLError):
         return {}
-    config = document.get("config", {}) if isinstance(document, dict) else {}
+    return document if isinstance(document, dict) else {}
+
+
+def _config(folder: Path) -> dict[str, Any]:
+    config = _config_document(folder).get("config", {})
     return config if isinstance(config, dict) else {}
+
+
+def _written_at(folder: Path) -> Path | None:
+    """Where the run at `folder` was written, as its records name it: its config's ``output``/``task``/``name``, else
+    its results.json's ``run_dir``, a relative one read from the working folder its config.yaml records. None when
+    no record says (or a relative path has no recorded working folder)."""
+    document = _config_document(folder)
+    config = document.get("config") if isinstance(document.get("config"), dict) else {}
+    environment = document.get("environment") if isinstance(document.get("environment"), dict) else {}
+    parts = [config.get(key) for key in ("output", "task", "name")]
+    results = _read_json(folder / "results.json")
+    run_dir = results.get("run_dir") if isinstance(results, dict) else None
+    if all(isinstance(part, str) and part for part in parts):
+        path = Path(*parts)
+    elif isinstance(run_dir, str) and run_dir:
+        path = Path(run_dir)
+    else:
+        return None
+    if not path.is_absolute():
+        cwd = environment.get("cwd")
+        if not isinstance(cwd, str) or not os.path.isabs(cwd):
+            return None
+        path = Path(cwd) / path
+    return Path(os.path.normpath(path))
+
+
+def _moved_note(folder: Path) -> str:
+    """A config view's first line when the run at `folder` is no longer where its records say it was written (a runs
+    root moved or copied, a run renamed): the recorded paths read as where it is. Empty when it has not moved."""
+    written = _written_at(folder)
+    try:  # the same folder by another path (a bind mount, a link above the root) is where it was written
+        if written is None or written.resolve() == folder.resolve() or (written.is_dir() and written.samefile(folder)):
+            return ""
+    except OSError:
+        return ""
+    how = "copied (the original is still there)" if written.is_dir() else "moved"
+    return f"# {how}: written to {written}, now at {folder.absolute()}; the paths below are where it was written\n"
 
 
 def _epochs(history: Any) -> list[dict[str, Any]]:
@@ -486,6 +528,7 @@ def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
         text = _combined_settings(folder) if _is_combined(folder) else config.read_text(errors="replace")
     except OSError as error:  # failed the whole Runs page when it opened on this run (the newest)
         text = f"# {config.name} cannot be read ({error.strerror or error})\n"
+    text = _moved_note(config.parent) + text
     if config.parent != folder:
         text = f"# member {config.parent.name}'s config (the ensemble's own is written when it finishes)\n{text}"
     return RunDetails(
