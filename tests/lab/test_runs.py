@@ -427,3 +427,30 @@ def test_a_moved_run_says_where_it_is_now_above_the_config_it_recorded(root: Pat
     assert run_details(root, "mnist/renamed").config.startswith(f"# moved: written to {root / 'mnist' / 'E'}, ")
     (root / "mnist" / "E").mkdir()
     assert run_details(root, "mnist/renamed").config.startswith("# copied (the original is still there): written")
+
+
+def test_an_ensemble_of_ten_keeps_its_compare_legend_off_the_curves(root: Path) -> None:
+    """A legend entry per line (an ensemble of 10: 20 in the loss plot) grew a legend larger than the plot it sat in,
+    covering the curves: one key below both plots says what colour (metric), style (run) and marker (member) mean."""
+    import matplotlib.pyplot as plt
+
+    ensemble = root / "mnist" / "ten"
+    for seed in range(10):
+        (ensemble / f"seed{seed}").mkdir(parents=True)
+        (ensemble / f"seed{seed}" / "config.yaml").write_text("config:\n  extra: {recipe: quick, ensemble: 10}\n")
+        rows = [{"epoch": e + 1, "train_loss": 1 / (e + 1 + seed), "val_loss": 1.1 / (e + 1)} for e in range(2)]
+        (ensemble / f"seed{seed}" / "metrics.json").write_text(json.dumps(rows))
+    figure = compare_curves(root, "mnist/ten", "mnist/old")
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    legends = figure.legends + [axis.get_legend() for axis in figure.axes if axis.get_legend()]
+    assert len(legends) == 1
+    box = legends[0].get_window_extent(renderer)
+    assert all(not box.overlaps(axis.get_window_extent(renderer)) for axis in figure.axes)
+    assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= figure.bbox.x1  # inside the figure
+    entries = [text.get_text() for text in legends[0].get_texts()]
+    assert entries[:2] == ["mnist/ten (one line per member)", "mnist/old"]
+    assert "mnist/ten/seed9" in entries and {"train_loss", "val_loss", "val_accuracy"} <= set(entries)
+    lines = {line.get_label(): line for axis in figure.axes for line in axis.get_lines()}
+    assert lines["mnist/ten/seed0: train_loss"].get_marker() != lines["mnist/old: train_loss"].get_marker()
+    plt.close(figure)

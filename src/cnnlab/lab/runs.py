@@ -672,17 +672,25 @@ def _members_history(
     return histories, f"{run_id}'s members not plotted: {', '.join(left_out)}" if left_out else ""
 
 
-# A marker per member of an ensemble, so that its members' curves of one metric (one colour) tell apart.
+# A marker per member of an ensemble, so that its members' curves of one metric (one colour) tell apart; a run that
+# is no ensemble takes a cross, which no member has (a dot hid a one-epoch run).
 _MEMBER_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">")
+_RUN_MARKER = "x"
 
 
 def compare_curves(root: str | os.PathLike[str], first: str, second: str) -> Any:
     """A matplotlib figure: the two runs' losses (left) and other metrics (right) per epoch, from metrics.json; an
-    ensemble's are each member's, labelled ``<ensemble>/seed<k>`` (see `_curves_history`)."""
+    ensemble's are each member's, labelled ``<ensemble>/seed<k>`` (see `_curves_history`).
+
+    One legend below both plots says what a line's colour (the metric), style (the run) and marker (the member) mean:
+    a legend entry per line (an ensemble of 10 gave 22 entries an axis) covered the curves it named."""
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     from cnnlab.train.records import epoch_axis
 
@@ -691,20 +699,38 @@ def compare_curves(root: str | os.PathLike[str], first: str, second: str) -> Any
     # one colour per metric across both runs, one line style per run, one marker per ensemble member
     keys = sorted({k for _, history in first_curves + second_curves for row in history for k in row})
     colours = {key: f"C{index}" for index, key in enumerate(k for k in keys if k.startswith(("train_", "val_")))}
-    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for curves, style in ((first_curves, "-"), (second_curves, "--")):
+    runs = ((first, first_curves, "-"), (second, second_curves, "--"))
+    members: dict[str, list[str]] = {}  # marker -> the members drawn with it
+    drawn: list[list[tuple[str, list[dict[str, Any]], str]]] = [[], []]  # (label, history, marker) per run
+    for (_, curves, _), lines in zip(runs, drawn, strict=True):
         for number, (label, history) in enumerate(curves):
+            marker = _MEMBER_MARKERS[number % len(_MEMBER_MARKERS)] if len(curves) > 1 else _RUN_MARKER
+            if len(curves) > 1:
+                members.setdefault(marker, []).append(label)
+            lines.append((label, history, marker))
+    handles = [
+        Line2D([], [], color="black", linestyle=style, label=run_id + (" (one line per member)" if len(c) > 1 else ""))
+        for run_id, c, style in runs
+    ]
+    handles += [
+        Line2D([], [], color="black", linestyle="none", marker=marker, label=" / ".join(names))
+        for marker, names in members.items()
+    ]
+    handles += [Line2D([], [], color=colour, linewidth=3, label=key) for key, colour in colours.items()]
+    columns = 4
+    height = 4 + 0.22 * math.ceil(len(handles) / columns)
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(11, height), layout="constrained")
+    for (_, _, style), lines in zip(runs, drawn, strict=True):
+        for label, history, marker in lines:
             epochs = [row["epoch"] for row in history]
-            marker = _MEMBER_MARKERS[number % len(_MEMBER_MARKERS)]
             for key in sorted({k for row in history for k in row if k in colours}):
                 axis = loss_axis if key.endswith("loss") else metric_axis
                 values = [row[key] if _number(row.get(key)) else float("nan") for row in history]
                 axis.plot(epochs, values, style, marker=marker, color=colours[key], label=f"{label}: {key}")
     for axis, title in ((loss_axis, "loss"), (metric_axis, "metrics")):
         epoch_axis(axis, title)
-        axis.legend(fontsize=7, ncol=2 if len(axis.get_lines()) > 12 else 1)
+    figure.legend(handles=handles, loc="outside lower center", ncol=columns, fontsize=8, frameon=False)
     notes = [note for note in (first_note, second_note) if note]
     if notes:
         figure.suptitle("; ".join(notes), fontsize=8)
-    figure.tight_layout()
     return figure
