@@ -143,7 +143,12 @@ def test_app_builds_with_its_four_pages(tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(lab_app, "build_app", lambda *args, **kwargs: Recorded())
     monkeypatch.setattr(lab_app, "check_address", lambda host, port: None)
+    from cnnlab.lab import runs
+
+    cleaned: list = []  # the figure folders killed labs left are removed when a lab starts
+    monkeypatch.setattr(runs, "remove_stale_scratch", lambda: cleaned.append(True))
     lab_app.serve(tmp_path, port=7860, warm=False)
+    assert cleaned == [True]
     assert launched["css"] == lab_app._CSS and "overflow-wrap: anywhere" in launched["css"]
 
 

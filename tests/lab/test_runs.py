@@ -319,6 +319,7 @@ def test_a_figure_cut_short_is_named_and_drawn_again_not_a_failed_page(
     from cnnlab.lab import runs
 
     assert details.learning_curves.parent == Path(runs._scratch().name)
+    assert details.learning_curves.parent.name == f"cnnlab-lab-{os.getpid()}"  # which a later lab tells by its id
     runs._scratch().cleanup()  # what exiting does
     assert not details.learning_curves.parent.exists()
     curves.unlink()  # killed in its first epoch between metrics.json and the figure: none saved
@@ -454,3 +455,33 @@ def test_an_ensemble_of_ten_keeps_its_compare_legend_off_the_curves(root: Path) 
     lines = {line.get_label(): line for axis in figure.axes for line in axis.get_lines()}
     assert lines["mnist/ten/seed0: train_loss"].get_marker() != lines["mnist/old: train_loss"].get_marker()
     plt.close(figure)
+
+
+def test_the_figure_folders_of_killed_labs_are_removed_and_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lab killed outright (SIGKILL) cannot remove its /tmp/cnnlab-lab-<pid>: each one stayed for good. A lab
+    starting removes those whose process is gone, and nothing else."""
+    import subprocess
+
+    from cnnlab.lab.runs import remove_stale_scratch
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # a process id that no process has now
+    kept = {f"cnnlab-lab-{os.getpid()}", f"cnnlab-lab-{os.getppid()}", f"cnnlab-lab-{ended.pid}-x", "cnnlab-lab-12a"}
+    for name in kept | {f"cnnlab-lab-{ended.pid}"}:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "curves.png").write_bytes(b"png")
+    (tmp_path / "cnnlab-lab-99999999999").write_text("a file")  # no folder: kept
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (tmp_path / "cnnlab-lab-99999999998").symlink_to(target)  # a link: kept, and what it points to
+    assert remove_stale_scratch(tmp_path) == [tmp_path / f"cnnlab-lab-{ended.pid}"]
+    assert {p.name for p in tmp_path.iterdir()} == kept | {
+        "cnnlab-lab-99999999999",
+        "cnnlab-lab-99999999998",
+        "elsewhere",
+    }
+    (tmp_path / f"cnnlab-lab-{ended.pid}").mkdir()
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(tmp_path).st_uid + 1)  # another user's: kept
+    assert remove_stale_scratch(tmp_path) == []

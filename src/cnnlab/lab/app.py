@@ -460,6 +460,9 @@ def serve(
     """
     check_address(host, port)  # before the app is built and the model warmed: seconds, for nothing
     check_runs_root(runs_root)
+    from cnnlab.lab.runs import remove_stale_scratch
+
+    remove_stale_scratch()  # the figure folders of labs killed outright (SIGKILL), which could not remove their own
     max_bytes = max_upload_mb * 2**20
     app = build_app(runs_root, max_bytes, warm)
     try:

@@ -12,7 +12,10 @@ import datetime as dt
 import functools
 import json
 import os
+import shutil
+import stat
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ __all__ = [
     "RunSummary",
     "compare_curves",
     "find_runs",
+    "remove_stale_scratch",
     "resolve_run",
     "run_details",
     "saved_model_stamp",
@@ -541,11 +545,89 @@ def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
     )
 
 
+_SCRATCH_PREFIX = "cnnlab-lab-"  # + the lab's process id: `remove_stale_scratch` tells a dead lab's by it
+
+
+class _ScratchFolder:
+    """``<tmp>/cnnlab-lab-<pid>``, made for this process and removed when it exits (as `tempfile.TemporaryDirectory`
+    does), named by the process id so that a later lab can tell one a killed lab left (`remove_stale_scratch`)."""
+
+    def __init__(self) -> None:
+        path = Path(tempfile.gettempdir()) / f"{_SCRATCH_PREFIX}{os.getpid()}"
+        if _scratch_pid(path) is not None:  # left by a dead process that had this id (this one makes it once)
+            shutil.rmtree(path, ignore_errors=True)
+        try:
+            path.mkdir(mode=0o700)
+        except OSError:  # taken (another user's, a link): a name of its own, which a later lab leaves alone
+            path = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-"))
+        self.name = str(path)
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.name, ignore_errors=True)
+
+    def cleanup(self) -> None:
+        """Remove the folder now (exiting does)."""
+        self._finalizer()
+
+
 @functools.cache
-def _scratch() -> tempfile.TemporaryDirectory[str]:
+def _scratch() -> _ScratchFolder:
     """This process's folder for the figures the lab draws itself, removed when the process exits: Gradio copies a
     figure into its own cache when it serves it. A /tmp/cnnlab-lab-<pid> folder was left behind by every lab."""
-    return tempfile.TemporaryDirectory(prefix="cnnlab-lab-")
+    return _ScratchFolder()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process `pid` runs (another user's included); one whose existence cannot be checked counts."""
+    if pid <= 0:
+        return True  # 0 and negatives name process groups to os.kill, never a lab
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OverflowError:
+        return False  # no process has such an id
+    except OSError:
+        return True  # EPERM: another user's process
+    return True
+
+
+def _scratch_pid(path: Path) -> int | None:
+    """The process id of the lab scratch folder (`_ScratchFolder`) at `path`: named exactly ``cnnlab-lab-<pid>``, a
+    folder (not a link) owned by this user; None for anything else."""
+    digits = path.name[len(_SCRATCH_PREFIX) :]
+    if not path.name.startswith(_SCRATCH_PREFIX) or not digits.isascii() or not digits.isdigit():
+        return None
+    try:
+        status = path.lstat()
+    except OSError:
+        return None
+    owner = os.getuid() if hasattr(os, "getuid") else None
+    if not stat.S_ISDIR(status.st_mode) or owner is None or status.st_uid != owner:
+        return None
+    return int(digits)
+
+
+def remove_stale_scratch(tmp: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Remove the scratch folders (``<tmp>/cnnlab-lab-<pid>``, see `_scratch_pid`) of labs that are no longer running: a
+    lab killed with SIGKILL cannot remove its own, so each left one behind in /tmp for good. Called when a lab starts.
+
+    Args:
+        tmp: the folder to look in; default the system's temporary folder, where labs make theirs.
+
+    Returns:
+        the folders removed.
+    """
+    folder = Path(tmp) if tmp is not None else Path(tempfile.gettempdir())
+    try:
+        candidates = [folder / name for name in os.listdir(folder) if name.startswith(_SCRATCH_PREFIX)]
+    except OSError:
+        return []
+    removed = []
+    for path in sorted(candidates):
+        pid = _scratch_pid(path)
+        if pid is not None and pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _drawn_curves(folder: Path) -> Path:
