@@ -408,6 +408,12 @@ def test_an_ensemble_cnnlab_ensemble_combined_is_listed_with_its_members_and_res
     assert "members:\n- mnist/old\n- mnist/E/seed0\n" in details.config and "test_accuracy: 0.9931\n" in details.config
     assert "val_accuracy: 0.9\n" in details.config  # each candidate's results too
     assert details.learning_curves == root / "mnist" / "old" / "learning_curves.png"  # its first member's
+    # while `cnnlab ensemble` builds one it writes a hidden .NAME.partial, renamed when done: listed as a run
+    for hidden in (root / "mnist" / ".mixed.partial", root / ".mnist" / "copy"):
+        hidden.mkdir(parents=True)
+        (hidden / "ensemble.json").write_text(json.dumps(record))
+        save_config(TrainConfig(task="mnist", name="x"), hidden / "config.yaml")
+    assert sorted(find_runs(root)) == sorted(runs)
 
 
 def test_a_moved_run_says_where_it_is_now_above_the_config_it_recorded(root: Path) -> None:

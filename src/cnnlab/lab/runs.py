@@ -78,7 +78,7 @@ def find_runs(root: str | os.PathLike[str]) -> dict[str, Path]:
     """Run id (``task/name``) -> folder, for every ``<root>/<task>/<name>/config.yaml``, newest first, every
     ensemble still training: ``<root>/<task>/<name>/seed<k>/config.yaml``, its own config.yaml written only at its
     end (it was not listed until then), every finished experiment and every ensemble `cnnlab ensemble` combined
-    (``ensemble.json``, no config.yaml: it was not listed at all)."""
+    (``ensemble.json``, no config.yaml: it was not listed at all); a hidden task or run folder (``.name``) is none."""
     root = Path(root)
     if not root.is_dir():
         return {}
@@ -90,6 +90,11 @@ def find_runs(root: str | os.PathLike[str]) -> dict[str, Path]:
     }
     folders += [path.parent for path in root.glob("experiment/*/results.json") if _is_experiment(path.parent)]
     folders += [path.parent for path in root.glob("*/*/ensemble.json") if _is_combined(path.parent)]
+    # pathlib's glob matches hidden names: a folder being built (`cnnlab ensemble` writes .NAME.partial, then renames
+    # it) was listed as a run, gone a moment later
+    folders = [
+        folder for folder in folders if not folder.name.startswith(".") and not folder.parent.name.startswith(".")
+    ]
     folders.sort(key=lambda folder: _mtime(_config_path(folder)), reverse=True)
     return {f"{folder.parent.name}/{folder.name}": folder for folder in folders}
 
