@@ -408,6 +408,7 @@ def test_an_ensemble_cnnlab_ensemble_combined_is_listed_with_its_members_and_res
     assert "members:\n- mnist/old\n- mnist/E/seed0\n" in details.config and "test_accuracy: 0.9931\n" in details.config
     assert "val_accuracy: 0.9\n" in details.config  # each candidate's results too
     assert details.learning_curves == root / "mnist" / "old" / "learning_curves.png"  # its first member's
+    assert details.curves_label == "learning curves of member mnist/old (1 of 3; each member trained on its own)"
     # while `cnnlab ensemble` builds one it writes a hidden .NAME.partial, renamed when done: listed as a run
     for hidden in (root / "mnist" / ".mixed.partial", root / ".mnist" / "copy"):
         hidden.mkdir(parents=True)

@@ -690,7 +690,11 @@ def _member_curves(root: Path, spec: Path | list[Path], progress: str = "") -> t
         curves = member / "learning_curves.png"
         if member.resolve().is_relative_to(root.resolve()) and curves.is_file() and check_image(curves) is None:
             place = f"ensemble still training, {progress}" if progress else f"{number} of {len(members)}"
-            return curves, f"learning curves of member {member.name} ({place}; each member trained on its own)"
+            # a member of another run (`cnnlab ensemble`: mnist/pair/seed0) by its folder under the root: "seed0"
+            # named no run of the ensemble's own
+            own = isinstance(spec, list) or member.parent.resolve() == spec.parent.resolve()
+            name = member.name if own else member.resolve().relative_to(root.resolve()).as_posix()
+            return curves, f"learning curves of member {name} ({place}; each member trained on its own)"
     return None, "learning curves"
 
 
