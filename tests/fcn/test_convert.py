@@ -67,6 +67,17 @@ def test_larger_input_gives_a_class_map_with_one_location_per_stride_step():
     assert converted.output_geometry() == (28, 4)
 
 
+@pytest.mark.parametrize("pools", [(2, 2, 2, 3), (2,) * 7], ids=["24", "128"])
+def test_the_stride_is_measured_right_when_it_does_not_divide_64(pools):
+    """It was 64 // (output rows gained over 64 input rows): 6 read as 5, 24 as 32, 128 as 64."""
+    size, layers = 1, []
+    for pool in pools:
+        size *= pool
+        layers += [nn.Conv2d(1, 1, 1), nn.MaxPool2d(pool)]
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(1, 3)).eval()  # a 1x1 map at the `size` it reads
+    assert to_fully_convolutional(model, (1, size, size)).output_geometry() == (size, size)
+
+
 def test_each_output_location_is_the_classifier_on_that_window():
     model = _two_dense_head_net()
     converted = to_fully_convolutional(model, (1, 28, 28))

@@ -62,11 +62,31 @@ def test_the_scan_scores_every_window_that_fits_as_the_classifier_scores_its_cro
     the 17x9 windows that fit, 100x77 gave 36x24 of 37x25."""
     torch.manual_seed(0)
     classifier = _unpadded_stride_8() if network == "stride 8" else create_model(network).eval()
+    _assert_scan_scores_crops(classifier, refine)
+
+
+@pytest.mark.filterwarnings("error::cnnlab.fcn.scan.ScanNotLocalWarning")
+@pytest.mark.parametrize("refine", [1, None])
+def test_a_network_whose_stride_does_not_divide_64_scans_every_window_at_its_place(refine):
+    """The stride was read as 64 // (growth over 64 rows): 6 as 5, so the scan of a stride-6 network crashed in
+    its tile check (a RuntimeError from narrow: its tiles were cut on a 5 px grid)."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(1, 6, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]  # 26, 13
+    layers += [torch.nn.Conv2d(6, 8, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(3)]  # 11, 3
+    layers += [torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8, 10)]  # 1
+    classifier = torch.nn.Sequential(*layers).eval()
+    assert to_fully_convolutional(classifier, (1, 28, 28)).output_geometry() == (28, 6)
+    _assert_scan_scores_crops(classifier, refine)
+
+
+def _assert_scan_scores_crops(classifier: torch.nn.Module, refine: int | None) -> None:
+    """A scan of a 61x47 image has one location for every window that fits, each scored as the classifier scores
+    that crop, with the stroke of the crop's middle."""
     converted = to_fully_convolutional(classifier, (1, 28, 28))
     image = torch.rand(1, 47, 61)
     result = scan(converted, image, refine=refine)
     step = result.stride
-    assert step == converted.output_geometry()[1] // refine
+    assert step == converted.output_geometry()[1] // refine_factor(refine, converted.output_geometry()[1])
     rows, cols = (47 - 28) // step + 1, (61 - 28) // step + 1
     assert result.probabilities.shape == (10, rows, cols) and result.ink.shape == (rows, cols)
     corners = [(i * step, j * step) for i in range(rows) for j in range(cols)]

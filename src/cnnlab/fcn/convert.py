@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from cnnlab.errors import CnnlabError
 
@@ -81,6 +80,7 @@ class FullyConvolutional(nn.Module):
         self.head = head
         self.input_size = tuple(input_size)
         self.window_pooled = window_pooled
+        self._geometry: tuple[int, int] | None = None  # `output_geometry`, measured once
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.trunk(x))  # N x classes x H' x W'
@@ -88,18 +88,40 @@ class FullyConvolutional(nn.Module):
     @torch.no_grad()
     def output_geometry(self) -> tuple[int, int]:
         """(window, stride) in input pixels along the height: output location i scores the window whose top edge
-        is near `i * stride` and which is `window` pixels tall (the training input size)."""
-        channels, height, width = self.input_size
-        reference = next(self.parameters(), torch.empty(0))
-        probe = torch.zeros(1, channels, height, width, dtype=reference.dtype, device=reference.device)
-        was_training = self.training
-        self.eval()
-        base = self(probe).shape[-2]
-        extra = 64
-        grown = self(F.pad(probe, (0, 0, 0, extra))).shape[-2]
-        self.train(was_training)
-        stride = extra // max(1, grown - base)
-        return height, stride
+        is near `i * stride` and which is `window` pixels tall (the training input size).
+
+        The output's height is floor((H + c) / stride) + b for an input H rows tall (each layer's is, and floors of
+        floors nest), so the stride is the distance between two rows where it grows by one. It was taken as
+        64 // (growth over 64 rows), right only for a stride dividing 64: stride 6 read as 5, 24 as 32, 128 as
+        64, and a scan with it crashed or drew its locations at the wrong places.
+        """
+        if getattr(self, "_geometry", None) is None:
+            channels, height, width = self.input_size
+            reference = next(self.parameters(), torch.empty(0))
+            was_training = self.training
+            self.eval()
+
+            def rows_out(rows: int) -> int:
+                probe = torch.zeros(1, channels, rows, width, dtype=reference.dtype, device=reference.device)
+                return self(probe).shape[-2]
+
+            def next_growth(rows: int) -> int:
+                """The least number of rows more than `rows` at which the output grows (doubling, then halving)."""
+                base, high = rows_out(rows), 1
+                while rows_out(rows + high) <= base:
+                    high *= 2
+                low = high // 2  # the output has not grown at `low` more rows (0: at none)
+                while high - low > 1:
+                    middle = (low + high) // 2
+                    low, high = (low, middle) if rows_out(rows + middle) > base else (middle, high)
+                return high
+
+            try:
+                first_growth = height + next_growth(height)  # a row count at which the output just grew
+                self._geometry = (height, next_growth(first_growth))
+            finally:
+                self.train(was_training)
+        return self._geometry
 
 
 def training_input_size(model: nn.Module) -> tuple[int, int, int] | None:
