@@ -79,6 +79,30 @@ def test_a_network_whose_stride_does_not_divide_64_scans_every_window_at_its_pla
     _assert_scan_scores_crops(classifier, refine)
 
 
+def test_a_classifier_trained_on_windows_wider_than_tall_scans_and_draws_each_location_at_its_centre(
+    tmp_path, monkeypatch
+):
+    """Its scan crashed (the memory and tile probes were squares of the window's height, narrower than the window:
+    a RuntimeError, kernel larger than input), and the heatmap put the centres half the height, not half the width,
+    from the left edge."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten()]  # 9 x 17
+    classifier = torch.nn.Sequential(*layers, torch.nn.Linear(4 * 9 * 17, 10)).eval()
+    image = torch.rand(1, 31, 47)
+    result = scan(to_fully_convolutional(classifier, (1, 20, 36)), image, refine=1)
+    rows, cols = (31 - 20) // 2 + 1, (47 - 36) // 2 + 1
+    crops = torch.stack([image[:, 2 * i : 2 * i + 20, 2 * j : 2 * j + 36] for i in range(rows) for j in range(cols)])
+    with torch.inference_mode():
+        expected = classifier(crops).softmax(1).T.reshape(10, rows, cols)
+    assert torch.allclose(result.probabilities, expected, atol=1e-5)
+    assert (result.window, result.window_width, result.stride) == (20, 36, 2)
+    figures = _kept_figures(monkeypatch)
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", lambda figure, path, **kwargs: Path(path).touch())
+    save_heatmap(image, result, tmp_path / "h.png")
+    overlay = figures[0].axes[0].images[1]  # cells 2 px wide around the centres: x 18 .. 28, y 10 .. 20
+    assert overlay.get_extent() == [17.0, 29.0, 21.0, 9.0]
+
+
 def _assert_scan_scores_crops(classifier: torch.nn.Module, refine: int | None) -> None:
     """A scan of a 61x47 image has one location for every window that fits, each scored as the classifier scores
     that crop, with the stroke of the crop's middle."""

@@ -96,14 +96,16 @@ class ScanResult:
         probabilities: float [classes, H', W'] softmax over classes at each location.
         ink: float [H', W'] share of the middle of each location's input window (its central `_MIDDLE`) that is
             stroke: pixels at least `_STROKE`, half as bright as full ink (0..1).
-        window: window side in input pixels (the classifier's training size).
+        window: window height in input pixels (the classifier's training size).
         stride: input pixels between neighbouring locations.
+        window_width: its width, where it differs from the height (None: a square window).
     """
 
     probabilities: torch.Tensor
     ink: torch.Tensor
     window: int
     stride: int
+    window_width: int | None = None
 
 
 def refine_factor(refine: int | None, stride: int) -> int:
@@ -167,16 +169,18 @@ def tile_margin(model: FullyConvolutional) -> int | None:
         kernel, dilation = _largest(module.kernel_size), _largest(getattr(module, "dilation", 1))
         padding = kernel if isinstance(module.padding, str) else _largest(module.padding)
         reach += ((kernel - 1) * dilation + 2 * padding) * spacing
-    margin = -(-max(reach, window) // stride) * stride
+    margin = -(-max(reach, window, width) // stride) * stride
     generator = torch.Generator().manual_seed(0)
     tile = max(1, margin // stride)  # three tiles a side: the middle one has a full margin on every side
-    side = window + 2 * margin + 2 * tile * stride
+    # sides from the window's height and width: a square from the height alone was narrower than a window trained
+    # wider than tall, and the probe crashed (a kernel larger than its input)
+    sides = (window + 2 * margin + 2 * tile * stride, width + 2 * margin + 2 * tile * stride)
     # Noise whose brightness ramps across the image: each tile's mean differs from the whole image's. Uniform noise
     # has about the same mean everywhere, so a squeeze-and-excitation block (its gates from the map's mean) gave
     # every tile nearly the whole image's gates, passed as local, and a real image was scanned in tiles whose
     # scores were not the single pass's (a two-tone image: 2e-3 apart).
-    ramp = torch.linspace(0.1, 1.0, side)
-    probe = torch.rand(channels, side, side, generator=generator) * (ramp[:, None] + ramp.flip(0)[None, :]) / 2
+    rows_ramp, cols_ramp = torch.linspace(0.1, 1.0, sides[0]), torch.linspace(1.0, 0.1, sides[1])
+    probe = torch.rand(channels, *sides, generator=generator) * (rows_ramp[:, None] + cols_ramp[None, :]) / 2
     probe = probe.to(reference.dtype)
     whole = _scores_in_tiles(model, probe, None, stride)
     tiled = _scores_in_tiles(model, probe, margin, stride, tile=tile)
@@ -338,18 +342,19 @@ def _scan_cost(model: FullyConvolutional, height: int, width: int, margin: int |
 
     leaves = [module for module in model.modules() if not any(module.children())]
     handles = [module.register_forward_hook(held) for module in leaves]
-    peaks, sides = [], (window + 4 * stride, window + 12 * stride)
+    peaks, sizes = [], [(input_height + grown * stride, input_width + grown * stride) for grown in (4, 12)]
     try:
-        for side in sides:
+        for size in sizes:  # the window's own shape grown: squares of its height were narrower than a wide window
             largest[0] = 0
-            classes = model(torch.zeros(1, channels, side, side, dtype=reference.dtype, device=reference.device))
+            classes = model(torch.zeros(1, channels, *size, dtype=reference.dtype, device=reference.device))
             peaks.append(largest[0])
     finally:
         for handle in handles:
             handle.remove()
     classes = classes.shape[1]
-    per_pixel = max(0.0, (peaks[1] - peaks[0]) / (sides[1] ** 2 - sides[0] ** 2))
-    fixed = max(0.0, peaks[0] - per_pixel * sides[0] ** 2)
+    pixels = [rows * cols for rows, cols in sizes]
+    per_pixel = max(0.0, (peaks[1] - peaks[0]) / (pixels[1] - pixels[0]))
+    fixed = max(0.0, peaks[0] - per_pixel * pixels[0])
     return _ScanCost(channels, (input_height, input_width), classes, stride, reads, fixed, per_pixel)
 
 
@@ -543,7 +548,8 @@ def scan(
     stroke = (image.float().mean(0) >= _STROKE).float()[inset_rows:, inset_cols:]
     middle = (height - 2 * inset_rows, width - 2 * inset_cols)
     ink = F.avg_pool2d(stroke[None, None], middle, step)[0, 0, :rows, :cols]
-    return ScanResult(scores.softmax(0), ink[:valid_rows, :valid_cols], window, step)
+    window_width = width if width != height else None
+    return ScanResult(scores.softmax(0), ink[:valid_rows, :valid_cols], window, step, window_width)
 
 
 HEATMAP_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".pdf", ".svg")
@@ -633,12 +639,13 @@ def save_heatmap(
     if shrink > 1:  # matplotlib held float64 RGBA copies of a 24 MP picture in every panel (1.7 GB)
         picture = F.avg_pool2d(picture[None, None], shrink, ceil_mode=True)[0, 0]
     picture = picture.numpy()
-    half, step = result.window / 2, result.stride
+    step = result.stride
+    half_y, half_x = result.window / 2, (result.window_width or result.window) / 2  # a window's centre
     empty_locations = result.ink < _MIN_STROKE
     probabilities, best, confidence, empty, factor = _shown_maps(result.probabilities, empty_locations)
     cell = factor * step  # input pixels between the shown cells' centres
-    start, (shown_rows, shown_cols) = half - step / 2, probabilities.shape[1:]
-    extent = (start, start + shown_cols * cell, start + shown_rows * cell, start)
+    start_y, start_x, (shown_rows, shown_cols) = half_y - step / 2, half_x - step / 2, probabilities.shape[1:]
+    extent = (start_x, start_x + shown_cols * cell, start_y + shown_rows * cell, start_y)
     shown = min(classes, 10)
     columns = 1 + -(-shown // 2)
     stretch, stretched = 1.0, "height"  # how much longer than the image's shape says each image panel is drawn
@@ -676,7 +683,7 @@ def save_heatmap(
     main.imshow(overlay, extent=extent, interpolation="nearest")
     confidence_location, best_location = result.probabilities.max(0)
     for i, j in _label_places(confidence_location.numpy(), empty_locations.numpy(), result.window // step):
-        main.text(half + j * step, half + i * step, names[best_location[i, j]], color="white", fontsize=7,
+        main.text(half_x + j * step, half_y + i * step, names[best_location[i, j]], color="white", fontsize=7,
                   ha="center", va="center")  # fmt: skip
     main.set_title(main_title, fontsize=9)
     main.set_xlabel("x (px of the image)", fontsize=7)
@@ -687,7 +694,7 @@ def save_heatmap(
     axes[1, 0].text(  # in the panel's own coordinates: its data limits are the image's, set below
         0,
         0.42,
-        f"window {result.window}px, stride {result.stride}px\n{rows}x{cols} locations, each drawn at\n"
+        f"window {_window_text(result)}px, stride {result.stride}px\n{rows}x{cols} locations, each drawn at\n"
         f"its window's centre; blank: under {_MIN_STROKE:.0%} of\nthe window's middle is stroke\n"
         "grey: the image as scanned"
         + (f"\nthe panels stretched {stretch:.0f}x in {stretched}" if stretch > 1.05 else ""),
@@ -747,6 +754,11 @@ def save_heatmap(
         figure.savefig(partial, dpi=80, format=suffix.lstrip("."), **_heatmap_metadata(suffix))
     plt.close(figure)
     return path
+
+
+def _window_text(result: ScanResult) -> str:
+    """A scan's window as the heatmap and `cnnlab fcn scan` name it: ``28``, or ``36x20`` (width x height)."""
+    return str(result.window) if result.window_width is None else f"{result.window_width}x{result.window}"
 
 
 _OVERLAY_ALPHA = 0.45
