@@ -103,6 +103,23 @@ def test_a_classifier_trained_on_windows_wider_than_tall_scans_and_draws_each_lo
     assert overlay.get_extent() == [17.0, 29.0, 21.0, 9.0]
 
 
+def test_a_global_pool_head_scans_its_windows_and_one_converted_with_pool_none_is_refused():
+    """With pool="none" each location is a feature-map cell's scores, not a window's: the scan drew them as
+    windows 2 px apart, cut to the 11x17 windows that fit (up to 0.008 from the crops' probabilities)."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Conv2d(4, 8, 3)]
+    layers += [torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10)]
+    classifier = torch.nn.Sequential(*layers).eval()
+    image = torch.rand(1, 26, 30)
+    result = scan(to_fully_convolutional(classifier, (1, 20, 20)), image, refine=1)
+    crops = torch.stack([image[:, 2 * i : 2 * i + 20, 2 * j : 2 * j + 20] for i in range(4) for j in range(6)])
+    with torch.inference_mode():
+        expected = classifier(crops).softmax(1).T.reshape(10, 4, 6)
+    assert torch.allclose(result.probabilities, expected, atol=1e-5)
+    with pytest.raises(CnnlabError, match=r"gives a 7x7 map at its 20x20 input size .*convert it with pool='window'"):
+        scan(to_fully_convolutional(classifier, (1, 20, 20), pool="none"), image, refine=1)
+
+
 def _assert_scan_scores_crops(classifier: torch.nn.Module, refine: int | None) -> None:
     """A scan of a 61x47 image has one location for every window that fits, each scored as the classifier scores
     that crop, with the stroke of the crop's middle."""

@@ -493,7 +493,8 @@ def scan(
         as many columns for the width.
 
     Raises:
-        CnnlabError: the image does not fit the model, or the scan would need more than `MEMORY_SHARE` of the
+        CnnlabError: the image does not fit the model, the model does not score training-sized windows (a
+            global-pool head converted with pool="none"), or the scan would need more than `MEMORY_SHARE` of the
             memory available (estimated before it starts, `_check_scan_memory`).
     """
     channels, height, width = model.input_size
@@ -506,6 +507,14 @@ def scan(
             "classifies a photo of one digit at any size"
         )
     model.eval()
+    reference = next(model.parameters(), torch.empty(0))
+    cells = model(torch.zeros(1, channels, height, width, dtype=reference.dtype, device=reference.device)).shape[-2:]
+    if tuple(cells) != (1, 1):  # its locations were drawn as windows, shifted and cut to the windows that fit
+        raise CnnlabError(
+            f"this network gives a {cells[1]}x{cells[0]} map at its {width}x{height} input size (a global-pool head "
+            f"converted with pool='none'): its locations are feature-map cells, not {width}x{height} windows, which "
+            "a scan scores; convert it with pool='window'"
+        )
     window, stride = model.output_geometry()
     refine = refine_factor(refine, stride)
     step = stride // refine
