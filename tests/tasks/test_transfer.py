@@ -541,10 +541,17 @@ def test_a_resume_stopped_while_it_rewrote_the_config_can_be_resumed(
         patch.setattr(Path, "write_text", stopped_midway)
         with pytest.raises(KeyboardInterrupt):
             train_transfer(tiny_config(tmp_path, resume=True, train={"epochs": 1}))
-    for stopped_in in (transfer_task, "load_images"), (transfer_task.FeatureCache, "get_or_build"):
+    stops = (
+        (transfer_task, "fetch_pretrained"),
+        (transfer_task, "load_images"),
+        (transfer_task.FeatureCache, "get_or_build"),
+    )
+    for stopped_in in stops:
         shutil.rmtree(tmp_path / "runs" / "transfer" / "feature-cache", ignore_errors=True)  # built again, last
         with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):  # stopped before any phase trained
             patch.setattr(*stopped_in, interrupted)
+            if stopped_in[1] == "fetch_pretrained":  # the weights a pretrained backbone starts from: fetched first
+                patch.setattr(TransferConfig, "check_model", lambda self, recipe: object())
             train_transfer(tiny_config(tmp_path, resume=True, train={"epochs": 1}))
     said: list[str] = []
     summary = train_transfer(tiny_config(tmp_path, resume=True, train={"epochs": 1}), said.append)
@@ -558,32 +565,33 @@ def test_a_resume_stopped_while_it_rewrote_the_config_can_be_resumed(
     assert "training seconds are those of every session, its wall seconds this session's alone" in report
     # ... and left out the stopped sessions' wall time: each is recorded, and the whole run's is their sum
     sessions = summary["sessions"]
-    assert [s["ended"] for s in sessions] == ["interrupted"] * 4 + ["finished"]
+    assert [s["ended"] for s in sessions] == ["interrupted"] * 5 + ["finished"]
     assert all(s["wall_seconds"] > 0 for s in sessions)
     assert summary["wall_seconds_total"] == pytest.approx(sum(s["wall_seconds"] for s in sessions))
-    whole = re.search(r"^\| whole run, 5 sessions \| - \| - \| ([0-9.,]+) \|$", report, re.MULTILINE)
+    whole = re.search(r"^\| whole run, 6 sessions \| - \| - \| ([0-9.,]+) \|$", report, re.MULTILINE)
     assert whole and float(whole[1].replace(",", "")) > summary["wall_seconds"], report
     # the cache's seconds are a part of its session's, not added to the whole run's again
     assert float(whole[1].replace(",", "")) == pytest.approx(summary["wall_seconds_total"], rel=1e-3)
     assert (
-        "This run was continued with --resume: 5 sessions, the last started before any epoch had finished. Wall time "
+        "This run was continued with --resume: 6 sessions, the last started before any epoch had finished. Wall time "
         "of all sessions: **" in report
     )
-    assert any(line.startswith("this run's 5 sessions took ") for line in said), said
-    # ... and the epochs each trained, counted across the phases' sub-folders (all showed "-"); the next three
-    # stopped before their phase began, and say what they were doing (the one stopped while it read the images was
-    # not recorded at all, the one in the cache's build showed "-")
-    assert [(s["first_epoch"], s["last_epoch"]) for s in sessions] == [(0, 0), *[(None, None)] * 3, (0, 1)]
-    assert [s.get("preparing") for s in sessions[1:4]] == [
-        "setting up the run", "reading the images", "building the feature cache"
+    assert any(line.startswith("this run's 6 sessions took ") for line in said), said
+    # ... and the epochs each trained, counted across the phases' sub-folders (all showed "-"); the next four
+    # stopped before their phase began, and say what they were doing (the ones stopped while they fetched the weights
+    # or read the images were not recorded at all, the one in the cache's build showed "-")
+    assert [(s["first_epoch"], s["last_epoch"]) for s in sessions] == [(0, 0), *[(None, None)] * 4, (0, 1)]
+    assert [s.get("preparing") for s in sessions[1:5]] == [
+        "setting up the run", "fetching the pretrained weights", "reading the images", "building the feature cache"
     ]  # fmt: skip
     row = r"^\| {} \| [^|]+ \| `[^`]+` \| {} \| .* \| {} \|$"
     for number, epochs, ended in (
         (1, "none", "interrupted"),
         (2, r"none \(stopped while setting up the run\)", "interrupted"),
-        (3, r"none \(stopped while reading the images\)", "interrupted"),
-        (4, r"none \(stopped while building the feature cache\)", "interrupted"),
-        (5, "1", "finished"),
+        (3, r"none \(stopped while fetching the pretrained weights\)", "interrupted"),
+        (4, r"none \(stopped while reading the images\)", "interrupted"),
+        (5, r"none \(stopped while building the feature cache\)", "interrupted"),
+        (6, "1", "finished"),
     ):
         assert re.search(row.format(number, epochs, ended), report, re.MULTILINE), report
 

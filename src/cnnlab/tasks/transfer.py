@@ -845,12 +845,14 @@ def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
             transfer_report(summary, recorded_environment(run_dir)).write(run_dir / "report.md")
 
         return read_back(run_dir, write_report, log, main)
-    if weights is not None:  # a download that fails does so before the images are read and the run folder made
-        fetch_pretrained(weights)
-    # this command's session of the run (sessions.json), read before its config.yaml is written again
+    # this command's session of the run (sessions.json), read before its config.yaml is written again; a resumed
+    # run's session is one of the run's from here (a refusal of its input is not)
     sessions = RunSessions(run_dir, config.resume, main, started)
+    if weights is not None:  # a download that fails does so before the images are read and the run folder made
+        sessions.doing("fetching the pretrained weights")
+        with sessions:
+            fetch_pretrained(weights)
     sessions.doing("reading the images")
-    # a resumed run's session stopped while it reads the images is one of the run's (a refusal of them is not)
     with sessions, main_process_first(str({**recipe.train, **config.train}.get("device", "auto"))):
         images, split, split_source = load_images(config, log)
         run_dir.mkdir(parents=True, exist_ok=True)
