@@ -1369,11 +1369,18 @@ def test_a_run_interrupted_in_its_first_epoch_resumes(tmp_path, monkeypatch):
         patch.setattr(plots, "plot_confusion_matrix", interrupted)
         with pytest.raises(KeyboardInterrupt):
             train_segmentation_folder(str(root), resume=True, **options)
+    # Stopped after the pairs were read and split, while the model was built: that session was not recorded
+    import cnnlab.models
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(cnnlab.models, "create_model", interrupted)
+        train_segmentation_folder(str(root), resume=True, **options)
     sessions = json.loads((tmp_path / "runs" / "segment" / "i" / "sessions.json").read_text())
-    assert [session["ended"] for session in sessions] == ["interrupted", "interrupted"]
+    assert [session["ended"] for session in sessions] == ["interrupted"] * 3
+    assert sessions[2]["preparing"] == "setting up the run" and sessions[2]["wall_seconds"] > 0
     summary = train_segmentation_folder(str(root), resume=True, **options)
     assert summary["epochs"] == 1
-    assert [session["ended"] for session in summary["sessions"]] == ["interrupted", "interrupted", "finished"]
+    assert [session["ended"] for session in summary["sessions"]] == ["interrupted"] * 3 + ["finished"]
 
 
 def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatch):

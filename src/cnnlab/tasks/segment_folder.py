@@ -513,92 +513,92 @@ def train_segmentation_folder(
         return _read_back(recipe, run_dir, background, overrides, progress)
     _check_memory(folder, crop, progress and is_main_process())
     # this command's session of the run (sessions.json), read before the engine rewrites config.yaml; a resumed run's
-    # session stopped while it reads the pairs is one of the run's
+    # session stopped before it trains (reading the pairs, splitting them, building the model) is one of the run's
     sessions = RunSessions(run_dir, resume, is_main_process(), command_started)
     sessions.doing("reading the image+mask pairs")
     with sessions:
         pairs = folder.read_all()
-    if not pairs:
-        reasons = "; ".join(f"{Path(s.path).name}: {s.reason}" for s in folder.skipped[:3])
-        raise CnnlabError(f"{folder.root} has no usable image+mask pair ({reasons})")
-    # the largest class index, and the first mask holding it (-index: of a tie, the first is the largest)
-    largest, minus_index = max(
-        (int(torch.where(mask == IGNORE_INDEX, 0, mask).max()), -index) for index, (_, mask) in pairs.items()
-    )
-    class_names = folder.class_names or [f"class {i}" for i in range(max(largest + 1, 2))]
-    if background is not None and not 0 <= background < len(class_names):
-        raise CnnlabError(f"--background {background} is not a class index (0..{len(class_names) - 1})")
-    config = replace(config, extra={**config.extra, "classes": class_names})
-    # a value no region holds: JPEG or interpolation artefacts, said before the split (a class of them each)
-    edge_only = describe_edge_only(folder, edge_only_values({index: mask for index, (_, mask) in pairs.items()}))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    note_current_run(run_dir)
-    sessions.doing("setting up the run")
-    # Under torchrun rank 0 splits and writes the manifest first, the other processes then read it (they write no
-    # file of the run: the engine and the end of this function write from rank 0 only).
-    main = is_main_process()
-    with main_process_first(config.device):
-        split = _split(folder, pairs, run_dir / MANIFEST, val_fraction, test_fraction, split_seed, resume, main)
-    if main:
-        write_text_whole(run_dir / SKIPPED, json.dumps([vars(s) for s in folder.skipped], indent=1))
-    for skipped in folder.skipped if progress and main else ():  # named before training, as `train transfer` does
-        print(f"skipped {skipped.path}: {skipped.reason}")
-    parts = {part: [pairs[i] for i in indices] for part, indices in split.items()}
-    labelled = labelled_pixels(parts)
-    if progress and main and describe_labelled(labelled):  # scribbles or points: said before training
-        print(describe_labelled(labelled))
-    origin = None if folder.class_names is not None else (largest, folder.masks[-minus_index])
-    untrained = describe_untrained(parts["train"], class_names, origin)
-    if progress and main and untrained:  # a class without training pixels trained silently, never predicted
-        print(untrained)
-    if progress and main and edge_only:
-        print(edge_only)
+        if not pairs:
+            reasons = "; ".join(f"{Path(s.path).name}: {s.reason}" for s in folder.skipped[:3])
+            raise CnnlabError(f"{folder.root} has no usable image+mask pair ({reasons})")
+        # the largest class index, and the first mask holding it (-index: of a tie, the first is the largest)
+        largest, minus_index = max(
+            (int(torch.where(mask == IGNORE_INDEX, 0, mask).max()), -index) for index, (_, mask) in pairs.items()
+        )
+        class_names = folder.class_names or [f"class {i}" for i in range(max(largest + 1, 2))]
+        if background is not None and not 0 <= background < len(class_names):
+            raise CnnlabError(f"--background {background} is not a class index (0..{len(class_names) - 1})")
+        config = replace(config, extra={**config.extra, "classes": class_names})
+        # a value no region holds: JPEG or interpolation artefacts, said before the split (a class of them each)
+        edge_only = describe_edge_only(folder, edge_only_values({index: mask for index, (_, mask) in pairs.items()}))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        note_current_run(run_dir)
+        sessions.doing("setting up the run")
+        # Under torchrun rank 0 splits and writes the manifest first, the other processes then read it (they write no
+        # file of the run: the engine and the end of this function write from rank 0 only).
+        main = is_main_process()
+        with main_process_first(config.device):
+            split = _split(folder, pairs, run_dir / MANIFEST, val_fraction, test_fraction, split_seed, resume, main)
+        if main:
+            write_text_whole(run_dir / SKIPPED, json.dumps([vars(s) for s in folder.skipped], indent=1))
+        for skipped in folder.skipped if progress and main else ():  # named before training, as `train transfer` does
+            print(f"skipped {skipped.path}: {skipped.reason}")
+        parts = {part: [pairs[i] for i in indices] for part, indices in split.items()}
+        labelled = labelled_pixels(parts)
+        if progress and main and describe_labelled(labelled):  # scribbles or points: said before training
+            print(describe_labelled(labelled))
+        origin = None if folder.class_names is not None else (largest, folder.masks[-minus_index])
+        untrained = describe_untrained(parts["train"], class_names, origin)
+        if progress and main and untrained:  # a class without training pixels trained silently, never predicted
+            print(untrained)
+        if progress and main and edge_only:
+            print(edge_only)
 
-    from cnnlab.models import create_model
+        from cnnlab.models import create_model
 
-    torch.manual_seed(seed)
-    kwargs = {**recipe.model_kwargs, "num_classes": len(class_names), "in_chans": 3}
-    network = create_model(recipe.arch, pretrained=recipe.pretrained, **kwargs)
-    weights_cfg = getattr(getattr(network, "backbone", None), "pretrained_cfg", None) if recipe.pretrained else None
-    mean, std = (weights_cfg.mean, weights_cfg.std) if weights_cfg is not None else ((0.0,) * 3, (1.0,) * 3)
-    to_input = SegmentationInput(mean, std)
-    weight = None
-    if class_weight == "balanced":
-        counts = torch.bincount(torch.cat([m.flatten().long() for _, m in parts["train"]]), minlength=256)
-        if empty := [name for name, count in zip(class_names, counts.tolist(), strict=False) if count == 0]:
-            # class_weights' own message spoke of training images: here it is the pixels of the training masks
-            raise CnnlabError(
-                "--class-weight balanced weighs each class by its training pixels, and the training split's masks "
-                f"have no pixel of {', '.join(repr(name) for name in empty)}; leave --class-weight out"
-            )
-        weight = class_weights(dict(zip(class_names, counts[: len(class_names)].tolist(), strict=True)))
-    elif background_weight is not None:
-        weight = torch.ones(len(class_names))
-        weight[background] = background_weight
-    trainer = Trainer(
-        network,
-        config,
-        loss_fn=nn.CrossEntropyLoss(weight=weight, ignore_index=IGNORE_INDEX),
-        metrics={
-            "miou": MeanIoU(len(class_names), background is None, IGNORE_INDEX, background or 0),
-            "pixel_accuracy": PixelAccuracy(len(class_names), IGNORE_INDEX),
-        },
-        train_transform=to_input,
-        eval_transform=to_input,
-        callbacks=[best_weights := BestWeights(), *callbacks, SessionEpochs(sessions)],
-    )
-    eval_batch = config.eval_batch_size or 2 * config.batch_size
-    paths = {part: [folder.images[i] for i in indices] for part, indices in split.items()}
-    show = progress and main
-    eval_batch = _whole_image_batch(network, parts, paths, eval_batch, resolve_device(config.device), crop, show)
-    train_loader = DataLoader(
-        SegmentationSamples(parts["train"], joint_train_transform(crop, hflip)),
-        batch_size=config.batch_size,
-        shuffle=True,
-        generator=torch.Generator(),
-    )
-    # padded batches (pad_collate): under torchrun the engine shards validation's batch_size batches between ranks
-    val_loader = DataLoader(SegmentationSamples(parts["val"]), batch_size=eval_batch, collate_fn=pad_collate)
+        torch.manual_seed(seed)
+        kwargs = {**recipe.model_kwargs, "num_classes": len(class_names), "in_chans": 3}
+        network = create_model(recipe.arch, pretrained=recipe.pretrained, **kwargs)
+        weights_cfg = getattr(getattr(network, "backbone", None), "pretrained_cfg", None) if recipe.pretrained else None
+        mean, std = (weights_cfg.mean, weights_cfg.std) if weights_cfg is not None else ((0.0,) * 3, (1.0,) * 3)
+        to_input = SegmentationInput(mean, std)
+        weight = None
+        if class_weight == "balanced":
+            counts = torch.bincount(torch.cat([m.flatten().long() for _, m in parts["train"]]), minlength=256)
+            if empty := [name for name, count in zip(class_names, counts.tolist(), strict=False) if count == 0]:
+                # class_weights' own message spoke of training images: here it is the pixels of the training masks
+                raise CnnlabError(
+                    "--class-weight balanced weighs each class by its training pixels, and the training split's masks "
+                    f"have no pixel of {', '.join(repr(name) for name in empty)}; leave --class-weight out"
+                )
+            weight = class_weights(dict(zip(class_names, counts[: len(class_names)].tolist(), strict=True)))
+        elif background_weight is not None:
+            weight = torch.ones(len(class_names))
+            weight[background] = background_weight
+        trainer = Trainer(
+            network,
+            config,
+            loss_fn=nn.CrossEntropyLoss(weight=weight, ignore_index=IGNORE_INDEX),
+            metrics={
+                "miou": MeanIoU(len(class_names), background is None, IGNORE_INDEX, background or 0),
+                "pixel_accuracy": PixelAccuracy(len(class_names), IGNORE_INDEX),
+            },
+            train_transform=to_input,
+            eval_transform=to_input,
+            callbacks=[best_weights := BestWeights(), *callbacks, SessionEpochs(sessions)],
+        )
+        eval_batch = config.eval_batch_size or 2 * config.batch_size
+        paths = {part: [folder.images[i] for i in indices] for part, indices in split.items()}
+        show = progress and main
+        eval_batch = _whole_image_batch(network, parts, paths, eval_batch, resolve_device(config.device), crop, show)
+        train_loader = DataLoader(
+            SegmentationSamples(parts["train"], joint_train_transform(crop, hflip)),
+            batch_size=config.batch_size,
+            shuffle=True,
+            generator=torch.Generator(),
+        )
+        # padded batches (pad_collate): under torchrun the engine shards validation's batch_size batches between ranks
+        val_loader = DataLoader(SegmentationSamples(parts["val"]), batch_size=eval_batch, collate_fn=pad_collate)
     with sessions:  # an interrupted session records its wall time too
         history = trainer.fit(LoaderBatches(train_loader), LoaderBatches(val_loader) if parts["val"] else None)
         final = trainer.eval_model  # the best epoch's weights, which BestWeights loaded back
