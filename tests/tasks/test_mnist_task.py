@@ -326,6 +326,12 @@ def test_interrupted_ensemble_resumes_to_the_same_weights(
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):  # a resume stopped while MNIST loads
         patch.setattr(mnist_task, "load_mnist", stop)
         train_mnist("quick", overrides=_TINY, resume=True, **options)
+    # ... and one stopped after it, while the finished member seed0 was checked to be read back: seed1's session,
+    # the member it would train, was not recorded at all
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(mnist_task, "check_resumable", stop)
+        train_mnist("quick", overrides=_TINY, resume=True, **options)
+    assert not (tmp_path / "mnist" / "ens" / "seed0" / "sessions.json").read_text().count("setting up")
     # the run moved to another runs folder and renamed: its engine refused "name: 'ens/seed0' -> 'moved/seed0'", and
     # the ensemble was saved from the finished member's old folder
     (tmp_path / "elsewhere" / "mnist").mkdir(parents=True)
@@ -343,18 +349,19 @@ def test_interrupted_ensemble_resumes_to_the_same_weights(
     assert "over its sessions" not in (Path(first["run_dir"]) / "report.md").read_text()
     # ... and it keeps every session, each with its wall time (the one stopped while MNIST loaded, before it trained,
     # was left out with its time), and says from which epoch it was resumed
-    assert [s["ended"] for s in resumed["sessions"]] == ["interrupted", "interrupted", "finished"]
+    assert [s["ended"] for s in resumed["sessions"]] == ["interrupted", "interrupted", "interrupted", "finished"]
     assert resumed["sessions"][0]["wall_seconds"] == stopped["wall_seconds"]
     assert resumed["sessions"][1]["wall_seconds"] > 0 and resumed["sessions"][1]["preparing"] == "loading MNIST"
+    assert resumed["sessions"][2]["wall_seconds"] > 0 and resumed["sessions"][2]["preparing"] == "setting up the run"
     assert resumed["wall_seconds_total"] == pytest.approx(sum(s["wall_seconds"] for s in resumed["sessions"]))
-    assert "3 sessions, last resumed after epoch 1. Wall time of all sessions: **" in report
+    assert "4 sessions, last resumed after epoch 1. Wall time of all sessions: **" in report
     assert re.search(r"\| 1 \| [^|]+ \| `[^`]+` \| 1 \| \d+ s \| interrupted \|", report)
     stopped_row = r"\| 2 \| [^|]+ \| `[^`]+` \| none \(stopped while loading MNIST\) \| \d+ s \| interrupted \|"
     assert re.search(stopped_row, report)
-    assert re.search(r"\| 3 \| [^|]+ \| `[^`]+` \| 2 \| \d+ s \| finished \|", report)
+    assert re.search(r"\| 4 \| [^|]+ \| `[^`]+` \| 2 \| \d+ s \| finished \|", report)
     assert "## Sessions" not in (Path(first["run_dir"]) / "report.md").read_text()
-    ensemble_report = (Path(summary["run_dir"]) / "report.md").read_text()  # every member's sessions, 4 in all
-    assert "4 in all" in ensemble_report and re.search(r"\| seed1 \| 3 \| [^|]+ \| `[^`]+` \| 2 \|", ensemble_report)
+    ensemble_report = (Path(summary["run_dir"]) / "report.md").read_text()  # every member's sessions, 5 in all
+    assert "5 in all" in ensemble_report and re.search(r"\| seed1 \| 4 \| [^|]+ \| `[^`]+` \| 2 \|", ensemble_report)
     assert summary["ensemble_test_accuracy"] == ensemble_run["ensemble_test_accuracy"]
     for resumed, straight in zip(summary["members"], ensemble_run["members"], strict=True):
         resumed_state = cnnlab.load_model(resumed["run_dir"]).state_dict()

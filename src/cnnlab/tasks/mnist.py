@@ -200,9 +200,13 @@ def train_mnist(
     chosen = RECIPES.get(recipe)
     options = with_overrides(chosen.train, overrides)
     said_as = {"precision": 'overrides["precision"]'}  # what a Python caller sets (the CLI says --precision, earlier)
-    with slow_precision_said_once(options.get("precision"), str(options.get("device") or "auto"), said_as):
+    with (
+        slow_precision_said_once(options.get("precision"), str(options.get("device") or "auto"), said_as),
+        contextlib.ExitStack() as before_training,
+    ):
         return _train_mnist(
             recipe,
+            before_training,
             data_dir=data_dir,
             output=output,
             name=name,
@@ -222,6 +226,7 @@ def train_mnist(
 
 def _train_mnist(
     recipe: str,
+    before_training: contextlib.ExitStack,
     *,
     data_dir: str | None,
     output: str,
@@ -249,8 +254,14 @@ def _train_mnist(
         raise CnnlabError("--member needs --ensemble N with N >= 2")
     if member is not None and name is None:
         raise CnnlabError("--member needs --name: every member's process must name the same ensemble run")
-    with _preparing(output, name, seed, ensemble, member, resume, command_started):
-        data = splits if splits is not None else load_mnist(data_dir, val_size=val_size, seed=0)
+    # a stop from here until a member's own session takes over (loading MNIST, the checks of the run and its members,
+    # reading finished members back) is a session of the member this command trains first, when it continues one
+    prepared = _preparing(output, name, seed, ensemble, member, resume, command_started)
+    if prepared is not None:
+        before_training.enter_context(prepared)
+    data = splits if splits is not None else load_mnist(data_dir, val_size=val_size, seed=0)
+    if prepared is not None:
+        prepared.doing("setting up the run")
     train_images, train_labels = to_float(data.train_images), data.train_labels
     if train_subset is not None:
         train_images, train_labels = train_images[:train_subset], train_labels[:train_subset]
@@ -329,10 +340,15 @@ def _train_mnist(
             missing.append(member_seed)
         else:
             # This command's session of the member, from the command's start for the first member it trains (data
-            # loading included) and from its own start for the next; a resume continues the member's sessions.
-            sessions = RunSessions(
-                member_dir, reuse_finished, is_main_process(), command_started if first_trained else None
-            )
+            # loading included: the session `_preparing` began, when it is this member's) and from its own start for
+            # the next; a resume continues the member's sessions.
+            if prepared is not None and prepared.path.parent == member_dir:
+                sessions = prepared
+            else:
+                sessions = RunSessions(
+                    member_dir, reuse_finished, is_main_process(), command_started if first_trained else None
+                )
+            before_training.pop_all()  # this member's session records a stop from here, in its own with block
             first_trained = False
             with sessions:  # an interrupted session records its wall time too
                 trained = _train_member(
@@ -589,11 +605,12 @@ def _check_run_shape(
 
 def _preparing(
     output: str, name: str | None, seed: int, ensemble: int, member: int | None, resume: bool, started: float
-) -> contextlib.AbstractContextManager[Any]:
-    """Where a stop while MNIST loads is recorded: a session of the member this command would train first, when it
-    continues that member (its sessions.json: `RunSessions`); nothing for a new run."""
+) -> RunSessions | None:
+    """Where a stop before training (while MNIST loads, or the run is checked) is recorded: a session of the member
+    this command would train first, when it continues that member (its sessions.json: `RunSessions`), which that
+    member's training continues; None for a new run."""
     if name is None or not (resume or member is not None):
-        return contextlib.nullcontext()
+        return None
     run_dir = Path(output) / TASK / name
     if ensemble == 1:
         first: Path | None = run_dir
@@ -603,7 +620,7 @@ def _preparing(
         unfinished = (run_dir / f"seed{seed + index}" for index in range(ensemble))
         first = next((path for path in unfinished if not (path / "results.json").is_file()), None)
     if first is None or (first / "results.json").is_file():  # finished: read back, not trained
-        return contextlib.nullcontext()
+        return None
     sessions = RunSessions(first, True, is_main_process(), started)
     sessions.doing("loading MNIST")
     return sessions
