@@ -178,7 +178,17 @@ def test_a_run_interrupted_in_its_first_epoch_resumes(tmp_path, monkeypatch):
         patch.setattr(engine.Trainer, "train_step", interrupted)
         with pytest.raises(KeyboardInterrupt):
             _train_tiny(tmp_path, "i", data, pretrain_epochs=0)
-    assert _train_tiny(tmp_path, "i", data, pretrain_epochs=0, resume=True)["epochs"] == 1
+    import cnnlab.models
+
+    with monkeypatch.context() as patch:  # a resume stopped while it built the model recorded no session
+        patch.setattr(cnnlab.models, "create_model", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _train_tiny(tmp_path, "i", data, pretrain_epochs=0, resume=True)
+    resumed = _train_tiny(tmp_path, "i", data, pretrain_epochs=0, resume=True)
+    assert resumed["epochs"] == 1
+    assert [(s["ended"], s.get("preparing")) for s in resumed["sessions"]] == [
+        ("interrupted", None), ("interrupted", "setting up the run"), ("finished", None)
+    ]  # fmt: skip
     with pytest.raises(CnnlabError, match="--resume: no run at"):
         _train_tiny(tmp_path, "never-started", data, pretrain_epochs=0, resume=True)
 

@@ -374,29 +374,29 @@ def train_segmentation(
         # read back (`cnnlab.train.finished`), not tested again; a stop before its report.md leaves only that to write
         return _read_back(chosen, config, overrides, pretrain)  # at once: its options need no canvases made
     sessions.doing("making the digit canvases")
-    if data is None:
-        with sessions:
+    with sessions:  # a resumed run's session is one of the run's from here: stopped before it trains too
+        if data is None:
             data = make_digit_segmentation(data_dir, sizes=sizes, canvas_size=chosen.canvas_size, seed=0)
-    from cnnlab.models import create_model
+        from cnnlab.models import create_model
 
-    note_current_run(config.run_dir)
-    sessions.doing("setting up the run")
-    torch.manual_seed(seed)
-    model = create_model(chosen.arch, **kwargs)
-    metrics = {
-        "miou": MeanIoU(NUM_CLASSES, include_background=False),
-        "pixel_accuracy": PixelAccuracy(NUM_CLASSES),
-        "boundary_f1": BoundaryF1(2),
-    }
-    trainer = Trainer(
-        model,
-        config,
-        loss_fn=nn.CrossEntropyLoss(weight=torch.tensor([bg_weight] + [1.0] * (NUM_CLASSES - 1))),
-        metrics=metrics,
-        train_transform=_to_device_dtypes,
-        eval_transform=_to_device_dtypes,
-        callbacks=[best_weights := BestWeights(), *callbacks, SessionEpochs(sessions)],
-    )
+        note_current_run(config.run_dir)
+        sessions.doing("setting up the run")
+        torch.manual_seed(seed)
+        model = create_model(chosen.arch, **kwargs)
+        metrics = {
+            "miou": MeanIoU(NUM_CLASSES, include_background=False),
+            "pixel_accuracy": PixelAccuracy(NUM_CLASSES),
+            "boundary_f1": BoundaryF1(2),
+        }
+        trainer = Trainer(
+            model,
+            config,
+            loss_fn=nn.CrossEntropyLoss(weight=torch.tensor([bg_weight] + [1.0] * (NUM_CLASSES - 1))),
+            metrics=metrics,
+            train_transform=_to_device_dtypes,
+            eval_transform=_to_device_dtypes,
+            callbacks=[best_weights := BestWeights(), *callbacks, SessionEpochs(sessions)],
+        )
     with sessions:  # an interrupted session records its wall time too
         if pretrain:
             if trainer.is_main_process:
