@@ -420,19 +420,27 @@ def test_a_resumed_session_stopped_before_it_trained_is_recorded_and_ends_no_ear
     killed.begin(0)
     killed.epoch_done(3)  # its 3rd epoch's checkpoint was never written
     for stop in CnnlabError("refused"), KeyboardInterrupt():
+        before = (tmp_path / SESSIONS).read_bytes()
         stopped = RunSessions(tmp_path, resume=True)
         stopped.doing("loading MNIST")
         with pytest.raises(type(stop)), stopped:
             raise stop
+        if isinstance(stop, CnnlabError):  # no work on the run: withdrawn, the file as it was found
+            assert (tmp_path / SESSIONS).read_bytes() == before
+    # A resume killed outright (SIGKILL) while it prepared, say fetching pretrained weights, left no trace, so the
+    # run's total wall time was the other sessions' sum rather than unknown: the session is written as that work begins
+    RunSessions(tmp_path, resume=True).doing("fetching the pretrained weights")  # nothing after it runs
     last = RunSessions(tmp_path, resume=True)
     last.begin(2)
     last.end()
     assert [(s["first_epoch"], s["last_epoch"], s["ended"]) for s in last.sessions] == [
-        (0, 2, None), (None, None, "interrupted"), (2, 2, "finished")
+        (0, 2, None), (None, None, "interrupted"), (None, None, None), (2, 2, "finished")
     ]  # fmt: skip
     assert last.sessions[1]["preparing"] == "loading MNIST" and last.sessions[1]["wall_seconds"] >= 0
+    assert last.sessions[2]["wall_seconds"] is None and last.total_wall_seconds is None
     text = "\n".join(RunReport("run").add_sessions(last.sessions).lines)
     assert "| 1-2 | unknown |" in text and "| none (stopped while loading MNIST) |" in text
+    assert "| none (stopped while fetching the pretrained weights) | unknown |" in text
 
 
 @pytest.mark.parametrize(

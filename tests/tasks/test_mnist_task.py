@@ -323,9 +323,20 @@ def test_interrupted_ensemble_resumes_to_the_same_weights(
     def stop(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
+    on_disk_while_loading: list[list[dict]] = []
+
+    def stop_loading(*args: object, **kwargs: object) -> None:  # what a SIGKILL here would leave
+        on_disk_while_loading.append(json.loads((tmp_path / "mnist" / "ens" / "seed1" / "sessions.json").read_text()))
+        raise KeyboardInterrupt
+
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):  # a resume stopped while MNIST loads
-        patch.setattr(mnist_task, "load_mnist", stop)
+        patch.setattr(mnist_task, "load_mnist", stop_loading)
         train_mnist("quick", overrides=_TINY, resume=True, **options)
+    # killed there, it left no trace: the session is written before MNIST is read, its time unknown until it ends
+    (_, killed_here) = on_disk_while_loading[0]
+    assert killed_here["preparing"] == "loading MNIST" and (killed_here["ended"], killed_here["wall_seconds"]) == (
+        None, None
+    )  # fmt: skip
     # ... and one stopped after it, while the finished member seed0 was checked to be read back: seed1's session,
     # the member it would train, was not recorded at all
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):

@@ -342,13 +342,16 @@ def _train_mnist(
             # This command's session of the member, from the command's start for the first member it trains (data
             # loading included: the session `_preparing` began, when it is this member's) and from its own start for
             # the next; a resume continues the member's sessions.
+            before_training.pop_all()  # this member's session records a stop from here, in its own with block
             if prepared is not None and prepared.path.parent == member_dir:
                 sessions = prepared
             else:
+                if prepared is not None:  # begun for a member another process has finished since
+                    prepared.withdraw()
                 sessions = RunSessions(
                     member_dir, reuse_finished, is_main_process(), command_started if first_trained else None
                 )
-            before_training.pop_all()  # this member's session records a stop from here, in its own with block
+            prepared = None
             first_trained = False
             with sessions:  # an interrupted session records its wall time too
                 trained = _train_member(
@@ -379,6 +382,9 @@ def _train_mnist(
                     report.write(member_dir / "report.md")
             member_probabilities.append(probabilities)
             members.append(trained)
+    if prepared is not None:  # no member trained here: the one it was begun for was finished by another process
+        before_training.pop_all()
+        prepared.withdraw()
     by_seed = sorted(range(len(members)), key=lambda i: members[i]["seed"])
     members, member_probabilities = [members[i] for i in by_seed], [member_probabilities[i] for i in by_seed]
     missing.sort()

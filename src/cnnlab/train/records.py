@@ -133,9 +133,11 @@ class RunSessions:
     --resume/--overwrite; a command refused before it writes nothing), again after each epoch (`epoch_done`), and when
     it ends (`end`, which a ``with`` block calls for an exception: Ctrl+C and SIGTERM reach it as KeyboardInterrupt),
     each time whole. A session of a run with earlier sessions (--resume) stopped before it began (reading its data, a
-    ``with`` block around that work) is recorded too, as one that trained nothing: its wall time is the run's. A session
-    killed outright (SIGKILL, power loss) cannot record its end: its ``wall_seconds`` stay None, unknown, and so does
-    the run's total (`total_wall_seconds`), rather than a total that leaves it out.
+    ``with`` block around that work) is recorded too, as one that trained nothing: its wall time is the run's. It is
+    written as that work begins (`doing`), so that a kill then leaves it too; a refusal of the command's input
+    (`CnnlabError`) before the task began the session itself withdraws it, as no work on the run. A session killed
+    outright (SIGKILL, power loss) cannot record its end: its ``wall_seconds`` stay None, unknown, and so does the
+    run's total (`total_wall_seconds`), rather than a total that leaves it out.
 
     Args:
         run_dir: the run folder.
@@ -153,6 +155,8 @@ class RunSessions:
         self.sessions: list[dict[str, Any]] = read_sessions(run_dir) if resume else []
         self.current: dict[str, Any] | None = None
         self._doing: str | None = None
+        self._tentative = False  # begun by `doing` for a resumed run: withdrawn if the command's input is refused
+        self._file_before: bytes | None = None  # the sessions.json `doing` found, put back by a withdrawal
         self._earlier: dict[str, Any] | None = None  # the last earlier session that may have trained
         self._earlier_last_epoch: int | None = None  # as it recorded it
 
@@ -170,6 +174,9 @@ class RunSessions:
             if not self.sessions or issubclass(kind, CnnlabError):
                 return
             self.begin()
+        elif issubclass(kind, CnnlabError) and self._tentative:
+            self.withdraw()
+            return
         if issubclass(kind, KeyboardInterrupt):
             self.end("interrupted")
         else:
@@ -177,11 +184,38 @@ class RunSessions:
 
     def doing(self, what: str) -> None:
         """What this session is doing before it trains (``loading MNIST``, ``building the feature cache``): a session
-        stopped then records it (``preparing``), and trained no epoch."""
+        stopped then records it (``preparing``), and trained no epoch.
+
+        A session of a run with earlier sessions (--resume) begins here, written before that work, so that a kill
+        during it leaves the session (its time unknown) rather than no trace; the task's ``with`` block around the
+        work records how it ends, and withdraws it for a refusal of the command's input (`CnnlabError`) met before
+        the task called `begin` itself.
+        """
         self._doing = what
-        if self.current is not None and "preparing" in self.current:
+        if self.current is None:
+            if self.sessions:
+                self._file_before = self.path.read_bytes() if self.path.is_file() else None
+                self.begin()
+                self._tentative = True
+            return
+        if "preparing" in self.current:
             self.current["preparing"] = what
             self._write()
+
+    def withdraw(self) -> None:
+        """This session, begun by `doing` and not yet by its task, did no work on the run after all (its input was
+        refused, or another process finished the run first): sessions.json is put back as `doing` found it."""
+        if self.current is None or not self._tentative:
+            return
+        self.sessions.remove(self.current)
+        self.current, self._tentative = None, False
+        if not self.write:
+            return
+        if self._file_before is None:
+            self.path.unlink(missing_ok=True)
+        else:
+            with written_then_renamed(self.path) as partial:
+                partial.write_bytes(self._file_before)
 
     def begin(self, first_epoch: int | None = None) -> None:
         """This session's work on the run folder begins, after `first_epoch` epochs finished by earlier sessions.
@@ -190,6 +224,7 @@ class RunSessions:
         own checkpoint), before this session has finished an epoch: the session begins where that trainer does (a
         phase finished by an earlier session trains none here), with the run's epochs counted across the phases.
         """
+        self._tentative = False  # the task's own start: the run folder is this session's work now
         if self.current is not None:
             if first_epoch is not None and self.current["last_epoch"] in (None, self.current["first_epoch"]):
                 self._starts_after(first_epoch)
