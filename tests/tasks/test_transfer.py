@@ -360,9 +360,18 @@ def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(tin
         moved = train_transfer(
             tiny_config(tmp_path, resume=True, test_fraction=0.3, output=str(tmp_path / "laptop"), train={"epochs": 1})
         )
+        assert moved["finished_before"] and moved["run_dir"] == str(tmp_path / "laptop" / "transfer" / "tiny")
+        # ... and renamed there, its report lost: the report written back was titled with results.json's old name
+        (tmp_path / "laptop" / "transfer" / "tiny").rename(tmp_path / "laptop" / "transfer" / "renamed")
+        (tmp_path / "laptop" / "transfer" / "renamed" / "report.md").unlink()
+        laptop = {"output": str(tmp_path / "laptop"), "name": "renamed", "train": {"epochs": 1}}
+        train_transfer(tiny_config(tmp_path, resume=True, test_fraction=0.3, **laptop))
+        title = (tmp_path / "laptop" / "transfer" / "renamed" / "report.md").read_text().splitlines()[0]
+        assert title == "# Transfer learning run `renamed`", title
     finally:
+        if (tmp_path / "laptop" / "transfer" / "renamed").is_dir():
+            (tmp_path / "laptop" / "transfer" / "renamed").rename(tmp_path / "laptop" / "transfer" / "tiny")
         shutil.move(tmp_path / "laptop", tmp_path / "runs")
-    assert moved["finished_before"] and moved["run_dir"] == str(tmp_path / "laptop" / "transfer" / "tiny")
 
 
 def test_random_weights_of_another_seed_do_not_reuse_the_cache(tiny_run: tuple[Path, dict]) -> None:

@@ -53,7 +53,9 @@ def read_back(
     """
     if log is None or not write:
         log = _nowhere
-    summary = json.loads((run_dir / RESULTS).read_text())
+    # where it is now: results.json names the folder it was trained in, which a moved or renamed run has left (a
+    # report written back would be titled with the old name)
+    summary = {**json.loads((run_dir / RESULTS).read_text()), "run_dir": str(run_dir)}
     report = run_dir / REPORT
     if report.is_file():
         log(f"{run_dir} is already finished; nothing to do (its report: {report})")
@@ -65,7 +67,7 @@ def read_back(
             log(f"{run_dir} is already finished; its report is missing, and what it saved cannot make one: {error}")
         else:
             log(f"{run_dir} is already finished; its report was missing, written from its results.json: {report}")
-    return {**summary, "run_dir": str(run_dir), "finished_before": True}
+    return {**summary, "finished_before": True}
 
 
 def _nowhere(line: str) -> None:
