@@ -445,6 +445,13 @@ def test_resume_of_a_finished_run_reads_it_back_and_refuses_other_options(
     assert weights.stat().st_mtime_ns == trained_at and again["members"] == finished["members"]
     assert (tmp_path / "mnist" / "done" / "test_probabilities.pt").stat().st_mtime_ns == tested_at
     assert _WRITTEN.sub("", report.read_text()) == _WRITTEN.sub("", written)
+    # ... and renamed since: the report written back was titled with the name config.yaml recorded
+    (tmp_path / "mnist" / "done").rename(tmp_path / "mnist" / "renamed")
+    (tmp_path / "mnist" / "renamed" / "report.md").unlink()
+    train_mnist("quick", overrides=_TINY, resume=True, **{**options, "name": "renamed"})
+    title = (tmp_path / "mnist" / "renamed" / "report.md").read_text().splitlines()[0]
+    assert title == "# MNIST run `renamed`", title
+    (tmp_path / "mnist" / "renamed").rename(tmp_path / "mnist" / "done")
     with pytest.raises(CnnlabError, match=r"cannot resume .*done with different options \(.*epochs: 2 -> 3"):
         train_mnist("quick", overrides={**_TINY, "epochs": 3}, resume=True, **options)
     with pytest.raises(CnnlabError, match=r"extra\.recipe: 'quick' -> 'baseline'"):  # a key, not two whole records

@@ -722,6 +722,13 @@ def test_a_resume_under_other_options_is_refused_before_a_pair_is_decoded(tmp_pa
     assert (run / "sessions.json").read_text() == sessions
     written = re.compile(r"- written: [^,]*,")  # when the report was written: the rest is the first one's
     assert written.sub("", (run / "report.md").read_text()) == written.sub("", report)
+    # ... and renamed since: the report written back was titled with the name config.yaml recorded
+    run.rename(run.with_name("renamed"))
+    (run.with_name("renamed") / "report.md").unlink()
+    train_segmentation_folder(str(root), resume=True, crop_size=16, max_side=32, **{**options, "name": "renamed"})
+    title = (run.with_name("renamed") / "report.md").read_text().splitlines()[0]
+    assert title == "# Segmentation run `renamed`", title
+    run.with_name("renamed").rename(run)
     (run / "results.json").unlink()  # not finished: decoding starts
     with pytest.raises(_Stop):
         train_segmentation_folder(str(root), resume=True, crop_size=16, max_side=32, **options)

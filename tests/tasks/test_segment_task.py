@@ -295,6 +295,13 @@ def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatc
     written = re.compile(r"- written: [^,]*,")  # when the report was written: the rest is the first one's, but
     rewritten = (run / "report.md").read_text().replace("[8, 16, 32]", "(8, 16, 32)")  # config.yaml keeps lists
     assert written.sub("", rewritten) == written.sub("", report)
+    # ... and renamed since: the report written back was titled with the name config.yaml recorded
+    run.rename(run.with_name("renamed"))
+    (run.with_name("renamed") / "report.md").unlink()
+    _train_tiny(tmp_path, "renamed", data, resume=True, **options)
+    title = (run.with_name("renamed") / "report.md").read_text().splitlines()[0]
+    assert title == "# Segmentation run `renamed`", title
+    run.with_name("renamed").rename(run)
     with pytest.raises(CnnlabError, match=r"cannot resume .*b with different options \(.*epochs: 3 -> 4"):
         _train_tiny(tmp_path, "b", data, resume=True, **{**options, "epochs": 4})
 

@@ -16,7 +16,7 @@ import json
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -329,8 +329,8 @@ def _train_mnist(
             # (--recipe included); stopped between its results.json and its report.md, only the report is left to write
             check_resumable(saved_options(member_dir), config, member_dir)
 
-            def write_report(result: dict[str, Any], member_dir: Path = member_dir) -> None:
-                _write_missing_report(chosen, overrides, member_dir, _member_result(result))
+            def write_report(result: dict[str, Any], current: TrainConfig = config) -> None:
+                _write_missing_report(chosen, overrides, current, _member_result(result))
 
             # a single run's line says it was finished; an ensemble's members, one for the ensemble, below
             finished = _member_result(read_back(member_dir, write_report, say if ensemble == 1 else None, main))
@@ -442,13 +442,16 @@ def _member_result(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_missing_report(
-    recipe: MnistRecipe, overrides: dict[str, Any] | None, member_dir: Path, result: dict[str, Any]
+    recipe: MnistRecipe, overrides: dict[str, Any] | None, current: TrainConfig, result: dict[str, Any]
 ) -> None:
     """Write the report.md of a finished member (or single run) stopped before it was written, from what the member
     saved: its results.json (`result`), its epochs (metrics.json), its options and the environment of the session
-    that finished it (config.yaml), beside the figures its test pass drew. Nothing is trained or tested again."""
+    that finished it (config.yaml), beside the figures its test pass drew; named as `current` (this command's config
+    of it) names the folder it is in now. Nothing is trained or tested again."""
+    member_dir = current.run_dir
     history = json.loads((member_dir / "metrics.json").read_text())  # unreadable: `read_back` says so
-    config = load_config(member_dir / "config.yaml")
+    # its name and runs folder now: config.yaml's are where it was trained, which a moved or renamed run has left
+    config = replace(load_config(member_dir / "config.yaml"), name=current.name, output=current.output)
     report = _member_report(recipe, overrides, config, history, result, recorded_environment(member_dir))
     report.write(member_dir / "report.md")
 

@@ -510,7 +510,7 @@ def train_segmentation_folder(
     if finished:
         # read back (`cnnlab.train.finished`): not decoded, trained or tested again; a stop before its report.md leaves
         # only that to write, from what the run saved
-        return _read_back(recipe, run_dir, background, overrides, progress)
+        return _read_back(recipe, config, background, overrides, progress)
     _check_memory(folder, crop, progress and is_main_process())
     # this command's session of the run (sessions.json), read before the engine rewrites config.yaml; a resumed run's
     # session stopped before it trains (reading the pairs, splitting them, building the model) is one of the run's
@@ -697,14 +697,20 @@ def train_segmentation_folder(
 
 
 def _read_back(
-    recipe: FolderSegmentRecipe, run_dir: Path, background: int | None, overrides: dict[str, Any] | None, progress: bool
+    recipe: FolderSegmentRecipe,
+    config: TrainConfig,
+    background: int | None,
+    overrides: dict[str, Any] | None,
+    progress: bool,
 ) -> dict[str, Any]:
-    """The results of the finished run in `run_dir` (its options already compared), and its report.md written where a
-    stop came before it, from what the run saved: results.json, metrics.json, and config.yaml's options, classes and
-    environment (the session that finished it)."""
+    """The results of the finished run `config` names (its options already compared), and its report.md written
+    where a stop came before it, from what the run saved: results.json, metrics.json, and config.yaml's options,
+    classes and environment (the session that finished it), named as the folder is now."""
+    run_dir = config.run_dir
 
     def write_report(summary: dict[str, Any]) -> None:
-        saved = load_config(run_dir / "config.yaml")
+        # config.yaml's name is where it was trained, which a moved or renamed run has left
+        saved = replace(load_config(run_dir / "config.yaml"), name=config.name, output=config.output)
         history = json.loads((run_dir / "metrics.json").read_text())
         environment = recorded_environment(run_dir)
         report = _report(recipe, saved, history, summary, saved.extra["classes"], background, overrides, environment)

@@ -473,7 +473,9 @@ def _read_back(
     def write_report(summary: dict[str, Any]) -> None:
         history = json.loads((run_dir / "metrics.json").read_text())
         given = {**(overrides or {}), "train_canvases": summary["canvases"][0], "pretrain_epochs": pretrain}
-        _report(recipe, saved, history, summary, given, recorded_environment(run_dir)).write(run_dir / "report.md")
+        # named as the folder is now: config.yaml's name is where it was trained, which a renamed run has left
+        named_now = dataclasses.replace(saved, name=config.name, output=config.output)
+        _report(recipe, named_now, history, summary, given, recorded_environment(run_dir)).write(run_dir / "report.md")
 
     return read_back(run_dir, write_report, print if config.progress else None, is_main_process())
 
