@@ -115,9 +115,34 @@ def test_ceil_pool_shapes_match_pytorch_on_odd_sizes(kind):
             rounded_up += expected[1] > floor
             dropped += expected[1] < -(-(size + 2 * pad - kernel) // stride) + 1  # the last-window rule applied
     assert rounded_up and dropped  # both of PyTorch's rules were exercised
-    with pytest.raises(CnnlabError, match="'same' already gives ceil"):
-        parse_spec([f"{kind} k3 s2 same ceil"])
     assert parse_spec([{"type": kind, "kernel": 3, "stride": 2, "ceil_mode": True}])[0].ceil_mode  # a spec file's
+
+
+@pytest.mark.parametrize("kind", ["maxpool", "avgpool"])
+def test_same_ceil_pools_are_sized_as_pytorch_pools_them(kind):
+    """'same ceil' was refused ("'same' already gives ceil(in / stride)"), but PyTorch pools padding=(k - 1) // 2 with
+    ceil_mode=True one larger than 'same' alone (k3 s2: 14 -> 8, not 7); an even kernel's TF split changes nothing."""
+    reference_class = nn.MaxPool2d if kind == "maxpool" else nn.AvgPool2d
+    larger = 0
+    for size in (1, 2, 5, 14, 15):
+        for kernel, stride in ((3, 2), (5, 3), (3, 1), (2, 2), (4, 3), (1, 2)):
+            layers, module = spec_from_strings([f"{kind} k{kernel} s{stride} same ceil"], (2, size, size + 3))
+            x = torch.zeros(1, 2, size, size + 3)
+            shape = tuple(module(x).shape[1:])
+            assert layers[0].output_shape == shape, (size, kernel, stride)
+            if kernel % 2:  # PyTorch's own pool, with the symmetric padding 'same' gives an odd kernel
+                pad = (kernel - 1) // 2
+                assert shape == tuple(reference_class(kernel, stride, pad, ceil_mode=True)(x).shape[1:])
+            else:
+                assert shape[1:] == (math.ceil(size / stride), math.ceil((size + 3) / stride))
+            larger += shape[1] > math.ceil(size / stride)
+    assert larger  # some sizes round up past 'same'
+    from cnnlab.budget.explain import _spec_layer_lines
+
+    layers, _ = spec_from_strings([f"{kind} k3 s2 same ceil"], (2, 14, 15))
+    text = "\n".join(_spec_layer_lines(layers[0], 4))  # the rule that gives 8, not same's ceil(14 / 2) = 8
+    assert "height: same, then ceil: pads 1 before and 1 after, ceil((14 + 2 - 3) / 2) + 1 = 8" in text
+    assert "(same alone: ceil(14 / 2) = 7)" in text
 
 
 @pytest.mark.parametrize(

@@ -62,7 +62,22 @@ def _spec_layer_lines(layer: LayerSpec, itemsize: int) -> list[str]:
             pads = before + after
             # a dilated kernel spans dilation x (k - 1) + 1 pixels: with k alone the sum did not give its result
             span = f"{dilation} x ({kernel} - 1) - 1" if dilation > 1 else f"{kernel}"
-            if layer.padding == "same":
+            if layer.ceil_mode:
+                rule = f"ceil(({size} + {pads} - {span}) / {stride}) + 1"
+                if out - 1 < -(-(size + pads - dilation * (kernel - 1) - 1) // stride):  # PyTorch drops that window
+                    rule += (
+                        f" - 1 (window {out + 1} would start at {out * stride}, past the input and its left padding "
+                        f"{size} + {before})"
+                    )
+                rule += f" = {out}"
+                if layer.padding == "same":  # PyTorch's padding=(k - 1) // 2 with ceil_mode=True: may exceed same's
+                    alone = -(-size // stride)
+                    rule = f"same, then ceil: pads {before} before and {after} after, {rule} (same alone: " + (
+                        f"ceil({size} / {stride}) = {alone})"
+                        if alone != out
+                        else f"ceil({size} / {stride}), the same: the padded input ends on a whole window)"
+                    )
+            elif layer.padding == "same":
                 # the pixels padded each side, as the built layer pads: ceil(in / s) alone did not say them
                 rule = f"same: ceil({size} / {stride}) = {out}; pads {before} before and {after} after"
                 keras = same_padding_amounts(size, kernel, stride, dilation)
@@ -72,14 +87,6 @@ def _spec_layer_lines(layer: LayerSpec, itemsize: int) -> list[str]:
                         f" (PyTorch's symmetric padding={before}; Keras pads {keras[0]} before and {keras[1]} after: "
                         f"the same size, windows start {shift} pixel{'s' * (shift != 1)} earlier)"
                     )
-            elif layer.ceil_mode:
-                rule = f"ceil(({size} + {pads} - {span}) / {stride}) + 1"
-                if out - 1 < -(-(size + pads - dilation * (kernel - 1) - 1) // stride):  # PyTorch drops that window
-                    rule += (
-                        f" - 1 (window {out + 1} would start at {out * stride}, past the input and its left padding "
-                        f"{size} + {pads // 2})"
-                    )
-                rule += f" = {out}"
             else:
                 rule = f"floor(({size} + {pads} - {span}) / {stride}) + 1 = {out}"
             lines.append(f"    {axis}: {rule}")

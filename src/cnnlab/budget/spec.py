@@ -29,9 +29,11 @@ A transposed convolution (``tconv``) runs a convolution backwards, so its size r
 ``out = (in - 1) * s - 2p + d * (k - 1) + op + 1`` (PyTorch's ``ConvTranspose2d``), with ``opN`` (``output_padding``,
 below the stride or the dilation) adding N rows and columns at the end; ``same`` gives ``out = in * s`` (Keras'
 ``Conv2DTranspose``) with ``p = ceil((d * (k - 1) + 1 - s) / 2)`` and ``op = 2p - (d * (k - 1) + 1 - s)``.
-A pooling layer's ``ceil`` (with valid or pN padding) rounds up instead: ``out = ceil((in + 2p - k) / s) + 1``, less
-one when that last window would start beyond the input and its left padding (PyTorch's rule), so k3 s2 turns 14 into
-7 where floor gives 6.
+A pooling layer's ``ceil`` rounds up instead: ``out = ceil((in + 2p - k) / s) + 1``, less one when that last window
+would start beyond the input and its left padding (PyTorch's rule), so k3 s2 turns 14 into 7 where floor gives 6.
+With ``same`` it pads as ``same`` does and then rounds up, as PyTorch's ``nn.MaxPool2d(k, s, padding=(k - 1) // 2,
+ceil_mode=True)`` does (k3 s2 same ceil turns 14 into 8 where same gives 7); where ``same`` needs TF's uneven split
+(an even kernel) the padded input holds whole windows, so ``ceil`` changes nothing.
 
 The same spec may come from a YAML or JSON file: either a list of such strings, or a mapping with ``input``
 ("3x200x300" or [3, 200, 300]) and ``layers`` (strings, or mappings like
@@ -310,11 +312,6 @@ def _parse_line(text: str, index: int) -> list[LayerSpec]:
             layer.kernel = (2, 2)
         if not explicit_stride:
             layer.stride = layer.kernel
-    if layer.ceil_mode and layer.padding == "same":  # same already fixes the size at ceil(in / s)
-        raise CnnlabError(
-            f"layer {name} ({text!r}): 'ceil' rounds a valid or pN pooling up; 'same' already gives ceil(in / stride): "
-            "give one"
-        )
     if kind == "tconv" and layer.padding == "same" and "output padding" in given:
         raise CnnlabError(
             f"layer {name} ({text!r}): 'same' chooses the output padding (out = in x stride); give 'same' or "

@@ -32,7 +32,8 @@ padding), maxpool|avgpool \\[kK] \\[sS] \\[same|valid|pN] \\[ceil], dense N \\[A
 layer of its own. Left out: conv k1 s1 valid d1 g1 (a 1x1 convolution), pooling k2 valid with the stride its kernel,
 dropout 0.5, lrn 5. kK, sS, pN and dD take HxW too (k3x5); gG splits a conv into G groups (G = input channels:
 depthwise); in= checks the input channels (conv) or features (dense); ceil rounds a pooling's output size up
-(PyTorch's ceil_mode=True, as GoogLeNet's pools), where valid and pN round down. A tconv's output is
+(PyTorch's ceil_mode=True, as GoogLeNet's pools), where valid and pN round down; same ceil pads as same and rounds
+up (k3 s2: 14 -> 8, same alone: 7). A tconv's output is
 (in - 1) x s - 2p + d x (k - 1) + op + 1; same gives in x s.
 
 MACs (FLOPs = 2 x MACs) count convolutions (grouped, dilated, transposed), linear layers, matmuls and attention;
