@@ -59,6 +59,27 @@ def test_explain_output():
     assert "903,400" in result.stdout and "565,613,600" in result.stdout
 
 
+def test_explain_with_depth_and_measure_explains_those_rows_and_sets_measured_beside_estimated():
+    """--explain --depth derived the per-sample bytes from the depth rows' column ("2,008 - -30,704") and a spec's
+    section 1 never named the rows the table shows; with --measure section 7 gave the ratios without the estimates."""
+    result = run("lenet5", "--depth", "1", "--explain", "--measure", "--no-layers")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert " - -" not in text
+    assert "per sample = every layer's output bytes (not the table's rows at --depth 1)" in text
+    assert "= 59,224 - 26,512 = 32,712" in text and "1 x 32,712 = 32,712 bytes" in text
+    assert "(rows at --depth 1, as the table" in text and "features (Sequential): output 120x1x1, params 50,692" in text
+    assert "features (Sequential) saves 32,000 bytes (measured 32,000)" in text
+    assert "saved for backward: estimate 36,432, measured 36,432 bytes, estimate/measured = 1.0000" in text
+    spec = run("--input", "3x20x30", "conv 10 k3 s2 same relu", "maxpool", "conv 20 k3", "--depth", "0", "--explain")
+    assert spec.returncode == 0, spec.stderr
+    assert (
+        "the table's rows at --depth 0 hold the layers above:\nSequential (Sequential): output 20x3x5, params 2,100"
+        in (spec.stdout)
+    )
+    assert "= 14,600 - 6,000 = 8,600" in spec.stdout  # the spec layers' column, not the one row's 1,200
+
+
 @pytest.mark.parametrize(
     "args,fragment",
     [

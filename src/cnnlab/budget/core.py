@@ -77,6 +77,10 @@ class BudgetReport:
     # batch norms that saw one value per channel in the training step (a 1x1 map at batch 1): PyTorch refuses that
     # step, so it was traced with the check lifted (see `trace._OneValueBatchNorm`)
     one_value_batch_norms: list[str] = field(default_factory=list)
+    # the module depth `layers` was traced at when --depth chose it (None: leaves, or a spec's own layers), and the
+    # per-sample activation bytes of those default rows, which the textbook figures sum whatever rows `layers` holds
+    depth: int | None = None
+    figure_activation_bytes: int = 0
 
     @property
     def flops(self) -> int:
@@ -487,6 +491,7 @@ def budget(
     # modules. --depth only chooses the table's rows; summed over those rows, --depth 0 took the network's output
     # for all its activations (resnet18: 4,000 bytes kept for backward instead of 20.7 MB).
     figure_depth = 1 if spec_layers is not None else None
+    asked_depth = depth
     if depth is None:
         depth = figure_depth
     try:
@@ -529,11 +534,13 @@ def budget(
         training_only=result.training_only,
         no_gradient=result.no_gradient,
         one_value_batch_norms=result.one_value_batch_norms,
+        depth=asked_depth,
+        figure_activation_bytes=sum(row.activation_bytes for row in figure_rows),
     )
     if measure:
         if log is not None:
             log(f"measuring: one real training step of {name} at batch {batch_size} on {target}")
-        report.measured = measure_step(module, shape, batch_size, torch_dtype, optimizer, device, realistic)
+        report.measured = measure_step(module, shape, batch_size, torch_dtype, optimizer, device, realistic, depth)
     if memory_limit is not None:
         from cnnlab.budget.planner import plan_batch
 
@@ -553,11 +560,13 @@ def measure_step(
     optimizer: str,
     device: str,
     realistic: dict[str, int],
+    depth: int | None = None,
 ) -> dict[str, Any]:
-    """Run one real training step and compare what it held with the realistic estimate."""
+    """Run one real training step and compare what it held with the realistic estimate; what each row at `depth`
+    (the report's) saved, for `--explain` to set beside the estimate's."""
     device = str(resolve_device(device))  # unknown, or cuda without a GPU: one line naming what this machine has
     try:
-        real = trace(module, shape, batch_size, dtype, device, optimizer)
+        real = trace(module, shape, batch_size, dtype, device, optimizer, depth)
     except RuntimeError as error:  # a kernel this device lacks for the dtype (CPU LRN in float16), or memory
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         dtype_name = str(dtype).removeprefix("torch.")
@@ -571,6 +580,7 @@ def measure_step(
         "peak_live_bytes": real.peak_live_bytes,
         "saved_ratio": _ratio(realistic["saved_for_backward_bytes"], real.saved_bytes),
         "peak_ratio": _ratio(realistic["peak_bytes"], real.peak_live_bytes),
+        "saved_bytes_by_layer": {row.name: row.saved_bytes for row in real.rows if row.saved_bytes},
     }
     if real.cuda_max_allocated_bytes is not None:
         measured["cuda_max_allocated_bytes"] = real.cuda_max_allocated_bytes

@@ -150,12 +150,17 @@ def explain(report: BudgetReport) -> str:
     if report.spec_layers is not None:
         for layer in report.spec_layers:
             lines.extend(_spec_layer_lines(layer, itemsize))
+        spec_rows = [layer.name.replace(":", "_") for layer in report.spec_layers]
+        # --depth 0: the table's one row is these layers' sum
+        if report.depth is not None and [row.name for row in report.layers] != spec_rows:
+            lines.append(f"the table's rows at --depth {report.depth} hold the layers above:")
+            lines.extend(_row_lines(report))
     else:
-        for row in report.layers:
-            if row.params or row.macs:
-                # a module that runs in training mode only (an auxiliary head) has no eval-mode output: 'output ,'
-                output = _shape(row.output_shape) or "- (not run in eval mode)"
-                lines.append(f"{row.name} ({row.type}): output {output}, params {_n(row.params)}, MACs {_n(row.macs)}")
+        if report.depth is not None:  # said, so a reader does not take a block's sums for one layer's
+            lines.append(
+                f"    (rows at --depth {report.depth}, as the table: a module's params and MACs sum its parts)"
+            )
+        lines.extend(_row_lines(report))
         lines.append("    (layers without parameters or MACs omitted; the table shows all)")
     with_params = [row for row in report.layers if row.params]
     lines += ["", "2. Parameters"]
@@ -214,14 +219,21 @@ def explain(report: BudgetReport) -> str:
     )
     if report.measured:
         measured = report.measured
-        lines += ["", "7. Measured (one real training step)"]
+        lines += ["", f"7. Measured (one real training step on {measured['device']}), beside the estimate of 6"]
+        # the estimates were not on these lines, and the ratio read "1.0" where the table gives "1.0000"
         lines.append(
-            f"    saved for backward {_n(measured['saved_for_backward_bytes'])} bytes, estimate/measured = "
-            f"{measured['saved_ratio']}"
+            f"    saved for backward: estimate {_n(real['saved_for_backward_bytes'])}, measured "
+            f"{_n(measured['saved_for_backward_bytes'])} bytes, estimate/measured = {measured['saved_ratio']:.4f}"
         )
         lines.append(
-            f"    peak live {_n(measured['peak_live_bytes'])} bytes, estimate/measured = {measured['peak_ratio']}"
+            f"    peak live tensors: estimate {_n(real['peak_bytes'])}, measured {_n(measured['peak_live_bytes'])} "
+            f"bytes, estimate/measured = {measured['peak_ratio']:.4f}"
         )
+        if "cuda_max_allocated_bytes" in measured:
+            lines.append(
+                f"    torch.cuda.max_memory_allocated: {_n(measured['cuda_max_allocated_bytes'])} bytes, "
+                f"estimate/measured = {measured['cuda_ratio']:.4f}"
+            )
     if report.plan:
         number = 8 if report.measured else 7
         _plan_lines(lines, report.plan, number)
@@ -236,14 +248,28 @@ def explain(report: BudgetReport) -> str:
     return "\n".join(lines)
 
 
+def _row_lines(report: BudgetReport) -> list[str]:
+    """The table's rows that hold parameters or MACs, with their figures."""
+    lines = []
+    for row in report.layers:
+        if row.params or row.macs:
+            # a module that runs in training mode only (an auxiliary head) has no eval-mode output: 'output ,'
+            output = _shape(row.output_shape) or "- (not run in eval mode)"
+            lines.append(f"{row.name} ({row.type}): output {output}, params {_n(row.params)}, MACs {_n(row.macs)}")
+    return lines
+
+
 def _saved_lines(lines: list[str], report: BudgetReport) -> None:
     """Section 6's list: each layer's saved bytes, then what no layer saved (the input batch, functional calls between
     layers), and the sum of them, which is the total it began with. The input batch was in the total but not in the
     list (resnet18: 21,616,128 listed under a total of 22,218,240)."""
     real = report.realistic
-    saved_rows = [row for row in report.layers if row.saved_bytes]
+    # with --measure, what the real step's same row saved, beside the estimate (a row either saves is listed)
+    measured = (report.measured or {}).get("saved_bytes_by_layer")
+    saved_rows = [row for row in report.layers if row.saved_bytes or (measured or {}).get(row.name)]
     for row in saved_rows:
-        lines.append(f"      {row.name} ({row.type}) saves {_n(row.saved_bytes)} bytes")
+        beside = "" if measured is None else f" (measured {_n(measured.get(row.name, 0))})"
+        lines.append(f"      {row.name} ({row.type}) saves {_n(row.saved_bytes)} bytes{beside}")
     layers_total = sum(row.saved_bytes for row in saved_rows)
     # the table's "activations kept for backward" is everything saved but the input batch; what its layer rows do not
     # hold was saved by calls outside every listed layer (a functional F.relu in a block's forward)
@@ -270,11 +296,18 @@ def _training_lines(lines: list[str], report: BudgetReport, input_values: int, i
     training = report.training
     batch = training["batch_size"]
     outputs = report.textbook_layer_bytes
-    # the per-sample figure was in no table (resnet18: 20,680,608 beside a column of 29,915,040): derived from it
-    column = sum(row.activation_bytes for row in report.layers)
+    # the per-sample figure was in no table (resnet18: 20,680,608 beside a column of 29,915,040): derived from it.
+    # At --depth the table's rows are whole modules, each counting its output alone: the column was theirs, and the
+    # subtraction went negative (lenet5 --depth 1: "2,008 - -30,704")
+    column = report.figure_activation_bytes
     if column != sum(outputs):
+        source = (
+            "the table's activation bytes"
+            if report.depth is None or column == sum(row.activation_bytes for row in report.layers)
+            else f"every layer's output bytes (not the table's rows at --depth {report.depth})"
+        )
         lines.append(
-            f"    per sample = the table's activation bytes less its activation functions and views (in place, free) "
+            f"    per sample = {source} less its activation functions and views (in place, free) "
             f"= {_n(column)} - {_n(column - sum(outputs))} = {_n(sum(outputs))}"
         )
     lines.append(
