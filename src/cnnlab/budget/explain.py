@@ -255,7 +255,12 @@ def _row_lines(report: BudgetReport) -> list[str]:
         if row.params or row.macs:
             # a module that runs in training mode only (an auxiliary head) has no eval-mode output: 'output ,'
             output = _shape(row.output_shape) or "- (not run in eval mode)"
-            lines.append(f"{row.name} ({row.type}): output {output}, params {_n(row.params)}, MACs {_n(row.macs)}")
+            shared = (
+                f" (+ {_n(row.shared_params)} shared with an earlier row, counted there)" if row.shared_params else ""
+            )
+            lines.append(
+                f"{row.name} ({row.type}): output {output}, params {_n(row.params)}{shared}, MACs {_n(row.macs)}"
+            )
     return lines
 
 

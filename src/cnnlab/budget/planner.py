@@ -52,6 +52,7 @@ from torch import nn
 from cnnlab.budget.trace import (
     OptimizerStepBytes,
     TraceResult,
+    meta_copy_keeping_ties,
     optimizer_device,
     optimizer_step_bytes,
     trace,
@@ -238,7 +239,7 @@ class _Planner:
     ) -> None:
         from cnnlab.train.activation_checkpointing import checkpoint_stages
 
-        plain = copy.deepcopy(model).to("meta")  # copied once here, not by every trace
+        plain = meta_copy_keeping_ties(model)  # copied once here, not by every trace
         checkpointed = copy.deepcopy(plain)
         checkpoint_stages(checkpointed)
         self.variants = {False: plain, True: checkpointed}

@@ -62,6 +62,12 @@ def layer_table(report: BudgetReport) -> Table:
         if saved_input
         else f"No layer saves the input batch ({report.realistic['inputs_bytes']:,} bytes) for backward."
     )
+    # A tied weight is counted in the first row that holds it: said, so the later row's smaller count is not a mystery
+    shared = [f"{escape(row.name)} ({row.shared_params:,})" for row in report.layers if row.shared_params]
+    if shared:
+        table.caption += (
+            f" Parameters shared with an earlier row (tied weights) are counted there once: {', '.join(shared)}."
+        )
     # Functional calls between modules (a block's F.relu) save storages that no row holds: without a word the column's
     # total fell short of the memory table's "activations kept for backward" (mobilenet_v3_small by 949,984 bytes).
     outside = report.realistic["activations_bytes"] - saved_total
