@@ -194,7 +194,7 @@ def test_members_of_a_module_list_are_the_rows_at_its_depth():
     assert (rows["aux"].output_shape, rows["aux"].activation_bytes) == ((), 0)  # not called: no output
     from cnnlab.budget.explain import explain
 
-    assert "aux (Linear): output - (not run in eval mode), params 6" in explain(report)  # was 'output , params 6'
+    assert "aux (Linear): output - (never called), params 6" in explain(report)  # was "output , params 6"
     assert [row.name for row in budget(_Listed(), input_shape=(3, 8, 8), depth=2).layers][:2] == [
         "blocks.0.0",
         "blocks.0.1",

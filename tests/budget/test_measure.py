@@ -210,6 +210,12 @@ def test_an_auxiliary_head_is_trained_in_the_step_and_said_to_run_in_training_on
     assert notes[0].startswith("aux (25 parameters) run in training mode only: the realistic training figures")
     assert notes[1].startswith("unused (25 parameters) get no gradient in a training step")
     assert report.to_dict()["training_only_modules"] == {"aux": 25}
+    from cnnlab.budget.explain import explain
+
+    text = explain(report)  # a head never called was said not to run "in eval mode", as if it ran in training
+    assert (
+        "aux (Linear): output - (not run in eval mode)" in text and "unused (Linear): output - (never called)" in text
+    )
 
 
 def test_a_tied_weight_is_counted_once_in_the_rows_and_said_to_be_shared():

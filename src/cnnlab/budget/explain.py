@@ -253,8 +253,10 @@ def _row_lines(report: BudgetReport) -> list[str]:
     lines = []
     for row in report.layers:
         if row.params or row.macs:
-            # a module that runs in training mode only (an auxiliary head) has no eval-mode output: 'output ,'
-            output = _shape(row.output_shape) or "- (not run in eval mode)"
+            # a module that runs in training mode only (an auxiliary head) has no eval-mode output: 'output ,'; one
+            # never called has none in either mode ("not run in eval mode" was said of it too)
+            missing = "- (not run in eval mode)" if row.name in report.training_only else "- (never called)"
+            output = _shape(row.output_shape) or missing
             shared = (
                 f" (+ {_n(row.shared_params)} shared with an earlier row, counted there)" if row.shared_params else ""
             )
