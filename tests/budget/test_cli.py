@@ -96,6 +96,7 @@ def test_explain_with_depth_and_measure_explains_those_rows_and_sets_measured_be
         (["--input", "3x32x32", "alexnet"], "the smallest square input it takes is 3x63x63"),
         (["--input", "1x28x28", "lenet5"], "the smallest square input it takes is 1x32x32"),
         (["lenet5", "--depth", "-1"], "--depth -1 must be >= 0"),  # it was taken as "leaves"
+        (["maxpool"], "a layer spec needs --input"),  # one word, one layer: it was "unknown model 'maxpool'"
         (["--input", "3x32x32", "conv", "8", "k3", "maxpool"], 'one quoted argument, e.g. "conv 8 k3" "maxpool"'),
         (["--input", "1x28x28", "dropout 1.2.3"], "the dropout rate '1.2.3' must be a number"),  # was a traceback
         (["--input", "1x28x28", "dropout ."], "the dropout rate '.' must be a number"),

@@ -206,11 +206,22 @@ def resolve_model(
             f"{text}: no such file or folder; give a run's folder (or its model.json), a YAML/JSON spec file, or a zoo "
             "model's name (`cnnlab zoo` lists them)"
         )
-    from cnnlab.models import create_model
+    from cnnlab.models import create_model, is_model
 
+    if not is_model(text) and _is_layer_string(text):  # one layer of one word: 'gap' was "unknown model 'gap'"
+        return resolve_model([text], input_shape, on_meta)
     with torch.device("meta") if on_meta else contextlib.nullcontext():
         built = create_model(text)
     return text, built, _input_shape(text, input_shape, getattr(built, "default_input_size", None)), None
+
+
+def _is_layer_string(text: str) -> bool:
+    """Whether `text` reads as a layer of the spec (``gap``, ``maxpool``, ``relu``)."""
+    try:
+        parse_spec([text])
+    except CnnlabError:
+        return False
+    return True
 
 
 def _built(layers: list[LayerSpec], on_meta: bool) -> nn.Module:
