@@ -319,3 +319,29 @@ def test_the_estimate_steps_the_engines_optimizer_as_on_the_device_it_is_for(opt
         monkeypatch.setattr(torch_optimizer, "_get_foreach_kernels_supported_devices", lambda: ["cpu"])
     assert report.realistic["peak_bytes"] == _engine_step_peak(model, (3, 16, 16), optimizer)
     assert report.device == device
+
+
+def test_parameters_a_module_above_the_rows_holds_are_named_and_summed():
+    """A gain on the model itself is in the total but in no leaf row: --explain printed 'total = 224 + 72 = 312'
+    and the table's column fell 16 short of its footer without a word."""
+
+    class Gained(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.gain = nn.Parameter(torch.ones(1, 8, 1, 1))
+            self.block = nn.Sequential(nn.Conv2d(8, 8, 1))
+            self.block.shift = nn.Parameter(torch.zeros(8, 1, 1))
+
+        def forward(self, x):
+            return self.block(self.conv(x) * self.gain) + self.block.shift
+
+    from cnnlab.budget.explain import explain
+    from cnnlab.budget.render import layer_table
+
+    report = budget(Gained(), input_shape=(3, 8, 8))
+    assert report.unlisted_params == {"gain": 8, "block.shift": 8}
+    assert sum(row.params for row in report.layers) + 16 == report.params == 312
+    assert "total = 224 + 72 + 16\n          = 312 parameters" in explain(report)
+    assert "in no row: gain (8), block.shift (8); 296 + 16 = 312, the total." in layer_table(report).caption
+    assert budget(Gained(), input_shape=(3, 8, 8), depth=0).unlisted_params == {}  # the one row holds them all

@@ -81,6 +81,8 @@ class BudgetReport:
     # per-sample activation bytes of those default rows, which the textbook figures sum whatever rows `layers` holds
     depth: int | None = None
     figure_activation_bytes: int = 0
+    # parameters no row holds (qualified name -> values): on a module above the rows, in `params` but in no row
+    unlisted_params: dict[str, int] = field(default_factory=dict)
 
     @property
     def flops(self) -> int:
@@ -547,6 +549,7 @@ def budget(
         one_value_batch_norms=result.one_value_batch_norms,
         depth=asked_depth,
         figure_activation_bytes=sum(row.activation_bytes for row in figure_rows),
+        unlisted_params=result.unlisted_params,
     )
     if measure:
         if log is not None:

@@ -164,7 +164,11 @@ def explain(report: BudgetReport) -> str:
         lines.append("    (layers without parameters or MACs omitted; the table shows all)")
     with_params = [row for row in report.layers if row.params]
     lines += ["", "2. Parameters"]
-    terms = _sum_text(row.params for row in with_params)
+    # parameters a module above the rows holds were in the total but in no term: 'total = 224 + 72 = 312'
+    unlisted = sum(report.unlisted_params.values())
+    terms = _sum_text([row.params for row in with_params] + ([unlisted] if unlisted else []))
+    if unlisted:
+        lines.append(f"    held by no row above: {_unlisted_text(report.unlisted_params)}")
     lines.append(f"    total = {terms or '0 (no layer has parameters)'}")
     lines.append(f"          = {_n(report.params)} parameters ({_n(report.trainable_params)} trainable)")
     lines.append(
@@ -246,6 +250,13 @@ def explain(report: BudgetReport) -> str:
     copies = optimizer_copies(report.optimizer)
     lines.append(f"    - optimizer state: {report.optimizer} keeps {copies} copies of the trainable parameters")
     return "\n".join(lines)
+
+
+def _unlisted_text(unlisted: dict[str, int], shown: int = 6) -> str:
+    """The parameters no row holds, named, with how many values each; and their sum."""
+    names = ", ".join(f"{name} {_n(count)}" for name, count in list(unlisted.items())[:shown])
+    more = f", ... ({len(unlisted) - shown} more)" if len(unlisted) > shown else ""
+    return f"{names}{more} (a module above the rows holds them): {_n(sum(unlisted.values()))}"
 
 
 def _row_lines(report: BudgetReport) -> list[str]:

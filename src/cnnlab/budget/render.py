@@ -68,6 +68,17 @@ def layer_table(report: BudgetReport) -> Table:
         table.caption += (
             f" Parameters shared with an earlier row (tied weights) are counted there once: {', '.join(shared)}."
         )
+    # Parameters a module above the rows holds (a gain on the model itself) are in the total but in no row: without
+    # a word the column fell short of it (296 rows under a total of 312)
+    unlisted = report.unlisted_params
+    if unlisted:
+        listed = report.params - sum(unlisted.values())
+        names = ", ".join(f"{escape(name)} ({count:,})" for name, count in list(unlisted.items())[:6])
+        table.caption += (
+            f" Parameters held by a module above the rows, in no row: {names}"
+            + (f" and {len(unlisted) - 6} more" if len(unlisted) > 6 else "")
+            + f"; {listed:,} + {sum(unlisted.values()):,} = {report.params:,}, the total."
+        )
     # Functional calls between modules (a block's F.relu) save storages that no row holds: without a word the column's
     # total fell short of the memory table's "activations kept for backward" (mobilenet_v3_small by 949,984 bytes).
     outside = report.realistic["activations_bytes"] - saved_total

@@ -432,6 +432,9 @@ class TraceResult:
     # batch norms that saw one value per channel in training mode (a 1x1 map at batch 1), which PyTorch refuses:
     # traced with that check lifted (`_OneValueBatchNorm`)
     one_value_batch_norms: list[str] = field(default_factory=list)
+    # parameters (qualified name -> values) that no row holds: registered on a module above the rows (a class token,
+    # a gain on the model itself), in the total but in no row
+    unlisted_params: dict[str, int] = field(default_factory=dict)
 
 
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict)
@@ -674,7 +677,7 @@ def trace(
         optimizer=optimizer,
         optimizer_device=optimizer_device(device, for_device),
     )
-    _fill_static_row_info(rows, result)
+    _fill_static_row_info(model, rows, result)
 
     def make_input(batch: int) -> torch.Tensor:
         if device == "meta":
@@ -960,10 +963,10 @@ def optimizer_step_bytes(
     return OptimizerStepBytes(_distinct_bytes(optimizer_state), tracker.peak_bytes - start)
 
 
-def _fill_static_row_info(rows: list[tuple[str, nn.Module]], result: TraceResult) -> None:
-    """Each row's parameters and buffers. A parameter two modules hold (a tied weight) is counted in the first row
-    only: counted in both, the column summed to more than the network has (a head tied to another: 11,088 rows
-    under a total of 11,008)."""
+def _fill_static_row_info(model: nn.Module, rows: list[tuple[str, nn.Module]], result: TraceResult) -> None:
+    """Each row's parameters and buffers, and those no row holds. A parameter two modules hold (a tied weight) is
+    counted in the first row only: counted in both, the column summed to more than the network has (a head tied to
+    another: 11,088 rows under a total of 11,008)."""
     counted: set[int] = set()
     for name, module in rows:
         held = list(module.parameters())
@@ -979,6 +982,7 @@ def _fill_static_row_info(rows: list[tuple[str, nn.Module]], result: TraceResult
                 shared_params=sum(p.numel() for p in held) - sum(p.numel() for p in params),
             )
         )
+    result.unlisted_params = {name: p.numel() for name, p in model.named_parameters() if id(p) not in counted}
 
 
 @contextmanager
