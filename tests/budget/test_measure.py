@@ -345,3 +345,27 @@ def test_parameters_a_module_above_the_rows_holds_are_named_and_summed():
     assert "total = 224 + 72 + 16\n          = 312 parameters" in explain(report)
     assert "in no row: gain (8), block.shift (8); 296 + 16 = 312, the total." in layer_table(report).caption
     assert budget(Gained(), input_shape=(3, 8, 8), depth=0).unlisted_params == {}  # the one row holds them all
+
+
+def test_macs_of_a_functional_call_outside_every_row_are_said_to_make_up_the_total():
+    """A matmul in the model's own forward counted in the total but in no row: the MACs column summed to 13,824 under
+    a total of 17,920, and neither the table nor --explain said where the 4,096 came from."""
+
+    class Projected(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.proj = nn.Parameter(torch.randn(8, 8))
+
+        def forward(self, x):
+            return self.conv(x).flatten(2).transpose(1, 2) @ self.proj  # N x 64 x 8
+
+    from cnnlab.budget.explain import explain
+    from cnnlab.budget.render import layer_table
+
+    report = budget(Projected(), input_shape=(3, 8, 8))
+    assert report.macs == 8 * 27 * 64 + 64 * 8 * 8 == 17_920
+    assert "= the rows' 13,824 + calls outside the listed layers (functional ops in a forward, e.g. x @ w) 4,096" in (
+        explain(report)
+    )
+    assert "count 4,096 MACs: 13,824 + 4,096 = 17,920, the total." in layer_table(report).caption

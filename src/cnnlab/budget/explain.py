@@ -177,6 +177,12 @@ def explain(report: BudgetReport) -> str:
     )
     lines += ["", "3. Compute"]
     lines.append(f"    {_n(report.macs)} multiply-accumulates (MACs) per image; FLOPs = 2 x MACs = {_n(report.flops)}")
+    outside_macs = report.macs - sum(row.macs for row in report.layers)
+    if outside_macs:  # a matmul in a forward counts in the total but in no row: section 1's MACs fell short of it
+        lines.append(
+            f"    = the rows' {_n(report.macs - outside_macs)} + calls outside the listed layers (functional ops in a "
+            f"forward, e.g. x @ w) {_n(outside_macs)}"
+        )
     lines.append("    counted: convolutions, linear layers, matmuls, attention; normalisation, activations, pooling,")
     lines.append("    upsampling, additions and concatenations count 0")
     outputs = report.textbook_layer_bytes

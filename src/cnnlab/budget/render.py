@@ -79,6 +79,13 @@ def layer_table(report: BudgetReport) -> Table:
             + (f" and {len(unlisted) - 6} more" if len(unlisted) > 6 else "")
             + f"; {listed:,} + {sum(unlisted.values()):,} = {report.params:,}, the total."
         )
+    # MACs of functional calls outside every row (a matmul in a forward) are in the total but in no row
+    outside_macs = report.macs - sum(row.macs for row in report.layers)
+    if outside_macs:
+        table.caption += (
+            f" Calls outside the listed layers (functional ops) count {outside_macs:,} MACs: "
+            f"{report.macs - outside_macs:,} + {outside_macs:,} = {report.macs:,}, the total."
+        )
     # Functional calls between modules (a block's F.relu) save storages that no row holds: without a word the column's
     # total fell short of the memory table's "activations kept for backward" (mobilenet_v3_small by 949,984 bytes).
     outside = report.realistic["activations_bytes"] - saved_total
