@@ -70,7 +70,8 @@ def decoded(path: str | Path) -> Image.Image:
 def photo_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
     """[3, H, W] in [0, 1]: the record's resize (its filter and antialiasing) and centre crop; mean/std are inside."""
     assert record["kind"] == "image-classifier"
-    assert "normalisation is inside" in record["input"] and "RGB [N, 3, H, W] in [0, 1]" in record["input"]
+    height, width = record["center_crop"]
+    assert record["input_shape"] == ["N", 3, height, width] and "normalisation is inside" in record["input"]
     interpolation = v2.InterpolationMode(record["interpolation"])
     resize = v2.Resize(record["resize_shorter_side_to"], interpolation=interpolation, antialias=record["antialias"])
     prepare = v2.Compose([v2.ToImage(), resize, v2.CenterCrop(record["center_crop"]), v2.ToDtype(torch.float32, True)])

@@ -243,17 +243,29 @@ def test_export_matches_pytorch(tiny_run: Path, tmp_path: Path, fmt: str) -> Non
     assert result["max_abs_difference"] < 1e-4
     record = json.loads(Path(result["preprocessing"]).read_text())
     assert record["classes"] == ["blue", "red"] and record["center_crop"] == [32, 32]
-    loaders = {"torchscript": torch.jit.load, "pt2": lambda path: torch.export.load(path).module()}
-    if fmt in loaders:  # the file loaded as the record tells a deployment to, at batches it was not traced at
-        assert record["load"] == {"torchscript": "torch.jit.load(path)", "pt2": "torch.export.load(path).module()"}[fmt]
-        loaded = loaders[fmt](result["model"])
-        predictor = load_predictor(str(tiny_run))
-        mean, std = torch.tensor(record["record"]["mean"]), torch.tensor(record["record"]["std"])
-        for batch in (3, 1):
-            images = torch.rand(batch, 3, 32, 32)
-            with torch.inference_mode():
-                expected = predictor.model((images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))
-                assert torch.allclose(loaded(images), expected, atol=1e-5)
+    # the record said [N, 3, H, W], any size, where every format's file takes the crop's 32x32 alone
+    assert (
+        record["input_shape"] == ["N", 3, 32, 32]
+        and "RGB [N, 3, 32, 32] in [0, 1]: any batch size N" in record["input"]
+    )
+    assert len(record["views"]) == 8 and "each view applied inside the model" in record["output"]
+    from exported_outside import exported_runner
+
+    if fmt == "pt2":  # the file loaded as the record tells a deployment to
+        assert record["load"] == "torch.export.load(path).module()"
+        program = torch.export.load(result["model"]).module()
+        loaded = lambda images: program(images).detach()  # noqa: E731
+    else:
+        loaded = exported_runner(result["model"], record)
+    predictor = load_predictor(str(tiny_run))
+    mean, std = torch.tensor(record["record"]["mean"]), torch.tensor(record["record"]["std"])
+    for batch in (1, 3, 7):  # the file loaded as the record tells a deployment to, at batches it was not traced at
+        images = torch.rand(batch, 3, 32, 32)
+        with torch.inference_mode():
+            expected = predictor.model((images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))
+            assert torch.allclose(loaded(images), expected, atol=1e-5)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - each runtime its own error: the size is fixed, as recorded
+        loaded(torch.rand(1, 3, 64, 64))
 
 
 def test_an_export_that_differs_from_pytorch_is_refused_and_deleted(

@@ -441,6 +441,9 @@ def test_an_export_record_of_the_earlier_layout_is_read_in_the_current_one(tmp_p
     assert "mean" not in masks and "std" not in masks
     digits = read_export_record(tmp_path / "digits.onnx")
     assert digits["kind"] == "digit-classifier" and digits["normalisation"] == {"mean": [0.1307], "std": [0.3081]}
+    # the shape each file takes, which records before input_shape gave in words ("[N, 3, H, W]") or not at all
+    shapes = [record["input_shape"] for record in (photo, masks, digits)]
+    assert shapes == [["N", 3, 32, 32], ["N", 3, "H", "W"], ["N", 1, 28, 28]]
     (tmp_path / "other.onnx.preprocessing.json").write_text(json.dumps(common))
     with pytest.raises(CnnlabError, match="not a record `cnnlab export` wrote"):
         read_export_record(tmp_path / "other.onnx")

@@ -20,7 +20,9 @@ def export(
         "-f",
         help="torchscript (.pt, traced; torch 2.14 deprecates the tracer), onnx (.onnx; the onnx package) or pt2 "
         "(.pt2, torch.export's ExportedProgram, the tracer's successor; a segmenter's sides must exceed its stride, "
-        "16 or 32). Default: the one --output's suffix names (one naming none is refused), else torchscript.",
+        "16 or 32). Every format takes any batch size; a classifier's height and width are fixed at its input "
+        "size (the record's input_shape), a segmenter's are free. Default: the one --output's suffix names (one "
+        "naming none is refused), else torchscript.",
     ),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="File to write (default: RUN/model.pt, .onnx or .pt2)."

@@ -1,12 +1,13 @@
 """Export a fine-tuned run (or a pretrained zoo model) to TorchScript, ONNX or torch.export's ExportedProgram.
 
-The exported graph takes float RGB images in [0, 1], [N, 3, H, W] at the record's crop size, and does the
-normalisation itself (mean/std are inside), so a deployment only has to decode, resize and crop. How cnnlab decodes a
-file (EXIF orientation, transparency, 16-bit), those two geometric steps, the class names and the full record are
-written beside it in ``<file>.preprocessing.json``. A segmentation run (`cnnlab train segment --data`) exports with
-dynamic height and width: whole images of any size in, logits of the same size out, checked at two sizes other than
-the traced one; a run trained with ``--max-side`` records in its ``resize`` entry how `cnnlab predict` downscales
-each image before the graph and brings the logits back to the image's size after it.
+The exported graph takes float RGB images in [0, 1], [N, 3, H, W] at the record's crop size (its ``input_shape``: any
+batch size, the height and width fixed), and does the normalisation itself (mean/std are inside), so a deployment only
+has to decode, resize and crop. How cnnlab decodes a file (EXIF orientation, transparency, 16-bit), those two geometric
+steps, the class names and the full record are written beside it in ``<file>.preprocessing.json``. A segmentation run
+(`cnnlab train segment --data`) exports with dynamic height and width: whole images of any size in, logits of the same
+size out, checked at two sizes other than the traced one; a run trained with ``--max-side`` records in its ``resize``
+entry how `cnnlab predict` downscales each image before the graph and brings the logits back to the image's size after
+it.
 
 ``pt2`` is torch.export's ExportedProgram (``torch.export.load(path).module()``), the path torch 2.14 names as the
 successor of the deprecated TorchScript tracer. It exports classifiers with a dynamic batch, and segmenters with a
@@ -147,7 +148,8 @@ def export_model(
         wrapped: nn.Module = predictor.model.cpu().eval()
         input_size: tuple[int, ...] = (1, 28, 28)
         preparation: dict[str, Any] = {
-            "input": "float32 grey [N, 1, 28, 28] in [0, 1]; normalisation is inside the exported model",
+            "input": "float32 grey [N, 1, 28, 28] in [0, 1]: any batch size N, height and width fixed at 28x28; "
+            "normalisation is inside the exported model",
             "prepare": "one light digit on black (dark ink on light paper inverted), its ink's bounding box scaled "
             "to fit 20x20 and its centre of mass put at pixel (14, 14) of 28x28, as MNIST's digits are "
             "(cnnlab.data.mnist.mnist_preprocess; `prepare_steps` gives each step exactly)",
@@ -156,8 +158,12 @@ def export_model(
     else:  # the normalisation travels inside the exported graph: it takes float RGB in [0, 1]
         wrapped = nn.Sequential(Normalize(cfg.mean, cfg.std), predictor.model.cpu().eval()).eval()
         input_size = cfg.input_size
+        height, width = input_size[1:]
+        # it said [N, 3, H, W], as if any size went, where the ONNX and pt2 files take the crop's size alone and a
+        # traced network that flattens its maps fails at any other: the size predict crops to is the file's
         preparation = {
-            "input": "float32 RGB [N, 3, H, W] in [0, 1]; mean/std normalisation is inside the exported model",
+            "input": f"float32 RGB [N, 3, {height}, {width}] in [0, 1]: any batch size N, height and width fixed at "
+            "`center_crop`; mean/std normalisation is inside the exported model",
             "resize_shorter_side_to": cfg.resize_size,
             "interpolation": cfg.interpolation,
             "antialias": RESIZE_ANTIALIAS,  # plain bicubic gives other probabilities (data.transforms)
@@ -191,6 +197,7 @@ def export_model(
             "format": fmt,
             "load": LOADERS[fmt],
             "decode": DECODE,
+            "input_shape": ["N", *input_size],  # "N": any batch size
             **preparation,
             "output": _classifier_output(predictor),
             "classes": predictor.classes,
@@ -200,7 +207,7 @@ def export_model(
             "max_abs_difference_vs_eager": max_difference,
         }
         sidecar = _publish(partial, output, json.dumps(record, indent=1, default=list))
-    summary = "grey 28x28 digits in [0, 1]" if cfg is None else "RGB in [0, 1]"
+    summary = "grey 28x28 digits in [0, 1]" if cfg is None else f"RGB {input_size[1]}x{input_size[2]} in [0, 1]"
     return {
         "model": str(output),
         "format": fmt,
@@ -291,13 +298,14 @@ def _export_segmenter(
             with torch.inference_mode():
                 pairs = [(run_exported(x), wrapped(x)) for x in checks]
         max_difference = _faithful_difference(output, pairs)
-        sides = f"H and W of at least {stride + 1}" if fmt == "pt2" else "any H and W"
+        sides = "any batch size N, " + (f"H and W of at least {stride + 1}" if fmt == "pt2" else "any H and W")
         record = {
             "layout": EXPORT_LAYOUT,
             "kind": SEGMENTER,
             "format": fmt,
             "load": LOADERS[fmt],
             "decode": DECODE,
+            "input_shape": ["N", 3, "H", "W"],  # strings: any size (`input` says the least H and W of a pt2 file)
             "input": f"float32 RGB [N, 3, H, W] in [0, 1], {sides}; mean/std normalisation is inside the exported "
             "model",
             "max_side": segmenter.max_side,

@@ -333,7 +333,7 @@ def read_export_record(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CnnlabError(f"{path} is missing; export the run again with `cnnlab export`")
     record = read_record(path)
     if record.get("layout") == EXPORT_LAYOUT:
-        return record
+        return _with_input_shape(record)
     upgraded = {"layout": EXPORT_LAYOUT, **record}
     if "prepare_steps" in record:
         from cnnlab.models.mnist_net import MNIST_MEAN, MNIST_STD  # every cnnlab MNIST network normalises with them
@@ -352,7 +352,21 @@ def read_export_record(path: str | os.PathLike[str]) -> dict[str, Any]:
             upgraded.setdefault("normalisation", {"mean": upgraded.pop("mean"), "std": upgraded.pop("std")})
     else:
         raise CnnlabError(f"{path} is not a record `cnnlab export` wrote (it holds no preparation); export again")
-    return upgraded
+    return _with_input_shape(upgraded)
+
+
+def _with_input_shape(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` with the ``input_shape`` an export of its kind takes, where it was written before records held one:
+    any batch size ("N"), a classifier's height and width fixed (MNIST's 28x28, a photo classifier's crop), a
+    segmenter's free."""
+    if "input_shape" in record:
+        return record
+    shapes = {
+        DIGIT_CLASSIFIER: lambda: ["N", 1, 28, 28],
+        IMAGE_CLASSIFIER: lambda: ["N", 3, *record["center_crop"]],
+        SEGMENTER: lambda: ["N", 3, "H", "W"],
+    }
+    return {**record, "input_shape": shapes[record["kind"]]()} if record.get("kind") in shapes else record
 
 
 def check_not_exported(path: Path) -> None:
