@@ -38,11 +38,13 @@ from cnnlab.layers.normalize import Normalize
 from cnnlab.tasks.predict import Predictor, load_predictor
 from cnnlab.train.saved import (
     DIGIT_CLASSIFIER,
+    DIGIT_SEGMENTER,
     EXPORT_LAYOUT,
     EXPORT_RECORD_SUFFIX,
     IMAGE_CLASSIFIER,
     SEGMENTER,
     Ensemble,
+    saved_meta,
 )
 
 __all__ = ["DEFAULT_OPSET", "EXPORT_FORMATS", "ONNX_OPSETS", "export_model"]
@@ -139,6 +141,7 @@ def export_model(
 
     if is_segmentation_run(model):
         return _export_segmenter(model, fmt, output, opset, log, overwrite)
+    _refuse_canvas_segmenter(model)
     predictor = load_predictor(model)
     cfg = predictor.cfg
     suffix = SUFFIXES[fmt]
@@ -215,6 +218,27 @@ def export_model(
         "max_abs_difference": max_difference,
         "input": f"{summary}, normalisation inside",
     }
+
+
+def _refuse_canvas_segmenter(model: str) -> None:
+    """Refuse a segmentation run on the MNIST canvases for what it is in `export`: predict's refusal ("not a
+    classifier ... `cnnlab predict` takes runs of `cnnlab train segment --data DIR`") read as if export took
+    classifiers alone and named another command.
+
+    Raises:
+        CnnlabError: `model` is a `cnnlab train segment` run without ``--data``.
+    """
+    try:
+        kind = saved_meta(model).get("kind")
+    except CnnlabError:  # not a saved run: a zoo name, or what load_predictor then explains
+        return
+    if kind == DIGIT_SEGMENTER:
+        raise CnnlabError(
+            f"{model} is a segmentation run on MNIST canvases (`cnnlab train segment` without --data), which cnnlab "
+            "does not export: it records no preparation for images other than its own canvases (its report.md and "
+            "test_overlays.png show its masks); export a `cnnlab train segment --data DIR` run, whose file takes "
+            "any height and width"
+        )
 
 
 def _normalisation_inside(model: nn.Module) -> dict[str, list[float]] | None:
