@@ -230,7 +230,7 @@ def test_export_matches_pytorch(tiny_run: Path, tmp_path: Path, fmt: str) -> Non
     from cli_in_process import run_cnnlab
 
     if fmt == "onnx":
-        pytest.importorskip("onnx")
+        pytest.importorskip("onnxruntime")
     output = tmp_path / f"model.{fmt}"
     completed = run_cnnlab("export", str(tiny_run), "-f", fmt, "-o", str(output), "--json")
     assert completed.returncode == 0 and completed.stderr == "", completed.stderr
@@ -391,6 +391,23 @@ def test_an_onnx_opset_the_exporter_cannot_write_is_refused_before_the_model_loa
         export_model("no_such_model", "onnx", tmp_path / "m.onnx")
     result = CliRunner().invoke(app, ["export", "no_such_model", "-o", str(tmp_path / "m.onnx"), "--opset", "9"])
     assert "--opset 9" in str(result.exception)
+
+
+def test_an_onnx_export_without_onnx_runtime_is_refused_before_the_model_loads(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ONNX Runtime the file was "checked" by running eager PyTorch against itself: written, its record saying
+    max_abs_difference_vs_eager 0.0 at its checked sizes, for a graph nothing had run."""
+    import sys
+
+    import cnnlab.tasks.export
+    from cnnlab.tasks.export import export_model
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime: ModuleNotFoundError
+    monkeypatch.setattr(cnnlab.tasks.export, "load_predictor", None)  # refused before any model is loaded
+    with pytest.raises(CnnlabError, match=r"needs onnxruntime \(the file is run .*`pip install onnxruntime`"):
+        export_model(str(tiny_run), "onnx", tmp_path / "m.onnx")
+    assert not list(tmp_path.iterdir())
 
 
 def test_an_opset_given_with_a_format_that_has_none_is_refused(tmp_path: Path) -> None:

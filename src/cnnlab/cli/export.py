@@ -18,7 +18,8 @@ def export(
         None,
         "--format",
         "-f",
-        help="torchscript (.pt, traced; torch 2.14 deprecates the tracer), onnx (.onnx; the onnx package) or pt2 "
+        help="torchscript (.pt, traced; torch 2.14 deprecates the tracer), onnx (.onnx; the onnx and onnxruntime "
+        "packages, which check it) or pt2 "
         "(.pt2, torch.export's ExportedProgram, the tracer's successor; a segmenter's sides must exceed its stride, "
         "16 or 32). Every format takes any batch size; a classifier's height and width are fixed at its input "
         "size (the record's input_shape), a segmenter's are free. Default: the one --output's suffix names (one "
