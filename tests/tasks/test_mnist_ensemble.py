@@ -261,11 +261,13 @@ def test_an_mnist_run_exports_with_its_digit_preparation(
     assert result["max_abs_difference"] < 1e-5 and result["input"].startswith("grey 28x28")
     record = json.loads(Path(result["preprocessing"]).read_text())
     assert record["classes"] == [str(d) for d in range(10)] and "[N, 1, 28, 28]" in record["input"]
+    assert record["input_shape"] == ["N", 1, 28, 28] and "height and width fixed at 28x28" in record["input"]
     assert "20x20" in record["prepare"] and "record" not in record
     loaded = torch.jit.load(result["model"]) if fmt == "torchscript" else torch.export.load(result["model"]).module()
-    digits = torch.rand(5, 1, 28, 28)  # a batch size the export was not traced at
-    with torch.inference_mode():
-        torch.testing.assert_close(loaded(digits), load_model(runs[2] / "single")(digits), atol=1e-5, rtol=1e-5)
+    for batch in (1, 3, 7):  # batch sizes the export was not traced at
+        digits = torch.rand(batch, 1, 28, 28)
+        with torch.inference_mode():
+            torch.testing.assert_close(loaded(digits), load_model(runs[2] / "single")(digits), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("run", ["single", "pair"])

@@ -1066,7 +1066,7 @@ def test_pt2_export_matches_pytorch_at_sizes_it_was_not_traced_at(trained, tmp_p
         assert exported.shape == expected.shape == (shape[0], 4, *shape[2:])
         torch.testing.assert_close(exported, expected, atol=1e-5, rtol=0)
     record = json.loads((tmp_path / "m.pt2.preprocessing.json").read_text())
-    assert f"H and W of at least {stride + 1}" in record["input"]
+    assert f"H and W of at least {stride + 1}" in record["input"] and record["input_shape"] == ["N", 3, "H", "W"]
 
 
 def test_bad_files_are_listed_and_skipped(tmp_path, capsys):
