@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnlab.budget.detection import DenseDetection, detection_info, is_detection_network
 from cnnlab.budget.spec import LayerSpec, build_module, infer_shapes, load_spec_file, parse_spec
 from cnnlab.budget.trace import Row, TraceResult, optimizer_copies, resolve_dtype, trace
 from cnnlab.errors import CnnlabError
@@ -83,6 +84,9 @@ class BudgetReport:
     figure_activation_bytes: int = 0
     # parameters no row holds (qualified name -> values): on a module above the rows, in `params` but in no row
     unlisted_params: dict[str, int] = field(default_factory=dict)
+    # a torchvision detection network (`cnnlab.budget.detection.detection_info`): sized at its transform's resized
+    # shape, its backbone and dense heads exactly, its per-box heads per box
+    detection: dict[str, Any] | None = None
 
     @property
     def flops(self) -> int:
@@ -124,6 +128,7 @@ class BudgetReport:
             "realistic": dict(self.realistic),
             **({"measured": dict(self.measured)} if self.measured is not None else {}),
             **({"plan": self.plan} if self.plan is not None else {}),
+            **({"detection": self.detection} if self.detection is not None else {}),
         }
 
 
@@ -420,8 +425,9 @@ def input_error(
         return CnnlabError(
             f"{name} takes a list of images ({images}, as detection networks do: each its own size, with their "
             "targets to train, and outputs that depend on the values, such as boxes kept after non-maximum "
-            "suppression); the budget sizes a network that maps one batch tensor to outputs of known shape: size its "
-            "backbone (a FILE.py:NAME that returns the built network's .backbone)"
+            "suppression); the budget sizes torchvision's (a transform, a backbone and dense heads) and otherwise a "
+            "network that maps one batch tensor to outputs of known shape: size its backbone (a FILE.py:NAME that "
+            "returns the built network's .backbone)"
         )
     if any(words in first_line for words in _NO_VALUES):  # the input is not the cause: another size fails alike
         first_line = first_line.split(". ")[0]  # torch's nonzero message goes on for three more sentences
@@ -494,6 +500,18 @@ def budget(
     target = resolve_device(device) if measure else parse_device(device)
     resolved_name, module, shape, spec_layers = resolve_model(model, input_shape, on_meta=not measure)
     name = name or resolved_name
+    detection = None
+    if is_detection_network(module):  # a list of images in, boxes out: sized at its own transform's output
+        if len(shape) != 3:
+            raise CnnlabError(
+                f"{name} is a detection network: it takes each image as 3 sizes (channels x height x width, e.g. "
+                f"3x800x800), which its own transform resizes; --input {'x'.join(map(str, shape))} has {len(shape)}"
+            )
+        try:
+            detection = detection_info(module, shape)
+        except FORWARD_ERRORS as error:
+            raise input_error(name, module, shape, error, batch_size) from None
+        module, shape = DenseDetection(module), tuple(detection["resized_shape"])
     torch_dtype = resolve_dtype(dtype)
     copies = optimizer_copies(optimizer)
     if batch_size < 1:
@@ -551,6 +569,17 @@ def budget(
         figure_activation_bytes=sum(row.activation_bytes for row in figure_rows),
         unlisted_params=result.unlisted_params,
     )
+    if detection is not None:
+        # the RoI heads are not called on the dense part: the detection note says what they cost, per box
+        report.no_gradient = {
+            module_name: count
+            for module_name, count in report.no_gradient.items()
+            if module_name != "roi_heads" and not module_name.startswith("roi_heads.")
+        }
+        detection["most_macs"] = report.macs + sum(
+            head["macs_per_box"] * head["most_per_image"] for head in detection["per_box_heads"]
+        )
+        report.detection = detection
     if measure:
         if log is not None:
             log(f"measuring: one real training step of {name} at batch {batch_size} on {target}")

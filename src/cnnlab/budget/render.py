@@ -303,7 +303,44 @@ def print_report(report: BudgetReport, console: Console | None = None, layers: b
 
 def memory_notes(report: BudgetReport) -> list[str]:
     """What the memory table's training figures mean where it is not plain (printed below that table)."""
-    return [note for note in (nothing_to_train_note(report), *mode_notes(report)) if note]
+    return [note for note in (detection_note(report), nothing_to_train_note(report), *mode_notes(report)) if note]
+
+
+def detection_note(report: BudgetReport) -> str | None:
+    """What was sized of a detection network, at what shape, and what depends on the image's values."""
+    info = report.detection
+    if info is None:
+        return None
+    transform = info["transform"]
+    if transform["fixed_size"]:
+        how = f"to its fixed_size {'x'.join(map(str, transform['fixed_size']))}"
+    else:
+        how = f"min_size {transform['min_size']}, max_size {transform['max_size']}"
+        if transform["size_divisible"] > 1:
+            how += f", padded to a multiple of {transform['size_divisible']}"
+    given, resized = "x".join(map(str, info["given_shape"])), "x".join(map(str, info["resized_shape"]))
+    text = (
+        f"{escape(report.model_name)} is a detection network ({info['network']}): its own transform resizes the "
+        f"{given} image to {resized} ({how}), and it is sized at that shape. The layers, MACs and memory above are "
+        "its backbone and dense heads, which run on every position of every image of that size: exact whatever the "
+        "image. Anchors, box decoding and non-maximum suppression add no MACs, but how many boxes they keep depends "
+        "on the image's values"
+    )
+    heads = info["per_box_heads"]
+    if not heads:
+        return text + ", and no head runs per box: the MACs are one image's."
+    parts = [
+        f"{' + '.join(head['modules'])} {head['macs_per_box']:,} MACs per {head['runs_on']} (up to "
+        f"{head['most_per_image']:,} per image)"
+        for head in heads
+    ]
+    return (
+        f"{text}, and so does the work of the heads that run once per box (their rows above show their parameters "
+        f"only): {'; '.join(parts)}. "
+        f"One image costs from {report.macs / 1e9:.3f} G (no box kept) to {info['most_macs'] / 1e9:.3f} G MACs "
+        "(every head at its most). The training figures are one step of the backbone and dense heads on the sum of "
+        "their outputs; torchvision's own training step (targets, sampled proposals, losses) is not sized."
+    )
 
 
 def plan_notes(report: BudgetReport) -> list[str]:
