@@ -5,14 +5,18 @@ What it measures, per network: the exit status and wall time of one `python -m c
 ``sum(p.numel())`` of the same network, and its MACs against ``torch.utils.flop_counter.FlopCounterMode`` on one
 eval-mode forward at batch 1 (FLOPs / 2), both counted here on the meta device, independently of cnnlab. For a few
 small networks also ``--measure`` (one real CPU training step): estimate/measured of the bytes saved for backward and
-of the peak of live tensors. One run per network: the counts are deterministic, the times are one sample on a shared
-machine.
+of the peak of live tensors. A detection network's forward keeps a number of boxes that depends on the image, so its
+reference is a real CPU forward of the whole network (random weights, seed 0, on a blank image of the sweep's size,
+score_thresh 0 so that the mask and keypoint heads run on every detection kept) under FlopCounterMode, against
+cnnlab's dense MACs plus its MACs per box times the boxes that forward ran each head on. One run per network:
+the counts are deterministic, the times are one sample on a shared machine.
 
 Networks: ``torchvision.models.list_models(module=...)`` for the classification, segmentation, video and detection
 modules (detection and segmentation builders with ``weights_backbone=None``: no download), and the timm names in
 TIMM (built without weights; a timm network is sized at its ``pretrained_cfg`` input size, so no --input).
 
-Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/budget_sweep.py [--quick] [--json out.json]
+Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/budget_sweep.py [--quick | --family detection] [--json out.json]
+(--family reruns one family and puts its cases into the existing results file, whose summary it recomputes.)
 """
 
 from __future__ import annotations
@@ -90,6 +94,10 @@ class Case:
     error: str | None = None
     notes: list[str] = field(default_factory=list)
     measured: dict | None = None
+    # a detection network: cnnlab's per-box heads (modules, MACs per box), the resized input, and the boxes each head
+    # ran on in the reference forward
+    detection: dict | None = None
+    boxes: dict | None = None
 
 
 def cases() -> list[Case]:
@@ -137,6 +145,7 @@ def run_cli(case: Case, measure: bool = False) -> dict | None:
     case.notes = [
         key for key in ("training_only_modules", "no_gradient_modules", "one_value_batch_norms") if report[key]
     ]
+    case.detection = report.get("detection")
     return report
 
 
@@ -169,7 +178,8 @@ def reference(case: Case) -> None:
     model = build_python_model(case.target)  # on the meta device, as the CLI builds it; counted here on its own
     case.reference_params = sum(p.numel() for p in model.parameters())
     if case.family == "detection":
-        return  # list inputs: what it counts is the CLI's answer
+        _detection_reference(case)
+        return
     shape = tuple(int(n) for n in case.input.split("x")) if case.input else declared_input_size(model)[0]
     model.eval()
     counter = FlopCounterMode(display=False)
@@ -178,14 +188,51 @@ def reference(case: Case) -> None:
     case.reference_macs = counter.get_total_flops() // 2
 
 
+def _detection_reference(case: Case) -> None:
+    """FlopCounterMode's FLOPs / 2 of one real eval forward of the whole network on a blank image, and how many boxes
+    each per-box head ran on (its input's first dimension)."""
+    from cnnlab.budget.python_model import build_python_model
+
+    torch.manual_seed(0)
+    model = build_python_model(case.target, on_meta=False).eval()
+    roi_heads = getattr(model, "roi_heads", None)
+    boxes: dict[str, int] = {}
+    if roi_heads is not None:
+        roi_heads.score_thresh = 0.0  # random weights score every class about 1/91: keep detections for the heads
+        for part in ("box_head", "mask_head", "keypoint_head"):
+            head = getattr(roi_heads, part, None)
+            if head is not None:
+                head.register_forward_hook(
+                    lambda _module, args, _output, name=f"roi_heads.{part}": boxes.__setitem__(name, args[0].shape[0])
+                )
+    shape = tuple(int(n) for n in case.input.split("x"))
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model([torch.zeros(shape)])
+    case.reference_macs, case.boxes = counter.get_total_flops() // 2, boxes
+
+
+def compared_macs(case: Case) -> int | None:
+    """cnnlab's MACs for what the reference ran: a detection network's dense MACs plus each per-box head's MACs
+    times the boxes it ran on."""
+    if case.macs is None or case.detection is None:
+        return case.macs
+    return case.macs + sum(
+        head["macs_per_box"] * (case.boxes or {}).get(head["modules"][0], 0) for head in case.detection["per_box_heads"]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only {len(QUICK)} networks, one of each kind")
+    parser.add_argument("--family", default=None, help="only this family (detection, timm, ...), merged into --json")
     parser.add_argument("--json", type=Path, default=None, help="default benchmarks/results/budget_sweep[_quick].json")
     options = parser.parse_args()
     chosen = cases()
     if options.quick:
         chosen = [case for case in chosen if case.target in QUICK]
+    if options.family:
+        chosen = [case for case in chosen if case.family == options.family]
     _versions()  # imports torchvision and timm before the first timing
     startup = startup_seconds()
     for case in chosen:
@@ -199,11 +246,19 @@ def main() -> None:
         if case.target in MEASURE:
             case.measured = run_cli(case, measure=True)
             print(f"{case.target}: --measure {case.measured}", flush=True)
+    path = options.json or Path(__file__).parent / "results" / f"budget_sweep{'_quick' if options.quick else ''}.json"
+    command = " ".join([Path(sys.executable).name, *sys.argv])
+    earlier: dict = {}
+    if options.family and path.exists():  # the other families' cases as the earlier full run recorded them
+        earlier = json.loads(path.read_text())
+        rerun = {case.target for case in chosen}
+        kept = [Case(**case) for case in earlier["cases"] if case["target"] not in rerun]
+        chosen = sorted([*kept, *chosen], key=lambda case: [c["target"] for c in earlier["cases"]].index(case.target))
+        command = f"{earlier['command']}; {command} ({earlier['date']}, then this date)"
     summary = _summary(chosen)
     print(json.dumps(summary, indent=1))
-    path = options.json or Path(__file__).parent / "results" / f"budget_sweep{'_quick' if options.quick else ''}.json"
     record = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command,
         "date": time.strftime("%Y-%m-%d"),
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
@@ -220,7 +275,9 @@ def _row(case: Case) -> str:
     if case.rc != 0:
         return f"{case.target:78s} rc={case.rc} {case.seconds:6.1f}s  {case.error[:400]}"
     params = "=" if case.params == case.reference_params else f"!= {case.reference_params}"
-    macs = "=" if case.reference_macs in (None, case.macs) else f"!= {case.reference_macs}"
+    macs = "=" if case.reference_macs in (None, compared_macs(case)) else f"!= {case.reference_macs}"
+    if case.boxes:
+        macs += " with boxes " + ", ".join(f"{name} {count}" for name, count in case.boxes.items())
     return (
         f"{case.target:78s} rc=0 {case.seconds:6.1f}s ({case.cpu_seconds:5.1f} CPU) "
         f"params {case.params:>12,} {params:>3s} MACs {case.macs:>16,} {macs} {' '.join(case.notes)}"
@@ -236,12 +293,14 @@ def _summary(chosen: list[Case]) -> dict:
         "exit_0": len(passed),
         "failed": {case.target: case.error for case in chosen if case.rc != 0},
         "params_equal": sum(case.params == case.reference_params for case in passed),
-        "macs_equal": sum(case.macs == case.reference_macs for case in passed if case.reference_macs is not None),
+        "macs_equal": sum(
+            compared_macs(case) == case.reference_macs for case in passed if case.reference_macs is not None
+        ),
         "macs_compared": sum(case.reference_macs is not None for case in passed),
         "macs_differ": {
-            case.target: [case.macs, case.reference_macs]
+            case.target: [compared_macs(case), case.reference_macs]
             for case in passed
-            if case.reference_macs is not None and case.macs != case.reference_macs
+            if case.reference_macs is not None and compared_macs(case) != case.reference_macs
         },
         "median_seconds": times[len(times) // 2] if times else None,
         "max_seconds": max(times) if times else None,
