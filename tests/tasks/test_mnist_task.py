@@ -420,8 +420,12 @@ def test_resume_of_a_missing_run_is_a_clear_error(fake_root: Path, tmp_path: Pat
         train_mnist("quick", data_dir=str(fake_root), output=str(tmp_path), name="nope", resume=True, val_size=40)
 
 
+def _not_read(*args: object, **kwargs: object) -> None:
+    raise AssertionError("MNIST was read before the resumed options were compared")
+
+
 def test_resume_of_a_finished_run_reads_it_back_and_refuses_other_options(
-    fake_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fake_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--resume of a finished single run was a KeyError traceback; with another --recipe it was read back as is."""
     options = dict(data_dir=str(fake_root), output=str(tmp_path), name="done", val_size=40, progress=False)
@@ -452,10 +456,12 @@ def test_resume_of_a_finished_run_reads_it_back_and_refuses_other_options(
     title = (tmp_path / "mnist" / "renamed" / "report.md").read_text().splitlines()[0]
     assert title == "# MNIST run `renamed`", title
     (tmp_path / "mnist" / "renamed").rename(tmp_path / "mnist" / "done")
-    with pytest.raises(CnnlabError, match=r"cannot resume .*done with different options \(.*epochs: 2 -> 3"):
-        train_mnist("quick", overrides={**_TINY, "epochs": 3}, resume=True, **options)
-    with pytest.raises(CnnlabError, match=r"extra\.recipe: 'quick' -> 'baseline'"):  # a key, not two whole records
-        train_mnist("baseline", overrides=_TINY, resume=True, **options)
+    with monkeypatch.context() as patch:  # a changed option is refused before MNIST is read (seconds), not after
+        patch.setattr(mnist_task, "load_mnist", _not_read)
+        with pytest.raises(CnnlabError, match=r"cannot resume .*done with different options \(.*epochs: 2 -> 3"):
+            train_mnist("quick", overrides={**_TINY, "epochs": 3}, resume=True, **options)
+        with pytest.raises(CnnlabError, match=r"extra\.recipe: 'quick' -> 'baseline'"):  # a key, not two records
+            train_mnist("baseline", overrides=_TINY, resume=True, **options)
     other = write_fake_mnist(tmp_path / "other", train=240, test=80, seed=1)  # read back on other training images
     with pytest.raises(CnnlabError, match=r"done: it held its validation images out of other MNIST training images"):
         train_mnist("quick", overrides=_TINY, resume=True, **{**options, "data_dir": str(other)})

@@ -254,42 +254,19 @@ def _train_mnist(
         raise CnnlabError("--member needs --ensemble N with N >= 2")
     if member is not None and name is None:
         raise CnnlabError("--member needs --name: every member's process must name the same ensemble run")
-    # a stop from here until a member's own session takes over (loading MNIST, the checks of the run and its members,
-    # reading finished members back) is a session of the member this command trains first, when it continues one
-    prepared = _preparing(output, name, seed, ensemble, member, resume, command_started)
-    if prepared is not None:
-        before_training.enter_context(prepared)
-    data = splits if splits is not None else load_mnist(data_dir, val_size=val_size, seed=0)
-    if prepared is not None:
-        prepared.doing("setting up the run")
-    train_images, train_labels = to_float(data.train_images), data.train_labels
-    if train_subset is not None:
-        train_images, train_labels = train_images[:train_subset], train_labels[:train_subset]
-    val = (to_float(data.val_images), data.val_labels) if len(data.val_labels) else None
-    test_images, test_labels = to_float(data.test_images), data.test_labels
     name = name or run_name(recipe)
     run_dir = Path(output) / TASK / name
-    note_current_run(run_dir)
     options = with_overrides(chosen.train, overrides)
-
+    reuse_finished = resume or member is not None  # members finished earlier are read back, not trained again
     if resume and not run_dir.is_dir():
         raise CnnlabError(f"--resume: there is no run at {run_dir}; check --name and --output")
-    _check_run_shape(run_dir, ensemble, seed, member, resume, overwrite)
-    members: list[dict[str, Any]] = []
-    member_probabilities = []
-    reuse_finished = resume or member is not None  # members finished earlier are read back, not trained again
-    main, say = is_main_process(), print if progress else None
-    # an ensemble finished before this command (its results.json is written once every member is): read back, as a
-    # single run is, when no member trains here
-    ensemble_finished = ensemble > 1 and reuse_finished and is_finished(run_dir)
-    missing: list[int] = []  # seeds of members neither finished nor trained here (with `member`)
-    first_trained = True
-    # With `member`, that member trains first and the others are looked up after it, when they may have finished.
-    order = list(range(ensemble)) if member is None else [member, *(i for i in range(ensemble) if i != member)]
+    if not overwrite:  # a run of the other shape (or other members) refused before MNIST is read; nothing removed
+        _check_run_shape(run_dir, ensemble, seed, member, resume, overwrite)
 
-    def member_config(index: int, fellow: bool = False) -> tuple[int, Path, TrainConfig]:
-        """The seed, folder and config of member `index`; a `fellow` (another process's member, checked before this
-        one trains) with this process's training set, to be compared with the one it recorded."""
+    def member_config(index: int, digest: str | None, fellow: bool = False) -> tuple[int, Path, TrainConfig]:
+        """The seed, folder and config of member `index` on the training set of SHA-256 `digest` (None: not read
+        yet, or not known); a `fellow` (another process's member, checked before this one trains) with this process's
+        training set, to be compared with the one it recorded."""
         member_seed = seed + index
         member_name = name if ensemble == 1 else f"{name}/seed{member_seed}"
         member_dir = Path(output) / TASK / member_name
@@ -312,21 +289,59 @@ def _train_mnist(
                 "arch": chosen.arch,
                 "model_kwargs": chosen.model_kwargs,
                 "val_size": val_size,
-                **_training_set(member_dir, data.source_sha256, data_dir, continued and not fellow),
+                **_training_set(member_dir, digest, data_dir, continued and not fellow),
                 **_as_started(member_dir, {ENSEMBLE_SIZE: ensemble} if ensemble > 1 else {}, continued and not fellow),
                 **_since_recorded(member_dir, {TRAIN_SUBSET: train_subset}, continued and not fellow),
             },
         )
         return member_seed, member_dir, config
 
+    # Before MNIST is read (seconds): a finished member is read back only for the options it was trained with
+    # (--recipe included), and a member's process trains only beside fellows of its options. Compared here on all but
+    # the training set, which is compared once read, below.
+    for index in range(ensemble) if reuse_finished else ():
+        if member is not None and index != member:
+            _check_fellow_member(*member_config(index, None, fellow=True)[1:], data_dir)
+            continue
+        _, member_dir, config = member_config(index, None)  # its recorded digest stands in for the one not read yet
+        if is_finished(member_dir):
+            check_resumable(saved_options(member_dir), config, member_dir)
+    # a stop from here until a member's own session takes over (loading MNIST, the checks of the run and its members,
+    # reading finished members back) is a session of the member this command trains first, when it continues one
+    prepared = _preparing(output, name, seed, ensemble, member, resume, command_started)
+    if prepared is not None:
+        before_training.enter_context(prepared)
+    data = splits if splits is not None else load_mnist(data_dir, val_size=val_size, seed=0)
+    if prepared is not None:
+        prepared.doing("setting up the run")
+    train_images, train_labels = to_float(data.train_images), data.train_labels
+    if train_subset is not None:
+        train_images, train_labels = train_images[:train_subset], train_labels[:train_subset]
+    val = (to_float(data.val_images), data.val_labels) if len(data.val_labels) else None
+    test_images, test_labels = to_float(data.test_images), data.test_labels
+    note_current_run(run_dir)
+    if overwrite:  # what --overwrite replaces is removed once MNIST is read: a bad --data-dir leaves it be
+        _check_run_shape(run_dir, ensemble, seed, member, resume, overwrite)
+    members: list[dict[str, Any]] = []
+    member_probabilities = []
+    main, say = is_main_process(), print if progress else None
+    # an ensemble finished before this command (its results.json is written once every member is): read back, as a
+    # single run is, when no member trains here
+    ensemble_finished = ensemble > 1 and reuse_finished and is_finished(run_dir)
+    missing: list[int] = []  # seeds of members neither finished nor trained here (with `member`)
+    first_trained = True
+    # With `member`, that member trains first and the others are looked up after it, when they may have finished.
+    order = list(range(ensemble)) if member is None else [member, *(i for i in range(ensemble) if i != member)]
+
     if member is not None:  # before this member trains: the others (finished, or training now) must be its fellows
         for index in order[1:]:
-            _check_fellow_member(*member_config(index, fellow=True)[1:], data_dir)
+            _check_fellow_member(*member_config(index, data.source_sha256, fellow=True)[1:], data_dir)
     for index in order:
-        member_seed, member_dir, config = member_config(index)
+        member_seed, member_dir, config = member_config(index, data.source_sha256)
         if reuse_finished and is_finished(member_dir):
-            # a finished member is read back (`cnnlab.train.finished`) only for the options it was trained with
-            # (--recipe included); stopped between its results.json and its report.md, only the report is left to write
+            # a finished member is read back (`cnnlab.train.finished`) only for the options it was trained with, its
+            # training set now included (compared again: it may have finished in another process while MNIST loaded);
+            # stopped between its results.json and its report.md, only the report is left to write
             check_resumable(saved_options(member_dir), config, member_dir)
 
             def write_report(result: dict[str, Any], current: TrainConfig = config) -> None:
