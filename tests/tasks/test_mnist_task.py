@@ -380,6 +380,10 @@ def test_interrupted_ensemble_resumes_to_the_same_weights(
         assert all(torch.equal(resumed_state[k], straight_state[k]) for k in straight_state)
 
 
+def _not_read(*args: object, **kwargs: object) -> None:
+    raise AssertionError("MNIST was read before the resumed options were compared, or by a run read back")
+
+
 def test_a_member_stopped_while_it_wrote_its_results_resumes(
     ensemble_run: dict, fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -402,26 +406,42 @@ def test_a_member_stopped_while_it_wrote_its_results_resumes(
     assert summary["ensemble_test_accuracy"] == ensemble_run["ensemble_test_accuracy"]
     assert [m["test_accuracy"] for m in summary["members"]] == [m["test_accuracy"] for m in ensemble_run["members"]]
     # a member stopped between its results.json and its report.md gets the report from what it saved, not retested
-    report = tmp_path / "mnist" / "ens" / "seed1" / "report.md"
-    written = report.read_text()
-    report.unlink()
-    tested_at = (report.parent / "test_probabilities.pt").stat().st_mtime_ns
-    again = train_mnist("quick", overrides=_TINY, resume=True, **options)
-    assert again["members"] == summary["members"]
+    # ... and so does the ensemble's, moved since; nothing else is written again (the ensemble was recombined from
+    # its members' test probabilities, its config.yaml, ensemble.json, figures, report and results.json rewritten)
+    run = tmp_path / "mnist" / "ens"
+    written = {name: (run / name).read_text() for name in ("seed1/report.md", "report.md")}
+    for name in written:
+        (run / name).unlink()
+    moved = tmp_path / "elsewhere" / "mnist" / "ens"
+    moved.parent.mkdir(parents=True)
+    run.rename(moved)
+    saved = {path: path.stat().st_mtime_ns for path in moved.rglob("*") if path.is_file()}
+    with monkeypatch.context() as patch:  # nor is MNIST read, but its training set's digest
+        patch.setattr(mnist_task, "load_mnist", _not_read)
+        again = train_mnist("quick", overrides=_TINY, resume=True, **{**options, "output": str(moved.parents[1])})
+    assert {path: path.stat().st_mtime_ns for path in saved} == saved
+    assert {str(path.relative_to(moved)) for path in moved.rglob("*") if path.is_file()} - {
+        str(path.relative_to(moved)) for path in saved
+    } == set(written)
+    for name, text in written.items():
+        assert _WRITTEN.sub("", (moved / name).read_text()) == _WRITTEN.sub("", text).replace(str(run), str(moved))
+    assert again["run_dir"] == str(moved) and str(run) in (moved / "results.json").read_text()
+    assert again["members"] == [
+        {**member, "run_dir": member["run_dir"].replace(str(run), str(moved))} for member in summary["members"]
+    ]
     # nothing trained: read back as the other tasks' runs are (the CLI says so); a member trained here is not that
     assert again["finished_before"] and "finished_before" not in summary
-    assert "finished_before" not in (tmp_path / "mnist" / "ens" / "results.json").read_text()
-    assert (report.parent / "test_probabilities.pt").stat().st_mtime_ns == tested_at
-    assert _WRITTEN.sub("", report.read_text()) == _WRITTEN.sub("", written)
+    assert "finished_before" not in (moved / "results.json").read_text()
+    # an ensemble's results.json cut short (written in place by an older cnnlab) is made again, not a traceback
+    (moved / "results.json").write_text((moved / "results.json").read_text()[:40])
+    again = train_mnist("quick", overrides=_TINY, resume=True, **{**options, "output": str(moved.parents[1])})
+    assert "finished_before" not in again
+    assert json.loads((moved / "results.json").read_text())["test_accuracy"] == summary["test_accuracy"]
 
 
 def test_resume_of_a_missing_run_is_a_clear_error(fake_root: Path, tmp_path: Path) -> None:
     with pytest.raises(CnnlabError, match="there is no run at"):
         train_mnist("quick", data_dir=str(fake_root), output=str(tmp_path), name="nope", resume=True, val_size=40)
-
-
-def _not_read(*args: object, **kwargs: object) -> None:
-    raise AssertionError("MNIST was read before the resumed options were compared")
 
 
 def test_resume_of_a_finished_run_reads_it_back_and_refuses_other_options(
@@ -432,8 +452,11 @@ def test_resume_of_a_finished_run_reads_it_back_and_refuses_other_options(
     finished = train_mnist("quick", overrides=_TINY, **options)
     weights = tmp_path / "mnist" / "done" / "model.safetensors"
     trained_at = weights.stat().st_mtime_ns
+    results = tmp_path / "mnist" / "done" / "results.json"
+    recorded_at = results.stat().st_mtime_ns
     again = train_mnist("quick", overrides=_TINY, resume=True, **{**options, "progress": True})
     assert weights.stat().st_mtime_ns == trained_at  # read back, not trained again
+    assert results.stat().st_mtime_ns == recorded_at  # nor its results written again
     assert again["test_accuracy"] == finished["test_accuracy"] and again["members"] == finished["members"]
     # said, and returned for the CLI to say, as the other tasks' (a run that trained is not read back)
     run = tmp_path / "mnist" / "done"

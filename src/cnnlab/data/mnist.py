@@ -156,6 +156,12 @@ def load_mnist(
     )
 
 
+def read_training_set_digest(data_dir: str | os.PathLike[str] | None = None) -> str:
+    """`training_set_digest` of the MNIST training set under `data_dir` (as `load_mnist` records it), read without
+    the test set or a split: what a finished run read back compares with the digest it recorded."""
+    return training_set_digest(*_load_split(find_mnist_dir(data_dir), "train"))
+
+
 def training_set_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
     """The SHA-256 of a training set's images and labels as read (the same for plain and ``.gz`` files), in order: the
     images a seeded split holds out depend on both. About 0.1 s for MNIST's 60,000."""

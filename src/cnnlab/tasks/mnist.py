@@ -15,7 +15,7 @@ import contextlib
 import json
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cnnlab.data.augment import RandomAffine
-from cnnlab.data.mnist import MNIST_CLASSES, MnistSplits, load_mnist
+from cnnlab.data.mnist import MNIST_CLASSES, MnistSplits, load_mnist, read_training_set_digest
 from cnnlab.errors import CnnlabError
 from cnnlab.files import check_writable, write_text_whole, written_then_renamed
 from cnnlab.report.units import score
@@ -306,6 +306,14 @@ def _train_mnist(
         _, member_dir, config = member_config(index, None)  # its recorded digest stands in for the one not read yet
         if is_finished(member_dir):
             check_resumable(saved_options(member_dir), config, member_dir)
+    main, say = is_main_process(), print if progress else None
+    if reuse_finished and _nothing_left(run_dir, [member_config(index, None)[1] for index in range(ensemble)]):
+        # Finished before (a single run, or an ensemble saved from all its members): read back, nothing rewritten. Its
+        # training set is compared still; the test set, which it was scored on once, is not read.
+        digest = splits.source_sha256 if splits is not None else read_training_set_digest(data_dir)
+        # each member's config, refused here if it held its validation images out of other images
+        configs = [member_config(index, digest)[2] for index in range(ensemble)]
+        return _read_back_run(chosen, overrides, run_dir, configs, seed, ensemble, say, main)
     # a stop from here until a member's own session takes over (loading MNIST, the checks of the run and its members,
     # reading finished members back) is a session of the member this command trains first, when it continues one
     prepared = _preparing(output, name, seed, ensemble, member, resume, command_started)
@@ -324,10 +332,6 @@ def _train_mnist(
         _check_run_shape(run_dir, ensemble, seed, member, resume, overwrite)
     members: list[dict[str, Any]] = []
     member_probabilities = []
-    main, say = is_main_process(), print if progress else None
-    # an ensemble finished before this command (its results.json is written once every member is): read back, as a
-    # single run is, when no member trains here
-    ensemble_finished = ensemble > 1 and reuse_finished and is_finished(run_dir)
     missing: list[int] = []  # seeds of members neither finished nor trained here (with `member`)
     first_trained = True
     # With `member`, that member trains first and the others are looked up after it, when they may have finished.
@@ -430,25 +434,92 @@ def _train_mnist(
                     member_summary["weights_sha256"] = digest  # what loading the ensemble checks its members against
                 test = test_evaluation(test_images, test_labels, ensemble_predictions, run_dir)
                 summary["test"] = {k: v for k, v in test.items() if k != "test_accuracy"}
-            devices = {m.get("device") for m in members}  # members may have trained in processes of their own
-            ensemble_report(
-                f"MNIST ensemble `{run_dir.name}`",
-                f"{len(members)} members of recipe `{chosen.name}` ({chosen.summary}"
-                f"{describe_overrides(chosen.train, overrides)}), each a run of its own (seeds {seed}.."
-                f"{seed + ensemble - 1}), all kept; the ensemble averages their softmax probabilities.",
-                members,
-                summary,
-                device=devices.pop() if len(devices) == 1 else None,
-            ).write(run_dir / "report.md")
+            report = _ensemble_run_report(chosen, overrides, seed, ensemble, run_dir, members, summary)
+            report.write(run_dir / "report.md")
         with written_then_renamed(run_dir / "results.json") as results:  # a single run's is its member's, as above
             results.write_text(json.dumps(summary, indent=1))
-    if not first_trained or missing:
-        return summary
-    # nothing trained or tested here: the run was finished before, as `read_back` returns one (a single run's line
-    # was said there; an ensemble's members were combined again from their saved test probabilities)
-    if ensemble_finished and main and say is not None:
-        say(f"{run_dir} is already finished; nothing to do (its report: {run_dir / 'report.md'})")
-    return {**summary, "finished_before": True} if ensemble == 1 or ensemble_finished else summary
+    # something was done here: a member trained, or (all finished in processes of their own, never combined) the
+    # ensemble combined and saved; a run with nothing left to do was read back above
+    return summary
+
+
+def _nothing_left(run_dir: Path, member_dirs: list[Path]) -> bool:
+    """Whether the run in `run_dir` finished: every member did (a single run's is `run_dir` itself), and an
+    ensemble's combination was saved (its results.json, written last, lists no member still to train)."""
+    if not all(is_finished(member_dir) for member_dir in member_dirs):
+        return False
+    if member_dirs == [run_dir]:
+        return True
+    try:
+        return is_finished(run_dir) and "missing_members" not in json.loads((run_dir / "results.json").read_text())
+    except ValueError:  # cut short (written in place by an older cnnlab): combined again from the members
+        return False
+
+
+def _read_back_run(
+    recipe: MnistRecipe,
+    overrides: dict[str, Any] | None,
+    run_dir: Path,
+    configs: list[TrainConfig],
+    seed: int,
+    ensemble: int,
+    log: Callable[[str], None] | None,
+    write: bool,
+) -> dict[str, Any]:
+    """The results of the finished run (or ensemble) in `run_dir`, its options compared already, with every
+    ``run_dir`` where it is now (a run moved or renamed since): from its results.json, no file written again but a
+    report.md that a stop left unwritten (a member's, or the ensemble's) (`cnnlab.train.finished.read_back`), named as
+    `configs` (this command's config of each member) name the folders they are in now."""
+    member_dirs = [run_dir] if ensemble == 1 else [run_dir / f"seed{seed + index}" for index in range(ensemble)]
+
+    def member_report(result: dict[str, Any], config: TrainConfig) -> None:
+        _write_missing_report(recipe, overrides, config, _member_result(result))
+
+    def where_now(summary: dict[str, Any]) -> list[dict[str, Any]]:
+        members = summary["members"]
+        if ensemble == 1:
+            return [{**members[0], "run_dir": str(run_dir)}]
+        return [{**member, "run_dir": str(run_dir / f"seed{member['seed']}")} for member in members]
+
+    if ensemble == 1:  # its line says it was finished
+        summary = read_back(run_dir, lambda result: member_report(result, configs[0]), log, write)
+        return {**summary, "members": where_now(summary)}
+    for member_dir, config in zip(member_dirs, configs):  # a member's own report.md, if missing; one line, below
+        read_back(member_dir, lambda result, config=config: member_report(result, config), None, write)
+
+    def ensemble_report_again(summary: dict[str, Any]) -> None:
+        report = _ensemble_run_report(
+            recipe, overrides, seed, ensemble, run_dir, where_now(summary), summary, recorded_environment(run_dir)
+        )
+        report.write(run_dir / "report.md")
+
+    summary = read_back(run_dir, ensemble_report_again, log, write)
+    return {**summary, "members": where_now(summary)}
+
+
+def _ensemble_run_report(
+    recipe: MnistRecipe,
+    overrides: dict[str, Any] | None,
+    seed: int,
+    ensemble: int,
+    run_dir: Path,
+    members: Sequence[Mapping[str, Any]],
+    summary: Mapping[str, Any],
+    environment: dict[str, Any] | None = None,
+) -> RunReport:
+    """The report.md of an ensemble trained by `train_mnist` (`environment`: the session's that saved it, default
+    this one's), as saved or written again from its results.json."""
+    devices = {m.get("device") for m in members}  # members may have trained in processes of their own
+    return ensemble_report(
+        f"MNIST ensemble `{run_dir.name}`",
+        f"{len(members)} members of recipe `{recipe.name}` ({recipe.summary}"
+        f"{describe_overrides(recipe.train, overrides)}), each a run of its own (seeds {seed}.."
+        f"{seed + ensemble - 1}), all kept; the ensemble averages their softmax probabilities.",
+        members,
+        summary,
+        device=devices.pop() if len(devices) == 1 else None,
+        environment=environment,
+    )
 
 
 def _member_result(result: dict[str, Any]) -> dict[str, Any]:
@@ -785,6 +856,7 @@ def ensemble_report(
     summary: Mapping[str, Any],
     selection: str | None = None,
     device: str | None = None,
+    environment: dict[str, Any] | None = None,
 ) -> RunReport:
     """The report.md of an MNIST ensemble, trained in one command (`train_mnist` with ``ensemble=N``) or combined
     from finished runs (`combine_mnist_ensemble`): one function, so both say the same things the same way.
@@ -799,10 +871,11 @@ def ensemble_report(
             accuracy and confusion matrix, whose figures lie beside the report), or ``missing_members``.
         selection: how the members were chosen, and the ensemble's score on validation; None when all were kept.
         device: what the members ran on (the report's hardware line); None for several or unknown.
+        environment: the session's that saved the ensemble, when its report is written again later; None: this one's.
     """
     from cnnlab.report.markdown import RunReport
 
-    report = RunReport(title, description, environment_record(), device)
+    report = RunReport(title, description, environment or environment_record(), device)
     report.heading("Members")
     columns = [  # (header, key, how a cell is written)
         ("seed", "seed", None),
