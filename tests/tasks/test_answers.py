@@ -627,3 +627,17 @@ def test_the_sheets_runs_and_experiments_train_on_the_device_asked_for(
         assert (given["mnist"]["overrides"] or {}) == wanted
         assert given["transfer"]["config"].train == wanted
         assert given["lrn"]["device"] == wanted.get("device")  # None: the experiment's own, the CPU
+
+
+def test_the_sheets_mnist_run_read_back_is_told_by_its_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sheet told its MNIST run read back (measured by an earlier invocation) from trained here by comparing its
+    weights file's mtime before and after; the run's results say which (``finished_before``), as the CLI reads them."""
+    import cnnlab.tasks.mnist
+    from cnnlab.tasks.answers import measure
+
+    for finished_before, source in ((True, measure.READ_BACK), (False, measure.MEASURED_HERE)):
+        summary: dict[str, Any] = {"run_dir": str(tmp_path), "test_accuracy": 0.5}
+        summary |= {"finished_before": True} if finished_before else {}
+        monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", lambda *args, summary=summary, **options: summary)
+        ctx = measure.Context(MODES["full"], tmp_path / str(finished_before), None, log=lambda line: None)
+        assert measure._mnist_run(ctx) == (summary, source)

@@ -598,7 +598,6 @@ def alexnet_layouts(zoo_params: dict[str, int]) -> dict[str, Any]:
 def _mnist_run(ctx: Context) -> tuple[dict[str, Any], str]:
     """The MNIST run of exercises 7 and 9: the newest of the mode's recipe in ``--runs``, else trained now."""
     from cnnlab.tasks.mnist import train_mnist
-    from cnnlab.train.saved import MODEL_WEIGHTS
 
     if "mnist" in ctx.shared:
         return ctx.shared["mnist"]
@@ -628,12 +627,9 @@ def _mnist_run(ctx: Context) -> tuple[dict[str, Any], str]:
         progress=False,
     )
     run_dir = ctx.output / "mnist" / ctx.mode.mnist_recipe
-    weights = run_dir / MODEL_WEIGHTS  # written once the run is trained (its results.json on every read too)
-    finished = weights.stat().st_mtime_ns if weights.is_file() else None
     summary = continue_or_train(ctx, run_dir, lambda **start: train_mnist(ctx.mode.mnist_recipe, **options, **start))
-    # a run an earlier invocation finished is read back by its resume, its weights untouched
-    read_back = finished is not None and weights.is_file() and weights.stat().st_mtime_ns == finished
-    ctx.shared["mnist"] = (summary, READ_BACK if read_back else MEASURED_HERE)
+    # a run an earlier invocation finished is read back by its resume, which says so (`cnnlab.train.finished`)
+    ctx.shared["mnist"] = (summary, READ_BACK if summary.get("finished_before") else MEASURED_HERE)
     return ctx.shared["mnist"]
 
 
