@@ -296,6 +296,13 @@ def _train_mnist(
         )
         return member_seed, member_dir, config
 
+    # a stop from here until a member's own session takes over (the checks of the run and its members, loading MNIST,
+    # reading finished members back) is a session of the member this command trains first, when it continues one (a
+    # refusal withdraws it; a run with nothing left to train has none)
+    prepared = _preparing(output, name, seed, ensemble, member, resume, command_started)
+    if prepared is not None:
+        before_training.enter_context(prepared)
+        prepared.doing("setting up the run")
     # Before MNIST is read (seconds): a finished member is read back only for the options it was trained with
     # (--recipe included), and a member's process trains only beside fellows of its options. Compared here on all but
     # the training set, which is compared once read, below.
@@ -314,11 +321,8 @@ def _train_mnist(
         # each member's config, refused here if it held its validation images out of other images
         configs = [member_config(index, digest)[2] for index in range(ensemble)]
         return _read_back_run(chosen, overrides, run_dir, configs, seed, ensemble, say, main)
-    # a stop from here until a member's own session takes over (loading MNIST, the checks of the run and its members,
-    # reading finished members back) is a session of the member this command trains first, when it continues one
-    prepared = _preparing(output, name, seed, ensemble, member, resume, command_started)
     if prepared is not None:
-        before_training.enter_context(prepared)
+        prepared.doing("loading MNIST")
     data = splits if splits is not None else load_mnist(data_dir, val_size=val_size, seed=0)
     if prepared is not None:
         prepared.doing("setting up the run")
@@ -484,7 +488,7 @@ def _read_back_run(
     if ensemble == 1:  # its line says it was finished
         summary = read_back(run_dir, lambda result: member_report(result, configs[0]), log, write)
         return {**summary, "members": where_now(summary)}
-    for member_dir, config in zip(member_dirs, configs):  # a member's own report.md, if missing; one line, below
+    for member_dir, config in zip(member_dirs, configs, strict=True):  # its own report.md, if missing
         read_back(member_dir, lambda result, config=config: member_report(result, config), None, write)
 
     def ensemble_report_again(summary: dict[str, Any]) -> None:
