@@ -262,6 +262,44 @@ def test_a_bad_option_under_torchrun_is_said_once_for_the_job(
     assert sys.stderr is not None and "StringIO" not in type(sys.stderr).__name__
 
 
+@pytest.mark.parametrize("end", ["success", "ctrl_c", "own_error"])
+def test_under_torchrun_a_rank_other_than_zero_says_its_warnings_only_when_it_fails(
+    end: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rank 1 held its warnings (rank 0's again: same command, same data) and printed them when its command ended,
+    so a successful job ended with rank 1's copy after rank 0's results. Only a rank that fails alone says them."""
+    import warnings
+
+    import cnnlab.cli as cli
+    from cnnlab.errors import CnnlabError
+
+    def command() -> None:
+        warnings.warn("the same warning on every rank", UserWarning, stacklevel=1)
+        if end == "ctrl_c":
+            raise KeyboardInterrupt
+        if end == "own_error":
+            raise CnnlabError("an input only rank 1 cannot read")
+        raise SystemExit(0)  # as click ends a successful command
+
+    monkeypatch.setattr(cli, "OTHER_RANK_ERROR_WAIT_SECONDS", 0.1, raising=False)
+    monkeypatch.setattr(cli, "app", command)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with warnings.catch_warnings(), pytest.raises(SystemExit) as done:
+        warnings.simplefilter("always")
+        # as Python shows a warning outside pytest, which records them
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(message, category, filename, lineno, line)
+        )
+        cli.main()
+    printed = capsys.readouterr().err
+    assert done.value.code == {"success": 0, "ctrl_c": 130, "own_error": 2}[end]
+    if end == "own_error":
+        assert "the same warning on every rank" in printed and "error: an input only rank 1" in printed
+    else:
+        assert printed == ""
+
+
 def test_a_sigterm_while_the_ranks_join_ends_the_rank_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI's SIGTERM handler (a KeyboardInterrupt, raised once Python runs again) left a rank stopped inside
     `init_process_group` (gloo waiting in C++ for a peer that was stopped before joining) running until torchrun

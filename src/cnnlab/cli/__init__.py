@@ -141,14 +141,17 @@ def _other_torchrun_rank() -> bool:
 
 @contextlib.contextmanager
 def _one_error_line_per_job(sigterm: _Sigterm) -> Iterator[None]:
-    """Under torchrun, a bad option or a bad input is said once for the job, not once per rank.
+    """Under torchrun only rank 0 speaks, unless another rank fails: the job says a warning or an error once.
 
-    Every rank parses the same command and reads the same inputs, so each printed the same usage error or
-    ``error:`` line. A rank other than 0 holds what it writes to stderr until its command ends; when that end is a
-    usage or input error (exit code 2, or 1 for a file-system error), it waits up to
+    Every rank parses the same command and reads the same inputs, so each printed the same warnings (rank 1's came
+    after rank 0's results, at the end of a successful job) and the same usage error or ``error:`` line. A rank other
+    than 0 holds what it writes to stderr until its command ends. When it succeeds, is interrupted (Ctrl+C reaches
+    every rank) or torchrun stopped it (SIGTERM: another rank failed, and says why), what it held is dropped. When its
+    end is a usage or input error (exit code 2, or 1 for a file-system error), it waits up to
     `OTHER_RANK_ERROR_WAIT_SECONDS` for torchrun's SIGTERM, which comes when another rank (rank 0, with the same
     error) has failed first: its copy is then dropped. A rank that fails alone (an input only it cannot read) still
-    prints its error, a few seconds later. Anything else it wrote (a traceback, warnings) is printed when it ends.
+    prints its error and its warnings, a few seconds later. A traceback is printed by Python after the command
+    returns, so it is never held.
     """
     if not _other_torchrun_rank():
         yield
@@ -158,10 +161,13 @@ def _one_error_line_per_job(sigterm: _Sigterm) -> Iterator[None]:
 
     stderr, held = sys.stderr, io.StringIO()
     sys.stderr = held
-    input_error = False
+    input_error = said_by_rank_zero = False
     try:
         yield
+        said_by_rank_zero = True
     except SystemExit as done:
+        # a success, or Ctrl+C (which reaches every rank; rank 0 says how to continue)
+        said_by_rank_zero = not done.code or done.code in (INTERRUPTED, TERMINATED)
         input_error = done.code in (1, 2)
         raise
     finally:
@@ -172,7 +178,7 @@ def _one_error_line_per_job(sigterm: _Sigterm) -> Iterator[None]:
                 time.sleep(0.05)
         except KeyboardInterrupt:  # torchrun's SIGTERM, through _sigterm_as_interrupt
             pass
-        if not (input_error and sigterm.received):
+        if not (said_by_rank_zero or sigterm.received):
             stderr.write(held.getvalue())
             stderr.flush()
 
