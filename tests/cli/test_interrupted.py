@@ -105,6 +105,7 @@ def test_under_torchrun_a_sigterm_says_torchrun_stopped_the_job(
     import os
     import signal
 
+    import cnnlab.cli as cli
     import cnnlab.tasks.mnist
     from cnnlab.cli import main
     from cnnlab.tasks import recipes
@@ -120,26 +121,56 @@ def test_under_torchrun_a_sigterm_says_torchrun_stopped_the_job(
         f"{tmp_path / 'mnist' / 'ddp'} keeps its finished epochs; continue with the same command "
         "and --resume --name ddp"
     )
-    for world_size, said in (("2", "stopped by torchrun (another process of the job failed"), ("1", "interrupted: ")):
+    # A rank of this machine that ended (killed by SIGKILL, it printed nothing) is named; rank 0 ended: rank 1 says it.
+    ended_one = "stopped by torchrun: rank 1 of the torchrun job ended; its error is above, or, if there is none, it"
+    for world_size, rank, ended, said in (
+        ("2", "0", [], "stopped by torchrun (another process of the job failed"),
+        ("1", "0", [], "interrupted: "),
+        ("2", "0", [1], ended_one),
+        ("2", "1", [0], ended_one.replace("rank 1", "rank 0")),
+        ("2", "1", [], None),
+    ):
         monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
+        monkeypatch.setattr(cli, "_ended_ranks", lambda wait_seconds=1.0, ended=ended: ended)
         monkeypatch.setenv("WORLD_SIZE", world_size)
-        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("RANK", rank)
         with pytest.raises(SystemExit) as exit_code:
             main()
-        line = capsys.readouterr().err.strip().splitlines()[-1]
+        printed = capsys.readouterr().err.strip().splitlines()
         assert exit_code.value.code == 143
-        assert line.startswith(said) and line.endswith(hint)
-        assert ("interrupted" in line) == (world_size == "1")
+        if said is None:
+            assert printed == []
+            continue
+        assert printed[-1].startswith(said) and printed[-1].endswith(hint)
+        assert ("interrupted" in printed[-1]) == (world_size == "1")
 
 
-def test_under_torchrun_a_lost_peer_is_one_line_saying_how_to_continue(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+@pytest.mark.parametrize(
+    ("rank", "ended", "said"),
+    [
+        ("0", [], "lost another process of the torchrun job (gloo: {gloo}); see its error"),
+        ("0", [1], "rank 1 of the torchrun job ended while this process waited for it (gloo: {gloo}); {killed}"),
+        ("1", [0], "rank 0 of the torchrun job ended while this process waited for it (gloo: {gloo}); {killed}"),
+        ("1", [], None),
+        ("2", [1], None),
+    ],
+    ids=["unknown", "rank1-ended", "rank0-ended-rank1-says", "rank1-silent", "rank2-silent"],
+)
+def test_under_torchrun_a_lost_peer_is_one_line_naming_the_rank_and_saying_how_to_continue(
+    rank: str,
+    ended: list[int],
+    said: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     """A rank waiting in an all-reduce when another failed met gloo's "Connection closed by peer" before torchrun's
-    SIGTERM, and rank 0 printed its 60-line traceback, with no line saying how to continue the run. Outside torchrun
-    the same error is not cnnlab's to word, and is raised as it was."""
+    SIGTERM, and rank 0 printed its 60-line traceback, with no line saying how to continue the run. The line now names
+    the rank that ended where this machine sees it (a rank killed by SIGKILL prints nothing of its own), and when rank
+    0 is the one that ended, the lowest rank left says it; the others, holding their stderr, say nothing and no longer
+    wait for torchrun's SIGTERM as after an input error. Outside torchrun the same error is raised as it was."""
+    import cnnlab.cli as cli
     import cnnlab.tasks.mnist
-    from cnnlab.cli import main
     from cnnlab.tasks import recipes
 
     def peer_failed(*_args: object, output: str = "runs", **_kwargs: object) -> None:
@@ -151,20 +182,26 @@ def test_under_torchrun_a_lost_peer_is_one_line_saying_how_to_continue(
 
     monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
     monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", peer_failed)
+    monkeypatch.setattr(cli, "_ended_ranks", lambda wait_seconds=1.0: ended)
     monkeypatch.setattr(sys, "argv", ["cnnlab", "train", "mnist", "-o", str(tmp_path)])
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", rank)
+    started = time.monotonic()
     with pytest.raises(SystemExit) as exit_code:
-        main()
+        cli.main()
     assert exit_code.value.code == 1
-    assert capsys.readouterr().err.strip().splitlines() == [
-        "stopped: lost another process of the torchrun job (gloo: Connection closed by peer [127.0.0.1]:19864); see "
-        f"its error; {tmp_path / 'mnist' / 'ddp'} keeps its finished epochs; continue with the same command and "
-        "--resume --name ddp"
-    ]
+    assert time.monotonic() - started < cli.OTHER_RANK_ERROR_WAIT_SECONDS - 0.5
+    run_dir = tmp_path / "mnist" / "ddp"
+    hint = f"{run_dir} keeps its finished epochs; continue with the same command and --resume --name ddp"
+    killed = "its error is above, or, if there is none, it was killed (kill -9, the out-of-memory killer)"
+    expected = [] if said is None else ["stopped: " + said.format(gloo=GLOO_LOST, killed=killed) + "; " + hint]
+    assert capsys.readouterr().err.strip().splitlines() == expected
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(RuntimeError, match="closed by peer"):
-        main()
+        cli.main()
+
+
+GLOO_LOST = "Connection closed by peer [127.0.0.1]:19864"
 
 
 # A command in a child process: the task notes its run, reads batches from a DataLoader worker until stopped, and on

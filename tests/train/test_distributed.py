@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -320,16 +321,51 @@ def test_a_sigterm_while_the_ranks_join_ends_the_rank_at_once(monkeypatch: pytes
     monkeypatch.setattr(dist, "get_rank", lambda: 1)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
     monkeypatch.setattr(dist, "get_backend", lambda: "gloo")
+
+    def all_gather_object(gathered: list, own: object) -> None:  # the ranks' hosts and pids: a wait on the peers too
+        during.append(signal.getsignal(signal.SIGTERM))
+        gathered[:] = [("other-host", 7), own]
+
+    monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+    monkeypatch.setattr(strategy, "_peers", [])
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         assert strategy.init_distributed("cpu") == DistInfo(1, 2, 0, "gloo")
-        assert during == [signal.SIG_DFL] and signal.getsignal(signal.SIGTERM) is handler
+        assert during == [signal.SIG_DFL, signal.SIG_DFL] and signal.getsignal(signal.SIGTERM) is handler
+        assert strategy._peers == [("other-host", 7), (socket.gethostname(), os.getpid())]
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a process told to ignore SIGTERM keeps ignoring it
         during.clear()
         strategy.init_distributed("cpu")
-        assert during == [signal.SIG_IGN]
+        assert during == [signal.SIG_IGN, signal.SIG_IGN]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_rank_that_lost_another_finds_which_one_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rank killed by SIGKILL says nothing, and its peers met only gloo's "Connection reset by peer": the rank that
+    ended is found among the processes of this machine that the ranks noted when they joined (a zombie that torchrun
+    has not reaped yet counts as ended; a rank on another machine is never named)."""
+    from cnnlab.train import strategy
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])  # not waited for: a zombie once it ends
+    try:
+        for _ in range(200):
+            if strategy._process_ended(child.pid):
+                break
+            time.sleep(0.05)
+        host = socket.gethostname()
+        alive = os.getppid()
+        peers = [(host, os.getpid()), (host, alive), (host, child.pid), ("elsewhere", child.pid)]
+        monkeypatch.setattr(strategy, "_peers", peers)
+        assert strategy.ended_ranks(wait_seconds=0) == [2]
+        child.wait()  # reaped: gone altogether
+        assert strategy.ended_ranks(wait_seconds=0) == [2]
+        monkeypatch.setattr(strategy, "_peers", peers[:2])
+        started = time.monotonic()
+        assert strategy.ended_ranks(wait_seconds=0.2) == []  # looked again for a while, in vain
+        assert time.monotonic() - started >= 0.2
+    finally:
+        child.wait()
 
 
 @pytest.mark.parametrize("samples", [18, 17, 19])

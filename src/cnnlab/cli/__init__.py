@@ -17,7 +17,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 import typer
 
@@ -129,6 +129,7 @@ def main() -> None:
 
 
 OTHER_RANK_ERROR_WAIT_SECONDS = 3.0
+_unheld_stderr: TextIO | None = None  # stderr itself while a rank other than 0 holds what it writes
 
 
 def _other_torchrun_rank() -> bool:
@@ -159,19 +160,20 @@ def _one_error_line_per_job(sigterm: _Sigterm) -> Iterator[None]:
     import io
     import time
 
+    global _unheld_stderr
     stderr, held = sys.stderr, io.StringIO()
-    sys.stderr = held
+    sys.stderr, _unheld_stderr = held, stderr
     input_error = said_by_rank_zero = False
     try:
         yield
         said_by_rank_zero = True
     except SystemExit as done:
-        # a success, or Ctrl+C (which reaches every rank; rank 0 says how to continue)
-        said_by_rank_zero = not done.code or done.code in (INTERRUPTED, TERMINATED)
-        input_error = done.code in (1, 2)
+        # a success, Ctrl+C (which reaches every rank; rank 0 says how to continue), or a lost peer (said already)
+        said_by_rank_zero = not done.code or done.code in (INTERRUPTED, TERMINATED) or isinstance(done, _LostPeer)
+        input_error = done.code in (1, 2) and not isinstance(done, _LostPeer)
         raise
     finally:
-        sys.stderr = stderr
+        sys.stderr, _unheld_stderr = stderr, None
         try:
             deadline = time.monotonic() + OTHER_RANK_ERROR_WAIT_SECONDS
             while input_error and not sigterm.received and time.monotonic() < deadline:
@@ -190,7 +192,7 @@ TERMINATED = 143  # SIGTERM (kill, timeout, docker stop, a scheduler's preemptio
 def _stop_interrupted(terminated: bool) -> NoReturn:
     """Print how to continue the stopped run, and exit with the code of the signal that stopped it."""
     if line := _interrupted_line(terminated):
-        print(line, file=sys.stderr)
+        print(line, file=_unheld_stderr or sys.stderr)  # rank 1 speaking for the job: not held
     sys.exit(TERMINATED if terminated else INTERRUPTED)
 
 
@@ -283,13 +285,20 @@ def _interrupted_line(terminated: bool = False) -> str:
 
     Under torchrun a SIGTERM is not the user's Ctrl+C (torchrun passes SIGINT on as SIGINT): torchrun sends it to
     every process left when one of them fails, or when it was itself sent SIGTERM (kill, a scheduler). The line
-    says so, where "interrupted" had the user look for a Ctrl+C they never pressed instead of for the failed rank.
+    says so, where "interrupted" had the user look for a Ctrl+C they never pressed instead of for the failed rank;
+    and when a rank of this machine has ended (failed, or killed: then it printed nothing), it names it, and the
+    lowest rank left says the line if rank 0 is the one that ended.
     """
-    if os.environ.get("RANK", "0") != "0":
+    stopped_by_torchrun = terminated and _torchrun_job()
+    ended = _ended_ranks(wait_seconds=0) if stopped_by_torchrun and "cnnlab.train.strategy" in sys.modules else []
+    if not _says_for_the_job(ended):
         return ""
     recipes = sys.modules.get("cnnlab.tasks.recipes")  # not imported (nor torch) when nothing had started
     hint = recipes.interrupted_hint() if recipes is not None else None
-    what = TORCHRUN_STOPPED if terminated and _torchrun_job() else "interrupted"
+    if ended:  # a rank killed (it says nothing) or failed: named, as after a lost peer
+        what = f"stopped by torchrun: {_ranks_ended(ended)}; {ENDED_RANK_ERROR}"
+        return f"{what}; {hint}" if hint else what
+    what = TORCHRUN_STOPPED if stopped_by_torchrun else "interrupted"
     return f"{what}: {hint}" if hint else what
 
 
@@ -309,16 +318,56 @@ def _lost_peer(error: BaseException) -> str:
     return reason.split(". ", 1)[0]
 
 
+class _LostPeer(SystemExit):
+    """The exit (code 1) of a rank that lost another: the job's line about it is said already."""
+
+
 def _stop_after_lost_peer(reason: str) -> NoReturn:
-    """One line for a rank that lost another (which failed, most likely: its own error is in the log), with how to
-    continue the run; exit code 1. Ranks other than 0 say nothing: their line would be rank 0's again."""
-    with contextlib.suppress(KeyboardInterrupt):  # torchrun's SIGTERM, a moment later
-        if os.environ.get("RANK", "0") == "0":
+    """One line for the job when a rank lost another, naming the rank that ended where this machine can see it, with
+    how to continue the run; exit code 1.
+
+    Rank 0 says it; when rank 0 itself ended (killed: a killed rank says nothing), the lowest rank left on its machine
+    does, so the job still says which rank ended and how to continue. The other ranks say nothing: their line would
+    be the same. The rank named may have printed its error (above), or have been killed, which leaves none.
+    """
+    if threading.current_thread() is threading.main_thread():
+        # torchrun's SIGTERM, which follows when it sees the rank ended, no longer cuts the line short (it raised a
+        # KeyboardInterrupt while the line was being made, and the job ended with no word: 2 of 12 kills of a rank)
+        signal.signal(signal.SIGTERM, _do_nothing)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C, a moment later
+        ended = _ended_ranks()
+        if _says_for_the_job(ended):
             recipes = sys.modules.get("cnnlab.tasks.recipes")
             hint = recipes.interrupted_hint() if recipes is not None else None
-            line = f"stopped: lost another process of the torchrun job (gloo: {reason}); see its error"
-            print(f"{line}; {hint}" if hint else line, file=sys.stderr)
-    sys.exit(1)
+            if ended:
+                line = (
+                    f"stopped: {_ranks_ended(ended)} while this process waited for it (gloo: {reason}); "
+                    f"{ENDED_RANK_ERROR}"
+                )
+            else:
+                line = f"stopped: lost another process of the torchrun job (gloo: {reason}); see its error"
+            print(f"{line}; {hint}" if hint else line, file=_unheld_stderr or sys.stderr)
+    raise _LostPeer(1)
+
+
+ENDED_RANK_ERROR = "its error is above, or, if there is none, it was killed (kill -9, the out-of-memory killer)"
+
+
+def _ranks_ended(ended: list[int]) -> str:
+    """``"rank 1 of the torchrun job ended"``, ``"ranks 1, 2 of the torchrun job ended"``."""
+    return ("rank " if len(ended) == 1 else "ranks ") + ", ".join(map(str, ended)) + " of the torchrun job ended"
+
+
+def _says_for_the_job(ended: list[int]) -> bool:
+    """Whether this rank speaks for the job: rank 0, or the lowest rank left when the ranks below it have `ended`."""
+    return all(lower in ended for lower in range(int(os.environ.get("RANK", "0"))))
+
+
+def _ended_ranks(wait_seconds: float = 1.0) -> list[int]:
+    """The ranks of this machine that have ended (`cnnlab.train.strategy.ended_ranks`), found after a lost peer."""
+    from cnnlab.train.strategy import ended_ranks
+
+    return ended_ranks(wait_seconds)
 
 
 def _torchrun_job() -> bool:

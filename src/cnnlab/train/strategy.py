@@ -27,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,7 @@ __all__ = [
     "all_reduce_metrics",
     "cleanup",
     "describe_processes",
+    "ended_ranks",
     "init_distributed",
     "is_main_process",
     "main_process_first",
@@ -127,7 +130,52 @@ def init_distributed(device: str = "auto") -> DistInfo | None:
     if not dist.is_initialized():
         with _sigterm_ends_the_process():
             dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+            _note_peers()
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend())
+
+
+_peers: list[tuple[str, int]] = []  # (host name, process id) of every rank of the job, by rank
+
+
+def _note_peers() -> None:
+    """Keep every rank's host and process id, so that a rank that loses another can name it (`ended_ranks`)."""
+    peers: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+    _peers[:] = peers
+
+
+def _process_ended(pid: int) -> bool:
+    """Whether process `pid` (of this machine) has ended: gone, or a zombie its parent (torchrun) has not reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc (not Linux)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
+
+
+def ended_ranks(wait_seconds: float = 1.0) -> list[int]:
+    """The ranks of this machine whose process has ended, for a rank that lost its connection to another.
+
+    A peer's sockets close as its process exits, a moment before the system shows it ended, so this looks again for up
+    to `wait_seconds` while none has. Ranks on other machines cannot be seen from here: never listed. Empty before
+    `init_distributed` joined the job (or when it was joined by other code).
+    """
+    host, own = socket.gethostname(), os.getpid()
+    local = [(rank, pid) for rank, (peer_host, pid) in enumerate(_peers) if peer_host == host and pid != own]
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        ended = [rank for rank, pid in local if _process_ended(pid)]
+        if ended or not local or time.monotonic() >= deadline:
+            return ended
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
