@@ -604,3 +604,59 @@ def test_a_run_whose_auto_batch_does_not_split_over_the_processes_it_is_resumed_
     with pytest.raises(CnnlabError, match=re.escape(message)) as refused:
         _train_as_rank_zero(2, TrainConfig(**options, batch_size=1024, auto_batch_size=True, resume=True), data)
     assert f"cannot resume {tmp_path / 'default' / 'auto'}, saved with 1 process, on 2 processes:" in str(refused.value)
+
+
+def _rank_process(launcher: int, rank: int) -> int:
+    """The process id of torchrun's worker of `rank` (a child of the launcher, read from its environment)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != launcher:
+                continue
+            environment = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if f"RANK={rank}".encode() in environment:
+            return int(stat.parent.name)
+    raise AssertionError(f"no worker of rank {rank} under torchrun {launcher}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc")
+@pytest.mark.parametrize("killed", [1, 0])
+def test_a_rank_killed_by_sigkill_is_named_in_one_line_and_the_run_resumes(killed: int, tmp_path: Path) -> None:
+    """A rank killed by SIGKILL says nothing; the job said "lost another process ... see its error" (rank 1 killed),
+    or nothing at all (rank 0 killed). Now one line names it and says how to continue, and --resume does."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_idx", Path(__file__).parents[1] / "data" / "test_mnist_idx.py")
+    idx = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(idx)  # type: ignore[union-attr]
+    root = idx.write_fake_mnist(tmp_path / "data", train=400, test=40)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    env["OMP_NUM_THREADS"] = "1"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    train = ["-m", "cnnlab", "train", "mnist", "--recipe", "quick", "--epochs", "6", "--batch-size", "32",
+             "--val-size", "80", "--data-dir", str(root), "--name", "k", "-o", str(tmp_path / "runs")]  # fmt: skip
+    job = subprocess.Popen(
+        [*launcher, f"--master_port={_free_port()}", *train], env=env, stderr=subprocess.PIPE, text=True
+    )
+    lines = []
+    try:
+        for line in job.stderr:  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith("epoch 2/6"):
+                os.kill(_rank_process(job.pid, killed), signal.SIGKILL)
+                break
+        lines += job.stderr.read().splitlines(keepends=True)  # type: ignore[union-attr]
+    finally:
+        job.wait(timeout=120)
+    said = [line for line in lines if line.startswith("stopped")]
+    assert job.returncode == 1 and len(said) == 1, "".join(lines)[-6000:]
+    assert said[0].startswith(f"stopped: rank {killed} of the torchrun job ended") and "--resume --name k" in said[0]
+    finished = load_checkpoint(tmp_path / "runs" / "mnist" / "k" / "checkpoint.pt")["epoch"]
+    assert 2 <= finished < 6
+    resumed = subprocess.run(
+        [*launcher, f"--master_port={_free_port()}", *train, "--resume"], env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-6000:]
+    assert f"after epoch {finished}" in resumed.stderr and "epoch 6/6" in resumed.stderr
