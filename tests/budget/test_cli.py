@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from cli_in_process import Completed, run_cnnlab
+from cnnlab.budget.core import parse_memory
+from cnnlab.errors import CnnlabError
 
 EXERCISE = ["conv 100 k3 s2 same", "conv 200 k3 s2 same", "conv 400 k3 s2 same"]
 
@@ -112,6 +114,40 @@ def test_bad_input_gives_one_line_and_exit_2(args, fragment):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("1PiB", 2**50),  # was refused: "cannot read memory size '1PiB'"
+        ("2 pib", 2 * 2**50),
+        ("1.5PB", 1_500_000_000_000_000),
+        ("1EiB", 2**60),
+        ("16 GiB", 16 * 2**30),
+        ("16GiB", 16 * 2**30),
+        (" 16 gib ", 16 * 2**30),
+        ("16GB", 16_000_000_000),
+        ("16G", 16 * 2**30),
+        ("2TiB", 2 * 2**40),
+        ("2 TB", 2_000_000_000_000),
+        ("512MiB", 512 * 2**20),
+        ("512 mb", 512_000_000),
+        ("4096", 4096),
+        ("4096B", 4096),
+        ("4096 bytes", 4096),
+        ("1 byte", 1),
+        ("1kB", 1000),
+        ("1KiB", 1024),
+    ],
+)
+def test_memory_sizes_in_every_unit_are_read(text, expected):
+    assert parse_memory(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "GiB", "1.2.3GB", "16 QB", "-1GB", "1 GiBs", "1e9"])
+def test_an_unreadable_memory_size_is_one_line(text):
+    with pytest.raises(CnnlabError, match="cannot read memory size"):
+        parse_memory(text)
 
 
 @pytest.mark.parametrize(

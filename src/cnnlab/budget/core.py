@@ -133,17 +133,19 @@ class BudgetReport:
 
 
 def parse_memory(text: str) -> int:
-    """Parse ``"8GiB"``, ``"512MB"``, ``"1.5G"`` (bare K/M/G are binary) into bytes."""
-    match = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)(i?)(b?)\s*", str(text).lower())
+    """Parse a memory size into bytes: ``"8GiB"``, ``"16 GiB"``, ``"512MB"``, ``"1.5G"``, ``"2PiB"``, ``"4096"``.
+
+    A prefix k, M, G, T, P or E (any case, spaces around it allowed) followed by ``iB`` is binary and by ``B`` decimal;
+    alone (``16G``) it is binary. No prefix is bytes (``4096``, ``4096B``, ``4096 bytes``). P and E were refused (a
+    plan for a huge input needs them).
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgtpe])\s*(i?)(b?)|(b|bytes?)?)\s*", str(text).lower())
     if not match:
-        raise CnnlabError(f"cannot read memory size {text!r}; write e.g. 8GiB, 512MB or 16G")
-    value, prefix, binary, byte = match.groups()
-    power = "kmgt".index(prefix) + 1 if prefix else 0
+        raise CnnlabError(f"cannot read memory size {text!r}; write e.g. 8GiB, 512MB, 16G or 1PiB")
+    value, prefix, binary, byte, _ = match.groups()
+    power = "kmgtpe".index(prefix) + 1 if prefix else 0
     base = 1000 if (prefix and byte and not binary) else 1024
-    try:
-        return int(float(value) * base**power)
-    except ValueError:
-        raise CnnlabError(f"cannot read memory size {text!r}; write e.g. 8GiB, 512MB or 16G") from None
+    return int(float(value) * base**power)
 
 
 # Files a TARGET may name by mistake for a run's folder (weights, checkpoints, exports).
