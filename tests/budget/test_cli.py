@@ -221,3 +221,40 @@ def test_the_slow_steps_say_what_they_do_on_stderr_and_json_stays_alone():
     quiet = run(*args, "--measure", "--memory", "1MB", "--json")
     assert quiet.returncode == 0 and quiet.stderr == ""
     assert set(json.loads(quiet.stdout)) >= {"measured", "plan"}
+
+
+@pytest.mark.parametrize(
+    "size, shown",
+    [
+        (0, "0 bytes"),
+        (9_999, "9,999 bytes"),
+        (14_336, "14.3 kB"),
+        (212_480, "0.2 MB"),
+        (800_400_000, "800.4 MB"),  # the figures README quotes in MB stay as they were
+        (999_949_999, "999.9 MB"),
+        (999_950_000, "1.00 GB"),  # not "1,000.0 MB"
+        (8 * 2**30, "8.59 GB"),
+        (7_065_886_800_000, "7.07 TB"),  # was "7,065,886.8 MB"
+        (2**50, "1.13 PB"),
+        (7.2e18, "7,200.00 PB"),
+    ],
+)
+def test_byte_figures_are_shown_in_a_unit_a_person_reads(size, shown):
+    from cnnlab.budget.render import readable_bytes
+
+    assert readable_bytes(size) == shown
+
+
+def test_a_huge_input_is_shown_in_gigabytes_and_terabytes_not_millions_of_megabytes():
+    from rich.console import Console
+
+    from cnnlab.budget import budget
+    from cnnlab.budget.explain import explain
+    from cnnlab.budget.render import memory_table
+
+    report = budget(["conv 64 k3 same"], input_shape=(3, 30000, 30000), batch_size=8)
+    console = Console(width=160, record=True)
+    console.print(memory_table(report))
+    text = console.export_text() + explain(report)
+    assert "1,929,600,028,672 (1.93 TB)" in text and "86,400,000,000 (86.40 GB)" in text
+    assert not re.search(r"\d,\d{3}(,\d{3})*\.\d MB", text)  # "1,929,600.0 MB"

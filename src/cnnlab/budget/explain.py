@@ -8,6 +8,7 @@ from typing import Any
 
 from cnnlab.budget.core import BudgetReport
 from cnnlab.budget.planner import LARGEST_PLANNED_BATCH
+from cnnlab.budget.render import readable_bytes
 from cnnlab.budget.spec import LayerSpec, layer_macs, parameter_counts
 from cnnlab.budget.trace import optimizer_copies
 from cnnlab.layers.padding import same_padding_amounts
@@ -15,10 +16,6 @@ from cnnlab.layers.padding import same_padding_amounts
 
 def _n(value: int | float) -> str:
     return f"{value:,.0f}"
-
-
-def _mb(value: int | float) -> str:
-    return f"{value / 1e6:,.1f} MB"
 
 
 def _sum_text(values: Iterable[int], shown: int = 12) -> str:
@@ -173,7 +170,7 @@ def explain(report: BudgetReport) -> str:
     lines.append(f"          = {_n(report.params)} parameters ({_n(report.trainable_params)} trainable)")
     lines.append(
         f"    bytes = {_n(report.params)} x {itemsize} = {_n(report.inference['params_bytes'])} bytes "
-        f"({_mb(report.inference['params_bytes'])})"
+        f"({readable_bytes(report.inference['params_bytes'])})"
     )
     lines += ["", "3. Compute"]
     lines.append(f"    {_n(report.macs)} multiply-accumulates (MACs) per image; FLOPs = 2 x MACs = {_n(report.flops)}")
@@ -201,7 +198,7 @@ def explain(report: BudgetReport) -> str:
         )
     lines.append(
         f"    RAM = parameters + working set = {_n(inference['params_bytes'])} + {_n(inference['working_set_bytes'])} "
-        f"= {_n(inference['total_bytes'])} bytes ({_mb(inference['total_bytes'])})"
+        f"= {_n(inference['total_bytes'])} bytes ({readable_bytes(inference['total_bytes'])})"
     )
     training = report.training
     batch = training["batch_size"]
@@ -211,7 +208,7 @@ def explain(report: BudgetReport) -> str:
         lines.append(
             f"    a training step is the forward pass, which keeps no activations: parameters "
             f"{_n(training['params_bytes'])} + inputs {batch} x {_n(input_values)} values x {itemsize} = "
-            f"{_n(training['total_bytes'])} bytes ({_mb(training['total_bytes'])})"
+            f"{_n(training['total_bytes'])} bytes ({readable_bytes(training['total_bytes'])})"
         )
     else:
         _training_lines(lines, report, input_values, itemsize)
@@ -219,7 +216,7 @@ def explain(report: BudgetReport) -> str:
     lines += ["", "6. What PyTorch really keeps (realistic view, traced on the meta device)"]
     lines.append(
         f"    saved for backward: {_n(real['saved_for_backward_bytes'])} bytes "
-        f"({_mb(real['saved_for_backward_bytes'])}), counted per distinct storage:"
+        f"({readable_bytes(real['saved_for_backward_bytes'])}), counted per distinct storage:"
     )
     lines.append("    a conv keeps its input, a ReLU its output (not its input), max pooling its input and int64")
     lines.append("    indices, batch norm its input; a layer whose output nobody saves costs nothing after backward.")
@@ -248,7 +245,7 @@ def explain(report: BudgetReport) -> str:
         number = 8 if report.measured else 7
         _plan_lines(lines, report.plan, number)
     lines += ["", "Assumptions"]
-    lines.append(f"    - every tensor is {report.dtype}; MB = 1,000,000 bytes")
+    lines.append(f"    - every tensor is {report.dtype}; kB, MB, GB, TB = 10^3, 10^6, 10^9, 10^12 bytes")
     lines.append("    - textbook inference counts only activations and parameters (no framework workspace)")
     lines.append(
         "    - the training step backpropagates output.sum(): a real loss adds a few tensors of the output's size"
@@ -336,23 +333,23 @@ def _training_lines(lines: list[str], report: BudgetReport, input_values: int, i
         )
     lines.append(
         f"    activations: every layer's output is kept for backpropagation: {batch} x {_n(sum(outputs))} = "
-        f"{_n(training['activations_bytes'])} bytes ({_mb(training['activations_bytes'])})"
+        f"{_n(training['activations_bytes'])} bytes ({readable_bytes(training['activations_bytes'])})"
     )
     lines.append(
         f"    inputs: {batch} x {_n(input_values)} values x {itemsize} = {_n(training['inputs_bytes'])} bytes "
-        f"({_mb(training['inputs_bytes'])})"
+        f"({readable_bytes(training['inputs_bytes'])})"
     )
-    lines.append(f"    parameters: {_n(training['params_bytes'])} bytes ({_mb(training['params_bytes'])})")
+    lines.append(f"    parameters: {_n(training['params_bytes'])} bytes ({readable_bytes(training['params_bytes'])})")
     base = training["activations_bytes"] + training["inputs_bytes"] + training["params_bytes"]
     # both sums with their terms: the subtotal's were only on the lines above it, the total's first term unnamed
     lines.append(
         f"    subtotal (what the textbook adds up) = {_n(training['activations_bytes'])} + "
-        f"{_n(training['inputs_bytes'])} + {_n(training['params_bytes'])} = {_n(base)} bytes ({_mb(base)})"
+        f"{_n(training['inputs_bytes'])} + {_n(training['params_bytes'])} = {_n(base)} bytes ({readable_bytes(base)})"
     )
     lines.append(
         f"    total = subtotal {_n(base)} + gradients {_n(training['grads_bytes'])} + optimizer state "
         f"({report.optimizer}) {_n(training['optimizer_bytes'])} = {_n(training['total_bytes'])} bytes "
-        f"({_mb(training['total_bytes'])})"
+        f"({readable_bytes(training['total_bytes'])})"
     )
 
 

@@ -12,13 +12,20 @@ from rich.table import Table
 from cnnlab.budget.core import BudgetReport
 
 
-def _mb(value: float) -> str:
-    """Bytes in a unit that shows them: MB from 0.1 MB, kB from 10 kB, else bytes (a 1KiB limit read "0.0 MB")."""
-    if value >= 1e5:
-        return f"{value / 1e6:,.1f} MB"
-    if value >= 1e4:
+def readable_bytes(value: float) -> str:
+    """Bytes as a person reads them, in decimal units (MB = 1,000,000 bytes, as the docs and --explain say): bytes
+    under 10 kB, kB under 0.1 MB, MB to one decimal under 1 GB, then GB, TB or PB to two (a 1KiB limit read "0.0 MB",
+    a 3x30000x30000 input "1,929,600.0 MB"). --json keeps exact bytes."""
+    if value < 1e4:
+        return f"{value:,.0f} bytes"
+    if value < 1e5:
         return f"{value / 1e3:.1f} kB"
-    return f"{value:,.0f} bytes"
+    if value < 999.95e6:  # what would round to "1,000.0 MB" is shown as 1.00 GB
+        return f"{value / 1e6:,.1f} MB"
+    for unit, size in (("GB", 1e9), ("TB", 1e12)):
+        if value < 999.995 * size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value / 1e15:,.2f} PB"
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -128,8 +135,8 @@ def memory_table(report: BudgetReport) -> Table:
             continue
         table.add_row(
             label,
-            "-" if textbook is None else f"{textbook:,} ({_mb(textbook)})",
-            f"{realistic:,} ({_mb(realistic)})",
+            "-" if textbook is None else f"{textbook:,} ({readable_bytes(textbook)})",
+            f"{realistic:,} ({readable_bytes(realistic)})",
         )
     return table
 
@@ -166,12 +173,16 @@ def measured_table(report: BudgetReport) -> Table | None:
 def plan_table(report: BudgetReport) -> Table | None:
     if not report.plan:
         return None
-    table = Table(title=f"Largest training batch within {_mb(report.plan['limit_bytes'])}")
+    limit = report.plan["limit_bytes"]
+    table = Table(title=f"Largest training batch within {limit:,} bytes ({readable_bytes(limit)})")
     for header in ("remedy", "fixed", "per sample", "max batch"):
         table.add_column(header, justify="left" if header == "remedy" else "right")
     for remedy in report.plan["remedies"]:
         table.add_row(
-            remedy["remedy"], _mb(remedy["fixed_bytes"]), _mb(remedy["per_sample_bytes"]), f"{remedy['max_batch']:,}"
+            remedy["remedy"],
+            readable_bytes(remedy["fixed_bytes"]),
+            readable_bytes(remedy["per_sample_bytes"]),
+            f"{remedy['max_batch']:,}",
         )
     return table
 
@@ -183,8 +194,9 @@ def plan_note(report: BudgetReport) -> str | None:
     need = min(report.plan["remedies"], key=lambda remedy: remedy["fixed_bytes"] + remedy["per_sample_bytes"])
     one = need["fixed_bytes"] + need["per_sample_bytes"]
     return (
-        f"No batch fits in {_mb(report.plan['limit_bytes'])}: the least memory is {need['remedy']}'s, about "
-        f"{_mb(one)} for one sample ({_mb(need['fixed_bytes'])} fixed + {_mb(need['per_sample_bytes'])} per sample)."
+        f"No batch fits in {readable_bytes(report.plan['limit_bytes'])}: the least memory is {need['remedy']}'s, about "
+        f"{readable_bytes(one)} for one sample ({readable_bytes(need['fixed_bytes'])} fixed + "
+        f"{readable_bytes(need['per_sample_bytes'])} per sample)."
     )
 
 
@@ -197,10 +209,10 @@ def bf16_note(plan: dict[str, Any] | None) -> str | None:
     if bf16["per_sample_bytes"] <= configured["per_sample_bytes"]:
         return None
     return (
-        f"bf16 mixed precision needs more per sample here ({_mb(bf16['per_sample_bytes'])} against "
-        f"{_mb(configured['per_sample_bytes'])}): autocast keeps the float32 input and a bf16 copy of it, and where "
-        "the loss is taken it holds the network's bf16 output and the loss's float32 copy of it; a network whose "
-        "output is large next to the activations it saves gains nothing from bf16."
+        f"bf16 mixed precision needs more per sample here ({readable_bytes(bf16['per_sample_bytes'])} against "
+        f"{readable_bytes(configured['per_sample_bytes'])}): autocast keeps the float32 input and a bf16 copy of it, "
+        "and where the loss is taken it holds the network's bf16 output and the loss's float32 copy of it; a "
+        "network whose output is large next to the activations it saves gains nothing from bf16."
     )
 
 
@@ -234,7 +246,7 @@ def nothing_to_train_note(report: BudgetReport) -> str | None:
         f"pass alone (no backward: no gradients, no optimizer state, no activations kept for it); at batch {batch} "
         f"it holds what inference on {batch} sample{'' if batch == 1 else 's'} holds, a peak of "
         f"{report.realistic['peak_bytes']:,} bytes "
-        f"({_mb(report.realistic['peak_bytes'])})."
+        f"({readable_bytes(report.realistic['peak_bytes'])})."
     )
 
 
