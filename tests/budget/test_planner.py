@@ -187,6 +187,23 @@ def test_a_memory_no_remedy_fits_says_what_one_sample_needs():
     assert plan_note(budget(SMALL_CNN, input_shape=(1, 28, 28), memory_limit="8GiB")) is None
 
 
+def test_a_plan_that_reaches_the_search_cap_says_so_in_the_table_and_the_json():
+    """A tiny network in 16GiB showed 1,048,576, the planner's cap, as if it were the largest batch."""
+    from rich.console import Console
+
+    from cnnlab.budget.render import plan_table
+
+    report = budget(["conv 4 k3"], input_shape=(1, 8, 8), memory_limit="16GiB")
+    plan = report.to_dict()["plan"]
+    assert plan["search_cap"] == planner_module.LARGEST_PLANNED_BATCH == 1_048_576
+    assert all(row["max_batch"] == 1_048_576 and row["max_batch_capped"] for row in plan["remedies"])
+    console = Console(width=160, record=True)
+    console.print(plan_table(report))
+    assert console.export_text().count(">= 1,048,576 (search cap)") == len(plan["remedies"])
+    small = budget(["conv 4 k3"], input_shape=(1, 8, 8), memory_limit="64KiB").plan["remedies"]
+    assert all(0 < row["max_batch"] < 1_048_576 and row["max_batch_capped"] is False for row in small)
+
+
 def test_bf16_peaks_follow_real_autocast_steps_at_every_batch():
     """bf16 took the whole saving of the saved activations off every op, also at the end of backward, where they are
     freed, and added a bf16 copy of the weights, freed before the optimizer step: the predicted peak fell as the batch

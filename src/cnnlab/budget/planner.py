@@ -396,6 +396,8 @@ class _Planner:
                     "fixed_bytes": int(high - per_sample * reference),
                     "per_sample_bytes": int(per_sample),
                     "max_batch": best,
+                    # the search stops at the cap: a larger batch fits too (a bare 1,048,576 read as the answer)
+                    "max_batch_capped": best >= LARGEST_PLANNED_BATCH,
                 }
             )
         return rows
@@ -431,8 +433,10 @@ def plan_batch(
             other groups is not reused.
 
     Returns:
-        ``{"limit_bytes", "optimizer", "remedies": [{"remedy", "fixed_bytes", "per_sample_bytes", "max_batch"}]}``;
-        fixed and per-sample bytes are the straight line through the peaks at the answer and half of it.
+        ``{"limit_bytes", "optimizer", "search_cap", "remedies": [{"remedy", "fixed_bytes", "per_sample_bytes",
+        "max_batch", "max_batch_capped"}]}``; fixed and per-sample bytes are the straight line through the peaks at
+        the answer and half of it; ``max_batch_capped`` is true where the search stopped at ``search_cap``
+        (`LARGEST_PLANNED_BATCH`): the largest batch is at least that.
     """
     planner = _Planner(model, input_shape, dtype, optimizer, reference, for_device, param_groups)
     remedies = [_Remedy("as configured", checkpointed=False, optimizer=optimizer, bf16=False)]
@@ -445,7 +449,8 @@ def plan_batch(
             _Remedy("SGD (no optimizer state)", checkpointed=False, optimizer="sgd", bf16=False),
             _Remedy("all three", checkpointed=True, optimizer="sgd", bf16=True),
         ]
-    return {"limit_bytes": limit_bytes, "optimizer": optimizer, "remedies": planner.plan(remedies, limit_bytes)}
+    rows = planner.plan(remedies, limit_bytes)
+    return {"limit_bytes": limit_bytes, "optimizer": optimizer, "search_cap": LARGEST_PLANNED_BATCH, "remedies": rows}
 
 
 def mixed_precision_step(

@@ -182,7 +182,9 @@ def plan_table(report: BudgetReport) -> Table | None:
             remedy["remedy"],
             readable_bytes(remedy["fixed_bytes"]),
             readable_bytes(remedy["per_sample_bytes"]),
-            f"{remedy['max_batch']:,}",
+            f">= {remedy['max_batch']:,} (search cap)"
+            if remedy.get("max_batch_capped")
+            else f"{remedy['max_batch']:,}",
         )
     return table
 
