@@ -369,3 +369,37 @@ def test_macs_of_a_functional_call_outside_every_row_are_said_to_make_up_the_tot
         explain(report)
     )
     assert "count 4,096 MACs: 13,824 + 4,096 = 17,920, the total." in layer_table(report).caption
+
+
+def test_a_ratio_over_a_real_zero_is_null_with_a_note_not_infinity():
+    """A real step that saved 0 bytes against an estimate above 0 made `saved_ratio` float("inf"): --json wrote
+    `Infinity`, which is not JSON (strict parsers refuse the whole document)."""
+    import json
+
+    from rich.console import Console
+
+    from cnnlab.budget.explain import explain
+    from cnnlab.budget.render import measured_table
+
+    class SavesOnlyOnMeta(nn.Module):
+        """Multiplies by its weight on the meta device (saving the input), by a constant elsewhere (saving nothing)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            if x.is_meta:
+                return x * self.weight
+            return x * 2.0 + self.weight.sum() * 0.0
+
+    report = budget(SavesOnlyOnMeta(), input_shape=(3, 4, 4), measure=True)
+    measured = report.measured
+    assert measured["saved_for_backward_bytes"] == 0 < report.realistic["saved_for_backward_bytes"]
+    assert measured["saved_ratio"] is None and measured["peak_ratio"] is not None
+    assert measured["saved_ratio_note"].startswith("the real step held 0 bytes against an estimate of ")
+    text = json.dumps(report.to_dict(), allow_nan=False)  # raised ValueError on inf
+    assert json.loads(text)["measured"]["saved_ratio"] is None
+    console = Console(width=160, record=True)
+    console.print(measured_table(report))
+    assert "- (measured 0)" in console.export_text() and "estimate/measured = - (measured 0)" in explain(report)

@@ -630,12 +630,20 @@ def measure_step(
     if real.cuda_max_allocated_bytes is not None:
         measured["cuda_max_allocated_bytes"] = real.cuda_max_allocated_bytes
         measured["cuda_ratio"] = _ratio(realistic["peak_bytes"], real.cuda_max_allocated_bytes)
+    # An estimate over a real 0 has no finite ratio: it was float("inf"), which json.dumps writes as Infinity (not
+    # JSON; strict parsers refuse the whole document). It is null, and a note beside it says why.
+    for key, estimate in (("saved", "saved_for_backward_bytes"), ("peak", "peak_bytes"), ("cuda", "peak_bytes")):
+        if f"{key}_ratio" in measured and measured[f"{key}_ratio"] is None:
+            measured[f"{key}_ratio_note"] = (
+                f"the real step held 0 bytes against an estimate of {realistic[estimate]:,}: no finite ratio"
+            )
     return measured
 
 
-def _ratio(estimate: int, measured: int) -> float:
+def _ratio(estimate: int, measured: int) -> float | None:
+    """estimate / measured to four places; None where `measured` is 0 and `estimate` is not (no finite ratio)."""
     if not measured:  # nothing saved (a network without trainable parameters): 0 of 0 is exact, and NaN is no JSON
-        return 1.0 if not estimate else float("inf")
+        return 1.0 if not estimate else None
     return round(estimate / measured, 4)
 
 

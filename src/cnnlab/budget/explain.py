@@ -8,7 +8,7 @@ from typing import Any
 
 from cnnlab.budget.core import BudgetReport
 from cnnlab.budget.planner import LARGEST_PLANNED_BATCH
-from cnnlab.budget.render import readable_bytes
+from cnnlab.budget.render import ratio_text, readable_bytes
 from cnnlab.budget.spec import LayerSpec, layer_macs, parameter_counts
 from cnnlab.budget.trace import optimizer_copies
 from cnnlab.layers.padding import same_padding_amounts
@@ -230,16 +230,17 @@ def explain(report: BudgetReport) -> str:
         # the estimates were not on these lines, and the ratio read "1.0" where the table gives "1.0000"
         lines.append(
             f"    saved for backward: estimate {_n(real['saved_for_backward_bytes'])}, measured "
-            f"{_n(measured['saved_for_backward_bytes'])} bytes, estimate/measured = {measured['saved_ratio']:.4f}"
+            f"{_n(measured['saved_for_backward_bytes'])} bytes, "
+            f"estimate/measured = {ratio_text(measured['saved_ratio'])}"
         )
         lines.append(
             f"    peak live tensors: estimate {_n(real['peak_bytes'])}, measured {_n(measured['peak_live_bytes'])} "
-            f"bytes, estimate/measured = {measured['peak_ratio']:.4f}"
+            f"bytes, estimate/measured = {ratio_text(measured['peak_ratio'])}"
         )
         if "cuda_max_allocated_bytes" in measured:
             lines.append(
                 f"    torch.cuda.max_memory_allocated: {_n(measured['cuda_max_allocated_bytes'])} bytes, "
-                f"estimate/measured = {measured['cuda_ratio']:.4f}"
+                f"estimate/measured = {ratio_text(measured['cuda_ratio'])}"
             )
     if report.plan:
         number = 8 if report.measured else 7

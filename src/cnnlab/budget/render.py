@@ -141,6 +141,11 @@ def memory_table(report: BudgetReport) -> Table:
     return table
 
 
+def ratio_text(ratio: float | None) -> str:
+    """An estimate/measured ratio to four places; where the real step held 0 bytes and the estimate did not, none."""
+    return "- (measured 0)" if ratio is None else f"{ratio:.4f}"
+
+
 def measured_table(report: BudgetReport) -> Table | None:
     if not report.measured:
         return None
@@ -152,20 +157,20 @@ def measured_table(report: BudgetReport) -> Table | None:
         "saved for backward",
         f"{report.realistic['saved_for_backward_bytes']:,}",
         f"{measured['saved_for_backward_bytes']:,}",
-        f"{measured['saved_ratio']:.4f}",
+        ratio_text(measured["saved_ratio"]),
     )
     table.add_row(
         "peak live tensors",
         f"{report.realistic['peak_bytes']:,}",
         f"{measured['peak_live_bytes']:,}",
-        f"{measured['peak_ratio']:.4f}",
+        ratio_text(measured["peak_ratio"]),
     )
     if "cuda_max_allocated_bytes" in measured:
         table.add_row(
             "torch.cuda.max_memory_allocated",
             f"{report.realistic['peak_bytes']:,}",
             f"{measured['cuda_max_allocated_bytes']:,}",
-            f"{measured['cuda_ratio']:.4f}",
+            ratio_text(measured["cuda_ratio"]),
         )
     return table
 
