@@ -196,7 +196,8 @@ def test_the_memory_rows_add_up_to_their_totals_and_each_says_what_it_counts():
     result = run("--input", "3x16x16", "conv 8 k3", "bn", "relu", "gap", "dense 10", "--batch", "4", "--no-layers")
     assert result.returncode == 0, result.stderr
     rows = _memory_rows(result.stdout)
-    params, buffers = (8 * 27 + 8 + 2 * 8 + 8 * 10 + 10) * 4, (2 * 8) * 4  # batch norm's running mean and variance
+    # batch norm's running mean and variance, and its int64 num_batches_tracked (left out, though in the peak)
+    params, buffers = (8 * 27 + 8 + 2 * 8 + 8 * 10 + 10) * 4, (2 * 8) * 4 + 8
     assert rows["inference: parameters"] == (params, params)
     assert rows["inference: buffers"] == (None, buffers) == rows["buffers"]
     inference = ["inference: parameters", "inference: buffers", "inference: working set, 1 instance"]
@@ -205,6 +206,10 @@ def test_the_memory_rows_add_up_to_their_totals_and_each_says_what_it_counts():
     for column in (0, 1):
         assert sum(rows[label][column] or 0 for label in inference) == rows["inference: total"][column]
         assert sum(rows[label][column] or 0 for label in training) == rows["total"][column]
+    from cnnlab.budget import budget
+
+    half = budget(["conv 8 k3", "bn", "relu", "gap", "dense 10"], input_shape=(3, 16, 16), dtype="float16")
+    assert half.realistic["buffers_bytes"] == (2 * 8) * 2 + 8  # the counter stays int64 in a float16 network
 
 
 def test_the_slow_steps_say_what_they_do_on_stderr_and_json_stays_alone():

@@ -281,6 +281,7 @@ def _build_views(
     buffers: int,
     copies: int,
     result: TraceResult,
+    integer_buffer_bytes: int = 0,
 ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
     size = dtype.itemsize
     input_bytes = math.prod(input_shape) * size
@@ -305,7 +306,9 @@ def _build_views(
         "activations_bytes": activations,
         "total_bytes": params_bytes + grads_bytes + optimizer_bytes + batch * input_bytes + activations,
     }
-    buffers_bytes = buffers * size
+    # integer buffers (batch norm's int64 num_batches_tracked, 8 bytes each) keep their dtype: they were left out of
+    # this row, though the traced and measured peaks hold them
+    buffers_bytes = buffers * size + integer_buffer_bytes
     saved_activations = result.saved_bytes - result.saved_input_bytes
     realistic = {
         "batch_size": batch,
@@ -541,9 +544,20 @@ def budget(
     params = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     buffers = sum(b.numel() for b in module.buffers() if b.is_floating_point())
+    integer_buffer_bytes = sum(b.numel() * b.element_size() for b in module.buffers() if not b.is_floating_point())
     sequential = isinstance(module, nn.Sequential) and all("." not in row.name for row in figure_rows)
     inference, training, realistic = _build_views(
-        figure_rows, sequential, shape, torch_dtype, batch_size, params, trainable, buffers, copies, result
+        figure_rows,
+        sequential,
+        shape,
+        torch_dtype,
+        batch_size,
+        params,
+        trainable,
+        buffers,
+        copies,
+        result,
+        integer_buffer_bytes,
     )
     report = BudgetReport(
         model_name=name,

@@ -112,9 +112,9 @@ def memory_table(report: BudgetReport) -> Table:
     table.add_column("component")
     table.add_column("textbook", justify="right")
     table.add_column("realistic (PyTorch)", justify="right")
-    # Buffers (batch norm's running statistics) are a row of their own, which the textbook view does not count: a
-    # row "parameters (+ buffers)" showed the textbook's parameters alone beside the realistic sum, and the
-    # realistic training rows did not add up to their total.
+    # Buffers (batch norm's running statistics and its int64 batch counter) are a row of their own, which the textbook
+    # view does not count: a row "parameters (+ buffers)" showed the textbook's parameters alone beside the realistic
+    # sum, and the realistic training rows did not add up to their total.
     buffers = real["buffers_bytes"]
     rows = [
         ("inference: parameters", inf["params_bytes"], real["params_bytes"]),
