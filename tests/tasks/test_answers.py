@@ -416,8 +416,9 @@ def test_exercise_7_alone_writes_its_sheet_and_the_sheet_continues_its_own_mnist
     """`answers -e 7` refused its own sheet (it names exercise 9, whose numbers were not in its JSON). And the sheet
     trained its MNIST run (exercises 7 and 9 share it) with overwrite: after an interruption (20 minutes of training
     with --full) it started again from the first epoch, and a run it had finished was trained again. A continued
-    sheet also said "measured in this invocation" of what an earlier one had measured. One MNIST run, trained by the
-    first sheet, serves all three checks."""
+    sheet also said "measured in this invocation" of what an earlier one had measured; and a sheet folder moved since
+    named the run in exercise 7's Reproduce line where it was. One MNIST run, trained by the first sheet, serves all
+    four checks."""
     from cnnlab.report import plots
     from cnnlab.train import records
 
@@ -447,6 +448,12 @@ def test_exercise_7_alone_writes_its_sheet_and_the_sheet_continues_its_own_mnist
     run_answers(TINY, output=tmp_path, data_dir=str(REAL_MNIST), exercises=(9,), log=lambda message: None)
     text = sheet.read_text()
     assert "measured by the earlier invocation named below." in text and "in this invocation" not in text
+    # a moved sheet folder: exercise 7's read-back Reproduce line named the run where it was measured
+    moved = tmp_path.with_name(tmp_path.name + "-moved")
+    tmp_path.rename(moved)
+    sheet = run_answers(TINY, output=moved, data_dir=str(REAL_MNIST), exercises=(9,), log=lambda message: None)
+    assert f"`cnnlab fcn convert {moved / 'mnist' / 'quick'}`" in sheet.read_text()
+    assert str(tmp_path / "mnist") not in sheet.read_text()
 
 
 def test_the_sheets_elpv_run_continues_rather_than_trains_again(

@@ -74,8 +74,18 @@ def _previous(path: Path, mode: str, say: Callable[[str], None]) -> dict[str, An
                 f"it is measured again when chosen (-e {key}), else left out of the sheet"
             )
             continue
-        kept[key] = value
+        kept[key] = _where_now(value, path.parent)
     return kept
+
+
+def _where_now(evidence: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A read-back exercise's `run_dir` (exercise 7's Reproduce line) where the run is now: a run inside the sheet's
+    folder (its `folder` relative to it) moved with the folder, and the path recorded when it was measured named
+    where it was. A run outside it (``--runs``, its `folder` the path as given) is named as recorded."""
+    run_dir, folder = evidence.get("run_dir"), evidence.get("folder")
+    if not isinstance(run_dir, str) or not isinstance(folder, str) or folder == run_dir or Path(folder).is_absolute():
+        return evidence
+    return {**evidence, "run_dir": str(out / folder)}
 
 
 def run_answers(
