@@ -262,6 +262,13 @@ def test_compare_plots_each_member_of_an_ensemble_beside_a_single_run(root: Path
     assert lines["mnist/E/seed0: val_accuracy"].get_marker() != lines["mnist/E/seed1: val_accuracy"].get_marker()
     assert lines["mnist/E/seed1: train_loss"].get_linestyle() != lines["mnist/old: train_loss"].get_linestyle()
     plt.close(figure)
+    # a run with itself was drawn twice: its legend named each member twice ("mnist/E/seed0 / mnist/E/seed0")
+    figure = compare_curves(root, "mnist/E", "mnist/E")
+    entries = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert entries == ["mnist/E (one line per member)", "mnist/E/seed0", "mnist/E/seed1", "train_loss", "val_accuracy"]
+    assert len([line for axis in figure.axes for line in axis.get_lines()]) == 4
+    assert figure.get_suptitle() == "mnist/E's members not plotted: seed2 (no epoch yet)"
+    plt.close(figure)
     (ensemble / "seed2" / "metrics.json").write_text('[{"epoch": 1, "train_lo')  # cut short: said, the rest plotted
     figure = compare_curves(root, "mnist/old", "mnist/E")
     assert figure.get_suptitle().startswith("mnist/E's members not plotted: seed2 (metrics.json cannot be read: ")

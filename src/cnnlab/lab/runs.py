@@ -774,7 +774,8 @@ def compare_curves(root: str | os.PathLike[str], first: str, second: str) -> Any
     ensemble's are each member's, labelled ``<ensemble>/seed<k>`` (see `_curves_history`).
 
     One legend below both plots says what a line's colour (the metric), style (the run) and marker (the member) mean:
-    a legend entry per line (an ensemble of 10 gave 22 entries an axis) covered the curves it named."""
+    a legend entry per line (an ensemble of 10 gave 22 entries an axis) covered the curves it named. A run compared
+    with itself is drawn once."""
     import math
 
     import matplotlib
@@ -791,8 +792,10 @@ def compare_curves(root: str | os.PathLike[str], first: str, second: str) -> Any
     keys = sorted({k for _, history in first_curves + second_curves for row in history for k in row})
     colours = {key: f"C{index}" for index, key in enumerate(k for k in keys if k.startswith(("train_", "val_")))}
     runs = ((first, first_curves, "-"), (second, second_curves, "--"))
+    if first == second:  # a run with itself: drawn twice, its entries and member names listed twice
+        runs = runs[:1]
     members: dict[str, list[str]] = {}  # marker -> the members drawn with it
-    drawn: list[list[tuple[str, list[dict[str, Any]], str]]] = [[], []]  # (label, history, marker) per run
+    drawn: list[list[tuple[str, list[dict[str, Any]], str]]] = [[] for _ in runs]  # (label, history, marker) per run
     for (_, curves, _), lines in zip(runs, drawn, strict=True):
         for number, (label, history) in enumerate(curves):
             marker = _MEMBER_MARKERS[number % len(_MEMBER_MARKERS)] if len(curves) > 1 else _RUN_MARKER
@@ -821,7 +824,7 @@ def compare_curves(root: str | os.PathLike[str], first: str, second: str) -> Any
     for axis, title in ((loss_axis, "loss"), (metric_axis, "metrics")):
         epoch_axis(axis, title)
     figure.legend(handles=handles, loc="outside lower center", ncol=columns, fontsize=8, frameon=False)
-    notes = [note for note in (first_note, second_note) if note]
+    notes = [note for note in dict.fromkeys((first_note, second_note)) if note]
     if notes:
         figure.suptitle("; ".join(notes), fontsize=8)
     return figure
