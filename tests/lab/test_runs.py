@@ -212,10 +212,22 @@ def test_two_runs_curves_share_one_figure(root: Path) -> None:
     assert "segment/new: train_loss" in labels
     lengths = {line.get_label(): len(line.get_xdata()) for axis in figure.axes for line in axis.get_lines()}
     assert lengths["mnist/old: val_accuracy"] == 2 and lengths["segment/new: val_accuracy"] == 3
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    plt.close(figure)
+    # matplotlib's cycle of ten colours gave the 11th metric the 1st's: each of 15 metrics has its own
+    (root / "mnist" / "old" / "metrics.json").write_text(
+        json.dumps([{"epoch": 1, **{f"val_m{i}": 0.5 for i in range(12)}}])
+    )
+    figure = compare_curves(root, "mnist/old", "segment/new")
+    colours = {
+        line.get_label().split(": ")[1]: to_hex(line.get_color()) for axis in figure.axes for line in axis.get_lines()
+    }
+    assert len(colours) == 15 and len(set(colours.values())) == 15
+    plt.close(figure)
     # a run without epochs is refused before a figure is made: each refusal left one open in pyplot (Gradio closes
     # the figures it shows), which the long-running lab kept, warning after 20
-    import matplotlib.pyplot as plt
-
     (root / "segment" / "new" / "metrics.json").unlink()
     opened = len(plt.get_fignums())
     with pytest.raises(CnnlabError, match="run segment/new has no metrics.json with epochs"):

@@ -769,6 +769,18 @@ _MEMBER_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">")
 _RUN_MARKER = "x"
 
 
+def _metric_palette() -> list[str]:
+    """The colours of Compare's metrics, distinct for 60: tab10's, then their light shades (tab20's), then tab20b's
+    and tab20c's. Line style and marker already tell the runs and members apart, so the colour alone names the
+    metric, and the default cycle of ten gave the 11th metric the 1st's."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    tab20 = colormaps["tab20"].colors
+    shades = [*colormaps["tab10"].colors, *tab20[1::2], *colormaps["tab20b"].colors, *colormaps["tab20c"].colors]
+    return list(dict.fromkeys(to_hex(colour) for colour in shades))
+
+
 def compare_curves(root: str | os.PathLike[str], first: str, second: str) -> Any:
     """A matplotlib figure: the two runs' losses (left) and other metrics (right) per epoch, from metrics.json; an
     ensemble's are each member's, labelled ``<ensemble>/seed<k>`` (see `_curves_history`).
@@ -790,7 +802,9 @@ def compare_curves(root: str | os.PathLike[str], first: str, second: str) -> Any
     (first_curves, first_note), (second_curves, second_note) = (_curves_history(root, r) for r in (first, second))
     # one colour per metric across both runs, one line style per run, one marker per ensemble member
     keys = sorted({k for _, history in first_curves + second_curves for row in history for k in row})
-    colours = {key: f"C{index}" for index, key in enumerate(k for k in keys if k.startswith(("train_", "val_")))}
+    palette = _metric_palette()
+    metrics = [k for k in keys if k.startswith(("train_", "val_"))]
+    colours = {key: palette[index % len(palette)] for index, key in enumerate(metrics)}
     runs = ((first, first_curves, "-"), (second, second_curves, "--"))
     if first == second:  # a run with itself: drawn twice, its entries and member names listed twice
         runs = runs[:1]
