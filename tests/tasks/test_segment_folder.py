@@ -1367,6 +1367,11 @@ def test_a_run_interrupted_in_its_first_epoch_resumes(tmp_path, monkeypatch):
         patch.setattr(engine.Trainer, "train_step", interrupted)
         with pytest.raises(KeyboardInterrupt):
             train_segmentation_folder(str(root), **options)
+    # a run started before split_digests.json was recorded: a resume kept its split and never wrote them, so each
+    # `evaluate --data` of it read every training image again to know copies of them
+    digests = tmp_path / "runs" / "segment" / "i" / "split_digests.json"
+    recorded = digests.read_text()
+    digests.unlink()
     # Stopped while the test figures were drawn (SIGKILL landed there in 3 of 4 kills of benchmarks/kill_resume.py):
     # the session had already been recorded as finished, with a wall time that left out its end, though the run had
     # no results and the next session tested it again.
@@ -1388,6 +1393,7 @@ def test_a_run_interrupted_in_its_first_epoch_resumes(tmp_path, monkeypatch):
     summary = train_segmentation_folder(str(root), resume=True, **options)
     assert summary["epochs"] == 1
     assert [session["ended"] for session in summary["sessions"]] == ["interrupted"] * 3 + ["finished"]
+    assert digests.read_text() == recorded
 
 
 def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatch):

@@ -538,6 +538,11 @@ def test_a_resume_stopped_while_it_rewrote_the_config_can_be_resumed(
         patch.setattr(Trainer, "train_step", interrupted)
         with pytest.raises(KeyboardInterrupt):
             train_transfer(tiny_config(tmp_path, train={"epochs": 1}))
+    # as a run started before split_digests.json was recorded: the resume writes it, so evaluate need not hash
+    # the training images again on every call
+    digests = tmp_path / "runs" / "transfer" / "tiny" / "split_digests.json"
+    recorded = digests.read_text()
+    digests.unlink()
     write_text = Path.write_text
 
     def stopped_midway(path: Path, text: str, *args: object, **kwargs: object) -> int:
@@ -565,6 +570,7 @@ def test_a_resume_stopped_while_it_rewrote_the_config_can_be_resumed(
     said: list[str] = []
     summary = train_transfer(tiny_config(tmp_path, resume=True, train={"epochs": 1}), said.append)
     assert summary["phases"]["partial"]["epochs_run"] == 1 and "finished_before" not in summary
+    assert digests.read_text() == recorded
     # The first session built the cache; the resume read it back and reported "feature cache (reused) 0 s"
     assert summary["costs"]["cache_reused"] == 0.0 and summary["costs"]["cache_seconds"] > 0
     report = (Path(summary["run_dir"]) / "report.md").read_text()
