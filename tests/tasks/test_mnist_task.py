@@ -440,6 +440,53 @@ def test_a_member_stopped_while_it_wrote_its_results_resumes(
     assert json.loads((moved / "results.json").read_text())["test_accuracy"] == summary["test_accuracy"]
 
 
+def test_a_member_another_process_finished_while_this_one_prepared_is_read_back_its_sessions_kept(
+    ensemble_run: dict, fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume records a session of the first unfinished member before MNIST loads (`_preparing`). When another
+    process (`--member`) finishes that member meanwhile, the session is withdrawn (`RunSessions.withdraw`): the
+    member's sessions.json stays as that process wrote it, and the member is read back, not trained again."""
+    import shutil
+
+    run = tmp_path / "mnist" / "ens"
+    shutil.copytree(ensemble_run["run_dir"], run)
+    options = dict(data_dir=str(fake_root), output=str(tmp_path), name="ens", ensemble=2, val_size=40, progress=False)
+    load_mnist = mnist_task.load_mnist
+
+    def finished_meanwhile(*members: str) -> None:
+        """Each member's results.json hidden until MNIST is loaded: the other process finishes it then."""
+        for member in members:
+            (run / member / "results.json").rename(run / member / "results.hidden")
+
+        def loaded(*args: object, **kwargs: object) -> object:
+            data = load_mnist(*args, **kwargs)
+            for member in members:
+                (run / member / "results.hidden").rename(run / member / "results.json")
+            return data
+
+        monkeypatch.setattr(mnist_task, "load_mnist", loaded)
+
+    # every member finished meanwhile: none trains here, and the session begun for seed1 is withdrawn
+    kept = (run / "seed1" / "sessions.json").read_bytes()
+    trained_at = (run / "seed1" / "model.safetensors").stat().st_mtime_ns
+    finished_meanwhile("seed1")
+    summary = train_mnist("quick", overrides=_TINY, resume=True, **options)
+    assert summary["finished_before"] and (run / "seed1" / "sessions.json").read_bytes() == kept
+    assert (run / "seed1" / "model.safetensors").stat().st_mtime_ns == trained_at
+    # seed0, which the session was begun for, finished meanwhile and seed1 not yet: seed1 trains here in a session
+    # of its own, and seed0's sessions.json does not gain the withdrawn one
+    shutil.rmtree(run / "seed1")
+    (run / "results.json").unlink()
+    kept = (run / "seed0" / "sessions.json").read_bytes()
+    finished_meanwhile("seed0")
+    summary = train_mnist("quick", overrides=_TINY, resume=True, **options)
+    assert (run / "seed0" / "sessions.json").read_bytes() == kept
+    (session,) = json.loads((run / "seed1" / "sessions.json").read_text())
+    assert session["ended"] == "finished" and (session["first_epoch"], session["last_epoch"]) == (0, 2)
+    assert "finished_before" not in summary
+    assert summary["ensemble_test_accuracy"] == ensemble_run["ensemble_test_accuracy"]
+
+
 def test_resume_of_a_missing_run_is_a_clear_error(fake_root: Path, tmp_path: Path) -> None:
     with pytest.raises(CnnlabError, match="there is no run at"):
         train_mnist("quick", data_dir=str(fake_root), output=str(tmp_path), name="nope", resume=True, val_size=40)
