@@ -466,12 +466,14 @@ def test_a_member_another_process_finished_while_this_one_prepared_is_read_back_
 
         monkeypatch.setattr(mnist_task, "load_mnist", loaded)
 
-    # every member finished meanwhile: none trains here, and the session begun for seed1 is withdrawn
+    # every member finished meanwhile: none trains here, the session begun for seed1 is withdrawn, and the ensemble is
+    # combined from its members (not read back: it was not finished when this command looked)
     kept = (run / "seed1" / "sessions.json").read_bytes()
     trained_at = (run / "seed1" / "model.safetensors").stat().st_mtime_ns
     finished_meanwhile("seed1")
     summary = train_mnist("quick", overrides=_TINY, resume=True, **options)
-    assert summary["finished_before"] and (run / "seed1" / "sessions.json").read_bytes() == kept
+    assert summary["ensemble_test_accuracy"] == ensemble_run["ensemble_test_accuracy"]
+    assert "finished_before" not in summary and (run / "seed1" / "sessions.json").read_bytes() == kept
     assert (run / "seed1" / "model.safetensors").stat().st_mtime_ns == trained_at
     # seed0, which the session was begun for, finished meanwhile and seed1 not yet: seed1 trains here in a session
     # of its own, and seed0's sessions.json does not gain the withdrawn one
