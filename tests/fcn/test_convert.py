@@ -64,7 +64,7 @@ def test_larger_input_gives_a_class_map_with_one_location_per_stride_step():
     out = converted(torch.rand(2, 1, 60, 44))
     # trunk: 60 -> 58 -> 29 -> 27 -> 13, then a 5x5 valid conv -> 9; 44 -> 42 -> 21 -> 19 -> 9 -> 5
     assert out.shape == (2, 10, 9, 5)
-    assert converted.output_geometry() == (28, 4)
+    assert converted.output_geometry() == ((28, 28), (4, 4))
 
 
 @pytest.mark.parametrize("pools", [(2, 2, 2, 3), (2,) * 7], ids=["24", "128"])
@@ -75,7 +75,27 @@ def test_the_stride_is_measured_right_when_it_does_not_divide_64(pools):
         size *= pool
         layers += [nn.Conv2d(1, 1, 1), nn.MaxPool2d(pool)]
     model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(1, 3)).eval()  # a 1x1 map at the `size` it reads
-    assert to_fully_convolutional(model, (1, size, size)).output_geometry() == (size, size)
+    assert to_fully_convolutional(model, (1, size, size)).output_geometry() == ((size, size), (size, size))
+
+
+@pytest.mark.parametrize(
+    ("first", "stride"),
+    [([nn.Conv2d(1, 2, 3), nn.MaxPool2d((2, 1))], (2, 1)), ([nn.Conv2d(1, 2, 3, stride=(1, 3))], (1, 3))],
+    ids=["pool 2x1", "conv stride 1x3"],
+)
+def test_the_stride_is_measured_along_each_axis_and_each_location_is_its_window(first, stride):
+    """The width's stride was taken to be the height's: a MaxPool2d((2, 1)) network, 1 px apart across, read 2."""
+    torch.manual_seed(0)
+    trunk = nn.Sequential(*first, nn.ReLU(), nn.Conv2d(2, 2, 3), nn.Flatten()).eval()
+    model = nn.Sequential(*trunk, nn.Linear(trunk(torch.zeros(1, 1, 16, 14)).shape[1], 5)).eval()
+    converted = to_fully_convolutional(model, (1, 16, 14))
+    assert converted.output_geometry() == ((16, 14), stride)
+    image = torch.rand(1, 1, 27, 29)
+    with torch.no_grad():
+        scores = converted(image)
+        for i, j in [(0, 0), (2, 1), (scores.shape[2] - 1, scores.shape[3] - 1)]:
+            top, left = i * stride[0], j * stride[1]
+            assert torch.allclose(scores[0, :, i, j], model(image[..., top : top + 16, left : left + 14])[0], atol=1e-5)
 
 
 def test_each_output_location_is_the_classifier_on_that_window():
@@ -84,7 +104,7 @@ def test_each_output_location_is_the_classifier_on_that_window():
     image = torch.rand(1, 1, 44, 44)
     with torch.no_grad():
         scores = converted(image)
-        window, stride = converted.output_geometry()
+        (window, _), (stride, _) = converted.output_geometry()
         for i, j in [(0, 0), (1, 3), (4, 4)]:
             crop = image[..., i * stride : i * stride + window, j * stride : j * stride + window]
             assert torch.allclose(scores[0, :, i, j], model(crop)[0], atol=1e-5)

@@ -75,8 +75,48 @@ def test_a_network_whose_stride_does_not_divide_64_scans_every_window_at_its_pla
     layers += [torch.nn.Conv2d(6, 8, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(3)]  # 11, 3
     layers += [torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8, 10)]  # 1
     classifier = torch.nn.Sequential(*layers).eval()
-    assert to_fully_convolutional(classifier, (1, 28, 28)).output_geometry() == (28, 6)
+    assert to_fully_convolutional(classifier, (1, 28, 28)).output_geometry() == ((28, 28), (6, 6))
     _assert_scan_scores_crops(classifier, refine)
+
+
+@pytest.mark.filterwarnings("error::cnnlab.fcn.scan.ScanNotLocalWarning")  # it is local: it was scanned whole
+def test_a_network_striding_further_down_than_across_scans_each_window_at_its_place(tmp_path, monkeypatch):
+    """A MaxPool2d((2, 1)) network's locations are 2 px apart down, 1 across: the scan took the height's 2 for both,
+    kept 5 of the 9 columns it scored, each at twice its place, and its locality check failed on tiles cut on a 2 px
+    grid across (a warning, and a scan in one piece)."""
+    import cnnlab.fcn.scan as scanning
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.MaxPool2d((2, 1))]  # 16x14 -> 14x12 -> 7x12
+    layers += [torch.nn.Conv2d(4, 4, 3), torch.nn.ReLU(), torch.nn.Flatten()]  # 5x10
+    classifier = torch.nn.Sequential(*layers, torch.nn.Linear(4 * 5 * 10, 10)).eval()
+    converted = to_fully_convolutional(classifier, (1, 16, 14))
+    image = torch.rand(1, 27, 33)
+    results = {}
+    for refine, step in ((1, (2, 1)), (None, (1, 1))):  # by default each axis' own factor: 2 down, 1 across
+        result = results[refine] = scan(converted, image, refine=refine)
+        rows, cols = (27 - 16) // step[0] + 1, (33 - 14) // step[1] + 1
+        assert result.probabilities.shape == (10, rows, cols) and result.steps == step
+        crops = [image[:, i * step[0] : i * step[0] + 16, j * step[1] : j * step[1] + 14] for i in range(rows)
+                 for j in range(cols)]  # fmt: skip
+        with torch.inference_mode():
+            expected = classifier(torch.stack(crops)).softmax(1).T.reshape(10, rows, cols)
+        assert torch.allclose(result.probabilities, expected, atol=1e-5)
+    with pytest.raises(CnnlabError, match=r"--refine 2 must divide the network's strides of 2 px down and 1 px acr"):
+        scan(converted, image, refine=2)
+    margin = scanning.tile_margin(converted)
+    assert margin is not None and margin >= 16
+    monkeypatch.setattr(scanning, "TILE_PIXELS", 40 * 40)  # in tiles, as a large photo is
+    tiled = scan(converted, torch.rand(1, 150, 130, generator=torch.Generator().manual_seed(1)), refine=1)
+    monkeypatch.setattr(scanning, "TILE_PIXELS", 10**9)
+    whole = scan(converted, torch.rand(1, 150, 130, generator=torch.Generator().manual_seed(1)), refine=1)
+    assert torch.allclose(tiled.probabilities, whole.probabilities, atol=1e-6)
+    figures = _kept_figures(monkeypatch)
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", lambda figure, path, **kwargs: Path(path).touch())
+    save_heatmap(image, results[1], tmp_path / "h.png")  # cells 2 px tall and 1 px wide around the centres
+    assert figures[0].axes[0].images[1].get_extent() == [6.5, 6.5 + 20, 7.0 + 6 * 2, 7.0]
+    notes = [text.get_text() for axis in figures[0].axes for text in axis.texts]
+    assert any("window 16x14px, stride 2x1px (height x width)\n6x20 locations" in note for note in notes)
 
 
 def test_a_classifier_trained_on_windows_wider_than_tall_scans_and_draws_each_location_at_its_centre(
@@ -127,7 +167,8 @@ def _assert_scan_scores_crops(classifier: torch.nn.Module, refine: int | None) -
     image = torch.rand(1, 47, 61)
     result = scan(converted, image, refine=refine)
     step = result.stride
-    assert step == converted.output_geometry()[1] // refine_factor(refine, converted.output_geometry()[1])
+    stride = converted.output_geometry().stride[0]
+    assert step == stride // refine_factor(refine, stride) and result.stride_width is None
     rows, cols = (47 - 28) // step + 1, (61 - 28) // step + 1
     assert result.probabilities.shape == (10, rows, cols) and result.ink.shape == (rows, cols)
     corners = [(i * step, j * step) for i in range(rows) for j in range(cols)]
@@ -182,7 +223,7 @@ def test_a_large_image_is_scanned_in_tiles_that_give_the_whole_scan(arch, monkey
     image = torch.rand(1, 470, 610)
     whole = scan(converted, image, refine=2)
     margin = scanning.tile_margin(converted)
-    assert margin is not None and margin % converted.output_geometry()[1] == 0 and margin >= whole.window
+    assert margin is not None and margin % converted.output_geometry().stride[0] == 0 and margin >= whole.window
     monkeypatch.setattr(scanning, "tile_margin", lambda model: margin)  # its probes are not the scan's tiles
     monkeypatch.setattr(scanning, "TILE_PIXELS", 150 * 150)
     inputs = []
@@ -226,13 +267,13 @@ def test_tiles_need_their_margin_and_a_network_that_is_not_local_is_scanned_whol
     import cnnlab.fcn.scan as scanning
 
     converted = to_fully_convolutional(_classifier())
-    _, stride = converted.output_geometry()
+    stride = converted.output_geometry().stride
     image = torch.rand(1, 200, 200)
     with torch.inference_mode():
         whole = scanning._scores_in_tiles(converted, image, None, stride)
         margin = scanning.tile_margin(converted)
         assert torch.allclose(scanning._scores_in_tiles(converted, image, margin, stride, tile=2), whole, atol=1e-6)
-        short = scanning._scores_in_tiles(converted, image, 2 * stride, stride, tile=2)  # under the reach
+        short = scanning._scores_in_tiles(converted, image, 2 * stride[0], stride, tile=2)  # under the reach
         assert short.shape == whole.shape and not torch.allclose(short, whole, atol=1e-4)
 
     class CentreOnTheMap(torch.nn.Module):  # looks at the whole map, as a squeeze-and-excitation block does
@@ -241,7 +282,7 @@ def test_tiles_need_their_margin_and_a_network_that_is_not_local_is_scanned_whol
 
     converted.trunk = torch.nn.Sequential(converted.trunk, CentreOnTheMap())
     assert scanning.tile_margin(converted) is None
-    fits = (200 - 28) // stride + 1  # every window that fits (the padded trunk's map has one more, off the edge)
+    fits = (200 - 28) // stride[0] + 1  # every window that fits (the padded trunk's map has one more, off the edge)
     with pytest.warns(ScanNotLocalWarning, match="pools its whole feature map, as a squeeze"):
         assert scan(converted, image, refine=1).probabilities.shape[1:] == (fits, fits) < whole.shape[1:]
 
@@ -348,7 +389,7 @@ def test_a_scan_that_would_not_fit_in_memory_is_refused_naming_a_setting_that_fi
     converted = to_fully_convolutional(_unpadded_stride_8(), (1, 28, 28))
     image = torch.rand(1, 300, 400)
     cost = scanning._scan_cost(converted, 300, 400, scanning.tile_margin(converted))
-    needed = {refine: cost.bytes(300, 400, 8 // refine) for refine in (1, 2, 4)}
+    needed = {refine: cost.bytes(300, 400, (8 // refine, 8 // refine)) for refine in (1, 2, 4)}
     # a pass holds at most one layer's input and output: the first ReLU's, 6 + 6 floats a pixel
     assert cost.pass_bytes_per_pixel == pytest.approx(48, rel=0.1) and cost.tile == (300, 400)  # one tile: whole
     assert cost.classes == 10 and needed[4] - needed[1] == 6 * 10 * 4 * (
@@ -365,7 +406,7 @@ def test_a_scan_that_would_not_fit_in_memory_is_refused_naming_a_setting_that_fi
     with pytest.raises(CnnlabError, match="crop or downscale the image to") as refused:
         scan(converted, image, refine=2)
     width, height = map(int, re.search(r"to (\d+)x(\d+) or less", str(refused.value)).groups())
-    assert 0.5 < width / 400 < 1 and cost.bytes(height, width, 8) <= needed[1] / 2
+    assert 0.5 < width / 400 < 1 and cost.bytes(height, width, (8, 8)) <= needed[1] / 2
     # the command refuses a large image by its header, before decoding it (a 100 MP one took 16 s and 1.3 GB)
     Image.new("L", (1500, 1400)).save(tmp_path / "large.png")
     Image.new("L", (400, 300)).save(tmp_path / "small.png")

@@ -33,13 +33,13 @@ def convert(
     typer.echo(f"converted {source['arch']}: head is now")
     for name, layer in converted.head.named_children():
         typer.echo(f"  {name}: {layer}")
-    fits = ((height * 4 - window) // stride + 1, (width * 4 - window) // stride + 1)
+    fits = ((height * 4 - window[0]) // stride[0] + 1, (width * 4 - window[1]) // stride[1] + 1)
     beyond = ""
     if tuple(larger.shape[-2:]) != fits:  # a padded trunk also scores windows that run off the edge; scan drops them
         beyond = f"; {fits[0]}x{fits[1]} of them are windows inside the image, the others run off its edge"
     typer.echo(
         f"outputs equal the classifier's at {height}x{width} (checked to 1e-5); a {height * 4}x{width * 4} input "
-        f"gives {list(larger.shape)}: one score vector per {window}px window, every {stride}px{beyond}"
+        f"gives {list(larger.shape)}: one score vector per {window[0]}px window, every {stride[0]}px{beyond}"
     )
     typer.echo(f"saved: {target}  (cnnlab fcn scan {target} IMAGE)")
 
@@ -58,8 +58,9 @@ def scan_command(
     refine: int | None = typer.Option(
         None,
         "--refine",
-        help="Shift-and-stitch factor, a divisor of the network's stride: locations stride/refine px apart, "
-        "refine x refine scans (default: the stride's largest divisor up to 4).",
+        help="Shift-and-stitch factor, a divisor of the network's stride (of both, where it strides further down "
+        "than across): locations stride/refine px apart, refine x refine scans (default: each stride's largest "
+        "divisor up to 4).",
     ),
     invert: bool | None = typer.Option(
         None, "--invert/--no-invert", help="Dark-on-light to light-on-dark (default: when the image is bright)."

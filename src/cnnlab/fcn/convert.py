@@ -19,14 +19,16 @@ a branch) conversion is refused.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["FullyConvolutional", "to_fully_convolutional", "training_input_size"]
+__all__ = ["FullyConvolutional", "OutputGeometry", "to_fully_convolutional", "training_input_size"]
 
 # Layers that act on each element (or are the identity at inference): valid on maps of any size, kept as they are.
 _ELEMENTWISE = (
@@ -80,20 +82,23 @@ class FullyConvolutional(nn.Module):
         self.head = head
         self.input_size = tuple(input_size)
         self.window_pooled = window_pooled
-        self._geometry: tuple[int, int] | None = None  # `output_geometry`, measured once
+        self._geometry: OutputGeometry | None = None  # `output_geometry`, measured once
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.trunk(x))  # N x classes x H' x W'
 
     @torch.no_grad()
-    def output_geometry(self) -> tuple[int, int]:
-        """(window, stride) in input pixels along the height: output location i scores the window whose top edge
-        is near `i * stride` and which is `window` pixels tall (the training input size).
+    def output_geometry(self) -> OutputGeometry:
+        """Where the output's locations are in the input: location (i, j) scores the window of `window` (the
+        training input's height and width) whose top-left corner is near (i * stride[0], j * stride[1]).
 
         The output's height is floor((H + c) / stride) + b for an input H rows tall (each layer's is, and floors of
-        floors nest), so the stride is the distance between two rows where it grows by one. It was taken as
-        64 // (growth over 64 rows), right only for a stride dividing 64: stride 6 read as 5, 24 as 32, 128 as
-        64, and a scan with it crashed or drew its locations at the wrong places.
+        floors nest), so the stride is the distance between two heights where it grows by one; the same holds for
+        the width, on its own: a layer's output height depends on its input's height only. Both axes are measured
+        (the width's was taken to be the height's: a network with MaxPool2d((2, 1)), 1 px apart across, was
+        scanned as if 2 px apart), in the same probes: each grows the height as the height's search asks and the
+        width as the width's does, so both cost the passes of one (13 for resnet18 at 224x224). Each probe is the
+        training size grown along the axes searched, the least that runs the head. Measured once and kept.
         """
         if getattr(self, "_geometry", None) is None:
             channels, height, width = self.input_size
@@ -101,27 +106,78 @@ class FullyConvolutional(nn.Module):
             was_training = self.training
             self.eval()
 
-            def rows_out(rows: int) -> int:
-                probe = torch.zeros(1, channels, rows, width, dtype=reference.dtype, device=reference.device)
-                return self(probe).shape[-2]
-
-            def next_growth(rows: int) -> int:
-                """The least number of rows more than `rows` at which the output grows (doubling, then halving)."""
-                base, high = rows_out(rows), 1
-                while rows_out(rows + high) <= base:
-                    high *= 2
-                low = high // 2  # the output has not grown at `low` more rows (0: at none)
-                while high - low > 1:
-                    middle = (low + high) // 2
-                    low, high = (low, middle) if rows_out(rows + middle) > base else (middle, high)
-                return high
+            def sizes_out(rows: int, cols: int) -> tuple[int, int]:
+                probe = torch.zeros(1, channels, rows, cols, dtype=reference.dtype, device=reference.device)
+                return tuple(self(probe).shape[-2:])  # type: ignore[return-value]
 
             try:
-                first_growth = height + next_growth(height)  # a row count at which the output just grew
-                self._geometry = (height, next_growth(first_growth))
+                strides = _search_in_step((height, width), sizes_out, _stride_search)
+                self._geometry = OutputGeometry((height, width), strides)  # type: ignore[arg-type]
             finally:
                 self.train(was_training)
-        return self._geometry
+        return self._geometry  # type: ignore[return-value]
+
+
+class OutputGeometry(NamedTuple):
+    """Where a converted network's output locations lie in its input, in pixels.
+
+    Attributes:
+        window: (height, width) of the window each location scores: the classifier's training input size.
+        stride: (down, across): input pixels between neighbouring locations along the height and the width.
+    """
+
+    window: tuple[int, int]
+    stride: tuple[int, int]
+
+
+# A search along one axis: a generator that yields the input length it wants measured next, is sent the output's
+# length there, and returns what it found.
+_Search = Generator[int, int, int]
+
+
+def _next_growth(start: int) -> _Search:
+    """The least input length over `start` at which the output grows (doubling, then halving)."""
+    base, high = (yield start), 1
+    while (yield start + high) <= base:
+        high *= 2
+    low = high // 2  # the output has not grown at `low` more (0: at none)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if (yield start + middle) > base else (middle, high)
+    return start + high
+
+
+def _stride_search(start: int) -> _Search:
+    """The input pixels between two lengths at which the output grows by one, searched from `start`."""
+    first = yield from _next_growth(start)  # a length at which the output just grew
+    return (yield from _next_growth(first)) - first
+
+
+def _search_in_step(
+    start: tuple[int, int],
+    sizes_out: Callable[[int, int], tuple[int, int]],
+    search: Callable[[int], _Search],
+) -> tuple[int, int]:
+    """`search` along the height and the width at once: each forward pass measures the height one asks for and the
+    width the other asks for (an axis whose search ended, or whose length was measured before, stays at `start`)."""
+    searches = [search(length) for length in start]
+    known: list[dict[int, int]] = [{}, {}]  # per axis: input length -> output length
+    found: list[int | None] = [None, None]
+    asked: list[int | None] = [next(searches[0]), next(searches[1])]
+    while any(value is None for value in found):
+        if all(length is None or length in known[axis] for axis, length in enumerate(asked)):
+            for axis, length in enumerate(asked):
+                if length is not None:
+                    try:
+                        asked[axis] = searches[axis].send(known[axis][length])
+                    except StopIteration as done:
+                        found[axis], asked[axis] = done.value, None
+            continue
+        probe = tuple(length if length is not None and length not in known[axis] else start[axis]
+                      for axis, length in enumerate(asked))  # fmt: skip
+        for axis, length in enumerate(sizes_out(*probe)):
+            known[axis][probe[axis]] = length
+    return found[0], found[1]  # type: ignore[return-value]
 
 
 def training_input_size(model: nn.Module) -> tuple[int, int, int] | None:

@@ -1,14 +1,15 @@
 """Scanning large images with a converted classifier: per-location class scores drawn as heatmaps.
 
 The converted network scores every training-sized window of the image in one pass (the shared convolutions are
-computed once, which is why an FCN is far cheaper than cropping windows and classifying each). Output location
-(i, j) scores the window whose top-left corner is near (i * stride, j * stride); its centre is drawn at
-(i * stride + window / 2, ...); the map holds every window that fits in the image. A trunk with padding (mnist_net)
-also sees a few pixels outside each window, where the classifier saw zeros, so the scores equal the crop's only for
-a trunk without padding (on random noise, a one-epoch mnist_net_small's differ by up to 0.13 in probability; on a
-canvas of MNIST test digits, 0.14). A layer that looks at the whole map (a squeeze-and-excitation block's global
-pool) makes every location's scores depend on the whole image: no shared pass can give each window its own pool, so
-`scan` warns (`ScanNotLocalWarning`) that such a network's scores are not per-window.
+computed once, which is why an FCN is far cheaper than cropping windows and classifying each). Output location (i, j)
+scores the window whose top-left corner is near (i * stride down, j * stride across), the two strides measured apart
+(`FullyConvolutional.output_geometry`); its centre is drawn at (i * stride down + window height / 2, ...); the map
+holds every window that fits in the image. A trunk with padding (mnist_net) also sees a few pixels outside each
+window, where the classifier saw zeros, so the scores equal the crop's only for a trunk without padding (on random
+noise, a one-epoch mnist_net_small's differ by up to 0.13 in probability; on a canvas of MNIST test digits, 0.14). A
+layer that looks at the whole map (a squeeze-and-excitation block's global pool) makes every location's scores depend
+on the whole image: no shared pass can give each window its own pool, so `scan` warns (`ScanNotLocalWarning`) that
+such a network's scores are not per-window.
 A classifier trained on single centred digits has no "nothing here" class, so windows with almost no stroke are
 shown as empty rather than with the (meaningless) class the classifier picks for them.
 
@@ -55,6 +56,8 @@ __all__ = [
     "is_heatmap",
     "load_fully_convolutional",
     "load_scan_image",
+    "pair_text",
+    "refine_factors",
     "save_fully_convolutional",
     "save_heatmap",
     "scan",
@@ -97,8 +100,10 @@ class ScanResult:
         ink: float [H', W'] share of the middle of each location's input window (its central `_MIDDLE`) that is
             stroke: pixels at least `_STROKE`, half as bright as full ink (0..1).
         window: window height in input pixels (the classifier's training size).
-        stride: input pixels between neighbouring locations.
+        stride: input pixels between neighbouring locations down the image (and across it, unless `stride_width`).
         window_width: its width, where it differs from the height (None: a square window).
+        stride_width: input pixels between neighbouring locations across the image, where it differs from `stride`
+            (a network whose layers stride further along one axis, such as MaxPool2d((2, 1))).
     """
 
     probabilities: torch.Tensor
@@ -106,6 +111,17 @@ class ScanResult:
     window: int
     stride: int
     window_width: int | None = None
+    stride_width: int | None = None
+
+    @property
+    def window_size(self) -> tuple[int, int]:
+        """(height, width) of each location's window, in input pixels."""
+        return self.window, self.window_width or self.window
+
+    @property
+    def steps(self) -> tuple[int, int]:
+        """(down, across): input pixels between neighbouring locations."""
+        return self.stride, self.stride_width or self.stride
 
 
 def refine_factor(refine: int | None, stride: int) -> int:
@@ -129,6 +145,30 @@ def refine_factor(refine: int | None, stride: int) -> int:
     return refine
 
 
+def refine_factors(refine: int | None, strides: tuple[int, int]) -> tuple[int, int]:
+    """The shift-and-stitch factors (down, across) for a network of `strides` (down, across): by default each axis'
+    `refine_factor`; a given `refine` applies to both axes, so it must divide both strides.
+
+    Raises:
+        CnnlabError: `refine` does not divide both strides.
+    """
+    if refine is None or strides[0] == strides[1]:
+        return refine_factor(refine, strides[0]), refine_factor(refine, strides[1])
+    common = [factor for factor in range(1, min(strides) + 1) if strides[0] % factor == 0 == strides[1] % factor]
+    if refine not in common:
+        raise CnnlabError(
+            f"--refine {refine} must divide the network's strides of {strides[0]} px down and {strides[1]} px across, "
+            f"so that the shifted scans tile them evenly: use {', '.join(map(str, common))}, or leave --refine out "
+            f"for {'x'.join(map(str, refine_factors(None, strides)))} (down x across)"
+        )
+    return refine, refine
+
+
+def pair_text(pair: tuple[int, int]) -> str:
+    """``28`` for (28, 28), ``20x36`` for (20, 36): a size or step as height x width, one number where they agree."""
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
+
+
 # Input pixels scanned at once: a tile this large holds a few hundred MB of activations in the MNIST networks,
 # where a 6000x4000 photo scanned whole held 6.6 GB (mnist_net).
 TILE_PIXELS = 2**21
@@ -142,39 +182,47 @@ def tile_margin(model: FullyConvolutional) -> int | None:
 
     The margin bounds how far an input pixel reaches: each kernel widens an output's field by (k - 1) x dilation
     times its layer's spacing, and its padding moves the field by at most its width on each side. The spacing of
-    each convolution and pooling is measured from two probes whose heights differ by a multiple of the stride (its
-    input grows by the difference over its spacing). Layers of other kinds are assumed to act on each location
-    alone, which a scan of a random image in tiles, compared with the whole scan, checks (its brightness varies
-    across the image, so that a layer over the whole map gives each tile other numbers).
+    each convolution and pooling is measured from two probes whose heights and widths differ by multiples of the
+    strides (its input grows by the difference over its spacing), along each axis apart. Layers of other kinds are
+    assumed to act on each location alone, which a scan of a random image in tiles, compared with the whole scan,
+    checks (its brightness varies across the image, so that a layer over the whole map gives each tile other
+    numbers).
     """
     window, stride = model.output_geometry()
-    channels, height, width = model.input_size
+    channels = model.input_size[0]
     reference = next(model.parameters(), torch.empty(0))
-    sizes: dict[nn.Module, list[int]] = {}
+    sizes: dict[nn.Module, list[tuple[int, int]]] = {}
     handles = [
-        module.register_forward_pre_hook(lambda module, args: sizes.setdefault(module, []).append(args[0].shape[-2]))
+        module.register_forward_pre_hook(
+            lambda module, args: sizes.setdefault(module, []).append(tuple(args[0].shape[-2:]))
+        )
         for module in model.modules()
         if isinstance(module, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d))
     ]
-    growth = 8 * stride
+    growth = (8 * stride[0], 8 * stride[1])
     try:
-        for rows in (height, height + growth):
-            model(torch.zeros(1, channels, rows, width, dtype=reference.dtype, device=reference.device))
+        for grown in (0, 1):
+            size = (window[0] + grown * growth[0], window[1] + grown * growth[1])
+            model(torch.zeros(1, channels, *size, dtype=reference.dtype, device=reference.device))
     finally:
         for handle in handles:
             handle.remove()
-    reach = 0
+    reach = [0, 0]  # down, across: each axis' spacing measured on its own (a MaxPool2d((2, 1)) spaces them apart)
     for module, seen in sizes.items():
-        spacing = growth // max(1, seen[-1] - seen[0])
-        kernel, dilation = _largest(module.kernel_size), _largest(getattr(module, "dilation", 1))
-        padding = kernel if isinstance(module.padding, str) else _largest(module.padding)
-        reach += ((kernel - 1) * dilation + 2 * padding) * spacing
-    margin = -(-max(reach, window, width) // stride) * stride
+        for axis in (0, 1):
+            spacing = growth[axis] // max(1, seen[-1][axis] - seen[0][axis])
+            kernel = _along(module.kernel_size, axis)
+            dilation = _along(getattr(module, "dilation", 1), axis)
+            padding = kernel if isinstance(module.padding, str) else _along(module.padding, axis)
+            reach[axis] += ((kernel - 1) * dilation + 2 * padding) * spacing
+    # a multiple of both strides, so that a tile starts on every layer's grid along either axis
+    multiple = math.lcm(*stride)
+    margin = -(-max(*reach, *window) // multiple) * multiple
     generator = torch.Generator().manual_seed(0)
-    tile = max(1, margin // stride)  # three tiles a side: the middle one has a full margin on every side
-    # sides from the window's height and width: a square from the height alone was narrower than a window trained
-    # wider than tall, and the probe crashed (a kernel larger than its input)
-    sides = (window + 2 * margin + 2 * tile * stride, width + 2 * margin + 2 * tile * stride)
+    tile = (max(1, margin // stride[0]), max(1, margin // stride[1]))  # three tiles a side: the middle one has a
+    # full margin on every side; sides from the window's height and width: a square from the height alone was
+    # narrower than a window trained wider than tall, and the probe crashed (a kernel larger than its input)
+    sides = tuple(window[axis] + 2 * margin + 2 * tile[axis] * stride[axis] for axis in (0, 1))
     # Noise whose brightness ramps across the image: each tile's mean differs from the whole image's. Uniform noise
     # has about the same mean everywhere, so a squeeze-and-excitation block (its gates from the map's mean) gave
     # every tile nearly the whole image's gates, passed as local, and a real image was scanned in tiles whose
@@ -208,58 +256,68 @@ def _warn_not_local(model: FullyConvolutional) -> None:
     )
 
 
-def _largest(value: int | tuple[int, ...]) -> int:
-    return max(value) if isinstance(value, tuple) else int(value)
+def _along(value: int | tuple[int, ...], axis: int) -> int:
+    """A layer's kernel size, dilation or padding along `axis` (0: height, 1: width)."""
+    return int(value[axis] if isinstance(value, tuple) else value)
 
 
 def _scores_in_tiles(
     model: FullyConvolutional,
     image: torch.Tensor,
     margin: int | None,
-    stride: int,
-    tile: int | None = None,
+    stride: tuple[int, int],
+    tile: int | tuple[int, int] | None = None,
     advance: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """``model(image)``, float [classes, H', W'] on the CPU, computed over tiles of the image.
 
-    Output location (i, j) scores the window whose top-left corner is at (i * stride, j * stride) and depends on
-    input pixels within `margin` of it, so a tile that starts `margin` before the first location it keeps (a
-    multiple of the stride, so every layer's grid lines up with the whole image's) and ends `margin` after the
+    Output location (i, j) scores the window whose top-left corner is at (i * stride[0], j * stride[1]) and depends
+    on input pixels within `margin` of it, so a tile that starts `margin` before the first location it keeps (a
+    multiple of the strides, so every layer's grid lines up with the whole image's) and ends `margin` after the
     last computes those locations exactly; at the image's edges a tile stops where the image does.
 
     Args:
         margin: from `tile_margin`; None scans the image whole.
-        tile: locations kept from each tile along each side (default: `_tile_size`).
+        stride: (down, across) between neighbouring locations.
+        tile: locations kept from each tile along each side, or (down, across) (default: `_tile_size`).
         advance: called after each tile (a progress bar's).
     """
-    device = next(model.parameters()).device
+    reference = next(model.parameters())
 
     def run(part: torch.Tensor) -> torch.Tensor:
-        scores = model(part[None].to(device)).float().cpu()[0]
+        scores = model(part[None].to(reference.device)).float().cpu()[0]
         if advance is not None:
             advance()
         return scores
 
-    tile = _tile_size(image.shape[1:], margin, stride, tile)
-    if tile is None:
+    tiles = _tile_size(image.shape[1:], margin, stride, tile)
+    if tiles is None or margin is None:
         return run(image)
-    return _piecewise(lambda band: _piecewise(run, band, 2, margin, stride, tile), image, 1, margin, stride, tile)
+    return _piecewise(
+        lambda band: _piecewise(run, band, 2, margin, stride[1], tiles[1]), image, 1, margin, stride[0], tiles[0]
+    )
 
 
-def _tile_size(size: tuple[int, ...], margin: int | None, stride: int, tile: int | None = None) -> int | None:
-    """Locations kept per tile side for an image of `size` (H, W): `tile`, else as many as keep a tile near
-    `TILE_PIXELS` and at least twice the margin (the overlap at most doubles each side); None scans it whole."""
+def _tile_size(
+    size: tuple[int, ...], margin: int | None, stride: tuple[int, int], tile: int | tuple[int, int] | None = None
+) -> tuple[int, int] | None:
+    """Locations kept per tile (down, across) for an image of `size` (H, W): `tile`, else as many as keep a tile
+    near `TILE_PIXELS` and at least twice the margin (the overlap at most doubles each side); None scans it whole."""
     if margin is None or (tile is None and size[0] * size[1] <= TILE_PIXELS):
         return None
-    return tile or max(2 * margin // stride, (math.isqrt(TILE_PIXELS) - 2 * margin) // stride)
+    if tile is not None:
+        return (tile, tile) if isinstance(tile, int) else tile
+    side = math.isqrt(TILE_PIXELS) - 2 * margin
+    return max(2 * margin // stride[0], side // stride[0]), max(2 * margin // stride[1], side // stride[1])
 
 
-def _tile_count(size: tuple[int, ...], margin: int | None, stride: int) -> int:
+def _tile_count(size: tuple[int, ...], margin: int | None, stride: tuple[int, int]) -> int:
     """Forward passes `_scores_in_tiles` makes over an image of `size` (H, W)."""
-    tile = _tile_size(size, margin, stride)
-    if tile is None or margin is None:
+    tiles = _tile_size(size, margin, stride)
+    if tiles is None or margin is None:
         return 1
-    return len(list(_spans(size[0], margin, stride, tile))) * len(list(_spans(size[1], margin, stride, tile)))
+    down, across = (len(list(_spans(size[axis], margin, stride[axis], tiles[axis]))) for axis in (0, 1))
+    return down * across
 
 
 def _spans(length: int, margin: int, stride: int, count: int) -> Iterator[tuple[int, int, int, int | None]]:
@@ -300,20 +358,21 @@ LARGE_SCAN_BYTES = 10**9  # a scan that needs more says so before it starts
 
 @dataclass
 class _ScanCost:
-    """What a scan's memory depends on: the network's input, classes and stride, the largest tile it reads at once,
-    and the working set of a forward pass, a line in the input's pixels."""
+    """What a scan's memory depends on: the network's input, classes and strides (down, across), the largest tile
+    it reads at once, and the working set of a forward pass, a line in the input's pixels."""
 
     channels: int
     input_size: tuple[int, int]
     classes: int
-    stride: int
+    stride: tuple[int, int]
     tile: tuple[int, int]
     pass_fixed_bytes: float
     pass_bytes_per_pixel: float
 
-    def bytes(self, height: int, width: int, step: int) -> int:
-        """Peak bytes of a scan of a `height` x `width` image with locations `step` px apart, the image included."""
-        rows, cols = (height - self.input_size[0]) // step + 1, (width - self.input_size[1]) // step + 1
+    def bytes(self, height: int, width: int, step: tuple[int, int]) -> int:
+        """Peak bytes of a scan of a `height` x `width` image with locations `step` (down, across) px apart, the
+        image included."""
+        rows, cols = (height - self.input_size[0]) // step[0] + 1, (width - self.input_size[1]) // step[1] + 1
         scores = _SCORE_COPIES * self.classes * 4 * max(0, rows) * max(0, cols)
         tile = self.pass_fixed_bytes + self.pass_bytes_per_pixel * min(height, self.tile[0]) * min(width, self.tile[1])
         return int(self.channels * 4 * height * width + _STROKE_BYTES_PER_PIXEL * height * width + scores + tile)
@@ -332,7 +391,7 @@ def _scan_cost(model: FullyConvolutional, height: int, width: int, margin: int |
     tile = _tile_size((height, width), margin, stride)
     reads = (height, width)
     if tile is not None and margin is not None:  # a tile reads `tile` locations and a margin on each side
-        reads = (min(height, tile * stride + 2 * margin), min(width, tile * stride + 2 * margin))
+        reads = (min(height, tile[0] * stride[0] + 2 * margin), min(width, tile[1] * stride[1] + 2 * margin))
     reference = next(model.parameters(), torch.empty(0))
     largest = [0]
 
@@ -342,7 +401,7 @@ def _scan_cost(model: FullyConvolutional, height: int, width: int, margin: int |
 
     leaves = [module for module in model.modules() if not any(module.children())]
     handles = [module.register_forward_hook(held) for module in leaves]
-    peaks, sizes = [], [(input_height + grown * stride, input_width + grown * stride) for grown in (4, 12)]
+    peaks, sizes = [], [(input_height + grown * stride[0], input_width + grown * stride[1]) for grown in (4, 12)]
     try:
         for size in sizes:  # the window's own shape grown: squares of its height were narrower than a wide window
             largest[0] = 0
@@ -362,7 +421,7 @@ def _gigabytes(size: float) -> str:
     return f"{size / 1e9:.1f} GB"
 
 
-def _check_scan_memory(cost: _ScanCost, height: int, width: int, refine: int) -> int:
+def _check_scan_memory(cost: _ScanCost, height: int, width: int, refine: tuple[int, int]) -> int:
     """The bytes a scan of a `height` x `width` image at `refine` needs (`_ScanCost.bytes`).
 
     Raises:
@@ -372,17 +431,19 @@ def _check_scan_memory(cost: _ScanCost, height: int, width: int, refine: int) ->
     from cnnlab.train.device import available_memory_bytes
 
     stride = cost.stride
-    needed = cost.bytes(height, width, stride // refine)
+    step = (stride[0] // refine[0], stride[1] // refine[1])
+    needed = cost.bytes(height, width, step)
     available = available_memory_bytes()
     if available is None or needed <= MEMORY_SHARE * available:
         return needed
     limit = MEMORY_SHARE * available
-    finer = [factor for factor in range(refine - 1, 0, -1) if stride % factor == 0]
-    fits = [(factor, cost.bytes(height, width, stride // factor)) for factor in finer]
+    finer = [factor for factor in range(max(refine) - 1, 0, -1) if stride[0] % factor == 0 == stride[1] % factor]
+    fits = [(factor, cost.bytes(height, width, (stride[0] // factor, stride[1] // factor))) for factor in finer]
     fits = [(factor, size) for factor, size in fits if size <= limit]
     if fits:
         factor, size = fits[0]
-        remedy = f"pass --refine {factor} (locations {stride // factor} px apart: about {_gigabytes(size)})"
+        apart = pair_text((stride[0] // factor, stride[1] // factor))
+        remedy = f"pass --refine {factor} (locations {apart} px apart: about {_gigabytes(size)})"
     else:
         scale, size = 1.0, needed
         while size > limit and scale > 0.01:
@@ -390,10 +451,11 @@ def _check_scan_memory(cost: _ScanCost, height: int, width: int, refine: int) ->
             size = cost.bytes(int(height * scale), int(width * scale), stride)
         remedy = (
             f"crop or downscale the image to {int(width * scale)}x{int(height * scale)} or less, and pass "
-            f"--refine 1 (locations {stride} px apart: about {_gigabytes(size)})"
+            f"--refine 1 (locations {pair_text(stride)} px apart: about {_gigabytes(size)})"
         )
+    refined = f"--refine {refine[0]}" if refine[0] == refine[1] else f"refined {refine[0]} down, {refine[1]} across"
     raise CnnlabError(
-        f"scanning this {width}x{height} image with locations {stride // refine} px apart (--refine {refine}) needs "
+        f"scanning this {width}x{height} image with locations {pair_text(step)} px apart ({refined}) needs "
         f"about {_gigabytes(needed)} of memory, more than {MEMORY_SHARE:.0%} of the {_gigabytes(available)} "
         f"available; {remedy}"
     )
@@ -461,8 +523,8 @@ def check_scan_memory(
     guarded = Image.MAX_IMAGE_PIXELS is not None and height * width > 2 * Image.MAX_IMAGE_PIXELS
     if (height * width <= TILE_PIXELS and not guarded) or height < input_height or width < input_width:
         return None
-    stride, margin = model.output_geometry()[1], tile_margin(model)
-    _check_scan_memory(_scan_cost(model, height, width, margin), height, width, refine_factor(refine, stride))
+    stride, margin = model.output_geometry().stride, tile_margin(model)
+    _check_scan_memory(_scan_cost(model, height, width, margin), height, width, refine_factors(refine, stride))
     return ScanCheck(width, height, margin)
 
 
@@ -480,17 +542,17 @@ def scan(
     Args:
         model: the converted classifier.
         image: float [C, H, W], scaled as the classifier's training images.
-        refine: shift-and-stitch factor (Long et al. 2015, section 3.2), a divisor of the network's stride: the
-            image is also scanned shifted by multiples of stride / refine pixels and the outputs interleaved, so
-            locations are stride / refine apart; 1 keeps the network's own stride. Default: the stride's largest
-            divisor up to 4 (`refine_factor`).
+        refine: shift-and-stitch factor (Long et al. 2015, section 3.2), a divisor of the network's stride (of
+            both, where its strides down and across differ): the image is also scanned shifted by multiples of
+            stride / refine pixels and the outputs interleaved, so locations are stride / refine apart; 1 keeps the
+            network's own stride. Default: each stride's largest divisor up to 4 (`refine_factors`).
         progress: show a progress bar over the forward passes (one per tile and shift) on a terminal.
         log: told the memory a scan needs, before it starts, when that is over `LARGE_SCAN_BYTES`.
         checked: `check_scan_memory`'s answer for this model and image: its tile margin is used, not measured again.
 
     Returns:
         One location for every window that fits, stride / refine pixels apart: (H - window) // step + 1 rows and
-        as many columns for the width.
+        as many columns for the width (with the window's width and the step across).
 
     Raises:
         CnnlabError: the image does not fit the model, the model does not score training-sized windows (a
@@ -515,16 +577,19 @@ def scan(
             f"converted with pool='none'): its locations are feature-map cells, not {width}x{height} windows, which "
             "a scan scores; convert it with pool='window'"
         )
-    window, stride = model.output_geometry()
-    refine = refine_factor(refine, stride)
-    step = stride // refine
+    stride = model.output_geometry().stride
+    refines = refine_factors(refine, stride)
+    step = (stride[0] // refines[0], stride[1] // refines[1])
     margin = checked.margin if checked is not None else tile_margin(model)
     if margin is None:
         _warn_not_local(model)
-    needed = _check_scan_memory(_scan_cost(model, *image.shape[1:], margin), *image.shape[1:], refine)
+    needed = _check_scan_memory(_scan_cost(model, *image.shape[1:], margin), *image.shape[1:], refines)
     if log is not None and needed > LARGE_SCAN_BYTES:
-        log(f"scanning {image.shape[2]}x{image.shape[1]} ({step} px apart) needs about {_gigabytes(needed)} of memory")
-    shifts = {(dy, dx): image[:, dy * step :, dx * step :] for dy in range(refine) for dx in range(refine)}
+        apart = pair_text(step)
+        log(f"scanning {image.shape[2]}x{image.shape[1]} ({apart} px apart) needs about {_gigabytes(needed)} of memory")
+    shifts = {
+        (dy, dx): image[:, dy * step[0] :, dx * step[1] :] for dy in range(refines[0]) for dx in range(refines[1])
+    }
     shifts = {key: part for key, part in shifts.items() if part.shape[1] >= height and part.shape[2] >= width}
     passes = sum(_tile_count(part.shape[1:], margin, stride) for part in shifts.values())
     description = f"scanning {image.shape[2]}x{image.shape[1]}"
@@ -535,11 +600,11 @@ def scan(
     # Location k along an axis scores the window at k * step, for every k whose window fits in the image; shift dy's
     # output i is location i * refine + dy. The shifts' maps differ in length, and trimming all to the shortest lost
     # the last full windows (60x45 at refine 4 gave 16x8 of the 17x9 locations).
-    rows, cols = (image.shape[1] - height) // step + 1, (image.shape[2] - width) // step + 1
+    rows, cols = (image.shape[1] - height) // step[0] + 1, (image.shape[2] - width) // step[1] + 1
     classes = shifted_scores[0, 0].shape[0]
     scores = torch.full((classes, rows, cols), float("nan"))
     for (dy, dx), value in shifted_scores.items():
-        place = scores[:, dy::refine, dx::refine]  # a view: writing it fills the stitched map
+        place = scores[:, dy :: refines[0], dx :: refines[1]]  # a view: writing it fills the stitched map
         # a padded trunk also scores windows that run off the bottom and right edges; they are not kept
         kept = value[:, : place.shape[1], : place.shape[2]]
         place[:, : kept.shape[1], : kept.shape[2]] = kept
@@ -558,7 +623,9 @@ def scan(
     middle = (height - 2 * inset_rows, width - 2 * inset_cols)
     ink = F.avg_pool2d(stroke[None, None], middle, step)[0, 0, :rows, :cols]
     window_width = width if width != height else None
-    return ScanResult(scores.softmax(0), ink[:valid_rows, :valid_cols], window, step, window_width)
+    stride_width = step[1] if step[1] != step[0] else None
+    probabilities = scores.softmax(0)
+    return ScanResult(probabilities, ink[:valid_rows, :valid_cols], height, step[0], window_width, stride_width)
 
 
 HEATMAP_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".pdf", ".svg")
@@ -648,13 +715,13 @@ def save_heatmap(
     if shrink > 1:  # matplotlib held float64 RGBA copies of a 24 MP picture in every panel (1.7 GB)
         picture = F.avg_pool2d(picture[None, None], shrink, ceil_mode=True)[0, 0]
     picture = picture.numpy()
-    step = result.stride
-    half_y, half_x = result.window / 2, (result.window_width or result.window) / 2  # a window's centre
+    step_y, step_x = result.steps  # a network may stride further down than across
+    half_y, half_x = result.window_size[0] / 2, result.window_size[1] / 2  # a window's centre
     empty_locations = result.ink < _MIN_STROKE
     probabilities, best, confidence, empty, factor = _shown_maps(result.probabilities, empty_locations)
-    cell = factor * step  # input pixels between the shown cells' centres
-    start_y, start_x, (shown_rows, shown_cols) = half_y - step / 2, half_x - step / 2, probabilities.shape[1:]
-    extent = (start_x, start_x + shown_cols * cell, start_y + shown_rows * cell, start_y)
+    cell_y, cell_x = factor * step_y, factor * step_x  # input pixels between the shown cells' centres
+    start_y, start_x, (shown_rows, shown_cols) = half_y - step_y / 2, half_x - step_x / 2, probabilities.shape[1:]
+    extent = (start_x, start_x + shown_cols * cell_x, start_y + shown_rows * cell_y, start_y)
     shown = min(classes, 10)
     columns = 1 + -(-shown // 2)
     stretch, stretched = 1.0, "height"  # how much longer than the image's shape says each image panel is drawn
@@ -691,8 +758,9 @@ def save_heatmap(
     overlay, legend = _class_overlay(best, empty | (confidence < 0.5), names)
     main.imshow(overlay, extent=extent, interpolation="nearest")
     confidence_location, best_location = result.probabilities.max(0)
-    for i, j in _label_places(confidence_location.numpy(), empty_locations.numpy(), result.window // step):
-        main.text(half_x + j * step, half_y + i * step, names[best_location[i, j]], color="white", fontsize=7,
+    spread = (result.window_size[0] // step_y, result.window_size[1] // step_x)
+    for i, j in _label_places(confidence_location.numpy(), empty_locations.numpy(), spread):
+        main.text(half_x + j * step_x, half_y + i * step_y, names[best_location[i, j]], color="white", fontsize=7,
                   ha="center", va="center")  # fmt: skip
     main.set_title(main_title, fontsize=9)
     main.set_xlabel("x (px of the image)", fontsize=7)
@@ -703,7 +771,7 @@ def save_heatmap(
     axes[1, 0].text(  # in the panel's own coordinates: its data limits are the image's, set below
         0,
         0.42,
-        f"window {_window_text(result)}px, stride {result.stride}px\n{rows}x{cols} locations, each drawn at\n"
+        f"{_grid_text(result)}\n{rows}x{cols} locations, each drawn at\n"
         f"its window's centre; blank: under {_MIN_STROKE:.0%} of\nthe window's middle is stroke\n"
         "grey: the image as scanned"
         + (f"\nthe panels stretched {stretch:.0f}x in {stretched}" if stretch > 1.05 else ""),
@@ -765,9 +833,16 @@ def save_heatmap(
     return path
 
 
-def _window_text(result: ScanResult) -> str:
-    """A scan's window as the heatmap and `cnnlab fcn scan` name it: ``28``, or ``36x20`` (width x height)."""
-    return str(result.window) if result.window_width is None else f"{result.window_width}x{result.window}"
+def _grid_text(result: ScanResult) -> str:
+    """A scan's windows and their spacing as the heatmap and `cnnlab fcn scan` name them: ``window 28px, stride
+    2px``, or, where the height and width differ, ``window 20x36px, stride 2x1px (height x width)``.
+
+    The heatmap wrote a window 20 px tall and 36 wide as 36x20 (width x height), under "{rows}x{cols} locations",
+    and `cnnlab fcn scan` said "20px windows": heights alone.
+    """
+    window, steps = result.window_size, result.steps
+    square = window[0] == window[1] and steps[0] == steps[1]
+    return f"window {pair_text(window)}px, stride {pair_text(steps)}px" + ("" if square else " (height x width)")
 
 
 _OVERLAY_ALPHA = 0.45
@@ -828,18 +903,19 @@ def _shown_maps(
     return heat.numpy(), best.numpy(), confidence.numpy(), empty.numpy(), factor
 
 
-def _label_places(confidence: np.ndarray, empty: np.ndarray, spread: int) -> list[tuple[int, int]]:
+def _label_places(confidence: np.ndarray, empty: np.ndarray, spread: int | tuple[int, int]) -> list[tuple[int, int]]:
     """Where the heatmap writes a class name: locations with confidence >= 0.9 that are the most confident within
-    `spread` locations (a window's width) around them, so each digit gets about one label (every confident location
-    was labelled: a pile of names on each digit, tens of thousands on a photo)."""
-    side, reach = 2 * (spread // 2) + 1, spread // 2  # the square's maximum as a row's then a column's: 15x faster
-    peaks = F.max_pool2d(torch.from_numpy(confidence)[None, None], (1, side), 1, (0, reach))
-    peaks = F.max_pool2d(peaks, (side, 1), 1, (reach, 0))[0, 0]
+    `spread` locations (a window's height and width, or one number for both) around them, so each digit gets about
+    one label (every confident location was labelled: a pile of names on each digit, tens of thousands on a photo)."""
+    down, across = (spread, spread) if isinstance(spread, int) else spread
+    reach_y, reach_x = down // 2, across // 2  # the rectangle's maximum as a row's then a column's: 15x faster
+    peaks = F.max_pool2d(torch.from_numpy(confidence)[None, None], (1, 2 * reach_x + 1), 1, (0, reach_x))
+    peaks = F.max_pool2d(peaks, (2 * reach_y + 1, 1), 1, (reach_y, 0))[0, 0]
     chosen = (confidence >= 0.9) & ~empty & (confidence >= peaks.numpy())
     rows, cols = np.nonzero(chosen)
     places, taken = [], set()
     for i, j in zip(rows.tolist(), cols.tolist(), strict=True):  # ties on a plateau: the first of each cell
-        cell = (i // max(1, spread), j // max(1, spread))
+        cell = (i // max(1, down), j // max(1, across))
         if cell not in taken:
             taken.add(cell)
             places.append((i, j))

@@ -717,7 +717,7 @@ def exercise_7(ctx: Context) -> dict[str, Any]:
         fcn = torch.cat([converted(chunk).flatten(1) for chunk in images.split(500)])
     dense_layers = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
     heatmap = scan_canvas_demo(converted, ctx.output / "figures", data_dir=ctx.data_dir)
-    window, stride = converted.output_geometry()
+    (window, _), (stride, _) = converted.output_geometry()  # heights: an MNIST network's windows are square
     channels, height, width = converted.input_size
     with torch.inference_mode():
         grid = converted(torch.zeros(1, channels, height * 2, width * 2)).shape[-2:]
