@@ -492,6 +492,30 @@ def test_save_and_load_converted_model(tmp_path):
         load_fully_convolutional(tmp_path)
 
 
+def test_the_commands_name_a_window_and_a_stride_that_differ_by_axis_as_height_x_width(tmp_path, monkeypatch):
+    """`fcn scan` printed "20px windows every 2px" (heights alone) for 20x36 windows 2 px apart down and 1 across,
+    and `fcn convert` "one score vector per 20px window, every 2px"."""
+    import cnnlab.fcn.scan as scanning
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Conv2d(1, 2, 3), torch.nn.MaxPool2d((2, 1)), torch.nn.Flatten()]  # 20x36 -> 18x34 -> 9x34
+    converted = to_fully_convolutional(torch.nn.Sequential(*layers, torch.nn.Linear(2 * 9 * 34, 10)), (1, 20, 36))
+    monkeypatch.setattr(scanning, "convert_run", lambda run, pool="window": (converted, {"arch": "wide"}))
+    monkeypatch.setattr(scanning, "load_converted_or_run", lambda run, device="cpu": (converted, {"arch": "wide"}))
+    monkeypatch.setattr(scanning, "save_heatmap", lambda image, result, path, *args, **kwargs: path)  # not drawn
+    Image.fromarray(np.zeros((30, 40), dtype=np.uint8)).save(tmp_path / "canvas.png")
+    runner = CliRunner()
+    converting = runner.invoke(app, ["fcn", "convert", str(tmp_path), "-o", str(tmp_path / "fcn")])
+    assert converting.exit_code == 0, converting.output
+    # 80x144: (80 - 20) // 2 + 1 = 31 rows, (144 - 36) // 1 + 1 = 109 columns
+    assert "gives [1, 10, 31, 109]: one score vector per 20x36px window, every 2x1px (height x width)" in (
+        converting.output
+    )
+    scanned = runner.invoke(app, ["fcn", "scan", "wide", str(tmp_path / "canvas.png"), "--refine", "1", "--quiet"])
+    assert scanned.exit_code == 0, scanned.output
+    assert "6x5 locations (one per 20x36px window, every 2x1px (height x width)): " in scanned.output
+
+
 def test_cli_convert_and_scan(tmp_path, monkeypatch):
     run = tmp_path / "run"
     save_model(_classifier(), run, "mnist_net_small", {"drop_rate": 0.0}, meta={})

@@ -21,7 +21,7 @@ def convert(
     """Replace the classifier's dense head by convolutions (same weights) and save the converted network."""
     import torch
 
-    from cnnlab.fcn.scan import convert_run, converted_folder, save_fully_convolutional
+    from cnnlab.fcn.scan import convert_run, converted_folder, geometry_text, save_fully_convolutional
 
     target = converted_folder(run, output)
     converted, source = convert_run(run, pool=pool)
@@ -39,7 +39,7 @@ def convert(
         beyond = f"; {fits[0]}x{fits[1]} of them are windows inside the image, the others run off its edge"
     typer.echo(
         f"outputs equal the classifier's at {height}x{width} (checked to 1e-5); a {height * 4}x{width * 4} input "
-        f"gives {list(larger.shape)}: one score vector per {window[0]}px window, every {stride[0]}px{beyond}"
+        f"gives {list(larger.shape)}: one score vector per {geometry_text(window, stride)}{beyond}"
     )
     typer.echo(f"saved: {target}  (cnnlab fcn scan {target} IMAGE)")
 
@@ -80,6 +80,7 @@ def scan_command(
     """Score every classifier-sized window of IMAGE and write a heatmap PNG of per-location class probabilities."""
     from cnnlab.fcn.scan import (
         check_scan_memory,
+        geometry_text,
         heatmap_path,
         load_converted_or_run,
         load_scan_image,
@@ -99,7 +100,7 @@ def scan_command(
     names = [str(d) for d in range(10)] if classes == 10 else None
     path = save_heatmap(picture, result, path, names, title=f"{source['arch']} scanning {image.name}")
     rows, cols = result.probabilities.shape[1:]
-    typer.echo(f"{rows}x{cols} locations ({result.window}px windows every {result.stride}px): {path}")
+    typer.echo(f"{rows}x{cols} locations (one per {geometry_text(result.window_size, result.steps)}): {path}")
 
 
 def register(app: typer.Typer) -> None:

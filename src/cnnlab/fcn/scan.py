@@ -56,6 +56,7 @@ __all__ = [
     "is_heatmap",
     "load_fully_convolutional",
     "load_scan_image",
+    "geometry_text",
     "pair_text",
     "refine_factors",
     "save_fully_convolutional",
@@ -167,6 +168,13 @@ def refine_factors(refine: int | None, strides: tuple[int, int]) -> tuple[int, i
 def pair_text(pair: tuple[int, int]) -> str:
     """``28`` for (28, 28), ``20x36`` for (20, 36): a size or step as height x width, one number where they agree."""
     return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}x{pair[1]}"
+
+
+def geometry_text(window: tuple[int, int], stride: tuple[int, int]) -> str:
+    """How `cnnlab fcn` names a network's windows and their spacing: ``28px window, every 2px``, or, where height and
+    width differ, ``20x36px window, every 2x1px (height x width)``: it printed the heights alone ("20px windows")."""
+    square = window[0] == window[1] and stride[0] == stride[1]
+    return f"{pair_text(window)}px window, every {pair_text(stride)}px" + ("" if square else " (height x width)")
 
 
 # Input pixels scanned at once: a tile this large holds a few hundred MB of activations in the MNIST networks,
@@ -834,12 +842,9 @@ def save_heatmap(
 
 
 def _grid_text(result: ScanResult) -> str:
-    """A scan's windows and their spacing as the heatmap and `cnnlab fcn scan` name them: ``window 28px, stride
-    2px``, or, where the height and width differ, ``window 20x36px, stride 2x1px (height x width)``.
-
-    The heatmap wrote a window 20 px tall and 36 wide as 36x20 (width x height), under "{rows}x{cols} locations",
-    and `cnnlab fcn scan` said "20px windows": heights alone.
-    """
+    """A scan's windows and their spacing as the heatmap's notes name them: ``window 28px, stride 2px``, or, where
+    the height and width differ, ``window 20x36px, stride 2x1px (height x width)``, as `geometry_text` orders them
+    (a window 20 px tall and 36 wide was written 36x20, width x height, over "{rows}x{cols} locations")."""
     window, steps = result.window_size, result.steps
     square = window[0] == window[1] and steps[0] == steps[1]
     return f"window {pair_text(window)}px, stride {pair_text(steps)}px" + ("" if square else " (height x width)")
