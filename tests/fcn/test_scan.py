@@ -197,6 +197,21 @@ def test_a_classifier_ending_in_a_softmax_scans_to_its_own_probabilities(last):
     assert torch.allclose(result.probabilities, expected, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("error::cnnlab.fcn.scan.ScanNotLocalWarning")  # its tiles check as local in bf16 too
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_network_converted_in_half_precision_scans_a_float_image(dtype):
+    """The float32 image went to a bfloat16 network as it was: "Input type (float) and bias type (c10::BFloat16)
+    should be the same"."""
+    classifier = _unpadded_stride_8().to(dtype)
+    image = torch.rand(1, 36, 44)
+    result = scan(to_fully_convolutional(classifier, (1, 28, 28)), image, refine=1)
+    crops = torch.stack([image[:, 8 * i : 8 * i + 28, 8 * j : 8 * j + 28] for i in range(2) for j in range(3)])
+    with torch.inference_mode():
+        expected = classifier(crops.to(dtype)).float().softmax(1).T.reshape(10, 2, 3)
+    assert result.probabilities.dtype == torch.float32 and result.probabilities.shape == (10, 2, 3)
+    assert torch.allclose(result.probabilities, expected, atol=1e-3)
+
+
 def test_refine_must_divide_the_stride_and_defaults_to_its_largest_divisor_up_to_4():
     """--refine 3 on a stride of 8 shifted by 0, 2, 4 px and drew locations 0, 2, 4, 8, 10 px as if 2 px apart."""
     converted = to_fully_convolutional(_classifier())

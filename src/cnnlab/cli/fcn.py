@@ -28,8 +28,9 @@ def convert(
     save_fully_convolutional(converted, target, source, pool)
     channels, height, width = converted.input_size
     window, stride = converted.output_geometry()
-    with torch.no_grad():
-        larger = converted(torch.zeros(1, channels, height * 4, width * 4))
+    reference = next(converted.parameters())
+    with torch.no_grad():  # in the network's dtype, as `scan` gives it each tile
+        larger = converted(torch.zeros(1, channels, height * 4, width * 4, dtype=reference.dtype))
     typer.echo(f"converted {source['arch']}: head is now")
     for name, layer in converted.head.named_children():
         typer.echo(f"  {name}: {layer}")

@@ -289,11 +289,14 @@ def _scores_in_tiles(
         stride: (down, across) between neighbouring locations.
         tile: locations kept from each tile along each side, or (down, across) (default: `_tile_size`).
         advance: called after each tile (a progress bar's).
+
+    The image is cast to the network's dtype (a network converted in float16 or bfloat16 was given float32 tiles: a
+    dtype error), and its scores brought back as float32.
     """
     reference = next(model.parameters())
 
     def run(part: torch.Tensor) -> torch.Tensor:
-        scores = model(part[None].to(reference.device)).float().cpu()[0]
+        scores = model(part[None].to(device=reference.device, dtype=reference.dtype)).float().cpu()[0]
         if advance is not None:
             advance()
         return scores
@@ -560,7 +563,8 @@ def scan(
 
     Returns:
         One location for every window that fits, stride / refine pixels apart: (H - window) // step + 1 rows and
-        as many columns for the width (with the window's width and the step across).
+        as many columns for the width (with the window's width and the step across), as float32 probabilities
+        whatever the network's dtype (a float16 or bfloat16 one is given its tiles in its dtype).
 
     Raises:
         CnnlabError: the image does not fit the model, the model does not score training-sized windows (a
