@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from cnnlab.lab.answers_page import answer_sheet
@@ -49,3 +50,45 @@ def test_a_sheet_saved_in_another_encoding_is_shown_not_refused(tmp_path: Path) 
     # saved as UTF-8 with a byte-order mark (a Windows editor): the mark is not part of the first heading
     (folder / "answers.md").write_bytes("# Réponses\n".encode("utf-8-sig"))
     assert answer_sheet(tmp_path)[0] == "# Réponses\n"
+
+
+def test_an_empty_or_unreadable_sheet_is_said_not_a_blank_page_or_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty answers.md showed a blank page; one this user cannot read failed the page with a PermissionError."""
+    folder = tmp_path / "answers"
+    folder.mkdir()
+    (folder / "answers.md").write_text("\n \n")
+    text, figures = answer_sheet(tmp_path)
+    assert text.startswith(f"The answer sheet `{folder / 'answers.md'}` is empty.") and figures == []
+    assert "cnnlab answers --quick" in text
+    sheet = folder / "answers.md"
+    read_text = Path.read_text
+
+    def refused(path: Path, *args: object, **kwargs: object) -> str:  # chmod 000 does not stop root, as CI runs
+        if path == sheet:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refused)
+    text, figures = answer_sheet(tmp_path)
+    assert text.startswith(f"The answer sheet `{sheet}` cannot be read (Permission denied)") and figures == []
+
+
+def test_an_unfinished_answers_record_without_a_sheet_says_how_to_continue_it(tmp_path: Path) -> None:
+    """An interrupted `cnnlab answers --full` leaves answers.json and no answers.md: the page said "no answer sheet
+    yet" and pointed at `--quick`, which measures the full record's exercises all over again."""
+    import json
+
+    folder = tmp_path / "answers"
+    folder.mkdir()
+    record = {"meta": {"mode": "full"}, "exercises": {"1": {"seconds": 3}, "2": {"seconds": 1}, "3": {"error": "x"}}}
+    (folder / "answers.json").write_text(json.dumps(record))
+    text, figures = answer_sheet(tmp_path)
+    assert "`cnnlab answers --full` has measured 2 of 10 exercises (1, 2)" in text and figures == []
+    assert f"`cnnlab answers --full --output {folder}` continues it" in text and "--quick" not in text
+    for broken in ('{"meta": {"mode": "fu', "[1, 2]", "\xff\xfe"):  # cut short, not a record, not UTF-8
+        (folder / "answers.json").write_bytes(broken.encode("latin-1"))
+        text, figures = answer_sheet(tmp_path)
+        assert "its `answers.json` cannot be read" in text or "is not an answer sheet's record" in text, broken
+        assert "measures every exercise again" in text and "cnnlab answers --quick" in text and figures == []

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 SHEET = Path("answers") / "answers.md"  # `cnnlab answers` writes runs/answers/answers.md by default
+RECORD = "answers.json"  # beside it: every result, saved as each exercise finishes; the sheet is written at the end
 _IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
 
 
@@ -21,15 +22,19 @@ def answer_sheet(runs_root: str | Path) -> tuple[str, list[tuple[Path, str]]]:
     root = Path(runs_root).resolve()
     path = root / SHEET
     if not path.is_file():
+        return _no_sheet(root / SHEET.parent), []
+    try:
+        # a sheet an editor saved in another encoding (Latin-1, a Windows code page) failed the page with a
+        # UnicodeDecodeError: its odd bytes show as U+FFFD instead; utf-8-sig drops a Windows editor's byte-order mark
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
+    except OSError as error:  # was a traceback in the page, the sheet's place left blank
         return (
-            f"No answer sheet under `{root / SHEET.parent}` yet. Write one with `cnnlab answers --quick` (a few "
-            f"minutes on a CPU; `--output {root / SHEET.parent}` if your runs root is not `runs`), "
+            f"The answer sheet `{path}` cannot be read ({error.strerror or error}): give this user read permission, "
             "then reload this page.",
             [],
         )
-    # a sheet an editor saved in another encoding (Latin-1, a Windows code page) failed the page with a
-    # UnicodeDecodeError: its odd bytes show as U+FFFD instead; utf-8-sig drops a Windows editor's byte-order mark
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    if not text.strip():  # was a blank page
+        return f"The answer sheet `{path}` is empty. {_write_hint(root / SHEET.parent)}", []
     figures: list[tuple[Path, str]] = []
 
     def take(match: re.Match[str]) -> str:
@@ -43,3 +48,51 @@ def answer_sheet(runs_root: str | Path) -> tuple[str, list[tuple[Path, str]]]:
         return ""
 
     return _IMAGE.sub(take, text), figures
+
+
+def _write_hint(folder: Path) -> str:
+    return (
+        f"Write one with `cnnlab answers --quick` (a few minutes on a CPU; `--output {folder}` if your runs root is "
+        "not `runs`), then reload this page."
+    )
+
+
+def _no_sheet(folder: Path) -> str:
+    """What the page says where no sheet is: how to write one, or, where an interrupted `cnnlab answers` left its
+    record, how many exercises it measured and the command that continues it (the page read "no answer sheet yet",
+    pointing at ``--quick``, which measures a ``--full`` record's exercises again)."""
+    import json
+
+    from cnnlab.tasks.answers.measure import EXERCISES
+
+    record = folder / RECORD
+    if not record.is_file():
+        return f"No answer sheet under `{folder}` yet. {_write_hint(folder)}"
+    try:
+        results = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: cut short, not JSON, not UTF-8
+        reason = getattr(error, "strerror", None) or "not an answer sheet's record"
+        return (
+            f"No answer sheet under `{folder}` yet, and its `{RECORD}` cannot be read ({reason}): `cnnlab answers` "
+            f"measures every exercise again and replaces it. {_write_hint(folder)}"
+        )
+    meta = results.get("meta") if isinstance(results, dict) else None
+    exercises = results.get("exercises") if isinstance(results, dict) else None
+    if not isinstance(exercises, dict) or not isinstance(meta, dict):
+        return (
+            f"No answer sheet under `{folder}` yet, and its `{RECORD}` is not an answer sheet's record: `cnnlab "
+            f"answers` measures every exercise again and replaces it. {_write_hint(folder)}"
+        )
+    mode = f" --{meta['mode']}" if meta.get("mode") in ("quick", "full") else ""  # the flags of `cnnlab answers`
+    measured = sorted(
+        int(key)
+        for key, value in exercises.items()
+        if key.isdigit() and int(key) in EXERCISES and isinstance(value, dict) and "error" not in value
+    )
+    done = f" ({', '.join(map(str, measured))})" if measured else ""
+    return (
+        f"No answer sheet under `{folder}` yet: `cnnlab answers{mode}` has measured {len(measured)} of "
+        f"{len(EXERCISES)} exercises{done} into its `{RECORD}`, and writes the sheet when all are done. If it was "
+        f"interrupted, `cnnlab answers{mode} --output {folder}` continues it (what was measured is read back, not "
+        "measured again); then reload this page."
+    )
