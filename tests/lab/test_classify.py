@@ -322,6 +322,13 @@ def test_a_run_saved_again_while_the_lab_runs_is_classified_with_its_new_model(t
         assert list(top.values()) == pytest.approx([p for _, p in expected], abs=1e-6)
         shown.append(top)
     assert shown[0] != shown[1]  # the two models differ: the second answer is not the first one kept
+    import shutil
+
+    import gradio
+
+    shutil.rmtree(run)  # deleted while the page lists it: it said "pick one from the list", which still offered it
+    with pytest.raises(gradio.Error, match=r"\(deleted, moved or renamed since the page listed it\?\).*Refresh"):
+        on_upload("mnist/small", str(digit), None)
 
 
 def test_another_layer_or_model_for_a_drawing_explains_the_drawing(chelsea: Path, tmp_path: Path) -> None:

@@ -246,7 +246,11 @@ def resolve_run(root: str | os.PathLike[str], run_id: str) -> Path:
     """
     runs = find_runs(root)
     if run_id not in runs:
-        raise CnnlabError(f"no run {run_id!r} under {root}; pick one from the list")
+        # a run deleted or moved while a page listed it: the page's list still offers it until the page is reloaded
+        raise CnnlabError(
+            f"no run {run_id!r} under {root} (deleted, moved or renamed since the page listed it?); pick one from "
+            "the list: reload the page, or press Refresh on the Runs page, to list the runs there now"
+        )
     return runs[run_id]
 
 
