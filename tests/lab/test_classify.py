@@ -379,3 +379,22 @@ def test_a_class_name_is_shown_as_text_not_as_markup_in_the_caption() -> None:
         assert shown == (
             f"Grad-CAM of '{escaped}' at <code>features.5</code>; feature maps of <code>features.2</code>"
         ), rendered
+
+
+def test_with_no_model_to_pick_a_photo_is_answered_with_how_to_get_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without an installed zoo model's weights and with no runs, the model list is empty: a photo was refused with
+    "no run None under RUNS; pick one from the list", of a list with nothing in it."""
+    pytest.importorskip("gradio", reason="the lab extra")
+    import gradio
+    from PIL import Image
+
+    import cnnlab.lab.classify
+    from cnnlab.lab.app import build_app
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "photo.png")
+    monkeypatch.setattr(cnnlab.lab.classify, "pretrained_models", list)
+    on_upload = _handler(build_app(tmp_path, warm=False), "photo", "upload")
+    with pytest.raises(gradio.Error, match=rf"no model to classify with: .* under {tmp_path}; train one, e\.g\."):
+        on_upload(None, str(tmp_path / "photo.png"), None)

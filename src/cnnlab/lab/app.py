@@ -130,7 +130,14 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             return load_subject(choice)
         return load_subject(str(resolve_run(runs_root, choice)))
 
-    def subject(choice: str) -> Any:
+    def subject(choice: str | None) -> Any:
+        if not choice:  # nothing to pick: it was "no run None under runs; pick one from the list", of an empty list
+            raise CnnlabError(
+                f"no model to classify with: no zoo model's pretrained weights are installed (`cnnlab zoo` marks "
+                f"those a pip package holds) and no MNIST, transfer or segmentation run is under {runs_root}; "
+                f"train one, e.g. `cnnlab train mnist --recipe quick --output {runs_root}`, then Refresh on the Runs "
+                "page"
+            )
         return loaded(choice, () if choice in zoo else saved_model_stamp(resolve_run(runs_root, choice)))
 
     # ------------------------------------------------------------------ handlers
