@@ -93,6 +93,27 @@ def test_target_is_a_zoo_name_or_layer_strings_never_a_file() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("typed", "refused"),
+    [
+        ("resnet50 --input 3x224x224 --batch 32 --memory 8GiB", "'--input'"),  # README's lines, pasted
+        ("conv 8 k3 same\ngap --measure", "'--measure'"),
+        ("resnet50 -b 32", "'-b'"),
+        ("cnnlab budget resnet50", "'cnnlab'"),
+        ('"conv 100 k3 s2 same" "conv 200 k3 s2 same"', "without quotes"),
+    ],
+)
+def test_a_pasted_command_line_is_refused_naming_the_pages_fields(typed: str, refused: str) -> None:
+    """Its options and quotes were read as layer strings: "unknown layer type 'resnet50'", "cannot understand
+    '--measure'", "unknown layer type '"conv'"."""
+    with pytest.raises(CnnlabError) as error:
+        budget_view(typed, "3x64x64")
+    assert refused in str(error.value) and "layer type" not in str(error.value)
+    if refused != "without quotes":
+        assert "the input CxHxW, batch and memory have fields of their own" in str(error.value)
+        assert "--measure, --explain and --json are the command line's alone" in str(error.value)
+
+
 @pytest.mark.parametrize("name", ["resnet5O", "ResNet50", "RESNET50"])
 def test_a_misspelt_model_name_gets_the_zoos_did_you_mean(name: str) -> None:
     """It was read as a layer string: "a layer spec needs --input, the shape of one sample" (a flag the page lacks)."""

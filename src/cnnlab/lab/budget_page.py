@@ -103,6 +103,7 @@ def parse_target(text: str) -> str | list[str]:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise CnnlabError("enter a zoo model name (resnet50) or layer strings, one per line (conv 100 k3 s2 same)")
+    _refuse_command_line(lines)
     if len(lines) == 1 and is_model(lines[0]):
         return lines[0]
     if len(lines) == 1 and _cli_only(lines[0]):  # was "unknown model ...; `cnnlab zoo` lists the models"
@@ -117,6 +118,28 @@ def parse_target(text: str) -> str | list[str]:
             f"unknown model {lines[0]!r}; {hint} (layer strings start with a layer type: conv 100 k3 s2 same)"
         )
     return lines
+
+
+def _refuse_command_line(lines: list[str]) -> None:
+    """Refuse a `cnnlab budget` command line pasted in, as README shows them: its quotes and options were read as
+    layer strings (\"unknown layer type '"conv'\", "unknown layer type 'resnet50'" for ``resnet50 --input ...``).
+
+    Raises:
+        CnnlabError: a line that starts with ``cnnlab``, holds an option (a word starting with ``-``) or quotes.
+    """
+    words = [word for line in lines for word in line.split()]
+    if words[0].lower() == "cnnlab" or any(word.startswith("-") for word in words):
+        option = next((word for word in words if word.startswith("-")), words[0])
+        raise CnnlabError(
+            f"enter a zoo model name or layer strings only, not a command line ({option!r}): the input CxHxW, batch "
+            "and memory have fields of their own; --measure, --explain and --json are the command line's alone "
+            "(`cnnlab budget --help`)"
+        )
+    if any(quote in line for line in lines for quote in "\"'"):
+        raise CnnlabError(
+            "enter layer strings without quotes, one per line (conv 100 k3 s2 same): quotes keep each one a single "
+            "argument on the command line only"
+        )
 
 
 def _cli_only(target: str) -> bool:
