@@ -155,11 +155,22 @@ def test_the_reason_a_budget_fails_stays_in_the_page(tmp_path: Path) -> None:
     assert blocks["batch"].precision is None  # Gradio would round 2.7 to 3 before the page saw it
     (on_budget,) = [dependency.fn for dependency in app.fns.values() if dependency.fn.__name__ == "on_budget"]
     status, summary, _layers, _memory, chart, _plan = on_budget("lenet5", "", 2.7, "", "float32", "adam")
-    assert status == "**Cannot size it:** the batch must be a whole number of samples; 2.7 is not"
+    assert status == "**Cannot size it:** the batch must be a whole number of samples; 2\\.7 is not"  # Markdown
     assert summary == "" and chart is None
+    # the message quotes what was typed: as text, not as the Markdown or HTML it may hold ("*k3*" was shown italic)
+    with pytest.warns(UserWarning) as toasts:  # gr.Warning outside a request; a toast renders its message as HTML
+        status, *_ = on_budget("conv_8 *k3* <b>x", "3x8x8", 2, "", "float32", "adam")
+    assert str(toasts[0].message).startswith("layer 1 ('conv_8 *k3* &lt;b&gt;x'): unknown layer type")
+    assert status.startswith("**Cannot size it:** layer 1 \\('conv\\_8 \\*k3\\* &lt;b&gt;x'\\): unknown layer type")
     status, summary, *_ = on_budget("lenet5", "", 2, "", "float32", "adam")
     assert status == "" and summary.startswith("parameters ")
     status, *_ = on_budget("lenet5", "", 2, "1kB", "float32", "adam")  # the plan's zeros were left unexplained
+    import gradio
+
+    (on_run,) = [dependency.fn for dependency in app.fns.values() if dependency.fn.__name__ == "on_run"]
+    with pytest.raises(gradio.Error) as refused:  # every page's error toast: its words as text too
+        on_run("<i>gone")
+    assert "no run '&lt;i&gt;gone' under" in str(refused.value)
     assert status.startswith("No batch fits in 1,000 bytes: the least memory is ")
 
 

@@ -46,9 +46,9 @@ def _shown_errors(function: Callable[..., Any]) -> Callable[..., Any]:
             return function(*args)
         except CnnlabError as error:
             try:  # the page shows it in words: no traceback in the server's log for a user's input error
-                shown = gradio.Error(str(error), duration=None, print_exception=False)
+                shown = gradio.Error(toast_text(str(error)), duration=None, print_exception=False)
             except TypeError:  # a gradio older than the option (5.9) prints it as before
-                shown = gradio.Error(str(error))
+                shown = gradio.Error(toast_text(str(error)))
             raise shown from None
 
     return wrapper
@@ -61,6 +61,14 @@ def _image(path: Path | None) -> Any:
 
     with Image.open(path) as opened:
         return opened.convert("RGB")
+
+
+def toast_text(text: str) -> str:
+    """`text` as literal text in a Gradio toast, which renders its message as HTML: a message quotes what was typed
+    (a layer string's ``<b>`` turned the rest of the toast bold) or a folder's name."""
+    import html
+
+    return html.escape(text, quote=False)
 
 
 def markdown_text(text: str) -> str:
@@ -147,12 +155,13 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         except CnnlabError as error:
             # The reason stays in the page (a toast goes after seconds); the previous figures are cleared, not kept
             # beside a message saying these inputs could not be sized.
-            gr.Warning(str(error))
+            gr.Warning(toast_text(str(error)))
             empty = gr.Dataframe(value=[], headers=["-"], label="")
-            return f"**Cannot size it:** {error}", "", empty, empty, None, empty
+            # as text: the message quotes what was typed, whose `*k3*` or `<b>` the Markdown rendered as markup
+            return f"**Cannot size it:** {markdown_text(str(error))}", "", empty, empty, None, empty
         plan = view.plan
         return (
-            "\n\n".join(view.notes),  # what the command prints below its tables
+            "\n\n".join(markdown_text(note) for note in view.notes),  # what the command prints below its tables
             view.summary,
             gr.Dataframe(value=view.layers.rows, headers=view.layers.headers, label=view.layers.label),
             gr.Dataframe(value=view.memory.rows, headers=view.memory.headers, label=view.memory.title),
@@ -228,7 +237,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             return gr.Image(value=None, visible=False), gr.Image(value=None, visible=False), None, ""
         details = run_details(runs_root, run_id)
         if details.unreadable:  # said, and left out: one broken PNG failed the whole Runs page on load
-            gr.Warning(f"{run_id}: cannot show {'; '.join(details.unreadable)}")
+            gr.Warning(toast_text(f"{run_id}: cannot show {'; '.join(details.unreadable)}"))
         figures = (details.learning_curves, details.confusion_matrix, details.mistakes)
         # A figure the run does not have is hidden, not shown as an empty frame.
         labels = (details.curves_label, "confusion matrix", "misclassified / highest-loss images")  # an ensemble's
