@@ -153,10 +153,15 @@ def test_the_reason_a_budget_fails_stays_in_the_page(tmp_path: Path) -> None:
     app = build_app(tmp_path, warm=False)
     blocks = {getattr(block, "label", None): block for block in app.blocks.values()}
     assert blocks["batch"].precision is None  # Gradio would round 2.7 to 3 before the page saw it
+    assert blocks["batch"].minimum is None  # Gradio refused 0 in a toast, the status left empty: the page says why
     (on_budget,) = [dependency.fn for dependency in app.fns.values() if dependency.fn.__name__ == "on_budget"]
     status, summary, _layers, _memory, chart, _plan = on_budget("lenet5", "", 2.7, "", "float32", "adam")
     assert status == "**Cannot size it:** the batch must be a whole number of samples; 2\\.7 is not"  # Markdown
     assert summary == "" and chart is None
+    assert (
+        on_budget("lenet5", "", 0, "", "float32", "adam")[0]
+        == "**Cannot size it:** the batch must be at least 1; 0 is not"
+    )
     # the message quotes what was typed: as text, not as the Markdown or HTML it may hold ("*k3*" was shown italic)
     with pytest.warns(UserWarning) as toasts:  # gr.Warning outside a request; a toast renders its message as HTML
         status, *_ = on_budget("conv_8 *k3* <b>x", "3x8x8", 2, "", "float32", "adam")

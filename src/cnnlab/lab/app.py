@@ -339,8 +339,10 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
                 with gr.Column():
                     shape = gr.Textbox(label="input CxHxW (empty: the model's)", placeholder="3x200x300",
                                        elem_id="budget-input")  # fmt: skip
-                    # no precision: Gradio would round 2.7 to 3 unseen; the page refuses it
-                    batch = gr.Number(label="batch", value=1, minimum=1, elem_id="budget-batch")
+                    # no precision: Gradio would round 2.7 to 3 unseen; no minimum: Gradio refused 0 in a toast gone
+                    # after 10 s ("Value 0 is less than minimum value 1."), every output left reading "Error". The
+                    # page refuses both in words that stay (`check_batch`).
+                    batch = gr.Number(label="batch", value=1, elem_id="budget-batch")
                     memory = gr.Textbox(label="memory for the plan (e.g. 8GiB)", elem_id="budget-memory")
                 with gr.Column():
                     dtype = gr.Dropdown(_DTYPES, value="float32", label="dtype")
