@@ -83,6 +83,9 @@ def test_target_is_a_zoo_name_or_layer_strings_never_a_file() -> None:
         budget_view("pyproject.toml\ngap", "3x32x32")
     with pytest.raises(CnnlabError, match="enter a zoo model name"):
         parse_target(" \n ")
+    with pytest.raises(CnnlabError, match="enter a zoo model name"):  # Gradio's API sends null: an AttributeError
+        budget_view(None, None, 1, None, None, None)
+    assert budget_view("lenet5", None, 1, None, None, None).report.optimizer == "adam"  # the dropdowns' defaults
     # What only the CLI sizes was "unknown model ...; `cnnlab zoo` lists the models", as if misspelt
     for target in ("torchvision.models:resnet18", "my_nets.py:build(width=32)", "runs/mnist/a", "net.yaml"):
         with pytest.raises(CnnlabError) as refused:

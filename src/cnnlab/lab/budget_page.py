@@ -170,12 +170,12 @@ def check_batch(batch_size: float | None) -> int:
 
 
 def budget_view(
-    target: str,
-    input_shape: str = "",
-    batch_size: float = 1,
-    memory: str = "",
-    dtype: str = "float32",
-    optimizer: str = "adam",
+    target: str | None,
+    input_shape: str | None = "",
+    batch_size: float | None = 1,
+    memory: str | None = "",
+    dtype: str | None = "float32",
+    optimizer: str | None = "adam",
 ) -> BudgetView:
     """Size `target` as ``cnnlab budget TARGET --input INPUT --batch B --memory M --dtype --optimizer`` does.
 
@@ -187,7 +187,12 @@ def budget_view(
         memory: plan for this much memory (e.g. 8GiB), or empty for no plan.
         dtype: float32, float16 or bfloat16.
         optimizer: sgd, momentum, adam or adamw.
+
+    A field sent empty as None (Gradio's API takes null for any of them) is read as left empty, a dropdown's as its
+    default: it was an AttributeError ("'NoneType' object has no attribute 'strip'") in place of a message.
     """
+    target, input_shape, memory = target or "", input_shape or "", memory or ""
+    dtype, optimizer = dtype or "float32", optimizer or "adam"
     batch = check_batch(batch_size)
     shape = parse_size(input_shape.strip(), "input") if input_shape.strip() else None
     parsed = parse_target(target)
