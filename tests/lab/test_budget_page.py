@@ -132,6 +132,18 @@ def test_layer_strings_without_an_input_name_the_pages_field_not_the_cli_flag() 
     assert "--input" not in str(error.value)
 
 
+def test_a_step_too_large_for_torchs_byte_counts_is_refused_naming_batch_and_input() -> None:
+    """It read "spec does not run on input 3x20000x20000: Storage size calculation overflowed with sizes=[...]", as if
+    the layers did not fit that input; they do, at a smaller batch."""
+    with pytest.raises(CnnlabError) as refused:
+        budget_view("conv 100 k3", "3x20000x20000", 10**9)
+    assert str(refused.value) == (
+        "batch 1,000,000,000 of input 3x20000x20000 is too large to size: one tensor of the step, sized "
+        "[1000000000, 100, 19998, 19998], would hold more bytes than PyTorch counts (2^63); enter a smaller batch or "
+        "input"
+    )
+
+
 @pytest.mark.parametrize(
     ("batch", "message"),
     [
