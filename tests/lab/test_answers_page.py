@@ -15,6 +15,18 @@ def test_without_a_sheet_the_page_says_how_to_write_one(tmp_path: Path) -> None:
     assert "cnnlab answers --quick" in text and figures == []
 
 
+def test_the_answers_folder_itself_as_the_runs_root_shows_its_sheet(tmp_path: Path) -> None:
+    """`cnnlab lab --runs runs/answers` (the folder `cnnlab answers` wrote) said there was no sheet, pointing at
+    `--output runs/answers/answers`."""
+    Image.new("RGB", (4, 4)).save(tmp_path / "plot.png")
+    (tmp_path / "answers.md").write_text("## Exercise 1\n\n![plot](plot.png)\n")
+    text, figures = answer_sheet(tmp_path)
+    assert text.startswith("## Exercise 1") and figures == [((tmp_path / "plot.png").resolve(), "plot")]
+    (tmp_path / "answers").mkdir()  # a sheet under RUNS/answers/, where `cnnlab answers` writes it, comes first
+    (tmp_path / "answers" / "answers.md").write_text("## Exercise 2\n")
+    assert answer_sheet(tmp_path)[0] == "## Exercise 2\n"
+
+
 def test_figures_inside_the_root_go_to_the_gallery_and_others_are_dropped(tmp_path: Path) -> None:
     folder = tmp_path / "runs" / "answers"
     (folder / "figures").mkdir(parents=True)

@@ -20,9 +20,10 @@ def answer_sheet(runs_root: str | Path) -> tuple[str, list[tuple[Path, str]]]:
     from cnnlab.data.folder import check_image
 
     root = Path(runs_root).resolve()
-    path = root / SHEET
+    folder = _sheet_folder(root)
+    path = folder / SHEET.name
     if not path.is_file():
-        return _no_sheet(root / SHEET.parent), []
+        return _no_sheet(folder), []
     try:
         # a sheet an editor saved in another encoding (Latin-1, a Windows code page) failed the page with a
         # UnicodeDecodeError: its odd bytes show as U+FFFD instead; utf-8-sig drops a Windows editor's byte-order mark
@@ -34,7 +35,7 @@ def answer_sheet(runs_root: str | Path) -> tuple[str, list[tuple[Path, str]]]:
             [],
         )
     if not text.strip():  # was a blank page
-        return f"The answer sheet `{path}` is empty. {_write_hint(root / SHEET.parent)}", []
+        return f"The answer sheet `{path}` is empty. {_write_hint(folder)}", []
     figures: list[tuple[Path, str]] = []
 
     def take(match: re.Match[str]) -> str:
@@ -48,6 +49,18 @@ def answer_sheet(runs_root: str | Path) -> tuple[str, list[tuple[Path, str]]]:
         return ""
 
     return _IMAGE.sub(take, text), figures
+
+
+def _sheet_folder(root: Path) -> Path:
+    """Where the sheet is: ``ROOT/answers/``, or the runs root itself when the lab was given the folder `cnnlab
+    answers --output` wrote (``cnnlab lab --runs runs/answers``: it said "no answer sheet" of a sheet right there,
+    and pointed at ``runs/answers/answers``); the first that holds a sheet, else a record, else ``ROOT/answers/``."""
+    folders = (root / SHEET.parent, root)
+    for name in (SHEET.name, RECORD):
+        found = next((folder for folder in folders if (folder / name).is_file()), None)
+        if found is not None:
+            return found
+    return folders[0]
 
 
 def _write_hint(folder: Path) -> str:
