@@ -201,6 +201,7 @@ def test_evaluate_writes_its_figures(
     monkeypatch.setattr(Figure, "savefig", keep_titles)
     result = evaluate_mnist(ensemble_run["run_dir"], data_dir=str(fake_root), output_dir=tmp_path)
     assert result["test_accuracy"] == pytest.approx(ensemble_run["ensemble_test_accuracy"])
+    assert result["precision"] == result["run_precision"] == "fp32"  # tested as evaluate runs: nothing to say
     # The ensemble's own report had its test accuracy alone: now evaluate's per-digit table and confusion matrix,
     # the same numbers, and its members' weights digests, those its ensemble.json checks them against
     test, run_dir = ensemble_run["test"], Path(ensemble_run["run_dir"])
@@ -222,6 +223,41 @@ def test_evaluate_writes_its_figures(
     notes.write_text("a file")
     with pytest.raises(CnnlabError, match=rf"^--output {re.escape(str(notes))}/figures: .*notes.txt is a file, not a"):
         evaluate_mnist(ensemble_run["run_dir"], data_dir=str(fake_root), output_dir=notes / "figures")
+
+
+def test_evaluate_says_a_run_tested_under_bf16_autocast_is_scored_in_float32(
+    ensemble_run: dict, fake_root: Path, tmp_path: Path
+) -> None:
+    """A run trained and tested under --precision bf16, evaluated in float32 (as predict runs), scored other than its
+    results.json with nothing said (0.51 against 0.50 on 100 digits), and evaluation.json had no precision; transfer
+    and segmentation evaluations said so. An ensemble's options are its recipe's and its overrides."""
+    import shutil
+
+    import yaml
+
+    from cli_in_process import run_cnnlab
+
+    # a member run as one trained with --precision bf16 records it (its config.yaml's own field)
+    run, out = tmp_path / "bf16", tmp_path / "evaluation"
+    shutil.copytree(Path(ensemble_run["run_dir"]) / "seed0", run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["config"]["precision"] == "fp32"
+    config["config"]["precision"] = "bf16"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    completed = run_cnnlab("evaluate", str(run), "--data-dir", str(fake_root), "-o", str(out))
+    assert completed.returncode == 0, completed.stderr
+    assert "the run's test pass ran under bf16 autocast (--precision bf16)" in completed.stdout
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["precision"] == "fp32" and evaluation["run_precision"] == "bf16"
+    # an ensemble's config.yaml: the recipe's options, then those given (its members' each hold the whole config)
+    from cnnlab.tasks.run_precision import precisions
+
+    recorded = yaml.safe_load((Path(ensemble_run["run_dir"]) / "config.yaml").read_text())
+    assert "precision" not in recorded["config"]
+    recorded["config"]["overrides"]["precision"] = "bf16"
+    (tmp_path / "ensemble").mkdir()
+    (tmp_path / "ensemble" / "config.yaml").write_text(yaml.safe_dump(recorded))
+    assert precisions(tmp_path / "ensemble")["run_precision"] == "bf16"
 
 
 @pytest.mark.parametrize("option", ["--output", "-o", "--out"])

@@ -79,6 +79,10 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(result))
         return
+    from cnnlab.tasks.run_precision import precision_line
+
+    for line in precision_line(result):
+        typer.echo(line)
     typer.echo(f"test accuracy {result['test_accuracy']:.4f} ({result['errors']} errors)")
     typer.echo("per class: " + "  ".join(f"{i}: {a:.4f}" for i, a in enumerate(result["per_class_accuracy"])))
     typer.echo(f"confusion matrix: {result['confusion_matrix_png']}")

@@ -32,6 +32,7 @@ from cnnlab.files import PATH_BYTES, check_writable, write_text_whole, written_t
 from cnnlab.layers.views import ViewAverage
 from cnnlab.report.classification import classification_summary, classification_test_report
 from cnnlab.tasks.predict import load_predictor, view_logits
+from cnnlab.tasks.run_precision import precision_line, precisions
 
 __all__ = ["evaluate_folder", "evaluation_lines"]
 
@@ -141,7 +142,7 @@ def evaluate_folder(
             "task": "transfer",
             "data": str(root),
             "views": list(predictor.views),
-            **_precisions(run_dir),
+            **precisions(run_dir),
             **scores,
             "absent_classes": [name for name, count in counts.items() if count == 0],
             "in_run_split": _in_run_split(run_dir, images.paths),
@@ -360,34 +361,6 @@ def _check_masks_given(root: Path, run: str | os.PathLike[str]) -> None:
     )
 
 
-def _precisions(run_dir: Path) -> dict[str, str | None]:
-    """The precision evaluate runs in (float32, as predict and the exports do: the weights are float32, and autocast
-    is a training option), and the ``--precision`` the run trained and ran its test pass under, from its config.yaml
-    (None where that cannot be read)."""
-    import yaml
-
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["config"]
-        if isinstance(config.get("train"), dict):  # a transfer run: its recipe's engine options, then those given
-            options = {**(config.get("recipe_fields") or {}).get("train", {}), **config["train"]}
-        else:
-            options = config
-        run_precision = str(options.get("precision") or "fp32")
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError):
-        run_precision = None
-    return {"precision": "fp32", "run_precision": run_precision}
-
-
-def _precision_line(result: dict[str, Any]) -> list[str]:
-    """A line saying a run tested under autocast is evaluated in float32 (none for a float32 run)."""
-    if result.get("run_precision") in (None, "fp32"):
-        return []
-    return [
-        f"evaluated in float32, as predict runs; the run's test pass ran under {result['run_precision']} autocast "
-        f"(--precision {result['run_precision']}), so on the same images its test scores may differ slightly"
-    ]
-
-
 def _output_folder(run_dir: Path, output_dir: str | os.PathLike[str] | None, root: Path) -> Path:
     """Where the evaluation's files go, checked before any image is read."""
     out = Path(output_dir) if output_dir is not None else run_dir / "evaluation"
@@ -533,7 +506,7 @@ def _evaluate_segmentation(
             "count": len(scored),
             "max_side": segmenter.max_side,
             "classes_from": "classes.json" if (root / "classes.json").is_file() else "run",
-            **_precisions(run_dir),
+            **precisions(run_dir),
             **report,
             **({} if at_max_side is None else {"at_max_side": at_max_side.report(classes, segmenter.background)}),
             "worst_images": [{"image": scored[i], "pixel_error": scores.errors[i]} for i in worst],
@@ -564,7 +537,7 @@ def evaluation_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"skipped {entry['path']}: {entry['reason']}")
     if result["skipped"]:
         lines.append(describe_skipped([entry["reason"] for entry in result["skipped"]]))
-    lines += _precision_line(result)
+    lines += precision_line(result)
     if result["task"] == "segment":
         return lines + _segmentation_lines(result)
     views = result["views"]

@@ -37,6 +37,7 @@ from cnnlab.tasks.recipes import (
     run_name,
     with_overrides,
 )
+from cnnlab.tasks.run_precision import precisions
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.callbacks import SessionEpochs
 from cnnlab.train.checkpoint import atomic_save
@@ -955,7 +956,9 @@ def evaluate_mnist(
     check_writable(out / "evaluation.json", shown=str(out))  # before the 10,000 digits are classified
     images = to_float(data.test_images)
     predictions = predict_logits(model, images, device).argmax(1)
-    result = {"run": str(run), **test_evaluation(images, data.test_labels, predictions, out)}
+    # float32, as predict runs: a run tested under autocast records its precision, and the command says so
+    run_dir = run if run.is_dir() else run.parent
+    result = {"run": str(run), **precisions(run_dir), **test_evaluation(images, data.test_labels, predictions, out)}
     write_text_whole(out / "evaluation.json", json.dumps(result, indent=1))
     return result
 

@@ -1,0 +1,46 @@
+"""The ``--precision`` a run ran its test pass under, for the commands that score it again in float32.
+
+`cnnlab evaluate` and `cnnlab predict` run a saved model in float32 (its weights are float32; autocast is a training
+option), so the scores of a run trained and tested under bf16 or fp16 autocast may differ slightly from those of its
+own test pass: `precisions` records both, and `precision_line` says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["precision_line", "precisions"]
+
+
+def precisions(run_dir: Path) -> dict[str, str | None]:
+    """The precision evaluate runs in (float32, as predict and the exports do), and the ``--precision`` the run
+    trained and ran its test pass under, from its config.yaml (None where that cannot be read).
+
+    Three layouts: a run's `TrainConfig` (MNIST, segmentation), a transfer run's recipe engine options then those
+    given (``train``), and an MNIST ensemble's recipe then its ``overrides``.
+    """
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["config"]
+        if isinstance(config.get("train"), dict):  # a transfer run: its recipe's engine options, then those given
+            options = {**(config.get("recipe_fields") or {}).get("train", {}), **config["train"]}
+        elif isinstance(config.get("recipe"), dict):  # an MNIST ensemble: its recipe's options, then those given
+            options = {**(config["recipe"].get("train") or {}), **(config.get("overrides") or {})}
+        else:
+            options = config
+        run_precision = str(options.get("precision") or "fp32")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        run_precision = None
+    return {"precision": "fp32", "run_precision": run_precision}
+
+
+def precision_line(result: dict[str, Any]) -> list[str]:
+    """A line saying a run tested under autocast is evaluated in float32 (none for a float32 run)."""
+    if result.get("run_precision") in (None, "fp32"):
+        return []
+    return [
+        f"evaluated in float32, as predict runs; the run's test pass ran under {result['run_precision']} autocast "
+        f"(--precision {result['run_precision']}), so on the same images its test scores may differ slightly"
+    ]
