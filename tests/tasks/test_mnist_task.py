@@ -698,6 +698,12 @@ def test_a_refused_resume_names_a_derived_option_as_such_only_when_its_source_ch
         check_resumable({"batch_size": 64, "auto_batch_size": False}, auto, "r")
     with pytest.raises(CnnlabError, match=re.escape("(auto_batch_size: True -> False, batch_size: 48 -> 64)")):
         check_resumable({"batch_size": 48, "auto_batch_size": True}, {"batch_size": 64, "auto_batch_size": False}, "r")
+    # what the search chose (a finished run's record: 200) against its cap (the command's: 1024) are the same options:
+    # the same `-b auto` command refused to read back a finished run, an ensemble's finished member (so an ensemble
+    # stopped in its second member could not be finished) and a fellow --member
+    check_resumable({"batch_size": 200, "accum_steps": 1, "auto_batch_size": True}, {**auto, "accum_steps": 1}, "r")
+    searched = {"batch_size": 64, "accum_steps": 4, "auto_accum": True}  # --accum auto: the accumulation it chose
+    check_resumable(searched, {**searched, "accum_steps": 1}, "r")
 
 
 def test_the_last_line_names_the_run_to_copy_into_the_next_command(fake_root: Path, tmp_path: Path) -> None:

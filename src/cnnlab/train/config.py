@@ -379,6 +379,12 @@ def check_resumable(
     values = current.to_dict() if isinstance(current, TrainConfig) else current
     # compared as JSON-able data: a checkpoint keeps tuples, a config.yaml gives lists
     saved, now = (json.loads(json.dumps(dict(record), default=str)) for record in (saved, values))
+    # What a batch search chose is a result, not an option: a finished run's config.yaml holds the batch it found
+    # (300), a command with --batch-size auto the search's cap (1024), so the same command refused to read back a
+    # finished run, an ensemble's finished member or a fellow --member. (A resumed engine takes its checkpoint's.)
+    for searched, results in _SEARCHED_OPTIONS.items():
+        if saved.get(searched) is True and now.get(searched) is True:
+            saved, now = ({k: v for k, v in record.items() if k not in results} for record in (saved, now))
     changed = sorted(
         difference
         for difference in _differences(
@@ -388,6 +394,13 @@ def check_resumable(
     )
     if changed:
         raise CnnlabError(refusal.format(run_dir=run_dir, changes=_changes(changed)))
+
+
+# A search's switch -> the options it chooses when on in both records (`check_resumable` leaves them out)
+_SEARCHED_OPTIONS: dict[str, tuple[str, ...]] = {
+    "auto_batch_size": ("batch_size", "accum_steps"),
+    "auto_accum": ("accum_steps",),
+}
 
 
 # Options derived from another one: derived option -> (the option it follows, the value that option must now have
