@@ -230,7 +230,8 @@ def test_evaluate_says_a_run_tested_under_bf16_autocast_is_scored_in_float32(
 ) -> None:
     """A run trained and tested under --precision bf16, evaluated in float32 (as predict runs), scored other than its
     results.json with nothing said (0.51 against 0.50 on 100 digits), and evaluation.json had no precision; transfer
-    and segmentation evaluations said so. An ensemble's options are its recipe's and its overrides."""
+    and segmentation evaluations said so. An ensemble's options are its recipe's and its overrides. Predict says it
+    as well."""
     import shutil
 
     import yaml
@@ -249,6 +250,17 @@ def test_evaluate_says_a_run_tested_under_bf16_autocast_is_scored_in_float32(
     assert "the run's test pass ran under bf16 autocast (--precision bf16)" in completed.stdout
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert evaluation["precision"] == "fp32" and evaluation["run_precision"] == "bf16"
+    # predict too: a bf16 transfer run's probabilities differed from its test_predictions.csv by up to 0.03, unsaid
+    from PIL import Image
+
+    digit = Image.new("L", (28, 28))
+    digit.paste(255, (12, 6, 16, 22))  # a "1"
+    digit.save(tmp_path / "digit.png")
+    said = "test pass ran under bf16 autocast (--precision bf16), so on its test images these may differ slightly"
+    for model, autocast in ((run, True), (Path(ensemble_run["run_dir"]), False)):
+        completed = run_cnnlab("predict", "--model", str(model), str(tmp_path / "digit.png"), "--json")
+        assert completed.returncode == 0, completed.stderr
+        assert (said in completed.stderr) == autocast and json.loads(completed.stdout)["predictions"]
     # an ensemble's config.yaml: the recipe's options, then those given (its members' each hold the whole config)
     from cnnlab.tasks.run_precision import precisions
 

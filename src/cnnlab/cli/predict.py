@@ -101,6 +101,7 @@ def predict(
         empty = [(sum(path not in done for path in paths[:position]), entry) for position, entry in empty]
         paths = [path for path in paths if path not in done]
         typer.echo(f"resumed: {output} already holds {_images(len(kept))}; predicting the other {len(paths)}", err=True)
+    _say_precision(model)
     results: list[dict[str, Any]] = []
     predictions = iter_predictions(predictor, paths, top_k=top_k, progress=not (as_json or quiet))
     stream = _collected(_in_order(predictions, empty), results)
@@ -250,7 +251,9 @@ def _segment(
     from cnnlab.tasks.segment_predict import iter_masks, load_segmenter
 
     results: list[dict[str, Any]] = []
-    masks = iter_masks(load_segmenter(model, device=device), paths, output, progress, resume, overwrite)
+    segmenter = load_segmenter(model, device=device)
+    _say_precision(model)
+    masks = iter_masks(segmenter, paths, output, progress, resume, overwrite)
     try:
         for _ in _collected(_in_order(masks, empty), results):
             pass
@@ -263,6 +266,14 @@ def _segment(
     _show(shown, model, as_json, _class_shares)
     if all("error" in result for result in results):
         raise typer.Exit(2)
+
+
+def _say_precision(model: str) -> None:
+    """Say, on stderr (--json stays one JSON document), that a run tested under autocast is predicted in float32."""
+    from cnnlab.tasks.run_precision import predicted_precision_line
+
+    if (line := predicted_precision_line(model)) is not None:
+        typer.echo(line, err=True)
 
 
 def _segmented_now(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["precision_line", "precisions"]
+__all__ = ["precision_line", "precisions", "predicted_precision_line"]
 
 
 def precisions(run_dir: Path) -> dict[str, str | None]:
@@ -44,3 +44,18 @@ def precision_line(result: dict[str, Any]) -> list[str]:
         f"evaluated in float32, as predict runs; the run's test pass ran under {result['run_precision']} autocast "
         f"(--precision {result['run_precision']}), so on the same images its test scores may differ slightly"
     ]
+
+
+def predicted_precision_line(model: str) -> str | None:
+    """For `cnnlab predict --model MODEL`: a line saying a run tested under autocast is predicted in float32, so its
+    probabilities may differ slightly from its own test predictions (None for a float32 run or a zoo model)."""
+    path = Path(model)
+    if not path.exists():
+        return None  # a zoo model: no run, no test pass
+    run_precision = precisions(path if path.is_dir() else path.parent)["run_precision"]
+    if run_precision in (None, "fp32"):
+        return None
+    return (
+        f"predicted in float32; {model}'s test pass ran under {run_precision} autocast (--precision {run_precision}), "
+        "so on its test images these may differ slightly from its own test predictions"
+    )
