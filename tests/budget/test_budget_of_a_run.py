@@ -112,12 +112,17 @@ def test_a_cached_transfer_run_also_sizes_the_step_it_trained(tmp_path: Path, un
 
     from cnnlab.budget.trace import trace
     from cnnlab.cli import app
+    from cnnlab.cli.budget import _trained_step_note
     from cnnlab.models import split_classifier
     from cnnlab.tasks.transfer_cost import _groups_by_name, trained_step_memory
     from cnnlab.train import top_param_groups
 
     run = _cached_run(tmp_path, unfreeze)
-    step = trained_step_memory(run, memory_limit=2**30)
+    step = trained_step_memory(run, memory_limit=2**30 if unfreeze else 2**50)
+    # the head alone in 1 PB: the planner stops at its cap, marked as `budget --memory` marks it (a bare 1,048,576)
+    assert step is not None and step["max_batch_capped"] == (unfreeze == 0)
+    fit = "batches of >= 1,048,576 (search cap)" if unfreeze == 0 else f"batches up to {step['max_batch']:,}."
+    assert fit in _trained_step_note(step)
     assert step is not None and step["blocks_trained"] == unfreeze and step["batch"] == 8  # the run's own batch
     model = create_model("efficientnet_lite0", num_classes=2)
     split = split_classifier(model, unfreeze, (3, 96, 96))

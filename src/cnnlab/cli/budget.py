@@ -182,7 +182,14 @@ def _trained_step_note(step: dict[str, Any]) -> str:
 
     part = "the classifier" if step["blocks_trained"] == 0 else f"its top {step['blocks_trained']} blocks and the head"
     shape = "x".join(map(str, step["feature_shape"]))
-    fit = f"; within the memory given, batches up to {step['max_batch']:,}" if "max_batch" in step else ""
+    fit = ""
+    if "max_batch" in step:  # as `budget --memory` marks a largest batch at the planner's search cap
+        most = step["max_batch"]
+        fit = (
+            f"; within the memory given, batches of >= {most:,} (search cap)"
+            if step.get("max_batch_capped")
+            else f"; within the memory given, batches up to {most:,}"
+        )
     optimizer = step["optimizer"]
     accumulated = f" (x{step['accum_steps']} accumulated)" if step.get("accum_steps", 1) > 1 else ""
     precision, how = "", "meta-device trace"

@@ -203,7 +203,8 @@ def trained_step_memory(
     Returns:
         ``{"recipe", "blocks_trained", "blocks", "feature_shape", "batch", "accum_steps", "optimizer", "momentum",
         "device", "precision", "trained_parameters", "parameters", "optimizer_state_bytes", "peak_bytes"}``, and
-        ``"max_batch"`` with a memory limit (at the run's precision); ``batch`` is the samples of one forward and
+        ``"max_batch"`` and ``"max_batch_capped"`` (it is the planner's search cap: a larger batch fits too) with a
+        memory limit (at the run's precision); ``batch`` is the samples of one forward and
         backward (the batch over ``accum_steps``), ``momentum`` the SGD momentum (None for the other optimizers).
     """
     results = Path(run) / "results.json"
@@ -215,7 +216,7 @@ def trained_step_memory(
     if not isinstance(recipe, dict) or recipe.get("method") != "cached":
         return None
     from cnnlab.budget.core import resolve_model
-    from cnnlab.budget.planner import mixed_precision_step, plan_batch
+    from cnnlab.budget.planner import LARGEST_PLANNED_BATCH, mixed_precision_step, plan_batch
     from cnnlab.budget.trace import trace
     from cnnlab.models import split_classifier
     from cnnlab.train import TrainConfig, top_param_groups
@@ -274,8 +275,9 @@ def trained_step_memory(
         "optimizer_state_bytes": step.optimizer_state_bytes,
         "peak_bytes": peak,
     }
-    if max_batch is not None:
+    if max_batch is not None:  # the planner stops at its cap: a batch of that size is a lower bound, not the answer
         answer["max_batch"] = max_batch
+        answer["max_batch_capped"] = max_batch >= LARGEST_PLANNED_BATCH
     return answer
 
 
