@@ -14,6 +14,7 @@ import argparse
 import json
 import platform
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,6 +58,29 @@ def torchinfo_sizes(model: nn.Module, shape: tuple[int, ...], batch: int) -> tup
     return int(stats.total_output_bytes), int(stats.total_input + stats.total_output_bytes + stats.total_param_bytes)
 
 
+def _cell(ratio: float | None, places: int) -> str:
+    """A ratio to `places` places; "-" where there is none (the real step held 0 bytes: see the row's notes)."""
+    return "-" if ratio is None else f"{ratio:.{places}f}"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows as a Markdown table, then a line for each note on a ratio shown as "-"."""
+    lines = [
+        "| network | measured saved (MB) | measured peak (MB) | cnnlab saved est./meas. | cnnlab peak est./meas. "
+        "| cnnlab textbook total / peak | torchinfo fwd/bwd size / saved | torchinfo total / peak |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['network']} | {row['measured_saved'] / 1e6:,.1f} | {row['measured_peak'] / 1e6:,.1f} | "
+            f"{_cell(row['cnnlab_saved_ratio'], 4)} | {_cell(row['cnnlab_peak_ratio'], 4)} | "
+            f"{_cell(row['cnnlab_textbook_ratio'], 3)} | {_cell(row['torchinfo_pass_over_saved'], 3)} | "
+            f"{_cell(row['torchinfo_ratio'], 3)} |"
+        )
+    notes = [f"{row['network']}: {note}" for row in rows for note in row.get("notes") or []]
+    return [*lines, "", *notes] if notes else lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="also write the rows as JSON here")
@@ -82,23 +106,17 @@ def main() -> None:
                 "cnnlab_saved_ratio": report.measured["saved_ratio"],
                 "cnnlab_peak_ratio": report.measured["peak_ratio"],
                 "cnnlab_textbook_ratio": round(report.training["total_bytes"] / measured_peak, 3),
-                "torchinfo_pass_over_saved": round(info_pass / measured_saved, 3),
+                "torchinfo_pass_over_saved": round(info_pass / measured_saved, 3) if measured_saved else None,
                 "torchinfo_ratio": round(info_total / measured_peak, 3),
                 "seconds": round(seconds, 1),
+                # a step that saved 0 bytes has no finite ratio: budget --measure gives null and says why
+                "notes": [
+                    report.measured[key] for key in ("saved_ratio_note", "peak_ratio_note") if key in report.measured
+                ],
             }
         )
     print(f"# {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(
-        "| network | measured saved (MB) | measured peak (MB) | cnnlab saved est./meas. | cnnlab peak est./meas. "
-        "| cnnlab textbook total / peak | torchinfo fwd/bwd size / saved | torchinfo total / peak |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(
-            f"| {row['network']} | {row['measured_saved'] / 1e6:,.1f} | {row['measured_peak'] / 1e6:,.1f} | "
-            f"{row['cnnlab_saved_ratio']:.4f} | {row['cnnlab_peak_ratio']:.4f} | {row['cnnlab_textbook_ratio']:.3f} "
-            f"| {row['torchinfo_pass_over_saved']:.3f} | {row['torchinfo_ratio']:.3f} |"
-        )
+    print("\n".join(markdown_table(rows)))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=1)
