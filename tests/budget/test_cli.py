@@ -232,6 +232,8 @@ def test_the_slow_steps_say_what_they_do_on_stderr_and_json_stays_alone():
     "size, shown",
     [
         (0, "0 bytes"),
+        (1, "1 byte"),  # was "1 bytes" (budget --memory 1B: "No batch fits in 1 bytes")
+        (2, "2 bytes"),
         (9_999, "9,999 bytes"),
         (14_336, "14.3 kB"),
         (212_480, "0.2 MB"),

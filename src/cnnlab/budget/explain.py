@@ -358,7 +358,7 @@ def _plan_lines(lines: list[str], plan: dict[str, Any], number: int) -> None:
     """The `--memory` plan's answers worked out: a step needs fixed bytes + per-sample bytes x batch, and the largest
     batch is the last whose sum is within the limit. Without it the explanation derived nothing about the plan."""
     limit = plan["limit_bytes"]
-    lines += ["", f"{number}. Largest training batch within {_n(limit)} bytes (--memory)"]
+    lines += ["", f"{number}. Largest training batch within {_n(limit)} {'byte' if limit == 1 else 'bytes'} (--memory)"]
     lines.append("    a step needs fixed bytes (parameters, gradients, optimizer state: what does not grow with")
     lines.append("    the batch) + per-sample bytes x batch, the line through the planned step's peaks at its answer")
     lines.append("    and half of it; the largest batch is the last whose sum is within the limit:")

@@ -17,7 +17,8 @@ def readable_bytes(value: float) -> str:
     under 10 kB, kB under 0.1 MB, MB to one decimal under 1 GB, then GB, TB or PB to two (a 1KiB limit read "0.0 MB",
     a 3x30000x30000 input "1,929,600.0 MB"). --json keeps exact bytes."""
     if value < 1e4:
-        return f"{value:,.0f} bytes"
+        count = f"{value:,.0f}"
+        return f"{count} {'byte' if count == '1' else 'bytes'}"  # --memory 1B: "within 1 byte", not "1 bytes"
     if value < 1e5:
         return f"{value / 1e3:.1f} kB"
     if value < 999.95e6:  # what would round to "1,000.0 MB" is shown as 1.00 GB
@@ -179,7 +180,8 @@ def plan_table(report: BudgetReport) -> Table | None:
     if not report.plan:
         return None
     limit = report.plan["limit_bytes"]
-    table = Table(title=f"Largest training batch within {limit:,} bytes ({readable_bytes(limit)})")
+    exact = readable_bytes(limit) if limit < 1e4 else f"{limit:,} bytes ({readable_bytes(limit)})"  # said once
+    table = Table(title=f"Largest training batch within {exact}")
     for header in ("remedy", "fixed", "per sample", "max batch"):
         table.add_column(header, justify="left" if header == "remedy" else "right")
     for remedy in report.plan["remedies"]:
