@@ -107,6 +107,12 @@ def test_explain_with_depth_and_measure_explains_those_rows_and_sets_measured_be
         # layer strings were asked for --input before being read: "a layer spec needs --input"
         (["resnet18", "resnet50"], "resnet18 is a zoo model, not a layer: budget one model per command"),
         (["conv 8 k3", "frob 2"], "layer 2 ('frob 2'): unknown layer type 'frob'"),
+        # was torch's "spec does not run on input 3x20000x20000: Storage size calculation overflowed with sizes=[...]"
+        (
+            ["--input", "3x20000x20000", "conv 100 k3", "--batch", "1000000000"],
+            "batch 1,000,000,000 of input 3x20000x20000 is too large to size: one tensor of the step, sized "
+            "[1000000000, 100, 19998, 19998], would hold more bytes than PyTorch counts (2^63); enter a smaller batch",
+        ),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(args, fragment):

@@ -424,7 +424,7 @@ def input_error(
     """torch's error for `module` run on one `shape` sample (a batch of `batch_size` in training mode), as one line
     that names the model and its input, with what to do where the cause is known: a forward that takes a list of
     images (a detection network), a map shrunk below a kernel (the smallest input that runs), fixed dense layers (their
-    size), a batch norm on one value per channel."""
+    size), a batch norm on one value per channel, a step too large for torch's byte counts (the batch and input)."""
     first_line = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
     if (images := _list_input(module)) is not None:  # torchvision detection: whatever it raised, this is the cause
         return CnnlabError(
@@ -433,6 +433,14 @@ def input_error(
             "suppression); the budget sizes torchvision's (a transform, a backbone and dense heads) and otherwise a "
             "network that maps one batch tensor to outputs of known shape: size its backbone (a FILE.py:NAME that "
             "returns the built network's .backbone)"
+        )
+    # torch's words read as if the layers did not fit the input at any batch: they do, at a smaller one
+    overflowed = re.search(r"Storage size calculation overflowed with sizes=(\[[^\]]*\])", first_line)
+    if overflowed is not None:
+        return CnnlabError(
+            f"batch {batch_size:,} of input {'x'.join(map(str, shape))} is too large to size: one tensor of the step, "
+            f"sized {overflowed.group(1)}, would hold more bytes than PyTorch counts (2^63); enter a smaller batch or "
+            "input"
         )
     if any(words in first_line for words in _NO_VALUES):  # the input is not the cause: another size fails alike
         first_line = first_line.split(". ")[0]  # torch's nonzero message goes on for three more sentences

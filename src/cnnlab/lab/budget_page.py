@@ -7,7 +7,6 @@ The tables are the CLI's own (`cnnlab.budget.render`), read cell by cell, so eve
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,7 +150,7 @@ def _cli_only(target: str) -> bool:
 
 
 MAX_BATCH = 10**9  # far beyond any real mini-batch; larger ones overflow torch's byte counts (a huge input overflows
-# them at a smaller batch: `budget_view` says so)
+# them at a smaller batch: `budget.core.input_error` says so)
 
 
 def check_batch(batch_size: float | None) -> int:
@@ -200,26 +199,14 @@ def budget_view(
     parsed = parse_target(target)
     if isinstance(parsed, list) and shape is None:  # the library's message names the CLI's --input
         raise CnnlabError("layer strings need the input CxHxW field: the shape of one sample, e.g. 3x200x300")
-    try:
-        report = budget(
-            parsed,
-            input_shape=shape,
-            batch_size=batch,
-            dtype=dtype,
-            optimizer=optimizer,
-            memory_limit=parse_memory(memory) if memory.strip() else None,
-        )
-    except CnnlabError as error:
-        # torch's words: "spec does not run on input 3x20000x20000: Storage size calculation overflowed with
-        # sizes=[1000000000, 100, 19998, 19998]", as if the spec were wrong for that input at any batch
-        overflowed = re.search(r"Storage size calculation overflowed with sizes=(\[[^\]]*\])", str(error))
-        if overflowed is None:
-            raise
-        given = "x".join(map(str, shape)) if shape is not None else "its own size"
-        raise CnnlabError(
-            f"batch {batch:,} of input {given} is too large to size: one tensor of the step, sized "
-            f"{overflowed.group(1)}, would hold more bytes than PyTorch counts (2^63); enter a smaller batch or input"
-        ) from None
+    report = budget(  # a step too large for torch's byte counts is refused naming batch and input, as by the CLI
+        parsed,
+        input_shape=shape,
+        batch_size=batch,
+        dtype=dtype,
+        optimizer=optimizer,
+        memory_limit=parse_memory(memory) if memory.strip() else None,
+    )
     plan = plan_table(report)
     return BudgetView(
         report,
