@@ -67,6 +67,16 @@ def test_larger_input_gives_a_class_map_with_one_location_per_stride_step():
     assert converted.output_geometry() == ((28, 28), (4, 4))
 
 
+def test_a_network_whose_output_never_grows_is_refused_not_searched_forever():
+    """output_geometry doubled the input until the output grew: behind an adaptive pool to 1x1 it never does."""
+    trunk = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1))
+    converted = FullyConvolutional(trunk, nn.Sequential(nn.Conv2d(2, 10, 1)), (1, 9, 9), window_pooled=False).eval()
+    with pytest.raises(CnnlabError, match=r"output does not grow with its input \(not within 1,024 px more than its "
+                       r"9x9 training size\), so it cannot be scanned"):  # fmt: skip
+        converted.output_geometry()
+    assert not converted.training  # left in its mode
+
+
 @pytest.mark.parametrize("pools", [(2, 2, 2, 3), (2,) * 7], ids=["24", "128"])
 def test_the_stride_is_measured_right_when_it_does_not_divide_64(pools):
     """It was 64 // (output rows gained over 64 input rows): 6 read as 5, 24 as 32, 128 as 64."""

@@ -110,11 +110,20 @@ class FullyConvolutional(nn.Module):
                 probe = torch.zeros(1, channels, rows, cols, dtype=reference.dtype, device=reference.device)
                 return tuple(self(probe).shape[-2:])  # type: ignore[return-value]
 
+            # a network whose output never grows (an adaptive pool to 1x1 before the head) was searched forever;
+            # the search stops at a stride far beyond any scan's (8 training sizes), where probes still fit in memory
+            most = 8 * max(height, width, 128)
             try:
-                strides = _search_in_step((height, width), sizes_out, _stride_search)
-                self._geometry = OutputGeometry((height, width), strides)  # type: ignore[arg-type]
+                strides = _search_in_step((height, width), sizes_out, lambda start: _stride_search(start, most))
+            except _NoGrowth:
+                raise CnnlabError(
+                    f"the network's output does not grow with its input (not within {most:,} px more than its "
+                    f"{height}x{width} training size), so it cannot be scanned: a layer such as an adaptive pool "
+                    "gives every input the same output size"
+                ) from None
             finally:
                 self.train(was_training)
+            self._geometry = OutputGeometry((height, width), strides)  # type: ignore[arg-type]
         return self._geometry  # type: ignore[return-value]
 
 
@@ -135,11 +144,21 @@ class OutputGeometry(NamedTuple):
 _Search = Generator[int, int, int]
 
 
-def _next_growth(start: int) -> _Search:
-    """The least input length over `start` at which the output grows (doubling, then halving)."""
+class _NoGrowth(Exception):
+    """The output did not grow within the most input pixels a search tries."""
+
+
+def _next_growth(start: int, most: int) -> _Search:
+    """The least input length over `start` at which the output grows (doubling, then halving), within `most` more.
+
+    Raises:
+        _NoGrowth: it does not grow within `start + most`.
+    """
     base, high = (yield start), 1
     while (yield start + high) <= base:
-        high *= 2
+        if high >= most:
+            raise _NoGrowth
+        high = min(2 * high, most)
     low = high // 2  # the output has not grown at `low` more (0: at none)
     while high - low > 1:
         middle = (low + high) // 2
@@ -147,10 +166,11 @@ def _next_growth(start: int) -> _Search:
     return start + high
 
 
-def _stride_search(start: int) -> _Search:
-    """The input pixels between two lengths at which the output grows by one, searched from `start`."""
-    first = yield from _next_growth(start)  # a length at which the output just grew
-    return (yield from _next_growth(first)) - first
+def _stride_search(start: int, most: int) -> _Search:
+    """The input pixels between two lengths at which the output grows by one, searched from `start`, each growth
+    within `most` pixels (`_NoGrowth` past them)."""
+    first = yield from _next_growth(start, most)  # a length at which the output just grew
+    return (yield from _next_growth(first, most)) - first
 
 
 def _search_in_step(
