@@ -497,14 +497,15 @@ def _check_onnx_packages() -> None:
     Raises:
         CnnlabError: naming the missing packages and the command that installs them.
     """
-    import importlib
-
     missing = []
-    for name in ("onnx", "onnxruntime"):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
+    try:  # imported by name, each, so that the dependency check (deptry) sees them used
+        import onnx  # noqa: F401
+    except ImportError:
+        missing.append("onnx")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        missing.append("onnxruntime")
     if missing:
         raise CnnlabError(
             f"ONNX export needs {' and '.join(missing)} (the file is run with ONNX Runtime and compared with "
