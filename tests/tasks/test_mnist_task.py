@@ -114,6 +114,39 @@ def test_a_slow_precision_is_said_once_per_ensemble_naming_the_option_a_python_c
     assert len(json.loads((tmp_path / "mnist" / "ens" / "results.json").read_text())["members"]) == 2
 
 
+def test_a_finished_ensemble_is_extended_and_read_back_by_member_processes(
+    ensemble_run: dict, fake_root: Path, tmp_path: Path
+) -> None:
+    """`-n 2`, then `-n 3 --member 2` was refused ("seed0, another member of this ensemble, is one of 2 members"),
+    and so was every `--member K -n 3` process after `-n 3 --resume` had extended it: its first members keep the
+    size they trained as. A finished member of the smaller ensemble is read back as --resume reads it."""
+    import shutil
+
+    from cnnlab.train.config import load_config
+
+    run = tmp_path / "mnist" / "ens"
+    shutil.copytree(Path(ensemble_run["run_dir"]), run)
+    options = dict(data_dir=str(fake_root), output=str(tmp_path), name="ens", val_size=40, progress=False)
+    (run / "results.json").rename(tmp_path / "results.json")  # not saved yet: a fellow of another --ensemble
+    with pytest.raises(CnnlabError, match=r"seed0, another member of this ensemble, is one of 2 members"):
+        train_mnist("quick", overrides=_TINY, ensemble=3, member=2, **options)  # type: ignore[arg-type]
+    (tmp_path / "results.json").rename(run / "results.json")
+    extended = train_mnist("quick", overrides=_TINY, ensemble=3, member=2, **options)  # type: ignore[arg-type]
+    assert "missing_members" not in extended and [m["seed"] for m in extended["members"]] == [0, 1, 2]
+    assert json.loads((run / "ensemble.json").read_text())["members"] == ["seed0", "seed1", "seed2"]
+    sizes = [load_config(run / f"seed{seed}" / "config.yaml").extra["ensemble"] for seed in range(3)]
+    assert sizes == [2, 2, 3]
+    weights = [(run / f"seed{seed}" / "model.safetensors").stat().st_mtime_ns for seed in range(3)]
+    for member in (0, 2):  # a later process of any member: nothing left to train, read back
+        again = train_mnist("quick", overrides=_TINY, ensemble=3, member=member, **options)  # type: ignore[arg-type]
+        assert again["finished_before"] and again["test_accuracy"] == extended["test_accuracy"]
+    again = train_mnist("quick", overrides=_TINY, ensemble=3, resume=True, **options)  # type: ignore[arg-type]
+    assert again["finished_before"] and again["test_accuracy"] == extended["test_accuracy"]
+    assert [(run / f"seed{seed}" / "model.safetensors").stat().st_mtime_ns for seed in range(3)] == weights
+    with pytest.raises(CnnlabError, match=r"holds members seed0, seed1, seed2, which --seed 0 --ensemble 2"):
+        train_mnist("quick", overrides=_TINY, ensemble=2, resume=True, **options)  # type: ignore[arg-type]
+
+
 def test_member_needs_a_name_and_an_index_inside_the_ensemble(fake_root: Path) -> None:
     with pytest.raises(CnnlabError, match="--member needs --name"):
         train_mnist("quick", data_dir=str(fake_root), ensemble=2, member=0)

@@ -570,7 +570,17 @@ def _check_fellow_member(member_dir: Path, config: TrainConfig, data_dir: str | 
             "member with the same --data-dir, or this one under another --name"
         )
     size, other_size = config.extra.get(ENSEMBLE_SIZE), saved["extra"].get(ENSEMBLE_SIZE)
-    if other_size is not None and other_size != size:
+    # a member of a smaller ensemble, finished and saved, that this one extends (`-n 2`, then `-n 3 --member 2` or
+    # `--resume`) keeps the size it trained as, as `--resume -n 3` reads it back: refused, an extended ensemble's
+    # members could never be trained, nor read back, one process each. Of one still training (not saved), it is a
+    # fellow started with another --ensemble.
+    extends = (
+        isinstance(size, int)
+        and isinstance(other_size, int)
+        and other_size < size
+        and _nothing_left(member_dir.parent, [member_dir])
+    )
+    if other_size is not None and other_size != size and not extends:
         raise CnnlabError(
             f"{member_dir}, another member of this ensemble, is one of {other_size} members (--ensemble {other_size}), "
             f"this one would be one of {size}: train every member with the same --ensemble, or this one under another "
@@ -583,6 +593,8 @@ def _check_fellow_member(member_dir: Path, config: TrainConfig, data_dir: str | 
     for key in (ENSEMBLE_SIZE, TRAIN_SUBSET):
         if key not in saved["extra"]:  # a member saved before cnnlab recorded it
             current["extra"].pop(key, None)
+    if extends:
+        current["extra"][ENSEMBLE_SIZE] = other_size
     check_resumable(
         saved,
         current,
