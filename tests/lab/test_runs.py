@@ -77,6 +77,17 @@ def test_runs_are_listed_newest_first_with_task_recipe_and_headline(root: Path) 
     assert summarise("mnist/old", runs["mnist/old"]).date == "-"
 
 
+def test_an_ensemble_extended_while_it_trains_is_counted_at_its_new_size(root: Path) -> None:
+    """`-n 2` stopped before it was saved, then `-n 3 --resume`: seed0 and seed1 record ensemble 2, seed2 (training)
+    3; the first member's size was taken, "members finished: 2 of 2" while the third trained."""
+    for seed, size in ((0, 2), (1, 2), (2, 3)):
+        member = _run(root, "mnist", f"E/seed{seed}", [0.8], {"test_accuracy": 0.9} if seed < 2 else None, 0)
+        save_config(TrainConfig(task="mnist", name=f"E/seed{seed}", extra={"recipe": "quick", "ensemble": size}),
+                    member / "config.yaml")  # fmt: skip
+    line = summarise("mnist/E", find_runs(root)["mnist/E"])
+    assert line.metric == "training (members finished: 2 of 3)"
+
+
 def test_an_ensemble_still_training_is_listed_with_its_members_finished(root: Path) -> None:
     """Its members sit one folder deeper and its own config.yaml is written at its end: it was not listed at all."""
     for seed, results in ((0, {"test_accuracy": 0.9}), (1, None)):  # seed0 finished, seed1 training

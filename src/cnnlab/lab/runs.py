@@ -377,15 +377,18 @@ def _epochs(history: Any) -> list[dict[str, Any]]:
 
 def _ensemble_size(folder: Path, results: dict[str, Any]) -> int | None:
     """The number of members of the ensemble at `folder` that is still training: its results.json's members and
-    missing_members (members trained with --member), else the size its started members record (``--ensemble``)."""
+    missing_members (members trained with --member), else the largest size its started members record
+    (``--ensemble``): one extended by ``--resume -n 3`` keeps the 2 its first members started with, and read as its
+    size it showed "members finished: 2 of 2" while the third trained."""
     if isinstance(results.get("missing_members"), list) and isinstance(results.get("members"), list):
         return len(results["members"]) + len(results["missing_members"])
+    sizes = []
     for member in _training_members(folder):
         extra = _config(member).get("extra")
         size = extra.get("ensemble") if isinstance(extra, dict) else None
         if _number(size):
-            return int(size)
-    return None
+            sizes.append(int(size))
+    return max(sizes, default=None)
 
 
 def _members_progress(folder: Path, results: dict[str, Any]) -> str:
