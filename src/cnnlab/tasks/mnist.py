@@ -710,8 +710,8 @@ def _check_run_shape(
         if any(found not in members for found in seeds):  # a resume with another --seed trained new members
             raise CnnlabError(
                 f"{run_dir} holds members {', '.join(f'seed{s}' for s in seeds)}, which --seed {seed} --ensemble "
-                f"{ensemble} (seeds {seed}..{seed + ensemble - 1}) leaves out; resume with the run's --seed and "
-                "--ensemble"
+                f"{ensemble} (seeds {seed}..{seed + ensemble - 1}) leaves out; resume with the run's --seed "
+                f"{seeds[0]} --ensemble {seeds[-1] - seeds[0] + 1}, or average fewer of them with cnnlab ensemble"
             )
 
 
