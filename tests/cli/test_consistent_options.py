@@ -68,7 +68,8 @@ def test_budget_takes_the_batch_size_by_the_train_commands_name() -> None:
     assert any({"--batch-size", "-b"} <= names for names in _options("train mnist"))
 
 
-# The commands that run a network. Each takes --device and --threads, as the train commands do.
+# The commands that run a network. Each takes --device and --threads, as the train commands do, but export and fcn
+# convert: they trace or convert on the CPU, so that the file they write holds no device, and take --threads alone.
 COMPUTES = [
     "train mnist",
     "train transfer",
@@ -81,16 +82,26 @@ COMPUTES = [
     "experiment",
     "answers",
     "fcn scan",
+    "export",
+    "fcn convert",
 ]
+CPU_ONLY = {"export", "fcn convert"}
 
 
 def test_every_command_that_computes_takes_device_and_threads() -> None:
+    """export and fcn convert took neither --threads nor --device, though the README said every command that
+    computes takes both; they take --threads, and the README names them as the two without --device."""
     assert set(COMPUTES) <= set(COMMANDS)
     faults = []
     for path in COMPUTES:
         names = set().union(*_options(path))
-        faults += [f"cnnlab {path} lacks {option}" for option in sorted({"--threads", "--device"} - names)]
+        wanted = {"--threads"} if path in CPU_ONLY else {"--threads", "--device"}
+        faults += [f"cnnlab {path} lacks {option}" for option in sorted(wanted - names)]
+        if path in CPU_ONLY and "--device" in names:
+            faults.append(f"cnnlab {path} takes --device, which the README says it does not")
     assert not faults, "\n".join(faults)
+    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8").replace("#", "").split())
+    assert "--device: each but export and fcn convert, which work on the CPU" in readme
 
 
 def test_a_device_this_machine_lacks_is_the_one_line_train_gives(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,6 +156,8 @@ def test_threads_is_given_to_torch_before_the_work(monkeypatch: pytest.MonkeyPat
         ["train", "mnist"],
         ["evaluate", "missing-run"],
         ["explain", "missing-run", "image.png"],
+        ["export", "missing-run"],
+        ["fcn", "convert", "missing-run"],
     ):
         done = run_cnnlab(*command, "--threads", "0")  # one line, the same everywhere, before any work
         assert (done.returncode, done.stderr) == (2, "error: --threads must be >= 1, got 0\n"), command

@@ -7,11 +7,12 @@ and hands them to it as one `cnnlab.train.config.EngineOptions` in its ``engine`
 its own options. Every engine option defaults to "the recipe's value", so no command retypes a recipe's defaults.
 
 `threads_option` is the same ``--threads`` for the commands outside ``train`` that compute (predict, evaluate,
-explain, budget, ensemble, experiment, answers, fcn scan): a user who trained with ``--threads 1`` next to other
-work predicts, sizes and scans that way too. `device_option` is the same ``--device`` for those whose work runs on
-torch tensors (predict, evaluate, explain, ensemble, experiment, answers, fcn scan), checked by `resolve_device`
-before it (`apply_device`, or the task). `quiet_option` is ``--quiet``/``-q`` for those outside ``train`` that show
-progress.
+explain, budget, ensemble, experiment, answers, export, fcn scan, fcn convert): a user who trained with ``--threads
+1`` next to other work predicts, sizes, exports and scans that way too. `device_option` is the same ``--device`` for
+those whose work runs on torch tensors (predict, evaluate, explain, ensemble, experiment, answers, fcn scan), checked
+by `resolve_device` before it (`apply_device`, or the task); not export and fcn convert, which trace or convert on
+the CPU so that the file they write holds no device (a traced graph keeps the device it ran on). `quiet_option` is
+``--quiet``/``-q`` for those outside ``train`` that show progress.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from cnnlab.cli.engine_options import apply_threads, threads_option
+
 
 def export(
     run: str = typer.Argument(
@@ -39,10 +41,12 @@ def export(
         help="Replace a file at --output that no export wrote (an earlier export is replaced without it).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    threads: int | None = threads_option(),
 ) -> None:
     """Export with the normalisation inside; resize, crop and classes go to <file>.preprocessing.json beside it."""
     from cnnlab.tasks.export import export_model
 
+    apply_threads(threads)  # the trace and its check (ONNX Runtime's too) run on the CPU: no --device
     say = None if as_json else lambda line: typer.echo(line, err=True)  # --json: the document alone
     result = export_model(run, fmt, output, opset=opset, log=say, overwrite=overwrite)
     if as_json:

@@ -17,12 +17,14 @@ def convert(
     run: Path = typer.Argument(..., help="Run directory (or model.json) of a trained MNIST classifier."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Where to save it (default RUN/fcn)."),
     pool: str = typer.Option("window", "--pool", help="Global-pool heads: window (exact) or none (finer map)."),
+    threads: int | None = threads_option(),
 ) -> None:
     """Replace the classifier's dense head by convolutions (same weights) and save the converted network."""
     import torch
 
     from cnnlab.fcn.scan import convert_run, converted_folder, geometry_text, save_fully_convolutional
 
+    apply_threads(threads)  # converted and checked on the CPU, so the saved network holds no device (scan's --device)
     target = converted_folder(run, output)
     converted, source = convert_run(run, pool=pool)
     save_fully_convolutional(converted, target, source, pool)

@@ -534,5 +534,7 @@ def _export_onnx(
             opset_version=opset,
             dynamo=False,
         )
-    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # --threads, as torch's share of the check runs
+    session = onnxruntime.InferenceSession(str(output), options, providers=["CPUExecutionProvider"])
     return lambda images: torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
