@@ -176,13 +176,14 @@ def test_every_command_that_makes_a_run_prints_json_with_nothing_else_on_stdout(
     from cli_in_process import run_cnnlab
 
     given: dict[str, Any] = {}
+    notes: dict[str, Any] = {}
     report = tmp_path / "experiment" / "lrn-vs-bn" / "report.md"
     report.parent.mkdir(parents=True)
     (report.parent / "results.json").write_text('{"seeds": 3}')
 
     def task(name: str) -> Any:
         def run(*args: Any, **options: Any) -> Any:
-            given[name] = options.get("progress")
+            given[name], notes[name] = options.get("progress"), options.get("notes")
             if name == "experiment":
                 return report
             return {"run_dir": f"runs/{name}", "test": {"miou": 0.5}, "members": []}
@@ -210,6 +211,18 @@ def test_every_command_that_makes_a_run_prints_json_with_nothing_else_on_stdout(
         else:
             assert printed["run_dir"] == f"runs/{name}"
             assert given[name] is (None if name == "ensemble" else False)  # ensemble shows no progress
+    # train segment --data -q dropped its notes on the data (a class with no training pixels, files skipped) with the
+    # progress; -q drops progress alone (its help), --json both
+    assert notes["folder"] is False
+    from cnnlab.errors import CnnlabError
+
+    def trains(*args: Any, **options: Any) -> Any:
+        given.update(options)
+        raise CnnlabError("stub")  # its options are what counts, not a summary to print
+
+    monkeypatch.setattr(cnnlab.tasks.segment_folder, "train_segmentation_folder", trains)
+    assert run_cnnlab("train", "segment", "--data", ".", "-q").stderr == "error: stub\n"
+    assert (given["progress"], given["notes"]) == (False, True)
 
 
 # The commands that show progress (bars on a terminal, or lines on stderr) take --quiet/-q, as the train commands do
@@ -225,6 +238,7 @@ SHOWS_PROGRESS = [
     "fcn scan",
     "data segmentation-demo",
     "explain",
+    "export",
 ]
 
 

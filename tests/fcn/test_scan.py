@@ -569,7 +569,9 @@ def test_cli_convert_and_scan(tmp_path, monkeypatch):
     assert runner.invoke(app, ["fcn", "convert", str(run)]).exit_code == 0  # converted again: scanned
     with monkeypatch.context() as undrawn:  # a third heatmap, as the two above: a third of this test's time
         undrawn.setattr("cnnlab.fcn.scan.save_heatmap", lambda *args, **kwargs: tmp_path / "canvas-heatmap.png")
-        assert runner.invoke(app, ["fcn", "scan", str(run / "fcn"), str(tmp_path / "canvas.png")]).exit_code == 0
+        quiet = runner.invoke(app, ["fcn", "scan", str(run / "fcn"), str(tmp_path / "canvas.png"), "-q"])
+    # the memory note says a scan is starting, progress: -q dropped the bar but printed it (its help: no progress)
+    assert (quiet.exit_code, quiet.stderr, len(quiet.stdout.splitlines())) == (0, "", 1)
     (run / "fcn" / "fcn.safetensors").unlink()  # was an OSError: "error: No such file or directory: ...", exit 1
     missing = runner.invoke(app, ["fcn", "scan", str(run / "fcn"), str(tmp_path / "canvas.png")])
     assert isinstance(missing.exception, CnnlabError)  # one line, exit 2 (`cnnlab.cli.main`)

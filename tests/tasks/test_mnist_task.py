@@ -295,6 +295,10 @@ def test_evaluate_says_a_run_tested_under_bf16_autocast_is_scored_in_float32(
         completed = run_cnnlab("predict", "--model", str(model), str(tmp_path / "digit.png"), "--json")
         assert completed.returncode == 0, completed.stderr
         assert (said in completed.stderr) == autocast and json.loads(completed.stdout)["predictions"]
+    # -q drops progress, not notes on the results (its help): the line is all stderr holds, the results on stdout
+    quiet = run_cnnlab("predict", "--model", str(run), str(tmp_path / "digit.png"), "-q")
+    assert quiet.returncode == 0 and str(tmp_path / "digit.png") in quiet.stdout
+    assert quiet.stderr.splitlines() == [f"predicted in float32; {run}'s {said} from its own test predictions"]
     # an ensemble's config.yaml: the recipe's options, then those given (its members' each hold the whole config)
     from cnnlab.tasks.run_precision import precisions
 

@@ -240,6 +240,9 @@ def test_export_matches_pytorch(tiny_run: Path, tmp_path: Path, fmt: str) -> Non
         assert again.returncode == 0 and again.stderr.splitlines() == [
             f"exporting {tiny_run} to {output} (torchscript), then checking it against PyTorch"
         ]
+        # that line is progress, which export printed with no -q to drop it (every command with progress takes -q)
+        quiet = run_cnnlab("export", str(tiny_run), "-f", fmt, "-o", str(output), "-q")
+        assert (quiet.returncode, quiet.stderr) == (0, "") and quiet.stdout.startswith(f"wrote {output} ")
     assert result["max_abs_difference"] < 1e-4
     record = json.loads(Path(result["preprocessing"]).read_text())
     assert record["classes"] == ["blue", "red"] and record["center_crop"] == [32, 32]

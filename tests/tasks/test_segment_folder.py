@@ -411,8 +411,8 @@ def test_the_share_of_labelled_pixels_is_said_before_training_and_kept_not_refus
         labels[tuple(np.argwhere(rgb.any(-1))[0])] = 1
         Image.fromarray(labels).save(path)
     (root / "classes.json").unlink()
-    summary = train_segmentation_folder(
-        str(root), output=str(tmp_path), name="s", overrides={"epochs": 1, "batch_size": 4}, progress=True
+    summary = train_segmentation_folder(  # as `train segment --data -q` trains: notes on the data, no progress
+        str(root), output=str(tmp_path), name="s", overrides={"epochs": 1, "batch_size": 4}, progress=False, notes=True
     )
     printed = capsys.readouterr().out.splitlines()
     assert any(line.startswith("labelled pixels: 0.2% of train") for line in printed), printed

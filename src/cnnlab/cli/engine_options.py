@@ -12,7 +12,8 @@ explain, budget, ensemble, experiment, answers, export, fcn scan, fcn convert): 
 those whose work runs on torch tensors (predict, evaluate, explain, ensemble, experiment, answers, fcn scan), checked
 by `resolve_device` before it (`apply_device`, or the task); not export and fcn convert, which trace or convert on
 the CPU so that the file they write holds no device (a traced graph keeps the device it ran on). `quiet_option` is
-``--quiet``/``-q`` for those outside ``train`` that show progress.
+``--quiet``/``-q`` for those outside ``train`` that show progress (export among them), with the one promise of
+`QUIET_HELP`: no progress, but the results, notes on them and errors.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import typer
 __all__ = [
     "ENGINE",
     "ENGINE_OPTIONS",
+    "QUIET_HELP",
     "apply_device",
     "apply_threads",
     "device_option",
@@ -36,6 +38,14 @@ __all__ = [
     "threads_option",
     "with_engine_options",
 ]
+
+# What -q promises, on every command that takes it: no progress (bars, epoch lines, lines saying what it is doing);
+# what the results need to be read right (a note on the precision they were computed in, a file skipped) and errors
+# are still said. Notes of progress are therefore given only without -q; notes on the results always.
+QUIET_HELP = (
+    "No progress bars or progress lines; results, notes on them (the precision they were computed in, files "
+    "skipped) and errors are still printed."
+)
 
 ENGINE: Any = None  # the default of a command's `engine` parameter; `with_engine_options` fills it in
 
@@ -92,7 +102,13 @@ ENGINE_OPTIONS: dict[str, tuple[Any, Any, tuple[str, ...], str]] = {
     "name": (str | None, None, ("--name",), "Run name (default: <recipe>-<date>-<time>)."),
     "output": (Path, Path("runs"), ("--output", "-o"), "Runs root; a run goes to OUTPUT/<task>/<name>."),
     "overwrite": (bool, False, ("--overwrite",), "Replace an existing run called --name."),
-    "quiet": (bool, False, ("--quiet", "-q"), "No progress bars or epoch lines."),
+    "quiet": (
+        bool,
+        False,
+        ("--quiet", "-q"),
+        "No progress bars or epoch lines; results, notes on the data they depend on (files skipped, a class with "
+        "no training pixels) and errors are still printed.",
+    ),
     "tensorboard": (  # the bracket escaped: Typer renders help as Rich markup, which would drop "[lab]"
         bool | None,
         None,
@@ -144,7 +160,7 @@ def apply_device(device: str) -> str:
 
 def quiet_option() -> Any:
     """``--quiet``/``-q`` for a command outside ``train`` that shows progress, as the train commands take it."""
-    return typer.Option(False, "--quiet", "-q", help="No progress bars or progress lines (results are still printed).")
+    return typer.Option(False, "--quiet", "-q", help=QUIET_HELP)
 
 
 def with_engine_options(command: Callable[..., Any]) -> Callable[..., Any]:

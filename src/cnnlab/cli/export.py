@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cnnlab.cli.engine_options import apply_threads, threads_option
+from cnnlab.cli.engine_options import apply_threads, quiet_option, threads_option
 
 
 def export(
@@ -42,12 +42,14 @@ def export(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     threads: int | None = threads_option(),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Export with the normalisation inside; resize, crop and classes go to <file>.preprocessing.json beside it."""
     from cnnlab.tasks.export import export_model
 
     apply_threads(threads)  # the trace and its check (ONNX Runtime's too) run on the CPU: no --device
-    say = None if as_json else lambda line: typer.echo(line, err=True)  # --json: the document alone
+    # what it writes, as the trace and the check start: a progress line (--json: the document alone; -q: no progress)
+    say = None if as_json or quiet else lambda line: typer.echo(line, err=True)
     result = export_model(run, fmt, output, opset=opset, log=say, overwrite=overwrite)
     if as_json:
         typer.echo(json.dumps(result))

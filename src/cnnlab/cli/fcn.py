@@ -97,7 +97,8 @@ def scan_command(
     converted, source = load_converted_or_run(run, device=device)
     checked = check_scan_memory(converted, image, refine)  # by its header; its size is then decoded, however large
     picture = load_scan_image(image, channels=converted.input_size[0], invert=invert, checked=checked)
-    note = functools.partial(typer.echo, err=True)  # the memory a large scan needs: stdout holds the result alone
+    # the memory a large scan needs, as it starts: a progress note (-q drops it), on stderr (stdout: the result alone)
+    note = None if quiet else functools.partial(typer.echo, err=True)
     result = scan(converted, picture, refine=refine, progress=not quiet, log=note, checked=checked)
     classes = result.probabilities.shape[0]
     names = [str(d) for d in range(10)] if classes == 10 else None

@@ -269,7 +269,8 @@ def _segment(
 
 
 def _say_precision(model: str) -> None:
-    """Say, on stderr (--json stays one JSON document), that a run tested under autocast is predicted in float32."""
+    """Say, on stderr (--json stays one JSON document), that a run tested under autocast is predicted in float32: a
+    note on the results, which -q keeps (it drops progress alone, `engine_options.QUIET_HELP`)."""
     from cnnlab.tasks.run_precision import predicted_precision_line
 
     if (line := predicted_precision_line(model)) is not None:

@@ -221,6 +221,7 @@ def _segment_folder(
         resume=engine.resume,
         overwrite=engine.overwrite,
         progress=not (engine.quiet or as_json),
+        notes=not as_json,  # what the data holds that the results depend on: -q drops progress alone
     )
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
         return

@@ -413,6 +413,7 @@ def train_segmentation_folder(
     overwrite: bool = False,
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
+    notes: bool | None = None,
 ) -> dict[str, Any]:
     """Train a segmentation model on an image + mask folder with the engine, then test it once.
 
@@ -439,6 +440,9 @@ def train_segmentation_folder(
         overwrite: replace a finished or interrupted run of the same name (split afresh).
         progress: progress bar and epoch lines on stderr.
         callbacks: extra engine callbacks (after the one that keeps the best epoch's weights).
+        notes: print, before training, what the data holds that the results depend on (files skipped, the share of
+            labelled pixels, classes with no training pixels, values found on mask edges alone); None: as
+            `progress`. The CLI keeps them under -q, which drops progress alone, and not with --json.
 
     Returns:
         The summary saved as ``results.json``.
@@ -544,17 +548,18 @@ def train_segmentation_folder(
             split = _split(folder, pairs, run_dir / MANIFEST, val_fraction, test_fraction, split_seed, resume, main)
         if main:
             write_text_whole(run_dir / SKIPPED, json.dumps([vars(s) for s in folder.skipped], indent=1))
-        for skipped in folder.skipped if progress and main else ():  # named before training, as `train transfer` does
+        notes = progress if notes is None else notes
+        for skipped in folder.skipped if notes and main else ():  # named before training, as `train transfer` does
             print(f"skipped {skipped.path}: {skipped.reason}")
         parts = {part: [pairs[i] for i in indices] for part, indices in split.items()}
         labelled = labelled_pixels(parts)
-        if progress and main and describe_labelled(labelled):  # scribbles or points: said before training
+        if notes and main and describe_labelled(labelled):  # scribbles or points: said before training
             print(describe_labelled(labelled))
         origin = None if folder.class_names is not None else (largest, folder.masks[-minus_index])
         untrained = describe_untrained(parts["train"], class_names, origin)
-        if progress and main and untrained:  # a class without training pixels trained silently, never predicted
+        if notes and main and untrained:  # a class without training pixels trained silently, never predicted
             print(untrained)
-        if progress and main and edge_only:
+        if notes and main and edge_only:
             print(edge_only)
 
         from cnnlab.models import create_model
