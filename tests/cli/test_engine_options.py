@@ -177,6 +177,27 @@ def test_one_member_of_an_ensemble_is_not_offered_for_predict_before_the_ensembl
     assert "cnnlab predict" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [(["--member", "1"], "(--member of an ensemble whose members have all finished)"), (["--resume"], "(--resume of")],
+)
+def test_a_finished_ensemble_read_back_says_which_option_found_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, flags: list[str], says: str
+) -> None:
+    """`train mnist -n 2 --member 1 --name E` finding both members finished said "(--resume of a finished run)",
+    though no --resume was given."""
+    import cnnlab.tasks.mnist
+
+    member = {"seed": 0, "val_accuracy": 0.9, "test_accuracy": 0.9, "train_seconds": 1.0, "images_per_second": 9.0}
+    run = str(tmp_path / "mnist" / "E")
+    summary = {"members": [{**member, "run_dir": f"{run}/seed0"}], "run_dir": run, "finished_before": True}
+    monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", lambda *args, **kwargs: summary)
+    result = CliRunner().invoke(app, ["train", "mnist", "-n", "2", "--name", "E", *flags])
+    assert result.exit_code == 0, result.output
+    assert "finished earlier, nothing run " + says in result.output
+    assert ("--resume" in result.output) == ("--resume" in flags)
+
+
 @pytest.mark.parametrize("subcommand", [["mnist", "--data-dir"], ["transfer", "--data"], ["segment", "--data"]])
 @pytest.mark.parametrize(
     ("flags", "message"),

@@ -46,7 +46,7 @@ def mnist(
 ) -> None:
     """Train a CNN from scratch on MNIST; the test set is evaluated once, at the end."""
     from cnnlab.tasks.mnist import RECIPES, train_mnist
-    from cnnlab.train.finished import FINISHED_EARLIER
+    from cnnlab.train.finished import FINISHED_EARLIER, MEMBER_FINISHED_EARLIER
     from cnnlab.train.strategy import is_main_process
 
     RECIPES.get(recipe)  # fail fast on a typo, before reading data
@@ -78,7 +78,8 @@ def mnist(
             f"{member_summary['images_per_second']:.0f} img/s)  {member_summary['run_dir']}"
         )
     if summary.get("finished_before"):  # the times above are those of its sessions, not of this command
-        typer.echo(FINISHED_EARLIER)
+        # a --member process reads finished members back without --resume: say which of the two found it finished
+        typer.echo(FINISHED_EARLIER if engine.resume else MEMBER_FINISHED_EARLIER)
     if summary.get("missing_members"):  # no ensemble to use yet: "use it with cnnlab predict" failed on it
         typer.echo(f"members still to train (seeds): {summary['missing_members']}; the ensemble is saved once they are")
         typer.echo(f"run: {summary['run_dir']}")

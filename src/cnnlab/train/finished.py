@@ -22,6 +22,8 @@ RESULTS = "results.json"
 REPORT = "report.md"
 # what the CLI says of a run read back, in place of this session's time: every `train` command the same words
 FINISHED_EARLIER = "finished earlier, nothing run (--resume of a finished run)"
+# the same of `train mnist --member K` (no --resume) meeting an ensemble whose members have all finished
+MEMBER_FINISHED_EARLIER = "finished earlier, nothing run (--member of an ensemble whose members have all finished)"
 
 # What a report rewritten from a finished run's files may fail on: a file missing or unreadable (metrics.json,
 # config.yaml), or written by an older cnnlab without a key the report needs.
