@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,17 @@ def test_an_ensemble_extended_while_it_trains_is_counted_at_its_new_size(root: P
                     member / "config.yaml")  # fmt: skip
     line = summarise("mnist/E", find_runs(root)["mnist/E"])
     assert line.metric == "training (members finished: 2 of 3)"
+    # `-n 2` saved, then `-n 3 --resume`: the saved 2-member result was shown as finished, nothing said of seed2
+    save_config(TrainConfig(task="mnist", name="E", extra={"recipe": "quick"}), root / "mnist" / "E" / "config.yaml")
+    results = {"recipe": "quick", "members": [{"seed": 0}, {"seed": 1}], "test_accuracy": 0.95}
+    (root / "mnist" / "E" / "results.json").write_text(json.dumps(results))
+    line = summarise("mnist/E", find_runs(root)["mnist/E"])
+    assert (line.metric, line.value) == (
+        "test_accuracy (of its 2 saved members; extending to 3: member seed2 training or interrupted)",
+        0.95,
+    )
+    shutil.rmtree(root / "mnist" / "E" / "seed2")  # nothing extending it: its saved result alone
+    assert summarise("mnist/E", find_runs(root)["mnist/E"]).metric == "test_accuracy"
 
 
 def test_an_ensemble_still_training_is_listed_with_its_members_finished(root: Path) -> None:

@@ -401,6 +401,26 @@ def _members_progress(folder: Path, results: dict[str, Any]) -> str:
     return f"{finished} of {size if size is not None else f'{len(members)} started'}"
 
 
+def _extending(folder: Path, results: dict[str, Any]) -> str:
+    """What a saved ensemble's line adds while ``-n 3 --resume`` extends it ("" when nothing does): the members started
+    since it was saved (``seed<k>/`` not among its results.json's members), which the saved result leaves out. It
+    showed the saved 2-member result as finished and said nothing of the third member training."""
+    saved = results.get("members")
+    if not isinstance(saved, list) or isinstance(results.get("missing_members"), list):
+        return ""
+    seeds = {member.get("seed") for member in saved if isinstance(member, dict)}
+    added = [member for member in _training_members(folder) if int(member.name[4:]) not in seeds]
+    if not added:
+        return ""
+    state = ", ".join(
+        f"member {member.name} {'finished' if (member / 'results.json').is_file() else 'training or interrupted'}"
+        for member in added
+    )
+    size = _ensemble_size(folder, results)
+    to = f" to {size}" if size is not None and size > len(saved) else ""
+    return f" (of its {len(saved)} saved members; extending{to}: {state})"
+
+
 def _experiment_headline(results: dict[str, Any]) -> tuple[str, float | None]:
     """An experiment's best mean test accuracy over its variants, naming the variant and how many it compared."""
     measured = results.get("measured")  # {variant: {"test accuracy": [per seed]}}; cnn-vs-dense: test_accuracy
@@ -448,6 +468,7 @@ def summarise(run_id: str, folder: Path) -> RunSummary:
         progress = f"metrics.json cannot be read: {broken}" if broken else progress  # said "no epoch finished"
         metric = metric.replace("(last epoch)", f"({progress}, no results yet: training or interrupted)")
         metric = f"- ({progress}, no results yet: training or interrupted)" if metric == "-" else metric
+    metric += _extending(folder, results)
     recipe = _recipe(results, {})  # results.json names it for most runs: config.yaml is read only when it does not
     recipe = _recipe(results, _config(folder)) if recipe == "-" else recipe
     if _is_combined(folder):
