@@ -205,14 +205,23 @@ def _published_together(out: Path) -> Iterator[Path]:
         shutil.rmtree(staged, ignore_errors=True)
 
 
+def _split_rows(run_dir: Path) -> list[tuple[str, str]] | None:
+    """The (path, part) rows of the run's split.csv, as written; None when it cannot be read (no manifest: a run of
+    another layout, or one not as `write_manifest` writes it)."""
+    try:
+        with open(run_dir / "split.csv", newline="", encoding="utf-8-sig", errors=PATH_BYTES) as f:
+            return [(row["path"], row["split"]) for row in csv.DictReader(f)]
+    except (OSError, KeyError, csv.Error):
+        return None
+
+
 def _in_run_split(run_dir: Path, paths: list[str]) -> dict[str, int]:
     """How many of the evaluated `paths` the run's split.csv lists, by part (train, val, test; the parts with none
     left out), matched by resolved path: a --data that is the run's own folder scores images it trained on."""
-    try:
-        with open(run_dir / "split.csv", newline="", encoding="utf-8-sig", errors=PATH_BYTES) as f:
-            parts = {row["path"]: row["split"] for row in csv.DictReader(f)}
-    except (OSError, KeyError, csv.Error):  # no manifest (a run of another layout): nothing to say
+    rows = _split_rows(run_dir)
+    if rows is None:  # no manifest (a run of another layout): nothing to say
         return {}
+    parts = dict(rows)
     counts = collections.Counter(parts.get(str(Path(path).resolve())) for path in paths)
     return {part: counts[part] for part in ("train", "val", "test") if counts[part]}
 
@@ -221,11 +230,10 @@ def _split_folder_gone(run_dir: Path) -> str | None:
     """The folder holding the images the run's split.csv lists (by absolute path) when none of them is there any
     more (the data folder moved, or the run was copied to another machine), else None: `_in_run_split` then cannot
     tell a run's own images from new ones, and said nothing, as if the scores were of new data."""
-    try:
-        with open(run_dir / "split.csv", newline="", encoding="utf-8-sig", errors=PATH_BYTES) as f:
-            listed = [row["path"] for row in csv.DictReader(f)]
-    except (OSError, KeyError, csv.Error):
+    rows = _split_rows(run_dir)
+    if rows is None:
         return None
+    listed = [path for path, _ in rows]
     if not listed or any(os.path.lexists(path) for path in listed):
         return None
     common = os.path.commonpath(listed)
@@ -266,16 +274,12 @@ def _trained_images(run_dir: Path, needed: bool) -> _TrainedImages | None:
         return _TrainedImages({part: recorded[part] for part in ("train", "val")}, SPLIT_DIGESTS, 0)
     parts: dict[str, set[bytes]] = {"train": set(), "val": set()}
     unchecked = 0
-    try:
-        with open(run_dir / "split.csv", newline="", encoding="utf-8-sig", errors=PATH_BYTES) as f:
-            for row in csv.DictReader(f):
-                if row["split"] in parts:
-                    try:
-                        parts[row["split"]].add(file_digest(row["path"]))
-                    except OSError:  # moved or deleted since the run
-                        unchecked += 1
-    except (OSError, KeyError, csv.Error):
-        pass
+    for path, part in _split_rows(run_dir) or []:
+        if part in parts:
+            try:
+                parts[part].add(file_digest(path))
+            except OSError:  # moved or deleted since the run
+                unchecked += 1
     if any(parts.values()):
         return _TrainedImages(parts, "training files", unchecked)
     if needed:
