@@ -204,6 +204,46 @@ def test_under_torchrun_a_lost_peer_is_one_line_naming_the_rank_and_saying_how_t
 GLOO_LOST = "Connection closed by peer [127.0.0.1]:19864"
 
 
+@pytest.mark.parametrize(("rank", "ended"), [("0", [1]), ("1", [0])], ids=["rank1-ended", "rank0-ended-rank1-says"])
+def test_a_peer_lost_in_the_last_barrier_is_the_same_line_as_one_lost_in_training(
+    rank: str, ended: list[int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A rank that finished its command waits for the others in `cleanup`'s barrier before leaving the job; a peer that
+    ended there (killed, or failed after its last collective) raised gloo's "Connection closed by peer" from the
+    handler of the command's successful exit, past the CLI's own handlers: a 30-line traceback in place of the line
+    that names the rank and says how to continue (exit code 1), as when the peer is lost in training."""
+    import cnnlab.cli as cli
+    from cnnlab.tasks import recipes
+    from cnnlab.train import strategy
+
+    def finished() -> None:
+        recipes.note_current_run(tmp_path / "mnist" / "ddp")
+        raise SystemExit(0)  # as click ends a successful command
+
+    def peer_lost_in_barrier() -> None:
+        raise RuntimeError(
+            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+            "[127.0.0.1]:19864. This is typically caused by a remote worker crashing."
+        )
+
+    monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
+    monkeypatch.setattr(cli, "app", finished)
+    monkeypatch.setattr(strategy, "cleanup", peer_lost_in_barrier)
+    monkeypatch.setattr(cli, "_ended_ranks", lambda wait_seconds=1.0: ended)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main()
+    assert exit_code.value.code == 1
+    run_dir = tmp_path / "mnist" / "ddp"
+    hint = f"{run_dir} keeps its finished epochs; continue with the same command and --resume --name ddp"
+    killed = "its error is above, or, if there is none, it was killed (kill -9, the out-of-memory killer)"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"stopped: rank {ended[0]} of the torchrun job ended while this process waited for it (gloo: {GLOO_LOST}); "
+        f"{killed}; {hint}"
+    ]
+
+
 # A command in a child process: the task notes its run, reads batches from a DataLoader worker until stopped, and on
 # KeyboardInterrupt finishes its clean-up (slowly enough for a second signal to arrive during it) before re-raising.
 _STOPPED_COMMAND = """

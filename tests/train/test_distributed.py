@@ -606,6 +606,48 @@ def test_a_run_whose_auto_batch_does_not_split_over_the_processes_it_is_resumed_
     assert f"cannot resume {tmp_path / 'default' / 'auto'}, saved with 1 process, on 2 processes:" in str(refused.value)
 
 
+# A command that joins the job and succeeds on rank 0, whose CLI then waits in `cleanup`'s barrier, while rank 1 is
+# killed by SIGKILL after a moment: after its last collective, as a rank ending at the very end of a run.
+_ENDS_AT_THE_BARRIER = """
+import os, signal, sys, time
+import cnnlab.cli as cli
+from cnnlab.train.strategy import select_strategy
+
+def command():
+    select_strategy("cpu")
+    if os.environ["RANK"] == "1":
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise SystemExit(0)
+
+cli.app = command
+sys.argv = ["cnnlab"]
+cli.main()
+"""
+
+
+def test_a_rank_killed_while_the_others_leave_the_job_is_named_in_one_line(tmp_path: Path) -> None:
+    """Rank 0, done and waiting in the barrier before it destroys the group, met gloo's "Connection closed by peer"
+    when rank 1 ended, and printed its traceback (the error escaped the CLI from the handler of its successful
+    exit). Now it says the line it says when a rank ends mid-training (the exit code: tests/cli/test_interrupted.py)."""
+    script = tmp_path / "ends_at_the_barrier.py"
+    script.write_text(_ENDS_AT_THE_BARRIER)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    env["OMP_NUM_THREADS"] = "1"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    job = subprocess.run(
+        [*launcher, f"--master_port={_free_port()}", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    rank0 = [line for line in job.stderr.splitlines() if line.startswith("[rank0]")]
+    said = [line for line in job.stderr.splitlines() if line.startswith("stopped")]
+    assert job.returncode == 1 and not rank0 and len(said) == 1, job.stderr[-6000:]
+    assert said[0].startswith("stopped: rank 1 of the torchrun job ended while this process waited for it (gloo: ")
+
+
 def _rank_process(launcher: int, rank: int) -> int:
     """The process id of torchrun's worker of `rank` (a child of the launcher, read from its environment)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):

@@ -397,8 +397,16 @@ def _leave_distributed_job() -> None:
     ("terminate called without an active exception", pytorch/pytorch#190489), which torchrun reports as a failed
     job after the work is done. Not after an error: a peer may still be inside a collective, and torchrun stops the
     job anyway. torch.distributed is looked up, not imported, so commands that never load torch stay fast.
+
+    A peer that ends (fails, or is killed) while this rank waits in the group's last barrier is said as one lost in
+    training is (`_stop_after_lost_peer`): its gloo error escaped `main`'s handlers from here, as a 30-line traceback.
     """
     if "torch.distributed" in sys.modules:
         from cnnlab.train.strategy import cleanup
 
-        cleanup()
+        try:
+            cleanup()
+        except RuntimeError as error:
+            if lost := _lost_peer(error):
+                _stop_after_lost_peer(lost)
+            raise
