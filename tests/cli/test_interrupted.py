@@ -204,6 +204,52 @@ def test_under_torchrun_a_lost_peer_is_one_line_naming_the_rank_and_saying_how_t
 GLOO_LOST = "Connection closed by peer [127.0.0.1]:19864"
 
 
+@pytest.mark.parametrize(
+    ("elsewhere", "where"),
+    [
+        ({"node-b": [2, 3]}, "node-b (ranks 2-3)"),
+        ({"node-b": [1], "node-c": [3, 5, 6, 7]}, "one of node-b (rank 1), node-c (ranks 3, 5-7)"),
+    ],
+    ids=["one-other-machine", "two-other-machines"],
+)
+def test_a_peer_lost_on_another_machine_is_said_with_the_machine_whose_log_names_it(
+    elsewhere: dict[str, list[int]],
+    where: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A rank of another machine that ended (killed, or failed) cannot be seen from this one, and rank 0 said only
+    "lost another process of the torchrun job ...; see its error", which named neither the rank nor where to look.
+    The line now names the other machines, with the ranks each ran as the ranks noted when they joined, and the log
+    that names the rank (that machine's torchrun's "Root Cause"); it makes up no rank."""
+    import cnnlab.cli as cli
+    from cnnlab.tasks import recipes
+
+    def peer_lost() -> None:
+        recipes.note_current_run(tmp_path / "mnist" / "ddp")
+        raise RuntimeError(
+            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+            "[127.0.0.1]:19864. This is typically caused by a remote worker crashing."
+        )
+
+    monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
+    monkeypatch.setattr(cli, "app", peer_lost)
+    monkeypatch.setattr(cli, "_ended_ranks", lambda wait_seconds=1.0: [])
+    monkeypatch.setattr(cli, "_ranks_elsewhere", lambda: elsewhere, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main()
+    assert exit_code.value.code == 1
+    run_dir = tmp_path / "mnist" / "ddp"
+    hint = f"{run_dir} keeps its finished epochs; continue with the same command and --resume --name ddp"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"stopped: lost another process of the torchrun job (gloo: {GLOO_LOST}); the rank that ended ran on another "
+        f'machine, {where}, whose torchrun log names it under "Root Cause", after its error if it printed one; {hint}'
+    ]
+
+
 @pytest.mark.parametrize(("rank", "ended"), [("0", [1]), ("1", [0])], ids=["rank1-ended", "rank0-ended-rank1-says"])
 def test_a_peer_lost_in_the_last_barrier_is_the_same_line_as_one_lost_in_training(
     rank: str, ended: list[int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path

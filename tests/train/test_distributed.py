@@ -368,6 +368,39 @@ def test_a_rank_that_lost_another_finds_which_one_ended(monkeypatch: pytest.Monk
         child.wait()
 
 
+def test_a_rank_that_ended_because_it_lost_a_peer_itself_is_not_named_and_other_machines_are(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rank 2 of a second machine killed (2 x 2 gloo ranks, one machine's host name changed): rank 1, waiting on it,
+    lost it first and ended, and rank 0, losing rank 1 next, named it as "rank 1 of the torchrun job ended ... its error
+    is above, or, if there is none, it was killed": the wrong rank, on the wrong machine. A rank that ends after losing
+    a peer now notes it in the job's store, and `ended_ranks` leaves it out; the other machines' ranks, by host, are
+    what the job knows of where the lost one ran."""
+    import torch.distributed as dist
+
+    from cnnlab.train import strategy
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])  # rank 1: ended, a zombie until waited for
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        for _ in range(200):
+            if strategy._process_ended(child.pid):
+                break
+            time.sleep(0.05)
+        host = socket.gethostname()
+        peers = [(host, os.getpid()), (host, child.pid), ("node-b", child.pid), ("node-b", os.getpid())]
+        monkeypatch.setattr(strategy, "_peers", peers)
+        assert strategy.ended_ranks(wait_seconds=0) == [1]  # ended, for all this machine can tell
+        with monkeypatch.context() as as_rank_one:
+            as_rank_one.setattr(dist, "get_rank", lambda group=None: 1)
+            strategy.note_lost_peer()  # what rank 1 does as it stops after losing rank 2
+        assert strategy.ended_ranks(wait_seconds=0) == []
+        assert strategy.ranks_elsewhere() == {"node-b": [2, 3]}
+    finally:
+        dist.destroy_process_group()
+        child.wait()
+
+
 @pytest.mark.parametrize("samples", [18, 17, 19])
 def test_a_dataloader_is_sharded_so_each_step_takes_the_samples_of_a_single_process_step(samples: int) -> None:
     # A DistributedSampler shuffled with its own seed: step 1 of a 2-process run took samples 3, 7, 10, 11 where one
@@ -646,6 +679,67 @@ def test_a_rank_killed_while_the_others_leave_the_job_is_named_in_one_line(tmp_p
     said = [line for line in job.stderr.splitlines() if line.startswith("stopped")]
     assert job.returncode == 1 and not rank0 and len(said) == 1, job.stderr[-6000:]
     assert said[0].startswith("stopped: rank 1 of the torchrun job ended while this process waited for it (gloo: ")
+
+
+# A job of two "machines" on this one: the second's ranks note another host name when they join. Rank 2, the second
+# machine's, is killed by SIGKILL between two all-reduces.
+_TWO_MACHINES = """
+import os, signal, socket, sys, time
+if os.environ.get("OTHER_HOST"):
+    socket.gethostname = lambda: os.environ["OTHER_HOST"]
+import torch
+import torch.distributed as dist
+import cnnlab.cli as cli
+from cnnlab.train.strategy import select_strategy
+
+def command():
+    select_strategy("cpu")
+    for step in range(50):
+        if step == 3 and os.environ["RANK"] == "2":
+            os.kill(os.getpid(), signal.SIGKILL)
+        dist.all_reduce(torch.ones(1))
+        time.sleep(0.1)
+    raise SystemExit(0)
+
+cli.app = command
+sys.argv = ["cnnlab"]
+cli.main()
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_killed_on_another_machine_is_said_with_that_machine(tmp_path: Path) -> None:
+    """Rank 0 said "lost another process of the torchrun job ...; see its error", or named rank 1 of its own machine,
+    which had lost rank 2 first and ended. It now names the other machine and its ranks, whose torchrun log names
+    the rank under "Root Cause"."""
+    script = tmp_path / "two_machines.py"
+    script.write_text(_TWO_MACHINES)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    env["OMP_NUM_THREADS"] = "1"
+    port = _free_port()
+
+    def machine(rank: int, processes: int, **extra: str) -> subprocess.Popen:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}"]
+        options = [f"--nproc_per_node={processes}", "--master_addr=127.0.0.1", f"--master_port={port}"]
+        return subprocess.Popen(
+            [*launcher, *options, str(script)], env={**env, **extra}, stderr=subprocess.PIPE, text=True
+        )
+
+    first, second = machine(0, 2), machine(1, 1, OTHER_HOST="node-b")
+    try:
+        _, first_log = first.communicate(timeout=120)
+        _, second_log = second.communicate(timeout=120)
+    finally:
+        for launcher in (first, second):
+            if launcher.poll() is None:
+                launcher.kill()
+    said = [line for line in first_log.splitlines() if line.startswith("stopped")]
+    assert len(said) == 1 and not [line for line in first_log.splitlines() if line.startswith("[rank")], first_log
+    assert said[0].startswith("stopped: lost another process of the torchrun job (gloo: "), said[0]
+    assert said[0].endswith('another machine, node-b (rank 2), whose torchrun log names it under "Root Cause", after '
+                            "its error if it printed one"), said[0]  # fmt: skip
+    root_cause = second_log.split("Root Cause", 1)[-1]
+    assert re.search(r"rank +: 2 \(local_rank: 0\)\n +exitcode +: -9", root_cause), second_log[-3000:]
 
 
 def _rank_process(launcher: int, rank: int) -> int:

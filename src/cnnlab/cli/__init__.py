@@ -324,7 +324,8 @@ class _LostPeer(SystemExit):
 
 def _stop_after_lost_peer(reason: str) -> NoReturn:
     """One line for the job when a rank lost another, naming the rank that ended where this machine can see it, with
-    how to continue the run; exit code 1.
+    how to continue the run; exit code 1. When none of this machine's ended (but those that lost a peer themselves),
+    the line names the other machines, with their ranks: which rank there ended only that machine's torchrun says.
 
     Rank 0 says it; when rank 0 itself ended (killed: a killed rank says nothing), the lowest rank left on its machine
     does, so the job still says which rank ended and how to continue. The other ranks say nothing: their line would
@@ -335,6 +336,9 @@ def _stop_after_lost_peer(reason: str) -> NoReturn:
         # KeyboardInterrupt while the line was being made, and the job ended with no word: 2 of 12 kills of a rank)
         signal.signal(signal.SIGTERM, _do_nothing)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C, a moment later
+        from cnnlab.train.strategy import note_lost_peer
+
+        note_lost_peer()  # so that no other rank names this one as the rank that ended
         ended = _ended_ranks()
         if _says_for_the_job(ended):
             recipes = sys.modules.get("cnnlab.tasks.recipes")
@@ -344,6 +348,11 @@ def _stop_after_lost_peer(reason: str) -> NoReturn:
                     f"stopped: {_ranks_ended(ended)} while this process waited for it (gloo: {reason}); "
                     f"{ENDED_RANK_ERROR}"
                 )
+            elif elsewhere := _ranks_elsewhere():
+                line = (
+                    f"stopped: lost another process of the torchrun job (gloo: {reason}); the rank that ended ran on "
+                    f"another machine, {_machines(elsewhere)}, {OTHER_MACHINE_LOG}"
+                )
             else:
                 line = f"stopped: lost another process of the torchrun job (gloo: {reason}); see its error"
             print(f"{line}; {hint}" if hint else line, file=_unheld_stderr or sys.stderr)
@@ -351,6 +360,28 @@ def _stop_after_lost_peer(reason: str) -> NoReturn:
 
 
 ENDED_RANK_ERROR = "its error is above, or, if there is none, it was killed (kill -9, the out-of-memory killer)"
+
+
+# Which rank of another machine ended is known there only: its torchrun's failure table, whose "Root Cause" names it.
+OTHER_MACHINE_LOG = 'whose torchrun log names it under "Root Cause", after its error if it printed one'
+
+
+def _machines(ranks_by_host: dict[str, list[int]]) -> str:
+    """``"node1 (ranks 4-7)"``, ``"one of node1 (ranks 4-7), node2 (rank 8)"``: where a lost rank may have run."""
+    named = [f"{host} ({_rank_list(ranks)})" for host, ranks in ranks_by_host.items()]
+    return named[0] if len(named) == 1 else "one of " + ", ".join(named)
+
+
+def _rank_list(ranks: list[int]) -> str:
+    """``"rank 3"``, ``"ranks 4-7"``, ``"ranks 1, 3-5"`` (runs of consecutive ranks as a range)."""
+    runs: list[list[int]] = []
+    for rank in sorted(ranks):
+        if runs and rank == runs[-1][-1] + 1:
+            runs[-1].append(rank)
+        else:
+            runs.append([rank])
+    shown = ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
+    return ("rank " if len(ranks) == 1 else "ranks ") + shown
 
 
 def _ranks_ended(ended: list[int]) -> str:
@@ -368,6 +399,13 @@ def _ended_ranks(wait_seconds: float = 1.0) -> list[int]:
     from cnnlab.train.strategy import ended_ranks
 
     return ended_ranks(wait_seconds)
+
+
+def _ranks_elsewhere() -> dict[str, list[int]]:
+    """The job's ranks on other machines, by host (`cnnlab.train.strategy.ranks_elsewhere`), after a lost peer."""
+    from cnnlab.train.strategy import ranks_elsewhere
+
+    return ranks_elsewhere()
 
 
 def _torchrun_job() -> bool:

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,8 @@ __all__ = [
     "init_distributed",
     "is_main_process",
     "main_process_first",
+    "note_lost_peer",
+    "ranks_elsewhere",
     "select_strategy",
     "world_size",
 ]
@@ -165,17 +168,71 @@ def ended_ranks(wait_seconds: float = 1.0) -> list[int]:
     """The ranks of this machine whose process has ended, for a rank that lost its connection to another.
 
     A peer's sockets close as its process exits, a moment before the system shows it ended, so this looks again for up
-    to `wait_seconds` while none has. Ranks on other machines cannot be seen from here: never listed. Empty before
-    `init_distributed` joined the job (or when it was joined by other code).
+    to `wait_seconds` while none has. Ranks on other machines cannot be seen from here: never listed. Nor are the
+    ranks that ended because they too lost a peer (`note_lost_peer`): when a rank of another machine is killed, a rank
+    of this one that waited on it ends first, and was named as the rank that ended. Empty before `init_distributed`
+    joined the job (or when it was joined by other code).
     """
     host, own = socket.gethostname(), os.getpid()
     local = [(rank, pid) for rank, (peer_host, pid) in enumerate(_peers) if peer_host == host and pid != own]
     deadline = time.monotonic() + wait_seconds
     while True:
-        ended = [rank for rank, pid in local if _process_ended(pid)]
+        ended = [rank for rank, pid in local if _process_ended(pid) and not _lost_a_peer(rank)]
         if ended or not local or time.monotonic() >= deadline:
             return ended
         time.sleep(0.05)
+
+
+_LOST_A_PEER = "cnnlab/lost_a_peer/"  # + rank: the job's store key of a rank that ends because it lost another
+_STORE_TIMEOUT = timedelta(seconds=2)  # the store's host (torchrun's agent on the first machine) may be gone too
+
+
+def note_lost_peer() -> None:
+    """Note in the job's store that this rank ends because it lost its connection to another (before it ends).
+
+    The other ranks' `ended_ranks` then leave it out: it is not the rank that failed or was killed. Best effort: the
+    store may be unreachable when the machine that holds it is the one lost.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    with contextlib.suppress(RuntimeError, ValueError):
+        _store().set(f"{_LOST_A_PEER}{dist.get_rank()}", "1")
+
+
+_store_unreachable = False  # the store failed to answer `_lost_a_peer` once: not asked again
+
+
+def _lost_a_peer(rank: int) -> bool:
+    """Whether `rank` noted that it ends because it lost a peer (`note_lost_peer`); False when that cannot be read."""
+    global _store_unreachable
+    if _store_unreachable or not (dist.is_available() and dist.is_initialized()):
+        return False
+    try:
+        return _store().check([f"{_LOST_A_PEER}{rank}"])
+    except (RuntimeError, ValueError):
+        _store_unreachable = True  # each try may wait for `_STORE_TIMEOUT`
+        return False
+
+
+def _store() -> dist.Store:
+    """The job's key-value store (torchrun's), waiting at most `_STORE_TIMEOUT` on any call from now on."""
+    store = dist.distributed_c10d._get_default_store()
+    store.set_timeout(_STORE_TIMEOUT)
+    return store
+
+
+def ranks_elsewhere() -> dict[str, list[int]]:
+    """The ranks of the job on other machines, by host name, as they noted them when they joined (`ended_ranks`).
+
+    For a rank that lost another and found none of its own machine ended: the one lost ran on one of these, and only
+    that machine (its torchrun's log) can say which it was. Empty before `init_distributed` joined the job.
+    """
+    host = socket.gethostname()
+    elsewhere: dict[str, list[int]] = {}
+    for rank, (peer_host, _pid) in enumerate(_peers):
+        if peer_host != host:
+            elsewhere.setdefault(peer_host, []).append(rank)
+    return elsewhere
 
 
 @contextlib.contextmanager
