@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 from torch import Tensor, nn
 
 import cnnlab.tasks.export
 from cnnlab.errors import CnnlabError
+from cnnlab.fcn import to_fully_convolutional
+from cnnlab.fcn.scan import convert_run, load_fully_convolutional, save_fully_convolutional, scan, scan_tensor
+from cnnlab.models import create_model
+from cnnlab.tasks.export import export_model
 from cnnlab.tasks.predict import Predictor
+from cnnlab.train.saved import read_export_record, save_model
 
 
 class _OtherAtBatchOne(nn.Module):
@@ -34,3 +42,72 @@ def test_a_graph_that_differs_at_batch_1_is_refused(tmp_path: Path, monkeypatch:
     with pytest.raises(CnnlabError, match=r"differ from PyTorch's by up to 1\.00e\+00 .* so it was deleted"):
         cnnlab.tasks.export.export_model("branchy", "torchscript", output)
     assert list(tmp_path.iterdir()) == []  # nothing unchecked is left to deploy
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MNIST run's folder as `cnnlab fcn convert RUN` writes it (RUN/fcn), of an untrained mnist_net_small."""
+    run = tmp_path_factory.mktemp("fcn") / "run"
+    torch.manual_seed(0)
+    save_model(create_model("mnist_net_small"), run, "mnist_net_small", {}, {"task": "mnist"})
+    network, source = convert_run(run)
+    save_fully_convolutional(network, run / "fcn", source, "window")
+    return run / "fcn"
+
+
+def _loaded(model_file: str, fmt: str) -> object:
+    """The exported file loaded as its record's ``load`` says."""
+    if fmt == "pt2":
+        program = torch.export.load(model_file).module()
+        return lambda images: program(images).detach()
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(model_file, providers=["CPUExecutionProvider"])
+        return lambda images: torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+    module = torch.jit.load(model_file)
+    return lambda images: module(images).detach()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx", "pt2"])
+def test_a_converted_classifier_exports_with_free_height_and_width(converted: Path, tmp_path: Path, fmt: str) -> None:
+    """`cnnlab fcn convert`'s folder was refused with predict's words ("pass the run it was converted from"): its
+    network is fully convolutional, so it exports with any height and width (pt2: above window + stride), and the
+    file, fed as its record says, gives `cnnlab fcn scan`'s scores."""
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    suffix = {"torchscript": "pt", "onnx": "onnx", "pt2": "pt2"}[fmt]
+    result = export_model(str(converted), fmt, tmp_path / f"scanner.{suffix}")
+    record = read_export_record(result["model"])
+    least = 36 if fmt == "pt2" else 28  # pt2: a one-window side is specialised away, so window 28 + stride 8
+    assert record["kind"] == "digit-scanner" and record["input_shape"] == ["N", 1, "H", "W"]
+    assert (record["window"], record["stride"], record["classes"]) == ([28, 28], [8, 8], [str(d) for d in range(10)])
+    assert f"any batch size N, H and W of at least {least};" in record["input"]
+    assert record["checked_sizes"][0] == [1, 1, least, least] and result["max_abs_difference"] < 1e-4
+    exported, eager = _loaded(result["model"], fmt), load_fully_convolutional(converted)
+    generator = torch.Generator().manual_seed(1)
+    for shape in ((1, 1, least, least), (2, 1, 61, 45)):  # two sizes the check did not use, batch 1 and 2
+        images = torch.rand(*shape, generator=generator)
+        with torch.inference_mode():
+            expected = eager(images)
+        assert expected.shape[-2:] == ((shape[2] - 28) // 8 + 1, (shape[3] - 28) // 8 + 1)
+        assert torch.allclose(exported(images), expected, atol=1e-4)
+    # dark digits on light paper, prepared as the record says, give what the scan at the network's stride gives
+    pixels = (torch.rand(70, 50, generator=generator) * 255).to(torch.uint8).numpy()
+    image = Image.fromarray(255 - pixels // 2).convert("RGB")
+    grey = torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)[None, None]
+    assert float(grey.mean()) > record["invert_above_mean"]
+    scores = exported(1.0 - grey)[0]
+    rows, cols = (70 - 28) // 8 + 1, (50 - 28) // 8 + 1
+    scanned = scan(eager, scan_tensor(image), refine=1).probabilities
+    assert torch.allclose(scores.softmax(0)[:, :rows, :cols], scanned, atol=1e-5)
+
+
+def test_a_converted_network_of_other_than_digits_is_refused_saying_why(tmp_path: Path) -> None:
+    """A folder saved from Python with an RGB classifier's copy: no preparation is known for its input."""
+    network = to_fully_convolutional(create_model("lenet5", in_chans=3))
+    save_fully_convolutional(network, tmp_path / "fcn", {"arch": "lenet5", "kwargs": {"in_chans": 3}}, "window")
+    with pytest.raises(CnnlabError, match=r"3-channel images into 10 classes, not an MNIST run's .* does not export"):
+        export_model(str(tmp_path / "fcn"), "torchscript")
+    assert sorted(path.name for path in (tmp_path / "fcn").iterdir()) == ["fcn.json", "fcn.safetensors"]

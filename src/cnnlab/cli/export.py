@@ -14,7 +14,8 @@ def export(
     run: str = typer.Argument(
         ...,
         help="A `cnnlab train transfer`, `cnnlab train mnist` or `cnnlab train segment --data` run directory or its "
-        "model.json (segmenters export with dynamic height and width), or a pretrained zoo model name.",
+        "model.json (segmenters export with dynamic height and width), a `cnnlab fcn convert` folder (dynamic height "
+        "and width too, of at least its window), or a pretrained zoo model name.",
     ),
     fmt: str | None = typer.Option(
         None,
@@ -23,9 +24,10 @@ def export(
         help="torchscript (.pt, traced; torch 2.14 deprecates the tracer), onnx (.onnx; the onnx and onnxruntime "
         "packages, which check it) or pt2 "
         "(.pt2, torch.export's ExportedProgram, the tracer's successor; a segmenter's sides must exceed its stride, "
-        "16 or 32). Every format takes any batch size; a classifier's height and width are fixed at its input "
-        "size (the record's input_shape), a segmenter's are free. Default: the one --output's suffix names (one "
-        "naming none is refused), else torchscript.",
+        "16 or 32, a converted network's its window + stride). Every format takes any batch size; a classifier's "
+        "height and width are fixed at its input size (the record's input_shape), a segmenter's and a converted "
+        "(fcn) network's are free. Default: the one --output's suffix names (one naming none is refused), else "
+        "torchscript.",
     ),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="File to write (default: RUN/model.pt, .onnx or .pt2)."

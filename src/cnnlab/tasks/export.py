@@ -38,6 +38,7 @@ from cnnlab.layers.normalize import Normalize
 from cnnlab.tasks.predict import Predictor, load_predictor
 from cnnlab.train.saved import (
     DIGIT_CLASSIFIER,
+    DIGIT_SCANNER,
     DIGIT_SEGMENTER,
     EXPORT_LAYOUT,
     EXPORT_RECORD_SUFFIX,
@@ -126,7 +127,7 @@ def export_model(
 
     Returns:
         Paths written and the largest absolute difference from the eager model on random batches of sizes the
-        export did not see (1 and 3; a segmenter's at heights and widths it was not traced at too).
+        export did not see (1 and 3; a segmenter's and a converted network's at sizes it was not traced at too).
     """
     fmt = export_format(fmt, output)
     if opset is not None and fmt != "onnx":  # it was accepted and ignored
@@ -143,6 +144,10 @@ def export_model(
 
     if is_segmentation_run(model):
         return _export_segmenter(model, fmt, output, opset, log, overwrite)
+    from cnnlab.fcn.scan import is_converted
+
+    if is_converted(model):  # predict's refusal ("pass the run it was converted from") was all export said of it
+        return _export_converted(model, fmt, output, opset, log, overwrite)
     _refuse_canvas_segmenter(model)
     predictor = load_predictor(model)
     cfg = predictor.cfg
@@ -311,21 +316,9 @@ def _export_segmenter(
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-        if fmt == "torchscript":
-            with torch.no_grad():
-                torch.jit.trace(wrapped, example).save(str(partial))
-            exported = torch.jit.load(str(partial))
-            with torch.inference_mode():
-                pairs = [(exported(x), wrapped(x)) for x in checks]
-        elif fmt == "pt2":
-            program = _export_program(wrapped, example, partial, min_side=stride + 1)
-            with torch.inference_mode():
-                pairs = [(program(x), wrapped(x)) for x in checks]
-        else:
-            axes = {0: "batch", 2: "height", 3: "width"}
-            run_exported = _export_onnx(wrapped, example, partial, opset, {"images": axes, "logits": axes})
-            with torch.inference_mode():
-                pairs = [(run_exported(x), wrapped(x)) for x in checks]
+        exported = _export_any_size(wrapped, fmt, example, partial, opset, (stride + 1, stride + 1))
+        with torch.inference_mode():
+            pairs = [(exported(x), wrapped(x)) for x in checks]
         max_difference = _faithful_difference(output, pairs)
         sides = "any batch size N, " + (f"H and W of at least {stride + 1}" if fmt == "pt2" else "any H and W")
         record = {
@@ -356,6 +349,114 @@ def _export_segmenter(
         "max_abs_difference": max_difference,
         "input": f"RGB in [0, 1], {sides}, normalisation inside",
     }
+
+
+def _export_converted(
+    folder: str,
+    fmt: str,
+    output: str | os.PathLike[str] | None,
+    opset: int,
+    log: Callable[[str], None] | None,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """Export a classifier `cnnlab fcn convert` made fully convolutional, with dynamic height and width: an image of
+    digits in, the classifier's scores for every training-sized window out (`cnnlab fcn scan`'s network, which scan
+    runs on tiles of the image); checked at batch 1 at the training size (one window) and at a larger batch and size,
+    neither of which the trace saw.
+
+    Raises:
+        CnnlabError: the folder's network takes other than one grey channel or returns other than the 10 digits'
+            scores (saved from Python, not by `fcn convert`, which converts MNIST runs alone): no preparation is
+            known for its input; or what `load_fully_convolutional` refuses.
+    """
+    from cnnlab.data.mnist import INVERT_ABOVE_MEAN, MNIST_CLASSES
+    from cnnlab.fcn.scan import load_fully_convolutional
+
+    converted = load_fully_convolutional(folder)
+    channels, height, width = converted.input_size
+    with torch.inference_mode():
+        at_training_size = converted(torch.zeros(1, channels, height, width)).shape
+    if channels != 1 or at_training_size[1] != len(MNIST_CLASSES):
+        raise CnnlabError(
+            f"{folder} holds a network converted from a classifier of {channels}-channel images into "
+            f"{at_training_size[1]} classes, not an MNIST run's (1 grey channel, 10 digits): cnnlab records no "
+            "preparation for its input, so it does not export it; `cnnlab fcn convert` converts MNIST runs"
+        )
+    (window_height, window_width), (down, across) = converted.output_geometry()
+    suffix = SUFFIXES[fmt]
+    output = _writable(Path(output) if output is not None else _default_output(folder, suffix), suffix, overwrite)
+    _say_exporting(log, folder, output, fmt)
+    generator = torch.Generator().manual_seed(0)
+    example = torch.rand(2, 1, 2 * height + 5, 2 * width + 3, generator=generator)
+    # a pt2 program specialises a one-location side away (as a segmenter's 1-pixel bottleneck): it takes sides that
+    # give the map at least two, window + stride
+    least = (height + down, width + across) if fmt == "pt2" else (height, width)
+    checks = [torch.rand(1, 1, *least, generator=generator)]  # batch 1 at the least size (pt2: one window a side)
+    checks += [torch.rand(3, 1, 3 * height + 1, 2 * width + 7, generator=generator)]
+    partial = _partial(output)
+    with _removed_unless_published(partial), warnings.catch_warnings():  # see export_model
+        warnings.simplefilter("ignore", category=FutureWarning)
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        exported = _export_any_size(converted, fmt, example, partial, opset, least)
+        with torch.inference_mode():
+            pairs = [(exported(x), converted(x)) for x in checks]
+        max_difference = _faithful_difference(output, pairs)
+        sides = "any batch size N, " + (
+            f"H and W of at least {least[0]}" if least[0] == least[1] else f"H of at least {least[0]}, W of {least[1]}"
+        )
+        record = {
+            "layout": EXPORT_LAYOUT,
+            "kind": DIGIT_SCANNER,
+            "format": fmt,
+            "load": LOADERS[fmt],
+            "decode": DECODE,
+            "input_shape": ["N", 1, "H", "W"],  # strings: any size (`input` says the least H and W)
+            "input": f"float32 grey [N, 1, H, W] in [0, 1], {sides}; normalisation is inside the exported model",
+            "prepare": "as `cnnlab fcn scan` reads an image (cnnlab.fcn.scan.scan_tensor): grey (PIL "
+            f"Image.convert('L')), divided by 255, and inverted (1 - v) when its mean is above {INVERT_ABOVE_MEAN} "
+            "(dark ink on light paper: MNIST's digits are light on black); not resized, so its digits should be "
+            f"about MNIST's size (20 px tall in a 28 px cell), as in the {window_height}x{window_width} windows the "
+            "classifier was trained on",
+            "invert_above_mean": INVERT_ABOVE_MEAN,
+            "window": [window_height, window_width],
+            "stride": [down, across],
+            "output": _scanner_output(converted, at_training_size[-2:], (window_height, window_width), (down, across)),
+            "classes": list(MNIST_CLASSES),
+            "views": ["identity"],
+            "normalisation": _normalisation_inside(converted),
+            "checked_sizes": [list(x.shape) for x in checks],
+            "max_abs_difference_vs_eager": max_difference,
+        }
+        sidecar = _publish(partial, output, json.dumps(record, indent=1))
+    return {
+        "model": str(output),
+        "format": fmt,
+        "preprocessing": str(sidecar),
+        "max_abs_difference": max_difference,
+        "input": f"grey digits in [0, 1], {sides}, normalisation inside",
+    }
+
+
+def _scanner_output(converted: nn.Module, cells: torch.Size, window: tuple[int, int], stride: tuple[int, int]) -> str:
+    """What an exported converted classifier returns, for its record: `cells` is its map's size at the training
+    input size (1x1 where each location scores one window; larger for a head converted with ``--pool none``)."""
+    last = converted.head[-1] if len(converted.head) else None
+    scores = {nn.Softmax: "probabilities", nn.LogSoftmax: "log-probabilities"}.get(type(last), "logits")
+    if tuple(cells) != (1, 1):  # --pool none: feature-map cells, which no window is
+        return (
+            f"[N, 10, H', W'] the classifier's {scores} at each cell of its last feature map ({cells[0]}x{cells[1]} "
+            f"cells at its {window[0]}x{window[1]} input, whose mean over them is its {scores} there), cells "
+            f"{stride[0]} px apart down and {stride[1]} across (converted with --pool none: not windows)"
+        )
+    return (
+        f"[N, 10, H', W'] the classifier's {scores} for each {window[0]}x{window[1]} window of the image: location "
+        f"(i, j) scores the window whose top-left corner is at (i * {stride[0]}, j * {stride[1]}) px, as `cnnlab fcn "
+        f"scan` places them; the first (H - {window[0]}) // {stride[0]} + 1 rows and (W - {window[1]}) // "
+        f"{stride[1]} + 1 columns are the windows inside the image (a network that pads also scores windows running "
+        "off its bottom and right edges, which scan drops). The classifier has no 'nothing here' class: scan shows "
+        "a window with almost no ink as empty"
+    )
 
 
 def _segmenter_resize(max_side: int | None) -> str:
@@ -474,12 +575,29 @@ def _writable(output: Path, suffix: str, overwrite: bool = False) -> Path:
     return output
 
 
-def _export_program(model: nn.Module, example: torch.Tensor, output: Path, min_side: int | None = None) -> Any:
-    """Write `model` as a torch.export ExportedProgram with a dynamic batch (and height and width of at least
-    `min_side`, when given: a segmenter); returns the loaded file's module."""
+def _export_any_size(
+    model: nn.Module, fmt: str, example: torch.Tensor, partial: Path, opset: int, least: tuple[int, int]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Write `model` to `partial` in `fmt` with a dynamic batch, height and width (pt2: a height and width of at least
+    `least`), traced at `example`; returns the written file, loaded, as a function of a batch of images."""
+    if fmt == "torchscript":
+        with torch.no_grad():
+            torch.jit.trace(model, example).save(str(partial))
+        return torch.jit.load(str(partial))
+    if fmt == "pt2":
+        return _export_program(model, example, partial, min_side=least)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    return _export_onnx(model, example, partial, opset, {"images": axes, "logits": axes})
+
+
+def _export_program(
+    model: nn.Module, example: torch.Tensor, output: Path, min_side: tuple[int, int] | None = None
+) -> Any:
+    """Write `model` as a torch.export ExportedProgram with a dynamic batch (and a height and width of at least
+    `min_side`, when given: a segmenter, a converted classifier); returns the loaded file's module."""
     dims = {0: torch.export.Dim("batch", min=1)}
     if min_side is not None:
-        dims |= {2: torch.export.Dim("height", min=min_side), 3: torch.export.Dim("width", min=min_side)}
+        dims |= {2: torch.export.Dim("height", min=min_side[0]), 3: torch.export.Dim("width", min=min_side[1])}
     with torch.no_grad():
         program = torch.export.export(
             model, (example,), dynamic_shapes=(dims,), prefer_deferred_runtime_asserts_over_guards=min_side is not None

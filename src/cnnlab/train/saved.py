@@ -33,6 +33,9 @@ IMAGE_CLASSIFIER = "image-classifier"  # `train transfer` runs and zoo models: R
 DIGIT_SEGMENTER = "digit-segmenter"  # `train segment` on the MNIST canvases: [N, 1, H, W] -> per-pixel logits
 SEGMENTER = "segmenter"  # `train segment --data`: RGB images of any size -> per-pixel logits
 MODEL_KINDS = (DIGIT_CLASSIFIER, IMAGE_CLASSIFIER, DIGIT_SEGMENTER, SEGMENTER)
+# an export's kind only (`fcn convert` saves no model.json): an MNIST classifier made fully convolutional, [N, 1, H, W]
+# digits -> the classifier's scores for every training-sized window
+DIGIT_SCANNER = "digit-scanner"
 _DIGITS = [str(digit) for digit in range(10)]
 EXPORT_LAYOUT = "cnnlab-export-2"  # `layout` of an export's record: README "What an export's record holds"
 _DEFAULT_CLASSES = {DIGIT_CLASSIFIER: _DIGITS, DIGIT_SEGMENTER: ["background", *_DIGITS]}
