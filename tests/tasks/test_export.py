@@ -111,3 +111,33 @@ def test_a_converted_network_of_other_than_digits_is_refused_saying_why(tmp_path
     with pytest.raises(CnnlabError, match=r"3-channel images into 10 classes, not an MNIST run's .* does not export"):
         export_model(str(tmp_path / "fcn"), "torchscript")
     assert sorted(path.name for path in (tmp_path / "fcn").iterdir()) == ["fcn.json", "fcn.safetensors"]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+def test_a_canvas_segmentation_run_exports_with_free_height_and_width(tmp_path: Path) -> None:
+    """A `cnnlab train segment` run on the MNIST canvases was refused ("records no preparation for images other than
+    its canvases"): its network is a U-Net as a `--data` run's, taking the canvases' grey [0, 1] as it is, the input
+    `fcn scan` prepares; it exports so, checked against PyTorch at sizes it was not traced at (TorchScript here: the
+    pt2 and ONNX paths are the `--data` run's, which tests/tasks/test_segment_folder.py checks; 20 s for pt2)."""
+    fmt = "torchscript"
+    from cnnlab.data.segmentation import CLASS_NAMES
+    from cnnlab.train.saved import load_model
+
+    torch.manual_seed(0)
+    kwargs = {"widths": (4, 8, 8, 8, 8), "num_classes": 11, "in_chans": 1}
+    meta = {"task": "segment", "kind": "digit-segmenter", "classes": list(CLASS_NAMES)}
+    save_model(create_model("unet", **kwargs), tmp_path / "canvases", "unet", kwargs, meta)
+    result = export_model(str(tmp_path / "canvases"), fmt)
+    assert result["model"] == str(tmp_path / "canvases" / "model.pt")
+    record = read_export_record(result["model"])
+    assert (record["kind"], record["input_shape"]) == ("digit-segmenter", ["N", 1, "H", "W"])
+    assert record["normalisation"] is None and "any batch size N, any H and W; no normalisation" in record["input"]
+    assert record["classes"] == ["background", *(str(d) for d in range(10))] and record["background"] == 0
+    assert "as `cnnlab fcn scan` reads an image" in record["prepare"] and record["invert_above_mean"] == 0.5
+    exported, eager = _loaded(result["model"], fmt), load_model(tmp_path / "canvases")
+    generator = torch.Generator().manual_seed(1)
+    for shape in ((1, 1, 64, 64), (2, 1, 40, 90)):
+        images = torch.rand(*shape, generator=generator)
+        with torch.inference_mode():
+            expected = eager(images)
+        assert expected.shape == (shape[0], 11, *shape[2:]) and torch.allclose(exported(images), expected, atol=1e-4)

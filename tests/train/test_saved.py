@@ -409,12 +409,6 @@ def test_records_saved_before_they_said_their_kind_are_read_in_the_current_layou
         load_predictor(str(tmp_path / "segment"))
     with pytest.raises(CnnlabError, match="segmentation run, not a classifier; it was trained on MNIST canvases"):
         load_predictor(str(tmp_path / "canvases"))
-    from cnnlab.tasks.export import export_model
-
-    # export said "not a classifier ... `cnnlab predict` takes runs of ...": as if it exported classifiers alone
-    with pytest.raises(CnnlabError, match=r"canvases is a segmentation run on MNIST canvases .* does not export"):
-        export_model(str(tmp_path / "canvases"), "onnx", tmp_path / "canvases.onnx")
-    assert not (tmp_path / "canvases.onnx").exists()
 
 
 def test_an_export_record_of_the_earlier_layout_is_read_in_the_current_one(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from cnnlab.cli.engine_options import apply_threads, quiet_option, threads_optio
 def export(
     run: str = typer.Argument(
         ...,
-        help="A `cnnlab train transfer`, `cnnlab train mnist` or `cnnlab train segment --data` run directory or its "
+        help="A `cnnlab train transfer`, `cnnlab train mnist` or `cnnlab train segment` run directory or its "
         "model.json (segmenters export with dynamic height and width), a `cnnlab fcn convert` folder (dynamic height "
         "and width too, of at least its window), or a pretrained zoo model name.",
     ),

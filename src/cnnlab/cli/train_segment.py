@@ -125,7 +125,8 @@ def segment(
     """Train a segmentation network on your image + mask folder (--data), or on canvases of 1-5 MNIST digits.
 
     A folder run splits the pairs (split.csv), trains on random crops, tests whole images once and saves a model for
-    `cnnlab predict` and `cnnlab export`. The canvases are always generated with seed 0; --seed seeds the training.
+    `cnnlab predict` and `cnnlab export` (a canvas run's, for `cnnlab export`). The canvases are always generated with
+    seed 0; --seed seeds the training.
     """
     _check_run_kind(context, folder=data is not None)
     if data is not None:

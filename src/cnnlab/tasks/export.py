@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.data.mnist import mnist_preparation_record
+from cnnlab.data.mnist import INVERT_ABOVE_MEAN, MNIST_CLASSES, mnist_preparation_record
 from cnnlab.data.transforms import RESIZE_ANTIALIAS, resize_description
 from cnnlab.errors import CnnlabError
 from cnnlab.files import check_writable
@@ -148,7 +148,8 @@ def export_model(
 
     if is_converted(model):  # predict's refusal ("pass the run it was converted from") was all export said of it
         return _export_converted(model, fmt, output, opset, log, overwrite)
-    _refuse_canvas_segmenter(model)
+    if _is_canvas_run(model):
+        return _export_segmenter(model, fmt, output, opset, log, overwrite)
     predictor = load_predictor(model)
     cfg = predictor.cfg
     suffix = SUFFIXES[fmt]
@@ -230,25 +231,12 @@ def export_model(
     }
 
 
-def _refuse_canvas_segmenter(model: str) -> None:
-    """Refuse a segmentation run on the MNIST canvases for what it is in `export`: predict's refusal ("not a
-    classifier ... `cnnlab predict` takes runs of `cnnlab train segment --data DIR`") read as if export took
-    classifiers alone and named another command.
-
-    Raises:
-        CnnlabError: `model` is a `cnnlab train segment` run without ``--data``.
-    """
+def _is_canvas_run(model: str) -> bool:
+    """Whether `model` is a `cnnlab train segment` run on the MNIST canvases (without ``--data``)."""
     try:
-        kind = saved_meta(model).get("kind")
+        return saved_meta(model).get("kind") == DIGIT_SEGMENTER
     except CnnlabError:  # not a saved run: a zoo name, or what load_predictor then explains
-        return
-    if kind == DIGIT_SEGMENTER:
-        raise CnnlabError(
-            f"{model} is a segmentation run on MNIST canvases (`cnnlab train segment` without --data), which cnnlab "
-            "does not export: it records no preparation for images other than its own canvases (its report.md and "
-            "test_overlays.png show its masks); export a `cnnlab train segment --data DIR` run, whose file takes "
-            "any height and width"
-        )
+        return False
 
 
 def _normalisation_inside(model: nn.Module) -> dict[str, list[float]] | None:
@@ -295,60 +283,106 @@ def _export_segmenter(
     log: Callable[[str], None] | None,
     overwrite: bool,
 ) -> dict[str, Any]:
-    """Export a segmentation run with dynamic height and width; the check runs sizes the trace never saw."""
-    from cnnlab.tasks.segment_predict import load_segmenter
+    """Export a segmentation run (`train segment --data`, or on the MNIST canvases) with dynamic height and width; the
+    check runs sizes the trace never saw."""
+    from cnnlab.tasks.segment_predict import is_segmentation_run, load_segmenter
+    from cnnlab.train.saved import load_model
 
-    segmenter = load_segmenter(run)
+    segmenter = load_segmenter(run) if is_segmentation_run(run) else None
+    if segmenter is not None:
+        network = nn.Sequential(Normalize(segmenter.mean, segmenter.std), segmenter.model.cpu().eval()).eval()
+        stride, channels = int(segmenter.model.output_stride), 3
+    else:  # a canvas run: its network takes the canvases' grey in [0, 1] as it is (no normalisation recorded)
+        network = load_model(run).cpu().eval()
+        stride, channels = int(network.output_stride), 1
     suffix = SUFFIXES[fmt]
     output = _writable(Path(output) if output is not None else _default_output(run, suffix), suffix, overwrite)
     _say_exporting(log, run, output, fmt)
-    wrapped = nn.Sequential(Normalize(segmenter.mean, segmenter.std), segmenter.model.cpu().eval()).eval()
-    stride = int(segmenter.model.output_stride)
     generator = torch.Generator().manual_seed(0)
-    example = torch.rand(1, 3, 64, 64, generator=generator)
-    checks = [torch.rand(2, 3, 45, 71, generator=generator), torch.rand(1, 3, 96, 33, generator=generator)]
+    example = torch.rand(1, channels, 64, 64, generator=generator)
+    checks = [
+        torch.rand(2, channels, 45, 71, generator=generator),
+        torch.rand(1, channels, 96, 33, generator=generator),
+    ]
     if fmt == "pt2":  # traced where both sides need padding, checked where neither does and at the smallest side
-        example = torch.rand(2, 3, 3 * stride - 3, 4 * stride + 5, generator=generator)
-        checks += [torch.rand(1, 3, 2 * stride, 3 * stride, generator=generator)]
-        checks += [torch.rand(1, 3, stride + 1, 50, generator=generator)]
+        example = torch.rand(2, channels, 3 * stride - 3, 4 * stride + 5, generator=generator)
+        checks += [torch.rand(1, channels, 2 * stride, 3 * stride, generator=generator)]
+        checks += [torch.rand(1, channels, stride + 1, 50, generator=generator)]
     partial = _partial(output)
     with _removed_unless_published(partial), warnings.catch_warnings():  # see export_model
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-        exported = _export_any_size(wrapped, fmt, example, partial, opset, (stride + 1, stride + 1))
+        exported = _export_any_size(network, fmt, example, partial, opset, (stride + 1, stride + 1))
         with torch.inference_mode():
-            pairs = [(exported(x), wrapped(x)) for x in checks]
+            pairs = [(exported(x), network(x)) for x in checks]
         max_difference = _faithful_difference(output, pairs)
         sides = "any batch size N, " + (f"H and W of at least {stride + 1}" if fmt == "pt2" else "any H and W")
         record = {
             "layout": EXPORT_LAYOUT,
-            "kind": SEGMENTER,
+            "kind": SEGMENTER if segmenter is not None else DIGIT_SEGMENTER,
             "format": fmt,
             "load": LOADERS[fmt],
             "decode": DECODE,
-            "input_shape": ["N", 3, "H", "W"],  # strings: any size (`input` says the least H and W of a pt2 file)
-            "input": f"float32 RGB [N, 3, H, W] in [0, 1], {sides}; mean/std normalisation is inside the exported "
-            "model",
-            "max_side": segmenter.max_side,
-            "resize": _segmenter_resize(segmenter.max_side),
-            "output": "logits [N, classes, H, W]; argmax over classes gives the mask",
-            "classes": segmenter.classes,
-            "views": ["identity"],
-            "normalisation": {"mean": list(segmenter.mean), "std": list(segmenter.std)},  # top-level mean, std before
-            "background": segmenter.background,
-            "colours": segmenter.colours.tolist(),
+            "input_shape": ["N", channels, "H", "W"],  # strings: any size (`input` says a pt2 file's least H and W)
+            **(_folder_segmenter_fields(segmenter, sides) if segmenter is not None else _canvas_fields(run, sides)),
             "checked_sizes": [list(x.shape) for x in checks],
             "max_abs_difference_vs_eager": max_difference,
         }
         sidecar = _publish(partial, output, json.dumps(record, indent=1))
+    shown = "RGB in [0, 1], {}, normalisation inside" if segmenter is not None else "grey digits in [0, 1], {}"
     return {
         "model": str(output),
         "format": fmt,
         "preprocessing": str(sidecar),
         "max_abs_difference": max_difference,
-        "input": f"RGB in [0, 1], {sides}, normalisation inside",
+        "input": shown.format(sides),
     }
+
+
+def _folder_segmenter_fields(segmenter: Any, sides: str) -> dict[str, Any]:
+    """The record's fields of a `train segment --data` run (a `cnnlab.tasks.segment_predict.Segmenter`)."""
+    return {
+        "input": f"float32 RGB [N, 3, H, W] in [0, 1], {sides}; mean/std normalisation is inside the exported model",
+        "max_side": segmenter.max_side,
+        "resize": _segmenter_resize(segmenter.max_side),
+        "output": "logits [N, classes, H, W]; argmax over classes gives the mask",
+        "classes": segmenter.classes,
+        "views": ["identity"],
+        "normalisation": {"mean": list(segmenter.mean), "std": list(segmenter.std)},  # top-level mean, std before
+        "background": segmenter.background,
+        "colours": segmenter.colours.tolist(),
+    }
+
+
+def _canvas_fields(run: str, sides: str) -> dict[str, Any]:
+    """The record's fields of a `train segment` run on the MNIST canvases: it was refused ("records no preparation
+    for images other than its own canvases"), where its canvases are MNIST digits at their own size, light on black,
+    in [0, 1], the input `cnnlab fcn scan` prepares for an MNIST classifier's windows, so that is its preparation."""
+    classes = [str(name) for name in saved_meta(run)["classes"]]
+    return {
+        "input": f"float32 grey [N, 1, H, W] in [0, 1], {sides}; no normalisation (the network takes the canvases' "
+        "values as they are)",
+        "prepare": _digits_preparation("the canvases of MNIST digits it was trained on"),
+        "invert_above_mean": INVERT_ABOVE_MEAN,
+        "output": f"logits [N, {len(classes)}, H, W]; argmax over classes gives the mask: 0 for the background, "
+        "1 + d for digit d",
+        "classes": classes,
+        "views": ["identity"],
+        "normalisation": None,
+        "background": 0,
+    }
+
+
+def _digits_preparation(trained_on: str) -> str:
+    """How an image is made the grey digits a digit scanner or a canvas segmenter takes, in words: as `cnnlab fcn scan`
+    reads one (`cnnlab.fcn.scan.scan_tensor`), the digits left at their size, that of the digits in `trained_on`."""
+    return (
+        "as `cnnlab fcn scan` reads an image (cnnlab.fcn.scan.scan_tensor): grey (PIL Image.convert('L')), divided by "
+        f"255, and inverted (1 - v) when its mean is above {INVERT_ABOVE_MEAN} (dark ink on light paper: MNIST's "
+        "digits are light on black); not resized, so its digits should be about MNIST's size (20 px tall in a 28 px "
+        f"cell), as in {trained_on}"
+    )
 
 
 def _export_converted(
@@ -369,7 +403,6 @@ def _export_converted(
             scores (saved from Python, not by `fcn convert`, which converts MNIST runs alone): no preparation is
             known for its input; or what `load_fully_convolutional` refuses.
     """
-    from cnnlab.data.mnist import INVERT_ABOVE_MEAN, MNIST_CLASSES
     from cnnlab.fcn.scan import load_fully_convolutional
 
     converted = load_fully_convolutional(folder)
@@ -413,11 +446,7 @@ def _export_converted(
             "decode": DECODE,
             "input_shape": ["N", 1, "H", "W"],  # strings: any size (`input` says the least H and W)
             "input": f"float32 grey [N, 1, H, W] in [0, 1], {sides}; normalisation is inside the exported model",
-            "prepare": "as `cnnlab fcn scan` reads an image (cnnlab.fcn.scan.scan_tensor): grey (PIL "
-            f"Image.convert('L')), divided by 255, and inverted (1 - v) when its mean is above {INVERT_ABOVE_MEAN} "
-            "(dark ink on light paper: MNIST's digits are light on black); not resized, so its digits should be "
-            f"about MNIST's size (20 px tall in a 28 px cell), as in the {window_height}x{window_width} windows the "
-            "classifier was trained on",
+            "prepare": _digits_preparation(f"the {window_height}x{window_width} windows the classifier was trained on"),
             "invert_above_mean": INVERT_ABOVE_MEAN,
             "window": [window_height, window_width],
             "stride": [down, across],
