@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -513,7 +515,7 @@ def test_the_figure_folders_of_killed_labs_are_removed_and_no_other(
     starting removes those whose process is gone, and nothing else."""
     import subprocess
 
-    from cnnlab.lab.runs import remove_stale_scratch
+    from cnnlab.lab.runs import _mark_scratch, remove_stale_scratch
 
     ended = subprocess.Popen(["true"])
     ended.wait()  # a process id that no process has now
@@ -521,6 +523,7 @@ def test_the_figure_folders_of_killed_labs_are_removed_and_no_other(
     for name in kept | {f"cnnlab-lab-{ended.pid}"}:
         (tmp_path / name).mkdir()
         (tmp_path / name / "curves.png").write_bytes(b"png")
+        _mark_scratch(tmp_path / name)  # made by a lab of this machine and process-id namespace
     (tmp_path / "cnnlab-lab-99999999999").write_text("a file")  # no folder: kept
     target = tmp_path / "elsewhere"
     target.mkdir()
@@ -534,3 +537,44 @@ def test_the_figure_folders_of_killed_labs_are_removed_and_no_other(
     (tmp_path / f"cnnlab-lab-{ended.pid}").mkdir()
     monkeypatch.setattr(os, "getuid", lambda: os.stat(tmp_path).st_uid + 1)  # another user's: kept
     assert remove_stale_scratch(tmp_path) == []
+
+
+def test_the_figure_folder_of_a_live_lab_in_another_container_sharing_tmp_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/tmp may be shared by containers that number their processes on their own: a live lab there has an id that no
+    process has here, and a lab starting here removed its folder, or, having the same id, took it over. A folder
+    is removed when its marker names this namespace and its process is gone; any other when untouched for a day."""
+    import subprocess
+
+    from cnnlab.lab import runs
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # a process id that no process has here
+    elsewhere = tmp_path / f"cnnlab-lab-{ended.pid}"
+    elsewhere.mkdir()
+    (elsewhere / "curves.png").write_bytes(b"png")
+    foreign = "other-container\nboot\npid:[4026532999]"  # the marker of a lab in another pid namespace
+    (elsewhere / ".cnnlab-lab-namespace").write_text(foreign)
+    unmarked = tmp_path / f"cnnlab-lab-{ended.pid + 1}"  # made by a lab older than the marker
+    unmarked.mkdir()
+    assert runs.remove_stale_scratch(tmp_path) == []
+    assert (elsewhere / "curves.png").is_file() and unmarked.is_dir()
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(elsewhere, (two_days_ago, two_days_ago))
+    assert runs.remove_stale_scratch(tmp_path) == [elsewhere]  # untouched for a day: a leftover wherever it ran
+    # A lab here whose id is that live lab's: it takes a folder of its own, and leaves the other one alone.
+    own = tmp_path / f"cnnlab-lab-{os.getpid()}"
+    own.mkdir()
+    (own / ".cnnlab-lab-namespace").write_text(foreign)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    scratch = runs._ScratchFolder()
+    assert Path(scratch.name) != own and Path(scratch.name).parent == tmp_path
+    assert (own / ".cnnlab-lab-namespace").read_text() == foreign
+    assert (Path(scratch.name) / runs._SCRATCH_MARKER).read_text() == runs._pid_namespace()
+    scratch.cleanup()
+    # one this namespace marked, of a process that had this id before: taken over
+    runs._mark_scratch(own)
+    scratch = runs._ScratchFolder()
+    assert Path(scratch.name) == own and [p.name for p in own.iterdir()] == [runs._SCRATCH_MARKER]
+    scratch.cleanup()

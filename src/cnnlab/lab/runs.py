@@ -579,15 +579,42 @@ def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
 
 
 _SCRATCH_PREFIX = "cnnlab-lab-"  # + the lab's process id: `remove_stale_scratch` tells a dead lab's by it
+# In a lab's scratch folder: which machine and process-id namespace its <pid> belongs to (`_pid_namespace`).
+_SCRATCH_MARKER = ".cnnlab-lab-namespace"
+
+
+@functools.cache
+def _pid_namespace() -> str:
+    """This process's machine and process-id namespace, in words: its host name, the kernel's boot id and the pid
+    namespace (Linux's ``/proc``). /tmp may be shared by containers that each number their processes from 1, so a
+    lab's process id means something only where these match."""
+    import socket
+
+    parts = [socket.gethostname()]
+    for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+                 lambda: os.readlink("/proc/self/ns/pid")):  # fmt: skip
+        try:
+            parts.append(read())
+        except OSError:
+            parts.append("")
+    return "\n".join(parts)
+
+
+def _mark_scratch(path: Path) -> None:
+    """Record in the scratch folder at `path` whose process id its name holds (`_pid_namespace`)."""
+    (path / _SCRATCH_MARKER).write_text(_pid_namespace())
 
 
 class _ScratchFolder:
     """``<tmp>/cnnlab-lab-<pid>``, made for this process and removed when it exits (as `tempfile.TemporaryDirectory`
-    does), named by the process id so that a later lab can tell one a killed lab left (`remove_stale_scratch`)."""
+    does), named by the process id and marked with its namespace (`_mark_scratch`), so that a later lab can tell one a
+    killed lab left (`remove_stale_scratch`)."""
 
     def __init__(self) -> None:
         path = Path(tempfile.gettempdir()) / f"{_SCRATCH_PREFIX}{os.getpid()}"
-        if _scratch_pid(path) is not None:  # left by a dead process that had this id (this one makes it once)
+        # Left by a dead process that had this id here (this one makes it once), or long unused; one marked by another
+        # container's live lab with the same id was removed under it: this lab takes a name of its own instead.
+        if _scratch_pid(path) is not None and (_same_namespace(path) or _untouched_long(path)):
             shutil.rmtree(path, ignore_errors=True)
         try:
             path.mkdir(mode=0o700)
@@ -595,6 +622,13 @@ class _ScratchFolder:
             path = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-"))
         self.name = str(path)
         self._finalizer = weakref.finalize(self, shutil.rmtree, self.name, ignore_errors=True)
+        self.make()
+
+    def make(self) -> None:
+        """Make the folder with its marker, again when it was removed under a running lab (a /tmp cleaner)."""
+        Path(self.name).mkdir(mode=0o700, exist_ok=True)
+        if not (Path(self.name) / _SCRATCH_MARKER).is_file():
+            _mark_scratch(Path(self.name))
 
     def cleanup(self) -> None:
         """Remove the folder now (exiting does)."""
@@ -639,9 +673,37 @@ def _scratch_pid(path: Path) -> int | None:
     return int(digits)
 
 
+def _same_namespace(path: Path) -> bool:
+    """Whether the scratch folder at `path` is marked as made in this process's namespace (`_mark_scratch`), where
+    its process id can be asked about."""
+    marker = path / _SCRATCH_MARKER
+    try:
+        return not marker.is_symlink() and marker.read_text() == _pid_namespace()
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _untouched_long(path: Path) -> bool:
+    """Whether nothing was written in the folder at `path` for `STALE_AFTER_SECONDS` (a day): a lab draws its figures
+    there as they are asked for, and makes it again if it is gone."""
+    import time
+
+    from cnnlab.files import STALE_AFTER_SECONDS
+
+    try:
+        return time.time() - path.lstat().st_mtime > STALE_AFTER_SECONDS
+    except OSError:
+        return False
+
+
 def remove_stale_scratch(tmp: str | os.PathLike[str] | None = None) -> list[Path]:
     """Remove the scratch folders (``<tmp>/cnnlab-lab-<pid>``, see `_scratch_pid`) of labs that are no longer running: a
     lab killed with SIGKILL cannot remove its own, so each left one behind in /tmp for good. Called when a lab starts.
+
+    A folder is removed when its marker names this namespace and no process has its id; any other (its marker names
+    another container's namespace, or a lab older than the marker made it) when it was untouched for a day: /tmp may
+    be shared by containers that number their processes on their own, where a live lab's id is no process here (its
+    folder was removed under it).
 
     Args:
         tmp: the folder to look in; default the system's temporary folder, where labs make theirs.
@@ -657,7 +719,9 @@ def remove_stale_scratch(tmp: str | os.PathLike[str] | None = None) -> list[Path
     removed = []
     for path in sorted(candidates):
         pid = _scratch_pid(path)
-        if pid is not None and pid != os.getpid() and not _alive(pid):
+        if pid is None or pid == os.getpid():
+            continue
+        if not _alive(pid) if _same_namespace(path) else _untouched_long(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
@@ -670,8 +734,8 @@ def _drawn_curves(folder: Path) -> Path:
 
     from cnnlab.train.records import plot_learning_curves
 
+    _scratch().make()  # removed under a running lab (a /tmp cleaner): made again
     scratch = Path(_scratch().name)
-    scratch.mkdir(exist_ok=True)  # removed under a running lab (a /tmp cleaner): made again
     name = hashlib.blake2b(str(folder.resolve()).encode(), digest_size=8).hexdigest()
     return plot_learning_curves(_epochs(_read_json(folder / "metrics.json")), scratch / f"{name}.png")
 
