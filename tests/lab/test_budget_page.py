@@ -132,6 +132,27 @@ def test_layer_strings_without_an_input_name_the_pages_field_not_the_cli_flag() 
     assert "--input" not in str(error.value)
 
 
+def test_the_budgets_messages_and_notes_name_the_pages_fields_not_the_cli_flags() -> None:
+    """The messages and notes the page shares with `cnnlab budget` named its options, which the page does not have:
+    "--input 3x32x32 has 3 channels", "use that --input", "train at --batch 2 or more"."""
+    cases = [
+        (("lenet5", "3x32x32"), "lenet5 takes 1-channel input (e.g. 1x32x32); --input 3x32x32 has 3 channels"),
+        (("lenet5", "1x32"), "(channels x height x width, e.g. 1x32x32); --input 1x32 has 2"),
+        (("lenet5", "1x64x64"), "sized for 1x32x32: use that --input, or scan larger images"),
+    ]  # fmt: skip
+    for (target, shape), cli_words in cases:
+        cli = CliRunner().invoke(app, ["budget", target, "--input", shape])
+        assert cli_words in " ".join(str(cli.exception or cli.output).split())  # the command names its options
+        with pytest.raises(CnnlabError) as refused:
+            budget_view(target, shape)
+        assert cli_words.replace("--input", "input CxHxW") in str(refused.value)
+        assert "--" not in str(refused.value)
+    cli = CliRunner().invoke(app, ["budget", "bn", "--input", "3x1x1"])
+    assert "train at --batch 2 or more." in " ".join(cli.stdout.split())
+    (note,) = budget_view("bn", "3x1x1", 1).notes
+    assert note.endswith("train at batch 2 or more.") and "--" not in note
+
+
 def test_a_step_too_large_for_torchs_byte_counts_is_refused_naming_batch_and_input() -> None:
     """It read "spec does not run on input 3x20000x20000: Storage size calculation overflowed with sizes=[...]", as if
     the layers did not fit that input; they do, at a smaller batch."""

@@ -7,6 +7,7 @@ The tables are the CLI's own (`cnnlab.budget.render`), read cell by cell, so eve
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "MAX_BATCH",
     "budget_view",
     "check_batch",
+    "in_page_words",
     "memory_chart",
     "memory_unit",
     "parse_target",
@@ -38,6 +40,11 @@ __all__ = [
 ]
 
 EXERCISE_SPEC = "\n".join(EXERCISE_2_SPEC)
+
+# The options of ``cnnlab budget`` by the labels of the page's fields that hold them: the library's messages and notes,
+# which the command shares, name its options ("use that --input", "train at --batch 2 or more").
+_FIELDS = {"--input": "input CxHxW", "--batch": "batch", "--memory": "memory", "--dtype": "dtype",
+           "--optimizer": "optimizer"}  # fmt: skip
 
 
 @dataclass
@@ -170,6 +177,13 @@ def check_batch(batch_size: float | None) -> int:
     return int(batch_size)
 
 
+def in_page_words(text: str) -> str:
+    """`text`, a message or note of `cnnlab.budget`, with each option the page has a field for named by that field's
+    label: "--input 1x224x224 has 1 channel" reads "input CxHxW 1x224x224 has 1 channel"."""
+    options = r"(?<![\w-])--(?:input|batch|memory|dtype|optimizer)(?![\w-])"  # not inside a quoted layer string
+    return re.sub(options, lambda option: _FIELDS[option[0]], text)
+
+
 def budget_view(
     target: str | None,
     input_shape: str | None = "",
@@ -199,14 +213,13 @@ def budget_view(
     parsed = parse_target(target)
     if isinstance(parsed, list) and shape is None:  # the library's message names the CLI's --input
         raise CnnlabError("layer strings need the input CxHxW field: the shape of one sample, e.g. 3x200x300")
-    report = budget(  # a step too large for torch's byte counts is refused naming batch and input, as by the CLI
-        parsed,
-        input_shape=shape,
-        batch_size=batch,
-        dtype=dtype,
-        optimizer=optimizer,
-        memory_limit=parse_memory(memory) if memory.strip() else None,
-    )
+    memory_limit = parse_memory(memory) if memory.strip() else None
+    try:  # a step too large for torch's byte counts is refused naming batch and input, as by the CLI
+        report = budget(
+            parsed, input_shape=shape, batch_size=batch, dtype=dtype, optimizer=optimizer, memory_limit=memory_limit
+        )
+    except CnnlabError as error:  # it named options the page does not have ("use that --input")
+        raise CnnlabError(in_page_words(str(error))) from None
     plan = plan_table(report)
     return BudgetView(
         report,
@@ -214,7 +227,7 @@ def budget_view(
         table_data(layer_table(report)),
         table_data(memory_table(report)),
         None if plan is None else table_data(plan),
-        report_notes(report),
+        [in_page_words(note) for note in report_notes(report)],  # "train at --batch 2 or more"
     )
 
 
