@@ -310,6 +310,37 @@ def test_evaluate_says_a_run_tested_under_bf16_autocast_is_scored_in_float32(
     assert precisions(tmp_path / "ensemble")["run_precision"] == "bf16"
 
 
+def test_evaluate_runs_a_channels_last_run_in_that_memory_format(
+    ensemble_run: dict, fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run trained with --channels-last (the default recipe's) ran its test pass in that memory format, but
+    `evaluate` (which takes no --channels-last) ran it in NCHW, unsaid: it now runs the run's own memory format and
+    evaluation.json says which."""
+    import shutil
+
+    import yaml
+
+    formats: list[bool] = []
+    for_inference = Trainer.for_inference
+
+    def spy(cls: type[Trainer], model: torch.nn.Module, **options: object) -> Trainer:
+        formats.append(bool(options.get("channels_last")))
+        return for_inference(model, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Trainer, "for_inference", classmethod(spy))
+    run = tmp_path / "nhwc"
+    shutil.copytree(Path(ensemble_run["run_dir"]) / "seed0", run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["config"]["channels_last"] is False  # the quick recipe's
+    nchw = evaluate_mnist(run, data_dir=str(fake_root), output_dir=tmp_path / "nchw")
+    config["config"]["channels_last"] = True
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    nhwc = evaluate_mnist(run, data_dir=str(fake_root), output_dir=tmp_path / "nhwc-evaluation")
+    assert formats == [False, True]
+    assert (nchw["channels_last"], nhwc["channels_last"]) == (False, True)
+    assert nhwc["confusion_matrix"] == nchw["confusion_matrix"]  # the float rounding alone differs
+
+
 @pytest.mark.parametrize("option", ["--output", "-o", "--out"])
 def test_evaluate_takes_output_like_every_other_command(ensemble_run: dict, fake_root: Path, tmp_path: Path, option):
     """`evaluate` alone spelt the option `--out`; `--output`/`-o` now work too, and `--out` still does."""

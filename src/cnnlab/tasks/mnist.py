@@ -37,7 +37,7 @@ from cnnlab.tasks.recipes import (
     run_name,
     with_overrides,
 )
-from cnnlab.tasks.run_precision import precisions
+from cnnlab.tasks.run_precision import precisions, run_channels_last
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.callbacks import SessionEpochs
 from cnnlab.train.checkpoint import atomic_save
@@ -796,10 +796,11 @@ def _train_member(
 
 
 def predict_logits(
-    model: torch.nn.Module, images: torch.Tensor, device: str = "cpu", batch: int = 1000
+    model: torch.nn.Module, images: torch.Tensor, device: str = "cpu", batch: int = 1000, channels_last: bool = False
 ) -> torch.Tensor:
-    """Float32 CPU logits of a saved model for float images [N, 1, 28, 28], through the engine's inference path."""
-    return Trainer.for_inference(model, device=device, batch_size=batch).predict(images)
+    """Float32 CPU logits of a saved model for float images [N, 1, 28, 28], through the engine's inference path
+    (`channels_last`: in that memory format, as a run trained with it ran its test pass)."""
+    return Trainer.for_inference(model, device=device, batch_size=batch, channels_last=channels_last).predict(images)
 
 
 def test_evaluation(
@@ -967,9 +968,10 @@ def evaluate_mnist(
     out = Path(output_dir) if output_dir is not None else (run if run.is_dir() else run.parent) / "evaluation"
     check_writable(out / "evaluation.json", shown=str(out))  # before the 10,000 digits are classified
     images = to_float(data.test_images)
-    predictions = predict_logits(model, images, device).argmax(1)
-    # float32, as predict runs: a run tested under autocast records its precision, and the command says so
     run_dir = run if run.is_dir() else run.parent
+    # float32, as predict runs: a run tested under autocast records its precision, and the command says so; in the
+    # memory format of its test pass
+    predictions = predict_logits(model, images, device, channels_last=run_channels_last(run_dir)).argmax(1)
     result = {"run": str(run), **precisions(run_dir), **test_evaluation(images, data.test_labels, predictions, out)}
     write_text_whole(out / "evaluation.json", json.dumps(result, indent=1))
     return result

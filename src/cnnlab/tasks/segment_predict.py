@@ -334,11 +334,16 @@ def _predict_mask(
     return _mask_result(segmenter, path, labels, files)
 
 
-def image_runner(segmenter: Segmenter) -> Trainer:
-    """The engine's inference path for `segmenter`, one image at a time, on its model's device."""
+def image_runner(segmenter: Segmenter, channels_last: bool = False) -> Trainer:
+    """The engine's inference path for `segmenter`, one image at a time, on its model's device (`channels_last`: in
+    that memory format, as `cnnlab evaluate` runs a run whose test pass ran in it)."""
     device = str(next(segmenter.model.parameters()).device)
     return Trainer.for_inference(
-        segmenter.model, device=device, batch_size=1, eval_transform=SegmentationInput(segmenter.mean, segmenter.std)
+        segmenter.model,
+        device=device,
+        batch_size=1,
+        channels_last=channels_last,
+        eval_transform=SegmentationInput(segmenter.mean, segmenter.std),
     )
 
 
