@@ -723,3 +723,38 @@ def test_explain_quiet_prints_only_the_paths_it_wrote(tmp_path, monkeypatch):
         and "explained class '7' (90.0%)" in done.stdout
         and f"gradcam: {files['gradcam']}\n" in done.stdout
     )
+
+
+def test_a_segmentation_run_on_the_mnist_canvases_is_explained_on_its_canvases(tmp_path):
+    """`cnnlab explain` refused a `train segment` run on the canvases (predict's refusal: "not a classifier"),
+    though its filters, feature maps and Grad-CAM need only the canvases' own input: grey in [0, 1] at any size."""
+    import numpy as np
+
+    from cnnlab.data.segmentation import CLASS_NAMES
+    from cnnlab.models import create_model
+    from cnnlab.tasks.explain import explain_image, load_subject
+    from cnnlab.train.saved import DIGIT_SEGMENTER, save_model
+
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 11, "in_chans": 1, "widths": (8, 16, 32)}
+    network = create_model("unet", **kwargs).eval()
+    meta = {"task": "segment", "kind": DIGIT_SEGMENTER, "classes": list(CLASS_NAMES), "recipe": "quick"}
+    save_model(network, tmp_path / "run", "unet", kwargs, meta)
+    canvas = np.zeros((40, 56), np.uint8)  # light digits on black, not a multiple of the stride
+    canvas[6:34, 8:12] = 255
+    canvas[8:12, 30:50] = 200
+    Image.fromarray(canvas).save(tmp_path / "canvas.png")
+    Image.fromarray(255 - canvas).save(tmp_path / "paper.png")  # dark ink on light paper
+    subject = load_subject(str(tmp_path / "run"))
+    tensor = subject.preprocess(Image.open(tmp_path / "canvas.png").convert("RGB"))
+    torch.testing.assert_close(tensor, torch.from_numpy(canvas).float()[None] / 255)
+    torch.testing.assert_close(subject.preprocess(Image.open(tmp_path / "paper.png").convert("RGB")), tensor)
+    result = explain_image(str(tmp_path / "run"), tmp_path / "canvas.png", tmp_path / "out")
+    assert result.scores == "pixel share" and "light digits on black" in result.preprocessing
+    with torch.inference_mode():
+        mask = network(tensor[None]).argmax(1).flatten()
+    shares = torch.bincount(mask, minlength=11).float() / mask.numel()
+    assert dict(result.top) == pytest.approx({CLASS_NAMES[i]: float(shares[i]) for i in shares.nonzero().flatten()})
+    assert result.class_index != 0 or float(shares[0]) == 1.0  # the background only when alone
+    for name in ("filters", "feature_maps", "gradcam"):
+        assert result.files[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

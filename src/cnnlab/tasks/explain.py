@@ -1,5 +1,6 @@
-"""`cnnlab explain`: load a model (MNIST run, transfer run or pretrained zoo model), preprocess an image the way the
-model expects, and write first-layer filters, feature maps and a Grad-CAM overlay (`cnnlab.report.explain`).
+"""`cnnlab explain`: load a model (MNIST, transfer or segmentation run, or pretrained zoo model), preprocess an
+image the way the model expects, and write first-layer filters, feature maps and a Grad-CAM overlay
+(`cnnlab.report.explain`).
 
 Preprocessing follows the model, never a guess by the user:
 - MNIST runs (``model.json`` or ``ensemble.json`` from `cnnlab train mnist`; an experiment's runs keep
@@ -20,6 +21,10 @@ Preprocessing follows the model, never a guess by the user:
   mean, over its std, as `cnnlab predict` segments it. The scores are the shares of the pixels predicted as each
   class, the class explained is by default the largest one other than the background, and Grad-CAM weighs the
   decoder's stride-4 maps by the gradient of that class's logits over its pixels (`cnnlab.report.explain.grad_cam`).
+- segmentation runs on the MNIST canvases (`cnnlab train segment` without --data), which predict refuses: the whole
+  image grey, in [0, 1], at its own size, light digits on black as the canvases are (inverted when light on average,
+  as MNIST runs' preparation inverts dark ink on light paper); explained as a segmentation run, the preprocessing said
+  (`CANVAS_PREPROCESSING`), since the run records none for other images.
 
 An ensemble (``ensemble.json``) is explained as the ensemble: its probabilities are its members' mean, its Grad-CAM the
 mean of its members' for the ensemble's class (`cnnlab.report.explain.mean_grad_cam`); the filters and feature maps,
@@ -85,8 +90,8 @@ class Subject:
         members: an ensemble's members (`classifier` is the ensemble, `model` its first member, whose filters and
             feature maps are shown); empty for a single network.
         member_sources: the members' folders, in the same order.
-        preprocessing: what `preprocess` does and where it comes from, for a network named by code ("" otherwise:
-            a run's or the zoo's record is the model's own).
+        preprocessing: what `preprocess` does and where it comes from, for a network named by code or a run on the
+            MNIST canvases ("" otherwise: a run's or the zoo's record is the model's own).
         resizes_whole: `preprocess` resizes the whole image to the input size (``--input``), so no aspect ratio is
             too thin for it (a record's shorter-side resize makes a thin image's longer side huge).
     """
@@ -192,6 +197,8 @@ def load_subject(source: str, device: str | torch.device = "cpu") -> Subject:
 
     if is_segmentation_run(source):  # its folder, model.json or model.safetensors, as predict takes them
         return _segmenter_subject(source, device)
+    if _is_canvas_segmenter(source):  # predict refuses it (no record for other images): explain shows its canvases
+        return _canvas_segmenter_subject(source, device)
     predictor = load_predictor(source, device=device)
     if predictor.cfg is None:  # an MNIST run or ensemble: [0, 1] grey 28x28 digits in, normalisation inside
         transform, classes = predictor.transform(), predictor.classes
@@ -426,6 +433,44 @@ def _segmenter_subject(source: str, device: str | torch.device) -> Subject:
     model, classes = segmenter.model, segmenter.classes
     background, max_side = segmenter.background, segmenter.max_side
     return Subject(model, classes, preprocess, to_display, source, "segment", background=background, max_side=max_side)
+
+
+def _is_canvas_segmenter(source: str) -> bool:
+    """Whether `source` is a segmentation run on the MNIST canvases (`cnnlab train segment` without --data)."""
+    from cnnlab.train.saved import DIGIT_SEGMENTER, model_kind, saved_meta
+
+    try:
+        return model_kind(saved_meta(source)) == DIGIT_SEGMENTER
+    except CnnlabError:  # not a saved run: a zoo name, or what load_predictor then explains
+        return False
+
+
+# What `cnnlab explain` prints of a canvas run's preprocessing, which the run does not record (only "float images in
+# [0, 1], shape [N, 1, H, W]"): the canvases' own convention, with MNIST's rule for dark ink on light paper.
+CANVAS_PREPROCESSING = (
+    "grey, in [0, 1], at its own size, as the run's MNIST canvases (light digits on black; an image brighter than "
+    "0.5 on average, dark ink on light paper, is inverted)"
+)
+
+
+def _canvas_segmenter_subject(source: str, device: str | torch.device) -> Subject:
+    """A segmentation run on the MNIST canvases: the whole image grey, in [0, 1], at its own size, light digits on
+    black as the canvases are (inverted when it is light on average, as MNIST's preparation inverts a photo of dark
+    ink on light paper); class 0, the background, is explained only when asked for or alone."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from cnnlab.data.mnist import INVERT_ABOVE_MEAN
+    from cnnlab.train.saved import load_model, saved_meta
+
+    model = load_model(source, device=device)
+    classes = [str(name) for name in saved_meta(source)["classes"]]
+
+    def preprocess(image: Any) -> torch.Tensor:
+        grey = TF.to_dtype(TF.pil_to_tensor(image.convert("L")), torch.float32, scale=True)  # 1 x H x W
+        return 1.0 - grey if float(grey.mean()) > INVERT_ABOVE_MEAN else grey
+
+    return Subject(model, classes, preprocess, _grey_display, source, "segment", background=0,
+                   preprocessing=CANVAS_PREPROCESSING)  # fmt: skip
 
 
 # Explaining a segmenter runs backward through the whole image at full resolution, as training does: above this many
