@@ -239,13 +239,38 @@ def test_masks_saved_0_255_among_masks_of_class_indices_are_refused_naming_one_o
     with pytest.raises(CnnlabError) as refused:
         SegmentationFolder(tmp_path).read_all()
     assert str(refused.value) == (
-        f"{tmp_path / 'masks' / 'a.png'} and 1 other masks hold only 0 and 255 while other masks (b.png) hold class "
-        "indices 1 and up and no 255: 255 means unlabelled, so their objects would be left out of training; if 255 "
-        "marks the object there, save it as its class index (1 for one object class)"
+        f"{tmp_path / 'masks' / 'a.png'} holds only 0 and 255 (255 on 50.0% of its pixels), as do c.png, while other "
+        "masks (b.png) hold class indices 1 and up and no 255: 255 means unlabelled, so their objects would be left "
+        "out of training; if 255 marks the object there, save it as its class index (1 for one object class); if it "
+        "marks pixels left unlabelled (a scribble), label the object's pixels in that mask too, or leave the pair out"
     )
     # a folder whose masks use 255 for unlabelled pixels beside classes (scribbles, VOC): a 0/255 mask is a mask
     Image.fromarray(np.array([[0, 1], [255, 1]], dtype=np.uint8)).save(tmp_path / "masks" / "b.png")
     assert len(SegmentationFolder(tmp_path).read_all()) == 3
+
+
+def test_a_scribble_of_255_in_one_of_many_0_1_masks_is_named_with_its_share_and_both_remedies(tmp_path):
+    """One mask of 0/1 masks given a 255 scribble (unlabelled pixels) and no object pixel was refused for the whole
+    run saying only how to save 255 as an object: the refusal now names every such mask, the share of 255 in the
+    first (a thin scribble, not an object), and the remedy for unlabelled pixels, which then passes."""
+    square = np.zeros((16, 16), dtype=np.uint8)
+    square[4:12, 4:12] = 1
+    scribble = np.zeros((16, 16), dtype=np.uint8)
+    scribble[8, 2:14] = 255  # a 1 px stroke: 12 of 256 pixels
+    _one_pair(tmp_path, Image.fromarray(square))
+    for name, mask in (("b", square), ("c", scribble), ("d", square), ("e", scribble)):
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{name}.png")
+        Image.fromarray(np.full((16, 16, 3), ord(name), dtype=np.uint8)).save(tmp_path / "images" / f"{name}.png")
+    with pytest.raises(CnnlabError) as refused:
+        SegmentationFolder(tmp_path).read_all()
+    message = str(refused.value)
+    assert message.startswith(f"{tmp_path / 'masks' / 'c.png'} holds only 0 and 255 (255 on 4.7% of its pixels), as "
+                              "do e.png, while other masks (a.png) hold class indices 1 and up and no 255")  # fmt: skip
+    assert message.endswith("if it marks pixels left unlabelled (a scribble), label the object's pixels in that mask "
+                            "too, or leave the pair out")  # fmt: skip
+    scribble[2:6, 2:6] = 1  # the remedy: the object labelled beside the scribble
+    Image.fromarray(scribble).save(tmp_path / "masks" / "c.png")
+    assert len(SegmentationFolder(tmp_path).read_all()) == 5
 
 
 @pytest.mark.parametrize(

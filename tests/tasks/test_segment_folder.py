@@ -340,7 +340,8 @@ def test_evaluate_names_classes_no_mask_has_and_values_only_in_edge_fringes_as_t
     picture = np.asarray(Image.open(folder / "images" / others[0].name)).copy()
     picture[0, 0] ^= 1  # not a byte-identical copy, which would be read once
     Image.fromarray(picture).save(folder / "images" / first.name)
-    with pytest.raises(CnnlabError, match=rf"^{re.escape(str(first))} holds only 0 and 255 while other masks \("):
+    refusal = rf"^{re.escape(str(first))} holds only 0 and 255 \(255 on [\d.]+% of its pixels\) while other masks \("
+    with pytest.raises(CnnlabError, match=refusal):
         evaluate_folder(summary["run_dir"], folder, tmp_path / "out3")
 
 

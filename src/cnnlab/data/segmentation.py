@@ -44,7 +44,7 @@ from cnnlab.data.folder import (
     to_rgb,
     turned_by_exif,
 )
-from cnnlab.errors import CnnlabError, why_not_a_folder
+from cnnlab.errors import CnnlabError, listed, why_not_a_folder
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -818,10 +818,14 @@ class ForegroundAs255:
     """Masks saved 0/255 (their object 255, which means unlabelled) among masks of class indices: added one at a
     time, refused by `check` (as `check_mask_classes` refuses a folder of them alone) when some mask's only value
     other than 0 is 255 and others hold classes 1 and up without 255. A folder that uses 255 for unlabelled pixels
-    beside its classes (scribbles, Pascal VOC's void bands) passes: there a mask of background and 255 is a mask."""
+    beside its classes (scribbles, Pascal VOC's void bands) passes: there a mask of background and 255 is a mask.
+    The refusal names each such mask (up to `NAMED`) and the share of 255 in the first, which tells an object (a
+    blob) from a scribble of unlabelled pixels, and says what to do in either case."""
+
+    NAMED = 5  # masks of 0 and 255 named in the refusal beside the first (then "and N more")
 
     def __init__(self) -> None:
-        self.binary: list[Path] = []  # the masks of 0 and 255 alone
+        self.binary: list[tuple[Path, float]] = []  # the masks of 0 and 255 alone, each with its share of 255
         self.indexed: Path | None = None  # the first mask of classes 1 and up without 255
         self.unlabelled_beside_classes = False  # some mask has classes 1 and up and 255: 255 means unlabelled here
 
@@ -829,22 +833,25 @@ class ForegroundAs255:
         """Count the mask at `path` by its pixels per value (`counts`: int [256])."""
         classes, unlabelled = bool(counts[1:IGNORE_INDEX].any()), bool(counts[IGNORE_INDEX])
         if unlabelled and not classes:
-            self.binary.append(path)
+            self.binary.append((path, float(counts[IGNORE_INDEX] / counts.sum())))
         elif classes and not unlabelled:
             self.indexed = self.indexed or path
         elif classes:
             self.unlabelled_beside_classes = True
 
     def check(self, consequence: str) -> None:
-        """Refuse, in one line naming a mask of each kind, masks saved 0/255 among masks of class indices;
-        `consequence` says what would follow ("their objects would be left out of training")."""
+        """Refuse, in one line naming the masks of 0 and 255 and one of classes, masks saved 0/255 among masks of
+        class indices; `consequence` says what would follow ("their objects would be left out of training")."""
         if not self.binary or self.indexed is None or self.unlabelled_beside_classes:
             return
-        others = f" and {len(self.binary) - 1} other masks hold" if len(self.binary) > 1 else " holds"
+        (first, share), others = self.binary[0], [path.name for path, _ in self.binary[1:]]
+        also = f", as do {listed(others, self.NAMED)}," if others else ""
         raise CnnlabError(
-            f"{self.binary[0]}{others} only 0 and {IGNORE_INDEX} while other masks ({self.indexed.name}) hold "
-            f"class indices 1 and up and no {IGNORE_INDEX}: {IGNORE_INDEX} means unlabelled, so {consequence}; if "
-            f"{IGNORE_INDEX} marks the object there, save it as its class index (1 for one object class)"
+            f"{first} holds only 0 and {IGNORE_INDEX} ({IGNORE_INDEX} on {share:.1%} of its pixels){also} while other "
+            f"masks ({self.indexed.name}) hold class indices 1 and up and no {IGNORE_INDEX}: {IGNORE_INDEX} means "
+            f"unlabelled, so {consequence}; if {IGNORE_INDEX} marks the object there, save it as its class index (1 "
+            f"for one object class); if it marks pixels left unlabelled (a scribble), label the object's pixels in "
+            "that mask too, or leave the pair out"
         )
 
 
