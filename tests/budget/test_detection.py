@@ -76,3 +76,26 @@ def test_faster_rcnn_counts_its_backbone_exactly_and_its_box_head_per_proposal()
     note = report_notes(sized)[0]
     assert "resizes the 3x40x50 image to 3x64x96 (min_size 64, max_size 96, padded to a multiple of 32)" in note
     assert f"{box['macs_per_box']:,} MACs per proposal (up to 20 per image)" in note
+
+
+def test_a_one_channel_image_is_sized_as_the_three_channels_torchvision_repeats_it_into_and_four_are_refused() -> None:
+    """torchvision's transform normalises per channel of its 3-value image_mean: a 1-channel image broadcasts into 3
+    (a real forward runs), so it is sized at 3 channels and the note says why; 4 channels do not broadcast, and were
+    refused as "takes a list of images ... size its backbone", which was not the cause."""
+    from cli_in_process import run_cnnlab
+
+    small = "min_size=64, max_size=96, rpn_post_nms_top_n_test=20"
+    target = f"torchvision.models.detection:fasterrcnn_mobilenet_v3_large_320_fpn(weights_backbone=None, {small})"
+    sized = budget(build_python_model(target), input_shape=(1, 40, 50), optimizer="none", name="frcnn")
+    info = sized.detection
+    assert info["given_shape"] == [1, 40, 50] and info["resized_shape"] == [3, 64, 96]
+    assert "repeats the 1 channel into 3, as torchvision's forward does" in report_notes(sized)[0]
+    torch.manual_seed(0)
+    network = detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights_backbone=None, min_size=64, max_size=96, rpn_post_nms_top_n_test=20
+    )
+    macs, boxes = _real_forward_macs(network, (1, 40, 50))
+    assert macs == sized.macs + boxes["box"] * info["per_box_heads"][0]["macs_per_box"]
+    done = run_cnnlab("budget", target, "--input", "4x40x50")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "transform normalises 3 channels" in done.stderr and "--input 4x40x50 has 4; give 3xHxW" in done.stderr

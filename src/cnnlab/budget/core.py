@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.budget.detection import DenseDetection, detection_info, is_detection_network
+from cnnlab.budget.detection import DenseDetection, check_channels, detection_info, is_detection_network
 from cnnlab.budget.spec import LayerSpec, build_module, infer_shapes, load_spec_file, parse_spec
 from cnnlab.budget.trace import Row, TraceResult, optimizer_copies, resolve_dtype, trace
 from cnnlab.errors import CnnlabError
@@ -520,6 +520,7 @@ def budget(
                 f"{name} is a detection network: it takes each image as 3 sizes (channels x height x width, e.g. "
                 f"3x800x800), which its own transform resizes; --input {'x'.join(map(str, shape))} has {len(shape)}"
             )
+        check_channels(module, shape, name)
         try:
             detection = detection_info(module, shape)
         except FORWARD_ERRORS as error:

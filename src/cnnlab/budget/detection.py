@@ -28,7 +28,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["DenseDetection", "detection_info", "is_detection_network"]
+from cnnlab.errors import CnnlabError
+
+__all__ = ["DenseDetection", "check_channels", "detection_info", "is_detection_network"]
 
 # the R-CNN heads that run once per box: (their roi_heads attributes' prefix, the boxes they run on)
 _PER_BOX_HEADS = (("box", "proposal"), ("mask", "detection"), ("keypoint", "detection"))
@@ -74,6 +76,25 @@ class DenseDetection(nn.Module):
         if isinstance(outputs, dict):  # RetinaNet, FCOS, SSD: cls_logits, bbox_regression (, bbox_ctrness)
             return list(outputs.values())
         return [tensor for per_level in outputs for tensor in per_level]  # RPN: objectness and box deltas, per level
+
+
+def check_channels(network: nn.Module, shape: tuple[int, ...], name: str) -> None:
+    """Refuse an image whose channels the network's transform cannot normalise, in one line that names those it takes.
+
+    torchvision's transform normalises an image as ``(image - mean[:, None, None]) / std[:, None, None]`` with one
+    ``image_mean`` and ``image_std`` value per channel (3, RGB, for every torchvision detection network). A 1-channel
+    image broadcasts against them: its channel is repeated into each of theirs, so the network runs (and is sized)
+    on 3 channels, as `detection_info` reports; any other count fails to broadcast (torch's "The size of tensor a (4)
+    must match the size of tensor b (3)", which the budget blamed on the list of images the network takes).
+    """
+    channels = len(getattr(network.transform, "image_mean", ()) or ()) or shape[0]
+    if shape[0] in (1, channels):
+        return
+    raise CnnlabError(
+        f"{name} is a detection network whose transform normalises {channels} channels (its image_mean and image_std "
+        f"have {channels} values each): --input {'x'.join(map(str, shape))} has {shape[0]}; give {channels}xHxW (a "
+        f"1-channel image is repeated into the {channels}, as torchvision's forward does)"
+    )
 
 
 def resized_shape(network: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -340,6 +340,11 @@ def detection_note(report: BudgetReport) -> str | None:
         if transform["size_divisible"] > 1:
             how += f", padded to a multiple of {transform['size_divisible']}"
     given, resized = "x".join(map(str, info["given_shape"])), "x".join(map(str, info["resized_shape"]))
+    if info["given_shape"][0] != info["resized_shape"][0]:  # 1 -> 3: "resizes 1x320x320 to 3x320x320" said no why
+        how += (
+            f"; its per-channel normalisation repeats the {info['given_shape'][0]} channel into "
+            f"{info['resized_shape'][0]}, as torchvision's forward does"
+        )
     text = (
         f"{escape(report.model_name)} is a detection network ({info['network']}): its own transform resizes the "
         f"{given} image to {resized} ({how}), and it is sized at that shape. The layers, MACs and memory above are "
