@@ -99,3 +99,23 @@ def test_a_one_channel_image_is_sized_as_the_three_channels_torchvision_repeats_
     done = run_cnnlab("budget", target, "--input", "4x40x50")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "transform normalises 3 channels" in done.stderr and "--input 4x40x50 has 4; give 3xHxW" in done.stderr
+
+
+def test_explain_derives_the_transforms_shape_and_the_per_box_macs() -> None:
+    """--explain began at 'input 3x64x96' with no word of the 3x40x50 image it came from, and its compute section
+    gave the dense MACs as an image's, with nothing of the heads that run once per box or of the training step
+    torchvision runs."""
+    from cnnlab.budget.explain import explain
+
+    small = "min_size=64, max_size=96, rpn_post_nms_top_n_test=20"
+    target = f"torchvision.models.detection:fasterrcnn_mobilenet_v3_large_320_fpn(weights_backbone=None, {small})"
+    sized = budget(build_python_model(target), input_shape=(3, 40, 50), optimizer="none", name="frcnn")
+    text = explain(sized)
+    (box,) = sized.detection["per_box_heads"]
+    per_box, most = box["macs_per_box"], 20 * box["macs_per_box"]
+    assert "input 3x64x96 (the 3x40x50 image, resized)" in text.splitlines()[0]
+    assert "= min(64 / 40, 96 / 50) = 1.6\n" in text and "rounded down: 40x50 -> 64x80\n" in text
+    assert "padded with zeros to a multiple of 32: 64x80 -> 64x96\n" in text
+    assert f"on 256x7x7: {per_box:,} MACs per proposal x up to 20 per image = up to {most:,}\n" in text
+    assert f"from {sized.macs:,} (no box kept) to {sized.macs:,} + {most:,} = {sized.macs + most:,} MACs" in text
+    assert "torchvision's training-mode\n      forward (targets, sampled anchors and proposals" in text

@@ -100,6 +100,11 @@ def check_channels(network: nn.Module, shape: tuple[int, ...], name: str) -> Non
 def resized_shape(network: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
     """One C x H x W image's shape after the network's own transform (resized, padded to its size divisor), as its
     eval-mode forward computes it: the transform is run on the meta device."""
+    return _transformed(network, shape)[0]
+
+
+def _transformed(network: nn.Module, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, int]]:
+    """`resized_shape`, and the image's H x W as resized, before the batch is padded to the size divisor."""
     transform = network.transform
     training = transform.training
     transform.eval()  # in training a multi-scale transform (keypoint R-CNN) picks a random min_size
@@ -108,22 +113,26 @@ def resized_shape(network: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]
             batched, _ = transform([torch.empty(shape, device="meta")])
     finally:
         transform.train(training)
-    return tuple(batched.tensors.shape[1:])
+    height, width = batched.image_sizes[0]
+    return tuple(batched.tensors.shape[1:]), (int(height), int(width))
 
 
 def detection_info(network: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
     """How the network's transform resizes a `shape` image, and the MACs of each head that runs once per box.
 
     Returns:
-        ``network``, ``given_shape``, ``resized_shape``, ``transform`` (min_size, max_size, fixed_size,
-        size_divisible), and ``per_box_heads``: per R-CNN head, its modules, what it runs on, the most of them per
-        image and its MACs per box (empty for RetinaNet, FCOS and SSD, whose heads are all dense).
+        ``network``, ``given_shape``, ``scaled_size`` (H x W as resized, before padding), ``resized_shape`` (C x H x
+        W, padded), ``transform`` (min_size, max_size, fixed_size, size_divisible), and ``per_box_heads``: per R-CNN
+        head, its modules, what it runs on, the most of them per image and its MACs per box (empty for RetinaNet,
+        FCOS and SSD, whose heads are all dense).
     """
     transform = network.transform
+    padded, scaled = _transformed(network, shape)
     info: dict[str, Any] = {
         "network": type(network).__name__,
         "given_shape": list(shape),
-        "resized_shape": list(resized_shape(network, shape)),
+        "scaled_size": list(scaled),
+        "resized_shape": list(padded),
         "transform": {
             "min_size": transform.min_size[-1],  # the eval-mode size of a multi-scale transform
             "max_size": transform.max_size,

@@ -139,10 +139,14 @@ def explain(report: BudgetReport) -> str:
     """A multi-line derivation of the report's parameter, compute and memory figures."""
     itemsize = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}.get(report.dtype, 4)
     input_values = math.prod(report.input_shape)
+    resized = f" (the {_shape(report.detection['given_shape'])} image, resized)" if report.detection else ""
     lines = [
-        f"Budget of {report.model_name}, input {_shape(report.input_shape)}, {report.dtype} ({itemsize} bytes)",
+        f"Budget of {report.model_name}, input {_shape(report.input_shape)}{resized}, {report.dtype} "
+        f"({itemsize} bytes)",
         "",
     ]
+    if report.detection is not None:  # the shape every figure is for was not derived: the transform's steps
+        lines += [*_detection_transform_lines(report.detection), ""]
     lines.append("1. Layer by layer")
     if report.spec_layers is not None:
         for layer in report.spec_layers:
@@ -182,6 +186,8 @@ def explain(report: BudgetReport) -> str:
         )
     lines.append("    counted: convolutions, linear layers, matmuls, attention; normalisation, activations, pooling,")
     lines.append("    upsampling, additions and concatenations count 0")
+    if report.detection is not None:
+        lines.extend(_detection_macs_lines(report))
     outputs = report.textbook_layer_bytes
     inference = report.inference
     lines += ["", "4. Inference, one instance (textbook view)"]
@@ -253,7 +259,72 @@ def explain(report: BudgetReport) -> str:
     )
     copies = optimizer_copies(report.optimizer)
     lines.append(f"    - optimizer state: {report.optimizer} keeps {copies} copies of the trainable parameters")
+    if report.detection is not None:
+        lines.append(
+            "    - detection: the training step is the backbone's and dense heads' alone; torchvision's training-mode"
+        )
+        lines.append(
+            "      forward (targets, sampled anchors and proposals, the per-box heads on them, its losses) is not sized"
+        )
     return "\n".join(lines)
+
+
+def _detection_transform_lines(info: dict[str, Any]) -> list[str]:
+    """How a detection network's own transform turns the given image into the batch the figures are for (as
+    torchvision's ``GeneralizedRCNNTransform`` does it in eval mode)."""
+    transform, given = info["transform"], info["given_shape"]
+    channels, height, width = given
+    scaled_h, scaled_w = info["scaled_size"]
+    lines = [f"0. The detection network's own transform ({info['network']}), before its layers"]
+    normalised = f"    the {_shape(given)} image is normalised per channel (image_mean, image_std)"
+    if channels != info["resized_shape"][0]:
+        normalised += f": its {channels} channel is repeated into {info['resized_shape'][0]}"
+    lines.append(normalised)
+    if transform["fixed_size"]:
+        lines.append(f"    resized to its fixed_size, whatever the image's: {height}x{width} -> {scaled_h}x{scaled_w}")
+    else:
+        low, high = transform["min_size"], transform["max_size"]
+        scale = min(low / min(height, width), high / max(height, width))
+        lines.append(
+            f"    scale = min(min_size / shorter side, max_size / longer side) = min({low} / {min(height, width)}, "
+            f"{high} / {max(height, width)}) = {scale:.6g}"
+        )
+        lines.append(
+            f"    resized: {height} x {scale:.6g} and {width} x {scale:.6g}, rounded down: {height}x{width} -> "
+            f"{scaled_h}x{scaled_w}"
+        )
+    padded = info["resized_shape"]
+    if transform["size_divisible"] > 1:
+        lines.append(
+            f"    the batch is padded with zeros to a multiple of {transform['size_divisible']}: "
+            f"{scaled_h}x{scaled_w} -> {padded[1]}x{padded[2]}"
+        )
+    lines.append(f"    every figure below is for one {_shape(padded)} input to the backbone and dense heads")
+    return lines
+
+
+def _detection_macs_lines(report: BudgetReport) -> list[str]:
+    """Section 3's addition for a detection network: the dense MACs are the same for every image of its size; each
+    R-CNN head that runs once per box adds its MACs per box, counted on one box's pooled features."""
+    info = report.detection
+    lines = ["    detection: these are its backbone's and dense heads' MACs, the same for every image of this size;"]
+    if not info["per_box_heads"]:
+        lines.append("    every head is dense (none runs once per box), so they are one image's, whatever it shows")
+        return lines
+    lines.append("    the heads that run once per kept box, counted on one box's pooled features, add per box:")
+    extra = 0
+    for head in info["per_box_heads"]:
+        most = head["macs_per_box"] * head["most_per_image"]
+        extra += most
+        lines.append(
+            f"      {' + '.join(head['modules'])} on {_shape(head['input_per_box'])}: {_n(head['macs_per_box'])} MACs "
+            f"per {head['runs_on']} x up to {_n(head['most_per_image'])} per image = up to {_n(most)}"
+        )
+    lines.append(
+        f"    one image: from {_n(report.macs)} (no box kept) to {_n(report.macs)} + {_n(extra)} = "
+        f"{_n(info['most_macs'])} MACs (how many boxes are kept depends on the image's values)"
+    )
+    return lines
 
 
 def _unlisted_text(unlisted: dict[str, int], shown: int = 6) -> str:
