@@ -119,3 +119,19 @@ def test_explain_derives_the_transforms_shape_and_the_per_box_macs() -> None:
     assert f"on 256x7x7: {per_box:,} MACs per proposal x up to 20 per image = up to {most:,}\n" in text
     assert f"from {sized.macs:,} (no box kept) to {sized.macs:,} + {most:,} = {sized.macs + most:,} MACs" in text
     assert "torchvision's training-mode\n      forward (targets, sampled anchors and proposals" in text
+
+
+def test_the_note_of_a_network_whose_heads_are_all_dense_says_its_losses_are_not_sized() -> None:
+    """The training figures are a step of the dense part on the sum of its outputs; the note said that torchvision's
+    own training step (its losses) is left out for R-CNN only, and for RetinaNet, FCOS and SSD nothing."""
+    from types import SimpleNamespace
+
+    from cnnlab.budget.render import detection_note
+
+    transform = {"min_size": 320, "max_size": 320, "fixed_size": [320, 320], "size_divisible": 1}
+    info = {"network": "SSD", "given_shape": [3, 64, 64], "resized_shape": [3, 320, 320], "transform": transform}
+    note = detection_note(SimpleNamespace(detection=info | {"per_box_heads": []}, model_name="ssd", macs=5))
+    assert note.endswith(
+        "the MACs are one image's. The training figures are one step of the backbone and dense heads on the sum of "
+        "their outputs; torchvision's own training step (targets, anchors matched to them, its losses) is not sized."
+    )

@@ -353,8 +353,15 @@ def detection_note(report: BudgetReport) -> str | None:
         "on the image's values"
     )
     heads = info["per_box_heads"]
+    # said of every detection network: RetinaNet's, FCOS's and SSD's training figures left out their losses unsaid
+    training = (
+        "The training figures are one step of the backbone and dense heads on the sum of their outputs; torchvision's "
+        "own training step (targets, "
+        + ("sampled proposals" if heads else "anchors matched to them")
+        + ", its losses) is not sized."
+    )
     if not heads:
-        return text + ", and no head runs per box: the MACs are one image's."
+        return f"{text}, and no head runs per box: the MACs are one image's. {training}"
     parts = [
         f"{' + '.join(head['modules'])} {head['macs_per_box']:,} MACs per {head['runs_on']} (up to "
         f"{head['most_per_image']:,} per image)"
@@ -364,8 +371,7 @@ def detection_note(report: BudgetReport) -> str | None:
         f"{text}, and so does the work of the heads that run once per box (their rows above show their parameters "
         f"only): {'; '.join(parts)}. "
         f"One image costs from {report.macs / 1e9:.3f} G (no box kept) to {info['most_macs'] / 1e9:.3f} G MACs "
-        "(every head at its most). The training figures are one step of the backbone and dense heads on the sum of "
-        "their outputs; torchvision's own training step (targets, sampled proposals, losses) is not sized."
+        f"(every head at its most). {training}"
     )
 
 
