@@ -58,6 +58,11 @@ def torchinfo_sizes(model: nn.Module, shape: tuple[int, ...], batch: int) -> tup
     return int(stats.total_output_bytes), int(stats.total_input + stats.total_output_bytes + stats.total_param_bytes)
 
 
+def _over(estimate: int, measured: int) -> float | None:
+    """estimate / measured to three places; None where the real step measured 0 bytes (no finite ratio)."""
+    return round(estimate / measured, 3) if measured else None
+
+
 def _cell(ratio: float | None, places: int) -> str:
     """A ratio to `places` places; "-" where there is none (the real step held 0 bytes: see the row's notes)."""
     return "-" if ratio is None else f"{ratio:.{places}f}"
@@ -98,6 +103,9 @@ def main() -> None:
         measured_peak = report.measured["peak_live_bytes"]
         measured_saved = report.measured["saved_for_backward_bytes"]
         info_pass, info_total = torchinfo_sizes(module, shape, batch)
+        notes = [report.measured[key] for key in ("saved_ratio_note", "peak_ratio_note") if key in report.measured]
+        if not measured_peak:  # it divided by it (ZeroDivisionError) where --measure's own ratio is null or 1.0
+            notes.append("the real step's peak of live tensors was 0 bytes: no total has a finite ratio to it")
         rows.append(
             {
                 "network": label,
@@ -105,14 +113,12 @@ def main() -> None:
                 "measured_peak": measured_peak,
                 "cnnlab_saved_ratio": report.measured["saved_ratio"],
                 "cnnlab_peak_ratio": report.measured["peak_ratio"],
-                "cnnlab_textbook_ratio": round(report.training["total_bytes"] / measured_peak, 3),
-                "torchinfo_pass_over_saved": round(info_pass / measured_saved, 3) if measured_saved else None,
-                "torchinfo_ratio": round(info_total / measured_peak, 3),
+                "cnnlab_textbook_ratio": _over(report.training["total_bytes"], measured_peak),
+                "torchinfo_pass_over_saved": _over(info_pass, measured_saved),
+                "torchinfo_ratio": _over(info_total, measured_peak),
                 "seconds": round(seconds, 1),
-                # a step that saved 0 bytes has no finite ratio: budget --measure gives null and says why
-                "notes": [
-                    report.measured[key] for key in ("saved_ratio_note", "peak_ratio_note") if key in report.measured
-                ],
+                # a step that saved or held 0 bytes has no finite ratio: null, and a note says why
+                "notes": notes,
             }
         )
     print(f"# {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")

@@ -33,3 +33,21 @@ def test_a_step_that_saved_nothing_is_shown_as_a_dash_and_its_note(
     out = capsys.readouterr().out
     assert "| frozen net | 0.0 | 2.0 | - | 1.2500 | 1.500 | - | 2.500 |" in out
     assert f"frozen net: {note}" in out
+
+
+def test_a_step_whose_peak_was_zero_gives_dashes_and_a_note_not_a_division_by_zero(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The textbook and torchinfo totals were divided by the measured peak unguarded: ZeroDivisionError where the real
+    step held nothing live (budget --measure itself gives its ratio as 1.0 when the estimate is 0 too)."""
+    script = load_benchmark("budget")
+    measured = {"peak_live_bytes": 0, "saved_for_backward_bytes": 0, "saved_ratio": 1.0, "peak_ratio": 1.0}
+    report = SimpleNamespace(measured=measured, training={"total_bytes": 64})
+    monkeypatch.setattr(script, "cases", lambda: [("nothing kept", ["flatten"], (1, 2, 2), 1)])
+    monkeypatch.setattr(script, "budget", lambda *args, **kwargs: report)
+    monkeypatch.setattr(script, "torchinfo_sizes", lambda *args: (0, 16))  # torchinfo is not installed
+    monkeypatch.setattr(sys, "argv", ["budget.py"])
+    script.main()
+    out = capsys.readouterr().out
+    assert "| nothing kept | 0.0 | 0.0 | 1.0000 | 1.0000 | - | - | - |" in out
+    assert "nothing kept: the real step's peak of live tensors was 0 bytes: no total has a finite ratio to it" in out
