@@ -107,6 +107,8 @@ def test_explain_with_depth_and_measure_explains_those_rows_and_sets_measured_be
         # layer strings were asked for --input before being read: "a layer spec needs --input"
         (["resnet18", "resnet50"], "resnet18 is a zoo model, not a layer: budget one model per command"),
         (["conv 8 k3", "frob 2"], "layer 2 ('frob 2'): unknown layer type 'frob'"),
+        # nadam and none were taken but not named
+        (["--input", "1x8x8", "conv 2 k3", "--optimizer", "lion"], "use one of sgd, momentum, adam, adamw, nadam or"),
         # was torch's "spec does not run on input 3x20000x20000: Storage size calculation overflowed with sizes=[...]"
         (
             ["--input", "3x20000x20000", "conv 100 k3", "--batch", "1000000000"],

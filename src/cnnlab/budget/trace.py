@@ -85,7 +85,8 @@ def optimizer_copies(optimizer: str) -> int:
     """How many parameter-sized state tensors an optimizer keeps (SGD 0, momentum 1, Adam/AdamW 2)."""
     key = optimizer.lower()
     if key not in OPTIMIZER_STATE_COPIES:
-        raise CnnlabError(f"unknown optimizer {optimizer!r}; use one of sgd, momentum, adam, adamw")
+        # nadam and none were taken but not named (the --help lists them)
+        raise CnnlabError(f"unknown optimizer {optimizer!r}; use one of sgd, momentum, adam, adamw, nadam or none")
     return OPTIMIZER_STATE_COPIES[key]
 
 
