@@ -115,6 +115,14 @@ def test_explain_with_depth_and_measure_explains_those_rows_and_sets_measured_be
             "batch 1,000,000,000 of input 3x20000x20000 is too large to size: one tensor of the step, sized "
             "[1000000000, 100, 19998, 19998], would hold more bytes than PyTorch counts (2^63); enter a smaller batch",
         ),
+        # a traceback (exit 1): torch's "Overflow when unpacking long long" building the conv's weight
+        (["--input", "99999999999999999999x8x8", "conv 8 k3"], "spec on input 99999999999999999999x8x8 is too large"),
+        (["--input", "461168601842738790", "dense 8"], "weights, sized [8, 461168601842738790], would hold more"),
+        # was "spec does not run on input 1x8x8: empty(): argument 'size' failed to unpack the object ...": the batch
+        (
+            ["--input", "1x8x8", "conv 2 k3", "--batch", "100000000000000000000"],
+            "batch 100,000,000,000,000,000,000 of input 1x8x8 is too large to size: the input batch alone would hold",
+        ),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(args, fragment):

@@ -237,8 +237,18 @@ def _built(layers: list[LayerSpec], on_meta: bool) -> nn.Module:
     """The module of a spec, on the meta device with `on_meta`, as a zoo model is: its weights were allocated and
     initialised for real, so a spec of 9 billion parameters (``conv 10 k3`` on a 10^8-channel input) failed with
     "DefaultCPUAllocator: can't allocate memory" instead of being sized, and one that fitted took its gigabytes."""
-    with torch.device("meta") if on_meta else contextlib.nullcontext():
-        return build_module(layers)
+    try:
+        with torch.device("meta") if on_meta else contextlib.nullcontext():
+            return build_module(layers)
+    except (RuntimeError, TypeError) as error:  # a weight torch cannot size: it was a traceback
+        if "overflow" not in str(error).lower():
+            raise
+        sizes = re.search(r"sizes=(\[[^\]]*\])", str(error))
+        raise CnnlabError(
+            f"spec on input {'x'.join(map(str, layers[0].input_shape))} is too large to size: one of its weights"
+            + (f", sized {sizes.group(1)}," if sizes else "")
+            + " would hold more values or bytes than PyTorch counts (2^63); enter a smaller input"
+        ) from None
 
 
 def _resolve_run(
@@ -530,6 +540,12 @@ def budget(
     copies = optimizer_copies(optimizer)
     if batch_size < 1:
         raise CnnlabError(f"batch size {batch_size} must be at least 1")
+    input_bytes = batch_size * math.prod(shape) * torch_dtype.itemsize
+    if input_bytes >= 2**63:  # torch's words blamed the network: "spec does not run on input ...: Overflow when ..."
+        raise CnnlabError(
+            f"batch {batch_size:,} of input {'x'.join(map(str, shape))} is too large to size: the input batch alone "
+            f"would hold {input_bytes:,} bytes, more than PyTorch counts (2^63); enter a smaller batch or input"
+        )
     if depth is not None and depth < 0:  # it was taken as "leaves"
         raise CnnlabError(f"--depth {depth} must be >= 0 (0: the whole model in one row; default: leaf modules)")
     # The textbook figures count every layer once, at one fixed granularity: the spec's own layers, else the leaf
