@@ -503,3 +503,22 @@ def test_a_failed_session_names_its_error_and_started_when_its_command_did(tmp_p
     last.end()
     text = "\n".join(RunReport("run").add_sessions(last.sessions).lines)
     assert "| none | 10 min | failed (OSError: [Errno 28] No space left on device) |" in text
+
+
+def test_a_figure_missing_beside_the_report_is_named_not_linked(tmp_path: Path) -> None:
+    """A finished run whose figures were deleted and whose report.md --resume wrote again linked the missing files:
+    the report showed broken images. A figure beside the report is linked; one that is not is named as missing."""
+    from cnnlab.report.markdown import RunReport
+
+    plot_learning_curves([{"epoch": 1.0, "train_loss": 1.0, "val_loss": 1.2}], tmp_path / "learning_curves.png")
+    report = RunReport("run").add_training([{"epoch": 1.0, "train_loss": 1.0, "val_loss": 1.2}])
+    report.image("confusion matrix", "confusion_matrix.png").text("after")
+    text = report.write(tmp_path / "report.md").read_text()
+    assert "![learning curves](learning_curves.png)" in text
+    assert "](confusion_matrix.png)" not in text
+    assert "_Figure not shown (confusion matrix): `confusion_matrix.png` is not in the run folder._\n\nafter\n" in text
+    (tmp_path / "learning_curves.png").unlink()
+    (tmp_path / "confusion_matrix.png").write_bytes(b"drawn since")  # the same report, written again: as it is now
+    text = report.write(tmp_path / "report.md").read_text()
+    assert "![confusion matrix](confusion_matrix.png)" in text and "](learning_curves.png)" not in text
+    assert "`learning_curves.png` is not in the run folder" in text

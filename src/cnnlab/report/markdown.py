@@ -3,7 +3,8 @@
 Each task writes ``report.md`` in its run directory with `RunReport`: a header (what ran, the command, when, on what
 hardware), the task's own sections (data, test results), the training section (`add_training`: epochs, best
 validation epoch, time, throughput, the learning curves) and the configuration. Figures are files next to the report,
-linked by their file name, so the folder can be moved or zipped and still reads.
+linked by their file name, so the folder can be moved or zipped and still reads; a figure not there when the report is
+written (deleted from a finished run whose report ``--resume`` writes again) is named as missing, not linked.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class RunReport:
         device: str | None = None,
     ) -> None:
         self.lines: list[str] = [f"# {title}", ""]
+        self._figures: dict[int, tuple[str, str]] = {}  # the line of each figure linked: its alt text and file name
         if summary:
             self.lines += [summary, ""]
         if environment:
@@ -118,8 +120,10 @@ class RunReport:
         return self
 
     def image(self, alt: str, path: str | os.PathLike[str] | None) -> RunReport:
-        """Link a figure by its file name (it lives next to report.md); nothing when there is no figure."""
+        """Link a figure by its file name (it lives next to report.md); nothing when there is no figure. One that is not
+        next to the report when it is written is named as missing instead (`write`)."""
         if path is not None:
+            self._figures[len(self.lines)] = (alt, Path(path).name)
             self.lines += [f"![{alt}]({Path(path).name})", ""]
         return self
 
@@ -193,8 +197,15 @@ class RunReport:
         return self.table(["option", "value"], rows)
 
     def write(self, path: str | os.PathLike[str]) -> Path:
+        """Write the report to `path`, its figures linked where they are beside it. A figure that is not (deleted from a
+        finished run whose report.md ``--resume`` wrote again) is named as missing: a link to it showed a broken image.
+        """
         path = Path(path)
-        return write_text_whole(path, "\n".join(self.lines).rstrip() + "\n")
+        lines = list(self.lines)
+        for index, (alt, name) in self._figures.items():
+            if not (path.parent / name).is_file():
+                lines[index] = f"_Figure not shown ({alt}): `{name}` is not in the run folder._"
+        return write_text_whole(path, "\n".join(lines).rstrip() + "\n")
 
 
 def _hardware(environment: Mapping[str, Any], device: str | None) -> str:
