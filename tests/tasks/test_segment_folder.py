@@ -369,6 +369,22 @@ def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(tra
     assert second["sessions"] == [session] and "## Sessions" not in (run / "report.md").read_text()
 
 
+def test_a_finished_run_made_before_split_digests_gets_them_when_read_back(trained, tmp_path):
+    """--resume of a finished run made before split_digests.json was recorded left it without one, so every
+    `evaluate --data` read its training images again; read back, it is written when all its split's images are there."""
+    root, summary = trained
+    run = tmp_path / "segment" / "before-digests"
+    shutil.copytree(summary["run_dir"], run)
+    digests = run / "split_digests.json"
+    recorded = digests.read_text()
+    digests.unlink()
+    options = {"overrides": {"epochs": 12, "batch_size": 8, "lr": 1e-2, "channels_last": False}, "crop_size": 32}
+    again = train_segmentation_folder(
+        str(root), "unet", output=str(tmp_path), name=run.name, resume=True, progress=False, **options
+    )
+    assert again["finished_before"] and digests.read_text() == recorded
+
+
 def test_ignore_index_is_left_out_of_loss_and_metrics(tmp_path):
     root = _folder(tmp_path / "data", count=12)
     for path in (root / "masks").iterdir():  # index masks: the top rows unlabelled

@@ -4,6 +4,7 @@ cached partial fine-tuning, views and test-time averaging, the feature cache, re
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -372,6 +373,38 @@ def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(tin
         if (tmp_path / "laptop" / "transfer" / "renamed").is_dir():
             (tmp_path / "laptop" / "transfer" / "renamed").rename(tmp_path / "laptop" / "transfer" / "tiny")
         shutil.move(tmp_path / "laptop", tmp_path / "runs")
+
+
+def test_a_finished_run_made_before_split_digests_gets_them_when_read_back(tiny_run: tuple[Path, dict]) -> None:
+    """--resume of a finished run made before split_digests.json was recorded left it without one: every `evaluate
+    --data` of it read its training images again (about 1 s per 2,000). Read back, the run gets it, as a resumed one
+    does, when every image its split.csv lists is still there; with one gone, none (evaluate counts the ones it cannot
+    check, which a record of the rest would hide)."""
+    tmp_path, summary = tiny_run
+    run = tmp_path / "runs" / "transfer" / "before-digests"
+    shutil.copytree(summary["run_dir"], run)  # the module's run as it is now, under a name of its own
+    with open(run / "split.csv", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if Path(row["path"]).is_file()]  # another test's new.png has gone
+    with open(run / "split.csv", "w", newline="") as f:
+        csv.DictWriter(f, ["path", "label", "split"]).writeheader()
+        csv.DictWriter(f, ["path", "label", "split"]).writerows(rows)
+    digests = run / "split_digests.json"
+    digests.unlink()
+    saved = json.loads((run / "results.json").read_text())["config"]
+    config = TransferConfig(**{**saved, "name": run.name, "resume": True, "overwrite": False})
+    assert train_transfer(config)["finished_before"]
+    written = json.loads(digests.read_text())
+    for part in ("train", "val", "test"):
+        files = [Path(row["path"]).read_bytes() for row in rows if row["split"] == part]
+        assert written[part] == sorted({hashlib.blake2b(data, digest_size=16).hexdigest() for data in files}), part
+    digests.unlink()
+    trained_on = Path(next(row["path"] for row in rows if row["split"] == "train"))
+    trained_on.rename(tmp_path / "away.png")
+    try:
+        assert train_transfer(config)["finished_before"]
+    finally:
+        (tmp_path / "away.png").rename(trained_on)
+    assert not digests.exists()
 
 
 def test_random_weights_of_another_seed_do_not_reuse_the_cache(tiny_run: tuple[Path, dict]) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "stratified_split",
     "validation_from_train",
     "write_manifest",
+    "write_missing_split_digests",
     "write_split_digests",
 ]
 
@@ -198,6 +199,27 @@ def write_split_digests(path: str | os.PathLike[str], images: LabelledImages, sp
             found.add(digest.hex())
         parts[part] = sorted(found)
     return write_text_whole(path, json.dumps({"digest": _DIGEST_NAME, **parts}))
+
+
+def write_missing_split_digests(manifest: str | os.PathLike[str]) -> Path | None:
+    """Write the ``split_digests.json`` beside a run's split `manifest` that a run made before it was recorded lacks,
+    from the images the manifest lists, when every one of them is still there; returns its path, or None when nothing
+    was written (it is there already, the manifest cannot be read, or an image it lists has gone).
+
+    Without it `cnnlab evaluate` reads every training image again on each call; with one gone, a record of the rest
+    would hide from it how many it cannot check.
+    """
+    manifest = Path(manifest)
+    path = manifest.with_name(SPLIT_DIGESTS)
+    if path.is_file() or not manifest.is_file():
+        return None
+    try:
+        images, split = read_manifest(manifest)
+    except CnnlabError:
+        return None
+    if not all(Path(image).is_file() for image in images.paths):
+        return None
+    return write_split_digests(path, images, split)
 
 
 def read_split_digests(path: str | os.PathLike[str]) -> dict[str, set[bytes]] | None:

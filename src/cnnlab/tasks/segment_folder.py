@@ -56,6 +56,7 @@ from cnnlab.data.split import (
     read_manifest,
     stratified_split,
     write_manifest,
+    write_missing_split_digests,
     write_split_digests,
 )
 from cnnlab.errors import CnnlabError
@@ -713,7 +714,8 @@ def _read_back(
 ) -> dict[str, Any]:
     """The results of the finished run `config` names (its options already compared), and its report.md written
     where a stop came before it, from what the run saved: results.json, metrics.json, and config.yaml's options,
-    classes and environment (the session that finished it), named as the folder is now."""
+    classes and environment (the session that finished it), named as the folder is now; and its split_digests.json
+    where a run made before it was recorded has none (`write_missing_split_digests`)."""
     run_dir = config.run_dir
 
     def write_report(summary: dict[str, Any]) -> None:
@@ -724,6 +726,8 @@ def _read_back(
         report = _report(recipe, saved, history, summary, saved.extra["classes"], background, overrides, environment)
         report.write(run_dir / "report.md")
 
+    if is_main_process():  # a run made before split_digests.json: recorded once here, not read again by each evaluate
+        write_missing_split_digests(run_dir / MANIFEST)
     return read_back(run_dir, write_report, print if progress else None, is_main_process())
 
 

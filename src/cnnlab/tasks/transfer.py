@@ -67,6 +67,7 @@ from cnnlab.data.split import (
     stratified_split,
     validation_from_train,
     write_manifest,
+    write_missing_split_digests,
     write_split_digests,
 )
 from cnnlab.errors import CnnlabError, listed
@@ -844,6 +845,8 @@ def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
 
             transfer_report(summary, recorded_environment(run_dir)).write(run_dir / "report.md")
 
+        if main:  # a run made before split_digests.json: recorded once here, not read again by each evaluate
+            write_missing_split_digests(run_dir / MANIFEST)
         return read_back(run_dir, write_report, log, main)
     # this command's session of the run (sessions.json), read before its config.yaml is written again; a resumed
     # run's session is one of the run's from here (a refusal of its input is not)
