@@ -457,6 +457,38 @@ def test_a_resume_refuses_images_that_changed_since_its_split(tiny_run: tuple[Pa
     ]
 
 
+def test_a_resume_refuses_images_whose_bytes_changed_since_its_split(tiny_run: tuple[Path, dict]) -> None:
+    """An image of the split overwritten since with another usable image (no copy of a listed one) was trained on by
+    the resume without a word: split_digests.json was never compared. It is refused, as a changed option is, naming
+    how many changed; a run made before split_digests.json has nothing to compare and resumes as before."""
+    tmp_path, summary = tiny_run
+    config = tiny_config(tmp_path, resume=True, name="bytes-changed")
+    with open(Path(summary["run_dir"]) / "split.csv", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if Path(row["path"]).is_file()]  # another test's new.png has gone
+    config.run_dir.mkdir(parents=True)
+    with open(config.run_dir / "split.csv", "w", newline="") as f:
+        csv.DictWriter(f, ["path", "label", "split"]).writeheader()
+        csv.DictWriter(f, ["path", "label", "split"]).writerows(rows)
+    for name in ("skipped.json", "split_digests.json"):
+        (config.run_dir / name).write_bytes((Path(summary["run_dir"]) / name).read_bytes())
+    changed = Path(next(row["path"] for row in rows if row["split"] == "val"))
+    original, stat = changed.read_bytes(), changed.stat()
+    try:
+        pixels = np.random.default_rng(99).integers(0, 256, (36, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(changed)
+        message = (
+            rf"^1 image\(s\) of .*split.csv changed since the run's split was made \(first: {re.escape(str(changed))}: "
+            r"its bytes are not those split_digests.json records for the val part\); restore them, or start a new run"
+        )
+        with pytest.raises(CnnlabError, match=message):
+            load_images(config)
+        (config.run_dir / "split_digests.json").unlink()  # a run made before it was recorded: nothing to compare
+        assert load_images(config)[2].startswith("reused")
+    finally:
+        changed.write_bytes(original)
+        os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the module's runs keep reusing their cache
+
+
 def test_a_failed_start_does_not_keep_its_split_for_the_next_try(tmp_path: Path) -> None:
     """A start refused for its split ("no val images, raise --val-fraction") left split.csv, which every later run of
     that name read back: raising --val-fraction, or adding --overwrite, gave the same error."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.data.folder import LabelledImages, scan_csv, scan_folder
-from cnnlab.data.split import Split, check_split_images, split_from_folders
+from cnnlab.data.split import Split, check_split_digests, check_split_images, split_from_folders
 from cnnlab.errors import CnnlabError
 
 __all__ = [
@@ -108,10 +108,12 @@ def check_split_unchanged(images: LabelledImages, split: Split, manifest: str | 
     """Raise a `CnnlabError` when an image of a run's split manifest, checked when the split was made, can no longer
     be used: a file emptied or damaged since (a resume stopped with PIL's "cannot identify image file" and a
     traceback once training had begun), or one that is now a copy of another listed image (a resume trained it under
-    the label its path had). Every image is decoded again, as the first run's scan did.
+    the label its path had); or when its bytes are not those the run's ``split_digests.json`` recorded
+    (`check_split_digests`: a resume trained on other images than its first session, without a word). Every image
+    is decoded again, as the first run's scan did, and its digest taken from those bytes.
     """
     check_files_exist(images, manifest)
-    checked, _ = check_split_images(images, split)
+    checked, checked_split = check_split_images(images, split)
     if checked.skipped:
         first = checked.skipped[0]
         raise CnnlabError(
@@ -119,3 +121,4 @@ def check_split_unchanged(images: LabelledImages, split: Split, manifest: str | 
             f"be used (first: {first.path}: {first.reason}); restore them, or start a new run (--overwrite or "
             "another --name)"
         )
+    check_split_digests(checked, checked_split, manifest)

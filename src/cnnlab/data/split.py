@@ -26,6 +26,7 @@ __all__ = [
     "SPLITS",
     "SPLIT_DIGESTS",
     "Split",
+    "check_split_digests",
     "check_split_images",
     "check_split_seed",
     "read_manifest",
@@ -232,6 +233,36 @@ def read_split_digests(path: str | os.PathLike[str]) -> dict[str, set[bytes]] | 
         return {part: {bytes.fromhex(digest) for digest in record.get(part, [])} for part in SPLITS}
     except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
         return None
+
+
+def check_split_digests(images: LabelledImages, split: Split, manifest: str | os.PathLike[str]) -> None:
+    """Raise a `CnnlabError` when an image of a run's split `manifest` has bytes other than those the run's
+    ``split_digests.json`` (beside the manifest) recorded for its part when the split was made: a resume would train
+    on other images than the run's first session, without a word, so it is refused as a changed option is. A run
+    made before that file was recorded has nothing to compare. The digests `images` carries (`LabelledImages.digests`,
+    from a decode just done) are used; an image without one is read here, and one that cannot be read counts as
+    changed.
+    """
+    recorded = read_split_digests(Path(manifest).with_name(SPLIT_DIGESTS))
+    if recorded is None:
+        return
+    changed = []
+    for part in SPLITS:
+        for index in split.get(part, []):
+            path = images.paths[index]
+            try:
+                digest = images.digests.get(path) or file_digest(path)
+            except OSError:
+                digest = None  # unreadable: not the bytes recorded
+            if digest not in recorded[part]:
+                changed.append((path, part))
+    if changed:
+        path, part = changed[0]
+        raise CnnlabError(
+            f"{len(changed)} image(s) of {manifest} changed since the run's split was made (first: {path}: its bytes "
+            f"are not those {SPLIT_DIGESTS} records for the {part} part); restore them, or start a new run "
+            "(--overwrite or another --name)"
+        )
 
 
 def read_manifest(path: str | os.PathLike[str], classes: list[str] | None = None) -> tuple[LabelledImages, Split]:

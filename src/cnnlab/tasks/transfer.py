@@ -6,8 +6,8 @@ This module is the task: it chooses the data, the recipe and the phases, and wir
    ``test/``), or a built-in dataset (``elpv``, ``elpv:binary``). Bad files are listed and skipped.
 2. **Split** (`cnnlab.data.split`): stratified train/val/test from ``split_seed``, written to ``split.csv`` in the run
    directory and read back by any later run there (each part's content digests beside it, ``split_digests.json``,
-   by which `cnnlab evaluate` recognises the run's training images under other names). Validation chooses the
-   checkpoint; the test set is read once.
+   by which `cnnlab evaluate` recognises the run's training images under other names, and a resume refuses images
+   whose bytes changed since). Validation chooses the checkpoint; the test set is read once.
 3. **Recipes** (`RECIPES`, ``--recipe``):
 
    - ``quick``: the backbone frozen, its pooled features computed once per image and view, the classifier trained on
