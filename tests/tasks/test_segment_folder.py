@@ -1413,6 +1413,35 @@ def test_a_run_interrupted_in_its_first_epoch_resumes(tmp_path, monkeypatch):
     assert digests.read_text() == recorded
 
 
+def test_a_resume_refuses_images_whose_bytes_changed_since_its_split(tmp_path, monkeypatch):
+    """An image of the split overwritten since (still a usable pair) was trained on by the resume without a word:
+    split_digests.json was never compared. It is refused, naming how many changed; a run made before the record has
+    nothing to compare and goes on."""
+    import cnnlab.models
+    import cnnlab.train.trainer as engine
+
+    root = _folder(tmp_path / "data", count=12)
+    options = dict(output=str(tmp_path / "runs"), name="c", overrides={"epochs": 1, "batch_size": 4}, progress=False)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(engine.Trainer, "train_step", interrupted)
+        train_segmentation_folder(str(root), **options)
+    image = root / "images" / "00003.png"
+    pixels = np.array(Image.open(image))
+    pixels[0, 0] = 255 - pixels[0, 0]  # another image, the same size, its mask still fits
+    Image.fromarray(pixels).save(image)
+    message = r"^1 image\(s\) of .*split.csv changed since the run's split was made \(first: .*00003.png: its bytes"
+    with pytest.raises(CnnlabError, match=message):
+        train_segmentation_folder(str(root), resume=True, **options)
+    (tmp_path / "runs" / "segment" / "c" / "split_digests.json").unlink()  # a run made before it was recorded
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):  # past its split: the model is built
+        patch.setattr(cnnlab.models, "create_model", interrupted)
+        train_segmentation_folder(str(root), resume=True, **options)
+
+
 def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatch):
     """The last epoch's weights were saved and tested while report.md said "Best val_miou at epoch N"; a resumed run
     must end on the best epoch's weights too, from the copy its checkpoint holds."""

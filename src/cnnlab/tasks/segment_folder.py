@@ -52,6 +52,7 @@ from cnnlab.data.segmentation import (
 )
 from cnnlab.data.split import (
     SPLIT_DIGESTS,
+    check_split_digests,
     check_split_seed,
     read_manifest,
     stratified_split,
@@ -168,7 +169,8 @@ def _split(
     """Folder indices per part: read from `manifest` when the run is resumed (`reuse`), else a seeded split written
     there (a run started again splits afresh: its old manifest had kept another --data and other fractions); the
     images' digests are written beside it (``split_digests.json``) when it has none (a run started before they were
-    recorded); `write`: False in the processes of a torchrun job other than rank 0, which write no file."""
+    recorded), and compared with the images when it has (`check_split_digests`: an image whose bytes changed since is
+    refused); `write`: False in the processes of a torchrun job other than rank 0, which write no file."""
     by_path = {str(folder.images[i].resolve()): i for i in pairs}
     if reuse and manifest.is_file():
         images, split = read_manifest(manifest)
@@ -178,6 +180,7 @@ def _split(
                 f"{manifest} lists {missing[0]}, which is no longer a usable image of {folder.root} "
                 f"({len(missing)} such); restore it, or start again with --overwrite or under another --name"
             )
+        check_split_digests(images, split, manifest)  # not trained on other bytes than the run's first session
         if write and not manifest.with_name(SPLIT_DIGESTS).is_file():  # a run started before it was recorded:
             write_split_digests(manifest.with_name(SPLIT_DIGESTS), images, split)  # evaluate need not re-read them
         return {part: [by_path[images.paths[i]] for i in indices] for part, indices in split.items()}
