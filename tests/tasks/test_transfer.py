@@ -774,6 +774,33 @@ def test_json_output_names_the_files_it_skipped(tmp_path: Path) -> None:
     assert sorted(Path(entry["path"]).name for entry in skipped) == ["cut.png", "empty.jpg"]
 
 
+def test_quiet_keeps_the_lines_on_the_data_and_on_a_run_read_back(tmp_path: Path) -> None:
+    """-q drops progress alone; it dropped every "skipped PATH (class): reason" line (only a count stayed) and, of a
+    finished run read back, the line saying its missing report.md was written again."""
+    from cli_in_process import run_cnnlab
+
+    make_photo_folder(tmp_path / "photos", per_class=12)
+    photos = tmp_path / "photos"
+    arguments = ["train", "transfer", "--data", str(photos), "--model", "lenet5", "--no-pretrained", "--unfreeze",
+                 "1", "--min-per-class", "10", "--workers", "0", "--epochs", "1", "--output", str(tmp_path / "runs"),
+                 "--name", "q", "-q"]  # fmt: skip
+    completed = run_cnnlab(*arguments)
+    assert (completed.returncode, completed.stderr) == (0, "")  # no epoch lines
+    lines = completed.stdout.splitlines()
+    assert lines[:2] == [
+        f"skipped {photos / 'blue' / 'cut.png'} (blue): corrupt or truncated (image file is truncated)",
+        f"skipped {photos / 'red' / 'empty.jpg'} (red): zero-byte file",
+    ]
+    assert lines[2].startswith("test accuracy ") and "2 files skipped: 2 unreadable" in lines[2]  # no progress line
+    assert len(lines) == 4 and lines[3].startswith("run: ")
+    run = tmp_path / "runs" / "transfer" / "q"
+    (run / "report.md").unlink()
+    completed = run_cnnlab(*arguments, "--resume")
+    assert completed.returncode == 0, completed.stderr
+    said = f"{run} is already finished; its report was missing, written from its results.json: {run / 'report.md'}"
+    assert completed.stdout.splitlines()[0] == said and (run / "report.md").is_file()
+
+
 def test_elpv_binary_mapping() -> None:
     from cnnlab.data.elpv import ELPV_BINARY_CLASSES, ELPV_CLASSES, elpv_class
 

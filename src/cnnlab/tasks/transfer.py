@@ -816,20 +816,29 @@ def _test(run: _Run, model: nn.Module) -> dict[str, Any]:
     return results
 
 
-def train_transfer(config: TransferConfig, log: Any = None) -> dict[str, Any]:
+def train_transfer(config: TransferConfig, log: Any = None, notes: bool | None = None) -> dict[str, Any]:
     """Run the recipe (see the module docstring) and return the results (also in ``results.json``).
 
     A slow precision (fp16 on the CPU) is warned of once, before any image is read, not by each phase's trainer.
+
+    Args:
+        config: the run.
+        log: where its lines go (default: printed, as `config.progress` and `notes` say).
+        notes: print the lines the results depend on (each file skipped, images under ``data`` that a resumed run's
+            split lacks, a finished run read back) without `config.progress`; None: as `config.progress`. The CLI
+            keeps them under -q, which drops progress alone, and not with --json (whose results list the files
+            skipped).
     """
     options = {**RECIPES.get(config.recipe).train, **config.train}
     said_as = {"precision": 'train["precision"]'}  # what a Python caller sets (the CLI says --precision, earlier)
     with slow_precision_said_once(options.get("precision"), str(options.get("device", "auto")), said_as):
-        return _train_transfer(config, log)
+        return _train_transfer(config, log, config.progress if notes is None else notes)
 
 
-def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
+def _train_transfer(config: TransferConfig, log: Any, notes: bool) -> dict[str, Any]:
     # Under torchrun every process trains; rank 0 alone logs and writes the run's files, the others read them.
     main = is_main_process()
+    note = log or (lambda message: print(message) if notes and main else None)  # on the data and the results
     log = log or (lambda message: print(message) if config.progress and main else None)
     recipe = config.validate()
     weights = config.check_model(recipe)
@@ -847,7 +856,7 @@ def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
 
         if main:  # a run made before split_digests.json: recorded once here, not read again by each evaluate
             write_missing_split_digests(run_dir / MANIFEST)
-        return read_back(run_dir, write_report, log, main)
+        return read_back(run_dir, write_report, note, main)
     # this command's session of the run (sessions.json), read before its config.yaml is written again; a resumed
     # run's session is one of the run's from here (a refusal of its input is not)
     sessions = RunSessions(run_dir, config.resume, main, started)
@@ -857,7 +866,7 @@ def _train_transfer(config: TransferConfig, log: Any) -> dict[str, Any]:
             fetch_pretrained(weights)
     sessions.doing("reading the images")
     with sessions, main_process_first(str({**recipe.train, **config.train}.get("device", "auto"))):
-        images, split, split_source = load_images(config, log)
+        images, split, split_source = load_images(config, note)  # its lines name files skipped or left out
         run_dir.mkdir(parents=True, exist_ok=True)
         note_current_run(run_dir)
         if main:
