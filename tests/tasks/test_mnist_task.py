@@ -635,7 +635,10 @@ def test_resume_of_a_finished_run_reads_it_back_and_refuses_other_options(
     written = report.read_text()
     report.unlink()
     tested_at = (tmp_path / "mnist" / "done" / "test_probabilities.pt").stat().st_mtime_ns
-    again = train_mnist("quick", overrides=_TINY, resume=True, **options)
+    again = train_mnist("quick", overrides=_TINY, resume=True, notes=True, **options)  # said without progress too
+    assert capsys.readouterr().out == f"{run} is already finished; its report was missing, written from its " + (
+        f"results.json: {report}\n"
+    )
     assert weights.stat().st_mtime_ns == trained_at and again["members"] == finished["members"]
     assert (tmp_path / "mnist" / "done" / "test_probabilities.pt").stat().st_mtime_ns == tested_at
     assert _WRITTEN.sub("", report.read_text()) == _WRITTEN.sub("", written)

@@ -742,7 +742,14 @@ def test_a_resume_under_other_options_is_refused_before_a_pair_is_decoded(tmp_pa
     # ... and renamed since: the report written back was titled with the name config.yaml recorded
     run.rename(run.with_name("renamed"))
     (run.with_name("renamed") / "report.md").unlink()
-    train_segmentation_folder(str(root), resume=True, crop_size=16, max_side=32, **{**options, "name": "renamed"})
+    # said without progress too (the CLI's -q, which drops progress alone)
+    train_segmentation_folder(
+        str(root), resume=True, crop_size=16, max_side=32, notes=True, **{**options, "name": "renamed"}
+    )
+    renamed = run.with_name("renamed")
+    assert capsys.readouterr().out == f"{renamed} is already finished; its report was missing, written from its " + (
+        f"results.json: {renamed / 'report.md'}\n"
+    )
     title = (run.with_name("renamed") / "report.md").read_text().splitlines()[0]
     assert title == "# Segmentation run `renamed`", title
     run.with_name("renamed").rename(run)

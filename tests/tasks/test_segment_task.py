@@ -250,7 +250,7 @@ def test_evaluate_sends_a_segmentation_run_only_where_it_is_taken(tmp_path, canv
     assert ("test_overlays.png" in str(refused.value)) is canvases
 
 
-def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatch):
+def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatch, capsys):
     """The last epoch's weights were saved and tested, whichever epoch validation found best."""
     import cnnlab.tasks.segmentation as task
     from cnnlab.train.config import environment_record
@@ -314,7 +314,12 @@ def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatc
     # a report that what the run saved cannot make (its metrics.json gone) was a traceback: the results, all the same
     (run / "report.md").unlink()
     (run / "metrics.json").unlink()
-    assert _train_tiny(tmp_path, "b", None, resume=True, sizes=(16, 8, 1), **options) == read_back
+    capsys.readouterr()
+    # said without progress too (the CLI's -q, which then named a report.md that was not there)
+    assert _train_tiny(tmp_path, "b", None, resume=True, sizes=(16, 8, 1), notes=True, **options) == read_back
+    said = capsys.readouterr().out
+    assert said.startswith(f"{run} is already finished; its report is missing, and what it saved cannot make one: ")
+    assert "metrics.json" in said and not (run / "report.md").exists()
     with pytest.raises(CnnlabError, match=r"cannot resume .*b with different options \(.*canvas_sizes"):
         _train_tiny(tmp_path, "b", None, resume=True, sizes=(16, 8, 2), **options)
 

@@ -44,7 +44,7 @@ def test_a_finished_run_is_read_back_where_it_is_now_and_says_so(tmp_path: Path)
     assert read_back(run, unreadable, said.append) == summary  # the results all the same, not a traceback
     assert len(said) == 1 and said[0].startswith(f"{run} is already finished; its report is missing, and what it")
     assert "metrics.json" in said[0] and not (run / "report.md").exists()
-    # a process that does not write (under torchrun, not rank 0) writes nothing and says nothing; nor does --quiet
+    # a process that does not write (under torchrun, not rank 0) writes nothing and says nothing; nor does --json
     said.clear()
     assert read_back(run, write_report, said.append, write=False) == summary and said == []
     assert not (run / "report.md").exists()
@@ -96,3 +96,39 @@ def test_every_train_command_says_a_run_was_read_back(monkeypatch: pytest.Monkey
         done = run_cnnlab(*args, "--resume", "--name", "r", "--json")
         assert done.returncode == 0, (name, done.stderr)
         assert json.loads(done.stdout)["finished_before"] is True, name
+
+
+def test_quiet_keeps_the_line_on_a_run_read_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """-q drops progress alone; `train mnist` and `train segment` (canvases) turned the line `read_back` says off with
+    it (the report written again, or why it could not be, and then "run: ... (report.md ...)" named a missing file).
+    Every train command asks its task for its notes under -q, and for none with --json (stdout is the JSON)."""
+    import cnnlab.tasks.mnist
+    import cnnlab.tasks.segment_folder
+    import cnnlab.tasks.segmentation
+    import cnnlab.tasks.transfer
+    from cli_in_process import run_cnnlab
+
+    asked: dict[str, dict[str, Any]] = {}
+
+    def task(name: str) -> Any:
+        def stopped(*args: Any, **options: Any) -> dict[str, Any]:
+            asked[name] = options
+            raise KeyboardInterrupt  # what the CLI passed is all this test reads
+
+        return stopped
+
+    monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", task("mnist"))
+    monkeypatch.setattr(cnnlab.tasks.segmentation, "train_segmentation", task("segment"))
+    monkeypatch.setattr(cnnlab.tasks.segment_folder, "train_segmentation_folder", task("folder"))
+    monkeypatch.setattr(cnnlab.tasks.transfer, "train_transfer", task("transfer"))
+    (tmp_path / "photos").mkdir()
+    for name, args in {
+        "mnist": ["train", "mnist"],
+        "segment": ["train", "segment"],
+        "folder": ["train", "segment", "--data", "."],
+        "transfer": ["train", "transfer", "--data", str(tmp_path / "photos")],
+    }.items():
+        for flag, notes in (("-q", True), ("--json", False)):
+            asked.clear()
+            run_cnnlab(*args, "--resume", "--name", "r", flag)
+            assert asked[name].get("notes") is notes, (name, flag, asked)

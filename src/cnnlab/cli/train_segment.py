@@ -165,6 +165,7 @@ def segment(
         progress=not (engine.quiet or as_json),
         pretrain_epochs=pretrain_epochs,
         background_weight=background_weight,
+        notes=not as_json,  # a run read back is said under -q too, which drops progress alone
     )
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
         return
@@ -222,7 +223,7 @@ def _segment_folder(
         resume=engine.resume,
         overwrite=engine.overwrite,
         progress=not (engine.quiet or as_json),
-        notes=not as_json,  # what the data holds that the results depend on: -q drops progress alone
+        notes=not as_json,  # what the data holds that the results depend on, a run read back: -q drops progress alone
     )
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
         return

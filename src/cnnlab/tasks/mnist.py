@@ -169,6 +169,7 @@ def train_mnist(
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
     splits: MnistSplits | None = None,
+    notes: bool | None = None,
 ) -> dict[str, Any]:
     """Train one model (or `ensemble` members with seeds seed, seed+1, ...) and test it once at the end.
 
@@ -191,6 +192,9 @@ def train_mnist(
         progress: progress bar and epoch lines on stderr.
         callbacks: extra engine callbacks (for every member).
         splits: pre-loaded data (skips reading the IDX files).
+        notes: print the line on a finished run read back (nothing run; its report.md written again, or why it
+            could not be) without `progress`; None: as `progress`. The CLI keeps it under -q, which drops progress
+            alone, and not with --json.
 
     Returns:
         A summary (also saved as ``results.json`` in the run directory): per-member validation and test accuracy,
@@ -222,6 +226,7 @@ def train_mnist(
             progress=progress,
             callbacks=callbacks,
             splits=splits,
+            notes=progress if notes is None else notes,
         )
 
 
@@ -243,6 +248,7 @@ def _train_mnist(
     progress: bool,
     callbacks: Sequence[Callback],
     splits: MnistSplits | None,
+    notes: bool,
 ) -> dict[str, Any]:
     command_started = time.perf_counter()
     chosen = RECIPES.get(recipe)
@@ -314,7 +320,7 @@ def _train_mnist(
         _, member_dir, config = member_config(index, None)  # its recorded digest stands in for the one not read yet
         if is_finished(member_dir):
             check_resumable(saved_options(member_dir), config, member_dir)
-    main, say = is_main_process(), print if progress else None
+    main, say = is_main_process(), print if notes else None  # the line on a run read back: a note, kept under -q
     if reuse_finished and _nothing_left(run_dir, [member_config(index, None)[1] for index in range(ensemble)]):
         # Finished before (a single run, or an ensemble saved from all its members): read back, nothing rewritten. Its
         # training set is compared still; the test set, which it was scored on once, is not read.

@@ -445,13 +445,15 @@ def train_segmentation_folder(
         progress: progress bar and epoch lines on stderr.
         callbacks: extra engine callbacks (after the one that keeps the best epoch's weights).
         notes: print, before training, what the data holds that the results depend on (files skipped, the share of
-            labelled pixels, classes with no training pixels, values found on mask edges alone); None: as
+            labelled pixels, classes with no training pixels, values found on mask edges alone), and the line on a
+            finished run read back (nothing run; its report.md written again, or why it could not be); None: as
             `progress`. The CLI keeps them under -q, which drops progress alone, and not with --json.
 
     Returns:
         The summary saved as ``results.json``.
     """
     command_started = time.perf_counter()
+    notes = progress if notes is None else notes
     recipe = MODELS.get(model)
     if class_weight not in (None, "balanced"):
         raise CnnlabError(f"--class-weight must be 'balanced' or 'none', got {class_weight!r}")
@@ -521,7 +523,7 @@ def train_segmentation_folder(
     if finished:
         # read back (`cnnlab.train.finished`): not decoded, trained or tested again; a stop before its report.md leaves
         # only that to write, from what the run saved
-        return _read_back(recipe, config, background, overrides, progress)
+        return _read_back(recipe, config, background, overrides, notes)
     _check_memory(folder, crop, progress and is_main_process())
     # this command's session of the run (sessions.json), read before the engine rewrites config.yaml; a resumed run's
     # session stopped before it trains (reading the pairs, splitting them, building the model) is one of the run's
@@ -552,7 +554,6 @@ def train_segmentation_folder(
             split = _split(folder, pairs, run_dir / MANIFEST, val_fraction, test_fraction, split_seed, resume, main)
         if main:
             write_text_whole(run_dir / SKIPPED, json.dumps([vars(s) for s in folder.skipped], indent=1))
-        notes = progress if notes is None else notes
         for skipped in folder.skipped if notes and main else ():  # named before training, as `train transfer` does
             print(f"skipped {skipped.path}: {skipped.reason}")
         parts = {part: [pairs[i] for i in indices] for part, indices in split.items()}
@@ -713,7 +714,7 @@ def _read_back(
     config: TrainConfig,
     background: int | None,
     overrides: dict[str, Any] | None,
-    progress: bool,
+    notes: bool,
 ) -> dict[str, Any]:
     """The results of the finished run `config` names (its options already compared), and its report.md written
     where a stop came before it, from what the run saved: results.json, metrics.json, and config.yaml's options,
@@ -731,7 +732,7 @@ def _read_back(
 
     if is_main_process():  # a run made before split_digests.json: recorded once here, not read again by each evaluate
         write_missing_split_digests(run_dir / MANIFEST)
-    return read_back(run_dir, write_report, print if progress else None, is_main_process())
+    return read_back(run_dir, write_report, print if notes else None, is_main_process())
 
 
 def _report(  # noqa: ANN202

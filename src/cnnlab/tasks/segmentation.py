@@ -297,6 +297,7 @@ def train_segmentation(
     data: DigitSegmentation | None = None,
     background_weight: float | None = None,
     pretrain_epochs: int | None = None,
+    notes: bool | None = None,
 ) -> dict[str, Any]:
     """Train a segmentation model on multi-digit MNIST canvases with the engine, then test it once.
 
@@ -318,6 +319,9 @@ def train_segmentation(
         background_weight: cross-entropy weight of background pixels (default: the recipe's).
         pretrain_epochs: epochs of encoder pretraining on single digits (`pretrain_encoder`; default: the
             recipe's; 0 = none).
+        notes: print the line on a finished run read back (nothing run; its report.md written again, or why it
+            could not be) without `progress`; None: as `progress`. The CLI keeps it under -q, which drops progress
+            alone, and not with --json.
 
     Returns:
         The summary saved as ``results.json``: validation history end, test report, timings, run directory. The
@@ -372,7 +376,8 @@ def train_segmentation(
     )
     if resume and is_finished(run_dir):
         # read back (`cnnlab.train.finished`), not tested again; a stop before its report.md leaves only that to write
-        return _read_back(chosen, config, overrides, pretrain)  # at once: its options need no canvases made
+        # at once: its options need no canvases made
+        return _read_back(chosen, config, overrides, pretrain, progress if notes is None else notes)
     sessions.doing("making the digit canvases")
     with sessions:  # a resumed run's session is one of the run's from here: stopped before it trains too
         if data is None:
@@ -461,7 +466,7 @@ def train_segmentation(
 
 
 def _read_back(
-    recipe: SegmentRecipe, config: TrainConfig, overrides: dict[str, Any] | None, pretrain: int
+    recipe: SegmentRecipe, config: TrainConfig, overrides: dict[str, Any] | None, pretrain: int, notes: bool
 ) -> dict[str, Any]:
     """The results of the finished run `config` names, under the options it was trained with (else refused), and
     its report.md written from what it saved where a stop came before it: results.json, metrics.json, and the
@@ -477,7 +482,7 @@ def _read_back(
         named_now = dataclasses.replace(saved, name=config.name, output=config.output)
         _report(recipe, named_now, history, summary, given, recorded_environment(run_dir)).write(run_dir / "report.md")
 
-    return read_back(run_dir, write_report, print if config.progress else None, is_main_process())
+    return read_back(run_dir, write_report, print if notes else None, is_main_process())
 
 
 def _report(  # noqa: ANN202

@@ -47,7 +47,8 @@ def read_back(
         run_dir: where the run is now.
         write_report: writes the run's report.md from its results (as saved) and what else the run saved; called only
             when report.md is missing.
-        log: where the line saying what was done goes (``print``; None: nowhere, as with ``--quiet``).
+        log: where the line saying what was done goes (``print``, with ``--quiet`` too; None: nowhere, as with
+            ``--json``).
         write: whether this process writes files and says what it did (under torchrun, rank 0 alone).
 
     Returns:
