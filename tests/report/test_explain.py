@@ -352,6 +352,8 @@ def test_explain_cli_writes_the_three_pngs_for_an_mnist_run(mnist_run, monkeypat
         "(--class and --output ignored: --list-layers explains no class and writes nothing)",
     ]
     assert not (out / "x").exists()  # it writes nothing
+    quiet = CliRunner().invoke(app, ["explain", str(mnist_run / "run"), digit, "--list-layers", *named, "-q"])
+    assert quiet.output == listing.output  # the note on what was ignored too: -q drops progress alone
     # a folder as the image: was "a folder, not an image file; pass a readable image file (PNG, JPEG, ...)"
     folder = CliRunner().invoke(app, ["explain", str(mnist_run / "run"), str(mnist_run), "-o", str(out)])
     assert str(folder.exception) == (
@@ -706,6 +708,8 @@ def _fresh(channels: int) -> nn.Module:
 def test_explain_quiet_prints_only_the_paths_it_wrote(tmp_path, monkeypatch):
     """explain had no -q: a script that wanted the PNGs read them out of the class table's lines. -q prints the paths
     alone, one a line, as predict's -q leaves the results; without it the classes are printed as before."""
+    import dataclasses
+
     import cnnlab.tasks.explain
     from cli_in_process import run_cnnlab
     from cnnlab.tasks.explain import Explanation
@@ -723,6 +727,15 @@ def test_explain_quiet_prints_only_the_paths_it_wrote(tmp_path, monkeypatch):
         and "explained class '7' (90.0%)" in done.stdout
         and f"gradcam: {files['gradcam']}\n" in done.stdout
     )
+    # the notes on what the PNGs show (the preprocessing a network named by code got, the ensemble member whose
+    # filters are drawn) were dropped with the classes: -q drops progress alone, so they go to stderr
+    noted = dataclasses.replace(explained, preprocessing="ImageNet mean and std (assumed)", shown_member="seed1")
+    monkeypatch.setattr(cnnlab.tasks.explain, "explain_image", lambda *args, **kwargs: noted)
+    done = run_cnnlab("explain", "lenet5", str(tmp_path / "digit.png"), "-o", str(tmp_path), "-q")
+    assert (done.returncode, done.stdout) == (0, "".join(f"{path}\n" for path in files.values())), done.stderr
+    notes = done.stderr.splitlines()
+    assert notes[0] == "preprocessing: ImageNet mean and std (assumed)" and len(notes) == 2
+    assert "the filters and feature maps are of seed1" in notes[1]
 
 
 def test_a_segmentation_run_on_the_mnist_canvases_is_explained_on_its_canvases(tmp_path):

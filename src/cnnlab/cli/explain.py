@@ -75,7 +75,8 @@ def explain(
         False,
         "--quiet",
         "-q",
-        help="Print only the paths of the PNGs written, one a line (errors and warnings still go to stderr).",
+        help="Print only the paths of the PNGs written, one a line (errors, warnings and notes on what they show, "
+        "such as the preprocessing assumed, still go to stderr).",
     ),
 ) -> None:
     """Write filters.png, feature_maps.png and gradcam.png for IMAGE and print the top classes."""
@@ -86,18 +87,30 @@ def explain(
     if list_layers:
         _print_layers(source, image, device, given, layer, cam_layer)  # the listing is what it asks for, -q or not
         ignored = [flag for flag, value in (("--class", class_index), ("--output", output)) if value is not None]
-        if ignored and not quiet:
+        if ignored:  # a note on the options given, which -q keeps
             typer.echo(f"({' and '.join(ignored)} ignored: --list-layers explains no class and writes nothing)")
         return
     output = default_output_dir(source, image) if output is None else output
     result = explain_image(str(source), image, output, layers=layer, cam_layer=cam_layer, class_index=class_index,
                            device=device, given=given)  # fmt: skip
+    # notes on what the PNGs show: with -q on stderr, stdout holding the paths alone (-q drops progress, not notes)
+    preprocessing = [f"preprocessing: {result.preprocessing}"] if result.preprocessing else []
+    member = (
+        [
+            "(an ensemble: the probabilities and Grad-CAM are the ensemble's, its Grad-CAM the mean of its members'; "
+            f"the filters and feature maps are of {result.shown_member}: explain a member's folder to see another)"
+        ]
+        if result.shown_member
+        else []
+    )
     if quiet:
+        for line in preprocessing + member:
+            typer.echo(line, err=True)
         for path in result.files.values():
             typer.echo(path)
         return
-    if result.preprocessing:
-        typer.echo(f"preprocessing: {result.preprocessing}")
+    for line in preprocessing:
+        typer.echo(line)
     share = " of the pixels" if result.scores == "pixel share" else ""
     typer.echo(
         f"{image}: explained class {result.label!r} ({result.probability:.1%}{share}), Grad-CAM at {result.cam_layer}"
@@ -111,11 +124,8 @@ def explain(
             f"(probabilities averaged over the run's {len(result.views)} views, as predict gives them; the maps are "
             "of the image as given)"
         )
-    if result.shown_member:
-        typer.echo(
-            "(an ensemble: the probabilities and Grad-CAM are the ensemble's, its Grad-CAM the mean of its members'; "
-            f"the filters and feature maps are of {result.shown_member}: explain a member's folder to see another)"
-        )
+    for line in member:
+        typer.echo(line)
     typer.echo(f"feature maps of: {', '.join(result.feature_layers)}")
     for kind, path in result.files.items():
         typer.echo(f"{kind}: {path}")
