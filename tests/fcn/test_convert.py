@@ -108,6 +108,49 @@ def test_the_stride_is_measured_along_each_axis_and_each_location_is_its_window(
             assert torch.allclose(scores[0, :, i, j], model(image[..., top : top + 16, left : left + 14])[0], atol=1e-5)
 
 
+def _passes_to_measure(converted: FullyConvolutional) -> int:
+    passes: list[int] = []
+    handle = converted.register_forward_pre_hook(lambda module, args: passes.append(1))
+    converted.output_geometry()
+    handle.remove()
+    return len(passes)
+
+
+def test_the_stride_search_finds_every_stride_along_each_axis_from_any_phase():
+    """Against outputs floor((length + offset) / stride), every stride to 40 and some larger, another across: the
+    search after the first growth bounds the stride by how much the output grew over a probe, so it must agree with
+    the distance between growths, from any offset."""
+    from cnnlab.fcn.convert import _search_in_step, _stride_search
+
+    for down in [*range(1, 41), 48, 64, 100, 128, 200]:
+        across = (7 * down) % 130 + 1
+        for offset in {0, down // 2, down - 1}:
+            probes: list[tuple[int, int]] = []
+
+            def sizes_out(rows: int, cols: int, down=down, across=across, offset=offset, probes=probes):
+                probes.append((rows, cols))
+                return (rows + offset) // down, (cols + 3 * offset) // across
+
+            found = _search_in_step((28, 28), sizes_out, lambda start: _stride_search(start, 1024))
+            assert found == (down, across), (down, across, offset)
+            assert max(max(probe) for probe in probes) <= 28 + 2 * 1024
+
+
+def test_the_stride_is_measured_in_fewer_passes():
+    """The next growth after the first was searched for itself, doubling then halving: 12 passes for a stride of 32
+    at 224 px (resnet18), 11 for mnist_net's 8; one probe a training size further bounds the stride to a few."""
+    layers = [nn.Conv2d(1, 1, 3, stride=2, padding=1) for _ in range(5)]  # resnet's 224 -> 7: ceil(H / 32)
+    resnet_like = nn.Sequential(*layers, nn.Flatten(), nn.Linear(49, 3)).eval()
+    converted = to_fully_convolutional(resnet_like, (1, 224, 224))
+    assert _passes_to_measure(converted) == 5 and converted.output_geometry().stride == (32, 32)
+    counts = {}
+    for name, stride in (("mnist_net_small", 8), ("mnist_baseline", 4), ("lenet5", 4)):
+        converted = to_fully_convolutional(create_model(name).eval())
+        counts[name] = _passes_to_measure(converted)
+        assert converted.output_geometry().stride == (stride, stride)
+    assert counts == {"mnist_net_small": 7, "mnist_baseline": 4, "lenet5": 6}  # were 11, 7 and 9
+
+
 def test_each_output_location_is_the_classifier_on_that_window():
     model = _two_dense_head_net()
     converted = to_fully_convolutional(model, (1, 28, 28))
