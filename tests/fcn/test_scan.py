@@ -437,6 +437,38 @@ def test_a_scan_that_would_not_fit_in_memory_is_refused_naming_a_setting_that_fi
     assert lines == [f"scanning 400x300 (8 px apart) needs about {needed[1] / 1e9:.1f} GB of memory"]
 
 
+def test_a_scan_on_a_cuda_device_checks_each_tile_against_the_gpus_free_memory(monkeypatch):
+    """`fcn scan --device cuda` checked the whole estimate against the host's RAM only: a tile that would not fit
+    in the GPU's free memory passed (and the GPU ran out), and one that fits was refused for the RAM its working set
+    never takes. On a CUDA device the tile's pass is checked against `torch.cuda.mem_get_info`, the rest against RAM."""
+    import dataclasses
+
+    import cnnlab.fcn.scan as scanning
+    import cnnlab.train.device as device
+
+    converted = to_fully_convolutional(_unpadded_stride_8(), (1, 28, 28))
+    cpu_cost = scanning._scan_cost(converted, 300, 400, scanning.tile_margin(converted))
+    cost = dataclasses.replace(cpu_cost, device=torch.device("cuda", 0))
+    held, on_gpu = cost.held_bytes(300, 400, (8, 8)), cost.pass_bytes(300, 400)
+    assert held + on_gpu == cpu_cost.bytes(300, 400, (8, 8)) and on_gpu > 0
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda where=None: asked.append(where) or (free, 80 * 10**9))
+    monkeypatch.setattr(device, "available_memory_bytes", lambda: int(held / 0.8) + 1)  # the RAM holds the maps only
+    free = int(on_gpu / 0.8) + 1  # the GPU holds the tile's pass
+    assert scanning._check_scan_memory(cost, 300, 400, (1, 1)) == held and asked == [torch.device("cuda", 0)]
+    with pytest.raises(CnnlabError, match=r"this 400x300 image .*needs about .* of memory, more than 80%"):
+        scanning._check_scan_memory(cpu_cost, 300, 400, (1, 1))  # on the CPU the pass takes RAM too: refused
+    free = on_gpu  # under 80% of it is too little
+    with pytest.raises(
+        CnnlabError,
+        match=r"^scanning this 400x300 image on cuda:0 needs about 0\.0 GB of GPU memory for its forward pass, more "
+        r"than 80% of the 0\.0 GB free there; free some of the GPU's memory, crop or downscale the image, or pass "
+        r"--device cpu$",
+    ):
+        scanning._check_scan_memory(cost, 300, 400, (1, 1))
+
+
 def test_an_image_over_pillows_guard_whose_scan_fits_is_decoded(tmp_path, monkeypatch):
     """An image over twice Pillow's MAX_IMAGE_PIXELS (179 MP) was refused, "downscale it first", though README says
     `fcn scan` takes any size and it had estimated the scan's memory from the header: one that fits is decoded, the

@@ -76,7 +76,7 @@ def scan_command(
     threads: int | None = threads_option(),
     device: str = device_option(
         "Where the network scores the image's tiles (the image and its score maps stay in RAM, which the memory "
-        "check counts)."
+        "check counts; on a GPU, each tile's pass is checked against its free memory)."
     ),
     quiet: bool = quiet_option(),
 ) -> None:

@@ -370,7 +370,7 @@ LARGE_SCAN_BYTES = 10**9  # a scan that needs more says so before it starts
 @dataclass
 class _ScanCost:
     """What a scan's memory depends on: the network's input, classes and strides (down, across), the largest tile
-    it reads at once, and the working set of a forward pass, a line in the input's pixels."""
+    it reads at once, the working set of a forward pass, a line in the input's pixels, and the device it runs on."""
 
     channels: int
     input_size: tuple[int, int]
@@ -379,14 +379,24 @@ class _ScanCost:
     tile: tuple[int, int]
     pass_fixed_bytes: float
     pass_bytes_per_pixel: float
+    device: torch.device = torch.device("cpu")
 
     def bytes(self, height: int, width: int, step: tuple[int, int]) -> int:
         """Peak bytes of a scan of a `height` x `width` image with locations `step` (down, across) px apart, the
         image included."""
+        return self.held_bytes(height, width, step) + self.pass_bytes(height, width)
+
+    def held_bytes(self, height: int, width: int, step: tuple[int, int]) -> int:
+        """What the scan holds in RAM whatever the device: the image, its stroke map and the score maps."""
         rows, cols = (height - self.input_size[0]) // step[0] + 1, (width - self.input_size[1]) // step[1] + 1
         scores = _SCORE_COPIES * self.classes * 4 * max(0, rows) * max(0, cols)
-        tile = self.pass_fixed_bytes + self.pass_bytes_per_pixel * min(height, self.tile[0]) * min(width, self.tile[1])
-        return int(self.channels * 4 * height * width + _STROKE_BYTES_PER_PIXEL * height * width + scores + tile)
+        return int(self.channels * 4 * height * width + _STROKE_BYTES_PER_PIXEL * height * width + scores)
+
+    def pass_bytes(self, height: int, width: int) -> int:
+        """One tile's forward pass, on the network's device."""
+        return int(
+            self.pass_fixed_bytes + self.pass_bytes_per_pixel * min(height, self.tile[0]) * min(width, self.tile[1])
+        )
 
 
 @torch.inference_mode()
@@ -425,7 +435,7 @@ def _scan_cost(model: FullyConvolutional, height: int, width: int, margin: int |
     pixels = [rows * cols for rows, cols in sizes]
     per_pixel = max(0.0, (peaks[1] - peaks[0]) / (pixels[1] - pixels[0]))
     fixed = max(0.0, peaks[0] - per_pixel * pixels[0])
-    return _ScanCost(channels, (input_height, input_width), classes, stride, reads, fixed, per_pixel)
+    return _ScanCost(channels, (input_height, input_width), classes, stride, reads, fixed, per_pixel, reference.device)
 
 
 def _gigabytes(size: float) -> str:
@@ -433,7 +443,8 @@ def _gigabytes(size: float) -> str:
 
 
 def _check_scan_memory(cost: _ScanCost, height: int, width: int, refine: tuple[int, int]) -> int:
-    """The bytes a scan of a `height` x `width` image at `refine` needs (`_ScanCost.bytes`).
+    """The bytes of RAM a scan of a `height` x `width` image at `refine` needs (`_ScanCost.bytes`; on a CUDA
+    device, `_ScanCost.held_bytes`, its forward passes checked against the GPU's free memory instead).
 
     Raises:
         CnnlabError: more than `MEMORY_SHARE` of the memory available, naming the finest --refine that fits, else the
@@ -443,13 +454,17 @@ def _check_scan_memory(cost: _ScanCost, height: int, width: int, refine: tuple[i
 
     stride = cost.stride
     step = (stride[0] // refine[0], stride[1] // refine[1])
-    needed = cost.bytes(height, width, step)
+    in_ram = cost.bytes
+    if cost.device.type == "cuda":  # a tile's pass runs on the GPU; the image and score maps stay in RAM
+        _check_gpu_memory(cost, height, width)
+        in_ram = cost.held_bytes
+    needed = in_ram(height, width, step)
     available = available_memory_bytes()
     if available is None or needed <= MEMORY_SHARE * available:
         return needed
     limit = MEMORY_SHARE * available
     finer = [factor for factor in range(max(refine) - 1, 0, -1) if stride[0] % factor == 0 == stride[1] % factor]
-    fits = [(factor, cost.bytes(height, width, (stride[0] // factor, stride[1] // factor))) for factor in finer]
+    fits = [(factor, in_ram(height, width, (stride[0] // factor, stride[1] // factor))) for factor in finer]
     fits = [(factor, size) for factor, size in fits if size <= limit]
     if fits:
         factor, size = fits[0]
@@ -459,7 +474,7 @@ def _check_scan_memory(cost: _ScanCost, height: int, width: int, refine: tuple[i
         scale, size = 1.0, needed
         while size > limit and scale > 0.01:
             scale *= 0.95
-            size = cost.bytes(int(height * scale), int(width * scale), stride)
+            size = in_ram(int(height * scale), int(width * scale), stride)
         remedy = (
             f"crop or downscale the image to {int(width * scale)}x{int(height * scale)} or less, and pass "
             f"--refine 1 (locations {pair_text(stride)} px apart: about {_gigabytes(size)})"
@@ -469,6 +484,22 @@ def _check_scan_memory(cost: _ScanCost, height: int, width: int, refine: tuple[i
         f"scanning this {width}x{height} image with locations {pair_text(step)} px apart ({refined}) needs "
         f"about {_gigabytes(needed)} of memory, more than {MEMORY_SHARE:.0%} of the {_gigabytes(available)} "
         f"available; {remedy}"
+    )
+
+
+def _check_gpu_memory(cost: _ScanCost, height: int, width: int) -> None:
+    """Refuse a scan whose forward pass over one tile needs more than `MEMORY_SHARE` of the memory free on its CUDA
+    device (`torch.cuda.mem_get_info`): the host's RAM was checked, and the GPU ran out in the first tile."""
+    free = torch.cuda.mem_get_info(cost.device)[0]
+    needed = cost.pass_bytes(height, width)
+    if needed <= MEMORY_SHARE * free:
+        return
+    whole = cost.tile[0] >= height and cost.tile[1] >= width
+    remedy = "crop or downscale the image, " if whole else ""
+    raise CnnlabError(
+        f"scanning this {width}x{height} image on {cost.device} needs about {_gigabytes(needed)} of GPU memory for "
+        f"{'its forward pass' if whole else 'each tile'}, more than {MEMORY_SHARE:.0%} of the "
+        f"{_gigabytes(free)} free there; free some of the GPU's memory, {remedy}or pass --device cpu"
     )
 
 
