@@ -815,6 +815,27 @@ def test_heatmap_path_takes_folders_and_refuses_formats_matplotlib_cannot_write(
     assert heatmap_path(tmp_path / "pics" / "other.jpg", image) == tmp_path / "pics" / "other.jpg"
 
 
+def test_an_output_that_is_a_file_where_a_folder_is_needed_is_refused_before_the_work(tmp_path):
+    """`fcn scan -o notes` (a file without a suffix, read as a folder) scanned the image, then failed writing the
+    heatmap with exit code 1; `fcn convert -o notes` converted, then failed. Both are refused first: exit 2."""
+    from cli_in_process import run_cnnlab
+    from cnnlab.fcn.scan import heatmap_path
+
+    (tmp_path / "notes").write_text("the user's own file")
+    image = tmp_path / "street.png"
+    for output in (tmp_path / "notes", tmp_path / "notes" / "h.png", tmp_path / "notes" / "maps" / "h.png"):
+        with pytest.raises(CnnlabError, match=r"^--output .*: .*notes is a file, where a folder is needed; name a hea"):
+            heatmap_path(output, image)
+    run = tmp_path / "run"
+    save_model(_classifier(), run, "mnist_net_small", {"drop_rate": 0.0}, meta={})
+    done = run_cnnlab("fcn", "convert", str(run), "-o", str(tmp_path / "notes"))
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"error: --output {tmp_path / 'notes'}: {tmp_path / 'notes'} is a file, where a folder is needed; the "
+        "converted network is a folder (fcn.json, fcn.safetensors)\n"
+    )
+
+
 @pytest.mark.parametrize("suffix", [".png", ".webp"])  # the mark as PNG metadata, and in EXIF
 def test_a_scan_replaces_its_own_heatmap_but_another_file_only_with_overwrite(tmp_path, suffix):
     """`-o notes.png` (or the default IMAGE-heatmap.png beside the image) replaced a file of the user's without a

@@ -683,7 +683,8 @@ def heatmap_path(output: str | os.PathLike[str] | None, image: str | os.PathLike
 
     Raises:
         CnnlabError: a suffix matplotlib cannot write, the image being scanned (`-o scan.png` for `scan.png`
-            replaced the user's image with its heatmap), or a file that no scan wrote, without `overwrite`.
+            replaced the user's image with its heatmap), a file that no scan wrote, without `overwrite`, or a
+            folder to write in that is a file.
     """
     name = f"{Path(image).stem}-heatmap.png"
     if output is None:
@@ -695,6 +696,8 @@ def heatmap_path(output: str | os.PathLike[str] | None, image: str | os.PathLike
     if path.suffix.lower() not in HEATMAP_SUFFIXES:
         known = ", ".join(HEATMAP_SUFFIXES)
         raise CnnlabError(f"--output {output}: cannot write a {path.suffix} image; end it in {known}")
+    # `-o notes` (a file without a suffix, read as a folder to make) failed only when the heatmap was written
+    _refuse_file_for_folder(path.parent, f"--output {output}", "name a heatmap file (such as h.png) or a folder")
     if path.exists() and Path(image).exists() and os.path.samefile(path, image):
         raise CnnlabError(
             f"--output {output} is the image being scanned, which the heatmap would replace; name another file, or "
@@ -1026,12 +1029,24 @@ def save_fully_convolutional(
     return directory / FCN_WEIGHTS
 
 
+def _refuse_file_for_folder(folder: Path, option: str, remedy: str) -> None:
+    """Refuse `folder` where it, or a folder above it, is a file: checked before the work, which it would end.
+
+    Raises:
+        CnnlabError: naming the file.
+    """
+    blocking = next((part for part in (folder, *folder.parents) if part.exists() and not part.is_dir()), None)
+    if blocking is not None:
+        raise CnnlabError(f"{option}: {blocking} is a file, where a folder is needed; {remedy}")
+
+
 def converted_folder(run: str | os.PathLike[str], output: str | os.PathLike[str] | None) -> Path:
     """Where `cnnlab fcn convert RUN` saves the converted network: `output`, or ``RUN/fcn``.
 
     Raises:
         CnnlabError: `output` holds a saved model (a run folder, RUN itself): its fcn.json beside the model made
-            the run read as a converted network, which `fcn convert` then refused to convert.
+            the run read as a converted network, which `fcn convert` then refused to convert; or it is a file, or
+            inside one (that failed once the network was converted, exit code 1).
     """
     from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC
 
@@ -1039,6 +1054,9 @@ def converted_folder(run: str | os.PathLike[str], output: str | os.PathLike[str]
     if output is None:
         return (run if run.is_dir() else run.parent) / "fcn"
     target = Path(output)
+    _refuse_file_for_folder(
+        target, f"--output {output}", "the converted network is a folder (fcn.json, fcn.safetensors)"
+    )
     held = [name for name in (MODEL_SPEC, ENSEMBLE_SPEC) if (target / name).is_file()]
     if held:
         raise CnnlabError(
