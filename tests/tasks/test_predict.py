@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cnnlab.errors import CnnlabError
-from cnnlab.models import create_model, has_offline_weights
+from cnnlab.models import PretrainedCfg, create_model, has_offline_weights
 from cnnlab.tasks.predict import load_predictor, predict_images
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat"}
@@ -866,3 +866,64 @@ def test_an_export_used_from_its_record_alone_gives_predicts_probabilities(
     for row, result in zip(probabilities, predict_images(load_predictor(str(tiny_run)), images, top_k=2), strict=True):
         expected = torch.tensor([entry["probability"] for entry in sorted(result["top"], key=lambda e: e["index"])])
         torch.testing.assert_close(row, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_predict_and_explain_run_a_run_in_the_memory_format_of_its_test_pass(
+    tmp_path: Path, channels_last: bool
+) -> None:
+    """`cnnlab evaluate` ran a run trained with --channels-last (the recipes' default) in that memory format, as its
+    test pass ran, but predict (classifiers and segmenters), explain's probabilities and the lab's Classify and Scan
+    pages ran it in NCHW, so predict and evaluate on one run differed by float rounding. All read config.yaml now."""
+    import yaml
+
+    from cnnlab.tasks.explain import load_subject
+    from cnnlab.tasks.segment_predict import load_segmenter, segment_image
+    from cnnlab.train.saved import save_model
+
+    torch.manual_seed(0)
+    classifier = create_model("lenet5", num_classes=2, in_chans=3)
+    unet = {"widths": (4, 8, 8, 8, 8), "num_classes": 2, "in_chans": 3}
+    canvas = {"widths": (4, 8, 8, 8, 8), "num_classes": 11, "in_chans": 1}
+    preprocessing = {"preprocessing": PretrainedCfg.for_model(classifier).to_dict()}
+    normalisation = {"classes": ["bg", "x"], "normalisation": {"mean": [0.5] * 3, "std": [0.2] * 3}}
+    runs = {
+        "transfer": (classifier, "lenet5", {"num_classes": 2, "in_chans": 3}, {"task": "transfer", "classes": ["a",
+                     "b"], **preprocessing}),
+        "mnist": (create_model("mnist_net_small"), "mnist_net_small", {}, {"task": "mnist"}),
+        "segment": (create_model("unet", **unet), "unet", unet, {"task": "segment", **normalisation}),
+        "canvas": (create_model("unet", **canvas), "unet", canvas, {"task": "segment"}),
+    }  # fmt: skip
+    for name, (network, arch, kwargs, meta) in runs.items():
+        save_model(network.eval(), tmp_path / name, arch, kwargs, meta)
+        config = {"config": {"channels_last": channels_last, "precision": "fp32"}}
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(config))
+    photo = Image.new("RGB", (40, 36), (200, 40, 40))
+    photo.paste((255, 255, 255), (10, 8, 20, 30))
+    photo.save(tmp_path / "photo.png")
+
+    def seen_formats(model: torch.nn.Module) -> list[bool]:
+        """Whether each input the first convolution of `model` on several channels sees (one channel is laid out
+        alike in both formats) is in the channels-last memory format."""
+        seen: list[bool] = []
+        first = next(
+            module for module in model.modules() if isinstance(module, torch.nn.Conv2d) and module.in_channels > 1
+        )
+        first.register_forward_pre_hook(lambda _, inputs: seen.append(
+            inputs[0].is_contiguous(memory_format=torch.channels_last) and not inputs[0].is_contiguous()))  # fmt: skip
+        return seen
+
+    for name in ("transfer", "mnist"):
+        predictor = load_predictor(str(tmp_path / name))
+        seen = seen_formats(predictor.model)
+        assert "top" in predict_images(predictor, [tmp_path / "photo.png"])[0]
+        assert seen == [channels_last], name
+    segmenter = load_segmenter(tmp_path / "segment")
+    seen = seen_formats(segmenter.model)
+    assert segment_image(segmenter, photo).shape == (36, 40)  # predict's masks and the lab's Scan page
+    assert seen == [channels_last]
+    for name in ("transfer", "mnist", "segment", "canvas"):  # explain's probabilities, the lab's Classify page's
+        subject = load_subject(str(tmp_path / name))
+        seen = seen_formats(subject.classifier or subject.model)
+        subject.probabilities(subject.preprocess(photo), (photo.height, photo.width))
+        assert seen == [channels_last], name

@@ -32,7 +32,7 @@ from cnnlab.files import PATH_BYTES, check_writable, write_text_whole, written_t
 from cnnlab.layers.views import ViewAverage
 from cnnlab.report.classification import classification_summary, classification_test_report
 from cnnlab.tasks.predict import load_predictor, view_logits
-from cnnlab.tasks.run_precision import precision_line, precisions, run_channels_last
+from cnnlab.tasks.run_precision import precision_line, precisions
 
 __all__ = ["evaluate_folder", "evaluation_lines"]
 
@@ -127,7 +127,7 @@ def evaluate_folder(
         predictor.cfg,
         device=next(network.parameters()).device,
         batch_size=batch_size,
-        channels_last=run_channels_last(run_dir),  # the memory format of the run's test pass (view_logits too)
+        channels_last=predictor.channels_last,  # the memory format of the run's test pass (load_predictor reads it)
         progress=progress,
     )
     logits = per_view.mean(1)
@@ -434,7 +434,7 @@ def _evaluate_segmentation(
             f"{root / 'classes.json'} names the classes {listed(folder.class_names, 10)}; the run's are "
             f"{listed(classes, 10)}: {remedy}"
         )
-    runner = image_runner(segmenter, channels_last=run_channels_last(run_dir))  # as the run's test pass ran
+    runner = image_runner(segmenter)  # in the memory format of the run's test pass (load_segmenter reads it)
     scores = MaskScores(len(classes), IGNORE_INDEX, BOUNDARY_TOLERANCE)
     # a --max-side run's scores at the size its test pass scored (results.json's), beside predict's full-size masks'
     at_max_side = None if segmenter.max_side is None else MaskScores(len(classes), IGNORE_INDEX, BOUNDARY_TOLERANCE)

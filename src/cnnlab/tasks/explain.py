@@ -94,6 +94,8 @@ class Subject:
             MNIST canvases ("" otherwise: a run's or the zoo's record is the model's own).
         resizes_whole: `preprocess` resizes the whole image to the input size (``--input``), so no aspect ratio is
             too thin for it (a record's shorter-side resize makes a thin image's longer side huge).
+        channels_last: `probabilities` runs `classifier` in the channels-last memory format, as predict and evaluate
+            run a run trained with ``--channels-last`` (`cnnlab.tasks.run_precision.run_channels_last`).
     """
 
     model: nn.Module
@@ -110,6 +112,7 @@ class Subject:
     member_sources: tuple[str, ...] = ()
     preprocessing: str = ""
     resizes_whole: bool = False
+    channels_last: bool = False
 
     @property
     def shown_member(self) -> str:
@@ -130,10 +133,14 @@ class Subject:
         shares of the pixels predicted as each class, of its mask at `image_size` (height, width): the image as
         given, which a ``--max-side`` run sees downscaled and predict's mask upsamples back to (default: the
         input's)."""
+        from cnnlab.train import Trainer
+
         classifier = self.classifier if self.classifier is not None else self.model
-        with torch.inference_mode():
-            device = next(classifier.parameters()).device
-            logits = classifier(tensor.unsqueeze(0).to(device)).float()
+        device = str(next(classifier.parameters()).device)
+        # predict's inference path, in the memory format of the run's test pass; NCHW otherwise, as predict's batches
+        # are (a transform's tensor may be a channels-last view of the decoded image, which ran in that format)
+        runner = Trainer.for_inference(classifier, device=device, batch_size=1, channels_last=self.channels_last)
+        logits = runner.predict(tensor.unsqueeze(0).contiguous())
         if logits.ndim != 4:
             return logits.softmax(1)[0].cpu()
         if image_size is None or tuple(image_size) == tuple(logits.shape[-2:]):
@@ -202,7 +209,8 @@ def load_subject(source: str, device: str | torch.device = "cpu") -> Subject:
     predictor = load_predictor(source, device=device)
     if predictor.cfg is None:  # an MNIST run or ensemble: [0, 1] grey 28x28 digits in, normalisation inside
         transform, classes = predictor.transform(), predictor.classes
-        subject = Subject(predictor.model, classes, transform, _grey_display, str(source), "mnist")
+        subject = Subject(predictor.model, classes, transform, _grey_display, str(source), "mnist",
+                          channels_last=predictor.channels_last)  # fmt: skip
         if isinstance(predictor.model, Ensemble):  # its layers are members.K....: one member's maps, not a mix
             members = tuple(predictor.model.members)
             sources = tuple(str(folder) for folder in ensemble_members(spec_path(source)))
@@ -219,7 +227,8 @@ def load_subject(source: str, device: str | torch.device = "cpu") -> Subject:
     network = predictor.model.model if isinstance(predictor.model, ViewAverage) else predictor.model
     transform = build_eval_transform(predictor.cfg)
     classes, views = predictor.classes, predictor.views
-    return Subject(network, classes, transform, to_display, str(source), kind, predictor.model, views)
+    return Subject(network, classes, transform, to_display, str(source), kind, predictor.model, views,
+                   channels_last=predictor.channels_last)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -432,7 +441,8 @@ def _segmenter_subject(source: str, device: str | torch.device) -> Subject:
 
     model, classes = segmenter.model, segmenter.classes
     background, max_side = segmenter.background, segmenter.max_side
-    return Subject(model, classes, preprocess, to_display, source, "segment", background=background, max_side=max_side)
+    return Subject(model, classes, preprocess, to_display, source, "segment", background=background, max_side=max_side,
+                   channels_last=segmenter.channels_last)  # fmt: skip
 
 
 def _is_canvas_segmenter(source: str) -> bool:
@@ -460,7 +470,8 @@ def _canvas_segmenter_subject(source: str, device: str | torch.device) -> Subjec
     from torchvision.transforms.v2 import functional as TF
 
     from cnnlab.data.mnist import INVERT_ABOVE_MEAN
-    from cnnlab.train.saved import load_model, saved_meta
+    from cnnlab.tasks.run_precision import run_channels_last
+    from cnnlab.train.saved import load_model, saved_meta, spec_path
 
     model = load_model(source, device=device)
     classes = [str(name) for name in saved_meta(source)["classes"]]
@@ -470,7 +481,8 @@ def _canvas_segmenter_subject(source: str, device: str | torch.device) -> Subjec
         return 1.0 - grey if float(grey.mean()) > INVERT_ABOVE_MEAN else grey
 
     return Subject(model, classes, preprocess, _grey_display, source, "segment", background=0,
-                   preprocessing=CANVAS_PREPROCESSING)  # fmt: skip
+                   preprocessing=CANVAS_PREPROCESSING,
+                   channels_last=run_channels_last(spec_path(source).parent))  # fmt: skip
 
 
 # Explaining a segmenter runs backward through the whole image at full resolution, as training does: above this many

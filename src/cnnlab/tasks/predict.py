@@ -27,6 +27,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.files import PATH_BYTES, check_writable
 from cnnlab.layers.views import ViewAverage
 from cnnlab.models import PretrainedCfg
+from cnnlab.tasks.run_precision import run_channels_last
 from cnnlab.train import Trainer
 from cnnlab.train.progress import ProgressBar
 
@@ -62,6 +63,8 @@ class Predictor:
         source: what was loaded (run directory or model name).
         views: the views the logits are averaged over (the identity alone for a zoo model).
         preprocess: PIL image -> input tensor, where `cfg` does not describe it (MNIST's digit preparation).
+        channels_last: run the model in the channels-last memory format, as a run trained with ``--channels-last``
+            ran its test pass and `cnnlab evaluate` runs it (`run_channels_last`); False for a zoo model.
     """
 
     model: nn.Module
@@ -70,6 +73,7 @@ class Predictor:
     source: str
     views: tuple[str, ...] = ("identity",)
     preprocess: Callable[[Any], torch.Tensor] | None = None
+    channels_last: bool = False
 
     def transform(self) -> Callable[[Any], torch.Tensor]:
         """PIL image -> the model's input tensor: `preprocess` when given, else the record's resize, crop, scale."""
@@ -129,6 +133,7 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
         spec = spec_path(path)
         meta = saved_meta(spec)  # in the current layout, whichever it was saved in
         kind = meta.get("kind", DIGIT_CLASSIFIER)  # a record without meta: an MNIST network saved from Python
+        channels_last = run_channels_last(spec.parent)  # the memory format of its test pass, as evaluate runs it
         if kind.endswith("segmenter"):
             use = SEGMENTATION_USE if kind == SEGMENTER else CANVAS_RUN_USE
             raise CnnlabError(f"{path} is a segmentation run, not a classifier; {use}")
@@ -137,7 +142,9 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
 
             network = load_model(spec, device=device)
             classes = [str(c) for c in meta.get("classes", MNIST_CLASSES)]
-            return Predictor(network, classes, None, str(path), preprocess=mnist_preprocess)
+            return Predictor(
+                network, classes, None, str(path), preprocess=mnist_preprocess, channels_last=channels_last
+            )
         if kind != IMAGE_CLASSIFIER or "classes" not in meta or "preprocessing" not in meta:
             raise CnnlabError(
                 f"{spec} records no class names or preprocessing; it was not saved by `cnnlab train transfer` "
@@ -148,7 +155,7 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
         if len(views) > 1:
             network = ViewAverage(network, views).eval()
         cfg = PretrainedCfg.from_dict(meta["preprocessing"])
-        return Predictor(network, list(meta["classes"]), cfg, str(path), views)
+        return Predictor(network, list(meta["classes"]), cfg, str(path), views, channels_last=channels_last)
     if is_model(model):
         with torch.device("meta"):  # the weights' record without building real weights (instant even for resnet152)
             cfg = getattr(create_model(model), "pretrained_cfg", None)
@@ -221,7 +228,9 @@ def iter_predictions(
     transform = predictor.transform()
     device = next(predictor.model.parameters()).device
     k = min(top_k, len(predictor.classes))
-    runner = Trainer.for_inference(predictor.model, device=str(device), batch_size=batch_size)
+    runner = Trainer.for_inference(
+        predictor.model, device=str(device), batch_size=batch_size, channels_last=predictor.channels_last
+    )
     with ProgressBar(len(paths), "predicting", enabled=progress) as bar:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]

@@ -46,8 +46,10 @@ def precisions(run_dir: Path) -> dict[str, Any]:
 
 def run_channels_last(run_dir: Path) -> bool:
     """Whether the run in `run_dir` ran its test pass in the channels-last memory format (``--channels-last``), as
-    `cnnlab evaluate` then runs it: NCHW ran every evaluation of such a run (the recipes' default) slower than its
-    test pass, the option unsaid. False where its config.yaml cannot be read."""
+    `cnnlab evaluate`, `cnnlab predict` (`load_predictor`, `load_segmenter`) and explain's probabilities then run it:
+    NCHW ran every evaluation of such a run (the recipes' default) slower than its test pass, the option unsaid, and
+    predict's probabilities differed from evaluate's in the float rounding. False where its config.yaml cannot be
+    read."""
     options = run_options(run_dir)
     return bool(options is not None and options.get("channels_last"))
 

@@ -29,6 +29,7 @@ from cnnlab.data.segmentation import SegmentationInput, class_colours, downscale
 from cnnlab.errors import CnnlabError
 from cnnlab.files import check_writable
 from cnnlab.report.segmentation import colourise
+from cnnlab.tasks.run_precision import run_channels_last
 from cnnlab.train import Trainer
 from cnnlab.train.progress import ProgressBar
 
@@ -69,6 +70,8 @@ class Segmenter:
         weights_sha256: the SHA-256 of the saved weights (what a resumed prediction checks it continues).
         max_side: the longer side, in pixels, that images were downscaled to in training (``--max-side``), and are
             before the model here; None: images are taken at their own size.
+        channels_last: run the model in the channels-last memory format, as a run trained with ``--channels-last``
+            ran its test pass (`run_channels_last`); predict, evaluate and the lab's Scan page all run it so.
     """
 
     model: nn.Module
@@ -80,6 +83,7 @@ class Segmenter:
     source: str
     weights_sha256: str = ""
     max_side: int | None = None
+    channels_last: bool = False
 
 
 def _meta(run: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -105,7 +109,7 @@ def load_segmenter(run: str | os.PathLike[str], device: str | torch.device = "cp
     Raises:
         CnnlabError: when `run` is not a folder segmentation run.
     """
-    from cnnlab.train.saved import load_model_and_digest
+    from cnnlab.train.saved import load_model_and_digest, spec_path
 
     if not is_segmentation_run(run):
         raise CnnlabError(f"{run} is not a `cnnlab train segment --data` run directory (its model.json is missing)")
@@ -124,6 +128,7 @@ def load_segmenter(run: str | os.PathLike[str], device: str | torch.device = "cp
         str(run),
         digest,
         meta.get("max_side"),  # absent from runs saved before --max-side: full size, as they were trained
+        run_channels_last(spec_path(run).parent),  # the memory format of its test pass
     )
 
 
@@ -334,15 +339,15 @@ def _predict_mask(
     return _mask_result(segmenter, path, labels, files)
 
 
-def image_runner(segmenter: Segmenter, channels_last: bool = False) -> Trainer:
-    """The engine's inference path for `segmenter`, one image at a time, on its model's device (`channels_last`: in
-    that memory format, as `cnnlab evaluate` runs a run whose test pass ran in it)."""
+def image_runner(segmenter: Segmenter) -> Trainer:
+    """The engine's inference path for `segmenter`, one image at a time, on its model's device, in the memory format
+    of the run's test pass (`Segmenter.channels_last`), as predict, evaluate and the lab's Scan page run it."""
     device = str(next(segmenter.model.parameters()).device)
     return Trainer.for_inference(
         segmenter.model,
         device=device,
         batch_size=1,
-        channels_last=channels_last,
+        channels_last=segmenter.channels_last,
         eval_transform=SegmentationInput(segmenter.mean, segmenter.std),
     )
 
