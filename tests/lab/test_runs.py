@@ -204,6 +204,22 @@ def test_a_folder_segmentation_runs_test_figures_are_shown(root: Path) -> None:
     assert (details.confusion_matrix, details.mistakes) == (folder / "test_confusion.png", folder / "test_worst.png")
 
 
+def test_each_runs_test_figure_is_titled_as_what_it_shows(tmp_path: Path) -> None:
+    """The Runs page titled every run's third figure "misclassified / highest-loss images": a segmentation run's on
+    the MNIST canvases (which `cnnlab explain` takes since 2026-12-07) draws its first test canvases, right or wrong,
+    and one of a folder its worst test images. The page titles it `RunDetails.mistakes_label`."""
+    figures = {"mnist": "misclassified.png", "canvases": "test_overlays.png", "folder": "test_worst.png"}
+    for name, figure in figures.items():
+        folder = _run(tmp_path, "mnist" if name == "mnist" else "segment", name, [0.5], None, 1_700_000_000)
+        Image.new("RGB", (4, 4)).save(folder / figure)
+    labels = {run_id: run_details(tmp_path, run_id).mistakes_label for run_id in find_runs(tmp_path)}
+    assert labels == {
+        "mnist/mnist": "misclassified test images",
+        "segment/canvases": "test canvases: input, truth, prediction",
+        "segment/folder": "test images with the most wrong pixels",
+    }
+
+
 def test_an_ensemble_shows_a_members_learning_curves_saying_whose(
     root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -240,8 +240,8 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             gr.Warning(toast_text(f"{run_id}: cannot show {'; '.join(details.unreadable)}"))
         figures = (details.learning_curves, details.confusion_matrix, details.mistakes)
         # A figure the run does not have is hidden, not shown as an empty frame.
-        labels = (details.curves_label, "confusion matrix", "misclassified / highest-loss images")  # an ensemble's
-        shown = (gr.Image(value=_image(path), visible=path is not None, label=label)  # curves are a member's
+        labels = (details.curves_label, "confusion matrix", details.mistakes_label)  # an ensemble's curves are a
+        shown = (gr.Image(value=_image(path), visible=path is not None, label=label)  # member's
                  for path, label in zip(figures, labels, strict=True))  # fmt: skip
         return (*shown, details.config)
 

@@ -40,6 +40,14 @@ __all__ = [
 # A folder segmentation run (train segment --data) names its test figures test_confusion.png and test_worst.png.
 _CONFUSION_FIGURES = ("confusion_matrix.png", "test_confusion.png")
 _MISTAKE_FIGURES = ("misclassified.png", "highest_loss.png", "test_overlays.png", "test_worst.png")
+# What each of them shows, as the page titles it: a segmentation run's were all "misclassified / highest-loss images",
+# though the canvases' test_overlays.png draws the first test canvases, right or wrong.
+_MISTAKE_LABELS = {
+    "misclassified.png": "misclassified test images",
+    "highest_loss.png": "highest-loss test images",
+    "test_overlays.png": "test canvases: input, truth, prediction",
+    "test_worst.png": "test images with the most wrong pixels",
+}
 
 
 @dataclass
@@ -64,6 +72,8 @@ class RunDetails:
             leaves half a PNG), with the reason.
         curves_label: what the learning curves are: an ensemble, which trains none of its own, shows its first
             member's (inside the runs root) that has them, saying so.
+        mistakes_label: what `mistakes` shows (a classifier's misclassified or highest-loss test images, a
+            segmentation run's test canvases or worst test images).
     """
 
     learning_curves: Path | None
@@ -72,6 +82,7 @@ class RunDetails:
     config: str
     unreadable: list[str] = field(default_factory=list)
     curves_label: str = "learning curves"
+    mistakes_label: str = "misclassified / highest-loss images"
 
 
 def find_runs(root: str | os.PathLike[str]) -> dict[str, Path]:
@@ -568,13 +579,15 @@ def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
     text = _moved_note(config.parent) + text
     if config.parent != folder:
         text = f"# member {config.parent.name}'s config (the ensemble's own is written when it finishes)\n{text}"
+    mistakes = figure(*_MISTAKE_FIGURES)
     return RunDetails(
         curves,
         figure(*_CONFUSION_FIGURES),
-        figure(*_MISTAKE_FIGURES),
+        mistakes,
         text,
         unreadable,
         curves_label,
+        _MISTAKE_LABELS[mistakes.name] if mistakes is not None else RunDetails.mistakes_label,
     )
 
 
