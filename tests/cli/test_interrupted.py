@@ -290,6 +290,78 @@ def test_a_peer_lost_in_the_last_barrier_is_the_same_line_as_one_lost_in_trainin
     ]
 
 
+class _Exited(BaseException):
+    """`os._exit`, faked: the process would end here."""
+
+
+@pytest.mark.parametrize(
+    ("ended", "sigterm_after", "exit_after"),
+    [([1], 0.3, (0.3, 0.9)), ([1], None, (1.0, 2.0)), ([], 1.5, (0.0, 0.9))],
+    ids=["rank-here-ended", "torchrun-never-stops-it", "rank-elsewhere-ended"],
+)
+def test_a_rank_that_lost_a_peer_exits_with_its_own_code_whenever_torchrun_stops_it(
+    ended: list[int],
+    sigterm_after: float | None,
+    exit_after: tuple[float, float],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A rank that lost a peer said its line and meant to exit with code 1, but `main` restored SIGTERM's default on
+    its way out, and torchrun's SIGTERM (sent once torchrun sees the rank that ended) killed it in the interpreter's
+    shutdown: torchrun's table showed it as `-15 (SIGTERM)`, and with its broken gloo group alive it could abort
+    (`-6`). It now ends at once with code 1 (`os._exit`), its line flushed, SIGTERM only noted until then; when a rank
+    of its machine ended it first waits (boundedly) for torchrun's SIGTERM, so that torchrun names that rank, not this
+    one, as the "Root Cause"."""
+    import os
+    import signal
+    import threading
+
+    import cnnlab.cli as cli
+    from cnnlab.tasks import recipes
+    from cnnlab.train import strategy
+
+    def peer_lost() -> None:
+        recipes.note_current_run(tmp_path / "mnist" / "ddp")
+        raise RuntimeError(
+            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+            "[127.0.0.1]:19864. This is typically caused by a remote worker crashing."
+        )
+
+    started = time.monotonic()
+    exits: list[tuple[int, float, object, str]] = []
+
+    def exit_now(code: int) -> None:
+        exits.append((code, time.monotonic() - started, signal.getsignal(signal.SIGTERM), capsys.readouterr().err))
+        raise _Exited
+
+    monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
+    monkeypatch.setattr(cli, "app", peer_lost)
+    monkeypatch.setattr(cli, "_ended_ranks", lambda wait_seconds=1.0: ended)
+    monkeypatch.setattr(cli, "_ranks_elsewhere", lambda: {"node-b": [1]})
+    monkeypatch.setattr(cli, "TORCHRUN_NOTICE_SECONDS", 1.0, raising=False)
+    monkeypatch.setattr(strategy, "world_size", lambda: 2)  # the job's process group is joined (and broken)
+    monkeypatch.setattr(os, "_exit", exit_now)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    reached_the_test: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: reached_the_test.append(signum))
+    timer = threading.Timer(sigterm_after or 0.0, os.kill, (os.getpid(), signal.SIGTERM))
+    if sigterm_after is not None:
+        timer.start()
+    try:
+        with pytest.raises((_Exited, SystemExit)) as ending:
+            cli.main()
+    finally:
+        timer.cancel()  # not after the command: the test's handler stays only until then
+        signal.signal(signal.SIGTERM, previous)
+    assert ending.type is _Exited, f"SystemExit({ending.value}): left to the shutdown, where torchrun's SIGTERM kills"
+    [(code, after, handler, said)] = exits
+    assert code == 1 and handler not in (signal.SIG_DFL, signal.SIG_IGN) and not reached_the_test
+    assert exit_after[0] <= after < exit_after[1], after
+    assert said.startswith("stopped: ") and said.count("\n") == 1
+
+
 # A command in a child process: the task notes its run, reads batches from a DataLoader worker until stopped, and on
 # KeyboardInterrupt finishes its clean-up (slowly enough for a second signal to arrive during it) before re-raising.
 _STOPPED_COMMAND = """

@@ -662,7 +662,9 @@ cli.main()
 def test_a_rank_killed_while_the_others_leave_the_job_is_named_in_one_line(tmp_path: Path) -> None:
     """Rank 0, done and waiting in the barrier before it destroys the group, met gloo's "Connection closed by peer"
     when rank 1 ended, and printed its traceback (the error escaped the CLI from the handler of its successful
-    exit). Now it says the line it says when a rank ends mid-training (the exit code: tests/cli/test_interrupted.py)."""
+    exit). Now it says the line it says when a rank ends mid-training, and ends with its code, 1, where torchrun's
+    SIGTERM killed it in the interpreter's shutdown (its table said `-15`; 4 of 4 runs): the table shows rank 0's 1,
+    and rank 1, killed, as the "Root Cause"."""
     script = tmp_path / "ends_at_the_barrier.py"
     script.write_text(_ENDS_AT_THE_BARRIER)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
@@ -679,6 +681,14 @@ def test_a_rank_killed_while_the_others_leave_the_job_is_named_in_one_line(tmp_p
     said = [line for line in job.stderr.splitlines() if line.startswith("stopped")]
     assert job.returncode == 1 and not rank0 and len(said) == 1, job.stderr[-6000:]
     assert said[0].startswith("stopped: rank 1 of the torchrun job ended while this process waited for it (gloo: ")
+    _assert_exit_codes(job.stderr, survivor=0, killed=1)
+
+
+def _assert_exit_codes(log: str, survivor: int, killed: int) -> None:
+    """torchrun's failure table says the `survivor`'s own exit code, 1, and names the `killed` rank as "Root Cause"."""
+    failures, _, root_cause = log.partition("Root Cause")
+    assert re.search(rf"rank +: {survivor} \(local_rank: {survivor}\)\n +exitcode +: 1 ", failures), log[-3000:]
+    assert re.search(rf"rank +: {killed} \(local_rank: {killed}\)\n +exitcode +: -9 ", root_cause), log[-3000:]
 
 
 # A job of two "machines" on this one: the second's ranks note another host name when they join. Rank 2, the second
@@ -789,6 +799,7 @@ def test_a_rank_killed_by_sigkill_is_named_in_one_line_and_the_run_resumes(kille
     said = [line for line in lines if line.startswith("stopped")]
     assert job.returncode == 1 and len(said) == 1, "".join(lines)[-6000:]
     assert said[0].startswith(f"stopped: rank {killed} of the torchrun job ended") and "--resume --name k" in said[0]
+    _assert_exit_codes("".join(lines), survivor=1 - killed, killed=killed)
     finished = load_checkpoint(tmp_path / "runs" / "mnist" / "k" / "checkpoint.pt")["epoch"]
     assert 2 <= finished < 6
     resumed = subprocess.run(

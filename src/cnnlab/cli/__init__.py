@@ -199,6 +199,10 @@ def _stop_interrupted(terminated: bool) -> NoReturn:
 class _Sigterm:
     received = False
 
+    def note(self, _signum: int, _frame: object) -> None:
+        """A SIGTERM handler that only notes the signal came."""
+        self.received = True
+
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[_Sigterm]:
@@ -331,10 +335,13 @@ def _stop_after_lost_peer(reason: str) -> NoReturn:
     does, so the job still says which rank ended and how to continue. The other ranks say nothing: their line would
     be the same. The rank named may have printed its error (above), or have been killed, which leaves none.
     """
+    torchrun_stop = _Sigterm()
     if threading.current_thread() is threading.main_thread():
         # torchrun's SIGTERM, which follows when it sees the rank ended, no longer cuts the line short (it raised a
-        # KeyboardInterrupt while the line was being made, and the job ended with no word: 2 of 12 kills of a rank)
-        signal.signal(signal.SIGTERM, _do_nothing)
+        # KeyboardInterrupt while the line was being made, and the job ended with no word: 2 of 12 kills of a rank);
+        # it is noted, for `_end_broken_job`
+        signal.signal(signal.SIGTERM, torchrun_stop.note)
+    ended: list[int] = []
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C, a moment later
         from cnnlab.train.strategy import note_lost_peer
 
@@ -356,7 +363,42 @@ def _stop_after_lost_peer(reason: str) -> NoReturn:
             else:
                 line = f"stopped: lost another process of the torchrun job (gloo: {reason}); see its error"
             print(f"{line}; {hint}" if hint else line, file=_unheld_stderr or sys.stderr)
+    _end_broken_job(torchrun_stop, bool(ended))
     raise _LostPeer(1)
+
+
+TORCHRUN_NOTICE_SECONDS = 5.0
+
+
+def _end_broken_job(torchrun_stop: _Sigterm, rank_here_ended: bool) -> None:
+    """End this rank now with code 1, its group broken by the peer it lost (a no-op when it never joined a group).
+
+    Left to end as a process normally does, it rarely ended with its own code: `main` restored SIGTERM's
+    default on its way out, and torchrun's SIGTERM, sent when torchrun sees the rank that ended, then killed it in
+    the interpreter's shutdown (torchrun's table showed `-15 (SIGTERM)`: 11 of 13 kills of a rank, 2 CPU processes);
+    and a rank whose peer was on another machine, exiting with its gloo group alive, could abort in gloo's threads
+    (`-6 (SIGABRT)`, "terminate called without an active exception"). A broken group cannot be left cleanly, and
+    nothing is lost by skipping the shutdown: the error has unwound through the task's clean-up, and files are
+    written whole as the run goes (TensorBoard's steps past the last finished epoch, which a resume drops, aside).
+
+    When a rank of this machine ended, torchrun's SIGTERM is awaited first (up to `TORCHRUN_NOTICE_SECONDS`):
+    torchrun's "Root Cause" is the failure it saw first, and this rank, ending before torchrun saw the rank that
+    ended, would be named in its place.
+    """
+    from cnnlab.train.strategy import world_size
+
+    if world_size() <= 1:
+        return
+    import time
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C while waiting: end now
+        deadline = time.monotonic() + TORCHRUN_NOTICE_SECONDS
+        while rank_here_ended and not torchrun_stop.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+    for stream in (sys.stdout, _unheld_stderr or sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe
+            stream.flush()
+    os._exit(1)
 
 
 ENDED_RANK_ERROR = "its error is above, or, if there is none, it was killed (kill -9, the out-of-memory killer)"
