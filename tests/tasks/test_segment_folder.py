@@ -1449,6 +1449,61 @@ def test_a_resume_refuses_images_whose_bytes_changed_since_its_split(tmp_path, m
         train_segmentation_folder(str(root), resume=True, **options)
 
 
+def test_a_resume_refuses_masks_relabelled_since_its_split_each_mask_read_once(tmp_path, monkeypatch):
+    """A mask of the split relabelled since (its image unchanged, still a usable pair) was trained on by the resume
+    without a word: split_digests.json recorded the images alone, so the run's first epochs learnt one label and the
+    rest another. It is refused, naming how many changed and the first, from the digests of the decode (each mask is
+    read once); a record made before the masks were in it compares the images alone and the run goes on."""
+    import cnnlab.models
+    import cnnlab.train.trainer as engine
+    from cnnlab.data.split import read_split_digests
+
+    root = _folder(tmp_path / "data", count=12)
+    options = dict(output=str(tmp_path / "runs"), name="m", overrides={"epochs": 1, "batch_size": 4}, progress=False)
+    digests = tmp_path / "runs" / "segment" / "m" / "split_digests.json"
+    mask_reads: list[str] = []
+    read_bytes = Path.read_bytes
+
+    def counted_read_bytes(path: Path) -> bytes:
+        if path.parent.name == "masks":
+            mask_reads.append(path.name)
+        return read_bytes(path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(engine.Trainer, "train_step", interrupted)
+        patch.setattr(Path, "read_bytes", counted_read_bytes)
+        train_segmentation_folder(str(root), **options)
+    assert sorted(mask_reads) == sorted(path.name for path in (root / "masks").iterdir())  # each once
+    parts = read_split_digests(digests)  # evaluate's reader: the images' digests, as before
+    assert parts is not None and sum(len(found) for found in parts.values()) == 12
+    colours = [tuple(c["color"]) for c in json.loads((root / "classes.json").read_text())]
+    mask = root / "masks" / "00003.png"
+    pixels = np.array(Image.open(mask))
+    shape = np.isin(pixels.reshape(-1, 3) @ [65536, 256, 1], [r * 65536 + g * 256 + b for r, g, b in colours[1:]])
+    shape = shape.reshape(pixels.shape[:2])
+    pixels[shape] = colours[2] if not (pixels == colours[2]).all(-1).any() else colours[3]  # the shape relabelled
+    Image.fromarray(pixels).save(mask)
+    message = (
+        r"^1 mask\(s\) of .*split.csv changed since the run's split was made \(first: .*masks/00003.png, the mask of "
+        r"(train|val|test) image .*images/00003.png: its bytes are not those split_digests.json records for it\)"
+    )
+    mask_reads.clear()
+    with monkeypatch.context() as patch, pytest.raises(CnnlabError, match=message):
+        patch.setattr(Path, "read_bytes", counted_read_bytes)
+        train_segmentation_folder(str(root), resume=True, **options)
+    assert len(mask_reads) == 12
+    record = json.loads(digests.read_text())
+    del record["masks"]  # a run recorded before masks were: it resumes as before
+    digests.write_text(json.dumps(record))
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):  # past its split: the model is built
+        patch.setattr(cnnlab.models, "create_model", interrupted)
+        train_segmentation_folder(str(root), resume=True, **options)
+    assert "masks" not in json.loads(digests.read_text())  # an existing record is not rewritten
+
+
 def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatch):
     """The last epoch's weights were saved and tested while report.md said "Best val_miou at epoch N"; a resumed run
     must end on the best epoch's weights too, from the copy its checkpoint holds."""

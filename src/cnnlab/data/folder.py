@@ -44,6 +44,7 @@ __all__ = [
     "UnreadFormatWarning",
     "check_image",
     "decode_image",
+    "decode_image_and_digest",
     "describe_skipped",
     "file_digest",
     "image_files",
@@ -275,6 +276,17 @@ def decode_image(path: str | os.PathLike[str]) -> tuple[Image.Image | None, tupl
     if reason is not None:
         return None, (0, 0), reason
     return _decode(data)
+
+
+def decode_image_and_digest(
+    path: str | os.PathLike[str],
+) -> tuple[Image.Image | None, tuple[int, int], str | None, bytes | None]:
+    """`decode_image`, and the `file_digest` of the bytes it decoded (None when none could be read): one read of the
+    file gives both, for a caller that records what it decoded."""
+    data, reason = _read_bytes(path)
+    if reason is not None:
+        return None, (0, 0), reason, None
+    return (*_decode(data), _digest(data))
 
 
 def _read_checked(path: str | os.PathLike[str], resized: bool = False) -> tuple[bytes, str | None]:

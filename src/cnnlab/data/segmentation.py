@@ -39,7 +39,7 @@ from cnnlab.data.folder import (
     DOWNSCALE_REMEDY,
     IMAGE_EXTENSIONS,
     SkippedFile,
-    decode_image,
+    decode_image_and_digest,
     file_digest,
     to_rgb,
     turned_by_exif,
@@ -412,7 +412,9 @@ class SegmentationFolder(Dataset):
     Items are (float image [C, H, W] in [0, 1], int64 mask [H, W]); `read` gives the uint8 pair. With colours in
     ``classes.json``, RGB masks are mapped through them (an unknown colour is an error naming the file); without it,
     or with names only, masks must be single-channel PNGs of class indices (bilevel ones read as 0 and 1), below the
-    number of names if given. `IGNORE_INDEX` stays as is in both.
+    number of names if given. `IGNORE_INDEX` stays as is in both. `digests` holds the `file_digest` of each image and
+    mask file `read` decoded, by path, taken from the bytes decoded: a run records them (``split_digests.json``)
+    without reading a file twice.
 
     Args:
         root: the dataset folder.
@@ -448,6 +450,7 @@ class SegmentationFolder(Dataset):
         self._given_colours = False  # colours from `colours`: a single-channel mask is then read as indices
         self._grey_said = False  # a grey 3-channel mask read as indices through the run's colours: said once
         self.skipped: list[SkippedFile] = []
+        self.digests: dict[Path, bytes] = {}  # image or mask file -> the digest of the bytes `read` decoded
         image_dir, mask_dir = self.root / "images", self.root / "masks"
         if not self.root.is_dir():
             raise CnnlabError(
@@ -571,9 +574,11 @@ class SegmentationFolder(Dataset):
     def _read_mask(self, path: Path) -> np.ndarray:
         """The mask's class indices, uint8 [H, W] (`IGNORE_INDEX` kept), decoded once."""
         # a broken PNG raises SyntaxError and a huge one DecompressionBombError, not OSError: decode_image says why
-        mask_image, _, reason = decode_image(path)
+        mask_image, _, reason, digest = decode_image_and_digest(path)
         if reason is not None:
             raise CnnlabError(f"{path} cannot be read as a mask ({reason})")
+        assert digest is not None
+        self.digests[path] = digest
         assert mask_image is not None
         if mask_image.format in ("JPEG", "MPO"):  # JPEG data under a .png name: read, it invented classes at the edges
             raise CnnlabError(
@@ -690,10 +695,11 @@ class SegmentationFolder(Dataset):
         # each file decoded once (a 12 MP photo took 1.3 s and over 1 GB decoded twice), at full size and then
         # downscaled: a JPEG decoded at a reduced scale (PIL's draft) differed from what predict, explain and an
         # export's record feed the model by up to 16 grey levels
-        decoded, stored, reason = decode_image(path)
+        decoded, stored, reason, digest = decode_image_and_digest(path)
         if reason is not None:
             raise CnnlabError(f"{path}: {_pair_remedy(reason, self.masks[index])}")
-        assert decoded is not None
+        assert decoded is not None and digest is not None
+        self.digests[path] = digest
         width, height = stored[::-1] if turned_by_exif(decoded) else stored  # the full size, as shown
         image = to_rgb(decoded)
         decoded.close()

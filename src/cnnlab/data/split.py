@@ -13,7 +13,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sklearn.model_selection import train_test_split
@@ -26,10 +26,12 @@ __all__ = [
     "SPLITS",
     "SPLIT_DIGESTS",
     "Split",
+    "check_mask_digests",
     "check_split_digests",
     "check_split_images",
     "check_split_seed",
     "read_manifest",
+    "read_mask_digests",
     "read_split_digests",
     "split_from_folders",
     "split_part_missing",
@@ -43,7 +45,8 @@ __all__ = [
 SPLITS = ("train", "val", "test")
 Split = dict[str, list[int]]
 # beside a run's split.csv: the content digest of each part's images, by which `cnnlab evaluate` recognises a copy of
-# an image the run trained on under any name or folder
+# an image the run trained on under any name or folder, and a resume an image changed since; a segmentation run's
+# also each image's mask's, by which a resume knows a mask relabelled since
 SPLIT_DIGESTS = "split_digests.json"
 _DIGEST_NAME = "blake2b-128 of each file's bytes"
 
@@ -179,36 +182,63 @@ def write_manifest(path: str | os.PathLike[str], images: LabelledImages, split: 
     return path
 
 
-def write_split_digests(path: str | os.PathLike[str], images: LabelledImages, split: Split) -> Path:
+def write_split_digests(
+    path: str | os.PathLike[str],
+    images: LabelledImages,
+    split: Split,
+    masks: Mapping[str, tuple[str, bytes | None]] | None = None,
+) -> Path:
     """Write the content digest (`file_digest`, hex) of each part's images as JSON (``{"digest": ..., "train":
     [...], "val": [...], "test": [...]}``, sorted); returns ``path``.
 
     The digests the scan computed (`LabelledImages.digests`) are used as they are; an image without one (a split read
     from a manifest) is read once here, and one that cannot be read is left out.
+
+    Args:
+        masks: a segmentation split's masks: each image path's (mask path, the mask's digest, None to read it here),
+            written as ``"masks": {image digest: mask digest}`` (sorted), which `check_mask_digests` compares; a
+            reader of the parts alone (`read_split_digests`) passes over it.
     """
     parts: dict[str, list[str]] = {}
+    mask_of: dict[str, str] = {}  # image digest -> its mask's
     for part in SPLITS:
         found = set()
         for index in split.get(part, []):
             image = images.paths[index]
-            digest = images.digests.get(image)
+            digest = _known_or_read(image, images.digests.get(image))
             if digest is None:
-                try:
-                    digest = file_digest(image)
-                except OSError:
-                    continue
+                continue
             found.add(digest.hex())
+            if masks is not None and (mask_digest := _known_or_read(*masks[image])) is not None:
+                mask_of[digest.hex()] = mask_digest.hex()
         parts[part] = sorted(found)
-    return write_text_whole(path, json.dumps({"digest": _DIGEST_NAME, **parts}))
+    record: dict[str, object] = {"digest": _DIGEST_NAME, **parts}
+    if masks is not None:
+        record["masks"] = dict(sorted(mask_of.items()))
+    return write_text_whole(path, json.dumps(record))
 
 
-def write_missing_split_digests(manifest: str | os.PathLike[str]) -> Path | None:
+def _known_or_read(path: str, digest: bytes | None) -> bytes | None:
+    """`digest` when known, else the file's `file_digest` read now; None when it cannot be read."""
+    if digest is not None:
+        return digest
+    try:
+        return file_digest(path)
+    except OSError:
+        return None
+
+
+def write_missing_split_digests(manifest: str | os.PathLike[str], masks: bool = False) -> Path | None:
     """Write the ``split_digests.json`` beside a run's split `manifest` that a run made before it was recorded lacks,
     from the images the manifest lists, when every one of them is still there; returns its path, or None when nothing
     was written (it is there already, the manifest cannot be read, or an image it lists has gone).
 
     Without it `cnnlab evaluate` reads every training image again on each call; with one gone, a record of the rest
     would hide from it how many it cannot check.
+
+    Args:
+        masks: the manifest's label column holds each image's mask (a segmentation split's): their digests are
+            recorded too, as `write_split_digests` records them, and they too must all be there.
     """
     manifest = Path(manifest)
     path = manifest.with_name(SPLIT_DIGESTS)
@@ -218,9 +248,12 @@ def write_missing_split_digests(manifest: str | os.PathLike[str]) -> Path | None
         images, split = read_manifest(manifest)
     except CnnlabError:
         return None
-    if not all(Path(image).is_file() for image in images.paths):
+    mask_of = {image: images.classes[label] for image, label in zip(images.paths, images.labels, strict=True)}
+    files = [*images.paths, *(mask_of.values() if masks else ())]
+    if not all(Path(file).is_file() for file in files):
         return None
-    return write_split_digests(path, images, split)
+    mask_files = {image: (mask, None) for image, mask in mask_of.items()} if masks else None
+    return write_split_digests(path, images, split, mask_files)
 
 
 def read_split_digests(path: str | os.PathLike[str]) -> dict[str, set[bytes]] | None:
@@ -262,6 +295,55 @@ def check_split_digests(images: LabelledImages, split: Split, manifest: str | os
             f"{len(changed)} image(s) of {manifest} changed since the run's split was made (first: {path}: its bytes "
             f"are not those {SPLIT_DIGESTS} records for the {part} part); restore them, or start a new run "
             "(--overwrite or another --name)"
+        )
+
+
+def read_mask_digests(path: str | os.PathLike[str]) -> dict[bytes, bytes] | None:
+    """The masks' digests `write_split_digests` wrote (image digest -> its mask's); None when there is no such file,
+    it cannot be read, or it holds none (a run made before masks were recorded, or a classifier's split)."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+        if record.get("digest") != _DIGEST_NAME or "masks" not in record:
+            return None
+        return {bytes.fromhex(image): bytes.fromhex(mask) for image, mask in record["masks"].items()}
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
+        return None
+
+
+def check_mask_digests(
+    images: LabelledImages,
+    split: Split,
+    manifest: str | os.PathLike[str],
+    masks: Mapping[str, tuple[str, bytes | None]],
+) -> None:
+    """Raise a `CnnlabError` when the mask of an image of a run's split `manifest` has bytes other than those the
+    run's ``split_digests.json`` recorded for that image's mask when the split was made: masks relabelled between
+    sessions would train the rest of the run on other labels than its first epochs, without a word, so it is refused
+    as a changed image is (`check_split_digests`, which runs first: an image is known by its digest here). A file
+    without masks' digests (a run made before they were recorded) has nothing to compare.
+
+    Args:
+        masks: each image path's (mask path, the mask's digest from a decode just done, None to read it here); a mask
+            or image that cannot be read counts as changed.
+    """
+    recorded = read_mask_digests(Path(manifest).with_name(SPLIT_DIGESTS))
+    if recorded is None:
+        return
+    changed = []
+    for part in SPLITS:
+        for index in split.get(part, []):
+            image = images.paths[index]
+            mask, known = masks[image]
+            image_digest = _known_or_read(image, images.digests.get(image))
+            expected = None if image_digest is None else recorded.get(image_digest)
+            if expected is None or _known_or_read(mask, known) != expected:
+                changed.append((mask, image, part))
+    if changed:
+        mask, image, part = changed[0]
+        raise CnnlabError(
+            f"{len(changed)} mask(s) of {manifest} changed since the run's split was made (first: {mask}, the mask of "
+            f"{part} image {image}: its bytes are not those {SPLIT_DIGESTS} records for it); the run's sessions so "
+            "far used the masks as they were: restore them, or start a new run (--overwrite or another --name)"
         )
 
 

@@ -8,9 +8,10 @@
    `MEMORY_SHARE` of the memory available is refused before anything is decoded, naming a ``--max-side`` that fits.
 2. **Split**: seeded train/val/test, written to ``split.csv`` in the run directory (``path,label,split``, the label
    column holding the mask) by `cnnlab.data.split` and read back by any later run there; the images' content digests
-   beside it (``split_digests.json``), by which `cnnlab evaluate` knows copies of them. Validation chooses the
-   weights: the epoch of the best validation mIoU is saved and tested (`BestWeights`, whose copy of them every
-   checkpoint holds, so a resumed run ends on them too); the test images are read once, at the end.
+   beside it (``split_digests.json``), by which `cnnlab evaluate` knows copies of them, with each image's mask's, by
+   which a resume refuses pairs changed since (a relabelled mask). Validation chooses the weights: the epoch of the
+   best validation mIoU is saved and tested (`BestWeights`, whose copy of them every checkpoint holds, so a resumed
+   run ends on them too); the test images are read once, at the end.
 3. **Models** (`MODELS`, ``--model``): the from-scratch U-Net, or a U-Net decoder / FCN-8s head on the zoo's
    ImageNet-pretrained EfficientNet-Lite0, whose weights' record gives the input normalisation.
 4. **Training** on random crops transformed jointly with their masks (torchvision v2), cross-entropy that ignores
@@ -52,6 +53,7 @@ from cnnlab.data.segmentation import (
 )
 from cnnlab.data.split import (
     SPLIT_DIGESTS,
+    check_mask_digests,
     check_split_digests,
     check_split_seed,
     read_manifest,
@@ -168,10 +170,15 @@ def _split(
 ) -> dict[str, list[int]]:
     """Folder indices per part: read from `manifest` when the run is resumed (`reuse`), else a seeded split written
     there (a run started again splits afresh: its old manifest had kept another --data and other fractions); the
-    images' digests are written beside it (``split_digests.json``) when it has none (a run started before they were
-    recorded), and compared with the images when it has (`check_split_digests`: an image whose bytes changed since is
-    refused); `write`: False in the processes of a torchrun job other than rank 0, which write no file."""
+    images' and their masks' digests are written beside it (``split_digests.json``) when it has none (a run started
+    before they were recorded), and compared with the pairs when it has (`check_split_digests`, `check_mask_digests`:
+    an image or a mask whose bytes changed since is refused; a file without masks' digests compares the images alone);
+    `write`: False in the processes of a torchrun job other than rank 0, which write no file. The digests are those of
+    the bytes `folder` decoded (`SegmentationFolder.digests`): no file is read again."""
     by_path = {str(folder.images[i].resolve()): i for i in pairs}
+    decoded = folder.digests
+    digests = {path: decoded[folder.images[i]] for path, i in by_path.items() if folder.images[i] in decoded}
+    masks = {path: (str(folder.masks[i].resolve()), decoded.get(folder.masks[i])) for path, i in by_path.items()}
     if reuse and manifest.is_file():
         images, split = read_manifest(manifest)
         missing = [images.paths[i] for part in split.values() for i in part if images.paths[i] not in by_path]
@@ -180,9 +187,11 @@ def _split(
                 f"{manifest} lists {missing[0]}, which is no longer a usable image of {folder.root} "
                 f"({len(missing)} such); restore it, or start again with --overwrite or under another --name"
             )
+        images.digests.update({path: digests[path] for path in images.paths if path in digests})
         check_split_digests(images, split, manifest)  # not trained on other bytes than the run's first session
+        check_mask_digests(images, split, manifest, masks)  # nor on other labels
         if write and not manifest.with_name(SPLIT_DIGESTS).is_file():  # a run started before it was recorded:
-            write_split_digests(manifest.with_name(SPLIT_DIGESTS), images, split)  # evaluate need not re-read them
+            write_split_digests(manifest.with_name(SPLIT_DIGESTS), images, split, masks)  # evaluate need not re-read
         return {part: [by_path[images.paths[i]] for i in indices] for part, indices in split.items()}
     usable = sorted(pairs)
     if len(usable) < 3:
@@ -191,9 +200,10 @@ def _split(
     paths = [str(folder.images[i].resolve()) for i in usable]
     mask_paths = [str(folder.masks[i].resolve()) for i in usable]
     if write:
-        listed_pairs = LabelledImages(paths, list(range(len(usable))), mask_paths)
+        listed_pairs = LabelledImages(paths, list(range(len(usable))), mask_paths, digests=digests)
         write_manifest(manifest, listed_pairs, parts)
-        write_split_digests(manifest.with_name(SPLIT_DIGESTS), listed_pairs, parts)  # the images', for evaluate
+        # the images' for evaluate and a resume, the masks' for a resume
+        write_split_digests(manifest.with_name(SPLIT_DIGESTS), listed_pairs, parts, masks)
     return {part: [usable[i] for i in indices] for part, indices in parts.items()}
 
 
@@ -731,7 +741,7 @@ def _read_back(
         report.write(run_dir / "report.md")
 
     if is_main_process():  # a run made before split_digests.json: recorded once here, not read again by each evaluate
-        write_missing_split_digests(run_dir / MANIFEST)
+        write_missing_split_digests(run_dir / MANIFEST, masks=True)  # split.csv's labels are the masks
     return read_back(run_dir, write_report, print if notes else None, is_main_process())
 
 
