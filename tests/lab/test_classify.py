@@ -158,6 +158,46 @@ def test_a_segmentation_run_is_offered_and_explained_by_its_pixel_shares(chelsea
     assert "segment/shapes" in [value for _, value in models.choices]  # listed among the page's models
 
 
+def test_a_canvas_segmentation_run_is_offered_and_its_preprocessing_said(tmp_path: Path) -> None:
+    """`cnnlab explain` explains a segmentation run on the MNIST canvases (`train segment` without --data), printing
+    the preprocessing it gives the image; the page listed `--data` segmentation runs only, so it was not offered."""
+    pytest.importorskip("gradio", reason="the lab extra")
+    from markdown_it import MarkdownIt
+    from PIL import Image
+
+    from cnnlab.data.segmentation import CLASS_NAMES
+    from cnnlab.lab.app import build_app
+    from cnnlab.tasks.explain import CANVAS_PREPROCESSING
+    from cnnlab.train.config import TrainConfig, save_config
+    from cnnlab.train.saved import DIGIT_SEGMENTER
+
+    torch.manual_seed(0)
+    run = tmp_path / "segment" / "canvas"
+    kwargs = {"num_classes": 11, "in_chans": 1, "widths": (4, 8, 16)}
+    meta = {"task": "segment", "kind": DIGIT_SEGMENTER, "classes": list(CLASS_NAMES)}
+    save_model(create_model("unet", **kwargs), run, "unet", kwargs, meta)
+    save_config(TrainConfig(task="segment", name="canvas"), run / "config.yaml")
+    canvas = np.zeros((40, 56), np.uint8)
+    canvas[6:34, 8:12] = 255
+    paper = tmp_path / "paper.png"
+    Image.fromarray(255 - canvas).convert("RGB").save(paper)  # dark ink on light paper: inverted, as explain does
+    app = build_app(tmp_path, warm=False)
+    choices = {block.label: [value for _, value in block.choices] for block in app.blocks.values()
+               if getattr(block, "choices", None) is not None and getattr(block, "label", None)}  # fmt: skip
+    assert "segment/canvas" in choices["model (zoo or run)"]
+    assert "segment/canvas" not in choices["MNIST or segmentation run"]  # predict, which the Scan page runs, refuses it
+    on_upload = _handler(app, "photo", "upload")
+    _photo, top, cam, caption, _layers, maps, _filters = on_upload("segment/canvas", str(paper), None)
+    subject = load_subject(str(run))
+    image = open_upload(paper, 2**20)
+    expected = subject.top_classes(subject.probabilities(subject.preprocess(image).float(), (40, 56)), 5)
+    assert list(top) == [name for name, _ in expected] and sum(top.values()) == pytest.approx(1.0)
+    assert cam.shape == (120, 168, 3) and maps is not None  # 40x56, enlarged 3 times
+    rendered = MarkdownIt("commonmark").render(caption)
+    assert "(a segmenter: classes by their share of the pixels)" in rendered
+    assert f"<p>preprocessing: {CANVAS_PREPROCESSING}</p>" in rendered  # the line `cnnlab explain` prints
+
+
 def _dependency(app: object, label: str, event: str) -> object:
     """What the app runs on `event` of the component labelled `label`: the step that follows the clearing of the
     results on show, where there is one."""
@@ -372,13 +412,17 @@ def test_a_class_name_is_shown_as_text_not_as_markup_in_the_caption() -> None:
     names = ["Blue circles <b>v2", "*starred* [link](http://x) `code` a_b_c & 1.", "7"]
     for name in names:
         view = SimpleNamespace(explained=name, cam_layer="features.5", feature_layer="features.2", shown_member="",
-                               pixel_shares=False)  # fmt: skip
+                               pixel_shares=False, preprocessing="")  # fmt: skip
         rendered = MarkdownIt("commonmark").render(classification_caption(view))
         shown = rendered.replace("<p>", "").replace("</p>", "").strip()
         escaped = name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         assert shown == (
             f"Grad-CAM of '{escaped}' at <code>features.5</code>; feature maps of <code>features.2</code>"
         ), rendered
+    noted = SimpleNamespace(explained="7", cam_layer="c", feature_layer="f", shown_member="", pixel_shares=False,
+                            preprocessing="grey <b>bold, *in* [0, 1]")  # fmt: skip
+    rendered = MarkdownIt("commonmark").render(classification_caption(noted))
+    assert rendered.endswith("<p>preprocessing: grey &lt;b&gt;bold, *in* [0, 1]</p>\n"), rendered
 
 
 def test_with_no_model_to_pick_a_photo_is_answered_with_how_to_get_one(

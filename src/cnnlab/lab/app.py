@@ -82,11 +82,14 @@ def markdown_text(text: str) -> str:
 
 def classification_caption(view: Any) -> str:
     """The line under the Classify page's results (Markdown): the class Grad-CAM explains, at which layer, and whose
-    feature maps are shown."""
+    feature maps are shown; below it, the preprocessing the image got where the run records none."""
     return (
         f"Grad-CAM of '{markdown_text(view.explained)}' at `{view.cam_layer}`; feature maps of `{view.feature_layer}`"
         + (f" of {markdown_text(view.shown_member)}" if view.shown_member else "")
         + (" (a segmenter: classes by their share of the pixels)" if view.pixel_shares else "")
+        # what was done to the image where no record of the run's says it (a run on the MNIST canvases), in the
+        # words `cnnlab explain` prints
+        + (f"\n\npreprocessing: {markdown_text(view.preprocessing)}" if view.preprocessing else "")
     )
 
 
@@ -115,13 +118,19 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         unreadable_task_folders,
     )
     from cnnlab.lab.scan_page import scan_view, segment_view
-    from cnnlab.tasks.explain import load_subject
+    from cnnlab.tasks.explain import is_canvas_segmentation_run, load_subject
     from cnnlab.tasks.segment_predict import is_segmentation_run
 
     runs_root = Path(runs_root)
 
     def segmentation_runs() -> list[str]:  # runs of `train segment --data`: their preprocessing is recorded
         return [run_id for run_id, folder in find_runs(runs_root).items() if is_segmentation_run(folder)]
+
+    def explained_segmentation_runs() -> list[str]:
+        # those and the MNIST canvases' (`train segment` without --data), which `cnnlab explain` prepares as the
+        # canvases are, saying so; predict, and so the Scan page, refuses them (no record for other images)
+        return [run_id for run_id, folder in find_runs(runs_root).items()
+                if is_segmentation_run(folder) or is_canvas_segmentation_run(folder)]  # fmt: skip
 
     def scan_choices() -> list[str]:
         # an ensemble has no single network to convert to a fully convolutional one
@@ -130,7 +139,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
     zoo = pretrained_models()
 
     def model_choices() -> list[str]:
-        return zoo + saved_runs(runs_root, _CLASSIFY_TASKS) + segmentation_runs()
+        return zoo + saved_runs(runs_root, _CLASSIFY_TASKS) + explained_segmentation_runs()
 
     @functools.lru_cache(maxsize=4)
     def loaded(choice: str, stamp: tuple) -> Any:  # `stamp`: a run saved again is loaded again, not served stale

@@ -51,6 +51,8 @@ class ClassifyView:
         explained: the class Grad-CAM shows: the top one (a segmenter's largest but the background).
         pixel_shares: whether `top` holds a segmenter's pixel shares rather than probabilities.
         shown_member: an ensemble's member whose feature maps and filters are shown ("" for a single network).
+        preprocessing: what was done to the image, for a run that records none (a segmentation run on the MNIST
+            canvases: `cnnlab.tasks.explain.CANVAS_PREPROCESSING`); "" where the run's or the zoo's record says it.
     """
 
     top: list[tuple[str, float]]
@@ -63,6 +65,7 @@ class ClassifyView:
     explained: str = ""
     pixel_shares: bool = False
     shown_member: str = ""
+    preprocessing: str = ""
 
 
 def pretrained_models() -> list[str]:
@@ -181,7 +184,7 @@ def classify(subject: Subject, image: Any, layer: str | None = None, top_k: int 
     overlay, tiles = _overlay(display, cam.heatmap), _tile_maps(maps)
     return ClassifyView(
         top, overlay, cam.where, tiles, chosen, filters, layers, subject.class_name(explained), segmenter,
-        subject.shown_member,
+        subject.shown_member, subject.preprocessing,
     )  # fmt: skip
 
 

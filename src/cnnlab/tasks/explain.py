@@ -204,7 +204,7 @@ def load_subject(source: str, device: str | torch.device = "cpu") -> Subject:
 
     if is_segmentation_run(source):  # its folder, model.json or model.safetensors, as predict takes them
         return _segmenter_subject(source, device)
-    if _is_canvas_segmenter(source):  # predict refuses it (no record for other images): explain shows its canvases
+    if is_canvas_segmentation_run(source):  # predict refuses it (no record for other images): explained as canvases
         return _canvas_segmenter_subject(source, device)
     predictor = load_predictor(source, device=device)
     if predictor.cfg is None:  # an MNIST run or ensemble: [0, 1] grey 28x28 digits in, normalisation inside
@@ -445,8 +445,10 @@ def _segmenter_subject(source: str, device: str | torch.device) -> Subject:
                    channels_last=segmenter.channels_last)  # fmt: skip
 
 
-def _is_canvas_segmenter(source: str) -> bool:
-    """Whether `source` is a segmentation run on the MNIST canvases (`cnnlab train segment` without --data)."""
+def is_canvas_segmentation_run(source: str | os.PathLike[str]) -> bool:
+    """Whether `source` is a segmentation run on the MNIST canvases (`cnnlab train segment` without --data), which
+    `load_subject` explains though predict refuses it (`cnnlab.tasks.segment_predict.is_segmentation_run` is the
+    --data kind)."""
     from cnnlab.train.saved import DIGIT_SEGMENTER, model_kind, saved_meta
 
     try:
