@@ -80,6 +80,35 @@ def test_load_image_applies_exif_rotation(tmp_path: Path) -> None:
     assert loaded[:5].mean() > 200 and loaded[-5:].mean() < 50  # the white left edge is now on top
 
 
+@pytest.mark.parametrize("image_format", ["PNG", "WEBP"])
+def test_an_image_whose_exif_block_is_damaged_loads_as_stored(tmp_path: Path, image_format: str) -> None:
+    # an EXIF block that is not TIFF data (here its byte-order mark damaged): the pixels decode, so the scan kept the
+    # file, and load_image then raised SyntaxError, a traceback in the middle of training or predict
+    image = Image.new("RGB", (40, 20), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 10, 20))
+    path = tmp_path / f"damaged.{image_format.lower()}"
+    image.save(path, format=image_format, exif=b"Exif\x00\x00\xf2M\x00*\x00\x00\x00\x08", lossless=True)
+    assert check_image(path) is None
+    loaded = np.asarray(load_image(path))
+    assert loaded.shape[:2] == (20, 40) and loaded[:, :5].mean() > 200  # as stored: its orientation is unknown
+
+
+def test_a_rotated_photo_with_a_damaged_tag_is_turned_and_loads(tmp_path: Path) -> None:
+    # orientation 6 readable, another tag a string where a rational belongs: exif_transpose, which writes the EXIF
+    # block again for its result, raised TypeError
+    image = Image.new("RGB", (40, 20), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 10, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x011A] = 72.0  # XResolution, a rational
+    data = bytearray(exif.tobytes())
+    entry = data.index(b"\x01\x1a")  # the tag's 12-byte entry: its type (5, RATIONAL) made 2, ASCII
+    data[entry + 2 : entry + 4] = (2).to_bytes(2, "big" if data[6:8] == b"MM" else "little")
+    image.save(tmp_path / "rotated.jpg", exif=bytes(data), quality=95)
+    loaded = np.asarray(load_image(tmp_path / "rotated.jpg"))
+    assert loaded.shape[:2] == (40, 20) and loaded[:5].mean() > 200  # turned: the white left edge on top
+
+
 def test_scan_folder_skips_and_lists_bad_files(tmp_path: Path) -> None:
     root = _make_folder(tmp_path / "photos", per_class=5)
     (root / "cat" / "empty.jpg").write_bytes(b"")

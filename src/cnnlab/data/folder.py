@@ -8,9 +8,9 @@ A byte-identical copy of an image already listed (a duplicated file, a link) is 
 can never put one copy in training and another in the test set; an image filed under two labels is left out in both
 places, since one of the two labels is wrong and nothing says which.
 
-`load_image` converts any mode PIL can read into 8-bit RGB the way a person would expect: EXIF orientation applied,
-16-bit and 32-bit grayscale rescaled from their real range, CMYK converted, palette and alpha images composited on
-white, grayscale replicated to three channels.
+`load_image` converts any mode PIL can read into 8-bit RGB the way a person would expect: EXIF orientation applied
+(a damaged EXIF block read as none, as viewers do), 16-bit and 32-bit grayscale rescaled from their real range, CMYK
+converted, palette and alpha images composited on white, grayscale replicated to three channels.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import csv
 import hashlib
 import io
 import os
+import struct
 import unicodedata
 import warnings
 from collections import Counter
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from cnnlab.errors import CnnlabError, listed, why_not_a_folder
 
@@ -227,8 +228,8 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """A decoded image as `load_image` gives it: a new 8-bit RGB image, EXIF orientation applied."""
-    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # else exif_transpose copies it unturned
-        image = ImageOps.exif_transpose(image) or image
+    if (turn := _ORIENTATION_TURNS.get(_orientation(image))) is not None:
+        image = image.transpose(turn)
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         image = _to_8bit(image)
@@ -242,7 +243,32 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def turned_by_exif(image: Image.Image) -> bool:
     """Whether `image`'s EXIF orientation swaps its width and height (`to_rgb` and `load_image` apply it)."""
-    return image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+    return _orientation(image) in (5, 6, 7, 8)
+
+
+# The turn that shows an image upright, per EXIF orientation: ImageOps.exif_transpose's table. Applied here rather than
+# through exif_transpose, which also rewrites the EXIF block it copies to the result: a photo whose other tags were
+# damaged (a maker note, a string in a number's place) raised struct.error or TypeError there.
+_ORIENTATION_TURNS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(image: Image.Image) -> int:
+    """`image`'s EXIF orientation (or XMP's, which Pillow reads into it), 1 (as stored) when it has none or it cannot
+    be read: a PNG or WebP whose EXIF block is damaged decodes fully (`check_image` passed it) and then raised
+    SyntaxError in `load_image`, a traceback in the middle of training or predict; a viewer shows it as stored."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error):
+        return 1
+    return orientation if isinstance(orientation, int) else 1
 
 
 def thin_image_reason(width: int, height: int) -> str | None:
