@@ -126,3 +126,28 @@ def test_a_photographed_digit_is_placed_by_its_centre_of_mass_as_mnist_digits_ar
         images = read_idx(REAL_MNIST / "MNIST" / "raw" / "t10k-images-idx3-ubyte", 0x0803)[:100]
         again = torch.stack([mnist_preprocess(Image.fromarray(image))[0] for image in images])
         assert float((again - torch.from_numpy(images.astype(np.float32) / 255)).abs().mean()) < 0.002
+
+
+@pytest.mark.parametrize(
+    "blank",
+    [
+        pytest.param(("L", (200, 150), 180), id="a blank page photographed grey"),
+        pytest.param(("RGB", (1, 1), (200, 30, 30)), id="a single pixel"),
+        pytest.param(("L", (40, 30), 100), id="an image of one dark grey"),
+    ],
+)
+def test_an_image_of_one_grey_has_no_digit_and_is_not_classified(blank: tuple) -> None:
+    """Grey paper (0.7, inverted to 0.3) is above the ink threshold everywhere: the whole frame was fitted as one
+    digit and classified (a "1" at 49%), though a blank image is documented as refused."""
+    from PIL import Image
+
+    from cnnlab.data.mnist import mnist_preprocess
+
+    with pytest.raises(CnnlabError, match="no digit found: the image is one shade of grey"):
+        mnist_preprocess(Image.new(*blank))
+    noisy = np.random.default_rng(0).normal(175, 4, (120, 90)).clip(0, 255).astype(np.uint8)  # a camera's noise
+    with pytest.raises(CnnlabError, match="no digit found"):
+        mnist_preprocess(Image.fromarray(noisy))
+    page = Image.new("L", (90, 120), 180)  # the same grey page with a dark digit on it is still a digit
+    page.paste(20, (40, 20, 50, 100))
+    assert float(mnist_preprocess(page).max()) > 0.5

@@ -183,7 +183,7 @@ def fitted_ink(image: Any) -> np.ndarray:
     inverted), its bounding box cut out and scaled to fit 20x20 (antialiased, floats in [0, 1]).
 
     Raises:
-        CnnlabError: no ink at all (a blank image).
+        CnnlabError: no ink at all (a blank image), or one shade alone (a blank page photographed grey).
     """
     from PIL import Image
 
@@ -195,6 +195,13 @@ def fitted_ink(image: Any) -> np.ndarray:
         raise CnnlabError(
             "no digit found: no pixel stands out from the background (a blank image, or light ink on a transparent "
             "background, which is composited on white; save the digit dark on light or light on dark)"
+        )
+    # all "ink" and none brighter than the darkest by the threshold: a photographed blank page (grey 0.7, inverted
+    # 0.3) was classified, a "1" at 49%, as was a single pixel (a digit on such a page stands out, and is classified)
+    if ink.all() and float(grey.max() - grey.min()) <= INK_ABOVE:
+        raise CnnlabError(
+            f"no digit found: the image is one shade of grey (within {INK_ABOVE:g}), nothing stands out from it (a "
+            "blank page photographed grey, an image of one colour, or a single pixel); photograph the digit on its page"
         )
     rows, cols = np.nonzero(ink)
     grey = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
@@ -216,7 +223,8 @@ def mnist_preprocess(image: Any) -> torch.Tensor:
     benchmarks/mnist_png_preparation.py).
 
     Raises:
-        CnnlabError: no ink at all (a blank image), rather than a confident class for an empty canvas.
+        CnnlabError: no ink at all (a blank image), or one shade alone (a blank page photographed grey), rather
+            than a confident class for an empty canvas.
     """
     small = fitted_ink(image)
     canvas = np.zeros((CANVAS, CANVAS), dtype=np.float32)
@@ -239,7 +247,7 @@ def mnist_preparation_record() -> dict[str, Any]:
         "grey": "the decoded RGB image as PIL Image.convert('L') (L = R*299/1000 + G*587/1000 + B*114/1000), as "
         "float32 / 255",
         "invert_above_mean": INVERT_ABOVE_MEAN,  # grey = 1 - grey when grey.mean() is above it
-        "ink_above": INK_ABOVE,  # ink = grey > it; no ink at all: no digit (cnnlab refuses to classify it)
+        "ink_above": INK_ABOVE,  # ink = grey > it; no ink, or all ink within it of the darkest: no digit (refused)
         "crop": "grey cut to the bounding box of the ink pixels (first to last ink row and column, inclusive)",
         "fit": INK_BOX,
         "fit_resize": f"PIL Image.fromarray(crop as float32, mode 'F').resize((max(1, round(w * {INK_BOX} / "
