@@ -109,6 +109,22 @@ def test_a_rotated_photo_with_a_damaged_tag_is_turned_and_loads(tmp_path: Path) 
     assert loaded.shape[:2] == (40, 20) and loaded[:5].mean() > 200  # turned: the white left edge on top
 
 
+def test_an_image_over_pillows_warning_size_is_read_without_its_warning(tmp_path: Path, monkeypatch) -> None:
+    # a 12000x9000 scan (108 MP, over Pillow's 89 MP) printed Pillow's two-line DecompressionBombWarning, which names
+    # no file, at each decode; the guard made small here (200 px warned, 400 px refused) to keep the test fast
+    import warnings
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)
+    Image.new("RGB", (15, 20), (200, 30, 30)).save(tmp_path / "large.png")
+    Image.new("RGB", (20, 21), (200, 30, 30)).save(tmp_path / "huge.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert check_image(tmp_path / "large.png") is None
+        assert load_image(tmp_path / "large.png").size == (15, 20)
+        assert "too many pixels" in (check_image(tmp_path / "huge.png") or "")
+    assert [str(warning.message) for warning in caught] == []
+
+
 def test_scan_folder_skips_and_lists_bad_files(tmp_path: Path) -> None:
     root = _make_folder(tmp_path / "photos", per_class=5)
     (root / "cat" / "empty.jpg").write_bytes(b"")

@@ -15,6 +15,7 @@ converted, palette and alpha images composited on white, grayscale replicated to
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -23,7 +24,7 @@ import struct
 import unicodedata
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,9 +222,20 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     Raises:
         OSError: unreadable, truncated or corrupt file (PIL's `UnidentifiedImageError` is an OSError).
     """
-    with Image.open(path) as opened:
+    with _without_bomb_warning(), Image.open(path) as opened:
         opened.load()
         return to_rgb(opened)
+
+
+@contextlib.contextmanager
+def _without_bomb_warning() -> Iterator[None]:
+    """Pillow's DecompressionBombWarning left out: an image of 90 to 179 MP (a 12000x9000 scan) decodes, and each
+    decode printed two lines of Pillow's source ("could be decompression bomb DOS attack") that named no file, once
+    in the scan and again in training, predict or evaluate. Over 179 MP Pillow's error stands, said with the file's
+    name (`check_image`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -343,9 +355,10 @@ def _decode(data: bytes) -> tuple[Image.Image | None, tuple[int, int], str | Non
     """`decode_image` of a file's bytes."""
     size = (0, 0)
     try:
-        image = Image.open(io.BytesIO(data))
-        size = image.size
-        image.load()  # decodes every pixel: truncated and corrupt data fail here
+        with _without_bomb_warning():
+            image = Image.open(io.BytesIO(data))
+            size = image.size
+            image.load()  # decodes every pixel: truncated and corrupt data fail here
     except UnidentifiedImageError:
         reason = "not an image PIL can read"
     except Image.DecompressionBombError:
