@@ -67,6 +67,23 @@ def test_load_image_converts_odd_modes_to_rgb(tmp_path: Path) -> None:
         assert load_image(tmp_path / name).mode == "RGB"
 
 
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_pngs_transparent_colour_is_composited_on_white_as_its_alpha_would_be(tmp_path: Path, mode: str) -> None:
+    # a cut-out (all-or-nothing alpha, the hidden pixels black) that a PNG optimiser stored as one transparent colour
+    # (tRNS) instead of an alpha channel: its background was black, where the same image as RGBA or LA gave white
+    cutout = np.zeros((8, 8, 4), np.uint8)
+    cutout[2:6, 2:6] = (200, 30, 30, 255)
+    with_alpha = Image.fromarray(cutout).convert("RGBA" if mode == "RGB" else "LA")
+    with_alpha.save(tmp_path / "alpha.png")
+    opaque = Image.fromarray(cutout[..., :3]).convert(mode)
+    opaque.save(tmp_path / "keyed.png", transparency=(0, 0, 0) if mode == "RGB" else 0)
+    with Image.open(tmp_path / "keyed.png") as keyed:
+        assert keyed.mode == mode and "transparency" in keyed.info
+    loaded = np.asarray(load_image(tmp_path / "keyed.png"))
+    assert loaded[0, 0].tolist() == [255, 255, 255]
+    assert np.array_equal(loaded, np.asarray(load_image(tmp_path / "alpha.png")))
+
 def test_load_image_applies_exif_rotation(tmp_path: Path) -> None:
     image = Image.new("RGB", (40, 20), (0, 0, 0))
     image.paste((255, 255, 255), (0, 0, 10, 20))  # white left edge

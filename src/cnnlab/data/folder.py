@@ -10,7 +10,8 @@ places, since one of the two labels is wrong and nothing says which.
 
 `load_image` converts any mode PIL can read into 8-bit RGB the way a person would expect: EXIF orientation applied
 (a damaged EXIF block read as none, as viewers do), 16-bit and 32-bit grayscale rescaled from their real range, CMYK
-converted, palette and alpha images composited on white, grayscale replicated to three channels.
+converted, palette and alpha images (and a PNG's transparent colour) composited on white, grayscale replicated to
+three channels.
 """
 
 from __future__ import annotations
@@ -248,6 +249,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     elif mode == "P":
         image = _composite_on_white(image) if "transparency" in image.info else image.convert("RGB")
     elif mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = _composite_on_white(image)
+    elif mode in ("1", "L", "RGB") and "transparency" in image.info:
+        # a transparent colour (PNG's tRNS), as PNG optimisers (oxipng, optipng) store a cut-out's all-or-nothing
+        # alpha: its hidden colour, black mostly, was the background, where the same image as RGBA had white
         image = _composite_on_white(image)
     # CMYK (PIL's JPEG decoder already undoes Adobe's inverted CMYK), YCbCr, L, 1 and RGB: plain conversion.
     return image.convert("RGB")
