@@ -415,6 +415,17 @@ def test_random_weights_of_another_seed_do_not_reuse_the_cache(tiny_run: tuple[P
     assert other["costs"]["cache_reused"] == 0.0
 
 
+def test_a_cache_of_files_decoded_another_way_is_built_again(
+    tiny_run: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key named the files (names, sizes, times), not how they are decoded: after load_image began compositing a
+    PNG's transparent colour on white, a run read the maps of their black backgrounds and predict decoded them white."""
+    tmp_path, _ = tiny_run
+    monkeypatch.setattr(transfer_task, "DECODING_VERSION", transfer_task.DECODING_VERSION + 1)
+    other = train_transfer(tiny_config(tmp_path, name="decoded-anew", train={"epochs": 1}))
+    assert other["costs"]["cache_reused"] == 0.0
+
+
 def test_a_resume_refuses_images_that_changed_since_its_split(tiny_run: tuple[Path, dict]) -> None:
     """A split image emptied since the split stopped the resume with PIL's "cannot identify image file" (exit 1), and
     one overwritten with another class's image was trained under its old label; both are refused, naming the file."""

@@ -37,6 +37,7 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 from cnnlab.errors import CnnlabError, listed, why_not_a_folder
 
 __all__ = [
+    "DECODING_VERSION",
     "IMAGE_EXTENSIONS",
     "ImageDataset",
     "MAX_ASPECT_RATIO",
@@ -59,6 +60,12 @@ __all__ = [
     "turned_by_exif",
     "with_remedy",
 ]
+
+# The version of how `load_image` decodes a file, raised whenever some file decodes to other pixels, so that what was
+# computed from decoded images and kept (the transfer feature cache, keyed on the files' names, sizes and times) is
+# computed again, never read back as the old decoding while predict decodes the new way. 2: a PNG's transparent
+# colour composited on white.
+DECODING_VERSION = 2
 
 # the names photos are saved under that Pillow decodes: .jfif is how Windows saves a JPEG from the web, .avif a phone's
 # or a browser's AVIF (a class's .jfif files were left out of training without a word)

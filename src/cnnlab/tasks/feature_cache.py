@@ -5,11 +5,12 @@ must adapt is the upper part. So the lower part runs once per image and per labe
 stored in float16, and the upper part trains on them for as many epochs as it needs.
 
 - **Keyed**: an entry's key is a hash of everything its contents depend on: the images and labels of the part, the
-  model and its weights, the cut point, the views, the preprocessing (input size, crop, mean/std, interpolation) and
-  the precision. Any change gives another key, so a stale entry is never read; a match is reused across runs (the 3
-  seeds of a benchmark build it once). Labels are keyed by class name, and an entry stores features only: the labels
-  it serves are the caller's own indices, so a run whose classes come in another order (a split read back from its
-  manifest) reuses the entry with its own labels, never with the builder's.
+  model and its weights, the cut point, the views, the preprocessing (input size, crop, mean/std, interpolation), the
+  precision and the version of the files' decoding (`cnnlab.data.folder.DECODING_VERSION`). Any change gives another
+  key, so a stale entry is never read; a match is reused across runs (the 3 seeds of a benchmark build it once).
+  Labels are keyed by class name, and an entry stores features only: the labels it serves are the caller's own
+  indices, so a run whose classes come in another order (a split read back from its manifest) reuses the entry with
+  its own labels, never with the builder's.
 - **Sized first**: `estimate_bytes` is printed before the build with what the cache root already holds (`held`),
   and a cache that would not fit on the disk is a `CnnlabError` that names a cheaper setting and the space the
   other entries take (an entry no run is using may be deleted; a run rebuilds what it needs).

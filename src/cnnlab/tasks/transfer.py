@@ -45,7 +45,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cnnlab.data.folder import ImageDataset, LabelledImages, SkippedFile, image_files, load_image
+from cnnlab.data.folder import (
+    DECODING_VERSION,
+    ImageDataset,
+    LabelledImages,
+    SkippedFile,
+    image_files,
+    load_image,
+)
 from cnnlab.data.paths import check_output_outside_data
 from cnnlab.data.photo_transforms import InputCheck, build_eval_transform, build_train_transform, save_preview_grid
 from cnnlab.data.sources import (
@@ -642,6 +649,7 @@ def _cache_spec(run: _Run, model_name: str, split: Any, part: str) -> dict[str, 
         "views": list(run.views),
         "preprocessing": {k: v for k, v in run.cfg.to_dict().items() if k not in ("notes", "license")},
         "precision": precision,
+        "decoding": DECODING_VERSION,  # an entry of files decoded another way is built again
     }
 
 
