@@ -130,6 +130,15 @@ def test_predict_cli_takes_folders(lite0: object, sample_photos: dict[str, Path]
     assert only_empty.exit_code == 2 and "a folder with no image files" in only_empty.output
 
 
+def test_predict_help_gives_its_exit_codes() -> None:
+    """A folder with some unreadable files exits 0 and one with none usable 2 (above): the help said neither."""
+    from cnnlab.cli import app
+
+    result = CliRunner().invoke(app, ["predict", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "Exit code 0 when at least one image was predicted, 2 when none could be." in " ".join(result.output.split())
+
+
 def test_nothing_to_predict_is_said_per_path_before_any_model_is_loaded(
     sample_photos: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

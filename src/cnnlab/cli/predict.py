@@ -58,7 +58,7 @@ def predict(
     ),
 ) -> None:
     """Classify images, or segment them with a segmentation run; a missing or unreadable image is reported and the
-    others are still predicted."""
+    others are still predicted. Exit code 0 when at least one image was predicted, 2 when none could be."""
     from cnnlab.data.folder import check_image
     from cnnlab.tasks.segment_predict import is_segmentation_run
     from cnnlab.train.device import resolve_device
