@@ -67,7 +67,6 @@ def test_load_image_converts_odd_modes_to_rgb(tmp_path: Path) -> None:
         assert load_image(tmp_path / name).mode == "RGB"
 
 
-
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_a_pngs_transparent_colour_is_composited_on_white_as_its_alpha_would_be(tmp_path: Path, mode: str) -> None:
     # a cut-out (all-or-nothing alpha, the hidden pixels black) that a PNG optimiser stored as one transparent colour
@@ -83,6 +82,19 @@ def test_a_pngs_transparent_colour_is_composited_on_white_as_its_alpha_would_be(
     loaded = np.asarray(load_image(tmp_path / "keyed.png"))
     assert loaded[0, 0].tolist() == [255, 255, 255]
     assert np.array_equal(loaded, np.asarray(load_image(tmp_path / "alpha.png")))
+
+
+def test_a_float_image_with_no_data_values_keeps_its_range(tmp_path: Path) -> None:
+    # a float TIFF whose "no data" pixels are NaN (and one infinite): min and max were NaN, and the image all black
+    ramp = np.linspace(0, 1000, 8 * 8, dtype=np.float32).reshape(8, 8)
+    ramp[0, :4] = np.nan
+    ramp[0, 4] = np.inf
+    Image.fromarray(ramp).save(tmp_path / "map.tif")
+    grey = np.asarray(load_image(tmp_path / "map.tif"))[..., 0]
+    assert grey[0, :4].tolist() == [0] * 4 and grey[0, 4] == 255 and grey[-1, -1] == 255
+    low, high = float(ramp[0, 5]), float(ramp[-1, -1])  # the finite values' range
+    assert grey[4, 0] == round((float(ramp[4, 0]) - low) / (high - low) * 255)
+
 
 def test_load_image_applies_exif_rotation(tmp_path: Path) -> None:
     image = Image.new("RGB", (40, 20), (0, 0, 0))

@@ -64,8 +64,8 @@ __all__ = [
 # The version of how `load_image` decodes a file, raised whenever some file decodes to other pixels, so that what was
 # computed from decoded images and kept (the transfer feature cache, keyed on the files' names, sizes and times) is
 # computed again, never read back as the old decoding while predict decodes the new way. 2: a PNG's transparent
-# colour composited on white.
-DECODING_VERSION = 2
+# colour composited on white; 3: a float image stretched from its finite values' range.
+DECODING_VERSION = 3
 
 # the names photos are saved under that Pillow decodes: .jfif is how Windows saves a JPEG from the web, .avif a phone's
 # or a browser's AVIF (a class's .jfif files were left out of training without a word)
@@ -213,7 +213,11 @@ def _to_8bit(image: Image.Image) -> Image.Image:
         if array.max() <= 4095:  # 12-bit sensors stored in 16-bit containers
             low, high = float(array.min()), float(array.max())
     else:
-        low, high = float(array.min()), float(array.max())
+        # a float image's NaN (a scan's or a map's "no data") and infinities made min and max NaN or infinite, and the
+        # whole image black: the range is its finite values', NaN and -inf taken as its smallest, +inf as its largest
+        finite = array[np.isfinite(array)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        array = np.nan_to_num(array, nan=low, posinf=high, neginf=low)
     scaled = (array - low) / max(high - low, 1e-12) * 255.0
     return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
 
