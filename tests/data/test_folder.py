@@ -152,6 +152,9 @@ def test_an_image_over_pillows_warning_size_is_read_without_its_warning(tmp_path
         assert load_image(tmp_path / "large.png").size == (15, 20)
         assert "too many pixels" in (check_image(tmp_path / "huge.png") or "")
     assert [str(warning.message) for warning in caught] == []
+    # a readable photo over the guard was counted as "1 unreadable" in the scan's and evaluate's summary line
+    reasons = [check_image(tmp_path / "huge.png") or "", "zero-byte file"]
+    assert describe_skipped(reasons) == "2 files skipped: 1 unreadable, 1 too large to decode"
 
 
 def test_scan_folder_skips_and_lists_bad_files(tmp_path: Path) -> None:

@@ -127,9 +127,12 @@ def describe_skipped(reasons: Sequence[str]) -> str:
     conflicts = sum(reason.startswith(CONFLICT_REASON) for reason in reasons)
     repeats = sum(reason.startswith(NAMED_TWICE_REASON) for reason in reasons)
     thin = sum(reason.startswith(THIN_REASON) for reason in reasons)
-    unreadable = len(reasons) - copies - missing - conflicts - repeats - thin
+    # over Pillow's pixel guard: a readable photo, which "unreadable" sent users looking for damage
+    large = sum(reason.endswith(DOWNSCALE_REMEDY) for reason in reasons)
+    unreadable = len(reasons) - copies - missing - conflicts - repeats - thin - large
     kinds = [f"{unreadable} unreadable"] if unreadable else []
     kinds += [f"{thin} too thin"] if thin else []
+    kinds += [f"{large} too large to decode"] if large else []
     kinds += [f"{missing} missing"] if missing else []
     kinds += [f"{repeats} named twice"] if repeats else []
     kinds += [f"{conflicts} filed under two labels"] if conflicts else []
