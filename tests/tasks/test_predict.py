@@ -952,3 +952,24 @@ def test_predict_and_explain_run_a_run_in_the_memory_format_of_its_test_pass(
         seen = seen_formats(subject.classifier or subject.model)
         subject.probabilities(subject.preprocess(photo), (photo.height, photo.width))
         assert seen == [channels_last], name
+
+
+@pytest.mark.parametrize("meta", [{}, {"note": "saved from Python"}, {"kind": "digit-classifier"}])
+def test_a_digit_record_whose_network_takes_another_size_is_refused_in_one_line(tmp_path: Path, meta: dict) -> None:
+    """A lenet5 (1x32x32) saved from Python with no kind was read as an MNIST digit network and fed 28x28 digits:
+    torch's "Kernel size can't be greater than actual input size" traceback, exit code 1."""
+    from cnnlab.cli import app
+    from cnnlab.train.saved import save_model
+
+    save_model(create_model("lenet5"), tmp_path / "lenet", "lenet5", {}, meta)
+    save_model(create_model("mnist_net_small"), tmp_path / "digits", "mnist_net_small", {}, meta)
+    image = Image.new("L", (40, 40))
+    image.paste(255, (18, 5, 22, 35))
+    image.save(tmp_path / "one.png")
+    result = CliRunner().invoke(app, ["predict", "--model", str(tmp_path / "lenet"), str(tmp_path / "one.png")])
+    assert isinstance(result.exception, CnnlabError)  # main() makes it one line, exit code 2
+    assert re.search(r"lenet5 takes 1x32x32 inputs, but .*1x28x28 digits", str(result.exception))
+    assert ("records no 'kind'" in str(result.exception)) == ("kind" not in meta)
+    # a network built for 28x28 digits, saved the same way, still predicts
+    digits = predict_images(load_predictor(str(tmp_path / "digits")), [tmp_path / "one.png"], top_k=1)
+    assert "top" in digits[0]
