@@ -187,6 +187,19 @@ def test_unknown_experiment_and_bad_settings(tmp_path):
     assert [e.name for e in list_experiments()] == ["cnn-vs-dense", "pool-vs-stride", "lrn-vs-bn"]
 
 
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [("cnn_vs_dense", "cnn-vs-dense"), ("Pool-vs-Stride", "pool-vs-stride"), ("lrn-vs-batchnorm", "lrn-vs-bn")],
+)
+def test_a_misspelt_experiment_is_told_the_one_it_is_close_to(typed, meant):
+    """The modules' spelling (cnn_vs_dense), another case or a near miss was told the list alone, where a misspelt
+    model name (`cnnlab zoo show resnt50`) is told the one it is close to."""
+    with pytest.raises(CnnlabError, match=f"unknown experiment '{typed}'; did you mean {meant}\\? choose one of: "):
+        get_experiment(typed)
+    with pytest.raises(CnnlabError, match="unknown experiment 'gan-vs-vae'; choose one of: cnn-vs-dense, "):
+        get_experiment("gan-vs-vae")
+
+
 def test_existing_report_is_not_replaced_without_overwrite(tmp_path, monkeypatch):
     from cnnlab.tasks import recipes
 

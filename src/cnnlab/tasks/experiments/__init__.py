@@ -7,6 +7,7 @@ generated from the measured numbers under the noise rule of `common.compare`.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -77,7 +78,10 @@ def get_experiment(name: str) -> Experiment:
     """
     experiments = _experiments()
     if name not in experiments:
-        raise CnnlabError(f"unknown experiment {name!r}; choose one of: {', '.join(experiments)}")
+        # "cnn_vs_dense" (the modules' spelling) or "CNN-vs-dense" was told the list alone, as a model typo is not
+        close = difflib.get_close_matches(name.lower().replace("_", "-").replace(" ", "-"), experiments, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise CnnlabError(f"unknown experiment {name!r}; {hint}choose one of: {', '.join(experiments)}")
     return experiments[name]
 
 
