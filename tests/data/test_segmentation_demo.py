@@ -55,6 +55,16 @@ def test_demo_options_are_checked(tmp_path):
         write_segmentation_demo(tmp_path, "digits", count=2)
 
 
+@pytest.mark.parametrize(("typed", "meant"), [("RGB", "rgb"), ("digit", "digits"), ("Digits", "digits")])
+def test_a_misspelt_variant_is_told_the_one_it_is_close_to(tmp_path, typed, meant):
+    """--variant RGB or digit was told the list alone."""
+    with pytest.raises(CnnlabError, match=f"--variant '{typed}' is not one of digits, rgb; did you mean {meant}\\?$"):
+        write_segmentation_demo(tmp_path / "demo", typed, count=3)
+    with pytest.raises(CnnlabError, match="--variant 'colour' is not one of digits, rgb$"):
+        write_segmentation_demo(tmp_path / "demo", "colour", count=3)
+    assert not (tmp_path / "demo").exists()
+
+
 @pytest.mark.parametrize("variant", ["digits", "rgb"])
 def test_a_negative_seed_is_refused_before_any_folder_is_made(tmp_path, variant):
     """numpy's generator raised a ValueError traceback on -1, after images/ and masks/ had been made empty."""

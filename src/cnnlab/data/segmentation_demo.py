@@ -14,6 +14,7 @@ pairs it holds; `PROGRESS` records the options until the last pair, and the same
 
 from __future__ import annotations
 
+import difflib
 import io
 import json
 import os
@@ -105,8 +106,10 @@ def write_segmentation_demo(
     """
     from cnnlab.data.mnist import _load_split, find_mnist_dir
 
-    if variant not in DEMO_VARIANTS:
-        raise CnnlabError(f"--variant {variant!r} is not one of {', '.join(DEMO_VARIANTS)}")
+    if variant not in DEMO_VARIANTS:  # "RGB" or "digit" was told the list alone
+        close = difflib.get_close_matches(variant.lower(), DEMO_VARIANTS, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise CnnlabError(f"--variant {variant!r} is not one of {', '.join(DEMO_VARIANTS)}{hint}")
     if count < 3:
         raise CnnlabError(f"--count must be at least 3 (train, validation and test need one each), got {count}")
     if seed < 0:  # numpy's generator takes no negative seed: it failed with a traceback after the folders were made
