@@ -140,6 +140,30 @@ def test_an_interrupted_demo_trains_as_it_is_and_the_same_command_finishes_it(tm
 
 
 @needs_mnist
+def test_an_rgb_demo_is_not_continued_with_another_set_of_photographs(tmp_path, monkeypatch):
+    """The rgb pairs are cut from sklearn's photos and scikit-image's where it is installed: a demo stopped with one
+    set was continued with the other, its pairs from two streams under one seed (the same seed and count give other
+    pairs without scikit-image)."""
+    import cnnlab.data.segmentation_demo as demo
+
+    sample, photos = demo._rgb_sample, demo.sample_photos()
+    root = tmp_path / "demo"
+    with monkeypatch.context() as patch:
+        patch.setattr(demo, "_rgb_sample", _stopping_at_the_third_pair(sample))
+        with pytest.raises(KeyboardInterrupt):
+            write_segmentation_demo(root, "rgb", count=4, seed=3)
+    with monkeypatch.context() as patch:
+        patch.setattr(demo, "sample_photos", lambda: photos[:1])  # another set: as without scikit-image
+        refusal = f"cut from {len(photos)} sample photographs, where this setup has 1 \\(scikit-image"
+        with pytest.raises(CnnlabError, match=refusal):
+            write_segmentation_demo(root, "rgb", count=4, seed=3)
+    assert sorted(p.name for p in (root / "images").iterdir()) == ["00000.png", "00001.png"]
+    with pytest.raises(CnnlabError, match="other options \\(--variant rgb --count 4 --seed 3\\)"):
+        write_segmentation_demo(root, "rgb", count=4, seed=4)
+    assert write_segmentation_demo(root, "rgb", count=4, seed=3)["kept"] == 2  # with the photos it began with
+
+
+@needs_mnist
 def test_a_demo_stopped_while_it_recorded_its_options_is_still_finished(tmp_path, monkeypatch):
     """Each run that continues a demo writes its options file again; a stop while it was written left it empty, and
     every later run refused the folder: "holds an interrupted demo of other options (unreadable ...)"."""

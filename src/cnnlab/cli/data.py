@@ -18,7 +18,8 @@ def segmentation_demo(
         "digits",
         "--variant",
         help="digits (grey 64x64 canvases of 1-5 MNIST digits) or rgb (MNIST digits in random colours and sizes on "
-        "crops of real photographs, 64-112 px).",
+        "crops of real photographs, 64-112 px: scikit-learn's, and scikit-image's where it is installed, so a seed "
+        "gives other pairs without it).",
     ),
     count: int = typer.Option(1000, "--count", help="Image + mask pairs to write."),
     seed: int = typer.Option(0, "--seed", help="The generator's seed."),
@@ -28,7 +29,8 @@ def segmentation_demo(
     """Write a segmentation folder to train on with `cnnlab train segment --data DIR`.
 
     After Ctrl+C the folder trains on the pairs written so far (classes.json comes first, each pair whole), and the
-    same command again writes the rest.
+    same command again writes the rest (an rgb folder with the photographs it began with: scikit-image installed or
+    not, as then).
     """
     from cnnlab.data.segmentation_demo import interrupted_demo, write_segmentation_demo
     from cnnlab.train.progress import ProgressBar

@@ -117,13 +117,25 @@ def write_segmentation_demo(
     root = Path(root)
     options = {"variant": variant, "count": count, "seed": seed}
     resuming = (root / PROGRESS).is_file()
-    if resuming and (recorded := _recorded_options(root)) != options:
+    recorded = _recorded_options(root) if resuming else {}
+    if resuming and {key: value for key, value in recorded.items() if key != "photos"} != options:
         raise CnnlabError(
             f"{root} holds an interrupted demo of other options ({_as_flags(recorded)}); run with those to finish it, "
             "or choose a new folder"
         )
     if not resuming and (root / "images").is_dir() and any((root / "images").iterdir()):
         raise CnnlabError(f"{root / 'images'} already holds files; choose a new folder")
+    photos = sample_photos() if variant == "rgb" else []
+    # the rgb pairs are crops of these photographs, scikit-image's among them where it is installed: a demo continued
+    # with another set mixed pairs of two generators' streams under one seed, and differed from an uninterrupted run
+    if resuming and variant == "rgb" and recorded.get("photos", len(photos)) != len(photos):
+        raise CnnlabError(
+            f"{root} holds an interrupted rgb demo cut from {recorded['photos']} sample photographs, where this "
+            f"setup has {len(photos)} (scikit-image's are among them where it is installed); finish it where "
+            "scikit-image is installed as it was then, or choose a new folder"
+        )
+    if photos:
+        options["photos"] = len(photos)
     digits, labels = _load_split(find_mnist_dir(data_dir), "train")
     colours = class_colours(len(CLASS_NAMES))
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -138,7 +150,6 @@ def write_segmentation_demo(
         pairs = ((image[0].numpy(), mask.numpy()) for image, mask in zip(canvases.images, canvases.masks, strict=True))
     else:
         rng = np.random.default_rng(seed)
-        photos = sample_photos()
         pool, pool_labels = digits.reshape(-1, 28, 28).numpy(), labels.numpy()
         pairs = (_rgb_sample(rng, photos, pool, pool_labels) for _ in range(count))
     shapes = set()
@@ -185,7 +196,8 @@ def _recorded_options(root: Path) -> dict[str, Any]:
 
 
 def _as_flags(options: dict[str, Any]) -> str:
-    return " ".join(f"--{key} {value}" for key, value in options.items()) or f"unreadable {PROGRESS}"
+    flags = " ".join(f"--{key} {value}" for key, value in options.items() if key != "photos")  # not an option
+    return flags or f"unreadable {PROGRESS}"
 
 
 def _png(array: np.ndarray) -> bytes:
