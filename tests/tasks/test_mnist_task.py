@@ -844,3 +844,16 @@ def test_evaluate_and_ensemble_refuse_a_run_of_another_task(tmp_path: Path) -> N
             evaluate_mnist(target, missing_data)
     with pytest.raises(CnnlabError, match="is a transfer run, not an MNIST run"):
         combine_mnist_ensemble(runs, "mixed", output=tmp_path, data_dir=missing_data)
+
+
+def test_evaluate_refuses_a_digit_record_whose_network_takes_another_size(tmp_path: Path) -> None:
+    """A lenet5 (1x32x32) saved from Python with no kind is read as an MNIST run: `cnnlab evaluate` fed it the
+    28x28 test digits and failed with torch's "Kernel size can't be greater than actual input size" traceback."""
+    from cnnlab.models import create_model
+    from cnnlab.tasks.mnist import evaluate_mnist
+    from cnnlab.train.saved import save_model
+
+    save_model(create_model("lenet5"), tmp_path / "lenet", "lenet5", {}, {})
+    with pytest.raises(CnnlabError, match=r"lenet5 takes 1x32x32 inputs, but its meta records no 'kind'.*1x28x28"):
+        evaluate_mnist(tmp_path / "lenet", str(tmp_path / "no-mnist-here"))  # said before MNIST is read
+    assert not (tmp_path / "lenet" / "evaluation").exists()

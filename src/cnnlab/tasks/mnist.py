@@ -965,11 +965,12 @@ def evaluate_mnist(
         CnnlabError: `run` was saved by another task (a transfer or segmentation run has its own test set, scored
             once in its report), or holds no saved model; `output_dir` cannot be written (under a file, read-only).
     """
-    from cnnlab.train.saved import load_model
+    from cnnlab.train.saved import check_digit_input, load_model, spec_path
 
     run = Path(run)
     check_mnist_run(run)
     model = load_model(run, device=device)
+    check_digit_input(model, spec_path(run))  # a lenet5 saved from Python: torch's traceback on the first batch
     data = load_mnist(data_dir, val_size=0)
     out = Path(output_dir) if output_dir is not None else (run if run.is_dir() else run.parent) / "evaluation"
     check_writable(out / "evaluation.json", shown=str(out))  # before the 10,000 digits are classified

@@ -106,38 +106,6 @@ def _is_saved_run(path: Path) -> bool:
     )
 
 
-DIGIT_INPUT = (1, 28, 28)  # what `mnist_preprocess` makes of an image: the input of every `train mnist` network
-
-
-def _check_digit_input(network: nn.Module, spec: Path) -> None:
-    """Refuse a network read as an MNIST digit classifier that was built for other inputs than `mnist_preprocess`'s
-    1x28x28: a lenet5 (1x32x32) saved from Python with no ``kind`` in its meta failed on its first image with torch's
-    "Kernel size can't be greater than actual input size".
-
-    Raises:
-        CnnlabError: naming the record, the input its network states and what predict would feed it.
-    """
-    from cnnlab.train.saved import read_record
-
-    stated = {tuple(module.default_input_size) for module in network.modules() if hasattr(module, "default_input_size")}
-    wrong = sorted(size for size in stated if size != DIGIT_INPUT)
-    if not wrong:
-        return
-    record = read_record(spec)
-    meta = record.get("meta")
-    arch = record.get("arch", "its network")
-    why = (
-        "it records kind digit-classifier"
-        if isinstance(meta, dict) and "kind" in meta
-        else "its meta records no 'kind', so it is read as an MNIST digit classifier"
-    )
-    raise CnnlabError(
-        f"{spec}: {arch} takes {'x'.join(map(str, wrong[0]))} inputs, but {why}, which predict feeds MNIST's "
-        f"{'x'.join(map(str, DIGIT_INPUT))} digits; predict takes a digit network built for them (mnist_net, "
-        "mnist_net_small, mnist_baseline: `cnnlab train mnist`)"
-    )
-
-
 def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
     """A fine-tuned run directory (or its ``model.json`` or ``model.safetensors``), or the name of a zoo model with
     pretrained weights.
@@ -152,6 +120,7 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
         DIGIT_CLASSIFIER,
         IMAGE_CLASSIFIER,
         SEGMENTER,
+        check_digit_input,
         check_not_exported,
         load_model,
         saved_meta,
@@ -173,7 +142,7 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
             from cnnlab.data.mnist import MNIST_CLASSES, mnist_preprocess
 
             network = load_model(spec, device=device)
-            _check_digit_input(network, spec)
+            check_digit_input(network, spec)
             classes = [str(c) for c in meta.get("classes", MNIST_CLASSES)]
             return Predictor(
                 network, classes, None, str(path), preprocess=mnist_preprocess, channels_last=channels_last

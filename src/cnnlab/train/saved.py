@@ -557,6 +557,36 @@ def current_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
+DIGIT_INPUT = (1, 28, 28)  # what `mnist_preprocess` makes of an image: the input of every `train mnist` network
+
+
+def check_digit_input(network: nn.Module, spec: Path) -> None:
+    """Refuse a network read as an MNIST digit classifier that was built for other inputs than `mnist_preprocess`'s
+    1x28x28: a lenet5 (1x32x32) saved from Python with no ``kind`` in its meta failed on its first image with torch's
+    "Kernel size can't be greater than actual input size" (`cnnlab predict`, `export`, `explain`, `evaluate`).
+
+    Raises:
+        CnnlabError: naming the record, the input its network states and the digits it would be fed.
+    """
+    stated = {tuple(module.default_input_size) for module in network.modules() if hasattr(module, "default_input_size")}
+    wrong = sorted(size for size in stated if size != DIGIT_INPUT)
+    if not wrong:
+        return
+    record = read_record(spec)
+    meta = record.get("meta")
+    arch = record.get("arch", "its network")
+    why = (
+        "it records kind digit-classifier"
+        if isinstance(meta, dict) and "kind" in meta
+        else "its meta records no 'kind', so it is read as an MNIST digit classifier"
+    )
+    raise CnnlabError(
+        f"{spec}: {arch} takes {'x'.join(map(str, wrong[0]))} inputs, but {why}, which cnnlab feeds MNIST's "
+        f"{'x'.join(map(str, DIGIT_INPUT))} digits; pass a digit network built for them (mnist_net, "
+        "mnist_net_small, mnist_baseline: `cnnlab train mnist`)"
+    )
+
+
 def build_network(path: str | os.PathLike[str]) -> nn.Module:
     """The network saved at `path` (what `load_model` accepts), built as its record describes but without reading
     its weights: what `cnnlab budget RUN` sizes. Under ``torch.device("meta")`` no weight is even initialised.
