@@ -18,7 +18,7 @@ of a step at any batch size at no memory cost, for each remedy:
   float32. Autocast's bf16 copies of the weights are added at each op where autocast would hold them, from the op
   that first takes a weight until backward makes its gradient (the trace's ``autocast_copy_timeline``; with
   checkpointing they are dropped when forward ends and made again by the recomputation). Against real CPU steps
-  under autocast, as the engine runs them, it is never low and at most 2.4% high across the zoo
+  under autocast, as the engine runs them, it is never low and at most 1.9% high across the zoo
   (benchmarks/memory_cpu.py, docs/BENCHMARKS.md);
 - **all three** combines them the same way.
 
@@ -74,6 +74,7 @@ class _Step:
     loss_index: int = -1  # the op of the timeline where the loss is taken, the network's output alive
     output: int = 0  # the network's output in float32 bytes
     kept: tuple[int, ...] = ()  # of `timeline`, the bytes bf16 autocast would leave as they are (the input's too)
+    freed: tuple[int, ...] = ()  # of `timeline`, the bytes bf16 autocast would already have freed
 
     @classmethod
     def from_trace(cls, result: TraceResult) -> _Step:
@@ -87,6 +88,7 @@ class _Step:
             result.loss_op_index,
             result.output_values * 4,
             tuple(result.autocast_kept_timeline),
+            tuple(result.autocast_freed_timeline),
         )
 
     def peak(self, optimizer: OptimizerStepBytes) -> int:
@@ -116,12 +118,13 @@ class _Lines:
     loss_index: int = -1  # `_Step.loss_index`, the same at every batch
     output: _Line = _Line(0, 0)  # `_Step.output`
     kept: tuple[_Line, ...] = ()  # `_Step.kept`
+    freed: tuple[_Line, ...] = ()  # `_Step.freed`
 
     @classmethod
     def through(cls, first: _Step, second: _Step) -> _Lines | None:
         """The lines through two traces; None when they are not lines (other ops, or fractions of a byte per sample)."""
         same_ops = len(first.timeline) == len(second.timeline) and first.loss_index == second.loss_index
-        same_ops = same_ops and len(first.kept) == len(second.kept)
+        same_ops = same_ops and len(first.kept) == len(second.kept) and len(first.freed) == len(second.freed)
         if not same_ops or first.copies != second.copies:
             return None
         span = second.batch - first.batch
@@ -132,13 +135,15 @@ class _Lines:
 
         timeline = [line(a, b) for a, b in zip(first.timeline, second.timeline, strict=True)]
         kept = [line(a, b) for a, b in zip(first.kept, second.kept, strict=True)]
+        freed = [line(a, b) for a, b in zip(first.freed, second.freed, strict=True)]
         step_start, saved = line(first.step_start, second.step_start), line(first.saved, second.saved)
         output = line(first.output, second.output)
-        if step_start is None or saved is None or output is None or None in timeline or None in kept:
+        if step_start is None or saved is None or output is None or None in timeline or None in kept or None in freed:
             return None
         batches = (first.batch, second.batch)
         copies, loss = first.copies, first.loss_index
-        return cls(tuple(timeline), step_start, saved, batches, copies, loss, output, tuple(kept))  # type: ignore[arg-type]
+        shares = (tuple(kept), tuple(freed))
+        return cls(tuple(timeline), step_start, saved, batches, copies, loss, output, *shares)  # type: ignore[arg-type]
 
     def at(self, batch: int) -> _Step:
         """The step these lines predict at `batch`."""
@@ -152,6 +157,7 @@ class _Lines:
             self.loss_index,
             self.output.at(batch),
             tuple(line.at(batch) for line in self.kept),
+            tuple(line.at(batch) for line in self.freed),
         )
 
     def peak_lines(self, optimizer: OptimizerStepBytes) -> list[_Line]:
@@ -281,7 +287,7 @@ class _Planner:
             )
         return self.lines[checkpointed]
 
-    def bf16_per_sample(self, per_sample: int, kept: int = 0, output: int = 0) -> int:
+    def bf16_per_sample(self, per_sample: int, kept: int = 0, output: int = 0, freed: int = 0) -> int:
         """Bytes per sample under bf16 autocast of an op that holds `per_sample` bytes per sample in float32, `kept` of
         them in tensors that autocast leaves as they are (`TraceResult.autocast_kept_timeline`).
 
@@ -299,8 +305,12 @@ class _Planner:
         and as the float32 copy the loss makes of it. Without it a network whose output is large (a single
         convolution, a segmenter's logits) was planned with its output shrunk by nothing and no copy: a conv 32 k3
         on 3x64x64 was 0.70x the real CPU step (0.57 MB per sample against 0.81 MB, float32 0.54 MB).
+
+        `freed` of them autocast would not hold at all (`TraceResult.autocast_freed_timeline`): in backward, a float32
+        normalisation of the input that the first convolution saved in float32, where under autocast it saves the
+        bf16 copy. Kept as it is, it made mnist_net 1.024x the real CPU step at batch 16.
         """
-        halved = max(0, per_sample - kept - output)
+        halved = max(0, per_sample - kept - output - freed)
         halved -= halved // 2  # rounded up: the estimate is never below the bytes it stands for
         return kept + halved + self.input_bytes // 2 + output // 2 + output
 
@@ -311,11 +321,13 @@ class _Planner:
         lines = self.fitted(remedy.checkpointed)
         if lines is not None and remedy.bf16 and self.mixed:
 
-            def bf16(line: _Line, kept: _Line, copies: int, output: int) -> _Line:
-                return _Line(line.fixed + copies, self.bf16_per_sample(line.per_sample, kept.per_sample, output))
+            def bf16(line: _Line, kept: _Line, copies: int, output: int, freed: _Line) -> _Line:
+                per_sample = self.bf16_per_sample(line.per_sample, kept.per_sample, output, freed.per_sample)
+                return _Line(line.fixed + copies - freed.fixed, per_sample)
 
             outputs = [lines.output.per_sample if op == lines.loss_index else 0 for op in range(len(lines.timeline))]
-            timeline = tuple(map(bf16, lines.timeline, lines.kept, lines.copies, outputs))
+            freed = lines.freed or (_Line(0, 0),) * len(lines.timeline)
+            timeline = tuple(map(bf16, lines.timeline, lines.kept, lines.copies, outputs, freed))
             # When backward ends, autocast's copies and the bf16 activations are freed: what the optimizer step starts
             # from is what a float32 step holds (parameters, gradients, state, the float32 input). Shrunk like an op
             # of backward, it gained the input's bf16 copy: a classifier trained on cached features, whose step peaks
@@ -336,16 +348,19 @@ class _Planner:
             if len(one.timeline) == len(two.timeline) == len(step.timeline):
                 growths = [b - a for a, b in zip(one.timeline, two.timeline, strict=True)]
                 kept = [b - a for a, b in zip(one.kept, two.kept, strict=True)]
+                freed = [b - a for a, b in zip(one.freed, two.freed, strict=True)]
             else:
                 growths = [two.saved - one.saved] * len(step.timeline)
                 kept = [min(growth, held // batch) for growth, held in zip(growths, step.kept, strict=True)]
+                ops = zip(growths, kept, step.freed, strict=True)
+                freed = [min(growth - kept_now, held // batch) for growth, kept_now, held in ops]
 
-            def bf16(live: int, growth: int, kept: int, copies: int, output: int) -> int:
-                return live - (growth - self.bf16_per_sample(growth, kept, output)) * batch + copies
+            def bf16(live: int, growth: int, kept: int, copies: int, output: int, freed: int) -> int:
+                return live - (growth - self.bf16_per_sample(growth, kept, output, freed)) * batch + copies
 
             output = step.output // batch
             outputs = [output if op == step.loss_index else 0 for op in range(len(step.timeline))]
-            timeline = tuple(map(bf16, step.timeline, growths, kept, step.copies, outputs))
+            timeline = tuple(map(bf16, step.timeline, growths, kept, step.copies, outputs, freed))
             step = dataclasses.replace(step, timeline=timeline)  # the optimizer step as in float32: `remedy_lines`
         return step.peak(self.optimizer(remedy.optimizer))
 

@@ -142,6 +142,11 @@ class SavedTensorCounter:
         return tensor
 
     @property
+    def saved_keys(self) -> set[int]:
+        """The storages autograd saved (`storage_keys`), parameters and buffers excluded."""
+        return set(self._seen)
+
+    @property
     def total_bytes(self) -> int:
         """All distinct saved bytes, the input batch included."""
         return sum(self._seen.values())
@@ -191,6 +196,11 @@ class _TimelineTracker(LiveTensorTracker):
     where it is freed when the weight's gradient is made. A weight whose op saved nothing to this trace (inside a
     gradient-checkpointed segment) loses its copy when forward ends, and gets a new one when backward recomputes the
     segment (its first op on the weight since). `end_forward` marks where forward ends.
+
+    A float32 tensor that only convolutions or matrix products take in forward, made from operands that need no
+    gradient (a normalisation of the input), is saved for backward by those ops in float32; autocast casts it for them
+    and they save the bf16 copy (the planner's copy of the input), so it is freed once forward no longer refers to it.
+    From `end_forward` on, ``freed_timeline`` holds its bytes: live in this trace, not under autocast.
     """
 
     def __init__(self, weights: Iterable[torch.Tensor] = ()) -> None:
@@ -207,6 +217,16 @@ class _TimelineTracker(LiveTensorTracker):
         self._copied: set[int] = set()  # weights with a live bf16 copy
         self._finished: set[int] = set()  # weights whose gradient is made
         self.copy_bytes = 0
+        self.freed_timeline: list[int] = []
+        self.freed_bytes = 0
+        self._freed: set[int] = set()  # live storages that autocast would have freed when forward ended
+        self._forward = True  # until `end_forward`
+        self._op_needs_grad = False  # the op running now takes a tensor that requires a gradient
+        self._float32_size: dict[int, int] = {}
+        self._without_grad: set[int] = set()  # float32 kept storages made by ops whose operands need no gradient
+        self._cast_for: dict[int, set[int]] = {}  # float32 storages a convolution or matrix product took in forward,
+        # with the weights those ops took
+        self._taken_otherwise: set[int] = set()  # float32 storages any other op took in forward
 
     def keep(self, tensors: Iterable[torch.Tensor]) -> None:
         """Tracked tensors that stay float32 under autocast (the input)."""
@@ -215,6 +235,7 @@ class _TimelineTracker(LiveTensorTracker):
             if key in self._keys and key not in self._kept:
                 self._kept.add(key)
                 self._float32.add(key)
+                self._float32_size[key] = tensor.untyped_storage().nbytes()
                 self.kept_bytes += tensor.untyped_storage().nbytes()
 
     def _track(self, tensor: torch.Tensor) -> None:
@@ -224,6 +245,9 @@ class _TimelineTracker(LiveTensorTracker):
             self._kept.add(key)
             if floating:
                 self._float32.add(key)
+                self._float32_size[key] = tensor.untyped_storage().nbytes()
+                if self._forward and not self._op_needs_grad:
+                    self._without_grad.add(key)
             self.kept_bytes += tensor.untyped_storage().nbytes()
         super()._track(tensor)
 
@@ -232,21 +256,43 @@ class _TimelineTracker(LiveTensorTracker):
             self._kept.discard(key)
             self._float32.discard(key)
             self.kept_bytes -= nbytes
+        if key in self._freed:
+            self._freed.discard(key)
+            self.freed_bytes -= nbytes
+        for keys in (self._without_grad, self._taken_otherwise):
+            keys.discard(key)  # a storage made later may reuse the key
+        self._cast_for.pop(key, None)
+        self._float32_size.pop(key, None)
         super()._release(key, nbytes)
 
     def _record(self) -> None:
         self.timeline.append(self.live_bytes)
         self.kept_timeline.append(self.kept_bytes)
         self.copy_timeline.append(self.copy_bytes)
+        self.freed_timeline.append(self.freed_bytes)
 
     def start_recording(self) -> None:
         self.recording = True
         self._record()
 
-    def end_forward(self, saved: set[int]) -> None:
-        """Forward (and the loss) ended: autocast's cache is cleared, so only the copies saved for backward stay."""
+    def end_forward(self, saved: set[int], saved_activations: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+        """Forward (and the loss) ended: autocast's cache is cleared, so only the copies saved for backward stay
+        (`saved`: the weights saved), and a float32 tensor that autograd saved (`saved_activations`) only because a
+        convolution or matrix product took it is freed (under autocast they save its bf16 copy). One that a gradient
+        checkpoint holds as its segment's input, not autograd, stays."""
         for key in self._copied - saved:
             self._drop_copy(key)
+        self._forward = False
+        for key in (self._without_grad & saved_activations) - self._taken_otherwise:
+            weights = self._cast_for.get(key)
+            # Only casts took it, and the ops that did saved for backward here (their weights): not the ops inside a
+            # gradient checkpoint, where what holds it is the checkpoint, as its segment's input, under autocast too.
+            if key in self._float32 and weights and weights <= saved:
+                self._kept.discard(key)
+                self._float32.discard(key)
+                self.kept_bytes -= self._float32_size[key]
+                self._freed.add(key)
+                self.freed_bytes += self._float32_size[key]
 
     def gradient_made(self, weight: torch.Tensor) -> None:
         """A post-accumulate-grad hook: the op that saved the weight's copy has run its backward, freeing it."""
@@ -268,10 +314,20 @@ class _TimelineTracker(LiveTensorTracker):
                     self.copy_bytes += self._copy_size[key]
             name = getattr(getattr(func, "overloadpacket", None), "__name__", "")
             self._op_keeps_float32 = name not in _AUTOCAST_BF16_OPS and any(key in self._float32 for key in keys)
+            if self._forward:
+                float32 = [key for key in keys if key in self._float32]
+                if name in _AUTOCAST_BF16_OPS:
+                    weights = {key for key in keys if key in self._copy_size}
+                    for key in float32:
+                        self._cast_for.setdefault(key, set()).update(weights)
+                else:
+                    self._taken_otherwise.update(float32)
+                tensors = [item for item in tree_flatten((args, kwargs))[0] if isinstance(item, torch.Tensor)]
+                self._op_needs_grad = any(tensor.requires_grad for tensor in tensors)
         try:
             out = super().__torch_dispatch__(func, types, args, kwargs)
         finally:
-            self._op_keeps_float32 = False
+            self._op_keeps_float32 = self._op_needs_grad = False
         if self.recording:
             self._record()
         return out
@@ -422,6 +478,9 @@ class TraceResult:
     # it before a convolution or matrix product); empty for a trace run under autocast
     autocast_copy_timeline: list[int] = field(default_factory=list, repr=False)  # at the same points, the bytes bf16
     # autocast's copies of the weights would hold (`_TimelineTracker`); empty for a trace run under autocast
+    autocast_freed_timeline: list[int] = field(default_factory=list, repr=False)  # at the same points, the live bytes
+    # bf16 autocast would have freed (a float32 normalisation of the input that only its casts took); empty for a
+    # trace run under autocast
     loss_op_index: int = -1  # the index in live_timeline of the loss's last op, where the output is still alive
     output_values: int = 0  # values in the network's outputs the loss is taken on (`_output_tensors`), at the batch
     step_start_bytes: int = 0  # live bytes when the optimizer step begins (after backward)
@@ -831,7 +890,7 @@ def _trace_training(
                 raise CnnlabError(f"the network returned {type(output).__name__}, not a tensor: nothing to train on")
             # auxiliary heads' outputs are trained with the main output (a loop variable would keep one alive)
             loss = sum((extra.float().sum() for extra in outputs[1:]), outputs[0].float().sum())
-        tracker.end_forward(counter.saved_state)
+        tracker.end_forward(counter.saved_state, counter.saved_keys)
         # Where the loss is taken the output is alive: under autocast a bf16 output and the float32 copy the loss
         # makes of it (here `.float()`; a real loss such as cross-entropy runs in float32 too), which the planner
         # adds to this op of a float32 trace (`.float()` of a float32 output copies nothing).
@@ -859,6 +918,7 @@ def _trace_training(
     result.live_timeline = tracker.timeline
     result.autocast_kept_timeline = tracker.kept_timeline if autocast is None else []
     result.autocast_copy_timeline = tracker.copy_timeline if autocast is None else []
+    result.autocast_freed_timeline = tracker.freed_timeline if autocast is None else []
     result.peak_live_bytes = max(backward_peak, result.step_peak_bytes)
     result.saved_bytes = counter.total_bytes
     result.saved_input_bytes = counter.input_bytes
