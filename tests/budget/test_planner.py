@@ -290,6 +290,29 @@ def test_bf16_frees_a_normalised_input_that_only_autocasts_cast_took():
     assert max(meta.autocast_freed_timeline[: meta.loss_op_index + 1]) == 0  # forward still holds it
 
 
+@pytest.mark.parametrize("frozen", [(0, 2), (2,)])
+def test_bf16_counts_the_copies_autocast_makes_of_frozen_weights(frozen):
+    """Autocast caches only the casts of weights that train: a frozen convolution's weight is cast anew when the
+    convolution runs, and kept for backward when its input needs a gradient (a frozen layer between trained ones). The
+    planner counted no copy of a frozen weight: a frozen backbone under a trained head was 0.72x the real CPU step at
+    batch 1 (mnist_net's with a trained classifier 0.88x), a frozen middle layer 0.73x / 0.82x at batch 1 / 4."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 64, 3, bias=False), nn.ReLU(), nn.Conv2d(64, 64, 3, bias=False), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )  # fmt: skip
+    for index in frozen:
+        model[index].weight.requires_grad_(False)
+    shape = (1, 12, 12)
+    planner = planner_module._Planner(model, shape, torch.float32, "sgd", None)
+    remedy = planner_module._Remedy("bf16 mixed precision", checkpointed=False, optimizer="sgd", bf16=True)
+    for batch in (1, 4):
+        real = trace(model, shape, batch, torch.float32, "cpu", "sgd", inference=False, autocast=torch.bfloat16)
+        ratio = planner.peak(remedy, batch) / real.peak_live_bytes
+        # a frozen first layer saves no bf16 copy of the input, which the planner still counts (144 bytes a sample)
+        assert ratio == 1 if frozen == (2,) else 1 <= ratio < 1.005, (batch, ratio)
+
+
 def test_bf16_holds_a_large_output_twice_where_the_loss_takes_it():
     """`budget --memory` gave bf16 a larger per-sample figure than float32 for one convolution (0.57 MB against
     0.54 MB): true, but still 0.70x the real CPU step under autocast, 0.81 MB per sample. Its output, the largest

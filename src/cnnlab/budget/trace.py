@@ -201,9 +201,13 @@ class _TimelineTracker(LiveTensorTracker):
     gradient (a normalisation of the input), is saved for backward by those ops in float32; autocast casts it for them
     and they save the bf16 copy (the planner's copy of the input), so it is freed once forward no longer refers to it.
     From `end_forward` on, ``freed_timeline`` holds its bytes: live in this trace, not under autocast.
+
+    A frozen weight (`frozen`: two or more dimensions, no gradient) is cast anew by every op that takes it, autocast
+    caches only the casts of weights that train: the copy lives while its op runs, or, when the op saves it for
+    backward (its input needs a gradient), until the backward op that takes it.
     """
 
-    def __init__(self, weights: Iterable[torch.Tensor] = ()) -> None:
+    def __init__(self, weights: Iterable[torch.Tensor] = (), frozen: Iterable[torch.Tensor] = ()) -> None:
         super().__init__()
         self.recording = False
         self.timeline: list[int] = []
@@ -227,6 +231,9 @@ class _TimelineTracker(LiveTensorTracker):
         self._cast_for: dict[int, set[int]] = {}  # float32 storages a convolution or matrix product took in forward,
         # with the weights those ops took
         self._taken_otherwise: set[int] = set()  # float32 storages any other op took in forward
+        self._frozen_size = {_storage_key(w): w.numel() * 2 for w in frozen}
+        self._frozen_held: set[int] = set()  # frozen weights whose bf16 copy an op saved for backward
+        self._cast_now = 0  # bytes of the frozen weights' copies the op running now takes
 
     def keep(self, tensors: Iterable[torch.Tensor]) -> None:
         """Tracked tensors that stay float32 under autocast (the input)."""
@@ -268,7 +275,7 @@ class _TimelineTracker(LiveTensorTracker):
     def _record(self) -> None:
         self.timeline.append(self.live_bytes)
         self.kept_timeline.append(self.kept_bytes)
-        self.copy_timeline.append(self.copy_bytes)
+        self.copy_timeline.append(self.copy_bytes + self._cast_now)
         self.freed_timeline.append(self.freed_bytes)
 
     def start_recording(self) -> None:
@@ -282,6 +289,9 @@ class _TimelineTracker(LiveTensorTracker):
         checkpoint holds as its segment's input, not autograd, stays."""
         for key in self._copied - saved:
             self._drop_copy(key)
+        for key in self._frozen_held - saved:  # saved by a gradient checkpoint, which keeps no copy
+            self._frozen_held.discard(key)
+            self.copy_bytes -= self._frozen_size[key]
         self._forward = False
         for key in (self._without_grad & saved_activations) - self._taken_otherwise:
             weights = self._cast_for.get(key)
@@ -324,12 +334,26 @@ class _TimelineTracker(LiveTensorTracker):
                     self._taken_otherwise.update(float32)
                 tensors = [item for item in tree_flatten((args, kwargs))[0] if isinstance(item, torch.Tensor)]
                 self._op_needs_grad = any(tensor.requires_grad for tensor in tensors)
+            frozen = {key for key in keys if key in self._frozen_size} if name in _AUTOCAST_BF16_OPS else set()
+            released = frozen & self._frozen_held if not torch.is_grad_enabled() else set()  # in backward
+            if frozen and torch.is_grad_enabled():  # forward, or a checkpoint's recomputation: cast anew
+                tensors = [item for item in tree_flatten((args, kwargs))[0] if isinstance(item, torch.Tensor)]
+                cast = frozen - self._frozen_held
+                if any(tensor.requires_grad for tensor in tensors):  # its backward needs the copies
+                    self._frozen_held |= cast
+                    self.copy_bytes += sum(self._frozen_size[key] for key in cast)
+                else:
+                    self._cast_now = sum(self._frozen_size[key] for key in cast)
         try:
             out = super().__torch_dispatch__(func, types, args, kwargs)
         finally:
             self._op_keeps_float32 = self._op_needs_grad = False
         if self.recording:
             self._record()
+            self._cast_now = 0
+            for key in released:  # the backward op that used the saved copy has run
+                self._frozen_held.discard(key)
+                self.copy_bytes -= self._frozen_size[key]
         return out
 
 
@@ -866,7 +890,8 @@ def _trace_training(
     result.optimizer_state_bytes = _distinct_bytes(optimizer_state)
     # under real autocast the copies are tensors the tracker counts; otherwise it works out what they would hold
     weights = [] if autocast is not None else [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    tracker = _TimelineTracker(weights)
+    frozen = [] if autocast is not None else [p for p in model.parameters() if not p.requires_grad and p.dim() >= 2]
+    tracker = _TimelineTracker(weights, [p for p in frozen if p.is_floating_point()])
     hooks = [w.register_post_accumulate_grad_hook(tracker.gradient_made) for w in weights]
     # at batch 1 a 1x1 map leaves batch norm one value per channel (more samples or pixels never do); through
     # backward too, where activation checkpointing runs the forward again
