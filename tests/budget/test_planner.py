@@ -313,6 +313,23 @@ def test_bf16_counts_the_copies_autocast_makes_of_frozen_weights(frozen):
         assert ratio == 1 if frozen == (2,) else 1 <= ratio < 1.005, (batch, ratio)
 
 
+def test_bf16_makes_a_weights_gradient_in_bf16_then_its_float32_copy():
+    """Under autocast a convolution's backward gives its weight's gradient in bf16; once the gradient of its output is
+    freed, the float32 gradient is made from it. The float32 trace holds the float32 gradient beside the gradient of
+    the output, more than the step ever holds at once: with SGD, whose step peaks in backward, this net was 1.068x the
+    real CPU step at batch 4 (mnist_net with Adam 1.019x at batch 16)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 64, 3, bias=False), nn.ReLU(), nn.Conv2d(64, 64, 3, bias=False), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )  # fmt: skip
+    shape, batch = (1, 12, 12), 4
+    planner = planner_module._Planner(model, shape, torch.float32, "sgd", None)
+    remedy = planner_module._Remedy("bf16 mixed precision", checkpointed=False, optimizer="sgd", bf16=True)
+    real = trace(model, shape, batch, torch.float32, "cpu", "sgd", inference=False, autocast=torch.bfloat16)
+    assert planner.peak(remedy, batch) == real.peak_live_bytes
+
+
 def test_bf16_holds_a_large_output_twice_where_the_loss_takes_it():
     """`budget --memory` gave bf16 a larger per-sample figure than float32 for one convolution (0.57 MB against
     0.54 MB): true, but still 0.70x the real CPU step under autocast, 0.81 MB per sample. Its output, the largest
@@ -401,8 +418,10 @@ def test_the_weight_copies_rise_in_forward_and_are_gone_when_backward_ends():
     model = nn.Sequential(nn.Linear(100, 50), nn.BatchNorm1d(50), nn.ReLU(), nn.Linear(50, 10))
     copies = trace(model, (100,), 4, torch.float32, "meta", "sgd", inference=False).autocast_copy_timeline
     weights = 2 * (100 * 50 + 50 * 10)  # bf16 bytes of the two matrices; biases and batch norm's vectors stay float32
-    assert max(copies) == weights and copies[0] == copies[-1] == 0
+    assert max(copies) == weights and copies[0] == 0
     peak = copies.index(weights)
-    assert copies[:peak] == sorted(copies[:peak]) and copies[peak:] == sorted(copies[peak:], reverse=True)
+    assert copies[:peak] == sorted(copies[:peak])
+    # the last point: the first layer's float32 gradient made from its bf16 one, both alive, every copy gone
+    assert copies[-1] == 2 * 100 * 50
     real = trace(model, (100,), 4, torch.float32, "cpu", "sgd", inference=False, autocast=torch.bfloat16)
     assert real.autocast_copy_timeline == []  # under real autocast the copies are tensors it counts as they are

@@ -234,6 +234,8 @@ class _TimelineTracker(LiveTensorTracker):
         self._frozen_size = {_storage_key(w): w.numel() * 2 for w in frozen}
         self._frozen_held: set[int] = set()  # frozen weights whose bf16 copy an op saved for backward
         self._cast_now = 0  # bytes of the frozen weights' copies the op running now takes
+        self._op_casts = False  # the op running now is one autocast runs in bf16
+        self._made_in_bf16: dict[int, int] = {}  # storages such an op made while recording -> index of its record
 
     def keep(self, tensors: Iterable[torch.Tensor]) -> None:
         """Tracked tensors that stay float32 under autocast (the input)."""
@@ -248,6 +250,8 @@ class _TimelineTracker(LiveTensorTracker):
     def _track(self, tensor: torch.Tensor) -> None:
         key = _storage_key(tensor)
         floating = tensor.is_floating_point() or tensor.is_complex()
+        if self._op_casts and floating and key not in self._keys:
+            self._made_in_bf16[key] = len(self.timeline)
         if key not in self._keys and (self._op_keeps_float32 or not floating):
             self._kept.add(key)
             if floating:
@@ -270,6 +274,7 @@ class _TimelineTracker(LiveTensorTracker):
             keys.discard(key)  # a storage made later may reuse the key
         self._cast_for.pop(key, None)
         self._float32_size.pop(key, None)
+        self._made_in_bf16.pop(key, None)
         super()._release(key, nbytes)
 
     def _record(self) -> None:
@@ -305,11 +310,25 @@ class _TimelineTracker(LiveTensorTracker):
                 self.freed_bytes += self._float32_size[key]
 
     def gradient_made(self, weight: torch.Tensor) -> None:
-        """A post-accumulate-grad hook: the op that saved the weight's copy has run its backward, freeing it."""
+        """A post-accumulate-grad hook: the op that saved the weight's copy has run its backward, freeing it.
+
+        The op made the weight's gradient in bf16 under autocast, half the float32 one this trace holds from that op
+        on; once the op's own inputs are freed (here), the float32 gradient is made from it, both alive at once: a
+        point of its own in the timeline."""
         key = _storage_key(weight)
+        first = key not in self._finished
         self._finished.add(key)
         if key in self._copied:
             self._drop_copy(key)
+        grad = weight.grad
+        made = self._made_in_bf16.get(_storage_key(grad)) if first and grad is not None and self.recording else None
+        if made is not None:
+            half = grad.untyped_storage().nbytes() // 2  # type: ignore[union-attr]
+            for index in range(made, len(self.copy_timeline)):
+                self.copy_timeline[index] -= half
+            self.copy_bytes += half
+            self._record()
+            self.copy_bytes -= half
 
     def _drop_copy(self, key: int) -> None:
         self._copied.discard(key)
@@ -334,6 +353,7 @@ class _TimelineTracker(LiveTensorTracker):
                     self._taken_otherwise.update(float32)
                 tensors = [item for item in tree_flatten((args, kwargs))[0] if isinstance(item, torch.Tensor)]
                 self._op_needs_grad = any(tensor.requires_grad for tensor in tensors)
+            self._op_casts = name in _AUTOCAST_BF16_OPS
             frozen = {key for key in keys if key in self._frozen_size} if name in _AUTOCAST_BF16_OPS else set()
             released = frozen & self._frozen_held if not torch.is_grad_enabled() else set()  # in backward
             if frozen and torch.is_grad_enabled():  # forward, or a checkpoint's recomputation: cast anew
@@ -347,7 +367,7 @@ class _TimelineTracker(LiveTensorTracker):
         try:
             out = super().__torch_dispatch__(func, types, args, kwargs)
         finally:
-            self._op_keeps_float32 = self._op_needs_grad = False
+            self._op_keeps_float32 = self._op_needs_grad = self._op_casts = False
         if self.recording:
             self._record()
             self._cast_now = 0
@@ -501,7 +521,8 @@ class TraceResult:
     # bf16 autocast would leave as they are (`_TimelineTracker`: integer tensors, the input and what is computed from
     # it before a convolution or matrix product); empty for a trace run under autocast
     autocast_copy_timeline: list[int] = field(default_factory=list, repr=False)  # at the same points, the bytes bf16
-    # autocast's copies of the weights would hold (`_TimelineTracker`); empty for a trace run under autocast
+    # autocast's copies of the weights would hold, and its weight gradients made in bf16 less the float32 ones this
+    # trace holds (`_TimelineTracker`); empty for a trace run under autocast
     autocast_freed_timeline: list[int] = field(default_factory=list, repr=False)  # at the same points, the live bytes
     # bf16 autocast would have freed (a float32 normalisation of the input that only its casts took); empty for a
     # trace run under autocast
