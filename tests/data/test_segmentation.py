@@ -342,6 +342,20 @@ def test_a_broken_mask_is_skipped_with_its_reason(tmp_path):
     assert "cannot be read as a mask" in folder.skipped[0].reason
 
 
+def test_a_truncated_image_is_skipped_naming_its_path_once(tmp_path):
+    """`train segment --data` printed "skipped P: P: corrupt or truncated (...)": the reason repeated the path its
+    entry gives (evaluate stripped it; train segment, skipped.json and the "no usable pair" error did not)."""
+    canvases = make_canvases(*_pool(), 3, size=32, seed=0)
+    save_segmentation_folder(canvases.images, canvases.masks, tmp_path)
+    image = tmp_path / "images" / "00001.png"
+    image.write_bytes(image.read_bytes()[:50])  # cut in its pixel data
+    folder = SegmentationFolder(tmp_path, skip_bad=True)
+    with pytest.raises(CnnlabError, match=f"^{re.escape(str(image))}: corrupt or truncated"):
+        folder.read(1)  # a lone read still names the file
+    assert sorted(folder.read_all()) == [0, 2]
+    assert [(s.path, s.reason.split(" (")[0]) for s in folder.skipped] == [(str(image), "corrupt or truncated")]
+
+
 def test_an_image_over_pillows_pixel_guard_is_told_to_be_downscaled_with_its_mask(tmp_path, monkeypatch):
     """Its reason said "downscale it first" (evaluate --data and train segment --data list it): the image downscaled
     alone was then refused, its mask no longer the same size. The remedy names the pair."""
@@ -349,7 +363,7 @@ def test_an_image_over_pillows_pixel_guard_is_told_to_be_downscaled_with_its_mas
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 3,600 pixels: over twice the guard, refused
     folder = SegmentationFolder(tmp_path, skip_bad=True)
     assert folder.read_all() == {}
-    assert folder.skipped[0].reason == f"{tmp_path / 'images' / 'a.png'}: " + (
+    assert folder.skipped[0].reason == (
         "too many pixels to decode safely (more than 2,000, Pillow's guard against decompression bombs); downscale it "
         "and its mask a.png to one size first (the mask by nearest neighbour, so that its values stay classes)"
     )

@@ -63,6 +63,7 @@ __all__ = [
     "SegmentationFolder",
     "SegmentationInput",
     "SegmentationSamples",
+    "UnreadableImage",
     "check_mask_classes",
     "class_colours",
     "downscale",
@@ -395,6 +396,15 @@ def _near_miss(image: Path, mask_names: list[str]) -> str:
     return ""
 
 
+class UnreadableImage(CnnlabError):
+    """A pair's image that does not decode: the message starts with the image's path, ``reason`` is the rest (a list
+    of skipped images names the path once, beside the reason)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+
+
 def _pair_remedy(reason: str, mask: Path) -> str:
     """`decode_image`'s `reason` for a pair's image: an image over Pillow's pixel guard downscaled alone no longer
     matches its mask ("masks must match their images"), so the remedy it names is the pair's."""
@@ -697,7 +707,7 @@ class SegmentationFolder(Dataset):
         # export's record feed the model by up to 16 grey levels
         decoded, stored, reason, digest = decode_image_and_digest(path)
         if reason is not None:
-            raise CnnlabError(f"{path}: {_pair_remedy(reason, self.masks[index])}")
+            raise UnreadableImage(path, _pair_remedy(reason, self.masks[index]))
         assert decoded is not None and digest is not None
         self.digests[path] = digest
         width, height = stored[::-1] if turned_by_exif(decoded) else stored  # the full size, as shown
@@ -727,12 +737,18 @@ class SegmentationFolder(Dataset):
             try:
                 pairs[index] = self.read(index)
             except CnnlabError as error:
-                self.skipped.append(SkippedFile(str(self.images[index]), "", str(error)))
+                self.skip_unreadable(index, error)
                 if (copy := self._read_copy(index)) is not None:
                     pairs[index] = copy
         if pairs:
             self._check_two_classes({index: mask for index, (_, mask) in pairs.items()})
         return pairs
+
+    def skip_unreadable(self, index: int, error: CnnlabError) -> None:
+        """List pair `index` in `skipped` with the reason `read` refused it for: the image's path once, as the entry's
+        path (a mask's reason names the mask)."""
+        reason = error.reason if isinstance(error, UnreadableImage) else str(error)
+        self.skipped.append(SkippedFile(str(self.images[index]), "", reason))
 
     def _read_copy(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The pair of the first byte-identical copy of image `index` that reads, which then takes its place (and

@@ -456,8 +456,8 @@ def _evaluate_segmentation(
                 continue
             try:
                 image, mask = folder.read(index)
-            except CnnlabError as error:  # the reason without the path it starts with
-                folder.skipped.append(SkippedFile(str(path), "", str(error).removeprefix(f"{path}: ")))
+            except CnnlabError as error:
+                folder.skip_unreadable(index, error)
                 continue
             edge_only.add(index, mask)
             labelled = mask[mask != IGNORE_INDEX]
