@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -606,8 +607,62 @@ def test_values_found_only_where_other_classes_meet_are_told_apart_from_regions(
     mask[3:9, 3:9] = 1  # a region: 1 is held inside it
     fringe = mask.clone()
     fringe[2, 3:9], fringe[9, 3:9] = 9, 168  # a ring of invented values along its edges
-    lines = torch.zeros(12, 12, dtype=torch.uint8)
-    lines[:, 5] = 2  # a one-pixel line: no pixel of 2 is inside a region either
-    lines[0, 0] = IGNORE_INDEX  # unlabelled is never a class
-    assert edge_only_values({0: mask, 3: fringe, 4: lines}) == {9: 3, 168: 3, 2: 4}
+    speck = torch.zeros(12, 12, dtype=torch.uint8)
+    speck[0, 0], speck[6, 6] = 7, IGNORE_INDEX  # a stray pixel of 7; unlabelled is never a class
+    assert edge_only_values({0: mask, 3: fringe, 4: speck}) == {9: 3, 168: 3, 7: 4}
     assert edge_only_values({0: mask}) == {}
+    # a disc and a triangle saved 0/255 and resized smoothly, or saved as JPEG: every value in between is named
+    rows, columns = np.mgrid[:40, :40]
+    shapes = [((rows - 20) ** 2 + (columns - 17) ** 2 < 120) * 255, (rows > columns) * 255]
+    for size in (21, 57, 90):
+        resized = [np.asarray(Image.fromarray(m.astype(np.uint8)).resize((size, size), Image.BILINEAR)) for m in shapes]
+        invented = set(np.unique(np.concatenate([m.ravel() for m in resized])).tolist()) - {0, 255}
+        found = edge_only_values({i: torch.from_numpy(m.copy()) for i, m in enumerate(resized)})
+        assert len(invented) > 20 and set(found) == invented, size
+    jpeg = io.BytesIO()
+    Image.fromarray(np.kron(shapes[0], np.ones((2, 2))).astype(np.uint8)).save(jpeg, "JPEG", quality=75)
+    found = edge_only_values({0: torch.from_numpy(np.asarray(Image.open(jpeg)).copy())})
+    assert len(found) > 10 and set(found) <= set(range(1, 255))
+
+
+def test_thin_objects_of_a_class_are_not_taken_for_fringes():
+    """A class drawn 1-2 px wide (a digit's stroke at a small size, a crack, a wire) has no pixel inside a region
+    either: `train segment --data` of the demo's digits with --max-side 32 said "mask value 2 lies only in thin
+    fringes where other classes meet" of the digit 1's strokes."""
+    from cnnlab.data.segmentation import edge_only_values
+
+    lines = torch.zeros(20, 20, dtype=torch.uint8)
+    lines[:, 5] = 2  # one pixel wide, to the mask's edges
+    lines[range(2, 18), range(2, 18)] = 3  # diagonal: its pixels touch by their corners only
+    lines[3:17, 12:14] = 4  # two pixels wide
+    lines[10, 14:19] = 5  # a branch of another class off the stroke of 4
+    assert edge_only_values({0: lines}) == {}
+
+
+@needs_mnist
+def test_the_demos_digits_downscaled_are_not_taken_for_fringes():
+    """`cnnlab data segmentation-demo DIR --count 10`, then `train segment --data DIR --max-side 32`: the digit 1's
+    strokes (mask value 2) were named as fringe values a JPEG or a smooth resize invents."""
+    from cnnlab.data.mnist import _load_split, find_mnist_dir
+    from cnnlab.data.segmentation import downscale_mask, edge_only_values
+
+    digits, labels = _load_split(find_mnist_dir(None), "train")
+    canvases = make_canvases(digits, labels, torch.arange(len(labels)), 10, size=64, seed=0)  # the demo's 10 pairs
+    masks = {i: torch.from_numpy(downscale_mask(mask.numpy(), 32)) for i, mask in enumerate(canvases.masks)}
+    thin = [value for value in range(1, 11) if not any(_has_region(mask, value) for mask in masks.values())]
+    assert thin  # some digit has no pixel inside a region of its own at this size
+    assert edge_only_values(masks) == {}
+
+
+def _has_region(mask: torch.Tensor, value: int) -> bool:
+    """Whether some pixel of `value` in `mask` has its 4 neighbours of `value`."""
+    inner = mask[1:-1, 1:-1] == value
+    return bool(
+        (
+            inner
+            & (mask[:-2, 1:-1] == value)
+            & (mask[2:, 1:-1] == value)
+            & (mask[1:-1, :-2] == value)
+            & (mask[1:-1, 2:] == value)
+        ).any()
+    )

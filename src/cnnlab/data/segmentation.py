@@ -808,32 +808,64 @@ def check_mask_classes(
 
 
 class EdgeOnlyValues:
-    """The class values of masks added one at a time (by index) that no pixel holds inside a region (its 4 neighbours
-    of its own value), each with the index of the first mask holding it: values found only in thin fringes where
-    other values meet, as a JPEG's compression or a smooth (bilinear) resize of a mask invents them at every edge (a
-    0/255 mask so resized trained a head of 208 classes, its object unlabelled). A genuine class of lines 1-2 px wide
-    looks the same, so this is said, not refused. One mask at a time: `cnnlab evaluate` holds no folder's masks."""
+    """The class values of masks added one at a time (by index) that look invented at edges, each with the index of
+    the first mask holding it: values found only in thin fringes where other values meet, as a JPEG's compression or
+    a smooth (bilinear) resize of a mask invents them at every edge (a 0/255 mask so resized trained a head of 208
+    classes, its object unlabelled). Such a value has no pixel inside a region (its 4 neighbours of its own value),
+    and most of its pixels either lie between two other values (the values left and right of it, or above and below,
+    differ from each other and from it) or touch no pixel of their own value (a speck). A genuine class of lines 1-2
+    px wide (digit strokes, cracks, wires) has no region either, but its pixels run on in its own value with one
+    class either side (`_line_pixels`), so it is not named; nor is a value with any region. It is said, not refused:
+    a class drawn thinner than a few pixels at the masks' size can look the same. One mask at a time: `cnnlab
+    evaluate` holds no folder's masks."""
 
     def __init__(self) -> None:
         self.interior = torch.zeros(256, dtype=torch.bool)
+        self.pixels = torch.zeros(256, dtype=torch.int64)
+        self.line_pixels = torch.zeros(256, dtype=torch.int64)  # of `_line_pixels`
         self.first: dict[int, int] = {}
 
     def add(self, index: int, labels: torch.Tensor) -> None:
         """Count the uint8 mask [H, W] `labels`, the folder's mask number `index`."""
-        for value in torch.bincount(labels.flatten(), minlength=256).nonzero().flatten().tolist():
+        counts = torch.bincount(labels.flatten(), minlength=256)
+        for value in counts.nonzero().flatten().tolist():
             self.first.setdefault(value, index)  # uint8 and bincount: torch.unique sorted a 12 MP mask (1.4 s; 0.1 s)
+        self.pixels += counts
         inner = labels[1:-1, 1:-1]
         same = (inner == labels[:-2, 1:-1]) & (inner == labels[2:, 1:-1])
         same &= (inner == labels[1:-1, :-2]) & (inner == labels[1:-1, 2:])
         self.interior |= torch.bincount(inner[same], minlength=256) > 0
+        if (counts.bool() & ~self.interior).any():  # else every value here has a region: its lines cannot matter
+            self.line_pixels += torch.bincount(labels[_line_pixels(labels)], minlength=256)
 
     def values(self) -> dict[int, int]:
         """Each edge-only value -> the index of the first mask holding it, by value."""
         return {
             value: index
             for value, index in sorted(self.first.items())
-            if value != IGNORE_INDEX and not self.interior[value]
+            if value != IGNORE_INDEX and not self.interior[value] and 2 * self.line_pixels[value] < self.pixels[value]
         }
+
+
+def _line_pixels(labels: torch.Tensor) -> torch.Tensor:
+    """Where the mask [H, W] `labels` draws lines: pixels with a pixel of their own value among their 8 neighbours
+    that do not lie between two other values (left and right of them, or above and below, two values that differ
+    from each other and from theirs). A stroke 1-2 px wide has the same class on both sides, or itself on one; a
+    fringe a smooth resize leaves runs between the two regions whose edge it smooths."""
+    height, width = labels.shape
+    padded = torch.nn.functional.pad(labels.to(torch.int16)[None], (1, 1, 1, 1), value=-1)[0]  # -1: off the mask
+
+    def shifted(dy: int, dx: int) -> torch.Tensor:
+        return padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+
+    centre = shifted(0, 0)
+    linked = torch.zeros(height, width, dtype=torch.bool)
+    for dy, dx in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)):
+        linked |= shifted(dy, dx) == centre
+    between = torch.zeros(height, width, dtype=torch.bool)
+    for before, after in ((shifted(0, -1), shifted(0, 1)), (shifted(-1, 0), shifted(1, 0))):
+        between |= (before != after) & (before != centre) & (after != centre) & (before >= 0) & (after >= 0)
+    return linked & ~between
 
 
 class ForegroundAs255:
