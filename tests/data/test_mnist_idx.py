@@ -96,7 +96,23 @@ def test_a_validation_size_the_training_set_cannot_hold_names_the_option_and_the
     """The default --val-size 5000 on a 120-image MNIST said only "validation size 5000 must be in [0, 120)"."""
     write_fake_mnist(tmp_path)
     with pytest.raises(CnnlabError, match=r"--val-size 5000 must be below the 120 MNIST training images in .*MNIST"):
-        load_mnist(tmp_path, val_size=5000)
+        load_mnist(tmp_path, val_size=5000, val_option="--val-size")
+
+
+def test_a_fixed_validation_split_too_large_names_no_option_the_command_lacks(tmp_path: Path) -> None:
+    """`cnnlab experiment` (and `answers`) on a small MNIST said "--val-size 5000 must be below ...; pass a smaller
+    --val-size": neither has --val-size (experiment's --val-subset scores a part of its fixed 5,000)."""
+    from cnnlab.tasks.experiments.common import ExperimentSettings, load_data
+
+    write_fake_mnist(tmp_path)
+    for load in (lambda: load_mnist(tmp_path), lambda: load_data(ExperimentSettings(data_dir=str(tmp_path)))):
+        with pytest.raises(CnnlabError) as refused:
+            load()
+        assert "--val-size" not in str(refused.value)
+        assert str(refused.value) == (
+            f"{tmp_path / 'MNIST' / 'raw'} holds 120 MNIST training images, too few for the 5,000 this command holds "
+            "out for validation (a fixed split); point --data-dir at the full MNIST (60,000 training images)"
+        )
 
 
 def _centre_of_mass(digit: torch.Tensor) -> tuple[float, float]:

@@ -648,3 +648,24 @@ def test_the_sheets_mnist_run_read_back_is_told_by_its_results(tmp_path: Path, m
         monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", lambda *args, summary=summary, **options: summary)
         ctx = measure.Context(MODES["full"], tmp_path / str(finished_before), None, log=lambda line: None)
         assert measure._mnist_run(ctx) == (summary, source)
+
+
+def test_a_small_mnist_is_refused_without_naming_a_val_size_option_the_sheet_lacks(tmp_path: Path) -> None:
+    """`cnnlab answers` (quick and --full) on a 120-image MNIST said "--val-size 5000 must be below ...; pass a
+    smaller --val-size": the sheet has no --val-size. `train mnist`, which has, still names it."""
+    import sys
+
+    from cnnlab.tasks.answers import measure
+    from cnnlab.tasks.mnist import train_mnist
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
+    from test_mnist_idx import write_fake_mnist
+
+    root = write_fake_mnist(tmp_path / "mnist")
+    for mode in ("quick", "full"):
+        ctx = measure.Context(MODES[mode], tmp_path / mode, data_dir=str(root), log=lambda line: None)
+        with pytest.raises(CnnlabError, match=r"holds 120 MNIST training images, too few for the 5,000 this") as error:
+            measure._mnist_run(ctx)
+        assert "--val-size" not in str(error.value)
+    with pytest.raises(CnnlabError, match="--val-size 5000 must be below the 120 MNIST training images"):
+        train_mnist("quick", data_dir=str(root), output=str(tmp_path / "runs"))

@@ -126,6 +126,7 @@ def load_mnist(
     data_dir: str | os.PathLike[str] | None = None,
     val_size: int = 5_000,
     seed: int = 0,
+    val_option: str | None = None,
 ) -> MnistSplits:
     """Load MNIST and hold `val_size` training images out for validation (a seeded random split).
 
@@ -133,14 +134,23 @@ def load_mnist(
         data_dir: the data root (see `cnnlab.data.paths.resolve_data_dir`).
         val_size: how many training images to hold out; 0 gives an empty validation set.
         seed: seed of the validation split.
+        val_option: the option of the calling command that sets `val_size` ("--val-size"), named when the training
+            set cannot hold it; None where the command holds out a fixed number (`experiment`, `answers`), which
+            the user cannot change: the error then asks for the full MNIST.
     """
     directory = find_mnist_dir(data_dir)
     train_images, train_labels = _load_split(directory, "train")
     test_images, test_labels = _load_split(directory, "test")
     if not 0 <= val_size < len(train_labels):
+        if val_option is None:  # `experiment` and `answers` were told to pass a smaller --val-size, which they lack
+            raise CnnlabError(
+                f"{directory} holds {len(train_labels):,} MNIST training images, too few for the {val_size:,} this "
+                "command holds out for validation (a fixed split); point --data-dir at the full MNIST (60,000 "
+                "training images)"
+            )
         raise CnnlabError(  # the default 5,000 on a smaller MNIST (a subset) said only "must be in [0, 1000)"
-            f"--val-size {val_size} must be below the {len(train_labels):,} MNIST training images in {directory} "
-            f"(and at least 0); pass a smaller --val-size"
+            f"{val_option} {val_size} must be below the {len(train_labels):,} MNIST training images in {directory} "
+            f"(and at least 0); pass a smaller {val_option}"
         )
     order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(seed))
     source = training_set_digest(train_images, train_labels)

@@ -170,6 +170,7 @@ def train_mnist(
     callbacks: Sequence[Callback] = (),
     splits: MnistSplits | None = None,
     notes: bool | None = None,
+    val_option: str | None = "--val-size",
 ) -> dict[str, Any]:
     """Train one model (or `ensemble` members with seeds seed, seed+1, ...) and test it once at the end.
 
@@ -195,6 +196,8 @@ def train_mnist(
         notes: print the line on a finished run read back (nothing run; its report.md written again, or why it
             could not be) without `progress`; None: as `progress`. The CLI keeps it under -q, which drops progress
             alone, and not with --json.
+        val_option: the option that set `val_size`, named when the training set cannot hold it (`load_mnist`); None
+            where the caller fixes it (the answer sheet has no --val-size).
 
     Returns:
         A summary (also saved as ``results.json`` in the run directory): per-member validation and test accuracy,
@@ -227,6 +230,7 @@ def train_mnist(
             callbacks=callbacks,
             splits=splits,
             notes=progress if notes is None else notes,
+            val_option=val_option,
         )
 
 
@@ -249,6 +253,7 @@ def _train_mnist(
     callbacks: Sequence[Callback],
     splits: MnistSplits | None,
     notes: bool,
+    val_option: str | None,
 ) -> dict[str, Any]:
     command_started = time.perf_counter()
     chosen = RECIPES.get(recipe)
@@ -330,7 +335,7 @@ def _train_mnist(
         return _read_back_run(chosen, overrides, run_dir, configs, seed, ensemble, say, main)
     if prepared is not None:
         prepared.doing("loading MNIST")
-    data = splits if splits is not None else load_mnist(data_dir, val_size=val_size, seed=0)
+    data = splits if splits is not None else load_mnist(data_dir, val_size=val_size, seed=0, val_option=val_option)
     if prepared is not None:
         prepared.doing("setting up the run")
     train_images, train_labels = to_float(data.train_images), data.train_labels

@@ -219,7 +219,7 @@ def combine_mnist_ensemble(
     if run_dir.resolve() in {m.parent for m in members} | set(members):
         raise CnnlabError(f"{run_dir} holds members of this ensemble; choose another --name")
     val_size = _validation_size(members, val_size, select)
-    data = load_mnist(data_dir, val_size=val_size, seed=0)
+    data = load_mnist(data_dir, val_size=val_size, seed=0, val_option="--val-size")
     if val_size:
         _check_same_training_set(members, data.source_sha256, data_dir)
     val_images, val_labels = to_float(data.val_images), data.val_labels

@@ -615,7 +615,7 @@ def _mnist_run(ctx: Context) -> tuple[dict[str, Any], str]:
     if ctx.mode.mnist_subset:
         from cnnlab.data.mnist import load_mnist
 
-        full = load_mnist(ctx.data_dir, val_size=5_000, seed=0)
+        full = load_mnist(ctx.data_dir, val_size=5_000, seed=0)  # a fixed split: too large, no --val-size is named
         count = ctx.mode.mnist_subset
         splits = replace(full, train_images=full.train_images[:count], train_labels=full.train_labels[:count])
     options = dict(
@@ -625,6 +625,7 @@ def _mnist_run(ctx: Context) -> tuple[dict[str, Any], str]:
         name=ctx.mode.mnist_recipe,
         overrides=ctx.engine(ctx.mode.mnist_overrides),
         progress=False,
+        val_option=None,  # the sheet has no --val-size to name
     )
     run_dir = ctx.output / "mnist" / ctx.mode.mnist_recipe
     summary = continue_or_train(ctx, run_dir, lambda **start: train_mnist(ctx.mode.mnist_recipe, **options, **start))
@@ -677,7 +678,7 @@ def exercise_9(ctx: Context) -> dict[str, Any]:
     from cnnlab.data.mnist import load_mnist
 
     accuracy = summary["test_accuracy"]
-    test_images = len(load_mnist(ctx.data_dir, val_size=5_000, seed=0).test_labels)
+    test_images = len(load_mnist(ctx.data_dir, val_size=0).test_labels)
     errors = round((1 - accuracy) * test_images)
     sets = published.EXERCISE_9_ANSWER_SETS
     return {
@@ -710,7 +711,7 @@ def exercise_7(ctx: Context) -> dict[str, Any]:
     summary, source = _mnist_run(ctx)
     model = load_model(summary["run_dir"]).eval()
     converted = to_fully_convolutional(model)
-    splits = load_mnist(ctx.data_dir, val_size=5_000, seed=0)
+    splits = load_mnist(ctx.data_dir, val_size=0)  # its test images
     images = splits.test_images[: ctx.mode.fcn_test_images].float() / 255
     with torch.inference_mode():
         original = torch.cat([model(chunk) for chunk in images.split(500)])
