@@ -439,6 +439,42 @@ def test_a_copy_of_an_image_stands_in_when_the_first_pair_cannot_be_read(tmp_pat
     assert [(Path(s.path).name, "20x20" in s.reason) for s in folder.skipped] == [("00001.png", True)]
 
 
+def test_each_image_is_read_once_unless_a_file_of_its_size_and_first_bytes_may_be_its_copy(tmp_path, monkeypatch):
+    """Copy detection hashed every image before `read` decoded it: each image file was read twice. Only images that
+    share their size and first bytes with another are hashed now; copies are found as before: a byte-identical copy is
+    set aside, two same-size BMPs that differ after their first 4 KiB are both kept."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name, side in (("a", 8), ("b", 12), ("c", 16)):  # PNGs of other sizes
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{name}.png")
+    (tmp_path / "images" / "d.png").write_bytes((tmp_path / "images" / "a.png").read_bytes())
+    pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)  # 12 KiB uncompressed, stored bottom row first
+    Image.fromarray(pixels).save(tmp_path / "images" / "e.bmp")
+    pixels[0] = 255 - pixels[0]  # the top row: the last bytes of the file
+    Image.fromarray(pixels).save(tmp_path / "images" / "f.bmp")
+    for image in (tmp_path / "images").iterdir():
+        labels = np.zeros(Image.open(image).size[::-1], dtype=np.uint8)
+        labels[:4] = 1
+        Image.fromarray(labels).save(tmp_path / "masks" / f"{image.stem}.png")
+    reads: list[str] = []
+    read_bytes = Path.read_bytes
+
+    def counted_read_bytes(path: Path) -> bytes:
+        if path.parent.name == "images":
+            reads.append(path.name)
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", counted_read_bytes)
+    folder = SegmentationFolder(tmp_path, skip_bad=True)
+    assert len(folder.read_all()) == 5
+    assert [path.name for path in folder.images] == ["a.png", "b.png", "c.png", "e.bmp", "f.bmp"]
+    assert [(Path(s.path).name, s.reason.split(" of ")[-1]) for s in folder.skipped] == [
+        ("d.png", f"{tmp_path / 'images' / 'a.png'}; the first is kept")
+    ]
+    assert sorted(reads) == ["a.png", "a.png", "b.png", "c.png", "d.png", "e.bmp", "e.bmp", "f.bmp", "f.bmp"]
+
+
 def test_the_decoded_size_is_known_from_the_file_headers_before_decoding(tmp_path, monkeypatch):
     """What `read_all` will hold, so that a folder too large for memory is refused before minutes of decoding."""
     canvases = make_canvases(*_pool(), 3, size=(40, 50), seed=0)

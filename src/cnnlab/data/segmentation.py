@@ -86,6 +86,7 @@ IGNORE_INDEX = 255
 TEST_ID_OFFSET = 60_000
 _INDEX_MODES = ("1", "L", "I", "I;16")  # single-channel PIL modes whose values are class indices (bilevel: 0 and 1)
 _MAX_OVERLAP = 0.25  # a new digit may hide at most this fraction of its own ink pixels under earlier ink
+_HEAD_BYTES = 4096  # read of an image whose size another shares, before hashing it: a copy has the same first bytes
 
 
 @dataclass
@@ -383,6 +384,35 @@ class GreyIndexMaskWarning(UserWarning):
     """A grey 3-channel mask that the run's class colours do not map is read as class indices."""
 
 
+def _may_be_copies(paths: list[Path]) -> set[Path]:
+    """The files that may be byte-identical copies of one another: those that share their size and first
+    `_HEAD_BYTES` bytes with another, and those whose size or first bytes cannot be read (their digest says why)."""
+    sizes = {path: _size_or_none(path) for path in paths}
+    shared_size = Counter(sizes.values())
+    heads = {path: _head_or_none(path) for path, size in sizes.items() if size is not None and shared_size[size] > 1}
+    shared_head = Counter((sizes[path], head) for path, head in heads.items())
+    return {path for path, size in sizes.items() if size is None or heads.get(path, b"") is None} | {
+        path for path, head in heads.items() if shared_head[sizes[path], head] > 1
+    }
+
+
+def _size_or_none(path: Path) -> int | None:
+    """The file's size in bytes, or None when it cannot be read."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _head_or_none(path: Path) -> bytes | None:
+    """The file's first `_HEAD_BYTES` bytes, or None when it cannot be read."""
+    try:
+        with path.open("rb") as file:
+            return file.read(_HEAD_BYTES)
+    except OSError:
+        return None
+
+
 def _near_miss(image: Path, mask_names: list[str]) -> str:
     """What in masks/ looks meant as `image`'s mask under another name, said in brackets, or "": a mask named after
     the image's whole file name (a.jpg.png, as some labelling tools save them) or one in another format (a.tif, a.jpg:
@@ -500,6 +530,8 @@ class SegmentationFolder(Dataset):
         masks = {p.stem: p for p in mask_entries if p.suffix.lower() == ".png"}
         mask_names = [p.name for p in mask_entries if not p.name.startswith(".")]
         stems = Counter(image.stem for image in candidates)
+        # only these are hashed here (read whole); the others are read once, by `read`'s decode (each was read twice)
+        hashed = _may_be_copies(candidates) if skip_bad else set()
         for image in candidates:
             mask = masks.get(image.stem, mask_dir / f"{image.stem}.png")
             if mask.is_file() and stems[image.stem] > 1:  # a.jpg and a.png: both were trained on a.png's mask
@@ -508,7 +540,12 @@ class SegmentationFolder(Dataset):
                 if not skip_bad:
                     raise CnnlabError(f"{image}: {why}")
                 self.skipped.append(SkippedFile(str(image), "", why))
-            elif mask.is_file() and skip_bad and (seen := first.setdefault(file_digest(image), image)) != image:
+            elif (
+                mask.is_file()
+                and skip_bad
+                and image in hashed
+                and (seen := first.setdefault(file_digest(image), image)) != image
+            ):
                 self.skipped.append(SkippedFile(str(image), "", f"a byte-identical copy of {seen}; the first is kept"))
                 self._copies.setdefault(seen, []).append((image, mask, self.skipped[-1]))
             elif mask.is_file():
