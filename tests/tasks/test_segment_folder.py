@@ -276,7 +276,18 @@ def test_evaluate_says_which_pairs_the_run_trained_on_and_refuses_a_folder_witho
 
     monkeypatch.setattr(cnnlab.report.plots, "plot_confusion_matrix", lambda *args, **kwargs: None)
     monkeypatch.setattr(cnnlab.report.segmentation, "save_overlays", lambda *args, **kwargs: None)
-    result = evaluate_folder(run, copies, tmp_path / "copies")
+    reads: list[str] = []  # each image was read twice: its digest, then its decode
+    read_bytes = Path.read_bytes
+
+    def counted_read_bytes(path: Path) -> bytes:
+        if path.parent == copies / "images":
+            reads.append(path.name)
+        return read_bytes(path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "read_bytes", counted_read_bytes)
+        result = evaluate_folder(run, copies, tmp_path / "copies")
+    assert sorted(reads) == sorted(path.name for path in (copies / "images").iterdir())  # each once
     assert result["in_run_split"] == {} and result["count"] == 6
     assert result["trained_copies"] == {"train": parts["train"], "val": parts["val"], "of": 6,
                                         "from": "split_digests.json", "unchecked": 0, "excluded": False}  # fmt: skip

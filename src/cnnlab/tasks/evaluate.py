@@ -450,7 +450,8 @@ def _evaluate_segmentation(
         for index, path in enumerate(folder.images):
             if index:  # the one before is scored or skipped
                 bar.advance()
-            digest = _digest_or_none(path) if trained is not None else None
+            # read before the decode only to leave a trained image undecoded; else the decode's (read once, not twice)
+            digest = _digest_or_none(path) if exclude_trained and trained is not None else None
             if exclude_trained and trained is not None and trained.part_of(digest) is not None:
                 digests.append(digest)
                 continue
@@ -459,6 +460,7 @@ def _evaluate_segmentation(
             except CnnlabError as error:
                 folder.skip_unreadable(index, error)
                 continue
+            digest = folder.digests.get(path) if trained is not None else None  # of the bytes `read` decoded
             edge_only.add(index, mask)
             labelled = mask[mask != IGNORE_INDEX]
             if labelled.numel() and int(labelled.max()) >= len(classes):
