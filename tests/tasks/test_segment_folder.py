@@ -894,7 +894,7 @@ def test_an_interrupted_predict_shows_the_masks_it_wrote(trained, tmp_path, monk
 
     import cnnlab.tasks.segment_predict
     from cnnlab.cli import main
-    from cnnlab.data.folder import check_image
+    from cnnlab.data.folder import decode_image
 
     root, summary = trained
     images = [str(path) for path in sorted((root / "images").iterdir())[:5]]
@@ -904,9 +904,9 @@ def test_an_interrupted_predict_shows_the_masks_it_wrote(trained, tmp_path, monk
         seen.append(path)
         if interrupting and len(seen) == 4:
             raise KeyboardInterrupt
-        return check_image(path)
+        return decode_image(path)
 
-    monkeypatch.setattr(cnnlab.tasks.segment_predict, "check_image", interrupted_at_the_4th)
+    monkeypatch.setattr(cnnlab.tasks.segment_predict, "decode_image", interrupted_at_the_4th)
     monkeypatch.setattr(sys, "argv", ["cnnlab", "predict", "-m", summary["run_dir"], "-o", str(tmp_path), *images])
     with pytest.raises(SystemExit) as stopped:
         main()
@@ -934,6 +934,32 @@ def test_an_interrupted_predict_shows_the_masks_it_wrote(trained, tmp_path, monk
     assert all(result.get("resumed") for result in read_back)
     fresh = predict_masks(segmenter, images, tmp_path / "fresh")
     assert [result["share"] for result in read_back] == [result["share"] for result in fresh]
+
+
+def test_predict_decodes_each_image_once_with_the_masks_it_gave_decoded_twice(trained, tmp_path, monkeypatch):
+    """check_image and then load_image decoded every image twice (as classifier predict did); once, the masks and
+    shares are those of the image loaded as load_image gives it."""
+    from cnnlab.data.folder import load_image
+    from cnnlab.tasks.segment_predict import segment_image
+
+    root, summary = trained
+    segmenter = load_segmenter(summary["run_dir"])
+    images = sorted((root / "images").iterdir())[:2]
+    expected = [segment_image(segmenter, load_image(path)) for path in images]
+    opened: list[object] = []
+    original_open = Image.open
+
+    def counting_open(source, *args, **kwargs):
+        opened.append(source)
+        return original_open(source, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    results = predict_masks(segmenter, images, tmp_path / "out")
+    monkeypatch.undo()
+    assert len(opened) == len(images), opened
+    for result, labels in zip(results, expected, strict=True):
+        with Image.open(result["mask"]) as mask:
+            assert np.array_equal(np.asarray(mask), labels)
 
 
 def test_a_predict_stopped_between_an_images_renames_is_resumed_not_refused(trained, tmp_path, monkeypatch):

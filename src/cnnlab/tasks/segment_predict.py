@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.data.folder import check_image, load_image
+from cnnlab.data.folder import decode_image, to_rgb
 from cnnlab.data.segmentation import SegmentationInput, class_colours, downscale
 from cnnlab.errors import CnnlabError
 from cnnlab.files import check_writable
@@ -316,9 +316,11 @@ def _predict_mask(
     and `--resume` then refused the folder as holding masks predict had not written)."""
     from PIL import Image
 
-    reason = check_image(path)
+    # decoded once, checked and then converted: check_image and then load_image decoded every image twice
+    decoded, _, reason = decode_image(path)
     if reason is not None:
         return {"image": str(path), "error": reason}
+    assert decoded is not None
     files = {key: output / f"{stem}{suffix}" for key, suffix in RESULT_SUFFIXES.items()}
     if finished and all(file.is_file() for file in files.values()):
         with Image.open(files["mask"]) as mask:
@@ -326,7 +328,8 @@ def _predict_mask(
         if labels.ndim == 2 and labels.max(initial=0) < len(segmenter.classes):
             return {**_mask_result(segmenter, path, labels, files), "resumed": True}
         # changed since (not a mask of this model's classes): segmented again, and overwritten
-    image = load_image(path)
+    image = to_rgb(decoded)
+    decoded.close()
     rgb = np.asarray(image, dtype=np.uint8)
     labels = segment_image(segmenter, image, runner)
     overlay = colourise(rgb, labels, segmenter.colours, background=segmenter.background)
