@@ -370,6 +370,23 @@ def test_an_image_over_pillows_pixel_guard_is_told_to_be_downscaled_with_its_mas
     )
 
 
+def test_a_pair_over_pillows_pixel_guard_is_counted_too_large_to_decode_not_unreadable(tmp_path, monkeypatch):
+    """evaluate --data's summary line counted a pair whose image (or mask) is over the guard as "unreadable": its
+    reason ends with the pair's remedy, not "downscale it first", as a classifier folder's now says."""
+    from cnnlab.data.folder import describe_skipped
+
+    _one_pair(tmp_path, Image.fromarray(np.zeros((60, 60), dtype=np.uint8)))
+    Image.fromarray(np.zeros((6, 6, 3), dtype=np.uint8)).save(tmp_path / "images" / "b.png")
+    Image.fromarray(np.zeros((60, 60), dtype=np.uint8)).save(tmp_path / "masks" / "b.png")  # its mask over it
+    Image.fromarray(np.ones((6, 6, 3), dtype=np.uint8)).save(tmp_path / "images" / "c.png")
+    (tmp_path / "masks" / "c.png").write_bytes(b"not a png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 3,600 pixels: over twice the guard, refused
+    folder = SegmentationFolder(tmp_path, skip_bad=True)
+    assert folder.read_all() == {}
+    reasons = [skipped.reason for skipped in folder.skipped]
+    assert describe_skipped(reasons) == "3 files skipped: 1 unreadable, 2 too large to decode", reasons
+
+
 def test_a_folder_reads_every_image_format_the_other_commands_read(tmp_path):
     """A .webp image with its mask was left out of `train segment --data` without a word (its list of extensions was
     shorter than every other command's), and macOS's hidden ._a.png was listed as an unreadable image."""

@@ -108,6 +108,9 @@ MISSING_REASON = "no such file"  # a path that names no file (a CSV's row), coun
 CONFLICT_REASON = "the same image as"  # how the reason of an image filed under two labels starts
 THIN_REASON = "too thin for a classifier"  # how the reason of an image over `MAX_ASPECT_RATIO` starts
 DOWNSCALE_REMEDY = "downscale it first"  # how the reason of an image over Pillow's guard ends: it names its remedy
+# what the reason of an image over Pillow's guard says, wherever it stands (a segmentation pair's names the pair's
+# remedy after it, a mask's is inside "cannot be read as a mask (...)")
+LARGE_REASON = "too many pixels to decode safely"
 
 
 def with_remedy(reason: str, remedy: str) -> str:
@@ -127,8 +130,9 @@ def describe_skipped(reasons: Sequence[str]) -> str:
     conflicts = sum(reason.startswith(CONFLICT_REASON) for reason in reasons)
     repeats = sum(reason.startswith(NAMED_TWICE_REASON) for reason in reasons)
     thin = sum(reason.startswith(THIN_REASON) for reason in reasons)
-    # over Pillow's pixel guard: a readable photo, which "unreadable" sent users looking for damage
-    large = sum(reason.endswith(DOWNSCALE_REMEDY) for reason in reasons)
+    # over Pillow's pixel guard: a readable photo, which "unreadable" sent users looking for damage; a segmentation
+    # pair's reason ends with the pair's remedy instead of DOWNSCALE_REMEDY, and was counted unreadable still
+    large = sum(LARGE_REASON in reason for reason in reasons)
     unreadable = len(reasons) - copies - missing - conflicts - repeats - thin - large
     kinds = [f"{unreadable} unreadable"] if unreadable else []
     kinds += [f"{thin} too thin"] if thin else []
@@ -382,7 +386,7 @@ def _decode(data: bytes) -> tuple[Image.Image | None, tuple[int, int], str | Non
         reason = "not an image PIL can read"
     except Image.DecompressionBombError:
         reason = (
-            f"too many pixels to decode safely (more than {2 * Image.MAX_IMAGE_PIXELS:,}, Pillow's guard against "
+            f"{LARGE_REASON} (more than {2 * Image.MAX_IMAGE_PIXELS:,}, Pillow's guard against "
             f"decompression bombs); {DOWNSCALE_REMEDY}"
         )
     except (OSError, SyntaxError, ValueError) as error:
