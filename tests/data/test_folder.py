@@ -96,6 +96,22 @@ def test_a_float_image_with_no_data_values_keeps_its_range(tmp_path: Path) -> No
     assert grey[4, 0] == round((float(ramp[4, 0]) - low) / (high - low) * 255)
 
 
+def test_a_16_bit_grey_pngs_transparent_colour_is_composited_on_white_and_left_out_of_its_range(tmp_path: Path) -> None:
+    # an 8-bit grey PNG's transparent value was composited on white, a 16-bit one's (mode I;16) kept its hidden grey,
+    # black here, and that grey stretched the range of a 12-bit scan's shown values
+    cutout = np.zeros((8, 8), np.uint16)
+    cutout[2:6, 2:6] = 40000
+    Image.fromarray(cutout).save(tmp_path / "keyed.png", transparency=0)
+    cutout[2:6, 2:6] = np.linspace(1000, 3000, 16).reshape(4, 4)  # 12 bits: stretched from 1000..3000
+    Image.fromarray(cutout).save(tmp_path / "keyed12.png", transparency=0)
+    with Image.open(tmp_path / "keyed.png") as keyed:
+        assert keyed.mode == "I;16" and keyed.info["transparency"] == 0
+    loaded = np.asarray(load_image(tmp_path / "keyed.png"))
+    assert loaded[0, 0].tolist() == [255, 255, 255] and loaded[3, 3].tolist() == [156] * 3  # 40000 / 65535
+    loaded = np.asarray(load_image(tmp_path / "keyed12.png"))[..., 0]
+    assert loaded[0, 0] == 255 and loaded[2, 2] == 0 and loaded[5, 5] == 255
+
+
 def test_load_image_applies_exif_rotation(tmp_path: Path) -> None:
     image = Image.new("RGB", (40, 20), (0, 0, 0))
     image.paste((255, 255, 255), (0, 0, 10, 20))  # white left edge

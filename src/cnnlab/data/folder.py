@@ -64,8 +64,9 @@ __all__ = [
 # The version of how `load_image` decodes a file, raised whenever some file decodes to other pixels, so that what was
 # computed from decoded images and kept (the transfer feature cache, keyed on the files' names, sizes and times) is
 # computed again, never read back as the old decoding while predict decodes the new way. 2: a PNG's transparent
-# colour composited on white; 3: a float image stretched from its finite values' range.
-DECODING_VERSION = 3
+# colour composited on white; 3: a float image stretched from its finite values' range; 4: a 16-bit grey PNG's
+# transparent colour composited on white too (and left out of the range it is stretched from).
+DECODING_VERSION = 4
 
 # the names photos are saved under that Pillow decodes: .jfif is how Windows saves a JPEG from the web, .avif a phone's
 # or a browser's AVIF (a class's .jfif files were left out of training without a word)
@@ -213,19 +214,25 @@ class LabelledImages:
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
-    """16-bit ("I;16*") and 32-bit ("I", "F") grayscale to "L", stretched from the image's real value range."""
+    """16-bit ("I;16*") and 32-bit ("I", "F") grayscale to "L", stretched from the image's real value range; a PNG's
+    transparent colour (tRNS) white, as `to_rgb` composites an 8-bit one, and left out of that range."""
     array = np.asarray(image, dtype=np.float64)
+    # a 16-bit grey PNG's transparent value kept its hidden grey (black mostly), where the 8-bit one's became white
+    transparent = image.info.get("transparency")
+    hidden = array == transparent if isinstance(transparent, int) else np.zeros(array.shape, dtype=bool)
+    shown = array[~hidden] if hidden.any() and not hidden.all() else array
     if image.mode.startswith("I;16"):
         low, high = 0.0, 65535.0
-        if array.max() <= 4095:  # 12-bit sensors stored in 16-bit containers
-            low, high = float(array.min()), float(array.max())
+        if shown.max() <= 4095:  # 12-bit sensors stored in 16-bit containers
+            low, high = float(shown.min()), float(shown.max())
     else:
         # a float image's NaN (a scan's or a map's "no data") and infinities made min and max NaN or infinite, and the
         # whole image black: the range is its finite values', NaN and -inf taken as its smallest, +inf as its largest
-        finite = array[np.isfinite(array)]
+        finite = shown[np.isfinite(shown)]
         low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
         array = np.nan_to_num(array, nan=low, posinf=high, neginf=low)
     scaled = (array - low) / max(high - low, 1e-12) * 255.0
+    scaled[hidden] = 255.0
     return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
 
 
