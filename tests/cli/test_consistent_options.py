@@ -225,6 +225,47 @@ def test_every_command_that_makes_a_run_prints_json_with_nothing_else_on_stdout(
     assert (given["progress"], given["notes"]) == (False, True)
 
 
+def test_quiet_keeps_the_engines_notes_on_the_results_in_every_train_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The train commands gave -q to the engine as progress off alone, which silenced its notes on the results with
+    the progress (the batch a search chose, an out-of-memory retry, early stopping, the weights kept): each passes
+    notes too, on under -q, off with --json."""
+    import cnnlab.tasks.mnist
+    import cnnlab.tasks.segment_folder
+    import cnnlab.tasks.segmentation
+    import cnnlab.tasks.transfer
+    from cli_in_process import run_cnnlab
+    from cnnlab.errors import CnnlabError
+
+    given: dict[str, tuple[Any, Any]] = {}
+
+    def task(name: str) -> Any:
+        def trains(*args: Any, **options: Any) -> Any:
+            progress = args[0].progress if name == "transfer" else options.get("progress")  # a TransferConfig's
+            given[name] = (progress, options.get("notes"))
+            raise CnnlabError("stub")  # its options are what counts, not a summary to print
+
+        return trains
+
+    monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", task("mnist"))
+    monkeypatch.setattr(cnnlab.tasks.segmentation, "train_segmentation", task("segment"))
+    monkeypatch.setattr(cnnlab.tasks.segment_folder, "train_segmentation_folder", task("folder"))
+    monkeypatch.setattr(cnnlab.tasks.transfer, "train_transfer", task("transfer"))
+    (tmp_path / "photos").mkdir()
+    commands = {
+        "mnist": ["train", "mnist"],
+        "segment": ["train", "segment"],
+        "folder": ["train", "segment", "--data", "."],
+        "transfer": ["train", "transfer", "--data", str(tmp_path / "photos")],
+    }
+    for options, expected in (([], (True, True)), (["-q"], (False, True)), (["--json"], (False, False))):
+        for name, args in commands.items():
+            done = run_cnnlab(*args, *options)
+            assert (done.returncode, done.stderr) == (2, "error: stub\n"), (name, options)
+            assert given.pop(name) == expected, (name, options)
+
+
 # The commands that show progress (bars on a terminal, or lines on stderr) take --quiet/-q, as the train commands do
 # (answers: its lines on stderr also carry each exercise's failure). explain shows none, but its -q leaves only the
 # paths it wrote on stdout, as predict's leaves the results.

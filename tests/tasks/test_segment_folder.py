@@ -442,8 +442,11 @@ def test_the_share_of_labelled_pixels_is_said_before_training_and_kept_not_refus
     summary = train_segmentation_folder(  # as `train segment --data -q` trains: notes on the data, no progress
         str(root), output=str(tmp_path), name="s", overrides={"epochs": 1, "batch_size": 4}, progress=False, notes=True
     )
-    printed = capsys.readouterr().out.splitlines()
+    said = capsys.readouterr()
+    printed = said.out.splitlines()
     assert any(line.startswith("labelled pixels: 0.2% of train") for line in printed), printed
+    # the engine's note on the weights tested too (-q silenced it with the progress), and no epoch line
+    assert re.fullmatch(r"restored the weights of epoch 1 \(val_miou [0-9.]+\)\n", said.err), said.err
     counts = {part: (2 * images, 32 * 32 * images) for part, images in summary["images"].items()}
     assert summary["labelled_pixels"] == {part: list(pair) for part, pair in counts.items()}
     from cnnlab.tasks.segment_folder import describe_labelled

@@ -958,7 +958,7 @@ def test_frozen_batch_norm_stays_in_eval_mode() -> None:
 def test_best_weights_are_restored_at_the_end() -> None:
     model = nn.Linear(2, 2)
     config = SimpleNamespace(monitor="val_accuracy")
-    trainer = SimpleNamespace(model=model, eval_model=model, log=lambda message: None, config=config)
+    trainer = SimpleNamespace(model=model, eval_model=model, note=lambda message: None, config=config)
     best = BestWeights()
     with torch.no_grad():
         model.weight.fill_(1.0)

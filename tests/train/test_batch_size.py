@@ -157,7 +157,7 @@ def test_distributed_auto_batch_is_at_most_the_training_set(tmp_path: Path) -> N
     )
     trainer = Trainer(nn.Linear(64, 3), config, strategy=_FirstOfTwoProcesses())
     logged: list[str] = []
-    trainer.log = logged.append  # type: ignore[method-assign]
+    trainer.note = logged.append  # type: ignore[method-assign]
     trainer.fit(_data(100))
     assert trainer.config.batch_size == 100 and trainer.micro_batch_size == 50
     assert trainer.global_step == 1

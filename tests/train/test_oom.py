@@ -72,6 +72,18 @@ def _config(tmp_path: Path, name: str, **overrides: object) -> TrainConfig:
     return TrainConfig(**options)  # type: ignore[arg-type]
 
 
+def test_an_oom_retry_is_said_without_progress_as_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The retry trains the rest of the run in smaller micro-batches (BatchNorm sees fewer samples): a note on the
+    results, which -q (progress off, notes on) dropped with the progress."""
+    trainer = Trainer(_OomAtCalls(_model(), fail_calls={3}), _config(tmp_path, "noted", epochs=1), notes=True)
+    trainer.fit(_data())
+    assert capsys.readouterr() == (
+        "",
+        "out of memory at step 3 (micro-batch 32): freed memory, redoing the step with micro-batch 16 x 2 accumulation "
+        "steps (effective batch 32 unchanged)\n",
+    )
+
+
 def test_injected_oom_is_recovered_with_nothing_lost(tmp_path: Path) -> None:
     data = _data()
     reference = Trainer(_OomAtCalls(_model()), _config(tmp_path, "reference"))

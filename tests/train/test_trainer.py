@@ -191,6 +191,40 @@ def test_early_stopping_stops_after_patience_and_resumes_its_state(tmp_path: Pat
     assert resumed.fit(_data(), _data(64, seed=1)) == history
 
 
+def test_without_progress_the_notes_on_the_results_are_still_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-q turns the progress off and leaves the notes on: the batch a search chose, why training stopped before its
+    epochs and which epoch's weights were kept went through `Trainer.log` with the epoch lines, and -q dropped them."""
+    from cnnlab.train import BestWeights
+
+    flat = {"flat": lambda outputs, targets: 0.5}  # never improves after the first epoch
+    options = dict(epochs=20, monitor="val_flat", early_stopping_patience=1, ema_decay=None, auto_batch_size=True)
+    config = _config(tmp_path, batch_size=16, **options)
+    train, val = _data(32), _data(16, seed=1)
+
+    def fit(config: TrainConfig, notes: bool | None) -> int:
+        return len(Trainer(_model(), config, metrics=flat, callbacks=[BestWeights()], notes=notes).fit(train, val))
+
+    assert fit(config, notes=True) == 2
+    said = capsys.readouterr()
+    assert said.out == ""
+    assert said.err.splitlines() == [  # no epoch line, no progress bar
+        "batch size search: tried 2, 4, 8, 16; largest fitting 16 (the cap); training with batch 16 = 16 x 1 "
+        "accumulation",
+        "early stopping: val_flat has not improved for 1 epochs",
+        "restored the weights of epoch 1 (val_flat 0.5000)",
+    ]
+    fit(dataclasses.replace(config, resume=True), notes=True)
+    assert capsys.readouterr().err.splitlines() == [
+        "early stopping had stopped this run after epoch 2: nothing left to train",
+        "restored the weights of epoch 1 (val_flat 0.5000)",
+    ]
+    # notes left to follow the progress (a Python caller's progress=False; --json): nothing said
+    fit(dataclasses.replace(config, overwrite=True, auto_batch_size=False), notes=None)
+    assert capsys.readouterr() == ("", "")
+
+
 def test_early_stopping_on_unknown_metric_is_a_clear_error(tmp_path: Path) -> None:
     config = _config(tmp_path, epochs=2, monitor="val_nope", early_stopping_patience=1)
     with pytest.raises(CnnlabError, match="val_nope"):

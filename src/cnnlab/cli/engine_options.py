@@ -106,8 +106,8 @@ ENGINE_OPTIONS: dict[str, tuple[Any, Any, tuple[str, ...], str]] = {
         bool,
         False,
         ("--quiet", "-q"),
-        "No progress bars or epoch lines; results, notes on the data they depend on (files skipped, a class with "
-        "no training pixels) and errors are still printed.",
+        "No progress bars or epoch lines; results, notes on them (files skipped, a class with no training pixels, "
+        "the batch a search chose, early stopping, the epoch whose weights were kept) and errors are still printed.",
     ),
     "tensorboard": (  # the bracket escaped: Typer renders help as Rich markup, which would drop "[lab]"
         bool | None,

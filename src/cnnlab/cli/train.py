@@ -63,7 +63,7 @@ def mnist(
         resume=engine.resume,
         overwrite=engine.overwrite,
         progress=not (engine.quiet or as_json),
-        notes=not as_json,  # a run read back is said under -q too, which drops progress alone
+        notes=not as_json,  # a run read back, the batch trained, early stopping: -q drops progress alone
     )
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
         return

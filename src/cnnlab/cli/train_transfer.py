@@ -128,7 +128,7 @@ def transfer(
         workers=workers,
         progress=not as_json,
     )
-    summary = train_transfer(config, notes=not as_json)  # files skipped are named under -q too (no progress)
+    summary = train_transfer(config, notes=not as_json)  # files skipped, the batch trained with: kept under -q
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
         return
     if as_json:

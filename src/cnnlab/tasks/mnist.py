@@ -193,9 +193,10 @@ def train_mnist(
         progress: progress bar and epoch lines on stderr.
         callbacks: extra engine callbacks (for every member).
         splits: pre-loaded data (skips reading the IDX files).
-        notes: print the line on a finished run read back (nothing run; its report.md written again, or why it
-            could not be) without `progress`; None: as `progress`. The CLI keeps it under -q, which drops progress
-            alone, and not with --json.
+        notes: print the notes on the results without `progress`: the line on a finished run read back (nothing
+            run; its report.md written again, or why it could not be) and the engine's notes on stderr (the batch a
+            search chose, an out-of-memory retry's micro-batch, early stopping; `Trainer.note`); None: as
+            `progress`. The CLI keeps them under -q, which drops progress alone, and not with --json.
         val_option: the option that set `val_size`, named when the training set cannot hold it (`load_mnist`); None
             where the caller fixes it (the answer sheet has no --val-size).
 
@@ -397,6 +398,7 @@ def _train_mnist(
                     callbacks,
                     sessions,
                     config.extra.get(SOURCE_DIGEST),
+                    notes,
                 )
                 trainer = trained.pop("trainer")
                 # The test set is used here, once, after training: never for a choice.
@@ -757,15 +759,18 @@ def _train_member(
     callbacks: Sequence[Callback],
     sessions: RunSessions,
     source_sha256: str | None = None,
+    notes: bool | None = None,
 ) -> dict[str, Any]:
     """Train and save one member; `sessions` records this session of it (`SessionEpochs`); `source_sha256`
     (`MnistSplits.source_sha256`) is saved with it, so that an ensemble across runs validates only on the training
-    set its validation images were held out of."""
+    set its validation images were held out of; `notes`: the engine's (`Trainer`'s argument)."""
     from cnnlab.models import create_model
 
     torch.manual_seed(config.seed)  # the initial weights depend on the member's seed
     model = create_model(recipe.arch, **recipe.model_kwargs)
-    trainer = Trainer(model, config, train_transform=recipe.augment, callbacks=[*callbacks, SessionEpochs(sessions)])
+    trainer = Trainer(
+        model, config, train_transform=recipe.augment, callbacks=[*callbacks, SessionEpochs(sessions)], notes=notes
+    )
     started = time.perf_counter()
     history = trainer.fit(TensorBatches(*train, config.batch_size, drop_last=True), val)
     wall_seconds = time.perf_counter() - started

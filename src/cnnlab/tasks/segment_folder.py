@@ -455,9 +455,11 @@ def train_segmentation_folder(
         progress: progress bar and epoch lines on stderr.
         callbacks: extra engine callbacks (after the one that keeps the best epoch's weights).
         notes: print, before training, what the data holds that the results depend on (files skipped, the share of
-            labelled pixels, classes with no training pixels, values found on mask edges alone), and the line on a
-            finished run read back (nothing run; its report.md written again, or why it could not be); None: as
-            `progress`. The CLI keeps them under -q, which drops progress alone, and not with --json.
+            labelled pixels, classes with no training pixels, values found on mask edges alone), the line on a
+            finished run read back (nothing run; its report.md written again, or why it could not be), and the
+            engine's notes on the results (the batch a search chose, an out-of-memory retry's micro-batch, the best
+            epoch's weights restored; `Trainer.note`); None: as `progress`. The CLI keeps them under -q, which drops
+            progress alone, and not with --json.
 
     Returns:
         The summary saved as ``results.json``.
@@ -609,6 +611,7 @@ def train_segmentation_folder(
             train_transform=to_input,
             eval_transform=to_input,
             callbacks=[best_weights := BestWeights(), *callbacks, SessionEpochs(sessions)],
+            notes=notes,
         )
         eval_batch = config.eval_batch_size or 2 * config.batch_size
         paths = {part: [folder.images[i] for i in indices] for part, indices in split.items()}

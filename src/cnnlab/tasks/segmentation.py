@@ -225,7 +225,12 @@ def _digits_to_device(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch
 
 
 def pretrain_encoder(
-    model: nn.Module, data: DigitSegmentation, config: TrainConfig, epochs: int, resume: bool = False
+    model: nn.Module,
+    data: DigitSegmentation,
+    config: TrainConfig,
+    epochs: int,
+    resume: bool = False,
+    notes: bool | None = None,
 ) -> dict[str, Any]:
     """Train `model`'s encoder as a digit classifier on the single digits of the training pool, in place.
 
@@ -238,6 +243,7 @@ def pretrain_encoder(
 
     Args:
         resume: continue the sub-run from its checkpoint, when an interrupted run left one (else it starts afresh).
+        notes: the engine's notes on the results (`Trainer`'s argument; None: with ``config.progress``).
 
     Returns:
         The last epoch's record (training loss and accuracy).
@@ -273,6 +279,7 @@ def pretrain_encoder(
         train_transform=_digits_to_device,
         eval_transform=_digits_to_device,
         param_groups=lambda classifier: default_param_groups(classifier.trained(), sub_config.weight_decay),
+        notes=notes,
     )
     digits, labels, _ids = data.train_digits
     trainer.fit(TensorBatches(digits, labels, sub_config.batch_size, drop_last=True))
@@ -319,9 +326,10 @@ def train_segmentation(
         background_weight: cross-entropy weight of background pixels (default: the recipe's).
         pretrain_epochs: epochs of encoder pretraining on single digits (`pretrain_encoder`; default: the
             recipe's; 0 = none).
-        notes: print the line on a finished run read back (nothing run; its report.md written again, or why it
-            could not be) without `progress`; None: as `progress`. The CLI keeps it under -q, which drops progress
-            alone, and not with --json.
+        notes: print the notes on the results without `progress`: the line on a finished run read back (nothing
+            run; its report.md written again, or why it could not be) and the engine's notes on stderr (the batch a
+            search chose, an out-of-memory retry's micro-batch, the best epoch's weights restored; `Trainer.note`);
+            None: as `progress`. The CLI keeps them under -q, which drops progress alone, and not with --json.
 
     Returns:
         The summary saved as ``results.json``: validation history end, test report, timings, run directory. The
@@ -401,6 +409,7 @@ def train_segmentation(
             train_transform=_to_device_dtypes,
             eval_transform=_to_device_dtypes,
             callbacks=[best_weights := BestWeights(), *callbacks, SessionEpochs(sessions)],
+            notes=notes,
         )
     with sessions:  # an interrupted session records its wall time too
         if pretrain:
@@ -408,7 +417,7 @@ def train_segmentation(
                 trainer.prepare_run_dir()  # a --resume/--overwrite clash fails before the pretraining, not after
             if not resumed:  # a resumed run's checkpoint already holds the pretrained encoder
                 sessions.begin(0)  # the encoder's pretraining is this session's work on the run too
-                pretrain_encoder(model, data, config, pretrain, resume=resume)
+                pretrain_encoder(model, data, config, pretrain, resume=resume, notes=notes)
         started = time.perf_counter()
         history = trainer.fit(
             TensorBatches(data.train.images, data.train.masks, config.batch_size, drop_last=True),

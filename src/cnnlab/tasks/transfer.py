@@ -550,6 +550,7 @@ class _Run:
     phases: dict[str, Any] = field(default_factory=dict)
     costs: dict[str, float] = field(default_factory=dict)
     sessions: RunSessions | None = None
+    notes: bool = True  # the engine's notes on the results (`Trainer`'s argument)
 
     def session_epochs(self) -> list[SessionEpochs]:
         """The callback that counts the next phase's epochs in this session's record, after the earlier phases'
@@ -748,6 +749,7 @@ def _train_on_cache(run: _Run, model: nn.Module, model_name: str, top_blocks: in
         eval_transform=_to_float,
         param_groups=groups,
         callbacks=[FreezeBatchNorm(True), BestWeights(), *run.session_epochs()],
+        notes=run.notes,
     )
     batches = TensorBatches(train_x, train_y, config.batch_size, drop_last=True, weights=run.sample_weights(train_y))
     _fit(run, phase, trainer, batches, TensorBatches(val_x, val_y, 2 * config.batch_size))
@@ -776,6 +778,7 @@ def _train_full(run: _Run, model: nn.Module) -> None:
         train_transform=check,
         param_groups=groups,
         callbacks=[FreezeBatchNorm(True), BestWeights(), *run.session_epochs()],
+        notes=run.notes,
     )
     train = run.loader(run.parts["train"], train_transform, True, config.batch_size)
     val = run.loader(run.parts["val"], eval_transform, False, 2 * config.batch_size)
@@ -832,10 +835,12 @@ def train_transfer(config: TransferConfig, log: Any = None, notes: bool | None =
     Args:
         config: the run.
         log: where its lines go (default: printed, as `config.progress` and `notes` say).
-        notes: print the lines the results depend on (each file skipped, images under ``data`` that a resumed run's
-            split lacks, a finished run read back) without `config.progress`; None: as `config.progress`. The CLI
-            keeps them under -q, which drops progress alone, and not with --json (whose results list the files
-            skipped).
+        notes: print the lines the results depend on without `config.progress`: each file skipped, images under
+            ``data`` that a resumed run's split lacks, a finished run read back, and the engine's notes on stderr
+            (the batch a search chose, an out-of-memory retry's micro-batch, early stopping, the best epoch's weights
+            restored; `Trainer.note`); None: as `config.progress`. The CLI keeps them under -q, which drops progress
+            alone, and not with --json (whose results list the files skipped). Not a `TransferConfig` field, which
+            config.yaml records and a resume compares.
     """
     options = {**RECIPES.get(config.recipe).train, **config.train}
     said_as = {"precision": 'train["precision"]'}  # what a Python caller sets (the CLI says --precision, earlier)
@@ -922,7 +927,7 @@ def _train_transfer(config: TransferConfig, log: Any, notes: bool) -> dict[str, 
         model.to(device)
         if {**recipe.train, **config.train}.get("channels_last"):  # once, outside inference mode
             model.to(memory_format=torch.channels_last)
-        run = _Run(config, recipe, parts, cfg, views, device, log, sessions=sessions)
+        run = _Run(config, recipe, parts, cfg, views, device, log, sessions=sessions, notes=notes)
         preview_transform = build_train_transform(cfg, scale=(recipe.crop_scale, 1.0), views=views)
         preview = run_dir / "augmented_preview.png"
         if main:

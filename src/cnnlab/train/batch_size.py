@@ -222,7 +222,7 @@ def find_batch_size(
     if apply:
         trainer.set_batch_size(result.batch_size, result.accum_steps, trainer.config.eval_batch_size)
         outcome = ", ".join(f"{b}{'' if ok else ' (out of memory)'}" for b, ok in tried)
-        trainer.log(
+        trainer.note(
             f"batch size search: tried {outcome}; largest fitting {largest}{' (cap)' if capped else ''}, "
             f"training with batch {result.batch_size} = {result.micro_batch_size} x {result.accum_steps} accumulation"
         )
@@ -274,7 +274,7 @@ def tune_batch_size(trainer: Trainer, train: BatchSource) -> BatchSource:
         # ("largest fitting 512 (the cap); training with batch 1024 = 1024 x 1 accumulation" mixed them).
         per_process = " per process" if world > 1 else ""
         split = f"{micro} per process x {world} processes" if world > 1 else f"{batch_size // accum_steps}"
-        trainer.log(
+        trainer.note(
             f"batch size search: tried {outcome}; largest fitting {result.largest_fitting}{per_process}"
             f"{' (the cap)' if result.capped else ''}; training with {'global ' if world > 1 else ''}batch "
             f"{batch_size} = {split} x {accum_steps} accumulation"

@@ -80,7 +80,7 @@ class EarlyStopping(Callback):
     def on_fit_start(self, trainer: Trainer) -> None:
         if self.bad_epochs >= self.patience:  # a resumed run that had stopped: one more epoch was trained
             trainer.should_stop = True
-            trainer.log(f"early stopping had stopped this run after epoch {trainer.epoch}: nothing left to train")
+            trainer.note(f"early stopping had stopped this run after epoch {trainer.epoch}: nothing left to train")
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         if self.monitor not in metrics:
@@ -97,7 +97,7 @@ class EarlyStopping(Callback):
             self.bad_epochs += 1
             if self.bad_epochs >= self.patience:
                 trainer.should_stop = True
-                trainer.log(f"early stopping: {self.monitor} has not improved for {self.bad_epochs} epochs")
+                trainer.note(f"early stopping: {self.monitor} has not improved for {self.bad_epochs} epochs")
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "bad_epochs": self.bad_epochs}
@@ -129,7 +129,7 @@ class BestWeights(Callback):
             # back where they were copied from: the weights evaluation uses, which the tasks save and test (loaded
             # into `model` with EMA on, they left the EMA of the last epoch in `eval_model`)
             trainer.eval_model.load_state_dict(self.weights)
-            trainer.log(
+            trainer.note(
                 f"restored the weights of epoch {self.best_epoch} ({trainer.config.monitor} {trainer.best_metric:.4f})"
             )
 

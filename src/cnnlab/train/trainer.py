@@ -103,6 +103,9 @@ class Trainer:
             them).
         strategy: how the run is spread over processes; default `select_strategy` (DDP under torchrun, else one
             process).
+        notes: print the notes on the results (`note`) to stderr, from the main process; None: with the progress
+            (``config.progress``). The CLI's -q turns the progress off and leaves the notes on, --json both off. Not
+            a config field: how a run is watched is no option of the run (resume compares none, config.yaml has none).
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class Trainer:
         optimizer_factory: OptimizerFactory | None = None,
         callbacks: Sequence[Callback] = (),
         strategy: Strategy | None = None,
+        notes: bool | None = None,
     ) -> None:
         config.validate()
         self.config = config
@@ -144,6 +148,7 @@ class Trainer:
         self.run_dir = config.run_dir
         self.is_main_process = self.strategy.is_main_process  # False on ranks > 0 under torchrun: they write no files
         self.show_progress = config.progress and self.is_main_process  # one progress bar and log, from rank 0
+        self.show_notes = (config.progress if notes is None else notes) and self.is_main_process
         # Mutable state, all of it checkpointed.
         self.epoch = 0  # completed epochs
         self.global_step = 0  # completed optimizer steps
@@ -200,8 +205,15 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def log(self, message: str) -> None:
-        """Print a line (to stderr, so stdout stays clean for results); only the main process prints."""
+        """Print a line of progress (to stderr, so stdout stays clean for results); only the main process prints."""
         if self.show_progress:
+            print(message, file=sys.stderr, flush=True)
+
+    def note(self, message: str) -> None:
+        """Print a note on the results, as `log` prints, but also where the progress is off (-q): a batch other than
+        the one asked for (the batch-size search, an out-of-memory retry's smaller micro-batch), why training stopped
+        before its epochs (early stopping), which epoch's weights were kept (`BestWeights`)."""
+        if self.show_notes:
             print(message, file=sys.stderr, flush=True)
 
     def fit(self, train_data: Any, val_data: Any = None) -> list[dict[str, float]]:
@@ -327,7 +339,7 @@ class Trainer:
                 self.micro_batch_size = halve_micro_batch(old, self.global_step + 1, error_line)
                 event = OomEvent(self.global_step + 1, old, self.micro_batch_size, -(-batch // self.micro_batch_size))
                 self.oom_events.append(event)
-                self.log(
+                self.note(
                     f"out of memory at step {event.step} (micro-batch {old}): freed memory, redoing the step with "
                     f"micro-batch {event.new_micro_batch} x {event.accum_steps} accumulation steps (effective batch "
                     f"{batch} unchanged)"
