@@ -189,6 +189,9 @@ def test_ensemble_averages_member_probabilities(ensemble_run: dict) -> None:
         torch.testing.assert_close(ensemble(images).softmax(1), expected)
     assert ensemble_run["members"][0]["seed"] == 0 and ensemble_run["members"][1]["seed"] == 1
     assert 0.0 <= ensemble_run["ensemble_test_accuracy"] <= 1.0
+    # the batch each member trained with (a search's, or after an out-of-memory retry), as --json prints it
+    batch = {"batch_size": 24, "micro_batch_size": 24, "processes": 1, "oom_events": []}
+    assert [member["batch"] for member in ensemble_run["members"]] == [batch, batch]
 
 
 def test_reports_agree_with_the_run_and_its_results(ensemble_run: dict) -> None:

@@ -447,6 +447,7 @@ def test_the_share_of_labelled_pixels_is_said_before_training_and_kept_not_refus
     assert any(line.startswith("labelled pixels: 0.2% of train") for line in printed), printed
     # the engine's note on the weights tested too (-q silenced it with the progress), and no epoch line
     assert re.fullmatch(r"restored the weights of epoch 1 \(val_miou [0-9.]+\)\n", said.err), said.err
+    assert summary["batch"] == {"batch_size": 4, "micro_batch_size": 4, "processes": 1, "oom_events": []}  # --json's
     counts = {part: (2 * images, 32 * 32 * images) for part, images in summary["images"].items()}
     assert summary["labelled_pixels"] == {part: list(pair) for part, pair in counts.items()}
     from cnnlab.tasks.segment_folder import describe_labelled

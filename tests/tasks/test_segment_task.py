@@ -61,6 +61,7 @@ def test_quick_training_learns(tmp_path):
     run = tmp_path / "segment" / "t"
     assert (run / "model.safetensors").is_file() and (run / "test_overlays.png").is_file()
     assert json.loads((run / "results.json").read_text())["test"]["miou_includes_background"] is False
+    assert summary["batch"] == {"batch_size": 16, "micro_batch_size": 16, "processes": 1, "oom_events": []}
     meta = json.loads((run / "model.json").read_text())["meta"]  # the layout of every model record: its kind said
     assert meta["kind"] == "digit-segmenter" and meta["classes"] == ["background", *map(str, range(10))]
     assert "normalisation" not in meta  # the network takes the canvases' [0, 1] as they are

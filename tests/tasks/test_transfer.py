@@ -85,6 +85,7 @@ def test_two_epoch_cached_partial_fine_tune_learns(tiny_run: tuple[Path, dict]) 
     _, summary = tiny_run
     phase = summary["phases"]["partial"]
     assert phase["epochs_run"] == 2 and phase["cut"] == "features.2"  # lenet5: the top 2 blocks trained
+    assert phase["batch"] == {"batch_size": 8, "micro_batch_size": 8, "processes": 1, "oom_events": []}  # in --json
     assert summary["test"]["count"] == 12
     assert summary["test"]["accuracy"] >= 0.9  # chance is 0.5
     assert summary["test"]["balanced_accuracy"] >= 0.9

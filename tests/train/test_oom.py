@@ -82,6 +82,9 @@ def test_an_oom_retry_is_said_without_progress_as_a_note(tmp_path: Path, capsys:
         "out of memory at step 3 (micro-batch 32): freed memory, redoing the step with micro-batch 16 x 2 accumulation "
         "steps (effective batch 32 unchanged)\n",
     )
+    # what the tasks' results (their --json, which says no note) record of it
+    retry = {"step": 3, "old_micro_batch": 32, "new_micro_batch": 16, "accum_steps": 2}
+    assert trainer.batch_record() == {"batch_size": 32, "micro_batch_size": 16, "processes": 1, "oom_events": [retry]}
 
 
 def test_injected_oom_is_recovered_with_nothing_lost(tmp_path: Path) -> None:

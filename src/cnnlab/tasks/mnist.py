@@ -806,6 +806,7 @@ def _train_member(
         "wall_seconds": wall_seconds,  # of this session's training alone; its sessions: "sessions"
         "resumed_after_epoch": first_epoch or None,
         "images_per_second": sum(row["images_per_second"] for row in history) / len(history),
+        "batch": trainer.batch_record(),  # the batch it trained with: a search's, or after an out-of-memory retry
         "model": final,
         "trainer": trainer,
     }

@@ -714,6 +714,7 @@ def train_segmentation_folder(
             "worst_test_images": [{"image": str(test_paths[i]), "pixel_error": errors[i]} for i in worst],
             "train_seconds": trainer.train_seconds,
             **sessions.results(),  # each session, and their wall time (None: one is unknown)
+            "batch": trainer.batch_record(),  # the batch it trained with: after an out-of-memory retry, say
             "device": str(trainer.device),  # what its report's hardware line names
         }
         if trainer.is_main_process:

@@ -464,6 +464,7 @@ def train_segmentation(
             "train_seconds": trainer.train_seconds,
             "wall_seconds": wall_seconds,  # of this session's training alone; its sessions: "sessions"
             **sessions.results(),  # each session, and their wall time (None: one is unknown)
+            "batch": trainer.batch_record(),  # the batch it trained with: a search's, or after an out-of-memory retry
             "canvases": data_sizes(data),
             "device": str(trainer.device),  # what its report's hardware line names
         }

@@ -720,6 +720,7 @@ def _fit(run: _Run, phase: str, trainer: Trainer, train: Any, val: Any) -> None:
         "train_seconds": trainer.train_seconds,
         "wall_seconds": time.perf_counter() - started,
         "images_per_second": sum(r["images_per_second"] for r in history) / max(1, len(history)),
+        "batch": trainer.batch_record(),  # the batch it trained with: a search's, or after an out-of-memory retry
         "history": history,
     }
 

@@ -216,6 +216,18 @@ class Trainer:
         if self.show_notes:
             print(message, file=sys.stderr, flush=True)
 
+    def batch_record(self) -> dict[str, Any]:
+        """The batch the run trained with, for a task's results (what --json prints in place of the notes): the batch
+        (global under torchrun) and the micro-batch each process steps in, as a batch-size search or an out-of-memory
+        retry left them, the processes, and this session's retries (`OomEvent`s; a resumed run's earlier sessions
+        are not recorded, their smaller micro-batch is)."""
+        return {
+            "batch_size": self.config.batch_size,
+            "micro_batch_size": self.micro_batch_size,
+            "processes": self.strategy.world_size,
+            "oom_events": [dataclasses.asdict(event) for event in self.oom_events],
+        }
+
     def fit(self, train_data: Any, val_data: Any = None) -> list[dict[str, float]]:
         """Train for `config.epochs` epochs (or until early stopping), resuming if asked.
 
