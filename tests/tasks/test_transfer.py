@@ -1000,14 +1000,19 @@ def test_input_check_flags_wrongly_scaled_inputs() -> None:
         InputCheck(cfg, "training")(good, torch.zeros(1))
 
 
-def test_a_small_folder_trains_in_one_batch_unless_the_user_chose_the_batch_size(tmp_path: Path) -> None:
+def test_a_small_folder_trains_in_one_batch_unless_the_user_chose_the_batch_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     make_photo_folder(tmp_path / "photos")  # 24 training images x 2 views: fewer than the recipe's batch of 64
-    lines: list[str] = []
     config = tiny_config(tmp_path, views="hflip", train={"epochs": 1})
     del config.train["batch_size"]  # the recipe's
-    summary = train_transfer(config, log=lines.append)
+    summary = train_transfer(config, notes=True)  # as `train transfer -q` trains: no progress, the notes on the results
     assert summary["phases"]["partial"]["epochs_run"] == 1
-    assert any("batch size 48, all the training samples (the recipe's 64 is more)" in line for line in lines)
+    # a note on the results, which -q dropped with the progress; --json has the batch in the phase
+    said = capsys.readouterr()
+    assert "partial: batch size 48, all the training samples (the recipe's 64 is more)\n" in said.out, said
+    assert summary["phases"]["partial"]["batch"]["batch_size"] == 48
+    assert "epoch 1/1" not in said.out + said.err
     with pytest.raises(CnnlabError, match="fewer than one batch of 64; lower --batch-size"):
         train_transfer(tiny_config(tmp_path, views="hflip", name="given", train={"epochs": 1, "batch_size": 64}))
 

@@ -547,6 +547,7 @@ class _Run:
     views: tuple[str, ...]
     device: torch.device
     log: Any
+    note: Any  # a line on the results (`log`'s, but said under -q too: `train_transfer`'s notes)
     phases: dict[str, Any] = field(default_factory=dict)
     costs: dict[str, float] = field(default_factory=dict)
     sessions: RunSessions | None = None
@@ -579,7 +580,7 @@ class _Run:
         batch = options.get("batch_size", TrainConfig.batch_size)
         if samples is not None and "batch_size" not in config.train and isinstance(batch, int) and 0 < samples < batch:
             options["batch_size"] = samples
-            self.log(f"{phase}: batch size {samples}, all the training samples (the recipe's {batch} is more)")
+            self.note(f"{phase}: batch size {samples}, all the training samples (the recipe's {batch} is more)")
         checkpoint = config.run_dir / phase / "checkpoint.pt"
         return TrainConfig(
             **{
@@ -837,11 +838,12 @@ def train_transfer(config: TransferConfig, log: Any = None, notes: bool | None =
         config: the run.
         log: where its lines go (default: printed, as `config.progress` and `notes` say).
         notes: print the lines the results depend on without `config.progress`: each file skipped, images under
-            ``data`` that a resumed run's split lacks, a finished run read back, and the engine's notes on stderr
-            (the batch a search chose, an out-of-memory retry's micro-batch, early stopping, the best epoch's weights
-            restored; `Trainer.note`); None: as `config.progress`. The CLI keeps them under -q, which drops progress
-            alone, and not with --json (whose results list the files skipped). Not a `TransferConfig` field, which
-            config.yaml records and a resume compares.
+            ``data`` that a resumed run's split lacks, a finished run read back, a phase trained in one batch of all
+            its samples (smaller than the recipe's), and the engine's notes on stderr (the batch a search chose, an
+            out-of-memory retry's micro-batch, early stopping, the best epoch's weights restored; `Trainer.note`);
+            None: as `config.progress`. The CLI keeps them under -q, which drops progress alone, and not with --json
+            (whose results list the files skipped). Not a `TransferConfig` field, which config.yaml records and a
+            resume compares.
     """
     options = {**RECIPES.get(config.recipe).train, **config.train}
     said_as = {"precision": 'train["precision"]'}  # what a Python caller sets (the CLI says --precision, earlier)
@@ -928,7 +930,7 @@ def _train_transfer(config: TransferConfig, log: Any, notes: bool) -> dict[str, 
         model.to(device)
         if {**recipe.train, **config.train}.get("channels_last"):  # once, outside inference mode
             model.to(memory_format=torch.channels_last)
-        run = _Run(config, recipe, parts, cfg, views, device, log, sessions=sessions, notes=notes)
+        run = _Run(config, recipe, parts, cfg, views, device, log, note, sessions=sessions, notes=notes)
         preview_transform = build_train_transform(cfg, scale=(recipe.crop_scale, 1.0), views=views)
         preview = run_dir / "augmented_preview.png"
         if main:
