@@ -163,10 +163,9 @@ def segment(
         resume=engine.resume,
         overwrite=engine.overwrite,
         progress=not (engine.quiet or as_json),
-        notes=not as_json,  # the batch trained with, the weights kept: -q drops progress alone
         pretrain_epochs=pretrain_epochs,
         background_weight=background_weight,
-        notes=not as_json,  # a run read back is said under -q too, which drops progress alone
+        notes=not as_json,  # a run read back, the batch trained with, the weights kept: -q drops progress alone
     )
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
         return
