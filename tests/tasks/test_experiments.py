@@ -431,3 +431,23 @@ def test_the_runs_train_and_are_measured_on_the_device_asked_for(tmp_path, monke
     monkeypatch.setattr(Recorded, "for_inference", for_inference)
     assert common.accuracy(model.to("meta"), images, torch.zeros(64, dtype=torch.long)) == 1.0
     assert measured_on == ["meta"]
+
+
+def test_a_small_mnist_leaving_less_than_a_batch_names_no_batch_size_option(tmp_path: Path) -> None:
+    """`cnnlab experiment` on an MNIST of 5,050 training images was told "training data has 50 samples, fewer than
+    one batch of 128; lower --batch-size": experiment has no --batch-size (its batch and split are fixed)."""
+    import sys
+
+    from cnnlab.tasks.experiments.common import load_data
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
+    from test_mnist_idx import write_fake_mnist
+
+    root = write_fake_mnist(tmp_path, train=5_050, test=10)
+    for subset in (None, 200):  # a --subset above what is left is cut to it
+        with pytest.raises(CnnlabError) as refused:
+            load_data(ExperimentSettings(data_dir=str(root), subset=subset))
+        assert "--batch-size" not in str(refused.value)
+        assert "holds 5,050 MNIST training images: the 50 left after the 5,000 held out" in str(refused.value)
+        assert "point --data-dir at the full MNIST" in str(refused.value)
+    assert len(load_data(ExperimentSettings(data_dir=str(root), batch_size=50)).train_labels) == 50

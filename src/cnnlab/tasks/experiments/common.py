@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.data.mnist import load_mnist
+from cnnlab.data.mnist import find_mnist_dir, load_mnist
 from cnnlab.errors import CnnlabError
 from cnnlab.files import save_figure_whole, write_text_whole, written_then_renamed
 from cnnlab.tasks.recipes import note_current_run
@@ -114,7 +114,14 @@ class MnistTensors:
 def load_data(settings: ExperimentSettings) -> MnistTensors:
     """MNIST with the seeded 5k validation split; `subset`, `val_subset` and `test_subset` keep a seeded selection."""
     splits = load_mnist(settings.data_dir, val_size=5_000, seed=0)
-    train_count = settings.subset or len(splits.train_labels)
+    left = len(splits.train_labels)
+    if min(settings.subset or left, left) < settings.batch_size:  # the trainer's remedy, --batch-size, is not ours
+        raise CnnlabError(
+            f"{find_mnist_dir(settings.data_dir)} holds {left + 5_000:,} MNIST training images: the {left:,} left "
+            f"after the 5,000 held out for validation are fewer than one batch of {settings.batch_size} (an "
+            "experiment's batch and split are fixed); point --data-dir at the full MNIST (60,000 training images)"
+        )
+    train_count = settings.subset or left
     test_count = settings.test_subset or len(splits.test_labels)
     test_order = torch.randperm(len(splits.test_labels), generator=torch.Generator().manual_seed(0))[:test_count]
     return MnistTensors(
