@@ -669,3 +669,25 @@ def test_a_small_mnist_is_refused_without_naming_a_val_size_option_the_sheet_lac
         assert "--val-size" not in str(error.value)
     with pytest.raises(CnnlabError, match="--val-size 5000 must be below the 120 MNIST training images"):
         train_mnist("quick", data_dir=str(root), output=str(tmp_path / "runs"))
+
+
+def test_a_small_mnist_leaving_less_than_a_batch_names_no_batch_size_option_the_sheet_lacks(tmp_path: Path) -> None:
+    """`cnnlab answers` (quick and --full) on an MNIST of 5,050 training images was told "training data has 50
+    samples, fewer than one batch of 128; lower --batch-size": the sheet has no --batch-size. `train mnist`, which
+    has, is still told to lower it."""
+    import sys
+
+    from cnnlab.tasks.answers import measure
+    from cnnlab.tasks.mnist import train_mnist
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
+    from test_mnist_idx import write_fake_mnist
+
+    root = write_fake_mnist(tmp_path / "mnist", train=5_050, test=10)
+    for mode in ("quick", "full"):
+        ctx = measure.Context(MODES[mode], tmp_path / mode, data_dir=str(root), log=lambda line: None)
+        with pytest.raises(CnnlabError, match=r"holds 5,050 MNIST training images: the 50 trained on") as error:
+            measure._mnist_run(ctx)
+        assert "--batch-size" not in str(error.value) and "point --data-dir at the full MNIST" in str(error.value)
+    with pytest.raises(CnnlabError, match="fewer than one batch of 128; lower --batch-size"):
+        train_mnist("quick", data_dir=str(root), output=str(tmp_path / "runs"), progress=False)

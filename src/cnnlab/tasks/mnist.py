@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cnnlab.data.augment import RandomAffine
-from cnnlab.data.mnist import MNIST_CLASSES, MnistSplits, load_mnist, read_training_set_digest
+from cnnlab.data.mnist import MNIST_CLASSES, MnistSplits, find_mnist_dir, load_mnist, read_training_set_digest
 from cnnlab.errors import CnnlabError
 from cnnlab.files import check_writable, write_text_whole, written_then_renamed
 from cnnlab.report.units import score
@@ -171,6 +171,7 @@ def train_mnist(
     splits: MnistSplits | None = None,
     notes: bool | None = None,
     val_option: str | None = "--val-size",
+    batch_option: str | None = "--batch-size",
 ) -> dict[str, Any]:
     """Train one model (or `ensemble` members with seeds seed, seed+1, ...) and test it once at the end.
 
@@ -199,6 +200,9 @@ def train_mnist(
             `progress`. The CLI keeps them under -q, which drops progress alone, and not with --json.
         val_option: the option that set `val_size`, named when the training set cannot hold it (`load_mnist`); None
             where the caller fixes it (the answer sheet has no --val-size).
+        batch_option: the option of the calling command that sets the batch, named by the engine when the training
+            images do not fill one batch; None where the command has none (`answers`, whose batch and split are
+            fixed): too few training images then ask for the full MNIST.
 
     Returns:
         A summary (also saved as ``results.json`` in the run directory): per-member validation and test accuracy,
@@ -232,6 +236,7 @@ def train_mnist(
             splits=splits,
             notes=progress if notes is None else notes,
             val_option=val_option,
+            batch_option=batch_option,
         )
 
 
@@ -255,6 +260,7 @@ def _train_mnist(
     splits: MnistSplits | None,
     notes: bool,
     val_option: str | None,
+    batch_option: str | None,
 ) -> dict[str, Any]:
     command_started = time.perf_counter()
     chosen = RECIPES.get(recipe)
@@ -342,6 +348,15 @@ def _train_mnist(
     train_images, train_labels = to_float(data.train_images), data.train_labels
     if train_subset is not None:
         train_images, train_labels = train_images[:train_subset], train_labels[:train_subset]
+    batch_size = options.get("batch_size")
+    if batch_option is None and isinstance(batch_size, int) and len(train_labels) < batch_size:
+        # the engine's remedy, "lower --batch-size", names an option that `answers` lacks
+        raise CnnlabError(
+            f"{find_mnist_dir(data_dir)} holds {len(data.train_labels) + len(data.val_labels):,} MNIST training "
+            f"images: the {len(train_labels):,} trained on after the {len(data.val_labels):,} held out for validation "
+            f"are fewer than one batch of {batch_size} (this command's batch and split are fixed); point --data-dir "
+            "at the full MNIST (60,000 training images)"
+        )
     val = (to_float(data.val_images), data.val_labels) if len(data.val_labels) else None
     test_images, test_labels = to_float(data.test_images), data.test_labels
     note_current_run(run_dir)

@@ -626,6 +626,7 @@ def _mnist_run(ctx: Context) -> tuple[dict[str, Any], str]:
         overrides=ctx.engine(ctx.mode.mnist_overrides),
         progress=False,
         val_option=None,  # the sheet has no --val-size to name
+        batch_option=None,  # the sheet has no --batch-size to name: too few training images ask for the full MNIST
     )
     run_dir = ctx.output / "mnist" / ctx.mode.mnist_recipe
     summary = continue_or_train(ctx, run_dir, lambda **start: train_mnist(ctx.mode.mnist_recipe, **options, **start))
