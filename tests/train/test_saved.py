@@ -449,3 +449,28 @@ def test_an_export_record_of_the_earlier_layout_is_read_in_the_current_one(tmp_p
         read_export_record(tmp_path / "other.onnx")
     with pytest.raises(CnnlabError, match="missing; export the run again"):
         read_export_record(tmp_path / "gone.onnx")
+
+
+def test_an_unfinished_run_the_answers_sheet_trained_is_continued_by_the_sheet_not_by_resume(tmp_path: Path) -> None:
+    """predict, evaluate, explain, export and ensemble on the MNIST run of an interrupted `cnnlab answers` said "run
+    the command that started it again with --resume (and --name quick ...)": answers has neither option; run again
+    without --overwrite, it continues its runs. A run `train` started keeps the --resume words."""
+    from cnnlab.train.saved import spec_path
+
+    run = tmp_path / "quick"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"")
+    session = {"command": "cnnlab answers --output sheet", "started": "2026-12-07T11:43:57+00:00", "ended": None}
+    again = "run `cnnlab answers --output sheet` again"
+    for ended, stopped in ((None, "run that command again"), ("interrupted", again)):
+        (run / "sessions.json").write_text(json.dumps([{**session, "ended": ended}]))
+        with pytest.raises(CnnlabError) as refused:
+            spec_path(run)
+        assert "--resume" not in str(refused.value) and "--name" not in str(refused.value)
+        assert f"{stopped} without --overwrite: the sheet continues its runs" in str(refused.value)
+    (run / "checkpoint.pt").unlink()  # interrupted in its first epoch
+    with pytest.raises(CnnlabError, match=r"sessions.json records it\); run `cnnlab answers --output sheet` again wi"):
+        spec_path(run)
+    (run / "sessions.json").write_text(json.dumps([{**session, "command": "cnnlab train mnist", "ended": "failed"}]))
+    with pytest.raises(CnnlabError, match=r"again with --resume \(and --name quick if the run was named by its start"):
+        spec_path(run)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -407,28 +408,20 @@ def _what_it_holds(folder: Path) -> str:
         run = folder.parent
         if (run / MODEL_SPEC).is_file() or (run / ENSEMBLE_SPEC).is_file():
             return f": it is the {phase!r} phase of the run in {run}, which holds the model; pass {run}"
-        return (
-            f": it is the {phase!r} phase of the run in {run}, whose training has not finished; run the command that "
-            f"started it again with --resume (and --name {run.name} if the run was named by its start time)"
-        )
+        return f": it is the {phase!r} phase of the run in {run}, whose training has not finished; {_to_continue(run)}"
     running = _running_session(folder)
     if running is not None:  # "run it again with --resume" of a run training now would start a second process on it
         return (
             f": its training has not finished: {running} has not ended, so it is still training or its process was "
-            "killed; wait for it to save its model (if it was killed, run that command again with --resume"
-            f"{'' if '--name' in running else f' --name {folder.name}'})"
+            f"killed; wait for it to save its model (if it was killed, {_to_continue(folder, running)})"
         )
     if (folder / CHECKPOINT_NAME).is_file():  # a run stopped before it saved its model
-        return (
-            f": its training has not finished ({CHECKPOINT_NAME} is there); run the command that started it again "
-            f"with --resume (and --name {folder.name} if the run was named by its start time)"
-        )
+        return f": its training has not finished ({CHECKPOINT_NAME} is there); {_to_continue(folder)}"
     stopped_how = _last_session_end(folder)
     if stopped_how in ("interrupted", "failed"):  # in its first epoch: "is it a finished cnnlab run?" said nothing
         return (
             f": its training {'was interrupted' if stopped_how == 'interrupted' else 'failed'} before it saved a "
-            f"model ({SESSIONS} records it); run the command that "
-            f"started it again with --resume (and --name {folder.name} if the run was named by its start time)"
+            f"model ({SESSIONS} records it); {_to_continue(folder)}"
         )
     # a run of several phases (a transfer run) keeps its checkpoint in the phase's folder, not its own: stopped
     # mid-training, it was "is it a finished cnnlab run?", which said neither that it was unfinished nor what to do
@@ -436,8 +429,7 @@ def _what_it_holds(folder: Path) -> str:
     if stopped is not None:
         return (
             f": its training has not finished (its {_phase(stopped)!r} phase stopped, {stopped.name}/"
-            f"{CHECKPOINT_NAME} is there), so there is no model to use yet; run the command that started it again "
-            f"with --resume (and --name {folder.name} if the run was named by its start time)"
+            f"{CHECKPOINT_NAME} is there), so there is no model to use yet; {_to_continue(folder)}"
         )
     members = [sub for sub in _subfolders(folder) if sub.name.startswith("seed") and sub.name[4:].isdigit()]
     if members:  # `train mnist --ensemble N` saves ensemble.json once every member is trained
@@ -447,8 +439,7 @@ def _what_it_holds(folder: Path) -> str:
         use = f"pass a finished member's folder ({folder / saved[0]}) to use it alone, or " if saved else ""
         return (
             f": it is an ensemble whose training has not finished ({state}); {use}wait for it, or if it stopped, "
-            f"run the command that started it again with --resume (and --name {folder.name} if the run was named by "
-            "its start time)"
+            f"{_to_continue(folder)}"
         )
     names = sorted(entry.name for entry in folder.iterdir())
     if not names:
@@ -465,6 +456,23 @@ def _last_session(folder: Path) -> dict[str, Any] | None:
         return None
     last = sessions[-1] if isinstance(sessions, list) and sessions else None
     return last if isinstance(last, dict) else None
+
+
+def _to_continue(folder: Path, running: str | None = None) -> str:
+    """How to continue the unfinished run in `folder`: its command again with --resume (and --name), or, for a run
+    `cnnlab answers` trains for its sheet (which has neither option and continues its runs when run again), that
+    command again. `running`: `_running_session`'s words, whose command is the one named ("that command")."""
+    last = _last_session(folder)
+    command = last.get("command") if last is not None else None
+    if isinstance(command, str) and re.search(r"(^|[\s/])cnnlab\s+answers(\s|$)", command):
+        that = "that command" if running is not None else f"`{command}`"
+        return f"run {that} again without --overwrite: the sheet continues its runs"
+    if running is not None:
+        return f"run that command again with --resume{'' if '--name' in running else f' --name {folder.name}'}"
+    return (
+        f"run the command that started it again with --resume (and --name {folder.name} if the run was named by its "
+        "start time)"
+    )
 
 
 def _last_session_end(folder: Path) -> str | None:
