@@ -771,3 +771,24 @@ def test_a_segmentation_run_on_the_mnist_canvases_is_explained_on_its_canvases(t
     assert result.class_index != 0 or float(shares[0]) == 1.0  # the background only when alone
     for name in ("filters", "feature_maps", "gradcam"):
         assert result.files[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(("mean", "std"), [("nan", "1"), ("0", "inf"), ("0.5,nan,0.5", "1"), ("0", "-inf")])
+def test_a_mean_or_std_that_is_not_finite_is_refused(mean, std):
+    """`--mean nan` (or `--std inf`) passed float(): every probability came out nan ("explained class '0' (nan%)")."""
+    from cnnlab.tasks.explain import CodeInput, _given_input
+
+    flag = "--mean" if mean != "0" else "--std"
+    with pytest.raises(CnnlabError, match=f"^{flag} '.*' must be 1 or 3 finite"):
+        _given_input("my_nets.py:build", CodeInput("3x8x8", mean, std))
+    assert _given_input("my_nets.py:build", CodeInput("3x8x8", "0.5", "0.25")) == ((3, 8, 8), (0.5,) * 3, (0.25,) * 3)
+
+
+def test_a_grey_input_asks_for_one_mean_and_one_std():
+    """A 1-channel --input said "--std '0' must be 1 or 1 positive numbers separated by commas"."""
+    from cnnlab.tasks.explain import CodeInput, _given_input
+
+    with pytest.raises(CnnlabError, match=r"^--std '0' must be one finite positive number \(--input has 1 channel\)$"):
+        _given_input("my_nets.py:build", CodeInput("1x8x8", "0", "0"))
+    with pytest.raises(CnnlabError, match=r"^--mean '0,0,0' must be one finite number \(--input has 1 channel\)$"):
+        _given_input("my_nets.py:build", CodeInput("1x8x8", "0,0,0", "1"))

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -370,10 +371,13 @@ def _given_input(source: str, given: CodeInput) -> tuple[tuple[int, int, int], t
             numbers = tuple(float(part) for part in text.replace(" ", "").split(",") if part)
         except ValueError:
             numbers = ()
-        if len(numbers) not in (1, channels) or (flag == "--std" and any(n <= 0 for n in numbers)):
-            what = "positive numbers" if flag == "--std" else "numbers"
-            raise CnnlabError(f"{flag} {text!r} must be 1 or {channels} {what} separated by commas (--input has "
-                              f"{channels} channel{'s' if channels > 1 else ''})")  # fmt: skip
+        # nan or inf passed float() and made every probability nan ("explained class '0' (nan%)")
+        finite = all(math.isfinite(n) for n in numbers)
+        if len(numbers) not in (1, channels) or not finite or (flag == "--std" and any(n <= 0 for n in numbers)):
+            what = "finite positive number" if flag == "--std" else "finite number"
+            count = f"one {what}" if channels == 1 else f"1 or {channels} {what}s separated by commas"
+            raise CnnlabError(f"{flag} {text!r} must be {count} (--input has {channels} channel"
+                              f"{'s' if channels > 1 else ''})")  # fmt: skip
         return numbers * channels if len(numbers) == 1 else numbers
 
     return (channels, size[1], size[2]), values("--mean", str(given.mean)), values("--std", str(given.std))
