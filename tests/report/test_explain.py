@@ -792,3 +792,19 @@ def test_a_grey_input_asks_for_one_mean_and_one_std():
         _given_input("my_nets.py:build", CodeInput("1x8x8", "0", "0"))
     with pytest.raises(CnnlabError, match=r"^--mean '0,0,0' must be one finite number \(--input has 1 channel\)$"):
         _given_input("my_nets.py:build", CodeInput("1x8x8", "0,0,0", "1"))
+
+
+def test_an_input_too_small_for_any_map_says_so_rather_than_calling_the_network_dense():
+    """`--input 1x1x1` to a convolutional network said "EvidenceModel produces no spatial feature maps (is it a dense
+    network?)": its maps were there, each a single cell on so small an input."""
+    from cnnlab.report.explain import default_cam_layer
+
+    model = EvidenceModel()
+    tiny = r"^EvidenceModel's feature maps on a 1x1x3 input are at most 1x3, too small to show where \(2x2 at least\)"
+    with pytest.raises(CnnlabError, match=tiny + ", so it has no feature maps to show: give it a larger input$"):
+        default_feature_layers(model, torch.rand(1, 1, 3))
+    with pytest.raises(CnnlabError, match=tiny + ", so Grad-CAM has no layer: give it a larger input$"):
+        default_cam_layer(model, torch.rand(1, 1, 3))
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(CnnlabError, match=r"^Sequential produces no spatial feature maps \(is it a dense network\?\)"):
+        default_cam_layer(dense, torch.rand(1, 2, 2))

@@ -149,6 +149,27 @@ def _run_hooked(model: nn.Module, image: torch.Tensor, handles: list[Any]) -> No
             module.train(mode)
 
 
+def _no_maps_message(model: nn.Module, image: torch.Tensor, consequence: str) -> str:
+    """Why `model` has no layer `spatial_layers` lists on `image`: a dense network, or an input so small that every
+    4-D output is a single cell or line (a network named by code at ``--input 1x8x8``), which then says so."""
+    shapes: list[tuple[int, ...]] = []
+
+    def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.ndim == 4:
+            shapes.append(tuple(output.shape[-2:]))
+
+    _run_hooked(model, image, [module.register_forward_hook(keep) for _, module in _leaf_modules(model)])
+    name = type(model).__name__
+    if not shapes:
+        return f"{name} produces no spatial feature maps (is it a dense network?), {consequence}"
+    height, width = max(shapes, key=lambda shape: shape[0] * shape[1])
+    size = "x".join(map(str, image.shape))
+    return (
+        f"{name}'s feature maps on a {size} input are at most {height}x{width}, too small to show where (2x2 at "
+        f"least), {consequence}: give it a larger input"
+    )
+
+
 def _device(model: nn.Module) -> torch.device:
     parameter = next(model.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
@@ -292,7 +313,7 @@ def default_feature_layers(model: nn.Module, image: torch.Tensor, count: int = 3
     """
     layers = spatial_layers(model, image)
     if not layers:
-        raise CnnlabError(f"{type(model).__name__} produces no spatial feature maps (is it a dense network?)")
+        raise CnnlabError(_no_maps_message(model, image, "so it has no feature maps to show"))
     modules = dict(model.named_modules())
     learned = [i for i, (name, _) in enumerate(layers) if any(True for _ in modules[name].parameters())]
     layers = layers[learned[0] :] if learned else layers
@@ -393,7 +414,7 @@ def _default_cam_layer(model: nn.Module, image: torch.Tensor) -> tuple[str, tupl
     (None for a classifier)."""
     layers = spatial_layers(model, image)
     if not layers:
-        raise CnnlabError(f"{type(model).__name__} produces no spatial feature maps, so Grad-CAM has no layer")
+        raise CnnlabError(_no_maps_message(model, image, "so Grad-CAM has no layer"))
     padded = _segmenter_padded_size(layers, image)
     return (layers[-1][0] if padded is None else _segmenter_cam_layer(layers, padded)), padded
 
