@@ -808,3 +808,48 @@ def test_an_input_too_small_for_any_map_says_so_rather_than_calling_the_network_
     dense = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(CnnlabError, match=r"^Sequential produces no spatial feature maps \(is it a dense network\?\)"):
         default_cam_layer(dense, torch.rand(1, 2, 2))
+
+
+class SpareFirst(EvidenceModel):
+    """A convolution registered before the one the image meets first, and never run."""
+
+    def __init__(self) -> None:
+        spare = nn.Conv2d(1, 5, 1)
+        super().__init__()
+        self._modules = {"spare": spare, **self._modules}  # registered first
+
+
+def test_the_filters_shown_are_of_the_first_convolution_to_run_not_the_first_registered():
+    """filters.png showed the first Conv2d registered: a network declaring a spare convolution before its stem had
+    that one's kernels titled "first-layer filters", though the image never met it."""
+
+    model = SpareFirst()
+    assert next(name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)) == "spare"
+    name, weight = first_conv_filters(model, evidence_image())
+    assert name == "conv" and weight.shape == (2, 1, 3, 3)
+    assert first_conv_filters(model)[0] == "spare"  # no image: registration order, as before
+
+
+def test_explain_image_shows_the_filters_of_the_convolution_that_runs_first(tmp_path, monkeypatch):
+    import cnnlab.report.explain as report
+    from cnnlab.tasks.explain import CodeInput, explain_image
+
+    (tmp_path / "spare_net.py").write_text(
+        "from torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.spare = nn.Conv2d(1, 5, 1)\n"
+        "        self.conv = nn.Conv2d(1, 2, 3, padding=1)\n"
+        "        self.fc = nn.Linear(2, 2)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(self.conv(x).mean((2, 3)))\n"
+    )
+    Image.new("L", (40, 24), 0).save(tmp_path / "dark.png")
+    shown, real_grid = [], report.filter_grid
+    monkeypatch.setattr(
+        report, "filter_grid", lambda weight, *args: shown.append(weight.shape) or real_grid(weight, *args)
+    )
+    monkeypatch.chdir(tmp_path)
+    explain_image("spare_net.py:Net", "dark.png", "out", given=CodeInput("1x24x40", "0", "1"))
+    assert shown == [(2, 1, 3, 3)]  # conv's kernels, not spare's [5, 1, 1, 1]

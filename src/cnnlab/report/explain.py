@@ -4,7 +4,7 @@ Works on any `nn.Module` that takes an image batch [N, C, H, W] and returns logi
 [N, K, H, W] (a segmenter): layers are found by running one forward pass with hooks, so no model needs to declare
 anything.
 
-- `first_conv_filters(model)` / `filter_grid(weight)`: the first convolution's kernels as one image grid.
+- `first_conv_filters(model, image)` / `filter_grid(weight)`: the first convolution's kernels as one image grid.
 - `feature_maps(model, image, layers)`: the outputs of named modules for one image.
 - `grad_cam(model, image, layer=None, class_index=None)`: the class-discriminative map. The gradients of the class
   score with respect to a layer's feature maps, averaged over space, weight those maps; the ReLU of the weighted sum
@@ -54,15 +54,24 @@ __all__ = [
 ]
 
 
-def first_conv_filters(model: nn.Module) -> tuple[str, torch.Tensor]:
-    """The name and weights [out, in, kh, kw] of the first `nn.Conv2d` in registration order.
+def first_conv_filters(model: nn.Module, image: torch.Tensor | None = None) -> tuple[str, torch.Tensor]:
+    """The name and weights [out, in, kh, kw] of the first `nn.Conv2d` to run on `image` (one preprocessed image
+    [C, H, W]), else, with no image or where none runs, the first in registration order.
+
+    A network named by code may register a convolution before its stem (a shortcut, a spare head): the first
+    registered one was shown as the "first-layer filters", though the image never met it first.
 
     Raises:
         CnnlabError: the model has no 2-D convolution (a dense network has no filters to show).
     """
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            return name, module.weight.detach().float().cpu()
+    convolutions = {name: module for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
+    ran: list[str] = []
+    if image is not None and convolutions:
+        handles = [module.register_forward_pre_hook(lambda *_args, name=name: ran.append(name))
+                   for name, module in convolutions.items()]  # fmt: skip
+        _run_hooked(model, image, handles)
+    for name in [*ran[:1], *convolutions]:
+        return name, convolutions[name].weight.detach().float().cpu()
     raise CnnlabError(f"{type(model).__name__} has no Conv2d layer, so there are no filters to show")
 
 
@@ -550,10 +559,16 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_filters(model: nn.Module, path: str | os.PathLike[str], max_filters: int = 64, of: str = "") -> Path:
-    """Save the first convolution's kernels as an image grid; returns `path`. `of` names whose they are in the title
-    (an ensemble's member)."""
-    name, weight = first_conv_filters(model)
+def plot_filters(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    max_filters: int = 64,
+    of: str = "",
+    image: torch.Tensor | None = None,
+) -> Path:
+    """Save the first convolution's kernels (the first to run on `image`, see `first_conv_filters`) as an image grid;
+    returns `path`. `of` names whose they are in the title (an ensemble's member)."""
+    name, weight = first_conv_filters(model, image)
     grid = filter_grid(weight, max_filters)
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 6))

@@ -698,7 +698,8 @@ def explain_image(
     wanted = class_of(subject.classes, class_index)  # a class that is none of the model's: refused before the work
     files: dict[str, Path] = {}
     with contextlib.suppress(CnnlabError):  # a network without convolutions has no filters; Grad-CAM says why
-        files["filters"] = plot_filters(subject.model, output_dir / "filters.png", of=subject.shown_member)
+        files["filters"] = plot_filters(subject.model, output_dir / "filters.png", of=subject.shown_member,
+                                        image=tensor)  # fmt: skip
     # each layer once: `--layer X --layer X` printed "feature maps of: X, X" where the figure has one row of X
     chosen = list(dict.fromkeys(layers)) or default_feature_layers(subject.model, tensor)
     maps = feature_maps(subject.model, tensor, chosen)
