@@ -283,10 +283,7 @@ def check_split_digests(images: LabelledImages, split: Split, manifest: str | os
     for part in SPLITS:
         for index in split.get(part, []):
             path = images.paths[index]
-            try:
-                digest = images.digests.get(path) or file_digest(path)
-            except OSError:
-                digest = None  # unreadable: not the bytes recorded
+            digest = _known_or_read(path, images.digests.get(path))  # None, unreadable: not the bytes recorded
             if digest not in recorded[part]:
                 changed.append((path, part))
     if changed:
