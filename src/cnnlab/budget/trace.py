@@ -204,7 +204,10 @@ class _TimelineTracker(LiveTensorTracker):
 
     A frozen weight (`frozen`: two or more dimensions, no gradient) is cast anew by every op that takes it, autocast
     caches only the casts of weights that train: the copy lives while its op runs, or, when the op saves it for
-    backward (its input needs a gradient), until the backward op that takes it.
+    backward (its input needs a gradient), until the backward op that takes it. In a gradient checkpoint the copy is
+    not held past forward; backward's recomputation casts it again for the backward op that takes it, but this trace
+    (no autocast: the op saves the weight itself, nothing to recompute) may stop the recomputation early, before that
+    op runs: the copy is then counted at the backward op.
     """
 
     def __init__(self, weights: Iterable[torch.Tensor] = (), frozen: Iterable[torch.Tensor] = ()) -> None:
@@ -364,6 +367,8 @@ class _TimelineTracker(LiveTensorTracker):
                     self.copy_bytes += sum(self._frozen_size[key] for key in cast)
                 else:
                     self._cast_now = sum(self._frozen_size[key] for key in cast)
+            elif frozen:  # a backward op whose copy no one held: a checkpoint's recomputation cast it for this op
+                self._cast_now = sum(self._frozen_size[key] for key in frozen - self._frozen_held)
         try:
             out = super().__torch_dispatch__(func, types, args, kwargs)
         finally:
