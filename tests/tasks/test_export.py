@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +113,18 @@ def test_a_converted_network_of_other_than_digits_is_refused_saying_why(tmp_path
     with pytest.raises(CnnlabError, match=r"3-channel images into 10 classes, not an MNIST run's .* does not export"):
         export_model(str(tmp_path / "fcn"), "torchscript")
     assert sorted(path.name for path in (tmp_path / "fcn").iterdir()) == ["fcn.json", "fcn.safetensors"]
+
+
+def test_a_converted_folders_own_files_are_never_replaced(converted: Path, tmp_path: Path) -> None:
+    """`-o RUN/fcn/fcn.safetensors --format torchscript --overwrite` replaced the converted network's weights with the
+    export (the run's own files were refused, a converted folder's were not): it could not be scanned again."""
+    folder = shutil.copytree(converted, tmp_path / "fcn")
+    before = {name: (folder / name).read_bytes() for name in ("fcn.json", "fcn.safetensors")}
+    for name, overwrite in itertools.product(before, (False, True)):
+        with pytest.raises(CnnlabError, match=rf"is a converted folder's own {name}, which no export replaces"):
+            export_model(str(folder), "torchscript", folder / name, overwrite=overwrite)
+    assert {name: (folder / name).read_bytes() for name in before} == before
+    assert sorted(path.name for path in folder.iterdir()) == ["fcn.json", "fcn.safetensors"]
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")

@@ -574,6 +574,19 @@ def _publish(partial: Path, output: Path, record: str) -> Path:
 RUN_OWN_FILES = frozenset(
     {"model.safetensors", "model.json", "checkpoint.pt", "config.yaml", "results.json", "sessions.json", "split.csv"}
 )
+CONVERTED_OWN_FILES = frozenset({"fcn.safetensors", "fcn.json"})  # what `cnnlab fcn convert` wrote (fcn.scan's names)
+
+
+def _owner(output: Path) -> str | None:
+    """What `output` is an own file of, if any: "a run" (it sits beside the run's model.json) or "a converted folder"
+    (beside its fcn.json), which could not be loaded, resumed or read again if an export replaced it."""
+    if not output.is_file():
+        return None
+    if output.name in RUN_OWN_FILES and (output.parent / "model.json").is_file():
+        return "a run"
+    if output.name in CONVERTED_OWN_FILES and (output.parent / "fcn.json").is_file():
+        return "a converted folder"
+    return None
 
 
 def _writable(output: Path, suffix: str, overwrite: bool = False) -> Path:
@@ -581,7 +594,8 @@ def _writable(output: Path, suffix: str, overwrite: bool = False) -> Path:
 
     An existing file is replaced only when it is an earlier export (its record beside it), or with `overwrite`:
     ``-o photo.jpg --format onnx`` replaced the photo, ``-o RUN/model.safetensors`` the run's weights (no command
-    could load the run again) and ``-o RUN/checkpoint.pt`` the checkpoint that resumes it.
+    could load the run again) and ``-o RUN/checkpoint.pt`` the checkpoint that resumes it. A run's or a converted
+    folder's own files (`_owner`) are refused even with `overwrite`.
 
     Raises:
         CnnlabError: the path is a folder, lies under a file, or is another kind of file (an image, a run's weights)
@@ -591,9 +605,10 @@ def _writable(output: Path, suffix: str, overwrite: bool = False) -> Path:
         raise CnnlabError(
             f"--output {output} is a folder; name the file to write, such as {output / ('model' + suffix)}"
         )
-    if output.is_file() and output.name in RUN_OWN_FILES and (output.parent / "model.json").is_file():
+    owner = _owner(output)  # -o RUN/fcn/fcn.safetensors --overwrite replaced the converted network's weights
+    if owner is not None:
         raise CnnlabError(
-            f"--output {output} is a run's own {output.name}, which no export replaces (--overwrite or not: the run "
+            f"--output {output} is {owner}'s own {output.name}, which no export replaces (--overwrite or not: it "
             f"could not be loaded or resumed again); name a new file, such as {output.with_name('exported' + suffix)}"
         )
     if output.is_file() and not overwrite and not output.with_name(output.name + EXPORT_RECORD_SUFFIX).is_file():
