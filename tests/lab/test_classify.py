@@ -442,3 +442,27 @@ def test_with_no_model_to_pick_a_photo_is_answered_with_how_to_get_one(
     on_upload = _handler(build_app(tmp_path, warm=False), "photo", "upload")
     with pytest.raises(gradio.Error, match=rf"no model to classify with: .* under {tmp_path}; train one, e\.g\."):
         on_upload(None, str(tmp_path / "photo.png"), None)
+
+
+def test_a_network_without_maps_on_the_page_is_told_as_explain_tells_it() -> None:
+    """The page said "produces no spatial feature maps" of a convolutional network on an input too small for a map
+    (`cnnlab explain` says "give it a larger input"); a dense network is asked about, as explain asks."""
+    from PIL import Image
+    from torch import nn
+
+    from cnnlab.tasks.explain import Subject
+
+    def three_by_three(_image: Image.Image) -> torch.Tensor:  # an input too small for a 2x2 map
+        return torch.zeros(1, 3, 3)
+
+    def subject(network: nn.Module) -> Subject:
+        shown = lambda tensor: tensor.expand(3, 3, 3).permute(1, 2, 0)  # noqa: E731
+        return Subject(network.eval(), ["a", "b"], three_by_three, shown, "tiny", "code")
+
+    image = Image.new("RGB", (3, 3))
+    convolutional = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2, 2))  # 1x1 maps on 3x3
+    with pytest.raises(CnnlabError, match=r"^tiny's feature maps on a 1x3x3 input are at most 1x1, .*larger input$"):
+        classify(subject(convolutional), image)
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(9, 2))
+    with pytest.raises(CnnlabError, match=r"^tiny produces no spatial feature maps \(is it a dense network\?\)"):
+        classify(subject(dense), image)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from cnnlab.errors import CnnlabError
-from cnnlab.report.explain import feature_maps, filter_grid, first_conv_filters, spatial_layers
+from cnnlab.report.explain import feature_maps, filter_grid, first_conv_filters, no_maps_message, spatial_layers
 from cnnlab.tasks.explain import Subject
 
 __all__ = [
@@ -165,7 +165,8 @@ def classify(subject: Subject, image: Any, layer: str | None = None, top_k: int 
     tensor = subject.preprocess(image).float()
     layers = [name for name, _ in spatial_layers(subject.model, tensor)]
     if not layers:
-        raise CnnlabError(f"{subject.source} produces no spatial feature maps, so there is nothing to show")
+        # explain's words: a too-small input ("give it a larger input") is told from a dense network
+        raise CnnlabError(no_maps_message(subject.model, tensor, "so there is nothing to show", subject.source))
     if layer is not None and layer not in layers:
         raise CnnlabError(f"{subject.source} has no spatial layer {layer!r}; pick one of the list")
     chosen = layer or layers[len(layers) // 2]

@@ -47,6 +47,7 @@ __all__ = [
     "first_conv_filters",
     "grad_cam",
     "mean_grad_cam",
+    "no_maps_message",
     "plot_feature_maps",
     "plot_filters",
     "plot_grad_cam",
@@ -158,9 +159,16 @@ def _run_hooked(model: nn.Module, image: torch.Tensor, handles: list[Any]) -> No
             module.train(mode)
 
 
-def _no_maps_message(model: nn.Module, image: torch.Tensor, consequence: str) -> str:
+def no_maps_message(model: nn.Module, image: torch.Tensor, consequence: str, name: str | None = None) -> str:
     """Why `model` has no layer `spatial_layers` lists on `image`: a dense network, or an input so small that every
-    4-D output is a single cell or line (a network named by code at ``--input 1x8x8``), which then says so."""
+    4-D output is a single cell or line (a network named by code at ``--input 1x8x8``), which then says so.
+
+    Args:
+        model: the network.
+        image: one preprocessed image [C, H, W].
+        consequence: what follows for the caller ("so Grad-CAM has no layer").
+        name: what to call the model (the lab's: the run it loaded); default its class's name.
+    """
     shapes: list[tuple[int, ...]] = []
 
     def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -168,7 +176,7 @@ def _no_maps_message(model: nn.Module, image: torch.Tensor, consequence: str) ->
             shapes.append(tuple(output.shape[-2:]))
 
     _run_hooked(model, image, [module.register_forward_hook(keep) for _, module in _leaf_modules(model)])
-    name = type(model).__name__
+    name = name or type(model).__name__
     if not shapes:
         return f"{name} produces no spatial feature maps (is it a dense network?), {consequence}"
     height, width = max(shapes, key=lambda shape: shape[0] * shape[1])
@@ -322,7 +330,7 @@ def default_feature_layers(model: nn.Module, image: torch.Tensor, count: int = 3
     """
     layers = spatial_layers(model, image)
     if not layers:
-        raise CnnlabError(_no_maps_message(model, image, "so it has no feature maps to show"))
+        raise CnnlabError(no_maps_message(model, image, "so it has no feature maps to show"))
     modules = dict(model.named_modules())
     learned = [i for i, (name, _) in enumerate(layers) if any(True for _ in modules[name].parameters())]
     layers = layers[learned[0] :] if learned else layers
@@ -423,7 +431,7 @@ def _default_cam_layer(model: nn.Module, image: torch.Tensor) -> tuple[str, tupl
     (None for a classifier)."""
     layers = spatial_layers(model, image)
     if not layers:
-        raise CnnlabError(_no_maps_message(model, image, "so Grad-CAM has no layer"))
+        raise CnnlabError(no_maps_message(model, image, "so Grad-CAM has no layer"))
     padded = _segmenter_padded_size(layers, image)
     return (layers[-1][0] if padded is None else _segmenter_cam_layer(layers, padded)), padded
 
