@@ -218,8 +218,24 @@ def test_existing_report_is_not_replaced_without_overwrite(tmp_path, monkeypatch
     prepare_run_dir(ExperimentSettings(output=tmp_path, overwrite=True), "cnn-vs-dense")
     assert [name for name in ["report.md", *earlier] if (run_dir / name).exists()] == []
     assert (run_dir / "cnn-n300/seed0/config.yaml").exists()  # the engine's own files: replaced when trained again
-    assert "the same command again, without --overwrite, reads it back" in recipes.interrupted_hint()
+    assert "the same command again, without --overwrite, goes on from there" in recipes.interrupted_hint()
     prepare_run_dir(settings, "cnn-vs-dense")  # continued without --overwrite: nothing to refuse
+
+
+def test_an_experiment_interrupted_before_any_run_finished_says_so(tmp_path, monkeypatch):
+    """Ctrl+C before the first run finished said "keeps what it finished; ... reads it back": nothing was there."""
+    from cnnlab.tasks import recipes
+
+    monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
+    run_dir = prepare_run_dir(ExperimentSettings(output=tmp_path), "cnn-vs-dense")
+    (run_dir / "cnn-n300/seed0").mkdir(parents=True)
+    (run_dir / "cnn-n300/seed0/checkpoint.pt").write_text("epochs")
+    assert recipes.interrupted_hint() == (
+        f"no run in {run_dir} had finished yet (it keeps the epochs it checkpointed); the same command again goes on "
+        "from there"
+    )
+    (run_dir / "cnn-n300/seed0/finished.json").write_text("{}")
+    assert recipes.interrupted_hint().startswith(f"{run_dir} keeps what it finished; the same command again reads")
 
 
 EXPECTED_TABLES = {

@@ -9,7 +9,7 @@ other way round.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,11 +33,17 @@ __all__ = [
 _CURRENT_RUN: dict[str, Any] = {}
 
 
-def note_current_run(run_dir: str | Path, again: bool = False, again_without: str | None = None) -> None:
+def note_current_run(
+    run_dir: str | Path,
+    again: bool = False,
+    again_without: str | None = None,
+    finished_any: Callable[[], bool] | None = None,
+) -> None:
     """Remember the run this process writes: a train run continues with ``--resume --name NAME``; with `again`
     (an experiment, whose finished runs are read back) the same command continues it, less the option
-    `again_without` where one was given that would start it over (``--overwrite``)."""
-    _CURRENT_RUN.update(run_dir=Path(run_dir), again=again, again_without=again_without)
+    `again_without` where one was given that would start it over (``--overwrite``). `finished_any` tells, when it is
+    interrupted, whether any of its runs had finished (None: not known, so not said)."""
+    _CURRENT_RUN.update(run_dir=Path(run_dir), again=again, again_without=again_without, finished_any=finished_any)
 
 
 def interrupted_hint() -> str | None:
@@ -47,6 +53,12 @@ def interrupted_hint() -> str | None:
     run_dir = _CURRENT_RUN["run_dir"]
     if _CURRENT_RUN["again"]:
         without = f", without {_CURRENT_RUN['again_without']}," if _CURRENT_RUN.get("again_without") else ""
+        finished_any = _CURRENT_RUN.get("finished_any")
+        if finished_any is not None and not finished_any():  # "keeps what it finished" when nothing had finished
+            return (
+                f"no run in {run_dir} had finished yet (it keeps the epochs it checkpointed); the same command "
+                f"again{without} goes on from there"
+            )
         return f"{run_dir} keeps what it finished; the same command again{without} reads it back and goes on"
     return f"{run_dir} keeps its finished epochs; continue with the same command and --resume --name {run_dir.name}"
 

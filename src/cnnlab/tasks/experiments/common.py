@@ -517,7 +517,12 @@ def prepare_run_dir(settings: ExperimentSettings, name: str) -> Path:
         for path in [*earlier, run_dir / "report.md"]:  # the report last: while it is there, --overwrite is needed
             path.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    note_current_run(run_dir, again=True, again_without="--overwrite" if settings.overwrite else None)
+    note_current_run(
+        run_dir,
+        again=True,
+        again_without="--overwrite" if settings.overwrite else None,
+        finished_any=lambda: any(run_dir.glob(f"*/*/{_FINISHED}")),
+    )
     return run_dir
 
 
