@@ -370,6 +370,21 @@ def test_an_image_over_pillows_pixel_guard_is_told_to_be_downscaled_with_its_mas
     )
 
 
+def test_a_mask_over_pillows_pixel_guard_is_told_to_be_downscaled_by_nearest_neighbour(tmp_path, monkeypatch):
+    """A mask's reason said "downscale it first": downscaled by Pillow's default or a photo editor's filter, its
+    class values were blended into values that are no class (or another class) at every region's edge."""
+    _one_pair(tmp_path, Image.fromarray(np.arange(36, dtype=np.uint8).reshape(6, 6) % 2))  # two classes
+    Image.fromarray(np.ones((6, 6, 3), dtype=np.uint8)).save(tmp_path / "images" / "b.png")  # not a's copy
+    Image.fromarray(np.zeros((60, 60), dtype=np.uint8)).save(tmp_path / "masks" / "b.png")  # 3,600 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # over twice the guard: refused
+    folder = SegmentationFolder(tmp_path, skip_bad=True)
+    assert sorted(folder.read_all()) == [0]
+    assert folder.skipped[0].reason.endswith(
+        "too many pixels to decode safely (more than 2,000, Pillow's guard against decompression bombs); downscale it "
+        "and its image to one size first (the mask by nearest neighbour, so that its values stay classes))"
+    ), folder.skipped[0].reason
+
+
 def test_a_pair_over_pillows_pixel_guard_is_counted_too_large_to_decode_not_unreadable(tmp_path, monkeypatch):
     """evaluate --data's summary line counted a pair whose image (or mask) is over the guard as "unreadable": its
     reason ends with the pair's remedy, not "downscale it first", as a classifier folder's now says."""

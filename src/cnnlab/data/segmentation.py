@@ -446,6 +446,18 @@ def _pair_remedy(reason: str, mask: Path) -> str:
     )
 
 
+def _mask_remedy(reason: str) -> str:
+    """`decode_image`'s `reason` for a mask: one over Pillow's pixel guard was told "downscale it first", without a
+    word that a mask takes nearest neighbour alone (any other filter blends two classes' values into one that is no
+    class, or another class) nor that its image must be downscaled to the same size."""
+    if not reason.endswith(DOWNSCALE_REMEDY):
+        return reason
+    return (
+        f"{reason.removesuffix(DOWNSCALE_REMEDY)}downscale it and its image to one size first (the mask by nearest "
+        "neighbour, so that its values stay classes)"
+    )
+
+
 class SegmentationFolder(Dataset):
     """Image + mask pairs from a folder: ``images/<stem>.<ext>`` and ``masks/<stem>.png``.
 
@@ -623,7 +635,7 @@ class SegmentationFolder(Dataset):
         # a broken PNG raises SyntaxError and a huge one DecompressionBombError, not OSError: decode_image says why
         mask_image, _, reason, digest = decode_image_and_digest(path)
         if reason is not None:
-            raise CnnlabError(f"{path} cannot be read as a mask ({reason})")
+            raise CnnlabError(f"{path} cannot be read as a mask ({_mask_remedy(reason)})")
         assert digest is not None
         self.digests[path] = digest
         assert mask_image is not None
