@@ -691,3 +691,27 @@ def test_a_small_mnist_leaving_less_than_a_batch_names_no_batch_size_option_the_
         assert "--batch-size" not in str(error.value) and "point --data-dir at the full MNIST" in str(error.value)
     with pytest.raises(CnnlabError, match="fewer than one batch of 128; lower --batch-size"):
         train_mnist("quick", data_dir=str(root), output=str(tmp_path / "runs"), progress=False)
+
+
+def test_a_sheet_interrupted_before_anything_finished_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Ctrl+C before any exercise or run finished said the folder "keeps what it finished; ... reads it back"."""
+    from cnnlab.tasks import recipes
+    from cnnlab.tasks.answers.measure import EXERCISES
+
+    def interrupted(ctx: object) -> dict[str, Any]:
+        (tmp_path / "experiment/cnn-vs-dense/cnn-n300/seed0").mkdir(parents=True, exist_ok=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
+    monkeypatch.setitem(EXERCISES, 4, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_answers("quick", output=tmp_path, exercises=(4,), log=lambda message: None)
+    assert recipes.interrupted_hint() == (
+        f"no run in {tmp_path} had finished yet (it keeps the epochs it checkpointed); the same command again goes on "
+        "from there"
+    )
+    (tmp_path / "experiment/cnn-vs-dense/cnn-n300/seed0/finished.json").write_text("{}")
+    assert recipes.interrupted_hint().startswith(f"{tmp_path} keeps what it finished; the same command again reads")
+    with pytest.raises(KeyboardInterrupt):  # --overwrite would measure it all again: continued without it
+        run_answers("quick", output=tmp_path, exercises=(4,), overwrite=True, log=lambda message: None)
+    assert "the same command again, without --overwrite, reads it back" in recipes.interrupted_hint()

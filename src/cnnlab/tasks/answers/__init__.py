@@ -28,12 +28,15 @@ from cnnlab.tasks.answers.measure import EXERCISES, MODES, Context, Mode, timed
 from cnnlab.tasks.answers.sheet import render, unrenderable, untraced_numbers
 from cnnlab.tasks.recipes import note_current_run
 from cnnlab.train.config import command_line
+from cnnlab.train.finished import RESULTS
 
 __all__ = ["CHAPTER", "MODES", "Mode", "run_answers", "untraced_numbers"]
 
 CHAPTER = 14
 RESULTS_FILE = "answers.json"
 SHEET_FILE = "answers.md"
+# what a finished run leaves: an experiment's run its finished.json, a training run its results.json
+_RUN_FINISHED = {"finished.json", RESULTS}
 
 
 def _hardware() -> str:
@@ -86,6 +89,15 @@ def _where_now(evidence: dict[str, Any], out: Path) -> dict[str, Any]:
     if not isinstance(run_dir, str) or not isinstance(folder, str) or folder == run_dir or Path(folder).is_absolute():
         return evidence
     return {**evidence, "run_dir": str(out / folder)}
+
+
+def _finished_any(out: Path, mode: str) -> bool:
+    """Whether a sheet interrupted in `out` had finished anything that the same command reads back: an exercise
+    recorded in answers.json in `mode`, or a run of its own (an experiment's run, a training run) in the folder.
+    Interrupted before any, its line said it "keeps what it finished" and the same command "reads it back"."""
+    if _previous(out / RESULTS_FILE, mode, lambda message: None):
+        return True
+    return any(path.name in _RUN_FINISHED for path in out.rglob("*.json"))
 
 
 def run_answers(
@@ -160,7 +172,12 @@ def run_answers(
             evidence = timed(EXERCISES[number], ctx)
             evidence["measured_by"] = {"command": results["meta"]["command"], "date": results["meta"]["date"]}
         except KeyboardInterrupt:  # the runs inside noted themselves; the sheet, not them, is what to continue
-            note_current_run(out, again=True)
+            note_current_run(
+                out,
+                again=True,
+                again_without="--overwrite" if overwrite else None,
+                finished_any=lambda: _finished_any(out, chosen.name),
+            )
             raise
         except (CnnlabError, FileNotFoundError, ImportError) as error:  # missing data or package: say what to do
             evidence = {"error": str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}
