@@ -715,3 +715,18 @@ def test_a_sheet_interrupted_before_anything_finished_says_so(tmp_path: Path, mo
     with pytest.raises(KeyboardInterrupt):  # --overwrite would measure it all again: continued without it
         run_answers("quick", output=tmp_path, exercises=(4,), overwrite=True, log=lambda message: None)
     assert "the same command again, without --overwrite, reads it back" in recipes.interrupted_hint()
+
+
+def test_a_sheet_interrupted_after_an_exercise_keeps_those_not_chosen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`-e 3 -e 4` interrupted in exercise 4 wrote answers.json of exercise 3 alone: exercise 6, measured earlier and
+    not chosen, was lost."""
+    from cnnlab.tasks.answers.measure import EXERCISES
+
+    def interrupted(ctx: object) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    run_answers("quick", output=tmp_path, exercises=(6,), log=lambda message: None)
+    monkeypatch.setitem(EXERCISES, 4, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_answers("quick", output=tmp_path, exercises=(3, 4), log=lambda message: None)
+    assert sorted(json.loads((tmp_path / "answers.json").read_text())["exercises"]) == ["3", "6"]

@@ -161,6 +161,8 @@ def run_answers(
         },
         "exercises": {},
     }
+    chosen_keys = {str(number) for number in numbers}
+    not_chosen = {key: {**evidence, "read_back": True} for key, evidence in earlier.items() if key not in chosen_keys}
     for number in numbers:
         key = str(number)
         if key in done:
@@ -190,10 +192,10 @@ def run_answers(
             say(f"exercise {number}: done in {evidence['seconds']:.0f} s")
         results["exercises"][key] = evidence
         results["meta"]["minutes"] = (time.perf_counter() - started) / 60
-        _write_json(results_path, results)  # each finished exercise is kept, whatever happens next
-    for key, evidence in earlier.items():  # exercises not chosen this time stay in the sheet (they were dropped)
-        if key not in results["exercises"] and key in {str(number) for number in EXERCISES}:
-            results["exercises"][key] = {**evidence, "read_back": True}
+        # each finished exercise is kept, whatever happens next, and so are those not chosen: an interruption
+        # after the first one lost them from answers.json
+        _write_json(results_path, {**results, "exercises": {**results["exercises"], **not_chosen}})
+    results["exercises"].update(not_chosen)  # exercises not chosen this time stay in the sheet (they were dropped)
     results["meta"]["minutes"] = (time.perf_counter() - started) / 60
     _write_json(results_path, results)
     sheet = render(json.loads(results_path.read_text()))
