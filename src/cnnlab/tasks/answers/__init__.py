@@ -162,7 +162,10 @@ def run_answers(
         "exercises": {},
     }
     chosen_keys = {str(number) for number in numbers}
-    not_chosen = {key: {**evidence, "read_back": True} for key, evidence in earlier.items() if key not in chosen_keys}
+    known = {str(number) for number in EXERCISES}  # an exercise no longer on the sheet is not carried over
+    not_chosen = {
+        key: {**evidence, "read_back": True} for key, evidence in earlier.items() if key in known - chosen_keys
+    }
     for number in numbers:
         key = str(number)
         if key in done:
