@@ -69,6 +69,14 @@ def test_an_interrupted_answer_sheet_is_continued_by_the_same_command(
     monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
     monkeypatch.setitem(measure.EXERCISES, 9, training_inside)
     line = _interrupt(monkeypatch, capsys, ["answers", "-e", "9", "-o", str(tmp_path / "answers")])
+    assert line == (  # nothing had finished: nothing to read back
+        f"interrupted: no run in {tmp_path / 'answers'} had finished yet (it keeps the epochs it checkpointed); the "
+        "same command again goes on from there"
+    )
+    finished = tmp_path / "answers" / "mnist" / "default"
+    finished.mkdir(parents=True)
+    (finished / "results.json").write_text("{}")  # a run of the sheet's that an earlier invocation finished
+    line = _interrupt(monkeypatch, capsys, ["answers", "-e", "9", "-o", str(tmp_path / "answers")])
     assert line == (
         f"interrupted: {tmp_path / 'answers'} keeps what it finished; the same command again reads it back and goes on"
     )
