@@ -427,18 +427,29 @@ def test_a_cache_of_files_decoded_another_way_is_built_again(
     assert other["costs"]["cache_reused"] == 0.0
 
 
-def test_a_resume_refuses_images_that_changed_since_its_split(tiny_run: tuple[Path, dict]) -> None:
-    """A split image emptied since the split stopped the resume with PIL's "cannot identify image file" (exit 1), and
-    one overwritten with another class's image was trained under its old label; both are refused, naming the file."""
+def _resuming_its_split(
+    tiny_run: tuple[Path, dict], name: str, files: tuple[str, ...]
+) -> tuple[TransferConfig, list[dict]]:
+    """A resumed config `name` whose run folder holds the tiny run's split (its rows whose images are still there:
+    another test's new.png has gone) and its `files`; the config and the rows."""
     tmp_path, summary = tiny_run
-    config = tiny_config(tmp_path, resume=True, name="changed")
+    config = tiny_config(tmp_path, resume=True, name=name)
     with open(Path(summary["run_dir"]) / "split.csv", newline="") as f:
-        rows = [row for row in csv.DictReader(f) if Path(row["path"]).is_file()]  # another test's new.png has gone
+        rows = [row for row in csv.DictReader(f) if Path(row["path"]).is_file()]
     config.run_dir.mkdir(parents=True)
     with open(config.run_dir / "split.csv", "w", newline="") as f:
         csv.DictWriter(f, ["path", "label", "split"]).writeheader()
         csv.DictWriter(f, ["path", "label", "split"]).writerows(rows)
-    (config.run_dir / "skipped.json").write_bytes((Path(summary["run_dir"]) / "skipped.json").read_bytes())
+    for file in files:
+        (config.run_dir / file).write_bytes((Path(summary["run_dir"]) / file).read_bytes())
+    return config, rows
+
+
+def test_a_resume_refuses_images_that_changed_since_its_split(tiny_run: tuple[Path, dict]) -> None:
+    """A split image emptied since the split stopped the resume with PIL's "cannot identify image file" (exit 1), and
+    one overwritten with another class's image was trained under its old label; both are refused, naming the file."""
+    tmp_path = tiny_run[0]
+    config, rows = _resuming_its_split(tiny_run, "changed", ("skipped.json",))
     blue = Path(next(row["path"] for row in rows if row["label"] == "blue"))
     red = Path(next(row["path"] for row in rows if row["label"] == "red"))
     original, stat = blue.read_bytes(), blue.stat()
@@ -473,16 +484,7 @@ def test_a_resume_refuses_images_whose_bytes_changed_since_its_split(tiny_run: t
     """An image of the split overwritten since with another usable image (no copy of a listed one) was trained on by
     the resume without a word: split_digests.json was never compared. It is refused, as a changed option is, naming
     how many changed; a run made before split_digests.json has nothing to compare and resumes as before."""
-    tmp_path, summary = tiny_run
-    config = tiny_config(tmp_path, resume=True, name="bytes-changed")
-    with open(Path(summary["run_dir"]) / "split.csv", newline="") as f:
-        rows = [row for row in csv.DictReader(f) if Path(row["path"]).is_file()]  # another test's new.png has gone
-    config.run_dir.mkdir(parents=True)
-    with open(config.run_dir / "split.csv", "w", newline="") as f:
-        csv.DictWriter(f, ["path", "label", "split"]).writeheader()
-        csv.DictWriter(f, ["path", "label", "split"]).writerows(rows)
-    for name in ("skipped.json", "split_digests.json"):
-        (config.run_dir / name).write_bytes((Path(summary["run_dir"]) / name).read_bytes())
+    config, rows = _resuming_its_split(tiny_run, "bytes-changed", ("skipped.json", "split_digests.json"))
     changed = Path(next(row["path"] for row in rows if row["split"] == "val"))
     original, stat = changed.read_bytes(), changed.stat()
     try:

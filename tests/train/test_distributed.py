@@ -341,6 +341,16 @@ def test_a_sigterm_while_the_ranks_join_ends_the_rank_at_once(monkeypatch: pytes
         signal.signal(signal.SIGTERM, previous)
 
 
+def _wait_until_ended(pid: int) -> None:
+    """Wait (up to 10 s) until the process `pid` shows as ended to `strategy._process_ended` (a zombie counts)."""
+    from cnnlab.train import strategy
+
+    for _ in range(200):
+        if strategy._process_ended(pid):
+            return
+        time.sleep(0.05)
+
+
 def test_a_rank_that_lost_another_finds_which_one_ended(monkeypatch: pytest.MonkeyPatch) -> None:
     """A rank killed by SIGKILL says nothing, and its peers met only gloo's "Connection reset by peer": the rank that
     ended is found among the processes of this machine that the ranks noted when they joined (a zombie that torchrun
@@ -349,10 +359,7 @@ def test_a_rank_that_lost_another_finds_which_one_ended(monkeypatch: pytest.Monk
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])  # not waited for: a zombie once it ends
     try:
-        for _ in range(200):
-            if strategy._process_ended(child.pid):
-                break
-            time.sleep(0.05)
+        _wait_until_ended(child.pid)
         host = socket.gethostname()
         alive = os.getppid()
         peers = [(host, os.getpid()), (host, alive), (host, child.pid), ("elsewhere", child.pid)]
@@ -383,10 +390,7 @@ def test_a_rank_that_ended_because_it_lost_a_peer_itself_is_not_named_and_other_
     child = subprocess.Popen([sys.executable, "-c", "pass"])  # rank 1: ended, a zombie until waited for
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        for _ in range(200):
-            if strategy._process_ended(child.pid):
-                break
-            time.sleep(0.05)
+        _wait_until_ended(child.pid)
         host = socket.gethostname()
         peers = [(host, os.getpid()), (host, child.pid), ("node-b", child.pid), ("node-b", os.getpid())]
         monkeypatch.setattr(strategy, "_peers", peers)
