@@ -51,13 +51,30 @@ def test_a_finished_run_is_read_back_where_it_is_now_and_says_so(tmp_path: Path)
     assert read_back(run, write_report, None) == summary and (run / "report.md").is_file()
 
 
-def test_every_train_command_says_a_run_was_read_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """`train transfer` said "finished earlier, nothing run" of a run read back, and its --json left it out; `train
-    mnist` and `train segment` (canvases and --data) printed the run's training seconds as if it had trained again."""
+def _train_commands_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, task: Any) -> dict[str, list[str]]:
+    """Each train command's task replaced by `task(name)` (names mnist, segment, folder, transfer), and the command
+    line that reaches it (transfer's --data an empty folder under `tmp_path`), by name."""
     import cnnlab.tasks.mnist
     import cnnlab.tasks.segment_folder
     import cnnlab.tasks.segmentation
     import cnnlab.tasks.transfer
+
+    monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", task("mnist"))
+    monkeypatch.setattr(cnnlab.tasks.segmentation, "train_segmentation", task("segment"))
+    monkeypatch.setattr(cnnlab.tasks.segment_folder, "train_segmentation_folder", task("folder"))
+    monkeypatch.setattr(cnnlab.tasks.transfer, "train_transfer", task("transfer"))
+    (tmp_path / "photos").mkdir()
+    return {
+        "mnist": ["train", "mnist"],
+        "segment": ["train", "segment"],
+        "folder": ["train", "segment", "--data", "."],
+        "transfer": ["train", "transfer", "--data", str(tmp_path / "photos")],
+    }
+
+
+def test_every_train_command_says_a_run_was_read_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`train transfer` said "finished earlier, nothing run" of a run read back, and its --json left it out; `train
+    mnist` and `train segment` (canvases and --data) printed the run's training seconds as if it had trained again."""
     from cli_in_process import run_cnnlab
 
     test = {"miou": 0.5, "miou_with_bg": 0.6, "pixel_accuracy": 0.9, "boundary_tolerance_px": 2, "boundary_f1": 0.4}
@@ -79,17 +96,7 @@ def test_every_train_command_says_a_run_was_read_back(monkeypatch: pytest.Monkey
     def task(name: str) -> Any:
         return lambda *args, **options: summaries[name]
 
-    monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", task("mnist"))
-    monkeypatch.setattr(cnnlab.tasks.segmentation, "train_segmentation", task("segment"))
-    monkeypatch.setattr(cnnlab.tasks.segment_folder, "train_segmentation_folder", task("folder"))
-    monkeypatch.setattr(cnnlab.tasks.transfer, "train_transfer", task("transfer"))
-    (tmp_path / "photos").mkdir()
-    for name, args in {
-        "mnist": ["train", "mnist"],
-        "segment": ["train", "segment"],
-        "folder": ["train", "segment", "--data", "."],
-        "transfer": ["train", "transfer", "--data", str(tmp_path / "photos")],
-    }.items():
+    for name, args in _train_commands_on(monkeypatch, tmp_path, task).items():
         done = run_cnnlab(*args, "--resume", "--name", "r")
         assert done.returncode == 0, (name, done.stderr)
         assert FINISHED_EARLIER in done.stdout, (name, done.stdout)
@@ -102,10 +109,6 @@ def test_quiet_keeps_the_line_on_a_run_read_back(monkeypatch: pytest.MonkeyPatch
     """-q drops progress alone; `train mnist` and `train segment` (canvases) turned the line `read_back` says off with
     it (the report written again, or why it could not be, and then "run: ... (report.md ...)" named a missing file).
     Every train command asks its task for its notes under -q, and for none with --json (stdout is the JSON)."""
-    import cnnlab.tasks.mnist
-    import cnnlab.tasks.segment_folder
-    import cnnlab.tasks.segmentation
-    import cnnlab.tasks.transfer
     from cli_in_process import run_cnnlab
 
     asked: dict[str, dict[str, Any]] = {}
@@ -117,17 +120,7 @@ def test_quiet_keeps_the_line_on_a_run_read_back(monkeypatch: pytest.MonkeyPatch
 
         return stopped
 
-    monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", task("mnist"))
-    monkeypatch.setattr(cnnlab.tasks.segmentation, "train_segmentation", task("segment"))
-    monkeypatch.setattr(cnnlab.tasks.segment_folder, "train_segmentation_folder", task("folder"))
-    monkeypatch.setattr(cnnlab.tasks.transfer, "train_transfer", task("transfer"))
-    (tmp_path / "photos").mkdir()
-    for name, args in {
-        "mnist": ["train", "mnist"],
-        "segment": ["train", "segment"],
-        "folder": ["train", "segment", "--data", "."],
-        "transfer": ["train", "transfer", "--data", str(tmp_path / "photos")],
-    }.items():
+    for name, args in _train_commands_on(monkeypatch, tmp_path, task).items():
         for flag, notes in (("-q", True), ("--json", False)):
             asked.clear()
             run_cnnlab(*args, "--resume", "--name", "r", flag)
