@@ -663,6 +663,43 @@ def test_resume_of_a_finished_run_reads_it_back_and_refuses_other_options(
         train_mnist("quick", overrides=_TINY, resume=True, **{**options, "data_dir": str(other)})
 
 
+def test_figures_deleted_from_a_finished_run_are_drawn_again_when_it_is_read_back(
+    ensemble_run: dict, fake_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--resume of a finished run whose figures were deleted drew none of them: its report, kept or written again,
+    lacked the learning curves and the confusion matrix, which its metrics.json and results.json hold. They are drawn
+    again as the test pass drew them, the ensemble's and a member's; misclassified.png needs the test digits, which
+    a read-back does not load: it stays missing, and a report written again names it so."""
+    import shutil
+
+    run = tmp_path / "mnist" / "ens"
+    shutil.copytree(Path(ensemble_run["run_dir"]), run)
+    deleted = [
+        run / "confusion_matrix.png",
+        run / "seed1" / "confusion_matrix.png",
+        run / "seed1" / "learning_curves.png",
+    ]
+    drawn = {path: path.read_bytes() for path in deleted}
+    for path in [*deleted, *run.rglob("misclassified.png"), run / "seed1" / "report.md"]:
+        path.unlink()
+    options = dict(data_dir=str(fake_root), output=str(tmp_path), name="ens", ensemble=2, val_size=40, notes=True)
+    again = train_mnist("quick", overrides=_TINY, resume=True, **options)  # type: ignore[arg-type]
+    assert again["finished_before"] and again["test_accuracy"] == ensemble_run["test_accuracy"]
+    assert {path: path.read_bytes() for path in deleted if path.is_file()} == drawn  # the same figures
+    assert not list(run.rglob("misclassified.png"))
+    assert capsys.readouterr().out == (
+        f"{run} is already finished; confusion_matrix.png was missing, drawn again from what it saved (its report: "
+        f"{run / 'report.md'})\n"
+    )
+    report = (run / "seed1" / "report.md").read_text()
+    assert "![confusion matrix](confusion_matrix.png)" in report and "![learning curves](learning_curves.png)" in report
+    assert "`misclassified.png` is not in the run folder" in report
+    # a single run's results.json holds its member's under "members"
+    member = json.loads((run / "seed1" / "results.json").read_text())
+    mnist_task.redrawn_figures()["confusion_matrix.png"]({"members": [member]}, tmp_path / "single.png")
+    assert (tmp_path / "single.png").read_bytes() == drawn[run / "seed1" / "confusion_matrix.png"]
+
+
 class _KillAfterFirstEpoch(Callback):
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         if epoch == 1:

@@ -396,6 +396,27 @@ def test_a_finished_run_made_before_split_digests_gets_them_when_read_back(train
     assert again["finished_before"] and digests.read_text() == recorded
 
 
+def test_figures_deleted_from_a_finished_run_are_drawn_again_when_read_back(trained, tmp_path):
+    """--resume of a finished run whose figures were deleted read it back without them, though results.json holds the
+    test pixels' confusion matrix and metrics.json the learning curves: both are drawn again as the run drew them.
+    test_worst.png shows the model's masks of test images, a test pass: it stays missing, named so in the report."""
+    root, summary = trained
+    run = tmp_path / "segment" / "figures-deleted"
+    shutil.copytree(summary["run_dir"], run)
+    drawn = {name: (run / name).read_bytes() for name in ("test_confusion.png", "learning_curves.png")}
+    for name in (*drawn, "test_worst.png", "report.md"):
+        (run / name).unlink()
+    options = {"overrides": {"epochs": 12, "batch_size": 8, "lr": 1e-2, "channels_last": False}, "crop_size": 32}
+    again = train_segmentation_folder(
+        str(root), "unet", output=str(tmp_path), name=run.name, resume=True, progress=False, **options
+    )
+    assert again["finished_before"] and not (run / "test_worst.png").exists()
+    assert {name: (run / name).read_bytes() for name in drawn} == drawn
+    report = (run / "report.md").read_text()
+    assert "](test_confusion.png)" in report and "![learning curves](learning_curves.png)" in report
+    assert "`test_worst.png` is not in the run folder" in report
+
+
 def test_ignore_index_is_left_out_of_loss_and_metrics(tmp_path):
     root = _folder(tmp_path / "data", count=12)
     for path in (root / "masks").iterdir():  # index masks: the top rows unlabelled

@@ -311,7 +311,10 @@ def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatc
         raise AssertionError("a finished run's --resume made the canvases")
 
     monkeypatch.setattr(task, "make_digit_segmentation", no_canvases)
+    curves = (run / "learning_curves.png").read_bytes()  # deleted since: drawn again from metrics.json, the same
+    (run / "learning_curves.png").unlink()
     assert _train_tiny(tmp_path, "b", None, resume=True, sizes=(16, 8, 1), **options) == read_back
+    assert (run / "learning_curves.png").read_bytes() == curves
     # a report that what the run saved cannot make (its metrics.json gone) was a traceback: the results, all the same
     (run / "report.md").unlink()
     (run / "metrics.json").unlink()

@@ -408,6 +408,26 @@ def test_a_finished_run_made_before_split_digests_gets_them_when_read_back(tiny_
     assert not digests.exists()
 
 
+def test_figures_deleted_from_a_finished_run_are_drawn_again_when_read_back(tiny_run: tuple[Path, dict]) -> None:
+    """--resume of a finished run whose figures were deleted read it back without them: its report linked missing
+    files, or named them missing when written again, though results.json and metrics.json hold the confusion matrix
+    and the learning curves. Both are drawn again as the run drew them; highest_loss.png shows the test images, which
+    a read-back does not read: it stays missing, named so in a report written again."""
+    tmp_path, summary = tiny_run
+    run = tmp_path / "runs" / "transfer" / "figures-deleted"
+    shutil.copytree(summary["run_dir"], run)
+    drawn = {name: (run / name).read_bytes() for name in ("confusion_matrix.png", "learning_curves.png")}
+    for name in (*drawn, "highest_loss.png", "report.md"):
+        (run / name).unlink()
+    saved = json.loads((run / "results.json").read_text())["config"]
+    config = TransferConfig(**{**saved, "name": run.name, "resume": True, "overwrite": False})
+    assert train_transfer(config)["finished_before"]
+    assert {name: (run / name).read_bytes() for name in drawn} == drawn and not (run / "highest_loss.png").exists()
+    report = (run / "report.md").read_text()
+    assert "![confusion matrix](confusion_matrix.png)" in report and "![learning curves](learning_curves.png)" in report
+    assert "`highest_loss.png` is not in the run folder" in report
+
+
 def test_random_weights_of_another_seed_do_not_reuse_the_cache(tiny_run: tuple[Path, dict]) -> None:
     """--no-pretrained --seed 1 read the maps seed 0's random lower part had cached, while the model it trained,
     tested and saved had seed 1's lower part: trained on one network, saved with another."""

@@ -125,3 +125,53 @@ def test_quiet_keeps_the_line_on_a_run_read_back(monkeypatch: pytest.MonkeyPatch
             asked.clear()
             run_cnnlab(*args, "--resume", "--name", "r", flag)
             assert asked[name].get("notes") is notes, (name, flag, asked)
+
+
+def test_figures_deleted_since_are_drawn_again_from_what_the_run_saved(tmp_path: Path) -> None:
+    """A finished run whose figures were deleted was read back without them: its report (kept, or written again) had
+    no learning curves nor confusion matrix, though metrics.json and results.json hold what they show. Those missing
+    are drawn again, first (a report written links them); one that is there is never rewritten, one that cannot be
+    drawn stays missing, and a process that does not write draws none."""
+    run = _finished_run(tmp_path)
+    (run / "metrics.json").write_text(json.dumps([{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "train_loss": 1.0}]))
+    drawn_with: list[Any] = []
+
+    def confusion(summary: dict[str, Any], path: Path) -> None:
+        drawn_with.append(summary["test"])
+        path.write_bytes(b"matrix")
+
+    def needs_the_test_pass(summary: dict[str, Any], path: Path) -> None:
+        raise FileNotFoundError("the test images")
+
+    figures = {"confusion.png": confusion, "worst.png": needs_the_test_pass}
+    linked: list[list[str]] = []
+
+    def write_report(summary: dict[str, Any]) -> None:  # what RunReport.write finds beside the report
+        linked.append(sorted(path.name for path in run.glob("*.png")))
+        (run / REPORT).write_text("report")
+
+    said: list[str] = []
+    assert read_back(run, write_report, said.append, write=False, figures=figures)["finished_before"]
+    assert not list(run.glob("*.png")) and not drawn_with and said == []
+    read_back(run, write_report, said.append, figures=figures)
+    assert linked == [["confusion.png", "learning_curves.png"]]  # drawn before the report was written
+    assert (run / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert drawn_with == [{"accuracy": 0.5}] and not (run / "worst.png").exists()
+    assert said == [
+        f"{run} is already finished; learning_curves.png, confusion.png were missing, drawn again from what it saved; "
+        f"its report was missing, written from its results.json: {run / REPORT}"
+    ]
+    # a report that is there is kept; a figure that is there is not drawn again
+    (run / "confusion.png").unlink()
+    curves = (run / "learning_curves.png").stat().st_mtime_ns
+    said.clear()
+    read_back(run, write_report, said.append, figures=figures)
+    assert (run / "confusion.png").read_bytes() == b"matrix" and len(drawn_with) == 2 and len(linked) == 1
+    assert (run / "learning_curves.png").stat().st_mtime_ns == curves
+    assert said == [
+        f"{run} is already finished; confusion.png was missing, drawn again from what it saved (its report: "
+        f"{run / REPORT})"
+    ]
+    said.clear()
+    read_back(run, write_report, said.append, figures=figures)
+    assert said == [f"{run} is already finished; nothing to do (its report: {run / REPORT})"] and len(drawn_with) == 2

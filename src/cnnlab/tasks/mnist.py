@@ -12,6 +12,7 @@ with the ensemble's own per-digit table and confusion matrix, as `cnnlab ensembl
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import time
@@ -384,7 +385,8 @@ def _train_mnist(
                 _write_missing_report(chosen, overrides, current, _member_result(result))
 
             # a single run's line says it was finished; an ensemble's members, one for the ensemble, below
-            finished = _member_result(read_back(member_dir, write_report, say if ensemble == 1 else None, main))
+            said = say if ensemble == 1 else None
+            finished = _member_result(read_back(member_dir, write_report, said, main, redrawn_figures()))
             members.append({**finished, "run_dir": str(member_dir)})  # where it is now: the run may have moved since
             member_probabilities.append(torch.load(member_dir / "test_probabilities.pt", weights_only=True))
         elif member is not None and index != member:  # another process trains it
@@ -515,10 +517,10 @@ def _read_back_run(
         return [{**member, "run_dir": str(run_dir / f"seed{member['seed']}")} for member in members]
 
     if ensemble == 1:  # its line says it was finished
-        summary = read_back(run_dir, lambda result: member_report(result, configs[0]), log, write)
+        summary = read_back(run_dir, lambda result: member_report(result, configs[0]), log, write, redrawn_figures())
         return {**summary, "members": where_now(summary)}
-    for member_dir, config in zip(member_dirs, configs, strict=True):  # its own report.md, if missing
-        read_back(member_dir, lambda result, config=config: member_report(result, config), None, write)
+    for member_dir, config in zip(member_dirs, configs, strict=True):  # its own report.md and figures, if missing
+        read_back(member_dir, functools.partial(member_report, config=config), None, write, redrawn_figures())
 
     def ensemble_report_again(summary: dict[str, Any]) -> None:
         report = _ensemble_run_report(
@@ -526,7 +528,7 @@ def _read_back_run(
         )
         report.write(run_dir / "report.md")
 
-    summary = read_back(run_dir, ensemble_report_again, log, write)
+    summary = read_back(run_dir, ensemble_report_again, log, write, redrawn_figures(ensemble=True))
     return {**summary, "members": where_now(summary)}
 
 
@@ -840,15 +842,13 @@ def test_evaluation(
 ) -> dict[str, Any]:
     """Accuracy, per-class accuracy, the confusion matrix and its PNG, and a PNG of the misclassified digits."""
     from cnnlab.report.metrics import accuracy_from_matrix, confusion_matrix, per_class_accuracy
-    from cnnlab.report.plots import plot_confusion_matrix, plot_misclassified
+    from cnnlab.report.plots import plot_misclassified
 
     out_dir.mkdir(parents=True, exist_ok=True)
     matrix = confusion_matrix(predictions, labels, 10)
     accuracy = accuracy_from_matrix(matrix)
     wrong = (predictions != labels).nonzero().flatten()
-    # the accuracy as the report and the console write it (the title had "26.22%" beside their 0.2622)
-    title = f"MNIST test, {len(labels):,} digits: accuracy {accuracy:.4f}"
-    confusion_png = plot_confusion_matrix(matrix, out_dir / "confusion_matrix.png", title=title)
+    confusion_png = _plot_test_confusion(matrix, out_dir / "confusion_matrix.png")
     grid_png = plot_misclassified(images[wrong], labels[wrong], predictions[wrong], out_dir / "misclassified.png")
     return {
         "test_accuracy": accuracy,
@@ -858,6 +858,29 @@ def test_evaluation(
         "confusion_matrix_png": str(confusion_png),
         "misclassified_png": str(grid_png),
     }
+
+
+def _plot_test_confusion(matrix: torch.Tensor, path: Path) -> Path:
+    """The test set's confusion matrix figure, titled with its count and accuracy, as `test_evaluation` draws it and a
+    finished run read back draws it again (`redrawn_figures`)."""
+    from cnnlab.report.metrics import accuracy_from_matrix
+    from cnnlab.report.plots import plot_confusion_matrix
+
+    # the accuracy as the report and the console write it (the title had "26.22%" beside their 0.2622)
+    title = f"MNIST test, {int(matrix.sum()):,} digits: accuracy {accuracy_from_matrix(matrix):.4f}"
+    return plot_confusion_matrix(matrix, path, title=title)
+
+
+def redrawn_figures(ensemble: bool = False) -> dict[str, Callable[[dict[str, Any], Path], object]]:
+    """The figures of a finished run (or member, or `ensemble`), deleted since, that its saved results draw again when
+    it is read back (`cnnlab.train.finished.read_back`): the confusion matrix, from the test set's matrix in
+    results.json. misclassified.png needs the test digits, which a read-back does not load: it stays missing."""
+
+    def confusion(summary: dict[str, Any], path: Path) -> None:
+        test = summary["test"] if ensemble else _member_result(summary)["test"]
+        _plot_test_confusion(torch.tensor(test["confusion_matrix"]), path)
+
+    return {"confusion_matrix.png": confusion}
 
 
 def _member_report(

@@ -744,9 +744,17 @@ def _read_back(
         report = _report(recipe, saved, history, summary, saved.extra["classes"], background, overrides, environment)
         report.write(run_dir / "report.md")
 
+    def confusion(summary: dict[str, Any], path: Path) -> None:  # as the test pass drew it
+        from cnnlab.report.plots import plot_confusion_matrix
+
+        classes = load_config(run_dir / "config.yaml").extra["classes"]
+        plot_confusion_matrix(torch.tensor(summary["test"]["confusion_matrix"]), path, classes, "test pixels")
+
     if is_main_process():  # a run made before split_digests.json: recorded once here, not read again by each evaluate
         write_missing_split_digests(run_dir / MANIFEST, masks=True)  # split.csv's labels are the masks
-    return read_back(run_dir, write_report, print if notes else None, is_main_process())
+    # test_worst.png, deleted since, stays missing: it shows the model's masks of test images, a test pass again
+    figures = {"test_confusion.png": confusion}
+    return read_back(run_dir, write_report, print if notes else None, is_main_process(), figures)
 
 
 def _report(  # noqa: ANN202

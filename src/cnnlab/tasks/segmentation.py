@@ -480,7 +480,8 @@ def _read_back(
 ) -> dict[str, Any]:
     """The results of the finished run `config` names, under the options it was trained with (else refused), and
     its report.md written from what it saved where a stop came before it: results.json, metrics.json, and the
-    options and environment (the finishing session's) of its config.yaml. Nothing is trained or tested."""
+    options and environment (the finishing session's) of its config.yaml; its learning curves, deleted since, are drawn
+    again from metrics.json (`read_back`), test_overlays.png not (a test pass). Nothing is trained or tested."""
     run_dir = config.run_dir
     saved = load_config(run_dir / "config.yaml")
     check_resumable(saved.to_dict(), config, run_dir)

@@ -870,9 +870,16 @@ def _train_transfer(config: TransferConfig, log: Any, notes: bool) -> dict[str, 
 
             transfer_report(summary, recorded_environment(run_dir)).write(run_dir / "report.md")
 
+        def confusion(summary: dict[str, Any], path: Path) -> None:  # as classification_test_report drew it
+            from cnnlab.report.plots import plot_confusion_matrix
+
+            matrix = torch.tensor(summary["test"]["confusion_matrix"])
+            plot_confusion_matrix(matrix, path, summary["classes"], title="test set")
+
         if main:  # a run made before split_digests.json: recorded once here, not read again by each evaluate
             write_missing_split_digests(run_dir / MANIFEST)
-        return read_back(run_dir, write_report, note, main)
+        # highest_loss.png, deleted since, stays missing: it shows the test images, which a read-back does not read
+        return read_back(run_dir, write_report, note, main, {"confusion_matrix.png": confusion})
     # this command's session of the run (sessions.json), read before its config.yaml is written again; a resumed
     # run's session is one of the run's from here (a refusal of its input is not)
     sessions = RunSessions(run_dir, config.resume, main, started)

@@ -6,20 +6,28 @@ the task, before any data is read; then `read_back` returns the results without 
 
 - the folder returned is where the run is now (``results.json`` names the folder it was trained in, which a copied or
   renamed run has left), and ``finished_before`` is True, which the CLI says (and prints with ``--json``);
+- a figure its report links that was deleted since and can be drawn again from what the run saved (its learning
+  curves from metrics.json, every run's; the task's `figures`: a confusion matrix from results.json) is drawn again,
+  first, so that the report links it; one that needs the test pass again (the test images, the model) stays missing;
+  no file that is there is rewritten;
 - a report.md that a stop between results.json and report.md never wrote is written from what the run saved (the
-  task's `write_report`), and a report that cannot be written from it is said, not a traceback;
+  task's `write_report`), and a report that cannot be written from it is said, not a traceback; a report that is
+  there is never rewritten (it may have been edited);
 - one line says which of these it was; no session is added to ``sessions.json``: nothing was done to the run.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cnnlab.train.records import plot_learning_curves
+
 RESULTS = "results.json"
 REPORT = "report.md"
+LEARNING_CURVES = "learning_curves.png"
 # what the CLI says of a run read back, in place of this session's time: every `train` command the same words
 FINISHED_EARLIER = "finished earlier, nothing run (--resume of a finished run)"
 # the same of `train mnist --member K` (no --resume) meeting an ensemble whose members have all finished
@@ -40,6 +48,7 @@ def read_back(
     write_report: Callable[[dict[str, Any]], None],
     log: Callable[[str], None] | None,
     write: bool = True,
+    figures: Mapping[str, Callable[[dict[str, Any], Path], object]] | None = None,
 ) -> dict[str, Any]:
     """The results of the finished run in `run_dir` (its options already compared by the task), nothing run again.
 
@@ -50,6 +59,10 @@ def read_back(
         log: where the line saying what was done goes (``print``, with ``--quiet`` too; None: nowhere, as with
             ``--json``).
         write: whether this process writes files and says what it did (under torchrun, rank 0 alone).
+        figures: the task's figures that its report links and what the run saved can draw again, by file name: each
+            draws it at the path given from the run's results (as saved). Drawn only when missing, as the learning
+            curves are from metrics.json; one that cannot be drawn (a file unreadable, or saved by an older cnnlab
+            without what it needs) stays missing, and a report written names it so.
 
     Returns:
         results.json's results with ``run_dir`` where the run is now and ``finished_before`` True.
@@ -59,18 +72,49 @@ def read_back(
     # where it is now: results.json names the folder it was trained in, which a moved or renamed run has left (a
     # report written back would be titled with the old name)
     summary = {**json.loads((run_dir / RESULTS).read_text()), "run_dir": str(run_dir)}
+    drawn = _draw_missing(run_dir, summary, {LEARNING_CURVES: _learning_curves, **(figures or {})}) if write else []
+    finished = f"{run_dir} is already finished"
+    if drawn:  # "nothing to do" no more
+        were = "was" if len(drawn) == 1 else "were"
+        finished += f"; {', '.join(drawn)} {were} missing, drawn again from what it saved"
     report = run_dir / REPORT
     if report.is_file():
-        log(f"{run_dir} is already finished; nothing to do (its report: {report})")
+        log(f"{finished} (its report: {report})" if drawn else f"{finished}; nothing to do (its report: {report})")
     else:
         try:
             if write:
                 write_report(summary)
         except _UNREADABLE as error:
-            log(f"{run_dir} is already finished; its report is missing, and what it saved cannot make one: {error}")
+            log(f"{finished}; its report is missing, and what it saved cannot make one: {error}")
         else:
-            log(f"{run_dir} is already finished; its report was missing, written from its results.json: {report}")
+            log(f"{finished}; its report was missing, written from its results.json: {report}")
     return {**summary, "finished_before": True}
+
+
+def _draw_missing(
+    run_dir: Path, summary: dict[str, Any], figures: Mapping[str, Callable[[dict[str, Any], Path], object]]
+) -> list[str]:
+    """Draw each of `figures` missing from `run_dir` again from what the run saved; the names of those drawn."""
+    drawn = []
+    for name, draw in figures.items():
+        path = run_dir / name
+        if path.exists():  # never rewritten
+            continue
+        try:
+            draw(summary, path)
+        except _UNREADABLE:  # left missing: a report written names it so
+            continue
+        if path.is_file():
+            drawn.append(name)
+    return drawn
+
+
+def _learning_curves(summary: dict[str, Any], path: Path) -> None:
+    """Every run's learning curves, from the metrics.json beside them (none: a run that trained no epoch, or an
+    ensemble's folder, whose members have their own)."""
+    metrics = path.with_name("metrics.json")
+    if metrics.is_file() and (history := json.loads(metrics.read_text())):
+        plot_learning_curves(history, path)
 
 
 def _nowhere(line: str) -> None:
