@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -394,6 +395,45 @@ def test_a_finished_run_made_before_split_digests_gets_them_when_read_back(train
         str(root), "unet", output=str(tmp_path), name=run.name, resume=True, progress=False, **options
     )
     assert again["finished_before"] and digests.read_text() == recorded
+
+
+def test_a_finished_run_whose_split_digests_lack_masks_gets_them_when_read_back(trained, tmp_path):
+    """A split_digests.json written before masks were recorded (the images' digests alone) stayed so when its finished
+    run was read back, though one written where none was records the masks too. Read back, it gets them when every
+    mask is still there and every image is the one it records; its images' digests are kept as they were."""
+    root, summary = trained
+    run = tmp_path / "segment" / "without-masks"
+    shutil.copytree(summary["run_dir"], run)
+    digests = run / "split_digests.json"
+    recorded = json.loads(digests.read_text())
+    assert recorded["masks"]
+    digests.write_text(json.dumps({k: v for k, v in recorded.items() if k != "masks"}))
+    options = {"overrides": {"epochs": 12, "batch_size": 8, "lr": 1e-2, "channels_last": False}, "crop_size": 32}
+
+    def read_back():
+        again = train_segmentation_folder(
+            str(root), "unet", output=str(tmp_path), name=run.name, resume=True, progress=False, **options
+        )
+        assert again["finished_before"]
+
+    with open(run / "split.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    image, mask = Path(row["path"]), Path(row["label"])
+    mask.rename(tmp_path / "away.png")  # one mask gone: nothing added
+    try:
+        read_back()
+    finally:
+        (tmp_path / "away.png").rename(mask)
+    assert "masks" not in json.loads(digests.read_text())
+    original = image.read_bytes()
+    image.write_bytes(original + b"\0")  # an image changed since: its mask now may not be the one it trained on
+    try:
+        read_back()
+    finally:
+        image.write_bytes(original)
+    assert "masks" not in json.loads(digests.read_text())
+    read_back()
+    assert json.loads(digests.read_text()) == recorded
 
 
 def test_figures_deleted_from_a_finished_run_are_drawn_again_when_read_back(trained, tmp_path):

@@ -231,19 +231,25 @@ def _known_or_read(path: str, digest: bytes | None) -> bytes | None:
 def write_missing_split_digests(manifest: str | os.PathLike[str], masks: bool = False) -> Path | None:
     """Write the ``split_digests.json`` beside a run's split `manifest` that a run made before it was recorded lacks,
     from the images the manifest lists, when every one of them is still there; returns its path, or None when nothing
-    was written (it is there already, the manifest cannot be read, or an image it lists has gone).
+    was written (it is there already, with the masks' digests for `masks`; the manifest cannot be read, or an image it
+    lists has gone).
 
     Without it `cnnlab evaluate` reads every training image again on each call; with one gone, a record of the rest
     would hide from it how many it cannot check.
 
     Args:
         masks: the manifest's label column holds each image's mask (a segmentation split's): their digests are
-            recorded too, as `write_split_digests` records them, and they too must all be there.
+            recorded too, as `write_split_digests` records them, and they too must all be there. A file there already
+            that records the images alone (written before masks were recorded) gets them on the same terms, and only
+            when every image is still the one it records: its images' digests are kept as they are.
     """
     manifest = Path(manifest)
     path = manifest.with_name(SPLIT_DIGESTS)
-    if path.is_file() or not manifest.is_file():
+    if not manifest.is_file():
         return None
+    recorded = read_split_digests(path) if path.is_file() else None
+    if path.is_file() and not (masks and recorded is not None and read_mask_digests(path) is None):
+        return None  # there already, as complete as it can be made (or unreadable: not replaced)
     try:
         images, split = read_manifest(manifest)
     except CnnlabError:
@@ -252,8 +258,29 @@ def write_missing_split_digests(manifest: str | os.PathLike[str], masks: bool = 
     files = [*images.paths, *(mask_of.values() if masks else ())]
     if not all(Path(file).is_file() for file in files):
         return None
+    if recorded is not None:  # the images' alone: their masks' are added
+        return _add_mask_digests(path, recorded, images, split, mask_of)
     mask_files = {image: (mask, None) for image, mask in mask_of.items()} if masks else None
     return write_split_digests(path, images, split, mask_files)
+
+
+def _add_mask_digests(
+    path: Path, recorded: Mapping[str, set[bytes]], images: LabelledImages, split: Split, mask_of: Mapping[str, str]
+) -> Path | None:
+    """Add to the ``split_digests.json`` at `path`, which records a segmentation split's images alone (`recorded`, by
+    part), the digests of their masks (`mask_of`: image path -> mask path), as `write_split_digests` records them;
+    None, nothing written, when an image's bytes are not those it records or a file cannot be read (a mask recorded
+    then would be the mask of another image than the run's)."""
+    mask_digests: dict[str, str] = {}
+    for part in SPLITS:
+        for index in split.get(part, []):
+            image = images.paths[index]
+            image_digest, mask_digest = _known_or_read(image, None), _known_or_read(mask_of[image], None)
+            if image_digest is None or image_digest not in recorded[part] or mask_digest is None:
+                return None
+            mask_digests[image_digest.hex()] = mask_digest.hex()
+    record = json.loads(path.read_text(encoding="utf-8"))
+    return write_text_whole(path, json.dumps({**record, "masks": dict(sorted(mask_digests.items()))}))
 
 
 def read_split_digests(path: str | os.PathLike[str]) -> dict[str, set[bytes]] | None:

@@ -733,7 +733,8 @@ def _read_back(
     """The results of the finished run `config` names (its options already compared), and its report.md written
     where a stop came before it, from what the run saved: results.json, metrics.json, and config.yaml's options,
     classes and environment (the session that finished it), named as the folder is now; and its split_digests.json
-    where a run made before it was recorded has none (`write_missing_split_digests`)."""
+    where a run made before it was recorded has none, or its masks' digests where one made before they were recorded
+    lacks them (`write_missing_split_digests`)."""
     run_dir = config.run_dir
 
     def write_report(summary: dict[str, Any]) -> None:
@@ -750,7 +751,7 @@ def _read_back(
         classes = load_config(run_dir / "config.yaml").extra["classes"]
         plot_confusion_matrix(torch.tensor(summary["test"]["confusion_matrix"]), path, classes, "test pixels")
 
-    if is_main_process():  # a run made before split_digests.json: recorded once here, not read again by each evaluate
+    if is_main_process():  # a run made before split_digests.json (or its masks): recorded once here, not read again
         write_missing_split_digests(run_dir / MANIFEST, masks=True)  # split.csv's labels are the masks
     # test_worst.png, deleted since, stays missing: it shows the model's masks of test images, a test pass again
     figures = {"test_confusion.png": confusion}
