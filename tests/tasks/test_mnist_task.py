@@ -687,9 +687,10 @@ def test_figures_deleted_from_a_finished_run_are_drawn_again_when_it_is_read_bac
     assert again["finished_before"] and again["test_accuracy"] == ensemble_run["test_accuracy"]
     assert {path: path.read_bytes() for path in deleted if path.is_file()} == drawn  # the same figures
     assert not list(run.rglob("misclassified.png"))
-    assert capsys.readouterr().out == (
-        f"{run} is already finished; confusion_matrix.png was missing, drawn again from what it saved (its report: "
-        f"{run / 'report.md'})\n"
+    assert capsys.readouterr().out == (  # its report.md, kept, links misclassified.png
+        f"{run} is already finished; confusion_matrix.png was missing, drawn again from what it saved; its report "
+        "links misclassified.png, not in the run folder, which what it saved cannot draw again: the report is kept as "
+        f"it is (remove it to have it written again, naming it as missing): {run / 'report.md'}\n"
     )
     report = (run / "seed1" / "report.md").read_text()
     assert "![confusion matrix](confusion_matrix.png)" in report and "![learning curves](learning_curves.png)" in report

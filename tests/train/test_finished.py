@@ -175,3 +175,26 @@ def test_figures_deleted_since_are_drawn_again_from_what_the_run_saved(tmp_path:
     said.clear()
     read_back(run, write_report, said.append, figures=figures)
     assert said == [f"{run} is already finished; nothing to do (its report: {run / REPORT})"] and len(drawn_with) == 2
+
+
+def test_a_kept_report_linking_a_missing_figure_is_said(tmp_path: Path) -> None:
+    """A report.md that is there is never rewritten (it may have been edited), so one linking a figure deleted since,
+    that what the run saved cannot draw again (misclassified.png: the test images), went on showing a broken image
+    while the read-back said "nothing to do". The line names each such figure and how to have the report written
+    again; the report is left as it was."""
+    run = _finished_run(tmp_path)
+    text = "# run\n\n![confusion](confusion.png)\n\n![worst](worst.png)\n\n![worst again](worst.png)\n[text](gone.md)\n"
+    (run / REPORT).write_text(text)
+    (run / "confusion.png").write_bytes(b"there")
+    said: list[str] = []
+    read_back(run, lambda summary: None, said.append)
+    assert (run / REPORT).read_text() == text
+    assert said == [
+        f"{run} is already finished; its report links worst.png, not in the run folder, which what it saved cannot "
+        f"draw again: the report is kept as it is (remove it to have it written again, naming it as missing): "
+        f"{run / REPORT}"
+    ]
+    (run / "worst.png").write_bytes(b"there")
+    said.clear()
+    read_back(run, lambda summary: None, said.append)
+    assert said == [f"{run} is already finished; nothing to do (its report: {run / REPORT})"]

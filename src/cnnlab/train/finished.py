@@ -12,13 +12,14 @@ the task, before any data is read; then `read_back` returns the results without 
   no file that is there is rewritten;
 - a report.md that a stop between results.json and report.md never wrote is written from what the run saved (the
   task's `write_report`), and a report that cannot be written from it is said, not a traceback; a report that is
-  there is never rewritten (it may have been edited);
+  there is never rewritten (it may have been edited): a figure it links that is missing still is named in the line;
 - one line says which of these it was; no session is added to ``sessions.json``: nothing was done to the run.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,15 @@ def read_back(
         finished += f"; {', '.join(drawn)} {were} missing, drawn again from what it saved"
     report = run_dir / REPORT
     if report.is_file():
-        log(f"{finished} (its report: {report})" if drawn else f"{finished}; nothing to do (its report: {report})")
+        if broken := _links_missing(report):  # kept as it is (it may have been edited): said, not rewritten
+            them = "it" if len(broken) == 1 else "them"
+            log(
+                f"{finished}; its report links {', '.join(broken)}, not in the run folder, which what it saved cannot "
+                f"draw again: the report is kept as it is (remove it to have it written again, naming {them} as "
+                f"missing): {report}"
+            )
+        else:
+            log(f"{finished} (its report: {report})" if drawn else f"{finished}; nothing to do (its report: {report})")
     else:
         try:
             if write:
@@ -107,6 +116,17 @@ def _draw_missing(
         if path.is_file():
             drawn.append(name)
     return drawn
+
+
+def _links_missing(report: Path) -> list[str]:
+    """The figures that `report` links by file name (``![alt](name.png)``, as `RunReport` writes them) and that are not
+    beside it, in the order it links them."""
+    try:
+        text = report.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    names = dict.fromkeys(re.findall(r"!\[[^\]\n]*\]\(([^)/\\\n]+)\)", text))
+    return [name for name in names if not (report.parent / name).exists()]
 
 
 def _learning_curves(summary: dict[str, Any], path: Path) -> None:
