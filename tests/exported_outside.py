@@ -83,9 +83,28 @@ def digit_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
     assert record["kind"] == "digit-classifier"
     steps = record["prepare_steps"]
     assert "Image.convert('L')" in steps["grey"]
-    grey = np.asarray(decoded(path).convert("L"), dtype=np.float32) / 255.0
-    if grey.mean() > steps["invert_above_mean"]:
+    levels = np.asarray(decoded(path).convert("L"), dtype=np.uint8)
+    grey = levels.astype(np.float32) / 255.0
+    assert "Otsu's threshold" in steps["threshold"] and "outermost rows and columns" in steps["paper"]
+    histogram = np.bincount(levels.ravel(), minlength=256)
+    scores = []
+    for t in range(255):
+        low, high = histogram[: t + 1], histogram[t + 1 :]
+        if low.sum() == 0 or high.sum() == 0:
+            scores.append(-1.0)
+            continue
+        mu0, mu1 = (low * np.arange(t + 1)).sum() / low.sum(), (high * np.arange(t + 1, 256)).sum() / high.sum()
+        scores.append(float(low.sum()) * float(high.sum()) * (mu0 - mu1) ** 2)
+    t = int(np.argmax(scores))
+    edge = np.zeros(levels.shape, dtype=bool)
+    edge[[0, -1], :] = edge[:, [0, -1]] = True
+    paper = levels > t if np.median(levels[edge]) > t else levels <= t
+    if np.median(levels[edge]) > t:
         grey = 1.0 - grey
+    border = grey[edge & paper]
+    paper_level = np.median(border) + steps["paper_mads"] * 1.4826 * np.median(np.abs(border - np.median(border)))
+    ink_level = np.percentile(grey[~paper], steps["ink_percentile"])
+    grey = np.clip((grey - paper_level) / (ink_level - paper_level), 0, 1).astype(np.float32)
     rows, cols = np.nonzero(grey > steps["ink_above"])
     grey = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     height, width = grey.shape

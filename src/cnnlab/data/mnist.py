@@ -182,38 +182,85 @@ def training_set_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
 
 MNIST_CLASSES = [str(digit) for digit in range(10)]
 # `mnist_preprocess`'s numbers, which `mnist_preparation_record` writes beside an export
-INVERT_ABOVE_MEAN = 0.5  # a grey image brighter than this on average is dark ink on light paper: inverted
-INK_ABOVE = 0.2  # a pixel brighter than this (after the inversion) is ink: the bounding box's and the blank check's
+INVERT_ABOVE_MEAN = 0.5  # `cnnlab fcn scan`'s polarity (its images hold many digits), and the blank check's below
+INK_ABOVE = 0.2  # a pixel brighter than this (inverted, stretched) is ink: the bounding box's and the blank checks'
+PAPER_MADS = 3  # the paper's level: its border pixels' median + this many robust deviations (grain, shading) ...
+INK_PERCENTILE = 99  # ... is stretched to 0, and this percentile of the ink pixels (its darkest strokes) to 1
+MAD_TO_SIGMA = 1.4826  # the median absolute deviation times this estimates a normal distribution's sigma
 INK_BOX = 20  # the ink's bounding box is scaled to fit a square of this side ...
 CANVAS = 28  # ... on a black canvas of this side, its centre of mass at CANVAS / 2
 
 
+def otsu_level(levels: np.ndarray) -> int:
+    """Otsu's threshold of 8-bit grey levels: the level t for which splitting the pixels into those at or below t and
+    those above it maximises the between-class variance w0 * w1 * (mu0 - mu1) ** 2 (the first such t on a tie)."""
+    counts = np.bincount(levels.ravel(), minlength=256).astype(np.float64)
+    below = np.cumsum(counts)[:-1]  # pixels at or below t, for t = 0..254
+    above = counts.sum() - below
+    level_sum_below = np.cumsum(counts * np.arange(256))[:-1]
+    level_sum_above = float((counts * np.arange(256)).sum()) - level_sum_below
+    with np.errstate(divide="ignore", invalid="ignore"):  # an empty class: no split there (NaN, never the maximum)
+        between = below * above * (level_sum_below / below - level_sum_above / above) ** 2
+    return int(np.argmax(np.nan_to_num(between, nan=-1.0)))
+
+
+def _border(values: np.ndarray) -> np.ndarray:
+    """An image's `values` on its outermost rows and columns (each pixel once): where the paper shows."""
+    if min(values.shape) <= 2:
+        return values.ravel()
+    return np.concatenate([values[0], values[-1], values[1:-1, 0], values[1:-1, -1]])
+
+
 def fitted_ink(image: Any) -> np.ndarray:
-    """The ink of a picture of one digit as `mnist_preprocess` places it: light on black (dark ink on light paper
-    inverted), its bounding box cut out and scaled to fit 20x20 (antialiased, floats in [0, 1]).
+    """The ink of a picture of one digit as `mnist_preprocess` places it: light on black, the paper at 0 and the ink at
+    1, its bounding box cut out and scaled to fit 20x20 (antialiased, floats in [0, 1]).
+
+    Ink and paper are told apart by Otsu's threshold; the paper is the class that holds the median of the image's
+    border, so dark ink on light paper is inverted whatever the paper's grey. The paper's level (its border pixels'
+    median + 3 robust standard deviations: grain, noise and gentle shading) is stretched to 0 and the ink's (the 99th
+    percentile of its pixels) to 1, as MNIST's digits are light strokes on exact black. Before, a mean above 0.5
+    inverted and nothing was stretched: a digit on grey paper (0.7) kept its paper as a 0.3 grey frame that filled
+    the canvas (28% of MNIST test digits photographed so were read right), and on darker paper (0.5) its ink was
+    taken for the paper (13%).
 
     Raises:
-        CnnlabError: no ink at all (a blank image), or one shade alone (a blank page photographed grey).
+        CnnlabError: no ink at all (a blank image), one shade alone (a blank page photographed grey), or nothing
+            that stands out from the paper's grain, noise or shading.
     """
     from PIL import Image
 
-    grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    if grey.mean() > INVERT_ABOVE_MEAN:  # dark ink on light paper: MNIST is the opposite
-        grey = 1.0 - grey
-    ink = grey > INK_ABOVE
-    if not ink.any():  # a blank page was classified (a "1" at 73%), and so was light ink on a transparent background
-        raise CnnlabError(
+    levels = np.asarray(image.convert("L"), dtype=np.uint8)
+    grey = levels.astype(np.float32) / 255.0
+    inverted = 1.0 - grey if grey.mean() > INVERT_ABOVE_MEAN else grey
+    if not (inverted > INK_ABOVE).any():  # a blank page was classified (a "1" at 73%), and so was light ink on a
+        raise CnnlabError(  # transparent background
             "no digit found: no pixel stands out from the background (a blank image, or light ink on a transparent "
             "background, which is composited on white; save the digit dark on light or light on dark)"
         )
-    # all "ink" and none brighter than the darkest by the threshold: a photographed blank page (grey 0.7, inverted
-    # 0.3) was classified, a "1" at 49%, as was a single pixel (a digit on such a page stands out, and is classified)
-    if ink.all() and float(grey.max() - grey.min()) <= INK_ABOVE:
+    # a photographed blank page (grey 0.7) was classified, a "1" at 49%, as was a single pixel (a digit on such a page
+    # stands out, and is classified)
+    if float(grey.max() - grey.min()) <= INK_ABOVE:
         raise CnnlabError(
             f"no digit found: the image is one shade of grey (within {INK_ABOVE:g}), nothing stands out from it (a "
             "blank page photographed grey, an image of one colour, or a single pixel); photograph the digit on its page"
         )
-    rows, cols = np.nonzero(ink)
+    threshold = otsu_level(levels)
+    paper_is_light = float(np.median(_border(levels))) > threshold  # the class that holds most of the border
+    ink = levels <= threshold if paper_is_light else levels > threshold
+    if paper_is_light:  # dark ink on light paper: MNIST's digits are the opposite
+        grey = 1.0 - grey
+    paper = _border(grey)[~_border(ink)]
+    spread = np.median(np.abs(paper - np.median(paper))) * MAD_TO_SIGMA
+    paper_level = float(np.median(paper) + PAPER_MADS * spread)
+    ink_level = float(np.percentile(grey[ink], INK_PERCENTILE))
+    if ink_level - paper_level <= INK_ABOVE:
+        raise CnnlabError(
+            f"no digit found: nothing stands out from the paper by more than {INK_ABOVE:g} (the darkest strokes by "
+            f"{max(ink_level - paper_level, 0.0):.2f}: a blank page's grain, noise or shading); photograph the digit "
+            "on its page, dark on light or light on dark"
+        )
+    grey = np.clip((grey - paper_level) / (ink_level - paper_level), 0.0, 1.0).astype(np.float32)
+    rows, cols = np.nonzero(grey > INK_ABOVE)
     grey = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     height, width = grey.shape
     ratio = INK_BOX / max(height, width)
@@ -224,17 +271,17 @@ def fitted_ink(image: Any) -> np.ndarray:
 def mnist_preprocess(image: Any) -> torch.Tensor:
     """A PIL image -> [1, 28, 28] float in [0, 1], light digit on black, fitted in 20x20 and placed as MNIST's are.
 
-    What an MNIST model expects of a photo or scan of one handwritten digit: dark ink on light paper is inverted, the
-    ink's bounding box is scaled to fit 20x20 pixels (antialiased, in floats) and pasted on a 28x28 black canvas with
-    its centre of mass at pixel (14, 14), which is where MNIST put every digit's (LeCun et al.: "centered in a 28x28
-    image by computing the center of mass of the pixels"; the test set's mean is (13.99, 14.00)). Centring the bounding
-    box instead moved a "7" or a "4" two pixels off where the network saw such digits: the MNIST test digits
-    themselves, saved as PNG and prepared that way, lost 3 points of accuracy (96.1% against 99.1%,
-    benchmarks/mnist_png_preparation.py).
+    What an MNIST model expects of a photo or scan of one handwritten digit: dark ink on light paper is inverted
+    (whatever the paper's grey) and stretched, paper to 0 and ink to 1 (`fitted_ink`), the ink's bounding box is
+    scaled to fit 20x20 pixels (antialiased, in floats) and pasted on a 28x28 black canvas with its centre of mass at
+    pixel (14, 14), which is where MNIST put every digit's (LeCun et al.: "centered in a 28x28 image by computing the
+    center of mass of the pixels"; the test set's mean is (13.99, 14.00)). Centring the bounding box instead moved a
+    "7" or a "4" two pixels off where the network saw such digits: the MNIST test digits themselves, saved as PNG and
+    prepared that way, lost 3 points of accuracy (96.1% against 99.1%, benchmarks/mnist_png_preparation.py).
 
     Raises:
-        CnnlabError: no ink at all (a blank image), or one shade alone (a blank page photographed grey), rather
-            than a confident class for an empty canvas.
+        CnnlabError: no ink at all (a blank image), one shade alone (a blank page photographed grey), or nothing
+            above the paper's grain or shading, rather than a confident class for an empty canvas.
     """
     small = fitted_ink(image)
     canvas = np.zeros((CANVAS, CANVAS), dtype=np.float32)
@@ -256,9 +303,22 @@ def mnist_preparation_record() -> dict[str, Any]:
     return {
         "grey": "the decoded RGB image as PIL Image.convert('L') (L = R*299/1000 + G*587/1000 + B*114/1000), as "
         "float32 / 255",
-        "invert_above_mean": INVERT_ABOVE_MEAN,  # grey = 1 - grey when grey.mean() is above it
-        "ink_above": INK_ABOVE,  # ink = grey > it; no ink, or all ink within it of the darkest: no digit (refused)
-        "crop": "grey cut to the bounding box of the ink pixels (first to last ink row and column, inclusive)",
+        "invert_above_mean": INVERT_ABOVE_MEAN,  # refused when no pixel of grey (1 - grey if its mean is above it)...
+        "ink_above": INK_ABOVE,  # ... is above this, or when grey.max() - grey.min() is at most this
+        "threshold": "t = Otsu's threshold of the 8-bit grey levels (Image.convert('L') as uint8): the t in 0..254 "
+        "maximising w0 * w1 * (mu0 - mu1) ** 2, w0 and mu0 the count and mean level of the pixels <= t, w1 and mu1 "
+        "those of the pixels > t (the first t on a tie; a t with an empty class is never chosen)",
+        "paper": "the border is the outermost rows and columns (each pixel once; all pixels when a side is 2 or less); "
+        "when the median of its levels is above t the paper is the pixels > t, the ink those <= t, and grey = 1 - "
+        "grey; otherwise the paper is the pixels <= t and the ink those > t",
+        "paper_level": "b = grey of the border's paper pixels; median(b) + paper_mads * 1.4826 * median(|b - "
+        "median(b)|)",
+        "paper_mads": PAPER_MADS,
+        "ink_level": "numpy.percentile(grey of the ink pixels, ink_percentile) (linear interpolation); refused when "
+        "ink_level - paper_level is at most ink_above",
+        "ink_percentile": INK_PERCENTILE,
+        "stretch": "grey = clip((grey - paper_level) / (ink_level - paper_level), 0, 1) as float32",
+        "crop": "grey cut to the bounding box of the pixels above ink_above (first to last row and column, inclusive)",
         "fit": INK_BOX,
         "fit_resize": f"PIL Image.fromarray(crop as float32, mode 'F').resize((max(1, round(w * {INK_BOX} / "
         f"max(h, w))), max(1, round(h * {INK_BOX} / max(h, w)))), Image.BILINEAR), then clipped to [0, 1]",

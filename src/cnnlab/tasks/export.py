@@ -163,9 +163,10 @@ def export_model(
         preparation: dict[str, Any] = {
             "input": "float32 grey [N, 1, 28, 28] in [0, 1]: any batch size N, height and width fixed at 28x28; "
             "normalisation is inside the exported model",
-            "prepare": "one light digit on black (dark ink on light paper inverted), its ink's bounding box scaled "
-            "to fit 20x20 and its centre of mass put at pixel (14, 14) of 28x28, as MNIST's digits are "
-            "(cnnlab.data.mnist.mnist_preprocess; `prepare_steps` gives each step exactly)",
+            "prepare": "one light digit on black (dark ink on light paper inverted, the paper stretched to 0 and the "
+            "ink to 1), its ink's bounding box scaled to fit 20x20 and its centre of mass put at pixel (14, 14) of "
+            "28x28, as MNIST's digits are (cnnlab.data.mnist.mnist_preprocess; `prepare_steps` gives each step "
+            "exactly)",
             "prepare_steps": mnist_preparation_record(),
         }
     else:  # the normalisation travels inside the exported graph: it takes float RGB in [0, 1]
