@@ -258,6 +258,85 @@ def test_a_peer_lost_on_another_machine_is_said_with_the_machine_whose_log_names
     ]
 
 
+# NCCL's errors as torch raises them on a GPU rank whose peer is gone (torch 2.x; NCCL 2.18-2.28), and one that is
+# this rank's own.
+_NCCL_REMOTE = (
+    "NCCL error in: /pytorch/torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:3763, remote process exited or there "
+    "was a network error, NCCL version 2.21.5\nncclRemoteError: A call failed possibly due to a network error or a "
+    "remote process exiting prematurely.\nLast error:\nsocketProgressOpt: Call to recv from 10.0.0.2<33759> failed : "
+    "Connection reset by peer"
+)
+_NCCL_CLOSED = (
+    "NCCL error in: ../torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:1275, internal error, NCCL version 2.14.3\n"
+    "ncclInternalError: Internal check failed.\nLast error:\nNet : Connection closed by remote peer node-b<50260>"
+)
+_NCCL_ABORTED = (
+    "NCCL communicator was aborted on rank 0.  Original reason for failure was: [Rank 0] Watchdog caught collective "
+    "operation timeout: WorkNCCL(SeqNum=10, OpType=ALLREDUCE, Timeout(ms)=600000) ran for 600457 milliseconds before "
+    "timing out."
+)
+_NCCL_OWN = (
+    "NCCL error in: ../torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:1331, unhandled cuda error (run with "
+    "NCCL_DEBUG=INFO for details), NCCL version 2.18.1\nncclUnhandledCudaError: Call to CUDA function failed."
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "said"),
+    [
+        (_NCCL_REMOTE, "NCCL: remote process exited or there was a network error"),
+        (_NCCL_CLOSED, "NCCL: Net : Connection closed by remote peer node-b<50260>"),
+        (
+            _NCCL_ABORTED,
+            "NCCL: Watchdog caught collective operation timeout: WorkNCCL(SeqNum=10, OpType=ALLREDUCE, "
+            "Timeout(ms)=600000) ran for 600457 milliseconds before timing out",
+        ),
+        ("[Rank 0] NCCL communicator was aborted on rank 0.", "NCCL: NCCL communicator was aborted on rank 0"),
+        (_NCCL_OWN, None),
+    ],
+    ids=["remote-exited", "connection-closed", "watchdog-timeout", "aborted", "own-cuda-error"],
+)
+def test_a_peer_lost_under_nccl_is_the_same_line_as_under_gloo(
+    message: str,
+    said: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """On GPUs the ranks talk through NCCL, whose errors for a peer that is gone (a remote process exited, a socket
+    closed, the watchdog's abort after a collective waited past the timeout) carry none of gloo's words: they were
+    not recognised, and rank 0 printed their traceback where a gloo rank says the job's line. They now give the same
+    line, with NCCL's reason on one line; an NCCL error of this rank's own (a CUDA error) is raised as before."""
+    import torch.distributed as dist
+
+    import cnnlab.cli as cli
+    from cnnlab.tasks import recipes
+
+    def peer_lost() -> None:
+        recipes.note_current_run(tmp_path / "mnist" / "ddp")
+        raise dist.DistBackendError(message)
+
+    monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
+    monkeypatch.setattr(cli, "app", peer_lost)
+    monkeypatch.setattr(cli, "_ended_ranks", lambda wait_seconds=1.0: [1])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    if said is None:
+        with pytest.raises(dist.DistBackendError):
+            cli.main()
+        assert capsys.readouterr().err == ""
+        return
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main()
+    assert exit_code.value.code == 1
+    run_dir = tmp_path / "mnist" / "ddp"
+    hint = f"{run_dir} keeps its finished epochs; continue with the same command and --resume --name ddp"
+    killed = "its error is above, or, if there is none, it was killed (kill -9, the out-of-memory killer)"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"stopped: rank 1 of the torchrun job ended while this process waited for it ({said}); {killed}; {hint}"
+    ]
+
+
 @pytest.mark.parametrize(("rank", "ended"), [("0", [1]), ("1", [0])], ids=["rank1-ended", "rank0-ended-rank1-says"])
 def test_a_peer_lost_in_the_last_barrier_is_the_same_line_as_one_lost_in_training(
     rank: str, ended: list[int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -306,27 +307,63 @@ def _interrupted_line(terminated: bool = False) -> str:
     return f"{what}: {hint}" if hint else what
 
 
+# What the backends say when a peer is gone. gloo: its connection to the peer closed. NCCL (GPUs): the remote rank
+# exited or the network failed (ncclRemoteError, or a socket closed under an internal error), or its watchdog aborted
+# the communicator after a collective waited past the group's timeout for a peer. Not every "NCCL error": an
+# unhandled CUDA error or an invalid usage is this rank's own.
+_GLOO_LOST = ("closed by peer", "reset by peer")
+_NCCL_LOST = (
+    "remote process exited",
+    "ncclRemoteError",
+    "Connection closed by remote peer",
+    "NCCL communicator was aborted",
+    "Watchdog caught collective operation timeout",
+)
+
+
 def _lost_peer(error: BaseException) -> str:
-    """gloo's reason when `error` is this torchrun process losing its connection to another ("" otherwise).
+    """The backend and its reason when `error` is this torchrun process losing its connection to another ("" otherwise):
+    ``"gloo: Connection closed by peer [10.0.0.2]:4410"``, ``"NCCL: remote process exited or there was a network
+    error"``.
 
     When a rank fails while the others wait for its gradients, they meet gloo's "Connection closed by peer" (or
-    "reset by peer") before torchrun's SIGTERM reaches them, and rank 0 printed a 60-line traceback of it, without
-    the line saying how to continue the run.
+    "reset by peer"), or NCCL's error, before torchrun's SIGTERM reaches them, and rank 0 printed a 60-line traceback
+    of it, without the line saying how to continue the run.
     """
-    if not (_torchrun_job() and isinstance(error, RuntimeError)):
+    if not (_torchrun_job() and isinstance(error, RuntimeError)):  # torch's DistBackendError is a RuntimeError
         return ""
     message = str(error)
-    if "gloo" not in message or not any(reason in message for reason in ("closed by peer", "reset by peer")):
-        return ""
-    reason = message.split("] ", 1)[-1]  # gloo's message starts with its source file: "[/.../pair.cc:561] ..."
-    return reason.split(". ", 1)[0]
+    if "gloo" in message and any(reason in message for reason in _GLOO_LOST):
+        reason = message.split("] ", 1)[-1]  # gloo's message starts with its source file: "[/.../pair.cc:561] ..."
+        return "gloo: " + reason.split(". ", 1)[0]
+    if any(reason in message for reason in _NCCL_LOST):
+        return "NCCL: " + _nccl_reason(message)
+    return ""
+
+
+def _nccl_reason(message: str) -> str:
+    """The line of NCCL's message that says the peer is gone, without torch's source file, NCCL's version or the rank.
+
+    ``NCCL error in: .../ProcessGroupNCCL.cpp:1970, remote process exited or there was a network error, NCCL version
+    2.21.5`` (then ``ncclRemoteError: ...`` and ``Last error:`` lines) gives ``remote process exited or there was a
+    network error``; ``NCCL communicator was aborted on rank 2.  Original reason for failure was: [Rank 2] Watchdog
+    caught collective operation timeout: WorkNCCL(...) ran for 1805457 milliseconds before timing out.`` gives the
+    reason from ``Watchdog``.
+    """
+    message = message.split("Original reason for failure was:", 1)[-1]
+    lines = [line for line in message.splitlines() if line.strip()] or [message]
+    line = next((line for line in lines if any(reason in line for reason in _NCCL_LOST)), lines[0])
+    line = re.sub(r"^\s*NCCL error in: \S+, ", "", line)  # torch's source file and line
+    line = re.sub(r", NCCL version [\w.+-]+", "", line)
+    line = re.sub(r"^\s*(\[[^\]]*\]\s*)+", "", line)  # "[Rank 2] ", "[PG 0 (default_pg) Rank 2] "
+    return line.strip().rstrip(".")
 
 
 class _LostPeer(SystemExit):
     """The exit (code 1) of a rank that lost another: the job's line about it is said already."""
 
 
-def _stop_after_lost_peer(reason: str) -> NoReturn:
+def _stop_after_lost_peer(lost: str) -> NoReturn:
     """One line for the job when a rank lost another, naming the rank that ended where this machine can see it, with
     how to continue the run; exit code 1. When none of this machine's ended (but those that lost a peer themselves),
     the line names the other machines, with their ranks: which rank there ended only that machine's torchrun says.
@@ -351,17 +388,14 @@ def _stop_after_lost_peer(reason: str) -> NoReturn:
             recipes = sys.modules.get("cnnlab.tasks.recipes")
             hint = recipes.interrupted_hint() if recipes is not None else None
             if ended:
-                line = (
-                    f"stopped: {_ranks_ended(ended)} while this process waited for it (gloo: {reason}); "
-                    f"{ENDED_RANK_ERROR}"
-                )
+                line = f"stopped: {_ranks_ended(ended)} while this process waited for it ({lost}); {ENDED_RANK_ERROR}"
             elif elsewhere := _ranks_elsewhere():
                 line = (
-                    f"stopped: lost another process of the torchrun job (gloo: {reason}); the rank that ended ran on "
+                    f"stopped: lost another process of the torchrun job ({lost}); the rank that ended ran on "
                     f"another machine, {_machines(elsewhere)}, {OTHER_MACHINE_LOG}"
                 )
             else:
-                line = f"stopped: lost another process of the torchrun job (gloo: {reason}); see its error"
+                line = f"stopped: lost another process of the torchrun job ({lost}); see its error"
             print(f"{line}; {hint}" if hint else line, file=_unheld_stderr or sys.stderr)
     _end_broken_job(torchrun_stop, bool(ended))
     raise _LostPeer(1)
