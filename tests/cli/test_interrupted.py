@@ -337,6 +337,69 @@ def test_a_peer_lost_under_nccl_is_the_same_line_as_under_gloo(
     ]
 
 
+@pytest.mark.parametrize(
+    ("how", "said"),
+    [
+        (
+            {1: "SIGABRT"},
+            "rank 1 of the torchrun job ended (SIGABRT) while this process waited for it ({gloo}); it crashed (an "
+            "abort, as on a C++ error in gloo or NCCL, or a segmentation fault): its message, if any, is above",
+        ),
+        (
+            {1: "SIGKILL"},
+            "rank 1 of the torchrun job ended (SIGKILL) while this process waited for it ({gloo}); it was killed "
+            "(kill -9, the out-of-memory killer): a killed rank prints no error",
+        ),
+        (
+            {1: "exit code 1"},
+            "rank 1 of the torchrun job ended (exit code 1) while this process waited for it ({gloo}); its error is "
+            "above",
+        ),
+        (
+            {1: "SIGKILL", 2: "exit code 1"},
+            "ranks 1 (SIGKILL), 2 (exit code 1) of the torchrun job ended while this process waited for it ({gloo}); "
+            "its error is above, or, if there is none, it was killed (kill -9, the out-of-memory killer)",
+        ),
+    ],
+    ids=["aborted", "killed", "failed", "one-killed-one-failed"],
+)
+def test_a_lost_rank_is_said_with_how_it_ended(
+    how: dict[int, str],
+    said: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A rank that aborted (SIGABRT, as gloo's "terminate called without an active exception") or crashed was said
+    as "its error is above, or, if there is none, it was killed (kill -9, the out-of-memory killer)", which sent the
+    user looking for a kill or the out-of-memory killer. Where how it ended showed, the line says it, as torchrun's
+    table does, and where to look for that kind of end."""
+    import cnnlab.cli as cli
+    from cnnlab.tasks import recipes
+
+    def peer_lost() -> None:
+        recipes.note_current_run(tmp_path / "mnist" / "ddp")
+        raise RuntimeError(
+            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+            "[127.0.0.1]:19864. This is typically caused by a remote worker crashing."
+        )
+
+    monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
+    monkeypatch.setattr(cli, "app", peer_lost)
+    monkeypatch.setattr(cli, "_ended_ranks", lambda wait_seconds=1.0: sorted(how))
+    monkeypatch.setattr(cli, "_how_ended", how.get, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main()
+    assert exit_code.value.code == 1
+    run_dir = tmp_path / "mnist" / "ddp"
+    hint = f"{run_dir} keeps its finished epochs; continue with the same command and --resume --name ddp"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"stopped: {said.format(gloo='gloo: ' + GLOO_LOST)}; {hint}"
+    ]
+
+
 @pytest.mark.parametrize(("rank", "ended"), [("0", [1]), ("1", [0])], ids=["rank1-ended", "rank0-ended-rank1-says"])
 def test_a_peer_lost_in_the_last_barrier_is_the_same_line_as_one_lost_in_training(
     rank: str, ended: list[int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path

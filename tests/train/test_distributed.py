@@ -375,6 +375,36 @@ def test_a_rank_that_lost_another_finds_which_one_ended(monkeypatch: pytest.Monk
         child.wait()
 
 
+def test_a_rank_that_ended_is_said_with_its_signal_or_exit_code_as_torchrun_says_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rank that aborted (SIGABRT: "terminate called without an active exception" in gloo's threads) was said as
+    any rank that ended, "its error is above, or, if there is none, it was killed (kill -9, ...)". How it ended is read
+    from its zombie (the wait status in /proc/PID/stat) while torchrun has not reaped it, and said as torchrun's table
+    says it; once reaped, it is not known."""
+    import resource
+
+    from cnnlab.train import strategy
+
+    def no_core_file() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    ends = ["import os; os.abort()", "raise SystemExit(3)", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    children = [subprocess.Popen([sys.executable, "-c", end], preexec_fn=no_core_file) for end in ends]
+    try:
+        for child in children:
+            _wait_until_ended(child.pid)
+        host = socket.gethostname()
+        monkeypatch.setattr(strategy, "_peers", [(host, os.getpid())] + [(host, child.pid) for child in children])
+        monkeypatch.setattr(strategy, "_end_statuses", {})
+        assert strategy.ended_ranks(wait_seconds=0) == [1, 2, 3]
+        assert [strategy.how_rank_ended(rank) for rank in (1, 2, 3)] == ["SIGABRT", "exit code 3", "SIGKILL"]
+        assert strategy.how_rank_ended(0) is None
+    finally:
+        for child in children:
+            child.wait()
+
+
 def test_a_rank_that_ended_because_it_lost_a_peer_itself_is_not_named_and_other_machines_are(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -684,7 +714,11 @@ def test_a_rank_killed_while_the_others_leave_the_job_is_named_in_one_line(tmp_p
     rank0 = [line for line in job.stderr.splitlines() if line.startswith("[rank0]")]
     said = [line for line in job.stderr.splitlines() if line.startswith("stopped")]
     assert job.returncode == 1 and not rank0 and len(said) == 1, job.stderr[-6000:]
-    assert said[0].startswith("stopped: rank 1 of the torchrun job ended while this process waited for it (gloo: ")
+    # "(SIGKILL)": how it ended, where the rank saw it before torchrun reaped it
+    ended = re.match(
+        r"stopped: rank 1 of the torchrun job ended (\(SIGKILL\) )?while this process waited for it", said[0]
+    )
+    assert ended and "(gloo: " in said[0], said[0]
     _assert_exit_codes(job.stderr, survivor=0, killed=1)
 
 

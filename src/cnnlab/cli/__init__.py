@@ -301,7 +301,7 @@ def _interrupted_line(terminated: bool = False) -> str:
     recipes = sys.modules.get("cnnlab.tasks.recipes")  # not imported (nor torch) when nothing had started
     hint = recipes.interrupted_hint() if recipes is not None else None
     if ended:  # a rank killed (it says nothing) or failed: named, as after a lost peer
-        what = f"stopped by torchrun: {_ranks_ended(ended)}; {ENDED_RANK_ERROR}"
+        what = f"stopped by torchrun: {_ranks_ended(ended)}; {_ended_rank_error(ended)}"
         return f"{what}; {hint}" if hint else what
     what = TORCHRUN_STOPPED if stopped_by_torchrun else "interrupted"
     return f"{what}: {hint}" if hint else what
@@ -388,7 +388,10 @@ def _stop_after_lost_peer(lost: str) -> NoReturn:
             recipes = sys.modules.get("cnnlab.tasks.recipes")
             hint = recipes.interrupted_hint() if recipes is not None else None
             if ended:
-                line = f"stopped: {_ranks_ended(ended)} while this process waited for it ({lost}); {ENDED_RANK_ERROR}"
+                line = (
+                    f"stopped: {_ranks_ended(ended)} while this process waited for it ({lost}); "
+                    f"{_ended_rank_error(ended)}"
+                )
             elif elsewhere := _ranks_elsewhere():
                 line = (
                     f"stopped: lost another process of the torchrun job ({lost}); the rank that ended ran on "
@@ -436,6 +439,30 @@ def _end_broken_job(torchrun_stop: _Sigterm, rank_here_ended: bool) -> None:
 
 
 ENDED_RANK_ERROR = "its error is above, or, if there is none, it was killed (kill -9, the out-of-memory killer)"
+KILLED_RANK = "it was killed (kill -9, the out-of-memory killer): a killed rank prints no error"
+CRASHED_RANK = (
+    "it crashed (an abort, as on a C++ error in gloo or NCCL, or a segmentation fault): its message, if any, is above"
+)
+_CRASH_SIGNALS = ("SIGABRT", "SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE")
+
+
+def _ended_rank_error(ended: list[int]) -> str:
+    """Where to look for why the `ended` ranks ended, by how they ended where that showed (`_how_ended`)."""
+    how = {_how_ended(rank) for rank in ended}
+    if how == {"SIGKILL"}:
+        return KILLED_RANK
+    if how <= set(_CRASH_SIGNALS):
+        return CRASHED_RANK
+    if all(kind is not None and kind.startswith("exit code") for kind in how):
+        return "its error is above"
+    return ENDED_RANK_ERROR
+
+
+def _how_ended(rank: int) -> str | None:
+    """How a rank that `_ended_ranks` found ended (``"SIGABRT"``, ``"exit code 1"``), as torchrun's table says it;
+    None where that did not show (`cnnlab.train.strategy.how_rank_ended`)."""
+    strategy = sys.modules.get("cnnlab.train.strategy")  # loaded when a rank was found: torch is not imported here
+    return None if strategy is None else strategy.how_rank_ended(rank)
 
 
 # Which rank of another machine ended is known there only: its torchrun's failure table, whose "Root Cause" names it.
@@ -461,8 +488,14 @@ def _rank_list(ranks: list[int]) -> str:
 
 
 def _ranks_ended(ended: list[int]) -> str:
-    """``"rank 1 of the torchrun job ended"``, ``"ranks 1, 2 of the torchrun job ended"``."""
-    return ("rank " if len(ended) == 1 else "ranks ") + ", ".join(map(str, ended)) + " of the torchrun job ended"
+    """``"rank 1 of the torchrun job ended"``, ``"rank 1 of the torchrun job ended (SIGABRT)"``, ``"ranks 1, 2 of
+    the torchrun job ended"``, ``"ranks 1 (SIGKILL), 2 (exit code 1) of the torchrun job ended"``: how each ended
+    where that showed."""
+    how = {rank: _how_ended(rank) for rank in ended}
+    if len(ended) == 1:
+        return f"rank {ended[0]} of the torchrun job ended" + (f" ({how[ended[0]]})" if how[ended[0]] else "")
+    named = ", ".join(f"{rank} ({how[rank]})" if how[rank] else str(rank) for rank in ended)
+    return f"ranks {named} of the torchrun job ended"
 
 
 def _says_for_the_job(ended: list[int]) -> bool:

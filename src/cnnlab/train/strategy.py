@@ -55,6 +55,7 @@ __all__ = [
     "cleanup",
     "describe_processes",
     "ended_ranks",
+    "how_rank_ended",
     "init_distributed",
     "is_main_process",
     "main_process_first",
@@ -149,19 +150,32 @@ def _note_peers() -> None:
 
 def _process_ended(pid: int) -> bool:
     """Whether process `pid` (of this machine) has ended: gone, or a zombie its parent (torchrun) has not reaped."""
+    return _process_end(pid)[0]
+
+
+def _process_end(pid: int) -> tuple[bool, int | None]:
+    """Whether process `pid` (of this machine) has ended, and its wait status (as `os.waitpid` gives it) when that
+    shows: while it is a zombie that torchrun has not reaped yet (Linux's ``/proc/PID/stat``, whose last field, since
+    Linux 3.5, is the status; 0 where it is not shown to this process). None once it is gone, or where unknown."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except FileNotFoundError:
-        return True
+        return True, None
     except OSError:  # no /proc (not Linux)
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return True
+            return True, None
         except PermissionError:
             pass
-        return False
+        return False, None
+    if fields[0] not in ("Z", "X"):
+        return False, None
+    status = int(fields[49]) if len(fields) >= 50 and fields[49].isdigit() else 0  # field 52: exit_code
+    return True, status or None
+
+
+_end_statuses: dict[int, int] = {}  # rank -> its wait status, read by `ended_ranks` while it was a zombie
 
 
 def ended_ranks(wait_seconds: float = 1.0) -> list[int]:
@@ -171,16 +185,38 @@ def ended_ranks(wait_seconds: float = 1.0) -> list[int]:
     to `wait_seconds` while none has. Ranks on other machines cannot be seen from here: never listed. Nor are the
     ranks that ended because they too lost a peer (`note_lost_peer`): when a rank of another machine is killed, a rank
     of this one that waited on it ends first, and was named as the rank that ended. Empty before `init_distributed`
-    joined the job (or when it was joined by other code).
+    joined the job (or when it was joined by other code). How each ended, where it showed, is `how_rank_ended`'s.
     """
     host, own = socket.gethostname(), os.getpid()
     local = [(rank, pid) for rank, (peer_host, pid) in enumerate(_peers) if peer_host == host and pid != own]
     deadline = time.monotonic() + wait_seconds
     while True:
-        ended = [rank for rank, pid in local if _process_ended(pid) and not _lost_a_peer(rank)]
+        ended = []
+        for rank, pid in local:
+            gone, status = _process_end(pid)
+            if gone and not _lost_a_peer(rank):
+                ended.append(rank)
+                if status is not None:
+                    _end_statuses[rank] = status
         if ended or not local or time.monotonic() >= deadline:
             return ended
         time.sleep(0.05)
+
+
+def how_rank_ended(rank: int) -> str | None:
+    """``"SIGABRT"``, ``"SIGKILL"``, ``"exit code 1"``: how a rank that `ended_ranks` found had ended, as torchrun's
+    failure table says it (its ``exitcode``, a negative one a signal); None when that did not show (the rank was
+    already reaped by torchrun, or this is not Linux)."""
+    status = _end_statuses.get(rank)
+    if status is None:
+        return None
+    code = os.waitstatus_to_exitcode(status)
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
 
 
 _LOST_A_PEER = "cnnlab/lost_a_peer/"  # + rank: the job's store key of a rank that ends because it lost another
