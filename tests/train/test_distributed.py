@@ -324,7 +324,7 @@ def test_a_sigterm_while_the_ranks_join_ends_the_rank_at_once(monkeypatch: pytes
 
     def all_gather_object(gathered: list, own: object) -> None:  # the ranks' hosts and pids: a wait on the peers too
         during.append(signal.getsignal(signal.SIGTERM))
-        gathered[:] = [("other-host", 7), own]
+        gathered[:] = [("other-host", "boot-b", 7), own]
 
     monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
     monkeypatch.setattr(strategy, "_peers", [])
@@ -332,7 +332,10 @@ def test_a_sigterm_while_the_ranks_join_ends_the_rank_at_once(monkeypatch: pytes
     try:
         assert strategy.init_distributed("cpu") == DistInfo(1, 2, 0, "gloo")
         assert during == [signal.SIG_DFL, signal.SIG_DFL] and signal.getsignal(signal.SIGTERM) is handler
-        assert strategy._peers == [("other-host", 7), (socket.gethostname(), os.getpid())]
+        assert strategy._peers == [
+            ("other-host", "boot-b", 7),
+            (socket.gethostname(), strategy._machine(), os.getpid()),
+        ]
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a process told to ignore SIGTERM keeps ignoring it
         during.clear()
         strategy.init_distributed("cpu")
@@ -360,9 +363,10 @@ def test_a_rank_that_lost_another_finds_which_one_ended(monkeypatch: pytest.Monk
     child = subprocess.Popen([sys.executable, "-c", "pass"])  # not waited for: a zombie once it ends
     try:
         _wait_until_ended(child.pid)
-        host = socket.gethostname()
+        host, machine = socket.gethostname(), strategy._machine()
         alive = os.getppid()
-        peers = [(host, os.getpid()), (host, alive), (host, child.pid), ("elsewhere", child.pid)]
+        peers = [(host, machine, os.getpid()), (host, machine, alive), (host, machine, child.pid)]
+        peers.append(("elsewhere", "boot-b", child.pid))
         monkeypatch.setattr(strategy, "_peers", peers)
         assert strategy.ended_ranks(wait_seconds=0) == [2]
         child.wait()  # reaped: gone altogether
@@ -394,8 +398,8 @@ def test_a_rank_that_ended_is_said_with_its_signal_or_exit_code_as_torchrun_says
     try:
         for child in children:
             _wait_until_ended(child.pid)
-        host = socket.gethostname()
-        monkeypatch.setattr(strategy, "_peers", [(host, os.getpid())] + [(host, child.pid) for child in children])
+        here = (socket.gethostname(), strategy._machine())
+        monkeypatch.setattr(strategy, "_peers", [(*here, os.getpid())] + [(*here, child.pid) for child in children])
         monkeypatch.setattr(strategy, "_end_statuses", {})
         assert strategy.ended_ranks(wait_seconds=0) == [1, 2, 3]
         assert [strategy.how_rank_ended(rank) for rank in (1, 2, 3)] == ["SIGABRT", "exit code 3", "SIGKILL"]
@@ -421,8 +425,8 @@ def test_a_rank_that_ended_because_it_lost_a_peer_itself_is_not_named_and_other_
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
         _wait_until_ended(child.pid)
-        host = socket.gethostname()
-        peers = [(host, os.getpid()), (host, child.pid), ("node-b", child.pid), ("node-b", os.getpid())]
+        here = (socket.gethostname(), strategy._machine())
+        peers = [(*here, os.getpid()), (*here, child.pid), ("node-b", "boot-b", child.pid), ("node-b", "boot-b", 1)]
         monkeypatch.setattr(strategy, "_peers", peers)
         assert strategy.ended_ranks(wait_seconds=0) == [1]  # ended, for all this machine can tell
         with monkeypatch.context() as as_rank_one:
@@ -432,6 +436,48 @@ def test_a_rank_that_ended_because_it_lost_a_peer_itself_is_not_named_and_other_
         assert strategy.ranks_elsewhere() == {"node-b": [2, 3]}
     finally:
         dist.destroy_process_group()
+        child.wait()
+
+
+def test_a_rank_of_another_machine_with_the_same_host_name_is_not_looked_for_on_this_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Machines can share a host name (containers, cloud images, "localhost"), and ranks were taken to run on this
+    machine by their host name alone: a rank of another machine, its process id looked up here where no such process
+    runs, was named as "rank 1 of the torchrun job ended" when a peer was lost, and the other machine went unnamed.
+    The ranks also note the machine's boot id and their PID namespace when they join (`_note_peers`)."""
+    import torch.distributed as dist
+
+    from cnnlab.train import strategy
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])  # a process id that names no running process here
+    try:
+        _wait_until_ended(child.pid)
+
+        def noted_by(pid: int, machine: str | None = None) -> object:
+            """What a rank with process id `pid` notes when it joins (on another machine: `machine`)."""
+            noted: list[object] = []
+            with monkeypatch.context() as rank:
+                rank.setattr(os, "getpid", lambda: pid)
+                if machine is not None:
+                    rank.setattr(strategy, "_machine", lambda: machine, raising=False)
+                rank.setattr(dist, "get_world_size", lambda group=None: 1)
+                rank.setattr(dist, "all_gather_object", lambda gathered, own, group=None: noted.append(own))
+                rank.setattr(strategy, "_peers", [])
+                strategy._note_peers()
+            return noted[0]
+
+        # rank 1: another machine whose host name is this one's, its process id that of no process here
+        job = [noted_by(os.getpid()), noted_by(child.pid, machine="another boot, another PID namespace")]
+        monkeypatch.setattr(strategy, "_peers", [])
+        monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+        monkeypatch.setattr(
+            dist, "all_gather_object", lambda gathered, own, group=None: gathered.__setitem__(slice(None), job)
+        )
+        strategy._note_peers()
+        assert strategy.ended_ranks(wait_seconds=0) == []
+        assert strategy.ranks_elsewhere() == {socket.gethostname(): [1]}
+    finally:
         child.wait()
 
 

@@ -138,14 +138,35 @@ def init_distributed(device: str = "auto") -> DistInfo | None:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend())
 
 
-_peers: list[tuple[str, int]] = []  # (host name, process id) of every rank of the job, by rank
+_peers: list[tuple[str, str, int]] = []  # (host name, `_machine`, process id) of every rank of the job, by rank
 
 
 def _note_peers() -> None:
-    """Keep every rank's host and process id, so that a rank that loses another can name it (`ended_ranks`)."""
+    """Keep every rank's host, machine and process id, so that a rank that loses another can name it (`ended_ranks`)."""
     peers: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+    dist.all_gather_object(peers, (socket.gethostname(), _machine(), os.getpid()))
     _peers[:] = peers
+
+
+def _machine() -> str:
+    """What tells whether a peer's process id names a process here: the kernel's boot id (one per machine and boot)
+    and this process's PID namespace (one per container); empty where the system shows neither (not Linux).
+
+    The host name alone was taken for it, and machines can share one (containers, cloud images, ``localhost``): a
+    rank of another machine, its process id looked up on this one, where no such process runs, was named as the
+    rank that ended.
+    """
+    parts = []
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    with contextlib.suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid"))  # "pid:[4026531836]"
+    return " ".join(parts)
+
+
+def _here(host: str, machine: str) -> bool:
+    """Whether a peer that noted `host` and `machine` (`_note_peers`) runs where this process can see its process."""
+    return host == socket.gethostname() and machine == _machine()
 
 
 def _process_ended(pid: int) -> bool:
@@ -187,8 +208,8 @@ def ended_ranks(wait_seconds: float = 1.0) -> list[int]:
     of this one that waited on it ends first, and was named as the rank that ended. Empty before `init_distributed`
     joined the job (or when it was joined by other code). How each ended, where it showed, is `how_rank_ended`'s.
     """
-    host, own = socket.gethostname(), os.getpid()
-    local = [(rank, pid) for rank, (peer_host, pid) in enumerate(_peers) if peer_host == host and pid != own]
+    own = os.getpid()
+    local = [(rank, pid) for rank, (host, machine, pid) in enumerate(_peers) if _here(host, machine) and pid != own]
     deadline = time.monotonic() + wait_seconds
     while True:
         ended = []
@@ -263,11 +284,10 @@ def ranks_elsewhere() -> dict[str, list[int]]:
     For a rank that lost another and found none of its own machine ended: the one lost ran on one of these, and only
     that machine (its torchrun's log) can say which it was. Empty before `init_distributed` joined the job.
     """
-    host = socket.gethostname()
     elsewhere: dict[str, list[int]] = {}
-    for rank, (peer_host, _pid) in enumerate(_peers):
-        if peer_host != host:
-            elsewhere.setdefault(peer_host, []).append(rank)
+    for rank, (host, machine, _pid) in enumerate(_peers):
+        if not _here(host, machine):
+            elsewhere.setdefault(host, []).append(rank)
     return elsewhere
 
 
