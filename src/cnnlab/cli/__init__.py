@@ -415,8 +415,10 @@ def _end_broken_job(torchrun_stop: _Sigterm, rank_here_ended: bool) -> None:
     the interpreter's shutdown (torchrun's table showed `-15 (SIGTERM)`: 11 of 13 kills of a rank, 2 CPU processes);
     and a rank whose peer was on another machine, exiting with its gloo group alive, could abort in gloo's threads
     (`-6 (SIGABRT)`, "terminate called without an active exception"). A broken group cannot be left cleanly, and
-    nothing is lost by skipping the shutdown: the error has unwound through the task's clean-up, and files are
-    written whole as the run goes (TensorBoard's steps past the last finished epoch, which a resume drops, aside).
+    nothing is lost by skipping the shutdown: the error has unwound through the task's clean-up (sessions.json is
+    written then), metrics and checkpoints are written whole as the run goes, and TensorBoard's writer thread appends
+    each event to its file as it is logged, while this rank waits in the collective that fails (the step logged just
+    before a peer was killed was in the file after 6 of 6 kills, 2 CPU processes).
 
     When a rank of this machine ended, torchrun's SIGTERM is awaited first (up to `TORCHRUN_NOTICE_SECONDS`):
     torchrun's "Root Cause" is the failure it saw first, and this rank, ending before torchrun saw the rank that
