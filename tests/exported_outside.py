@@ -1,7 +1,8 @@
-"""Use a `cnnlab export` file as a deployment would, without cnnlab: the model loaded with torch.jit.load or ONNX
-Runtime, and each image prepared from its ``<file>.preprocessing.json`` alone (for the tests that compare the result
-with `cnnlab predict`). Nothing here imports cnnlab, and only the keys README's "What an export's record holds"
-documents are read: what the record leaves out shows up as a difference.
+"""Use a `cnnlab export` file as a deployment would, without cnnlab: the model loaded with torch.jit.load, ONNX Runtime
+or torch.export.load, and each image prepared from its ``<file>.preprocessing.json`` alone (for the tests that compare
+the result with `cnnlab predict`, `cnnlab fcn scan` or a canvas run's test pass), for every kind an export writes.
+Nothing here imports cnnlab, and only the keys README's "What an export's record holds" documents are read: what the
+record leaves out shows up as a difference.
 """
 
 from __future__ import annotations
@@ -17,9 +18,20 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
-__all__ = ["decoded", "exported_runner", "photo_input", "digit_input", "read_record", "segment_mask"]
+__all__ = [
+    "canvas_mask",
+    "decoded",
+    "digit_input",
+    "exported_runner",
+    "grey_digits_input",
+    "photo_input",
+    "read_record",
+    "scanner_probabilities",
+    "segment_mask",
+]
 
 LAYOUT = "cnnlab-export-2"
+KINDS = ("digit-classifier", "image-classifier", "segmenter", "digit-scanner", "digit-segmenter")
 
 
 def read_record(model_file: str | Path) -> dict[str, Any]:
@@ -27,7 +39,7 @@ def read_record(model_file: str | Path) -> dict[str, Any]:
     checked present."""
     record = json.loads(Path(f"{model_file}.preprocessing.json").read_text())
     assert record["layout"] == LAYOUT, record.get("layout")
-    assert record["kind"] in ("digit-classifier", "image-classifier", "segmenter"), record["kind"]
+    assert record["kind"] in KINDS, record["kind"]
     common = ("format", "load", "decode", "input", "output", "classes", "views", "normalisation")
     assert all(key in record for key in common), [key for key in common if key not in record]
     return record
@@ -39,6 +51,10 @@ def exported_runner(model_file: str | Path, record: dict[str, Any]) -> Callable[
         assert record["load"] == "torch.jit.load(path)"
         module = torch.jit.load(str(model_file))
         return lambda images: module(images).detach()
+    if record["format"] == "pt2":
+        assert record["load"] == "torch.export.load(path).module()"
+        program = torch.export.load(str(model_file)).module()
+        return lambda images: program(images).detach()
     assert record["format"] == "onnx" and "input name 'images'" in record["load"]
     import onnxruntime
 
@@ -139,4 +155,43 @@ def segment_mask(record: dict[str, Any], run: Callable[[torch.Tensor], torch.Ten
     if seen is not image:
         assert "upsample the logits bilinearly (align_corners=False)" in record["resize"]
         logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+    return logits.argmax(1)[0].numpy().astype(np.uint8)
+
+
+def grey_digits_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
+    """[1, H, W] in [0, 1] at the image's own size, as a digit scanner's or a canvas segmenter's ``prepare`` says:
+    grey, divided by 255, inverted when its mean is above ``invert_above_mean``."""
+    assert record["kind"] in ("digit-scanner", "digit-segmenter")
+    assert "grey (PIL Image.convert('L')), divided by 255" in record["prepare"] and "not resized" in record["prepare"]
+    grey = np.asarray(decoded(path).convert("L"), dtype=np.float32) / 255.0
+    if grey.mean() > record["invert_above_mean"]:
+        grey = 1.0 - grey
+    assert record["input_shape"] == ["N", 1, "H", "W"] and record["views"] == ["identity"]
+    return torch.from_numpy(grey)[None]
+
+
+def scanner_probabilities(
+    record: dict[str, Any], run: Callable[[torch.Tensor], torch.Tensor], path: str | Path
+) -> torch.Tensor:
+    """[10, rows, cols] the digits' probabilities of each window inside the image, as the record's ``output`` places
+    them: (H - window) // stride + 1 rows and as many columns, softmax taken of logits or log-probabilities."""
+    assert record["kind"] == "digit-scanner"
+    grey = grey_digits_input(record, path)
+    (window_height, window_width), (down, across) = record["window"], record["stride"]
+    assert f"first (H - {window_height}) // {down} + 1 rows" in record["output"]
+    scores = run(grey[None])[0]
+    rows, cols = (grey.shape[1] - window_height) // down + 1, (grey.shape[2] - window_width) // across + 1
+    scores = scores[:, :rows, :cols]
+    if "classifier's probabilities" in record["output"]:
+        return scores
+    assert "classifier's logits" in record["output"] or "classifier's log-probabilities" in record["output"]
+    return scores.softmax(0)
+
+
+def canvas_mask(record: dict[str, Any], run: Callable[[torch.Tensor], torch.Tensor], path: str | Path) -> np.ndarray:
+    """The uint8 mask [H, W] of a canvas segmenter at the image's own size: the argmax of its logits (0 background,
+    1 + d for digit d)."""
+    assert record["kind"] == "digit-segmenter" and record["normalisation"] is None
+    assert "argmax over classes gives the mask" in record["output"] and record["background"] == 0
+    logits = run(grey_digits_input(record, path)[None])
     return logits.argmax(1)[0].numpy().astype(np.uint8)

@@ -15,7 +15,14 @@ from torch import Tensor, nn
 import cnnlab.tasks.export
 from cnnlab.errors import CnnlabError
 from cnnlab.fcn import to_fully_convolutional
-from cnnlab.fcn.scan import convert_run, load_fully_convolutional, save_fully_convolutional, scan, scan_tensor
+from cnnlab.fcn.scan import (
+    convert_run,
+    load_fully_convolutional,
+    load_scan_image,
+    save_fully_convolutional,
+    scan,
+    scan_tensor,
+)
 from cnnlab.models import create_model
 from cnnlab.tasks.export import export_model
 from cnnlab.tasks.predict import Predictor
@@ -155,3 +162,90 @@ def test_a_canvas_segmentation_run_exports_with_free_height_and_width(tmp_path: 
         with torch.inference_mode():
             expected = eager(images)
         assert expected.shape == (shape[0], 11, *shape[2:]) and torch.allclose(exported(images), expected, atol=1e-4)
+
+
+def _digit_images(folder: Path, generator: torch.Generator) -> list[Path]:
+    """Three image files a scanner or canvas segmenter is given: light strokes on black (grey PNG, 70x50), dark on
+    light paper (RGB, inverted by the preparation, 45x61) and the same on a transparent background (RGBA)."""
+    strokes = torch.zeros(70, 50)
+    strokes[10:60, 20:26] = 1.0
+    strokes[30:36, 5:45] = 0.8
+    light = ((strokes + 0.1 * torch.rand(70, 50, generator=generator)).clamp(0, 1) * 255).to(torch.uint8).numpy()
+    Image.fromarray(light).save(folder / "light.png")
+    paper = (255 - light[:61, :45]).copy()
+    Image.fromarray(paper).convert("RGB").save(folder / "paper.png")
+    rgba = np.zeros((61, 45, 4), dtype=np.uint8)
+    rgba[..., 3] = light[:61, :45]  # ink drawn as opacity on a transparent sheet: decoded on white, then inverted
+    Image.fromarray(rgba, "RGBA").save(folder / "transparent.png")
+    return [folder / "light.png", folder / "paper.png", folder / "transparent.png"]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx", "pt2"])
+def test_a_scanner_export_used_from_its_record_alone_gives_fcn_scans_probabilities(
+    converted: Path, tmp_path: Path, fmt: str
+) -> None:
+    """A `cnnlab fcn convert` folder's export loaded without cnnlab (tests/exported_outside.py) and each image file
+    prepared from the record beside it alone: `cnnlab fcn scan`'s probabilities at the network's stride, for a grey, a
+    dark-on-paper and a transparent image (the other kinds were checked so; this one only from tensors)."""
+    from exported_outside import exported_runner, read_record, scanner_probabilities
+
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    model_file = export_model(str(converted), fmt, tmp_path / f"scanner{cnnlab.tasks.export.SUFFIXES[fmt]}")["model"]
+    record = read_record(model_file)
+    run, eager = exported_runner(model_file, record), load_fully_convolutional(converted)
+    for path in _digit_images(tmp_path, torch.Generator().manual_seed(0)):
+        expected = scan(eager, load_scan_image(path), refine=1).probabilities
+        actual = scanner_probabilities(record, run, path)
+        assert actual.shape == expected.shape and expected.shape[-2:] == (
+            (Image.open(path).height - 28) // 8 + 1,
+            (Image.open(path).width - 28) // 8 + 1,
+        )
+        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_a_canvas_segmenter_export_used_from_its_record_alone_gives_its_test_pass_masks(
+    tmp_path: Path, fmt: str
+) -> None:
+    """A canvas run's export loaded without cnnlab and canvases saved as image files (light on black as the run saw
+    them, and dark on light paper) prepared from its record alone: the masks of the run's own test pass
+    (`evaluate_segmentation`, which `cnnlab train segment` scores its test canvases with). pt2 takes 20 s here; its
+    path is the `--data` run's, which tests/tasks/test_segment_folder.py checks."""
+    from cnnlab.data.segmentation import CLASS_NAMES, make_canvases
+    from cnnlab.tasks.segmentation import evaluate_segmentation
+    from cnnlab.train.saved import load_model
+    from exported_outside import canvas_mask, exported_runner, read_record
+
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    kwargs = {"widths": (4, 8, 8), "num_classes": 11, "in_chans": 1}
+    network = create_model("unet", **kwargs)
+    with (
+        torch.no_grad()
+    ):  # untrained, its bias alone chooses the class: one class everywhere would hide a misplaced mask
+        network.classifier.bias.zero_()
+    meta = {"task": "segment", "kind": "digit-segmenter", "classes": list(CLASS_NAMES)}
+    save_model(network, tmp_path / "canvases", "unet", kwargs, meta)
+    generator = torch.Generator().manual_seed(0)
+    pool = (torch.rand(20, 1, 28, 28, generator=generator) > 0.7).to(torch.uint8) * 255
+    canvases = make_canvases(pool, torch.arange(20) % 10, torch.arange(20), 2, size=(48, 72), seed=0)
+    eager = load_model(tmp_path / "canvases")
+    with torch.inference_mode():
+        _, expected = evaluate_segmentation(eager, canvases.images, canvases.masks)
+        best_two = eager(canvases.images.float() / 255).topk(2, dim=1).values
+    clear = (best_two[:, 0] - best_two[:, 1] > 1e-4).numpy()  # pixels whose class float rounding cannot change
+    assert clear.mean() > 0.95 and len(np.unique(expected.numpy())) > 3
+    Image.fromarray(canvases.images[0, 0].numpy()).save(tmp_path / "light.png")
+    Image.fromarray(255 - canvases.images[1, 0].numpy()).convert("RGB").save(tmp_path / "paper.png")
+    suffix = cnnlab.tasks.export.SUFFIXES[fmt]
+    model_file = export_model(str(tmp_path / "canvases"), fmt, tmp_path / f"canvases{suffix}")["model"]
+    record = read_record(model_file)
+    run = exported_runner(model_file, record)
+    for index, name in enumerate(("light.png", "paper.png")):
+        mask = canvas_mask(record, run, tmp_path / name)
+        assert mask.shape == (48, 72)
+        np.testing.assert_array_equal(mask[clear[index]], expected[index].numpy()[clear[index]])
