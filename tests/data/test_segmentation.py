@@ -104,6 +104,25 @@ def test_a_small_mnist_still_gives_disjoint_pools_and_one_too_small_is_named(tmp
         make_digit_segmentation(write_fake_mnist(tmp_path / "one", train=1, test=30), sizes=(1, 1, 1))
 
 
+def test_the_test_canvases_are_made_again_alone_whatever_the_other_splits_sizes(tmp_path):
+    """`cnnlab evaluate` of a canvas run makes its test canvases again from the MNIST test file alone: the same pixels
+    and masks as the run's, whatever its train and val sizes, and another MNIST gives another digest."""
+    from test_mnist_idx import write_fake_mnist  # noqa: PLC0415 - sibling test module
+
+    from cnnlab.data.segmentation import canvases_digest, make_test_canvases
+
+    mnist = write_fake_mnist(tmp_path / "mnist", train=60, test=30)
+    made = make_digit_segmentation(mnist, sizes=(5, 3, 4), canvas_size=40).test
+    again = make_test_canvases(mnist, 4, canvas_size=40)
+    assert torch.equal(again.images, made.images) and torch.equal(again.masks, made.masks)
+    assert torch.equal(
+        again.source_ids, make_digit_segmentation(mnist, sizes=(2, 1, 4), canvas_size=40).test.source_ids
+    )
+    assert canvases_digest(again) == canvases_digest(made)
+    other = make_test_canvases(write_fake_mnist(tmp_path / "other", train=60, test=30, seed=1), 4, canvas_size=40)
+    assert canvases_digest(other) != canvases_digest(made)
+
+
 def test_folder_round_trip_with_colour_map(tmp_path):
     canvases = make_canvases(*_pool(), 4, size=(40, 50), seed=0)
     save_segmentation_folder(canvases.images, canvases.masks, tmp_path)

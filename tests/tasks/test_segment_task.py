@@ -357,3 +357,49 @@ def test_a_python_callers_threads_are_set_before_the_data_is_prepared(tmp_path, 
     finally:
         torch.set_num_threads(threads)
     assert seen == [1]
+
+
+def test_evaluate_scores_a_canvas_run_on_its_test_canvases_made_again(tmp_path, monkeypatch):
+    """`cnnlab evaluate RUN` refused a canvas run ("its test_overlays.png shows its masks"), where its test canvases
+    are a seeded function of MNIST and its record: made again, they give its test pass's scores; made from another
+    MNIST (its results.json records their digest) they are refused, and a run whose config.yaml is gone is told
+    where its scores are."""
+    import shutil
+    from pathlib import Path
+
+    from cli_in_process import run_cnnlab
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "data"))
+    from test_mnist_idx import write_fake_mnist
+
+    mnist = write_fake_mnist(tmp_path / "mnist", train=60, test=30)
+    with monkeypatch.context() as undrawn:  # the training's figures (2 of its 3 s), which evaluate does not read
+        undrawn.setattr("cnnlab.tasks.segmentation.save_overlays", lambda *args: None)
+        undrawn.setattr("cnnlab.train.records.plot_learning_curves", lambda *args, **kwargs: None)
+        summary = train_segmentation(
+            "quick",
+            data_dir=str(mnist),
+            output=str(tmp_path / "runs"),
+            name="c",
+            sizes=(4, 2, 3),
+            overrides={"epochs": 1, "batch_size": 2},
+            model_kwargs={"widths": (4, 8)},
+            pretrain_epochs=0,
+            progress=False,
+        )
+    run = tmp_path / "runs" / "segment" / "c"
+    completed = run_cnnlab("evaluate", str(run), "--data-dir", str(mnist))
+    assert completed.returncode == 0, completed.stderr
+    assert f"test mIoU {summary['test']['miou']:.4f} (digits;" in completed.stdout
+    scored = json.loads((run / "evaluation" / "evaluation.json").read_text())
+    assert scored["test"] == summary["test"] and scored["canvases_checked"] and scored["canvases"] == 3
+    assert (run / "evaluation" / "test_overlays.png").is_file()
+    other = write_fake_mnist(tmp_path / "other", train=60, test=30, seed=1)
+    refused = run_cnnlab("evaluate", str(run), "--data-dir", str(other))
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert f"are not those {run} was tested on" in refused.stderr and "pass --data-dir with the MNIST" in refused.stderr
+    with_data = run_cnnlab("evaluate", str(run), "--data", str(other))
+    assert with_data.returncode == 2 and f"`cnnlab evaluate {run}`, without --data, scores it again" in with_data.stderr
+    copied = shutil.copytree(run, tmp_path / "copied", ignore=shutil.ignore_patterns("config.yaml"))
+    unknown = run_cnnlab("evaluate", str(copied), "--data-dir", str(mnist))
+    assert unknown.returncode == 2 and "cannot be made again; its test scores are in" in unknown.stderr

@@ -1,4 +1,5 @@
-"""`cnnlab evaluate RUN`: re-evaluate a trained run on its test set (MNIST) or on a labelled folder (transfer)."""
+"""`cnnlab evaluate RUN`: re-evaluate a trained run on its test set (MNIST, a canvas segmentation run's canvases made
+again) or on a labelled folder (transfer, `train segment --data`)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ def evaluate(
         "(a `train segment --data` run) (default: an MNIST run on the MNIST test set).",
     ),
     data_dir: Path | None = typer.Option(
-        None, "--data-dir", help="An MNIST run: the dataset root (else $CNNLAB_DATA, else ./data)."
+        None,
+        "--data-dir",
+        help="An MNIST run, or a `train segment` run on the MNIST canvases: the MNIST root (else $CNNLAB_DATA, else "
+        "./data).",
     ),
     output_dir: Path | None = typer.Option(
         None, "--output", "-o", "--out", help="Where figures go (default RUN/evaluation)."
@@ -40,6 +44,11 @@ def evaluate(
 ) -> None:
     """An MNIST run (or ensemble) on the MNIST test set: accuracy, per-class accuracy, a confusion-matrix PNG and a
     PNG of the misclassified images; a transfer or segmentation run on a folder of new labelled images (--data).
+
+    A `cnnlab train segment` run on the MNIST canvases (without --data) is scored again on its own test canvases,
+    made again from the MNIST test digits as it made them (seed 0, its count and size): mIoU, pixel accuracy,
+    boundary F1 and per-class IoU (evaluation.json), its test pass's numbers, and test_overlays.png. Canvases that
+    differ from those its results.json records (another MNIST) are refused.
 
     With --data DIR, a `cnnlab train transfer` run classifies every image of DIR (one sub-folder per class, named as
     the run's classes; a subset of them will do) with the preprocessing and test-time views the run recorded, as its
@@ -73,14 +82,31 @@ def evaluate(
         return
     if exclude_trained:
         raise CnnlabError("--exclude-trained applies to --data (an MNIST run is scored on the MNIST test set)")
+    from cnnlab.tasks.run_precision import precision_line
+    from cnnlab.tasks.segmentation import evaluate_canvas_run, is_canvas_run
+
+    if is_canvas_run(run):  # its test canvases are made again from MNIST, as it made them
+        scored = evaluate_canvas_run(run, None if data_dir is None else str(data_dir), output_dir, device=device)
+        if as_json:
+            typer.echo(json.dumps(scored))
+            return
+        for line in precision_line(scored):
+            typer.echo(line)
+        test = scored["test"]
+        checked = "" if scored["canvases_checked"] else " (the run records no digest of them: not checked)"
+        typer.echo(f"{scored['canvases']} test canvases of {scored['canvas_size']} px made again from MNIST{checked}")
+        typer.echo(
+            f"test mIoU {test['miou']:.4f} (digits; with background {test['miou_with_bg']:.4f}), pixel accuracy "
+            f"{test['pixel_accuracy']:.4f}, boundary F1 {test['boundary_f1']:.4f}"
+        )
+        typer.echo(f"overlays: {scored['test_overlays_png']}")
+        return
     from cnnlab.tasks.mnist import evaluate_mnist
 
     result = evaluate_mnist(run, None if data_dir is None else str(data_dir), output_dir, device=device)
     if as_json:
         typer.echo(json.dumps(result))
         return
-    from cnnlab.tasks.run_precision import precision_line
-
     for line in precision_line(result):
         typer.echo(line)
     typer.echo(f"test accuracy {result['test_accuracy']:.4f} ({result['errors']} errors)")

@@ -21,6 +21,7 @@ it is resampled with nearest neighbours and padded with `IGNORE_INDEX`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -64,6 +65,7 @@ __all__ = [
     "SegmentationInput",
     "SegmentationSamples",
     "UnreadableImage",
+    "canvases_digest",
     "check_mask_classes",
     "class_colours",
     "downscale",
@@ -73,6 +75,7 @@ __all__ = [
     "joint_train_transform",
     "make_canvases",
     "make_digit_segmentation",
+    "make_test_canvases",
     "pad_collate",
     "same_size_batches",
     "save_segmentation_folder",
@@ -281,8 +284,52 @@ def make_digit_segmentation(
     digits, labels, ids = pools["train"]
     train = make_canvases(digits, labels, ids, train_count, canvas_size, digits_per_canvas, seed * 3)
     val = make_canvases(*pools["val"], val_count, canvas_size, digits_per_canvas, seed * 3 + 1)
-    test = make_canvases(*pools["test"], test_count, canvas_size, digits_per_canvas, seed * 3 + 2)
+    test = _test_canvases(pools["test"], test_count, canvas_size, digits_per_canvas, seed)
     return DigitSegmentation(train, val, test, train_digits=(digits.reshape(-1, 1, 28, 28), labels, ids))
+
+
+def _test_canvases(
+    pool: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    count: int,
+    canvas_size: int | tuple[int, int],
+    digits_per_canvas: tuple[int, int],
+    seed: int,
+) -> DigitCanvases:
+    """The test split of `make_digit_segmentation` from its pool of MNIST test digits (their own stream of `seed`)."""
+    return make_canvases(*pool, count, canvas_size, digits_per_canvas, seed * 3 + 2)
+
+
+def make_test_canvases(
+    data_dir: str | os.PathLike[str] | None,
+    count: int,
+    canvas_size: int | tuple[int, int] = 64,
+    digits_per_canvas: tuple[int, int] = (1, MAX_DIGITS),
+    seed: int = 0,
+) -> DigitCanvases:
+    """`make_digit_segmentation`'s test canvases alone, made again from the MNIST test file (the training file is not
+    read): the same canvases for the same MNIST, `count`, size and seed, whatever the train and val sizes were.
+
+    Raises:
+        CnnlabError: when MNIST is not found, holds no test digit, or an option is out of range.
+    """
+    from cnnlab.data.mnist import _load_split, find_mnist_dir
+
+    directory = find_mnist_dir(data_dir)
+    images, labels = _load_split(directory, "test")
+    if not len(labels):
+        raise CnnlabError(f"{directory} holds no MNIST test digit; the test canvases are made of them")
+    pool = (images, labels, torch.arange(len(labels)) + TEST_ID_OFFSET)
+    return _test_canvases(pool, count, canvas_size, digits_per_canvas, seed)
+
+
+def canvases_digest(canvases: DigitCanvases) -> str:
+    """SHA-256 of the canvases' pixels and masks: a run records its test canvases' so that those made again from
+    another MNIST (or given from Python) are told apart."""
+    digest = hashlib.sha256()
+    for tensor in (canvases.images, canvases.masks):
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_segmentation_folder(

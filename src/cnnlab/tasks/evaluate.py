@@ -92,7 +92,12 @@ def evaluate_folder(
                 "an MNIST run is scored on the MNIST test set (leave out --data; --data-dir names the MNIST root)"
                 if task == "mnist"
                 else f"its own test set was scored once, in {spec_path(run).parent / 'report.md'}"
-                + (" (it was trained on MNIST canvases)" if canvases else "")
+                + (
+                    f" (it was trained on MNIST canvases: `cnnlab evaluate {spec_path(run).parent}`, without --data, "
+                    "scores it again on its test canvases, made again from MNIST)"
+                    if canvases
+                    else ""
+                )
             )
         )
     run_dir = spec_path(run).parent

@@ -1059,7 +1059,7 @@ def check_mnist_run(run: Path) -> None:
         # a segmentation run on the MNIST canvases records no normalisation for new images: predict refuses it
         canvases = meta.get("kind") == DIGIT_SEGMENTER
         use = (
-            "its test_overlays.png shows its masks"
+            f"its test_overlays.png shows its masks; `cnnlab evaluate {folder}` scores it again on its test canvases"
             if canvases
             else f"`cnnlab predict --model {folder} IMAGE...` applies it to new images"
         )

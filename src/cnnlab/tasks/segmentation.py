@@ -23,9 +23,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.data.augment import RandomAffine
-from cnnlab.data.segmentation import CLASS_NAMES, NUM_CLASSES, DigitSegmentation, make_digit_segmentation
+from cnnlab.data.segmentation import (
+    CLASS_NAMES,
+    NUM_CLASSES,
+    DigitSegmentation,
+    canvases_digest,
+    make_digit_segmentation,
+    make_test_canvases,
+)
 from cnnlab.errors import CnnlabError
-from cnnlab.files import write_text_whole
+from cnnlab.files import check_writable, write_text_whole
 from cnnlab.report.segmentation import (
     BoundaryF1,
     MeanIoU,
@@ -66,7 +73,9 @@ __all__ = [
     "EncoderClassifier",
     "SegmentRecipe",
     "chosen_epoch",
+    "evaluate_canvas_run",
     "evaluate_segmentation",
+    "is_canvas_run",
     "pretrain_encoder",
     "saved_epoch_line",
     "train_segmentation",
@@ -466,6 +475,8 @@ def train_segmentation(
             **sessions.results(),  # each session, and their wall time (None: one is unknown)
             "batch": trainer.batch_record(),  # the batch it trained with: a search's, or after an out-of-memory retry
             "canvases": data_sizes(data),
+            # which test canvases these scores are of: `cnnlab evaluate RUN` makes them again and checks it
+            "test_canvases_sha256": canvases_digest(data.test),
             "device": str(trainer.device),  # what its report's hardware line names
         }
         if trainer.is_main_process:
@@ -473,6 +484,93 @@ def train_segmentation(
             given = {**(overrides or {}), "train_canvases": summary["canvases"][0], "pretrain_epochs": pretrain}
             _report(chosen, config, history, summary, given).write(run_dir / "report.md")
         return summary
+
+
+def is_canvas_run(run: str | Path) -> bool:
+    """Whether `run` is a saved `train segment` run on the MNIST canvases (not ``--data``)."""
+    from cnnlab.train.saved import saved_meta
+
+    try:
+        return saved_meta(run).get("kind") == DIGIT_SEGMENTER
+    except CnnlabError:  # nothing loadable there: what loads it says so
+        return False
+
+
+def evaluate_canvas_run(
+    run: str | Path, data_dir: str | None = None, output_dir: str | Path | None = None, device: str = "cpu"
+) -> dict[str, Any]:
+    """Score a canvas run again on its test canvases, made again from MNIST as its record says (seed 0, its count
+    and the recipe's canvas size), through the engine's inference path in the memory format of its test pass: the
+    scores its results.json holds, on the same device and precision.
+
+    Args:
+        run: the run directory (or its model.json / model.safetensors).
+        data_dir: MNIST root (see `cnnlab.data.paths`).
+        output_dir: where ``evaluation.json`` and ``test_overlays.png`` go; default ``<run>/evaluation``.
+        device: evaluation device.
+
+    Returns:
+        What ``evaluation.json`` holds: the test report (as results.json's ``test``), the canvases, the precisions
+        (`cnnlab.tasks.run_precision.precisions`), whether the canvases were checked against the run's record, and
+        the paths written.
+
+    Raises:
+        CnnlabError: the run's config.yaml is missing or records no canvas sizes (its test canvases cannot be told);
+            the canvases made again differ from those the run was tested on (another MNIST, or canvases given from
+            Python); MNIST is not found; `output_dir` cannot be written.
+    """
+    import yaml
+
+    from cnnlab.tasks.run_precision import precisions, run_channels_last
+    from cnnlab.train.saved import load_model, spec_path
+
+    run_dir = spec_path(run).parent
+    report_md = run_dir / "report.md"
+    try:
+        extra = load_config(run_dir / "config.yaml").extra
+        test_count = int(extra["canvas_sizes"][2])
+        canvas_size = RECIPES.get(str(extra["recipe"])).canvas_size
+    except (CnnlabError, KeyError, TypeError, ValueError, IndexError, OSError, yaml.YAMLError) as error:
+        raise CnnlabError(
+            f"{run_dir} is a canvas segmentation run whose config.yaml does not say which test canvases it was scored "
+            f"on ({error}), so they cannot be made again; its test scores are in {report_md}"
+        ) from error
+    out = Path(output_dir) if output_dir is not None else run_dir / "evaluation"
+    check_writable(out / "evaluation.json", shown=str(out))  # before the canvases are made and segmented
+    canvases = make_test_canvases(data_dir, test_count, canvas_size, seed=0)
+    recorded = _recorded_results(run_dir).get("test_canvases_sha256")
+    if recorded is not None and recorded != canvases_digest(canvases):
+        raise CnnlabError(
+            f"the {test_count} test canvases made again from the MNIST found (--data-dir, else $CNNLAB_DATA, else "
+            f"./data) are not those {run_dir} was tested on (another MNIST test file, or canvases given from Python), "
+            f"so its scores would not be comparable; pass --data-dir with the MNIST it was trained on, or see its test "
+            f"scores in {report_md}"
+        )
+    model = load_model(run, device=device)
+    trainer = Trainer.for_inference(
+        model, device=device, batch_size=64, channels_last=run_channels_last(run_dir), eval_transform=_to_device_dtypes
+    )
+    report, predictions = evaluate_segmentation(model, canvases.images, canvases.masks, trainer=trainer)
+    save_overlays(canvases.images, canvases.masks, predictions, out / "test_overlays.png", CLASS_NAMES)
+    result = {
+        "run": str(run),
+        **precisions(run_dir),
+        "canvases": test_count,
+        "canvas_size": canvas_size,
+        "canvases_checked": recorded is not None,  # a run made before the digest was recorded: not checked
+        "test": report,
+        "test_overlays_png": str(out / "test_overlays.png"),
+    }
+    write_text_whole(out / "evaluation.json", json.dumps(result, indent=1))
+    return result
+
+
+def _recorded_results(run_dir: Path) -> dict[str, Any]:
+    """The run's results.json ({} where it cannot be read: a run stopped before it, or made elsewhere)."""
+    try:
+        return dict(json.loads((run_dir / "results.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return {}
 
 
 def _read_back(
