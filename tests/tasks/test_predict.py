@@ -279,12 +279,7 @@ def test_export_matches_pytorch(tiny_run: Path, tmp_path: Path, fmt: str) -> Non
     assert len(record["views"]) == 8 and "each view applied inside the model" in record["output"]
     from exported_outside import exported_runner
 
-    if fmt == "pt2":  # the file loaded as the record tells a deployment to
-        assert record["load"] == "torch.export.load(path).module()"
-        program = torch.export.load(result["model"]).module()
-        loaded = lambda images: program(images).detach()  # noqa: E731
-    else:
-        loaded = exported_runner(result["model"], record)
+    loaded = exported_runner(result["model"], record)  # the file loaded as the record tells a deployment to
     predictor = load_predictor(str(tiny_run))
     mean, std = torch.tensor(record["record"]["mean"]), torch.tensor(record["record"]["std"])
     for batch in (1, 3, 7):  # the file loaded as the record tells a deployment to, at batches it was not traced at
