@@ -223,22 +223,27 @@ def test_a_canvas_segmenter_export_used_from_its_record_alone_gives_its_test_pas
         pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     kwargs = {"widths": (4, 8, 8), "num_classes": 11, "in_chans": 1}
-    network = create_model("unet", **kwargs)
-    with (
-        torch.no_grad()
-    ):  # untrained, its bias alone chooses the class: one class everywhere would hide a misplaced mask
-        network.classifier.bias.zero_()
-    meta = {"task": "segment", "kind": "digit-segmenter", "classes": list(CLASS_NAMES)}
-    save_model(network, tmp_path / "canvases", "unet", kwargs, meta)
     generator = torch.Generator().manual_seed(0)
     pool = (torch.rand(20, 1, 28, 28, generator=generator) > 0.7).to(torch.uint8) * 255
     canvases = make_canvases(pool, torch.arange(20) % 10, torch.arange(20), 2, size=(48, 72), seed=0)
+    network = create_model("unet", **kwargs)
+    # untrained, its batch norms' unit statistics leave the bias to choose one class nearly everywhere, the same for an
+    # image and its inverse; measured on the canvases and their inverses, its mask follows the ink
+    for layer in network.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.momentum = None  # one pass: the batch's own statistics
+    with torch.no_grad():
+        network.train()(torch.cat([canvases.images, 255 - canvases.images]).float() / 255)
+    meta = {"task": "segment", "kind": "digit-segmenter", "classes": list(CLASS_NAMES)}
+    save_model(network.eval(), tmp_path / "canvases", "unet", kwargs, meta)
     eager = load_model(tmp_path / "canvases")
     with torch.inference_mode():
         _, expected = evaluate_segmentation(eager, canvases.images, canvases.masks)
         best_two = eager(canvases.images.float() / 255).topk(2, dim=1).values
+        uninverted = eager(1 - canvases.images[1:].float() / 255).argmax(1)[0]  # the paper image, were it not inverted
     clear = (best_two[:, 0] - best_two[:, 1] > 1e-4).numpy()  # pixels whose class float rounding cannot change
     assert clear.mean() > 0.95 and len(np.unique(expected.numpy())) > 3
+    assert (uninverted != expected[1]).float().mean() > 0.3  # so a preparation that skips the inversion fails
     Image.fromarray(canvases.images[0, 0].numpy()).save(tmp_path / "light.png")
     Image.fromarray(255 - canvases.images[1, 0].numpy()).convert("RGB").save(tmp_path / "paper.png")
     suffix = cnnlab.tasks.export.SUFFIXES[fmt]
