@@ -27,6 +27,19 @@ def chelsea(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def digit_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A photographed "0": a dark ring on light grey paper (an MNIST run refuses a cat as "no digit found")."""
+    from PIL import Image
+
+    rows, cols = np.mgrid[:200, :200]
+    radius = np.hypot(rows - 100, cols - 100)
+    page = np.where((radius > 45) & (radius < 60), 40, 225).astype(np.uint8)
+    path = tmp_path_factory.mktemp("photos") / "zero.png"
+    Image.fromarray(page).convert("RGB").save(path)
+    return path
+
+
 @pytest.fixture
 def mnist_run(tmp_path: Path) -> Path:
     torch.manual_seed(0)
@@ -233,7 +246,7 @@ def _mnist_run_in_runs_root(runs: Path) -> Path:
     return run
 
 
-def test_a_model_change_shows_the_new_models_layers_for_the_photo_on_show(chelsea: Path, tmp_path: Path) -> None:
+def test_a_model_change_shows_the_new_models_layers_for_the_photo_on_show(digit_photo: Path, tmp_path: Path) -> None:
     """Switching from the zoo model to an MNIST run kept the zoo model's layer list and results; the next photo was
     refused ("has no spatial layer 'blocks.8.expand.bn'")."""
     pytest.importorskip("gradio", reason="the lab extra")
@@ -242,12 +255,12 @@ def test_a_model_change_shows_the_new_models_layers_for_the_photo_on_show(chelse
     run = _mnist_run_in_runs_root(tmp_path)
     app = build_app(tmp_path, warm=False)
     on_model = _handler(app, "model (zoo or run)", "change")
-    _photo, top, cam, _caption, layers, maps, _filters = on_model("mnist/small", str(chelsea))
-    mnist_layers = classify(load_subject(str(run)), open_upload(chelsea, 10 * 2**20)).layers
+    _photo, top, cam, _caption, layers, maps, _filters = on_model("mnist/small", str(digit_photo))
+    mnist_layers = classify(load_subject(str(run)), open_upload(digit_photo, 10 * 2**20)).layers
     assert layers.choices == [(name, name) for name in mnist_layers] and layers.value in mnist_layers
     assert len(top) == 5 and cam is not None and maps is not None
     on_upload = _handler(app, "photo", "upload")  # the layer the change chose is the new model's
-    assert on_upload("mnist/small", str(chelsea), layers.value)[4].value == layers.value
+    assert on_upload("mnist/small", str(digit_photo), layers.value)[4].value == layers.value
     cleared = on_model("efficientnet_lite0", None)  # no photo: the old model's results and layers go
     assert cleared[:3] == (None, None, None) and cleared[4].choices == []
 
@@ -371,7 +384,7 @@ def test_a_run_saved_again_while_the_lab_runs_is_classified_with_its_new_model(t
         on_upload("mnist/small", str(digit), None)
 
 
-def test_another_layer_or_model_for_a_drawing_explains_the_drawing(chelsea: Path, tmp_path: Path) -> None:
+def test_another_layer_or_model_for_a_drawing_explains_the_drawing(digit_photo: Path, tmp_path: Path) -> None:
     """Picking another feature-map layer re-ran the photo upload's handler: with a digit drawn and no photo it said
     "upload a photo first"; with a photo uploaded earlier it put the photo's classes in place of the drawing's."""
     pytest.importorskip("gradio", reason="the lab extra")
@@ -384,7 +397,7 @@ def test_another_layer_or_model_for_a_drawing_explains_the_drawing(chelsea: Path
     drawing = {"background": None, "layers": [], "composite": canvas}
     subject = load_subject(str(run))
     drawn = classify(subject, drawing_to_image(canvas))
-    values = {"model (zoo or run)": "mnist/small", "photo": str(chelsea), "digit": drawing}
+    values = {"model (zoo or run)": "mnist/small", "photo": str(digit_photo), "digit": drawing}
 
     def fire(label: str, event: str, **changed: object) -> tuple:
         dependency = _dependency(app, label, event)
@@ -396,7 +409,7 @@ def test_another_layer_or_model_for_a_drawing_explains_the_drawing(chelsea: Path
     assert list(top) == [name for name, _ in drawn.top[:5]]
     assert fire("feature-map layer", "input", photo=None, **first_layer)[4].value == drawn.layers[0]  # no photo
     assert list(fire("model (zoo or run)", "change")[1]) == list(top)  # the drawing again, with the chosen model
-    photo_top = classify(subject, open_upload(chelsea, 10 * 2**20)).top
+    photo_top = classify(subject, open_upload(digit_photo, 10 * 2**20)).top
     assert [name for name, _ in photo_top] != [name for name, _ in drawn.top]  # else the test could not tell
 
 
