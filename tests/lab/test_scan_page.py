@@ -203,3 +203,37 @@ def test_the_segmentation_outputs_are_shown_for_a_segmentation_run_only(tmp_path
     assert overlay.size == (168, 112) and mask.visible is True and shares.visible is True
     assert on_scan_run("mnist/digits", None)[0] is None  # no image: nothing on show
     assert handlers("large image", "clear") == (clear_first, None)
+
+
+def test_the_page_says_why_a_segmentation_run_on_the_mnist_canvases_is_not_listed(tmp_path: Path) -> None:
+    """A run of `cnnlab train segment` without --data, which the Classify page offers, was missing from the Scan
+    page's list unsaid (`cnnlab fcn scan` and `cnnlab predict` both refuse it), and with no other run a scan said
+    "no MNIST or segmentation run" beside it. The list's note names it and says why, from the page's load on."""
+    pytest.importorskip("gradio", reason="the lab extra")
+    from cnnlab.data.segmentation import CLASS_NAMES
+    from cnnlab.lab.app import build_app
+    from cnnlab.train.config import TrainConfig, save_config
+    from cnnlab.train.saved import DIGIT_SEGMENTER
+
+    app = build_app(tmp_path, warm=False)
+    handlers = {dependency.fn.__name__: dependency.fn for dependency in app.fns.values()}
+    refresh, on_scan = handlers["on_refresh_runs"], handlers["on_scan"]  # refresh: on each load, and on Refresh
+    assert refresh(None, None, None, None, None)[5].info is None  # nothing left out, nothing said
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 11, "in_chans": 1, "widths": [4, 8]}
+    meta = {"task": "segment", "kind": DIGIT_SEGMENTER, "classes": list(CLASS_NAMES)}
+    save_model(create_model("unet", **kwargs), tmp_path / "segment" / "canvas", "unet", kwargs, meta)
+    save_config(TrainConfig(task="segment", name="canvas"), tmp_path / "segment" / "canvas" / "config.yaml")
+    scan_list = refresh(None, None, None, None, None)[5]
+    why = (
+        "Not listed: segment/canvas, trained on the MNIST canvases (cnnlab train segment without --data). Its network "
+        "scores every pixel already, so cnnlab fcn scan has nothing to convert, and it records no preparation for "
+        "other images, so cnnlab predict, which segments here, refuses it; the Classify and explain page explains "
+        "an image with it."
+    )
+    assert scan_list.choices == [] and scan_list.info == why
+    image = tmp_path / "large.png"
+    Image.new("L", (64, 64)).save(image)
+    with pytest.raises(Exception, match="no MNIST run or `cnnlab train segment --data` run under") as refused:
+        on_scan(None, str(image))
+    assert refused.value.message.endswith(f"`cnnlab train segment --data DIR`. {why}")

@@ -132,9 +132,24 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         return [run_id for run_id, folder in find_runs(runs_root).items()
                 if is_segmentation_run(folder) or is_canvas_segmentation_run(folder)]  # fmt: skip
 
+    def canvas_segmentation_runs() -> list[str]:
+        return [run_id for run_id, folder in find_runs(runs_root).items() if is_canvas_segmentation_run(folder)]
+
     def scan_choices() -> list[str]:
         # an ensemble has no single network to convert to a fully convolutional one
         return saved_runs(runs_root, _SCAN_TASKS, ensembles=False) + segmentation_runs()
+
+    def unscanned_note(canvas_runs: list[str]) -> str | None:
+        """Why the Scan page does not list the canvas segmentation runs that the Classify page offers (the list
+        left them out unsaid, under the label "MNIST or segmentation run")."""
+        if not canvas_runs:
+            return None
+        return (
+            f"Not listed: {', '.join(canvas_runs)}, trained on the MNIST canvases (cnnlab train segment without "
+            "--data). Its network scores every pixel already, so cnnlab fcn scan has nothing to convert, and it "
+            "records no preparation for other images, so cnnlab predict, which segments here, refuses it; the "
+            "Classify and explain page explains an image with it."
+        )
 
     zoo = pretrained_models()
 
@@ -266,7 +281,9 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             gr.Dropdown(choices=choices, value=first if first in choices else None),
             gr.Dropdown(choices=choices, value=second if second in choices else None),
             gr.Dropdown(choices=models, value=kept(models, model)),
-            gr.Dropdown(choices=scan_runs, value=kept(scan_runs, scan_run)),
+            gr.Dropdown(
+                choices=scan_runs, value=kept(scan_runs, scan_run), info=unscanned_note(canvas_segmentation_runs())
+            ),
             *run_figures(on_show),
             runs_note(bool(choices)),
         )
@@ -307,9 +324,10 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
     @_shown_errors
     def on_scan(run_id: str, path: str | None) -> tuple:
         if not run_id:
+            unscanned = unscanned_note(canvas_segmentation_runs())
             raise CnnlabError(
-                f"no MNIST or segmentation run under {runs_root}; train one with `cnnlab train mnist` or "
-                "`cnnlab train segment --data DIR`"
+                f"no MNIST run or `cnnlab train segment --data` run under {runs_root}; train one with `cnnlab train "
+                "mnist` or `cnnlab train segment --data DIR`" + (f". {unscanned}" if unscanned else "")
             )
         if not path:
             raise CnnlabError("upload an image to scan")
@@ -434,10 +452,13 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             scan_runs = scan_choices()
             gr.Markdown(
                 "An MNIST run, converted to a fully convolutional network, scores every 28x28 window of a large image; "
-                "a segmentation run paints its classes."
+                "a segmentation run of `cnnlab train segment --data` paints its classes."
             )
             scan_run = gr.Dropdown(
-                scan_runs, value=scan_runs[0] if scan_runs else None, label="MNIST or segmentation run"
+                scan_runs,
+                value=scan_runs[0] if scan_runs else None,
+                label="MNIST or segmentation run",
+                info=unscanned_note(canvas_segmentation_runs()),
             )
             scan_upload = gr.File(label="large image", type="filepath", elem_id="scan-upload")  # cnnlab reads it
             with gr.Row():
