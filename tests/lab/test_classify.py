@@ -479,3 +479,43 @@ def test_a_network_without_maps_on_the_page_is_told_as_explain_tells_it() -> Non
     dense = nn.Sequential(nn.Flatten(), nn.Linear(9, 2))
     with pytest.raises(CnnlabError, match=r"^tiny produces no spatial feature maps \(is it a dense network\?\)"):
         classify(subject(dense), image)
+
+
+def test_the_drawing_panel_says_what_to_do_and_what_each_kind_of_model_makes_of_a_drawing(tmp_path: Path) -> None:
+    """The panel was titled "Draw a digit (for an MNIST run)" over a canvas labelled "digit": a segmentation run on the
+    MNIST canvases, which the page lists too, takes drawings as well (at their own size, unlike an MNIST run), and
+    nothing said to pick the canvas's brush first, to press the button under it, or what the other models make of a
+    drawing."""
+    pytest.importorskip("gradio", reason="the lab extra")
+    from cnnlab.data.segmentation import CLASS_NAMES
+    from cnnlab.lab import app as lab_app
+    from cnnlab.train.config import TrainConfig, save_config
+    from cnnlab.train.saved import DIGIT_SEGMENTER
+
+    _mnist_run_in_runs_root(tmp_path)
+    kwargs = {"num_classes": 11, "in_chans": 1, "widths": [4, 8]}
+    meta = {"task": "segment", "kind": DIGIT_SEGMENTER, "classes": list(CLASS_NAMES)}
+    save_model(create_model("unet", **kwargs), tmp_path / "segment" / "canvas", "unet", kwargs, meta)
+    save_config(TrainConfig(task="segment", name="canvas"), tmp_path / "segment" / "canvas" / "config.yaml")
+    app = lab_app.build_app(tmp_path, warm=False)
+    blocks = list(app.blocks.values())
+    (panel,) = [block for block in blocks if getattr(block, "label", None) == lab_app._DRAWING_TITLE]
+    (help_text,) = [block for block in blocks if getattr(block, "elem_id", None) == "classify-sketch-help"]
+    assert help_text.parent is panel and help_text.value == lab_app._DRAWING_HELP
+    assert panel.label == "Draw a digit (for an MNIST run, or a segmentation run on the MNIST canvases)"
+    assert [block.value for block in blocks if getattr(block, "value", None) == "Classify the drawing"]
+    # what to do: the canvas draws nothing until its brush is picked, and the button under it, by its name
+    assert help_text.value.startswith("Pick the brush") and "press **Classify the drawing**" in help_text.value
+    # every kind of model the page lists is said, and what it makes of a drawing
+    for kind in ("MNIST run", "segmentation run on the MNIST canvases", "zoo model", "transfer run",
+                 "`train segment --data` run"):  # fmt: skip
+        assert kind in help_text.value, kind
+    (on_drawing,) = [dependency.fn for dependency in app.fns.values() if dependency.fn.__name__ == "on_drawing"]
+    small, large = np.zeros((200, 200, 4), np.uint8), np.zeros((200, 200, 4), np.uint8)
+    small[80:120, 98:102] = (0, 0, 0, 255)
+    large[20:180, 90:110] = (0, 0, 0, 255)  # the same stroke, four times as large
+    tops = [on_drawing("mnist/small", {"composite": drawing}, None)[1] for drawing in (small, large)]
+    assert list(tops[0]) == list(tops[1])  # "any size will do": cut out and scaled to 28x28 either way
+    assert tops[0] == pytest.approx(tops[1], abs=0.02)
+    _photo, shares, *_ = on_drawing("segment/canvas", {"composite": small}, None)
+    assert sum(shares.values()) == pytest.approx(1.0)  # a canvas run takes the drawing too, as its pixel shares

@@ -24,6 +24,16 @@ _SCAN_TASKS = ("mnist",)  # classifier runs the Scan page converts to fully conv
 # A class name is a folder's name: one long word ("red_squares_..._width") stretched the top classes into one line
 # scrolled sideways, the best class's name cut and its percentage out of sight. Names wrap anywhere instead.
 _CSS = "#classify-top h2, #classify-top dt, #scan-shares h2, #scan-shares dt { overflow-wrap: anywhere; }"
+# The drawing panel's words: what to do, and what each kind of model the Classify page lists makes of a drawing (its
+# title named MNIST runs alone, and nothing said to pick the brush first or to press the button under the canvas).
+_DRAWING_TITLE = "Draw a digit (for an MNIST run, or a segmentation run on the MNIST canvases)"
+_DRAWING_HELP = (
+    'Pick the brush at the left of the canvas (until then it reads "select the draw tool to start"), draw one digit, '
+    "then press **Classify the drawing**: the model picked above classifies it as it would a photo. An MNIST run cuts "
+    "the digit out and scales it to MNIST's 28x28, so any size will do; a segmentation run on the MNIST canvases "
+    "takes the whole canvas at its own size and learnt digits 28 px tall, so draw small; a zoo model, a transfer run "
+    "or a `train segment --data` run takes it as any other picture."
+)
 
 
 def _gradio() -> Any:
@@ -409,7 +419,8 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             with gr.Row():
                 maps = gr.Image(label="feature maps (most active channels)", interactive=False)
                 filters = gr.Image(label="first-layer filters", interactive=False)
-            with gr.Accordion("Draw a digit (for an MNIST run)", open=False):
+            with gr.Accordion(_DRAWING_TITLE, open=False):
+                gr.Markdown(_DRAWING_HELP, elem_id="classify-sketch-help")
                 sketch = gr.Sketchpad(label="digit", elem_id="classify-sketch")
                 sketch_button = gr.Button("Classify the drawing")
             outputs = [photo, top, cam, caption, layer, maps, filters]
