@@ -229,3 +229,46 @@ def test_help_says_what_each_option_governs() -> None:
     assert "list its RUNS/<task>/<name> runs, and Answers shows RUNS/answers/answers.md" in words
     assert f"at most {MAX_PIXELS // 2**20} MP, {MAX_DOWNSCALED_PIXELS // 2**20} MP for a segmentation run" in words
     assert "http://HOST:PORT" in words
+
+
+def test_an_empty_run_list_says_why_before_an_upload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no run to scan, the Scan page showed an empty list and said nothing until an image (up to 10 MiB) was
+    uploaded; so did the Classify page's list without zoo weights or runs. Each list now says why it is empty and how
+    to fill it, as the upload is told, from the page's load on (and on Refresh); a list with runs says nothing."""
+    gradio = pytest.importorskip("gradio", reason="the lab extra")
+    from PIL import Image
+
+    import cnnlab.lab.classify
+    from cnnlab.models import create_model
+    from cnnlab.train.config import TrainConfig, save_config
+    from cnnlab.train.saved import save_model
+
+    monkeypatch.setattr(cnnlab.lab.classify, "pretrained_models", list)  # no zoo model's weights installed
+    blocks = lab_app.build_app(tmp_path, warm=False)
+    handlers = {dependency.fn.__name__: dependency.fn for dependency in blocks.fns.values()}
+    *_, models, scan_runs, _curves, _confusion, _mistakes, _config, _note = handlers["on_refresh_runs"](
+        None, None, None, None, None
+    )
+    assert models.choices == [] and scan_runs.choices == []
+    assert models.info == (
+        "No model to classify with: no zoo model's pretrained weights are installed (`cnnlab zoo` marks those a pip "
+        f"package holds) and no MNIST, transfer or segmentation run is under {tmp_path}; train one, e.g. `cnnlab "
+        f"train mnist --recipe quick --output {tmp_path}`, then Refresh on the Runs page"
+    )
+    assert scan_runs.info == (
+        f"No run to scan under {tmp_path}: the page takes a finished MNIST run of one network or a finished `cnnlab "
+        f"train segment --data` run; train one with `cnnlab train mnist --recipe quick --output {tmp_path}` or "
+        f"`cnnlab train segment --data DIR --output {tmp_path}`, then Refresh on the Runs page"
+    )
+    image = tmp_path / "image.png"
+    Image.new("L", (64, 64)).save(image)
+    with pytest.raises(gradio.Error) as refused:  # what an upload is told: the same words
+        handlers["on_scan"](None, str(image))
+    assert lab_app.sentence(refused.value.message) == scan_runs.info
+    save_model(create_model("mnist_net_small"), tmp_path / "mnist" / "small", "mnist_net_small", {}, {"task": "mnist"})
+    save_config(TrainConfig(task="mnist", name="small"), tmp_path / "mnist" / "small" / "config.yaml")
+    *_, models, scan_runs, _curves, _confusion, _mistakes, _config, _note = handlers["on_refresh_runs"](
+        None, None, None, None, None
+    )
+    assert [value for _, value in models.choices] == [value for _, value in scan_runs.choices] == ["mnist/small"]
+    assert models.info is None and scan_runs.info is None

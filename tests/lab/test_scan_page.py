@@ -218,7 +218,7 @@ def test_the_page_says_why_a_segmentation_run_on_the_mnist_canvases_is_not_liste
     app = build_app(tmp_path, warm=False)
     handlers = {dependency.fn.__name__: dependency.fn for dependency in app.fns.values()}
     refresh, on_scan = handlers["on_refresh_runs"], handlers["on_scan"]  # refresh: on each load, and on Refresh
-    assert refresh(None, None, None, None, None)[5].info is None  # nothing left out, nothing said
+    assert "Not listed" not in refresh(None, None, None, None, None)[5].info  # nothing left out, none named
     torch.manual_seed(0)
     kwargs = {"num_classes": 11, "in_chans": 1, "widths": [4, 8]}
     meta = {"task": "segment", "kind": DIGIT_SEGMENTER, "classes": list(CLASS_NAMES)}
@@ -231,9 +231,13 @@ def test_the_page_says_why_a_segmentation_run_on_the_mnist_canvases_is_not_liste
         "other images, so cnnlab predict, which segments here, refuses it; the Classify and explain page explains "
         "an image with it."
     )
-    assert scan_list.choices == [] and scan_list.info == why
+    assert scan_list.choices == [] and scan_list.info.endswith(f"then Refresh on the Runs page. {why}")
     image = tmp_path / "large.png"
     Image.new("L", (64, 64)).save(image)
-    with pytest.raises(Exception, match="no MNIST run or `cnnlab train segment --data` run under") as refused:
+    with pytest.raises(Exception, match="no run to scan under .*: the page takes a finished MNIST run") as refused:
         on_scan(None, str(image))
-    assert refused.value.message.endswith(f"`cnnlab train segment --data DIR`. {why}")
+    assert refused.value.message.endswith(f"then Refresh on the Runs page. {why}")
+    save_model(create_model("mnist_net_small"), tmp_path / "mnist" / "digits", "mnist_net_small", {}, {"task": "mnist"})
+    save_config(TrainConfig(task="mnist", name="digits"), tmp_path / "mnist" / "digits" / "config.yaml")
+    scan_list = refresh(None, None, None, None, None)[5]  # beside a run it lists: the note alone
+    assert [value for _, value in scan_list.choices] == ["mnist/digits"] and scan_list.info == why

@@ -73,6 +73,11 @@ def _image(path: Path | None) -> Any:
         return opened.convert("RGB")
 
 
+def sentence(text: str) -> str:
+    """A message that starts lower case, as a toast says it, as a sentence of its own (a list's note)."""
+    return text[:1].upper() + text[1:]
+
+
 def toast_text(text: str) -> str:
     """`text` as literal text in a Gradio toast, which renders its message as HTML: a message quotes what was typed
     (a layer string's ``<b>`` turned the rest of the toast bold) or a folder's name."""
@@ -161,6 +166,20 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             "Classify and explain page explains an image with it."
         )
 
+    def no_scan_run() -> str:
+        """What the Scan page says with no run to list, under its list and to an upload."""
+        unscanned = unscanned_note(canvas_segmentation_runs())
+        return (
+            f"no run to scan under {runs_root}: the page takes a finished MNIST run of one network or a finished "
+            f"`cnnlab train segment --data` run; train one with `cnnlab train mnist --recipe quick --output "
+            f"{runs_root}` or `cnnlab train segment --data DIR --output {runs_root}`, then Refresh on the Runs page"
+            + (f". {unscanned}" if unscanned else "")
+        )
+
+    def scan_list_note(scan_runs: list[str]) -> str | None:
+        # an empty list said nothing until an image was uploaded (up to 10 MiB, for nothing)
+        return unscanned_note(canvas_segmentation_runs()) if scan_runs else sentence(no_scan_run())
+
     zoo = pretrained_models()
 
     def model_choices() -> list[str]:
@@ -172,14 +191,21 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             return load_subject(choice)
         return load_subject(str(resolve_run(runs_root, choice)))
 
+    def no_model() -> str:
+        """What the Classify page says with no model to list, under its list and to a photo or drawing."""
+        return (
+            f"no model to classify with: no zoo model's pretrained weights are installed (`cnnlab zoo` marks "
+            f"those a pip package holds) and no MNIST, transfer or segmentation run is under {runs_root}; "
+            f"train one, e.g. `cnnlab train mnist --recipe quick --output {runs_root}`, then Refresh on the Runs "
+            "page"
+        )
+
+    def model_list_note(models: list[str]) -> str | None:
+        return None if models else sentence(no_model())  # said before a photo is uploaded for nothing
+
     def subject(choice: str | None) -> Any:
         if not choice:  # nothing to pick: it was "no run None under runs; pick one from the list", of an empty list
-            raise CnnlabError(
-                f"no model to classify with: no zoo model's pretrained weights are installed (`cnnlab zoo` marks "
-                f"those a pip package holds) and no MNIST, transfer or segmentation run is under {runs_root}; "
-                f"train one, e.g. `cnnlab train mnist --recipe quick --output {runs_root}`, then Refresh on the Runs "
-                "page"
-            )
+            raise CnnlabError(no_model())
         return loaded(choice, () if choice in zoo else saved_model_stamp(resolve_run(runs_root, choice)))
 
     # ------------------------------------------------------------------ handlers
@@ -290,10 +316,8 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
             gr.Dropdown(choices=choices, value=on_show),
             gr.Dropdown(choices=choices, value=first if first in choices else None),
             gr.Dropdown(choices=choices, value=second if second in choices else None),
-            gr.Dropdown(choices=models, value=kept(models, model)),
-            gr.Dropdown(
-                choices=scan_runs, value=kept(scan_runs, scan_run), info=unscanned_note(canvas_segmentation_runs())
-            ),
+            gr.Dropdown(choices=models, value=kept(models, model), info=model_list_note(models)),
+            gr.Dropdown(choices=scan_runs, value=kept(scan_runs, scan_run), info=scan_list_note(scan_runs)),
             *run_figures(on_show),
             runs_note(bool(choices)),
         )
@@ -334,11 +358,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
     @_shown_errors
     def on_scan(run_id: str, path: str | None) -> tuple:
         if not run_id:
-            unscanned = unscanned_note(canvas_segmentation_runs())
-            raise CnnlabError(
-                f"no MNIST run or `cnnlab train segment --data` run under {runs_root}; train one with `cnnlab train "
-                "mnist` or `cnnlab train segment --data DIR`" + (f". {unscanned}" if unscanned else "")
-            )
+            raise CnnlabError(no_scan_run())
         if not path:
             raise CnnlabError("upload an image to scan")
         check_upload_size(path, max_upload_bytes)
@@ -400,7 +420,13 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
 
         with gr.Tab("Classify and explain", id="classify"):
             with gr.Row():
-                model = gr.Dropdown(model_choices(), value=zoo[0] if zoo else None, label="model (zoo or run)")
+                listed_models = model_choices()
+                model = gr.Dropdown(
+                    listed_models,
+                    value=zoo[0] if zoo else None,
+                    label="model (zoo or run)",
+                    info=model_list_note(listed_models),
+                )
                 layer = gr.Dropdown([], label="feature-map layer", allow_custom_value=False)
             with gr.Row():
                 with gr.Column():
@@ -469,7 +495,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
                 scan_runs,
                 value=scan_runs[0] if scan_runs else None,
                 label="MNIST or segmentation run",
-                info=unscanned_note(canvas_segmentation_runs()),
+                info=scan_list_note(scan_runs),
             )
             scan_upload = gr.File(label="large image", type="filepath", elem_id="scan-upload")  # cnnlab reads it
             with gr.Row():
