@@ -135,6 +135,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
     from cnnlab.lab.scan_page import scan_view, segment_view
     from cnnlab.tasks.explain import is_canvas_segmentation_run, load_subject
     from cnnlab.tasks.segment_predict import is_segmentation_run
+    from cnnlab.train.saved import ENSEMBLE_SPEC, ensemble_members
 
     runs_root = Path(runs_root)
 
@@ -147,28 +148,43 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         return [run_id for run_id, folder in find_runs(runs_root).items()
                 if is_segmentation_run(folder) or is_canvas_segmentation_run(folder)]  # fmt: skip
 
-    def canvas_segmentation_runs() -> list[str]:
-        return [run_id for run_id, folder in find_runs(runs_root).items() if is_canvas_segmentation_run(folder)]
-
     def scan_choices() -> list[str]:
         # an ensemble has no single network to convert to a fully convolutional one
         return saved_runs(runs_root, _SCAN_TASKS, ensembles=False) + segmentation_runs()
 
-    def unscanned_note(canvas_runs: list[str]) -> str | None:
-        """Why the Scan page does not list the canvas segmentation runs that the Classify page offers (the list
-        left them out unsaid, under the label "MNIST or segmentation run")."""
-        if not canvas_runs:
+    def unscanned_note() -> str | None:
+        """Why the Scan page does not list the canvas segmentation runs and the MNIST ensembles that the Classify
+        page offers (the list left them out unsaid, under the label "MNIST or segmentation run")."""
+        canvas_runs = [run_id for run_id, folder in find_runs(runs_root).items() if is_canvas_segmentation_run(folder)]
+        single = set(saved_runs(runs_root, _SCAN_TASKS, ensembles=False))
+        ensembles = [run_id for run_id in saved_runs(runs_root, _SCAN_TASKS) if run_id not in single]
+        notes = []
+        if canvas_runs:
+            notes.append(
+                f"Not listed: {', '.join(canvas_runs)}, trained on the MNIST canvases (cnnlab train segment without "
+                "--data). Its network scores every pixel already, so cnnlab fcn scan has nothing to convert, and it "
+                "records no preparation for other images, so cnnlab predict, which segments here, refuses it; the "
+                "Classify and explain page explains an image with it."
+            )
+        if ensembles:
+            kind = "an ensemble" if len(ensembles) == 1 else "ensembles"
+            member = first_member(ensembles[0])
+            notes.append(
+                f"Not listed: {', '.join(ensembles)} ({kind} of MNIST networks: no single network to convert to a "
+                "fully convolutional one); scan with one member on the command line"
+                + (f" (cnnlab fcn scan {member} IMAGE)." if member else ".")
+            )
+        return " ".join(notes) or None
+
+    def first_member(run_id: str) -> Path | None:
+        try:
+            return ensemble_members(resolve_run(runs_root, run_id) / ENSEMBLE_SPEC)[0]
+        except (CnnlabError, OSError):  # gone since it was listed, or a record that loading it explains
             return None
-        return (
-            f"Not listed: {', '.join(canvas_runs)}, trained on the MNIST canvases (cnnlab train segment without "
-            "--data). Its network scores every pixel already, so cnnlab fcn scan has nothing to convert, and it "
-            "records no preparation for other images, so cnnlab predict, which segments here, refuses it; the "
-            "Classify and explain page explains an image with it."
-        )
 
     def no_scan_run() -> str:
         """What the Scan page says with no run to list, under its list and to an upload."""
-        unscanned = unscanned_note(canvas_segmentation_runs())
+        unscanned = unscanned_note()
         return (
             f"no run to scan under {runs_root}: the page takes a finished MNIST run of one network or a finished "
             f"`cnnlab train segment --data` run; train one with `cnnlab train mnist --recipe quick --output "
@@ -178,7 +194,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
 
     def scan_list_note(scan_runs: list[str]) -> str | None:
         # an empty list said nothing until an image was uploaded (up to 10 MiB, for nothing)
-        return unscanned_note(canvas_segmentation_runs()) if scan_runs else sentence(no_scan_run())
+        return unscanned_note() if scan_runs else sentence(no_scan_run())
 
     zoo = pretrained_models()
 
