@@ -124,7 +124,9 @@ def detection_info(network: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]
         ``network``, ``given_shape``, ``scaled_size`` (H x W as resized, before padding), ``resized_shape`` (C x H x
         W, padded), ``transform`` (min_size, max_size, fixed_size, size_divisible), and ``per_box_heads``: per R-CNN
         head, its modules, what it runs on, the most of them per image and its MACs per box (empty for RetinaNet,
-        FCOS and SSD, whose heads are all dense).
+        FCOS and SSD, whose heads are all dense), and ``training_losses_sized``: false, as the training figures are a
+        step of the backbone and dense heads on the sum of their outputs, without torchvision's training-mode forward
+        (targets, anchors or sampled proposals, its losses), which the note says in words.
     """
     transform = network.transform
     padded, scaled = _transformed(network, shape)
@@ -140,6 +142,7 @@ def detection_info(network: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]
             "size_divisible": transform.size_divisible,
         },
         "per_box_heads": [],
+        "training_losses_sized": False,  # the JSON's word for the note's "its losses ... is not sized"
     }
     roi_heads = getattr(network, "roi_heads", None)
     if roi_heads is None:
