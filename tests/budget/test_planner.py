@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import math
 
 import pytest
 import torch
@@ -62,26 +61,27 @@ def _definition_peaks(model: nn.Module, shape: tuple[int, ...], optimizer: str) 
     def peak(variant: nn.Module, opt: str, batch: int) -> int:
         return trace(variant, shape, batch, torch.float32, "meta", opt).peak_live_bytes
 
-    sample = math.prod(shape) * 4  # the input, which stays float32; the first layer keeps a bf16 copy of it
-
     def bf16_peak(variant: nn.Module, opt: str, batch: int) -> int:
         """Each op's live bytes, of those per sample the ones autocast keeps as they are (the input, integer tensors)
-        and half the others (none of those it would have freed), plus a bf16 copy of the input and the bf16 copies of
-        the weights that autocast holds at that op; where the loss is taken, the output is held in bf16 and as a
-        float32 copy."""
+        and half the others (none of those it would have freed), plus the bf16 copies of the input and of the weights
+        that autocast holds at that op; where the loss is taken, the output is held in bf16 and as a float32 copy."""
         one, two, at = (trace(variant, shape, b, torch.float32, "meta", opt) for b in (1, 2, batch))
 
-        def less(live: int, growth: int, kept: int, output: int, freed: int) -> int:
+        def less(live: int, growth: int, kept: int, output: int, freed: int, input_copy: int) -> int:
             halved = max(0, growth - kept - output - freed)
-            return live - (freed + halved // 2 - sample // 2 - output // 2) * batch
+            return live - (freed + halved // 2 - input_copy - output // 2) * batch
 
         growths = [b - a for a, b in zip(one.live_timeline, two.live_timeline, strict=True)]
         kept = [b - a for a, b in zip(one.autocast_kept_timeline, two.autocast_kept_timeline, strict=True)]
         freed = [b - a for a, b in zip(one.autocast_freed_timeline, two.autocast_freed_timeline, strict=True)]
+        inputs = zip(one.autocast_input_copy_timeline, two.autocast_input_copy_timeline, strict=True)
+        input_copies = [b - a for a, b in inputs]
         output = at.output_values * 4 // batch
         outputs = [output if op == at.loss_op_index else 0 for op in range(len(growths))]
-        ops = zip(at.live_timeline, growths, kept, at.autocast_copy_timeline, outputs, freed, strict=True)
-        timeline = [less(live, growth, kept, out, gone) + copies for live, growth, kept, copies, out, gone in ops]
+        ops = zip(at.live_timeline, growths, kept, at.autocast_copy_timeline, outputs, freed, input_copies, strict=True)
+        timeline = [
+            less(live, growth, kept, out, gone, cast) + copies for live, growth, kept, copies, out, gone, cast in ops
+        ]
         return max(*timeline, at.step_peak_bytes)  # backward has freed what autocast held: the step is float32's
 
     return {
@@ -308,9 +308,8 @@ def test_bf16_counts_the_copies_autocast_makes_of_frozen_weights(frozen):
     remedy = planner_module._Remedy("bf16 mixed precision", checkpointed=False, optimizer="sgd", bf16=True)
     for batch in (1, 4):
         real = trace(model, shape, batch, torch.float32, "cpu", "sgd", inference=False, autocast=torch.bfloat16)
-        ratio = planner.peak(remedy, batch) / real.peak_live_bytes
-        # a frozen first layer saves no bf16 copy of the input, which the planner still counts (144 bytes a sample)
-        assert ratio == 1 if frozen == (2,) else 1 <= ratio < 1.005, (batch, ratio)
+        # a frozen first layer saves no bf16 copy of the input, which the planner counted (1.001x / 1.004x)
+        assert planner.peak(remedy, batch) == real.peak_live_bytes, batch
 
 
 def test_bf16_counts_a_frozen_weights_copy_that_a_checkpoints_recomputation_makes_for_backward():
@@ -335,6 +334,33 @@ def test_bf16_counts_a_frozen_weights_copy_that_a_checkpoints_recomputation_make
         real = trace(measured, shape, batch, torch.float32, "cpu", "sgd", inference=False, autocast=torch.bfloat16)
         ratio = planner.peak(remedy, batch) / real.peak_live_bytes
         assert 1 <= ratio < 1.01, (batch, ratio)
+
+
+def test_bf16_counts_the_inputs_copy_only_where_autocast_holds_it():
+    """Autocast casts the float32 input for the first convolution, which saves the copy for backward only when its
+    weight trains and it runs outside a gradient checkpoint's forward: with the first layers checkpointed the copy
+    lives in forward while the convolution runs and again from backward's recomputation to that convolution's
+    backward. The planner counted a copy of the input at every op: with all three remedies lenet5 was 1.004x / 1.011x
+    the real CPU step at batch 1 / 3 (without its biases 1.0035x / 1.0103x, 2048 / 6144 bytes: the copy)."""
+    from cnnlab.models import create_model
+    from cnnlab.train.activation_checkpointing import checkpoint_stages
+
+    torch.manual_seed(0)
+    model = create_model("lenet5")
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.bias = None  # their gradients' bf16 halves are another matter
+    shape = (1, 32, 32)
+    planner = planner_module._Planner(model, shape, torch.float32, "sgd", None)
+    remedy = planner_module._Remedy("all three", checkpointed=True, optimizer="sgd", bf16=True)
+    measured = copy.deepcopy(model)
+    checkpoint_stages(measured)
+    for batch in (1, 3):
+        real = trace(measured, shape, batch, torch.float32, "cpu", "sgd", inference=False, autocast=torch.bfloat16)
+        assert planner.peak(remedy, batch) == real.peak_live_bytes, batch
+    meta = trace(planner.variants[True], shape, 3, torch.float32, "meta", "sgd", inference=False)
+    copies = meta.autocast_input_copy_timeline
+    assert copies[0] == copies[meta.loss_op_index] == copies[-1] == 0 and max(copies) == 3 * 32 * 32 * 2
 
 
 def test_bf16_makes_a_weights_gradient_in_bf16_then_its_float32_copy():

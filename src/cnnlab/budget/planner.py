@@ -11,7 +11,8 @@ of a step at any batch size at no memory cost, for each remedy:
 - **bf16 mixed precision**: autocast cannot run on the meta device, so the peak is adjusted op by op: of what an op
   holds per sample, the bytes autocast leaves as they are stay (the float32 input, and what is computed from it
   before a convolution or matrix product; integer tensors such as max pooling's indices: the trace's
-  ``autocast_kept_timeline``), a bf16 copy of the input is added for backward, and every other tensor, activations
+  ``autocast_kept_timeline``), a bf16 copy of the input is added where autocast holds it (from the first
+  convolution that saves it to its backward: ``autocast_input_copy_timeline``), and every other tensor, activations
   and their gradients, is halved (`_Planner.bf16_per_sample`); parameters, gradients and optimizer state stay
   float32. Where the loss is taken the network's output is held twice, in bf16 and as the loss's float32 copy: for a
   network whose output is large (a segmenter's logits, a lone convolution) that makes bf16 need more per sample than
@@ -75,6 +76,7 @@ class _Step:
     output: int = 0  # the network's output in float32 bytes
     kept: tuple[int, ...] = ()  # of `timeline`, the bytes bf16 autocast would leave as they are (the input's too)
     freed: tuple[int, ...] = ()  # of `timeline`, the bytes bf16 autocast would already have freed
+    input_copies: tuple[int, ...] = ()  # beside `timeline`, autocast's bf16 copies of the float32 input it holds
 
     @classmethod
     def from_trace(cls, result: TraceResult) -> _Step:
@@ -89,6 +91,7 @@ class _Step:
             result.output_values * 4,
             tuple(result.autocast_kept_timeline),
             tuple(result.autocast_freed_timeline),
+            tuple(result.autocast_input_copy_timeline),
         )
 
     def peak(self, optimizer: OptimizerStepBytes) -> int:
@@ -119,12 +122,14 @@ class _Lines:
     output: _Line = _Line(0, 0)  # `_Step.output`
     kept: tuple[_Line, ...] = ()  # `_Step.kept`
     freed: tuple[_Line, ...] = ()  # `_Step.freed`
+    input_copies: tuple[_Line, ...] = ()  # `_Step.input_copies`
 
     @classmethod
     def through(cls, first: _Step, second: _Step) -> _Lines | None:
         """The lines through two traces; None when they are not lines (other ops, or fractions of a byte per sample)."""
         same_ops = len(first.timeline) == len(second.timeline) and first.loss_index == second.loss_index
         same_ops = same_ops and len(first.kept) == len(second.kept) and len(first.freed) == len(second.freed)
+        same_ops = same_ops and len(first.input_copies) == len(second.input_copies)
         if not same_ops or first.copies != second.copies:
             return None
         span = second.batch - first.batch
@@ -136,13 +141,14 @@ class _Lines:
         timeline = [line(a, b) for a, b in zip(first.timeline, second.timeline, strict=True)]
         kept = [line(a, b) for a, b in zip(first.kept, second.kept, strict=True)]
         freed = [line(a, b) for a, b in zip(first.freed, second.freed, strict=True)]
+        input_copies = [line(a, b) for a, b in zip(first.input_copies, second.input_copies, strict=True)]
         step_start, saved = line(first.step_start, second.step_start), line(first.saved, second.saved)
         output = line(first.output, second.output)
-        if step_start is None or saved is None or output is None or None in timeline or None in kept or None in freed:
+        if step_start is None or saved is None or output is None or None in [*timeline, *kept, *freed, *input_copies]:
             return None
         batches = (first.batch, second.batch)
         copies, loss = first.copies, first.loss_index
-        shares = (tuple(kept), tuple(freed))
+        shares = (tuple(kept), tuple(freed), tuple(input_copies))
         return cls(tuple(timeline), step_start, saved, batches, copies, loss, output, *shares)  # type: ignore[arg-type]
 
     def at(self, batch: int) -> _Step:
@@ -158,6 +164,7 @@ class _Lines:
             self.output.at(batch),
             tuple(line.at(batch) for line in self.kept),
             tuple(line.at(batch) for line in self.freed),
+            tuple(line.at(batch) for line in self.input_copies),
         )
 
     def peak_lines(self, optimizer: OptimizerStepBytes) -> list[_Line]:
@@ -287,7 +294,9 @@ class _Planner:
             )
         return self.lines[checkpointed]
 
-    def bf16_per_sample(self, per_sample: int, kept: int = 0, output: int = 0, freed: int = 0) -> int:
+    def bf16_per_sample(
+        self, per_sample: int, kept: int = 0, output: int = 0, freed: int = 0, input_copy: int | None = None
+    ) -> int:
         """Bytes per sample under bf16 autocast of an op that holds `per_sample` bytes per sample in float32, `kept` of
         them in tensors that autocast leaves as they are (`TraceResult.autocast_kept_timeline`).
 
@@ -309,10 +318,17 @@ class _Planner:
         `freed` of them autocast would not hold at all (`TraceResult.autocast_freed_timeline`): in backward, a float32
         normalisation of the input that the first convolution saved in float32, where under autocast it saves the
         bf16 copy. Kept as it is, it made mnist_net 1.024x the real CPU step at batch 16.
+
+        `input_copy` is what autocast's bf16 copies of the float32 input (or its normalisation) hold per sample at
+        that op (`TraceResult.autocast_input_copy_timeline`); None: one copy of the input, at every op. That was high
+        where no copy lives: before the first convolution, after its backward, under a frozen first layer (which
+        saves none: 1.001x / 1.004x the real CPU step) and with gradient checkpointing, where only the first
+        segment's forward and recomputation hold one (lenet5, all three remedies: 1.004x / 1.011x at batch 1 / 3).
         """
         halved = max(0, per_sample - kept - output - freed)
         halved -= halved // 2  # rounded up: the estimate is never below the bytes it stands for
-        return kept + halved + self.input_bytes // 2 + output // 2 + output
+        copy = self.input_bytes // 2 if input_copy is None else input_copy
+        return kept + halved + copy + output // 2 + output
 
     def remedy_lines(self, remedy: _Remedy) -> list[_Line] | None:
         """Lines whose highest value at a batch is the remedy's peak there; None when the variant's traces gave no
@@ -321,13 +337,15 @@ class _Planner:
         lines = self.fitted(remedy.checkpointed)
         if lines is not None and remedy.bf16 and self.mixed:
 
-            def bf16(line: _Line, kept: _Line, copies: int, output: int, freed: _Line) -> _Line:
-                per_sample = self.bf16_per_sample(line.per_sample, kept.per_sample, output, freed.per_sample)
-                return _Line(line.fixed + copies - freed.fixed, per_sample)
+            def bf16(line: _Line, kept: _Line, copies: int, output: int, freed: _Line, inputs: _Line | None) -> _Line:
+                copy = None if inputs is None else inputs.per_sample
+                per_sample = self.bf16_per_sample(line.per_sample, kept.per_sample, output, freed.per_sample, copy)
+                return _Line(line.fixed + copies - freed.fixed + (inputs.fixed if inputs else 0), per_sample)
 
             outputs = [lines.output.per_sample if op == lines.loss_index else 0 for op in range(len(lines.timeline))]
             freed = lines.freed or (_Line(0, 0),) * len(lines.timeline)
-            timeline = tuple(map(bf16, lines.timeline, lines.kept, lines.copies, outputs, freed))
+            inputs = lines.input_copies or (None,) * len(lines.timeline)
+            timeline = tuple(map(bf16, lines.timeline, lines.kept, lines.copies, outputs, freed, inputs))
             # When backward ends, autocast's copies and the bf16 activations are freed: what the optimizer step starts
             # from is what a float32 step holds (parameters, gradients, state, the float32 input). Shrunk like an op
             # of backward, it gained the input's bf16 copy: a classifier trained on cached features, whose step peaks
@@ -349,18 +367,21 @@ class _Planner:
                 growths = [b - a for a, b in zip(one.timeline, two.timeline, strict=True)]
                 kept = [b - a for a, b in zip(one.kept, two.kept, strict=True)]
                 freed = [b - a for a, b in zip(one.freed, two.freed, strict=True)]
+                copies_of_input = zip(one.input_copies, two.input_copies, strict=True)
+                inputs = [b - a for a, b in copies_of_input] or [None] * len(growths)
             else:
                 growths = [two.saved - one.saved] * len(step.timeline)
                 kept = [min(growth, held // batch) for growth, held in zip(growths, step.kept, strict=True)]
                 ops = zip(growths, kept, step.freed, strict=True)
                 freed = [min(growth - kept_now, held // batch) for growth, kept_now, held in ops]
+                inputs = [None] * len(step.timeline)  # a copy of the input at every op
 
-            def bf16(live: int, growth: int, kept: int, copies: int, output: int, freed: int) -> int:
-                return live - (growth - self.bf16_per_sample(growth, kept, output, freed)) * batch + copies
+            def bf16(live: int, growth: int, kept: int, copies: int, output: int, freed: int, input_copy: Any) -> int:
+                return live - (growth - self.bf16_per_sample(growth, kept, output, freed, input_copy)) * batch + copies
 
             output = step.output // batch
             outputs = [output if op == step.loss_index else 0 for op in range(len(step.timeline))]
-            timeline = tuple(map(bf16, step.timeline, growths, kept, step.copies, outputs, freed))
+            timeline = tuple(map(bf16, step.timeline, growths, kept, step.copies, outputs, freed, inputs))
             step = dataclasses.replace(step, timeline=timeline)  # the optimizer step as in float32: `remedy_lines`
         return step.peak(self.optimizer(remedy.optimizer))
 

@@ -142,6 +142,11 @@ class SavedTensorCounter:
         return tensor
 
     @property
+    def pack_hook(self) -> Any:
+        """The hook autograd calls with each tensor it saves while the context is active, the innermost one."""
+        return self._pack
+
+    @property
     def saved_keys(self) -> set[int]:
         """The storages autograd saved (`storage_keys`), parameters and buffers excluded."""
         return set(self._seen)
@@ -208,6 +213,13 @@ class _TimelineTracker(LiveTensorTracker):
     not held past forward; backward's recomputation casts it again for the backward op that takes it, but this trace
     (no autocast: the op saves the weight itself, nothing to recompute) may stop the recomputation early, before that
     op runs: the copy is then counted at the backward op.
+
+    ``input_copy_timeline`` holds the bf16 copies autocast makes of the float32 tensors it leaves as they are (the
+    input, its normalisation) for the convolutions and matrix products that take them; such a tensor is no leaf that
+    trains, so its cast is never cached. A copy lives while its op runs, or, when the op saves it for backward (a
+    weight the op takes trains, and the op runs outside a gradient checkpoint's forward, `saving_hook`, or in its
+    recomputation), until the backward op that takes it. A frozen first layer saves none; in a gradient checkpoint
+    forward saves none and backward's recomputation casts it again.
     """
 
     def __init__(self, weights: Iterable[torch.Tensor] = (), frozen: Iterable[torch.Tensor] = ()) -> None:
@@ -239,6 +251,13 @@ class _TimelineTracker(LiveTensorTracker):
         self._cast_now = 0  # bytes of the frozen weights' copies the op running now takes
         self._op_casts = False  # the op running now is one autocast runs in bf16
         self._made_in_bf16: dict[int, int] = {}  # storages such an op made while recording -> index of its record
+        self.input_copy_timeline: list[int] = []
+        self.input_copy_bytes = 0
+        self._input_copies: dict[int, int] = {}  # float32 kept storages -> how many bf16 copies of it ops saved
+        self._input_cast_size: dict[int, int] = {}  # float32 kept storages a cast took -> one bf16 copy's bytes
+        self._input_cast_now = 0  # bytes of the copies the op running now makes and does not save
+        self.saving_hook: Any = None  # the pack hook of forward's `SavedTensorCounter`: outside any gradient checkpoint
+        # while it is the innermost
 
     def keep(self, tensors: Iterable[torch.Tensor]) -> None:
         """Tracked tensors that stay float32 under autocast (the input)."""
@@ -278,6 +297,10 @@ class _TimelineTracker(LiveTensorTracker):
         self._cast_for.pop(key, None)
         self._float32_size.pop(key, None)
         self._made_in_bf16.pop(key, None)
+        self._input_cast_size.pop(key, None)
+        copies = self._input_copies.pop(key, 0)
+        if copies:  # the saved float32 tensor goes with the op's saved variables, as its saved copy would
+            self.input_copy_bytes -= copies * (nbytes // 2)
         super()._release(key, nbytes)
 
     def _record(self) -> None:
@@ -285,6 +308,7 @@ class _TimelineTracker(LiveTensorTracker):
         self.kept_timeline.append(self.kept_bytes)
         self.copy_timeline.append(self.copy_bytes + self._cast_now)
         self.freed_timeline.append(self.freed_bytes)
+        self.input_copy_timeline.append(self.input_copy_bytes + self._input_cast_now)
 
     def start_recording(self) -> None:
         self.recording = True
@@ -333,6 +357,35 @@ class _TimelineTracker(LiveTensorTracker):
             self._record()
             self.copy_bytes -= half
 
+    def _cast_inputs(self, keys: list[int], tensors: list[torch.Tensor]) -> list[int]:
+        """At a convolution or matrix product, autocast's bf16 copies of the float32 kept tensors it takes
+        (``input_copy_timeline``); returns the storages whose saved copy this op, a backward one, frees."""
+        released = []
+        if torch.is_grad_enabled():  # forward, or a checkpoint's recomputation
+            weights = {_storage_key(t) for t in tensors if t.requires_grad and t.dim() >= 2}
+            for key in dict.fromkeys(keys):
+                if key not in self._float32:
+                    continue
+                size = self._input_cast_size[key] = self._float32_size[key] // 2
+                # saved only when a weight it multiplies trains (a convolution's input serves its weight's gradient)
+                if weights - {key} and (not self._forward or self._saving_outside_checkpoints()):
+                    self._input_copies[key] = self._input_copies.get(key, 0) + 1
+                    self.input_copy_bytes += size
+                else:
+                    self._input_cast_now += size
+        else:
+            for key in dict.fromkeys(keys):
+                if self._input_copies.get(key):
+                    released.append(key)
+                elif key in self._input_cast_size:  # a recomputation this trace stopped before the op that casts it
+                    self._input_cast_now += self._input_cast_size[key]
+        return released
+
+    def _saving_outside_checkpoints(self) -> bool:
+        """Whether what forward's op saves is saved, not dropped by a gradient checkpoint (its hooks the innermost)."""
+        hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+        return hooks is not None and hooks[0] == self.saving_hook
+
     def _drop_copy(self, key: int) -> None:
         self._copied.discard(key)
         self.copy_bytes -= self._copy_size[key]
@@ -357,6 +410,8 @@ class _TimelineTracker(LiveTensorTracker):
                 tensors = [item for item in tree_flatten((args, kwargs))[0] if isinstance(item, torch.Tensor)]
                 self._op_needs_grad = any(tensor.requires_grad for tensor in tensors)
             self._op_casts = name in _AUTOCAST_BF16_OPS
+            tensors = [item for item in tree_flatten((args, kwargs))[0] if isinstance(item, torch.Tensor)]
+            released_inputs = self._cast_inputs(keys, tensors) if self._op_casts else []
             frozen = {key for key in keys if key in self._frozen_size} if name in _AUTOCAST_BF16_OPS else set()
             released = frozen & self._frozen_held if not torch.is_grad_enabled() else set()  # in backward
             if frozen and torch.is_grad_enabled():  # forward, or a checkpoint's recomputation: cast anew
@@ -375,10 +430,14 @@ class _TimelineTracker(LiveTensorTracker):
             self._op_keeps_float32 = self._op_needs_grad = self._op_casts = False
         if self.recording:
             self._record()
-            self._cast_now = 0
+            self._cast_now = self._input_cast_now = 0
             for key in released:  # the backward op that used the saved copy has run
                 self._frozen_held.discard(key)
                 self.copy_bytes -= self._frozen_size[key]
+            for key in released_inputs:
+                if self._input_copies.get(key):  # not freed with its float32 tensor during the op (`_release`)
+                    self._input_copies[key] -= 1
+                    self.input_copy_bytes -= self._input_cast_size[key]
         return out
 
 
@@ -531,6 +590,9 @@ class TraceResult:
     autocast_freed_timeline: list[int] = field(default_factory=list, repr=False)  # at the same points, the live bytes
     # bf16 autocast would have freed (a float32 normalisation of the input that only its casts took); empty for a
     # trace run under autocast
+    autocast_input_copy_timeline: list[int] = field(default_factory=list, repr=False)  # at the same points, the bytes
+    # of autocast's bf16 copies of the float32 input (or its normalisation) that the first convolutions or matrix
+    # products take (`_TimelineTracker`); empty for a trace run under autocast
     loss_op_index: int = -1  # the index in live_timeline of the loss's last op, where the output is still alive
     output_values: int = 0  # values in the network's outputs the loss is taken on (`_output_tensors`), at the batch
     step_start_bytes: int = 0  # live bytes when the optimizer step begins (after backward)
@@ -933,6 +995,7 @@ def _trace_training(
         tracker.start_recording()
         owners = {"row": current_row, "segment": current_segment}
         counter = SavedTensorCounter(exclude=state, inputs=[x], attribute_to=owners)
+        tracker.saving_hook = counter.pack_hook
         forward = torch.autocast(x.device.type, dtype=autocast) if autocast is not None else nullcontext()
         with counter, forward:
             output = model(x)
@@ -970,6 +1033,7 @@ def _trace_training(
     result.autocast_kept_timeline = tracker.kept_timeline if autocast is None else []
     result.autocast_copy_timeline = tracker.copy_timeline if autocast is None else []
     result.autocast_freed_timeline = tracker.freed_timeline if autocast is None else []
+    result.autocast_input_copy_timeline = tracker.input_copy_timeline if autocast is None else []
     result.peak_live_bytes = max(backward_peak, result.step_peak_bytes)
     result.saved_bytes = counter.total_bytes
     result.saved_input_bytes = counter.input_bytes
