@@ -200,7 +200,9 @@ class _TimelineTracker(LiveTensorTracker):
     op first takes it in forward, and the cast is cached until forward ends; the op saves that copy for backward,
     where it is freed when the weight's gradient is made. A weight whose op saved nothing to this trace (inside a
     gradient-checkpointed segment) loses its copy when forward ends, and gets a new one when backward recomputes the
-    segment (its first op on the weight since). `end_forward` marks where forward ends.
+    segment (its first op on the weight since). `end_forward` marks where forward ends. A trainable vector (`vectors`:
+    a bias) is cast and cached too, by the convolutions and matrix products that take it (a batch norm's stays
+    float32); none saves it, so its copy goes when forward ends, or when a recomputation does (backward's next op).
 
     A float32 tensor that only convolutions or matrix products take in forward, made from operands that need no
     gradient (a normalisation of the input), is saved for backward by those ops in float32; autocast casts it for them
@@ -222,7 +224,12 @@ class _TimelineTracker(LiveTensorTracker):
     forward saves none and backward's recomputation casts it again.
     """
 
-    def __init__(self, weights: Iterable[torch.Tensor] = (), frozen: Iterable[torch.Tensor] = ()) -> None:
+    def __init__(
+        self,
+        weights: Iterable[torch.Tensor] = (),
+        frozen: Iterable[torch.Tensor] = (),
+        vectors: Iterable[torch.Tensor] = (),
+    ) -> None:
         super().__init__()
         self.recording = False
         self.timeline: list[int] = []
@@ -232,7 +239,10 @@ class _TimelineTracker(LiveTensorTracker):
         self._kept: set[int] = set()  # live storages autocast would leave as they are
         self._float32: set[int] = set()  # of them, the float32 ones
         self._op_keeps_float32 = False  # the op running now would give float32 under autocast
-        self._copy_size = {_storage_key(w): w.numel() * 2 for w in weights}
+        vectors = list(vectors)
+        self._copy_size = {_storage_key(w): w.numel() * 2 for w in [*weights, *vectors]}
+        self._vectors = {_storage_key(v) for v in vectors}  # of them, those only a cast casts (biases)
+        self._recast_vectors: set[int] = set()  # vectors a checkpoint's recomputation cast: its autocast's cache
         self._copied: set[int] = set()  # weights with a live bf16 copy
         self._finished: set[int] = set()  # weights whose gradient is made
         self.copy_bytes = 0
@@ -341,7 +351,9 @@ class _TimelineTracker(LiveTensorTracker):
 
         The op made the weight's gradient in bf16 under autocast, half the float32 one this trace holds from that op
         on; once the op's own inputs are freed (here), the float32 gradient is made from it, both alive at once: a
-        point of its own in the timeline."""
+        point of its own in the timeline. So is a convolution's bias's, which its backward makes in bf16 too (a linear
+        layer's bias gets its gradient from a sum, left float32 here: its float32 copy comes after the weight's, an
+        order this trace, which makes no copies, does not see)."""
         key = _storage_key(weight)
         first = key not in self._finished
         self._finished.add(key)
@@ -393,16 +405,24 @@ class _TimelineTracker(LiveTensorTracker):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         if self.recording:
             keys = [_storage_key(item) for item in tree_flatten((args, kwargs))[0] if isinstance(item, torch.Tensor)]
+            name = getattr(getattr(func, "overloadpacket", None), "__name__", "")
+            if not torch.is_grad_enabled():  # backward: a recomputation's autocast ended, clearing its cache
+                for key in self._recast_vectors & self._copied:
+                    self._drop_copy(key)
+                self._recast_vectors.clear()
             for key in keys:
                 if key in self._copy_size and key not in self._copied and key not in self._finished:
+                    if key in self._vectors and name not in _AUTOCAST_BF16_OPS:
+                        continue  # a batch norm's weight: autocast leaves it float32
                     self._copied.add(key)
                     self.copy_bytes += self._copy_size[key]
-            name = getattr(getattr(func, "overloadpacket", None), "__name__", "")
+                    if key in self._vectors and not self._forward:  # no op saves it: cached until the
+                        self._recast_vectors.add(key)  # recomputation's autocast ends
             self._op_keeps_float32 = name not in _AUTOCAST_BF16_OPS and any(key in self._float32 for key in keys)
             if self._forward:
                 float32 = [key for key in keys if key in self._float32]
                 if name in _AUTOCAST_BF16_OPS:
-                    weights = {key for key in keys if key in self._copy_size}
+                    weights = {key for key in keys if key in self._copy_size and key not in self._vectors}
                     for key in float32:
                         self._cast_for.setdefault(key, set()).update(weights)
                 else:
@@ -979,8 +999,11 @@ def _trace_training(
     # under real autocast the copies are tensors the tracker counts; otherwise it works out what they would hold
     weights = [] if autocast is not None else [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     frozen = [] if autocast is not None else [p for p in model.parameters() if not p.requires_grad and p.dim() >= 2]
-    tracker = _TimelineTracker(weights, [p for p in frozen if p.is_floating_point()])
-    hooks = [w.register_post_accumulate_grad_hook(tracker.gradient_made) for w in weights]
+    # a trainable vector (a bias) is cast and cached as a weight is, by the convolutions and matrix products that take
+    # it, and its gradient comes out of their backward in bf16; none of them saves it, so its copy goes with forward
+    vectors = [] if autocast is not None else [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    tracker = _TimelineTracker(weights, [p for p in frozen if p.is_floating_point()], vectors)
+    hooks = [w.register_post_accumulate_grad_hook(tracker.gradient_made) for w in [*weights, *vectors]]
     # at batch 1 a 1x1 map leaves batch norm one value per channel (more samples or pixels never do); through
     # backward too, where activation checkpointing runs the forward again
     one_value = _one_value_batch_norms(model) if x.shape[0] == 1 else nullcontext([])
