@@ -500,3 +500,21 @@ def test_the_weight_copies_rise_in_forward_and_are_gone_when_backward_ends():
     assert copies[-1] == 2 * 100 * 50
     real = trace(model, (100,), 4, torch.float32, "cpu", "sgd", inference=False, autocast=torch.bfloat16)
     assert real.autocast_copy_timeline == []  # under real autocast the copies are tensors it counts as they are
+
+
+def test_a_torch_without_the_private_hook_reader_plans_the_inputs_copy_high_not_low(monkeypatch):
+    """The trace tells a gradient checkpoint's forward (which keeps no copy of the input) by a private torch function
+    that torch.utils.checkpoint uses; a torch without it must still plan, counting the copy everywhere: high."""
+    from cnnlab.models import create_model
+    from cnnlab.train.activation_checkpointing import checkpoint_stages
+
+    torch.manual_seed(0)
+    model, shape = create_model("lenet5"), (1, 32, 32)
+    remedy = planner_module._Remedy("all three", checkpointed=True, optimizer="sgd", bf16=True)
+    told = planner_module._Planner(model, shape, torch.float32, "sgd", None).peak(remedy, 3)
+    monkeypatch.setattr(importlib.import_module("cnnlab.budget.trace"), "_TOP_SAVED_HOOKS", None)
+    untold = planner_module._Planner(model, shape, torch.float32, "sgd", None).peak(remedy, 3)
+    measured = copy.deepcopy(model)
+    checkpoint_stages(measured)
+    real = trace(measured, shape, 3, torch.float32, "cpu", "sgd", inference=False, autocast=torch.bfloat16)
+    assert untold > told == real.peak_live_bytes

@@ -70,6 +70,10 @@ _ENGINE_OPTIMIZERS = {
     "nadam": {"optimizer": "nadam"},
 }
 
+# the innermost saved-tensor hooks, as torch.utils.checkpoint reads them (private: a torch without it, newer or older
+# than 2.14, gets None, and the trace counts autocast's copy of the input as saved at every op, as before it was told)
+_TOP_SAVED_HOOKS = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+
 
 def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
     """Map ``"float32"``, ``"bf16"``, ... to a torch dtype, with a one-line error for anything else."""
@@ -395,7 +399,9 @@ class _TimelineTracker(LiveTensorTracker):
 
     def _saving_outside_checkpoints(self) -> bool:
         """Whether what forward's op saves is saved, not dropped by a gradient checkpoint (its hooks the innermost)."""
-        hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+        if _TOP_SAVED_HOOKS is None:  # a torch without it: every copy counted as saved, high, never low
+            return True
+        hooks = _TOP_SAVED_HOOKS(False)
         return hooks is not None and hooks[0] == self.saving_hook
 
     def _drop_copy(self, key: int) -> None:
