@@ -526,6 +526,18 @@ def test_each_image_is_read_once_unless_a_file_of_its_size_and_first_bytes_may_b
     assert sorted(reads) == ["a.png", "a.png", "b.png", "c.png", "d.png", "e.bmp", "e.bmp", "f.bmp", "f.bmp"]
 
 
+def test_a_link_to_no_file_among_the_images_is_skipped_not_a_traceback(tmp_path):
+    """A link whose target is gone (git-annex's link to content not fetched) has no size, so it was hashed as a
+    possible copy: the hash raised FileNotFoundError out of the scan. It is skipped as missing; the rest is read."""
+    canvases = make_canvases(*_pool(), 2, size=32, seed=0)
+    save_segmentation_folder(canvases.images, canvases.masks, tmp_path)
+    (tmp_path / "images" / "00002.png").symlink_to(tmp_path / "gone.png")
+    (tmp_path / "masks" / "00002.png").write_bytes((tmp_path / "masks" / "00001.png").read_bytes())
+    folder = SegmentationFolder(tmp_path, skip_bad=True)
+    assert sorted(folder.read_all()) == [0, 1]
+    assert [(Path(s.path).name, s.reason) for s in folder.skipped] == [("00002.png", "no such file")]
+
+
 def test_the_decoded_size_is_known_from_the_file_headers_before_decoding(tmp_path, monkeypatch):
     """What `read_all` will hold, so that a folder too large for memory is refused before minutes of decoding."""
     canvases = make_canvases(*_pool(), 3, size=(40, 50), seed=0)

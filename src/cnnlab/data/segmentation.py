@@ -460,6 +460,15 @@ def _head_or_none(path: Path) -> bytes | None:
         return None
 
 
+def _digest_or_none(path: Path) -> bytes | None:
+    """The file's `file_digest`, or None when it cannot be read (a link to no file, as git-annex leaves one whose
+    content was not fetched, stopped the scan with a traceback): `read` then says why."""
+    try:
+        return file_digest(path)
+    except OSError:
+        return None
+
+
 def _near_miss(image: Path, mask_names: list[str]) -> str:
     """What in masks/ looks meant as `image`'s mask under another name, said in brackets, or "": a mask named after
     the image's whole file name (a.jpg.png, as some labelling tools save them) or one in another format (a.tif, a.jpg:
@@ -603,7 +612,8 @@ class SegmentationFolder(Dataset):
                 mask.is_file()
                 and skip_bad
                 and image in hashed
-                and (seen := first.setdefault(file_digest(image), image)) != image
+                and (digest := _digest_or_none(image)) is not None
+                and (seen := first.setdefault(digest, image)) != image
             ):
                 self.skipped.append(SkippedFile(str(image), "", f"a byte-identical copy of {seen}; the first is kept"))
                 self._copies.setdefault(seen, []).append((image, mask, self.skipped[-1]))
