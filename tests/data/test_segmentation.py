@@ -490,10 +490,11 @@ def test_a_copy_of_an_image_stands_in_when_the_first_pair_cannot_be_read(tmp_pat
     assert [(Path(s.path).name, "20x20" in s.reason) for s in folder.skipped] == [("00001.png", True)]
 
 
-def test_each_image_is_read_once_unless_a_file_of_its_size_and_first_bytes_may_be_its_copy(tmp_path, monkeypatch):
+def test_each_image_is_read_once_even_when_a_file_of_its_size_and_first_bytes_may_be_its_copy(tmp_path, monkeypatch):
     """Copy detection hashed every image before `read` decoded it: each image file was read twice. Only images that
-    share their size and first bytes with another are hashed now; copies are found as before: a byte-identical copy is
-    set aside, two same-size BMPs that differ after their first 4 KiB are both kept."""
+    share their size and first bytes with another are hashed, and `read` decodes the bytes hashed (an image with a
+    copy, and two same-size BMPs alike in their first 4 KiB, were read twice); copies are found as before: a
+    byte-identical copy is set aside, the two BMPs, which differ after their first 4 KiB, are both kept."""
     rng = np.random.default_rng(0)
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
@@ -523,6 +524,11 @@ def test_each_image_is_read_once_unless_a_file_of_its_size_and_first_bytes_may_b
     assert [(Path(s.path).name, s.reason.split(" of ")[-1]) for s in folder.skipped] == [
         ("d.png", f"{tmp_path / 'images' / 'a.png'}; the first is kept")
     ]
+    assert sorted(reads) == ["a.png", "b.png", "c.png", "d.png", "e.bmp", "f.bmp"]
+    assert not folder._read_ahead  # the bytes kept for the decode are let go once decoded
+    reads.clear()
+    monkeypatch.setattr("cnnlab.data.segmentation._READ_AHEAD_BYTES", 0)  # no room to keep them: read again, as before
+    SegmentationFolder(tmp_path, skip_bad=True).read_all()
     assert sorted(reads) == ["a.png", "a.png", "b.png", "c.png", "d.png", "e.bmp", "e.bmp", "f.bmp", "f.bmp"]
 
 

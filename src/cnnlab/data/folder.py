@@ -46,6 +46,7 @@ __all__ = [
     "SimilarClassesWarning",
     "SkippedFile",
     "UnreadFormatWarning",
+    "bytes_digest",
     "check_image",
     "decode_image",
     "decode_image_and_digest",
@@ -347,14 +348,16 @@ def decode_image(path: str | os.PathLike[str]) -> tuple[Image.Image | None, tupl
 
 
 def decode_image_and_digest(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str], data: bytes | None = None
 ) -> tuple[Image.Image | None, tuple[int, int], str | None, bytes | None]:
     """`decode_image`, and the `file_digest` of the bytes it decoded (None when none could be read): one read of the
-    file gives both, for a caller that records what it decoded."""
-    data, reason = _read_bytes(path)
-    if reason is not None:
-        return None, (0, 0), reason, None
-    return (*_decode(data), _digest(data))
+    file gives both, for a caller that records what it decoded. `data`: the file's bytes where the caller has read
+    them already (to digest them before it decodes), else (None or empty) they are read here."""
+    if not data:
+        data, reason = _read_bytes(path)
+        if reason is not None:
+            return None, (0, 0), reason, None
+    return (*_decode(data), bytes_digest(data))
 
 
 def _read_checked(path: str | os.PathLike[str], resized: bool = False) -> tuple[bytes, str | None]:
@@ -405,10 +408,11 @@ def _decode(data: bytes) -> tuple[Image.Image | None, tuple[int, int], str | Non
 
 def file_digest(path: str | os.PathLike[str]) -> bytes:
     """A digest of the file's bytes: equal for byte-identical copies (and links to one file)."""
-    return _digest(Path(path).read_bytes())
+    return bytes_digest(Path(path).read_bytes())
 
 
-def _digest(data: bytes) -> bytes:
+def bytes_digest(data: bytes) -> bytes:
+    """`file_digest` of a file whose bytes are `data`."""
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
@@ -426,7 +430,7 @@ def _collect(candidates: Sequence[tuple[str, str]], classes: Sequence[str], sour
     for path, label in candidates:
         data, reason = _read_checked(path, resized=True) if check else (b"", None)
         if reason is None and check:
-            digest = _digest(data)  # the bytes just decoded: each file is read once
+            digest = bytes_digest(data)  # the bytes just decoded: each file is read once
             digests.setdefault(path, digest)
             if digest in first:
                 seen, seen_label = first[digest]

@@ -40,8 +40,8 @@ from cnnlab.data.folder import (
     DOWNSCALE_REMEDY,
     IMAGE_EXTENSIONS,
     SkippedFile,
+    bytes_digest,
     decode_image_and_digest,
-    file_digest,
     to_rgb,
     turned_by_exif,
 )
@@ -90,6 +90,7 @@ TEST_ID_OFFSET = 60_000
 _INDEX_MODES = ("1", "L", "I", "I;16")  # single-channel PIL modes whose values are class indices (bilevel: 0 and 1)
 _MAX_OVERLAP = 0.25  # a new digit may hide at most this fraction of its own ink pixels under earlier ink
 _HEAD_BYTES = 4096  # read of an image whose size another shares, before hashing it: a copy has the same first bytes
+_READ_AHEAD_BYTES = 256 << 20  # of the images hashed as possible copies, the most bytes kept for `read` to decode
 
 
 @dataclass
@@ -460,15 +461,6 @@ def _head_or_none(path: Path) -> bytes | None:
         return None
 
 
-def _digest_or_none(path: Path) -> bytes | None:
-    """The file's `file_digest`, or None when it cannot be read (a link to no file, as git-annex leaves one whose
-    content was not fetched, stopped the scan with a traceback): `read` then says why."""
-    try:
-        return file_digest(path)
-    except OSError:
-        return None
-
-
 def _near_miss(image: Path, mask_names: list[str]) -> str:
     """What in masks/ looks meant as `image`'s mask under another name, said in brackets, or "": a mask named after
     the image's whole file name (a.jpg.png, as some labelling tools save them) or one in another format (a.tif, a.jpg:
@@ -598,8 +590,10 @@ class SegmentationFolder(Dataset):
         masks = {p.stem: p for p in mask_entries if p.suffix.lower() == ".png"}
         mask_names = [p.name for p in mask_entries if not p.name.startswith(".")]
         stems = Counter(image.stem for image in candidates)
-        # only these are hashed here (read whole); the others are read once, by `read`'s decode (each was read twice)
+        # only these are hashed here (read whole, their bytes kept for `read`'s decode); the others are read by it
         hashed = _may_be_copies(candidates) if skip_bad else set()
+        self._read_ahead: dict[Path, bytes] = {}  # an image's bytes read to hash it, until `read` decodes them
+        self._read_ahead_room = _READ_AHEAD_BYTES
         for image in candidates:
             mask = masks.get(image.stem, mask_dir / f"{image.stem}.png")
             if mask.is_file() and stems[image.stem] > 1:  # a.jpg and a.png: both were trained on a.png's mask
@@ -612,9 +606,10 @@ class SegmentationFolder(Dataset):
                 mask.is_file()
                 and skip_bad
                 and image in hashed
-                and (digest := _digest_or_none(image)) is not None
+                and (digest := self._hash_ahead(image)) is not None
                 and (seen := first.setdefault(digest, image)) != image
             ):
+                self._read_ahead.pop(image, None)  # a copy set aside is decoded only if the first pair cannot be read
                 self.skipped.append(SkippedFile(str(image), "", f"a byte-identical copy of {seen}; the first is kept"))
                 self._copies.setdefault(seen, []).append((image, mask, self.skipped[-1]))
             elif mask.is_file():
@@ -669,6 +664,20 @@ class SegmentationFolder(Dataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def _hash_ahead(self, image: Path) -> bytes | None:
+        """`image`'s `file_digest`, its bytes kept for `read` to decode while `_READ_AHEAD_BYTES` allows (an image
+        hashed as a possible copy was read twice: hashed here, decoded there); None when it cannot be read (a link to
+        no file, as git-annex leaves one whose content was not fetched, stopped the scan with a traceback): `read`
+        then says why."""
+        try:
+            data = image.read_bytes()
+        except OSError:
+            return None
+        if len(data) <= self._read_ahead_room:
+            self._read_ahead[image] = data
+            self._read_ahead_room -= len(data)
+        return bytes_digest(data)
 
     def decoded_bytes(self, max_side: int | None = None) -> int:
         """The memory `read_all` holds when the pairs are read downscaled to `max_side` (None: at full size): each
@@ -811,7 +820,7 @@ class SegmentationFolder(Dataset):
         # each file decoded once (a 12 MP photo took 1.3 s and over 1 GB decoded twice), at full size and then
         # downscaled: a JPEG decoded at a reduced scale (PIL's draft) differed from what predict, explain and an
         # export's record feed the model by up to 16 grey levels
-        decoded, stored, reason, digest = decode_image_and_digest(path)
+        decoded, stored, reason, digest = decode_image_and_digest(path, self._read_ahead.pop(path, None))
         if reason is not None:
             raise UnreadableImage(path, _pair_remedy(reason, self.masks[index]))
         assert decoded is not None and digest is not None
