@@ -312,6 +312,43 @@ def test_evaluate_says_which_pairs_the_run_trained_on_and_refuses_a_folder_witho
     assert not (tmp_path / "out").exists()
 
 
+def test_evaluate_exclude_trained_reads_each_image_once(trained, tmp_path, monkeypatch):
+    """--exclude-trained digested each image before decoding it, to leave the run's own undecoded: every image it
+    scored was read twice (its digest, then its decode). The bytes digested are decoded: each image is read once, a
+    byte-identical copy of a new one too (hashed by the scan, set aside)."""
+    from cnnlab.tasks.evaluate import evaluate_folder
+
+    root, summary = trained
+    run = Path(summary["run_dir"])
+    rows = [line.split(",") for line in (run / "split.csv").read_text().splitlines()[1:]]
+    chosen = [row for row in rows if row[2] == "test"][:2] + [row for row in rows if row[2] == "train"][:2]
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "masks").mkdir()
+    for image, mask, _ in chosen:
+        shutil.copy(image, tmp_path / "data" / "images")
+        shutil.copy(mask, tmp_path / "data" / "masks")
+    new = Path(chosen[0][0]).name
+    shutil.copy(root / "images" / new, tmp_path / "data" / "images" / f"copy_{new}")
+    shutil.copy(root / "masks" / new, tmp_path / "data" / "masks" / f"copy_{new}")
+    import cnnlab.report.plots
+    import cnnlab.report.segmentation
+
+    monkeypatch.setattr(cnnlab.report.plots, "plot_confusion_matrix", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cnnlab.report.segmentation, "save_overlays", lambda *args, **kwargs: None)
+    reads: list[str] = []
+    read_bytes = Path.read_bytes
+
+    def counted_read_bytes(path: Path) -> bytes:
+        if path.parent == tmp_path / "data" / "images":
+            reads.append(path.name)
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", counted_read_bytes)
+    result = evaluate_folder(run, tmp_path / "data", tmp_path / "out", exclude_trained=True)
+    assert result["count"] == 2 and result["trained_copies"]["train"] == 2
+    assert sorted(reads) == sorted(path.name for path in (tmp_path / "data" / "images").iterdir())  # each once
+
+
 def test_evaluate_names_classes_no_mask_has_and_values_only_in_edge_fringes_as_training_does(trained, tmp_path):
     """`cnnlab evaluate` said neither of training's checks of a folder: a class of the run no mask has (left out of
     mIoU, or IoU 0 where predicted) and a mask value found only in thin fringes (a JPEG's or a smooth resize's)."""

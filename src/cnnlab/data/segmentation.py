@@ -808,9 +808,21 @@ class SegmentationFolder(Dataset):
             )
         return labels.astype(np.uint8)
 
-    def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def image_bytes(self, index: int) -> bytes | None:
+        """Image `index`'s bytes, for a caller that digests them before `read` decodes them (``read(index, data)``: the
+        file read once; `cnnlab evaluate --exclude-trained` read each image it scored twice): those the scan kept, else
+        read now; None when the file cannot be read (`read` says why)."""
+        path = self.images[index]
+        if (held := self._read_ahead.pop(path, None)) is not None:
+            return held
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None
+
+    def read(self, index: int, image_bytes: bytes | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The pair as uint8 tensors: image [C, H, W] (0..255), mask [H, W] (class indices, `IGNORE_INDEX`), downscaled
-        to `max_side`.
+        to `max_side`; `image_bytes`: the image file's bytes where the caller has them (`image_bytes`), else read.
 
         Raises:
             CnnlabError: naming the file, when the image or mask cannot be decoded, the mask's size differs from the
@@ -820,7 +832,8 @@ class SegmentationFolder(Dataset):
         # each file decoded once (a 12 MP photo took 1.3 s and over 1 GB decoded twice), at full size and then
         # downscaled: a JPEG decoded at a reduced scale (PIL's draft) differed from what predict, explain and an
         # export's record feed the model by up to 16 grey levels
-        decoded, stored, reason, digest = decode_image_and_digest(path, self._read_ahead.pop(path, None))
+        held = self._read_ahead.pop(path, None)
+        decoded, stored, reason, digest = decode_image_and_digest(path, held if image_bytes is None else image_bytes)
         if reason is not None:
             raise UnreadableImage(path, _pair_remedy(reason, self.masks[index]))
         assert decoded is not None and digest is not None

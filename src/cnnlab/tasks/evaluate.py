@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from cnnlab.data.folder import IMAGE_EXTENSIONS, describe_skipped, file_digest, scan_folder
+from cnnlab.data.folder import IMAGE_EXTENSIONS, bytes_digest, describe_skipped, file_digest, scan_folder
 from cnnlab.data.paths import check_output_outside_data
 from cnnlab.data.split import SPLIT_DIGESTS, read_split_digests
 from cnnlab.errors import CnnlabError, listed, why_not_a_folder
@@ -346,14 +346,6 @@ def _seen_line(result: dict[str, Any], unit: str) -> list[str]:
     ]
 
 
-def _digest_or_none(path: str | os.PathLike[str]) -> bytes | None:
-    """`file_digest` of `path`, or None when it cannot be read (the pair's read says why)."""
-    try:
-        return file_digest(path)
-    except OSError:
-        return None
-
-
 def _check_masks_given(root: Path, run: str | os.PathLike[str]) -> None:
     """A one-line refusal of a --data folder without masks to score against (no masks/, or no PNG in it), naming
     predict for the masks of unlabelled images."""
@@ -455,13 +447,14 @@ def _evaluate_segmentation(
         for index, path in enumerate(folder.images):
             if index:  # the one before is scored or skipped
                 bar.advance()
-            # read before the decode only to leave a trained image undecoded; else the decode's (read once, not twice)
-            digest = _digest_or_none(path) if exclude_trained and trained is not None else None
-            if exclude_trained and trained is not None and trained.part_of(digest) is not None:
+            # digested before the decode only to leave a trained image undecoded; the bytes digested are those decoded
+            # (each image scored was read twice: for its digest, then for its decode)
+            data = folder.image_bytes(index) if exclude_trained and trained is not None else None
+            if data is not None and trained is not None and trained.part_of(digest := bytes_digest(data)) is not None:
                 digests.append(digest)
                 continue
             try:
-                image, mask = folder.read(index)
+                image, mask = folder.read(index, data)
             except CnnlabError as error:
                 folder.skip_unreadable(index, error)
                 continue
