@@ -199,6 +199,54 @@ def test_a_palette_masks_index_255_is_unlabelled_with_a_colour_classes_json(tmp_
         SegmentationFolder(tmp_path).read(0)
 
 
+def test_palette_masks_each_in_its_own_palette_order_are_refused_not_read_with_classes_swapped(tmp_path):
+    """Colour or grey index masks re-saved with a palette built from each one's pixels (Pillow's quantize, pngquant)
+    were read by their palette indices, which name other colours from mask to mask: classes swapped without a word.
+    Palettes that paint one colour as two indices refuse the folder (one line naming two masks); a grey palette that
+    paints an index in the grey level of another of its indices skips its mask; palettes that paint one index in two
+    colours (grey 1 and a binary mask's white) read as before, and with classes.json colours masks are read by
+    colour."""
+    colours = np.array([(0, 0, 0), (255, 0, 0), (0, 255, 0)], dtype=np.uint8)
+    labels = [np.zeros((12, 12), dtype=np.uint8) for _ in range(3)]
+    labels[0][:3], labels[0][6:] = 1, 2
+    labels[1][:2] = 1
+    labels[2][:4] = 2
+
+    def folder(name: str, masks: list[Image.Image]) -> Path:
+        for kind in ("images", "masks"):
+            (tmp_path / name / kind).mkdir(parents=True)
+        for i, mask in enumerate(masks):
+            Image.fromarray(np.full((12, 12), i, dtype=np.uint8)).save(tmp_path / name / "images" / f"{i}.png")
+            mask.save(tmp_path / name / "masks" / f"{i}.png")
+        return tmp_path / name
+
+    quantized = folder("colours", [Image.fromarray(colours[m]).quantize() for m in labels])
+    with pytest.raises(
+        CnnlabError,
+        match=r"^\S+0.png paints \(255, 0, 0\) as class index 1 but \S+1.png as 0: "
+        r"palette masks are read by their indices .*list each class's colour in \S+classes.json",
+    ):
+        SegmentationFolder(quantized, skip_bad=True).read_all()
+    classes = [{"name": name, "color": colour.tolist()} for name, colour in zip("bfg", colours, strict=True)]
+    (quantized / "classes.json").write_text(json.dumps(classes))
+    pairs = SegmentationFolder(quantized, skip_bad=True).read_all()
+    assert [pairs[i][1].tolist() for i in range(3)] == [m.tolist() for m in labels]
+    with pytest.raises(CnnlabError, match=r"0.png paints \(1, 1, 1\) as class index 1 but \S+1.png as 0"):
+        SegmentationFolder(folder("greys", [Image.fromarray(m).quantize() for m in labels]), skip_bad=True).read_all()
+    # one such mask among single-channel ones: indices 0, 1 painted grey 2, 0 (its classes 2 and 0, read as 0 and 1)
+    root = folder("one", [Image.fromarray(labels[0]), Image.fromarray(labels[2]).quantize()])
+    found = SegmentationFolder(root, skip_bad=True)
+    assert sorted(found.read_all()) == [0]
+    assert [s.reason.split("(")[1].split(")")[0] for s in found.skipped] == ["0 grey 2, 1 grey 0"]
+    binary = []
+    for mask in labels:
+        binary.append(Image.fromarray((mask > 0).astype(np.uint8), mode="P"))
+        binary[-1].putpalette([0, 0, 0, 255, 255, 255])
+    agreeing = [Image.fromarray(m).convert("P") for m in labels] + binary
+    pairs = SegmentationFolder(folder("agree", agreeing), skip_bad=True).read_all()
+    assert [pairs[i][1].tolist() for i in range(6)] == [m.tolist() for m in labels] + [(m > 0).tolist() for m in labels]
+
+
 def test_a_jpeg_mask_under_a_png_name_is_skipped_not_read_with_classes_its_compression_made(tmp_path):
     """Index masks 0-2 saved as JPEG under .png names trained as 4 classes ("class 3" from the edges' artefacts)."""
     indices = np.zeros((16, 16), dtype=np.uint8)

@@ -61,6 +61,7 @@ __all__ = [
     "GreyIndexMaskWarning",
     "IGNORE_INDEX",
     "NestedImagesWarning",
+    "PaletteColours",
     "SegmentationFolder",
     "SegmentationInput",
     "SegmentationSamples",
@@ -511,10 +512,10 @@ class SegmentationFolder(Dataset):
 
     Items are (float image [C, H, W] in [0, 1], int64 mask [H, W]); `read` gives the uint8 pair. With colours in
     ``classes.json``, RGB masks are mapped through them (an unknown colour is an error naming the file); without it,
-    or with names only, masks must be single-channel PNGs of class indices (bilevel ones read as 0 and 1), below the
-    number of names if given. `IGNORE_INDEX` stays as is in both. `digests` holds the `file_digest` of each image and
-    mask file `read` decoded, by path, taken from the bytes decoded: a run records them (``split_digests.json``)
-    without reading a file twice.
+    or with names only, masks must be single-channel PNGs of class indices (bilevel ones read as 0 and 1, palette ones
+    by their indices, their palettes compared: `PaletteColours`), below the number of names if given. `IGNORE_INDEX`
+    stays as is in both. `digests` holds the `file_digest` of each image and mask file `read` decoded, by path, taken
+    from the bytes decoded: a run records them (``split_digests.json``) without reading a file twice.
 
     Args:
         root: the dataset folder.
@@ -551,6 +552,7 @@ class SegmentationFolder(Dataset):
         self._grey_said = False  # a grey 3-channel mask read as indices through the run's colours: said once
         self.skipped: list[SkippedFile] = []
         self.digests: dict[Path, bytes] = {}  # image or mask file -> the digest of the bytes `read` decoded
+        self.palettes = PaletteColours()  # of the palette masks read as class indices: `check` them once all are read
         image_dir, mask_dir = self.root / "images", self.root / "masks"
         if not self.root.is_dir():
             raise CnnlabError(
@@ -806,6 +808,8 @@ class SegmentationFolder(Dataset):
                 f"{path} has class index {int(too_large[0])}; indices must be below {IGNORE_INDEX}, which means "
                 "unlabelled"
             )
+        if mask_image.mode == "P":
+            self.palettes.add(path, mask_image.getpalette() or [], labels)
         return labels.astype(np.uint8)
 
     def image_bytes(self, index: int) -> bytes | None:
@@ -858,7 +862,8 @@ class SegmentationFolder(Dataset):
 
         Raises:
             CnnlabError: when the masks read label no pixel, or only pixels of one class: a model trained on them
-                learns that class and scores a perfect 1.0 on every metric.
+                learns that class and scores a perfect 1.0 on every metric; when palette masks disagree on the colour
+                of an index (`PaletteColours`).
         """
         pairs = {}
         for index in range(len(self)):
@@ -868,6 +873,7 @@ class SegmentationFolder(Dataset):
                 self.skip_unreadable(index, error)
                 if (copy := self._read_copy(index)) is not None:
                     pairs[index] = copy
+        self.palettes.check(self.root / "classes.json")
         if pairs:
             self._check_two_classes({index: mask for index, (_, mask) in pairs.items()})
         return pairs
@@ -1034,6 +1040,62 @@ class ForegroundAs255:
             f"unlabelled, so {consequence}; if {IGNORE_INDEX} marks the object there, save it as its class index (1 "
             f"for one object class); if it marks pixels left unlabelled (a scribble), label the object's pixels in "
             "that mask too, or leave the pair out"
+        )
+
+
+class PaletteColours:
+    """The colour each palette mask read as class indices (as Pascal VOC's are) paints each of its indices, added a
+    mask at a time. `add` refuses a mask whose grey palette paints an index in the grey level of another of its
+    indices (indices 0, 1, 2 painted grey 2, 1, 0: an index mask re-saved with a palette built from its pixels, by
+    Pillow's quantize or pngquant, read with classes 0 and 2 swapped, without a word); `check` refuses masks whose
+    palettes paint one colour as two indices (each mask saved with a palette in its own order: one class read as
+    another from mask to mask)."""
+
+    def __init__(self) -> None:
+        self.index_of: dict[tuple[int, ...], tuple[int, Path]] = {}  # colour -> its index, in the first mask using it
+        self.conflict: str | None = None  # the first disagreement, in words
+
+    def add(self, path: Path, palette: list[int], labels: np.ndarray) -> None:
+        """Count the palette mask at `path` (its `palette`, flat RGB, as Pillow's getpalette gives it) read as the
+        class indices `labels` (uint8 [H, W]).
+
+        Raises:
+            CnnlabError: when its grey palette paints an index in the grey level of another of its indices.
+        """
+        used = [i for i in np.bincount(labels.ravel(), minlength=256).nonzero()[0].tolist() if i != IGNORE_INDEX]
+        colours = {i: tuple(palette[3 * i : 3 * i + 3]) for i in used}  # () for an index past the palette's end
+        self._compare(path, colours)  # before a refusal: the masks after it are compared with its palette too
+        greys = {i: colour[0] for i, colour in colours.items() if len(colour) == 3 and len(set(colour)) == 1}
+        if len(greys) == len(used) and any(greys[i] != i and greys[i] in greys for i in used):
+            painted = ", ".join(f"{i} grey {grey}" for i, grey in greys.items())
+            raise CnnlabError(
+                f"{path} is a palette PNG that paints its indices in grey levels that are other indices of it "
+                f"({painted}); masks are read by their indices (as Pascal VOC's are), not by the grey levels they "
+                "show; if the grey levels are the classes (an index mask re-saved with a palette, as pngquant or "
+                "Pillow's quantize save them), save it as a single-channel PNG of them"
+            )
+
+    def _compare(self, path: Path, colours: dict[int, tuple[int, ...]]) -> None:
+        """Note the first colour that the mask at `path` paints as another index than an earlier mask did (one index
+        in two colours is no disagreement: two tools' palettes, or a binary one, can paint one class differently)."""
+        if self.conflict is not None or len(set(colours.values())) < len(colours):  # a dummy palette: no colour code
+            return
+        for index, colour in colours.items():
+            first_index, first_path = self.index_of.setdefault(colour, (index, path))
+            if first_index != index:
+                self.conflict = f"{first_path} paints {colour} as class index {first_index} but {path} as {index}"
+                return
+
+    def check(self, classes_file: Path) -> None:
+        """Refuse, in one line naming two masks, palettes that paint one colour as two indices (`conflict`)."""
+        if self.conflict is None:
+            return
+        raise CnnlabError(
+            f"{self.conflict}: palette masks are read by their indices (as Pascal VOC's are), so one class would be "
+            "read as another from mask to mask (each saved with a palette in its own order, as pngquant or Pillow's "
+            f"quantize save them); list each class's colour in {classes_file} "
+            '([{"name": "background", "color": [0, 0, 0]}, ...]) to read the masks by colour, or save them as '
+            "single-channel PNGs of class indices"
         )
 
 
