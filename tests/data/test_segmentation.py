@@ -247,6 +247,41 @@ def test_palette_masks_each_in_its_own_palette_order_are_refused_not_read_with_c
     assert [pairs[i][1].tolist() for i in range(6)] == [m.tolist() for m in labels] + [(m > 0).tolist() for m in labels]
 
 
+@pytest.mark.parametrize(
+    ("hidden", "message"),
+    [
+        ((0, 0, 0), None),  # transparent background, black beneath (GIMP): the background, as it was
+        (
+            (255, 0, 0),
+            r"has transparent pixels \(alpha 0\) whose hidden colours read as the classes 'x', "
+            "'a', which do not show; flatten the mask",
+        ),
+        ((255, 255, 255), r"hides colour \(255, 255, 255\), which \S+ does not list, under transparent .*flatten"),
+    ],
+)
+def test_colour_masks_are_read_by_the_colours_they_show_not_those_hidden_under_transparent_pixels(
+    tmp_path, hidden, message
+):
+    """An RGBA colour mask's transparent pixels (alpha 0) were read by the colour beneath them: a region erased in a
+    painting program, the colour left beneath, trained as the class the user had erased; a transparent background
+    with white beneath was refused as "has colour (255, 255, 255)", a colour no pixel shows. Transparent pixels that
+    hide one class
+    read as it; more than one, or an unlisted colour there, are refused in one line saying to flatten the mask."""
+    colours = np.array([(0, 0, 0), (255, 0, 0), (0, 255, 0)], dtype=np.uint8)
+    labels = np.zeros((8, 8), dtype=np.uint8)
+    labels[:2], labels[6:] = 1, 2
+    rgb = colours[labels]
+    alpha = np.where(labels == 0, 0, 255).astype(np.uint8)
+    rgb[2:4] = hidden  # under the transparent background: an erased stroke of the first class, or white
+    classes = [{"name": name, "color": colour.tolist()} for name, colour in zip("xab", colours, strict=True)]
+    _one_pair(tmp_path, Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA"), classes)
+    if message is None:
+        assert SegmentationFolder(tmp_path).read(0)[1].tolist() == labels.tolist()
+        return
+    with pytest.raises(CnnlabError, match=f"^{re.escape(str(tmp_path))}/masks/a.png {message}"):
+        SegmentationFolder(tmp_path).read(0)
+
+
 def test_a_jpeg_mask_under_a_png_name_is_skipped_not_read_with_classes_its_compression_made(tmp_path):
     """Index masks 0-2 saved as JPEG under .png names trained as 4 classes ("class 3" from the edges' artefacts)."""
     indices = np.zeros((16, 16), dtype=np.uint8)

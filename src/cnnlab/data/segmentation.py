@@ -91,6 +91,7 @@ TEST_ID_OFFSET = 60_000
 _INDEX_MODES = ("1", "L", "I", "I;16")  # single-channel PIL modes whose values are class indices (bilevel: 0 and 1)
 _MAX_OVERLAP = 0.25  # a new digit may hide at most this fraction of its own ink pixels under earlier ink
 _HEAD_BYTES = 4096  # read of an image whose size another shares, before hashing it: a copy has the same first bytes
+_FLATTEN = "flatten the mask onto its background colour (no alpha), so that every pixel shows its class"
 _READ_AHEAD_BYTES = 256 << 20  # of the images hashed as possible copies, the most bytes kept for `read` to decode
 
 
@@ -719,6 +720,8 @@ class SegmentationFolder(Dataset):
         # unless classes.json lists that colour: every VOC-style mask was skipped for an "unknown colour"
         palette_ignored = np.asarray(mask_image) == IGNORE_INDEX if mask_image.mode == "P" else None
         alpha = mask_image.getchannel("A").getextrema() if mask_image.mode in ("RGBA", "LA") else (255, 255)
+        # pixels that show no colour: read by the colour they hide (an eraser's leftovers, white in some editors)
+        transparent = np.asarray(mask_image.getchannel("A")) == 0 if alpha[0] == 0 else None
         rgb = np.asarray(mask_image.convert("RGB"))
         mask_image.close()
         # 24-bit colour keys: int32, not int64 (a 12 MP mask's keys took 96 MB, its RGB as int64 288 MB more)
@@ -747,7 +750,22 @@ class SegmentationFolder(Dataset):
                     '([{"name": "background"}, ...])'
                 )
             colour = ((int(unknown[0]) >> 16) & 255, (int(unknown[0]) >> 8) & 255, int(unknown[0]) & 255)
+            if transparent is not None and transparent[unmatched].all():  # white under them: not a colour to add
+                raise CnnlabError(
+                    f"{path} hides colour {colour}, which {self.classes_source} does not list, under transparent "
+                    f"pixels (alpha 0); {_FLATTEN}"
+                )
             raise CnnlabError(f"{path} has colour {colour}, which {self.classes_source} does not list")
+        if transparent is not None and len(hidden_values := np.unique(out[transparent])) > 1:
+            names = self.class_names or []
+            read_as = listed(
+                [repr(names[v]) if v < len(names) else f"{IGNORE_INDEX} (unlabelled)" for v in hidden_values.tolist()],
+                5,
+            )
+            raise CnnlabError(
+                f"{path} has transparent pixels (alpha 0) whose hidden colours read as the classes {read_as}, which "
+                f"do not show; {_FLATTEN}"
+            )
         return out
 
     def _grey_indices(self, path: Path, grey: np.ndarray) -> np.ndarray:
