@@ -731,10 +731,11 @@ def test_a_class_colour_that_no_pixel_can_have_is_refused(tmp_path, colour):
 
 
 def test_a_mask_under_another_name_or_format_is_named_where_the_image_is_skipped(tmp_path):
-    """A mask saved as masks/a.jpg.png (after the image's whole name) or masks/b.tif was read as no mask at all:
-    "no mask masks/a.png", with the file the user had made sitting beside it unsaid."""
+    """A mask saved as masks/a.jpg.png (after the image's whole name), masks/b.tif or masks/c.png for images/C.png
+    (matched on a case-insensitive file system, macOS's or Windows', not on Linux) was read as no mask at all: "no
+    mask masks/a.png", with the file the user had made sitting beside it unsaid."""
     _one_pair(tmp_path, Image.fromarray(np.arange(20, dtype=np.uint8).reshape(4, 5) % 2))
-    for stem, mask_name in (("a2", "a2.jpg.png"), ("b", "b.tif")):
+    for stem, mask_name in (("a2", "a2.jpg.png"), ("b", "b.tif"), ("C", "c.png")):
         Image.new("RGB", (5, 4)).save(tmp_path / "images" / f"{stem}.{'jpg' if stem == 'a2' else 'png'}")
         Image.new("L", (5, 4)).save(tmp_path / "masks" / mask_name)
     reasons = {Path(s.path).name: s.reason for s in SegmentationFolder(tmp_path, skip_bad=True).skipped}
@@ -742,7 +743,11 @@ def test_a_mask_under_another_name_or_format_is_named_where_the_image_is_skipped
         "(a2.jpg.png is there: a mask is named after the image's stem, a2.png; rename it)"
     )
     assert reasons["b.png"].endswith("(b.tif is there: masks must be PNG, a lossless format; save it as b.png)")
+    assert reasons["C.png"].endswith(
+        "(c.png is there: a mask is named after its image's stem, capitals too, C.png; rename it)"
+    )
     (tmp_path / "images" / "a.png").unlink()
+    (tmp_path / "images" / "C.png").unlink()
     with pytest.raises(CnnlabError, match=r"a2.jpg has no mask .*a2.png \(a2.jpg.png is there: .*; every image"):
         SegmentationFolder(tmp_path)
     with pytest.raises(CnnlabError, match=r"no image in .* \(masks/<image stem>.png; for a2.jpg, a2.png \(a2.jpg.png "):

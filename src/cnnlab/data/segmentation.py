@@ -465,14 +465,19 @@ def _head_or_none(path: Path) -> bytes | None:
 
 def _near_miss(image: Path, mask_names: list[str]) -> str:
     """What in masks/ looks meant as `image`'s mask under another name, said in brackets, or "": a mask named after
-    the image's whole file name (a.jpg.png, as some labelling tools save them) or one in another format (a.tif, a.jpg:
-    a lossy JPEG changes class indices at the edges), each read as no mask at all without a word on why."""
+    the image's whole file name (a.jpg.png, as some labelling tools save them), one in another format (a.tif, a.jpg:
+    a lossy JPEG changes class indices at the edges) or one whose stem differs in capitals (A.png), each read as no
+    mask at all without a word on why."""
     whole = next((name for name in mask_names if name.lower() == f"{image.name.lower()}.png"), None)
     if whole is not None:
         return f" ({whole} is there: a mask is named after the image's stem, {image.stem}.png; rename it)"
     other = next((name for name in mask_names if Path(name).stem == image.stem), None)
     if other is not None:
         return f" ({other} is there: masks must be PNG, a lossless format; save it as {image.stem}.png)"
+    # A.png for a.jpg: found on a case-insensitive file system (macOS, Windows), no mask on Linux
+    cased = next((name for name in mask_names if name.lower() == f"{image.stem.lower()}.png"), None)
+    if cased is not None:
+        return f" ({cased} is there: a mask is named after its image's stem, capitals too, {image.stem}.png; rename it)"
     return ""
 
 
