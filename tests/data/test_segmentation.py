@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -280,6 +282,38 @@ def test_colour_masks_are_read_by_the_colours_they_show_not_those_hidden_under_t
         return
     with pytest.raises(CnnlabError, match=f"^{re.escape(str(tmp_path))}/masks/a.png {message}"):
         SegmentationFolder(tmp_path).read(0)
+
+
+def _grey_png(path: Path, values: np.ndarray, bit_depth: int) -> None:
+    """`values` written as a grey PNG of `bit_depth` bits a sample (Pillow writes grey at 1, 8 or 16 bits only)."""
+    per_byte = 8 // bit_depth
+    rows = b""
+    for row in values:
+        padded = np.concatenate([row, np.zeros(-len(row) % per_byte, dtype=row.dtype)]).reshape(-1, per_byte)
+        packed = [sum(int(v) << (bit_depth * (per_byte - 1 - i)) for i, v in enumerate(group)) for group in padded]
+        rows += b"\0" + bytes(packed)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", values.shape[1], values.shape[0], bit_depth, 0, 0, 0, 0)
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
+
+
+@pytest.mark.parametrize("bit_depth", [2, 4, 8])
+def test_a_low_bit_depth_grey_mask_is_read_as_its_stored_values_as_a_bilevel_one_is(tmp_path, bit_depth):
+    """A 4-bit grey PNG of class indices 0, 1, 2 was read as classes 0, 17 and 34 (Pillow shows a 4-bit sample as a
+    grey level, 17 a step; 85 for 2 bits): a head of 35 classes trained without a word. 2- and 4-bit grey masks are
+    read as their stored values, as bilevel ones are; an 8-bit mask of 0, 17 and 34 stays as it is."""
+    values = np.zeros((3, 5), dtype=np.uint8)
+    values[0, 1:], values[2, :2] = 1, 2
+    if bit_depth == 8:
+        values *= 17
+    _one_pair(tmp_path, Image.fromarray(values))
+    _grey_png(tmp_path / "masks" / "a.png", values, bit_depth)
+    assert Image.open(tmp_path / "masks" / "a.png").mode == "L"
+    assert SegmentationFolder(tmp_path).read(0)[1].tolist() == values.tolist()
 
 
 def test_a_jpeg_mask_under_a_png_name_is_skipped_not_read_with_classes_its_compression_made(tmp_path):

@@ -426,6 +426,21 @@ def _turned(path: Path, shown: tuple[int, int], mask_size: tuple[int, int]) -> s
     )
 
 
+def _low_bit_grey_scale(path: Path) -> int:
+    """What Pillow multiplied the values of the PNG at `path` by to read them as 8-bit grey: 85 for a 2-bit grey PNG,
+    17 for a 4-bit one (its sample values shown as grey levels, as the PNG standard says), else 1. A mask's stored
+    values are its classes, as a bilevel PNG's 0 and 1 are read: 4-bit index masks (0, 1, 2) were read as classes 0,
+    17 and 34, a head of 35 classes trained without a word."""
+    try:
+        with path.open("rb") as file:
+            header = file.read(26)  # the signature and IHDR: width, height, bit depth, colour type
+    except OSError:
+        return 1
+    if len(header) < 26 or header[:8] != b"\x89PNG\r\n\x1a\n" or header[12:16] != b"IHDR" or header[25] != 0:
+        return 1
+    return {2: 85, 4: 17}.get(header[24], 1)
+
+
 class NestedImagesWarning(UserWarning):
     """A segmentation folder's images/ has sub-folders of images, which are not read: they are left out."""
 
@@ -517,11 +532,12 @@ class SegmentationFolder(Dataset):
     """Image + mask pairs from a folder: ``images/<stem>.<ext>`` and ``masks/<stem>.png``.
 
     Items are (float image [C, H, W] in [0, 1], int64 mask [H, W]); `read` gives the uint8 pair. With colours in
-    ``classes.json``, RGB masks are mapped through them (an unknown colour is an error naming the file); without it,
-    or with names only, masks must be single-channel PNGs of class indices (bilevel ones read as 0 and 1, palette ones
-    by their indices, their palettes compared: `PaletteColours`), below the number of names if given. `IGNORE_INDEX`
-    stays as is in both. `digests` holds the `file_digest` of each image and mask file `read` decoded, by path, taken
-    from the bytes decoded: a run records them (``split_digests.json``) without reading a file twice.
+    ``classes.json``, RGB masks are mapped through them (an unknown colour is an error naming the file); without it, or
+    with names only, masks must be single-channel PNGs of class indices (bilevel ones read as 0 and 1, 2- and 4-bit grey
+    ones as their stored values, palette ones by their indices, their palettes compared: `PaletteColours`), below the
+    number of names if given. `IGNORE_INDEX` stays as is in both. `digests` holds the `file_digest` of each image and
+    mask file `read` decoded, by path, taken from the bytes decoded: a run records them (``split_digests.json``) without
+    reading a file twice.
 
     Args:
         root: the dataset folder.
@@ -819,6 +835,8 @@ class SegmentationFolder(Dataset):
                 "classes, or save masks as single-channel class-index PNGs"
             )
         labels = np.asarray(mask_image)  # uint8 ("L", "P"), bool ("1"), or wider ("I;16", "I") until checked
+        if mask_image.mode == "L" and labels.max(initial=0) >= 17 and not (labels % 17).any():  # 17: 255 / 15
+            labels = labels // _low_bit_grey_scale(path)
         limit = IGNORE_INDEX if self.class_names is None else len(self.class_names)
         too_large = labels[(labels >= limit) & (labels != IGNORE_INDEX)]
         if too_large.size and self.class_names is not None:
