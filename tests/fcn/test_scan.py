@@ -908,3 +908,70 @@ def test_scan_runs_the_network_on_the_device_asked_for(tmp_path, monkeypatch):
         2,
         "error: device 'cuda' was asked for, but torch finds no CUDA GPU here; available: cpu\n",
     )
+
+
+def _page_of_strokes() -> np.ndarray:
+    """A 96x160 uint8 canvas of three light strokes on black, as the MNIST canvases hold digits (a 1, a 7, a 0)."""
+    from PIL import ImageDraw
+
+    canvas = Image.new("L", (160, 96), 0)
+    draw = ImageDraw.Draw(canvas)
+    draw.line([(30, 20), (30, 60)], fill=255, width=3)
+    draw.line([(60, 30), (80, 30), (68, 70)], fill=255, width=3)
+    draw.ellipse([104, 40, 124, 76], outline=255, width=3)
+    return np.array(canvas)
+
+
+def _photographed_page(canvas: np.ndarray, paper: float, seed: int = 0) -> Image.Image:
+    """A light-on-black canvas as a photo: dark ink (0.1) on paper of grey `paper`, lit 15% less at the bottom right
+    than at the top left, with the camera's noise (sigma 0.02); RGB, as `load_scan_image` decodes a file."""
+    ink = canvas.astype(np.float64) / 255
+    rows, cols = np.mgrid[0 : canvas.shape[0], 0 : canvas.shape[1]]
+    light = 1 - 0.15 * (0.6 * cols / canvas.shape[1] + 0.4 * rows / canvas.shape[0])
+    page = (paper * (1 - ink) + 0.1 * ink) * light + np.random.default_rng(seed).normal(0, 0.02, canvas.shape)
+    return Image.fromarray((page.clip(0, 1) * 255).round().astype(np.uint8)).convert("RGB")
+
+
+@pytest.mark.parametrize("paper", [0.5, 0.7, 0.95])
+def test_a_page_photographed_on_grey_paper_is_read_as_light_digits_on_black(paper: float) -> None:
+    """A page of digits on grey paper (0.7) was inverted to paper of 0.3, left in the image the scan and the canvas
+    segmenter read (the segmenter took it for ink), and on darker paper (0.5, the mean below 0.5) not inverted at all:
+    the paper was the "digits". As `cnnlab predict` prepares one digit, the paper, found at the border, is now black
+    and the ink white."""
+    from cnnlab.fcn.scan import scan_tensor
+
+    canvas = _page_of_strokes()
+    clean = torch.from_numpy(canvas).float()[None] / 255
+    for channels in (1, 3):
+        read = scan_tensor(_photographed_page(canvas, paper), channels=channels)
+        assert read.shape == (channels, 96, 160)
+        ink, truth = read[0] > 0.5, clean[0] > 0.5
+        assert float((ink & truth).sum() / (ink | truth).sum()) > 0.85
+        assert float(read[0][clean[0] == 0].median()) == 0.0  # the paper is black, its grain faint, not a grey page
+        assert float((read[0][clean[0] == 0] > 0.3).float().mean()) < 0.01
+        assert float(read[0][clean[0] == 1].mean()) > 0.85  # the ink near white
+        assert torch.equal(read, read[:1].expand(channels, -1, -1))
+
+
+def test_a_clean_canvas_or_a_blank_page_is_read_as_before() -> None:
+    """What was already right is kept: light digits on exact black (the canvases, MNIST's own form) are read as they
+    are, white paper with black ink is inverted only, an image of one grey is inverted when bright, and a blank page is
+    left black (its grain not stretched into ink); `--invert`/`--no-invert` invert, or not, and nothing else."""
+    from cnnlab.fcn.scan import scan_tensor
+
+    canvas = _page_of_strokes().copy()
+    canvas[50:60, 140:150] = 120  # a fainter stroke: left faint, as the canvases' digits' edges are
+    clean = torch.from_numpy(canvas).float()[None] / 255
+    assert torch.equal(scan_tensor(Image.fromarray(canvas).convert("RGB")), clean)
+    assert torch.equal(scan_tensor(Image.fromarray(canvas).convert("RGB"), channels=3), clean.expand(3, -1, -1))
+    white = 255 - _page_of_strokes()
+    inverted = 1 - torch.from_numpy(white).float()[None] / 255
+    assert torch.equal(scan_tensor(Image.fromarray(white).convert("RGB")), inverted)
+    grey = _photographed_page(canvas, 0.7)
+    assert torch.equal(scan_tensor(grey, invert=True), 1 - scan_tensor(grey, invert=False))
+    as_read = torch.from_numpy(np.array(grey.convert("L"))).float()[None] / 255
+    assert torch.equal(scan_tensor(grey, invert=False), as_read)
+    for paper in (0.5, 0.7, 0.95):  # a blank page lit unevenly: its paper black, its grain not stretched into ink
+        blank = scan_tensor(_photographed_page(np.zeros((96, 160), np.uint8), paper))
+        assert float(blank.median()) < 0.05 and float(blank.max()) < 0.3, paper
+    assert torch.equal(scan_tensor(Image.new("RGB", (40, 30), (90, 90, 90))), torch.full((1, 30, 40), 90 / 255))

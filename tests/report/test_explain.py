@@ -740,7 +740,8 @@ def test_explain_quiet_prints_only_the_paths_it_wrote(tmp_path, monkeypatch):
 
 def test_a_segmentation_run_on_the_mnist_canvases_is_explained_on_its_canvases(tmp_path):
     """`cnnlab explain` refused a `train segment` run on the canvases (predict's refusal: "not a classifier"),
-    though its filters, feature maps and Grad-CAM need only the canvases' own input: grey in [0, 1] at any size."""
+    though its filters, feature maps and Grad-CAM need only the canvases' own input: grey in [0, 1] at any size, a
+    photo of dark ink on paper of any grey read as `cnnlab fcn scan` reads it."""
     import numpy as np
 
     from cnnlab.data.segmentation import CLASS_NAMES
@@ -762,6 +763,9 @@ def test_a_segmentation_run_on_the_mnist_canvases_is_explained_on_its_canvases(t
     tensor = subject.preprocess(Image.open(tmp_path / "canvas.png").convert("RGB"))
     torch.testing.assert_close(tensor, torch.from_numpy(canvas).float()[None] / 255)
     torch.testing.assert_close(subject.preprocess(Image.open(tmp_path / "paper.png").convert("RGB")), tensor)
+    # on grey paper (0.7) too: its paper was inverted to 0.3, which the segmenter took for ink, not black
+    photo = Image.fromarray((255 * (0.7 - 0.6 * canvas / 255)).round().astype(np.uint8)).convert("RGB")
+    torch.testing.assert_close(subject.preprocess(photo), tensor, atol=0.01, rtol=0)
     result = explain_image(str(tmp_path / "run"), tmp_path / "canvas.png", tmp_path / "out")
     assert result.scores == "pixel share" and "light digits on black" in result.preprocessing
     with torch.inference_mode():

@@ -66,7 +66,10 @@ def scan_command(
         "divisor up to 4).",
     ),
     invert: bool | None = typer.Option(
-        None, "--invert/--no-invert", help="Dark-on-light to light-on-dark (default: when the image is bright)."
+        None,
+        "--invert/--no-invert",
+        help="Dark-on-light to light-on-dark, or not, and nothing else (default: the paper, told from the ink at the "
+        "image's border, inverted when light and stretched to black, the ink to white).",
     ),
     overwrite: bool = typer.Option(
         False,

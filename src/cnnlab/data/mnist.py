@@ -12,7 +12,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -211,6 +211,40 @@ def _border(values: np.ndarray) -> np.ndarray:
     return np.concatenate([values[0], values[-1], values[1:-1, 0], values[1:-1, -1]])
 
 
+class PaperAndInk(NamedTuple):
+    """Where the paper and the ink of a picture of digits lie (`paper_and_ink`), in grey [0, 1] after the inversion
+    that `paper_is_light` calls for (dark ink on light paper)."""
+
+    paper_is_light: bool
+    paper_median: float  # the median of the border's paper pixels
+    paper_spread: float  # their robust standard deviation (1.4826 median absolute deviations): grain, noise, shading
+    ink_level: float  # the `INK_PERCENTILE`th percentile of the ink pixels: the darkest strokes
+
+    def paper_level(self, mads: float = PAPER_MADS) -> float:
+        """The paper's median + `mads` robust deviations: what `fitted_ink` stretches to 0 (with `PAPER_MADS`)."""
+        return float(self.paper_median + mads * self.paper_spread)
+
+
+def paper_and_ink(levels: np.ndarray) -> PaperAndInk:
+    """Tell the paper of a picture of digits from its ink, as `fitted_ink` and `cnnlab fcn scan`
+    (`cnnlab.fcn.scan.scan_tensor`) do before stretching the paper to 0 and the ink to 1.
+
+    Ink and paper are told apart by Otsu's threshold of the 8-bit `levels`; the paper is the class that holds the
+    median of the image's border (light paper: dark ink, inverted). `levels` must hold two levels at least (an image
+    of one level has no ink class)."""
+    threshold = otsu_level(levels)
+    border = _border(levels)
+    paper_is_light = float(np.median(border)) > threshold  # the class that holds most of the border
+    ink = levels <= threshold if paper_is_light else levels > threshold
+    paper = border[border > threshold if paper_is_light else border <= threshold].astype(np.float32) / 255.0
+    ink_grey = levels[ink].astype(np.float32) / 255.0
+    if paper_is_light:
+        paper, ink_grey = 1.0 - paper, 1.0 - ink_grey
+    median = np.median(paper)
+    spread = np.median(np.abs(paper - median)) * MAD_TO_SIGMA
+    return PaperAndInk(paper_is_light, median, spread, float(np.percentile(ink_grey, INK_PERCENTILE)))
+
+
 def fitted_ink(image: Any) -> np.ndarray:
     """The ink of a picture of one digit as `mnist_preprocess` places it: light on black, the paper at 0 and the ink at
     1, its bounding box cut out and scaled to fit 20x20 (antialiased, floats in [0, 1]).
@@ -244,15 +278,10 @@ def fitted_ink(image: Any) -> np.ndarray:
             f"no digit found: the image is one shade of grey (within {INK_ABOVE:g}), nothing stands out from it (a "
             "blank page photographed grey, an image of one colour, or a single pixel); photograph the digit on its page"
         )
-    threshold = otsu_level(levels)
-    paper_is_light = float(np.median(_border(levels))) > threshold  # the class that holds most of the border
-    ink = levels <= threshold if paper_is_light else levels > threshold
+    paper_is_light, _, _, ink_level = found = paper_and_ink(levels)
+    paper_level = found.paper_level()
     if paper_is_light:  # dark ink on light paper: MNIST's digits are the opposite
         grey = 1.0 - grey
-    paper = _border(grey)[~_border(ink)]
-    spread = np.median(np.abs(paper - np.median(paper))) * MAD_TO_SIGMA
-    paper_level = float(np.median(paper) + PAPER_MADS * spread)
-    ink_level = float(np.percentile(grey[ink], INK_PERCENTILE))
     if ink_level - paper_level <= INK_ABOVE:
         raise CnnlabError(
             f"no digit found: nothing stands out from the paper by more than {INK_ABOVE:g} (the darkest strokes by "
@@ -296,15 +325,10 @@ def mnist_preprocess(image: Any) -> torch.Tensor:
     return torch.from_numpy(canvas).unsqueeze(0)
 
 
-def mnist_preparation_record() -> dict[str, Any]:
-    """`mnist_preprocess` step by step, with its numbers, as `cnnlab export` writes it beside an MNIST model: enough
-    to reproduce its input exactly without cnnlab (the prose "fit in 20x20, centre of mass at (14, 14)" left the
-    inversion, the ink threshold, the filter and the rounding for a deployment to guess)."""
+def paper_and_ink_record() -> dict[str, Any]:
+    """`paper_and_ink` step by step, as the export records of MNIST's digit classifier, digit scanner and canvas
+    segmenter give it (`grey`: the image's grey float32 / 255, before any inversion)."""
     return {
-        "grey": "the decoded RGB image as PIL Image.convert('L') (L = R*299/1000 + G*587/1000 + B*114/1000), as "
-        "float32 / 255",
-        "invert_above_mean": INVERT_ABOVE_MEAN,  # refused when no pixel of grey (1 - grey if its mean is above it)...
-        "ink_above": INK_ABOVE,  # ... is above this, or when grey.max() - grey.min() is at most this
         "threshold": "t = Otsu's threshold of the 8-bit grey levels (Image.convert('L') as uint8): the t in 0..254 "
         "maximising w0 * w1 * (mu0 - mu1) ** 2, w0 and mu0 the count and mean level of the pixels <= t, w1 and mu1 "
         "those of the pixels > t (the first t on a tie; a t with an empty class is never chosen)",
@@ -314,9 +338,23 @@ def mnist_preparation_record() -> dict[str, Any]:
         "paper_level": "b = grey of the border's paper pixels; median(b) + paper_mads * 1.4826 * median(|b - "
         "median(b)|)",
         "paper_mads": PAPER_MADS,
+        "ink_level": "numpy.percentile(grey of the ink pixels, ink_percentile) (linear interpolation)",
+        "ink_percentile": INK_PERCENTILE,
+    }
+
+
+def mnist_preparation_record() -> dict[str, Any]:
+    """`mnist_preprocess` step by step, with its numbers, as `cnnlab export` writes it beside an MNIST model: enough
+    to reproduce its input exactly without cnnlab (the prose "fit in 20x20, centre of mass at (14, 14)" left the
+    inversion, the ink threshold, the filter and the rounding for a deployment to guess)."""
+    return {
+        "grey": "the decoded RGB image as PIL Image.convert('L') (L = R*299/1000 + G*587/1000 + B*114/1000), as "
+        "float32 / 255",
+        "invert_above_mean": INVERT_ABOVE_MEAN,  # refused when no pixel of grey (1 - grey if its mean is above it)...
+        "ink_above": INK_ABOVE,  # ... is above this, or when grey.max() - grey.min() is at most this
+        **paper_and_ink_record(),
         "ink_level": "numpy.percentile(grey of the ink pixels, ink_percentile) (linear interpolation); refused when "
         "ink_level - paper_level is at most ink_above",
-        "ink_percentile": INK_PERCENTILE,
         "stretch": "grey = clip((grey - paper_level) / (ink_level - paper_level), 0, 1) as float32",
         "crop": "grey cut to the bounding box of the pixels above ink_above (first to last row and column, inclusive)",
         "fit": INK_BOX,

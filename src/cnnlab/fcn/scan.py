@@ -63,6 +63,7 @@ __all__ = [
     "save_heatmap",
     "scan",
     "scan_canvas_demo",
+    "scan_preparation_record",
     "scan_tensor",
     "tile_margin",
 ]
@@ -79,6 +80,11 @@ FCN_SPEC = "fcn.json"
 _STROKE = 0.5
 _MIDDLE = 20 / 28
 _MIN_STROKE = 0.03
+# A page's paper goes to 0 from its median (`scan_tensor`), its grain above left faint: a canvas segmenter's foreground
+# IoU on pages of MNIST test digits photographed on paper of grey 0.5, 0.7 and 0.95 lit 15% unevenly was 0.95-0.96
+# (clean canvases 0.96) against 0.87-0.90 from the median + 3 deviations, one digit's paper level (`fitted_ink`),
+# which cut the strokes' faint edges where the light fell (benchmarks/scan_paper_grey.py)
+PAGE_PAPER_MADS = 0
 _SHOWN_PIXELS = 1600  # the heatmap's panels are a few hundred pixels wide: larger pictures are averaged down
 # and so are the score maps: a default scan of a 24 MP photo (2 px apart) has 2,000 x 3,000 locations, which
 # matplotlib interpolated in each of 11 panels (50 s and 1 GB to draw; 1.6 s at 8 px apart)
@@ -976,9 +982,10 @@ def load_scan_image(
     Args:
         path: the image.
         channels: 1 (grayscale) or 3 (RGB).
-        invert: turn dark-on-light into light-on-dark (MNIST's polarity); None inverts an image whose mean is
-            above 0.5, for an RGB network too (it was grayscale only: white paper scanned by an RGB network was
-            neither inverted nor, being all "stroke", left blank).
+        invert: turn dark-on-light into light-on-dark (MNIST's polarity), True or False and nothing more; None
+            prepares the page as `scan_tensor` says: the paper told from the ink at the image's border, inverted when
+            light, stretched to black and the ink to white, for an RGB network too (it was grayscale only: white paper
+            scanned by an RGB network was neither inverted nor, being all "stroke", left blank).
         checked: `check_scan_memory`'s answer for this file: an image of that size is decoded even over Pillow's
             decompression-bomb guard (179 MP), which is raised for this call only.
     """
@@ -998,13 +1005,67 @@ def load_scan_image(
 
 def scan_tensor(image: Any, channels: int = 1, invert: bool | None = None) -> torch.Tensor:
     """A decoded 8-bit RGB PIL image (`data.folder.to_rgb`) as `load_scan_image` reads a file: float [channels, H, W]
-    in [0, 1], inverted as `invert` says (None: an image whose mean is above 0.5, for an RGB network too)."""
+    in [0, 1], light digits on black as MNIST's are.
+
+    With `invert` None, the page's paper is told from its ink as `cnnlab predict` tells one digit's
+    (`cnnlab.data.mnist.paper_and_ink`, on the grey image, for an RGB network too): Otsu's threshold, the paper being
+    what holds the image's border; dark ink on light paper is inverted whatever the paper's grey, the paper's median
+    goes to 0 (`PAGE_PAPER_MADS`) and the ink's level to 1. Before, a mean above 0.5 inverted and nothing was
+    stretched: a page of MNIST digits photographed on paper of grey 0.7 kept its paper at 0.3, which a canvas
+    segmenter took for ink (foreground IoU 0.37, now 0.95), and on grey 0.5 it was not inverted at all, the paper
+    read as the digits (IoU 0.003, now 0.95; `fcn scan` read 14% of the digits right, now 100%;
+    benchmarks/scan_paper_grey.py).
+
+    Kept as they were: an image already light on exact black (its paper's median 0, as the canvases are) is left as
+    read, and an image of one grey is inverted when its mean is above `INVERT_ABOVE_MEAN`. A page whose darkest
+    strokes stand out by `INK_ABOVE` or less from its paper's median + `PAPER_MADS` deviations (`fitted_ink`'s blank
+    page) is not stretched, which would make its grain ink. `invert` True or False inverts, or not, and nothing else.
+    """
+    from cnnlab.data.mnist import INK_ABOVE, INVERT_ABOVE_MEAN, paper_and_ink
+
     # bytes to floats in torch: numpy's asarray(dtype=float32) of the image took 3.4 s of a 100 MP image's 7.8
-    pixels = torch.from_numpy(np.array(image.convert("L") if channels == 1 else image))
-    tensor = (pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1).contiguous()).float().div_(255.0)
-    if invert or (invert is None and float(tensor.mean()) > 0.5):
-        tensor = tensor.neg_().add_(1.0)  # in place: the image is the scan's largest tensor but the score maps
-    return tensor
+    pixels = np.array(image.convert("L") if channels == 1 else image)
+    tensor = torch.from_numpy(pixels)[None] if pixels.ndim == 2 else torch.from_numpy(pixels).permute(2, 0, 1)
+    tensor = tensor.contiguous().float().div_(255.0)
+    if invert is not None:
+        return tensor.neg_().add_(1.0) if invert else tensor  # in place: the image is the scan's largest tensor
+    levels = pixels if pixels.ndim == 2 else np.array(image.convert("L"))
+    if int(levels.max()) == int(levels.min()):  # one grey: no paper to tell from ink
+        return tensor.neg_().add_(1.0) if float(tensor.mean()) > INVERT_ABOVE_MEAN else tensor
+    found = paper_and_ink(levels)
+    paper_level = found.paper_level(PAGE_PAPER_MADS)
+    if not found.paper_is_light and paper_level <= 0.0:  # light on exact black already: the canvases' own form
+        return tensor
+    if found.paper_is_light:
+        tensor = tensor.neg_().add_(1.0)
+    tensor = tensor.sub_(paper_level)
+    if found.ink_level - found.paper_level() > INK_ABOVE:  # not a blank page
+        tensor = tensor.div_(found.ink_level - paper_level)
+    return tensor.clamp_(0.0, 1.0)
+
+
+def scan_preparation_record() -> dict[str, Any]:
+    """`scan_tensor` (with `invert` None, for one grey channel) step by step, with its numbers, as `cnnlab export`
+    writes it beside a digit scanner or a canvas segmenter: enough to prepare their input exactly without cnnlab."""
+    from cnnlab.data.mnist import INK_ABOVE, INVERT_ABOVE_MEAN, PAPER_MADS, paper_and_ink_record
+
+    return {
+        "grey": "the decoded RGB image as PIL Image.convert('L') (L = R*299/1000 + G*587/1000 + B*114/1000), as "
+        "float32 / 255, at its own size (not resized)",
+        **paper_and_ink_record(),
+        "paper_mads": PAGE_PAPER_MADS,  # the page's paper goes to 0 from its median
+        "blank_paper_mads": PAPER_MADS,
+        "ink_above": INK_ABOVE,
+        "invert_above_mean": INVERT_ABOVE_MEAN,
+        "one_grey": "an image of one grey level is inverted (grey = 1 - grey) when its mean is above "
+        "invert_above_mean, and is otherwise left as read",
+        "as_read": "an image whose paper is dark (the border's median at most t) and whose paper_level is at most 0 "
+        "(light on exact black, as MNIST's digits and the canvases are) is left as read",
+        "stretch": "otherwise, grey inverted first when the paper is light: grey = clip((grey - paper_level) / "
+        "(ink_level - paper_level), 0, 1) as float32; a blank page, whose ink_level is at most ink_above above "
+        "median(b) + blank_paper_mads * 1.4826 * median(|b - median(b)|), is not divided: grey = clip(grey - "
+        "paper_level, 0, 1)",
+    }
 
 
 def save_fully_convolutional(

@@ -22,9 +22,10 @@ Preprocessing follows the model, never a guess by the user:
   class, the class explained is by default the largest one other than the background, and Grad-CAM weighs the
   decoder's stride-4 maps by the gradient of that class's logits over its pixels (`cnnlab.report.explain.grad_cam`).
 - segmentation runs on the MNIST canvases (`cnnlab train segment` without --data), which predict refuses: the whole
-  image grey, in [0, 1], at its own size, light digits on black as the canvases are (inverted when light on average,
-  as MNIST runs' preparation inverts dark ink on light paper); explained as a segmentation run, the preprocessing said
-  (`CANVAS_PREPROCESSING`), since the run records none for other images.
+  image grey, in [0, 1], at its own size, light digits on black as the canvases are, read as `cnnlab fcn scan` reads
+  a page (`cnnlab.fcn.scan.scan_tensor`: the paper, told from the ink at the image's border, stretched to black and
+  the ink to white, dark ink on light paper inverted, as MNIST runs' preparation does); explained as a segmentation
+  run, the preprocessing said (`CANVAS_PREPROCESSING`), since the run records none for other images.
 
 An ensemble (``ensemble.json``) is explained as the ensemble: its probabilities are its members' mean, its Grad-CAM the
 mean of its members' for the ensemble's class (`cnnlab.report.explain.mean_grad_cam`); the filters and feature maps,
@@ -462,20 +463,20 @@ def is_canvas_segmentation_run(source: str | os.PathLike[str]) -> bool:
 
 
 # What `cnnlab explain` prints of a canvas run's preprocessing, which the run does not record (only "float images in
-# [0, 1], shape [N, 1, H, W]"): the canvases' own convention, with MNIST's rule for dark ink on light paper.
+# [0, 1], shape [N, 1, H, W]"): the canvases' own convention, with MNIST's paper and ink for a photo of a page.
 CANVAS_PREPROCESSING = (
-    "grey, in [0, 1], at its own size, as the run's MNIST canvases (light digits on black; an image brighter than "
-    "0.5 on average, dark ink on light paper, is inverted)"
+    "grey, in [0, 1], at its own size, as the run's MNIST canvases (light digits on black; the paper, told from the "
+    "ink at the image's border, stretched to black and the ink to white, dark ink on light paper inverted, as "
+    "`cnnlab fcn scan` reads a page)"
 )
 
 
 def _canvas_segmenter_subject(source: str, device: str | torch.device) -> Subject:
     """A segmentation run on the MNIST canvases: the whole image grey, in [0, 1], at its own size, light digits on
-    black as the canvases are (inverted when it is light on average, as MNIST's preparation inverts a photo of dark
-    ink on light paper); class 0, the background, is explained only when asked for or alone."""
-    from torchvision.transforms.v2 import functional as TF
-
-    from cnnlab.data.mnist import INVERT_ABOVE_MEAN
+    black as the canvases are (`cnnlab.fcn.scan.scan_tensor`: a photo's paper stretched to black and its ink to white,
+    dark ink on light paper inverted, as MNIST's preparation does); class 0, the background, is explained only when
+    asked for or alone."""
+    from cnnlab.fcn.scan import scan_tensor
     from cnnlab.tasks.run_precision import run_channels_last
     from cnnlab.train.saved import load_model, saved_meta, spec_path
 
@@ -483,8 +484,7 @@ def _canvas_segmenter_subject(source: str, device: str | torch.device) -> Subjec
     classes = [str(name) for name in saved_meta(source)["classes"]]
 
     def preprocess(image: Any) -> torch.Tensor:
-        grey = TF.to_dtype(TF.pil_to_tensor(image.convert("L")), torch.float32, scale=True)  # 1 x H x W
-        return 1.0 - grey if float(grey.mean()) > INVERT_ABOVE_MEAN else grey
+        return scan_tensor(image)  # 1 x H x W, as `cnnlab fcn scan` and the export's record read a page
 
     return Subject(model, classes, preprocess, _grey_display, source, "segment", background=0,
                    preprocessing=CANVAS_PREPROCESSING,

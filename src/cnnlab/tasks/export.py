@@ -362,11 +362,14 @@ def _canvas_fields(run: str, sides: str) -> dict[str, Any]:
     """The record's fields of a `train segment` run on the MNIST canvases: it was refused ("records no preparation
     for images other than its own canvases"), where its canvases are MNIST digits at their own size, light on black,
     in [0, 1], the input `cnnlab fcn scan` prepares for an MNIST classifier's windows, so that is its preparation."""
+    from cnnlab.fcn.scan import scan_preparation_record
+
     classes = [str(name) for name in saved_meta(run)["classes"]]
     return {
         "input": f"float32 grey [N, 1, H, W] in [0, 1], {sides}; no normalisation (the network takes the canvases' "
         "values as they are)",
         "prepare": _digits_preparation("the canvases of MNIST digits it was trained on"),
+        "prepare_steps": scan_preparation_record(),
         "invert_above_mean": INVERT_ABOVE_MEAN,
         "output": f"logits [N, {len(classes)}, H, W]; argmax over classes gives the mask: 0 for the background, "
         "1 + d for digit d",
@@ -382,9 +385,10 @@ def _digits_preparation(trained_on: str) -> str:
     reads one (`cnnlab.fcn.scan.scan_tensor`), the digits left at their size, that of the digits in `trained_on`."""
     return (
         "as `cnnlab fcn scan` reads an image (cnnlab.fcn.scan.scan_tensor): grey (PIL Image.convert('L')), divided by "
-        f"255, and inverted (1 - v) when its mean is above {INVERT_ABOVE_MEAN} (dark ink on light paper: MNIST's "
-        "digits are light on black); not resized, so its digits should be about MNIST's size (20 px tall in a 28 px "
-        f"cell), as in {trained_on}"
+        "255, the paper told from the ink by Otsu's threshold (the paper holds the image's border), dark ink on light "
+        "paper inverted (MNIST's digits are light on black) and the paper's level stretched to 0 and the ink's to 1 "
+        "(`prepare_steps` gives each step exactly); not resized, so its digits should be about MNIST's size (20 px "
+        f"tall in a 28 px cell), as in {trained_on}"
     )
 
 
@@ -406,7 +410,7 @@ def _export_converted(
             scores (saved from Python, not by `fcn convert`, which converts MNIST runs alone): no preparation is
             known for its input; or what `load_fully_convolutional` refuses.
     """
-    from cnnlab.fcn.scan import load_fully_convolutional
+    from cnnlab.fcn.scan import load_fully_convolutional, scan_preparation_record
 
     converted = load_fully_convolutional(folder)
     channels, height, width = converted.input_size
@@ -450,6 +454,7 @@ def _export_converted(
             "input_shape": ["N", 1, "H", "W"],  # strings: any size (`input` says the least H and W)
             "input": f"float32 grey [N, 1, H, W] in [0, 1], {sides}; normalisation is inside the exported model",
             "prepare": _digits_preparation(f"the {window_height}x{window_width} windows the classifier was trained on"),
+            "prepare_steps": scan_preparation_record(),
             "invert_above_mean": INVERT_ABOVE_MEAN,
             "window": [window_height, window_width],
             "stride": [down, across],
