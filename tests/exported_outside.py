@@ -94,14 +94,14 @@ def photo_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
     return prepare(decoded(path))
 
 
-def digit_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
-    """[1, 28, 28] in [0, 1]: the digit prepared by the record's ``prepare_steps``, step by step."""
-    assert record["kind"] == "digit-classifier"
-    steps = record["prepare_steps"]
-    assert "Image.convert('L')" in steps["grey"]
-    levels = np.asarray(decoded(path).convert("L"), dtype=np.uint8)
-    grey = levels.astype(np.float32) / 255.0
+def _paper_and_ink(
+    steps: dict[str, Any], levels: np.ndarray, paper_mads: float
+) -> tuple[np.ndarray, float, float, tuple[bool, float, float]]:
+    """The record's ``threshold``, ``paper``, ``paper_level`` and ``ink_level`` steps on 8-bit grey `levels`: grey
+    (float32 / 255, inverted when the paper is light), the paper's level at `paper_mads` deviations, the ink's level,
+    and (paper light, the border paper's median, its robust deviation)."""
     assert "Otsu's threshold" in steps["threshold"] and "outermost rows and columns" in steps["paper"]
+    grey = levels.astype(np.float32) / 255.0
     histogram = np.bincount(levels.ravel(), minlength=256)
     scores = []
     for t in range(255):
@@ -114,12 +114,23 @@ def digit_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
     t = int(np.argmax(scores))
     edge = np.zeros(levels.shape, dtype=bool)
     edge[[0, -1], :] = edge[:, [0, -1]] = True
-    paper = levels > t if np.median(levels[edge]) > t else levels <= t
-    if np.median(levels[edge]) > t:
+    light = bool(np.median(levels[edge]) > t)
+    paper = levels > t if light else levels <= t
+    if light:
         grey = 1.0 - grey
     border = grey[edge & paper]
-    paper_level = np.median(border) + steps["paper_mads"] * 1.4826 * np.median(np.abs(border - np.median(border)))
-    ink_level = np.percentile(grey[~paper], steps["ink_percentile"])
+    median, spread = float(np.median(border)), float(1.4826 * np.median(np.abs(border - np.median(border))))
+    ink_level = float(np.percentile(grey[~paper], steps["ink_percentile"]))
+    return grey, median + paper_mads * spread, ink_level, (light, median, spread)
+
+
+def digit_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
+    """[1, 28, 28] in [0, 1]: the digit prepared by the record's ``prepare_steps``, step by step."""
+    assert record["kind"] == "digit-classifier"
+    steps = record["prepare_steps"]
+    assert "Image.convert('L')" in steps["grey"]
+    levels = np.asarray(decoded(path).convert("L"), dtype=np.uint8)
+    grey, paper_level, ink_level, _ = _paper_and_ink(steps, levels, steps["paper_mads"])
     grey = np.clip((grey - paper_level) / (ink_level - paper_level), 0, 1).astype(np.float32)
     rows, cols = np.nonzero(grey > steps["ink_above"])
     grey = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
@@ -159,15 +170,24 @@ def segment_mask(record: dict[str, Any], run: Callable[[torch.Tensor], torch.Ten
 
 
 def grey_digits_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
-    """[1, H, W] in [0, 1] at the image's own size, as a digit scanner's or a canvas segmenter's ``prepare`` says:
-    grey, divided by 255, inverted when its mean is above ``invert_above_mean``."""
+    """[1, H, W] in [0, 1] at the image's own size, as a digit scanner's or a canvas segmenter's ``prepare_steps``
+    say: light digits on black, dark ink on light paper inverted and the paper stretched to 0, the ink to 1."""
     assert record["kind"] in ("digit-scanner", "digit-segmenter")
     assert "grey (PIL Image.convert('L')), divided by 255" in record["prepare"] and "not resized" in record["prepare"]
-    grey = np.asarray(decoded(path).convert("L"), dtype=np.float32) / 255.0
-    if grey.mean() > record["invert_above_mean"]:
-        grey = 1.0 - grey
     assert record["input_shape"] == ["N", 1, "H", "W"] and record["views"] == ["identity"]
-    return torch.from_numpy(grey)[None]
+    steps = record["prepare_steps"]
+    assert "Image.convert('L')" in steps["grey"] and "not resized" in steps["grey"]
+    levels = np.asarray(decoded(path).convert("L"), dtype=np.uint8)
+    if levels.max() == levels.min():  # one_grey
+        grey = levels.astype(np.float32) / 255.0
+        return torch.from_numpy(1.0 - grey if grey.mean() > steps["invert_above_mean"] else grey)[None]
+    grey, paper_level, ink_level, (light, median, spread) = _paper_and_ink(steps, levels, steps["paper_mads"])
+    if not light and paper_level <= 0.0:  # as_read
+        return torch.from_numpy(levels.astype(np.float32) / 255.0)[None]
+    grey = grey - paper_level
+    if ink_level - (median + steps["blank_paper_mads"] * spread) > steps["ink_above"]:  # stretch: not a blank page
+        grey = grey / (ink_level - paper_level)
+    return torch.from_numpy(np.clip(grey, 0, 1).astype(np.float32))[None]
 
 
 def scanner_probabilities(

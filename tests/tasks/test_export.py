@@ -27,6 +27,7 @@ from cnnlab.models import create_model
 from cnnlab.tasks.export import export_model
 from cnnlab.tasks.predict import Predictor
 from cnnlab.train.saved import read_export_record, save_model
+from exported_outside import grey_digits_input
 
 
 class _OtherAtBatchOne(nn.Module):
@@ -106,35 +107,11 @@ def test_a_converted_classifier_exports_with_free_height_and_width(converted: Pa
     page = np.full((70, 50), 0.7) + torch.rand(70, 50, generator=generator).numpy() * 0.05  # paper and its grain
     page[10:60, 20:24] = page[30:34, 8:44] = 0.1  # dark strokes
     image = Image.fromarray((page * 255).round().astype(np.uint8)).convert("RGB")
-    scores = exported(_prepared_as_recorded(record["prepare_steps"], image))[0]
+    image.save(tmp_path / "page.png")
+    scores = exported(grey_digits_input(record, tmp_path / "page.png")[None])[0]
     rows, cols = (70 - 28) // 8 + 1, (50 - 28) // 8 + 1
     scanned = scan(eager, scan_tensor(image), refine=1).probabilities
     assert torch.allclose(scores.softmax(0)[:, :rows, :cols], scanned, atol=1e-5)
-
-
-def _prepared_as_recorded(steps: dict, image: Image.Image) -> Tensor:
-    """A page of digits as a `digit-scanner`'s or `digit-segmenter`'s record's `prepare_steps` say, in numpy, without
-    cnnlab (a page with ink on paper: neither one grey, blank, nor light on black already)."""
-    assert "Image.convert('L')" in steps["grey"] and "Otsu's threshold" in steps["threshold"]
-    levels = np.asarray(image.convert("L"), dtype=np.uint8)
-    grey = levels.astype(np.float32) / 255.0
-    scores = []
-    for t in range(255):
-        low, high = levels[levels <= t].astype(np.float64), levels[levels > t].astype(np.float64)
-        scores.append(low.size * high.size * (low.mean() - high.mean()) ** 2 if low.size and high.size else -1.0)
-    t = int(np.argmax(scores))
-    edge = np.zeros(levels.shape, dtype=bool)
-    edge[[0, -1], :] = edge[:, [0, -1]] = True
-    light = np.median(levels[edge]) > t
-    paper = levels > t if light else levels <= t
-    grey = 1.0 - grey if light else grey
-    border = grey[edge & paper]
-    spread = 1.4826 * np.median(np.abs(border - np.median(border)))
-    paper_level = np.median(border) + steps["paper_mads"] * spread
-    ink_level = np.percentile(grey[~paper], steps["ink_percentile"])
-    assert ink_level - (np.median(border) + steps["blank_paper_mads"] * spread) > steps["ink_above"]  # not blank
-    grey = np.clip((grey - paper_level) / (ink_level - paper_level), 0, 1).astype(np.float32)
-    return torch.from_numpy(grey)[None, None]
 
 
 def test_a_converted_network_of_other_than_digits_is_refused_saying_why(tmp_path: Path) -> None:
@@ -182,7 +159,8 @@ def test_a_canvas_segmentation_run_exports_with_free_height_and_width(tmp_path: 
     page = np.full((40, 90), 0.5)  # dark strokes on grey paper: the canvases' light digits on black, as scan reads it
     page[5:35, 10:13] = page[20:23, 30:80] = 0.1
     image = Image.fromarray((page * 255).round().astype(np.uint8)).convert("RGB")
-    assert torch.equal(_prepared_as_recorded(record["prepare_steps"], image)[0], scan_tensor(image))
+    image.save(tmp_path / "page.png")
+    assert torch.equal(grey_digits_input(record, tmp_path / "page.png"), scan_tensor(image))
     exported, eager = _loaded(result["model"], fmt), load_model(tmp_path / "canvases")
     generator = torch.Generator().manual_seed(1)
     for shape in ((1, 1, 64, 64), (2, 1, 40, 90)):
