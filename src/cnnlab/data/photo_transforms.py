@@ -21,6 +21,7 @@ import torch
 from torchvision.transforms import v2
 
 from cnnlab.data.transforms import _interpolation, build_eval_transform
+from cnnlab.files import written_then_renamed
 from cnnlab.layers.views import apply_view
 from cnnlab.models._pretrained import PretrainedCfg
 
@@ -149,7 +150,9 @@ def save_preview_grid(
     cfg: PretrainedCfg,
     columns: int = 8,
 ) -> Path:
-    """Save normalised image tensors [C, H, W] (as the model sees them) un-normalised into a PNG grid."""
+    """Save normalised image tensors [C, H, W] (as the model sees them) un-normalised into a PNG grid, written whole
+    or not at all (`written_then_renamed`): saved at `path` itself, a run killed while it wrote left a truncated PNG
+    that the run's report and the lab showed as a broken image."""
     from torchvision.utils import make_grid, save_image
 
     mean = torch.tensor(cfg.mean).view(-1, 1, 1)
@@ -157,5 +160,6 @@ def save_preview_grid(
     pixels = [(image.detach().cpu().float() * std + mean).clamp(0, 1) for image in images]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(make_grid(pixels, nrow=columns, padding=2, pad_value=1.0), path)
+    with written_then_renamed(path) as temporary:
+        save_image(make_grid(pixels, nrow=columns, padding=2, pad_value=1.0), temporary, format="png")
     return path
