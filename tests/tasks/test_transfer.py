@@ -451,7 +451,8 @@ def _resuming_its_split(
     tiny_run: tuple[Path, dict], name: str, files: tuple[str, ...]
 ) -> tuple[TransferConfig, list[dict]]:
     """A resumed config `name` whose run folder holds the tiny run's split (its rows whose images are still there:
-    another test's new.png has gone) and its `files`; the config and the rows."""
+    another test's new.png has gone), its config.yaml (a run that trained on its split has one) and its `files`; the
+    config and the rows."""
     tmp_path, summary = tiny_run
     config = tiny_config(tmp_path, resume=True, name=name)
     with open(Path(summary["run_dir"]) / "split.csv", newline="") as f:
@@ -460,7 +461,7 @@ def _resuming_its_split(
     with open(config.run_dir / "split.csv", "w", newline="") as f:
         csv.DictWriter(f, ["path", "label", "split"]).writeheader()
         csv.DictWriter(f, ["path", "label", "split"]).writerows(rows)
-    for file in files:
+    for file in ("config.yaml", *files):
         (config.run_dir / file).write_bytes((Path(summary["run_dir"]) / file).read_bytes())
     return config, rows
 
@@ -531,6 +532,26 @@ def test_a_failed_start_does_not_keep_its_split_for_the_next_try(tmp_path: Path)
         train_transfer(tiny_config(tmp_path, val_fraction=0.0))
     summary = train_transfer(tiny_config(tmp_path, train={"epochs": 1}))
     assert summary["split"].startswith("stratified") and summary["test"]["count"] > 0
+
+
+def test_a_resume_of_a_start_killed_before_its_config_splits_as_that_start_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start killed after it wrote split.csv and before config.yaml (while it wrote split_digests.json) trained
+    nothing; its --resume read the split back and its results.json and report said the split was "reused
+    .../split.csv", not how it was made ("stratified ..., seed 0"), as the uninterrupted run says."""
+    make_photo_folder(tmp_path / "photos")
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(transfer_task, "write_split_digests", killed)
+        train_transfer(tiny_config(tmp_path, train={"epochs": 1}))
+    run_dir = tmp_path / "runs" / "transfer" / "tiny"
+    assert (run_dir / "split.csv").is_file() and not (run_dir / "config.yaml").exists()
+    split_source = load_images(tiny_config(tmp_path, resume=True))[2]  # what results.json and the report say
+    assert split_source.startswith("stratified"), split_source
 
 
 def test_an_interrupted_run_is_not_started_over_without_a_flag(tmp_path: Path) -> None:
@@ -881,6 +902,7 @@ def test_a_built_in_dataset_keeps_its_class_order_when_its_split_is_read_back(tm
     }
     config = TransferConfig(data=data, output=str(tmp_path / "runs"), name="again", resume=True)
     write_manifest(config.run_dir / "split.csv", images, split)
+    (config.run_dir / "config.yaml").write_text("config: {}\n")  # a run that trained on its split recorded it
     again, again_split, source = load_images(config)
     assert source.startswith("reused")
     assert again.classes == classes

@@ -425,10 +425,12 @@ def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImage
     Order of precedence: the manifest already in the run directory when the run is resumed, then
     ``config.split_manifest``, then a split folder, then a fresh stratified split (written to the run directory).
     A run started again (``--overwrite``, or after a failed start) splits afresh: its old manifest had kept another
-    ``--data`` and other fractions, and a split the run had refused.
+    ``--data`` and other fractions, and a split the run had refused. So does a resume of a start stopped before it
+    recorded its options (config.yaml, written before anything trains): its split was this command's to make, and
+    read back it was reported as "reused split.csv", not as the stratified or given split it is.
     """
     run_manifest = config.run_dir / MANIFEST
-    if config.resume and run_manifest.is_file():
+    if config.resume and run_manifest.is_file() and (config.run_dir / "config.yaml").is_file():
         images, split = _read_split(run_manifest, config.data)
         check_split_unchanged(images, split, run_manifest)
         _note_images_not_in_split(config, images, log)
