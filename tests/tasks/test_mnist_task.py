@@ -701,6 +701,24 @@ def test_figures_deleted_from_a_finished_run_are_drawn_again_when_it_is_read_bac
     assert (tmp_path / "single.png").read_bytes() == drawn[run / "seed1" / "confusion_matrix.png"]
 
 
+def test_resume_of_a_run_killed_between_its_members_results_and_its_own_finishes_it(
+    fake_root: Path, tmp_path: Path
+) -> None:
+    """A single run's results.json is written twice: its member's, then (after report.md) the run's summary that lists
+    it. Killed between the two, every --resume read the member's back as the run's: a KeyError 'members' traceback."""
+    options = dict(data_dir=str(fake_root), output=str(tmp_path), name="cut", val_size=40, progress=False)
+    finished = train_mnist("quick", overrides=_TINY, **options)
+    run = tmp_path / "mnist" / "cut"
+    results = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps(results["members"][0], indent=1))  # as the kill left it
+    (run / "report.md").unlink()
+    trained_at = (run / "model.safetensors").stat().st_mtime_ns
+    again = train_mnist("quick", overrides=_TINY, resume=True, **options)
+    assert again["members"] == finished["members"] and again["test_accuracy"] == finished["test_accuracy"]
+    assert json.loads((run / "results.json").read_text()) == results and (run / "report.md").is_file()
+    assert (run / "model.safetensors").stat().st_mtime_ns == trained_at  # read back, not trained again
+
+
 class _KillAfterFirstEpoch(Callback):
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         if epoch == 1:

@@ -483,12 +483,16 @@ def _nothing_left(run_dir: Path, member_dirs: list[Path]) -> bool:
     ensemble's combination was saved (its results.json, written last, lists no member still to train)."""
     if not all(is_finished(member_dir) for member_dir in member_dirs):
         return False
-    if member_dirs == [run_dir]:
-        return True
     try:
-        return is_finished(run_dir) and "missing_members" not in json.loads((run_dir / "results.json").read_text())
-    except ValueError:  # cut short (written in place by an older cnnlab): combined again from the members
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):  # cut short (written in place by an older cnnlab): combined again from the members
         return False
+    if member_dirs == [run_dir]:
+        # a single run's results.json is its member's until the run's summary, which lists it, is written over it: a
+        # run killed between the two was read back as finished, a KeyError 'members' traceback on every --resume;
+        # its member is read back and the summary written
+        return "members" in results
+    return "missing_members" not in results
 
 
 def _read_back_run(
