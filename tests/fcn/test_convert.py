@@ -118,11 +118,13 @@ def _passes_to_measure(converted: FullyConvolutional) -> int:
 
 def test_the_stride_search_finds_every_stride_along_each_axis_from_any_phase():
     """Against outputs floor((length + offset) / stride), every stride to 40 and some larger, another across: the
-    search after the first growth bounds the stride by how much the output grew over a probe, so it must agree with
-    the distance between growths, from any offset."""
+    search narrows the (stride, phase) pairs that agree with the growths it saw, so it must agree with the distance
+    between growths, from any offset (strides to 14 from 28 px and to 44 from 224 narrow the pairs; larger
+    ones are searched growth by growth)."""
     from cnnlab.fcn.convert import _search_in_step, _stride_search
 
-    for down in [*range(1, 41), 48, 64, 100, 128, 200]:
+    cases = [(28, down) for down in [*range(1, 41), 48, 64, 100, 128, 200]] + [(224, 16), (224, 30), (224, 44)]
+    for start, down in cases:
         across = (7 * down) % 130 + 1
         for offset in {0, down // 2, down - 1}:
             probes: list[tuple[int, int]] = []
@@ -131,14 +133,17 @@ def test_the_stride_search_finds_every_stride_along_each_axis_from_any_phase():
                 probes.append((rows, cols))
                 return (rows + offset) // down, (cols + 3 * offset) // across
 
-            found = _search_in_step((28, 28), sizes_out, lambda start: _stride_search(start, 1024))
-            assert found == (down, across), (down, across, offset)
-            assert max(max(probe) for probe in probes) <= 28 + 2 * 1024
+            found = _search_in_step((start, start), sizes_out, lambda start: _stride_search(start, 1024))
+            assert found == (down, across), (start, down, across, offset)
+            assert max(max(probe) for probe in probes) <= start + 2 * 1024
 
 
 def test_the_stride_is_measured_in_fewer_passes():
-    """The next growth after the first was searched for itself, doubling then halving: 12 passes for a stride of 32
-    at 224 px (resnet18), 11 for mnist_net's 8; one probe a training size further bounds the stride to a few."""
+    """The first growth was searched (doubling, then halving) before the stride: 12 passes for googlenet, 13 for
+    inception_v3, 6 for lenet5; the (stride, phase) pairs each probe allows are narrowed at once. resnet's output,
+    ceil(length / 32), grows one pixel further and still takes 5."""
+    from cnnlab.fcn.convert import _search_in_step, _stride_search
+
     layers = [nn.Conv2d(1, 1, 3, stride=2, padding=1) for _ in range(5)]  # resnet's 224 -> 7: ceil(H / 32)
     resnet_like = nn.Sequential(*layers, nn.Flatten(), nn.Linear(49, 3)).eval()
     converted = to_fully_convolutional(resnet_like, (1, 224, 224))
@@ -148,7 +153,17 @@ def test_the_stride_is_measured_in_fewer_passes():
         converted = to_fully_convolutional(create_model(name).eval())
         counts[name] = _passes_to_measure(converted)
         assert converted.output_geometry().stride == (stride, stride)
-    assert counts == {"mnist_net_small": 7, "mnist_baseline": 4, "lenet5": 6}  # were 11, 7 and 9
+    # googlenet's and inception_v3's output lengths grow at 239 and 331 px, then every 32 (measured on the zoo's)
+    for name, size, offset in (("googlenet", 224, 17), ("inception_v3", 299, 21)):
+        probes: list[tuple[int, int]] = []
+
+        def sizes_out(rows: int, cols: int, offset: int = offset, probes: list = probes) -> tuple[int, int]:
+            probes.append((rows, cols))
+            return (rows + offset) // 32, (cols + offset) // 32
+
+        assert _search_in_step((size, size), sizes_out, lambda start: _stride_search(start, 1792)) == (32, 32)
+        counts[name] = len(probes)
+    assert counts == {"mnist_net_small": 7, "mnist_baseline": 3, "lenet5": 3, "googlenet": 10, "inception_v3": 10}
 
 
 def test_each_output_location_is_the_classifier_on_that_window():
