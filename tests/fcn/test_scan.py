@@ -683,6 +683,20 @@ def test_the_heatmap_says_what_it_shows_on_axes_in_pixels_of_the_image(tmp_path,
     assert "p(class)" in scale.get_xlabel() and scale.get_xlim() == (0, 1)
 
 
+@pytest.mark.parametrize(
+    ("size", "line"), [((63, 70), "in no window: the right 2 px, the bottom 3 px"), ((60, 68), "")]
+)
+def test_the_heatmap_names_the_edges_no_window_reaches(tmp_path, monkeypatch, size, line):
+    """A 63 x 70 image at 8 px keeps the 5 x 6 windows that fit, to 60 x 68: the last 3 rows and 2 columns lie in no
+    window, which the heatmap did not say (its map ends at the last centre, as it ends half a window from the top)."""
+    figures = _kept_figures(monkeypatch)
+    result = scan(to_fully_convolutional(_unpadded_stride_8(), (1, 28, 28)), torch.rand(1, *size), refine=1)
+    assert result.probabilities.shape[1:] == (5, 6)
+    save_heatmap(torch.rand(1, *size), result, tmp_path / "h.png")
+    notes = " ".join(text.get_text() for axis in figures[0].axes for text in axis.texts)
+    assert (line in notes) if line else "in no window" not in notes
+
+
 def test_a_strip_wider_than_three_heights_is_drawn_in_panels_stacked_across_the_page(tmp_path, monkeypatch):
     """A 29 x 3000 px scan drew every panel of the 2 x N grid as a line 2 px tall. On the page of stacked panels, 19 in
     tall, the title (at matplotlib's 98% of the height, 0.38 in down) ran into the image panel's title."""

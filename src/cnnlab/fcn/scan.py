@@ -826,6 +826,7 @@ def save_heatmap(
         f"{_grid_text(result)}\n{rows}x{cols} locations, each drawn at\n"
         f"its window's centre; blank: under {_MIN_STROKE:.0%} of\nthe window's middle is stroke\n"
         "grey: the image as scanned"
+        + _unscanned_text(result, height, width)
         + (f"\nthe panels stretched {stretch:.0f}x in {stretched}" if stretch > 1.05 else ""),
         fontsize=8,
         va="center",
@@ -892,6 +893,17 @@ def _grid_text(result: ScanResult) -> str:
     window, steps = result.window_size, result.steps
     square = window[0] == window[1] and steps[0] == steps[1]
     return f"window {pair_text(window)}px, stride {pair_text(steps)}px" + ("" if square else " (height x width)")
+
+
+def _unscanned_text(result: ScanResult, height: int, width: int) -> str:
+    """The notes' line on the image's right and bottom edges that no window reaches, or "" where windows reach
+    both: an image whose size is not the window plus a multiple of the step keeps only the windows that fit, so
+    the last few pixels lie in none, which the map, ending at the last centre, did not say."""
+    rows, cols = result.probabilities.shape[1:]
+    (window_y, window_x), (step_y, step_x) = result.window_size, result.steps
+    right, bottom = width - (cols - 1) * step_x - window_x, height - (rows - 1) * step_y - window_y
+    edges = [f"the right {right} px"] * (right > 0) + [f"the bottom {bottom} px"] * (bottom > 0)
+    return f"\nin no window: {', '.join(edges)}" if edges else ""
 
 
 _OVERLAY_ALPHA = 0.45
