@@ -332,3 +332,25 @@ def test_an_mnist_ensemble_is_explained_as_the_ensemble_not_through_its_last_mem
     cam = subject.grad_cam(tensor, class_index=explanation.class_index)
     torch.testing.assert_close(cam.heatmap, mean / mean.max())
     assert cam.members == 2 and cam.probability == pytest.approx(explanation.probability, abs=1e-6)
+
+
+def test_members_that_are_not_ten_digit_classifiers_of_28x28_digits_are_refused(
+    runs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """Models saved from Python reached torch: a lenet5 (32x32 inputs) failed with "Kernel size can't be greater than
+    actual input size", a 5-class network with torch.stack's "expects each tensor to be equal size", and a record
+    naming the digits in another order was averaged output by output with the others, unsaid."""
+    from cnnlab.train.saved import save_model
+
+    root, output, mnist = runs
+    reversed_digits = {"task": "mnist", "classes": DIGITS[::-1]}
+    for name, arch, classes, meta, refusal in (
+        ("lenet", "lenet5", 10, {}, "lenet5 takes 1x32x32 inputs"),
+        ("five", "mnist_baseline", 5, {"task": "mnist"}, "five gives 5 scores per image, not one per digit"),
+        ("reversed", "mnist_baseline", 10, reversed_digits, r"reversed names its outputs 9, 8, 7, .* in that order"),
+    ):
+        network = cnnlab.create_model(arch, num_classes=classes)
+        save_model(network, tmp_path / name, arch, {"num_classes": classes}, meta)
+        with pytest.raises(CnnlabError, match=refusal):
+            combine_mnist_ensemble([tmp_path / name, mnist / "single"], name, output=output, data_dir=str(root))
+        assert not (mnist / name).exists()

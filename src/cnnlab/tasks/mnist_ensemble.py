@@ -27,8 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cnnlab.data.mnist import find_mnist_dir, load_mnist
-from cnnlab.errors import CnnlabError, why_not_a_folder
+from cnnlab.data.mnist import MNIST_CLASSES, find_mnist_dir, load_mnist
+from cnnlab.errors import CnnlabError, listed, why_not_a_folder
 from cnnlab.files import write_text_whole
 from cnnlab.tasks.mnist import (
     SOURCE_DIGEST,
@@ -44,8 +44,10 @@ from cnnlab.tasks.mnist import (
 from cnnlab.train.config import check_run_name
 from cnnlab.train.device import resolve_device
 from cnnlab.train.saved import (
+    DIGIT_INPUT,
     ENSEMBLE_SPEC,
     MODEL_SPEC,
+    check_digit_input,
     ensemble_members,
     load_model_and_digest,
     save_ensemble,
@@ -170,6 +172,40 @@ def _check_same_training_set(members: list[Path], source_sha256: str | None, dat
         )
 
 
+def _check_digit_classifier(member: Path, model: torch.nn.Module) -> None:
+    """Refuse a member that does not take MNIST's 1x28x28 digits to the ten digits' scores, in their order: its
+    probabilities cannot be averaged with the others'. A lenet5 saved from Python (32x32 inputs) failed with torch's
+    "Kernel size can't be greater than actual input size", a 5-class network with torch.stack's "expects each tensor
+    to be equal size", and a record naming the digits in another order was averaged digit by index, unsaid.
+
+    Raises:
+        CnnlabError: naming the member and what it takes or gives instead.
+    """
+    spec = spec_path(member)
+    check_digit_input(model, spec)  # the input size its network states, said before torch's error
+    classes = [str(name) for name in saved_meta(member).get("classes", MNIST_CLASSES)]
+    if classes != MNIST_CLASSES:
+        raise CnnlabError(
+            f"{member} names its outputs {listed(classes, 10)}, not the digits {', '.join(MNIST_CLASSES)} in that "
+            "order: its probabilities would be averaged with the others' output by output; pass MNIST runs of "
+            "`cnnlab train mnist`"
+        )
+    device = next(model.parameters(), torch.empty(0)).device
+    try:
+        with torch.inference_mode():
+            scores = tuple(model(torch.zeros(1, *DIGIT_INPUT, device=device)).shape[1:])
+    except RuntimeError as error:  # a network of another input that states none
+        raise CnnlabError(
+            f"{member} does not take MNIST's {'x'.join(map(str, DIGIT_INPUT))} digits ({str(error).splitlines()[0]}); "
+            "pass MNIST runs of `cnnlab train mnist`"
+        ) from None
+    if scores != (len(MNIST_CLASSES),):
+        raise CnnlabError(
+            f"{member} gives {'x'.join(map(str, scores))} scores per image, not one per digit ({len(MNIST_CLASSES)}): "
+            "its probabilities cannot be averaged with the others'; pass MNIST runs of `cnnlab train mnist`"
+        )
+
+
 def _validation(probabilities: torch.Tensor | None, labels: torch.Tensor) -> dict[str, Any]:
     """Validation accuracy, log loss and errors; None for each with no validation images."""
     if probabilities is None:
@@ -219,12 +255,14 @@ def combine_mnist_ensemble(
     if run_dir.resolve() in {m.parent for m in members} | set(members):
         raise CnnlabError(f"{run_dir} holds members of this ensemble; choose another --name")
     val_size = _validation_size(members, val_size, select)
+    # each read from disk once; the digest is that of the weights loaded, which the report names
+    models, digests = zip(*(load_model_and_digest(m, device=device) for m in members), strict=True)
+    for member, model in zip(members, models, strict=True):  # before the 70,000 digits are read
+        _check_digit_classifier(member, model)
     data = load_mnist(data_dir, val_size=val_size, seed=0, val_option="--val-size")
     if val_size:
         _check_same_training_set(members, data.source_sha256, data_dir)
     val_images, val_labels = to_float(data.val_images), data.val_labels
-    # each read from disk once; the digest is that of the weights loaded, which the report names
-    models, digests = zip(*(load_model_and_digest(m, device=device) for m in members), strict=True)
     val_probabilities = [predict_logits(model, val_images, device).softmax(1) for model in models] if val_size else []
     chosen = list(range(len(members))) if select == "all" else greedy_selection(val_probabilities, val_labels)
     ensemble_val = torch.stack([val_probabilities[i] for i in chosen]).mean(0) if val_size else None
