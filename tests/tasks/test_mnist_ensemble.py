@@ -354,3 +354,17 @@ def test_members_that_are_not_ten_digit_classifiers_of_28x28_digits_are_refused(
         with pytest.raises(CnnlabError, match=refusal):
             combine_mnist_ensemble([tmp_path / name, mnist / "single"], name, output=output, data_dir=str(root))
         assert not (mnist / name).exists()
+
+
+def test_an_ensemble_whose_members_are_not_beside_it_is_named_with_them(
+    runs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """An ensemble copied without its members (they are found relative to its folder) was refused, once MNIST was
+    read, with "no saved model at .../moved/seed0; pass a run directory", naming a folder the user never passed."""
+    import shutil
+
+    root, output, mnist = runs
+    (tmp_path / "moved").mkdir()
+    shutil.copy(mnist / "pair" / "ensemble.json", tmp_path / "moved")
+    with pytest.raises(CnnlabError, match=r"moved is an ensemble whose member 'seed0' is not there \(.*moved/seed0: "):
+        member_dirs([tmp_path / "moved", mnist / "single"])

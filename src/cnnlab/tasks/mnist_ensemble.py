@@ -48,8 +48,8 @@ from cnnlab.train.saved import (
     ENSEMBLE_SPEC,
     MODEL_SPEC,
     check_digit_input,
-    ensemble_members,
     load_model_and_digest,
+    present_ensemble_members,
     save_ensemble,
     saved_meta,
     spec_path,
@@ -65,7 +65,7 @@ def member_dirs(runs: list[str | Path]) -> list[Path]:
     found: list[Path] = []
     for run in map(Path, runs):
         if (run / ENSEMBLE_SPEC).is_file():
-            candidates = ensemble_members(run / ENSEMBLE_SPEC)
+            candidates = present_ensemble_members(run / ENSEMBLE_SPEC)  # one moved away is said so, naming `run`
         elif (run / MODEL_SPEC).is_file():
             candidates = [run]
         elif not run.is_dir():

@@ -165,9 +165,10 @@ def ensemble_members(spec: Path) -> list[Path]:
     return [Path(os.path.normpath(spec.parent / member)) for member in named]  # "e2/../q" as "q"
 
 
-def _members_present(spec: Path) -> list[Path]:
+def present_ensemble_members(spec: Path) -> list[Path]:
     """`ensemble_members`, each checked to be there: a member moved or renamed on its own (the ensemble's entries are
-    relative to its folder) was reported as "no saved model at MEMBER/model.json", naming a run the user never
+    relative to its folder), or an ensemble copied without its members, was reported as "no saved model at
+    MEMBER/model.json" (by `load_model`, and by `cnnlab ensemble` once MNIST was read), naming a run the user never
     passed and not the ensemble that needs it.
 
     Raises:
@@ -604,7 +605,7 @@ def build_network(path: str | os.PathLike[str]) -> nn.Module:
     """
     path = spec_path(path)
     if path.name.endswith(ENSEMBLE_SPEC):
-        return Ensemble([_build_single(member / MODEL_SPEC)[1] for member in _members_present(path)])
+        return Ensemble([_build_single(member / MODEL_SPEC)[1] for member in present_ensemble_members(path)])
     return _build_single(path)[1]
 
 
@@ -624,7 +625,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     device = resolve_device(device)
     path = spec_path(path)
     if path.name == ENSEMBLE_SPEC or path.name.endswith(ENSEMBLE_SPEC):
-        folders = _members_present(path)
+        folders = present_ensemble_members(path)
         digests = read_record(path).get("digests")  # ensembles saved before digests were recorded have none
         if not isinstance(digests, list) or len(digests) != len(folders):
             digests = [None] * len(folders)
