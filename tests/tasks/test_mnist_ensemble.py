@@ -368,3 +368,16 @@ def test_an_ensemble_whose_members_are_not_beside_it_is_named_with_them(
     shutil.copy(mnist / "pair" / "ensemble.json", tmp_path / "moved")
     with pytest.raises(CnnlabError, match=r"moved is an ensemble whose member 'seed0' is not there \(.*moved/seed0: "):
         member_dirs([tmp_path / "moved", mnist / "single"])
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_members_are_scored(
+    runs: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--output under a file was "NotADirectoryError" (exit 1) once every member had been scored and tested."""
+    import cnnlab.tasks.mnist_ensemble as module
+
+    root, _, mnist = runs
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setattr(module, "load_mnist", lambda *args, **kwargs: pytest.fail("MNIST was read"))
+    with pytest.raises(CnnlabError, match=r"--output .*file: .*file is a file, not a folder"):
+        combine_mnist_ensemble([mnist / "pair", mnist / "single"], "x", output=tmp_path / "file", data_dir=str(root))

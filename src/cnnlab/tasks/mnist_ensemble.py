@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from cnnlab.data.mnist import MNIST_CLASSES, find_mnist_dir, load_mnist
 from cnnlab.errors import CnnlabError, listed, why_not_a_folder
-from cnnlab.files import write_text_whole
+from cnnlab.files import check_writable, write_text_whole
 from cnnlab.tasks.mnist import (
     SOURCE_DIGEST,
     TASK,
@@ -251,6 +251,8 @@ def combine_mnist_ensemble(
     run_dir = Path(output) / TASK / check_run_name(name)
     if run_dir.exists() and not overwrite:
         raise CnnlabError(f"{run_dir} exists; choose another --name or pass --overwrite")
+    # an --output under a file, or read-only, was an OSError (exit 1) once every member had been scored and tested
+    check_writable(run_dir.with_name(f".{run_dir.name}.writable"), shown=str(output))
     members = member_dirs(runs)
     if run_dir.resolve() in {m.parent for m in members} | set(members):
         raise CnnlabError(f"{run_dir} holds members of this ensemble; choose another --name")
