@@ -381,3 +381,16 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_members_are_scor
     monkeypatch.setattr(module, "load_mnist", lambda *args, **kwargs: pytest.fail("MNIST was read"))
     with pytest.raises(CnnlabError, match=r"--output .*file: .*file is a file, not a folder"):
         combine_mnist_ensemble([mnist / "pair", mnist / "single"], "x", output=tmp_path / "file", data_dir=str(root))
+
+
+def test_another_task_s_run_is_refused_in_ensemble_s_words(runs: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """The refusal was evaluate's: "not an MNIST run (without --data this command scores MNIST models ...)", and
+    `cnnlab ensemble` has no --data."""
+    from cnnlab.train.saved import save_model
+
+    kwargs = {"num_classes": 2}
+    save_model(cnnlab.create_model("lenet5", **kwargs), tmp_path / "photos", "lenet5", kwargs, {"task": "transfer"})
+    with pytest.raises(CnnlabError) as refused:
+        member_dirs([tmp_path / "photos", runs[2] / "single"])
+    assert "photos is a transfer run, not an MNIST run (`cnnlab ensemble` averages MNIST models'" in str(refused.value)
+    assert "without --data" not in str(refused.value)

@@ -1049,8 +1049,11 @@ def saved_options(member_dir: Path) -> dict[str, Any]:
     return options
 
 
-def check_mnist_run(run: Path) -> None:
-    """Refuse, naming where its results are, a run that another task saved (its model does not take MNIST digits)."""
+def check_mnist_run(
+    run: Path, command: str = "without --data this command scores MNIST models on MNIST digits"
+) -> None:
+    """Refuse, naming where its results are, a run that another task saved (its model does not take MNIST digits);
+    `command` says, in the parenthesis after "not an MNIST run", what the refusing command does with MNIST runs."""
     from cnnlab.train.saved import saved_meta, spec_path
 
     try:
@@ -1070,7 +1073,6 @@ def check_mnist_run(run: Path) -> None:
         if task == "transfer" or (task == "segment" and not canvases):
             use += f", and `cnnlab evaluate {folder} --data DIR` scores it on a folder of new labelled images"
         raise CnnlabError(
-            f"{folder} is a {task} run, not an MNIST run (without --data this command scores MNIST models on MNIST "
-            "digits); its "
-            f"own test set was scored once, in {folder / 'report.md'}, and {use}"
+            f"{folder} is a {task} run, not an MNIST run ({command}); its own test set was scored once, in "
+            f"{folder / 'report.md'}, and {use}"
         )

@@ -73,7 +73,8 @@ def member_dirs(runs: list[str | Path]) -> list[Path]:
         else:  # spec_path says what the folder holds instead (a run stopped mid-training, nothing, ...)
             candidates = [spec_path(run).parent]
         for candidate in candidates:
-            check_mnist_run(candidate)  # a transfer or segmentation run does not take MNIST digits
+            # a transfer or segmentation run does not take MNIST digits ("without --data" named an option of evaluate)
+            check_mnist_run(candidate, "`cnnlab ensemble` averages MNIST models' probabilities of MNIST digits")
             resolved = candidate.resolve()
             if resolved not in found:
                 found.append(resolved)
