@@ -467,3 +467,25 @@ def test_a_small_mnist_leaving_less_than_a_batch_names_no_batch_size_option(tmp_
         assert "holds 5,050 MNIST training images: the 50 left after the 5,000 held out" in str(refused.value)
         assert "point --data-dir at the full MNIST" in str(refused.value)
     assert len(load_data(ExperimentSettings(data_dir=str(root), batch_size=50)).train_labels) == 50
+
+
+def test_the_report_and_results_give_the_images_used_from_a_smaller_mnist(tmp_path: Path, monkeypatch) -> None:
+    """From an MNIST of 5,100 training and 30 test images the report said "training images 55000, ... test images 64"
+    (the full MNIST's count, and --test-subset's), and results.json's settings repeated them: 100 and 30 were used."""
+    import sys
+
+    from cnnlab.train import records
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
+    from test_mnist_idx import write_fake_mnist
+
+    root = write_fake_mnist(tmp_path / "mnist", train=5_100, test=30)
+    monkeypatch.setattr(records, "plot_learning_curves", lambda history, path: Path(path))  # not read here
+    report = run_experiment(
+        "pool-vs-stride", epochs=1, batch_size=50, seeds=1, test_subset=64, val_subset=20, output=tmp_path / "runs",
+        data_dir=str(root), progress=False,
+    )  # fmt: skip
+    assert "- settings: epochs 1, training images 100, seeds 1, batch 50, " in report.read_text()
+    assert "test images 30, validation 20 held-out training images" in report.read_text()
+    results = json.loads((report.parent / "results.json").read_text())
+    assert results["settings"] == {"epochs": 1, "subset": 100, "seeds": 1, "test_subset": 30, "val_subset": 20}

@@ -116,6 +116,7 @@ def run(settings: ExperimentSettings) -> Path:
     run_dir = prepare_run_dir(settings, NAME)
     report = Report("CNN vs dense network", CLAIM, settings)
     data = load_data(settings)
+    settings = report.settings = data.counted(settings)  # the images used, said so
     train_count = len(data.train_labels)
     val = (data.val_images, data.val_labels)
     sweep_images, sweep_labels = data.test_images[:SWEEP_IMAGES], data.test_labels[:SWEEP_IMAGES]

@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,17 @@ class MnistTensors:
     val_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
+
+    def counted(self, settings: ExperimentSettings) -> ExperimentSettings:
+        """`settings` with the training, validation and test images these tensors hold: from an MNIST smaller than
+        the full one (--data-dir), the report's settings line and results.json's `settings` named the images asked
+        for (--subset, --test-subset) or the full MNIST's counts, not those the runs trained on and were tested on."""
+        return replace(
+            settings,
+            subset=len(self.train_labels),
+            val_subset=len(self.val_labels),
+            test_subset=len(self.test_labels),
+        )
 
 
 def load_data(settings: ExperimentSettings) -> MnistTensors:

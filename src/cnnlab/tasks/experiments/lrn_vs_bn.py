@@ -134,6 +134,7 @@ def run(settings: ExperimentSettings) -> Path:
     run_dir = prepare_run_dir(settings, NAME)
     report = Report("LRN vs batch norm in a small AlexNet-style network", CLAIM, settings)
     data = load_data(settings)
+    settings = report.settings = data.counted(settings)  # the images used, said so
     val = (data.val_images, data.val_labels)
     measured: dict[str, dict[str, list[float]]] = {variant: {} for variant in VARIANTS}
     loss_curves: dict[str, list[list[float]]] = {variant: [] for variant in VARIANTS}

@@ -124,6 +124,7 @@ def run(settings: ExperimentSettings) -> Path:
     run_dir = prepare_run_dir(settings, NAME)
     report = Report("Max pooling vs stride-2 convolution", CLAIM, settings)
     data = load_data(settings)
+    settings = report.settings = data.counted(settings)  # the images used, said so
     val = (data.val_images, data.val_labels)
     feature_images = data.test_images[:FEATURE_IMAGES]
     feature_labels = data.test_labels[:FEATURE_IMAGES]
