@@ -489,3 +489,15 @@ def test_the_report_and_results_give_the_images_used_from_a_smaller_mnist(tmp_pa
     assert "test images 30, validation 20 held-out training images" in report.read_text()
     results = json.loads((report.parent / "results.json").read_text())
     assert results["settings"] == {"epochs": 1, "subset": 100, "seeds": 1, "test_subset": 30, "val_subset": 20}
+
+
+def test_pool_vs_stride_refuses_one_test_image_its_unrelated_baseline_would_pair_with_itself(tmp_path, monkeypatch):
+    """With --test-subset 1 the "unrelated" image of the feature-similarity baseline was the image itself
+    (similarity 1), and from 3 seeds the report claimed that a 1-pixel shift moves the features further from the
+    original than an unrelated image's."""
+    from cnnlab.tasks import experiments
+
+    monkeypatch.setattr(experiments, "find_mnist_dir", lambda data_dir: None)
+    with pytest.raises(CnnlabError, match="--test-subset 1: pool-vs-stride compares .* pass --test-subset 2 or more"):
+        run_experiment("pool-vs-stride", test_subset=1, output=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []  # refused before the run folder is made

@@ -25,7 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.budget import count_macs
+from cnnlab.data.mnist import find_mnist_dir
 from cnnlab.data.perturb import shift
+from cnnlab.errors import CnnlabError
 from cnnlab.files import save_figure_whole
 from cnnlab.models.mnist_net import mnist_normalize
 from cnnlab.report.markdown import markdown_table
@@ -118,13 +120,26 @@ def shift_similarity(model: DownsampleNet, images: torch.Tensor) -> dict[str, fl
     return results
 
 
+# The unrelated baseline pairs each test image with the next one (`roll(1)`): one image was paired with itself, its
+# similarity 1, and the report claimed that a 1-pixel shift moves the features further than an unrelated image.
+_ONE_TEST_IMAGE = (
+    "pool-vs-stride compares each test image's features with another test image's (the unrelated baseline), so it "
+    "needs 2 or more"
+)
+
+
 def run(settings: ExperimentSettings) -> Path:
     """Run the experiment and write ``<output>/experiment/pool-vs-stride/report.md``; returns its path."""
     settings.validate()
+    if settings.test_subset == 1:
+        raise CnnlabError(f"--test-subset 1: {_ONE_TEST_IMAGE}; pass --test-subset 2 or more")
     run_dir = prepare_run_dir(settings, NAME)
     report = Report("Max pooling vs stride-2 convolution", CLAIM, settings)
     data = load_data(settings)
     settings = report.settings = data.counted(settings)  # the images used, said so
+    if len(data.test_labels) < 2:  # an MNIST of one test image (--data-dir)
+        where = find_mnist_dir(settings.data_dir)
+        raise CnnlabError(f"{where} holds one test image: {_ONE_TEST_IMAGE}; point --data-dir at the full MNIST")
     val = (data.val_images, data.val_labels)
     feature_images = data.test_images[:FEATURE_IMAGES]
     feature_labels = data.test_labels[:FEATURE_IMAGES]
