@@ -394,3 +394,15 @@ def test_another_task_s_run_is_refused_in_ensemble_s_words(runs: tuple[Path, Pat
         member_dirs([tmp_path / "photos", runs[2] / "single"])
     assert "photos is a transfer run, not an MNIST run (`cnnlab ensemble` averages MNIST models'" in str(refused.value)
     assert "without --data" not in str(refused.value)
+
+
+def test_a_member_whose_config_is_damaged_is_refused(runs: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """A member's config.yaml cut short (it records the validation images the member held out) was yaml's
+    ScannerError traceback."""
+    import shutil
+
+    root, output, mnist = runs
+    shutil.copytree(mnist / "single", tmp_path / "damaged")
+    (tmp_path / "damaged" / "config.yaml").write_text("config: {epochs: 1, extra: {val_")
+    with pytest.raises(CnnlabError, match=r"damaged/config.yaml cannot be read as a run's config \(.*copy the run"):
+        combine_mnist_ensemble([tmp_path / "damaged", mnist / "pair"], "d", output=output, data_dir=str(root))

@@ -1042,9 +1042,22 @@ def saved_options(member_dir: Path) -> dict[str, Any]:
 
     Runs saved before cnnlab recorded ``val_size`` held out the default, `VAL_SIZE`; so does a saved model without
     its ``config.yaml``.
+
+    Raises:
+        CnnlabError: the ``config.yaml`` is there but cannot be read as a run's (damaged, cut short): yaml's
+            ScannerError traceback said neither which run nor what to do.
     """
+    import yaml
+
     path = member_dir / "config.yaml"
-    options = load_config(path).to_dict() if path.is_file() else {"extra": {}}
+    try:
+        options = load_config(path).to_dict() if path.is_file() else {"extra": {}}
+    except (UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CnnlabError(
+            f"{path} cannot be read as a run's config ({reason}); it records how {member_dir} was trained (the "
+            "validation images it held out): copy the run again or train it again"
+        ) from None
     options["extra"].setdefault("val_size", VAL_SIZE)
     return options
 
