@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +14,14 @@ from PIL import Image
 
 from cnnlab.data.folder import (
     check_image,
+    decode_image,
     describe_skipped,
     image_files,
     load_image,
     scan_csv,
     scan_folder,
     thin_image_reason,
+    to_rgb,
 )
 from cnnlab.errors import CnnlabError
 
@@ -110,6 +114,55 @@ def test_a_16_bit_grey_pngs_transparent_colour_is_composited_on_white_and_left_o
     assert loaded[0, 0].tolist() == [255, 255, 255] and loaded[3, 3].tolist() == [156] * 3  # 40000 / 65535
     loaded = np.asarray(load_image(tmp_path / "keyed12.png"))[..., 0]
     assert loaded[0, 0] == 255 and loaded[2, 2] == 0 and loaded[5, 5] == 255
+
+
+def _png(width: int, height: int, bit_depth: int, colour_type: int, rows: list[bytes], key: bytes) -> bytes:
+    """A PNG written chunk by chunk: Pillow writes no 16-bit RGB or 2-bit grey file with a transparent colour."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    idat = zlib.compress(b"".join(b"\0" + row for row in rows))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tRNS", key) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("key", [(12345, 23456, 34567), (255, 255, 255), (0x8000, 0x8000, 0x8000)])
+def test_a_16_bit_rgb_pngs_transparent_colour_is_composited_on_white(tmp_path: Path, key: tuple[int, ...]) -> None:
+    # Pillow decodes a 16-bit RGB PNG to its pixels' high bytes but matched the 16-bit key by its low byte: only a
+    # black key or a grey level times 257 was composited, another kept its hidden colour
+    pixels = np.empty((6, 6, 3), np.uint16)
+    pixels[:] = key
+    pixels[2:4, 2:4] = (51400, 7710, 7710)  # 200, 30, 30
+    rows = [row.astype(">u2").tobytes() for row in pixels]
+    (tmp_path / "keyed.png").write_bytes(_png(6, 6, 16, 2, rows, struct.pack(">HHH", *key)))
+    for loaded in (load_image(tmp_path / "keyed.png"), to_rgb(decode_image(tmp_path / "keyed.png")[0])):
+        pixels_8 = np.asarray(loaded)
+        assert pixels_8[0, 0].tolist() == [255, 255, 255] and pixels_8[2, 2].tolist() == [200, 30, 30]
+
+
+@pytest.mark.parametrize(("bit_depth", "key", "level"), [(2, 1, 85), (4, 5, 85)])
+def test_a_low_bit_grey_pngs_transparent_colour_is_composited_on_white(
+    tmp_path: Path, bit_depth: int, key: int, level: int
+) -> None:
+    # a 2- or 4-bit grey PNG's key (level 1 of 0..3) was compared with the pixels Pillow scales to 8 bits (85)
+    values = np.full((4, 8), key, np.uint8)
+    values[1:3, 2:6] = 2  # 170 in 2 bits, 34 in 4
+    per_byte = 8 // bit_depth
+    rows = [
+        bytes(
+            sum(int(value) << (8 - bit_depth * (i + 1)) for i, value in enumerate(row[start : start + per_byte]))
+            for start in range(0, 8, per_byte)
+        )
+        for row in values
+    ]
+    (tmp_path / "keyed.png").write_bytes(_png(8, 4, bit_depth, 0, rows, struct.pack(">H", key)))
+    with Image.open(tmp_path / "keyed.png") as opened:
+        assert np.asarray(opened)[0, 0] == level  # the hidden level, not white, before compositing
+    loaded = np.asarray(load_image(tmp_path / "keyed.png"))[..., 0]
+    assert loaded[0, 0] == 255 and loaded[1, 2] == 2 * 255 // (2**bit_depth - 1)
 
 
 def test_load_image_applies_exif_rotation(tmp_path: Path) -> None:

@@ -66,8 +66,9 @@ __all__ = [
 # computed from decoded images and kept (the transfer feature cache, keyed on the files' names, sizes and times) is
 # computed again, never read back as the old decoding while predict decodes the new way. 2: a PNG's transparent
 # colour composited on white; 3: a float image stretched from its finite values' range; 4: a 16-bit grey PNG's
-# transparent colour composited on white too (and left out of the range it is stretched from).
-DECODING_VERSION = 4
+# transparent colour composited on white too (and left out of the range it is stretched from); 5: the transparent colour
+# of a 16-bit RGB or a 2- or 4-bit grey PNG composited on white (`_key_as_decoded`).
+DECODING_VERSION = 5
 
 # the names photos are saved under that Pillow decodes: .jfif is how Windows saves a JPEG from the web, .avif a phone's
 # or a browser's AVIF (a class's .jfif files were left out of training without a word)
@@ -250,8 +251,32 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         OSError: unreadable, truncated or corrupt file (PIL's `UnidentifiedImageError` is an OSError).
     """
     with _without_bomb_warning(), Image.open(path) as opened:
+        _key_as_decoded(opened)
         opened.load()
         return to_rgb(opened)
+
+
+# A PNG's transparent colour (tRNS) is stored in the file's bit depth, and Pillow decodes these depths to 8 bits but
+# compares the stored key with the 8-bit pixels: a 16-bit RGB key was matched by its low byte (the pixels keep their
+# high one) and a 2- or 4-bit grey key (1 of 0..3) by a level Pillow had scaled (85): the background stayed its hidden
+# colour unless the key was black or, in 16 bits, a grey level times 257. Rescaled as the pixels are, per raw mode.
+_KEY_SCALES: dict[str, Callable[[int], int]] = {
+    "RGB;16B": lambda value: value >> 8,  # the high byte; a colour differing only in its low byte matches too
+    "L;2": lambda value: value * 85,
+    "L;4": lambda value: value * 17,
+}
+
+
+def _key_as_decoded(image: Image.Image) -> None:
+    """Set an opened (not yet loaded) PNG's transparent colour to the value its pixels decode to (`_KEY_SCALES`)."""
+    transparent = image.info.get("transparency")
+    if image.format != "PNG" or transparent is None or isinstance(transparent, bytes) or len(image.tile) != 1:
+        return
+    scale = _KEY_SCALES.get(str(image.tile[0].args))
+    if scale is not None:
+        image.info["transparency"] = (
+            tuple(scale(value) for value in transparent) if isinstance(transparent, tuple) else scale(transparent)
+        )
 
 
 @contextlib.contextmanager
@@ -391,6 +416,7 @@ def _decode(data: bytes) -> tuple[Image.Image | None, tuple[int, int], str | Non
         with _without_bomb_warning():
             image = Image.open(io.BytesIO(data))
             size = image.size
+            _key_as_decoded(image)
             image.load()  # decodes every pixel: truncated and corrupt data fail here
     except UnidentifiedImageError:
         reason = "not an image PIL can read"

@@ -64,12 +64,12 @@ DEFAULT_OPSET = 17
 # 16-bit PNG) to be divided by 256, a near-black image, where cnnlab stretches it from its own range.
 DECODE = (
     "decode the file as cnnlab.data.folder.load_image does: its EXIF orientation applied (ImageOps.exif_transpose), "
-    "transparency (RGBA, LA, PA, a palette's or an RGB or grey PNG's transparent colour, a 16-bit grey one's too) "
-    "composited on white, 16- and 32-bit grey scaled to 8 bits (not clipped): v -> rint((v - low) / (high - low) * "
-    "255), its transparent pixels left out, with low, high = 0, 65535 for 16-bit (I;16) images whose largest value is "
-    "above 4095, else the image's own smallest and largest values "
-    "(12-bit sensors in 16-bit files, and 32-bit I and F images: of their finite values, NaN and -inf taken as the "
-    "smallest, +inf as the largest), then RGB (PIL Image.convert('RGB'))"
+    "transparency (RGBA, LA, PA, a palette's or an RGB or grey PNG's transparent colour, of any bit depth, matched as"
+    " its pixels decode to 8 bits) composited on white, 16- and 32-bit grey scaled to 8 bits (not clipped): v -> "
+    "rint((v - low) / (high - low) * 255), its transparent pixels left out, with low, high = 0, 65535 for 16-bit "
+    "(I;16) images whose largest value is above 4095, else the image's own smallest and largest values (12-bit "
+    "sensors in 16-bit files, and 32-bit I and F images: of their finite values, NaN and -inf taken as the smallest, "
+    "+inf as the largest), then RGB (PIL Image.convert('RGB'))"
 )
 LOADERS = {  # how a deployment loads each format (written beside the file)
     "torchscript": "torch.jit.load(path)",
