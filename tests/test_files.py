@@ -108,3 +108,10 @@ def test_a_file_written_by_safetensors_gets_the_usual_permissions(tmp_path: Path
         os.umask(umask)
     assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "notes.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_text_file_holds_a_file_name_that_is_not_utf8_as_its_bytes(tmp_path: Path) -> None:
+    """A run's report.md naming a skipped Latin-1 file (a str with a surrogate on Linux) raised UnicodeEncodeError:
+    the run, trained and tested, ended before its report."""
+    written = files.write_text_whole(tmp_path / "report.md", "skipped caf\udce9.png\n")
+    assert written.read_bytes() == b"skipped caf\xe9.png\n"

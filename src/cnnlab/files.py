@@ -123,10 +123,12 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def write_text_whole(path: str | os.PathLike[str], text: str) -> Path:
-    """`Path.write_text` through `written_then_renamed`: a reader never finds half of `text` at `path`."""
+    """`Path.write_text` through `written_then_renamed`: a reader never finds half of `text` at `path`. A file name that
+    is not UTF-8 in `text` (a report's skipped files) is written as its bytes (`PATH_BYTES`): it ended a transfer run,
+    trained and tested, in a UnicodeEncodeError traceback before its report.md."""
     path = Path(path)
     with written_then_renamed(path) as temporary:
-        temporary.write_text(text)
+        temporary.write_text(text, errors=PATH_BYTES)
     return path
 
 
