@@ -115,3 +115,4 @@ def test_a_text_file_holds_a_file_name_that_is_not_utf8_as_its_bytes(tmp_path: P
     the run, trained and tested, ended before its report."""
     written = files.write_text_whole(tmp_path / "report.md", "skipped caf\udce9.png\n")
     assert written.read_bytes() == b"skipped caf\xe9.png\n"
+    assert files.readable_name("caf\udce9.png") == "caf\ufffd.png" and files.readable_name("caf\xe9") == "caf\xe9"

@@ -17,7 +17,14 @@ from typing import Any
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["PATH_BYTES", "check_writable", "save_figure_whole", "write_text_whole", "written_then_renamed"]
+__all__ = [
+    "PATH_BYTES",
+    "check_writable",
+    "readable_name",
+    "save_figure_whole",
+    "write_text_whole",
+    "written_then_renamed",
+]
 
 # A temporary file this old is a leftover whatever its name says: no block writes one for a day, and a process id
 # reused since (a container's processes restart at the same ids) or another machine's, unknown here, is still swept.
@@ -27,6 +34,18 @@ STALE_AFTER_SECONDS = 24 * 3600
 # (a zip made on Windows, a Latin-1 disk) is a str with surrogates on Linux, which strict UTF-8 refused to write (a
 # traceback, and a CSV of its header alone); its bytes are written as they are and read back to the same path.
 PATH_BYTES = "surrogateescape"
+
+
+def readable_name(text: str) -> str:
+    """`text` with the bytes of a file name that is not UTF-8 (surrogates, on Linux) shown as U+FFFD, as a viewer
+    shows them ("caf\ufffd.jpg"): for text that cannot hold the bytes themselves (a figure's titles, strict JSON)."""
+    if not any("\ud800" <= character <= "\udfff" for character in text):
+        return text
+    try:
+        raw = text.encode("utf-8", PATH_BYTES)
+    except UnicodeEncodeError:  # a surrogate no byte gave (none does on Linux): encoded as it is, read as U+FFFD
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
 
 
 @contextlib.contextmanager

@@ -522,3 +522,15 @@ def test_a_figure_missing_beside_the_report_is_named_not_linked(tmp_path: Path) 
     text = report.write(tmp_path / "report.md").read_text()
     assert "![confusion matrix](confusion_matrix.png)" in text and "](learning_curves.png)" not in text
     assert "`learning_curves.png` is not in the run folder" in text
+
+
+def test_a_file_name_that_is_not_utf8_is_drawn_in_a_title(tmp_path: Path) -> None:
+    """A Latin-1 file name (a str with a surrogate on Linux) in a title raised TypeError in matplotlib's text layout:
+    a transfer run, trained and tested, ended in a traceback before its results; a segmentation run's did too."""
+    from cnnlab.report.segmentation import save_overlays
+
+    name = "caf\udce9.png"
+    plot_highest_loss([np.zeros((16, 16, 3), dtype=np.uint8)], [f"{name}\ntrue a\npred b"], tmp_path / "h.png")
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    save_overlays(torch.zeros(1, 3, 8, 8), labels, labels, tmp_path / "o.png", ["a", "b"], titles=[f"{name}: 0%"])
+    assert (tmp_path / "h.png").read_bytes().startswith(PNG) and (tmp_path / "o.png").read_bytes().startswith(PNG)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnlab.files import save_figure_whole
+from cnnlab.files import readable_name, save_figure_whole
 
 __all__ = ["classification_summary", "classification_test_report", "plot_highest_loss"]
 
@@ -82,7 +82,8 @@ def plot_highest_loss(
 
     column_width, fontsize = 2.4, 7
     chars = int((column_width - 0.2) * 72 / (0.6 * fontsize))  # a DejaVu Sans character is at most about 0.6 em
-    titles = [_fit_title(title, chars) for title in titles]
+    # a file name that is not UTF-8 (surrogates) raised TypeError in matplotlib's text layout, ending the run
+    titles = [_fit_title(readable_name(title), chars) for title in titles]
     title_lines = max((title.count("\n") + 1 for title in titles), default=1)
     count = len(images)
     rows = max(1, -(-count // columns))

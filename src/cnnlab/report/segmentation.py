@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from cnnlab.files import save_figure_whole
+from cnnlab.files import readable_name, save_figure_whole
 from cnnlab.report.metrics import confusion_matrix
 from cnnlab.train.metrics import Metric
 
@@ -354,7 +354,7 @@ def save_overlays(
         wrong = ((target != predicted) & labelled).astype(np.uint8)
         error_share = wrong.sum() / max(1, labelled.sum())
         panels = [
-            (image, titles[row] if titles else "image", "gray"),
+            (image, readable_name(titles[row]) if titles else "image", "gray"),  # matplotlib cannot draw surrogates
             (colourise(image, target, colours, background=background), "ground truth", None),
             (colourise(image, predicted, colours, background=background), "prediction", None),
             (wrong * 255, f"errors ({error_share:.1%} of labelled pixels)", "gray"),

@@ -24,7 +24,7 @@ from torch import nn
 from cnnlab.data.folder import ImageDataset, LabelledImages, decode_image, thin_image_reason, to_rgb
 from cnnlab.data.transforms import build_eval_transform
 from cnnlab.errors import CnnlabError
-from cnnlab.files import PATH_BYTES, check_writable
+from cnnlab.files import PATH_BYTES, check_writable, readable_name
 from cnnlab.layers.views import ViewAverage
 from cnnlab.models import PretrainedCfg
 from cnnlab.tasks.run_precision import run_channels_last
@@ -339,19 +339,16 @@ def predictions_json(source: str, results: Sequence[dict[str, Any]]) -> str:
     (``bytes.fromhex`` gives the name to open the file with).
     """
 
-    def readable(text: str) -> str:
-        return _raw_bytes(text).decode("utf-8", "replace") if _has_surrogates(text) else text
-
     def clean(value: Any) -> Any:
         if isinstance(value, str):
-            return readable(value)
+            return readable_name(value)
         if isinstance(value, list | tuple):
             return [clean(item) for item in value]
         if not isinstance(value, dict):
             return value
         cleaned: dict[str, Any] = {}
         for key, item in value.items():
-            cleaned[readable(str(key))] = clean(item)
+            cleaned[readable_name(str(key))] = clean(item)
             if key in (*PATH_FIELDS, "model") and isinstance(item, str) and _has_surrogates(item):
                 cleaned[f"{key}_bytes_hex"] = _raw_bytes(item).hex()
         return cleaned
