@@ -497,6 +497,36 @@ def test_a_file_name_that_is_not_utf8_is_written_to_the_csv_and_resumed(tiny_run
     assert again.exit_code == 0 and "already holds 1 image; predicting the other 0" in again.output
 
 
+def test_a_file_name_that_is_not_utf8_is_printed_as_its_bytes_under_a_strict_utf8_locale(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under en_US.UTF-8 (a desktop's locale) stdout is strict UTF-8: printing a Latin-1 name (a str with a surrogate
+    on Linux) ended predict in a UnicodeEncodeError traceback; stderr wrote it as "caf\\udce9.png". Both streams now
+    write the name's bytes, as the CSV holds them."""
+    import io
+    import os
+    import sys
+
+    from cnnlab.cli import main
+
+    red = next((tiny_run.parent.parent.parent / "photos" / "red").glob("0*.png"))
+    folder = os.fsencode(tmp_path)
+    Path(os.fsdecode(os.path.join(folder, b"caf\xe9.png"))).write_bytes(red.read_bytes())
+    missing = os.fsdecode(os.path.join(folder, b"na\xefve.png"))
+    streams = {name: io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict") for name in ("out", "err")}
+    monkeypatch.setattr(sys, "stdout", streams["out"])
+    monkeypatch.setattr(sys, "stderr", streams["err"])
+    monkeypatch.setattr(
+        sys, "argv", ["cnnlab", "predict", "-m", str(tiny_run), "-k", "1", "-q", str(tmp_path), missing]
+    )
+    with pytest.raises(SystemExit) as done:
+        main()
+    written = {name: (stream.flush(), stream.buffer.getvalue())[1] for name, stream in streams.items()}  # type: ignore[attr-defined]
+    assert done.value.code == 0
+    assert written["out"].startswith(os.path.join(folder, b"caf\xe9.png") + b":\n  1. red")
+    assert os.path.join(folder, b"na\xefve.png: error: no such file") in written["err"]
+
+
 def test_predict_writes_a_classifiers_predictions_to_csv(tiny_run: Path, tmp_path: Path) -> None:
     """`--output` was read by segmentation runs only: a classifier's `-o predictions.csv` was silently ignored."""
     import csv

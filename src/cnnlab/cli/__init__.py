@@ -8,6 +8,7 @@ code 1.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import importlib
 import os
@@ -104,6 +105,7 @@ _one_line_summaries(app)
 def main() -> None:
     """Entry point of the `cnnlab` console script and of `python -m cnnlab`."""
     warnings.formatwarning = _format_warning
+    _names_written_as_bytes()
     with _sigterm_as_interrupt() as sigterm, _one_error_line_per_job(sigterm):
         try:
             app()
@@ -127,6 +129,38 @@ def main() -> None:
             if lost := _lost_peer(error):
                 _stop_after_lost_peer(lost)
             raise
+
+
+def _name_bytes_or_escape(error: UnicodeError) -> tuple[bytes, int]:
+    """The encoding error handler `_names_written_as_bytes` gives stdout and stderr: a file name's bytes that are not
+    UTF-8 (surrogates U+DC80..U+DCFF on Linux) written as they are, as "surrogateescape" does; any other character the
+    stream's encoding lacks backslash-escaped, so that printing never fails."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    unwritten = error.object[error.start : error.end]
+    return b"".join(
+        bytes([ord(character) - 0xDC00])
+        if "\udc80" <= character <= "\udcff"
+        else character.encode("ascii", "backslashreplace")
+        for character in unwritten
+    ), error.end
+
+
+NAME_BYTES_OR_ESCAPE = "cnnlab-name-bytes-or-escape"
+codecs.register_error(NAME_BYTES_OR_ESCAPE, _name_bytes_or_escape)
+
+
+def _names_written_as_bytes() -> None:
+    """Print a file name that is not UTF-8 (a Latin-1 "caf\\xe9.jpg" from a zip made on Windows: a str with a surrogate
+    on Linux) as its bytes on stdout and stderr alike, as the CSVs, splits and reports hold it.
+
+    Under a UTF-8 locale (en_US.UTF-8, a desktop's) stdout is strict, and printing such a name (predict's results, a
+    run's skipped files) ended the command in a UnicodeEncodeError traceback; under C.UTF-8, stdout wrote its bytes
+    and stderr "caf\\udce9.jpg", one file named two ways.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):  # not a TextIOWrapper (a test's StringIO)
+            stream.reconfigure(errors=NAME_BYTES_OR_ESCAPE)  # type: ignore[union-attr]
 
 
 OTHER_RANK_ERROR_WAIT_SECONDS = 3.0
