@@ -180,3 +180,22 @@ def test_a_file_named_twice_in_a_manifest_is_not_called_a_copy_of_itself(tmp_pat
     assert [checked.paths[i] for i in split["train"]] == [paths[0]]
     assert sorted(checked.paths[i] for i in split["test"]) == [paths[2], paths[3]]
     assert describe_skipped([entry.reason for entry in checked.skipped]) == "2 files skipped: 2 named twice"
+
+
+@pytest.mark.parametrize("val", [0.15, 0.0])
+def test_every_part_holds_every_class_of_an_unbalanced_folder(val: float) -> None:
+    """A class of 3 among 300 images got no test image (scikit-learn stratifies by proportion alone: 0.45 of one), and
+    the run was scored on the big class alone; a class of 2 went to train and validation only, never tested."""
+    labels = [0] * 300 + [1] * 3
+    for seed in range(5):
+        split = stratified_split(labels, val, 0.15, seed=seed)
+        assert sorted(split["train"] + split["val"] + split["test"]) == list(range(len(labels)))
+        for part in ("train", "val", "test") if val else ("train", "test"):
+            assert {labels[i] for i in split[part]} == {0, 1}, (seed, part, split[part][-3:])
+        assert abs(len(split["test"]) - 0.15 * len(labels)) <= 2
+    with pytest.raises(CnnlabError, match=r"the smallest class, 'rare', has 2\); add images to 'rare'") as refused:
+        stratified_split([0] * 10 + [1] * 2, 0.15, 0.15, classes=["many", "rare"])
+    assert "scikit-learn" not in str(refused.value)
+    given = {"train": list(range(200)) + [300, 301], "val": [], "test": list(range(200, 300)) + [302]}
+    split = validation_from_train(labels, given, 0.1)
+    assert {labels[i] for i in split["val"]} == {labels[i] for i in split["train"]} == {0, 1}

@@ -72,13 +72,15 @@ def stratified_split(
     """Indices of a stratified train/val/test split (70/15/15 by default).
 
     The test part is drawn first (``test_fraction`` of all samples), then validation (``val_fraction`` of all
-    samples) from what remains; each part keeps the class proportions. The same labels and seed give the same split.
+    samples) from what remains; each part keeps the class proportions and holds every class (a class too small for
+    its share of a part gets one image there, taken from a part holding two or more). The same labels and seed give
+    the same split.
 
     Args:
         classes: the labels' names, for the error that says which class is too small.
 
     Raises:
-        CnnlabError: fractions out of range, or a class too small to appear in every part.
+        CnnlabError: fractions out of range, or a class too small to appear in every part (fewer images than parts).
     """
     if not (0.0 <= val_fraction < 1.0 and 0.0 < test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
         raise CnnlabError(  # it said "[0, 1)" for both, so a test fraction of 0 read as allowed
@@ -87,17 +89,38 @@ def stratified_split(
         )
     check_split_seed(seed)
     indices = list(range(len(labels)))
+    if min(Counter(labels).values(), default=0) < (3 if val_fraction else 2):
+        # scikit-learn put a class of 2 in train and validation alone: never tested, without a word
+        raise CnnlabError(_why_no_split(labels, val_fraction, test_fraction, "", classes))
     try:
         rest, test = train_test_split(indices, test_size=test_fraction, stratify=labels, random_state=seed)
+        rest, test = _give_every_class(labels, rest, test)
         if val_fraction == 0:
             return {"train": sorted(rest), "val": [], "test": sorted(test)}
         rest_labels = [labels[i] for i in rest]
         train, val = train_test_split(
             rest, test_size=val_fraction / (1.0 - test_fraction), stratify=rest_labels, random_state=seed
         )
+        train, val = _give_every_class(labels, train, val)
+        val, train = _give_every_class(labels, val, train)
     except ValueError as error:
         raise CnnlabError(_why_no_split(labels, val_fraction, test_fraction, str(error), classes)) from None
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def _give_every_class(labels: Sequence[int], donor: list[int], part: list[int]) -> tuple[list[int], list[int]]:
+    """`donor` and `part` with one image of each class that `part` lacks moved into it from `donor`, where donor holds
+    two or more of that class (the first in donor's order, which scikit-learn shuffled by the seed). scikit-learn
+    stratifies by proportion alone: a class of 3 among 300 images (0.45 of a test image) got no test image, and the
+    run was scored on the other classes, balanced accuracy and all, without a word."""
+    present = {labels[index] for index in part}
+    held = Counter(labels[index] for index in donor)
+    moved = set()
+    for index in donor:
+        if labels[index] not in present and held[labels[index]] >= 2:
+            present.add(labels[index])
+            moved.add(index)
+    return [index for index in donor if index not in moved], [*part, *(index for index in donor if index in moved)]
 
 
 def validation_from_train(
@@ -120,6 +143,8 @@ def validation_from_train(
     train_labels = [labels[i] for i in train]
     try:
         kept, val = train_test_split(train, test_size=val_fraction, stratify=train_labels, random_state=seed)
+        kept, val = _give_every_class(labels, kept, val)
+        val, kept = _give_every_class(labels, val, kept)
     except ValueError as error:
         label, count = min(Counter(train_labels).items(), key=lambda item: item[1])
         smallest = repr(classes[label]) if classes is not None else f"number {label}"
@@ -146,14 +171,15 @@ def _why_no_split(
 
     needed = next((f"{total:,}" for total in range(len(classes), 10**6) if enough(total)), "over a million")
     fractions = f"at these fractions (validation {val_fraction:g}, test {test_fraction:g}) that takes at least {needed}"
-    advice = f"collect more images or raise --val-fraction / --test-fraction (scikit-learn: {reason})"
+    said = f" (scikit-learn: {reason})" if reason else ""
+    advice = f"collect more images or raise --val-fraction / --test-fraction{said}"
     if len(classes) == 1:
         return f"cannot split {len(labels)} images into {parts} parts that each hold one: {fractions} images; {advice}"
     label, count = min(classes.items(), key=lambda item: item[1])
     smallest = repr(names[label]) if names is not None else f"number {label}"
     per_class = 3 if val_fraction else 2
     if count < per_class:  # no fraction gives one image to every part: raising them was advice that could not work
-        advice = f"add images to {smallest} or remove that class (scikit-learn: {reason})"
+        advice = f"add images to {smallest} or remove that class{said}"
     return (
         f"cannot split {len(labels)} images of {len(classes)} classes so that {parts} each hold every class: "
         f"{fractions} images and {per_class} per class (the smallest class, {smallest}, has {count}); {advice}"
