@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from cnnlab.data.folder import LabelledImages
+from cnnlab.data.sources import open_image_source
 from cnnlab.data.split import (
     read_manifest,
     split_from_folders,
@@ -199,3 +200,36 @@ def test_every_part_holds_every_class_of_an_unbalanced_folder(val: float) -> Non
     given = {"train": list(range(200)) + [300, 301], "val": [], "test": list(range(200, 300)) + [302]}
     split = validation_from_train(labels, given, 0.1)
     assert {labels[i] for i in split["val"]} == {labels[i] for i in split["train"]} == {0, 1}
+
+
+@pytest.mark.parametrize(
+    ("parts", "said"),
+    [
+        (("train", "val"), r"train/, val/ hold class sub-folders, .*: add test/ with the same class sub-folders"),
+        (("Train", "Test"), r"Test/, Train/ hold class sub-folders, .*: rename Test/ to test/, Train/ to train/"),
+        (("train", "valid", "test"), r"valid/ would not be read: .*; rename valid/ to val/"),
+        (("training", "validation", "test"), r"rename training/ to train/, validation/ to val/"),
+    ],
+)
+def test_a_split_folder_named_otherwise_is_refused_naming_the_folders(
+    tmp_path: Path, parts: tuple[str, ...], said: str
+) -> None:
+    """train/ and val/ without test/, or Train/ and Test/, were read as two classes named "train" and "val" (every
+    class's images under one of the two) and trained without a word; a Kaggle split's valid/ was passed over."""
+    for shade, part in enumerate(parts):
+        for name in ("x", "y"):
+            (tmp_path / part / name).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (8, 8), (10 * shade + i, 80 if name == "x" else 160, 0)).save(
+                    tmp_path / part / name / f"{i}.png"
+                )
+    with pytest.raises(CnnlabError, match=said):
+        open_image_source(str(tmp_path), min_per_class=1)
+    # a class folder named "train" (photos of trains) holds images, not class folders: a class as before
+    vehicles = tmp_path / "vehicles"
+    for name in ("car", "train"):
+        (vehicles / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (i, 50 if name == "car" else 200, 0)).save(vehicles / name / f"{i}.png")
+    images, split, _ = open_image_source(str(vehicles), min_per_class=1)
+    assert images.classes == ["car", "train"] and len(images) == 6 and split is None

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.data.folder import LabelledImages, scan_csv, scan_folder
-from cnnlab.data.split import Split, check_split_digests, check_split_images, split_from_folders
+from cnnlab.data.split import PART_NAMES, Split, check_split_digests, check_split_images, split_from_folders
 from cnnlab.errors import CnnlabError
 
 __all__ = [
@@ -72,11 +72,38 @@ def open_image_source(data: str, min_per_class: int = 100) -> tuple[LabelledImag
         images, split = split_from_folders(path, min_per_class=min_per_class)
         return images, split, f"split folder {path}"
     if path.is_dir():
+        _refuse_split_parts_as_classes(path)
         return scan_folder(path, min_per_class=min_per_class), None, f"class folders {path}"
     found = "does not exist" if not path.exists() else "is a file other than a .csv"  # said "is neither" for both
     raise CnnlabError(
         f"--data {data!r} {found}; give a folder of images, a .csv of path,label or a built-in dataset "
         f"({', '.join(BUILTIN_DATASETS)})"
+    )
+
+
+def _refuse_split_parts_as_classes(root: Path) -> None:
+    """Refuse a folder whose sub-folders are a split's parts, each of class sub-folders, that is not a split folder
+    (``train/`` and ``test/``, lower case): ``train/`` and ``val/`` without ``test/``, or ``Train/`` and ``Test/``, were
+    taken as two classes named after the parts, the images of every class filed under "train" or "val", and trained
+    without a word."""
+    parts = sorted(
+        folder.name
+        for folder in root.iterdir()
+        if folder.is_dir()
+        and folder.name.lower() in PART_NAMES
+        and any(child.is_dir() and not child.name.startswith(".") for child in folder.iterdir())
+    )
+    if not parts:
+        return
+    renames = [f"{name}/ to {PART_NAMES[name.lower()]}/" for name in parts if name != PART_NAMES[name.lower()]]
+    present = {PART_NAMES[name.lower()] for name in parts}
+    todo = [f"rename {', '.join(renames)}"] if renames else []
+    todo += [f"add {part}/ with the same class sub-folders" for part in ("train", "test") if part not in present]
+    raise CnnlabError(
+        f"{root}: {', '.join(f'{name}/' for name in parts)} hold{'s' if len(parts) == 1 else ''} class sub-folders, "
+        f"so {'it is' if len(parts) == 1 else 'they are'} read as a split, not as classes; a split folder is train/ "
+        f"and test/, and optionally val/, each of class sub-folders: {' and '.join(todo)}, or merge them into "
+        f"{root}/<class>/ for the run to split"
     )
 
 

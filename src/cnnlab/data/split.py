@@ -23,6 +23,7 @@ from cnnlab.errors import CnnlabError, listed
 from cnnlab.files import PATH_BYTES, write_text_whole, written_then_renamed
 
 __all__ = [
+    "PART_NAMES",
     "SPLITS",
     "SPLIT_DIGESTS",
     "Split",
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
+# the names a split's parts are often given (Kaggle's "valid", Keras's "validation", capitals), by the part each is
+PART_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 Split = dict[str, list[int]]
 # beside a run's split.csv: the content digest of each part's images, by which `cnnlab evaluate` recognises a copy of
 # an image the run trained on under any name or folder, and a resume an image changed since; a segmentation run's
@@ -464,6 +467,19 @@ def split_from_folders(root: str | os.PathLike[str], min_per_class: int = 100) -
     parts = {part: root / part for part in SPLITS if (root / part).is_dir()}
     if "train" not in parts or "test" not in parts:
         raise CnnlabError(f"{root} is not a split folder: it needs train/ and test/ (and optionally val/) sub-folders")
+    # a Kaggle split's valid/ beside train/ and test/ was passed over unsaid: its images in no part, the run told to
+    # fill a val/ (or, given --val-fraction, validation taken from train/)
+    misnamed = sorted(
+        folder.name
+        for folder in root.iterdir()
+        if folder.is_dir() and PART_NAMES.get(folder.name.lower(), folder.name) not in (folder.name, *parts)
+    )
+    if misnamed:
+        renames = ", ".join(f"{name}/ to {PART_NAMES[name.lower()]}/" for name in misnamed)
+        raise CnnlabError(
+            f"{root}: {', '.join(f'{name}/' for name in misnamed)} would not be read: a split folder's parts are "
+            f"named train/, val/ and test/; rename {renames}"
+        )
     scanned = {"train": scan_folder(parts["train"], min_per_class=0, check=False)}  # listed; decoded below
     classes = scanned["train"].classes
     for part, folder in parts.items():  # an empty val/ was "val has 0 class sub-folder(s)", with nothing to do
