@@ -283,8 +283,18 @@ def test_too_few_images_per_class_is_a_clear_error(tmp_path: Path) -> None:
     (root / "dog" / "4.png").write_bytes(b"")  # a bad file must not count towards the minimum
     with pytest.raises(CnnlabError, match=r"dog has 4 usable images \(1 file skipped: 1 unreadable\); at least 5"):
         scan_folder(root, min_per_class=5)
-    with pytest.raises(CnnlabError, match="at least 2 are needed"):
+    # one class's folder passed: it said "has 0 class sub-folder(s) (none); at least 2 are needed", its images unsaid
+    with pytest.raises(CnnlabError, match=r"cat holds 5 image file\(s\) \(0.png, 1.png, 2.png and 2 more\) and no cla"):
         scan_folder(root / "cat", min_per_class=1)
+    with pytest.raises(CnnlabError, match=rf"; pass its parent, {re.escape(str(root))}, which holds 2 class folders"):
+        scan_folder(root / "cat", min_per_class=1)
+    alone = tmp_path / "one" / "alone"  # no sibling class folder to name
+    _solid(alone / "0.png", (0, 0, 0))
+    (tmp_path / "none" / "empty").mkdir(parents=True)
+    with pytest.raises(CnnlabError, match=r"put the images in sub-folders named after their classes, at least 2"):
+        scan_folder(alone, min_per_class=1)
+    with pytest.raises(CnnlabError, match=r"has 0 class sub-folder\(s\) \(none\); at least 2 are needed"):
+        scan_folder(tmp_path / "none" / "empty", min_per_class=1)
     # a class folder of no image file at all was told to "lower --min-per-class": it says which files are read
     (root / "fox").mkdir()
     (root / "fox" / "notes.txt").write_text("not an image")

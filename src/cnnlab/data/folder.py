@@ -535,6 +535,8 @@ def scan_folder(
                 f"classes: {known})"
             )
     elif len(classes) < 2:
+        if not classes and (flat := _flat_folder_reason(root)):
+            raise CnnlabError(flat)
         raise CnnlabError(
             f"{root} has {len(classes)} class sub-folder(s) ({', '.join(classes) or 'none'}); "
             "at least 2 are needed (root/<class name>/<images>)"
@@ -558,6 +560,31 @@ def scan_folder(
     if min_per_class > 0:
         images.check_min_per_class(min_per_class)
     return images
+
+
+def _flat_folder_reason(root: Path) -> str:
+    """Why `root`, which holds image files and no class sub-folder, cannot be trained on, and what to pass instead:
+    one class's folder passed as --data was told only "has 0 class sub-folder(s) (none); at least 2 are needed", its
+    images unmentioned. Empty when `root` holds no image file."""
+    direct = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_file() and not _is_hidden(p.name) and p.name.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    if not direct:
+        return ""
+    parent = root.resolve().parent
+    siblings = [p for p in parent.iterdir() if p.is_dir() and not _is_hidden(p.name)]
+    names = listed(sorted(p.name for p in siblings), 4)
+    remedy = (
+        f"pass its parent, {parent}, which holds {len(siblings)} class folders ({names})"
+        if len(siblings) >= 2
+        else "put the images in sub-folders named after their classes, at least 2 (root/<class name>/<images>)"
+    )
+    return (
+        f"{root} holds {len(direct)} image file(s) ({listed(direct, 3)}) and no class sub-folder, as one class's "
+        f"folder does: a class is a sub-folder of the folder passed; {remedy}"
+    )
 
 
 def _refuse_one_folder_twice(root: Path, classes: Sequence[str]) -> None:
