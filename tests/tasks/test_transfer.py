@@ -1312,3 +1312,26 @@ def test_a_slow_precision_is_said_once_per_run_naming_the_option_a_python_caller
     said = [str(w.message) for w in caught if issubclass(w.category, SlowPrecisionWarning)]
     assert len(said) == 1, said
     assert said[0].startswith('train["precision"] fp16 on the CPU trains several times slower than fp32'), said
+
+
+def test_a_given_split_without_a_class_in_val_or_test_is_refused_naming_it(tmp_path: Path) -> None:
+    """An empty test/red/ left red out of the test set: the run reported accuracy and balanced accuracy 1.0 on the
+    blue images alone, without a word; a val/ without red chose the best epoch blind to it."""
+    for part in ("train", "val", "test"):
+        make_photo_folder(tmp_path / "photos" / part, per_class=3, seed=len(part))
+    options = {"min_per_class": 1, "val_fraction": None, "test_fraction": None}
+    images, split, _ = load_images(tiny_config(tmp_path, **options), lambda line: None)
+    # a --split manifest whose val rows hold no red image
+    rows = ["path,label,split"]
+    for part in ("train", "val", "test"):
+        for index in split[part]:
+            label = images.classes[images.labels[index]]
+            rows.append(f"{images.paths[index]},{label},{'train' if part == 'val' and label == 'red' else part}")
+    manifest = tmp_path / "split.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    with pytest.raises(CnnlabError, match=r"split.csv: red has no usable val image; .*: mark some of its train rows"):
+        load_images(tiny_config(tmp_path, **options, split_manifest=str(manifest)), lambda line: None)
+    shutil.rmtree(tmp_path / "photos" / "test" / "red")
+    (tmp_path / "photos" / "test" / "red").mkdir()
+    with pytest.raises(CnnlabError, match=r"photos/test: red has no usable test image; .*train/red/ into test/red/"):
+        load_images(tiny_config(tmp_path, **options), lambda line: None)

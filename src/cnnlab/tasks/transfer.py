@@ -449,6 +449,7 @@ def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImage
                 "applies to fresh splits), and the best epoch is chosen on its val images; mark some of each "
                 "class's train rows `val`"
             )
+        _refuse_unscored_classes(images, split, config.split_manifest, folder=False)
         return images, split, f"given manifest {config.split_manifest}"
     images, folder_split, source = open_image_source(config.data, config.min_per_class)
     # A split folder without val/ takes validation from train/ when --val-fraction asks (seeded by --split-seed);
@@ -477,6 +478,7 @@ def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImage
         for part in ("val", "test"):  # it said "raise --val-fraction", an option refused with a split folder
             if not folder_split[part]:
                 raise CnnlabError(split_part_missing(config.data, part, images.classes))
+        _refuse_unscored_classes(images, folder_split, config.data, folder=True)
         return images, folder_split, source
     images = limit_per_class(images, config.max_per_class, config.split_seed)
     defaults = source_defaults(config.data)
@@ -525,6 +527,27 @@ def _refuse_untrained_classes(images: LabelledImages, split: Split) -> None:
         raise CnnlabError(
             f"{images.source}: {listed(empty, 8)} {'has' if len(empty) == 1 else 'have'} no usable training image; "
             "a class is learned from its images (add some, or remove the class)"
+        )
+
+
+def _refuse_unscored_classes(images: LabelledImages, split: Split, given: str, folder: bool) -> None:
+    """Refuse a given split (a split folder's, or a `--split` manifest's) whose val or test part lacks a class: an
+    empty test/<class>/ folder left the class out of the test set, and the report's accuracy and balanced accuracy
+    (1.0) were those of the other classes, without a word; a val part without it chose the best epoch blind to it."""
+    for part in ("test", "val"):
+        present = {images.labels[index] for index in split[part]}
+        missing = [name for index, name in enumerate(images.classes) if index not in present]
+        if not missing:
+            continue
+        one = len(missing) == 1
+        use = "the best epoch is chosen on them" if part == "val" else "the run is scored on them, once"
+        folders = f"train/{missing[0]}/ into {part}/{missing[0]}/" if one else f"train/<class>/ into {part}/<class>/"
+        its = "its" if one else "their"
+        remedy = f"move some of {its} images from {folders}" if folder else f"mark some of {its} train rows `{part}`"
+        raise CnnlabError(
+            f"{Path(given) / part if folder else given}: {listed(missing, 8)} {'has' if one else 'have'} no usable "
+            f"{part} image; every class needs {part} images ({use}, and a class without them goes unmeasured): "
+            f"{remedy}"
         )
 
 
