@@ -1335,3 +1335,19 @@ def test_a_given_split_without_a_class_in_val_or_test_is_refused_naming_it(tmp_p
     (tmp_path / "photos" / "test" / "red").mkdir()
     with pytest.raises(CnnlabError, match=r"photos/test: red has no usable test image; .*train/red/ into test/red/"):
         load_images(tiny_config(tmp_path, **options), lambda line: None)
+
+
+def test_images_in_sub_folders_of_a_class_folder_are_said_to_be_read_as_that_class(tmp_path: Path) -> None:
+    """A class folder's sub-folders were read as the class without a word: a folder of groups of classes
+    (animals/cat, animals/dog) trained the groups."""
+    make_photo_folder(tmp_path / "photos", per_class=4)
+    lines: list[str] = []
+    options = {"min_per_class": 1, "val_fraction": 0.25, "test_fraction": 0.25}
+    load_images(tiny_config(tmp_path, **options), lines.append)
+    assert not any("sub-folders" in line for line in lines)
+    make_photo_folder(tmp_path / "photos" / "red" / "2019", per_class=4, seed=1)  # blue/ and red/ inside red/2019/
+    images, _, _ = load_images(tiny_config(tmp_path, **options), lines.append)
+    assert images.class_counts() == {"blue": 4, "red": 12}
+    assert lines[-1].startswith(
+        "images in sub-folders of class folders are read as images of that class (red: 8 in 2019/); to train a "
+    ), lines

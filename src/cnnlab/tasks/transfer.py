@@ -37,6 +37,7 @@ import dataclasses
 import json
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -480,6 +481,7 @@ def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImage
                 raise CnnlabError(split_part_missing(config.data, part, images.classes))
         _refuse_unscored_classes(images, folder_split, config.data, folder=True)
         return images, folder_split, source
+    _note_nested_images(images, Path(config.data), log)
     images = limit_per_class(images, config.max_per_class, config.split_seed)
     defaults = source_defaults(config.data)
     val = config.val_fraction if config.val_fraction is not None else float(defaults.get("val_fraction", 0.15))
@@ -491,6 +493,27 @@ def load_images(config: TransferConfig, log: Any = print) -> tuple[LabelledImage
         split,
         f"stratified {1 - val - test:.0%}/{val:.0%}/{test:.0%} train/val/test, seed {config.split_seed}",
     )
+
+
+def _note_nested_images(images: LabelledImages, root: Path, log: Any) -> None:
+    """Say which class folders hold images in sub-folders, read as images of that class: a folder of groups of
+    classes (animals/cat, animals/dog, vehicles/car) was trained as the groups, and nothing said the sub-folders
+    were read at all."""
+    nested: dict[str, Counter[str]] = {}
+    for path, label in zip(images.paths, images.labels, strict=True):
+        relative = Path(path).relative_to(root).parts if Path(path).is_relative_to(root) else ()
+        if len(relative) > 2:  # <class>/<sub-folder>/.../<image>
+            nested.setdefault(images.classes[label], Counter())[relative[1]] += 1
+    if nested:
+        said = "; ".join(
+            f"{name}: {sum(subs.values())} in {listed([f'{sub}/' for sub in sorted(subs)], 3)}"
+            for name, subs in list(nested.items())[:4]
+        )
+        more = f"; and {len(nested) - 4} more classes" if len(nested) > 4 else ""
+        log(
+            f"images in sub-folders of class folders are read as images of that class ({said}{more}); "
+            "to train a sub-folder as a class of its own, move it up beside the class folders"
+        )
 
 
 def _note_images_not_in_split(config: TransferConfig, images: LabelledImages, log: Any) -> None:
