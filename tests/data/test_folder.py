@@ -520,3 +520,16 @@ def test_two_class_folders_that_are_one_folder_are_refused_naming_the_link(tmp_p
     (root / "kitten").symlink_to(root / "cat", target_is_directory=True)
     with pytest.raises(CnnlabError, match=r"the class folders cat and kitten are one folder \(kitten is a link to "):
         scan_folder(root, min_per_class=2)
+
+
+def test_a_class_folder_linked_to_nothing_is_refused_naming_the_link(tmp_path: Path) -> None:
+    """A class folder that is a link to a folder gone (an unmounted drive) was left out without a word: the run
+    trained and tested the other classes."""
+    root = _make_folder(tmp_path / "photos", per_class=2)
+    (root / "fox").symlink_to(tmp_path / "usb" / "fox")
+    (root / "gone.png").symlink_to(tmp_path / "usb" / "gone.png")  # a loose image's link: not a class
+    with pytest.raises(CnnlabError, match=rf"photos: fox is a link to nothing \({re.escape(str(root / 'fox'))} -> "):
+        scan_folder(root, min_per_class=1)
+    (tmp_path / "usb" / "fox").mkdir(parents=True)
+    _solid(tmp_path / "usb" / "fox" / "0.png", (0, 200, 0))
+    assert scan_folder(root, min_per_class=1).class_counts() == {"cat": 2, "dog": 2, "fox": 1}

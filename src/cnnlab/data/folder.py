@@ -520,6 +520,19 @@ def scan_folder(
             f"{root} {why_not_a_folder(root)}; pass a folder with one sub-folder of images per class, or a CSV"
         )
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name))
+    # a class folder linked from elsewhere (an unmounted drive, a moved folder) was left out, its class unsaid
+    dangling = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_symlink() and not p.exists() and not (_is_hidden(p.name) or p.name.lower().endswith(IMAGE_EXTENSIONS))
+    )
+    if dangling:
+        first = root / dangling[0]
+        raise CnnlabError(
+            f"{root}: {listed(dangling, 3)} {'is a link' if len(dangling) == 1 else 'are links'} to nothing ({first} "
+            f"-> {os.readlink(first)}, which does not exist), so {'its' if len(dangling) == 1 else 'their'} images "
+            "would be left out; restore what it links to (mount the drive), or remove the link"
+        )
     if known_classes is not None:
         unknown = [name for name in classes if name not in known_classes]
         known = listed(list(known_classes), 10)
