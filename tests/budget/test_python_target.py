@@ -344,3 +344,20 @@ def test_building_on_meta_leaves_other_threads_modules_on_the_cpu() -> None:
     thread.join()
     assert {t.device.type for t in [*mine.parameters(), *mine.buffers()]} == {"meta"}
     assert {t.device.type for t in [*other[0].parameters(), *other[0].buffers()]} == {"cpu"}
+
+
+def test_a_file_inside_a_package_is_imported_with_its_relative_imports(tmp_path: Path) -> None:
+    """`cnnlab budget zoo_pkg/nets/vgg.py:Net`, whose file does ``from .blocks import Block`` (as a package's modules
+    do), was "ImportError: attempted relative import with no known parent package": it was loaded as a lone file."""
+    package = tmp_path / "budget_pkg_rel" / "nets"
+    package.mkdir(parents=True)
+    (package.parent / "__init__.py").write_text("WIDTH = 6\n")
+    (package / "__init__.py").write_text("")
+    (package / "blocks.py").write_text("from torch import nn\n\ndef block(width):\n    return nn.Conv2d(3, width, 3)\n")
+    (package / "vgg.py").write_text(
+        "from torch import nn\nfrom .blocks import block\nfrom .. import WIDTH\n\n"
+        "class Net(nn.Sequential):\n    def __init__(self):\n        super().__init__(block(WIDTH), nn.ReLU())\n"
+    )
+    report = _budget(f"{package}/vgg.py:Net", "--input", "3x8x8")
+    assert report["params"] == 3 * 6 * 9 + 6
+    assert report["macs"] == 3 * 6 * 9 * 6 * 6

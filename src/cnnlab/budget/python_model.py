@@ -104,6 +104,10 @@ def _import(source: str) -> Any:
         path = Path(source)
         if not path.is_file():
             raise CnnlabError(f"{source}: no such file")
+        if (package := _package_of(path.resolve())) is not None:  # its relative imports need its package
+            root, dotted = package
+            with _on_path(root), _on_path(path.resolve().parent):
+                return _run_import(lambda: importlib.import_module(dotted), source)
         spec = importlib.util.spec_from_file_location(f"cnnlab_budget_target_{path.stem}", path)
         if spec is None or spec.loader is None:
             raise CnnlabError(f"{source}: Python cannot load it as a module")
@@ -113,6 +117,23 @@ def _import(source: str) -> Any:
         return module
     with _on_path(Path.cwd()):
         return _run_import(lambda: importlib.import_module(source), source)
+
+
+def _package_of(path: Path) -> tuple[Path, str] | None:
+    """For a file inside a package (its folder has an ``__init__.py``): the folder above the outermost package and the
+    file's dotted name (``nets/blocks/vgg.py`` -> ``nets.blocks.vgg``), so that ``from .layers import X`` works as
+    under ``python -m nets.blocks.vgg``; None for a file on its own, or where that top name is taken already (a
+    package of that name imported from elsewhere)."""
+    parts, folder = [path.stem], path.parent
+    while (folder / "__init__.py").is_file() and folder.name.isidentifier() and folder.parent != folder:
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    if len(parts) == 1 or not path.stem.isidentifier():
+        return None
+    loaded = sys.modules.get(parts[0])
+    if loaded is not None and Path(getattr(loaded, "__file__", None) or "").parent != folder / parts[0]:
+        return None
+    return folder, ".".join(parts)
 
 
 def _run_import(load: Any, source: str) -> Any:
