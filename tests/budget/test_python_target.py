@@ -361,3 +361,35 @@ def test_a_file_inside_a_package_is_imported_with_its_relative_imports(tmp_path:
     report = _budget(f"{package}/vgg.py:Net", "--input", "3x8x8")
     assert report["params"] == 3 * 6 * 9 + 6
     assert report["macs"] == 3 * 6 * 9 * 6 * 6
+
+
+class _ConvLstm(torch.nn.Module):
+    """A CRNN's shape: a convolution, its columns read by an LSTM from a zero state made in forward."""
+
+    def __init__(self, state_device: str | None) -> None:
+        super().__init__()
+        self.state_device = state_device
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.lstm = torch.nn.LSTM(4 * 6, 5, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        columns = self.conv(x).permute(0, 3, 1, 2).flatten(2)  # N x W x (C * H)
+        device = x.device if self.state_device == "input" else None
+        state = (torch.zeros(1, x.shape[0], 5, device=device), torch.zeros(1, x.shape[0], 5, device=device))
+        return self.lstm(columns, state)[0]
+
+
+def test_a_forward_that_makes_cpu_tensors_is_sized_as_if_it_made_them_beside_its_input() -> None:
+    """``h0 = torch.zeros(layers, n, hidden)`` without a device, as most CRNN code writes it, runs where the user runs
+    it (the CPU) and was refused here: "Input and hidden tensors are not at the same device, found input tensor at
+    meta and hidden tensor at cpu". Its figures are those of the same network that makes them on the input's device."""
+    on_cpu = budget(_ConvLstm(None), input_shape=(1, 6, 7), batch_size=3)
+    beside = budget(_ConvLstm("input"), input_shape=(1, 6, 7), batch_size=3)
+    assert on_cpu.params == beside.params == (9 * 4 + 4) + 4 * 5 * (24 + 5) + 2 * 4 * 5
+    assert on_cpu.macs == beside.macs > 0
+    training = {key: value for key, value in on_cpu.realistic.items() if not key.startswith("inference")}
+    assert training == {key: value for key, value in beside.realistic.items() if not key.startswith("inference")}
+    # the eval-mode forward counts the CPU state and its meta copy: at most one more state (2 x 5 floats at batch 1)
+    extra = on_cpu.realistic["inference_working_set_bytes"] - beside.realistic["inference_working_set_bytes"]
+    assert 0 <= extra <= 2 * 5 * 4
+

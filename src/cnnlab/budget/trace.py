@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map_only
 from torch.utils.flop_counter import FlopCounterMode
 
 from cnnlab.errors import CnnlabError
@@ -882,7 +882,10 @@ def trace(
             return torch.empty((batch, *input_shape), dtype=torch_dtype, device="meta")
         return torch.randn((batch, *input_shape), dtype=torch_dtype, device=device)
 
-    with _MetaKernelCache() if device == "meta" else nullcontext():
+    with (
+        _CpuTensorsToMeta() if device == "meta" else nullcontext(),
+        _MetaKernelCache() if device == "meta" else nullcontext(),
+    ):
         with _called_modules(model) as in_inference:
             if inference:
                 _trace_inference(model, rows, result, make_input(inference_batch_size), inference_batch_size)
@@ -892,6 +895,34 @@ def trace(
     if inference and training:
         result.training_only = _outermost(model, in_training - in_inference)
     return result
+
+
+class _CpuTensorsToMeta(TorchFunctionMode):
+    """On the meta device, a call that fails on CPU tensors made in forward, beside the meta ones, runs again with
+    them on the meta device too.
+
+    A forward may make tensors without a device: an LSTM's initial state (``h0 = torch.zeros(layers, n, hidden)``),
+    ``torch.from_numpy(...)``, a mask kept as a plain attribute rather than a buffer. On the CPU, where the user runs
+    it, that works; traced on the meta device it failed ("Input and hidden tensors are not at the same device, found
+    input tensor at meta and hidden tensor at cpu"), and the network could not be sized. Only a call that fails is
+    retried, so a CPU tensor whose value the forward reads (``if torch.rand(1) < p``) stays on the CPU and works.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        try:
+            return func(*args, **kwargs)
+        except (RuntimeError, ValueError, TypeError):
+            tensors = [value for value in tree_flatten((args, kwargs))[0] if isinstance(value, torch.Tensor)]
+            devices = {tensor.device.type for tensor in tensors if tensor.dim() > 0}
+            if "meta" not in devices or devices == {"meta"}:
+                raise
+        args, kwargs = tree_map_only(torch.Tensor, _to_meta, (args, kwargs))
+        return func(*args, **kwargs)
+
+
+def _to_meta(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if tensor.device.type == "meta" or tensor.dim() == 0 else tensor.to("meta")
 
 
 class _OneValueBatchNorm(TorchFunctionMode):
@@ -1122,7 +1153,7 @@ def forward_saved_bytes(
     state = [*model.parameters(), *model.buffers()]
     x = torch.empty((batch_size, *input_shape), dtype=torch_dtype, device="meta")
     one_value = _one_value_batch_norms(model) if batch_size == 1 else nullcontext()  # as `trace` runs batch 1
-    with _MetaKernelCache(), SavedTensorCounter(exclude=state, inputs=[x]) as counter, one_value:
+    with _CpuTensorsToMeta(), _MetaKernelCache(), SavedTensorCounter(exclude=state, inputs=[x]) as counter, one_value:
         model(x)
     return counter.total_bytes
 
