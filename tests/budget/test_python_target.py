@@ -393,3 +393,19 @@ def test_a_forward_that_makes_cpu_tensors_is_sized_as_if_it_made_them_beside_its
     extra = on_cpu.realistic["inference_working_set_bytes"] - beside.realistic["inference_working_set_bytes"]
     assert 0 <= extra <= 2 * 5 * 4
 
+
+def test_an_error_in_the_users_code_names_their_file_and_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing import or constructor was told by its message alone ("name 'undefined_width' is not defined"):
+    the one line now names the user's own line that raised it, not cnnlab's or torch's frames."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken_import.py").write_text("from torch import nn\n\nimport budget_no_such_module_xyz\n")
+    (tmp_path / "broken_init.py").write_text(
+        "from torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.conv = nn.Conv2d(3, undefined_width, 3)\n"
+    )
+    with pytest.raises(CnnlabError) as imported:
+        build_python_model("broken_import.py:Net")
+    assert "(broken_import.py, line 3: `import budget_no_such_module_xyz`)" in str(imported.value)
+    with pytest.raises(CnnlabError) as built:
+        build_python_model("broken_init.py:Net")
+    assert "(broken_init.py, line 7: `self.conv = nn.Conv2d(3, undefined_width, 3)`)" in str(built.value)

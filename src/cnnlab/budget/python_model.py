@@ -18,7 +18,9 @@ import importlib
 import importlib.util
 import re
 import sys
+import sysconfig
 import threading
+import traceback
 import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,9 +142,35 @@ def _run_import(load: Any, source: str) -> Any:
     try:
         return load()
     except ModuleNotFoundError as error:
-        raise CnnlabError(f"cannot import {source}: {error}; name an installed module or a .py file") from None
+        raise CnnlabError(
+            f"cannot import {source}: {error}{_where(error)}; name an installed module or a .py file"
+        ) from None
     except Exception as error:  # noqa: BLE001 - the user's own code: any failure is reported on one line
-        raise CnnlabError(f"importing {source} failed: {type(error).__name__}: {error}") from None
+        raise CnnlabError(f"importing {source} failed: {type(error).__name__}: {error}{_where(error)}") from None
+
+
+# where Python's own modules and installed packages live: a frame there is not the user's code
+_LIBRARY_FOLDERS = tuple(
+    str(Path(folder).resolve())
+    for name in ("stdlib", "platstdlib", "purelib", "platlib")
+    if (folder := sysconfig.get_paths().get(name))
+) + (str(Path(__file__).resolve().parents[1]),)  # cnnlab itself
+
+
+def _where(error: BaseException) -> str:
+    """`` (nets.py, line 12: `self.bad = undefined`)``: the innermost line of the user's own code in `error`'s
+    traceback (not Python's, an installed package's or cnnlab's), else "": a one-line error that names the line to
+    fix, where the bare message ("name 'undefined' is not defined") left the user to guess which file raised it."""
+    frames = traceback.extract_tb(error.__traceback__)
+    for frame in reversed(frames):
+        filename = frame.filename
+        if filename.startswith("<") or str(Path(filename).resolve()).startswith(_LIBRARY_FOLDERS):
+            continue
+        with contextlib.suppress(ValueError):
+            filename = str(Path(filename).resolve().relative_to(Path.cwd()))
+        code = f": `{frame.line.strip()}`" if frame.line and frame.line.strip() else ""
+        return f" ({filename}, line {frame.lineno}{code})"
+    return ""
 
 
 @contextlib.contextmanager
@@ -211,7 +239,7 @@ def _call(function: Any, args: list[Any], kwargs: dict[str, Any], text: str, on_
             "pretrained=False), e.g. `torchvision.models.segmentation:fcn_resnet50(weights_backbone=None)`"
         ) from None
     except Exception as error:  # noqa: BLE001 - the user's own code: any failure is reported on one line
-        raise CnnlabError(f"`{text}` raised {type(error).__name__}: {error}") from None
+        raise CnnlabError(f"`{text}` raised {type(error).__name__}: {error}{_where(error)}") from None
 
 
 _ON_META = threading.Lock()  # one build at a time patches nn.Module (the lab sizes networks from several threads)
