@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from cnnlab.budget import budget
 from cnnlab.budget.python_model import build_python_model, is_python_target
+from cnnlab.budget.spec import load_spec_file
 from cnnlab.cli import app
 from cnnlab.errors import CnnlabError
 
@@ -127,7 +128,10 @@ def test_the_command_line_asks_for_the_input_and_checks_its_channels(nets: Path)
     missing = CliRunner().invoke(app, ["budget", f"{nets}:build"])
     assert isinstance(missing.exception, CnnlabError) and "give --input" in str(missing.exception)
     python = CliRunner().invoke(app, ["budget", str(nets)])  # it was read as YAML: "mapping values are not allowed"
-    assert isinstance(python.exception, CnnlabError) and f"`cnnlab budget {nets}:build" in str(python.exception)
+    assert isinstance(python.exception, CnnlabError)
+    assert str(python.exception).endswith(
+        f"`cnnlab budget {nets}:Grey --input 3x224x224`; it defines Grey, TimmLike, build, not_a_net"
+    )
     grey = CliRunner().invoke(app, ["budget", f"{nets}:Grey", "--input", "3x28x28"])
     assert isinstance(grey.exception, CnnlabError) and "takes 1-channel input" in str(grey.exception)
 
@@ -409,3 +413,22 @@ def test_an_error_in_the_users_code_names_their_file_and_line(tmp_path: Path, mo
     with pytest.raises(CnnlabError) as built:
         build_python_model("broken_init.py:Net")
     assert "(broken_init.py, line 7: `self.conv = nn.Conv2d(3, undefined_width, 3)`)" in str(built.value)
+
+
+def test_a_python_file_without_a_name_is_told_the_networks_it_defines(tmp_path: Path) -> None:
+    """`cnnlab budget nets.py` (no `:NAME`) chose nothing, rightly, but told the user to write `nets.py:build`, a name
+    the file may not define; it now lists the file's classes (networks first) and functions, read without running it."""
+    (tmp_path / "two_nets.py").write_text(
+        "import torch\nfrom torch import nn\n\n\ndef make_head(n):\n    return nn.Linear(n, 2)\n\n\n"
+        "class Small(nn.Module):\n    pass\n\n\nclass Config:\n    pass\n\n\n"
+        "class Large(torch.nn.Sequential):\n    pass\n"
+    )
+    (tmp_path / "empty_nets.py").write_text("WIDTH = 3\n")
+    with pytest.raises(CnnlabError) as several:
+        load_spec_file(tmp_path / "two_nets.py")
+    assert str(several.value).endswith(
+        f"`cnnlab budget {tmp_path / 'two_nets.py'}:Small --input 3x224x224`; "
+        "it defines Small, Large, Config, make_head"
+    )
+    with pytest.raises(CnnlabError, match="it defines no class or function at its top level"):
+        load_spec_file(tmp_path / "empty_nets.py")

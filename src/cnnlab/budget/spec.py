@@ -44,6 +44,7 @@ one number or two for height and width: ``kernel: [3, 5]`` or ``kernel: 3x5``, a
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
@@ -453,16 +454,34 @@ def _file_input(value: Any, path: Path) -> tuple[int, ...]:
         ) from None
 
 
+def _python_file_hint(path: Path) -> str:
+    """Why a .py file is not a spec, and which of its names to give: its top-level classes and functions, read
+    without running it (a file with several networks was told only `FILE.py:build`, a name it may not define)."""
+    message = f"{path} is Python, not a YAML/JSON spec: name the network class or the function that builds it"
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8-sig"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return f"{message}, e.g. `cnnlab budget {path}:build --input 3x224x224`"
+    classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
+    functions = [node.name for node in tree.body if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")]
+    if not classes and not functions:
+        return f"{message}; it defines no class or function at its top level"
+    # a subclass of nn.Module, nn.Sequential, ... by its base's name (the file is not run to know more)
+    networks = [
+        c.name for c in classes if any(ast.unparse(base).endswith(("Module", "Sequential")) for base in c.bases)
+    ]
+    names = [*networks, *(c.name for c in classes if c.name not in networks), *functions]
+    listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return f"{message}, e.g. `cnnlab budget {path}:{names[0]} --input 3x224x224`; it defines {listed}"
+
+
 def load_spec_file(path: str | Path) -> tuple[tuple[int, ...] | None, list[LayerSpec]]:
     """Read a YAML or JSON spec file; returns (input shape or None, layers)."""
     path = Path(path)
     if not path.is_file():
         raise CnnlabError(f"spec file {str(path)!r} does not exist")
     if path.suffix.lower() == ".py":  # it was parsed as YAML: "mapping values are not allowed here"
-        raise CnnlabError(
-            f"{path} is Python, not a YAML/JSON spec: name the function or network in it, e.g. `cnnlab budget "
-            f"{path}:build --input 3x224x224`"
-        )
+        raise CnnlabError(_python_file_hint(path))
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
