@@ -113,7 +113,7 @@ def test_only_module_colon_name_forms_are_taken() -> None:
         ("{nets}:build(**{{'width': 3}})", "write each keyword argument out"),
         ("{nets}:nothere", "nets.py has no 'nothere'"),
         ("{nets}:not_a_net", "returned a list, not a torch.nn.Module"),
-        ("{nets}:build(wdth=3)", r"raised TypeError: build\(\) got an unexpected keyword argument 'wdth'"),
+        ("{nets}:build(wdth=3)", r"build\(wdth=3\)` cannot be called so: got an unexpected keyword argument 'wdth'"),
         ("{nets}:net(3)", "is a module instance, not a function: drop the arguments"),
         ("cnnlab_no_such_module:build", "cannot import cnnlab_no_such_module: No module named"),
         ("{folder}/missing.py:build", "missing.py: no such file"),
@@ -432,3 +432,18 @@ def test_a_python_file_without_a_name_is_told_the_networks_it_defines(tmp_path: 
     )
     with pytest.raises(CnnlabError, match="it defines no class or function at its top level"):
         load_spec_file(tmp_path / "empty_nets.py")
+
+
+def test_a_class_that_needs_arguments_is_told_how_to_give_them(tmp_path: Path) -> None:
+    """A class whose __init__ needs arguments was "`wide.py:Wide` raised TypeError: Wide.__init__() missing 1 required
+    positional argument: 'width'": right, but without the form that passes them."""
+    (tmp_path / "wide.py").write_text(
+        "from torch import nn\n\n\nclass Wide(nn.Module):\n    def __init__(self, width, depth=2, *, classes):\n"
+        "        super().__init__()\n        self.conv = nn.Conv2d(3, width, 3)\n"
+    )
+    with pytest.raises(CnnlabError) as missing:
+        build_python_model(f"{tmp_path}/wide.py:Wide(depth=3)")
+    assert str(missing.value).endswith(
+        f'give them as literals, e.g. "{tmp_path}/wide.py:Wide(depth=3, width=..., classes=...)" (quoted for the shell)'
+    )
+    assert sum(p.numel() for p in build_python_model(f"{tmp_path}/wide.py:Wide(4, classes=2)").parameters()) == 112

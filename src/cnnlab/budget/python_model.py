@@ -16,6 +16,7 @@ import ast
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import re
 import sys
 import sysconfig
@@ -217,6 +218,7 @@ def _dotted(node: ast.expr) -> str | None:
 
 
 def _call(function: Any, args: list[Any], kwargs: dict[str, Any], text: str, on_meta: bool) -> Any:
+    _check_arguments(function, args, kwargs, text)
     if on_meta:
         try:
             with torch.device("meta"):
@@ -240,6 +242,35 @@ def _call(function: Any, args: list[Any], kwargs: dict[str, Any], text: str, on_
         ) from None
     except Exception as error:  # noqa: BLE001 - the user's own code: any failure is reported on one line
         raise CnnlabError(f"`{text}` raised {type(error).__name__}: {error}{_where(error)}") from None
+
+
+def _check_arguments(function: Any, args: list[Any], kwargs: dict[str, Any], text: str) -> None:
+    """Refuse a call its signature does not take, saying which arguments to write and how: a class whose
+    ``__init__`` needs arguments (``Net(width)``) was "`nets.py:Net` raised TypeError: Net.__init__() missing 1
+    required positional argument: 'width'", with no word of the form that gives it."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # a builtin or extension type without a signature Python can read
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as error:
+        written = {**dict(zip(signature.parameters, args, strict=False)), **kwargs}
+        needed = [
+            f"{parameter.name}=..."
+            for parameter in signature.parameters.values()
+            if parameter.default is inspect.Parameter.empty
+            and parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            and parameter.name not in written
+        ]
+        example = ""
+        if needed:
+            call = ", ".join([*(repr(value) for value in args), *(f"{k}={v!r}" for k, v in kwargs.items()), *needed])
+            match = _TARGET.match(text.strip())
+            if match is not None:
+                name = match["call"].split("(", 1)[0].strip()
+                example = f': give them as literals, e.g. "{match["source"]}:{name}({call})" (quoted for the shell)'
+        raise CnnlabError(f"`{text}` cannot be called so: {error}{example}") from None
 
 
 _ON_META = threading.Lock()  # one build at a time patches nn.Module (the lab sizes networks from several threads)
