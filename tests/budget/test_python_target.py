@@ -182,7 +182,9 @@ def test_a_forward_that_asserts_its_input_size_is_a_one_line_error(tmp_path: Pat
     result = CliRunner().invoke(app, ["budget", f"{tmp_path}/patches.py:Patches", "--input", "3x32x32"])
     assert isinstance(result.exception, CnnlabError), result.exception
     assert str(result.exception) == (
-        f"{tmp_path}/patches.py:Patches does not run on input 3x32x32: Wrong image width! Expected 64 but got 32!"
+        f"{tmp_path}/patches.py:Patches does not run on input 3x32x32: Wrong image width! Expected 64 but got 32! "
+        f'({tmp_path}/patches.py, line 10: `assert x.shape[-1] == 64, f"Wrong image width! Expected 64 but got '
+        '{x.shape[-1]}!"  # as vit_b_16 checks`)'
     )
 
 
@@ -447,3 +449,21 @@ def test_a_class_that_needs_arguments_is_told_how_to_give_them(tmp_path: Path) -
         f'give them as literals, e.g. "{tmp_path}/wide.py:Wide(depth=3, width=..., classes=...)" (quoted for the shell)'
     )
     assert sum(p.numel() for p in build_python_model(f"{tmp_path}/wide.py:Wide(4, classes=2)").parameters()) == 112
+
+
+def test_a_forward_that_fails_names_the_users_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shape error in the user's forward was torch's words alone ("a and b must have same reduction dim"), and a
+    forward that reads values did not say where: the one line now names the user's line that raised it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "forward_bug.py").write_text(
+        "from torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.conv = nn.Conv2d(3, 8, 3)\n        self.fc = nn.Linear(8, 10)\n\n    def forward(self, x):\n"
+        "        f = self.conv(x).flatten(1)\n        return self.fc(f)\n\n\nclass Reads(Net):\n"
+        "    def forward(self, x):\n        return self.conv(x) * float(x.max())\n"
+    )
+    with pytest.raises(CnnlabError) as shapes:
+        budget(build_python_model("forward_bug.py:Net"), input_shape=(3, 6, 6), name="forward_bug.py:Net")
+    assert str(shapes.value).endswith("(forward_bug.py, line 12: `return self.fc(f)`)")
+    with pytest.raises(CnnlabError) as values:
+        budget(build_python_model("forward_bug.py:Reads"), input_shape=(3, 6, 6), name="forward_bug.py:Reads")
+    assert str(values.value).endswith("(forward_bug.py, line 17: `return self.conv(x) * float(x.max())`)")

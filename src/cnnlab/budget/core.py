@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from cnnlab.budget.detection import DenseDetection, check_channels, detection_info, is_detection_network
+from cnnlab.budget.python_model import user_code_line
 from cnnlab.budget.spec import LayerSpec, build_module, infer_shapes, load_spec_file, parse_spec
 from cnnlab.budget.trace import Row, TraceResult, optimizer_copies, resolve_dtype, trace
 from cnnlab.errors import CnnlabError
@@ -458,6 +459,7 @@ def input_error(
             f"{name} reads its tensors' values in forward ({first_line}): the budget traces it on the meta device, "
             "where tensors have shapes but no values, so a forward that branches on or converts them (.item(), "
             "float(x), .tolist(), .numpy(), nonzero) cannot be sized; make those steps independent of the values"
+            f"{user_code_line(error)}"
         )
     hint = ""
     if "more than 1 value per channel" in first_line:  # batch norm in training mode on a 1x1 map of one sample
@@ -483,7 +485,8 @@ def input_error(
             hint = f"; its first convolution ({layer_name}) takes {conv.in_channels}-channel input"
     if any(words in first_line for words in _TOO_SMALL) and (side := _smallest_side(module, shape)) is not None:
         hint = f"; the smallest square input it takes is {'x'.join(map(str, (*shape[:-2], side, side)))}"
-    return CnnlabError(f"{name} does not run on input {'x'.join(map(str, shape))}: {first_line}{hint}")
+    where = user_code_line(error)  # the line of the user's own forward that raised it, where there is one
+    return CnnlabError(f"{name} does not run on input {'x'.join(map(str, shape))}: {first_line}{where}{hint}")
 
 
 def budget(

@@ -32,7 +32,7 @@ from torch import nn
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["build_python_model", "declared_input_size", "is_python_target"]
+__all__ = ["build_python_model", "declared_input_size", "is_python_target", "user_code_line"]
 
 # MODULE (dotted names) or a .py file, a colon, then a name with optional literal arguments
 _TARGET = re.compile(r"^(?P<source>[A-Za-z_][\w.]*|[^:]+\.py):(?P<call>[A-Za-z_][\w.]*\s*(\(.*\))?)$", re.DOTALL)
@@ -144,10 +144,11 @@ def _run_import(load: Any, source: str) -> Any:
         return load()
     except ModuleNotFoundError as error:
         raise CnnlabError(
-            f"cannot import {source}: {error}{_where(error)}; name an installed module or a .py file"
+            f"cannot import {source}: {error}{user_code_line(error)}; name an installed module or a .py file"
         ) from None
     except Exception as error:  # noqa: BLE001 - the user's own code: any failure is reported on one line
-        raise CnnlabError(f"importing {source} failed: {type(error).__name__}: {error}{_where(error)}") from None
+        where = user_code_line(error)
+        raise CnnlabError(f"importing {source} failed: {type(error).__name__}: {error}{where}") from None
 
 
 # where Python's own modules and installed packages live: a frame there is not the user's code
@@ -158,7 +159,7 @@ _LIBRARY_FOLDERS = tuple(
 ) + (str(Path(__file__).resolve().parents[1]),)  # cnnlab itself
 
 
-def _where(error: BaseException) -> str:
+def user_code_line(error: BaseException) -> str:
     """`` (nets.py, line 12: `self.bad = undefined`)``: the innermost line of the user's own code in `error`'s
     traceback (not Python's, an installed package's or cnnlab's), else "": a one-line error that names the line to
     fix, where the bare message ("name 'undefined' is not defined") left the user to guess which file raised it."""
@@ -241,7 +242,7 @@ def _call(function: Any, args: list[Any], kwargs: dict[str, Any], text: str, on_
             "pretrained=False), e.g. `torchvision.models.segmentation:fcn_resnet50(weights_backbone=None)`"
         ) from None
     except Exception as error:  # noqa: BLE001 - the user's own code: any failure is reported on one line
-        raise CnnlabError(f"`{text}` raised {type(error).__name__}: {error}{_where(error)}") from None
+        raise CnnlabError(f"`{text}` raised {type(error).__name__}: {error}{user_code_line(error)}") from None
 
 
 def _check_arguments(function: Any, args: list[Any], kwargs: dict[str, Any], text: str) -> None:
