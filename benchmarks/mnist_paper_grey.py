@@ -14,9 +14,7 @@ Run: .venv/bin/python benchmarks/mnist_paper_grey.py RUN [--images 1000] [--pape
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from results_file import write_results
 
 SIDE = 196  # 7 x 28: the photo's side in pixels
 INK = 0.1  # the ink's grey
@@ -79,12 +79,7 @@ def main() -> None:
                         refused[index] = True
             right = (predicted(torch.stack(prepared)) == labels) & ~refused
             results[f"paper_{paper:g}"] = {"accuracy": float(right.float().mean()), "refused": int(refused.sum())}
-    results["seconds"] = round(time.perf_counter() - start, 1)
-    results["machine"] = platform.processor() or platform.machine()
-    results["date"] = time.strftime("%Y-%m-%d")
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(results, start, args.json)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ Run: .venv/bin/python benchmarks/mnist_png_preparation.py RUN [--images 2000] [-
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from results_file import write_results
 
 
 def centre_the_box(image: Image.Image) -> torch.Tensor:
@@ -84,12 +84,7 @@ def main() -> None:
                     with Image.open(path) as image:
                         batch.append(prepare(image))
                 results[f"{name}/{method}"] = accuracy(torch.stack(batch))
-    results["seconds"] = round(time.perf_counter() - start, 1)
-    results["machine"] = platform.processor() or platform.machine()
-    results["date"] = time.strftime("%Y-%m-%d")
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(results, start, args.json)
 
 
 if __name__ == "__main__":

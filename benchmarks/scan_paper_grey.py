@@ -20,9 +20,7 @@ Run: .venv/bin/python benchmarks/scan_paper_grey.py --segmenter RUN --scanner FC
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from results_file import write_results
 
 INK = 0.1  # the ink's grey
 SHADING = 0.15  # the light falls by this fraction from the top-left corner to the bottom-right one
@@ -111,12 +111,7 @@ def main() -> None:
                 name = "clean" if paper is None else f"paper_{paper:g}"
                 right, blank = found / len(places), float(drawn.float().mean())
                 results[f"scanner/{name}"] = {"digits_right": right, "blank_drawn": blank}
-    results["seconds"] = round(time.perf_counter() - start, 1)
-    results["machine"] = platform.processor() or platform.machine()
-    results["date"] = time.strftime("%Y-%m-%d")
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(results, start, args.json)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,20 @@ def _interrupt(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[st
         main()
     assert exit_code.value.code == 130
     return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def _gloo_peer_lost(run_dir: Path) -> Callable[[], None]:
+    """A stand-in for the CLI's app: a run in `run_dir` whose collective meets gloo's error for a lost peer."""
+    from cnnlab.tasks import recipes
+
+    def peer_lost() -> None:
+        recipes.note_current_run(run_dir)
+        raise RuntimeError(
+            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+            "[127.0.0.1]:19864. This is typically caused by a remote worker crashing."
+        )
+
+    return peer_lost
 
 
 def test_an_interrupted_run_says_how_to_resume_it(
@@ -234,12 +249,7 @@ def test_a_peer_lost_on_another_machine_is_said_with_the_machine_whose_log_names
     import cnnlab.cli as cli
     from cnnlab.tasks import recipes
 
-    def peer_lost() -> None:
-        recipes.note_current_run(tmp_path / "mnist" / "ddp")
-        raise RuntimeError(
-            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
-            "[127.0.0.1]:19864. This is typically caused by a remote worker crashing."
-        )
+    peer_lost = _gloo_peer_lost(tmp_path / "mnist" / "ddp")
 
     monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
     monkeypatch.setattr(cli, "app", peer_lost)
@@ -377,12 +387,7 @@ def test_a_lost_rank_is_said_with_how_it_ended(
     import cnnlab.cli as cli
     from cnnlab.tasks import recipes
 
-    def peer_lost() -> None:
-        recipes.note_current_run(tmp_path / "mnist" / "ddp")
-        raise RuntimeError(
-            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
-            "[127.0.0.1]:19864. This is typically caused by a remote worker crashing."
-        )
+    peer_lost = _gloo_peer_lost(tmp_path / "mnist" / "ddp")
 
     monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
     monkeypatch.setattr(cli, "app", peer_lost)
@@ -471,12 +476,7 @@ def test_a_rank_that_lost_a_peer_exits_with_its_own_code_whenever_torchrun_stops
     from cnnlab.tasks import recipes
     from cnnlab.train import strategy
 
-    def peer_lost() -> None:
-        recipes.note_current_run(tmp_path / "mnist" / "ddp")
-        raise RuntimeError(
-            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
-            "[127.0.0.1]:19864. This is typically caused by a remote worker crashing."
-        )
+    peer_lost = _gloo_peer_lost(tmp_path / "mnist" / "ddp")
 
     started = time.monotonic()
     exits: list[tuple[int, float, object, str]] = []
