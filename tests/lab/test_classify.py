@@ -120,17 +120,10 @@ def test_an_image_over_pillows_warning_size_leaves_no_warning_in_the_servers_log
     assert [str(warning.message) for warning in caught] == []
 
 
-def test_an_mnist_ensemble_run_is_offered_and_classifies_a_drawing(tmp_path: Path) -> None:
+def test_an_mnist_ensemble_run_is_offered_and_classifies_a_drawing(mnist_trio: Path, tmp_path: Path) -> None:
     from cnnlab.lab.runs import saved_runs
-    from cnnlab.train.config import TrainConfig, save_config
-    from cnnlab.train.saved import save_ensemble
 
-    run = tmp_path / "mnist" / "trio"
-    for seed in range(2):
-        torch.manual_seed(seed)
-        save_model(create_model("mnist_net_small"), run / f"seed{seed}", "mnist_net_small", {}, meta={"task": "mnist"})
-    save_ensemble(run, [run / "seed0", run / "seed1"], meta={"task": "mnist"})
-    save_config(TrainConfig(task="mnist", name="trio"), run / "config.yaml")
+    run = mnist_trio
     assert saved_runs(tmp_path, ("mnist", "transfer")) == ["mnist/trio"]  # the Classify page's list
     assert saved_runs(tmp_path, ("mnist",), ensembles=False) == []  # the Scan page converts single networks only
     drawing = np.zeros((200, 200, 4), dtype=np.uint8)

@@ -243,20 +243,15 @@ def test_the_page_says_why_a_segmentation_run_on_the_mnist_canvases_is_not_liste
     assert [value for _, value in scan_list.choices] == ["mnist/digits"] and scan_list.info == why
 
 
-def test_the_page_says_why_an_mnist_ensemble_is_not_listed_and_how_to_scan_with_a_member(tmp_path: Path) -> None:
+def test_the_page_says_why_an_mnist_ensemble_is_not_listed_and_how_to_scan_with_a_member(
+    mnist_trio: Path, tmp_path: Path
+) -> None:
     """An MNIST ensemble, which the Classify page offers, was left out of the Scan page's list unsaid (it has no single
     network to convert); alone, it was told "no MNIST or segmentation run under RUNS; train one"."""
     pytest.importorskip("gradio", reason="the lab extra")
     from cnnlab.lab.app import build_app
-    from cnnlab.train.config import TrainConfig, save_config
-    from cnnlab.train.saved import save_ensemble
 
-    run = tmp_path / "mnist" / "trio"
-    for seed in range(2):
-        torch.manual_seed(seed)
-        save_model(create_model("mnist_net_small"), run / f"seed{seed}", "mnist_net_small", {}, meta={"task": "mnist"})
-    save_ensemble(run, [run / "seed0", run / "seed1"], meta={"task": "mnist"})
-    save_config(TrainConfig(task="mnist", name="trio"), run / "config.yaml")
+    run = mnist_trio
     app = build_app(tmp_path, warm=False)
     handlers = {dependency.fn.__name__: dependency.fn for dependency in app.fns.values()}
     *_, models, scan_list, _curves, _confusion, _mistakes, _config, _note = handlers["on_refresh_runs"](
