@@ -533,3 +533,13 @@ def test_a_class_folder_linked_to_nothing_is_refused_naming_the_link(tmp_path: P
     (tmp_path / "usb" / "fox").mkdir(parents=True)
     _solid(tmp_path / "usb" / "fox" / "0.png", (0, 200, 0))
     assert scan_folder(root, min_per_class=1).class_counts() == {"cat": 2, "dog": 2, "fox": 1}
+
+
+@pytest.mark.parametrize("target", ["root", "other class"])
+def test_a_link_inside_a_class_folder_to_the_data_or_another_class_is_named(tmp_path: Path, target: str) -> None:
+    """A link in dog/ back up to the data folder (or to cat/) filed cat's images under both labels: refused as "cat
+    has 0 usable images (10 filed under two labels)", the link unnamed."""
+    root = _make_folder(tmp_path / "photos")
+    (root / "dog" / "up").symlink_to(root if target == "root" else root / "cat", target_is_directory=True)
+    with pytest.raises(CnnlabError, match=r"dog/up is a link to .*images of cat under it .* two labels"):
+        scan_folder(root, min_per_class=1)

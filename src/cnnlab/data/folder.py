@@ -569,6 +569,7 @@ def scan_folder(
     _warn_alike(classes, str(root))
     _refuse_one_folder_twice(root, classes)
     candidates = [(path, name) for name in classes for path in image_files(root / name)]
+    _refuse_links_across_classes(root, candidates)
     images = _collect(candidates, classes if known_classes is None else list(known_classes), str(root), check)
     if min_per_class > 0:
         images.check_min_per_class(min_per_class)
@@ -615,6 +616,26 @@ def _refuse_one_folder_twice(root: Path, classes: Sequence[str]) -> None:
             f"{root}: the class folders {' and '.join(same)} are one folder ({how} "
             f"{os.path.realpath(root / same[0])}), so every image in it would be filed under two labels; remove the "
             "link, or give each class its own images"
+        )
+
+
+def _refuse_links_across_classes(root: Path, candidates: Sequence[tuple[str, str]]) -> None:
+    """Refuse a link inside one class folder to `root` or into another class folder: its images were filed under both
+    labels and left out, the run refused as "b has 0 usable images (20 filed under two labels)", the link unnamed."""
+    folders = {os.path.realpath(root / name): name for name in {name for _, name in candidates}}
+    for path, name in candidates:
+        real = Path(os.path.realpath(path))
+        other = next((folders[str(parent)] for parent in real.parents if str(parent) in folders), name)
+        if other == name:
+            continue
+        link = root / name  # the first link on the way from the class folder to the image
+        for part in Path(path).relative_to(root / name).parts:
+            if link.is_symlink():
+                break
+            link = link / part
+        raise CnnlabError(
+            f"{link} is a link to {os.path.realpath(link)}, so the images of {other} under it would be filed under two "
+            f"labels ({other} and {name}); remove the link, or link only folders of {name}'s own images"
         )
 
 
