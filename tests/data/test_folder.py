@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from cnnlab.data.folder import (
+    HiddenClassWarning,
     check_image,
     decode_image,
     describe_skipped,
@@ -543,3 +545,18 @@ def test_a_link_inside_a_class_folder_to_the_data_or_another_class_is_named(tmp_
     (root / "dog" / "up").symlink_to(root if target == "root" else root / "cat", target_is_directory=True)
     with pytest.raises(CnnlabError, match=r"dog/up is a link to .*images of cat under it .* two labels"):
         scan_folder(root, min_per_class=1)
+
+
+def test_a_dot_folder_of_images_is_noted_but_a_tools_folder_is_not(tmp_path: Path) -> None:
+    """A class folder named `.bird` (a slip) was dropped without a word; Jupyter's checkpoints or a desktop's
+    thumbnails, which hold images too, are no class and say nothing."""
+    root = _make_folder(tmp_path / "photos", per_class=2)
+    for name in (".ipynb_checkpoints", ".git", ".thumbnails", ".Trash-1000"):
+        _solid(root / name / "0.png", (1, 2, 3))
+    (root / ".empty").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert scan_folder(root, min_per_class=2).classes == ["cat", "dog"]
+    _solid(root / ".bird" / "0.png", (4, 5, 6))
+    with pytest.warns(HiddenClassWarning, match=r"photos: \.bird holds images but is not a class.*without the dot"):
+        assert scan_folder(root, min_per_class=2).classes == ["cat", "dog"]

@@ -42,6 +42,7 @@ __all__ = [
     "ImageDataset",
     "MAX_ASPECT_RATIO",
     "LabelledImages",
+    "HiddenClassWarning",
     "LooseImagesWarning",
     "SimilarClassesWarning",
     "SkippedFile",
@@ -90,6 +91,10 @@ class SimilarClassesWarning(UserWarning):
 
 class LooseImagesWarning(UserWarning):
     """A class folder holds images beside its class sub-folders, in no class: they are left out."""
+
+
+class HiddenClassWarning(UserWarning):
+    """A folder beside the class folders whose name starts with a dot holds images: it is not a class."""
 
 
 class UnreadFormatWarning(UserWarning):
@@ -500,6 +505,7 @@ def scan_folder(
 
     Files whose extension is not an image extension are ignored (not counted as bad); hidden files and folders, the
     ``__MACOSX`` folder a zip made on a Mac unpacks and a Synology NAS's ``@eaDir`` thumbnails are ignored.
+    A dot folder holding images (``.bird/``, not a tool's ``.git`` or ``.ipynb_checkpoints``) is noted (a warning).
     Image-named files that do not decode are skipped and listed.
 
     Args:
@@ -566,6 +572,7 @@ def scan_folder(
             LooseImagesWarning,
             stacklevel=2,
         )
+    _warn_hidden_classes(root)
     _warn_alike(classes, str(root))
     _refuse_one_folder_twice(root, classes)
     candidates = [(path, name) for name in classes for path in image_files(root / name)]
@@ -616,6 +623,34 @@ def _refuse_one_folder_twice(root: Path, classes: Sequence[str]) -> None:
             f"{root}: the class folders {' and '.join(same)} are one folder ({how} "
             f"{os.path.realpath(root / same[0])}), so every image in it would be filed under two labels; remove the "
             "link, or give each class its own images"
+        )
+
+
+# folders that tools write beside the photos, their names starting with a dot: version control, Jupyter's checkpoints,
+# a Mac's and a Linux desktop's metadata, trash and thumbnails (the thumbnails of the photos beside them)
+_TOOL_DOT_FOLDERS = (".git", ".svn", ".hg", ".dvc", ".ipynb_checkpoints", ".DS_Store", ".AppleDouble")
+_TOOL_DOT_FOLDERS += (".Spotlight-V100", ".fseventsd", ".Trashes", ".Trash", ".thumbnails", ".cache")
+
+
+def _warn_hidden_classes(root: Path) -> None:
+    """Note the folders whose names start with a dot (`.c/`, a class renamed by a slip) that hold images: they are not
+    classes, and were dropped without a word. Tools' folders (`_TOOL_DOT_FOLDERS`, `.Trash-1000`) are not noted."""
+    hidden = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.name.startswith(".")
+        and p.is_dir()
+        and p.name not in _TOOL_DOT_FOLDERS
+        and not p.name.startswith(".Trash")
+        and image_files(p)
+    )
+    if hidden:
+        warnings.warn(
+            f"{root}: {listed(hidden, 3)} {'holds' if len(hidden) == 1 else 'hold'} images but "
+            f"{'is not a class' if len(hidden) == 1 else 'are not classes'}: a folder whose name starts with a dot is "
+            "hidden and left out; rename it without the dot to train on it as a class",
+            HiddenClassWarning,
+            stacklevel=3,
         )
 
 
