@@ -35,7 +35,7 @@ def test_json_output():
     top_level = re.sub(r"`layers` \(.*?\)", "`layers`", listed, flags=re.DOTALL)
     assert set(re.findall(r"`(\w+)`", top_level)) - optional == set(data)
     assert set(data["layers"][0]) == layer_keys
-    assert optional == {"measured", "plan", "explanation", "input_note", "run_training_step", "detection"}
+    assert optional == {"measured", "plan", "explanation", "input_note", "run_training_step", "detection", "recurrent"}
 
 
 def test_json_with_explain_carries_the_arithmetic():

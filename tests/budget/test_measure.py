@@ -403,3 +403,29 @@ def test_a_ratio_over_a_real_zero_is_null_with_a_note_not_infinity():
     console = Console(width=160, record=True)
     console.print(measured_table(report))
     assert "- (measured 0)" in console.export_text() and "estimate/measured = - (measured 0)" in explain(report)
+
+
+class _TinyCrnn(nn.Module):
+    """A CNN, then an LSTM over the width (a text-line recogniser's shape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d((4, 1)))
+        self.rnn = nn.LSTM(4, 8, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(self.conv(x).squeeze(2).transpose(1, 2))  # N x W x 8
+        return self.head(out)
+
+
+def test_a_recurrent_layers_unsized_workspace_is_noted_in_text_and_json():
+    """A CRNN's LSTM keeps a fused-kernel workspace for backward that the estimate does not size (a real step saved
+    several times its bytes), and nothing said so; a plain CNN gets no such note."""
+    from cnnlab.budget.render import report_notes
+
+    report = budget(_TinyCrnn(), input_shape=(1, 4, 16), batch_size=2)
+    assert any(note.startswith("Recurrent layers rnn (LSTM): the workspace") for note in report_notes(report))
+    assert report.to_dict()["recurrent"] == {"modules": {"rnn": "LSTM"}, "workspace_sized": False}
+    plain = budget(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU()), input_shape=(1, 4, 16), batch_size=2)
+    assert not any("Recurrent" in note for note in report_notes(plain)) and "recurrent" not in plain.to_dict()

@@ -88,6 +88,8 @@ class BudgetReport:
     # a torchvision detection network (`cnnlab.budget.detection.detection_info`): sized at its transform's resized
     # shape, its backbone and dense heads exactly, its per-box heads per box
     detection: dict[str, Any] | None = None
+    # the recurrent modules (qualified name -> LSTM, GRU or RNN): their fused kernels' workspace is not sized
+    recurrent: dict[str, str] = field(default_factory=dict)
 
     @property
     def flops(self) -> int:
@@ -130,6 +132,8 @@ class BudgetReport:
             **({"measured": dict(self.measured)} if self.measured is not None else {}),
             **({"plan": self.plan} if self.plan is not None else {}),
             **({"detection": self.detection} if self.detection is not None else {}),
+            # the JSON's word for the recurrent note's "not sized"
+            **({"recurrent": {"modules": dict(self.recurrent), "workspace_sized": False}} if self.recurrent else {}),
         }
 
 
@@ -612,6 +616,7 @@ def budget(
         depth=asked_depth,
         figure_activation_bytes=sum(row.activation_bytes for row in figure_rows),
         unlisted_params=result.unlisted_params,
+        recurrent={key: type(layer).__name__ for key, layer in module.named_modules() if isinstance(layer, nn.RNNBase)},
     )
     if detection is not None:
         # the RoI heads are not called on the dense part: the detection note says what they cost, per box

@@ -324,7 +324,22 @@ def print_report(report: BudgetReport, console: Console | None = None, layers: b
 
 def memory_notes(report: BudgetReport) -> list[str]:
     """What the memory table's training figures mean where it is not plain (printed below that table)."""
-    return [note for note in (detection_note(report), nothing_to_train_note(report), *mode_notes(report)) if note]
+    notes = (detection_note(report), recurrent_note(report), nothing_to_train_note(report), *mode_notes(report))
+    return [note for note in notes if note]
+
+
+def recurrent_note(report: BudgetReport) -> str | None:
+    """What the training figures leave out of a recurrent layer (a CRNN's LSTM over the width): the workspace its
+    fused kernel keeps for backward, which a real step saved (--measure) at several times the estimate's bytes."""
+    if not report.recurrent:
+        return None
+    names = ", ".join(f"{escape(name)} ({kind})" for name, kind in report.recurrent.items())
+    return (
+        f"Recurrent layers {names}: the workspace their fused kernel keeps for backward (the gates of every time "
+        "step; cuDNN's reserve space on CUDA) is not sized, so the saved-for-backward bytes, the peak and the plan "
+        "are low for them (a small CRNN's real step saved about twice to four times the estimate's bytes for its "
+        "LSTM); --measure gives the real figures."
+    )
 
 
 def detection_note(report: BudgetReport) -> str | None:
