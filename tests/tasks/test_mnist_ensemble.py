@@ -406,3 +406,22 @@ def test_a_member_whose_config_is_damaged_is_refused(runs: tuple[Path, Path, Pat
     (tmp_path / "damaged" / "config.yaml").write_text("config: {epochs: 1, extra: {val_")
     with pytest.raises(CnnlabError, match=r"damaged/config.yaml cannot be read as a run's config \(.*copy the run"):
         combine_mnist_ensemble([tmp_path / "damaged", mnist / "pair"], "d", output=output, data_dir=str(root))
+
+
+def test_an_ensemble_whose_member_was_retrained_since_is_refused_as_load_model_refuses_it(
+    runs: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """`cnnlab ensemble PAIR` averaged a member retrained after PAIR was made as it is now, while `load_model(PAIR)`
+    (evaluate, predict) refused PAIR: the two commands disagreed about one run."""
+    import shutil
+
+    root, output, mnist = runs
+    pair = shutil.copytree(mnist / "pair", tmp_path / "pair")
+    shutil.rmtree(pair / "seed1")
+    shutil.copytree(mnist / "single", pair / "seed1")  # seed1 retrained (--overwrite), a whole run again
+    refusal = r"seed1 was replaced after the ensemble .*pair was made .*make the ensemble again"
+    with pytest.raises(CnnlabError, match=refusal):
+        load_model(pair)
+    with pytest.raises(CnnlabError, match=refusal):
+        combine_mnist_ensemble([pair, mnist / "single"], "from_retrained", output=output, data_dir=str(root))
+    assert not (mnist / "from_retrained").exists()

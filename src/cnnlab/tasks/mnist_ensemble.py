@@ -48,8 +48,10 @@ from cnnlab.train.saved import (
     ENSEMBLE_SPEC,
     MODEL_SPEC,
     check_digit_input,
+    ensemble_members,
     load_model_and_digest,
     present_ensemble_members,
+    read_record,
     save_ensemble,
     saved_meta,
     spec_path,
@@ -84,6 +86,22 @@ def member_dirs(runs: list[str | Path]) -> list[Path]:
             f"an ensemble needs at least 2 members; {len(found)} found in {', '.join(map(str, runs))}{twice}"
         )
     return found
+
+
+def _recorded_digests(runs: list[str | Path]) -> dict[Path, tuple[str, Path]]:
+    """The weights' SHA-256 that each ensemble in `runs` recorded of its members (resolved folder -> (digest, the
+    ensemble's folder)): a member retrained after the ensemble was made was averaged in as it is now, while
+    `load_model` (evaluate, predict) refuses that ensemble. Ensembles saved before digests were recorded have none."""
+    recorded: dict[Path, tuple[str, Path]] = {}
+    for run in map(Path, runs):
+        spec = run / ENSEMBLE_SPEC
+        if not spec.is_file():
+            continue
+        digests, folders = read_record(spec).get("digests"), ensemble_members(spec)
+        if isinstance(digests, list) and len(digests) == len(folders):
+            for folder, digest in zip(folders, digests, strict=True):
+                recorded.setdefault(folder.resolve(), (digest, run))
+    return recorded
 
 
 def _log_loss(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
@@ -259,7 +277,10 @@ def combine_mnist_ensemble(
         raise CnnlabError(f"{run_dir} holds members of this ensemble; choose another --name")
     val_size = _validation_size(members, val_size, select)
     # each read from disk once; the digest is that of the weights loaded, which the report names
-    models, digests = zip(*(load_model_and_digest(m, device=device) for m in members), strict=True)
+    recorded = _recorded_digests(runs)  # a member replaced since its ensemble was made is refused, as load_model does
+    models, digests = zip(
+        *(load_model_and_digest(m, device, *recorded.get(m, (None, None))) for m in members), strict=True
+    )
     for member, model in zip(members, models, strict=True):  # before the 70,000 digits are read
         _check_digit_classifier(member, model)
     data = load_mnist(data_dir, val_size=val_size, seed=0, val_option="--val-size")
