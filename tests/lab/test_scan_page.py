@@ -241,6 +241,16 @@ def test_the_page_says_why_a_segmentation_run_on_the_mnist_canvases_is_not_liste
     save_config(TrainConfig(task="mnist", name="digits"), tmp_path / "mnist" / "digits" / "config.yaml")
     scan_list = refresh(None, None, None, None, None)[5]  # beside a run it lists: the note alone
     assert [value for _, value in scan_list.choices] == ["mnist/digits"] and scan_list.info == why
+    save_model(create_model("unet", **kwargs), tmp_path / "segment" / "second", "unet", kwargs, meta)
+    save_config(TrainConfig(task="segment", name="second"), tmp_path / "segment" / "second" / "config.yaml")
+    # two runs named: "Their networks ... refuses them", not "Its network ... refuses it"
+    named, told = refresh(None, None, None, None, None)[5].info.split(", trained on the MNIST canvases", 1)
+    assert sorted(named.removeprefix("Not listed: ").split(", ")) == ["segment/canvas", "segment/second"]
+    assert told == (
+        " (cnnlab train segment without --data). Their networks score every pixel already, so cnnlab fcn scan has "
+        "nothing to convert, and they record no preparation for other images, so cnnlab predict, which segments "
+        "here, refuses them; the Classify and explain page explains an image with any of them."
+    )
 
 
 def test_the_page_says_why_an_mnist_ensemble_is_not_listed_and_how_to_scan_with_a_member(

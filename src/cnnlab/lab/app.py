@@ -160,11 +160,19 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         ensembles = [run_id for run_id in saved_runs(runs_root, _SCAN_TASKS) if run_id not in single]
         notes = []
         if canvas_runs:
+            # "Its network ... refuses it" was said of several runs too
+            why = (
+                "Its network scores every pixel already, so cnnlab fcn scan has nothing to convert, and it records no "
+                "preparation for other images, so cnnlab predict, which segments here, refuses it; the Classify and "
+                "explain page explains an image with it."
+                if len(canvas_runs) == 1
+                else "Their networks score every pixel already, so cnnlab fcn scan has nothing to convert, and they "
+                "record no preparation for other images, so cnnlab predict, which segments here, refuses them; the "
+                "Classify and explain page explains an image with any of them."
+            )
             notes.append(
                 f"Not listed: {', '.join(canvas_runs)}, trained on the MNIST canvases (cnnlab train segment without "
-                "--data). Its network scores every pixel already, so cnnlab fcn scan has nothing to convert, and it "
-                "records no preparation for other images, so cnnlab predict, which segments here, refuses it; the "
-                "Classify and explain page explains an image with it."
+                f"--data). {why}"
             )
         if ensembles:
             kind = "an ensemble" if len(ensembles) == 1 else "ensembles"
