@@ -425,3 +425,39 @@ def test_an_ensemble_whose_member_was_retrained_since_is_refused_as_load_model_r
     with pytest.raises(CnnlabError, match=refusal):
         combine_mnist_ensemble([pair, mnist / "single"], "from_retrained", output=output, data_dir=str(root))
     assert not (mnist / "from_retrained").exists()
+
+
+def test_each_member_is_scored_in_the_memory_format_of_its_own_test_pass(
+    runs: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cnnlab evaluate` runs a run in the memory format its test pass used (``--channels-last``); the ensemble
+    scored every member in NCHW. A member trained channels-last is now run so, the others in NCHW."""
+    import shutil
+
+    import cnnlab.tasks.mnist_ensemble as mnist_ensemble
+    from cnnlab.tasks.mnist import predict_logits
+    from cnnlab.train.config import load_config, save_config
+
+    root, output, mnist = runs
+    shutil.copytree(mnist / "single", tmp_path / "nhwc")
+    config = load_config(tmp_path / "nhwc" / "config.yaml")
+    config.channels_last = True
+    save_config(config, tmp_path / "nhwc" / "config.yaml")
+    ran: list[tuple[int, bool]] = []  # (the model's id, its memory format) per call
+
+    def recording(model: torch.nn.Module, images: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        ran.append((id(model), bool(kwargs.get("channels_last", False))))
+        return predict_logits(model, images, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mnist_ensemble, "predict_logits", recording)
+    summary = combine_mnist_ensemble(
+        [tmp_path / "nhwc", mnist / "pair" / "seed0"], "formats", output=output, data_dir=str(root)
+    )
+    formats: dict[int, set[bool]] = {}
+    for model, channels_last in ran:
+        formats.setdefault(model, set()).add(channels_last)
+    assert len(ran) == 4 and sorted(map(sorted, formats.values())) == [[False], [True]]  # val and test, each member
+    nhwc = summary["candidates"][0]
+    evaluated = evaluate_mnist(tmp_path / "nhwc", data_dir=str(root), output_dir=tmp_path / "evaluated")
+    assert nhwc["run_dir"].endswith("nhwc") and nhwc["test_accuracy"] == pytest.approx(evaluated["test_accuracy"])
+    assert ran[0][1] is True  # the first member, the channels-last one, ran so on the validation images

@@ -41,6 +41,7 @@ from cnnlab.tasks.mnist import (
     test_evaluation,
     to_float,
 )
+from cnnlab.tasks.run_precision import run_channels_last
 from cnnlab.train.config import check_run_name
 from cnnlab.train.device import resolve_device
 from cnnlab.train.saved import (
@@ -287,12 +288,18 @@ def combine_mnist_ensemble(
     if val_size:
         _check_same_training_set(members, data.source_sha256, data_dir)
     val_images, val_labels = to_float(data.val_images), data.val_labels
-    val_probabilities = [predict_logits(model, val_images, device).softmax(1) for model in models] if val_size else []
+    # each member in the memory format of its own test pass, as `cnnlab evaluate` runs it (NCHW for all, once)
+    channels_last = [run_channels_last(member) for member in members]
+
+    def probabilities(i: int, images: torch.Tensor) -> torch.Tensor:
+        return predict_logits(models[i], images, device, channels_last=channels_last[i]).softmax(1)
+
+    val_probabilities = [probabilities(i, val_images) for i in range(len(models))] if val_size else []
     chosen = list(range(len(members))) if select == "all" else greedy_selection(val_probabilities, val_labels)
     ensemble_val = torch.stack([val_probabilities[i] for i in chosen]).mean(0) if val_size else None
     # The choice is made; now, once, the test set.
     test_images, test_labels = to_float(data.test_images), data.test_labels
-    test_probabilities = {i: predict_logits(models[i], test_images, device).softmax(1) for i in chosen}
+    test_probabilities = {i: probabilities(i, test_images) for i in chosen}
     ensemble_test = torch.stack(list(test_probabilities.values())).mean(0)
 
     with _built_then_renamed(run_dir) as building:
