@@ -114,6 +114,22 @@ def test_a_converted_classifier_exports_with_free_height_and_width(converted: Pa
     assert torch.allclose(scores.softmax(0)[:, :rows, :cols], scanned, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["fcn.safetensors", "fcn.json"])
+def test_a_converted_folders_files_export_as_the_folder_does(converted: Path, tmp_path: Path, name: str) -> None:
+    """`cnnlab export RUN/fcn/fcn.safetensors` was refused with "no saved model at RUN/fcn/model.json; pass a run
+    directory or a model.json / model.safetensors file", though its folder and its fcn.json export; `fcn scan` (its
+    loader) refused it so too."""
+    from cnnlab.fcn.scan import load_converted_or_run
+
+    result = export_model(str(converted / name), "torchscript", tmp_path / "scanner.pt")
+    assert read_export_record(result["model"])["kind"] == "digit-scanner" and result["max_abs_difference"] < 1e-4
+    network, source = load_converted_or_run(converted / name)
+    assert source["arch"] == "mnist_net_small"
+    images = torch.rand(1, 1, 44, 36, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(network(images), load_fully_convolutional(converted)(images))
+
+
 def test_a_converted_network_of_other_than_digits_is_refused_saying_why(tmp_path: Path) -> None:
     """A folder saved from Python with an RGB classifier's copy: no preparation is known for its input."""
     network = to_fully_convolutional(create_model("lenet5", in_chans=3))

@@ -706,7 +706,8 @@ def test_fcn_refuses_a_transfer_run_whose_preprocessing_is_outside_its_network(t
 
 
 def test_a_converted_fcn_folder_is_named_as_such(tmp_path: Path) -> None:
-    """predict, explain and export said "holds no model.json" of `cnnlab fcn convert`'s output."""
+    """predict, explain and export said "holds no model.json" of `cnnlab fcn convert`'s output; predict, given its
+    fcn.safetensors or fcn.json, took them for a run's files."""
     from cnnlab.fcn import to_fully_convolutional
     from cnnlab.fcn.scan import save_fully_convolutional
     from cnnlab.models import create_model
@@ -715,6 +716,9 @@ def test_a_converted_fcn_folder_is_named_as_such(tmp_path: Path) -> None:
     save_fully_convolutional(converted, tmp_path / "fcn", {"arch": "mnist_net_small", "kwargs": {}}, "window")
     with pytest.raises(CnnlabError, match=r"fcn holds a fully convolutional copy .*`cnnlab fcn scan .*fcn IMAGE`"):
         load_predictor(str(tmp_path / "fcn"))
+    for name in ("fcn.safetensors", "fcn.json"):  # "no saved model at FOLDER/model.json", "not a cnnlab model record"
+        with pytest.raises(CnnlabError, match=rf"{name} is part of a fully convolutional copy .*scan .*{name} IMAGE"):
+            load_predictor(str(tmp_path / "fcn" / name))
 
 
 def test_a_folder_or_file_without_a_model_says_what_it_is(tmp_path: Path) -> None:

@@ -1140,12 +1140,13 @@ def converted_folder(run: str | os.PathLike[str], output: str | os.PathLike[str]
 
 
 def load_fully_convolutional(path: str | os.PathLike[str], device: str = "cpu") -> FullyConvolutional:
-    """Load a converted model saved by `save_fully_convolutional` (a directory or its ``fcn.json``)."""
+    """Load a converted model saved by `save_fully_convolutional` (a directory, its ``fcn.json`` or its
+    ``fcn.safetensors``)."""
     from cnnlab.models import create_model
     from cnnlab.train.saved import load_weights
 
     path = Path(path)
-    spec_path = path / FCN_SPEC if path.is_dir() else path
+    spec_path = converted_spec(path)
     if not spec_path.is_file():
         raise CnnlabError(f"no {FCN_SPEC} at {path}; convert a run first with `cnnlab fcn convert RUN`")
     record = json.loads(spec_path.read_text())
@@ -1204,16 +1205,26 @@ def load_converted_or_run(
     """
     path = Path(path)
     if is_converted(path):
-        spec_path = path / FCN_SPEC if path.is_dir() else path
-        return load_fully_convolutional(path, device=str(device)), json.loads(spec_path.read_text())["source"]
+        source = json.loads(converted_spec(path).read_text())["source"]
+        return load_fully_convolutional(path, device=str(device)), source
     converted, source = convert_run(path, pool)
     return converted.to(device), source
 
 
 def is_converted(path: str | os.PathLike[str]) -> bool:
-    """Whether `path` is a folder `cnnlab fcn convert` wrote, or its fcn.json."""
+    """Whether `path` is a folder `cnnlab fcn convert` wrote, or its fcn.json or fcn.safetensors (the weights file was
+    taken for a run's and refused as "no saved model at FOLDER/model.json", though its folder loads)."""
     path = Path(path)
-    return (path / FCN_SPEC).is_file() or path.name == FCN_SPEC
+    return (path / FCN_SPEC).is_file() or path.name in (FCN_SPEC, FCN_WEIGHTS)
+
+
+def converted_spec(path: str | os.PathLike[str]) -> Path:
+    """The fcn.json that describes the converted network at `path`: a folder's, the one beside its fcn.safetensors,
+    or `path` itself."""
+    path = Path(path)
+    if path.is_dir():
+        return path / FCN_SPEC
+    return path.with_name(FCN_SPEC) if path.name == FCN_WEIGHTS else path
 
 
 def convert_run(path: str | os.PathLike[str], pool: str = "window") -> tuple[FullyConvolutional, dict]:

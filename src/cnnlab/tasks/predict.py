@@ -114,6 +114,7 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
         CnnlabError: neither a saved run nor a known model; a model without pretrained weights or classes; a device
             that is unknown or not on this machine.
     """
+    from cnnlab.fcn.scan import is_converted
     from cnnlab.models import create_model, is_model
     from cnnlab.train.device import resolve_device
     from cnnlab.train.saved import (
@@ -129,6 +130,14 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
 
     device = resolve_device(device)
     path = Path(model)
+    # `cnnlab fcn convert`'s output: "holds no model.json" said nothing of it, and its fcn.json or fcn.safetensors,
+    # taken for a run's files, was "not a cnnlab model record" or "no saved model at FOLDER/model.json"
+    if path.exists() and is_converted(path) and not (path.is_dir() and _is_saved_run(path)):
+        held = "holds" if path.is_dir() else "is part of"
+        raise CnnlabError(
+            f"{path} {held} a fully convolutional copy of a classifier, which scans large images "
+            f"(`cnnlab fcn scan {path} IMAGE`); pass the run it was converted from"
+        )
     # the weights file stands for its run as it does for `load_model` (`spec_path` finds the model.json beside it)
     if _is_saved_run(path) or (path.is_file() and path.suffix == ".safetensors"):
         spec = spec_path(path)
@@ -168,13 +177,6 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
             )
         network = create_model(model, pretrained=True)
         return Predictor(network.to(device).eval(), list(cfg.categories), cfg, model)
-    from cnnlab.fcn.scan import is_converted
-
-    if is_converted(path):  # `cnnlab fcn convert`'s output: "holds no model.json" said nothing of it
-        raise CnnlabError(
-            f"{path} holds a fully convolutional copy of a classifier, which scans large images "
-            f"(`cnnlab fcn scan {path} IMAGE`); pass the run it was converted from"
-        )
     if path.is_dir():
         spec_path(path)  # raises, saying what the folder holds instead (a run stopped mid-training, nothing, ...)
     if path.is_file():
