@@ -670,7 +670,8 @@ def test_explain_takes_a_segmentation_run_and_fcn_refuses_it_saying_what_takes_i
 @pytest.mark.parametrize("recorded", [True, False])
 def test_predict_says_what_a_segmentation_run_is_before_judging_its_options(tmp_path: Path, recorded: bool) -> None:
     """A run on MNIST canvases given `-o masks/` was told its predictions go to a .csv file (as if a classifier); a
-    folder run ignored `-k 3`."""
+    folder run ignored `-k 3`. The canvas run is sent to `cnnlab evaluate RUN`, which scores it again (e240588);
+    before, only to its report.md and test_overlays.png."""
     from PIL import Image
     from typer.testing import CliRunner
 
@@ -687,6 +688,7 @@ def test_predict_says_what_a_segmentation_run_is_before_judging_its_options(tmp_
     result = CliRunner().invoke(app, ["predict", "-m", str(run), str(tmp_path / "a.png"), *options])
     message = "--top-k 3 applies to classifiers; .*mine is a segmentation run" if recorded else "MNIST canvases"
     assert isinstance(result.exception, CnnlabError) and re.search(message, str(result.exception))
+    assert recorded or f"`cnnlab evaluate {run}` scores it again on its test canvases" in str(result.exception)
     assert not (tmp_path / "masks").exists()
 
 

@@ -32,10 +32,7 @@ from cnnlab.train import Trainer
 from cnnlab.train.progress import ProgressBar
 
 SEGMENTATION_USE = "`cnnlab predict --model RUN IMAGE...` writes its masks and overlays, at any image size"
-CANVAS_RUN_USE = (  # a `cnnlab train segment` run on MNIST canvases records no normalisation for new images
-    "it was trained on MNIST canvases, and its report.md and test_overlays.png show its masks (`cnnlab predict` "
-    "takes runs of `cnnlab train segment --data DIR`)"
-)
+
 
 __all__ = [
     "Predictor",
@@ -49,6 +46,16 @@ __all__ = [
     "view_logits",
     "write_predictions_csv",
 ]
+
+
+def _canvas_run_use(folder: Path) -> str:
+    """What to run instead of predict on a `cnnlab train segment` run on the MNIST canvases (it records no
+    normalisation for new images): its report and overlays, and `cnnlab evaluate`, which scores it again."""
+    return (
+        f"it was trained on MNIST canvases: its report.md and test_overlays.png show its masks, and `cnnlab evaluate "
+        f"{folder}` scores it again on its test canvases (`cnnlab predict` takes runs of `cnnlab train segment --data "
+        "DIR`)"
+    )
 
 
 @dataclass
@@ -145,7 +152,7 @@ def load_predictor(model: str, device: str | torch.device = "cpu") -> Predictor:
         kind = meta.get("kind", DIGIT_CLASSIFIER)  # a record without meta: an MNIST network saved from Python
         channels_last = run_channels_last(spec.parent)  # the memory format of its test pass, as evaluate runs it
         if kind.endswith("segmenter"):
-            use = SEGMENTATION_USE if kind == SEGMENTER else CANVAS_RUN_USE
+            use = SEGMENTATION_USE if kind == SEGMENTER else _canvas_run_use(spec.parent)
             raise CnnlabError(f"{path} is a segmentation run, not a classifier; {use}")
         if kind == DIGIT_CLASSIFIER:  # an MNIST run or ensemble
             from cnnlab.data.mnist import MNIST_CLASSES, mnist_preprocess
