@@ -136,6 +136,14 @@ def test_help_texts_name_what_the_code_does() -> None:
     assert "segmenter's decoder map at stride 4" in cam_layer.help
     recipe = next(p for p in commands["train segment"].params if p.name == "recipe")
     assert "demo" not in recipe.help
+    # today's behaviour (e240588, 2764e30 and cc02447, 192a19e), unsaid in the options' help before
+    evaluate_data = next(p for p in commands["evaluate"].params if p.name == "data")
+    assert "a `train segment` run on the MNIST canvases on its test canvases" in evaluate_data.help
+    transfer_data = next(p for p in commands["train transfer"].params if p.name == "data")
+    assert "so named, each holding images of every class of train/" in transfer_data.help
+    assert "without val/, --val-fraction takes it from train/" in transfer_data.help
+    predict_model = next(p for p in commands["predict"].params if p.name == "model")
+    assert "grey paper" in predict_model.help and "no digit found" in predict_model.help
 
 
 def _choices() -> dict[tuple[str, str], list[str]]:

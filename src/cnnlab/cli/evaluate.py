@@ -18,7 +18,8 @@ def evaluate(
         None,
         "--data",
         help="A folder of new labelled images: one sub-folder per class (a `train transfer` run), or images/ + masks/ "
-        "(a `train segment --data` run) (default: an MNIST run on the MNIST test set).",
+        "(a `train segment --data` run) (default: an MNIST run on the MNIST test set, a `train segment` run on the "
+        "MNIST canvases on its test canvases, made again).",
     ),
     data_dir: Path | None = typer.Option(
         None,

@@ -23,8 +23,9 @@ def predict(
         "efficientnet_lite0",
         "--model",
         "-m",
-        help="A `cnnlab train transfer`, `cnnlab train mnist` (a photo of one handwritten digit each) or `cnnlab "
-        "train segment --data` run directory, or a zoo model with pretrained weights.",
+        help="A `cnnlab train transfer`, `cnnlab train mnist` (a photo of one handwritten digit each, on white or "
+        "grey paper, dark on light or light on dark; a blank image is reported as no digit found, not classified) or "
+        "`cnnlab train segment --data` run directory, or a zoo model with pretrained weights.",
     ),
     output: Path | None = typer.Option(
         None,

@@ -19,8 +19,9 @@ def transfer(
     data: str = typer.Option(
         ...,
         "--data",
-        help="Image folder (one sub-folder per class), CSV of path,label, split folder (train/ val/ test/), or a "
-        "built-in dataset: elpv (4 defect probabilities), elpv:binary (defective when >= 0.5).",
+        help="Image folder (one sub-folder per class), CSV of path,label, split folder (train/, val/ and test/, so "
+        "named, each holding images of every class of train/; without val/, --val-fraction takes it from train/), or "
+        "a built-in dataset: elpv (4 defect probabilities), elpv:binary (defective when >= 0.5).",
     ),
     recipe: str = typer.Option(
         "default",
