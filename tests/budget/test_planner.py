@@ -312,12 +312,35 @@ def test_bf16_counts_the_copies_autocast_makes_of_frozen_weights(frozen):
         assert planner.peak(remedy, batch) == real.peak_live_bytes, batch
 
 
+def _bf16_sgd_peaks(
+    model: nn.Module, shape: tuple[int, ...], checkpointed: bool, batches: tuple[int, ...], planned_for: str = "sgd"
+) -> list[tuple[int, int]]:
+    """(planned, measured) peak bytes of a bf16 SGD training step of `model` (gradient checkpointing too when
+    `checkpointed`: "all three"), by batch: the planner's (built for `planned_for`'s optimizer) and the real CPU step's
+    under autocast."""
+    from cnnlab.train.activation_checkpointing import checkpoint_stages
+
+    planner = planner_module._Planner(model, shape, torch.float32, planned_for, None)
+    remedy = planner_module._Remedy("bf16, SGD", checkpointed=checkpointed, optimizer="sgd", bf16=True)
+    measured = copy.deepcopy(model)
+    if checkpointed:
+        checkpoint_stages(measured)
+    return [
+        (
+            planner.peak(remedy, batch),
+            trace(
+                measured, shape, batch, torch.float32, "cpu", "sgd", inference=False, autocast=torch.bfloat16
+            ).peak_live_bytes,
+        )
+        for batch in batches
+    ]
+
+
 def test_bf16_counts_a_frozen_weights_copy_that_a_checkpoints_recomputation_makes_for_backward():
     """With all three remedies a checkpointed segment's copies are dropped when forward ends; backward recomputes it
     under autocast, casting the frozen middle weight again for the convolution's backward. The float32 trace stops
     recomputing early (torch's early stop), before that convolution, and counted no copy: 0.94x / 0.85x the real CPU
     step at batch 1 / 4, the copy (73728 bytes) missing at that backward, where the real step peaks."""
-    from cnnlab.train.activation_checkpointing import checkpoint_stages
 
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -325,15 +348,8 @@ def test_bf16_counts_a_frozen_weights_copy_that_a_checkpoints_recomputation_make
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
     )  # fmt: skip
     model[2].weight.requires_grad_(False)
-    shape = (1, 12, 12)
-    planner = planner_module._Planner(model, shape, torch.float32, "sgd", None)
-    remedy = planner_module._Remedy("all three", checkpointed=True, optimizer="sgd", bf16=True)
-    measured = copy.deepcopy(model)
-    checkpoint_stages(measured)
-    for batch in (1, 4):
-        real = trace(measured, shape, batch, torch.float32, "cpu", "sgd", inference=False, autocast=torch.bfloat16)
-        ratio = planner.peak(remedy, batch) / real.peak_live_bytes
-        assert 1 <= ratio < 1.01, (batch, ratio)
+    for planned, measured in _bf16_sgd_peaks(model, (1, 12, 12), True, (1, 4)):
+        assert 1 <= planned / measured < 1.01, (planned, measured)
 
 
 def test_bf16_counts_the_inputs_copy_only_where_autocast_holds_it():
@@ -343,7 +359,6 @@ def test_bf16_counts_the_inputs_copy_only_where_autocast_holds_it():
     backward. The planner counted a copy of the input at every op: with all three remedies lenet5 was 1.004x / 1.011x
     the real CPU step at batch 1 / 3 (without its biases 1.0035x / 1.0103x, 2048 / 6144 bytes: the copy)."""
     from cnnlab.models import create_model
-    from cnnlab.train.activation_checkpointing import checkpoint_stages
 
     torch.manual_seed(0)
     model = create_model("lenet5")
@@ -351,13 +366,9 @@ def test_bf16_counts_the_inputs_copy_only_where_autocast_holds_it():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             module.bias = None  # their gradients' bf16 halves are another matter
     shape = (1, 32, 32)
+    for planned, measured in _bf16_sgd_peaks(model, shape, True, (1, 3)):
+        assert planned == measured
     planner = planner_module._Planner(model, shape, torch.float32, "sgd", None)
-    remedy = planner_module._Remedy("all three", checkpointed=True, optimizer="sgd", bf16=True)
-    measured = copy.deepcopy(model)
-    checkpoint_stages(measured)
-    for batch in (1, 3):
-        real = trace(measured, shape, batch, torch.float32, "cpu", "sgd", inference=False, autocast=torch.bfloat16)
-        assert planner.peak(remedy, batch) == real.peak_live_bytes, batch
     meta = trace(planner.variants[True], shape, 3, torch.float32, "meta", "sgd", inference=False)
     copies = meta.autocast_input_copy_timeline
     assert copies[0] == copies[meta.loss_op_index] == copies[-1] == 0 and max(copies) == 3 * 32 * 32 * 2
@@ -370,18 +381,11 @@ def test_bf16_counts_the_biases_as_autocast_holds_them(checkpointed):
     copy. The planner counted no bias copy (low in forward) and the bias gradients in float32: lenet5 with SGD was
     1.0004x the real CPU step at batch 1 and 3 (240 bytes, C5's 120 bias values), bf16 alone and with all three."""
     from cnnlab.models import create_model
-    from cnnlab.train.activation_checkpointing import checkpoint_stages
 
     torch.manual_seed(0)
     model, shape = create_model("lenet5"), (1, 32, 32)
-    planner = planner_module._Planner(model, shape, torch.float32, "sgd", None)
-    remedy = planner_module._Remedy("bf16, SGD", checkpointed=checkpointed, optimizer="sgd", bf16=True)
-    measured = copy.deepcopy(model)
-    if checkpointed:
-        checkpoint_stages(measured)
-    for batch in (1, 3):
-        real = trace(measured, shape, batch, torch.float32, "cpu", "sgd", inference=False, autocast=torch.bfloat16)
-        assert planner.peak(remedy, batch) == real.peak_live_bytes, batch
+    for planned, measured in _bf16_sgd_peaks(model, shape, checkpointed, (1, 3)):
+        assert planned == measured
     # in forward, once the last layer has run: every weight's and bias's copy
     meta = trace(model, shape, 3, torch.float32, "meta", "sgd", inference=False)
     assert meta.autocast_copy_timeline[meta.loss_op_index] == 2 * sum(p.numel() for p in model.parameters())
@@ -474,18 +478,11 @@ def test_bf16_counts_autocasts_weight_copies_while_backward_still_needs_them(che
     out, SGD steps (no optimizer state to hide them) peaked above the prediction: lenet5 with all three remedies was
     10% low at batch 1, alexnet 12%."""
     from cnnlab.models import create_model
-    from cnnlab.train.activation_checkpointing import checkpoint_stages
 
     torch.manual_seed(0)
     model = create_model("lenet5")
-    planner = planner_module._Planner(model, (1, 32, 32), torch.float32, "adam", None)
-    remedy = planner_module._Remedy("bf16, SGD", checkpointed=checkpointed, optimizer="sgd", bf16=True)
-    measured = copy.deepcopy(model)
-    if checkpointed:
-        checkpoint_stages(measured)
-    for batch in (1, 3):
-        real = trace(measured, (1, 32, 32), batch, "float32", "cpu", "sgd", inference=False, autocast=torch.bfloat16)
-        assert abs(planner.peak(remedy, batch) / real.peak_live_bytes - 1) < 0.03, batch
+    for planned, measured in _bf16_sgd_peaks(model, (1, 32, 32), checkpointed, (1, 3), planned_for="adam"):
+        assert abs(planned / measured - 1) < 0.03, (planned, measured)
 
 
 def test_the_weight_copies_rise_in_forward_and_are_gone_when_backward_ends():
@@ -506,7 +503,6 @@ def test_a_torch_without_the_private_hook_reader_plans_the_inputs_copy_high_not_
     """The trace tells a gradient checkpoint's forward (which keeps no copy of the input) by a private torch function
     that torch.utils.checkpoint uses; a torch without it must still plan, counting the copy everywhere: high."""
     from cnnlab.models import create_model
-    from cnnlab.train.activation_checkpointing import checkpoint_stages
 
     torch.manual_seed(0)
     model, shape = create_model("lenet5"), (1, 32, 32)
@@ -514,7 +510,6 @@ def test_a_torch_without_the_private_hook_reader_plans_the_inputs_copy_high_not_
     told = planner_module._Planner(model, shape, torch.float32, "sgd", None).peak(remedy, 3)
     monkeypatch.setattr(importlib.import_module("cnnlab.budget.trace"), "_TOP_SAVED_HOOKS", None)
     untold = planner_module._Planner(model, shape, torch.float32, "sgd", None).peak(remedy, 3)
-    measured = copy.deepcopy(model)
-    checkpoint_stages(measured)
-    real = trace(measured, shape, 3, torch.float32, "cpu", "sgd", inference=False, autocast=torch.bfloat16)
-    assert untold > told == real.peak_live_bytes
+    monkeypatch.undo()
+    [(planned, measured)] = _bf16_sgd_peaks(model, shape, True, (3,))
+    assert untold > told == planned == measured

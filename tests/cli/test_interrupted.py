@@ -20,16 +20,52 @@ def _interrupt(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[st
     return capsys.readouterr().err.strip().splitlines()[-1]
 
 
+# gloo's error in a rank whose peer is gone, as torch raises it
+_GLOO_ERROR = (
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+    "[127.0.0.1]:19864. This is typically caused by a remote worker crashing."
+)
+
+
+def _resume_hint(tmp_path: Path) -> str:
+    """How the job's line says to continue the run `_gloo_peer_lost` notes."""
+    run_dir = tmp_path / "mnist" / "ddp"
+    return f"{run_dir} keeps its finished epochs; continue with the same command and --resume --name ddp"
+
+
+def _rank_zero_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    app: Callable[[], None],
+    world_size: int,
+    ended: list[int],
+    **patched: object,
+) -> list[str]:
+    """Rank 0 of a `world_size`-process torchrun job running `app` in place of the CLI's, the ranks `ended` seen
+    ended and the CLI's other functions `patched`: its exit code checked 1, the lines it wrote on stderr."""
+    import cnnlab.cli as cli
+    from cnnlab.tasks import recipes
+
+    monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
+    monkeypatch.setattr(cli, "app", app)
+    monkeypatch.setattr(cli, "_ended_ranks", lambda wait_seconds=1.0: ended)
+    for name, value in patched.items():
+        monkeypatch.setattr(cli, name, value, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main()
+    assert exit_code.value.code == 1
+    return capsys.readouterr().err.strip().splitlines()
+
+
 def _gloo_peer_lost(run_dir: Path) -> Callable[[], None]:
     """A stand-in for the CLI's app: a run in `run_dir` whose collective meets gloo's error for a lost peer."""
     from cnnlab.tasks import recipes
 
     def peer_lost() -> None:
         recipes.note_current_run(run_dir)
-        raise RuntimeError(
-            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
-            "[127.0.0.1]:19864. This is typically caused by a remote worker crashing."
-        )
+        raise RuntimeError(_GLOO_ERROR)
 
     return peer_lost
 
@@ -198,10 +234,7 @@ def test_under_torchrun_a_lost_peer_is_one_line_naming_the_rank_and_saying_how_t
 
     def peer_failed(*_args: object, output: str = "runs", **_kwargs: object) -> None:
         recipes.note_current_run(Path(output) / "mnist" / "ddp")
-        raise RuntimeError(
-            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
-            "[127.0.0.1]:19864. This is typically caused by a remote worker crashing."
-        )
+        raise RuntimeError(_GLOO_ERROR)
 
     monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
     monkeypatch.setattr(cnnlab.tasks.mnist, "train_mnist", peer_failed)
@@ -214,8 +247,7 @@ def test_under_torchrun_a_lost_peer_is_one_line_naming_the_rank_and_saying_how_t
         cli.main()
     assert exit_code.value.code == 1
     assert time.monotonic() - started < cli.OTHER_RANK_ERROR_WAIT_SECONDS - 0.5
-    run_dir = tmp_path / "mnist" / "ddp"
-    hint = f"{run_dir} keeps its finished epochs; continue with the same command and --resume --name ddp"
+    hint = _resume_hint(tmp_path)
     killed = "its error is above, or, if there is none, it was killed (kill -9, the out-of-memory killer)"
     expected = [] if said is None else ["stopped: " + said.format(gloo=GLOO_LOST, killed=killed) + "; " + hint]
     assert capsys.readouterr().err.strip().splitlines() == expected
@@ -246,25 +278,12 @@ def test_a_peer_lost_on_another_machine_is_said_with_the_machine_whose_log_names
     "lost another process of the torchrun job ...; see its error", which named neither the rank nor where to look.
     The line now names the other machines, with the ranks each ran as the ranks noted when they joined, and the log
     that names the rank (that machine's torchrun's "Root Cause"); it makes up no rank."""
-    import cnnlab.cli as cli
-    from cnnlab.tasks import recipes
-
     peer_lost = _gloo_peer_lost(tmp_path / "mnist" / "ddp")
-
-    monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
-    monkeypatch.setattr(cli, "app", peer_lost)
-    monkeypatch.setattr(cli, "_ended_ranks", lambda wait_seconds=1.0: [])
-    monkeypatch.setattr(cli, "_ranks_elsewhere", lambda: elsewhere, raising=False)
-    monkeypatch.setenv("WORLD_SIZE", "8")
-    monkeypatch.setenv("RANK", "0")
-    with pytest.raises(SystemExit) as exit_code:
-        cli.main()
-    assert exit_code.value.code == 1
-    run_dir = tmp_path / "mnist" / "ddp"
-    hint = f"{run_dir} keeps its finished epochs; continue with the same command and --resume --name ddp"
-    assert capsys.readouterr().err.strip().splitlines() == [
+    lines = _rank_zero_line(monkeypatch, capsys, peer_lost, 8, [], _ranks_elsewhere=lambda: elsewhere)
+    assert lines == [
         f"stopped: lost another process of the torchrun job (gloo: {GLOO_LOST}); the rank that ended ran on another "
-        f'machine, {where}, whose torchrun log names it under "Root Cause", after its error if it printed one; {hint}'
+        f'machine, {where}, whose torchrun log names it under "Root Cause", after its error if it printed one; '
+        f"{_resume_hint(tmp_path)}"
     ]
 
 
@@ -339,8 +358,7 @@ def test_a_peer_lost_under_nccl_is_the_same_line_as_under_gloo(
     with pytest.raises(SystemExit) as exit_code:
         cli.main()
     assert exit_code.value.code == 1
-    run_dir = tmp_path / "mnist" / "ddp"
-    hint = f"{run_dir} keeps its finished epochs; continue with the same command and --resume --name ddp"
+    hint = _resume_hint(tmp_path)
     killed = "its error is above, or, if there is none, it was killed (kill -9, the out-of-memory killer)"
     assert capsys.readouterr().err.strip().splitlines() == [
         f"stopped: rank 1 of the torchrun job ended while this process waited for it ({said}); {killed}; {hint}"
@@ -384,25 +402,9 @@ def test_a_lost_rank_is_said_with_how_it_ended(
     as "its error is above, or, if there is none, it was killed (kill -9, the out-of-memory killer)", which sent the
     user looking for a kill or the out-of-memory killer. Where how it ended showed, the line says it, as torchrun's
     table does, and where to look for that kind of end."""
-    import cnnlab.cli as cli
-    from cnnlab.tasks import recipes
-
     peer_lost = _gloo_peer_lost(tmp_path / "mnist" / "ddp")
-
-    monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
-    monkeypatch.setattr(cli, "app", peer_lost)
-    monkeypatch.setattr(cli, "_ended_ranks", lambda wait_seconds=1.0: sorted(how))
-    monkeypatch.setattr(cli, "_how_ended", how.get, raising=False)
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    monkeypatch.setenv("RANK", "0")
-    with pytest.raises(SystemExit) as exit_code:
-        cli.main()
-    assert exit_code.value.code == 1
-    run_dir = tmp_path / "mnist" / "ddp"
-    hint = f"{run_dir} keeps its finished epochs; continue with the same command and --resume --name ddp"
-    assert capsys.readouterr().err.strip().splitlines() == [
-        f"stopped: {said.format(gloo='gloo: ' + GLOO_LOST)}; {hint}"
-    ]
+    lines = _rank_zero_line(monkeypatch, capsys, peer_lost, 3, sorted(how), _how_ended=how.get)
+    assert lines == [f"stopped: {said.format(gloo='gloo: ' + GLOO_LOST)}; {_resume_hint(tmp_path)}"]
 
 
 @pytest.mark.parametrize(("rank", "ended"), [("0", [1]), ("1", [0])], ids=["rank1-ended", "rank0-ended-rank1-says"])
@@ -422,10 +424,7 @@ def test_a_peer_lost_in_the_last_barrier_is_the_same_line_as_one_lost_in_trainin
         raise SystemExit(0)  # as click ends a successful command
 
     def peer_lost_in_barrier() -> None:
-        raise RuntimeError(
-            "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
-            "[127.0.0.1]:19864. This is typically caused by a remote worker crashing."
-        )
+        raise RuntimeError(_GLOO_ERROR)
 
     monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
     monkeypatch.setattr(cli, "app", finished)
@@ -436,8 +435,7 @@ def test_a_peer_lost_in_the_last_barrier_is_the_same_line_as_one_lost_in_trainin
     with pytest.raises(SystemExit) as exit_code:
         cli.main()
     assert exit_code.value.code == 1
-    run_dir = tmp_path / "mnist" / "ddp"
-    hint = f"{run_dir} keeps its finished epochs; continue with the same command and --resume --name ddp"
+    hint = _resume_hint(tmp_path)
     killed = "its error is above, or, if there is none, it was killed (kill -9, the out-of-memory killer)"
     assert capsys.readouterr().err.strip().splitlines() == [
         f"stopped: rank {ended[0]} of the torchrun job ended while this process waited for it (gloo: {GLOO_LOST}); "
