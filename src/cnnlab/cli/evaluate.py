@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -86,34 +87,37 @@ def evaluate(
     from cnnlab.tasks.run_precision import precision_line
     from cnnlab.tasks.segmentation import evaluate_canvas_run, is_canvas_run
 
+    data_root = None if data_dir is None else str(data_dir)
     if is_canvas_run(run):  # its test canvases are made again from MNIST, as it made them
-        scored = evaluate_canvas_run(run, None if data_dir is None else str(data_dir), output_dir, device=device)
-        if as_json:
-            typer.echo(json.dumps(scored))
-            return
-        for line in precision_line(scored):
-            typer.echo(line)
-        test = scored["test"]
-        checked = "" if scored["canvases_checked"] else " (the run records no digest of them: not checked)"
-        typer.echo(f"{scored['canvases']} test canvases of {scored['canvas_size']} px made again from MNIST{checked}")
-        typer.echo(
-            f"test mIoU {test['miou']:.4f} (digits; with background {test['miou_with_bg']:.4f}), pixel accuracy "
-            f"{test['pixel_accuracy']:.4f}, boundary F1 {test['boundary_f1']:.4f}"
-        )
-        typer.echo(f"overlays: {scored['test_overlays_png']}")
-        return
-    from cnnlab.tasks.mnist import evaluate_mnist
+        result, described = evaluate_canvas_run(run, data_root, output_dir, device=device), _canvas_lines
+    else:
+        from cnnlab.tasks.mnist import evaluate_mnist
 
-    result = evaluate_mnist(run, None if data_dir is None else str(data_dir), output_dir, device=device)
-    if as_json:
-        typer.echo(json.dumps(result))
-        return
-    for line in precision_line(result):
+        result, described = evaluate_mnist(run, data_root, output_dir, device=device), _mnist_lines
+    for line in [json.dumps(result)] if as_json else [*precision_line(result), *described(result)]:
         typer.echo(line)
-    typer.echo(f"test accuracy {result['test_accuracy']:.4f} ({result['errors']} errors)")
-    typer.echo("per class: " + "  ".join(f"{i}: {a:.4f}" for i, a in enumerate(result["per_class_accuracy"])))
-    typer.echo(f"confusion matrix: {result['confusion_matrix_png']}")
-    typer.echo(f"misclassified:    {result['misclassified_png']}")
+
+
+def _canvas_lines(result: dict[str, Any]) -> list[str]:
+    """What `evaluate` prints of a canvas segmentation run scored again on its test canvases."""
+    test = result["test"]
+    checked = "" if result["canvases_checked"] else " (the run records no digest of them: not checked)"
+    return [
+        f"{result['canvases']} test canvases of {result['canvas_size']} px made again from MNIST{checked}",
+        f"test mIoU {test['miou']:.4f} (digits; with background {test['miou_with_bg']:.4f}), pixel accuracy "
+        f"{test['pixel_accuracy']:.4f}, boundary F1 {test['boundary_f1']:.4f}",
+        f"overlays: {result['test_overlays_png']}",
+    ]
+
+
+def _mnist_lines(result: dict[str, Any]) -> list[str]:
+    """What `evaluate` prints of an MNIST run scored on the MNIST test set."""
+    return [
+        f"test accuracy {result['test_accuracy']:.4f} ({result['errors']} errors)",
+        "per class: " + "  ".join(f"{i}: {a:.4f}" for i, a in enumerate(result["per_class_accuracy"])),
+        f"confusion matrix: {result['confusion_matrix_png']}",
+        f"misclassified:    {result['misclassified_png']}",
+    ]
 
 
 def register(app: typer.Typer) -> None:
