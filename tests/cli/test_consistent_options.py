@@ -167,7 +167,8 @@ def test_every_command_that_makes_a_run_prints_json_with_nothing_else_on_stdout(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """train transfer had --json; train mnist, train segment (canvases and --data), ensemble and experiment take it
-    too, and print the results alone on stdout (with no progress, as train transfer turns its bars off)."""
+    too, and print the results alone on stdout (with no progress, as train transfer turns its bars off). The train
+    commands' notes on the results, which --json dropped with the progress, go to stderr, as its help says."""
     import cnnlab.tasks.experiments
     import cnnlab.tasks.mnist
     import cnnlab.tasks.mnist_ensemble
@@ -177,6 +178,7 @@ def test_every_command_that_makes_a_run_prints_json_with_nothing_else_on_stdout(
 
     given: dict[str, Any] = {}
     notes: dict[str, Any] = {}
+    said: dict[str, str] = {}
     report = tmp_path / "experiment" / "lrn-vs-bn" / "report.md"
     report.parent.mkdir(parents=True)
     (report.parent / "results.json").write_text('{"seeds": 3}')
@@ -184,6 +186,8 @@ def test_every_command_that_makes_a_run_prints_json_with_nothing_else_on_stdout(
     def task(name: str) -> Any:
         def run(*args: Any, **options: Any) -> Any:
             given[name], notes[name] = options.get("progress"), options.get("notes")
+            if options.get("notes"):
+                print(f"a note of {name}")  # as a task prints one: a file skipped, a run read back
             if name == "experiment":
                 return report
             return {"run_dir": f"runs/{name}", "test": {"miou": 0.5}, "members": []}
@@ -204,6 +208,7 @@ def test_every_command_that_makes_a_run_prints_json_with_nothing_else_on_stdout(
     }.items():
         done = run_cnnlab(*args)
         assert done.returncode == 0, done.stderr
+        said[name] = done.stderr
         printed = json.loads(done.stdout)
         if name == "experiment":
             assert printed == {"run_dir": str(report.parent), "report": str(report), "results": {"seeds": 3}}
@@ -212,8 +217,10 @@ def test_every_command_that_makes_a_run_prints_json_with_nothing_else_on_stdout(
             assert printed["run_dir"] == f"runs/{name}"
             assert given[name] is (None if name == "ensemble" else False)  # ensemble shows no progress
     # train segment --data -q dropped its notes on the data (a class with no training pixels, files skipped) with the
-    # progress; -q drops progress alone (its help), --json both
-    assert notes["folder"] is False
+    # progress; -q drops progress alone (its help), --json too, its notes going to stderr
+    for name in ("mnist", "segment", "folder"):
+        assert notes[name] is True, name
+        assert f"a note of {name}\n" in said[name], name
     from cnnlab.errors import CnnlabError
 
     def trains(*args: Any, **options: Any) -> Any:
@@ -230,7 +237,7 @@ def test_quiet_keeps_the_engines_notes_on_the_results_in_every_train_command(
 ) -> None:
     """The train commands gave -q to the engine as progress off alone, which silenced its notes on the results with
     the progress (the batch a search chose, an out-of-memory retry, early stopping, the weights kept): each passes
-    notes too, on under -q, off with --json."""
+    notes too, on under -q and with --json (which dropped them; their lines go to stderr)."""
     import cnnlab.tasks.mnist
     import cnnlab.tasks.segment_folder
     import cnnlab.tasks.segmentation
@@ -259,7 +266,7 @@ def test_quiet_keeps_the_engines_notes_on_the_results_in_every_train_command(
         "folder": ["train", "segment", "--data", "."],
         "transfer": ["train", "transfer", "--data", str(tmp_path / "photos")],
     }
-    for options, expected in (([], (True, True)), (["-q"], (False, True)), (["--json"], (False, False))):
+    for options, expected in (([], (True, True)), (["-q"], (False, True)), (["--json"], (False, True))):
         for name, args in commands.items():
             done = run_cnnlab(*args, *options)
             assert (done.returncode, done.stderr) == (2, "error: stub\n"), (name, options)

@@ -816,17 +816,21 @@ def test_bad_command_line_gives_one_line_and_exit_code_2(tmp_path: Path, argumen
 
 
 def test_json_output_names_the_files_it_skipped(tmp_path: Path) -> None:
-    """--json turns the "skipped PATH: reason" lines off, and its keys left `skipped` out: a corrupt image was
-    dropped without a word."""
+    """--json turned the "skipped PATH: reason" lines off, and its keys left `skipped` out: a corrupt image was
+    dropped without a word. Its keys name them, and the lines, which --json dropped though its help said that notes go
+    to stderr, are there, stdout holding the JSON alone."""
     from cli_in_process import run_cnnlab
 
-    make_photo_folder(tmp_path / "photos", per_class=12)
-    completed = run_cnnlab("train", "transfer", "--data", str(tmp_path / "photos"), "--model", "lenet5",
+    photos = make_photo_folder(tmp_path / "photos", per_class=12)
+    completed = run_cnnlab("train", "transfer", "--data", str(photos), "--model", "lenet5",
                            "--no-pretrained", "--unfreeze", "1", "--min-per-class", "10", "--workers", "0",
                            "--epochs", "1", "--output", str(tmp_path / "runs"), "--json")  # fmt: skip
     assert completed.returncode == 0, completed.stderr
-    skipped = json.loads(completed.stdout)["skipped"]
+    skipped = json.loads(completed.stdout)["skipped"]  # the whole of stdout: one JSON document
     assert sorted(Path(entry["path"]).name for entry in skipped) == ["cut.png", "empty.jpg"]
+    said = completed.stderr.splitlines()
+    assert f"skipped {photos / 'blue' / 'cut.png'} (blue): corrupt or truncated (image file is truncated)" in said
+    assert f"skipped {photos / 'red' / 'empty.jpg'} (red): zero-byte file" in said
 
 
 def test_quiet_keeps_the_lines_on_the_data_and_on_a_run_read_back(tmp_path: Path) -> None:

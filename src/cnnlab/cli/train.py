@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +17,20 @@ if TYPE_CHECKING:
     from cnnlab.train.config import EngineOptions
 
 train_app = typer.Typer(help="Train a model (one subcommand per task).", no_args_is_help=True)
+
+JSON_HELP = "Print the results as JSON on stdout (warnings and notes go to stderr)."
+
+
+@contextlib.contextmanager
+def notes_on_stderr(as_json: bool) -> Iterator[None]:
+    """With --json, what a task prints while it runs goes to stderr, so that stdout holds the JSON alone: its notes
+    on the results (each file skipped, a finished run read back), which --json dropped with the progress, are kept
+    as --json's help says. Without --json, as it is."""
+    if not as_json:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 @train_app.command("mnist")
@@ -39,9 +56,7 @@ def mnist(
     ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="MNIST root (else $CNNLAB_DATA, else ./data)."),
     val_size: int = typer.Option(5000, "--val-size", help="Training images held out for validation."),
-    as_json: bool = typer.Option(
-        False, "--json", help="Print the results as JSON on stdout (warnings and notes go to stderr)."
-    ),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     engine: EngineOptions = ENGINE,
 ) -> None:
     """Train a CNN from scratch on MNIST; the test set is evaluated once, at the end."""
@@ -50,21 +65,22 @@ def mnist(
     from cnnlab.train.strategy import is_main_process
 
     RECIPES.get(recipe)  # fail fast on a typo, before reading data
-    summary = train_mnist(
-        recipe,
-        data_dir=None if data_dir is None else str(data_dir),
-        output=engine.output,
-        name=engine.name,
-        seed=engine.seed,
-        ensemble=ensemble,
-        member=member,
-        val_size=val_size,
-        overrides=engine.overrides(),
-        resume=engine.resume,
-        overwrite=engine.overwrite,
-        progress=not (engine.quiet or as_json),
-        notes=not as_json,  # a run read back, the batch trained, early stopping: -q drops progress alone
-    )
+    with notes_on_stderr(as_json):  # stdout holds the JSON alone
+        summary = train_mnist(
+            recipe,
+            data_dir=None if data_dir is None else str(data_dir),
+            output=engine.output,
+            name=engine.name,
+            seed=engine.seed,
+            ensemble=ensemble,
+            member=member,
+            val_size=val_size,
+            overrides=engine.overrides(),
+            resume=engine.resume,
+            overwrite=engine.overwrite,
+            progress=not (engine.quiet or as_json),
+            notes=True,  # a run read back, the batch trained, early stopping: -q keeps them, --json too
+        )
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
         return
     if as_json:

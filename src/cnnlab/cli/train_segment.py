@@ -11,6 +11,7 @@ import typer
 
 from cnnlab.cli.engine_options import ENGINE, with_engine_options
 from cnnlab.cli.help_text import paragraphs
+from cnnlab.cli.train import JSON_HELP, notes_on_stderr
 from cnnlab.errors import CnnlabError
 
 if TYPE_CHECKING:
@@ -117,9 +118,7 @@ def segment(
     val_fraction: float = typer.Option(0.15, "--val-fraction", help="With --data: validation share."),
     test_fraction: float = typer.Option(0.15, "--test-fraction", help="With --data: test share."),
     split_seed: int = typer.Option(0, "--split-seed", help="With --data: the split's seed (saved in split.csv)."),
-    as_json: bool = typer.Option(
-        False, "--json", help="Print the results as JSON on stdout (warnings and notes go to stderr)."
-    ),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     engine: EngineOptions = ENGINE,
 ) -> None:
     """Train a segmentation network on your image + mask folder (--data), or on canvases of 1-5 MNIST digits.
@@ -151,22 +150,23 @@ def segment(
     from cnnlab.train.strategy import is_main_process
 
     RECIPES.get(recipe)  # fail fast on a typo, before generating canvases
-    summary = train_segmentation(
-        recipe,
-        data_dir=None if data_dir is None else str(data_dir),
-        output=engine.output,
-        name=engine.name,
-        seed=engine.seed,
-        train_canvases=train_canvases,
-        overrides=engine.overrides(),
-        model_kwargs=None if upsample is None else {"upsample": upsample},
-        resume=engine.resume,
-        overwrite=engine.overwrite,
-        progress=not (engine.quiet or as_json),
-        pretrain_epochs=pretrain_epochs,
-        background_weight=background_weight,
-        notes=not as_json,  # a run read back, the batch trained with, the weights kept: -q drops progress alone
-    )
+    with notes_on_stderr(as_json):  # stdout holds the JSON alone
+        summary = train_segmentation(
+            recipe,
+            data_dir=None if data_dir is None else str(data_dir),
+            output=engine.output,
+            name=engine.name,
+            seed=engine.seed,
+            train_canvases=train_canvases,
+            overrides=engine.overrides(),
+            model_kwargs=None if upsample is None else {"upsample": upsample},
+            resume=engine.resume,
+            overwrite=engine.overwrite,
+            progress=not (engine.quiet or as_json),
+            pretrain_epochs=pretrain_epochs,
+            background_weight=background_weight,
+            notes=True,  # a run read back, the batch trained with, the weights kept: -q keeps them, --json too
+        )
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
         return
     if as_json:
@@ -204,27 +204,28 @@ def _segment_folder(
     from cnnlab.train.finished import FINISHED_EARLIER
     from cnnlab.train.strategy import is_main_process
 
-    summary = train_segmentation_folder(
-        str(data),
-        model or "unet",
-        class_weight=None if class_weight == "none" else class_weight,
-        background=None if background < 0 else background,
-        background_weight=background_weight,
-        crop_size=crop_size,
-        max_side=max_side,
-        hflip=hflip,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        split_seed=split_seed,
-        output=engine.output,
-        name=engine.name,
-        seed=engine.seed,
-        overrides=engine.overrides(),
-        resume=engine.resume,
-        overwrite=engine.overwrite,
-        progress=not (engine.quiet or as_json),
-        notes=not as_json,  # what the data holds that the results depend on, a run read back: -q drops progress alone
-    )
+    with notes_on_stderr(as_json):  # stdout holds the JSON alone
+        summary = train_segmentation_folder(
+            str(data),
+            model or "unet",
+            class_weight=None if class_weight == "none" else class_weight,
+            background=None if background < 0 else background,
+            background_weight=background_weight,
+            crop_size=crop_size,
+            max_side=max_side,
+            hflip=hflip,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            split_seed=split_seed,
+            output=engine.output,
+            name=engine.name,
+            seed=engine.seed,
+            overrides=engine.overrides(),
+            resume=engine.resume,
+            overwrite=engine.overwrite,
+            progress=not (engine.quiet or as_json),
+            notes=True,  # what the data holds that the results depend on, a run read back: -q and --json keep them
+        )
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
         return
     if as_json:

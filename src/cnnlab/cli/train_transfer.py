@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from cnnlab.cli.engine_options import ENGINE, with_engine_options
+from cnnlab.cli.train import JSON_HELP, notes_on_stderr
 
 if TYPE_CHECKING:
     from cnnlab.train.config import EngineOptions
@@ -91,7 +92,7 @@ def transfer(
     ),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the split (kept apart from --seed)."),
     workers: int = typer.Option(2, "--workers", min=0, help="DataLoader worker processes decoding images."),
-    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     engine: EngineOptions = ENGINE,
 ) -> None:
     """Adapt a pretrained model to a folder of labelled images: split, train, test once, report.
@@ -129,7 +130,8 @@ def transfer(
         workers=workers,
         progress=not as_json,
     )
-    summary = train_transfer(config, notes=not as_json)  # files skipped, the batch trained with: kept under -q
+    with notes_on_stderr(as_json):  # files skipped, the batch trained with: kept under -q, on stderr with --json
+        summary = train_transfer(config, notes=True)
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
         return
     if as_json:

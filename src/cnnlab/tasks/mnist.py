@@ -198,7 +198,7 @@ def train_mnist(
         notes: print the notes on the results without `progress`: the line on a finished run read back (nothing
             run; its report.md written again, or why it could not be) and the engine's notes on stderr (the batch a
             search chose, an out-of-memory retry's micro-batch, early stopping; `Trainer.note`); None: as
-            `progress`. The CLI keeps them under -q, which drops progress alone, and not with --json.
+            `progress`. The CLI keeps them under -q, which drops progress alone, and with --json (on stderr).
         val_option: the option that set `val_size`, named when the training set cannot hold it (`load_mnist`); None
             where the caller fixes it (the answer sheet has no --val-size).
         batch_option: the option of the calling command that sets the batch, named by the engine when the training

@@ -459,7 +459,7 @@ def train_segmentation_folder(
             finished run read back (nothing run; its report.md written again, or why it could not be), and the
             engine's notes on the results (the batch a search chose, an out-of-memory retry's micro-batch, the best
             epoch's weights restored; `Trainer.note`); None: as `progress`. The CLI keeps them under -q, which drops
-            progress alone, and not with --json.
+            progress alone, and with --json (on stderr).
 
     Returns:
         The summary saved as ``results.json``.

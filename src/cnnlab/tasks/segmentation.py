@@ -338,7 +338,8 @@ def train_segmentation(
         notes: print the notes on the results without `progress`: the line on a finished run read back (nothing
             run; its report.md written again, or why it could not be) and the engine's notes on stderr (the batch a
             search chose, an out-of-memory retry's micro-batch, the best epoch's weights restored; `Trainer.note`);
-            None: as `progress`. The CLI keeps them under -q, which drops progress alone, and not with --json.
+            None: as `progress`. The CLI keeps them under -q, which drops progress alone, and with --json (on
+            stderr).
 
     Returns:
         The summary saved as ``results.json``: validation history end, test report, timings, run directory. The

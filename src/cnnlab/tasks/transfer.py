@@ -889,9 +889,9 @@ def train_transfer(config: TransferConfig, log: Any = None, notes: bool | None =
             ``data`` that a resumed run's split lacks, a finished run read back, a phase trained in one batch of all
             its samples (smaller than the recipe's), and the engine's notes on stderr (the batch a search chose, an
             out-of-memory retry's micro-batch, early stopping, the best epoch's weights restored; `Trainer.note`);
-            None: as `config.progress`. The CLI keeps them under -q, which drops progress alone, and not with --json
-            (whose results list the files skipped). Not a `TransferConfig` field, which config.yaml records and a
-            resume compares.
+            None: as `config.progress`. The CLI keeps them under -q, which drops progress alone, and with --json
+            (on stderr; its results list the files skipped too). Not a `TransferConfig` field, which config.yaml
+            records and a resume compares.
     """
     options = {**RECIPES.get(config.recipe).train, **config.train}
     said_as = {"precision": 'train["precision"]'}  # what a Python caller sets (the CLI says --precision, earlier)

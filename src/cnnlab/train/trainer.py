@@ -104,7 +104,7 @@ class Trainer:
         strategy: how the run is spread over processes; default `select_strategy` (DDP under torchrun, else one
             process).
         notes: print the notes on the results (`note`) to stderr, from the main process; None: with the progress
-            (``config.progress``). The CLI's -q turns the progress off and leaves the notes on, --json both off. Not
+            (``config.progress``). The CLI's -q and --json turn the progress off and leave the notes on. Not
             a config field: how a run is watched is no option of the run (resume compares none, config.yaml has none).
     """
 
@@ -217,7 +217,7 @@ class Trainer:
             print(message, file=sys.stderr, flush=True)
 
     def batch_record(self) -> dict[str, Any]:
-        """The batch the run trained with, for a task's results (what --json prints in place of the notes): the batch
+        """The batch the run trained with, for a task's results (what --json records beside the notes): the batch
         (global under torchrun) and the micro-batch each process steps in, as a batch-size search or an out-of-memory
         retry left them, the processes, and this session's retries (`OomEvent`s; a resumed run's earlier sessions
         are not recorded, their smaller micro-batch is)."""
