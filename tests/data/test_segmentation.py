@@ -25,6 +25,7 @@ from cnnlab.data.segmentation import (
     save_segmentation_folder,
 )
 from cnnlab.errors import CnnlabError
+from read_counts import read_bytes_noting
 
 
 def _mnist_available() -> bool:
@@ -627,14 +628,7 @@ def test_each_image_is_read_once_even_when_a_file_of_its_size_and_first_bytes_ma
         labels[:4] = 1
         Image.fromarray(labels).save(tmp_path / "masks" / f"{image.stem}.png")
     reads: list[str] = []
-    read_bytes = Path.read_bytes
-
-    def counted_read_bytes(path: Path) -> bytes:
-        if path.parent.name == "images":
-            reads.append(path.name)
-        return read_bytes(path)
-
-    monkeypatch.setattr(Path, "read_bytes", counted_read_bytes)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes_noting(tmp_path / "images", reads))
     folder = SegmentationFolder(tmp_path, skip_bad=True)
     assert len(folder.read_all()) == 5
     assert [path.name for path in folder.images] == ["a.png", "b.png", "c.png", "e.bmp", "f.bmp"]

@@ -18,6 +18,7 @@ from cnnlab.data.segmentation import IGNORE_INDEX, make_canvases, save_segmentat
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks.segment_folder import train_segmentation_folder
 from cnnlab.tasks.segment_predict import load_segmenter, predict_masks
+from read_counts import read_bytes_noting
 
 CLASSES = ["background", "bar", "square", "cross"]
 
@@ -278,15 +279,8 @@ def test_evaluate_says_which_pairs_the_run_trained_on_and_refuses_a_folder_witho
     monkeypatch.setattr(cnnlab.report.plots, "plot_confusion_matrix", lambda *args, **kwargs: None)
     monkeypatch.setattr(cnnlab.report.segmentation, "save_overlays", lambda *args, **kwargs: None)
     reads: list[str] = []  # each image was read twice: its digest, then its decode
-    read_bytes = Path.read_bytes
-
-    def counted_read_bytes(path: Path) -> bytes:
-        if path.parent == copies / "images":
-            reads.append(path.name)
-        return read_bytes(path)
-
     with monkeypatch.context() as patch:
-        patch.setattr(Path, "read_bytes", counted_read_bytes)
+        patch.setattr(Path, "read_bytes", read_bytes_noting(copies / "images", reads))
         result = evaluate_folder(run, copies, tmp_path / "copies")
     assert sorted(reads) == sorted(path.name for path in (copies / "images").iterdir())  # each once
     assert result["in_run_split"] == {} and result["count"] == 6
@@ -336,14 +330,7 @@ def test_evaluate_exclude_trained_reads_each_image_once(trained, tmp_path, monke
     monkeypatch.setattr(cnnlab.report.plots, "plot_confusion_matrix", lambda *args, **kwargs: None)
     monkeypatch.setattr(cnnlab.report.segmentation, "save_overlays", lambda *args, **kwargs: None)
     reads: list[str] = []
-    read_bytes = Path.read_bytes
-
-    def counted_read_bytes(path: Path) -> bytes:
-        if path.parent == tmp_path / "data" / "images":
-            reads.append(path.name)
-        return read_bytes(path)
-
-    monkeypatch.setattr(Path, "read_bytes", counted_read_bytes)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes_noting(tmp_path / "data" / "images", reads))
     result = evaluate_folder(run, tmp_path / "data", tmp_path / "out", exclude_trained=True)
     assert result["count"] == 2 and result["trained_copies"]["train"] == 2
     assert sorted(reads) == sorted(path.name for path in (tmp_path / "data" / "images").iterdir())  # each once
@@ -1601,12 +1588,7 @@ def test_a_resume_refuses_masks_relabelled_since_its_split_each_mask_read_once(t
     options = dict(output=str(tmp_path / "runs"), name="m", overrides={"epochs": 1, "batch_size": 4}, progress=False)
     digests = tmp_path / "runs" / "segment" / "m" / "split_digests.json"
     mask_reads: list[str] = []
-    read_bytes = Path.read_bytes
-
-    def counted_read_bytes(path: Path) -> bytes:
-        if path.parent.name == "masks":
-            mask_reads.append(path.name)
-        return read_bytes(path)
+    counted_read_bytes = read_bytes_noting(root / "masks", mask_reads)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
