@@ -69,17 +69,10 @@ def mnist(
         summary = train_mnist(
             recipe,
             data_dir=None if data_dir is None else str(data_dir),
-            output=engine.output,
-            name=engine.name,
-            seed=engine.seed,
             ensemble=ensemble,
             member=member,
             val_size=val_size,
-            overrides=engine.overrides(),
-            resume=engine.resume,
-            overwrite=engine.overwrite,
-            progress=not (engine.quiet or as_json),
-            notes=True,  # a run read back, the batch trained, early stopping: -q keeps them, --json too
+            **engine.task_options(as_json),  # notes too: a run read back, the batch trained, early stopping
         )
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
         return

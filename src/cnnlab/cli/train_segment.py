@@ -154,18 +154,11 @@ def segment(
         summary = train_segmentation(
             recipe,
             data_dir=None if data_dir is None else str(data_dir),
-            output=engine.output,
-            name=engine.name,
-            seed=engine.seed,
             train_canvases=train_canvases,
-            overrides=engine.overrides(),
             model_kwargs=None if upsample is None else {"upsample": upsample},
-            resume=engine.resume,
-            overwrite=engine.overwrite,
-            progress=not (engine.quiet or as_json),
             pretrain_epochs=pretrain_epochs,
             background_weight=background_weight,
-            notes=True,  # a run read back, the batch trained with, the weights kept: -q keeps them, --json too
+            **engine.task_options(as_json),  # notes too: a run read back, the batch trained with, the weights kept
         )
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
         return
@@ -217,14 +210,7 @@ def _segment_folder(
             val_fraction=val_fraction,
             test_fraction=test_fraction,
             split_seed=split_seed,
-            output=engine.output,
-            name=engine.name,
-            seed=engine.seed,
-            overrides=engine.overrides(),
-            resume=engine.resume,
-            overwrite=engine.overwrite,
-            progress=not (engine.quiet or as_json),
-            notes=True,  # what the data holds that the results depend on, a run read back: -q and --json keep them
+            **engine.task_options(as_json),  # notes too: what the data holds that the results depend on, a read-back
         )
     if not is_main_process():  # under torchrun every rank returns the summary; rank 0 alone reports it
         return

@@ -611,6 +611,22 @@ class EngineOptions:
         field."""
         return slow_precision(self.precision, resolve_device(self.device or "auto").type)
 
+    def task_options(self, as_json: bool = False) -> dict[str, Any]:
+        """What a train task takes of these options by name, as each `cnnlab train` command passes them: the runs
+        root, the run's name and seed, the `TrainConfig` overrides, resume or overwrite, progress (none under
+        ``--quiet`` or ``--json``) and the notes on the results, always (``--quiet`` keeps them; under ``--json`` the
+        command sends them to stderr)."""
+        return {
+            "output": self.output,
+            "name": self.name,
+            "seed": self.seed,
+            "overrides": self.overrides(),
+            "resume": self.resume,
+            "overwrite": self.overwrite,
+            "progress": not (self.quiet or as_json),
+            "notes": True,
+        }
+
     def overrides(self) -> dict[str, Any]:
         """The `TrainConfig` fields these options set (the recipe keeps every other one).
 
