@@ -4,10 +4,11 @@ ink on paper of grey G, enlarged, lit unevenly, with a camera's noise) through `
 What it measures: the accuracy of one trained MNIST run on the first N test digits, raw (the run's own test pass) and
 as photos on each paper grey: each digit enlarged to 196 px (bilinear), ink of grey 0.1 on paper of grey G, lit 15%
 less at the bottom right than at the top left, plus normal noise of sigma 0.02 (seeded), saved as PNG and read back.
-A digit the preparation refuses ("no digit found") counts as wrong. Run it with PYTHONPATH pointing at another
+With --table G the photo lies on a table of grey G that shows 30 px round it (noise of sigma 0.02 too). A digit the
+preparation refuses ("no digit found") counts as wrong. Run it with PYTHONPATH pointing at another
 checkout's src to compare preparations on the same digits.
 
-Run: .venv/bin/python benchmarks/mnist_paper_grey.py RUN [--images 1000] [--papers 0.5 0.6 0.7 0.8 0.95]
+Run: .venv/bin/python benchmarks/mnist_paper_grey.py RUN [--images 1000] [--papers 0.5 0.6 0.7 0.8 0.95] [--table G]
 (RUN: a finished `cnnlab train mnist` run folder, e.g. runs/mnist/quick; MNIST under $CNNLAB_DATA)
 """
 
@@ -29,14 +30,21 @@ SIDE = 196  # 7 x 28: the photo's side in pixels
 INK = 0.1  # the ink's grey
 SHADING = 0.15  # the light falls by this fraction from the top-left corner to the bottom-right one
 NOISE = 0.02  # the camera's noise (sigma, in grey levels / 255)
+TABLE_MARGIN = 30  # --table: px of the table round the photo
 
 
-def photographed(digit: np.ndarray, paper: float, rng: np.random.Generator) -> Image.Image:
-    """A 28x28 light-on-black MNIST digit as a photo of dark ink on paper of grey `paper`."""
+def photographed(digit: np.ndarray, paper: float, rng: np.random.Generator, table: float | None = None) -> Image.Image:
+    """A 28x28 light-on-black MNIST digit as a photo of dark ink on paper of grey `paper` (lying on a table of grey
+    `table`, when given)."""
     ink = np.asarray(Image.fromarray(digit).resize((SIDE, SIDE), Image.BILINEAR), dtype=np.float32) / 255
     rows, cols = np.mgrid[0:SIDE, 0:SIDE] / SIDE
     light = 1 - SHADING * (0.6 * cols + 0.4 * rows)
     page = (paper * (1 - ink) + INK * ink) * light + rng.normal(0, NOISE, (SIDE, SIDE))
+    if table is not None:
+        side = SIDE + 2 * TABLE_MARGIN
+        around = table + rng.normal(0, NOISE, (side, side))
+        around[TABLE_MARGIN:-TABLE_MARGIN, TABLE_MARGIN:-TABLE_MARGIN] = page
+        page = around
     return Image.fromarray((page.clip(0, 1) * 255).round().astype(np.uint8))
 
 
@@ -45,6 +53,7 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a finished `cnnlab train mnist` run folder")
     parser.add_argument("--images", type=int, default=1000, help="the first N MNIST test digits (default 1000)")
     parser.add_argument("--papers", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8, 0.95], help="paper greys")
+    parser.add_argument("--table", type=float, help="the photo lies on a table of this grey")
     parser.add_argument("--data-dir", default=os.environ.get("CNNLAB_DATA", "data"), help="MNIST root")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
@@ -61,7 +70,7 @@ def main() -> None:
         with torch.inference_mode():
             return torch.cat([model(chunk).argmax(1) for chunk in batch.split(500)])
 
-    results: dict[str, object] = {"run": str(args.run), "images": len(labels)}
+    results: dict[str, object] = {"run": str(args.run), "images": len(labels), "table": args.table}
     results["raw_test_tensors"] = float((predicted(digits[:, None].float() / 255) == labels).float().mean())
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
@@ -70,7 +79,7 @@ def main() -> None:
             prepared, refused = [], torch.zeros(len(labels), dtype=torch.bool)
             for index, digit in enumerate(digits.numpy()):
                 path = Path(folder) / f"{paper}-{index}.png"
-                photographed(digit, paper, rng).save(path)
+                photographed(digit, paper, rng, args.table).save(path)
                 with Image.open(path) as image:
                     try:
                         prepared.append(mnist_preprocess(image))

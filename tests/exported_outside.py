@@ -96,11 +96,14 @@ def photo_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
 
 def _paper_and_ink(
     steps: dict[str, Any], levels: np.ndarray, paper_mads: float
-) -> tuple[np.ndarray, float, float, tuple[bool, float, float]]:
+) -> tuple[np.ndarray, float, float, tuple[bool, float, float, np.ndarray | None]]:
     """The record's ``threshold``, ``paper``, ``paper_level`` and ``ink_level`` steps on 8-bit grey `levels`: grey
     (float32 / 255, inverted when the paper is light), the paper's level at `paper_mads` deviations, the ink's level,
-    and (paper light, the border paper's median, its robust deviation)."""
+    and (paper light, the paper's median, its robust deviation, the table around a page or None)."""
     assert "Otsu's threshold" in steps["threshold"] and "outermost rows and columns" in steps["paper"]
+    assert "scipy.ndimage.label's default structure" in steps["paper"]
+    from scipy import ndimage
+
     grey = levels.astype(np.float32) / 255.0
     histogram = np.bincount(levels.ravel(), minlength=256)
     scores = []
@@ -114,14 +117,22 @@ def _paper_and_ink(
     t = int(np.argmax(scores))
     edge = np.zeros(levels.shape, dtype=bool)
     edge[[0, -1], :] = edge[:, [0, -1]] = True
-    light = bool(np.median(levels[edge]) > t)
-    paper = levels > t if light else levels <= t
+    border_light = bool(np.median(levels[edge]) > t)
+    border_class = levels > t if border_light else levels <= t
+    table = None
+    if border_class[edge].mean() >= steps["table_border"] and (~border_class).mean() >= steps["table_paper"]:
+        regions, _ = ndimage.label(border_class)
+        table = np.isin(regions, [label for label in np.unique(regions[edge]) if label > 0])
+        light, paper, ink = not border_light, ~border_class, border_class & ~table
+    else:
+        light, paper, ink = border_light, border_class, ~border_class
+        paper = paper & edge
     if light:
         grey = 1.0 - grey
-    border = grey[edge & paper]
-    median, spread = float(np.median(border)), float(1.4826 * np.median(np.abs(border - np.median(border))))
-    ink_level = float(np.percentile(grey[~paper], steps["ink_percentile"]))
-    return grey, median + paper_mads * spread, ink_level, (light, median, spread)
+    paper_grey = grey[paper]
+    median, spread = float(np.median(paper_grey)), float(1.4826 * np.median(np.abs(paper_grey - np.median(paper_grey))))
+    ink_level = float(np.percentile(grey[ink], steps["ink_percentile"])) if ink.any() else median
+    return grey, median + paper_mads * spread, ink_level, (light, median, spread, table)
 
 
 def digit_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
@@ -130,8 +141,11 @@ def digit_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
     steps = record["prepare_steps"]
     assert "Image.convert('L')" in steps["grey"]
     levels = np.asarray(decoded(path).convert("L"), dtype=np.uint8)
-    grey, paper_level, ink_level, _ = _paper_and_ink(steps, levels, steps["paper_mads"])
+    grey, paper_level, ink_level, (*_, table) = _paper_and_ink(steps, levels, steps["paper_mads"])
     grey = np.clip((grey - paper_level) / (ink_level - paper_level), 0, 1).astype(np.float32)
+    assert "then 0 on the table" in steps["stretch"]
+    if table is not None:
+        grey[table] = 0.0
     rows, cols = np.nonzero(grey > steps["ink_above"])
     grey = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     height, width = grey.shape
@@ -181,12 +195,15 @@ def grey_digits_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
     if levels.max() == levels.min():  # one_grey
         grey = levels.astype(np.float32) / 255.0
         return torch.from_numpy(1.0 - grey if grey.mean() > steps["invert_above_mean"] else grey)[None]
-    grey, paper_level, ink_level, (light, median, spread) = _paper_and_ink(steps, levels, steps["paper_mads"])
-    if not light and paper_level <= 0.0:  # as_read
+    grey, paper_level, ink_level, (light, median, spread, table) = _paper_and_ink(steps, levels, steps["paper_mads"])
+    if not light and table is None and paper_level <= 0.0:  # as_read
         return torch.from_numpy(levels.astype(np.float32) / 255.0)[None]
     grey = grey - paper_level
     if ink_level - (median + steps["blank_paper_mads"] * spread) > steps["ink_above"]:  # stretch: not a blank page
         grey = grey / (ink_level - paper_level)
+    assert "then 0 on the table, if any" in steps["stretch"]
+    if table is not None:
+        grey[table] = 0.0
     return torch.from_numpy(np.clip(grey, 0, 1).astype(np.float32))[None]
 
 

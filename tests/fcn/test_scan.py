@@ -989,3 +989,33 @@ def test_a_clean_canvas_or_a_blank_page_is_read_as_before() -> None:
         blank = scan_tensor(_photographed_page(np.zeros((96, 160), np.uint8), paper))
         assert float(blank.median()) < 0.05 and float(blank.max()) < 0.3, paper
     assert torch.equal(scan_tensor(Image.new("RGB", (40, 30), (90, 90, 90))), torch.full((1, 30, 40), 90 / 255))
+
+
+def _on_a_table(photo: Image.Image, table: float, margin: int, seed: int = 0) -> Image.Image:
+    """`photo` (a page) lying on a table of grey `table` that shows `margin` px round it, with the camera's noise."""
+    width, height = photo.size
+    around = np.random.default_rng(seed).normal(table, 0.02, (height + 2 * margin, width + 2 * margin))
+    picture = Image.fromarray((around.clip(0, 1) * 255).round().astype(np.uint8)).convert("RGB")
+    picture.paste(photo, (margin, margin))
+    return picture
+
+
+@pytest.mark.parametrize("table", [0.1, 0.35])
+def test_a_page_photographed_on_a_dark_table_is_read_as_the_page_with_the_table_black(table: float) -> None:
+    """A light page on a darker table: the border (the table) was taken for the paper, so the page itself came out
+    as the "ink", a bright slab the scan and the canvas segmenter read as digits. The table is now told apart (most of
+    the border dark, the light class a large share of the image) and goes to black; the page reads as it does alone."""
+    from cnnlab.fcn.scan import scan_tensor
+
+    canvas = _page_of_strokes()
+    page = _photographed_page(canvas, 0.9)
+    alone = scan_tensor(page)
+    read = scan_tensor(_on_a_table(page, table, margin=20))
+    assert read.shape == (1, 136, 200)
+    assert float(read[0, :20].abs().max()) == 0.0 and float(read[0, :, :20].abs().max()) == 0.0  # the table: black
+    inside = read[0, 20:-20, 20:-20]
+    ink, truth = inside > 0.5, alone[0] > 0.5
+    assert float((ink & truth).sum() / (ink | truth).sum()) > 0.9
+    assert float((inside[torch.from_numpy(canvas) == 0] > 0.3).float().mean()) < 0.01  # the page's paper is black
+    blank = scan_tensor(_on_a_table(_photographed_page(np.zeros_like(canvas), 0.9), table, margin=20))
+    assert float(blank.max()) < 0.3  # a blank page on a table: nothing bright

@@ -177,6 +177,12 @@ def test_a_canvas_segmentation_run_exports_with_free_height_and_width(tmp_path: 
     image = Image.fromarray((page * 255).round().astype(np.uint8)).convert("RGB")
     image.save(tmp_path / "page.png")
     assert torch.equal(grey_digits_input(record, tmp_path / "page.png"), scan_tensor(image))
+    table = Image.new("RGB", (110, 60), (15, 15, 15))  # the page on a darker table round it: the table is black
+    table.paste(image, (10, 10))
+    table.save(tmp_path / "table.png")
+    on_table = grey_digits_input(record, tmp_path / "table.png")
+    assert torch.equal(on_table, scan_tensor(table)) and float(on_table[0, :10].max()) == 0.0
+    assert torch.equal(on_table[:, 10:50, 10:100], scan_tensor(image))
     exported, eager = _loaded(result["model"], fmt), load_model(tmp_path / "canvases")
     generator = torch.Generator().manual_seed(1)
     for shape in ((1, 1, 64, 64), (2, 1, 40, 90)):

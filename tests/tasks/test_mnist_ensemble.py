@@ -290,6 +290,11 @@ def test_an_mnist_export_used_from_its_record_alone_gives_predicts_probabilities
         ImageDraw.Draw(image).line([(3 + index, 4), (size[0] // 2, size[1] - 5), (size[0] - 4, 6)], (ink,) * 3, 3)
         image.save(tmp_path / f"{index}.png")
         images.append(tmp_path / f"{index}.png")
+    table = Image.new("RGB", (60, 70), (40, 40, 40))  # a light page on a dark table: the table is neither paper nor ink
+    table.paste((220, 220, 220), (8, 8, 52, 62))
+    ImageDraw.Draw(table).line([(20, 20), (40, 20), (28, 50)], (30, 30, 30), 3)
+    table.save(tmp_path / "table.png")
+    images.append(tmp_path / "table.png")
     results = predict_images(load_predictor(str(runs[2] / run)), images, top_k=10)
     formats = ("torchscript", "onnx") if importlib.util.find_spec("onnxruntime") else ("torchscript",)
     for fmt in formats:

@@ -69,7 +69,7 @@ def scan_command(
         None,
         "--invert/--no-invert",
         help="Dark-on-light to light-on-dark, or not, and nothing else (default: the paper, told from the ink at the "
-        "image's border, inverted when light and stretched to black, the ink to white).",
+        "image's border, inverted when light and stretched to black, the ink to white; a table round a page, black).",
     ),
     overwrite: bool = typer.Option(
         False,

@@ -187,6 +187,8 @@ INK_ABOVE = 0.2  # a pixel brighter than this (inverted, stretched) is ink: the 
 PAPER_MADS = 3  # the paper's level: its border pixels' median + this many robust deviations (grain, shading) ...
 INK_PERCENTILE = 99  # ... is stretched to 0, and this percentile of the ink pixels (its darkest strokes) to 1
 MAD_TO_SIGMA = 1.4826  # the median absolute deviation times this estimates a normal distribution's sigma
+TABLE_BORDER = 0.95  # a border this much of one Otsu class is a table around a page (`paper_and_ink`) when ...
+TABLE_PAPER = 0.45  # ... the other class holds this share of the image at least (MNIST's digits: 0.33 at most)
 INK_BOX = 20  # the ink's bounding box is scaled to fit a square of this side ...
 CANVAS = 28  # ... on a black canvas of this side, its centre of mass at CANVAS / 2
 
@@ -216,13 +218,23 @@ class PaperAndInk(NamedTuple):
     that `paper_is_light` calls for (dark ink on light paper)."""
 
     paper_is_light: bool
-    paper_median: float  # the median of the border's paper pixels
+    paper_median: float  # the median of the paper pixels on the border (on a table: of all the paper's pixels)
     paper_spread: float  # their robust standard deviation (1.4826 median absolute deviations): grain, noise, shading
     ink_level: float  # the `INK_PERCENTILE`th percentile of the ink pixels: the darkest strokes
+    surroundings: np.ndarray | None = None  # bool [H, W]: the table around a page (`paper_and_ink`), else None
 
     def paper_level(self, mads: float = PAPER_MADS) -> float:
         """The paper's median + `mads` robust deviations: what `fitted_ink` stretches to 0 (with `PAPER_MADS`)."""
         return float(self.paper_median + mads * self.paper_spread)
+
+
+def _touching_border(mask: np.ndarray) -> np.ndarray:
+    """The pixels of `mask` joined to the image's border through `mask` (4-connected)."""
+    from scipy import ndimage
+
+    regions, _ = ndimage.label(mask)  # 4-connectivity: scipy's default structure
+    on_border = np.unique(_border(regions))
+    return np.isin(regions, on_border[on_border > 0])
 
 
 def paper_and_ink(levels: np.ndarray) -> PaperAndInk:
@@ -230,19 +242,36 @@ def paper_and_ink(levels: np.ndarray) -> PaperAndInk:
     (`cnnlab.fcn.scan.scan_tensor`) do before stretching the paper to 0 and the ink to 1.
 
     Ink and paper are told apart by Otsu's threshold of the 8-bit `levels`; the paper is the class that holds the
-    median of the image's border (light paper: dark ink, inverted). `levels` must hold two levels at least (an image
-    of one level has no ink class)."""
+    median of the image's border (light paper: dark ink, inverted). A page photographed on a table is the exception:
+    when at least `TABLE_BORDER` (95%) of the border lies in one class and the other class holds at least
+    `TABLE_PAPER` (45%) of the image, the border is the table and the other class the paper: its pixels give the
+    paper's level, and the border's class joined to the border (4-connected) is returned as `surroundings`, neither
+    paper nor ink (before, a light page on a dark table was read as dark paper with the page as its ink). MNIST's
+    digits, light on black with a 4 px margin, hold 33% of their image at most; a bold digit cropped to within a
+    pixel or two of its ink may hold more, and is then read as a page on a table. `levels` must hold two levels at
+    least (an image of one level has no ink class)."""
     threshold = otsu_level(levels)
     border = _border(levels)
-    paper_is_light = float(np.median(border)) > threshold  # the class that holds most of the border
-    ink = levels <= threshold if paper_is_light else levels > threshold
-    paper = border[border > threshold if paper_is_light else border <= threshold].astype(np.float32) / 255.0
+    border_is_light = float(np.median(border)) > threshold  # the class that holds most of the border
+    light = levels > threshold
+    border_class = light if border_is_light else ~light
+    if _border(border_class).mean() >= TABLE_BORDER and (~border_class).mean() >= TABLE_PAPER:  # a page on a table
+        surroundings = _touching_border(border_class)
+        paper_is_light = not border_is_light
+        ink = border_class & ~surroundings
+        paper = levels[~border_class].astype(np.float32) / 255.0
+    else:
+        surroundings = None
+        paper_is_light = border_is_light
+        ink = ~border_class
+        paper = border[border > threshold if paper_is_light else border <= threshold].astype(np.float32) / 255.0
     ink_grey = levels[ink].astype(np.float32) / 255.0
     if paper_is_light:
         paper, ink_grey = 1.0 - paper, 1.0 - ink_grey
     median = np.median(paper)
     spread = np.median(np.abs(paper - median)) * MAD_TO_SIGMA
-    return PaperAndInk(paper_is_light, median, spread, float(np.percentile(ink_grey, INK_PERCENTILE)))
+    ink_level = float(np.percentile(ink_grey, INK_PERCENTILE)) if ink_grey.size else float(median)  # a blank page
+    return PaperAndInk(paper_is_light, median, spread, ink_level, surroundings)
 
 
 def fitted_ink(image: Any) -> np.ndarray:
@@ -250,7 +279,8 @@ def fitted_ink(image: Any) -> np.ndarray:
     1, its bounding box cut out and scaled to fit 20x20 (antialiased, floats in [0, 1]).
 
     Ink and paper are told apart by Otsu's threshold; the paper is the class that holds the median of the image's
-    border, so dark ink on light paper is inverted whatever the paper's grey. The paper's level (its border pixels'
+    border (a table round a photographed page goes to 0: `paper_and_ink`), so dark ink on light paper is inverted
+    whatever the paper's grey. The paper's level (its border pixels'
     median + 3 robust standard deviations: grain, noise and gentle shading) is stretched to 0 and the ink's (the 99th
     percentile of its pixels) to 1, as MNIST's digits are light strokes on exact black. Before, a mean above 0.5
     inverted and nothing was stretched: a digit on grey paper (0.7) kept its paper as a 0.3 grey frame that filled
@@ -278,7 +308,8 @@ def fitted_ink(image: Any) -> np.ndarray:
             f"no digit found: the image is one shade of grey (within {INK_ABOVE:g}), nothing stands out from it (a "
             "blank page photographed grey, an image of one colour, or a single pixel); photograph the digit on its page"
         )
-    paper_is_light, _, _, ink_level = found = paper_and_ink(levels)
+    found = paper_and_ink(levels)
+    paper_is_light, ink_level = found.paper_is_light, found.ink_level
     paper_level = found.paper_level()
     if paper_is_light:  # dark ink on light paper: MNIST's digits are the opposite
         grey = 1.0 - grey
@@ -289,6 +320,8 @@ def fitted_ink(image: Any) -> np.ndarray:
             "on its page, dark on light or light on dark"
         )
     grey = np.clip((grey - paper_level) / (ink_level - paper_level), 0.0, 1.0).astype(np.float32)
+    if found.surroundings is not None:  # the table around the page goes to the paper's black
+        grey[found.surroundings] = 0.0
     rows, cols = np.nonzero(grey > INK_ABOVE)
     grey = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     height, width = grey.shape
@@ -333,12 +366,19 @@ def paper_and_ink_record() -> dict[str, Any]:
         "maximising w0 * w1 * (mu0 - mu1) ** 2, w0 and mu0 the count and mean level of the pixels <= t, w1 and mu1 "
         "those of the pixels > t (the first t on a tie; a t with an empty class is never chosen)",
         "paper": "the border is the outermost rows and columns (each pixel once; all pixels when a side is 2 or less); "
-        "when the median of its levels is above t the paper is the pixels > t, the ink those <= t, and grey = 1 - "
-        "grey; otherwise the paper is the pixels <= t and the ink those > t",
-        "paper_level": "b = grey of the border's paper pixels; median(b) + paper_mads * 1.4826 * median(|b - "
-        "median(b)|)",
+        "its class is the pixels > t when the median of its levels is above t, else the pixels <= t. When at least "
+        "table_border of the border's pixels are of its class and the other class holds at least table_paper of the "
+        "image, the page lies on a table: the table is the pixels of the border's class 4-connected to the border "
+        "through that class (scipy.ndimage.label's default structure), the ink the border's class's other pixels and "
+        "the paper the other class. Otherwise the paper is the border's class and the ink the other class. When the "
+        "paper is the pixels > t, grey = 1 - grey",
+        "table_border": TABLE_BORDER,
+        "table_paper": TABLE_PAPER,
+        "paper_level": "b = grey of the paper's pixels on the border (on a table: of all the paper's pixels); "
+        "median(b) + paper_mads * 1.4826 * median(|b - median(b)|)",
         "paper_mads": PAPER_MADS,
-        "ink_level": "numpy.percentile(grey of the ink pixels, ink_percentile) (linear interpolation)",
+        "ink_level": "numpy.percentile(grey of the ink pixels, ink_percentile) (linear interpolation); median(b) when "
+        "there are none (a blank page on a table)",
         "ink_percentile": INK_PERCENTILE,
     }
 
@@ -353,9 +393,10 @@ def mnist_preparation_record() -> dict[str, Any]:
         "invert_above_mean": INVERT_ABOVE_MEAN,  # refused when no pixel of grey (1 - grey if its mean is above it)...
         "ink_above": INK_ABOVE,  # ... is above this, or when grey.max() - grey.min() is at most this
         **paper_and_ink_record(),
-        "ink_level": "numpy.percentile(grey of the ink pixels, ink_percentile) (linear interpolation); refused when "
-        "ink_level - paper_level is at most ink_above",
-        "stretch": "grey = clip((grey - paper_level) / (ink_level - paper_level), 0, 1) as float32",
+        "ink_level": "numpy.percentile(grey of the ink pixels, ink_percentile) (linear interpolation); median(b) when "
+        "there are none (a blank page on a table); refused when ink_level - paper_level is at most ink_above",
+        "stretch": "grey = clip((grey - paper_level) / (ink_level - paper_level), 0, 1) as float32, then 0 on the "
+        "table",
         "crop": "grey cut to the bounding box of the pixels above ink_above (first to last row and column, inclusive)",
         "fit": INK_BOX,
         "fit_resize": f"PIL Image.fromarray(crop as float32, mode 'F').resize((max(1, round(w * {INK_BOX} / "

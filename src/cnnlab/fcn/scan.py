@@ -1021,12 +1021,12 @@ def scan_tensor(image: Any, channels: int = 1, invert: bool | None = None) -> to
 
     With `invert` None, the page's paper is told from its ink as `cnnlab predict` tells one digit's
     (`cnnlab.data.mnist.paper_and_ink`, on the grey image, for an RGB network too): Otsu's threshold, the paper being
-    what holds the image's border; dark ink on light paper is inverted whatever the paper's grey, the paper's median
-    goes to 0 (`PAGE_PAPER_MADS`) and the ink's level to 1. Before, a mean above 0.5 inverted and nothing was
-    stretched: a page of MNIST digits photographed on paper of grey 0.7 kept its paper at 0.3, which a canvas
-    segmenter took for ink (foreground IoU 0.37, now 0.95), and on grey 0.5 it was not inverted at all, the paper
-    read as the digits (IoU 0.003, now 0.95; `fcn scan` read 14% of the digits right, now 100%;
-    benchmarks/scan_paper_grey.py).
+    what holds the image's border, and a table round a photographed page goes to 0; dark ink on light paper is inverted
+    whatever the paper's grey, the paper's median goes to 0 (`PAGE_PAPER_MADS`) and the ink's level to 1. Before, a mean
+    above 0.5 inverted and nothing was stretched: a page of MNIST digits photographed on paper of grey 0.7 kept its
+    paper at 0.3, which a canvas segmenter took for ink (foreground IoU 0.37, now 0.95), and on grey 0.5 it was not
+    inverted at all, the paper read as the digits (IoU 0.003, now 0.95; `fcn scan` read 14% of the digits right, now
+    100%; benchmarks/scan_paper_grey.py).
 
     Kept as they were: an image already light on exact black (its paper's median 0, as the canvases are) is left as
     read, and an image of one grey is inverted when its mean is above `INVERT_ABOVE_MEAN`. A page whose darkest
@@ -1046,13 +1046,15 @@ def scan_tensor(image: Any, channels: int = 1, invert: bool | None = None) -> to
         return tensor.neg_().add_(1.0) if float(tensor.mean()) > INVERT_ABOVE_MEAN else tensor
     found = paper_and_ink(levels)
     paper_level = found.paper_level(PAGE_PAPER_MADS)
-    if not found.paper_is_light and paper_level <= 0.0:  # light on exact black already: the canvases' own form
-        return tensor
+    if not found.paper_is_light and paper_level <= 0.0 and found.surroundings is None:  # light on exact black
+        return tensor  # already: the canvases' own form
     if found.paper_is_light:
         tensor = tensor.neg_().add_(1.0)
     tensor = tensor.sub_(paper_level)
     if found.ink_level - found.paper_level() > INK_ABOVE:  # not a blank page
         tensor = tensor.div_(found.ink_level - paper_level)
+    if found.surroundings is not None:  # the table around a photographed page goes to the paper's black
+        tensor[:, torch.from_numpy(found.surroundings)] = 0.0
     return tensor.clamp_(0.0, 1.0)
 
 
@@ -1071,12 +1073,12 @@ def scan_preparation_record() -> dict[str, Any]:
         "invert_above_mean": INVERT_ABOVE_MEAN,
         "one_grey": "an image of one grey level is inverted (grey = 1 - grey) when its mean is above "
         "invert_above_mean, and is otherwise left as read",
-        "as_read": "an image whose paper is dark (the border's median at most t) and whose paper_level is at most 0 "
+        "as_read": "an image whose paper is dark (the pixels <= t), not on a table, and whose paper_level is at most 0 "
         "(light on exact black, as MNIST's digits and the canvases are) is left as read",
         "stretch": "otherwise, grey inverted first when the paper is light: grey = clip((grey - paper_level) / "
         "(ink_level - paper_level), 0, 1) as float32; a blank page, whose ink_level is at most ink_above above "
         "median(b) + blank_paper_mads * 1.4826 * median(|b - median(b)|), is not divided: grey = clip(grey - "
-        "paper_level, 0, 1)",
+        "paper_level, 0, 1); then 0 on the table, if any",
     }
 
 

@@ -385,8 +385,9 @@ def _digits_preparation(trained_on: str) -> str:
     reads one (`cnnlab.fcn.scan.scan_tensor`), the digits left at their size, that of the digits in `trained_on`."""
     return (
         "as `cnnlab fcn scan` reads an image (cnnlab.fcn.scan.scan_tensor): grey (PIL Image.convert('L')), divided by "
-        "255, the paper told from the ink by Otsu's threshold (the paper holds the image's border), dark ink on light "
-        "paper inverted (MNIST's digits are light on black) and the paper's level stretched to 0 and the ink's to 1 "
+        "255, the paper told from the ink by Otsu's threshold (the paper holds the image's border; a table round a "
+        "page goes to 0), dark ink on light paper inverted (MNIST's digits are light on black) and the paper's level "
+        "stretched to 0 and the ink's to 1 "
         "(`prepare_steps` gives each step exactly); not resized, so its digits should be about MNIST's size (20 px "
         f"tall in a 28 px cell), as in {trained_on}"
     )
