@@ -1019,3 +1019,21 @@ def test_a_page_photographed_on_a_dark_table_is_read_as_the_page_with_the_table_
     assert float((inside[torch.from_numpy(canvas) == 0] > 0.3).float().mean()) < 0.01  # the page's paper is black
     blank = scan_tensor(_on_a_table(_photographed_page(np.zeros_like(canvas), 0.9), table, margin=20))
     assert float(blank.max()) < 0.3  # a blank page on a table: nothing bright
+
+
+def test_an_rgb_network_gets_the_prepared_grey_on_each_channel_on_coloured_paper_too() -> None:
+    """Each colour was stretched by the grey's paper and ink levels: yellow paper went to black in grey but its blue
+    channel stayed at 0.49, as bright as half the ink (the scan's stroke level), so an RGB network read the page as
+    ink. It now gets the grey preparation on each of its channels, as a grey photo always gave it."""
+    from PIL import ImageDraw
+
+    from cnnlab.fcn.scan import scan_tensor
+
+    page = Image.new("RGB", (160, 96), (240, 220, 120))  # yellow paper, a dark stroke
+    ImageDraw.Draw(page).line([(30, 20), (30, 60)], fill=(20, 20, 20), width=3)
+    grey = scan_tensor(page, channels=1)
+    read = scan_tensor(page, channels=3)
+    assert torch.equal(read, grey.expand(3, -1, -1))
+    assert float(read[:, 80, 100].max()) == 0.0 and float(read[:, 40, 30].min()) == 1.0  # paper black, ink white
+    as_read = scan_tensor(page, channels=3, invert=False)  # --no-invert keeps the colours: it does nothing else
+    assert not torch.equal(as_read[0], as_read[2])

@@ -997,7 +997,8 @@ def load_scan_image(
         invert: turn dark-on-light into light-on-dark (MNIST's polarity), True or False and nothing more; None
             prepares the page as `scan_tensor` says: the paper told from the ink at the image's border, inverted when
             light, stretched to black and the ink to white, for an RGB network too (it was grayscale only: white paper
-            scanned by an RGB network was neither inverted nor, being all "stroke", left blank).
+            scanned by an RGB network was neither inverted nor, being all "stroke", left blank), which gets the
+            prepared grey on each of its channels.
         checked: `check_scan_memory`'s answer for this file: an image of that size is decoded even over Pillow's
             decompression-bomb guard (179 MP), which is raised for this call only.
     """
@@ -1032,8 +1033,15 @@ def scan_tensor(image: Any, channels: int = 1, invert: bool | None = None) -> to
     read, and an image of one grey is inverted when its mean is above `INVERT_ABOVE_MEAN`. A page whose darkest
     strokes stand out by `INK_ABOVE` or less from its paper's median + `PAPER_MADS` deviations (`fitted_ink`'s blank
     page) is not stretched, which would make its grain ink. `invert` True or False inverts, or not, and nothing else.
+
+    An RGB network (`channels` 3) gets the prepared grey on each channel, as an MNIST digit is made RGB: its colours
+    were stretched by the grey's paper and ink levels, so coloured paper was black in grey but not in every colour
+    (yellow paper: its blue channel at 0.49, the scan's stroke level 0.5, as if the page were ink).
     """
     from cnnlab.data.mnist import INK_ABOVE, INVERT_ABOVE_MEAN, paper_and_ink
+
+    if channels == 3 and invert is None:  # the grey prepared once: its paper and ink levels are the grey's
+        return scan_tensor(image, 1, None).expand(3, -1, -1).contiguous()
 
     # bytes to floats in torch: numpy's asarray(dtype=float32) of the image took 3.4 s of a 100 MP image's 7.8
     pixels = np.array(image.convert("L") if channels == 1 else image)
