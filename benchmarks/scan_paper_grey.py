@@ -11,9 +11,10 @@ on the same pages clean (light digits on black, as the canvases are):
 - scanner: a 416x496 page of 100 digits (the first 10 test digits of each class, 28 px cells 40 px apart, each cell's
   corner on the network's stride of 8) and a blank band 80 px wide on its right: the share of digits whose own window
   is scored their class, and the share of the blank band's windows the heatmap draws as holding a digit (3% stroke).
-Run it with PYTHONPATH pointing at another checkout's src to compare preparations on the same pages.
+--shading S makes the light fall by S instead of 15%. Run it with PYTHONPATH pointing at another checkout's src to
+compare preparations on the same pages.
 
-Run: .venv/bin/python benchmarks/scan_paper_grey.py --segmenter RUN --scanner FCN [--papers 0.5 0.7 0.95]
+Run: .venv/bin/python benchmarks/scan_paper_grey.py --segmenter RUN --scanner FCN [--papers 0.5 0.7 0.95] [--shading S]
 (RUN: a `cnnlab train segment` canvas run; FCN: a `cnnlab fcn convert` folder; MNIST under $CNNLAB_DATA)
 """
 
@@ -38,15 +39,17 @@ BLANK = 80  # the scanner page's blank band, px wide, on its right
 ROWS = 10  # the scanner page's rows: the first ROWS test digits of each class, one class a column
 
 
-def photographed(canvas: np.ndarray, paper: float | None, rng: np.random.Generator, folder: Path) -> Image.Image:
-    """A uint8 light-on-black canvas as a PNG photo of dark ink on paper of grey `paper` (None: the canvas itself),
-    read back as RGB."""
+def photographed(
+    canvas: np.ndarray, paper: float | None, rng: np.random.Generator, folder: Path, shading: float = SHADING
+) -> Image.Image:
+    """A uint8 light-on-black canvas as a PNG photo of dark ink on paper of grey `paper` (None: the canvas itself), lit
+    `shading` less at the bottom right than at the top left, read back as RGB."""
     if paper is None:
         page = Image.fromarray(canvas)
     else:
         ink = canvas.astype(np.float64) / 255
         rows, cols = np.mgrid[0 : canvas.shape[0], 0 : canvas.shape[1]]
-        light = 1 - SHADING * (0.6 * cols / canvas.shape[1] + 0.4 * rows / canvas.shape[0])
+        light = 1 - shading * (0.6 * cols / canvas.shape[1] + 0.4 * rows / canvas.shape[0])
         page = (paper * (1 - ink) + INK * ink) * light + rng.normal(0, NOISE, canvas.shape)
         page = Image.fromarray((page.clip(0, 1) * 255).round().astype(np.uint8))
     page.save(folder / "page.png")
@@ -60,6 +63,7 @@ def main() -> None:
     parser.add_argument("--scanner", type=Path, help="a `cnnlab fcn convert` folder")
     parser.add_argument("--pages", type=int, default=50, help="segmenter pages (default 50)")
     parser.add_argument("--papers", type=float, nargs="+", default=[0.5, 0.7, 0.95], help="paper greys")
+    parser.add_argument("--shading", type=float, default=SHADING, help="the light's fall (default 0.15)")
     parser.add_argument("--data-dir", default=os.environ.get("CNNLAB_DATA", "data"), help="MNIST root")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
@@ -72,7 +76,7 @@ def main() -> None:
     splits = load_mnist(args.data_dir, val_size=0)
     digits, labels = splits.test_images, splits.test_labels
     papers: list[float | None] = [None, *args.papers]
-    results: dict[str, object] = {}
+    results: dict[str, object] = {"shading": args.shading}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as temporary, torch.inference_mode():
         folder = Path(temporary)
@@ -83,7 +87,7 @@ def main() -> None:
                 rng = np.random.default_rng(0)
                 inter = union = right = ink_pixels = 0
                 for canvas, truth in zip(pages.images[:, 0].numpy(), pages.masks.numpy(), strict=True):
-                    picture = scan_tensor(photographed(canvas, paper, rng, folder))
+                    picture = scan_tensor(photographed(canvas, paper, rng, folder, args.shading))
                     predicted = model(picture[None])[0].argmax(0).numpy()
                     inter += int(((predicted > 0) & (truth > 0)).sum())
                     union += int(((predicted > 0) | (truth > 0)).sum())
@@ -104,7 +108,7 @@ def main() -> None:
                     places.append((top // stride, left // stride, digit))
             for paper in papers:
                 rng = np.random.default_rng(0)
-                result = scan(converted, scan_tensor(photographed(canvas, paper, rng, folder)), refine=1)
+                result = scan(converted, scan_tensor(photographed(canvas, paper, rng, folder, args.shading)), refine=1)
                 found = sum(int(result.probabilities[:, row, col].argmax()) == digit for row, col, digit in places)
                 first_blank = -(-(width - BLANK) // stride)  # the first column whose window lies in the blank band
                 drawn = result.ink[:, first_blank:] >= 0.03

@@ -196,6 +196,17 @@ def grey_digits_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
         grey = levels.astype(np.float32) / 255.0
         return torch.from_numpy(1.0 - grey if grey.mean() > steps["invert_above_mean"] else grey)[None]
     grey, paper_level, ink_level, (light, median, spread, table) = _paper_and_ink(steps, levels, steps["paper_mads"])
+    assert "scipy.ndimage.grey_closing(levels, size=(flatten_size, flatten_size))" in steps["flatten"]
+    if light and table is None:  # flatten
+        from scipy import ndimage
+
+        lit = ndimage.grey_closing(levels, size=(steps["flatten_size"], steps["flatten_size"]))
+        if lit.min() < steps["flatten_below"] * lit.max():
+            scale = np.median(lit) / np.maximum(lit, 1).astype(np.float64)
+            levels = np.clip(np.rint(levels * scale), 0, 255).astype(np.uint8)
+            grey, paper_level, ink_level, (light, median, spread, table) = _paper_and_ink(
+                steps, levels, steps["paper_mads"]
+            )
     if not light and table is None and paper_level <= 0.0:  # as_read
         return torch.from_numpy(levels.astype(np.float32) / 255.0)[None]
     grey = grey - paper_level

@@ -1037,3 +1037,27 @@ def test_an_rgb_network_gets_the_prepared_grey_on_each_channel_on_coloured_paper
     assert float(read[:, 80, 100].max()) == 0.0 and float(read[:, 40, 30].min()) == 1.0  # paper black, ink white
     as_read = scan_tensor(page, channels=3, invert=False)  # --no-invert keeps the colours: it does nothing else
     assert not torch.equal(as_read[0], as_read[2])
+
+
+def test_a_page_whose_light_falls_steeply_is_flattened_and_an_evenly_lit_one_read_as_before() -> None:
+    """Light falling 75% across a page: Otsu's one threshold put the shaded paper with the ink, so the dark end's
+    paper came out bright (as ink) and its strokes faint against it. The paper's light, a grey closing that covers a
+    digit, is now divided out first when it falls below 2/3 of its brightest; a page lit evenly, or 15% unevenly, is
+    read exactly as before."""
+    from cnnlab.fcn.scan import scan_tensor
+
+    canvas = _page_of_strokes()
+    clean = torch.from_numpy(canvas).float() / 255
+    ink = canvas.astype(np.float64) / 255
+    rows, cols = np.mgrid[0:96, 0:160]
+    light = 1 - 0.75 * (0.6 * cols / 160 + 0.4 * rows / 96)
+    page = (0.95 * (1 - ink) + 0.1 * ink) * light + np.random.default_rng(0).normal(0, 0.02, canvas.shape)
+    photo = Image.fromarray((page.clip(0, 1) * 255).round().astype(np.uint8)).convert("RGB")
+    read = scan_tensor(photo)[0]
+    assert float((read[clean == 0] > 0.3).float().mean()) < 0.01  # the shaded paper black, not ink
+    strokes, truth = read > 0.5, clean > 0.5
+    assert float((strokes & truth).sum() / (strokes | truth).sum()) > 0.8
+    from cnnlab.fcn.scan import flattened_light
+
+    even = _photographed_page(canvas, 0.9)  # lit 15% unevenly: not flattened, read as before
+    assert flattened_light(np.array(even.convert("L"))) is None

@@ -183,6 +183,10 @@ def test_a_canvas_segmentation_run_exports_with_free_height_and_width(tmp_path: 
     on_table = grey_digits_input(record, tmp_path / "table.png")
     assert torch.equal(on_table, scan_tensor(table)) and float(on_table[0, :10].max()) == 0.0
     assert torch.equal(on_table[:, 10:50, 10:100], scan_tensor(image))
+    rows, cols = np.mgrid[0:40, 0:90]  # the page lit 70% less at one end: flattened first, as scan does
+    shaded = Image.fromarray((page * (1 - 0.7 * cols / 90) * 255).round().astype(np.uint8)).convert("RGB")
+    shaded.save(tmp_path / "shaded.png")
+    assert torch.equal(grey_digits_input(record, tmp_path / "shaded.png"), scan_tensor(shaded))
     exported, eager = _loaded(result["model"], fmt), load_model(tmp_path / "canvases")
     generator = torch.Generator().manual_seed(1)
     for shape in ((1, 1, 64, 64), (2, 1, 40, 90)):
