@@ -272,3 +272,21 @@ def test_an_empty_run_list_says_why_before_an_upload(tmp_path: Path, monkeypatch
     )
     assert [value for _, value in models.choices] == [value for _, value in scan_runs.choices] == ["mnist/small"]
     assert models.info is None and scan_runs.info is None
+
+
+def test_each_upload_box_says_its_limit_before_a_file_is_picked(tmp_path: Path) -> None:
+    """A file over --max-upload-mb is refused by Gradio in the browser, before cnnlab sees it: a note "File(s) exceed
+    the maximum allowed size of 10.0 Mb" that went after 10 s, then "Error" in the box, with no word of the limit in
+    MiB nor of what to do. Each upload box now says its limit and the remedy under it, from the start."""
+    pytest.importorskip("gradio", reason="the lab extra")
+    blocks = lab_app.build_app(tmp_path, max_upload_bytes=3 * 2**20, warm=False)
+    notes = {block.elem_id: block.value for block in blocks.blocks.values() if getattr(block, "elem_id", None)}
+    remedy = "save it smaller (as a JPEG, or downscaled), or start the lab with a larger `--max-upload-mb`."
+    assert notes["classify-upload-limit"] == (
+        'Files up to 3 MiB. The browser refuses a larger file ("File(s) exceed the maximum allowed size", then '
+        f'"Error" in the box): {remedy}'
+    )
+    assert notes["scan-upload-limit"] == (
+        "Files up to 3 MiB and 4 MP (24 MP for a segmentation run trained with `--max-side`). The browser refuses a "
+        f'larger file ("File(s) exceed the maximum allowed size", then "Error" in the box): {remedy}'
+    )

@@ -120,6 +120,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         for_display,
         open_upload,
         pretrained_models,
+        upload_note,
     )
     from cnnlab.lab.runs import (
         compare_curves,
@@ -132,7 +133,7 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
         unreadable_run_folders,
         unreadable_task_folders,
     )
-    from cnnlab.lab.scan_page import scan_view, segment_view
+    from cnnlab.lab.scan_page import MAX_DOWNSCALED_PIXELS, MAX_PIXELS, scan_view, segment_view
     from cnnlab.tasks.explain import is_canvas_segmentation_run, load_subject
     from cnnlab.tasks.segment_predict import is_segmentation_run
     from cnnlab.train.saved import ENSEMBLE_SPEC, ensemble_members
@@ -458,6 +459,8 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
                     # its own message (naming its temporary path) and dropping a PNG's transparency before cnnlab's
                     # loader puts it on white, as every command does.
                     upload = gr.File(label="photo", type="filepath", elem_id="classify-upload")
+                    # said before a photo is picked: Gradio refuses a larger one in the browser, in its own words
+                    gr.Markdown(upload_note(max_upload_bytes), elem_id="classify-upload-limit")
                     photo = gr.Image(label="the image classified", interactive=False, elem_id="classify-photo")
                 cam = gr.Image(
                     label="Grad-CAM of the class named below",
@@ -522,6 +525,11 @@ def build_app(runs_root: str | os.PathLike[str], max_upload_bytes: int = 10 * 2*
                 info=scan_list_note(scan_runs),
             )
             scan_upload = gr.File(label="large image", type="filepath", elem_id="scan-upload")  # cnnlab reads it
+            pixels = (
+                f"{MAX_PIXELS // 2**20} MP ({MAX_DOWNSCALED_PIXELS // 2**20} MP for a segmentation run trained with "
+                "`--max-side`)"
+            )
+            gr.Markdown(upload_note(max_upload_bytes, pixels), elem_id="scan-upload-limit")
             with gr.Row():
                 heatmap = gr.Image(label="class heatmap, or the masks over the image", interactive=False)
                 colour_mask = gr.Image(label="mask (segmentation runs)", interactive=False, visible=False)

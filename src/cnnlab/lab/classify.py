@@ -30,6 +30,7 @@ __all__ = [
     "for_display",
     "open_upload",
     "pretrained_models",
+    "upload_note",
     "without_bomb_warning",
 ]
 
@@ -76,6 +77,14 @@ def pretrained_models() -> list[str]:
     return [name for name, figures in recorded_figures().items() if weights_label(figures.weights_source) == "offline"]
 
 
+# What to do with a file over the lab's upload limit, in the refusal and in the note under each upload box.
+_SMALLER = "save it smaller (as a JPEG, or downscaled), or start the lab with a larger `--max-upload-mb`"
+
+
+def _mib(max_bytes: int) -> str:
+    return f"{max_bytes / 2**20:.3g} MiB"  # as --max-upload-mb counts them
+
+
 def check_upload_size(path: str | os.PathLike[str], max_bytes: int) -> None:
     """Refuse an uploaded file larger than the lab's limit (``--max-upload-mb``), in MiB as the option counts them.
 
@@ -84,9 +93,24 @@ def check_upload_size(path: str | os.PathLike[str], max_bytes: int) -> None:
     """
     size = os.path.getsize(path)
     if size > max_bytes:
-        raise CnnlabError(
-            f"the image is {size / 2**20:.2f} MiB; the lab takes images up to {max_bytes / 2**20:.3g} MiB"
-        )
+        limit = _mib(max_bytes)
+        raise CnnlabError(f"the image is {size / 2**20:.2f} MiB; the lab takes images up to {limit}: {_SMALLER}")
+
+
+def upload_note(max_bytes: int, pixels: str = "") -> str:
+    """The line under an upload box (Markdown): its limit, said before a file is picked. Gradio refuses a larger file
+    in the browser, before cnnlab sees it, in a note of its own that goes after 10 s ("File(s) exceed the maximum
+    allowed size of 10.0 Mb"), the box then reading "Error" with no reason and no word of what to do.
+
+    Args:
+        max_bytes: the lab's upload limit (``--max-upload-mb``).
+        pixels: the page's limit in pixels, where it has one ("4 MP"), said with the size.
+    """
+    return (
+        f"Files up to {_mib(max_bytes)}{f' and {pixels}' if pixels else ''}. The browser refuses a larger file "
+        '("File(s) exceed the maximum allowed size", then "Error" in the box): '
+        f"{_SMALLER}."
+    )
 
 
 @contextlib.contextmanager
