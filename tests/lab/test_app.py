@@ -290,3 +290,22 @@ def test_each_upload_box_says_its_limit_before_a_file_is_picked(tmp_path: Path) 
         "Files up to 3 MiB and 4 MP (24 MP for a segmentation run trained with `--max-side`). The browser refuses a "
         f'larger file ("File(s) exceed the maximum allowed size", then "Error" in the box): {remedy}'
     )
+
+
+def test_an_upload_gone_from_the_server_is_said_in_words(tmp_path: Path) -> None:
+    """The photo on show is read again when another model, layer or run is picked: one removed from Gradio's upload
+    folder since (a cleaner of temporary files) was a FileNotFoundError traceback in the server's log and its text,
+    naming Gradio's temporary path, in the page."""
+    gradio = pytest.importorskip("gradio", reason="the lab extra")
+    blocks = lab_app.build_app(tmp_path, warm=False)
+    handlers = {dependency.fn.__name__: dependency.fn for dependency in blocks.fns.values()}
+    gone = str(tmp_path / "gradio" / "photo.png")
+    said = (
+        "the uploaded file is no longer on the server (No such file or directory; a cleaner of temporary files may "
+        "have removed it): upload it again"
+    )
+    for name, args in (("on_model", ("mnist/any", gone)), ("on_upload", ("mnist/any", gone, None)),
+                       ("on_scan", ("mnist/any", gone)), ("on_scan_run", ("mnist/any", gone))):  # fmt: skip
+        with pytest.raises(gradio.Error) as refused:
+            handlers[name](*args)
+        assert refused.value.message == said, name

@@ -89,9 +89,17 @@ def check_upload_size(path: str | os.PathLike[str], max_bytes: int) -> None:
     """Refuse an uploaded file larger than the lab's limit (``--max-upload-mb``), in MiB as the option counts them.
 
     Raises:
-        CnnlabError: the file is larger than `max_bytes`.
+        CnnlabError: the file is larger than `max_bytes`, or gone (see below).
     """
-    size = os.path.getsize(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError as error:
+        # The photo on show is read again for another model, layer or run: one that a cleaner of temporary files had
+        # removed from Gradio's upload folder since was a FileNotFoundError traceback, naming Gradio's path.
+        raise CnnlabError(
+            f"the uploaded file is no longer on the server ({error.strerror or error}; a cleaner of temporary files "
+            "may have removed it): upload it again"
+        ) from None
     if size > max_bytes:
         limit = _mib(max_bytes)
         raise CnnlabError(f"the image is {size / 2**20:.2f} MiB; the lab takes images up to {limit}: {_SMALLER}")
