@@ -309,3 +309,32 @@ def test_an_upload_gone_from_the_server_is_said_in_words(tmp_path: Path) -> None
         with pytest.raises(gradio.Error) as refused:
             handlers[name](*args)
         assert refused.value.message == said, name
+
+
+def test_a_run_or_task_folder_given_as_the_runs_root_is_refused_naming_the_root_to_pass(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`--runs runs/mnist/small` (a run's own folder) listed no runs and said to train one with `--output
+    runs/mnist/small`; `--runs runs/mnist` listed an ensemble's members as runs of a task named after the ensemble and
+    left every other run out, unsaid. Both are refused before the app is built, naming the runs root."""
+    from cnnlab.train.config import TrainConfig, save_config
+
+    for name in ("small", "pair/seed0", "pair"):
+        (tmp_path / "mnist" / name).mkdir(parents=True, exist_ok=True)
+        save_config(TrainConfig(task="mnist", name=name), tmp_path / "mnist" / name / "config.yaml")
+        (tmp_path / "mnist" / name / "sessions.json").write_text("[]")  # as a run's first session writes it
+    (tmp_path / "config.yaml").write_text("another tool's settings\n")  # no run's: a runs root may hold one
+    monkeypatch.chdir(tmp_path)
+    for runs, message in (
+        ("mnist/small", "--runs mnist/small is a run's folder (it holds config.yaml), not a runs root"),
+        ("mnist/pair/seed0", "--runs mnist/pair/seed0 is a run's folder (it holds config.yaml), not a runs root"),
+        ("mnist", "--runs mnist holds runs itself (pair/config.yaml), as a task's folder does, not a runs root"),
+    ):
+        result, called = _invoke(monkeypatch, "--runs", runs)
+        assert isinstance(result.exception, CnnlabError) and not called, runs
+        assert str(result.exception).startswith(message + ": pass the folder ")
+        assert str(result.exception).endswith(" which holds <task>/<name>/ runs: --runs ."), runs
+    result, called = _invoke(monkeypatch, "--runs", str(tmp_path / "mnist"))
+    assert str(result.exception).endswith(f"--runs {tmp_path}")  # as typed: absolute
+    result, called = _invoke(monkeypatch, "--runs", ".")
+    assert result.exit_code == 0 and called["runs"] == Path(".")

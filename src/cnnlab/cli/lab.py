@@ -21,7 +21,8 @@ def lab_command(
         typer.Option(
             "--runs",
             help="Runs root (the `cnnlab train ... --output` runs were written to): the Runs, Classify and Scan "
-            "pages list its RUNS/<task>/<name> runs, and Answers shows RUNS/answers/answers.md. It need not exist yet.",
+            "pages list its RUNS/<task>/<name> runs, and Answers shows RUNS/answers/answers.md. It need not exist yet; "
+            "a run's own folder, or a task's, is refused.",
         ),
     ] = Path("runs"),
     port: Annotated[

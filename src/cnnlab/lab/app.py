@@ -661,8 +661,11 @@ def check_runs_root(runs_root: str | os.PathLike[str]) -> bool:
     """Whether the runs root exists (a new user's ``runs`` may not yet: the pages then list no runs).
 
     Raises:
-        CnnlabError: when it names a file, or a folder that cannot be read.
+        CnnlabError: when it names a file, a folder that cannot be read, or a run's or a task's folder
+            (`cnnlab.lab.runs.misplaced_root`).
     """
+    from cnnlab.lab.runs import misplaced_root
+
     path = Path(runs_root)
     if path.exists() and not path.is_dir():
         raise CnnlabError(f"--runs {runs_root} is a file; pass the folder the train commands write to (runs)")
@@ -676,4 +679,7 @@ def check_runs_root(runs_root: str | os.PathLike[str]) -> bool:
             f"--runs {runs_root} cannot be read ({error.strerror or error}); pass a runs folder this user can read, "
             "or give it read permission"
         ) from None
+    reason = misplaced_root(path)
+    if reason is not None:
+        raise CnnlabError(reason)
     return True
