@@ -281,7 +281,7 @@ def test_each_upload_box_says_its_limit_before_a_file_is_picked(tmp_path: Path) 
     pytest.importorskip("gradio", reason="the lab extra")
     blocks = lab_app.build_app(tmp_path, max_upload_bytes=3 * 2**20, warm=False)
     notes = {block.elem_id: block.value for block in blocks.blocks.values() if getattr(block, "elem_id", None)}
-    remedy = "save it smaller (as a JPEG, or downscaled), or start the lab with a larger `--max-upload-mb`."
+    remedy = "downscale it or save it as a lower-quality JPEG, or start the lab with a larger `--max-upload-mb`."
     assert notes["classify-upload-limit"] == (
         'Files up to 3 MiB. The browser refuses a larger file ("File(s) exceed the maximum allowed size", then '
         f'"Error" in the box): {remedy}'

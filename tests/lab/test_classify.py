@@ -84,8 +84,8 @@ def test_uploads_are_size_limited_and_checked(chelsea: Path, tmp_path: Path, mon
     with pytest.raises(CnnlabError) as refused:
         open_upload(large, max_bytes=2**20)
     assert str(refused.value) == (
-        "the image is 1.50 MiB; the lab takes images up to 1 MiB: save it smaller (as a JPEG, or downscaled), or start "
-        "the lab with a larger `--max-upload-mb`"
+        "the image is 1.50 MiB; the lab takes images up to 1 MiB: downscale it or save it as a lower-quality JPEG, or "
+        "start the lab with a larger `--max-upload-mb`"
     )
     garbage = tmp_path / "photo.jpg"
     garbage.write_bytes(b"this is not a JPEG" * 50)

@@ -78,7 +78,7 @@ def pretrained_models() -> list[str]:
 
 
 # What to do with a file over the lab's upload limit, in the refusal and in the note under each upload box.
-_SMALLER = "save it smaller (as a JPEG, or downscaled), or start the lab with a larger `--max-upload-mb`"
+_SMALLER = "downscale it or save it as a lower-quality JPEG, or start the lab with a larger `--max-upload-mb`"
 
 
 def _mib(max_bytes: int) -> str:
