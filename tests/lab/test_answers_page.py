@@ -27,7 +27,7 @@ def test_the_answers_folder_itself_as_the_runs_root_shows_its_sheet(tmp_path: Pa
     assert answer_sheet(tmp_path)[0] == "## Exercise 2\n"
 
 
-def test_figures_inside_the_root_go_to_the_gallery_and_others_are_dropped(tmp_path: Path) -> None:
+def test_figures_inside_the_root_go_to_the_gallery_missing_ones_are_named_others_dropped(tmp_path: Path) -> None:
     folder = tmp_path / "runs" / "answers"
     (folder / "figures").mkdir(parents=True)
     Image.new("RGB", (4, 4)).save(folder / "figures" / "scan.png")
@@ -38,6 +38,8 @@ def test_figures_inside_the_root_go_to_the_gallery_and_others_are_dropped(tmp_pa
     text, figures = answer_sheet(tmp_path / "runs")
     assert figures == [((folder / "figures" / "scan.png").resolve(), "scan")]
     assert "## Exercise 7" in text and "![" not in text and "outside" not in text
+    # a missing figure was dropped unsaid, the sheet's words pointing at nothing
+    assert "_(figure: missing.png, cannot be shown: not found)_" in text
 
 
 def test_a_figure_that_does_not_decode_is_named_in_the_text_not_sent_to_the_gallery(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ _IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
 def answer_sheet(runs_root: str | Path) -> tuple[str, list[tuple[Path, str]]]:
     """The sheet's Markdown with its image links taken out, and the figures they pointed to (path, caption).
 
-    Only figures inside the runs root that decode are returned (the text says why another cannot be shown); the page
-    shows them in a gallery (the Markdown component cannot load local files). Without a sheet, a short text says how
-    to write one.
+    Only figures inside the runs root that decode are returned (the text says why another inside it cannot be shown:
+    missing, or broken; one outside it is left out unnamed); the page shows them in a gallery (the Markdown component
+    cannot load local files). Without a sheet, a short text says how to write one.
     """
     from cnnlab.data.folder import check_image
 
@@ -40,13 +40,15 @@ def answer_sheet(runs_root: str | Path) -> tuple[str, list[tuple[Path, str]]]:
 
     def take(match: re.Match[str]) -> str:
         figure = (path.parent / match.group(2)).resolve()
-        if figure.is_file() and figure.is_relative_to(root):
-            reason = check_image(figure)  # a broken one failed the whole page, sheet included
-            if reason is not None:
-                return f"_(figure: {figure.name}, cannot be shown: {reason})_"
-            figures.append((figure, match.group(1) or figure.name))
-            return f"_(figure: {figure.name}, in the gallery below)_"
-        return ""
+        if not figure.is_relative_to(root):
+            return ""  # not shown, nor named
+        # a broken one failed the whole page, sheet included; a missing one (deleted, or a sheet copied without its
+        # figures) was dropped unsaid, the text around it pointing at nothing
+        reason = check_image(figure) if figure.is_file() else "not found"
+        if reason is not None:
+            return f"_(figure: {figure.name}, cannot be shown: {reason})_"
+        figures.append((figure, match.group(1) or figure.name))
+        return f"_(figure: {figure.name}, in the gallery below)_"
 
     return _IMAGE.sub(take, text), figures
 
