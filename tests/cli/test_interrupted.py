@@ -204,6 +204,95 @@ def test_under_torchrun_a_sigterm_says_torchrun_stopped_the_job(
         assert ("interrupted" in printed[-1]) == (world_size == "1")
 
 
+def _stopped_by_torchrun_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, rank: str, **patched: object
+) -> list[str]:
+    """Rank `rank` of a 3-process torchrun job stopped by torchrun's SIGTERM mid-run (as while it waits for its
+    DataLoader's workers, in no collective), the CLI's functions `patched`: its exit code checked 143, its lines."""
+    import os
+    import signal
+
+    import cnnlab.cli as cli
+    import cnnlab.train.strategy  # noqa: F401 (loaded, as in a rank that joined its job)
+    from cnnlab.tasks import recipes
+
+    def stopped_waiting_for_data() -> None:
+        recipes.note_current_run(tmp_path / "mnist" / "ddp")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises KeyboardInterrupt in here at once
+
+    monkeypatch.setattr(recipes, "_CURRENT_RUN", {})
+    monkeypatch.setattr(cli, "app", stopped_waiting_for_data)
+    nothing_seen = {"_ended_ranks": lambda wait_seconds=1.0: [], "_how_ended": lambda rank: None}
+    nothing_seen |= {"_ranks_here_that_lost_a_peer": lambda: [], "_ranks_elsewhere": dict}
+    for name, value in {**nothing_seen, **patched}.items():
+        monkeypatch.setattr(cli, name, value, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", rank)
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main()
+    assert exit_code.value.code == 143
+    return capsys.readouterr().err.strip().splitlines()
+
+
+_OTHER_MACHINE_LOG = 'whose torchrun log names it under "Root Cause", after its error if it printed one'
+
+
+@pytest.mark.parametrize(
+    ("rank", "patched", "said"),
+    [
+        (
+            "0",
+            {"_ranks_here_that_lost_a_peer": lambda: [1]},  # `ended_ranks` leaves out a rank that lost a peer
+            "stopped by torchrun: lost another process of the torchrun job (rank 1 of this machine lost it); the rank "
+            f"that ended ran on another machine, node-b (rank 2), {_OTHER_MACHINE_LOG}",
+        ),
+        (
+            "0",
+            {
+                "_ranks_here_that_lost_a_peer": lambda: None,
+                "_ended_ranks": lambda wait_seconds=1.0: [1],
+                "_how_ended": {1: "exit code 143"}.get,
+            },  # fmt: skip
+            "stopped by torchrun: lost another process of the torchrun job (torchrun lost the job's store); the rank "
+            f"that ended ran on another machine, node-b (rank 2), {_OTHER_MACHINE_LOG}",
+        ),
+        (
+            "0",
+            {"_ended_ranks": lambda wait_seconds=1.0: [1], "_how_ended": {1: "exit code 143"}.get},
+            "stopped by torchrun (another process of the job failed, torchrun was sent SIGTERM, or it lost another "
+            'machine of the job: see the torchrun log of node-b (rank 2), which names a rank that ended under "Root '
+            'Cause")',
+        ),
+        (
+            "2",
+            {"_ranks_here_that_lost_a_peer": lambda: None, "_ranks_elsewhere": lambda: {"node-a": [0, 1]}},
+            "stopped by torchrun: lost another process of the torchrun job (torchrun lost the job's store); the rank "
+            f"that ended ran on another machine, node-a (ranks 0-1), {_OTHER_MACHINE_LOG}",
+        ),
+    ],
+    ids=["rank-here-lost-the-peer", "store-lost", "rank-here-stopped-too", "rank-zero-elsewhere"],
+)
+def test_a_rank_stopped_by_torchrun_after_a_peer_was_lost_elsewhere_names_that_machine(
+    rank: str,
+    patched: dict[str, object],
+    said: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """Two torchrun launchers (`--nnodes 2`), rank 2 of the second killed while the first's ranks wait for their
+    DataLoader's workers: rank 1 met gloo's error, noted it lost a peer and ended, and torchrun's SIGTERM stopped rank 0
+    in no collective, which said only "stopped by torchrun (another process of the job failed, or torchrun was sent
+    SIGTERM)" (3 of 3 tries); where the second launcher held the rendezvous, the first stopped both ranks as it lost
+    it, and rank 0 named rank 1, stopped by the same SIGTERM, as "rank 1 of the torchrun job ended (exit code 143); its
+    error is above"; and where rank 0 ran on the machine lost, the others said nothing. The line now names the other
+    machine whose log names the rank, or says that torchrun may have lost it."""
+    patched = {"_ranks_elsewhere": lambda: {"node-b": [2]}, **patched}
+    lines = _stopped_by_torchrun_line(monkeypatch, capsys, tmp_path, rank, **patched)
+    assert lines == [f"{said}{':' if said.endswith(')') else ';'} {_resume_hint(tmp_path)}"]
+
+
 @pytest.mark.parametrize(
     ("rank", "ended", "said"),
     [

@@ -439,6 +439,42 @@ def test_a_rank_that_ended_because_it_lost_a_peer_itself_is_not_named_and_other_
         child.wait()
 
 
+def test_a_rank_stopped_by_torchrun_finds_the_ranks_of_its_machine_that_lost_a_peer_or_a_store_that_is_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rank stopped by torchrun's SIGTERM while it waited for data, in no collective, met no backend error: what
+    tells it the job lost a peer is a rank of its machine that noted so (`note_lost_peer`), or the job's store that no
+    longer answers. A rank of another machine that noted it is not counted: it may have lost one of this machine's."""
+    import torch.distributed as dist
+
+    from cnnlab.train import strategy
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        here = (socket.gethostname(), strategy._machine())
+        peers = [(*here, os.getpid()), (*here, os.getppid()), ("node-b", "boot-b", 1)]
+        monkeypatch.setattr(strategy, "_peers", peers)
+        monkeypatch.setattr(strategy, "_store_unreachable", False)
+        assert strategy.ranks_here_that_lost_a_peer() == []
+        for rank in (1, 2):  # rank 1 of this machine, rank 2 of node-b
+            with monkeypatch.context() as as_rank:
+                as_rank.setattr(dist, "get_rank", lambda group=None, rank=rank: rank)
+                strategy.note_lost_peer()
+        assert strategy.ranks_here_that_lost_a_peer() == [1]
+
+        class Gone:
+            def set_timeout(self, timeout: object) -> None:
+                pass
+
+            def check(self, keys: list[str]) -> bool:
+                raise dist.DistNetworkError("Broken pipe")  # as torch's TCPStore client says a server gone
+
+        monkeypatch.setattr(dist.distributed_c10d, "_get_default_store", Gone)
+        assert strategy.ranks_here_that_lost_a_peer() is None
+    finally:
+        dist.destroy_process_group()
+
+
 def test_a_rank_of_another_machine_with_the_same_host_name_is_not_looked_for_on_this_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

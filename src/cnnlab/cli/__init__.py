@@ -326,19 +326,44 @@ def _interrupted_line(terminated: bool = False) -> str:
     every process left when one of them fails, or when it was itself sent SIGTERM (kill, a scheduler). The line
     says so, where "interrupted" had the user look for a Ctrl+C they never pressed instead of for the failed rank;
     and when a rank of this machine has ended (failed, or killed: then it printed nothing), it names it, and the
-    lowest rank left says the line if rank 0 is the one that ended.
+    lowest rank left says the line if rank 0 is the one that ended. A rank that waited for data, in no collective, when
+    a peer of another machine was lost is stopped by torchrun too, and names that machine where this one can tell.
     """
     stopped_by_torchrun = terminated and _torchrun_job()
-    ended = _ended_ranks(wait_seconds=0) if stopped_by_torchrun and "cnnlab.train.strategy" in sys.modules else []
+    ended: list[int] = []
+    lost_here: list[int] | None = []
+    if stopped_by_torchrun and "cnnlab.train.strategy" in sys.modules:
+        lost_here = _ranks_here_that_lost_a_peer()  # first: it notes a store that does not answer, not asked again
+        # a rank that exited 143 was stopped by the same SIGTERM (torchrun sends it to every rank at once)
+        ended = [rank for rank in _ended_ranks(wait_seconds=0) if _how_ended(rank) != f"exit code {TERMINATED}"]
     if not _says_for_the_job(ended):
         return ""
     recipes = sys.modules.get("cnnlab.tasks.recipes")  # not imported (nor torch) when nothing had started
     hint = recipes.interrupted_hint() if recipes is not None else None
-    if ended:  # a rank killed (it says nothing) or failed: named, as after a lost peer
+    if lost_here is None and _ranks_elsewhere():  # torchrun lost its store with the machine that held it
+        what = "stopped by torchrun: " + _lost_another("torchrun lost the job's store")
+    elif ended:  # a rank killed (it says nothing) or failed: named, as after a lost peer
         what = f"stopped by torchrun: {_ranks_ended(ended)}; {_ended_rank_error(ended)}"
-        return f"{what}; {hint}" if hint else what
-    what = TORCHRUN_STOPPED if stopped_by_torchrun else "interrupted"
-    return f"{what}: {hint}" if hint else what
+    elif lost_here:  # it ended after losing a peer, while this rank waited for data, in no collective
+        what = "stopped by torchrun: " + _lost_another(f"{_rank_list(lost_here)} of this machine lost it")
+    else:
+        what = _torchrun_stopped() if stopped_by_torchrun else "interrupted"
+        return f"{what}: {hint}" if hint else what
+    return f"{what}; {hint}" if hint else what
+
+
+def _torchrun_stopped() -> str:
+    """`TORCHRUN_STOPPED`, and in a job of several machines that torchrun may have lost one of the others (it stops its
+    ranks when the machine that holds the job's rendezvous is gone: nothing on this one says which rank ended)."""
+    elsewhere = _ranks_elsewhere() if "cnnlab.train.strategy" in sys.modules else {}
+    if not elsewhere:
+        return TORCHRUN_STOPPED
+    logs = "the torchrun log of " if len(elsewhere) == 1 else "the torchrun logs of "
+    named = ", ".join(f"{host} ({_rank_list(ranks)})" for host, ranks in elsewhere.items())
+    return (
+        "stopped by torchrun (another process of the job failed, torchrun was sent SIGTERM, or it lost another machine "
+        f'of the job: see {logs}{named}, which names a rank that ended under "Root Cause")'
+    )
 
 
 # What the backends say when a peer is gone. gloo: its connection to the peer closed. NCCL (GPUs): the remote rank
@@ -426,13 +451,8 @@ def _stop_after_lost_peer(lost: str) -> NoReturn:
                     f"stopped: {_ranks_ended(ended)} while this process waited for it ({lost}); "
                     f"{_ended_rank_error(ended)}"
                 )
-            elif elsewhere := _ranks_elsewhere():
-                line = (
-                    f"stopped: lost another process of the torchrun job ({lost}); the rank that ended ran on "
-                    f"another machine, {_machines(elsewhere)}, {OTHER_MACHINE_LOG}"
-                )
             else:
-                line = f"stopped: lost another process of the torchrun job ({lost}); see its error"
+                line = f"stopped: {_lost_another(lost)}"
             print(f"{line}; {hint}" if hint else line, file=_unheld_stderr or sys.stderr)
     _end_broken_job(torchrun_stop, bool(ended))
     raise _LostPeer(1)
@@ -505,6 +525,15 @@ def _how_ended(rank: int) -> str | None:
 OTHER_MACHINE_LOG = 'whose torchrun log names it under "Root Cause", after its error if it printed one'
 
 
+def _lost_another(reason: str) -> str:
+    """``lost another process of the torchrun job (REASON); the rank that ended ran on another machine, node-b
+    (rank 2), whose torchrun log names it ...``, or ``...; see its error`` where no rank of the job ran elsewhere."""
+    said = f"lost another process of the torchrun job ({reason})"
+    if elsewhere := _ranks_elsewhere():
+        return f"{said}; the rank that ended ran on another machine, {_machines(elsewhere)}, {OTHER_MACHINE_LOG}"
+    return f"{said}; see its error"
+
+
 def _machines(ranks_by_host: dict[str, list[int]]) -> str:
     """``"node1 (ranks 4-7)"``, ``"one of node1 (ranks 4-7), node2 (rank 8)"``: where a lost rank may have run."""
     named = [f"{host} ({_rank_list(ranks)})" for host, ranks in ranks_by_host.items()]
@@ -535,8 +564,12 @@ def _ranks_ended(ended: list[int]) -> str:
 
 
 def _says_for_the_job(ended: list[int]) -> bool:
-    """Whether this rank speaks for the job: rank 0, or the lowest rank left when the ranks below it have `ended`."""
-    return all(lower in ended for lower in range(int(os.environ.get("RANK", "0"))))
+    """Whether this rank speaks for the job in its machine's log: rank 0, or the lowest rank left on this machine when
+    the ranks below it have `ended` or run on other machines (each machine's torchrun writes a log of its own: a job
+    whose rank 0 ran on a machine that was lost said nothing on the others)."""
+    elsewhere = _ranks_elsewhere() if "cnnlab.train.strategy" in sys.modules else {}
+    other_machines = {rank for ranks in elsewhere.values() for rank in ranks}
+    return all(lower in ended or lower in other_machines for lower in range(int(os.environ.get("RANK", "0"))))
 
 
 def _ended_ranks(wait_seconds: float = 1.0) -> list[int]:
@@ -544,6 +577,14 @@ def _ended_ranks(wait_seconds: float = 1.0) -> list[int]:
     from cnnlab.train.strategy import ended_ranks
 
     return ended_ranks(wait_seconds)
+
+
+def _ranks_here_that_lost_a_peer() -> list[int] | None:
+    """The ranks of this machine that ended after losing a peer; None: the job's store does not answer
+    (`cnnlab.train.strategy.ranks_here_that_lost_a_peer`)."""
+    from cnnlab.train.strategy import ranks_here_that_lost_a_peer
+
+    return ranks_here_that_lost_a_peer()
 
 
 def _ranks_elsewhere() -> dict[str, list[int]]:

@@ -61,6 +61,7 @@ __all__ = [
     "main_process_first",
     "note_lost_peer",
     "ranks_elsewhere",
+    "ranks_here_that_lost_a_peer",
     "select_strategy",
     "world_size",
 ]
@@ -269,6 +270,30 @@ def _lost_a_peer(rank: int) -> bool:
     except (RuntimeError, ValueError):
         _store_unreachable = True  # each try may wait for `_STORE_TIMEOUT`
         return False
+
+
+def ranks_here_that_lost_a_peer() -> list[int] | None:
+    """The ranks of this machine that noted they end because they lost a peer (`note_lost_peer`), for a rank that
+    torchrun stopped; None when the job's store does not answer: the torchrun that held it, on another machine, is
+    gone (torchrun stops its ranks when it loses the store; this machine's torchrun, which sent the stop, is alive).
+
+    A rank that waits for its DataLoader's workers, in no collective, when a peer is lost does not meet the backend's
+    error: it is stopped by torchrun's SIGTERM, sent when a rank of its machine ended after losing the peer, or when
+    torchrun lost its store with the machine that held it. Ranks of other machines are not asked: a rank there that
+    lost a peer may have lost one of this machine's, stopped by the same SIGTERM.
+    """
+    global _store_unreachable
+    if not (dist.is_available() and dist.is_initialized()):
+        return []
+    own = os.getpid()
+    here = [rank for rank, (host, machine, pid) in enumerate(_peers) if _here(host, machine) and pid != own]
+    try:
+        store = _store()
+        store.check([f"{_LOST_A_PEER}{dist.get_rank()}"])  # the store asked once even where no other rank runs here
+        return [rank for rank in here if store.check([f"{_LOST_A_PEER}{rank}"])]
+    except (RuntimeError, ValueError):
+        _store_unreachable = True
+        return None
 
 
 def _store() -> dist.Store:
