@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -143,6 +144,9 @@ class _FirstOfTwoProcesses(DDPStrategy):
 
     def agree_on_minimum(self, value: int, device: torch.device) -> int:
         return value
+
+    def check_same_options(self, options: Mapping[str, Any]) -> None:
+        pass
 
     def sum_over_processes(self, value: torch.Tensor) -> torch.Tensor:
         return value * self.world_size  # as if the other process held the same

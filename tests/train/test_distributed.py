@@ -927,3 +927,44 @@ def test_a_rank_killed_by_sigkill_is_named_in_one_line_and_the_run_resumes(kille
     )
     assert resumed.returncode == 0, resumed.stderr[-6000:]
     assert f"after epoch {finished}" in resumed.stderr and "epoch 6/6" in resumed.stderr
+
+
+def test_ranks_started_with_different_options_are_refused_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two torchrun launchers (`--nnodes 2`) given `--lr 0.01` and `--lr 0.5`: the job trained to its end with exit
+    code 0, each rank stepping with its own learning rate (replicas drifting apart: val_loss 340 after 3 epochs of
+    `train mnist --recipe quick` on 400 images), and rank 0 recorded lr 0.01. Every rank now compares its options with
+    the others' before training and refuses, naming the rank and each option that differs; where runs and data are,
+    progress, threads and the run's name may differ."""
+    import torch.distributed as dist
+
+    from cnnlab.errors import CnnlabError
+    from cnnlab.train import TrainConfig, Trainer
+
+    options = dict(epochs=1, batch_size=8, lr=0.1, output=str(tmp_path), name="o", progress=False)
+    ours = TrainConfig(**options, extra={"data": "/mnt/a/photos", "recipe": "quick"}).to_dict()
+    others: list[dict[str, Any]] = []
+    monkeypatch.setattr(dist, "all_gather_object", lambda gathered, own, group=None: gathered.__setitem__(
+        slice(None), [own, *others]))  # fmt: skip
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    strategy = DDPStrategy(DistInfo(0, 2, 0, "gloo"))
+    # where this machine keeps runs and data, its threads, progress, the run's default name: not options of the run
+    free = dict(options, output="/other", name="quick-20261207-223001", progress=True)
+    others[:] = [TrainConfig(**free, num_threads=4, extra={"data": "/data/photos", "recipe": "quick"}).to_dict()]
+    strategy.check_same_options(ours)
+    others[:] = [TrainConfig(**dict(options, lr=0.5, epochs=2), extra={"data": "x", "recipe": "full"}).to_dict()]
+    refusal = (
+        "rank 1 of this torchrun job was started with other options than rank 0 (epochs: 1 -> 2, extra.recipe: "
+        "'quick' -> 'full', lr: 0.1 -> 0.5, rank 0's value first); run the same command on every machine of the job"
+    )
+    with pytest.raises(CnnlabError, match=re.escape(refusal)):
+        strategy.check_same_options(ours)
+    generator = torch.Generator().manual_seed(0)
+    data = torch.randn(16, 4, generator=generator), torch.randint(0, 3, (16,), generator=generator)
+    trainer = Trainer(
+        _Sizes(), TrainConfig(**options, extra={"data": "/mnt/a/photos", "recipe": "quick"}), strategy=strategy
+    )
+    with pytest.raises(CnnlabError, match="rank 1 of this torchrun job was started with other options"):
+        trainer.fit(data)
+    assert trainer.model.sizes == []  # refused before any step

@@ -30,7 +30,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -405,6 +405,14 @@ class Strategy:
         """This process's micro-batch for a step whose micro-batch, over all processes, is `micro_batch_size`."""
         return micro_batch_size
 
+    def check_same_options(self, options: Mapping[str, Any]) -> None:
+        """Refuse a job whose processes were started with different `options` (a run's config, `TrainConfig.to_dict`).
+
+        Raises:
+            CnnlabError: a rank's options differ from rank 0's, but for those that say only where and how this
+                process runs (`PROCESS_FREE_OPTIONS`); every rank raises it.
+        """
+
     def check_batch_size(self, batch_size: int, resumed: ResumedRun | None = None) -> int:
         """This process's share of the global `batch_size`.
 
@@ -486,6 +494,16 @@ class DDPStrategy(Strategy):
         # A micro-batch is per rank: the same number of micro-batches per step as in a single-process run.
         return max(1, micro_batch_size // self.world_size)
 
+    def check_same_options(self, options: Mapping[str, Any]) -> None:
+        from cnnlab.train.config import check_resumable
+
+        every: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(every, dict(options))
+        for rank, theirs in enumerate(every[1:], start=1):
+            check_resumable(
+                every[0], theirs, "", free=PROCESS_FREE_OPTIONS, refusal=_OTHER_OPTIONS.replace("RANK", str(rank))
+            )
+
     def check_batch_size(self, batch_size: int, resumed: ResumedRun | None = None) -> int:
         per_rank, remainder = divmod(batch_size, self.world_size)
         if not remainder and per_rank >= 1:
@@ -545,6 +563,20 @@ class DDPStrategy(Strategy):
             f"distributed: {self.world_size} processes ({self.info.backend}), global batch {batch_size} = "
             f"{batch_size // self.world_size} per process"
         )
+
+
+# Options that may differ between the processes of a job: where each machine keeps the runs and the data, how it
+# shows progress, its threads and DataLoader workers; and the run's name, whose default holds the second each process
+# started at (rank 0 alone writes the run). Any other difference (the learning rate, the epochs, the batch,
+# the seed, the data's digest, resuming or not) made the ranks step with different settings: the job trained on in
+# silence with replicas that drifted apart, or waited forever in a collective another rank never reached.
+PROCESS_FREE_OPTIONS = frozenset(
+    {"progress", "log_every", "output", "name", "num_threads", "tensorboard", "device", "extra.data", "extra.workers"}
+)
+_OTHER_OPTIONS = (
+    "rank RANK of this torchrun job was started with other options than rank 0 ({changes}, rank 0's value first); "
+    "run the same command on every machine of the job"
+)
 
 
 def select_strategy(device: str = "auto") -> Strategy:

@@ -240,6 +240,7 @@ class Trainer:
             The per-epoch metrics (also in ``metrics.json`` / ``metrics.csv``).
         """
         config = self.config
+        self.strategy.check_same_options(config.to_dict())  # before the first collective another option could skip
         if (slow := slow_precision(config.precision, self.device.type)) is not None:
             warnings.warn(SlowPrecisionWarning(slow), stacklevel=2)  # named as the field: the caller's word
         train = as_batch_source(train_data, config.batch_size, drop_last=True)
