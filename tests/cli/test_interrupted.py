@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -664,4 +665,78 @@ def test_sigterm_stops_a_command_as_ctrl_c_does(tmp_path: Path) -> None:
     assert err.strip().splitlines()[-1] == (
         f"interrupted: {tmp_path / 'mnist' / 'E'} keeps its finished epochs; continue with the same command and "
         "--resume --name E"
+    )
+
+
+# torchrun, as far as its ranks can tell: it starts the rank (a session of its own, its output to a file) and waits.
+_LAUNCHER = """
+import subprocess, sys, time
+log = open(sys.argv[2], "w")
+command = [sys.executable, "-c", sys.argv[1], sys.argv[3]]
+rank = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+print(rank.pid, flush=True)
+time.sleep(60)
+"""
+# A rank of a 2-process torchrun job whose command notes its run and trains until stopped.
+_RANK = """
+import sys, time
+from pathlib import Path
+import cnnlab.cli as cli
+from cnnlab.tasks import recipes
+
+def command():
+    recipes.note_current_run(Path(sys.argv[1]) / "mnist" / "k")
+    print("training", flush=True)
+    time.sleep(30)
+
+cli.app = command
+cli.main()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_a_rank_whose_torchrun_was_killed_stops_and_says_how_to_continue(tmp_path: Path) -> None:
+    """torchrun killed by SIGKILL (kill -9, the out-of-memory killer, a scheduler ending the launcher alone) cannot stop
+    its ranks, each in a session of its own: they trained on, orphaned (2 of 2 ranks of `train mnist` ran on to the
+    run's last epoch), writing the checkpoint that a `--resume` of the same command then wrote too. The kernel now
+    sends each rank SIGTERM when torchrun ends, and it stops as torchrun stops it, rank 0 saying how to continue."""
+    import os
+    import signal
+    import subprocess
+
+    import cnnlab
+    from cnnlab.train.strategy import _process_ended
+
+    environment = {**os.environ, "PYTHONPATH": str(Path(cnnlab.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    environment |= {"WORLD_SIZE": "2", "RANK": "0", "TORCHELASTIC_RUN_ID": "k"}
+    log = tmp_path / "rank0.log"
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", _LAUNCHER, _RANK, str(log), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    assert launcher.stdout is not None
+    rank = int(launcher.stdout.readline())
+    try:
+        for _ in range(1200):  # its command started (and so asked for the signal): slow on a loaded machine
+            if "training" in log.read_text():
+                break
+            time.sleep(0.05)
+        assert "training" in log.read_text(), log.read_text()[-2000:]
+        launcher.kill()
+        launcher.wait()
+        for _ in range(400):
+            if _process_ended(rank):
+                break
+            time.sleep(0.05)
+        assert _process_ended(rank), f"the rank trains on after its torchrun was killed: {log.read_text()[-2000:]}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rank, signal.SIGKILL)
+    said = log.read_text().splitlines()[-1]
+    hint = f"{tmp_path / 'mnist' / 'k'} keeps its finished epochs; continue with the same command and --resume --name k"
+    assert said == (
+        "stopped: torchrun ended without stopping this job's processes (it was killed: kill -9, the out-of-memory "
+        f"killer, a scheduler), and they stop with it; {hint}"
     )

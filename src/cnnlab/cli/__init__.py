@@ -108,6 +108,7 @@ def main() -> None:
     _names_written_as_bytes()
     with _sigterm_as_interrupt() as sigterm, _one_error_line_per_job(sigterm):
         try:
+            _stop_when_torchrun_ends()
             app()
         except SystemExit as done:
             if not done.code:  # click ends a successful command with SystemExit(0)
@@ -315,6 +316,40 @@ def _interrupted(done: SystemExit) -> bool:
     return False
 
 
+_torchrun_pid: int | None = None  # the torchrun that started this rank, while it is asked to stop with it
+PR_SET_PDEATHSIG = 1  # Linux's prctl option: the signal this process gets when its parent ends
+
+
+def _stop_when_torchrun_ends() -> None:
+    """Under torchrun (Linux), have the kernel send this rank SIGTERM when torchrun ends, so that it stops as when
+    torchrun stops it (`_sigterm_as_interrupt`: its finished epochs kept, the line to continue said).
+
+    torchrun starts each rank in a session of its own and stops them on its way out; killed by SIGKILL (kill -9, the
+    out-of-memory killer, a scheduler that ends the launcher alone), it cannot: its ranks trained on, orphaned and
+    unseen, writing the run's checkpoint, which a `--resume` of the same command then wrote too.
+    """
+    global _torchrun_pid
+    if not (_torchrun_job() and "TORCHELASTIC_RUN_ID" in os.environ and sys.platform.startswith("linux")):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        parent = os.getppid()
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0:
+            _torchrun_pid = parent
+            if os.getppid() != parent:  # torchrun ended before the kernel was asked
+                os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _torchrun_ended() -> bool:
+    """Whether the torchrun that started this rank has ended (`_stop_when_torchrun_ends`)."""
+    return _torchrun_pid is not None and os.getppid() != _torchrun_pid
+
+
+TORCHRUN_ENDED = (
+    "stopped: torchrun ended without stopping this job's processes (it was killed: kill -9, the out-of-memory killer, "
+    "a scheduler), and they stop with it"
+)
 TORCHRUN_STOPPED = "stopped by torchrun (another process of the job failed, or torchrun was sent SIGTERM)"
 
 
@@ -330,6 +365,9 @@ def _interrupted_line(terminated: bool = False) -> str:
     a peer of another machine was lost is stopped by torchrun too, and names that machine where this one can tell.
     """
     stopped_by_torchrun = terminated and _torchrun_job()
+    if stopped_by_torchrun and _torchrun_ended():  # every rank got the same SIGTERM from the kernel: rank 0 says it
+        hint = _hint()
+        return "" if _other_torchrun_rank() else f"{TORCHRUN_ENDED}; {hint}" if hint else TORCHRUN_ENDED
     ended: list[int] = []
     lost_here: list[int] | None = []
     if stopped_by_torchrun and "cnnlab.train.strategy" in sys.modules:
@@ -338,8 +376,7 @@ def _interrupted_line(terminated: bool = False) -> str:
         ended = [rank for rank in _ended_ranks(wait_seconds=0) if _how_ended(rank) != f"exit code {TERMINATED}"]
     if not _says_for_the_job(ended):
         return ""
-    recipes = sys.modules.get("cnnlab.tasks.recipes")  # not imported (nor torch) when nothing had started
-    hint = recipes.interrupted_hint() if recipes is not None else None
+    hint = _hint()
     if lost_here is None and _ranks_elsewhere():  # torchrun lost its store with the machine that held it
         what = "stopped by torchrun: " + _lost_another("torchrun lost the job's store")
     elif ended:  # a rank killed (it says nothing) or failed: named, as after a lost peer
@@ -350,6 +387,12 @@ def _interrupted_line(terminated: bool = False) -> str:
         what = _torchrun_stopped() if stopped_by_torchrun else "interrupted"
         return f"{what}: {hint}" if hint else what
     return f"{what}; {hint}" if hint else what
+
+
+def _hint() -> str | None:
+    """How to continue the run that was stopped (`cnnlab.tasks.recipes.interrupted_hint`); None where none started."""
+    recipes = sys.modules.get("cnnlab.tasks.recipes")  # not imported (nor torch) when nothing had started
+    return recipes.interrupted_hint() if recipes is not None else None
 
 
 def _torchrun_stopped() -> str:
@@ -444,8 +487,7 @@ def _stop_after_lost_peer(lost: str) -> NoReturn:
         note_lost_peer()  # so that no other rank names this one as the rank that ended
         ended = _ended_ranks()
         if _says_for_the_job(ended):
-            recipes = sys.modules.get("cnnlab.tasks.recipes")
-            hint = recipes.interrupted_hint() if recipes is not None else None
+            hint = _hint()
             if ended:
                 line = (
                     f"stopped: {_ranks_ended(ended)} while this process waited for it ({lost}); "
