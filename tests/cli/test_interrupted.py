@@ -294,6 +294,19 @@ def test_a_rank_stopped_by_torchrun_after_a_peer_was_lost_elsewhere_names_that_m
     assert lines == [f"{said}{':' if said.endswith(')') else ';'} {_resume_hint(tmp_path)}"]
 
 
+def test_a_rank_stopped_by_torchrun_that_does_not_speak_asks_the_store_nothing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Every rank stopped by torchrun asked the job's store which ranks had lost a peer, the ones that then said nothing
+    too: where the store's host (rank 0) had ended, each waited up to 2 s for its answer. Only the rank that speaks
+    asks."""
+
+    def asked() -> list[int]:
+        raise AssertionError("a rank that says nothing asked the store")
+
+    assert _stopped_by_torchrun_line(monkeypatch, capsys, tmp_path, "1", _ranks_here_that_lost_a_peer=asked) == []
+
+
 @pytest.mark.parametrize(
     ("rank", "ended", "said"),
     [

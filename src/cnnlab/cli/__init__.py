@@ -369,13 +369,12 @@ def _interrupted_line(terminated: bool = False) -> str:
         hint = _hint()
         return "" if _other_torchrun_rank() else f"{TORCHRUN_ENDED}; {hint}" if hint else TORCHRUN_ENDED
     ended: list[int] = []
-    lost_here: list[int] | None = []
-    if stopped_by_torchrun and "cnnlab.train.strategy" in sys.modules:
-        lost_here = _ranks_here_that_lost_a_peer()  # first: it notes a store that does not answer, not asked again
-        # a rank that exited 143 was stopped by the same SIGTERM (torchrun sends it to every rank at once)
+    asks = stopped_by_torchrun and "cnnlab.train.strategy" in sys.modules
+    if asks:  # a rank that exited 143 was stopped by the same SIGTERM (torchrun sends it to every rank at once)
         ended = [rank for rank in _ended_ranks(wait_seconds=0) if _how_ended(rank) != f"exit code {TERMINATED}"]
     if not _says_for_the_job(ended):
         return ""
+    lost_here = _ranks_here_that_lost_a_peer() if asks else []
     hint = _hint()
     if lost_here is None and _ranks_elsewhere():  # torchrun lost its store with the machine that held it
         what = "stopped by torchrun: " + _lost_another("torchrun lost the job's store")

@@ -285,6 +285,8 @@ def ranks_here_that_lost_a_peer() -> list[int] | None:
     global _store_unreachable
     if not (dist.is_available() and dist.is_initialized()):
         return []
+    if _store_unreachable:  # `ended_ranks` found it so: each try may wait for `_STORE_TIMEOUT`
+        return None
     own = os.getpid()
     here = [rank for rank, (host, machine, pid) in enumerate(_peers) if _here(host, machine) and pid != own]
     try:
