@@ -146,6 +146,17 @@ def test_help_texts_name_what_the_code_does() -> None:
     assert "grey paper" in predict_model.help and "no digit found" in predict_model.help
 
 
+def test_explain_names_every_kind_of_run_it_explains() -> None:
+    """explain's SOURCE said "An MNIST, transfer or `train segment --data` run directory (holding model.json)": an
+    MNIST ensemble (ensemble.json, no model.json) and a `train segment` run on the MNIST canvases are explained too
+    (tests/report/test_explain.py: an ensemble's Grad-CAM, a canvas run on its canvases), as README's examples show."""
+    commands = {" ".join(path): command for path, command in COMMANDS}
+    source = " ".join(next(p for p in commands["explain"].params if p.name == "source").help.split())
+    assert "holding model.json" not in source
+    for kind in ("an MNIST run or ensemble", "a transfer run", "a `train segment` run", "of the MNIST canvases"):
+        assert kind in source, kind
+
+
 def _choices() -> dict[tuple[str, str], list[str]]:
     """What the code accepts for each option with a fixed set of values, read from where the code checks it."""
     import typing

@@ -13,8 +13,9 @@ from cnnlab.cli.engine_options import apply_threads, device_option, threads_opti
 def explain(
     source: str = typer.Argument(
         ...,
-        help="An MNIST, transfer or `train segment --data` run directory (holding model.json), a zoo model name "
-        "such as efficientnet_lite0 (pretrained ImageNet weights), or your own network as `cnnlab budget` takes it: "
+        help="A run directory (an MNIST run or ensemble, a transfer run, or a `train segment` run, of your own images "
+        "with `--data` or of the MNIST canvases), a zoo model name such as efficientnet_lite0 (pretrained ImageNet "
+        "weights), or your own network as `cnnlab budget` takes it: "
         "FILE.py:NAME(literal arguments) or MODULE:NAME, a function that builds it and loads its weights (quote it).",
     ),
     image: Path = typer.Argument(..., help="The image file to explain."),
