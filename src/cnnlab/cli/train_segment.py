@@ -174,7 +174,10 @@ def segment(
         f"boundary F1 ({test['boundary_tolerance_px']} px) {boundary_f1_text(test['boundary_f1'])}; "
         f"{summary['train_seconds']:.0f} s training{f'; {FINISHED_EARLIER}' if summary.get('finished_before') else ''}"
     )
-    typer.echo(f"run: {summary['run_dir']}  (report.md, test_overlays.png; load it with cnnlab.load_model)")
+    typer.echo(
+        f"run: {summary['run_dir']}  (report.md, test_overlays.png; use it with "
+        f"`cnnlab explain {summary['run_dir']} IMAGE`, evaluate, export)"
+    )
 
 
 def _segment_folder(
