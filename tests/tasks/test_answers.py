@@ -114,6 +114,12 @@ def test_exercise_2_reproduces_the_answer_sets_slips(tmp_path: Path, exercise_2_
     assert not evidence["slips"]["dense_and_misadd"]["matches_claim"] and "each slip can be reproduced" not in text
     assert "the third cannot be rebuilt, and its wrong terms are checked one by one" in text
     assert untraced_numbers(text, json.loads((tmp_path / "answers.json").read_text())) == []
+    # the slips read as written where the sheet is shown (the lab's Answers page, GitHub): "(3*3*3)*100" rendered
+    # as "(3<em>3</em>3)*100", an italic 3 between two others, the multiplications gone
+    from markdown_it import MarkdownIt
+
+    shown = MarkdownIt().render(text)
+    assert "((3·3·3)·100 as 27,000)" in shown and "(3·3·100)·200 written as 1,800,000" in shown
 
 
 @pytest.mark.parametrize("record", ["{", "[1, 2]", '{"meta": "quick", "exercises": {"2": 7}}'])

@@ -12,7 +12,7 @@ from __future__ import annotations
 EXERCISE_2_CLAIMS: dict[str, dict[str, object]] = {
     "times_ten": {
         "claim": 9_027_000,
-        "slip": "each layer's weights written ten times too large ((3*3*3)*100 as 27,000), biases left out",
+        "slip": "each layer's weights written ten times too large ((3·3·3)·100 as 27,000), biases left out",
     },
     "reversed": {
         "claim": 911_500,
@@ -20,7 +20,7 @@ EXERCISE_2_CLAIMS: dict[str, dict[str, object]] = {
     },
     "dense_and_misadd": {
         "claim": 8_006_700,
-        "slip": "(3*3*100)*200 written as 1,800,000, biases left out, a dense layer the question does not have "
+        "slip": "(3·3·100)·200 written as 1,800,000, biases left out, a dense layer the question does not have "
         "added, and the total mis-added",
     },
 }
