@@ -663,15 +663,18 @@ def test_explain_takes_a_segmentation_run_and_fcn_refuses_it_saying_what_takes_i
     save_model(create_model("lenet5", num_classes=3), run, "lenet5", {"num_classes": 3}, meta)
     subject = load_subject(str(run))
     assert subject.kind == "segment" and ("MNIST canvases" in subject.preprocessing) == (not recorded)
-    with pytest.raises(CnnlabError, match="is a segmentation run: its network is fully convolutional already"):
+    with pytest.raises(CnnlabError, match="is a segmentation run: its network is fully convolutional already") as no:
         load_converted_or_run(run)
+    # each refusal names what takes the run: predict a `--data` one's, explain a canvas one's (it named none)
+    assert ("`cnnlab predict --model RUN IMAGE...`" if recorded else f"`cnnlab explain {run} IMAGE`") in str(no.value)
 
 
 @pytest.mark.parametrize("recorded", [True, False])
 def test_predict_says_what_a_segmentation_run_is_before_judging_its_options(tmp_path: Path, recorded: bool) -> None:
     """A run on MNIST canvases given `-o masks/` was told its predictions go to a .csv file (as if a classifier); a
-    folder run ignored `-k 3`. The canvas run is sent to `cnnlab evaluate RUN`, which scores it again (e240588);
-    before, only to its report.md and test_overlays.png."""
+    folder run ignored `-k 3`. The canvas run is sent to `cnnlab evaluate RUN`, which scores it again (e240588),
+    and to `cnnlab explain RUN IMAGE`, which takes an image of one's own (15762fe); before, only to its report.md and
+    test_overlays.png, then to evaluate alone."""
     from PIL import Image
     from typer.testing import CliRunner
 
@@ -689,6 +692,7 @@ def test_predict_says_what_a_segmentation_run_is_before_judging_its_options(tmp_
     message = "--top-k 3 applies to classifiers; .*mine is a segmentation run" if recorded else "MNIST canvases"
     assert isinstance(result.exception, CnnlabError) and re.search(message, str(result.exception))
     assert recorded or f"`cnnlab evaluate {run}` scores it again on its test canvases" in str(result.exception)
+    assert recorded or f"`cnnlab explain {run} IMAGE` gives each class's share" in str(result.exception)  # not said
     assert not (tmp_path / "masks").exists()
 
 

@@ -1296,7 +1296,11 @@ def convert_run(path: str | os.PathLike[str], pool: str = "window") -> tuple[Ful
         raise CnnlabError(f"{path} holds a converted network already; scan with it: `cnnlab fcn scan {path} IMAGE`")
     meta = saved_meta(path)  # in the current layout, whichever it was saved in
     if meta.get("kind", "").endswith("segmenter"):  # "cannot find the head of UNet" said nothing useful
-        use = "; `cnnlab predict --model RUN IMAGE...` segments images of any size" if meta["kind"] == SEGMENTER else ""
+        use = (
+            "; `cnnlab predict --model RUN IMAGE...` segments images of any size"
+            if meta["kind"] == SEGMENTER
+            else f"; `cnnlab explain {path} IMAGE` gives each class's share of an image's pixels"
+        )
         raise CnnlabError(
             f"{path} is a segmentation run: its network is fully convolutional already, one class score per pixel{use}"
         )

@@ -50,10 +50,12 @@ __all__ = [
 
 def _canvas_run_use(folder: Path) -> str:
     """What to run instead of predict on a `cnnlab train segment` run on the MNIST canvases (it records no
-    normalisation for new images): its report and overlays, and `cnnlab evaluate`, which scores it again."""
+    normalisation for new images): its report and overlays, `cnnlab evaluate`, which scores it again, and `cnnlab
+    explain`, which reads an image of one's own as the canvases are made."""
     return (
-        f"it was trained on MNIST canvases: its report.md and test_overlays.png show its masks, and `cnnlab evaluate "
-        f"{folder}` scores it again on its test canvases (`cnnlab predict` takes runs of `cnnlab train segment --data "
+        f"it was trained on MNIST canvases: its report.md and test_overlays.png show its masks, `cnnlab evaluate "
+        f"{folder}` scores it again on its test canvases, and `cnnlab explain {folder} IMAGE` gives each class's share "
+        "of an image's pixels and where its evidence is (`cnnlab predict` takes runs of `cnnlab train segment --data "
         "DIR`)"
     )
 
