@@ -187,6 +187,11 @@ def test_evaluate_knows_the_runs_training_images_by_their_bytes(
     for key in ("accuracy", "balanced_accuracy", "confusion_matrix"):
         assert alone[key] == summary["test"][key], key
     assert evaluation_lines(alone)[1].endswith("): left out of the scores below (--exclude-trained)")
+    # every file it writes is named, as MNIST's misclassified and a segmenter's worst images are: the highest-loss
+    # images went unsaid
+    named = [line.split(":", 1)[1].strip() for line in evaluation_lines(alone)[-4:]]
+    assert sorted(named) == sorted(alone["files"].values())
+    assert f"highest loss:     {tmp_path / 'out' / 'highest_loss.png'}" in evaluation_lines(alone)
     # a run made before split_digests.json: its training files are read where they are, the missing ones said
     old = tmp_path / "old_run"
     old.mkdir()

@@ -566,6 +566,7 @@ def evaluation_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"no images of {listed(absent, 10)} in {result['data']} (support 0: not scored)")
     files = result["files"]
     lines.append(f"confusion matrix: {files['confusion_matrix']}")
+    lines.append(f"highest loss:     {files['highest_loss']}")
     lines.append(f"predictions:      {files['predictions']}")
     lines.append(f"evaluation:       {files['evaluation']}")
     return lines
