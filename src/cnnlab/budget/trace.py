@@ -265,6 +265,10 @@ class _TimelineTracker(LiveTensorTracker):
         self._cast_now = 0  # bytes of the frozen weights' copies the op running now takes
         self._op_casts = False  # the op running now is one autocast runs in bf16
         self._made_in_bf16: dict[int, int] = {}  # storages such an op made while recording -> index of its record
+        self._op_sums_bf16 = False  # the op running now is a sum in backward of what autocast holds in bf16
+        self._summed_in_bf16: dict[int, int] = {}  # storages such a sum made -> index of its record
+        self._cast_vectors: set[int] = set()  # vectors a convolution or matrix product took (and autocast cast)
+        self._pending_copies: dict[int, int] = {}  # vectors whose bf16 gradient awaits its float32 copy -> half bytes
         self.input_copy_timeline: list[int] = []
         self.input_copy_bytes = 0
         self._input_copies: dict[int, int] = {}  # float32 kept storages -> how many bf16 copies of it ops saved
@@ -288,6 +292,8 @@ class _TimelineTracker(LiveTensorTracker):
         floating = tensor.is_floating_point() or tensor.is_complex()
         if self._op_casts and floating and key not in self._keys:
             self._made_in_bf16[key] = len(self.timeline)
+        if self._op_sums_bf16 and floating and key not in self._keys:
+            self._summed_in_bf16[key] = len(self.timeline)
         if key not in self._keys and (self._op_keeps_float32 or not floating):
             self._kept.add(key)
             if floating:
@@ -311,6 +317,7 @@ class _TimelineTracker(LiveTensorTracker):
         self._cast_for.pop(key, None)
         self._float32_size.pop(key, None)
         self._made_in_bf16.pop(key, None)
+        self._summed_in_bf16.pop(key, None)
         self._input_cast_size.pop(key, None)
         copies = self._input_copies.pop(key, 0)
         if copies:  # the saved float32 tensor goes with the op's saved variables, as its saved copy would
@@ -355,16 +362,22 @@ class _TimelineTracker(LiveTensorTracker):
 
         The op made the weight's gradient in bf16 under autocast, half the float32 one this trace holds from that op
         on; once the op's own inputs are freed (here), the float32 gradient is made from it, both alive at once: a
-        point of its own in the timeline. So is a convolution's bias's, which its backward makes in bf16 too (a linear
-        layer's bias gets its gradient from a sum, left float32 here: its float32 copy comes after the weight's, an
-        order this trace, which makes no copies, does not see)."""
+        point of its own in the timeline. So is a convolution's bias's, which its backward makes in bf16 too.
+
+        A linear layer's bias, which autocast cast for its matrix product, gets its gradient from a sum of the bf16
+        gradient of the output: bf16 too. Its float32 copy is made by the cast's backward, which autograd runs after
+        the weight's (autocast cast the bias first), where this trace accumulates the bias's gradient before the
+        weight's: it counts at half until the next gradient's point, the next op that allocates, or the end of
+        backward (`make_pending_copies`)."""
         key = _storage_key(weight)
         first = key not in self._finished
         self._finished.add(key)
         if key in self._copied:
             self._drop_copy(key)
         grad = weight.grad
-        made = self._made_in_bf16.get(_storage_key(grad)) if first and grad is not None and self.recording else None
+        grad_key = _storage_key(grad) if first and grad is not None and self.recording else None
+        made = self._made_in_bf16.get(grad_key) if grad_key is not None else None
+        summed = self._summed_in_bf16.get(grad_key) if grad_key is not None and key in self._cast_vectors else None
         if made is not None:
             half = grad.untyped_storage().nbytes() // 2  # type: ignore[union-attr]
             for index in range(made, len(self.copy_timeline)):
@@ -372,6 +385,23 @@ class _TimelineTracker(LiveTensorTracker):
             self.copy_bytes += half
             self._record()
             self.copy_bytes -= half
+        self.make_pending_copies()
+        if summed is not None:
+            half = grad.untyped_storage().nbytes() // 2  # type: ignore[union-attr]
+            for index in range(summed, len(self.copy_timeline)):
+                self.copy_timeline[index] -= half
+            self.copy_bytes -= half
+            self._pending_copies[key] = half
+
+    def make_pending_copies(self) -> None:
+        """The float32 copies autocast makes now of the biases' bf16 gradients (`gradient_made`): a point where both
+        live, after which the float32 gradient alone counts."""
+        if self._pending_copies and self.recording:
+            pending = sum(self._pending_copies.values())
+            self._pending_copies.clear()
+            self.copy_bytes += 2 * pending
+            self._record()
+            self.copy_bytes -= pending
 
     def _cast_inputs(self, keys: list[int], tensors: list[torch.Tensor]) -> list[int]:
         """At a convolution or matrix product, autocast's bf16 copies of the float32 kept tensors it takes
@@ -422,6 +452,8 @@ class _TimelineTracker(LiveTensorTracker):
                         continue  # a batch norm's weight: autocast leaves it float32
                     self._copied.add(key)
                     self.copy_bytes += self._copy_size[key]
+                    if key in self._vectors:
+                        self._cast_vectors.add(key)
                     if key in self._vectors and not self._forward:  # no op saves it: cached until the
                         self._recast_vectors.add(key)  # recomputation's autocast ends
             self._op_keeps_float32 = name not in _AUTOCAST_BF16_OPS and any(key in self._float32 for key in keys)
@@ -436,6 +468,10 @@ class _TimelineTracker(LiveTensorTracker):
                 tensors = [item for item in tree_flatten((args, kwargs))[0] if isinstance(item, torch.Tensor)]
                 self._op_needs_grad = any(tensor.requires_grad for tensor in tensors)
             self._op_casts = name in _AUTOCAST_BF16_OPS
+            # a bias's gradient (`gradient_made`): a sum of a gradient that autocast holds in bf16
+            self._op_sums_bf16 = name == "sum" and not self._forward and not any(k in self._float32 for k in keys)
+            if self._pending_copies and not func.is_view:
+                self.make_pending_copies()
             tensors = [item for item in tree_flatten((args, kwargs))[0] if isinstance(item, torch.Tensor)]
             released_inputs = self._cast_inputs(keys, tensors) if self._op_casts else []
             frozen = {key for key in keys if key in self._frozen_size} if name in _AUTOCAST_BF16_OPS else set()
@@ -453,7 +489,7 @@ class _TimelineTracker(LiveTensorTracker):
         try:
             out = super().__torch_dispatch__(func, types, args, kwargs)
         finally:
-            self._op_keeps_float32 = self._op_needs_grad = self._op_casts = False
+            self._op_keeps_float32 = self._op_needs_grad = self._op_casts = self._op_sums_bf16 = False
         if self.recording:
             self._record()
             self._cast_now = self._input_cast_now = 0
@@ -1081,6 +1117,7 @@ def _trace_training(
             )
         # else nothing to train (pooling, dropout, a frozen network): the step is its forward pass, which kept nothing
         del loss
+        tracker.make_pending_copies()
         tracker.recording = False
         backward_peak = tracker.peak_bytes
         # The step's own peak: it depends on the parameters only, so the planner can add it to any batch's timeline.
