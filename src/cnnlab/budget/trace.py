@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_map_only
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -111,6 +112,7 @@ class SavedTensorCounter:
         inputs: tensors whose storages are counted, but reported apart as ``input_bytes``.
         attribute_to: named callables giving the module running now (e.g. ``{"row": ..., "segment": ...}``);
             the bytes each one saved (the input excluded) are summed in ``attributed[name][module]``.
+        saved_as: what autograd keeps of a saved activation (not of `exclude` or `inputs`): by default itself.
     """
 
     def __init__(
@@ -118,7 +120,9 @@ class SavedTensorCounter:
         exclude: Iterable[torch.Tensor] = (),
         inputs: Iterable[torch.Tensor] = (),
         attribute_to: dict[str, Any] | None = None,
+        saved_as: Any = None,
     ) -> None:
+        self._saved_as = saved_as or (lambda tensor: tensor)
         self._exclude = storage_keys(exclude)
         self._inputs = storage_keys(inputs)
         self._seen: dict[int, int] = {}
@@ -134,7 +138,7 @@ class SavedTensorCounter:
             self.saved_state.add(key)
             return tensor
         if key in self._seen:
-            return tensor
+            return tensor if key in self._inputs else self._saved_as(tensor)
         nbytes = tensor.untyped_storage().nbytes()
         self._seen[key] = nbytes
         if key in self._inputs:
@@ -143,7 +147,7 @@ class SavedTensorCounter:
         for kind, current in self._attribute_to.items():
             owner = current() or "(outside modules)"
             self.attributed[kind][owner] = self.attributed[kind].get(owner, 0) + nbytes
-        return tensor
+        return self._saved_as(tensor)
 
     @property
     def pack_hook(self) -> Any:
@@ -211,7 +215,8 @@ class _TimelineTracker(LiveTensorTracker):
     A float32 tensor that only convolutions or matrix products take in forward, made from operands that need no
     gradient (a normalisation of the input), is saved for backward by those ops in float32; autocast casts it for them
     and they save the bf16 copy (the planner's copy of the input), so it is freed once forward no longer refers to it.
-    From `end_forward` on, ``freed_timeline`` holds its bytes: live in this trace, not under autocast.
+    From when forward drops its last reference to it (`saved_as`), else from `end_forward` on, ``freed_timeline``
+    holds its bytes: live in this trace, not under autocast.
 
     A frozen weight (`frozen`: two or more dimensions, no gradient) is cast anew by every op that takes it, autocast
     caches only the casts of weights that train: the copy lives while its op runs, or, when the op saves it for
@@ -276,6 +281,10 @@ class _TimelineTracker(LiveTensorTracker):
         self._input_cast_now = 0  # bytes of the copies the op running now makes and does not save
         self.saving_hook: Any = None  # the pack hook of forward's `SavedTensorCounter`: outside any gradient checkpoint
         # while it is the innermost
+        self._python_holders: dict[int, int] = {}  # float32 kept storages autograd saved -> the network's references
+        self._just_saved: set[int] = set()  # of them, those saved since the last op (autograd saves an op's inputs
+        # before it runs)
+        self._cast_saved: set[int] = set()  # of them, those a convolution or matrix product saved
 
     def keep(self, tensors: Iterable[torch.Tensor]) -> None:
         """Tracked tensors that stay float32 under autocast (the input)."""
@@ -318,6 +327,8 @@ class _TimelineTracker(LiveTensorTracker):
         self._float32_size.pop(key, None)
         self._made_in_bf16.pop(key, None)
         self._summed_in_bf16.pop(key, None)
+        self._python_holders.pop(key, None)
+        self._cast_saved.discard(key)
         self._input_cast_size.pop(key, None)
         copies = self._input_copies.pop(key, 0)
         if copies:  # the saved float32 tensor goes with the op's saved variables, as its saved copy would
@@ -356,6 +367,42 @@ class _TimelineTracker(LiveTensorTracker):
                 self.kept_bytes -= self._float32_size[key]
                 self._freed.add(key)
                 self.freed_bytes += self._float32_size[key]
+
+    def saved_as(self, tensor: torch.Tensor) -> torch.Tensor:
+        """What autograd keeps of a tensor saved for backward (`SavedTensorCounter`'s ``saved_as``).
+
+        A float32 tensor made without a gradient (a normalisation or padding of the input) that a convolution or
+        matrix product saves is saved by autocast as its bf16 copy: the float32 one is freed as soon as the network
+        drops its last reference to it, in forward, where this trace, whose op saves the float32 tensor itself, held
+        it to the end of forward (unet's padded input: bf16 planned 0.17% / 0.32% high at batch 1 / 3). Autograd keeps
+        an alias of the storage here (the same bytes, live as before), so that the network's own tensor object dies
+        when the network drops it, and that is when its bytes move from kept to freed (`_dropped_by_python`)."""
+        key = _storage_key(tensor)
+        if not (self.recording and self._forward and key in self._without_grad and key in self._float32):
+            return tensor
+        if key in self._taken_otherwise:
+            return tensor
+        with _disable_current_modes():  # not an op of the network's: no point of the timeline
+            alias = tensor.detach()
+        self._python_holders[key] = self._python_holders.get(key, 0) + 1
+        self._just_saved.add(key)
+        weakref.finalize(tensor, self._dropped_by_python, key)
+        return alias
+
+    def _dropped_by_python(self, key: int) -> None:
+        holders = self._python_holders.pop(key, 0) - 1
+        if holders > 0:
+            self._python_holders[key] = holders
+            return
+        # saved by a cast, taken by no other op since, and still kept (not freed at the end of forward already)
+        if key not in self._cast_saved or not self._forward:
+            return
+        if key in self._float32 and key in self._without_grad and key not in self._taken_otherwise:
+            self._kept.discard(key)
+            self._float32.discard(key)
+            self.kept_bytes -= self._float32_size[key]
+            self._freed.add(key)
+            self.freed_bytes += self._float32_size[key]
 
     def gradient_made(self, weight: torch.Tensor) -> None:
         """A post-accumulate-grad hook: the op that saved the weight's copy has run its backward, freeing it.
@@ -468,6 +515,16 @@ class _TimelineTracker(LiveTensorTracker):
                 tensors = [item for item in tree_flatten((args, kwargs))[0] if isinstance(item, torch.Tensor)]
                 self._op_needs_grad = any(tensor.requires_grad for tensor in tensors)
             self._op_casts = name in _AUTOCAST_BF16_OPS
+            if self._just_saved:  # saved for this op, or by one that saves its inputs after they ran (a Function's:
+                # a gradient checkpoint's, its segment's input, which it holds under autocast too)
+                if (
+                    self._op_casts
+                    and self._forward
+                    and _TOP_SAVED_HOOKS is not None
+                    and self._saving_outside_checkpoints()
+                ):
+                    self._cast_saved.update(self._just_saved.intersection(keys))
+                self._just_saved.clear()
             # a bias's gradient (`gradient_made`): a sum of a gradient that autocast holds in bf16
             self._op_sums_bf16 = name == "sum" and not self._forward and not any(k in self._float32 for k in keys)
             if self._pending_copies and not func.is_view:
@@ -1090,7 +1147,7 @@ def _trace_training(
         tracker.keep([x])
         tracker.start_recording()
         owners = {"row": current_row, "segment": current_segment}
-        counter = SavedTensorCounter(exclude=state, inputs=[x], attribute_to=owners)
+        counter = SavedTensorCounter(exclude=state, inputs=[x], attribute_to=owners, saved_as=tracker.saved_as)
         tracker.saving_hook = counter.pack_hook
         forward = torch.autocast(x.device.type, dtype=autocast) if autocast is not None else nullcontext()
         with counter, forward:
