@@ -467,3 +467,49 @@ def test_a_forward_that_fails_names_the_users_line(tmp_path: Path, monkeypatch: 
     with pytest.raises(CnnlabError) as values:
         budget(build_python_model("forward_bug.py:Reads"), input_shape=(3, 6, 6), name="forward_bug.py:Reads")
     assert str(values.value).endswith("(forward_bug.py, line 17: `return self.conv(x) * float(x.max())`)")
+
+
+HELD_FORWARDS = """
+import torch
+from torch import nn
+
+class Plain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(1, 4, 3), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.conv(x).mean((2, 3)))
+
+class Lambda(Plain):
+    def __init__(self):
+        super().__init__()
+        self.run = lambda x: self.head(self.conv(x).mean((2, 3)))
+
+    def forward(self, x):
+        return self.run(x)
+
+class Compiled(Plain):
+    def __init__(self):
+        super().__init__()
+        self.run = torch.compile(super().forward)
+
+    def forward(self, x):
+        return self.run(x)
+"""
+
+
+@pytest.mark.parametrize("name", ["Lambda", "Compiled"])
+def test_a_forward_held_as_a_function_attribute_is_sized_as_the_plain_network(tmp_path: Path, name: str) -> None:
+    """A forward that calls a function stored on the module (``self.run = lambda x: ...``, or
+    ``torch.compile(self._forward)``) ran the original network's layers in the copy the budget traces: the lambda's
+    rows had no output and 'conv, head (170 parameters) get no gradient', its saved bytes 736 against 12,672 measured;
+    the compiled one failed as if its forward read tensor values. Both are sized as the same network without it."""
+    (tmp_path / "held.py").write_text(HELD_FORWARDS)
+    plain, held = (
+        budget(build_python_model(f"{tmp_path / 'held.py'}:{target}", on_meta=False), (1, 8, 8), 2, measure=measure)
+        for target, measure in (("Plain", False), (name, True))
+    )
+    assert held.no_gradient == {} and held.layers == plain.layers
+    assert held.realistic == plain.realistic
+    assert held.measured is not None and held.measured["peak_ratio"] == 1.0

@@ -41,7 +41,6 @@ seconds, with the same answers and columns as the search.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from collections.abc import Callable, Iterable
@@ -54,6 +53,7 @@ from torch import nn
 from cnnlab.budget.trace import (
     OptimizerStepBytes,
     TraceResult,
+    copy_network,
     meta_copy_keeping_ties,
     optimizer_device,
     optimizer_step_bytes,
@@ -254,7 +254,7 @@ class _Planner:
         from cnnlab.train.activation_checkpointing import checkpoint_stages
 
         plain = meta_copy_keeping_ties(model)  # copied once here, not by every trace
-        checkpointed = copy.deepcopy(plain)
+        checkpointed = copy_network(plain)
         checkpoint_stages(checkpointed)
         self.variants = {False: plain, True: checkpointed}
         self.input_shape, self.dtype, self.for_device = input_shape, dtype, for_device

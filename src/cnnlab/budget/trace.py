@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import types
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -840,6 +841,44 @@ def _prepare(model: nn.Module, device: str, dtype: torch.dtype) -> nn.Module:
     return model
 
 
+def copy_network(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, with the functions its modules hold as attributes made to call the copy.
+
+    A forward may call a function stored on the module (``self.fwd = lambda x: self.head(self.body(x))``, or
+    ``self.fwd = torch.compile(self._forward)``). deepcopy copies a bound method with its module but shares a
+    function, whose closure still held the original network: the copy traced ran the original's layers, so its rows
+    showed no output, none of its parameters got a gradient, and the budget said so (or, compiled, failed as if the
+    forward read tensor values). Here such a closure's cells are copied with the network (the original module becomes
+    the copy), and a torch.compile wrapper is replaced by a copy of what it compiled: the trace counts eager ops, as it
+    does for a compiled module (`torch.compile(net)`), whose compiled code does not run under its counting modes.
+    """
+    memo: dict[int, Any] = {}
+    copied = copy.deepcopy(model, memo)
+    for module in copied.modules():
+        for name, value in list(vars(module).items()):
+            if not isinstance(value, types.FunctionType):
+                continue
+            original = getattr(value, "_torchdynamo_orig_callable", None)
+            if original is not None:
+                module.__dict__[name] = copy.deepcopy(original, memo)
+            elif value.__closure__:
+                cells = tuple(_copied_cell(cell, memo) for cell in value.__closure__)
+                function = types.FunctionType(value.__code__, value.__globals__, name=value.__name__, closure=cells)
+                function.__defaults__ = value.__defaults__
+                function.__kwdefaults__ = copy.deepcopy(value.__kwdefaults__, memo)
+                function.__dict__.update(value.__dict__)
+                module.__dict__[name] = function
+    return copied
+
+
+def _copied_cell(cell: types.CellType, memo: dict[int, Any]) -> types.CellType:
+    try:
+        contents = cell.cell_contents
+    except ValueError:  # a name not yet bound where the function was made
+        return types.CellType()
+    return types.CellType(copy.deepcopy(contents, memo))
+
+
 def meta_copy_keeping_ties(model: nn.Module) -> nn.Module:
     """A copy of `model` on the meta device, a tensor that several modules hold (a tied weight) still one tensor.
 
@@ -847,7 +886,7 @@ def meta_copy_keeping_ties(model: nn.Module) -> nn.Module:
     estimate's step had two gradients and two optimizer states of it (a head of 8,000 weights tied to another: peak
     estimate/measured 1.69).
     """
-    model = copy.deepcopy(model)
+    model = copy_network(model)
     holders: dict[int, tuple[nn.Module, str, str]] = {}
     ties: list[tuple[nn.Module, str, str, tuple[nn.Module, str, str]]] = []
     for module in model.modules():
@@ -958,7 +997,7 @@ def trace(
     if autocast is not None and device == "meta":
         raise CnnlabError("autocast does not run on the meta device: trace on cpu or cuda to measure it")
     if device != "meta":
-        model = copy.deepcopy(model)
+        model = copy_network(model)
     model = _prepare(model, device, torch_dtype)
     rows = select_rows(model, depth)
     result = TraceResult(
