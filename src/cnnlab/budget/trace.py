@@ -194,6 +194,24 @@ _AUTOCAST_BF16_OPS = frozenset(
 )
 
 
+# Normalisations whose CPU kernels take a bf16 input with float32 weights and statistics and give bf16: they do not
+# promote as elementwise arithmetic with a float32 tensor does
+_MIXED_DTYPE_OPS = frozenset(
+    {
+        "native_batch_norm",
+        "native_batch_norm_backward",
+        "_native_batch_norm_legit",
+        "_native_batch_norm_legit_no_training",
+        "_native_batch_norm_legit_functional",
+        "batch_norm_backward",
+        "native_layer_norm",
+        "native_layer_norm_backward",
+        "native_group_norm",
+        "native_group_norm_backward",
+    }
+)
+
+
 class _TimelineTracker(LiveTensorTracker):
     """A `LiveTensorTracker` that, while ``recording``, also keeps the live bytes after every op in ``timeline``, of
     them in ``kept_timeline`` those that bf16 autocast would leave as they are, and in ``copy_timeline`` the bytes that
@@ -226,6 +244,11 @@ class _TimelineTracker(LiveTensorTracker):
     (no autocast: the op saves the weight itself, nothing to recompute) may stop the recomputation early, before that
     op runs: the copy is then counted at the backward op.
 
+    A float32 parameter or buffer with a dimension (`float32_state`: a per-channel scale) makes any other op than a
+    convolution, a matrix product or a normalisation give float32, as type promotion does: its output is kept. In
+    backward the gradient a matrix product makes of its float32 input is float32 (autocast's cast of that input makes
+    it so), and autograd casts the float32 gradient of a promoted bf16 activation to bf16 (`_cast_gradients`).
+
     ``input_copy_timeline`` holds the bf16 copies autocast makes of the float32 tensors it leaves as they are (the
     input, its normalisation) for the convolutions and matrix products that take them; such a tensor is no leaf that
     trains, so its cast is never cached. A copy lives while its op runs, or, when the op saves it for backward (a
@@ -239,8 +262,21 @@ class _TimelineTracker(LiveTensorTracker):
         weights: Iterable[torch.Tensor] = (),
         frozen: Iterable[torch.Tensor] = (),
         vectors: Iterable[torch.Tensor] = (),
+        float32_state: Iterable[torch.Tensor] = (),
     ) -> None:
         super().__init__()
+        # parameters and buffers autocast leaves float32 that have a dimension: any other op than a convolution, a
+        # matrix product or a normalisation promotes its bf16 operands to float32 with them (a scale buffer, a
+        # layer-scale gain), where a 0-dimensional one (a normalisation's mean) does not
+        self._float32_state = {_storage_key(t) for t in float32_state if t.dtype == torch.float32 and t.dim() >= 1}
+        # weights whose convolution or matrix product took a float32 activation that needs a gradient in forward:
+        # in backward the gradient of that activation comes out of autocast's cast in float32
+        self._weights_of_float32_inputs: set[int] = set()
+        # outputs of ops that promoted a bf16 activation to float32 -> (where it is among the op's tensors, how many);
+        # autograd casts the float32 gradient it computes for it to bf16, both alive for a moment (`_cast_gradients`)
+        self._promoting: dict[int, tuple[list[int], int]] = {}
+        self._promoting_now: tuple[list[int], int] | None = None
+        self._passed_copies: dict[int, int] = {}  # float32 gradients passed on -> the bytes of their bf16 copies
         self.recording = False
         self.timeline: list[int] = []
         self.kept_timeline: list[int] = []
@@ -329,6 +365,8 @@ class _TimelineTracker(LiveTensorTracker):
         self._made_in_bf16.pop(key, None)
         self._summed_in_bf16.pop(key, None)
         self._python_holders.pop(key, None)
+        self._promoting.pop(key, None)
+        self.input_copy_bytes -= self._passed_copies.pop(key, 0)
         self._cast_saved.discard(key)
         self._input_cast_size.pop(key, None)
         copies = self._input_copies.pop(key, 0)
@@ -475,6 +513,44 @@ class _TimelineTracker(LiveTensorTracker):
                     self._input_cast_now += self._input_cast_size[key]
         return released
 
+    def _hook_promoting_nodes(self, args: tuple, kwargs: dict | None) -> None:
+        """Hook the autograd node of each promoting op's output that this op takes (`_cast_gradients`)."""
+        for tensor in tree_flatten((args, kwargs))[0]:
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            promoted = self._promoting.pop(_storage_key(tensor), None)
+            if promoted is not None and tensor.grad_fn is not None:
+                positions, count = promoted
+                tensor.grad_fn.register_hook(
+                    lambda grad_inputs, grad_outputs, positions=positions, count=count: self._cast_gradients(
+                        grad_inputs, grad_outputs, positions, count
+                    )
+                )
+
+    def _cast_gradients(self, gradients: tuple, received: tuple, positions: list[int], count: int) -> None:
+        """A promoting op's backward has made, in float32, the gradients of the activations it took in bf16: autograd
+        casts each to bf16, a point where both live, after which the bf16 copy alone counts (halved, not kept). A
+        gradient passed on as it came (an addition's) stays float32 for the op's other operands: its bf16 copy counts
+        beside it until it is freed."""
+        if not self.recording or len(gradients) != count:  # its node's inputs are not the op's tensors one to one
+            return
+        made = [gradients[index] for index in positions if gradients[index] is not None]
+        keys = {_storage_key(gradient): gradient.untyped_storage().nbytes() for gradient in made}
+        passed = {_storage_key(gradient) for gradient in received if isinstance(gradient, torch.Tensor)}
+        if not keys:
+            return
+        self._input_cast_now += sum(nbytes // 2 for nbytes in keys.values())
+        self._record()
+        self._input_cast_now = 0
+        for key, nbytes in keys.items():
+            if key in passed:
+                self._passed_copies[key] = self._passed_copies.get(key, 0) + nbytes // 2
+                self.input_copy_bytes += nbytes // 2
+            elif key in self._kept and key in self._float32:
+                self._kept.discard(key)
+                self._float32.discard(key)
+                self.kept_bytes -= nbytes
+
     def _saving_outside_checkpoints(self) -> bool:
         """Whether what forward's op saves is saved, not dropped by a gradient checkpoint (its hooks the innermost)."""
         if _TOP_SAVED_HOOKS is None:  # a torch without it: every copy counted as saved, high, never low
@@ -504,7 +580,30 @@ class _TimelineTracker(LiveTensorTracker):
                         self._cast_vectors.add(key)
                     if key in self._vectors and not self._forward:  # no op saves it: cached until the
                         self._recast_vectors.add(key)  # recomputation's autocast ends
-            self._op_keeps_float32 = name not in _AUTOCAST_BF16_OPS and any(key in self._float32 for key in keys)
+            self._op_keeps_float32 = name not in _AUTOCAST_BF16_OPS and (
+                any(key in self._float32 for key in keys)
+                or (name not in _MIXED_DTYPE_OPS and any(key in self._float32_state for key in keys))
+            )
+            if self._forward and self._promoting:  # the op's node exists once an op takes its output
+                self._hook_promoting_nodes(args, kwargs)
+            if self._op_keeps_float32 and self._forward:
+                operands = [item for item in tree_flatten((args, kwargs))[0] if isinstance(item, torch.Tensor)]
+                bf16 = [
+                    index
+                    for index, tensor in enumerate(operands)
+                    if tensor.is_floating_point()
+                    and tensor.requires_grad
+                    and _storage_key(tensor) not in self._kept
+                    and _storage_key(tensor) not in self._float32_state
+                    and _storage_key(tensor) not in self._copy_size
+                ]
+                self._promoting_now = (bf16, len(operands)) if bf16 else None
+            if name in _AUTOCAST_BF16_OPS and self._forward:
+                if any(key in self._float32 and key not in self._without_grad for key in keys):
+                    self._weights_of_float32_inputs.update(key for key in keys if key in self._copy_size)
+            elif name in ("mm", "bmm") and not self._forward and not any(key in self._float32 for key in keys):
+                # a matrix product's gradient of its input, not of its weight (which takes the saved input)
+                self._op_keeps_float32 = any(key in self._weights_of_float32_inputs for key in keys)
             if self._forward:
                 float32 = [key for key in keys if key in self._float32]
                 if name in _AUTOCAST_BF16_OPS:
@@ -548,6 +647,11 @@ class _TimelineTracker(LiveTensorTracker):
             out = super().__torch_dispatch__(func, types, args, kwargs)
         finally:
             self._op_keeps_float32 = self._op_needs_grad = self._op_casts = self._op_sums_bf16 = False
+        if self._promoting_now is not None:
+            for item in tree_flatten(out)[0]:
+                if isinstance(item, torch.Tensor):
+                    self._promoting[_storage_key(item)] = self._promoting_now
+            self._promoting_now = None
         if self.recording:
             self._record()
             self._cast_now = self._input_cast_now = 0
@@ -1171,7 +1275,9 @@ def _trace_training(
     # a trainable vector (a bias) is cast and cached as a weight is, by the convolutions and matrix products that take
     # it, and its gradient comes out of their backward in bf16; none of them saves it, so its copy goes with forward
     vectors = [] if autocast is not None else [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    tracker = _TimelineTracker(weights, [p for p in frozen if p.is_floating_point()], vectors)
+    tracker = _TimelineTracker(
+        weights, [p for p in frozen if p.is_floating_point()], vectors, state if autocast is None else []
+    )
     hooks = [w.register_post_accumulate_grad_hook(tracker.gradient_made) for w in [*weights, *vectors]]
     # at batch 1 a 1x1 map leaves batch norm one value per channel (more samples or pixels never do); through
     # backward too, where activation checkpointing runs the forward again
