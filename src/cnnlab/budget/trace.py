@@ -636,7 +636,8 @@ class _TimelineTracker(LiveTensorTracker):
             if frozen and torch.is_grad_enabled():  # forward, or a checkpoint's recomputation: cast anew
                 tensors = [item for item in tree_flatten((args, kwargs))[0] if isinstance(item, torch.Tensor)]
                 cast = frozen - self._frozen_held
-                if any(tensor.requires_grad for tensor in tensors):  # its backward needs the copies
+                # its backward needs the copies for the gradient of an operand that is not a bias (a bias's is a sum)
+                if any(tensor.requires_grad and _storage_key(tensor) not in self._vectors for tensor in tensors):
                     self._frozen_held |= cast
                     self.copy_bytes += sum(self._frozen_size[key] for key in cast)
                 else:
