@@ -15,6 +15,7 @@ from PIL import Image
 
 from cnnlab.data.folder import (
     HiddenClassWarning,
+    LooseImagesWarning,
     check_image,
     decode_image,
     describe_skipped,
@@ -560,3 +561,18 @@ def test_a_dot_folder_of_images_is_noted_but_a_tools_folder_is_not(tmp_path: Pat
     _solid(root / ".bird" / "0.png", (4, 5, 6))
     with pytest.warns(HiddenClassWarning, match=r"photos: \.bird holds images but is not a class.*without the dot"):
         assert scan_folder(root, min_per_class=2).classes == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("link", ["cat/up", "cat", "cat/loose.png"])
+def test_a_link_from_a_class_folder_to_the_loose_images_of_the_data_folder_is_named(tmp_path: Path, link: str) -> None:
+    """Scoring a model on one class folder (`known_classes`, as `cnnlab evaluate --data` does) with a link in it back
+    to the data folder (or the class folder a link to it) filed the images directly in the data folder under that
+    class, and scored them, while a warning said they were left out."""
+    root = tmp_path / "photos"
+    _solid(root / "loose.png", (9, 9, 9))
+    if link != "cat":
+        _solid(root / "cat" / "0.png", (200, 30, 30))
+    (root / link).symlink_to(root / "loose.png" if link.endswith(".png") else root, target_is_directory=True)
+    expected = r"loose\.png, an image directly in .*photos and in no class folder, would be filed under cat"
+    with pytest.warns(LooseImagesWarning), pytest.raises(CnnlabError, match=expected):
+        scan_folder(root, min_per_class=0, known_classes=["cat", "dog"])

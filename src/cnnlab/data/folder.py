@@ -656,18 +656,30 @@ def _warn_hidden_classes(root: Path) -> None:
 
 def _refuse_links_across_classes(root: Path, candidates: Sequence[tuple[str, str]]) -> None:
     """Refuse a link inside one class folder to `root` or into another class folder: its images were filed under both
-    labels and left out, the run refused as "b has 0 usable images (20 filed under two labels)", the link unnamed."""
+    labels and left out, the run refused as "b has 0 usable images (20 filed under two labels)", the link unnamed.
+    A link to an image directly in `root` (to `root` itself, a class folder that is a link to it included) is refused
+    too: those images were said to be "left out" (`LooseImagesWarning`) and were filed under the link's class, which
+    `cnnlab evaluate --data` with one class folder scored them as."""
+    real_root = Path(os.path.realpath(root))
     folders = {os.path.realpath(root / name): name for name in {name for _, name in candidates}}
+    folders.pop(str(real_root), None)  # a class folder that is a link to the data folder holds its loose images
     for path, name in candidates:
         real = Path(os.path.realpath(path))
         other = next((folders[str(parent)] for parent in real.parents if str(parent) in folders), name)
-        if other == name:
+        loose = real.parent == real_root
+        if other == name and not loose:
             continue
         link = root / name  # the first link on the way from the class folder to the image
         for part in Path(path).relative_to(root / name).parts:
             if link.is_symlink():
                 break
             link = link / part
+        if loose:
+            raise CnnlabError(
+                f"{link} is a link to {os.path.realpath(link)}, so {real.name}, an image directly in {root} and in no "
+                f"class folder, would be filed under {name}; move the image into {root / name} and remove the link, "
+                "or remove the link to leave the image out"
+            )
         raise CnnlabError(
             f"{link} is a link to {os.path.realpath(link)}, so the images of {other} under it would be filed under two "
             f"labels ({other} and {name}); remove the link, or link only folders of {name}'s own images"
