@@ -56,10 +56,12 @@ def test_validation_comes_from_the_non_test_part() -> None:
 
 
 def test_bad_fractions_and_tiny_classes_are_errors() -> None:
-    with pytest.raises(CnnlabError, match="sum below 1"):
+    with pytest.raises(CnnlabError, match="add up to 1, which leaves no images to train on; their sum must be below 1"):
         stratified_split(LABELS, 0.5, 0.5)
-    with pytest.raises(CnnlabError, match=r"test fraction 0.0 must be in \[0, 1\) and \(0, 1\) respectively"):
+    with pytest.raises(CnnlabError, match=r"--test-fraction 0 must be above 0 and below 1 \(the test images are what"):
         stratified_split(LABELS, 0.15, 0.0)
+    with pytest.raises(CnnlabError, match=r"--val-fraction nan must be at least 0 and below 1: a share of the images"):
+        stratified_split(LABELS, float("nan"), 0.15)
     with pytest.raises(CnnlabError, match="cannot split") as refused:  # it said "raise --val-fraction / ..."
         stratified_split([0] * 20 + [1], 0.15, 0.15, classes=["many", "solo"])
     assert "add images to 'solo' or remove that class" in str(refused.value) and "--val" not in str(refused.value)

@@ -529,14 +529,42 @@ def test_a_resume_refuses_images_whose_bytes_changed_since_its_split(tiny_run: t
         os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the module's runs keep reusing their cache
 
 
-def test_a_failed_start_does_not_keep_its_split_for_the_next_try(tmp_path: Path) -> None:
+def test_a_failed_start_does_not_keep_its_split_for_the_next_try(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A start refused for its split ("no val images, raise --val-fraction") left split.csv, which every later run of
-    that name read back: raising --val-fraction, or adding --overwrite, gave the same error."""
+    that name read back: raising --val-fraction, or adding --overwrite, gave the same error. (--val-fraction 0 is
+    refused before the split now: let through here, it is refused once the split is written.)"""
     make_photo_folder(tmp_path / "photos")
+    monkeypatch.setattr(transfer_task, "check_fractions", lambda *args, **kwargs: None)
     with pytest.raises(CnnlabError, match="no val images"):
         train_transfer(tiny_config(tmp_path, val_fraction=0.0))
+    monkeypatch.undo()
     summary = train_transfer(tiny_config(tmp_path, train={"epochs": 1}))
     assert summary["split"].startswith("stratified") and summary["test"]["count"] > 0
+
+
+@pytest.mark.parametrize(
+    ("fractions", "said"),
+    [
+        ({"val_fraction": 0.0}, r"--val-fraction 0 must be above 0 and below 1 \(the run chooses its best epoch"),
+        ({"val_fraction": float("nan")}, r"--val-fraction nan must be above 0 and below 1: a share of the images"),
+        ({"val_fraction": -0.1}, r"--val-fraction -0\.1 must be above 0"),
+        ({"test_fraction": 1.5}, r"--test-fraction 1\.5 must be above 0 and below 1"),
+        ({"val_fraction": 0.6, "test_fraction": 0.4}, r"add up to 1, which leaves no images to train on"),
+    ],
+)
+def test_a_split_share_no_split_can_use_is_refused_naming_its_option_before_the_run_folder(
+    tmp_path: Path, fractions: dict[str, float], said: str
+) -> None:
+    """--val-fraction 0 was refused as "the split has no val images" after every image was decoded, in a run folder
+    made for it; -0.1, 1.5 or NaN as "val fraction nan and test fraction 0.15 must be in [0, 1) and (0, 1)
+    respectively", the options unnamed."""
+    make_photo_folder(tmp_path / "photos")
+    config = tiny_config(tmp_path, **fractions)
+    with pytest.raises(CnnlabError, match=said):
+        train_transfer(config)
+    assert not config.run_dir.exists()
 
 
 def test_a_resume_of_a_start_killed_before_its_config_splits_as_that_start_did(

@@ -79,8 +79,8 @@ def transfer(
     val_fraction: float | None = typer.Option(
         None,
         "--val-fraction",
-        help="Validation share of all images, taken from the non-test part (default 0.15); for a split folder "
-        "without val/, the share of train/ taken as validation.",
+        help="Validation share of all images, above 0 and below 1, taken from the non-test part (default 0.15); for a "
+        "split folder without val/, the share of train/ taken as validation.",
     ),
     test_fraction: float | None = typer.Option(
         None, "--test-fraction", help="Test share (default 0.15; 0.25 for elpv, as its papers)."

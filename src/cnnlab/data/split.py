@@ -28,6 +28,7 @@ __all__ = [
     "SPLIT_DIGESTS",
     "Split",
     "check_mask_digests",
+    "check_fractions",
     "check_split_digests",
     "check_split_images",
     "check_split_seed",
@@ -65,6 +66,35 @@ def check_split_seed(seed: int) -> int:
     return seed
 
 
+def check_fractions(val_fraction: float | None, test_fraction: float | None, val_needed: bool = False) -> None:
+    """Refuse split shares no split can use, each named by its option, before any image is read: -0.1, 1.5 and NaN
+    were told "val fraction nan and test fraction 0.15 must be in [0, 1) and (0, 1) respectively" once the whole
+    folder was decoded, and a transfer run's --val-fraction 0, which passed that check, "the split has no val images"
+    in a run folder already made. None: not given.
+
+    Args:
+        val_needed: the run chooses its best epoch on validation images, so a --val-fraction of 0 is refused too.
+    """
+    shares = (("--val-fraction", val_fraction, not val_needed), ("--test-fraction", test_fraction, False))
+    for option, value, zero_allowed in shares:
+        if value is None or 0.0 < value < 1.0 or (zero_allowed and value == 0.0):
+            continue
+        why = ""
+        if value == 0.0:
+            why = (
+                " (the run chooses its best epoch on the validation images)"
+                if option == "--val-fraction"
+                else " (the test images are what the run is scored on)"
+            )
+        low = "at least" if zero_allowed else "above"
+        raise CnnlabError(f"{option} {value:g} must be {low} 0 and below 1{why}: a share of the images, such as 0.15")
+    if val_fraction is not None and test_fraction is not None and val_fraction + test_fraction >= 1.0:
+        raise CnnlabError(
+            f"--val-fraction {val_fraction:g} and --test-fraction {test_fraction:g} add up to "
+            f"{val_fraction + test_fraction:g}, which leaves no images to train on; their sum must be below 1"
+        )
+
+
 def stratified_split(
     labels: list[int],
     val_fraction: float = 0.15,
@@ -85,11 +115,7 @@ def stratified_split(
     Raises:
         CnnlabError: fractions out of range, or a class too small to appear in every part (fewer images than parts).
     """
-    if not (0.0 <= val_fraction < 1.0 and 0.0 < test_fraction < 1.0 and val_fraction + test_fraction < 1.0):
-        raise CnnlabError(  # it said "[0, 1)" for both, so a test fraction of 0 read as allowed
-            f"val fraction {val_fraction} and test fraction {test_fraction} must be in [0, 1) and (0, 1) "
-            "respectively, with a sum below 1 (the test set is what the run is scored on)"
-        )
+    check_fractions(val_fraction, test_fraction)
     check_split_seed(seed)
     indices = list(range(len(labels)))
     if min(Counter(labels).values(), default=0) < (3 if val_fraction else 2):

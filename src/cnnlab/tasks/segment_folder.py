@@ -53,6 +53,7 @@ from cnnlab.data.segmentation import (
 )
 from cnnlab.data.split import (
     SPLIT_DIGESTS,
+    check_fractions,
     check_mask_digests,
     check_split_digests,
     check_split_seed,
@@ -490,6 +491,7 @@ def train_segmentation_folder(
             "--batch-size N and --accum auto (as many micro-batches as memory needs)"
         )
     check_split_seed(split_seed)  # before the folder is read
+    check_fractions(val_fraction, test_fraction)
     check_output_outside_data(output, data)
     train_options = with_overrides(recipe.train, overrides)
     check_options(train_options)  # here as TrainConfig would, later: a bad num_threads is a line, not torch's error

@@ -68,6 +68,7 @@ from cnnlab.data.split import (
     SPLIT_DIGESTS,
     SPLITS,
     Split,
+    check_fractions,
     check_split_images,
     check_split_seed,
     read_manifest,
@@ -313,6 +314,7 @@ class TransferConfig:
                 "is fixed; pass --batch-size N and --accum auto (or --recipe default, which trains on cached maps)"
             )
         check_split_seed(self.split_seed)
+        check_fractions(self.val_fraction, self.test_fraction, val_needed=True)
         check_output_outside_data(self.output, self.data)
         if self.min_per_class < 0:
             raise CnnlabError(f"--min-per-class must be >= 0 (0: no minimum), got {self.min_per_class}")
