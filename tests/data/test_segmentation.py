@@ -6,6 +6,7 @@ import io
 import json
 import re
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -262,14 +263,17 @@ def test_palette_masks_each_in_its_own_palette_order_are_refused_not_read_with_c
         ((255, 255, 255), r"hides colour \(255, 255, 255\), which \S+ does not list, under transparent .*flatten"),
     ],
 )
+@pytest.mark.parametrize("mode", ["RGBA", "P"])
 def test_colour_masks_are_read_by_the_colours_they_show_not_those_hidden_under_transparent_pixels(
-    tmp_path, hidden, message
+    tmp_path, hidden, message, mode
 ):
     """An RGBA colour mask's transparent pixels (alpha 0) were read by the colour beneath them: a region erased in a
     painting program, the colour left beneath, trained as the class the user had erased; a transparent background
     with white beneath was refused as "has colour (255, 255, 255)", a colour no pixel shows. Transparent pixels that
     hide one class
-    read as it; more than one, or an unlisted colour there, are refused in one line saying to flatten the mask."""
+    read as it; more than one, or an unlisted colour there, are refused in one line saying to flatten the mask.
+    A palette mask's transparent indices (its tRNS chunk) were read by their hidden colours, as RGBA's were, and Pillow
+    warned "Palette images with Transparency expressed in bytes should be converted to RGBA images" for each."""
     colours = np.array([(0, 0, 0), (255, 0, 0), (0, 255, 0)], dtype=np.uint8)
     labels = np.zeros((8, 8), dtype=np.uint8)
     labels[:2], labels[6:] = 1, 2
@@ -277,9 +281,18 @@ def test_colour_masks_are_read_by_the_colours_they_show_not_those_hidden_under_t
     alpha = np.where(labels == 0, 0, 255).astype(np.uint8)
     rgb[2:4] = hidden  # under the transparent background: an erased stroke of the first class, or white
     classes = [{"name": name, "color": colour.tolist()} for name, colour in zip("xab", colours, strict=True)]
-    _one_pair(tmp_path, Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA"), classes)
+    mask = Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA")
+    if mode == "P":  # index 0 the transparent background, 3 the transparent stroke: tRNS alpha 0 for both
+        indices = labels.copy()
+        indices[2:4] = 3
+        mask = Image.fromarray(indices, mode="P")
+        mask.putpalette([*colours.ravel().tolist(), *hidden])
+        mask.info["transparency"] = bytes([0, 255, 255, 0])
+    _one_pair(tmp_path, mask, classes)
     if message is None:
-        assert SegmentationFolder(tmp_path).read(0)[1].tolist() == labels.tolist()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert SegmentationFolder(tmp_path).read(0)[1].tolist() == labels.tolist()
         return
     with pytest.raises(CnnlabError, match=f"^{re.escape(str(tmp_path))}/masks/a.png {message}"):
         SegmentationFolder(tmp_path).read(0)

@@ -740,6 +740,10 @@ class SegmentationFolder(Dataset):
         # a palette mask's index 255 is unlabelled, whatever colour its palette gives it (Pascal VOC's (224, 224, 192)),
         # unless classes.json lists that colour: every VOC-style mask was skipped for an "unknown colour"
         palette_ignored = np.asarray(mask_image) == IGNORE_INDEX if mask_image.mode == "P" else None
+        if mask_image.mode == "P" and "transparency" in mask_image.info:
+            # a palette's transparent indices (tRNS) are alpha, as an RGBA mask's: read by their hidden colours, they
+            # were trained as classes that do not show, and Pillow warned per mask, naming none, as it dropped them
+            mask_image = mask_image.convert("RGBA")
         alpha = mask_image.getchannel("A").getextrema() if mask_image.mode in ("RGBA", "LA") else (255, 255)
         # pixels that show no colour: read by the colour they hide (an eraser's leftovers, white in some editors)
         transparent = np.asarray(mask_image.getchannel("A")) == 0 if alpha[0] == 0 else None
