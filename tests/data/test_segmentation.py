@@ -574,6 +574,21 @@ def test_a_mask_with_a_capital_png_extension_is_found(tmp_path):
     assert folder[0][1].tolist()[0] == [0, 1, 0, 1, 0]
 
 
+def test_an_image_with_two_masks_of_its_stem_is_left_out_naming_both(tmp_path):
+    """masks/a.PNG beside masks/a.png: two masks for images/a.png, and a.png's was trained on, a.PNG never said."""
+    _one_pair(tmp_path, Image.fromarray(np.arange(20, dtype=np.uint8).reshape(4, 5) % 2))
+    Image.fromarray(np.zeros((4, 5), dtype=np.uint8)).save(tmp_path / "masks" / "a.PNG")
+    Image.fromarray(np.zeros((4, 5, 3), dtype=np.uint8)).save(tmp_path / "images" / "b.png")
+    Image.fromarray(np.ones((4, 5), dtype=np.uint8)).save(tmp_path / "masks" / "b.png")
+    folder = SegmentationFolder(tmp_path, skip_bad=True)
+    assert [path.name for path in folder.images] == ["b.png"]
+    assert [entry.reason for entry in folder.skipped] == [
+        f"{tmp_path / 'masks'} holds a.PNG and a.png, two masks for it; remove the wrong one"
+    ]
+    with pytest.raises(CnnlabError, match=r"images/a.png: \S+masks holds a.PNG and a.png, two masks for it"):
+        SegmentationFolder(tmp_path)
+
+
 def test_a_mask_of_the_stored_pixels_of_a_turned_photo_is_refused_naming_the_exif_orientation(tmp_path):
     """A phone photo stored 40x30 with EXIF orientation 6 is read upright, 30x40; its mask drawn on the stored pixels
     was refused as "is 40x30 but its image is 30x40", although both files are 40x30."""

@@ -609,9 +609,10 @@ class SegmentationFolder(Dataset):
         self._copies: dict[Path, list[tuple[Path, Path, SkippedFile]]] = {}
         first: dict[bytes, Path] = {}  # image digest -> its first file: a copy on both sides of the split would leak
         # a.PNG is the mask of a.* too (capitals from a camera or Windows: only a case-insensitive file system found
-        # it); sorted, a.png comes after a.PNG and is the one kept when both are there
+        # it); with a.png beside it, the image has two masks (a.png was read, a.PNG never said), and is left out
         mask_entries = sorted(mask_dir.iterdir())
         masks = {p.stem: p for p in mask_entries if p.suffix.lower() == ".png"}
+        mask_stems = Counter(p.stem for p in mask_entries if p.suffix.lower() == ".png" and p.is_file())
         mask_names = [p.name for p in mask_entries if not p.name.startswith(".")]
         stems = Counter(image.stem for image in candidates)
         # only these are hashed here (read whole, their bytes kept for `read`'s decode); the others are read by it
@@ -623,6 +624,12 @@ class SegmentationFolder(Dataset):
             if mask.is_file() and stems[image.stem] > 1:  # a.jpg and a.png: both were trained on a.png's mask
                 others = ", ".join(p.name for p in candidates if p.stem == image.stem and p != image)
                 why = f"{others} in {image_dir} has the same stem, so {mask} may be the mask of either; rename one"
+                if not skip_bad:
+                    raise CnnlabError(f"{image}: {why}")
+                self.skipped.append(SkippedFile(str(image), "", why))
+            elif mask_stems[image.stem] > 1:
+                both = " and ".join(p.name for p in mask_entries if p.stem == image.stem and p.suffix.lower() == ".png")
+                why = f"{mask_dir} holds {both}, two masks for it; remove the wrong one"
                 if not skip_bad:
                     raise CnnlabError(f"{image}: {why}")
                 self.skipped.append(SkippedFile(str(image), "", why))
