@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import struct
 import warnings
@@ -575,4 +576,17 @@ def test_a_link_from_a_class_folder_to_the_loose_images_of_the_data_folder_is_na
     (root / link).symlink_to(root / "loose.png" if link.endswith(".png") else root, target_is_directory=True)
     expected = r"loose\.png, an image directly in .*photos and in no class folder, would be filed under cat"
     with pytest.warns(LooseImagesWarning), pytest.raises(CnnlabError, match=expected):
+        scan_folder(root, min_per_class=0, known_classes=["cat", "dog"])
+
+
+def test_a_class_folder_whose_name_is_not_utf8_is_refused_naming_it(tmp_path: Path) -> None:
+    """A class folder named in Latin-1 (b'caf\\xe9') was trained, and the run crashed after training, its test report
+    unwritten: matplotlib refused the class's name on the confusion matrix ("set_text(): incompatible function
+    arguments")."""
+    root = _make_folder(tmp_path / "photos", per_class=3)
+    os.rename(root / "cat", os.fsencode(root) + b"/caf\xe9")
+    expected = r"photos: the class folder name b'caf\\xe9' is not UTF-8 text.*rename it \('café' if it was written in"
+    with pytest.raises(CnnlabError, match=expected):
+        scan_folder(root, min_per_class=1)
+    with pytest.raises(CnnlabError, match=expected):  # scoring a model on the folder, as `cnnlab evaluate` does
         scan_folder(root, min_per_class=0, known_classes=["cat", "dog"])

@@ -526,6 +526,7 @@ def scan_folder(
             f"{root} {why_not_a_folder(root)}; pass a folder with one sub-folder of images per class, or a CSV"
         )
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name))
+    _refuse_undecodable_names(root, classes)
     # a class folder linked from elsewhere (an unmounted drive, a moved folder) was left out, its class unsaid
     dangling = sorted(
         p.name
@@ -581,6 +582,30 @@ def scan_folder(
     if min_per_class > 0:
         images.check_min_per_class(min_per_class)
     return images
+
+
+def _refuse_undecodable_names(root: Path, classes: Sequence[str]) -> None:
+    """Refuse a class folder whose name is not UTF-8 (``caf\\xe9``, a Latin-1 name from an old zip or disk): a class
+    name is shown and recorded as text, and the run crashed with matplotlib's TypeError on its confusion matrix, after
+    training, its test report unwritten."""
+    undecodable = [name for name in classes if not _is_utf8(name)]
+    if undecodable:
+        raw = os.fsencode(undecodable[0])
+        shown = root if _is_utf8(str(root)) else os.fsencode(root)
+        more = f" (and {len(undecodable) - 1} more)" if len(undecodable) > 1 else ""
+        raise CnnlabError(
+            f"{shown}: the class folder name {raw!r}{more} is not UTF-8 text, which a class's name is shown and "
+            f"recorded as; rename it ({raw.decode('cp1252', errors='replace')!r} if it was written in Latin-1)"
+        )
+
+
+def _is_utf8(name: str) -> bool:
+    """Whether a file name Python decoded from the file system (undecodable bytes kept as surrogates) is UTF-8 text."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _flat_folder_reason(root: Path) -> str:
