@@ -187,6 +187,19 @@ def test_index_masks_are_named_by_a_classes_json_without_colours(tmp_path):
         SegmentationFolder(tmp_path)
 
 
+def test_a_classes_json_saved_with_a_byte_order_mark_is_read_and_one_not_utf8_is_named_so(tmp_path):
+    """A classes.json saved by Windows Notepad (UTF-8 with a byte-order mark) was refused as "must be a list of
+    {'name': str, 'color': [r, g, b]} ... (Unexpected UTF-8 BOM ...)"; one saved in Latin-1 was told the same."""
+    indices = np.array([[0, 1, 255], [1, 1, 0]], dtype=np.uint8)
+    _one_pair(tmp_path, Image.fromarray(indices))
+    text = json.dumps([{"name": "ciel"}, {"name": "café"}], ensure_ascii=False)
+    (tmp_path / "classes.json").write_text(text, encoding="utf-8-sig")
+    assert SegmentationFolder(tmp_path).class_names == ["ciel", "café"]
+    (tmp_path / "classes.json").write_text(text, encoding="latin-1")
+    with pytest.raises(CnnlabError, match=r"classes.json is not UTF-8 text \(byte 32\); save it as UTF-8"):
+        SegmentationFolder(tmp_path)
+
+
 def test_a_palette_masks_index_255_is_unlabelled_with_a_colour_classes_json(tmp_path):
     """Pascal VOC's palette masks, with classes.json listing their colours, were all skipped: index 255 (unlabelled)
     is the palette's (224, 224, 192), "a colour classes.json does not list". Another unlisted colour is still one."""

@@ -664,7 +664,8 @@ class SegmentationFolder(Dataset):
         self.colours: np.ndarray | None = None
         if classes_file.is_file():
             try:
-                classes = json.loads(classes_file.read_text())
+                # utf-8-sig: Windows Notepad's byte-order mark was refused as "Unexpected UTF-8 BOM", the list unread
+                classes = json.loads(classes_file.read_text(encoding="utf-8-sig"))
                 self.class_names = [str(c["name"]) for c in classes]
                 coloured = ["color" in c for c in classes]
                 if all(coloured):
@@ -672,6 +673,12 @@ class SegmentationFolder(Dataset):
                         if len(c["color"]) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in c["color"]):
                             raise ValueError(f"{c['name']!r} has color {c['color']}, not three integers 0-255")
                     self.colours = np.array([c["color"] for c in classes], dtype=np.int64).reshape(-1, 3)
+            except UnicodeDecodeError as error:  # a Latin-1 "café": "must be a list of ..." sent users to its shape
+                raise CnnlabError(
+                    f"{classes_file} is not UTF-8 text (byte {error.start}); save it as UTF-8 (JSON's encoding)"
+                ) from None
+            except OSError as error:
+                raise CnnlabError(f"cannot read {classes_file}: {error.strerror or error}") from None
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
                 raise CnnlabError(
                     f"{classes_file} must be a list of {{'name': str, 'color': [r, g, b]}}, the colours left out "
