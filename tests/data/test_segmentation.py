@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import struct
 import warnings
@@ -197,6 +198,22 @@ def test_a_classes_json_saved_with_a_byte_order_mark_is_read_and_one_not_utf8_is
     assert SegmentationFolder(tmp_path).class_names == ["ciel", "café"]
     (tmp_path / "classes.json").write_text(text, encoding="latin-1")
     with pytest.raises(CnnlabError, match=r"classes.json is not UTF-8 text \(byte 32\); save it as UTF-8"):
+        SegmentationFolder(tmp_path)
+
+
+def test_a_masks_folder_that_cannot_be_listed_is_named(tmp_path, monkeypatch):
+    """masks/ without read permission (chmod 000; simulated, as the tests may run as root) stopped the folder's scan
+    with a PermissionError traceback."""
+    _one_pair(tmp_path, Image.fromarray(np.zeros((2, 3), dtype=np.uint8)))
+    listing = os.listdir
+
+    def refused(path="."):
+        if Path(path).name == "masks":
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "listdir", refused)
+    with pytest.raises(CnnlabError, match=r"^cannot read the folder \S+masks \(Permission denied\); make it readable$"):
         SegmentationFolder(tmp_path)
 
 

@@ -525,6 +525,10 @@ def scan_folder(
         raise CnnlabError(
             f"{root} {why_not_a_folder(root)}; pass a folder with one sub-folder of images per class, or a CSV"
         )
+    try:  # a folder without read permission stopped the scan with a PermissionError traceback
+        os.listdir(root)
+    except OSError as error:
+        raise CnnlabError(f"cannot read the folder {root} ({error.strerror or error}); make it readable") from None
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name))
     _refuse_undecodable_names(root, classes)
     # a class folder linked from elsewhere (an unmounted drive, a moved folder) was left out, its class unsaid
@@ -667,7 +671,7 @@ def _warn_hidden_classes(root: Path) -> None:
         and p.is_dir()
         and p.name not in _TOOL_DOT_FOLDERS
         and not p.name.startswith(".Trash")
-        and image_files(p)
+        and image_files(p, unreadable_ok=True)
     )
     if hidden:
         warnings.warn(
@@ -746,16 +750,22 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name in _NOT_PHOTO_FOLDERS
 
 
-def image_files(folder: str | os.PathLike[str]) -> list[str]:
+def image_files(folder: str | os.PathLike[str], unreadable_ok: bool = False) -> list[str]:
     """The image files under `folder` and its sub-folders (by extension), sorted; hidden files and folders skipped.
 
     A linked sub-folder is walked like any other (os.walk's default skipped its images unsaid), each real folder once:
     a link back to a folder above it is not followed again.
+
+    Raises:
+        CnnlabError: a folder (`folder` or one below it) that cannot be listed (no read permission), whose images
+            os.walk left out without a word (a class of such a folder "holds no image files"); unless
+            `unreadable_ok`.
     """
     found = []
     unread: Counter[str] = Counter()
     walked: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    unlisted: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=unlisted.append):
         walked.add(os.path.realpath(dirpath))
         dirnames[:] = sorted(
             d for d in dirnames if not _is_hidden(d) and os.path.realpath(Path(dirpath) / d) not in walked
@@ -765,6 +775,13 @@ def image_files(folder: str | os.PathLike[str]) -> list[str]:
                 found.append(str(Path(dirpath) / filename))
             elif not filename.startswith(".") and filename.lower().endswith(UNREAD_PHOTO_EXTENSIONS):
                 unread[Path(filename).suffix.lower()] += 1
+    if unlisted and not unreadable_ok:
+        error = unlisted[0]
+        more = f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""
+        raise CnnlabError(
+            f"cannot read the folder {error.filename}{more} ({error.strerror or error}), so its images would be left "
+            f"out; make it readable (chmod -R u+rX), or move it out of {folder}"
+        )
     if unread:  # an iPhone's .HEIC photos were left out without a word
         counts = ", ".join(f"{count} {suffix}" for suffix, count in sorted(unread.items()))
         warnings.warn(

@@ -478,6 +478,15 @@ def _head_or_none(path: Path) -> bytes | None:
         return None
 
 
+def _listed_folder(folder: Path) -> list[Path]:
+    """`folder`'s entries, sorted; a `CnnlabError` naming it when it cannot be listed (no read permission: it was a
+    PermissionError traceback)."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as error:
+        raise CnnlabError(f"cannot read the folder {folder} ({error.strerror or error}); make it readable") from None
+
+
 def _near_miss(image: Path, mask_names: list[str]) -> str:
     """What in masks/ looks meant as `image`'s mask under another name, said in brackets, or "": a mask named after
     the image's whole file name (a.jpg.png, as some labelling tools save them), one in another format (a.tif, a.jpg:
@@ -584,7 +593,7 @@ class SegmentationFolder(Dataset):
             raise CnnlabError(f"{self.root} needs images/ and masks/ subfolders (same file stems, PNG masks)")
         # the extensions every other command reads (a .webp with its mask was left out unsaid); hidden files (macOS's
         # ._name.png) are not images
-        entries = sorted(image_dir.iterdir())
+        entries = _listed_folder(image_dir)
         candidates = [p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
         nested = [  # images/<folder>/ is not read: its images were left out without a word
             p.name
@@ -610,7 +619,7 @@ class SegmentationFolder(Dataset):
         first: dict[bytes, Path] = {}  # image digest -> its first file: a copy on both sides of the split would leak
         # a.PNG is the mask of a.* too (capitals from a camera or Windows: only a case-insensitive file system found
         # it); with a.png beside it, the image has two masks (a.png was read, a.PNG never said), and is left out
-        mask_entries = sorted(mask_dir.iterdir())
+        mask_entries = _listed_folder(mask_dir)
         masks = {p.stem: p for p in mask_entries if p.suffix.lower() == ".png"}
         mask_stems = Counter(p.stem for p in mask_entries if p.suffix.lower() == ".png" and p.is_file())
         mask_names = [p.name for p in mask_entries if not p.name.startswith(".")]
