@@ -324,6 +324,24 @@ def test_evaluate_of_the_runs_test_images_gives_its_test_scores(
     )
 
 
+def test_evaluate_of_a_split_folder_names_its_test_part(tiny_run: tuple[Path, dict], tmp_path: Path) -> None:
+    """`cnnlab evaluate RUN --data SPLIT` (train/, val/, test/ of class folders, as `train transfer --data` takes) was
+    refused as "test, train, val are not classes of the model; name each sub-folder after the class of its images"."""
+    from cnnlab.tasks.evaluate import evaluate_folder
+
+    _, summary = tiny_run
+    split = tmp_path / "split"
+    for part in ("train", "val", "test"):
+        for name in ("blue", "red"):
+            (split / part / name).mkdir(parents=True)
+    expected = (
+        f"--data {split} is a split folder (test/, train/, val/), whose parts are not classes of the run: pass --data "
+        f"{split / 'test'} to score the run on its test images"
+    )
+    with pytest.raises(CnnlabError, match=f"^{re.escape(expected)}$"):
+        evaluate_folder(summary["run_dir"], split, tmp_path / "out")
+
+
 def test_a_run_started_again_splits_afresh_and_a_resumed_one_keeps_its_split(tiny_run: tuple[Path, dict]) -> None:
     """--overwrite kept the old run's split.csv: a new --data, other fractions and new images were silently ignored
     (the report named the new data, the model had the old one's classes)."""

@@ -26,7 +26,7 @@ import torch
 
 from cnnlab.data.folder import IMAGE_EXTENSIONS, bytes_digest, describe_skipped, file_digest, scan_folder
 from cnnlab.data.paths import check_output_outside_data
-from cnnlab.data.split import SPLIT_DIGESTS, read_split_digests
+from cnnlab.data.split import PART_NAMES, SPLIT_DIGESTS, read_split_digests
 from cnnlab.errors import CnnlabError, listed, why_not_a_folder
 from cnnlab.files import PATH_BYTES, check_writable, write_text_whole, written_then_renamed
 from cnnlab.layers.views import ViewAverage
@@ -108,6 +108,7 @@ def evaluate_folder(
             f"as the run's classes ({listed(list(meta.get('classes', [])), 10)})"
         )
     _refuse_unlabelled(run, root, list(meta.get("classes", [])))
+    _refuse_split_folder(root, list(meta.get("classes", [])))
     out = _output_folder(run_dir, output_dir, root)
     trained = _trained_images(run_dir, exclude_trained)
     predictor = load_predictor(str(run), device)
@@ -193,6 +194,24 @@ def _refuse_unlabelled(run: str | os.PathLike[str], root: Path, classes: list[st
             f"says what they show: to score the run, put each in a sub-folder named after its class "
             f"({listed(classes, 10)}); to classify them, `{command}`"
         )
+
+
+def _refuse_split_folder(root: Path, classes: list[str]) -> None:
+    """Refuse a split folder (``train/``, ``val/``, ``test/``, each of class sub-folders), naming its test part: the
+    folder a run was trained on was refused as "test, train, val are not classes of the model; name each sub-folder
+    after the class of its images", which sent users to rename the parts."""
+    parts = sorted(
+        entry.name
+        for entry in os.scandir(root)
+        if entry.is_dir() and entry.name.lower() in PART_NAMES and entry.name not in classes
+    )
+    test = next((root / name for name in parts if PART_NAMES[name.lower()] == "test"), None)
+    if test is None or not any(entry.is_dir() and entry.name in classes for entry in os.scandir(test)):
+        return
+    raise CnnlabError(
+        f"--data {root} is a split folder ({', '.join(f'{name}/' for name in parts)}), whose parts are not classes of "
+        f"the run: pass --data {test} to score the run on its test images"
+    )
 
 
 @contextlib.contextmanager
