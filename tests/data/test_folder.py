@@ -595,20 +595,25 @@ def test_a_class_folder_whose_name_is_not_utf8_is_refused_naming_it(tmp_path: Pa
 def test_a_folder_that_cannot_be_listed_is_named_not_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A sub-folder of a class without read permission (chmod 000; simulated, as the tests may run as root) had its
     images left out without a word (os.walk skips what it cannot list), a class folder so "holds no image files", and
-    a data folder so stopped the scan with a PermissionError traceback."""
+    a data folder so stopped the scan (and `train transfer`, which looks for a split's parts first) with a
+    PermissionError traceback."""
+    from cnnlab.data.sources import open_image_source
+
     root = _make_folder(tmp_path / "photos", per_class=2)
     _solid(root / "dog" / "more" / "9.png", (1, 1, 1))
-    listing = os.scandir
+    listing, unreadable = os.scandir, {"more"}
 
     def refused(path: str | os.PathLike[str] = ".") -> object:
-        if Path(path).name in ("more", "photos"):
+        if Path(path).name in unreadable:
             raise PermissionError(13, "Permission denied", str(path))
         return listing(path)
 
     monkeypatch.setattr(os, "scandir", refused)
     with pytest.raises(CnnlabError, match=r"cannot read the folder \S+dog/more \(Permission denied\), so its images"):
         scan_folder(root, min_per_class=1)
-    monkeypatch.setattr(os, "listdir", refused)
+    unreadable.add("photos")
     unlisted = r"^cannot read the folder \S+photos \(Permission denied\); make it readable$"
     with pytest.raises(CnnlabError, match=unlisted):
         scan_folder(root, min_per_class=1)
+    with pytest.raises(CnnlabError, match=unlisted):  # as `cnnlab train transfer --data` reads it
+        open_image_source(str(root), min_per_class=1)

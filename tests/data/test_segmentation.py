@@ -205,14 +205,14 @@ def test_a_masks_folder_that_cannot_be_listed_is_named(tmp_path, monkeypatch):
     """masks/ without read permission (chmod 000; simulated, as the tests may run as root) stopped the folder's scan
     with a PermissionError traceback."""
     _one_pair(tmp_path, Image.fromarray(np.zeros((2, 3), dtype=np.uint8)))
-    listing = os.listdir
+    listing = os.scandir
 
     def refused(path="."):
         if Path(path).name == "masks":
             raise PermissionError(13, "Permission denied", str(path))
         return listing(path)
 
-    monkeypatch.setattr(os, "listdir", refused)
+    monkeypatch.setattr(os, "scandir", refused)
     with pytest.raises(CnnlabError, match=r"^cannot read the folder \S+masks \(Permission denied\); make it readable$"):
         SegmentationFolder(tmp_path)
 

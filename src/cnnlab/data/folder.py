@@ -49,6 +49,7 @@ __all__ = [
     "UnreadFormatWarning",
     "bytes_digest",
     "check_image",
+    "check_listable",
     "decode_image",
     "decode_image_and_digest",
     "describe_skipped",
@@ -525,10 +526,7 @@ def scan_folder(
         raise CnnlabError(
             f"{root} {why_not_a_folder(root)}; pass a folder with one sub-folder of images per class, or a CSV"
         )
-    try:  # a folder without read permission stopped the scan with a PermissionError traceback
-        os.listdir(root)
-    except OSError as error:
-        raise CnnlabError(f"cannot read the folder {root} ({error.strerror or error}); make it readable") from None
+    check_listable(root)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name))
     _refuse_undecodable_names(root, classes)
     # a class folder linked from elsewhere (an unmounted drive, a moved folder) was left out, its class unsaid
@@ -586,6 +584,16 @@ def scan_folder(
     if min_per_class > 0:
         images.check_min_per_class(min_per_class)
     return images
+
+
+def check_listable(folder: str | os.PathLike[str]) -> None:
+    """Raise a `CnnlabError` naming `folder` when it cannot be listed (no read permission): a data folder so stopped
+    train, evaluate or a scan with a PermissionError traceback."""
+    try:
+        with os.scandir(folder):
+            pass
+    except OSError as error:
+        raise CnnlabError(f"cannot read the folder {folder} ({error.strerror or error}); make it readable") from None
 
 
 def _refuse_undecodable_names(root: Path, classes: Sequence[str]) -> None:

@@ -41,6 +41,7 @@ from cnnlab.data.folder import (
     IMAGE_EXTENSIONS,
     SkippedFile,
     bytes_digest,
+    check_listable,
     decode_image_and_digest,
     to_rgb,
     turned_by_exif,
@@ -481,10 +482,8 @@ def _head_or_none(path: Path) -> bytes | None:
 def _listed_folder(folder: Path) -> list[Path]:
     """`folder`'s entries, sorted; a `CnnlabError` naming it when it cannot be listed (no read permission: it was a
     PermissionError traceback)."""
-    try:
-        return sorted(folder.iterdir())
-    except OSError as error:
-        raise CnnlabError(f"cannot read the folder {folder} ({error.strerror or error}); make it readable") from None
+    check_listable(folder)
+    return sorted(folder.iterdir())
 
 
 def _near_miss(image: Path, mask_names: list[str]) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from cnnlab.data.folder import LabelledImages, scan_csv, scan_folder
+from cnnlab.data.folder import LabelledImages, check_listable, scan_csv, scan_folder
 from cnnlab.data.split import PART_NAMES, Split, check_split_digests, check_split_images, split_from_folders
 from cnnlab.errors import CnnlabError
 
@@ -68,6 +68,8 @@ def open_image_source(data: str, min_per_class: int = 100) -> tuple[LabelledImag
         return images, None, f"built-in dataset {data}"
     if path.is_file() and path.suffix.lower() == ".csv":
         return scan_csv(path, min_per_class=min_per_class), None, f"CSV {path}"
+    if path.is_dir():
+        check_listable(path)  # its parts and classes are looked for next
     if path.is_dir() and (path / "train").is_dir() and (path / "test").is_dir():
         images, split = split_from_folders(path, min_per_class=min_per_class)
         return images, split, f"split folder {path}"

@@ -24,7 +24,14 @@ from typing import Any
 
 import torch
 
-from cnnlab.data.folder import IMAGE_EXTENSIONS, bytes_digest, describe_skipped, file_digest, scan_folder
+from cnnlab.data.folder import (
+    IMAGE_EXTENSIONS,
+    bytes_digest,
+    check_listable,
+    describe_skipped,
+    file_digest,
+    scan_folder,
+)
 from cnnlab.data.paths import check_output_outside_data
 from cnnlab.data.split import PART_NAMES, SPLIT_DIGESTS, read_split_digests
 from cnnlab.errors import CnnlabError, listed, why_not_a_folder
@@ -107,6 +114,7 @@ def evaluate_folder(
             f"--data {data} {why_not_a_folder(data)}; pass a folder with one sub-folder of images per class, named "
             f"as the run's classes ({listed(list(meta.get('classes', [])), 10)})"
         )
+    check_listable(root)
     _refuse_unlabelled(run, root, list(meta.get("classes", [])))
     _refuse_split_folder(root, list(meta.get("classes", [])))
     out = _output_folder(run_dir, output_dir, root)
@@ -369,6 +377,8 @@ def _check_masks_given(root: Path, run: str | os.PathLike[str]) -> None:
     """A one-line refusal of a --data folder without masks to score against (no masks/, or no PNG in it), naming
     predict for the masks of unlabelled images."""
     masks = root / "masks"
+    if masks.is_dir():
+        check_listable(masks)
     if masks.is_dir() and any(path.suffix.lower() == ".png" for path in masks.iterdir()):
         return  # SegmentationFolder says what else is wrong
     where = "a folder holding images/ and masks/ (and classes.json), as `cnnlab train segment --data` reads"
@@ -429,6 +439,7 @@ def _evaluate_segmentation(
             f"--data {data} {why_not_a_folder(data)}; pass a folder with images/ and masks/ (and classes.json), as "
             "`cnnlab train segment --data` reads"
         )
+    check_listable(root)
     _check_masks_given(root, run)
     out = _output_folder(run_dir, output_dir, root)
     trained = _trained_images(run_dir, exclude_trained)
