@@ -281,6 +281,23 @@ def test_palette_masks_each_in_its_own_palette_order_are_refused_not_read_with_c
     assert [pairs[i][1].tolist() for i in range(6)] == [m.tolist() for m in labels] + [(m > 0).tolist() for m in labels]
 
 
+def test_palette_masks_in_their_own_orders_scored_by_a_run_are_told_to_name_the_runs_classes(tmp_path):
+    """`cnnlab evaluate` of a run trained on class-index masks, on palette masks each in its own palette order, said
+    to list the colours in classes.json as [{"name": "background", ...}]; that classes.json was then refused for
+    naming classes that are not the run's ("class 0", "class 1", ...)."""
+    from cnnlab.data.segmentation import PaletteColours
+
+    palettes = PaletteColours()
+    labels = np.array([[0, 1], [1, 0]], dtype=np.uint8)
+    palettes.add(tmp_path / "a.png", [0, 0, 0, 255, 0, 0], labels)
+    palettes.add(tmp_path / "b.png", [255, 0, 0, 0, 0, 0], labels)
+    with pytest.raises(CnnlabError, match=r"colour in \S+classes.json \(\[\{\"name\": \"background\""):
+        palettes.check(tmp_path / "classes.json")
+    named = r"classes.json, under the run's class names \(class 0, class 1\) \(\[\{\"name\": \"class 0\", \"color\""
+    with pytest.raises(CnnlabError, match=named):
+        palettes.check(tmp_path / "classes.json", ["class 0", "class 1"])
+
+
 @pytest.mark.parametrize(
     ("hidden", "message"),
     [

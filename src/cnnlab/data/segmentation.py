@@ -1153,15 +1153,22 @@ class PaletteColours:
                 self.conflict = f"{first_path} paints {colour} as class index {first_index} but {path} as {index}"
                 return
 
-    def check(self, classes_file: Path) -> None:
-        """Refuse, in one line naming two masks, palettes that paint one colour as two indices (`conflict`)."""
+    def check(self, classes_file: Path, run_classes: Sequence[str] | None = None) -> None:
+        """Refuse, in one line naming two masks, palettes that paint one colour as two indices (`conflict`).
+
+        Args:
+            run_classes: the classes of the run the masks score (`cnnlab evaluate`), which a classes.json there must
+                name: told to list the colours under "background", a user was then refused for names not the run's.
+        """
         if self.conflict is None:
             return
+        first = json.dumps(run_classes[0] if run_classes else "background")
+        named = f", under the run's class names ({listed(list(run_classes), 6)})" if run_classes else ""
         raise CnnlabError(
             f"{self.conflict}: palette masks are read by their indices (as Pascal VOC's are), so one class would be "
             "read as another from mask to mask (each saved with a palette in its own order, as pngquant or Pillow's "
-            f"quantize save them); list each class's colour in {classes_file} "
-            '([{"name": "background", "color": [0, 0, 0]}, ...]) to read the masks by colour, or save them as '
+            f"quantize save them); list each class's colour in {classes_file}{named} "
+            f'([{{"name": {first}, "color": [0, 0, 0]}}, ...]) to read the masks by colour, or save them as '
             "single-channel PNGs of class indices"
         )
 

@@ -517,7 +517,7 @@ def _evaluate_segmentation(
     # 0/255 masks (255 means unlabelled) scored the background alone: every score 1.0, where training refuses them
     check_mask_classes(values, root, folder.class_names, "only that class would be scored", one_class=True)
     mixed.check("their objects would be left out of the scores")
-    folder.palettes.check(root / "classes.json")  # palette masks in their own orders: classes read as others
+    folder.palettes.check(root / "classes.json", classes)  # palette masks in their own orders: classes read as others
     report = scores.report(classes, segmenter.background)
     with _published_together(out) as staged:
         plot_confusion_matrix(scores.matrix, staged / "confusion_matrix.png", classes, f"{root.name} pixels (evaluate)")
