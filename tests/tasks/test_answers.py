@@ -95,6 +95,17 @@ def test_bad_options_are_clear_errors(tmp_path: Path):
         run_answers("quick", output=tmp_path, runs=tmp_path / "notes.txt")
 
 
+@pytest.mark.parametrize("under", ["", "sheet"])
+def test_an_output_that_is_a_file_is_refused_as_a_user_error(tmp_path: Path, under: str) -> None:
+    """`-o FILE` was mkdir's FileExistsError (or NotADirectoryError under it): exit code 1, where a user's mistake
+    is a refusal, exit code 2."""
+    (tmp_path / "notes.txt").write_text("x")
+    output = tmp_path / "notes.txt" / under
+    with pytest.raises(CnnlabError, match=r"--output .*notes.txt.*: .*notes.txt is a file, not a folder"):
+        run_answers("quick", output=output, exercises=(2,))
+    assert (tmp_path / "notes.txt").read_text() == "x"
+
+
 def test_exercise_2_reproduces_the_answer_sets_slips(tmp_path: Path, exercise_2_calls: list[int]):
     sheet = run_answers("quick", output=tmp_path, exercises=(2,), log=lambda message: None)
     assert exercise_2_calls == [2]

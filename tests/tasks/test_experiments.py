@@ -222,6 +222,17 @@ def test_existing_report_is_not_replaced_without_overwrite(tmp_path, monkeypatch
     prepare_run_dir(settings, "cnn-vs-dense")  # continued without --overwrite: nothing to refuse
 
 
+@pytest.mark.parametrize("under", ["", "runs"])
+def test_an_output_that_is_a_file_is_refused_as_a_user_error(tmp_path, under):
+    """`cnnlab experiment NAME -o FILE` was mkdir's FileExistsError (or NotADirectoryError under it): exit code 1,
+    where a user's mistake is a refusal, exit code 2."""
+    (tmp_path / "notes.txt").write_text("x")
+    settings = ExperimentSettings(output=tmp_path / "notes.txt" / under)
+    with pytest.raises(CnnlabError, match=r"--output .*notes.txt.*: .*notes.txt is a file, not a folder"):
+        prepare_run_dir(settings, "cnn-vs-dense")
+    assert (tmp_path / "notes.txt").read_text() == "x"
+
+
 def test_an_experiment_interrupted_before_any_run_finished_says_so(tmp_path, monkeypatch):
     """Ctrl+C before the first run finished said "keeps what it finished; ... reads it back": nothing was there."""
     from cnnlab.tasks import recipes

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import CnnlabError, why_not_a_folder
-from cnnlab.files import write_text_whole
+from cnnlab.files import check_writable, write_text_whole
 from cnnlab.tasks.answers.measure import EXERCISES, MODES, Context, Mode, timed
 from cnnlab.tasks.answers.sheet import render, unrenderable, untraced_numbers
 from cnnlab.tasks.recipes import note_current_run
@@ -141,7 +141,7 @@ def run_answers(
     if runs_root is not None and not runs_root.is_dir():
         raise CnnlabError(f"--runs {runs_root} {why_not_a_folder(runs_root)}; pass a runs root such as runs")
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out / RESULTS_FILE, shown=str(out))  # an --output that is a file: exit code 2, not an OSError's 1
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
     results_path = out / RESULTS_FILE
     earlier = _previous(results_path, chosen.name, say)

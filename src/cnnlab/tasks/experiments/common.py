@@ -28,7 +28,7 @@ from torch import nn
 
 from cnnlab.data.mnist import find_mnist_dir, load_mnist
 from cnnlab.errors import CnnlabError
-from cnnlab.files import save_figure_whole, write_text_whole, written_then_renamed
+from cnnlab.files import check_writable, save_figure_whole, write_text_whole, written_then_renamed
 from cnnlab.tasks.recipes import note_current_run
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.checkpoint import CHECKPOINT_NAME
@@ -519,6 +519,8 @@ def prepare_run_dir(settings: ExperimentSettings, name: str) -> Path:
     only the runs trained since (not the earlier invocation's, under the removed report).
     """
     run_dir = Path(settings.output) / "experiment" / name
+    # an --output that is a file (or under one, or read-only) was an OSError, exit code 1, not a refusal (exit 2)
+    check_writable(run_dir / "report.md", shown=str(settings.output))
     if (run_dir / "report.md").exists() and not settings.overwrite:
         raise CnnlabError(
             f"{run_dir} already holds a report; pass --overwrite to replace it or choose another --output"
