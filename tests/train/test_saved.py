@@ -211,6 +211,19 @@ def test_a_phase_folder_of_a_transfer_run_names_the_run_to_pass(tmp_path: Path) 
     unfinished = r"q1 holds no model.json or ensemble.json: its training has not finished \(its 'head' phase stopped, "
     with pytest.raises(CnnlabError, match=unfinished + r"head/checkpoint.pt is there\).* --resume \(and --name q1 if"):
         spec_path(run)
+    # while the run trains (its session not ended), its phase said to resume it, as the run said to wait for it
+    session = {"command": "cnnlab train transfer --name q1", "started": "2026-12-07T11:43:57+00:00", "ended": None}
+    (run / "sessions.json").write_text(json.dumps([session]))
+    training = r"the session `cnnlab train transfer --name q1` \(started 2026-12-07T11:43:57\+00:00\) has not ended, " \
+        r"so it is still training or its process was killed; wait for it to save its model \(if it was killed, run " \
+        r"that command again with --resume\)$"  # fmt: skip
+    with pytest.raises(CnnlabError, match=r"it is the 'head' phase of the run in .*q1, whose training has not "
+                       r"finished: " + training):  # fmt: skip
+        spec_path(run / "head")
+    with pytest.raises(CnnlabError, match=r"q1 holds no model.json or ensemble.json: its training has not finished: "
+                       + training):  # fmt: skip
+        spec_path(run)
+    (run / "sessions.json").unlink()
     save_model(torch.nn.Linear(2, 2), run, "lenet5", {}, {"task": "transfer"})
     message = rf"head holds no model.json or ensemble.json: it is the 'head' phase of the run in {run}, which holds " \
         rf"the model; pass {run}$"  # fmt: skip

@@ -409,13 +409,13 @@ def _what_it_holds(folder: Path) -> str:
         run = folder.parent
         if (run / MODEL_SPEC).is_file() or (run / ENSEMBLE_SPEC).is_file():
             return f": it is the {phase!r} phase of the run in {run}, which holds the model; pass {run}"
-        return f": it is the {phase!r} phase of the run in {run}, whose training has not finished; {_to_continue(run)}"
+        # the run's own sessions say whether it trains now: "run it again with --resume" was said of a run training
+        running = _running_session(run)
+        unfinished = f": it is the {phase!r} phase of the run in {run}, whose training has not finished"
+        return f"{unfinished}: {_still_training(run, running)}" if running else f"{unfinished}; {_to_continue(run)}"
     running = _running_session(folder)
     if running is not None:  # "run it again with --resume" of a run training now would start a second process on it
-        return (
-            f": its training has not finished: {running} has not ended, so it is still training or its process was "
-            f"killed; wait for it to save its model (if it was killed, {_to_continue(folder, running)})"
-        )
+        return f": its training has not finished: {_still_training(folder, running)}"
     if (folder / CHECKPOINT_NAME).is_file():  # a run stopped before it saved its model
         return f": its training has not finished ({CHECKPOINT_NAME} is there); {_to_continue(folder)}"
     stopped_how = _last_session_end(folder)
@@ -473,6 +473,14 @@ def _to_continue(folder: Path, running: str | None = None) -> str:
     return (
         f"run the command that started it again with --resume (and --name {folder.name} if the run was named by its "
         "start time)"
+    )
+
+
+def _still_training(folder: Path, running: str) -> str:
+    """What to do about the run in `folder` whose session `running` (`_running_session`'s words) has not ended."""
+    return (
+        f"{running} has not ended, so it is still training or its process was killed; wait for it to save its model "
+        f"(if it was killed, {_to_continue(folder, running)})"
     )
 
 
