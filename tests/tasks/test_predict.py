@@ -597,6 +597,17 @@ def test_predict_writes_a_classifiers_predictions_to_csv(tiny_run: Path, tmp_pat
     assert again.exit_code == 0 and table.read_text().splitlines()[0] == "path,label_1,probability_1,error"
 
 
+def test_an_output_folder_without_format_is_refused_as_a_folder(tmp_path: Path) -> None:
+    """`export RUN -o FOLDER` said the folder "names no export format: end the file name in .pt ...", as if its name
+    were at fault; with --format it said that it is a folder, and which file to name."""
+    from cnnlab.tasks.export import export_format
+
+    (tmp_path / "exports").mkdir()
+    with pytest.raises(CnnlabError, match=r"--output .*exports is a folder; name the file to write, such as "
+                       r".*exports/model\.pt$"):  # fmt: skip
+        export_format(None, tmp_path / "exports")
+
+
 def test_the_output_suffix_chooses_the_format_and_a_contradiction_is_refused(tiny_run: Path, tmp_path: Path) -> None:
     """`-o model.onnx` without --format wrote a TorchScript zip under an ONNX name."""
     from cnnlab.tasks.export import export_format, export_model

@@ -90,6 +90,8 @@ def export_format(fmt: str | None, output: str | os.PathLike[str] | None) -> str
         raise CnnlabError(f"--format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
     named = {suffix: name for name, suffix in SUFFIXES.items()}.get(Path(output).suffix.lower()) if output else None
     if fmt is None:
+        if output is not None and Path(output).is_dir():  # was "names no export format", a file name's fault
+            _refuse_folder(Path(output), SUFFIXES["torchscript"])
         if output is not None and named is None:  # `-o x.txt` wrote a TorchScript zip under a text file's name
             raise CnnlabError(
                 f"--output {output} names no export format: end the file name in "
@@ -596,6 +598,15 @@ def _owner(output: Path) -> str | None:
     return None
 
 
+def _refuse_folder(output: Path, suffix: str) -> None:
+    """Refuse an --output that is a folder, naming a file in it to write instead.
+
+    Raises:
+        CnnlabError: always.
+    """
+    raise CnnlabError(f"--output {output} is a folder; name the file to write, such as {output / ('model' + suffix)}")
+
+
 def _writable(output: Path, suffix: str, overwrite: bool = False) -> Path:
     """Create the file's folder and prove the file can be written there, before the model is traced.
 
@@ -609,9 +620,7 @@ def _writable(output: Path, suffix: str, overwrite: bool = False) -> Path:
             and `overwrite` is not given; or the folder cannot be made or written (the reason from the system).
     """
     if output.is_dir():
-        raise CnnlabError(
-            f"--output {output} is a folder; name the file to write, such as {output / ('model' + suffix)}"
-        )
+        _refuse_folder(output, suffix)
     owner = _owner(output)  # -o RUN/fcn/fcn.safetensors --overwrite replaced the converted network's weights
     if owner is not None:
         raise CnnlabError(
