@@ -318,10 +318,12 @@ def test_evaluate_takes_quiet_and_json(monkeypatch: pytest.MonkeyPatch, tmp_path
         cnnlab.tasks.evaluate, "evaluate_folder", lambda *a, progress, **o: given.append(progress) or scored
     )
     monkeypatch.setattr(cnnlab.tasks.evaluate, "evaluation_lines", lambda result: ["scored"])
+    monkeypatch.setattr(cnnlab.tasks.evaluate, "evaluation_notes", lambda result: ["a note"])
     monkeypatch.setattr(cnnlab.tasks.mnist, "evaluate_mnist", lambda *a, **o: {"test_accuracy": 0.5, "errors": 3})
     for options, shown in ((["-q"], "scored\n"), ([], "scored\n"), (["--json"], json.dumps(scored) + "\n")):
         done = run_cnnlab("evaluate", str(tmp_path), "--data", str(tmp_path), *options)
         assert (done.returncode, done.stdout) == (0, shown), done.stderr
+        assert ("a note" in done.stderr) == ("--json" in options)  # notes on stderr, not dropped with the text
     assert given == [False, True, False]
     done = run_cnnlab("evaluate", str(tmp_path), "--json")
     assert done.returncode == 0, done.stderr

@@ -214,6 +214,29 @@ def test_evaluate_knows_the_runs_training_images_by_their_bytes(
         evaluate_folder(old, copy, tmp_path / "out", exclude_trained=True)
 
 
+def test_evaluate_json_holds_stdout_alone_and_says_its_notes_on_stderr(
+    tiny_run: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`evaluate --data DIR --json` dropped the notes its help says go to stderr: the files skipped, and that the
+    images scored are those the run trained on."""
+    import cnnlab.report.classification
+    import cnnlab.report.plots
+    from cli_in_process import run_cnnlab
+
+    monkeypatch.setattr(cnnlab.report.classification, "plot_highest_loss", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cnnlab.report.plots, "plot_confusion_matrix", lambda *args, **kwargs: None)
+    root, summary = tiny_run
+    args = ["evaluate", summary["run_dir"], "--data", str(root / "photos"), "-o", str(tmp_path / "out")]
+    completed = run_cnnlab(*args, "--json")
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads(completed.stdout)  # the JSON alone
+    assert [Path(entry["path"]).name for entry in result["skipped"]] == ["cut.png", "empty.jpg"]
+    assert f"skipped {root / 'photos' / 'red' / 'empty.jpg'}: zero-byte file" in completed.stderr
+    assert "images are the run's own training" in completed.stderr
+    text = run_cnnlab(*args)
+    assert text.returncode == 0 and all(line in text.stdout for line in completed.stderr.splitlines())
+
+
 def test_evaluate_of_the_runs_test_images_gives_its_test_scores(
     tiny_run: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

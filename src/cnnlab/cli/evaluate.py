@@ -4,6 +4,7 @@ again) or on a labelled folder (transfer, `train segment --data`)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,15 +73,14 @@ def evaluate(
     if not run.exists():
         raise CnnlabError(f"run {run} does not exist; pass a directory under runs/ (e.g. runs/mnist/<name>)")
     if data is not None:
-        from cnnlab.tasks.evaluate import evaluate_folder, evaluation_lines
+        from cnnlab.tasks.evaluate import evaluate_folder, evaluation_lines, evaluation_notes
 
         if data_dir is not None:
             raise CnnlabError("--data-dir names the MNIST root of an MNIST run; with --data, leave it out")
         scored = evaluate_folder(
             run, data, output_dir, device=device, progress=not (quiet or as_json), exclude_trained=exclude_trained
         )
-        for line in [json.dumps(scored)] if as_json else evaluation_lines(scored):
-            typer.echo(line)
+        _print(scored, evaluation_lines, evaluation_notes, as_json)
         return
     if exclude_trained:
         raise CnnlabError("--exclude-trained applies to --data (an MNIST run is scored on the MNIST test set)")
@@ -94,8 +94,24 @@ def evaluate(
         from cnnlab.tasks.mnist import evaluate_mnist
 
         result, described = evaluate_mnist(run, data_root, output_dir, device=device), _mnist_lines
-    for line in [json.dumps(result)] if as_json else [*precision_line(result), *described(result)]:
-        typer.echo(line)
+    _print(result, lambda scores: [*precision_line(scores), *described(scores)], precision_line, as_json)
+
+
+def _print(
+    result: dict[str, Any],
+    lines: Callable[[dict[str, Any]], list[str]],
+    notes: Callable[[dict[str, Any]], list[str]],
+    as_json: bool,
+) -> None:
+    """The result as `lines` on stdout; with --json, as JSON alone on stdout and its `notes` on stderr (they were
+    dropped, though --json's help says they go there)."""
+    if not as_json:
+        for line in lines(result):
+            typer.echo(line)
+        return
+    for line in notes(result):
+        typer.echo(line, err=True)
+    typer.echo(json.dumps(result))
 
 
 def _canvas_lines(result: dict[str, Any]) -> list[str]:

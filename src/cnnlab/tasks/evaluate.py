@@ -41,7 +41,7 @@ from cnnlab.report.classification import classification_summary, classification_
 from cnnlab.tasks.predict import load_predictor, view_logits
 from cnnlab.tasks.run_precision import precision_line, precisions
 
-__all__ = ["evaluate_folder", "evaluation_lines"]
+__all__ = ["evaluate_folder", "evaluation_lines", "evaluation_notes"]
 
 
 def evaluate_folder(
@@ -567,15 +567,9 @@ def _evaluate_segmentation(
 def evaluation_lines(result: dict[str, Any]) -> list[str]:
     """What `cnnlab evaluate RUN --data DIR` prints of `evaluate_folder`'s result, scores to four places."""
     unit = "image + mask pairs" if result["task"] == "segment" else "images"
-    lines = [f"{result['run']} on {result['data']}: {result['count']} {unit}"]
-    lines += _seen_line(result, "pairs" if result["task"] == "segment" else "images")
-    for entry in result["skipped"]:
-        lines.append(f"skipped {entry['path']}: {entry['reason']}")
-    if result["skipped"]:
-        lines.append(describe_skipped([entry["reason"] for entry in result["skipped"]]))
-    lines += precision_line(result)
+    lines = [f"{result['run']} on {result['data']}: {result['count']} {unit}", *_notes_on_the_data(result)]
     if result["task"] == "segment":
-        return lines + _segmentation_lines(result)
+        return lines + _segmentation_notes(result) + _segmentation_lines(result)
     views = result["views"]
     averaged = f"averaged over {len(views)} views ({', '.join(views)})" if len(views) > 1 else "one view"
     lines.append(f"accuracy {result['accuracy']:.4f}, balanced accuracy {result['balanced_accuracy']:.4f} ({averaged})")
@@ -591,9 +585,7 @@ def evaluation_lines(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"{name:<{width}}  {row['precision']:.4f}     {row['recall']:.4f}  {row['f1']:.4f}  {row['support']}"
         )
-    if result["absent_classes"]:
-        absent = result["absent_classes"]
-        lines.append(f"no images of {listed(absent, 10)} in {result['data']} (support 0: not scored)")
+    lines += _absent_classes_line(result)
     files = result["files"]
     lines.append(f"confusion matrix: {files['confusion_matrix']}")
     lines.append(f"highest loss:     {files['highest_loss']}")
@@ -602,15 +594,43 @@ def evaluation_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def evaluation_notes(result: dict[str, Any]) -> list[str]:
+    """The notes among `evaluation_lines`: what the scores rest on (images the run trained on, files skipped, the
+    precision, classes absent or read by the run's own classes), without the scores and the files written. `cnnlab
+    evaluate --data DIR --json` prints them on stderr, as its help says, where they were dropped with the text."""
+    task_notes = _segmentation_notes(result) if result["task"] == "segment" else _absent_classes_line(result)
+    return _notes_on_the_data(result) + task_notes
+
+
+def _notes_on_the_data(result: dict[str, Any]) -> list[str]:
+    """The images the run trained on among those scored, the files skipped, and the precision scored in."""
+    lines = _seen_line(result, "pairs" if result["task"] == "segment" else "images")
+    lines += [f"skipped {entry['path']}: {entry['reason']}" for entry in result["skipped"]]
+    if result["skipped"]:
+        lines.append(describe_skipped([entry["reason"] for entry in result["skipped"]]))
+    return lines + precision_line(result)
+
+
+def _absent_classes_line(result: dict[str, Any]) -> list[str]:
+    """A classifier's classes with no image in the folder, which are not scored."""
+    if not result["absent_classes"]:
+        return []
+    return [f"no images of {listed(result['absent_classes'], 10)} in {result['data']} (support 0: not scored)"]
+
+
+def _segmentation_notes(result: dict[str, Any]) -> list[str]:
+    """How a segmentation folder's masks were read: by the run's classes, and any class or value they lack."""
+    lines = []
+    if result["classes_from"] == "run":
+        lines.append(f"{result['data']} has no classes.json: its masks were read by the run's classes (model.json)")
+    return lines + [line for line in (result["classes_without_pixels"], result["edge_only_values"]) if line]
+
+
 def _segmentation_lines(result: dict[str, Any]) -> list[str]:
     from cnnlab.report.segmentation import boundary_f1_text
 
     which = "every class" if result["miou_includes_background"] else "the background left out"
-    lines = []
-    if result["classes_from"] == "run":
-        lines.append(f"{result['data']} has no classes.json: its masks were read by the run's classes (model.json)")
-    lines += [line for line in (result["classes_without_pixels"], result["edge_only_values"]) if line]
-    lines += [
+    lines = [
         f"mIoU {result['miou']:.4f} ({which}), mIoU with background {result['miou_with_bg']:.4f}, pixel accuracy "
         f"{result['pixel_accuracy']:.4f}, boundary F1 {boundary_f1_text(result['boundary_f1'])} "
         f"({result['boundary_tolerance_px']} px)"
