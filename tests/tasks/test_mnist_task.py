@@ -916,3 +916,22 @@ def test_evaluate_refuses_a_digit_record_whose_network_takes_another_size(tmp_pa
     with pytest.raises(CnnlabError, match=r"lenet5 takes 1x32x32 inputs, but its meta records no 'kind'.*1x28x28"):
         evaluate_mnist(tmp_path / "lenet", str(tmp_path / "no-mnist-here"))  # said before MNIST is read
     assert not (tmp_path / "lenet" / "evaluation").exists()
+
+
+def test_evaluate_into_a_run_folder_is_refused_not_its_figures_replaced(
+    ensemble_run: dict, fake_root: Path, tmp_path: Path
+) -> None:
+    """`evaluate RUN -o RUN` (or -o another run's folder) replaced the run's confusion_matrix.png and
+    misclassified.png, which its report.md shows, with those of the evaluation; `evaluate RUN --data DIR -o RUN`
+    (transfer, segment) did too, through the same folder check."""
+    from cli_in_process import run_cnnlab
+
+    run = Path(ensemble_run["run_dir"])
+    figures = {name: (run / name).read_bytes() for name in ("confusion_matrix.png", "misclassified.png")}
+    for output in (run, run / "seed0"):
+        completed = run_cnnlab("evaluate", str(run / "seed0"), "--data-dir", str(fake_root), "-o", str(output))
+        assert completed.returncode == 2, completed.stderr
+        assert completed.stderr.startswith(f"error: --output {output} holds a saved run (")
+        assert f"pass another folder, such as {output / 'evaluation'}" in completed.stderr
+    assert {name: (run / name).read_bytes() for name in figures} == figures
+    assert not (run / "evaluation.json").exists() and not (run / "seed0" / "evaluation.json").exists()

@@ -30,7 +30,11 @@ def evaluate(
         "./data).",
     ),
     output_dir: Path | None = typer.Option(
-        None, "--output", "-o", "--out", help="Where figures go (default RUN/evaluation)."
+        None,
+        "--output",
+        "-o",
+        "--out",
+        help="Where figures go (default RUN/evaluation; not a run's own folder, whose report shows its own figures).",
     ),
     device: str = device_option(),
     threads: int | None = threads_option(),

@@ -35,7 +35,7 @@ from cnnlab.data.folder import (
 from cnnlab.data.paths import check_output_outside_data
 from cnnlab.data.split import PART_NAMES, SPLIT_DIGESTS, read_split_digests
 from cnnlab.errors import CnnlabError, listed, why_not_a_folder
-from cnnlab.files import PATH_BYTES, check_writable, write_text_whole, written_then_renamed
+from cnnlab.files import PATH_BYTES, write_text_whole, written_then_renamed
 from cnnlab.layers.views import ViewAverage
 from cnnlab.report.classification import classification_summary, classification_test_report
 from cnnlab.tasks.predict import load_predictor, view_logits
@@ -394,10 +394,11 @@ def _check_masks_given(root: Path, run: str | os.PathLike[str]) -> None:
 
 def _output_folder(run_dir: Path, output_dir: str | os.PathLike[str] | None, root: Path) -> Path:
     """Where the evaluation's files go, checked before any image is read."""
+    from cnnlab.train.saved import evaluation_folder
+
     out = Path(output_dir) if output_dir is not None else run_dir / "evaluation"
     check_output_outside_data(out, root)  # the figures would be read as images of the folder next time
-    check_writable(out / "evaluation.json", shown=str(out))
-    return out
+    return evaluation_folder(run_dir, out)
 
 
 def _evaluate_segmentation(

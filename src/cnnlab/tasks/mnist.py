@@ -26,7 +26,7 @@ import torch
 from cnnlab.data.augment import RandomAffine
 from cnnlab.data.mnist import MNIST_CLASSES, MnistSplits, find_mnist_dir, load_mnist, read_training_set_digest
 from cnnlab.errors import CnnlabError
-from cnnlab.files import check_writable, write_text_whole, written_then_renamed
+from cnnlab.files import write_text_whole, written_then_renamed
 from cnnlab.report.units import score
 from cnnlab.tasks.recipes import (
     Recipe,
@@ -1016,17 +1016,17 @@ def evaluate_mnist(
 
     Raises:
         CnnlabError: `run` was saved by another task (a transfer or segmentation run has its own test set, scored
-            once in its report), or holds no saved model; `output_dir` cannot be written (under a file, read-only).
+            once in its report), or holds no saved model; `output_dir` cannot be written (under a file, read-only)
+            or holds a saved run (`cnnlab.train.saved.evaluation_folder`).
     """
-    from cnnlab.train.saved import check_digit_input, load_model, spec_path
+    from cnnlab.train.saved import check_digit_input, evaluation_folder, load_model, spec_path
 
     run = Path(run)
     check_mnist_run(run)
     model = load_model(run, device=device)
     check_digit_input(model, spec_path(run))  # a lenet5 saved from Python: torch's traceback on the first batch
     data = load_mnist(data_dir, val_size=0)
-    out = Path(output_dir) if output_dir is not None else (run if run.is_dir() else run.parent) / "evaluation"
-    check_writable(out / "evaluation.json", shown=str(out))  # before the 10,000 digits are classified
+    out = evaluation_folder(run if run.is_dir() else run.parent, output_dir)  # before the 10,000 digits are classified
     images = to_float(data.test_images)
     run_dir = run if run.is_dir() else run.parent
     # float32, as predict runs: a run tested under autocast records its precision, and the command says so; in the

@@ -32,7 +32,7 @@ from cnnlab.data.segmentation import (
     make_test_canvases,
 )
 from cnnlab.errors import CnnlabError
-from cnnlab.files import check_writable, write_text_whole
+from cnnlab.files import write_text_whole
 from cnnlab.report.segmentation import (
     BoundaryF1,
     MeanIoU,
@@ -523,7 +523,7 @@ def evaluate_canvas_run(
     import yaml
 
     from cnnlab.tasks.run_precision import precisions, run_channels_last
-    from cnnlab.train.saved import load_model, spec_path
+    from cnnlab.train.saved import evaluation_folder, load_model, spec_path
 
     run_dir = spec_path(run).parent
     report_md = run_dir / "report.md"
@@ -536,8 +536,7 @@ def evaluate_canvas_run(
             f"{run_dir} is a canvas segmentation run whose config.yaml does not say which test canvases it was scored "
             f"on ({error}), so they cannot be made again; its test scores are in {report_md}"
         ) from error
-    out = Path(output_dir) if output_dir is not None else run_dir / "evaluation"
-    check_writable(out / "evaluation.json", shown=str(out))  # before the canvases are made and segmented
+    out = evaluation_folder(run_dir, output_dir)  # before the canvases are made and segmented
     canvases = make_test_canvases(data_dir, test_count, canvas_size, seed=0)
     recorded = _recorded_results(run_dir).get("test_canvases_sha256")
     if recorded is not None and recorded != canvases_digest(canvases):

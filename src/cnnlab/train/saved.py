@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
-from cnnlab.files import file_sha256, written_then_renamed
+from cnnlab.files import check_writable, file_sha256, written_then_renamed
 from cnnlab.train.device import resolve_device
 from cnnlab.train.records import SESSIONS
 
@@ -317,6 +317,26 @@ def spec_path(path: str | os.PathLike[str]) -> Path:
         )
     check_not_exported(path)
     return path
+
+
+def evaluation_folder(run_dir: Path, output: str | os.PathLike[str] | None) -> Path:
+    """Where `cnnlab evaluate` writes evaluation.json and its figures: `output`, or ``RUN/evaluation``; checked before
+    anything is scored.
+
+    Raises:
+        CnnlabError: `output` holds a saved run (its model.json or ensemble.json): `-o RUN` replaced the run's own
+            confusion_matrix.png (and highest_loss.png, misclassified.png), which its report.md shows, with those of
+            the images evaluated; or it cannot be written (`cnnlab.files.check_writable`).
+    """
+    out = Path(output) if output is not None else run_dir / "evaluation"
+    held = next((name for name in (MODEL_SPEC, ENSEMBLE_SPEC) if (out / name).is_file()), None)
+    if held is not None:
+        raise CnnlabError(
+            f"--output {out} holds a saved run ({held}): this evaluation's figures would replace the run's own, which "
+            f"its report.md shows; pass another folder, such as {out / 'evaluation'} (the default for that run)"
+        )
+    check_writable(out / "evaluation.json", shown=str(out))
+    return out
 
 
 def read_export_record(path: str | os.PathLike[str]) -> dict[str, Any]:
