@@ -95,6 +95,17 @@ def test_bad_options_are_clear_errors(tmp_path: Path):
         run_answers("quick", output=tmp_path, runs=tmp_path / "notes.txt")
 
 
+def test_a_data_dir_without_mnist_is_refused_before_any_exercise(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`--data-dir WRONG` measured nothing, each exercise said "not measured: MNIST IDX files not found", and the
+    command wrote that sheet and exited with code 0."""
+    from cnnlab.tasks.answers.measure import EXERCISES
+
+    monkeypatch.setitem(EXERCISES, 7, lambda ctx: pytest.fail("exercise 7 was measured"))
+    with pytest.raises(CnnlabError, match=r"MNIST IDX files not found under .*nowhere \(from --data-dir"):
+        run_answers("quick", output=tmp_path / "sheet", data_dir=str(tmp_path / "nowhere"), exercises=(7,))
+    assert not (tmp_path / "sheet").exists()
+
+
 @pytest.mark.parametrize("under", ["", "sheet"])
 def test_an_output_that_is_a_file_is_refused_as_a_user_error(tmp_path: Path, under: str) -> None:
     """`-o FILE` was mkdir's FileExistsError (or NotADirectoryError under it): exit code 1, where a user's mistake

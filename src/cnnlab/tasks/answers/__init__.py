@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cnnlab.data.mnist import find_mnist_dir
 from cnnlab.errors import CnnlabError, why_not_a_folder
 from cnnlab.files import check_writable, write_text_whole
 from cnnlab.tasks.answers.measure import EXERCISES, MODES, Context, Mode, timed
@@ -140,6 +141,8 @@ def run_answers(
     runs_root = Path(runs) if runs is not None else None
     if runs_root is not None and not runs_root.is_dir():
         raise CnnlabError(f"--runs {runs_root} {why_not_a_folder(runs_root)}; pass a runs root such as runs")
+    if data_dir is not None:  # a --data-dir without MNIST: every exercise "not measured", and exit code 0
+        find_mnist_dir(data_dir)
     out = Path(output)
     check_writable(out / RESULTS_FILE, shown=str(out))  # an --output that is a file: exit code 2, not an OSError's 1
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
