@@ -187,6 +187,13 @@ def test_unknown_experiment_and_bad_settings(tmp_path):
     assert [e.name for e in list_experiments()] == ["cnn-vs-dense", "pool-vs-stride", "lrn-vs-bn"]
 
 
+def test_a_subset_out_of_range_is_told_that_0_means_all():
+    """`--subset -5` was told "must be between the batch size (128) and 55000", though --help gives 0 for all."""
+    said = r"^--subset -5 must be between the batch size \(128\) and 55000, or 0 for all 55,000 training images$"
+    with pytest.raises(CnnlabError, match=said):
+        ExperimentSettings(subset=-5).validate()
+
+
 @pytest.mark.parametrize(
     ("typed", "meant"),
     [("cnn_vs_dense", "cnn-vs-dense"), ("Pool-vs-Stride", "pool-vs-stride"), ("lrn-vs-batchnorm", "lrn-vs-bn")],

@@ -91,7 +91,8 @@ class ExperimentSettings:
             raise CnnlabError(f"--seeds must be at least 1, got {self.seeds}")
         if self.subset is not None and not self.batch_size <= self.subset <= FULL_TRAIN_SIZE:
             raise CnnlabError(
-                f"--subset {self.subset} must be between the batch size ({self.batch_size}) and {FULL_TRAIN_SIZE}"
+                f"--subset {self.subset} must be between the batch size ({self.batch_size}) and {FULL_TRAIN_SIZE}, "
+                f"or 0 for all {FULL_TRAIN_SIZE:,} training images"
             )
         if self.test_subset is not None and not 1 <= self.test_subset <= 10_000:
             raise CnnlabError(f"--test-subset {self.test_subset} must be between 1 and 10000")
