@@ -1622,7 +1622,9 @@ def test_a_resume_refuses_masks_relabelled_since_its_split_each_mask_read_once(t
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):  # past its split: the model is built
         patch.setattr(cnnlab.models, "create_model", interrupted)
         train_segmentation_folder(str(root), resume=True, **options)
-    assert "masks" not in json.loads(digests.read_text())  # an existing record is not rewritten
+    # its masks' digests added, as they are now (the sessions from here on keep them), its images' kept as they were
+    assert json.loads(digests.read_text()) == {**record, "masks": json.loads(digests.read_text())["masks"]}
+    assert len(json.loads(digests.read_text())["masks"]) == 12
 
 
 def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatch):
@@ -1668,3 +1670,23 @@ def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatc
     assert "(1.1 M params); given: epochs 3 (the recipe's 20), batch_size 4 (the recipe's 16)" in report
     table = report.split("| class | IoU |\n")[1].split("\n\n")[0].splitlines()[1:]
     assert table and all(re.fullmatch(r"\| .+ \| (\d\.\d{4}|absent|-) \|", row) for row in table), table  # 4 places
+
+
+def test_a_resumed_run_whose_split_digests_lack_masks_gets_them(trained, tmp_path):
+    """A resumed, unfinished run whose split_digests.json records the images alone (written before masks were) got no
+    masks' digests, though a finished one read back gets them: the rest of its sessions could not tell relabelled
+    masks. Resumed, the file gets them from the pairs just decoded, every image checked first; its images' kept."""
+    from cnnlab.data.segmentation import SegmentationFolder
+    from cnnlab.tasks.segment_folder import _split
+
+    root, summary = trained
+    shutil.copy(Path(summary["run_dir"]) / "split.csv", tmp_path / "split.csv")
+    digests = tmp_path / "split_digests.json"
+    recorded = json.loads((Path(summary["run_dir"]) / "split_digests.json").read_text())
+    digests.write_text(json.dumps({k: v for k, v in recorded.items() if k != "masks"}))
+    folder = SegmentationFolder(root, skip_bad=True)
+    pairs = folder.read_all()
+    split = _split(folder, pairs, tmp_path / "split.csv", 0.15, 0.15, 0, reuse=True, write=False)
+    assert "masks" not in json.loads(digests.read_text())  # a torchrun rank but the first writes nothing
+    assert _split(folder, pairs, tmp_path / "split.csv", 0.15, 0.15, 0, reuse=True) == split
+    assert json.loads(digests.read_text()) == recorded

@@ -27,6 +27,7 @@ __all__ = [
     "SPLITS",
     "SPLIT_DIGESTS",
     "Split",
+    "add_mask_digests",
     "check_mask_digests",
     "check_fractions",
     "check_split_digests",
@@ -314,23 +315,37 @@ def write_missing_split_digests(manifest: str | os.PathLike[str], masks: bool = 
     if not all(Path(file).is_file() for file in files):
         return None
     if recorded is not None:  # the images' alone: their masks' are added
-        return _add_mask_digests(path, recorded, images, split, mask_of)
+        return add_mask_digests(path, images, split, {image: (mask, None) for image, mask in mask_of.items()})
     mask_files = {image: (mask, None) for image, mask in mask_of.items()} if masks else None
     return write_split_digests(path, images, split, mask_files)
 
 
-def _add_mask_digests(
-    path: Path, recorded: Mapping[str, set[bytes]], images: LabelledImages, split: Split, mask_of: Mapping[str, str]
+def add_mask_digests(
+    path: str | os.PathLike[str],
+    images: LabelledImages,
+    split: Split,
+    masks: Mapping[str, tuple[str, bytes | None]],
 ) -> Path | None:
-    """Add to the ``split_digests.json`` at `path`, which records a segmentation split's images alone (`recorded`, by
-    part), the digests of their masks (`mask_of`: image path -> mask path), as `write_split_digests` records them;
-    None, nothing written, when an image's bytes are not those it records or a file cannot be read (a mask recorded
-    then would be the mask of another image than the run's)."""
+    """Add to the ``split_digests.json`` at `path`, which records a segmentation split's images alone (written before
+    masks were recorded), the digests of their masks, as `write_split_digests` records them; its images' digests are
+    kept as they are. Returns `path`, or None, nothing written, when the file is not such a record (none, unreadable,
+    or with masks' digests already), or an image's bytes are not those it records or a file cannot be read: a mask
+    recorded then would be the mask of another image than the run's.
+
+    Args:
+        masks: each image path's (mask path, the mask's digest, None to read it here); the images' digests are those
+            `images` carries (`LabelledImages.digests`), else read here.
+    """
+    path = Path(path)
+    recorded = read_split_digests(path)
+    if recorded is None or read_mask_digests(path) is not None:
+        return None
     mask_digests: dict[str, str] = {}
     for part in SPLITS:
         for index in split.get(part, []):
             image = images.paths[index]
-            image_digest, mask_digest = _known_or_read(image, None), _known_or_read(mask_of[image], None)
+            image_digest = _known_or_read(image, images.digests.get(image))
+            mask_digest = _known_or_read(*masks[image])
             if image_digest is None or image_digest not in recorded[part] or mask_digest is None:
                 return None
             mask_digests[image_digest.hex()] = mask_digest.hex()

@@ -53,6 +53,7 @@ from cnnlab.data.segmentation import (
 )
 from cnnlab.data.split import (
     SPLIT_DIGESTS,
+    add_mask_digests,
     check_fractions,
     check_mask_digests,
     check_split_digests,
@@ -173,7 +174,8 @@ def _split(
     there (a run started again splits afresh: its old manifest had kept another --data and other fractions); the
     images' and their masks' digests are written beside it (``split_digests.json``) when it has none (a run started
     before they were recorded), and compared with the pairs when it has (`check_split_digests`, `check_mask_digests`:
-    an image or a mask whose bytes changed since is refused; a file without masks' digests compares the images alone);
+    an image or a mask whose bytes changed since is refused; a file without masks' digests compares the images alone,
+    and gets the masks' then, `add_mask_digests`);
     `write`: False in the processes of a torchrun job other than rank 0, which write no file. The digests are those of
     the bytes `folder` decoded (`SegmentationFolder.digests`): no file is read again."""
     by_path = {str(folder.images[i].resolve()): i for i in pairs}
@@ -193,6 +195,8 @@ def _split(
         check_mask_digests(images, split, manifest, masks)  # nor on other labels
         if write and not manifest.with_name(SPLIT_DIGESTS).is_file():  # a run started before it was recorded:
             write_split_digests(manifest.with_name(SPLIT_DIGESTS), images, split, masks)  # evaluate need not re-read
+        elif write:  # one of the images alone (made before masks were recorded), checked above: the masks' added
+            add_mask_digests(manifest.with_name(SPLIT_DIGESTS), images, split, masks)
         return {part: [by_path[images.paths[i]] for i in indices] for part, indices in split.items()}
     usable = sorted(pairs)
     if len(usable) < 3:
