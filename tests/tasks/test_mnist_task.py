@@ -668,8 +668,9 @@ def test_figures_deleted_from_a_finished_run_are_drawn_again_when_it_is_read_bac
 ) -> None:
     """--resume of a finished run whose figures were deleted drew none of them: its report, kept or written again,
     lacked the learning curves and the confusion matrix, which its metrics.json and results.json hold. They are drawn
-    again as the test pass drew them, the ensemble's and a member's; misclassified.png needs the test digits, which
-    a read-back does not load: it stays missing, and a report written again names it so."""
+    again as the test pass drew them, the ensemble's and a member's, and the line names them all (a member's were
+    drawn unsaid); misclassified.png needs the test digits, which a read-back does not load: it stays missing, and a
+    report written again names it so."""
     import shutil
 
     run = tmp_path / "mnist" / "ens"
@@ -687,10 +688,15 @@ def test_figures_deleted_from_a_finished_run_are_drawn_again_when_it_is_read_bac
     assert again["finished_before"] and again["test_accuracy"] == ensemble_run["test_accuracy"]
     assert {path: path.read_bytes() for path in deleted if path.is_file()} == drawn  # the same figures
     assert not list(run.rglob("misclassified.png"))
-    assert capsys.readouterr().out == (  # its report.md, kept, links misclassified.png
-        f"{run} is already finished; confusion_matrix.png was missing, drawn again from what it saved; its report "
-        "links misclassified.png, not in the run folder, which what it saved cannot draw again: the report is kept as "
-        f"it is (remove it to have it written again, naming it as missing): {run / 'report.md'}\n"
+    # what was done to its members is said too (it was not): seed1's figures and report; seed0's report.md, kept, and
+    # the ensemble's link misclassified.png
+    kept = "not in the run folder, which what it saved cannot draw again: the report is kept as it is (remove it to "
+    kept += "have it written again, naming it as missing)"
+    assert capsys.readouterr().out == (
+        f"{run} is already finished; seed1/learning_curves.png, seed1/confusion_matrix.png, confusion_matrix.png were "
+        f"missing, drawn again from what it saved; seed0's report links misclassified.png, {kept}: "
+        f"{run / 'seed0' / 'report.md'}; seed1's report was missing, written from its results.json: "
+        f"{run / 'seed1' / 'report.md'}; its report links misclassified.png, {kept}: {run / 'report.md'}\n"
     )
     report = (run / "seed1" / "report.md").read_text()
     assert "![confusion matrix](confusion_matrix.png)" in report and "![learning curves](learning_curves.png)" in report

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from cnnlab.train.finished import FINISHED_EARLIER, REPORT, is_finished, read_back
+from cnnlab.train.finished import FINISHED_EARLIER, REPORT, Part, is_finished, read_back
 
 
 def _finished_run(tmp_path: Path) -> Path:
@@ -199,3 +199,39 @@ def test_a_kept_report_linking_a_missing_figure_is_said(tmp_path: Path) -> None:
     said.clear()
     read_back(run, lambda summary: None, said.append)
     assert said == [f"{run} is already finished; nothing to do (its report: {run / REPORT})"]
+
+
+def test_what_was_done_to_a_runs_parts_is_said_in_its_line(tmp_path: Path) -> None:
+    """An ensemble's members were read back in silence: a member's figures drawn again and its report written again
+    went unsaid, and the ensemble's line said "nothing to do". Each is named in the run's line, by its folder."""
+    run = _finished_run(tmp_path)
+    (run / REPORT).write_text("# ensemble")
+    members = [run / "seed0", run / "seed1"]
+    for member in members:
+        member.mkdir()
+        (member / "results.json").write_text(json.dumps({"test": {"accuracy": 0.5}}))
+        (member / REPORT).write_text("# member\n\n![matrix](confusion.png)\n")
+        (member / "confusion.png").write_bytes(b"there")
+
+    def confusion(summary: dict[str, Any], path: Path) -> None:
+        path.write_bytes(b"matrix")
+
+    def write_report(summary: dict[str, Any]) -> None:
+        (Path(summary["run_dir"]) / REPORT).write_text("# member")
+
+    parts = [Part(member, write_report, {"confusion.png": confusion}) for member in members]
+    said: list[str] = []
+    read_back(run, write_report, said.append, parts=parts)
+    assert said == [f"{run} is already finished; nothing to do (its report: {run / REPORT})"]
+    (members[1] / "confusion.png").unlink()
+    (members[1] / REPORT).unlink()
+    said.clear()
+    read_back(run, write_report, said.append, parts=parts)
+    assert (members[1] / "confusion.png").read_bytes() == b"matrix" and (members[1] / REPORT).is_file()
+    assert said == [
+        f"{run} is already finished; seed1/confusion.png was missing, drawn again from what it saved; seed1's report "
+        f"was missing, written from its results.json: {members[1] / REPORT} (its report: {run / REPORT})"
+    ]
+    said.clear()
+    read_back(run, write_report, said.append, write=False, parts=parts)  # not the writing process: nothing said
+    assert said == []

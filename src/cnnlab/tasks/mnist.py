@@ -50,7 +50,7 @@ from cnnlab.train.config import (
     save_record,
     slow_precision_said_once,
 )
-from cnnlab.train.finished import is_finished, read_back
+from cnnlab.train.finished import Part, is_finished, read_back
 from cnnlab.train.records import RunSessions
 from cnnlab.train.saved import DIGIT_CLASSIFIER, DIGIT_SEGMENTER, read_record, save_ensemble, save_model
 from cnnlab.train.strategy import is_main_process
@@ -523,8 +523,6 @@ def _read_back_run(
     if ensemble == 1:  # its line says it was finished
         summary = read_back(run_dir, lambda result: member_report(result, configs[0]), log, write, redrawn_figures())
         return {**summary, "members": where_now(summary)}
-    for member_dir, config in zip(member_dirs, configs, strict=True):  # its own report.md and figures, if missing
-        read_back(member_dir, functools.partial(member_report, config=config), None, write, redrawn_figures())
 
     def ensemble_report_again(summary: dict[str, Any]) -> None:
         report = _ensemble_run_report(
@@ -532,7 +530,12 @@ def _read_back_run(
         )
         report.write(run_dir / "report.md")
 
-    summary = read_back(run_dir, ensemble_report_again, log, write, redrawn_figures(ensemble=True))
+    # each member's own report.md and figures, if missing, said in the ensemble's line
+    members = [
+        Part(member_dir, functools.partial(member_report, config=config), redrawn_figures())
+        for member_dir, config in zip(member_dirs, configs, strict=True)
+    ]
+    summary = read_back(run_dir, ensemble_report_again, log, write, redrawn_figures(ensemble=True), members)
     return {**summary, "members": where_now(summary)}
 
 

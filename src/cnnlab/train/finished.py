@@ -13,14 +13,16 @@ the task, before any data is read; then `read_back` returns the results without 
 - a report.md that a stop between results.json and report.md never wrote is written from what the run saved (the
   task's `write_report`), and a report that cannot be written from it is said, not a traceback; a report that is
   there is never rewritten (it may have been edited): a figure it links that is missing still is named in the line;
-- one line says which of these it was; no session is added to ``sessions.json``: nothing was done to the run.
+- one line says which of these it was, for the run's parts too (an ensemble's members, `Part`, read back first, each
+  the same way, named by their folder); no session is added to ``sessions.json``: nothing was done to the run.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,7 @@ def read_back(
     log: Callable[[str], None] | None,
     write: bool = True,
     figures: Mapping[str, Callable[[dict[str, Any], Path], object]] | None = None,
+    parts: Sequence[Part] = (),
 ) -> dict[str, Any]:
     """The results of the finished run in `run_dir` (its options already compared by the task), nothing run again.
 
@@ -64,40 +67,72 @@ def read_back(
             draws it at the path given from the run's results (as saved). Drawn only when missing, as the learning
             curves are from metrics.json; one that cannot be drawn (a file unreadable, or saved by an older cnnlab
             without what it needs) stays missing, and a report written names it so.
+        parts: the run's parts with results and a report of their own (an ensemble's members), read back first, the
+            same way: what was done to them is said in the run's line, named by their folder (``seed1/...``).
 
     Returns:
         results.json's results with ``run_dir`` where the run is now and ``finished_before`` True.
     """
     if log is None or not write:
         log = _nowhere
+    drawn: list[str] = []
+    said: list[str] = []  # what was done to the reports, the parts' first
+    for part in parts:
+        name = part.run_dir.name
+        _, part_drawn, part_said = _read_back_folder(part.run_dir, part.write_report, write, part.figures, f"{name}'s")
+        drawn += [f"{name}/{figure}" for figure in part_drawn]
+        said += part_said
+    summary, run_drawn, run_said = _read_back_folder(run_dir, write_report, write, figures, "its")
+    drawn += run_drawn
+    line = f"{run_dir} is already finished"
+    if drawn:  # "nothing to do" no more
+        line += f"; {', '.join(drawn)} {'was' if len(drawn) == 1 else 'were'} missing, drawn again from what it saved"
+    line += "".join(f"; {clause}" for clause in [*said, *run_said])
+    if not run_said:
+        report = run_dir / REPORT
+        line += f" (its report: {report})" if drawn or said else f"; nothing to do (its report: {report})"
+    log(line)
+    return {**summary, "finished_before": True}
+
+
+@dataclass(frozen=True)
+class Part:
+    """A part of a run read back with it (`read_back`'s `parts`): its folder, its `write_report` and `figures`."""
+
+    run_dir: Path
+    write_report: Callable[[dict[str, Any]], None]
+    figures: Mapping[str, Callable[[dict[str, Any], Path], object]] | None = None
+
+
+def _read_back_folder(
+    run_dir: Path,
+    write_report: Callable[[dict[str, Any]], None],
+    write: bool,
+    figures: Mapping[str, Callable[[dict[str, Any], Path], object]] | None,
+    whose: str,
+) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The run (or part) in `run_dir` read back: its results where it is now, the figures missing that were drawn
+    again, and what is said of its report (`whose` report, in the line: none when it is there linking nothing missing).
+    Nothing is drawn or written unless `write`."""
     # where it is now: results.json names the folder it was trained in, which a moved or renamed run has left (a
     # report written back would be titled with the old name)
     summary = {**json.loads((run_dir / RESULTS).read_text()), "run_dir": str(run_dir)}
-    drawn = _draw_missing(run_dir, summary, {LEARNING_CURVES: _learning_curves, **(figures or {})}) if write else []
-    finished = f"{run_dir} is already finished"
-    if drawn:  # "nothing to do" no more
-        were = "was" if len(drawn) == 1 else "were"
-        finished += f"; {', '.join(drawn)} {were} missing, drawn again from what it saved"
+    if not write:
+        return summary, [], []
+    drawn = _draw_missing(run_dir, summary, {LEARNING_CURVES: _learning_curves, **(figures or {})})
     report = run_dir / REPORT
     if report.is_file():
         if broken := _links_missing(report):  # kept as it is (it may have been edited): said, not rewritten
             them = "it" if len(broken) == 1 else "them"
-            log(
-                f"{finished}; its report links {', '.join(broken)}, not in the run folder, which what it saved cannot "
-                f"draw again: the report is kept as it is (remove it to have it written again, naming {them} as "
-                f"missing): {report}"
-            )
-        else:
-            log(f"{finished} (its report: {report})" if drawn else f"{finished}; nothing to do (its report: {report})")
-    else:
-        try:
-            if write:
-                write_report(summary)
-        except _UNREADABLE as error:
-            log(f"{finished}; its report is missing, and what it saved cannot make one: {error}")
-        else:
-            log(f"{finished}; its report was missing, written from its results.json: {report}")
-    return {**summary, "finished_before": True}
+            kept = f"(remove it to have it written again, naming {them} as missing): {report}"
+            said = f"{whose} report links {', '.join(broken)}, not in the run folder, which what it saved cannot draw"
+            return summary, drawn, [f"{said} again: the report is kept as it is {kept}"]
+        return summary, drawn, []
+    try:
+        write_report(summary)
+    except _UNREADABLE as error:
+        return summary, drawn, [f"{whose} report is missing, and what it saved cannot make one: {error}"]
+    return summary, drawn, [f"{whose} report was missing, written from its results.json: {report}"]
 
 
 def _draw_missing(
