@@ -669,8 +669,8 @@ def test_figures_deleted_from_a_finished_run_are_drawn_again_when_it_is_read_bac
     """--resume of a finished run whose figures were deleted drew none of them: its report, kept or written again,
     lacked the learning curves and the confusion matrix, which its metrics.json and results.json hold. They are drawn
     again as the test pass drew them, the ensemble's and a member's, and the line names them all (a member's were
-    drawn unsaid); misclassified.png needs the test digits, which a read-back does not load: it stays missing, and a
-    report written again names it so."""
+    drawn unsaid). misclassified.png stayed missing: it is drawn from the test probabilities each member saved and
+    the MNIST test set, read again only then, when its digest is the one the run recorded; another stays missing."""
     import shutil
 
     run = tmp_path / "mnist" / "ens"
@@ -679,28 +679,33 @@ def test_figures_deleted_from_a_finished_run_are_drawn_again_when_it_is_read_bac
         run / "confusion_matrix.png",
         run / "seed1" / "confusion_matrix.png",
         run / "seed1" / "learning_curves.png",
+        *run.rglob("misclassified.png"),
     ]
     drawn = {path: path.read_bytes() for path in deleted}
-    for path in [*deleted, *run.rglob("misclassified.png"), run / "seed1" / "report.md"]:
+    for path in [*deleted, run / "seed1" / "report.md"]:
         path.unlink()
-    options = dict(data_dir=str(fake_root), output=str(tmp_path), name="ens", ensemble=2, val_size=40, notes=True)
-    again = train_mnist("quick", overrides=_TINY, resume=True, **options)  # type: ignore[arg-type]
+    other_tests = tmp_path / "other-tests"  # the same training set, another test set
+    shutil.copytree(fake_root, other_tests)
+    images = other_tests / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-1] + b"\xff")
+    options = dict(data_dir=str(other_tests), output=str(tmp_path), name="ens", ensemble=2, val_size=40, notes=True)
+    train_mnist("quick", overrides=_TINY, resume=True, **options)  # type: ignore[arg-type]
+    assert not list(run.rglob("misclassified.png")) and (run / "seed1" / "learning_curves.png").is_file()
+    capsys.readouterr()
+    for path in [*deleted, run / "seed1" / "report.md"]:
+        path.unlink(missing_ok=True)
+    again = train_mnist("quick", overrides=_TINY, resume=True, **{**options, "data_dir": str(fake_root)})
     assert again["finished_before"] and again["test_accuracy"] == ensemble_run["test_accuracy"]
-    assert {path: path.read_bytes() for path in deleted if path.is_file()} == drawn  # the same figures
-    assert not list(run.rglob("misclassified.png"))
-    # what was done to its members is said too (it was not): seed1's figures and report; seed0's report.md, kept, and
-    # the ensemble's link misclassified.png
-    kept = "not in the run folder, which what it saved cannot draw again: the report is kept as it is (remove it to "
-    kept += "have it written again, naming it as missing)"
+    assert {path: path.read_bytes() for path in deleted if path.is_file()} == drawn  # the same figures, all of them
     assert capsys.readouterr().out == (
-        f"{run} is already finished; seed1/learning_curves.png, seed1/confusion_matrix.png, confusion_matrix.png were "
-        f"missing, drawn again from what it saved; seed0's report links misclassified.png, {kept}: "
-        f"{run / 'seed0' / 'report.md'}; seed1's report was missing, written from its results.json: "
-        f"{run / 'seed1' / 'report.md'}; its report links misclassified.png, {kept}: {run / 'report.md'}\n"
+        f"{run} is already finished; seed0/misclassified.png, seed1/learning_curves.png, seed1/confusion_matrix.png, "
+        "seed1/misclassified.png, confusion_matrix.png, misclassified.png were missing, drawn again from what it "
+        f"saved; seed1's report was missing, written from its results.json: {run / 'seed1' / 'report.md'} (its "
+        f"report: {run / 'report.md'})\n"
     )
     report = (run / "seed1" / "report.md").read_text()
     assert "![confusion matrix](confusion_matrix.png)" in report and "![learning curves](learning_curves.png)" in report
-    assert "`misclassified.png` is not in the run folder" in report
+    assert "![misclassified test digits](misclassified.png)" in report
     # a single run's results.json holds its member's under "members"
     member = json.loads((run / "seed1" / "results.json").read_text())
     mnist_task.redrawn_figures()["confusion_matrix.png"]({"members": [member]}, tmp_path / "single.png")

@@ -172,6 +172,12 @@ def read_training_set_digest(data_dir: str | os.PathLike[str] | None = None) -> 
     return training_set_digest(*_load_split(find_mnist_dir(data_dir), "train"))
 
 
+def load_test_set(data_dir: str | os.PathLike[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MNIST test set under `data_dir` (uint8 images [N, 1, 28, 28], labels [N]), as `load_mnist` reads it, read
+    without the training set: what a finished run read back draws its misclassified digits from again."""
+    return _load_split(find_mnist_dir(data_dir), "test")
+
+
 def training_set_digest(images: torch.Tensor, labels: torch.Tensor) -> str:
     """The SHA-256 of a training set's images and labels as read (the same for plain and ``.gz`` files), in order: the
     images a seeded split holds out depend on both. About 0.1 s for MNIST's 60,000."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import pickle
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +25,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cnnlab.data.augment import RandomAffine
-from cnnlab.data.mnist import MNIST_CLASSES, MnistSplits, find_mnist_dir, load_mnist, read_training_set_digest
+from cnnlab.data.mnist import (
+    MNIST_CLASSES,
+    MnistSplits,
+    find_mnist_dir,
+    load_mnist,
+    load_test_set,
+    read_training_set_digest,
+    training_set_digest,
+)
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_text_whole, written_then_renamed
 from cnnlab.report.units import score
@@ -146,6 +155,11 @@ RECIPES: RecipeBook[MnistRecipe] = RecipeBook(
         ),
     ],
 )
+
+
+# results.json's test record: the digest (`training_set_digest`) of the test images (as float, `to_float`) and labels
+# the run was tested on, by which a finished run read back knows the test set it redraws misclassified.png from
+TEST_SET_DIGEST = "test_set_sha256"
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -340,7 +354,8 @@ def _train_mnist(
         digest = splits.source_sha256 if splits is not None else read_training_set_digest(data_dir)
         # each member's config, refused here if it held its validation images out of other images
         configs = [member_config(index, digest)[2] for index in range(ensemble)]
-        return _read_back_run(chosen, overrides, run_dir, configs, seed, ensemble, say, main)
+        test_set = (lambda: (splits.test_images, splits.test_labels)) if splits is not None else None
+        return _read_back_run(chosen, overrides, run_dir, configs, seed, ensemble, say, main, test_set or data_dir)
     if prepared is not None:
         prepared.doing("loading MNIST")
     data = splits if splits is not None else load_mnist(data_dir, val_size=val_size, seed=0, val_option=val_option)
@@ -360,6 +375,7 @@ def _train_mnist(
         )
     val = (to_float(data.val_images), data.val_labels) if len(data.val_labels) else None
     test_images, test_labels = to_float(data.test_images), data.test_labels
+    test_record = {TEST_SET_DIGEST: training_set_digest(test_images, test_labels)}  # misclassified.png's test set
     note_current_run(run_dir)
     if overwrite:  # what --overwrite replaces is removed once MNIST is read: a bad --data-dir leaves it be
         _check_run_shape(run_dir, ensemble, seed, member, resume, overwrite)
@@ -386,9 +402,10 @@ def _train_mnist(
 
             # a single run's line says it was finished; an ensemble's members, one for the ensemble, below
             said = say if ensemble == 1 else None
-            finished = _member_result(read_back(member_dir, write_report, said, main, redrawn_figures()))
+            figures = redrawn_figures(test_set=lambda: (data.test_images, data.test_labels))
+            finished = _member_result(read_back(member_dir, write_report, said, main, figures))
             members.append({**finished, "run_dir": str(member_dir)})  # where it is now: the run may have moved since
-            member_probabilities.append(torch.load(member_dir / "test_probabilities.pt", weights_only=True))
+            member_probabilities.append(_saved_probabilities(member_dir))
         elif member is not None and index != member:  # another process trains it
             missing.append(member_seed)
         else:
@@ -424,7 +441,7 @@ def _train_mnist(
                 if is_main_process():  # under torchrun every rank evaluates, rank 0 writes
                     atomic_save(probabilities, member_dir / "test_probabilities.pt")
                     test = test_evaluation(test_images, test_labels, probabilities.argmax(1), member_dir)
-                    trained["test"] = {k: v for k, v in test.items() if k != "test_accuracy"}
+                    trained["test"] = {**{k: v for k, v in test.items() if k != "test_accuracy"}, **test_record}
                 sessions.end()
                 trained.update(sessions.results())  # each session, and their wall time (None: one is unknown)
                 if is_main_process():
@@ -468,7 +485,7 @@ def _train_mnist(
                 for member_summary, digest in zip(members, read_record(spec)["digests"], strict=True):
                     member_summary["weights_sha256"] = digest  # what loading the ensemble checks its members against
                 test = test_evaluation(test_images, test_labels, ensemble_predictions, run_dir)
-                summary["test"] = {k: v for k, v in test.items() if k != "test_accuracy"}
+                summary["test"] = {**{k: v for k, v in test.items() if k != "test_accuracy"}, **test_record}
             report = _ensemble_run_report(chosen, overrides, seed, ensemble, run_dir, members, summary)
             report.write(run_dir / "report.md")
         with written_then_renamed(run_dir / "results.json") as results:  # a single run's is its member's, as above
@@ -504,11 +521,16 @@ def _read_back_run(
     ensemble: int,
     log: Callable[[str], None] | None,
     write: bool,
+    test_set: Callable[[], tuple[torch.Tensor, torch.Tensor]] | str | None = None,
 ) -> dict[str, Any]:
     """The results of the finished run (or ensemble) in `run_dir`, its options compared already, with every
     ``run_dir`` where it is now (a run moved or renamed since): from its results.json, no file written again but a
     report.md that a stop left unwritten (a member's, or the ensemble's) (`cnnlab.train.finished.read_back`), named as
-    `configs` (this command's config of each member) name the folders they are in now."""
+    `configs` (this command's config of each member) name the folders they are in now; `test_set`: the MNIST test
+    set's loader, or the data root it is read from (None: the default's), when a misclassified.png is redrawn."""
+    loader = test_set if callable(test_set) else functools.partial(load_test_set, test_set)
+    load_test = functools.cache(loader)  # read once, for every member's figure and the ensemble's
+    figures = redrawn_figures(test_set=load_test)
     member_dirs = [run_dir] if ensemble == 1 else [run_dir / f"seed{seed + index}" for index in range(ensemble)]
 
     def member_report(result: dict[str, Any], config: TrainConfig) -> None:
@@ -521,7 +543,7 @@ def _read_back_run(
         return [{**member, "run_dir": str(run_dir / f"seed{member['seed']}")} for member in members]
 
     if ensemble == 1:  # its line says it was finished
-        summary = read_back(run_dir, lambda result: member_report(result, configs[0]), log, write, redrawn_figures())
+        summary = read_back(run_dir, lambda result: member_report(result, configs[0]), log, write, figures)
         return {**summary, "members": where_now(summary)}
 
     def ensemble_report_again(summary: dict[str, Any]) -> None:
@@ -532,10 +554,11 @@ def _read_back_run(
 
     # each member's own report.md and figures, if missing, said in the ensemble's line
     members = [
-        Part(member_dir, functools.partial(member_report, config=config), redrawn_figures())
+        Part(member_dir, functools.partial(member_report, config=config), figures)
         for member_dir, config in zip(member_dirs, configs, strict=True)
     ]
-    summary = read_back(run_dir, ensemble_report_again, log, write, redrawn_figures(ensemble=True), members)
+    ensemble_figures = redrawn_figures(ensemble=True, test_set=load_test)
+    summary = read_back(run_dir, ensemble_report_again, log, write, ensemble_figures, members)
     return {**summary, "members": where_now(summary)}
 
 
@@ -878,16 +901,47 @@ def _plot_test_confusion(matrix: torch.Tensor, path: Path) -> Path:
     return plot_confusion_matrix(matrix, path, title=title)
 
 
-def redrawn_figures(ensemble: bool = False) -> dict[str, Callable[[dict[str, Any], Path], object]]:
+def redrawn_figures(
+    ensemble: bool = False, test_set: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
+) -> dict[str, Callable[[dict[str, Any], Path], object]]:
     """The figures of a finished run (or member, or `ensemble`), deleted since, that its saved results draw again when
     it is read back (`cnnlab.train.finished.read_back`): the confusion matrix, from the test set's matrix in
-    results.json. misclassified.png needs the test digits, which a read-back does not load: it stays missing."""
+    results.json; misclassified.png, from the test probabilities each member saved (an ensemble's: their mean, as it
+    was scored) and the MNIST test set (`test_set`, its uint8 images and labels, read only then), when it is the one
+    the run was tested on (its digest, `TEST_SET_DIGEST`, as the run recorded it; a run made before it was recorded,
+    or tested on other digits, keeps it missing)."""
 
     def confusion(summary: dict[str, Any], path: Path) -> None:
         test = summary["test"] if ensemble else _member_result(summary)["test"]
         _plot_test_confusion(torch.tensor(test["confusion_matrix"]), path)
 
-    return {"confusion_matrix.png": confusion}
+    def misclassified(summary: dict[str, Any], path: Path) -> None:
+        from cnnlab.report.plots import plot_misclassified
+
+        test = summary["test"] if ensemble else _member_result(summary)["test"]
+        if test_set is None or TEST_SET_DIGEST not in test:
+            raise KeyError(TEST_SET_DIGEST)  # nothing to draw it from, or to know the test set by
+        images, labels = test_set()
+        images = to_float(images)
+        if training_set_digest(images, labels) != test[TEST_SET_DIGEST]:
+            raise ValueError(f"the MNIST test set is not the one {path.parent} was tested on")
+        members = [path.parent / f"seed{member['seed']}" for member in summary["members"]] if ensemble else None
+        try:
+            probabilities = [_saved_probabilities(folder) for folder in members or [path.parent]]
+            predictions = (torch.stack(probabilities).mean(0) if ensemble else probabilities[0]).argmax(1)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as error:  # cut short, or not what the test pass saved
+            raise ValueError(f"{path.parent}'s test probabilities cannot be read: {error}") from error
+        if predictions.shape != labels.shape:
+            raise ValueError(f"{path.parent}'s test probabilities are not of the {len(labels)} test digits")
+        wrong = (predictions != labels).nonzero().flatten()
+        plot_misclassified(images[wrong], labels[wrong], predictions[wrong], path)
+
+    return {"confusion_matrix.png": confusion, "misclassified.png": misclassified}
+
+
+def _saved_probabilities(member_dir: Path) -> torch.Tensor:
+    """The test probabilities a member's test pass saved (``test_probabilities.pt``)."""
+    return torch.load(member_dir / "test_probabilities.pt", weights_only=True)
 
 
 def _member_report(

@@ -7,8 +7,9 @@ the task, before any data is read; then `read_back` returns the results without 
 - the folder returned is where the run is now (``results.json`` names the folder it was trained in, which a copied or
   renamed run has left), and ``finished_before`` is True, which the CLI says (and prints with ``--json``);
 - a figure its report links that was deleted since and can be drawn again from what the run saved (its learning
-  curves from metrics.json, every run's; the task's `figures`: a confusion matrix from results.json) is drawn again,
-  first, so that the report links it; one that needs the test pass again (the test images, the model) stays missing;
+  curves from metrics.json, every run's; the task's `figures`: a confusion matrix from results.json, MNIST's
+  misclassified digits from its saved test probabilities) is drawn again, first, so that the report links it; one
+  that needs the test pass again (the model's predictions) stays missing;
   no file that is there is rewritten;
 - a report.md that a stop between results.json and report.md never wrote is written from what the run saved (the
   task's `write_report`), and a report that cannot be written from it is said, not a traceback; a report that is
