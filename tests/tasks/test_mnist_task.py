@@ -946,3 +946,26 @@ def test_evaluate_into_a_run_folder_is_refused_not_its_figures_replaced(
         assert f"pass another folder, such as {output / 'evaluation'}" in completed.stderr
     assert {name: (run / name).read_bytes() for name in figures} == figures
     assert not (run / "evaluation.json").exists() and not (run / "seed0" / "evaluation.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "missing"])
+def test_resume_of_a_finished_run_whose_config_is_damaged_says_so_in_one_line(
+    ensemble_run: dict, fake_root: Path, tmp_path: Path, damage: str
+) -> None:
+    """A member's config.yaml that yaml cannot parse was a yaml ParserError traceback on --resume (read for the
+    training set's digest before its options were compared); one deleted was "cannot resume ... with different
+    options (accum_steps: not given -> 1, ...)", every option named but not the file. Each is one line naming it."""
+    import shutil
+
+    run = tmp_path / "mnist" / "ens"
+    shutil.copytree(Path(ensemble_run["run_dir"]), run)
+    config = run / "seed1" / "config.yaml"
+    if damage == "garbage":
+        config.write_text("{not what cnnlab wrote")
+        message = rf"^{re.escape(str(config))} cannot be read as a run's config \("
+    else:
+        config.unlink()
+        message = rf"^{re.escape(str(config))} is missing; it records how the finished run .* was trained"
+    options = dict(data_dir=str(fake_root), output=str(tmp_path), name="ens", ensemble=2, val_size=40)
+    with pytest.raises(CnnlabError, match=message):
+        train_mnist("quick", overrides=_TINY, resume=True, **options)  # type: ignore[arg-type]

@@ -346,7 +346,7 @@ def _train_mnist(
             continue
         _, member_dir, config = member_config(index, None)  # its recorded digest stands in for the one not read yet
         if is_finished(member_dir):
-            check_resumable(saved_options(member_dir), config, member_dir)
+            check_resumable(_finished_options(member_dir), config, member_dir)
     main, say = is_main_process(), print if notes else None  # the line on a run read back: a note, kept under -q
     if reuse_finished and _nothing_left(run_dir, [member_config(index, None)[1] for index in range(ensemble)]):
         # Finished before (a single run, or an ensemble saved from all its members): read back, nothing rewritten. Its
@@ -395,7 +395,7 @@ def _train_mnist(
             # a finished member is read back (`cnnlab.train.finished`) only for the options it was trained with, its
             # training set now included (compared again: it may have finished in another process while MNIST loaded);
             # stopped between its results.json and its report.md, only the report is left to write
-            check_resumable(saved_options(member_dir), config, member_dir)
+            check_resumable(_finished_options(member_dir), config, member_dir)
 
             def write_report(result: dict[str, Any], current: TrainConfig = config) -> None:
                 _write_missing_report(chosen, overrides, current, _member_result(result))
@@ -678,7 +678,7 @@ def _training_set(member_dir: Path, digest: str | None, data_dir: str | None, co
     if not continued:
         return {} if digest is None else {SOURCE_DIGEST: digest}
     path = member_dir / "config.yaml"
-    recorded = load_config(path).extra.get(SOURCE_DIGEST) if path.is_file() else None
+    recorded = saved_options(member_dir)["extra"].get(SOURCE_DIGEST) if path.is_file() else None
     if recorded is None:
         return {}
     if digest is not None and digest != recorded:
@@ -700,7 +700,7 @@ def _as_started(member_dir: Path, record: dict[str, Any], continued: bool) -> di
     path = member_dir / "config.yaml"
     if not continued or not path.is_file():
         return dict(record)
-    saved = load_config(path).extra
+    saved = saved_options(member_dir)["extra"]
     return {key: saved[key] for key in record if key in saved}
 
 
@@ -711,7 +711,7 @@ def _since_recorded(member_dir: Path, record: dict[str, Any], continued: bool) -
     path = member_dir / "config.yaml"
     if not continued or not path.is_file():
         return dict(record)
-    saved = load_config(path).extra
+    saved = saved_options(member_dir)["extra"]
     return {key: value for key, value in record.items() if key in saved}
 
 
@@ -1092,6 +1092,22 @@ def evaluate_mnist(
     result = {"run": str(run), **precisions(run_dir), **test_evaluation(images, data.test_labels, predictions, out)}
     write_text_whole(out / "evaluation.json", json.dumps(result, indent=1))
     return result
+
+
+def _finished_options(member_dir: Path) -> dict[str, Any]:
+    """`saved_options` of a finished member (or single run), which wrote its config.yaml: one deleted since leaves
+    nothing to compare a --resume's options with (every option read as 'not given').
+
+    Raises:
+        CnnlabError: its config.yaml is missing, or cannot be read.
+    """
+    path = member_dir / "config.yaml"
+    if not path.is_file():
+        raise CnnlabError(
+            f"{path} is missing; it records how the finished run {member_dir} was trained, which --resume compares "
+            "with this command's options: put it back (copy the run again), or train it again (--overwrite)"
+        )
+    return saved_options(member_dir)
 
 
 def saved_options(member_dir: Path) -> dict[str, Any]:
