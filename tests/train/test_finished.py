@@ -1,11 +1,14 @@
 """`cnnlab.train.finished`: a finished run read back by --resume, the same for every task (and what the CLI says)."""
 
 import json
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cnnlab.errors import CnnlabError
 from cnnlab.train.finished import FINISHED_EARLIER, REPORT, Part, is_finished, read_back
 
 
@@ -235,3 +238,19 @@ def test_what_was_done_to_a_runs_parts_is_said_in_its_line(tmp_path: Path) -> No
     said.clear()
     read_back(run, write_report, said.append, write=False, parts=parts)  # not the writing process: nothing said
     assert said == []
+
+
+@pytest.mark.parametrize("damage", ['{"test": {"accuracy": 0.', "[1, 2]", "\udcff"])
+def test_a_damaged_results_json_is_said_in_one_line(tmp_path: Path, damage: str) -> None:
+    """--resume of a finished run (or member) whose results.json was cut short or replaced was a JSONDecodeError
+    traceback (a list: an AttributeError). It is one line naming the file and how to have the run tested again."""
+    run = _finished_run(tmp_path)
+    (run / "results.json").write_text(damage, errors="surrogateescape")
+    message = rf"^{run / 'results.json'} cannot be read \(.+\); it holds the finished run's test results: put it back"
+    with pytest.raises(CnnlabError, match=message):
+        read_back(run, lambda summary: None, None)
+    member = run / "seed0"
+    shutil.copytree(run, member)
+    (run / "results.json").write_text("{}")
+    with pytest.raises(CnnlabError, match=re.escape(f"{member / 'results.json'} cannot be read")):  # a part's too
+        read_back(run, lambda summary: None, None, parts=[Part(member, lambda summary: None)])

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cnnlab.errors import CnnlabError
 from cnnlab.train.records import plot_learning_curves
 
 RESULTS = "results.json"
@@ -45,6 +46,27 @@ _UNREADABLE = (OSError, ValueError, KeyError, TypeError)
 def is_finished(run_dir: Path) -> bool:
     """Whether the run in `run_dir` finished: its results.json, written whole once its test pass is done, is there."""
     return (run_dir / RESULTS).is_file()
+
+
+def read_results(run_dir: Path) -> dict[str, Any]:
+    """The results.json of the finished run in `run_dir`.
+
+    Raises:
+        CnnlabError: it cannot be read (cut short, edited, not cnnlab's): written whole by its task, it was damaged
+            since (a json traceback, before); the line says how to have the run tested again.
+    """
+    path = run_dir / RESULTS
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(results, dict):
+            raise ValueError(f"a JSON {type(results).__name__}, not the run's results")
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CnnlabError(
+            f"{path} cannot be read ({reason}); it holds the finished run's test results: put it back (copy the run "
+            "again), or delete it and --resume to test the run again from its checkpoint"
+        ) from None
+    return results
 
 
 def read_back(
@@ -117,7 +139,7 @@ def _read_back_folder(
     Nothing is drawn or written unless `write`."""
     # where it is now: results.json names the folder it was trained in, which a moved or renamed run has left (a
     # report written back would be titled with the old name)
-    summary = {**json.loads((run_dir / RESULTS).read_text()), "run_dir": str(run_dir)}
+    summary = {**read_results(run_dir), "run_dir": str(run_dir)}
     if not write:
         return summary, [], []
     drawn = _draw_missing(run_dir, summary, {LEARNING_CURVES: _learning_curves, **(figures or {})})
