@@ -326,6 +326,15 @@ def test_the_best_epoch_is_saved_and_tested_across_a_resume(tmp_path, monkeypatc
     assert "metrics.json" in said and not (run / "report.md").exists()
     with pytest.raises(CnnlabError, match=r"cannot resume .*b with different options \(.*canvas_sizes"):
         _train_tiny(tmp_path, "b", None, resume=True, sizes=(16, 8, 2), **options)
+    # its config.yaml unparseable was a yaml traceback, deleted an OSError line (exit code 1): each one line, exit 2
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text("{not what cnnlab wrote")
+    with pytest.raises(CnnlabError, match=rf"^{re.escape(str(run / 'config.yaml'))} cannot be read as a run's config"):
+        _train_tiny(tmp_path, "b", None, resume=True, sizes=(16, 8, 1), **options)
+    (run / "config.yaml").unlink()
+    with pytest.raises(CnnlabError, match=rf"^{re.escape(str(run / 'config.yaml'))} is missing; it records how the"):
+        _train_tiny(tmp_path, "b", None, resume=True, sizes=(16, 8, 1), **options)
+    (run / "config.yaml").write_text(config)
 
 
 @pytest.mark.parametrize("task", ["canvases", "folder"])

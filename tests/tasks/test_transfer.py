@@ -512,6 +512,26 @@ def _resuming_its_split(
     return config, rows
 
 
+@pytest.mark.parametrize("damage", ["garbage", "missing"])
+def test_a_finished_run_whose_config_is_damaged_is_refused_in_one_line(
+    tiny_run: tuple[Path, dict], damage: str
+) -> None:
+    """--resume of a finished run whose config.yaml yaml cannot parse was a ScannerError traceback; one deleted was
+    read back without a word, its options never compared with the command's (other options, the same results)."""
+    tmp_path, summary = tiny_run
+    run = tmp_path / "runs" / "transfer" / f"config-{damage}"
+    shutil.copytree(summary["run_dir"], run)
+    if damage == "garbage":
+        (run / "config.yaml").write_text("{not what cnnlab wrote")
+        message = rf"^{re.escape(str(run / 'config.yaml'))} cannot be read as a run's config \("
+    else:
+        (run / "config.yaml").unlink()
+        message = rf"^{re.escape(str(run / 'config.yaml'))} is missing; it records how the finished run"
+    saved = json.loads((run / "results.json").read_text())["config"]
+    with pytest.raises(CnnlabError, match=message):
+        train_transfer(TransferConfig(**{**saved, "name": run.name, "resume": True, "overwrite": False}))
+
+
 def test_a_resume_refuses_images_that_changed_since_its_split(tiny_run: tuple[Path, dict]) -> None:
     """A split image emptied since the split stopped the resume with PIL's "cannot identify image file" (exit 1), and
     one overwritten with another class's image was trained under its old label; both are refused, naming the file."""

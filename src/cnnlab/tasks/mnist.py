@@ -41,6 +41,7 @@ from cnnlab.tasks.recipes import (
     Recipe,
     RecipeBook,
     check_resume_or_overwrite,
+    config_missing,
     describe_overrides,
     engine_resumes,
     note_current_run,
@@ -1101,12 +1102,8 @@ def _finished_options(member_dir: Path) -> dict[str, Any]:
     Raises:
         CnnlabError: its config.yaml is missing, or cannot be read.
     """
-    path = member_dir / "config.yaml"
-    if not path.is_file():
-        raise CnnlabError(
-            f"{path} is missing; it records how the finished run {member_dir} was trained, which --resume compares "
-            "with this command's options: put it back (copy the run again), or train it again (--overwrite)"
-        )
+    if not (member_dir / "config.yaml").is_file():
+        raise config_missing(member_dir)
     return saved_options(member_dir)
 
 

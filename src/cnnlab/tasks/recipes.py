@@ -13,9 +13,12 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from cnnlab.errors import CnnlabError
+
+if TYPE_CHECKING:
+    from cnnlab.train.config import TrainConfig
 
 __all__ = [
     "Recipe",
@@ -233,8 +236,14 @@ def check_resume(
     if not (run_dir / manifest).is_file():
         raise CnnlabError(f"--resume: there is no run at {run_dir} to continue; start it without --resume")
     recorded = run_dir / "config.yaml"
-    if options is None or not recorded.is_file():
+    if options is None:
         return
+    if not recorded.is_file():
+        from cnnlab.train.finished import is_finished
+
+        if is_finished(run_dir):  # it wrote one: read back, it would stand for this command's options unchecked
+            raise config_missing(run_dir)
+        return  # stopped before its first phase wrote it: nothing trained to compare
     import yaml
 
     from cnnlab.train.config import RESUME_FREE_OPTIONS, check_resumable
@@ -245,8 +254,52 @@ def check_resume(
             values["train"] = {k: v for k, v in values["train"].items() if k not in RESUME_FREE_OPTIONS}
         return values
 
-    saved = engine_free((yaml.safe_load(recorded.read_text()) or {}).get("config"))
+    try:
+        document = yaml.safe_load(recorded.read_text())
+        if not isinstance(document, dict | None):
+            raise ValueError(f"a YAML {type(document).__name__}, not a run's record")
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
+        raise config_unreadable(run_dir, error) from None
+    saved = engine_free((document or {}).get("config"))
     check_resumable(saved, engine_free(options), run_dir, free=RESUMABLE_TASK_OPTIONS | set(free))
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    """The engine config the finished run in `run_dir` recorded in its config.yaml, for --resume to compare.
+
+    Raises:
+        CnnlabError: config.yaml is missing (`config_missing`), or cannot be read as a run's (`config_unreadable`).
+    """
+    import yaml
+
+    from cnnlab.train.config import load_config
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise config_missing(run_dir)
+    try:
+        return load_config(path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError, ValueError) as error:
+        raise config_unreadable(run_dir, error) from None
+
+
+def config_unreadable(run_dir: Path, error: BaseException) -> CnnlabError:
+    """The refusal of --resume of the run in `run_dir` whose config.yaml cannot be read as a run's (`error`)."""
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return CnnlabError(
+        f"{run_dir / 'config.yaml'} cannot be read as a run's config ({reason}); it records the options {run_dir} was "
+        "trained with, which --resume compares with this command's: put it back (copy the run again), or train it "
+        "again (--overwrite)"
+    )
+
+
+def config_missing(run_dir: Path) -> CnnlabError:
+    """The refusal of --resume of the finished run in `run_dir` whose config.yaml, which it wrote, is gone: there is
+    nothing to compare this command's options with."""
+    return CnnlabError(
+        f"{run_dir / 'config.yaml'} is missing; it records how the finished run {run_dir} was trained, which --resume "
+        "compares with this command's options: put it back (copy the run again), or train it again (--overwrite)"
+    )
 
 
 # A task's options that may differ between a run and its resumption: where it is, how it reports, how many workers.

@@ -48,6 +48,7 @@ from cnnlab.tasks.recipes import (
     check_resume_or_overwrite,
     describe_overrides,
     engine_resumes,
+    load_run_config,
     note_current_run,
     run_name,
     with_overrides,
@@ -581,7 +582,7 @@ def _read_back(
     options and environment (the finishing session's) of its config.yaml; its learning curves, deleted since, are drawn
     again from metrics.json (`read_back`), test_overlays.png not (a test pass). Nothing is trained or tested."""
     run_dir = config.run_dir
-    saved = load_config(run_dir / "config.yaml")
+    saved = load_run_config(run_dir)
     check_resumable(saved.to_dict(), config, run_dir)
 
     def write_report(summary: dict[str, Any]) -> None:
