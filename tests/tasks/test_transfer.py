@@ -4,6 +4,7 @@ cached partial fine-tuning, views and test-time averaging, the feature cache, re
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -530,6 +531,22 @@ def test_a_finished_run_whose_config_is_damaged_is_refused_in_one_line(
     saved = json.loads((run / "results.json").read_text())["config"]
     with pytest.raises(CnnlabError, match=message):
         train_transfer(TransferConfig(**{**saved, "name": run.name, "resume": True, "overwrite": False}))
+
+
+def test_a_finished_run_whose_split_was_deleted_is_read_back(tiny_run: tuple[Path, dict]) -> None:
+    """--resume of a finished run whose split.csv was deleted said "there is no run at ... to continue; start it
+    without --resume", and without it "already holds a finished run; pass --overwrite, --resume": no way but to
+    train it again. The read-back needs no split: the run is read back, under its own options only."""
+    tmp_path, summary = tiny_run
+    run = tmp_path / "runs" / "transfer" / "split-deleted"
+    shutil.copytree(summary["run_dir"], run)
+    (run / "split.csv").unlink()
+    saved = json.loads((run / "results.json").read_text())["config"]
+    config = TransferConfig(**{**saved, "name": run.name, "resume": True, "overwrite": False})
+    again = train_transfer(config)
+    assert again["finished_before"] and again["test"] == json.loads((run / "results.json").read_text())["test"]
+    with pytest.raises(CnnlabError, match=r"cannot resume .*split-deleted with different options"):
+        train_transfer(dataclasses.replace(config, views="none"))
 
 
 def test_a_resume_refuses_images_that_changed_since_its_split(tiny_run: tuple[Path, dict]) -> None:

@@ -233,14 +233,15 @@ def check_resume(
     another recipe, other views or another image size retrain inside the run. `free` names more options left out,
     nested ones as ``extra.classes`` (those the task learns only from its data, which the engine compares later).
     """
-    if not (run_dir / manifest).is_file():
+    from cnnlab.train.finished import is_finished
+
+    # a finished run is read back without its split (deleted since): it lists nothing the read-back needs
+    if not (run_dir / manifest).is_file() and not is_finished(run_dir):
         raise CnnlabError(f"--resume: there is no run at {run_dir} to continue; start it without --resume")
     recorded = run_dir / "config.yaml"
     if options is None:
         return
     if not recorded.is_file():
-        from cnnlab.train.finished import is_finished
-
         if is_finished(run_dir):  # it wrote one: read back, it would stand for this command's options unchecked
             raise config_missing(run_dir)
         return  # stopped before its first phase wrote it: nothing trained to compare
