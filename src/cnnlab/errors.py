@@ -21,3 +21,10 @@ def listed(items: Sequence[str], limit: int) -> str:
 def why_not_a_folder(path: str | os.PathLike[str]) -> str:
     """Why a path given as a folder is not one, for a message: "does not exist" or "is a file"."""
     return "is a file" if os.path.exists(path) else "does not exist"
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of `error`'s message, for a one-line message (yaml's and json's run over several), else its
+    type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -412,3 +412,7 @@ def test_evaluate_scores_a_canvas_run_on_its_test_canvases_made_again(tmp_path, 
     copied = shutil.copytree(run, tmp_path / "copied", ignore=shutil.ignore_patterns("config.yaml"))
     unknown = run_cnnlab("evaluate", str(copied), "--data-dir", str(mnist))
     assert unknown.returncode == 2 and "cannot be made again; its test scores are in" in unknown.stderr
+    (copied / "config.yaml").write_text("{not what cnnlab wrote")  # yaml's message ran over 7 lines, a caret drawn
+    unparsed = run_cnnlab("evaluate", str(copied), "--data-dir", str(mnist))
+    assert unparsed.returncode == 2 and len(unparsed.stderr.strip().splitlines()) == 1, unparsed.stderr
+    assert "does not say which test canvases it was scored on (while parsing a flow mapping)" in unparsed.stderr

@@ -34,7 +34,7 @@ from cnnlab.data.mnist import (
     read_training_set_digest,
     training_set_digest,
 )
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, first_line
 from cnnlab.files import write_text_whole, written_then_renamed
 from cnnlab.report.units import score
 from cnnlab.tasks.recipes import (
@@ -1123,10 +1123,9 @@ def saved_options(member_dir: Path) -> dict[str, Any]:
     try:
         options = load_config(path).to_dict() if path.is_file() else {"extra": {}}
     except (UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CnnlabError(
-            f"{path} cannot be read as a run's config ({reason}); it records how {member_dir} was trained (the "
-            "validation images it held out): copy the run again or train it again"
+            f"{path} cannot be read as a run's config ({first_line(error)}); it records how {member_dir} was trained "
+            "(the validation images it held out): copy the run again or train it again"
         ) from None
     options["extra"].setdefault("val_size", VAL_SIZE)
     return options

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, first_line
 
 if TYPE_CHECKING:
     from cnnlab.train.config import TrainConfig
@@ -286,11 +286,10 @@ def load_run_config(run_dir: Path) -> TrainConfig:
 
 def config_unreadable(run_dir: Path, error: BaseException) -> CnnlabError:
     """The refusal of --resume of the run in `run_dir` whose config.yaml cannot be read as a run's (`error`)."""
-    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     return CnnlabError(
-        f"{run_dir / 'config.yaml'} cannot be read as a run's config ({reason}); it records the options {run_dir} was "
-        "trained with, which --resume compares with this command's: put it back (copy the run again), or train it "
-        "again (--overwrite)"
+        f"{run_dir / 'config.yaml'} cannot be read as a run's config ({first_line(error)}); it records the options "
+        f"{run_dir} was trained with, which --resume compares with this command's: put it back (copy the run again), "
+        "or train it again (--overwrite)"
     )
 
 

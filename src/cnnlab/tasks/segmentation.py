@@ -31,7 +31,7 @@ from cnnlab.data.segmentation import (
     make_digit_segmentation,
     make_test_canvases,
 )
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, first_line
 from cnnlab.files import write_text_whole
 from cnnlab.report.segmentation import (
     BoundaryF1,
@@ -535,7 +535,7 @@ def evaluate_canvas_run(
     except (CnnlabError, KeyError, TypeError, ValueError, IndexError, OSError, yaml.YAMLError) as error:
         raise CnnlabError(
             f"{run_dir} is a canvas segmentation run whose config.yaml does not say which test canvases it was scored "
-            f"on ({error}), so they cannot be made again; its test scores are in {report_md}"
+            f"on ({first_line(error)}), so they cannot be made again; its test scores are in {report_md}"
         ) from error
     out = evaluation_folder(run_dir, output_dir)  # before the canvases are made and segmented
     canvases = make_test_canvases(data_dir, test_count, canvas_size, seed=0)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, first_line
 from cnnlab.train.records import plot_learning_curves
 
 RESULTS = "results.json"
@@ -61,10 +61,9 @@ def read_results(run_dir: Path) -> dict[str, Any]:
         if not isinstance(results, dict):
             raise ValueError(f"a JSON {type(results).__name__}, not the run's results")
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CnnlabError(
-            f"{path} cannot be read ({reason}); it holds the finished run's test results: put it back (copy the run "
-            "again), or delete it and --resume to test the run again from its checkpoint"
+            f"{path} cannot be read ({first_line(error)}); it holds the finished run's test results: put it back (copy "
+            "the run again), or delete it and --resume to test the run again from its checkpoint"
         ) from None
     return results
 
