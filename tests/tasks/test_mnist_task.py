@@ -969,3 +969,24 @@ def test_resume_of_a_finished_run_whose_config_is_damaged_says_so_in_one_line(
     options = dict(data_dir=str(fake_root), output=str(tmp_path), name="ens", ensemble=2, val_size=40)
     with pytest.raises(CnnlabError, match=message):
         train_mnist("quick", overrides=_TINY, resume=True, **options)  # type: ignore[arg-type]
+
+
+def test_resume_of_an_ensemble_whose_finished_members_probabilities_are_damaged_says_so(
+    ensemble_run: dict, fake_root: Path, tmp_path: Path
+) -> None:
+    """An ensemble resumed (or combined again) averages the test probabilities each finished member saved: one cut
+    short was an UnpicklingError traceback, one deleted 'No such file or directory' with exit code 1. Each is one
+    line naming the file and how to have the member tested again."""
+    import shutil
+
+    run = tmp_path / "mnist" / "ens"
+    shutil.copytree(Path(ensemble_run["run_dir"]), run)
+    (run / "results.json").unlink()  # the ensemble not combined yet: its members are read back and averaged
+    probabilities = run / "seed0" / "test_probabilities.pt"
+    options = dict(data_dir=str(fake_root), output=str(tmp_path), name="ens", ensemble=2, val_size=40)
+    message = rf"^{re.escape(str(probabilities))} cannot be read \(.+\); it holds the test probabilities of the"
+    for damage in (lambda: probabilities.write_bytes(probabilities.read_bytes()[:100]), probabilities.unlink):
+        damage()
+        with pytest.raises(CnnlabError, match=message + r".*delete .*seed0/results.json and --resume") as refused:
+            train_mnist("quick", overrides=_TINY, resume=True, **options)  # type: ignore[arg-type]
+        assert "weights_only" not in str(refused.value)  # torch's advice, not for a file cnnlab wrote

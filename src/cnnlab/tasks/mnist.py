@@ -927,11 +927,8 @@ def redrawn_figures(
         if training_set_digest(images, labels) != test[TEST_SET_DIGEST]:
             raise ValueError(f"the MNIST test set is not the one {path.parent} was tested on")
         members = [path.parent / f"seed{member['seed']}" for member in summary["members"]] if ensemble else None
-        try:
-            probabilities = [_saved_probabilities(folder) for folder in members or [path.parent]]
-            predictions = (torch.stack(probabilities).mean(0) if ensemble else probabilities[0]).argmax(1)
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as error:  # cut short, or not what the test pass saved
-            raise ValueError(f"{path.parent}'s test probabilities cannot be read: {error}") from error
+        probabilities = [_saved_probabilities(folder) for folder in members or [path.parent]]  # unreadable: missing
+        predictions = (torch.stack(probabilities).mean(0) if ensemble else probabilities[0]).argmax(1)
         if predictions.shape != labels.shape:
             raise ValueError(f"{path.parent}'s test probabilities are not of the {len(labels)} test digits")
         wrong = (predictions != labels).nonzero().flatten()
@@ -941,8 +938,26 @@ def redrawn_figures(
 
 
 def _saved_probabilities(member_dir: Path) -> torch.Tensor:
-    """The test probabilities a member's test pass saved (``test_probabilities.pt``)."""
-    return torch.load(member_dir / "test_probabilities.pt", weights_only=True)
+    """The test probabilities a finished member's test pass saved (``test_probabilities.pt``), which its ensemble
+    averages.
+
+    Raises:
+        CnnlabError: the file is missing, or cannot be read as a tensor of probabilities (cut short, replaced).
+    """
+    path = member_dir / "test_probabilities.pt"
+    try:
+        probabilities = torch.load(path, weights_only=True)
+        if not isinstance(probabilities, torch.Tensor) or probabilities.ndim != 2:
+            raise ValueError("not a tensor of test probabilities")
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        # torch's own message for a damaged file suggests weights_only=False: not advice for a file cnnlab wrote
+        reason = first_line(error) if isinstance(error, OSError) else "cut short, or not the tensor its test pass saved"
+        raise CnnlabError(
+            f"{path} cannot be read ({reason}); it holds the test probabilities of the finished member "
+            f"{member_dir}, which its ensemble averages: delete {member_dir / 'results.json'} and --resume to test the "
+            "member again"
+        ) from None
+    return probabilities
 
 
 def _member_report(
