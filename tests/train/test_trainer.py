@@ -20,6 +20,7 @@ from cnnlab import files
 from cnnlab.errors import CnnlabError
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer, atomic_save, load_checkpoint
 from cnnlab.train import checkpoint as checkpoint_module
+from cnnlab.train.config import ENGINE_FLAGS, OptionError
 
 
 def _data(n: int = 192, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,6 +230,16 @@ def test_early_stopping_on_unknown_metric_is_a_clear_error(tmp_path: Path) -> No
     config = _config(tmp_path, epochs=2, monitor="val_nope", early_stopping_patience=1)
     with pytest.raises(CnnlabError, match="val_nope"):
         Trainer(_model(), config).fit(_data(), _data(64, seed=1))
+
+
+def test_a_run_whose_weights_become_nan_stops_with_an_error_and_keeps_its_last_sound_checkpoint(tmp_path: Path) -> None:
+    # --lr 1e30 trained every epoch on NaN weights, saved and tested them, and the run was reported as finished
+    config = _config(tmp_path, epochs=2, lr=1e30, grad_clip=None, ema_decay=None, precision="bf16")
+    with pytest.raises(OptionError, match="diverged in epoch 1: its weights became NaN or infinite") as raised:
+        Trainer(_model(), config).fit(_data(64))
+    assert "lower --lr (now 1e+30), or use --precision fp32 (now bf16)," in raised.value.phrased(ENGINE_FLAGS)
+    assert not (config.run_dir / "checkpoint.pt").exists()  # no checkpoint of NaN weights to resume
+    assert not (config.run_dir / "metrics.json").exists()
 
 
 def test_gradient_accumulation_matches_full_batch(tmp_path: Path) -> None:

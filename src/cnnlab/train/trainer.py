@@ -37,6 +37,7 @@ from cnnlab.train.checkpoint import (
     run_in_the_way,
 )
 from cnnlab.train.config import (
+    OptionError,
     SlowPrecisionWarning,
     TrainConfig,
     check_resumable,
@@ -294,6 +295,7 @@ class Trainer:
             metrics = {"epoch": float(epoch + 1)}
             epoch_metrics = self._train_epoch(train, epoch)
             metrics.update(self.strategy.reduce_metrics(epoch_metrics, train.num_samples, self.device))
+            self._check_finite_weights(epoch, metrics)
             if val is not None:
                 # every process scores the whole validation set from the shards all of them ran
                 ignore = getattr(self.loss_fn, "ignore_index", None)
@@ -314,6 +316,26 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_fit_end(self)
         return self.history
+
+    def _check_finite_weights(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Stop a run whose weights became NaN or infinite in `epoch`: every later epoch trained nothing, and a
+        learning rate of 1e30 ran to the end and was reported as finished, its NaN weights saved and tested.
+
+        Called before the epoch is validated or checkpointed, so the run folder keeps the last sound checkpoint.
+
+        Raises:
+            OptionError: naming the learning rate (and the precision, when it is not fp32) to change.
+        """
+        tensors = [t for t in self.eval_model.state_dict().values() if t.is_floating_point()]
+        if not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            return
+        config = self.config
+        precision = "" if config.precision == "fp32" else f", or use {{precision}} fp32 (now {config.precision}),"
+        raise OptionError(
+            f"training diverged in epoch {epoch + 1}: its weights became NaN or infinite (train_loss "
+            f"{metrics.get('train_loss', float('nan')):.4g}); lower {{lr}} (now {config.lr:g}){precision} and start "
+            "again with --overwrite"
+        )
 
     def train_step(self, inputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One optimizer step over a batch, split into micro-batches of `micro_batch_size`.
