@@ -600,6 +600,13 @@ def test_bad_loss_weights_and_batch_options_give_one_line_errors_before_a_run_fo
     assert not (tmp_path / "segment" / "bad").exists()
 
 
+def test_a_batch_size_above_the_training_pairs_is_refused_naming_them(tmp_path):
+    # it trained one step of the pairs per epoch while config.yaml and results.json recorded the batch asked for
+    root = _folder(tmp_path / "data", count=6)
+    with pytest.raises(CnnlabError, match=r"--batch-size 1000 is more than the \d+ training pairs of .*; pass"):
+        train_segmentation_folder(str(root), output=str(tmp_path), progress=False, overrides={"batch_size": 1000})
+
+
 def test_balanced_class_weights_name_a_class_without_training_pixels(tmp_path):
     """The refusal spoke of "training images in every class", from transfer's image counts."""
     root = _folder(tmp_path / "data", count=3)
@@ -1238,7 +1245,7 @@ def test_bad_files_are_listed_and_skipped(tmp_path, capsys):
     (root / "images" / "00003.png").write_bytes(b"not a png")  # undecodable
     (root / "images" / "00009.png").write_bytes((root / "images" / "00004.png").read_bytes())  # a copy: kept once
     summary = train_segmentation_folder(
-        str(root), output=str(tmp_path), name="b", overrides={"epochs": 1, "batch_size": 4}, progress=True
+        str(root), output=str(tmp_path), name="b", overrides={"epochs": 1, "batch_size": 2}, progress=True
     )
     assert summary["skipped"] == 5
     named = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipped ")]

@@ -575,6 +575,13 @@ def train_segmentation_folder(
         for skipped in folder.skipped if notes and main else ():  # named before training, as `train transfer` does
             print(f"skipped {skipped.path}: {skipped.reason}")
         parts = {part: [pairs[i] for i in indices] for part, indices in split.items()}
+        training_pairs = len(parts["train"])
+        if "batch_size" in (overrides or {}) and training_pairs < config.batch_size:
+            # the DataLoader gave one step of them per epoch, and the run recorded the batch asked for
+            raise CnnlabError(
+                f"--batch-size {config.batch_size} is more than the {training_pairs} training pairs of {folder.root}; "
+                f"pass --batch-size {training_pairs} or less"
+            )
         labelled = labelled_pixels(parts)
         if notes and main and describe_labelled(labelled):  # scribbles or points: said before training
             print(describe_labelled(labelled))
