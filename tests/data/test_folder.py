@@ -617,3 +617,17 @@ def test_a_folder_that_cannot_be_listed_is_named_not_left_out(tmp_path: Path, mo
         scan_folder(root, min_per_class=1)
     with pytest.raises(CnnlabError, match=unlisted):  # as `cnnlab train transfer --data` reads it
         open_image_source(str(root), min_per_class=1)
+
+
+def test_a_class_folder_named_in_another_case_is_refused_saying_which_rename_fixes_it(tmp_path: Path) -> None:
+    for name in ("CAT", "dog", "fox"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / name / "a.png")
+    with pytest.raises(CnnlabError) as refused:
+        scan_folder(tmp_path, min_per_class=0, known_classes=["cat", "dog"])
+    message = str(refused.value)
+    assert "CAT, fox are not classes of the model (its classes: cat, dog); rename CAT to cat" in message
+    assert "name each other sub-folder after the class of its images" in message and "\n" not in message
+    (tmp_path / "fox").rename(tmp_path / "Dog")
+    with pytest.raises(CnnlabError, match=r"rename CAT to cat, Dog to dog \(a class's name matches in its case too\)$"):
+        scan_folder(tmp_path, min_per_class=0, known_classes=["cat", "dog"])

@@ -547,9 +547,17 @@ def scan_folder(
         known = listed(list(known_classes), 10)
         if unknown:
             what = "is not a class" if len(unknown) == 1 else "are not classes"
+            # "CAT" beside the model's "cat" was refused with no word on the case, the names looking alike
+            renames = [
+                f"{name} to {spelled[0]}" for name in unknown if len(spelled := _in_any_case(name, known_classes)) == 1
+            ]
+            rename = f"rename {listed(renames, 5)} (a class's name matches in its case too)" if renames else ""
+            others = "name each sub-folder after the class of its images, or move the folder out"
+            if renames and len(renames) < len(unknown):
+                others = f"; {others.replace('each', 'each other')}"
             raise CnnlabError(
-                f"{root}: {listed(unknown, 5)} {what} of the model (its classes: {known}); name each sub-folder after "
-                "the class of its images, or move the folder out"
+                f"{root}: {listed(unknown, 5)} {what} of the model (its classes: {known}); {rename}"
+                f"{others if len(renames) < len(unknown) else ''}"
             )
         if not classes:
             raise CnnlabError(
@@ -618,6 +626,11 @@ def _is_utf8(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _in_any_case(name: str, classes: Sequence[str]) -> list[str]:
+    """The classes whose name is `name` in another case."""
+    return [known for known in classes if known != name and known.casefold() == name.casefold()]
 
 
 def _flat_folder_reason(root: Path) -> str:
