@@ -67,13 +67,17 @@ def decoded(path: str | Path) -> Image.Image:
     stretched to 8 bits, then RGB."""
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)
-        if image.mode.startswith("I"):  # I;16*, I (and F): rint((v - low) / (high - low) * 255)
+        if image.mode.startswith("I") or image.mode == "F":  # I;16*, I and F: rint((v - low) / (high - low) * 255)
             values = np.asarray(image, dtype=np.float64)
+            finite = values[np.isfinite(values)]
             low, high = (
                 (0.0, 65535.0)
                 if image.mode.startswith("I;16") and values.max() > 4095
-                else (values.min(), values.max())
+                else (finite.min(), finite.max())
+                if finite.size
+                else (0.0, 0.0)
             )
+            values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)  # NaN, -inf the smallest; +inf the largest
             scaled = np.clip(np.rint((values - low) / max(high - low, 1e-12) * 255.0), 0, 255).astype(np.uint8)
             return Image.fromarray(scaled).convert("RGB")
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:

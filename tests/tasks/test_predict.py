@@ -951,6 +951,11 @@ def test_an_export_used_from_its_record_alone_gives_predicts_probabilities(
     twelve_bit = (torch.rand(30, 44, generator=generator) * 4095).to(torch.int32).numpy().astype("uint16")
     Image.fromarray(twelve_bit).save(tmp_path / "12-bit.png")  # a 16-bit PNG: how it becomes 8 bits is in `decode`
     images.append(tmp_path / "12-bit.png")
+    # a 32-bit float TIFF (a depth map, a scientific image) stretched from its own range, not clipped to [0, 255]
+    Image.fromarray((torch.rand(36, 28, generator=generator).numpy() * 10 - 3).astype("float32")).save(
+        tmp_path / "float.tif"
+    )
+    images.append(tmp_path / "float.tif")
     model_file = export_model(str(tiny_run), fmt, tmp_path / f"model.{fmt}")["model"]
     record = read_record(model_file)
     assert len(record["views"]) == 8 and "logits are averaged, not the probabilities" in record["output"]
