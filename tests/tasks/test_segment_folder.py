@@ -1697,3 +1697,20 @@ def test_a_resumed_run_whose_split_digests_lack_masks_gets_them(trained, tmp_pat
     assert "masks" not in json.loads(digests.read_text())  # a torchrun rank but the first writes nothing
     assert _split(folder, pairs, tmp_path / "split.csv", 0.15, 0.15, 0, reuse=True) == split
     assert json.loads(digests.read_text()) == recorded
+
+
+def test_a_classes_json_unlike_the_runs_is_refused_naming_the_difference_past_the_tenth_class():
+    """`evaluate --data` with a classes.json of one class more or less than the run's eleven named both lists cut after
+    ten classes, which read alike ("background, 0, ..., 8 and 2 more"): the difference went unsaid."""
+    from cnnlab.tasks.evaluate import _classes_difference
+
+    run = ["background", *(str(digit) for digit in range(10))]
+    assert _classes_difference([*run, "x"], run) == "x is not the run's"
+    assert _classes_difference(run[:-1], run) == "it lacks the run's 9"
+    assert (
+        _classes_difference(["BACKGROUND", *run[1:]], run)
+        == "BACKGROUND is not the run's; it lacks the run's background"
+    )
+    reordered = [run[0], *reversed(run[1:])]
+    assert _classes_difference(reordered, run) == "in another order: class 1 is 9 there, 0 in the run"
+    assert _classes_difference([*run, "5"], run) == "12 classes there, a name repeated; 11 in the run"

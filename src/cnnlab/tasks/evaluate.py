@@ -373,6 +373,21 @@ def _seen_line(result: dict[str, Any], unit: str) -> list[str]:
     ]
 
 
+def _classes_difference(named: list[str], run_classes: list[str]) -> str:
+    """How a folder's classes.json differs from the run's classes, for a message: the lists alone, cut after ten
+    classes, read alike where the two differed past the tenth ("background, 0, ..., 8 and 2 more")."""
+    added = [name for name in named if name not in run_classes]
+    lacking = [name for name in run_classes if name not in named]
+    parts = [f"{listed(added, 5)} {'is' if len(added) == 1 else 'are'} not the run's"] if added else []
+    parts += [f"it lacks the run's {listed(lacking, 5)}"] if lacking else []
+    pairs = enumerate(zip(named, run_classes, strict=False))
+    if not parts and (index := next((i for i, (name, run_name) in pairs if name != run_name), None)) is not None:
+        parts = [f"in another order: class {index} is {named[index]} there, {run_classes[index]} in the run"]
+    elif not parts:  # the same names in the same order, one named twice
+        parts = [f"{len(named)} classes there, a name repeated; {len(run_classes)} in the run"]
+    return "; ".join(parts)
+
+
 def _check_masks_given(root: Path, run: str | os.PathLike[str]) -> None:
     """A one-line refusal of a --data folder without masks to score against (no masks/, or no PNG in it), naming
     predict for the masks of unlabelled images."""
@@ -460,7 +475,7 @@ def _evaluate_segmentation(
         )
         raise CnnlabError(
             f"{root / 'classes.json'} names the classes {listed(folder.class_names, 10)}; the run's are "
-            f"{listed(classes, 10)}: {remedy}"
+            f"{listed(classes, 10)} ({_classes_difference(folder.class_names, classes)}): {remedy}"
         )
     runner = image_runner(segmenter)  # in the memory format of the run's test pass (load_segmenter reads it)
     scores = MaskScores(len(classes), IGNORE_INDEX, BOUNDARY_TOLERANCE)
