@@ -509,7 +509,11 @@ def test_ignore_index_is_left_out_of_loss_and_metrics(tmp_path):
     (root / "classes.json").write_text(json.dumps([{"name": "background"}, {"name": "shape"}]))
     from cnnlab.tasks.evaluate import evaluate_folder
 
-    with pytest.raises(CnnlabError, match=r"the run's are class 0, class 1: remove it \(the run was trained on class-"):
+    with pytest.raises(
+        CnnlabError,
+        match=r"the run's are class 0, class 1 \(background, shape are not the run's; it lacks the run's class 0, "
+        r"class 1\): remove it \(the run was trained on class-",
+    ):
         evaluate_folder(summary["run_dir"], root, tmp_path / "evaluation")
 
 
