@@ -109,16 +109,7 @@ def _paper_and_ink(
     from scipy import ndimage
 
     grey = levels.astype(np.float32) / 255.0
-    histogram = np.bincount(levels.ravel(), minlength=256)
-    scores = []
-    for t in range(255):
-        low, high = histogram[: t + 1], histogram[t + 1 :]
-        if low.sum() == 0 or high.sum() == 0:
-            scores.append(-1.0)
-            continue
-        mu0, mu1 = (low * np.arange(t + 1)).sum() / low.sum(), (high * np.arange(t + 1, 256)).sum() / high.sum()
-        scores.append(float(low.sum()) * float(high.sum()) * (mu0 - mu1) ** 2)
-    t = int(np.argmax(scores))
+    t = _otsu(levels)
     edge = np.zeros(levels.shape, dtype=bool)
     edge[[0, -1], :] = edge[:, [0, -1]] = True
     border_light = bool(np.median(levels[edge]) > t)
@@ -139,13 +130,57 @@ def _paper_and_ink(
     return grey, median + paper_mads * spread, ink_level, (light, median, spread, table)
 
 
+def _otsu(levels: np.ndarray) -> int:
+    """The record's ``threshold``: Otsu's t of 8-bit grey `levels`."""
+    histogram = np.bincount(levels.ravel(), minlength=256)
+    scores = []
+    for t in range(255):
+        low, high = histogram[: t + 1], histogram[t + 1 :]
+        if low.sum() == 0 or high.sum() == 0:
+            scores.append(-1.0)
+            continue
+        mu0, mu1 = (low * np.arange(t + 1)).sum() / low.sum(), (high * np.arange(t + 1, 256)).sum() / high.sum()
+        scores.append(float(low.sum()) * float(high.sum()) * (mu0 - mu1) ** 2)
+    return int(np.argmax(scores))
+
+
+def _flattened(
+    steps: dict[str, Any], levels: np.ndarray, size: int, found: tuple[bool, float, float, Any]
+) -> np.ndarray | None:
+    """The record's ``flatten`` step: `levels` with the paper's light (a grey closing `size` px square) divided out,
+    or None where it does not apply (`found`: `_paper_and_ink`'s last value) or the light's darkest is not under
+    ``flatten_below`` of its brightest."""
+    from scipy import ndimage
+
+    light, median, _, table = found
+    assert "median(b) is above 0 and scipy.ndimage.grey_opening(levels, size=(s, s)).max() > t" in steps["flatten"]
+    if table is not None:
+        return None
+    if not light and not (median > 0 and ndimage.grey_opening(levels, size=(size, size)).max() > _otsu(levels)):
+        return None
+    assert "median_filter(levels, size=3, mode='nearest'), s // 2, mode='edge'), size=(s, s), " in steps["flatten"]
+    margin = size // 2
+    padded = np.pad(ndimage.median_filter(levels, size=3, mode="nearest"), margin, mode="edge")
+    lit = ndimage.grey_closing(padded, size=(size, size), mode="nearest")[margin : margin + levels.shape[0]]
+    lit = lit[:, margin : margin + levels.shape[1]]
+    if not lit.min() < steps["flatten_below"] * lit.max():
+        return None
+    scale = lit.max() / np.maximum(lit, 1).astype(np.float64)
+    return np.clip(np.rint(levels * scale), 0, 255).astype(np.uint8)
+
+
 def digit_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
     """[1, 28, 28] in [0, 1]: the digit prepared by the record's ``prepare_steps``, step by step."""
     assert record["kind"] == "digit-classifier"
     steps = record["prepare_steps"]
     assert "Image.convert('L')" in steps["grey"]
     levels = np.asarray(decoded(path).convert("L"), dtype=np.uint8)
-    grey, paper_level, ink_level, (*_, table) = _paper_and_ink(steps, levels, steps["paper_mads"])
+    grey, paper_level, ink_level, found = _paper_and_ink(steps, levels, steps["paper_mads"])
+    table = found[-1]
+    assert "s = max(3, round(min(h, w) * flatten_share)) | 1" in steps["flatten"]
+    size = max(3, round(min(levels.shape) * steps["flatten_share"])) | 1
+    if (flat := _flattened(steps, levels, size, found)) is not None:
+        grey, paper_level, ink_level, (*_, table) = _paper_and_ink(steps, flat, steps["paper_mads"])
     grey = np.clip((grey - paper_level) / (ink_level - paper_level), 0, 1).astype(np.float32)
     assert "then 0 on the table" in steps["stretch"]
     if table is not None:
@@ -200,17 +235,12 @@ def grey_digits_input(record: dict[str, Any], path: str | Path) -> torch.Tensor:
         grey = levels.astype(np.float32) / 255.0
         return torch.from_numpy(1.0 - grey if grey.mean() > steps["invert_above_mean"] else grey)[None]
     grey, paper_level, ink_level, (light, median, spread, table) = _paper_and_ink(steps, levels, steps["paper_mads"])
-    assert "scipy.ndimage.grey_closing(levels, size=(flatten_size, flatten_size))" in steps["flatten"]
-    if light and table is None:  # flatten
-        from scipy import ndimage
-
-        lit = ndimage.grey_closing(levels, size=(steps["flatten_size"], steps["flatten_size"]))
-        if lit.min() < steps["flatten_below"] * lit.max():
-            scale = np.median(lit) / np.maximum(lit, 1).astype(np.float64)
-            levels = np.clip(np.rint(levels * scale), 0, 255).astype(np.uint8)
-            grey, paper_level, ink_level, (light, median, spread, table) = _paper_and_ink(
-                steps, levels, steps["paper_mads"]
-            )
+    assert "s = flatten_size" in steps["flatten"]
+    if (flat := _flattened(steps, levels, steps["flatten_size"], (light, median, spread, table))) is not None:
+        levels = flat
+        grey, paper_level, ink_level, (light, median, spread, table) = _paper_and_ink(
+            steps, levels, steps["paper_mads"]
+        )
     if not light and table is None and paper_level <= 0.0:  # as_read
         return torch.from_numpy(levels.astype(np.float32) / 255.0)[None]
     grey = grey - paper_level

@@ -1057,7 +1057,8 @@ def test_a_page_whose_light_falls_steeply_is_flattened_and_an_evenly_lit_one_rea
     assert float((read[clean == 0] > 0.3).float().mean()) < 0.01  # the shaded paper black, not ink
     strokes, truth = read > 0.5, clean > 0.5
     assert float((strokes & truth).sum() / (strokes | truth).sum()) > 0.8
-    from cnnlab.fcn.scan import flattened_light
+    from cnnlab.data.mnist import flattened_light
+    from cnnlab.fcn.scan import FLATTEN_SIZE
 
     even = _photographed_page(canvas, 0.9)  # lit 15% unevenly: not flattened, read as before
-    assert flattened_light(np.array(even.convert("L"))) is None
+    assert flattened_light(np.array(even.convert("L")), FLATTEN_SIZE) is None

@@ -295,6 +295,11 @@ def test_an_mnist_export_used_from_its_record_alone_gives_predicts_probabilities
     ImageDraw.Draw(table).line([(20, 20), (40, 20), (28, 50)], (30, 30, 30), 3)
     table.save(tmp_path / "table.png")
     images.append(tmp_path / "table.png")
+    shadow = Image.new("RGB", (60, 70), (230, 230, 230))  # a shadow over a corner of the page: flattened first
+    shadow.paste((90, 90, 90), (0, 40, 60, 70))
+    ImageDraw.Draw(shadow).line([(20, 15), (40, 15), (28, 55)], (30, 30, 30), 3)
+    shadow.save(tmp_path / "shadow.png")
+    images.append(tmp_path / "shadow.png")
     results = predict_images(load_predictor(str(runs[2] / run)), images, top_k=10)
     formats = ("torchscript", "onnx") if importlib.util.find_spec("onnxruntime") else ("torchscript",)
     for fmt in formats:

@@ -195,6 +195,8 @@ INK_PERCENTILE = 99  # ... is stretched to 0, and this percentile of the ink pix
 MAD_TO_SIGMA = 1.4826  # the median absolute deviation times this estimates a normal distribution's sigma
 TABLE_BORDER = 0.95  # a border this much of one Otsu class is a table around a page (`paper_and_ink`) when ...
 TABLE_PAPER = 0.45  # ... the other class holds this share of the image at least (MNIST's digits: 0.33 at most)
+FLATTEN_BELOW = 2 / 3  # light paper whose light (`flattened_light`) falls below this share of its brightest is ...
+FLATTEN_SHARE = 0.3  # ... flattened; one digit's light is a closing this share of the photo's shorter side square
 INK_BOX = 20  # the ink's bounding box is scaled to fit a square of this side ...
 CANVAS = 28  # ... on a black canvas of this side, its centre of mass at CANVAS / 2
 
@@ -243,6 +245,44 @@ def _touching_border(mask: np.ndarray) -> np.ndarray:
     return np.isin(regions, on_border[on_border > 0])
 
 
+def flattened_light(levels: np.ndarray, size: int) -> np.ndarray | None:
+    """8-bit grey `levels` of light paper with its uneven light divided out, or None where the light is even enough.
+
+    The paper's light is a grey closing `size` px square (scipy.ndimage.grey_closing: dark strokes narrower than it
+    removed, a shadow's edge kept) of the levels padded with their edge, so that a shadow which meets the photo's
+    border at a slant keeps its corner (closed unpadded, or reflected, its corner was lit: a dark wedge was left
+    there, read as ink on a blank page); the levels are median-filtered (3 px) first, so that one noisy corner pixel,
+    which the padding spreads over a square of its own, is not taken for a shadow (it flattened 4 of 300 evenly lit
+    photos on 0.5 paper); when its darkest is under `FLATTEN_BELOW` of its brightest, each pixel is scaled by the
+    light's brightest over the light there, so the paper lies at its best-lit level and the ink keeps its contrast with
+    the paper round it (the light's median left a page mostly in shadow at the shadow's level, where ink on 0.5 paper
+    stood out by less than `INK_ABOVE` and was refused) (`cnnlab fcn scan`, 41 px: a page of MNIST-sized digits; one
+    digit, `fitted_ink`: `FLATTEN_SHARE` of its photo's shorter side)."""
+    from scipy import ndimage
+
+    margin = size // 2
+    padded = np.pad(ndimage.median_filter(levels, size=3, mode="nearest"), margin, mode="edge")
+    light = ndimage.grey_closing(padded, size=(size, size), mode="nearest")[margin:-margin, margin:-margin]
+    if int(light.min()) >= FLATTEN_BELOW * int(light.max()):
+        return None
+    scale = float(light.max()) / np.maximum(light, 1).astype(np.float64)
+    return np.clip(np.rint(levels * scale), 0, 255).astype(np.uint8)
+
+
+def flatten_step(size: str) -> str:
+    """`flattened_paper_and_ink` as the export records give it, `size` saying how its square's side s is chosen."""
+    return (
+        "when no table was found and either the paper is light (the pixels > t) or, read as dark, median(b) is "
+        "above 0 and scipy.ndimage.grey_opening(levels, size=(s, s)).max() > t (light too wide for strokes: a "
+        f"shadow over most of the border), {size}: light = scipy.ndimage.grey_closing(numpy.pad("
+        "scipy.ndimage.median_filter(levels, size=3, mode='nearest'), s // 2, mode='edge'), size=(s, s), "
+        "mode='nearest') of the uint8 levels, cut back to the levels' own rows and columns ([s // 2 : s // 2 + h, "
+        "s // 2 : s // 2 + w]); when light.min() < flatten_below * light.max(), levels = uint8(clip(rint(levels * "
+        "(light.max() / maximum(light, 1))), 0, 255)) in float64, grey = levels / 255 (float32), and "
+        "threshold, paper, paper_level and ink_level are taken again on these levels"
+    )
+
+
 def paper_and_ink(levels: np.ndarray) -> PaperAndInk:
     """Tell the paper of a picture of digits from its ink, as `fitted_ink` and `cnnlab fcn scan`
     (`cnnlab.fcn.scan.scan_tensor`) do before stretching the paper to 0 and the ink to 1.
@@ -280,6 +320,30 @@ def paper_and_ink(levels: np.ndarray) -> PaperAndInk:
     return PaperAndInk(paper_is_light, median, spread, ink_level, surroundings)
 
 
+def flattened_paper_and_ink(levels: np.ndarray, size: int) -> tuple[np.ndarray, PaperAndInk]:
+    """`paper_and_ink` of 8-bit grey `levels`, taken again on `flattened_light(levels, size)` where the paper is light
+    (no table round it; or read as dark with light wider than strokes, `_lit_beyond_strokes`: a shadow over most of
+    the border) and lit unevenly: those levels (else `levels` itself) and their paper and ink."""
+    found = paper_and_ink(levels)
+    if found.surroundings is not None or not (found.paper_is_light or _lit_beyond_strokes(levels, size, found)):
+        return levels, found
+    flat = flattened_light(levels, size)
+    return (levels, found) if flat is None else (flat, paper_and_ink(flat))
+
+
+def _lit_beyond_strokes(levels: np.ndarray, size: int, found: PaperAndInk) -> bool:
+    """Whether grey paper read as dark (its border's median at or below Otsu's threshold) has light too wide for
+    strokes: a square `size` px side of it (a grey opening of the levels above the threshold), as light paper has
+    where a shadow covers most of its border. Light on exact black (the paper's median 0: MNIST's digits, the
+    canvases) is never so."""
+    from scipy import ndimage
+
+    if found.paper_median <= 0.0:
+        return False
+    opened = ndimage.grey_opening(levels, size=(size, size))
+    return int(opened.max()) > otsu_level(levels)
+
+
 def fitted_ink(image: Any) -> np.ndarray:
     """The ink of a picture of one digit as `mnist_preprocess` places it: light on black, the paper at 0 and the ink at
     1, its bounding box cut out and scaled to fit 20x20 (antialiased, floats in [0, 1]).
@@ -314,7 +378,10 @@ def fitted_ink(image: Any) -> np.ndarray:
             f"no digit found: the image is one shade of grey (within {INK_ABOVE:g}), nothing stands out from it (a "
             "blank page photographed grey, an image of one colour, or a single pixel); photograph the digit on its page"
         )
-    found = paper_and_ink(levels)
+    # a shadow or a lamp's fall across the page is divided out first
+    flat, found = flattened_paper_and_ink(levels, max(3, round(min(levels.shape) * FLATTEN_SHARE)) | 1)
+    if flat is not levels:
+        grey = flat.astype(np.float32) / 255.0
     paper_is_light, ink_level = found.paper_is_light, found.ink_level
     paper_level = found.paper_level()
     if paper_is_light:  # dark ink on light paper: MNIST's digits are the opposite
@@ -399,6 +466,9 @@ def mnist_preparation_record() -> dict[str, Any]:
         "invert_above_mean": INVERT_ABOVE_MEAN,  # refused when no pixel of grey (1 - grey if its mean is above it)...
         "ink_above": INK_ABOVE,  # ... is above this, or when grey.max() - grey.min() is at most this
         **paper_and_ink_record(),
+        "flatten": flatten_step("s = max(3, round(min(h, w) * flatten_share)) | 1 (Python's round)"),
+        "flatten_share": FLATTEN_SHARE,
+        "flatten_below": FLATTEN_BELOW,
         "ink_level": "numpy.percentile(grey of the ink pixels, ink_percentile) (linear interpolation); median(b) when "
         "there are none (a blank page on a table); refused when ink_level - paper_level is at most ink_above",
         "stretch": "grey = clip((grey - paper_level) / (ink_level - paper_level), 0, 1) as float32, then 0 on the "

@@ -51,7 +51,6 @@ __all__ = [
     "ScanNotLocalWarning",
     "ScanResult",
     "check_scan_memory",
-    "flattened_light",
     "heatmap_path",
     "is_converted",
     "is_heatmap",
@@ -86,13 +85,12 @@ _MIN_STROKE = 0.03
 # (clean canvases 0.96) against 0.87-0.90 from the median + 3 deviations, one digit's paper level (`fitted_ink`),
 # which cut the strokes' faint edges where the light fell (benchmarks/scan_paper_grey.py)
 PAGE_PAPER_MADS = 0
-# Light paper lit unevenly is flattened before the paper is told from the ink (`flattened_light`): its light estimated
-# by a grey closing 41 px square (1.5 MNIST cells: it covers a digit, whose dark strokes it removes) and divided out,
-# when the light falls below 2/3 of its brightest. Pages of 100 MNIST test digits whose light fell 75% corner to corner
-# had 57% of their digits read right and 58% of a blank band drawn as digits (paper 0.7 / 0.95); flattened: 100%, 0%
-# (benchmarks/scan_paper_grey.py --shading 0.75)
-FLATTEN_SIZE = 41
-FLATTEN_BELOW = 2 / 3
+# Light paper lit unevenly is flattened before the paper is told from the ink (`data.mnist.flattened_light`): its
+# light estimated by a grey closing 41 px square (1.5 MNIST cells: it covers a digit, whose strokes it removes) and
+# divided out, when the light falls below 2/3 of its brightest. Pages of 100 MNIST test digits whose light fell 75%
+# corner to corner had 57% of their digits read right and 58% of a blank band drawn as digits (paper 0.7 / 0.95);
+# flattened: 100%, 0% (benchmarks/scan_paper_grey.py --shading 0.75)
+FLATTEN_SIZE = 41  # `cnnlab.data.mnist.flattened_light`'s square, for a page of MNIST-sized digits
 _SHOWN_PIXELS = 1600  # the heatmap's panels are a few hundred pixels wide: larger pictures are averaged down
 # and so are the score maps: a default scan of a 24 MP photo (2 px apart) has 2,000 x 3,000 locations, which
 # matplotlib interpolated in each of 11 panels (50 s and 1 GB to draw; 1.6 s at 8 px apart)
@@ -1046,7 +1044,7 @@ def scan_tensor(image: Any, channels: int = 1, invert: bool | None = None) -> to
     were stretched by the grey's paper and ink levels, so coloured paper was black in grey but not in every colour
     (yellow paper: its blue channel at 0.49, the scan's stroke level 0.5, as if the page were ink).
     """
-    from cnnlab.data.mnist import INK_ABOVE, INVERT_ABOVE_MEAN, paper_and_ink
+    from cnnlab.data.mnist import INK_ABOVE, INVERT_ABOVE_MEAN, flattened_paper_and_ink
 
     if channels == 3 and invert is None:  # the grey prepared once: its paper and ink levels are the grey's
         return scan_tensor(image, 1, None).expand(3, -1, -1).contiguous()
@@ -1060,10 +1058,9 @@ def scan_tensor(image: Any, channels: int = 1, invert: bool | None = None) -> to
     levels = pixels if pixels.ndim == 2 else np.array(image.convert("L"))
     if int(levels.max()) == int(levels.min()):  # one grey: no paper to tell from ink
         return tensor.neg_().add_(1.0) if float(tensor.mean()) > INVERT_ABOVE_MEAN else tensor
-    found = paper_and_ink(levels)
-    if found.paper_is_light and found.surroundings is None and (flat := flattened_light(levels)) is not None:
+    flat, found = flattened_paper_and_ink(levels, FLATTEN_SIZE)
+    if flat is not levels:  # light paper lit unevenly: its light divided out
         levels, tensor = flat, torch.from_numpy(flat)[None].float().div_(255.0)
-        found = paper_and_ink(levels)
     paper_level = found.paper_level(PAGE_PAPER_MADS)
     if not found.paper_is_light and paper_level <= 0.0 and found.surroundings is None:  # light on exact black
         return tensor  # already: the canvases' own form
@@ -1077,25 +1074,17 @@ def scan_tensor(image: Any, channels: int = 1, invert: bool | None = None) -> to
     return tensor.clamp_(0.0, 1.0)
 
 
-def flattened_light(levels: np.ndarray) -> np.ndarray | None:
-    """8-bit grey `levels` of light paper with its uneven light divided out, or None where the light is even enough.
-
-    The paper's light is a grey closing of `FLATTEN_SIZE` px square (dark strokes narrower than it removed); when its
-    darkest is under `FLATTEN_BELOW` of its brightest, each pixel is scaled by the light's median over the light there,
-    so the paper lies at one level and the ink keeps its contrast with the paper round it."""
-    from scipy import ndimage
-
-    light = ndimage.grey_closing(levels, size=(FLATTEN_SIZE, FLATTEN_SIZE))
-    if int(light.min()) >= FLATTEN_BELOW * int(light.max()):
-        return None
-    scale = float(np.median(light)) / np.maximum(light, 1).astype(np.float64)
-    return np.clip(np.rint(levels * scale), 0, 255).astype(np.uint8)
-
-
 def scan_preparation_record() -> dict[str, Any]:
     """`scan_tensor` (with `invert` None, for one grey channel) step by step, with its numbers, as `cnnlab export`
     writes it beside a digit scanner or a canvas segmenter: enough to prepare their input exactly without cnnlab."""
-    from cnnlab.data.mnist import INK_ABOVE, INVERT_ABOVE_MEAN, PAPER_MADS, paper_and_ink_record
+    from cnnlab.data.mnist import (
+        FLATTEN_BELOW,
+        INK_ABOVE,
+        INVERT_ABOVE_MEAN,
+        PAPER_MADS,
+        flatten_step,
+        paper_and_ink_record,
+    )
 
     return {
         "grey": "the decoded RGB image as PIL Image.convert('L') (L = R*299/1000 + G*587/1000 + B*114/1000), as "
@@ -1105,11 +1094,7 @@ def scan_preparation_record() -> dict[str, Any]:
         "blank_paper_mads": PAPER_MADS,
         "ink_above": INK_ABOVE,
         "invert_above_mean": INVERT_ABOVE_MEAN,
-        "flatten": "when the paper is light (the pixels > t) and no table was found: light = "
-        "scipy.ndimage.grey_closing(levels, size=(flatten_size, flatten_size)) of the uint8 levels; when light.min() < "
-        "flatten_below * light.max(), levels = uint8(clip(rint(levels * (numpy.median(light) / maximum(light, 1))), 0, "
-        "255)) in float64, grey = levels / 255 (float32), and threshold, paper, paper_level and ink_level are taken "
-        "again on these levels",
+        "flatten": flatten_step("s = flatten_size"),
         "flatten_size": FLATTEN_SIZE,
         "flatten_below": FLATTEN_BELOW,
         "one_grey": "an image of one grey level is inverted (grey = 1 - grey) when its mean is above "
