@@ -254,7 +254,8 @@ class _TimelineTracker(LiveTensorTracker):
     trains, so its cast is never cached. A copy lives while its op runs, or, when the op saves it for backward (a
     weight the op takes trains, and the op runs outside a gradient checkpoint's forward, `saving_hook`, or in its
     recomputation), until the backward op that takes it. A frozen first layer saves none; in a gradient checkpoint
-    forward saves none and backward's recomputation casts it again.
+    forward saves none and backward's recomputation casts it again. It also holds autograd's bf16 cast of the
+    gradient of a bf16 output (`cast_output_gradients`), which the loss's float32 copy of the output makes in backward.
     """
 
     def __init__(
@@ -550,6 +551,41 @@ class _TimelineTracker(LiveTensorTracker):
                 self._kept.discard(key)
                 self._float32.discard(key)
                 self.kept_bytes -= nbytes
+
+    def cast_output_gradients(self, outputs: Iterable[torch.Tensor]) -> None:
+        """Before backward: autograd's bf16 casts of the gradients of the outputs that autocast holds in bf16.
+
+        The loss takes a float32 copy of a bf16 output (`.float()`), so backward casts the output's float32 gradient
+        (here a view of the loss's one-value gradient, no bytes of its own) to bf16 before the output's own backward
+        node runs; the copy goes when that node has run, or, passed on as a view (a flattened output), when the node
+        that takes the view has. A network with a large output (a convolution's map) held it at its last
+        convolution's backward, where this trace held nothing: bf16 was planned 564 bytes low there."""
+        for tensor in outputs:
+            if tensor.grad_fn is None or not tensor.is_floating_point() or _storage_key(tensor) in self._float32:
+                continue  # a float32 output (promoted): `.float()` copies nothing, and backward casts nothing
+            nbytes = tensor.numel() * 2
+            tensor.grad_fn.register_prehook(lambda gradients, nbytes=nbytes: self._cast_output_gradient(nbytes))
+            self._free_output_gradient_after(tensor.grad_fn, nbytes)
+
+    def _cast_output_gradient(self, nbytes: int) -> None:
+        if self.recording:
+            self.input_copy_bytes += nbytes
+            self._record()  # the cast: a point of its own, as autograd's copy is an op of its own
+
+    def _free_output_gradient_after(self, node: Any, nbytes: int) -> None:
+        """When `node` has run, free the output gradient's bf16 copy, or wait for the node it passed a view of it to."""
+
+        def ran(gradients: tuple, received: tuple) -> None:
+            if not self.recording:
+                return
+            keys = {_storage_key(gradient) for gradient in received if isinstance(gradient, torch.Tensor)}
+            for gradient, (following, _) in zip(gradients, node.next_functions, strict=False):
+                if isinstance(gradient, torch.Tensor) and _storage_key(gradient) in keys and following is not None:
+                    self._free_output_gradient_after(following, nbytes)
+                    return
+            self.input_copy_bytes -= nbytes
+
+        node.register_hook(ran)
 
     def _saving_outside_checkpoints(self) -> bool:
         """Whether what forward's op saves is saved, not dropped by a gradient checkpoint (its hooks the innermost)."""
@@ -1309,6 +1345,8 @@ def _trace_training(
         # adds to this op of a float32 trace (`.float()` of a float32 output copies nothing).
         result.loss_op_index = len(tracker.timeline) - 1
         result.output_values = sum(tensor.numel() for tensor in outputs)
+        if autocast is None:
+            tracker.cast_output_gradients(outputs)
         del output, outputs
         if loss.requires_grad:
             loss.backward()
