@@ -16,12 +16,12 @@ of a step at any batch size at no memory cost, for each remedy:
   and their gradients, is halved (`_Planner.bf16_per_sample`); parameters, gradients and optimizer state stay
   float32. Where the loss is taken the network's output is held twice, in bf16 and as the loss's float32 copy: for a
   network whose output is large (a segmenter's logits, a lone convolution) that makes bf16 need more per sample than
-  float32. Autocast's bf16 copies of the weights are added at each op where autocast would hold them, from the op
-  that first takes a weight until backward makes its gradient (the trace's ``autocast_copy_timeline``; with
-  checkpointing they are dropped when forward ends and made again by the recomputation), and those of the biases
-  until forward (or a recomputation) ends. Against real CPU steps under autocast, as the engine runs them, it is
-  never low and at most 0.3% high across the zoo, all three exact to the byte but alexnet's 8 kB
-  (benchmarks/memory_cpu.py, docs/BENCHMARKS.md);
+  float32. Autocast's bf16 copies of the weights are added at each op where autocast would hold them, from the op that
+  first takes a weight until the backward of the ops that saved it has run (the trace's ``autocast_copy_timeline``; with
+  checkpointing they are dropped when forward ends and made again by the recomputation), and those of the biases until
+  forward (or a recomputation) ends. Against real CPU steps under autocast, as the engine runs them, it is never low and
+  at most 0.3% high across the zoo, all three exact to the byte but alexnet's 8 kB (benchmarks/memory_cpu.py,
+  docs/BENCHMARKS.md);
 - **all three** combines them the same way.
 
 How it stays fast. Searching batch sizes trace by trace took 63 traces for resnet152 (two minutes). Instead, the live

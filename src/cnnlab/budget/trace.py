@@ -225,11 +225,13 @@ class _TimelineTracker(LiveTensorTracker):
     The copies follow what autocast does on a float32 model: a weight (a trainable float parameter of two or more
     dimensions: convolution kernels, linear matrices; not normalisation's vectors, which stay float32) is cast when an
     op first takes it in forward, and the cast is cached until forward ends; the op saves that copy for backward,
-    where it is freed when the weight's gradient is made. A weight whose op saved nothing to this trace (inside a
-    gradient-checkpointed segment) loses its copy when forward ends, and gets a new one when backward recomputes the
-    segment (its first op on the weight since). `end_forward` marks where forward ends. A trainable vector (`vectors`:
-    a bias) is cast and cached too, by the convolutions and matrix products that take it (a batch norm's stays
-    float32); none saves it, so its copy goes when forward ends, or when a recomputation does (backward's next op).
+    where it is freed when the backward of every op that took the weight has run (`_backward_ran`), else when the
+    weight's gradient is made; the gradients of a weight two ops took are added up in bf16 too. A weight whose op
+    saved nothing to this trace (inside a gradient-checkpointed segment) loses its copy when forward ends, and gets a
+    new one when backward recomputes the segment (its first op on the weight since). `end_forward` marks where forward
+    ends. A trainable vector (`vectors`: a bias) is cast and cached too, by the convolutions and matrix products that
+    take it (a batch norm's stays float32); none saves it, so its copy goes when forward ends, or when a recomputation
+    does (backward's next op).
 
     A float32 tensor that only convolutions or matrix products take in forward, made from operands that need no
     gradient (a normalisation of the input), is saved for backward by those ops in float32; autocast casts it for them
@@ -292,6 +294,11 @@ class _TimelineTracker(LiveTensorTracker):
         self._recast_vectors: set[int] = set()  # vectors a checkpoint's recomputation cast: its autocast's cache
         self._copied: set[int] = set()  # weights with a live bf16 copy
         self._finished: set[int] = set()  # weights whose gradient is made
+        # weights -> the forward ops that took them with a gradient to make, whose backward has not run yet: autograd
+        # frees the copy an op saved when its backward node has run (`_backward_ran`), once no other node saves it
+        self._nodes_to_run: dict[int, int] = {}
+        self._awaiting_node: dict[int, tuple[Any, list[int]]] = {}  # such an op's output -> (it, the weights)
+        self._released: set[int] = set()  # weights whose copy every node that saved it has freed
         self.copy_bytes = 0
         self.freed_timeline: list[int] = []
         self.freed_bytes = 0
@@ -309,6 +316,10 @@ class _TimelineTracker(LiveTensorTracker):
         self._op_casts = False  # the op running now is one autocast runs in bf16
         self._made_in_bf16: dict[int, int] = {}  # storages such an op made while recording -> index of its record
         self._op_sums_bf16 = False  # the op running now is a sum in backward of what autocast holds in bf16
+        # in backward, the addition running now of gradients made in bf16 (a weight two ops took): its operands' spans
+        # (first point, end point, half their bytes), the end left to fill; `_bf16_spans` keeps them by its result
+        self._adding_bf16: list[list[int | None]] | None = None
+        self._bf16_spans: dict[int, list[list[int | None]]] = {}
         self._summed_in_bf16: dict[int, int] = {}  # storages such a sum made -> index of its record
         self._cast_vectors: set[int] = set()  # vectors a convolution or matrix product took (and autocast cast)
         self._pending_copies: dict[int, int] = {}  # vectors whose bf16 gradient awaits its float32 copy -> half bytes
@@ -339,6 +350,11 @@ class _TimelineTracker(LiveTensorTracker):
         floating = tensor.is_floating_point() or tensor.is_complex()
         if self._op_casts and floating and key not in self._keys:
             self._made_in_bf16[key] = len(self.timeline)
+        if self._adding_bf16 is not None and floating and key not in self._keys:
+            self._made_in_bf16[key] = len(self.timeline)
+            now = len(self.timeline)
+            spans = self._adding_bf16
+            self._bf16_spans[key] = [[start, now if end is None else end, half] for start, end, half in spans]
         if self._op_sums_bf16 and floating and key not in self._keys:
             self._summed_in_bf16[key] = len(self.timeline)
         if key not in self._keys and (self._op_keeps_float32 or not floating):
@@ -364,9 +380,11 @@ class _TimelineTracker(LiveTensorTracker):
         self._cast_for.pop(key, None)
         self._float32_size.pop(key, None)
         self._made_in_bf16.pop(key, None)
+        self._bf16_spans.pop(key, None)
         self._summed_in_bf16.pop(key, None)
         self._python_holders.pop(key, None)
         self._promoting.pop(key, None)
+        self._awaiting_node.pop(key, None)
         self.input_copy_bytes -= self._passed_copies.pop(key, 0)
         self._cast_saved.discard(key)
         self._input_cast_size.pop(key, None)
@@ -469,6 +487,9 @@ class _TimelineTracker(LiveTensorTracker):
             half = grad.untyped_storage().nbytes() // 2  # type: ignore[union-attr]
             for index in range(made, len(self.copy_timeline)):
                 self.copy_timeline[index] -= half
+            for start, end, part in self._bf16_spans.get(grad_key, []):  # type: ignore[arg-type]
+                for index in range(start, end):  # type: ignore[arg-type]
+                    self.copy_timeline[index] -= part  # type: ignore[operator]
             self.copy_bytes += half
             self._record()
             self.copy_bytes -= half
@@ -587,6 +608,28 @@ class _TimelineTracker(LiveTensorTracker):
 
         node.register_hook(ran)
 
+    def _hook_weight_nodes(self, args: tuple, kwargs: dict | None) -> None:
+        """Hook the backward node of each op that took a weight (`_nodes_to_run`) whose output this op takes."""
+        for tensor in tree_flatten((args, kwargs))[0]:
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            awaiting = self._awaiting_node.get(_storage_key(tensor))
+            if awaiting is None or awaiting[0]() is not tensor or tensor.grad_fn is None:
+                continue
+            del self._awaiting_node[_storage_key(tensor)]
+            weights = awaiting[1]
+            tensor.grad_fn.register_hook(lambda grad_inputs, grad_outputs, weights=weights: self._backward_ran(weights))
+
+    def _backward_ran(self, weights: list[int]) -> None:
+        """The backward node of an op that took `weights` has run: autograd has freed what it saved, their copies
+        among it, and a copy no other node saves is gone, before the weight's gradient is stored (an in-place ReLU and
+        addition after a convolution: held to the gradient, it made bf16 1.0176x the real CPU step, one copy high)."""
+        for key in weights:
+            self._nodes_to_run[key] -= 1
+            if not self._nodes_to_run[key] and key in self._copied and self.recording:
+                self._drop_copy(key)
+                self._released.add(key)
+
     def _saving_outside_checkpoints(self) -> bool:
         """Whether what forward's op saves is saved, not dropped by a gradient checkpoint (its hooks the innermost)."""
         if _TOP_SAVED_HOOKS is None:  # a torch without it: every copy counted as saved, high, never low
@@ -607,7 +650,7 @@ class _TimelineTracker(LiveTensorTracker):
                     self._drop_copy(key)
                 self._recast_vectors.clear()
             for key in keys:
-                if key in self._copy_size and key not in self._copied and key not in self._finished:
+                if key in self._copy_size and key not in self._copied | self._finished | self._released:
                     if key in self._vectors and name not in _AUTOCAST_BF16_OPS:
                         continue  # a batch norm's weight: autocast leaves it float32
                     self._copied.add(key)
@@ -651,6 +694,13 @@ class _TimelineTracker(LiveTensorTracker):
                 tensors = [item for item in tree_flatten((args, kwargs))[0] if isinstance(item, torch.Tensor)]
                 self._op_needs_grad = any(tensor.requires_grad for tensor in tensors)
             self._op_casts = name in _AUTOCAST_BF16_OPS
+            if self._forward and self._awaiting_node:  # the node of an op that saved a weight's copy exists now
+                self._hook_weight_nodes(args, kwargs)
+            node_weights = []
+            if self._op_casts and self._forward and torch.is_grad_enabled():
+                node_weights = [k for k in dict.fromkeys(keys) if k in self._copy_size and k not in self._vectors]
+                for key in node_weights:
+                    self._nodes_to_run[key] = self._nodes_to_run.get(key, 0) + 1
             if self._just_saved:  # saved for this op, or by one that saves its inputs after they ran (a Function's:
                 # a gradient checkpoint's, its segment's input, which it holds under autocast too)
                 if (
@@ -663,6 +713,15 @@ class _TimelineTracker(LiveTensorTracker):
                 self._just_saved.clear()
             # a bias's gradient (`gradient_made`): a sum of a gradient that autocast holds in bf16
             self._op_sums_bf16 = name == "sum" and not self._forward and not any(k in self._float32 for k in keys)
+            if name == "add" and not self._forward and len(keys) > 1 and all(k in self._made_in_bf16 for k in keys):
+                # autograd adds up the gradients of a weight that two ops took, made in bf16: in bf16 too
+                self._adding_bf16 = []
+                for item in tree_flatten((args, kwargs))[0]:
+                    if isinstance(item, torch.Tensor):
+                        operand = _storage_key(item)
+                        half = item.untyped_storage().nbytes() // 2
+                        self._adding_bf16.append([self._made_in_bf16[operand], None, half])
+                        self._adding_bf16 += self._bf16_spans.get(operand, [])
             if self._pending_copies and not func.is_view:
                 self.make_pending_copies()
             tensors = [item for item in tree_flatten((args, kwargs))[0] if isinstance(item, torch.Tensor)]
@@ -684,6 +743,11 @@ class _TimelineTracker(LiveTensorTracker):
             out = super().__torch_dispatch__(func, types, args, kwargs)
         finally:
             self._op_keeps_float32 = self._op_needs_grad = self._op_casts = self._op_sums_bf16 = False
+            self._adding_bf16 = None
+        if self.recording and node_weights:
+            first = _first_tensor(out)
+            if first is not None:
+                self._awaiting_node[_storage_key(first)] = (weakref.ref(first), node_weights)
         if self._promoting_now is not None:
             for item in tree_flatten(out)[0]:
                 if isinstance(item, torch.Tensor):
