@@ -7,6 +7,7 @@ Like `cnnlab.errors`, this module sits below every layer, so data, train and tas
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import socket
@@ -115,23 +116,43 @@ def _sweep_leftovers(path: Path) -> None:
             continue  # this process's own name: the block overwrites it
         try:
             old = time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_SECONDS
-            if old or (host == _HOST and not _alive(pid)):
+            if old or (host == _HOST and not process_alive(pid)):
                 os.unlink(entry.path)
         except OSError:  # gone already (another process swept it), or not ours to delete
             continue
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process `pid` runs on this machine (one of another user counts: it may be writing)."""
+def process_alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this machine (another user's included: it may be writing); one whose
+    existence cannot be checked counts as running."""
     if os.name == "nt":  # os.kill there ends the process; a leftover waits for the age rule
         return True
+    if pid <= 0:
+        return True  # 0 and negatives name process groups to os.kill, never one process
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except OverflowError:
+        return False  # no process has such an id
     except OSError:  # PermissionError: alive, another user's; anything else: do not guess it is gone
         return True
     return True
+
+
+@functools.cache
+def pid_namespace() -> str:
+    """This process's machine and process-id namespace, in words: its host name, the kernel's boot id and the pid
+    namespace (Linux's ``/proc``). A folder may be shared by machines and containers that each number their processes
+    from 1, so a process id recorded in it means something only where these match."""
+    parts = [socket.gethostname()]
+    for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+                 lambda: os.readlink("/proc/self/ns/pid")):  # fmt: skip
+        try:
+            parts.append(read())
+        except OSError:
+            parts.append("")
+    return "\n".join(parts)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from cnnlab.errors import CnnlabError
+from cnnlab.files import pid_namespace
 from cnnlab.lab.runs import (
     compare_curves,
     find_runs,
@@ -587,7 +588,7 @@ def test_the_figure_folder_of_a_live_lab_in_another_container_sharing_tmp_is_kep
     scratch = runs._ScratchFolder()
     assert Path(scratch.name) != own and Path(scratch.name).parent == tmp_path
     assert (own / ".cnnlab-lab-namespace").read_text() == foreign
-    assert (Path(scratch.name) / runs._SCRATCH_MARKER).read_text() == runs._pid_namespace()
+    assert (Path(scratch.name) / runs._SCRATCH_MARKER).read_text() == pid_namespace()
     scratch.cleanup()
     # one this namespace marked, of a process that had this id before: taken over
     runs._mark_scratch(own)

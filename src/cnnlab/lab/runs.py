@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import CnnlabError
+from cnnlab.files import pid_namespace, process_alive
 
 __all__ = [
     "RunDetails",
@@ -649,30 +650,13 @@ def run_details(root: str | os.PathLike[str], run_id: str) -> RunDetails:
 
 
 _SCRATCH_PREFIX = "cnnlab-lab-"  # + the lab's process id: `remove_stale_scratch` tells a dead lab's by it
-# In a lab's scratch folder: which machine and process-id namespace its <pid> belongs to (`_pid_namespace`).
+# In a lab's scratch folder: which machine and process-id namespace its <pid> belongs to (`cnnlab.files.pid_namespace`).
 _SCRATCH_MARKER = ".cnnlab-lab-namespace"
 
 
-@functools.cache
-def _pid_namespace() -> str:
-    """This process's machine and process-id namespace, in words: its host name, the kernel's boot id and the pid
-    namespace (Linux's ``/proc``). /tmp may be shared by containers that each number their processes from 1, so a
-    lab's process id means something only where these match."""
-    import socket
-
-    parts = [socket.gethostname()]
-    for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
-                 lambda: os.readlink("/proc/self/ns/pid")):  # fmt: skip
-        try:
-            parts.append(read())
-        except OSError:
-            parts.append("")
-    return "\n".join(parts)
-
-
 def _mark_scratch(path: Path) -> None:
-    """Record in the scratch folder at `path` whose process id its name holds (`_pid_namespace`)."""
-    (path / _SCRATCH_MARKER).write_text(_pid_namespace())
+    """Record in the scratch folder at `path` whose process id its name holds (`cnnlab.files.pid_namespace`)."""
+    (path / _SCRATCH_MARKER).write_text(pid_namespace())
 
 
 class _ScratchFolder:
@@ -712,21 +696,6 @@ def _scratch() -> _ScratchFolder:
     return _ScratchFolder()
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process `pid` runs (another user's included); one whose existence cannot be checked counts."""
-    if pid <= 0:
-        return True  # 0 and negatives name process groups to os.kill, never a lab
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OverflowError:
-        return False  # no process has such an id
-    except OSError:
-        return True  # EPERM: another user's process
-    return True
-
-
 def _scratch_pid(path: Path) -> int | None:
     """The process id of the lab scratch folder (`_ScratchFolder`) at `path`: named exactly ``cnnlab-lab-<pid>``, a
     folder (not a link) owned by this user; None for anything else."""
@@ -748,7 +717,7 @@ def _same_namespace(path: Path) -> bool:
     its process id can be asked about."""
     marker = path / _SCRATCH_MARKER
     try:
-        return not marker.is_symlink() and marker.read_text() == _pid_namespace()
+        return not marker.is_symlink() and marker.read_text() == pid_namespace()
     except (OSError, UnicodeDecodeError):
         return False
 
@@ -791,7 +760,7 @@ def remove_stale_scratch(tmp: str | os.PathLike[str] | None = None) -> list[Path
         pid = _scratch_pid(path)
         if pid is None or pid == os.getpid():
             continue
-        if not _alive(pid) if _same_namespace(path) else _untouched_long(path):
+        if not process_alive(pid) if _same_namespace(path) else _untouched_long(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

@@ -40,6 +40,7 @@ from cnnlab.report.units import score
 from cnnlab.tasks.recipes import (
     Recipe,
     RecipeBook,
+    check_not_training,
     check_resume_or_overwrite,
     config_missing,
     describe_overrides,
@@ -295,6 +296,9 @@ def _train_mnist(
     reuse_finished = resume or member is not None  # members finished earlier are read back, not trained again
     if resume and not run_dir.is_dir():
         raise CnnlabError(f"--resume: there is no run at {run_dir}; check --name and --output")
+    # a member's process shares the ensemble's folder with its fellows' processes: only its own member's is its to check
+    its_own = [run_dir / f"seed{seed + member}"] if member is not None else [run_dir, *run_dir.glob("seed*")]
+    check_not_training(*its_own)
     if not overwrite:  # a run of the other shape (or other members) refused before MNIST is read; nothing removed
         _check_run_shape(run_dir, ensemble, seed, member, resume, overwrite)
 

@@ -25,6 +25,7 @@ __all__ = [
     "RecipeBook",
     "check_resume_or_overwrite",
     "check_start",
+    "check_not_training",
     "describe_overrides",
     "interrupted_hint",
     "note_current_run",
@@ -189,6 +190,7 @@ def check_start(
     `check_resume` (`options` and `free`).
     """
     check_resume_or_overwrite(resume, overwrite)
+    check_not_training(run_dir)
     if resume:
         check_resume(run_dir, manifest, options, free)
         return
@@ -213,6 +215,21 @@ def engine_resumes(run_dir: Path, resume: bool) -> bool:
     from cnnlab.train.checkpoint import CHECKPOINT_NAME
 
     return resume and (run_dir / CHECKPOINT_NAME).is_file()
+
+
+def check_not_training(*run_dirs: Path) -> None:
+    """Refuse to start, continue (--resume) or replace (--overwrite) a run that another process of this machine trains
+    now (`cnnlab.train.records.live_session`), before anything is written or removed: both went ahead, and the folder
+    ended up mixed (one command's config.yaml, the other's model and results). Each of `run_dirs` is checked."""
+    from cnnlab.train.records import live_session
+
+    for run_dir in run_dirs:
+        live = live_session(run_dir)
+        if live is not None:
+            raise CnnlabError(
+                f"{run_dir} is being trained now by {live}; wait for it to finish, or stop that process, then run this "
+                "command again"
+            )
 
 
 def check_resume_or_overwrite(resume: bool, overwrite: bool) -> None:

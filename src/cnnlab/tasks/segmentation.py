@@ -45,6 +45,7 @@ from cnnlab.report.units import counted
 from cnnlab.tasks.recipes import (
     Recipe,
     RecipeBook,
+    check_not_training,
     check_resume_or_overwrite,
     describe_overrides,
     engine_resumes,
@@ -369,6 +370,7 @@ def train_segmentation(
         sizes = (train_canvases, sizes[1], sizes[2])
     name = name or run_name(recipe)
     run_dir = Path(output) / TASK / name
+    check_not_training(run_dir)
     # this command's session of the run (sessions.json), read before the engine rewrites config.yaml; a resumed run's
     # session stopped while it makes the canvases is one of the run's
     sessions = RunSessions(run_dir, resume, is_main_process(), command_started)

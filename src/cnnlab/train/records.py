@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import CnnlabError
-from cnnlab.files import save_figure_whole, write_text_whole, written_then_renamed
+from cnnlab.files import pid_namespace, process_alive, save_figure_whole, write_text_whole, written_then_renamed
 from cnnlab.train.config import command_line
 
 __all__ = [
@@ -31,8 +31,11 @@ __all__ = [
     "RunSessions",
     "SessionsRecordWarning",
     "epoch_axis",
+    "last_session",
+    "live_session",
     "plot_learning_curves",
     "read_sessions",
+    "unended_session",
     "write_history",
 ]
 
@@ -244,6 +247,9 @@ class RunSessions:
             "wall_seconds": None,
             "ended": None,
             "preparing": self._doing,
+            # who writes it, so that another command can tell a session training now from one killed (`live_session`)
+            "pid": os.getpid(),
+            "pid_namespace": pid_namespace(),
         }
         self.sessions.append(self.current)
         if first_epoch is not None:
@@ -293,6 +299,43 @@ class RunSessions:
         if self.write:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_text_whole(self.path, json.dumps(self.sessions, indent=1))
+
+
+def last_session(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The last session `RunSessions` recorded for the run in `folder`, None if none is readable."""
+    try:
+        sessions = json.loads((Path(folder) / SESSIONS).read_text())
+    except (OSError, ValueError):
+        return None
+    last = sessions[-1] if isinstance(sessions, list) and sessions else None
+    return last if isinstance(last, dict) else None
+
+
+def unended_session(folder: str | os.PathLike[str]) -> str | None:
+    """The session of the run in `folder` that has begun and not ended (training now, or killed outright), as
+    "the session `COMMAND` (started TIME, N epochs finished)"; None when its last session ended or none is
+    recorded."""
+    last = last_session(folder)
+    if last is None or last.get("ended") is not None or not last.get("started"):
+        return None
+    epochs = last.get("last_epoch")
+    done = f", {epochs} epoch{'' if epochs == 1 else 's'} finished" if isinstance(epochs, int) else ""
+    return f"the session `{last.get('command')}` (started {last['started']}{done})"
+
+
+def live_session(folder: str | os.PathLike[str]) -> str | None:
+    """The session of the run in `folder` whose process is training it now, in `unended_session`'s words followed by
+    "in process PID"; None when none is, as far as can be told here. A session whose process is gone (killed) is not
+    live; neither is one this process writes, nor one recorded without its process (before sessions recorded it) or
+    by another machine or container (`pid_namespace`), whose process cannot be asked about."""
+    running = unended_session(folder)
+    last = last_session(folder) if running is not None else None
+    pid = last.get("pid") if last is not None else None
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or pid == os.getpid():
+        return None
+    if last.get("pid_namespace") != pid_namespace() or not process_alive(pid):
+        return None
+    return f"{running} in process {pid}"
 
 
 def read_sessions(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:

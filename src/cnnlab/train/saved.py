@@ -20,7 +20,7 @@ from torch import nn
 from cnnlab.errors import CnnlabError
 from cnnlab.files import check_writable, file_sha256, written_then_renamed
 from cnnlab.train.device import resolve_device
-from cnnlab.train.records import SESSIONS
+from cnnlab.train.records import SESSIONS, last_session, unended_session
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_SPEC = "model.json"
@@ -430,10 +430,10 @@ def _what_it_holds(folder: Path) -> str:
         if (run / MODEL_SPEC).is_file() or (run / ENSEMBLE_SPEC).is_file():
             return f": it is the {phase!r} phase of the run in {run}, which holds the model; pass {run}"
         # the run's own sessions say whether it trains now: "run it again with --resume" was said of a run training
-        running = _running_session(run)
+        running = unended_session(run)
         unfinished = f": it is the {phase!r} phase of the run in {run}, whose training has not finished"
         return f"{unfinished}: {_still_training(run, running)}" if running else f"{unfinished}; {_to_continue(run)}"
-    running = _running_session(folder)
+    running = unended_session(folder)
     if running is not None:  # "run it again with --resume" of a run training now would start a second process on it
         return f": its training has not finished: {_still_training(folder, running)}"
     if (folder / CHECKPOINT_NAME).is_file():  # a run stopped before it saved its model
@@ -469,21 +469,11 @@ def _what_it_holds(folder: Path) -> str:
     return f" (it holds {shown}); is it a finished cnnlab run?"
 
 
-def _last_session(folder: Path) -> dict[str, Any] | None:
-    """The last session `train.records.RunSessions` recorded for the run in `folder`, None if none is readable."""
-    try:
-        sessions = json.loads((folder / SESSIONS).read_text())
-    except (OSError, ValueError):
-        return None
-    last = sessions[-1] if isinstance(sessions, list) and sessions else None
-    return last if isinstance(last, dict) else None
-
-
 def _to_continue(folder: Path, running: str | None = None) -> str:
     """How to continue the unfinished run in `folder`: its command again with --resume (and --name), or, for a run
     `cnnlab answers` trains for its sheet (which has neither option and continues its runs when run again), that
-    command again. `running`: `_running_session`'s words, whose command is the one named ("that command")."""
-    last = _last_session(folder)
+    command again. `running`: `unended_session`'s words, whose command is the one named ("that command")."""
+    last = last_session(folder)
     command = last.get("command") if last is not None else None
     if isinstance(command, str) and re.search(r"(^|[\s/])cnnlab\s+answers(\s|$)", command):
         that = "that command" if running is not None else f"`{command}`"
@@ -497,7 +487,7 @@ def _to_continue(folder: Path, running: str | None = None) -> str:
 
 
 def _still_training(folder: Path, running: str) -> str:
-    """What to do about the run in `folder` whose session `running` (`_running_session`'s words) has not ended."""
+    """What to do about the run in `folder` whose session `running` (`unended_session`'s words) has not ended."""
     return (
         f"{running} has not ended, so it is still training or its process was killed; wait for it to save its model "
         f"(if it was killed, {_to_continue(folder, running)})"
@@ -506,21 +496,9 @@ def _still_training(folder: Path, running: str) -> str:
 
 def _last_session_end(folder: Path) -> str | None:
     """How the run's last session ended ("finished", "interrupted", "failed"), None if unknown or not yet."""
-    last = _last_session(folder)
+    last = last_session(folder)
     ended = last.get("ended") if last is not None else None
     return ended if isinstance(ended, str) else None
-
-
-def _running_session(folder: Path) -> str | None:
-    """The session of the run in `folder` that has begun and not ended (training now, or killed outright), as
-    "the session `COMMAND` (started TIME, N epochs finished)"; None when its last session ended or none is
-    recorded."""
-    last = _last_session(folder)
-    if last is None or last.get("ended") is not None or not last.get("started"):
-        return None
-    epochs = last.get("last_epoch")
-    done = f", {epochs} epoch{'' if epochs == 1 else 's'} finished" if isinstance(epochs, int) else ""
-    return f"the session `{last.get('command')}` (started {last['started']}{done})"
 
 
 def _subfolders(folder: Path) -> list[Path]:
