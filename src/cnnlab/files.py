@@ -12,7 +12,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from cnnlab.errors import CnnlabError
 __all__ = [
     "PATH_BYTES",
     "check_writable",
+    "make_folder",
     "readable_name",
     "save_figure_whole",
     "write_text_whole",
@@ -192,9 +193,7 @@ def check_writable(path: str | os.PathLike[str], option: str = "--output", shown
     """
     path = Path(path)
     shown = str(path) if shown is None else shown
-    above = next(parent for parent in path.parents if parent.exists())  # "." or "/" at the latest
-    if not above.is_dir():
-        raise CnnlabError(f"{option} {shown}: {above} is a file, not a folder")
+    _refuse_file_above(path.parents, option, shown)
     existed = path.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,3 +203,27 @@ def check_writable(path: str | os.PathLike[str], option: str = "--output", shown
         raise CnnlabError(f"{option} {shown}: cannot write there ({error.strerror or error})") from None
     if not existed:
         path.unlink()
+
+
+def make_folder(path: str | os.PathLike[str], option: str = "--output", shown: str | None = None) -> Path:
+    """Make the folder `path` (and its parents), as a run's folder is made; returns it.
+
+    Raises:
+        CnnlabError: a file stands at `path` or above it, or the folder cannot be made (the system's reason), naming
+            `option` and `shown` (what the user gave; default `path`): an OSError said it with exit code 1.
+    """
+    path = Path(path)
+    shown = str(path) if shown is None else shown
+    _refuse_file_above((path, *path.parents), option, shown)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CnnlabError(f"{option} {shown}: cannot make the folder {path} ({error.strerror or error})") from None
+    return path
+
+
+def _refuse_file_above(folders: Sequence[Path], option: str, shown: str) -> None:
+    """Refuse the first of `folders` (a path and its parents, nearest first) that exists, when it is not a folder."""
+    above = next(folder for folder in folders if folder.exists())  # "." or "/" at the latest
+    if not above.is_dir():
+        raise CnnlabError(f"{option} {shown}: {above} is a file, not a folder")

@@ -242,6 +242,15 @@ def test_a_run_whose_weights_become_nan_stops_with_an_error_and_keeps_its_last_s
     assert not (config.run_dir / "metrics.json").exists()
 
 
+def test_an_output_that_is_a_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    # `cnnlab train mnist -o afile` (transfer, segment alike) was an OSError, "afile is a file, where a folder is
+    # needed", with exit code 1, after the data was read; now the CnnlabError of a user mistake (exit code 2).
+    (tmp_path / "afile").write_text("kept")
+    with pytest.raises(CnnlabError, match=r"^--output .*afile: .*afile is a file, not a folder$"):
+        Trainer(_model(), _config(tmp_path / "afile")).prepare_run_dir()
+    assert (tmp_path / "afile").read_text() == "kept"
+
+
 def test_gradient_accumulation_matches_full_batch(tmp_path: Path) -> None:
     # Without BatchNorm, 4 micro-batches of 8 give the same gradient as one batch of 32 (up to float rounding).
     options = dict(epochs=2, ema_decay=None, grad_clip=None)

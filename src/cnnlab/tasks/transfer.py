@@ -80,7 +80,7 @@ from cnnlab.data.split import (
     write_split_digests,
 )
 from cnnlab.errors import CnnlabError, listed
-from cnnlab.files import PATH_BYTES, write_text_whole, written_then_renamed
+from cnnlab.files import PATH_BYTES, make_folder, write_text_whole, written_then_renamed
 from cnnlab.layers.views import parse_views
 from cnnlab.models import (
     PretrainedCfg,
@@ -940,7 +940,7 @@ def _train_transfer(config: TransferConfig, log: Any, notes: bool) -> dict[str, 
     sessions.doing("reading the images")
     with sessions, main_process_first(str({**recipe.train, **config.train}.get("device", "auto"))):
         images, split, split_source = load_images(config, note)  # its lines name files skipped or left out
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(run_dir, shown=str(config.output))
         note_current_run(run_dir)
         if main:
             write_manifest(run_dir / MANIFEST, images, split)

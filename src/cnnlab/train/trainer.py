@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.files import make_folder
 from cnnlab.train.activation_checkpointing import checkpoint_stages
 from cnnlab.train.allocator import keep_freed_memory
 from cnnlab.train.batch_size import tune_batch_size
@@ -500,7 +501,7 @@ class Trainer:
         # A save killed mid-write (SIGKILL, power) left its temporary file, a checkpoint's size: the next save sweeps
         # it once its process is gone (`atomic_save`), never one that a live process (a second command on this run,
         # another machine sharing the folder) is writing.
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(self.run_dir, shown=str(self.config.output))  # under a file: one line, exit 2
 
     # ------------------------------------------------------------------ the loop
     def _train_epoch(self, train: BatchSource, epoch: int) -> dict[str, float]:
