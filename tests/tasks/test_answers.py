@@ -15,7 +15,7 @@ from PIL import Image
 
 from cnnlab.errors import CnnlabError
 from cnnlab.tasks.answers import MODES, run_answers, untraced_numbers
-from cnnlab.tasks.answers.measure import SEGMENTATION_STRIDES, _coarse_prediction
+from cnnlab.tasks.answers.measure import EXERCISES, SEGMENTATION_STRIDES, _coarse_prediction
 
 REAL_MNIST = Path(os.environ.get("CNNLAB_DATA", "data"))
 HAS_MNIST = (REAL_MNIST / "MNIST" / "raw").is_dir()
@@ -35,16 +35,12 @@ TINY = replace(
 def exercise_2_evidence() -> dict[str, Any]:
     """Exercise 2's evidence, measured once for the module: its measurement reads nothing from the mode or the output
     folder (the exercise network's real training step at batch 50 on 3x200x300 images: most of a sheet's time)."""
-    from cnnlab.tasks.answers.measure import EXERCISES
-
     return EXERCISES[2](None)  # type: ignore[arg-type]
 
 
 @pytest.fixture
 def exercise_2_calls(monkeypatch: pytest.MonkeyPatch, exercise_2_evidence: dict[str, Any]) -> list[int]:
     """Sheets written in the test get exercise 2's evidence from `exercise_2_evidence`; each measurement is counted."""
-    from cnnlab.tasks.answers.measure import EXERCISES
-
     calls: list[int] = []
 
     def measured(ctx: object) -> dict[str, Any]:
@@ -115,6 +111,26 @@ def test_an_output_that_is_a_file_is_refused_as_a_user_error(tmp_path: Path, und
     with pytest.raises(CnnlabError, match=r"--output .*notes.txt.*: .*notes.txt is a file, not a folder"):
         run_answers("quick", output=output, exercises=(2,))
     assert (tmp_path / "notes.txt").read_text() == "x"
+
+
+def test_a_tasks_folder_or_a_runs_folder_as_runs_root_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # `answers --runs runs/mnist` read no run there (it looks in <root>/<task>/<name>) and trained everything again
+    def measured(ctx: object) -> dict[str, Any]:
+        raise AssertionError("an exercise was measured with a --runs that holds no <task>/<name>/ runs")
+
+    monkeypatch.setitem(EXERCISES, 2, measured)
+    run = tmp_path / "runs" / "mnist" / "r1"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("epochs: 1\n")
+    (run / "results.json").write_text("{}")
+    out = tmp_path / "out"
+    with pytest.raises(CnnlabError, match=r"holds runs itself .*not a runs root: .*--runs .*runs$"):
+        run_answers("quick", output=out, runs=run.parent, exercises=(2,))
+    with pytest.raises(CnnlabError, match=r"is a run's folder .*not a runs root"):
+        run_answers("quick", output=out, runs=run, exercises=(2,))
+    assert not out.exists()  # refused before the sheet's folder is made
 
 
 def test_exercise_2_reproduces_the_answer_sets_slips(tmp_path: Path, exercise_2_calls: list[int]):

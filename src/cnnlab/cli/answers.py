@@ -24,7 +24,7 @@ def answers_command(
     runs: Annotated[
         str | None,
         typer.Option(
-            help="A runs root (e.g. runs) whose finished runs are used instead of training again: "
+            help="A runs root (e.g. runs, not runs/mnist) whose finished runs are used instead of training again: "
             "experiment/NAME, mnist/* of the mode's recipe, segment/*, transfer/* (default: none, every answer "
             "measured now)."
         ),

@@ -662,9 +662,9 @@ def check_runs_root(runs_root: str | os.PathLike[str]) -> bool:
 
     Raises:
         CnnlabError: when it names a file, a folder that cannot be read, or a run's or a task's folder
-            (`cnnlab.lab.runs.misplaced_root`).
+            (`cnnlab.tasks.runs_root.misplaced_root`).
     """
-    from cnnlab.lab.runs import misplaced_root
+    from cnnlab.tasks.runs_root import misplaced_root
 
     path = Path(runs_root)
     if path.exists() and not path.is_dir():

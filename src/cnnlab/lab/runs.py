@@ -28,7 +28,6 @@ __all__ = [
     "RunSummary",
     "compare_curves",
     "find_runs",
-    "misplaced_root",
     "remove_stale_scratch",
     "resolve_run",
     "run_details",
@@ -164,62 +163,6 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
-
-
-# The records a run holds beside its config.yaml (sessions.json from its first session on): a config.yaml alone may
-# be another tool's, in a folder given as the runs root.
-_RUN_RECORDS = ("model.json", "ensemble.json", "metrics.json", "results.json", "checkpoint.pt", "sessions.json")
-
-
-def _run_file(folder: Path) -> str | None:
-    """The file that makes `folder` a run: its config.yaml beside one of `_RUN_RECORDS`, else a saved model's or a
-    combined ensemble's record (`cnnlab ensemble` writes no config.yaml); None for any other folder."""
-    if (folder / "config.yaml").is_file() and any((folder / name).is_file() for name in _RUN_RECORDS):
-        return "config.yaml"
-    return next((name for name in ("model.json", "ensemble.json") if (folder / name).is_file()), None)
-
-
-def misplaced_root(root: str | os.PathLike[str]) -> str | None:
-    """Why `root` is no runs root but a run's folder or a task's (it holds runs itself), naming the ``--runs`` to pass
-    instead; None for any other folder.
-
-    The pages list ``<root>/<task>/<name>/`` runs: given a run's own folder they listed none and said to train one
-    with ``--output`` that very folder, and given a task's they listed an ensemble's members as runs of a task named
-    after the ensemble, every other run left out, unsaid.
-    """
-    folder = Path(os.path.abspath(root))
-    found = _run_file(folder)
-    if found is not None:
-        run = folder
-        while _run_file(run.parent) is not None:  # an ensemble's member: the ensemble's folder is the run
-            run = run.parent
-        return (
-            f"--runs {root} is a run's folder (it holds {found}), not a runs root: pass the folder the train "
-            f"commands' --output named, which holds <task>/<name>/ runs: --runs {_shown_path(run.parent.parent, root)}"
-        )
-    try:
-        children = sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
-    except OSError:
-        return None  # a root that cannot be read: refused as such when the lab starts
-    for child in children:
-        found = _run_file(child)
-        if found is not None:
-            return (
-                f"--runs {root} holds runs itself ({child.name}/{found}), as a task's folder does, not a runs root: "
-                f"pass the folder above it, which holds <task>/<name>/ runs: --runs {_shown_path(folder.parent, root)}"
-            )
-    return None
-
-
-def _shown_path(path: Path, typed: str | os.PathLike[str]) -> str:
-    """`path` as the user typed `typed`: relative to the working folder where `typed` was relative and `path` lies
-    inside it, else absolute."""
-    if Path(typed).is_absolute():
-        return str(path)
-    try:
-        return str(path.relative_to(Path.cwd())) or "."
-    except ValueError:
-        return str(path)
 
 
 def unreadable_task_folders(root: str | os.PathLike[str]) -> list[tuple[str, str]]:

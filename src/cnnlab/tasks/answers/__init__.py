@@ -28,6 +28,7 @@ from cnnlab.files import check_writable, write_text_whole
 from cnnlab.tasks.answers.measure import EXERCISES, MODES, Context, Mode, timed
 from cnnlab.tasks.answers.sheet import render, unrenderable, untraced_numbers
 from cnnlab.tasks.recipes import note_current_run
+from cnnlab.tasks.runs_root import misplaced_root
 from cnnlab.train.config import command_line
 from cnnlab.train.finished import RESULTS
 
@@ -143,6 +144,11 @@ def run_answers(
         raise CnnlabError(f"--runs {runs_root} {why_not_a_folder(runs_root)}; pass a runs root such as runs")
     if data_dir is not None:  # a --data-dir without MNIST: every exercise "not measured", and exit code 0
         find_mnist_dir(data_dir)
+
+
+    misplaced = misplaced_root(runs_root) if runs_root is not None else None
+    if misplaced is not None:  # a task's folder read no run, and every exercise was trained again
+        raise CnnlabError(misplaced)
     out = Path(output)
     check_writable(out / RESULTS_FILE, shown=str(out))  # an --output that is a file: exit code 2, not an OSError's 1
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
