@@ -192,7 +192,7 @@ def test_a_device_this_machine_lacks_is_sized_for_and_a_wrong_name_refused():
     assert (cpu["device"], cuda["device"]) == ("cpu", "cuda")
     assert cuda["realistic"]["peak_bytes"] != cpu["realistic"]["peak_bytes"]  # Adam's step, a group at once on CUDA
     wrong = run("--input", "1x16x16", "conv 8 k3", "--device", "gpu")
-    assert wrong.returncode == 2 and "unknown device 'gpu'; use auto, cpu, cuda or cuda:N" in wrong.stderr
+    assert wrong.returncode == 2 and "unknown device 'gpu'; use auto, cpu, cuda, cuda:N or mps" in wrong.stderr
 
 
 def _memory_rows(stdout: str) -> dict[str, tuple[int | None, int]]:

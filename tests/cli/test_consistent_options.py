@@ -124,8 +124,9 @@ def test_a_device_this_machine_lacks_is_the_one_line_train_gives(monkeypatch: py
 
 
 def test_every_device_option_names_the_same_devices() -> None:
-    """budget's --device said "cpu or cuda", but it takes what every --device takes (train.device.parse_device)."""
-    devices = {"cpu", "cuda", "cuda:N", "auto"}
+    """budget's --device said "cpu or cuda", but it takes what every --device takes (train.device.parse_device);
+    no --help named mps, which every --device takes too."""
+    devices = {"cpu", "cuda", "cuda:N", "mps", "auto"}
     helps = {
         path: param.help or ""
         for path, command in COMMANDS.items()
@@ -134,7 +135,7 @@ def test_every_device_option_names_the_same_devices() -> None:
     }
     assert len(helps) >= 8  # the walk found them
     missing = {
-        path: devices - set(re.findall(r"(?<![\w:-])(cpu|cuda:N|cuda|auto)(?![\w:-])", text))
+        path: devices - set(re.findall(r"(?<![\w:-])(cpu|cuda:N|cuda|mps|auto)(?![\w:-])", text))
         for path, text in helps.items()
     }
     assert not {path: sorted(names) for path, names in missing.items() if names}

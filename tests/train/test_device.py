@@ -103,7 +103,7 @@ def test_the_console_script_prints_one_line_and_exits_2(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "cnnlab", "predict", "--model", "lenet5", "--device", "cuda:x", str(image)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().splitlines() == ["error: unknown device 'cuda:x'; use auto, cpu, cuda or cuda:N"]
+    assert done.stderr.strip().splitlines() == ["error: unknown device 'cuda:x'; use auto, cpu, cuda, cuda:N or mps"]
 
 
 def _png() -> bytes:

@@ -83,8 +83,8 @@ def budget_command(
     device: Annotated[
         str | None,
         typer.Option(
-            help="Device the training is for, cpu, cuda, cuda:N or auto (a GPU when there is one): the optimizer "
-            "steps as the engine's does there. Sizing "
+            help="Device the training is for, cpu, cuda, cuda:N, mps or auto (a CUDA GPU when there is one): the "
+            "optimizer steps as the engine's does there. Sizing "
             "for cuda needs no GPU; --measure runs on this device, so it must be here. Default cpu; a cached transfer "
             "run's own step: the device it trained on.",
             show_default=False,

@@ -96,7 +96,12 @@ ENGINE_OPTIONS: dict[str, tuple[Any, Any, tuple[str, ...], str]] = {
         ("--threads",),
         "CPU threads for torch, from the start (a transfer run's feature cache too; default: torch's choice).",
     ),
-    "device": (str | None, None, ("--device",), "auto (a GPU when there is one), cpu, cuda or cuda:N."),
+    "device": (
+        str | None,
+        None,
+        ("--device",),
+        "auto (a CUDA GPU when there is one), cpu, cuda, cuda:N or mps (Apple GPUs).",
+    ),
     "seed": (int, 0, ("--seed",), "Seed of the initial weights, the data order and the augmentation."),
     "resume": (bool, False, ("--resume",), "Continue the interrupted run called --name; finished epochs are kept."),
     "name": (str | None, None, ("--name",), "Run name (default: <recipe>-<date>-<time>)."),
@@ -141,7 +146,8 @@ def device_option(help_text: str = "", default: str | None = "cpu") -> Any:
     return typer.Option(
         default,
         "--device",
-        help=f"cpu, cuda, cuda:N or auto (a GPU when there is one).{' ' if help_text else ''}{help_text}",
+        help="cpu, cuda, cuda:N, mps (Apple GPUs) or auto (a CUDA GPU when there is one)."
+        + (f" {help_text}" if help_text else ""),
     )
 
 

@@ -556,7 +556,7 @@ class EngineOptions:
         channels_last: NHWC memory format for the model and its inputs.
         compile: wrap the model in `torch.compile`.
         threads: CPU threads for torch.
-        device: auto, cpu, cuda or cuda:N.
+        device: auto, cpu, cuda, cuda:N or mps.
         seed: the run's seed.
         resume: continue the interrupted run called `name`.
         name: the run's name (default: ``<recipe>-<timestamp>``).

@@ -41,9 +41,9 @@ def parse_device(name: str | torch.device) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise CnnlabError(f"unknown device {str(name)!r}; use auto, cpu, cuda or cuda:N") from None
+        raise CnnlabError(f"unknown device {str(name)!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type not in ("cpu", "cuda", "mps", "meta"):
-        raise CnnlabError(f"device {str(name)!r} is not supported by cnnlab; use auto, cpu, cuda or cuda:N")
+        raise CnnlabError(f"device {str(name)!r} is not supported by cnnlab; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cpu" and device.index is not None:
         # torch takes "cpu:0" for the CPU, but safetensors refuses it: loading a run on it reported the run's weights
         # as "damaged, not a whole safetensors file (device cpu:0 is invalid)". There is one CPU device.

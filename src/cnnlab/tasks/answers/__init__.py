@@ -126,7 +126,7 @@ def run_answers(
             this folder in this mode stay in the sheet.
         overwrite: measure every chosen exercise again, even those an earlier invocation finished in this folder.
         log: where progress lines go (default: stderr).
-        device: where the sheet's training runs and experiments train (cpu, cuda, cuda:N or auto), checked on this
+        device: where the sheet's training runs and experiments train (cpu, cuda, cuda:N, mps or auto), checked on this
             machine first; None: each one's own (the recipes' auto, the experiments' CPU).
     """
     from cnnlab.train.device import resolve_device

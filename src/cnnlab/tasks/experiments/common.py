@@ -55,8 +55,8 @@ class ExperimentSettings:
         overwrite: replace an existing report in the run directory and train every run again (without it, the
             runs an interrupted invocation finished are read back from their folders).
         progress: print one line per training run.
-        device: where every run trains and is measured (cpu, cuda, cuda:N or auto; `run_experiment` resolves it). The
-            CPU by default: the report compares the runs' times, which another device changes.
+        device: where every run trains and is measured (cpu, cuda, cuda:N, mps or auto; `run_experiment` resolves it).
+            The CPU by default: the report compares the runs' times, which another device changes.
     """
 
     epochs: int = 2
