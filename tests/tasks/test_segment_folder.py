@@ -1429,6 +1429,9 @@ def _refused(tmp_path, monkeypatch, capsys, options: list[str]) -> str:
     [
         (["--data", "pairs", "--upsample", "bilinear"], "error: --upsample: for the MNIST canvases only"),
         (["--data", "pairs", "--recipe", "accurate", "--pretrain-epochs", "2"], "--recipe, --pretrain-epochs: for the"),
+        # each says what it is for: all ended "a folder run (--data) chooses its network with --model"
+        (["--data", "pairs", "--train-canvases", "9"], "(--train-canvases: how many canvases are made to train on,"),
+        (["--data", "pairs", "--pretrain-epochs", "1"], "(--pretrain-epochs: pretrains the canvas U-Net's encoder"),
         (["--crop-size", "32", "--hflip"], "error: --crop-size, --hflip: for a folder run only; add --data DIR"),
         (["--split-seed", "0"], "--split-seed: for a folder run only"),  # typed, even at its default value
         (["--max-side", "1024"], "--max-side: for a folder run only"),

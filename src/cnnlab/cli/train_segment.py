@@ -18,8 +18,16 @@ if TYPE_CHECKING:
     from cnnlab.train.config import EngineOptions
 
 
-# Options that only one kind of run reads: the other kind ignored them without a word.
-_CANVAS_ONLY = ("recipe", "upsample", "train_canvases", "pretrain_epochs", "data_dir")
+# Options that only one kind of run reads: the other kind ignored them without a word. A canvas option's refusal says
+# what it does and what a folder run has in its place (all of them ended "chooses its network with --model").
+_CANVAS_ONLY = {
+    "recipe": "picks a canvas network and schedule, where a folder run picks its network with --model",
+    "upsample": "how a canvas FCN upsamples, where a folder run's network is the one --model names",
+    "train_canvases": "how many canvases are made to train on, where a folder run trains on the images in --data",
+    "pretrain_epochs": "pretrains the canvas U-Net's encoder on MNIST digits, where a folder run starts from a "
+    "pretrained encoder with --model unet-lite0 or fcn8s-lite0",
+    "data_dir": "the MNIST root the canvases are made from, where a folder run reads --data",
+}
 _FOLDER_ONLY = (
     "model",
     "class_weight",
@@ -44,9 +52,8 @@ def _check_run_kind(context: typer.Context, folder: bool) -> None:
         return
     flags = ", ".join("--" + name.replace("_", "-") for name in given)
     if folder:
-        raise CnnlabError(
-            f"{flags}: for the MNIST canvases only; a folder run (--data) chooses its network with --model"
-        )
+        why = "; ".join(f"--{name.replace('_', '-')}: {_CANVAS_ONLY[name]}" for name in given)
+        raise CnnlabError(f"{flags}: for the MNIST canvases only, not with --data ({why}); leave {flags} out")
     raise CnnlabError(f"{flags}: for a folder run only; add --data DIR (images/ and masks/), or leave {flags} out")
 
 
