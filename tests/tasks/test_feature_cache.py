@@ -174,6 +174,20 @@ def test_a_cache_that_does_not_fit_is_refused_with_a_cheaper_setting(tmp_path: P
         _build(cache, images, _Counting(), model="fourth")
 
 
+def test_a_runs_own_other_parts_are_not_counted_as_other_entries(tmp_path: Path) -> None:
+    # a transfer run's val part said "holds 1 other entry ... any may be deleted" of its train part, built just before
+    images = _images(tmp_path / "img")
+    lines: list[str] = []
+    cache = FeatureCache(tmp_path / "cache", log=lines.append)
+    parts = [_spec(images, part=part) for part in ("train", "val")]
+    siblings = [cache.key(spec) for spec in parts]
+    for spec in parts:
+        cache.get_or_build(spec, _Counting(), images, _transform, VIEWS, (2, 8, 8), progress=False, siblings=siblings)
+    assert len(lines) == 2 and not any("other entr" in line for line in lines)
+    _build(cache, images, _Counting(), model="another run")
+    assert "holds 2 other entries" in lines[-1]  # another run's build counts both
+
+
 def test_a_part_read_back_from_its_split_manifest_has_the_same_digest(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     from cnnlab.data.folder import LabelledImages
     from cnnlab.data.split import read_manifest, write_manifest

@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,19 +130,20 @@ class FeatureCache:
     def path(self, spec: dict[str, Any]) -> Path:
         return self.root / self.key(spec)
 
-    def held(self, besides: str = "") -> tuple[int, int]:
-        """(entries, bytes) under the root other than the entry named `besides`: finished entries and unfinished
-        builds alike. Any of them may be deleted while no run is using it; a run rebuilds what it needs."""
+    def held(self, besides: Collection[str] = ()) -> tuple[int, int]:
+        """(entries, bytes) under the root other than the entries named in `besides` (a run's own): finished entries
+        and unfinished builds alike. Any of them may be deleted while no run is using it; a run rebuilds what it
+        needs."""
         entries, size = 0, 0
         if self.root.is_dir():
             for entry in self.root.iterdir():
                 key = entry.name.removesuffix(".partial")
-                if entry.is_dir() and len(key) == _KEY_LENGTH and key != besides:
+                if entry.is_dir() and len(key) == _KEY_LENGTH and key not in besides:
                     entries += 1
                     size += sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
         return entries, size
 
-    def _held_text(self, besides: str) -> str:
+    def _held_text(self, besides: Collection[str]) -> str:
         entries, size = self.held(besides)
         if not entries:
             return ""
@@ -167,6 +168,7 @@ class FeatureCache:
         workers: int = 0,
         progress: bool = True,
         cheaper: str = "",
+        siblings: Collection[str] = (),
     ) -> CachedPart:
         """The entry for `spec`: read when it exists, else built (or its interrupted build resumed).
 
@@ -180,6 +182,8 @@ class FeatureCache:
             device, batch_size, precision, channels_last, workers: how the lower part runs.
             progress: show a progress bar.
             cheaper: the settings to suggest when the entry would not fit (named in the error).
+            siblings: the keys of the run's other entries (its other parts), which the line on what the cache holds
+                besides does not count as other entries: the train part built seconds earlier was one.
 
         Raises:
             CnnlabError: when the entry would not fit on the disk.
@@ -197,7 +201,7 @@ class FeatureCache:
         done, seconds_before = self._progress(partial, spec)
         free = shutil.disk_usage(self.root).free
         needed = size - (size * done // max(1, len(images)))
-        held = self._held_text(final.name)
+        held = self._held_text({final.name, *siblings})
         if needed * 1.05 > free:
             raise CnnlabError(
                 f"the feature cache needs {file_size(size)} ({len(images)} images x {len(views)} views x "

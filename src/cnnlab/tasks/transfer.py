@@ -737,6 +737,7 @@ def _cached_parts(run: _Run, model: nn.Module, model_name: str, top_blocks: int,
                 workers=run.config.workers,
                 progress=run.config.progress,
                 cheaper=cheaper,
+                siblings=[cache.key(_cache_spec(run, model_name, split, other)) for other in parts],
             )
     built = _cache_builds(run, {cache.key(_cache_spec(run, model_name, split, part)): cached[part] for part in parts})
     run.costs["cache_seconds"] = run.costs.get("cache_seconds", 0.0) + sum(built.values())
