@@ -836,16 +836,21 @@ def test_a_class_colour_that_no_pixel_can_have_is_refused(tmp_path, colour):
 def test_a_mask_under_another_name_or_format_is_named_where_the_image_is_skipped(tmp_path):
     """A mask saved as masks/a.jpg.png (after the image's whole name), masks/b.tif or masks/c.png for images/C.png
     (matched on a case-insensitive file system, macOS's or Windows', not on Linux) was read as no mask at all: "no
-    mask masks/a.png", with the file the user had made sitting beside it unsaid."""
+    mask masks/a.png", with the file the user had made sitting beside it unsaid. A .tif was told "masks must be PNG,
+    a lossless format", as if TIFF were lossy: only a JPEG's loss is named."""
     _one_pair(tmp_path, Image.fromarray(np.arange(20, dtype=np.uint8).reshape(4, 5) % 2))
-    for stem, mask_name in (("a2", "a2.jpg.png"), ("b", "b.tif"), ("C", "c.png")):
+    for stem, mask_name in (("a2", "a2.jpg.png"), ("b", "b.tif"), ("C", "c.png"), ("d", "d.JPG")):
         Image.new("RGB", (5, 4)).save(tmp_path / "images" / f"{stem}.{'jpg' if stem == 'a2' else 'png'}")
         Image.new("L", (5, 4)).save(tmp_path / "masks" / mask_name)
     reasons = {Path(s.path).name: s.reason for s in SegmentationFolder(tmp_path, skip_bad=True).skipped}
     assert reasons["a2.jpg"].endswith(
         "(a2.jpg.png is there: a mask is named after the image's stem, a2.png; rename it)"
     )
-    assert reasons["b.png"].endswith("(b.tif is there: masks must be PNG, a lossless format; save it as b.png)")
+    assert reasons["b.png"].endswith("(b.tif is there: masks are read from PNG files only; save it as b.png)")
+    assert reasons["d.png"].endswith(
+        "(d.JPG is there: masks are read from PNG files only, and a JPEG's lossy compression changes class "
+        "indices at the edges; save it as d.png)"
+    )
     assert reasons["C.png"].endswith(
         "(c.png is there: a mask is named after its image's stem, capitals too, C.png; rename it)"
     )

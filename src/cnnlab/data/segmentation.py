@@ -486,6 +486,11 @@ def _listed_folder(folder: Path) -> list[Path]:
     return sorted(folder.iterdir())
 
 
+def _is_jpeg(name: str) -> bool:
+    """Whether the file name `name` has a JPEG suffix."""
+    return Path(name).suffix.lower() in (".jpg", ".jpeg", ".jpe", ".jfif")
+
+
 def _near_miss(image: Path, mask_names: list[str]) -> str:
     """What in masks/ looks meant as `image`'s mask under another name, said in brackets, or "": a mask named after
     the image's whole file name (a.jpg.png, as some labelling tools save them), one in another format (a.tif, a.jpg:
@@ -496,7 +501,9 @@ def _near_miss(image: Path, mask_names: list[str]) -> str:
         return f" ({whole} is there: a mask is named after the image's stem, {image.stem}.png; rename it)"
     other = next((name for name in mask_names if Path(name).stem == image.stem), None)
     if other is not None:
-        return f" ({other} is there: masks must be PNG, a lossless format; save it as {image.stem}.png)"
+        # "PNG, a lossless format" said of a .tif suggested TIFF was lossy: only a JPEG's loss is named
+        lossy = ", and a JPEG's lossy compression changes class indices at the edges" if _is_jpeg(other) else ""
+        return f" ({other} is there: masks are read from PNG files only{lossy}; save it as {image.stem}.png)"
     # A.png for a.jpg: found on a case-insensitive file system (macOS, Windows), no mask on Linux
     cased = next((name for name in mask_names if name.lower() == f"{image.stem.lower()}.png"), None)
     if cased is not None:
