@@ -191,6 +191,25 @@ def test_a_folder_without_a_saved_model_says_what_it_holds(tmp_path):
         spec_path(other)
 
 
+def test_an_experiments_run_is_named_as_one_with_what_to_use_instead(tmp_path: Path) -> None:
+    """`evaluate runs/experiment/NAME/VARIANT/seed0` asked "is it a finished cnnlab run?" (its variant's folder: "an
+    ensemble whose training has not finished"), though the run had finished: an experiment saves no model.json."""
+    from cnnlab.train.saved import spec_path
+
+    run = tmp_path / "pool-vs-stride" / "max-pool" / "seed0"
+    run.mkdir(parents=True)
+    for name in ("config.yaml", "finished.json", "finished.safetensors", "metrics.json"):
+        (run / name).write_text("")
+    (tmp_path / "pool-vs-stride" / "report.md").write_text("")
+    for given, what in ((run, "is a run"), (run.parent, "holds runs"), (run.parent.parent, "holds runs")):
+        with pytest.raises(CnnlabError) as refused:
+            spec_path(given)
+        said = str(refused.value)
+        assert f": it {what} of `cnnlab experiment`, whose results are in " in said, said
+        assert said.endswith("train one with `cnnlab train mnist` (or transfer, segment) and pass its run folder")
+        assert "is it a finished cnnlab run" not in said and "an ensemble whose" not in said
+
+
 def test_a_phase_folder_of_a_transfer_run_names_the_run_to_pass(tmp_path: Path) -> None:
     """`export RUN/head` (a finished transfer run's phase folder, which keeps its checkpoint.pt) said the training had
     not finished and to resume it with --name head; an unfinished run's phase asked for --name of the phase too."""

@@ -41,6 +41,10 @@ __all__ = [
 
 SESSIONS = "sessions.json"
 RESULTS = "results.json"  # a finished run's, written by its task after its last session ends
+# A finished run of `cnnlab experiment` keeps its weights and its record under these names (no model.json): named here,
+# below the tasks, so that `cnnlab.train.saved` can say what such a folder is when it is given to evaluate or predict.
+EXPERIMENT_FINISHED = "finished.json"  # written last, after the weights: its presence means the run is complete
+EXPERIMENT_WEIGHTS = "finished.safetensors"
 
 
 class SessionsRecordWarning(UserWarning):

@@ -20,7 +20,7 @@ from torch import nn
 from cnnlab.errors import CnnlabError
 from cnnlab.files import check_writable, file_sha256, written_then_renamed
 from cnnlab.train.device import resolve_device
-from cnnlab.train.records import SESSIONS, last_session, unended_session
+from cnnlab.train.records import EXPERIMENT_FINISHED, EXPERIMENT_WEIGHTS, SESSIONS, last_session, unended_session
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_SPEC = "model.json"
@@ -452,6 +452,15 @@ def _what_it_holds(folder: Path) -> str:
             f": its training has not finished (its {_phase(stopped)!r} phase stopped, {stopped.name}/"
             f"{CHECKPOINT_NAME} is there), so there is no model to use yet; {_to_continue(folder)}"
         )
+    experiment_run = _experiment_run(folder)
+    if experiment_run is not None:  # it asked "is it a finished cnnlab run?" (an experiment's variant: "an ensemble")
+        experiment = experiment_run.parent.parent
+        report = f", whose results are in {experiment / 'report.md'}" if (experiment / "report.md").is_file() else ""
+        return (
+            f": it {'is a run' if experiment_run == folder else 'holds runs'} of `cnnlab experiment`{report}; an "
+            f"experiment keeps its runs' weights ({EXPERIMENT_WEIGHTS}) to read them back, not as a model to load: "
+            "train one with `cnnlab train mnist` (or transfer, segment) and pass its run folder"
+        )
     members = [sub for sub in _subfolders(folder) if sub.name.startswith("seed") and sub.name[4:].isdigit()]
     if members:  # `train mnist --ensemble N` saves ensemble.json once every member is trained
         saved = [member.name for member in members if (member / MODEL_SPEC).is_file()]
@@ -467,6 +476,15 @@ def _what_it_holds(folder: Path) -> str:
         return "; it is empty"
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     return f" (it holds {shown}); is it a finished cnnlab run?"
+
+
+def _experiment_run(folder: Path) -> Path | None:
+    """A finished run of `cnnlab experiment` (``<experiment>/<variant>/seedN``) that `folder` is, or holds as a
+    variant's or an experiment's folder; None when it is none of these."""
+    for run in (folder, *_subfolders(folder), *(run for sub in _subfolders(folder) for run in _subfolders(sub))):
+        if (run / EXPERIMENT_WEIGHTS).is_file() and (run / EXPERIMENT_FINISHED).is_file():
+            return run
+    return None
 
 
 def _to_continue(folder: Path, running: str | None = None) -> str:

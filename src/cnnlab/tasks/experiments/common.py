@@ -33,6 +33,7 @@ from cnnlab.tasks.recipes import note_current_run
 from cnnlab.train import Callback, TensorBatches, TrainConfig, Trainer
 from cnnlab.train.checkpoint import CHECKPOINT_NAME
 from cnnlab.train.config import command_line, environment_record, load_config
+from cnnlab.train.records import EXPERIMENT_FINISHED, EXPERIMENT_WEIGHTS
 
 FULL_TRAIN_SIZE = 55_000  # MNIST's 60k training images minus the 5k validation images held out
 MIN_SEEDS = 3  # fewest seeds per condition from which the noise rule claims a difference (module docstring)
@@ -263,8 +264,8 @@ def _checkpointed_key(run_dir: Path) -> str | None:
         return None
 
 
-_FINISHED = "finished.json"  # written last, after the weights: its presence means the run is complete
-_FINISHED_WEIGHTS = "finished.safetensors"
+_FINISHED = EXPERIMENT_FINISHED  # written last, after the weights: its presence means the run is complete
+_FINISHED_WEIGHTS = EXPERIMENT_WEIGHTS
 
 
 def _run_key(
