@@ -481,6 +481,14 @@ def test_figures_deleted_from_a_finished_run_are_drawn_again_when_read_back(trai
     assert "`test_worst.png` is not in the run folder" in report
 
 
+def test_an_output_that_is_a_file_is_refused_in_one_line(tmp_path):
+    # `train segment --data D -o afile` was an OSError, "afile is a file, where a folder is needed", exit code 1
+    (tmp_path / "afile").write_text("kept")
+    with pytest.raises(CnnlabError, match=r"^--output .*afile: .*afile is a file, not a folder$"):
+        train_segmentation_folder(str(_folder(tmp_path / "data", count=12)), output=str(tmp_path / "afile"))
+    assert (tmp_path / "afile").read_text() == "kept"
+
+
 def test_ignore_index_is_left_out_of_loss_and_metrics(tmp_path):
     root = _folder(tmp_path / "data", count=12)
     for path in (root / "masks").iterdir():  # index masks: the top rows unlabelled

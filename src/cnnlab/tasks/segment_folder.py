@@ -65,7 +65,7 @@ from cnnlab.data.split import (
     write_split_digests,
 )
 from cnnlab.errors import CnnlabError
-from cnnlab.files import write_text_whole
+from cnnlab.files import make_folder, write_text_whole
 from cnnlab.report.segmentation import MaskScores, MeanIoU, PixelAccuracy, boundary_f1_text, save_overlays
 from cnnlab.report.units import file_size
 from cnnlab.tasks.recipes import (
@@ -562,7 +562,7 @@ def train_segmentation_folder(
         config = replace(config, extra={**config.extra, "classes": class_names})
         # a value no region holds: JPEG or interpolation artefacts, said before the split (a class of them each)
         edge_only = describe_edge_only(folder, edge_only_values({index: mask for index, (_, mask) in pairs.items()}))
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(run_dir, shown=str(config.output))  # under a file: one line, exit 2
         note_current_run(run_dir)
         sessions.doing("setting up the run")
         # Under torchrun rank 0 splits and writes the manifest first, the other processes then read it (they write no
