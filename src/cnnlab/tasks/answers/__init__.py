@@ -145,7 +145,6 @@ def run_answers(
     if data_dir is not None:  # a --data-dir without MNIST: every exercise "not measured", and exit code 0
         find_mnist_dir(data_dir)
 
-
     misplaced = misplaced_root(runs_root) if runs_root is not None else None
     if misplaced is not None:  # a task's folder read no run, and every exercise was trained again
         raise CnnlabError(misplaced)
