@@ -257,16 +257,63 @@ def flattened_light(levels: np.ndarray, size: int) -> np.ndarray | None:
     light's brightest over the light there, so the paper lies at its best-lit level and the ink keeps its contrast with
     the paper round it (the light's median left a page mostly in shadow at the shadow's level, where ink on 0.5 paper
     stood out by less than `INK_ABOVE` and was refused) (`cnnlab fcn scan`, 41 px: a page of MNIST-sized digits; one
-    digit, `fitted_ink`: `FLATTEN_SHARE` of its photo's shorter side)."""
+    digit, `fitted_ink`: `FLATTEN_SHARE` of its photo's shorter side). Evenly lit paper is told cheaply
+    (`_lit_evenly`), its closing skipped and its median filter taken without scipy's: a 12 MP photo was
+    prepared 5x slower."""
     from scipy import ndimage
 
+    median = _median_filter3(levels)
+    if size % 2 and _lit_evenly(median, size):
+        return None
     margin = size // 2
-    padded = np.pad(ndimage.median_filter(levels, size=3, mode="nearest"), margin, mode="edge")
+    padded = np.pad(median, margin, mode="edge")
     light = ndimage.grey_closing(padded, size=(size, size), mode="nearest")[margin:-margin, margin:-margin]
     if int(light.min()) >= FLATTEN_BELOW * int(light.max()):
         return None
     scale = float(light.max()) / np.maximum(light, 1).astype(np.float64)
     return np.clip(np.rint(levels * scale), 0, 255).astype(np.uint8)
+
+
+def _median_filter3(levels: np.ndarray) -> np.ndarray:
+    """scipy.ndimage.median_filter(levels, size=3, mode="nearest") of 2-D uint8 `levels`, the same bytes 20x faster
+    (0.08 s against scipy's 1.7 s on a 12 MP photo, one thread): each row's three neighbours sorted, the median of
+    nine is the median of the lows' maximum, the middles' median and the highs' minimum (min/max alone: exact on any
+    levels once exact on the 512 of 0 and 1)."""
+    padded = np.pad(levels, 1, mode="edge")
+    left, centre, right = padded[:, :-2], padded[:, 1:-1], padded[:, 2:]
+    low, high = np.minimum(left, centre), np.maximum(left, centre)
+    middle = np.maximum(low, np.minimum(high, right))
+    low, high = np.minimum(low, right), np.maximum(high, right)
+    lows = np.maximum(np.maximum(low[:-2], low[1:-1]), low[2:])
+    highs = np.minimum(np.minimum(high[:-2], high[1:-1]), high[2:])
+    middles = _median3(middle[:-2], middle[1:-1], middle[2:])
+    return _median3(lows, middles, highs)
+
+
+def _median3(first: np.ndarray, second: np.ndarray, third: np.ndarray) -> np.ndarray:
+    """The elementwise median of three arrays."""
+    return np.maximum(np.minimum(first, second), np.minimum(np.maximum(first, second), third))
+
+
+def _lit_evenly(median: np.ndarray, size: int) -> bool:
+    """Whether `flattened_light`'s light of the median-filtered levels `median` (odd `size`) cannot fall below
+    `FLATTEN_BELOW` of its brightest, told without its closing (0.01 s against 0.33 s on a 12 MP photo).
+
+    A closing is at least the levels it closes and at most their brightest, so the light's brightest is
+    `median.max()`. Its darkest is the least, over the squares `size` px side centred on the padded levels, of their
+    brightest (a dilation then an erosion); read back in the levels' own rows, each square spans, along each axis,
+    the first or the last row (column), or `size` rows clear of both, so it holds one of these blocks: the corner
+    pixels, the edges cut into runs of `size // 2 + 1` pixels, the inside into squares of that side (the last ones
+    shorter). The least of the blocks' brightest thus bounds the light's darkest from below; when that is not under
+    `FLATTEN_BELOW` of the brightest, nothing would be flattened (an evenly lit photo; otherwise the closing is
+    taken)."""
+    step = size // 2 + 1
+    blocks = median
+    for axis in (0, 1):
+        length = median.shape[axis]
+        starts = sorted({0, *range(1, length - 1, step), length - 1})
+        blocks = np.maximum.reduceat(blocks, starts, axis=axis)
+    return int(blocks.min()) >= FLATTEN_BELOW * int(median.max())
 
 
 def flatten_step(size: str) -> str:
