@@ -1466,3 +1466,13 @@ def test_images_in_sub_folders_of_a_class_folder_are_said_to_be_read_as_that_cla
     assert lines[-1].startswith(
         "images in sub-folders of class folders are read as images of that class (red: 8 in 2019/); to train a "
     ), lines
+
+
+def test_a_full_run_with_a_batch_above_its_training_images_is_refused_before_it_trains(tmp_path: Path) -> None:
+    """Its finetune phase's DataLoader trained on one batch of the 32 images while the run recorded a batch of 50
+    (the head phase passed: its cached samples are images x views)."""
+    make_photo_folder(tmp_path / "photos")
+    config = tiny_config(tmp_path, recipe="full", unfreeze=None, views="hflip", train={"epochs": 1, "batch_size": 50})
+    with pytest.raises(CnnlabError, match=r"training part has \d+ images, fewer than one batch of 50 .*lower --batch"):
+        train_transfer(config)
+    assert not config.run_dir.exists()  # refused before the run folder, its head phase untrained

@@ -623,7 +623,8 @@ class _Run:
         """The phase's engine config: the recipe's, the engine options, the run's place and monitor.
 
         A recipe's batch size larger than the phase's `samples` (a small folder) shrinks to one batch of them; a
-        ``--batch-size`` given by the user is kept (the engine then names the problem).
+        ``--batch-size`` given by the user is kept (the engine then names the problem; the ``full`` recipe's
+        finetune phase, whose loader would train on one smaller batch, is refused first: `_check_finetune_batch`).
         """
         config = self.config
         options = with_overrides({**self.recipe.train, **fields}, config.train if main else _shared(config.train))
@@ -682,6 +683,20 @@ class _Run:
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
             generator=torch.Generator() if train else None,
+        )
+
+
+def _check_finetune_batch(config: TransferConfig, recipe: TransferRecipe, train_images: int) -> None:
+    """Refuse a ``--batch-size`` above the training images of a ``full`` run, before its head phase trains.
+
+    Its finetune phase reads the images through a DataLoader, which would train on one smaller batch than the one
+    given while the run recorded the given one; the cached phases' samples are images x views, so they had passed.
+    """
+    batch = config.train.get("batch_size")
+    if recipe.method == "full" and isinstance(batch, int) and 0 < train_images < batch:
+        raise CnnlabError(
+            f"the split's training part has {train_images} images, fewer than one batch of {batch} (the full "
+            f"recipe's finetune phase trains on the images); lower --batch-size to at most {train_images}"
         )
 
 
@@ -941,6 +956,7 @@ def _train_transfer(config: TransferConfig, log: Any, notes: bool) -> dict[str, 
     sessions.doing("reading the images")
     with sessions, main_process_first(str({**recipe.train, **config.train}.get("device", "auto"))):
         images, split, split_source = load_images(config, note)  # its lines name files skipped or left out
+        _check_finetune_batch(config, recipe, len(split["train"]))
         make_folder(run_dir, shown=str(config.output))
         note_current_run(run_dir)
         if main:
