@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import pytest
 import torch
@@ -416,3 +417,16 @@ def test_evaluate_scores_a_canvas_run_on_its_test_canvases_made_again(tmp_path, 
     unparsed = run_cnnlab("evaluate", str(copied), "--data-dir", str(mnist))
     assert unparsed.returncode == 2 and len(unparsed.stderr.strip().splitlines()) == 1, unparsed.stderr
     assert "does not say which test canvases it was scored on (while parsing a flow mapping)" in unparsed.stderr
+
+
+def test_a_read_back_of_a_run_whose_sessions_record_is_unreadable_neither_warns_nor_writes(tmp_path, monkeypatch):
+    """A read-back of a finished run writes no session: it warned "a fresh record of them begins" all the same."""
+    run = tmp_path / "segment" / "r"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text("{}")  # finished (the read-back itself is stood in for: no training here)
+    (run / "sessions.json").write_text("[{")  # cut short
+    monkeypatch.setattr("cnnlab.tasks.segmentation._read_back", lambda *args: {"read": "back"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a SessionsRecordWarning would raise
+        summary = train_segmentation("quick", output=str(tmp_path), name="r", resume=True, progress=False)
+    assert summary == {"read": "back"} and (run / "sessions.json").read_text() == "[{"

@@ -371,9 +371,6 @@ def train_segmentation(
     name = name or run_name(recipe)
     run_dir = Path(output) / TASK / name
     check_not_training(run_dir)
-    # this command's session of the run (sessions.json), read before the engine rewrites config.yaml; a resumed run's
-    # session stopped while it makes the canvases is one of the run's
-    sessions = RunSessions(run_dir, resume, is_main_process(), command_started)
     if resume and not run_dir.is_dir():
         raise CnnlabError(f"--resume: no run at {run_dir}; start the run without --resume")
     resumed = engine_resumes(run_dir, resume)
@@ -399,6 +396,9 @@ def train_segmentation(
         # read back (`cnnlab.train.finished`), not tested again; a stop before its report.md leaves only that to write
         # at once: its options need no canvases made
         return _read_back(chosen, config, overrides, pretrain, progress if notes is None else notes)
+    # this command's session of the run (sessions.json), read before the engine rewrites config.yaml; a resumed run's
+    # session stopped while it makes the canvases is one of the run's (a read-back, above, writes none: it reads none)
+    sessions = RunSessions(run_dir, resume, is_main_process(), command_started)
     sessions.doing("making the digit canvases")
     with sessions:  # a resumed run's session is one of the run's from here: stopped before it trains too
         if data is None:
