@@ -33,7 +33,7 @@ from cnnlab.budget.detection import DenseDetection, check_channels, detection_in
 from cnnlab.budget.python_model import user_code_line
 from cnnlab.budget.spec import LayerSpec, build_module, infer_shapes, load_spec_file, parse_spec
 from cnnlab.budget.trace import Row, TraceResult, optimizer_copies, resolve_dtype, trace
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, first_line
 from cnnlab.train.device import parse_device, resolve_device
 from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC, Ensemble
 
@@ -440,7 +440,7 @@ def input_error(
     that names the model and its input, with what to do where the cause is known: a forward that takes a list of
     images (a detection network), a map shrunk below a kernel (the smallest input that runs), fixed dense layers (their
     size), a batch norm on one value per channel, a step too large for torch's byte counts (the batch and input)."""
-    first_line = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
+    reason = first_line(error).rstrip(".")
     if (images := _list_input(module)) is not None:  # torchvision detection: whatever it raised, this is the cause
         return CnnlabError(
             f"{name} takes a list of images ({images}, as detection networks do: each its own size, with their "
@@ -450,34 +450,34 @@ def input_error(
             "returns the built network's .backbone)"
         )
     # torch's words read as if the layers did not fit the input at any batch: they do, at a smaller one
-    overflowed = re.search(r"Storage size calculation overflowed with sizes=(\[[^\]]*\])", first_line)
+    overflowed = re.search(r"Storage size calculation overflowed with sizes=(\[[^\]]*\])", reason)
     if overflowed is not None:
         return CnnlabError(
             f"batch {batch_size:,} of input {'x'.join(map(str, shape))} is too large to size: one tensor of the step, "
             f"sized {overflowed.group(1)}, would hold more bytes than PyTorch counts (2^63); enter a smaller batch or "
             "input"
         )
-    if any(words in first_line for words in _NO_VALUES):  # the input is not the cause: another size fails alike
-        first_line = first_line.split(". ")[0]  # torch's nonzero message goes on for three more sentences
+    if any(words in reason for words in _NO_VALUES):  # the input is not the cause: another size fails alike
+        reason = reason.split(". ")[0]  # torch's nonzero message goes on for three more sentences
         return CnnlabError(
-            f"{name} reads its tensors' values in forward ({first_line}): the budget traces it on the meta device, "
+            f"{name} reads its tensors' values in forward ({reason}): the budget traces it on the meta device, "
             "where tensors have shapes but no values, so a forward that branches on or converts them (.item(), "
             "float(x), .tolist(), .numpy(), nonzero) cannot be sized; make those steps independent of the values"
             f"{user_code_line(error)}"
         )
     hint = ""
-    if "more than 1 value per channel" in first_line:  # batch norm in training mode on a 1x1 map of one sample
+    if "more than 1 value per channel" in reason:  # batch norm in training mode on a 1x1 map of one sample
         hint = (
             f"; at batch {batch_size} a batch norm sees one value per channel, which training cannot normalise: "
             "pass a larger --batch or --input"
         )
     default = getattr(module, "default_input_size", None)
-    if ("same reduction dim" in first_line or "cannot be multiplied" in first_line) and default is not None:
+    if ("same reduction dim" in reason or "cannot be multiplied" in reason) and default is not None:
         hint = (
             f"; its dense layers take a fixed number of inputs, sized for {'x'.join(map(str, default))}: use that "
             "--input, or scan larger images with a fully convolutional copy of a trained run (`cnnlab fcn convert`)"
         )
-    if "channel" in first_line and (first := _first_convolution(module)) is not None:  # meta: "Invalid channel dim..."
+    if "channel" in reason and (first := _first_convolution(module)) is not None:  # meta: "Invalid channel dim..."
         layer_name, conv = first
         sizes = conv.weight.dim() - 1  # the channels, then the spatial sizes of one sample
         if len(shape) != sizes:
@@ -487,10 +487,10 @@ def input_error(
             )
         elif shape[0] != conv.in_channels:
             hint = f"; its first convolution ({layer_name}) takes {conv.in_channels}-channel input"
-    if any(words in first_line for words in _TOO_SMALL) and (side := _smallest_side(module, shape)) is not None:
+    if any(words in reason for words in _TOO_SMALL) and (side := _smallest_side(module, shape)) is not None:
         hint = f"; the smallest square input it takes is {'x'.join(map(str, (*shape[:-2], side, side)))}"
     where = user_code_line(error)  # the line of the user's own forward that raised it, where there is one
-    return CnnlabError(f"{name} does not run on input {'x'.join(map(str, shape))}: {first_line}{where}{hint}")
+    return CnnlabError(f"{name} does not run on input {'x'.join(map(str, shape))}: {reason}{where}{hint}")
 
 
 def budget(
@@ -660,7 +660,7 @@ def measure_step(
     try:
         real = trace(module, shape, batch_size, dtype, device, optimizer, depth)
     except RuntimeError as error:  # a kernel this device lacks for the dtype (CPU LRN in float16), or memory
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         dtype_name = str(dtype).removeprefix("torch.")
         raise CnnlabError(
             f"--measure: one real {dtype_name} training step at batch {batch_size} failed on {device}: {reason}; "

@@ -56,7 +56,7 @@ from typing import Any
 
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, first_line
 from cnnlab.layers.padding import AvgPool2dSame, Conv2dSame, MaxPool2dSame, same_padding_amounts
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -496,7 +496,7 @@ def load_spec_file(path: str | Path) -> tuple[tuple[int, ...] | None, list[Layer
 
             data = yaml.safe_load(text)
     except Exception as error:  # noqa: BLE001 - any parse failure is a user error here
-        reason = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         mark = getattr(error, "problem_mark", None)  # YAML's: its first line ("while parsing a flow sequence") alone
         if mark is not None:  # did not say where
             reason = f"{getattr(error, 'problem', None) or reason} at line {mark.line + 1}, column {mark.column + 1}"

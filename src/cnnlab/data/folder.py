@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from cnnlab.errors import CnnlabError, listed, why_not_a_folder
+from cnnlab.errors import CnnlabError, first_line, listed, why_not_a_folder
 
 __all__ = [
     "DECODING_VERSION",
@@ -432,7 +432,7 @@ def _decode(data: bytes) -> tuple[Image.Image | None, tuple[int, int], str | Non
             f"decompression bombs); {DOWNSCALE_REMEDY}"
         )
     except (OSError, SyntaxError, ValueError) as error:
-        reason = f"corrupt or truncated ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        reason = f"corrupt or truncated ({first_line(error)})"
     else:
         return image, size, None
     return None, size, reason

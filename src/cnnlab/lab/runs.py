@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, first_line
 from cnnlab.files import pid_namespace, process_alive
 
 __all__ = [
@@ -280,7 +280,7 @@ def _unreadable_json(path: Path) -> str | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
-        return str(error).splitlines()[0] if str(error) else type(error).__name__
+        return first_line(error)
     return None
 
 

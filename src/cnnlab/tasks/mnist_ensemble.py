@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab.data.mnist import MNIST_CLASSES, find_mnist_dir, load_mnist
-from cnnlab.errors import CnnlabError, listed, why_not_a_folder
+from cnnlab.errors import CnnlabError, first_line, listed, why_not_a_folder
 from cnnlab.files import check_writable, write_text_whole
 from cnnlab.tasks.mnist import (
     SOURCE_DIGEST,
@@ -216,7 +216,7 @@ def _check_digit_classifier(member: Path, model: torch.nn.Module) -> None:
             scores = tuple(model(torch.zeros(1, *DIGIT_INPUT, device=device)).shape[1:])
     except RuntimeError as error:  # a network of another input that states none
         raise CnnlabError(
-            f"{member} does not take MNIST's {'x'.join(map(str, DIGIT_INPUT))} digits ({str(error).splitlines()[0]}); "
+            f"{member} does not take MNIST's {'x'.join(map(str, DIGIT_INPUT))} digits ({first_line(error)}); "
             "pass MNIST runs of `cnnlab train mnist`"
         ) from None
     if scores != (len(MNIST_CLASSES),):

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, first_line
 from cnnlab.files import pid_namespace, process_alive, save_figure_whole, write_text_whole, written_then_renamed
 from cnnlab.train.config import command_line
 
@@ -360,7 +360,7 @@ def read_sessions(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         try:
             sessions = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, ValueError) as error:
-            return _unreadable(run_dir, f"{path} is unreadable ({str(error).splitlines()[0][:80]})")
+            return _unreadable(run_dir, f"{path} is unreadable ({first_line(error)[:80]})")
         if not isinstance(sessions, list) or not all(isinstance(session, dict) for session in sessions):
             return _unreadable(run_dir, f"{path} is unreadable (not a list of sessions)")
         unknown = [f"session {number}'s {key} {session[key]!r}" for number, session in enumerate(sessions, 1)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, first_line
 from cnnlab.files import check_writable, file_sha256, written_then_renamed
 from cnnlab.train.device import resolve_device
 from cnnlab.train.records import EXPERIMENT_FINISHED, EXPERIMENT_WEIGHTS, SESSIONS, last_session, unended_session
@@ -221,8 +221,7 @@ def _load_single(spec_path: Path, device: str | torch.device, data: bytes | None
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        first_line = str(error).splitlines()[0]
-        raise CnnlabError(f"{weights} does not fit architecture {arch!r}: {first_line}") from None
+        raise CnnlabError(f"{weights} does not fit architecture {arch!r}: {first_line(error)}") from None
     return model.to(device)
 
 
@@ -246,9 +245,7 @@ def load_weights(
     except FileNotFoundError:  # a folder copied without it: "No such file or directory", exit 1, no remedy
         raise CnnlabError(f"{path} is missing; {remedy}") from None
     except SafetensorError as error:
-        raise CnnlabError(
-            f"{path} is damaged, not a whole safetensors file ({str(error).splitlines()[0]}); {remedy}"
-        ) from None
+        raise CnnlabError(f"{path} is damaged, not a whole safetensors file ({first_line(error)}); {remedy}") from None
 
 
 def load_model_and_digest(

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, first_line
 from cnnlab.files import make_folder
 from cnnlab.train.activation_checkpointing import checkpoint_stages
 from cnnlab.train.allocator import keep_freed_memory
@@ -844,7 +844,7 @@ def _check_cpu_compiler() -> None:
     except Exception as error:  # noqa: BLE001 - torch raises its own (InvalidCxxCompiler) or a RuntimeError
         raise CnnlabError(
             f"--compile on the CPU needs a C++ compiler (torch.compile builds C++ kernels), and none was found "
-            f"({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}); install one "
+            f"({first_line(error)}); install one "
             "(apt install g++, or set CXX) or leave --compile out"
         ) from None
 

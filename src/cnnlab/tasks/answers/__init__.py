@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.data.mnist import find_mnist_dir
-from cnnlab.errors import CnnlabError, why_not_a_folder
+from cnnlab.errors import CnnlabError, first_line, why_not_a_folder
 from cnnlab.files import check_writable, write_text_whole
 from cnnlab.tasks.answers.measure import EXERCISES, MODES, Context, Mode, timed
 from cnnlab.tasks.answers.sheet import render, unrenderable, untraced_numbers
@@ -193,7 +193,7 @@ def run_answers(
             )
             raise
         except (CnnlabError, FileNotFoundError, ImportError) as error:  # missing data or package: say what to do
-            evidence = {"error": str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}
+            evidence = {"error": first_line(error)}
             say(f"exercise {number}: not measured: {evidence['error']}")
         except Exception as error:  # noqa: BLE001 - a bug in one exercise must not cost the others their results
             say(traceback.format_exc())
