@@ -254,3 +254,32 @@ def test_a_damaged_results_json_is_said_in_one_line(tmp_path: Path, damage: str)
     (run / "results.json").write_text("{}")
     with pytest.raises(CnnlabError, match=re.escape(f"{member / 'results.json'} cannot be read")):  # a part's too
         read_back(run, lambda summary: None, None, parts=[Part(member, lambda summary: None)])
+
+
+@pytest.mark.parametrize(
+    ("damaged", "cut", "message"),
+    [
+        ("model.safetensors", True, r"model.safetensors is damaged, not a whole safetensors file"),
+        ("model.json", True, r"model.json is not valid JSON"),
+        ("model.safetensors", False, r"model.safetensors is missing next to .*model.json"),
+    ],
+)
+def test_a_finished_run_whose_saved_model_is_damaged_is_refused_in_one_line(
+    tmp_path: Path, damaged: str, cut: bool, message: str
+) -> None:
+    """Read back with exit code 0, its line pointing at a model that `predict` then refused."""
+    from cnnlab.models import create_model
+    from cnnlab.train.saved import save_model
+
+    run = _finished_run(tmp_path)
+    save_model(create_model("lenet5", num_classes=2), run, "lenet5", {"num_classes": 2}, {})
+    (run / "report.md").write_text("kept")
+    said: list[str] = []
+    assert read_back(run, lambda _: None, said.append)["finished_before"] and said  # whole: read back as before
+    path = run / damaged
+    if cut:
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    else:
+        path.unlink()
+    with pytest.raises(CnnlabError, match=message):
+        read_back(run, lambda _: None, said.append)

@@ -94,7 +94,12 @@ def read_back(
 
     Returns:
         results.json's results with ``run_dir`` where the run is now and ``finished_before`` True.
+
+    Raises:
+        CnnlabError: its results.json cannot be read (`read_results`), or its saved model cannot be loaded as `predict`
+            loads it (`load_model`: model.json, ensemble.json or the weights damaged or missing).
     """
+    _check_saved_model(run_dir)
     if log is None or not write:
         log = _nowhere
     drawn: list[str] = []
@@ -115,6 +120,16 @@ def read_back(
         line += f" (its report: {report})" if drawn or said else f"; nothing to do (its report: {report})"
     log(line)
     return {**summary, "finished_before": True}
+
+
+def _check_saved_model(run_dir: Path) -> None:
+    """Refuse a finished run whose saved model `predict` would refuse (its model.json, ensemble.json or weights cut
+    short, replaced or deleted), in the one line `load_model` says it in: it was read back with exit code 0, its line
+    pointing at a model that no command could load. A folder that saved none of them is its task's to judge."""
+    from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC, MODEL_WEIGHTS, load_model
+
+    if any((run_dir / name).exists() for name in (MODEL_SPEC, ENSEMBLE_SPEC, MODEL_WEIGHTS)):
+        load_model(run_dir)
 
 
 @dataclass(frozen=True)
