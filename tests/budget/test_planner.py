@@ -627,6 +627,18 @@ def test_a_torch_without_the_private_hook_reader_plans_the_inputs_copy_high_not_
     assert untold > told == planned == measured
 
 
+def _assert_bf16_adam_plan_is_the_real_step(model: nn.Module, shape: tuple[int, ...]) -> None:
+    """The bf16 plan of `model` with Adam equals the real CPU step's peak at batch 1 and 3, alone and with "all three"
+    remedies (`_bf16_sgd_peaks`)."""
+    planner = planner_module._Planner(model, shape, torch.float32, "adam", None)
+    remedy = planner_module._Remedy("bf16 mixed precision", checkpointed=False, optimizer="adam", bf16=True)
+    for batch in (1, 3):
+        real = trace(model, shape, batch, torch.float32, "cpu", "adam", inference=False, autocast=torch.bfloat16)
+        assert planner.peak(remedy, batch) == real.peak_live_bytes, batch
+    for planned, measured in _bf16_sgd_peaks(model, shape, True, (1, 3), planned_for="adam"):
+        assert planned == measured
+
+
 class _Upsampled(nn.Module):
     """A convolution's map upsampled (bilinear) into the next one, whose map is the output (or flattened, a view)."""
 
@@ -651,13 +663,7 @@ def test_bf16_counts_autograds_cast_of_a_large_outputs_gradient(flatten):
     Flattened, the copy goes when the convolution's backward, which takes a view of it, has run."""
     torch.manual_seed(0)
     model, shape = _Upsampled(flatten), (1, 28, 28)
-    planner = planner_module._Planner(model, shape, torch.float32, "adam", None)
-    remedy = planner_module._Remedy("bf16 mixed precision", checkpointed=False, optimizer="adam", bf16=True)
-    for batch in (1, 3):
-        real = trace(model, shape, batch, torch.float32, "cpu", "adam", inference=False, autocast=torch.bfloat16)
-        assert planner.peak(remedy, batch) == real.peak_live_bytes, batch
-    for planned, measured in _bf16_sgd_peaks(model, shape, True, (1, 3), planned_for="adam"):
-        assert planned == measured
+    _assert_bf16_adam_plan_is_the_real_step(model, shape)
 
 
 class _InPlaceAfterConvolutions(nn.Module):
@@ -691,10 +697,4 @@ def test_bf16_frees_a_weights_copy_when_the_backward_of_every_op_that_saved_it_h
     and autograd adds up its two gradients in bf16, where the plan held them in float32 (1,168 bytes high)."""
     torch.manual_seed(0)
     model, shape = _InPlaceAfterConvolutions(twice), (1, 28, 28)
-    planner = planner_module._Planner(model, shape, torch.float32, "adam", None)
-    remedy = planner_module._Remedy("bf16 mixed precision", checkpointed=False, optimizer="adam", bf16=True)
-    for batch in (1, 3):
-        real = trace(model, shape, batch, torch.float32, "cpu", "adam", inference=False, autocast=torch.bfloat16)
-        assert planner.peak(remedy, batch) == real.peak_live_bytes, batch
-    for planned, measured in _bf16_sgd_peaks(model, shape, True, (1, 3), planned_for="adam"):
-        assert planned == measured
+    _assert_bf16_adam_plan_is_the_real_step(model, shape)
