@@ -100,3 +100,16 @@ def test_a_run_whose_process_was_killed_is_replaced_or_resumed_as_before(tmp_pat
                                str(tmp_path / "no-mnist"))  # fmt: skip
         assert completed.returncode == 2 and "is being trained now" not in completed.stderr, completed.stderr
         assert "MNIST" in completed.stderr  # went on, to the data this test has none of
+
+
+@pytest.mark.parametrize("run", ["mnist/live", "mnist/live/seed1"])
+def test_an_ensemble_combined_over_a_run_another_process_trains_is_refused(tmp_path: Path, run: str) -> None:
+    """`cnnlab ensemble RUNS --name NAME --overwrite`, where NAME was a run (or an ensemble's member) that
+    `cnnlab train mnist` trained at that moment, removed its folder, checkpoint and all, under the training process."""
+    parent = os.getppid()  # a live process of this machine, not this one: the training command
+    before = _run_being_trained(tmp_path / "runs" / run, parent)
+    members = [str(tmp_path / "members" / "a"), str(tmp_path / "members" / "b")]
+    completed = run_cnnlab("ensemble", *members, "--name", "live", "-o", str(tmp_path / "runs"), "--overwrite")
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    assert completed.stderr.startswith(f"error: {tmp_path / 'runs' / run} is being trained now by the session ")
+    assert {path.name: path.read_bytes() for path in (tmp_path / "runs" / run).iterdir()} == before

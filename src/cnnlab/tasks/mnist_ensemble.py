@@ -41,6 +41,7 @@ from cnnlab.tasks.mnist import (
     test_evaluation,
     to_float,
 )
+from cnnlab.tasks.recipes import check_not_training
 from cnnlab.tasks.run_precision import run_channels_last
 from cnnlab.train.config import check_run_name
 from cnnlab.train.device import resolve_device
@@ -271,6 +272,8 @@ def combine_mnist_ensemble(
     run_dir = Path(output) / TASK / check_run_name(name)
     if run_dir.exists() and not overwrite:
         raise CnnlabError(f"{run_dir} exists; choose another --name or pass --overwrite")
+    # --overwrite of a run that `cnnlab train mnist` trains now removed its folder under it, checkpoints and all
+    check_not_training(run_dir, *run_dir.glob("seed*"))
     # an --output under a file, or read-only, was an OSError (exit 1) once every member had been scored and tested
     check_writable(run_dir.with_name(f".{run_dir.name}.writable"), shown=str(output))
     members = member_dirs(runs)
