@@ -319,11 +319,7 @@ def test_bf16_frees_a_padded_input_when_forward_drops_it():
     one padded input per sample)."""
     torch.manual_seed(0)
     model, shape = _PaddedInput(), (1, 15, 15)
-    planner = planner_module._Planner(model, shape, torch.float32, "adam", None)
-    remedy = planner_module._Remedy("bf16 mixed precision", checkpointed=False, optimizer="adam", bf16=True)
-    for batch in (1, 4):
-        real = trace(model, shape, batch, torch.float32, "cpu", "adam", inference=False, autocast=torch.bfloat16)
-        assert planner.peak(remedy, batch) == real.peak_live_bytes, batch
+    assert _bf16_adam_excess(model, shape, (1, 4)) == [0, 0]
     meta = trace(model, shape, 4, torch.float32, "meta", "adam", inference=False)
     padded = 4 * 16 * 16 * 4
     assert meta.autocast_freed_timeline[meta.loss_op_index] == padded  # freed in forward, before the loss
@@ -367,11 +363,7 @@ def test_bf16_keeps_float32_what_a_float32_buffer_or_gain_promotes(network):
     0.61x / 0.59x (the gain), a batch twice too large. The gain's bf16 copy (16 bytes) is still counted."""
     torch.manual_seed(0)
     model, shape = network(), (1, 28, 28)
-    planner = planner_module._Planner(model, shape, torch.float32, "adam", None)
-    remedy = planner_module._Remedy("bf16 mixed precision", checkpointed=False, optimizer="adam", bf16=True)
-    for batch in (1, 3):
-        real = trace(model, shape, batch, torch.float32, "cpu", "adam", inference=False, autocast=torch.bfloat16)
-        assert 0 <= planner.peak(remedy, batch) - real.peak_live_bytes <= 16, batch
+    assert all(0 <= excess <= 16 for excess in _bf16_adam_excess(model, shape, (1, 3)))
     one, two = (trace(model, shape, batch, "float32", "meta", "adam", inference=False) for batch in (1, 2))
     kept = [step.autocast_kept_timeline[step.loss_op_index] for step in (one, two)]
     assert kept[1] - kept[0] == 28 * 28 * 4 + 8 * 4  # the input and the pooled map, float32
@@ -627,14 +619,21 @@ def test_a_torch_without_the_private_hook_reader_plans_the_inputs_copy_high_not_
     assert untold > told == planned == measured
 
 
+def _bf16_adam_excess(model: nn.Module, shape: tuple[int, ...], batches: tuple[int, ...]) -> list[int]:
+    """The bytes by which the bf16 plan of `model` with Adam exceeds the real CPU step's peak, at each of `batches`."""
+    planner = planner_module._Planner(model, shape, torch.float32, "adam", None)
+    remedy = planner_module._Remedy("bf16 mixed precision", checkpointed=False, optimizer="adam", bf16=True)
+    real = (
+        trace(model, shape, batch, torch.float32, "cpu", "adam", inference=False, autocast=torch.bfloat16)
+        for batch in batches
+    )
+    return [planner.peak(remedy, batch) - step.peak_live_bytes for batch, step in zip(batches, real, strict=True)]
+
+
 def _assert_bf16_adam_plan_is_the_real_step(model: nn.Module, shape: tuple[int, ...]) -> None:
     """The bf16 plan of `model` with Adam equals the real CPU step's peak at batch 1 and 3, alone and with "all three"
     remedies (`_bf16_sgd_peaks`)."""
-    planner = planner_module._Planner(model, shape, torch.float32, "adam", None)
-    remedy = planner_module._Remedy("bf16 mixed precision", checkpointed=False, optimizer="adam", bf16=True)
-    for batch in (1, 3):
-        real = trace(model, shape, batch, torch.float32, "cpu", "adam", inference=False, autocast=torch.bfloat16)
-        assert planner.peak(remedy, batch) == real.peak_live_bytes, batch
+    assert _bf16_adam_excess(model, shape, (1, 3)) == [0, 0]
     for planned, measured in _bf16_sgd_peaks(model, shape, True, (1, 3), planned_for="adam"):
         assert planned == measured
 
