@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.errors import CnnlabError, first_line
-from cnnlab.train.records import plot_learning_curves
+from cnnlab.train.records import RESULTS, plot_learning_curves
 
-RESULTS = "results.json"
 REPORT = "report.md"
 LEARNING_CURVES = "learning_curves.png"
 # what the CLI says of a run read back, in place of this session's time: every `train` command the same words

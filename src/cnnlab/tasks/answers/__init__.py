@@ -30,7 +30,7 @@ from cnnlab.tasks.answers.sheet import render, unrenderable, untraced_numbers
 from cnnlab.tasks.recipes import note_current_run
 from cnnlab.tasks.runs_root import misplaced_root
 from cnnlab.train.config import command_line
-from cnnlab.train.finished import RESULTS
+from cnnlab.train.records import RESULTS
 
 __all__ = ["CHAPTER", "MODES", "Mode", "run_answers", "untraced_numbers"]
 
