@@ -7,12 +7,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cnnlab.train.checkpoint import CHECKPOINT_NAME
+from cnnlab.train.records import RESULTS, SESSIONS
+from cnnlab.train.saved import ENSEMBLE_SPEC, MODEL_SPEC
+
 __all__ = ["misplaced_root"]
 
 
 # The records a run holds beside its config.yaml (sessions.json from its first session on): a config.yaml alone may
 # be another tool's, in a folder given as the runs root.
-_RUN_RECORDS = ("model.json", "ensemble.json", "metrics.json", "results.json", "checkpoint.pt", "sessions.json")
+_RUN_RECORDS = (MODEL_SPEC, ENSEMBLE_SPEC, "metrics.json", RESULTS, CHECKPOINT_NAME, SESSIONS)
 
 
 def _run_file(folder: Path) -> str | None:
@@ -20,7 +24,7 @@ def _run_file(folder: Path) -> str | None:
     combined ensemble's record (`cnnlab ensemble` writes no config.yaml); None for any other folder."""
     if (folder / "config.yaml").is_file() and any((folder / name).is_file() for name in _RUN_RECORDS):
         return "config.yaml"
-    return next((name for name in ("model.json", "ensemble.json") if (folder / name).is_file()), None)
+    return next((name for name in (MODEL_SPEC, ENSEMBLE_SPEC) if (folder / name).is_file()), None)
 
 
 def misplaced_root(root: str | os.PathLike[str]) -> str | None:
